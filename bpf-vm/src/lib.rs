@@ -1,0 +1,3 @@
+//! bpf-vm (work in progress).
+#![no_std]
+extern crate alloc;

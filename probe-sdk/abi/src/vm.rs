@@ -1,0 +1,88 @@
+//! Handshake, system information, shutdown and debug requests.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+/// First request of a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the host speaks.
+    pub protocol_version: u32,
+    /// Free-form client name, for the kernel log.
+    pub client: String,
+}
+
+/// The kernel's answer to [`Hello`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub kernel_version: String,
+    pub protocol_version: u32,
+    /// Nanoseconds since boot when the handshake was answered.
+    pub uptime_ns: u64,
+}
+
+/// State of a kernel task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    Running,
+    Ready,
+    Sleeping,
+    Blocked,
+    Exited,
+}
+
+/// One kernel task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub pid: u32,
+    pub name: String,
+    pub state: TaskState,
+    /// CPU time consumed, in nanoseconds.
+    pub runtime_ns: u64,
+    /// Times this task was switched in.
+    pub switches: u64,
+}
+
+/// Answer to [`crate::Request::Info`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemInfo {
+    pub kernel_version: String,
+    pub uptime_ns: u64,
+    pub cpus: u32,
+    /// TSC frequency the clock was calibrated to, in kHz.
+    pub tsc_khz: u64,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub heap_total_bytes: u64,
+    pub heap_used_bytes: u64,
+    /// Timer interrupts taken since boot.
+    pub timer_ticks: u64,
+    /// Timer frequency in Hz.
+    pub timer_hz: u32,
+    /// Context switches since boot.
+    pub context_switches: u64,
+    pub tasks: Vec<TaskInfo>,
+    /// Control-channel frames refused since boot (bad frames, decode errors).
+    pub bad_frames: u64,
+}
+
+/// Requests that exist for the test harness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DebugRequest {
+    /// Panic in the kernel on purpose (the harness checks the report).
+    Panic,
+    /// Run an in-kernel self test by name; answers [`crate::Response::SelfTest`].
+    SelfTest { name: String },
+    /// List the in-kernel self tests.
+    ListSelfTests,
+}
+
+/// Result of an in-kernel self test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelfTestResult {
+    pub name: String,
+    pub passed: bool,
+    /// What the test observed, one line per fact.
+    pub output: Vec<String>,
+}

@@ -1,0 +1,2 @@
+//! Probe-side crate (work in progress).
+#![no_std]

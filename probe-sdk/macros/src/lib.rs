@@ -1,0 +1,1 @@
+//! Probe attribute macros (work in progress).

@@ -1,0 +1,1 @@
+//! Host SDK (work in progress).

@@ -1,0 +1,1 @@
+//! Symbol index (work in progress).
