@@ -86,3 +86,18 @@ pub struct SelfTestResult {
     /// What the test observed, one line per fact.
     pub output: Vec<String>,
 }
+
+/// Byte the kernel writes to the `isa-debug-exit` port (0xf4) on a clean
+/// shutdown. QEMU then exits with status `(byte << 1) | 1` = 33.
+pub const EXIT_SHUTDOWN: u8 = 0x10;
+/// Byte written to the exit port after a kernel panic (QEMU status 35).
+pub const EXIT_PANIC: u8 = 0x11;
+/// Byte written to the exit port after a fatal CPU exception (QEMU status 37).
+pub const EXIT_EXCEPTION: u8 = 0x12;
+/// I/O port of QEMU's `isa-debug-exit` device, as the host configures it.
+pub const EXIT_PORT: u16 = 0xf4;
+
+/// The exit status QEMU reports when the kernel wrote `byte` to [`EXIT_PORT`].
+pub const fn qemu_exit_status(byte: u8) -> i32 {
+    ((byte as i32) << 1) | 1
+}
