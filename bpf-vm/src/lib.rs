@@ -1,3 +1,12 @@
-//! bpf-vm (work in progress).
+//! bpf-vm: the BPF instruction set, assembler/disassembler, verifier and
+//! interpreter, `no_std` + `alloc` so the kernel can embed it and host tools
+//! can reuse it.
+//!
+//! - [`insn`]: opcode constants, [`insn::RawInsn`], the decoded [`insn::Insn`]
+//!   enum, [`insn::decode`] and [`insn::encode`].
 #![no_std]
 extern crate alloc;
+
+pub mod insn;
+
+pub use insn::{decode, encode, DecodeError, Insn, Program, RawInsn};
