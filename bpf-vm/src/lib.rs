@@ -8,5 +8,6 @@
 extern crate alloc;
 
 pub mod insn;
+pub mod verifier;
 
 pub use insn::{decode, encode, DecodeError, Insn, Program, RawInsn};

@@ -1,0 +1,3 @@
+//! The verifier (work in progress).
+pub mod scalar;
+pub mod tnum;
