@@ -4,10 +4,14 @@
 //!
 //! - [`insn`]: opcode constants, [`insn::RawInsn`], the decoded [`insn::Insn`]
 //!   enum, [`insn::decode`] and [`insn::encode`].
+//! - [`interp`]: the interpreter, in checked mode (any program, every access
+//!   checked) and fast mode (verified programs only).
 #![no_std]
 extern crate alloc;
 
 pub mod insn;
+pub mod interp;
 pub mod verifier;
 
 pub use insn::{decode, encode, DecodeError, Insn, Program, RawInsn};
+pub use interp::{run_checked, Executable, HelperTable, Helpers, RunError, Vm};
