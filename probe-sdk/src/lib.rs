@@ -1,1 +1,5 @@
 //! Host SDK (work in progress).
+
+pub mod client;
+pub mod kernel_image;
+pub mod vm;
