@@ -4,11 +4,15 @@
 //!
 //! - [`insn`]: opcode constants, [`insn::RawInsn`], the decoded [`insn::Insn`]
 //!   enum, [`insn::decode`] and [`insn::encode`].
+//! - [`asm`] / [`disasm`]: text syntax of the conformance suite (and LLVM
+//!   syntax for output).
 //! - [`interp`]: the interpreter, in checked mode (any program, every access
 //!   checked) and fast mode (verified programs only).
 #![no_std]
 extern crate alloc;
 
+pub mod asm;
+pub mod disasm;
 pub mod insn;
 pub mod interp;
 pub mod verifier;

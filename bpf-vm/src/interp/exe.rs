@@ -146,7 +146,10 @@ impl fmt::Display for PrepareError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             PrepareError::JumpOutOfRange { pc, target } => {
-                write!(f, "instruction {pc}: jump target {target} is outside the program")
+                write!(
+                    f,
+                    "instruction {pc}: jump target {target} is outside the program"
+                )
             }
             PrepareError::JumpIntoLdImm64 { pc, target } => write!(
                 f,
