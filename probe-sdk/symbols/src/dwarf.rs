@@ -1,0 +1,323 @@
+//! What the index keeps from DWARF: line rows (both directions) and the
+//! address ranges of inlined calls.
+//!
+//! Only line tables and inline records are read, which is all a
+//! `debug = "line-tables-only"` build carries. Everything is copied out of
+//! the ELF while indexing, so the index owns its data.
+
+use std::collections::HashMap;
+
+use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
+
+/// One row of a line table.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Row {
+    pub addr: u64,
+    pub file: u32,
+    pub line: u32,
+    pub is_stmt: bool,
+}
+
+/// A contiguous run of rows (one DWARF sequence), sorted by address.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sequence {
+    pub start: u64,
+    pub end: u64,
+    pub rows: (usize, usize),
+}
+
+/// One address range of an inlined call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InlineRange {
+    pub start: u64,
+    pub end: u64,
+    /// Nesting depth: 1 for a call inlined directly into the function.
+    pub depth: u32,
+    /// Index into [`LineData::names`]: the inlined function's DWARF name.
+    pub name: u32,
+    /// Where the call was written.
+    pub call_file: Option<u32>,
+    pub call_line: u32,
+}
+
+/// Line tables and inline ranges of one ELF.
+#[derive(Debug, Default)]
+pub(crate) struct LineData {
+    /// Interned file paths, as DWARF spells them (relative to the
+    /// compilation directory when DWARF says so).
+    pub files: Vec<String>,
+    pub rows: Vec<Row>,
+    /// Sorted by start; overlapping ones removed.
+    pub sequences: Vec<Sequence>,
+    /// `(file, line)` → addresses of its `is_stmt` rows.
+    pub stmts: HashMap<(u32, u32), Vec<u64>>,
+    /// Interned DWARF function names (bare, as line-tables-only DWARF has
+    /// them: `checksum<u8>`, `{closure#0}<()>`).
+    pub names: Vec<String>,
+    /// Sorted by start.
+    pub inlines: Vec<InlineRange>,
+    /// Bare name without generics → the names with that base.
+    pub names_by_base: HashMap<String, Vec<u32>>,
+}
+
+struct Interner {
+    ids: HashMap<String, u32>,
+}
+
+impl Interner {
+    fn intern(&mut self, list: &mut Vec<String>, s: String) -> u32 {
+        if let Some(&id) = self.ids.get(&s) {
+            return id;
+        }
+        let id = list.len() as u32;
+        list.push(s.clone());
+        self.ids.insert(s, id);
+        id
+    }
+}
+
+/// Strip generic arguments from a DWARF name (`checksum<u8>` → `checksum`).
+pub(crate) fn base_name(name: &str) -> &str {
+    match name.find('<') {
+        Some(i) if i > 0 => &name[..i],
+        _ => name,
+    }
+}
+
+type R<'a> = EndianSlice<'a, RunTimeEndian>;
+
+impl LineData {
+    /// Read the line tables and inline records. `in_text` says whether an
+    /// address lies in an executable section: sequences of code the linker
+    /// discarded (left at address 0) are dropped.
+    pub fn load(
+        dwarf: &gimli::Dwarf<R<'_>>,
+        in_text: impl Fn(u64) -> bool,
+    ) -> Result<Self, gimli::Error> {
+        let mut data = LineData::default();
+        let mut files = Interner {
+            ids: HashMap::new(),
+        };
+        let mut names = Interner {
+            ids: HashMap::new(),
+        };
+        let mut units = dwarf.units();
+        while let Some(header) = units.next()? {
+            let unit = dwarf.unit(header)?;
+            // File index (as the unit's line program numbers them) → interned id.
+            let mut file_ids: HashMap<u64, u32> = HashMap::new();
+            if let Some(program) = unit.line_program.clone() {
+                let mut rows = program.rows();
+                let mut seq_start = data.rows.len();
+                while let Some((header, row)) = rows.next_row()? {
+                    if row.end_sequence() {
+                        let seq_rows = &mut data.rows[seq_start..];
+                        seq_rows.sort_by_key(|r| r.addr);
+                        if let Some(first) = seq_rows.first() {
+                            if in_text(first.addr) {
+                                data.sequences.push(Sequence {
+                                    start: first.addr,
+                                    end: row.address(),
+                                    rows: (seq_start, data.rows.len()),
+                                });
+                                seq_start = data.rows.len();
+                                continue;
+                            }
+                        }
+                        data.rows.truncate(seq_start);
+                        continue;
+                    }
+                    let file = match file_ids.get(&row.file_index()) {
+                        Some(&id) => id,
+                        None => {
+                            let path = file_path(dwarf, &unit, header, row.file_index())
+                                .unwrap_or_else(|| "<unknown>".to_string());
+                            let id = files.intern(&mut data.files, path);
+                            file_ids.insert(row.file_index(), id);
+                            id
+                        }
+                    };
+                    data.rows.push(Row {
+                        addr: row.address(),
+                        file,
+                        line: row.line().map_or(0, |l| l.get() as u32),
+                        is_stmt: row.is_stmt(),
+                    });
+                }
+                data.rows.truncate(seq_start);
+            }
+            load_inlines(dwarf, &unit, &mut data, &mut names, &mut files, &mut file_ids)?;
+        }
+        data.sequences.sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
+        // Keep sequences disjoint so lookups can binary-search them.
+        let mut kept: Vec<Sequence> = Vec::with_capacity(data.sequences.len());
+        for s in data.sequences.drain(..) {
+            match kept.last() {
+                Some(prev) if s.start < prev.end => {}
+                _ => kept.push(s),
+            }
+        }
+        data.sequences = kept;
+        for seq in &data.sequences {
+            for r in &data.rows[seq.rows.0..seq.rows.1] {
+                if r.is_stmt && r.line != 0 && r.addr < seq.end {
+                    data.stmts.entry((r.file, r.line)).or_default().push(r.addr);
+                }
+            }
+        }
+        for addrs in data.stmts.values_mut() {
+            addrs.sort_unstable();
+            addrs.dedup();
+        }
+        data.inlines.retain(|r| in_text(r.start));
+        data.inlines.sort_by_key(|r| (r.start, r.depth));
+        for (id, name) in data.names.iter().enumerate() {
+            data.names_by_base
+                .entry(base_name(name).to_string())
+                .or_default()
+                .push(id as u32);
+        }
+        Ok(data)
+    }
+
+    /// The row covering `addr`: its file and line.
+    pub fn row_at(&self, addr: u64) -> Option<Row> {
+        let i = self.sequences.partition_point(|s| s.start <= addr);
+        let seq = self.sequences.get(i.checked_sub(1)?)?;
+        if addr >= seq.end {
+            return None;
+        }
+        let rows = &self.rows[seq.rows.0..seq.rows.1];
+        let j = rows.partition_point(|r| r.addr <= addr);
+        rows.get(j.checked_sub(1)?).copied()
+    }
+
+    /// The inlined calls covering `addr`, outermost first. `from` bounds the
+    /// search (the start of the enclosing function).
+    pub fn inlines_at(&self, addr: u64, from: u64) -> Vec<InlineRange> {
+        let lo = self.inlines.partition_point(|r| r.start < from);
+        let hi = self.inlines.partition_point(|r| r.start <= addr);
+        let mut found: Vec<InlineRange> = self.inlines[lo..hi]
+            .iter()
+            .filter(|r| addr < r.end)
+            .copied()
+            .collect();
+        found.sort_by_key(|r| r.depth);
+        found
+    }
+}
+
+/// Path of file `index` in a unit's line program: directory joined to name.
+fn file_path(
+    dwarf: &gimli::Dwarf<R<'_>>,
+    unit: &gimli::Unit<R<'_>>,
+    header: &gimli::LineProgramHeader<R<'_>>,
+    index: u64,
+) -> Option<String> {
+    let file = header.file(index)?;
+    let name = attr_str(dwarf, unit, file.path_name())?;
+    if name.starts_with('/') {
+        return Some(name);
+    }
+    let dir = file
+        .directory(header)
+        .and_then(|d| attr_str(dwarf, unit, d))
+        .unwrap_or_default();
+    Some(if dir.is_empty() {
+        name
+    } else {
+        format!("{}/{}", dir.trim_end_matches('/'), name)
+    })
+}
+
+fn attr_str(
+    dwarf: &gimli::Dwarf<R<'_>>,
+    unit: &gimli::Unit<R<'_>>,
+    value: AttributeValue<R<'_>>,
+) -> Option<String> {
+    let s = dwarf.attr_string(unit, value).ok()?;
+    Some(s.to_string_lossy().into_owned())
+}
+
+/// Record the name of every subprogram and the ranges of every inlined call
+/// in `unit`.
+fn load_inlines(
+    dwarf: &gimli::Dwarf<R<'_>>,
+    unit: &gimli::Unit<R<'_>>,
+    data: &mut LineData,
+    names: &mut Interner,
+    files: &mut Interner,
+    file_ids: &mut HashMap<u64, u32>,
+) -> Result<(), gimli::Error> {
+    // Abstract subprograms may follow the calls that refer to them, so
+    // names are collected in a first pass.
+    let mut die_names: HashMap<gimli::UnitOffset, u32> = HashMap::new();
+    let mut entries = unit.entries();
+    while let Some((_, entry)) = entries.next_dfs()? {
+        if entry.tag() != gimli::DW_TAG_subprogram {
+            continue;
+        }
+        let name = match entry.attr_value(gimli::DW_AT_name)? {
+            Some(v) => attr_str(dwarf, unit, v),
+            None => None,
+        };
+        if let Some(name) = name {
+            let id = names.intern(&mut data.names, name);
+            die_names.insert(entry.offset(), id);
+        }
+    }
+    let mut entries = unit.entries();
+    let mut depth = 0isize;
+    // Depth (in the DIE tree) of each open inlined call, to number nesting.
+    let mut open: Vec<isize> = Vec::new();
+    while let Some((delta, entry)) = entries.next_dfs()? {
+        depth += delta;
+        while open.last().is_some_and(|&d| d >= depth) {
+            open.pop();
+        }
+        if entry.tag() != gimli::DW_TAG_inlined_subroutine {
+            continue;
+        }
+        open.push(depth);
+        let origin = match entry.attr_value(gimli::DW_AT_abstract_origin)? {
+            Some(AttributeValue::UnitRef(off)) => die_names.get(&off).copied(),
+            _ => None,
+        };
+        let Some(name) = origin else { continue };
+        let call_file = match entry.attr_value(gimli::DW_AT_call_file)? {
+            Some(AttributeValue::FileIndex(i)) | Some(AttributeValue::Udata(i)) => {
+                match file_ids.get(&i) {
+                    Some(&id) => Some(id),
+                    None => unit
+                        .line_program
+                        .as_ref()
+                        .and_then(|p| file_path(dwarf, unit, p.header(), i))
+                        .map(|path| {
+                            let id = files.intern(&mut data.files, path);
+                            file_ids.insert(i, id);
+                            id
+                        }),
+                }
+            }
+            _ => None,
+        };
+        let call_line = match entry.attr_value(gimli::DW_AT_call_line)? {
+            Some(v) => v.udata_value().unwrap_or(0) as u32,
+            None => 0,
+        };
+        let mut ranges = dwarf.die_ranges(unit, entry)?;
+        while let Some(r) = ranges.next()? {
+            if r.begin < r.end {
+                data.inlines.push(InlineRange {
+                    start: r.begin,
+                    end: r.end,
+                    depth: open.len() as u32,
+                    name,
+                    call_file,
+                    call_line,
+                });
+            }
+        }
+    }
+    Ok(())
+}

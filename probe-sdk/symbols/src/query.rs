@@ -1,0 +1,739 @@
+//! Queries: what a user writes to name a probe point, and how each form
+//! resolves against a [`SymbolIndex`].
+//!
+//! | form | example |
+//! |------|---------|
+//! | exact path | `kernel::block::queue::RequestQueue::submit_bio` |
+//! | unique suffix of segments | `RequestQueue::submit_bio` |
+//! | glob (`*`, `?`) | `kernel::block::*`, `*::submit_*` |
+//! | offset | `RequestQueue::submit_bio+0x1a` |
+//! | source line (path suffix) | `kernel/src/block/queue.rs:120` |
+//! | raw address (opt-in) | `0xffffffff80012345` |
+
+use std::collections::BTreeMap;
+
+use crate::decode::{self, Boundary};
+use crate::error::{AmbiguityKind, Candidate, InlineSite, NotProbeable, SymbolError};
+use crate::index::{last_key, Function, SourceLocation, SymbolIndex};
+use crate::path::{glob_match, is_legacy_hash, render, ParsedPath};
+use crate::suggest::suggest;
+
+/// Choices that widen what a query may resolve to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResolveOptions {
+    /// Resolve an ambiguous name (or a line held by several functions) to
+    /// every match instead of refusing.
+    pub all: bool,
+    /// Accept a raw address (`0x…`); the user vouches for it.
+    pub allow_raw_address: bool,
+}
+
+/// The form a query took.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Query {
+    /// A path, exact or a suffix of segments.
+    Path { path: String },
+    /// A glob over paths.
+    Glob { pattern: String },
+    /// A path plus a byte offset.
+    Offset { path: String, offset: u64 },
+    /// A source line; `file` matches as a suffix of path components.
+    Line { file: String, line: u32 },
+    /// A raw address.
+    Address { addr: u64 },
+}
+
+impl Query {
+    /// Classify a query string.
+    pub fn parse(text: &str) -> Result<Query, SymbolError> {
+        let q = text.trim();
+        if q.is_empty() {
+            return Err(SymbolError::EmptyQuery);
+        }
+        let bad = |reason: &str| SymbolError::BadQuery {
+            query: q.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some(hex) = q.strip_prefix("0x").or_else(|| q.strip_prefix("0X")) {
+            return u64::from_str_radix(&hex.replace('_', ""), 16)
+                .map(|addr| Query::Address { addr })
+                .map_err(|_| bad("an address must be hexadecimal after `0x`"));
+        }
+        if let Some((file, line)) = q.rsplit_once(':') {
+            let looks_like_file = !file.ends_with(':') && (file.contains('.') || file.contains('/'));
+            if looks_like_file && !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) {
+                let line: u32 = line.parse().map_err(|_| bad("line number too large"))?;
+                if line == 0 {
+                    return Err(bad("lines are numbered from 1"));
+                }
+                return Ok(Query::Line {
+                    file: file.trim_start_matches("./").to_string(),
+                    line,
+                });
+            }
+        }
+        if let Some((path, off)) = q.rsplit_once('+') {
+            let off = off.trim();
+            let parsed = match off.strip_prefix("0x").or_else(|| off.strip_prefix("0X")) {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => off.parse::<u64>(),
+            };
+            let offset = parsed.map_err(|_| {
+                bad("the part after `+` must be an offset such as `0x1a` or `26`")
+            })?;
+            if path.trim().is_empty() {
+                return Err(bad("an offset needs a function path before `+`"));
+            }
+            return Ok(Query::Offset {
+                path: path.trim().to_string(),
+                offset,
+            });
+        }
+        if q.contains('*') || q.contains('?') {
+            return Ok(Query::Glob {
+                pattern: q.to_string(),
+            });
+        }
+        Ok(Query::Path {
+            path: q.to_string(),
+        })
+    }
+}
+
+/// One place to put a probe.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProbePoint {
+    /// Address of the probed instruction.
+    pub addr: u64,
+    /// The function holding it (`None` for a raw address outside symbols).
+    pub function: Option<String>,
+    /// Start address of that function.
+    pub function_addr: Option<u64>,
+    /// Offset of `addr` in the function.
+    pub offset: u64,
+    /// Size of the function.
+    pub function_size: Option<u64>,
+    /// Source line of the instruction.
+    pub location: Option<SourceLocation>,
+    /// For a line in inlined code: the function whose code it is.
+    pub inlined_from: Option<String>,
+}
+
+/// The answer to a query.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Resolution {
+    /// The query as parsed.
+    pub query: Query,
+    /// Where to probe: one point, or several for a glob or `all`.
+    pub points: Vec<ProbePoint>,
+    /// Functions a glob (or `all`) matched that cannot hold a probe.
+    pub skipped: Vec<(Candidate, NotProbeable)>,
+    /// Other places holding code for a source line, not picked.
+    pub others: Vec<ProbePoint>,
+    /// How the point was picked, when there was a choice.
+    pub note: Option<String>,
+}
+
+impl SymbolIndex {
+    /// Resolve a query to probe points, or say clearly why not.
+    pub fn resolve(&self, query: &str, opts: ResolveOptions) -> Result<Resolution, SymbolError> {
+        let parsed = Query::parse(query)?;
+        let mut res = Resolution {
+            query: parsed.clone(),
+            points: Vec::new(),
+            skipped: Vec::new(),
+            others: Vec::new(),
+            note: None,
+        };
+        match &parsed {
+            Query::Path { path } => {
+                let ids = self.match_path(path);
+                if ids.is_empty() {
+                    return Err(self.not_found(path));
+                }
+                if ids.len() > 1 && !opts.all {
+                    return Err(self.ambiguous(path, &ids));
+                }
+                self.collect_points(&ids, &mut res, ids.len() == 1)?;
+            }
+            Query::Glob { pattern } => {
+                let ids = self.match_glob(pattern);
+                if ids.is_empty() {
+                    return Err(SymbolError::NotFound {
+                        query: pattern.clone(),
+                        suggestions: Vec::new(),
+                    });
+                }
+                self.collect_points(&ids, &mut res, false)?;
+                if res.points.is_empty() {
+                    let (function, reason) = res.skipped.swap_remove(0);
+                    return Err(SymbolError::NotProbeable { function, reason });
+                }
+            }
+            Query::Offset { path, offset } => {
+                let ids = self.match_path(path);
+                match ids.len() {
+                    0 => return Err(self.not_found(path)),
+                    1 => {}
+                    // One offset rarely means the same thing in two
+                    // functions, so `all` does not apply here.
+                    _ => return Err(self.ambiguous(path, &ids)),
+                }
+                let f = &self.functions[ids[0] as usize];
+                self.check_point(f, *offset)?;
+                res.points.push(self.point(f, *offset, None));
+            }
+            Query::Line { file, line } => self.resolve_line(file, *line, opts, &mut res)?,
+            Query::Address { addr } => {
+                let inside = self.lookup_addr(*addr);
+                if !opts.allow_raw_address {
+                    return Err(SymbolError::RawAddressRefused {
+                        addr: *addr,
+                        inside: inside.map(|(f, off)| format!("{}+{off:#x}", f.name)),
+                    });
+                }
+                match inside {
+                    Some((f, off)) => {
+                        self.check_point(f, off)?;
+                        res.points.push(self.point(f, off, None));
+                    }
+                    None if self.in_text(*addr) => res.points.push(ProbePoint {
+                        addr: *addr,
+                        function: None,
+                        function_addr: None,
+                        offset: 0,
+                        function_size: None,
+                        location: self.addr_to_line(*addr),
+                        inlined_from: None,
+                    }),
+                    None => return Err(SymbolError::AddressNotInText { addr: *addr }),
+                }
+            }
+        }
+        Ok(res)
+    }
+
+    /// Every function a path names (name → addresses), without checking
+    /// whether each can hold a probe. Exact matches win over suffix matches.
+    pub fn find(&self, path: &str) -> Vec<&Function> {
+        self.match_path(path)
+            .into_iter()
+            .map(|i| &self.functions[i as usize])
+            .collect()
+    }
+
+    /// Indices of the functions `path` selects.
+    pub(crate) fn match_path(&self, path: &str) -> Vec<u32> {
+        let mut parsed = ParsedPath::parse(path);
+        // A trailing legacy hash (`f::h0123456789abcdef`) picks one
+        // monomorphization.
+        let mut hash = None;
+        if parsed.rest.len() > 1
+            && parsed.rest.last().is_some_and(|s| is_legacy_hash(&s.name))
+        {
+            hash = parsed.rest.pop().map(|s| s.name[1..].to_string());
+        }
+        let Some(last) = parsed.rest.last() else {
+            return Vec::new();
+        };
+        let Some(ids) = self.by_last.get(last_key(&last.name)) else {
+            return Vec::new();
+        };
+        let mut exact = Vec::new();
+        let mut suffix = Vec::new();
+        for &id in ids {
+            let f = &self.functions[id as usize];
+            if hash.is_some() && f.hash != hash {
+                continue;
+            }
+            match parsed.selects(&f.parsed) {
+                Some(true) => exact.push(id),
+                Some(false) => suffix.push(id),
+                None => {}
+            }
+        }
+        let mut ids = if exact.is_empty() { suffix } else { exact };
+        // Aliases (two names for one address) are one point.
+        ids.sort_by_key(|&i| self.functions[i as usize].addr);
+        ids.dedup_by_key(|i| self.functions[*i as usize].addr);
+        ids
+    }
+
+    fn match_glob(&self, pattern: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        let mut last_addr = None;
+        for (i, f) in self.functions.iter().enumerate() {
+            let hit = glob_match(pattern, &f.name)
+                || f.search_paths().iter().any(|p| glob_at_segments(pattern, p));
+            if hit && last_addr != Some(f.addr) {
+                ids.push(i as u32);
+                last_addr = Some(f.addr);
+            }
+        }
+        ids
+    }
+
+    /// Probe points for `ids`; unprobeable ones go to `skipped`, or fail
+    /// the query when `strict` (a single named function).
+    fn collect_points(
+        &self,
+        ids: &[u32],
+        res: &mut Resolution,
+        strict: bool,
+    ) -> Result<(), SymbolError> {
+        for &id in ids {
+            let f = &self.functions[id as usize];
+            match self.check_point(f, 0) {
+                Ok(()) => res.points.push(self.point(f, 0, None)),
+                Err(SymbolError::NotProbeable { function, reason }) if !strict => {
+                    res.skipped.push((function, reason));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn point(&self, f: &Function, offset: u64, inlined_from: Option<String>) -> ProbePoint {
+        ProbePoint {
+            addr: f.addr + offset,
+            function: Some(f.name.clone()),
+            function_addr: Some(f.addr),
+            offset,
+            function_size: Some(f.size),
+            location: self.addr_to_line(f.addr + offset),
+            inlined_from,
+        }
+    }
+
+    /// Check that `f + offset` can hold a probe: inside the function and
+    /// at the start of an instruction.
+    pub fn check_point(&self, f: &Function, offset: u64) -> Result<(), SymbolError> {
+        let refuse = |reason| SymbolError::NotProbeable {
+            function: self.candidate(f, None),
+            reason,
+        };
+        if f.size == 0 {
+            return Err(refuse(NotProbeable::ZeroSize));
+        }
+        if offset >= f.size {
+            return Err(SymbolError::OffsetOutOfRange {
+                function: f.name.clone(),
+                offset,
+                size: f.size,
+            });
+        }
+        let code = self
+            .code(f.addr, f.size)
+            .ok_or_else(|| refuse(NotProbeable::NoCode))?;
+        let bounds = decode::boundaries(code, f.addr);
+        if bounds.starts.is_empty() {
+            // Decode once more past the symbol's end to tell "too small"
+            // from "not code".
+            let wider = self.code(f.addr, 15).unwrap_or(code);
+            let first = decode::boundaries(wider, f.addr);
+            return Err(refuse(if first.starts.is_empty() {
+                NotProbeable::Undecodable
+            } else {
+                NotProbeable::SmallerThanInstruction { size: f.size }
+            }));
+        }
+        match decode::classify(&bounds, offset) {
+            Boundary::Start => Ok(()),
+            Boundary::Inside { before, after } => Err(SymbolError::NotOnBoundary {
+                function: f.name.clone(),
+                offset,
+                before,
+                after,
+            }),
+            Boundary::Undecodable { last } => Err(SymbolError::Undecodable {
+                function: f.name.clone(),
+                offset,
+                last,
+            }),
+        }
+    }
+
+    fn not_found(&self, path: &str) -> SymbolError {
+        let parsed = ParsedPath::parse(path);
+        if let Some(e) = self.inlined_away(path, &parsed) {
+            return e;
+        }
+        SymbolError::NotFound {
+            query: path.to_string(),
+            suggestions: suggest(self, &parsed, 5),
+        }
+    }
+
+    /// A name with no symbol but with inlined copies in DWARF.
+    fn inlined_away(&self, query: &str, parsed: &ParsedPath) -> Option<SymbolError> {
+        let lines = self.lines.as_ref()?;
+        let last = parsed.rest.last()?;
+        // A symbol with this last segment exists: more likely a wrong
+        // module than an inlined function, so suggestions serve better.
+        if self.by_last.contains_key(last_key(&last.name)) {
+            return None;
+        }
+        let name_ids = lines.names_by_base.get(&last.name)?;
+        let mut sites: Vec<InlineSite> = Vec::new();
+        for inl in lines.inlines.iter().filter(|r| name_ids.contains(&r.name)) {
+            let Some((f, _)) = self.lookup_addr(inl.start) else {
+                continue;
+            };
+            if sites.iter().any(|s| s.into == f.name) {
+                continue;
+            }
+            sites.push(InlineSite {
+                into: f.name.clone(),
+                addr: inl.start,
+                call_site: inl
+                    .call_file
+                    .map(|file| self.location_of(file, inl.call_line).to_string()),
+            });
+        }
+        if sites.is_empty() {
+            return None;
+        }
+        sites.sort_by_key(|s| s.addr);
+        Some(SymbolError::InlinedAway {
+            query: query.to_string(),
+            name: last.name.clone(),
+            sites,
+        })
+    }
+
+    fn ambiguous(&self, path: &str, ids: &[u32]) -> SymbolError {
+        let fs: Vec<&Function> = ids.iter().map(|&i| &self.functions[i as usize]).collect();
+        let plain = |f: &Function| -> Vec<String> {
+            f.parsed.keys()[0].iter().map(|s| s.name.clone()).collect()
+        };
+        let kind = if fs.iter().all(|f| f.parsed.trait_.is_some())
+            && fs
+                .iter()
+                .all(|f| f.parsed.keys().get(1) == fs[0].parsed.keys().get(1))
+        {
+            AmbiguityKind::TraitImpls
+        } else if fs.iter().all(|f| plain(f) == plain(fs[0])) {
+            AmbiguityKind::Monomorphizations
+        } else {
+            AmbiguityKind::SameName
+        };
+        let candidates = ids
+            .iter()
+            .map(|&i| {
+                let f = &self.functions[i as usize];
+                self.candidate(f, self.unique_query(i))
+            })
+            .collect();
+        SymbolError::Ambiguous {
+            query: path.to_string(),
+            kind,
+            candidates,
+        }
+    }
+
+    /// The shortest query that selects function `id` alone.
+    pub(crate) fn unique_query(&self, id: u32) -> Option<String> {
+        let f = &self.functions[id as usize];
+        let only = |q: &str| self.match_path(q) == [id];
+        if let (Some(ty), Some(tr)) = (&f.parsed.self_ty, &f.parsed.trait_) {
+            if let (Some(t), Some(r)) = (ty.last(), tr.last()) {
+                let q = format!("<{} as {}>::{}", t, r, render(&f.parsed.rest));
+                if only(&q) {
+                    return Some(q);
+                }
+            }
+        }
+        let key = &f.parsed.keys()[0];
+        for k in 1..=key.len() {
+            let q = render(&key[key.len() - k..]);
+            if only(&q) {
+                return Some(q);
+            }
+        }
+        if let Some(h) = &f.hash {
+            let q = format!("{}::h{}", render(key), h);
+            if only(&q) {
+                return Some(q);
+            }
+        }
+        None
+    }
+
+    fn resolve_line(
+        &self,
+        file: &str,
+        line: u32,
+        opts: ResolveOptions,
+        res: &mut Resolution,
+    ) -> Result<(), SymbolError> {
+        let lines = match &self.lines {
+            Some(l) if !l.rows.is_empty() => l,
+            _ => {
+                return Err(SymbolError::NoLineTables {
+                    query: format!("{file}:{line}"),
+                })
+            }
+        };
+        let file_id = self.find_file(file)?;
+        let Some(addrs) = lines.stmts.get(&(file_id, line)) else {
+            let mut before = None;
+            let mut after = None;
+            for &(f, l) in lines.stmts.keys() {
+                if f != file_id {
+                    continue;
+                }
+                if l < line && before.is_none_or(|b| l > b) {
+                    before = Some(l);
+                }
+                if l > line && after.is_none_or(|a| l < a) {
+                    after = Some(l);
+                }
+            }
+            return Err(SymbolError::NoCodeAtLine {
+                file: lines.files[file_id as usize].clone(),
+                line,
+                before,
+                after,
+            });
+        };
+        // Lowest address per (function, inlined callee): one site each.
+        let mut sites: BTreeMap<(u64, Option<u32>), (u64, usize)> = BTreeMap::new();
+        for &addr in addrs {
+            let Some((f, _)) = self.lookup_addr(addr) else {
+                continue;
+            };
+            let fi = self.functions.partition_point(|g| g.addr < f.addr);
+            let fi = (fi..self.functions.len())
+                .find(|&i| std::ptr::eq(&self.functions[i], f))
+                .unwrap_or(fi);
+            let inlined = lines.inlines_at(addr, f.addr).last().map(|r| r.name);
+            let entry = sites.entry((f.addr, inlined)).or_insert((addr, fi));
+            entry.0 = entry.0.min(addr);
+        }
+        if sites.is_empty() {
+            return Err(SymbolError::NoCodeAtLine {
+                file: lines.files[file_id as usize].clone(),
+                line,
+                before: None,
+                after: None,
+            });
+        }
+        let mut points: Vec<(bool, ProbePoint)> = Vec::new();
+        for (&(_, inlined), &(addr, fi)) in &sites {
+            let f = &self.functions[fi];
+            let from = inlined.map(|n| lines.names[n as usize].clone());
+            self.check_point(f, addr - f.addr)?;
+            points.push((inlined.is_none(), self.point(f, addr - f.addr, from)));
+        }
+        let owners = points.iter().filter(|(own, _)| *own).count();
+        let describe = |p: &ProbePoint| match &p.inlined_from {
+            Some(from) => format!(
+                "{} (inlined `{}`)",
+                p.function.as_deref().unwrap_or("?"),
+                from
+            ),
+            None => p.function.clone().unwrap_or_default(),
+        };
+        if opts.all || points.len() == 1 {
+            res.points = points.into_iter().map(|(_, p)| p).collect();
+            return Ok(());
+        }
+        if owners == 1 {
+            let i = points.iter().position(|(own, _)| *own).unwrap_or(0);
+            let (_, primary) = points.remove(i);
+            res.note = Some(format!(
+                "picked {}+{:#x}, the lowest address of the function that owns the line; \
+                 {} inlined cop{} elsewhere (pass --all to probe them too): {}",
+                describe(&primary),
+                primary.offset,
+                points.len(),
+                if points.len() == 1 { "y" } else { "ies" },
+                points
+                    .iter()
+                    .map(|(_, p)| describe(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            res.points.push(primary);
+            res.others = points.into_iter().map(|(_, p)| p).collect();
+            return Ok(());
+        }
+        let candidates = points
+            .iter()
+            .map(|(_, p)| Candidate {
+                name: describe(p),
+                addr: p.addr,
+                size: p.function_size.unwrap_or(0),
+                location: p.location.as_ref().map(|l| l.to_string()),
+                select_with: p
+                    .function
+                    .as_ref()
+                    .map(|f| format!("{}+{:#x}", f, p.offset)),
+            })
+            .collect();
+        Err(SymbolError::Ambiguous {
+            query: format!("{file}:{line}"),
+            kind: AmbiguityKind::LineInSeveralPlaces,
+            candidates,
+        })
+    }
+
+    /// The one source file whose path ends with `file` (whole components).
+    fn find_file(&self, file: &str) -> Result<u32, SymbolError> {
+        let lines = self.lines.as_ref().ok_or_else(|| SymbolError::NoLineTables {
+            query: file.to_string(),
+        })?;
+        let matches: Vec<u32> = lines
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| path_ends_with(p, file))
+            .map(|(i, _)| i as u32)
+            .collect();
+        match matches.len() {
+            1 => Ok(matches[0]),
+            0 => {
+                let base = file.rsplit('/').next().unwrap_or(file);
+                let mut close: Vec<(usize, &String)> = lines
+                    .files
+                    .iter()
+                    .filter_map(|p| {
+                        let pb = p.rsplit('/').next().unwrap_or(p);
+                        let d = crate::suggest::levenshtein(base, pb);
+                        (d <= 2).then_some((d, p))
+                    })
+                    .collect();
+                close.sort();
+                close.dedup();
+                Err(SymbolError::FileNotFound {
+                    file: file.to_string(),
+                    suggestions: close.into_iter().take(5).map(|(_, p)| p.clone()).collect(),
+                })
+            }
+            _ => {
+                // A path written out in full beats longer ones it suffixes.
+                if let Some(&exact) = matches.iter().find(|&&i| lines.files[i as usize] == file) {
+                    return Ok(exact);
+                }
+                Err(SymbolError::AmbiguousFile {
+                    file: file.to_string(),
+                    candidates: matches
+                        .iter()
+                        .map(|&i| lines.files[i as usize].clone())
+                        .collect(),
+                })
+            }
+        }
+    }
+
+    /// Every source location that holds code for `file:line` is resolved by
+    /// [`SymbolIndex::resolve`]; this is the raw list: the lowest `is_stmt`
+    /// address of each function holding code for the line.
+    pub fn line_to_addrs(&self, file: &str, line: u32) -> Result<Vec<u64>, SymbolError> {
+        let res = self.resolve(
+            &format!("{file}:{line}"),
+            ResolveOptions {
+                all: true,
+                allow_raw_address: false,
+            },
+        )?;
+        Ok(res.points.iter().map(|p| p.addr).collect())
+    }
+}
+
+/// `path` ends with `suffix` at a component boundary.
+fn path_ends_with(path: &str, suffix: &str) -> bool {
+    path == suffix
+        || (path.ends_with(suffix) && path[..path.len() - suffix.len()].ends_with('/'))
+}
+
+/// A glob matched against `path` starting at any segment boundary, so that
+/// `RequestQueue::submit_*` works like a suffix query.
+fn glob_at_segments(pattern: &str, path: &str) -> bool {
+    if glob_match(pattern, path) {
+        return true;
+    }
+    let mut rest = path;
+    let mut depth = 0i32;
+    let bytes = path.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'<' | b'(' | b'[' => depth += 1,
+            b'>' | b')' | b']' => depth -= 1,
+            b':' if depth == 0 && i + 2 <= bytes.len() && bytes.get(i + 1) == Some(&b':') => {
+                rest = &path[i + 2..];
+                if glob_match(pattern, rest) {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = rest;
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_forms() {
+        assert_eq!(
+            Query::parse("kernel::a::b").unwrap(),
+            Query::Path {
+                path: "kernel::a::b".into()
+            }
+        );
+        assert_eq!(
+            Query::parse("a::b+0x1a").unwrap(),
+            Query::Offset {
+                path: "a::b".into(),
+                offset: 0x1a
+            }
+        );
+        assert_eq!(
+            Query::parse("a::b+26").unwrap(),
+            Query::Offset {
+                path: "a::b".into(),
+                offset: 26
+            }
+        );
+        assert_eq!(
+            Query::parse("kernel/src/block/queue.rs:120").unwrap(),
+            Query::Line {
+                file: "kernel/src/block/queue.rs".into(),
+                line: 120
+            }
+        );
+        assert_eq!(
+            Query::parse("0xffff_8000").unwrap(),
+            Query::Address { addr: 0xffff_8000 }
+        );
+        assert_eq!(
+            Query::parse("*::submit_*").unwrap(),
+            Query::Glob {
+                pattern: "*::submit_*".into()
+            }
+        );
+        assert_eq!(
+            Query::parse("a::b+x").unwrap_err().to_string(),
+            "bad query `a::b+x`: the part after `+` must be an offset such as `0x1a` or `26`"
+        );
+        assert!(matches!(Query::parse("  "), Err(SymbolError::EmptyQuery)));
+        assert_eq!(
+            Query::parse("queue.rs:0").unwrap_err().to_string(),
+            "bad query `queue.rs:0`: lines are numbered from 1"
+        );
+    }
+
+    #[test]
+    fn globs_start_at_segments() {
+        assert!(glob_at_segments("RequestQueue::submit_*", "kernel::block::RequestQueue::submit_bio"));
+        assert!(!glob_at_segments("Queue::submit_*", "kernel::block::RequestQueue::submit_bio"));
+        assert!(path_ends_with("/a/kernel/src/block/queue.rs", "block/queue.rs"));
+        assert!(!path_ends_with("/a/kernel/src/block/myqueue.rs", "queue.rs"));
+    }
+}
