@@ -78,7 +78,11 @@ fn parse_u64(s: &str) -> Result<u64, String> {
     r.map_err(|_| format!("bad number `{s}`"))
 }
 
-fn helper5(_: &mut (), _: &mut HelperMem<'_>, args: [u64; 5]) -> Result<u64, bpf_vm::interp::HelperError> {
+fn helper5(
+    _: &mut (),
+    _: &mut HelperMem<'_>,
+    args: [u64; 5],
+) -> Result<u64, bpf_vm::interp::HelperError> {
     Ok(args[0])
 }
 
@@ -135,10 +139,7 @@ fn conformance_suite() {
     for f in &files {
         let text = std::fs::read_to_string(f).expect("read vector");
         if let Err(e) = run_vector(&text) {
-            failures.push(format!(
-                "{}: {e}",
-                f.file_name().unwrap().to_string_lossy()
-            ));
+            failures.push(format!("{}: {e}", f.file_name().unwrap().to_string_lossy()));
         }
     }
     let passed = files.len() - failures.len();

@@ -64,8 +64,12 @@ impl fmt::Display for HelperError {
 /// The helper functions a program may call, by Linux helper id.
 pub trait Helpers {
     /// Calls helper `id` with `r1..r5`; the result goes to `r0`.
-    fn call(&mut self, id: u32, args: [u64; 5], mem: &mut HelperMem<'_>)
-        -> Result<u64, HelperError>;
+    fn call(
+        &mut self,
+        id: u32,
+        args: [u64; 5],
+        mem: &mut HelperMem<'_>,
+    ) -> Result<u64, HelperError>;
 }
 
 /// A helper implementation: the embedder's state, guest memory access, `r1..r5`.
