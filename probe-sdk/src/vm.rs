@@ -224,6 +224,11 @@ pub struct VmConfig {
     pub search_path: Option<OsString>,
     /// Hide cargo's progress while building the kernel.
     pub quiet_build: bool,
+    /// Wait for the handshake answer (the normal case). Without it,
+    /// [`Vm::start`] returns as soon as the control socket accepts a
+    /// connection, and the kernel has seen no `Hello` yet (tests use this
+    /// to check that requests before `Hello` are refused).
+    pub handshake: bool,
 }
 
 impl VmConfig {
@@ -239,6 +244,7 @@ impl VmConfig {
             append: None,
             search_path: None,
             quiet_build: false,
+            handshake: true,
         }
     }
 }
@@ -443,8 +449,9 @@ impl Vm {
             child: Some(child),
             boot: None,
         };
-        match vm.wait_ready(started, cfg.boot_timeout) {
-            Ok(hello) => {
+        match vm.wait_ready(started, cfg.boot_timeout, cfg.handshake) {
+            Ok(None) => Ok(vm),
+            Ok(Some(hello)) => {
                 vm.boot = Some(BootInfo {
                     hello,
                     boot_time: started.elapsed(),
@@ -460,9 +467,15 @@ impl Vm {
         }
     }
 
-    /// Poll until the handshake is answered, QEMU exits, the console shows
-    /// a panic report, or the timeout passes.
-    fn wait_ready(&mut self, started: Instant, timeout: Duration) -> Result<HelloReply> {
+    /// Poll until the handshake is answered (or, without `handshake`, the
+    /// socket accepts), QEMU exits, the console shows a panic report, or
+    /// the timeout passes.
+    fn wait_ready(
+        &mut self,
+        started: Instant,
+        timeout: Duration,
+        handshake: bool,
+    ) -> Result<Option<HelloReply>> {
         let deadline = started + timeout;
         let mut client: Option<Client> = None;
         loop {
@@ -496,6 +509,9 @@ impl Vm {
                 None => {
                     if self.paths.socket.exists() {
                         if let Ok(c) = Client::connect_raw(&self.paths.socket) {
+                            if !handshake {
+                                return Ok(None);
+                            }
                             client = Some(c);
                             continue;
                         }
@@ -505,7 +521,7 @@ impl Vm {
                 Some(c) => {
                     let attempt = (deadline - now).min(Duration::from_millis(250));
                     match c.handshake("ktrace vm start", attempt, attempt) {
-                        Ok(hello) => return Ok(hello),
+                        Ok(hello) => return Ok(Some(hello)),
                         Err(ClientError::HandshakeTimeout { .. }) => {}
                         // QEMU went away: the next round reports why.
                         Err(ClientError::Closed) => {

@@ -1,1 +1,186 @@
 //! Shared helpers for the end-to-end tests.
+//!
+//! Every test boots its own VM under a unique name ([`unique_name`]), so
+//! tests run in parallel, and [`TestVm`] stops it even when the test fails.
+//! The kernel is built once per test process ([`kernel_image`]); the
+//! `ktrace` binary is built on demand ([`ktrace_bin`]) so CLI tests always
+//! run the current code.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use probe_sdk::client::{Client, ConnectOptions};
+use probe_sdk::kernel_image::{self, KernelImage};
+use probe_sdk::vm::{Vm, VmConfig};
+
+/// Boot timeout for tests: generous, since tests boot VMs in parallel on
+/// few cores under TCG.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The kernel image, built and post-processed once per test process.
+pub fn kernel_image() -> &'static KernelImage {
+    static IMAGE: OnceLock<KernelImage> = OnceLock::new();
+    IMAGE.get_or_init(|| match kernel_image::prepare(true) {
+        Ok(image) => image,
+        Err(e) => panic!("cannot prepare the kernel image: {e}"),
+    })
+}
+
+/// A VM name unique to this test and process.
+pub fn unique_name(test: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let mut name = format!("t-{test}-{}-{seq}", std::process::id());
+    name.retain(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    name.truncate(64);
+    name
+}
+
+/// A VM config for a test: unique name, the prepared kernel.
+pub fn test_config(test: &str) -> VmConfig {
+    let mut cfg = VmConfig::new(unique_name(test));
+    cfg.kernel = Some(kernel_image().source.clone());
+    cfg.boot_timeout = BOOT_TIMEOUT;
+    cfg.quiet_build = true;
+    cfg
+}
+
+/// A VM that is killed when dropped.
+pub struct TestVm {
+    vm: Option<Vm>,
+}
+
+impl TestVm {
+    /// Boot a VM for `test` and wait for the handshake.
+    pub fn boot(test: &str) -> Self {
+        Self::boot_with(test_config(test))
+    }
+
+    /// Boot with a custom config; panics with the boot error.
+    pub fn boot_with(cfg: VmConfig) -> Self {
+        match Vm::start(&cfg) {
+            Ok(vm) => Self { vm: Some(vm) },
+            Err(e) => panic!("VM {} did not boot: {e}", cfg.name),
+        }
+    }
+
+    pub fn vm(&mut self) -> &mut Vm {
+        self.vm.as_mut().expect("VM already stopped")
+    }
+
+    pub fn name(&self) -> &str {
+        self.vm.as_ref().expect("VM already stopped").name()
+    }
+
+    /// Connect and handshake.
+    pub fn client(&mut self) -> Client {
+        let opts = ConnectOptions {
+            client_name: "ktrace-tests".into(),
+            handshake_timeout: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(20),
+            ..ConnectOptions::default()
+        };
+        match self.vm().connect(&opts) {
+            Ok(c) => c,
+            Err(e) => {
+                let vm = self.vm();
+                panic!(
+                    "cannot connect to VM {}: {e}\nconsole:\n{}",
+                    vm.name(),
+                    vm.console()
+                )
+            }
+        }
+    }
+
+    /// Connect without the handshake.
+    pub fn raw_client(&mut self) -> Client {
+        match Client::connect_raw(&self.vm().paths().socket) {
+            Ok(c) => c,
+            Err(e) => panic!("cannot connect to VM {}: {e}", self.name()),
+        }
+    }
+
+    /// Give the VM up without stopping it (it stopped on its own).
+    pub fn into_inner(mut self) -> Vm {
+        self.vm.take().expect("VM already taken")
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        if let Some(mut vm) = self.vm.take() {
+            // No clean shutdown: the test is over, and a kernel in a bad
+            // state must not stall the suite.
+            vm.kill();
+        }
+    }
+}
+
+/// The `ktrace` binary of this workspace, built if missing or stale.
+pub fn ktrace_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // The test executable lives in <target>/<profile-dir>/deps/.
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable outside a cargo target dir");
+        let target_dir = profile_dir.parent().expect("cargo target dir");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev".to_string(),
+            Some(other) => other.to_string(),
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(kernel_image::workspace_root())
+            .args(["build", "--quiet", "-p", "ktrace-tools", "--bin", "ktrace"])
+            .args(["--profile", &profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .status()
+            .expect("cannot run cargo");
+        assert!(status.success(), "building the ktrace binary failed");
+        profile_dir.join("ktrace")
+    })
+}
+
+/// A `ktrace` command that boots the prepared kernel (no rebuild).
+pub fn ktrace() -> Command {
+    let mut cmd = Command::new(ktrace_bin());
+    cmd.env(kernel_image::KERNEL_ENV, &kernel_image().source);
+    cmd
+}
+
+/// Run `ktrace args...`; panics with its output if it fails.
+pub fn ktrace_ok(args: &[&str]) -> String {
+    let out = ktrace().args(args).output().expect("cannot run ktrace");
+    assert_success(args, &out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn assert_success(args: &[&str], out: &Output) {
+    assert!(
+        out.status.success(),
+        "ktrace {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Kills VM `name` (started through the CLI) when dropped.
+pub struct CliVmGuard(pub String);
+
+impl Drop for CliVmGuard {
+    fn drop(&mut self) {
+        if let Ok(mut vm) = Vm::attach(&self.0) {
+            vm.kill();
+        }
+    }
+}

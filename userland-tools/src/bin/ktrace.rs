@@ -10,16 +10,27 @@ use clap::{Parser, Subcommand};
     about = "Tracing for a Rust kernel: kprobes, tracepoints and BPF probes written in Rust"
 )]
 struct Cli {
+    /// The VM to talk to (see `ktrace vm list`).
+    #[arg(long, global = true, value_name = "NAME", default_value = "default")]
+    vm: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Start, inspect and stop the VM that runs the kernel.
+    Vm(ktrace_tools::cmd::vm::Args),
+    /// Uptime, memory and tasks of the running kernel.
+    Info(ktrace_tools::cmd::info::Args),
+}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Vm(args) => ktrace_tools::cmd::vm::run(args, &cli.vm),
+        Command::Info(args) => ktrace_tools::cmd::info::run(args, &cli.vm),
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,1 +1,4 @@
 //! One module per `ktrace` subcommand.
+
+pub mod info;
+pub mod vm;

@@ -1,0 +1,405 @@
+//! The foundation, end to end: boot the real kernel in QEMU, handshake,
+//! ask for system information, feed the control channel bad input, panic
+//! the kernel on purpose, run the in-kernel self tests, and drive the
+//! `ktrace` CLI. No mocks: every test boots its own VM.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ktrace_abi::frame::{self, MAGIC};
+use ktrace_abi::vm::{qemu_exit_status, DebugRequest, Hello, SystemInfo, TaskState, EXIT_PANIC};
+use ktrace_abi::{Envelope, ErrorCode, Request, Response, PROTOCOL_VERSION};
+use ktrace_tests::{ktrace_bin, ktrace_ok, test_config, unique_name, CliVmGuard, TestVm};
+use probe_sdk::client::{Client, ClientError};
+use probe_sdk::vm::{self, ExitKind, ReportKind, Vm, VmError, VmState};
+
+const MIB: u64 = 1 << 20;
+
+fn check_info(info: &SystemInfo, kernel_version: &str) {
+    assert_eq!(info.kernel_version, kernel_version);
+    assert_eq!(info.cpus, 1, "QEMU runs with -smp 1");
+    assert!(info.uptime_ns > 0);
+    assert!(info.tsc_khz > 0, "TSC not calibrated: {info:?}");
+    // -m 256M: the kernel sees at most that, minus firmware holes.
+    assert!(
+        info.memory_total_bytes > 200 * MIB && info.memory_total_bytes <= 256 * MIB,
+        "memory_total_bytes = {}",
+        info.memory_total_bytes
+    );
+    assert!(info.memory_used_bytes > 0 && info.memory_used_bytes <= info.memory_total_bytes);
+    assert!(info.heap_total_bytes > 0 && info.heap_used_bytes <= info.heap_total_bytes);
+    assert!(info.timer_hz > 0);
+    assert!(!info.tasks.is_empty());
+    let pids: HashSet<u32> = info.tasks.iter().map(|t| t.pid).collect();
+    assert_eq!(
+        pids.len(),
+        info.tasks.len(),
+        "duplicate pids: {:?}",
+        info.tasks
+    );
+    // One CPU: exactly the task answering this request is running.
+    let running = info
+        .tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Running)
+        .count();
+    assert_eq!(running, 1, "tasks: {:?}", info.tasks);
+}
+
+#[test]
+fn boots_handshakes_and_reports_plausible_info() {
+    let mut vm = TestVm::boot("info");
+    let boot = vm.vm().boot_info().expect("boot info").clone();
+    assert_eq!(boot.hello.protocol_version, PROTOCOL_VERSION);
+    assert!(
+        boot.image.symbols > 100,
+        "only {} symbols",
+        boot.image.symbols
+    );
+    let mut client = vm.client();
+    let hello = client.hello_reply().expect("handshake").clone();
+    let first = client.info().expect("Info");
+    check_info(&first, &hello.kernel_version);
+    assert!(first.uptime_ns >= hello.uptime_ns);
+    thread::sleep(Duration::from_millis(300));
+    let second = client.info().expect("second Info");
+    check_info(&second, &hello.kernel_version);
+    assert!(second.uptime_ns > first.uptime_ns);
+    assert!(
+        second.timer_ticks > first.timer_ticks,
+        "the timer did not tick in 300 ms: {} then {}",
+        first.timer_ticks,
+        second.timer_ticks
+    );
+    assert_eq!(second.bad_frames, 0, "no bad input was sent");
+}
+
+/// Frames that arrive within `wait`; each must be an error frame.
+fn errors_within(client: &mut Client, wait: Duration) -> Vec<Envelope<Response>> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match client.recv_any(left) {
+            Ok(Some(env)) => {
+                assert!(
+                    matches!(env.body, Response::Error(_)),
+                    "bad input got a non-error answer: {env:?}"
+                );
+                out.push(env);
+            }
+            Ok(None) => break,
+            Err(e) => panic!("channel broke after bad input: {e}"),
+        }
+    }
+    out
+}
+
+fn codes(frames: &[Envelope<Response>]) -> Vec<ErrorCode> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Response::Error(e) => Some(e.code),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `Info`, retried: after a truncated frame the kernel may first need the
+/// next bytes (or its idle timeout) to drop the stale partial frame.
+fn info_eventually(client: &mut Client, what: &str) -> (SystemInfo, u32) {
+    for attempt in 1..=5 {
+        match client.request_timeout(&Request::Info, Duration::from_secs(3)) {
+            Ok(Response::Info(info)) => return (info, attempt),
+            Ok(other) => panic!("after {what}: Info answered with {other:?}"),
+            Err(ClientError::Timeout { .. }) => continue,
+            Err(e) => panic!("after {what}: Info failed: {e}"),
+        }
+    }
+    panic!("after {what}: Info was never answered (5 attempts)");
+}
+
+/// Deterministic bytes that never contain the frame magic's first byte.
+fn garbage(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            match (x >> 24) as u8 {
+                b'K' => b'k',
+                b => b,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn bad_input_is_refused_and_the_channel_recovers() {
+    let mut vm = TestVm::boot("badinput");
+    let mut client = vm.client();
+    let wait = Duration::from_millis(800);
+
+    // 1. Random bytes: skipped (at most reported as a bad frame).
+    client.send_bytes(&garbage(512)).unwrap();
+    let got = errors_within(&mut client, wait);
+    assert!(
+        codes(&got).iter().all(|c| *c == ErrorCode::BadFrame),
+        "{got:?}"
+    );
+    info_eventually(&mut client, "random bytes");
+
+    // 2. An absurd length: refused without waiting for 4 GiB.
+    let mut huge = MAGIC.to_vec();
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    huge.extend_from_slice(&0u32.to_le_bytes());
+    client.send_bytes(&huge).unwrap();
+    let got = errors_within(&mut client, wait);
+    assert!(
+        codes(&got).iter().all(|c| *c == ErrorCode::BadFrame),
+        "{got:?}"
+    );
+    info_eventually(&mut client, "an absurd length");
+
+    // 3. An unknown request variant: a good frame whose payload is id 7
+    //    and variant 200, which no Request has.
+    client.send_bytes(&frame::wrap(&[7, 0xc8, 0x01])).unwrap();
+    let got = errors_within(&mut client, wait);
+    assert_eq!(codes(&got), vec![ErrorCode::Decode], "{got:?}");
+    info_eventually(&mut client, "an unknown variant");
+
+    // 4. A request that decodes but names no self test.
+    let bad_fields = Request::Debug(DebugRequest::SelfTest {
+        name: "no such test".into(),
+    });
+    let err = client.request(&bad_fields).unwrap_err();
+    let reply = err.kernel_reply().unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        matches!(reply.code, ErrorCode::NotFound | ErrorCode::InvalidArgument),
+        "{reply:?}"
+    );
+    assert!(!reply.message.is_empty());
+
+    // 5. A Hello with another protocol version.
+    let wrong = Request::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION + 100,
+        client: "from the future".into(),
+    });
+    let err = client.request(&wrong).unwrap_err();
+    assert_eq!(
+        err.kernel_reply().map(|r| r.code),
+        Some(ErrorCode::Version),
+        "{err}"
+    );
+
+    // 6. A truncated frame: the header promises 64 bytes, 10 arrive.
+    let mut cut = frame::wrap(&[0u8; 64]);
+    cut.truncate(frame::HEADER_LEN + 10);
+    client.send_bytes(&cut).unwrap();
+    let (info, _attempts) = info_eventually(&mut client, "a truncated frame");
+    assert!(
+        info.bad_frames >= 2,
+        "the kernel counted {} bad frames after an absurd length, an unknown \
+         variant and a truncated frame",
+        info.bad_frames
+    );
+}
+
+#[test]
+fn requests_before_hello_are_refused() {
+    let mut cfg = test_config("nohello");
+    cfg.handshake = false;
+    let mut vm = TestVm::boot_with(cfg);
+    let mut client = vm.raw_client();
+    // The kernel may still be booting: send Info until something answers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (id, env) = loop {
+        assert!(Instant::now() < deadline, "no answer to Info before Hello");
+        let id = client.send_request(&Request::Info).unwrap();
+        if let Some(env) = client.recv_any(Duration::from_millis(500)).unwrap() {
+            break (id, env);
+        }
+    };
+    match &env.body {
+        Response::Error(e) => assert_eq!(e.code, ErrorCode::Version, "{e:?}"),
+        other => panic!("Info before Hello was answered: {other:?}"),
+    }
+    assert!(
+        env.id <= id && env.id > 0,
+        "answer id {} for requests up to {id}",
+        env.id
+    );
+    let hello = client
+        .handshake(
+            "ktrace-tests",
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+        )
+        .expect("handshake after the refused request");
+    let (info, _) = info_eventually(&mut client, "the handshake");
+    assert_eq!(info.kernel_version, hello.kernel_version);
+}
+
+#[test]
+fn forced_panic_is_classified_with_a_symbolized_backtrace() {
+    let mut vm = TestVm::boot("panic");
+    let mut client = vm.client();
+    client
+        .send_request(&Request::Debug(DebugRequest::Panic))
+        .unwrap();
+    let exit = vm
+        .vm()
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the VM did not exit after the forced panic"));
+    let console = vm.vm().console();
+    let ExitKind::Panicked(report) = exit.kind else {
+        panic!("exit not classified as a panic ({exit:?}); console:\n{console}");
+    };
+    assert_eq!(exit.status, Some(qemu_exit_status(EXIT_PANIC)));
+    assert_eq!(report.kind, ReportKind::Panic);
+    assert!(report.complete, "{report}");
+    assert!(
+        report.has_frame("kernel::debug::forced_panic"),
+        "backtrace does not name kernel::debug::forced_panic:\n{report}"
+    );
+    // Every frame was symbolized from the embedded table... at least the
+    // first ones, which are kernel code.
+    assert!(report.frames[0].symbol.is_some(), "{report}");
+}
+
+#[test]
+fn in_kernel_self_tests_pass() {
+    let mut vm = TestVm::boot("selftest");
+    let mut client = vm.client();
+    let names = client.list_self_tests().expect("ListSelfTests");
+    for name in ["sleep_order", "waitqueue"] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} missing from {names:?}"
+        );
+        let result = client.self_test(name).expect("SelfTest");
+        assert_eq!(result.name, name);
+        assert!(
+            result.passed,
+            "self test {name} failed:\n{}",
+            result.output.join("\n")
+        );
+        assert!(!result.output.is_empty(), "{name} reported nothing");
+    }
+}
+
+#[test]
+fn boot_timeout_is_reported_as_hung_and_qemu_is_stopped() {
+    let mut cfg = test_config("hung");
+    // Far too short for any boot: the harness must classify, report the
+    // console tail and stop QEMU.
+    cfg.boot_timeout = Duration::from_millis(1);
+    let name = cfg.name.clone();
+    let err = match Vm::start(&cfg) {
+        Err(e) => e,
+        Ok(mut vm) => {
+            vm.kill();
+            panic!("booted within 1 ms?");
+        }
+    };
+    assert!(matches!(err, VmError::Hung { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!(
+            "VM {name} hung: no handshake answer within 0.0 s; QEMU was stopped."
+        )),
+        "{err}"
+    );
+    assert_eq!(vm::status(&name).unwrap().state, VmState::Stopped);
+}
+
+#[test]
+fn missing_qemu_is_a_one_line_error() {
+    let name = unique_name("noqemu");
+    let out = Command::new(ktrace_bin())
+        .env("PATH", "")
+        .args(["--vm", &name, "vm", "start"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "ktrace: qemu-system-x86_64 not found in PATH: install the Debian package \
+         qemu-system-x86 (apt-get install qemu-system-x86)\n"
+    );
+}
+
+#[test]
+fn cli_starts_inspects_and_stops_a_vm_with_a_disk() {
+    let name = unique_name("cli");
+    let _guard = CliVmGuard(name.clone());
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.img");
+    let disk_arg = disk.to_str().unwrap();
+
+    let out = ktrace_ok(&[
+        "vm",
+        "start",
+        "--name",
+        &name,
+        "--disk",
+        disk_arg,
+        "--disk-size",
+        "8M",
+    ]);
+    assert!(
+        out.contains(&format!("created disk {disk_arg} (8388608 bytes, sparse)")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("VM {name} ready in ")), "{out}");
+    assert_eq!(std::fs::metadata(&disk).unwrap().len(), 8 << 20);
+
+    let status = ktrace_ok(&["--vm", &name, "vm", "status"]);
+    assert!(
+        status.starts_with(&format!("VM {name}: running (pid ")),
+        "{status}"
+    );
+    assert!(status.contains("  kernel  "), "{status}");
+
+    let list = ktrace_ok(&["vm", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&name) && l.contains("running")),
+        "{list}"
+    );
+
+    let table = ktrace_ok(&["--vm", &name, "info"]);
+    assert!(table.contains("cpus              1 "), "{table}");
+    assert!(table.contains("  PID  NAME"), "{table}");
+
+    let json = ktrace_ok(&["--vm", &name, "info", "--json"]);
+    let info: SystemInfo = serde_json::from_str(&json).expect("info --json parses");
+    assert_eq!(info.cpus, 1);
+
+    // The disk is on the QEMU command line as a virtio-blk device.
+    let cmdline = std::fs::read_to_string(vm::status(&name).unwrap().paths.cmdline).unwrap();
+    assert!(cmdline.contains(&format!("file={disk_arg},if=none,id=vda,format=raw")));
+
+    let console = ktrace_ok(&["--vm", &name, "vm", "console"]);
+    assert!(!console.is_empty());
+
+    let stop = ktrace_ok(&["--vm", &name, "vm", "stop"]);
+    assert!(stop.contains("shut down cleanly"), "{stop}");
+    let status = ktrace_ok(&["--vm", &name, "vm", "status"]);
+    assert_eq!(status, format!("VM {name}: stopped\n"));
+
+    let out = ktrace().args(["--vm", &name, "info"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "ktrace: VM {name} is not running (start it with `ktrace vm start --name {name}`)\n"
+        )
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn ktrace() -> Command {
+    ktrace_tests::ktrace()
+}

@@ -1,0 +1,159 @@
+//! `ktrace info`: uptime, memory and tasks of the running kernel.
+
+use std::fmt::Write as _;
+
+use ktrace_abi::vm::{SystemInfo, TaskState};
+use probe_sdk::client::ConnectOptions;
+use probe_sdk::vm::Vm;
+
+/// Arguments of `ktrace info`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print JSON (the `SystemInfo` record) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run `ktrace info` against VM `vm_name`.
+pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
+    let vm = Vm::attach(vm_name)?;
+    let mut client = vm.connect(&ConnectOptions {
+        client_name: "ktrace info".into(),
+        ..ConnectOptions::default()
+    })?;
+    let info = client.info()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print!("{}", render(&info));
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+fn state_name(s: TaskState) -> &'static str {
+    match s {
+        TaskState::Running => "running",
+        TaskState::Ready => "ready",
+        TaskState::Sleeping => "sleeping",
+        TaskState::Blocked => "blocked",
+        TaskState::Exited => "exited",
+    }
+}
+
+/// The human-readable form of `info`.
+pub fn render(info: &SystemInfo) -> String {
+    let mut s = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(s, "kernel            {}", info.kernel_version);
+    let _ = writeln!(s, "uptime            {:.3} s", info.uptime_ns as f64 / 1e9);
+    let _ = writeln!(
+        s,
+        "cpus              {} (TSC {:.3} GHz)",
+        info.cpus,
+        info.tsc_khz as f64 / 1e6
+    );
+    let _ = writeln!(
+        s,
+        "memory            {} used of {}",
+        mib(info.memory_used_bytes),
+        mib(info.memory_total_bytes)
+    );
+    let _ = writeln!(
+        s,
+        "heap              {} used of {}",
+        mib(info.heap_used_bytes),
+        mib(info.heap_total_bytes)
+    );
+    let _ = writeln!(
+        s,
+        "timer             {} ticks at {} Hz",
+        info.timer_ticks, info.timer_hz
+    );
+    let _ = writeln!(s, "context switches  {}", info.context_switches);
+    let _ = writeln!(s, "bad frames        {}", info.bad_frames);
+    let _ = writeln!(s);
+    let name_w = info
+        .tasks
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        s,
+        "{:>5}  {:<name_w$}  {:<8}  {:>12}  {:>10}",
+        "PID", "NAME", "STATE", "RUNTIME(ms)", "SWITCHES"
+    );
+    for t in &info.tasks {
+        let _ = writeln!(
+            s,
+            "{:>5}  {:<name_w$}  {:<8}  {:>12.3}  {:>10}",
+            t.pid,
+            t.name,
+            state_name(t.state),
+            t.runtime_ns as f64 / 1e6,
+            t.switches
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ktrace_abi::vm::TaskInfo;
+
+    #[test]
+    fn table_layout() {
+        let info = SystemInfo {
+            kernel_version: "ktrace 0.1.0".into(),
+            uptime_ns: 1_500_000_000,
+            cpus: 1,
+            tsc_khz: 2_000_000,
+            memory_total_bytes: 256 << 20,
+            memory_used_bytes: 3 << 20,
+            heap_total_bytes: 16 << 20,
+            heap_used_bytes: 1 << 19,
+            timer_ticks: 150,
+            timer_hz: 100,
+            context_switches: 42,
+            tasks: vec![
+                TaskInfo {
+                    pid: 0,
+                    name: "idle".into(),
+                    state: TaskState::Ready,
+                    runtime_ns: 1_000_000_000,
+                    switches: 20,
+                },
+                TaskInfo {
+                    pid: 1,
+                    name: "control".into(),
+                    state: TaskState::Running,
+                    runtime_ns: 2_500_000,
+                    switches: 22,
+                },
+            ],
+            bad_frames: 0,
+        };
+        assert_eq!(
+            render(&info),
+            "kernel            ktrace 0.1.0
+uptime            1.500 s
+cpus              1 (TSC 2.000 GHz)
+memory            3.0 MiB used of 256.0 MiB
+heap              0.5 MiB used of 16.0 MiB
+timer             150 ticks at 100 Hz
+context switches  42
+bad frames        0
+
+  PID  NAME     STATE      RUNTIME(ms)    SWITCHES
+    0  idle     ready         1000.000          20
+    1  control  running          2.500          22
+"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! `ktrace vm`: start, inspect and stop the QEMU VM that runs the kernel.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use probe_sdk::client::{Client, ConnectOptions};
+use probe_sdk::vm::{self, StopHow, Vm, VmConfig, VmState};
+
+/// Arguments of `ktrace vm`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: VmCommand,
+}
+
+/// The `ktrace vm` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum VmCommand {
+    /// Build the kernel if needed, boot it in QEMU and wait for the handshake.
+    Start(StartArgs),
+    /// Whether the VM runs, and what its kernel says.
+    Status,
+    /// Shut the VM down (and kill QEMU if it does not exit).
+    Stop(StopArgs),
+    /// Print the kernel console.
+    Console(ConsoleArgs),
+    /// List the VMs of this user.
+    List,
+}
+
+/// Arguments of `ktrace vm start`.
+#[derive(clap::Args, Debug)]
+pub struct StartArgs {
+    /// Name of the VM (default: the global --vm, i.e. `default`).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Raw disk image to attach as a virtio-blk device (repeatable);
+    /// created sparse if missing.
+    #[arg(long = "disk", value_name = "FILE")]
+    pub disks: Vec<PathBuf>,
+    /// Size of disk images that get created, e.g. 64M or 1G.
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    pub disk_size: String,
+    /// Seconds to wait for the kernel to answer the handshake.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub timeout: f64,
+    /// Boot this kernel ELF instead of building the workspace's kernel.
+    #[arg(long, value_name = "ELF")]
+    pub kernel: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "CMDLINE")]
+    pub append: Option<String>,
+}
+
+/// Arguments of `ktrace vm stop`.
+#[derive(clap::Args, Debug)]
+pub struct StopArgs {
+    /// Seconds to wait for a clean shutdown before terminating QEMU.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub timeout: f64,
+}
+
+/// Arguments of `ktrace vm console`.
+#[derive(clap::Args, Debug)]
+pub struct ConsoleArgs {
+    /// Keep printing what the kernel writes until the VM stops.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+fn seconds(value: f64, what: &str) -> anyhow::Result<Duration> {
+    if !value.is_finite() || value <= 0.0 || value > 86_400.0 {
+        bail!("invalid {what} {value}: expected seconds between 0 and 86400");
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+/// Run `ktrace vm`; `vm_name` is the global `--vm`.
+pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
+    match args.command {
+        VmCommand::Start(a) => start(a, vm_name),
+        VmCommand::Status => status(vm_name),
+        VmCommand::Stop(a) => stop(a, vm_name),
+        VmCommand::Console(a) => {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            Ok(vm::console(vm_name, a.follow, &mut out)?)
+        }
+        VmCommand::List => list(),
+    }
+}
+
+fn start(a: StartArgs, vm_name: &str) -> anyhow::Result<()> {
+    let mut cfg = VmConfig::new(a.name.as_deref().unwrap_or(vm_name));
+    cfg.disks = a.disks;
+    cfg.disk_size = vm::parse_size(&a.disk_size)?;
+    cfg.boot_timeout = seconds(a.timeout, "--timeout")?;
+    cfg.kernel = a.kernel;
+    cfg.append = a.append;
+    let vm = Vm::start(&cfg)?;
+    let Some(boot) = vm.boot_info() else {
+        bail!("VM {} started without boot information", vm.name());
+    };
+    for disk in &boot.created_disks {
+        println!(
+            "created disk {} ({} bytes, sparse)",
+            disk.display(),
+            cfg.disk_size
+        );
+    }
+    println!(
+        "VM {} ready in {:.3} s (QEMU start to handshake): kernel {}, protocol {}, {} symbols embedded",
+        vm.name(),
+        boot.boot_time.as_secs_f64(),
+        boot.hello.kernel_version,
+        boot.hello.protocol_version,
+        boot.image.symbols
+    );
+    println!("  pid     {}", vm.pid());
+    println!("  console {}", vm.paths().console.display());
+    println!("  control {}", vm.paths().socket.display());
+    Ok(())
+}
+
+fn status(vm_name: &str) -> anyhow::Result<()> {
+    let entry = vm::status(vm_name)?;
+    let VmState::Running { pid } = entry.state else {
+        println!("VM {vm_name}: stopped");
+        return Ok(());
+    };
+    println!("VM {vm_name}: running (pid {pid})");
+    println!("  console {}", entry.paths.console.display());
+    println!("  control {}", entry.paths.socket.display());
+    let opts = ConnectOptions {
+        client_name: "ktrace vm status".into(),
+        handshake_timeout: Duration::from_secs(3),
+        ..ConnectOptions::default()
+    };
+    match Client::connect(&entry.paths.socket, &opts) {
+        Ok(client) => {
+            if let Some(hello) = client.hello_reply() {
+                println!(
+                    "  kernel  {} (protocol {}), up {:.3} s",
+                    hello.kernel_version,
+                    hello.protocol_version,
+                    hello.uptime_ns as f64 / 1e9
+                );
+            }
+        }
+        Err(e) => println!("  kernel  not answering: {e}"),
+    }
+    Ok(())
+}
+
+fn stop(a: StopArgs, vm_name: &str) -> anyhow::Result<()> {
+    let timeout = seconds(a.timeout, "--timeout")?;
+    let vm = Vm::attach(vm_name)?;
+    let pid = vm.pid();
+    let report = vm.stop(timeout);
+    let how = match report.how {
+        StopHow::Shutdown => "shut down cleanly",
+        StopHow::Terminated => "did not shut down; QEMU terminated",
+        StopHow::Killed => "did not shut down; QEMU killed",
+    };
+    println!("VM {vm_name} (pid {pid}) {how}");
+    if let Some(vm::ExitReport {
+        kind: vm::ExitKind::Panicked(report),
+        ..
+    }) = report.exit
+    {
+        println!("the kernel had panicked:\n{report}");
+    }
+    Ok(())
+}
+
+fn list() -> anyhow::Result<()> {
+    let vms = vm::list()?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if vms.is_empty() {
+        writeln!(out, "no VMs (start one with `ktrace vm start`)")?;
+        return Ok(());
+    }
+    let width = vms.iter().map(|v| v.name.len()).max().unwrap_or(4).max(4);
+    writeln!(out, "{:<width$}  {:<8}  PID", "NAME", "STATE").context("stdout")?;
+    for v in vms {
+        let (state, pid) = match v.state {
+            VmState::Running { pid } => ("running", pid.to_string()),
+            VmState::Stopped => ("stopped", "-".into()),
+        };
+        writeln!(out, "{:<width$}  {state:<8}  {pid}", v.name).context("stdout")?;
+    }
+    Ok(())
+}
