@@ -1,6 +1,47 @@
+//! The ktrace kernel.
+//!
+//! A `no_std` x86_64 kernel that QEMU boots through PVH. It brings up long
+//! mode, interrupts (red-zone safe entry, Linux `pt_regs` frames), W^X page
+//! tables, a heap, a TSC clock and an APIC timer, preemptive kernel tasks,
+//! and a control channel to the host on COM2.
 #![no_std]
 #![no_main]
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    loop {}
+
+extern crate alloc;
+
+mod arch;
+mod console;
+mod control;
+mod debug;
+mod ksyms;
+mod mm;
+mod panic;
+mod percpu;
+mod rt;
+mod sync;
+mod task;
+mod time;
+
+/// Kernel version reported in the handshake.
+pub const KERNEL_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Rust entry point, called from `boot.S` in long mode with the physical
+/// address of the PVH start info.
+#[unsafe(no_mangle)]
+pub extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
+    time::mark_boot();
+    console::init();
+    log::info!("ktrace kernel {KERNEL_VERSION} booting");
+    arch::init_early();
+    mm::init(u64::from(start_info_paddr));
+    time::init();
+    task::init();
+    control::start();
+    match ksyms::table() {
+        Some(t) => log::info!("symbol table: {} functions", t.len()),
+        None => log::warn!("no embedded symbol table: backtraces will show raw addresses"),
+    }
+    arch::irq_enable();
+    log::info!("boot complete");
+    task::idle_loop()
 }

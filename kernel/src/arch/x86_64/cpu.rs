@@ -1,0 +1,123 @@
+//! Single-instruction wrappers.
+
+use core::arch::asm;
+
+/// Write a byte to an I/O port.
+#[inline]
+pub fn outb(port: u16, value: u8) {
+    // SAFETY: port I/O has no memory effects visible to Rust; the callers
+    // only address devices the kernel owns (serial, PIT, PIC, debug exit).
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Read a byte from an I/O port.
+#[inline]
+pub fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: as for `outb`.
+    unsafe { asm!("in al, dx", out("al") value, in("dx") port, options(nomem, nostack, preserves_flags)) }
+    value
+}
+
+/// Read the time-stamp counter.
+#[inline]
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc only reads the counter.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Read a model-specific register.
+///
+/// # Safety
+/// The MSR must exist on this CPU, or the read faults.
+#[inline]
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the caller guarantees the MSR exists.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Whether interrupts are enabled (RFLAGS.IF).
+#[inline]
+pub fn irq_enabled() -> bool {
+    let flags: u64;
+    // SAFETY: reads RFLAGS through the stack; no other effect.
+    unsafe { asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags)) }
+    flags & (1 << 9) != 0
+}
+
+/// Disable interrupts.
+#[inline]
+pub fn irq_disable() {
+    // SAFETY: masking interrupts cannot break memory safety.
+    unsafe { asm!("cli", options(nomem, nostack)) }
+}
+
+/// Enable interrupts.
+#[inline]
+pub fn irq_enable() {
+    // SAFETY: the IDT is loaded before the first call (init order in main).
+    unsafe { asm!("sti", options(nomem, nostack)) }
+}
+
+/// Disable interrupts and return whether they were enabled.
+#[inline]
+pub fn irq_save() -> bool {
+    let was = irq_enabled();
+    irq_disable();
+    was
+}
+
+/// Re-enable interrupts if `was_enabled`.
+#[inline]
+pub fn irq_restore(was_enabled: bool) {
+    if was_enabled {
+        irq_enable();
+    }
+}
+
+/// Enable interrupts and halt until the next one, atomically (`sti; hlt`),
+/// so a wake-up interrupt cannot slip in between.
+#[inline]
+pub fn enable_and_halt() {
+    // SAFETY: as for `irq_enable`; `sti` delays interrupts by one
+    // instruction, so none is taken before `hlt`.
+    unsafe { asm!("sti", "hlt", options(nomem, nostack)) }
+}
+
+/// Halt until the next interrupt.
+#[inline]
+pub fn halt() {
+    // SAFETY: hlt only waits.
+    unsafe { asm!("hlt", options(nomem, nostack)) }
+}
+
+/// Read CR2 (the faulting address of the last page fault).
+#[inline]
+pub fn cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effect.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Read CR3.
+#[inline]
+pub fn cr3() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR3 has no side effect.
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// The caller's frame pointer.
+#[inline(always)]
+pub fn frame_pointer() -> u64 {
+    let v: u64;
+    // SAFETY: copies rbp.
+    unsafe { asm!("mov {}, rbp", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}

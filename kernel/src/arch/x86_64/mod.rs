@@ -1,0 +1,35 @@
+//! x86_64: boot, descriptor tables, interrupt entry, local APIC and IOAPIC,
+//! PIT, serial ports, paging. This module and `mm` hold nearly all of the
+//! kernel's `unsafe`.
+
+pub mod apic;
+pub mod cpu;
+pub mod gdt;
+pub mod idt;
+pub mod paging;
+pub mod pit;
+pub mod serial;
+pub mod trap;
+
+core::arch::global_asm!(include_str!("boot.S"), options(att_syntax));
+core::arch::global_asm!(include_str!("trap.S"), options(att_syntax));
+core::arch::global_asm!(include_str!(concat!(env!("OUT_DIR"), "/vectors.S")), options(att_syntax));
+
+pub use cpu::{halt, irq_disable, irq_enable, irq_enabled, irq_restore, irq_save, rdtsc};
+pub use trap::PtRegs;
+
+/// Early CPU setup: segments, TSS with IST stacks, IDT.
+pub fn init_early() {
+    gdt::init();
+    idt::init();
+}
+
+/// Exit QEMU through the isa-debug-exit device (status = `code << 1 | 1`).
+pub fn qemu_exit(code: u8) -> ! {
+    cpu::outb(0xf4, code);
+    // If the device is absent, stop here.
+    loop {
+        irq_disable();
+        halt();
+    }
+}

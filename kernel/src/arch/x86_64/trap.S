@@ -1,0 +1,101 @@
+/* Interrupt and exception entry.
+ *
+ * Every vector enters on an IST stack (the CPU never pushes onto the
+ * interrupted stack, whose 128-byte red zone may hold a leaf function's
+ * data). The common code then moves the hardware frame to
+ * `interrupted_rsp - 128 - 64`, aligned, so the handler runs on the
+ * interrupted task's stack below its red zone and may switch tasks. Vectors
+ * that must not trust the interrupted stack (NMI, #DF, #PF, #MC) build the
+ * same frame lower on their own IST stack instead and never switch tasks.
+ *
+ * The saved registers form a Linux `struct pt_regs` (r15 first, then
+ * orig_rax = error code, rip, cs, eflags, rsp, ss); the vector number sits
+ * just above it. The FPU/SSE state is saved below it with fxsave. */
+
+    .section .text.entry, "ax"
+    .code64
+
+    .global trap_common_copy
+trap_common_copy:
+    pushq %rax
+    pushq %rcx
+    /* 0 rcx | 8 rax | 16 vector | 24 error | 32 rip | 40 cs | 48 rflags | 56 rsp | 64 ss */
+    movq 56(%rsp), %rax
+    jmp trap_move_frame
+
+    .global trap_common_ist
+trap_common_ist:
+    pushq %rax
+    pushq %rcx
+    movq %rsp, %rax
+
+trap_move_frame:
+    subq $(128 + 64), %rax
+    andq $-16, %rax
+    movq 24(%rsp), %rcx
+    movq %rcx, 0(%rax)
+    movq 32(%rsp), %rcx
+    movq %rcx, 8(%rax)
+    movq 40(%rsp), %rcx
+    movq %rcx, 16(%rax)
+    movq 48(%rsp), %rcx
+    movq %rcx, 24(%rax)
+    movq 56(%rsp), %rcx
+    movq %rcx, 32(%rax)
+    movq 64(%rsp), %rcx
+    movq %rcx, 40(%rax)
+    movq 16(%rsp), %rcx
+    movq %rcx, 48(%rax)
+    movq 8(%rsp), %rcx
+    movq %rcx, -8(%rax)
+    movq 0(%rsp), %rcx
+    movq %rax, %rsp
+    movq -8(%rsp), %rax
+
+    pushq %rdi
+    pushq %rsi
+    pushq %rdx
+    pushq %rcx
+    pushq %rax
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    pushq %rbx
+    pushq %rbp
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, %rdi
+    movq 168(%rsp), %rsi
+    /* Frame-pointer chain through the interrupted code, for backtraces. */
+    movq 128(%rsp), %rax
+    pushq %rax
+    pushq %rbp
+    movq %rsp, %rbp
+    subq $520, %rsp
+    fxsave64 (%rsp)
+    cld
+    call trap_dispatch
+    fxrstor64 (%rsp)
+    addq $536, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbp
+    popq %rbx
+    popq %r11
+    popq %r10
+    popq %r9
+    popq %r8
+    popq %rax
+    popq %rcx
+    popq %rdx
+    popq %rsi
+    popq %rdi
+    addq $8, %rsp
+    iretq
+    .global trap_entry_end
+trap_entry_end:

@@ -1,0 +1,170 @@
+//! Rust side of interrupt and exception handling: the register frame,
+//! dispatch to registered handlers, the exception fix-up table, and fatal
+//! exception reports.
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Saved registers in Linux `struct pt_regs` order (x86_64). BPF kprobe
+/// programs read this layout as their context.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PtRegs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    /// The error code for exceptions that push one, else 0.
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// First vector of external interrupts.
+pub const IRQ_BASE: u8 = 32;
+/// The local APIC timer.
+pub const TIMER_VECTOR: u8 = 32;
+/// Spurious interrupts from the local APIC.
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+/// A handler for a vector. Returns `true` if it handled the event. Handlers
+/// run with interrupts disabled, on the interrupted task's stack.
+pub type TrapHandler = fn(&mut PtRegs, u8) -> bool;
+
+static HANDLERS: [AtomicUsize; 256] = [const { AtomicUsize::new(0) }; 256];
+static COUNTS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+
+/// Install the handler for `vector` (replacing any earlier one).
+pub fn set_handler(vector: u8, handler: TrapHandler) {
+    HANDLERS[vector as usize].store(handler as usize, Ordering::Release);
+}
+
+/// Times `vector` was taken since boot.
+pub fn count(vector: u8) -> u64 {
+    COUNTS[vector as usize].load(Ordering::Relaxed)
+}
+
+/// Sum of external interrupts (vectors >= 32) taken since boot.
+pub fn irq_count() -> u64 {
+    COUNTS[IRQ_BASE as usize..].iter().map(|c| c.load(Ordering::Relaxed)).sum()
+}
+
+/// Called by `trap.S` for every vector.
+#[unsafe(no_mangle)]
+extern "C" fn trap_dispatch(regs: &mut PtRegs, vector: u64) {
+    let vector = vector as u8;
+    COUNTS[vector as usize].fetch_add(1, Ordering::Relaxed);
+    let raw = HANDLERS[vector as usize].load(Ordering::Acquire);
+    let handled = if raw != 0 {
+        // SAFETY: only `set_handler` stores into HANDLERS, always a
+        // `TrapHandler` function pointer.
+        let handler: TrapHandler = unsafe { core::mem::transmute::<usize, TrapHandler>(raw) };
+        handler(regs, vector)
+    } else {
+        false
+    };
+    if vector >= IRQ_BASE {
+        if vector != SPURIOUS_VECTOR {
+            super::apic::eoi();
+        }
+        if !handled && vector != SPURIOUS_VECTOR {
+            log::warn!("unhandled interrupt vector {vector}");
+        }
+        crate::task::preempt_point_from_irq();
+        return;
+    }
+    if handled {
+        return;
+    }
+    if (vector == 14 || vector == 13) && fixup_exception(regs) {
+        return;
+    }
+    crate::panic::fatal_exception(regs, vector);
+}
+
+/// An exception fix-up entry: a fault at `insn` resumes at `fixup` with
+/// rax = -EFAULT. Entries live in the `.ex_table` section.
+#[repr(C)]
+struct ExTableEntry {
+    insn: u64,
+    fixup: u64,
+}
+
+unsafe extern "C" {
+    static __ex_table_start: ExTableEntry;
+    static __ex_table_end: ExTableEntry;
+}
+
+fn fixup_exception(regs: &mut PtRegs) -> bool {
+    // SAFETY: the linker script brackets `.ex_table` with these symbols;
+    // the section holds only `ExTableEntry` records emitted below.
+    let table = unsafe {
+        let start = core::ptr::addr_of!(__ex_table_start);
+        let end = core::ptr::addr_of!(__ex_table_end);
+        core::slice::from_raw_parts(start, end.offset_from(start) as usize)
+    };
+    for e in table {
+        if e.insn == regs.rip {
+            regs.rip = e.fixup;
+            regs.rax = (-14i64) as u64; // -EFAULT
+            return true;
+        }
+    }
+    false
+}
+
+/// Copy `len` bytes from `src` to `dst`, surviving a fault on the source:
+/// returns `Err(())` (the BPF helpers turn it into -EFAULT) instead of
+/// crashing. Used by `probe_read_kernel`.
+///
+/// `dst` must be valid for `len` bytes of writes; `src` may be anything.
+pub fn copy_from_kernel_nofault(dst: &mut [u8], src: u64) -> Result<(), ()> {
+    if dst.is_empty() {
+        return Ok(());
+    }
+    // Refuse the null page and non-canonical addresses up front; everything
+    // else is tried and any fault is caught by the fix-up table.
+    let end = src.checked_add(dst.len() as u64).ok_or(())?;
+    if src < 0x1000 || end > 0x0000_8000_0000_0000 {
+        return Err(());
+    }
+    let status: u64;
+    // SAFETY: `dst` is a valid writable buffer of `dst.len()` bytes (it is a
+    // Rust slice). A fault while reading `src` jumps to label 3 through the
+    // `.ex_table` entry, which sets rax to -EFAULT; rep movsb touches only
+    // rdi/rsi/rcx.
+    unsafe {
+        core::arch::asm!(
+            "xor eax, eax",
+            "2: rep movsb",
+            "3:",
+            ".pushsection .ex_table, \"a\"",
+            ".balign 8",
+            ".quad 2b, 3b",
+            ".popsection",
+            inout("rdi") dst.as_mut_ptr() => _,
+            inout("rsi") src => _,
+            inout("rcx") dst.len() => _,
+            out("rax") status,
+            options(nostack),
+        );
+    }
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(())
+    }
+}

@@ -1,0 +1,206 @@
+//! The control channel: framed, postcard-encoded requests from the host on
+//! COM2, answered by the `control` task.
+//!
+//! Bytes arrive by interrupt into a buffer; the task feeds them to a
+//! resynchronising [`FrameReader`], so garbage, damaged frames and absurd
+//! lengths are reported with an error frame and skipped, and the next good
+//! frame is still answered. A session must start with `Hello`.
+
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::arch::apic::{self, IrqTrigger};
+use crate::arch::serial::{COM2, COM2_IRQ};
+use crate::arch::{self, trap};
+use crate::sync::SpinLock;
+use crate::task::WaitQueue;
+use ktrace_abi::frame::{FrameEvent, FrameReader};
+use ktrace_abi::vm::{DebugRequest, HelloReply, SystemInfo};
+use ktrace_abi::{ErrorCode, ErrorReply, Request, Response, PROTOCOL_VERSION, PUSH_ID};
+
+/// Vector of the COM2 receive interrupt.
+const COM2_VECTOR: u8 = 0x23;
+/// Bytes buffered before the control task drains them; beyond this the
+/// oldest input is dropped (and counted).
+const RX_LIMIT: usize = 8 << 20;
+
+static RX: SpinLock<VecDeque<u8>> = SpinLock::new(VecDeque::new());
+static RX_WAIT: WaitQueue = WaitQueue::new();
+static TX: spin::Mutex<()> = spin::Mutex::new(());
+static BAD_FRAMES: AtomicU64 = AtomicU64::new(0);
+static RX_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+fn drain_uart(rx: &mut VecDeque<u8>) -> usize {
+    let mut n = 0;
+    while let Some(b) = COM2.try_read() {
+        if rx.len() >= RX_LIMIT {
+            rx.pop_front();
+            RX_DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+        rx.push_back(b);
+        n += 1;
+    }
+    n
+}
+
+fn on_com2_interrupt(_regs: &mut arch::PtRegs, _vector: u8) -> bool {
+    let got = drain_uart(&mut RX.lock());
+    if got > 0 {
+        RX_WAIT.wake_all();
+    }
+    true
+}
+
+/// Set up COM2 and start the control task.
+pub fn start() {
+    COM2.init();
+    trap::set_handler(COM2_VECTOR, on_com2_interrupt);
+    apic::route_irq(COM2_IRQ, COM2_VECTOR, IrqTrigger::ISA);
+    COM2.enable_rx_interrupt();
+    crate::task::spawn("control", control_task).expect("spawn the control task");
+}
+
+/// Frames refused since boot.
+pub fn bad_frames() -> u64 {
+    BAD_FRAMES.load(Ordering::Relaxed)
+}
+
+/// Send one response frame. Task context only.
+pub fn send(id: u32, resp: &Response) {
+    let frame = match ktrace_abi::encode(id, resp) {
+        Ok(f) => f,
+        Err(e) => {
+            log::error!("cannot encode a response: {e}");
+            return;
+        }
+    };
+    let _g = TX.lock();
+    COM2.write(&frame);
+}
+
+/// Push an unsolicited record (event streams) to the host.
+pub fn push(resp: &Response) {
+    send(PUSH_ID, resp);
+}
+
+fn error(code: ErrorCode, message: String) -> Response {
+    Response::Error(ErrorReply::new(code, message))
+}
+
+struct Session {
+    greeted: bool,
+}
+
+fn control_task() {
+    let mut reader = FrameReader::new();
+    let mut session = Session { greeted: false };
+    log::info!("control channel ready on COM2");
+    loop {
+        // Interrupts deliver bytes; the timeout also polls, in case an
+        // interrupt was coalesced away.
+        RX_WAIT.wait_until_timeout(|| !RX.lock().is_empty(), 20_000_000);
+        let bytes: Vec<u8> = {
+            let mut rx = RX.lock();
+            drain_uart(&mut rx);
+            rx.drain(..).collect()
+        };
+        if bytes.is_empty() {
+            continue;
+        }
+        reader.push(&bytes);
+        while let Some(event) = reader.next_event() {
+            match event {
+                FrameEvent::Frame(payload) => handle_payload(&mut session, &payload),
+                FrameEvent::Skipped(n) => {
+                    BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+                    push(&error(ErrorCode::BadFrame, format!("skipped {n} bytes that were not a frame")));
+                }
+                FrameEvent::TooLong(len) => {
+                    BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+                    push(&error(
+                        ErrorCode::BadFrame,
+                        format!("frame announces {len} bytes, more than the limit of {}", ktrace_abi::frame::MAX_PAYLOAD),
+                    ));
+                }
+                FrameEvent::BadCrc => {
+                    BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+                    push(&error(ErrorCode::BadFrame, String::from("frame CRC mismatch: frame dropped")));
+                }
+            }
+        }
+    }
+}
+
+fn handle_payload(session: &mut Session, payload: &[u8]) {
+    let envelope = match ktrace_abi::decode::<Request>(payload) {
+        Ok(e) => e,
+        Err(e) => {
+            BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+            // The id is the first field; answer with it when it decodes.
+            let id = postcard::take_from_bytes::<u32>(payload).map(|(id, _)| id).unwrap_or(PUSH_ID);
+            send(id, &error(ErrorCode::Decode, format!("request does not decode: {e}")));
+            return;
+        }
+    };
+    let id = envelope.id;
+    let resp = match envelope.body {
+        Request::Hello(h) => {
+            if h.protocol_version != PROTOCOL_VERSION {
+                error(
+                    ErrorCode::Version,
+                    format!("protocol version {} is not supported; this kernel speaks {PROTOCOL_VERSION}", h.protocol_version),
+                )
+            } else {
+                session.greeted = true;
+                log::info!("host connected: {}", h.client);
+                Response::Hello(HelloReply {
+                    kernel_version: String::from(crate::KERNEL_VERSION),
+                    protocol_version: PROTOCOL_VERSION,
+                    uptime_ns: crate::time::now_ns(),
+                })
+            }
+        }
+        _ if !session.greeted => error(ErrorCode::Version, String::from("send Hello first")),
+        Request::Info => Response::Info(system_info()),
+        Request::Shutdown { exit_code } => {
+            send(id, &Response::Ok);
+            log::info!("shutdown requested by the host (exit code {exit_code:#x})");
+            arch::qemu_exit(exit_code);
+        }
+        Request::Debug(DebugRequest::Panic) => crate::debug::forced_panic(),
+        Request::Debug(DebugRequest::ListSelfTests) => Response::SelfTests(crate::debug::self_test_names()),
+        Request::Debug(DebugRequest::SelfTest { name }) => match crate::debug::run_self_test(&name) {
+            Some(r) => Response::SelfTest(r),
+            None => error(
+                ErrorCode::NotFound,
+                format!("no self test named {name:?}; known: {}", crate::debug::self_test_names().join(", ")),
+            ),
+        },
+        Request::Trace(r) => match r {},
+        Request::Bpf(r) => match r {},
+        Request::Block(r) => match r {},
+    };
+    send(id, &resp);
+}
+
+fn system_info() -> SystemInfo {
+    let (total, used) = crate::mm::usage();
+    SystemInfo {
+        kernel_version: String::from(crate::KERNEL_VERSION),
+        uptime_ns: crate::time::now_ns(),
+        cpus: crate::percpu::cpu_count(),
+        tsc_khz: crate::time::tsc_khz(),
+        memory_total_bytes: total,
+        memory_used_bytes: used,
+        heap_total_bytes: crate::mm::heap::total_bytes(),
+        heap_used_bytes: crate::mm::heap::used_bytes() as u64,
+        timer_ticks: crate::time::ticks(),
+        timer_hz: crate::time::TIMER_HZ,
+        context_switches: crate::task::context_switches(),
+        tasks: crate::task::snapshot(),
+        bad_frames: bad_frames(),
+    }
+}
