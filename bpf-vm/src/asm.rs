@@ -87,7 +87,7 @@ pub fn assemble(src: &str) -> Result<Program, AsmError> {
         let operands: Vec<&str> = if rest.is_empty() {
             Vec::new()
         } else {
-            rest.split(',').map(str::trim).collect()
+            split_operands(rest)
         };
         let width = if mnemonic == "lddw" { 2 } else { 1 };
         lines.push(Line {
@@ -117,6 +117,26 @@ pub fn assemble(src: &str) -> Result<Program, AsmError> {
         }
     }
     Program::from_insns(insns).map_err(|e| err(0, e.to_string()))
+}
+
+/// Splits operands at commas outside parentheses (`map_value(3, 8)` is one operand).
+fn split_operands(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(s[start..].trim());
+    out
 }
 
 fn err(line: usize, msg: String) -> AsmError {
