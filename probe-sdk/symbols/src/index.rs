@@ -261,7 +261,9 @@ impl SymbolIndex {
         if let Some(lines) = &self.lines {
             let row = lines.row_at(addr);
             let inlines = lines.inlines_at(addr, function.addr);
-            let mut location = row.map(|r| self.location_of(r.file, r.line));
+            let mut location = row
+                .filter(|r| r.line != 0)
+                .map(|r| self.location_of(r.file, r.line));
             // Innermost first: each inlined call's call site is the
             // location in the frame that contains it.
             for inl in inlines.iter().rev() {
@@ -285,6 +287,12 @@ impl SymbolIndex {
             offset,
             frames,
         })
+    }
+
+    /// `file:line` of a function's own first line: where its body starts,
+    /// not the code the compiler inlined at its entry.
+    pub fn function_location(&self, f: &Function) -> Option<SourceLocation> {
+        self.symbolize(f.addr)?.frames.pop()?.location
     }
 
     /// `file:line` of the code at `addr` (innermost, as the line table says).
@@ -321,13 +329,13 @@ impl SymbolIndex {
         self.code(addr, 1).is_some()
     }
 
-    /// Describe function `i` for an error or a listing.
+    /// Describe `f` for an error or a listing.
     pub(crate) fn candidate(&self, f: &Function, select_with: Option<String>) -> Candidate {
         Candidate {
             name: f.name.clone(),
             addr: f.addr,
             size: f.size,
-            location: self.addr_to_line(f.addr).map(|l| l.to_string()),
+            location: self.function_location(f).map(|l| l.to_string()),
             select_with,
         }
     }

@@ -213,10 +213,13 @@ impl ParsedPath {
     /// symbol was written (no suffix shortening).
     pub fn selects(&self, sym: &ParsedPath) -> Option<bool> {
         match (&self.self_ty, &self.trait_) {
-            (None, _) => {
+            // `<Type>::method` says no more than `Type::method`, which legacy
+            // names spell without brackets.
+            (None, _) | (Some(_), None) => {
+                let query = &self.keys()[0];
                 let mut best = None;
                 for key in sym.keys() {
-                    if let Some(exact) = suffix_match(&self.rest, &key) {
+                    if let Some(exact) = suffix_match(query, &key) {
                         if exact {
                             return Some(true);
                         }
@@ -225,14 +228,10 @@ impl ParsedPath {
                 }
                 best
             }
-            (Some(qty), qtr) => {
+            (Some(qty), Some(qtr)) => {
                 let sty = sym.self_ty.as_ref()?;
                 let ty_exact = suffix_match(qty, sty)?;
-                let tr_exact = match (qtr, &sym.trait_) {
-                    (None, _) => sym.trait_.is_none(),
-                    (Some(q), Some(s)) => suffix_match(q, s)?,
-                    (Some(_), None) => return None,
-                };
+                let tr_exact = suffix_match(qtr, sym.trait_.as_ref()?)?;
                 if self.rest.len() != sym.rest.len()
                     || !self.rest.iter().zip(&sym.rest).all(|(q, s)| q.selects(s))
                 {
