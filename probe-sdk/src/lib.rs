@@ -3,4 +3,6 @@
 pub mod build;
 pub mod client;
 pub mod kernel_image;
+pub mod object;
+mod object_lines;
 pub mod vm;

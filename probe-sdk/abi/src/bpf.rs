@@ -95,16 +95,25 @@ pub enum AttachTarget {
         /// As written in the section name (path, suffix, glob, `file:line`,
         /// `path+0x10`).
         spec: String,
-        /// The resolved address, when the host resolved it against the
-        /// kernel ELF.
-        address: Option<u64>,
-        /// The demangled function the address is in, when resolved.
-        symbol: Option<String>,
+        /// Where it resolved in the kernel ELF: one point, or several for a
+        /// glob. Empty until the host resolves it.
+        points: Vec<KprobePoint>,
     },
     /// A static tracepoint.
     Tracepoint { category: String, name: String },
     /// A perf event; which one is chosen when attaching.
     PerfEvent,
+}
+
+/// One resolved kprobe address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KprobePoint {
+    /// The probed instruction.
+    pub address: u64,
+    /// The demangled function holding it.
+    pub function: String,
+    /// `address` minus the function's start.
+    pub offset: u64,
 }
 
 /// Source position of one instruction.

@@ -23,6 +23,8 @@ enum Command {
     Vm(ktrace_tools::cmd::vm::Args),
     /// Uptime, memory and tasks of the running kernel.
     Info(ktrace_tools::cmd::info::Args),
+    /// Compile a probe crate written in Rust to an eBPF object.
+    Build(ktrace_tools::cmd::build::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,6 +32,7 @@ fn main() -> std::process::ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Vm(args) => ktrace_tools::cmd::vm::run(args, &cli.vm),
         Command::Info(args) => ktrace_tools::cmd::info::run(args, &cli.vm),
+        Command::Build(args) => ktrace_tools::cmd::build::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

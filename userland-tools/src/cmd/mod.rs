@@ -1,4 +1,5 @@
 //! One module per `ktrace` subcommand.
 
+pub mod build;
 pub mod info;
 pub mod vm;

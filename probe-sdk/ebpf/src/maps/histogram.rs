@@ -155,9 +155,12 @@ impl<K: Copy> KeyedLog2Histogram<K> {
         }
         // SAFETY: every byte was initialised above.
         let k = unsafe { &*k.as_ptr() };
+        // A named local, not `&1`: a promoted constant would live in
+        // `.rodata` and cost the program a global-data map.
+        let one: u64 = 1;
         if let Some(c) = self.counts.get_ptr_mut(k) {
             atomic_add(c, 1);
-        } else if self.counts.insert(k, &1, update::NOEXIST).is_err() {
+        } else if self.counts.insert(k, &one, update::NOEXIST).is_err() {
             if let Some(c) = self.counts.get_ptr_mut(k) {
                 atomic_add(c, 1);
             }

@@ -1,0 +1,73 @@
+//! `ktrace build <probe crate>`: compile a Rust probe crate into an eBPF
+//! object (`<name>.bpf.o`) and summarise what it contains.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use probe_sdk::build::{build, BuildOptions};
+use probe_sdk::object;
+
+/// Compile a probe crate written in Rust to an eBPF object.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The probe crate's directory (holding its Cargo.toml).
+    #[arg(default_value = ".")]
+    pub crate_dir: PathBuf,
+    /// Directory for `<name>.bpf.o` (default: the current directory).
+    #[arg(short = 'o', long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
+    /// Cargo target directory (default: `<crate>/target`).
+    #[arg(long, value_name = "DIR")]
+    pub target_dir: Option<PathBuf>,
+    /// Only print errors.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Build, then list the programs and maps of the result.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut opts = BuildOptions::new(&args.crate_dir);
+    opts.out_dir = args.out_dir;
+    opts.target_dir = args.target_dir;
+    let quiet = args.quiet;
+    let out = build(&opts, &mut |line| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    })?;
+    let bytes =
+        std::fs::read(&out.object).with_context(|| format!("reading {}", out.object.display()))?;
+    let obj = object::parse(&bytes).with_context(|| format!("{}", out.object.display()))?;
+    if !quiet {
+        for line in summary(&obj) {
+            eprintln!("{line}");
+        }
+    }
+    println!("{}", out.object.display());
+    Ok(())
+}
+
+/// One line per program and map.
+pub fn summary(obj: &object::Object) -> Vec<String> {
+    let mut lines = Vec::new();
+    for p in &obj.programs {
+        let lines_note = match &p.lines {
+            Some(t) => format!(", {} line rows", t.rows.len()),
+            None => String::new(),
+        };
+        lines.push(format!(
+            "  program {:<24} {:<50} {} insns{}",
+            p.name,
+            p.section,
+            p.insns.len() / 8,
+            lines_note
+        ));
+    }
+    for m in &obj.maps {
+        lines.push(format!(
+            "  map     {:<24} type {:<3} key {:<3} value {:<5} max_entries {}",
+            m.name, m.map_type, m.key_size, m.value_size, m.max_entries
+        ));
+    }
+    lines
+}
