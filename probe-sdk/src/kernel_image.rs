@@ -112,10 +112,13 @@ pub fn build_kernel(root: &Path, quiet: bool) -> Result<PathBuf, ImageError> {
         .args(["build", "--profile", KERNEL_PROFILE, "-p", KERNEL_PACKAGE])
         .arg("--target-dir")
         .arg(kernel_target_dir(root))
-        .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());
     if quiet {
-        cmd.arg("--quiet");
+        // Cargo replays the kernel's warnings on every build; in quiet
+        // mode only errors are shown (rendered from the JSON below).
+        cmd.args(["--quiet", "--message-format=json"]);
+    } else {
+        cmd.arg("--message-format=json-render-diagnostics");
     }
     // A cargo that runs us (tests, `cargo run`) exports variables meant for
     // its own build; the kernel build must not inherit them.
@@ -129,6 +132,8 @@ pub fn build_kernel(root: &Path, quiet: bool) -> Result<PathBuf, ImageError> {
             let line = line.map_err(ImageError::CargoSpawn)?;
             if let Some(path) = executable_of(&line) {
                 executable = Some(path);
+            } else if let Some(rendered) = rendered_error(&line) {
+                eprint!("{rendered}");
             }
         }
     }
@@ -166,6 +171,28 @@ fn executable_of(line: &str) -> Option<PathBuf> {
         .is_some_and(|t| t.kind.iter().any(|k| k == "bin"));
     (msg.reason == "compiler-artifact" && is_kernel && is_bin)
         .then_some(msg.executable)
+        .flatten()
+}
+
+/// The rendered text of a cargo `compiler-message` of level error.
+fn rendered_error(line: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Diagnostic {
+        level: String,
+        rendered: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Message {
+        reason: String,
+        message: Option<Diagnostic>,
+    }
+    if !line.contains("\"compiler-message\"") {
+        return None;
+    }
+    let msg: Message = serde_json::from_str(line).ok()?;
+    let diag = msg.message?;
+    (msg.reason == "compiler-message" && diag.level.starts_with("error"))
+        .then_some(diag.rendered)
         .flatten()
 }
 
@@ -359,6 +386,14 @@ mod tests {
             executable_of(r#"{"reason":"build-finished","success":true}"#),
             None
         );
+    }
+
+    #[test]
+    fn only_errors_are_rendered_in_quiet_mode() {
+        let err = r#"{"reason":"compiler-message","package_id":"x","message":{"level":"error","rendered":"error[E0425]: boom\n"}}"#;
+        let warn = err.replace(r#""level":"error""#, r#""level":"warning""#);
+        assert_eq!(rendered_error(err).as_deref(), Some("error[E0425]: boom\n"));
+        assert_eq!(rendered_error(&warn), None);
     }
 
     #[test]

@@ -103,11 +103,6 @@ impl TestVm {
             Err(e) => panic!("cannot connect to VM {}: {e}", self.name()),
         }
     }
-
-    /// Give the VM up without stopping it (it stopped on its own).
-    pub fn into_inner(mut self) -> Vm {
-        self.vm.take().expect("VM already taken")
-    }
 }
 
 impl Drop for TestVm {
@@ -116,6 +111,7 @@ impl Drop for TestVm {
             // No clean shutdown: the test is over, and a kernel in a bad
             // state must not stall the suite.
             vm.kill();
+            remove_vm_dir(&vm.paths().dir);
         }
     }
 }
@@ -182,5 +178,16 @@ impl Drop for CliVmGuard {
         if let Ok(mut vm) = Vm::attach(&self.0) {
             vm.kill();
         }
+        if let Ok(entry) = probe_sdk::vm::status(&self.0) {
+            remove_vm_dir(&entry.paths.dir);
+        }
+    }
+}
+
+/// Remove a test VM's directory, unless the test failed (its console log
+/// is then worth keeping).
+pub fn remove_vm_dir(dir: &Path) {
+    if !std::thread::panicking() {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

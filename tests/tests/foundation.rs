@@ -73,7 +73,9 @@ fn boots_handshakes_and_reports_plausible_info() {
         first.timer_ticks,
         second.timer_ticks
     );
-    assert_eq!(second.bad_frames, 0, "no bad input was sent");
+    // Bytes of the first Hello may be lost while the kernel sets up COM2
+    // (the handshake is retried); after that no bad input was sent.
+    assert_eq!(second.bad_frames, first.bad_frames, "no bad input was sent");
 }
 
 /// Frames that arrive within `wait`; each must be an error frame.
@@ -139,8 +141,10 @@ fn bad_input_is_refused_and_the_channel_recovers() {
     let mut vm = TestVm::boot("badinput");
     let mut client = vm.client();
     let wait = Duration::from_millis(800);
+    let before = client.info().expect("Info").bad_frames;
 
     // 1. Random bytes: skipped (at most reported as a bad frame).
+    client.take_pushes();
     client.send_bytes(&garbage(512)).unwrap();
     let got = errors_within(&mut client, wait);
     assert!(
@@ -153,6 +157,7 @@ fn bad_input_is_refused_and_the_channel_recovers() {
     let mut huge = MAGIC.to_vec();
     huge.extend_from_slice(&u32::MAX.to_le_bytes());
     huge.extend_from_slice(&0u32.to_le_bytes());
+    client.take_pushes();
     client.send_bytes(&huge).unwrap();
     let got = errors_within(&mut client, wait);
     assert!(
@@ -163,6 +168,7 @@ fn bad_input_is_refused_and_the_channel_recovers() {
 
     // 3. An unknown request variant: a good frame whose payload is id 7
     //    and variant 200, which no Request has.
+    client.take_pushes();
     client.send_bytes(&frame::wrap(&[7, 0xc8, 0x01])).unwrap();
     let got = errors_within(&mut client, wait);
     assert_eq!(codes(&got), vec![ErrorCode::Decode], "{got:?}");
@@ -192,15 +198,17 @@ fn bad_input_is_refused_and_the_channel_recovers() {
         "{err}"
     );
 
-    // 6. A truncated frame: the header promises 64 bytes, 10 arrive.
-    let mut cut = frame::wrap(&[0u8; 64]);
+    // 6. A truncated frame: the header promises 20 bytes, 10 arrive.
+    let mut cut = frame::wrap(&[0u8; 20]);
     cut.truncate(frame::HEADER_LEN + 10);
+    client.take_pushes();
     client.send_bytes(&cut).unwrap();
     let (info, _attempts) = info_eventually(&mut client, "a truncated frame");
+    // Random bytes, an absurd length, an unknown variant, a truncated
+    // frame: each counted at least once.
     assert!(
-        info.bad_frames >= 2,
-        "the kernel counted {} bad frames after an absurd length, an unknown \
-         variant and a truncated frame",
+        info.bad_frames >= before + 4,
+        "the kernel counted {} bad frames, {before} before the bad input",
         info.bad_frames
     );
 }
@@ -213,11 +221,15 @@ fn requests_before_hello_are_refused() {
     let mut client = vm.raw_client();
     // The kernel may still be booting: send Info until something answers.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (id, env) = loop {
+    let (id, env) = 'wait: loop {
         assert!(Instant::now() < deadline, "no answer to Info before Hello");
         let id = client.send_request(&Request::Info).unwrap();
-        if let Some(env) = client.recv_any(Duration::from_millis(500)).unwrap() {
-            break (id, env);
+        // Bytes sent while the kernel sets up COM2 may be lost; it reports
+        // the remains as a bad frame (a push, id 0). Wait for an answer.
+        while let Some(env) = client.recv_any(Duration::from_millis(500)).unwrap() {
+            if env.id != 0 {
+                break 'wait (id, env);
+            }
         }
     };
     match &env.body {
@@ -309,7 +321,9 @@ fn boot_timeout_is_reported_as_hung_and_qemu_is_stopped() {
         )),
         "{err}"
     );
-    assert_eq!(vm::status(&name).unwrap().state, VmState::Stopped);
+    let entry = vm::status(&name).unwrap();
+    assert_eq!(entry.state, VmState::Stopped);
+    ktrace_tests::remove_vm_dir(&entry.paths.dir);
 }
 
 #[test]
