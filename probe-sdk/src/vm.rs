@@ -45,6 +45,13 @@ pub const DEFAULT_DISK_SIZE: u64 = 64 << 20;
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Guest memory.
 pub const DEFAULT_MEMORY: &str = "256M";
+/// How often `Hello` is re-sent while the kernel boots. Bytes that arrive
+/// before the kernel has set up COM2 are lost, so the first `Hello` often
+/// is; a short interval keeps that from adding to the boot time.
+const HELLO_RETRY: Duration = Duration::from_millis(50);
+/// How long to wait for the kernel's first console output before talking
+/// to the control channel anyway.
+const CONSOLE_GRACE: Duration = Duration::from_secs(3);
 
 /// Errors of VM management.
 #[derive(Debug, thiserror::Error)]
@@ -507,7 +514,12 @@ impl Vm {
             }
             match client.as_mut() {
                 None => {
-                    if self.paths.socket.exists() {
+                    // QEMU serves the socket long before the kernel runs
+                    // (firmware takes most of a boot under TCG); bytes
+                    // queued then are partly lost when the kernel resets
+                    // COM2. Wait for the first console output, or a while.
+                    let kernel_running = !console.is_empty() || now - started > CONSOLE_GRACE;
+                    if kernel_running && self.paths.socket.exists() {
                         if let Ok(c) = Client::connect_raw(&self.paths.socket) {
                             if !handshake {
                                 return Ok(None);
@@ -519,7 +531,7 @@ impl Vm {
                     thread::sleep(Duration::from_millis(20));
                 }
                 Some(c) => {
-                    let attempt = (deadline - now).min(Duration::from_millis(250));
+                    let attempt = (deadline - now).min(HELLO_RETRY);
                     match c.handshake("ktrace vm start", attempt, attempt) {
                         Ok(hello) => return Ok(Some(hello)),
                         Err(ClientError::HandshakeTimeout { .. }) => {}
