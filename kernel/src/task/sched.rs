@@ -142,7 +142,7 @@ pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<Pid> {
     let arg = Box::into_raw(start) as u64;
     // Initial frame popped by context_switch: r15 r14 r13 r12 rbx rbp, ret.
     let top = stack.top() & !0xf;
-    let frame = [0u64, 0, 0, arg, 0, 0, task_entry_trampoline as usize as u64];
+    let frame = [0u64, 0, 0, arg, 0, 0, task_entry_trampoline as *const () as usize as u64];
     let rsp = top - 8 * frame.len() as u64;
     // SAFETY: the frame lies inside the freshly allocated stack, below its
     // top and far above the guard page.

@@ -17,13 +17,15 @@ pub const COM2_IRQ: u8 = 3;
 
 impl Uart {
     /// 115200 8N1, FIFOs on (14-byte receive trigger), interrupts off.
+    /// The FIFOs are not cleared: the host may already have sent its first
+    /// request before the kernel got here.
     pub fn init(self) {
         outb(self.base + 1, 0x00);
         outb(self.base + 3, 0x80);
         outb(self.base, 0x01);
         outb(self.base + 1, 0x00);
         outb(self.base + 3, 0x03);
-        outb(self.base + 2, 0xC7);
+        outb(self.base + 2, 0xC1);
         // DTR | RTS | OUT2 (OUT2 gates the IRQ line).
         outb(self.base + 4, 0x0B);
     }
