@@ -146,9 +146,17 @@ impl LineData {
                 }
                 data.rows.truncate(seq_start);
             }
-            load_inlines(dwarf, &unit, &mut data, &mut names, &mut files, &mut file_ids)?;
+            load_inlines(
+                dwarf,
+                &unit,
+                &mut data,
+                &mut names,
+                &mut files,
+                &mut file_ids,
+            )?;
         }
-        data.sequences.sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
+        data.sequences
+            .sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
         // Keep sequences disjoint so lookups can binary-search them.
         let mut kept: Vec<Sequence> = Vec::with_capacity(data.sequences.len());
         for s in data.sequences.drain(..) {

@@ -222,7 +222,10 @@ fn ambiguous(query: &str, kind: AmbiguityKind, candidates: &[Candidate]) -> Stri
         AmbiguityKind::TraitImpls => "name the type (`<Type as Trait>::method` or `Type::method`)",
         AmbiguityKind::LineInSeveralPlaces => "probe one of the functions by name (`path+0xOFF`)",
     };
-    let _ = write!(s, "\nto choose one, {how}; to attach to all of them, pass --all");
+    let _ = write!(
+        s,
+        "\nto choose one, {how}; to attach to all of them, pass --all"
+    );
     s
 }
 

@@ -165,8 +165,7 @@ impl SymbolIndex {
         for sym in symbols {
             let Ok(name) = sym.name() else { continue };
             let is_code_kind = matches!(sym.kind(), SymbolKind::Text | SymbolKind::Unknown);
-            if !is_code_kind || !sym.is_definition() || name.is_empty() || name.starts_with(".L")
-            {
+            if !is_code_kind || !sym.is_definition() || name.is_empty() || name.starts_with(".L") {
                 continue;
             }
             // Untyped symbols count only inside executable sections.
@@ -272,9 +271,7 @@ impl SymbolIndex {
                     location: location.take(),
                     inlined: true,
                 });
-                location = inl
-                    .call_file
-                    .map(|f| self.location_of(f, inl.call_line));
+                location = inl.call_file.map(|f| self.location_of(f, inl.call_line));
             }
             frames.push(Frame {
                 function: function.name.clone(),
@@ -320,7 +317,9 @@ impl SymbolIndex {
         if start >= s.data.len() {
             return None;
         }
-        let end = start.saturating_add(usize::try_from(len).ok()?).min(s.data.len());
+        let end = start
+            .saturating_add(usize::try_from(len).ok()?)
+            .min(s.data.len());
         Some(&s.data[start..end])
     }
 

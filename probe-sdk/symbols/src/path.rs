@@ -414,7 +414,11 @@ mod tests {
     use super::*;
 
     fn key_strings(s: &str) -> Vec<String> {
-        ParsedPath::parse(s).keys().iter().map(|k| render(k)).collect()
+        ParsedPath::parse(s)
+            .keys()
+            .iter()
+            .map(|k| render(k))
+            .collect()
     }
 
     #[test]
@@ -446,7 +450,10 @@ mod tests {
             ParsedPath::parse("<Virtio as Device>::submit").selects(&sym),
             None
         );
-        assert_eq!(ParsedPath::parse("Device::submit").selects(&sym), Some(false));
+        assert_eq!(
+            ParsedPath::parse("Device::submit").selects(&sym),
+            Some(false)
+        );
         assert_eq!(
             key_strings("<[u8] as core::fmt::Debug>::fmt"),
             ["[u8]::fmt", "core::fmt::Debug::fmt"]
@@ -458,7 +465,10 @@ mod tests {
         let sym = ParsedPath::parse("kernel::checksum::<u8>");
         assert_eq!(render(&sym.rest), "kernel::checksum::<u8>");
         assert_eq!(ParsedPath::parse("checksum").selects(&sym), Some(false));
-        assert_eq!(ParsedPath::parse("checksum::<u8>").selects(&sym), Some(false));
+        assert_eq!(
+            ParsedPath::parse("checksum::<u8>").selects(&sym),
+            Some(false)
+        );
         assert_eq!(ParsedPath::parse("checksum::<u32>").selects(&sym), None);
         let f = ParsedPath::parse("a::apply::<fn(u64) -> u64>::{closure#1}");
         assert_eq!(f.rest.len(), 3);
@@ -470,7 +480,10 @@ mod tests {
             Some(false)
         );
         let ty = ParsedPath::parse("<kernel::Foo<u32>>::bar");
-        assert_eq!(key_strings("<kernel::Foo<u32>>::bar"), ["kernel::Foo<u32>::bar"]);
+        assert_eq!(
+            key_strings("<kernel::Foo<u32>>::bar"),
+            ["kernel::Foo<u32>::bar"]
+        );
         assert_eq!(ParsedPath::parse("Foo::bar").selects(&ty), Some(false));
     }
 
@@ -480,7 +493,8 @@ mod tests {
         assert_eq!(l.name, "fixture::net::send");
         assert_eq!(l.hash.as_deref(), Some("1334d7bfae6b15dc"));
         assert_eq!(l.scheme, Mangling::Legacy);
-        let v = demangle("_RNvMNtNtCsai4GBYXPky7_7fixture5block5queueNtB2_12RequestQueue10submit_bio");
+        let v =
+            demangle("_RNvMNtNtCsai4GBYXPky7_7fixture5block5queueNtB2_12RequestQueue10submit_bio");
         assert_eq!(v.name, "<fixture::block::queue::RequestQueue>::submit_bio");
         assert_eq!(v.scheme, Mangling::V0);
         assert_eq!(demangle("memcpy").scheme, Mangling::None);
@@ -488,8 +502,14 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_match("kernel::block::*", "kernel::block::queue::RequestQueue::submit_bio"));
-        assert!(glob_match("*::submit_*", "kernel::RequestQueue::submit_bio"));
+        assert!(glob_match(
+            "kernel::block::*",
+            "kernel::block::queue::RequestQueue::submit_bio"
+        ));
+        assert!(glob_match(
+            "*::submit_*",
+            "kernel::RequestQueue::submit_bio"
+        ));
         assert!(!glob_match("*::submit_*", "kernel::submit"));
         assert!(glob_match("s?nd", "send"));
     }

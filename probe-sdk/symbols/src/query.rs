@@ -61,7 +61,8 @@ impl Query {
                 .map_err(|_| bad("an address must be hexadecimal after `0x`"));
         }
         if let Some((file, line)) = q.rsplit_once(':') {
-            let looks_like_file = !file.ends_with(':') && (file.contains('.') || file.contains('/'));
+            let looks_like_file =
+                !file.ends_with(':') && (file.contains('.') || file.contains('/'));
             if looks_like_file && !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) {
                 let line: u32 = line.parse().map_err(|_| bad("line number too large"))?;
                 if line == 0 {
@@ -79,9 +80,8 @@ impl Query {
                 Some(hex) => u64::from_str_radix(hex, 16),
                 None => off.parse::<u64>(),
             };
-            let offset = parsed.map_err(|_| {
-                bad("the part after `+` must be an offset such as `0x1a` or `26`")
-            })?;
+            let offset = parsed
+                .map_err(|_| bad("the part after `+` must be an offset such as `0x1a` or `26`"))?;
             if path.trim().is_empty() {
                 return Err(bad("an offset needs a function path before `+`"));
             }
@@ -229,9 +229,7 @@ impl SymbolIndex {
         // A trailing legacy hash (`f::h0123456789abcdef`) picks one
         // monomorphization.
         let mut hash = None;
-        if parsed.rest.len() > 1
-            && parsed.rest.last().is_some_and(|s| is_legacy_hash(&s.name))
-        {
+        if parsed.rest.len() > 1 && parsed.rest.last().is_some_and(|s| is_legacy_hash(&s.name)) {
             hash = parsed.rest.pop().map(|s| s.name[1..].to_string());
         }
         let Some(last) = parsed.rest.last() else {
@@ -265,7 +263,9 @@ impl SymbolIndex {
         let mut last_addr = None;
         for (i, f) in self.functions.iter().enumerate() {
             let hit = glob_match(pattern, &f.name)
-                || f.search_paths().iter().any(|p| glob_at_segments(pattern, p));
+                || f.search_paths()
+                    .iter()
+                    .any(|p| glob_at_segments(pattern, p));
             if hit && last_addr != Some(f.addr) {
                 ids.push(i as u32);
                 last_addr = Some(f.addr);
@@ -582,9 +582,12 @@ impl SymbolIndex {
 
     /// The one source file whose path ends with `file` (whole components).
     fn find_file(&self, file: &str) -> Result<u32, SymbolError> {
-        let lines = self.lines.as_ref().ok_or_else(|| SymbolError::NoLineTables {
-            query: file.to_string(),
-        })?;
+        let lines = self
+            .lines
+            .as_ref()
+            .ok_or_else(|| SymbolError::NoLineTables {
+                query: file.to_string(),
+            })?;
         let matches: Vec<u32> = lines
             .files
             .iter()
@@ -645,8 +648,7 @@ impl SymbolIndex {
 
 /// `path` ends with `suffix` at a component boundary.
 fn path_ends_with(path: &str, suffix: &str) -> bool {
-    path == suffix
-        || (path.ends_with(suffix) && path[..path.len() - suffix.len()].ends_with('/'))
+    path == suffix || (path.ends_with(suffix) && path[..path.len() - suffix.len()].ends_with('/'))
 }
 
 /// A glob matched against `path` starting at any segment boundary, so that
@@ -731,9 +733,21 @@ mod tests {
 
     #[test]
     fn globs_start_at_segments() {
-        assert!(glob_at_segments("RequestQueue::submit_*", "kernel::block::RequestQueue::submit_bio"));
-        assert!(!glob_at_segments("Queue::submit_*", "kernel::block::RequestQueue::submit_bio"));
-        assert!(path_ends_with("/a/kernel/src/block/queue.rs", "block/queue.rs"));
-        assert!(!path_ends_with("/a/kernel/src/block/myqueue.rs", "queue.rs"));
+        assert!(glob_at_segments(
+            "RequestQueue::submit_*",
+            "kernel::block::RequestQueue::submit_bio"
+        ));
+        assert!(!glob_at_segments(
+            "Queue::submit_*",
+            "kernel::block::RequestQueue::submit_bio"
+        ));
+        assert!(path_ends_with(
+            "/a/kernel/src/block/queue.rs",
+            "block/queue.rs"
+        ));
+        assert!(!path_ends_with(
+            "/a/kernel/src/block/myqueue.rs",
+            "queue.rs"
+        ));
     }
 }

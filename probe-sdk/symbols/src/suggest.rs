@@ -100,10 +100,16 @@ mod tests {
         assert_eq!(levenshtein("sumbit_bio", "submit_bio"), 2);
         assert_eq!(levenshtein("", "abc"), 3);
         assert_eq!(
-            segment_distance(&["queue", "submit_bio"], &["kernel", "block", "queue", "submit_bio"]),
+            segment_distance(
+                &["queue", "submit_bio"],
+                &["kernel", "block", "queue", "submit_bio"]
+            ),
             0
         );
-        assert_eq!(segment_distance(&["blok", "submit_bio"], &["kernel", "block", "submit_bio"]), 1);
+        assert_eq!(
+            segment_distance(&["blok", "submit_bio"], &["kernel", "block", "submit_bio"]),
+            1
+        );
         // A module left out of the middle costs 3.
         assert_eq!(
             segment_distance(&["block", "submit_bio"], &["block", "queue", "submit_bio"]),

@@ -27,7 +27,11 @@ fn err(index: &SymbolIndex, query: &str) -> SymbolError {
 }
 
 fn addr_of(index: &SymbolIndex, name: &str) -> u64 {
-    let f: Vec<_> = index.functions().iter().filter(|f| f.name == name).collect();
+    let f: Vec<_> = index
+        .functions()
+        .iter()
+        .filter(|f| f.name == name)
+        .collect();
     assert_eq!(f.len(), 1, "{name}");
     f[0].addr
 }
@@ -65,8 +69,14 @@ fn both_schemes_are_read_and_legacy_builds_mix_them() {
         .iter()
         .any(|f| f.scheme == Mangling::V0 && f.name.starts_with("std::")));
     let f = &legacy().find("net::send")[0];
-    assert_eq!(f.mangled, format!("_ZN7fixture3net4send17h{}E", f.hash.as_deref().unwrap()));
-    assert_eq!(f.demangled, format!("fixture::net::send::h{}", f.hash.as_deref().unwrap()));
+    assert_eq!(
+        f.mangled,
+        format!("_ZN7fixture3net4send17h{}E", f.hash.as_deref().unwrap())
+    );
+    assert_eq!(
+        f.demangled,
+        format!("fixture::net::send::h{}", f.hash.as_deref().unwrap())
+    );
 }
 
 #[test]
@@ -83,10 +93,17 @@ fn exact_suffix_and_qualified_paths_find_one_function() {
             assert_eq!(one(index, q), addr, "{label}: {q}");
         }
         let nvme = addr_of(index, "<fixture::Nvme as fixture::Device>::submit");
-        for q in ["Nvme::submit", "<Nvme as Device>::submit", "fixture::Nvme::submit"] {
+        for q in [
+            "Nvme::submit",
+            "<Nvme as Device>::submit",
+            "fixture::Nvme::submit",
+        ] {
             assert_eq!(one(index, q), nvme, "{label}: {q}");
         }
-        assert_eq!(one(index, "net::send"), addr_of(index, "fixture::net::send"));
+        assert_eq!(
+            one(index, "net::send"),
+            addr_of(index, "fixture::net::send")
+        );
         let res = index
             .resolve("fixture::net::send", ResolveOptions::default())
             .unwrap();
@@ -95,7 +112,10 @@ fn exact_suffix_and_qualified_paths_find_one_function() {
         assert_eq!(p.offset, 0);
         assert_eq!(
             p.location.as_ref().map(|l| l.to_string()),
-            Some(format!("{FILE}:{}", fixture_line("pub fn send(x: u64) -> u64 {")))
+            Some(format!(
+                "{FILE}:{}",
+                fixture_line("pub fn send(x: u64) -> u64 {")
+            ))
         );
     }
 }
@@ -105,13 +125,20 @@ fn globs_match_many() {
     for (label, index) in both() {
         let names = |q: &str| -> Vec<String> {
             let res = index.resolve(q, ResolveOptions::default()).unwrap();
-            res.points.iter().map(|p| p.function.clone().unwrap()).collect()
+            res.points
+                .iter()
+                .map(|p| p.function.clone().unwrap())
+                .collect()
         };
         let bio = submit_bio_name(label);
         let flush = bio.replace("submit_bio", "submit_flush");
         assert_eq!(names("fixture::block::*"), [bio, flush.as_str()], "{label}");
         assert_eq!(names("*::submit_*"), [bio, flush.as_str()], "{label}");
-        assert_eq!(names("RequestQueue::submit_f*"), [flush.as_str()], "{label}");
+        assert_eq!(
+            names("RequestQueue::submit_f*"),
+            [flush.as_str()],
+            "{label}"
+        );
         let mut sends = names("fixture::*::send");
         sends.sort();
         assert_eq!(sends, ["fixture::disk::send", "fixture::net::send"]);
@@ -139,7 +166,12 @@ fn same_name_in_two_modules_is_ambiguous() {
         .collect();
     let mut want = vec![
         ("fixture::net::send", net.addr, net.size, Some("net::send")),
-        ("fixture::disk::send", disk.addr, disk.size, Some("disk::send")),
+        (
+            "fixture::disk::send",
+            disk.addr,
+            disk.size,
+            Some("disk::send"),
+        ),
     ];
     want.sort_by_key(|w| w.1);
     assert_eq!(got, want);
@@ -149,7 +181,11 @@ fn same_name_in_two_modules_is_ambiguous() {
     let rows: Vec<String> = want
         .iter()
         .map(|(name, addr, size, sel)| {
-            let l = if name.contains("net") { line } else { disk_line };
+            let l = if name.contains("net") {
+                line
+            } else {
+                disk_line
+            };
             format!(
                 "  {name:19}  {addr:#x}  {size} bytes  {FILE}:{l}  (select with `{}`)",
                 sel.unwrap()
@@ -194,8 +230,14 @@ fn monomorphizations_are_ambiguous_and_chosen_by_generics_or_hash() {
     assert_eq!(
         names,
         [
-            ("fixture::checksum::<u32>".to_string(), "checksum::<u32>".to_string()),
-            ("fixture::checksum::<u8>".to_string(), "checksum::<u8>".to_string()),
+            (
+                "fixture::checksum::<u32>".to_string(),
+                "checksum::<u32>".to_string()
+            ),
+            (
+                "fixture::checksum::<u8>".to_string(),
+                "checksum::<u8>".to_string()
+            ),
         ]
     );
     assert_eq!(
@@ -224,7 +266,11 @@ fn monomorphizations_are_ambiguous_and_chosen_by_generics_or_hash() {
         // The candidate's line is in the function's own body, not in the
         // `core` code inlined at its entry.
         let loc = c.location.as_deref().unwrap();
-        let line: u32 = loc.strip_prefix(&format!("{FILE}:")).unwrap().parse().unwrap();
+        let line: u32 = loc
+            .strip_prefix(&format!("{FILE}:"))
+            .unwrap()
+            .parse()
+            .unwrap();
         let first = fixture_line("pub fn checksum");
         assert!((first..first + 6).contains(&line), "{loc}");
     }
@@ -249,7 +295,10 @@ fn trait_method_of_two_types_is_ambiguous() {
             assert_eq!(
                 got,
                 [
-                    ("<fixture::Nvme as fixture::Device>::submit", "<Nvme as Device>::submit"),
+                    (
+                        "<fixture::Nvme as fixture::Device>::submit",
+                        "<Nvme as Device>::submit"
+                    ),
                     (
                         "<fixture::Virtio as fixture::Device>::submit",
                         "<Virtio as Device>::submit"
@@ -297,7 +346,10 @@ fn lines_round_trip() {
         // A line in the middle of a function: the lowest statement address.
         let line = fixture_line("let slot = sector % self.depth.max(1);");
         let res = index
-            .resolve(&format!("fixtures/sample.rs:{line}"), ResolveOptions::default())
+            .resolve(
+                &format!("fixtures/sample.rs:{line}"),
+                ResolveOptions::default(),
+            )
             .unwrap();
         let p = &res.points[0];
         assert_eq!(p.function.as_deref(), Some(submit_bio_name(label)));
@@ -346,7 +398,13 @@ fn a_line_in_inlined_copies_lists_every_copy() {
     let frames = index.symbolize(all.points[0].addr).unwrap().frames;
     let got: Vec<_> = frames
         .iter()
-        .map(|f| (f.function.as_str(), f.location.as_ref().unwrap().line, f.inlined))
+        .map(|f| {
+            (
+                f.function.as_str(),
+                f.location.as_ref().unwrap().line,
+                f.inlined,
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -374,7 +432,10 @@ fn generic_line_is_owned_by_each_monomorphization() {
     assert_eq!(kind, AmbiguityKind::LineInSeveralPlaces);
     let mut names: Vec<_> = candidates.iter().map(|c| c.name.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["fixture::checksum::<u32>", "fixture::checksum::<u8>"]);
+    assert_eq!(
+        names,
+        ["fixture::checksum::<u32>", "fixture::checksum::<u8>"]
+    );
     for c in &candidates {
         let sel = c.select_with.as_deref().unwrap();
         assert!(sel.starts_with(&format!("{}+0x", c.name)), "{sel}");
@@ -520,7 +581,10 @@ fn raw_addresses_need_permission() {
         ..Default::default()
     };
     let res = index.resolve(&format!("{:#x}", f.addr), allow).unwrap();
-    assert_eq!(res.points[0].function.as_deref(), Some("fixture::net::send"));
+    assert_eq!(
+        res.points[0].function.as_deref(),
+        Some("fixture::net::send")
+    );
     assert!(matches!(
         index.resolve("0x10", allow),
         Err(SymbolError::AddressNotInText { addr: 0x10 })
@@ -536,7 +600,10 @@ fn addresses_map_back_to_functions() {
         }
         let f = index.find("fixture::net::send")[0];
         let s = index.symbolize(f.addr + 2).unwrap();
-        assert_eq!((s.function.name.as_str(), s.offset), ("fixture::net::send", 2));
+        assert_eq!(
+            (s.function.name.as_str(), s.offset),
+            ("fixture::net::send", 2)
+        );
     }
 }
 
@@ -557,9 +624,7 @@ fn source_file_errors() {
         SymbolError::FileNotFound { .. }
     ));
     let line = fixture_line("/// A generic function with two instantiations.");
-    let SymbolError::NoCodeAtLine {
-        before, after, ..
-    } = err(index, &format!("sample.rs:{line}"))
+    let SymbolError::NoCodeAtLine { before, after, .. } = err(index, &format!("sample.rs:{line}"))
     else {
         panic!("expected no code")
     };

@@ -2,4 +2,5 @@
 
 pub mod build;
 pub mod info;
+pub mod symbols;
 pub mod vm;

@@ -21,11 +21,23 @@ pub fn build_fixture(v0: bool) -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let mut cmd = Command::new(rustc);
-    cmd.args(["--edition", "2021", "--crate-name", "fixture", "-C", "opt-level=2"])
-        .args(["-C", "debuginfo=line-tables-only", "-C", "force-frame-pointers=yes"])
-        .arg("-o")
-        .arg(&out)
-        .arg(fixture_source());
+    cmd.args([
+        "--edition",
+        "2021",
+        "--crate-name",
+        "fixture",
+        "-C",
+        "opt-level=2",
+    ])
+    .args([
+        "-C",
+        "debuginfo=line-tables-only",
+        "-C",
+        "force-frame-pointers=yes",
+    ])
+    .arg("-o")
+    .arg(&out)
+    .arg(fixture_source());
     if v0 {
         cmd.args(["-C", "symbol-mangling-version=v0"]);
     }
@@ -43,9 +55,8 @@ pub fn v0() -> &'static SymbolIndex {
 /// The legacy fixture, indexed once.
 pub fn legacy() -> &'static SymbolIndex {
     static INDEX: OnceLock<SymbolIndex> = OnceLock::new();
-    INDEX.get_or_init(|| {
-        SymbolIndex::from_path(build_fixture(false)).expect("index legacy fixture")
-    })
+    INDEX
+        .get_or_init(|| SymbolIndex::from_path(build_fixture(false)).expect("index legacy fixture"))
 }
 
 /// Line number (1-based) of the first line of the fixture containing `needle`.

@@ -1,0 +1,243 @@
+//! `ktrace symbols`: resolve what a user writes (a Rust path, a glob,
+//! `path+0xOFF`, `file.rs:LINE`) to kernel addresses, and addresses back to
+//! functions and source lines.
+//!
+//! ```text
+//! ktrace symbols RequestQueue::submit_bio
+//! ktrace symbols 'kernel::block::*' --json
+//! ktrace symbols kernel/src/block/queue.rs:120 --all
+//! ktrace symbols --addr 0xffffffff80012345
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use ktrace_symbols::{ResolveOptions, SymbolError, SymbolIndex};
+use serde_json::json;
+
+/// Environment variable naming the kernel ELF.
+pub const KERNEL_ENV: &str = "KTRACE_KERNEL";
+/// Where the kernel build leaves its ELF, under the workspace root.
+pub const KERNEL_ELF: &str = "target/kernel/kernel/kernel";
+
+/// Arguments of `ktrace symbols`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "QUERY forms:\n  \
+    kernel::block::queue::RequestQueue::submit_bio   exact path\n  \
+    RequestQueue::submit_bio                         unique suffix of path segments\n  \
+    'kernel::block::*'  '*::submit_*'                glob (every match)\n  \
+    RequestQueue::submit_bio+0x1a                    offset (checked against instruction boundaries)\n  \
+    kernel/src/block/queue.rs:120                    source line (path suffix)\n  \
+    0xffffffff80012345                               raw address (needs --unsafe-address)")]
+pub struct Args {
+    /// What to resolve (see the forms below).
+    #[arg(required_unless_present = "addr", conflicts_with = "addr")]
+    pub query: Option<String>,
+    /// Reverse lookup: the function, offset and source line of an address.
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// Resolve an ambiguous name or line to every match.
+    #[arg(long)]
+    pub all: bool,
+    /// Accept a raw address as QUERY.
+    #[arg(long = "unsafe-address")]
+    pub unsafe_address: bool,
+    /// Kernel ELF (default: $KTRACE_KERNEL, else target/kernel/kernel/kernel
+    /// under the workspace root).
+    #[arg(long, value_name = "ELF")]
+    pub kernel: Option<PathBuf>,
+}
+
+/// Run `ktrace symbols`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let elf = kernel_elf(args.kernel.as_deref())?;
+    let index = SymbolIndex::from_path(&elf)?;
+    if let Some(addr) = &args.addr {
+        return reverse(&index, addr, args.json);
+    }
+    let query = args.query.as_deref().unwrap_or_default();
+    let opts = ResolveOptions {
+        all: args.all,
+        allow_raw_address: args.unsafe_address,
+    };
+    match index.resolve(query, opts) {
+        Ok(res) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&res)?);
+                return Ok(());
+            }
+            let rows: Vec<[String; 4]> = res
+                .points
+                .iter()
+                .map(|p| {
+                    let name = match (&p.function, p.offset) {
+                        (Some(f), 0) => f.clone(),
+                        (Some(f), off) => format!("{f}+{off:#x}"),
+                        (None, _) => "?".into(),
+                    };
+                    let name = match &p.inlined_from {
+                        Some(from) => format!("{name} (inlined `{from}`)"),
+                        None => name,
+                    };
+                    [
+                        name,
+                        format!("{:#x}", p.addr),
+                        p.function_size
+                            .map_or_else(String::new, |s| format!("{s} bytes")),
+                        p.location
+                            .as_ref()
+                            .map_or_else(String::new, |l| l.to_string()),
+                    ]
+                })
+                .collect();
+            print_table(&rows);
+            if let Some(note) = &res.note {
+                println!("note: {note}");
+            }
+            for (c, why) in &res.skipped {
+                println!("skipped {} at {:#x}: {why}", c.name, c.addr);
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&error_json(&e))?);
+            }
+            Err(e.into())
+        }
+    }
+}
+
+fn reverse(index: &SymbolIndex, text: &str, json_out: bool) -> anyhow::Result<()> {
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    let addr = u64::from_str_radix(&digits.replace('_', ""), 16)
+        .with_context(|| format!("`{text}` is not a hexadecimal address"))?;
+    let Some(s) = index.symbolize(addr) else {
+        bail!("{addr:#x} is not inside any function of the kernel");
+    };
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!(
+        "{addr:#x} = {}+{:#x} ({} bytes at {:#x})",
+        s.function.name, s.offset, s.function.size, s.function.addr
+    );
+    for f in &s.frames {
+        let at = f
+            .location
+            .as_ref()
+            .map_or_else(|| "?".into(), |l| l.to_string());
+        let inl = if f.inlined { " [inlined]" } else { "" };
+        println!("  {}{inl} at {at}", f.function);
+    }
+    Ok(())
+}
+
+/// The structured form of an error for `--json`.
+fn error_json(e: &SymbolError) -> serde_json::Value {
+    let mut v = json!({ "error": e.to_string() });
+    match e {
+        SymbolError::Ambiguous {
+            kind, candidates, ..
+        } => {
+            v["kind"] = json!("ambiguous");
+            v["ambiguity"] = json!(kind);
+            v["candidates"] = json!(candidates);
+        }
+        SymbolError::NotFound { suggestions, .. } => {
+            v["kind"] = json!("not_found");
+            v["suggestions"] = json!(suggestions);
+        }
+        SymbolError::InlinedAway { name, sites, .. } => {
+            v["kind"] = json!("inlined_away");
+            v["name"] = json!(name);
+            v["sites"] = json!(sites);
+        }
+        SymbolError::NotOnBoundary { before, after, .. } => {
+            v["kind"] = json!("not_on_boundary");
+            v["before"] = json!(before);
+            v["after"] = json!(after);
+        }
+        SymbolError::NotProbeable { function, reason } => {
+            v["kind"] = json!("not_probeable");
+            v["function"] = json!(function);
+            v["reason"] = json!(reason);
+        }
+        SymbolError::FileNotFound { suggestions, .. } => {
+            v["kind"] = json!("file_not_found");
+            v["suggestions"] = json!(suggestions);
+        }
+        _ => {}
+    }
+    v
+}
+
+fn print_table(rows: &[[String; 4]]) {
+    let mut width = [0usize; 4];
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in rows {
+        let line = format!(
+            "{:w0$}  {:>w1$}  {:>w2$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = width[0],
+            w1 = width[1],
+            w2 = width[2]
+        );
+        println!("{}", line.trim_end());
+    }
+}
+
+/// The kernel ELF to index: `--kernel`, else `$KTRACE_KERNEL`, else the
+/// workspace's kernel build output.
+pub fn kernel_elf(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os(KERNEL_ENV).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let Some(root) = workspace_root(&cwd) else {
+        bail!(
+            "no kernel ELF given: pass --kernel <elf>, set {KERNEL_ENV}, or run inside the ktrace workspace \
+             (no Cargo.toml with [workspace] found above {})",
+            cwd.display()
+        );
+    };
+    let elf = root.join(KERNEL_ELF);
+    if !elf.is_file() {
+        bail!(
+            "no kernel ELF at {}: build it with `cargo build --profile kernel -p ktrace-kernel --target-dir target/kernel` \
+             in {} (or pass --kernel <elf> / set {KERNEL_ENV})",
+            elf.display(),
+            root.display()
+        );
+    }
+    Ok(elf)
+}
+
+/// The nearest directory at or above `start` whose `Cargo.toml` declares a
+/// `[workspace]`.
+pub fn workspace_root(start: &Path) -> Option<PathBuf> {
+    start.ancestors().find_map(|dir| {
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
+        manifest
+            .lines()
+            .any(|l| l.trim() == "[workspace]")
+            .then(|| dir.to_path_buf())
+    })
+}
