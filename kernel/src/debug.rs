@@ -32,7 +32,11 @@ pub fn run_self_test(name: &str) -> Option<SelfTestResult> {
     let (_, test) = SELF_TESTS.iter().find(|(n, _)| *n == name)?;
     let mut output = Vec::new();
     let passed = test(&mut output);
-    Some(SelfTestResult { name: name.to_string(), passed, output })
+    Some(SelfTestResult {
+        name: name.to_string(),
+        passed,
+        output,
+    })
 }
 
 /// Tasks sleeping 30, 10 and 20 ms wake in the order 10, 20, 30, each
@@ -97,6 +101,9 @@ fn waitqueue(out: &mut Vec<String>) -> bool {
     flag.store(true, Ordering::SeqCst);
     wq.wake_all();
     let all = done.wait_until_timeout(|| woken.load(Ordering::SeqCst) == 2, 2_000_000_000);
-    out.push(format!("woken before the flag: {early}; after wake_all: {}", woken.load(Ordering::SeqCst)));
+    out.push(format!(
+        "woken before the flag: {early}; after wake_all: {}",
+        woken.load(Ordering::SeqCst)
+    ));
     blocked == 2 && early == 0 && all
 }

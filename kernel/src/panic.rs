@@ -10,7 +10,9 @@ const MAX_FRAMES: usize = 32;
 
 /// Whether `rbp` can be a frame of ours: aligned and inside mapped RAM.
 fn plausible_frame(rbp: u64) -> bool {
-    rbp != 0 && rbp % 8 == 0 && rbp >= 0x1000 && rbp < (4 << 30) && arch::paging::translate(rbp).is_some()
+    rbp.is_multiple_of(8)
+        && (0x1000..(4 << 30)).contains(&rbp)
+        && arch::paging::translate(rbp).is_some()
         && arch::paging::translate(rbp + 8).is_some()
 }
 
@@ -47,13 +49,49 @@ pub fn backtrace(rip: Option<u64>, mut rbp: u64) {
 
 fn dump_registers(r: &PtRegs) {
     kprintln!("registers:");
-    kprintln!("  rip {:#018x} rsp {:#018x} rflags {:#010x}", r.rip, r.rsp, r.eflags);
-    kprintln!("  rax {:#018x} rbx {:#018x} rcx {:#018x}", r.rax, r.rbx, r.rcx);
-    kprintln!("  rdx {:#018x} rsi {:#018x} rdi {:#018x}", r.rdx, r.rsi, r.rdi);
-    kprintln!("  rbp {:#018x} r8  {:#018x} r9  {:#018x}", r.rbp, r.r8, r.r9);
-    kprintln!("  r10 {:#018x} r11 {:#018x} r12 {:#018x}", r.r10, r.r11, r.r12);
-    kprintln!("  r13 {:#018x} r14 {:#018x} r15 {:#018x}", r.r13, r.r14, r.r15);
-    kprintln!("  cs {:#x} ss {:#x} cr2 {:#018x} cr3 {:#018x}", r.cs, r.ss, arch::cpu::cr2(), arch::cpu::cr3());
+    kprintln!(
+        "  rip {:#018x} rsp {:#018x} rflags {:#010x}",
+        r.rip,
+        r.rsp,
+        r.eflags
+    );
+    kprintln!(
+        "  rax {:#018x} rbx {:#018x} rcx {:#018x}",
+        r.rax,
+        r.rbx,
+        r.rcx
+    );
+    kprintln!(
+        "  rdx {:#018x} rsi {:#018x} rdi {:#018x}",
+        r.rdx,
+        r.rsi,
+        r.rdi
+    );
+    kprintln!(
+        "  rbp {:#018x} r8  {:#018x} r9  {:#018x}",
+        r.rbp,
+        r.r8,
+        r.r9
+    );
+    kprintln!(
+        "  r10 {:#018x} r11 {:#018x} r12 {:#018x}",
+        r.r10,
+        r.r11,
+        r.r12
+    );
+    kprintln!(
+        "  r13 {:#018x} r14 {:#018x} r15 {:#018x}",
+        r.r13,
+        r.r14,
+        r.r15
+    );
+    kprintln!(
+        "  cs {:#x} ss {:#x} cr2 {:#018x} cr3 {:#018x}",
+        r.cs,
+        r.ss,
+        arch::cpu::cr2(),
+        arch::cpu::cr3()
+    );
 }
 
 fn exception_name(v: u8) -> &'static str {
@@ -89,13 +127,27 @@ pub fn fatal_exception(regs: &PtRegs, vector: u8) -> ! {
         exception_name(vector),
         vector,
         regs.orig_rax,
-        core::str::from_utf8(&crate::percpu::this_cpu().current_comm()).unwrap_or("?").trim_end_matches('\0'),
+        core::str::from_utf8(&crate::percpu::this_cpu().current_comm())
+            .unwrap_or("?")
+            .trim_end_matches('\0'),
         crate::task::current_pid()
     );
     if vector == 14 {
-        let access = if regs.orig_rax & 2 != 0 { "write" } else { "read" };
-        let fetch = if regs.orig_rax & 16 != 0 { " (instruction fetch)" } else { "" };
-        let why = if regs.orig_rax & 1 != 0 { "protection violation" } else { "page not present" };
+        let access = if regs.orig_rax & 2 != 0 {
+            "write"
+        } else {
+            "read"
+        };
+        let fetch = if regs.orig_rax & 16 != 0 {
+            " (instruction fetch)"
+        } else {
+            ""
+        };
+        let why = if regs.orig_rax & 1 != 0 {
+            "protection violation"
+        } else {
+            "page not present"
+        };
         kprintln!("  {access}{fetch} at {:#018x}: {why}", arch::cpu::cr2());
     }
     dump_registers(regs);
@@ -116,7 +168,11 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     if let Some(loc) = info.location() {
         kprintln!("  at {}:{}:{}", loc.file(), loc.line(), loc.column());
     }
-    kprintln!("  task pid {}, uptime {} ns", crate::task::current_pid(), crate::time::now_ns());
+    kprintln!(
+        "  task pid {}, uptime {} ns",
+        crate::task::current_pid(),
+        crate::time::now_ns()
+    );
     backtrace(None, arch::cpu::frame_pointer());
     kprintln!("---[ end of report ]---");
     arch::qemu_exit(EXIT_PANIC)

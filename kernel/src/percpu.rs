@@ -40,8 +40,14 @@ impl PerCpu {
         let n = name.len().min(15);
         comm[..n].copy_from_slice(&name.as_bytes()[..n]);
         self.current_pid.store(pid, Ordering::Relaxed);
-        self.current_comm[0].store(u64::from_le_bytes(comm[..8].try_into().unwrap_or([0; 8])), Ordering::Relaxed);
-        self.current_comm[1].store(u64::from_le_bytes(comm[8..].try_into().unwrap_or([0; 8])), Ordering::Relaxed);
+        self.current_comm[0].store(
+            u64::from_le_bytes(comm[..8].try_into().unwrap_or([0; 8])),
+            Ordering::Relaxed,
+        );
+        self.current_comm[1].store(
+            u64::from_le_bytes(comm[8..].try_into().unwrap_or([0; 8])),
+            Ordering::Relaxed,
+        );
     }
 
     /// The running task's name, NUL padded (Linux `comm`).

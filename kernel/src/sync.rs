@@ -31,7 +31,10 @@ pub struct SpinLockGuard<'a, T: ?Sized> {
 impl<T> SpinLock<T> {
     /// A new unlocked lock.
     pub const fn new(value: T) -> Self {
-        Self { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
+        Self {
+            locked: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
     }
 }
 
@@ -39,17 +42,31 @@ impl<T: ?Sized> SpinLock<T> {
     /// Disable interrupts and take the lock.
     pub fn lock(&self) -> SpinLockGuard<'_, T> {
         let irq_was_enabled = arch::irq_save();
-        while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        while self
+            .locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             core::hint::spin_loop();
         }
-        SpinLockGuard { lock: self, irq_was_enabled }
+        SpinLockGuard {
+            lock: self,
+            irq_was_enabled,
+        }
     }
 
     /// Take the lock if it is free.
     pub fn try_lock(&self) -> Option<SpinLockGuard<'_, T>> {
         let irq_was_enabled = arch::irq_save();
-        if self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            Some(SpinLockGuard { lock: self, irq_was_enabled })
+        if self
+            .locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            Some(SpinLockGuard {
+                lock: self,
+                irq_was_enabled,
+            })
         } else {
             arch::irq_restore(irq_was_enabled);
             None
@@ -94,12 +111,19 @@ pub struct IrqRawMutex {
 // releases it (release), so at most one holder exists at a time.
 unsafe impl lock_api::RawMutex for IrqRawMutex {
     #[allow(clippy::declare_interior_mutable_const)]
-    const INIT: Self = Self { locked: AtomicBool::new(false), irq_was_enabled: AtomicBool::new(false) };
+    const INIT: Self = Self {
+        locked: AtomicBool::new(false),
+        irq_was_enabled: AtomicBool::new(false),
+    };
     type GuardMarker = lock_api::GuardNoSend;
 
     fn lock(&self) {
         let was = arch::irq_save();
-        while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        while self
+            .locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             core::hint::spin_loop();
         }
         self.irq_was_enabled.store(was, Ordering::Relaxed);
@@ -107,7 +131,11 @@ unsafe impl lock_api::RawMutex for IrqRawMutex {
 
     fn try_lock(&self) -> bool {
         let was = arch::irq_save();
-        if self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if self
+            .locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
             self.irq_was_enabled.store(was, Ordering::Relaxed);
             true
         } else {

@@ -58,5 +58,11 @@ pub fn init() {
     let per_period = (u64::from(per_10ms) * 100 / u64::from(TIMER_HZ)) as u32;
     trap::set_handler(trap::TIMER_VECTOR, on_timer);
     apic::start_periodic_timer(trap::TIMER_VECTOR, per_period);
-    log::info!("clock: TSC {}.{:03} MHz, APIC timer {} ticks per {} Hz period", khz / 1000, khz % 1000, per_period, TIMER_HZ);
+    log::info!(
+        "clock: TSC {}.{:03} MHz, APIC timer {} ticks per {} Hz period",
+        khz / 1000,
+        khz % 1000,
+        per_period,
+        TIMER_HZ
+    );
 }

@@ -15,8 +15,13 @@ struct Frames {
     free_head: u64,
 }
 
-static FRAMES: SpinLock<Frames> =
-    SpinLock::new(Frames { regions: [Region { start: 0, end: 0 }; 32], len: 0, current: 0, next: 0, free_head: 0 });
+static FRAMES: SpinLock<Frames> = SpinLock::new(Frames {
+    regions: [Region { start: 0, end: 0 }; 32],
+    len: 0,
+    current: 0,
+    next: 0,
+    free_head: 0,
+});
 static TOTAL: AtomicU64 = AtomicU64::new(0);
 static PAGE_TABLE_BYTES: AtomicU64 = AtomicU64::new(0);
 

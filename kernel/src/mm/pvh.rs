@@ -40,19 +40,28 @@ struct MemmapEntry {
 
 /// Read the usable RAM regions.
 pub fn read_memory_map(paddr: u64) -> MemoryMap {
-    let mut map = MemoryMap { regions: [Region::default(); 32], len: 0 };
+    let mut map = MemoryMap {
+        regions: [Region::default(); 32],
+        len: 0,
+    };
     // SAFETY: QEMU places the start info in low RAM, identity-mapped by the
     // boot page tables; the magic is checked before anything else is used.
     let info = unsafe { &*(paddr as *const StartInfo) };
     if info.magic != START_INFO_MAGIC || info.version < 1 {
-        panic!("PVH start info at {paddr:#x} has bad magic {:#x}", info.magic);
+        panic!(
+            "PVH start info at {paddr:#x} has bad magic {:#x}",
+            info.magic
+        );
     }
     for i in 0..info.memmap_entries.min(128) as u64 {
         // SAFETY: the memory map has `memmap_entries` entries at
         // `memmap_paddr` (PVH ABI version >= 1), identity-mapped.
         let e = unsafe { &*((info.memmap_paddr + i * 24) as *const MemmapEntry) };
         if e.kind == E820_RAM && map.len < map.regions.len() {
-            map.regions[map.len] = Region { start: e.addr, end: e.addr + e.size };
+            map.regions[map.len] = Region {
+                start: e.addr,
+                end: e.addr + e.size,
+            };
             map.len += 1;
         }
     }

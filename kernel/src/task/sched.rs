@@ -92,7 +92,10 @@ struct Scheduler {
     sleepers: BinaryHeap<Reverse<(u64, Pid, u64)>>,
     current: Pid,
     next_pid: Pid,
-    /// Tasks that exited; their stacks are freed once we are off them.
+    /// Tasks that exited; their stacks are freed once we are off them. Boxed
+    /// because the switch away from an exiting task stores its stack pointer
+    /// through a pointer into the zombie.
+    #[allow(clippy::vec_box)]
     zombies: Vec<Box<Task>>,
 }
 
@@ -100,11 +103,14 @@ static SCHED: SpinLock<Option<Scheduler>> = SpinLock::new(None);
 static NEED_RESCHED: AtomicBool = AtomicBool::new(false);
 static CONTEXT_SWITCHES: AtomicU64 = AtomicU64::new(0);
 /// Reschedule hook for tracepoints: (prev pid, next pid, prev state).
-static SWITCH_HOOK: SpinLock<Option<fn(Pid, Pid, TaskState)>> = SpinLock::new(None);
+static SWITCH_HOOK: SpinLock<Option<SwitchHook>> = SpinLock::new(None);
+
+/// Called on every context switch with (prev pid, next pid, prev state).
+pub type SwitchHook = fn(Pid, Pid, TaskState);
 
 /// Install a function called on every context switch (used by the
 /// `sched:sched_switch` tracepoint).
-pub fn set_switch_hook(hook: fn(Pid, Pid, TaskState)) {
+pub fn set_switch_hook(hook: SwitchHook) {
     *SWITCH_HOOK.lock() = Some(hook);
 }
 
@@ -142,7 +148,15 @@ pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<Pid> {
     let arg = Box::into_raw(start) as u64;
     // Initial frame popped by context_switch: r15 r14 r13 r12 rbx rbp, ret.
     let top = stack.top() & !0xf;
-    let frame = [0u64, 0, 0, arg, 0, 0, task_entry_trampoline as *const () as usize as u64];
+    let frame = [
+        0u64,
+        0,
+        0,
+        arg,
+        0,
+        0,
+        task_entry_trampoline as *const () as usize as u64,
+    ];
     let rsp = top - 8 * frame.len() as u64;
     // SAFETY: the frame lies inside the freshly allocated stack, below its
     // top and far above the guard page.
@@ -300,7 +314,9 @@ fn schedule_with(state: TaskState) {
         let cur = s.current;
         let next = loop {
             match s.run_queue.pop_front() {
-                Some(p) if s.tasks.get(&p).is_some_and(|t| t.state == TaskState::Ready) => break Some(p),
+                Some(p) if s.tasks.get(&p).is_some_and(|t| t.state == TaskState::Ready) => {
+                    break Some(p)
+                }
                 Some(_) => continue,
                 None => break None,
             }
@@ -318,9 +334,15 @@ fn schedule_with(state: TaskState) {
         }
         let now = arch::rdtsc();
         {
-            let Some(t) = s.tasks.get_mut(&cur) else { return };
+            let Some(t) = s.tasks.get_mut(&cur) else {
+                return;
+            };
             t.runtime_tsc += now.wrapping_sub(t.slice_start_tsc);
-            t.state = if cur == 0 && state == TaskState::Blocked { TaskState::Ready } else { state };
+            t.state = if cur == 0 && state == TaskState::Blocked {
+                TaskState::Ready
+            } else {
+                state
+            };
             if t.state == TaskState::Ready && cur != 0 {
                 s.run_queue.push_back(cur);
             }
@@ -354,7 +376,9 @@ fn schedule_with(state: TaskState) {
 /// Snapshot of all tasks for `Info`.
 pub fn snapshot() -> Vec<TaskInfo> {
     let g = SCHED.lock();
-    let Some(s) = g.as_ref() else { return Vec::new() };
+    let Some(s) = g.as_ref() else {
+        return Vec::new();
+    };
     let now = arch::rdtsc();
     s.tasks
         .values()
@@ -378,7 +402,10 @@ pub fn snapshot() -> Vec<TaskInfo> {
 pub fn idle_loop() -> ! {
     loop {
         arch::irq_disable();
-        let runnable = SCHED.lock().as_ref().is_some_and(|s| !s.run_queue.is_empty());
+        let runnable = SCHED
+            .lock()
+            .as_ref()
+            .is_some_and(|s| !s.run_queue.is_empty());
         if runnable {
             schedule_with(TaskState::Ready);
             arch::irq_enable();

@@ -19,7 +19,9 @@ impl Default for WaitQueue {
 impl WaitQueue {
     /// An empty queue.
     pub const fn new() -> Self {
-        Self { waiters: SpinLock::new(VecDeque::new()) }
+        Self {
+            waiters: SpinLock::new(VecDeque::new()),
+        }
     }
 
     /// Block until `cond()` returns true. `cond` is checked with interrupts

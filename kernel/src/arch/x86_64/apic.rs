@@ -40,7 +40,10 @@ pub fn disable_pic() {
 
 /// Enable the local APIC with the spurious vector.
 pub fn init_lapic() {
-    lapic_write(REG_SPURIOUS, 0x100 | u32::from(super::trap::SPURIOUS_VECTOR));
+    lapic_write(
+        REG_SPURIOUS,
+        0x100 | u32::from(super::trap::SPURIOUS_VECTOR),
+    );
 }
 
 /// This CPU's APIC id.
@@ -95,9 +98,15 @@ pub struct IrqTrigger {
 
 impl IrqTrigger {
     /// ISA devices: edge-triggered, active high.
-    pub const ISA: Self = Self { level: false, active_low: false };
+    pub const ISA: Self = Self {
+        level: false,
+        active_low: false,
+    };
     /// PCI INTx: level-triggered, active low.
-    pub const PCI: Self = Self { level: true, active_low: true };
+    pub const PCI: Self = Self {
+        level: true,
+        active_low: true,
+    };
 }
 
 /// Route global system interrupt `gsi` to `vector` on the boot CPU.

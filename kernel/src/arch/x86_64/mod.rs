@@ -13,7 +13,10 @@ pub mod trap;
 
 core::arch::global_asm!(include_str!("boot.S"), options(att_syntax));
 core::arch::global_asm!(include_str!("trap.S"), options(att_syntax));
-core::arch::global_asm!(include_str!(concat!(env!("OUT_DIR"), "/vectors.S")), options(att_syntax));
+core::arch::global_asm!(
+    include_str!(concat!(env!("OUT_DIR"), "/vectors.S")),
+    options(att_syntax)
+);
 
 pub use cpu::{halt, irq_disable, irq_enable, irq_enabled, irq_restore, irq_save, rdtsc};
 pub use trap::PtRegs;

@@ -59,7 +59,10 @@ pub fn count(vector: u8) -> u64 {
 
 /// Sum of external interrupts (vectors >= 32) taken since boot.
 pub fn irq_count() -> u64 {
-    COUNTS[IRQ_BASE as usize..].iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    COUNTS[IRQ_BASE as usize..]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
 }
 
 /// Called by `trap.S` for every vector.
