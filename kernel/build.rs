@@ -15,7 +15,11 @@ fn write_vector_stubs() {
     use std::fmt::Write;
     let mut s = String::from("    .section .text.entry, \"ax\"\n    .code64\n");
     for v in 0..256u32 {
-        let common = if IST_ONLY_VECTORS.contains(&v) { "trap_common_ist" } else { "trap_common_copy" };
+        let common = if IST_ONLY_VECTORS.contains(&v) {
+            "trap_common_ist"
+        } else {
+            "trap_common_copy"
+        };
         let _ = write!(s, "    .p2align 4\ntrap_vector_{v}:\n");
         if !ERROR_CODE_VECTORS.contains(&v) {
             s.push_str("    pushq $0\n");
