@@ -86,6 +86,9 @@ pub(crate) fn base_name(name: &str) -> &str {
 
 type R<'a> = EndianSlice<'a, RunTimeEndian>;
 
+/// Name id of an inlined call whose origin has no name; interned first.
+const UNKNOWN_NAME: u32 = 0;
+
 impl LineData {
     /// Read the line tables and inline records. `in_text` says whether an
     /// address lies in an executable section: sequences of code the linker
@@ -101,6 +104,10 @@ impl LineData {
         let mut names = Interner {
             ids: HashMap::new(),
         };
+        names.intern(&mut data.names, "<unknown>".to_string());
+        // Subprogram DIE (by its offset in .debug_info) → interned name.
+        let mut die_names: HashMap<gimli::DebugInfoOffset, u32> = HashMap::new();
+        let mut unit_files: Vec<HashMap<u64, u32>> = Vec::new();
         let mut units = dwarf.units();
         while let Some(header) = units.next()? {
             let unit = dwarf.unit(header)?;
@@ -146,14 +153,20 @@ impl LineData {
                 }
                 data.rows.truncate(seq_start);
             }
-            load_inlines(
-                dwarf,
-                &unit,
-                &mut data,
-                &mut names,
-                &mut files,
-                &mut file_ids,
-            )?;
+            collect_names(dwarf, &unit, &mut data, &mut names, &mut die_names)?;
+            unit_files.push(file_ids);
+        }
+        // Inlined calls may name a subprogram of another unit (LTO, and
+        // generic code instantiated elsewhere), so they are read once every
+        // name is known.
+        let mut units = dwarf.units();
+        let mut i = 0;
+        while let Some(header) = units.next()? {
+            let unit = dwarf.unit(header)?;
+            let mut no_files = HashMap::new();
+            let file_ids = unit_files.get_mut(i).unwrap_or(&mut no_files);
+            load_inlines(dwarf, &unit, &mut data, &die_names, &mut files, file_ids)?;
+            i += 1;
         }
         data.sequences
             .sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
@@ -247,19 +260,14 @@ fn attr_str(
     Some(s.to_string_lossy().into_owned())
 }
 
-/// Record the name of every subprogram and the ranges of every inlined call
-/// in `unit`.
-fn load_inlines(
+/// Record the name of every subprogram of `unit`.
+fn collect_names(
     dwarf: &gimli::Dwarf<R<'_>>,
     unit: &gimli::Unit<R<'_>>,
     data: &mut LineData,
     names: &mut Interner,
-    files: &mut Interner,
-    file_ids: &mut HashMap<u64, u32>,
+    die_names: &mut HashMap<gimli::DebugInfoOffset, u32>,
 ) -> Result<(), gimli::Error> {
-    // Abstract subprograms may follow the calls that refer to them, so
-    // names are collected in a first pass.
-    let mut die_names: HashMap<gimli::UnitOffset, u32> = HashMap::new();
     let mut entries = unit.entries();
     while let Some((_, entry)) = entries.next_dfs()? {
         if entry.tag() != gimli::DW_TAG_subprogram {
@@ -269,11 +277,24 @@ fn load_inlines(
             Some(v) => attr_str(dwarf, unit, v),
             None => None,
         };
-        if let Some(name) = name {
+        let offset = entry.offset().to_debug_info_offset(&unit.header);
+        if let (Some(name), Some(offset)) = (name, offset) {
             let id = names.intern(&mut data.names, name);
-            die_names.insert(entry.offset(), id);
+            die_names.insert(offset, id);
         }
     }
+    Ok(())
+}
+
+/// Record the ranges of every inlined call in `unit`.
+fn load_inlines(
+    dwarf: &gimli::Dwarf<R<'_>>,
+    unit: &gimli::Unit<R<'_>>,
+    data: &mut LineData,
+    die_names: &HashMap<gimli::DebugInfoOffset, u32>,
+    files: &mut Interner,
+    file_ids: &mut HashMap<u64, u32>,
+) -> Result<(), gimli::Error> {
     let mut entries = unit.entries();
     let mut depth = 0isize;
     // Depth (in the DIE tree) of each open inlined call, to number nesting.
@@ -288,10 +309,15 @@ fn load_inlines(
         }
         open.push(depth);
         let origin = match entry.attr_value(gimli::DW_AT_abstract_origin)? {
-            Some(AttributeValue::UnitRef(off)) => die_names.get(&off).copied(),
+            Some(AttributeValue::UnitRef(off)) => off.to_debug_info_offset(&unit.header),
+            Some(AttributeValue::DebugInfoRef(off)) => Some(off),
             _ => None,
         };
-        let Some(name) = origin else { continue };
+        // An unnamed origin still marks the code as inlined.
+        let name = match origin.and_then(|o| die_names.get(&o)) {
+            Some(&id) => id,
+            None => UNKNOWN_NAME,
+        };
         let call_file = match entry.attr_value(gimli::DW_AT_call_file)? {
             Some(AttributeValue::FileIndex(i)) | Some(AttributeValue::Udata(i)) => {
                 match file_ids.get(&i) {

@@ -289,6 +289,23 @@ impl SymbolIndex {
     /// `file:line` of a function's own first line: where its body starts,
     /// not the code the compiler inlined at its entry.
     pub fn function_location(&self, f: &Function) -> Option<SourceLocation> {
+        let lines = self.lines.as_ref()?;
+        // The first row of the function's own code (outside every inlined
+        // call); the prologue is often attributed to inlined `core` code.
+        let i = lines.sequences.partition_point(|s| s.start <= f.addr);
+        if let Some(seq) = i.checked_sub(1).map(|i| &lines.sequences[i]) {
+            let rows = &lines.rows[seq.rows.0..seq.rows.1];
+            let first = rows.partition_point(|r| r.addr < f.addr);
+            let end = f.addr + f.size.max(1);
+            let own = rows[first..]
+                .iter()
+                .take_while(|r| r.addr < end)
+                .find(|r| r.line != 0 && lines.inlines_at(r.addr, f.addr).is_empty());
+            if let Some(r) = own {
+                return Some(self.location_of(r.file, r.line));
+            }
+        }
+        // Else the call site of the outermost inlined call at the entry.
         self.symbolize(f.addr)?.frames.pop()?.location
     }
 

@@ -302,7 +302,11 @@ impl SymbolIndex {
             function_addr: Some(f.addr),
             offset,
             function_size: Some(f.size),
-            location: self.addr_to_line(f.addr + offset),
+            location: if offset == 0 {
+                self.function_location(f)
+            } else {
+                self.addr_to_line(f.addr + offset)
+            },
             inlined_from,
         }
     }

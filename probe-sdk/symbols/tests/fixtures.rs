@@ -272,7 +272,7 @@ fn monomorphizations_are_ambiguous_and_chosen_by_generics_or_hash() {
             .parse()
             .unwrap();
         let first = fixture_line("pub fn checksum");
-        assert!((first..first + 6).contains(&line), "{loc}");
+        assert!((first..=first + 6).contains(&line), "{loc}");
     }
 }
 
