@@ -3,3 +3,4 @@
 //! `src/bin/` only parse and dispatch.
 
 pub mod cmd;
+pub mod report;

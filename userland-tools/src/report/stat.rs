@@ -1,0 +1,163 @@
+//! Counter tables in the shape of `perf stat`:
+//!
+//! ```text
+//!  Performance counter stats for 'workload randread' (3 runs):
+//!
+//!              1,234      block:block_rq_issue      #  617.0 /sec   ( +-  1.20% )
+//!      <not supported>    cycles
+//!
+//!        2.000123456 seconds time elapsed
+//! ```
+
+use serde::Serialize;
+
+/// One counter over one or more runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CounterRow {
+    pub event: String,
+    /// One value per run; `None` when the event is not supported.
+    pub values: Option<Vec<u64>>,
+    /// Unit shown after the value (`msec` for task-clock), empty otherwise.
+    pub unit: String,
+}
+
+impl CounterRow {
+    /// Mean over runs.
+    pub fn mean(&self) -> Option<f64> {
+        let v = self.values.as_ref()?;
+        if v.is_empty() {
+            return None;
+        }
+        Some(v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64)
+    }
+
+    /// Relative standard error of the mean in percent, as `perf stat -r`
+    /// prints it (`( +- x% )`); `None` with fewer than two runs.
+    pub fn variance_pct(&self) -> Option<f64> {
+        let v = self.values.as_ref()?;
+        if v.len() < 2 {
+            return None;
+        }
+        let n = v.len() as f64;
+        let mean = self.mean()?;
+        if mean == 0.0 {
+            return Some(0.0);
+        }
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        Some((var / n).sqrt() / mean * 100.0)
+    }
+}
+
+/// Group digits by thousands (`1234567` → `1,234,567`).
+pub fn thousands(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Render the table. `elapsed_s` is the mean wall time of one run.
+pub fn render(title: &str, runs: usize, rows: &[CounterRow], elapsed_s: f64) -> String {
+    let mut out = String::new();
+    if runs > 1 {
+        out.push_str(&format!(
+            "\n Performance counter stats for '{title}' ({runs} runs):\n\n"
+        ));
+    } else {
+        out.push_str(&format!("\n Performance counter stats for '{title}':\n\n"));
+    }
+    let name_w = rows
+        .iter()
+        .map(|r| r.event.len())
+        .max()
+        .unwrap_or(0)
+        .max(20);
+    for r in rows {
+        match r.mean() {
+            None => out.push_str(&format!("{:>19}      {}\n", "<not supported>", r.event)),
+            Some(mean) => {
+                let value = if r.unit == "msec" {
+                    format!("{:.2} msec", mean)
+                } else {
+                    thousands(mean.round() as u64)
+                };
+                let rate = if r.unit == "msec" {
+                    let cpus = if elapsed_s > 0.0 {
+                        mean / 1000.0 / elapsed_s
+                    } else {
+                        0.0
+                    };
+                    format!("#  {cpus:.3} CPUs utilized")
+                } else if elapsed_s > 0.0 {
+                    format!("#  {:.1} /sec", mean / elapsed_s)
+                } else {
+                    String::new()
+                };
+                let var = r
+                    .variance_pct()
+                    .map(|p| format!("  ( +- {p:5.2}% )"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "{value:>19}      {:<name_w$} {rate}{var}\n",
+                    r.event
+                ));
+            }
+        }
+    }
+    out.push_str(&format!("\n {elapsed_s:>18.9} seconds time elapsed\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn variance_is_standard_error_of_mean() {
+        let r = CounterRow {
+            event: "x".into(),
+            values: Some(vec![90, 110]),
+            unit: String::new(),
+        };
+        assert_eq!(r.mean(), Some(100.0));
+        // sd = 14.142, se = 10, 10%.
+        assert!((r.variance_pct().unwrap() - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn renders_rates_and_unsupported() {
+        let rows = vec![
+            CounterRow {
+                event: "context-switches".into(),
+                values: Some(vec![2000]),
+                unit: String::new(),
+            },
+            CounterRow {
+                event: "cycles".into(),
+                values: None,
+                unit: String::new(),
+            },
+        ];
+        let t = render("sleep 2", 1, &rows, 2.0);
+        assert!(t.contains("Performance counter stats for 'sleep 2':"));
+        assert!(
+            t.contains("              2,000      context-switches     #  1000.0 /sec"),
+            "{t}"
+        );
+        assert!(t.contains("    <not supported>      cycles"), "{t}");
+        assert!(t.contains("2.000000000 seconds time elapsed"));
+    }
+}
