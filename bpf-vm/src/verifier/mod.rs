@@ -1,3 +1,125 @@
-//! The verifier (work in progress).
+//! The BPF verifier: proves, before a program runs, that every path through
+//! it terminates, touches only memory it may touch, and leaks no kernel
+//! pointer.
+//!
+//! It follows the design of the Linux verifier, with PREVAIL's habit of
+//! keeping the platform out of the core:
+//!
+//! 1. [`cfg`]: a control-flow pass (jump targets, `ld_imm64` halves,
+//!    falling off the end, unreachable code, bpf-to-bpf call depth and
+//!    recursion, register liveness).
+//! 2. `check`: a path-sensitive abstract interpretation over
+//!    [`state::State`]: register types (scalar, ctx, stack, map, map value,
+//!    helper memory, maybe-NULL variants), scalars as a [`tnum::Tnum`] plus
+//!    signed/unsigned 64- and 32-bit bounds ([`scalar::Scalar`]) refined on
+//!    both arms of every conditional jump, per-byte stack state with
+//!    spilled registers, NULL checks, reference tracking for ring buffer
+//!    records, and state pruning so bounded loops verify while unbounded ones
+//!    hit the complexity limit.
+//! 3. [`platform`]: what the embedder supplies (program types and their
+//!    context, helper prototypes, maps); [`linux`] is ktrace's
+//!    Linux-compatible description.
+//!
+//! Entry points: [`verify`] for a decoded program, [`verify_bytes`] for raw
+//! instruction bytes. A rejection is a [`Rejection`] holding a
+//! [`VerifyError`] (instruction, disassembly, message, register state,
+//! [`Rule`]) plus the statistics and log gathered until then. The verifier
+//! never panics and always terminates, whatever the input.
+
+pub mod cfg;
+mod check;
+pub mod error;
+pub mod linux;
+pub mod platform;
 pub mod scalar;
+pub mod state;
 pub mod tnum;
+
+pub use error::{Config, LineInfo, Rejection, Report, Rule, Stats, VerifyError};
+pub use platform::{
+    ArgKind, ContextDescriptor, CtxField, Env, HelperProto, HelperTable, MapDef, ProgramType,
+    RetKind,
+};
+
+use crate::insn::Insn;
+use alloc::boxed::Box;
+use alloc::string::String;
+
+/// Verifies a decoded program (slots as produced by [`crate::decode`] or the
+/// assembler) for the program type, helpers and maps in `env`.
+pub fn verify(prog: &[Insn], env: &Env<'_>, config: &Config<'_>) -> Result<Report, Box<Rejection>> {
+    let start = config.clock.map(|c| c());
+    let elapsed = |stats: &mut Stats| {
+        if let (Some(c), Some(s)) = (config.clock, start) {
+            stats.time_ns = Some(c().saturating_sub(s));
+        }
+    };
+    let graph = match cfg::analyze(prog, env.helpers) {
+        Ok(g) => g,
+        Err((pc, rule, message)) => {
+            let mut stats = Stats::default();
+            elapsed(&mut stats);
+            let insn_text = prog
+                .get(pc)
+                .map(|i| crate::disasm::insn(i, crate::disasm::Syntax::Llvm))
+                .unwrap_or_default();
+            return Err(Box::new(Rejection {
+                error: VerifyError {
+                    insn_index: pc,
+                    insn_text,
+                    message,
+                    location: config.location(pc).map(String::from),
+                    regs: String::new(),
+                    rule,
+                },
+                stats,
+                log: String::new(),
+            }));
+        }
+    };
+    let mut checker = check::Checker::new(prog, *env, config, graph);
+    let result = checker.run();
+    let mut stats = core::mem::take(&mut checker.stats);
+    elapsed(&mut stats);
+    let mut log = core::mem::take(&mut checker.log.buf);
+    match result {
+        Ok(()) => {
+            if config.log_level > 0 {
+                let _ = core::fmt::Write::write_fmt(
+                    &mut log,
+                    format_args!(
+                        "processed {} insns, stored {} states (peak {}), pruned {}\n",
+                        stats.insns_processed, stats.states_stored, stats.peak_states, stats.states_pruned
+                    ),
+                );
+            }
+            Ok(Report { stats, log })
+        }
+        Err(error) => {
+            if config.log_level > 0 {
+                let _ = core::fmt::Write::write_fmt(&mut log, format_args!("{error}\n"));
+            }
+            Err(Box::new(Rejection { error, stats, log }))
+        }
+    }
+}
+
+/// Decodes raw instruction bytes and verifies them; a decoding failure is a
+/// [`Rule::BadInput`] rejection naming the instruction.
+pub fn verify_bytes(bytes: &[u8], env: &Env<'_>, config: &Config<'_>) -> Result<Report, Box<Rejection>> {
+    match crate::insn::decode(bytes) {
+        Ok(p) => verify(p.insns(), env, config),
+        Err(e) => Err(Box::new(Rejection {
+            error: VerifyError {
+                insn_index: e.index,
+                insn_text: String::new(),
+                message: alloc::format!("{}", e.kind),
+                location: config.location(e.index).map(String::from),
+                regs: String::new(),
+                rule: Rule::BadInput,
+            },
+            stats: Stats::default(),
+            log: String::new(),
+        })),
+    }
+}
