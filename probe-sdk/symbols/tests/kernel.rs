@@ -1,0 +1,247 @@
+//! Tests on the real kernel ELF, when it has been built
+//! (`cargo build --profile kernel -p ktrace-kernel --target-dir target/kernel`,
+//! or any `ktrace vm start`, which also embeds the symbol table). Each test
+//! prints a skip message and passes when the kernel is not there.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use ktrace_abi::ksyms::{self, KsymTable};
+use ktrace_symbols::{decode, ResolveOptions, SymbolError, SymbolIndex};
+use object::{Object, ObjectSection, ObjectSymbol};
+
+/// The kernel ELF: `$KTRACE_KERNEL`, else the workspace's build output.
+fn kernel_elf() -> PathBuf {
+    match std::env::var_os("KTRACE_KERNEL") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/kernel/kernel/kernel"),
+    }
+}
+
+fn load(path: &Path) -> Option<SymbolIndex> {
+    if !path.is_file() {
+        println!(
+            "skipping: no kernel ELF at {} (build it with `cargo build --profile kernel -p ktrace-kernel --target-dir target/kernel`)",
+            path.display()
+        );
+        return None;
+    }
+    Some(SymbolIndex::from_path(path).expect("index the kernel"))
+}
+
+/// The bytes of the `KTRACE_KSYMS` static in an ELF.
+fn table_bytes(elf: &[u8]) -> Option<Vec<u8>> {
+    let file = object::File::parse(elf).ok()?;
+    let sym = file.symbols().find(|s| s.name() == Ok(ksyms::SYMBOL_NAME))?;
+    let section = file.section_by_index(sym.section_index()?).ok()?;
+    let (file_off, _) = section.file_range()?;
+    let start = (file_off + sym.address() - section.address()) as usize;
+    Some(elf.get(start..start + sym.size() as usize)?.to_vec())
+}
+
+#[test]
+fn embedded_table_matches_the_index() {
+    let elf = kernel_elf();
+    // The table is filled in a copy, `<elf>.ktrace`, unless the ELF itself
+    // already carries a filled one.
+    let mut image = elf.as_os_str().to_os_string();
+    image.push(".ktrace");
+    let candidates = [elf.clone(), PathBuf::from(image)];
+    let found = candidates.iter().find_map(|p| {
+        let bytes = std::fs::read(p).ok()?;
+        let table = table_bytes(&bytes)?;
+        KsymTable::parse(&table)?;
+        Some((p.clone(), table))
+    });
+    let Some((path, table)) = found else {
+        println!(
+            "skipping: no kernel image with a filled {} table at {} or its .ktrace copy (run `ktrace vm start` or the kernel image step first)",
+            ksyms::SYMBOL_NAME,
+            elf.display()
+        );
+        return;
+    };
+    let table = KsymTable::parse(&table).expect("parsed above");
+    let index = SymbolIndex::from_path(&path).expect("index the kernel image");
+    let from_table: BTreeSet<(u64, u64, String)> = table
+        .iter()
+        .map(|k| (k.addr, u64::from(k.size), k.name.to_string()))
+        .collect();
+    let from_index: BTreeSet<(u64, u64, String)> = index
+        .functions()
+        .iter()
+        .filter(|f| f.size > 0)
+        .map(|f| (f.addr, f.size, f.name.clone()))
+        .collect();
+    let missing: Vec<_> = from_table.difference(&from_index).take(10).collect();
+    let extra: Vec<_> = from_index.difference(&from_table).take(10).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "table and index differ\n  in the table only: {missing:x?}\n  in the index only: {extra:x?}"
+    );
+    assert!(from_table.len() > 10, "only {} functions", from_table.len());
+    println!(
+        "{}: {} functions agree (address, size, demangled name)",
+        path.display(),
+        from_table.len()
+    );
+}
+
+/// Every kernel function is found by its own demangled path.
+#[test]
+fn every_kernel_function_is_found_by_its_path() {
+    let Some(index) = load(&kernel_elf()) else {
+        return;
+    };
+    let mut checked = 0;
+    for f in index.functions().iter().filter(|f| f.name.contains("kernel::")) {
+        let found = index.find(&f.name);
+        assert!(
+            found.iter().any(|g| g.addr == f.addr),
+            "{} not found by its own path",
+            f.name
+        );
+        checked += 1;
+    }
+    assert!(checked > 10, "only {checked} kernel functions");
+}
+
+#[test]
+fn kernel_suffix_glob_and_ambiguity() {
+    let Some(index) = load(&kernel_elf()) else {
+        return;
+    };
+    let kernel_fns: Vec<_> = index
+        .functions()
+        .iter()
+        .filter(|f| f.name.starts_with("kernel::") && f.size > 0)
+        .collect();
+    // Functions whose last segment is unique resolve by it alone.
+    let mut suffix_hits = 0;
+    for f in &kernel_fns {
+        let last = f.search_paths()[0]
+            .rsplit("::")
+            .next()
+            .unwrap()
+            .to_string();
+        let same_last = index.find(&last);
+        if same_last.len() == 1 {
+            let res = index.resolve(&last, ResolveOptions::default()).unwrap();
+            assert_eq!(res.points[0].addr, f.addr, "{last}");
+            suffix_hits += 1;
+        } else if same_last.len() > 1 {
+            match index.resolve(&last, ResolveOptions::default()) {
+                Err(SymbolError::Ambiguous { candidates, .. }) => {
+                    assert_eq!(candidates.len(), same_last.len(), "{last}");
+                    assert!(candidates.iter().any(|c| c.addr == f.addr));
+                }
+                other => panic!("{last}: expected an ambiguity, got {other:?}"),
+            }
+        }
+    }
+    assert!(suffix_hits > 5, "only {suffix_hits} unique suffixes");
+    // The glob over the crate finds every kernel function (aliases once).
+    let res = index
+        .resolve("kernel::*", ResolveOptions::default())
+        .unwrap();
+    let addrs: BTreeSet<u64> = kernel_fns.iter().map(|f| f.addr).collect();
+    let got: BTreeSet<u64> = res
+        .points
+        .iter()
+        .map(|p| p.addr)
+        .filter(|a| addrs.contains(a))
+        .collect();
+    assert_eq!(got, addrs);
+    println!(
+        "{} kernel functions, {suffix_hits} by unique last segment",
+        kernel_fns.len()
+    );
+}
+
+#[test]
+fn kernel_lines_round_trip() {
+    let Some(index) = load(&kernel_elf()) else {
+        return;
+    };
+    assert!(index.has_line_tables(), "the kernel profile keeps line tables");
+    let (mut ok, mut total) = (0, 0);
+    for f in index
+        .functions()
+        .iter()
+        .filter(|f| f.name.starts_with("kernel::") && f.size > 0)
+    {
+        let Some(loc) = index.function_location(f) else {
+            continue;
+        };
+        if !loc.file.starts_with("kernel/src/") {
+            continue;
+        }
+        total += 1;
+        let q = loc.to_string();
+        let all = ResolveOptions {
+            all: true,
+            ..Default::default()
+        };
+        match index.resolve(&q, all) {
+            Ok(res) => {
+                for p in &res.points {
+                    // Every point found for a line maps back to that line.
+                    assert_eq!(index.addr_to_line(p.addr).as_ref(), Some(&loc), "{q}");
+                }
+                if res.points.iter().any(|p| f.contains(p.addr)) {
+                    ok += 1;
+                }
+            }
+            // The function's first own row may not be a statement start.
+            Err(SymbolError::NoCodeAtLine { .. }) => {}
+            Err(e) => panic!("{q}: {e}"),
+        }
+    }
+    println!("{ok}/{total} kernel functions round-trip through their first line");
+    assert!(total > 10 && ok * 10 >= total * 9, "{ok}/{total}");
+}
+
+#[test]
+fn kernel_offsets_follow_instruction_boundaries() {
+    let Some(index) = load(&kernel_elf()) else {
+        return;
+    };
+    let code = std::fs::read(kernel_elf()).unwrap();
+    let file = object::File::parse(&*code).unwrap();
+    let mut checked = 0;
+    for f in index
+        .functions()
+        .iter()
+        .filter(|f| f.name.starts_with("kernel::") && f.size > 16)
+        .take(100)
+    {
+        let Some(unique) = index.find(&f.name).len().eq(&1).then_some(&f.name) else {
+            continue;
+        };
+        let section = file
+            .sections()
+            .find(|s| s.address() <= f.addr && f.addr < s.address() + s.size())
+            .unwrap();
+        let data = section.data().unwrap();
+        let start = (f.addr - section.address()) as usize;
+        let bounds = decode::boundaries(&data[start..start + f.size as usize], f.addr);
+        let second = bounds.starts[1];
+        let res = index
+            .resolve(&format!("{unique}+{second:#x}"), ResolveOptions::default())
+            .unwrap();
+        assert_eq!(res.points[0].addr, f.addr + second);
+        if second > 1 {
+            match index.resolve(&format!("{unique}+0x1"), ResolveOptions::default()) {
+                Err(SymbolError::NotOnBoundary { before, after, .. }) => {
+                    assert_eq!((before, after), (0, Some(second)));
+                }
+                other => panic!("{unique}+0x1: expected a refusal, got {other:?}"),
+            }
+        }
+        checked += 1;
+        if checked == 20 {
+            break;
+        }
+    }
+    assert!(checked > 0);
+}
