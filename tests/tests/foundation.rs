@@ -277,6 +277,17 @@ fn forced_panic_is_classified_with_a_symbolized_backtrace() {
     // Every frame was symbolized from the embedded table... at least the
     // first ones, which are kernel code.
     assert!(report.frames[0].symbol.is_some(), "{report}");
+    // `vm status` says why the VM stopped.
+    let name = vm.name().to_string();
+    let status = ktrace_ok(&["--vm", &name, "vm", "status"]);
+    assert!(
+        status.starts_with(&format!("VM {name}: stopped; the kernel had panicked:\n")),
+        "{status}"
+    );
+    assert!(
+        status.contains(" kernel::debug::forced_panic+0x"),
+        "{status}"
+    );
 }
 
 #[test]
@@ -398,8 +409,21 @@ fn cli_starts_inspects_and_stops_a_vm_with_a_disk() {
     let console = ktrace_ok(&["--vm", &name, "vm", "console"]);
     assert!(!console.is_empty());
 
+    // `console --follow` keeps printing until the VM stops.
+    let follow = ktrace()
+        .args(["--vm", &name, "vm", "console", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let stop = ktrace_ok(&["--vm", &name, "vm", "stop"]);
     assert!(stop.contains("shut down cleanly"), "{stop}");
+    let followed = follow.wait_with_output().unwrap();
+    assert!(followed.status.success());
+    let followed = String::from_utf8_lossy(&followed.stdout);
+    assert!(
+        followed.contains("shutdown requested by the host (exit code 0x10)"),
+        "{followed}"
+    );
     let status = ktrace_ok(&["--vm", &name, "vm", "status"]);
     assert_eq!(status, format!("VM {name}: stopped\n"));
 
