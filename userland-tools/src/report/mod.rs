@@ -2,4 +2,5 @@
 //! `perf stat`-style counter tables. Pure formatting, unit-tested.
 
 pub mod hist;
+pub mod profile;
 pub mod stat;
