@@ -240,11 +240,20 @@ impl HelperMem<'_> {
     /// while the program may touch it.
     pub unsafe fn allow(&mut self, addr: u64, len: u64, writable: bool) {
         if self.mem.checked {
-            self.mem.regions.push(Region {
+            let r = Region {
                 start: addr,
                 len,
                 writable,
-            });
+            };
+            // Helpers typically allow the same map value again and again.
+            let known = self
+                .mem
+                .regions
+                .iter()
+                .any(|k| k.start == r.start && k.len == r.len && k.writable == r.writable);
+            if !known {
+                self.mem.regions.push(r);
+            }
         }
     }
 }

@@ -216,6 +216,7 @@ impl core::error::Error for RunError {}
 pub struct Vm {
     mem: Memory,
     frames: Vec<Frame>,
+    executed: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -236,7 +237,14 @@ impl Vm {
         Vm {
             mem: Memory::new(),
             frames: Vec::with_capacity(MAX_CALL_FRAMES),
+            executed: 0,
         }
+    }
+
+    /// Number of instructions the last run executed (including the faulting
+    /// one, if it faulted), e.g. for run-time statistics.
+    pub fn executed(&self) -> u64 {
+        self.executed
     }
 
     /// Runs `exe` in checked mode: any program, any input, never undefined
@@ -313,6 +321,7 @@ impl Vm {
         budget: u64,
     ) -> Result<u64, RunError> {
         let ops = &exe.ops[..];
+        let executed = &mut self.executed;
         let mem = &mut self.mem;
         let frames = &mut self.frames;
         frames.clear();
@@ -333,9 +342,10 @@ impl Vm {
             };
         }
         macro_rules! fault {
-            ($kind:expr) => {
-                return Err(RunError { pc, kind: $kind })
-            };
+            ($kind:expr) => {{
+                *executed = budget - left;
+                return Err(RunError { pc, kind: $kind });
+            }};
         }
         macro_rules! access {
             ($addr:expr, $len:expr, $write:expr) => {
@@ -489,7 +499,10 @@ impl Vm {
                     continue;
                 }
                 Op::Exit => match frames.pop() {
-                    None => return Ok(reg[0]),
+                    None => {
+                        *executed = budget - left;
+                        return Ok(reg[0]);
+                    }
                     Some(f) => {
                         [reg[6], reg[7], reg[8], reg[9]] = f.saved;
                         let depth = frames.len();
