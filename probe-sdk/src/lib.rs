@@ -1,6 +1,7 @@
 //! Host SDK (work in progress).
 
 pub mod build;
+pub mod check;
 pub mod client;
 pub mod kernel_image;
 pub mod object;

@@ -25,6 +25,8 @@ enum Command {
     Info(ktrace_tools::cmd::info::Args),
     /// Compile a probe crate written in Rust to an eBPF object.
     Build(ktrace_tools::cmd::build::Args),
+    /// Verify an eBPF object on the host with the kernel's verifier.
+    Check(ktrace_tools::cmd::check::Args),
     /// Resolve Rust paths, globs, offsets and source lines to kernel addresses (and back).
     Symbols(ktrace_tools::cmd::symbols::Args),
 }
@@ -35,6 +37,7 @@ fn main() -> std::process::ExitCode {
         Command::Vm(args) => ktrace_tools::cmd::vm::run(args, &cli.vm),
         Command::Info(args) => ktrace_tools::cmd::info::run(args, &cli.vm),
         Command::Build(args) => ktrace_tools::cmd::build::run(args),
+        Command::Check(args) => ktrace_tools::cmd::check::run(args),
         Command::Symbols(args) => ktrace_tools::cmd::symbols::run(args),
     };
     match result {

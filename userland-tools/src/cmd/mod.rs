@@ -1,6 +1,7 @@
 //! One module per `ktrace` subcommand.
 
 pub mod build;
+pub mod check;
 pub mod info;
 pub mod symbols;
 pub mod vm;

@@ -1,0 +1,110 @@
+//! `ktrace check <object>`: verify an eBPF object on the host with the
+//! kernel's own verifier and platform description, and point each rejection
+//! at its source line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use probe_sdk::check::{check_object, CheckOptions, Outcome, Verdict};
+use probe_sdk::object;
+
+/// Verify an eBPF object as the kernel would.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The object (`<name>.bpf.o` from `ktrace build`, or clang's output).
+    pub object: PathBuf,
+    /// Also resolve kprobe targets against this kernel ELF.
+    #[arg(long, value_name = "ELF")]
+    pub kernel: Option<PathBuf>,
+    /// Only this program.
+    #[arg(long, value_name = "NAME")]
+    pub program: Option<String>,
+    /// Linux's privileged policy (pointer leaks, uninitialised stack reads).
+    #[arg(long)]
+    pub privileged: bool,
+    /// Print the verifier log (1: branches, 2: every instruction).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub log_level: u8,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Verify, print the verdicts, fail if any program is rejected.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.object)
+        .with_context(|| format!("reading {}", args.object.display()))?;
+    let mut obj = object::parse(&bytes).with_context(|| format!("{}", args.object.display()))?;
+    if let Some(kernel) = &args.kernel {
+        let index = ktrace_symbols::SymbolIndex::from_path(kernel)
+            .with_context(|| format!("reading kernel symbols from {}", kernel.display()))?;
+        obj.resolve_targets(&index)?;
+    }
+    if let Some(name) = &args.program {
+        if obj.program(name).is_none() {
+            let names: Vec<&str> = obj.programs.iter().map(|p| p.name.as_str()).collect();
+            bail!(
+                "no program `{name}` in {} (it has: {})",
+                args.object.display(),
+                names.join(", ")
+            );
+        }
+        obj.programs.retain(|p| &p.name == name);
+    }
+    let opts = CheckOptions {
+        privileged: args.privileged,
+        log_level: args.log_level,
+    };
+    let verdicts = check_object(&obj, opts);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json(&verdicts))?);
+    } else {
+        for v in &verdicts {
+            if !v.log.is_empty() {
+                print!("{}", v.log);
+            }
+            println!("{v}");
+            if let Outcome::Rejected(r) = &v.outcome {
+                if let Some(snippet) = r.location.as_deref().and_then(source_snippet) {
+                    println!("{snippet}");
+                }
+            }
+        }
+    }
+    let rejected = verdicts.iter().filter(|v| !v.accepted()).count();
+    if rejected > 0 {
+        bail!("{rejected} of {} programs rejected", verdicts.len());
+    }
+    Ok(())
+}
+
+/// The source line a `file:line` location names, when the file is
+/// readable from here.
+fn source_snippet(location: &str) -> Option<String> {
+    let (file, line) = location.rsplit_once(':')?;
+    let line: usize = line.parse().ok()?;
+    let text = std::fs::read_to_string(Path::new(file)).ok()?;
+    let src = text.lines().nth(line.checked_sub(1)?)?;
+    Some(format!("  {line:>5} | {src}"))
+}
+
+fn json(verdicts: &[Verdict]) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = verdicts
+        .iter()
+        .map(|v| match &v.outcome {
+            Outcome::Accepted {
+                insns_processed,
+                peak_states,
+            } => serde_json::json!({
+                "program": v.program, "section": v.section, "insns": v.insns,
+                "accepted": true, "insns_processed": insns_processed, "peak_states": peak_states,
+            }),
+            Outcome::Rejected(r) => serde_json::json!({
+                "program": v.program, "section": v.section, "insns": v.insns,
+                "accepted": false, "insn": r.insn, "insn_text": r.insn_text,
+                "message": r.message, "location": r.location, "state": r.state, "rule": r.rule,
+            }),
+        })
+        .collect();
+    serde_json::Value::Array(list)
+}
