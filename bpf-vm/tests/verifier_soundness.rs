@@ -1,0 +1,550 @@
+//! Soundness fuzzing of the verifier against the checked interpreter.
+//!
+//! A structure-aware generator builds programs shaped like probe code (a
+//! map lookup prologue, pointer arithmetic on the context, the stack and a
+//! map value, bounds checks, loops with constant bounds, helper calls,
+//! atomics). Whenever the verifier accepts one, it runs in the
+//! interpreter's checked mode on several random contexts: an out-of-bounds
+//! access, an uninitialised stack read, a helper fed a bad pointer, a
+//! budget overrun, or a pointer value escaping through r0 or into a map is a
+//! verifier bug and fails the test.
+//!
+//! Also: random bytes and mutated generated programs must never make the
+//! verifier panic (and mutated programs it accepts go through the same oracle).
+
+use bpf_vm::insn::{
+    AluOp, AtomicOp, ByteOrder, Insn, JmpCond, LdImm64Src, Operand, Program, Size, Width,
+};
+use bpf_vm::interp::{HelperError, HelperMem, Helpers, Vm};
+use bpf_vm::verifier::linux::{self, map_type};
+use bpf_vm::verifier::{verify, verify_bytes, Config, Env, MapDef};
+use bpf_vm::Executable;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
+use std::cell::Cell;
+
+const CTX_LEN: usize = 168;
+const ARRAY_ENTRIES: usize = 16;
+const VALUE_SIZE: usize = 64;
+const HANDLE_BASE: u64 = 0xdead_0000;
+
+fn maps() -> Vec<MapDef> {
+    vec![
+        MapDef { fd: 0, map_type: map_type::HASH, key_size: 4, value_size: 8, max_entries: 64 },
+        MapDef {
+            fd: 1,
+            map_type: map_type::ARRAY,
+            key_size: 4,
+            value_size: VALUE_SIZE as u32,
+            max_entries: ARRAY_ENTRIES as u32,
+        },
+    ]
+}
+
+/// One generated item; jumps are resolved to item boundaries later.
+#[derive(Clone, Debug)]
+enum Gen {
+    Plain(Vec<Insn>),
+    /// Forward conditional jump over up to `.4` items.
+    Jmp(Width, JmpCond, u8, Operand, u8),
+    /// `r7 = 0; body; r7 += 1; if r7 < bound goto body`.
+    Loop(Vec<Insn>, i32, bool),
+}
+
+fn alu_op() -> impl Strategy<Value = AluOp> {
+    prop::sample::select(vec![
+        AluOp::Add, AluOp::Sub, AluOp::Mul, AluOp::Div, AluOp::SDiv, AluOp::Or, AluOp::And,
+        AluOp::Lsh, AluOp::Rsh, AluOp::Mod, AluOp::SMod, AluOp::Xor, AluOp::Mov, AluOp::Arsh,
+    ])
+}
+
+fn cond() -> impl Strategy<Value = JmpCond> {
+    prop::sample::select(vec![
+        JmpCond::Eq, JmpCond::Gt, JmpCond::Ge, JmpCond::Set, JmpCond::Ne, JmpCond::Sgt,
+        JmpCond::Sge, JmpCond::Lt, JmpCond::Le, JmpCond::Slt, JmpCond::Sle,
+    ])
+}
+
+fn width() -> impl Strategy<Value = Width> {
+    prop_oneof![3 => Just(Width::W64), 1 => Just(Width::W32)]
+}
+
+fn size() -> impl Strategy<Value = Size> {
+    prop::sample::select(vec![Size::B, Size::H, Size::W, Size::DW])
+}
+
+fn imm() -> impl Strategy<Value = i32> {
+    prop_oneof![
+        4 => -2i32..80,
+        1 => Just(63),
+        1 => Just(64),
+        1 => Just(-1),
+        1 => any::<i32>(),
+        1 => Just(i32::MIN),
+    ]
+}
+
+/// Scratch registers r0..r7.
+fn scratch() -> impl Strategy<Value = u8> {
+    0u8..8
+}
+
+/// Any register, biased towards scratch ones.
+fn any_reg() -> impl Strategy<Value = u8> {
+    prop_oneof![6 => 0u8..8, 1 => Just(8u8), 1 => Just(9u8), 1 => Just(10u8)]
+}
+
+fn operand() -> impl Strategy<Value = Operand> {
+    prop_oneof![any_reg().prop_map(Operand::Reg), imm().prop_map(Operand::Imm)]
+}
+
+/// A base register and an offset that is usually near a valid one for it.
+fn base_off() -> impl Strategy<Value = (u8, i16)> {
+    prop_oneof![
+        3 => (-72i16..=8).prop_map(|o| (10u8, o)),
+        3 => (-8i16..=72).prop_map(|o| (8u8, o)),
+        2 => (-8i16..=176).prop_map(|o| (9u8, o)),
+        1 => (scratch(), -16i16..=72),
+    ]
+}
+
+fn alu_insn() -> impl Strategy<Value = Insn> {
+    prop_oneof![
+        8 => (width(), alu_op(), prop_oneof![9 => scratch(), 1 => Just(8u8)], operand())
+            .prop_map(|(width, op, dst, src)| Insn::Alu { width, op, dst, src }),
+        1 => (width(), scratch()).prop_map(|(width, dst)| Insn::Neg { width, dst }),
+        1 => (prop::sample::select(vec![8u8, 16, 32]), scratch(), scratch()).prop_map(|(bits, dst, src)| {
+            Insn::MovSx { width: Width::W64, bits, dst, src }
+        }),
+        1 => (prop::sample::select(vec![ByteOrder::Le, ByteOrder::Be, ByteOrder::Swap]),
+              prop::sample::select(vec![16u8, 32, 64]), scratch())
+            .prop_map(|(order, bits, dst)| Insn::Endian { order, bits, dst }),
+        // Derive a pointer: dst = base + offset.
+        3 => (scratch(), prop::sample::select(vec![8u8, 9, 10]), operand()).prop_map(|(dst, base, src)| {
+            Insn::Alu { width: Width::W64, op: AluOp::Mov, dst, src: Operand::Reg(base) }
+                .clone()
+                .pipe(|m| (m, Insn::Alu { width: Width::W64, op: AluOp::Add, dst, src }))
+                .0
+        }),
+    ]
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+fn mem_insn() -> impl Strategy<Value = Vec<Insn>> {
+    prop_oneof![
+        4 => (size(), scratch(), base_off()).prop_map(|(size, dst, (src, off))| vec![Insn::Load { size, dst, src, off }]),
+        1 => (prop::sample::select(vec![Size::B, Size::H, Size::W]), scratch(), base_off())
+            .prop_map(|(size, dst, (src, off))| vec![Insn::LoadSx { size, dst, src, off }]),
+        3 => (size(), base_off(), any_reg()).prop_map(|(size, (dst, off), src)| vec![Insn::Store { size, dst, off, src }]),
+        2 => (size(), base_off(), imm()).prop_map(|(size, (dst, off), imm)| vec![Insn::StoreImm { size, dst, off, imm }]),
+        1 => (prop::sample::select(vec![Size::W, Size::DW]), base_off(), scratch(), any::<bool>())
+            .prop_map(|(size, (dst, off), src, fetch)| vec![Insn::Atomic { size, op: AtomicOp::Add, fetch, dst, off, src }]),
+        // A derived pointer and a bounds-checked variable offset are built
+        // from separate items (mov/add/jmp), see `item`.
+    ]
+}
+
+fn helper_call() -> impl Strategy<Value = Vec<Insn>> {
+    prop_oneof![
+        1 => helper_call_raw(),
+        2 => prop::sample::select(vec![5i32, 8, 14]).prop_map(|id| vec![Insn::Call { id }]),
+    ]
+    .prop_flat_map(|call| {
+        // Usually re-initialise the clobbered argument registers, as
+        // compiled code does before using them again.
+        (Just(call), prop::collection::vec(imm(), 5), prop::bool::weighted(0.8))
+    })
+    .prop_map(|(mut call, vals, reinit)| {
+        if reinit {
+            for (r, v) in vals.into_iter().enumerate() {
+                call.push(Insn::Alu { width: Width::W64, op: AluOp::Mov, dst: r as u8 + 1, src: Operand::Imm(v) });
+            }
+        }
+        call
+    })
+}
+
+fn helper_call_raw() -> impl Strategy<Value = Vec<Insn>> {
+    let mov = |dst: u8, src: Operand| Insn::Alu { width: Width::W64, op: AluOp::Mov, dst, src };
+    let add = |dst: u8, imm: i32| Insn::Alu { width: Width::W64, op: AluOp::Add, dst, src: Operand::Imm(imm) };
+    prop_oneof![
+        // Array lookup with the key at fp-4 (or a random key slot).
+        2 => prop_oneof![3 => Just(-4i32), 1 => -24i32..0].prop_map(move |k| vec![
+            Insn::LdImm64 { dst: 1, src: LdImm64Src::MapFd(1) },
+            Insn::LdImm64Tail,
+            mov(2, Operand::Reg(10)),
+            add(2, k),
+        ].into_iter().chain([Insn::Call { id: 1 }]).collect()),
+        // probe_read_kernel(fp + off, size, ctx)
+        2 => (-72i32..0, prop_oneof![Just(Operand::Imm(8)), (0i32..80).prop_map(Operand::Imm), scratch().prop_map(Operand::Reg)])
+            .prop_map(move |(off, size)| vec![
+                mov(1, Operand::Reg(10)),
+                add(1, off),
+                mov(2, size),
+                mov(3, Operand::Reg(9)),
+                Insn::Call { id: 113 },
+            ]),
+    ]
+}
+
+/// `if idx > bound goto skip; p = base + idx; access [p + off]`: the
+/// bounds check the verifier must track, with bounds and offsets that are
+/// sometimes too large.
+fn guarded_access() -> impl Strategy<Value = Vec<Insn>> {
+    (
+        scratch(),
+        scratch(),
+        prop::sample::select(vec![JmpCond::Gt, JmpCond::Ge, JmpCond::Sgt]),
+        width(),
+        0i32..72,
+        prop_oneof![Just(8u8), Just(10u8)],
+        size(),
+        -8i16..16,
+        any::<bool>(),
+    )
+        .prop_map(|(idx, p, cond, w, bound, base, size, off, store)| {
+            let p = if p == idx { (p + 1) % 8 } else { p };
+            let base_off = if base == 10 { -72 } else { 0 };
+            let access = if store {
+                Insn::StoreImm { size, dst: p, off, imm: 7 }
+            } else {
+                Insn::Load { size, dst: idx, src: p, off }
+            };
+            vec![
+                Insn::Jmp { width: w, cond, dst: idx, src: Operand::Imm(bound), off: 4 },
+                Insn::Alu { width: Width::W64, op: AluOp::Mov, dst: p, src: Operand::Reg(base) },
+                Insn::Alu { width: Width::W64, op: AluOp::Add, dst: p, src: Operand::Imm(base_off) },
+                Insn::Alu { width: Width::W64, op: AluOp::Add, dst: p, src: Operand::Reg(idx) },
+                access,
+            ]
+        })
+}
+
+fn item() -> impl Strategy<Value = Gen> {
+    prop_oneof![
+        8 => alu_insn().prop_map(|i| Gen::Plain(vec![i])),
+        3 => (scratch(), prop::sample::select(vec![8u8, 9, 10]), scratch()).prop_map(|(dst, base, idx)| {
+            Gen::Plain(vec![
+                Insn::Alu { width: Width::W64, op: AluOp::Mov, dst, src: Operand::Reg(base) },
+                Insn::Alu { width: Width::W64, op: AluOp::Add, dst, src: Operand::Reg(idx) },
+            ])
+        }),
+        6 => mem_insn().prop_map(Gen::Plain),
+        5 => (width(), cond(), prop_oneof![12 => scratch(), 1 => any_reg()], prop_oneof![
+            3 => scratch().prop_map(Operand::Reg),
+            3 => imm().prop_map(Operand::Imm),
+            1 => any_reg().prop_map(Operand::Reg),
+        ], 0u8..6).prop_map(|(w, c, d, s, k)| Gen::Jmp(w, c, d, s, k)),
+        4 => guarded_access().prop_map(Gen::Plain),
+        2 => helper_call().prop_map(Gen::Plain),
+        1 => (prop::collection::vec(alu_insn(), 1..4), prop_oneof![1..70i32, Just(1000)], any::<bool>())
+            .prop_map(|(body, bound, w32)| Gen::Loop(body, bound, w32)),
+    ]
+}
+
+/// Lays out prologue, items and epilogue.
+fn build(inits: &[Option<i32>], zero_stack: bool, items: &[Gen], ret: Option<i32>) -> Vec<Insn> {
+    let mov = |dst: u8, src: Operand| Insn::Alu { width: Width::W64, op: AluOp::Mov, dst, src };
+    let add = |dst: u8, imm: i32| Insn::Alu { width: Width::W64, op: AluOp::Add, dst, src: Operand::Imm(imm) };
+    let mut out = vec![
+        mov(9, Operand::Reg(1)),
+        // probe_read_kernel(fp-16, 8, ctx): tells the oracle where the stack is.
+        mov(1, Operand::Reg(10)),
+        add(1, -16),
+        mov(2, Operand::Imm(8)),
+        mov(3, Operand::Reg(9)),
+        Insn::Call { id: 113 },
+        Insn::StoreImm { size: Size::W, dst: 10, off: -4, imm: 0 },
+        Insn::LdImm64 { dst: 1, src: LdImm64Src::MapFd(1) },
+        Insn::LdImm64Tail,
+        mov(2, Operand::Reg(10)),
+        add(2, -4),
+        Insn::Call { id: 1 },
+        Insn::Jmp { width: Width::W64, cond: JmpCond::Ne, dst: 0, src: Operand::Imm(0), off: 2 },
+        mov(0, Operand::Imm(0)),
+        Insn::Exit,
+        mov(8, Operand::Reg(0)),
+    ];
+    if zero_stack {
+        for k in 3..=9 {
+            out.push(Insn::StoreImm { size: Size::DW, dst: 10, off: -8 * k, imm: 0 });
+        }
+    }
+    for (r, v) in inits.iter().enumerate() {
+        if let Some(v) = v {
+            out.push(mov(r as u8, Operand::Imm(*v)));
+        }
+    }
+    // Slot where each item starts; the epilogue starts at the end.
+    let mut starts = Vec::with_capacity(items.len() + 1);
+    let mut pos = out.len();
+    for it in items {
+        starts.push(pos);
+        pos += match it {
+            Gen::Plain(v) => v.len(),
+            Gen::Jmp(..) => 1,
+            Gen::Loop(body, ..) => body.len() + 3,
+        };
+    }
+    starts.push(pos);
+    for (i, it) in items.iter().enumerate() {
+        match it {
+            Gen::Plain(v) => out.extend_from_slice(v),
+            Gen::Jmp(width, cond, dst, src, skip) => {
+                let t = starts[(i + 1 + *skip as usize).min(items.len())];
+                let off = (t - out.len() - 1) as i16;
+                out.push(Insn::Jmp { width: *width, cond: *cond, dst: *dst, src: *src, off });
+            }
+            Gen::Loop(body, bound, w32) => {
+                out.push(mov(7, Operand::Imm(0)));
+                let top = out.len();
+                // The body must not touch the counter.
+                for b in body {
+                    let mut b = *b;
+                    if let Insn::Alu { dst, .. } | Insn::Neg { dst, .. } | Insn::MovSx { dst, .. } | Insn::Endian { dst, .. } = &mut b {
+                        if *dst == 7 {
+                            *dst = 6;
+                        }
+                    }
+                    out.push(b);
+                }
+                out.push(add(7, 1));
+                let off = top as i64 - out.len() as i64 - 1;
+                let width = if *w32 { Width::W32 } else { Width::W64 };
+                out.push(Insn::Jmp { width, cond: JmpCond::Lt, dst: 7, src: Operand::Imm(*bound), off: off as i16 });
+            }
+        }
+    }
+    if let Some(v) = ret {
+        out.push(mov(0, Operand::Imm(v)));
+    }
+    out.push(Insn::Exit);
+    out
+}
+
+fn program() -> impl Strategy<Value = Vec<Insn>> {
+    (
+        prop::collection::vec(prop_oneof![40 => imm().prop_map(Some), 1 => Just(None)], 8),
+        any::<bool>(),
+        prop::collection::vec(item(), 1..28),
+        prop_oneof![3 => imm().prop_map(Some), 1 => Just(None)],
+    )
+        .prop_map(|(inits, zero, items, ret)| build(&inits, zero, &items, ret))
+}
+
+/// Helpers for the oracle run: the array map, clocks, probe_read_kernel.
+struct Oracle {
+    array: *mut u8,
+    seed: u64,
+    /// r10 of frame 0, learned from the prologue's probe_read_kernel.
+    fp: Cell<u64>,
+}
+
+impl Helpers for Oracle {
+    fn call(&mut self, id: u32, args: [u64; 5], mem: &mut HelperMem<'_>) -> Result<u64, HelperError> {
+        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        match id {
+            1 => {
+                let key = mem.read(args[1], 4)?;
+                let idx = u32::from_le_bytes([key[0], key[1], key[2], key[3]]) as usize;
+                if args[0] != HANDLE_BASE + 1 {
+                    return Err(HelperError::Failed("lookup in a map the test does not model"));
+                }
+                if idx >= ARRAY_ENTRIES {
+                    return Ok(0);
+                }
+                let addr = self.array as u64 + (idx * VALUE_SIZE) as u64;
+                // SAFETY: the array buffer outlives the run and is only
+                // touched through guest accesses while the program runs.
+                unsafe { mem.allow(addr, VALUE_SIZE as u64, true) };
+                Ok(addr)
+            }
+            5 | 8 | 14 => Ok(self.seed >> 3),
+            113 => {
+                if self.fp.get() == 0 {
+                    self.fp.set(args[0] + 16);
+                }
+                let data = vec![0x5a; args[1] as usize];
+                mem.write(args[0], &data)?;
+                Ok(0)
+            }
+            _ => Err(HelperError::Unknown(id)),
+        }
+    }
+}
+
+/// Runs an accepted program several times; returns a description of the
+/// first soundness violation.
+fn oracle(insns: &[Insn], seed: u64) -> Result<(), String> {
+    let prog = Program::from_insns(insns.to_vec()).map_err(|e| format!("bad layout: {e}"))?;
+    let exe = Executable::with_resolver(&prog, |src| match src {
+        LdImm64Src::MapFd(fd) => Some(HANDLE_BASE + fd as u64),
+        _ => None,
+    })
+    .map_err(|e| format!("prepare: {e}"))?;
+    let mut vm = Vm::new();
+    let mut array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
+    for run in 0..3u64 {
+        let mut ctx = [0u8; CTX_LEN];
+        let mut s = seed ^ run.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for (i, b) in ctx.iter_mut().enumerate() {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            // Mix small numbers (typical indices) with arbitrary bytes.
+            *b = if run == 0 { (i % 7) as u8 } else { (s >> 56) as u8 };
+        }
+        let ctx_addr = ctx.as_ptr() as u64;
+        let mut h = Oracle { array: array.as_mut_ptr(), seed: s, fp: Cell::new(0) };
+        let res = vm.run_checked(&exe, &mut ctx, &mut h, &[], 10_000_000);
+        let r0 = match res {
+            Ok(r0) => r0,
+            Err(e) => return Err(format!("run {run}: {e}")),
+        };
+        let fp = h.fp.get();
+        let array_addr = array.as_ptr() as u64;
+        let is_ptr = |v: u64| {
+            (ctx_addr..ctx_addr + CTX_LEN as u64).contains(&v)
+                || (fp != 0 && (fp - 512..fp + 7 * 512).contains(&v))
+                || (array_addr..array_addr + array.len() as u64).contains(&v)
+                || (HANDLE_BASE..HANDLE_BASE + 2).contains(&v)
+        };
+        if is_ptr(r0) {
+            return Err(format!("run {run}: r0 = {r0:#x} is a pointer"));
+        }
+        for (i, w) in array.chunks(8).enumerate() {
+            let v = u64::from_le_bytes(w.try_into().unwrap());
+            if is_ptr(v) {
+                return Err(format!("run {run}: map value byte {} holds pointer {v:#x}", i * 8));
+            }
+            // 4-byte halves of a pointer are leaks too, but too likely to be
+            // coincidences to test for.
+        }
+    }
+    Ok(())
+}
+
+fn fuzz_config() -> Config<'static> {
+    // Lower than the default so complexity rejections stay fast in debug builds.
+    Config { max_insns: 20_000, ..Config::default() }
+}
+
+#[test]
+fn accepted_programs_run_safely() {
+    let cases: u32 = std::env::var("VERIFIER_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    let mut runner = TestRunner::new(PtConfig { cases, failure_persistence: None, ..PtConfig::default() });
+    let generated = Cell::new(0u32);
+    let accepted = Cell::new(0u32);
+    let helpers = linux::helpers();
+    let pt = linux::kprobe();
+    let maps = maps();
+    let env = Env { prog_type: &pt, helpers: &helpers, maps: &maps };
+    let config = fuzz_config();
+    // VERIFIER_FUZZ_VERBOSE=1 prints why generated programs were rejected.
+    let verbose = std::env::var_os("VERIFIER_FUZZ_VERBOSE").is_some();
+    let reasons = std::cell::RefCell::new(std::collections::BTreeMap::new());
+    let result = runner.run(&(program(), any::<u64>()), |(insns, seed)| {
+        generated.set(generated.get() + 1);
+        let verdict = verify(&insns, &env, &config);
+        if let (Err(e), true) = (&verdict, verbose) {
+            let m: String = e.error.message.chars().take(50).collect();
+            *reasons.borrow_mut().entry(m).or_insert(0u32) += 1;
+        }
+        if verdict.is_ok() {
+            accepted.set(accepted.get() + 1);
+            oracle(&insns, seed).map_err(|e| {
+                let text = bpf_vm::disasm::program(&Program::from_insns(insns.clone()).unwrap(), bpf_vm::disasm::Syntax::Llvm, true);
+                TestCaseError::fail(format!("verifier accepted an unsafe program: {e}\n{text}"))
+            })?;
+        }
+        Ok(())
+    });
+    println!(
+        "verifier soundness fuzz: {} programs generated, {} accepted, {} ran in the checked interpreter (3 contexts each) without a fault",
+        generated.get(),
+        accepted.get(),
+        accepted.get()
+    );
+    let mut top: Vec<_> = reasons.into_inner().into_iter().collect();
+    top.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    for (m, n) in top.iter().take(25) {
+        println!("{n:6}  {m}");
+    }
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert!(accepted.get() * 20 >= generated.get(), "too few accepted programs to mean anything: {} of {}", accepted.get(), generated.get());
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    let helpers = linux::helpers();
+    let pt = linux::kprobe();
+    let maps = maps();
+    let env = Env { prog_type: &pt, helpers: &helpers, maps: &maps };
+    let config = fuzz_config();
+    let mut runner = TestRunner::new(PtConfig { cases: 3000, failure_persistence: None, ..PtConfig::default() });
+    runner
+        .run(&prop::collection::vec(any::<u8>(), 0..256), |bytes| {
+            let _ = verify_bytes(&bytes, &env, &config);
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn mutated_programs_never_panic_and_stay_sound() {
+    let helpers = linux::helpers();
+    let pt = linux::kprobe();
+    let maps = maps();
+    let env = Env { prog_type: &pt, helpers: &helpers, maps: &maps };
+    let config = fuzz_config();
+    let mut runner = TestRunner::new(PtConfig { cases: 1500, failure_persistence: None, ..PtConfig::default() });
+    let accepted = Cell::new(0u32);
+    runner
+        .run(
+            &(program(), prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4), any::<u64>()),
+            |(insns, muts, seed)| {
+                let mut bytes = bpf_vm::encode(&insns);
+                for (i, b) in muts {
+                    let n = bytes.len();
+                    bytes[i.index(n)] = b;
+                }
+                if verify_bytes(&bytes, &env, &config).is_ok() {
+                    accepted.set(accepted.get() + 1);
+                    let p = bpf_vm::decode(&bytes).unwrap();
+                    oracle(p.insns(), seed).map_err(|e| TestCaseError::fail(format!("unsafe mutated program accepted: {e}")))?;
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    println!("mutated programs: {} accepted and ran safely", accepted.get());
+}
+
+/// The oracle itself must catch what the verifier should have rejected.
+#[test]
+fn oracle_catches_unsafe_programs() {
+    let mov = |dst: u8, src: Operand| Insn::Alu { width: Width::W64, op: AluOp::Mov, dst, src };
+    // Reads one byte past the map value.
+    let oob = build(&[Some(0); 8], false, &[Gen::Plain(vec![Insn::Load { size: Size::B, dst: 0, src: 8, off: 64 }])], Some(0));
+    assert!(oracle(&oob, 1).unwrap_err().contains("out-of-bounds read"));
+    // Returns the stack pointer.
+    let leak = build(&[Some(0); 8], false, &[Gen::Plain(vec![mov(0, Operand::Reg(10))])], None);
+    assert!(oracle(&leak, 1).unwrap_err().contains("is a pointer"));
+    // Stores the context pointer into the map value.
+    let store = build(&[Some(0); 8], false, &[Gen::Plain(vec![Insn::Store { size: Size::DW, dst: 8, off: 0, src: 9 }])], Some(0));
+    assert!(oracle(&store, 1).unwrap_err().contains("holds pointer"));
+    // And the verifier rejects all three.
+    let helpers = linux::helpers();
+    let pt = linux::kprobe();
+    let maps = maps();
+    let env = Env { prog_type: &pt, helpers: &helpers, maps: &maps };
+    for p in [&oob, &leak, &store] {
+        assert!(verify(p, &env, &Config::default()).is_err());
+    }
+}
