@@ -297,10 +297,26 @@ impl SymbolIndex {
             let rows = &lines.rows[seq.rows.0..seq.rows.1];
             let first = rows.partition_point(|r| r.addr < f.addr);
             let end = f.addr + f.size.max(1);
-            let own = rows[first..]
-                .iter()
-                .take_while(|r| r.addr < end)
-                .find(|r| r.line != 0 && lines.inlines_at(r.addr, f.addr).is_empty());
+            // Inlined ranges of the function, merged: rows and ranges are
+            // both in address order, so one walk finds the first row
+            // outside them.
+            let lo = lines.inlines.partition_point(|r| r.start < f.addr);
+            let hi = lines.inlines.partition_point(|r| r.start < end);
+            let mut covered: Vec<(u64, u64)> = Vec::new();
+            for r in &lines.inlines[lo..hi] {
+                match covered.last_mut() {
+                    Some(last) if r.start <= last.1 => last.1 = last.1.max(r.end),
+                    _ => covered.push((r.start, r.end)),
+                }
+            }
+            let mut c = 0;
+            let own = rows[first..].iter().take_while(|r| r.addr < end).find(|r| {
+                while c < covered.len() && covered[c].1 <= r.addr {
+                    c += 1;
+                }
+                let inside = c < covered.len() && covered[c].0 <= r.addr;
+                r.line != 0 && !inside
+            });
             if let Some(r) = own {
                 return Some(self.location_of(r.file, r.line));
             }

@@ -158,6 +158,8 @@ pub struct ParsedPath {
     pub trait_: Option<Vec<Segment>>,
     /// Segments after the qualified self (all of them if there is none).
     pub rest: Vec<Segment>,
+    /// [`ParsedPath::keys`], computed once: matching runs on every query.
+    keys: Vec<Vec<Segment>>,
 }
 
 impl ParsedPath {
@@ -177,23 +179,41 @@ impl ParsedPath {
                     Some((ty, tr)) => (ty, Some(tr)),
                     None => (inner, None),
                 };
-                return ParsedPath {
-                    self_ty: Some(parse_type(ty)),
-                    trait_: tr.map(parse_type),
-                    rest,
-                };
+                return ParsedPath::new(Some(parse_type(ty)), tr.map(parse_type), rest);
             }
         }
-        ParsedPath {
-            self_ty: None,
-            trait_: None,
-            rest: parse_segments(s),
-        }
+        ParsedPath::new(None, None, parse_segments(s))
+    }
+
+    fn new(
+        self_ty: Option<Vec<Segment>>,
+        trait_: Option<Vec<Segment>>,
+        rest: Vec<Segment>,
+    ) -> Self {
+        let mut p = ParsedPath {
+            self_ty,
+            trait_,
+            rest,
+            keys: Vec::new(),
+        };
+        p.keys = p.compute_keys();
+        p
+    }
+
+    /// Drop the last segment (a legacy hash written in a query).
+    pub(crate) fn pop(&mut self) -> Option<Segment> {
+        let last = self.rest.pop();
+        self.keys = self.compute_keys();
+        last
     }
 
     /// The segment lists this path can be found by: by type (or the plain
     /// path), then by trait for a trait method.
-    pub fn keys(&self) -> Vec<Vec<Segment>> {
+    pub fn keys(&self) -> &[Vec<Segment>] {
+        &self.keys
+    }
+
+    fn compute_keys(&self) -> Vec<Vec<Segment>> {
         let mut keys = Vec::with_capacity(2);
         match &self.self_ty {
             None => keys.push(self.rest.clone()),
@@ -219,7 +239,7 @@ impl ParsedPath {
                 let query = &self.keys()[0];
                 let mut best = None;
                 for key in sym.keys() {
-                    if let Some(exact) = suffix_match(query, &key) {
+                    if let Some(exact) = suffix_match(query, key) {
                         if exact {
                             return Some(true);
                         }

@@ -230,7 +230,7 @@ impl SymbolIndex {
         // monomorphization.
         let mut hash = None;
         if parsed.rest.len() > 1 && parsed.rest.last().is_some_and(|s| is_legacy_hash(&s.name)) {
-            hash = parsed.rest.pop().map(|s| s.name[1..].to_string());
+            hash = parsed.pop().map(|s| s.name[1..].to_string());
         }
         let Some(last) = parsed.rest.last() else {
             return Vec::new();

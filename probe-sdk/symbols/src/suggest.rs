@@ -70,9 +70,9 @@ pub fn suggest(index: &SymbolIndex, query: &ParsedPath, limit: usize) -> Vec<Str
         for &id in ids {
             let f = &index.functions[id as usize];
             for key in f.parsed.keys() {
-                let cost = segment_distance(&qnames, &names(&key));
+                let cost = segment_distance(&qnames, &names(key));
                 if cost <= total_limit {
-                    scored.push((cost, render(&key)));
+                    scored.push((cost, render(key)));
                 }
             }
         }

@@ -32,7 +32,9 @@ fn load(path: &Path) -> Option<SymbolIndex> {
 /// The bytes of the `KTRACE_KSYMS` static in an ELF.
 fn table_bytes(elf: &[u8]) -> Option<Vec<u8>> {
     let file = object::File::parse(elf).ok()?;
-    let sym = file.symbols().find(|s| s.name() == Ok(ksyms::SYMBOL_NAME))?;
+    let sym = file
+        .symbols()
+        .find(|s| s.name() == Ok(ksyms::SYMBOL_NAME))?;
     let section = file.section_by_index(sym.section_index()?).ok()?;
     let (file_off, _) = section.file_range()?;
     let start = (file_off + sym.address() - section.address()) as usize;
@@ -94,7 +96,11 @@ fn every_kernel_function_is_found_by_its_path() {
         return;
     };
     let mut checked = 0;
-    for f in index.functions().iter().filter(|f| f.name.contains("kernel::")) {
+    for f in index
+        .functions()
+        .iter()
+        .filter(|f| f.name.contains("kernel::"))
+    {
         let found = index.find(&f.name);
         assert!(
             found.iter().any(|g| g.addr == f.addr),
@@ -119,11 +125,7 @@ fn kernel_suffix_glob_and_ambiguity() {
     // Functions whose last segment is unique resolve by it alone.
     let mut suffix_hits = 0;
     for f in &kernel_fns {
-        let last = f.search_paths()[0]
-            .rsplit("::")
-            .next()
-            .unwrap()
-            .to_string();
+        let last = f.search_paths()[0].rsplit("::").next().unwrap().to_string();
         let same_last = index.find(&last);
         if same_last.len() == 1 {
             let res = index.resolve(&last, ResolveOptions::default()).unwrap();
@@ -163,7 +165,10 @@ fn kernel_lines_round_trip() {
     let Some(index) = load(&kernel_elf()) else {
         return;
     };
-    assert!(index.has_line_tables(), "the kernel profile keeps line tables");
+    assert!(
+        index.has_line_tables(),
+        "the kernel profile keeps line tables"
+    );
     let (mut ok, mut total) = (0, 0);
     for f in index
         .functions()
