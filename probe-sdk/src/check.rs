@@ -94,9 +94,8 @@ impl std::fmt::Display for Verdict {
                 if let Some(loc) = &r.location {
                     writeln!(f, "  at {loc}")?;
                 }
-                match r.insn {
-                    Some(i) => writeln!(f, "  insn {i}: {}", r.insn_text)?,
-                    None => {}
+                if let Some(i) = r.insn {
+                    writeln!(f, "  insn {i}: {}", r.insn_text)?;
                 }
                 write!(f, "  {}", r.message)?;
                 if !r.state.is_empty() {
