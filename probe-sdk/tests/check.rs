@@ -126,3 +126,62 @@ fn a_tracepoint_reading_past_its_record_is_rejected() {
     assert_eq!(r.insn, Some(0));
     assert_eq!(r.rule, "Context");
 }
+
+#[test]
+fn every_map_type_context_and_helper_wrapper_verifies() {
+    let (_, obj) = built_object(&fixture("all-features"));
+    let mut maps: Vec<(&str, u32, u32, u32, u32)> = obj
+        .maps
+        .iter()
+        .map(|m| {
+            (
+                m.name.as_str(),
+                m.map_type,
+                m.key_size,
+                m.value_size,
+                m.max_entries,
+            )
+        })
+        .collect();
+    maps.sort();
+    assert_eq!(
+        maps,
+        [
+            // The trace_printk format string (merged string constants).
+            (".rodata.str1.1", 2, 4, 20, 1),
+            ("EVENTS", 27, 0, 0, 16384),
+            ("PER_CPU", 6, 4, 8, 1),
+            ("RECENT", 9, 8, 8, 64),
+            ("SIZES", 2, 4, 8, 10),
+            ("STACKS", 7, 4, 1016, 128),
+            ("STACK_IDS", 2, 4, 4, 1),
+            ("perf_events", 4, 4, 4, 0),
+        ]
+    );
+    let rodata = obj
+        .maps
+        .iter()
+        .find(|m| m.name == ".rodata.str1.1")
+        .unwrap();
+    assert_eq!(rodata.initial_value, b"ret %llu on cpu %u\n\0");
+    let mut programs: Vec<(&str, ProgramType)> = obj
+        .programs
+        .iter()
+        .map(|p| (p.name.as_str(), p.prog_type))
+        .collect();
+    programs.sort_by_key(|p| p.0);
+    assert_eq!(
+        programs,
+        [
+            ("entry", ProgramType::Kprobe),
+            ("entry_ip", ProgramType::Kprobe),
+            ("exit", ProgramType::Kretprobe),
+            ("sample", ProgramType::PerfEvent),
+            ("switch", ProgramType::Tracepoint),
+        ]
+    );
+    for v in check_object(&obj, CheckOptions::default()) {
+        eprintln!("{v}");
+        assert!(v.accepted(), "{v}");
+    }
+}

@@ -24,8 +24,6 @@ pub mod id {
     pub const KTIME_GET_NS: usize = 5;
     /// `long bpf_trace_printk(fmt, fmt_size, ...)`
     pub const TRACE_PRINTK: usize = 6;
-    /// `u32 bpf_get_prandom_u32(void)`
-    pub const GET_PRANDOM_U32: usize = 7;
     /// `u32 bpf_get_smp_processor_id(void)`
     pub const GET_SMP_PROCESSOR_ID: usize = 8;
     /// `u64 bpf_get_current_pid_tgid(void)`
@@ -88,8 +86,6 @@ pub mod raw {
         ktime_get_ns = id::KTIME_GET_NS; fn() -> u64);
     raw_helper!(/// `bpf_trace_printk` with up to three arguments
         trace_printk = id::TRACE_PRINTK; fn(fmt: *const u8, fmt_size: u32, a: u64, b: u64, c: u64) -> i64);
-    raw_helper!(/// `bpf_get_prandom_u32`
-        get_prandom_u32 = id::GET_PRANDOM_U32; fn() -> u32);
     raw_helper!(/// `bpf_get_smp_processor_id`
         get_smp_processor_id = id::GET_SMP_PROCESSOR_ID; fn() -> u32);
     raw_helper!(/// `bpf_get_current_pid_tgid`
@@ -136,13 +132,6 @@ pub fn current_pid_tgid() -> u64 {
 pub fn smp_processor_id() -> u32 {
     // SAFETY: no arguments.
     unsafe { raw::get_smp_processor_id() }
-}
-
-/// A pseudo-random 32-bit number.
-#[inline(always)]
-pub fn prandom_u32() -> u32 {
-    // SAFETY: no arguments.
-    unsafe { raw::get_prandom_u32() }
 }
 
 /// The current task's name, NUL padded.
