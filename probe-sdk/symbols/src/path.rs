@@ -140,11 +140,12 @@ fn is_closure(name: &str) -> bool {
 
 /// `{{closure}}` (legacy) becomes `{closure}`; whitespace goes.
 fn normalise_name(name: &str) -> String {
-    let name: String = name.split_whitespace().collect::<Vec<_>>().join(" ");
-    match name.as_str() {
+    match name {
         "{{closure}}" => "{closure}".to_string(),
         "{{constant}}" => "{constant}".to_string(),
-        _ => name,
+        // Most names have no whitespace: copy them as they are.
+        _ if !name.contains(char::is_whitespace) => name.to_string(),
+        _ => name.split_whitespace().collect::<Vec<_>>().join(" "),
     }
 }
 
@@ -196,21 +197,30 @@ impl ParsedPath {
             rest,
             keys: Vec::new(),
         };
-        p.keys = p.compute_keys();
+        if p.self_ty.is_some() {
+            p.keys = p.compute_keys();
+        }
         p
     }
 
     /// Drop the last segment (a legacy hash written in a query).
     pub(crate) fn pop(&mut self) -> Option<Segment> {
         let last = self.rest.pop();
-        self.keys = self.compute_keys();
+        if self.self_ty.is_some() {
+            self.keys = self.compute_keys();
+        }
         last
     }
 
     /// The segment lists this path can be found by: by type (or the plain
     /// path), then by trait for a trait method.
     pub fn keys(&self) -> &[Vec<Segment>] {
-        &self.keys
+        // A plain path is its own only key: no copy is stored.
+        if self.self_ty.is_none() {
+            std::slice::from_ref(&self.rest)
+        } else {
+            &self.keys
+        }
     }
 
     fn compute_keys(&self) -> Vec<Vec<Segment>> {

@@ -45,6 +45,13 @@ fn nm_grep(elf: &Path, needle: &str) -> usize {
     out.stdout.iter().filter(|&&b| b == b'\n').count()
 }
 
+/// CPU time this thread has run, in ns (Linux schedstat): unlike wall
+/// time, it does not grow when other jobs share the cores.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
 fn per(d: Duration, n: usize) -> f64 {
     d.as_secs_f64() * 1e6 / n as f64
 }
@@ -53,9 +60,14 @@ fn per(d: Duration, n: usize) -> f64 {
 #[ignore = "benchmark: prints figures"]
 fn lookups_vs_nm() {
     for elf in [bench_elf(), common::build_fixture(true)] {
+        let cpu = thread_cpu_ns();
         let t = Instant::now();
         let index = SymbolIndex::from_path(&elf).expect("index");
         let index_time = t.elapsed();
+        let index_cpu_ms = match (cpu, thread_cpu_ns()) {
+            (Some(a), Some(b)) => (b - a) as f64 / 1e6,
+            _ => f64::NAN,
+        };
         // 1,000 queries cycling over the functions: the full path, and the
         // last two segments (a suffix query).
         let fns: Vec<_> = index.functions().iter().filter(|f| f.size > 0).collect();
@@ -109,7 +121,7 @@ fn lookups_vs_nm() {
             per(nm_time, n_nm),
         );
         println!(
-            "{}: {} functions, indexed in {:.1} ms\n  \
+            "{}: {} functions, indexed in {:.1} ms ({index_cpu_ms:.1} ms cpu)\n  \
              find (name -> addresses): {find_us:.2} us/lookup ({found} hits)\n  \
              resolve (+ boundary check, file:line): {resolve_us:.2} us/lookup ({resolved} points)\n  \
              nm -C | grep -F: {nm_us:.0} us/lookup ({nm_lines} lines for {n_nm})\n  \
@@ -171,12 +183,17 @@ fn synthetic_elf(n: usize) -> Vec<u8> {
 #[test]
 #[ignore = "benchmark: prints figures"]
 fn index_time_by_symbol_count() {
-    println!("functions  index ms  ns/function  find us/lookup");
+    println!("functions  index ms (wall)  index ms (cpu)  cpu ns/function  find us/lookup");
     for n in [1_000, 10_000, 50_000, 100_000, 200_000] {
         let elf = synthetic_elf(n);
+        let cpu = thread_cpu_ns();
         let t = Instant::now();
         let index = SymbolIndex::from_bytes(&elf).expect("index");
         let took = t.elapsed();
+        let cpu_ns = match (cpu, thread_cpu_ns()) {
+            (Some(a), Some(b)) => (b - a) as f64,
+            _ => f64::NAN,
+        };
         assert_eq!(index.functions().len(), n);
         // Queries on the big index still hit one function each.
         let t = Instant::now();
@@ -191,9 +208,10 @@ fn index_time_by_symbol_count() {
             .unwrap();
         assert_eq!(res.points[0].addr, ((n - 1) * 16 + 1) as u64);
         println!(
-            "{n:>9}  {:>8.1}  {:>11.0}  {:>14.2}",
+            "{n:>9}  {:>15.1}  {:>14.1}  {:>15.0}  {:>14.2}",
             took.as_secs_f64() * 1e3,
-            took.as_secs_f64() * 1e9 / n as f64,
+            cpu_ns / 1e6,
+            cpu_ns / n as f64,
             per(find, 1000.min(n)),
         );
     }
