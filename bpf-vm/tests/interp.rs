@@ -179,11 +179,27 @@ fn budget_bounds_run_time() {
     assert_eq!(err.kind, RunErrorKind::BudgetExhausted { budget: 10_000 });
     // Exactly enough budget: 3 instructions.
     let e = exe("mov %r0, 1\nadd %r0, 1\nexit");
-    assert_eq!(run_checked(&e, &mut [], &mut NoHelpers, &[], 3), Ok(2));
-    let err = run_checked(&e, &mut [], &mut NoHelpers, &[], 2).unwrap_err();
+    let mut vm = Vm::new();
+    assert_eq!(vm.run_checked(&e, &mut [], &mut NoHelpers, &[], 3), Ok(2));
+    assert_eq!(vm.executed(), 3);
+    // One short: the straight-line run is not started at all.
+    let err = vm
+        .run_checked(&e, &mut [], &mut NoHelpers, &[], 2)
+        .unwrap_err();
     assert_eq!(
         (err.pc, err.kind),
-        (2, RunErrorKind::BudgetExhausted { budget: 2 })
+        (0, RunErrorKind::BudgetExhausted { budget: 2 })
+    );
+    // Runs are charged at each jump: 2 + 3 * (2 per iteration) + exit.
+    let e = exe("mov %r0, 0\nmov %r1, 3\nl:\nadd %r0, 1\njsgt %r1, %r0, l\nexit");
+    assert_eq!(vm.run_checked(&e, &mut [], &mut NoHelpers, &[], 100), Ok(3));
+    assert_eq!(vm.executed(), 2 + 3 * 2 + 1);
+    let err = vm
+        .run_checked(&e, &mut [], &mut NoHelpers, &[], 8)
+        .unwrap_err();
+    assert_eq!(
+        (err.pc, err.kind),
+        (4, RunErrorKind::BudgetExhausted { budget: 8 })
     );
 }
 

@@ -105,10 +105,22 @@ pub(crate) enum Op {
     CallX(u8),
     Exit,
     // Memory: dst, base, off.
-    Ldx(Size, u8, u8, i16),
+    // One variant per size, so an access costs a single dispatch.
+    LdxB(u8, u8, i16),
+    LdxH(u8, u8, i16),
+    LdxW(u8, u8, i16),
+    LdxDW(u8, u8, i16),
     LdxSx(Size, u8, u8, i16),
-    Stx(Size, u8, u8, i16),
-    StI(Size, u8, i16, u32),
+    // Stores: base, src, off.
+    StxB(u8, u8, i16),
+    StxH(u8, u8, i16),
+    StxW(u8, u8, i16),
+    StxDW(u8, u8, i16),
+    // Stores of immediates: base, off, imm (pre-sign-extended).
+    StB(u8, i16, u64),
+    StH(u8, i16, u64),
+    StW(u8, i16, u64),
+    StDW(u8, i16, u64),
     Atomic(crate::insn::AtomicOp, bool, Size, u8, u8, i16),
     /// Second slot of ld_imm64; never reached (targets are validated).
     Tail,
@@ -169,6 +181,10 @@ impl core::error::Error for PrepareError {}
 #[derive(Clone, Debug)]
 pub struct Executable {
     pub(crate) ops: Vec<Op>,
+    /// Per slot: the number of operations from it up to and including the
+    /// next control transfer (jump, local call, exit, end sentinel). The
+    /// budget is charged a whole straight-line run at a time.
+    pub(crate) run_len: Vec<u32>,
 }
 
 impl Executable {
@@ -260,7 +276,12 @@ impl Executable {
                     dst,
                     src,
                     off,
-                } => Op::Ldx(size, dst, src, off),
+                } => match size {
+                    Size::B => Op::LdxB(dst, src, off),
+                    Size::H => Op::LdxH(dst, src, off),
+                    Size::W => Op::LdxW(dst, src, off),
+                    Size::DW => Op::LdxDW(dst, src, off),
+                },
                 Insn::LoadSx {
                     size,
                     dst,
@@ -272,13 +293,26 @@ impl Executable {
                     dst,
                     off,
                     src,
-                } => Op::Stx(size, dst, src, off),
+                } => match size {
+                    Size::B => Op::StxB(dst, src, off),
+                    Size::H => Op::StxH(dst, src, off),
+                    Size::W => Op::StxW(dst, src, off),
+                    Size::DW => Op::StxDW(dst, src, off),
+                },
                 Insn::StoreImm {
                     size,
                     dst,
                     off,
                     imm,
-                } => Op::StI(size, dst, off, imm as u32),
+                } => {
+                    let v = imm as i64 as u64;
+                    match size {
+                        Size::B => Op::StB(dst, off, v),
+                        Size::H => Op::StH(dst, off, v),
+                        Size::W => Op::StW(dst, off, v),
+                        Size::DW => Op::StDW(dst, off, v),
+                    }
+                }
                 Insn::Atomic {
                     size,
                     op,
@@ -299,7 +333,33 @@ impl Executable {
             ops.push(op);
         }
         ops.push(Op::FellOff);
-        Ok(Executable { ops })
+        let mut run_len = alloc::vec![0u32; ops.len()];
+        for i in (0..ops.len()).rev() {
+            run_len[i] = match ops[i] {
+                Op::Ja(_)
+                | Op::Jmp64I(..)
+                | Op::Jmp64R(..)
+                | Op::Jmp32I(..)
+                | Op::Jmp32R(..)
+                | Op::JEq64I(..)
+                | Op::JNe64I(..)
+                | Op::JGt64I(..)
+                | Op::JLt64I(..)
+                | Op::JEq64R(..)
+                | Op::JNe64R(..)
+                | Op::JGt64R(..)
+                | Op::JLt64R(..)
+                | Op::CallLocal(_)
+                | Op::Exit
+                | Op::FellOff => 1,
+                // Never entered: jumps into it are rejected above.
+                Op::Tail => 0,
+                // Executes as one operation and continues two slots on.
+                Op::LdImm64(..) => 1 + run_len[i + 2],
+                _ => 1 + run_len[i + 1],
+            };
+        }
+        Ok(Executable { ops, run_len })
     }
 
     /// Number of program slots (excluding the internal end sentinel).

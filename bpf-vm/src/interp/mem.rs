@@ -202,6 +202,7 @@ impl HelperMem<'_> {
     }
 
     /// Borrows `len` guest bytes at `addr` (e.g. a map key on the stack).
+    #[inline]
     pub fn read(&mut self, addr: u64, len: usize) -> Result<&[u8], HelperError> {
         self.mem
             .check(addr, len as u64, false)
@@ -218,6 +219,7 @@ impl HelperMem<'_> {
     }
 
     /// Copies `data` into guest memory at `addr`.
+    #[inline]
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), HelperError> {
         self.mem
             .check(addr, data.len() as u64, true)
@@ -238,6 +240,7 @@ impl HelperMem<'_> {
     /// The range must be valid host memory (writable if `writable`) for the
     /// rest of the run and not otherwise accessed through a Rust reference
     /// while the program may touch it.
+    #[inline]
     pub unsafe fn allow(&mut self, addr: u64, len: u64, writable: bool) {
         if self.mem.checked {
             let r = Region {

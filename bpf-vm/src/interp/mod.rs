@@ -10,7 +10,11 @@
 //! - **Fast** ([`Vm::run_fast`]): no per-access checks. Only for programs the
 //!   verifier accepted; see its `# Safety` section for the contract.
 //!
-//! Both modes count executed instructions against a budget, give every
+//! Both modes count executed instructions against a budget, charged one
+//! straight-line run (up to the next jump, local call or exit) at a time:
+//! a run is only started when the budget covers all of it, so exhaustion is
+//! reported at the first instruction of the run that would exceed it, and
+//! no instruction ever executes beyond the budget. Both modes also give every
 //! bpf-to-bpf call frame its own 512-byte stack (up to [`MAX_CALL_FRAMES`])
 //! and restore `r6`-`r9` and `r10` on return. Division by zero yields 0 and
 //! modulo by zero leaves the dividend, as RFC 9669 says.
@@ -241,8 +245,9 @@ impl Vm {
         }
     }
 
-    /// Number of instructions the last run executed (including the faulting
-    /// one, if it faulted), e.g. for run-time statistics.
+    /// Number of instructions the last run was charged: exact for a run that
+    /// reached `exit`; after a fault, the charge includes the rest of the
+    /// straight-line run the fault interrupted.
     pub fn executed(&self) -> u64 {
         self.executed
     }
@@ -356,22 +361,54 @@ impl Vm {
                 }
             };
         }
-        macro_rules! jump {
-            ($cond:expr, $t:expr) => {
-                if $cond {
-                    pc = $t as usize;
-                    continue;
+        macro_rules! ldx {
+            ($d:expr, $s:expr, $off:expr, $size:expr) => {{
+                let a = r!($s).wrapping_add($off as i64 as u64);
+                access!(a, $size.bytes() as u64, false);
+                // SAFETY: checked above in checked mode; the verifier
+                // contract of `run_fast` otherwise.
+                r!($d) = unsafe { load($size, a) };
+            }};
+        }
+        macro_rules! st {
+            ($d:expr, $off:expr, $size:expr, $v:expr) => {{
+                let a = r!($d).wrapping_add($off as i64 as u64);
+                access!(a, $size.bytes() as u64, true);
+                // SAFETY: as for `ldx`, for a write.
+                unsafe { store($size, a, $v) };
+            }};
+        }
+        // Entering a straight-line run at `pc`: charge all of it up front,
+        // so the per-instruction path has no budget check.
+        macro_rules! enter {
+            () => {{
+                // SAFETY: `pc` is a valid index (see the dispatch below) and
+                // `run_len` has one entry per op.
+                let n = unsafe { *exe.run_len.get_unchecked(pc) } as u64;
+                if n > left {
+                    fault!(RunErrorKind::BudgetExhausted { budget });
                 }
-            };
+                left -= n;
+            }};
+        }
+        macro_rules! jump {
+            ($cond:expr, $t:expr) => {{
+                pc = if $cond { $t as usize } else { pc + 1 };
+                enter!();
+                continue;
+            }};
         }
 
+        enter!();
         loop {
-            if left == 0 {
-                fault!(RunErrorKind::BudgetExhausted { budget });
-            }
-            left -= 1;
-            let op = ops[pc];
-            match op {
+            // SAFETY: `pc` is always a valid index: it starts at 0 (the
+            // program is not empty), jump and call targets were checked to
+            // lie inside the program when the Executable was prepared,
+            // return addresses are `call pc + 1 <= len`, and sequential
+            // execution past the last slot lands on the `FellOff` sentinel
+            // at index `len`, which stops the loop.
+            let op = unsafe { ops.get_unchecked(pc) };
+            match *op {
                 Op::Add64I(d, i) => r!(d) = r!(d).wrapping_add(i),
                 Op::Sub64I(d, i) => r!(d) = r!(d).wrapping_sub(i),
                 Op::Mul64I(d, i) => r!(d) = r!(d).wrapping_mul(i),
@@ -455,6 +492,7 @@ impl Vm {
                 }
                 Op::Ja(t) => {
                     pc = t as usize;
+                    enter!();
                     continue;
                 }
                 Op::JEq64I(d, t, i) => jump!(r!(d) == i, t),
@@ -496,6 +534,7 @@ impl Vm {
                     mem.enter_frame(depth);
                     reg[10] = mem.frame_pointer(depth);
                     pc = t as usize;
+                    enter!();
                     continue;
                 }
                 Op::Exit => match frames.pop() {
@@ -509,19 +548,18 @@ impl Vm {
                         mem.depth = depth + 1;
                         reg[10] = mem.frame_pointer(depth);
                         pc = f.ret;
+                        enter!();
                         continue;
                     }
                 },
-                Op::Ldx(size, d, s, off) => {
-                    let a = r!(s).wrapping_add(off as i64 as u64);
-                    access!(a, size.bytes() as u64, false);
-                    // SAFETY: checked above in checked mode; verifier contract otherwise.
-                    r!(d) = unsafe { load(size, a) };
-                }
+                Op::LdxB(d, s, off) => ldx!(d, s, off, Size::B),
+                Op::LdxH(d, s, off) => ldx!(d, s, off, Size::H),
+                Op::LdxW(d, s, off) => ldx!(d, s, off, Size::W),
+                Op::LdxDW(d, s, off) => ldx!(d, s, off, Size::DW),
                 Op::LdxSx(size, d, s, off) => {
                     let a = r!(s).wrapping_add(off as i64 as u64);
                     access!(a, size.bytes() as u64, false);
-                    // SAFETY: as for Ldx.
+                    // SAFETY: as for `ldx`.
                     let v = unsafe { load(size, a) };
                     r!(d) = match size {
                         Size::B => v as i8 as i64 as u64,
@@ -529,25 +567,21 @@ impl Vm {
                         _ => v as i32 as i64 as u64,
                     };
                 }
-                Op::Stx(size, d, s, off) => {
-                    let a = r!(d).wrapping_add(off as i64 as u64);
-                    access!(a, size.bytes() as u64, true);
-                    // SAFETY: as for Ldx, for a write.
-                    unsafe { store(size, a, r!(s)) };
-                }
-                Op::StI(size, d, off, imm) => {
-                    let a = r!(d).wrapping_add(off as i64 as u64);
-                    access!(a, size.bytes() as u64, true);
-                    // SAFETY: as for Ldx, for a write; the immediate is sign-extended.
-                    unsafe { store(size, a, imm as i32 as i64 as u64) };
-                }
+                Op::StxB(d, s, off) => st!(d, off, Size::B, r!(s)),
+                Op::StxH(d, s, off) => st!(d, off, Size::H, r!(s)),
+                Op::StxW(d, s, off) => st!(d, off, Size::W, r!(s)),
+                Op::StxDW(d, s, off) => st!(d, off, Size::DW, r!(s)),
+                Op::StB(d, off, v) => st!(d, off, Size::B, v),
+                Op::StH(d, off, v) => st!(d, off, Size::H, v),
+                Op::StW(d, off, v) => st!(d, off, Size::W, v),
+                Op::StDW(d, off, v) => st!(d, off, Size::DW, v),
                 Op::Atomic(aop, fetch, size, d, s, off) => {
                     let a = r!(d).wrapping_add(off as i64 as u64);
                     let n = size.bytes() as u64;
                     // Read-modify-write: must be both readable (initialised) and writable.
                     access!(a, n, false);
                     access!(a, n, true);
-                    // SAFETY: as for Ldx and Stx. The VM is single-threaded per
+                    // SAFETY: as for `ldx` and `st`. The VM is single-threaded per
                     // run; cross-CPU atomicity of map values is the embedder's
                     // concern (the kernel runs programs with preemption off).
                     let old = unsafe { load(size, a) };
