@@ -12,7 +12,7 @@
 use bpf_vm::verifier::{self, linux, Config, Env, MapDef, ProgramType as VmProgramType};
 use ktrace_abi::bpf::{AttachTarget, LineTable, MapDefinition, ProgramLoad, ProgramType};
 
-use crate::object::Object;
+use crate::object::{describe_location, Object};
 
 /// Verification policy, as the kernel would apply it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -147,21 +147,17 @@ fn vm_maps(maps: &[MapDefinition]) -> Vec<MapDef> {
         .collect()
 }
 
-/// Line rows as the verifier's `file:line` locations.
+/// Line rows as the verifier's locations (the probe author's own line
+/// first, see [`describe_location`]).
 fn vm_lines(lines: Option<&LineTable>) -> Vec<verifier::LineInfo> {
     let Some(t) = lines else { return Vec::new() };
     t.rows
         .iter()
-        .map(|r| verifier::LineInfo {
-            insn: r.insn as usize,
-            location: format!(
-                "{}:{}",
-                t.files
-                    .get(r.file as usize)
-                    .map(String::as_str)
-                    .unwrap_or("?"),
-                r.line
-            ),
+        .filter_map(|r| {
+            Some(verifier::LineInfo {
+                insn: r.insn as usize,
+                location: describe_location(t, r.insn as usize)?,
+            })
         })
         .collect()
 }

@@ -185,3 +185,28 @@ fn every_map_type_context_and_helper_wrapper_verifies() {
         assert!(v.accepted(), "{v}");
     }
 }
+
+#[test]
+fn a_rejection_inside_inlined_sdk_code_names_the_probe_line() {
+    let dir = fixture("wrong-helper");
+    let (_, obj) = built_object(&dir);
+    let v = &check_object(&obj, CheckOptions::default())[0];
+    eprintln!("{v}");
+    let Outcome::Rejected(r) = &v.outcome else {
+        panic!("accepted: {v}")
+    };
+    assert_eq!(r.insn_text, "call 173");
+    assert_eq!(
+        r.message,
+        "program of this type (tracepoint) cannot use helper bpf_get_func_ip#173"
+    );
+    let line = line_of(&dir.join("src/lib.rs"), "WRONG-HELPER");
+    let helper_line = line_of(
+        &repo().join("probe-sdk/ebpf/src/helpers.rs"),
+        "unsafe { f($($arg),*) }",
+    );
+    assert_eq!(
+        r.location.as_deref(),
+        Some(format!("src/lib.rs:{line} (inlined ebpf/src/helpers.rs:{helper_line})").as_str())
+    );
+}

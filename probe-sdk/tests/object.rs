@@ -12,7 +12,7 @@ use object::{
     Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolKind,
     SymbolScope,
 };
-use probe_sdk::object::{parse, source_line, ObjectError};
+use probe_sdk::object::{describe_location, parse, short_path, source_line, ObjectError};
 
 const LD_IMM64: u8 = 0x18;
 const CALL: u8 = 0x85;
@@ -89,6 +89,23 @@ fn rust_probe_maps_relocations_and_lines() {
     assert!(
         lines.rows.windows(2).all(|w| w[0].insn < w[1].insn),
         "rows sorted by instruction"
+    );
+    // Inlined code keeps its call sites, so the lookup is also traced back
+    // to the probe's own `CALLS.increment(&tid)`.
+    let helper_line = line_of(
+        &repo().join("probe-sdk/ebpf/src/helpers.rs"),
+        "unsafe { f($($arg),*) }",
+    );
+    assert_eq!(
+        describe_location(lines, 8).unwrap(),
+        format!(
+            "src/lib.rs:{} (inlined ebpf/src/helpers.rs:{helper_line})",
+            line_of(&src, "CALLS.increment")
+        )
+    );
+    assert_eq!(
+        short_path("/x/y/library/core/src/sync/atomic.rs"),
+        "core/src/sync/atomic.rs"
     );
 }
 

@@ -125,6 +125,18 @@ pub struct LineInfo {
     pub file: u32,
     pub line: u32,
     pub column: u32,
+    /// When the instruction is code inlined from another function: the
+    /// call sites that led to it, innermost first (the call of the inlined
+    /// function, then the call of the function that called it, ...).
+    pub call_sites: Vec<CallSite>,
+}
+
+/// A call of an inlined function.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallSite {
+    /// Index into [`LineTable::files`].
+    pub file: u32,
+    pub line: u32,
 }
 
 /// Instruction → source line, for verifier messages.

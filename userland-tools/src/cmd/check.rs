@@ -81,7 +81,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// The source line a `file:line` location names, when the file is
 /// readable from here.
 fn source_snippet(location: &str) -> Option<String> {
-    let (file, line) = location.rsplit_once(':')?;
+    // `src/lib.rs:22` or `src/lib.rs:22 (inlined ...)`.
+    let position = location.split(' ').next()?;
+    let (file, line) = position.rsplit_once(':')?;
     let line: usize = line.parse().ok()?;
     let text = std::fs::read_to_string(Path::new(file)).ok()?;
     let src = text.lines().nth(line.checked_sub(1)?)?;
