@@ -54,6 +54,8 @@ pub struct BuildOptions {
     pub cargo: Option<PathBuf>,
     /// `rustc` whose LLVM version counts. Default: `$RUSTC`, else `rustc`.
     pub rustc: Option<PathBuf>,
+    /// Pass `--quiet` to cargo (its errors and rustc's still show).
+    pub quiet: bool,
 }
 
 impl BuildOptions {
@@ -66,6 +68,7 @@ impl BuildOptions {
             search_path: None,
             cargo: None,
             rustc: None,
+            quiet: false,
         }
     }
 }
@@ -497,6 +500,7 @@ fn run_cargo(
         .arg("--manifest-path")
         .arg(opts.crate_dir.join("Cargo.toml"))
         .args(["--release", "--lib", "--crate-type", "cdylib"])
+        .args(opts.quiet.then_some("--quiet"))
         .arg("--target-dir")
         .arg(target_dir);
     for setting in PROFILE {

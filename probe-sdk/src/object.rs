@@ -739,6 +739,19 @@ impl Object {
     }
 }
 
+/// Parse an object and, given the kernel's symbol index, resolve its kprobe
+/// targets: everything a `load` request needs, in one call.
+pub fn load_request(
+    bytes: &[u8],
+    kernel: Option<&ktrace_symbols::SymbolIndex>,
+) -> Result<ObjectLoad, ObjectError> {
+    let mut obj = parse(bytes)?;
+    if let Some(index) = kernel {
+        obj.resolve_targets(index)?;
+    }
+    Ok(obj.into_load())
+}
+
 /// Resolve one kprobe target. A kretprobe hooks a function's return, so
 /// its target must be a function entry, not an offset or a line inside.
 fn resolve_kprobe(

@@ -269,6 +269,11 @@ fn c_probe_from_clang_loads() {
         3,
         "bucket appended at the end"
     );
+
+    // And the kernel's verifier accepts both programs as loaded.
+    for v in probe_sdk::check::check_object(&obj, Default::default()) {
+        assert!(v.accepted(), "{v}");
+    }
 }
 
 #[test]

@@ -19,7 +19,7 @@ pub struct Args {
     /// Cargo target directory (default: `<crate>/target`).
     #[arg(long, value_name = "DIR")]
     pub target_dir: Option<PathBuf>,
-    /// Only print errors.
+    /// Only print errors (and the object's path).
     #[arg(short, long)]
     pub quiet: bool,
 }
@@ -29,6 +29,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut opts = BuildOptions::new(&args.crate_dir);
     opts.out_dir = args.out_dir;
     opts.target_dir = args.target_dir;
+    opts.quiet = args.quiet;
     let quiet = args.quiet;
     let out = build(&opts, &mut |line| {
         if !quiet {
