@@ -21,6 +21,8 @@ mod rt;
 mod sync;
 mod task;
 mod time;
+mod trace;
+mod probe_tests;
 
 /// Kernel version reported in the handshake.
 pub const KERNEL_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -36,6 +38,7 @@ pub extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     mm::init(u64::from(start_info_paddr));
     time::init();
     task::init();
+    trace::init();
     control::start();
     match ksyms::table() {
         Some(t) => log::info!("symbol table: {} functions", t.len()),

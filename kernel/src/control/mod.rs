@@ -199,7 +199,7 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
                 ),
             ),
         },
-        Request::Trace(r) => match r {},
+        Request::Trace(r) => crate::trace::control::handle(r),
         Request::Bpf(r) => match r {},
         Request::Block(r) => match r {},
     };

@@ -259,6 +259,16 @@ pub(super) fn block_current() {
     schedule_with(TaskState::Blocked);
 }
 
+/// Emit `sched:sched_wakeup`.
+fn trace_wakeup(pid: Pid, name: &str) {
+    crate::trace_event!(crate::trace::points::SCHED_WAKEUP, {
+        let mut comm = [0u8; 16];
+        let n = name.len().min(15);
+        comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+        ktrace_tracepoints::sched::SchedWakeup { pid, target_cpu: 0, comm }
+    });
+}
+
 /// Make a blocked or sleeping task runnable.
 pub fn wake(pid: Pid) {
     let mut g = SCHED.lock();
@@ -267,6 +277,7 @@ pub fn wake(pid: Pid) {
             if matches!(t.state, TaskState::Blocked | TaskState::Sleeping) {
                 t.state = TaskState::Ready;
                 s.run_queue.push_back(pid);
+                trace_wakeup(pid, &t.name);
             }
         }
     }
@@ -286,6 +297,7 @@ pub fn timer_tick() {
             if t.state == TaskState::Sleeping && t.sleep_seq == seq {
                 t.state = TaskState::Ready;
                 s.run_queue.push_back(pid);
+                trace_wakeup(pid, &t.name);
             }
         }
     }
@@ -308,6 +320,7 @@ pub fn preempt_point_from_irq() {
 /// must be disabled.
 fn schedule_with(state: TaskState) {
     debug_assert!(!arch::irq_enabled());
+    let prev_comm;
     let (prev_rsp_ptr, next_rsp, prev, next) = {
         let mut g = SCHED.lock();
         let Some(s) = g.as_mut() else { return };
@@ -359,11 +372,26 @@ fn schedule_with(state: TaskState) {
         n.state = TaskState::Running;
         n.switches += 1;
         n.slice_start_tsc = now;
+        prev_comm = this_cpu().current_comm();
         this_cpu().set_current(next, &n.name);
         s.current = next;
         (prev_rsp_ptr, n.rsp, cur, next)
     };
     CONTEXT_SWITCHES.fetch_add(1, Ordering::Relaxed);
+    crate::trace_event!(
+        crate::trace::points::SCHED_SWITCH,
+        ktrace_tracepoints::sched::SchedSwitch {
+            prev_state: match state {
+                TaskState::Ready | TaskState::Running => 0,
+                TaskState::Exited => 2,
+                _ => 1,
+            },
+            prev_pid: prev,
+            next_pid: next,
+            prev_comm,
+            next_comm: this_cpu().current_comm(),
+        }
+    );
     if let Some(hook) = *SWITCH_HOOK.lock() {
         hook(prev, next, state);
     }

@@ -7,12 +7,15 @@ pub mod cpu;
 pub mod gdt;
 pub mod idt;
 pub mod paging;
+pub mod perf_timer;
 pub mod pit;
 pub mod serial;
+pub mod text_patch;
 pub mod trap;
 
 core::arch::global_asm!(include_str!("boot.S"), options(att_syntax));
 core::arch::global_asm!(include_str!("trap.S"), options(att_syntax));
+core::arch::global_asm!(include_str!("probe_entry.S"), options(att_syntax));
 core::arch::global_asm!(
     include_str!(concat!(env!("OUT_DIR"), "/vectors.S")),
     options(att_syntax)

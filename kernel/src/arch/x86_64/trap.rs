@@ -70,6 +70,13 @@ pub fn irq_count() -> u64 {
 extern "C" fn trap_dispatch(regs: &mut PtRegs, vector: u64) {
     let vector = vector as u8;
     COUNTS[vector as usize].fetch_add(1, Ordering::Relaxed);
+    let is_irq = vector >= IRQ_BASE && vector != SPURIOUS_VECTOR;
+    if is_irq {
+        crate::trace_event!(
+            crate::trace::points::IRQ_HANDLER_ENTRY,
+            ktrace_tracepoints::irq::IrqHandlerEntry { irq: i32::from(vector) - 32, vector: u32::from(vector), name: irq_name(vector) }
+        );
+    }
     let raw = HANDLERS[vector as usize].load(Ordering::Acquire);
     let handled = if raw != 0 {
         // SAFETY: only `set_handler` stores into HANDLERS, always a
@@ -79,6 +86,12 @@ extern "C" fn trap_dispatch(regs: &mut PtRegs, vector: u64) {
     } else {
         false
     };
+    if is_irq {
+        crate::trace_event!(
+            crate::trace::points::IRQ_HANDLER_EXIT,
+            ktrace_tracepoints::irq::IrqHandlerExit { irq: i32::from(vector) - 32, ret: i32::from(handled) }
+        );
+    }
     if vector >= IRQ_BASE {
         if vector != SPURIOUS_VECTOR {
             super::apic::eoi();
@@ -96,6 +109,19 @@ extern "C" fn trap_dispatch(regs: &mut PtRegs, vector: u64) {
         return;
     }
     crate::panic::fatal_exception(regs, vector);
+}
+
+/// Name of an interrupt vector for `irq:irq_handler_entry`.
+fn irq_name(vector: u8) -> [u8; 16] {
+    let mut n = [0u8; 16];
+    let s: &[u8] = match vector {
+        TIMER_VECTOR => b"apic-timer",
+        0x23 => b"com2",
+        super::perf_timer::SAMPLING_VECTOR => b"perf-sampling",
+        _ => b"irq",
+    };
+    n[..s.len()].copy_from_slice(s);
+    n
 }
 
 /// An exception fix-up entry: a fault at `insn` resumes at `fixup` with

@@ -1,0 +1,138 @@
+//! Safe text patching and the memory the kprobe engine executes from.
+//!
+//! Kernel text is mapped read+execute and stays so: [`write_text`] maps the
+//! physical page(s) behind the target at a temporary writable alias above
+//! `ALIAS_BASE`, writes there, and unmaps the alias, with interrupts off and
+//! under a lock (Linux's `text_poke`). With one CPU and interrupts off, no
+//! instruction can execute the bytes while they change. Out-of-line
+//! single-step slots live in pages allocated from the frame allocator and
+//! remapped read+execute ([`alloc_exec_page`]), written the same way.
+//!
+//! Also here: writing a word on a kernel stack (emulated `call`, return
+//! probes replacing a return address), checked against the page tables.
+
+use super::paging::{self, flags, ALIAS_BASE};
+use crate::sync::SpinLock;
+
+/// Serialises alias use; interrupts stay off while held.
+static PATCH_LOCK: SpinLock<()> = SpinLock::new(());
+/// The alias window: two pages, so a write may cross one page boundary.
+const ALIAS: u64 = ALIAS_BASE;
+
+/// Why a patch failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchError {
+    /// The target is not mapped.
+    NotMapped(u64),
+    /// The write is longer than one page.
+    TooLong,
+    /// No frame for a page table.
+    OutOfMemory,
+}
+
+/// Write `bytes` at `addr` in mapped, non-writable memory (kernel text or
+/// an executable slot page) through a temporary writable alias.
+pub fn write_text(addr: u64, bytes: &[u8]) -> Result<(), PatchError> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    if bytes.len() > 4096 {
+        return Err(PatchError::TooLong);
+    }
+    let first = addr & !0xfff;
+    let last = (addr + bytes.len() as u64 - 1) & !0xfff;
+    let (p0, _) = paging::translate(first).ok_or(PatchError::NotMapped(first))?;
+    let p1 = if last != first { Some(paging::translate(last).ok_or(PatchError::NotMapped(last))?.0) } else { None };
+    let _g = PATCH_LOCK.lock();
+    let alloc = crate::mm::frame::alloc_zeroed;
+    paging::map_page(ALIAS, p0 & !0xfff, flags::DATA, alloc).map_err(|_| PatchError::OutOfMemory)?;
+    if let Some(p1) = p1 {
+        if paging::map_page(ALIAS + 4096, p1 & !0xfff, flags::DATA, alloc).is_err() {
+            let _ = paging::unmap_page(ALIAS, alloc);
+            return Err(PatchError::OutOfMemory);
+        }
+    }
+    let dst = ALIAS + (addr & 0xfff);
+    for (i, b) in bytes.iter().enumerate() {
+        // SAFETY: `dst..dst+len` lies in the one or two alias pages just
+        // mapped writable onto the target's frames; nothing else uses the
+        // alias while PATCH_LOCK is held.
+        unsafe { core::ptr::write_volatile((dst + i as u64) as *mut u8, *b) };
+    }
+    let _ = paging::unmap_page(ALIAS, alloc);
+    if p1.is_some() {
+        let _ = paging::unmap_page(ALIAS + 4096, alloc);
+    }
+    serialize();
+    Ok(())
+}
+
+/// A serialising instruction, so the CPU does not run stale prefetched
+/// bytes of the patched code.
+fn serialize() {
+    // SAFETY: cpuid only writes the four registers declared clobbered.
+    unsafe {
+        core::arch::asm!(
+            "push rbx", "xor eax, eax", "cpuid", "pop rbx",
+            out("eax") _, out("ecx") _, out("edx") _,
+            options(preserves_flags)
+        )
+    }
+}
+
+/// A fresh page mapped read+execute (and no longer writable at its
+/// identity address), filled with `int3`. Its contents are written with
+/// [`write_text`].
+pub fn alloc_exec_page() -> Option<u64> {
+    let page = crate::mm::frame::alloc_zeroed()?;
+    // Fill with int3 while it is still writable data.
+    for i in 0..4096u64 {
+        // SAFETY: the frame was just allocated for us and is identity
+        // mapped writable.
+        unsafe { core::ptr::write_volatile((page + i) as *mut u8, 0xcc) };
+    }
+    paging::map_page(page, page, flags::TEXT, crate::mm::frame::alloc_zeroed).ok()?;
+    Some(page)
+}
+
+/// Read one byte of kernel memory, fault-safe.
+pub fn read_byte(addr: u64) -> Option<u8> {
+    let mut b = [0u8; 1];
+    super::trap::copy_from_kernel_nofault(&mut b, addr).ok()?;
+    Some(b[0])
+}
+
+/// Read a word of kernel memory, fault-safe.
+pub fn read_u64(addr: u64) -> Option<u64> {
+    let mut b = [0u8; 8];
+    super::trap::copy_from_kernel_nofault(&mut b, addr).ok()?;
+    Some(u64::from_le_bytes(b))
+}
+
+/// Write a word on a kernel stack (or any writable data page). Refuses
+/// unaligned, unmapped or non-writable targets.
+pub fn write_stack_u64(addr: u64, value: u64) -> Result<(), PatchError> {
+    if addr % 8 != 0 {
+        return Err(PatchError::NotMapped(addr));
+    }
+    match paging::translate(addr) {
+        Some((_, f)) if f & flags::WRITABLE != 0 => {
+            // SAFETY: the page is mapped writable (checked just above) and
+            // the word is aligned; callers write the return-address slot of
+            // the interrupted context, which the trap frame lies below.
+            unsafe { core::ptr::write_volatile(addr as *mut u64, value) };
+            Ok(())
+        }
+        _ => Err(PatchError::NotMapped(addr)),
+    }
+}
+
+unsafe extern "C" {
+    /// The kretprobe return trampoline (probe_entry.S).
+    fn kretprobe_trampoline();
+}
+
+/// Address of the kretprobe trampoline.
+pub fn kretprobe_trampoline_addr() -> u64 {
+    kretprobe_trampoline as usize as u64
+}

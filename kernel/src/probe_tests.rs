@@ -1,0 +1,1 @@
+//! Kernel test functions for the attach-point tests (placeholder).

@@ -1,0 +1,629 @@
+//! The kprobe engine: registration checks, `int3` planting, the breakpoint
+//! and single-step trap handlers, boosting.
+//!
+//! # Life of a probe
+//! 1. [`register`] checks the address: inside kernel text, not blacklisted
+//!    ([`blacklist`]), on an instruction boundary (decoded from the start of
+//!    its function, found through `ksyms`), and an instruction the engine can
+//!    run out of line (`ktrace_kprobe::x86_64::analyze`). A refused address
+//!    gets a [`KprobeError`] naming the reason.
+//! 2. The probe is **published** in the site table, then the first byte of
+//!    the instruction is replaced by `int3` through the text-patching alias
+//!    (text stays read+execute). Several probes on one address share one
+//!    site, one patch and one slot; their handlers run in registration
+//!    order.
+//! 3. On a hit, the `int3` handler finds the site without taking any lock
+//!    that a writer could hold across probe-able code (writers swap a
+//!    prepared table under a write lock with interrupts off), sets
+//!    `regs.rip` back to the probe address, runs the pre handlers under the
+//!    per-CPU recursion guard, then executes the original instruction:
+//!    emulated (relative branches), boosted (slot copy + `jmp` back), or
+//!    single-stepped in the slot with TF set and IF clear, after which the
+//!    debug trap moves RIP back, restores the flags and runs post handlers.
+//! 4. [`unregister`] restores the original byte first, then unpublishes the
+//!    site, then waits until no CPU runs a handler or sits in a slot (the
+//!    in-flight count is zero) before the slot is freed. No task can be
+//!    preempted inside a slot: slots run with IF clear (see the crate
+//!    `ktrace_kprobe::x86_64`), so "no CPU in a handler" is enough.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use ktrace_kprobe::x86_64::{self as insn, rflags, Exec, Insn, StepFixup};
+use ktrace_kprobe::Refusal;
+
+use crate::arch::text_patch;
+use crate::arch::{trap, PtRegs};
+use crate::percpu::this_cpu;
+use crate::sync::SpinLock;
+
+/// A native kprobe handler. Runs with interrupts disabled in trap context.
+pub trait KprobeHandler: Send + Sync {
+    /// Before the probed instruction; `regs.rip` is the probe address.
+    fn pre(&self, regs: &mut PtRegs);
+    /// After the probed instruction (only called when [`has_post`]
+    /// returns true; a post handler prevents boosting).
+    ///
+    /// [`has_post`]: KprobeHandler::has_post
+    fn post(&self, _regs: &mut PtRegs) {}
+    /// Whether [`post`](KprobeHandler::post) must run.
+    fn has_post(&self) -> bool {
+        false
+    }
+    /// A short name for listings (`count`, `bpf`, ...).
+    fn kind(&self) -> &'static str {
+        "native"
+    }
+}
+
+/// A registered kprobe.
+pub struct Kprobe {
+    id: u32,
+    addr: u64,
+    handler: Arc<dyn KprobeHandler>,
+    hits: AtomicU64,
+    missed: AtomicU64,
+    boosted_hits: AtomicU64,
+}
+
+impl Kprobe {
+    /// Probe id (unique since boot, shared with kretprobes).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+    /// The probed address.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+    /// Times the pre handler ran.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+    /// Hits not handled because of recursion.
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+    /// Hits that took the boosted path.
+    pub fn boosted_hits(&self) -> u64 {
+        self.boosted_hits.load(Ordering::Relaxed)
+    }
+    /// Whether the instruction currently runs boosted.
+    pub fn boosted(&self) -> bool {
+        find_site(self.addr).is_some_and(|s| s.boost)
+    }
+    /// The handler.
+    pub fn handler(&self) -> &Arc<dyn KprobeHandler> {
+        &self.handler
+    }
+}
+
+/// Why a registration failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KprobeError {
+    /// The address was refused.
+    Refused(Refusal),
+    /// No function has this demangled path.
+    UnknownSymbol(String),
+    /// The offset is past the end of the function.
+    OffsetOutOfRange { name: String, offset: u64, size: u64 },
+    /// No probe with this id.
+    NotFound(u32),
+    /// Out of slot memory or page-table frames.
+    OutOfMemory,
+    /// Writing the breakpoint failed.
+    Patch(u64),
+}
+
+impl fmt::Display for KprobeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KprobeError::Refused(r) => write!(f, "{r}"),
+            KprobeError::UnknownSymbol(n) => write!(f, "no kernel function named {n:?}"),
+            KprobeError::OffsetOutOfRange { name, offset, size } => {
+                write!(f, "offset {offset:#x} is past the end of {name} ({size} bytes)")
+            }
+            KprobeError::NotFound(id) => write!(f, "no probe with id {id}"),
+            KprobeError::OutOfMemory => write!(f, "out of memory for probe slots"),
+            KprobeError::Patch(a) => write!(f, "cannot patch kernel text at {a:#x}"),
+        }
+    }
+}
+
+impl From<Refusal> for KprobeError {
+    fn from(r: Refusal) -> Self {
+        KprobeError::Refused(r)
+    }
+}
+
+/// One patched address: the decoded instruction, its slot, its probes.
+/// Immutable once published; changes publish a new `Site`.
+struct Site {
+    addr: u64,
+    insn: Insn,
+    orig_byte: u8,
+    slot: Option<Arc<Slot>>,
+    probes: Vec<Arc<Kprobe>>,
+    /// Boosted: boostable instruction and no probe has a post handler.
+    boost: bool,
+}
+
+/// An out-of-line slot; returned to the free list when the last site
+/// using it is dropped.
+struct Slot {
+    addr: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        FREE_SLOTS.lock().push(self.addr);
+    }
+}
+
+/// Published sites, sorted by address. Readers (trap handlers) take the
+/// read lock just long enough to clone an `Arc`; writers swap in a new
+/// vector with interrupts off, calling nothing probe-able while holding it.
+static SITES: spin::RwLock<Vec<Arc<Site>>> = spin::RwLock::new(Vec::new());
+/// Serialises registration and unregistration (task context only).
+static REGISTRY: spin::Mutex<()> = spin::Mutex::new(());
+static FREE_SLOTS: SpinLock<Vec<u64>> = SpinLock::new(Vec::new());
+/// Trap handlers running or slots being stepped, on all CPUs.
+static INFLIGHT: AtomicU32 = AtomicU32::new(0);
+static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+/// Single-step in progress on this CPU (one CPU today; IF is clear from
+/// the `int3` to the debug trap, so steps never nest).
+static STEP: SpinLock<Option<StepState>> = SpinLock::new(None);
+/// Breakpoints hit at addresses without a site (an unregister raced).
+static SPURIOUS: AtomicU64 = AtomicU64::new(0);
+static INITIALISED: AtomicBool = AtomicBool::new(false);
+
+struct StepState {
+    site: Arc<Site>,
+    slot: u64,
+    orig_flags: u64,
+    run_post: bool,
+}
+
+/// A fresh probe id (kretprobes share the sequence).
+pub(crate) fn next_id() -> u32 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Install the `int3` and debug-trap handlers.
+pub fn init() {
+    if INITIALISED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    trap::set_handler(3, on_int3);
+    trap::set_handler(1, on_debug);
+}
+
+/// The site at `addr`. A hand-written search: the trap path must not call
+/// generic library code that could itself carry a probe.
+fn find_site(addr: u64) -> Option<Arc<Site>> {
+    let sites = SITES.read();
+    let (mut lo, mut hi) = (0usize, sites.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let s = sites.get(mid)?;
+        if s.addr == addr {
+            return Some(s.clone());
+        }
+        if s.addr < addr {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    None
+}
+
+/// Replace the published table, interrupts off while the write lock is
+/// held; the old table is dropped by the caller, outside the lock.
+fn publish(new: Vec<Arc<Site>>) -> Vec<Arc<Site>> {
+    let was = crate::arch::irq_save();
+    let old = {
+        let mut w = SITES.write();
+        core::mem::replace(&mut *w, new)
+    };
+    crate::arch::irq_restore(was);
+    old
+}
+
+/// Check an address: text, symbol, blacklist, boundary, instruction.
+pub fn check_address(addr: u64) -> Result<Insn, Refusal> {
+    if !crate::mm::is_kernel_text(addr) {
+        return Err(Refusal::NotText { addr });
+    }
+    let sym = crate::ksyms::lookup(addr);
+    blacklist::check(addr, sym.as_ref().map(|(s, _)| s.name))?;
+    let Some((sym, _)) = sym else { return Err(Refusal::NoSymbol { addr }) };
+    let size = sym.size.min(1 << 20) as usize;
+    let mut code = alloc::vec![0u8; size];
+    if trap::copy_from_kernel_nofault(&mut code, sym.addr).is_err() {
+        return Err(Refusal::NotText { addr });
+    }
+    insn::check_boundary(&code, sym.addr, addr)?;
+    let off = (addr - sym.addr) as usize;
+    let end = (off + insn::MAX_INSN_LEN).min(code.len());
+    insn::analyze(&code[off..end], addr)
+}
+
+fn alloc_slot() -> Option<Arc<Slot>> {
+    if let Some(a) = FREE_SLOTS.lock().pop() {
+        return Some(Arc::new(Slot { addr: a }));
+    }
+    let page = text_patch::alloc_exec_page()?;
+    let mut free = FREE_SLOTS.lock();
+    for i in (1..4096 / insn::SLOT_SIZE as u64).rev() {
+        free.push(page + i * insn::SLOT_SIZE as u64);
+    }
+    drop(free);
+    Some(Arc::new(Slot { addr: page }))
+}
+
+/// Register `handler` at `addr`.
+pub fn register(addr: u64, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe>, KprobeError> {
+    init();
+    let _reg = REGISTRY.lock();
+    let existing = find_site(addr);
+    let probe = Arc::new(Kprobe {
+        id: next_id(),
+        addr,
+        handler,
+        hits: AtomicU64::new(0),
+        missed: AtomicU64::new(0),
+        boosted_hits: AtomicU64::new(0),
+    });
+    let site = match &existing {
+        Some(s) => {
+            let mut probes = s.probes.clone();
+            probes.push(probe.clone());
+            let boost = s.insn.boostable() && probes.iter().all(|p| !p.handler.has_post());
+            Site { addr, insn: s.insn, orig_byte: s.orig_byte, slot: s.slot.clone(), probes, boost }
+        }
+        None => {
+            let decoded = check_address(addr)?;
+            let orig_byte = text_patch::read_byte(addr).ok_or(KprobeError::Patch(addr))?;
+            let slot = if decoded.needs_slot() {
+                let slot = alloc_slot().ok_or(KprobeError::OutOfMemory)?;
+                let code = insn::build_slot(&decoded, slot.addr)?;
+                text_patch::write_text(slot.addr, &code).map_err(|_| KprobeError::Patch(slot.addr))?;
+                Some(slot)
+            } else {
+                None
+            };
+            let boost = decoded.boostable() && !probe.handler.has_post();
+            Site { addr, insn: decoded, orig_byte, slot, probes: alloc::vec![probe.clone()], boost }
+        }
+    };
+    let site = Arc::new(site);
+    let mut table: Vec<Arc<Site>> = SITES.read().clone();
+    match table.binary_search_by_key(&addr, |s| s.addr) {
+        Ok(i) => table[i] = site,
+        Err(i) => table.insert(i, site),
+    }
+    let old = publish(table);
+    drop(old);
+    if existing.is_none() {
+        // Published first: a CPU hitting the int3 finds its site.
+        if text_patch::write_text(addr, &[insn::INT3]).is_err() {
+            let mut table: Vec<Arc<Site>> = SITES.read().clone();
+            table.retain(|s| s.addr != addr);
+            drop(publish(table));
+            return Err(KprobeError::Patch(addr));
+        }
+    }
+    Ok(probe)
+}
+
+/// Register at `offset` bytes into the function with this demangled path.
+pub fn register_symbol(name: &str, offset: u64, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe>, KprobeError> {
+    let addr = resolve(name, offset)?;
+    register(addr, handler)
+}
+
+/// The address of `name + offset`.
+pub fn resolve(name: &str, offset: u64) -> Result<u64, KprobeError> {
+    let sym = crate::ksyms::find(name).ok_or_else(|| KprobeError::UnknownSymbol(String::from(name)))?;
+    if offset >= u64::from(sym.size.max(1)) {
+        return Err(KprobeError::OffsetOutOfRange { name: String::from(name), offset, size: u64::from(sym.size) });
+    }
+    Ok(sym.addr + offset)
+}
+
+/// Unregister a probe by id: restore the byte (if it was the last probe at
+/// its address), unpublish, and wait until no handler runs.
+pub fn unregister(id: u32) -> Result<(), KprobeError> {
+    let _reg = REGISTRY.lock();
+    let table: Vec<Arc<Site>> = SITES.read().clone();
+    let idx = table.iter().position(|s| s.probes.iter().any(|p| p.id == id)).ok_or(KprobeError::NotFound(id))?;
+    let site = table[idx].clone();
+    let mut table = table;
+    if site.probes.len() == 1 {
+        // Restore first: from now on no new hit can start.
+        text_patch::write_text(site.addr, &[site.orig_byte]).map_err(|_| KprobeError::Patch(site.addr))?;
+        table.remove(idx);
+    } else {
+        let probes: Vec<Arc<Kprobe>> = site.probes.iter().filter(|p| p.id != id).cloned().collect();
+        let boost = site.insn.boostable() && probes.iter().all(|p| !p.handler.has_post());
+        table[idx] = Arc::new(Site {
+            addr: site.addr,
+            insn: site.insn,
+            orig_byte: site.orig_byte,
+            slot: site.slot.clone(),
+            probes,
+            boost,
+        });
+    }
+    drop(publish(table));
+    wait_quiescent();
+    drop(site);
+    Ok(())
+}
+
+/// Wait until no CPU runs a probe handler or steps in a slot.
+pub(crate) fn wait_quiescent() {
+    while INFLIGHT.load(Ordering::Acquire) != 0 {
+        core::hint::spin_loop();
+    }
+}
+
+/// All registered kprobes, by address then registration order.
+pub fn probes() -> Vec<Arc<Kprobe>> {
+    SITES.read().iter().flat_map(|s| s.probes.iter().cloned()).collect()
+}
+
+/// A probe by id.
+pub fn get(id: u32) -> Option<Arc<Kprobe>> {
+    SITES.read().iter().flat_map(|s| s.probes.iter()).find(|p| p.id == id).cloned()
+}
+
+/// Whether `addr` runs boosted, and its instruction decision.
+pub fn site_info(addr: u64) -> Option<(bool, Insn)> {
+    find_site(addr).map(|s| (s.boost, s.insn))
+}
+
+/// Breakpoints that found no site (raced with an unregister).
+pub fn spurious_hits() -> u64 {
+    SPURIOUS.load(Ordering::Relaxed)
+}
+
+/// Recursion guard: `Some` when no probe handler runs on this CPU.
+pub(crate) struct DepthGuard;
+
+impl DepthGuard {
+    pub(crate) fn enter() -> Option<Self> {
+        let d = &this_cpu().probe_depth;
+        if d.fetch_add(1, Ordering::Acquire) != 0 {
+            d.fetch_sub(1, Ordering::Release);
+            return None;
+        }
+        Some(DepthGuard)
+    }
+}
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        this_cpu().probe_depth.fetch_sub(1, Ordering::Release);
+    }
+}
+
+fn on_int3(regs: &mut PtRegs, _vector: u8) -> bool {
+    let addr = regs.rip.wrapping_sub(1);
+    INFLIGHT.fetch_add(1, Ordering::AcqRel);
+    let Some(site) = find_site(addr) else {
+        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
+        // Not ours, unless the breakpoint was removed between the trap and
+        // the lookup: then re-run the restored instruction.
+        if text_patch::read_byte(addr).is_some_and(|b| b != insn::INT3) {
+            SPURIOUS.fetch_add(1, Ordering::Relaxed);
+            regs.rip = addr;
+            return true;
+        }
+        return false;
+    };
+    regs.rip = addr;
+    let run_post;
+    match DepthGuard::enter() {
+        Some(_g) => {
+            for p in &site.probes {
+                p.hits.fetch_add(1, Ordering::Relaxed);
+                p.handler.pre(regs);
+            }
+            run_post = site.probes.iter().any(|p| p.handler.has_post());
+        }
+        None => {
+            for p in &site.probes {
+                p.missed.fetch_add(1, Ordering::Relaxed);
+            }
+            run_post = false;
+        }
+    }
+    if regs.rip != addr {
+        // A pre handler redirected execution: skip the instruction.
+        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
+        return true;
+    }
+    execute(site, regs, run_post);
+    true
+}
+
+/// Run the probed instruction after the pre handlers.
+fn execute(site: Arc<Site>, regs: &mut PtRegs, run_post: bool) {
+    if let Some(e) = insn::emulate(&site.insn, regs.eflags, regs.rcx) {
+        if let Some(ret) = e.push {
+            let sp = regs.rsp.wrapping_sub(8);
+            if text_patch::write_stack_u64(sp, ret).is_err() {
+                // Cannot happen on a kernel stack; leave the breakpoint
+                // trap to the fatal path rather than corrupt anything.
+                crate::panic::fatal_exception(regs, 3);
+            }
+            regs.rsp = sp;
+        }
+        if let Some(rcx) = e.rcx {
+            regs.rcx = rcx;
+        }
+        regs.rip = e.rip;
+        if run_post {
+            run_posts(&site, regs);
+        }
+        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let Some(slot) = site.slot.as_ref().map(|s| s.addr) else {
+        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
+        return;
+    };
+    let interrupts_on = regs.eflags & rflags::IF != 0;
+    if site.boost && !run_post {
+        for p in &site.probes {
+            p.boosted_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        regs.rip = if interrupts_on { slot + insn::SLOT_STI_OFFSET as u64 } else { slot };
+        regs.eflags &= !rflags::IF;
+        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let orig_flags = regs.eflags;
+    regs.eflags = (regs.eflags | rflags::TF) & !rflags::IF;
+    regs.rip = slot;
+    // INFLIGHT stays raised until the debug trap.
+    *STEP.lock() = Some(StepState { site, slot, orig_flags, run_post });
+}
+
+fn run_posts(site: &Site, regs: &mut PtRegs) {
+    if let Some(_g) = DepthGuard::enter() {
+        for p in &site.probes {
+            if p.handler.has_post() {
+                p.handler.post(regs);
+            }
+        }
+    }
+}
+
+fn on_debug(regs: &mut PtRegs, _vector: u8) -> bool {
+    let Some(st) = STEP.lock().take() else { return false };
+    let Exec::Step(step) = st.site.insn.exec else { return false };
+    let Some(rip) = step.resume_rip(st.site.addr, st.site.insn.len, st.slot, regs.rip) else {
+        // A `rep` iteration ended inside the slot: keep stepping.
+        regs.eflags |= rflags::TF;
+        *STEP.lock() = Some(st);
+        return true;
+    };
+    regs.rip = rip;
+    if step.fixup == StepFixup::IndirectCall {
+        let pushed = st.slot + u64::from(st.site.insn.len);
+        if text_patch::read_u64(regs.rsp) == Some(pushed) {
+            let _ = text_patch::write_stack_u64(regs.rsp, st.site.insn.next());
+        }
+    }
+    let keep = rflags::TF | rflags::IF;
+    regs.eflags = (regs.eflags & !keep) | (st.orig_flags & keep);
+    if st.run_post {
+        run_posts(&st.site, regs);
+    }
+    drop(st);
+    INFLIGHT.fetch_sub(1, Ordering::AcqRel);
+    true
+}
+
+/// The kprobe blacklist of this kernel.
+pub mod blacklist {
+    use super::*;
+    use ktrace_kprobe::blacklist::{Prefix, Range};
+
+    /// Symbol prefixes that must never trap, with reasons.
+    pub const PREFIXES: &[Prefix] = &[
+        Prefix { prefix: "kernel::trace::kprobe::", reason: "the kprobe engine" },
+        Prefix { prefix: "kernel::trace::kretprobe::", reason: "the kretprobe engine" },
+        Prefix { prefix: "ktrace_kprobe::", reason: "the kprobe engine (instruction analysis)" },
+        Prefix { prefix: "kernel::arch::x86_64::text_patch::", reason: "text patching" },
+        Prefix { prefix: "kernel::arch::x86_64::trap::", reason: "exception dispatch" },
+        Prefix { prefix: "kernel::arch::x86_64::paging::", reason: "text patching (page tables)" },
+        Prefix { prefix: "kernel::arch::x86_64::cpu::", reason: "interrupt flag and CPU primitives used by trap handlers" },
+        Prefix { prefix: "kernel::arch::x86_64::serial::", reason: "the console used by panic" },
+        Prefix { prefix: "kernel::console::", reason: "the console used by panic" },
+        Prefix { prefix: "kernel::panic::", reason: "the panic path" },
+        Prefix { prefix: "kernel::sync::", reason: "locks taken by trap handlers" },
+        Prefix { prefix: "kernel::percpu::", reason: "per-CPU data used by the recursion guard" },
+        Prefix { prefix: "spin::", reason: "locks taken by trap handlers" },
+        Prefix { prefix: "iced_x86::", reason: "the kprobe engine (decoder)" },
+        Prefix { prefix: "rust_begin_unwind", reason: "the panic path" },
+    ];
+
+    unsafe extern "C" {
+        static __text_start: u8;
+        static __nokprobe_start: u64;
+        static __nokprobe_end: u64;
+        fn trap_entry_end();
+        fn kretprobe_trampoline();
+    }
+
+    /// Address ranges that must never trap: interrupt entry and context
+    /// switch (`.text.entry`, which the linker puts first in `.text`), and
+    /// every function named in the `.nokprobe` section.
+    pub fn ranges() -> Vec<Range> {
+        let start = core::ptr::addr_of!(__text_start) as u64;
+        // `.text.entry` ends with the kretprobe trampoline or the trap
+        // entry, whichever the linker placed last; both are in it.
+        let end = (trap_entry_end as usize as u64).max(kretprobe_trampoline as usize as u64 + 128);
+        let mut out = alloc::vec![Range {
+            start,
+            end,
+            reason: "interrupt entry, context switch and the kretprobe trampoline (.text.entry)"
+        }];
+        for addr in nokprobe_addrs() {
+            let (s, e) = match crate::ksyms::lookup(addr) {
+                Some((sym, _)) => (sym.addr, sym.addr + u64::from(sym.size.max(1))),
+                None => (addr, addr + 1),
+            };
+            out.push(Range { start: s, end: e, reason: "marked NOKPROBE (.nokprobe section)" });
+        }
+        out
+    }
+
+    fn nokprobe_addrs() -> Vec<u64> {
+        let start = core::ptr::addr_of!(__nokprobe_start);
+        let end = core::ptr::addr_of!(__nokprobe_end);
+        let n = (end as usize - start as usize) / 8;
+        (0..n)
+            .filter_map(|i| {
+                let mut b = [0u8; 8];
+                trap::copy_from_kernel_nofault(&mut b, start as u64 + 8 * i as u64).ok()?;
+                Some(u64::from_le_bytes(b))
+            })
+            .collect()
+    }
+
+    /// Check one address.
+    pub fn check(addr: u64, symbol: Option<&str>) -> Result<(), Refusal> {
+        ktrace_kprobe::blacklist::check(addr, symbol, &ranges(), PREFIXES)
+    }
+}
+
+/// Mark functions as never probe-able (Linux's `NOKPROBE_SYMBOL`): their
+/// addresses go to the `.nokprobe` section, which the blacklist reads.
+#[macro_export]
+macro_rules! nokprobe {
+    ($($f:path),* $(,)?) => {$(
+        core::arch::global_asm!(
+            ".pushsection .nokprobe, \"a\"",
+            ".balign 8",
+            ".quad {f}",
+            ".popsection",
+            f = sym $f,
+        );
+    )*};
+}
+
+/// Describe a probe for listings.
+pub fn describe(addr: u64) -> (String, u64) {
+    match crate::ksyms::lookup(addr) {
+        Some((s, off)) => (String::from(s.name), off),
+        None => (format!("{addr:#x}"), 0),
+    }
+}

@@ -1,0 +1,316 @@
+//! Static tracepoints with static keys.
+//!
+//! A tracepoint is a static [`Tracepoint`] (one per record type of
+//! `ktrace-tracepoints`, see [`super::points`]). Code emits it with
+//! [`trace_event!`](crate::trace_event):
+//!
+//! ```ignore
+//! crate::trace_event!(crate::trace::points::SCHED_WAKEUP, SchedWakeup { pid, target_cpu: 0, comm });
+//! ```
+//!
+//! Each call site is an `asm goto` block holding a 5-byte `nop`
+//! (`0f 1f 44 00 00`) and an entry `(site, target, tracepoint)` in the
+//! `.static_keys` section. While nobody is attached, the site falls
+//! through the `nop`: the record is not even built. [`attach`] of the first
+//! handler patches every site of that tracepoint into `jmp target`
+//! (through the text-patching alias); [`detach`] of the last one patches
+//! the `nop` back. Attachments are reference counted.
+//!
+//! Handlers get the record bytes (`#[repr(C)]`, no padding, layout from
+//! `TracepointEvent::FIELDS`) and a [`PtRegs`] holding the emitting
+//! function's return address, stack and frame pointer.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use ktrace_tracepoints::{TracepointDesc, TracepointEvent};
+
+use super::kprobe::DepthGuard;
+use crate::arch::{text_patch, PtRegs};
+
+/// A 5-byte `nop` (`nopl 0(%rax,%rax,1)`).
+pub const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+
+/// A tracepoint handler; runs in the emitting context with the recursion
+/// guard held. It must not sleep.
+pub trait TracepointHandler: Send + Sync {
+    /// One event.
+    fn event(&self, record: &[u8], regs: &PtRegs);
+    /// A short name for listings.
+    fn kind(&self) -> &'static str {
+        "native"
+    }
+}
+
+/// One tracepoint.
+pub struct Tracepoint {
+    /// Its format.
+    pub desc: TracepointDesc,
+    refcount: AtomicU32,
+    hits: AtomicU64,
+    missed: AtomicU64,
+    handlers: spin::RwLock<Vec<(u32, Arc<dyn TracepointHandler>)>>,
+}
+
+impl Tracepoint {
+    /// A disabled tracepoint for record type `E`.
+    pub const fn new<E: TracepointEvent>() -> Self {
+        Self {
+            desc: ktrace_tracepoints::desc::<E>(),
+            refcount: AtomicU32::new(0),
+            hits: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
+            handlers: spin::RwLock::new(Vec::new()),
+        }
+    }
+    /// Attachments holding it enabled.
+    pub fn refcount(&self) -> u32 {
+        self.refcount.load(Ordering::Relaxed)
+    }
+    /// Events delivered while enabled.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+    /// Events not delivered because of recursion.
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+    /// `category:name`.
+    pub fn full_name(&self) -> String {
+        alloc::format!("{}:{}", self.desc.category, self.desc.name)
+    }
+}
+
+/// Is this call site enabled? Expands to an `asm goto` whose `nop` is
+/// patched into a `jmp` to the `true` path. Use [`trace_event!`](crate::trace_event).
+#[macro_export]
+macro_rules! static_branch {
+    ($tp:path) => {{
+        let mut enabled = false;
+        #[allow(unsafe_code)]
+        // SAFETY: the block is a 5-byte nop plus a table entry in
+        // `.static_keys` naming the nop, the label and the tracepoint; it
+        // touches no register or memory. The tracepoint code patches the nop
+        // into a jump to the label, which the compiler knows may be taken.
+        unsafe {
+            core::arch::asm!(
+                "2: .byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
+                ".pushsection .static_keys, \"a\"",
+                ".balign 8",
+                ".quad 2b, {target}, {key}",
+                ".popsection",
+                key = sym $tp,
+                target = label { enabled = true; },
+                options(nostack, preserves_flags),
+            );
+        }
+        enabled
+    }};
+}
+
+/// Emit a tracepoint: `trace_event!(points::X, Record { .. })`. The record
+/// is built only when the tracepoint is enabled.
+#[macro_export]
+macro_rules! trace_event {
+    ($tp:path, $record:expr) => {{
+        if $crate::static_branch!($tp) {
+            $crate::trace::tracepoint::emit(&$tp, &$record);
+        }
+    }};
+}
+
+/// Deliver one event to the handlers (the slow path of an enabled site).
+#[inline(never)]
+pub fn emit<E: TracepointEvent>(tp: &Tracepoint, record: &E) {
+    // SAFETY: `E` is a `#[repr(C)]` record of integers and byte arrays
+    // declared by `ktrace_tracepoints::tracepoints!`, whose tests check it
+    // has no padding, so all `size_of::<E>()` bytes are initialised.
+    #[allow(unsafe_code)]
+    let bytes = unsafe { core::slice::from_raw_parts(record as *const E as *const u8, core::mem::size_of::<E>()) };
+    emit_bytes(tp, bytes, crate::arch::cpu::frame_pointer());
+}
+
+#[inline(never)]
+fn emit_bytes(tp: &Tracepoint, bytes: &[u8], caller_fp: u64) {
+    let was = crate::arch::irq_save();
+    let Some(_g) = DepthGuard::enter() else {
+        tp.missed.fetch_add(1, Ordering::Relaxed);
+        crate::arch::irq_restore(was);
+        return;
+    };
+    // The emitting function's return address and frame: `emit`'s frame
+    // pointer points at [saved rbp, return address].
+    let regs = PtRegs {
+        rbp: text_patch::read_u64(caller_fp).unwrap_or(0),
+        rip: text_patch::read_u64(caller_fp + 8).unwrap_or(0),
+        rsp: caller_fp + 16,
+        cs: 0x08,
+        ss: 0x10,
+        eflags: if was { 0x202 } else { 0x2 },
+        ..PtRegs::default()
+    };
+    // The per-tracepoint read lock is held while handlers run (no copy,
+    // no allocation); writers only swap the vector under it.
+    let handlers = tp.handlers.read();
+    tp.hits.fetch_add(1, Ordering::Relaxed);
+    for (_, h) in handlers.iter() {
+        h.event(bytes, &regs);
+    }
+    drop(handlers);
+    drop(_g);
+    crate::arch::irq_restore(was);
+}
+
+/// One `.static_keys` entry.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KeyEntry {
+    site: u64,
+    target: u64,
+    key: u64,
+}
+
+unsafe extern "C" {
+    static __static_keys_start: KeyEntry;
+    static __static_keys_end: KeyEntry;
+}
+
+fn entries() -> Vec<KeyEntry> {
+    let start = core::ptr::addr_of!(__static_keys_start) as u64;
+    let end = core::ptr::addr_of!(__static_keys_end) as u64;
+    let n = (end - start) / core::mem::size_of::<KeyEntry>() as u64;
+    (0..n)
+        .filter_map(|i| {
+            let a = start + i * 24;
+            Some(KeyEntry {
+                site: text_patch::read_u64(a)?,
+                target: text_patch::read_u64(a + 8)?,
+                key: text_patch::read_u64(a + 16)?,
+            })
+        })
+        .collect()
+}
+
+/// Call sites of `tp`: (site address, jump target).
+pub fn sites(tp: &'static Tracepoint) -> Vec<(u64, u64)> {
+    let key = tp as *const Tracepoint as u64;
+    entries().into_iter().filter(|e| e.key == key).map(|e| (e.site, e.target)).collect()
+}
+
+/// Current bytes at a call site.
+pub fn site_bytes(site: u64) -> [u8; 5] {
+    let mut b = [0u8; 5];
+    let _ = crate::arch::trap::copy_from_kernel_nofault(&mut b, site);
+    b
+}
+
+fn patch_sites(tp: &'static Tracepoint, enable: bool) -> usize {
+    let mut n = 0;
+    for (site, target) in sites(tp) {
+        let bytes = if enable {
+            let rel = target.wrapping_sub(site + 5) as i64;
+            let Ok(rel) = i32::try_from(rel) else { continue };
+            let r = rel.to_le_bytes();
+            [0xe9, r[0], r[1], r[2], r[3]]
+        } else {
+            NOP5
+        };
+        if text_patch::write_text(site, &bytes).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+static NEXT_ATTACH: AtomicU32 = AtomicU32::new(1);
+static ATTACH_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+/// Why an attach failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TracepointError {
+    /// No tracepoint with this name.
+    Unknown(String),
+    /// No attachment with this id.
+    NotAttached(u32),
+}
+
+impl core::fmt::Display for TracepointError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            TracepointError::Unknown(n) => write!(f, "no tracepoint named {n:?} (expected category:name, e.g. sched:sched_switch)"),
+            TracepointError::NotAttached(id) => write!(f, "no tracepoint attachment with id {id}"),
+        }
+    }
+}
+
+/// The tracepoint named `category:name` (or `category/name`).
+pub fn find(name: &str) -> Option<&'static Tracepoint> {
+    let (cat, n) = name.split_once(':').or_else(|| name.split_once('/'))?;
+    super::points::ALL.iter().copied().find(|t| t.desc.category == cat && t.desc.name == n)
+}
+
+/// Attach a handler; enables the tracepoint on the first attachment.
+/// Returns the attachment id.
+pub fn attach(name: &str, handler: Arc<dyn TracepointHandler>) -> Result<u32, TracepointError> {
+    let tp = find(name).ok_or_else(|| TracepointError::Unknown(String::from(name)))?;
+    Ok(attach_to(tp, handler))
+}
+
+/// Attach a handler to a tracepoint.
+pub fn attach_to(tp: &'static Tracepoint, handler: Arc<dyn TracepointHandler>) -> u32 {
+    let _l = ATTACH_LOCK.lock();
+    let id = NEXT_ATTACH.fetch_add(1, Ordering::Relaxed);
+    let mut next = tp.handlers.read().clone();
+    next.push((id, handler));
+    swap_handlers(tp, next);
+    if tp.refcount.fetch_add(1, Ordering::AcqRel) == 0 {
+        patch_sites(tp, true);
+    }
+    id
+}
+
+fn swap_handlers(tp: &Tracepoint, next: Vec<(u32, Arc<dyn TracepointHandler>)>) {
+    let was = crate::arch::irq_save();
+    let old = core::mem::replace(&mut *tp.handlers.write(), next);
+    crate::arch::irq_restore(was);
+    drop(old);
+}
+
+/// Detach by attachment id; disables the tracepoint with the last one.
+pub fn detach(id: u32) -> Result<(), TracepointError> {
+    let _l = ATTACH_LOCK.lock();
+    for tp in super::points::ALL.iter().copied() {
+        let cur = tp.handlers.read().clone();
+        if cur.iter().any(|(i, _)| *i == id) {
+            if tp.refcount.fetch_sub(1, Ordering::AcqRel) == 1 {
+                patch_sites(tp, false);
+            }
+            swap_handlers(tp, cur.into_iter().filter(|(i, _)| *i != id).collect());
+            super::kprobe::wait_quiescent();
+            return Ok(());
+        }
+    }
+    Err(TracepointError::NotAttached(id))
+}
+
+/// Attachments of a tracepoint: (id, handler kind).
+pub fn attachments(tp: &Tracepoint) -> Vec<(u32, Arc<dyn TracepointHandler>)> {
+    tp.handlers.read().clone()
+}
+
+/// Check that every site is a `nop` (all are patched at boot to be sure
+/// the table and the text agree).
+pub fn init() {
+    let mut bad = 0;
+    for e in entries() {
+        if site_bytes(e.site) != NOP5 {
+            bad += 1;
+        }
+    }
+    if bad > 0 {
+        log::warn!("{bad} tracepoint sites are not a 5-byte nop");
+    }
+    log::info!("tracepoints: {} defined, {} call sites", super::points::ALL.len(), entries().len());
+}
