@@ -949,7 +949,7 @@ pub fn encode(insns: &[Insn]) -> Vec<u8> {
 /// index and what is wrong with it.
 pub fn decode(bytes: &[u8]) -> Result<Program, DecodeError> {
     let n = bytes.len() / 8;
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(DecodeError {
             index: n,
             kind: DecodeErrorKind::TrailingBytes(bytes.len() % 8),
