@@ -109,14 +109,21 @@ pub fn assemble(src: &str) -> Result<Program, AsmError> {
         exits: &exits,
     };
     let mut insns = Vec::with_capacity(slot);
+    // Source line of each slot, to place errors found on the whole program.
+    let mut line_of = Vec::with_capacity(slot);
     for l in &lines {
         let insn = ctx.line(l).map_err(|m| err(l.no, m))?;
         insns.push(insn);
+        line_of.push(l.no);
         if let Insn::LdImm64 { .. } = insn {
             insns.push(Insn::LdImm64Tail);
+            line_of.push(l.no);
         }
     }
-    Program::from_insns(insns).map_err(|e| err(0, e.to_string()))
+    Program::from_insns(insns).map_err(|e| {
+        let line = line_of.get(e.index).copied().unwrap_or(0);
+        err(line, e.kind.to_string())
+    })
 }
 
 /// Splits operands at commas outside parentheses (`map_value(3, 8)` is one operand).

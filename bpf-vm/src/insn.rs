@@ -817,6 +817,9 @@ pub enum DecodeErrorKind {
     BadLdImm64Tail,
     /// Legacy packet access (`LD | ABS/IND`) is not supported.
     LegacyPacketAccess,
+    /// A constructed instruction has a field its encoding cannot hold
+    /// (e.g. a 16-bit jump offset out of range); see [`Program::from_insns`].
+    Unencodable,
 }
 
 /// A decoding failure at a given slot index.
@@ -852,6 +855,9 @@ impl fmt::Display for DecodeErrorKind {
             DecodeErrorKind::LegacyPacketAccess => {
                 write!(f, "legacy packet access (ld abs/ind) is not supported")
             }
+            DecodeErrorKind::Unencodable => {
+                write!(f, "instruction has a field its encoding cannot hold")
+            }
         }
     }
 }
@@ -873,12 +879,28 @@ pub struct Program {
 }
 
 impl Program {
-    /// Builds a program from slots, checking that every `LdImm64` is followed
-    /// by exactly one `LdImm64Tail` and that tails appear nowhere else.
+    /// Builds a program from slots, checking that every instruction is one
+    /// [`decode`] could have produced (registers in range, `r10` never
+    /// written, valid widths and sizes, fields that fit their encoding),
+    /// that every `LdImm64` is followed by exactly one `LdImm64Tail` and
+    /// that tails appear nowhere else.
     pub fn from_insns(insns: Vec<Insn>) -> Result<Program, DecodeError> {
         let mut i = 0;
         while i < insns.len() {
-            match insns[i] {
+            let insn = insns[i];
+            if insn != Insn::LdImm64Tail {
+                // Encoding then decoding must give the instruction back.
+                let (raw, n) = insn.to_raw();
+                let back = decode_one(raw[0], (n == 2).then_some(raw[1]))
+                    .map_err(|kind| DecodeError { index: i, kind })?;
+                if back != insn {
+                    return Err(DecodeError {
+                        index: i,
+                        kind: DecodeErrorKind::Unencodable,
+                    });
+                }
+            }
+            match insn {
                 Insn::LdImm64 { .. } => {
                     if insns.get(i + 1) != Some(&Insn::LdImm64Tail) {
                         return Err(DecodeError {
@@ -1398,6 +1420,49 @@ mod tests {
             e.to_string(),
             "instruction 0: length is not a multiple of 8 (5 trailing bytes)"
         );
+    }
+
+    #[test]
+    fn from_insns_validates_like_decode() {
+        let bad = |i: Insn| Program::from_insns(alloc::vec![i, Insn::Exit]).unwrap_err();
+        let e = bad(Insn::Neg {
+            width: Width::W64,
+            dst: 10,
+        });
+        assert_eq!(
+            e.to_string(),
+            "instruction 0: frame pointer r10 is read-only"
+        );
+        let e = bad(Insn::Load {
+            size: Size::W,
+            dst: 1,
+            src: 12,
+            off: 0,
+        });
+        assert_eq!(e.to_string(), "instruction 0: invalid register r12");
+        let e = bad(Insn::Ja {
+            off: 40_000,
+            long: false,
+        });
+        assert_eq!(
+            e.to_string(),
+            "instruction 0: instruction has a field its encoding cannot hold"
+        );
+        let e = bad(Insn::LoadSx {
+            size: Size::DW,
+            dst: 1,
+            src: 2,
+            off: 0,
+        });
+        assert_eq!(e.to_string(), "instruction 0: unknown opcode 0x99");
+        assert!(Program::from_insns(alloc::vec![
+            Insn::Ja {
+                off: 40_000,
+                long: true
+            },
+            Insn::Exit
+        ])
+        .is_ok());
     }
 
     #[test]
