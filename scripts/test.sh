@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole check: tools, kernel build, every test (including the QEMU
-# end-to-end tests), clippy. Run from anywhere: `bash scripts/test.sh`.
+# The whole check: tools, formatting, kernel build, every test (including
+# the QEMU end-to-end tests), clippy with warnings as errors. Run from anywhere: `bash scripts/test.sh`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -9,6 +9,9 @@ elapsed() { echo "    ($((SECONDS - $1)) s)"; }
 
 step "setup"
 bash scripts/setup.sh
+
+step "cargo fmt --all --check"
+cargo fmt --all --check
 
 step "build the kernel (profile kernel)"
 t=$SECONDS
