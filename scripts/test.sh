@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole check: tools, formatting, kernel build, every test (including
-# the QEMU end-to-end tests), clippy with warnings as errors. Run from anywhere: `bash scripts/test.sh`.
+# the QEMU end-to-end tests), clippy with warnings as errors.
+# Run from anywhere: `bash scripts/test.sh`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
