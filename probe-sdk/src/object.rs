@@ -381,11 +381,14 @@ fn legacy_maps(
             message,
         };
         let start = offset as usize;
-        let def = data.get(start..start + size as usize).ok_or_else(|| {
-            bad(format!(
-                "definition at {offset}+{size} is outside the section"
-            ))
-        })?;
+        let def = start
+            .checked_add(size as usize)
+            .and_then(|end| data.get(start..end))
+            .ok_or_else(|| {
+                bad(format!(
+                    "definition at {offset}+{size} is outside the section"
+                ))
+            })?;
         if def.len() < 20 {
             return Err(bad(format!(
                 "definition is {} bytes; struct bpf_map_def needs 20",
@@ -513,14 +516,17 @@ fn functions(file: &object::File<'_>, code: &BTreeMap<usize, CodeSection>) -> Ve
                 s.section_index() == Some(SectionIndex(index)) && s.kind() == SymbolKind::Text
             })
             .map(|s| {
-                let start = s.address() as usize / INSN;
+                let start = (s.address() / INSN as u64).min(n as u64) as usize;
                 let end = if s.size() > 0 {
-                    start + s.size() as usize / INSN
+                    start.saturating_add((s.size() / INSN as u64).min(n as u64) as usize)
                 } else {
                     n
                 };
                 (start, end.min(n), s.name().unwrap_or("").to_string())
             })
+            // A symbol outside the section's code (damaged or hand-made
+            // object) names no function.
+            .filter(|(start, end, _)| start < end)
             .collect();
         syms.sort();
         syms.dedup_by_key(|s| s.0);
@@ -607,6 +613,12 @@ impl Linker<'_> {
                     }
                     i += 2;
                     continue;
+                }
+                if reloc.is_some() && opcode != CALL {
+                    return Err(err(format!(
+                        "relocation against `{}` on an instruction that is neither ld_imm64 nor call (opcode {opcode:#04x})",
+                        reloc.map(|r| r.symbol_name.as_str()).unwrap_or("")
+                    )));
                 }
                 if opcode == CALL && (src == PSEUDO_CALL || reloc.is_some()) {
                     let imm = i32::from_le_bytes(out[o + 4..o + 8].try_into().unwrap_or([0; 4]));

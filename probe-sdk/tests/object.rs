@@ -618,3 +618,33 @@ fn kprobe_targets_resolve_against_a_kernel_elf() {
         "{err}"
     );
 }
+
+#[test]
+fn damaged_objects_give_errors_not_panics() {
+    let (out, _) = built_object(&example("func-latency"));
+    let good = std::fs::read(&out.object).unwrap();
+    let mut errors = 0;
+    let mut parsed = 0;
+    let mut check = |bytes: &[u8], what: &str| match std::panic::catch_unwind(|| {
+        parse(bytes).map(|o| o.programs.len())
+    }) {
+        Ok(Ok(_)) => parsed += 1,
+        Ok(Err(_)) => errors += 1,
+        Err(_) => panic!("parse panicked on the object with {what}"),
+    };
+    // Truncations, and bytes overwritten with 0xff (every other byte) or
+    // 0x00 (every sixth): a deterministic sweep over headers, section
+    // table, symbols, relocations, code and DWARF.
+    for len in (0..good.len()).step_by(7) {
+        check(&good[..len], &format!("length {len}"));
+    }
+    for (first, step, v) in [(0usize, 2usize, 0xffu8), (1, 6, 0x00)] {
+        for i in (first..good.len()).step_by(step) {
+            let mut bad = good.clone();
+            bad[i] = v;
+            check(&bad, &format!("byte {i} = {v:#x}"));
+        }
+    }
+    eprintln!("damaged objects: {parsed} still parse, {errors} refused");
+    assert!(errors > 0 && parsed > 0);
+}
