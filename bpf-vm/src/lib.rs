@@ -8,6 +8,17 @@
 //!   syntax for output).
 //! - [`interp`]: the interpreter, in checked mode (any program, every access
 //!   checked) and fast mode (verified programs only).
+//!
+//! ```
+//! use bpf_vm::asm::assemble;
+//! use bpf_vm::interp::{run_checked, Executable, HelperTable};
+//!
+//! let program = assemble("ldxb %r0, [%r1+2]\nexit").unwrap();
+//! let exe = Executable::new(&program).unwrap();
+//! let mut helpers = HelperTable::new(());
+//! let r0 = run_checked(&exe, &mut [1, 2, 3], &mut helpers, &[], 1_000).unwrap();
+//! assert_eq!(r0, 3);
+//! ```
 #![no_std]
 extern crate alloc;
 

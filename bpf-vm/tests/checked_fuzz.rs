@@ -104,7 +104,7 @@ fn codes() -> &'static [u8] {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 4000,
+        cases: 2000,
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
