@@ -43,6 +43,20 @@ fn segment_distance(query: &[&str], key: &[&str]) -> usize {
     dp[n][m]
 }
 
+/// How far the last segment the user wrote is from a function's: its edit
+/// distance, or 1 when it is a prefix (`schedul` for `schedule_with`).
+/// `None` when too far to suggest.
+fn last_segment_cost(query: &str, name: &str, limit: usize) -> Option<usize> {
+    if query.len() >= 3 && name.starts_with(query) && name != query {
+        return Some(1);
+    }
+    if name.chars().count().abs_diff(query.chars().count()) > limit {
+        return None;
+    }
+    let d = levenshtein(query, name);
+    (d <= limit).then_some(d)
+}
+
 fn names(segs: &[Segment]) -> Vec<&str> {
     segs.iter().map(|s| s.name.as_str()).collect()
 }
@@ -63,14 +77,15 @@ pub fn suggest(index: &SymbolIndex, query: &ParsedPath, limit: usize) -> Vec<Str
     // Filter on the last segment first: few distinct names pass, and only
     // their functions get the full segment-by-segment comparison.
     for (last, ids) in &index.by_last {
-        let len_gap = last.chars().count().abs_diff(qlast.name.chars().count());
-        if len_gap > last_limit || levenshtein(&qlast.name, last) > last_limit {
+        let Some(last_cost) = last_segment_cost(&qlast.name, last, last_limit) else {
             continue;
-        }
+        };
         for &id in ids {
             let f = &index.functions[id as usize];
             for key in f.parsed.keys() {
-                let cost = segment_distance(&qnames, &names(key));
+                let names = names(key);
+                let cost = segment_distance(&qnames[..qnames.len() - 1], &names[..names.len() - 1])
+                    + last_cost;
                 if cost <= total_limit {
                     scored.push((cost, render(key)));
                 }

@@ -9,6 +9,8 @@
 //! ktrace symbols --addr 0xffffffff80012345
 //! ```
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -66,8 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match index.resolve(query, opts) {
         Ok(res) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&res)?);
-                return Ok(());
+                return emit(&serde_json::to_string_pretty(&res)?);
             }
             let rows: Vec<[String; 4]> = res
                 .points
@@ -93,18 +94,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print_table(&rows);
+            let mut out = table(&rows);
             if let Some(note) = &res.note {
-                println!("note: {note}");
+                let _ = writeln!(out, "note: {note}");
             }
             for (c, why) in &res.skipped {
-                println!("skipped {} at {:#x}: {why}", c.name, c.addr);
+                let _ = writeln!(out, "skipped {} at {:#x}: {why}", c.name, c.addr);
             }
-            Ok(())
+            emit(out.trim_end())
         }
         Err(e) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&error_json(&e))?);
+                emit(&serde_json::to_string_pretty(&error_json(&e))?)?;
             }
             Err(e.into())
         }
@@ -122,10 +123,9 @@ fn reverse(index: &SymbolIndex, text: &str, json_out: bool) -> anyhow::Result<()
         bail!("{addr:#x} is not inside any function of the kernel");
     };
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
+        return emit(&serde_json::to_string_pretty(&s)?);
     }
-    println!(
+    let mut out = format!(
         "{addr:#x} = {}+{:#x} ({} bytes at {:#x})",
         s.function.name, s.offset, s.function.size, s.function.addr
     );
@@ -135,9 +135,18 @@ fn reverse(index: &SymbolIndex, text: &str, json_out: bool) -> anyhow::Result<()
             .as_ref()
             .map_or_else(|| "?".into(), |l| l.to_string());
         let inl = if f.inlined { " [inlined]" } else { "" };
-        println!("  {}{inl} at {at}", f.function);
+        let _ = write!(out, "\n  {}{inl} at {at}", f.function);
     }
-    Ok(())
+    emit(&out)
+}
+
+/// Print `text` and a newline; a closed pipe (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 /// The structured form of an error for `--json`.
@@ -179,13 +188,15 @@ fn error_json(e: &SymbolError) -> serde_json::Value {
     v
 }
 
-fn print_table(rows: &[[String; 4]]) {
+/// Rows aligned in columns, one per line.
+fn table(rows: &[[String; 4]]) -> String {
     let mut width = [0usize; 4];
     for row in rows {
         for (w, cell) in width.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
     }
+    let mut out = String::new();
     for row in rows {
         let line = format!(
             "{:w0$}  {:>w1$}  {:>w2$}  {}",
@@ -197,8 +208,10 @@ fn print_table(rows: &[[String; 4]]) {
             w1 = width[1],
             w2 = width[2]
         );
-        println!("{}", line.trim_end());
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
+    out
 }
 
 /// The kernel ELF to index: `--kernel`, else `$KTRACE_KERNEL`, else the
@@ -240,4 +253,42 @@ pub fn workspace_root(start: &Path) -> Option<PathBuf> {
             .any(|l| l.trim() == "[workspace]")
             .then(|| dir.to_path_buf())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_workspace_root_upward() {
+        let dir = std::env::temp_dir().join(format!("ktrace-symbols-cli-{}", std::process::id()));
+        let nested = dir.join("a/b");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::write(dir.join("Cargo.toml"), "[workspace]\nmembers = []\n").unwrap();
+        std::fs::write(dir.join("a/Cargo.toml"), "[package]\nname = \"a\"\n").unwrap();
+        assert_eq!(workspace_root(&nested), Some(dir.clone()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = [
+            [
+                "a::f".to_string(),
+                "0x10".into(),
+                "4 bytes".into(),
+                "x.rs:1".into(),
+            ],
+            [
+                "a::long".to_string(),
+                "0x1000".into(),
+                "40 bytes".into(),
+                String::new(),
+            ],
+        ];
+        assert_eq!(
+            table(&rows),
+            "a::f       0x10   4 bytes  x.rs:1\na::long  0x1000  40 bytes\n"
+        );
+    }
 }
