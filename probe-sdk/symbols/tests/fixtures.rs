@@ -630,3 +630,54 @@ fn source_file_errors() {
     };
     assert!(before.unwrap() < line && after.unwrap() > line);
 }
+
+#[test]
+fn a_line_owned_by_one_function_and_inlined_elsewhere_picks_the_owner() {
+    for (label, index) in both() {
+        let line = fixture_line("let y = x ^ (x >> 29);");
+        let q = format!("sample.rs:{line}");
+        let res = index.resolve(&q, ResolveOptions::default()).unwrap();
+        assert_eq!(res.points.len(), 1, "{label}");
+        let p = &res.points[0];
+        assert_eq!(p.function.as_deref(), Some("fixture::mixed_helper"));
+        assert_eq!(p.inlined_from, None);
+        assert_eq!(res.others.len(), 1, "{label}");
+        let other = &res.others[0];
+        assert_eq!(other.function.as_deref(), Some("fixture::apply"));
+        assert_eq!(other.inlined_from.as_deref(), Some("mixed_helper"));
+        assert_eq!(
+            res.note.as_deref(),
+            Some(
+                format!(
+                    "picked fixture::mixed_helper+{:#x}, the lowest address of the function that owns the line; \
+                     1 inlined copy elsewhere (pass --all to probe them too): fixture::apply (inlined `mixed_helper`)",
+                    p.offset
+                )
+                .as_str()
+            )
+        );
+        let all = index
+            .resolve(
+                &q,
+                ResolveOptions {
+                    all: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let got: Vec<_> = all
+            .points
+            .iter()
+            .map(|p| (p.function.as_deref().unwrap(), p.inlined_from.is_some()))
+            .collect();
+        assert_eq!(
+            got,
+            [("fixture::mixed_helper", false), ("fixture::apply", true)]
+        );
+        // The name finds the out-of-line copy: it is not "inlined away".
+        assert_eq!(
+            one(index, "mixed_helper"),
+            addr_of(index, "fixture::mixed_helper")
+        );
+    }
+}
