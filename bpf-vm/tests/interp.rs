@@ -282,7 +282,7 @@ fn regions_can_be_read_only() {
 }
 
 struct Maps {
-    value: Box<[u8; 8]>,
+    value: Box<u64>,
     lookups: u32,
 }
 
@@ -292,7 +292,7 @@ fn lookup(env: &mut Maps, mem: &mut HelperMem<'_>, args: [u64; 5]) -> Result<u64
     if key != [1, 0, 0, 0] {
         return Ok(0);
     }
-    let p = env.value.as_mut_ptr() as u64;
+    let p = &mut *env.value as *mut u64 as u64;
     // SAFETY: the value is boxed in the helper table's state, which outlives
     // the run and is not otherwise touched while the program runs.
     unsafe { mem.allow(p, 8, true) };
@@ -315,14 +315,14 @@ fn helpers_reach_memory_and_return_regions() {
         exit
     ";
     let mut helpers = HelperTable::new(Maps {
-        value: Box::new([0; 8]),
+        value: Box::new(0),
         lookups: 0,
     });
     helpers.register(1, lookup);
     let e = exe(src);
     assert_eq!(run_checked(&e, &mut [], &mut helpers, &[], 100), Ok(9));
     assert_eq!(helpers.env.lookups, 1);
-    assert_eq!(u64::from_le_bytes(*helpers.env.value), 9);
+    assert_eq!(*helpers.env.value, 9);
     // A key pointer into uninitialised stack is refused.
     let e = exe("mov %r2, %r10\nadd %r2, -4\ncall 1\nexit");
     let err = run_checked(&e, &mut [], &mut helpers, &[], 100).unwrap_err();
@@ -357,6 +357,20 @@ fn atomics_on_the_stack() {
         exit
     ";
     assert_eq!(run_both(src, &[]), 15 + 10 + 99);
+}
+
+#[test]
+fn atomics_must_be_aligned() {
+    let src = "stdw [%r10-16], 0\nstdw [%r10-8], 0\nlock add [%r10-12], %r1\nexit";
+    let err = run(src).unwrap_err();
+    assert_eq!(err.pc, 2);
+    assert!(
+        matches!(err.kind, RunErrorKind::MisalignedAtomic { len: 8, .. }),
+        "{err}"
+    );
+    // 4-byte atomics need 4-byte alignment only.
+    let src = "stdw [%r10-16], 0\nstdw [%r10-8], 0\nmov %r1, 3\nlock add32 [%r10-12], %r1\nldxw %r0, [%r10-12]\nexit";
+    assert_eq!(run_both(src, &[]), 3);
 }
 
 #[test]

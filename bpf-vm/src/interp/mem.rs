@@ -77,7 +77,8 @@ pub(crate) struct Region {
 /// Guest memory state for one run.
 pub(crate) struct Memory {
     /// Stack of all frames: frame `i` is `[base + i*512, base + (i+1)*512)`.
-    pub stack: Vec<u8>,
+    /// Held as `u64`s so that it is 8-byte aligned (atomics need it).
+    pub stack: Vec<u64>,
     /// Per stack byte: written since its frame was entered (checked mode only).
     pub init: Vec<bool>,
     /// Number of live frames (bytes above `depth * 512` are dead).
@@ -92,7 +93,7 @@ pub(crate) struct Memory {
 
 impl Memory {
     pub fn new() -> Memory {
-        let mut stack = vec![0; STACK_SIZE * MAX_CALL_FRAMES];
+        let mut stack = vec![0u64; STACK_SIZE * MAX_CALL_FRAMES / 8];
         let base = stack.as_mut_ptr() as u64;
         Memory {
             base,

@@ -172,6 +172,13 @@ pub enum RunErrorKind {
         /// Why.
         err: HelperError,
     },
+    /// An atomic operation on an address not aligned to its size.
+    MisalignedAtomic {
+        /// Address accessed.
+        addr: u64,
+        /// Access size.
+        len: u64,
+    },
     /// A bpf-to-bpf call would exceed [`MAX_CALL_FRAMES`].
     CallDepth,
     /// Execution ran past the last instruction.
@@ -206,6 +213,9 @@ impl fmt::Display for RunError {
                 write!(f, "instruction budget of {budget} exhausted")
             }
             RunErrorKind::Helper { id, err } => write!(f, "helper {id}: {err}"),
+            RunErrorKind::MisalignedAtomic { addr, len } => {
+                write!(f, "misaligned atomic access of {len} bytes at {addr:#x}")
+            }
             RunErrorKind::CallDepth => {
                 write!(f, "call depth exceeds {MAX_CALL_FRAMES} frames")
             }
@@ -581,32 +591,18 @@ impl Vm {
                     // Read-modify-write: must be both readable (initialised) and writable.
                     access!(a, n, false);
                     access!(a, n, true);
-                    // SAFETY: as for `ldx` and `st`. The VM is single-threaded per
-                    // run; cross-CPU atomicity of map values is the embedder's
-                    // concern (the kernel runs programs with preemption off).
-                    let old = unsafe { load(size, a) };
+                    // Checked in both modes (atomics are rare): the host
+                    // atomic instructions below need natural alignment.
+                    if a % n != 0 {
+                        fault!(RunErrorKind::MisalignedAtomic { addr: a, len: n });
+                    }
                     let src = r!(s);
-                    let new = match aop {
-                        AtomicOp::Add => old.wrapping_add(src),
-                        AtomicOp::Or => old | src,
-                        AtomicOp::And => old & src,
-                        AtomicOp::Xor => old ^ src,
-                        AtomicOp::Xchg => src,
-                        AtomicOp::CmpXchg => {
-                            let expected = if size == Size::W {
-                                reg[0] as u32 as u64
-                            } else {
-                                reg[0]
-                            };
-                            if old == expected {
-                                src
-                            } else {
-                                old
-                            }
-                        }
-                    };
-                    // SAFETY: as above.
-                    unsafe { store(size, a, new) };
+                    // SAFETY: `a..a+n` is valid and writable (checked above in
+                    // checked mode, the verifier contract otherwise) and
+                    // aligned to `n`; other CPUs touching the same map value
+                    // do so through atomics as well, or race benignly on
+                    // plain BPF stores exactly as under Linux.
+                    let old = unsafe { atomic_rmw(size, a, aop, src, reg[0]) };
                     if aop == AtomicOp::CmpXchg {
                         reg[0] = old;
                     } else if fetch {
@@ -618,6 +614,46 @@ impl Vm {
                 Op::Tail | Op::FellOff => fault!(RunErrorKind::FellOffEnd),
             }
             pc += 1;
+        }
+    }
+}
+
+/// Performs an atomic read-modify-write of the `size`-byte word at `a` and
+/// returns its old value (zero-extended). `expected` is `r0`, compared by
+/// `CmpXchg` (its low half for 32-bit words).
+///
+/// # Safety
+/// `a..a+size` must be valid for reads and writes for the duration of the
+/// call and aligned to `size`; `size` is W or DW.
+#[inline(never)]
+unsafe fn atomic_rmw(size: Size, a: u64, op: AtomicOp, src: u64, expected: u64) -> u64 {
+    use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+    if size == Size::W {
+        // SAFETY: forwarded from the caller (valid, 4-byte aligned).
+        let w = unsafe { AtomicU32::from_ptr(a as *mut u32) };
+        let v = src as u32;
+        (match op {
+            AtomicOp::Add => w.fetch_add(v, SeqCst),
+            AtomicOp::Or => w.fetch_or(v, SeqCst),
+            AtomicOp::And => w.fetch_and(v, SeqCst),
+            AtomicOp::Xor => w.fetch_xor(v, SeqCst),
+            AtomicOp::Xchg => w.swap(v, SeqCst),
+            AtomicOp::CmpXchg => match w.compare_exchange(expected as u32, v, SeqCst, SeqCst) {
+                Ok(old) | Err(old) => old,
+            },
+        }) as u64
+    } else {
+        // SAFETY: forwarded from the caller (valid, 8-byte aligned).
+        let w = unsafe { AtomicU64::from_ptr(a as *mut u64) };
+        match op {
+            AtomicOp::Add => w.fetch_add(src, SeqCst),
+            AtomicOp::Or => w.fetch_or(src, SeqCst),
+            AtomicOp::And => w.fetch_and(src, SeqCst),
+            AtomicOp::Xor => w.fetch_xor(src, SeqCst),
+            AtomicOp::Xchg => w.swap(src, SeqCst),
+            AtomicOp::CmpXchg => match w.compare_exchange(expected, src, SeqCst, SeqCst) {
+                Ok(old) | Err(old) => old,
+            },
         }
     }
 }
