@@ -11,20 +11,39 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::Instant;
 
 fn alu(op: AluOp, dst: u8, src: Operand) -> Insn {
-    Insn::Alu { width: Width::W64, op, dst, src }
+    Insn::Alu {
+        width: Width::W64,
+        op,
+        dst,
+        src,
+    }
 }
 
 /// Builds a program of about `target` slots.
 pub fn big_program(target: usize) -> Vec<Insn> {
     let mut p = vec![
         alu(AluOp::Mov, 6, Operand::Reg(1)),
-        Insn::StoreImm { size: Size::W, dst: 10, off: -4, imm: 0 },
-        Insn::LdImm64 { dst: 1, src: LdImm64Src::MapFd(0) },
+        Insn::StoreImm {
+            size: Size::W,
+            dst: 10,
+            off: -4,
+            imm: 0,
+        },
+        Insn::LdImm64 {
+            dst: 1,
+            src: LdImm64Src::MapFd(0),
+        },
         Insn::LdImm64Tail,
         alu(AluOp::Mov, 2, Operand::Reg(10)),
         alu(AluOp::Add, 2, Operand::Imm(-4)),
         Insn::Call { id: 1 },
-        Insn::Jmp { width: Width::W64, cond: JmpCond::Ne, dst: 0, src: Operand::Imm(0), off: 2 },
+        Insn::Jmp {
+            width: Width::W64,
+            cond: JmpCond::Ne,
+            dst: 0,
+            src: Operand::Imm(0),
+            off: 2,
+        },
         alu(AluOp::Mov, 0, Operand::Imm(0)),
         Insn::Exit,
         alu(AluOp::Mov, 7, Operand::Reg(0)),
@@ -34,19 +53,49 @@ pub fn big_program(target: usize) -> Vec<Insn> {
     while p.len() + 16 < target {
         let field = ((block * 8) % 168) as i16;
         // r2 = ctx field; if r2 > 100 { r0 += 1 } else { r0 += r2 }
-        p.push(Insn::Load { size: Size::DW, dst: 2, src: 6, off: field });
-        p.push(Insn::Jmp { width: Width::W64, cond: JmpCond::Gt, dst: 2, src: Operand::Imm(100), off: 2 });
+        p.push(Insn::Load {
+            size: Size::DW,
+            dst: 2,
+            src: 6,
+            off: field,
+        });
+        p.push(Insn::Jmp {
+            width: Width::W64,
+            cond: JmpCond::Gt,
+            dst: 2,
+            src: Operand::Imm(100),
+            off: 2,
+        });
         p.push(alu(AluOp::Add, 0, Operand::Reg(2)));
-        p.push(Insn::Ja { off: 1, long: false });
+        p.push(Insn::Ja {
+            off: 1,
+            long: false,
+        });
         p.push(alu(AluOp::Add, 0, Operand::Imm(1)));
         if block % 50 == 49 {
             // if r2 < 60 { *(u8 *)(r7 + r2) += 1 }
-            p.push(Insn::Jmp { width: Width::W64, cond: JmpCond::Ge, dst: 2, src: Operand::Imm(60), off: 5 });
+            p.push(Insn::Jmp {
+                width: Width::W64,
+                cond: JmpCond::Ge,
+                dst: 2,
+                src: Operand::Imm(60),
+                off: 5,
+            });
             p.push(alu(AluOp::Mov, 3, Operand::Reg(7)));
             p.push(alu(AluOp::Add, 3, Operand::Reg(2)));
-            p.push(Insn::Load { size: Size::B, dst: 4, src: 3, off: 0 });
+            p.push(Insn::Load {
+                size: Size::B,
+                dst: 4,
+                src: 3,
+                off: 0,
+            });
             p.push(alu(AluOp::Add, 4, Operand::Imm(1)));
-            p.push(Insn::Store { size: Size::B, dst: 3, off: 0, src: 4 });
+            p.push(Insn::Store {
+                size: Size::B,
+                dst: 3,
+                off: 0,
+                src: 4,
+            });
         }
         block += 1;
     }
@@ -59,8 +108,18 @@ fn bench(c: &mut Criterion) {
     let prog = big_program(100_000);
     let helpers = linux::helpers();
     let pt = linux::kprobe();
-    let maps = [MapDef { fd: 0, map_type: map_type::ARRAY, key_size: 4, value_size: 64, max_entries: 1 }];
-    let env = Env { prog_type: &pt, helpers: &helpers, maps: &maps };
+    let maps = [MapDef {
+        fd: 0,
+        map_type: map_type::ARRAY,
+        key_size: 4,
+        value_size: 64,
+        max_entries: 1,
+    }];
+    let env = Env {
+        prog_type: &pt,
+        helpers: &helpers,
+        maps: &maps,
+    };
     let config = Config::default();
     let t = Instant::now();
     let report = verify(&prog, &env, &config).expect("the benchmark program verifies");

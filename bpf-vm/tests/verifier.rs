@@ -26,7 +26,11 @@ fn maps() -> Vec<MapDef> {
     ]
 }
 
-fn run_with(src: &str, pt: &bpf_vm::verifier::ProgramType, config: &Config) -> Result<Report, Box<Rejection>> {
+fn run_with(
+    src: &str,
+    pt: &bpf_vm::verifier::ProgramType,
+    config: &Config,
+) -> Result<Report, Box<Rejection>> {
     let prog = assemble(src).unwrap_or_else(|e| panic!("assembly failed: {e}\n{src}"));
     let helpers = linux::helpers();
     let maps = maps();
@@ -155,7 +159,10 @@ fn pruning_keeps_diamonds_linear() {
     // 20 independent if/else diamonds: without pruning 2^20 paths.
     let mut src = String::from("ldxdw %r6, [%r1+112]\nmov %r0, 0\n");
     for i in 0..20 {
-        src.push_str(&format!("jset %r6, {}, a{i}\nmov %r2, 1\nja b{i}\na{i}:\nmov %r2, 2\nb{i}:\nadd %r0, 1\n", 1 << i));
+        src.push_str(&format!(
+            "jset %r6, {}, a{i}\nmov %r2, 1\nja b{i}\na{i}:\nmov %r2, 2\nb{i}:\nadd %r0, 1\n",
+            1 << i
+        ));
     }
     src.push_str("exit\n");
     let r = accept(&src);
@@ -307,11 +314,27 @@ fn helpers_with_stack_buffers() {
 #[test]
 fn log_and_line_info() {
     let lines = vec![
-        LineInfo { insn: 0, location: "probe.rs:10".into() },
-        LineInfo { insn: 2, location: "probe.rs:12".into() },
+        LineInfo {
+            insn: 0,
+            location: "probe.rs:10".into(),
+        },
+        LineInfo {
+            insn: 2,
+            location: "probe.rs:12".into(),
+        },
     ];
-    let config = Config { log_level: 1, line_info: &lines, clock: Some(|| 42), ..Config::default() };
-    let e = run_with("mov %r0, 0\nmov %r0, 1\nldxdw %r0, [%r2+0]\nexit", &linux::kprobe(), &config).unwrap_err();
+    let config = Config {
+        log_level: 1,
+        line_info: &lines,
+        clock: Some(|| 42),
+        ..Config::default()
+    };
+    let e = run_with(
+        "mov %r0, 0\nmov %r0, 1\nldxdw %r0, [%r2+0]\nexit",
+        &linux::kprobe(),
+        &config,
+    )
+    .unwrap_err();
     assert_eq!(e.error.location.as_deref(), Some("probe.rs:12"));
     assert_eq!(e.error.insn_text, "r0 = *(u64 *)(r2 + 0)");
     assert_eq!(
@@ -319,9 +342,19 @@ fn log_and_line_info() {
         "insn 2 (probe.rs:12): r0 = *(u64 *)(r2 + 0): R2 !read_ok: R2 is read before it is written on this path\n  state: R0=1 R1=ctx() R10=fp0"
     );
     assert_eq!(e.stats.time_ns, Some(0));
-    assert!(e.log.starts_with("0: r0 = 0\n1: r0 = 1\n2: r0 = *(u64 *)(r2 + 0)\n"), "{}", e.log);
+    assert!(
+        e.log
+            .starts_with("0: r0 = 0\n1: r0 = 1\n2: r0 = *(u64 *)(r2 + 0)\n"),
+        "{}",
+        e.log
+    );
     let ok = run_with("mov %r0, 0\nexit", &linux::kprobe(), &config).unwrap();
-    assert!(ok.log.ends_with("processed 2 insns, stored 0 states (peak 0), pruned 0\n"), "{}", ok.log);
+    assert!(
+        ok.log
+            .ends_with("processed 2 insns, stored 0 states (peak 0), pruned 0\n"),
+        "{}",
+        ok.log
+    );
 }
 
 #[test]
@@ -337,7 +370,10 @@ fn tracepoint_and_perf_event_contexts() {
     let pe = linux::perf_event();
     run_with("ldxdw %r0, [%r1+176]\nexit", &pe, &cfg).unwrap();
     let e = run_with("mov %r1, 0\ncall 173\nexit", &pe, &cfg).unwrap_err();
-    assert_eq!(e.error.message, "program of this type (perf_event) cannot use helper bpf_get_func_ip#173");
+    assert_eq!(
+        e.error.message,
+        "program of this type (perf_event) cannot use helper bpf_get_func_ip#173"
+    );
 }
 
 // ---------------------------------------------------------------- rejects
@@ -518,8 +554,18 @@ fn reject_uninit_stack_as_map_key() {
 
 #[test]
 fn reject_uninit_register() {
-    reject_msg("mov %r0, %r5\nexit", 0, Rule::UninitRegister, "R5 !read_ok: R5 is read before it is written on this path");
-    reject_msg("exit", 0, Rule::UninitRegister, "R0 !read_ok: set R0 (the program's return value) before exit");
+    reject_msg(
+        "mov %r0, %r5\nexit",
+        0,
+        Rule::UninitRegister,
+        "R5 !read_ok: R5 is read before it is written on this path",
+    );
+    reject_msg(
+        "exit",
+        0,
+        Rule::UninitRegister,
+        "R0 !read_ok: set R0 (the program's return value) before exit",
+    );
     reject_msg(
         "call 5\nmov %r0, %r1\nexit",
         1,
@@ -550,7 +596,12 @@ fn reject_pointer_leak_into_map() {
 
 #[test]
 fn reject_pointer_leak_via_r0() {
-    reject_msg("mov %r0, %r1\nexit", 1, Rule::PointerLeak, "R0 leaks addr as return value: the program returns a ctx pointer");
+    reject_msg(
+        "mov %r0, %r1\nexit",
+        1,
+        Rule::PointerLeak,
+        "R0 leaks addr as return value: the program returns a ctx pointer",
+    );
 }
 
 #[test]
@@ -597,7 +648,9 @@ fn reject_unbounded_loop_as_too_complex() {
     );
     assert_eq!(e.error.rule, Rule::Complexity);
     assert!(
-        e.error.message.starts_with("program too complex: processed 1000001 instructions (limit 1000000)"),
+        e.error
+            .message
+            .starts_with("program too complex: processed 1000001 instructions (limit 1000000)"),
         "{}",
         e.error
     );
@@ -661,11 +714,19 @@ fn reject_bad_helper_arguments() {
 
 #[test]
 fn reject_unknown_and_disallowed_helpers() {
-    reject_msg("call 9999\nmov %r0, 0\nexit", 0, Rule::HelperNotAllowed, "invalid func unknown#9999");
+    reject_msg(
+        "call 9999\nmov %r0, 0\nexit",
+        0,
+        Rule::HelperNotAllowed,
+        "invalid func unknown#9999",
+    );
     let tp = linux::tracepoint("sched:sched_switch", 64, &[(8, 16)]);
     let e = run_with("mov %r1, 0\ncall 173\nexit", &tp, &Config::default()).unwrap_err();
     assert_eq!(e.error.rule, Rule::HelperNotAllowed);
-    assert_eq!(e.error.message, "program of this type (tracepoint) cannot use helper bpf_get_func_ip#173");
+    assert_eq!(
+        e.error.message,
+        "program of this type (tracepoint) cannot use helper bpf_get_func_ip#173"
+    );
 }
 
 #[test]
@@ -706,15 +767,30 @@ fn reject_control_flow() {
         Rule::ControlFlow,
         "jump into the middle of ldimm64 insn 0",
     );
-    reject_msg("mov %r0, 0\nja +5\nexit", 1, Rule::ControlFlow, "jump out of range from insn 1 to 7");
+    reject_msg(
+        "mov %r0, 0\nja +5\nexit",
+        1,
+        Rule::ControlFlow,
+        "jump out of range from insn 1 to 7",
+    );
     reject_msg(
         "mov %r0, 0",
         0,
         Rule::ControlFlow,
         "last insn is not an exit or jmp: execution falls off the end of the program",
     );
-    reject_msg("mov %r0, 0\nexit\nmov %r0, 1\nexit", 2, Rule::ControlFlow, "unreachable insn 2");
-    reject_msg("mov %r0, 0\nja +1\nexit\nexit", 2, Rule::ControlFlow, "unreachable insn 2");
+    reject_msg(
+        "mov %r0, 0\nexit\nmov %r0, 1\nexit",
+        2,
+        Rule::ControlFlow,
+        "unreachable insn 2",
+    );
+    reject_msg(
+        "mov %r0, 0\nja +1\nexit\nexit",
+        2,
+        Rule::ControlFlow,
+        "unreachable insn 2",
+    );
 }
 
 #[test]
@@ -724,7 +800,12 @@ fn reject_call_depth_and_recursion() {
         src.push_str(&format!("f{i}:\ncall local f{}\nmov %r0, 0\nexit\n", i + 1));
     }
     src.push_str("f9:\nmov %r0, 0\nexit\n");
-    reject_msg(&src, 21, Rule::CallDepth, "the call stack of 10 frames is too deep (max 8)");
+    reject_msg(
+        &src,
+        21,
+        Rule::CallDepth,
+        "the call stack of 10 frames is too deep (max 8)",
+    );
     reject_msg(
         "call local f\nexit\nf:\ncall local f\nexit",
         2,
@@ -757,9 +838,24 @@ fn reject_stack_out_of_bounds() {
 
 #[test]
 fn reject_pointer_arithmetic_and_comparisons() {
-    reject_msg("mul %r1, 2\nmov %r0, 0\nexit", 0, Rule::PointerArithmetic, "R1 pointer arithmetic with *= operator prohibited");
-    reject_msg("and %r1, 2\nmov %r0, 0\nexit", 0, Rule::PointerArithmetic, "R1 bitwise operator &= on pointer prohibited");
-    reject_msg("add32 %r1, 2\nmov %r0, 0\nexit", 0, Rule::PointerArithmetic, "R1 32-bit pointer arithmetic prohibited");
+    reject_msg(
+        "mul %r1, 2\nmov %r0, 0\nexit",
+        0,
+        Rule::PointerArithmetic,
+        "R1 pointer arithmetic with *= operator prohibited",
+    );
+    reject_msg(
+        "and %r1, 2\nmov %r0, 0\nexit",
+        0,
+        Rule::PointerArithmetic,
+        "R1 bitwise operator &= on pointer prohibited",
+    );
+    reject_msg(
+        "add32 %r1, 2\nmov %r0, 0\nexit",
+        0,
+        Rule::PointerArithmetic,
+        "R1 32-bit pointer arithmetic prohibited",
+    );
     reject_msg(
         "mov %r0, 0\njeq %r1, %r10, +0\nexit",
         1,
@@ -911,7 +1007,21 @@ fn thirty_two_bit_bounds_check() {
 
 #[test]
 fn privileged_mode_allows_pointer_leaks() {
-    let cfg = Config { allow_ptr_leaks: true, ..Config::default() };
+    let cfg = Config {
+        allow_ptr_leaks: true,
+        ..Config::default()
+    };
     run_with("mov %r0, %r1\nexit", &linux::kprobe(), &cfg).unwrap();
     let _ = helper::MAP_LOOKUP_ELEM;
+}
+
+#[test]
+fn reject_misaligned_atomic() {
+    reject_msg(
+        "lddw %r1, map_value(1, 0)\nmov %r2, 1\nlock add32 [%r1+2], %r2\nmov %r0, 0\nexit",
+        3,
+        Rule::MemoryAccess,
+        "misaligned atomic access off 2+0 size 4",
+    );
+    accept("lddw %r1, map_value(1, 8)\nmov %r2, 1\nlock add [%r1+0], %r2\nmov %r0, 0\nexit");
 }

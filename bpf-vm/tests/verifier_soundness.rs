@@ -30,7 +30,13 @@ const HANDLE_BASE: u64 = 0xdead_0000;
 
 fn maps() -> Vec<MapDef> {
     vec![
-        MapDef { fd: 0, map_type: map_type::HASH, key_size: 4, value_size: 8, max_entries: 64 },
+        MapDef {
+            fd: 0,
+            map_type: map_type::HASH,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 64,
+        },
         MapDef {
             fd: 1,
             map_type: map_type::ARRAY,
@@ -53,15 +59,36 @@ enum Gen {
 
 fn alu_op() -> impl Strategy<Value = AluOp> {
     prop::sample::select(vec![
-        AluOp::Add, AluOp::Sub, AluOp::Mul, AluOp::Div, AluOp::SDiv, AluOp::Or, AluOp::And,
-        AluOp::Lsh, AluOp::Rsh, AluOp::Mod, AluOp::SMod, AluOp::Xor, AluOp::Mov, AluOp::Arsh,
+        AluOp::Add,
+        AluOp::Sub,
+        AluOp::Mul,
+        AluOp::Div,
+        AluOp::SDiv,
+        AluOp::Or,
+        AluOp::And,
+        AluOp::Lsh,
+        AluOp::Rsh,
+        AluOp::Mod,
+        AluOp::SMod,
+        AluOp::Xor,
+        AluOp::Mov,
+        AluOp::Arsh,
     ])
 }
 
 fn cond() -> impl Strategy<Value = JmpCond> {
     prop::sample::select(vec![
-        JmpCond::Eq, JmpCond::Gt, JmpCond::Ge, JmpCond::Set, JmpCond::Ne, JmpCond::Sgt,
-        JmpCond::Sge, JmpCond::Lt, JmpCond::Le, JmpCond::Slt, JmpCond::Sle,
+        JmpCond::Eq,
+        JmpCond::Gt,
+        JmpCond::Ge,
+        JmpCond::Set,
+        JmpCond::Ne,
+        JmpCond::Sgt,
+        JmpCond::Sge,
+        JmpCond::Lt,
+        JmpCond::Le,
+        JmpCond::Slt,
+        JmpCond::Sle,
     ])
 }
 
@@ -95,7 +122,10 @@ fn any_reg() -> impl Strategy<Value = u8> {
 }
 
 fn operand() -> impl Strategy<Value = Operand> {
-    prop_oneof![any_reg().prop_map(Operand::Reg), imm().prop_map(Operand::Imm)]
+    prop_oneof![
+        any_reg().prop_map(Operand::Reg),
+        imm().prop_map(Operand::Imm)
+    ]
 }
 
 /// A base register and an offset that is usually near a valid one for it.
@@ -119,22 +149,12 @@ fn alu_insn() -> impl Strategy<Value = Insn> {
         1 => (prop::sample::select(vec![ByteOrder::Le, ByteOrder::Be, ByteOrder::Swap]),
               prop::sample::select(vec![16u8, 32, 64]), scratch())
             .prop_map(|(order, bits, dst)| Insn::Endian { order, bits, dst }),
-        // Derive a pointer: dst = base + offset.
-        3 => (scratch(), prop::sample::select(vec![8u8, 9, 10]), operand()).prop_map(|(dst, base, src)| {
+        // Copy a pointer into a scratch register.
+        3 => (scratch(), prop::sample::select(vec![8u8, 9, 10])).prop_map(|(dst, base)| {
             Insn::Alu { width: Width::W64, op: AluOp::Mov, dst, src: Operand::Reg(base) }
-                .clone()
-                .pipe(|m| (m, Insn::Alu { width: Width::W64, op: AluOp::Add, dst, src }))
-                .0
         }),
     ]
 }
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 fn mem_insn() -> impl Strategy<Value = Vec<Insn>> {
     prop_oneof![
@@ -158,12 +178,21 @@ fn helper_call() -> impl Strategy<Value = Vec<Insn>> {
     .prop_flat_map(|call| {
         // Usually re-initialise the clobbered argument registers, as
         // compiled code does before using them again.
-        (Just(call), prop::collection::vec(imm(), 5), prop::bool::weighted(0.8))
+        (
+            Just(call),
+            prop::collection::vec(imm(), 5),
+            prop::bool::weighted(0.8),
+        )
     })
     .prop_map(|(mut call, vals, reinit)| {
         if reinit {
             for (r, v) in vals.into_iter().enumerate() {
-                call.push(Insn::Alu { width: Width::W64, op: AluOp::Mov, dst: r as u8 + 1, src: Operand::Imm(v) });
+                call.push(Insn::Alu {
+                    width: Width::W64,
+                    op: AluOp::Mov,
+                    dst: r as u8 + 1,
+                    src: Operand::Imm(v),
+                });
             }
         }
         call
@@ -171,8 +200,18 @@ fn helper_call() -> impl Strategy<Value = Vec<Insn>> {
 }
 
 fn helper_call_raw() -> impl Strategy<Value = Vec<Insn>> {
-    let mov = |dst: u8, src: Operand| Insn::Alu { width: Width::W64, op: AluOp::Mov, dst, src };
-    let add = |dst: u8, imm: i32| Insn::Alu { width: Width::W64, op: AluOp::Add, dst, src: Operand::Imm(imm) };
+    let mov = |dst: u8, src: Operand| Insn::Alu {
+        width: Width::W64,
+        op: AluOp::Mov,
+        dst,
+        src,
+    };
+    let add = |dst: u8, imm: i32| Insn::Alu {
+        width: Width::W64,
+        op: AluOp::Add,
+        dst,
+        src: Operand::Imm(imm),
+    };
     prop_oneof![
         // Array lookup with the key at fp-4 (or a random key slot).
         2 => prop_oneof![3 => Just(-4i32), 1 => -24i32..0].prop_map(move |k| vec![
@@ -212,15 +251,46 @@ fn guarded_access() -> impl Strategy<Value = Vec<Insn>> {
             let p = if p == idx { (p + 1) % 8 } else { p };
             let base_off = if base == 10 { -72 } else { 0 };
             let access = if store {
-                Insn::StoreImm { size, dst: p, off, imm: 7 }
+                Insn::StoreImm {
+                    size,
+                    dst: p,
+                    off,
+                    imm: 7,
+                }
             } else {
-                Insn::Load { size, dst: idx, src: p, off }
+                Insn::Load {
+                    size,
+                    dst: idx,
+                    src: p,
+                    off,
+                }
             };
             vec![
-                Insn::Jmp { width: w, cond, dst: idx, src: Operand::Imm(bound), off: 4 },
-                Insn::Alu { width: Width::W64, op: AluOp::Mov, dst: p, src: Operand::Reg(base) },
-                Insn::Alu { width: Width::W64, op: AluOp::Add, dst: p, src: Operand::Imm(base_off) },
-                Insn::Alu { width: Width::W64, op: AluOp::Add, dst: p, src: Operand::Reg(idx) },
+                Insn::Jmp {
+                    width: w,
+                    cond,
+                    dst: idx,
+                    src: Operand::Imm(bound),
+                    off: 4,
+                },
+                Insn::Alu {
+                    width: Width::W64,
+                    op: AluOp::Mov,
+                    dst: p,
+                    src: Operand::Reg(base),
+                },
+                Insn::Alu {
+                    width: Width::W64,
+                    op: AluOp::Add,
+                    dst: p,
+                    src: Operand::Imm(base_off),
+                },
+                Insn::Alu {
+                    width: Width::W64,
+                    op: AluOp::Add,
+                    dst: p,
+                    src: Operand::Reg(idx),
+                },
                 access,
             ]
         })
@@ -250,8 +320,18 @@ fn item() -> impl Strategy<Value = Gen> {
 
 /// Lays out prologue, items and epilogue.
 fn build(inits: &[Option<i32>], zero_stack: bool, items: &[Gen], ret: Option<i32>) -> Vec<Insn> {
-    let mov = |dst: u8, src: Operand| Insn::Alu { width: Width::W64, op: AluOp::Mov, dst, src };
-    let add = |dst: u8, imm: i32| Insn::Alu { width: Width::W64, op: AluOp::Add, dst, src: Operand::Imm(imm) };
+    let mov = |dst: u8, src: Operand| Insn::Alu {
+        width: Width::W64,
+        op: AluOp::Mov,
+        dst,
+        src,
+    };
+    let add = |dst: u8, imm: i32| Insn::Alu {
+        width: Width::W64,
+        op: AluOp::Add,
+        dst,
+        src: Operand::Imm(imm),
+    };
     let mut out = vec![
         mov(9, Operand::Reg(1)),
         // probe_read_kernel(fp-16, 8, ctx): tells the oracle where the stack is.
@@ -260,20 +340,39 @@ fn build(inits: &[Option<i32>], zero_stack: bool, items: &[Gen], ret: Option<i32
         mov(2, Operand::Imm(8)),
         mov(3, Operand::Reg(9)),
         Insn::Call { id: 113 },
-        Insn::StoreImm { size: Size::W, dst: 10, off: -4, imm: 0 },
-        Insn::LdImm64 { dst: 1, src: LdImm64Src::MapFd(1) },
+        Insn::StoreImm {
+            size: Size::W,
+            dst: 10,
+            off: -4,
+            imm: 0,
+        },
+        Insn::LdImm64 {
+            dst: 1,
+            src: LdImm64Src::MapFd(1),
+        },
         Insn::LdImm64Tail,
         mov(2, Operand::Reg(10)),
         add(2, -4),
         Insn::Call { id: 1 },
-        Insn::Jmp { width: Width::W64, cond: JmpCond::Ne, dst: 0, src: Operand::Imm(0), off: 2 },
+        Insn::Jmp {
+            width: Width::W64,
+            cond: JmpCond::Ne,
+            dst: 0,
+            src: Operand::Imm(0),
+            off: 2,
+        },
         mov(0, Operand::Imm(0)),
         Insn::Exit,
         mov(8, Operand::Reg(0)),
     ];
     if zero_stack {
         for k in 3..=9 {
-            out.push(Insn::StoreImm { size: Size::DW, dst: 10, off: -8 * k, imm: 0 });
+            out.push(Insn::StoreImm {
+                size: Size::DW,
+                dst: 10,
+                off: -8 * k,
+                imm: 0,
+            });
         }
     }
     for (r, v) in inits.iter().enumerate() {
@@ -299,7 +398,13 @@ fn build(inits: &[Option<i32>], zero_stack: bool, items: &[Gen], ret: Option<i32
             Gen::Jmp(width, cond, dst, src, skip) => {
                 let t = starts[(i + 1 + *skip as usize).min(items.len())];
                 let off = (t - out.len() - 1) as i16;
-                out.push(Insn::Jmp { width: *width, cond: *cond, dst: *dst, src: *src, off });
+                out.push(Insn::Jmp {
+                    width: *width,
+                    cond: *cond,
+                    dst: *dst,
+                    src: *src,
+                    off,
+                });
             }
             Gen::Loop(body, bound, w32) => {
                 out.push(mov(7, Operand::Imm(0)));
@@ -307,7 +412,11 @@ fn build(inits: &[Option<i32>], zero_stack: bool, items: &[Gen], ret: Option<i32
                 // The body must not touch the counter.
                 for b in body {
                     let mut b = *b;
-                    if let Insn::Alu { dst, .. } | Insn::Neg { dst, .. } | Insn::MovSx { dst, .. } | Insn::Endian { dst, .. } = &mut b {
+                    if let Insn::Alu { dst, .. }
+                    | Insn::Neg { dst, .. }
+                    | Insn::MovSx { dst, .. }
+                    | Insn::Endian { dst, .. } = &mut b
+                    {
                         if *dst == 7 {
                             *dst = 6;
                         }
@@ -317,7 +426,13 @@ fn build(inits: &[Option<i32>], zero_stack: bool, items: &[Gen], ret: Option<i32
                 out.push(add(7, 1));
                 let off = top as i64 - out.len() as i64 - 1;
                 let width = if *w32 { Width::W32 } else { Width::W64 };
-                out.push(Insn::Jmp { width, cond: JmpCond::Lt, dst: 7, src: Operand::Imm(*bound), off: off as i16 });
+                out.push(Insn::Jmp {
+                    width,
+                    cond: JmpCond::Lt,
+                    dst: 7,
+                    src: Operand::Imm(*bound),
+                    off: off as i16,
+                });
             }
         }
     }
@@ -347,14 +462,24 @@ struct Oracle {
 }
 
 impl Helpers for Oracle {
-    fn call(&mut self, id: u32, args: [u64; 5], mem: &mut HelperMem<'_>) -> Result<u64, HelperError> {
-        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    fn call(
+        &mut self,
+        id: u32,
+        args: [u64; 5],
+        mem: &mut HelperMem<'_>,
+    ) -> Result<u64, HelperError> {
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         match id {
             1 => {
                 let key = mem.read(args[1], 4)?;
                 let idx = u32::from_le_bytes([key[0], key[1], key[2], key[3]]) as usize;
                 if args[0] != HANDLE_BASE + 1 {
-                    return Err(HelperError::Failed("lookup in a map the test does not model"));
+                    return Err(HelperError::Failed(
+                        "lookup in a map the test does not model",
+                    ));
                 }
                 if idx >= ARRAY_ENTRIES {
                     return Ok(0);
@@ -394,12 +519,22 @@ fn oracle(insns: &[Insn], seed: u64) -> Result<(), String> {
         let mut ctx = [0u8; CTX_LEN];
         let mut s = seed ^ run.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         for (i, b) in ctx.iter_mut().enumerate() {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             // Mix small numbers (typical indices) with arbitrary bytes.
-            *b = if run == 0 { (i % 7) as u8 } else { (s >> 56) as u8 };
+            *b = if run == 0 {
+                (i % 7) as u8
+            } else {
+                (s >> 56) as u8
+            };
         }
         let ctx_addr = ctx.as_ptr() as u64;
-        let mut h = Oracle { array: array.as_mut_ptr(), seed: s, fp: Cell::new(0) };
+        let mut h = Oracle {
+            array: array.as_mut_ptr(),
+            seed: s,
+            fp: Cell::new(0),
+        };
         let res = vm.run_checked(&exe, &mut ctx, &mut h, &[], 10_000_000);
         let r0 = match res {
             Ok(r0) => r0,
@@ -419,7 +554,10 @@ fn oracle(insns: &[Insn], seed: u64) -> Result<(), String> {
         for (i, w) in array.chunks(8).enumerate() {
             let v = u64::from_le_bytes(w.try_into().unwrap());
             if is_ptr(v) {
-                return Err(format!("run {run}: map value byte {} holds pointer {v:#x}", i * 8));
+                return Err(format!(
+                    "run {run}: map value byte {} holds pointer {v:#x}",
+                    i * 8
+                ));
             }
             // 4-byte halves of a pointer are leaks too, but too likely to be
             // coincidences to test for.
@@ -430,19 +568,33 @@ fn oracle(insns: &[Insn], seed: u64) -> Result<(), String> {
 
 fn fuzz_config() -> Config<'static> {
     // Lower than the default so complexity rejections stay fast in debug builds.
-    Config { max_insns: 20_000, ..Config::default() }
+    Config {
+        max_insns: 20_000,
+        ..Config::default()
+    }
 }
 
 #[test]
 fn accepted_programs_run_safely() {
-    let cases: u32 = std::env::var("VERIFIER_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
-    let mut runner = TestRunner::new(PtConfig { cases, failure_persistence: None, ..PtConfig::default() });
+    let cases: u32 = std::env::var("VERIFIER_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
+    let mut runner = TestRunner::new(PtConfig {
+        cases,
+        failure_persistence: None,
+        ..PtConfig::default()
+    });
     let generated = Cell::new(0u32);
     let accepted = Cell::new(0u32);
     let helpers = linux::helpers();
     let pt = linux::kprobe();
     let maps = maps();
-    let env = Env { prog_type: &pt, helpers: &helpers, maps: &maps };
+    let env = Env {
+        prog_type: &pt,
+        helpers: &helpers,
+        maps: &maps,
+    };
     let config = fuzz_config();
     // VERIFIER_FUZZ_VERBOSE=1 prints why generated programs were rejected.
     let verbose = std::env::var_os("VERIFIER_FUZZ_VERBOSE").is_some();
@@ -457,7 +609,11 @@ fn accepted_programs_run_safely() {
         if verdict.is_ok() {
             accepted.set(accepted.get() + 1);
             oracle(&insns, seed).map_err(|e| {
-                let text = bpf_vm::disasm::program(&Program::from_insns(insns.clone()).unwrap(), bpf_vm::disasm::Syntax::Llvm, true);
+                let text = bpf_vm::disasm::program(
+                    &Program::from_insns(insns.clone()).unwrap(),
+                    bpf_vm::disasm::Syntax::Llvm,
+                    true,
+                );
                 TestCaseError::fail(format!("verifier accepted an unsafe program: {e}\n{text}"))
             })?;
         }
@@ -477,7 +633,12 @@ fn accepted_programs_run_safely() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    assert!(accepted.get() * 20 >= generated.get(), "too few accepted programs to mean anything: {} of {}", accepted.get(), generated.get());
+    assert!(
+        accepted.get() * 20 >= generated.get(),
+        "too few accepted programs to mean anything: {} of {}",
+        accepted.get(),
+        generated.get()
+    );
 }
 
 #[test]
@@ -485,9 +646,17 @@ fn random_bytes_never_panic() {
     let helpers = linux::helpers();
     let pt = linux::kprobe();
     let maps = maps();
-    let env = Env { prog_type: &pt, helpers: &helpers, maps: &maps };
+    let env = Env {
+        prog_type: &pt,
+        helpers: &helpers,
+        maps: &maps,
+    };
     let config = fuzz_config();
-    let mut runner = TestRunner::new(PtConfig { cases: 3000, failure_persistence: None, ..PtConfig::default() });
+    let mut runner = TestRunner::new(PtConfig {
+        cases: 3000,
+        failure_persistence: None,
+        ..PtConfig::default()
+    });
     runner
         .run(&prop::collection::vec(any::<u8>(), 0..256), |bytes| {
             let _ = verify_bytes(&bytes, &env, &config);
@@ -501,13 +670,25 @@ fn mutated_programs_never_panic_and_stay_sound() {
     let helpers = linux::helpers();
     let pt = linux::kprobe();
     let maps = maps();
-    let env = Env { prog_type: &pt, helpers: &helpers, maps: &maps };
+    let env = Env {
+        prog_type: &pt,
+        helpers: &helpers,
+        maps: &maps,
+    };
     let config = fuzz_config();
-    let mut runner = TestRunner::new(PtConfig { cases: 1500, failure_persistence: None, ..PtConfig::default() });
+    let mut runner = TestRunner::new(PtConfig {
+        cases: 1500,
+        failure_persistence: None,
+        ..PtConfig::default()
+    });
     let accepted = Cell::new(0u32);
     runner
         .run(
-            &(program(), prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4), any::<u64>()),
+            &(
+                program(),
+                prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+                any::<u64>(),
+            ),
             |(insns, muts, seed)| {
                 let mut bytes = bpf_vm::encode(&insns);
                 for (i, b) in muts {
@@ -517,33 +698,72 @@ fn mutated_programs_never_panic_and_stay_sound() {
                 if verify_bytes(&bytes, &env, &config).is_ok() {
                     accepted.set(accepted.get() + 1);
                     let p = bpf_vm::decode(&bytes).unwrap();
-                    oracle(p.insns(), seed).map_err(|e| TestCaseError::fail(format!("unsafe mutated program accepted: {e}")))?;
+                    oracle(p.insns(), seed).map_err(|e| {
+                        TestCaseError::fail(format!("unsafe mutated program accepted: {e}"))
+                    })?;
                 }
                 Ok(())
             },
         )
         .unwrap();
-    println!("mutated programs: {} accepted and ran safely", accepted.get());
+    println!(
+        "mutated programs: {} accepted and ran safely",
+        accepted.get()
+    );
 }
 
 /// The oracle itself must catch what the verifier should have rejected.
 #[test]
 fn oracle_catches_unsafe_programs() {
-    let mov = |dst: u8, src: Operand| Insn::Alu { width: Width::W64, op: AluOp::Mov, dst, src };
+    let mov = |dst: u8, src: Operand| Insn::Alu {
+        width: Width::W64,
+        op: AluOp::Mov,
+        dst,
+        src,
+    };
     // Reads one byte past the map value.
-    let oob = build(&[Some(0); 8], false, &[Gen::Plain(vec![Insn::Load { size: Size::B, dst: 0, src: 8, off: 64 }])], Some(0));
+    let oob = build(
+        &[Some(0); 8],
+        false,
+        &[Gen::Plain(vec![Insn::Load {
+            size: Size::B,
+            dst: 0,
+            src: 8,
+            off: 64,
+        }])],
+        Some(0),
+    );
     assert!(oracle(&oob, 1).unwrap_err().contains("out-of-bounds read"));
     // Returns the stack pointer.
-    let leak = build(&[Some(0); 8], false, &[Gen::Plain(vec![mov(0, Operand::Reg(10))])], None);
+    let leak = build(
+        &[Some(0); 8],
+        false,
+        &[Gen::Plain(vec![mov(0, Operand::Reg(10))])],
+        None,
+    );
     assert!(oracle(&leak, 1).unwrap_err().contains("is a pointer"));
     // Stores the context pointer into the map value.
-    let store = build(&[Some(0); 8], false, &[Gen::Plain(vec![Insn::Store { size: Size::DW, dst: 8, off: 0, src: 9 }])], Some(0));
+    let store = build(
+        &[Some(0); 8],
+        false,
+        &[Gen::Plain(vec![Insn::Store {
+            size: Size::DW,
+            dst: 8,
+            off: 0,
+            src: 9,
+        }])],
+        Some(0),
+    );
     assert!(oracle(&store, 1).unwrap_err().contains("holds pointer"));
     // And the verifier rejects all three.
     let helpers = linux::helpers();
     let pt = linux::kprobe();
     let maps = maps();
-    let env = Env { prog_type: &pt, helpers: &helpers, maps: &maps };
+    let env = Env {
+        prog_type: &pt,
+        helpers: &helpers,
+        maps: &maps,
+    };
     for p in [&oob, &leak, &store] {
         assert!(verify(p, &env, &Config::default()).is_err());
     }

@@ -43,8 +43,17 @@ fn uses_defs(insn: &Insn, helpers: &HelperTable) -> (u16, u16) {
         Operand::Imm(_) => 0,
     };
     match insn {
-        Insn::Alu { op: alu_op, dst, src, .. } => {
-            let u = if *alu_op == crate::insn::AluOp::Mov { 0 } else { bit(*dst) };
+        Insn::Alu {
+            op: alu_op,
+            dst,
+            src,
+            ..
+        } => {
+            let u = if *alu_op == crate::insn::AluOp::Mov {
+                0
+            } else {
+                bit(*dst)
+            };
             (u | op(src), bit(*dst))
         }
         Insn::Neg { dst, .. } | Insn::Endian { dst, .. } => (bit(*dst), bit(*dst)),
@@ -61,7 +70,13 @@ fn uses_defs(insn: &Insn, helpers: &HelperTable) -> (u16, u16) {
         Insn::Load { dst, src, .. } | Insn::LoadSx { dst, src, .. } => (bit(*src), bit(*dst)),
         Insn::Store { dst, src, .. } => (bit(*dst) | bit(*src), 0),
         Insn::StoreImm { dst, .. } => (bit(*dst), 0),
-        Insn::Atomic { op, fetch, dst, src, .. } => {
+        Insn::Atomic {
+            op,
+            fetch,
+            dst,
+            src,
+            ..
+        } => {
             if *op == crate::insn::AtomicOp::CmpXchg {
                 (bit(*dst) | bit(*src) | bit(0), bit(0))
             } else if *fetch {
@@ -133,11 +148,17 @@ pub fn analyze(prog: &[Insn], helpers: &HelperTable) -> Result<Cfg, CfgError> {
             last -= 1;
         }
         if !matches!(prog[last], Insn::Exit | Insn::Ja { .. }) {
-            let what = if i == 0 && end == n { "program" } else { "function" };
+            let what = if i == 0 && end == n {
+                "program"
+            } else {
+                "function"
+            };
             return Err((
                 last,
                 Rule::ControlFlow,
-                format!("last insn is not an exit or jmp: execution falls off the end of the {what}"),
+                format!(
+                    "last insn is not an exit or jmp: execution falls off the end of the {what}"
+                ),
             ));
         }
     }
@@ -164,7 +185,9 @@ pub fn analyze(prog: &[Insn], helpers: &HelperTable) -> Result<Cfg, CfgError> {
                 return Err((
                     pc,
                     Rule::ControlFlow,
-                    format!("jump out of range from insn {pc} to {t}: target is in another function"),
+                    format!(
+                        "jump out of range from insn {pc} to {t}: target is in another function"
+                    ),
                 ));
             }
             prune_point[t] = true;
@@ -238,9 +261,9 @@ fn check_call_graph(prog: &[Insn], subprogs: &[usize], subprog_of: &[u32]) -> Re
                         pc,
                         Rule::CallDepth,
                         format!(
-                            "recursive call from insn {pc} to {}: bpf-to-bpf recursion is not allowed",
-                            subprogs[callee]
-                        ),
+                        "recursive call from insn {pc} to {}: bpf-to-bpf recursion is not allowed",
+                        subprogs[callee]
+                    ),
                     ))
                 }
                 0 => {

@@ -7,7 +7,9 @@ use super::error::{Config, Log, Rule, Stats, VerifyError};
 use super::linux::map_type;
 use super::platform::{ArgKind, Env, RetKind};
 use super::scalar::{self, Scalar};
-use super::state::{state_includes, ByteState, Frame, PtrKind, RefState, Reg, RegType, Slot, State};
+use super::state::{
+    state_includes, ByteState, Frame, PtrKind, RefState, Reg, RegType, Slot, State,
+};
 use super::tnum::Tnum;
 use crate::disasm::{self, Syntax};
 use crate::insn::{
@@ -23,6 +25,8 @@ const MAX_VAR_OFF: i64 = 1 << 29;
 /// Largest size a helper memory argument may have.
 const MAX_MEM_SIZE: u64 = 1 << 29;
 const STACK: i64 = STACK_SIZE as i64;
+/// Minimum instructions on a path between two stored states.
+const STORE_EVERY: u32 = 8;
 
 type R<T> = Result<T, VerifyError>;
 
@@ -44,6 +48,8 @@ struct Pending {
     pc: usize,
     parent: Option<u32>,
     from: usize,
+    /// Instructions processed on this path since it last stored a state.
+    since: u32,
 }
 
 /// What an instruction does to the flow.
@@ -100,7 +106,13 @@ impl<'a> Checker<'a> {
     }
 
     /// Builds a rejection at `pc` with the state of `st`.
-    pub fn err_at(&self, pc: usize, st: Option<&State>, rule: Rule, message: String) -> VerifyError {
+    pub fn err_at(
+        &self,
+        pc: usize,
+        st: Option<&State>,
+        rule: Rule,
+        message: String,
+    ) -> VerifyError {
         let insn_text = self
             .prog
             .get(pc)
@@ -137,6 +149,7 @@ impl<'a> Checker<'a> {
             pc: 0,
             parent: None,
             from: 0,
+            since: 0,
         });
         while let Some(p) = self.pending.pop() {
             let Pending {
@@ -144,6 +157,7 @@ impl<'a> Checker<'a> {
                 mut pc,
                 mut parent,
                 from,
+                mut since,
             } = p;
             if self.log.on(1) && pc != 0 {
                 let mut s = String::new();
@@ -163,14 +177,24 @@ impl<'a> Checker<'a> {
                         ),
                     ));
                 }
+                since = since.saturating_add(1);
                 if self.graph.prune_point[pc] {
-                    match self.prune(&st, pc, parent)? {
+                    // Like Linux, store a checkpoint only every few
+                    // instructions: comparisons still happen at every prune
+                    // point, but memory stays proportional to the work done.
+                    let store = since >= STORE_EVERY;
+                    match self.prune(&st, pc, parent, store)? {
                         None => {
                             self.log.line(1, format_args!("{pc}: safe"));
                             self.finish(parent);
                             break;
                         }
-                        Some(p) => parent = p,
+                        Some(p) => {
+                            if p != parent {
+                                since = 0;
+                            }
+                            parent = p;
+                        }
                     }
                 }
                 if self.log.on(1) {
@@ -198,6 +222,7 @@ impl<'a> Checker<'a> {
                             pc: other_pc,
                             parent,
                             from: pc,
+                            since,
                         });
                         self.peak();
                         pc = n;
@@ -261,7 +286,13 @@ impl<'a> Checker<'a> {
     }
 
     /// Compares with stored states at `pc`. `None`: prune this path.
-    fn prune(&mut self, st: &State, pc: usize, parent: Option<u32>) -> R<Option<Option<u32>>> {
+    fn prune(
+        &mut self,
+        st: &State,
+        pc: usize,
+        parent: Option<u32>,
+        store: bool,
+    ) -> R<Option<Option<u32>>> {
         let live = self.live_masks(st, pc);
         for &id in &self.at[pc] {
             let node = &self.nodes[id as usize];
@@ -281,11 +312,13 @@ impl<'a> Checker<'a> {
                     pc,
                     Some(st),
                     Rule::Complexity,
-                    format!("infinite loop detected at insn {pc}: the state repeats without progress"),
+                    format!(
+                        "infinite loop detected at insn {pc}: the state repeats without progress"
+                    ),
                 ));
             }
         }
-        if self.at[pc].len() >= self.cfg.max_states_per_insn {
+        if !store || self.at[pc].len() >= self.cfg.max_states_per_insn {
             return Ok(Some(parent));
         }
         if self.nodes.len() as u64 >= self.cfg.max_states {
@@ -360,7 +393,12 @@ impl<'a> Checker<'a> {
         let insn = self.prog[pc];
         let next = pc + 1;
         match insn {
-            Insn::Alu { width, op, dst, src } => {
+            Insn::Alu {
+                width,
+                op,
+                dst,
+                src,
+            } => {
                 self.alu(st, pc, width, op, dst, src)?;
                 Ok(Flow::Next(next))
             }
@@ -369,7 +407,12 @@ impl<'a> Checker<'a> {
                 Self::set(st, dst, Reg::scalar(scalar::neg(width, &v)));
                 Ok(Flow::Next(next))
             }
-            Insn::MovSx { width, bits, dst, src } => {
+            Insn::MovSx {
+                width,
+                bits,
+                dst,
+                src,
+            } => {
                 let v = self.read_scalar(st, pc, src, "sign-extending move")?;
                 let mut r = v.sext_bits(bits as u32);
                 if width == Width::W32 {
@@ -404,28 +447,56 @@ impl<'a> Checker<'a> {
                 Rule::Internal,
                 "reached the second slot of ld_imm64".into(),
             )),
-            Insn::Load { size, dst, src, off } => {
+            Insn::Load {
+                size,
+                dst,
+                src,
+                off,
+            } => {
                 let v = self.load(st, pc, src, off, size.bytes() as u64)?;
                 Self::set(st, dst, v);
                 Ok(Flow::Next(next))
             }
-            Insn::LoadSx { size, dst, src, off } => {
+            Insn::LoadSx {
+                size,
+                dst,
+                src,
+                off,
+            } => {
                 let v = self.load(st, pc, src, off, size.bytes() as u64)?;
                 let bits = size.bytes() as u32 * 8;
                 Self::set(st, dst, Reg::scalar(v.val.sext_bits(bits)));
                 Ok(Flow::Next(next))
             }
-            Insn::Store { size, dst, off, src } => {
+            Insn::Store {
+                size,
+                dst,
+                off,
+                src,
+            } => {
                 let v = self.read(st, pc, src)?;
                 self.store(st, pc, dst, off, size, v, Some(src))?;
                 Ok(Flow::Next(next))
             }
-            Insn::StoreImm { size, dst, off, imm } => {
-                let v = Reg::scalar(Scalar::constant(imm as i64 as u64).truncate(size.bytes() as u32));
+            Insn::StoreImm {
+                size,
+                dst,
+                off,
+                imm,
+            } => {
+                let v =
+                    Reg::scalar(Scalar::constant(imm as i64 as u64).truncate(size.bytes() as u32));
                 self.store(st, pc, dst, off, size, v, None)?;
                 Ok(Flow::Next(next))
             }
-            Insn::Atomic { size, op, fetch, dst, off, src } => {
+            Insn::Atomic {
+                size,
+                op,
+                fetch,
+                dst,
+                off,
+                src,
+            } => {
                 self.atomic(st, pc, size, op, fetch, dst, off, src)?;
                 Ok(Flow::Next(next))
             }
@@ -433,7 +504,13 @@ impl<'a> Checker<'a> {
                 let t = insn.jump_target(pc).unwrap_or(0) as usize;
                 Ok(Flow::Next(t))
             }
-            Insn::Jmp { width, cond, dst, src, .. } => {
+            Insn::Jmp {
+                width,
+                cond,
+                dst,
+                src,
+                ..
+            } => {
                 let t = insn.jump_target(pc).unwrap_or(0) as usize;
                 self.jmp(st, pc, width, cond, dst, src, t)
             }
@@ -448,7 +525,10 @@ impl<'a> Checker<'a> {
                         pc,
                         Some(st),
                         Rule::CallDepth,
-                        format!("the call stack of {} frames is too deep (max {MAX_CALL_FRAMES})", st.frames.len() + 1),
+                        format!(
+                            "the call stack of {} frames is too deep (max {MAX_CALL_FRAMES})",
+                            st.frames.len() + 1
+                        ),
                     ));
                 }
                 let sp = self.graph.subprog_of.get(t).copied().unwrap_or(0) as usize;
@@ -474,7 +554,9 @@ impl<'a> Checker<'a> {
             LdImm64Src::MapFd(fd) => (self.env.map_by_fd(fd), "fd", fd, None),
             LdImm64Src::MapIdx(i) => (self.env.map_by_idx(i), "index", i, None),
             LdImm64Src::MapValueFd { fd, off } => (self.env.map_by_fd(fd), "fd", fd, Some(off)),
-            LdImm64Src::MapValueIdx { idx, off } => (self.env.map_by_idx(idx), "index", idx, Some(off)),
+            LdImm64Src::MapValueIdx { idx, off } => {
+                (self.env.map_by_idx(idx), "index", idx, Some(off))
+            }
         };
         let Some(map) = found else {
             return Err(self.err_at(
@@ -493,7 +575,10 @@ impl<'a> Checker<'a> {
                         pc,
                         Some(st),
                         Rule::BadInput,
-                        format!("direct value access on map type {} not supported (only array maps)", def.map_type),
+                        format!(
+                            "direct value access on map type {} not supported (only array maps)",
+                            def.map_type
+                        ),
                     ));
                 }
                 if off >= def.value_size {
@@ -501,7 +586,10 @@ impl<'a> Checker<'a> {
                         pc,
                         Some(st),
                         Rule::MemoryAccess,
-                        format!("invalid access to map value pointer, value_size={} off={off}", def.value_size),
+                        format!(
+                            "invalid access to map value pointer, value_size={} off={off}",
+                            def.value_size
+                        ),
                     ));
                 }
                 let mut r = Reg::ptr(PtrKind::MapValue { map: map as u32 });
@@ -514,7 +602,15 @@ impl<'a> Checker<'a> {
     // ----- ALU ---------------------------------------------------------------
 
     #[allow(clippy::too_many_arguments)]
-    fn alu(&mut self, st: &mut State, pc: usize, width: Width, op: AluOp, dst: u8, src: Operand) -> R<()> {
+    fn alu(
+        &mut self,
+        st: &mut State,
+        pc: usize,
+        width: Width,
+        op: AluOp,
+        dst: u8,
+        src: Operand,
+    ) -> R<()> {
         let s = self.operand(st, pc, src)?;
         if op == AluOp::Mov {
             let r = if width == Width::W64 {
@@ -586,7 +682,11 @@ impl<'a> Checker<'a> {
                 Self::set(st, dst, Reg::scalar(Scalar::urange(0, u32::MAX as u64)));
                 return Ok(());
             }
-            return reject(self, st, format!("R{dst} 32-bit pointer arithmetic prohibited"));
+            return reject(
+                self,
+                st,
+                format!("R{dst} 32-bit pointer arithmetic prohibited"),
+            );
         }
         let (ptr, off_val, ptr_reg) = match (op, dp, sp) {
             (AluOp::Add, true, false) => (d, s.val, dst),
@@ -631,7 +731,11 @@ impl<'a> Checker<'a> {
             ));
         }
         if let PtrKind::MapPtr { .. } = kind {
-            return reject(self, st, format!("R{ptr_reg} pointer arithmetic on map_ptr prohibited"));
+            return reject(
+                self,
+                st,
+                format!("R{ptr_reg} pointer arithmetic on map_ptr prohibited"),
+            );
         }
         let mut r = ptr;
         r.id = 0;
@@ -655,7 +759,11 @@ impl<'a> Checker<'a> {
             }
         } else {
             if off_val.smin < -MAX_VAR_OFF || off_val.smax > MAX_VAR_OFF {
-                let bound = if off_val.smin < -MAX_VAR_OFF { "min" } else { "max" };
+                let bound = if off_val.smin < -MAX_VAR_OFF {
+                    "min"
+                } else {
+                    "max"
+                };
                 return reject(
                     self,
                     st,
@@ -665,13 +773,20 @@ impl<'a> Checker<'a> {
                     ),
                 );
             }
-            let sop = if op == AluOp::Sub { AluOp::Sub } else { AluOp::Add };
+            let sop = if op == AluOp::Sub {
+                AluOp::Sub
+            } else {
+                AluOp::Add
+            };
             let v = scalar::alu(sop, Width::W64, &r.val, &off_val);
             if v.smin < -MAX_VAR_OFF || v.smax > MAX_VAR_OFF {
                 return reject(
                     self,
                     st,
-                    format!("R{dst} variable offset of {} pointer is out of range", ptr.type_name()),
+                    format!(
+                        "R{dst} variable offset of {} pointer is out of range",
+                        ptr.type_name()
+                    ),
                 );
             }
             r.val = v;
@@ -698,13 +813,21 @@ impl<'a> Checker<'a> {
         let e = |this: &Self, rule: Rule, msg: String| this.err_at(pc, Some(st), rule, msg);
         let (kind, nullable) = match ptr.ty {
             RegType::NotInit => {
-                return Err(e(self, Rule::UninitRegister, format!("R{regno} !read_ok: R{regno} is read before it is written on this path")))
+                return Err(e(
+                    self,
+                    Rule::UninitRegister,
+                    format!(
+                        "R{regno} !read_ok: R{regno} is read before it is written on this path"
+                    ),
+                ))
             }
             RegType::Scalar => {
                 return Err(e(
                     self,
                     Rule::MemoryAccess,
-                    format!("R{regno} invalid mem access 'scalar': R{regno} holds a number, not a pointer"),
+                    format!(
+                    "R{regno} invalid mem access 'scalar': R{regno} holds a number, not a pointer"
+                ),
                 ))
             }
             RegType::Ptr { kind, nullable } => (kind, nullable),
@@ -730,7 +853,11 @@ impl<'a> Checker<'a> {
         // Pointer offsets are kept within +-2^29 by the arithmetic checks.
         let lo = fixed + v.smin.clamp(-MAX_VAR_OFF, MAX_VAR_OFF);
         let hi = fixed + v.smax.clamp(-MAX_VAR_OFF, MAX_VAR_OFF);
-        let rw = if dir == Dir::Read { "read from" } else { "write to" };
+        let rw = if dir == Dir::Read {
+            "read from"
+        } else {
+            "write to"
+        };
         match kind {
             PtrKind::MapPtr { .. } => Err(e(
                 self,
@@ -844,13 +971,17 @@ impl<'a> Checker<'a> {
         let v = ptr.val;
         if v.as_const().is_some() {
             if lo < 0 || lo + size > region {
-                return e(format!("invalid access to {what}, {sz_name}={region} off={lo} size={size}"));
+                return e(format!(
+                    "invalid access to {what}, {sz_name}={region} off={lo} size={size}"
+                ));
             }
             return Ok(());
         }
         if lo < 0 {
             if v.smin <= -MAX_VAR_OFF {
-                return e(format!("R{regno} unbounded memory access, make sure to bounds check any such access"));
+                return e(format!(
+                    "R{regno} unbounded memory access, make sure to bounds check any such access"
+                ));
             }
             return e(format!(
                 "R{regno} min value is negative, either use unsigned index or do a if (index >= 0) check (off={fixed}, var_off={v})"
@@ -858,7 +989,9 @@ impl<'a> Checker<'a> {
         }
         if hi + size > region {
             if v.smax >= MAX_VAR_OFF {
-                return e(format!("R{regno} unbounded memory access, make sure to bounds check any such access"));
+                return e(format!(
+                    "R{regno} unbounded memory access, make sure to bounds check any such access"
+                ));
             }
             return e(format!(
                 "R{regno} max value is outside of the allowed memory range: invalid access to {what}, {sz_name}={region} off={hi} size={size}; check the index against the size before using it"
@@ -878,7 +1011,16 @@ impl<'a> Checker<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn stack_read(&self, st: &State, pc: usize, regno: u8, frame: usize, lo: i64, hi: i64, size: u64) -> R<Reg> {
+    fn stack_read(
+        &self,
+        st: &State,
+        pc: usize,
+        regno: u8,
+        frame: usize,
+        lo: i64,
+        hi: i64,
+        size: u64,
+    ) -> R<Reg> {
         let fr = &st.frames[frame];
         let unknown = Reg::scalar(Scalar::unknown().truncate(size as u32));
         if lo == hi {
@@ -925,7 +1067,11 @@ impl<'a> Checker<'a> {
                     _ => all_zero = false,
                 }
             }
-            return Ok(if all_zero { Reg::scalar(Scalar::constant(0)) } else { unknown });
+            return Ok(if all_zero {
+                Reg::scalar(Scalar::constant(0))
+            } else {
+                unknown
+            });
         }
         // Variable offset: every byte it may touch must be readable.
         for o in lo..hi + size as i64 {
@@ -954,7 +1100,16 @@ impl<'a> Checker<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn store(&mut self, st: &mut State, pc: usize, dst: u8, off: i16, size: Size, val: Reg, src: Option<u8>) -> R<()> {
+    fn store(
+        &mut self,
+        st: &mut State,
+        pc: usize,
+        dst: u8,
+        off: i16,
+        size: Size,
+        val: Reg,
+        src: Option<u8>,
+    ) -> R<()> {
         let ptr = st.cur().regs[dst as usize];
         let n = size.bytes() as u64;
         let (kind, lo, hi) = self.check_access(st, pc, dst, &ptr, off as i64, n, Dir::Write)?;
@@ -982,7 +1137,17 @@ impl<'a> Checker<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn stack_write(&self, st: &mut State, pc: usize, frame: usize, lo: i64, hi: i64, size: u64, val: Reg, srcno: u8) -> R<()> {
+    fn stack_write(
+        &self,
+        st: &mut State,
+        pc: usize,
+        frame: usize,
+        lo: i64,
+        hi: i64,
+        size: u64,
+        val: Reg,
+        srcno: u8,
+    ) -> R<()> {
         let leaks = self.cfg.allow_ptr_leaks;
         if lo == hi {
             if size == 8 {
@@ -998,7 +1163,9 @@ impl<'a> Checker<'a> {
                     pc,
                     Some(st),
                     Rule::PointerLeak,
-                    format!("invalid size of register spill: storing {size} bytes of pointer R{srcno}"),
+                    format!(
+                        "invalid size of register spill: storing {size} bytes of pointer R{srcno}"
+                    ),
                 ));
             }
             let (slot, _) = st.frames[frame].byte(lo);
@@ -1007,7 +1174,10 @@ impl<'a> Checker<'a> {
                     pc,
                     Some(st),
                     Rule::PointerLeak,
-                    format!("attempt to corrupt spilled pointer on stack at fp{}", lo - slot_byte(lo)),
+                    format!(
+                        "attempt to corrupt spilled pointer on stack at fp{}",
+                        lo - slot_byte(lo)
+                    ),
                 ));
             }
             let zero = val.is_scalar() && val.val.truncate(size as u32).as_const() == Some(0);
@@ -1019,7 +1189,11 @@ impl<'a> Checker<'a> {
                 };
             }
             for i in 0..size as usize {
-                slot.bytes[b + i] = if zero { ByteState::Zero } else { ByteState::Misc };
+                slot.bytes[b + i] = if zero {
+                    ByteState::Zero
+                } else {
+                    ByteState::Misc
+                };
             }
             return Ok(());
         }
@@ -1039,7 +1213,10 @@ impl<'a> Checker<'a> {
                     pc,
                     Some(st),
                     Rule::PointerLeak,
-                    format!("variable-offset stack write may corrupt the pointer spilled at fp{}", o - b as i64),
+                    format!(
+                        "variable-offset stack write may corrupt the pointer spilled at fp{}",
+                        o - b as i64
+                    ),
                 ));
             }
             let (slot, b) = st.frames[frame].byte_mut(o);
@@ -1058,27 +1235,71 @@ impl<'a> Checker<'a> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn atomic(&mut self, st: &mut State, pc: usize, size: Size, op: AtomicOp, fetch: bool, dst: u8, off: i16, src: u8) -> R<()> {
+    fn atomic(
+        &mut self,
+        st: &mut State,
+        pc: usize,
+        size: Size,
+        op: AtomicOp,
+        fetch: bool,
+        dst: u8,
+        off: i16,
+        src: u8,
+    ) -> R<()> {
         let v = self.read(st, pc, src)?;
         if v.is_ptr() && !self.cfg.allow_ptr_leaks {
-            return Err(self.err_at(pc, Some(st), Rule::PointerLeak, format!("R{src} leaks addr into mem")));
+            return Err(self.err_at(
+                pc,
+                Some(st),
+                Rule::PointerLeak,
+                format!("R{src} leaks addr into mem"),
+            ));
         }
         if op == AtomicOp::CmpXchg {
             let r0 = self.read(st, pc, 0)?;
             if r0.is_ptr() && !self.cfg.allow_ptr_leaks {
-                return Err(self.err_at(pc, Some(st), Rule::PointerLeak, "R0 leaks addr into mem".into()));
+                return Err(self.err_at(
+                    pc,
+                    Some(st),
+                    Rule::PointerLeak,
+                    "R0 leaks addr into mem".into(),
+                ));
             }
         }
         let ptr = st.cur().regs[dst as usize];
         if let Some((PtrKind::Ctx, _)) = ptr.ptr_kind() {
-            return Err(self.err_at(pc, Some(st), Rule::Context, format!("BPF_ATOMIC stores into R{dst} ctx is not allowed")));
+            return Err(self.err_at(
+                pc,
+                Some(st),
+                Rule::Context,
+                format!("BPF_ATOMIC stores into R{dst} ctx is not allowed"),
+            ));
         }
         let n = size.bytes() as u64;
         let (kind, lo, hi) = self.check_access(st, pc, dst, &ptr, off as i64, n, Dir::Read)?;
+        // Atomics must be naturally aligned (regions start 8-byte aligned).
+        let total = Tnum::constant((ptr.off as i64 + off as i64) as u64).add(ptr.val.var_off);
+        if !total.is_aligned(n) {
+            return Err(self.err_at(
+                pc,
+                Some(st),
+                Rule::MemoryAccess,
+                format!(
+                    "misaligned atomic access off {}+{} size {n}",
+                    ptr.off as i64 + off as i64,
+                    ptr.val
+                ),
+            ));
+        }
         if let PtrKind::Stack { frame } = kind {
             let old = self.stack_read(st, pc, dst, frame as usize, lo, hi, n)?;
             if old.is_ptr() && !self.cfg.allow_ptr_leaks {
-                return Err(self.err_at(pc, Some(st), Rule::PointerLeak, format!("BPF_ATOMIC on the pointer spilled at fp{lo} is not allowed")));
+                return Err(self.err_at(
+                    pc,
+                    Some(st),
+                    Rule::PointerLeak,
+                    format!("BPF_ATOMIC on the pointer spilled at fp{lo} is not allowed"),
+                ));
             }
             self.stack_write(st, pc, frame as usize, lo, hi, n, Reg::unknown(), src)?;
         }
@@ -1093,7 +1314,16 @@ impl<'a> Checker<'a> {
     // ----- jumps -------------------------------------------------------------
 
     #[allow(clippy::too_many_arguments)]
-    fn jmp(&mut self, st: &mut State, pc: usize, width: Width, cond: JmpCond, dst: u8, src: Operand, target: usize) -> R<Flow> {
+    fn jmp(
+        &mut self,
+        st: &mut State,
+        pc: usize,
+        width: Width,
+        cond: JmpCond,
+        dst: u8,
+        src: Operand,
+        target: usize,
+    ) -> R<Flow> {
         let a = self.read(st, pc, dst)?;
         let b = self.operand(st, pc, src)?;
         let next = pc + 1;
@@ -1133,7 +1363,11 @@ impl<'a> Checker<'a> {
             });
         }
         // Null checks: a pointer against the constant 0.
-        let (preg, pregno, other) = if a.is_ptr() { (a, dst, b) } else { (b, reg_of(src), a) };
+        let (preg, pregno, other) = if a.is_ptr() {
+            (a, dst, b)
+        } else {
+            (b, reg_of(src), a)
+        };
         let is_zero = other.is_scalar() && other.val.as_const() == Some(0);
         if width == Width::W64 && is_zero && matches!(cond, JmpCond::Eq | JmpCond::Ne) {
             let (_, nullable) = preg.ptr_kind().unwrap_or((PtrKind::Ctx, false));
@@ -1143,7 +1377,11 @@ impl<'a> Checker<'a> {
                 return Ok(Flow::Next(if null_on_taken { next } else { target }));
             }
             let mut other_st = st.clone();
-            let (null_st, nonnull_st) = if null_on_taken { (&mut other_st, &mut *st) } else { (&mut *st, &mut other_st) };
+            let (null_st, nonnull_st) = if null_on_taken {
+                (&mut other_st, &mut *st)
+            } else {
+                (&mut *st, &mut other_st)
+            };
             mark_ptr_or_null(null_st, preg.id, true);
             mark_ptr_or_null(nonnull_st, preg.id, false);
             let _ = pregno;
@@ -1179,7 +1417,11 @@ impl<'a> Checker<'a> {
         let r0 = st.cur().regs[0];
         let depth = st.frames.len();
         if !r0.is_init() {
-            let what = if depth > 1 { "the function's return value" } else { "the program's return value" };
+            let what = if depth > 1 {
+                "the function's return value"
+            } else {
+                "the program's return value"
+            };
             return Err(self.err_at(
                 pc,
                 Some(st),
@@ -1191,12 +1433,19 @@ impl<'a> Checker<'a> {
             let dying = (depth - 1) as u8;
             if let Some((PtrKind::Stack { frame }, _)) = r0.ptr_kind() {
                 if frame == dying {
-                    return Err(self.err_at(pc, Some(st), Rule::MemoryAccess, "cannot return stack pointer to the caller frame".into()));
+                    return Err(self.err_at(
+                        pc,
+                        Some(st),
+                        Rule::MemoryAccess,
+                        "cannot return stack pointer to the caller frame".into(),
+                    ));
                 }
             }
             for f in &st.frames[..depth - 1] {
                 for (i, s) in f.stack.iter().enumerate() {
-                    if let Some((PtrKind::Stack { frame }, _)) = s.spill.ptr_kind().filter(|_| s.is_spill()) {
+                    if let Some((PtrKind::Stack { frame }, _)) =
+                        s.spill.ptr_kind().filter(|_| s.is_spill())
+                    {
                         if frame == dying {
                             return Err(self.err_at(
                                 pc,
@@ -1222,7 +1471,10 @@ impl<'a> Checker<'a> {
                 pc,
                 Some(st),
                 Rule::PointerLeak,
-                format!("R0 leaks addr as return value: the program returns a {} pointer", r0.type_name()),
+                format!(
+                    "R0 leaks addr as return value: the program returns a {} pointer",
+                    r0.type_name()
+                ),
             ));
         }
         if let Some(r) = st.refs.first() {
@@ -1241,7 +1493,12 @@ impl<'a> Checker<'a> {
 
     fn call_helper(&mut self, st: &mut State, pc: usize, id: i32) -> R<()> {
         let Some(proto) = self.env.helpers.get(id) else {
-            return Err(self.err_at(pc, Some(st), Rule::HelperNotAllowed, format!("invalid func unknown#{id}")));
+            return Err(self.err_at(
+                pc,
+                Some(st),
+                Rule::HelperNotAllowed,
+                format!("invalid func unknown#{id}"),
+            ));
         };
         let name = proto.name.as_str();
         if !self.env.prog_type.allowed_helpers.contains(&id) {
@@ -1249,7 +1506,10 @@ impl<'a> Checker<'a> {
                 pc,
                 Some(st),
                 Rule::HelperNotAllowed,
-                format!("program of this type ({}) cannot use helper {name}#{id}", self.env.prog_type.name),
+                format!(
+                    "program of this type ({}) cannot use helper {name}#{id}",
+                    self.env.prog_type.name
+                ),
             ));
         }
         let leaks = self.cfg.allow_ptr_leaks;
@@ -1260,10 +1520,17 @@ impl<'a> Checker<'a> {
         for (i, &kind) in proto.args.iter().enumerate().take(5) {
             let regno = (i + 1) as u8;
             let reg = st.cur().regs[regno as usize];
-            let e = |this: &Self, st: &State, rule: Rule, msg: String| Err(this.err_at(pc, Some(st), rule, msg));
+            let e = |this: &Self, st: &State, rule: Rule, msg: String| {
+                Err(this.err_at(pc, Some(st), rule, msg))
+            };
             if kind == ArgKind::ScalarOrUninit {
                 if reg.is_ptr() && !leaks {
-                    return e(self, st, Rule::PointerLeak, format!("R{regno} leaks addr into helper function {name}"));
+                    return e(
+                        self,
+                        st,
+                        Rule::PointerLeak,
+                        format!("R{regno} leaks addr into helper function {name}"),
+                    );
                 }
                 continue;
             }
@@ -1280,14 +1547,23 @@ impl<'a> Checker<'a> {
                     this,
                     st,
                     Rule::HelperArgument,
-                    format!("R{regno} type={} expected={want} (argument {} of {name})", reg.type_name(), i + 1),
+                    format!(
+                        "R{regno} type={} expected={want} (argument {} of {name})",
+                        reg.type_name(),
+                        i + 1
+                    ),
                 )
             };
             match kind {
                 ArgKind::ScalarOrUninit | ArgKind::UnsafePtr => {}
                 ArgKind::Anything => {
                     if reg.is_ptr() && !leaks {
-                        return e(self, st, Rule::PointerLeak, format!("R{regno} leaks addr into helper function {name}"));
+                        return e(
+                            self,
+                            st,
+                            Rule::PointerLeak,
+                            format!("R{regno} leaks addr into helper function {name}"),
+                        );
                     }
                 }
                 ArgKind::ConstMapPtr => {
@@ -1296,7 +1572,12 @@ impl<'a> Checker<'a> {
                     };
                     let mt = self.env.maps.get(m as usize).map_or(0, |d| d.map_type);
                     if !proto.map_types.is_empty() && !proto.map_types.contains(&mt) {
-                        return e(self, st, Rule::HelperArgument, format!("cannot pass map_type {mt} into func {name}#{id}"));
+                        return e(
+                            self,
+                            st,
+                            Rule::HelperArgument,
+                            format!("cannot pass map_type {mt} into func {name}#{id}"),
+                        );
                     }
                     map = Some(m);
                 }
@@ -1304,7 +1585,11 @@ impl<'a> Checker<'a> {
                     let Some(m) = map.and_then(|m| self.env.maps.get(m as usize)) else {
                         return e(self, st, Rule::Internal, format!("helper prototype of {name}: map key/value argument without a map argument before it"));
                     };
-                    let n = if kind == ArgKind::PtrToMapKey { m.key_size } else { m.value_size } as u64;
+                    let n = if kind == ArgKind::PtrToMapKey {
+                        m.key_size
+                    } else {
+                        m.value_size
+                    } as u64;
                     self.helper_mem(st, pc, regno, &reg, n, Dir::Read, name)?;
                 }
                 ArgKind::PtrToMem => mem = Some((regno, reg, Dir::Read)),
@@ -1349,7 +1634,9 @@ impl<'a> Checker<'a> {
                     }
                 }
                 ArgKind::PtrToAllocMem => {
-                    let (PtrKind::Mem { ref_id, .. }, false) = reg.ptr_kind().unwrap_or((PtrKind::Ctx, true)) else {
+                    let (PtrKind::Mem { ref_id, .. }, false) =
+                        reg.ptr_kind().unwrap_or((PtrKind::Ctx, true))
+                    else {
                         let want = if reg.ptr_kind().is_some_and(|(_, n)| n) {
                             "non-NULL ringbuf record (check the result of bpf_ringbuf_reserve against NULL first)"
                         } else {
@@ -1361,18 +1648,37 @@ impl<'a> Checker<'a> {
                         return expect(self, st, "ringbuf record from bpf_ringbuf_reserve");
                     }
                     if reg.off != 0 || reg.val.as_const() != Some(0) {
-                        return e(self, st, Rule::Reference, format!("R{regno} must have zero offset when passed to release func {name}"));
+                        return e(
+                            self,
+                            st,
+                            Rule::Reference,
+                            format!(
+                                "R{regno} must have zero offset when passed to release func {name}"
+                            ),
+                        );
                     }
                     release = Some(ref_id);
                 }
             }
         }
         if let Some((mregno, ..)) = mem {
-            return Err(self.err_at(pc, Some(st), Rule::Internal, format!("helper prototype of {name}: memory argument R{mregno} has no size argument")));
+            return Err(self.err_at(
+                pc,
+                Some(st),
+                Rule::Internal,
+                format!(
+                    "helper prototype of {name}: memory argument R{mregno} has no size argument"
+                ),
+            ));
         }
         if let Some(rid) = release {
             let Some(pos) = st.refs.iter().position(|r| r.id == rid) else {
-                return Err(self.err_at(pc, Some(st), Rule::Reference, format!("release of unacquired reference id={rid}")));
+                return Err(self.err_at(
+                    pc,
+                    Some(st),
+                    Rule::Reference,
+                    format!("release of unacquired reference id={rid}"),
+                ));
             };
             st.refs.remove(pos);
             st.for_each_reg(|r| {
@@ -1403,7 +1709,10 @@ impl<'a> Checker<'a> {
                 };
                 let id = st.new_id();
                 Reg {
-                    ty: RegType::Ptr { kind: PtrKind::MapValue { map: m }, nullable: true },
+                    ty: RegType::Ptr {
+                        kind: PtrKind::MapValue { map: m },
+                        nullable: true,
+                    },
                     off: 0,
                     id,
                     val: Scalar::constant(0),
@@ -1413,7 +1722,13 @@ impl<'a> Checker<'a> {
                 let id = st.new_id();
                 st.refs.push(RefState { id, insn: pc });
                 Reg {
-                    ty: RegType::Ptr { kind: PtrKind::Mem { size: alloc_size, ref_id: id }, nullable: true },
+                    ty: RegType::Ptr {
+                        kind: PtrKind::Mem {
+                            size: alloc_size,
+                            ref_id: id,
+                        },
+                        nullable: true,
+                    },
                     off: 0,
                     id,
                     val: Scalar::constant(0),
@@ -1427,7 +1742,16 @@ impl<'a> Checker<'a> {
     /// Checks a helper's memory argument of `size` bytes; for writes into the
     /// stack, marks the bytes initialised.
     #[allow(clippy::too_many_arguments)]
-    fn helper_mem(&mut self, st: &mut State, pc: usize, regno: u8, reg: &Reg, size: u64, dir: Dir, name: &str) -> R<()> {
+    fn helper_mem(
+        &mut self,
+        st: &mut State,
+        pc: usize,
+        regno: u8,
+        reg: &Reg,
+        size: u64,
+        dir: Dir,
+        name: &str,
+    ) -> R<()> {
         match reg.ptr_kind() {
             Some((PtrKind::Stack { .. } | PtrKind::MapValue { .. } | PtrKind::Mem { .. }, _)) => {}
             _ => {
@@ -1435,7 +1759,10 @@ impl<'a> Checker<'a> {
                     pc,
                     Some(st),
                     Rule::HelperArgument,
-                    format!("R{regno} type={} expected=fp, map_value, mem (a pointer to memory for {name})", reg.type_name()),
+                    format!(
+                    "R{regno} type={} expected=fp, map_value, mem (a pointer to memory for {name})",
+                    reg.type_name()
+                ),
                 ))
             }
         }
@@ -1485,13 +1812,24 @@ impl<'a> Checker<'a> {
                     let slot_start = o - b as i64;
                     let partial = slot_start < lo || slot_start + 8 > end;
                     if s.is_ptr_spill() && !leaks && partial {
-                        return Err(self.err_at(pc, Some(st), Rule::PointerLeak, format!("attempt to corrupt spilled pointer on stack at fp{}", o - b as i64)));
+                        return Err(self.err_at(
+                            pc,
+                            Some(st),
+                            Rule::PointerLeak,
+                            format!(
+                                "attempt to corrupt spilled pointer on stack at fp{}",
+                                o - b as i64
+                            ),
+                        ));
                     }
                 }
                 for o in lo..end {
                     let (slot, b) = st.frames[frame].byte_mut(o);
                     if slot.is_spill() {
-                        *slot = Slot { bytes: [ByteState::Misc; 8], spill: Reg::NOT_INIT };
+                        *slot = Slot {
+                            bytes: [ByteState::Misc; 8],
+                            spill: Reg::NOT_INIT,
+                        };
                     }
                     slot.bytes[b] = ByteState::Misc;
                 }
@@ -1502,7 +1840,15 @@ impl<'a> Checker<'a> {
 
     /// Like [`Checker::check_access`] for a byte buffer of `size` bytes (no
     /// alignment requirement).
-    fn check_access_bytes(&mut self, st: &State, pc: usize, regno: u8, reg: &Reg, size: u64, dir: Dir) -> R<(PtrKind, i64, i64)> {
+    fn check_access_bytes(
+        &mut self,
+        st: &State,
+        pc: usize,
+        regno: u8,
+        reg: &Reg,
+        size: u64,
+        dir: Dir,
+    ) -> R<(PtrKind, i64, i64)> {
         if let Some((PtrKind::Stack { .. }, _)) = reg.ptr_kind() {
             // Check bounds with byte granularity: pretend a 1-byte access at
             // the first and the last byte.
@@ -1577,7 +1923,11 @@ fn mark_ptr_or_null(st: &mut State, id: u32, is_null: bool) {
     }
     let mut dropped_ref = None;
     st.for_each_reg(|r| {
-        if let RegType::Ptr { kind, nullable: true } = r.ty {
+        if let RegType::Ptr {
+            kind,
+            nullable: true,
+        } = r.ty
+        {
             if r.id == id {
                 if is_null {
                     if let PtrKind::Mem { ref_id, .. } = kind {
@@ -1585,7 +1935,10 @@ fn mark_ptr_or_null(st: &mut State, id: u32, is_null: bool) {
                     }
                     *r = Reg::scalar(Scalar::constant(0));
                 } else {
-                    r.ty = RegType::Ptr { kind, nullable: false };
+                    r.ty = RegType::Ptr {
+                        kind,
+                        nullable: false,
+                    };
                     r.id = 0;
                 }
             }

@@ -146,7 +146,8 @@ impl Config<'_> {
     /// The location of instruction `pc`, if line info covers it.
     pub fn location(&self, pc: usize) -> Option<&str> {
         let i = self.line_info.partition_point(|l| l.insn <= pc);
-        i.checked_sub(1).map(|i| self.line_info[i].location.as_str())
+        i.checked_sub(1)
+            .map(|i| self.line_info[i].location.as_str())
     }
 }
 

@@ -134,11 +134,27 @@ pub fn helpers() -> HelperTable {
         p(
             TRACE_PRINTK,
             "bpf_trace_printk",
-            &[PtrToMem, ConstSize, ScalarOrUninit, ScalarOrUninit, ScalarOrUninit],
+            &[
+                PtrToMem,
+                ConstSize,
+                ScalarOrUninit,
+                ScalarOrUninit,
+                ScalarOrUninit,
+            ],
             Integer,
         ),
-        p(GET_SMP_PROCESSOR_ID, "bpf_get_smp_processor_id", &[], Integer),
-        p(GET_CURRENT_PID_TGID, "bpf_get_current_pid_tgid", &[], Integer),
+        p(
+            GET_SMP_PROCESSOR_ID,
+            "bpf_get_smp_processor_id",
+            &[],
+            Integer,
+        ),
+        p(
+            GET_CURRENT_PID_TGID,
+            "bpf_get_current_pid_tgid",
+            &[],
+            Integer,
+        ),
         p(
             GET_CURRENT_COMM,
             "bpf_get_current_comm",
@@ -273,11 +289,7 @@ pub fn tracepoint(event: &str, record_size: u32, fields: &[(u32, u32)]) -> Progr
 pub fn perf_event() -> ProgramType {
     ProgramType {
         name: "perf_event".into(),
-        ctx: ContextDescriptor::u64_fields(
-            "struct bpf_perf_event_data",
-            PT_REGS_FIELDS + 2,
-            false,
-        ),
+        ctx: ContextDescriptor::u64_fields("struct bpf_perf_event_data", PT_REGS_FIELDS + 2, false),
         allowed_helpers: common_helpers(),
     }
 }

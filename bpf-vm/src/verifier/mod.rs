@@ -89,7 +89,10 @@ pub fn verify(prog: &[Insn], env: &Env<'_>, config: &Config<'_>) -> Result<Repor
                     &mut log,
                     format_args!(
                         "processed {} insns, stored {} states (peak {}), pruned {}\n",
-                        stats.insns_processed, stats.states_stored, stats.peak_states, stats.states_pruned
+                        stats.insns_processed,
+                        stats.states_stored,
+                        stats.peak_states,
+                        stats.states_pruned
                     ),
                 );
             }
@@ -106,7 +109,11 @@ pub fn verify(prog: &[Insn], env: &Env<'_>, config: &Config<'_>) -> Result<Repor
 
 /// Decodes raw instruction bytes and verifies them; a decoding failure is a
 /// [`Rule::BadInput`] rejection naming the instruction.
-pub fn verify_bytes(bytes: &[u8], env: &Env<'_>, config: &Config<'_>) -> Result<Report, Box<Rejection>> {
+pub fn verify_bytes(
+    bytes: &[u8],
+    env: &Env<'_>,
+    config: &Config<'_>,
+) -> Result<Report, Box<Rejection>> {
     match crate::insn::decode(bytes) {
         Ok(p) => verify(p.insns(), env, config),
         Err(e) => Err(Box::new(Rejection {

@@ -566,11 +566,13 @@ fn alu64(op: AluOp, a: &Scalar, b: &Scalar, shift_mask: u64) -> Scalar {
         }
         AluOp::Div => {
             // x / 0 == 0 and x / y <= x: the result never exceeds a.umax.
-            if b.umin > 0 {
-                r.umin = a.umin / b.umax;
-                r.umax = a.umax / b.umin;
-            } else {
-                r.umax = a.umax;
+            match a.umax.checked_div(b.umin) {
+                Some(hi) => {
+                    // b.umax >= b.umin > 0.
+                    r.umin = a.umin / b.umax;
+                    r.umax = hi;
+                }
+                None => r.umax = a.umax,
             }
         }
         AluOp::Mod => {
@@ -919,13 +921,31 @@ mod tests {
     #[test]
     fn div_mod_shift() {
         let x = Scalar::urange(0, 1000);
-        assert_eq!(alu(AluOp::Div, Width::W64, &x, &Scalar::constant(10)).umax, 100);
-        assert_eq!(alu(AluOp::Mod, Width::W64, &x, &Scalar::constant(64)).umax, 63);
-        assert_eq!(alu(AluOp::Div, Width::W64, &x, &Scalar::unknown()).umax, 1000);
-        assert_eq!(alu(AluOp::Rsh, Width::W64, &x, &Scalar::constant(3)).umax, 125);
-        assert_eq!(alu(AluOp::Lsh, Width::W64, &x, &Scalar::constant(3)).umax, 8000);
+        assert_eq!(
+            alu(AluOp::Div, Width::W64, &x, &Scalar::constant(10)).umax,
+            100
+        );
+        assert_eq!(
+            alu(AluOp::Mod, Width::W64, &x, &Scalar::constant(64)).umax,
+            63
+        );
+        assert_eq!(
+            alu(AluOp::Div, Width::W64, &x, &Scalar::unknown()).umax,
+            1000
+        );
+        assert_eq!(
+            alu(AluOp::Rsh, Width::W64, &x, &Scalar::constant(3)).umax,
+            125
+        );
+        assert_eq!(
+            alu(AluOp::Lsh, Width::W64, &x, &Scalar::constant(3)).umax,
+            8000
+        );
         assert_eq!(eval_alu(AluOp::Mod, Width::W32, 0x1_0000_0005, 0), 5);
-        assert_eq!(eval_alu(AluOp::SDiv, Width::W64, i64::MIN as u64, u64::MAX), i64::MIN as u64);
+        assert_eq!(
+            eval_alu(AluOp::SDiv, Width::W64, i64::MIN as u64, u64::MAX),
+            i64::MIN as u64
+        );
     }
 
     #[test]
@@ -959,13 +979,33 @@ mod tests {
             }
         };
         let ops = [
-            AluOp::Add, AluOp::Sub, AluOp::Mul, AluOp::Div, AluOp::SDiv, AluOp::Mod,
-            AluOp::SMod, AluOp::Or, AluOp::And, AluOp::Xor, AluOp::Lsh, AluOp::Rsh,
-            AluOp::Arsh, AluOp::Mov,
+            AluOp::Add,
+            AluOp::Sub,
+            AluOp::Mul,
+            AluOp::Div,
+            AluOp::SDiv,
+            AluOp::Mod,
+            AluOp::SMod,
+            AluOp::Or,
+            AluOp::And,
+            AluOp::Xor,
+            AluOp::Lsh,
+            AluOp::Rsh,
+            AluOp::Arsh,
+            AluOp::Mov,
         ];
         let conds = [
-            JmpCond::Eq, JmpCond::Ne, JmpCond::Gt, JmpCond::Ge, JmpCond::Lt, JmpCond::Le,
-            JmpCond::Set, JmpCond::Sgt, JmpCond::Sge, JmpCond::Slt, JmpCond::Sle,
+            JmpCond::Eq,
+            JmpCond::Ne,
+            JmpCond::Gt,
+            JmpCond::Ge,
+            JmpCond::Lt,
+            JmpCond::Le,
+            JmpCond::Set,
+            JmpCond::Sgt,
+            JmpCond::Sge,
+            JmpCond::Slt,
+            JmpCond::Sle,
         ];
         for _ in 0..20000 {
             let (a0, a1, b0, b1) = (pick(next()), pick(next()), pick(next()), pick(next()));
@@ -997,7 +1037,10 @@ mod tests {
                             for &y in &ys {
                                 if sa.may_be(x) && sb.may_be(y) && eval_cond(c, w, x, y) == taken {
                                     let (ra, rb) = r.unwrap_or_else(|| panic!("{c:?} {w:?} {taken} {x:#x} {y:#x} pruned (from {sa} {sb})"));
-                                    assert!(ra.may_be(x) && rb.may_be(y), "{c:?} {w:?} {taken} {x:#x} {y:#x}: {ra} {rb}");
+                                    assert!(
+                                        ra.may_be(x) && rb.may_be(y),
+                                        "{c:?} {w:?} {taken} {x:#x} {y:#x}: {ra} {rb}"
+                                    );
                                 }
                             }
                         }

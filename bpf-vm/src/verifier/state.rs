@@ -466,8 +466,14 @@ fn stack_includes(old: &Frame, cur: &Frame, ids: &mut IdMap, precise: bool) -> b
                 continue;
             }
             // An unknown spilled scalar reads like initialised bytes.
-            let any_scalar = os.spill.is_scalar() && (!precise || os.spill.val == Scalar::unknown());
-            if !(any_scalar && cs.bytes.iter().all(|b| matches!(b, ByteState::Misc | ByteState::Zero))) {
+            let any_scalar =
+                os.spill.is_scalar() && (!precise || os.spill.val == Scalar::unknown());
+            if !(any_scalar
+                && cs
+                    .bytes
+                    .iter()
+                    .all(|b| matches!(b, ByteState::Misc | ByteState::Zero)))
+            {
                 return false;
             }
             continue;
@@ -487,7 +493,9 @@ fn stack_includes(old: &Frame, cur: &Frame, ids: &mut IdMap, precise: bool) -> b
                 },
                 ByteState::Zero => {
                     cs.bytes[b] == ByteState::Zero
-                        || (cs.is_spill() && cs.spill.is_scalar() && cs.spill.val.as_const() == Some(0))
+                        || (cs.is_spill()
+                            && cs.spill.is_scalar()
+                            && cs.spill.val.as_const() == Some(0))
                 }
                 ByteState::Spill => false,
             };

@@ -23,11 +23,17 @@ pub struct Tnum {
 
 impl Tnum {
     /// Every value.
-    pub const UNKNOWN: Tnum = Tnum { value: 0, mask: u64::MAX };
+    pub const UNKNOWN: Tnum = Tnum {
+        value: 0,
+        mask: u64::MAX,
+    };
 
     /// Builds a tnum, clearing value bits that the mask says are unknown.
     pub const fn new(value: u64, mask: u64) -> Tnum {
-        Tnum { value: value & !mask, mask }
+        Tnum {
+            value: value & !mask,
+            mask,
+        }
     }
 
     /// The single value `v`.
@@ -122,7 +128,10 @@ impl Tnum {
             Tnum::new(v, m)
         } else {
             let s = shift & 63;
-            Tnum::new(((self.value as i64) >> s) as u64, ((self.mask as i64) >> s) as u64)
+            Tnum::new(
+                ((self.value as i64) >> s) as u64,
+                ((self.mask as i64) >> s) as u64,
+            )
         }
     }
 
@@ -358,7 +367,10 @@ mod tests {
         assert_eq!(t.arshift(4, 32), Tnum::constant(0xf800_0000));
         assert_eq!(t.subreg(), Tnum::constant(0x8000_0000));
         assert_eq!(t.clear_subreg(), Tnum::constant(0xffff_ffff_0000_0000));
-        assert_eq!(Tnum::constant(0x80).sext(1), Tnum::constant(u64::MAX - 0x7f));
+        assert_eq!(
+            Tnum::constant(0x80).sext(1),
+            Tnum::constant(u64::MAX - 0x7f)
+        );
         assert_eq!(Tnum::new(0, 0xff).cast(1), Tnum::new(0, 0xff));
         assert_eq!(
             Tnum::UNKNOWN.with_subreg(Tnum::constant(5)),
