@@ -104,11 +104,14 @@ pub enum SymbolError {
         suggestions: Vec<String>,
     },
     /// Several functions match and the query asked for one.
-    #[error("{}", ambiguous(.query, *.kind, .candidates))]
+    #[error("{}", ambiguous(.query, *.kind, .candidates, *.all_applies))]
     Ambiguous {
         query: String,
         kind: AmbiguityKind,
         candidates: Vec<Candidate>,
+        /// Whether asking for all matches (`--all`) would resolve the query;
+        /// not for an offset, which means different code in each function.
+        all_applies: bool,
     },
     /// The name exists only as inlined code.
     #[error("{}", inlined_away(.query, .name, .sites))]
@@ -189,7 +192,12 @@ fn not_found(query: &str, suggestions: &[String]) -> String {
     s
 }
 
-fn ambiguous(query: &str, kind: AmbiguityKind, candidates: &[Candidate]) -> String {
+fn ambiguous(
+    query: &str,
+    kind: AmbiguityKind,
+    candidates: &[Candidate],
+    all_applies: bool,
+) -> String {
     let what = match kind {
         AmbiguityKind::SameName => "functions have this name",
         AmbiguityKind::Monomorphizations => "monomorphizations of one generic function match",
@@ -222,10 +230,10 @@ fn ambiguous(query: &str, kind: AmbiguityKind, candidates: &[Candidate]) -> Stri
         AmbiguityKind::TraitImpls => "name the type (`<Type as Trait>::method` or `Type::method`)",
         AmbiguityKind::LineInSeveralPlaces => "probe one of the functions by name (`path+0xOFF`)",
     };
-    let _ = write!(
-        s,
-        "\nto choose one, {how}; to attach to all of them, pass --all"
-    );
+    let _ = write!(s, "\nto choose one, {how}");
+    if all_applies {
+        s.push_str("; to attach to all of them, pass --all");
+    }
     s
 }
 

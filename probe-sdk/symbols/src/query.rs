@@ -178,7 +178,17 @@ impl SymbolIndex {
                     1 => {}
                     // One offset rarely means the same thing in two
                     // functions, so `all` does not apply here.
-                    _ => return Err(self.ambiguous(path, &ids)),
+                    _ => {
+                        let mut e = self.ambiguous(path, &ids);
+                        if let SymbolError::Ambiguous {
+                            query, all_applies, ..
+                        } = &mut e
+                        {
+                            *query = format!("{path}+{offset:#x}");
+                            *all_applies = false;
+                        }
+                        return Err(e);
+                    }
                 }
                 let f = &self.functions[ids[0] as usize];
                 self.check_point(f, *offset)?;
@@ -434,6 +444,7 @@ impl SymbolIndex {
             query: path.to_string(),
             kind,
             candidates,
+            all_applies: true,
         }
     }
 
@@ -581,6 +592,7 @@ impl SymbolIndex {
             query: format!("{file}:{line}"),
             kind: AmbiguityKind::LineInSeveralPlaces,
             candidates,
+            all_applies: true,
         })
     }
 

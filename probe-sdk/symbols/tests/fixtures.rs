@@ -154,12 +154,14 @@ fn same_name_in_two_modules_is_ambiguous() {
         query,
         kind,
         candidates,
+        all_applies,
     } = err(index, "send")
     else {
         panic!("expected an ambiguity")
     };
     assert_eq!(query, "send");
     assert_eq!(kind, AmbiguityKind::SameName);
+    assert!(all_applies);
     let got: Vec<_> = candidates
         .iter()
         .map(|c| (c.name.as_str(), c.addr, c.size, c.select_with.as_deref()))
@@ -470,11 +472,19 @@ fn offsets_are_checked_against_instruction_boundaries() {
                 f.size
             )
         );
-        // Offsets need one function.
+        // Offsets need one function, and `--all` does not help.
+        let e = err(index, "send+0x1");
         assert!(matches!(
-            err(index, "send+0x1"),
-            SymbolError::Ambiguous { .. }
+            &e,
+            SymbolError::Ambiguous {
+                all_applies: false,
+                ..
+            }
         ));
+        assert!(e.to_string().starts_with("`send+0x1` is ambiguous"));
+        assert!(e
+            .to_string()
+            .ends_with("to choose one, write a longer path"));
     }
 }
 
