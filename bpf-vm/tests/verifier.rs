@@ -1025,3 +1025,20 @@ fn reject_misaligned_atomic() {
     );
     accept("lddw %r1, map_value(1, 8)\nmov %r2, 1\nlock add [%r1+0], %r2\nmov %r0, 0\nexit");
 }
+
+#[test]
+fn reject_too_many_pending_branches() {
+    // 9000 independent branches whose targets all lie at the end: every
+    // fork stays pending until the fall-through path finishes.
+    let mut src = String::new();
+    for _ in 0..9000 {
+        src.push_str("call 5\njgt %r0, 100, end\n");
+    }
+    src.push_str("end:\nexit\n");
+    let e = reject(&src);
+    assert_eq!(e.error.rule, Rule::Complexity);
+    assert_eq!(
+        e.error.message,
+        "program too complex: the sequence of 8193 jumps is too complex"
+    );
+}

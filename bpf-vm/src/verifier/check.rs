@@ -25,6 +25,9 @@ const MAX_VAR_OFF: i64 = 1 << 29;
 /// Largest size a helper memory argument may have.
 const MAX_MEM_SIZE: u64 = 1 << 29;
 const STACK: i64 = STACK_SIZE as i64;
+/// Most branches waiting to be explored at once (Linux's limit), which
+/// bounds the memory of pending states.
+const MAX_PENDING: usize = 8192;
 /// Minimum instructions on a path between two stored states.
 const STORE_EVERY: u32 = 8;
 
@@ -214,6 +217,17 @@ impl<'a> Checker<'a> {
                 match flow {
                     Flow::Next(n) => pc = n,
                     Flow::Fork(other, other_pc, n) => {
+                        if self.pending.len() >= MAX_PENDING {
+                            return Err(self.err_at(
+                                pc,
+                                Some(&st),
+                                Rule::Complexity,
+                                format!(
+                                    "program too complex: the sequence of {} jumps is too complex",
+                                    MAX_PENDING + 1
+                                ),
+                            ));
+                        }
                         if let Some(p) = parent {
                             self.nodes[p as usize].branches += 1;
                         }

@@ -286,6 +286,9 @@ impl Scalar {
         if bits == 32 {
             return self.sext32();
         }
+        if bits == 0 {
+            return Scalar::constant(0);
+        }
         let half = 1u64 << (bits - 1);
         if self.umax < half {
             // Already a small non-negative value: sign extension keeps it.

@@ -232,6 +232,9 @@ impl Tnum {
         if size >= 8 {
             return self;
         }
+        if size == 0 {
+            return Tnum::constant(0);
+        }
         let shift = 64 - size * 8;
         Tnum::new(
             (((self.value << shift) as i64) >> shift) as u64,
