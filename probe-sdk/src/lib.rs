@@ -4,6 +4,7 @@ pub mod build;
 pub mod check;
 pub mod client;
 pub mod kernel_image;
+pub mod linux_bpf;
 pub mod object;
 mod object_lines;
 pub mod vm;

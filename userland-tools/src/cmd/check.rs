@@ -28,6 +28,10 @@ pub struct Args {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Also load each program into the host's Linux kernel (root) and show
+    /// its verdict, for comparison; compare with `--privileged`.
+    #[arg(long)]
+    pub linux: bool,
 }
 
 /// Verify, print the verdicts, fail if any program is rejected.
@@ -69,6 +73,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     println!("{snippet}");
                 }
             }
+            if args.linux {
+                println!("  {}", linux_verdict(&obj, &v.program)?);
+            }
         }
     }
     let rejected = verdicts.iter().filter(|v| !v.accepted()).count();
@@ -76,6 +83,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("{rejected} of {} programs rejected", verdicts.len());
     }
     Ok(())
+}
+
+/// Linux's verdict on one program, as one line.
+fn linux_verdict(obj: &object::Object, program: &str) -> anyhow::Result<String> {
+    use probe_sdk::linux_bpf::{verify_on_linux, LinuxVerdict};
+    let Some(p) = obj.program(program) else {
+        return Ok(String::new());
+    };
+    Ok(match verify_on_linux(obj, p)? {
+        LinuxVerdict::Accepted => "host Linux: accepted".to_string(),
+        LinuxVerdict::Rejected { errno, reason, .. } => {
+            format!("host Linux: REJECTED (errno {errno}): {reason}")
+        }
+    })
 }
 
 /// The source line a `file:line` location names, when the file is
