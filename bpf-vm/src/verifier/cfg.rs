@@ -338,3 +338,43 @@ fn liveness(prog: &[Insn], helpers: &HelperTable) -> Vec<u16> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::asm::assemble;
+
+    #[test]
+    fn liveness_and_prune_points() {
+        let p = assemble(
+            "mov %r1, 1\nmov %r2, 2\njeq %r1, 0, skip\nmov %r0, %r2\nexit\nskip:\nmov %r0, 0\nexit",
+        )
+        .unwrap();
+        let g = analyze(p.insns(), &HelperTable::default()).unwrap();
+        let r = |regs: &[u8]| regs.iter().fold(1u16 << 10, |m, r| m | 1 << r);
+        assert_eq!(g.live_in[0], r(&[]));
+        assert_eq!(g.live_in[2], r(&[1, 2]));
+        assert_eq!(g.live_in[3], r(&[2]));
+        assert_eq!(g.live_in[5], r(&[]));
+        assert_eq!(
+            g.prune_point,
+            [false, false, false, true, false, true, false]
+        );
+        assert_eq!(g.subprogs, [0]);
+    }
+
+    #[test]
+    fn subprograms_and_their_ends() {
+        let p = assemble("call local f\nexit\nf:\nmov %r0, 1\nexit").unwrap();
+        let g = analyze(p.insns(), &HelperTable::default()).unwrap();
+        assert_eq!(g.subprogs, [0, 2]);
+        assert_eq!(g.subprog_of, [0, 0, 1, 1]);
+        let p = assemble("call local f\nmov %r0, 0\nexit\nf:\nmov %r0, 1").unwrap();
+        let e = analyze(p.insns(), &HelperTable::default()).unwrap_err();
+        assert_eq!(e.0, 3);
+        assert_eq!(
+            e.2,
+            "last insn is not an exit or jmp: execution falls off the end of the function"
+        );
+    }
+}

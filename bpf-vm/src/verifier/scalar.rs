@@ -1010,7 +1010,7 @@ mod tests {
             JmpCond::Slt,
             JmpCond::Sle,
         ];
-        for _ in 0..20000 {
+        for _ in 0..5000 {
             let (a0, a1, b0, b1) = (pick(next()), pick(next()), pick(next()), pick(next()));
             let sa = if next() % 2 == 0 {
                 Scalar::urange(min(a0, a1), max(a0, a1))

@@ -535,3 +535,70 @@ pub fn state_includes(old: &State, cur: &State, live: &[u16], precise: bool) -> 
         .zip(&cur.refs)
         .all(|(o, c)| ids.check(o.id, c.id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with(r: Reg) -> State {
+        let mut f = Frame::new(0, 0, 0);
+        f.regs[1] = r;
+        State {
+            frames: alloc::vec![f],
+            refs: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    #[test]
+    fn inclusion_of_registers() {
+        let all = [u16::MAX];
+        let wide = state_with(Reg::scalar(Scalar::urange(0, 100)));
+        let narrow = state_with(Reg::scalar(Scalar::urange(10, 20)));
+        assert!(state_includes(&wide, &narrow, &all, true));
+        assert!(!state_includes(&narrow, &wide, &all, true));
+        // Imprecise: scalars compare by type only.
+        assert!(state_includes(&narrow, &wide, &all, false));
+        // A dead register is not compared.
+        assert!(state_includes(&narrow, &wide, &[!(1 << 1)], true));
+        // Uninit in the old state accepts anything; a pointer never matches a scalar.
+        let uninit = state_with(Reg::NOT_INIT);
+        let ctx = state_with(Reg::ptr(PtrKind::Ctx));
+        assert!(state_includes(&uninit, &ctx, &all, true));
+        assert!(!state_includes(&wide, &ctx, &all, false));
+        let mut off = Reg::ptr(PtrKind::Ctx);
+        off.off = 8;
+        assert!(!state_includes(&ctx, &state_with(off), &all, true));
+    }
+
+    #[test]
+    fn ids_must_rename_consistently() {
+        let mut ids = IdMap::default();
+        assert!(ids.check(3, 7));
+        assert!(ids.check(3, 7));
+        assert!(!ids.check(3, 8));
+        assert!(!ids.check(4, 7));
+        assert!(!ids.check(0, 7));
+    }
+
+    #[test]
+    fn stack_slots() {
+        assert_eq!(slot_of(-1), (0, 7));
+        assert_eq!(slot_of(-8), (0, 0));
+        assert_eq!(slot_of(-9), (1, 7));
+        assert_eq!(slot_of(-512), (63, 0));
+        let all = [u16::MAX];
+        let mut old = state_with(Reg::NOT_INIT);
+        let mut cur = old.clone();
+        let (s, b) = old.frames[0].byte_mut(-8);
+        s.bytes[b] = ByteState::Misc;
+        // cur's byte is uninitialised: old (initialised) does not include it.
+        assert!(!state_includes(&old, &cur, &all, true));
+        let (s, b) = cur.frames[0].byte_mut(-8);
+        s.bytes[b] = ByteState::Zero;
+        assert!(state_includes(&old, &cur, &all, true));
+        let mut dump = alloc::string::String::new();
+        cur.dump(&mut dump);
+        assert_eq!(dump, "R10=fp0 fp-8=???????0");
+    }
+}
