@@ -40,8 +40,8 @@ pub enum ClientError {
     #[error("the kernel did not answer the handshake on {} within {:.1} s (still booting, hung, or another client is connected)", path.display(), timeout.as_secs_f64())]
     HandshakeTimeout { path: PathBuf, timeout: Duration },
     /// The kernel speaks another protocol version.
-    #[error("protocol version mismatch: this host speaks version {host}, the kernel {kernel}")]
-    VersionMismatch { host: u32, kernel: String },
+    #[error("protocol version mismatch: this host speaks version {host}; {detail}")]
+    VersionMismatch { host: u32, detail: String },
     /// No answer to a request in time.
     #[error("no answer to request #{id} ({what}) within {:.1} s", timeout.as_secs_f64())]
     Timeout {
@@ -202,22 +202,28 @@ impl Client {
                     if reply.protocol_version != PROTOCOL_VERSION {
                         return Err(ClientError::VersionMismatch {
                             host: PROTOCOL_VERSION,
-                            kernel: reply.protocol_version.to_string(),
+                            detail: format!("the kernel speaks version {}", reply.protocol_version),
                         });
                     }
                     self.hello = Some(reply.clone());
                     return Ok(reply);
                 }
-                Some(Response::Error(reply)) if reply.code == ErrorCode::Version => {
+                // A kernel whose Request enum differs cannot decode our
+                // Hello at all: that is a version mismatch too.
+                Some(Response::Error(reply))
+                    if matches!(reply.code, ErrorCode::Version | ErrorCode::Decode) =>
+                {
                     return Err(ClientError::VersionMismatch {
                         host: PROTOCOL_VERSION,
-                        kernel: reply.message,
+                        detail: format!("the kernel said: {}", reply.message),
                     });
                 }
-                // An error frame for the handshake is most likely about a
-                // stale partial frame the kernel was still holding; the next
-                // attempt starts clean.
-                Some(Response::Error(_)) => {}
+                Some(Response::Error(reply)) => {
+                    return Err(ClientError::Kernel {
+                        what: "Hello",
+                        reply,
+                    })
+                }
                 Some(other) => {
                     return Err(ClientError::Unexpected {
                         what: "Hello",
@@ -512,6 +518,41 @@ mod tests {
             c.shutdown(0x10, Duration::from_secs(2)),
             Ok(()) | Err(ClientError::Closed)
         ));
+        kernel.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn refused_hello_is_a_version_mismatch() {
+        let dir = std::env::temp_dir().join(format!("ktrace-client-ver-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ctl.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let kernel = thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut reader = FrameReader::new();
+            let mut buf = [0u8; 256];
+            loop {
+                let n = s.read(&mut buf).unwrap();
+                reader.push(&buf[..n]);
+                if let Some(FrameEvent::Frame(p)) = reader.next_event() {
+                    let env: Envelope<Request> = ktrace_abi::decode(&p).unwrap();
+                    let reply = ErrorReply::new(ErrorCode::Version, "this kernel speaks 9");
+                    s.write_all(&ktrace_abi::encode(env.id, &Response::Error(reply)).unwrap())
+                        .unwrap();
+                    return;
+                }
+            }
+        });
+        let err = match Client::connect(&path, &ConnectOptions::default()) {
+            Err(e) => e,
+            Ok(_) => panic!("handshake accepted"),
+        };
+        assert_eq!(
+            err.to_string(),
+            "protocol version mismatch: this host speaks version 1; the kernel said: this kernel speaks 9"
+        );
         kernel.join().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }

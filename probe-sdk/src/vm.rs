@@ -906,6 +906,13 @@ pub struct VmEntry {
     pub paths: VmPaths,
 }
 
+impl VmEntry {
+    /// The console log of the VM's last boot (empty if there is none).
+    pub fn console(&self) -> String {
+        read_lossy(&self.paths.console)
+    }
+}
+
 /// The state of VM `name`.
 pub fn status(name: &str) -> Result<VmEntry> {
     check_name(name)?;

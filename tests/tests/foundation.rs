@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ktrace_abi::frame::{self, MAGIC};
 use ktrace_abi::vm::{qemu_exit_status, DebugRequest, Hello, SystemInfo, TaskState, EXIT_PANIC};
 use ktrace_abi::{Envelope, ErrorCode, Request, Response, PROTOCOL_VERSION};
-use ktrace_tests::{ktrace_bin, ktrace_ok, test_config, unique_name, CliVmGuard, TestVm};
+use ktrace_tests::{ktrace, ktrace_bin, ktrace_ok, test_config, unique_name, CliVmGuard, TestVm};
 use probe_sdk::client::{Client, ClientError};
 use probe_sdk::vm::{self, ExitKind, ReportKind, Vm, VmError, VmState};
 
@@ -436,8 +436,4 @@ fn cli_starts_inspects_and_stops_a_vm_with_a_disk() {
         )
     );
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn ktrace() -> Command {
-    ktrace_tests::ktrace()
 }

@@ -129,10 +129,7 @@ fn status(vm_name: &str) -> anyhow::Result<()> {
     let entry = vm::status(vm_name)?;
     let VmState::Running { pid } = entry.state else {
         // A VM that died on its own leaves its console: say why it stopped.
-        let console = std::fs::read(&entry.paths.console)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        match vm::PanicReport::find(&console) {
+        match vm::PanicReport::find(&entry.console()) {
             Some(report) => println!("VM {vm_name}: stopped; the kernel had panicked:\n{report}"),
             None => println!("VM {vm_name}: stopped"),
         }
