@@ -25,6 +25,60 @@
 //! [`VerifyError`] (instruction, disassembly, message, register state,
 //! [`Rule`]) plus the statistics and log gathered until then. The verifier
 //! never panics and always terminates, whatever the input.
+//!
+//! ```
+//! use bpf_vm::asm::assemble;
+//! use bpf_vm::verifier::{linux, verify, Config, Env, MapDef, Rule};
+//!
+//! let prog = assemble(
+//!     "stw [%r10-4], 0
+//!      lddw %r1, map_fd(0)
+//!      mov %r2, %r10
+//!      add %r2, -4
+//!      call 1                  # bpf_map_lookup_elem
+//!      ldxdw %r0, [%r0]        # no NULL check
+//!      exit",
+//! )?;
+//! let helpers = linux::helpers();
+//! let kprobe = linux::kprobe();
+//! let maps = [MapDef { fd: 0, map_type: linux::map_type::HASH, key_size: 4, value_size: 8, max_entries: 64 }];
+//! let env = Env { prog_type: &kprobe, helpers: &helpers, maps: &maps };
+//! let err = verify(prog.insns(), &env, &Config::default()).unwrap_err();
+//! assert_eq!(err.error.insn_index, 6);
+//! assert_eq!(err.error.rule, Rule::NullCheck);
+//! assert_eq!(
+//!     err.error.message,
+//!     "R0 invalid mem access 'map_value_or_null': check the value returned by \
+//!      bpf_map_lookup_elem against NULL before dereferencing it"
+//! );
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! What is checked, in order of the walk:
+//! - registers are written before they are read; r0 holds a scalar at exit;
+//! - every load, store, atomic and helper buffer lies inside its region
+//!   (stack 512 bytes per frame, map value size, context fields, helper
+//!   memory size), for every value a variable offset may take; atomics are
+//!   naturally aligned;
+//! - stack bytes are written before they are read (unless
+//!   [`Config::allow_uninit_stack`]); spilled registers keep their type and
+//!   bounds; a spilled pointer is never partially overwritten or read;
+//! - maybe-NULL pointers are compared with 0 before use (a check on one copy
+//!   refines every copy);
+//! - pointers do not escape into maps, ring buffer records, helper
+//!   arguments, through stack bytes a helper reads, or through r0 (unless
+//!   [`Config::allow_ptr_leaks`]); only add/sub of bounded scalars is
+//!   allowed on pointers, and pointers of different types are not compared;
+//! - helpers exist, are allowed for the program type, and get arguments of
+//!   the kinds their prototypes list; ring buffer records are submitted or
+//!   discarded on every path;
+//! - loops end: each path is bounded by [`Config::max_insns`] processed
+//!   instructions, a state equal to one of its own ancestors is an infinite
+//!   loop, and at most 8,192 branches may wait to be explored.
+//!
+//! Pruning compares a new state with fully explored ones at the same
+//! instruction (register liveness and range/tnum inclusion; scalar values
+//! only when some explored path depended on them).
 
 pub mod cfg;
 mod check;
