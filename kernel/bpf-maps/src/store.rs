@@ -1,0 +1,142 @@
+//! Raw, preallocated byte storage shared with BPF programs.
+//!
+//! Map values are handed to programs as plain addresses: the interpreter
+//! reads and writes them through raw pointers, outside any Rust borrow. So
+//! the storage must never be reached through a `&`/`&mut [u8]` either (that
+//! would claim exclusivity the program breaks): [`Slab`] owns a raw
+//! allocation and every access from Rust is a raw copy. This module is the
+//! crate's only `unsafe` code.
+#![allow(unsafe_code)]
+
+use alloc::alloc::{alloc_zeroed, dealloc, Layout};
+use core::ptr::NonNull;
+
+use crate::MapError;
+
+/// A zeroed, 8-byte-aligned block of `len` bytes, freed on drop.
+pub(crate) struct Slab {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a `Slab` owns its allocation; moving it to another thread moves
+// ownership. Concurrent access from programs is arbitrated by the embedder
+// (map locks, the epoch scheme), as for any memory programs touch.
+unsafe impl Send for Slab {}
+// SAFETY: `&Slab` methods only copy bytes through raw pointers; callers
+// serialise writers (the kernel holds the map lock while calling them).
+unsafe impl Sync for Slab {}
+
+impl Slab {
+    /// Allocates `len` zeroed bytes (`len` may be 0).
+    pub fn new(len: usize) -> Result<Slab, MapError> {
+        if len == 0 {
+            return Ok(Slab {
+                ptr: NonNull::dangling(),
+                len: 0,
+            });
+        }
+        let layout = Layout::from_size_align(len, 8).map_err(|_| MapError::TooBig)?;
+        // SAFETY: `layout` has a non-zero size.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).ok_or(MapError::NoMemory)?;
+        Ok(Slab { ptr, len })
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    fn check(&self, off: usize, n: usize) -> Result<(), MapError> {
+        match off.checked_add(n) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(MapError::Internal),
+        }
+    }
+
+    /// The address of byte `off`, as a program sees it.
+    pub fn addr(&self, off: usize) -> u64 {
+        self.ptr.as_ptr() as u64 + off as u64
+    }
+
+    /// Whether `addr..addr+n` lies inside this slab; returns the offset.
+    pub fn offset_of(&self, addr: u64, n: usize) -> Option<usize> {
+        let base = self.ptr.as_ptr() as u64;
+        let off = addr.checked_sub(base)? as usize;
+        self.check(off, n).ok().map(|()| off)
+    }
+
+    /// Copies `out.len()` bytes from offset `off`.
+    pub fn read(&self, off: usize, out: &mut [u8]) -> Result<(), MapError> {
+        self.check(off, out.len())?;
+        // SAFETY: the range is inside the allocation (checked above) and
+        // `out` is a distinct Rust buffer.
+        unsafe {
+            core::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), out.as_mut_ptr(), out.len())
+        };
+        Ok(())
+    }
+
+    /// Copies `data` to offset `off`.
+    pub fn write(&self, off: usize, data: &[u8]) -> Result<(), MapError> {
+        self.check(off, data.len())?;
+        // SAFETY: as in `read`, in the other direction.
+        unsafe {
+            core::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
+        };
+        Ok(())
+    }
+
+    /// Zeroes `n` bytes at `off`.
+    pub fn zero(&self, off: usize, n: usize) -> Result<(), MapError> {
+        self.check(off, n)?;
+        // SAFETY: the range is inside the allocation.
+        unsafe { core::ptr::write_bytes(self.ptr.as_ptr().add(off), 0, n) };
+        Ok(())
+    }
+
+    /// Whether the `n` bytes at `off` equal `key`.
+    pub fn eq(&self, off: usize, key: &[u8]) -> bool {
+        if self.check(off, key.len()).is_err() {
+            return false;
+        }
+        // Compare in chunks without materialising a slice of shared memory.
+        let mut buf = [0u8; 64];
+        let mut done = 0;
+        while done < key.len() {
+            let n = (key.len() - done).min(buf.len());
+            if self.read(off + done, &mut buf[..n]).is_err() || buf[..n] != key[done..done + n] {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+
+    /// Reads a little-endian u32 at `off`.
+    pub fn read_u32(&self, off: usize) -> Result<u32, MapError> {
+        let mut b = [0u8; 4];
+        self.read(off, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Writes a little-endian u32 at `off`.
+    pub fn write_u32(&self, off: usize, v: u32) -> Result<(), MapError> {
+        self.write(off, &v.to_le_bytes())
+    }
+}
+
+impl Drop for Slab {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: allocated in `new` with this exact layout (which was valid then).
+            unsafe {
+                dealloc(
+                    self.ptr.as_ptr(),
+                    Layout::from_size_align_unchecked(self.len, 8),
+                )
+            };
+        }
+    }
+}
