@@ -10,6 +10,7 @@
 extern crate alloc;
 
 mod arch;
+mod bpf;
 mod console;
 mod control;
 mod debug;
@@ -39,6 +40,7 @@ pub extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     time::init();
     task::init();
     trace::init();
+    bpf::init();
     control::start();
     match ksyms::table() {
         Some(t) => log::info!("symbol table: {} functions", t.len()),

@@ -7,4 +7,5 @@ pub mod kernel_image;
 pub mod linux_bpf;
 pub mod object;
 mod object_lines;
+pub mod runtime;
 pub mod vm;

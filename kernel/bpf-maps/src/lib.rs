@@ -53,7 +53,7 @@ pub use hash::HashMap;
 pub use map::{Entry, Map};
 pub use perf::{PerfEventArray, PerfRecord, F_CURRENT_CPU};
 pub use ringbuf::{RingBuf, RingStats, RB_NO_WAKEUP};
-pub use stack::{walk_frame_pointers, StackTraceMap};
+pub use stack::{walk_frame_pointers, StackTraceMap, MAX_DEPTH as MAX_STACK_DEPTH};
 
 use core::fmt;
 

@@ -3,19 +3,162 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Requests to the BPF runtime.
+/// Requests to the BPF runtime. Maps, programs and links are named by the
+/// ids the kernel returned when creating them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum BpfRequest {}
+pub enum BpfRequest {
+    /// Create an object's maps, verify and load its programs and (with
+    /// `attach`) attach each where its section says; all or nothing.
+    /// Answer: [`BpfResponse::Object`], or an error carrying the verifier
+    /// message of the first rejected program.
+    LoadObject {
+        /// The object's name (its file or crate), shown in listings.
+        name: String,
+        object: Box<ObjectLoad>,
+        attach: bool,
+        options: LoadOptions,
+    },
+    /// Create one map. Answer: [`BpfResponse::Map`].
+    MapCreate(Box<MapDefinition>),
+    /// Answer: [`BpfResponse::Value`] (per-CPU maps: one 8-byte-padded
+    /// value per CPU).
+    MapLookup { map: u32, key: Vec<u8> },
+    /// `BPF_ANY` / `BPF_NOEXIST` / `BPF_EXIST` in `flags`. Answer: `Ok`.
+    MapUpdate {
+        map: u32,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        flags: u64,
+    },
+    /// Answer: `Ok`.
+    MapDelete { map: u32, key: Vec<u8> },
+    /// The key after `key` (the first for `None`). Answer:
+    /// [`BpfResponse::Key`], or a `NotFound` error (errno -2) at the end.
+    MapNextKey { map: u32, key: Option<Vec<u8>> },
+    /// Up to `max` entries after `after`. Answer: [`BpfResponse::Entries`].
+    MapDump {
+        map: u32,
+        after: Option<Vec<u8>>,
+        max: u32,
+    },
+    /// Many updates in one round trip; stops at the first failure.
+    /// Answer: [`BpfResponse::Batch`].
+    MapUpdateBatch {
+        map: u32,
+        entries: Vec<MapEntry>,
+        flags: u64,
+    },
+    /// Many deletes in one round trip. Answer: [`BpfResponse::Batch`].
+    MapDeleteBatch { map: u32, keys: Vec<Vec<u8>> },
+    /// Answer: [`BpfResponse::Maps`].
+    MapList,
+    /// Drop the map from the table (programs using it keep it alive).
+    MapFree { map: u32 },
+    /// Verify and load one program using already created maps
+    /// (`maps[i]` is the id for map index `i`). Answer: [`BpfResponse::Program`].
+    ProgLoad {
+        prog: Box<ProgramLoad>,
+        maps: Vec<u32>,
+        options: LoadOptions,
+    },
+    /// Answer: [`BpfResponse::Programs`].
+    ProgList,
+    /// Answer: [`BpfResponse::ProgramDump`].
+    ProgDump { prog: u32 },
+    /// Detach the program's links and unload it.
+    ProgUnload { prog: u32 },
+    /// Run a program on a context the host supplies, `repeat` times
+    /// (Linux's `BPF_PROG_TEST_RUN`). Answer: [`BpfResponse::TestRun`].
+    ProgTestRun {
+        prog: u32,
+        ctx: Vec<u8>,
+        repeat: u32,
+    },
+    /// Attach a loaded program. Answer: [`BpfResponse::Link`].
+    Attach {
+        prog: u32,
+        target: Box<AttachTarget>,
+        kretprobe: bool,
+    },
+    /// Detach a link. Answer: `Ok`.
+    Detach { link: u32 },
+    /// Answer: [`BpfResponse::Links`].
+    LinkList,
+    /// Start (or stop, with an empty list) pushing the records of these
+    /// ring buffer / perf event array maps, plus `trace_printk` output, as
+    /// [`BpfResponse::Events`] frames with id 0. Answer: `Ok`.
+    EventsSubscribe { maps: Vec<u32>, printk: bool },
+    /// Take up to `max` pending records now. Answer: [`BpfResponse::Events`].
+    EventsPoll {
+        maps: Vec<u32>,
+        printk: bool,
+        max: u32,
+    },
+    /// Answer: [`BpfResponse::Limits`].
+    GetLimits,
+    /// Change the limits (refused if current use already exceeds them).
+    SetLimits(Box<Limits>),
+    /// Call the kernel's probe target function `kernel::bpf::testing::target`
+    /// `count` times (tests and benchmarks attach to it). Answer:
+    /// [`BpfResponse::Triggered`].
+    Trigger { count: u32, arg: u64 },
+    /// Measure per-hit cost of what is attached to the probe target:
+    /// calls it `count` times with interrupts off and reports TSC cycles.
+    /// Answer: [`BpfResponse::Bench`].
+    Bench { count: u32 },
+}
 
 /// Answers from the BPF runtime.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum BpfResponse {}
+pub enum BpfResponse {
+    Object(Box<ObjectLoaded>),
+    Map(Box<MapInfo>),
+    Maps(Vec<MapInfo>),
+    Value(Vec<u8>),
+    Key(Vec<u8>),
+    Entries {
+        entries: Vec<MapEntry>,
+        more: bool,
+    },
+    /// `done` items succeeded; `error` says why the next one failed.
+    Batch {
+        done: u32,
+        error: Option<crate::ErrorReply>,
+    },
+    Program(Box<ProgInfo>),
+    Programs(Vec<ProgInfo>),
+    ProgramDump(Box<ProgDump>),
+    TestRun(Box<TestRunResult>),
+    Link(Box<LinkInfo>),
+    Links(Vec<LinkInfo>),
+    Events(EventBatch),
+    Limits {
+        limits: Box<Limits>,
+        usage: Box<Usage>,
+    },
+    Triggered {
+        count: u32,
+        result: u64,
+    },
+    Bench(Box<BenchResult>),
+    /// The verifier rejected a program of a load: nothing was loaded.
+    Rejected(Box<Rejected>),
+}
+
+/// A program the verifier refused, with everything it said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub program: String,
+    pub section: String,
+    pub report: VerifierReport,
+}
 
 // ---------------------------------------------------------------------------
 // Load requests: what the host's object loader produces from an eBPF ELF
 // object and the in-kernel runtime accepts.
 // ---------------------------------------------------------------------------
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -172,4 +315,254 @@ pub struct ProgramLoad {
 pub struct ObjectLoad {
     pub maps: Vec<MapDefinition>,
     pub programs: Vec<ProgramLoad>,
+}
+
+// ---------------------------------------------------------------------------
+// Runtime: maps, programs, links, event streams, limits.
+// ---------------------------------------------------------------------------
+
+/// How to load programs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadOptions {
+    /// Verifier log level: 0 none, 1 paths and branch states, 2 every instruction.
+    pub log_level: u8,
+    /// Instructions one run may execute before it is stopped (0: the
+    /// kernel's default).
+    pub insn_budget: u64,
+}
+
+/// A key and its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapEntry {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// A map the kernel holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapInfo {
+    pub id: u32,
+    pub name: String,
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+    /// Size of a value as lookups return it (per-CPU maps: one padded copy per CPU).
+    pub host_value_size: u32,
+    /// Bytes of preallocated storage.
+    pub memory_bytes: u64,
+    /// Live entries, for types that keep a count.
+    pub entries: Option<u64>,
+    /// Ring buffers and perf arrays: records submitted, lost, consumed.
+    pub submitted: u64,
+    pub lost: u64,
+    pub consumed: u64,
+    /// Programs holding the map.
+    pub programs: Vec<u32>,
+}
+
+/// What the verifier said about one program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifierReport {
+    /// Whether it was accepted.
+    pub accepted: bool,
+    /// The rejection, formatted exactly as `ktrace check` prints it.
+    pub message: Option<String>,
+    /// The verifier log at the requested level.
+    pub log: String,
+    pub insns_processed: u64,
+    pub states_stored: u64,
+    pub peak_states: u64,
+    pub states_pruned: u64,
+    /// Deepest stack use per subprogram.
+    pub stack_depth: Vec<u32>,
+    pub time_ns: u64,
+}
+
+/// A loaded program.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgInfo {
+    pub id: u32,
+    pub name: String,
+    pub section: String,
+    pub prog_type: ProgramType,
+    /// Instruction slots.
+    pub insns: u32,
+    /// Map ids it uses.
+    pub maps: Vec<u32>,
+    /// Runs completed (including those that faulted).
+    pub run_count: u64,
+    /// Total time in runs, nanoseconds.
+    pub run_time_ns: u64,
+    /// Instructions executed in all runs.
+    pub insns_executed: u64,
+    /// Hits that did not run the program (nested in another program on the
+    /// same CPU, or the interpreter busy).
+    pub misses: u64,
+    /// Runs stopped by the instruction budget.
+    pub budget_exhausted: u64,
+    /// Runs stopped by a helper fault or another run-time error.
+    pub faults: u64,
+    /// The last run-time error, if any.
+    pub last_error: Option<String>,
+    /// Instruction budget per run.
+    pub insn_budget: u64,
+    pub verifier: VerifierReport,
+    /// Links attaching it.
+    pub links: Vec<u32>,
+    /// Nanoseconds since boot when it was loaded.
+    pub loaded_at_ns: u64,
+}
+
+/// The instructions of a loaded program, as the kernel runs them (map
+/// references resolved to map ids), plus its source lines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgDump {
+    pub info: ProgInfo,
+    /// Instructions as loaded (8 bytes each, map references by index).
+    pub insns: Vec<u8>,
+    pub lines: Option<LineTable>,
+}
+
+/// Where a link is attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkTarget {
+    Kprobe {
+        address: u64,
+        function: String,
+        offset: u64,
+    },
+    Kretprobe {
+        address: u64,
+        function: String,
+    },
+    Tracepoint {
+        category: String,
+        name: String,
+    },
+    PerfEvent {
+        sample_hz: u32,
+    },
+}
+
+/// A program attached somewhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    pub id: u32,
+    pub prog: u32,
+    pub target: LinkTarget,
+    /// Hits that ran the program through this link.
+    pub hits: u64,
+    /// Position among the programs on the same attach point (0 runs first).
+    pub order: u32,
+}
+
+/// The result of [`BpfRequest::LoadObject`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectLoaded {
+    pub maps: Vec<MapInfo>,
+    pub programs: Vec<ProgInfo>,
+    pub links: Vec<LinkInfo>,
+}
+
+/// The result of [`BpfRequest::ProgTestRun`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestRunResult {
+    /// r0 of the last run.
+    pub retval: u64,
+    /// Runs that completed.
+    pub runs: u32,
+    /// Mean time per run, nanoseconds.
+    pub duration_ns: u64,
+    /// Mean TSC cycles per run.
+    pub cycles: u64,
+    /// The run-time error that stopped the runs, if any.
+    pub error: Option<String>,
+}
+
+/// Where an event record came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventSource {
+    /// A `BPF_MAP_TYPE_RINGBUF` map.
+    RingBuf { map: u32 },
+    /// A `BPF_MAP_TYPE_PERF_EVENT_ARRAY` map, from this CPU's buffer.
+    Perf { map: u32, cpu: u32 },
+    /// `bpf_trace_printk` output of a program (the data is the text).
+    Printk { prog: u32 },
+}
+
+/// One record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub source: EventSource,
+    pub data: Vec<u8>,
+}
+
+/// Lost-record counter of one stream, cumulative since it was created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostCount {
+    /// The map, or `u32::MAX` for the `trace_printk` stream.
+    pub map: u32,
+    pub lost: u64,
+}
+
+/// Records in production order per stream, and every stream's lost count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBatch {
+    /// Batch number (pushed batches count up from 1; a gap would mean a
+    /// batch was lost in transit).
+    pub seq: u64,
+    pub records: Vec<EventRecord>,
+    pub lost: Vec<LostCount>,
+}
+
+/// Resource limits of the BPF runtime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Total bytes of map storage.
+    pub map_memory_bytes: u64,
+    /// Loaded programs.
+    pub programs: u32,
+    /// Instruction slots per program.
+    pub insns_per_program: u32,
+    /// Maps.
+    pub maps: u32,
+}
+
+/// Current use of the limited resources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub map_memory_bytes: u64,
+    pub programs: u32,
+    pub maps: u32,
+    pub links: u32,
+}
+
+/// Per-hit cost of the probe target, with whatever is attached to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub count: u32,
+    /// Mean TSC cycles per call of the target (probe hit included).
+    pub cycles_per_call: u64,
+    /// Mean TSC cycles per call with nothing attached, measured in the same request.
+    pub baseline_cycles: u64,
+}
+
+/// The `file:line` locations of a line table, one per row, as the verifier
+/// shows them: the host's `ktrace check` and the kernel both use this so
+/// their rejection messages are identical.
+pub fn line_locations(lines: &LineTable) -> Vec<(usize, String)> {
+    lines
+        .rows
+        .iter()
+        .map(|r| {
+            let file = lines
+                .files
+                .get(r.file as usize)
+                .map(String::as_str)
+                .unwrap_or("?");
+            (r.insn as usize, alloc::format!("{file}:{}", r.line))
+        })
+        .collect()
 }

@@ -1,0 +1,193 @@
+//! Event streams: records of ring buffer and perf event array maps, and
+//! `trace_printk` lines, drained to the host.
+//!
+//! Helpers only set a flag ([`kick`]): waking a task from probe context
+//! could re-enter the scheduler the probe interrupted. The `bpf-events` task
+//! polls that flag every millisecond, drains the subscribed streams into
+//! [`EventBatch`]es of up to [`BATCH_BYTES`] and pushes them (id 0). Every
+//! batch carries each stream's cumulative lost count, so the host can tell
+//! records the kernel dropped (a full buffer) from records in flight; batch
+//! numbers reveal a batch lost in transit.
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use ktrace_abi::bpf::{BpfResponse, EventBatch, EventRecord, EventSource, LostCount};
+use ktrace_abi::Response;
+use ktrace_bpf_maps::Map;
+
+use super::kmap::KMap;
+
+/// Payload bytes per pushed batch: large enough to amortise framing, small
+/// enough that a response never waits long behind a batch on the UART.
+pub const BATCH_BYTES: usize = 16 * 1024;
+/// Stream id of `trace_printk` in [`LostCount::map`].
+pub const PRINTK_STREAM: u32 = u32::MAX;
+
+static KICKED: AtomicBool = AtomicBool::new(false);
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+struct Subs {
+    maps: Vec<Arc<KMap>>,
+    printk: bool,
+}
+
+static SUBS: spin::Mutex<Subs> = spin::Mutex::new(Subs {
+    maps: Vec::new(),
+    printk: false,
+});
+
+/// Tell the event task there is something to drain (any context).
+pub fn kick() {
+    KICKED.store(true, Ordering::Release);
+}
+
+/// Replace the set of pushed streams.
+pub fn subscribe(maps: Vec<Arc<KMap>>, printk: bool) {
+    let mut s = SUBS.lock();
+    s.maps = maps;
+    s.printk = printk;
+    kick();
+}
+
+/// Forget a freed map.
+pub fn unsubscribe_map(id: u32) {
+    SUBS.lock().maps.retain(|m| m.id != id);
+}
+
+/// Drains up to `max` records (and [`BATCH_BYTES`]) from `maps` and, with
+/// `printk`, the `trace_printk` queue (printing each line on the console).
+pub fn collect(maps: &[Arc<KMap>], printk: bool, max: usize) -> EventBatch {
+    let mut records = Vec::new();
+    let mut bytes = 0usize;
+    let mut lost = Vec::new();
+    let mut buf = Vec::new();
+    for m in maps {
+        let mut inner = m.inner.lock();
+        match &mut *inner {
+            Map::RingBuf(r) => {
+                while records.len() < max && bytes < BATCH_BYTES && r.pop(&mut buf) {
+                    bytes += buf.len() + 8;
+                    records.push(EventRecord {
+                        source: EventSource::RingBuf { map: m.id },
+                        data: core::mem::take(&mut buf),
+                    });
+                }
+                lost.push(LostCount {
+                    map: m.id,
+                    lost: r.stats().lost,
+                });
+            }
+            Map::PerfEventArray(p) => {
+                let mut out = Vec::new();
+                let room = max
+                    .saturating_sub(records.len())
+                    .min((BATCH_BYTES.saturating_sub(bytes) / 16).max(1));
+                p.drain(room, &mut out);
+                for r in out {
+                    bytes += r.data.len() + 12;
+                    records.push(EventRecord {
+                        source: EventSource::Perf {
+                            map: m.id,
+                            cpu: r.cpu,
+                        },
+                        data: r.data,
+                    });
+                }
+                lost.push(LostCount {
+                    map: m.id,
+                    lost: p.stats().lost,
+                });
+            }
+            _ => {}
+        }
+    }
+    if printk {
+        while records.len() < max && bytes < BATCH_BYTES && super::printk::pop(&mut buf) {
+            if buf.len() < 4 {
+                continue;
+            }
+            let prog = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let text = buf.split_off(4);
+            log::info!(
+                "bpf_trace_printk: prog {prog}: {}",
+                String::from_utf8_lossy(&text)
+            );
+            bytes += text.len() + 8;
+            records.push(EventRecord {
+                source: EventSource::Printk { prog },
+                data: text,
+            });
+        }
+        lost.push(LostCount {
+            map: PRINTK_STREAM,
+            lost: super::printk::lost(),
+        });
+    }
+    EventBatch {
+        seq: 0,
+        records,
+        lost,
+    }
+}
+
+fn pending(maps: &[Arc<KMap>]) -> bool {
+    maps.iter().any(|m| match &*m.inner.lock() {
+        Map::RingBuf(r) => r.pending_bytes() > 0,
+        Map::PerfEventArray(p) => p.pending_bytes() > 0,
+        _ => false,
+    })
+}
+
+fn task() {
+    let mut last_lost: Vec<LostCount> = Vec::new();
+    loop {
+        crate::task::sleep_ms(1);
+        let kicked = KICKED.swap(false, Ordering::AcqRel);
+        let (maps, printk) = {
+            let s = SUBS.lock();
+            (s.maps.clone(), s.printk)
+        };
+        if !printk {
+            // Nobody listens: still show trace_printk on the console.
+            let mut buf = Vec::new();
+            while super::printk::pop(&mut buf) {
+                if buf.len() >= 4 {
+                    let prog = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                    log::info!(
+                        "bpf_trace_printk: prog {prog}: {}",
+                        String::from_utf8_lossy(&buf[4..])
+                    );
+                }
+            }
+        }
+        if maps.is_empty() && !printk {
+            continue;
+        }
+        if !kicked && !pending(&maps) {
+            continue;
+        }
+        loop {
+            let mut batch = collect(&maps, printk, usize::MAX);
+            if batch.records.is_empty() && batch.lost == last_lost {
+                break;
+            }
+            last_lost = batch.lost.clone();
+            batch.seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
+            let full = batch.records.len() > 0;
+            crate::control::push(&Response::Bpf(BpfResponse::Events(batch)));
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
+/// Starts the event task.
+pub fn start() {
+    if crate::task::spawn("bpf-events", task).is_none() {
+        log::error!("cannot start the bpf-events task: event streams will only be polled");
+    }
+}

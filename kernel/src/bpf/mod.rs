@@ -1,0 +1,662 @@
+//! The BPF runtime: maps, verified programs, links to attach points, event
+//! streams, resource limits, and the host requests that drive them.
+//!
+//! - [`kmap`]: maps from `ktrace-bpf-maps`, preallocated, under locks that
+//!   program context only try.
+//! - [`prog`]: verification with bpf-vm's verifier (Linux-compatible
+//!   context descriptors and helper prototypes) and the run path.
+//! - [`helpers`]: the helpers by Linux id.
+//! - [`events`], [`printk`]: ring buffer, perf output and `trace_printk`
+//!   streams to the host.
+//! - [`attach`]: links to kprobes, kretprobes, tracepoints, perf events.
+//! - [`testing`]: a kernel function tests and benchmarks probe.
+//!
+//! The registry below is only touched from task context (the control and
+//! event tasks); probe context reaches programs and maps only through the
+//! `Arc`s a link holds, so unloading never frees anything a running
+//! program uses.
+
+mod attach;
+mod events;
+mod helpers;
+mod kmap;
+mod printk;
+mod prog;
+pub mod testing;
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use ktrace_abi::bpf::{
+    BpfRequest, BpfResponse, Limits, LinkInfo, LoadOptions, MapDefinition, MapEntry, ObjectLoad,
+    ObjectLoaded, ProgDump, ProgramLoad, Rejected, TestRunResult, Usage,
+};
+use ktrace_abi::{ErrorCode, ErrorReply, Response};
+use ktrace_bpf_maps::{Epochs, MapError};
+
+use kmap::KMap;
+use prog::{HitInfo, LoadError, Program};
+
+/// The runtime's tables.
+struct Runtime {
+    next_id: u32,
+    maps: BTreeMap<u32, Arc<KMap>>,
+    progs: BTreeMap<u32, Arc<Program>>,
+    links: BTreeMap<u32, attach::Link>,
+    limits: Limits,
+}
+
+static RT: spin::Mutex<Runtime> = spin::Mutex::new(Runtime {
+    next_id: 1,
+    maps: BTreeMap::new(),
+    progs: BTreeMap::new(),
+    links: BTreeMap::new(),
+    limits: DEFAULT_LIMITS,
+});
+
+/// Limits at boot.
+const DEFAULT_LIMITS: Limits = Limits {
+    map_memory_bytes: 64 << 20,
+    programs: 64,
+    insns_per_program: 65_536,
+    maps: 256,
+};
+
+static EPOCHS: spin::Once<Arc<Epochs>> = spin::Once::new();
+
+/// Program activity per CPU, for deferred reuse of deleted map slots.
+pub fn epochs() -> &'static Arc<Epochs> {
+    EPOCHS.call_once(|| Arc::new(Epochs::new(crate::percpu::cpu_count() as usize)))
+}
+
+/// Preallocates the interpreter and the printk queue, starts the event task.
+pub fn init() {
+    epochs();
+    prog::init();
+    printk::init();
+    events::start();
+}
+
+fn error(code: ErrorCode, errno: i32, message: String) -> Response {
+    Response::Error(ErrorReply {
+        code,
+        errno,
+        message,
+    })
+}
+
+fn map_error(e: MapError, what: &str) -> Response {
+    let code = match e {
+        MapError::NotFound => ErrorCode::NotFound,
+        MapError::Exists => ErrorCode::Exists,
+        MapError::TooBig | MapError::NoMemory | MapError::NoSpace => ErrorCode::Limit,
+        MapError::Invalid => ErrorCode::InvalidArgument,
+        MapError::NotSupported => ErrorCode::NotSupported,
+        MapError::Fault | MapError::Internal => ErrorCode::Other,
+    };
+    error(code, e.errno(), format!("{what}: {e}"))
+}
+
+fn ok(r: BpfResponse) -> Response {
+    Response::Bpf(r)
+}
+
+impl Runtime {
+    fn id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            map_memory_bytes: self.maps.values().map(|m| m.memory_bytes).sum(),
+            programs: self.progs.len() as u32,
+            maps: self.maps.len() as u32,
+            links: self.links.len() as u32,
+        }
+    }
+
+    fn map(&self, id: u32) -> Result<Arc<KMap>, Response> {
+        self.maps.get(&id).cloned().ok_or_else(|| {
+            let known: Vec<String> = self
+                .maps
+                .values()
+                .map(|m| format!("{} ({})", m.id, m.name))
+                .collect();
+            error(
+                ErrorCode::NotFound,
+                -2,
+                format!("no map with id {id}; maps: {}", list_or_none(&known)),
+            )
+        })
+    }
+
+    fn prog(&self, id: u32) -> Result<Arc<Program>, Response> {
+        self.progs.get(&id).cloned().ok_or_else(|| {
+            let known: Vec<String> = self
+                .progs
+                .values()
+                .map(|p| format!("{} ({})", p.id, p.name))
+                .collect();
+            error(
+                ErrorCode::NotFound,
+                -2,
+                format!(
+                    "no program with id {id}; programs: {}",
+                    list_or_none(&known)
+                ),
+            )
+        })
+    }
+
+    fn map_users(&self, id: u32) -> Vec<u32> {
+        self.progs
+            .values()
+            .filter(|p| p.maps.iter().any(|m| m.id == id))
+            .map(|p| p.id)
+            .collect()
+    }
+
+    fn prog_links(&self, id: u32) -> Vec<u32> {
+        self.links
+            .values()
+            .filter(|l| l.prog.id == id)
+            .map(|l| l.id)
+            .collect()
+    }
+
+    /// Creates maps, checking the count and memory limits over the batch.
+    fn create_maps(&mut self, defs: &[MapDefinition]) -> Result<Vec<Arc<KMap>>, Response> {
+        let usage = self.usage();
+        if usage.maps as usize + defs.len() > self.limits.maps as usize {
+            return Err(error(
+                ErrorCode::Limit,
+                -7,
+                format!(
+                    "{} more maps would exceed the limit of {} maps ({} exist)",
+                    defs.len(),
+                    self.limits.maps,
+                    usage.maps
+                ),
+            ));
+        }
+        let mut memory = usage.map_memory_bytes;
+        let mut out = Vec::new();
+        for d in defs {
+            let id = self.id();
+            let m = KMap::create(id, d, epochs().clone()).map_err(|e| {
+                map_error(
+                    e,
+                    &format!(
+                        "map `{}` (type {} {}, key {} B, value {} B, {} entries)",
+                        d.name,
+                        d.map_type,
+                        ktrace_bpf_maps::map_type::name(d.map_type),
+                        d.key_size,
+                        d.value_size,
+                        d.max_entries
+                    ),
+                )
+            })?;
+            memory += m.memory_bytes;
+            if memory > self.limits.map_memory_bytes {
+                return Err(error(
+                    ErrorCode::Limit,
+                    -12,
+                    format!(
+                        "map `{}` needs {} bytes: map memory would reach {} bytes, over the limit of {} bytes",
+                        d.name, m.memory_bytes, memory, self.limits.map_memory_bytes
+                    ),
+                ));
+            }
+            out.push(Arc::new(m));
+        }
+        Ok(out)
+    }
+
+    fn load_prog(
+        &mut self,
+        p: &ProgramLoad,
+        maps: Vec<Arc<KMap>>,
+        o: &LoadOptions,
+        extra: u32,
+    ) -> Result<Arc<Program>, Response> {
+        if self.progs.len() as u32 + extra >= self.limits.programs {
+            return Err(error(
+                ErrorCode::Limit,
+                -7,
+                format!(
+                    "program `{}`: the limit of {} loaded programs is reached",
+                    p.name, self.limits.programs
+                ),
+            ));
+        }
+        let n = p.insns.len() / 8;
+        if n > self.limits.insns_per_program as usize {
+            return Err(error(
+                ErrorCode::Limit,
+                -7,
+                format!(
+                    "program `{}` has {n} instructions, over the limit of {} per program",
+                    p.name, self.limits.insns_per_program
+                ),
+            ));
+        }
+        let id = self.id();
+        match prog::load(id, p, maps, o.log_level, o.insn_budget) {
+            Ok(prog) => Ok(Arc::new(prog)),
+            Err(LoadError::Invalid(m)) => Err(error(
+                ErrorCode::InvalidArgument,
+                -22,
+                format!("program `{}` ({}): {m}", p.name, p.section),
+            )),
+            Err(LoadError::Rejected(report)) => {
+                Err(ok(BpfResponse::Rejected(Box::new(Rejected {
+                    program: p.name.clone(),
+                    section: p.section.clone(),
+                    report: *report,
+                }))))
+            }
+        }
+    }
+
+    fn load_object(
+        &mut self,
+        name: &str,
+        obj: &ObjectLoad,
+        attach_all: bool,
+        o: &LoadOptions,
+    ) -> Result<ObjectLoaded, Response> {
+        let maps = self.create_maps(&obj.maps)?;
+        let mut progs = Vec::new();
+        for (i, p) in obj.programs.iter().enumerate() {
+            progs.push(self.load_prog(p, maps.clone(), o, i as u32)?);
+        }
+        let mut links = Vec::new();
+        if attach_all {
+            for prog in &progs {
+                match attach::attach_section(self, prog) {
+                    Ok(mut l) => links.append(&mut l),
+                    Err(e) => {
+                        for l in links {
+                            attach::detach(l);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        for m in &maps {
+            self.maps.insert(m.id, m.clone());
+        }
+        for p in &progs {
+            self.progs.insert(p.id, p.clone());
+        }
+        let link_infos: Vec<LinkInfo> = links.iter().map(attach::Link::info).collect();
+        for l in links {
+            self.links.insert(l.id, l);
+        }
+        log::info!(
+            "bpf: loaded `{name}`: {} maps, {} programs, {} links",
+            maps.len(),
+            progs.len(),
+            link_infos.len()
+        );
+        Ok(ObjectLoaded {
+            maps: maps.iter().map(|m| m.info(self.map_users(m.id))).collect(),
+            programs: progs
+                .iter()
+                .map(|p| p.info(self.prog_links(p.id)))
+                .collect(),
+            links: link_infos,
+        })
+    }
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        String::from("none")
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Context for a test run: the bytes the host sent, and hit information
+/// taken from them where the context is `pt_regs`.
+fn test_run(p: &Program, ctx: &[u8], repeat: u32) -> Result<TestRunResult, Response> {
+    if ctx.len() != p.ctx_size {
+        return Err(error(
+            ErrorCode::InvalidArgument,
+            -22,
+            format!(
+                "context is {} bytes; program `{}` ({:?}) takes {} bytes",
+                ctx.len(),
+                p.name,
+                p.prog_type,
+                p.ctx_size
+            ),
+        ));
+    }
+    let word = |off: usize| {
+        ctx.get(off..off + 8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    let hit = HitInfo {
+        func_ip: word(128),
+        rip: word(128),
+        rbp: word(32),
+    };
+    let mut buf = ctx.to_vec();
+    let repeat = repeat.max(1);
+    let mut retval = 0;
+    let mut runs = 0;
+    let mut err = None;
+    let faults_before = p.stats.faults.load(core::sync::atomic::Ordering::Relaxed)
+        + p.stats
+            .budget_exhausted
+            .load(core::sync::atomic::Ordering::Relaxed);
+    let t0 = crate::arch::rdtsc();
+    for _ in 0..repeat {
+        buf.copy_from_slice(ctx);
+        match p.run(&mut buf, &hit) {
+            Some(v) => {
+                retval = v;
+                runs += 1;
+            }
+            None => {
+                let faults = p.stats.faults.load(core::sync::atomic::Ordering::Relaxed)
+                    + p.stats
+                        .budget_exhausted
+                        .load(core::sync::atomic::Ordering::Relaxed);
+                err = Some(if faults > faults_before {
+                    p.last_error
+                        .lock()
+                        .map(|e| alloc::string::ToString::to_string(&e))
+                        .unwrap_or_default()
+                } else {
+                    String::from("the program did not run (interpreter busy)")
+                });
+                break;
+            }
+        }
+    }
+    let cycles = crate::arch::rdtsc().wrapping_sub(t0) / u64::from(repeat);
+    Ok(TestRunResult {
+        retval,
+        runs,
+        duration_ns: crate::time::tsc_to_ns(cycles),
+        cycles,
+        error: err,
+    })
+}
+
+/// Answers one BPF request (control task).
+pub fn handle(req: BpfRequest) -> Response {
+    match handle_inner(req) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
+    let mut rt = RT.lock();
+    Ok(match req {
+        BpfRequest::LoadObject {
+            name,
+            object,
+            attach,
+            options,
+        } => ok(BpfResponse::Object(Box::new(
+            rt.load_object(&name, &object, attach, &options)?,
+        ))),
+        BpfRequest::MapCreate(def) => {
+            let m = rt.create_maps(core::slice::from_ref(&*def))?.remove(0);
+            rt.maps.insert(m.id, m.clone());
+            ok(BpfResponse::Map(Box::new(m.info(Vec::new()))))
+        }
+        BpfRequest::MapLookup { map, key } => {
+            let m = rt.map(map)?;
+            let v = m
+                .inner
+                .lock()
+                .lookup(&key)
+                .map_err(|e| map_error(e, &format!("lookup in map {map}")))?;
+            ok(BpfResponse::Value(v))
+        }
+        BpfRequest::MapUpdate {
+            map,
+            key,
+            value,
+            flags,
+        } => {
+            let m = rt.map(map)?;
+            m.inner
+                .lock()
+                .update(&key, &value, flags)
+                .map_err(|e| map_error(e, &format!("update of map {map}")))?;
+            Response::Ok
+        }
+        BpfRequest::MapDelete { map, key } => {
+            let m = rt.map(map)?;
+            m.inner
+                .lock()
+                .delete(&key)
+                .map_err(|e| map_error(e, &format!("delete in map {map}")))?;
+            Response::Ok
+        }
+        BpfRequest::MapNextKey { map, key } => {
+            let m = rt.map(map)?;
+            let k = m
+                .inner
+                .lock()
+                .next_key(key.as_deref())
+                .map_err(|e| map_error(e, &format!("next key of map {map}")))?;
+            ok(BpfResponse::Key(k))
+        }
+        BpfRequest::MapDump { map, after, max } => {
+            let m = rt.map(map)?;
+            // Bound the batch so one answer stays a reasonable frame.
+            let max = (max as usize).clamp(1, 65_536);
+            let (entries, more) = m
+                .inner
+                .lock()
+                .dump(after.as_deref(), max)
+                .map_err(|e| map_error(e, &format!("dump of map {map}")))?;
+            ok(BpfResponse::Entries {
+                entries: entries
+                    .into_iter()
+                    .map(|(key, value)| MapEntry { key, value })
+                    .collect(),
+                more,
+            })
+        }
+        BpfRequest::MapUpdateBatch {
+            map,
+            entries,
+            flags,
+        } => {
+            let m = rt.map(map)?;
+            let mut inner = m.inner.lock();
+            let mut done = 0;
+            let mut err = None;
+            for e in &entries {
+                if let Err(x) = inner.update(&e.key, &e.value, flags) {
+                    if let Response::Error(r) =
+                        map_error(x, &format!("update of map {map}, entry {done}"))
+                    {
+                        err = Some(r);
+                    }
+                    break;
+                }
+                done += 1;
+            }
+            ok(BpfResponse::Batch { done, error: err })
+        }
+        BpfRequest::MapDeleteBatch { map, keys } => {
+            let m = rt.map(map)?;
+            let mut inner = m.inner.lock();
+            let mut done = 0;
+            let mut err = None;
+            for k in &keys {
+                if let Err(x) = inner.delete(k) {
+                    if let Response::Error(r) =
+                        map_error(x, &format!("delete in map {map}, key {done}"))
+                    {
+                        err = Some(r);
+                    }
+                    break;
+                }
+                done += 1;
+            }
+            ok(BpfResponse::Batch { done, error: err })
+        }
+        BpfRequest::MapList => ok(BpfResponse::Maps(
+            rt.maps
+                .values()
+                .map(|m| m.info(rt.map_users(m.id)))
+                .collect(),
+        )),
+        BpfRequest::MapFree { map } => {
+            rt.map(map)?;
+            rt.maps.remove(&map);
+            events::unsubscribe_map(map);
+            Response::Ok
+        }
+        BpfRequest::ProgLoad {
+            prog,
+            maps,
+            options,
+        } => {
+            let ms = maps
+                .iter()
+                .map(|&id| rt.map(id))
+                .collect::<Result<Vec<_>, _>>()?;
+            let p = rt.load_prog(&prog, ms, &options, 0)?;
+            rt.progs.insert(p.id, p.clone());
+            ok(BpfResponse::Program(Box::new(p.info(Vec::new()))))
+        }
+        BpfRequest::ProgList => ok(BpfResponse::Programs(
+            rt.progs
+                .values()
+                .map(|p| p.info(rt.prog_links(p.id)))
+                .collect(),
+        )),
+        BpfRequest::ProgDump { prog } => {
+            let p = rt.prog(prog)?;
+            ok(BpfResponse::ProgramDump(Box::new(ProgDump {
+                info: p.info(rt.prog_links(prog)),
+                insns: p.insns.clone(),
+                lines: p.lines.clone(),
+            })))
+        }
+        BpfRequest::ProgUnload { prog } => {
+            rt.prog(prog)?;
+            let ids = rt.prog_links(prog);
+            for id in ids {
+                if let Some(l) = rt.links.remove(&id) {
+                    attach::detach(l);
+                }
+            }
+            rt.progs.remove(&prog);
+            Response::Ok
+        }
+        BpfRequest::ProgTestRun { prog, ctx, repeat } => {
+            let p = rt.prog(prog)?;
+            // Runs may take a while: do not hold the registry.
+            drop(rt);
+            ok(BpfResponse::TestRun(Box::new(test_run(&p, &ctx, repeat)?)))
+        }
+        BpfRequest::Attach {
+            prog,
+            target,
+            kretprobe,
+        } => {
+            let p = rt.prog(prog)?;
+            let l = attach::attach(&mut rt, &p, &target, kretprobe)?;
+            let info = l.info();
+            rt.links.insert(l.id, l);
+            ok(BpfResponse::Link(Box::new(info)))
+        }
+        BpfRequest::Detach { link } => {
+            let l = rt
+                .links
+                .remove(&link)
+                .ok_or_else(|| error(ErrorCode::NotFound, -2, format!("no link with id {link}")))?;
+            attach::detach(l);
+            Response::Ok
+        }
+        BpfRequest::LinkList => ok(BpfResponse::Links(
+            rt.links.values().map(attach::Link::info).collect(),
+        )),
+        BpfRequest::EventsSubscribe { maps, printk } => {
+            let ms = stream_maps(&rt, &maps)?;
+            events::subscribe(ms, printk);
+            Response::Ok
+        }
+        BpfRequest::EventsPoll { maps, printk, max } => {
+            let ms = stream_maps(&rt, &maps)?;
+            drop(rt);
+            ok(BpfResponse::Events(events::collect(
+                &ms,
+                printk,
+                (max as usize).max(1),
+            )))
+        }
+        BpfRequest::GetLimits => ok(BpfResponse::Limits {
+            limits: Box::new(rt.limits.clone()),
+            usage: Box::new(rt.usage()),
+        }),
+        BpfRequest::SetLimits(l) => {
+            let u = rt.usage();
+            if u.map_memory_bytes > l.map_memory_bytes || u.programs > l.programs || u.maps > l.maps
+            {
+                return Err(error(
+                    ErrorCode::Limit,
+                    -16,
+                    format!(
+                        "current use ({} map bytes, {} programs, {} maps) exceeds the requested limits",
+                        u.map_memory_bytes, u.programs, u.maps
+                    ),
+                ));
+            }
+            rt.limits = *l;
+            Response::Ok
+        }
+        BpfRequest::Trigger { count, arg } => {
+            drop(rt);
+            ok(BpfResponse::Triggered {
+                count,
+                result: testing::trigger(count, arg),
+            })
+        }
+        BpfRequest::Bench { count } => {
+            drop(rt);
+            ok(BpfResponse::Bench(Box::new(testing::bench(count))))
+        }
+    })
+}
+
+fn stream_maps(rt: &Runtime, ids: &[u32]) -> Result<Vec<Arc<KMap>>, Response> {
+    ids.iter()
+        .map(|&id| {
+            let m = rt.map(id)?;
+            match m.spec.map_type {
+                ktrace_bpf_maps::map_type::RINGBUF
+                | ktrace_bpf_maps::map_type::PERF_EVENT_ARRAY => Ok(m),
+                t => Err(error(
+                    ErrorCode::InvalidArgument,
+                    -22,
+                    format!(
+                        "map {id} ({}) is a {} map, not a ring buffer or perf event array",
+                        m.name,
+                        ktrace_bpf_maps::map_type::name(t)
+                    ),
+                )),
+            }
+        })
+        .collect()
+}

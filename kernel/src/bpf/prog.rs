@@ -1,0 +1,338 @@
+//! Programs: verification at load, preparation for the interpreter, and
+//! the run path every attach point calls.
+//!
+//! Nothing runs unless the bpf-vm verifier accepted it for the program's
+//! context descriptor, ktrace's helper prototypes and the program's maps.
+//! That proof is what makes the interpreter's unchecked fast mode sound,
+//! and the one `unsafe` block here says so.
+
+use alloc::boxed::Box;
+use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use bpf_vm::insn::LdImm64Src;
+use bpf_vm::interp::RunErrorKind;
+use bpf_vm::verifier::{self, linux, Config, Env, LineInfo, MapDef};
+use bpf_vm::{Executable, RunError, Vm};
+use ktrace_abi::bpf::{
+    self as abi, AttachTarget, LineTable, ProgInfo, ProgramLoad, ProgramType, VerifierReport,
+};
+use ktrace_bpf_maps::Map;
+
+use super::helpers::RunEnv;
+use super::kmap::KMap;
+use crate::sync::SpinLock;
+
+/// `ld_imm64` value standing for map `i` of a program: `MAP_HANDLE | i`.
+/// Not an address: helpers decode it, and the verifier forbids
+/// dereferencing a map pointer, so programs cannot use it as one.
+pub const MAP_HANDLE: u64 = 0xffff_a000_0000_0000;
+
+/// Default instructions per run.
+pub const DEFAULT_BUDGET: u64 = 1_000_000;
+
+/// What an attach point knows about a hit, for helpers that need more than
+/// the context bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HitInfo {
+    /// `bpf_get_func_ip`: the probed function's address.
+    pub func_ip: u64,
+    /// Where the stack walk starts.
+    pub rip: u64,
+    pub rbp: u64,
+}
+
+/// Counters of one program (atomics: updated from probe context).
+#[derive(Default)]
+pub struct ProgStats {
+    pub run_count: AtomicU64,
+    pub run_cycles: AtomicU64,
+    pub insns: AtomicU64,
+    pub misses: AtomicU64,
+    pub budget_exhausted: AtomicU64,
+    pub faults: AtomicU64,
+}
+
+/// A verified, loaded program.
+pub struct Program {
+    pub id: u32,
+    pub name: String,
+    pub section: String,
+    pub prog_type: ProgramType,
+    pub attach: AttachTarget,
+    pub exe: Executable,
+    pub maps: Vec<Arc<KMap>>,
+    /// Bytes of context the verifier proved accesses against.
+    pub ctx_size: usize,
+    pub insns: Vec<u8>,
+    pub lines: Option<LineTable>,
+    pub verifier: VerifierReport,
+    pub budget: u64,
+    pub stats: ProgStats,
+    pub last_error: SpinLock<Option<RunError>>,
+    pub loaded_at_ns: u64,
+}
+
+/// Why a load failed.
+pub enum LoadError {
+    /// The request is malformed (bad map index, unknown tracepoint...).
+    Invalid(String),
+    /// The verifier rejected the program.
+    Rejected(Box<VerifierReport>),
+}
+
+/// The interpreter of this CPU (one CPU today). Taken with `try_lock`: a
+/// program that fires while another runs on the same CPU is a miss.
+static VM: SpinLock<Option<Vm>> = SpinLock::new(None);
+
+/// Allocates the interpreter (at boot, so runs never allocate).
+pub fn init() {
+    *VM.lock() = Some(Vm::new());
+}
+
+/// The verifier's program type for a load request.
+fn verifier_type(p: &ProgramLoad) -> Result<verifier::ProgramType, String> {
+    Ok(match (&p.prog_type, &p.attach) {
+        (ProgramType::Kprobe | ProgramType::Kretprobe, _) => linux::kprobe(),
+        (ProgramType::PerfEvent, _) => linux::perf_event(),
+        (ProgramType::Tracepoint, AttachTarget::Tracepoint { category, name }) => {
+            let full = alloc::format!("{category}:{name}");
+            let desc = ktrace_tracepoints::find(&full).ok_or_else(|| {
+                let known: Vec<String> = ktrace_tracepoints::ALL
+                    .iter()
+                    .map(|d| alloc::format!("{}:{}", d.category, d.name))
+                    .collect();
+                alloc::format!("no tracepoint named `{full}`; known: {}", known.join(", "))
+            })?;
+            let fields: Vec<(u32, u32)> = desc.fields.iter().map(|f| (f.offset, f.size)).collect();
+            linux::tracepoint(&full, desc.size, &fields)
+        }
+        (ProgramType::Tracepoint, other) => {
+            return Err(alloc::format!(
+                "a tracepoint program needs a tracepoint target, not {other:?}"
+            ))
+        }
+    })
+}
+
+/// Verifies and prepares `p` over `maps` (index `i` = the program's map `i`).
+pub fn load(
+    id: u32,
+    p: &ProgramLoad,
+    maps: Vec<Arc<KMap>>,
+    log_level: u8,
+    budget: u64,
+) -> Result<Program, LoadError> {
+    let ptype = verifier_type(p).map_err(LoadError::Invalid)?;
+    let helpers = linux::helpers();
+    let defs: Vec<MapDef> = maps
+        .iter()
+        .enumerate()
+        .map(|(i, m)| MapDef {
+            fd: i as i32,
+            map_type: m.spec.map_type,
+            key_size: m.spec.key_size,
+            value_size: m.spec.value_size,
+            max_entries: m.spec.max_entries,
+        })
+        .collect();
+    let env = Env {
+        prog_type: &ptype,
+        helpers: &helpers,
+        maps: &defs,
+    };
+    let line_info: Vec<LineInfo> = p
+        .lines
+        .as_ref()
+        .map(|l| {
+            abi::line_locations(l)
+                .into_iter()
+                .map(|(insn, location)| LineInfo { insn, location })
+                .collect()
+        })
+        .unwrap_or_default();
+    let config = Config {
+        log_level,
+        line_info: &line_info,
+        clock: Some(crate::time::now_ns),
+        ..Config::default()
+    };
+    let program = match bpf_vm::decode(&p.insns) {
+        Ok(prog) => prog,
+        Err(e) => {
+            // Let the verifier produce the standard message for undecodable input.
+            let rej = verifier::verify_bytes(&p.insns, &env, &config).err();
+            let message = rej
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| alloc::format!("{e:?}"));
+            return Err(LoadError::Rejected(Box::new(VerifierReport {
+                accepted: false,
+                message: Some(message),
+                ..empty_report()
+            })));
+        }
+    };
+    let report = match verifier::verify(program.insns(), &env, &config) {
+        Ok(r) => VerifierReport {
+            accepted: true,
+            message: None,
+            log: r.log,
+            insns_processed: r.stats.insns_processed,
+            states_stored: r.stats.states_stored,
+            peak_states: r.stats.peak_states,
+            states_pruned: r.stats.states_pruned,
+            stack_depth: r.stats.stack_depth,
+            time_ns: r.stats.time_ns.unwrap_or(0),
+        },
+        Err(rej) => {
+            return Err(LoadError::Rejected(Box::new(VerifierReport {
+                accepted: false,
+                message: Some(rej.to_string()),
+                log: rej.log,
+                insns_processed: rej.stats.insns_processed,
+                states_stored: rej.stats.states_stored,
+                peak_states: rej.stats.peak_states,
+                states_pruned: rej.stats.states_pruned,
+                stack_depth: rej.stats.stack_depth,
+                time_ns: rej.stats.time_ns.unwrap_or(0),
+            })))
+        }
+    };
+    let exe = Executable::with_resolver(&program, |src| match src {
+        LdImm64Src::MapIdx(i) => usize::try_from(i)
+            .ok()
+            .filter(|&i| i < maps.len())
+            .map(|i| MAP_HANDLE | i as u64),
+        LdImm64Src::MapValueIdx { idx, off } => {
+            let m = maps.get(usize::try_from(idx).ok()?)?;
+            let inner = m.inner.lock();
+            match &*inner {
+                Map::Array(a) if u64::from(off) < u64::from(m.spec.value_size) => {
+                    a.value_addr(0, 0).map(|a| a + u64::from(off))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    })
+    .map_err(|e| LoadError::Invalid(e.to_string()))?;
+    Ok(Program {
+        id,
+        name: p.name.clone(),
+        section: p.section.clone(),
+        prog_type: p.prog_type,
+        attach: p.attach.clone(),
+        exe,
+        maps,
+        ctx_size: ptype.ctx.size as usize,
+        insns: p.insns.clone(),
+        lines: p.lines.clone(),
+        verifier: report,
+        budget: if budget == 0 { DEFAULT_BUDGET } else { budget },
+        stats: ProgStats::default(),
+        last_error: SpinLock::new(None),
+        loaded_at_ns: crate::time::now_ns(),
+    })
+}
+
+fn empty_report() -> VerifierReport {
+    VerifierReport {
+        accepted: false,
+        message: None,
+        log: String::new(),
+        insns_processed: 0,
+        states_stored: 0,
+        peak_states: 0,
+        states_pruned: 0,
+        stack_depth: Vec::new(),
+        time_ns: 0,
+    }
+}
+
+impl Program {
+    /// Runs the program on `ctx` (which must be `ctx_size` bytes). Returns
+    /// r0, or `None` if it did not run (nested hit: a miss) or faulted
+    /// (counted, last error kept). Never allocates; safe in any context.
+    pub fn run(&self, ctx: &mut [u8], hit: &HitInfo) -> Option<u64> {
+        if ctx.len() != self.ctx_size {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let Some(mut vm_guard) = VM.try_lock() else {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let Some(vm) = vm_guard.as_mut() else {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let cpu = crate::percpu::this_cpu();
+        let _epoch = super::epochs().enter(cpu.id as usize);
+        let mut env = RunEnv {
+            prog: self,
+            cpu: cpu.id as usize,
+            hit: *hit,
+        };
+        let t0 = crate::arch::rdtsc();
+        // SAFETY: `self.exe` was prepared from a program the verifier
+        // accepted (see `load`) for a context of `self.ctx_size` bytes —
+        // checked equal to `ctx.len()` above, and `ctx` is a live exclusive
+        // buffer for the whole run — with ktrace's helper prototypes, which
+        // `RunEnv` implements (every pointer it hands back is map storage
+        // or ring memory that stays allocated while `self.maps` holds the
+        // maps, and the epoch guard above keeps deleted slots from reuse).
+        let r = unsafe {
+            vm.run_fast(
+                &self.exe,
+                ctx.as_mut_ptr(),
+                ctx.len(),
+                &mut env,
+                self.budget,
+            )
+        };
+        let dt = crate::arch::rdtsc().wrapping_sub(t0);
+        self.stats.run_count.fetch_add(1, Ordering::Relaxed);
+        self.stats.run_cycles.fetch_add(dt, Ordering::Relaxed);
+        self.stats.insns.fetch_add(vm.executed(), Ordering::Relaxed);
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                if matches!(e.kind, RunErrorKind::BudgetExhausted { .. }) {
+                    self.stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.stats.faults.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(mut last) = self.last_error.try_lock() {
+                    *last = Some(e);
+                }
+                None
+            }
+        }
+    }
+
+    /// The listing the host shows.
+    pub fn info(&self, links: Vec<u32>) -> ProgInfo {
+        let s = &self.stats;
+        ProgInfo {
+            id: self.id,
+            name: self.name.clone(),
+            section: self.section.clone(),
+            prog_type: self.prog_type,
+            insns: (self.insns.len() / 8) as u32,
+            maps: self.maps.iter().map(|m| m.id).collect(),
+            run_count: s.run_count.load(Ordering::Relaxed),
+            run_time_ns: crate::time::tsc_to_ns(s.run_cycles.load(Ordering::Relaxed)),
+            insns_executed: s.insns.load(Ordering::Relaxed),
+            misses: s.misses.load(Ordering::Relaxed),
+            budget_exhausted: s.budget_exhausted.load(Ordering::Relaxed),
+            faults: s.faults.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().map(|e| e.to_string()),
+            insn_budget: self.budget,
+            verifier: self.verifier.clone(),
+            links,
+            loaded_at_ns: self.loaded_at_ns,
+        }
+    }
+}
