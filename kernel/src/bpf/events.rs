@@ -176,7 +176,7 @@ fn task() {
             }
             last_lost = batch.lost.clone();
             batch.seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
-            let full = batch.records.len() > 0;
+            let full = !batch.records.is_empty();
             crate::control::push(&Response::Bpf(BpfResponse::Events(batch)));
             if !full {
                 break;
