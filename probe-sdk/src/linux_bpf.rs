@@ -223,8 +223,8 @@ pub fn verify_on_linux(obj: &Object, program: &ProgramLoad) -> Result<LinuxVerdi
         Err(e) => {
             let reason = log
                 .lines()
-                .filter(|l| !l.starts_with("processed ") && !l.trim().is_empty())
-                .last()
+                .rev()
+                .find(|l| !l.starts_with("processed ") && !l.trim().is_empty())
                 .unwrap_or("")
                 .to_string();
             Ok(LinuxVerdict::Rejected {
