@@ -113,7 +113,7 @@ impl<C> HelperTable<C> {
 }
 
 impl<C> Helpers for HelperTable<C> {
-    #[inline]
+    #[inline(always)]
     fn call(
         &mut self,
         id: u32,
