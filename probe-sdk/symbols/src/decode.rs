@@ -40,10 +40,18 @@ pub fn boundaries(code: &[u8], ip: u64) -> Boundaries {
 pub enum Boundary {
     /// The offset starts an instruction.
     Start,
-    /// The offset is inside an instruction: the nearest boundaries around it.
-    Inside { before: u64, after: Option<u64> },
+    /// The offset is inside an instruction.
+    Inside {
+        /// Start of the instruction holding the offset.
+        before: u64,
+        /// Start of the next one, if any.
+        after: Option<u64>,
+    },
     /// Decoding stopped before the offset (invalid bytes on the way).
-    Undecodable { last: Option<u64> },
+    Undecodable {
+        /// The last instruction decoded, if any.
+        last: Option<u64>,
+    },
 }
 
 /// Classify `offset` against the decoded instructions of a function.

@@ -84,30 +84,47 @@ pub enum SymbolError {
     /// The ELF could not be read.
     #[error("cannot read `{}`: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
     /// The file is not an ELF this crate can index.
     #[error("`{what}` is not a usable ELF file: {reason}")]
-    Elf { what: String, reason: String },
+    Elf {
+        /// The file (or `<memory>`).
+        what: String,
+        /// What the parser said.
+        reason: String,
+    },
     /// An empty query.
     #[error("empty query: write a path such as `kernel::block::queue::RequestQueue::submit_bio`, a glob, `path+0x10` or `file.rs:120`")]
     EmptyQuery,
     /// A query that does not parse.
     #[error("bad query `{query}`: {reason}")]
-    BadQuery { query: String, reason: String },
+    BadQuery {
+        /// The query.
+        query: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// No function matches.
     #[error("{}", not_found(.query, .suggestions))]
     NotFound {
+        /// The path asked for.
         query: String,
+        /// The closest paths, closest first (at most 5).
         suggestions: Vec<String>,
     },
     /// Several functions match and the query asked for one.
     #[error("{}", ambiguous(.query, *.kind, .candidates, *.all_applies))]
     Ambiguous {
+        /// The query.
         query: String,
+        /// Why several match.
         kind: AmbiguityKind,
+        /// Every match, in address order.
         candidates: Vec<Candidate>,
         /// Whether asking for all matches (`--all`) would resolve the query;
         /// not for an offset, which means different code in each function.
@@ -116,65 +133,99 @@ pub enum SymbolError {
     /// The name exists only as inlined code.
     #[error("{}", inlined_away(.query, .name, .sites))]
     InlinedAway {
+        /// The path asked for.
         query: String,
+        /// The function's name as DWARF records it.
         name: String,
+        /// Where its code went, one site per caller.
         sites: Vec<InlineSite>,
     },
     /// The function exists but cannot hold a probe.
     #[error("cannot probe `{}` at {:#x}: {reason}", .function.name, .function.addr)]
     NotProbeable {
+        /// The function.
         function: Candidate,
+        /// Why not.
         reason: NotProbeable,
     },
     /// An offset past the end of its function.
     #[error("offset {offset:#x} is outside `{function}`, which is {size:#x} bytes long")]
     OffsetOutOfRange {
+        /// The function's name.
         function: String,
+        /// The offset asked for.
         offset: u64,
+        /// The function's size.
         size: u64,
     },
     /// An offset in the middle of an instruction.
     #[error("{}", not_on_boundary(.function, *.offset, *.before, *.after))]
     NotOnBoundary {
+        /// The function's name.
         function: String,
+        /// The offset asked for.
         offset: u64,
+        /// Start of the instruction holding the offset.
         before: u64,
+        /// Start of the next instruction, if there is one.
         after: Option<u64>,
     },
     /// An offset the decoder could not reach.
     #[error("{}", undecodable(.function, *.offset, *.last))]
     Undecodable {
+        /// The function's name.
         function: String,
+        /// The offset asked for.
         offset: u64,
+        /// The last instruction decoded before it, if any.
         last: Option<u64>,
     },
     /// A raw address given without permission.
     #[error("{}", raw_refused(*.addr, .inside))]
-    RawAddressRefused { addr: u64, inside: Option<String> },
+    RawAddressRefused {
+        /// The address.
+        addr: u64,
+        /// `function+0xoff` to write instead, if the address is in one.
+        inside: Option<String>,
+    },
     /// An address outside every executable section.
     #[error("address {addr:#x} is not in the kernel's executable text")]
-    AddressNotInText { addr: u64 },
+    AddressNotInText {
+        /// The address.
+        addr: u64,
+    },
     /// A `file:line` query on an ELF without line tables.
     #[error("`{query}` needs DWARF line tables, and this ELF has none (build with `debug = \"line-tables-only\"` or more)")]
-    NoLineTables { query: String },
+    NoLineTables {
+        /// The query.
+        query: String,
+    },
     /// No source file matches.
     #[error("{}", file_not_found(.file, .suggestions))]
     FileNotFound {
+        /// The file asked for.
         file: String,
+        /// Files with a similar name.
         suggestions: Vec<String>,
     },
     /// Several source files match.
     #[error("{}", ambiguous_file(.file, .candidates))]
     AmbiguousFile {
+        /// The file asked for.
         file: String,
+        /// Every file whose path ends with it.
         candidates: Vec<String>,
     },
     /// The line holds no code (comment, blank, or optimised away).
     #[error("{}", no_code(.file, *.line, *.before, *.after))]
     NoCodeAtLine {
+        /// The file, as the line tables spell it.
         file: String,
+        /// The line asked for.
         line: u32,
+        /// The nearest line before it with code.
         before: Option<u32>,
+        /// The nearest line after it with code.
         after: Option<u32>,
     },
 }

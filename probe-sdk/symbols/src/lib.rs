@@ -29,6 +29,8 @@
 //! # Ok::<(), ktrace_symbols::SymbolError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod decode;
 mod dwarf;
 mod error;

@@ -33,15 +33,34 @@ pub struct ResolveOptions {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Query {
     /// A path, exact or a suffix of segments.
-    Path { path: String },
+    Path {
+        /// The path as written.
+        path: String,
+    },
     /// A glob over paths.
-    Glob { pattern: String },
+    Glob {
+        /// The pattern as written.
+        pattern: String,
+    },
     /// A path plus a byte offset.
-    Offset { path: String, offset: u64 },
-    /// A source line; `file` matches as a suffix of path components.
-    Line { file: String, line: u32 },
+    Offset {
+        /// The function's path.
+        path: String,
+        /// Bytes from its start.
+        offset: u64,
+    },
+    /// A source line.
+    Line {
+        /// Matches as a suffix of whole path components.
+        file: String,
+        /// 1-based line.
+        line: u32,
+    },
     /// A raw address.
-    Address { addr: u64 },
+    Address {
+        /// The address.
+        addr: u64,
+    },
 }
 
 impl Query {
