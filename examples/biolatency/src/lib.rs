@@ -33,7 +33,7 @@ fn rq_issue(ctx: TracepointContext<BlockRqIssue>) -> u32 {
 fn rq_complete(ctx: TracepointContext<BlockRqComplete>) -> u32 {
     let rq = ctx.read(|r| &r.rq_id);
     // Requests issued before the probe was attached have no start.
-    let Some(&issued) = ISSUED.get(&rq) else {
+    let Some(issued) = ISSUED.get(&rq) else {
         return 0;
     };
     let us = ktime_get_ns().wrapping_sub(issued) / 1000;

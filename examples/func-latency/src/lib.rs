@@ -27,7 +27,7 @@ fn submit_bio_entry(_ctx: KprobeContext) -> u32 {
 #[kretprobe("kernel::block::queue::RequestQueue::submit_bio")]
 fn submit_bio_return(_ctx: KretprobeContext) -> u32 {
     let tid = current_pid_tgid() as u32;
-    if let Some(&start) = START.get(&tid) {
+    if let Some(start) = START.get(&tid) {
         LATENCY_NS.record(ktime_get_ns().wrapping_sub(start));
         let _ = START.remove(&tid);
     }

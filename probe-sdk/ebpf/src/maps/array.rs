@@ -38,11 +38,16 @@ macro_rules! array_like {
                 if p.is_null() { None } else { Some(p.cast()) }
             }
 
-            /// Slot `index`, by reference.
+            /// A copy of slot `index` (a copy, because other CPUs may write
+            /// the slot meanwhile), or `None` when out of range.
             #[inline(always)]
-            pub fn get(&self, index: u32) -> Option<&V> {
-                // SAFETY: a non-null lookup result is a valid, aligned `V`.
-                self.get_ptr_mut(index).map(|p| unsafe { &*p })
+            pub fn get(&self, index: u32) -> Option<V>
+            where
+                V: Copy,
+            {
+                // SAFETY: a non-null lookup result is a valid, aligned `V`
+                // that stays mapped for the rest of this program run.
+                self.get_ptr_mut(index).map(|p| unsafe { core::ptr::read_volatile(p) })
             }
 
             /// Overwrite slot `index`.

@@ -48,12 +48,18 @@ macro_rules! hash_like {
                 if p.is_null() { None } else { Some(p.cast()) }
             }
 
-            /// The value for `key`, by reference.
+            /// A copy of the value for `key`. A copy, not a reference:
+            /// another CPU may update the entry while this program runs,
+            /// and a Rust reference would promise it does not.
             #[inline(always)]
-            pub fn get(&self, key: &K) -> Option<&V> {
+            pub fn get(&self, key: &K) -> Option<V>
+            where
+                V: Copy,
+            {
                 // SAFETY: a non-null lookup result is a valid, aligned `V`
-                // that lives at least as long as this program run.
-                self.get_ptr_mut(key).map(|p| unsafe { &*p })
+                // that stays mapped for the rest of this program run; one
+                // volatile read takes the copy.
+                self.get_ptr_mut(key).map(|p| unsafe { core::ptr::read_volatile(p) })
             }
 
             /// Insert or replace (`flags`: [`update::ANY`], [`update::NOEXIST`],
