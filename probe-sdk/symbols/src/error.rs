@@ -294,11 +294,17 @@ fn inlined_away(query: &str, name: &str, sites: &[InlineSite]) -> String {
     );
     if !sites.is_empty() {
         let _ = write!(s, "; it was inlined into:");
-        for site in sites {
+        // Line-tables DWARF names functions without their module, so a
+        // common name can have many sites: show the first few.
+        const SHOWN: usize = 10;
+        for site in sites.iter().take(SHOWN) {
             let _ = write!(s, "\n  {} at {:#x}", site.into, site.addr);
             if let Some(c) = &site.call_site {
                 let _ = write!(s, " (call at {c})");
             }
+        }
+        if sites.len() > SHOWN {
+            let _ = write!(s, "\n  … and {} more", sites.len() - SHOWN);
         }
         s.push_str("\nprobe a caller, or mark the function #[inline(never)]");
     }
