@@ -10,7 +10,7 @@ use probe_sdk::object;
 /// Compile a probe crate written in Rust to an eBPF object.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The probe crate's directory (holding its Cargo.toml).
+    /// The probe crate's directory (or its Cargo.toml).
     #[arg(default_value = ".")]
     pub crate_dir: PathBuf,
     /// Directory for `<name>.bpf.o` (default: the current directory).
@@ -26,7 +26,23 @@ pub struct Args {
 
 /// Build, then list the programs and maps of the result.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let mut opts = BuildOptions::new(&args.crate_dir);
+    // Accept the manifest itself as well as its directory.
+    let crate_dir = match args.crate_dir.file_name() {
+        Some(name) if name == "Cargo.toml" && args.crate_dir.is_file() => args
+            .crate_dir
+            .parent()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    std::path::Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf(),
+        _ => args.crate_dir.clone(),
+    };
+    let mut opts = BuildOptions::new(crate_dir);
     opts.out_dir = args.out_dir;
     opts.target_dir = args.target_dir;
     opts.quiet = args.quiet;
