@@ -182,6 +182,14 @@ pub fn parse(bytes: &[u8]) -> Result<Object, ObjectError> {
         } else if name == ".BTF.ext" {
             check_btf_ext(&data()?, &name)?;
         } else if is_data_section(&name) && section.size() > 0 {
+            let value_size =
+                u32::try_from(section.size()).map_err(|_| ObjectError::BadSection {
+                    section: name.clone(),
+                    message: format!(
+                        "{} bytes of global data is more than one map value can hold",
+                        section.size()
+                    ),
+                })?;
             let read_only = name.starts_with(".rodata");
             let initial_value = if name.starts_with(".bss") {
                 Vec::new()
@@ -198,7 +206,7 @@ pub fn parse(bytes: &[u8]) -> Result<Object, ObjectError> {
                 name: name.clone(),
                 map_type: map_type::ARRAY,
                 key_size: 4,
-                value_size: section.size() as u32,
+                value_size,
                 max_entries: 1,
                 flags: 0,
                 initial_value,
