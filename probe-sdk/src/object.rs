@@ -857,3 +857,99 @@ pub fn source_line(lines: &LineTable, insn: usize) -> Option<(String, u32, u32)>
     let file = lines.files.get(row.file as usize)?.clone();
     Some((file, row.line, row.column))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ktrace_abi::bpf::CallSite;
+
+    #[test]
+    fn section_names_map_to_program_types() {
+        assert_eq!(program_kind(".text").unwrap(), None);
+        assert_eq!(
+            program_kind("perf_event").unwrap(),
+            Some((ProgramType::PerfEvent, AttachTarget::PerfEvent))
+        );
+        assert_eq!(
+            program_kind("tp/sched/sched_switch").unwrap().unwrap().1,
+            AttachTarget::Tracepoint {
+                category: "sched".into(),
+                name: "sched_switch".into()
+            }
+        );
+        let (ty, at) = program_kind("kretprobe/src/block/queue.rs:42")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ty, ProgramType::Kretprobe);
+        assert_eq!(
+            at,
+            AttachTarget::Kprobe {
+                spec: "src/block/queue.rs:42".into(),
+                points: vec![]
+            }
+        );
+        assert!(program_kind("tracepoint/a/b/c").is_err());
+        assert!(is_data_section(".rodata.str1.1"));
+        assert!(is_data_section(".bss"));
+        assert!(!is_data_section(".rodatax"));
+    }
+
+    fn table(rows: Vec<LineInfo>) -> LineTable {
+        LineTable {
+            files: vec![
+                "src/lib.rs".into(),
+                "/home/u/probe-sdk/ebpf/src/helpers.rs".into(),
+                "/home/u/probe-sdk/ebpf/src/maps/hash_map.rs".into(),
+                "/rustc/abc/library/core/src/ptr/mod.rs".into(),
+            ],
+            rows,
+        }
+    }
+
+    fn row(insn: u32, file: u32, line: u32, call_sites: &[(u32, u32)]) -> LineInfo {
+        LineInfo {
+            insn,
+            file,
+            line,
+            column: 0,
+            call_sites: call_sites
+                .iter()
+                .map(|&(file, line)| CallSite { file, line })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn locations_name_the_probes_own_line_first() {
+        let t = table(vec![
+            row(0, 0, 10, &[]),
+            // helpers.rs:70 inlined into hash_map.rs:48, called at lib.rs:22,
+            // itself inside the macro's wrapper (lib.rs:19).
+            row(3, 1, 70, &[(2, 48), (0, 22), (0, 19)]),
+            // Only dependency code, no own line on the chain.
+            row(9, 3, 500, &[(1, 70)]),
+        ]);
+        assert_eq!(describe_location(&t, 0).unwrap(), "src/lib.rs:10");
+        assert_eq!(describe_location(&t, 2).unwrap(), "src/lib.rs:10");
+        assert_eq!(
+            describe_location(&t, 4).unwrap(),
+            "src/lib.rs:22 (inlined ebpf/src/helpers.rs:70)"
+        );
+        assert_eq!(describe_location(&t, 9).unwrap(), "core/src/ptr/mod.rs:500");
+        assert_eq!(
+            source_line(&t, 5),
+            Some(("/home/u/probe-sdk/ebpf/src/helpers.rs".into(), 70, 0))
+        );
+        assert_eq!(describe_location(&table(vec![]), 0), None);
+    }
+
+    #[test]
+    fn short_paths_keep_the_crate() {
+        assert_eq!(short_path("src/lib.rs"), "src/lib.rs");
+        assert_eq!(
+            short_path("/a/b/ebpf/src/maps/array.rs"),
+            "ebpf/src/maps/array.rs"
+        );
+        assert_eq!(short_path("/usr/include/linux/bpf.h"), "bpf.h");
+    }
+}

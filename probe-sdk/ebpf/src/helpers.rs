@@ -200,10 +200,13 @@ macro_rules! trace_printk {
     ($fmt:literal, $a:expr $(,)?) => { $crate::trace_printk!(@call $fmt, $a, 0u64, 0u64) };
     ($fmt:literal, $a:expr, $b:expr $(,)?) => { $crate::trace_printk!(@call $fmt, $a, $b, 0u64) };
     ($fmt:literal, $a:expr, $b:expr, $c:expr $(,)?) => { $crate::trace_printk!(@call $fmt, $a, $b, $c) };
+    ($fmt:literal, $a:expr, $b:expr, $c:expr, $($more:expr),+ $(,)?) => {
+        compile_error!("trace_printk! takes at most three arguments (Linux's bpf_trace_printk)")
+    };
     (@call $fmt:literal, $a:expr, $b:expr, $c:expr) => {{
-        // The format lives on the stack: the helper wants a pointer to
-        // readable memory of `fmt_size` bytes, and a stack copy needs no
-        // `.rodata` map.
+        // The format is a NUL-terminated constant; LLVM places it in
+        // `.rodata`, which the loader turns into a read-only array map (as
+        // clang does for C probes), and the helper reads it from there.
         const FMT: [u8; { concat!($fmt, "\0").len() }] = $crate::helpers::fmt_bytes(concat!($fmt, "\0"));
         let fmt = FMT;
         // SAFETY: `fmt` is NUL terminated and `fmt.len()` bytes long.
