@@ -55,6 +55,9 @@ enum Gen {
     Jmp(Width, JmpCond, u8, Operand, u8),
     /// `r7 = 0; body; r7 += 1; if r7 < bound goto body`.
     Loop(Vec<Insn>, i32, bool),
+    /// Argument setup, a bpf-to-bpf call of the generated function, then
+    /// re-initialisation of r1..r5.
+    CallF(Vec<Insn>, Vec<Insn>),
 }
 
 fn alu_op() -> impl Strategy<Value = AluOp> {
@@ -319,7 +322,13 @@ fn item() -> impl Strategy<Value = Gen> {
 }
 
 /// Lays out prologue, items and epilogue.
-fn build(inits: &[Option<i32>], zero_stack: bool, items: &[Gen], ret: Option<i32>) -> Vec<Insn> {
+fn build(
+    inits: &[Option<i32>],
+    zero_stack: bool,
+    items: &[Gen],
+    ret: Option<i32>,
+    callee: Option<&(Vec<Gen>, Option<i32>)>,
+) -> Vec<Insn> {
     let mov = |dst: u8, src: Operand| Insn::Alu {
         width: Width::W64,
         op: AluOp::Mov,
@@ -380,6 +389,48 @@ fn build(inits: &[Option<i32>], zero_stack: bool, items: &[Gen], ret: Option<i32
             out.push(mov(r as u8, Operand::Imm(*v)));
         }
     }
+    let mut calls = Vec::new();
+    lay_out(&mut out, items, &mut calls);
+    if let Some(v) = ret {
+        out.push(mov(0, Operand::Imm(v)));
+    }
+    out.push(Insn::Exit);
+    if let Some((body, ret)) = callee {
+        let f = out.len();
+        // The function sets its scratch registers first, as compiled code does.
+        for r in [0u8, 3, 4, 5] {
+            out.push(mov(r, Operand::Imm(0)));
+        }
+        let mut inner = Vec::new();
+        lay_out(&mut out, body, &mut inner);
+        if let Some(v) = ret {
+            out.push(mov(0, Operand::Imm(*v)));
+        }
+        out.push(Insn::Exit);
+        for c in calls {
+            out[c] = Insn::CallLocal {
+                off: f as i32 - c as i32 - 1,
+            };
+        }
+    }
+    out
+}
+
+/// Appends `items` to `out`, resolving forward jumps to item starts (or the
+/// end of the items); records where local calls are, for patching.
+fn lay_out(out: &mut Vec<Insn>, items: &[Gen], calls: &mut Vec<usize>) {
+    let mov = |dst: u8, src: Operand| Insn::Alu {
+        width: Width::W64,
+        op: AluOp::Mov,
+        dst,
+        src,
+    };
+    let add = |dst: u8, imm: i32| Insn::Alu {
+        width: Width::W64,
+        op: AluOp::Add,
+        dst,
+        src: Operand::Imm(imm),
+    };
     // Slot where each item starts; the epilogue starts at the end.
     let mut starts = Vec::with_capacity(items.len() + 1);
     let mut pos = out.len();
@@ -389,12 +440,20 @@ fn build(inits: &[Option<i32>], zero_stack: bool, items: &[Gen], ret: Option<i32
             Gen::Plain(v) => v.len(),
             Gen::Jmp(..) => 1,
             Gen::Loop(body, ..) => body.len() + 3,
+            Gen::CallF(setup, after) => setup.len() + 1 + after.len(),
         };
     }
     starts.push(pos);
     for (i, it) in items.iter().enumerate() {
         match it {
             Gen::Plain(v) => out.extend_from_slice(v),
+            Gen::CallF(setup, after) => {
+                out.extend_from_slice(setup);
+                calls.push(out.len());
+                // Patched to the function's start once it is laid out.
+                out.push(Insn::CallLocal { off: 0 });
+                out.extend_from_slice(after);
+            }
             Gen::Jmp(width, cond, dst, src, skip) => {
                 let t = starts[(i + 1 + *skip as usize).min(items.len())];
                 let off = (t - out.len() - 1) as i16;
@@ -436,11 +495,6 @@ fn build(inits: &[Option<i32>], zero_stack: bool, items: &[Gen], ret: Option<i32
             }
         }
     }
-    if let Some(v) = ret {
-        out.push(mov(0, Operand::Imm(v)));
-    }
-    out.push(Insn::Exit);
-    out
 }
 
 fn program() -> impl Strategy<Value = Vec<Insn>> {
@@ -449,8 +503,89 @@ fn program() -> impl Strategy<Value = Vec<Insn>> {
         any::<bool>(),
         prop::collection::vec(item(), 1..28),
         prop_oneof![3 => imm().prop_map(Some), 1 => Just(None)],
+        prop::option::weighted(
+            0.3,
+            (
+                prop::collection::vec(callee_item(), 1..10),
+                prop_oneof![4 => imm().prop_map(Some), 1 => Just(None)],
+            ),
+        ),
+        prop::collection::vec(call_site(), 0..3),
     )
-        .prop_map(|(inits, zero, items, ret)| build(&inits, zero, &items, ret))
+        .prop_map(|(inits, zero, mut items, ret, callee, sites)| {
+            if callee.is_some() {
+                // Insert the call sites at spread positions.
+                for (k, site) in sites.into_iter().enumerate() {
+                    let at = (k * 7) % (items.len() + 1);
+                    items.insert(at, site);
+                }
+            }
+            build(&inits, zero, &items, ret, callee.as_ref())
+        })
+}
+
+/// Arguments for the generated function: a pointer into the caller's
+/// stack and the map value, or plain numbers.
+fn call_site() -> impl Strategy<Value = Gen> {
+    let mov = |dst: u8, src: Operand| Insn::Alu {
+        width: Width::W64,
+        op: AluOp::Mov,
+        dst,
+        src,
+    };
+    let add = |dst: u8, imm: i32| Insn::Alu {
+        width: Width::W64,
+        op: AluOp::Add,
+        dst,
+        src: Operand::Imm(imm),
+    };
+    (
+        prop_oneof![3 => (1i32..10).prop_map(|k| -8 * k), 1 => -80i32..0],
+        prop::bool::weighted(0.8),
+        prop::collection::vec(imm(), 5),
+    )
+        .prop_map(move |(k, ptrs, vals)| {
+            let setup = if ptrs {
+                vec![mov(1, Operand::Reg(10)), add(1, k), mov(2, Operand::Reg(8))]
+            } else {
+                vec![mov(1, Operand::Imm(k)), mov(2, Operand::Imm(k))]
+            };
+            let after = vals
+                .into_iter()
+                .enumerate()
+                .map(|(r, v)| mov(r as u8 + 1, Operand::Imm(v)))
+                .collect();
+            Gen::CallF(setup, after)
+        })
+}
+
+/// Items of the generated function: r1 may point into the caller's stack,
+/// r2 at the map value; r6..r9 are not set.
+fn callee_item() -> impl Strategy<Value = Gen> {
+    // Scratch registers of the function; r1/r2 are mostly left as the
+    // pointers they arrived as.
+    let data = || prop::sample::select(vec![0u8, 3, 4, 5]);
+    let any = || prop_oneof![8 => prop::sample::select(vec![0u8, 3, 4, 5]), 1 => Just(1u8), 1 => Just(2u8), 1 => Just(10u8)];
+    let mem = || {
+        prop_oneof![
+            (-16i16..16).prop_map(|o| (1u8, o)),
+            (-8i16..72).prop_map(|o| (2u8, o)),
+            (-72i16..8).prop_map(|o| (10u8, o)),
+        ]
+    };
+    prop_oneof![
+        4 => (width(), alu_op(), data(), prop_oneof![data().prop_map(Operand::Reg), imm().prop_map(Operand::Imm)])
+            .prop_map(|(width, op, dst, src)| Gen::Plain(vec![Insn::Alu { width, op, dst, src }])),
+        1 => (alu_op(), prop::sample::select(vec![1u8, 2]), operand())
+            .prop_map(|(op, dst, src)| Gen::Plain(vec![Insn::Alu { width: Width::W64, op, dst, src }])),
+        3 => (size(), data(), mem())
+            .prop_map(|(size, dst, (src, off))| Gen::Plain(vec![Insn::Load { size, dst, src, off }])),
+        3 => (size(), mem(), any())
+            .prop_map(|(size, (dst, off), src)| Gen::Plain(vec![Insn::Store { size, dst, off, src }])),
+        2 => (width(), cond(), data(), prop_oneof![data().prop_map(Operand::Reg), imm().prop_map(Operand::Imm)], 0u8..4)
+            .prop_map(|(w, c, d, s, k)| Gen::Jmp(w, c, d, s, k)),
+        1 => prop::sample::select(vec![1u8, 2, 10]).prop_map(|r| Gen::Plain(vec![Insn::Alu { width: Width::W64, op: AluOp::Mov, dst: 0, src: Operand::Reg(r) }])),
+    ]
 }
 
 /// Helpers for the oracle run: the array map, clocks, probe_read_kernel.
@@ -579,7 +714,7 @@ fn accepted_programs_run_safely() {
     let cases: u32 = std::env::var("VERIFIER_FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3000);
+        .unwrap_or(2000);
     let mut runner = TestRunner::new(PtConfig {
         cases,
         failure_persistence: None,
@@ -587,6 +722,7 @@ fn accepted_programs_run_safely() {
     });
     let generated = Cell::new(0u32);
     let accepted = Cell::new(0u32);
+    let with_calls = Cell::new(0u32);
     let helpers = linux::helpers();
     let pt = linux::kprobe();
     let maps = maps();
@@ -608,6 +744,9 @@ fn accepted_programs_run_safely() {
         }
         if verdict.is_ok() {
             accepted.set(accepted.get() + 1);
+            if insns.iter().any(|i| matches!(i, Insn::CallLocal { .. })) {
+                with_calls.set(with_calls.get() + 1);
+            }
             oracle(&insns, seed).map_err(|e| {
                 let text = bpf_vm::disasm::program(
                     &Program::from_insns(insns.clone()).unwrap(),
@@ -620,9 +759,10 @@ fn accepted_programs_run_safely() {
         Ok(())
     });
     println!(
-        "verifier soundness fuzz: {} programs generated, {} accepted, {} ran in the checked interpreter (3 contexts each) without a fault",
+        "verifier soundness fuzz: {} programs generated, {} accepted ({} with bpf-to-bpf calls), {} ran in the checked interpreter (3 contexts each) without a fault",
         generated.get(),
         accepted.get(),
+        with_calls.get(),
         accepted.get()
     );
     let mut top: Vec<_> = reasons.into_inner().into_iter().collect();
@@ -653,7 +793,7 @@ fn random_bytes_never_panic() {
     };
     let config = fuzz_config();
     let mut runner = TestRunner::new(PtConfig {
-        cases: 3000,
+        cases: 2000,
         failure_persistence: None,
         ..PtConfig::default()
     });
@@ -677,7 +817,7 @@ fn mutated_programs_never_panic_and_stay_sound() {
     };
     let config = fuzz_config();
     let mut runner = TestRunner::new(PtConfig {
-        cases: 1500,
+        cases: 1000,
         failure_persistence: None,
         ..PtConfig::default()
     });
@@ -732,6 +872,7 @@ fn oracle_catches_unsafe_programs() {
             off: 64,
         }])],
         Some(0),
+        None,
     );
     assert!(oracle(&oob, 1).unwrap_err().contains("out-of-bounds read"));
     // Returns the stack pointer.
@@ -739,6 +880,7 @@ fn oracle_catches_unsafe_programs() {
         &[Some(0); 8],
         false,
         &[Gen::Plain(vec![mov(0, Operand::Reg(10))])],
+        None,
         None,
     );
     assert!(oracle(&leak, 1).unwrap_err().contains("is a pointer"));
@@ -753,6 +895,7 @@ fn oracle_catches_unsafe_programs() {
             src: 9,
         }])],
         Some(0),
+        None,
     );
     assert!(oracle(&store, 1).unwrap_err().contains("holds pointer"));
     // And the verifier rejects all three.
