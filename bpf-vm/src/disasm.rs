@@ -7,6 +7,7 @@
 //!   bpftool and clang already read.
 //!
 //! Jumps print as signed slot offsets; [`program`] adds the target index.
+//! Numbered listings also name known helpers ([`helper_name`]) in a comment.
 
 use alloc::format;
 use alloc::string::String;
@@ -45,8 +46,14 @@ pub fn program(p: &Program, syntax: Syntax, numbered: bool) -> String {
         let text = insn(i, syntax);
         if numbered {
             let _ = write!(out, "{pc:4}: {text}");
-            if let (Some(t), false) = (i.jump_target(pc), matches!(i, Insn::Call { .. })) {
+            if let Some(t) = i.jump_target(pc) {
                 let _ = write!(out, "  # -> {t}");
+            }
+            if let Some(name) = match *i {
+                Insn::Call { id } => helper_name(id),
+                _ => None,
+            } {
+                let _ = write!(out, "  # {name}");
             }
         } else {
             out.push_str(&text);
@@ -54,6 +61,41 @@ pub fn program(p: &Program, syntax: Syntax, numbered: bool) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The Linux name of helper `id` (`bpf_` + the `BPF_FUNC_` name), for the
+/// helpers tracing programs commonly call.
+pub fn helper_name(id: i32) -> Option<&'static str> {
+    Some(match id {
+        1 => "bpf_map_lookup_elem",
+        2 => "bpf_map_update_elem",
+        3 => "bpf_map_delete_elem",
+        4 => "bpf_probe_read",
+        5 => "bpf_ktime_get_ns",
+        6 => "bpf_trace_printk",
+        7 => "bpf_get_prandom_u32",
+        8 => "bpf_get_smp_processor_id",
+        12 => "bpf_tail_call",
+        14 => "bpf_get_current_pid_tgid",
+        15 => "bpf_get_current_uid_gid",
+        16 => "bpf_get_current_comm",
+        25 => "bpf_perf_event_output",
+        27 => "bpf_get_stackid",
+        35 => "bpf_get_current_task",
+        45 => "bpf_probe_read_str",
+        67 => "bpf_get_stack",
+        112 => "bpf_probe_read_user",
+        113 => "bpf_probe_read_kernel",
+        114 => "bpf_probe_read_user_str",
+        115 => "bpf_probe_read_kernel_str",
+        125 => "bpf_ktime_get_boot_ns",
+        130 => "bpf_ringbuf_output",
+        131 => "bpf_ringbuf_reserve",
+        132 => "bpf_ringbuf_submit",
+        133 => "bpf_ringbuf_discard",
+        173 => "bpf_get_func_ip",
+        _ => return None,
+    })
 }
 
 fn alu_name(op: AluOp) -> &'static str {
@@ -422,23 +464,25 @@ mod tests {
     fn llvm_syntax() {
         let p = assemble(
             "ldxw %r0, [%r1+4]\njgt32 %r1, 5, +1\nstxdw [%r10-8], %r1\nlock fetch add [%r10-8], %r1\n\
-             movsx1632 %r2, %r3\nlddw %r1, map_fd(3)\nexit",
+             movsx1632 %r2, %r3\nlddw %r1, map_fd(3)\ncall 1\ncall 999\nexit",
         )
         .unwrap();
         let text = program(&p, Syntax::Llvm, false);
         assert_eq!(
             text,
             "r0 = *(u32 *)(r1 + 4)\nif w1 > 5 goto +1\n*(u64 *)(r10 - 8) = r1\n\
-             r1 = atomic_fetch_add((u64 *)(r10 - 8), r1)\nw2 = (s16)w3\nr1 = map[fd:3] ll\nexit\n"
+             r1 = atomic_fetch_add((u64 *)(r10 - 8), r1)\nw2 = (s16)w3\nr1 = map[fd:3] ll\n\
+             call 1\ncall 999\nexit\n"
         );
     }
 
     #[test]
     fn numbered_listing_shows_targets() {
-        let p = assemble("lddw %r0, 1\nja +0\nexit").unwrap();
+        let p = assemble("lddw %r0, 1\nja +0\ncall 5\ncall local +0\nexit").unwrap();
         assert_eq!(
             program(&p, Syntax::Conformance, true),
-            "   0: lddw %r0, 0x1\n   2: ja +0  # -> 3\n   3: exit\n"
+            "   0: lddw %r0, 0x1\n   2: ja +0  # -> 3\n   3: call 5  # bpf_ktime_get_ns\n\
+             \x20  4: call local +0  # -> 5\n   5: exit\n"
         );
     }
 }
