@@ -19,6 +19,10 @@ pub struct Args {
     /// Cargo target directory (default: `<crate>/target`).
     #[arg(long, value_name = "DIR")]
     pub target_dir: Option<PathBuf>,
+    /// Then verify every program as `ktrace check` does (fails if one is
+    /// rejected).
+    #[arg(long)]
+    pub check: bool,
     /// Only print errors (and the object's path).
     #[arg(short, long)]
     pub quiet: bool,
@@ -61,6 +65,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     println!("{}", out.object.display());
+    if args.check {
+        let verdicts = probe_sdk::check::check_object(&obj, Default::default());
+        for v in &verdicts {
+            eprintln!("{v}");
+        }
+        let rejected = verdicts.iter().filter(|v| !v.accepted()).count();
+        if rejected > 0 {
+            anyhow::bail!(
+                "{rejected} of {} programs rejected by the verifier",
+                verdicts.len()
+            );
+        }
+    }
     Ok(())
 }
 
