@@ -98,6 +98,25 @@ fn biolatency_builds_two_tracepoints() {
 }
 
 #[test]
+fn stack_samples_builds_a_perf_event_program() {
+    let (_, obj) = built_object(&example("stack-samples"));
+    assert_eq!(obj.programs.len(), 1);
+    assert_eq!(obj.programs[0].section, "perf_event");
+    assert_eq!(obj.programs[0].attach, AttachTarget::PerfEvent);
+    let stacks = obj.maps.iter().find(|m| m.name == "STACKS").unwrap();
+    assert_eq!(
+        (
+            stacks.map_type,
+            stacks.key_size,
+            stacks.value_size,
+            stacks.max_entries
+        ),
+        (7, 4, 127 * 8, 1024)
+    );
+    assert_eq!(names(&obj.maps, |m| &m.name), ["COUNTS", "LOST", "STACKS"]);
+}
+
+#[test]
 fn an_unchanged_probe_rebuilds_without_llc() {
     let dir = example("count-calls");
     let first = build_crate(&dir);

@@ -10,7 +10,7 @@ use probe_sdk::check::{check_object, check_program, CheckOptions, Outcome};
 
 #[test]
 fn examples_are_accepted() {
-    for name in ["count-calls", "func-latency", "biolatency"] {
+    for name in ["count-calls", "func-latency", "biolatency", "stack-samples"] {
         let (_, obj) = built_object(&example(name));
         let verdicts = check_object(&obj, CheckOptions::default());
         assert_eq!(verdicts.len(), obj.programs.len());

@@ -16,6 +16,7 @@ fn linux_and_ktrace_agree() {
         example("count-calls"),
         example("func-latency"),
         example("biolatency"),
+        example("stack-samples"),
         fixture("all-features"),
         fixture("unsafe-deref"),
         fixture("wrong-helper"),
@@ -54,7 +55,7 @@ fn linux_and_ktrace_agree() {
             compared += 1;
         }
     }
-    assert_eq!(compared, 12);
+    assert_eq!(compared, 13);
 }
 
 fn short(v: &LinuxVerdict) -> String {
