@@ -35,13 +35,16 @@ pub struct Function {
     pub global: bool,
     #[serde(skip)]
     pub(crate) parsed: ParsedPath,
+    /// `parsed`'s keys rendered once, for globs.
+    #[serde(skip)]
+    paths: Vec<String>,
 }
 
 impl Function {
     /// The paths this function can be found by, as text: by type (or the
     /// plain path), and by trait for a trait method.
-    pub fn search_paths(&self) -> Vec<String> {
-        self.parsed.keys().iter().map(|k| render(k)).collect()
+    pub fn search_paths(&self) -> &[String] {
+        &self.paths
     }
 
     /// True if `addr` is inside the function (a size-0 symbol holds only
@@ -179,8 +182,10 @@ impl SymbolIndex {
                 continue;
             }
             let d = demangle(name);
+            let parsed = ParsedPath::parse(&d.name);
             functions.push(Function {
-                parsed: ParsedPath::parse(&d.name),
+                paths: parsed.keys().iter().map(|k| render(k)).collect(),
+                parsed,
                 name: d.name,
                 demangled: d.full,
                 mangled: name.to_string(),

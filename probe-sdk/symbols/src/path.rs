@@ -406,7 +406,8 @@ fn split_top_level<'a>(s: &'a str, sep: &str) -> Option<(&'a str, &'a str)> {
             b'<' | b'(' | b'[' => depth += 1,
             b'>' if i > 0 && bytes[i - 1] == b'-' => {}
             b'>' | b')' | b']' => depth -= 1,
-            _ if depth == 0 && s[i..].starts_with(sep) => {
+            // Compare bytes: `i` may sit inside a multi-byte character.
+            _ if depth == 0 && bytes[i..].starts_with(sep.as_bytes()) => {
                 return Some((&s[..i], &s[i + sep.len()..]));
             }
             _ => {}
@@ -418,14 +419,27 @@ fn split_top_level<'a>(s: &'a str, sep: &str) -> Option<(&'a str, &'a str)> {
 /// Match `text` against a glob where `*` is any run of characters
 /// (`::` included) and `?` any one character.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // On bytes, without allocating: globs run against every function.
+    // UTF-8 keeps this exact: a literal's first byte never equals a
+    // continuation byte, and `?` takes a whole character.
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let char_len = |b: u8| match b {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
+    };
+    let is_continuation = |b: u8| b & 0xc0 == 0x80;
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+        if pi < p.len() && p[pi] == b'?' && !is_continuation(t[ti]) {
+            pi += 1;
+            ti += char_len(t[ti]);
+        } else if pi < p.len() && p[pi] != b'?' && p[pi] != b'*' && p[pi] == t[ti] {
             pi += 1;
             ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, ti));
             pi += 1;
         } else if let Some((sp, st)) = star {
@@ -436,7 +450,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
@@ -542,5 +556,8 @@ mod tests {
         ));
         assert!(!glob_match("*::submit_*", "kernel::submit"));
         assert!(glob_match("s?nd", "send"));
+        assert!(glob_match("a::?::b", "a::é::b"));
+        assert!(!glob_match("a::??::b", "a::é::b"));
+        assert!(glob_match("*é*", "xéy"));
     }
 }

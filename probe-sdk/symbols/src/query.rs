@@ -326,7 +326,7 @@ impl SymbolIndex {
 
     fn point(&self, f: &Function, offset: u64, inlined_from: Option<String>) -> ProbePoint {
         ProbePoint {
-            addr: f.addr + offset,
+            addr: f.addr.wrapping_add(offset),
             function: Some(f.name.clone()),
             function_addr: Some(f.addr),
             offset,
@@ -334,7 +334,7 @@ impl SymbolIndex {
             location: if offset == 0 {
                 self.function_location(f)
             } else {
-                self.addr_to_line(f.addr + offset)
+                self.addr_to_line(f.addr.wrapping_add(offset))
             },
             inlined_from,
         }

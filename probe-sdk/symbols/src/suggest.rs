@@ -84,6 +84,9 @@ pub fn suggest(index: &SymbolIndex, query: &ParsedPath, limit: usize) -> Vec<Str
             let f = &index.functions[id as usize];
             for key in f.parsed.keys() {
                 let names = names(key);
+                if names.is_empty() {
+                    continue;
+                }
                 let cost = segment_distance(&qnames[..qnames.len() - 1], &names[..names.len() - 1])
                     + last_cost;
                 if cost <= total_limit {

@@ -691,3 +691,72 @@ fn a_line_owned_by_one_function_and_inlined_elsewhere_picks_the_owner() {
         );
     }
 }
+
+/// Odd input gets an answer or an error, never a panic.
+#[test]
+fn odd_queries_never_panic() {
+    let index = v0();
+    let fixed = [
+        "",
+        "::",
+        ":::",
+        "<",
+        ">",
+        "<>",
+        "<<>>::f",
+        "<a as>::",
+        "< as b>::c",
+        "+",
+        "+0x1",
+        "f+",
+        "f+0x",
+        "a::b+0xffffffffffffffff",
+        "0x",
+        "0xzz",
+        "0xffffffffffffffff",
+        ".rs:1",
+        "/:1",
+        "x.rs:0",
+        "x.rs:4294967296",
+        "**",
+        "*",
+        "?",
+        "{closure#}",
+        "{{closure}}",
+        "é::ü",
+        "<é as ü>::ß",
+        "a::<>",
+        "a<::b",
+        "fn() -> u8::x",
+        "sample.rs:1:2",
+        "RequestQueue::submit_bio+0x4b",
+        "RequestQueue::submit_bio+0x4a",
+    ];
+    let opts = [
+        ResolveOptions::default(),
+        ResolveOptions {
+            all: true,
+            allow_raw_address: true,
+        },
+    ];
+    for q in fixed {
+        for o in opts {
+            let _ = index.resolve(q, o);
+        }
+    }
+    // Pseudo-random strings over the characters paths are made of.
+    let alphabet: Vec<char> = "ab:<>()[]{}#+*?0x1 ,&-é.rs/".chars().collect();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..400 {
+        let mut q = String::new();
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        for k in 0..(state % 24) {
+            q.push(alphabet[((state >> (k * 2)) as usize + k as usize) % alphabet.len()]);
+        }
+        for o in opts {
+            let _ = index.resolve(&q, o);
+        }
+    }
+}
