@@ -19,20 +19,26 @@ fn kernel_elf() -> PathBuf {
     }
 }
 
-/// The kernel's index, built once for all tests of this file.
-fn load(path: &Path) -> Option<&'static SymbolIndex> {
-    static INDEX: OnceLock<Option<SymbolIndex>> = OnceLock::new();
-    let index = INDEX.get_or_init(|| {
-        path.is_file()
-            .then(|| SymbolIndex::from_path(path).expect("index the kernel"))
+/// The kernel's bytes and index, read once for all tests of this file (so
+/// that a rebuild during the run cannot make them disagree).
+fn load_with_bytes(path: &Path) -> Option<&'static (Vec<u8>, SymbolIndex)> {
+    static INDEX: OnceLock<Option<(Vec<u8>, SymbolIndex)>> = OnceLock::new();
+    let loaded = INDEX.get_or_init(|| {
+        let bytes = std::fs::read(path).ok()?;
+        let index = SymbolIndex::from_bytes(&bytes).expect("index the kernel");
+        Some((bytes, index))
     });
-    if index.is_none() {
+    if loaded.is_none() {
         println!(
             "skipping: no kernel ELF at {} (build it with `cargo build --profile kernel -p ktrace-kernel --target-dir target/kernel`)",
             path.display()
         );
     }
-    index.as_ref()
+    loaded.as_ref()
+}
+
+fn load(path: &Path) -> Option<&'static SymbolIndex> {
+    load_with_bytes(path).map(|(_, index)| index)
 }
 
 /// The bytes of the `KTRACE_KSYMS` static in an ELF.
@@ -217,11 +223,10 @@ fn kernel_lines_round_trip() {
 
 #[test]
 fn kernel_offsets_follow_instruction_boundaries() {
-    let Some(index) = load(&kernel_elf()) else {
+    let Some((code, index)) = load_with_bytes(&kernel_elf()) else {
         return;
     };
-    let code = std::fs::read(kernel_elf()).unwrap();
-    let file = object::File::parse(&*code).unwrap();
+    let file = object::File::parse(&**code).unwrap();
     let mut checked = 0;
     for f in index
         .functions()
