@@ -126,6 +126,11 @@ proptest! {
     }
 
     #[test]
+    fn assemble_never_panics_on_any_text(src in any::<String>()) {
+        let _ = assemble(&src);
+    }
+
+    #[test]
     fn assemble_never_panics(src in "[a-z0-9%\\[\\]+\\-, :#x\n]{0,120}") {
         let _ = assemble(&src);
     }
