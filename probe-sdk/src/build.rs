@@ -381,8 +381,8 @@ pub fn build(
     progress(&format!(
         "[2/3] compiling {package} to LLVM bitcode (cargo rustc --release, fat LTO)"
     ));
-    let mut compiled = run_cargo(&cargo, opts, &target_dir, &bitcode, &package)?;
-    if !compiled && !bitcode.is_file() {
+    run_cargo(&cargo, opts, &target_dir, &bitcode, &package)?;
+    if !bitcode.is_file() {
         // Cargo thinks the crate is fresh but the bitcode was removed: force
         // the last step to run again.
         let status = Command::new(&cargo)
@@ -403,10 +403,9 @@ pub fn build(
                 source,
             })?;
         if status.success() {
-            compiled = run_cargo(&cargo, opts, &target_dir, &bitcode, &package)?;
+            run_cargo(&cargo, opts, &target_dir, &bitcode, &package)?;
         }
     }
-    let _ = compiled;
     let bc = std::fs::read(&bitcode).map_err(|_| BuildError::NoBitcode {
         path: bitcode.clone(),
     })?;
@@ -485,16 +484,15 @@ pub fn build(
     })
 }
 
-/// Run `cargo rustc` for the bitcode. Returns whether rustc ran (cargo's
-/// freshness check may skip it).
+/// Run `cargo rustc` for the bitcode (cargo's freshness check may skip
+/// rustc, leaving the previous bitcode in place).
 fn run_cargo(
     cargo: &Path,
     opts: &BuildOptions,
     target_dir: &Path,
     bitcode: &Path,
     package: &str,
-) -> Result<bool, BuildError> {
-    let before = std::fs::metadata(bitcode).and_then(|m| m.modified()).ok();
+) -> Result<(), BuildError> {
     let mut cmd = Command::new(cargo);
     cmd.arg("rustc")
         .arg("--manifest-path")
@@ -523,8 +521,7 @@ fn run_cargo(
             status: status.to_string(),
         });
     }
-    let after = std::fs::metadata(bitcode).and_then(|m| m.modified()).ok();
-    Ok(after.is_some() && after != before)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -117,6 +117,18 @@ fn stack_samples_builds_a_perf_event_program() {
 }
 
 #[test]
+fn a_deleted_bitcode_file_is_regenerated() {
+    let dir = example("func-latency");
+    let first = build_crate(&dir);
+    std::fs::remove_file(&first.bitcode).unwrap();
+    // Cargo considers the crate fresh; the build must notice the missing
+    // bitcode and compile again rather than fail or reuse a stale object.
+    let second = build_crate(&dir);
+    assert!(second.bitcode.is_file());
+    assert!(second.object.is_file());
+}
+
+#[test]
 fn an_unchanged_probe_rebuilds_without_llc() {
     let dir = example("count-calls");
     let first = build_crate(&dir);
