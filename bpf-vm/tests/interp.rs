@@ -334,6 +334,16 @@ fn helpers_reach_memory_and_return_regions() {
             err: HelperError::BadPointer { len: 4, .. }
         }
     ));
+    // callx takes the id from a register; ids beyond 32 bits name no helper.
+    let e = exe("mov %r6, 1\nlsh %r6, 32\nadd %r6, 1\ncallx %r6\nexit");
+    let err = run_checked(&e, &mut [], &mut helpers, &[], 100).unwrap_err();
+    assert_eq!(
+        err.kind,
+        RunErrorKind::Helper {
+            id: u32::MAX,
+            err: HelperError::Unknown(u32::MAX)
+        }
+    );
     // Unknown helpers fail with the id.
     let err = run("call 77\nexit").unwrap_err();
     assert_eq!(

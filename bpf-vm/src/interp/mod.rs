@@ -525,7 +525,8 @@ impl Vm {
                     }
                 }
                 Op::CallX(s) => {
-                    let id = r!(s) as u32;
+                    // An id beyond u32 names no helper (rather than wrapping onto one).
+                    let id = u32::try_from(r!(s)).unwrap_or(u32::MAX);
                     let args = [reg[1], reg[2], reg[3], reg[4], reg[5]];
                     match helpers.call(id, args, &mut HelperMem { mem }) {
                         Ok(v) => reg[0] = v,
