@@ -44,6 +44,13 @@ fn maps() -> Vec<MapDef> {
             value_size: VALUE_SIZE as u32,
             max_entries: ARRAY_ENTRIES as u32,
         },
+        MapDef {
+            fd: 2,
+            map_type: map_type::RINGBUF,
+            key_size: 0,
+            value_size: 0,
+            max_entries: 4096,
+        },
     ]
 }
 
@@ -223,6 +230,31 @@ fn helper_call_raw() -> impl Strategy<Value = Vec<Insn>> {
             mov(2, Operand::Reg(10)),
             add(2, k),
         ].into_iter().chain([Insn::Call { id: 1 }]).collect()),
+        // A ring buffer record: reserve, NULL check, store, submit/discard
+        // (sometimes without the check or the release).
+        2 => (1u64..5, -4i16..40, prop::sample::select(vec![Size::B, Size::W, Size::DW]), 0u8..8,
+              prop::bool::weighted(0.9), prop::bool::weighted(0.9), prop::sample::select(vec![132i32, 133]))
+            .prop_map(move |(size8, off, sz, src, check, release, rel)| {
+                let mut v = vec![
+                    Insn::LdImm64 { dst: 1, src: LdImm64Src::MapFd(2) },
+                    Insn::LdImm64Tail,
+                    mov(2, Operand::Imm(8 * size8 as i32)),
+                    mov(3, Operand::Imm(0)),
+                    Insn::Call { id: 131 },
+                ];
+                let tail = vec![
+                    Insn::Store { size: sz, dst: 0, off, src },
+                    mov(1, Operand::Reg(0)),
+                    mov(2, Operand::Imm(0)),
+                    Insn::Call { id: rel },
+                ];
+                let tail: Vec<Insn> = if release { tail } else { tail[..1].to_vec() };
+                if check {
+                    v.push(Insn::Jmp { width: Width::W64, cond: JmpCond::Eq, dst: 0, src: Operand::Imm(0), off: tail.len() as i16 });
+                }
+                v.extend(tail);
+                v
+            }),
         // probe_read_kernel(fp + off, size, ctx)
         2 => (-72i32..0, prop_oneof![Just(Operand::Imm(8)), (0i32..80).prop_map(Operand::Imm), scratch().prop_map(Operand::Reg)])
             .prop_map(move |(off, size)| vec![
@@ -594,6 +626,8 @@ struct Oracle {
     seed: u64,
     /// r10 of frame 0, learned from the prologue's probe_read_kernel.
     fp: Cell<u64>,
+    /// Ring buffer records handed out: bytes, and whether still reserved.
+    records: Vec<(Vec<u8>, bool)>,
 }
 
 impl Helpers for Oracle {
@@ -626,6 +660,39 @@ impl Helpers for Oracle {
                 Ok(addr)
             }
             5 | 8 | 14 => Ok(self.seed >> 3),
+            131 => {
+                if args[0] != HANDLE_BASE + 2 {
+                    return Err(HelperError::Failed(
+                        "reserve from a map that is not the ring buffer",
+                    ));
+                }
+                if self.seed >> 62 == 0 {
+                    return Ok(0); // ring buffer full
+                }
+                let mut rec = vec![0u8; args[1] as usize];
+                let addr = rec.as_mut_ptr() as u64;
+                // SAFETY: the record's heap buffer lives (and does not move)
+                // until the oracle is dropped, after the run.
+                unsafe { mem.allow(addr, args[1], true) };
+                self.records.push((rec, true));
+                Ok(addr)
+            }
+            132 | 133 => {
+                let Some(r) = self
+                    .records
+                    .iter_mut()
+                    .find(|(b, _)| b.as_ptr() as u64 == args[0])
+                else {
+                    return Err(HelperError::Failed(
+                        "submit of something that is not a record",
+                    ));
+                };
+                if !r.1 {
+                    return Err(HelperError::Failed("record submitted twice"));
+                }
+                r.1 = false;
+                Ok(0)
+            }
             113 => {
                 if self.fp.get() == 0 {
                     self.fp.set(args[0] + 16);
@@ -669,6 +736,7 @@ fn oracle(insns: &[Insn], seed: u64) -> Result<(), String> {
             array: array.as_mut_ptr(),
             seed: s,
             fp: Cell::new(0),
+            records: Vec::new(),
         };
         let res = vm.run_checked(&exe, &mut ctx, &mut h, &[], 10_000_000);
         let r0 = match res {
@@ -683,8 +751,32 @@ fn oracle(insns: &[Insn], seed: u64) -> Result<(), String> {
                 || (array_addr..array_addr + array.len() as u64).contains(&v)
                 || (HANDLE_BASE..HANDLE_BASE + 2).contains(&v)
         };
+        let records: Vec<u64> = h.records.iter().map(|(b, _)| b.as_ptr() as u64).collect();
+        let is_ptr = |v: u64| {
+            is_ptr(v)
+                || h.records.iter().any(|(b, _)| {
+                    let a = b.as_ptr() as u64;
+                    (a..a + b.len() as u64).contains(&v)
+                })
+                || v == HANDLE_BASE + 2
+        };
         if is_ptr(r0) {
             return Err(format!("run {run}: r0 = {r0:#x} is a pointer"));
+        }
+        if h.records.iter().any(|(_, live)| *live) {
+            return Err(format!(
+                "run {run}: a ring buffer record was never submitted ({records:x?})"
+            ));
+        }
+        for (b, _) in &h.records {
+            for w in b.chunks_exact(8) {
+                let v = u64::from_le_bytes(w.try_into().unwrap());
+                if is_ptr(v) {
+                    return Err(format!(
+                        "run {run}: ring buffer record holds pointer {v:#x}"
+                    ));
+                }
+            }
         }
         for (i, w) in array.chunks(8).enumerate() {
             let v = u64::from_le_bytes(w.try_into().unwrap());
@@ -723,6 +815,7 @@ fn accepted_programs_run_safely() {
     let generated = Cell::new(0u32);
     let accepted = Cell::new(0u32);
     let with_calls = Cell::new(0u32);
+    let with_ringbuf = Cell::new(0u32);
     let helpers = linux::helpers();
     let pt = linux::kprobe();
     let maps = maps();
@@ -747,6 +840,9 @@ fn accepted_programs_run_safely() {
             if insns.iter().any(|i| matches!(i, Insn::CallLocal { .. })) {
                 with_calls.set(with_calls.get() + 1);
             }
+            if insns.iter().any(|i| matches!(i, Insn::Call { id: 131 })) {
+                with_ringbuf.set(with_ringbuf.get() + 1);
+            }
             oracle(&insns, seed).map_err(|e| {
                 let text = bpf_vm::disasm::program(
                     &Program::from_insns(insns.clone()).unwrap(),
@@ -759,10 +855,11 @@ fn accepted_programs_run_safely() {
         Ok(())
     });
     println!(
-        "verifier soundness fuzz: {} programs generated, {} accepted ({} with bpf-to-bpf calls), {} ran in the checked interpreter (3 contexts each) without a fault",
+        "verifier soundness fuzz: {} programs generated, {} accepted ({} with bpf-to-bpf calls, {} with ring buffer records), {} ran in the checked interpreter (3 contexts each) without a fault",
         generated.get(),
         accepted.get(),
         with_calls.get(),
+        with_ringbuf.get(),
         accepted.get()
     );
     let mut top: Vec<_> = reasons.into_inner().into_iter().collect();
