@@ -1008,3 +1008,75 @@ fn oracle_catches_unsafe_programs() {
         assert!(verify(p, &env, &Config::default()).is_err());
     }
 }
+
+/// Hand-built instruction slices (not from the decoder) may be malformed in
+/// ways bytes cannot express: stray `ld_imm64` halves, registers above r10,
+/// writes to r10. The verifier must still answer without panicking.
+#[test]
+fn arbitrary_insn_slices_never_panic() {
+    let helpers = linux::helpers();
+    let pt = linux::kprobe();
+    let maps = maps();
+    let env = Env {
+        prog_type: &pt,
+        helpers: &helpers,
+        maps: &maps,
+    };
+    let config = fuzz_config();
+    let wild = prop_oneof![
+        4 => program().prop_map(|p| p.into_iter().map(Some).collect::<Vec<_>>()),
+        1 => Just(vec![None]),
+    ];
+    let mut runner = TestRunner::new(PtConfig {
+        cases: 500,
+        failure_persistence: None,
+        ..PtConfig::default()
+    });
+    runner
+        .run(
+            &(
+                wild,
+                prop::collection::vec((any::<prop::sample::Index>(), 0u8..6, 0u8..16), 1..4),
+            ),
+            |(insns, edits)| {
+                let mut insns: Vec<Insn> = insns.into_iter().flatten().collect();
+                if insns.is_empty() {
+                    insns.push(Insn::Exit);
+                }
+                for (i, kind, r) in edits {
+                    let n = insns.len();
+                    let at = i.index(n);
+                    insns[at] = match kind {
+                        0 => Insn::LdImm64Tail,
+                        1 => Insn::LdImm64 {
+                            dst: r.min(9),
+                            src: LdImm64Src::Imm(1),
+                        },
+                        2 => Insn::Alu {
+                            width: Width::W64,
+                            op: AluOp::Mov,
+                            dst: r,
+                            src: Operand::Imm(1),
+                        },
+                        3 => Insn::Load {
+                            size: Size::DW,
+                            dst: r,
+                            src: r,
+                            off: 0,
+                        },
+                        4 => Insn::Exit,
+                        _ => Insn::Jmp {
+                            width: Width::W64,
+                            cond: JmpCond::Eq,
+                            dst: r,
+                            src: Operand::Reg(r),
+                            off: -(r as i16),
+                        },
+                    };
+                }
+                let _ = verify(&insns, &env, &config);
+                Ok(())
+            },
+        )
+        .unwrap();
+}

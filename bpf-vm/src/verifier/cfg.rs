@@ -89,6 +89,39 @@ fn uses_defs(insn: &Insn, helpers: &HelperTable) -> (u16, u16) {
     }
 }
 
+/// Registers above r10, or a write to r10.
+fn bad_registers(insn: &Insn) -> Option<String> {
+    let opr = |o: &Operand| match o {
+        Operand::Reg(r) => *r,
+        Operand::Imm(_) => 0,
+    };
+    // (registers read or written, register written)
+    let (regs, written): ([u8; 3], Option<u8>) = match insn {
+        Insn::Alu { dst, src, .. } => ([*dst, opr(src), 0], Some(*dst)),
+        Insn::Neg { dst, .. } | Insn::Endian { dst, .. } => ([*dst, 0, 0], Some(*dst)),
+        Insn::MovSx { dst, src, .. } => ([*dst, *src, 0], Some(*dst)),
+        Insn::Jmp { dst, src, .. } => ([*dst, opr(src), 0], None),
+        Insn::CallX { reg } => ([*reg, 0, 0], None),
+        Insn::Load { dst, src, .. } | Insn::LoadSx { dst, src, .. } => {
+            ([*dst, *src, 0], Some(*dst))
+        }
+        Insn::Store { dst, src, .. } => ([*dst, *src, 0], None),
+        Insn::StoreImm { dst, .. } => ([*dst, 0, 0], None),
+        Insn::Atomic {
+            dst, src, fetch, ..
+        } => ([*dst, *src, 0], fetch.then_some(*src)),
+        Insn::LdImm64 { dst, .. } => ([*dst, 0, 0], Some(*dst)),
+        _ => ([0; 3], None),
+    };
+    if let Some(r) = regs.iter().find(|&&r| r > 10) {
+        return Some(format!("invalid register r{r}"));
+    }
+    if written == Some(10) {
+        return Some("frame pointer r10 is read-only".into());
+    }
+    None
+}
+
 /// Successors of instruction `pc` inside its function (calls fall through).
 fn successors(prog: &[Insn], pc: usize) -> ([Option<usize>; 2], bool) {
     let next = pc + prog[pc].slots().max(1);
@@ -108,6 +141,28 @@ pub fn analyze(prog: &[Insn], helpers: &HelperTable) -> Result<Cfg, CfgError> {
     let n = prog.len();
     if n == 0 {
         return Err((0, Rule::ControlFlow, "program is empty".into()));
+    }
+    // Register fields (the decoder guarantees these; a hand-built slice may not).
+    for (pc, insn) in prog.iter().enumerate() {
+        if let Some(msg) = bad_registers(insn) {
+            return Err((pc, Rule::BadInput, msg));
+        }
+    }
+    // The two slots of every ld_imm64 go together (a decoded `Program`
+    // guarantees it; a hand-built slice may not).
+    for (pc, insn) in prog.iter().enumerate() {
+        let ok = match insn {
+            Insn::LdImm64 { .. } => prog.get(pc + 1) == Some(&Insn::LdImm64Tail),
+            Insn::LdImm64Tail => pc > 0 && matches!(prog[pc - 1], Insn::LdImm64 { .. }),
+            _ => true,
+        };
+        if !ok {
+            return Err((
+                pc,
+                Rule::BadInput,
+                format!("ld_imm64 halves do not pair up at insn {pc}"),
+            ));
+        }
     }
     // Subprogram entries: 0 and every bpf-to-bpf call target.
     let mut subprogs = vec![0usize];

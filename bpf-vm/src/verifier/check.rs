@@ -168,6 +168,15 @@ impl<'a> Checker<'a> {
                 self.log.line(1, format_args!("from {from} to {pc}: {s}"));
             }
             loop {
+                if pc >= self.prog.len() {
+                    // The control-flow pass rules this out; never index past the end.
+                    return Err(self.err_at(
+                        pc.min(self.prog.len().saturating_sub(1)),
+                        Some(&st),
+                        Rule::Internal,
+                        format!("execution reached slot {pc}, past the end of the program"),
+                    ));
+                }
                 self.stats.insns_processed += 1;
                 if self.stats.insns_processed > self.cfg.max_insns {
                     return Err(self.err_at(
