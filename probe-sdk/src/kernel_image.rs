@@ -318,6 +318,13 @@ pub fn embed_symbols(path: &Path, elf: &mut [u8]) -> Result<usize, ImageError> {
     Ok(funcs.len())
 }
 
+/// The bytes of the `KTRACE_KSYMS` static in an ELF image: the filled
+/// table (parse it with `ksyms::KsymTable::parse`) or the empty reservation.
+pub fn table_bytes<'a>(path: &Path, elf: &'a [u8]) -> Result<&'a [u8], ImageError> {
+    let (offset, size) = table_location(path, elf)?;
+    Ok(&elf[offset..offset + size])
+}
+
 /// File offset and size of the `KTRACE_KSYMS` static.
 fn table_location(path: &Path, elf: &[u8]) -> Result<(usize, usize), ImageError> {
     let file = object::File::parse(elf).map_err(|e| ImageError::BadElf {

@@ -9,10 +9,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ktrace_abi::frame::{self, MAGIC};
+use ktrace_abi::ksyms;
 use ktrace_abi::vm::{qemu_exit_status, DebugRequest, Hello, SystemInfo, TaskState, EXIT_PANIC};
 use ktrace_abi::{Envelope, ErrorCode, Request, Response, PROTOCOL_VERSION};
 use ktrace_tests::{ktrace, ktrace_bin, ktrace_ok, test_config, unique_name, CliVmGuard, TestVm};
 use probe_sdk::client::{Client, ClientError};
+use probe_sdk::kernel_image;
 use probe_sdk::vm::{self, ExitKind, ReportKind, Vm, VmError, VmState};
 
 const MIB: u64 = 1 << 20;
@@ -46,6 +48,56 @@ fn check_info(info: &SystemInfo, kernel_version: &str) {
         .filter(|t| t.state == TaskState::Running)
         .count();
     assert_eq!(running, 1, "tasks: {:?}", info.tasks);
+}
+
+/// The post-link step on the real kernel: the copy carries a table of the
+/// ELF's functions, the cargo output keeps its empty reservation, and
+/// nothing but the reserved bytes changed (no address moved).
+#[test]
+fn symbol_table_is_embedded_in_a_copy_of_the_kernel() {
+    let image = ktrace_tests::kernel_image();
+    let source = std::fs::read(&image.source).unwrap();
+    let copy = std::fs::read(&image.image).unwrap();
+    assert_eq!(source.len(), copy.len());
+
+    let reserved = kernel_image::table_bytes(&image.source, &source).unwrap();
+    assert_eq!(reserved[..4], ksyms::EMPTY_MAGIC);
+    assert_eq!(reserved.len(), ksyms::RESERVED_BYTES);
+    let table = kernel_image::table_bytes(&image.image, &copy).unwrap();
+    let parsed = ksyms::KsymTable::parse(table).expect("the copy holds a valid table");
+
+    // Same bytes outside the table.
+    let start = table.as_ptr() as usize - copy.as_ptr() as usize;
+    let end = start + table.len();
+    assert_eq!(source[..start], copy[..start]);
+    assert_eq!(source[end..], copy[end..]);
+
+    // Exactly the ELF's functions, demangled without hashes, sorted.
+    let funcs = kernel_image::functions(&image.source, &source).unwrap();
+    assert_eq!(parsed.len(), funcs.len());
+    assert_eq!(parsed.len(), image.symbols);
+    let forced = funcs
+        .iter()
+        .find(|f| f.name == "kernel::debug::forced_panic")
+        .expect("kernel::debug::forced_panic in the ELF");
+    let (sym, off) = parsed.lookup(forced.addr + 1).unwrap();
+    assert_eq!(
+        (sym.name, sym.addr, off),
+        (forced.name.as_str(), forced.addr, 1)
+    );
+    let addrs: Vec<u64> = parsed.iter().map(|s| s.addr).collect();
+    assert!(addrs.windows(2).all(|w| w[0] <= w[1]));
+    // Demangled with `{:#}`: no legacy `::h<16 hex>` hash suffix.
+    let hashed = |name: &str| {
+        name.rsplit_once("::h")
+            .is_some_and(|(_, h)| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()))
+    };
+    assert!(parsed.iter().all(|s| !s.name.is_empty() && !hashed(s.name)));
+
+    // A second run finds the copy current and leaves it alone.
+    let again = kernel_image::embed_if_changed(&image.source).unwrap();
+    assert!(!again.rewritten);
+    assert_eq!(again.symbols, image.symbols);
 }
 
 #[test]
