@@ -1042,3 +1042,34 @@ fn reject_too_many_pending_branches() {
         "program too complex: the sequence of 8193 jumps is too complex"
     );
 }
+
+#[test]
+fn log_level_two_shows_states() {
+    let config = Config {
+        log_level: 2,
+        ..Config::default()
+    };
+    let r = run_with(
+        "ldxdw %r2, [%r1+112]\nmov %r0, 0\njgt %r2, 7, out\nmov %r0, %r2\nout:\nexit",
+        &linux::kprobe(),
+        &config,
+    )
+    .unwrap();
+    assert_eq!(
+        r.log,
+        "0: r2 = *(u64 *)(r1 + 112)\n\
+         0: R1=ctx() R2=scalar() R10=fp0\n\
+         1: r0 = 0\n\
+         1: R0=0 R1=ctx() R2=scalar() R10=fp0\n\
+         2: if r2 > 7 goto +1\n\
+         2: R0=0 R1=ctx() R2=scalar(smin=0,smax=7,umax=7,var_off=(0x0; 0x7)) R10=fp0\n\
+         3: r0 = r2\n\
+         3: R0=scalar(smin=0,smax=7,umax=7,var_off=(0x0; 0x7)) R1=ctx() R2=scalar(smin=0,smax=7,umax=7,var_off=(0x0; 0x7)) R10=fp0\n\
+         4: exit\n\
+         4: R0=scalar(smin=0,smax=7,umax=7,var_off=(0x0; 0x7)) R1=ctx() R2=scalar(smin=0,smax=7,umax=7,var_off=(0x0; 0x7)) R10=fp0\n\
+         from 2 to 4: R0=0 R1=ctx() R2=scalar(umin=8) R10=fp0\n\
+         4: exit\n\
+         4: R0=0 R1=ctx() R2=scalar(umin=8) R10=fp0\n\
+         processed 6 insns, stored 0 states (peak 1), pruned 0\n"
+    );
+}
