@@ -5,7 +5,7 @@
 //! It follows the design of the Linux verifier, with PREVAIL's habit of
 //! keeping the platform out of the core:
 //!
-//! 1. [`cfg`]: a control-flow pass (jump targets, `ld_imm64` halves,
+//! 1. [`cfg`](mod@cfg): a control-flow pass (jump targets, `ld_imm64` halves,
 //!    falling off the end, unreachable code, bpf-to-bpf call depth and
 //!    recursion, register liveness).
 //! 2. `check`: a path-sensitive abstract interpretation over
