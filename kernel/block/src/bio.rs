@@ -186,7 +186,7 @@ pub fn check_bio(op: Op, sector: u64, bytes: usize, capacity: u64) -> Result<(),
             Err(BlockError::FlushWithData { bytes })
         };
     }
-    if bytes == 0 || bytes % SECTOR_SIZE != 0 {
+    if bytes == 0 || !bytes.is_multiple_of(SECTOR_SIZE) {
         return Err(BlockError::BadSize { bytes });
     }
     let nr_sectors = (bytes / SECTOR_SIZE) as u64;
