@@ -11,6 +11,7 @@ extern crate alloc;
 
 mod arch;
 mod bpf;
+mod block;
 mod console;
 mod control;
 mod debug;
@@ -42,6 +43,7 @@ pub extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     trace::init();
     bpf::init();
     control::start();
+    block::init();
     match ksyms::table() {
         Some(t) => log::info!("symbol table: {} functions", t.len()),
         None => log::warn!("no embedded symbol table: backtraces will show raw addresses"),

@@ -1,5 +1,6 @@
 //! Host SDK (work in progress).
 
+pub mod block;
 pub mod build;
 pub mod check;
 pub mod client;

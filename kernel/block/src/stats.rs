@@ -51,6 +51,8 @@ pub struct DiskStats {
     pub issued: u64,
     /// Requests completed with an error.
     pub errors: u64,
+    /// Issued requests the driver gave back (hardware queue full).
+    pub requeues: u64,
     last_update_ns: u64,
 }
 
@@ -110,9 +112,10 @@ impl DiskStats {
         self.hw_in_flight += 1;
     }
 
-    /// A request went back from the driver to the scheduler unexecuted.
-    pub fn unissued(&mut self) {
-        self.issued -= 1;
+    /// An issued request went back from the driver to the scheduler
+    /// unexecuted (it stays counted as issued; it will be issued again).
+    pub fn requeued(&mut self) {
+        self.requeues += 1;
         self.hw_in_flight = self.hw_in_flight.saturating_sub(1);
     }
 

@@ -29,6 +29,10 @@ enum Command {
     Check(ktrace_tools::cmd::check::Args),
     /// Resolve Rust paths, globs, offsets and source lines to kernel addresses (and back).
     Symbols(ktrace_tools::cmd::symbols::Args),
+    /// Block devices: statistics (like /proc/diskstats) and schedulers.
+    Disk(ktrace_tools::cmd::disk::Args),
+    /// Run the in-kernel I/O workload generator (fio-like).
+    Workload(ktrace_tools::cmd::workload::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +43,8 @@ fn main() -> std::process::ExitCode {
         Command::Build(args) => ktrace_tools::cmd::build::run(args),
         Command::Check(args) => ktrace_tools::cmd::check::run(args),
         Command::Symbols(args) => ktrace_tools::cmd::symbols::run(args),
+        Command::Disk(args) => ktrace_tools::cmd::disk::run(args, &cli.vm),
+        Command::Workload(args) => ktrace_tools::cmd::workload::run(args, &cli.vm),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
