@@ -1,12 +1,12 @@
-//! Host client of the block layer: device statistics, single I/Os, the
-//! in-kernel workload generator and the block tracepoints' counters, as
+//! Host client of the block layer: device statistics, single I/Os,
+//! schedulers, fault injection and the in-kernel workload generator, as
 //! methods on [`Client`].
 
 use std::time::{Duration, Instant};
 
 use ktrace_abi::block::{
-    BlockRequest, BlockResponse, DeviceStats, IoOp, IoReply, IoRequest, TraceCounters,
-    WorkloadLimit, WorkloadProgress, WorkloadReport, WorkloadSpec,
+    BlockRequest, BlockResponse, DeviceStats, IoOp, IoReply, IoRequest, WorkloadLimit,
+    WorkloadProgress, WorkloadReport, WorkloadSpec,
 };
 use ktrace_abi::{Request, Response};
 
@@ -102,22 +102,6 @@ impl Client {
         match self.request(&req)? {
             Response::Ok => Ok(()),
             other => Err(unexpected("Block(InjectErrors)", other)),
-        }
-    }
-
-    /// Turn the block tracepoints' counting handler on/off, optionally
-    /// reset it, and read the counts.
-    pub fn block_trace_counters(
-        &mut self,
-        enable: Option<bool>,
-        reset: bool,
-    ) -> Result<TraceCounters> {
-        match self.request(&Request::Block(BlockRequest::TraceCounters {
-            enable,
-            reset,
-        }))? {
-            Response::Block(BlockResponse::TraceCounters(c)) => Ok(c),
-            other => Err(unexpected("Block(TraceCounters)", other)),
         }
     }
 

@@ -3,10 +3,12 @@
 //! the submitter, tracepoint counts against diskstats, two devices at
 //! once, and the `ktrace workload` / `ktrace disk` CLI.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use ktrace_abi::block::{DeviceStats, RwMode, WorkloadLimit, WorkloadReport, WorkloadSpec};
-use ktrace_abi::ErrorCode;
+use ktrace_abi::trace::{TraceRequest, TraceResponse};
+use ktrace_abi::{ErrorCode, Request, Response};
 use ktrace_tests::{ktrace, ktrace_ok, test_config, unique_name, CliVmGuard, TestVm};
 use probe_sdk::client::Client;
 
@@ -271,14 +273,50 @@ fn errors_reach_the_submitter_and_the_queue_keeps_working() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+const BLOCK_EVENTS: [&str; 6] = [
+    "block:block_bio_queue",
+    "block:block_bio_backmerge",
+    "block:block_bio_frontmerge",
+    "block:block_rq_insert",
+    "block:block_rq_issue",
+    "block:block_rq_complete",
+];
+
+/// Attach the kernel's built-in counting handler to a tracepoint.
+fn attach_counter(c: &mut Client, name: &str) -> u32 {
+    let req = Request::Trace(TraceRequest::AttachTracepoint { name: name.into() });
+    match c.request(&req) {
+        Ok(Response::Trace(TraceResponse::Attached { id })) => id,
+        other => panic!("attach {name}: {other:?}"),
+    }
+}
+
+fn detach(c: &mut Client, id: u32) {
+    let req = Request::Trace(TraceRequest::DetachTracepoint { id });
+    assert!(matches!(c.request(&req), Ok(Response::Ok)));
+}
+
+/// Events delivered per tracepoint (`category:name`) since boot.
+fn hits(c: &mut Client) -> HashMap<String, u64> {
+    match c.request(&Request::Trace(TraceRequest::ListTracepoints)) {
+        Ok(Response::Trace(TraceResponse::Tracepoints(list))) => list
+            .into_iter()
+            .map(|t| (format!("{}:{}", t.category, t.name), t.hits))
+            .collect(),
+        other => panic!("ListTracepoints: {other:?}"),
+    }
+}
+
 #[test]
 fn tracepoint_counts_equal_diskstats() {
     let (mut vm, dir) = boot_with_disks("tpstats", 1);
     let mut c = vm.client();
-    let on = c.block_trace_counters(Some(true), true).unwrap();
-    assert!(on.enabled);
-    assert_eq!(on.counts.len(), 6);
-    assert!(on.counts.iter().all(|(_, n)| *n == 0));
+    let ids: Vec<u32> = BLOCK_EVENTS
+        .iter()
+        .map(|n| attach_counter(&mut c, n))
+        .collect();
+    let before = hits(&mut c);
+    assert!(BLOCK_EVENTS.iter().all(|n| before[*n] == 0), "{before:?}");
     for dev in ["vda", "ram0"] {
         workload(&mut c, &spec(dev, RwMode::Write, 8, 500));
         workload(&mut c, &spec(dev, RwMode::RandRead, 16, 500));
@@ -286,10 +324,13 @@ fn tracepoint_counts_equal_diskstats() {
     }
     // One refused bio: not a bio_queue event (as in Linux).
     c.read_sectors("vda", 1 << 40, 512).unwrap_err();
-    let t = c.block_trace_counters(Some(false), false).unwrap();
+    let t = hits(&mut c);
+    for id in ids {
+        detach(&mut c, id);
+    }
     let all = c.disk_stats().unwrap();
     let sum = |f: &dyn Fn(&DeviceStats) -> u64| all.iter().map(f).sum::<u64>();
-    let get = |n: &str| t.get(n).unwrap_or_else(|| panic!("no {n}"));
+    let get = |n: &str| t[&format!("block:{n}")];
     assert_eq!(get("block_bio_queue"), sum(&|d| d.bios));
     assert_eq!(get("block_bio_queue"), 2 * (500 + 500 + 1));
     assert_eq!(
@@ -301,11 +342,12 @@ fn tracepoint_counts_equal_diskstats() {
     assert_eq!(get("block_rq_issue"), sum(&|d| d.issued));
     assert_eq!(get("block_rq_complete"), sum(&|d| d.completed()));
     assert_eq!(get("block_rq_insert"), get("block_rq_complete"));
-    // Counting is off: counts stay.
+    // Detached: the sites are nops again, counts stay.
     c.read_sectors("vda", 0, 512).unwrap();
-    let again = c.block_trace_counters(None, false).unwrap();
-    assert!(!again.enabled);
-    assert_eq!(again.counts, t.counts);
+    let again = hits(&mut c);
+    for n in BLOCK_EVENTS {
+        assert_eq!(again[n], t[n], "{n}");
+    }
     drop(vm);
     std::fs::remove_dir_all(dir).unwrap();
 }

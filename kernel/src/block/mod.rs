@@ -55,7 +55,7 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use ktrace_abi::block::{BlockRequest, BlockResponse, IoOp, IoReply, TraceCounters, MAX_IO_BYTES};
+use ktrace_abi::block::{BlockRequest, BlockResponse, IoOp, IoReply, MAX_IO_BYTES};
 use ktrace_abi::{ErrorCode, ErrorReply, Response};
 use ktrace_block::{BlockError, Op};
 
@@ -97,7 +97,12 @@ pub fn init() {
     let mut gsis = Vec::new();
     for (i, found) in virtio::probe().into_iter().enumerate() {
         let name = format!("vd{}", (b'a' + (i % 26) as u8) as char);
-        let dev = Arc::new(Device::new(&name, VIRTIO_MAJOR, (i as u32) * 16, Box::new(found.driver)));
+        let dev = Arc::new(Device::new(
+            &name,
+            VIRTIO_MAJOR,
+            (i as u32) * 16,
+            Box::new(found.driver),
+        ));
         log::info!(
             "block: {name}: virtio-blk at slot {}, {} MiB, GSI {}",
             found.slot,
@@ -134,7 +139,10 @@ fn err(code: ErrorCode, message: String) -> Response {
 
 fn no_device(name: &str) -> Response {
     let known: Vec<&str> = devices().iter().map(|d| d.name.as_str()).collect();
-    err(ErrorCode::NotFound, format!("no block device {name:?}; devices: {}", known.join(", ")))
+    err(
+        ErrorCode::NotFound,
+        format!("no block device {name:?}; devices: {}", known.join(", ")),
+    )
 }
 
 /// The error frame for a failed I/O: the block layer's message and errno.
@@ -144,13 +152,19 @@ pub fn io_error(dev: &str, e: &BlockError) -> ErrorReply {
         BlockError::ReadOnly => ErrorCode::NotSupported,
         _ => ErrorCode::InvalidArgument,
     };
-    ErrorReply { code, errno: e.errno(), message: format!("{dev}: {e}") }
+    ErrorReply {
+        code,
+        errno: e.errno(),
+        message: format!("{dev}: {e}"),
+    }
 }
 
 /// Answer a block request (control task).
 pub fn handle(req: BlockRequest) -> Response {
     match req {
-        BlockRequest::Stats => Response::Block(BlockResponse::Stats(devices().iter().map(|d| d.stats()).collect())),
+        BlockRequest::Stats => Response::Block(BlockResponse::Stats(
+            devices().iter().map(|d| d.stats()).collect(),
+        )),
         BlockRequest::SetScheduler { dev, scheduler } => match find(&dev) {
             None => no_device(&dev),
             Some(d) => match d.set_scheduler(&scheduler) {
@@ -159,13 +173,18 @@ pub fn handle(req: BlockRequest) -> Response {
             },
         },
         BlockRequest::Io(io) => {
-            let Some(d) = find(&io.dev) else { return no_device(&io.dev) };
+            let Some(d) = find(&io.dev) else {
+                return no_device(&io.dev);
+            };
             let (op, data) = match io.op {
                 IoOp::Read => {
                     if io.len > MAX_IO_BYTES {
                         return err(
                             ErrorCode::Limit,
-                            format!("{}: a single read moves at most {MAX_IO_BYTES} bytes, not {}", io.dev, io.len),
+                            format!(
+                                "{}: a single read moves at most {MAX_IO_BYTES} bytes, not {}",
+                                io.dev, io.len
+                            ),
                         );
                     }
                     (Op::Read, alloc::vec![0u8; io.len as usize])
@@ -186,18 +205,6 @@ pub fn handle(req: BlockRequest) -> Response {
             Ok(report) => Response::Block(BlockResponse::Workload(report)),
             Err(e) => Response::Error(e),
         },
-        BlockRequest::TraceCounters { enable, reset } => {
-            if reset {
-                trace::reset();
-            }
-            if let Some(on) = enable {
-                trace::set_enabled(on);
-            }
-            Response::Block(BlockResponse::TraceCounters(TraceCounters {
-                enabled: trace::enabled(),
-                counts: trace::counts(),
-            }))
-        }
         BlockRequest::InjectErrors { dev, sectors } => match find(&dev) {
             None => no_device(&dev),
             Some(d) => match d.inject_errors(sectors) {

@@ -15,13 +15,17 @@ const CONFIG_DATA: u16 = 0xCFC;
 fn outl(port: u16, value: u32) {
     // SAFETY: writes to the PCI configuration address port, which only
     // selects the register the next data access reaches.
-    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
+    }
 }
 
 fn inl(port: u16) -> u32 {
     let value: u32;
     // SAFETY: reads the PCI configuration data port: no memory effects.
-    unsafe { asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in eax, dx", out("eax") value, in("dx") port, options(nomem, nostack, preserves_flags))
+    }
     value
 }
 

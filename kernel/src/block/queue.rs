@@ -32,7 +32,10 @@ pub struct Completion {
 impl Completion {
     /// An empty completion.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { done: SpinLock::new(VecDeque::new()), wq: WaitQueue::new() })
+        Arc::new(Self {
+            done: SpinLock::new(VecDeque::new()),
+            wq: WaitQueue::new(),
+        })
     }
 
     fn complete(&self, bio: Bio) {
@@ -134,7 +137,12 @@ impl Device {
             minor,
             capacity: driver.capacity(),
             kind: driver.kind(),
-            inner: SpinLock::new(Inner { sched, driver, stats: DiskStats::default(), reaped: Vec::new() }),
+            inner: SpinLock::new(Inner {
+                sched,
+                driver,
+                stats: DiskStats::default(),
+                reaped: Vec::new(),
+            }),
             interrupts: AtomicU64::new(0),
         }
     }
@@ -167,8 +175,14 @@ impl Device {
             let op = bio.op;
             // Ids a merge leaves unused are skipped: ids only need to be unique.
             let new_id = NEXT_RQ_ID.fetch_add(1, Ordering::Relaxed);
-            let (bio_id, sector, nr, bytes, rwbs, pid) =
-                (bio.id, bio.sector, bio.nr_sectors(), bio.bytes(), bio.rwbs(), bio.submitter);
+            let (bio_id, sector, nr, bytes, rwbs, pid) = (
+                bio.id,
+                bio.sector,
+                bio.nr_sectors(),
+                bio.bytes(),
+                bio.rwbs(),
+                bio.submitter,
+            );
             match inner.sched.add_bio(bio, new_id, now) {
                 AddOutcome::Inserted { rq_id } => {
                     inner.stats.inserted(now);
@@ -195,7 +209,9 @@ impl Device {
             let mut progress = false;
             while inner.driver.in_flight() < inner.driver.depth() {
                 let now = crate::time::now_ns();
-                let Some(mut rq) = inner.sched.dispatch(now) else { break };
+                let Some(mut rq) = inner.sched.dispatch(now) else {
+                    break;
+                };
                 rq.times.issued = now;
                 inner.stats.issued();
                 trace::rq_issue(dev, &rq);
@@ -219,7 +235,9 @@ impl Device {
                 rq.times.completed = now;
                 let status = rq.status.unwrap_or(Ok(()));
                 trace::rq_complete(dev, &rq, status);
-                inner.stats.completed(rq.op, rq.nr_sectors, rq.times.queued, now, status.is_ok());
+                inner
+                    .stats
+                    .completed(rq.op, rq.nr_sectors, rq.times.queued, now, status.is_ok());
                 for bio in rq.finish(status) {
                     let c = bio.private.completion.clone();
                     c.complete(bio);
@@ -304,10 +322,20 @@ impl Device {
 }
 
 /// Submit one bio and wait for it: the synchronous path.
-pub fn submit_and_wait(dev: &Device, op: ktrace_block::Op, sector: u64, data: Vec<u8>) -> (Vec<u8>, Result<(), BlockError>, u64) {
+pub fn submit_and_wait(
+    dev: &Device,
+    op: ktrace_block::Op,
+    sector: u64,
+    data: Vec<u8>,
+) -> (Vec<u8>, Result<(), BlockError>, u64) {
     let completion = Completion::new();
     let now = crate::time::now_ns();
-    let token = Token { completion: completion.clone(), tag: 0, aux: 0, submitted_ns: now };
+    let token = Token {
+        completion: completion.clone(),
+        tag: 0,
+        aux: 0,
+        submitted_ns: now,
+    };
     let pid = crate::task::current_pid();
     let bio = Bio::new(op, ktrace_block::BioFlags::SYNC, sector, data, pid, token);
     dev.submit(alloc::vec![bio]);

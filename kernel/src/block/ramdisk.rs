@@ -38,7 +38,11 @@ impl RamDisk {
         // nothing and lives forever.
         let storage = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, len) };
         storage.fill(0);
-        Some(Self { storage, done: Vec::new(), fail: None })
+        Some(Self {
+            storage,
+            done: Vec::new(),
+            fail: None,
+        })
     }
 
     fn execute(&mut self, rq: &mut Req) -> Result<(), BlockError> {
@@ -52,7 +56,10 @@ impl RamDisk {
             Op::Read => {
                 for bio in rq.bios.iter_mut() {
                     let start = bio.sector as usize * SECTOR_SIZE;
-                    let src = self.storage.get(start..start + bio.data.len()).ok_or(BlockError::Device { status: 1 })?;
+                    let src = self
+                        .storage
+                        .get(start..start + bio.data.len())
+                        .ok_or(BlockError::Device { status: 1 })?;
                     bio.data.copy_from_slice(src);
                 }
                 Ok(())
@@ -60,8 +67,10 @@ impl RamDisk {
             Op::Write => {
                 for bio in rq.bios.iter() {
                     let start = bio.sector as usize * SECTOR_SIZE;
-                    let dst =
-                        self.storage.get_mut(start..start + bio.data.len()).ok_or(BlockError::Device { status: 1 })?;
+                    let dst = self
+                        .storage
+                        .get_mut(start..start + bio.data.len())
+                        .ok_or(BlockError::Device { status: 1 })?;
                     dst.copy_from_slice(&bio.data);
                 }
                 Ok(())

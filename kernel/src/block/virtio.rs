@@ -56,7 +56,10 @@ unsafe impl Hal for KernelHal {
         // SAFETY: the frames are ours alone and identity-mapped.
         unsafe { core::ptr::write_bytes(paddr as *mut u8, 0, pages * 4096) };
         // Frames start above 1 MiB: never null.
-        (paddr, NonNull::new(paddr as *mut u8).unwrap_or(NonNull::dangling()))
+        (
+            paddr,
+            NonNull::new(paddr as *mut u8).unwrap_or(NonNull::dangling()),
+        )
     }
 
     unsafe fn dma_dealloc(_paddr: PhysAddr, _vaddr: NonNull<u8>, _pages: usize) -> i32 {
@@ -72,7 +75,9 @@ unsafe impl Hal for KernelHal {
             let mut page = start;
             while page < paddr + size as u64 {
                 if paging::translate(page).is_none() {
-                    if let Err(e) = paging::map_page(page, page, flags::DATA, crate::mm::frame::alloc_zeroed) {
+                    if let Err(e) =
+                        paging::map_page(page, page, flags::DATA, crate::mm::frame::alloc_zeroed)
+                    {
                         log::error!("virtio: cannot map BAR page {page:#x}: {e:?}");
                     }
                 }
@@ -166,7 +171,14 @@ pub fn probe() -> Vec<Found> {
         let mut slots = Vec::with_capacity(depth);
         slots.resize_with(depth, || None);
         found.push(Found {
-            driver: VirtioBlk { blk, slots, in_flight: 0, depth, done: Vec::new(), readonly },
+            driver: VirtioBlk {
+                blk,
+                slots,
+                in_flight: 0,
+                depth,
+                done: Vec::new(),
+                readonly,
+            },
             slot: df.device,
             gsi,
         });
@@ -194,9 +206,11 @@ impl VirtioBlk {
         // the very same buffers to `complete_*_blocks`.
         let r = unsafe {
             if slot.rq.op.is_read() {
-                self.blk.read_blocks_nb(sector, &mut slot.req, buf, &mut slot.resp)
+                self.blk
+                    .read_blocks_nb(sector, &mut slot.req, buf, &mut slot.resp)
             } else {
-                self.blk.write_blocks_nb(sector, &mut slot.req, buf, &mut slot.resp)
+                self.blk
+                    .write_blocks_nb(sector, &mut slot.req, buf, &mut slot.resp)
             }
         };
         match r {
@@ -256,7 +270,13 @@ impl Driver for VirtioBlk {
                 (Some(b), buf)
             }
         };
-        let slot = Slot { rq, req: Box::default(), resp: Box::default(), bounce, buf };
+        let slot = Slot {
+            rq,
+            req: Box::default(),
+            resp: Box::default(),
+            bounce,
+            buf,
+        };
         match self.submit_slot(slot) {
             Ok(_) => {
                 self.in_flight += 1;
@@ -264,7 +284,10 @@ impl Driver for VirtioBlk {
             }
             Err((slot, virtio_drivers::Error::QueueFull)) => {
                 if self.in_flight > 0 && self.in_flight < self.depth {
-                    log::warn!("virtio-blk: ring full at {} requests; lowering the queue depth", self.in_flight);
+                    log::warn!(
+                        "virtio-blk: ring full at {} requests; lowering the queue depth",
+                        self.in_flight
+                    );
                     self.depth = self.in_flight;
                 }
                 Err(slot.rq)
@@ -280,7 +303,11 @@ impl Driver for VirtioBlk {
     fn reap(&mut self, out: &mut Vec<Req>) {
         out.append(&mut self.done);
         while let Some(token) = self.blk.peek_used() {
-            let Some(mut slot) = self.slots.get_mut(usize::from(token)).and_then(Option::take) else {
+            let Some(mut slot) = self
+                .slots
+                .get_mut(usize::from(token))
+                .and_then(Option::take)
+            else {
                 log::error!("virtio-blk: used ring returned unknown token {token}");
                 break;
             };
@@ -292,9 +319,11 @@ impl Driver for VirtioBlk {
             // returned.
             let r = unsafe {
                 if slot.rq.op.is_read() {
-                    self.blk.complete_read_blocks(token, &slot.req, buf, &mut slot.resp)
+                    self.blk
+                        .complete_read_blocks(token, &slot.req, buf, &mut slot.resp)
                 } else {
-                    self.blk.complete_write_blocks(token, &slot.req, buf, &mut slot.resp)
+                    self.blk
+                        .complete_write_blocks(token, &slot.req, buf, &mut slot.resp)
                 }
             };
             self.in_flight -= 1;

@@ -23,8 +23,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use ktrace_abi::block::{
-    limits, BlockResponse, DeviceResult, LatencySummary, RwMode, WorkloadLimit, WorkloadProgress, WorkloadReport,
-    WorkloadSpec,
+    limits, BlockResponse, DeviceResult, LatencySummary, RwMode, WorkloadLimit, WorkloadProgress,
+    WorkloadReport, WorkloadSpec,
 };
 use ktrace_abi::{ErrorCode, ErrorReply, Response};
 use ktrace_block::{pattern, BioFlags, LatencyHistogram, Op, SECTOR_SIZE};
@@ -104,16 +104,27 @@ fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
         )));
     }
     if spec.iodepth == 0 || spec.iodepth > limits::MAX_IODEPTH {
-        return Err(bad(format!("iodepth {} is out of range 1..={}", spec.iodepth, limits::MAX_IODEPTH)));
+        return Err(bad(format!(
+            "iodepth {} is out of range 1..={}",
+            spec.iodepth,
+            limits::MAX_IODEPTH
+        )));
     }
     if spec.jobs == 0 || spec.jobs > limits::MAX_JOBS {
-        return Err(bad(format!("jobs {} is out of range 1..={}", spec.jobs, limits::MAX_JOBS)));
+        return Err(bad(format!(
+            "jobs {} is out of range 1..={}",
+            spec.jobs,
+            limits::MAX_JOBS
+        )));
     }
     let (count, deadline_ns) = match spec.limit {
         WorkloadLimit::Count(0) => return Err(bad(String::from("count must be at least 1"))),
         WorkloadLimit::Count(n) => (Some(n), None),
         WorkloadLimit::TimeMs(ms) if ms == 0 || ms > limits::MAX_TIME_MS => {
-            return Err(bad(format!("time {ms} ms is out of range 1..={} ms", limits::MAX_TIME_MS)))
+            return Err(bad(format!(
+                "time {ms} ms is out of range 1..={} ms",
+                limits::MAX_TIME_MS
+            )))
         }
         WorkloadLimit::TimeMs(ms) => (None, Some(start_ns + ms * 1_000_000)),
     };
@@ -124,12 +135,19 @@ fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
         )));
     }
     if spec.read_percent > 100 {
-        return Err(bad(format!("read percentage {} is above 100", spec.read_percent)));
+        return Err(bad(format!(
+            "read percentage {} is above 100",
+            spec.read_percent
+        )));
     }
     if spec.offset % u64::from(bs) != 0 {
-        return Err(bad(format!("offset {} is not a multiple of the block size {bs}", spec.offset)));
+        return Err(bad(format!(
+            "offset {} is not a multiple of the block size {bs}",
+            spec.offset
+        )));
     }
-    let buffers = u64::from(spec.jobs) * u64::from(spec.iodepth) * u64::from(bs) * spec.devices.len() as u64;
+    let buffers =
+        u64::from(spec.jobs) * u64::from(spec.iodepth) * u64::from(bs) * spec.devices.len() as u64;
     if buffers > limits::MAX_BUFFER_BYTES {
         return Err(ErrorReply::new(
             ErrorCode::Limit,
@@ -153,8 +171,17 @@ fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
             ));
         };
         let capacity = dev.capacity * SECTOR_SIZE as u64;
-        let size = if spec.size == 0 { capacity.saturating_sub(spec.offset) } else { spec.size };
-        if spec.offset.checked_add(size).is_none_or(|end| end > capacity) || size == 0 {
+        let size = if spec.size == 0 {
+            capacity.saturating_sub(spec.offset)
+        } else {
+            spec.size
+        };
+        if spec
+            .offset
+            .checked_add(size)
+            .is_none_or(|end| end > capacity)
+            || size == 0
+        {
             return Err(bad(format!(
                 "region {}+{} does not fit {name} ({})",
                 spec.offset,
@@ -217,17 +244,27 @@ impl Rng {
 }
 
 fn job_main(job: Job, shared: Arc<Shared>) {
-    let mut r = JobResult { dev_index: job.dev_index, ..JobResult::default() };
+    let mut r = JobResult {
+        dev_index: job.dev_index,
+        ..JobResult::default()
+    };
     let spb = (job.bs / SECTOR_SIZE) as u64;
     let completion = Completion::new();
     let pid = task::current_pid();
     let mut rng = Rng(job.seed | 1);
-    let mut gens: Vec<u32> = if job.verify { vec![0; job.blocks as usize] } else { Vec::new() };
+    let mut gens: Vec<u32> = if job.verify {
+        vec![0; job.blocks as usize]
+    } else {
+        Vec::new()
+    };
     let mut inflight: Vec<u64> = Vec::with_capacity(job.iodepth);
     let mut free: Vec<Vec<u8>> = (0..job.iodepth).map(|_| vec![0u8; job.bs]).collect();
     let mut seq = 0u64;
     let mut issued = 0u64;
-    let random = matches!(job.rw, RwMode::RandRead | RwMode::RandWrite | RwMode::RandRw);
+    let random = matches!(
+        job.rw,
+        RwMode::RandRead | RwMode::RandWrite | RwMode::RandRw
+    );
     loop {
         let mut batch = Vec::new();
         while inflight.len() < job.iodepth
@@ -304,7 +341,9 @@ fn job_main(job: Job, shared: Arc<Shared>) {
             match bio.status {
                 Ok(()) => {
                     r.bytes += bio.data.len() as u64;
-                    shared.bytes.fetch_add(bio.data.len() as u64, Ordering::Relaxed);
+                    shared
+                        .bytes
+                        .fetch_add(bio.data.len() as u64, Ordering::Relaxed);
                     if bio.op == Op::Write && job.verify {
                         gens[bio.private.tag as usize] = bio.private.aux as u32;
                     }
@@ -313,7 +352,8 @@ fn job_main(job: Job, shared: Arc<Shared>) {
                     r.errors += 1;
                     shared.errors.fetch_add(1, Ordering::Relaxed);
                     if r.first_error.is_none() {
-                        r.first_error = Some(format!("{}: {e} (sector {})", job.dev.name, bio.sector));
+                        r.first_error =
+                            Some(format!("{}: {e} (sector {})", job.dev.name, bio.sector));
                     }
                 }
             }
@@ -334,7 +374,13 @@ fn job_main(job: Job, shared: Arc<Shared>) {
 }
 
 /// Read back every written block in sector order and compare.
-fn verify(job: &Job, gens: &[u32], completion: &Arc<Completion>, free: &mut Vec<Vec<u8>>, r: &mut JobResult) {
+fn verify(
+    job: &Job,
+    gens: &[u32],
+    completion: &Arc<Completion>,
+    free: &mut Vec<Vec<u8>>,
+    r: &mut JobResult,
+) {
     let spb = (job.bs / SECTOR_SIZE) as u64;
     let pid = task::current_pid();
     let written: Vec<u64> = (0..job.blocks).filter(|&b| gens[b as usize] != 0).collect();
@@ -343,8 +389,20 @@ fn verify(job: &Job, gens: &[u32], completion: &Arc<Completion>, free: &mut Vec<
             .iter()
             .map(|&b| {
                 let buf = free.pop().unwrap_or_else(|| vec![0u8; job.bs]);
-                let token = Token { completion: completion.clone(), tag: b, aux: 0, submitted_ns: 0 };
-                Bio::new(Op::Read, BioFlags::SYNC, (job.first_block + b) * spb, buf, pid, token)
+                let token = Token {
+                    completion: completion.clone(),
+                    tag: b,
+                    aux: 0,
+                    submitted_ns: 0,
+                };
+                Bio::new(
+                    Op::Read,
+                    BioFlags::SYNC,
+                    (job.first_block + b) * spb,
+                    buf,
+                    pid,
+                    token,
+                )
             })
             .collect();
         job.dev.submit(bios);
@@ -353,7 +411,10 @@ fn verify(job: &Job, gens: &[u32], completion: &Arc<Completion>, free: &mut Vec<
             let b = bio.private.tag as usize;
             r.verified += 1;
             let outcome = match bio.status {
-                Err(e) => Err(format!("{}: read-back failed: {e} (sector {})", job.dev.name, bio.sector)),
+                Err(e) => Err(format!(
+                    "{}: read-back failed: {e} (sector {})",
+                    job.dev.name, bio.sector
+                )),
                 Ok(()) => pattern::check(&bio.data, bio.sector, job.seed, gens[b])
                     .map_err(|m| format!("{}: {m}", job.dev.name)),
             };
@@ -404,7 +465,10 @@ pub fn run(spec: &WorkloadSpec) -> Result<WorkloadReport, ErrorReply> {
     let mut last_ios = 0;
     let mut last_change = start;
     loop {
-        let done = shared.wq.wait_until_timeout(|| shared.finished.load(Ordering::SeqCst) >= started, PROGRESS_NS);
+        let done = shared.wq.wait_until_timeout(
+            || shared.finished.load(Ordering::SeqCst) >= started,
+            PROGRESS_NS,
+        );
         if done {
             break;
         }
@@ -441,7 +505,12 @@ fn report(spec: &WorkloadSpec, start: u64, results: Vec<JobResult>) -> WorkloadR
     let mut per_device: Vec<DeviceResult> = spec
         .devices
         .iter()
-        .map(|d| DeviceResult { dev: d.clone(), ios: 0, bytes: 0, errors: 0 })
+        .map(|d| DeviceResult {
+            dev: d.clone(),
+            ios: 0,
+            bytes: 0,
+            errors: 0,
+        })
         .collect();
     let mut rep = WorkloadReport {
         elapsed_ns: 0,

@@ -8,7 +8,9 @@
 //!   through the whole block layer (the control task is the submitter).
 //! - [`BlockRequest::Workload`] → pushes of [`BlockResponse::Progress`]
 //!   (id 0) while it runs, then [`BlockResponse::Workload`].
-//! - [`BlockRequest::TraceCounters`] → [`BlockResponse::TraceCounters`].
+//!
+//! The block tracepoints (`block:block_bio_queue`, ...) are attached
+//! through the trace requests, like every other tracepoint.
 //! - [`BlockRequest::InjectErrors`] → `Response::Ok` (RAM disks only).
 
 use alloc::string::String;
@@ -30,9 +32,6 @@ pub enum BlockRequest {
     Io(IoRequest),
     /// Run the in-kernel workload generator.
     Workload(WorkloadSpec),
-    /// Turn the block tracepoints' counting handler on or off and/or reset
-    /// its counts, then read them.
-    TraceCounters { enable: Option<bool>, reset: bool },
     /// Make a RAM disk fail every I/O that touches sectors
     /// `start .. start + count` with a device error (`None` clears).
     InjectErrors {
@@ -52,8 +51,6 @@ pub enum BlockResponse {
     Progress(WorkloadProgress),
     /// Answer to [`BlockRequest::Workload`].
     Workload(WorkloadReport),
-    /// Answer to [`BlockRequest::TraceCounters`].
-    TraceCounters(TraceCounters),
 }
 
 /// An I/O operation.
@@ -366,24 +363,5 @@ impl WorkloadReport {
         } else {
             self.bytes as f64 * 1e3 / self.elapsed_ns as f64
         }
-    }
-}
-
-/// Event counts of the block tracepoints' built-in counting handler.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TraceCounters {
-    /// Whether counting is on.
-    pub enabled: bool,
-    /// `(block:<event>, count)` for every block tracepoint.
-    pub counts: Vec<(String, u64)>,
-}
-
-impl TraceCounters {
-    /// The count of `name` (`block:block_rq_issue` or `block_rq_issue`).
-    pub fn get(&self, name: &str) -> Option<u64> {
-        self.counts
-            .iter()
-            .find(|(n, _)| n == name || n.strip_prefix("block:") == Some(name))
-            .map(|(_, c)| *c)
     }
 }
