@@ -181,8 +181,6 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
         },
         Request::Trace(r) => crate::trace::control::handle(r),
         Request::Bpf(r) => crate::bpf::handle(r),
-        Request::Block(r) => match r {},
-        Request::Bpf(r) => match r {},
         Request::Block(r) => crate::block::handle(r),
     };
     send(id, &resp);
