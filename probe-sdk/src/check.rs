@@ -12,7 +12,7 @@
 use bpf_vm::verifier::{self, linux, Config, Env, MapDef, ProgramType as VmProgramType};
 use ktrace_abi::bpf::{AttachTarget, LineTable, MapDefinition, ProgramLoad, ProgramType};
 
-use crate::object::{describe_location, Object};
+use crate::object::Object;
 
 /// Verification policy, as the kernel would apply it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -147,18 +147,13 @@ fn vm_maps(maps: &[MapDefinition]) -> Vec<MapDef> {
         .collect()
 }
 
-/// Line rows as the verifier's locations (the probe author's own line
-/// first, see [`describe_location`]).
+/// Line rows as the verifier's locations, exactly as the kernel builds
+/// them ([`ktrace_abi::bpf::line_locations`]).
 fn vm_lines(lines: Option<&LineTable>) -> Vec<verifier::LineInfo> {
     let Some(t) = lines else { return Vec::new() };
-    t.rows
-        .iter()
-        .filter_map(|r| {
-            Some(verifier::LineInfo {
-                insn: r.insn as usize,
-                location: describe_location(t, r.insn as usize)?,
-            })
-        })
+    ktrace_abi::bpf::line_locations(t)
+        .into_iter()
+        .map(|(insn, location)| verifier::LineInfo { insn, location })
         .collect()
 }
 

@@ -800,52 +800,17 @@ fn resolve_kprobe(
     Ok(points)
 }
 
-/// Where instruction `insn` came from, for people: the innermost position
-/// in the probe's own files (relative paths; dependencies and the standard
-/// library have absolute ones), followed by the inlined code's own position
-/// when that differs — `src/lib.rs:22 (inlined ebpf/src/helpers.rs:70)`.
+/// Where instruction `insn` came from, for people: the probe's own line
+/// first, then the inlined code's position when that differs
+/// (`src/lib.rs:22 (inlined ebpf/src/helpers.rs:70)`). The same text the
+/// kernel puts in its verifier messages ([`ktrace_abi::bpf::describe_row`]).
 pub fn describe_location(lines: &LineTable, insn: usize) -> Option<String> {
     let i = lines.rows.partition_point(|r| r.insn as usize <= insn);
     let row = lines.rows.get(i.checked_sub(1)?)?;
-    let file = |i: u32| {
-        lines
-            .files
-            .get(i as usize)
-            .map(String::as_str)
-            .unwrap_or("?")
-    };
-    let here = (file(row.file), row.line);
-    let own = std::iter::once(here)
-        .chain(row.call_sites.iter().map(|c| (file(c.file), c.line)))
-        .find(|(f, _)| !f.starts_with('/') && *f != "?");
-    Some(match own {
-        Some(pos) if pos == here => format!("{}:{}", here.0, here.1),
-        Some(pos) => format!(
-            "{}:{} (inlined {}:{})",
-            pos.0,
-            pos.1,
-            short_path(here.0),
-            here.1
-        ),
-        None => format!("{}:{}", short_path(here.0), here.1),
-    })
+    Some(ktrace_abi::bpf::describe_row(lines, row))
 }
 
-/// An absolute source path shortened to its crate: `.../ebpf/src/helpers.rs`
-/// becomes `ebpf/src/helpers.rs`, `/rustc/<hash>/library/core/src/x.rs`
-/// becomes `core/src/x.rs`.
-pub fn short_path(path: &str) -> &str {
-    if !path.starts_with('/') {
-        return path;
-    }
-    match path.rfind("/src/") {
-        Some(i) => {
-            let crate_start = path[..i].rfind('/').map(|j| j + 1).unwrap_or(0);
-            &path[crate_start..]
-        }
-        None => path.rsplit('/').next().unwrap_or(path),
-    }
-}
+pub use ktrace_abi::bpf::short_path;
 
 /// The source line of instruction `insn` of a program, as `file:line`.
 pub fn source_line(lines: &LineTable, insn: usize) -> Option<(String, u32, u32)> {

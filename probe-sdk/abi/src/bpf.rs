@@ -556,13 +556,51 @@ pub fn line_locations(lines: &LineTable) -> Vec<(usize, String)> {
     lines
         .rows
         .iter()
-        .map(|r| {
-            let file = lines
-                .files
-                .get(r.file as usize)
-                .map(String::as_str)
-                .unwrap_or("?");
-            (r.insn as usize, alloc::format!("{file}:{}", r.line))
-        })
+        .map(|r| (r.insn as usize, describe_row(lines, r)))
         .collect()
+}
+
+/// Where one row's code came from, for people: the innermost position in
+/// the probe's own files (relative paths; dependencies and the standard
+/// library have absolute ones), followed by the inlined code's own position
+/// when that differs — `src/lib.rs:22 (inlined ebpf/src/helpers.rs:70)`.
+pub fn describe_row(lines: &LineTable, row: &LineInfo) -> String {
+    let file = |i: u32| {
+        lines
+            .files
+            .get(i as usize)
+            .map(String::as_str)
+            .unwrap_or("?")
+    };
+    let here = (file(row.file), row.line);
+    let own = core::iter::once(here)
+        .chain(row.call_sites.iter().map(|c| (file(c.file), c.line)))
+        .find(|(f, _)| !f.starts_with('/') && *f != "?");
+    match own {
+        Some(pos) if pos == here => alloc::format!("{}:{}", here.0, here.1),
+        Some(pos) => alloc::format!(
+            "{}:{} (inlined {}:{})",
+            pos.0,
+            pos.1,
+            short_path(here.0),
+            here.1
+        ),
+        None => alloc::format!("{}:{}", short_path(here.0), here.1),
+    }
+}
+
+/// An absolute source path shortened to its crate: `.../ebpf/src/helpers.rs`
+/// becomes `ebpf/src/helpers.rs`, `/rustc/<hash>/library/core/src/x.rs`
+/// becomes `core/src/x.rs`; relative paths are kept.
+pub fn short_path(path: &str) -> &str {
+    if !path.starts_with('/') {
+        return path;
+    }
+    match path.rfind("/src/") {
+        Some(i) => {
+            let crate_start = path[..i].rfind('/').map(|j| j + 1).unwrap_or(0);
+            &path[crate_start..]
+        }
+        None => path.rsplit('/').next().unwrap_or(path),
+    }
 }
