@@ -448,7 +448,6 @@ impl Vm {
             }
         })?;
         let pid = child.id();
-        fs::write(&paths.pid, format!("{pid}\n")).map_err(io_err(&paths.pid))?;
         let mut vm = Vm {
             name: cfg.name.clone(),
             paths,
@@ -456,6 +455,12 @@ impl Vm {
             child: Some(child),
             boot: None,
         };
+        if let Err(e) = fs::write(&vm.paths.pid, format!("{pid}\n")) {
+            // Without a pid file nobody could stop this QEMU later.
+            let err = io_err(&vm.paths.pid)(e);
+            vm.kill();
+            return Err(err);
+        }
         match vm.wait_ready(started, cfg.boot_timeout, cfg.handshake) {
             Ok(None) => Ok(vm),
             Ok(Some(hello)) => {
