@@ -247,15 +247,19 @@ impl SymbolIndex {
 
     /// The function containing `addr` and the offset into it.
     pub fn lookup_addr(&self, addr: u64) -> Option<(&Function, u64)> {
+        let i = self.lookup_index(addr)?;
+        let f = &self.functions[i];
+        Some((f, addr - f.addr))
+    }
+
+    /// Index in [`SymbolIndex::functions`] of the function containing `addr`.
+    pub(crate) fn lookup_index(&self, addr: u64) -> Option<usize> {
         let end = self.functions.partition_point(|f| f.addr <= addr);
         // Walk back over symbols starting at or before `addr`: the nearest
         // one may be a zero-size label inside a larger function.
-        self.functions[..end]
-            .iter()
+        (end.saturating_sub(16)..end)
             .rev()
-            .take(16)
-            .find(|f| f.contains(addr))
-            .map(|f| (f, addr - f.addr))
+            .find(|&i| self.functions[i].contains(addr))
     }
 
     /// Address → function + offset + source frames (inlined ones included).

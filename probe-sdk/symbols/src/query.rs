@@ -535,13 +535,10 @@ impl SymbolIndex {
         // Lowest address per (function, inlined callee): one site each.
         let mut sites: BTreeMap<(u64, Option<u32>), (u64, usize)> = BTreeMap::new();
         for &addr in addrs {
-            let Some((f, _)) = self.lookup_addr(addr) else {
+            let Some(fi) = self.lookup_index(addr) else {
                 continue;
             };
-            let fi = self.functions.partition_point(|g| g.addr < f.addr);
-            let fi = (fi..self.functions.len())
-                .find(|&i| std::ptr::eq(&self.functions[i], f))
-                .unwrap_or(fi);
+            let f = &self.functions[fi];
             let inlined = lines.inlines_at(addr, f.addr).last().map(|r| r.name);
             let entry = sites.entry((f.addr, inlined)).or_insert((addr, fi));
             entry.0 = entry.0.min(addr);

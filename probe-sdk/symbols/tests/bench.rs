@@ -52,6 +52,18 @@ fn thread_cpu_ns() -> Option<u64> {
     s.split_whitespace().next()?.parse().ok()
 }
 
+/// CPU time (user + system) of this process's reaped children, in ns
+/// (`/proc/self/stat` fields 16 and 17, in clock ticks of 10 ms).
+fn children_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); cutime is field 16, cstime 17.
+    let ticks: u64 = fields.get(13)?.parse::<u64>().ok()? + fields.get(14)?.parse::<u64>().ok()?;
+    Some(ticks * 10_000_000)
+}
+
 fn per(d: Duration, n: usize) -> f64 {
     d.as_secs_f64() * 1e6 / n as f64
 }
@@ -88,12 +100,17 @@ fn lookups_vs_nm() {
                 }
             })
             .collect();
+        let cpu = thread_cpu_ns();
         let t = Instant::now();
         let mut found = 0;
         for q in &queries {
             found += index.find(q).len();
         }
         let find_time = t.elapsed();
+        let find_cpu_us = match (cpu, thread_cpu_ns()) {
+            (Some(a), Some(b)) => (b - a) as f64 / 1e3 / queries.len() as f64,
+            _ => f64::NAN,
+        };
         let t = Instant::now();
         let mut resolved = 0;
         for q in &queries {
@@ -109,12 +126,17 @@ fn lookups_vs_nm() {
         // nm spawns two processes per lookup; 200 of the same queries give
         // a stable per-lookup figure.
         let n_nm = 200;
+        let cpu = children_cpu_ns();
         let t = Instant::now();
         let mut nm_lines = 0;
         for q in &queries[..n_nm] {
             nm_lines += nm_grep(&elf, q);
         }
         let nm_time = t.elapsed();
+        let nm_cpu_us = match (cpu, children_cpu_ns()) {
+            (Some(a), Some(b)) => (b - a) as f64 / 1e3 / n_nm as f64,
+            _ => f64::NAN,
+        };
         let (find_us, resolve_us, nm_us) = (
             per(find_time, queries.len()),
             per(resolve_time, queries.len()),
@@ -125,13 +147,15 @@ fn lookups_vs_nm() {
              find (name -> addresses): {find_us:.2} us/lookup ({found} hits)\n  \
              resolve (+ boundary check, file:line): {resolve_us:.2} us/lookup ({resolved} points)\n  \
              nm -C | grep -F: {nm_us:.0} us/lookup ({nm_lines} lines for {n_nm})\n  \
-             ratio nm/find = {:.0}x, nm/resolve = {:.0}x; break-even after {:.0} lookups including indexing",
+             ratio nm/find = {:.0}x, nm/resolve = {:.0}x; break-even after {:.0} lookups including indexing\n  \
+             cpu time only: find {find_cpu_us:.2} us/lookup, nm + grep {nm_cpu_us:.0} us/lookup, ratio {:.0}x",
             elf.file_name().unwrap().to_string_lossy(),
             index.functions().len(),
             index_time.as_secs_f64() * 1e3,
             nm_us / find_us,
             nm_us / resolve_us,
             index_time.as_secs_f64() * 1e6 / (nm_us - resolve_us),
+            nm_cpu_us / find_cpu_us,
         );
         std::io::stdout().flush().ok();
     }
