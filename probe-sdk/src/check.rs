@@ -69,6 +69,9 @@ pub struct Rejection {
     pub state: String,
     /// The rule broken (`NullCheck`, `MemoryAccess`, ...).
     pub rule: String,
+    /// The verifier's own one-line rendering — word for word the message
+    /// the kernel returns when it refuses the load.
+    pub verifier_message: String,
 }
 
 impl Verdict {
@@ -173,6 +176,7 @@ pub fn check_program(p: &ProgramLoad, maps: &[MapDefinition], opts: CheckOptions
                 Outcome::Rejected(Rejection {
                     insn: None,
                     insn_text: String::new(),
+                    verifier_message: message.clone(),
                     message,
                     location: None,
                     state: String::new(),
@@ -215,6 +219,7 @@ pub fn check_program(p: &ProgramLoad, maps: &[MapDefinition], opts: CheckOptions
                     location: e.location.clone(),
                     state: e.regs.clone(),
                     rule: format!("{:?}", e.rule),
+                    verifier_message: rej.to_string(),
                 }),
                 rej.log.clone(),
             )

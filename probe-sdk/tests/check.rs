@@ -48,6 +48,14 @@ fn unchecked_map_value_is_rejected_at_its_source_line() {
         r.message
     );
     assert!(r.state.contains("R0=map_value_or_null"), "{}", r.state);
+    // The verifier's own text, which the kernel returns on a refused load.
+    assert!(
+        r.verifier_message.starts_with(&format!(
+            "insn 7 (src/lib.rs:{line}): r1 = *(u64 *)(r0 + 0): R0 invalid mem access 'map_value_or_null'"
+        )),
+        "{}",
+        r.verifier_message
+    );
     // The rendering a user sees.
     let text = v.to_string();
     assert!(

@@ -126,6 +126,7 @@ fn json(verdicts: &[Verdict]) -> serde_json::Value {
                 "program": v.program, "section": v.section, "insns": v.insns,
                 "accepted": false, "insn": r.insn, "insn_text": r.insn_text,
                 "message": r.message, "location": r.location, "state": r.state, "rule": r.rule,
+                "verifier_message": r.verifier_message,
             }),
         })
         .collect();
