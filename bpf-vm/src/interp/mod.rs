@@ -401,6 +401,24 @@ impl Vm {
                 left -= n;
             }};
         }
+        // Helper arguments, read one register at a time: a wider load merged
+        // by the compiler across registers the program just wrote separately
+        // would defeat store forwarding and stall every helper call.
+        macro_rules! args {
+            () => {{
+                let r = &reg;
+                // SAFETY: in-bounds reads of a live local array.
+                unsafe {
+                    [
+                        core::ptr::read_volatile(&r[1]),
+                        core::ptr::read_volatile(&r[2]),
+                        core::ptr::read_volatile(&r[3]),
+                        core::ptr::read_volatile(&r[4]),
+                        core::ptr::read_volatile(&r[5]),
+                    ]
+                }
+            }};
+        }
         macro_rules! jump {
             ($cond:expr, $t:expr) => {{
                 pc = if $cond { $t as usize } else { pc + 1 };
@@ -518,7 +536,7 @@ impl Vm {
                 Op::Jmp32I(c, d, t, i) => jump!(cond32(c, r!(d) as u32, i), t),
                 Op::Jmp32R(c, d, s, t) => jump!(cond32(c, r!(d) as u32, r!(s) as u32), t),
                 Op::Call(id) => {
-                    let args = [reg[1], reg[2], reg[3], reg[4], reg[5]];
+                    let args = args!();
                     match helpers.call(id, args, &mut HelperMem { mem }) {
                         Ok(v) => reg[0] = v,
                         Err(err) => fault!(RunErrorKind::Helper { id, err }),
@@ -527,7 +545,7 @@ impl Vm {
                 Op::CallX(s) => {
                     // An id beyond u32 names no helper (rather than wrapping onto one).
                     let id = u32::try_from(r!(s)).unwrap_or(u32::MAX);
-                    let args = [reg[1], reg[2], reg[3], reg[4], reg[5]];
+                    let args = args!();
                     match helpers.call(id, args, &mut HelperMem { mem }) {
                         Ok(v) => reg[0] = v,
                         Err(err) => fault!(RunErrorKind::Helper { id, err }),
