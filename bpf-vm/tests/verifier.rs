@@ -1073,3 +1073,29 @@ fn log_level_two_shows_states() {
          processed 6 insns, stored 0 states (peak 1), pruned 0\n"
     );
 }
+
+#[test]
+fn variable_size_helper_write_initialises_only_the_sure_prefix() {
+    // probe_read_kernel(fp-16, 4..=16 bytes): fp-16..fp-13 are surely
+    // written, fp-8 may not be.
+    let prog = "
+        mov %r6, %r1
+        ldxdw %r2, [%r6+112]
+        and %r2, 15
+        jlt %r2, 4, out
+        mov %r1, %r10
+        add %r1, -16
+        ldxdw %r3, [%r6+104]
+        call 113
+        ldxw %r0, [%r10-16]
+        ldxdw %r0, [%r10-8]
+        out:
+        mov %r0, 0
+        exit";
+    reject_msg(
+        prog,
+        9,
+        Rule::UninitStack,
+        "invalid read from stack R10 off -8+0 size 8: fp-8 is read before it is written",
+    );
+}

@@ -1613,7 +1613,7 @@ impl<'a> Checker<'a> {
                     } else {
                         m.value_size
                     } as u64;
-                    self.helper_mem(st, pc, regno, &reg, n, Dir::Read, name)?;
+                    self.helper_mem(st, pc, regno, &reg, n, n, Dir::Read, name)?;
                 }
                 ArgKind::PtrToMem => mem = Some((regno, reg, Dir::Read)),
                 ArgKind::PtrToUninitMem => mem = Some((regno, reg, Dir::Write)),
@@ -1636,7 +1636,7 @@ impl<'a> Checker<'a> {
                         return e(self, st, Rule::HelperArgument, format!("R{regno} invalid zero-sized read: the size passed to {name} may be 0"));
                     }
                     if s.umax > 0 {
-                        self.helper_mem(st, pc, mregno, &mreg, s.umax, dir, name)?;
+                        self.helper_mem(st, pc, mregno, &mreg, s.umax, s.umin, dir, name)?;
                     }
                 }
                 ArgKind::PtrToCtx => {
@@ -1762,8 +1762,9 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
-    /// Checks a helper's memory argument of `size` bytes; for writes into the
-    /// stack, marks the bytes initialised.
+    /// Checks a helper's memory argument of up to `size` bytes; for writes
+    /// into the stack, marks the first `min_size` bytes (those the helper
+    /// surely writes) initialised.
     #[allow(clippy::too_many_arguments)]
     fn helper_mem(
         &mut self,
@@ -1772,6 +1773,7 @@ impl<'a> Checker<'a> {
         regno: u8,
         reg: &Reg,
         size: u64,
+        min_size: u64,
         dir: Dir,
         name: &str,
     ) -> R<()> {
@@ -1796,6 +1798,7 @@ impl<'a> Checker<'a> {
         let frame = frame as usize;
         let leaks = self.cfg.allow_ptr_leaks;
         let end = hi + size as i64;
+        let sure = lo + min_size.min(size) as i64;
         match dir {
             Dir::Read => {
                 for o in lo..end {
@@ -1832,8 +1835,10 @@ impl<'a> Checker<'a> {
                 }
                 for o in lo..end {
                     let (s, b) = st.frames[frame].byte(o);
+                    // A size known only as a range writes a prefix of
+                    // unknown length: only [lo, sure) is surely written.
                     let slot_start = o - b as i64;
-                    let partial = slot_start < lo || slot_start + 8 > end;
+                    let partial = slot_start < lo || slot_start + 8 > sure;
                     if s.is_ptr_spill() && !leaks && partial {
                         return Err(self.err_at(
                             pc,
@@ -1854,7 +1859,9 @@ impl<'a> Checker<'a> {
                             spill: Reg::NOT_INIT,
                         };
                     }
-                    slot.bytes[b] = ByteState::Misc;
+                    if o < sure || slot.bytes[b] == ByteState::Zero {
+                        slot.bytes[b] = ByteState::Misc;
+                    }
                 }
             }
         }
