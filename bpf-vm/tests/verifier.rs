@@ -1099,3 +1099,39 @@ fn variable_size_helper_write_initialises_only_the_sure_prefix() {
         "invalid read from stack R10 off -8+0 size 8: fp-8 is read before it is written",
     );
 }
+
+#[test]
+fn state_limit_and_policies() {
+    // A 64-iteration loop stores a state per iteration; allow only 10.
+    let looped = "
+        mov %r0, 0
+        mov %r1, 0
+        loop:
+        add %r0, %r1
+        add %r0, 3
+        add %r0, 5
+        add %r0, 7
+        add %r0, 9
+        add %r0, 11
+        add %r0, 13
+        add %r1, 1
+        jlt %r1, 64, loop
+        exit";
+    let cfg = Config {
+        max_states: 10,
+        ..Config::default()
+    };
+    let e = run_with(looped, &linux::kprobe(), &cfg).unwrap_err();
+    assert_eq!(e.error.rule, Rule::Complexity);
+    assert_eq!(
+        e.error.message,
+        "program too complex: more than 10 states stored (processed 102 instructions)"
+    );
+    assert_eq!(e.stats.states_stored, 10);
+    // Privileged policy: uninitialised stack reads are allowed.
+    let cfg = Config {
+        allow_uninit_stack: true,
+        ..Config::default()
+    };
+    run_with("ldxdw %r0, [%r10-8]\nexit", &linux::kprobe(), &cfg).unwrap();
+}
