@@ -132,3 +132,64 @@ fn json(verdicts: &[Verdict]) -> serde_json::Value {
         .collect();
     serde_json::Value::Array(list)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use probe_sdk::check::Rejection;
+
+    #[test]
+    fn snippets_come_from_the_named_line() {
+        let dir = std::env::temp_dir().join(format!("ktrace-check-snippet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("lib.rs");
+        std::fs::write(&file, "fn a() {}\n    let x = *p;\n").unwrap();
+        let loc = format!("{}:2 (inlined ebpf/src/helpers.rs:70)", file.display());
+        assert_eq!(
+            source_snippet(&loc).as_deref(),
+            Some("      2 |     let x = *p;")
+        );
+        assert_eq!(source_snippet(&format!("{}:9", file.display())), None);
+        assert_eq!(source_snippet("no-such-file.rs:1"), None);
+        assert_eq!(source_snippet("garbage"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn json_lists_each_verdict() {
+        let verdicts = vec![
+            Verdict {
+                program: "ok".into(),
+                section: "perf_event".into(),
+                insns: 2,
+                outcome: Outcome::Accepted {
+                    insns_processed: 2,
+                    peak_states: 0,
+                },
+                log: String::new(),
+            },
+            Verdict {
+                program: "bad".into(),
+                section: "kprobe/f".into(),
+                insns: 3,
+                outcome: Outcome::Rejected(Rejection {
+                    insn: Some(1),
+                    insn_text: "r0 = *(u64 *)(r1 + 0)".into(),
+                    message: "m".into(),
+                    location: Some("src/lib.rs:3".into()),
+                    state: "R1=scalar()".into(),
+                    rule: "MemoryAccess".into(),
+                    verifier_message: "insn 1 (src/lib.rs:3): r0 = *(u64 *)(r1 + 0): m".into(),
+                }),
+                log: String::new(),
+            },
+        ];
+        let j = json(&verdicts);
+        assert_eq!(j[0]["accepted"], true);
+        assert_eq!(j[0]["insns_processed"], 2);
+        assert_eq!(j[1]["accepted"], false);
+        assert_eq!(j[1]["insn"], 1);
+        assert_eq!(j[1]["location"], "src/lib.rs:3");
+        assert_eq!(j[1]["rule"], "MemoryAccess");
+    }
+}
