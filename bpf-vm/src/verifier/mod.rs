@@ -80,6 +80,8 @@
 //! instruction (register liveness and range/tnum inclusion; scalar values
 //! only when some explored path depended on them).
 
+#![forbid(unsafe_code)]
+
 pub mod cfg;
 mod check;
 pub mod error;
