@@ -127,6 +127,21 @@ fn sign_extension() {
 }
 
 #[test]
+fn far_jumps() {
+    // gotol over more slots than a 16-bit offset reaches, forwards then back.
+    let mut src = String::from("mov %r0, 0\nja32 fwd\nback:\nadd %r0, 5\nexit\n");
+    for _ in 0..40_000 {
+        src.push_str("mov %r0, 1\n");
+    }
+    src.push_str("fwd:\nmov %r0, 2\nja32 back\n");
+    assert_eq!(run_both(&src, &[]), 7);
+    // The 16-bit form refuses such a distance at assembly time.
+    let err = assemble(&src.replace("ja32 back", "ja back")).unwrap_err();
+    assert_eq!(err.line, 40_008);
+    assert_eq!(err.msg, "jump offset -40004 does not fit 16 bits; use ja32");
+}
+
+#[test]
 fn shifts_mask_the_amount() {
     assert_eq!(
         run_both("mov %r0, 1\nmov %r1, 65\nlsh %r0, %r1\nexit", &[]),
