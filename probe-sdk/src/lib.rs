@@ -9,4 +9,5 @@ pub mod linux_bpf;
 pub mod object;
 mod object_lines;
 pub mod runtime;
+pub mod trace;
 pub mod vm;

@@ -125,6 +125,25 @@ impl<const N: usize, const WORDS: usize> Pool<N, WORDS> {
         })
     }
 
+    /// Like [`find`](Self::find), but when several live entries share the
+    /// slot (two return probes on one function), prefer the one whose saved
+    /// return address is `prefer_ret`: the later claim saved the earlier
+    /// claim's trampoline address, so it must be unwound first.
+    pub fn find_preferring(&self, ret_slot: u64, prefer_ret: u64) -> Option<usize> {
+        let mut first = None;
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.state.load(Ordering::Acquire) == LIVE
+                && e.ret_slot.load(Ordering::Relaxed) == ret_slot
+            {
+                if e.orig_ret.load(Ordering::Relaxed) == prefer_ret {
+                    return Some(i);
+                }
+                first.get_or_insert(i);
+            }
+        }
+        first
+    }
+
     /// The entry at `i`.
     pub fn entry(&self, i: usize) -> Option<&Entry<WORDS>> {
         self.entries.get(i)
@@ -182,6 +201,11 @@ mod tests {
         );
         assert_eq!(q2.active.load(Ordering::Relaxed), 1);
         assert_eq!(pool.find(0x200), Some(b));
+        // Two claims on one slot: the one that saved 0xaaa... is preferred
+        // when asked.
+        let q3 = Quota::new(5);
+        let c = pool.claim(9, &q3, 0x100, 0x7777, [0, 0]);
+        assert_eq!(c, None, "pool full (3 entries)");
         assert_eq!(pool.release(b, Some(&q)), Some((7, 0xbbb, [3, 4])));
         assert_eq!(pool.release(b, Some(&q)), None, "double release");
         assert_eq!(pool.find(0x200), None);

@@ -630,5 +630,19 @@ pub fn check_boundary(code: &[u8], func_start: u64, addr: u64) -> Result<(), Ref
     Err(Refusal::PastFunctionEnd { addr, func_end })
 }
 
+/// Call `f(addr, len)` for each instruction of `code` (which starts at
+/// `start`), in order, until `f` returns false or the bytes stop decoding.
+pub fn for_each_insn(code: &[u8], start: u64, mut f: impl FnMut(u64, usize) -> bool) {
+    let mut d = Decoder::with_ip(64, code, start, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while d.can_decode() {
+        let at = d.ip();
+        d.decode_out(&mut insn);
+        if insn.is_invalid() || !f(at, insn.len()) {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

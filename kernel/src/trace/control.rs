@@ -10,7 +10,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use ktrace_abi::trace::{
-    BlacklistEntry, ProbeInfo, ProbeKind, ProbeTarget, TraceRequest, TraceResponse, TracepointField, TracepointInfo,
+    BlacklistEntry, ProbeInfo, ProbeKind, ProbeTarget, TraceRequest, TraceResponse,
+    TracepointField, TracepointInfo,
 };
 use ktrace_abi::{ErrorCode, ErrorReply, Response};
 
@@ -47,7 +48,10 @@ impl KretprobeHandler for CountHandler {
     fn ret(&self, regs: &mut PtRegs, inst: &RetInstance) {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.last.store(regs.rax, Ordering::Relaxed);
-        self.total_ns.fetch_add(crate::time::now_ns().saturating_sub(inst.entry_ns), Ordering::Relaxed);
+        self.total_ns.fetch_add(
+            crate::time::now_ns().saturating_sub(inst.entry_ns),
+            Ordering::Relaxed,
+        );
     }
     fn kind(&self) -> &'static str {
         "count"
@@ -96,14 +100,23 @@ fn perf_err(e: PerfError) -> Response {
 
 fn probe_info(id: u32) -> Option<ProbeInfo> {
     let counter = COUNTERS.lock().get(&id).cloned();
-    let (last_value, total_ns) =
-        counter.as_ref().map(|c| (c.last.load(Ordering::Relaxed), c.total_ns.load(Ordering::Relaxed))).unwrap_or((0, 0));
+    let (last_value, total_ns) = counter
+        .as_ref()
+        .map(|c| {
+            (
+                c.last.load(Ordering::Relaxed),
+                c.total_ns.load(Ordering::Relaxed),
+            )
+        })
+        .unwrap_or((0, 0));
     if let Some(rp) = kretprobe::get(id) {
         let (symbol, offset) = kprobe::describe(rp.func());
         let boosted = kprobe::site_info(rp.func()).is_some_and(|(b, _)| b);
         return Some(ProbeInfo {
             id,
-            kind: ProbeKind::Kretprobe { maxactive: rp.maxactive() },
+            kind: ProbeKind::Kretprobe {
+                maxactive: rp.maxactive(),
+            },
             addr: rp.func(),
             symbol,
             offset,
@@ -142,7 +155,11 @@ pub fn list_probes() -> Vec<ProbeInfo> {
         .filter(|k| !kretprobe::is_entry_probe(k))
         .filter_map(|k| probe_info(k.id()))
         .collect();
-    out.extend(kretprobe::probes().iter().filter_map(|r| probe_info(r.id())));
+    out.extend(
+        kretprobe::probes()
+            .iter()
+            .filter_map(|r| probe_info(r.id())),
+    );
     out.sort_by_key(|p| p.id);
     out
 }
@@ -187,7 +204,9 @@ fn blacklist() -> Vec<BlacklistEntry> {
         .map(|r| BlacklistEntry {
             start: r.start,
             end: r.end,
-            symbol: crate::ksyms::lookup(r.start).map(|(s, _)| s.name.to_string()).unwrap_or_default(),
+            symbol: crate::ksyms::lookup(r.start)
+                .map(|(s, _)| s.name.to_string())
+                .unwrap_or_default(),
             reason: r.reason.to_string(),
         })
         .collect();
@@ -213,14 +232,19 @@ pub fn handle(req: TraceRequest) -> Response {
             let counter = Arc::new(CountHandler::default());
             let id = match kind {
                 ProbeKind::Kprobe => kprobe::register(addr, counter.clone()).map(|k| k.id()),
-                ProbeKind::Kretprobe { maxactive } => kretprobe::register(addr, maxactive, counter.clone()).map(|r| r.id()),
+                ProbeKind::Kretprobe { maxactive } => {
+                    kretprobe::register(addr, maxactive, counter.clone()).map(|r| r.id())
+                }
             };
             match id {
                 Ok(id) => {
                     COUNTERS.lock().insert(id, counter);
                     match probe_info(id) {
                         Some(info) => ok(TraceResponse::ProbeAdded(info)),
-                        None => err(ErrorCode::Other, format!("probe {id} vanished after registration")),
+                        None => err(
+                            ErrorCode::Other,
+                            format!("probe {id} vanished after registration"),
+                        ),
                     }
                 }
                 Err(e) => kprobe_err(e),
@@ -265,8 +289,12 @@ pub fn handle(req: TraceRequest) -> Response {
             Ok(id) => ok(TraceResponse::PerfOpened { id }),
             Err(e) => perf_err(e),
         },
-        TraceRequest::PerfEnable { id } => perf::enable(id).map(|_| Response::Ok).unwrap_or_else(perf_err),
-        TraceRequest::PerfDisable { id } => perf::disable(id).map(|_| Response::Ok).unwrap_or_else(perf_err),
+        TraceRequest::PerfEnable { id } => perf::enable(id)
+            .map(|_| Response::Ok)
+            .unwrap_or_else(perf_err),
+        TraceRequest::PerfDisable { id } => perf::disable(id)
+            .map(|_| Response::Ok)
+            .unwrap_or_else(perf_err),
         TraceRequest::PerfRead { id } => match perf::read(id) {
             Ok(v) => ok(TraceResponse::PerfValue(v)),
             Err(e) => perf_err(e),
@@ -275,9 +303,12 @@ pub fn handle(req: TraceRequest) -> Response {
             Ok((samples, lost)) => ok(TraceResponse::PerfSamples { samples, lost }),
             Err(e) => perf_err(e),
         },
-        TraceRequest::PerfClose { id } => perf::close(id).map(|_| Response::Ok).unwrap_or_else(perf_err),
+        TraceRequest::PerfClose { id } => perf::close(id)
+            .map(|_| Response::Ok)
+            .unwrap_or_else(perf_err),
     }
 }
 
 /// Counting handlers on tracepoints, by attachment id.
-static TP_COUNTERS: spin::Mutex<BTreeMap<u32, Arc<CountHandler>>> = spin::Mutex::new(BTreeMap::new());
+static TP_COUNTERS: spin::Mutex<BTreeMap<u32, Arc<CountHandler>>> =
+    spin::Mutex::new(BTreeMap::new());

@@ -109,7 +109,11 @@ pub enum KprobeError {
     /// No function has this demangled path.
     UnknownSymbol(String),
     /// The offset is past the end of the function.
-    OffsetOutOfRange { name: String, offset: u64, size: u64 },
+    OffsetOutOfRange {
+        name: String,
+        offset: u64,
+        size: u64,
+    },
     /// No probe with this id.
     NotFound(u32),
     /// Out of slot memory or page-table frames.
@@ -124,7 +128,10 @@ impl fmt::Display for KprobeError {
             KprobeError::Refused(r) => write!(f, "{r}"),
             KprobeError::UnknownSymbol(n) => write!(f, "no kernel function named {n:?}"),
             KprobeError::OffsetOutOfRange { name, offset, size } => {
-                write!(f, "offset {offset:#x} is past the end of {name} ({size} bytes)")
+                write!(
+                    f,
+                    "offset {offset:#x} is past the end of {name} ({size} bytes)"
+                )
             }
             KprobeError::NotFound(id) => write!(f, "no probe with id {id}"),
             KprobeError::OutOfMemory => write!(f, "out of memory for probe slots"),
@@ -240,7 +247,9 @@ pub fn check_address(addr: u64) -> Result<Insn, Refusal> {
     }
     let sym = crate::ksyms::lookup(addr);
     blacklist::check(addr, sym.as_ref().map(|(s, _)| s.name))?;
-    let Some((sym, _)) = sym else { return Err(Refusal::NoSymbol { addr }) };
+    let Some((sym, _)) = sym else {
+        return Err(Refusal::NoSymbol { addr });
+    };
     let size = sym.size.min(1 << 20) as usize;
     let mut code = alloc::vec![0u8; size];
     if trap::copy_from_kernel_nofault(&mut code, sym.addr).is_err() {
@@ -283,7 +292,14 @@ pub fn register(addr: u64, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe
             let mut probes = s.probes.clone();
             probes.push(probe.clone());
             let boost = s.insn.boostable() && probes.iter().all(|p| !p.handler.has_post());
-            Site { addr, insn: s.insn, orig_byte: s.orig_byte, slot: s.slot.clone(), probes, boost }
+            Site {
+                addr,
+                insn: s.insn,
+                orig_byte: s.orig_byte,
+                slot: s.slot.clone(),
+                probes,
+                boost,
+            }
         }
         None => {
             let decoded = check_address(addr)?;
@@ -291,13 +307,21 @@ pub fn register(addr: u64, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe
             let slot = if decoded.needs_slot() {
                 let slot = alloc_slot().ok_or(KprobeError::OutOfMemory)?;
                 let code = insn::build_slot(&decoded, slot.addr)?;
-                text_patch::write_text(slot.addr, &code).map_err(|_| KprobeError::Patch(slot.addr))?;
+                text_patch::write_text(slot.addr, &code)
+                    .map_err(|_| KprobeError::Patch(slot.addr))?;
                 Some(slot)
             } else {
                 None
             };
             let boost = decoded.boostable() && !probe.handler.has_post();
-            Site { addr, insn: decoded, orig_byte, slot, probes: alloc::vec![probe.clone()], boost }
+            Site {
+                addr,
+                insn: decoded,
+                orig_byte,
+                slot,
+                probes: alloc::vec![probe.clone()],
+                boost,
+            }
         }
     };
     let site = Arc::new(site);
@@ -321,16 +345,25 @@ pub fn register(addr: u64, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe
 }
 
 /// Register at `offset` bytes into the function with this demangled path.
-pub fn register_symbol(name: &str, offset: u64, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe>, KprobeError> {
+pub fn register_symbol(
+    name: &str,
+    offset: u64,
+    handler: Arc<dyn KprobeHandler>,
+) -> Result<Arc<Kprobe>, KprobeError> {
     let addr = resolve(name, offset)?;
     register(addr, handler)
 }
 
 /// The address of `name + offset`.
 pub fn resolve(name: &str, offset: u64) -> Result<u64, KprobeError> {
-    let sym = crate::ksyms::find(name).ok_or_else(|| KprobeError::UnknownSymbol(String::from(name)))?;
+    let sym =
+        crate::ksyms::find(name).ok_or_else(|| KprobeError::UnknownSymbol(String::from(name)))?;
     if offset >= u64::from(sym.size.max(1)) {
-        return Err(KprobeError::OffsetOutOfRange { name: String::from(name), offset, size: u64::from(sym.size) });
+        return Err(KprobeError::OffsetOutOfRange {
+            name: String::from(name),
+            offset,
+            size: u64::from(sym.size),
+        });
     }
     Ok(sym.addr + offset)
 }
@@ -340,12 +373,16 @@ pub fn resolve(name: &str, offset: u64) -> Result<u64, KprobeError> {
 pub fn unregister(id: u32) -> Result<(), KprobeError> {
     let _reg = REGISTRY.lock();
     let table: Vec<Arc<Site>> = SITES.read().clone();
-    let idx = table.iter().position(|s| s.probes.iter().any(|p| p.id == id)).ok_or(KprobeError::NotFound(id))?;
+    let idx = table
+        .iter()
+        .position(|s| s.probes.iter().any(|p| p.id == id))
+        .ok_or(KprobeError::NotFound(id))?;
     let site = table[idx].clone();
     let mut table = table;
     if site.probes.len() == 1 {
         // Restore first: from now on no new hit can start.
-        text_patch::write_text(site.addr, &[site.orig_byte]).map_err(|_| KprobeError::Patch(site.addr))?;
+        text_patch::write_text(site.addr, &[site.orig_byte])
+            .map_err(|_| KprobeError::Patch(site.addr))?;
         table.remove(idx);
     } else {
         let probes: Vec<Arc<Kprobe>> = site.probes.iter().filter(|p| p.id != id).cloned().collect();
@@ -374,12 +411,21 @@ pub(crate) fn wait_quiescent() {
 
 /// All registered kprobes, by address then registration order.
 pub fn probes() -> Vec<Arc<Kprobe>> {
-    SITES.read().iter().flat_map(|s| s.probes.iter().cloned()).collect()
+    SITES
+        .read()
+        .iter()
+        .flat_map(|s| s.probes.iter().cloned())
+        .collect()
 }
 
 /// A probe by id.
 pub fn get(id: u32) -> Option<Arc<Kprobe>> {
-    SITES.read().iter().flat_map(|s| s.probes.iter()).find(|p| p.id == id).cloned()
+    SITES
+        .read()
+        .iter()
+        .flat_map(|s| s.probes.iter())
+        .find(|p| p.id == id)
+        .cloned()
 }
 
 /// Whether `addr` runs boosted, and its instruction decision.
@@ -483,7 +529,11 @@ fn execute(site: Arc<Site>, regs: &mut PtRegs, run_post: bool) {
         for p in &site.probes {
             p.boosted_hits.fetch_add(1, Ordering::Relaxed);
         }
-        regs.rip = if interrupts_on { slot + insn::SLOT_STI_OFFSET as u64 } else { slot };
+        regs.rip = if interrupts_on {
+            slot + insn::SLOT_STI_OFFSET as u64
+        } else {
+            slot
+        };
         regs.eflags &= !rflags::IF;
         INFLIGHT.fetch_sub(1, Ordering::AcqRel);
         return;
@@ -492,7 +542,12 @@ fn execute(site: Arc<Site>, regs: &mut PtRegs, run_post: bool) {
     regs.eflags = (regs.eflags | rflags::TF) & !rflags::IF;
     regs.rip = slot;
     // INFLIGHT stays raised until the debug trap.
-    *STEP.lock() = Some(StepState { site, slot, orig_flags, run_post });
+    *STEP.lock() = Some(StepState {
+        site,
+        slot,
+        orig_flags,
+        run_post,
+    });
 }
 
 fn run_posts(site: &Site, regs: &mut PtRegs) {
@@ -506,8 +561,12 @@ fn run_posts(site: &Site, regs: &mut PtRegs) {
 }
 
 fn on_debug(regs: &mut PtRegs, _vector: u8) -> bool {
-    let Some(st) = STEP.lock().take() else { return false };
-    let Exec::Step(step) = st.site.insn.exec else { return false };
+    let Some(st) = STEP.lock().take() else {
+        return false;
+    };
+    let Exec::Step(step) = st.site.insn.exec else {
+        return false;
+    };
     let Some(rip) = step.resume_rip(st.site.addr, st.site.insn.len, st.slot, regs.rip) else {
         // A `rep` iteration ended inside the slot: keep stepping.
         regs.eflags |= rflags::TF;
@@ -538,21 +597,66 @@ pub mod blacklist {
 
     /// Symbol prefixes that must never trap, with reasons.
     pub const PREFIXES: &[Prefix] = &[
-        Prefix { prefix: "kernel::trace::kprobe::", reason: "the kprobe engine" },
-        Prefix { prefix: "kernel::trace::kretprobe::", reason: "the kretprobe engine" },
-        Prefix { prefix: "ktrace_kprobe::", reason: "the kprobe engine (instruction analysis)" },
-        Prefix { prefix: "kernel::arch::x86_64::text_patch::", reason: "text patching" },
-        Prefix { prefix: "kernel::arch::x86_64::trap::", reason: "exception dispatch" },
-        Prefix { prefix: "kernel::arch::x86_64::paging::", reason: "text patching (page tables)" },
-        Prefix { prefix: "kernel::arch::x86_64::cpu::", reason: "interrupt flag and CPU primitives used by trap handlers" },
-        Prefix { prefix: "kernel::arch::x86_64::serial::", reason: "the console used by panic" },
-        Prefix { prefix: "kernel::console::", reason: "the console used by panic" },
-        Prefix { prefix: "kernel::panic::", reason: "the panic path" },
-        Prefix { prefix: "kernel::sync::", reason: "locks taken by trap handlers" },
-        Prefix { prefix: "kernel::percpu::", reason: "per-CPU data used by the recursion guard" },
-        Prefix { prefix: "spin::", reason: "locks taken by trap handlers" },
-        Prefix { prefix: "iced_x86::", reason: "the kprobe engine (decoder)" },
-        Prefix { prefix: "rust_begin_unwind", reason: "the panic path" },
+        Prefix {
+            prefix: "kernel::trace::kprobe::",
+            reason: "the kprobe engine",
+        },
+        Prefix {
+            prefix: "kernel::trace::kretprobe::",
+            reason: "the kretprobe engine",
+        },
+        Prefix {
+            prefix: "ktrace_kprobe::",
+            reason: "the kprobe engine (instruction analysis)",
+        },
+        Prefix {
+            prefix: "kernel::arch::imp::text_patch::",
+            reason: "text patching",
+        },
+        Prefix {
+            prefix: "kernel::arch::imp::trap::",
+            reason: "exception dispatch",
+        },
+        Prefix {
+            prefix: "kernel::arch::imp::paging::",
+            reason: "text patching (page tables)",
+        },
+        Prefix {
+            prefix: "kernel::arch::imp::cpu::",
+            reason: "interrupt flag and CPU primitives used by trap handlers",
+        },
+        Prefix {
+            prefix: "kernel::arch::imp::serial::",
+            reason: "the console used by panic",
+        },
+        Prefix {
+            prefix: "kernel::console::",
+            reason: "the console used by panic",
+        },
+        Prefix {
+            prefix: "kernel::panic::",
+            reason: "the panic path",
+        },
+        Prefix {
+            prefix: "kernel::sync::",
+            reason: "locks taken by trap handlers",
+        },
+        Prefix {
+            prefix: "kernel::percpu::",
+            reason: "per-CPU data used by the recursion guard",
+        },
+        Prefix {
+            prefix: "spin::",
+            reason: "locks taken by trap handlers",
+        },
+        Prefix {
+            prefix: "iced_x86::",
+            reason: "the kprobe engine (decoder)",
+        },
+        Prefix {
+            prefix: "rust_begin_unwind",
+            reason: "the panic path",
+        },
     ];
 
     unsafe extern "C" {
@@ -581,7 +685,11 @@ pub mod blacklist {
                 Some((sym, _)) => (sym.addr, sym.addr + u64::from(sym.size.max(1))),
                 None => (addr, addr + 1),
             };
-            out.push(Range { start: s, end: e, reason: "marked NOKPROBE (.nokprobe section)" });
+            out.push(Range {
+                start: s,
+                end: e,
+                reason: "marked NOKPROBE (.nokprobe section)",
+            });
         }
         out
     }

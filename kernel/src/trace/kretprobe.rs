@@ -95,7 +95,9 @@ impl Kretprobe {
     /// Calls not traced: pool/maxactive exhaustion, recursion at entry or
     /// at return.
     pub fn missed(&self) -> u64 {
-        let entry = kprobe::get(self.entry_id.load(Ordering::Relaxed)).map(|k| k.missed()).unwrap_or(0);
+        let entry = kprobe::get(self.entry_id.load(Ordering::Relaxed))
+            .map(|k| k.missed())
+            .unwrap_or(0);
         self.missed.load(Ordering::Relaxed) + entry
     }
     /// The `maxactive` limit.
@@ -121,7 +123,9 @@ impl KprobeHandler for Entry {
         if !rp.registered.load(Ordering::Acquire) {
             return;
         }
-        let Some(orig) = text_patch::read_u64(regs.rsp) else { return };
+        let Some(orig) = text_patch::read_u64(regs.rsp) else {
+            return;
+        };
         let mut data = [0u64; 4];
         if !rp.handler.entry(regs, &mut data) {
             return;
@@ -168,7 +172,7 @@ fn find(owner: u32) -> Option<Arc<Kretprobe>> {
 #[unsafe(no_mangle)]
 extern "C" fn kretprobe_trampoline_handler(regs: &mut PtRegs) -> u64 {
     let ret_slot = regs.rsp;
-    let Some(i) = POOL.find(ret_slot) else {
+    let Some(i) = POOL.find_preferring(ret_slot, text_patch::kretprobe_trampoline_addr()) else {
         // The return address is lost: nothing can continue correctly.
         panic!("kretprobe trampoline: no instance for return slot {ret_slot:#x}");
     };
@@ -201,19 +205,31 @@ extern "C" fn kretprobe_trampoline_handler(regs: &mut PtRegs) -> u64 {
 }
 
 /// Register a return probe on the function starting at `func`.
-pub fn register(func: u64, maxactive: u32, handler: Arc<dyn KretprobeHandler>) -> Result<Arc<Kretprobe>, KprobeError> {
+pub fn register(
+    func: u64,
+    maxactive: u32,
+    handler: Arc<dyn KretprobeHandler>,
+) -> Result<Arc<Kretprobe>, KprobeError> {
     match crate::ksyms::lookup(func) {
         Some((_, 0)) => {}
         Some((s, off)) => {
             return Err(KprobeError::Refused(Refusal::Instruction {
                 addr: func,
                 mnemonic: "(not a function entry)",
-                why: if off > 0 && s.size > 0 { "return probes go on a function's first instruction" } else { "unknown function" },
+                why: if off > 0 && s.size > 0 {
+                    "return probes go on a function's first instruction"
+                } else {
+                    "unknown function"
+                },
             }))
         }
         None => return Err(KprobeError::Refused(Refusal::NoSymbol { addr: func })),
     }
-    let maxactive = if maxactive == 0 { DEFAULT_MAXACTIVE } else { maxactive.min(POOL_SIZE as u32) };
+    let maxactive = if maxactive == 0 {
+        DEFAULT_MAXACTIVE
+    } else {
+        maxactive.min(POOL_SIZE as u32)
+    };
     let rp = Arc::new(Kretprobe {
         id: kprobe::next_id(),
         func,

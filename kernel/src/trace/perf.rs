@@ -79,8 +79,13 @@ impl core::fmt::Display for PerfError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             PerfError::NotFound(id) => write!(f, "no perf event with id {id}"),
-            PerfError::NotSupported(m) | PerfError::Invalid(m) | PerfError::Attach(m) => f.write_str(m),
-            PerfError::Busy => write!(f, "a sampling event is already open (one timer drives sampling); close it first"),
+            PerfError::NotSupported(m) | PerfError::Invalid(m) | PerfError::Attach(m) => {
+                f.write_str(m)
+            }
+            PerfError::Busy => write!(
+                f,
+                "a sampling event is already open (one timer drives sampling); close it first"
+            ),
         }
     }
 }
@@ -121,9 +126,17 @@ impl TracepointHandler for CountingHandler {
 
 enum Source {
     Software(SoftwareEvent),
-    Tracepoint { attach_id: u32, counter: Arc<Counter> },
-    Kprobe { probe_id: u32, counter: Arc<Counter> },
-    Sampling { freq_hz: u32 },
+    Tracepoint {
+        attach_id: u32,
+        counter: Arc<Counter>,
+    },
+    Kprobe {
+        probe_id: u32,
+        counter: Arc<Counter>,
+    },
+    Sampling {
+        freq_hz: u32,
+    },
 }
 
 struct Event {
@@ -177,20 +190,29 @@ pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
             }));
         }
         PerfEvent::Tracepoint { name } => {
-            let counter = Arc::new(Counter { enabled: AtomicBool::new(false), count: AtomicU64::new(0) });
+            let counter = Arc::new(Counter {
+                enabled: AtomicBool::new(false),
+                count: AtomicU64::new(0),
+            });
             let attach_id = tracepoint::attach(name, Arc::new(CountingHandler(counter.clone())))
                 .map_err(|e| PerfError::Attach(format!("{e}")))?;
             Source::Tracepoint { attach_id, counter }
         }
         PerfEvent::Kprobe { target } => {
-            let counter = Arc::new(Counter { enabled: AtomicBool::new(false), count: AtomicU64::new(0) });
+            let counter = Arc::new(Counter {
+                enabled: AtomicBool::new(false),
+                count: AtomicU64::new(0),
+            });
             let h = Arc::new(CountingHandler(counter.clone()));
             let probe = match target {
                 ProbeTarget::Address(a) => kprobe::register(*a, h),
                 ProbeTarget::Symbol { name, offset } => kprobe::register_symbol(name, *offset, h),
             }
             .map_err(|e| PerfError::Attach(format!("{e}")))?;
-            Source::Kprobe { probe_id: probe.id(), counter }
+            Source::Kprobe {
+                probe_id: probe.id(),
+                counter,
+            }
         }
         PerfEvent::Sampling { freq_hz, max_stack } => {
             if !(perf_timer::MIN_HZ..=perf_timer::MAX_HZ).contains(freq_hz) {
@@ -219,7 +241,14 @@ pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) as u32;
     EVENTS.lock().insert(
         id,
-        Event { source, enabled: false, base: 0, accum: 0, enabled_at_ns: 0, time_enabled_ns: 0 },
+        Event {
+            source,
+            enabled: false,
+            base: 0,
+            accum: 0,
+            enabled_at_ns: 0,
+            time_enabled_ns: 0,
+        },
     );
     Ok(id)
 }
@@ -235,7 +264,9 @@ pub fn enable(id: u32) -> Result<(), PerfError> {
     ev.enabled_at_ns = crate::time::now_ns();
     match &ev.source {
         Source::Software(s) => ev.base = raw(*s),
-        Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => counter.enabled.store(true, Ordering::Release),
+        Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => {
+            counter.enabled.store(true, Ordering::Release)
+        }
         Source::Sampling { freq_hz } => {
             SAMPLING.store(true, Ordering::Release);
             perf_timer::start(*freq_hz);
@@ -260,7 +291,9 @@ fn stop(ev: &mut Event) {
     ev.time_enabled_ns += crate::time::now_ns().saturating_sub(ev.enabled_at_ns);
     match &ev.source {
         Source::Software(s) => ev.accum += raw(*s).wrapping_sub(ev.base),
-        Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => counter.enabled.store(false, Ordering::Release),
+        Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => {
+            counter.enabled.store(false, Ordering::Release)
+        }
         Source::Sampling { .. } => {
             SAMPLING.store(false, Ordering::Release);
             perf_timer::stop();
@@ -273,11 +306,30 @@ pub fn read(id: u32) -> Result<PerfValue, PerfError> {
     let events = EVENTS.lock();
     let ev = events.get(&id).ok_or(PerfError::NotFound(id))?;
     let now = crate::time::now_ns();
-    let time_enabled_ns = ev.time_enabled_ns + if ev.enabled { now.saturating_sub(ev.enabled_at_ns) } else { 0 };
-    let mut v = PerfValue { value: 0, time_enabled_ns, samples: 0, lost: 0 };
+    let time_enabled_ns = ev.time_enabled_ns
+        + if ev.enabled {
+            now.saturating_sub(ev.enabled_at_ns)
+        } else {
+            0
+        };
+    let mut v = PerfValue {
+        value: 0,
+        time_enabled_ns,
+        samples: 0,
+        lost: 0,
+    };
     match &ev.source {
-        Source::Software(s) => v.value = ev.accum + if ev.enabled { raw(*s).wrapping_sub(ev.base) } else { 0 },
-        Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => v.value = counter.count.load(Ordering::Relaxed),
+        Source::Software(s) => {
+            v.value = ev.accum
+                + if ev.enabled {
+                    raw(*s).wrapping_sub(ev.base)
+                } else {
+                    0
+                }
+        }
+        Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => {
+            v.value = counter.count.load(Ordering::Relaxed)
+        }
         Source::Sampling { .. } => {
             if let Some(r) = RING.lock().as_ref() {
                 v.samples = r.taken;
@@ -296,7 +348,9 @@ pub fn drain(id: u32, max: usize) -> Result<(Vec<PerfSample>, u64), PerfError> {
         let events = EVENTS.lock();
         let ev = events.get(&id).ok_or(PerfError::NotFound(id))?;
         if !matches!(ev.source, Source::Sampling { .. }) {
-            return Err(PerfError::Invalid(format!("perf event {id} is a counter, not a sampling event")));
+            return Err(PerfError::Invalid(format!(
+                "perf event {id} is a counter, not a sampling event"
+            )));
         }
     }
     let mut out = Vec::new();
@@ -356,7 +410,9 @@ pub fn attach(id: u32, handler: Arc<dyn PerfHandler>) -> Result<(), PerfError> {
     let events = EVENTS.lock();
     let ev = events.get(&id).ok_or(PerfError::NotFound(id))?;
     if !matches!(ev.source, Source::Sampling { .. }) {
-        return Err(PerfError::Invalid(format!("perf event {id} is a counter; handlers attach to sampling events")));
+        return Err(PerfError::Invalid(format!(
+            "perf event {id} is a counter; handlers attach to sampling events"
+        )));
     }
     let mut next = HANDLERS.read().clone();
     next.push(handler);
@@ -371,13 +427,17 @@ pub fn attach(id: u32, handler: Arc<dyn PerfHandler>) -> Result<(), PerfError> {
 fn walk_stack(mut rbp: u64, out: &mut [u64]) -> usize {
     let mut n = 0;
     while n < out.len() && rbp != 0 && rbp % 8 == 0 {
-        let Some(ret) = text_patch::read_u64(rbp + 8) else { break };
+        let Some(ret) = text_patch::read_u64(rbp + 8) else {
+            break;
+        };
         if ret == 0 {
             break;
         }
         out[n] = ret;
         n += 1;
-        let Some(next) = text_patch::read_u64(rbp) else { break };
+        let Some(next) = text_patch::read_u64(rbp) else {
+            break;
+        };
         // Frames move up the stack; anything else is the end of the chain.
         if next <= rbp {
             break;

@@ -128,7 +128,9 @@ pub fn emit<E: TracepointEvent>(tp: &Tracepoint, record: &E) {
     // declared by `ktrace_tracepoints::tracepoints!`, whose tests check it
     // has no padding, so all `size_of::<E>()` bytes are initialised.
     #[allow(unsafe_code)]
-    let bytes = unsafe { core::slice::from_raw_parts(record as *const E as *const u8, core::mem::size_of::<E>()) };
+    let bytes = unsafe {
+        core::slice::from_raw_parts(record as *const E as *const u8, core::mem::size_of::<E>())
+    };
     emit_bytes(tp, bytes, crate::arch::cpu::frame_pointer());
 }
 
@@ -196,7 +198,11 @@ fn entries() -> Vec<KeyEntry> {
 /// Call sites of `tp`: (site address, jump target).
 pub fn sites(tp: &'static Tracepoint) -> Vec<(u64, u64)> {
     let key = tp as *const Tracepoint as u64;
-    entries().into_iter().filter(|e| e.key == key).map(|e| (e.site, e.target)).collect()
+    entries()
+        .into_iter()
+        .filter(|e| e.key == key)
+        .map(|e| (e.site, e.target))
+        .collect()
 }
 
 /// Current bytes at a call site.
@@ -211,7 +217,9 @@ fn patch_sites(tp: &'static Tracepoint, enable: bool) -> usize {
     for (site, target) in sites(tp) {
         let bytes = if enable {
             let rel = target.wrapping_sub(site + 5) as i64;
-            let Ok(rel) = i32::try_from(rel) else { continue };
+            let Ok(rel) = i32::try_from(rel) else {
+                continue;
+            };
             let r = rel.to_le_bytes();
             [0xe9, r[0], r[1], r[2], r[3]]
         } else {
@@ -239,7 +247,10 @@ pub enum TracepointError {
 impl core::fmt::Display for TracepointError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            TracepointError::Unknown(n) => write!(f, "no tracepoint named {n:?} (expected category:name, e.g. sched:sched_switch)"),
+            TracepointError::Unknown(n) => write!(
+                f,
+                "no tracepoint named {n:?} (expected category:name, e.g. sched:sched_switch)"
+            ),
             TracepointError::NotAttached(id) => write!(f, "no tracepoint attachment with id {id}"),
         }
     }
@@ -248,7 +259,10 @@ impl core::fmt::Display for TracepointError {
 /// The tracepoint named `category:name` (or `category/name`).
 pub fn find(name: &str) -> Option<&'static Tracepoint> {
     let (cat, n) = name.split_once(':').or_else(|| name.split_once('/'))?;
-    super::points::ALL.iter().copied().find(|t| t.desc.category == cat && t.desc.name == n)
+    super::points::ALL
+        .iter()
+        .copied()
+        .find(|t| t.desc.category == cat && t.desc.name == n)
 }
 
 /// Attach a handler; enables the tracepoint on the first attachment.
@@ -312,5 +326,9 @@ pub fn init() {
     if bad > 0 {
         log::warn!("{bad} tracepoint sites are not a 5-byte nop");
     }
-    log::info!("tracepoints: {} defined, {} call sites", super::points::ALL.len(), entries().len());
+    log::info!(
+        "tracepoints: {} defined, {} call sites",
+        super::points::ALL.len(),
+        entries().len()
+    );
 }

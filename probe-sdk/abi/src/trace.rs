@@ -39,7 +39,10 @@ pub enum TraceRequest {
     ListProbes,
     /// Register a probe with the built-in counting handler:
     /// [`TraceResponse::ProbeAdded`].
-    AddProbe { target: ProbeTarget, kind: ProbeKind },
+    AddProbe {
+        target: ProbeTarget,
+        kind: ProbeKind,
+    },
     /// Unregister a probe by id.
     RemoveProbe { id: u32 },
     /// The blacklist (ranges and symbol prefixes with reasons):
@@ -165,13 +168,20 @@ pub enum PerfEvent {
     /// Refused with `NotSupported` where the CPU has no PMU (QEMU TCG).
     Hardware(HardwareEvent),
     /// Count hits of `category:name`.
-    Tracepoint { name: String },
+    Tracepoint {
+        name: String,
+    },
     /// Count hits of a kprobe placed for this event.
-    Kprobe { target: ProbeTarget },
+    Kprobe {
+        target: ProbeTarget,
+    },
     /// Sample the interrupted context `freq_hz` times a second (a timer
     /// separate from the scheduler tick), with a frame-pointer call chain
     /// of up to `max_stack` frames.
-    Sampling { freq_hz: u32, max_stack: u32 },
+    Sampling {
+        freq_hz: u32,
+        max_stack: u32,
+    },
 }
 
 /// A counter value, as `perf stat` reads it.
@@ -209,8 +219,15 @@ pub enum TraceResponse {
     Blacklist(Vec<BlacklistEntry>),
     Tracepoints(Vec<TracepointInfo>),
     /// Attachment id of a tracepoint handler.
-    Attached { id: u32 },
-    PerfOpened { id: u32 },
+    Attached {
+        id: u32,
+    },
+    PerfOpened {
+        id: u32,
+    },
     PerfValue(PerfValue),
-    PerfSamples { samples: Vec<PerfSample>, lost: u64 },
+    PerfSamples {
+        samples: Vec<PerfSample>,
+        lost: u64,
+    },
 }

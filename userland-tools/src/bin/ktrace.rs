@@ -33,6 +33,10 @@ enum Command {
     Disk(ktrace_tools::cmd::disk::Args),
     /// Run the in-kernel I/O workload generator (fio-like).
     Workload(ktrace_tools::cmd::workload::Args),
+    /// List, add and remove kprobes and kretprobes (counting handler).
+    Probe(ktrace_tools::cmd::probe::Args),
+    /// List the kernel's static tracepoints and their formats.
+    Tracepoint(ktrace_tools::cmd::tracepoint::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +49,8 @@ fn main() -> std::process::ExitCode {
         Command::Symbols(args) => ktrace_tools::cmd::symbols::run(args),
         Command::Disk(args) => ktrace_tools::cmd::disk::run(args, &cli.vm),
         Command::Workload(args) => ktrace_tools::cmd::workload::run(args, &cli.vm),
+        Command::Probe(args) => ktrace_tools::cmd::probe::run(args, &cli.vm),
+        Command::Tracepoint(args) => ktrace_tools::cmd::tracepoint::run(args, &cli.vm),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

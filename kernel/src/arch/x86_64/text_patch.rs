@@ -42,10 +42,19 @@ pub fn write_text(addr: u64, bytes: &[u8]) -> Result<(), PatchError> {
     let first = addr & !0xfff;
     let last = (addr + bytes.len() as u64 - 1) & !0xfff;
     let (p0, _) = paging::translate(first).ok_or(PatchError::NotMapped(first))?;
-    let p1 = if last != first { Some(paging::translate(last).ok_or(PatchError::NotMapped(last))?.0) } else { None };
+    let p1 = if last != first {
+        Some(
+            paging::translate(last)
+                .ok_or(PatchError::NotMapped(last))?
+                .0,
+        )
+    } else {
+        None
+    };
     let _g = PATCH_LOCK.lock();
     let alloc = crate::mm::frame::alloc_zeroed;
-    paging::map_page(ALIAS, p0 & !0xfff, flags::DATA, alloc).map_err(|_| PatchError::OutOfMemory)?;
+    paging::map_page(ALIAS, p0 & !0xfff, flags::DATA, alloc)
+        .map_err(|_| PatchError::OutOfMemory)?;
     if let Some(p1) = p1 {
         if paging::map_page(ALIAS + 4096, p1 & !0xfff, flags::DATA, alloc).is_err() {
             let _ = paging::unmap_page(ALIAS, alloc);

@@ -1,0 +1,303 @@
+//! Attach points end to end: kprobes, kretprobes, tracepoints and perf
+//! events in a booted kernel. The in-kernel self tests (kernel
+//! `probe_tests`) probe `#[inline(never)]` test functions and check exact
+//! counts and results; the protocol tests drive the same machinery from the
+//! host through `probe_sdk::trace`, and the CLI tests through `ktrace`.
+//!
+//! The long stress run (30 s) replaces the 10 s one when
+//! `KTRACE_STRESS_LONG=1`.
+
+use std::time::Duration;
+
+use ktrace_abi::trace::{HardwareEvent, PerfEvent, ProbeKind, ProbeTarget, SoftwareEvent};
+use ktrace_abi::ErrorCode;
+use ktrace_tests::{ktrace_ok, unique_name, CliVmGuard, TestVm};
+use probe_sdk::client::Client;
+use probe_sdk::trace::TraceClient;
+
+fn run_self_tests(client: &mut Client, names: &[&str]) {
+    client.set_request_timeout(Duration::from_secs(180));
+    let mut failed = Vec::new();
+    for name in names {
+        let r = client
+            .self_test(name)
+            .unwrap_or_else(|e| panic!("self test {name}: {e}"));
+        eprintln!("--- {name}: {}", if r.passed { "passed" } else { "FAILED" });
+        for line in &r.output {
+            eprintln!("    {line}");
+        }
+        if !r.passed {
+            failed.push(*name);
+        }
+    }
+    assert!(failed.is_empty(), "self tests failed: {failed:?}");
+}
+
+#[test]
+fn kprobe_self_tests() {
+    let mut vm = TestVm::boot("kprobes");
+    let mut client = vm.client();
+    run_self_tests(
+        &mut client,
+        &[
+            "kprobe_args",
+            "kprobe_fixups",
+            "kprobe_boost",
+            "kprobe_refusals",
+            "kprobe_recursion",
+            "kprobe_multi",
+            "kprobe_register_race",
+            "kretprobe_basic",
+            "kretprobe_sleep",
+        ],
+    );
+    // The kernel is still healthy and has no probe left.
+    assert!(client.list_probes().unwrap().is_empty());
+    client.info().expect("alive after the kprobe tests");
+}
+
+#[test]
+fn tracepoint_and_perf_self_tests() {
+    let mut vm = TestVm::boot("tracepoints");
+    let mut client = vm.client();
+    run_self_tests(
+        &mut client,
+        &[
+            "tracepoint_counts",
+            "tracepoint_sched_irq",
+            "perf_counters",
+            "perf_sampling",
+        ],
+    );
+}
+
+#[test]
+fn stress_timer_and_scheduler_probes() {
+    let long = std::env::var("KTRACE_STRESS_LONG").is_ok_and(|v| v == "1");
+    let mut vm = TestVm::boot("stress");
+    let mut client = vm.client();
+    run_self_tests(&mut client, &[if long { "stress_long" } else { "stress" }]);
+    client.info().expect("alive after the stress run");
+}
+
+#[test]
+fn benchmark_reports_ratios() {
+    let mut vm = TestVm::boot("bench");
+    let mut client = vm.client();
+    run_self_tests(&mut client, &["bench"]);
+}
+
+#[test]
+fn protocol_probes_refusals_and_counts() {
+    let mut vm = TestVm::boot("trace-proto");
+    let mut client = vm.client();
+    // A kprobe by symbol on the scheduler's wake-up path counts hits.
+    let sym = |name: &str, offset| ProbeTarget::Symbol {
+        name: name.into(),
+        offset,
+    };
+    let p = client
+        .add_probe(sym("kernel::probe_tests::add3", 0), ProbeKind::Kprobe)
+        .expect("probe on add3");
+    assert_eq!(p.symbol, "kernel::probe_tests::add3");
+    assert_eq!(p.offset, 0);
+    assert_eq!(p.handler, "count");
+    // The self test calls add3 exactly once with (11, 22, 33).
+    let r = client.self_test("kprobe_args").unwrap();
+    // kprobe_args registers its own probe too: both share the patch.
+    assert!(r.passed, "{:?}", r.output);
+    let listed = client.list_probes().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].hits, 2, "add3 called twice by kprobe_args");
+    assert_eq!(listed[0].last_value, 1, "last rdi: add3(1, 2, 3)");
+    client.remove_probe(p.id).unwrap();
+    assert!(client.list_probes().unwrap().is_empty());
+
+    // Refusals name their reason.
+    let refusal = |client: &mut Client, target: ProbeTarget| {
+        let e = client.add_probe(target, ProbeKind::Kprobe).unwrap_err();
+        let reply = e.kernel_reply().expect("an error frame").clone();
+        (reply.code, reply.message)
+    };
+    let (code, msg) = refusal(
+        &mut client,
+        sym("kernel::arch::imp::text_patch::write_text", 0),
+    );
+    assert_eq!(code, ErrorCode::InvalidArgument);
+    assert!(msg.ends_with("is blacklisted: text patching"), "{msg}");
+    let (_, msg) = refusal(&mut client, sym("kernel::probe_tests::add3", 2));
+    assert!(msg.contains("is not on an instruction boundary"), "{msg}");
+    let (_, msg) = refusal(&mut client, ProbeTarget::Address(0x1000));
+    assert_eq!(msg, "0x1000 is not in kernel text");
+    let (code, msg) = refusal(&mut client, sym("kernel::no::such_fn", 0));
+    assert_eq!(code, ErrorCode::NotFound);
+    assert_eq!(msg, "no kernel function named \"kernel::no::such_fn\"");
+    let e = client.remove_probe(9999).unwrap_err();
+    assert_eq!(e.kernel_reply().unwrap().message, "no probe with id 9999");
+
+    // The blacklist lists entry code and the engine.
+    let bl = client.blacklist().unwrap();
+    assert!(bl
+        .iter()
+        .any(|b| b.reason.contains(".text.entry") && b.end > b.start));
+    assert!(bl
+        .iter()
+        .any(|b| b.symbol == "kernel::trace::kprobe::*" && b.reason == "the kprobe engine"));
+
+    // A kretprobe on a sleeping function sees its return value.
+    let rp = client
+        .add_probe(
+            sym("kernel::probe_tests::sleeper", 0),
+            ProbeKind::Kretprobe { maxactive: 4 },
+        )
+        .unwrap();
+    assert_eq!(rp.kind, ProbeKind::Kretprobe { maxactive: 4 });
+    let r = client.self_test("kretprobe_sleep").unwrap();
+    assert!(r.passed, "{:?}", r.output);
+    let info = client
+        .list_probes()
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == rp.id)
+        .unwrap();
+    // kretprobe_sleep: three calls, sleeper(40), (20), (30).
+    assert_eq!(info.hits, 3, "{info:?}");
+    assert_eq!(info.missed, 0);
+    assert!([401, 201, 301].contains(&info.last_value), "{info:?}");
+    assert!(info.total_ns >= 90_000_000, "{info:?}");
+    client.remove_probe(rp.id).unwrap();
+
+    // Tracepoints: formats, counting attachment, refcount.
+    let tps = client.list_tracepoints().unwrap();
+    let sw = tps.iter().find(|t| t.name == "sched_switch").unwrap();
+    assert_eq!(sw.category, "sched");
+    assert_eq!(sw.sites, 1);
+    assert_eq!(
+        sw.fields
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "prev_state",
+            "prev_pid",
+            "next_pid",
+            "prev_comm",
+            "next_comm"
+        ]
+    );
+    assert!(sw.fields[0].signed && sw.fields[0].size == 8);
+    let id = client.attach_tracepoint("sched:sched_switch").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let after = client.list_tracepoints().unwrap();
+    let sw = after.iter().find(|t| t.name == "sched_switch").unwrap();
+    assert_eq!(sw.refcount, 1);
+    assert!(sw.hits > 0, "{sw:?}");
+    client.detach_tracepoint(id).unwrap();
+    let e = client.attach_tracepoint("sched:nope").unwrap_err();
+    assert_eq!(e.kernel_reply().unwrap().code, ErrorCode::NotFound);
+
+    // Perf: software counters count; hardware is not supported under TCG.
+    let ticks = client
+        .perf_open(PerfEvent::Software(SoftwareEvent::TimerTicks))
+        .unwrap();
+    client.perf_enable(ticks).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    client.perf_disable(ticks).unwrap();
+    let v = client.perf_read(ticks).unwrap();
+    assert!(v.value >= 100 && v.time_enabled_ns > 0, "{v:?}");
+    assert_eq!(
+        client.perf_read(ticks).unwrap().value,
+        v.value,
+        "disabled: frozen"
+    );
+    client.perf_close(ticks).unwrap();
+    let e = client
+        .perf_open(PerfEvent::Hardware(HardwareEvent::Instructions))
+        .unwrap_err();
+    let reply = e.kernel_reply().unwrap();
+    assert_eq!(reply.code, ErrorCode::NotSupported);
+    assert!(
+        reply.message.contains("no architectural PMU"),
+        "{}",
+        reply.message
+    );
+    let s = client
+        .perf_open(PerfEvent::Sampling {
+            freq_hz: 500,
+            max_stack: 8,
+        })
+        .unwrap();
+    let e = client
+        .perf_open(PerfEvent::Sampling {
+            freq_hz: 100,
+            max_stack: 8,
+        })
+        .unwrap_err();
+    assert_eq!(e.kernel_reply().unwrap().code, ErrorCode::Limit);
+    client.perf_enable(s).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    client.perf_disable(s).unwrap();
+    let (samples, lost) = client.perf_drain(s, 10_000).unwrap();
+    assert_eq!(lost, 0);
+    assert!(
+        samples.len() >= 50,
+        "{} samples in 300 ms at 500 Hz",
+        samples.len()
+    );
+    assert!(samples.iter().all(|s| s.ip != 0));
+    client.perf_close(s).unwrap();
+    assert_eq!(
+        client
+            .perf_read(s)
+            .unwrap_err()
+            .kernel_reply()
+            .unwrap()
+            .code,
+        ErrorCode::NotFound
+    );
+    client.info().expect("alive");
+}
+
+#[test]
+fn cli_probe_and_tracepoint_commands() {
+    let name = unique_name("cli-trace");
+    let _guard = CliVmGuard(name.clone());
+    ktrace_ok(&["vm", "start", "--name", &name]);
+    let vm = ["--vm", name.as_str()];
+    let out = ktrace_ok(&[&vm[..], &["probe", "add", "kernel::task::sched::wake"]].concat());
+    assert!(out.contains("kernel::task::sched::wake+0x0"), "{out}");
+    let out = ktrace_ok(
+        &[
+            &vm[..],
+            &["probe", "add", "--ret", "kernel::probe_tests::add3"],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("kretprobe"), "{out}");
+    let out = ktrace_ok(&[&vm[..], &["probe", "list"]].concat());
+    assert!(out.contains("kernel::task::sched::wake+0x0"), "{out}");
+    assert!(out.contains("kernel::probe_tests::add3"), "{out}");
+    let json = ktrace_ok(&[&vm[..], &["probe", "list", "--json"]].concat());
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let ids: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    for id in ids {
+        ktrace_ok(&[&vm[..], &["probe", "remove", &id.to_string()]].concat());
+    }
+    let out = ktrace_ok(&[&vm[..], &["probe", "list"]].concat());
+    assert!(out.contains("no probes"), "{out}");
+    let out = ktrace_ok(&[&vm[..], &["tracepoint", "list"]].concat());
+    assert!(out.contains("sched:sched_switch"), "{out}");
+    assert!(out.contains("block:block_rq_issue"), "{out}");
+    let out = ktrace_ok(&[&vm[..], &["tracepoint", "list", "-v"]].concat());
+    assert!(
+        out.contains("field:u32 next_pid;\toffset:12;\tsize:4;\tsigned:0;"),
+        "{out}"
+    );
+    ktrace_ok(&[&vm[..], &["vm", "stop"]].concat());
+}

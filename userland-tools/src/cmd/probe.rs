@@ -1,0 +1,198 @@
+//! `ktrace probe`: list, add and remove kprobes and kretprobes with the
+//! kernel's built-in counting handler.
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use ktrace_abi::trace::{ProbeInfo, ProbeKind, ProbeTarget};
+use probe_sdk::client::ConnectOptions;
+use probe_sdk::trace::TraceClient;
+use probe_sdk::vm::Vm;
+
+/// Arguments of `ktrace probe`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: ProbeCommand,
+}
+
+/// The `ktrace probe` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum ProbeCommand {
+    /// Registered probes: address, symbol+offset, hits, misses, boosted.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register a probe (with the counting handler).
+    Add {
+        /// `path::to::function[+offset]` (demangled, without hash) or a hex
+        /// address (`0x...`).
+        target: String,
+        /// A return probe instead of an instruction probe.
+        #[arg(long)]
+        ret: bool,
+        /// Return probes: calls tracked at once (0 = kernel default).
+        #[arg(long, default_value_t = 0)]
+        maxactive: u32,
+    },
+    /// Unregister a probe by id.
+    Remove {
+        /// Probe id (see `ktrace probe list`).
+        id: u32,
+    },
+    /// The blacklist: code that can never be probed, and why.
+    Blacklist,
+}
+
+/// Parse `path+0x10`, `path+16`, `path` or `0xaddr`.
+pub fn parse_target(s: &str) -> anyhow::Result<ProbeTarget> {
+    if let Some(hex) = s.strip_prefix("0x") {
+        let addr = u64::from_str_radix(hex, 16).with_context(|| format!("bad address {s:?}"))?;
+        return Ok(ProbeTarget::Address(addr));
+    }
+    let (name, offset) = match s.rsplit_once('+') {
+        Some((n, off)) => {
+            let off = match off.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16),
+                None => off.parse(),
+            }
+            .with_context(|| format!("bad offset {off:?} in {s:?}"))?;
+            (n, off)
+        }
+        None => (s, 0),
+    };
+    if name.is_empty() {
+        bail!("empty function name in {s:?}");
+    }
+    Ok(ProbeTarget::Symbol {
+        name: name.to_string(),
+        offset,
+    })
+}
+
+fn kind_name(k: ProbeKind) -> String {
+    match k {
+        ProbeKind::Kprobe => "kprobe".into(),
+        ProbeKind::Kretprobe { maxactive } => format!("kretprobe(maxactive {maxactive})"),
+    }
+}
+
+/// One line per probe.
+pub fn render(probes: &[ProbeInfo]) -> String {
+    if probes.is_empty() {
+        return "no probes registered\n".into();
+    }
+    let mut s = format!(
+        "{:>4}  {:<26} {:<18} {:>10} {:>8} {:>7}  {}\n",
+        "ID", "KIND", "ADDRESS", "HITS", "MISSED", "BOOSTED", "SYMBOL"
+    );
+    for p in probes {
+        s += &format!(
+            "{:>4}  {:<26} {:<18} {:>10} {:>8} {:>7}  {}+{:#x}\n",
+            p.id,
+            kind_name(p.kind),
+            format!("{:#x}", p.addr),
+            p.hits,
+            p.missed,
+            if p.boosted { "yes" } else { "no" },
+            p.symbol,
+            p.offset
+        );
+    }
+    s
+}
+
+/// Run `ktrace probe`.
+pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
+    let vm = Vm::attach(vm_name)?;
+    let mut client = vm.connect(&ConnectOptions {
+        client_name: "ktrace probe".into(),
+        ..ConnectOptions::default()
+    })?;
+    match args.command {
+        ProbeCommand::List { json } => {
+            let probes = client.list_probes()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&probes)?);
+            } else {
+                print!("{}", render(&probes));
+            }
+        }
+        ProbeCommand::Add {
+            target,
+            ret,
+            maxactive,
+        } => {
+            let kind = if ret {
+                ProbeKind::Kretprobe { maxactive }
+            } else {
+                ProbeKind::Kprobe
+            };
+            let p = client.add_probe(parse_target(&target)?, kind)?;
+            println!(
+                "probe {} registered: {} at {:#x} ({}+{:#x}){}",
+                p.id,
+                kind_name(p.kind),
+                p.addr,
+                p.symbol,
+                p.offset,
+                if p.boosted { ", boosted" } else { "" }
+            );
+        }
+        ProbeCommand::Remove { id } => {
+            client.remove_probe(id)?;
+            println!("probe {id} removed");
+        }
+        ProbeCommand::Blacklist => {
+            for b in client.blacklist()? {
+                if b.end > b.start {
+                    println!(
+                        "{:#x}..{:#x}  {:<40} {}",
+                        b.start, b.end, b.symbol, b.reason
+                    );
+                } else {
+                    println!("{:<38}  {:<40} {}", "(symbol prefix)", b.symbol, b.reason);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            parse_target("0x1000").unwrap(),
+            ProbeTarget::Address(0x1000)
+        );
+        assert_eq!(
+            parse_target("kernel::a::b+0x10").unwrap(),
+            ProbeTarget::Symbol {
+                name: "kernel::a::b".into(),
+                offset: 16
+            }
+        );
+        assert_eq!(
+            parse_target("kernel::a::b+8").unwrap(),
+            ProbeTarget::Symbol {
+                name: "kernel::a::b".into(),
+                offset: 8
+            }
+        );
+        assert_eq!(
+            parse_target("kernel::a::b").unwrap(),
+            ProbeTarget::Symbol {
+                name: "kernel::a::b".into(),
+                offset: 0
+            }
+        );
+        assert!(parse_target("0xzz").is_err());
+        assert!(parse_target("f+x").is_err());
+        assert!(parse_target("+4").is_err());
+    }
+}
