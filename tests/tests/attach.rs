@@ -237,13 +237,14 @@ fn protocol_probes_refusals_and_counts() {
     client.perf_enable(s).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     client.perf_disable(s).unwrap();
+    let v = client.perf_read(s).unwrap();
     let (samples, lost) = client.perf_drain(s, 10_000).unwrap();
-    assert_eq!(lost, 0);
-    assert!(
-        samples.len() >= 50,
-        "{} samples in 300 ms at 500 Hz",
-        samples.len()
-    );
+    assert_eq!(samples.len() as u64, v.samples);
+    assert_eq!(lost, v.lost);
+    // 300 ms at 500 Hz: about 150 periods, recorded or lost to a loaded
+    // host coalescing the timer.
+    assert!((100..=250).contains(&v.value), "{v:?}");
+    assert!(!samples.is_empty());
     assert!(samples.iter().all(|s| s.ip != 0));
     client.perf_close(s).unwrap();
     assert_eq!(

@@ -13,7 +13,10 @@
 //! - **Sampling**: PIT channel 0 interrupts at the chosen frequency; each
 //!   interrupt records the interrupted IP, the task and a frame-pointer call
 //!   chain into a per-CPU ring the host drains. A full ring counts lost
-//!   samples. Handlers attached with [`attach`] (the BPF runtime's
+//!   samples, and so do timer periods that passed without an interrupt
+//!   (measured with the TSC: under a loaded host QEMU coalesces timer
+//!   interrupts), so `samples + lost` tracks the requested frequency.
+//!   Handlers attached with [`attach`] (the BPF runtime's
 //!   `perf_event` programs) run on every sample with the interrupted
 //!   registers. One sampling event at a time (one PIT).
 
@@ -157,7 +160,14 @@ struct Ring {
     samples: VecDeque<Sample>,
     max_stack: usize,
     taken: u64,
+    /// Samples dropped because the ring was full, plus timer periods that
+    /// passed without an interrupt (a loaded host delays QEMU's timer and
+    /// coalesces its interrupts; the TSC shows how many periods elapsed).
     lost: u64,
+    /// Timer period in TSC cycles.
+    period_tsc: u64,
+    /// TSC at the previous sample (0 after enable).
+    last_tsc: u64,
 }
 
 /// The sampling ring of this CPU (one CPU today).
@@ -232,6 +242,8 @@ pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
                 max_stack: (*max_stack as usize).min(MAX_STACK),
                 taken: 0,
                 lost: 0,
+                period_tsc: 0,
+                last_tsc: 0,
             });
             drop(ring);
             trap::set_handler(SAMPLING_VECTOR, on_sample_timer);
@@ -268,8 +280,12 @@ pub fn enable(id: u32) -> Result<(), PerfError> {
             counter.enabled.store(true, Ordering::Release)
         }
         Source::Sampling { freq_hz } => {
+            let hz = perf_timer::start(*freq_hz);
+            if let Some(r) = RING.lock().as_mut() {
+                r.period_tsc = (crate::time::tsc_khz() as f64 * 1000.0 / hz) as u64;
+                r.last_tsc = 0;
+            }
             SAMPLING.store(true, Ordering::Release);
-            perf_timer::start(*freq_hz);
         }
     }
     Ok(())
@@ -334,7 +350,7 @@ pub fn read(id: u32) -> Result<PerfValue, PerfError> {
             if let Some(r) = RING.lock().as_ref() {
                 v.samples = r.taken;
                 v.lost = r.lost;
-                v.value = r.taken;
+                v.value = r.taken + r.lost;
             }
         }
     }
@@ -465,6 +481,12 @@ fn on_sample_timer(regs: &mut PtRegs, _vector: u8) -> bool {
         let Some(r) = ring.as_mut() else { return true };
         let depth = walk_stack(regs.rbp, &mut s.stack[..r.max_stack]);
         s.depth = depth as u8;
+        let now = crate::arch::rdtsc();
+        if r.last_tsc != 0 && r.period_tsc != 0 {
+            let periods = (now.wrapping_sub(r.last_tsc) + r.period_tsc / 2) / r.period_tsc;
+            r.lost += periods.saturating_sub(1);
+        }
+        r.last_tsc = now;
         r.taken += 1;
         if r.samples.len() >= RING_CAPACITY {
             r.lost += 1;

@@ -192,7 +192,9 @@ pub struct PerfValue {
     pub time_enabled_ns: u64,
     /// Sampling events: samples taken (including lost ones).
     pub samples: u64,
-    /// Sampling events: samples dropped because the buffer was full.
+    /// Sampling events: samples dropped because the buffer was full, plus
+    /// timer periods that elapsed without an interrupt (coalesced by a
+    /// loaded host). For sampling events `value` = `samples + lost`.
     pub lost: u64,
 }
 
