@@ -29,6 +29,9 @@ pub struct Entry<const WORDS: usize> {
 }
 
 impl<const WORDS: usize> Entry<WORDS> {
+    // Only used as the repeat operand of the pool's array initialiser,
+    // where each element is a fresh copy.
+    #[allow(clippy::declare_interior_mutable_const)]
     const NEW: Self = Self {
         state: AtomicU32::new(FREE),
         owner: AtomicU32::new(0),

@@ -434,6 +434,7 @@ pub fn site_info(addr: u64) -> Option<(bool, Insn)> {
 }
 
 /// Breakpoints that found no site (raced with an unregister).
+#[allow(dead_code)] // diagnostics API
 pub fn spurious_hits() -> u64 {
     SPURIOUS.load(Ordering::Relaxed)
 }
@@ -473,22 +474,21 @@ fn on_int3(regs: &mut PtRegs, _vector: u8) -> bool {
         return false;
     };
     regs.rip = addr;
-    let run_post;
-    match DepthGuard::enter() {
+    let run_post = match DepthGuard::enter() {
         Some(_g) => {
             for p in &site.probes {
                 p.hits.fetch_add(1, Ordering::Relaxed);
                 p.handler.pre(regs);
             }
-            run_post = site.probes.iter().any(|p| p.handler.has_post());
+            site.probes.iter().any(|p| p.handler.has_post())
         }
         None => {
             for p in &site.probes {
                 p.missed.fetch_add(1, Ordering::Relaxed);
             }
-            run_post = false;
+            false
         }
-    }
+    };
     if regs.rip != addr {
         // A pre handler redirected execution: skip the instruction.
         INFLIGHT.fetch_sub(1, Ordering::AcqRel);
@@ -674,7 +674,8 @@ pub mod blacklist {
         let start = core::ptr::addr_of!(__text_start) as u64;
         // `.text.entry` ends with the kretprobe trampoline or the trap
         // entry, whichever the linker placed last; both are in it.
-        let end = (trap_entry_end as usize as u64).max(kretprobe_trampoline as usize as u64 + 128);
+        let end = (trap_entry_end as unsafe extern "C" fn() as usize as u64)
+            .max(kretprobe_trampoline as unsafe extern "C" fn() as usize as u64 + 128);
         let mut out = alloc::vec![Range {
             start,
             end,

@@ -37,6 +37,7 @@ static RETPROBES: spin::RwLock<Vec<Arc<Kretprobe>>> = spin::RwLock::new(Vec::new
 
 /// What the return handler gets from the entry.
 #[derive(Debug, Clone, Copy)]
+#[allow(dead_code)] // every field is for handlers; the built-in ones use a few
 pub struct RetInstance {
     /// The probed function.
     pub func: u64,

@@ -422,6 +422,7 @@ pub fn close(id: u32) -> Result<(), PerfError> {
 }
 
 /// Run `handler` on every sample of the sampling event `id`.
+#[allow(dead_code)] // attach point for the BPF runtime's perf_event programs
 pub fn attach(id: u32, handler: Arc<dyn PerfHandler>) -> Result<(), PerfError> {
     let events = EVENTS.lock();
     let ev = events.get(&id).ok_or(PerfError::NotFound(id))?;
@@ -442,7 +443,7 @@ pub fn attach(id: u32, handler: Arc<dyn PerfHandler>) -> Result<(), PerfError> {
 /// Walk the frame-pointer chain from `rbp`, fault-safe.
 fn walk_stack(mut rbp: u64, out: &mut [u64]) -> usize {
     let mut n = 0;
-    while n < out.len() && rbp != 0 && rbp % 8 == 0 {
+    while n < out.len() && rbp != 0 && rbp.is_multiple_of(8) {
         let Some(ret) = text_patch::read_u64(rbp + 8) else {
             break;
         };

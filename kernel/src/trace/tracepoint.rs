@@ -39,6 +39,7 @@ pub trait TracepointHandler: Send + Sync {
     /// One event.
     fn event(&self, record: &[u8], regs: &PtRegs);
     /// A short name for listings.
+    #[allow(dead_code)] // for the BPF runtime's listings
     fn kind(&self) -> &'static str {
         "native"
     }
@@ -54,6 +55,7 @@ pub struct Tracepoint {
     handlers: spin::RwLock<Vec<(u32, Arc<dyn TracepointHandler>)>>,
 }
 
+#[allow(dead_code)] // accessors for the BPF runtime and tools
 impl Tracepoint {
     /// A disabled tracepoint for record type `E`.
     pub const fn new<E: TracepointEvent>() -> Self {
@@ -309,7 +311,8 @@ pub fn detach(id: u32) -> Result<(), TracepointError> {
     Err(TracepointError::NotAttached(id))
 }
 
-/// Attachments of a tracepoint: (id, handler kind).
+/// Attachments of a tracepoint: (id, handler).
+#[allow(dead_code)] // for the BPF runtime's link listings
 pub fn attachments(tp: &Tracepoint) -> Vec<(u32, Arc<dyn TracepointHandler>)> {
     tp.handlers.read().clone()
 }

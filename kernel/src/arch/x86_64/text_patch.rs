@@ -121,7 +121,7 @@ pub fn read_u64(addr: u64) -> Option<u64> {
 /// Write a word on a kernel stack (or any writable data page). Refuses
 /// unaligned, unmapped or non-writable targets.
 pub fn write_stack_u64(addr: u64, value: u64) -> Result<(), PatchError> {
-    if addr % 8 != 0 {
+    if !addr.is_multiple_of(8) {
         return Err(PatchError::NotMapped(addr));
     }
     match paging::translate(addr) {
@@ -143,5 +143,5 @@ unsafe extern "C" {
 
 /// Address of the kretprobe trampoline.
 pub fn kretprobe_trampoline_addr() -> u64 {
-    kretprobe_trampoline as usize as u64
+    kretprobe_trampoline as unsafe extern "C" fn() as usize as u64
 }
