@@ -361,6 +361,11 @@ impl<'c> Runtime<'c> {
         expect!(r, "Trigger", BpfResponse::Triggered { result, .. } => result)
     }
 
+    /// Calls the probe target `count` times from a new kernel task; returns at once.
+    pub fn trigger_spawn(&mut self, count: u32) -> Result<()> {
+        self.ok(BpfRequest::TriggerSpawn { count }, "TriggerSpawn")
+    }
+
     /// Per-call cycles of the probe target with what is attached now.
     pub fn bench(&mut self, count: u32) -> Result<BenchResult> {
         let r = self.call_timeout(BpfRequest::Bench { count }, Duration::from_secs(300))?;

@@ -1,20 +1,45 @@
 //! Links: a program attached to a kprobe, kretprobe, tracepoint or perf
-//! event.
+//! event, through the kernel's trace subsystem (`crate::trace`).
+//!
+//! Each link registers one handler. The trace subsystem runs the handlers
+//! of one point in registration order, under its per-CPU recursion guard,
+//! with interrupts off, and unregistering waits until no CPU runs the
+//! handler — which is what makes detaching while the program fires safe:
+//! the handler (and the `Arc<Program>` in it) outlives every run.
 //!
 //! Kprobe targets the host resolved are re-checked against the kernel's
-//! own symbol table: the address must lie in kernel text, inside the named
-//! function at the stated offset. The attach points themselves come from
-//! the kernel's trace subsystem.
+//! own symbol table: the address must be kernel text, inside the named
+//! function at the stated offset.
 
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use ktrace_abi::bpf::{AttachTarget, KprobePoint, LinkInfo, LinkTarget, ProgramType};
+use ktrace_abi::trace::PerfEvent;
 use ktrace_abi::{ErrorCode, Response};
 
-use super::prog::Program;
+use super::prog::{HitInfo, Program};
 use super::{error, Runtime};
+use crate::arch::PtRegs;
+use crate::trace::kprobe::{self, KprobeHandler};
+use crate::trace::kretprobe::{self, KretprobeHandler, RetInstance};
+use crate::trace::perf::{self, PerfHandler, Sample};
+use crate::trace::tracepoint::{self, TracepointHandler};
+
+/// Sampling frequency of `perf_event` programs (bpftrace's `profile:hz:99`).
+pub const PERF_SAMPLE_HZ: u32 = 99;
+/// Largest tracepoint record a program can take as context.
+const MAX_RECORD: usize = 512;
+
+/// What to undo on detach.
+enum Handle {
+    Kprobe(u32),
+    Kretprobe(u32),
+    Tracepoint(u32),
+    Perf(u32),
+}
 
 /// A program attached to one point.
 pub struct Link {
@@ -22,6 +47,8 @@ pub struct Link {
     pub prog: Arc<Program>,
     pub target: LinkTarget,
     pub order: u32,
+    hits: Arc<AtomicU64>,
+    handle: Handle,
 }
 
 impl Link {
@@ -31,9 +58,127 @@ impl Link {
             id: self.id,
             prog: self.prog.id,
             target: self.target.clone(),
-            hits: 0,
+            hits: self.hits.load(Ordering::Relaxed),
             order: self.order,
         }
+    }
+}
+
+/// `struct pt_regs` bytes, Linux x86-64 order.
+fn regs_bytes(r: &PtRegs, out: &mut [u8]) {
+    let words = [
+        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
+        r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
+    ];
+    for (i, w) in words.iter().enumerate() {
+        out[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+}
+
+const PT_REGS: usize = 168;
+
+struct BpfKprobe {
+    prog: Arc<Program>,
+    hits: Arc<AtomicU64>,
+    func: u64,
+}
+
+impl KprobeHandler for BpfKprobe {
+    fn pre(&self, regs: &mut PtRegs) {
+        let mut ctx = [0u8; PT_REGS];
+        regs_bytes(regs, &mut ctx);
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.prog.run(
+            &mut ctx,
+            &HitInfo {
+                func_ip: self.func,
+                rip: regs.rip,
+                rbp: regs.rbp,
+            },
+        );
+    }
+    fn kind(&self) -> &'static str {
+        "bpf"
+    }
+}
+
+struct BpfKretprobe {
+    prog: Arc<Program>,
+    hits: Arc<AtomicU64>,
+}
+
+impl KretprobeHandler for BpfKretprobe {
+    fn ret(&self, regs: &mut PtRegs, inst: &RetInstance) {
+        let mut ctx = [0u8; PT_REGS];
+        regs_bytes(regs, &mut ctx);
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.prog.run(
+            &mut ctx,
+            &HitInfo {
+                func_ip: inst.func,
+                rip: regs.rip,
+                rbp: regs.rbp,
+            },
+        );
+    }
+    fn kind(&self) -> &'static str {
+        "bpf"
+    }
+}
+
+struct BpfTracepoint {
+    prog: Arc<Program>,
+    hits: Arc<AtomicU64>,
+}
+
+impl TracepointHandler for BpfTracepoint {
+    fn event(&self, record: &[u8], regs: &PtRegs) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        let mut ctx = [0u8; MAX_RECORD];
+        let n = record.len().min(MAX_RECORD);
+        ctx[..n].copy_from_slice(&record[..n]);
+        // A record of another size than the program was verified for is a
+        // miss (`run` checks the length).
+        let len = if record.len() <= MAX_RECORD {
+            record.len()
+        } else {
+            0
+        };
+        self.prog.run(
+            &mut ctx[..len],
+            &HitInfo {
+                func_ip: 0,
+                rip: regs.rip,
+                rbp: regs.rbp,
+            },
+        );
+    }
+    fn kind(&self) -> &'static str {
+        "bpf"
+    }
+}
+
+struct BpfPerf {
+    prog: Arc<Program>,
+    hits: Arc<AtomicU64>,
+    period_ns: u64,
+}
+
+impl PerfHandler for BpfPerf {
+    fn sample(&self, sample: &Sample, regs: &PtRegs) {
+        // struct bpf_perf_event_data: regs, sample_period, addr.
+        let mut ctx = [0u8; PT_REGS + 16];
+        regs_bytes(regs, &mut ctx);
+        ctx[PT_REGS..PT_REGS + 8].copy_from_slice(&self.period_ns.to_le_bytes());
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.prog.run(
+            &mut ctx,
+            &HitInfo {
+                func_ip: 0,
+                rip: sample.ip,
+                rbp: regs.rbp,
+            },
+        );
     }
 }
 
@@ -60,26 +205,183 @@ pub fn check_point(p: &KprobePoint) -> Result<(), Response> {
     }
 }
 
-/// Attaches `prog` where `target` says.
+fn same_point(a: &LinkTarget, b: &LinkTarget) -> bool {
+    match (a, b) {
+        (LinkTarget::Kprobe { address: x, .. }, LinkTarget::Kprobe { address: y, .. }) => x == y,
+        (LinkTarget::Kretprobe { address: x, .. }, LinkTarget::Kretprobe { address: y, .. }) => {
+            x == y
+        }
+        (
+            LinkTarget::Tracepoint {
+                category: c1,
+                name: n1,
+            },
+            LinkTarget::Tracepoint {
+                category: c2,
+                name: n2,
+            },
+        ) => c1 == c2 && n1 == n2,
+        (LinkTarget::PerfEvent { .. }, LinkTarget::PerfEvent { .. }) => true,
+        _ => false,
+    }
+}
+
+/// Attaches `prog` to one point of `target` (a kprobe target must hold
+/// exactly one resolved point).
 pub fn attach(
-    _rt: &mut Runtime,
+    rt: &mut Runtime,
     prog: &Arc<Program>,
     target: &AttachTarget,
-    _kretprobe: bool,
+    kretprobe: bool,
 ) -> Result<Link, Response> {
-    if let AttachTarget::Kprobe { points, .. } = target {
-        for p in points {
-            check_point(p)?;
+    let hits = Arc::new(AtomicU64::new(0));
+    let refused = |what: &str, e: &dyn core::fmt::Display| {
+        error(
+            ErrorCode::InvalidArgument,
+            -22,
+            format!("program `{}`: cannot attach to {what}: {e}", prog.name),
+        )
+    };
+    let want_ctx = |t: ProgramType| -> Result<(), Response> {
+        let ok = match t {
+            ProgramType::Kprobe | ProgramType::Kretprobe => {
+                matches!(prog.prog_type, ProgramType::Kprobe | ProgramType::Kretprobe)
+            }
+            other => prog.prog_type == other,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(error(
+                ErrorCode::InvalidArgument,
+                -22,
+                format!(
+                    "program `{}` is a {:?} program and cannot attach to a {t:?} point",
+                    prog.name, prog.prog_type
+                ),
+            ))
         }
-    }
-    Err(error(
-        ErrorCode::NotSupported,
-        -95,
-        format!(
-            "program `{}`: this kernel has no attach points yet ({target:?})",
-            prog.name
-        ),
-    ))
+    };
+    let (target, handle) = match target {
+        AttachTarget::Kprobe { spec, points } => {
+            want_ctx(ProgramType::Kprobe)?;
+            let [p] = &points[..] else {
+                return Err(error(
+                    ErrorCode::InvalidArgument,
+                    -22,
+                    format!("kprobe target `{spec}` must be resolved to exactly one address here, not {}", points.len()),
+                ));
+            };
+            check_point(p)?;
+            if kretprobe {
+                if p.offset != 0 {
+                    return Err(error(
+                        ErrorCode::InvalidArgument,
+                        -22,
+                        format!(
+                            "a kretprobe needs a function entry; `{}+{:#x}` is not one",
+                            p.function, p.offset
+                        ),
+                    ));
+                }
+                let h = Arc::new(BpfKretprobe {
+                    prog: prog.clone(),
+                    hits: hits.clone(),
+                });
+                let rp =
+                    kretprobe::register(p.address, 0, h).map_err(|e| refused(&p.function, &e))?;
+                (
+                    LinkTarget::Kretprobe {
+                        address: p.address,
+                        function: p.function.clone(),
+                    },
+                    Handle::Kretprobe(rp.id()),
+                )
+            } else {
+                let h = Arc::new(BpfKprobe {
+                    prog: prog.clone(),
+                    hits: hits.clone(),
+                    func: p.address - p.offset,
+                });
+                let kp = kprobe::register(p.address, h).map_err(|e| refused(&p.function, &e))?;
+                (
+                    LinkTarget::Kprobe {
+                        address: p.address,
+                        function: p.function.clone(),
+                        offset: p.offset,
+                    },
+                    Handle::Kprobe(kp.id()),
+                )
+            }
+        }
+        AttachTarget::Tracepoint { category, name } => {
+            want_ctx(ProgramType::Tracepoint)?;
+            if prog.attach
+                != (AttachTarget::Tracepoint {
+                    category: category.clone(),
+                    name: name.clone(),
+                })
+            {
+                return Err(error(
+                    ErrorCode::InvalidArgument,
+                    -22,
+                    format!(
+                        "program `{}` was verified for {:?}, not {category}:{name}",
+                        prog.name, prog.attach
+                    ),
+                ));
+            }
+            let full = format!("{category}:{name}");
+            let h = Arc::new(BpfTracepoint {
+                prog: prog.clone(),
+                hits: hits.clone(),
+            });
+            let id = tracepoint::attach(&full, h).map_err(|e| refused(&full, &e))?;
+            (
+                LinkTarget::Tracepoint {
+                    category: category.clone(),
+                    name: name.clone(),
+                },
+                Handle::Tracepoint(id),
+            )
+        }
+        AttachTarget::PerfEvent => {
+            want_ctx(ProgramType::PerfEvent)?;
+            let id = perf::open(&PerfEvent::Sampling {
+                freq_hz: PERF_SAMPLE_HZ,
+                max_stack: 32,
+            })
+            .map_err(|e| refused("the sampling timer", &e))?;
+            let h = Arc::new(BpfPerf {
+                prog: prog.clone(),
+                hits: hits.clone(),
+                period_ns: 1_000_000_000 / u64::from(PERF_SAMPLE_HZ),
+            });
+            if let Err(e) = perf::attach(id, h).and_then(|()| perf::enable(id)) {
+                let _ = perf::close(id);
+                return Err(refused("the sampling timer", &e));
+            }
+            (
+                LinkTarget::PerfEvent {
+                    sample_hz: PERF_SAMPLE_HZ,
+                },
+                Handle::Perf(id),
+            )
+        }
+    };
+    let order = rt
+        .links
+        .values()
+        .filter(|l| same_point(&l.target, &target))
+        .count() as u32;
+    Ok(Link {
+        id: rt.id(),
+        prog: prog.clone(),
+        target,
+        order,
+        hits,
+        handle,
+    })
 }
 
 /// Attaches `prog` to what its section names: every resolved point of a
@@ -97,7 +399,7 @@ pub fn attach_section(rt: &mut Runtime, prog: &Arc<Program>) -> Result<Vec<Link>
             ),
         )),
         AttachTarget::Kprobe { spec, points } => {
-            let mut links = Vec::new();
+            let mut links: Vec<Link> = Vec::new();
             for p in points {
                 let one = AttachTarget::Kprobe {
                     spec: spec.clone(),
@@ -120,4 +422,18 @@ pub fn attach_section(rt: &mut Runtime, prog: &Arc<Program>) -> Result<Vec<Link>
 }
 
 /// Detaches a link: after this returns no CPU runs the program through it.
-pub fn detach(_link: Link) {}
+pub fn detach(link: Link) {
+    let r = match link.handle {
+        Handle::Kprobe(id) => kprobe::unregister(id).map_err(|e| format!("{e}")),
+        Handle::Kretprobe(id) => kretprobe::unregister(id).map_err(|e| format!("{e}")),
+        Handle::Tracepoint(id) => tracepoint::detach(id).map_err(|e| format!("{e}")),
+        Handle::Perf(id) => perf::close(id).map_err(|e| format!("{e}")),
+    };
+    if let Err(e) = r {
+        log::warn!(
+            "bpf: detaching link {} of program {}: {e}",
+            link.id,
+            link.prog.id
+        );
+    }
+}

@@ -637,6 +637,27 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
                 result: testing::trigger(count, arg),
             })
         }
+        BpfRequest::TriggerSpawn { count } => {
+            drop(rt);
+            let spawned = crate::task::spawn("bpf-trigger", move || {
+                // Yield now and then so the control task keeps answering.
+                for chunk in 0..count.div_ceil(1000) {
+                    let n = (count - chunk * 1000).min(1000);
+                    testing::trigger(n, u64::from(chunk) * 1000);
+                    crate::task::yield_now();
+                }
+            });
+            match spawned {
+                Some(_) => Response::Ok,
+                None => {
+                    return Err(error(
+                        ErrorCode::Other,
+                        -12,
+                        String::from("cannot spawn the trigger task"),
+                    ))
+                }
+            }
+        }
         BpfRequest::Bench { count } => {
             drop(rt);
             ok(BpfResponse::Bench(Box::new(testing::bench(count))))

@@ -102,6 +102,10 @@ pub enum BpfRequest {
     /// `count` times (tests and benchmarks attach to it). Answer:
     /// [`BpfResponse::Triggered`].
     Trigger { count: u32, arg: u64 },
+    /// Like `Trigger`, from a new kernel task running alongside the
+    /// control channel (so the host can detach while the target fires).
+    /// Answer: `Ok` at once.
+    TriggerSpawn { count: u32 },
     /// Measure per-hit cost of what is attached to the probe target:
     /// calls it `count` times with interrupts off and reports TSC cycles.
     /// Answer: [`BpfResponse::Bench`].

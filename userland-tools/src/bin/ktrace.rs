@@ -37,6 +37,16 @@ enum Command {
     Probe(ktrace_tools::cmd::probe::Args),
     /// List the kernel's static tracepoints and their formats.
     Tracepoint(ktrace_tools::cmd::tracepoint::Args),
+    /// Load a probe crate or eBPF object into the kernel and attach its programs.
+    Load(ktrace_tools::cmd::load::Args),
+    /// Loaded BPF programs: list, show, dump, unload.
+    Prog(ktrace_tools::cmd::prog::Args),
+    /// BPF maps: list, dump, lookup, update, delete.
+    Map(ktrace_tools::cmd::map::Args),
+    /// Links of programs to attach points: list, detach.
+    Link(ktrace_tools::cmd::link::Args),
+    /// Stream ring buffer, perf output and trace_printk records.
+    Events(ktrace_tools::cmd::events::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +61,11 @@ fn main() -> std::process::ExitCode {
         Command::Workload(args) => ktrace_tools::cmd::workload::run(args, &cli.vm),
         Command::Probe(args) => ktrace_tools::cmd::probe::run(args, &cli.vm),
         Command::Tracepoint(args) => ktrace_tools::cmd::tracepoint::run(args, &cli.vm),
+        Command::Load(args) => ktrace_tools::cmd::load::run(args, &cli.vm),
+        Command::Prog(args) => ktrace_tools::cmd::prog::run(args, &cli.vm),
+        Command::Map(args) => ktrace_tools::cmd::map::run(args, &cli.vm),
+        Command::Link(args) => ktrace_tools::cmd::link::run(args, &cli.vm),
+        Command::Events(args) => ktrace_tools::cmd::events::run(args, &cli.vm),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

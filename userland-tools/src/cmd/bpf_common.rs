@@ -1,0 +1,198 @@
+//! Shared pieces of the BPF subcommands (`load`, `prog`, `map`, `link`,
+//! `events`): connecting, naming maps and programs, parsing and printing
+//! keys and values.
+
+use anyhow::{bail, Context as _};
+use ktrace_abi::bpf::{map_type, MapInfo};
+use probe_sdk::client::{Client, ConnectOptions};
+use probe_sdk::runtime::Runtime;
+use probe_sdk::vm::Vm;
+
+/// Connects to VM `vm_name` as `who`.
+pub fn connect(vm_name: &str, who: &str) -> anyhow::Result<Client> {
+    let vm = Vm::attach(vm_name)?;
+    Ok(vm.connect(&ConnectOptions {
+        client_name: who.into(),
+        ..ConnectOptions::default()
+    })?)
+}
+
+/// The map named by `spec`: its id, or its name when unique.
+pub fn find_map(rt: &mut Runtime, spec: &str) -> anyhow::Result<MapInfo> {
+    let maps = rt.maps()?;
+    if let Ok(id) = spec.parse::<u32>() {
+        if let Some(m) = maps.iter().find(|m| m.id == id) {
+            return Ok(m.clone());
+        }
+    }
+    let named: Vec<&MapInfo> = maps.iter().filter(|m| m.name == spec).collect();
+    match named[..] {
+        [m] => Ok(m.clone()),
+        [] => {
+            let known: Vec<String> = maps
+                .iter()
+                .map(|m| format!("{} ({})", m.id, m.name))
+                .collect();
+            bail!(
+                "no map `{spec}`; maps: {}",
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            )
+        }
+        _ => bail!(
+            "{} maps are named `{spec}`; use the id ({})",
+            named.len(),
+            named
+                .iter()
+                .map(|m| m.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Parses a key or value of `size` bytes: a decimal or `0x` integer when
+/// the size is 1, 2, 4 or 8 (little-endian, as the kernel stores it), or
+/// `hex:` followed by exactly `size` bytes of hex.
+pub fn parse_bytes(text: &str, size: usize, what: &str) -> anyhow::Result<Vec<u8>> {
+    if let Some(hex) = text.strip_prefix("hex:") {
+        let hex: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
+        if !hex.len().is_multiple_of(2) {
+            bail!("{what} `{text}`: odd number of hex digits");
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .with_context(|| format!("{what} `{text}`: not hex"))?;
+        if bytes.len() != size {
+            bail!(
+                "{what} `{text}` is {} bytes; the map's {what}s are {size} bytes",
+                bytes.len()
+            );
+        }
+        return Ok(bytes);
+    }
+    let v: u128 = if let Some(h) = text.strip_prefix("0x") {
+        u128::from_str_radix(h, 16)
+    } else if let Some(neg) = text.strip_prefix('-') {
+        neg.parse::<u128>()
+            .map(|n| (n as i128).wrapping_neg() as u128 & u64::MAX as u128)
+    } else {
+        text.parse::<u128>()
+    }
+    .with_context(|| format!("{what} `{text}`: expected an integer or hex:BYTES"))?;
+    if !matches!(size, 1 | 2 | 4 | 8) {
+        bail!(
+            "{what}s of this map are {size} bytes: give them as hex:{}",
+            "00".repeat(size)
+        );
+    }
+    if size < 16 && v >> (size * 8) != 0 {
+        bail!("{what} {text} does not fit in {size} bytes");
+    }
+    Ok(v.to_le_bytes()[..size].to_vec())
+}
+
+/// Prints bytes as an unsigned integer when they are 1, 2, 4 or 8 long,
+/// else as hex.
+pub fn show_bytes(b: &[u8]) -> String {
+    match b.len() {
+        1 | 2 | 4 | 8 => {
+            let mut w = [0u8; 8];
+            w[..b.len()].copy_from_slice(b);
+            u64::from_le_bytes(w).to_string()
+        }
+        _ => b
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// Same as [`show_bytes`], as JSON (a number or a hex string).
+pub fn json_bytes(b: &[u8]) -> serde_json::Value {
+    match b.len() {
+        1 | 2 | 4 | 8 => {
+            let mut w = [0u8; 8];
+            w[..b.len()].copy_from_slice(b);
+            serde_json::json!(u64::from_le_bytes(w))
+        }
+        _ => serde_json::json!(b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
+    }
+}
+
+/// Map type name as bpftool prints it.
+pub fn type_name(t: u32) -> &'static str {
+    match t {
+        map_type::HASH => "hash",
+        map_type::ARRAY => "array",
+        map_type::PERF_EVENT_ARRAY => "perf_event_array",
+        map_type::PERCPU_HASH => "percpu_hash",
+        map_type::PERCPU_ARRAY => "percpu_array",
+        map_type::STACK_TRACE => "stack_trace",
+        map_type::LRU_HASH => "lru_hash",
+        map_type::RINGBUF => "ringbuf",
+        _ => "unknown",
+    }
+}
+
+/// Prints rows as aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.len());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(header.iter().map(|s| s.to_string()).collect());
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.clone()));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_show() {
+        assert_eq!(parse_bytes("5", 4, "key").unwrap(), vec![5, 0, 0, 0]);
+        assert_eq!(parse_bytes("0x0102", 2, "key").unwrap(), vec![2, 1]);
+        assert_eq!(parse_bytes("-1", 8, "value").unwrap(), vec![0xff; 8]);
+        assert_eq!(parse_bytes("hex:00ff", 2, "key").unwrap(), vec![0, 0xff]);
+        assert_eq!(
+            parse_bytes("hex:00", 2, "key").unwrap_err().to_string(),
+            "key `hex:00` is 1 bytes; the map's keys are 2 bytes"
+        );
+        assert_eq!(
+            parse_bytes("256", 1, "key").unwrap_err().to_string(),
+            "key 256 does not fit in 1 bytes"
+        );
+        assert!(parse_bytes("x", 4, "key")
+            .unwrap_err()
+            .to_string()
+            .contains("expected an integer"));
+        assert_eq!(show_bytes(&[1, 0, 0, 0]), "1");
+        assert_eq!(show_bytes(&[1, 2, 3]), "01 02 03");
+    }
+}

@@ -1,0 +1,198 @@
+//! `ktrace map list|dump|lookup|update|delete`: read and change maps.
+//!
+//! Keys and values are integers when they are 1, 2, 4 or 8 bytes (stored
+//! little-endian, as the probe sees them), else `hex:BYTES`. A 65-slot
+//! array of `u64` (a probe crate's `Log2Histogram`) can be printed as a
+//! histogram with `--hist`.
+
+use probe_sdk::runtime::Runtime;
+use serde_json::json;
+
+use super::bpf_common::{connect, find_map, json_bytes, parse_bytes, show_bytes, table, type_name};
+
+/// Arguments of `ktrace map`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `ktrace map` subcommands. MAP is an id or a unique name.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Every map: type, sizes, entries, memory, stream counters.
+    List,
+    /// Every entry (fetched in batches).
+    Dump {
+        map: String,
+        /// Print a 65-slot u64 array as a log2 histogram.
+        #[arg(long)]
+        hist: bool,
+        /// Unit shown in the histogram.
+        #[arg(long, default_value = "ns")]
+        unit: String,
+        /// Entries per round trip.
+        #[arg(long, default_value_t = 4096)]
+        batch: u32,
+    },
+    /// One value.
+    Lookup { map: String, key: String },
+    /// Create or change one entry.
+    Update {
+        map: String,
+        key: String,
+        value: String,
+        /// any (BPF_ANY), noexist (BPF_NOEXIST) or exist (BPF_EXIST).
+        #[arg(long, default_value = "any")]
+        flags: String,
+    },
+    /// Delete one entry.
+    Delete { map: String, key: String },
+}
+
+/// Run `ktrace map`.
+pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
+    let mut client = connect(vm_name, "ktrace map")?;
+    let mut rt = Runtime::new(&mut client);
+    match args.command {
+        Command::List => {
+            let maps = rt.maps()?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&maps)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = maps
+                .iter()
+                .map(|m| {
+                    vec![
+                        m.id.to_string(),
+                        m.name.clone(),
+                        type_name(m.map_type).into(),
+                        m.key_size.to_string(),
+                        m.value_size.to_string(),
+                        m.max_entries.to_string(),
+                        m.entries.map_or("-".into(), |e| e.to_string()),
+                        m.memory_bytes.to_string(),
+                        if matches!(m.map_type, 4 | 27) {
+                            format!("{}/{}", m.consumed, m.lost)
+                        } else {
+                            "-".into()
+                        },
+                        m.programs
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "ID",
+                        "NAME",
+                        "TYPE",
+                        "KEY",
+                        "VALUE",
+                        "MAX",
+                        "ENTRIES",
+                        "BYTES",
+                        "READ/LOST",
+                        "PROGS"
+                    ],
+                    &rows
+                )
+            );
+        }
+        Command::Dump {
+            map,
+            hist,
+            unit,
+            batch,
+        } => {
+            let m = find_map(&mut rt, &map)?;
+            let entries = rt.map_dump(m.id, batch)?;
+            if hist {
+                if m.map_type != 2 || m.value_size != 8 {
+                    anyhow::bail!(
+                        "map `{}` is not an array of u64 slots; --hist needs a Log2Histogram",
+                        m.name
+                    );
+                }
+                let slots: Vec<u64> = entries
+                    .iter()
+                    .map(|e| u64::from_le_bytes(e.value[..8].try_into().unwrap_or([0; 8])))
+                    .collect();
+                if args.json {
+                    println!(
+                        "{}",
+                        json!({ "map": m.name, "slots": slots, "total": crate::report::hist::total(&slots) })
+                    );
+                } else {
+                    print!(
+                        "{}",
+                        crate::report::hist::render(&unit, &crate::report::hist::buckets(&slots))
+                    );
+                }
+                return Ok(());
+            }
+            if args.json {
+                let v: Vec<_> = entries
+                    .iter()
+                    .map(|e| json!({ "key": json_bytes(&e.key), "value": json_bytes(&e.value) }))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for e in &entries {
+                    println!("{}: {}", show_bytes(&e.key), show_bytes(&e.value));
+                }
+                println!("{} entries", entries.len());
+            }
+        }
+        Command::Lookup { map, key } => {
+            let m = find_map(&mut rt, &map)?;
+            let k = parse_bytes(&key, m.key_size as usize, "key")?;
+            match rt.map_lookup(m.id, &k)? {
+                Some(v) if args.json => println!(
+                    "{}",
+                    json!({ "key": json_bytes(&k), "value": json_bytes(&v) })
+                ),
+                Some(v) => println!("{}: {}", show_bytes(&k), show_bytes(&v)),
+                None => anyhow::bail!("map `{}` has no key {key}", m.name),
+            }
+        }
+        Command::Update {
+            map,
+            key,
+            value,
+            flags,
+        } => {
+            let m = find_map(&mut rt, &map)?;
+            let f = match flags.as_str() {
+                "any" => 0,
+                "noexist" => 1,
+                "exist" => 2,
+                other => anyhow::bail!("--flags {other}: expected any, noexist or exist"),
+            };
+            let k = parse_bytes(&key, m.key_size as usize, "key")?;
+            let v = parse_bytes(&value, m.host_value_size as usize, "value")?;
+            rt.map_update(m.id, &k, &v, f)?;
+            if args.json {
+                println!("{}", json!({ "updated": true }));
+            }
+        }
+        Command::Delete { map, key } => {
+            let m = find_map(&mut rt, &map)?;
+            let k = parse_bytes(&key, m.key_size as usize, "key")?;
+            rt.map_delete(m.id, &k)?;
+            if args.json {
+                println!("{}", json!({ "deleted": true }));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `ktrace prog list|show|dump`: loaded programs, their run statistics and
+//! verifier figures, and their instructions with source lines.
+
+use bpf_vm::disasm::{self, Syntax};
+use bpf_vm::Insn;
+use ktrace_abi::bpf::ProgInfo;
+use probe_sdk::runtime::Runtime;
+
+use super::bpf_common::{connect, table};
+
+/// Arguments of `ktrace prog`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `ktrace prog` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Every loaded program with run count, run time and misses.
+    List,
+    /// One program in full, verifier statistics included.
+    Show { id: u32 },
+    /// The program's instructions (LLVM syntax) with source lines.
+    Dump { id: u32 },
+    /// Detach and unload a program.
+    Unload { id: u32 },
+}
+
+fn row(p: &ProgInfo) -> Vec<String> {
+    let avg = p.run_time_ns.checked_div(p.run_count).unwrap_or(0);
+    vec![
+        p.id.to_string(),
+        p.name.clone(),
+        format!("{:?}", p.prog_type).to_lowercase(),
+        p.insns.to_string(),
+        p.run_count.to_string(),
+        p.run_time_ns.to_string(),
+        avg.to_string(),
+        p.misses.to_string(),
+        (p.faults + p.budget_exhausted).to_string(),
+        p.maps
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        p.links
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    ]
+}
+
+const HEADER: [&str; 11] = [
+    "ID", "NAME", "TYPE", "INSNS", "RUNS", "RUN_NS", "NS/RUN", "MISSES", "FAULTS", "MAPS", "LINKS",
+];
+
+/// Run `ktrace prog`.
+pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
+    let mut client = connect(vm_name, "ktrace prog")?;
+    let mut rt = Runtime::new(&mut client);
+    match args.command {
+        Command::List => {
+            let progs = rt.progs()?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&progs)?);
+            } else {
+                print!(
+                    "{}",
+                    table(&HEADER, &progs.iter().map(row).collect::<Vec<_>>())
+                );
+            }
+        }
+        Command::Show { id } => {
+            let d = rt.prog_dump(id)?;
+            let p = d.info;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+                return Ok(());
+            }
+            print!("{}", table(&HEADER, &[row(&p)]));
+            println!("section:      {}", p.section);
+            println!("insn budget:  {} per run", p.insn_budget);
+            println!(
+                "executed:     {} instructions in all runs",
+                p.insns_executed
+            );
+            println!(
+                "faults:       {} helper/run-time faults, {} budget exhausted",
+                p.faults, p.budget_exhausted
+            );
+            if let Some(e) = &p.last_error {
+                println!("last error:   {e}");
+            }
+            let v = &p.verifier;
+            println!(
+                "verifier:     {} insns processed, {} states stored (peak {}), {} pruned, stack {:?} B, {} us",
+                v.insns_processed,
+                v.states_stored,
+                v.peak_states,
+                v.states_pruned,
+                v.stack_depth,
+                v.time_ns / 1000
+            );
+        }
+        Command::Dump { id } => {
+            let d = rt.prog_dump(id)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+                return Ok(());
+            }
+            let prog = bpf_vm::decode(&d.insns)
+                .map_err(|e| anyhow::anyhow!("program {id} does not decode: {e:?}"))?;
+            let mut last: Option<(String, u32)> = None;
+            for (pc, insn) in prog.insns().iter().enumerate() {
+                if *insn == Insn::LdImm64Tail {
+                    continue;
+                }
+                if let Some(lines) = &d.lines {
+                    if let Some((file, line, _)) = probe_sdk::object::source_line(lines, pc) {
+                        if last.as_ref() != Some(&(file.clone(), line)) {
+                            println!("; {file}:{line}");
+                            last = Some((file, line));
+                        }
+                    }
+                }
+                let text = disasm::insn(insn, Syntax::Llvm);
+                match insn.jump_target(pc) {
+                    Some(t) if !matches!(insn, Insn::Call { .. }) => {
+                        println!("{pc:5}: {text}  # -> {t}")
+                    }
+                    _ => println!("{pc:5}: {text}"),
+                }
+            }
+        }
+        Command::Unload { id } => {
+            rt.prog_unload(id)?;
+            if args.json {
+                println!("{}", serde_json::json!({ "unloaded": id }));
+            } else {
+                println!("unloaded program {id}");
+            }
+        }
+    }
+    Ok(())
+}
