@@ -129,6 +129,13 @@ pub fn tp_flag(x: u64) -> u64 {
     black_box(x).wrapping_add(1)
 }
 
+/// Marked never probe-able through the `.nokprobe` section.
+#[inline(never)]
+pub fn nokprobe_marked(x: u64) -> u64 {
+    black_box(x).wrapping_sub(1)
+}
+crate::nokprobe!(nokprobe_marked);
+
 /// Emit `ktrace:bench` `n` times.
 #[inline(never)]
 pub fn emit_bench(n: u64) {
@@ -519,6 +526,11 @@ fn kprobe_refusals(out: &mut Vec<String>) -> bool {
     expect("mid-instruction", mid, &|e| {
         matches!(e, KprobeError::Refused(Refusal::MidInstruction { .. }))
     });
+    expect(
+        "marked NOKPROBE",
+        addr_of(nokprobe_marked),
+        &|e| matches!(e, KprobeError::Refused(Refusal::Blacklisted { reason, .. }) if reason.contains("NOKPROBE")),
+    );
     let data = &RIP_VALUE as *const AtomicU64 as u64;
     expect("non-text", data, &|e| {
         matches!(e, KprobeError::Refused(Refusal::NotText { .. }))
@@ -1349,6 +1361,21 @@ fn perf_counters(out: &mut Vec<String>) -> bool {
     ok
 }
 
+#[derive(Default)]
+struct SampleCounter {
+    count: AtomicU64,
+    ip_matches: AtomicU64,
+}
+
+impl crate::trace::perf::PerfHandler for SampleCounter {
+    fn sample(&self, sample: &crate::trace::perf::Sample, regs: &PtRegs) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if regs.rip == sample.ip {
+            self.ip_matches.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Sampling at 1000 Hz and 250 Hz for the same time gives sample counts
 /// in a 4:1 ratio; samples carry ip, pid and a call chain.
 fn perf_sampling(out: &mut Vec<String>) -> bool {
@@ -1368,6 +1395,9 @@ fn perf_sampling(out: &mut Vec<String>) -> bool {
                 return false;
             }
         };
+        // Perf events are attach points: a handler sees every sample.
+        let seen = Arc::new(SampleCounter::default());
+        let _ = perf::attach(id, seen.clone());
         let busy = Arc::new(AtomicBool::new(true));
         {
             let busy = busy.clone();
@@ -1417,6 +1447,16 @@ fn perf_sampling(out: &mut Vec<String>) -> bool {
             &mut ok,
             with_stack > 0,
             String::from("call chains recorded"),
+        );
+        let (n, ip_ok) = (
+            seen.count.load(Ordering::Relaxed),
+            seen.ip_matches.load(Ordering::Relaxed),
+        );
+        check(
+            out,
+            &mut ok,
+            n == v.samples && ip_ok == n,
+            format!("attached handler ran on {n} samples, regs.rip == sample ip on {ip_ok}"),
         );
         let _ = perf::close(id);
         counts.push(v.value as f64 * 1e9 / v.time_enabled_ns.max(1) as f64);
