@@ -68,6 +68,19 @@
 //! `sample(&self, sample: &perf::Sample, regs: &PtRegs)` sees the
 //! interrupted registers.
 
+//! # Known limits
+//! - One CPU today. Text patching writes through an alias with interrupts
+//!   off, which is atomic for a 1-byte `int3` on any number of CPUs, but
+//!   the 5-byte static-key rewrite is only safe while no other CPU can run
+//!   the site (SMP needs Linux's `int3`-first three-step patch with a sync
+//!   between steps). The single-step state and the sample ring are one
+//!   static each; SMP makes them per-CPU.
+//! - A task that exits inside a function carrying a return probe never
+//!   returns through the trampoline: its instance stays claimed (one of
+//!   `maxactive`).
+//! - Kprobes are not jump-optimised: every hit is a trap (boosted hits
+//!   skip the second one).
+
 pub mod control;
 pub mod kprobe;
 pub mod kretprobe;
