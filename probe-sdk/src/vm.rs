@@ -236,6 +236,9 @@ pub struct VmConfig {
     /// connection, and the kernel has seen no `Hello` yet (tests use this
     /// to check that requests before `Hello` are refused).
     pub handshake: bool,
+    /// Extra QEMU arguments, appended last (e.g. `-icount shift=5` for
+    /// deterministic guest time in benchmarks).
+    pub extra_qemu_args: Vec<OsString>,
 }
 
 impl VmConfig {
@@ -252,6 +255,7 @@ impl VmConfig {
             search_path: None,
             quiet_build: false,
             handshake: true,
+            extra_qemu_args: Vec::new(),
         }
     }
 }
@@ -306,6 +310,7 @@ pub fn qemu_args(cfg: &VmConfig, paths: &VmPaths, kernel: &Path) -> Vec<OsString
     if let Some(append) = &cfg.append {
         push(&["-append".as_ref(), append.as_ref()]);
     }
+    args.extend(cfg.extra_qemu_args.iter().cloned());
     args
 }
 

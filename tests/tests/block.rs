@@ -475,3 +475,135 @@ fn cli_workload_and_disk_stats() {
     ktrace_ok(&["--vm", &name, "vm", "stop"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// One benchmark run: IOPS and MB/s.
+fn bench_run(c: &mut Client, dev: &str, rw: RwMode, bs: u32, qd: u32, ms: u64) -> (f64, f64) {
+    let mut s = spec(dev, rw, qd, 1);
+    s.block_size = bs;
+    s.limit = WorkloadLimit::TimeMs(ms);
+    let r = workload(c, &s);
+    assert_clean(&r, dev);
+    (r.iops(), r.mb_per_s())
+}
+
+/// The block-layer benchmarks (`cargo test -p ktrace-tests --test block
+/// -- --ignored --nocapture block_benchmarks`): 4 KiB random reads at
+/// queue depth 1, 8 and 32 and sequential 128 KiB reads on virtio-blk and
+/// the RAM disk; each run alternately without and with the counting
+/// handler attached to every block tracepoint, in the same boot, and the
+/// median over rounds of the traced/untraced IOPS ratio (each round runs
+/// both, in alternating order, so host load drifts cancel). Then plugging on and off for sequential 4 KiB
+/// writes (the dispatch-trigger measurement).
+#[test]
+#[ignore = "benchmark: minutes of QEMU time"]
+fn block_benchmarks() {
+    let ms: u64 = std::env::var("BLOCK_BENCH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let rounds: usize = std::env::var("BLOCK_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let mut cfg = test_config("bench");
+    let dir = std::env::temp_dir().join(&cfg.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    cfg.disks = vec![dir.join("disk0.img")];
+    cfg.disk_size = 32 << 20;
+    // BLOCK_BENCH_ICOUNT=shift=5 makes guest time count instructions, so
+    // host load does not move the figures (device time then runs on the
+    // host's clock only while the guest idles).
+    if let Ok(icount) = std::env::var("BLOCK_BENCH_ICOUNT") {
+        cfg.extra_qemu_args = vec!["-icount".into(), icount.into()];
+    }
+    let mut vm = TestVm::boot_with(cfg);
+    let mut c = vm.client();
+    c.set_request_timeout(std::time::Duration::from_secs(60));
+    // Fill the region the reads cover so the disk image is not sparse.
+    let mut fill = spec("vda", RwMode::Write, 8, 1);
+    fill.block_size = 128 << 10;
+    fill.limit = WorkloadLimit::Count(256);
+    workload(&mut c, &fill);
+    let configs: Vec<(&str, RwMode, u32, u32)> = vec![
+        ("vda", RwMode::RandRead, 4096, 1),
+        ("vda", RwMode::RandRead, 4096, 8),
+        ("vda", RwMode::RandRead, 4096, 32),
+        ("vda", RwMode::Read, 128 << 10, 4),
+        ("ram0", RwMode::RandRead, 4096, 1),
+        ("ram0", RwMode::RandRead, 4096, 8),
+        ("ram0", RwMode::RandRead, 4096, 32),
+        ("ram0", RwMode::Read, 128 << 10, 4),
+    ];
+    println!("| device | workload | QD | IOPS (off) | MB/s (off) | IOPS (traced) | MB/s (traced) | median ratio |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (dev, rw, bs, qd) in configs {
+        let (mut off, mut on, mut ratios) = ((0.0, 0.0), (0.0, 0.0), Vec::new());
+        for round in 0..rounds {
+            // Alternate the order so a drift in host load hits both sides.
+            let mut pair = [(0.0, 0.0); 2];
+            for traced in [round % 2 == 1, round % 2 == 0] {
+                let ids: Vec<u32> = if traced {
+                    BLOCK_EVENTS
+                        .iter()
+                        .map(|n| attach_counter(&mut c, n))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                pair[usize::from(traced)] = bench_run(&mut c, dev, rw, bs, qd, ms);
+                for id in ids {
+                    detach(&mut c, id);
+                }
+            }
+            off = (off.0 + pair[0].0, off.1 + pair[0].1);
+            on = (on.0 + pair[1].0, on.1 + pair[1].1);
+            ratios.push(pair[1].0 / pair[0].0);
+        }
+        ratios.sort_by(f64::total_cmp);
+        let n = rounds as f64;
+        println!(
+            "| {dev} | {} {}k | {qd} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} |",
+            rw.name(),
+            bs / 1024,
+            off.0 / n,
+            off.1 / n,
+            on.0 / n,
+            on.1 / n,
+            ratios[ratios.len() / 2]
+        );
+    }
+    println!();
+    println!("| device | sequential 4k writes, QD 8 | IOPS | bios | requests | merges |");
+    println!("|---|---|---|---|---|---|");
+    for dev in ["vda", "ram0"] {
+        // [plug on, plug off]: IOPS sum, bios, requests, merges.
+        let mut acc = [(0.0, 0, 0, 0); 2];
+        for round in 0..rounds {
+            for plug in [round % 2 == 0, round % 2 == 1] {
+                let a = stats(&mut c, dev);
+                let mut s = spec(dev, RwMode::Write, 8, 1);
+                s.limit = WorkloadLimit::TimeMs(ms);
+                s.plug = plug;
+                let r = workload(&mut c, &s);
+                let b = stats(&mut c, dev);
+                let e = &mut acc[usize::from(!plug)];
+                e.0 += r.iops();
+                e.1 += b.bios - a.bios;
+                e.2 += b.write.ios - a.write.ios;
+                e.3 += b.write.merges - a.write.merges;
+            }
+        }
+        for (i, e) in acc.iter().enumerate() {
+            println!(
+                "| {dev} | plug {} | {:.0} | {} | {} | {} |",
+                if i == 0 { "on" } else { "off" },
+                e.0 / rounds as f64,
+                e.1,
+                e.2,
+                e.3
+            );
+        }
+    }
+    drop(vm);
+    std::fs::remove_dir_all(dir).unwrap();
+}
