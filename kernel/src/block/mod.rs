@@ -27,11 +27,12 @@
 //!   hand submits them as one plugged batch, so they meet in the scheduler
 //!   (and merge) before the first is dispatched. A timer trigger only adds
 //!   latency: at queue depth 1 a request would wait for the tick with the
-//!   device idle. Measured with the workload generator (`plug` on/off):
-//!   sequential 4 KiB writes at depth 8 turn into 32 KiB requests with the
-//!   plug and mostly stay 4 KiB without it, because an idle device takes
-//!   the first bio before the next arrives (see the project's block-layer
-//!   notes for the figures).
+//!   device idle. Measured with the workload generator (plug on/off,
+//!   sequential 4 KiB writes at depth 8): with the plug eight bios become
+//!   one 32 KiB request (8x fewer requests and interrupts) at equal IOPS on
+//!   virtio-blk and more IOPS on the RAM disk; without it nothing merges,
+//!   because an idle device takes the first bio before the next arrives
+//!   (figures in `docs/block-layer.md`).
 //! - **Completion from the device interrupt**, not a polling thread: under
 //!   QEMU's TCG a poller burns the only CPU the submitters and the emulated
 //!   device's notifications need; the interrupt costs one trap per batch
