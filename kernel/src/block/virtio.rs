@@ -195,6 +195,9 @@ fn interrupt_pin(root: &PciRoot<PortCam>, df: DeviceFunction) -> u8 {
 }
 
 impl VirtioBlk {
+    // The slot comes back by value when the ring refuses it (see
+    // `Driver::issue`).
+    #[allow(clippy::result_large_err)]
     fn submit_slot(&mut self, mut slot: Slot) -> Result<u16, (Slot, virtio_drivers::Error)> {
         let (ptr, len) = slot.buf;
         // SAFETY: `ptr..ptr+len` is the slot's data segment (see `Slot`),

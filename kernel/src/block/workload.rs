@@ -84,7 +84,7 @@ fn bad(message: String) -> ErrorReply {
 }
 
 fn mib(bytes: u64) -> String {
-    if bytes % (1 << 20) == 0 {
+    if bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else {
         format!("{bytes} bytes")
@@ -97,7 +97,7 @@ fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
         return Err(bad(String::from("no device given")));
     }
     let bs = spec.block_size;
-    if bs == 0 || bs % SECTOR_SIZE as u32 != 0 || bs > limits::MAX_BLOCK_SIZE {
+    if bs == 0 || !bs.is_multiple_of(SECTOR_SIZE as u32) || bs > limits::MAX_BLOCK_SIZE {
         return Err(bad(format!(
             "block size {bs} must be a non-zero multiple of {SECTOR_SIZE} bytes, at most {}",
             limits::MAX_BLOCK_SIZE
@@ -140,7 +140,7 @@ fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
             spec.read_percent
         )));
     }
-    if spec.offset % u64::from(bs) != 0 {
+    if !spec.offset.is_multiple_of(u64::from(bs)) {
         return Err(bad(format!(
             "offset {} is not a multiple of the block size {bs}",
             spec.offset
