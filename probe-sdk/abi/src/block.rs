@@ -365,3 +365,93 @@ impl WorkloadReport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diskstats_line_has_linux_field_order() {
+        let d = DeviceStats {
+            name: "vda".into(),
+            kind: "virtio-blk".into(),
+            major: 253,
+            minor: 0,
+            capacity_sectors: 131072,
+            scheduler: "deadline".into(),
+            hw_queue_depth: 16,
+            read: OpStats {
+                ios: 10,
+                merges: 2,
+                sectors: 96,
+                ticks_ns: 5_000_000,
+            },
+            write: OpStats {
+                ios: 4,
+                merges: 28,
+                sectors: 256,
+                ticks_ns: 7_900_000,
+            },
+            flush: OpStats {
+                ios: 1,
+                merges: 0,
+                sectors: 0,
+                ticks_ns: 1_000_000,
+            },
+            in_flight: 3,
+            hw_in_flight: 2,
+            io_ticks_ns: 9_000_000,
+            time_in_queue_ns: 13_000_000,
+            bios: 45,
+            rejected: 0,
+            inserted: 18,
+            issued: 17,
+            errors: 0,
+            interrupts: 9,
+        };
+        assert_eq!(
+            d.diskstats_line(),
+            " 253       0 vda 10 2 96 5 4 28 256 7 3 9 13 0 0 0 0 1 1"
+        );
+        assert_eq!((d.completed(), d.merges()), (15, 30));
+    }
+
+    #[test]
+    fn rw_modes_round_trip() {
+        for m in [
+            RwMode::Read,
+            RwMode::Write,
+            RwMode::RandRead,
+            RwMode::RandWrite,
+            RwMode::RandRw,
+        ] {
+            assert_eq!(RwMode::parse(m.name()), Some(m));
+        }
+        assert_eq!(RwMode::parse("rw"), None);
+        assert!(RwMode::RandRw.writes() && !RwMode::RandRead.writes());
+    }
+
+    #[test]
+    fn report_rates() {
+        let mut spec = WorkloadSpec::new("ram0", RwMode::Read);
+        spec.limit = WorkloadLimit::TimeMs(1);
+        let bytes = postcard::to_allocvec(&spec).unwrap();
+        assert_eq!(postcard::from_bytes::<WorkloadSpec>(&bytes).unwrap(), spec);
+        let r = WorkloadReport {
+            elapsed_ns: 2_000_000_000,
+            ios: 5000,
+            reads: 5000,
+            writes: 0,
+            bytes: 5000 * 4096,
+            errors: 0,
+            first_error: None,
+            latency: LatencySummary::default(),
+            verified_blocks: 0,
+            verify_failures: 0,
+            first_mismatch: None,
+            per_device: Vec::new(),
+        };
+        assert_eq!(r.iops(), 2500.0);
+        assert_eq!(r.mb_per_s(), 10.24);
+    }
+}
