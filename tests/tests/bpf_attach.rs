@@ -418,3 +418,55 @@ fn cc_point(object: &Path) -> AttachTarget {
     let p = prepare(object, &kernel_image().source, &mut |_| {}).unwrap();
     p.object.programs[0].attach.clone()
 }
+
+/// biolatency (tracepoints `block:block_rq_issue` / `block_rq_complete`):
+/// the histogram total equals the requests the RAM disk completed.
+#[test]
+fn biolatency_counts_every_request() {
+    use ktrace_abi::block::{RwMode, WorkloadLimit, WorkloadSpec};
+    let scratch = std::env::temp_dir().join(format!("ktrace-bpf-bio-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut opts = BuildOptions::new(root().join("examples/biolatency"));
+    opts.out_dir = Some(scratch.clone());
+    opts.target_dir = Some(scratch.join("target"));
+    let obj = build(&opts, &mut |_| {}).unwrap().object;
+
+    let mut vm = TestVm::boot("bpf-biolatency");
+    let mut client = vm.client();
+    let loaded = {
+        let mut rt = Runtime::new(&mut client);
+        load(&mut rt, &obj)
+    };
+    assert_eq!(loaded.links.len(), 2);
+    let before = client.disk_stats_of("ram0").unwrap().expect("ram0");
+    let mut spec = WorkloadSpec::new("ram0", RwMode::RandRead);
+    spec.iodepth = 4;
+    spec.limit = WorkloadLimit::Count(300);
+    let report = client.run_workload(&spec, |_| {}).unwrap();
+    assert_eq!(report.errors, 0);
+    let after = client.disk_stats_of("ram0").unwrap().expect("ram0");
+    let requests = (after.read.ios + after.write.ios) - (before.read.ios + before.write.ios);
+    assert!(
+        requests > 0 && requests <= report.ios,
+        "{requests} requests for {} I/Os (merges only lower it)",
+        report.ios
+    );
+    let mut rt = Runtime::new(&mut client);
+    let hist = map_id(&loaded, "LATENCY_US");
+    let total: u64 = rt
+        .map_dump(hist, 100)
+        .unwrap()
+        .iter()
+        .map(|e| u64::from_le_bytes(e.value[..8].try_into().unwrap()))
+        .sum();
+    assert_eq!(total, requests, "one latency sample per completed request");
+    for p in rt.progs().unwrap() {
+        assert_eq!((p.misses, p.faults), (0, 0), "{p:?}");
+    }
+    eprintln!(
+        "biolatency: {total} requests in the histogram, {} I/Os in the workload",
+        report.ios
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+}
