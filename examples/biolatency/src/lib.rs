@@ -1,15 +1,26 @@
 //! Block I/O latency, like BCC's `biolatency`: the time from
 //! `block:block_rq_issue` (handed to the driver) to `block:block_rq_complete`
 //! for each request, keyed by the request's id, counted in log2 histograms
-//! of microseconds: one over all disks and one per disk (`dev`).
+//! of microseconds (milliseconds with bit 1 of `CONFIG[0]`): one over all disks, one per disk (`dev`) and one per
+//! operation (`rwbs`).
+//!
+//! With bit 0 of `CONFIG[0]` set (the `biolatency -Q` switch, written by the
+//! tool before it attaches), the span starts at `block:block_rq_insert`
+//! instead, so it includes the time spent queued in the I/O scheduler.
 #![no_std]
 
 use ktrace_probe::helpers::ktime_get_ns;
-use ktrace_probe::maps::{HashMap, KeyedLog2Histogram, Log2Histogram};
-use ktrace_probe::tracepoints::block::{BlockRqComplete, BlockRqIssue};
+use ktrace_probe::maps::{Array, HashMap, KeyedLog2Histogram, Log2Histogram};
+use ktrace_probe::tracepoints::block::{BlockRqComplete, BlockRqInsert, BlockRqIssue};
 use ktrace_probe::{map, tracepoint, TracepointContext};
 
-/// Issue time of each request in flight, by request id.
+/// Settings the tool writes before attaching: `CONFIG[0]` bit 0 = measure
+/// from insertion (queue) instead of issue, bit 1 = count milliseconds
+/// instead of microseconds.
+#[map]
+static CONFIG: Array<u64> = Array::with_max_entries(1);
+
+/// Start time of each request in flight, by request id.
 #[map]
 static ISSUED: HashMap<u64, u64> = HashMap::with_max_entries(10240);
 
@@ -21,24 +32,55 @@ static LATENCY_US: Log2Histogram = Log2Histogram::new();
 #[map]
 static LATENCY_US_BY_DISK: KeyedLog2Histogram<u32> = KeyedLog2Histogram::with_max_entries(1024);
 
+/// Latency per operation (`rwbs` as a little-endian u64: `R`, `W`, `WS`,
+/// ...), µs, log2 slots.
+#[map]
+static LATENCY_US_BY_FLAGS: KeyedLog2Histogram<u64> = KeyedLog2Histogram::with_max_entries(1024);
+
+/// `true` when the span starts at insertion (`-Q`).
+#[inline(always)]
+fn from_queue() -> bool {
+    CONFIG.get(0).unwrap_or(0) & 1 != 0
+}
+
+#[tracepoint("block:block_rq_insert")]
+fn rq_insert(ctx: TracepointContext<BlockRqInsert>) -> u32 {
+    if from_queue() {
+        let rq = ctx.read(|r| &r.rq_id);
+        let now = ktime_get_ns();
+        let _ = ISSUED.insert(&rq, &now, 0);
+    }
+    0
+}
+
 #[tracepoint("block:block_rq_issue")]
 fn rq_issue(ctx: TracepointContext<BlockRqIssue>) -> u32 {
-    let rq = ctx.read(|r| &r.rq_id);
-    let now = ktime_get_ns();
-    let _ = ISSUED.insert(&rq, &now, 0);
+    if !from_queue() {
+        let rq = ctx.read(|r| &r.rq_id);
+        let now = ktime_get_ns();
+        let _ = ISSUED.insert(&rq, &now, 0);
+    }
     0
 }
 
 #[tracepoint("block:block_rq_complete")]
 fn rq_complete(ctx: TracepointContext<BlockRqComplete>) -> u32 {
     let rq = ctx.read(|r| &r.rq_id);
-    // Requests issued before the probe was attached have no start.
-    let Some(issued) = ISSUED.get(&rq) else {
+    // Requests started before the probe was attached have no start.
+    let Some(start) = ISSUED.get(&rq) else {
         return 0;
     };
-    let us = ktime_get_ns().wrapping_sub(issued) / 1000;
+    // Divide before taking the log2 so `-m` slots are real millisecond
+    // ranges, as BCC does.
+    let unit_ns: u64 = if CONFIG.get(0).unwrap_or(0) & 2 != 0 {
+        1_000_000
+    } else {
+        1000
+    };
+    let us = ktime_get_ns().wrapping_sub(start) / unit_ns;
     LATENCY_US.record(us);
     LATENCY_US_BY_DISK.record(ctx.read(|r| &r.dev), us);
+    LATENCY_US_BY_FLAGS.record(u64::from_le_bytes(ctx.read(|r| &r.rwbs)), us);
     let _ = ISSUED.remove(&rq);
     0
 }

@@ -1,0 +1,171 @@
+//! `biolatency`: block I/O latency as a log2 histogram, like BCC's, from a
+//! Rust probe (`examples/biolatency`) embedded at build time.
+//!
+//! ```text
+//! biolatency                   # until Ctrl-C
+//! biolatency -m 1 5            # five 1-second histograms in ms
+//! biolatency -D -- --dev vda --rw randread --count 2000
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ktrace_tools::tools::{self, biolatency as bl};
+use probe_sdk::runtime::Runtime;
+
+#[derive(Parser)]
+#[command(
+    name = "biolatency",
+    version,
+    about = "Summarize block device I/O latency as a histogram",
+    after_help = "Examples:\n  biolatency              # summarize until Ctrl-C\n  biolatency -m 1 10      # ten 1 s summaries in milliseconds\n  biolatency -Q -D        # include queued time, one histogram per disk\n  biolatency -F -- --dev vda --rw randrw --count 1000   # run a workload, per operation"
+)]
+struct Cli {
+    /// Include timestamps on output.
+    #[arg(short = 'T', long)]
+    timestamp: bool,
+    /// Include OS queued time (from block_rq_insert) in the latency.
+    #[arg(short = 'Q', long)]
+    queued: bool,
+    /// Millisecond histogram.
+    #[arg(short = 'm', long)]
+    milliseconds: bool,
+    /// Print a histogram per disk device.
+    #[arg(short = 'D', long, conflicts_with = "flags")]
+    disks: bool,
+    /// Print a histogram per set of I/O flags (Read, Write, Sync-Write, ...).
+    #[arg(short = 'F', long)]
+    flags: bool,
+    /// Print the buckets as JSON (one object per interval).
+    #[arg(long)]
+    json: bool,
+    /// The VM to trace (see `ktrace vm list`).
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    vm: String,
+    /// Output interval, in seconds.
+    interval: Option<u64>,
+    /// Number of outputs.
+    count: Option<u64>,
+    /// Run this in-kernel workload (arguments of `ktrace workload`) while
+    /// tracing, then print and exit.
+    #[arg(last = true, value_name = "WORKLOAD ARGS")]
+    workload: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("biolatency: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.interval == Some(0) {
+        anyhow::bail!("interval must be at least 1 second");
+    }
+    if cli.count == Some(0) {
+        anyhow::bail!("count must be at least 1");
+    }
+    let spec = if cli.workload.is_empty() {
+        None
+    } else {
+        Some(tools::workload_spec(&cli.workload)?)
+    };
+    let object = tools::embedded_probe("biolatency")?;
+    let opts = bl::Options {
+        queued: cli.queued,
+        millis: cli.milliseconds,
+        per_disk: cli.disks,
+        per_flags: cli.flags,
+    };
+    let mut client = tools::connect(&cli.vm, "biolatency")?;
+    let disks = tools::disk_names(&mut client)?;
+    let mut rt = Runtime::new(&mut client);
+    let probe = tools::load_probe(&mut rt, "biolatency", object, &opts.settings())?;
+    tools::catch_ctrl_c();
+    let result = trace(&cli, &opts, spec.as_ref(), &mut rt, &probe, &disks);
+    let removed = probe.remove(&mut rt);
+    result?;
+    removed.map_err(|e| e.context("detaching the probe"))
+}
+
+fn print(cli: &Cli, opts: &bl::Options, h: &bl::Histograms) {
+    if cli.json {
+        let mut v = bl::to_json(h, opts);
+        if cli.timestamp {
+            v["time"] = serde_json::json!(clock());
+        }
+        println!("{v}");
+        return;
+    }
+    if cli.timestamp {
+        println!("{}", clock());
+    }
+    print!("{}", bl::render(h, opts));
+}
+
+/// Wall-clock time of day, UTC, as BCC's `-T` prints it.
+fn clock() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn trace(
+    cli: &Cli,
+    opts: &bl::Options,
+    spec: Option<&ktrace_abi::block::WorkloadSpec>,
+    rt: &mut Runtime,
+    probe: &tools::LoadedProbe,
+    disks: &[(u32, String)],
+) -> anyhow::Result<()> {
+    if let Some(spec) = spec {
+        if !cli.json {
+            eprintln!("Tracing block device I/O while the workload runs...");
+        }
+        let report = tools::run_workload_with_events(rt.client(), spec, |_| {}, |_| {})?;
+        if !cli.json {
+            eprintln!(
+                "workload: {} I/Os in {:.2} s ({} errors)",
+                report.ios,
+                report.elapsed_ns as f64 / 1e9,
+                report.errors
+            );
+            println!();
+        }
+        print(cli, opts, &bl::read(rt, probe, disks)?);
+        return Ok(());
+    }
+    if !cli.json {
+        match cli.interval {
+            Some(_) => eprintln!("Tracing block device I/O... Hit Ctrl-C to end."),
+            None => eprintln!("Tracing block device I/O... Hit Ctrl-C to end and print."),
+        }
+    }
+    let interval = Duration::from_secs(cli.interval.unwrap_or(99_999_999));
+    let mut printed = 0u64;
+    loop {
+        let finished = !tools::sleep_unless_interrupted(interval);
+        if !cli.json {
+            println!();
+        }
+        print(cli, opts, &bl::read(rt, probe, disks)?);
+        printed += 1;
+        if finished || cli.count.is_some_and(|c| printed >= c) || cli.interval.is_none() {
+            break;
+        }
+        bl::clear(rt, probe)?;
+    }
+    Ok(())
+}

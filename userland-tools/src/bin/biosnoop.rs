@@ -1,0 +1,161 @@
+//! `biosnoop`: one line per completed block request, like BCC's, from a
+//! Rust probe (`examples/biosnoop`) embedded at build time that streams
+//! records through a ring buffer.
+//!
+//! ```text
+//! biosnoop                       # until Ctrl-C
+//! biosnoop -Q -- --dev vda --rw randread --count 200
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ktrace_abi::bpf::{EventBatch, EventSource};
+use ktrace_tools::tools::{self, biosnoop as bs};
+use probe_sdk::runtime::Runtime;
+
+#[derive(Parser)]
+#[command(
+    name = "biosnoop",
+    version,
+    about = "Trace block I/O: one line per completed request",
+    after_help = "Examples:\n  biosnoop                # trace until Ctrl-C\n  biosnoop -Q             # include the time queued in the scheduler\n  biosnoop -- --dev vda --rw randread --count 100   # run a workload while tracing"
+)]
+struct Cli {
+    /// Include the OS queued time (insert → issue) as a column.
+    #[arg(short = 'Q', long)]
+    queue: bool,
+    /// Print one JSON object per request.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many seconds (default: until Ctrl-C, or the end of
+    /// the workload).
+    #[arg(short = 'd', long, value_name = "SECONDS")]
+    duration: Option<f64>,
+    /// The VM to trace (see `ktrace vm list`).
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    vm: String,
+    /// Run this in-kernel workload (arguments of `ktrace workload`) while
+    /// tracing, then exit.
+    #[arg(last = true, value_name = "WORKLOAD ARGS")]
+    workload: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("biosnoop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the records of event batches as lines.
+struct Printer<'a> {
+    cli: &'a Cli,
+    disks: &'a [(u32, String)],
+    map: u32,
+    t0: Option<u64>,
+    lines: u64,
+    lost: u64,
+}
+
+impl Printer<'_> {
+    fn batch(&mut self, b: EventBatch) {
+        for r in &b.records {
+            if r.source != (EventSource::RingBuf { map: self.map }) {
+                continue;
+            }
+            let Some(e) = bs::Event::decode(&r.data, self.disks) else {
+                eprintln!("biosnoop: short record ({} bytes) skipped", r.data.len());
+                continue;
+            };
+            let t0 = *self.t0.get_or_insert(e.ts_ns);
+            self.lines += 1;
+            if self.cli.json {
+                println!("{}", serde_json::to_string(&e).unwrap_or_default());
+            } else {
+                println!("{}", bs::line(&e, t0, self.cli.queue));
+            }
+        }
+        for l in &b.lost {
+            if l.map == self.map && l.lost > self.lost {
+                eprintln!(
+                    "biosnoop: {} records lost (ring buffer full)",
+                    l.lost - self.lost
+                );
+                self.lost = l.lost;
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let spec = if cli.workload.is_empty() {
+        None
+    } else {
+        Some(tools::workload_spec(&cli.workload)?)
+    };
+    if cli.duration.is_some_and(|d| !(d > 0.0 && d.is_finite())) {
+        anyhow::bail!("--duration must be a positive number of seconds");
+    }
+    let object = tools::embedded_probe("biosnoop")?;
+    let mut client = tools::connect(&cli.vm, "biosnoop")?;
+    let disks = tools::disk_names(&mut client)?;
+    let mut rt = Runtime::new(&mut client);
+    let probe = tools::load_probe(&mut rt, "biosnoop", object, &[])?;
+    tools::catch_ctrl_c();
+    let result = (|| -> anyhow::Result<u64> {
+        let map = probe.map("EVENTS")?.id;
+        let mut p = Printer {
+            cli: &cli,
+            disks: &disks,
+            map,
+            t0: None,
+            lines: 0,
+            lost: 0,
+        };
+        rt.subscribe(vec![map], false)?;
+        if !cli.json {
+            println!("{}", bs::header(cli.queue));
+        }
+        if let Some(spec) = &spec {
+            tools::run_workload_with_events(rt.client(), spec, |_| {}, |b| p.batch(b))?;
+        } else {
+            let end = cli
+                .duration
+                .map(|d| std::time::Instant::now() + Duration::from_secs_f64(d));
+            while !tools::interrupted() && end.is_none_or(|e| std::time::Instant::now() < e) {
+                if let Some(b) = rt.next_events(Duration::from_millis(100))? {
+                    p.batch(b);
+                }
+            }
+        }
+        rt.subscribe(Vec::new(), false)?;
+        // Whatever completed before the subscription ended.
+        for b in rt.client().take_pushes() {
+            if let ktrace_abi::Response::Bpf(ktrace_abi::bpf::BpfResponse::Events(b)) = b {
+                p.batch(b);
+            }
+        }
+        loop {
+            let b = rt.poll(vec![map], false, 4096)?;
+            if b.records.is_empty() {
+                p.batch(b);
+                break;
+            }
+            p.batch(b);
+        }
+        Ok(p.lines)
+    })();
+    let removed = probe.remove(&mut rt);
+    let lines = result?;
+    removed.map_err(|e| e.context("detaching the probe"))?;
+    if !cli.json {
+        eprintln!("{lines} requests");
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! `biolatency`: block I/O latency as log2 histograms, read from the
+//! embedded `examples/biolatency` probe's maps.
+
+use std::collections::BTreeMap;
+
+use ktrace_abi::bpf::MapEntry;
+use probe_sdk::runtime::Runtime;
+use serde_json::json;
+
+use super::{c_str, disk_name, LoadedProbe};
+use crate::report::hist;
+
+/// Slots of the probe's log2 histograms.
+pub const SLOTS: usize = 65;
+
+/// What to measure and how to split it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Start at `block_rq_insert` instead of `block_rq_issue` (`-Q`).
+    pub queued: bool,
+    /// Milliseconds instead of microseconds (`-m`).
+    pub millis: bool,
+    /// One histogram per disk (`-D`).
+    pub per_disk: bool,
+    /// One histogram per operation (`-F`).
+    pub per_flags: bool,
+}
+
+impl Options {
+    /// The unit column header, as BCC prints it.
+    pub fn unit(&self) -> &'static str {
+        if self.millis {
+            "msecs"
+        } else {
+            "usecs"
+        }
+    }
+
+    /// The `CONFIG` map setting the probe reads.
+    pub fn settings(&self) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+        let bits = u64::from(self.queued) | (u64::from(self.millis) << 1);
+        vec![("CONFIG", 0u32.to_le_bytes().to_vec(), bits.to_le_bytes().to_vec())]
+    }
+}
+
+/// Histograms read from the probe: slot counts, 65 per histogram.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histograms {
+    pub total: Vec<u64>,
+    /// By disk name.
+    pub by_disk: BTreeMap<String, Vec<u64>>,
+    /// By operation (`rwbs` decoded: `Read`, `Write`, `Sync-Write`, ...).
+    pub by_flags: BTreeMap<String, Vec<u64>>,
+}
+
+impl Histograms {
+    /// Requests counted in the overall histogram.
+    pub fn count(&self) -> u64 {
+        hist::total(&self.total)
+    }
+}
+
+/// Linux's `rwbs` letters as BCC's `-F` names them: `R` → `Read`, `WS` →
+/// `Sync-Write`, `F` → `Flush`, `RA` → `ReadAhead-Read`.
+pub fn flags_name(rwbs: &str) -> String {
+    let mut prefixes = Vec::new();
+    let mut op = "";
+    for c in rwbs.chars() {
+        match c {
+            'R' => op = "Read",
+            'W' => op = "Write",
+            'D' => op = "Discard",
+            'N' => op = "None",
+            'F' => prefixes.push("Flush"),
+            'S' => prefixes.push("Sync"),
+            'M' => prefixes.push("Metadata"),
+            'A' => prefixes.push("ReadAhead"),
+            'E' => prefixes.push("Secure"),
+            _ => {}
+        }
+    }
+    if op.is_empty() && prefixes == ["Flush"] {
+        return "Flush".into();
+    }
+    if op.is_empty() && prefixes.is_empty() {
+        return if rwbs.is_empty() { "Unknown".into() } else { rwbs.into() };
+    }
+    let mut parts: Vec<&str> = prefixes;
+    if !op.is_empty() {
+        parts.push(op);
+    }
+    parts.join("-")
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Adds keyed-histogram entries (`HistKey { key, slot }` → count) into
+/// per-key slot vectors, naming each key with `name`.
+fn keyed(
+    entries: &[MapEntry],
+    key_size: usize,
+    name: impl Fn(&[u8]) -> String,
+) -> BTreeMap<String, Vec<u64>> {
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    // `HistKey<K>` is `#[repr(C)]`: the key, then the u32 slot at the next
+    // 4-byte boundary.
+    let slot_at = key_size;
+    for e in entries {
+        let (Some(slot), Some(count)) = (u32_at(&e.key, slot_at), u64_at(&e.value, 0)) else {
+            continue;
+        };
+        let slot = slot as usize;
+        if slot >= SLOTS || count == 0 {
+            continue;
+        }
+        let row = out
+            .entry(name(&e.key[..key_size]))
+            .or_insert_with(|| vec![0; SLOTS]);
+        row[slot] += count;
+    }
+    out
+}
+
+/// Reads the histograms. `disks` names devices (see [`super::disk_names`]).
+pub fn read(
+    rt: &mut Runtime,
+    probe: &LoadedProbe,
+    disks: &[(u32, String)],
+) -> anyhow::Result<Histograms> {
+    let mut total = vec![0u64; SLOTS];
+    for e in rt.map_dump(probe.map("LATENCY_US")?.id, 256)? {
+        if let (Some(i), Some(v)) = (u32_at(&e.key, 0), u64_at(&e.value, 0)) {
+            if let Some(s) = total.get_mut(i as usize) {
+                *s = v;
+            }
+        }
+    }
+    let by_disk = keyed(
+        &rt.map_dump(probe.map("LATENCY_US_BY_DISK")?.id, 256)?,
+        4,
+        |k| disk_name(disks, u32_at(k, 0).unwrap_or(0)),
+    );
+    let by_flags = keyed(
+        &rt.map_dump(probe.map("LATENCY_US_BY_FLAGS")?.id, 256)?,
+        8,
+        |k| flags_name(&c_str(k)),
+    );
+    Ok(Histograms {
+        total,
+        by_disk,
+        by_flags,
+    })
+}
+
+/// Zeroes the histograms (interval mode prints each interval on its own).
+pub fn clear(rt: &mut Runtime, probe: &LoadedProbe) -> anyhow::Result<()> {
+    let id = probe.map("LATENCY_US")?.id;
+    let zero = 0u64.to_le_bytes();
+    for i in 0..SLOTS as u32 {
+        rt.map_update(id, &i.to_le_bytes(), &zero, 256)?;
+    }
+    for name in ["LATENCY_US_BY_DISK", "LATENCY_US_BY_FLAGS"] {
+        let id = probe.map(name)?.id;
+        let keys: Vec<Vec<u8>> = rt.map_dump(id, 256)?.into_iter().map(|e| e.key).collect();
+        if !keys.is_empty() {
+            rt.map_delete_batch(id, keys)?;
+        }
+    }
+    Ok(())
+}
+
+/// The histograms in BCC's shape: one table, or one per disk (`disk =
+/// vda`) or per operation (`operation = Read`).
+pub fn render(h: &Histograms, opts: &Options) -> String {
+    let unit = opts.unit();
+    let mut out = String::new();
+    let groups = if opts.per_disk {
+        Some(("disk", &h.by_disk))
+    } else if opts.per_flags {
+        Some(("operation", &h.by_flags))
+    } else {
+        None
+    };
+    match groups {
+        None => out.push_str(&hist::render(unit, &hist::buckets(&h.total))),
+        Some((what, groups)) => {
+            for (i, (name, slots)) in groups.iter().enumerate() {
+                if i > 0 {
+                    out.push('\n');
+                }
+                out.push_str(&format!("{what} = {name}\n"));
+                out.push_str(&hist::render(unit, &hist::buckets(slots)));
+            }
+        }
+    }
+    out
+}
+
+/// The histograms as JSON: `{"unit", "total", "buckets": [{low, high,
+/// count}], "disks"/"operations": {name: buckets}}`.
+pub fn to_json(h: &Histograms, opts: &Options) -> serde_json::Value {
+    let groups = |g: &BTreeMap<String, Vec<u64>>| -> serde_json::Value {
+        g.iter()
+            .map(|(k, v)| (k.clone(), json!(hist::buckets(v))))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    };
+    let mut v = json!({
+        "unit": opts.unit(),
+        "from": if opts.queued { "block_rq_insert" } else { "block_rq_issue" },
+        "total": h.count(),
+        "buckets": hist::buckets(&h.total),
+    });
+    if opts.per_disk {
+        v["disks"] = groups(&h.by_disk);
+    }
+    if opts.per_flags {
+        v["operations"] = groups(&h.by_flags);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_names_follow_bcc() {
+        assert_eq!(flags_name("R"), "Read");
+        assert_eq!(flags_name("W"), "Write");
+        assert_eq!(flags_name("WS"), "Sync-Write");
+        assert_eq!(flags_name("F"), "Flush");
+        assert_eq!(flags_name("FWS"), "Flush-Sync-Write");
+        assert_eq!(flags_name("RA"), "ReadAhead-Read");
+        assert_eq!(flags_name(""), "Unknown");
+    }
+
+    #[test]
+    fn keyed_entries_sum_per_name() {
+        let entry = |dev: u32, slot: u32, count: u64| MapEntry {
+            key: [dev.to_le_bytes(), slot.to_le_bytes()].concat(),
+            value: count.to_le_bytes().to_vec(),
+        };
+        let disks = vec![((252 << 20) | 0, "vda".to_string())];
+        let got = keyed(
+            &[entry(252 << 20, 3, 5), entry(252 << 20, 4, 2), entry(7, 1, 1)],
+            4,
+            |k| disk_name(&disks, u32_at(k, 0).unwrap()),
+        );
+        assert_eq!(got.len(), 2);
+        assert_eq!(got["vda"][3], 5);
+        assert_eq!(got["vda"][4], 2);
+        assert_eq!(got["0:7"][1], 1);
+    }
+}

@@ -1,0 +1,407 @@
+//! `kperf`: event names, counting (`stat`) and sampling (`record`,
+//! `report`) on the kernel's perf events.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, Write as _};
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use ktrace_abi::trace::{HardwareEvent, PerfEvent, PerfSample, ProbeTarget, SoftwareEvent};
+use ktrace_abi::ErrorCode;
+use probe_sdk::client::{Client, ClientError};
+use probe_sdk::trace::TraceClient;
+use serde::{Deserialize, Serialize};
+
+use crate::report::profile::Sample;
+
+/// Software events: name, aliases, event, what it counts.
+pub const SOFTWARE: &[(&str, &[&str], SoftwareEvent, &str)] = &[
+    (
+        "task-clock",
+        &["cpu-clock"],
+        SoftwareEvent::TaskClock,
+        "CPU time while counting (msec)",
+    ),
+    (
+        "context-switches",
+        &["cs"],
+        SoftwareEvent::ContextSwitches,
+        "task switches by the scheduler",
+    ),
+    (
+        "page-faults",
+        &["faults"],
+        SoftwareEvent::PageFaults,
+        "page faults taken by the kernel",
+    ),
+    (
+        "irqs",
+        &[],
+        SoftwareEvent::Irqs,
+        "external interrupts (vectors >= 32)",
+    ),
+    (
+        "timer-ticks",
+        &["ticks"],
+        SoftwareEvent::TimerTicks,
+        "scheduler timer interrupts",
+    ),
+];
+
+/// Hardware events and their `perf` names.
+pub const HARDWARE: &[(&str, HardwareEvent)] = &[
+    ("cycles", HardwareEvent::CpuCycles),
+    ("instructions", HardwareEvent::Instructions),
+    ("cache-misses", HardwareEvent::CacheMisses),
+    ("branch-misses", HardwareEvent::BranchMisses),
+];
+
+/// An event a user named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSpec {
+    /// Counted by the kernel.
+    Counter(PerfEvent),
+    /// Known but not countable here (`cpu-migrations` on one CPU).
+    Unsupported(&'static str),
+}
+
+/// Parses one event name: a software or hardware event, `category:name`
+/// for a tracepoint, or `kprobe:<demangled path>[+offset]`.
+pub fn parse_event(name: &str) -> anyhow::Result<EventSpec> {
+    let name = name.trim();
+    if let Some((_, _, e, _)) = SOFTWARE
+        .iter()
+        .find(|(n, aliases, _, _)| *n == name || aliases.contains(&name))
+    {
+        return Ok(EventSpec::Counter(PerfEvent::Software(*e)));
+    }
+    if name == "cpu-migrations" || name == "migrations" {
+        return Ok(EventSpec::Unsupported(
+            "the kernel runs on one CPU: tasks never migrate",
+        ));
+    }
+    if let Some((_, e)) = HARDWARE.iter().find(|(n, _)| *n == name) {
+        return Ok(EventSpec::Counter(PerfEvent::Hardware(*e)));
+    }
+    if let Some(path) = name.strip_prefix("kprobe:") {
+        if path.is_empty() {
+            bail!("event `{name}`: give a function after `kprobe:`, e.g. kprobe:RequestQueue::submit_bio");
+        }
+        let (sym, offset) = match path.rsplit_once('+') {
+            Some((s, off)) => {
+                let off = off.strip_prefix("0x").map_or_else(
+                    || off.parse::<u64>(),
+                    |h| u64::from_str_radix(h, 16).map_err(|_| "x".parse::<u64>().unwrap_err()),
+                );
+                (
+                    s,
+                    off.with_context(|| format!("event `{name}`: bad offset after `+`"))?,
+                )
+            }
+            None => (path, 0),
+        };
+        return Ok(EventSpec::Counter(PerfEvent::Kprobe {
+            target: ProbeTarget::Symbol {
+                name: sym.to_string(),
+                offset,
+            },
+        }));
+    }
+    if let Some((cat, ev)) = name.split_once(':') {
+        if cat.is_empty() || ev.is_empty() || ev.contains(':') {
+            bail!("event `{name}`: a tracepoint is `category:name`, e.g. block:block_rq_complete");
+        }
+        return Ok(EventSpec::Counter(PerfEvent::Tracepoint { name: name.into() }));
+    }
+    bail!(
+        "unknown event `{name}`; see `kperf list` (software events, category:name tracepoints, \
+         kprobe:<function>)"
+    )
+}
+
+/// Resolves a `kprobe:` event's path against the kernel ELF so that a
+/// suffix (`RequestQueue::submit_bio`) names the full demangled function
+/// the kernel's symbol table knows, and a bad name fails before anything
+/// is opened.
+pub fn resolve_kprobe(
+    spec: EventSpec,
+    index: &ktrace_symbols::SymbolIndex,
+) -> anyhow::Result<EventSpec> {
+    let EventSpec::Counter(PerfEvent::Kprobe {
+        target: ProbeTarget::Symbol { name, offset },
+    }) = &spec
+    else {
+        return Ok(spec);
+    };
+    let query = if *offset == 0 {
+        name.clone()
+    } else {
+        format!("{name}+{offset:#x}")
+    };
+    let r = index
+        .resolve(&query, Default::default())
+        .map_err(|e| anyhow::anyhow!("kprobe:{query}: {e}"))?;
+    match r.points.as_slice() {
+        [p] => Ok(EventSpec::Counter(PerfEvent::Kprobe {
+            target: match &p.function {
+                Some(f) => ProbeTarget::Symbol {
+                    name: f.clone(),
+                    offset: p.offset,
+                },
+                None => ProbeTarget::Address(p.addr),
+            },
+        })),
+        [] => bail!("kprobe:{query}: no probe point in the kernel"),
+        many => bail!(
+            "kprobe:{query}: matches {} places; give more of the path",
+            many.len()
+        ),
+    }
+}
+
+/// An opened counter, or why it is not counted.
+#[derive(Debug, Clone)]
+pub struct Counter {
+    pub name: String,
+    pub id: Option<u32>,
+    /// `<not supported>` and why.
+    pub unsupported: Option<String>,
+}
+
+/// Opens `events` (disabled). Hardware events the CPU model does not have
+/// become `<not supported>` rows rather than errors, as in `perf stat`.
+pub fn open_counters(client: &mut Client, events: &[(String, EventSpec)]) -> anyhow::Result<Vec<Counter>> {
+    let mut out = Vec::new();
+    for (name, spec) in events {
+        let c = match spec {
+            EventSpec::Unsupported(why) => Counter {
+                name: name.clone(),
+                id: None,
+                unsupported: Some((*why).into()),
+            },
+            EventSpec::Counter(ev) => match client.perf_open(ev.clone()) {
+                Ok(id) => Counter {
+                    name: name.clone(),
+                    id: Some(id),
+                    unsupported: None,
+                },
+                Err(ClientError::Kernel { reply, .. })
+                    if reply.code == ErrorCode::NotSupported =>
+                {
+                    Counter {
+                        name: name.clone(),
+                        id: None,
+                        unsupported: Some(reply.message),
+                    }
+                }
+                Err(e) => {
+                    close_counters(client, &out);
+                    return Err(anyhow::Error::new(e).context(format!("opening event `{name}`")));
+                }
+            },
+        };
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// Closes every opened counter, ignoring errors (used on every exit path).
+pub fn close_counters(client: &mut Client, counters: &[Counter]) {
+    for c in counters {
+        if let Some(id) = c.id {
+            let _ = client.perf_close(id);
+        }
+    }
+}
+
+/// One sample as `kperf.data` stores it (JSON, one per line): the raw
+/// addresses and the names they had in the kernel that was sampled, so
+/// `kperf report` needs no ELF.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSample {
+    pub time_ns: u64,
+    pub pid: u32,
+    pub comm: String,
+    /// Interrupted ip, then return addresses, innermost first.
+    pub stack: Vec<u64>,
+    /// The same frames as demangled function paths.
+    pub frames: Vec<String>,
+}
+
+/// The first line of `kperf.data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataHeader {
+    pub kperf_data: u32,
+    pub freq_hz: u32,
+    pub call_graph: bool,
+    pub duration_ns: u64,
+    pub samples: u64,
+    pub lost: u64,
+    pub kernel: String,
+}
+
+/// Turns a kernel sample into a data sample, symbolizing with `index`.
+pub fn data_sample(
+    s: &PerfSample,
+    call_graph: bool,
+    index: Option<&ktrace_symbols::SymbolIndex>,
+) -> DataSample {
+    let mut stack = vec![s.ip];
+    if call_graph {
+        // Return addresses point after the call; look up the call itself.
+        stack.extend(s.stack.iter().copied());
+    }
+    let frames = stack
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| {
+            let at = if i == 0 { a } else { a.saturating_sub(1) };
+            index
+                .and_then(|x| x.lookup_addr(at))
+                .map(|(f, _)| f.name.to_string())
+                .unwrap_or_else(|| format!("{a:#x}"))
+        })
+        .collect();
+    DataSample {
+        time_ns: s.time_ns,
+        pid: s.pid,
+        comm: super::c_str(&s.comm),
+        stack,
+        frames,
+    }
+}
+
+/// Writes `kperf.data`.
+pub fn write_data(path: &Path, header: &DataHeader, samples: &[DataSample]) -> anyhow::Result<()> {
+    let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    writeln!(w, "{}", serde_json::to_string(header)?)?;
+    for s in samples {
+        writeln!(w, "{}", serde_json::to_string(s)?)?;
+    }
+    w.flush()
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads `kperf.data`.
+pub fn read_data(path: &Path) -> anyhow::Result<(DataHeader, Vec<DataSample>)> {
+    let f = std::fs::File::open(path).with_context(|| {
+        format!(
+            "cannot open {} (record one with `kperf record`)",
+            path.display()
+        )
+    })?;
+    let mut lines = std::io::BufReader::new(f).lines();
+    let first = lines
+        .next()
+        .transpose()?
+        .with_context(|| format!("{}: empty file, not kperf data", path.display()))?;
+    let header: DataHeader = serde_json::from_str(&first)
+        .with_context(|| format!("{}:1: not a kperf data header", path.display()))?;
+    let mut samples = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        samples.push(
+            serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}: not a kperf sample", path.display(), i + 2))?,
+        );
+    }
+    Ok((header, samples))
+}
+
+/// Data samples as profile samples whose "addresses" index `names`, so
+/// the report code can symbolize by table lookup.
+pub fn profile_samples(samples: &[DataSample]) -> (Vec<Sample>, Vec<String>) {
+    let mut names: Vec<String> = Vec::new();
+    let mut ids: BTreeMap<String, u64> = BTreeMap::new();
+    let out = samples
+        .iter()
+        .map(|s| Sample {
+            pid: s.pid,
+            comm: s.comm.clone(),
+            stack: s
+                .frames
+                .iter()
+                .map(|f| {
+                    *ids.entry(f.clone()).or_insert_with(|| {
+                        names.push(f.clone());
+                        names.len() as u64 - 1
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    (out, names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names() {
+        assert_eq!(
+            parse_event("cs").unwrap(),
+            EventSpec::Counter(PerfEvent::Software(SoftwareEvent::ContextSwitches))
+        );
+        assert_eq!(
+            parse_event("block:block_rq_complete").unwrap(),
+            EventSpec::Counter(PerfEvent::Tracepoint {
+                name: "block:block_rq_complete".into()
+            })
+        );
+        assert_eq!(
+            parse_event("kprobe:RequestQueue::submit_bio+0x4").unwrap(),
+            EventSpec::Counter(PerfEvent::Kprobe {
+                target: ProbeTarget::Symbol {
+                    name: "RequestQueue::submit_bio".into(),
+                    offset: 4
+                }
+            })
+        );
+        assert!(matches!(
+            parse_event("cpu-migrations").unwrap(),
+            EventSpec::Unsupported(_)
+        ));
+        assert_eq!(
+            parse_event("bogus").unwrap_err().to_string(),
+            "unknown event `bogus`; see `kperf list` (software events, category:name tracepoints, kprobe:<function>)"
+        );
+        assert!(parse_event("block:").is_err());
+    }
+
+    #[test]
+    fn data_round_trip() {
+        let dir = std::env::temp_dir().join(format!("kperf-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("kperf.data");
+        let header = DataHeader {
+            kperf_data: 1,
+            freq_hz: 99,
+            call_graph: true,
+            duration_ns: 1_000_000_000,
+            samples: 1,
+            lost: 0,
+            kernel: "k".into(),
+        };
+        let s = DataSample {
+            time_ns: 5,
+            pid: 3,
+            comm: "fio".into(),
+            stack: vec![0x10, 0x20],
+            frames: vec!["kernel::a".into(), "kernel::b".into()],
+        };
+        write_data(&path, &header, std::slice::from_ref(&s)).unwrap();
+        let (h, got) = read_data(&path).unwrap();
+        assert_eq!(h, header);
+        assert_eq!(got, vec![s]);
+        let (ps, names) = profile_samples(&got);
+        assert_eq!(names, vec!["kernel::a", "kernel::b"]);
+        assert_eq!(ps[0].stack, vec![0, 1]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
