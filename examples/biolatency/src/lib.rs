@@ -32,10 +32,11 @@ static LATENCY_US: Log2Histogram = Log2Histogram::new();
 #[map]
 static LATENCY_US_BY_DISK: KeyedLog2Histogram<u32> = KeyedLog2Histogram::with_max_entries(1024);
 
-/// Latency per operation (`rwbs` as a little-endian u64: `R`, `W`, `WS`,
-/// ...), µs, log2 slots.
+/// Latency per operation (the first four bytes of `rwbs`: `R`, `W`, `WS`,
+/// `FWS`, ...), µs, log2 slots. A `u32` key keeps `HistKey` free of
+/// padding, which the verifier would see as uninitialised stack.
 #[map]
-static LATENCY_US_BY_FLAGS: KeyedLog2Histogram<u64> = KeyedLog2Histogram::with_max_entries(1024);
+static LATENCY_US_BY_FLAGS: KeyedLog2Histogram<u32> = KeyedLog2Histogram::with_max_entries(1024);
 
 /// `true` when the span starts at insertion (`-Q`).
 #[inline(always)]
@@ -80,7 +81,8 @@ fn rq_complete(ctx: TracepointContext<BlockRqComplete>) -> u32 {
     let us = ktime_get_ns().wrapping_sub(start) / unit_ns;
     LATENCY_US.record(us);
     LATENCY_US_BY_DISK.record(ctx.read(|r| &r.dev), us);
-    LATENCY_US_BY_FLAGS.record(u64::from_le_bytes(ctx.read(|r| &r.rwbs)), us);
+    let rwbs = ctx.read(|r| &r.rwbs);
+    LATENCY_US_BY_FLAGS.record(u32::from_le_bytes([rwbs[0], rwbs[1], rwbs[2], rwbs[3]]), us);
     let _ = ISSUED.remove(&rq);
     0
 }

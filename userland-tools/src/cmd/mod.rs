@@ -3,6 +3,7 @@
 pub mod bpf_common;
 pub mod build;
 pub mod check;
+pub mod demo;
 pub mod disk;
 pub mod events;
 pub mod info;

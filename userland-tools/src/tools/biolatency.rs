@@ -148,7 +148,7 @@ pub fn read(
     );
     let by_flags = keyed(
         &rt.map_dump(probe.map("LATENCY_US_BY_FLAGS")?.id, 256)?,
-        8,
+        4,
         |k| flags_name(&c_str(k)),
     );
     Ok(Histograms {
