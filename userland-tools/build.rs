@@ -13,7 +13,9 @@ const PROBES: &[&str] = &["biolatency", "biosnoop"];
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"));
-    let root = manifest.parent().expect("userland-tools lives in the workspace");
+    let root = manifest
+        .parent()
+        .expect("userland-tools lives in the workspace");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=PATH");
     for dir in ["probe-sdk/ebpf", "probe-sdk/macros", "kernel/tracepoints"] {
@@ -22,7 +24,10 @@ fn main() {
     for name in PROBES {
         let crate_dir = root.join("examples").join(name);
         rerun_tree(&crate_dir.join("src"));
-        println!("cargo:rerun-if-changed={}", crate_dir.join("Cargo.toml").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            crate_dir.join("Cargo.toml").display()
+        );
         let mut opts = probe_sdk::build::BuildOptions::new(&crate_dir);
         opts.out_dir = Some(out.clone());
         // One target dir for both probes: they share ktrace-probe.

@@ -61,7 +61,12 @@ struct ListArgs {
 struct StatArgs {
     /// Events, comma separated (default: software events and hardware
     /// counters, as `perf stat` does).
-    #[arg(short = 'e', long = "event", value_delimiter = ',', value_name = "EVENTS")]
+    #[arg(
+        short = 'e',
+        long = "event",
+        value_delimiter = ',',
+        value_name = "EVENTS"
+    )]
     events: Vec<String>,
     /// Print counts every this many milliseconds.
     #[arg(short = 'I', long = "interval-print", value_name = "MS")]
@@ -174,7 +179,8 @@ fn list(args: ListArgs, vm: &str) -> anyhow::Result<()> {
     }
     rows.push((
         "kprobe:<function>[+offset]".into(),
-        "[Kprobe event] a demangled path or suffix, e.g. kprobe:RequestQueue::submit_bio".into(),
+        "[Kprobe event] a demangled path or suffix, e.g. kprobe:block::queue::Device::submit"
+            .into(),
     ));
     if let Some(f) = &args.filter {
         rows.retain(|(n, _)| n.contains(f.as_str()));
@@ -224,8 +230,9 @@ fn events(names: &[String]) -> anyhow::Result<Vec<(String, kp::EventSpec)>> {
             if index.is_none() {
                 let elf = ktrace_tools::cmd::symbols::kernel_elf(None)?;
                 index = Some(
-                    ktrace_symbols::SymbolIndex::from_path(&elf)
-                        .with_context(|| format!("reading kernel symbols from {}", elf.display()))?,
+                    ktrace_symbols::SymbolIndex::from_path(&elf).with_context(|| {
+                        format!("reading kernel symbols from {}", elf.display())
+                    })?,
                 );
             }
             spec = kp::resolve_kprobe(spec, index.as_ref().expect("set above"))?;
@@ -241,7 +248,11 @@ enum Work {
     Sleep(Duration),
 }
 
-fn work_from(args: &[String], duration: Option<f64>, default_s: Option<f64>) -> anyhow::Result<Work> {
+fn work_from(
+    args: &[String],
+    duration: Option<f64>,
+    default_s: Option<f64>,
+) -> anyhow::Result<Work> {
     if !args.is_empty() {
         if duration.is_some() {
             bail!("give either --duration or a workload after `--`, not both");
@@ -330,18 +341,20 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
     for _ in 0..args.repeat {
         let counters = kp::open_counters(&mut client, &evs)?;
         let r = (|| -> anyhow::Result<()> {
+            // Elapsed spans enable to disable: the window task-clock counts.
+            let t = Instant::now();
             for c in &counters {
                 if let Some(id) = c.id {
                     client.perf_enable(id)?;
                 }
             }
-            let t = do_work(&mut client, &work, !args.json)?;
+            do_work(&mut client, &work, !args.json)?;
             for c in &counters {
                 if let Some(id) = c.id {
                     client.perf_disable(id)?;
                 }
             }
-            elapsed.push(t.as_secs_f64());
+            elapsed.push(t.elapsed().as_secs_f64());
             for (i, c) in counters.iter().enumerate() {
                 match c.id {
                     Some(id) => values[i].push(value_of(c, client.perf_read(id)?.value)),
@@ -388,7 +401,10 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
             }))?
         );
     } else {
-        print!("{}", stat::render(&title, elapsed.len(), &rows, mean_elapsed));
+        print!(
+            "{}",
+            stat::render(&title, elapsed.len(), &rows, mean_elapsed)
+        );
     }
     Ok(())
 }
@@ -406,9 +422,9 @@ fn interval_stat(
     let total_ms = match work {
         Work::Workload(spec, _) => match spec.limit {
             WorkloadLimit::TimeMs(t) => t,
-            WorkloadLimit::Count(_) => bail!(
-                "-I with a workload needs the workload's --time (it runs in {ms} ms slices)"
-            ),
+            WorkloadLimit::Count(_) => {
+                bail!("-I with a workload needs the workload's --time (it runs in {ms} ms slices)")
+            }
         },
         Work::Sleep(d) => d.as_millis() as u64,
     };
@@ -450,7 +466,10 @@ fn interval_stat(
                 let d = v - last[i].min(v);
                 last[i] = v;
                 if json {
-                    println!("{}", serde_json::json!({ "time": t, "event": c.name, "count": d }));
+                    println!(
+                        "{}",
+                        serde_json::json!({ "time": t, "event": c.name, "count": d })
+                    );
                 } else {
                     println!("{t:16.9} {:>18}      {}", stat::thousands(d), c.name);
                 }
@@ -528,7 +547,12 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         bail!("{}: no samples", args.input.display());
     }
     let (samples, names) = kp::profile_samples(&data);
-    let sym = |a: u64| names.get(a as usize).cloned().unwrap_or_else(|| format!("{a:#x}"));
+    let sym = |a: u64| {
+        names
+            .get(a as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("{a:#x}"))
+    };
     let rows = profile::top_symbols(&samples, &sym);
     let folded = profile::fold(&samples, &sym);
     let folded_path = args.folded.clone().or_else(|| {
@@ -558,13 +582,16 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "# Samples: {} at {} Hz{} ({} lost)",
-            data.len(),
+            "# {} Hz sampling{}, {:.2} s, {} periods lost",
             header.freq_hz,
-            if header.call_graph { ", call graphs" } else { "" },
+            if header.call_graph {
+                " with call graphs"
+            } else {
+                ""
+            },
+            header.duration_ns as f64 / 1e9,
             header.lost
         );
-        println!("#");
         print!("{}", profile::render_top(&rows, data.len(), args.limit));
     }
     if let Some(p) = &folded_path {

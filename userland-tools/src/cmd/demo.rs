@@ -56,8 +56,11 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         "  biolatency probe: {} bytes of eBPF, compiled from Rust (examples/biolatency) with this binary",
         object.len()
     );
-    if probe_sdk::vm::find_in_path("qemu-system-x86_64", &std::env::var_os("PATH").unwrap_or_default())
-        .is_none()
+    if probe_sdk::vm::find_in_path(
+        "qemu-system-x86_64",
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )
+    .is_none()
     {
         bail!("qemu-system-x86_64 is not installed: run `bash scripts/setup.sh` (Debian: apt-get install qemu-system-x86)");
     }
@@ -68,7 +71,10 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         );
     }
 
-    step(2, "Building the kernel if needed and booting it in QEMU (TCG) with a 64 MiB virtio disk");
+    step(
+        2,
+        "Building the kernel if needed and booting it in QEMU (TCG) with a 64 MiB virtio disk",
+    );
     let mut cfg = VmConfig::new(vm_name);
     let disk = probe_sdk::vm::runtime_root().join(format!("{vm_name}-demo-disk.img"));
     cfg.disks = vec![disk];
@@ -218,7 +224,11 @@ fn measure(
                     v
                 }]
             }),
-            unit: if c.name == "task-clock" { "msec".into() } else { String::new() },
+            unit: if c.name == "task-clock" {
+                "msec".into()
+            } else {
+                String::new()
+            },
         })
         .collect();
     for line in stat::render(

@@ -39,7 +39,11 @@ impl Options {
     /// The `CONFIG` map setting the probe reads.
     pub fn settings(&self) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
         let bits = u64::from(self.queued) | (u64::from(self.millis) << 1);
-        vec![("CONFIG", 0u32.to_le_bytes().to_vec(), bits.to_le_bytes().to_vec())]
+        vec![(
+            "CONFIG",
+            0u32.to_le_bytes().to_vec(),
+            bits.to_le_bytes().to_vec(),
+        )]
     }
 }
 
@@ -83,7 +87,11 @@ pub fn flags_name(rwbs: &str) -> String {
         return "Flush".into();
     }
     if op.is_empty() && prefixes.is_empty() {
-        return if rwbs.is_empty() { "Unknown".into() } else { rwbs.into() };
+        return if rwbs.is_empty() {
+            "Unknown".into()
+        } else {
+            rwbs.into()
+        };
     }
     let mut parts: Vec<&str> = prefixes;
     if !op.is_empty() {
@@ -247,9 +255,13 @@ mod tests {
             key: [dev.to_le_bytes(), slot.to_le_bytes()].concat(),
             value: count.to_le_bytes().to_vec(),
         };
-        let disks = vec![((252 << 20) | 0, "vda".to_string())];
+        let disks = vec![(252 << 20, "vda".to_string())];
         let got = keyed(
-            &[entry(252 << 20, 3, 5), entry(252 << 20, 4, 2), entry(7, 1, 1)],
+            &[
+                entry(252 << 20, 3, 5),
+                entry(252 << 20, 4, 2),
+                entry(7, 1, 1),
+            ],
             4,
             |k| disk_name(&disks, u32_at(k, 0).unwrap()),
         );

@@ -62,7 +62,11 @@ pub fn header(queue: bool) -> String {
         "T",
         "SECTOR",
         "BYTES",
-        if queue { format!(" {:>7}", "QUE(ms)") } else { String::new() },
+        if queue {
+            format!(" {:>7}", "QUE(ms)")
+        } else {
+            String::new()
+        },
         "LAT(ms)"
     )
 }

@@ -85,7 +85,7 @@ pub fn parse_event(name: &str) -> anyhow::Result<EventSpec> {
     }
     if let Some(path) = name.strip_prefix("kprobe:") {
         if path.is_empty() {
-            bail!("event `{name}`: give a function after `kprobe:`, e.g. kprobe:RequestQueue::submit_bio");
+            bail!("event `{name}`: give a function after `kprobe:`, e.g. kprobe:block::queue::Device::submit");
         }
         let (sym, offset) = match path.rsplit_once('+') {
             Some((s, off)) => {
@@ -111,7 +111,9 @@ pub fn parse_event(name: &str) -> anyhow::Result<EventSpec> {
         if cat.is_empty() || ev.is_empty() || ev.contains(':') {
             bail!("event `{name}`: a tracepoint is `category:name`, e.g. block:block_rq_complete");
         }
-        return Ok(EventSpec::Counter(PerfEvent::Tracepoint { name: name.into() }));
+        return Ok(EventSpec::Counter(PerfEvent::Tracepoint {
+            name: name.into(),
+        }));
     }
     bail!(
         "unknown event `{name}`; see `kperf list` (software events, category:name tracepoints, \
@@ -120,7 +122,7 @@ pub fn parse_event(name: &str) -> anyhow::Result<EventSpec> {
 }
 
 /// Resolves a `kprobe:` event's path against the kernel ELF so that a
-/// suffix (`RequestQueue::submit_bio`) names the full demangled function
+/// suffix (`block::queue::Device::submit`) names the full demangled function
 /// the kernel's symbol table knows, and a bad name fails before anything
 /// is opened.
 pub fn resolve_kprobe(
@@ -170,7 +172,10 @@ pub struct Counter {
 
 /// Opens `events` (disabled). Hardware events the CPU model does not have
 /// become `<not supported>` rows rather than errors, as in `perf stat`.
-pub fn open_counters(client: &mut Client, events: &[(String, EventSpec)]) -> anyhow::Result<Vec<Counter>> {
+pub fn open_counters(
+    client: &mut Client,
+    events: &[(String, EventSpec)],
+) -> anyhow::Result<Vec<Counter>> {
     let mut out = Vec::new();
     for (name, spec) in events {
         let c = match spec {
@@ -185,9 +190,7 @@ pub fn open_counters(client: &mut Client, events: &[(String, EventSpec)]) -> any
                     id: Some(id),
                     unsupported: None,
                 },
-                Err(ClientError::Kernel { reply, .. })
-                    if reply.code == ErrorCode::NotSupported =>
-                {
+                Err(ClientError::Kernel { reply, .. }) if reply.code == ErrorCode::NotSupported => {
                     Counter {
                         name: name.clone(),
                         id: None,
@@ -273,7 +276,8 @@ pub fn data_sample(
 
 /// Writes `kperf.data`.
 pub fn write_data(path: &Path, header: &DataHeader, samples: &[DataSample]) -> anyhow::Result<()> {
-    let f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut w = std::io::BufWriter::new(f);
     writeln!(w, "{}", serde_json::to_string(header)?)?;
     for s in samples {
@@ -355,10 +359,10 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_event("kprobe:RequestQueue::submit_bio+0x4").unwrap(),
+            parse_event("kprobe:block::queue::Device::submit+0x4").unwrap(),
             EventSpec::Counter(PerfEvent::Kprobe {
                 target: ProbeTarget::Symbol {
-                    name: "RequestQueue::submit_bio".into(),
+                    name: "block::queue::Device::submit".into(),
                     offset: 4
                 }
             })

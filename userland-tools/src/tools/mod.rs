@@ -10,26 +10,37 @@ pub mod kperf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use ktrace_abi::block::{
+    BlockRequest, BlockResponse, WorkloadProgress, WorkloadReport, WorkloadSpec,
+};
 use ktrace_abi::bpf::{BpfResponse, EventBatch, LinkInfo, LoadOptions, MapInfo, ProgInfo};
-use ktrace_abi::block::{BlockRequest, BlockResponse, WorkloadProgress, WorkloadReport, WorkloadSpec};
 use ktrace_abi::{Request, Response};
 use probe_sdk::client::Client;
 use probe_sdk::runtime::{Runtime, RuntimeError};
 
+/// Bytes aligned for the ELF parser, which reads headers in place
+/// (`include_bytes!` alone guarantees no alignment).
+#[repr(C, align(8))]
+struct Aligned<T: ?Sized>(T);
+
 /// The `biolatency` probe object, built from `examples/biolatency` when
 /// this crate was compiled (empty when that build failed).
-const BIOLATENCY_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/biolatency.bpf.o"));
+static BIOLATENCY_OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/biolatency.bpf.o"
+)));
 const BIOLATENCY_ERROR: &str = include_str!(concat!(env!("OUT_DIR"), "/biolatency.error"));
 /// The `biosnoop` probe object, from `examples/biosnoop`.
-const BIOSNOOP_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/biosnoop.bpf.o"));
+static BIOSNOOP_OBJECT: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/biosnoop.bpf.o")));
 const BIOSNOOP_ERROR: &str = include_str!(concat!(env!("OUT_DIR"), "/biosnoop.error"));
 
 /// The embedded object of probe `name` (`biolatency` or `biosnoop`), or
 /// why it is missing and how to get it.
 pub fn embedded_probe(name: &str) -> anyhow::Result<&'static [u8]> {
     let (object, error) = match name {
-        "biolatency" => (BIOLATENCY_OBJECT, BIOLATENCY_ERROR),
-        "biosnoop" => (BIOSNOOP_OBJECT, BIOSNOOP_ERROR),
+        "biolatency" => (&BIOLATENCY_OBJECT.0, BIOLATENCY_ERROR),
+        "biosnoop" => (&BIOSNOOP_OBJECT.0, BIOSNOOP_ERROR),
         other => bail!("no embedded probe `{other}`"),
     };
     if object.is_empty() {

@@ -1,0 +1,361 @@
+//! The user-facing tools against ground truth, in QEMU: `biolatency`'s
+//! histogram total and `biosnoop`'s line count equal the requests the
+//! block layer completed, `kperf stat` counts equal diskstats and the
+//! scheduler's counters, `kperf record`'s folded stacks hold the
+//! workload's functions, and bad arguments or a stopped VM give clear
+//! messages and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use ktrace_abi::block::DeviceStats;
+use ktrace_tests::{test_config, TestVm};
+use probe_sdk::client::Client;
+use probe_sdk::kernel_image;
+
+/// The tool binaries of this workspace (`biolatency`, `biosnoop`, `kperf`,
+/// `ktrace`), built once.
+fn tool(name: &str) -> Command {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test executable outside a cargo target dir")
+            .to_path_buf();
+        let target_dir = profile_dir.parent().expect("cargo target dir");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev".to_string(),
+            Some(other) => other.to_string(),
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(kernel_image::workspace_root())
+            .args(["build", "--quiet", "-p", "ktrace-tools", "--bins"])
+            .args(["--profile", &profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .status()
+            .expect("cannot run cargo");
+        assert!(status.success(), "building the tools failed");
+        profile_dir
+    });
+    let mut cmd = Command::new(dir.join(name));
+    cmd.env(
+        kernel_image::KERNEL_ENV,
+        &ktrace_tests::kernel_image().source,
+    );
+    cmd
+}
+
+fn run(name: &str, args: &[&str]) -> Output {
+    tool(name)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+}
+
+fn run_ok(name: &str, args: &[&str]) -> String {
+    let out = run(name, args);
+    assert!(
+        out.status.success(),
+        "{name} {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn boot(test: &str) -> (TestVm, PathBuf) {
+    let mut cfg = test_config(test);
+    let dir = std::env::temp_dir().join(&cfg.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    cfg.disks = vec![dir.join("disk0.img")];
+    cfg.disk_size = 32 << 20;
+    (TestVm::boot_with(cfg), dir)
+}
+
+fn vda(vm: &mut TestVm) -> DeviceStats {
+    let mut c: Client = vm.client();
+    c.disk_stats_of("vda").unwrap().expect("vda")
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+#[test]
+fn biolatency_and_biosnoop_count_every_completed_request() {
+    let (mut vm, dir) = boot("tools-bio");
+    let name = vm.name().to_string();
+
+    let before = vda(&mut vm);
+    let out = run_ok(
+        "biolatency",
+        &[
+            "--vm",
+            &name,
+            "--json",
+            "-F",
+            "--",
+            "--dev",
+            "vda",
+            "--rw",
+            "randrw",
+            "--count",
+            "400",
+            "--iodepth",
+            "4",
+            "--quiet",
+        ],
+    );
+    let after = vda(&mut vm);
+    let v = json(out.trim());
+    let completed = after.completed() - before.completed();
+    assert!(completed >= 400, "completed {completed}");
+    assert_eq!(v["total"].as_u64(), Some(completed), "{v}");
+    let bucket_sum: u64 = v["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(bucket_sum, completed);
+    // Per operation: reads and writes as the block layer counted them.
+    let op_total = |op: &str| -> u64 {
+        v["operations"][op]
+            .as_array()
+            .map(|a| a.iter().map(|b| b["count"].as_u64().unwrap()).sum())
+            .unwrap_or(0)
+    };
+    let ops_ending = |suffix: &str| -> u64 {
+        v["operations"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| k.ends_with(suffix))
+            .map(|k| op_total(k))
+            .sum()
+    };
+    assert_eq!(ops_ending("Read"), after.read.ios - before.read.ios, "{v}");
+    assert_eq!(
+        ops_ending("Write"),
+        after.write.ios - before.write.ios,
+        "{v}"
+    );
+
+    // The probe is gone afterwards: no program, no map, no link left.
+    let mut c = vm.client();
+    let mut rt = probe_sdk::runtime::Runtime::new(&mut c);
+    assert_eq!(rt.progs().unwrap().len(), 0);
+    assert_eq!(rt.maps().unwrap().len(), 0);
+    assert_eq!(rt.links().unwrap().len(), 0);
+    drop(c);
+
+    let before = vda(&mut vm);
+    let out = run_ok(
+        "biosnoop",
+        &[
+            "--vm",
+            &name,
+            "--json",
+            "-Q",
+            "--",
+            "--dev",
+            "vda",
+            "--rw",
+            "randread",
+            "--count",
+            "300",
+            "--iodepth",
+            "2",
+            "--quiet",
+        ],
+    );
+    let after = vda(&mut vm);
+    let lines: Vec<serde_json::Value> = out.lines().map(json).collect();
+    let completed = after.completed() - before.completed();
+    assert_eq!(lines.len() as u64, completed);
+    let bytes: u64 = lines.iter().map(|l| l["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(bytes, after.read.sectors * 512 - before.read.sectors * 512);
+    for l in &lines {
+        assert_eq!(l["disk"], "vda", "{l}");
+        assert!(l["rwbs"].as_str().unwrap().starts_with('R'), "{l}");
+        assert_eq!(l["error"], 0, "{l}");
+        assert!(l["latency_ns"].as_u64().unwrap() > 0, "{l}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn kperf_counts_equal_the_kernels_counters_and_stacks_hold_the_workload() {
+    let (mut vm, dir) = boot("tools-kperf");
+    let name = vm.name().to_string();
+
+    let before = vda(&mut vm);
+    let out = run_ok(
+        "kperf",
+        &[
+            "--vm",
+            &name,
+            "stat",
+            "--json",
+            "-e",
+            "block:block_bio_queue,block:block_rq_issue,block:block_rq_complete,context-switches,sched:sched_switch,cycles",
+            "--",
+            "--dev",
+            "vda",
+            "--count",
+            "300",
+            "--quiet",
+        ],
+    );
+    let after = vda(&mut vm);
+    let v = json(&out);
+    let count = |ev: &str| -> Option<u64> {
+        v["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["event"] == ev)
+            .and_then(|c| c["values"][0].as_u64())
+    };
+    assert_eq!(
+        count("block:block_bio_queue"),
+        Some(after.bios - before.bios)
+    );
+    assert_eq!(
+        count("block:block_rq_issue"),
+        Some(after.issued - before.issued)
+    );
+    assert_eq!(
+        count("block:block_rq_complete"),
+        Some(after.completed() - before.completed())
+    );
+    // The software counter and the tracepoint see the same switches; the
+    // counters are enabled one request apart, and serving a request may
+    // switch tasks, so they may differ by one switch per event enabled.
+    let sw = count("context-switches").unwrap();
+    let tp = count("sched:sched_switch").unwrap();
+    assert!(sw >= 300, "context switches {sw}");
+    assert!(
+        sw.abs_diff(tp) <= 6,
+        "context-switches {sw}, sched:sched_switch {tp}"
+    );
+    // No PMU under TCG: reported, not pretended.
+    let cycles = v["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["event"] == "cycles")
+        .unwrap();
+    assert_eq!(cycles["supported"], false, "{v}");
+
+    // Sampling: the folded stacks name the workload's Rust functions.
+    let data = dir.join("kperf.data");
+    let data_s = data.to_str().unwrap();
+    let out = run(
+        "kperf",
+        &[
+            "--vm", &name, "record", "-F", "499", "-g", "-o", data_s, "--", "--dev", "vda",
+            "--count", "1500", "--quiet",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = dir.join("kperf.svg");
+    let report = run_ok(
+        "kperf",
+        &[
+            "report",
+            "-i",
+            data_s,
+            "--flamegraph",
+            svg.to_str().unwrap(),
+        ],
+    );
+    assert!(report.contains("# Samples: "), "{report}");
+    let folded = std::fs::read_to_string(dir.join("kperf.folded")).unwrap();
+    assert!(
+        folded
+            .lines()
+            .any(|l| l.contains("kernel::block::workload::")),
+        "no workload frame in the folded stacks:\n{folded}"
+    );
+    let samples: u64 = folded
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    let recorded = std::fs::read_to_string(&data).unwrap().lines().count() as u64 - 1;
+    assert_eq!(samples, recorded);
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.starts_with("<?xml"), "not an SVG");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_arguments_and_a_stopped_vm_give_clear_errors() {
+    let stopped = "t-tools-none-running";
+    let cases: &[(&str, &[&str], i32, &str)] = &[
+        (
+            "biolatency",
+            &["--vm", stopped],
+            1,
+            "biolatency: VM t-tools-none-running is not running (start it with `ktrace vm start --name t-tools-none-running`)",
+        ),
+        (
+            "biosnoop",
+            &["--vm", stopped],
+            1,
+            "biosnoop: VM t-tools-none-running is not running",
+        ),
+        (
+            "kperf",
+            &["--vm", stopped, "stat", "--duration", "1"],
+            1,
+            "kperf: VM t-tools-none-running is not running",
+        ),
+        ("biolatency", &["0"], 1, "biolatency: interval must be at least 1 second"),
+        ("biolatency", &["-D", "-F"], 2, "cannot be used with"),
+        (
+            "biolatency",
+            &["--", "--dev", "vda", "--bs", "100"],
+            1,
+            "invalid --bs 100: the block size must be a non-zero multiple of 512 bytes",
+        ),
+        (
+            "kperf",
+            &["stat", "-e", "bogus", "--duration", "1"],
+            1,
+            "kperf: unknown event `bogus`; see `kperf list`",
+        ),
+        (
+            "kperf",
+            &["stat", "-e", "block:"],
+            1,
+            "kperf: event `block:`: a tracepoint is `category:name`",
+        ),
+        (
+            "kperf",
+            &["stat", "-e", "irqs"],
+            1,
+            "kperf: nothing to measure: give --duration SECONDS or a workload after `--`",
+        ),
+        ("kperf", &["record", "-F", "0", "--duration", "1"], 1, "kperf: -F 0: the frequency must be 1 to 10000 Hz"),
+        ("kperf", &["report", "-i", "/nonexistent/kperf.data"], 1, "kperf: cannot open /nonexistent/kperf.data (record one with `kperf record`)"),
+        ("kperf", &["frobnicate"], 2, "unrecognized subcommand 'frobnicate'"),
+    ];
+    for (bin, args, code, message) in cases {
+        let out = run(bin, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(*code), "{bin} {args:?}: {stderr}");
+        assert!(stderr.contains(message), "{bin} {args:?}:\n{stderr}");
+    }
+}
