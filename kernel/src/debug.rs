@@ -24,12 +24,19 @@ const SELF_TESTS: &[(&str, SelfTest)] = &[("sleep_order", sleep_order), ("waitqu
 
 /// Names of the self tests.
 pub fn self_test_names() -> Vec<String> {
-    SELF_TESTS.iter().chain(crate::probe_tests::SELF_TESTS).map(|(n, _)| n.to_string()).collect()
+    SELF_TESTS
+        .iter()
+        .chain(crate::probe_tests::SELF_TESTS)
+        .map(|(n, _)| n.to_string())
+        .collect()
 }
 
 /// Run a self test by name.
 pub fn run_self_test(name: &str) -> Option<SelfTestResult> {
-    let (_, test) = SELF_TESTS.iter().chain(crate::probe_tests::SELF_TESTS).find(|(n, _)| *n == name)?;
+    let (_, test) = SELF_TESTS
+        .iter()
+        .chain(crate::probe_tests::SELF_TESTS)
+        .find(|(n, _)| *n == name)?;
     let mut output = Vec::new();
     let passed = test(&mut output);
     Some(SelfTestResult {

@@ -10,8 +10,8 @@
 extern crate alloc;
 
 mod arch;
-mod bpf;
 mod block;
+mod bpf;
 mod console;
 mod control;
 mod debug;
@@ -19,12 +19,12 @@ mod ksyms;
 mod mm;
 mod panic;
 mod percpu;
+mod probe_tests;
 mod rt;
 mod sync;
 mod task;
 mod time;
 mod trace;
-mod probe_tests;
 
 /// Kernel version reported in the handshake.
 pub const KERNEL_VERSION: &str = env!("CARGO_PKG_VERSION");

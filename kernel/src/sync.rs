@@ -72,11 +72,6 @@ impl<T: ?Sized> SpinLock<T> {
             None
         }
     }
-
-    /// Whether the lock is held (diagnostics only).
-    pub fn is_locked(&self) -> bool {
-        self.locked.load(Ordering::Relaxed)
-    }
 }
 
 impl<T: ?Sized> Deref for SpinLockGuard<'_, T> {

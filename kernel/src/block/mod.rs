@@ -5,7 +5,7 @@
 //!
 //! # The path of an I/O
 //!
-//! 1. A task builds bios and calls [`queue::Device::submit`] with a batch
+//! 1. A task builds bios and calls [`queue::RequestQueue::submit`] with a batch
 //!    (its *plug*), then sleeps on its [`queue::Completion`].
 //! 2. Each bio is checked (size, range: a failure completes it at once
 //!    with that error), counted and traced (`block_bio_queue`), and handed
@@ -62,7 +62,7 @@ use ktrace_block::{BlockError, Op};
 
 use crate::arch::apic::{self, IrqTrigger};
 use crate::arch::{self, trap};
-use queue::Device;
+use queue::RequestQueue;
 
 /// Vector of the virtio-blk interrupts (all devices share it).
 const VIRTIO_VECTOR: u8 = 0x50;
@@ -71,16 +71,16 @@ const VIRTIO_MAJOR: u32 = 253;
 /// Linux's major of RAM disks.
 const RAMDISK_MAJOR: u32 = 1;
 
-static DEVICES: spin::Once<Vec<Arc<Device>>> = spin::Once::new();
-static VIRTIO_DEVICES: spin::Once<Vec<Arc<Device>>> = spin::Once::new();
+static DEVICES: spin::Once<Vec<Arc<RequestQueue>>> = spin::Once::new();
+static VIRTIO_DEVICES: spin::Once<Vec<Arc<RequestQueue>>> = spin::Once::new();
 
 /// Every block device.
-pub fn devices() -> &'static [Arc<Device>] {
+pub fn devices() -> &'static [Arc<RequestQueue>] {
     DEVICES.get().map_or(&[], Vec::as_slice)
 }
 
 /// A device by name.
-pub fn find(name: &str) -> Option<&'static Arc<Device>> {
+pub fn find(name: &str) -> Option<&'static Arc<RequestQueue>> {
     devices().iter().find(|d| d.name == name)
 }
 
@@ -98,7 +98,7 @@ pub fn init() {
     let mut gsis = Vec::new();
     for (i, found) in virtio::probe().into_iter().enumerate() {
         let name = format!("vd{}", (b'a' + (i % 26) as u8) as char);
-        let dev = Arc::new(Device::new(
+        let dev = Arc::new(RequestQueue::new(
             &name,
             VIRTIO_MAJOR,
             (i as u32) * 16,
@@ -118,7 +118,7 @@ pub fn init() {
     }
     match ramdisk::RamDisk::new(ramdisk::DEFAULT_BYTES) {
         Some(rd) => {
-            let dev = Arc::new(Device::new("ram0", RAMDISK_MAJOR, 0, Box::new(rd)));
+            let dev = Arc::new(RequestQueue::new("ram0", RAMDISK_MAJOR, 0, Box::new(rd)));
             log::info!("block: ram0: RAM disk, {} MiB", dev.capacity >> 11);
             all.push(dev);
         }

@@ -113,8 +113,10 @@ struct Inner {
     reaped: Vec<Req>,
 }
 
-/// One block device.
-pub struct Device {
+/// One block device and its request queue: bios come in through
+/// [`RequestQueue::submit_bio`], the scheduler merges them into requests, the
+/// driver runs them.
+pub struct RequestQueue {
     /// `vda`, `ram0`, ...
     pub name: String,
     pub major: u32,
@@ -129,7 +131,7 @@ pub struct Device {
 static NEXT_BIO_ID: AtomicU64 = AtomicU64::new(1);
 static NEXT_RQ_ID: AtomicU64 = AtomicU64::new(1);
 
-impl Device {
+impl RequestQueue {
     /// A device over `driver` with the `deadline` scheduler.
     pub fn new(name: &str, major: u32, minor: u32, driver: Box<dyn Driver>) -> Self {
         let sched = sched::by_name::<Token>("deadline", SchedConfig::default())
@@ -161,47 +163,56 @@ impl Device {
     pub fn submit(&self, bios: Vec<Bio>) {
         let mut g = self.inner.lock();
         let inner = &mut *g;
-        let dev = self.dev_t();
-        for mut bio in bios {
-            let now = crate::time::now_ns();
-            if let Err(e) = check_bio(bio.op, bio.sector, bio.data.len(), self.capacity) {
-                inner.stats.bio_rejected();
-                bio.status = Err(e);
-                let c = bio.private.completion.clone();
-                c.complete(bio);
-                continue;
-            }
-            bio.id = NEXT_BIO_ID.fetch_add(1, Ordering::Relaxed);
-            bio.queued_ns = now;
-            inner.stats.bio_queued();
-            trace::bio_queue(dev, &bio);
-            let op = bio.op;
-            // Ids a merge leaves unused are skipped: ids only need to be unique.
-            let new_id = NEXT_RQ_ID.fetch_add(1, Ordering::Relaxed);
-            let (bio_id, sector, nr, bytes, rwbs, pid) = (
-                bio.id,
-                bio.sector,
-                bio.nr_sectors(),
-                bio.bytes(),
-                bio.rwbs(),
-                bio.submitter,
-            );
-            match inner.sched.add_bio(bio, new_id, now) {
-                AddOutcome::Inserted { rq_id } => {
-                    inner.stats.inserted(now);
-                    trace::rq_insert(dev, rq_id, sector, nr, bytes, rwbs, pid);
-                }
-                AddOutcome::BackMerge { rq_id } => {
-                    inner.stats.merged(op);
-                    trace::bio_backmerge(dev, bio_id, rq_id, sector, nr, bytes, rwbs, pid);
-                }
-                AddOutcome::FrontMerge { rq_id } => {
-                    inner.stats.merged(op);
-                    trace::bio_frontmerge(dev, bio_id, rq_id, sector, nr, bytes, rwbs, pid);
-                }
-            }
+        for bio in bios {
+            self.submit_bio(inner, bio);
         }
         self.run(inner);
+    }
+
+    /// One bio enters the queue: checked, counted, traced
+    /// (`block:block_bio_queue`), then inserted as a new request or merged
+    /// into a queued one. Not inlined: it is the natural kprobe target for
+    /// "every bio submitted" (`kernel::block::queue::RequestQueue::submit_bio`).
+    #[inline(never)]
+    fn submit_bio(&self, inner: &mut Inner, mut bio: Bio) {
+        let dev = self.dev_t();
+        let now = crate::time::now_ns();
+        if let Err(e) = check_bio(bio.op, bio.sector, bio.data.len(), self.capacity) {
+            inner.stats.bio_rejected();
+            bio.status = Err(e);
+            let c = bio.private.completion.clone();
+            c.complete(bio);
+            return;
+        }
+        bio.id = NEXT_BIO_ID.fetch_add(1, Ordering::Relaxed);
+        bio.queued_ns = now;
+        inner.stats.bio_queued();
+        trace::bio_queue(dev, &bio);
+        let op = bio.op;
+        // Ids a merge leaves unused are skipped: ids only need to be unique.
+        let new_id = NEXT_RQ_ID.fetch_add(1, Ordering::Relaxed);
+        let (bio_id, sector, nr, bytes, rwbs, pid) = (
+            bio.id,
+            bio.sector,
+            bio.nr_sectors(),
+            bio.bytes(),
+            bio.rwbs(),
+            bio.submitter,
+        );
+        match inner.sched.add_bio(bio, new_id, now) {
+            AddOutcome::Inserted { rq_id } => {
+                inner.stats.inserted(now);
+                trace::rq_insert(dev, rq_id, sector, nr, bytes, rwbs, pid);
+            }
+            AddOutcome::BackMerge { rq_id } => {
+                inner.stats.merged(op);
+                trace::bio_backmerge(dev, bio_id, rq_id, sector, nr, bytes, rwbs, pid);
+            }
+            AddOutcome::FrontMerge { rq_id } => {
+                inner.stats.merged(op);
+                trace::bio_frontmerge(dev, bio_id, rq_id, sector, nr, bytes, rwbs, pid);
+            }
+        }
     }
 
     /// Dispatch while the hardware has room, and complete what the driver
@@ -326,7 +337,7 @@ impl Device {
 
 /// Submit one bio and wait for it: the synchronous path.
 pub fn submit_and_wait(
-    dev: &Device,
+    dev: &RequestQueue,
     op: ktrace_block::Op,
     sector: u64,
     data: Vec<u8>,

@@ -29,7 +29,7 @@ use ktrace_abi::block::{
 use ktrace_abi::{ErrorCode, ErrorReply, Response};
 use ktrace_block::{pattern, BioFlags, LatencyHistogram, Op, SECTOR_SIZE};
 
-use super::queue::{Bio, Completion, Device, Token};
+use super::queue::{Bio, Completion, RequestQueue, Token};
 use crate::sync::SpinLock;
 use crate::task::{self, WaitQueue};
 
@@ -64,7 +64,7 @@ struct Shared {
 }
 
 struct Job {
-    dev: Arc<Device>,
+    dev: Arc<RequestQueue>,
     dev_index: usize,
     first_block: u64,
     blocks: u64,

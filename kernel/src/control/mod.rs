@@ -116,18 +116,27 @@ fn control_task() {
                 FrameEvent::Frame(payload) => handle_payload(&mut session, &payload),
                 FrameEvent::Skipped(n) => {
                     BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                    push(&error(ErrorCode::BadFrame, format!("skipped {n} bytes that were not a frame")));
+                    push(&error(
+                        ErrorCode::BadFrame,
+                        format!("skipped {n} bytes that were not a frame"),
+                    ));
                 }
                 FrameEvent::TooLong(len) => {
                     BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
                     push(&error(
                         ErrorCode::BadFrame,
-                        format!("frame announces {len} bytes, more than the limit of {}", ktrace_abi::frame::MAX_PAYLOAD),
+                        format!(
+                            "frame announces {len} bytes, more than the limit of {}",
+                            ktrace_abi::frame::MAX_PAYLOAD
+                        ),
                     ));
                 }
                 FrameEvent::BadCrc => {
                     BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                    push(&error(ErrorCode::BadFrame, String::from("frame CRC mismatch: frame dropped")));
+                    push(&error(
+                        ErrorCode::BadFrame,
+                        String::from("frame CRC mismatch: frame dropped"),
+                    ));
                 }
             }
         }
@@ -140,8 +149,13 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
         Err(e) => {
             BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
             // The id is the first field; answer with it when it decodes.
-            let id = postcard::take_from_bytes::<u32>(payload).map(|(id, _)| id).unwrap_or(PUSH_ID);
-            send(id, &error(ErrorCode::Decode, format!("request does not decode: {e}")));
+            let id = postcard::take_from_bytes::<u32>(payload)
+                .map(|(id, _)| id)
+                .unwrap_or(PUSH_ID);
+            send(
+                id,
+                &error(ErrorCode::Decode, format!("request does not decode: {e}")),
+            );
             return;
         }
     };
@@ -171,12 +185,18 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
             arch::qemu_exit(exit_code);
         }
         Request::Debug(DebugRequest::Panic) => crate::debug::forced_panic(),
-        Request::Debug(DebugRequest::ListSelfTests) => Response::SelfTests(crate::debug::self_test_names()),
-        Request::Debug(DebugRequest::SelfTest { name }) => match crate::debug::run_self_test(&name) {
+        Request::Debug(DebugRequest::ListSelfTests) => {
+            Response::SelfTests(crate::debug::self_test_names())
+        }
+        Request::Debug(DebugRequest::SelfTest { name }) => match crate::debug::run_self_test(&name)
+        {
             Some(r) => Response::SelfTest(r),
             None => error(
                 ErrorCode::NotFound,
-                format!("no self test named {name:?}; known: {}", crate::debug::self_test_names().join(", ")),
+                format!(
+                    "no self test named {name:?}; known: {}",
+                    crate::debug::self_test_names().join(", ")
+                ),
             ),
         },
         Request::Trace(r) => crate::trace::control::handle(r),

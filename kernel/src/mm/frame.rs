@@ -95,13 +95,3 @@ pub fn alloc_zeroed() -> Option<u64> {
     PAGE_TABLE_BYTES.fetch_add(PAGE, Ordering::Relaxed);
     Some(frame)
 }
-
-/// Return a frame obtained from [`alloc_zeroed`].
-pub fn free(frame: u64) {
-    let mut f = FRAMES.lock();
-    // SAFETY: the caller gives back a frame it owns; we store the list link
-    // in its first word.
-    unsafe { core::ptr::write(frame as *mut u64, f.free_head) };
-    f.free_head = frame;
-    PAGE_TABLE_BYTES.fetch_sub(PAGE, Ordering::Relaxed);
-}

@@ -76,7 +76,9 @@ struct Task {
     state: TaskState,
     /// Saved stack pointer while not running.
     rsp: u64,
-    stack: Option<KernelStack>,
+    /// Owned for its lifetime: dropped (unmapped guard restored, memory
+    /// freed) when the task is reaped.
+    _stack: Option<KernelStack>,
     runtime_tsc: u64,
     switches: u64,
     slice_start_tsc: u64,
@@ -102,17 +104,6 @@ struct Scheduler {
 static SCHED: SpinLock<Option<Scheduler>> = SpinLock::new(None);
 static NEED_RESCHED: AtomicBool = AtomicBool::new(false);
 static CONTEXT_SWITCHES: AtomicU64 = AtomicU64::new(0);
-/// Reschedule hook for tracepoints: (prev pid, next pid, prev state).
-static SWITCH_HOOK: SpinLock<Option<SwitchHook>> = SpinLock::new(None);
-
-/// Called on every context switch with (prev pid, next pid, prev state).
-pub type SwitchHook = fn(Pid, Pid, TaskState);
-
-/// Install a function called on every context switch (used by the
-/// `sched:sched_switch` tracepoint).
-pub fn set_switch_hook(hook: SwitchHook) {
-    *SWITCH_HOOK.lock() = Some(hook);
-}
 
 /// Turn the boot context into task 0 (`idle`).
 pub fn init() {
@@ -121,7 +112,7 @@ pub fn init() {
         name: String::from("idle"),
         state: TaskState::Running,
         rsp: 0,
-        stack: None,
+        _stack: None,
         runtime_tsc: 0,
         switches: 1,
         slice_start_tsc: arch::rdtsc(),
@@ -172,7 +163,7 @@ pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<Pid> {
             name: String::from(name),
             state: TaskState::Ready,
             rsp,
-            stack: Some(stack),
+            _stack: Some(stack),
             runtime_tsc: 0,
             switches: 0,
             slice_start_tsc: 0,
@@ -265,7 +256,11 @@ fn trace_wakeup(pid: Pid, name: &str) {
         let mut comm = [0u8; 16];
         let n = name.len().min(15);
         comm[..n].copy_from_slice(&name.as_bytes()[..n]);
-        ktrace_tracepoints::sched::SchedWakeup { pid, target_cpu: 0, comm }
+        ktrace_tracepoints::sched::SchedWakeup {
+            pid,
+            target_cpu: 0,
+            comm,
+        }
     });
 }
 
@@ -392,9 +387,6 @@ fn schedule_with(state: TaskState) {
             next_comm: this_cpu().current_comm(),
         }
     );
-    if let Some(hook) = *SWITCH_HOOK.lock() {
-        hook(prev, next, state);
-    }
     // SAFETY: interrupts are off; `prev_rsp_ptr` points into a boxed task
     // (or zombie) that stays alive until after the switch; `next_rsp` was
     // saved by context_switch or built by `spawn`.

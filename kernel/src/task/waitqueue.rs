@@ -77,20 +77,13 @@ impl WaitQueue {
         }
     }
 
-    /// Wake the longest-waiting task.
-    pub fn wake_one(&self) {
-        let pid = self.waiters.lock().pop_front();
-        if let Some(pid) = pid {
-            sched::wake(pid);
-        }
-    }
-
     /// Number of blocked tasks.
     pub fn len(&self) -> usize {
         self.waiters.lock().len()
     }
 
     /// Whether no task waits.
+    #[allow(dead_code)] // pairs with `len`
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

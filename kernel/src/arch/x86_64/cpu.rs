@@ -32,20 +32,6 @@ pub fn rdtsc() -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
-/// Read a model-specific register.
-///
-/// # Safety
-/// The MSR must exist on this CPU, or the read faults.
-#[inline]
-pub unsafe fn rdmsr(msr: u32) -> u64 {
-    let (lo, hi): (u32, u32);
-    // SAFETY: the caller guarantees the MSR exists.
-    unsafe {
-        asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
-    }
-    (u64::from(hi) << 32) | u64::from(lo)
-}
-
 /// Whether interrupts are enabled (RFLAGS.IF).
 #[inline]
 pub fn irq_enabled() -> bool {

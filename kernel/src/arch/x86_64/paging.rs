@@ -42,8 +42,6 @@ pub type FrameSource = fn() -> Option<u64>;
 pub enum MapError {
     /// No frame was available for a page table.
     OutOfMemory,
-    /// The address is not mapped.
-    NotMapped,
 }
 
 fn table(phys: u64) -> *mut u64 {

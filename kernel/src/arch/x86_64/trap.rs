@@ -74,7 +74,11 @@ extern "C" fn trap_dispatch(regs: &mut PtRegs, vector: u64) {
     if is_irq {
         crate::trace_event!(
             crate::trace::points::IRQ_HANDLER_ENTRY,
-            ktrace_tracepoints::irq::IrqHandlerEntry { irq: i32::from(vector) - 32, vector: u32::from(vector), name: irq_name(vector) }
+            ktrace_tracepoints::irq::IrqHandlerEntry {
+                irq: i32::from(vector) - 32,
+                vector: u32::from(vector),
+                name: irq_name(vector)
+            }
         );
     }
     let raw = HANDLERS[vector as usize].load(Ordering::Acquire);
@@ -89,7 +93,10 @@ extern "C" fn trap_dispatch(regs: &mut PtRegs, vector: u64) {
     if is_irq {
         crate::trace_event!(
             crate::trace::points::IRQ_HANDLER_EXIT,
-            ktrace_tracepoints::irq::IrqHandlerExit { irq: i32::from(vector) - 32, ret: i32::from(handled) }
+            ktrace_tracepoints::irq::IrqHandlerExit {
+                irq: i32::from(vector) - 32,
+                ret: i32::from(handled)
+            }
         );
     }
     if vector >= IRQ_BASE {
