@@ -162,12 +162,13 @@ fn measure(
     let before = client.disk_stats_of(dev)?.context("the disk vanished")?;
     let counters = kp::open_counters(client, &evs)?;
     let r = (|| -> anyhow::Result<(Vec<Option<u64>>, f64, u64)> {
+        // Elapsed spans enable to disable: the window the counters count.
+        let t = Instant::now();
         for c in &counters {
             if let Some(id) = c.id {
                 client.perf_enable(id)?;
             }
         }
-        let t = Instant::now();
         let report = tools::run_workload_with_events(
             client,
             &spec,
@@ -178,12 +179,12 @@ fn measure(
             },
             |_| {},
         )?;
-        let elapsed = t.elapsed().as_secs_f64();
         for c in &counters {
             if let Some(id) = c.id {
                 client.perf_disable(id)?;
             }
         }
+        let elapsed = t.elapsed().as_secs_f64();
         println!(
             "\r  {} I/Os in {:.2} s: {:.0} IOPS, mean latency {:.1} us, {} errors{}",
             report.ios,
