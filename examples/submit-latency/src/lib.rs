@@ -1,4 +1,4 @@
-//! How long `Device::submit` takes, and how often it runs.
+//! How long `RequestQueue::submit_bio` takes, and how often it runs.
 #![no_std]
 
 use ktrace_probe::helpers::{current_pid_tgid, ktime_get_ns};
@@ -17,7 +17,7 @@ static CALLS: Array<u64> = Array::with_max_entries(1);
 #[map]
 static SUBMIT_NS: Log2Histogram = Log2Histogram::new();
 
-#[kprobe("block::queue::Device::submit")]
+#[kprobe("block::queue::RequestQueue::submit_bio")]
 fn submit_entry(_ctx: KprobeContext) -> u32 {
     let tid = current_pid_tgid() as u32;
     let now = ktime_get_ns();
@@ -26,7 +26,7 @@ fn submit_entry(_ctx: KprobeContext) -> u32 {
     0
 }
 
-#[kretprobe("block::queue::Device::submit")]
+#[kretprobe("block::queue::RequestQueue::submit_bio")]
 fn submit_return(_ctx: KretprobeContext) -> u32 {
     let tid = current_pid_tgid() as u32;
     if let Some(start) = START.get(&tid) {

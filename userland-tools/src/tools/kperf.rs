@@ -85,7 +85,7 @@ pub fn parse_event(name: &str) -> anyhow::Result<EventSpec> {
     }
     if let Some(path) = name.strip_prefix("kprobe:") {
         if path.is_empty() {
-            bail!("event `{name}`: give a function after `kprobe:`, e.g. kprobe:block::queue::Device::submit");
+            bail!("event `{name}`: give a function after `kprobe:`, e.g. kprobe:RequestQueue::submit_bio");
         }
         let (sym, offset) = match path.rsplit_once('+') {
             Some((s, off)) => {
@@ -122,7 +122,7 @@ pub fn parse_event(name: &str) -> anyhow::Result<EventSpec> {
 }
 
 /// Resolves a `kprobe:` event's path against the kernel ELF so that a
-/// suffix (`block::queue::Device::submit`) names the full demangled function
+/// suffix (`RequestQueue::submit_bio`) names the full demangled function
 /// the kernel's symbol table knows, and a bad name fails before anything
 /// is opened.
 pub fn resolve_kprobe(
@@ -359,10 +359,10 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_event("kprobe:block::queue::Device::submit+0x4").unwrap(),
+            parse_event("kprobe:RequestQueue::submit_bio+0x4").unwrap(),
             EventSpec::Counter(PerfEvent::Kprobe {
                 target: ProbeTarget::Symbol {
-                    name: "block::queue::Device::submit".into(),
+                    name: "RequestQueue::submit_bio".into(),
                     offset: 4
                 }
             })
