@@ -179,8 +179,7 @@ fn list(args: ListArgs, vm: &str) -> anyhow::Result<()> {
     }
     rows.push((
         "kprobe:<function>[+offset]".into(),
-        "[Kprobe event] a demangled path or suffix, e.g. kprobe:RequestQueue::submit_bio"
-            .into(),
+        "[Kprobe event] a demangled path or suffix, e.g. kprobe:RequestQueue::submit_bio".into(),
     ));
     if let Some(f) = &args.filter {
         rows.retain(|(n, _)| n.contains(f.as_str()));
