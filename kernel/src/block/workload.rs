@@ -119,7 +119,10 @@ fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
     }
     let (count, deadline_ns) = match spec.limit {
         WorkloadLimit::Count(0) => return Err(bad(String::from("count must be at least 1"))),
-        WorkloadLimit::Count(n) => (Some(n), None),
+        // A count still stops at the longest allowed time: the control
+        // task waits for the workload, and `Count(u64::MAX)` must not hold
+        // the channel forever.
+        WorkloadLimit::Count(n) => (Some(n), Some(start_ns + limits::MAX_TIME_MS * 1_000_000)),
         WorkloadLimit::TimeMs(ms) if ms == 0 || ms > limits::MAX_TIME_MS => {
             return Err(bad(format!(
                 "time {ms} ms is out of range 1..={} ms",
@@ -195,6 +198,13 @@ fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
             return Err(bad(format!(
                 "{name}: {blocks} blocks of {bs} bytes split over {} jobs leave {per_job} per job, fewer than iodepth {}",
                 spec.jobs, spec.iodepth
+            )));
+        }
+        // Verification keeps a 4-byte generation per block; on a large
+        // disk with small blocks that table alone would exhaust the heap.
+        if spec.verify && blocks > MAX_VERIFY_BLOCKS {
+            return Err(bad(format!(
+                "{name}: verify tracks {blocks} blocks of {bs} bytes, more than {MAX_VERIFY_BLOCKS}; use a larger block size or a smaller size"
             )));
         }
         for j in 0..u64::from(spec.jobs) {
@@ -437,6 +447,10 @@ fn progress(shared: &Shared, start: u64) -> WorkloadProgress {
         errors: shared.errors.load(Ordering::Relaxed),
     }
 }
+
+/// Most blocks a verifying workload may cover on one device (16 MiB of
+/// generation table).
+const MAX_VERIFY_BLOCKS: u64 = 4 << 20;
 
 /// Run a workload to the end (control task), pushing progress frames.
 pub fn run(spec: &WorkloadSpec) -> Result<WorkloadReport, ErrorReply> {

@@ -330,6 +330,24 @@ fn list_or_none(v: &[String]) -> String {
     }
 }
 
+/// Most calls a request may run synchronously in the control task
+/// (`Trigger`, `Bench`, `ProgTestRun` repeats); `TriggerSpawn` has no bound.
+pub const MAX_SYNC_CALLS: u32 = 1_000_000;
+
+/// Wall time after which a test run stops repeating (runs done are reported).
+const TEST_RUN_MAX_NS: u64 = 5_000_000_000;
+
+fn check_sync_count(what: &str, count: u32) -> Result<(), Response> {
+    if count > MAX_SYNC_CALLS {
+        return Err(error(
+            ErrorCode::Limit,
+            -7,
+            format!("{what} count {count} exceeds the limit of {MAX_SYNC_CALLS} calls per request"),
+        ));
+    }
+    Ok(())
+}
+
 /// Context for a test run: the bytes the host sent, and hit information
 /// taken from them where the context is `pt_regs`.
 fn test_run(p: &Program, ctx: &[u8], repeat: u32) -> Result<TestRunResult, Response> {
@@ -356,7 +374,9 @@ fn test_run(p: &Program, ctx: &[u8], repeat: u32) -> Result<TestRunResult, Respo
         rbp: word(32),
     };
     let mut buf = ctx.to_vec();
+    check_sync_count("ProgTestRun repeat", repeat)?;
     let repeat = repeat.max(1);
+    let started_ns = crate::time::now_ns();
     let mut retval = 0;
     let mut runs = 0;
     let mut err = None;
@@ -388,8 +408,13 @@ fn test_run(p: &Program, ctx: &[u8], repeat: u32) -> Result<TestRunResult, Respo
                 break;
             }
         }
+        // Each run is bounded by the instruction budget, but many long
+        // runs would still hold the control task: stop on wall time.
+        if crate::time::now_ns().saturating_sub(started_ns) > TEST_RUN_MAX_NS {
+            break;
+        }
     }
-    let cycles = crate::arch::rdtsc().wrapping_sub(t0) / u64::from(repeat);
+    let cycles = crate::arch::rdtsc().wrapping_sub(t0) / u64::from(runs.max(1));
     Ok(TestRunResult {
         retval,
         runs,
@@ -463,8 +488,12 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
         }
         BpfRequest::MapDump { map, after, max } => {
             let m = rt.map(map)?;
-            // Bound the batch so one answer stays a reasonable frame.
-            let max = (max as usize).clamp(1, 65_536);
+            // Bound the batch so one answer stays a reasonable frame: by
+            // count, and by bytes (a 64 KiB value times 65 536 entries would
+            // not fit the heap, let alone a frame).
+            let entry_bytes = m.spec.key_size as usize + m.host_value_size as usize + 8;
+            let by_bytes = (ktrace_abi::frame::MAX_PAYLOAD / 2 / entry_bytes).max(1);
+            let max = (max as usize).clamp(1, 65_536).min(by_bytes);
             let (entries, more) = m
                 .inner
                 .lock()
@@ -632,6 +661,9 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
         }
         BpfRequest::Trigger { count, arg } => {
             drop(rt);
+            // The calls run in the control task: an unbounded count would
+            // stall the channel for minutes under TCG.
+            check_sync_count("Trigger", count)?;
             ok(BpfResponse::Triggered {
                 count,
                 result: testing::trigger(count, arg),
@@ -660,6 +692,8 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
         }
         BpfRequest::Bench { count } => {
             drop(rt);
+            // Bench runs with interrupts off: bound it like Trigger.
+            check_sync_count("Bench", count)?;
             ok(BpfResponse::Bench(Box::new(testing::bench(count))))
         }
     })

@@ -27,6 +27,10 @@ const COM2_VECTOR: u8 = 0x23;
 /// oldest input is dropped (and counted).
 const RX_LIMIT: usize = 8 << 20;
 
+/// Idle time after which a buffered partial frame is dropped. A 4 MiB
+/// frame at the serial rate never pauses this long between chunks.
+const PARTIAL_FRAME_IDLE_NS: u64 = 500_000_000;
+
 static RX: SpinLock<VecDeque<u8>> = SpinLock::new(VecDeque::new());
 static RX_WAIT: WaitQueue = WaitQueue::new();
 static TX: spin::Mutex<()> = spin::Mutex::new(());
@@ -71,6 +75,19 @@ pub fn bad_frames() -> u64 {
 /// Send one response frame. Task context only.
 pub fn send(id: u32, resp: &Response) {
     let frame = match ktrace_abi::encode(id, resp) {
+        // The host refuses frames beyond MAX_PAYLOAD and would wait for an
+        // answer that never comes: answer with an error it can read.
+        Ok(f) if f.len() > ktrace_abi::frame::HEADER_LEN + ktrace_abi::frame::MAX_PAYLOAD => {
+            let message = format!(
+                "the answer is {} bytes, more than the frame limit of {} bytes: ask for less (a smaller batch or count)",
+                f.len() - ktrace_abi::frame::HEADER_LEN,
+                ktrace_abi::frame::MAX_PAYLOAD
+            );
+            match ktrace_abi::encode(id, &error(ErrorCode::Limit, message)) {
+                Ok(f) => f,
+                Err(_) => return,
+            }
+        }
         Ok(f) => f,
         Err(e) => {
             log::error!("cannot encode a response: {e}");
@@ -97,6 +114,7 @@ struct Session {
 fn control_task() {
     let mut reader = FrameReader::new();
     let mut session = Session { greeted: false };
+    let mut last_rx_ns = crate::time::now_ns();
     log::info!("control channel ready on COM2");
     loop {
         // Interrupts deliver bytes; the timeout also polls, in case an
@@ -108,8 +126,22 @@ fn control_task() {
             rx.drain(..).collect()
         };
         if bytes.is_empty() {
+            // A header that announced more bytes than ever came would
+            // otherwise hold every later request hostage: once the line
+            // has been idle long enough, drop the partial frame.
+            let now = crate::time::now_ns();
+            if reader.buffered() > 0 && now.saturating_sub(last_rx_ns) > PARTIAL_FRAME_IDLE_NS {
+                let n = reader.buffered();
+                reader.clear();
+                BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+                push(&error(
+                    ErrorCode::BadFrame,
+                    format!("dropped a partial frame of {n} bytes after the line was idle for {} ms", PARTIAL_FRAME_IDLE_NS / 1_000_000),
+                ));
+            }
             continue;
         }
+        last_rx_ns = crate::time::now_ns();
         reader.push(&bytes);
         while let Some(event) = reader.next_event() {
             match event {
