@@ -1,0 +1,1222 @@
+//! Robustness, end to end: attack the control channel the way a buggy or
+//! hostile host would and check the kernel answers everything, never panics,
+//! never hangs and gives back the memory it took.
+//!
+//! - `request_fuzzer_never_panics_or_hangs_the_kernel`: a seeded stream of
+//!   structurally valid requests of every variant with hostile field values.
+//! - Frame-level abuse: interleaved partial frames, a byte-by-byte frame, a
+//!   payload of another variant, 1 MiB of garbage, a disconnect mid-frame.
+//! - `resource_exhaustion_is_refused_cleanly_and_nothing_leaks`: create
+//!   maps, programs, probes and perf events until refused, free them all,
+//!   compare the heap.
+//!
+//! The fuzzer's seed is fixed (override with `KTRACE_FUZZ_SEED`) so a
+//! failure reproduces; `KTRACE_FUZZ_SECS` changes its time budget.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ktrace_abi::block::{BlockRequest, IoOp, IoRequest, RwMode, WorkloadLimit, WorkloadSpec};
+use ktrace_abi::bpf::{
+    AttachTarget, BpfRequest, BpfResponse, KprobePoint, LineInfo, LineTable, LoadOptions,
+    MapDefinition, MapEntry, ObjectLoad, ProgramLoad, ProgramType,
+};
+use ktrace_abi::frame::{self, MAGIC};
+use ktrace_abi::trace::{
+    HardwareEvent, PerfEvent, ProbeKind, ProbeTarget, SoftwareEvent, TraceRequest, TraceResponse,
+};
+use ktrace_abi::vm::{DebugRequest, Hello};
+use ktrace_abi::{ErrorCode, Request, Response, PROTOCOL_VERSION};
+use ktrace_tests::TestVm;
+use probe_sdk::client::{Client, ClientError};
+use probe_sdk::kernel_image;
+use probe_sdk::vm::PanicReport;
+
+/// Per-request time limit: the slowest legitimate request the fuzzer sends
+/// (a small workload, a verifier run on a large program) takes a few seconds.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// splitmix64: small, seedable, good enough to pick hostile values.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize].clone()
+    }
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+    /// A hostile u32: boundaries, small values, random.
+    fn u32(&mut self) -> u32 {
+        match self.below(8) {
+            0 => 0,
+            1 => u32::MAX,
+            2 => u32::MAX - 1,
+            3 => 1 << 31,
+            4 => self.below(4) as u32,
+            5 => self.below(100_000) as u32,
+            _ => self.next() as u32,
+        }
+    }
+    fn u64(&mut self) -> u64 {
+        match self.below(6) {
+            0 => 0,
+            1 => u64::MAX,
+            2 => 1 << 63,
+            3 => self.below(16),
+            _ => self.next(),
+        }
+    }
+    /// Empty, long, odd characters, or a plausible name.
+    fn string(&mut self, plausible: &[&str]) -> String {
+        match self.below(8) {
+            0 => String::new(),
+            // Long names, now and then one past any sane limit.
+            1 if self.chance(10) => "x".repeat(70_000),
+            1 => "x".repeat(self.below(5_000) as usize),
+            2 => "\0\u{1}\u{7f}é∂😀:/..%s%n\\".into(),
+            3 => String::from_utf8_lossy(&self.bytes(40)).into_owned(),
+            4 => ":::".into(),
+            _ if !plausible.is_empty() => {
+                let p = self.pick(plausible);
+                if self.chance(30) {
+                    format!("{p}{}", self.pick(&["x", ":", "::", " ", "\0"]))
+                } else {
+                    p.to_string()
+                }
+            }
+            _ => "nope".into(),
+        }
+    }
+}
+
+/// What the fuzzer knows about the kernel: functions, entry text, and the
+/// ids of objects it created (so it can operate on live, closed and never
+/// existing ones).
+struct World {
+    functions: Vec<(String, u64, u32)>,
+    entry_ranges: Vec<(u64, u64)>,
+    maps: Vec<u32>,
+    progs: Vec<u32>,
+    links: Vec<u32>,
+    probes: Vec<u32>,
+    tracepoint_attachments: Vec<u32>,
+    perf: Vec<u32>,
+    tracepoints: Vec<String>,
+    /// Ids freed already (operations on them must be refused).
+    dead: Vec<u32>,
+}
+
+impl World {
+    fn id(&mut self, rng: &mut Rng, live: &[u32]) -> u32 {
+        match rng.below(6) {
+            0 | 1 if !live.is_empty() => rng.pick(live),
+            2 if !self.dead.is_empty() => rng.pick(&self.dead),
+            3 => u32::MAX,
+            4 => 0,
+            _ => rng.u32(),
+        }
+    }
+
+    fn address(&mut self, rng: &mut Rng) -> u64 {
+        let (_, addr, size) = rng.pick(&self.functions);
+        match rng.below(12) {
+            0 => 0,
+            1 => u64::MAX,
+            2 => 0x0000_8000_0000_0000, // non-canonical
+            3 => 0xffff_8000_0000_0000 + rng.below(1 << 20),
+            4 => addr + rng.below(u64::from(size.max(1))), // often mid-instruction
+            5 => addr + u64::from(size),                   // just past the function
+            6 if !self.entry_ranges.is_empty() => {
+                let (s, e) = rng.pick(&self.entry_ranges);
+                s + rng.below(e.saturating_sub(s).max(1))
+            }
+            7 => 0x1000 + rng.below(0x10_0000), // low memory / data
+            8 => addr.wrapping_add(0x40_0000),  // past text: rodata / data
+            9 => rng.next(),
+            _ => addr,
+        }
+    }
+
+    fn symbol(&mut self, rng: &mut Rng) -> String {
+        let (name, _, _) = rng.pick(&self.functions);
+        match rng.below(6) {
+            0 => rng.string(&[]),
+            1 => format!("{name}::nope"),
+            2 => name[..name.len() / 2].to_string(),
+            3 => format!("{name}\0"),
+            _ => name,
+        }
+    }
+
+    fn tracepoint(&mut self, rng: &mut Rng) -> String {
+        let known: Vec<&str> = self.tracepoints.iter().map(String::as_str).collect();
+        rng.string(&known)
+    }
+
+    fn probe_target(&mut self, rng: &mut Rng) -> ProbeTarget {
+        if rng.chance(50) {
+            ProbeTarget::Address(self.address(rng))
+        } else {
+            ProbeTarget::Symbol {
+                name: self.symbol(rng),
+                offset: match rng.below(4) {
+                    0 => 0,
+                    1 => rng.below(64),
+                    _ => rng.u64(),
+                },
+            }
+        }
+    }
+}
+
+/// Instruction bytes: a valid tiny program, garbage, odd lengths, huge.
+fn program_bytes(rng: &mut Rng) -> Vec<u8> {
+    const RET0: [u8; 16] = [
+        0xb7, 0, 0, 0, 0, 0, 0, 0, // mov r0, 0
+        0x95, 0, 0, 0, 0, 0, 0, 0, // exit
+    ];
+    match rng.below(9) {
+        0 | 1 => RET0.to_vec(),
+        2 => Vec::new(),
+        3 => {
+            let n = 1 + rng.below(30) as usize;
+            rng.bytes(n)
+        }
+        4 => {
+            let n = 1 + rng.below(200) as usize;
+            rng.bytes(n * 8)
+        }
+        5 => {
+            // Random instructions ending in exit: gets past the decoder more often.
+            let mut v = Vec::new();
+            for _ in 0..rng.below(40) {
+                let mut insn = rng.bytes(8);
+                insn[0] = rng.pick(&[
+                    0x07, 0xb7, 0xbf, 0x61, 0x79, 0x7b, 0x85, 0x05, 0x15, 0x18, 0xdb,
+                ]);
+                v.extend_from_slice(&insn);
+            }
+            v.extend_from_slice(&RET0[8..]);
+            v
+        }
+        6 if rng.chance(25) => {
+            // More instructions than any limit: 70 000 (560 KB).
+            let mut v = RET0[..8].repeat(70_000);
+            v.extend_from_slice(&RET0[8..]);
+            v
+        }
+        7 => {
+            // An infinite loop: ja -1.
+            vec![0x05, 0, 0xff, 0xff, 0, 0, 0, 0]
+        }
+        _ => {
+            // Map references through ld_imm64 with hostile map indices.
+            let idx = rng.u32().to_le_bytes();
+            let mut v = vec![0x18, 0x11, 0, 0, idx[0], idx[1], idx[2], idx[3]];
+            v.extend_from_slice(&[0; 8]);
+            v.extend_from_slice(&RET0);
+            v
+        }
+    }
+}
+
+fn map_definition(rng: &mut Rng) -> MapDefinition {
+    if rng.chance(50) {
+        // A sane map, so later operations reach a live one with the right
+        // and the wrong key and value sizes.
+        return MapDefinition {
+            name: "sane".into(),
+            map_type: rng.pick(&[1u32, 2, 5, 6, 9]),
+            key_size: 4,
+            value_size: rng.pick(&[8u32, 16]),
+            max_entries: rng.pick(&[16u32, 1024]),
+            flags: 0,
+            initial_value: Vec::new(),
+            read_only: false,
+        };
+    }
+    let map_type = match rng.below(10) {
+        0 => rng.u32(),
+        _ => rng.pick(&[1u32, 2, 4, 5, 6, 7, 9, 27, 3, 0]),
+    };
+    let size = |rng: &mut Rng| match rng.below(5) {
+        0 => rng.u32(),
+        _ => rng.pick(&[0u32, 1, 4, 8, 16, 64, 512, 4096]),
+    };
+    let key_size = size(rng);
+    let value_size = size(rng);
+    let max_entries = match rng.below(5) {
+        0 => rng.u32(),
+        _ => rng.pick(&[0u32, 1, 16, 1024, 4096, 1 << 20]),
+    };
+    let init_len = match rng.below(4) {
+        0 => rng.below(9000) as usize,
+        _ => 0,
+    };
+    MapDefinition {
+        name: rng.string(&["counts", "hist", "events"]),
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        flags: if rng.chance(80) { 0 } else { rng.u32() },
+        initial_value: rng.bytes(init_len),
+        read_only: rng.chance(10),
+    }
+}
+
+fn attach_target(world: &mut World, rng: &mut Rng) -> AttachTarget {
+    match rng.below(4) {
+        0 if !world.functions.is_empty() => {
+            // A well-formed target: a function's entry, named right.
+            let (name, addr, _) = rng.pick(&world.functions);
+            AttachTarget::Kprobe {
+                spec: name.clone(),
+                points: vec![KprobePoint {
+                    address: addr,
+                    function: name,
+                    offset: 0,
+                }],
+            }
+        }
+        0 | 1 => {
+            let n = rng.pick(&[0usize, 1, 1, 2, 50]);
+            let points = (0..n)
+                .map(|_| KprobePoint {
+                    address: world.address(rng),
+                    function: world.symbol(rng),
+                    offset: rng.u64(),
+                })
+                .collect();
+            AttachTarget::Kprobe {
+                spec: world.symbol(rng),
+                points,
+            }
+        }
+        2 => {
+            let tp = world.tracepoint(rng);
+            let (category, name) = tp.split_once(':').unwrap_or(("", &tp));
+            AttachTarget::Tracepoint {
+                category: category.into(),
+                name: if rng.chance(20) {
+                    rng.string(&[])
+                } else {
+                    name.into()
+                },
+            }
+        }
+        _ => AttachTarget::PerfEvent,
+    }
+}
+
+fn program_load(world: &mut World, rng: &mut Rng) -> ProgramLoad {
+    let prog_type = rng.pick(&[
+        ProgramType::Kprobe,
+        ProgramType::Kretprobe,
+        ProgramType::Tracepoint,
+        ProgramType::PerfEvent,
+    ]);
+    let lines = if rng.chance(20) {
+        Some(LineTable {
+            files: vec![rng.string(&[])],
+            rows: vec![LineInfo {
+                insn: rng.u32(),
+                file: rng.u32(),
+                line: rng.u32(),
+                column: rng.u32(),
+                call_sites: Vec::new(),
+            }],
+        })
+    } else {
+        None
+    };
+    ProgramLoad {
+        name: rng.string(&["prog"]),
+        section: rng.string(&["kprobe/x", "tracepoint/block/block_rq_issue", "perf_event"]),
+        prog_type,
+        attach: attach_target(world, rng),
+        insns: program_bytes(rng),
+        license: rng.pick(&["GPL", "", "Proprietary"]).into(),
+        lines,
+    }
+}
+
+fn options(rng: &mut Rng) -> LoadOptions {
+    LoadOptions {
+        log_level: if rng.chance(70) { 0 } else { rng.next() as u8 },
+        insn_budget: if rng.chance(60) { 0 } else { rng.u64() },
+    }
+}
+
+fn key(rng: &mut Rng) -> Vec<u8> {
+    let len = match rng.below(6) {
+        0 => 0,
+        1 => rng.below(600) as usize,
+        2 => 8,
+        3 => 16,
+        _ => 4,
+    };
+    rng.bytes(len)
+}
+
+fn workload(rng: &mut Rng) -> WorkloadSpec {
+    // Each field is sane three times in four, so some workloads run (and
+    // the checks behind the first refusal are reached too).
+    let mut spec = WorkloadSpec::new("ram0", RwMode::RandRw);
+    if rng.chance(25) {
+        spec.devices = match rng.below(4) {
+            0 => Vec::new(),
+            1 => vec!["nope".into()],
+            2 => vec!["ram0".into(); 20],
+            _ => vec![rng.string(&["ram0", "vda"])],
+        };
+    }
+    spec.rw = rng.pick(&[
+        RwMode::Read,
+        RwMode::Write,
+        RwMode::RandRead,
+        RwMode::RandWrite,
+        RwMode::RandRw,
+    ]);
+    if rng.chance(25) {
+        spec.block_size = rng.pick(&[0, 1, 511, 1 << 20, (1 << 20) + 1, u32::MAX]);
+    } else {
+        spec.block_size = rng.pick(&[512, 4096, 65536]);
+    }
+    spec.iodepth = if rng.chance(25) {
+        rng.pick(&[0, 257, u32::MAX])
+    } else {
+        rng.pick(&[1, 4, 32])
+    };
+    spec.jobs = if rng.chance(25) {
+        rng.pick(&[0, 16, 17, u32::MAX])
+    } else {
+        rng.pick(&[1, 2])
+    };
+    // Valid limits stay small so a workload the kernel accepts ends quickly.
+    spec.limit = if rng.chance(25) {
+        rng.pick(&[
+            WorkloadLimit::Count(0),
+            WorkloadLimit::TimeMs(0),
+            WorkloadLimit::TimeMs(u64::MAX),
+            WorkloadLimit::TimeMs(600_001),
+        ])
+    } else {
+        rng.pick(&[
+            WorkloadLimit::Count(1),
+            WorkloadLimit::Count(64),
+            WorkloadLimit::TimeMs(50),
+        ])
+    };
+    spec.verify = rng.chance(50);
+    spec.read_percent = if rng.chance(25) {
+        rng.next() as u8
+    } else {
+        rng.below(101) as u8
+    };
+    if rng.chance(25) {
+        spec.offset = rng.pick(&[511, u64::MAX, u64::MAX - 4095, 1 << 40]);
+        spec.size = rng.pick(&[4096, 1 << 20, u64::MAX, 1 << 40, 100]);
+    }
+    spec.seed = rng.next();
+    spec.plug = rng.chance(50);
+    spec
+}
+
+/// One request of kind `kind`, with hostile values.
+fn gen_request(kind: usize, world: &mut World, rng: &mut Rng) -> Request {
+    use BpfRequest as B;
+    use TraceRequest as T;
+    match kind {
+        0 => Request::Hello(Hello {
+            protocol_version: if rng.chance(50) {
+                PROTOCOL_VERSION
+            } else {
+                rng.u32()
+            },
+            client: rng.string(&["fuzzer"]),
+        }),
+        1 => Request::Info,
+        2 => Request::Debug(DebugRequest::ListSelfTests),
+        3 => Request::Debug(DebugRequest::SelfTest {
+            name: format!("no-such-test{}", rng.string(&[])),
+        }),
+        4 => Request::Trace(T::ListProbes),
+        5 => Request::Trace(T::AddProbe {
+            target: world.probe_target(rng),
+            kind: if rng.chance(60) {
+                ProbeKind::Kprobe
+            } else {
+                ProbeKind::Kretprobe {
+                    maxactive: rng.u32(),
+                }
+            },
+        }),
+        6 => Request::Trace(T::RemoveProbe {
+            id: world.id(rng, &world.probes.clone()),
+        }),
+        7 => Request::Trace(rng.pick(&[T::ListBlacklist, T::ListTracepoints])),
+        8 => Request::Trace(T::AttachTracepoint {
+            name: world.tracepoint(rng),
+        }),
+        9 => Request::Trace(T::DetachTracepoint {
+            id: world.id(rng, &world.tracepoint_attachments.clone()),
+        }),
+        10 => Request::Trace(T::PerfOpen {
+            event: match rng.below(6) {
+                0 => PerfEvent::Software(rng.pick(&[
+                    SoftwareEvent::TaskClock,
+                    SoftwareEvent::ContextSwitches,
+                    SoftwareEvent::Irqs,
+                    SoftwareEvent::TimerTicks,
+                    SoftwareEvent::PageFaults,
+                ])),
+                1 => PerfEvent::Hardware(rng.pick(&[
+                    HardwareEvent::CpuCycles,
+                    HardwareEvent::Instructions,
+                    HardwareEvent::CacheMisses,
+                    HardwareEvent::BranchMisses,
+                ])),
+                2 => PerfEvent::Tracepoint {
+                    name: world.tracepoint(rng),
+                },
+                3 => PerfEvent::Kprobe {
+                    target: world.probe_target(rng),
+                },
+                _ => PerfEvent::Sampling {
+                    freq_hz: rng.pick(&[0, 1, 99, 1000, 100_000, u32::MAX]),
+                    max_stack: rng.u32(),
+                },
+            },
+        }),
+        11 => {
+            let id = world.id(rng, &world.perf.clone());
+            Request::Trace(match rng.below(5) {
+                0 => T::PerfEnable { id },
+                1 => T::PerfDisable { id },
+                2 => T::PerfRead { id },
+                3 => T::PerfDrain { id, max: rng.u32() },
+                _ => T::PerfClose { id },
+            })
+        }
+        12 => Request::Bpf(B::MapCreate(Box::new(map_definition(rng)))),
+        13 => {
+            let map = world.id(rng, &world.maps.clone());
+            Request::Bpf(match rng.below(8) {
+                0 => B::MapLookup { map, key: key(rng) },
+                1 => B::MapUpdate {
+                    map,
+                    key: key(rng),
+                    value: key(rng),
+                    flags: rng.pick(&[0, 1, 2, 3, u64::MAX]),
+                },
+                2 => B::MapDelete { map, key: key(rng) },
+                3 => B::MapNextKey {
+                    map,
+                    key: if rng.chance(50) { None } else { Some(key(rng)) },
+                },
+                4 => B::MapDump {
+                    map,
+                    after: if rng.chance(50) { None } else { Some(key(rng)) },
+                    max: rng.u32(),
+                },
+                5 => B::MapUpdateBatch {
+                    map,
+                    entries: (0..rng.pick(&[0, 1, 3, 300]))
+                        .map(|_| MapEntry {
+                            key: key(rng),
+                            value: key(rng),
+                        })
+                        .collect(),
+                    flags: rng.pick(&[0, 1, 2, u64::MAX]),
+                },
+                6 => B::MapDeleteBatch {
+                    map,
+                    keys: (0..rng.pick(&[0, 1, 5])).map(|_| key(rng)).collect(),
+                },
+                _ => B::MapFree { map },
+            })
+        }
+        14 => Request::Bpf(rng.pick(&[B::MapList, B::ProgList, B::LinkList, B::GetLimits])),
+        15 => {
+            let maps = (0..rng.pick(&[0, 1, 2, 40]))
+                .map(|_| world.id(rng, &world.maps.clone()))
+                .collect();
+            Request::Bpf(B::ProgLoad {
+                prog: Box::new(program_load(world, rng)),
+                maps,
+                options: options(rng),
+            })
+        }
+        16 => {
+            let prog = world.id(rng, &world.progs.clone());
+            Request::Bpf(match rng.below(3) {
+                0 => B::ProgDump { prog },
+                1 => B::ProgUnload { prog },
+                _ => B::ProgTestRun {
+                    prog,
+                    ctx: {
+                        let n = rng.pick(&[0, 1, 168, 200, 4096]);
+                        rng.bytes(n)
+                    },
+                    // Small repeats mostly: the count limit is checked by the 3rd arm.
+                    repeat: rng.pick(&[0, 1, 100, 1_000_001, u32::MAX]),
+                },
+            })
+        }
+        17 => Request::Bpf(B::Attach {
+            prog: world.id(rng, &world.progs.clone()),
+            target: Box::new(attach_target(world, rng)),
+            kretprobe: rng.chance(30),
+        }),
+        18 => Request::Bpf(B::Detach {
+            link: world.id(rng, &world.links.clone()),
+        }),
+        19 => {
+            let maps: Vec<u32> = (0..rng.pick(&[0, 1, 3]))
+                .map(|_| world.id(rng, &world.maps.clone()))
+                .collect();
+            Request::Bpf(if rng.chance(30) {
+                B::EventsSubscribe {
+                    maps,
+                    printk: rng.chance(50),
+                }
+            } else {
+                B::EventsPoll {
+                    maps,
+                    printk: rng.chance(50),
+                    max: rng.u32(),
+                }
+            })
+        }
+        20 => Request::Bpf(match rng.below(4) {
+            0 => B::Trigger {
+                count: rng.pick(&[0, 1, 1000, 1_000_001, u32::MAX]),
+                arg: rng.u64(),
+            },
+            1 => B::TriggerSpawn {
+                count: rng.pick(&[0, 1, 5000]),
+            },
+            2 => B::Bench {
+                count: rng.pick(&[0, 1, 1000, 1_000_001, u32::MAX]),
+            },
+            _ => B::SetLimits(Box::new(ktrace_abi::bpf::Limits {
+                map_memory_bytes: rng.u64(),
+                programs: rng.u32(),
+                insns_per_program: rng.u32(),
+                maps: rng.u32(),
+            })),
+        }),
+        21 => {
+            let n_maps = rng.pick(&[0, 1, 3]);
+            let n_progs = rng.pick(&[0, 1, 2]);
+            let maps = (0..n_maps).map(|_| map_definition(rng)).collect();
+            let programs = (0..n_progs).map(|_| program_load(world, rng)).collect();
+            Request::Bpf(B::LoadObject {
+                name: rng.string(&["obj"]),
+                object: Box::new(ObjectLoad { maps, programs }),
+                attach: rng.chance(50),
+                options: options(rng),
+            })
+        }
+        22 => Request::Block(match rng.below(3) {
+            0 => BlockRequest::Stats,
+            1 => BlockRequest::SetScheduler {
+                dev: rng.string(&["ram0", "vda"]),
+                scheduler: rng.string(&["deadline", "none", "mq-deadline"]),
+            },
+            _ => BlockRequest::InjectErrors {
+                dev: rng.string(&["ram0", "vda"]),
+                sectors: if rng.chance(40) {
+                    None
+                } else {
+                    Some((rng.u64(), rng.u64()))
+                },
+            },
+        }),
+        23 if rng.chance(50) => {
+            // A well-formed I/O near the start of the RAM disk.
+            let op = rng.pick(&[IoOp::Read, IoOp::Write, IoOp::Flush]);
+            let len = 512 * (1 + rng.below(16) as u32);
+            Request::Block(BlockRequest::Io(IoRequest {
+                dev: "ram0".into(),
+                op,
+                sector: rng.below(1024),
+                len: if op == IoOp::Read { len } else { 0 },
+                data: if op == IoOp::Write {
+                    rng.bytes(len as usize)
+                } else {
+                    Vec::new()
+                },
+            }))
+        }
+        23 => Request::Block(BlockRequest::Io(IoRequest {
+            dev: rng.string(&["ram0", "ram0", "vda"]),
+            op: rng.pick(&[IoOp::Read, IoOp::Write, IoOp::Flush]),
+            sector: {
+                let near = rng.below(1 << 20);
+                rng.pick(&[0, 1, 7, u64::MAX, u64::MAX - 1, 1 << 55, near])
+            },
+            len: rng.pick(&[0, 1, 511, 512, 4096, 1 << 20, (1 << 20) + 1, u32::MAX]),
+            data: {
+                let n = rng.pick(&[0, 1, 512, 4096, 1000]);
+                rng.bytes(n)
+            },
+        })),
+        _ => Request::Block(BlockRequest::Workload(workload(rng))),
+    }
+}
+
+const KINDS: [&str; 25] = [
+    "Hello",
+    "Info",
+    "Debug::ListSelfTests",
+    "Debug::SelfTest",
+    "Trace::ListProbes",
+    "Trace::AddProbe",
+    "Trace::RemoveProbe",
+    "Trace::List(Blacklist|Tracepoints)",
+    "Trace::AttachTracepoint",
+    "Trace::DetachTracepoint",
+    "Trace::PerfOpen",
+    "Trace::Perf(Enable|Disable|Read|Drain|Close)",
+    "Bpf::MapCreate",
+    "Bpf::Map(Lookup|Update|Delete|NextKey|Dump|Batch|Free)",
+    "Bpf::(Map|Prog|Link)List, GetLimits",
+    "Bpf::ProgLoad",
+    "Bpf::Prog(Dump|Unload|TestRun)",
+    "Bpf::Attach",
+    "Bpf::Detach",
+    "Bpf::Events(Subscribe|Poll)",
+    "Bpf::(Trigger|TriggerSpawn|Bench|SetLimits)",
+    "Bpf::LoadObject",
+    "Block::(Stats|SetScheduler|InjectErrors)",
+    "Block::Io",
+    "Block::Workload",
+];
+
+/// Remember the ids a successful request created; forget the ones it freed.
+fn record(world: &mut World, req: &Request, resp: &Response) {
+    fn kill(list: &mut Vec<u32>, dead: &mut Vec<u32>, id: u32) {
+        if let Some(i) = list.iter().position(|&x| x == id) {
+            list.swap_remove(i);
+            dead.push(id);
+        }
+    }
+    match (req, resp) {
+        (_, Response::Trace(TraceResponse::ProbeAdded(p))) => world.probes.push(p.id),
+        (_, Response::Trace(TraceResponse::Attached { id })) => {
+            world.tracepoint_attachments.push(*id)
+        }
+        (_, Response::Trace(TraceResponse::PerfOpened { id })) => world.perf.push(*id),
+        (_, Response::Bpf(BpfResponse::Map(m))) => world.maps.push(m.id),
+        (_, Response::Bpf(BpfResponse::Program(p))) => world.progs.push(p.id),
+        (_, Response::Bpf(BpfResponse::Link(l))) => world.links.push(l.id),
+        (_, Response::Bpf(BpfResponse::Object(o))) => {
+            world.maps.extend(o.maps.iter().map(|m| m.id));
+            world.progs.extend(o.programs.iter().map(|p| p.id));
+            world.links.extend(o.links.iter().map(|l| l.id));
+        }
+        (Request::Trace(TraceRequest::RemoveProbe { id }), Response::Ok) => {
+            kill(&mut world.probes, &mut world.dead, *id)
+        }
+        (Request::Trace(TraceRequest::DetachTracepoint { id }), Response::Ok) => {
+            kill(&mut world.tracepoint_attachments, &mut world.dead, *id)
+        }
+        (Request::Trace(TraceRequest::PerfClose { id }), Response::Ok) => {
+            kill(&mut world.perf, &mut world.dead, *id)
+        }
+        (Request::Bpf(BpfRequest::MapFree { map }), Response::Ok) => {
+            kill(&mut world.maps, &mut world.dead, *map)
+        }
+        (Request::Bpf(BpfRequest::ProgUnload { prog }), Response::Ok) => {
+            kill(&mut world.progs, &mut world.dead, *prog)
+        }
+        (Request::Bpf(BpfRequest::Detach { link }), Response::Ok) => {
+            kill(&mut world.links, &mut world.dead, *link)
+        }
+        _ => {}
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The console must hold no panic or fatal-exception report.
+fn assert_no_report(vm: &mut TestVm, after: &str) {
+    let console = vm.vm().console();
+    if let Some(report) = PanicReport::find(&console) {
+        panic!("{after}: the kernel reported\n{}", report.lines.join("\n"));
+    }
+    assert!(vm.vm().is_running(), "{after}: the VM exited\n{console}");
+}
+
+fn info(client: &mut Client, after: &str) -> ktrace_abi::vm::SystemInfo {
+    match client.request_timeout(&Request::Info, REQUEST_TIMEOUT) {
+        Ok(Response::Info(i)) => i,
+        other => panic!("after {after}: Info answered {other:?}"),
+    }
+}
+
+#[test]
+fn request_fuzzer_never_panics_or_hangs_the_kernel() {
+    let seed = env_u64("KTRACE_FUZZ_SEED", 0x6b74_7261_6365_2121);
+    let budget = Duration::from_secs(env_u64("KTRACE_FUZZ_SECS", 60));
+    let image = ktrace_tests::kernel_image();
+    let elf = std::fs::read(&image.source).unwrap();
+    let functions: Vec<(String, u64, u32)> = kernel_image::functions(&image.source, &elf)
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.name, f.addr, f.size))
+        .collect();
+    assert!(functions.len() > 100);
+
+    let mut vm = TestVm::boot("fuzz");
+    let mut client = vm.client();
+    let mut entry_ranges = Vec::new();
+    if let Ok(Response::Trace(TraceResponse::Blacklist(list))) =
+        client.request(&Request::Trace(TraceRequest::ListBlacklist))
+    {
+        entry_ranges = list
+            .iter()
+            .filter(|e| e.end > e.start)
+            .map(|e| (e.start, e.end))
+            .collect();
+    }
+    let tracepoints = match client.request(&Request::Trace(TraceRequest::ListTracepoints)) {
+        Ok(Response::Trace(TraceResponse::Tracepoints(t))) => t
+            .iter()
+            .map(|t| format!("{}:{}", t.category, t.name))
+            .collect(),
+        other => panic!("ListTracepoints: {other:?}"),
+    };
+    let limits = match client.request(&Request::Bpf(BpfRequest::GetLimits)) {
+        Ok(Response::Bpf(BpfResponse::Limits { limits, .. })) => limits,
+        other => panic!("GetLimits: {other:?}"),
+    };
+    let mut world = World {
+        functions,
+        entry_ranges,
+        maps: Vec::new(),
+        progs: Vec::new(),
+        links: Vec::new(),
+        probes: Vec::new(),
+        tracepoint_attachments: Vec::new(),
+        perf: Vec::new(),
+        tracepoints,
+        dead: Vec::new(),
+    };
+    let mut rng = Rng(seed);
+    let mut sent = [0u64; KINDS.len()];
+    let mut refused = [0u64; KINDS.len()];
+    let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < budget {
+        let kind = rng.below(KINDS.len() as u64) as usize;
+        let req = gen_request(kind, &mut world, &mut rng);
+        n += 1;
+        sent[kind] += 1;
+        let t = Instant::now();
+        let resp = match client.request_raw(&req, REQUEST_TIMEOUT) {
+            Ok(r) => r,
+            Err(e) => {
+                let shown = format!("{req:?}");
+                let shown = &shown[..shown.len().min(2000)];
+                panic!(
+                    "request #{n} (seed {seed:#x}) got no answer: {e}\nrequest: {shown}\nconsole:\n{}",
+                    vm.vm().console()
+                )
+            }
+        };
+        if t.elapsed() > Duration::from_secs(10) {
+            eprintln!("slow: request #{n} {} took {:?}", KINDS[kind], t.elapsed());
+        }
+        if let Response::Error(e) = &resp {
+            refused[kind] += 1;
+            *codes.entry(format!("{:?}", e.code)).or_default() += 1;
+            assert!(!e.message.is_empty(), "empty error message for {req:?}");
+        }
+        record(&mut world, &req, &resp);
+        // Event subscriptions push records; keep the client's queue short.
+        client.take_pushes();
+        if n.is_multiple_of(25) {
+            info(&mut client, &format!("request #{n}"));
+            assert_no_report(&mut vm, &format!("request #{n}"));
+        }
+    }
+
+    // Clean up what is left, restore the limits, clear injected errors.
+    for link in world.links.clone() {
+        let _ = client.request(&Request::Bpf(BpfRequest::Detach { link }));
+    }
+    for prog in world.progs.clone() {
+        let _ = client.request(&Request::Bpf(BpfRequest::ProgUnload { prog }));
+    }
+    for map in world.maps.clone() {
+        let _ = client.request(&Request::Bpf(BpfRequest::MapFree { map }));
+    }
+    for id in world.probes.clone() {
+        let _ = client.request(&Request::Trace(TraceRequest::RemoveProbe { id }));
+    }
+    for id in world.tracepoint_attachments.clone() {
+        let _ = client.request(&Request::Trace(TraceRequest::DetachTracepoint { id }));
+    }
+    for id in world.perf.clone() {
+        let _ = client.request(&Request::Trace(TraceRequest::PerfClose { id }));
+    }
+    client
+        .request(&Request::Bpf(BpfRequest::SetLimits(limits)))
+        .expect("restoring the limits");
+    let _ = client.request(&Request::Block(BlockRequest::InjectErrors {
+        dev: "ram0".into(),
+        sectors: None,
+    }));
+    // Everything freed: the runtime counts nothing in use.
+    match client.request(&Request::Bpf(BpfRequest::GetLimits)) {
+        Ok(Response::Bpf(BpfResponse::Limits { usage, .. })) => {
+            assert_eq!(
+                (usage.maps, usage.programs, usage.links),
+                (0, 0, 0),
+                "{usage:?}"
+            )
+        }
+        other => panic!("GetLimits: {other:?}"),
+    }
+    let info = info(&mut client, "the fuzz run");
+    assert_no_report(&mut vm, "the fuzz run");
+
+    println!(
+        "fuzzer: seed {seed:#x}, {n} requests in {:.1} s, {} refused; heap used {} bytes",
+        start.elapsed().as_secs_f64(),
+        refused.iter().sum::<u64>(),
+        info.heap_used_bytes
+    );
+    println!("{:<52} {:>7} {:>8}", "kind", "sent", "refused");
+    for (i, k) in KINDS.iter().enumerate() {
+        println!("{k:<52} {:>7} {:>8}", sent[i], refused[i]);
+    }
+    println!("refusals by code: {codes:?}");
+    assert!(n >= 100, "only {n} requests in {budget:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Frame-level abuse.
+// ---------------------------------------------------------------------------
+
+fn info_frame(id: u32) -> Vec<u8> {
+    ktrace_abi::encode(id, &Request::Info).unwrap()
+}
+
+/// Read frames until the answer with `id` arrives; returns it.
+fn answer(client: &mut Client, id: u32, timeout: Duration) -> Response {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(env) = client.recv_any(Duration::from_millis(200)).unwrap() {
+            if env.id == id {
+                return env.body;
+            }
+        }
+    }
+    panic!("no answer to #{id} within {timeout:?}");
+}
+
+#[test]
+fn frames_split_interleaved_mismatched_and_garbage_are_survived() {
+    let mut vm = TestVm::boot("frames");
+    let mut client = vm.client();
+
+    // A frame byte by byte, with pauses shorter than the idle limit.
+    let f = info_frame(9001);
+    for b in &f {
+        client.send_bytes(std::slice::from_ref(b)).unwrap();
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(matches!(
+        answer(&mut client, 9001, Duration::from_secs(20)),
+        Response::Info(_)
+    ));
+
+    // Two frames interleaved: the first's header, the second whole, the
+    // first's rest. The second lands inside the first's payload, so the
+    // first fails its CRC; the reader must resynchronise on the second.
+    let a = info_frame(9002);
+    let b = info_frame(9003);
+    client.send_bytes(&a[..frame::HEADER_LEN + 2]).unwrap();
+    client.send_bytes(&b).unwrap();
+    client.send_bytes(&a[frame::HEADER_LEN + 2..]).unwrap();
+    client.send_bytes(&info_frame(9004)).unwrap();
+    assert!(matches!(
+        answer(&mut client, 9004, Duration::from_secs(20)),
+        Response::Info(_)
+    ));
+
+    // A valid header and CRC around a payload that is a Response, not a
+    // Request: it must be refused as undecodable (or as a different
+    // request) with an error frame, never acted on blindly.
+    client
+        .send_bytes(&ktrace_abi::encode(9005, &Response::Ok).unwrap())
+        .unwrap();
+    client.send_bytes(&info_frame(9006)).unwrap();
+    match answer(&mut client, 9006, Duration::from_secs(20)) {
+        Response::Info(_) => {}
+        other => panic!("Info after a Response payload: {other:?}"),
+    }
+    // Every variant index past the last, with junk after it.
+    for variant in [7u8, 8, 100, 127] {
+        // `Info` encodes as the id then its variant index (one byte).
+        let info = info_frame(9007);
+        let mut p = info[frame::HEADER_LEN..info.len() - 1].to_vec();
+        p.push(variant);
+        p.extend_from_slice(&[0xff; 16]);
+        client.send_bytes(&frame::wrap(&p)).unwrap();
+        match answer(&mut client, 9007, Duration::from_secs(20)) {
+            Response::Error(e) => assert_eq!(e.code, ErrorCode::Decode, "{e:?}"),
+            other => panic!("variant {variant}: {other:?}"),
+        }
+    }
+
+    // 1 MiB of garbage, with magic fragments sprinkled in, then a request.
+    let mut rng = Rng(7);
+    let mut garbage = rng.bytes(1 << 20);
+    for i in (0..garbage.len() - 12).step_by(4099) {
+        garbage[i..i + 4].copy_from_slice(&MAGIC);
+        garbage[i + 4..i + 8].copy_from_slice(&(rng.next() as u32 % 64).to_le_bytes());
+    }
+    let before = info(&mut client, "nothing").bad_frames;
+    let t = Instant::now();
+    client.send_bytes(&garbage).unwrap();
+    client.send_bytes(&info_frame(9008)).unwrap();
+    let after = match answer(&mut client, 9008, Duration::from_secs(120)) {
+        Response::Info(i) => i,
+        other => panic!("Info after 1 MiB of garbage: {other:?}"),
+    };
+    assert!(
+        after.bad_frames > before,
+        "{} -> {}",
+        before,
+        after.bad_frames
+    );
+    println!(
+        "1 MiB of garbage: answered after {:.1} s, {} bad frames counted",
+        t.elapsed().as_secs_f64(),
+        after.bad_frames - before
+    );
+    assert_no_report(&mut vm, "frame abuse");
+}
+
+#[test]
+fn disconnect_mid_frame_then_reconnect_and_handshake() {
+    let mut vm = TestVm::boot("disconnect");
+    let mut client = vm.client();
+    let f = ktrace_abi::encode(
+        77,
+        &Request::Bpf(BpfRequest::MapCreate(Box::new(MapDefinition {
+            name: "half".into(),
+            map_type: 1,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 16,
+            flags: 0,
+            initial_value: Vec::new(),
+            read_only: false,
+        }))),
+    )
+    .unwrap();
+    client.send_bytes(&f[..f.len() / 2]).unwrap();
+    drop(client);
+    // A raw writer that also leaves mid-header.
+    let path = vm.vm().paths().socket.clone();
+    let mut raw = UnixStream::connect(&path).unwrap();
+    raw.write_all(&MAGIC).unwrap();
+    raw.write_all(&[0x40, 0]).unwrap();
+    drop(raw);
+
+    thread::sleep(Duration::from_millis(800));
+    let mut client = vm.client();
+    let i = info(&mut client, "a reconnect");
+    assert!(i.bad_frames >= 1, "the half frames were not counted");
+    // The half MapCreate did nothing.
+    match client.request(&Request::Bpf(BpfRequest::MapList)) {
+        Ok(Response::Bpf(BpfResponse::Maps(m))) => {
+            assert!(m.iter().all(|m| m.name != "half"), "{m:?}")
+        }
+        other => panic!("MapList: {other:?}"),
+    }
+    assert_no_report(&mut vm, "disconnects");
+}
+
+// ---------------------------------------------------------------------------
+// Resource exhaustion.
+// ---------------------------------------------------------------------------
+
+fn expect_refusal(e: &ClientError, what: &str) {
+    match e.kernel_reply() {
+        Some(r) if matches!(r.code, ErrorCode::Limit | ErrorCode::InvalidArgument) => {
+            assert!(!r.message.is_empty())
+        }
+        _ => panic!("{what}: expected a Limit/InvalidArgument refusal, got {e}"),
+    }
+}
+
+#[test]
+fn resource_exhaustion_is_refused_cleanly_and_nothing_leaks() {
+    let image = ktrace_tests::kernel_image();
+    let elf = std::fs::read(&image.source).unwrap();
+    let functions = kernel_image::functions(&image.source, &elf).unwrap();
+    let mut vm = TestVm::boot("exhaust");
+    let mut client = vm.client();
+    // Warm up what allocates once (interpreter, event task, perf tables),
+    // so the baseline includes it.
+    for round in 0..2 {
+        let heap_before = info(&mut client, "boot").heap_used_bytes;
+
+        // Maps until refused.
+        let mut maps = Vec::new();
+        let refusal = loop {
+            let def = MapDefinition {
+                name: format!("m{}", maps.len()),
+                map_type: 1,
+                key_size: 8,
+                value_size: 64,
+                max_entries: 4096,
+                flags: 0,
+                initial_value: Vec::new(),
+                read_only: false,
+            };
+            match client.request(&Request::Bpf(BpfRequest::MapCreate(Box::new(def)))) {
+                Ok(Response::Bpf(BpfResponse::Map(m))) => maps.push(m.id),
+                Ok(other) => panic!("MapCreate: {other:?}"),
+                Err(e) => break e,
+            }
+            assert!(maps.len() <= 10_000, "no map limit");
+        };
+        expect_refusal(&refusal, "map #N");
+
+        // Programs until refused.
+        let mut progs = Vec::new();
+        let refusal = loop {
+            let load = ProgramLoad {
+                name: format!("p{}", progs.len()),
+                section: "kprobe/x".into(),
+                prog_type: ProgramType::Kprobe,
+                attach: AttachTarget::PerfEvent,
+                insns: [[0xb7u8, 0, 0, 0, 0, 0, 0, 0], [0x95, 0, 0, 0, 0, 0, 0, 0]].concat(),
+                license: "GPL".into(),
+                lines: None,
+            };
+            let req = Request::Bpf(BpfRequest::ProgLoad {
+                prog: Box::new(load),
+                maps: Vec::new(),
+                options: LoadOptions::default(),
+            });
+            match client.request(&req) {
+                Ok(Response::Bpf(BpfResponse::Program(p))) => progs.push(p.id),
+                Ok(other) => panic!("ProgLoad: {other:?}"),
+                Err(e) => break e,
+            }
+            assert!(progs.len() <= 10_000, "no program limit");
+        };
+        expect_refusal(&refusal, "program #N");
+
+        // Probes on the kernel's own cold functions (self tests, debug):
+        // all accepted, or refused cleanly.
+        let mut probes = Vec::new();
+        for f in functions
+            .iter()
+            .filter(|f| f.name.starts_with("kernel::debug::") && f.size >= 8)
+            .take(64)
+        {
+            let req = Request::Trace(TraceRequest::AddProbe {
+                target: ProbeTarget::Address(f.addr),
+                kind: ProbeKind::Kprobe,
+            });
+            match client.request(&req) {
+                Ok(Response::Trace(TraceResponse::ProbeAdded(p))) => probes.push(p.id),
+                Ok(other) => panic!("AddProbe: {other:?}"),
+                Err(e) => {
+                    assert!(e.kernel_reply().is_some(), "AddProbe {}: {e}", f.name);
+                }
+            }
+        }
+        // Perf counters until refused or 2000.
+        let mut perf = Vec::new();
+        for _ in 0..2000 {
+            let req = Request::Trace(TraceRequest::PerfOpen {
+                event: PerfEvent::Software(SoftwareEvent::ContextSwitches),
+            });
+            match client.request(&req) {
+                Ok(Response::Trace(TraceResponse::PerfOpened { id })) => perf.push(id),
+                Ok(other) => panic!("PerfOpen: {other:?}"),
+                Err(e) => {
+                    expect_refusal(&e, "perf event #N");
+                    break;
+                }
+            }
+        }
+        let peak = info(&mut client, "exhaustion").heap_used_bytes;
+
+        for id in perf.iter().copied() {
+            client
+                .request(&Request::Trace(TraceRequest::PerfClose { id }))
+                .unwrap();
+        }
+        for id in probes.iter().copied() {
+            client
+                .request(&Request::Trace(TraceRequest::RemoveProbe { id }))
+                .unwrap();
+        }
+        for prog in progs.iter().copied() {
+            client
+                .request(&Request::Bpf(BpfRequest::ProgUnload { prog }))
+                .unwrap();
+        }
+        for map in maps.iter().copied() {
+            client
+                .request(&Request::Bpf(BpfRequest::MapFree { map }))
+                .unwrap();
+        }
+        // Freed map memory may wait for an epoch to pass.
+        thread::sleep(Duration::from_millis(500));
+        let after = info(&mut client, "freeing everything").heap_used_bytes;
+        println!(
+            "round {round}: {} maps, {} programs, {} probes, {} perf events; heap {} -> peak {} -> {} bytes",
+            maps.len(),
+            progs.len(),
+            probes.len(),
+            perf.len(),
+            heap_before,
+            peak,
+            after
+        );
+        if round == 1 {
+            // The second round starts warm: what it took must come back.
+            assert!(
+                after <= heap_before + 64 * 1024,
+                "leak: heap {heap_before} before, {after} after freeing everything (peak {peak})"
+            );
+        }
+    }
+    assert_no_report(&mut vm, "exhaustion");
+}
