@@ -114,6 +114,8 @@ struct World {
     entry_ranges: Vec<(u64, u64)>,
     maps: Vec<u32>,
     progs: Vec<u32>,
+    /// Live programs of type kprobe (the ones a function entry takes).
+    kprobe_progs: Vec<u32>,
     links: Vec<u32>,
     probes: Vec<u32>,
     tracepoint_attachments: Vec<u32>,
@@ -556,7 +558,7 @@ fn gen_request(kind: usize, world: &mut World, rng: &mut Rng) -> Request {
         }
         14 => Request::Bpf(rng.pick(&[B::MapList, B::ProgList, B::LinkList, B::GetLimits])),
         15 => {
-            let maps = (0..rng.pick(&[0, 1, 2, 40]))
+            let maps = (0..rng.pick(&[0, 0, 0, 1, 2, 40]))
                 .map(|_| world.id(rng, &world.maps.clone()))
                 .collect();
             Request::Bpf(B::ProgLoad {
@@ -579,6 +581,24 @@ fn gen_request(kind: usize, world: &mut World, rng: &mut Rng) -> Request {
                     // Small repeats mostly: the count limit is checked by the 3rd arm.
                     repeat: rng.pick(&[0, 1, 100, 1_000_001, u32::MAX]),
                 },
+            })
+        }
+        17 if !world.kprobe_progs.is_empty() && rng.chance(50) => {
+            // A live kprobe program on a function's entry: reaches the
+            // attach path itself (blacklist, patching, text checks).
+            let prog = rng.pick(&world.kprobe_progs);
+            let (name, addr, _) = rng.pick(&world.functions);
+            Request::Bpf(B::Attach {
+                prog,
+                target: Box::new(AttachTarget::Kprobe {
+                    spec: name.clone(),
+                    points: vec![KprobePoint {
+                        address: addr,
+                        function: name,
+                        offset: 0,
+                    }],
+                }),
+                kretprobe: rng.chance(30),
             })
         }
         17 => Request::Bpf(B::Attach {
@@ -727,7 +747,12 @@ fn record(world: &mut World, req: &Request, resp: &Response) {
         }
         (_, Response::Trace(TraceResponse::PerfOpened { id })) => world.perf.push(*id),
         (_, Response::Bpf(BpfResponse::Map(m))) => world.maps.push(m.id),
-        (_, Response::Bpf(BpfResponse::Program(p))) => world.progs.push(p.id),
+        (_, Response::Bpf(BpfResponse::Program(p))) => {
+            world.progs.push(p.id);
+            if p.prog_type == ProgramType::Kprobe {
+                world.kprobe_progs.push(p.id);
+            }
+        }
         (_, Response::Bpf(BpfResponse::Link(l))) => world.links.push(l.id),
         (_, Response::Bpf(BpfResponse::Object(o))) => {
             world.maps.extend(o.maps.iter().map(|m| m.id));
@@ -747,6 +772,7 @@ fn record(world: &mut World, req: &Request, resp: &Response) {
             kill(&mut world.maps, &mut world.dead, *map)
         }
         (Request::Bpf(BpfRequest::ProgUnload { prog }), Response::Ok) => {
+            world.kprobe_progs.retain(|p| p != prog);
             kill(&mut world.progs, &mut world.dead, *prog)
         }
         (Request::Bpf(BpfRequest::Detach { link }), Response::Ok) => {
@@ -820,6 +846,7 @@ fn request_fuzzer_never_panics_or_hangs_the_kernel() {
         entry_ranges,
         maps: Vec::new(),
         progs: Vec::new(),
+        kprobe_progs: Vec::new(),
         links: Vec::new(),
         probes: Vec::new(),
         tracepoint_attachments: Vec::new(),
@@ -831,6 +858,7 @@ fn request_fuzzer_never_panics_or_hangs_the_kernel() {
     let mut sent = [0u64; KINDS.len()];
     let mut refused = [0u64; KINDS.len()];
     let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sample: Vec<Option<String>> = vec![None; KINDS.len()];
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < budget {
@@ -842,8 +870,7 @@ fn request_fuzzer_never_panics_or_hangs_the_kernel() {
         let resp = match client.request_raw(&req, REQUEST_TIMEOUT) {
             Ok(r) => r,
             Err(e) => {
-                let shown = format!("{req:?}");
-                let shown = &shown[..shown.len().min(2000)];
+                let shown: String = format!("{req:?}").chars().take(2000).collect();
                 panic!(
                     "request #{n} (seed {seed:#x}) got no answer: {e}\nrequest: {shown}\nconsole:\n{}",
                     vm.vm().console()
@@ -855,6 +882,9 @@ fn request_fuzzer_never_panics_or_hangs_the_kernel() {
         }
         if let Response::Error(e) = &resp {
             refused[kind] += 1;
+            if sample[kind].is_none() || rng.chance(2) {
+                sample[kind] = Some(e.message.chars().take(150).collect());
+            }
             *codes.entry(format!("{:?}", e.code)).or_default() += 1;
             assert!(!e.message.is_empty(), "empty error message for {req:?}");
         }
@@ -916,6 +946,9 @@ fn request_fuzzer_never_panics_or_hangs_the_kernel() {
     println!("{:<52} {:>7} {:>8}", "kind", "sent", "refused");
     for (i, k) in KINDS.iter().enumerate() {
         println!("{k:<52} {:>7} {:>8}", sent[i], refused[i]);
+        if let Some(m) = &sample[i] {
+            println!("    e.g. {m}");
+        }
     }
     println!("refusals by code: {codes:?}");
     assert!(n >= 100, "only {n} requests in {budget:?}");
