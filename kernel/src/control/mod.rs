@@ -136,7 +136,10 @@ fn control_task() {
                 BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
                 push(&error(
                     ErrorCode::BadFrame,
-                    format!("dropped a partial frame of {n} bytes after the line was idle for {} ms", PARTIAL_FRAME_IDLE_NS / 1_000_000),
+                    format!(
+                        "dropped a partial frame of {n} bytes after the line was idle for {} ms",
+                        PARTIAL_FRAME_IDLE_NS / 1_000_000
+                    ),
                 ));
             }
             continue;
