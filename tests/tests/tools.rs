@@ -241,7 +241,9 @@ fn kperf_counts_equal_the_kernels_counters_and_stacks_hold_the_workload() {
     // switch tasks, so they may differ by one switch per event enabled.
     let sw = count("context-switches").unwrap();
     let tp = count("sched:sched_switch").unwrap();
-    assert!(sw >= 300, "context switches {sw}");
+    // Each I/O at depth 1 waits for its completion, so the workload
+    // switches tasks at least once per few I/Os.
+    assert!(sw >= 50, "context switches {sw}");
     assert!(
         sw.abs_diff(tp) <= 6,
         "context-switches {sw}, sched:sched_switch {tp}"
