@@ -438,7 +438,8 @@ fn biolatency_counts_every_request() {
         let mut rt = Runtime::new(&mut client);
         load(&mut rt, &obj)
     };
-    assert_eq!(loaded.links.len(), 2);
+    // block_rq_insert (for biolatency -Q), block_rq_issue, block_rq_complete.
+    assert_eq!(loaded.links.len(), 3);
     let before = client.disk_stats_of("ram0").unwrap().expect("ram0");
     let mut spec = WorkloadSpec::new("ram0", RwMode::RandRead);
     spec.iodepth = 4;
