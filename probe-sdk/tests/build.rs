@@ -73,7 +73,7 @@ fn func_latency_builds_an_entry_and_a_return_probe() {
 }
 
 #[test]
-fn biolatency_builds_two_tracepoints() {
+fn biolatency_builds_three_tracepoints() {
     let (_, obj) = built_object(&example("biolatency"));
     let mut attach: Vec<AttachTarget> = obj.programs.iter().map(|p| p.attach.clone()).collect();
     attach.sort_by_key(|a| format!("{a:?}"));
@@ -86,6 +86,10 @@ fn biolatency_builds_two_tracepoints() {
             },
             AttachTarget::Tracepoint {
                 category: "block".into(),
+                name: "block_rq_insert".into()
+            },
+            AttachTarget::Tracepoint {
+                category: "block".into(),
                 name: "block_rq_issue".into()
             },
         ]
@@ -93,7 +97,13 @@ fn biolatency_builds_two_tracepoints() {
     // No global data: every map is one the probe declared.
     assert_eq!(
         names(&obj.maps, |m| &m.name),
-        ["ISSUED", "LATENCY_US", "LATENCY_US_BY_DISK"]
+        [
+            "CONFIG",
+            "ISSUED",
+            "LATENCY_US",
+            "LATENCY_US_BY_DISK",
+            "LATENCY_US_BY_FLAGS"
+        ]
     );
 }
 
