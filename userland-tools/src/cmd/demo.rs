@@ -78,7 +78,9 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     let mut cfg = VmConfig::new(vm_name);
     let disk = probe_sdk::vm::runtime_root().join(format!("{vm_name}-demo-disk.img"));
     cfg.disks = vec![disk];
-    cfg.quiet_build = true;
+    // cargo's own progress shows while the kernel builds (minutes the
+    // first time), so the demo is never silent.
+    cfg.quiet_build = false;
     let vm = Vm::start(&cfg)?;
     let result = story(&args, &vm, object);
     if args.keep {
