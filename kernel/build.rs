@@ -36,9 +36,11 @@ fn write_vector_stubs() {
 
 fn main() {
     write_vector_stubs();
-    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    println!("cargo:rerun-if-changed=linker.ld");
-    println!("cargo:rerun-if-changed=build.rs");
+    // The manifest is in kernel/image/; the linker script beside this file.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = format!("{manifest}/..");
+    println!("cargo:rerun-if-changed={dir}/linker.ld");
+    println!("cargo:rerun-if-changed={dir}/build.rs");
     for arg in [
         &format!("-T{dir}/linker.ld"),
         "-nostartfiles",

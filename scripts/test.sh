@@ -20,7 +20,7 @@ fi
 
 step "build the kernel (profile kernel)"
 t=$SECONDS
-cargo build --profile kernel -p ktrace-kernel --target-dir target/kernel
+cargo build --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel
 elapsed $t
 
 step "cargo test --workspace"
@@ -28,17 +28,17 @@ t=$SECONDS
 cargo test --workspace
 elapsed $t
 
-# The kernel is linted on its own: in a workspace-wide build, cargo unifies
-# features of shared crates (std for the host crates) into the kernel's
-# dependencies, which a no_std binary cannot link.
-step "cargo clippy --workspace --exclude ktrace-kernel --all-targets"
+step "cargo clippy --workspace --all-targets"
 t=$SECONDS
-cargo clippy --workspace --exclude ktrace-kernel --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 elapsed $t
 
-step "cargo clippy -p ktrace-kernel"
+# The kernel is a workspace of its own (kernel/image/Cargo.toml): built with
+# the host crates, cargo would unify their std features into its
+# dependencies, which a no_std binary cannot link.
+step "cargo clippy (kernel)"
 t=$SECONDS
-cargo clippy -p ktrace-kernel -- -D warnings
+cargo clippy --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel -- -D warnings
 elapsed $t
 
 step "all checks passed in ${SECONDS} s"

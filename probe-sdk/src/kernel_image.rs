@@ -27,6 +27,9 @@ pub const KERNEL_ENV: &str = "KTRACE_KERNEL";
 pub const KERNEL_PROFILE: &str = "kernel";
 /// Cargo package of the kernel.
 pub const KERNEL_PACKAGE: &str = "ktrace-kernel";
+/// The kernel's manifest, relative to the repository root. The kernel is a
+/// workspace of its own so host crates' `std` features never reach it.
+pub const KERNEL_MANIFEST: &str = "kernel/image/Cargo.toml";
 /// Suffix of the copy that carries the symbol table.
 pub const IMAGE_SUFFIX: &str = "ktrace";
 
@@ -104,12 +107,19 @@ pub fn prepare(quiet: bool) -> Result<KernelImage, ImageError> {
     embed_if_changed(&source)
 }
 
-/// `cargo build --profile kernel -p ktrace-kernel` in `root`; returns the ELF path.
+/// `cargo build --manifest-path kernel/image/Cargo.toml --profile kernel`
+/// in `root` (the kernel is a workspace of its own); returns the ELF path.
 pub fn build_kernel(root: &Path, quiet: bool) -> Result<PathBuf, ImageError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
-        .args(["build", "--profile", KERNEL_PROFILE, "-p", KERNEL_PACKAGE])
+        .args([
+            "build",
+            "--manifest-path",
+            KERNEL_MANIFEST,
+            "--profile",
+            KERNEL_PROFILE,
+        ])
         .arg("--target-dir")
         .arg(kernel_target_dir(root))
         .stdout(Stdio::piped());

@@ -1,5 +1,5 @@
 //! Tests on the real kernel ELF, when it has been built
-//! (`cargo build --profile kernel -p ktrace-kernel --target-dir target/kernel`,
+//! (`cargo build --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel`,
 //! or any `ktrace vm start`, which also embeds the symbol table). Each test
 //! prints a skip message and passes when the kernel is not there.
 
@@ -30,7 +30,7 @@ fn load_with_bytes(path: &Path) -> Option<&'static (Vec<u8>, SymbolIndex)> {
     });
     if loaded.is_none() {
         println!(
-            "skipping: no kernel ELF at {} (build it with `cargo build --profile kernel -p ktrace-kernel --target-dir target/kernel`)",
+            "skipping: no kernel ELF at {} (build it with `cargo build --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel`)",
             path.display()
         );
     }

@@ -234,7 +234,7 @@ pub fn kernel_elf(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     let elf = root.join(KERNEL_ELF);
     if !elf.is_file() {
         bail!(
-            "no kernel ELF at {}: build it with `cargo build --profile kernel -p ktrace-kernel --target-dir target/kernel` \
+            "no kernel ELF at {}: build it with `cargo build --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel` \
              in {} (or pass --kernel <elf> / set {KERNEL_ENV})",
             elf.display(),
             root.display()
