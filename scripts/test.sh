@@ -13,10 +13,13 @@ bash scripts/setup.sh
 
 # Reported, not fatal: formatting alone should not block a run of the tests.
 step "cargo fmt --all --check"
-if ! unformatted=$(cargo fmt --all --check -- --files-with-diff 2>&1); then
-    echo "warning: not formatted with rustfmt (run \`cargo fmt --all\`):"
-    echo "$unformatted" | sed 's/^/    /'
-fi
+# The kernel binary is a workspace of its own, hence the second manifest.
+for manifest in Cargo.toml kernel/image/Cargo.toml; do
+    if ! unformatted=$(cargo fmt --all --manifest-path "$manifest" --check -- --files-with-diff 2>&1); then
+        echo "warning: not formatted with rustfmt (run \`cargo fmt --all --manifest-path $manifest\`):"
+        echo "$unformatted" | sed 's/^/    /'
+    fi
+done
 
 step "build the kernel (profile kernel)"
 t=$SECONDS
