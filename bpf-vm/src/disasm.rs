@@ -303,6 +303,27 @@ fn addr(r: u8, off: i16) -> String {
     }
 }
 
+/// The LLVM-syntax operator of an ALU operation (`+=`, `s>>=`, ...), also
+/// used by the verifier's log.
+pub(crate) fn alu_llvm_op(op: AluOp) -> &'static str {
+    match op {
+        AluOp::Add => "+=",
+        AluOp::Sub => "-=",
+        AluOp::Mul => "*=",
+        AluOp::Div => "/=",
+        AluOp::SDiv => "s/=",
+        AluOp::Or => "|=",
+        AluOp::And => "&=",
+        AluOp::Lsh => "<<=",
+        AluOp::Rsh => ">>=",
+        AluOp::Mod => "%=",
+        AluOp::SMod => "s%=",
+        AluOp::Xor => "^=",
+        AluOp::Mov => "=",
+        AluOp::Arsh => "s>>=",
+    }
+}
+
 fn llvm(i: &Insn) -> String {
     let rn = |w: Width, r: u8| match w {
         Width::W32 => format!("w{r}"),
@@ -319,22 +340,7 @@ fn llvm(i: &Insn) -> String {
             dst,
             src,
         } => {
-            let sym = match op {
-                AluOp::Add => "+=",
-                AluOp::Sub => "-=",
-                AluOp::Mul => "*=",
-                AluOp::Div => "/=",
-                AluOp::SDiv => "s/=",
-                AluOp::Or => "|=",
-                AluOp::And => "&=",
-                AluOp::Lsh => "<<=",
-                AluOp::Rsh => ">>=",
-                AluOp::Mod => "%=",
-                AluOp::SMod => "s%=",
-                AluOp::Xor => "^=",
-                AluOp::Mov => "=",
-                AluOp::Arsh => "s>>=",
-            };
+            let sym = alu_llvm_op(op);
             format!("{} {sym} {}", rn(width, dst), opnd(width, src))
         }
         Insn::Neg { width, dst } => format!("{0} = -{0}", rn(width, dst)),

@@ -699,7 +699,7 @@ impl<'a> Checker<'a> {
         let reject = |this: &Self, st: &State, msg: String| -> R<()> {
             Err(this.err_at(pc, Some(st), Rule::PointerArithmetic, msg))
         };
-        let opname = alu_name(op);
+        let opname = disasm::alu_llvm_op(op);
         if width == Width::W32 {
             if self.cfg.allow_ptr_leaks {
                 Self::set(st, dst, Reg::scalar(Scalar::urange(0, u32::MAX as u64)));
@@ -1907,25 +1907,6 @@ fn reg_of(o: Operand) -> u8 {
     match o {
         Operand::Reg(r) => r,
         Operand::Imm(_) => 0,
-    }
-}
-
-fn alu_name(op: AluOp) -> &'static str {
-    match op {
-        AluOp::Add => "+=",
-        AluOp::Sub => "-=",
-        AluOp::Mul => "*=",
-        AluOp::Div => "/=",
-        AluOp::SDiv => "s/=",
-        AluOp::Or => "|=",
-        AluOp::And => "&=",
-        AluOp::Lsh => "<<=",
-        AluOp::Rsh => ">>=",
-        AluOp::Mod => "%=",
-        AluOp::SMod => "s%=",
-        AluOp::Xor => "^=",
-        AluOp::Mov => "=",
-        AluOp::Arsh => "s>>=",
     }
 }
 
