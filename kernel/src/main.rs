@@ -15,6 +15,7 @@ mod bpf;
 mod console;
 mod control;
 mod debug;
+mod drivers;
 mod ksyms;
 mod mm;
 mod panic;

@@ -43,7 +43,6 @@
 //! Devices: `vda`, `vdb`, ... (virtio-blk, major 253, minors 0, 16, ...)
 //! and `ram0` (RAM disk, major 1, minor 0).
 
-pub mod pci;
 pub mod queue;
 pub mod ramdisk;
 pub mod trace;
@@ -60,12 +59,8 @@ use ktrace_abi::block::{BlockRequest, BlockResponse, IoOp, IoReply, MAX_IO_BYTES
 use ktrace_abi::{ErrorCode, ErrorReply, Response};
 use ktrace_block::{BlockError, Op};
 
-use crate::arch::apic::{self, IrqTrigger};
-use crate::arch::{self, trap};
 use queue::RequestQueue;
 
-/// Vector of the virtio-blk interrupts (all devices share it).
-const VIRTIO_VECTOR: u8 = 0x50;
 /// Linux's dynamic major of virtio-blk on most systems.
 const VIRTIO_MAJOR: u32 = 253;
 /// Linux's major of RAM disks.
@@ -84,11 +79,10 @@ pub fn find(name: &str) -> Option<&'static Arc<RequestQueue>> {
     devices().iter().find(|d| d.name == name)
 }
 
-fn on_virtio_interrupt(_regs: &mut arch::PtRegs, _vector: u8) -> bool {
+fn on_virtio_interrupt() {
     for dev in VIRTIO_DEVICES.get().map_or(&[][..], Vec::as_slice) {
         dev.interrupt();
     }
-    true
 }
 
 /// Find the disks, start their queues, route their interrupts.
@@ -126,10 +120,9 @@ pub fn init() {
     }
     VIRTIO_DEVICES.call_once(|| virtio);
     DEVICES.call_once(|| all);
-    if !gsis.is_empty() {
-        trap::set_handler(VIRTIO_VECTOR, on_virtio_interrupt);
-        for gsi in gsis {
-            apic::route_irq(gsi, VIRTIO_VECTOR, IrqTrigger::PCI);
+    for gsi in gsis {
+        if let Err(e) = crate::drivers::intx::register(gsi, on_virtio_interrupt) {
+            log::error!("block: cannot take the interrupt of GSI {gsi}: {e}");
         }
     }
 }

@@ -20,9 +20,11 @@ use ktrace_bpf_maps::Map;
 
 use super::kmap::KMap;
 
-/// Payload bytes per pushed batch: large enough to amortise framing, small
-/// enough that a response never waits long behind a batch on the UART.
-pub const BATCH_BYTES: usize = 16 * 1024;
+/// Payload bytes per pushed batch: large enough to amortise framing and
+/// the per-record work, and one transmit buffer of the virtio-serial link
+/// ([`crate::drivers::virtio_serial::TX_CHUNK`]). On the COM2 fallback a
+/// batch holds answers back for up to a second.
+pub const BATCH_BYTES: usize = 60 * 1024;
 /// Stream id of `trace_printk` in [`LostCount::map`].
 pub const PRINTK_STREAM: u32 = u32::MAX;
 

@@ -65,6 +65,11 @@ pub struct SystemInfo {
     pub tasks: Vec<TaskInfo>,
     /// Control-channel frames refused since boot (bad frames, decode errors).
     pub bad_frames: u64,
+    /// What the control channel runs on: `virtio-serial` or `COM2`.
+    pub control_link: String,
+    /// Bytes received from / sent to the host on the control channel.
+    pub control_rx_bytes: u64,
+    pub control_tx_bytes: u64,
 }
 
 /// Requests that exist for the test harness.

@@ -75,6 +75,11 @@ pub fn render(info: &SystemInfo) -> String {
     );
     let _ = writeln!(s, "context switches  {}", info.context_switches);
     let _ = writeln!(s, "bad frames        {}", info.bad_frames);
+    let _ = writeln!(
+        s,
+        "control link      {} ({} bytes in, {} bytes out)",
+        info.control_link, info.control_rx_bytes, info.control_tx_bytes
+    );
     let _ = writeln!(s);
     let name_w = info
         .tasks
@@ -138,6 +143,9 @@ mod tests {
                 },
             ],
             bad_frames: 0,
+            control_link: "virtio-serial".into(),
+            control_rx_bytes: 10,
+            control_tx_bytes: 20,
         };
         assert_eq!(
             render(&info),

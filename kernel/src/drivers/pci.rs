@@ -62,3 +62,10 @@ impl ConfigurationAccess for PortCam {
         PortCam
     }
 }
+
+/// The GSI a function's INTx pin reaches on q35 (ICH9): pin P of slot S is
+/// routed to PIRQ E–H, i.e. GSI `20 + (S + P - 1) % 4`.
+pub fn intx_gsi(df: DeviceFunction) -> u8 {
+    let pin = (PortCam.read_word(df, 0x3c) >> 8) as u8;
+    20 + ((df.device + pin.max(1) - 1) % 4)
+}

@@ -1,0 +1,424 @@
+//! virtio-serial: one port of a virtio console device with the MULTIPORT
+//! feature, used as a fast byte stream to the host.
+//!
+//! Why not `virtio_drivers::device::console::VirtIOConsole`: it drives only
+//! port 0 (a QEMU `virtconsole`), and QEMU *drops* a console port's output
+//! when the host reads too slowly, where a `virtserialport` throttles the
+//! guest instead. Event streams promise that nothing is lost unaccounted,
+//! so the kernel needs a generic port, which needs MULTIPORT and its
+//! control queues. The driver also keeps several buffers in flight in both
+//! directions (the crate's console has one page for input and waits for
+//! every output buffer), and never waits with its lock held.
+//!
+//! Protocol (virtio 1.2, 5.3.6): queues 2/3 carry 8-byte control messages
+//! `{ id: le32, event: le16, value: le16 }`. The driver says
+//! `DEVICE_READY`; the device answers `DEVICE_ADD` per port; the driver
+//! answers `PORT_READY` and, for the port it drives, `PORT_OPEN` (until
+//! then QEMU holds the host's bytes back); the device reports the host
+//! side's connection with `PORT_OPEN` and the port's name with
+//! `PORT_NAME`. Port `n >= 1` uses queues `2n + 2` (receive) and `2n + 3`
+//! (transmit).
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use bitflags::bitflags;
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::pci::bus::{Command, PciRoot};
+use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
+use virtio_drivers::transport::{DeviceType, Transport};
+
+use super::pci::{self, PortCam};
+use super::virtio::KernelHal;
+use crate::sync::SpinLock;
+
+bitflags! {
+    /// The features this driver negotiates.
+    #[derive(Copy, Clone, Debug, Default, Eq, PartialEq)]
+    struct Features: u64 {
+        const MULTIPORT = 1 << 1;
+        const VERSION_1 = 1 << 32;
+    }
+}
+
+const CTRL_RX_QUEUE: u16 = 2;
+const CTRL_TX_QUEUE: u16 = 3;
+/// Control buffers in each direction. A `PORT_NAME` message carries the
+/// name after the 8-byte header.
+const CTRL_SLOTS: usize = 8;
+const CTRL_BUF_LEN: usize = 128;
+/// Data buffers in each direction.
+const DATA_SLOTS: usize = 16;
+/// Size of each receive buffer: a 4 MiB request arrives in 64 buffers.
+const RX_BUF_LEN: usize = 64 * 1024;
+/// Largest transmit buffer: longer writes are split.
+pub const TX_CHUNK: usize = 64 * 1024;
+
+const DEVICE_READY: u16 = 0;
+const DEVICE_ADD: u16 = 1;
+const DEVICE_REMOVE: u16 = 2;
+const PORT_READY: u16 = 3;
+const PORT_OPEN: u16 = 6;
+const PORT_NAME: u16 = 7;
+
+/// How long [`probe`] waits for the device to announce the port.
+const ANNOUNCE_TIMEOUT_NS: u64 = 200_000_000;
+
+fn rx_queue(port: u32) -> u16 {
+    (2 * port + 2) as u16
+}
+
+struct Inner {
+    transport: PciTransport,
+    port: u32,
+    ctrl_rx: VirtQueue<KernelHal, CTRL_SLOTS>,
+    ctrl_tx: VirtQueue<KernelHal, CTRL_SLOTS>,
+    rx: VirtQueue<KernelHal, DATA_SLOTS>,
+    tx: VirtQueue<KernelHal, DATA_SLOTS>,
+    ctrl_rx_bufs: Vec<Box<[u8]>>,
+    /// Tokens of the posted control receive buffers, in ring order, with
+    /// the index of their buffer.
+    ctrl_rx_posted: VecDeque<(u16, usize)>,
+    ctrl_tx_posted: VecDeque<(u16, Box<[u8; 8]>)>,
+    rx_bufs: Vec<Box<[u8]>>,
+    rx_posted: VecDeque<(u16, usize)>,
+    tx_posted: VecDeque<(u16, Vec<u8>)>,
+    /// The device announced our port and we opened it.
+    opened: bool,
+    /// The host side of the port is connected (a client on the socket).
+    host_connected: bool,
+    name: String,
+    /// Where received bytes go (interrupt context, lock held).
+    sink: fn(&[u8]),
+}
+
+/// A virtio-serial port.
+pub struct SerialPort {
+    inner: SpinLock<Inner>,
+    /// Transmit attempts that found every buffer in flight.
+    tx_full: AtomicU64,
+    /// The GSI of the device's INTx pin.
+    pub gsi: u8,
+}
+
+/// Why a port could not be set up.
+#[derive(Debug)]
+pub enum ProbeError {
+    NoDevice,
+    Transport(String),
+    Queue(virtio_drivers::Error),
+    NoMultiport,
+    /// The device has fewer ports than the one asked for.
+    TooFewPorts(u32),
+    /// The device never announced the port.
+    NotAnnounced(u32),
+}
+
+impl core::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoDevice => write!(f, "no virtio console device on PCI bus 0"),
+            Self::Transport(e) => write!(f, "PCI transport: {e}"),
+            Self::Queue(e) => write!(f, "virtqueue setup: {e}"),
+            Self::NoMultiport => write!(f, "the device does not offer MULTIPORT"),
+            Self::TooFewPorts(n) => write!(f, "the device has only {n} ports"),
+            Self::NotAnnounced(p) => write!(f, "the device never announced port {p}"),
+        }
+    }
+}
+
+impl Inner {
+    fn post_ctrl_rx(&mut self, i: usize) {
+        // SAFETY: the buffer is a boxed slice owned by `self` that is
+        // neither moved nor touched until `service` pops its token.
+        match unsafe { self.ctrl_rx.add(&[], &mut [&mut self.ctrl_rx_bufs[i][..]]) } {
+            Ok(t) => self.ctrl_rx_posted.push_back((t, i)),
+            Err(e) => log::error!("virtio-serial: cannot post a control buffer: {e}"),
+        }
+    }
+
+    fn post_rx(&mut self, i: usize) {
+        // SAFETY: as in `post_ctrl_rx`.
+        match unsafe { self.rx.add(&[], &mut [&mut self.rx_bufs[i][..]]) } {
+            Ok(t) => self.rx_posted.push_back((t, i)),
+            Err(e) => log::error!("virtio-serial: cannot post a receive buffer: {e}"),
+        }
+    }
+
+    fn send_ctrl(&mut self, id: u32, event: u16, value: u16) {
+        self.reap_ctrl_tx();
+        let mut msg = Box::new([0u8; 8]);
+        msg[..4].copy_from_slice(&id.to_le_bytes());
+        msg[4..6].copy_from_slice(&event.to_le_bytes());
+        msg[6..].copy_from_slice(&value.to_le_bytes());
+        // SAFETY: the message box moves into `ctrl_tx_posted` (its heap
+        // contents stay put) until the device hands the token back.
+        match unsafe { self.ctrl_tx.add(&[&msg[..]], &mut []) } {
+            Ok(t) => {
+                self.ctrl_tx_posted.push_back((t, msg));
+                if self.ctrl_tx.should_notify() {
+                    self.transport.notify(CTRL_TX_QUEUE);
+                }
+            }
+            Err(e) => log::error!("virtio-serial: control message {event} lost: {e}"),
+        }
+    }
+
+    fn reap_ctrl_tx(&mut self) {
+        while let Some((t, msg)) = self.ctrl_tx_posted.front() {
+            if self.ctrl_tx.peek_used() != Some(*t) {
+                break;
+            }
+            // SAFETY: the same buffer that was added with this token.
+            let _ = unsafe { self.ctrl_tx.pop_used(*t, &[&msg[..]], &mut []) };
+            self.ctrl_tx_posted.pop_front();
+        }
+    }
+
+    fn reap_tx(&mut self) {
+        while let Some((t, buf)) = self.tx_posted.front() {
+            if self.tx.peek_used() != Some(*t) {
+                break;
+            }
+            // SAFETY: the same buffer that was added with this token.
+            let _ = unsafe { self.tx.pop_used(*t, &[&buf[..]], &mut []) };
+            self.tx_posted.pop_front();
+        }
+    }
+
+    fn control_message(&mut self, msg: &[u8]) {
+        if msg.len() < 8 {
+            return;
+        }
+        let id = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
+        let event = u16::from_le_bytes([msg[4], msg[5]]);
+        let value = u16::from_le_bytes([msg[6], msg[7]]);
+        match event {
+            DEVICE_ADD if id == self.port => {
+                self.send_ctrl(id, PORT_READY, 1);
+                self.send_ctrl(id, PORT_OPEN, 1);
+                self.opened = true;
+            }
+            // Ports this driver does not drive are refused.
+            DEVICE_ADD => self.send_ctrl(id, PORT_READY, 0),
+            DEVICE_REMOVE if id == self.port => {
+                self.opened = false;
+                self.host_connected = false;
+                log::warn!("virtio-serial: port {id} removed");
+            }
+            PORT_OPEN if id == self.port => {
+                self.host_connected = value != 0;
+            }
+            PORT_NAME if id == self.port => {
+                self.name = String::from_utf8_lossy(&msg[8..])
+                    .trim_end_matches('\0')
+                    .into();
+            }
+            _ => {}
+        }
+    }
+
+    /// Completes whatever the device finished: control messages, received
+    /// data (to the sink), sent buffers.
+    fn service(&mut self) {
+        let mut notify_ctrl = false;
+        while let Some(&(t, i)) = self.ctrl_rx_posted.front() {
+            if self.ctrl_rx.peek_used() != Some(t) {
+                break;
+            }
+            self.ctrl_rx_posted.pop_front();
+            // SAFETY: the same buffer that was added with this token.
+            let len = unsafe {
+                self.ctrl_rx
+                    .pop_used(t, &[], &mut [&mut self.ctrl_rx_bufs[i][..]])
+            }
+            .unwrap_or(0) as usize;
+            let mut msg = [0u8; CTRL_BUF_LEN];
+            let len = len.min(CTRL_BUF_LEN);
+            msg[..len].copy_from_slice(&self.ctrl_rx_bufs[i][..len]);
+            self.post_ctrl_rx(i);
+            notify_ctrl = true;
+            self.control_message(&msg[..len]);
+        }
+        if notify_ctrl && self.ctrl_rx.should_notify() {
+            self.transport.notify(CTRL_RX_QUEUE);
+        }
+        self.reap_ctrl_tx();
+
+        let mut notify_rx = false;
+        while let Some(&(t, i)) = self.rx_posted.front() {
+            if self.rx.peek_used() != Some(t) {
+                break;
+            }
+            self.rx_posted.pop_front();
+            // SAFETY: the same buffer that was added with this token.
+            let len = unsafe { self.rx.pop_used(t, &[], &mut [&mut self.rx_bufs[i][..]]) }
+                .unwrap_or(0) as usize;
+            let len = len.min(RX_BUF_LEN);
+            (self.sink)(&self.rx_bufs[i][..len]);
+            self.post_rx(i);
+            notify_rx = true;
+        }
+        if notify_rx && self.rx.should_notify() {
+            self.transport.notify(rx_queue(self.port));
+        }
+        self.reap_tx();
+    }
+}
+
+/// Finds the first virtio console device on bus 0 and opens its port
+/// `port` (>= 1), delivering received bytes to `sink` (called in interrupt
+/// or task context with interrupts off).
+pub fn probe(port: u32, sink: fn(&[u8])) -> Result<SerialPort, ProbeError> {
+    let mut root = PciRoot::new(PortCam);
+    let df = root
+        .enumerate_bus(0)
+        .find(|(_, info)| virtio_device_type(info) == Some(DeviceType::Console))
+        .map(|(df, _)| df)
+        .ok_or(ProbeError::NoDevice)?;
+    let (_, cmd) = root.get_status_command(df);
+    root.set_command(df, cmd | Command::MEMORY_SPACE | Command::BUS_MASTER);
+    let mut transport = PciTransport::new::<KernelHal, _>(&mut root, df)
+        .map_err(|e| ProbeError::Transport(alloc::format!("{e}")))?;
+    let features = transport.begin_init(Features::MULTIPORT | Features::VERSION_1);
+    if !features.contains(Features::MULTIPORT) {
+        return Err(ProbeError::NoMultiport);
+    }
+    // Config space: cols u16, rows u16, max_nr_ports u32.
+    let max_ports: u32 = transport.read_config_space(4).map_err(ProbeError::Queue)?;
+    if port >= max_ports {
+        return Err(ProbeError::TooFewPorts(max_ports));
+    }
+    let ctrl_rx =
+        VirtQueue::new(&mut transport, CTRL_RX_QUEUE, false, false).map_err(ProbeError::Queue)?;
+    let ctrl_tx =
+        VirtQueue::new(&mut transport, CTRL_TX_QUEUE, false, false).map_err(ProbeError::Queue)?;
+    let rx =
+        VirtQueue::new(&mut transport, rx_queue(port), false, false).map_err(ProbeError::Queue)?;
+    let tx = VirtQueue::new(&mut transport, rx_queue(port) + 1, false, false)
+        .map_err(ProbeError::Queue)?;
+    transport.finish_init();
+    let gsi = pci::intx_gsi(df);
+    let mut inner = Inner {
+        transport,
+        port,
+        ctrl_rx,
+        ctrl_tx,
+        rx,
+        tx,
+        ctrl_rx_bufs: (0..CTRL_SLOTS)
+            .map(|_| vec![0u8; CTRL_BUF_LEN].into_boxed_slice())
+            .collect(),
+        ctrl_rx_posted: VecDeque::new(),
+        ctrl_tx_posted: VecDeque::new(),
+        rx_bufs: (0..DATA_SLOTS)
+            .map(|_| vec![0u8; RX_BUF_LEN].into_boxed_slice())
+            .collect(),
+        rx_posted: VecDeque::new(),
+        tx_posted: VecDeque::new(),
+        opened: false,
+        host_connected: false,
+        name: String::new(),
+        sink,
+    };
+    for i in 0..CTRL_SLOTS {
+        inner.post_ctrl_rx(i);
+    }
+    for i in 0..DATA_SLOTS {
+        inner.post_rx(i);
+    }
+    inner.transport.notify(CTRL_RX_QUEUE);
+    inner.transport.notify(rx_queue(port));
+    inner.send_ctrl(0, DEVICE_READY, 1);
+    // QEMU answers while handling the notification; poll briefly in case
+    // a device defers it (interrupts are not routed yet).
+    let deadline = crate::time::now_ns() + ANNOUNCE_TIMEOUT_NS;
+    while !inner.opened && crate::time::now_ns() < deadline {
+        inner.service();
+        core::hint::spin_loop();
+    }
+    if !inner.opened {
+        return Err(ProbeError::NotAnnounced(port));
+    }
+    // Messages that followed the announcement (name, host connection).
+    inner.service();
+    log::info!(
+        "virtio-serial: port {port} {:?} open at slot {}, GSI {gsi}, host {}",
+        inner.name,
+        df.device,
+        if inner.host_connected {
+            "connected"
+        } else {
+            "not connected"
+        }
+    );
+    Ok(SerialPort {
+        inner: SpinLock::new(inner),
+        tx_full: AtomicU64::new(0),
+        gsi,
+    })
+}
+
+impl SerialPort {
+    /// The interrupt handler's work: acknowledge and complete.
+    pub fn interrupt(&self) {
+        let mut inner = self.inner.lock();
+        let status = inner.transport.ack_interrupt();
+        if status.is_empty() {
+            return;
+        }
+        inner.service();
+    }
+
+    /// Complete finished work without an interrupt (a missed or coalesced
+    /// one must not stall the stream).
+    pub fn poll(&self) {
+        self.inner.lock().service();
+    }
+
+    /// Queue `data` (at most [`TX_CHUNK`] bytes) for the host. Gives it
+    /// back when every transmit buffer is in flight: the host reads too
+    /// slowly (QEMU throttles the port) and the caller should wait.
+    pub fn try_send(&self, data: Vec<u8>) -> Result<(), Vec<u8>> {
+        debug_assert!(data.len() <= TX_CHUNK && !data.is_empty());
+        let mut inner = self.inner.lock();
+        inner.service();
+        if inner.tx_posted.len() >= DATA_SLOTS {
+            drop(inner);
+            self.tx_full.fetch_add(1, Ordering::Relaxed);
+            return Err(data);
+        }
+        // SAFETY: the vector moves into `tx_posted` (its heap buffer stays
+        // put) until the device hands the token back in `reap_tx`.
+        match unsafe { inner.tx.add(&[&data[..]], &mut []) } {
+            Ok(t) => {
+                inner.tx_posted.push_back((t, data));
+                if inner.tx.should_notify() {
+                    let q = rx_queue(inner.port) + 1;
+                    inner.transport.notify(q);
+                }
+                Ok(())
+            }
+            Err(_) => {
+                drop(inner);
+                self.tx_full.fetch_add(1, Ordering::Relaxed);
+                Err(data)
+            }
+        }
+    }
+
+    /// Whether a host client is connected to the port.
+    pub fn host_connected(&self) -> bool {
+        self.inner.lock().host_connected
+    }
+
+    /// Transmit attempts that found every buffer in flight (the host
+    /// read too slowly).
+    pub fn tx_full(&self) -> u64 {
+        self.tx_full.load(Ordering::Relaxed)
+    }
+}
