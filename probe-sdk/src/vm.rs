@@ -1103,7 +1103,9 @@ mod tests {
             "-machine q35 -m 256M -cpu max -smp 1 -display none -no-reboot \
              -kernel /k/kernel.ktrace -serial file:/run/k/t/console.log \
              -chardev socket,id=ctl,path=/run/k/t/ctl.sock,server=on,wait=off \
-             -serial chardev:ctl -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+             -serial null -device virtio-serial-pci,id=ktrace-serial \
+             -device virtserialport,bus=ktrace-serial.0,nr=1,chardev=ctl,name=org.ktrace.control \
+             -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
              -drive file=/d/a.img,if=none,id=vda,format=raw -device virtio-blk-pci,drive=vda \
              -drive file=/d/b.img,if=none,id=vdb,format=raw -device virtio-blk-pci,drive=vdb"
         );

@@ -471,3 +471,61 @@ fn biolatency_counts_every_request() {
     );
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// A hit that arrives while another probe's handler runs is not run, and
+/// the program counts it as a miss: program B is attached to the BPF
+/// interpreter itself, which runs program A inside A's kprobe handler on
+/// the probe target. Each of A's runs is one of B's misses.
+#[test]
+fn nested_hits_count_as_program_misses() {
+    let index = ktrace_symbols::SymbolIndex::from_path(&kernel_image().source).unwrap();
+    let point = |name: &str| {
+        let f = index
+            .functions()
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("{name} not in the kernel"));
+        AttachTarget::Kprobe {
+            spec: name.into(),
+            points: vec![ktrace_abi::bpf::KprobePoint {
+                address: f.addr,
+                function: name.into(),
+                offset: 0,
+            }],
+        }
+    };
+    let mut vm = TestVm::boot("bpf-misses");
+    let mut client = vm.client();
+    let mut rt = Runtime::new(&mut client);
+    let interp = point("bpf_vm::interp::Vm::run");
+    let a = rt
+        .prog_load(
+            asm_prog("on_target", "mov %r0, 0\nexit", point(TARGET)),
+            vec![],
+            LoadOptions::default(),
+        )
+        .unwrap();
+    let b = rt
+        .prog_load(
+            asm_prog("on_interp", "mov %r0, 0\nexit", interp.clone()),
+            vec![],
+            LoadOptions::default(),
+        )
+        .unwrap();
+    rt.attach(a.id, point(TARGET), false).unwrap();
+    rt.attach(b.id, interp, false).unwrap();
+    let n = 300;
+    rt.trigger(n, 0).unwrap();
+    let progs = rt.progs().unwrap();
+    let get = |id: u32| progs.iter().find(|p| p.id == id).unwrap().clone();
+    let (a, b) = (get(a.id), get(b.id));
+    assert_eq!((a.run_count, a.misses), (u64::from(n), 0), "{a:?}");
+    assert_eq!(
+        (b.run_count, b.misses),
+        (0, u64::from(n)),
+        "every interpreter call is inside A's handler, a miss of B: {b:?}"
+    );
+    for l in rt.links().unwrap() {
+        rt.detach(l.id).unwrap();
+    }
+}

@@ -100,6 +100,9 @@ impl KprobeHandler for BpfKprobe {
     fn kind(&self) -> &'static str {
         "bpf"
     }
+    fn missed(&self) {
+        self.prog.stats.misses.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 struct BpfKretprobe {
@@ -123,6 +126,9 @@ impl KretprobeHandler for BpfKretprobe {
     }
     fn kind(&self) -> &'static str {
         "bpf"
+    }
+    fn missed(&self) {
+        self.prog.stats.misses.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -156,6 +162,9 @@ impl TracepointHandler for BpfTracepoint {
     fn kind(&self) -> &'static str {
         "bpf"
     }
+    fn missed(&self) {
+        self.prog.stats.misses.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 struct BpfPerf {
@@ -179,6 +188,9 @@ impl PerfHandler for BpfPerf {
                 rbp: regs.rbp,
             },
         );
+    }
+    fn missed(&self) {
+        self.prog.stats.misses.fetch_add(1, Ordering::Relaxed);
     }
 }
 

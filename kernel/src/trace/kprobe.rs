@@ -58,6 +58,10 @@ pub trait KprobeHandler: Send + Sync {
     fn kind(&self) -> &'static str {
         "native"
     }
+    /// A hit this handler did not see: it came while another probe's
+    /// handler ran on this CPU (the recursion guard), or no return
+    /// instance was free. Lets a handler count its own misses.
+    fn missed(&self) {}
 }
 
 /// A registered kprobe.
@@ -485,6 +489,7 @@ fn on_int3(regs: &mut PtRegs, _vector: u8) -> bool {
         None => {
             for p in &site.probes {
                 p.missed.fetch_add(1, Ordering::Relaxed);
+                p.handler.missed();
             }
             false
         }

@@ -62,6 +62,10 @@ pub trait KretprobeHandler: Send + Sync {
     /// At return: `regs.rax` is the return value, `regs.rip` the return
     /// address, `regs.rsp` the caller's stack pointer after the return.
     fn ret(&self, regs: &mut PtRegs, inst: &RetInstance);
+    /// A hit this handler did not see: it came while another probe's
+    /// handler ran on this CPU (the recursion guard), or no return
+    /// instance was free. Lets a handler count its own misses.
+    fn missed(&self) {}
     /// A short name for listings.
     fn kind(&self) -> &'static str {
         "native"
@@ -143,12 +147,20 @@ impl KprobeHandler for Entry {
         ];
         let Some(i) = POOL.claim(rp.id, &rp.quota, regs.rsp, orig, words) else {
             rp.missed.fetch_add(1, Ordering::Relaxed);
+            rp.handler.missed();
             return;
         };
         if text_patch::write_stack_u64(regs.rsp, text_patch::kretprobe_trampoline_addr()).is_err() {
             let _ = POOL.release(i, Some(&rp.quota));
             rp.missed.fetch_add(1, Ordering::Relaxed);
+            rp.handler.missed();
         }
+    }
+
+    /// The entry kprobe's own misses count in `Kretprobe::missed` through
+    /// the entry probe; the return handler hears of them too.
+    fn missed(&self) {
+        self.0.handler.missed();
     }
 
     fn kind(&self) -> &'static str {
@@ -199,6 +211,7 @@ extern "C" fn kretprobe_trampoline_handler(regs: &mut PtRegs) -> u64 {
             }
             None => {
                 rp.missed.fetch_add(1, Ordering::Relaxed);
+                rp.handler.missed();
             }
         }
     }

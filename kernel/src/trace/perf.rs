@@ -61,6 +61,9 @@ pub struct Sample {
 pub trait PerfHandler: Send + Sync {
     /// One sample; `regs` are the interrupted registers.
     fn sample(&self, sample: &Sample, regs: &PtRegs);
+    /// A hit this handler did not see: it came while another probe's
+    /// handler ran on this CPU (the recursion guard). Lets a handler count its own misses.
+    fn missed(&self) {}
 }
 
 /// Why a perf request failed.
@@ -499,6 +502,10 @@ fn on_sample_timer(regs: &mut PtRegs, _vector: u8) -> bool {
         let handlers = HANDLERS.read();
         for h in handlers.iter() {
             h.sample(&s, regs);
+        }
+    } else if let Some(handlers) = HANDLERS.try_read() {
+        for h in handlers.iter() {
+            h.missed();
         }
     }
     true

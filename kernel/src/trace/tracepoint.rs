@@ -38,6 +38,9 @@ pub const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 pub trait TracepointHandler: Send + Sync {
     /// One event.
     fn event(&self, record: &[u8], regs: &PtRegs);
+    /// A hit this handler did not see: it came while another probe's
+    /// handler ran on this CPU (the recursion guard). Lets a handler count its own misses.
+    fn missed(&self) {}
     /// A short name for listings.
     #[allow(dead_code)] // for the BPF runtime's listings
     fn kind(&self) -> &'static str {
@@ -141,6 +144,13 @@ fn emit_bytes(tp: &Tracepoint, bytes: &[u8], caller_fp: u64) {
     let was = crate::arch::irq_save();
     let Some(_g) = DepthGuard::enter() else {
         tp.missed.fetch_add(1, Ordering::Relaxed);
+        // `try_read`: a writer waiting on this CPU's interrupted reader
+        // would never get in; then the handlers do not hear of the miss.
+        if let Some(handlers) = tp.handlers.try_read() {
+            for (_, h) in handlers.iter() {
+                h.missed();
+            }
+        }
         crate::arch::irq_restore(was);
         return;
     };

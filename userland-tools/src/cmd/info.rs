@@ -157,6 +157,7 @@ heap              0.5 MiB used of 16.0 MiB
 timer             150 ticks at 100 Hz
 context switches  42
 bad frames        0
+control link      virtio-serial (10 bytes in, 20 bytes out)
 
   PID  NAME     STATE      RUNTIME(ms)    SWITCHES
     0  idle     ready         1000.000          20
