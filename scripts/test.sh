@@ -21,9 +21,15 @@ for manifest in Cargo.toml kernel/image/Cargo.toml; do
     fi
 done
 
+# The same flags as probe_sdk::kernel_image::build_kernel: the repository
+# root is remapped so the kernel's DWARF names no path of this machine.
+root=$(pwd -P)
+cargo_home=$(cd "${CARGO_HOME:-$HOME/.cargo}" && pwd -P)
+remap="build.rustflags=['--remap-path-prefix=$root/=', '--remap-path-prefix=$root/kernel/image=', '--remap-path-prefix=$cargo_home/registry/src/=']"
+
 step "build the kernel (profile kernel)"
 t=$SECONDS
-cargo build --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel
+cargo build --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel --config "$remap"
 elapsed $t
 
 step "cargo test --workspace"
@@ -41,7 +47,7 @@ elapsed $t
 # dependencies, which a no_std binary cannot link.
 step "cargo clippy (kernel)"
 t=$SECONDS
-cargo clippy --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel -- -D warnings
+cargo clippy --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel --config "$remap" -- -D warnings
 elapsed $t
 
 step "all checks passed in ${SECONDS} s"

@@ -30,6 +30,9 @@ pub const KERNEL_PACKAGE: &str = "ktrace-kernel";
 /// The kernel's manifest, relative to the repository root. The kernel is a
 /// workspace of its own so host crates' `std` features never reach it.
 pub const KERNEL_MANIFEST: &str = "kernel/image/Cargo.toml";
+/// The directory of [`KERNEL_MANIFEST`]: the kernel crate's compilation
+/// directory.
+const KERNEL_DIR: &str = "kernel/image";
 /// Suffix of the copy that carries the symbol table.
 pub const IMAGE_SUFFIX: &str = "ktrace";
 
@@ -91,6 +94,42 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// A `--config` value that adds `--remap-path-prefix` flags to the
+/// rustflags of `.cargo/config.toml` (cargo joins the arrays).
+///
+/// The kernel's path dependencies (`bpf-vm`, `kernel/block`, ...) are not
+/// members of its workspace, so cargo compiles them from their own
+/// directory: their compilation directory is absolute and their files are
+/// `src/...` under it. Remapping `<root>/` to nothing makes that directory
+/// `bpf-vm`, and the kernel's own (`<root>/kernel/image`, whose files
+/// `.cargo/config.toml` already maps to `kernel/src/...`) empty. Registry
+/// crates become `index.crates.io-<hash>/<crate>-<version>/src/...`.
+/// Backtraces, `ktrace symbols` and `file:line` queries then read
+/// repository-relative paths (`bpf-vm/src/interp/mod.rs`) and never the
+/// build machine's. `scripts/test.sh` passes the same value, so both builds
+/// share one fingerprint.
+pub fn remap_root_flag(root: &Path) -> String {
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let root = canonical(root);
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|p| canonical(&p));
+    // TOML literal strings: no escapes are processed inside. rustc applies
+    // the last matching prefix.
+    let mut flags = format!(
+        "'--remap-path-prefix={r}/=', '--remap-path-prefix={r}/{KERNEL_DIR}='",
+        r = root.display()
+    );
+    if let Some(home) = cargo_home {
+        flags.push_str(&format!(
+            ", '--remap-path-prefix={}/registry/src/='",
+            home.display()
+        ));
+    }
+    format!("build.rustflags=[{flags}]")
+}
+
 /// Where the kernel build's target directory lives.
 pub fn kernel_target_dir(root: &Path) -> PathBuf {
     root.join("target").join("kernel")
@@ -122,6 +161,8 @@ pub fn build_kernel(root: &Path, quiet: bool) -> Result<PathBuf, ImageError> {
         ])
         .arg("--target-dir")
         .arg(kernel_target_dir(root))
+        .arg("--config")
+        .arg(remap_root_flag(root))
         .stdout(Stdio::piped());
     if quiet {
         // Cargo replays the kernel's warnings on every build; in quiet

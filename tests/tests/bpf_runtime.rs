@@ -582,3 +582,92 @@ fn event_stream_order_loss_and_throughput() {
     );
     rt.subscribe(vec![], false).unwrap();
 }
+
+/// A client that leaves takes its subscriptions along: records produced
+/// after it left are not pushed to whoever connects next (nor into the
+/// closed socket), they wait in the ring buffer until a client subscribes,
+/// which then receives every one of them or sees it counted lost.
+#[test]
+fn a_disconnect_ends_the_clients_subscriptions() {
+    let mut vm = TestVm::boot("bpf-reconnect");
+    let n = 3000u32;
+    let (rb, prog) = {
+        let mut client = vm.client();
+        let mut rt = Runtime::new(&mut client);
+        let seq = rt
+            .map_create(def("seq", map_type::ARRAY, 4, 8, 1))
+            .unwrap()
+            .id;
+        // Room for 2,730 records of 24 bytes: the rest is counted lost.
+        let rb = rt
+            .map_create(def("rb", map_type::RINGBUF, 0, 0, 1 << 16))
+            .unwrap()
+            .id;
+        let p = rt
+            .prog_load(
+                kprobe_prog("rbout", RB_OUT),
+                vec![seq, rb],
+                LoadOptions::default(),
+            )
+            .unwrap();
+        let image = ktrace_tests::kernel_image();
+        let index = ktrace_symbols::SymbolIndex::from_path(&image.source).unwrap();
+        let f = index
+            .functions()
+            .iter()
+            .find(|f| f.name == "kernel::bpf::testing::target")
+            .unwrap();
+        let point = AttachTarget::Kprobe {
+            spec: f.name.clone(),
+            points: vec![ktrace_abi::bpf::KprobePoint {
+                address: f.addr,
+                function: f.name.clone(),
+                offset: 0,
+            }],
+        };
+        rt.attach(p.id, point, false).unwrap();
+        rt.subscribe(vec![rb], false).unwrap();
+        (rb, p.id)
+    };
+    // The first client has gone; the next one fires the probe without
+    // subscribing.
+    let mut client = vm.client();
+    let mut rt = Runtime::new(&mut client);
+    rt.trigger_spawn(n).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = rt
+            .progs()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.id == prog)
+            .unwrap();
+        if p.run_count == u64::from(n) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the trigger task stalled: {p:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stray = rt.next_events(Duration::from_millis(300)).unwrap();
+    assert!(
+        stray.is_none(),
+        "the old client's subscription must not push to this one: {stray:?}"
+    );
+    rt.subscribe(vec![rb], false).unwrap();
+    let (seqs, lost) = drain(&mut rt, rb, u64::from(n), Duration::from_secs(30));
+    assert_eq!(
+        seqs.len() as u64 + lost,
+        u64::from(n),
+        "every record delivered or counted lost"
+    );
+    assert!(
+        !seqs.is_empty() && lost > 0,
+        "{} delivered, {lost} lost",
+        seqs.len()
+    );
+    assert_eq!(seqs[0], 0, "the oldest records were kept");
+    eprintln!(
+        "after a disconnect: {} records kept and delivered, {lost} counted lost",
+        seqs.len()
+    );
+}

@@ -168,6 +168,11 @@ fn task() {
         if maps.is_empty() && !printk {
             continue;
         }
+        if !crate::control::host_connected() {
+            // Records wait in their buffers (a full one counts its losses).
+            KICKED.store(kicked, Ordering::Release);
+            continue;
+        }
         if !kicked && !pending(&maps) {
             continue;
         }

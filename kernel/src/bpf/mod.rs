@@ -21,7 +21,7 @@
 #![allow(clippy::result_large_err)]
 
 mod attach;
-mod events;
+pub mod events;
 mod helpers;
 mod kmap;
 mod printk;

@@ -88,6 +88,30 @@ fn virtio_sink(bytes: &[u8]) {
     RX_WAIT.wake_all();
 }
 
+/// Bumped each time the host side of the link goes away.
+static DISCONNECTS: AtomicU64 = AtomicU64::new(0);
+
+/// The virtio-serial port's host side connected or went away (interrupt
+/// context). Bytes still buffered belong to the client that left.
+fn on_host_change(connected: bool) {
+    if !connected {
+        RX.lock().clear();
+        DISCONNECTS.fetch_add(1, Ordering::AcqRel);
+        RX_WAIT.wake_all();
+    }
+}
+
+/// Whether a host client is connected. Always true on COM2, which cannot
+/// tell. The event task leaves records in their buffers while nobody
+/// listens, so they are delivered later or counted lost, never pushed
+/// into a closed socket.
+pub fn host_connected() -> bool {
+    match LINK.get() {
+        Some(Link::Virtio(port)) => port.host_connected(),
+        _ => true,
+    }
+}
+
 fn on_virtio_interrupt() {
     if let Some(Link::Virtio(port)) = LINK.get() {
         port.interrupt();
@@ -120,7 +144,7 @@ fn on_com2_interrupt(_regs: &mut arch::PtRegs, _vector: u8) -> bool {
 
 /// Find the link (virtio-serial, else COM2) and start the control task.
 pub fn start() {
-    let link = match virtio_serial::probe(CONTROL_PORT, virtio_sink) {
+    let link = match virtio_serial::probe(CONTROL_PORT, virtio_sink, on_host_change) {
         Ok(port) => Link::Virtio(port),
         Err(virtio_serial::ProbeError::NoDevice) => Link::Uart,
         Err(e) => {
@@ -218,12 +242,23 @@ fn control_task() {
     let mut reader = FrameReader::new();
     let mut session = Session { greeted: false };
     let mut last_rx_ns = crate::time::now_ns();
+    let mut disconnects = DISCONNECTS.load(Ordering::Acquire);
     log::info!("control channel ready on {}", link_name());
     loop {
         // Interrupts deliver bytes; the timeout also polls, in case an
         // interrupt was coalesced away.
         RX_WAIT.wait_until_timeout(|| !RX.lock().is_empty(), 20_000_000);
         poll_link();
+        let now_disconnects = DISCONNECTS.load(Ordering::Acquire);
+        if now_disconnects != disconnects {
+            // The client left: its half frame, its handshake and its event
+            // subscriptions go with it.
+            disconnects = now_disconnects;
+            reader.clear();
+            session.greeted = false;
+            crate::bpf::events::subscribe(Vec::new(), false);
+            log::info!("host disconnected");
+        }
         let bytes: Vec<u8> = {
             let mut rx = RX.lock();
             drain_uart(&mut rx);
@@ -364,5 +399,9 @@ fn system_info() -> SystemInfo {
         control_link: String::from(link_name()),
         control_rx_bytes: RX_BYTES.load(Ordering::Relaxed),
         control_tx_bytes: TX_BYTES.load(Ordering::Relaxed),
+        control_tx_waits: match LINK.get() {
+            Some(Link::Virtio(port)) => port.tx_full(),
+            _ => 0,
+        },
     }
 }

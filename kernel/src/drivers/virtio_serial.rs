@@ -94,6 +94,8 @@ struct Inner {
     name: String,
     /// Where received bytes go (interrupt context, lock held).
     sink: fn(&[u8]),
+    /// Told when the host side connects (true) or goes away (false).
+    on_host: fn(bool),
 }
 
 /// A virtio-serial port.
@@ -211,7 +213,11 @@ impl Inner {
                 log::warn!("virtio-serial: port {id} removed");
             }
             PORT_OPEN if id == self.port => {
-                self.host_connected = value != 0;
+                let connected = value != 0;
+                if connected != self.host_connected {
+                    self.host_connected = connected;
+                    (self.on_host)(connected);
+                }
             }
             PORT_NAME if id == self.port => {
                 self.name = String::from_utf8_lossy(&msg[8..])
@@ -271,9 +277,10 @@ impl Inner {
 }
 
 /// Finds the first virtio console device on bus 0 and opens its port
-/// `port` (>= 1), delivering received bytes to `sink` (called in interrupt
-/// or task context with interrupts off).
-pub fn probe(port: u32, sink: fn(&[u8])) -> Result<SerialPort, ProbeError> {
+/// `port` (>= 1), delivering received bytes to `sink` and host connection
+/// changes to `on_host` (both called in interrupt or task context with
+/// interrupts off).
+pub fn probe(port: u32, sink: fn(&[u8]), on_host: fn(bool)) -> Result<SerialPort, ProbeError> {
     let mut root = PciRoot::new(PortCam);
     let df = root
         .enumerate_bus(0)
@@ -324,6 +331,7 @@ pub fn probe(port: u32, sink: fn(&[u8])) -> Result<SerialPort, ProbeError> {
         host_connected: false,
         name: String::new(),
         sink,
+        on_host,
     };
     for i in 0..CTRL_SLOTS {
         inner.post_ctrl_rx(i);

@@ -70,6 +70,9 @@ pub struct SystemInfo {
     /// Bytes received from / sent to the host on the control channel.
     pub control_rx_bytes: u64,
     pub control_tx_bytes: u64,
+    /// Times the kernel found every transmit buffer in flight and waited:
+    /// the host read more slowly than the kernel wrote.
+    pub control_tx_waits: u64,
 }
 
 /// Requests that exist for the test harness.

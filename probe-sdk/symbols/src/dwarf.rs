@@ -240,10 +240,28 @@ fn file_path(
     if name.starts_with('/') {
         return Some(name);
     }
-    let dir = file
+    let mut dir = file
         .directory(header)
         .and_then(|d| attr_str(dwarf, unit, d))
         .unwrap_or_default();
+    // A relative directory is relative to the unit's compilation
+    // directory (DWARF 5, 6.2.4), which holds for crates built from their
+    // own directory (a path dependency outside the workspace: `src/...`
+    // under comp_dir `bpf-vm`).
+    if !dir.starts_with('/') {
+        let comp_dir = unit
+            .comp_dir
+            .as_ref()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !comp_dir.is_empty() && dir != comp_dir {
+            dir = if dir.is_empty() {
+                comp_dir
+            } else {
+                format!("{}/{}", comp_dir.trim_end_matches('/'), dir)
+            };
+        }
+    }
     Some(if dir.is_empty() {
         name
     } else {

@@ -264,3 +264,44 @@ fn kernel_offsets_follow_instruction_boundaries() {
     }
     assert!(checked > 0);
 }
+
+/// Source paths are repository-relative, dependencies included: the
+/// kernel's path dependencies compile from their own directory, and their
+/// `src/...` names are joined to the (remapped) compilation directory;
+/// registry crates read `index.crates.io-<hash>/<crate>-<version>/...`. No
+/// path of the build machine appears; only the toolchain's `/rustc/<hash>`.
+#[test]
+fn source_paths_are_repository_relative() {
+    let Some(index) = load(&kernel_elf()) else {
+        return;
+    };
+    let mut seen = std::collections::BTreeMap::<&str, String>::new();
+    for f in index.functions() {
+        let Some(loc) = index.function_location(f) else {
+            continue;
+        };
+        assert!(
+            !loc.file.starts_with('/') || loc.file.starts_with("/rustc/"),
+            "{} is at {}: build the kernel through `ktrace vm start` or scripts/test.sh, which remap the repository root",
+            f.name,
+            loc.file
+        );
+        for (prefix, dir) in [
+            ("bpf_vm::", "bpf-vm/src/"),
+            ("ktrace_block::", "kernel/block/src/"),
+            ("kernel::", "kernel/src/"),
+        ] {
+            if f.name.starts_with(prefix) && loc.file.starts_with(dir) {
+                seen.entry(prefix).or_insert_with(|| loc.to_string());
+            }
+        }
+    }
+    assert_eq!(seen.len(), 3, "crates found in their directories: {seen:?}");
+    let run = index
+        .functions()
+        .iter()
+        .find(|f| f.name == "bpf_vm::interp::Vm::run")
+        .expect("the interpreter");
+    let loc = index.function_location(run).expect("its location");
+    assert_eq!(loc.file, "bpf-vm/src/interp/mod.rs");
+}

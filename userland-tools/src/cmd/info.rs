@@ -146,6 +146,7 @@ mod tests {
             control_link: "virtio-serial".into(),
             control_rx_bytes: 10,
             control_tx_bytes: 20,
+            control_tx_waits: 0,
         };
         assert_eq!(
             render(&info),

@@ -35,6 +35,17 @@ pub fn build_fixture(v0: bool) -> PathBuf {
         "-C",
         "force-frame-pointers=yes",
     ])
+    // As the project's own builds do: names relative to the crate, and
+    // no path of the build machine in the DWARF (the compilation
+    // directory becomes empty, the files `tests/fixtures/...`).
+    .arg(format!(
+        "--remap-path-prefix={}=",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .arg(format!(
+        "--remap-path-prefix={}/=",
+        env!("CARGO_MANIFEST_DIR")
+    ))
     .arg("-o")
     .arg(&out)
     .arg(fixture_source());
