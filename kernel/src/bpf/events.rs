@@ -3,8 +3,11 @@
 //!
 //! Helpers only set a flag ([`kick`]): waking a task from probe context
 //! could re-enter the scheduler the probe interrupted. The `bpf-events` task
-//! polls that flag every millisecond, drains the subscribed streams into
-//! [`EventBatch`]es of up to [`BATCH_BYTES`] and pushes them (id 0). Every
+//! polls that flag every millisecond, drains the streams each control
+//! session subscribed to into [`EventBatch`]es of up to [`BATCH_BYTES`] and
+//! pushes them (id 0) on that session. A stream two sessions subscribed to
+//! goes to the one that comes first; a session whose client is gone gets
+//! nothing, and its records wait in their buffers. Every
 //! batch carries each stream's cumulative lost count, so the host can tell
 //! records the kernel dropped (a full buffer) from records in flight; batch
 //! numbers reveal a batch lost in transit.
@@ -31,32 +34,41 @@ pub const PRINTK_STREAM: u32 = u32::MAX;
 static KICKED: AtomicBool = AtomicBool::new(false);
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
+#[derive(Clone)]
 struct Subs {
     maps: Vec<Arc<KMap>>,
     printk: bool,
 }
 
-static SUBS: spin::Mutex<Subs> = spin::Mutex::new(Subs {
+const NO_SUBS: Subs = Subs {
     maps: Vec::new(),
     printk: false,
-});
+};
+
+/// Subscriptions per control session.
+static SUBS: spin::Mutex<[Subs; crate::control::MAX_SESSIONS]> =
+    spin::Mutex::new([NO_SUBS; crate::control::MAX_SESSIONS]);
 
 /// Tell the event task there is something to drain (any context).
 pub fn kick() {
     KICKED.store(true, Ordering::Release);
 }
 
-/// Replace the set of pushed streams.
+/// Replace the set of streams pushed to the current control session.
 pub fn subscribe(maps: Vec<Arc<KMap>>, printk: bool) {
-    let mut s = SUBS.lock();
-    s.maps = maps;
-    s.printk = printk;
+    let session = crate::control::current_session();
+    if let Some(s) = SUBS.lock().get_mut(session) {
+        s.maps = maps;
+        s.printk = printk;
+    }
     kick();
 }
 
 /// Forget a freed map.
 pub fn unsubscribe_map(id: u32) {
-    SUBS.lock().maps.retain(|m| m.id != id);
+    for s in SUBS.lock().iter_mut() {
+        s.maps.retain(|m| m.id != id);
+    }
 }
 
 /// Drains up to `max` records (and [`BATCH_BYTES`]) from `maps` and, with
@@ -144,15 +156,13 @@ fn pending(maps: &[Arc<KMap>]) -> bool {
 }
 
 fn task() {
-    let mut last_lost: Vec<LostCount> = Vec::new();
+    let mut last_lost: [Vec<LostCount>; crate::control::MAX_SESSIONS] =
+        core::array::from_fn(|_| Vec::new());
     loop {
         crate::task::sleep_ms(1);
         let kicked = KICKED.swap(false, Ordering::AcqRel);
-        let (maps, printk) = {
-            let s = SUBS.lock();
-            (s.maps.clone(), s.printk)
-        };
-        if !printk {
+        let subs = SUBS.lock().clone();
+        if !subs.iter().any(|s| s.printk) {
             // Nobody listens: still show trace_printk on the console.
             let mut buf = Vec::new();
             while super::printk::pop(&mut buf) {
@@ -165,29 +175,36 @@ fn task() {
                 }
             }
         }
-        if maps.is_empty() && !printk {
-            continue;
-        }
-        if !crate::control::host_connected() {
-            // Records wait in their buffers (a full one counts its losses).
-            KICKED.store(kicked, Ordering::Release);
-            continue;
-        }
-        if !kicked && !pending(&maps) {
-            continue;
-        }
-        loop {
-            let mut batch = collect(&maps, printk, usize::MAX);
-            if batch.records.is_empty() && batch.lost == last_lost {
-                break;
+        let mut again = false;
+        for (session, sub) in subs.iter().enumerate() {
+            if sub.maps.is_empty() && !sub.printk {
+                continue;
             }
-            last_lost = batch.lost.clone();
-            batch.seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
-            let full = !batch.records.is_empty();
-            crate::control::push(&Response::Bpf(BpfResponse::Events(batch)));
-            if !full {
-                break;
+            if !crate::control::host_connected(session) {
+                // Records wait in their buffers (a full one counts its
+                // losses) until a client subscribes again.
+                again |= kicked;
+                continue;
             }
+            if !kicked && !pending(&sub.maps) {
+                continue;
+            }
+            loop {
+                let mut batch = collect(&sub.maps, sub.printk, usize::MAX);
+                if batch.records.is_empty() && batch.lost == last_lost[session] {
+                    break;
+                }
+                last_lost[session] = batch.lost.clone();
+                batch.seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
+                let full = !batch.records.is_empty();
+                crate::control::push_to(session, &Response::Bpf(BpfResponse::Events(batch)));
+                if !full {
+                    break;
+                }
+            }
+        }
+        if again {
+            KICKED.store(true, Ordering::Release);
         }
     }
 }

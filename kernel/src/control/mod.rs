@@ -1,10 +1,13 @@
 //! The control channel: framed, postcard-encoded requests from the host,
 //! answered by the `control` task, and the event streams pushed back.
 //!
-//! The link is port 1 of a virtio-serial device when QEMU provides one
-//! (about 40 MB/s each way under TCG, throttled rather than lossy when the
-//! host reads slowly), else the COM2 UART (about 70 KB/s: one port access
-//! per byte). Bytes arrive by interrupt into a buffer; the task feeds them to a
+//! The link is a virtio-serial device when QEMU provides one: ports 1 to
+//! [`MAX_SESSIONS`], one client session each, served by its own `control`
+//! task, so several host tools can work at once (about 40 MB/s each way
+//! under TCG, throttled rather than lossy when the host reads slowly).
+//! Without it, the COM2 UART carries one session (about 70 KB/s: one port
+//! access per byte). Bytes arrive by interrupt into a session's buffer;
+//! its task feeds them to a
 //! resynchronising [`FrameReader`], so garbage, damaged frames and absurd
 //! lengths are reported with an error frame and skipped, and the next good
 //! frame is still answered. A session must start with `Hello`.
@@ -13,12 +16,12 @@ use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::arch::apic::{self, IrqTrigger};
 use crate::arch::serial::{COM2, COM2_IRQ};
 use crate::arch::{self, trap};
-use crate::drivers::virtio_serial::{self, SerialPort, TX_CHUNK};
+use crate::drivers::virtio_serial::{self, SerialPorts, TX_CHUNK};
 use crate::sync::SpinLock;
 use crate::task::WaitQueue;
 use ktrace_abi::frame::{FrameEvent, FrameReader};
@@ -35,19 +38,38 @@ const RX_LIMIT: usize = 8 << 20;
 /// frame at the serial rate never pauses this long between chunks.
 const PARTIAL_FRAME_IDLE_NS: u64 = 500_000_000;
 
-/// The virtio-serial port number QEMU's `virtserialport` gets (`nr=1`).
-const CONTROL_PORT: u32 = 1;
+/// Client sessions on virtio-serial: ports `1..=MAX_SESSIONS` (QEMU's
+/// `virtserialport`s `nr=1..`).
+pub const MAX_SESSIONS: usize = 4;
+const PORT_IDS: [u32; MAX_SESSIONS] = [1, 2, 3, 4];
 
 /// What the control channel runs on.
 enum Link {
     Uart,
-    Virtio(SerialPort),
+    Virtio(SerialPorts),
+}
+
+/// One session's buffers and state shared with interrupt context.
+struct Channel {
+    rx: SpinLock<VecDeque<u8>>,
+    rx_wait: WaitQueue,
+    tx: spin::Mutex<()>,
+    /// Bumped each time the host side goes away.
+    disconnects: AtomicU64,
+    /// Pid of the session's task (`u32::MAX` before it starts).
+    pid: AtomicU32,
 }
 
 static LINK: spin::Once<Link> = spin::Once::new();
-static RX: SpinLock<VecDeque<u8>> = SpinLock::new(VecDeque::new());
-static RX_WAIT: WaitQueue = WaitQueue::new();
-static TX: spin::Mutex<()> = spin::Mutex::new(());
+static CHANNELS: [Channel; MAX_SESSIONS] = [const {
+    Channel {
+        rx: SpinLock::new(VecDeque::new()),
+        rx_wait: WaitQueue::new(),
+        tx: spin::Mutex::new(()),
+        disconnects: AtomicU64::new(0),
+        pid: AtomicU32::new(u32::MAX),
+    }
+}; MAX_SESSIONS];
 static BAD_FRAMES: AtomicU64 = AtomicU64::new(0);
 static RX_DROPPED: AtomicU64 = AtomicU64::new(0);
 static RX_BYTES: AtomicU64 = AtomicU64::new(0);
@@ -74,42 +96,63 @@ fn drain_uart(rx: &mut VecDeque<u8>) -> usize {
     n
 }
 
-/// Where the virtio-serial port delivers received bytes.
-fn virtio_sink(bytes: &[u8]) {
+/// Where the virtio-serial ports deliver received bytes.
+fn virtio_sink(session: usize, bytes: &[u8]) {
+    let Some(ch) = CHANNELS.get(session) else {
+        return;
+    };
     if bytes.is_empty() {
         return;
     }
     {
-        let mut rx = RX.lock();
+        let mut rx = ch.rx.lock();
         for &b in bytes {
             rx_push(&mut rx, b);
         }
     }
-    RX_WAIT.wake_all();
+    ch.rx_wait.wake_all();
 }
 
-/// Bumped each time the host side of the link goes away.
-static DISCONNECTS: AtomicU64 = AtomicU64::new(0);
-
-/// The virtio-serial port's host side connected or went away (interrupt
-/// context). Bytes still buffered belong to the client that left.
-fn on_host_change(connected: bool) {
+/// A port's host side connected or went away (interrupt context). Bytes
+/// still buffered belong to the client that left.
+fn on_host_change(session: usize, connected: bool) {
+    let Some(ch) = CHANNELS.get(session) else {
+        return;
+    };
     if !connected {
-        RX.lock().clear();
-        DISCONNECTS.fetch_add(1, Ordering::AcqRel);
-        RX_WAIT.wake_all();
+        ch.rx.lock().clear();
+        ch.disconnects.fetch_add(1, Ordering::AcqRel);
+        ch.rx_wait.wake_all();
     }
 }
 
-/// Whether a host client is connected. Always true on COM2, which cannot
-/// tell. The event task leaves records in their buffers while nobody
-/// listens, so they are delivered later or counted lost, never pushed
-/// into a closed socket.
-pub fn host_connected() -> bool {
+/// Whether a host client is connected to `session`. Always true on COM2,
+/// which cannot tell. The event task leaves records in their buffers while
+/// nobody listens, so they are delivered later or counted lost, never
+/// pushed into a closed socket.
+pub fn host_connected(session: usize) -> bool {
     match LINK.get() {
-        Some(Link::Virtio(port)) => port.host_connected(),
-        _ => true,
+        Some(Link::Virtio(ports)) => ports.host_connected(session),
+        _ => session == 0,
     }
+}
+
+/// Sessions the link carries.
+pub fn sessions() -> usize {
+    match LINK.get() {
+        Some(Link::Virtio(ports)) => ports.len(),
+        _ => 1,
+    }
+}
+
+/// The session whose task is running: requests are answered, and event
+/// subscriptions made, on the session that asked. Other tasks get 0.
+pub fn current_session() -> usize {
+    let pid = crate::task::current_pid();
+    CHANNELS
+        .iter()
+        .position(|c| c.pid.load(Ordering::Relaxed) == pid)
+        .unwrap_or(0)
 }
 
 fn on_virtio_interrupt() {
@@ -119,7 +162,7 @@ fn on_virtio_interrupt() {
 }
 
 /// Complete virtio work an interrupt may not have announced. Never call
-/// it with `RX` held: the port delivers into `RX`.
+/// it with a session's `rx` held: the ports deliver into it.
 fn poll_link() {
     if let Some(Link::Virtio(port)) = LINK.get() {
         port.poll();
@@ -135,16 +178,17 @@ pub fn link_name() -> &'static str {
 }
 
 fn on_com2_interrupt(_regs: &mut arch::PtRegs, _vector: u8) -> bool {
-    let got = drain_uart(&mut RX.lock());
+    let got = drain_uart(&mut CHANNELS[0].rx.lock());
     if got > 0 {
-        RX_WAIT.wake_all();
+        CHANNELS[0].rx_wait.wake_all();
     }
     true
 }
 
-/// Find the link (virtio-serial, else COM2) and start the control task.
+/// Find the link (virtio-serial, else COM2) and start a control task per
+/// session.
 pub fn start() {
-    let link = match virtio_serial::probe(CONTROL_PORT, virtio_sink, on_host_change) {
+    let link = match virtio_serial::probe(&PORT_IDS, virtio_sink, on_host_change) {
         Ok(port) => Link::Virtio(port),
         Err(virtio_serial::ProbeError::NoDevice) => Link::Uart,
         Err(e) => {
@@ -166,7 +210,18 @@ pub fn start() {
             COM2.enable_rx_interrupt();
         }
     }
-    crate::task::spawn("control", control_task).expect("spawn the control task");
+    for session in 0..sessions() {
+        let name = if session == 0 {
+            String::from("control")
+        } else {
+            format!("control-{session}")
+        };
+        match crate::task::spawn(&name, move || control_task(session)) {
+            Some(pid) => CHANNELS[session].pid.store(pid, Ordering::Relaxed),
+            None if session == 0 => panic!("cannot spawn the control task"),
+            None => log::error!("cannot spawn {name}: session {session} is not served"),
+        }
+    }
 }
 
 /// Frames refused since boot.
@@ -174,8 +229,17 @@ pub fn bad_frames() -> u64 {
     BAD_FRAMES.load(Ordering::Relaxed)
 }
 
-/// Send one response frame. Task context only.
+/// Send one response frame on the current task's session. Task context
+/// only.
 pub fn send(id: u32, resp: &Response) {
+    send_to(current_session(), id, resp);
+}
+
+/// Send one frame on `session`. Task context only.
+pub fn send_to(session: usize, id: u32, resp: &Response) {
+    let Some(ch) = CHANNELS.get(session) else {
+        return;
+    };
     let frame = match ktrace_abi::encode(id, resp) {
         // The host refuses frames beyond MAX_PAYLOAD and would wait for an
         // answer that never comes: answer with an error it can read.
@@ -199,7 +263,7 @@ pub fn send(id: u32, resp: &Response) {
     // A frame goes out whole: the lock spans every chunk. Waiting for it
     // yields (the holder may be waiting for the host).
     let _g = loop {
-        if let Some(g) = TX.try_lock() {
+        if let Some(g) = ch.tx.try_lock() {
             break g;
         }
         crate::task::yield_now();
@@ -213,7 +277,11 @@ pub fn send(id: u32, resp: &Response) {
                 frame.chunks(TX_CHUNK).map(<[u8]>::to_vec).collect()
             };
             for mut data in chunks {
-                while let Err(back) = port.try_send(data) {
+                while let Err(back) = port.try_send(session, data) {
+                    if !port.host_connected(session) {
+                        // Nobody reads: QEMU discards, nothing to wait for.
+                        return;
+                    }
                     // Every buffer is in flight: QEMU throttles the port
                     // until the host reads.
                     data = back;
@@ -225,9 +293,14 @@ pub fn send(id: u32, resp: &Response) {
     }
 }
 
-/// Push an unsolicited record (event streams) to the host.
+/// Push an unsolicited frame to the current task's session.
 pub fn push(resp: &Response) {
     send(PUSH_ID, resp);
+}
+
+/// Push an unsolicited frame (event streams) to `session`.
+pub fn push_to(session: usize, resp: &Response) {
+    send_to(session, PUSH_ID, resp);
 }
 
 fn error(code: ErrorCode, message: String) -> Response {
@@ -238,18 +311,20 @@ struct Session {
     greeted: bool,
 }
 
-fn control_task() {
+fn control_task(id: usize) {
+    let ch = &CHANNELS[id];
     let mut reader = FrameReader::new();
     let mut session = Session { greeted: false };
     let mut last_rx_ns = crate::time::now_ns();
-    let mut disconnects = DISCONNECTS.load(Ordering::Acquire);
-    log::info!("control channel ready on {}", link_name());
+    let mut disconnects = ch.disconnects.load(Ordering::Acquire);
+    log::info!("control channel ready on {} (session {id})", link_name());
     loop {
         // Interrupts deliver bytes; the timeout also polls, in case an
         // interrupt was coalesced away.
-        RX_WAIT.wait_until_timeout(|| !RX.lock().is_empty(), 20_000_000);
+        ch.rx_wait
+            .wait_until_timeout(|| !ch.rx.lock().is_empty(), 20_000_000);
         poll_link();
-        let now_disconnects = DISCONNECTS.load(Ordering::Acquire);
+        let now_disconnects = ch.disconnects.load(Ordering::Acquire);
         if now_disconnects != disconnects {
             // The client left: its half frame, its handshake and its event
             // subscriptions go with it.
@@ -257,10 +332,10 @@ fn control_task() {
             reader.clear();
             session.greeted = false;
             crate::bpf::events::subscribe(Vec::new(), false);
-            log::info!("host disconnected");
+            log::info!("host disconnected from session {id}");
         }
         let bytes: Vec<u8> = {
-            let mut rx = RX.lock();
+            let mut rx = ch.rx.lock();
             drain_uart(&mut rx);
             rx.drain(..).collect()
         };

@@ -1,5 +1,5 @@
-//! virtio-serial: one port of a virtio console device with the MULTIPORT
-//! feature, used as a fast byte stream to the host.
+//! virtio-serial: ports of a virtio console device with the MULTIPORT
+//! feature, each a fast byte stream to the host.
 //!
 //! Why not `virtio_drivers::device::console::VirtIOConsole`: it drives only
 //! port 0 (a QEMU `virtconsole`), and QEMU *drops* a console port's output
@@ -51,8 +51,10 @@ const CTRL_TX_QUEUE: u16 = 3;
 /// name after the 8-byte header.
 const CTRL_SLOTS: usize = 8;
 const CTRL_BUF_LEN: usize = 128;
-/// Data buffers in each direction.
+/// Data buffers in each direction, per port.
 const DATA_SLOTS: usize = 16;
+/// Receive buffers posted per port (the rest of the ring stays free).
+const RX_POSTED: usize = 8;
 /// Size of each receive buffer: a 4 MiB request arrives in 64 buffers.
 const RX_BUF_LEN: usize = 64 * 1024;
 /// Largest transmit buffer: longer writes are split.
@@ -72,36 +74,42 @@ fn rx_queue(port: u32) -> u16 {
     (2 * port + 2) as u16
 }
 
-struct Inner {
-    transport: PciTransport,
-    port: u32,
-    ctrl_rx: VirtQueue<KernelHal, CTRL_SLOTS>,
-    ctrl_tx: VirtQueue<KernelHal, CTRL_SLOTS>,
+/// One port's queues and state.
+struct Port {
+    id: u32,
     rx: VirtQueue<KernelHal, DATA_SLOTS>,
     tx: VirtQueue<KernelHal, DATA_SLOTS>,
-    ctrl_rx_bufs: Vec<Box<[u8]>>,
-    /// Tokens of the posted control receive buffers, in ring order, with
-    /// the index of their buffer.
-    ctrl_rx_posted: VecDeque<(u16, usize)>,
-    ctrl_tx_posted: VecDeque<(u16, Box<[u8; 8]>)>,
     rx_bufs: Vec<Box<[u8]>>,
+    /// Tokens of the posted receive buffers, in ring order, with the index
+    /// of their buffer.
     rx_posted: VecDeque<(u16, usize)>,
     tx_posted: VecDeque<(u16, Vec<u8>)>,
-    /// The device announced our port and we opened it.
+    /// The device announced the port and we opened it.
     opened: bool,
     /// The host side of the port is connected (a client on the socket).
     host_connected: bool,
     name: String,
-    /// Where received bytes go (interrupt context, lock held).
-    sink: fn(&[u8]),
-    /// Told when the host side connects (true) or goes away (false).
-    on_host: fn(bool),
 }
 
-/// A virtio-serial port.
-pub struct SerialPort {
+struct Inner {
+    transport: PciTransport,
+    ctrl_rx: VirtQueue<KernelHal, CTRL_SLOTS>,
+    ctrl_tx: VirtQueue<KernelHal, CTRL_SLOTS>,
+    ctrl_rx_bufs: Vec<Box<[u8]>>,
+    ctrl_rx_posted: VecDeque<(u16, usize)>,
+    ctrl_tx_posted: VecDeque<(u16, Box<[u8; 8]>)>,
+    ports: Vec<Port>,
+    /// Where received bytes go (interrupt context, lock held), with the
+    /// index of the port in the list given to [`probe`].
+    sink: fn(usize, &[u8]),
+    /// Told when a port's host side connects (true) or goes away (false).
+    on_host: fn(usize, bool),
+}
+
+/// A virtio-serial device and the ports the kernel drives.
+pub struct SerialPorts {
     inner: SpinLock<Inner>,
-    /// Transmit attempts that found every buffer in flight.
+    /// Transmit attempts that found every buffer of a port in flight.
     tx_full: AtomicU64,
     /// The GSI of the device's INTx pin.
     pub gsi: u8,
@@ -133,6 +141,28 @@ impl core::fmt::Display for ProbeError {
     }
 }
 
+impl Port {
+    fn post_rx(&mut self, i: usize) {
+        // SAFETY: the buffer is a boxed slice owned by `self` that is
+        // neither moved nor touched until `service` pops its token.
+        match unsafe { self.rx.add(&[], &mut [&mut self.rx_bufs[i][..]]) } {
+            Ok(t) => self.rx_posted.push_back((t, i)),
+            Err(e) => log::error!("virtio-serial: cannot post a receive buffer: {e}"),
+        }
+    }
+
+    fn reap_tx(&mut self) {
+        while let Some((t, buf)) = self.tx_posted.front() {
+            if self.tx.peek_used() != Some(*t) {
+                break;
+            }
+            // SAFETY: the same buffer that was added with this token.
+            let _ = unsafe { self.tx.pop_used(*t, &[&buf[..]], &mut []) };
+            self.tx_posted.pop_front();
+        }
+    }
+}
+
 impl Inner {
     fn post_ctrl_rx(&mut self, i: usize) {
         // SAFETY: the buffer is a boxed slice owned by `self` that is
@@ -143,13 +173,6 @@ impl Inner {
         }
     }
 
-    fn post_rx(&mut self, i: usize) {
-        // SAFETY: as in `post_ctrl_rx`.
-        match unsafe { self.rx.add(&[], &mut [&mut self.rx_bufs[i][..]]) } {
-            Ok(t) => self.rx_posted.push_back((t, i)),
-            Err(e) => log::error!("virtio-serial: cannot post a receive buffer: {e}"),
-        }
-    }
 
     fn send_ctrl(&mut self, id: u32, event: u16, value: u16) {
         self.reap_ctrl_tx();
@@ -181,16 +204,6 @@ impl Inner {
         }
     }
 
-    fn reap_tx(&mut self) {
-        while let Some((t, buf)) = self.tx_posted.front() {
-            if self.tx.peek_used() != Some(*t) {
-                break;
-            }
-            // SAFETY: the same buffer that was added with this token.
-            let _ = unsafe { self.tx.pop_used(*t, &[&buf[..]], &mut []) };
-            self.tx_posted.pop_front();
-        }
-    }
 
     fn control_message(&mut self, msg: &[u8]) {
         if msg.len() < 8 {
@@ -199,28 +212,38 @@ impl Inner {
         let id = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
         let event = u16::from_le_bytes([msg[4], msg[5]]);
         let value = u16::from_le_bytes([msg[6], msg[7]]);
+        let Some(k) = self.ports.iter().position(|p| p.id == id) else {
+            // Ports this driver does not drive are refused.
+            if event == DEVICE_ADD {
+                self.send_ctrl(id, PORT_READY, 0);
+            }
+            return;
+        };
         match event {
-            DEVICE_ADD if id == self.port => {
+            DEVICE_ADD => {
                 self.send_ctrl(id, PORT_READY, 1);
                 self.send_ctrl(id, PORT_OPEN, 1);
-                self.opened = true;
+                self.ports[k].opened = true;
             }
-            // Ports this driver does not drive are refused.
-            DEVICE_ADD => self.send_ctrl(id, PORT_READY, 0),
-            DEVICE_REMOVE if id == self.port => {
-                self.opened = false;
-                self.host_connected = false;
+            DEVICE_REMOVE => {
+                let port = &mut self.ports[k];
+                port.opened = false;
+                let was = core::mem::replace(&mut port.host_connected, false);
                 log::warn!("virtio-serial: port {id} removed");
-            }
-            PORT_OPEN if id == self.port => {
-                let connected = value != 0;
-                if connected != self.host_connected {
-                    self.host_connected = connected;
-                    (self.on_host)(connected);
+                if was {
+                    (self.on_host)(k, false);
                 }
             }
-            PORT_NAME if id == self.port => {
-                self.name = String::from_utf8_lossy(&msg[8..])
+            PORT_OPEN => {
+                let connected = value != 0;
+                let port = &mut self.ports[k];
+                if connected != port.host_connected {
+                    port.host_connected = connected;
+                    (self.on_host)(k, connected);
+                }
+            }
+            PORT_NAME => {
+                self.ports[k].name = String::from_utf8_lossy(&msg[8..])
                     .trim_end_matches('\0')
                     .into();
             }
@@ -255,32 +278,39 @@ impl Inner {
         }
         self.reap_ctrl_tx();
 
-        let mut notify_rx = false;
-        while let Some(&(t, i)) = self.rx_posted.front() {
-            if self.rx.peek_used() != Some(t) {
-                break;
+        for k in 0..self.ports.len() {
+            let port = &mut self.ports[k];
+            let mut notify_rx = false;
+            while let Some(&(t, i)) = port.rx_posted.front() {
+                if port.rx.peek_used() != Some(t) {
+                    break;
+                }
+                port.rx_posted.pop_front();
+                // SAFETY: the same buffer that was added with this token.
+                let len = unsafe { port.rx.pop_used(t, &[], &mut [&mut port.rx_bufs[i][..]]) }
+                    .unwrap_or(0) as usize;
+                let len = len.min(RX_BUF_LEN);
+                (self.sink)(k, &port.rx_bufs[i][..len]);
+                port.post_rx(i);
+                notify_rx = true;
             }
-            self.rx_posted.pop_front();
-            // SAFETY: the same buffer that was added with this token.
-            let len = unsafe { self.rx.pop_used(t, &[], &mut [&mut self.rx_bufs[i][..]]) }
-                .unwrap_or(0) as usize;
-            let len = len.min(RX_BUF_LEN);
-            (self.sink)(&self.rx_bufs[i][..len]);
-            self.post_rx(i);
-            notify_rx = true;
+            if notify_rx && port.rx.should_notify() {
+                self.transport.notify(rx_queue(port.id));
+            }
+            port.reap_tx();
         }
-        if notify_rx && self.rx.should_notify() {
-            self.transport.notify(rx_queue(self.port));
-        }
-        self.reap_tx();
     }
 }
 
-/// Finds the first virtio console device on bus 0 and opens its port
-/// `port` (>= 1), delivering received bytes to `sink` and host connection
-/// changes to `on_host` (both called in interrupt or task context with
-/// interrupts off).
-pub fn probe(port: u32, sink: fn(&[u8]), on_host: fn(bool)) -> Result<SerialPort, ProbeError> {
+/// Finds the first virtio console device on bus 0 and opens its ports
+/// `ids` (each >= 1), delivering received bytes to `sink` and host
+/// connection changes to `on_host`, both with the port's index in `ids`
+/// (called in interrupt or task context with interrupts off).
+pub fn probe(
+    ids: &[u32],
+    sink: fn(usize, &[u8]),
+    on_host: fn(usize, bool),
+) -> Result<SerialPorts, ProbeError> {
     let mut root = PciRoot::new(PortCam);
     let df = root
         .enumerate_bus(0)
@@ -297,81 +327,95 @@ pub fn probe(port: u32, sink: fn(&[u8]), on_host: fn(bool)) -> Result<SerialPort
     }
     // Config space: cols u16, rows u16, max_nr_ports u32.
     let max_ports: u32 = transport.read_config_space(4).map_err(ProbeError::Queue)?;
-    if port >= max_ports {
-        return Err(ProbeError::TooFewPorts(max_ports));
+    if let Some(&id) = ids.iter().find(|&&id| id >= max_ports || id == 0) {
+        return Err(if id == 0 {
+            ProbeError::NotAnnounced(0)
+        } else {
+            ProbeError::TooFewPorts(max_ports)
+        });
     }
-    let ctrl_rx =
-        VirtQueue::new(&mut transport, CTRL_RX_QUEUE, false, false).map_err(ProbeError::Queue)?;
-    let ctrl_tx =
-        VirtQueue::new(&mut transport, CTRL_TX_QUEUE, false, false).map_err(ProbeError::Queue)?;
-    let rx =
-        VirtQueue::new(&mut transport, rx_queue(port), false, false).map_err(ProbeError::Queue)?;
-    let tx = VirtQueue::new(&mut transport, rx_queue(port) + 1, false, false)
+    let ctrl_rx = VirtQueue::new(&mut transport, CTRL_RX_QUEUE, false, false)
         .map_err(ProbeError::Queue)?;
+    let ctrl_tx = VirtQueue::new(&mut transport, CTRL_TX_QUEUE, false, false)
+        .map_err(ProbeError::Queue)?;
+    let mut ports = Vec::with_capacity(ids.len());
+    for &id in ids {
+        ports.push(Port {
+            id,
+            rx: VirtQueue::new(&mut transport, rx_queue(id), false, false)
+                .map_err(ProbeError::Queue)?,
+            tx: VirtQueue::new(&mut transport, rx_queue(id) + 1, false, false)
+                .map_err(ProbeError::Queue)?,
+            rx_bufs: (0..RX_POSTED)
+                .map(|_| vec![0u8; RX_BUF_LEN].into_boxed_slice())
+                .collect(),
+            rx_posted: VecDeque::new(),
+            tx_posted: VecDeque::new(),
+            opened: false,
+            host_connected: false,
+            name: String::new(),
+        });
+    }
     transport.finish_init();
     let gsi = pci::intx_gsi(df);
     let mut inner = Inner {
         transport,
-        port,
         ctrl_rx,
         ctrl_tx,
-        rx,
-        tx,
         ctrl_rx_bufs: (0..CTRL_SLOTS)
             .map(|_| vec![0u8; CTRL_BUF_LEN].into_boxed_slice())
             .collect(),
         ctrl_rx_posted: VecDeque::new(),
         ctrl_tx_posted: VecDeque::new(),
-        rx_bufs: (0..DATA_SLOTS)
-            .map(|_| vec![0u8; RX_BUF_LEN].into_boxed_slice())
-            .collect(),
-        rx_posted: VecDeque::new(),
-        tx_posted: VecDeque::new(),
-        opened: false,
-        host_connected: false,
-        name: String::new(),
+        ports,
         sink,
         on_host,
     };
     for i in 0..CTRL_SLOTS {
         inner.post_ctrl_rx(i);
     }
-    for i in 0..DATA_SLOTS {
-        inner.post_rx(i);
-    }
     inner.transport.notify(CTRL_RX_QUEUE);
-    inner.transport.notify(rx_queue(port));
+    for k in 0..inner.ports.len() {
+        for i in 0..RX_POSTED {
+            inner.ports[k].post_rx(i);
+        }
+        let q = rx_queue(inner.ports[k].id);
+        inner.transport.notify(q);
+    }
     inner.send_ctrl(0, DEVICE_READY, 1);
     // QEMU answers while handling the notification; poll briefly in case
     // a device defers it (interrupts are not routed yet).
     let deadline = crate::time::now_ns() + ANNOUNCE_TIMEOUT_NS;
-    while !inner.opened && crate::time::now_ns() < deadline {
+    while !inner.ports.iter().all(|p| p.opened) && crate::time::now_ns() < deadline {
         inner.service();
         core::hint::spin_loop();
     }
-    if !inner.opened {
-        return Err(ProbeError::NotAnnounced(port));
+    if let Some(p) = inner.ports.iter().find(|p| !p.opened) {
+        return Err(ProbeError::NotAnnounced(p.id));
     }
-    // Messages that followed the announcement (name, host connection).
+    // Messages that followed the announcement (names, host connections).
     inner.service();
-    log::info!(
-        "virtio-serial: port {port} {:?} open at slot {}, GSI {gsi}, host {}",
-        inner.name,
-        df.device,
-        if inner.host_connected {
-            "connected"
-        } else {
-            "not connected"
-        }
-    );
-    Ok(SerialPort {
+    for p in &inner.ports {
+        log::info!(
+            "virtio-serial: port {} {:?} open at slot {}, GSI {gsi}, host {}",
+            p.id,
+            p.name,
+            df.device,
+            if p.host_connected {
+                "connected"
+            } else {
+                "not connected"
+            }
+        );
+    }
+    Ok(SerialPorts {
         inner: SpinLock::new(inner),
         tx_full: AtomicU64::new(0),
         gsi,
     })
 }
 
-impl SerialPort {
+impl SerialPorts {
     /// The interrupt handler's work: acknowledge and complete.
     pub fn interrupt(&self) {
         let mut inner = self.inner.lock();
@@ -388,40 +432,52 @@ impl SerialPort {
         self.inner.lock().service();
     }
 
-    /// Queue `data` (at most [`TX_CHUNK`] bytes) for the host. Gives it
-    /// back when every transmit buffer is in flight: the host reads too
-    /// slowly (QEMU throttles the port) and the caller should wait.
-    pub fn try_send(&self, data: Vec<u8>) -> Result<(), Vec<u8>> {
+    /// Queue `data` (at most [`TX_CHUNK`] bytes) for the host on port
+    /// index `k`. Gives it back when every transmit buffer is in flight:
+    /// the host reads too slowly (QEMU throttles the port) and the caller
+    /// should wait.
+    pub fn try_send(&self, k: usize, data: Vec<u8>) -> Result<(), Vec<u8>> {
         debug_assert!(data.len() <= TX_CHUNK && !data.is_empty());
         let mut inner = self.inner.lock();
         inner.service();
-        if inner.tx_posted.len() >= DATA_SLOTS {
-            drop(inner);
+        let inner = &mut *inner;
+        let Some(port) = inner.ports.get_mut(k) else {
+            return Err(data);
+        };
+        if port.tx_posted.len() >= DATA_SLOTS {
             self.tx_full.fetch_add(1, Ordering::Relaxed);
             return Err(data);
         }
         // SAFETY: the vector moves into `tx_posted` (its heap buffer stays
         // put) until the device hands the token back in `reap_tx`.
-        match unsafe { inner.tx.add(&[&data[..]], &mut []) } {
+        match unsafe { port.tx.add(&[&data[..]], &mut []) } {
             Ok(t) => {
-                inner.tx_posted.push_back((t, data));
-                if inner.tx.should_notify() {
-                    let q = rx_queue(inner.port) + 1;
+                port.tx_posted.push_back((t, data));
+                if port.tx.should_notify() {
+                    let q = rx_queue(port.id) + 1;
                     inner.transport.notify(q);
                 }
                 Ok(())
             }
             Err(_) => {
-                drop(inner);
                 self.tx_full.fetch_add(1, Ordering::Relaxed);
                 Err(data)
             }
         }
     }
 
-    /// Whether a host client is connected to the port.
-    pub fn host_connected(&self) -> bool {
-        self.inner.lock().host_connected
+    /// Whether a host client is connected to port index `k`.
+    pub fn host_connected(&self, k: usize) -> bool {
+        self.inner
+            .lock()
+            .ports
+            .get(k)
+            .is_some_and(|p| p.host_connected)
+    }
+
+    /// How many ports the kernel drives.
+    pub fn len(&self) -> usize {
+        self.inner.lock().ports.len()
     }
 
     /// Transmit attempts that found every buffer in flight (the host
