@@ -129,6 +129,8 @@ pub struct Client {
     request_timeout: Duration,
     hello: Option<HelloReply>,
     stats: ChannelStats,
+    /// The session's lock file, held while connected (see `Vm::connect`).
+    _session_lock: Option<std::fs::File>,
 }
 
 impl Client {
@@ -156,9 +158,16 @@ impl Client {
             request_timeout: ConnectOptions::default().request_timeout,
             hello: None,
             stats: ChannelStats::default(),
+            _session_lock: None,
         };
         client.discard_pending()?;
         Ok(client)
+    }
+
+    /// Keep `lock` (a session's lock file) for as long as the client lives.
+    pub fn holding(mut self, lock: std::fs::File) -> Self {
+        self._session_lock = Some(lock);
+        self
     }
 
     /// Drop bytes already waiting in the socket: they belong to nobody.

@@ -74,6 +74,8 @@ pub enum VmError {
     BadSize(String),
     #[error("disk {}: {reason}", path.display())]
     BadDisk { path: PathBuf, reason: String },
+    #[error("all {0} control sessions of the VM are in use by other clients (ktrace commands, tools or tests); wait for one to finish")]
+    Busy(usize),
     #[error("socket path {} is too long for a Unix socket ({len} bytes, at most 107); set XDG_RUNTIME_DIR to a shorter directory", path.display())]
     SocketPathTooLong { path: PathBuf, len: usize },
     #[error("cannot start {QEMU}: {0}")]
@@ -156,11 +158,16 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
+/// Control sessions a VM offers on virtio-serial (the kernel's
+/// `control::MAX_SESSIONS`): one client each, at the same time.
+pub const SESSIONS: usize = 4;
+
 /// The files of one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmPaths {
     pub dir: PathBuf,
     pub pid: PathBuf,
+    /// The first control session's socket (the only one on COM2).
     pub socket: PathBuf,
     pub console: PathBuf,
     pub cmdline: PathBuf,
@@ -179,6 +186,22 @@ impl VmPaths {
             qemu_log: dir.join("qemu.log"),
             dir,
         }
+    }
+
+    /// The socket of control session `k` (`ctl.sock`, `ctl2.sock`, ...).
+    pub fn session_socket(&self, k: usize) -> PathBuf {
+        if k == 0 {
+            self.socket.clone()
+        } else {
+            self.dir.join(format!("ctl{}.sock", k + 1))
+        }
+    }
+
+    /// The lock file a client holds while it uses session `k`.
+    fn session_lock(&self, k: usize) -> PathBuf {
+        let mut p = self.session_socket(k).into_os_string();
+        p.push(".lock");
+        PathBuf::from(p)
     }
 }
 
@@ -277,6 +300,15 @@ pub enum ControlLink {
     Com2,
 }
 
+/// QEMU's chardev id of control session `k`.
+fn session_chardev(k: usize) -> String {
+    if k == 0 {
+        "ctl".into()
+    } else {
+        format!("ctl{}", k + 1)
+    }
+}
+
 /// QEMU's arguments for booting `kernel` with the files of `paths`.
 pub fn qemu_args(cfg: &VmConfig, paths: &VmPaths, kernel: &Path) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
@@ -298,19 +330,38 @@ pub fn qemu_args(cfg: &VmConfig, paths: &VmPaths, kernel: &Path) -> Vec<OsString
     ]);
     let mut console = OsString::from("file:");
     console.push(&paths.console);
-    let mut chardev = OsString::from("socket,id=ctl,path=");
-    chardev.push(&paths.socket);
-    chardev.push(",server=on,wait=off");
-    push(&["-serial".as_ref(), &console, "-chardev".as_ref(), &chardev]);
+    let chardev = |k: usize| {
+        let mut c = OsString::from(format!("socket,id={},path=", session_chardev(k)));
+        c.push(paths.session_socket(k));
+        c.push(",server=on,wait=off");
+        c
+    };
+    push(&["-serial".as_ref(), &console, "-chardev".as_ref(), &chardev(0)]);
     match cfg.control_link {
-        ControlLink::VirtioSerial => push(&[
-            "-serial".as_ref(),
-            "null".as_ref(),
-            "-device".as_ref(),
-            "virtio-serial-pci,id=ktrace-serial".as_ref(),
-            "-device".as_ref(),
-            "virtserialport,bus=ktrace-serial.0,nr=1,chardev=ctl,name=org.ktrace.control".as_ref(),
-        ]),
+        ControlLink::VirtioSerial => {
+            push(&[
+                "-serial".as_ref(),
+                "null".as_ref(),
+                "-device".as_ref(),
+                "virtio-serial-pci,id=ktrace-serial".as_ref(),
+            ]);
+            for k in 0..SESSIONS {
+                if k > 0 {
+                    push(&["-chardev".as_ref(), &chardev(k)]);
+                }
+                let name = if k == 0 {
+                    "org.ktrace.control".to_string()
+                } else {
+                    format!("org.ktrace.control.{}", k + 1)
+                };
+                let port = format!(
+                    "virtserialport,bus=ktrace-serial.0,nr={},chardev={},name={name}",
+                    k + 1,
+                    session_chardev(k)
+                );
+                push(&["-device".as_ref(), port.as_ref()]);
+            }
+        }
         ControlLink::Com2 => push(&["-serial".as_ref(), "chardev:ctl".as_ref()]),
     }
     push(&[
@@ -432,7 +483,11 @@ impl Vm {
             }
         }
 
-        for stale in [&paths.socket, &paths.pid] {
+        let stale: Vec<PathBuf> = (0..SESSIONS)
+            .map(|k| paths.session_socket(k))
+            .chain([paths.pid.clone()])
+            .collect();
+        for stale in &stale {
             match fs::remove_file(stale) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(stale)(e)),
                 _ => {}
@@ -634,9 +689,43 @@ impl Vm {
         self.boot.as_ref()
     }
 
-    /// Connect to the control channel and handshake.
+    /// Connect to a free control session and handshake.
+    ///
+    /// Each session serves one client; a client holds an advisory lock on
+    /// the session's lock file while connected (released when it exits,
+    /// however it exits), so concurrent `ktrace` commands, tools and tests
+    /// each find a session of their own.
     pub fn connect(&self, opts: &ConnectOptions) -> Result<Client> {
-        Ok(Client::connect(&self.paths.socket, opts)?)
+        let (socket, lock) = self.free_session()?;
+        Ok(Client::connect(&socket, opts)?.holding(lock))
+    }
+
+    /// Connect to a free control session without the handshake.
+    pub fn connect_raw(&self) -> Result<Client> {
+        let (socket, lock) = self.free_session()?;
+        Ok(Client::connect_raw(&socket)?.holding(lock))
+    }
+
+    /// The first session nobody holds, locked for the caller.
+    fn free_session(&self) -> Result<(PathBuf, File)> {
+        let sessions: Vec<usize> = (0..SESSIONS)
+            .filter(|&k| k == 0 || self.paths.session_socket(k).exists())
+            .collect();
+        for &k in &sessions {
+            let path = self.paths.session_lock(k);
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            match file.try_lock() {
+                Ok(()) => return Ok((self.paths.session_socket(k), file)),
+                Err(fs::TryLockError::WouldBlock) => continue,
+                Err(fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+            }
+        }
+        Err(VmError::Busy(sessions.len()))
     }
 
     /// The console log so far.
@@ -686,9 +775,11 @@ impl Vm {
             handshake_timeout: Duration::from_secs(2),
             ..ConnectOptions::default()
         };
-        let asked = Client::connect(&self.paths.socket, &opts)
-            .and_then(|mut c| c.shutdown(EXIT_SHUTDOWN, Duration::from_secs(2)))
-            .is_ok();
+        let asked = self
+            .connect(&opts)
+            .ok()
+            .and_then(|mut c| c.shutdown(EXIT_SHUTDOWN, Duration::from_secs(2)).ok())
+            .is_some();
         if asked {
             if let Some(exit) = self.wait_exit(timeout) {
                 return StopReport {
@@ -745,7 +836,10 @@ impl Vm {
 
     fn cleanup(&self) {
         let _ = fs::remove_file(&self.paths.pid);
-        let _ = fs::remove_file(&self.paths.socket);
+        for k in 0..SESSIONS {
+            let _ = fs::remove_file(self.paths.session_socket(k));
+            let _ = fs::remove_file(self.paths.session_lock(k));
+        }
     }
 }
 

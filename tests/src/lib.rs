@@ -98,7 +98,7 @@ impl TestVm {
 
     /// Connect without the handshake.
     pub fn raw_client(&mut self) -> Client {
-        match Client::connect_raw(&self.vm().paths().socket) {
+        match self.vm().connect_raw() {
             Ok(c) => c,
             Err(e) => panic!("cannot connect to VM {}: {e}", self.name()),
         }

@@ -671,3 +671,40 @@ fn a_disconnect_ends_the_clients_subscriptions() {
         seqs.len()
     );
 }
+
+/// Event streams go to the session that subscribed: one client streams a
+/// ring buffer while another, connected at the same time, makes the
+/// records; every record reaches the first, and none the second.
+#[test]
+fn events_reach_the_subscribing_session_while_another_works() {
+    let mut vm = TestVm::boot("bpf-sessions");
+    let mut listener = vm.client();
+    let mut worker = vm.client();
+    let mut lrt = Runtime::new(&mut listener);
+    let seq = lrt
+        .map_create(def("seq", map_type::ARRAY, 4, 8, 1))
+        .unwrap()
+        .id;
+    let rb = lrt
+        .map_create(def("rb", map_type::RINGBUF, 0, 0, 1 << 20))
+        .unwrap()
+        .id;
+    lrt.subscribe(vec![rb], false).unwrap();
+    let mut wrt = Runtime::new(&mut worker);
+    let p = wrt
+        .prog_load(
+            kprobe_prog("rbout", RB_OUT),
+            vec![seq, rb],
+            LoadOptions::default(),
+        )
+        .unwrap();
+    let n = 20_000u32;
+    for _ in 0..4 {
+        assert_eq!(wrt.test_run(p.id, regs(), n / 4).unwrap().runs, n / 4);
+    }
+    let stray = wrt.next_events(Duration::from_millis(300)).unwrap();
+    assert!(stray.is_none(), "the worker did not subscribe: {stray:?}");
+    let (seqs, lost) = drain(&mut lrt, rb, u64::from(n), Duration::from_secs(60));
+    assert_eq!((seqs.len() as u64, lost), (u64::from(n), 0));
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+}

@@ -13,7 +13,7 @@ use ktrace_abi::ksyms;
 use ktrace_abi::vm::{qemu_exit_status, DebugRequest, Hello, SystemInfo, TaskState, EXIT_PANIC};
 use ktrace_abi::{Envelope, ErrorCode, Request, Response, PROTOCOL_VERSION};
 use ktrace_tests::{ktrace, ktrace_bin, ktrace_ok, test_config, unique_name, CliVmGuard, TestVm};
-use probe_sdk::client::{Client, ClientError};
+use probe_sdk::client::{Client, ClientError, ConnectOptions};
 use probe_sdk::kernel_image;
 use probe_sdk::vm::{self, ExitKind, ReportKind, Vm, VmError, VmState};
 
@@ -135,6 +135,49 @@ fn boots_handshakes_and_reports_plausible_info() {
             && second.control_tx_bytes > first.control_tx_bytes,
         "the link counts bytes: {first:?} then {second:?}"
     );
+}
+
+/// Four clients work at once, each on its own virtio-serial session; a
+/// fifth is told that every session is taken, and gets one as soon as a
+/// client leaves.
+#[test]
+fn four_clients_work_at_once_and_a_fifth_is_told_to_wait() {
+    let mut vm = TestVm::boot("sessions");
+    let mut clients: Vec<Client> = (0..4).map(|_| vm.client()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let info = c.info().unwrap_or_else(|e| panic!("client {i}: {e}"));
+        assert_eq!(info.control_link, "virtio-serial");
+        let names: Vec<&str> = info.tasks.iter().map(|t| t.name.as_str()).collect();
+        for task in ["control", "control-1", "control-2", "control-3"] {
+            assert!(names.contains(&task), "{names:?}");
+        }
+    }
+    // Requests interleave across sessions and each answer comes home.
+    for round in 0..3 {
+        for c in clients.iter_mut() {
+            c.send_request(&Request::Info).unwrap();
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            let env = c
+                .recv_any(Duration::from_secs(10))
+                .unwrap()
+                .unwrap_or_else(|| panic!("round {round}: client {i} got no answer"));
+            assert!(matches!(env.body, Response::Info(_)), "{:?}", env.body);
+        }
+    }
+    let opts = ConnectOptions {
+        client_name: "fifth".into(),
+        handshake_timeout: Duration::from_secs(2),
+        ..ConnectOptions::default()
+    };
+    let e = vm.vm().connect(&opts).err().expect("a fifth client");
+    assert_eq!(
+        e.to_string(),
+        "all 4 control sessions of the VM are in use by other clients (ktrace commands, tools or tests); wait for one to finish"
+    );
+    clients.remove(1);
+    let mut fifth = vm.vm().connect(&opts).expect("a freed session");
+    assert!(fifth.info().is_ok());
 }
 
 /// Without a virtio-serial device the kernel runs the same protocol on the

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use probe_sdk::client::{Client, ConnectOptions};
+use probe_sdk::client::ConnectOptions;
 use probe_sdk::vm::{self, StopHow, Vm, VmConfig, VmState};
 
 /// Arguments of `ktrace vm`.
@@ -143,7 +143,7 @@ fn status(vm_name: &str) -> anyhow::Result<()> {
         handshake_timeout: Duration::from_secs(3),
         ..ConnectOptions::default()
     };
-    match Client::connect(&entry.paths.socket, &opts) {
+    match Vm::attach(vm_name).and_then(|vm| vm.connect(&opts)) {
         Ok(client) => {
             if let Some(hello) = client.hello_reply() {
                 println!(
