@@ -336,7 +336,12 @@ pub fn qemu_args(cfg: &VmConfig, paths: &VmPaths, kernel: &Path) -> Vec<OsString
         c.push(",server=on,wait=off");
         c
     };
-    push(&["-serial".as_ref(), &console, "-chardev".as_ref(), &chardev(0)]);
+    push(&[
+        "-serial".as_ref(),
+        &console,
+        "-chardev".as_ref(),
+        &chardev(0),
+    ]);
     match cfg.control_link {
         ControlLink::VirtioSerial => {
             push(&[
@@ -1199,6 +1204,12 @@ mod tests {
              -chardev socket,id=ctl,path=/run/k/t/ctl.sock,server=on,wait=off \
              -serial null -device virtio-serial-pci,id=ktrace-serial \
              -device virtserialport,bus=ktrace-serial.0,nr=1,chardev=ctl,name=org.ktrace.control \
+             -chardev socket,id=ctl2,path=/run/k/t/ctl2.sock,server=on,wait=off \
+             -device virtserialport,bus=ktrace-serial.0,nr=2,chardev=ctl2,name=org.ktrace.control.2 \
+             -chardev socket,id=ctl3,path=/run/k/t/ctl3.sock,server=on,wait=off \
+             -device virtserialport,bus=ktrace-serial.0,nr=3,chardev=ctl3,name=org.ktrace.control.3 \
+             -chardev socket,id=ctl4,path=/run/k/t/ctl4.sock,server=on,wait=off \
+             -device virtserialport,bus=ktrace-serial.0,nr=4,chardev=ctl4,name=org.ktrace.control.4 \
              -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
              -drive file=/d/a.img,if=none,id=vda,format=raw -device virtio-blk-pci,drive=vda \
              -drive file=/d/b.img,if=none,id=vdb,format=raw -device virtio-blk-pci,drive=vdb"

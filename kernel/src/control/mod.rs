@@ -46,7 +46,7 @@ const PORT_IDS: [u32; MAX_SESSIONS] = [1, 2, 3, 4];
 /// What the control channel runs on.
 enum Link {
     Uart,
-    Virtio(SerialPorts),
+    Virtio(alloc::boxed::Box<SerialPorts>),
 }
 
 /// One session's buffers and state shared with interrupt context.
@@ -189,7 +189,7 @@ fn on_com2_interrupt(_regs: &mut arch::PtRegs, _vector: u8) -> bool {
 /// session.
 pub fn start() {
     let link = match virtio_serial::probe(&PORT_IDS, virtio_sink, on_host_change) {
-        Ok(port) => Link::Virtio(port),
+        Ok(ports) => Link::Virtio(alloc::boxed::Box::new(ports)),
         Err(virtio_serial::ProbeError::NoDevice) => Link::Uart,
         Err(e) => {
             log::warn!("control: the virtio-serial device is unusable ({e}): falling back to COM2");
@@ -210,14 +210,14 @@ pub fn start() {
             COM2.enable_rx_interrupt();
         }
     }
-    for session in 0..sessions() {
+    for (session, ch) in CHANNELS.iter().enumerate().take(sessions()) {
         let name = if session == 0 {
             String::from("control")
         } else {
             format!("control-{session}")
         };
         match crate::task::spawn(&name, move || control_task(session)) {
-            Some(pid) => CHANNELS[session].pid.store(pid, Ordering::Relaxed),
+            Some(pid) => ch.pid.store(pid, Ordering::Relaxed),
             None if session == 0 => panic!("cannot spawn the control task"),
             None => log::error!("cannot spawn {name}: session {session} is not served"),
         }

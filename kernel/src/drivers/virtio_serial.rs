@@ -173,7 +173,6 @@ impl Inner {
         }
     }
 
-
     fn send_ctrl(&mut self, id: u32, event: u16, value: u16) {
         self.reap_ctrl_tx();
         let mut msg = Box::new([0u8; 8]);
@@ -203,7 +202,6 @@ impl Inner {
             self.ctrl_tx_posted.pop_front();
         }
     }
-
 
     fn control_message(&mut self, msg: &[u8]) {
         if msg.len() < 8 {
@@ -334,10 +332,10 @@ pub fn probe(
             ProbeError::TooFewPorts(max_ports)
         });
     }
-    let ctrl_rx = VirtQueue::new(&mut transport, CTRL_RX_QUEUE, false, false)
-        .map_err(ProbeError::Queue)?;
-    let ctrl_tx = VirtQueue::new(&mut transport, CTRL_TX_QUEUE, false, false)
-        .map_err(ProbeError::Queue)?;
+    let ctrl_rx =
+        VirtQueue::new(&mut transport, CTRL_RX_QUEUE, false, false).map_err(ProbeError::Queue)?;
+    let ctrl_tx =
+        VirtQueue::new(&mut transport, CTRL_TX_QUEUE, false, false).map_err(ProbeError::Queue)?;
     let mut ports = Vec::with_capacity(ids.len());
     for &id in ids {
         ports.push(Port {
