@@ -160,6 +160,7 @@ fn every_map_type_context_and_helper_wrapper_verifies() {
             ("EVENTS", 27, 0, 0, 16384),
             ("PER_CPU", 6, 4, 8, 1),
             ("RECENT", 9, 8, 8, 64),
+            ("RET_BY_TASK", 1, 16, 8, 256),
             ("SIZES", 2, 4, 8, 10),
             ("STACKS", 7, 4, 1016, 128),
             ("STACK_IDS", 2, 4, 4, 1),

@@ -145,11 +145,23 @@ impl<K: Copy> KeyedLog2Histogram<K> {
     /// Count `value` once under `key`.
     #[inline(always)]
     pub fn record(&self, key: K, value: u64) {
-        let mut k = MaybeUninit::<HistKey<K>>::zeroed();
+        let mut k = MaybeUninit::<HistKey<K>>::uninit();
         let p = k.as_mut_ptr();
-        // SAFETY: `p` points to a zeroed, writable `HistKey<K>`; writing the
+        // SAFETY: `p` points to a writable `HistKey<K>`. The zeroing stores
+        // are volatile because LLVM otherwise proves that the field writes
+        // overwrite every byte it cares about and drops the zeroes of the
+        // padding (a `u64` key leaves 4 bytes after the `u32` slot): the
+        // verifier then rejects the lookup for reading uninitialised
+        // stack, and equal keys would hash differently. Writing the
         // fields in place keeps the zeroed padding.
         unsafe {
+            // Word by word: a zeroed struct *value* would only carry its
+            // fields (padding is not part of a value). `HistKey` holds a
+            // `u32`, so it is 4-aligned and a whole number of words.
+            let words = p.cast::<u32>();
+            for i in 0..core::mem::size_of::<HistKey<K>>() / 4 {
+                core::ptr::write_volatile(words.add(i), 0);
+            }
             core::ptr::addr_of_mut!((*p).key).write(key);
             core::ptr::addr_of_mut!((*p).slot).write(log2_slot(value));
         }
