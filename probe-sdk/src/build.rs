@@ -34,7 +34,10 @@ const PROFILE: &[&str] = &[
     "profile.release.lto=\"fat\"",
     "profile.release.codegen-units=1",
     "profile.release.overflow-checks=false",
-    "profile.release.debug=\"line-tables-only\"",
+    // Full debug information: line tables for verifier messages, and the
+    // types of map keys, values and records for typed printing. It does not
+    // change the generated code.
+    "profile.release.debug=\"full\"",
     "profile.release.opt-level=3",
     "profile.release.incremental=false",
 ];

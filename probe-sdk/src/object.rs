@@ -15,6 +15,8 @@
 //!   references (`src_reg` 5, or 6 with a value offset).
 //! - The **license** string and, from `.debug_line`, a **line table** per
 //!   program mapping instruction indices to source lines.
+//! - From `.debug_info`, the declared **key, value and record types** of
+//!   each map (`HashMap<K, V>`'s `K` and `V`, ...), when the object has them.
 //!
 //! What it cannot honour it refuses, naming the feature and the section:
 //! BTF-defined maps (`.maps`), CO-RE relocations (`.BTF.ext`), unknown code
@@ -211,6 +213,7 @@ pub fn parse(bytes: &[u8]) -> Result<Object, ObjectError> {
                 flags: 0,
                 initial_value,
                 read_only,
+                types: Default::default(),
             });
         } else if flags & SHF_EXECINSTR != 0 {
             let kind = program_kind(&name)?;
@@ -233,6 +236,28 @@ pub fn parse(bytes: &[u8]) -> Result<Object, ObjectError> {
                     relocs,
                 },
             );
+        }
+    }
+
+    // Declared types from the DWARF. One whose size disagrees with the
+    // map definition (a wrapper the table in `object_types` misreads) is
+    // left out: the kernel would refuse the whole load for it, and the map
+    // works untyped.
+    let names: Vec<&str> = maps
+        .iter()
+        .filter(|m| !m.name.starts_with('.'))
+        .map(|m| m.name.as_str())
+        .collect();
+    let mut types = crate::object_types::map_types(&file, &names);
+    for m in &mut maps {
+        let Some(t) = types.remove(&m.name) else {
+            continue;
+        };
+        let record_map = matches!(m.map_type, map_type::RINGBUF | map_type::PERF_EVENT_ARRAY);
+        if ktrace_abi::types::check_map_types(&t, &m.name, m.key_size, m.value_size, record_map)
+            .is_ok()
+        {
+            m.types = t;
         }
     }
 
@@ -421,6 +446,7 @@ fn legacy_maps(
             flags: field(4),
             initial_value: Vec::new(),
             read_only: false,
+            types: Default::default(),
         });
     }
     Ok(())

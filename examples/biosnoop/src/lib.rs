@@ -47,9 +47,10 @@ pub struct Event {
 #[map]
 static START: HashMap<u64, Start> = HashMap::with_max_entries(10240);
 
-/// Completed requests, for the tool.
+/// Completed requests, for the tool. Declaring the record type lets
+/// `ktrace events` print each record field by field.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024);
+static EVENTS: RingBuf<Event> = RingBuf::typed_with_byte_size(1024 * 1024);
 
 #[tracepoint("block:block_rq_insert")]
 fn rq_insert(ctx: TracepointContext<BlockRqInsert>) -> u32 {

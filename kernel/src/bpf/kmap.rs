@@ -11,6 +11,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use ktrace_abi::bpf::{MapDefinition, MapInfo};
+use ktrace_abi::types::MapTypes;
 use ktrace_bpf_maps::{Epochs, Map, MapError, MapSpec};
 
 use crate::sync::SpinLock;
@@ -27,6 +28,9 @@ pub struct KMap {
     pub memory_bytes: u64,
     /// Value size as the host sees it.
     pub host_value_size: u32,
+    /// Declared key/value/record types (checked at creation), kept like
+    /// Linux keeps a map's BTF ids so any later reader prints typed.
+    pub types: MapTypes,
 }
 
 impl KMap {
@@ -56,6 +60,7 @@ impl KMap {
             inner: SpinLock::new(map),
             memory_bytes,
             host_value_size,
+            types: def.types.clone(),
         })
     }
 
@@ -88,6 +93,7 @@ impl KMap {
             lost,
             consumed,
             programs,
+            types: self.types.clone(),
         }
     }
 }

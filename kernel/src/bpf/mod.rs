@@ -192,6 +192,25 @@ impl Runtime {
         let mut memory = usage.map_memory_bytes;
         let mut out = Vec::new();
         for d in defs {
+            // Types first: a wrong description must not cost a map id.
+            let record_map = matches!(
+                d.map_type,
+                ktrace_abi::bpf::map_type::RINGBUF | ktrace_abi::bpf::map_type::PERF_EVENT_ARRAY
+            );
+            ktrace_abi::types::check_map_types(
+                &d.types,
+                &format!("map `{}`", d.name),
+                d.key_size,
+                d.value_size,
+                record_map,
+            )
+            .map_err(|e| {
+                if e.limit {
+                    error(ErrorCode::Limit, -7, e.message)
+                } else {
+                    error(ErrorCode::InvalidArgument, -22, e.message)
+                }
+            })?;
             let id = self.id();
             let m = KMap::create(id, d, epochs().clone()).map_err(|e| {
                 map_error(

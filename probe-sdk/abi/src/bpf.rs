@@ -208,6 +208,9 @@ pub struct MapDefinition {
     pub initial_value: Vec<u8>,
     /// Programs may not write it (`.rodata`).
     pub read_only: bool,
+    /// Declared key/value (or record) types, when the object's debug
+    /// information named them; checked against the sizes above.
+    pub types: crate::types::MapTypes,
 }
 
 /// Kinds of program, by the section they came from.
@@ -364,6 +367,8 @@ pub struct MapInfo {
     pub consumed: u64,
     /// Programs holding the map.
     pub programs: Vec<u32>,
+    /// The types the map was created with (empty when none were declared).
+    pub types: crate::types::MapTypes,
 }
 
 /// What the verifier said about one program.

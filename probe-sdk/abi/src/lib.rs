@@ -14,7 +14,8 @@
 //! Requests are grouped by subsystem so that each group can grow on its own:
 //! [`vm`] (hello, info, shutdown, debug), [`trace`] (kprobes, tracepoints,
 //! perf events), [`bpf`] (programs, maps, links), [`block`] (devices,
-//! statistics, workloads).
+//! statistics, workloads); [`types`] describes map keys, values and event
+//! records.
 #![no_std]
 
 extern crate alloc;
@@ -24,6 +25,7 @@ pub mod bpf;
 pub mod frame;
 pub mod ksyms;
 pub mod trace;
+pub mod types;
 pub mod vm;
 
 use alloc::string::String;

@@ -1,6 +1,7 @@
 //! `BPF_MAP_TYPE_RINGBUF`: one buffer shared by all CPUs, records reserved
 //! in place and then submitted or discarded.
 
+use core::marker::PhantomData;
 use core::mem::{ManuallyDrop, MaybeUninit};
 
 use super::{map_type, MapDef};
@@ -8,25 +9,49 @@ use crate::helpers::{map_ptr, raw};
 
 /// A ring buffer of `max_entries` bytes (a power of two, a multiple of the
 /// page size).
+///
+/// `T` optionally declares the record type the probe sends (`RingBuf<Event>`);
+/// the loader reads it from the object's debug information and tools such
+/// as `ktrace events` print records of that size field by field. The
+/// default `()` declares nothing: records print as bytes. `T` is only a
+/// declaration: [`output`](Self::output) and [`reserve`](Self::reserve)
+/// still take any type.
 #[repr(C)]
-pub struct RingBuf {
+pub struct RingBuf<T = ()> {
     def: MapDef,
+    _record: PhantomData<T>,
 }
 
 // SAFETY: a definition only; records go through helpers.
-unsafe impl Sync for RingBuf {}
+unsafe impl<T> Sync for RingBuf<T> {}
+
+const fn ringbuf_def(bytes: u32) -> MapDef {
+    MapDef {
+        map_type: map_type::RINGBUF,
+        key_size: 0,
+        value_size: 0,
+        max_entries: bytes,
+        map_flags: 0,
+    }
+}
 
 impl RingBuf {
-    /// A ring buffer of `bytes` bytes.
+    /// An untyped ring buffer of `bytes` bytes.
+    ///
+    /// Only on `RingBuf<()>`, so `RingBuf::with_byte_size(n)` needs no type
+    /// annotation (a default type parameter does not drive inference).
     pub const fn with_byte_size(bytes: u32) -> Self {
+        Self::typed_with_byte_size(bytes)
+    }
+}
+
+impl<T> RingBuf<T> {
+    /// A ring buffer of `bytes` bytes whose records are `T`s:
+    /// `static EVENTS: RingBuf<Event> = RingBuf::typed_with_byte_size(1 << 20);`
+    pub const fn typed_with_byte_size(bytes: u32) -> Self {
         Self {
-            def: MapDef {
-                map_type: map_type::RINGBUF,
-                key_size: 0,
-                value_size: 0,
-                max_entries: bytes,
-                map_flags: 0,
-            },
+            def: ringbuf_def(bytes),
+            _record: PhantomData,
         }
     }
 
@@ -35,12 +60,12 @@ impl RingBuf {
         &self.def
     }
 
-    /// Reserve room for one `T`. `None` when the buffer is full.
+    /// Reserve room for one `R`. `None` when the buffer is full.
     #[inline(always)]
-    pub fn reserve<T>(&self) -> Option<RingBufEntry<T>> {
+    pub fn reserve<R>(&self) -> Option<RingBufEntry<R>> {
         // SAFETY: the helper returns null or a writable area of the size
         // asked for.
-        let p = unsafe { raw::ringbuf_reserve(map_ptr(self), core::mem::size_of::<T>() as u64, 0) };
+        let p = unsafe { raw::ringbuf_reserve(map_ptr(self), core::mem::size_of::<R>() as u64, 0) };
         if p.is_null() {
             None
         } else {
@@ -50,13 +75,13 @@ impl RingBuf {
 
     /// Copy `record` into the buffer in one step.
     #[inline(always)]
-    pub fn output<T>(&self, record: &T) -> Result<(), i64> {
-        // SAFETY: `record` is readable for `size_of::<T>()` bytes.
+    pub fn output<R>(&self, record: &R) -> Result<(), i64> {
+        // SAFETY: `record` is readable for `size_of::<R>()` bytes.
         let rc = unsafe {
             raw::ringbuf_output(
                 map_ptr(self),
-                (record as *const T).cast(),
-                core::mem::size_of::<T>() as u64,
+                (record as *const R).cast(),
+                core::mem::size_of::<R>() as u64,
                 0,
             )
         };
