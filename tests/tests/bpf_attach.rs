@@ -330,6 +330,7 @@ fn examples_c_program_detach_and_per_hit_cost() {
             flags: 0,
             initial_value: Vec::new(),
             read_only: false,
+            types: Default::default(),
         })
         .unwrap()
         .id;
@@ -343,6 +344,7 @@ fn examples_c_program_detach_and_per_hit_cost() {
             flags: 0,
             initial_value: Vec::new(),
             read_only: false,
+            types: Default::default(),
         })
         .unwrap()
         .id;

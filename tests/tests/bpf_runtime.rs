@@ -24,6 +24,7 @@ fn def(name: &str, t: u32, key: u32, value: u32, max: u32) -> MapDefinition {
         flags: 0,
         initial_value: Vec::new(),
         read_only: false,
+        types: Default::default(),
     }
 }
 

@@ -28,6 +28,7 @@ use ktrace_abi::frame::{self, MAGIC};
 use ktrace_abi::trace::{
     HardwareEvent, PerfEvent, ProbeKind, ProbeTarget, SoftwareEvent, TraceRequest, TraceResponse,
 };
+use ktrace_abi::types::{Field, MapTypes, TypeDesc, TypeKind, TypeNode, Variant};
 use ktrace_abi::vm::{DebugRequest, Hello};
 use ktrace_abi::{ErrorCode, Request, Response, PROTOCOL_VERSION};
 use ktrace_tests::TestVm;
@@ -252,6 +253,7 @@ fn map_definition(rng: &mut Rng) -> MapDefinition {
             flags: 0,
             initial_value: Vec::new(),
             read_only: false,
+            types: map_types(rng),
         };
     }
     let map_type = match rng.below(10) {
@@ -281,7 +283,81 @@ fn map_definition(rng: &mut Rng) -> MapDefinition {
         flags: if rng.chance(80) { 0 } else { rng.u32() },
         initial_value: rng.bytes(init_len),
         read_only: rng.chance(10),
+        types: map_types(rng),
     }
+}
+
+/// Declared types: mostly none, else small descriptions with plausible
+/// and absurd sizes, references forward and backward, and sometimes far
+/// more nodes, fields or variants than the bounds allow.
+fn map_types(rng: &mut Rng) -> MapTypes {
+    if rng.chance(60) {
+        return MapTypes::default();
+    }
+    let desc = |rng: &mut Rng| rng.chance(60).then(|| type_desc(rng));
+    MapTypes {
+        key: desc(rng),
+        value: desc(rng),
+        record: desc(rng),
+    }
+}
+
+fn type_desc(rng: &mut Rng) -> TypeDesc {
+    let n = match rng.below(8) {
+        0 => rng.below(300) as usize,
+        _ => 1 + rng.below(6) as usize,
+    };
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let r = |rng: &mut Rng| {
+            if i > 0 && rng.chance(90) {
+                rng.below(i as u64) as u32
+            } else {
+                rng.u32()
+            }
+        };
+        let many = |rng: &mut Rng| match rng.below(10) {
+            0 => rng.below(100),
+            _ => rng.below(5),
+        };
+        let kind = match rng.below(8) {
+            0 => TypeKind::Int {
+                signed: rng.chance(50),
+            },
+            1 => TypeKind::Bool,
+            2 => TypeKind::Char,
+            3 => TypeKind::Float,
+            4 => TypeKind::Array {
+                elem: r(rng),
+                len: rng.pick(&[0u32, 1, 4, 16, u32::MAX]),
+            },
+            5 => TypeKind::Struct {
+                fields: (0..many(rng))
+                    .map(|_| Field {
+                        name: rng.string(&["pid", "comm"]),
+                        offset: rng.pick(&[0u32, 4, 8, u32::MAX]),
+                        ty: r(rng),
+                    })
+                    .collect(),
+            },
+            6 => TypeKind::Enum {
+                signed: rng.chance(50),
+                variants: (0..many(rng))
+                    .map(|_| Variant {
+                        name: rng.string(&["Read", "Write"]),
+                        value: rng.u64() as i64,
+                    })
+                    .collect(),
+            },
+            _ => TypeKind::Opaque,
+        };
+        nodes.push(TypeNode {
+            name: rng.string(&["u32", "Start"]),
+            size: rng.pick(&[0u32, 1, 4, 8, 16, 40, u32::MAX]),
+            kind,
+        });
+    }
+    TypeDesc { nodes }
 }
 
 fn attach_target(world: &mut World, rng: &mut Rng) -> AttachTarget {
@@ -1074,6 +1150,7 @@ fn disconnect_mid_frame_then_reconnect_and_handshake() {
             flags: 0,
             initial_value: Vec::new(),
             read_only: false,
+            types: Default::default(),
         }))),
     )
     .unwrap();
@@ -1137,6 +1214,7 @@ fn resource_exhaustion_is_refused_cleanly_and_nothing_leaks() {
                 flags: 0,
                 initial_value: Vec::new(),
                 read_only: false,
+                types: Default::default(),
             };
             match client.request(&Request::Bpf(BpfRequest::MapCreate(Box::new(def)))) {
                 Ok(Response::Bpf(BpfResponse::Map(m))) => maps.push(m.id),

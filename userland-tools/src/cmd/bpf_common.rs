@@ -4,8 +4,10 @@
 
 use anyhow::{bail, Context as _};
 use ktrace_abi::bpf::{map_type, MapInfo};
+use ktrace_abi::types::TypeDesc;
 use probe_sdk::client::{Client, ConnectOptions};
 use probe_sdk::runtime::Runtime;
+use probe_sdk::typed;
 use probe_sdk::vm::Vm;
 
 /// Connects to VM `vm_name` as `who`.
@@ -124,6 +126,111 @@ pub fn json_bytes(b: &[u8]) -> serde_json::Value {
         }
         _ => serde_json::json!(b.iter().map(|x| format!("{x:02x}")).collect::<String>()),
     }
+}
+
+/// Parses a key (or value) as its declared type when there is one (see
+/// `probe_sdk::typed` for the forms accepted; `hex:BYTES` always works),
+/// else as [`parse_bytes`] does.
+pub fn parse_typed(
+    desc: Option<&TypeDesc>,
+    text: &str,
+    size: usize,
+    what: &str,
+) -> anyhow::Result<Vec<u8>> {
+    match desc {
+        Some(d) if d.size() as usize == size => {
+            typed::parse(d, text, what).map_err(|e| anyhow::anyhow!(e))
+        }
+        _ => parse_bytes(text, size, what),
+    }
+}
+
+/// A value as the host sees it: per-CPU maps hold one copy per CPU, each
+/// padded to 8 bytes. `None` for other maps.
+fn per_cpu_copies<'a>(m: &MapInfo, bytes: &'a [u8]) -> Option<Vec<&'a [u8]>> {
+    if !matches!(m.map_type, map_type::PERCPU_HASH | map_type::PERCPU_ARRAY) {
+        return None;
+    }
+    let stride = (m.value_size as usize).div_ceil(8) * 8;
+    if stride == 0 || bytes.len() % stride != 0 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks(stride)
+            .map(|c| &c[..m.value_size as usize])
+            .collect(),
+    )
+}
+
+/// A key printed as its declared type, else as [`show_bytes`].
+pub fn show_key(m: &MapInfo, bytes: &[u8]) -> String {
+    m.types
+        .key
+        .as_ref()
+        .and_then(|d| typed::format(d, bytes))
+        .unwrap_or_else(|| show_bytes(bytes))
+}
+
+/// A value printed as its declared type (per-CPU maps: `[cpu0, cpu1, ...]`),
+/// else as [`show_bytes`].
+pub fn show_value(m: &MapInfo, bytes: &[u8]) -> String {
+    let Some(d) = &m.types.value else {
+        return show_bytes(bytes);
+    };
+    let typed = match per_cpu_copies(m, bytes) {
+        Some(copies) => copies
+            .iter()
+            .map(|c| typed::format(d, c))
+            .collect::<Option<Vec<_>>>()
+            .map(|v| format!("[{}]", v.join(", "))),
+        None => typed::format(d, bytes),
+    };
+    typed.unwrap_or_else(|| show_bytes(bytes))
+}
+
+/// A key as JSON, typed when declared, else as [`json_bytes`].
+pub fn json_key(m: &MapInfo, bytes: &[u8]) -> serde_json::Value {
+    m.types
+        .key
+        .as_ref()
+        .and_then(|d| typed::to_json(d, bytes))
+        .unwrap_or_else(|| json_bytes(bytes))
+}
+
+/// A value as JSON, typed when declared (per-CPU maps: an array, one per
+/// CPU), else as [`json_bytes`].
+pub fn json_value(m: &MapInfo, bytes: &[u8]) -> serde_json::Value {
+    let Some(d) = &m.types.value else {
+        return json_bytes(bytes);
+    };
+    let typed = match per_cpu_copies(m, bytes) {
+        Some(copies) => copies
+            .iter()
+            .map(|c| typed::to_json(d, c))
+            .collect::<Option<Vec<_>>>()
+            .map(serde_json::Value::Array),
+        None => typed::to_json(d, bytes),
+    };
+    typed.unwrap_or_else(|| json_bytes(bytes))
+}
+
+/// A value to store: typed input is one value, which per-CPU maps get on
+/// every CPU; untyped input is all `host_size` bytes, as before.
+pub fn parse_value(m: &MapInfo, text: &str) -> anyhow::Result<Vec<u8>> {
+    let Some(d) = m.types.value.as_ref().filter(|d| d.size() == m.value_size) else {
+        return parse_bytes(text, m.host_value_size as usize, "value");
+    };
+    let one = typed::parse(d, text, "value").map_err(|e| anyhow::anyhow!(e))?;
+    if m.host_value_size == m.value_size {
+        return Ok(one);
+    }
+    let stride = (m.value_size as usize).div_ceil(8) * 8;
+    let mut out = vec![0u8; m.host_value_size as usize];
+    for c in out.chunks_mut(stride) {
+        c[..one.len()].copy_from_slice(&one);
+    }
+    Ok(out)
 }
 
 /// Map type name as bpftool prints it.

@@ -1,6 +1,11 @@
 //! `ktrace events`: print ring buffer, perf output and `trace_printk`
 //! records as the kernel pushes them, with lost-record counts.
 //!
+//! Records of a map with a declared record type (`RingBuf<Event>`,
+//! `PerfEventArray<Event>`) and of that type's size print field by field
+//! (`{ ts_ns: 1, comm: "fio" }`; with `--json` a `record` object next to the
+//! raw `data`); other records print as before.
+//!
 //! ```text
 //! ktrace events                  # every ring buffer / perf array, and trace_printk
 //! ktrace events --map EVENTS --count 100 --json
@@ -9,7 +14,9 @@
 use std::time::{Duration, Instant};
 
 use ktrace_abi::bpf::EventSource;
+use ktrace_abi::types::TypeDesc;
 use probe_sdk::runtime::Runtime;
+use probe_sdk::typed;
 use serde_json::json;
 
 use super::bpf_common::{connect, find_map};
@@ -52,9 +59,22 @@ fn render(data: &[u8]) -> String {
 pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     let mut client = connect(vm_name, "ktrace events")?;
     let mut rt = Runtime::new(&mut client);
+    let maps = rt.maps()?;
+    // Record types by map id, for the maps that declared one.
+    let record_types: std::collections::HashMap<u32, TypeDesc> = maps
+        .iter()
+        .filter_map(|m| m.types.record.clone().map(|t| (m.id, t)))
+        .collect();
+    let typed_text = |map: &u32, data: &[u8]| {
+        record_types
+            .get(map)
+            .and_then(|t| typed::format(t, data))
+            .unwrap_or_else(|| render(data))
+    };
+    let typed_json =
+        |map: &u32, data: &[u8]| record_types.get(map).and_then(|t| typed::to_json(t, data));
     let ids: Vec<u32> = if args.maps.is_empty() {
-        rt.maps()?
-            .iter()
+        maps.iter()
             .filter(|m| matches!(m.map_type, 4 | 27))
             .map(|m| m.id)
             .collect()
@@ -107,17 +127,27 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                     String::from_utf8_lossy(&r.data)
                 ),
                 (EventSource::RingBuf { map }, true) => {
-                    println!("{}", json!({ "t": t, "map": map, "data": r.data }))
+                    let mut o = json!({ "t": t, "map": map, "data": r.data });
+                    if let Some(rec) = typed_json(map, &r.data) {
+                        o["record"] = rec;
+                    }
+                    println!("{o}")
                 }
                 (EventSource::RingBuf { map }, false) => {
-                    println!("{t:10.6} ringbuf {map}: {}", render(&r.data))
+                    println!("{t:10.6} ringbuf {map}: {}", typed_text(map, &r.data))
                 }
-                (EventSource::Perf { map, cpu }, true) => println!(
-                    "{}",
-                    json!({ "t": t, "map": map, "cpu": cpu, "data": r.data })
-                ),
+                (EventSource::Perf { map, cpu }, true) => {
+                    let mut o = json!({ "t": t, "map": map, "cpu": cpu, "data": r.data });
+                    if let Some(rec) = typed_json(map, &r.data) {
+                        o["record"] = rec;
+                    }
+                    println!("{o}")
+                }
                 (EventSource::Perf { map, cpu }, false) => {
-                    println!("{t:10.6} perf {map} cpu {cpu}: {}", render(&r.data))
+                    println!(
+                        "{t:10.6} perf {map} cpu {cpu}: {}",
+                        typed_text(map, &r.data)
+                    )
                 }
             }
         }

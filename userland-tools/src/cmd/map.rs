@@ -1,14 +1,22 @@
 //! `ktrace map list|dump|lookup|update|delete`: read and change maps.
 //!
-//! Keys and values are integers when they are 1, 2, 4 or 8 bytes (stored
-//! little-endian, as the probe sees them), else `hex:BYTES`. A 65-slot
-//! array of `u64` (a probe crate's `Log2Histogram`) can be printed as a
-//! histogram with `--hist`.
+//! Maps created with declared types (a Rust probe's `HashMap<u64, Start>`,
+//! read from its debug information at load time) print typed: structs as
+//! `{ field: value, ... }`, C strings in byte arrays as strings, enums by
+//! variant; `--json` gives objects. They take typed input too: integers,
+//! variant names, or JSON for structs (`'{"pid": 7}'`, missing fields zero).
+//! Untyped keys and values are integers when they are 1, 2, 4 or 8 bytes
+//! (stored little-endian, as the probe sees them), else `hex:BYTES`, which
+//! every map accepts. A 65-slot array of `u64` (a probe crate's
+//! `Log2Histogram`) can be printed as a histogram with `--hist`.
 
 use probe_sdk::runtime::Runtime;
 use serde_json::json;
 
-use super::bpf_common::{connect, find_map, json_bytes, parse_bytes, show_bytes, table, type_name};
+use super::bpf_common::{
+    connect, find_map, json_key, json_value, parse_typed, parse_value, show_key, show_value, table,
+    type_name,
+};
 
 /// Arguments of `ktrace map`.
 #[derive(clap::Args, Debug)]
@@ -24,7 +32,11 @@ pub struct Args {
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
     /// Every map: type, sizes, entries, memory, stream counters.
-    List,
+    List {
+        /// Also print each map's declared key, value and record types.
+        #[arg(short, long)]
+        verbose: bool,
+    },
     /// Every entry (fetched in batches).
     Dump {
         map: String,
@@ -58,7 +70,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     let mut client = connect(vm_name, "ktrace map")?;
     let mut rt = Runtime::new(&mut client);
     match args.command {
-        Command::List => {
+        Command::List { verbose } => {
             let maps = rt.maps()?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&maps)?);
@@ -107,6 +119,24 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                     &rows
                 )
             );
+            if verbose {
+                for m in &maps {
+                    for (role, d) in [
+                        ("key", &m.types.key),
+                        ("value", &m.types.value),
+                        ("record", &m.types.record),
+                    ] {
+                        if let Some(d) = d {
+                            println!(
+                                "{} {} {role}: {}",
+                                m.id,
+                                m.name,
+                                probe_sdk::typed::describe(d)
+                            );
+                        }
+                    }
+                }
+            }
         }
         Command::Dump {
             map,
@@ -143,25 +173,25 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             if args.json {
                 let v: Vec<_> = entries
                     .iter()
-                    .map(|e| json!({ "key": json_bytes(&e.key), "value": json_bytes(&e.value) }))
+                    .map(|e| json!({ "key": json_key(&m, &e.key), "value": json_value(&m, &e.value) }))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for e in &entries {
-                    println!("{}: {}", show_bytes(&e.key), show_bytes(&e.value));
+                    println!("{}: {}", show_key(&m, &e.key), show_value(&m, &e.value));
                 }
                 println!("{} entries", entries.len());
             }
         }
         Command::Lookup { map, key } => {
             let m = find_map(&mut rt, &map)?;
-            let k = parse_bytes(&key, m.key_size as usize, "key")?;
+            let k = parse_typed(m.types.key.as_ref(), &key, m.key_size as usize, "key")?;
             match rt.map_lookup(m.id, &k)? {
                 Some(v) if args.json => println!(
                     "{}",
-                    json!({ "key": json_bytes(&k), "value": json_bytes(&v) })
+                    json!({ "key": json_key(&m, &k), "value": json_value(&m, &v) })
                 ),
-                Some(v) => println!("{}: {}", show_bytes(&k), show_bytes(&v)),
+                Some(v) => println!("{}: {}", show_key(&m, &k), show_value(&m, &v)),
                 None => anyhow::bail!("map `{}` has no key {key}", m.name),
             }
         }
@@ -178,8 +208,8 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                 "exist" => 2,
                 other => anyhow::bail!("--flags {other}: expected any, noexist or exist"),
             };
-            let k = parse_bytes(&key, m.key_size as usize, "key")?;
-            let v = parse_bytes(&value, m.host_value_size as usize, "value")?;
+            let k = parse_typed(m.types.key.as_ref(), &key, m.key_size as usize, "key")?;
+            let v = parse_value(&m, &value)?;
             rt.map_update(m.id, &k, &v, f)?;
             if args.json {
                 println!("{}", json!({ "updated": true }));
@@ -187,7 +217,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         }
         Command::Delete { map, key } => {
             let m = find_map(&mut rt, &map)?;
-            let k = parse_bytes(&key, m.key_size as usize, "key")?;
+            let k = parse_typed(m.types.key.as_ref(), &key, m.key_size as usize, "key")?;
             rt.map_delete(m.id, &k)?;
             if args.json {
                 println!("{}", json!({ "deleted": true }));
