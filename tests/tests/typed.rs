@@ -31,7 +31,7 @@ fn boot(test: &str) -> (TestVm, PathBuf) {
 fn biosnoop_object() -> PathBuf {
     let root = probe_sdk::kernel_image::workspace_root();
     let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("typed-probes");
-    let mut opts = BuildOptions::new(&root.join("examples/biosnoop"));
+    let mut opts = BuildOptions::new(root.join("examples/biosnoop"));
     opts.target_dir = Some(work.join("target"));
     opts.out_dir = Some(work.join("objects"));
     opts.quiet = true;

@@ -152,7 +152,7 @@ fn per_cpu_copies<'a>(m: &MapInfo, bytes: &'a [u8]) -> Option<Vec<&'a [u8]>> {
         return None;
     }
     let stride = (m.value_size as usize).div_ceil(8) * 8;
-    if stride == 0 || bytes.len() % stride != 0 {
+    if stride == 0 || !bytes.len().is_multiple_of(stride) {
         return None;
     }
     Some(
