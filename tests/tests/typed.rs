@@ -336,6 +336,7 @@ fn the_kernel_refuses_types_that_do_not_fit_the_map() {
         ))
         .unwrap_err();
     let (code, message) = refusal(e);
+    eprintln!("{message}");
     assert_eq!(code, ErrorCode::Limit);
     assert!(
         message.starts_with("map `WIDE`: type descriptions take ")

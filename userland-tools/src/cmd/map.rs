@@ -52,7 +52,9 @@ pub enum Command {
     },
     /// One value.
     Lookup { map: String, key: String },
-    /// Create or change one entry.
+    /// Create or change one entry. Typed maps take integers, enum variant
+    /// names, or JSON for structs and arrays (`'{"pid": 7}'`, fields left
+    /// out are zero); every map takes `hex:BYTES`.
     Update {
         map: String,
         key: String,
