@@ -312,8 +312,8 @@ fn fits(v: i128, size: u32, signed: bool) -> bool {
         let lim = 1i128 << (bits - 1);
         (-lim..lim).contains(&v)
     } else {
-        // Negative input for unsigned types wraps, as `parse_bytes` does
-        // for untyped integers (`-1` is all ones).
+        // Negative input for an unsigned type is taken as two's complement
+        // (`-1` is all ones), the usual shorthand for "every bit set".
         let lim = 1i128 << bits;
         (-(lim / 2)..lim).contains(&v)
     }

@@ -302,4 +302,71 @@ mod tests {
         assert_eq!(show_bytes(&[1, 0, 0, 0]), "1");
         assert_eq!(show_bytes(&[1, 2, 3]), "01 02 03");
     }
+
+    fn int(name: &str, size: u32, signed: bool) -> TypeDesc {
+        use ktrace_abi::types::{TypeKind, TypeNode};
+        TypeDesc {
+            nodes: vec![TypeNode {
+                name: name.into(),
+                size,
+                kind: TypeKind::Int { signed },
+            }],
+        }
+    }
+
+    fn map(map_type: u32, value_size: u32, host_value_size: u32) -> MapInfo {
+        MapInfo {
+            id: 1,
+            name: "M".into(),
+            map_type,
+            key_size: 4,
+            value_size,
+            max_entries: 4,
+            flags: 0,
+            host_value_size,
+            memory_bytes: 0,
+            entries: None,
+            submitted: 0,
+            lost: 0,
+            consumed: 0,
+            programs: vec![],
+            types: ktrace_abi::types::MapTypes {
+                key: Some(int("u32", 4, false)),
+                value: Some(int("i32", 4, true)),
+                record: None,
+            },
+        }
+    }
+
+    #[test]
+    fn typed_values_print_signed_and_per_cpu_maps_one_per_cpu() {
+        let m = map(map_type::HASH, 4, 4);
+        assert_eq!(show_value(&m, &(-5i32).to_le_bytes()), "-5");
+        assert_eq!(
+            json_value(&m, &(-5i32).to_le_bytes()),
+            serde_json::json!(-5)
+        );
+        assert_eq!(show_key(&m, &7u32.to_le_bytes()), "7");
+        // Two CPUs, each value padded to 8 bytes.
+        let p = map(map_type::PERCPU_ARRAY, 4, 16);
+        let mut v = vec![0u8; 16];
+        v[..4].copy_from_slice(&(-1i32).to_le_bytes());
+        v[8..12].copy_from_slice(&3i32.to_le_bytes());
+        assert_eq!(show_value(&p, &v), "[-1, 3]");
+        assert_eq!(json_value(&p, &v), serde_json::json!([-1, 3]));
+        // Typed input goes to every CPU.
+        let mut both = vec![0u8; 16];
+        both[..4].copy_from_slice(&(-2i32).to_le_bytes());
+        both[8..12].copy_from_slice(&(-2i32).to_le_bytes());
+        assert_eq!(parse_value(&p, "-2").unwrap(), both);
+        assert_eq!(
+            parse_value(&p, "3000000000").unwrap_err().to_string(),
+            "value: 3000000000 does not fit in `i32` (4 bytes, signed)"
+        );
+        // Untyped maps keep the untyped forms.
+        let mut u = map(map_type::HASH, 4, 4);
+        u.types = Default::default();
+        assert_eq!(show_value(&u, &[0xff; 4]), "4294967295");
+        assert_eq!(parse_value(&u, "5").unwrap(), vec![5, 0, 0, 0]);
+    }
 }
