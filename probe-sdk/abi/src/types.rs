@@ -49,6 +49,7 @@ pub struct TypeNode {
     pub name: String,
     /// Size in bytes.
     pub size: u32,
+    /// What the bytes are.
     pub kind: TypeKind,
 }
 
@@ -56,7 +57,10 @@ pub struct TypeNode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TypeKind {
     /// A little-endian integer of `size` bytes (1, 2, 4, 8 or 16).
-    Int { signed: bool },
+    Int {
+        /// Two's complement (`i32`) rather than unsigned (`u32`).
+        signed: bool,
+    },
     /// One byte, 0 or 1.
     Bool,
     /// A Rust `char` (4 bytes, a Unicode scalar value) or a C `char`
@@ -65,12 +69,22 @@ pub enum TypeKind {
     /// An IEEE 754 float of 4 or 8 bytes.
     Float,
     /// `len` elements of node `elem`, back to back (`size` = elem size × len).
-    Array { elem: u32, len: u32 },
+    Array {
+        /// Index of the element's node.
+        elem: u32,
+        /// Number of elements.
+        len: u32,
+    },
     /// Named fields at byte offsets; padding and zero-sized fields are left out.
-    Struct { fields: Vec<Field> },
+    Struct {
+        /// In offset order.
+        fields: Vec<Field>,
+    },
     /// A fieldless enum: an integer of `size` bytes naming a variant.
     Enum {
+        /// The discriminant is signed.
         signed: bool,
+        /// Named values; others print as numbers.
         variants: Vec<Variant>,
     },
     /// Bytes with no known structure (pointers, unions, enums with data,
@@ -81,6 +95,7 @@ pub enum TypeKind {
 /// A struct field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Field {
+    /// As declared (`comm`).
     pub name: String,
     /// Byte offset in the struct.
     pub offset: u32,
@@ -91,7 +106,9 @@ pub struct Field {
 /// An enum variant and its discriminant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Variant {
+    /// As declared (`Read`).
     pub name: String,
+    /// The discriminant (unsigned ones above `i64::MAX` wrap).
     pub value: i64,
 }
 
@@ -99,8 +116,11 @@ pub struct Variant {
 /// with entries, the record type for ring buffers and perf event arrays.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapTypes {
+    /// Keys of hash and array maps.
     pub key: Option<TypeDesc>,
+    /// Values of hash and array maps (per CPU for per-CPU maps).
     pub value: Option<TypeDesc>,
+    /// Records of ring buffers and perf event arrays.
     pub record: Option<TypeDesc>,
 }
 
@@ -114,6 +134,7 @@ impl MapTypes {
 /// Why a description was refused: what is wrong, at which node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeError {
+    /// What is wrong and where, naming the map, the role and the node.
     pub message: String,
     /// A size bound ([`MAX_TYPES_BYTES`]) was exceeded, rather than the
     /// description being wrong.
