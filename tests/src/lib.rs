@@ -29,6 +29,33 @@ pub fn kernel_image() -> &'static KernelImage {
     })
 }
 
+/// The kernel's symbol index (from the ELF [`kernel_image`] built).
+pub fn kernel_symbols() -> &'static ktrace_symbols::SymbolIndex {
+    static INDEX: OnceLock<ktrace_symbols::SymbolIndex> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        ktrace_symbols::SymbolIndex::from_path(&kernel_image().source)
+            .unwrap_or_else(|e| panic!("cannot index the kernel: {e}"))
+    })
+}
+
+/// A kprobe on the entry of kernel function `name` (its demangled path),
+/// resolved against [`kernel_symbols`] as the host loader does.
+pub fn kprobe_at(name: &str) -> ktrace_abi::bpf::AttachTarget {
+    let f = kernel_symbols()
+        .functions()
+        .iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("{name} is not a kernel function"));
+    ktrace_abi::bpf::AttachTarget::Kprobe {
+        spec: name.into(),
+        points: vec![ktrace_abi::bpf::KprobePoint {
+            address: f.addr,
+            function: name.into(),
+            offset: 0,
+        }],
+    }
+}
+
 /// A VM name unique to this test and process.
 pub fn unique_name(test: &str) -> String {
     static SEQ: AtomicU32 = AtomicU32::new(0);

@@ -480,22 +480,7 @@ fn biolatency_counts_every_request() {
 /// the probe target. Each of A's runs is one of B's misses.
 #[test]
 fn nested_hits_count_as_program_misses() {
-    let index = ktrace_symbols::SymbolIndex::from_path(&kernel_image().source).unwrap();
-    let point = |name: &str| {
-        let f = index
-            .functions()
-            .iter()
-            .find(|f| f.name == name)
-            .unwrap_or_else(|| panic!("{name} not in the kernel"));
-        AttachTarget::Kprobe {
-            spec: name.into(),
-            points: vec![ktrace_abi::bpf::KprobePoint {
-                address: f.addr,
-                function: name.into(),
-                offset: 0,
-            }],
-        }
-    };
+    let point = ktrace_tests::kprobe_at;
     let mut vm = TestVm::boot("bpf-misses");
     let mut client = vm.client();
     let mut rt = Runtime::new(&mut client);

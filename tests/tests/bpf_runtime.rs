@@ -470,6 +470,19 @@ out:
     exit
 ";
 
+/// The sequence counter and ring buffer [`RB_OUT`] writes to.
+fn seq_and_ring(rt: &mut Runtime, ring_bytes: u32) -> (u32, u32) {
+    let seq = rt
+        .map_create(def("seq", map_type::ARRAY, 4, 8, 1))
+        .unwrap()
+        .id;
+    let rb = rt
+        .map_create(def("rb", map_type::RINGBUF, 0, 0, ring_bytes))
+        .unwrap()
+        .id;
+    (seq, rb)
+}
+
 fn drain(rt: &mut Runtime, map: u32, want: u64, timeout: Duration) -> (Vec<u64>, u64) {
     let mut seqs = Vec::new();
     let mut lost = 0;
@@ -595,15 +608,8 @@ fn a_disconnect_ends_the_clients_subscriptions() {
     let (rb, prog) = {
         let mut client = vm.client();
         let mut rt = Runtime::new(&mut client);
-        let seq = rt
-            .map_create(def("seq", map_type::ARRAY, 4, 8, 1))
-            .unwrap()
-            .id;
         // Room for 2,730 records of 24 bytes: the rest is counted lost.
-        let rb = rt
-            .map_create(def("rb", map_type::RINGBUF, 0, 0, 1 << 16))
-            .unwrap()
-            .id;
+        let (seq, rb) = seq_and_ring(&mut rt, 1 << 16);
         let p = rt
             .prog_load(
                 kprobe_prog("rbout", RB_OUT),
@@ -611,21 +617,7 @@ fn a_disconnect_ends_the_clients_subscriptions() {
                 LoadOptions::default(),
             )
             .unwrap();
-        let image = ktrace_tests::kernel_image();
-        let index = ktrace_symbols::SymbolIndex::from_path(&image.source).unwrap();
-        let f = index
-            .functions()
-            .iter()
-            .find(|f| f.name == "kernel::bpf::testing::target")
-            .unwrap();
-        let point = AttachTarget::Kprobe {
-            spec: f.name.clone(),
-            points: vec![ktrace_abi::bpf::KprobePoint {
-                address: f.addr,
-                function: f.name.clone(),
-                offset: 0,
-            }],
-        };
+        let point = ktrace_tests::kprobe_at("kernel::bpf::testing::target");
         rt.attach(p.id, point, false).unwrap();
         rt.subscribe(vec![rb], false).unwrap();
         (rb, p.id)
@@ -682,14 +674,7 @@ fn events_reach_the_subscribing_session_while_another_works() {
     let mut listener = vm.client();
     let mut worker = vm.client();
     let mut lrt = Runtime::new(&mut listener);
-    let seq = lrt
-        .map_create(def("seq", map_type::ARRAY, 4, 8, 1))
-        .unwrap()
-        .id;
-    let rb = lrt
-        .map_create(def("rb", map_type::RINGBUF, 0, 0, 1 << 20))
-        .unwrap()
-        .id;
+    let (seq, rb) = seq_and_ring(&mut lrt, 1 << 20);
     lrt.subscribe(vec![rb], false).unwrap();
     let mut wrt = Runtime::new(&mut worker);
     let p = wrt
