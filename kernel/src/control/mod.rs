@@ -56,6 +56,8 @@ struct Channel {
     tx: spin::Mutex<()>,
     /// Bumped each time the host side goes away.
     disconnects: AtomicU64,
+    /// Bytes the client that went away left unread in `rx`.
+    abandoned: AtomicU64,
     /// Pid of the session's task (`u32::MAX` before it starts).
     pid: AtomicU32,
 }
@@ -67,6 +69,7 @@ static CHANNELS: [Channel; MAX_SESSIONS] = [const {
         rx_wait: WaitQueue::new(),
         tx: spin::Mutex::new(()),
         disconnects: AtomicU64::new(0),
+        abandoned: AtomicU64::new(0),
         pid: AtomicU32::new(u32::MAX),
     }
 }; MAX_SESSIONS];
@@ -120,7 +123,10 @@ fn on_host_change(session: usize, connected: bool) {
         return;
     };
     if !connected {
-        ch.rx.lock().clear();
+        let mut rx = ch.rx.lock();
+        ch.abandoned.fetch_add(rx.len() as u64, Ordering::Relaxed);
+        rx.clear();
+        drop(rx);
         ch.disconnects.fetch_add(1, Ordering::AcqRel);
         ch.rx_wait.wake_all();
     }
@@ -329,6 +335,13 @@ fn control_task(id: usize) {
             // The client left: its half frame, its handshake and its event
             // subscriptions go with it.
             disconnects = now_disconnects;
+            // A frame the client left half-sent is a bad frame, counted
+            // once, like one cut short on a live line.
+            let partial = reader.buffered() as u64 + ch.abandoned.swap(0, Ordering::Relaxed);
+            if partial > 0 {
+                BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+                log::warn!("session {id}: the client left {partial} bytes of an unfinished frame");
+            }
             reader.clear();
             session.greeted = false;
             crate::bpf::events::subscribe(Vec::new(), false);
