@@ -265,6 +265,11 @@ fn trace_wakeup(pid: Pid, name: &str) {
 }
 
 /// Make a blocked or sleeping task runnable.
+///
+/// Never inlined: like Linux's `try_to_wake_up`, it is the place to probe
+/// wakeups (`ktrace probe add kernel::task::sched::wake`), and with few
+/// callers the optimiser would otherwise fold it away.
+#[inline(never)]
 pub fn wake(pid: Pid) {
     let mut g = SCHED.lock();
     if let Some(s) = g.as_mut() {
