@@ -32,9 +32,9 @@ t=$SECONDS
 cargo build --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel --config "$remap"
 elapsed $t
 
-step "cargo test --workspace"
+step "cargo test --workspace --no-fail-fast"
 t=$SECONDS
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 elapsed $t
 
 step "cargo clippy --workspace --all-targets"
