@@ -215,6 +215,17 @@ impl Client {
                         });
                     }
                     self.hello = Some(reply.clone());
+                    // Pushes queued before the answer may be an earlier
+                    // client's events.
+                    let queued = std::mem::take(&mut self.pushes);
+                    for body in queued {
+                        let env = Envelope { id: PUSH_ID, body };
+                        if self.stale_events(&env) {
+                            self.stats.stale += 1;
+                        } else {
+                            self.pushes.push_back(env.body);
+                        }
+                    }
                     return Ok(reply);
                 }
                 // A kernel whose Request enum differs cannot decode our
@@ -399,6 +410,18 @@ impl Client {
         }
     }
 
+    /// An event batch made for an earlier client of this session: QEMU
+    /// keeps what the kernel wrote while that client was leaving and hands
+    /// it to the next one.
+    fn stale_events(&self, env: &Envelope<Response>) -> bool {
+        match (&env.body, &self.hello) {
+            (Response::Bpf(ktrace_abi::bpf::BpfResponse::Events(b)), Some(h)) => {
+                env.id == PUSH_ID && b.client_generation != h.client_generation
+            }
+            _ => false,
+        }
+    }
+
     /// The next decodable envelope, or `None` at the deadline.
     fn read_envelope(&mut self, deadline: Instant) -> Result<Option<Envelope<Response>>> {
         let mut buf = [0u8; 4096];
@@ -406,6 +429,7 @@ impl Client {
             while let Some(event) = self.reader.next_event() {
                 match event {
                     FrameEvent::Frame(payload) => match ktrace_abi::decode::<Response>(&payload) {
+                        Ok(env) if self.stale_events(&env) => self.stats.stale += 1,
                         Ok(env) => return Ok(Some(env)),
                         Err(_) => self.stats.undecodable += 1,
                     },
@@ -488,6 +512,7 @@ mod tests {
                             kernel_version: "test".into(),
                             protocol_version: h.protocol_version,
                             uptime_ns: 5,
+                            client_generation: 0,
                         }),
                         Request::Shutdown { .. } => return,
                         _ => Response::Error(ErrorReply::new(ErrorCode::NotFound, "nope")),

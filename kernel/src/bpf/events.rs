@@ -38,11 +38,16 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 struct Subs {
     maps: Vec<Arc<KMap>>,
     printk: bool,
+    /// The session's client generation when it subscribed: a client that
+    /// connects after this one left must never receive its streams, even
+    /// before the control task has noticed the disconnect.
+    generation: u64,
 }
 
 const NO_SUBS: Subs = Subs {
     maps: Vec::new(),
     printk: false,
+    generation: 0,
 };
 
 /// Subscriptions per control session.
@@ -60,6 +65,7 @@ pub fn subscribe(maps: Vec<Arc<KMap>>, printk: bool) {
     if let Some(s) = SUBS.lock().get_mut(session) {
         s.maps = maps;
         s.printk = printk;
+        s.generation = crate::control::client_generation(session);
     }
     kick();
 }
@@ -141,6 +147,7 @@ pub fn collect(maps: &[Arc<KMap>], printk: bool, max: usize) -> EventBatch {
         });
     }
     EventBatch {
+        client_generation: crate::control::client_generation(crate::control::current_session()),
         seq: 0,
         records,
         lost,
@@ -162,7 +169,11 @@ fn task() {
         crate::task::sleep_ms(1);
         let kicked = KICKED.swap(false, Ordering::AcqRel);
         let subs = SUBS.lock().clone();
-        if !subs.iter().any(|s| s.printk) {
+        if !subs
+            .iter()
+            .enumerate()
+            .any(|(i, s)| s.printk && crate::control::client_generation(i) == s.generation)
+        {
             // Nobody listens: still show trace_printk on the console.
             let mut buf = Vec::new();
             while super::printk::pop(&mut buf) {
@@ -178,6 +189,12 @@ fn task() {
         let mut again = false;
         for (session, sub) in subs.iter().enumerate() {
             if sub.maps.is_empty() && !sub.printk {
+                continue;
+            }
+            if crate::control::client_generation(session) != sub.generation {
+                // Its client left (the interrupt handler saw the port
+                // close); the control task clears the subscription.
+                again |= kicked;
                 continue;
             }
             if !crate::control::host_connected(session) {
@@ -196,8 +213,13 @@ fn task() {
                 }
                 last_lost[session] = batch.lost.clone();
                 batch.seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
+                batch.client_generation = sub.generation;
                 let full = !batch.records.is_empty();
-                crate::control::push_to(session, &Response::Bpf(BpfResponse::Events(batch)));
+                crate::control::push_to(
+                    session,
+                    sub.generation,
+                    &Response::Bpf(BpfResponse::Events(batch)),
+                );
                 if !full {
                     break;
                 }

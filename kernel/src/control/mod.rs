@@ -143,6 +143,14 @@ pub fn host_connected(session: usize) -> bool {
     }
 }
 
+/// How many clients of `session` have gone away: a subscription made
+/// under one generation is void under the next.
+pub fn client_generation(session: usize) -> u64 {
+    CHANNELS
+        .get(session)
+        .map_or(0, |c| c.disconnects.load(Ordering::Acquire))
+}
+
 /// Sessions the link carries.
 pub fn sessions() -> usize {
     match LINK.get() {
@@ -243,6 +251,13 @@ pub fn send(id: u32, resp: &Response) {
 
 /// Send one frame on `session`. Task context only.
 pub fn send_to(session: usize, id: u32, resp: &Response) {
+    send_frame(session, None, id, resp);
+}
+
+/// Send one frame on `session`, unless `generation` is given and its
+/// client has gone since (checked once the frame may go out: waiting for
+/// the link can take long enough for another client to connect).
+fn send_frame(session: usize, generation: Option<u64>, id: u32, resp: &Response) {
     let Some(ch) = CHANNELS.get(session) else {
         return;
     };
@@ -274,6 +289,9 @@ pub fn send_to(session: usize, id: u32, resp: &Response) {
         }
         crate::task::yield_now();
     };
+    if generation.is_some_and(|g| g != client_generation(session)) {
+        return;
+    }
     TX_BYTES.fetch_add(frame.len() as u64, Ordering::Relaxed);
     match LINK.get() {
         Some(Link::Virtio(port)) => {
@@ -304,9 +322,11 @@ pub fn push(resp: &Response) {
     send(PUSH_ID, resp);
 }
 
-/// Push an unsolicited frame (event streams) to `session`.
-pub fn push_to(session: usize, resp: &Response) {
-    send_to(session, PUSH_ID, resp);
+/// Push an unsolicited frame (event streams) to the client of `session`
+/// whose generation (see [`client_generation`]) is `generation`; dropped
+/// if that client has gone.
+pub fn push_to(session: usize, generation: u64, resp: &Response) {
+    send_frame(session, Some(generation), PUSH_ID, resp);
 }
 
 fn error(code: ErrorCode, message: String) -> Response {
@@ -436,6 +456,7 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
                     kernel_version: String::from(crate::KERNEL_VERSION),
                     protocol_version: PROTOCOL_VERSION,
                     uptime_ns: crate::time::now_ns(),
+                    client_generation: client_generation(current_session()),
                 })
             }
         }

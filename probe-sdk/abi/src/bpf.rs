@@ -524,6 +524,9 @@ pub struct EventBatch {
     pub seq: u64,
     pub records: Vec<EventRecord>,
     pub lost: Vec<LostCount>,
+    /// The client generation (see `vm::HelloReply::client_generation`) of
+    /// the subscription the batch serves.
+    pub client_generation: u64,
 }
 
 /// Resource limits of the BPF runtime.

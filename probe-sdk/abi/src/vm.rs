@@ -20,6 +20,11 @@ pub struct HelloReply {
     pub protocol_version: u32,
     /// Nanoseconds since boot when the handshake was answered.
     pub uptime_ns: u64,
+    /// Which client of its control session this is (the session's count
+    /// of departed clients). Event batches carry the generation they were
+    /// made for, so a client can drop the ones an earlier client of the
+    /// same session left in flight.
+    pub client_generation: u64,
 }
 
 /// State of a kernel task.
