@@ -111,6 +111,24 @@ pub trait TraceClient {
             .map(|_| ())
     }
 
+    /// Enable several perf events at one instant.
+    fn perf_enable_group(&mut self, ids: &[u32]) -> Result<()> {
+        self.trace(
+            "PerfEnableGroup",
+            TraceRequest::PerfEnableGroup { ids: ids.to_vec() },
+        )
+        .map(|_| ())
+    }
+
+    /// Disable several perf events at one instant.
+    fn perf_disable_group(&mut self, ids: &[u32]) -> Result<()> {
+        self.trace(
+            "PerfDisableGroup",
+            TraceRequest::PerfDisableGroup { ids: ids.to_vec() },
+        )
+        .map(|_| ())
+    }
+
     /// Read a perf event.
     fn perf_read(&mut self, id: u32) -> Result<PerfValue> {
         match self.trace("PerfRead", TraceRequest::PerfRead { id })? {

@@ -210,6 +210,19 @@ fn protocol_probes_refusals_and_counts() {
         v.value,
         "disabled: frozen"
     );
+    // A group starts all or nothing: an unknown id leaves the others off.
+    let e = client.perf_enable_group(&[ticks, 999_999]).unwrap_err();
+    assert_eq!(e.kernel_reply().unwrap().code, ErrorCode::NotFound);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        client.perf_read(ticks).unwrap().value,
+        v.value,
+        "not started"
+    );
+    client.perf_enable_group(&[ticks]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    client.perf_disable_group(&[ticks]).unwrap();
+    assert!(client.perf_read(ticks).unwrap().value > v.value);
     client.perf_close(ticks).unwrap();
     let e = client
         .perf_open(PerfEvent::Hardware(HardwareEvent::Instructions))

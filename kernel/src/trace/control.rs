@@ -295,6 +295,12 @@ pub fn handle(req: TraceRequest) -> Response {
         TraceRequest::PerfDisable { id } => perf::disable(id)
             .map(|_| Response::Ok)
             .unwrap_or_else(perf_err),
+        TraceRequest::PerfEnableGroup { ids } => perf::enable_group(&ids)
+            .map(|_| Response::Ok)
+            .unwrap_or_else(perf_err),
+        TraceRequest::PerfDisableGroup { ids } => perf::disable_group(&ids)
+            .map(|_| Response::Ok)
+            .unwrap_or_else(perf_err),
         TraceRequest::PerfRead { id } => match perf::read(id) {
             Ok(v) => ok(TraceResponse::PerfValue(v)),
             Err(e) => perf_err(e),

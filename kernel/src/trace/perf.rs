@@ -270,10 +270,39 @@ pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
 
 /// Start counting or sampling.
 pub fn enable(id: u32) -> Result<(), PerfError> {
+    enable_group(&[id])
+}
+
+/// Start every event of `ids` at one instant: interrupts stay off from the
+/// first to the last, so no tick, interrupt or context switch falls
+/// between them. Nothing changes if one id is unknown.
+pub fn enable_group(ids: &[u32]) -> Result<(), PerfError> {
+    group(ids, start)
+}
+
+/// Stop every event of `ids` at one instant (see [`enable_group`]).
+pub fn disable_group(ids: &[u32]) -> Result<(), PerfError> {
+    group(ids, stop)
+}
+
+fn group(ids: &[u32], f: fn(&mut Event)) -> Result<(), PerfError> {
     let mut events = EVENTS.lock();
-    let ev = events.get_mut(&id).ok_or(PerfError::NotFound(id))?;
+    if let Some(&missing) = ids.iter().find(|id| !events.contains_key(id)) {
+        return Err(PerfError::NotFound(missing));
+    }
+    let was = crate::arch::irq_save();
+    for id in ids {
+        if let Some(ev) = events.get_mut(id) {
+            f(ev);
+        }
+    }
+    crate::arch::irq_restore(was);
+    Ok(())
+}
+
+fn start(ev: &mut Event) {
     if ev.enabled {
-        return Ok(());
+        return;
     }
     ev.enabled = true;
     ev.enabled_at_ns = crate::time::now_ns();
@@ -291,7 +320,6 @@ pub fn enable(id: u32) -> Result<(), PerfError> {
             SAMPLING.store(true, Ordering::Release);
         }
     }
-    Ok(())
 }
 
 /// Stop counting or sampling; the value is kept.

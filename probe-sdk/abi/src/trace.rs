@@ -61,6 +61,11 @@ pub enum TraceRequest {
     PerfEnable { id: u32 },
     /// Stop counting / sampling (the value is kept).
     PerfDisable { id: u32 },
+    /// Start several events at one instant (no interrupt or context switch
+    /// in between), so counters of the same thing agree; all or nothing.
+    PerfEnableGroup { ids: Vec<u32> },
+    /// Stop several events at one instant; all or nothing.
+    PerfDisableGroup { ids: Vec<u32> },
     /// Read a counter: [`TraceResponse::PerfValue`].
     PerfRead { id: u32 },
     /// Take up to `max` samples of a sampling event:

@@ -342,17 +342,10 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
         let r = (|| -> anyhow::Result<()> {
             // Elapsed spans enable to disable: the window task-clock counts.
             let t = Instant::now();
-            for c in &counters {
-                if let Some(id) = c.id {
-                    client.perf_enable(id)?;
-                }
-            }
+            let ids: Vec<u32> = counters.iter().filter_map(|c| c.id).collect();
+            client.perf_enable_group(&ids)?;
             do_work(&mut client, &work, !args.json)?;
-            for c in &counters {
-                if let Some(id) = c.id {
-                    client.perf_disable(id)?;
-                }
-            }
+            client.perf_disable_group(&ids)?;
             elapsed.push(t.elapsed().as_secs_f64());
             for (i, c) in counters.iter().enumerate() {
                 match c.id {
@@ -429,11 +422,8 @@ fn interval_stat(
     };
     let counters = kp::open_counters(client, evs)?;
     let r = (|| -> anyhow::Result<()> {
-        for c in &counters {
-            if let Some(id) = c.id {
-                client.perf_enable(id)?;
-            }
-        }
+        let ids: Vec<u32> = counters.iter().filter_map(|c| c.id).collect();
+        client.perf_enable_group(&ids)?;
         if !json {
             println!("#           time             counts unit events");
         }

@@ -166,11 +166,8 @@ fn measure(
     let r = (|| -> anyhow::Result<(Vec<Option<u64>>, f64, u64)> {
         // Elapsed spans enable to disable: the window the counters count.
         let t = Instant::now();
-        for c in &counters {
-            if let Some(id) = c.id {
-                client.perf_enable(id)?;
-            }
-        }
+        let ids: Vec<u32> = counters.iter().filter_map(|c| c.id).collect();
+        client.perf_enable_group(&ids)?;
         let report = tools::run_workload_with_events(
             client,
             &spec,
@@ -181,11 +178,7 @@ fn measure(
             },
             |_| {},
         )?;
-        for c in &counters {
-            if let Some(id) = c.id {
-                client.perf_disable(id)?;
-            }
-        }
+        client.perf_disable_group(&ids)?;
         let elapsed = t.elapsed().as_secs_f64();
         println!(
             "\r  {} I/Os in {:.2} s: {:.0} IOPS, mean latency {:.1} us, {} errors{}",
