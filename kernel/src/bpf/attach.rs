@@ -77,6 +77,21 @@ fn regs_bytes(r: &PtRegs, out: &mut [u8]) {
 
 const PT_REGS: usize = 168;
 
+/// Runs `prog` on a `pt_regs` context (kprobes and kretprobes).
+fn run_on_regs(prog: &Program, hits: &AtomicU64, regs: &PtRegs, func_ip: u64) {
+    let mut ctx = [0u8; PT_REGS];
+    regs_bytes(regs, &mut ctx);
+    hits.fetch_add(1, Ordering::Relaxed);
+    prog.run(
+        &mut ctx,
+        &HitInfo {
+            func_ip,
+            rip: regs.rip,
+            rbp: regs.rbp,
+        },
+    );
+}
+
 struct BpfKprobe {
     prog: Arc<Program>,
     hits: Arc<AtomicU64>,
@@ -85,23 +100,13 @@ struct BpfKprobe {
 
 impl KprobeHandler for BpfKprobe {
     fn pre(&self, regs: &mut PtRegs) {
-        let mut ctx = [0u8; PT_REGS];
-        regs_bytes(regs, &mut ctx);
-        self.hits.fetch_add(1, Ordering::Relaxed);
-        self.prog.run(
-            &mut ctx,
-            &HitInfo {
-                func_ip: self.func,
-                rip: regs.rip,
-                rbp: regs.rbp,
-            },
-        );
+        run_on_regs(&self.prog, &self.hits, regs, self.func);
     }
     fn kind(&self) -> &'static str {
         "bpf"
     }
     fn missed(&self) {
-        self.prog.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.prog.count_miss();
     }
 }
 
@@ -112,23 +117,13 @@ struct BpfKretprobe {
 
 impl KretprobeHandler for BpfKretprobe {
     fn ret(&self, regs: &mut PtRegs, inst: &RetInstance) {
-        let mut ctx = [0u8; PT_REGS];
-        regs_bytes(regs, &mut ctx);
-        self.hits.fetch_add(1, Ordering::Relaxed);
-        self.prog.run(
-            &mut ctx,
-            &HitInfo {
-                func_ip: inst.func,
-                rip: regs.rip,
-                rbp: regs.rbp,
-            },
-        );
+        run_on_regs(&self.prog, &self.hits, regs, inst.func);
     }
     fn kind(&self) -> &'static str {
         "bpf"
     }
     fn missed(&self) {
-        self.prog.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.prog.count_miss();
     }
 }
 
@@ -163,7 +158,7 @@ impl TracepointHandler for BpfTracepoint {
         "bpf"
     }
     fn missed(&self) {
-        self.prog.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.prog.count_miss();
     }
 }
 
@@ -190,7 +185,7 @@ impl PerfHandler for BpfPerf {
         );
     }
     fn missed(&self) {
-        self.prog.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.prog.count_miss();
     }
 }
 

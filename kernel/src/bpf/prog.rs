@@ -252,20 +252,27 @@ fn empty_report() -> VerifierReport {
 }
 
 impl Program {
+    /// Counts a hit the program did not run on: nested in another run or
+    /// probe handler, no free return instance, or a context of the wrong
+    /// size.
+    pub fn count_miss(&self) {
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Runs the program on `ctx` (which must be `ctx_size` bytes). Returns
     /// r0, or `None` if it did not run (nested hit: a miss) or faulted
     /// (counted, last error kept). Never allocates; safe in any context.
     pub fn run(&self, ctx: &mut [u8], hit: &HitInfo) -> Option<u64> {
         if ctx.len() != self.ctx_size {
-            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            self.count_miss();
             return None;
         }
         let Some(mut vm_guard) = VM.try_lock() else {
-            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            self.count_miss();
             return None;
         };
         let Some(vm) = vm_guard.as_mut() else {
-            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            self.count_miss();
             return None;
         };
         let cpu = crate::percpu::this_cpu();

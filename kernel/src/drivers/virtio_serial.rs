@@ -97,7 +97,7 @@ struct Inner {
     ctrl_tx: VirtQueue<KernelHal, CTRL_SLOTS>,
     ctrl_rx_bufs: Vec<Box<[u8]>>,
     ctrl_rx_posted: VecDeque<(u16, usize)>,
-    ctrl_tx_posted: VecDeque<(u16, Box<[u8; 8]>)>,
+    ctrl_tx_posted: VecDeque<(u16, Box<[u8]>)>,
     ports: Vec<Port>,
     /// Where received bytes go (interrupt context, lock held), with the
     /// index of the port in the list given to [`probe`].
@@ -152,14 +152,23 @@ impl Port {
     }
 
     fn reap_tx(&mut self) {
-        while let Some((t, buf)) = self.tx_posted.front() {
-            if self.tx.peek_used() != Some(*t) {
-                break;
-            }
-            // SAFETY: the same buffer that was added with this token.
-            let _ = unsafe { self.tx.pop_used(*t, &[&buf[..]], &mut []) };
-            self.tx_posted.pop_front();
+        reap_sent(&mut self.tx, &mut self.tx_posted);
+    }
+}
+
+/// Frees the transmit buffers the device has finished with, in ring order.
+/// `posted` holds each buffer with the token `add` returned for it.
+fn reap_sent<const N: usize, B: AsRef<[u8]>>(
+    queue: &mut VirtQueue<KernelHal, N>,
+    posted: &mut VecDeque<(u16, B)>,
+) {
+    while let Some((t, buf)) = posted.front() {
+        if queue.peek_used() != Some(*t) {
+            break;
         }
+        // SAFETY: the same buffer that was added with this token.
+        let _ = unsafe { queue.pop_used(*t, &[buf.as_ref()], &mut []) };
+        posted.pop_front();
     }
 }
 
@@ -175,7 +184,7 @@ impl Inner {
 
     fn send_ctrl(&mut self, id: u32, event: u16, value: u16) {
         self.reap_ctrl_tx();
-        let mut msg = Box::new([0u8; 8]);
+        let mut msg: Box<[u8]> = Box::new([0u8; 8]);
         msg[..4].copy_from_slice(&id.to_le_bytes());
         msg[4..6].copy_from_slice(&event.to_le_bytes());
         msg[6..].copy_from_slice(&value.to_le_bytes());
@@ -193,14 +202,7 @@ impl Inner {
     }
 
     fn reap_ctrl_tx(&mut self) {
-        while let Some((t, msg)) = self.ctrl_tx_posted.front() {
-            if self.ctrl_tx.peek_used() != Some(*t) {
-                break;
-            }
-            // SAFETY: the same buffer that was added with this token.
-            let _ = unsafe { self.ctrl_tx.pop_used(*t, &[&msg[..]], &mut []) };
-            self.ctrl_tx_posted.pop_front();
-        }
+        reap_sent(&mut self.ctrl_tx, &mut self.ctrl_tx_posted);
     }
 
     fn control_message(&mut self, msg: &[u8]) {
