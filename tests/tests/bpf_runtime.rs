@@ -694,3 +694,170 @@ fn events_reach_the_subscribing_session_while_another_works() {
     assert_eq!((seqs.len() as u64, lost), (u64::from(n), 0));
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
 }
+
+/// `ProgLoad` of `insns` instructions of straight-line code.
+fn straight_line(name: &str, insns: usize) -> ProgramLoad {
+    let mut src = String::new();
+    for i in 0..insns - 1 {
+        src.push_str(&format!("mov %r0, {}\n", i % 1000));
+    }
+    src.push_str("exit\n");
+    kprobe_prog(name, &src)
+}
+
+/// Forward branches on an unknown value, each fall-through changing r0:
+/// every path differs, so the verifier stores a state at each branch.
+fn state_hungry(branches: usize) -> ProgramLoad {
+    let mut src = String::from("ldxdw %r2, [%r1+112]\nmov %r0, 0\n");
+    for i in 0..branches {
+        src.push_str(&format!("jgt %r2, {i}, l{i}\nadd %r0, 1\nl{i}:\n"));
+    }
+    src.push_str("exit\n");
+    kprobe_prog("hungry", &src)
+}
+
+#[test]
+fn a_full_kernel_heap_is_a_clean_refusal() {
+    let mut vm = TestVm::boot("bpf-heap");
+    let mut client = vm.client();
+    let heap = client.info().unwrap().heap_total_bytes;
+    let mut rt = Runtime::new(&mut client);
+    let (limits, _) = rt.limits().unwrap();
+
+    // Limits the heap cannot honour are refused.
+    for (bytes, insns) in [(u64::MAX, 4096), (heap, 4096), (1 << 20, 1_000_001)] {
+        let e = rt
+            .set_limits(Limits {
+                map_memory_bytes: bytes,
+                insns_per_program: insns,
+                ..limits.clone()
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+        assert!(
+            e.to_string().contains("more than this kernel can hold"),
+            "{e}"
+        );
+    }
+    // The most the kernel allows: map memory up to the heap less its
+    // reserve, which the kernel's own use already eats into.
+    rt.set_limits(Limits {
+        map_memory_bytes: heap - (12 << 20),
+        maps: 1000,
+        ..limits.clone()
+    })
+    .unwrap();
+
+    // Fill the heap with 4 MiB maps, then with 128 KiB ones: both end in
+    // the heap's refusal, never in the map-memory limit.
+    let mut maps = Vec::new();
+    for value_size in [4096, 128] {
+        let e = loop {
+            let name = format!("fill{}", maps.len());
+            match rt.map_create(def(&name, map_type::ARRAY, 4, value_size, 1024)) {
+                Ok(m) => maps.push(m.id),
+                Err(e) => break e,
+            }
+            assert!(maps.len() < 1000, "the heap never filled");
+        };
+        assert_eq!(
+            (e.code(), e.errno()),
+            (Some(ErrorCode::Limit), Some(-12)),
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("KiB the kernel keeps for itself")
+                || text.contains("kept for the kernel itself"),
+            "{text}"
+        );
+    }
+    eprintln!("{} maps filled the heap", maps.len());
+
+    // Nothing large fits now: a program to verify, a 1 MiB request.
+    let e = rt
+        .prog_load(
+            kprobe_prog("count", COUNT),
+            vec![maps[0]],
+            LoadOptions::default(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.errno()),
+        (Some(ErrorCode::Limit), Some(-12)),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("program `count` (kprobe/count): verifying 11 instructions needs"),
+        "{e}"
+    );
+    let e = rt
+        .prog_load(
+            straight_line("big", 131_072),
+            vec![],
+            LoadOptions::default(),
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Limit), "{e}");
+    assert!(e.to_string().contains("a request of 10"), "{e}");
+    // Small requests still work, and freeing the maps gives the heap back.
+    assert!(rt.maps().unwrap().len() == maps.len());
+    for m in maps {
+        rt.map_free(m).unwrap();
+    }
+    rt.set_limits(limits).unwrap();
+    let p = rt
+        .prog_load(straight_line("big", 60_000), vec![], LoadOptions::default())
+        .unwrap();
+    assert!(p.verifier.accepted);
+    rt.prog_unload(p.id).unwrap();
+
+    // A program whose states outgrow the verifier's memory is refused as
+    // too complex, with the budget the kernel gave it.
+    let e = rt
+        .prog_load(state_hungry(20_000), vec![], LoadOptions::default())
+        .unwrap_err();
+    let RuntimeError::Rejected(r) = &e else {
+        panic!("{e}")
+    };
+    let message = r.report.message.clone().unwrap_or_default();
+    eprintln!(
+        "state-hungry program: refused after {} states, {} insns processed, {} ms",
+        r.report.states_stored,
+        r.report.insns_processed,
+        r.report.time_ns / 1_000_000
+    );
+    assert!(
+        message.contains(
+            "program too complex: its stored states and pending branches need more than the verifier's 49152 KiB of state memory"
+        ),
+        "{message}"
+    );
+
+    // Trigger tasks: at most 8 at once.
+    for _ in 0..8 {
+        rt.trigger_spawn(1_000_000).unwrap();
+    }
+    let e = rt.trigger_spawn(1).unwrap_err();
+    assert_eq!(
+        (e.code(), e.errno()),
+        (Some(ErrorCode::Limit), Some(-11)),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("8 trigger tasks are still running"),
+        "{e}"
+    );
+    let e = rt.trigger_spawn(u32::MAX).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("exceeds the limit of 10000000 calls"),
+        "{e}"
+    );
+    let (_, usage) = rt.limits().unwrap();
+    assert_eq!(
+        (usage.maps, usage.programs, usage.map_memory_bytes),
+        (0, 0, 0)
+    );
+}

@@ -82,6 +82,8 @@ pub(crate) struct Checker<'a> {
     pub stats: Stats,
     pub log: Log,
     noted_div: Vec<bool>,
+    /// Heap bytes held by `nodes` and `pending` (see [`Config::max_state_bytes`]).
+    state_bytes: usize,
     /// Set by a step whose safety depended on a scalar's value.
     need_precise: bool,
 }
@@ -104,6 +106,7 @@ impl<'a> Checker<'a> {
             stats,
             log: Log::new(cfg.log_level, cfg.log_limit),
             noted_div: vec![false; n],
+            state_bytes: 0,
             need_precise: false,
         }
     }
@@ -147,14 +150,18 @@ impl<'a> Checker<'a> {
             next_id: 0,
         };
         init.frames[0].regs[1] = Reg::ptr(PtrKind::Ctx);
-        self.pending.push(Pending {
-            state: init,
-            pc: 0,
-            parent: None,
-            from: 0,
-            since: 0,
-        });
+        self.push_pending(
+            0,
+            Pending {
+                state: init,
+                pc: 0,
+                parent: None,
+                from: 0,
+                since: 0,
+            },
+        )?;
         while let Some(p) = self.pending.pop() {
+            self.state_bytes -= Self::pending_bytes(&p);
             let Pending {
                 state: mut st,
                 mut pc,
@@ -237,16 +244,19 @@ impl<'a> Checker<'a> {
                                 ),
                             ));
                         }
+                        self.push_pending(
+                            pc,
+                            Pending {
+                                state: other,
+                                pc: other_pc,
+                                parent,
+                                from: pc,
+                                since,
+                            },
+                        )?;
                         if let Some(p) = parent {
                             self.nodes[p as usize].branches += 1;
                         }
-                        self.pending.push(Pending {
-                            state: other,
-                            pc: other_pc,
-                            parent,
-                            from: pc,
-                            since,
-                        });
                         self.peak();
                         pc = n;
                     }
@@ -258,6 +268,60 @@ impl<'a> Checker<'a> {
             }
         }
         Ok(())
+    }
+
+    fn pending_bytes(p: &Pending) -> usize {
+        // A Vec's capacity is at most twice its length, and growing it holds
+        // the old block and the new one: three slots per element.
+        p.state.heap_bytes() + 3 * core::mem::size_of::<Pending>()
+    }
+
+    /// Queues a branch to explore, charging its state's memory.
+    fn push_pending(&mut self, pc: usize, p: Pending) -> R<()> {
+        self.charge(pc, &p.state, Self::pending_bytes(&p))?;
+        if self.pending.try_reserve(1).is_err() {
+            return Err(self.out_of_memory(pc));
+        }
+        self.pending.push(p);
+        Ok(())
+    }
+
+    /// Counts `bytes` more of state memory, refusing the program when that
+    /// goes past [`Config::max_state_bytes`].
+    fn charge(&mut self, pc: usize, st: &State, bytes: usize) -> R<()> {
+        let total = self.state_bytes.saturating_add(bytes);
+        if total > self.cfg.max_state_bytes {
+            return Err(self.err_at(
+                pc,
+                Some(st),
+                Rule::Complexity,
+                format!(
+                    "program too complex: its stored states and pending branches need more than the verifier's {} KiB of state memory (processed {} instructions, stored {} states, {} branches pending)",
+                    self.cfg.max_state_bytes >> 10,
+                    self.stats.insns_processed,
+                    self.stats.states_stored,
+                    self.pending.len()
+                ),
+            ));
+        }
+        self.state_bytes = total;
+        self.stats.peak_state_bytes = self.stats.peak_state_bytes.max(total as u64);
+        Ok(())
+    }
+
+    /// The allocator refused memory for a state: a refusal, not a panic.
+    /// (No register dump: that would allocate again.)
+    fn out_of_memory(&self, pc: usize) -> VerifyError {
+        self.err_at(
+            pc,
+            None,
+            Rule::Complexity,
+            format!(
+                "out of memory: no room for another verifier state after storing {} ({} KiB)",
+                self.stats.states_stored,
+                self.state_bytes >> 10
+            ),
+        )
     }
 
     fn peak(&mut self) {
@@ -354,6 +418,13 @@ impl<'a> Checker<'a> {
                     self.cfg.max_states, self.stats.insns_processed
                 ),
             ));
+        }
+        // As for pending branches: three slots per element in `nodes` and
+        // in the instruction's list.
+        let slots = 3 * (core::mem::size_of::<Node>() + core::mem::size_of::<u32>());
+        self.charge(pc, st, st.heap_bytes() + slots)?;
+        if self.nodes.try_reserve(1).is_err() || self.at[pc].try_reserve(1).is_err() {
+            return Err(self.out_of_memory(pc));
         }
         let id = self.nodes.len() as u32;
         self.nodes.push(Node {

@@ -82,6 +82,8 @@ pub struct Stats {
     pub states_stored: u64,
     /// Largest number of stored states plus pending branches at any time.
     pub peak_states: u64,
+    /// Most heap bytes held by stored and pending states at any time.
+    pub peak_state_bytes: u64,
     /// Paths cut short because an explored state included them.
     pub states_pruned: u64,
     /// Deepest stack use of each subprogram, in bytes.
@@ -110,6 +112,12 @@ pub struct Config<'a> {
     pub max_insns: u64,
     /// Stop with "program too complex" after storing this many states.
     pub max_states: u64,
+    /// Stop with "program too complex" when the states stored at prune
+    /// points and the branches waiting to be explored would take more than
+    /// this many bytes of heap. An embedder with a bounded heap (a kernel)
+    /// sets it from the memory it can spare, so verifying a hostile program
+    /// ends in a refusal rather than an allocation failure.
+    pub max_state_bytes: usize,
     /// Stored states kept per instruction (older ones still prune; newer are not stored).
     pub max_states_per_insn: usize,
     /// Allow pointers to escape into maps, helpers and r0 (Linux privileged mode).
@@ -132,6 +140,7 @@ impl Default for Config<'_> {
             max_insns: 1_000_000,
             max_states: 64 * 1024,
             max_states_per_insn: 64,
+            max_state_bytes: 512 << 20,
             allow_ptr_leaks: false,
             allow_uninit_stack: false,
             log_level: 0,

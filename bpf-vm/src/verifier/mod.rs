@@ -163,6 +163,28 @@ pub fn verify(prog: &[Insn], env: &Env<'_>, config: &Config<'_>) -> Result<Repor
     }
 }
 
+/// An upper bound on the heap [`verify`] takes for a program of `insns`
+/// slots apart from its states (which [`Config::max_state_bytes`] bounds):
+/// the control-flow tables, per-instruction state lists and the log. A
+/// kernel checks that this plus the state budget is free before verifying,
+/// so no allocation of the verifier can fail. (`tests/verifier_memory.rs`
+/// measures the real peak against it.)
+pub fn fixed_memory_bytes(insns: usize, config: &Config<'_>) -> usize {
+    // Per slot: the state lists (24), control-flow and liveness tables
+    // (about 40), worklists and the call graph in the worst case (about 40).
+    const PER_INSN: usize = 128;
+    // A String doubles as it grows, so the log may reserve twice its limit.
+    let log = if config.log_level > 0 {
+        config.log_limit.saturating_mul(2)
+    } else {
+        0
+    };
+    insns
+        .saturating_mul(PER_INSN)
+        .saturating_add(log)
+        .saturating_add(64 << 10)
+}
+
 /// Decodes raw instruction bytes and verifies them; a decoding failure is a
 /// [`Rule::BadInput`] rejection naming the instruction.
 pub fn verify_bytes(

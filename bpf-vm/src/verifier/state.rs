@@ -341,6 +341,20 @@ impl State {
         &mut self.frames[n]
     }
 
+    /// Heap bytes this state owns (its frames, their stacks and its
+    /// references), which the verifier charges against
+    /// [`Config::max_state_bytes`](super::Config::max_state_bytes).
+    pub fn heap_bytes(&self) -> usize {
+        let stacks: usize = self
+            .frames
+            .iter()
+            .map(|f| f.stack.capacity() * core::mem::size_of::<Slot>())
+            .sum();
+        self.frames.capacity() * core::mem::size_of::<Frame>()
+            + stacks
+            + self.refs.capacity() * core::mem::size_of::<RefState>()
+    }
+
     /// A fresh id for a new maybe-NULL pointer or reference.
     pub fn new_id(&mut self) -> u32 {
         self.next_id = self.next_id.wrapping_add(1).max(1);

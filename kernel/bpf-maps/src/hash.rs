@@ -21,7 +21,7 @@ use alloc::vec::Vec;
 use hashbrown::HashTable;
 
 use crate::epoch::Epochs;
-use crate::store::Slab;
+use crate::store::{try_filled, Slab};
 use crate::{round8, update_flags, MapError, MapSpec, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 
 const NIL: u32 = u32::MAX;
@@ -106,8 +106,13 @@ impl HashMap {
         retired
             .try_reserve_exact(cap)
             .map_err(|_| MapError::NoMemory)?;
+        // Popped from the back: hand out low slots first.
+        let mut free = Vec::new();
+        free.try_reserve_exact(cap)
+            .map_err(|_| MapError::NoMemory)?;
+        free.extend((0..cap as u32).rev());
         let (prev, next) = if lru {
-            (vec![NIL; cap], vec![NIL; cap])
+            (try_filled(NIL, cap)?, try_filled(NIL, cap)?)
         } else {
             (Vec::new(), Vec::new())
         };
@@ -121,10 +126,9 @@ impl HashMap {
             keys: Slab::new(key_bytes)?,
             values: Slab::new(value_bytes)?,
             table,
-            hashes: vec![0; cap],
-            live: vec![false; cap],
-            // Popped from the back: hand out low slots first.
-            free: (0..cap as u32).rev().collect(),
+            hashes: try_filled(0, cap)?,
+            live: try_filled(false, cap)?,
+            free,
             retired,
             count: 0,
             epochs,

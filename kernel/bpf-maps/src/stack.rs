@@ -9,7 +9,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::store::Slab;
+use crate::store::{try_filled, Slab};
 use crate::{MapError, MapSpec};
 
 /// `BPF_F_SKIP_FIELD_MASK`: frames to skip, in the low 8 bits.
@@ -94,8 +94,8 @@ impl StackTraceMap {
             spec,
             depth: spec.value_size as usize / 8,
             ips: Slab::new(bytes)?,
-            lens: vec![0; n],
-            hashes: vec![0; n],
+            lens: try_filled(0, n)?,
+            hashes: try_filled(0, n)?,
         })
     }
 

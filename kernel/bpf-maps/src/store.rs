@@ -140,3 +140,12 @@ impl Drop for Slab {
         }
     }
 }
+
+/// `n` copies of `value`, or [`MapError::NoMemory`]: creating a map must
+/// end in a refusal, not an aborted kernel, when the heap is short.
+pub(crate) fn try_filled<T: Clone>(value: T, n: usize) -> Result<alloc::vec::Vec<T>, MapError> {
+    let mut v = alloc::vec::Vec::new();
+    v.try_reserve_exact(n).map_err(|_| MapError::NoMemory)?;
+    v.resize(n, value);
+    Ok(v)
+}

@@ -34,6 +34,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use ktrace_abi::bpf::{
     BpfRequest, BpfResponse, Limits, LinkInfo, LoadOptions, MapDefinition, MapEntry, ObjectLoad,
@@ -61,6 +62,15 @@ static RT: spin::Mutex<Runtime> = spin::Mutex::new(Runtime {
     links: BTreeMap::new(),
     limits: DEFAULT_LIMITS,
 });
+
+/// Largest `insns_per_program` a host may set (Linux's limit as well).
+const MAX_INSNS_PER_PROGRAM: u32 = 1_000_000;
+
+/// Largest `map_memory_bytes` a host may set: the heap less its reserve.
+/// (Maps are also refused when the heap itself runs short.)
+fn max_map_memory() -> u64 {
+    crate::mm::heap::total_bytes().saturating_sub(crate::mm::heap::RESERVE_BYTES as u64)
+}
 
 /// Limits at boot.
 const DEFAULT_LIMITS: Limits = Limits {
@@ -212,8 +222,12 @@ impl Runtime {
                 }
             })?;
             let id = self.id();
-            let m = KMap::create(id, d, epochs().clone()).map_err(|e| {
-                map_error(
+            // Preallocation is fallible and guarded: a map the heap cannot
+            // spare is refused before it eats into the kernel's reserve.
+            let created = crate::mm::heap::guarded(|| KMap::create(id, d, epochs().clone()));
+            let m = created.map_err(|e| {
+                let no_memory = e == MapError::NoMemory;
+                let mut refusal = map_error(
                     e,
                     &format!(
                         "map `{}` (type {} {}, key {} B, value {} B, {} entries)",
@@ -224,7 +238,12 @@ impl Runtime {
                         d.value_size,
                         d.max_entries
                     ),
-                )
+                );
+                if let (true, Response::Error(r)) = (no_memory, &mut refusal) {
+                    r.message.push_str("; ");
+                    r.message.push_str(&crate::mm::heap::describe());
+                }
+                refusal
             })?;
             memory += m.memory_bytes;
             if memory > self.limits.map_memory_bytes {
@@ -276,6 +295,11 @@ impl Runtime {
             Err(LoadError::Invalid(m)) => Err(error(
                 ErrorCode::InvalidArgument,
                 -22,
+                format!("program `{}` ({}): {m}", p.name, p.section),
+            )),
+            Err(LoadError::NoMemory(m)) => Err(error(
+                ErrorCode::Limit,
+                -12,
                 format!("program `{}` ({}): {m}", p.name, p.section),
             )),
             Err(LoadError::Rejected(report)) => {
@@ -365,6 +389,58 @@ fn check_sync_count(what: &str, count: u32) -> Result<(), Response> {
         ));
     }
     Ok(())
+}
+
+/// Most `TriggerSpawn` tasks alive at once: each takes a stack, and a
+/// host repeating the request must not be able to fill the heap with them.
+const MAX_TRIGGER_TASKS: u32 = 8;
+/// Most calls one `TriggerSpawn` task makes.
+const MAX_SPAWNED_CALLS: u32 = 10 * MAX_SYNC_CALLS;
+static TRIGGER_TASKS: AtomicU32 = AtomicU32::new(0);
+
+/// Starts a task that makes `count` traced calls, yielding every 1000.
+fn spawn_trigger(count: u32) -> Result<(), Response> {
+    if count > MAX_SPAWNED_CALLS {
+        return Err(error(
+            ErrorCode::Limit,
+            -7,
+            format!("TriggerSpawn count {count} exceeds the limit of {MAX_SPAWNED_CALLS} calls per task"),
+        ));
+    }
+    let running = TRIGGER_TASKS.fetch_add(1, Ordering::AcqRel);
+    let refuse = |code, errno, message: String| {
+        TRIGGER_TASKS.fetch_sub(1, Ordering::AcqRel);
+        Err(error(code, errno, message))
+    };
+    if running >= MAX_TRIGGER_TASKS {
+        return refuse(
+            ErrorCode::Limit,
+            -11,
+            format!(
+                "{running} trigger tasks are still running, the most there may be at once (EAGAIN)"
+            ),
+        );
+    }
+    if let Err(full) = crate::mm::heap::check_room(crate::task::STACK_BYTES) {
+        return refuse(ErrorCode::Limit, -12, format!("a trigger task {full}"));
+    }
+    let spawned = crate::task::spawn("bpf-trigger", move || {
+        // Yield now and then so the control task keeps answering.
+        for chunk in 0..count.div_ceil(1000) {
+            let n = (count - chunk * 1000).min(1000);
+            testing::trigger(n, u64::from(chunk) * 1000);
+            crate::task::yield_now();
+        }
+        TRIGGER_TASKS.fetch_sub(1, Ordering::AcqRel);
+    });
+    match spawned {
+        Some(_) => Ok(()),
+        None => refuse(
+            ErrorCode::Other,
+            -12,
+            String::from("cannot spawn the trigger task: no memory for its stack"),
+        ),
+    }
 }
 
 /// Context for a test run: the bytes the host sent, and hit information
@@ -663,6 +739,21 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
             usage: Box::new(rt.usage()),
         }),
         BpfRequest::SetLimits(l) => {
+            // A limit the heap cannot honour would only move the refusal
+            // to an allocation deep inside a request.
+            let heap_cap = max_map_memory();
+            if l.map_memory_bytes > heap_cap || l.insns_per_program > MAX_INSNS_PER_PROGRAM {
+                return Err(error(
+                    ErrorCode::InvalidArgument,
+                    -22,
+                    format!(
+                        "limits of {} map bytes and {} instructions per program are more than this kernel can hold: at most {heap_cap} map bytes (its heap is {} bytes) and {MAX_INSNS_PER_PROGRAM} instructions",
+                        l.map_memory_bytes,
+                        l.insns_per_program,
+                        crate::mm::heap::total_bytes()
+                    ),
+                ));
+            }
             let u = rt.usage();
             if u.map_memory_bytes > l.map_memory_bytes || u.programs > l.programs || u.maps > l.maps
             {
@@ -690,24 +781,8 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
         }
         BpfRequest::TriggerSpawn { count } => {
             drop(rt);
-            let spawned = crate::task::spawn("bpf-trigger", move || {
-                // Yield now and then so the control task keeps answering.
-                for chunk in 0..count.div_ceil(1000) {
-                    let n = (count - chunk * 1000).min(1000);
-                    testing::trigger(n, u64::from(chunk) * 1000);
-                    crate::task::yield_now();
-                }
-            });
-            match spawned {
-                Some(_) => Response::Ok,
-                None => {
-                    return Err(error(
-                        ErrorCode::Other,
-                        -12,
-                        String::from("cannot spawn the trigger task"),
-                    ))
-                }
-            }
+            spawn_trigger(count)?;
+            Response::Ok
         }
         BpfRequest::Bench { count } => {
             drop(rt);

@@ -81,7 +81,19 @@ pub enum LoadError {
     Invalid(String),
     /// The verifier rejected the program.
     Rejected(Box<VerifierReport>),
+    /// The kernel heap cannot spare what verifying the program needs.
+    NoMemory(String),
 }
+
+/// Most heap the verifier's states may take for one program. Linux bounds
+/// the verifier by instructions processed; a kernel whose heap is a fixed
+/// block must bound the states' memory as well.
+const MAX_STATE_BYTES: usize = 48 << 20;
+/// Least state memory worth starting a verification with.
+const MIN_STATE_BYTES: usize = 1 << 20;
+/// Heap per instruction outside the verifier: the decoded program, the
+/// interpreter's copy and the kept bytes.
+const LOADED_BYTES_PER_INSN: usize = 64;
 
 /// The interpreter of this CPU (one CPU today). Taken with `try_lock`: a
 /// program that fires while another runs on the same CPU is a miss.
@@ -153,12 +165,24 @@ pub fn load(
                 .collect()
         })
         .unwrap_or_default();
-    let config = Config {
+    let mut config = Config {
         log_level,
         line_info: &line_info,
         clock: Some(crate::time::now_ns),
         ..Config::default()
     };
+    // Check the heap first: the verifier's tables and the loaded program
+    // must fit, and its states get what is left, so none of its
+    // allocations can fail.
+    let n = p.insns.len() / 8;
+    let fixed = verifier::fixed_memory_bytes(n, &config)
+        + n * (core::mem::size_of::<bpf_vm::insn::Insn>() + LOADED_BYTES_PER_INSN);
+    if let Err(full) = crate::mm::heap::check_room(fixed + MIN_STATE_BYTES) {
+        return Err(LoadError::NoMemory(alloc::format!(
+            "verifying {n} instructions {full}"
+        )));
+    }
+    config.max_state_bytes = (crate::mm::heap::spare_bytes() - fixed).min(MAX_STATE_BYTES);
     let program = match bpf_vm::decode(&p.insns) {
         Ok(prog) => prog,
         Err(e) => {

@@ -78,11 +78,20 @@ static RX_DROPPED: AtomicU64 = AtomicU64::new(0);
 static RX_BYTES: AtomicU64 = AtomicU64::new(0);
 static TX_BYTES: AtomicU64 = AtomicU64::new(0);
 
+/// Bytes the control task takes out of a session's receive buffer at once.
+const RX_CHUNK: usize = 64 << 10;
+
 fn rx_push(rx: &mut VecDeque<u8>, b: u8) {
     RX_BYTES.fetch_add(1, Ordering::Relaxed);
     if rx.len() >= RX_LIMIT {
         rx.pop_front();
         RX_DROPPED.fetch_add(1, Ordering::Relaxed);
+    } else if rx.try_reserve(1).is_err() {
+        // Interrupt context: a failed allocation here would stop the
+        // kernel. The byte is dropped and counted; the frame it belonged
+        // to then fails its CRC and is answered as a bad frame.
+        RX_DROPPED.fetch_add(1, Ordering::Relaxed);
+        return;
     }
     rx.push_back(b);
 }
@@ -340,6 +349,7 @@ struct Session {
 fn control_task(id: usize) {
     let ch = &CHANNELS[id];
     let mut reader = FrameReader::new();
+    let mut chunk: Vec<u8> = Vec::with_capacity(RX_CHUNK);
     let mut session = Session { greeted: false };
     let mut last_rx_ns = crate::time::now_ns();
     let mut disconnects = ch.disconnects.load(Ordering::Acquire);
@@ -367,11 +377,14 @@ fn control_task(id: usize) {
             crate::bpf::events::subscribe(Vec::new(), false);
             log::info!("host disconnected from session {id}");
         }
-        let bytes: Vec<u8> = {
+        chunk.clear();
+        {
             let mut rx = ch.rx.lock();
             drain_uart(&mut rx);
-            rx.drain(..).collect()
-        };
+            let n = rx.len().min(RX_CHUNK);
+            chunk.extend(rx.drain(..n));
+        }
+        let bytes = &chunk;
         if bytes.is_empty() {
             // A header that announced more bytes than ever came would
             // otherwise hold every later request hostage: once the line
@@ -392,7 +405,16 @@ fn control_task(id: usize) {
             continue;
         }
         last_rx_ns = crate::time::now_ns();
-        reader.push(&bytes);
+        if reader.try_push(bytes).is_err() {
+            let n = reader.buffered() + bytes.len();
+            reader.clear();
+            BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+            push(&error(
+                ErrorCode::Limit,
+                format!("kernel heap full: dropped {n} received bytes of an unfinished frame"),
+            ));
+            continue;
+        }
         while let Some(event) = reader.next_event() {
             match event {
                 FrameEvent::Frame(payload) => handle_payload(&mut session, &payload),
@@ -413,6 +435,13 @@ fn control_task(id: usize) {
                         ),
                     ));
                 }
+                FrameEvent::NoMemory(len) => {
+                    BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+                    push(&error(
+                        ErrorCode::Limit,
+                        format!("kernel heap full: no room for a {len}-byte request, dropped"),
+                    ));
+                }
                 FrameEvent::BadCrc => {
                     BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
                     push(&error(
@@ -425,7 +454,33 @@ fn control_task(id: usize) {
     }
 }
 
+/// Heap a decoded request may take per payload byte: its vectors and
+/// strings are copies of payload bytes, and the handler may copy them once.
+const DECODED_BYTES_PER_PAYLOAD_BYTE: usize = 2;
+/// Requests up to this size decode without a heap check.
+const SMALL_REQUEST_BYTES: usize = 64 << 10;
+
 fn handle_payload(session: &mut Session, payload: &[u8]) {
+    // Small requests always decode: the heap's reserve covers them, and a
+    // delete that would free memory must get through on a full heap.
+    let room = if payload.len() > SMALL_REQUEST_BYTES {
+        crate::mm::heap::check_room(payload.len() * DECODED_BYTES_PER_PAYLOAD_BYTE)
+    } else {
+        Ok(())
+    };
+    if let Err(full) = room {
+        let id = postcard::take_from_bytes::<u32>(payload)
+            .map(|(id, _)| id)
+            .unwrap_or(PUSH_ID);
+        send(
+            id,
+            &error(
+                ErrorCode::Limit,
+                format!("a request of {} bytes {full}", payload.len()),
+            ),
+        );
+        return;
+    }
     let envelope = match ktrace_abi::decode::<Request>(payload) {
         Ok(e) => e,
         Err(e) => {

@@ -18,6 +18,8 @@ pub type Pid = u32;
 /// Kernel stack size per task.
 const STACK_SIZE: usize = 64 * 1024;
 const GUARD: usize = 4096;
+/// Heap a task's stack takes, guard page included.
+pub const STACK_BYTES: usize = STACK_SIZE + GUARD;
 /// Time slice before a runnable task is preempted.
 const SLICE_NS: u64 = 10_000_000;
 

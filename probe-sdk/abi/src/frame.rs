@@ -37,6 +37,8 @@ pub enum FrameEvent {
     TooLong(u32),
     /// The payload's CRC did not match.
     BadCrc,
+    /// No memory for a payload of this many bytes: the frame was dropped.
+    NoMemory(u32),
 }
 
 /// Incremental frame reader: feed it bytes as they arrive, take events out.
@@ -57,6 +59,14 @@ impl FrameReader {
     /// Append received bytes.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Append received bytes, or leave the buffer as it was when there is
+    /// no memory for them (a kernel must not fail an allocation).
+    pub fn try_push(&mut self, bytes: &[u8]) -> Result<(), alloc::collections::TryReserveError> {
+        self.buf.try_reserve(bytes.len())?;
+        self.buf.extend_from_slice(bytes);
+        Ok(())
     }
 
     /// Bytes buffered but not yet consumed.
@@ -104,11 +114,16 @@ impl FrameReader {
         if self.buf.len() < total {
             return None;
         }
-        let payload = self.buf[HEADER_LEN..total].to_vec();
-        if crc32fast::hash(&payload) != crc {
+        if crc32fast::hash(&self.buf[HEADER_LEN..total]) != crc {
             self.buf.drain(..4);
             return Some(FrameEvent::BadCrc);
         }
+        let mut payload = Vec::new();
+        if payload.try_reserve_exact(len as usize).is_err() {
+            self.buf.drain(..total);
+            return Some(FrameEvent::NoMemory(len));
+        }
+        payload.extend_from_slice(&self.buf[HEADER_LEN..total]);
         self.buf.drain(..total);
         Some(FrameEvent::Frame(payload))
     }
