@@ -1,7 +1,7 @@
 //! Per-CPU data. There is one CPU today; everything per-CPU goes through
 //! [`this_cpu`] so SMP can come later by switching the lookup to GS base.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// State owned by one CPU.
 pub struct PerCpu {
@@ -14,6 +14,9 @@ pub struct PerCpu {
     current_comm: [AtomicU64; 2],
     /// Nesting depth of probe/BPF handlers on this CPU (recursion guard).
     pub probe_depth: AtomicU32,
+    /// A handler's `missed` callout is running on this CPU (see
+    /// `DepthGuard::report_miss`).
+    pub miss_callout: AtomicBool,
 }
 
 static CPU0: PerCpu = PerCpu {
@@ -21,6 +24,7 @@ static CPU0: PerCpu = PerCpu {
     current_pid: AtomicU32::new(0),
     current_comm: [AtomicU64::new(0), AtomicU64::new(0)],
     probe_depth: AtomicU32::new(0),
+    miss_callout: AtomicBool::new(false),
 };
 
 /// This CPU's data.

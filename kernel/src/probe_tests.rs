@@ -598,6 +598,69 @@ fn kprobe_recursion(out: &mut Vec<String>) -> bool {
     );
     let _ = kprobe::unregister(po.id());
     let _ = kprobe::unregister(pi.id());
+    ok &= probe_on_a_miss_callout(out);
+    ok
+}
+
+/// Counts the hits its probe missed.
+#[derive(Default)]
+struct CountsMisses(AtomicU64);
+
+impl KprobeHandler for CountsMisses {
+    fn pre(&self, _regs: &mut PtRegs) {}
+
+    #[inline(never)]
+    fn missed(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A probe on a handler's own `missed` callout: the callout runs once per
+/// refused hit and the probe on it counts a miss, where the callout used
+/// to be re-entered until the stack overflowed (found by the request
+/// fuzzer with a kretprobe on such a function).
+fn probe_on_a_miss_callout(out: &mut Vec<String>) -> bool {
+    let mut ok = true;
+    let counter = Arc::new(CountsMisses::default());
+    let callout: fn(&CountsMisses) = <CountsMisses as KprobeHandler>::missed;
+    let Some(pi) = reg(addr_of(inner_target), counter.clone(), out) else {
+        return false;
+    };
+    let Some(pm) = reg(callout as usize as u64, Arc::new(Recorder::default()), out) else {
+        let _ = kprobe::unregister(pi.id());
+        return false;
+    };
+    let Some(po) = reg(add3_addr(), Arc::new(CallsInner), out) else {
+        let _ = kprobe::unregister(pm.id());
+        let _ = kprobe::unregister(pi.id());
+        return false;
+    };
+    for i in 0..10 {
+        black_box(add3(i, 1, 2));
+    }
+    check(
+        out,
+        &mut ok,
+        counter.0.load(Ordering::Relaxed) == 10 && pi.missed() == 10,
+        format!(
+            "miss callout ran {} times for {} inner misses",
+            counter.0.load(Ordering::Relaxed),
+            pi.missed()
+        ),
+    );
+    check(
+        out,
+        &mut ok,
+        pm.hits() == 0 && pm.missed() == 10,
+        format!(
+            "probe on the callout: {} hits, {} missed (hit inside the callout)",
+            pm.hits(),
+            pm.missed()
+        ),
+    );
+    let _ = kprobe::unregister(po.id());
+    let _ = kprobe::unregister(pm.id());
+    let _ = kprobe::unregister(pi.id());
     ok
 }
 

@@ -225,6 +225,17 @@ fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
             });
         }
     }
+    // Buffers, verification tables and a stack per job: all allocated by
+    // the jobs as they start, where a failure could not be answered.
+    let tables: u64 = jobs.iter().filter(|j| j.verify).map(|j| j.blocks * 4).sum();
+    let stacks = (jobs.len() * crate::task::STACK_BYTES) as u64;
+    let needed = usize::try_from(buffers + tables + stacks).unwrap_or(usize::MAX);
+    if let Err(full) = crate::mm::heap::check_room(needed) {
+        return Err(ErrorReply::new(
+            ErrorCode::Limit,
+            format!("the workload's buffers, tables and task stacks {full}"),
+        ));
+    }
     Ok(jobs)
 }
 

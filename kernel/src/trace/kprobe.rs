@@ -455,6 +455,20 @@ impl DepthGuard {
         }
         Some(DepthGuard)
     }
+
+    /// Runs the `missed` callouts for a hit the guard refused, unless such
+    /// callouts already run on this CPU: a probe placed on a `missed`
+    /// handler would otherwise hit inside its own callout, be refused,
+    /// call it again, and recurse until the stack overflows. That inner
+    /// hit still counts in its probe's own `missed`.
+    pub(crate) fn report_miss(callouts: impl FnOnce()) {
+        let running = &this_cpu().miss_callout;
+        if running.swap(true, Ordering::Acquire) {
+            return;
+        }
+        callouts();
+        running.store(false, Ordering::Release);
+    }
 }
 
 impl Drop for DepthGuard {
@@ -489,8 +503,12 @@ fn on_int3(regs: &mut PtRegs, _vector: u8) -> bool {
         None => {
             for p in &site.probes {
                 p.missed.fetch_add(1, Ordering::Relaxed);
-                p.handler.missed();
             }
+            DepthGuard::report_miss(|| {
+                for p in &site.probes {
+                    p.handler.missed();
+                }
+            });
             false
         }
     };

@@ -211,7 +211,7 @@ extern "C" fn kretprobe_trampoline_handler(regs: &mut PtRegs) -> u64 {
             }
             None => {
                 rp.missed.fetch_add(1, Ordering::Relaxed);
-                rp.handler.missed();
+                DepthGuard::report_miss(|| rp.handler.missed());
             }
         }
     }

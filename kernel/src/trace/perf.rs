@@ -532,9 +532,11 @@ fn on_sample_timer(regs: &mut PtRegs, _vector: u8) -> bool {
             h.sample(&s, regs);
         }
     } else if let Some(handlers) = HANDLERS.try_read() {
-        for h in handlers.iter() {
-            h.missed();
-        }
+        DepthGuard::report_miss(|| {
+            for h in handlers.iter() {
+                h.missed();
+            }
+        });
     }
     true
 }

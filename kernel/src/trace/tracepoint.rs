@@ -147,9 +147,11 @@ fn emit_bytes(tp: &Tracepoint, bytes: &[u8], caller_fp: u64) {
         // `try_read`: a writer waiting on this CPU's interrupted reader
         // would never get in; then the handlers do not hear of the miss.
         if let Some(handlers) = tp.handlers.try_read() {
-            for (_, h) in handlers.iter() {
-                h.missed();
-            }
+            DepthGuard::report_miss(|| {
+                for (_, h) in handlers.iter() {
+                    h.missed();
+                }
+            });
         }
         crate::arch::irq_restore(was);
         return;
