@@ -805,6 +805,7 @@ fn a_full_kernel_heap_is_a_clean_refusal() {
         )
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Limit), "{e}");
+    assert_eq!(e.errno(), Some(-12), "{e}");
     assert!(e.to_string().contains("a request of 10"), "{e}");
     eprintln!("refused: {e}");
     // Small requests still work, and freeing the maps gives the heap back.
@@ -843,7 +844,7 @@ fn a_full_kernel_heap_is_a_clean_refusal() {
 
     // Trigger tasks: at most 8 at once.
     for _ in 0..8 {
-        rt.trigger_spawn(1_000_000).unwrap();
+        rt.trigger_spawn(10_000_000).unwrap();
     }
     let e = rt.trigger_spawn(1).unwrap_err();
     assert_eq!(

@@ -34,6 +34,21 @@ pub mod map_type {
     /// Map types whose values live in ordinary memory the program can address.
     pub const WITH_VALUES: &[u32] = &[HASH, ARRAY, PERCPU_HASH, PERCPU_ARRAY, LRU_HASH];
 
+    /// Name of a map type, as bpftool prints it.
+    pub fn name(t: u32) -> &'static str {
+        match t {
+            HASH => "hash",
+            ARRAY => "array",
+            PERF_EVENT_ARRAY => "perf_event_array",
+            PERCPU_HASH => "percpu_hash",
+            PERCPU_ARRAY => "percpu_array",
+            STACK_TRACE => "stack_trace",
+            LRU_HASH => "lru_hash",
+            RINGBUF => "ringbuf",
+            _ => "unknown",
+        }
+    }
+
     /// True for the array types (direct value access through `ld_imm64` is allowed).
     pub fn is_array(t: u32) -> bool {
         t == ARRAY || t == PERCPU_ARRAY

@@ -57,40 +57,8 @@ pub use stack::{walk_frame_pointers, StackTraceMap, MAX_DEPTH as MAX_STACK_DEPTH
 
 use core::fmt;
 
-/// Linux map type numbers (`enum bpf_map_type`).
-pub mod map_type {
-    /// `BPF_MAP_TYPE_HASH`
-    pub const HASH: u32 = 1;
-    /// `BPF_MAP_TYPE_ARRAY`
-    pub const ARRAY: u32 = 2;
-    /// `BPF_MAP_TYPE_PERF_EVENT_ARRAY`
-    pub const PERF_EVENT_ARRAY: u32 = 4;
-    /// `BPF_MAP_TYPE_PERCPU_HASH`
-    pub const PERCPU_HASH: u32 = 5;
-    /// `BPF_MAP_TYPE_PERCPU_ARRAY`
-    pub const PERCPU_ARRAY: u32 = 6;
-    /// `BPF_MAP_TYPE_STACK_TRACE`
-    pub const STACK_TRACE: u32 = 7;
-    /// `BPF_MAP_TYPE_LRU_HASH`
-    pub const LRU_HASH: u32 = 9;
-    /// `BPF_MAP_TYPE_RINGBUF`
-    pub const RINGBUF: u32 = 27;
-
-    /// Name of a map type, as bpftool prints it.
-    pub fn name(t: u32) -> &'static str {
-        match t {
-            HASH => "hash",
-            ARRAY => "array",
-            PERF_EVENT_ARRAY => "perf_event_array",
-            PERCPU_HASH => "percpu_hash",
-            PERCPU_ARRAY => "percpu_array",
-            STACK_TRACE => "stack_trace",
-            LRU_HASH => "lru_hash",
-            RINGBUF => "ringbuf",
-            _ => "unknown",
-        }
-    }
-}
+/// Linux map type numbers (`enum bpf_map_type`), as the verifier knows them.
+pub use bpf_vm::verifier::linux::map_type;
 
 /// Update flags (`BPF_ANY`, `BPF_NOEXIST`, `BPF_EXIST`).
 pub mod update_flags {

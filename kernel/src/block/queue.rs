@@ -187,30 +187,23 @@ impl RequestQueue {
         bio.id = NEXT_BIO_ID.fetch_add(1, Ordering::Relaxed);
         bio.queued_ns = now;
         inner.stats.bio_queued();
-        trace::bio_queue(dev, &bio);
+        let facts = trace::BioFacts::of(&bio);
+        trace::bio_queue(dev, &facts);
         let op = bio.op;
         // Ids a merge leaves unused are skipped: ids only need to be unique.
         let new_id = NEXT_RQ_ID.fetch_add(1, Ordering::Relaxed);
-        let (bio_id, sector, nr, bytes, rwbs, pid) = (
-            bio.id,
-            bio.sector,
-            bio.nr_sectors(),
-            bio.bytes(),
-            bio.rwbs(),
-            bio.submitter,
-        );
         match inner.sched.add_bio(bio, new_id, now) {
             AddOutcome::Inserted { rq_id } => {
                 inner.stats.inserted(now);
-                trace::rq_insert(dev, rq_id, sector, nr, bytes, rwbs, pid);
+                trace::rq_insert(dev, rq_id, &facts);
             }
             AddOutcome::BackMerge { rq_id } => {
                 inner.stats.merged(op);
-                trace::bio_backmerge(dev, bio_id, rq_id, sector, nr, bytes, rwbs, pid);
+                trace::bio_merge(dev, rq_id, &facts, trace::Merge::Back);
             }
             AddOutcome::FrontMerge { rq_id } => {
                 inner.stats.merged(op);
-                trace::bio_frontmerge(dev, bio_id, rq_id, sector, nr, bytes, rwbs, pid);
+                trace::bio_merge(dev, rq_id, &facts, trace::Merge::Front);
             }
         }
     }

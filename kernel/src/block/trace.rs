@@ -18,103 +18,100 @@ fn comm() -> [u8; 16] {
     crate::percpu::this_cpu().current_comm()
 }
 
+/// What the bio events record about a bio, taken before the bio moves
+/// into the scheduler (which may merge it away).
+#[derive(Clone, Copy)]
+pub struct BioFacts {
+    id: u64,
+    sector: u64,
+    nr_sector: u32,
+    bytes: u32,
+    rwbs: [u8; 8],
+    pid: u32,
+}
+
+impl BioFacts {
+    /// The facts of `bio` (its id must be assigned).
+    pub fn of(bio: &Bio) -> BioFacts {
+        BioFacts {
+            id: bio.id,
+            sector: bio.sector,
+            nr_sector: bio.nr_sectors(),
+            bytes: bio.bytes(),
+            rwbs: bio.rwbs(),
+            pid: bio.submitter,
+        }
+    }
+}
+
+/// Which side of a request a bio joined.
+#[derive(Clone, Copy)]
+pub enum Merge {
+    /// The bio continues the request (`block:block_bio_backmerge`).
+    Back,
+    /// The bio precedes the request (`block:block_bio_frontmerge`).
+    Front,
+}
+
 /// `block:block_bio_queue`.
 #[inline]
-pub fn bio_queue(dev: u32, bio: &Bio) {
+pub fn bio_queue(dev: u32, bio: &BioFacts) {
     crate::trace_event!(
         points::BLOCK_BIO_QUEUE,
         BlockBioQueue {
             sector: bio.sector,
             bio_id: bio.id,
             dev,
-            nr_sector: bio.nr_sectors(),
-            bytes: bio.bytes(),
-            pid: bio.submitter,
-            rwbs: bio.rwbs(),
+            nr_sector: bio.nr_sector,
+            bytes: bio.bytes,
+            pid: bio.pid,
+            rwbs: bio.rwbs,
             comm: comm(),
         }
     );
 }
 
-/// `block:block_bio_backmerge`.
+/// `block:block_bio_backmerge` or `block:block_bio_frontmerge`: the two
+/// events have the same fields.
 #[inline]
-#[allow(clippy::too_many_arguments)]
-pub fn bio_backmerge(
-    dev: u32,
-    bio_id: u64,
-    rq_id: u64,
-    sector: u64,
-    nr_sector: u32,
-    bytes: u32,
-    rwbs: [u8; 8],
-    pid: u32,
-) {
-    crate::trace_event!(
-        points::BLOCK_BIO_BACKMERGE,
-        BlockBioBackmerge {
-            sector,
-            bio_id,
-            rq_id,
-            dev,
-            nr_sector,
-            bytes,
-            pid,
-            rwbs,
-            comm: comm()
-        }
-    );
+pub fn bio_merge(dev: u32, rq_id: u64, bio: &BioFacts, side: Merge) {
+    macro_rules! merge_event {
+        ($point:path, $event:ident) => {
+            crate::trace_event!(
+                $point,
+                $event {
+                    sector: bio.sector,
+                    bio_id: bio.id,
+                    rq_id,
+                    dev,
+                    nr_sector: bio.nr_sector,
+                    bytes: bio.bytes,
+                    pid: bio.pid,
+                    rwbs: bio.rwbs,
+                    comm: comm()
+                }
+            )
+        };
+    }
+    match side {
+        Merge::Back => merge_event!(points::BLOCK_BIO_BACKMERGE, BlockBioBackmerge),
+        Merge::Front => merge_event!(points::BLOCK_BIO_FRONTMERGE, BlockBioFrontmerge),
+    }
 }
 
-/// `block:block_bio_frontmerge`.
+/// `block:block_rq_insert`: a bio became a new request.
 #[inline]
-#[allow(clippy::too_many_arguments)]
-pub fn bio_frontmerge(
-    dev: u32,
-    bio_id: u64,
-    rq_id: u64,
-    sector: u64,
-    nr_sector: u32,
-    bytes: u32,
-    rwbs: [u8; 8],
-    pid: u32,
-) {
-    crate::trace_event!(
-        points::BLOCK_BIO_FRONTMERGE,
-        BlockBioFrontmerge {
-            sector,
-            bio_id,
-            rq_id,
-            dev,
-            nr_sector,
-            bytes,
-            pid,
-            rwbs,
-            comm: comm()
-        }
-    );
-}
-
-/// `block:block_rq_insert`.
-#[inline]
-pub fn rq_insert(
-    dev: u32,
-    rq_id: u64,
-    sector: u64,
-    nr_sector: u32,
-    bytes: u32,
-    rwbs: [u8; 8],
-    pid: u32,
-) {
+pub fn rq_insert(dev: u32, rq_id: u64, bio: &BioFacts) {
     crate::trace_event!(
         points::BLOCK_RQ_INSERT,
         BlockRqInsert {
-            sector,
+            sector: bio.sector,
             rq_id,
             dev,
-            nr_sector,
-            bytes,
-            pid,
-            rwbs,
+            nr_sector: bio.nr_sector,
+            bytes: bio.bytes,
+            pid: bio.pid,
+            rwbs: bio.rwbs,
             comm: comm()
         }
     );

@@ -231,10 +231,9 @@ fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
     let stacks = (jobs.len() * crate::task::STACK_BYTES) as u64;
     let needed = usize::try_from(buffers + tables + stacks).unwrap_or(usize::MAX);
     if let Err(full) = crate::mm::heap::check_room(needed) {
-        return Err(ErrorReply::new(
-            ErrorCode::Limit,
-            format!("the workload's buffers, tables and task stacks {full}"),
-        ));
+        return Err(ErrorReply::no_memory(format!(
+            "the workload's buffers, tables and task stacks {full}"
+        )));
     }
     Ok(jobs)
 }

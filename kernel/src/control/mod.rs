@@ -409,10 +409,9 @@ fn control_task(id: usize) {
             let n = reader.buffered() + bytes.len();
             reader.clear();
             BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-            push(&error(
-                ErrorCode::Limit,
-                format!("kernel heap full: dropped {n} received bytes of an unfinished frame"),
-            ));
+            push(&Response::Error(ErrorReply::no_memory(format!(
+                "kernel heap full: dropped {n} received bytes of an unfinished frame"
+            ))));
             continue;
         }
         while let Some(event) = reader.next_event() {
@@ -437,10 +436,9 @@ fn control_task(id: usize) {
                 }
                 FrameEvent::NoMemory(len) => {
                     BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                    push(&error(
-                        ErrorCode::Limit,
-                        format!("kernel heap full: no room for a {len}-byte request, dropped"),
-                    ));
+                    push(&Response::Error(ErrorReply::no_memory(format!(
+                        "kernel heap full: no room for a {len}-byte request, dropped"
+                    ))));
                 }
                 FrameEvent::BadCrc => {
                     BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
@@ -474,10 +472,10 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
             .unwrap_or(PUSH_ID);
         send(
             id,
-            &error(
-                ErrorCode::Limit,
-                format!("a request of {} bytes {full}", payload.len()),
-            ),
+            &Response::Error(ErrorReply::no_memory(format!(
+                "a request of {} bytes {full}",
+                payload.len()
+            ))),
         );
         return;
     }

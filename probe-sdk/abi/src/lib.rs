@@ -125,6 +125,18 @@ pub struct ErrorReply {
 }
 
 impl ErrorReply {
+    /// Linux's ENOMEM, for refusals for want of memory.
+    pub const ENOMEM: i32 = -12;
+
+    /// A `Limit` refusal for want of memory (`ENOMEM`).
+    pub fn no_memory(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::Limit,
+            errno: Self::ENOMEM,
+            message: message.into(),
+        }
+    }
+
     /// An error with no errno.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {

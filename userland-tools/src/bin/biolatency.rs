@@ -54,14 +54,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("biolatency: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    tools::exit("biolatency", run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -43,14 +43,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("biosnoop: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    tools::exit("biosnoop", run(Cli::parse()))
 }
 
 /// Prints the records of event batches as lines.

@@ -135,13 +135,7 @@ fn main() -> ExitCode {
         Command::Record(a) => record(a, &cli.vm),
         Command::Report(a) => report(a),
     };
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kperf: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    tools::exit("kperf", r)
 }
 
 fn list(args: ListArgs, vm: &str) -> anyhow::Result<()> {

@@ -70,11 +70,5 @@ fn main() -> std::process::ExitCode {
         Command::Events(args) => ktrace_tools::cmd::events::run(args, &cli.vm),
         Command::Demo(args) => ktrace_tools::cmd::demo::run(args, &cli.vm),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ktrace: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ktrace_tools::tools::exit("ktrace", result)
 }

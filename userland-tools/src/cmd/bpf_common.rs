@@ -10,6 +10,17 @@ use probe_sdk::runtime::Runtime;
 use probe_sdk::typed;
 use probe_sdk::vm::Vm;
 
+/// Arguments of a BPF object command (`ktrace prog`, `map`, `link`): its
+/// subcommand and `--json`, which every subcommand takes.
+#[derive(clap::Args, Debug)]
+pub struct ObjectArgs<C: clap::Subcommand> {
+    #[command(subcommand)]
+    pub command: C,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
 /// Connects to VM `vm_name` as `who`.
 pub fn connect(vm_name: &str, who: &str) -> anyhow::Result<Client> {
     let vm = Vm::attach(vm_name)?;

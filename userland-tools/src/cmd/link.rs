@@ -6,14 +6,7 @@ use super::bpf_common::{connect, table};
 use super::load::link_target;
 
 /// Arguments of `ktrace link`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    #[command(subcommand)]
-    pub command: Command,
-    /// Print JSON.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
+pub type Args = super::bpf_common::ObjectArgs<Command>;
 
 /// `ktrace link` subcommands.
 #[derive(clap::Subcommand, Debug)]

@@ -19,14 +19,7 @@ use super::bpf_common::{
 };
 
 /// Arguments of `ktrace map`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    #[command(subcommand)]
-    pub command: Command,
-    /// Print JSON.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
+pub type Args = super::bpf_common::ObjectArgs<Command>;
 
 /// `ktrace map` subcommands. MAP is an id or a unique name.
 #[derive(clap::Subcommand, Debug)]

@@ -9,14 +9,7 @@ use probe_sdk::runtime::Runtime;
 use super::bpf_common::{connect, table};
 
 /// Arguments of `ktrace prog`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    #[command(subcommand)]
-    pub command: Command,
-    /// Print JSON.
-    #[arg(long, global = true)]
-    pub json: bool,
-}
+pub type Args = super::bpf_common::ObjectArgs<Command>;
 
 /// `ktrace prog` subcommands.
 #[derive(clap::Subcommand, Debug)]

@@ -18,6 +18,18 @@ use ktrace_abi::{Request, Response};
 use probe_sdk::client::Client;
 use probe_sdk::runtime::{Runtime, RuntimeError};
 
+/// The exit of a tool's `main`: errors go to stderr with the tool's name
+/// and their whole chain of causes.
+pub fn exit(tool: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{tool}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Bytes aligned for the ELF parser, which reads headers in place
 /// (`include_bytes!` alone guarantees no alignment).
 #[repr(C, align(8))]
