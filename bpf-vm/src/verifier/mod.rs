@@ -74,7 +74,11 @@
 //!   discarded on every path;
 //! - loops end: each path is bounded by [`Config::max_insns`] processed
 //!   instructions, a state equal to one of its own ancestors is an infinite
-//!   loop, and at most 8,192 branches may wait to be explored.
+//!   loop, and at most 8,192 branches may wait to be explored;
+//! - memory is bounded: stored states and pending branches may hold at
+//!   most [`Config::max_state_bytes`], and everything else stays within
+//!   [`fixed_memory_bytes`], so an embedder with a fixed heap can reserve
+//!   both before it verifies.
 //!
 //! Pruning compares a new state with fully explored ones at the same
 //! instruction (register liveness and range/tnum inclusion; scalar values
