@@ -199,6 +199,8 @@ pub fn check_program(p: &ProgramLoad, maps: &[MapDefinition], opts: CheckOptions
         allow_uninit_stack: opts.privileged,
         log_level: opts.log_level,
         line_info: &lines,
+        // The kernel's bound: a program it refuses for memory is refused here.
+        max_state_bytes: ktrace_abi::bpf::MAX_VERIFIER_STATE_BYTES,
         ..Config::default()
     };
     match verifier::verify_bytes(&p.insns, &env, &config) {

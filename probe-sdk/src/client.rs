@@ -434,9 +434,7 @@ impl Client {
                         Err(_) => self.stats.undecodable += 1,
                     },
                     FrameEvent::Skipped(n) => self.stats.skipped_bytes += n as u64,
-                    FrameEvent::TooLong(_) | FrameEvent::BadCrc | FrameEvent::NoMemory(_) => {
-                        self.stats.bad_frames += 1
-                    }
+                    FrameEvent::TooLong(_) | FrameEvent::BadCrc => self.stats.bad_frames += 1,
                 }
             }
             let now = Instant::now();

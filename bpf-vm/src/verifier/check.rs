@@ -161,7 +161,7 @@ impl<'a> Checker<'a> {
             },
         )?;
         while let Some(p) = self.pending.pop() {
-            self.state_bytes -= Self::pending_bytes(&p);
+            self.state_bytes -= p.state.heap_bytes();
             let Pending {
                 state: mut st,
                 mut pc,
@@ -270,17 +270,25 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
-    fn pending_bytes(p: &Pending) -> usize {
-        // A Vec's capacity is at most twice its length, and growing it holds
-        // the old block and the new one: three slots per element.
-        p.state.heap_bytes() + 3 * core::mem::size_of::<Pending>()
-    }
-
-    /// Queues a branch to explore, charging its state's memory.
+    /// Queues a branch to explore, charging its state's memory, and the
+    /// queue's own storage when it grows (it never shrinks, so that part
+    /// stays charged after branches are taken off).
     fn push_pending(&mut self, pc: usize, p: Pending) -> R<()> {
-        self.charge(pc, &p.state, Self::pending_bytes(&p))?;
-        if self.pending.try_reserve(1).is_err() {
-            return Err(self.out_of_memory(pc));
+        self.charge(pc, &p.state, p.state.heap_bytes())?;
+        if self.pending.len() == self.pending.capacity() {
+            let slot = core::mem::size_of::<Pending>();
+            let old = self.pending.capacity() * slot;
+            let new_cap = (2 * self.pending.capacity()).max(16);
+            // While it grows, the old block and the new one both exist.
+            self.charge(pc, &p.state, new_cap * slot)?;
+            if self
+                .pending
+                .try_reserve_exact(new_cap - self.pending.len())
+                .is_err()
+            {
+                return Err(self.out_of_memory(pc));
+            }
+            self.state_bytes -= old;
         }
         self.pending.push(p);
         Ok(())

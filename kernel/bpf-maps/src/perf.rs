@@ -37,9 +37,11 @@ impl PerfEventArray {
             return Err(MapError::Invalid);
         }
         let n = ncpus.max(1).min(spec.max_entries as usize);
-        let rings = (0..n)
-            .map(|_| RingBuf::new(buffer))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut rings = Vec::new();
+        rings.try_reserve_exact(n).map_err(|_| MapError::NoMemory)?;
+        for _ in 0..n {
+            rings.push(RingBuf::new(buffer)?);
+        }
         Ok(PerfEventArray { spec, rings })
     }
 

@@ -403,8 +403,17 @@ fn verify(
 ) {
     let spb = (job.bs / SECTOR_SIZE) as u64;
     let pid = task::current_pid();
-    let written: Vec<u64> = (0..job.blocks).filter(|&b| gens[b as usize] != 0).collect();
-    for chunk in written.chunks(job.iodepth) {
+    // Walked lazily: a list of every written block would be 8 bytes a
+    // block, more than the heap check before the run allows for.
+    let mut written = (0..job.blocks).filter(|&b| gens[b as usize] != 0);
+    let mut batch: Vec<u64> = Vec::with_capacity(job.iodepth);
+    loop {
+        batch.clear();
+        batch.extend(written.by_ref().take(job.iodepth));
+        if batch.is_empty() {
+            break;
+        }
+        let chunk = &batch[..];
         let bios: Vec<Bio> = chunk
             .iter()
             .map(|&b| {

@@ -43,7 +43,11 @@ impl KMap {
             max_entries: def.max_entries,
             flags: def.flags,
         };
-        let mut map = Map::create(spec, crate::percpu::cpu_count() as usize, epochs)?;
+        // Only the preallocation runs guarded (see `heap::guarded`): the
+        // clones below are infallible, and sized by the host.
+        let mut map = crate::mm::heap::guarded(|| {
+            Map::create(spec, crate::percpu::cpu_count() as usize, epochs)
+        })?;
         if !def.initial_value.is_empty() {
             match &mut map {
                 Map::Array(a) if def.max_entries == 1 => a.init_value(&def.initial_value)?,

@@ -89,6 +89,11 @@ pub fn epochs() -> &'static Arc<Epochs> {
 
 /// Preallocates the interpreter and the printk queue, starts the event task.
 pub fn init() {
+    // A small VM's heap may hold less than the default map memory.
+    {
+        let mut rt = RT.lock();
+        rt.limits.map_memory_bytes = rt.limits.map_memory_bytes.min(max_map_memory());
+    }
     epochs();
     prog::init();
     printk::init();
@@ -224,8 +229,7 @@ impl Runtime {
             let id = self.id();
             // Preallocation is fallible and guarded: a map the heap cannot
             // spare is refused before it eats into the kernel's reserve.
-            let created = crate::mm::heap::guarded(|| KMap::create(id, d, epochs().clone()));
-            let m = created.map_err(|e| {
+            let m = KMap::create(id, d, epochs().clone()).map_err(|e| {
                 let no_memory = e == MapError::NoMemory;
                 let mut refusal = map_error(
                     e,

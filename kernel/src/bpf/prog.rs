@@ -85,10 +85,6 @@ pub enum LoadError {
     NoMemory(String),
 }
 
-/// Most heap the verifier's states may take for one program. Linux bounds
-/// the verifier by instructions processed; a kernel whose heap is a fixed
-/// block must bound the states' memory as well.
-const MAX_STATE_BYTES: usize = 48 << 20;
 /// Least state memory worth starting a verification with.
 const MIN_STATE_BYTES: usize = 1 << 20;
 /// Heap per instruction outside the verifier: the decoded program, the
@@ -129,6 +125,29 @@ fn verifier_type(p: &ProgramLoad) -> Result<verifier::ProgramType, String> {
     })
 }
 
+/// Longest source file name a line table may carry (Linux's `PATH_MAX`).
+const MAX_LINE_FILE: usize = 4096;
+
+/// Checks a line table's shape and returns an upper bound of the heap its
+/// locations take as text: at most one row per instruction, file names no
+/// longer than a path, each row at most two names and two numbers.
+fn line_table_bytes(lines: &LineTable, insns: usize) -> Result<usize, String> {
+    if lines.rows.len() > insns {
+        return Err(alloc::format!(
+            "the line table has {} rows for {insns} instructions (at most one per instruction)",
+            lines.rows.len()
+        ));
+    }
+    let longest = lines.files.iter().map(String::len).max().unwrap_or(0);
+    if longest > MAX_LINE_FILE {
+        return Err(alloc::format!(
+            "a file name of the line table is {longest} bytes, longer than the {MAX_LINE_FILE} a path may have"
+        ));
+    }
+    let per_row = core::mem::size_of::<LineInfo>() + 2 * longest + 48;
+    Ok(lines.rows.len() * per_row)
+}
+
 /// Verifies and prepares `p` over `maps` (index `i` = the program's map `i`).
 pub fn load(
     id: u32,
@@ -155,6 +174,32 @@ pub fn load(
         helpers: &helpers,
         maps: &defs,
     };
+    let n = p.insns.len() / 8;
+    let line_bytes = match &p.lines {
+        Some(l) => line_table_bytes(l, n).map_err(LoadError::Invalid)?,
+        None => 0,
+    };
+    // Check the heap first: the verifier's tables, the source locations
+    // and the loaded program must fit, and the verifier's states get what
+    // is left, so none of its allocations can fail.
+    let probe = Config {
+        log_level,
+        ..Config::default()
+    };
+    let fixed = verifier::fixed_memory_bytes(n, &probe)
+        + line_bytes
+        + n * (core::mem::size_of::<bpf_vm::insn::Insn>() + LOADED_BYTES_PER_INSN);
+    // Read once: interrupts and other tasks allocate too.
+    let spare = crate::mm::heap::spare_bytes();
+    if spare < fixed + MIN_STATE_BYTES {
+        let full = crate::mm::heap::HeapFull {
+            wanted: fixed + MIN_STATE_BYTES,
+            free: crate::mm::heap::free_bytes(),
+        };
+        return Err(LoadError::NoMemory(alloc::format!(
+            "verifying {n} instructions {full}"
+        )));
+    }
     let line_info: Vec<LineInfo> = p
         .lines
         .as_ref()
@@ -165,24 +210,13 @@ pub fn load(
                 .collect()
         })
         .unwrap_or_default();
-    let mut config = Config {
+    let config = Config {
         log_level,
         line_info: &line_info,
         clock: Some(crate::time::now_ns),
+        max_state_bytes: (spare - fixed).min(abi::MAX_VERIFIER_STATE_BYTES),
         ..Config::default()
     };
-    // Check the heap first: the verifier's tables and the loaded program
-    // must fit, and its states get what is left, so none of its
-    // allocations can fail.
-    let n = p.insns.len() / 8;
-    let fixed = verifier::fixed_memory_bytes(n, &config)
-        + n * (core::mem::size_of::<bpf_vm::insn::Insn>() + LOADED_BYTES_PER_INSN);
-    if let Err(full) = crate::mm::heap::check_room(fixed + MIN_STATE_BYTES) {
-        return Err(LoadError::NoMemory(alloc::format!(
-            "verifying {n} instructions {full}"
-        )));
-    }
-    config.max_state_bytes = (crate::mm::heap::spare_bytes() - fixed).min(MAX_STATE_BYTES);
     let program = match bpf_vm::decode(&p.insns) {
         Ok(prog) => prog,
         Err(e) => {

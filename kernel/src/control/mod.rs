@@ -30,8 +30,9 @@ use ktrace_abi::{ErrorCode, ErrorReply, Request, Response, PROTOCOL_VERSION, PUS
 
 /// Vector of the COM2 receive interrupt.
 const COM2_VECTOR: u8 = 0x23;
-/// Bytes buffered before the control task drains them; beyond this the
-/// oldest input is dropped (and counted).
+/// Bytes a session's queue holds before the control task drains them.
+/// Beyond this, virtio-serial leaves bytes in the device (QEMU holds the
+/// client back); COM2, which cannot, drops the oldest input (counted).
 const RX_LIMIT: usize = 8 << 20;
 
 /// Idle time after which a buffered partial frame is dropped. A 4 MiB
@@ -81,12 +82,26 @@ static TX_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Bytes the control task takes out of a session's receive buffer at once.
 const RX_CHUNK: usize = 64 << 10;
 
+/// Makes room for `n` more bytes in a receive queue, fallibly (interrupt
+/// context); past one chunk only while the heap can spare the growth
+/// without touching its reserve, so small requests (a delete that frees
+/// memory) always get through.
+fn rx_may_grow(rx: &mut VecDeque<u8>, n: usize) -> bool {
+    if rx.capacity() - rx.len() >= n {
+        return true;
+    }
+    if rx.len() + n > RX_CHUNK && crate::mm::heap::spare_bytes() < 2 * (rx.len() + n) {
+        return false;
+    }
+    rx.try_reserve(n).is_ok()
+}
+
 fn rx_push(rx: &mut VecDeque<u8>, b: u8) {
     RX_BYTES.fetch_add(1, Ordering::Relaxed);
     if rx.len() >= RX_LIMIT {
         rx.pop_front();
         RX_DROPPED.fetch_add(1, Ordering::Relaxed);
-    } else if rx.try_reserve(1).is_err() {
+    } else if !rx_may_grow(rx, 1) {
         // Interrupt context: a failed allocation here would stop the
         // kernel. The byte is dropped and counted; the frame it belonged
         // to then fails its CRC and is answered as a bad frame.
@@ -108,32 +123,42 @@ fn drain_uart(rx: &mut VecDeque<u8>) -> usize {
     n
 }
 
-/// Where the virtio-serial ports deliver received bytes.
-fn virtio_sink(session: usize, bytes: &[u8]) {
+/// Where the virtio-serial ports deliver received bytes. `false` when the
+/// session's queue cannot take them now (full, or the heap cannot spare
+/// the room): the driver keeps them in the device's buffer and offers them
+/// again after the control task drained the queue, so QEMU holds the
+/// client back and no byte is lost.
+fn virtio_sink(session: usize, bytes: &[u8]) -> bool {
     let Some(ch) = CHANNELS.get(session) else {
-        return;
+        return true;
     };
     if bytes.is_empty() {
-        return;
+        return true;
     }
-    {
+    let taken = {
         let mut rx = ch.rx.lock();
-        for &b in bytes {
-            rx_push(&mut rx, b);
+        let fits = rx.len() + bytes.len() <= RX_LIMIT && rx_may_grow(&mut rx, bytes.len());
+        if fits {
+            RX_BYTES.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            rx.extend(bytes);
         }
-    }
+        fits
+    };
     ch.rx_wait.wake_all();
+    taken
 }
 
 /// A port's host side connected or went away (interrupt context). Bytes
-/// still buffered belong to the client that left.
-fn on_host_change(session: usize, connected: bool) {
+/// still buffered belong to the client that left, like the `discarded`
+/// ones the driver had not delivered yet.
+fn on_host_change(session: usize, connected: bool, discarded: usize) {
     let Some(ch) = CHANNELS.get(session) else {
         return;
     };
     if !connected {
         let mut rx = ch.rx.lock();
-        ch.abandoned.fetch_add(rx.len() as u64, Ordering::Relaxed);
+        ch.abandoned
+            .fetch_add((rx.len() + discarded) as u64, Ordering::Relaxed);
         rx.clear();
         drop(rx);
         ch.disconnects.fetch_add(1, Ordering::AcqRel);
@@ -383,6 +408,14 @@ fn control_task(id: usize) {
             drain_uart(&mut rx);
             let n = rx.len().min(RX_CHUNK);
             chunk.extend(rx.drain(..n));
+            // Give back what a large frame made the queue grow to.
+            if rx.is_empty() && rx.capacity() > 2 * RX_CHUNK {
+                rx.shrink_to(RX_CHUNK);
+            }
+        }
+        if !chunk.is_empty() {
+            // Bytes the driver held back while the queue was full come now.
+            poll_link();
         }
         let bytes = &chunk;
         if bytes.is_empty() {
@@ -405,13 +438,31 @@ fn control_task(id: usize) {
             continue;
         }
         last_rx_ns = crate::time::now_ns();
-        if reader.try_push(bytes).is_err() {
-            let n = reader.buffered() + bytes.len();
+        // Past one chunk, a frame's buffer grows only while the heap can
+        // spare it (doubling may need twice the bytes held).
+        let held = reader.buffered() + bytes.len();
+        let room = if held > RX_CHUNK {
+            crate::mm::heap::check_room(2 * held).map_err(|full| format!("{full}"))
+        } else {
+            Ok(())
+        };
+        if let Err(why) = room.and_then(|()| {
+            reader
+                .try_push(bytes)
+                .map_err(|_| String::from("cannot grow the receive buffer"))
+        }) {
+            // Answer the request the frame carried, when its id arrived.
+            let id = postcard::take_from_bytes::<u32>(reader.partial_payload())
+                .map(|(id, _)| id)
+                .unwrap_or(PUSH_ID);
             reader.clear();
             BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-            push(&Response::Error(ErrorReply::no_memory(format!(
-                "kernel heap full: dropped {n} received bytes of an unfinished frame"
-            ))));
+            send(
+                id,
+                &Response::Error(ErrorReply::no_memory(format!(
+                    "dropped an unfinished frame of {held} bytes: buffering it {why}"
+                ))),
+            );
             continue;
         }
         while let Some(event) = reader.next_event() {
@@ -433,12 +484,6 @@ fn control_task(id: usize) {
                             ktrace_abi::frame::MAX_PAYLOAD
                         ),
                     ));
-                }
-                FrameEvent::NoMemory(len) => {
-                    BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                    push(&Response::Error(ErrorReply::no_memory(format!(
-                        "kernel heap full: no room for a {len}-byte request, dropped"
-                    ))));
                 }
                 FrameEvent::BadCrc => {
                     BAD_FRAMES.fetch_add(1, Ordering::Relaxed);

@@ -89,6 +89,10 @@ struct Port {
     /// The host side of the port is connected (a client on the socket).
     host_connected: bool,
     name: String,
+    /// A received buffer (index, length) the sink could not take yet: it
+    /// stays unposted and goes to the sink before any later one, so the
+    /// device runs out of buffers and QEMU holds the client back.
+    held: Option<(usize, usize)>,
 }
 
 struct Inner {
@@ -100,10 +104,12 @@ struct Inner {
     ctrl_tx_posted: VecDeque<(u16, Box<[u8]>)>,
     ports: Vec<Port>,
     /// Where received bytes go (interrupt context, lock held), with the
-    /// index of the port in the list given to [`probe`].
-    sink: fn(usize, &[u8]),
-    /// Told when a port's host side connects (true) or goes away (false).
-    on_host: fn(usize, bool),
+    /// index of the port in the list given to [`probe`]. `false`: not now
+    /// (see [`Port::held`]).
+    sink: fn(usize, &[u8]) -> bool,
+    /// Told when a port's host side connects (true) or goes away (false,
+    /// with the count of received bytes discarded with it).
+    on_host: fn(usize, bool, usize),
 }
 
 /// A virtio-serial device and the ports the kernel drives.
@@ -142,6 +148,21 @@ impl core::fmt::Display for ProbeError {
 }
 
 impl Port {
+    /// Gives the held buffer back to the device, its bytes unread: they
+    /// came from a client that left. Returns their count, and whether a
+    /// buffer went back (then the device wants a notice). Buffers the
+    /// device filled after it are delivered as before this change: the
+    /// session's next client sees them as a stale frame at worst.
+    fn discard_received(&mut self) -> (usize, bool) {
+        match self.held.take() {
+            Some((i, len)) => {
+                self.post_rx(i);
+                (len, true)
+            }
+            None => (0, false),
+        }
+    }
+
     fn post_rx(&mut self, i: usize) {
         // SAFETY: the buffer is a boxed slice owned by `self` that is
         // neither moved nor touched until `service` pops its token.
@@ -228,10 +249,11 @@ impl Inner {
             DEVICE_REMOVE => {
                 let port = &mut self.ports[k];
                 port.opened = false;
+                let (discarded, _) = port.discard_received();
                 let was = core::mem::replace(&mut port.host_connected, false);
                 log::warn!("virtio-serial: port {id} removed");
                 if was {
-                    (self.on_host)(k, false);
+                    (self.on_host)(k, false, discarded);
                 }
             }
             PORT_OPEN => {
@@ -239,7 +261,15 @@ impl Inner {
                 let port = &mut self.ports[k];
                 if connected != port.host_connected {
                     port.host_connected = connected;
-                    (self.on_host)(k, connected);
+                    let (discarded, reposted) = if connected {
+                        (0, false)
+                    } else {
+                        port.discard_received()
+                    };
+                    if reposted && port.rx.should_notify() {
+                        self.transport.notify(rx_queue(id));
+                    }
+                    (self.on_host)(k, connected, discarded);
                 }
             }
             PORT_NAME => {
@@ -278,10 +308,22 @@ impl Inner {
         }
         self.reap_ctrl_tx();
 
+        let sink = self.sink;
         for k in 0..self.ports.len() {
             let port = &mut self.ports[k];
             let mut notify_rx = false;
-            while let Some(&(t, i)) = port.rx_posted.front() {
+            // A buffer the sink refused before goes first, or none does.
+            if let Some((i, len)) = port.held {
+                if sink(k, &port.rx_bufs[i][..len]) {
+                    port.held = None;
+                    port.post_rx(i);
+                    notify_rx = true;
+                }
+            }
+            while port.held.is_none() {
+                let Some(&(t, i)) = port.rx_posted.front() else {
+                    break;
+                };
                 if port.rx.peek_used() != Some(t) {
                     break;
                 }
@@ -290,9 +332,12 @@ impl Inner {
                 let len = unsafe { port.rx.pop_used(t, &[], &mut [&mut port.rx_bufs[i][..]]) }
                     .unwrap_or(0) as usize;
                 let len = len.min(RX_BUF_LEN);
-                (self.sink)(k, &port.rx_bufs[i][..len]);
-                port.post_rx(i);
-                notify_rx = true;
+                if sink(k, &port.rx_bufs[i][..len]) {
+                    port.post_rx(i);
+                    notify_rx = true;
+                } else {
+                    port.held = Some((i, len));
+                }
             }
             if notify_rx && port.rx.should_notify() {
                 self.transport.notify(rx_queue(port.id));
@@ -308,8 +353,8 @@ impl Inner {
 /// (called in interrupt or task context with interrupts off).
 pub fn probe(
     ids: &[u32],
-    sink: fn(usize, &[u8]),
-    on_host: fn(usize, bool),
+    sink: fn(usize, &[u8]) -> bool,
+    on_host: fn(usize, bool, usize),
 ) -> Result<SerialPorts, ProbeError> {
     let mut root = PciRoot::new(PortCam);
     let df = root
@@ -351,6 +396,7 @@ pub fn probe(
                 .collect(),
             rx_posted: VecDeque::new(),
             tx_posted: VecDeque::new(),
+            held: None,
             opened: false,
             host_connected: false,
             name: String::new(),

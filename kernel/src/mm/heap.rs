@@ -155,11 +155,22 @@ pub fn spare_bytes() -> usize {
 /// fallible allocation reports as an error) when they would leave less than
 /// [`RESERVE_BYTES`] free. For work whose size the host chooses, like
 /// preallocating a map: it ends in a refusal, never in the reserve.
+///
+/// Every allocation `f` makes must be fallible. One task at a time is
+/// guarded (today's caller runs under the BPF runtime's lock); should a
+/// second task ask meanwhile, its `f` runs unguarded rather than take over
+/// the first task's guard.
 pub fn guarded<T>(f: impl FnOnce() -> T) -> T {
-    let previous = GUARDED_PID.swap(crate::task::current_pid(), Ordering::Relaxed);
-    let out = f();
-    GUARDED_PID.store(previous, Ordering::Relaxed);
-    out
+    let me = crate::task::current_pid();
+    match GUARDED_PID.compare_exchange(NO_PID, me, Ordering::AcqRel, Ordering::Relaxed) {
+        Ok(_) => {
+            let out = f();
+            GUARDED_PID.store(NO_PID, Ordering::Release);
+            out
+        }
+        // Already guarded (this task, nested) or another task's turn.
+        Err(_) => f(),
+    }
 }
 
 /// The heap's state in words, for refusals.

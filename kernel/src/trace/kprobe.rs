@@ -461,13 +461,17 @@ impl DepthGuard {
     /// handler would otherwise hit inside its own callout, be refused,
     /// call it again, and recurse until the stack overflows. That inner
     /// hit still counts in its probe's own `missed`.
+    ///
+    /// Interrupts stay off meanwhile, so the flag is never carried into
+    /// another task or an interrupt handler's own misses.
     pub(crate) fn report_miss(callouts: impl FnOnce()) {
+        let was = crate::arch::irq_save();
         let running = &this_cpu().miss_callout;
-        if running.swap(true, Ordering::Acquire) {
-            return;
+        if !running.swap(true, Ordering::Acquire) {
+            callouts();
+            running.store(false, Ordering::Release);
         }
-        callouts();
-        running.store(false, Ordering::Release);
+        crate::arch::irq_restore(was);
     }
 }
 

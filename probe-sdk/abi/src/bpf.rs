@@ -297,6 +297,12 @@ pub struct LineTable {
     pub rows: Vec<LineInfo>,
 }
 
+/// Most heap the kernel's verifier gives one program's states (less when
+/// the heap has less to spare). Linux bounds its verifier by instructions
+/// processed; a kernel whose heap is one fixed block must bound the states'
+/// memory as well. `ktrace check` uses the same bound.
+pub const MAX_VERIFIER_STATE_BYTES: usize = 48 << 20;
+
 /// One program to verify and load.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramLoad {

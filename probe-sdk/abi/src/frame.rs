@@ -37,8 +37,6 @@ pub enum FrameEvent {
     TooLong(u32),
     /// The payload's CRC did not match.
     BadCrc,
-    /// No memory for a payload of this many bytes: the frame was dropped.
-    NoMemory(u32),
 }
 
 /// Incremental frame reader: feed it bytes as they arrive, take events out.
@@ -67,6 +65,17 @@ impl FrameReader {
         self.buf.try_reserve(bytes.len())?;
         self.buf.extend_from_slice(bytes);
         Ok(())
+    }
+
+    /// The payload bytes of a frame still arriving (empty before its
+    /// header is complete): enough to read the request id of a frame that
+    /// has to be dropped.
+    pub fn partial_payload(&self) -> &[u8] {
+        if self.buf.len() > HEADER_LEN && self.buf[..4] == MAGIC {
+            &self.buf[HEADER_LEN..]
+        } else {
+            &[]
+        }
     }
 
     /// Bytes buffered but not yet consumed.
@@ -118,13 +127,19 @@ impl FrameReader {
             self.buf.drain(..4);
             return Some(FrameEvent::BadCrc);
         }
-        let mut payload = Vec::new();
-        if payload.try_reserve_exact(len as usize).is_err() {
+        if 2 * total < self.buf.len() {
+            // Small next to what is buffered (a stream of event batches):
+            // copy it out and keep the buffer and its capacity.
+            let payload = self.buf[HEADER_LEN..total].to_vec();
             self.buf.drain(..total);
-            return Some(FrameEvent::NoMemory(len));
+            return Some(FrameEvent::Frame(payload));
         }
-        payload.extend_from_slice(&self.buf[HEADER_LEN..total]);
-        self.buf.drain(..total);
+        // Most of the buffer: it becomes the payload without a copy (a frame
+        // can be 4 MiB, and a kernel has no heap to spare for a second one);
+        // what follows the frame moves to a fresh buffer.
+        let rest = self.buf.split_off(total);
+        let mut payload = core::mem::replace(&mut self.buf, rest);
+        payload.drain(..HEADER_LEN);
         Some(FrameEvent::Frame(payload))
     }
 }
