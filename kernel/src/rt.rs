@@ -5,6 +5,10 @@
 
 use core::arch::asm;
 
+// The trap path and the probe handlers copy and compare with these: a
+// breakpoint in one would trap inside its own handling.
+crate::nokprobe!(memcpy, memmove, memset, memcmp, bcmp);
+
 /// # Safety
 /// C `memcpy` contract: `dst` and `src` valid for `n` bytes, not overlapping.
 #[unsafe(no_mangle)]

@@ -125,6 +125,21 @@ fn protocol_probes_refusals_and_counts() {
     );
     assert_eq!(code, ErrorCode::InvalidArgument);
     assert!(msg.ends_with("is blacklisted: text patching"), "{msg}");
+    // Unmangled functions of the trap path are marked one by one (a
+    // kretprobe on `trap_dispatch` once reset the CPU).
+    for f in [
+        "trap_dispatch",
+        "kretprobe_trampoline_handler",
+        "memcpy",
+        "memset",
+    ] {
+        let (code, msg) = refusal(&mut client, sym(f, 0));
+        assert_eq!(code, ErrorCode::InvalidArgument, "{f}: {msg}");
+        assert!(
+            msg.ends_with("is blacklisted: marked NOKPROBE (.nokprobe section)"),
+            "{f}: {msg}"
+        );
+    }
     let (_, msg) = refusal(&mut client, sym("kernel::probe_tests::add3", 2));
     assert!(msg.contains("is not on an instruction boundary"), "{msg}");
     let (_, msg) = refusal(&mut client, ProbeTarget::Address(0x1000));

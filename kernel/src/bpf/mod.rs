@@ -395,6 +395,9 @@ fn check_sync_count(what: &str, count: u32) -> Result<(), Response> {
     Ok(())
 }
 
+/// Heap a map-dump batch may always take, even with no heap to spare.
+const DUMP_FLOOR_BYTES: usize = 256 << 10;
+
 /// Most `TriggerSpawn` tasks alive at once: each takes a stack, and a
 /// host repeating the request must not be able to fill the heap with them.
 const MAX_TRIGGER_TASKS: u32 = 8;
@@ -588,10 +591,16 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
         BpfRequest::MapDump { map, after, max } => {
             let m = rt.map(map)?;
             // Bound the batch so one answer stays a reasonable frame: by
-            // count, and by bytes (a 64 KiB value times 65 536 entries would
-            // not fit the heap, let alone a frame).
-            let entry_bytes = m.spec.key_size as usize + m.host_value_size as usize + 8;
-            let by_bytes = (ktrace_abi::frame::MAX_PAYLOAD / 2 / entry_bytes).max(1);
+            // count, and by the heap it takes (a 64 KiB value times 65 536
+            // entries would not fit the heap, let alone a frame). An entry
+            // costs its key and value twice (the entry, then the encoded
+            // reply) plus two allocations and the entry itself. The reply is
+            // built inside the heap's reserve, so on a full heap batches get
+            // small (the client pages on) instead of exhausting it.
+            let entry_bytes = 2 * (m.spec.key_size as usize + m.host_value_size as usize) + 96;
+            let budget = (ktrace_abi::frame::MAX_PAYLOAD / 2)
+                .min((crate::mm::heap::spare_bytes() / 2).max(DUMP_FLOOR_BYTES));
+            let by_bytes = (budget / entry_bytes).max(1);
             let max = (max as usize).clamp(1, 65_536).min(by_bytes);
             let (entries, more) = m
                 .inner

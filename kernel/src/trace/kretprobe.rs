@@ -180,6 +180,9 @@ fn find(owner: u32) -> Option<Arc<Kretprobe>> {
     None
 }
 
+// Unmangled, so the `kernel::trace::kretprobe::` prefix does not cover it.
+crate::nokprobe!(kretprobe_trampoline_handler);
+
 /// Called by the trampoline with the registers at return. Returns (and
 /// stores in `regs.rip`) the original return address.
 #[unsafe(no_mangle)]

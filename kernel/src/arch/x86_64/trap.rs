@@ -65,6 +65,10 @@ pub fn irq_count() -> u64 {
         .sum()
 }
 
+// Its unmangled name escapes the module prefix of the blacklist; a
+// breakpoint in it would trap from the trap handler until the CPU resets.
+crate::nokprobe!(trap_dispatch);
+
 /// Called by `trap.S` for every vector.
 #[unsafe(no_mangle)]
 extern "C" fn trap_dispatch(regs: &mut PtRegs, vector: u64) {
