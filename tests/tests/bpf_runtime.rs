@@ -695,6 +695,17 @@ fn events_reach_the_subscribing_session_while_another_works() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
 }
 
+/// A refusal for want of memory (`Limit`, `ENOMEM`) whose text has `what`.
+fn assert_enomem(e: &RuntimeError, what: &str) {
+    eprintln!("refused: {e}");
+    assert_eq!(
+        (e.code(), e.errno()),
+        (Some(ErrorCode::Limit), Some(-12)),
+        "{e}"
+    );
+    assert!(e.to_string().contains(what), "{e}");
+}
+
 /// `ProgLoad` of `insns` instructions of straight-line code.
 fn straight_line(name: &str, insns: usize) -> ProgramLoad {
     let mut src = String::new();
@@ -760,17 +771,7 @@ fn a_full_kernel_heap_is_a_clean_refusal() {
             }
             assert!(maps.len() < 1000, "the heap never filled");
         };
-        assert_eq!(
-            (e.code(), e.errno()),
-            (Some(ErrorCode::Limit), Some(-12)),
-            "{e}"
-        );
-        eprintln!("refused: {e}");
-        assert!(
-            e.to_string()
-                .contains(": no free slot or memory (ENOMEM); "),
-            "{e}"
-        );
+        assert_enomem(&e, ": no free slot or memory (ENOMEM); ");
         assert!(
             e.to_string().contains("are kept for the kernel itself"),
             "{e}"
@@ -786,16 +787,9 @@ fn a_full_kernel_heap_is_a_clean_refusal() {
             LoadOptions::default(),
         )
         .unwrap_err();
-    assert_eq!(
-        (e.code(), e.errno()),
-        (Some(ErrorCode::Limit), Some(-12)),
-        "{e}"
-    );
-    eprintln!("refused: {e}");
-    assert!(
-        e.to_string()
-            .contains("program `count` (kprobe/count): verifying 11 instructions needs"),
-        "{e}"
+    assert_enomem(
+        &e,
+        "program `count` (kprobe/count): verifying 11 instructions needs",
     );
     let e = rt
         .prog_load(
@@ -804,15 +798,9 @@ fn a_full_kernel_heap_is_a_clean_refusal() {
             LoadOptions::default(),
         )
         .unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::Limit), "{e}");
-    assert_eq!(e.errno(), Some(-12), "{e}");
     // Refused while it arrives: past 64 KiB a frame is buffered only while
     // the heap can spare it, and the refusal answers the frame's request id.
-    assert!(
-        e.to_string().contains("dropped an unfinished frame of"),
-        "{e}"
-    );
-    eprintln!("refused: {e}");
+    assert_enomem(&e, "dropped an unfinished frame of");
     // A dump of a filled 4 MiB map still works: its batches shrink to what
     // the heap can spare instead of eating the reserve.
     let t = Instant::now();
