@@ -6,7 +6,7 @@
 mod build_support;
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -212,23 +212,6 @@ fn a_mismatched_llc_is_refused() {
             tc.llvm_version
         )
     );
-}
-
-/// Write a throwaway probe crate whose `src/lib.rs` is `body`.
-fn scratch_crate(name: &str, body: &str) -> PathBuf {
-    let dir = work_dir().join("scratch").join(name);
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    let probe = repo().join("probe-sdk/ebpf");
-    std::fs::write(
-        dir.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\npath = \"src/lib.rs\"\n\n[dependencies]\nktrace-probe = {{ path = {:?} }}\n\n[workspace]\n",
-            probe.display().to_string()
-        ),
-    )
-    .unwrap();
-    std::fs::write(dir.join("src/lib.rs"), body).unwrap();
-    dir
 }
 
 #[test]

@@ -97,23 +97,6 @@ fn count_calls_maps_are_typed_and_global_data_is_not() {
     }
 }
 
-/// A throwaway probe crate whose `src/lib.rs` is `body`.
-fn scratch_crate(name: &str, body: &str) -> std::path::PathBuf {
-    let dir = work_dir().join("scratch").join(name);
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    let probe = repo().join("probe-sdk/ebpf");
-    std::fs::write(
-        dir.join("Cargo.toml"),
-        format!(
-            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\npath = \"src/lib.rs\"\n\n[dependencies]\nktrace-probe = {{ path = {:?} }}\n\n[workspace]\n",
-            probe.display().to_string()
-        ),
-    )
-    .unwrap();
-    std::fs::write(dir.join("src/lib.rs"), body).unwrap();
-    dir
-}
-
 const KINDS: &str = r#"#![no_std]
 use ktrace_probe::maps::{Array, HashMap, PerfEventArray, RingBuf};
 use ktrace_probe::{kprobe, map, KprobeContext};

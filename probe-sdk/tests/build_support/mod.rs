@@ -1,4 +1,4 @@
-//! Shared by the build, object and check tests: build probe crates (the
+//! Shared by the build, object, check and types tests: build probe crates (the
 //! examples and fixtures) once into the test target directory.
 #![allow(dead_code)]
 
@@ -88,4 +88,21 @@ pub fn line_of(file: &Path, marker: &str) -> u32 {
         .position(|l| l.contains(marker))
         .unwrap_or_else(|| panic!("{marker} not in {}", file.display())) as u32
         + 1
+}
+
+/// Writes a throwaway probe crate whose `src/lib.rs` is `body`.
+pub fn scratch_crate(name: &str, body: &str) -> PathBuf {
+    let dir = work_dir().join("scratch").join(name);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    let probe = repo().join("probe-sdk/ebpf");
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\npath = \"src/lib.rs\"\n\n[dependencies]\nktrace-probe = {{ path = {:?} }}\n\n[workspace]\n",
+            probe.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/lib.rs"), body).unwrap();
+    dir
 }
