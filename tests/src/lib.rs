@@ -75,6 +75,17 @@ pub fn test_config(test: &str) -> VmConfig {
     cfg
 }
 
+/// A VM config for a test with `n` virtio disks of 32 MiB (fresh sparse
+/// images in the returned directory) besides ram0.
+pub fn disk_config(test: &str, n: usize) -> (VmConfig, std::path::PathBuf) {
+    let mut cfg = test_config(test);
+    let dir = std::env::temp_dir().join(&cfg.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    cfg.disks = (0..n).map(|i| dir.join(format!("disk{i}.img"))).collect();
+    cfg.disk_size = 32 << 20;
+    (cfg, dir)
+}
+
 /// A VM that is killed when dropped.
 pub struct TestVm {
     vm: Option<Vm>,

@@ -9,16 +9,12 @@ use std::path::PathBuf;
 use ktrace_abi::block::{DeviceStats, RwMode, WorkloadLimit, WorkloadReport, WorkloadSpec};
 use ktrace_abi::trace::{TraceRequest, TraceResponse};
 use ktrace_abi::{ErrorCode, Request, Response};
-use ktrace_tests::{ktrace, ktrace_ok, test_config, unique_name, CliVmGuard, TestVm};
+use ktrace_tests::{disk_config, ktrace, ktrace_ok, unique_name, CliVmGuard, TestVm};
 use probe_sdk::client::Client;
 
 /// A VM with `n` virtio disks of 32 MiB (fresh sparse images) plus ram0.
 fn boot_with_disks(test: &str, n: usize) -> (TestVm, PathBuf) {
-    let mut cfg = test_config(test);
-    let dir = std::env::temp_dir().join(&cfg.name);
-    std::fs::create_dir_all(&dir).unwrap();
-    cfg.disks = (0..n).map(|i| dir.join(format!("disk{i}.img"))).collect();
-    cfg.disk_size = 32 << 20;
+    let (cfg, dir) = disk_config(test, n);
     (TestVm::boot_with(cfg), dir)
 }
 
@@ -505,11 +501,7 @@ fn block_benchmarks() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6);
-    let mut cfg = test_config("bench");
-    let dir = std::env::temp_dir().join(&cfg.name);
-    std::fs::create_dir_all(&dir).unwrap();
-    cfg.disks = vec![dir.join("disk0.img")];
-    cfg.disk_size = 32 << 20;
+    let (mut cfg, dir) = disk_config("bench", 1);
     // BLOCK_BENCH_ICOUNT=shift=5 makes guest time count instructions, so
     // host load does not move the figures (device time then runs on the
     // host's clock only while the guest idles).

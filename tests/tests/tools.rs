@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use ktrace_abi::block::DeviceStats;
-use ktrace_tests::{test_config, TestVm};
+use ktrace_tests::{disk_config, TestVm};
 use probe_sdk::client::Client;
 use probe_sdk::kernel_image;
 
@@ -71,11 +71,7 @@ fn run_ok(name: &str, args: &[&str]) -> String {
 }
 
 fn boot(test: &str) -> (TestVm, PathBuf) {
-    let mut cfg = test_config(test);
-    let dir = std::env::temp_dir().join(&cfg.name);
-    std::fs::create_dir_all(&dir).unwrap();
-    cfg.disks = vec![dir.join("disk0.img")];
-    cfg.disk_size = 32 << 20;
+    let (cfg, dir) = disk_config(test, 1);
     (TestVm::boot_with(cfg), dir)
 }
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use ktrace_abi::bpf::{map_type, MapDefinition};
 use ktrace_abi::types::{Field, MapTypes, TypeDesc, TypeKind, TypeNode};
 use ktrace_abi::ErrorCode;
-use ktrace_tests::{ktrace, ktrace_ok, test_config, TestVm};
+use ktrace_tests::{disk_config, ktrace, ktrace_ok, TestVm};
 use probe_sdk::build::{build, BuildOptions};
 use probe_sdk::client::ClientError;
 use probe_sdk::runtime::{Runtime, RuntimeError};
@@ -19,11 +19,7 @@ use serde_json::Value;
 const WORKLOAD_TASK: &str = "fio-vda-0";
 
 fn boot(test: &str) -> (TestVm, PathBuf) {
-    let mut cfg = test_config(test);
-    let dir = std::env::temp_dir().join(&cfg.name);
-    std::fs::create_dir_all(&dir).unwrap();
-    cfg.disks = vec![dir.join("disk0.img")];
-    cfg.disk_size = 32 << 20;
+    let (cfg, dir) = disk_config(test, 1);
     (TestVm::boot_with(cfg), dir)
 }
 
