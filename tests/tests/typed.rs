@@ -169,37 +169,21 @@ fn biosnoop_records_and_values_print_by_field() {
         run(&["map", "lookup", "START", "7"]),
         "7: { insert_ns: 0, issue_ns: 0, pid: 42, _pad: 0, comm: \"typed\" }\n"
     );
-    let bad = ktrace()
-        .args([
-            "--vm",
-            &name,
-            "map",
-            "update",
-            "START",
-            "7",
-            r#"{"pdi": 1}"#,
-        ])
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
+    // A value that does not fit the type: refused, with the reason.
+    let refused_update = |value: &str| {
+        let out = ktrace()
+            .args(["--vm", &name, "map", "update", "START", "7", value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "update with {value} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     assert_eq!(
-        String::from_utf8_lossy(&bad.stderr),
+        refused_update(r#"{"pdi": 1}"#),
         "ktrace: value: struct `Start` has no field `pdi` (fields: insert_ns, issue_ns, pid, _pad, comm)\n"
     );
-    let long = ktrace()
-        .args([
-            "--vm",
-            &name,
-            "map",
-            "update",
-            "START",
-            "7",
-            r#"{"comm": "a-task-name-too-long"}"#,
-        ])
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&long.stderr),
+        refused_update(r#"{"comm": "a-task-name-too-long"}"#),
         "ktrace: value.comm: \"a-task-name-too-long\" is 20 bytes; `[u8; 16]` holds 16\n"
     );
     run(&["map", "delete", "START", "7"]);

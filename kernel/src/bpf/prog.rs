@@ -189,17 +189,10 @@ pub fn load(
     let fixed = verifier::fixed_memory_bytes(n, &probe)
         + line_bytes
         + n * (core::mem::size_of::<bpf_vm::insn::Insn>() + LOADED_BYTES_PER_INSN);
-    // Read once: interrupts and other tasks allocate too.
-    let spare = crate::mm::heap::spare_bytes();
-    if spare < fixed + MIN_STATE_BYTES {
-        let full = crate::mm::heap::HeapFull {
-            wanted: fixed + MIN_STATE_BYTES,
-            free: crate::mm::heap::free_bytes(),
-        };
-        return Err(LoadError::NoMemory(alloc::format!(
-            "verifying {n} instructions {full}"
-        )));
-    }
+    // The spare heap is read once (interrupts and other tasks allocate too):
+    // the states get what this reading left.
+    let spare = crate::mm::heap::check_room(fixed + MIN_STATE_BYTES)
+        .map_err(|full| LoadError::NoMemory(alloc::format!("verifying {n} instructions {full}")))?;
     let line_info: Vec<LineInfo> = p
         .lines
         .as_ref()

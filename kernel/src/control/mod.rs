@@ -444,9 +444,9 @@ fn control_task(id: usize) {
         let room = if held > RX_CHUNK {
             crate::mm::heap::check_room(2 * held).map_err(|full| format!("{full}"))
         } else {
-            Ok(())
+            Ok(0)
         };
-        if let Err(why) = room.and_then(|()| {
+        if let Err(why) = room.and_then(|_| {
             reader
                 .try_push(bytes)
                 .map_err(|_| String::from("cannot grow the receive buffer"))
@@ -509,7 +509,7 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
     let room = if payload.len() > SMALL_REQUEST_BYTES {
         crate::mm::heap::check_room(payload.len() * DECODED_BYTES_PER_PAYLOAD_BYTE)
     } else {
-        Ok(())
+        Ok(0)
     };
     if let Err(full) = room {
         let id = postcard::take_from_bytes::<u32>(payload)

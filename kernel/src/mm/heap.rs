@@ -136,11 +136,13 @@ impl core::fmt::Display for HeapFull {
 }
 
 /// Whether `wanted` more bytes can be allocated while keeping
-/// [`RESERVE_BYTES`] free.
-pub fn check_room(wanted: usize) -> Result<(), HeapFull> {
+/// [`RESERVE_BYTES`] free; `Ok` holds the spare bytes measured (at least
+/// `wanted`), for a caller that sizes more work from the same reading.
+pub fn check_room(wanted: usize) -> Result<usize, HeapFull> {
     let free = free_bytes();
-    if free.saturating_sub(RESERVE_BYTES) >= wanted {
-        Ok(())
+    let spare = free.saturating_sub(RESERVE_BYTES);
+    if spare >= wanted {
+        Ok(spare)
     } else {
         Err(HeapFull { wanted, free })
     }
