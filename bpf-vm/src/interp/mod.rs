@@ -324,9 +324,16 @@ impl Vm {
 
     /// The run loop.
     ///
+    /// Never inlined: `bpf_vm::interp::Vm::run` is where a kernel probe
+    /// sees every program run (ktrace's tests of nested hits and of source
+    /// paths use it), and with one caller per mode LLVM would otherwise
+    /// fold it into `run_fast` or `run_checked` as the build changes
+    /// around it. One call per program run costs nothing measurable.
+    ///
     /// # Safety
     /// With `CHECKED = false` the caller must uphold [`Vm::run_fast`]'s contract.
     #[allow(clippy::too_many_lines)]
+    #[inline(never)]
     unsafe fn run<const CHECKED: bool, H: Helpers>(
         &mut self,
         exe: &Executable,
