@@ -19,13 +19,18 @@
 //!   console), listable with their reasons.
 //! - [`pool`]: the lock-free, fixed-size instance pool of return probes
 //!   (`maxactive`), usable from a trap handler (no allocation, no lock).
+//! - [`claims`]: who owns each patched instruction of kernel text, with
+//!   the bytes the compiler put there; overlapping claims are refused.
 //! - [`Refusal`]: why a probe point was refused.
 //!
 //! The kernel side (patching text, the trap handlers, the registry) lives in
 //! the kernel and uses these pieces.
 #![no_std]
 
+extern crate alloc;
+
 pub mod blacklist;
+pub mod claims;
 pub mod pool;
 pub mod x86_64;
 
@@ -66,6 +71,16 @@ pub enum Refusal {
     /// A rewritten RIP-relative displacement or jump does not fit in 32 bits
     /// from the slot's address.
     OutOfReach { addr: u64, slot: u64 },
+    /// Another mechanism already patches bytes the probe would need.
+    Claimed {
+        addr: u64,
+        /// Start of the claimed instruction.
+        start: u64,
+        /// Its length.
+        len: u8,
+        /// Who patches it.
+        owner: claims::Owner,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -88,6 +103,14 @@ impl fmt::Display for Refusal {
             Refusal::OutOfReach { addr, slot } => {
                 write!(f, "the instruction at {addr:#x} cannot be relocated to the slot at {slot:#x}: out of rel32 reach")
             }
+            Refusal::Claimed { addr, start, len, owner: claims::Owner::StaticKey { category, name } } => write!(
+                f,
+                "{addr:#x} is inside the static-key site of tracepoint {category}:{name} ({len} bytes at {start:#x}), which attaching a program rewrites: attach to the tracepoint instead"
+            ),
+            Refusal::Claimed { addr, start, len, owner: claims::Owner::Kprobe } => write!(
+                f,
+                "{addr:#x} overlaps the {len}-byte instruction at {start:#x}, which a kprobe already patches"
+            ),
         }
     }
 }

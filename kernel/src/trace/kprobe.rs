@@ -7,9 +7,13 @@
 //!    its function, found through `ksyms`), and an instruction the engine can
 //!    run out of line (`ktrace_kprobe::x86_64::analyze`). A refused address
 //!    gets a [`KprobeError`] naming the reason.
-//! 2. The probe is **published** in the site table, then the first byte of
-//!    the instruction is replaced by `int3` through the text-patching alias
-//!    (text stays read+execute). Several probes on one address share one
+//!    The check reads text as compiled ([`text::read_original`]), so a
+//!    neighbour's `int3` cannot shift the decoding, and refuses bytes that
+//!    another mechanism patches (a tracepoint's static-key site).
+//! 2. The probe is **published** in the site table, then its instruction
+//!    is claimed from the owner of kernel text ([`text`]) and its first byte
+//!    replaced by `int3` through the text-patching alias (text stays
+//!    read+execute). Several probes on one address share one
 //!    site, one patch and one slot; their handlers run in registration
 //!    order.
 //! 3. On a hit, the `int3` handler finds the site without taking any lock
@@ -20,6 +24,10 @@
 //!    emulated (relative branches), boosted (slot copy + `jmp` back), or
 //!    single-stepped in the slot with TF set and IF clear, after which the
 //!    debug trap moves RIP back, restores the flags and runs post handlers.
+//!    An instruction with an exception fix-up is never boosted: if its
+//!    copy faults while stepped, [`on_slot_fault`] moves RIP back to the
+//!    original address first, so the fix-up table finds it and the fault
+//!    is handled exactly as without the probe.
 //! 4. [`unregister`] restores the original byte first, then unpublishes the
 //!    site, then waits until no CPU runs a handler or sits in a slot (the
 //!    in-flight count is zero) before the slot is freed. No task can be
@@ -36,6 +44,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use ktrace_kprobe::x86_64::{self as insn, rflags, Exec, Insn, StepFixup};
 use ktrace_kprobe::Refusal;
 
+use super::text::{self, TextError};
 use crate::arch::text_patch;
 use crate::arch::{trap, PtRegs};
 use crate::percpu::this_cpu;
@@ -144,6 +153,16 @@ impl fmt::Display for KprobeError {
     }
 }
 
+impl From<TextError> for KprobeError {
+    fn from(e: TextError) -> Self {
+        match e {
+            TextError::Refused(r) => KprobeError::Refused(r),
+            TextError::OutOfMemory => KprobeError::OutOfMemory,
+            TextError::Patch(a) | TextError::NotClaimed(a) => KprobeError::Patch(a),
+        }
+    }
+}
+
 impl From<Refusal> for KprobeError {
     fn from(r: Refusal) -> Self {
         KprobeError::Refused(r)
@@ -155,7 +174,6 @@ impl From<Refusal> for KprobeError {
 struct Site {
     addr: u64,
     insn: Insn,
-    orig_byte: u8,
     slot: Option<Arc<Slot>>,
     probes: Vec<Arc<Kprobe>>,
     /// Boosted: boostable instruction and no probe has a post handler.
@@ -210,6 +228,18 @@ pub fn init() {
     }
     trap::set_handler(3, on_int3);
     trap::set_handler(1, on_debug);
+    // Exceptions an instruction copied to a slot can raise: divide error,
+    // invalid opcode, #GP, #PF, x87/SIMD errors, alignment check.
+    for vector in [0, 6, 13, 14, 16, 17, 19] {
+        trap::set_handler(vector, on_slot_fault);
+    }
+}
+
+/// Whether hits on `insn` may take the boosted path. Never for an
+/// instruction with an exception fix-up: a fault in a boosted copy runs
+/// with no step state to map it back, and the fix-up would be missed.
+fn may_boost(insn: &Insn, probes: &[Arc<Kprobe>]) -> bool {
+    insn.boostable() && !text::has_fixup(insn.addr) && probes.iter().all(|p| !p.handler.has_post())
 }
 
 /// The site at `addr`. A hand-written search: the trap path must not call
@@ -256,13 +286,18 @@ pub fn check_address(addr: u64) -> Result<Insn, Refusal> {
     };
     let size = sym.size.min(1 << 20) as usize;
     let mut code = alloc::vec![0u8; size];
-    if trap::copy_from_kernel_nofault(&mut code, sym.addr).is_err() {
+    // As compiled: an `int3` or `jmp` planted by another claim would shift
+    // the decoding (a probe one byte after a probed instruction start
+    // looked like a boundary) or hide valid boundaries after it.
+    if text::read_original(sym.addr, &mut code).is_err() {
         return Err(Refusal::NotText { addr });
     }
     insn::check_boundary(&code, sym.addr, addr)?;
     let off = (addr - sym.addr) as usize;
     let end = (off + insn::MAX_INSN_LEN).min(code.len());
-    insn::analyze(&code[off..end], addr)
+    let decoded = insn::analyze(&code[off..end], addr)?;
+    text::check_free(addr, decoded.len)?;
+    Ok(decoded)
 }
 
 fn alloc_slot() -> Option<Arc<Slot>> {
@@ -295,11 +330,10 @@ pub fn register(addr: u64, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe
         Some(s) => {
             let mut probes = s.probes.clone();
             probes.push(probe.clone());
-            let boost = s.insn.boostable() && probes.iter().all(|p| !p.handler.has_post());
+            let boost = may_boost(&s.insn, &probes);
             Site {
                 addr,
                 insn: s.insn,
-                orig_byte: s.orig_byte,
                 slot: s.slot.clone(),
                 probes,
                 boost,
@@ -307,21 +341,18 @@ pub fn register(addr: u64, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe
         }
         None => {
             let decoded = check_address(addr)?;
-            let orig_byte = text_patch::read_byte(addr).ok_or(KprobeError::Patch(addr))?;
             let slot = if decoded.needs_slot() {
                 let slot = alloc_slot().ok_or(KprobeError::OutOfMemory)?;
                 let code = insn::build_slot(&decoded, slot.addr)?;
-                text_patch::write_text(slot.addr, &code)
-                    .map_err(|_| KprobeError::Patch(slot.addr))?;
+                text::write_slot(slot.addr, &code)?;
                 Some(slot)
             } else {
                 None
             };
-            let boost = decoded.boostable() && !probe.handler.has_post();
+            let boost = may_boost(&decoded, core::slice::from_ref(&probe));
             Site {
                 addr,
                 insn: decoded,
-                orig_byte,
                 slot,
                 probes: alloc::vec![probe.clone()],
                 boost,
@@ -329,6 +360,7 @@ pub fn register(addr: u64, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe
         }
     };
     let site = Arc::new(site);
+    let site_insn = site.insn;
     let mut table: Vec<Arc<Site>> = SITES.read().clone();
     match table.binary_search_by_key(&addr, |s| s.addr) {
         Ok(i) => table[i] = site,
@@ -338,11 +370,11 @@ pub fn register(addr: u64, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe
     drop(old);
     if existing.is_none() {
         // Published first: a CPU hitting the int3 finds its site.
-        if text_patch::write_text(addr, &[insn::INT3]).is_err() {
+        if let Err(e) = text::arm_breakpoint(&site_insn) {
             let mut table: Vec<Arc<Site>> = SITES.read().clone();
             table.retain(|s| s.addr != addr);
             drop(publish(table));
-            return Err(KprobeError::Patch(addr));
+            return Err(e.into());
         }
     }
     Ok(probe)
@@ -385,16 +417,14 @@ pub fn unregister(id: u32) -> Result<(), KprobeError> {
     let mut table = table;
     if site.probes.len() == 1 {
         // Restore first: from now on no new hit can start.
-        text_patch::write_text(site.addr, &[site.orig_byte])
-            .map_err(|_| KprobeError::Patch(site.addr))?;
+        text::disarm_breakpoint(site.addr)?;
         table.remove(idx);
     } else {
         let probes: Vec<Arc<Kprobe>> = site.probes.iter().filter(|p| p.id != id).cloned().collect();
-        let boost = site.insn.boostable() && probes.iter().all(|p| !p.handler.has_post());
+        let boost = may_boost(&site.insn, &probes);
         table[idx] = Arc::new(Site {
             addr: site.addr,
             insn: site.insn,
-            orig_byte: site.orig_byte,
             slot: site.slot.clone(),
             probes,
             boost,
@@ -617,6 +647,49 @@ fn on_debug(regs: &mut PtRegs, _vector: u8) -> bool {
     true
 }
 
+/// An exception raised by an instruction the engine runs out of line.
+///
+/// While a copy is single-stepped (the step state names its slot), RIP is
+/// moved back to the original instruction and the interrupted context's
+/// flags restored, as if the fault had happened there without the probe;
+/// the step ends (its post handlers are skipped). Returning `false` lets
+/// the trap dispatch go on as for any exception: the fix-up table (which
+/// knows only original addresses) or the fatal report, which then names
+/// the original address. A fault in a boosted copy, which has no step
+/// state, is mapped back for the report only: instructions with a fix-up
+/// are never boosted ([`may_boost`]).
+fn on_slot_fault(regs: &mut PtRegs, _vector: u8) -> bool {
+    let stepping = {
+        let mut step = STEP.lock();
+        match step.as_ref() {
+            Some(st) if (st.slot..st.slot + insn::SLOT_SIZE as u64).contains(&regs.rip) => {
+                step.take()
+            }
+            _ => None,
+        }
+    };
+    if let Some(st) = stepping {
+        regs.rip = st.site.addr;
+        let keep = rflags::TF | rflags::IF;
+        regs.eflags = (regs.eflags & !keep) | (st.orig_flags & keep);
+        drop(st);
+        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
+        return false;
+    }
+    let sites = SITES.read();
+    let mut i = 0;
+    while let Some(site) = sites.get(i) {
+        if let Some(slot) = &site.slot {
+            if (slot.addr..slot.addr + insn::SLOT_SIZE as u64).contains(&regs.rip) {
+                regs.rip = site.addr;
+                break;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
 /// The kprobe blacklist of this kernel.
 pub mod blacklist {
     use super::*;
@@ -639,6 +712,10 @@ pub mod blacklist {
         Prefix {
             prefix: "kernel::arch::imp::text_patch::",
             reason: "text patching",
+        },
+        Prefix {
+            prefix: "kernel::trace::text::",
+            reason: "text patching (the owner of kernel text)",
         },
         Prefix {
             prefix: "kernel::arch::imp::trap::",
@@ -687,22 +764,20 @@ pub mod blacklist {
     ];
 
     unsafe extern "C" {
-        static __text_start: u8;
+        static __entry_text_start: u8;
+        static __entry_text_end: u8;
         static __nokprobe_start: u64;
         static __nokprobe_end: u64;
-        fn trap_entry_end();
-        fn kretprobe_trampoline();
     }
 
-    /// Address ranges that must never trap: interrupt entry and context
-    /// switch (`.text.entry`, which the linker puts first in `.text`), and
-    /// every function named in the `.nokprobe` section.
+    /// Address ranges that must never trap: the whole `.text.entry`
+    /// section (interrupt and exception entry, context switch, the
+    /// kretprobe trampoline), bounded by the linker script's symbols so
+    /// that anything placed there is covered whether or not it has a
+    /// sized symbol, and every function named in the `.nokprobe` section.
     pub fn ranges() -> Vec<Range> {
-        let start = core::ptr::addr_of!(__text_start) as u64;
-        // `.text.entry` ends with the kretprobe trampoline or the trap
-        // entry, whichever the linker placed last; both are in it.
-        let end = (trap_entry_end as unsafe extern "C" fn() as usize as u64)
-            .max(kretprobe_trampoline as unsafe extern "C" fn() as usize as u64 + 128);
+        let start = core::ptr::addr_of!(__entry_text_start) as u64;
+        let end = core::ptr::addr_of!(__entry_text_end) as u64;
         let mut out = alloc::vec![Range {
             start,
             end,

@@ -86,6 +86,7 @@ pub mod kprobe;
 pub mod kretprobe;
 pub mod perf;
 pub mod points;
+pub mod text;
 pub mod tracepoint;
 
 /// Set up the trap handlers and tracepoint sites.

@@ -28,6 +28,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use ktrace_tracepoints::{TracepointDesc, TracepointEvent};
 
 use super::kprobe::DepthGuard;
+use super::text;
 use crate::arch::{text_patch, PtRegs};
 
 /// A 5-byte `nop` (`nopl 0(%rax,%rax,1)`).
@@ -226,24 +227,14 @@ pub fn site_bytes(site: u64) -> [u8; 5] {
     b
 }
 
+/// Switches every call site of `tp` through the owner of kernel text
+/// (which claimed them all at boot, see [`init`]). Returns how many
+/// changed.
 fn patch_sites(tp: &'static Tracepoint, enable: bool) -> usize {
-    let mut n = 0;
-    for (site, target) in sites(tp) {
-        let bytes = if enable {
-            let rel = target.wrapping_sub(site + 5) as i64;
-            let Ok(rel) = i32::try_from(rel) else {
-                continue;
-            };
-            let r = rel.to_le_bytes();
-            [0xe9, r[0], r[1], r[2], r[3]]
-        } else {
-            NOP5
-        };
-        if text_patch::write_text(site, &bytes).is_ok() {
-            n += 1;
-        }
-    }
-    n
+    sites(tp)
+        .into_iter()
+        .filter(|&(site, target)| text::set_static_key(site, enable.then_some(target)).is_ok())
+        .count()
 }
 
 static NEXT_ATTACH: AtomicU32 = AtomicU32::new(1);
@@ -329,17 +320,27 @@ pub fn attachments(tp: &Tracepoint) -> Vec<(u32, Arc<dyn TracepointHandler>)> {
     tp.handlers.read().clone()
 }
 
-/// Check that every site is a `nop` (all are patched at boot to be sure
-/// the table and the text agree).
+/// Claims every call site from the owner of kernel text, so no kprobe can
+/// plant an `int3` in a site that attaching rewrites (and no detach can
+/// put a `nop` over a probe). A site whose bytes are not the expected
+/// `nop` is left unclaimed and never patched.
 pub fn init() {
     let mut bad = 0;
     for e in entries() {
-        if site_bytes(e.site) != NOP5 {
+        let Some(tp) = super::points::ALL
+            .iter()
+            .copied()
+            .find(|t| core::ptr::eq(*t, e.key as *const Tracepoint))
+        else {
+            bad += 1;
+            continue;
+        };
+        if text::claim_static_key(e.site, &NOP5, tp.desc.category, tp.desc.name).is_err() {
             bad += 1;
         }
     }
     if bad > 0 {
-        log::warn!("{bad} tracepoint sites are not a 5-byte nop");
+        log::warn!("{bad} tracepoint sites are not a 5-byte nop of a known tracepoint");
     }
     log::info!(
         "tracepoints: {} defined, {} call sites",

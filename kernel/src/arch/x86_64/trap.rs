@@ -148,15 +148,33 @@ unsafe extern "C" {
     static __ex_table_end: ExTableEntry;
 }
 
-fn fixup_exception(regs: &mut PtRegs) -> bool {
+fn ex_table() -> &'static [ExTableEntry] {
     // SAFETY: the linker script brackets `.ex_table` with these symbols;
-    // the section holds only `ExTableEntry` records emitted below.
-    let table = unsafe {
+    // the section holds only `ExTableEntry` records emitted below, and it
+    // is read-only data that lives as long as the kernel.
+    unsafe {
         let start = core::ptr::addr_of!(__ex_table_start);
         let end = core::ptr::addr_of!(__ex_table_end);
         core::slice::from_raw_parts(start, end.offset_from(start) as usize)
-    };
-    for e in table {
+    }
+}
+
+/// Whether a fault at `insn` has a fix-up (it resumes at a handler with
+/// rax = -EFAULT instead of stopping the kernel). Such an instruction
+/// must only fault at its own address: the kprobe engine never boosts it,
+/// and maps a fault in its single-step copy back here.
+pub fn has_fixup(insn: u64) -> bool {
+    ex_table().iter().any(|e| e.insn == insn)
+}
+
+/// Fix-up addresses, for the self tests.
+#[allow(dead_code)]
+pub fn fixup_sites() -> impl Iterator<Item = u64> {
+    ex_table().iter().map(|e| e.insn)
+}
+
+fn fixup_exception(regs: &mut PtRegs) -> bool {
+    for e in ex_table() {
         if e.insn == regs.rip {
             regs.rip = e.fixup;
             regs.rax = (-14i64) as u64; // -EFAULT

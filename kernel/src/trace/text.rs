@@ -1,0 +1,163 @@
+//! Kernel text has one owner: this module.
+//!
+//! Every change to kernel text goes through here: kprobes arm and disarm
+//! their `int3`, static keys switch a tracepoint call site between its
+//! `nop` and its `jmp`, and the kprobe engine fills its out-of-line slots.
+//! (Later: optimised probes and cross-CPU patching, through the same
+//! calls.) The module keeps a table of claims (`ktrace_kprobe::claims`):
+//!
+//! - each patched instruction is claimed whole by one owner, with the
+//!   bytes the compiler put there; a claim that overlaps another is
+//!   refused with the owner's name (a kprobe on a tracepoint's static-key
+//!   site is refused, as Linux refuses kprobes on jump-label sites);
+//! - [`read_original`] shows text as compiled, so the kprobe boundary
+//!   check, the instruction decoder and the slot copy never see an `int3`
+//!   or a `jmp` that another claim planted;
+//! - an instruction with an exception fix-up ([`has_fixup`]) is never
+//!   boosted: the kprobe engine single-steps it, and a fault in the copy is
+//!   mapped back to the original address before the fix-up table is
+//!   searched (`kprobe::on_slot_fault`).
+//!
+//! # Why the claims and the text cannot disagree
+//! The claims lock ([`CLAIMS`], interrupts off while held) is held across
+//! every write and every [`read_original`]: a reader sees either the text
+//! before a patch with the claims before it, or both after. Text outside
+//! any claim is never written. With one CPU and interrupts off, no
+//! instruction runs while its bytes change (see `arch::text_patch`).
+
+use ktrace_kprobe::claims::{ClaimError, Owner, TextClaims};
+use ktrace_kprobe::x86_64::{Insn, INT3};
+use ktrace_kprobe::Refusal;
+
+use crate::arch::{text_patch, trap};
+use crate::sync::SpinLock;
+
+/// The claims on kernel text. Held (interrupts off) across each patch.
+static CLAIMS: SpinLock<TextClaims> = SpinLock::new(TextClaims::new());
+
+/// Why a text change was not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextError {
+    /// Another owner holds some of the bytes.
+    Refused(Refusal),
+    /// The claims table could not grow.
+    OutOfMemory,
+    /// The bytes at this address could not be read or written.
+    Patch(u64),
+    /// The change names a site nobody claimed (a bug in the caller).
+    NotClaimed(u64),
+}
+
+impl From<ClaimError> for TextError {
+    fn from(e: ClaimError) -> Self {
+        match e {
+            ClaimError::Refused(r) => TextError::Refused(r),
+            ClaimError::OutOfMemory => TextError::OutOfMemory,
+        }
+    }
+}
+
+/// Reads kernel text at `addr` as the compiler left it: live bytes, with
+/// the original bytes of every claimed instruction put back. `Err` when
+/// the range is not mapped.
+pub fn read_original(addr: u64, buf: &mut [u8]) -> Result<(), TextError> {
+    let claims = CLAIMS.lock();
+    trap::copy_from_kernel_nofault(buf, addr).map_err(|_| TextError::Patch(addr))?;
+    claims.restore_original(addr, buf);
+    Ok(())
+}
+
+/// Whether `len` bytes at `addr` are free for a new claim.
+pub fn check_free(addr: u64, len: u8) -> Result<(), Refusal> {
+    CLAIMS.lock().check_free(addr, len)
+}
+
+/// Whether the instruction at `addr` has an exception fix-up entry (a
+/// fault there resumes at a handler instead of stopping the kernel).
+pub fn has_fixup(addr: u64) -> bool {
+    trap::has_fixup(addr)
+}
+
+/// Claims `insn` for a kprobe and plants `int3` on its first byte.
+pub fn arm_breakpoint(insn: &Insn) -> Result<(), TextError> {
+    let mut claims = CLAIMS.lock();
+    claims.claim(
+        insn.addr,
+        &insn.bytes[..usize::from(insn.len)],
+        Owner::Kprobe,
+    )?;
+    if text_patch::write_text(insn.addr, &[INT3]).is_err() {
+        claims.release(insn.addr);
+        return Err(TextError::Patch(insn.addr));
+    }
+    Ok(())
+}
+
+/// Puts back the first byte of the kprobe site at `addr` and releases its
+/// claim.
+pub fn disarm_breakpoint(addr: u64) -> Result<(), TextError> {
+    let mut claims = CLAIMS.lock();
+    let first = match claims.get(addr) {
+        Some(c) if c.owner == Owner::Kprobe => c.original()[0],
+        _ => return Err(TextError::NotClaimed(addr)),
+    };
+    text_patch::write_text(addr, &[first]).map_err(|_| TextError::Patch(addr))?;
+    claims.release(addr);
+    Ok(())
+}
+
+/// Claims the static-key call site at `site` for tracepoint
+/// `category:name`. Its bytes must be the 5-byte `nop` the macro emitted.
+pub fn claim_static_key(
+    site: u64,
+    nop: &[u8; 5],
+    category: &'static str,
+    name: &'static str,
+) -> Result<(), TextError> {
+    let mut claims = CLAIMS.lock();
+    let mut live = [0u8; 5];
+    trap::copy_from_kernel_nofault(&mut live, site).map_err(|_| TextError::Patch(site))?;
+    if &live != nop {
+        return Err(TextError::Patch(site));
+    }
+    claims.claim(site, nop, Owner::StaticKey { category, name })?;
+    Ok(())
+}
+
+/// Switches a claimed static-key site: `Some(target)` writes `jmp target`,
+/// `None` the original `nop`.
+pub fn set_static_key(site: u64, target: Option<u64>) -> Result<(), TextError> {
+    let claims = CLAIMS.lock();
+    let original = match claims.get(site) {
+        Some(c) if matches!(c.owner, Owner::StaticKey { .. }) && c.len == 5 => c.original(),
+        _ => return Err(TextError::NotClaimed(site)),
+    };
+    let mut bytes = [0u8; 5];
+    match target {
+        Some(target) => {
+            let rel = i32::try_from(target.wrapping_sub(site + 5) as i64)
+                .map_err(|_| TextError::Patch(site))?;
+            bytes[0] = 0xe9;
+            bytes[1..].copy_from_slice(&rel.to_le_bytes());
+        }
+        None => bytes.copy_from_slice(original),
+    }
+    text_patch::write_text(site, &bytes).map_err(|_| TextError::Patch(site))
+}
+
+/// Fills an out-of-line slot (executable memory of the kprobe engine, not
+/// kernel text: never claimed, never executed before this returns).
+pub fn write_slot(slot: u64, code: &[u8]) -> Result<(), TextError> {
+    let _claims = CLAIMS.lock();
+    text_patch::write_text(slot, code).map_err(|_| TextError::Patch(slot))
+}
+
+/// Claims, for listings and tests: (start, length, owner).
+#[allow(dead_code)] // diagnostics API, used by the self tests
+pub fn claims() -> alloc::vec::Vec<(u64, u8, Owner)> {
+    CLAIMS
+        .lock()
+        .iter()
+        .map(|c| (c.start, c.len, c.owner))
+        .collect()
+}
