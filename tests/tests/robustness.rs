@@ -32,6 +32,7 @@ use ktrace_abi::types::{Field, MapTypes, TypeDesc, TypeKind, TypeNode, Variant};
 use ktrace_abi::vm::{DebugRequest, Hello};
 use ktrace_abi::{ErrorCode, Request, Response, PROTOCOL_VERSION};
 use ktrace_tests::TestVm;
+use object::{Object, ObjectSection};
 use probe_sdk::client::{Client, ClientError};
 use probe_sdk::kernel_image;
 use probe_sdk::vm::PanicReport;
@@ -113,6 +114,15 @@ impl Rng {
 struct World {
     functions: Vec<(String, u64, u32)>,
     entry_ranges: Vec<(u64, u64)>,
+    /// Addresses where probes were armed (live or removed since): the
+    /// bytes next to them are where a neighbour's `int3` once fooled the
+    /// boundary check.
+    armed: Vec<u64>,
+    /// Tracepoint static-key call sites (`.static_keys`): text another
+    /// mechanism patches.
+    static_key_sites: Vec<u64>,
+    /// Instructions with an exception fix-up (`.ex_table`).
+    fixup_sites: Vec<u64>,
     maps: Vec<u32>,
     progs: Vec<u32>,
     /// Live programs of type kprobe (the ones a function entry takes).
@@ -139,7 +149,17 @@ impl World {
 
     fn address(&mut self, rng: &mut Rng) -> u64 {
         let (_, addr, size) = rng.pick(&self.functions);
-        match rng.below(12) {
+        match rng.below(16) {
+            12 if !self.armed.is_empty() => {
+                // A byte around an armed probe, often inside its instruction.
+                rng.pick(&self.armed)
+                    .wrapping_add(rng.below(31))
+                    .wrapping_sub(15)
+            }
+            13 if !self.static_key_sites.is_empty() => {
+                rng.pick(&self.static_key_sites) + rng.below(6)
+            }
+            14 if !self.fixup_sites.is_empty() => rng.pick(&self.fixup_sites),
             0 => 0,
             1 => u64::MAX,
             2 => 0x0000_8000_0000_0000, // non-canonical
@@ -228,6 +248,17 @@ fn program_bytes(rng: &mut Rng) -> Vec<u8> {
         7 => {
             // An infinite loop: ja -1.
             vec![0x05, 0, 0xff, 0xff, 0, 0, 0, 0]
+        }
+        8 if rng.chance(50) => {
+            // bpf_probe_read_kernel of a mapped or unmapped address: runs
+            // the fix-up instruction inside the helper dispatch, which the
+            // fuzzer may have probed.
+            let any = rng.next();
+            let addr = rng.pick(&[0x10u64, 0x10_0000, 0x7fff_0000_0000, any]);
+            let asm = format!(
+                "mov %r1, %r10\nadd %r1, -8\nmov %r2, 8\nlddw %r3, {addr:#x}\ncall 113\nexit"
+            );
+            bpf_vm::asm::assemble(&asm).unwrap().encode()
         }
         _ => {
             // Map references through ld_imm64 with hostile map indices.
@@ -817,7 +848,12 @@ fn record(world: &mut World, req: &Request, resp: &Response) {
         }
     }
     match (req, resp) {
-        (_, Response::Trace(TraceResponse::ProbeAdded(p))) => world.probes.push(p.id),
+        (_, Response::Trace(TraceResponse::ProbeAdded(p))) => {
+            world.probes.push(p.id);
+            if world.armed.len() < 64 {
+                world.armed.push(p.addr);
+            }
+        }
         (_, Response::Trace(TraceResponse::Attached { id })) => {
             world.tracepoint_attachments.push(*id)
         }
@@ -917,9 +953,29 @@ fn request_fuzzer_never_panics_or_hangs_the_kernel() {
         Ok(Response::Bpf(BpfResponse::Limits { limits, .. })) => limits,
         other => panic!("GetLimits: {other:?}"),
     };
+    // Text other mechanisms patch, from the ELF the VM runs.
+    let parsed = object::File::parse(&*elf).unwrap();
+    let words = |name: &str| -> Vec<u64> {
+        parsed
+            .section_by_name(name)
+            .and_then(|s| s.data().ok())
+            .unwrap_or_default()
+            .chunks_exact(8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+            .collect()
+    };
+    let static_key_sites: Vec<u64> = words(".static_keys")
+        .chunks_exact(3)
+        .map(|e| e[0])
+        .collect();
+    let fixup_sites: Vec<u64> = words(".ex_table").chunks_exact(2).map(|e| e[0]).collect();
+    assert!(!static_key_sites.is_empty() && !fixup_sites.is_empty());
     let mut world = World {
         functions,
         entry_ranges,
+        armed: Vec::new(),
+        static_key_sites,
+        fixup_sites,
         maps: Vec::new(),
         progs: Vec::new(),
         kprobe_progs: Vec::new(),
