@@ -113,6 +113,10 @@ impl Rng {
 /// existing ones).
 struct World {
     functions: Vec<(String, u64, u32)>,
+    /// Functions that run while the fuzzer works (the block path, the
+    /// scheduler, the BPF helper dispatch and test target): a probe there
+    /// is hit, so a bad patch shows at once.
+    hot: Vec<(String, u64, u32)>,
     entry_ranges: Vec<(u64, u64)>,
     /// Addresses where probes were armed (live or removed since): the
     /// bytes next to them are where a neighbour's `int3` once fooled the
@@ -148,7 +152,11 @@ impl World {
     }
 
     fn address(&mut self, rng: &mut Rng) -> u64 {
-        let (_, addr, size) = rng.pick(&self.functions);
+        let (_, addr, size) = if !self.hot.is_empty() && rng.chance(50) {
+            rng.pick(&self.hot)
+        } else {
+            rng.pick(&self.functions)
+        };
         match rng.below(16) {
             12 if !self.armed.is_empty() => {
                 // A byte around an armed probe, often inside its instruction.
@@ -970,8 +978,23 @@ fn request_fuzzer_never_panics_or_hangs_the_kernel() {
         .collect();
     let fixup_sites: Vec<u64> = words(".ex_table").chunks_exact(2).map(|e| e[0]).collect();
     assert!(!static_key_sites.is_empty() && !fixup_sites.is_empty());
+    let hot: Vec<(String, u64, u32)> = functions
+        .iter()
+        .filter(|(name, _, _)| {
+            [
+                "kernel::block::",
+                "kernel::task::sched::",
+                "kernel::bpf::testing::target",
+                "<kernel::bpf::helpers::RunEnv as bpf_vm::interp::Helpers>::call",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+        })
+        .cloned()
+        .collect();
     let mut world = World {
         functions,
+        hot,
         entry_ranges,
         armed: Vec::new(),
         static_key_sites,
