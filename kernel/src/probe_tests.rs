@@ -44,6 +44,7 @@ pub const SELF_TESTS: &[(&str, SelfTest)] = &[
     ("stress_long", stress_long),
     ("perf_counters", perf_counters),
     ("perf_sampling", perf_sampling),
+    ("irqs_off_load", irqs_off_load),
     ("bench", bench),
 ];
 
@@ -135,6 +136,32 @@ pub fn nokprobe_marked(x: u64) -> u64 {
     black_box(x).wrapping_sub(1)
 }
 crate::nokprobe!(nokprobe_marked);
+
+/// Spins for `cycles` TSC cycles with interrupts disabled: no interrupt,
+/// only an NMI, can sample it.
+#[inline(never)]
+pub fn irqs_off_spin(cycles: u64) -> u64 {
+    let was = arch::irq_save();
+    let n = spin_for(cycles);
+    arch::irq_restore(was);
+    n
+}
+
+/// Spins for `cycles` TSC cycles with interrupts enabled.
+#[inline(never)]
+pub fn irqs_on_spin(cycles: u64) -> u64 {
+    spin_for(cycles)
+}
+
+#[inline(always)]
+fn spin_for(cycles: u64) -> u64 {
+    let start = arch::rdtsc();
+    let mut i = 0u64;
+    while arch::rdtsc().wrapping_sub(start) < cycles {
+        i = black_box(i.wrapping_add(1));
+    }
+    i
+}
 
 /// Emit `ktrace:bench` `n` times.
 #[inline(never)]
@@ -1543,6 +1570,24 @@ fn perf_sampling(out: &mut Vec<String>) -> bool {
         String::from("the higher frequency records more samples"),
     );
     ok
+}
+
+/// Starts a task `irqs-off-load` that, for 8 s, alternates 2 ms in
+/// [`irqs_off_spin`] (interrupts disabled) and 2 ms in [`irqs_on_spin`]:
+/// a known cost for a profiler. Returns at once; the host samples it.
+fn irqs_off_load(out: &mut Vec<String>) -> bool {
+    let cycles = crate::time::tsc_khz() * 2;
+    let until = crate::time::now_ns() + 8_000_000_000;
+    task::spawn("irqs-off-load", move || {
+        while crate::time::now_ns() < until {
+            black_box(irqs_off_spin(black_box(cycles)));
+            black_box(irqs_on_spin(black_box(cycles)));
+        }
+    });
+    out.push(format!(
+        "irqs-off-load: 8 s of {cycles} cycles with interrupts off, then {cycles} with them on"
+    ));
+    true
 }
 
 // ---------------------------------------------------------------------------

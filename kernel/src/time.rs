@@ -25,6 +25,12 @@ pub fn now_ns() -> u64 {
     tsc_to_ns(arch::rdtsc().wrapping_sub(TSC_BOOT.load(Ordering::Relaxed)))
 }
 
+/// Nanoseconds since boot at TSC reading `tsc` (taken earlier, e.g. in an
+/// NMI handler that must not call into probe-able code).
+pub fn ns_at_tsc(tsc: u64) -> u64 {
+    tsc_to_ns(tsc.wrapping_sub(TSC_BOOT.load(Ordering::Relaxed)))
+}
+
 /// Convert a TSC delta to nanoseconds.
 pub fn tsc_to_ns(delta: u64) -> u64 {
     let khz = TSC_KHZ.load(Ordering::Relaxed).max(1);

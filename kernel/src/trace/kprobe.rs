@@ -714,6 +714,19 @@ pub mod blacklist {
             reason: "text patching",
         },
         Prefix {
+            prefix: "kernel::trace::perf::",
+            reason:
+                "perf sampling (runs in an NMI: a trap there would unblock NMIs on the NMI stack)",
+        },
+        Prefix {
+            prefix: "ktrace_sample_ring::",
+            reason: "perf sampling (the NMI handler's ring)",
+        },
+        Prefix {
+            prefix: "kernel::arch::imp::apic::",
+            reason: "the interrupt controller (the NMI sampler's self-IPI)",
+        },
+        Prefix {
             prefix: "kernel::trace::text::",
             reason: "text patching (the owner of kernel text)",
         },

@@ -10,17 +10,36 @@
 //! - **Hardware counters** need an architectural PMU (CPUID leaf 0AH).
 //!   QEMU's TCG CPU has none, and the open is refused with `NotSupported`
 //!   instead of returning invented numbers.
-//! - **Sampling**: PIT channel 0 interrupts at the chosen frequency; each
-//!   interrupt records the interrupted IP, the task and a frame-pointer call
-//!   chain into a per-CPU ring the host drains. A full ring counts lost
-//!   samples, and so do timer periods that passed without an interrupt
-//!   (measured with the TSC: under a loaded host QEMU coalesces timer
-//!   interrupts), so `samples + lost` tracks the requested frequency.
-//!   Handlers attached with [`attach`] (the BPF runtime's
-//!   `perf_event` programs) run on every sample with the interrupted
-//!   registers. One sampling event at a time (one PIT).
+//! - **Sampling**: PIT channel 0 raises a **non-maskable interrupt** at the
+//!   chosen frequency, so code that runs with interrupts disabled (the
+//!   block layer's queue locks, the scheduler, virtio completions) is
+//!   sampled like everything else. Each NMI records the interrupted IP, the
+//!   task and a frame-pointer call chain into this CPU's lock-free
+//!   [`SampleRing`], which the host drains. A full ring counts lost
+//!   samples, and so do timer periods that passed without an NMI (measured
+//!   with the TSC: under a loaded host QEMU coalesces timer interrupts), so
+//!   `samples + lost` tracks the requested frequency. One sampling event at
+//!   a time (one PIT).
+//!
+//! # What runs in the NMI, and why nothing more
+//! An NMI arrives anywhere, even inside a spinlock held with interrupts
+//! off, and while it runs the CPU blocks further NMIs until the next
+//! `iret`. So the NMI handler ([`on_sample_nmi`]) takes no lock, allocates
+//! nothing, calls nothing probe-able (this module is blacklisted, and so
+//! is everything it calls) and never faults: the stack walk reads only
+//! mapped words. A breakpoint or a fault inside it would end with an
+//! `iret` that unblocks NMIs while the handler still owns the NMI stack, and
+//! the next NMI would overwrite it.
+//!
+//! Handlers attached with [`attach`] (the BPF runtime's `perf_event`
+//! programs) take locks and can be probed, so they do not run in the NMI:
+//! the NMI queues the sample and the interrupted registers in a second
+//! lock-free ring and sends this CPU a self-IPI
+//! ([`SAMPLE_HANDLERS_VECTOR`]); its handler runs them as soon as
+//! interrupts are enabled, at once when the sampled code had them enabled.
+//! Their `regs` are the sampled registers either way.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -29,19 +48,21 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ktrace_abi::trace::{PerfEvent, PerfSample, PerfValue, ProbeTarget, SoftwareEvent};
 
+use ktrace_sample_ring::SampleRing;
+
 use super::kprobe::{self, DepthGuard, KprobeHandler};
 use super::tracepoint::{self, TracepointHandler};
-use crate::arch::perf_timer::{self, SAMPLING_VECTOR};
-use crate::arch::{text_patch, trap, PtRegs};
-use crate::sync::SpinLock;
+use crate::arch::perf_timer::{self, NMI_VECTOR, SAMPLE_HANDLERS_VECTOR};
+use crate::arch::{apic, text_patch, trap, PtRegs};
 
 /// Most frames recorded per sample.
 pub const MAX_STACK: usize = 32;
 /// Samples buffered per CPU before new ones are lost.
 pub const RING_CAPACITY: usize = 8192;
 
-/// One sample, as recorded in interrupt context (no allocation).
+/// One sample, as handlers see it.
 #[derive(Debug, Clone, Copy)]
+#[allow(dead_code)] // every field is for handlers; the built-in ones use a few
 pub struct Sample {
     /// Nanoseconds since boot.
     pub time_ns: u64,
@@ -159,23 +180,58 @@ struct Event {
 static EVENTS: spin::Mutex<BTreeMap<u32, Event>> = spin::Mutex::new(BTreeMap::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-struct Ring {
-    samples: VecDeque<Sample>,
-    max_stack: usize,
-    taken: u64,
+/// Words of one sample in the ring: TSC, IP, pid (low half) and stack
+/// depth (high half), the task name (two words), the stack.
+const SAMPLE_WORDS: usize = 5 + MAX_STACK;
+/// Words of `PtRegs`.
+const REGS_WORDS: usize = 21;
+/// Samples waiting for their handlers before further ones are missed.
+const DEFERRED_CAPACITY: usize = 64;
+
+/// The samples of this CPU (one CPU today; SMP gives each CPU its own, the
+/// one its NMI handler fills). Producer: the NMI handler; consumer:
+/// [`drain`], under [`CONSUMER`].
+static RING: SampleRing<RING_CAPACITY, SAMPLE_WORDS> = SampleRing::new();
+/// Samples and their registers waiting for the handlers. Producer: the NMI
+/// handler; consumer: the self-IPI handler (interrupts off).
+static DEFERRED: SampleRing<DEFERRED_CAPACITY, { SAMPLE_WORDS + REGS_WORDS }> = SampleRing::new();
+/// Serialises the ring's consumers in task context (drain, close).
+static CONSUMER: spin::Mutex<()> = spin::Mutex::new(());
+
+/// Sampling state shared with the NMI handler: atomics only.
+struct Sampler {
+    /// A sampling event is open (owns the rings).
+    open: AtomicBool,
+    /// The timer runs and NMIs record samples.
+    sampling: AtomicBool,
+    /// An NMI handler is recording (see [`close`] for the protocol).
+    in_nmi: AtomicBool,
+    max_stack: AtomicU64,
+    /// Samples taken (recorded or lost to a full ring).
+    taken: AtomicU64,
     /// Samples dropped because the ring was full, plus timer periods that
-    /// passed without an interrupt (a loaded host delays QEMU's timer and
+    /// passed without an NMI (a loaded host delays QEMU's timer and
     /// coalesces its interrupts; the TSC shows how many periods elapsed).
-    lost: u64,
+    lost: AtomicU64,
     /// Timer period in TSC cycles.
-    period_tsc: u64,
+    period_tsc: AtomicU64,
     /// TSC at the previous sample (0 after enable).
-    last_tsc: u64,
+    last_tsc: AtomicU64,
+    /// Handlers attached (the NMI reads this instead of the handler list).
+    handlers: AtomicU64,
 }
 
-/// The sampling ring of this CPU (one CPU today).
-static RING: SpinLock<Option<Ring>> = SpinLock::new(None);
-static SAMPLING: AtomicBool = AtomicBool::new(false);
+static SAMPLER: Sampler = Sampler {
+    open: AtomicBool::new(false),
+    sampling: AtomicBool::new(false),
+    in_nmi: AtomicBool::new(false),
+    max_stack: AtomicU64::new(0),
+    taken: AtomicU64::new(0),
+    lost: AtomicU64::new(0),
+    period_tsc: AtomicU64::new(0),
+    last_tsc: AtomicU64::new(0),
+    handlers: AtomicU64::new(0),
+};
 static HANDLERS: spin::RwLock<Vec<Arc<dyn PerfHandler>>> = spin::RwLock::new(Vec::new());
 
 fn raw(ev: SoftwareEvent) -> u64 {
@@ -235,21 +291,23 @@ pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
                     perf_timer::MAX_HZ
                 )));
             }
-            let mut ring = RING.lock();
-            if ring.is_some() {
+            if SAMPLER.open.swap(true, Ordering::AcqRel) {
                 return Err(PerfError::Busy);
             }
-            // Allocated here, in task context: the interrupt never allocates.
-            *ring = Some(Ring {
-                samples: VecDeque::with_capacity(RING_CAPACITY),
-                max_stack: (*max_stack as usize).min(MAX_STACK),
-                taken: 0,
-                lost: 0,
-                period_tsc: 0,
-                last_tsc: 0,
-            });
-            drop(ring);
-            trap::set_handler(SAMPLING_VECTOR, on_sample_timer);
+            // The timer is stopped: nothing produces while the rings reset.
+            {
+                let _c = CONSUMER.lock();
+                RING.clear();
+                DEFERRED.clear();
+            }
+            SAMPLER.taken.store(0, Ordering::Relaxed);
+            SAMPLER.lost.store(0, Ordering::Relaxed);
+            SAMPLER.max_stack.store(
+                u64::from(*max_stack).min(MAX_STACK as u64),
+                Ordering::Relaxed,
+            );
+            trap::set_handler(NMI_VECTOR, on_sample_nmi);
+            trap::set_handler(SAMPLE_HANDLERS_VECTOR, on_sample_handlers);
             Source::Sampling { freq_hz: *freq_hz }
         }
     };
@@ -312,12 +370,14 @@ fn start(ev: &mut Event) {
             counter.enabled.store(true, Ordering::Release)
         }
         Source::Sampling { freq_hz } => {
-            let hz = perf_timer::start(*freq_hz);
-            if let Some(r) = RING.lock().as_mut() {
-                r.period_tsc = (crate::time::tsc_khz() as f64 * 1000.0 / hz) as u64;
-                r.last_tsc = 0;
-            }
-            SAMPLING.store(true, Ordering::Release);
+            let hz = perf_timer::exact_hz(*freq_hz);
+            SAMPLER.period_tsc.store(
+                (crate::time::tsc_khz() as f64 * 1000.0 / hz) as u64,
+                Ordering::Relaxed,
+            );
+            SAMPLER.last_tsc.store(0, Ordering::Relaxed);
+            SAMPLER.sampling.store(true, Ordering::SeqCst);
+            perf_timer::start(*freq_hz);
         }
     }
 }
@@ -342,7 +402,7 @@ fn stop(ev: &mut Event) {
             counter.enabled.store(false, Ordering::Release)
         }
         Source::Sampling { .. } => {
-            SAMPLING.store(false, Ordering::Release);
+            SAMPLER.sampling.store(false, Ordering::SeqCst);
             perf_timer::stop();
         }
     }
@@ -378,11 +438,9 @@ pub fn read(id: u32) -> Result<PerfValue, PerfError> {
             v.value = counter.count.load(Ordering::Relaxed)
         }
         Source::Sampling { .. } => {
-            if let Some(r) = RING.lock().as_ref() {
-                v.samples = r.taken;
-                v.lost = r.lost;
-                v.value = r.taken + r.lost;
-            }
+            v.samples = SAMPLER.taken.load(Ordering::Relaxed);
+            v.lost = SAMPLER.lost.load(Ordering::Relaxed);
+            v.value = v.samples + v.lost;
         }
     }
     Ok(v)
@@ -400,32 +458,23 @@ pub fn drain(id: u32, max: usize) -> Result<(Vec<PerfSample>, u64), PerfError> {
             )));
         }
     }
+    let _c = CONSUMER.lock();
     let mut out = Vec::new();
-    let mut lost = 0;
-    loop {
-        // Copy in batches so interrupts are not held off for long.
-        let batch: Vec<Sample> = {
-            let mut ring = RING.lock();
-            let Some(r) = ring.as_mut() else { break };
-            lost = r.lost;
-            let n = r.samples.len().min(max - out.len()).min(256);
-            r.samples.drain(..n).collect()
-        };
-        if batch.is_empty() {
-            break;
-        }
-        out.extend(batch.iter().map(|s| PerfSample {
-            time_ns: s.time_ns,
-            ip: s.ip,
-            pid: s.pid,
-            comm: s.comm,
-            stack: s.stack[..usize::from(s.depth)].to_vec(),
-        }));
-        if out.len() >= max {
-            break;
-        }
+    let mut w = [0u64; SAMPLE_WORDS];
+    while out.len() < max && RING.pop(&mut w) {
+        let depth = ((w[2] >> 32) as usize).min(MAX_STACK);
+        let mut comm = [0u8; 16];
+        comm[..8].copy_from_slice(&w[3].to_le_bytes());
+        comm[8..].copy_from_slice(&w[4].to_le_bytes());
+        out.push(PerfSample {
+            time_ns: crate::time::ns_at_tsc(w[0]),
+            ip: w[1],
+            pid: w[2] as u32,
+            comm,
+            stack: w[5..5 + depth].to_vec(),
+        });
     }
-    Ok((out, lost))
+    Ok((out, SAMPLER.lost.load(Ordering::Relaxed)))
 }
 
 /// Close an event (detaching its handler or stopping the timer).
@@ -441,12 +490,27 @@ pub fn close(id: u32) -> Result<(), PerfError> {
             let _ = kprobe::unregister(probe_id);
         }
         Source::Sampling { .. } => {
-            let old = RING.lock().take();
-            drop(old);
+            // `stop` cleared `sampling` (SeqCst) before this load of
+            // `in_nmi` (SeqCst); an NMI sets `in_nmi` before it loads
+            // `sampling`. So either that NMI sees sampling off and records
+            // nothing, or this wait sees it recording and lets it finish:
+            // no NMI still writes the rings when they are cleared. (On one
+            // CPU an NMI always finishes before this task runs again; the
+            // protocol is for SMP.)
+            while SAMPLER.in_nmi.load(Ordering::SeqCst) {
+                core::hint::spin_loop();
+            }
+            {
+                let _c = CONSUMER.lock();
+                RING.clear();
+            }
             let was = crate::arch::irq_save();
+            DEFERRED.clear();
+            SAMPLER.handlers.store(0, Ordering::SeqCst);
             let handlers = core::mem::take(&mut *HANDLERS.write());
             crate::arch::irq_restore(was);
             drop(handlers);
+            SAMPLER.open.store(false, Ordering::Release);
         }
     }
     Ok(())
@@ -466,16 +530,18 @@ pub fn attach(id: u32, handler: Arc<dyn PerfHandler>) -> Result<(), PerfError> {
     next.push(handler);
     let was = crate::arch::irq_save();
     let old = core::mem::replace(&mut *HANDLERS.write(), next);
+    SAMPLER.handlers.fetch_add(1, Ordering::SeqCst);
     crate::arch::irq_restore(was);
     drop(old);
     Ok(())
 }
 
-/// Walk the frame-pointer chain from `rbp`, fault-safe.
+/// Walk the frame-pointer chain from `rbp`. Reads only mapped words, so
+/// it never faults (it runs in the NMI handler).
 fn walk_stack(mut rbp: u64, out: &mut [u64]) -> usize {
     let mut n = 0;
     while n < out.len() && rbp != 0 && rbp.is_multiple_of(8) {
-        let Some(ret) = text_patch::read_u64(rbp + 8) else {
+        let Some(ret) = text_patch::read_u64_if_mapped(rbp + 8) else {
             break;
         };
         if ret == 0 {
@@ -483,7 +549,7 @@ fn walk_stack(mut rbp: u64, out: &mut [u64]) -> usize {
         }
         out[n] = ret;
         n += 1;
-        let Some(next) = text_patch::read_u64(rbp) else {
+        let Some(next) = text_patch::read_u64_if_mapped(rbp) else {
             break;
         };
         // Frames move up the stack; anything else is the end of the chain.
@@ -495,48 +561,134 @@ fn walk_stack(mut rbp: u64, out: &mut [u64]) -> usize {
     n
 }
 
-fn on_sample_timer(regs: &mut PtRegs, _vector: u8) -> bool {
-    if !SAMPLING.load(Ordering::Acquire) {
+/// `PtRegs` as words, in its field order (the deferred ring stores them).
+fn regs_to_words(r: &PtRegs) -> [u64; REGS_WORDS] {
+    [
+        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
+        r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
+    ]
+}
+
+fn regs_from_words(w: &[u64]) -> PtRegs {
+    let g = |i: usize| w.get(i).copied().unwrap_or(0);
+    PtRegs {
+        r15: g(0),
+        r14: g(1),
+        r13: g(2),
+        r12: g(3),
+        rbp: g(4),
+        rbx: g(5),
+        r11: g(6),
+        r10: g(7),
+        r9: g(8),
+        r8: g(9),
+        rax: g(10),
+        rcx: g(11),
+        rdx: g(12),
+        rsi: g(13),
+        rdi: g(14),
+        orig_rax: g(15),
+        rip: g(16),
+        cs: g(17),
+        eflags: g(18),
+        rsp: g(19),
+        ss: g(20),
+    }
+}
+
+/// The sampling NMI. See the module docs for what it may do: atomics,
+/// the lock-free rings, mapped-only reads, one self-IPI.
+fn on_sample_nmi(regs: &mut PtRegs, _vector: u8) -> bool {
+    let s = &SAMPLER;
+    // Announce, then check (the other half of `close`'s protocol).
+    s.in_nmi.store(true, Ordering::SeqCst);
+    if !s.sampling.load(Ordering::SeqCst) {
+        // The late tick of a stopped timer: nothing else raises NMIs here.
+        s.in_nmi.store(false, Ordering::SeqCst);
         return true;
     }
+    let tsc = crate::arch::rdtsc();
+    let period = s.period_tsc.load(Ordering::Relaxed);
+    let last = s.last_tsc.swap(tsc, Ordering::Relaxed);
+    if last != 0 && period != 0 {
+        let periods = (tsc.wrapping_sub(last) + period / 2) / period;
+        s.lost
+            .fetch_add(periods.saturating_sub(1), Ordering::Relaxed);
+    }
     let cpu = crate::percpu::this_cpu();
-    let mut s = Sample {
-        time_ns: crate::time::now_ns(),
-        ip: regs.rip,
-        pid: cpu.current_pid.load(Ordering::Relaxed),
-        comm: cpu.current_comm(),
-        stack: [0; MAX_STACK],
-        depth: 0,
-    };
-    {
-        let mut ring = RING.lock();
-        let Some(r) = ring.as_mut() else { return true };
-        let depth = walk_stack(regs.rbp, &mut s.stack[..r.max_stack]);
-        s.depth = depth as u8;
-        let now = crate::arch::rdtsc();
-        if r.last_tsc != 0 && r.period_tsc != 0 {
-            let periods = (now.wrapping_sub(r.last_tsc) + r.period_tsc / 2) / r.period_tsc;
-            r.lost += periods.saturating_sub(1);
-        }
-        r.last_tsc = now;
-        r.taken += 1;
-        if r.samples.len() >= RING_CAPACITY {
-            r.lost += 1;
+    let comm = cpu.current_comm();
+    let mut rec = [0u64; SAMPLE_WORDS + REGS_WORDS];
+    let max_stack = (s.max_stack.load(Ordering::Relaxed) as usize).min(MAX_STACK);
+    let depth = walk_stack(regs.rbp, &mut rec[5..5 + max_stack]);
+    rec[0] = tsc;
+    rec[1] = regs.rip;
+    rec[2] = u64::from(cpu.current_pid.load(Ordering::Relaxed)) | (depth as u64) << 32;
+    rec[3] = u64::from_le_bytes([
+        comm[0], comm[1], comm[2], comm[3], comm[4], comm[5], comm[6], comm[7],
+    ]);
+    rec[4] = u64::from_le_bytes([
+        comm[8], comm[9], comm[10], comm[11], comm[12], comm[13], comm[14], comm[15],
+    ]);
+    s.taken.fetch_add(1, Ordering::Relaxed);
+    if !RING.push(&rec[..SAMPLE_WORDS]) {
+        s.lost.fetch_add(1, Ordering::Relaxed);
+    }
+    if s.handlers.load(Ordering::SeqCst) != 0 {
+        rec[SAMPLE_WORDS..].copy_from_slice(&regs_to_words(regs));
+        if DEFERRED.push(&rec) {
+            apic::self_ipi(SAMPLE_HANDLERS_VECTOR);
         } else {
-            r.samples.push_back(s);
+            DEFERRED_MISSED.fetch_add(1, Ordering::Relaxed);
         }
     }
-    if let Some(_g) = DepthGuard::enter() {
-        let handlers = HANDLERS.read();
-        for h in handlers.iter() {
-            h.sample(&s, regs);
-        }
-    } else if let Some(handlers) = HANDLERS.try_read() {
-        DepthGuard::report_miss(|| {
-            for h in handlers.iter() {
-                h.missed();
+    s.in_nmi.store(false, Ordering::SeqCst);
+    true
+}
+
+/// Samples whose handlers did not run because the deferred ring was full
+/// (interrupts stayed off for longer than it holds).
+static DEFERRED_MISSED: AtomicU64 = AtomicU64::new(0);
+
+/// The self-IPI: run the attached handlers on the samples the NMI queued,
+/// with their sampled registers (an ordinary interrupt: interrupts off).
+fn on_sample_handlers(_regs: &mut PtRegs, _vector: u8) -> bool {
+    let mut w = [0u64; SAMPLE_WORDS + REGS_WORDS];
+    let missed = DEFERRED_MISSED.swap(0, Ordering::Relaxed);
+    if missed > 0 {
+        if let Some(handlers) = HANDLERS.try_read() {
+            for _ in 0..missed {
+                for h in handlers.iter() {
+                    h.missed();
+                }
             }
-        });
+        }
+    }
+    while DEFERRED.pop(&mut w) {
+        let depth = ((w[2] >> 32) as usize).min(MAX_STACK);
+        let mut sample = Sample {
+            time_ns: crate::time::ns_at_tsc(w[0]),
+            ip: w[1],
+            pid: w[2] as u32,
+            comm: [0; 16],
+            stack: [0; MAX_STACK],
+            depth: depth as u8,
+        };
+        sample.comm[..8].copy_from_slice(&w[3].to_le_bytes());
+        sample.comm[8..].copy_from_slice(&w[4].to_le_bytes());
+        sample.stack[..depth].copy_from_slice(&w[5..5 + depth]);
+        let regs = regs_from_words(&w[SAMPLE_WORDS..]);
+        if let Some(_g) = DepthGuard::enter() {
+            let handlers = HANDLERS.read();
+            for h in handlers.iter() {
+                h.sample(&sample, &regs);
+            }
+        } else if let Some(handlers) = HANDLERS.try_read() {
+            DepthGuard::report_miss(|| {
+                for h in handlers.iter() {
+                    h.missed();
+                }
+            });
+        }
     }
     true
 }

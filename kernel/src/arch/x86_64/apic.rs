@@ -14,6 +14,8 @@ const REG_LVT_TIMER: u64 = 0x320;
 const REG_TIMER_INIT: u64 = 0x380;
 const REG_TIMER_CURRENT: u64 = 0x390;
 const REG_TIMER_DIVIDE: u64 = 0x3E0;
+const REG_ICR_LOW: u64 = 0x300;
+const REG_ICR_HIGH: u64 = 0x310;
 
 fn lapic_read(reg: u64) -> u32 {
     // SAFETY: the local APIC page is identity-mapped (boot and kernel page
@@ -111,7 +113,26 @@ impl IrqTrigger {
 
 /// Route global system interrupt `gsi` to `vector` on the boot CPU.
 pub fn route_irq(gsi: u8, vector: u8, trigger: IrqTrigger) {
-    let mut low = u32::from(vector);
+    route(gsi, u32::from(vector), trigger);
+}
+
+/// Route global system interrupt `gsi` to the boot CPU as a non-maskable
+/// interrupt (IOAPIC delivery mode NMI: the CPU takes vector 2 even with
+/// interrupts disabled). Edge-triggered sources only.
+pub fn route_nmi(gsi: u8, trigger: IrqTrigger) {
+    route(gsi, 0b100 << 8, trigger);
+}
+
+/// Send this CPU a fixed interrupt on `vector` (ICR shorthand "self").
+/// Safe from NMI context: two register writes, no lock. It is taken as
+/// soon as the CPU runs with interrupts enabled.
+pub fn self_ipi(vector: u8) {
+    lapic_write(REG_ICR_HIGH, 0);
+    lapic_write(REG_ICR_LOW, (0b01 << 18) | u32::from(vector));
+}
+
+fn route(gsi: u8, redirection_low: u32, trigger: IrqTrigger) {
+    let mut low = redirection_low;
     if trigger.level {
         low |= 1 << 15;
     }

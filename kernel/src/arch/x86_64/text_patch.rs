@@ -118,6 +118,17 @@ pub fn read_u64(addr: u64) -> Option<u64> {
     Some(u64::from_le_bytes(b))
 }
 
+/// Read a word of kernel memory only if its page is mapped: never faults,
+/// so it is safe in an NMI handler (a fault's `iret` would unmask NMIs
+/// while the handler still runs on the NMI stack).
+pub fn read_u64_if_mapped(addr: u64) -> Option<u64> {
+    if !addr.is_multiple_of(8) || addr >= 0x0000_8000_0000_0000 {
+        return None;
+    }
+    paging::translate(addr)?;
+    read_u64(addr)
+}
+
 /// Write a word on a kernel stack (or any writable data page). Refuses
 /// unaligned, unmapped or non-writable targets.
 pub fn write_stack_u64(addr: u64, value: u64) -> Result<(), PatchError> {
