@@ -1,0 +1,269 @@
+//! Host tests: scripts compile, every program passes the kernel's own
+//! verifier (bpf-vm with the Linux platform tables), errors say where and
+//! what, output looks like bpftrace's.
+
+use bpf_vm::verifier::{self, linux, Config, Env, MapDef};
+use ktrace_abi::bpf::ProgramType;
+use ktrace_abi::trace::{TracepointField, TracepointInfo};
+
+use crate::check::MapKind;
+use crate::codegen::Compiled;
+use crate::output::{self, Aggregate, Entry, Value};
+use crate::{compile_script, World};
+
+fn world() -> World {
+    World {
+        tracepoints: ktrace_tracepoints::ALL
+            .iter()
+            .map(|d| TracepointInfo {
+                category: d.category.into(),
+                name: d.name.into(),
+                size: d.size,
+                fields: d
+                    .fields
+                    .iter()
+                    .map(|f| TracepointField {
+                        name: f.name.into(),
+                        type_name: f.type_name.into(),
+                        offset: f.offset,
+                        size: f.size,
+                        signed: f.signed,
+                    })
+                    .collect(),
+                refcount: 0,
+                sites: 0,
+                hits: 0,
+            })
+            .collect(),
+    }
+}
+
+/// Compiles and verifies every program as the kernel would.
+fn compile_ok(src: &str) -> Compiled {
+    let w = world();
+    let c = compile_script(src, &w).unwrap_or_else(|d| panic!("{}", d.render("t", src)));
+    let maps: Vec<MapDef> = c
+        .maps
+        .iter()
+        .enumerate()
+        .map(|(i, m)| MapDef {
+            fd: i as i32,
+            map_type: m.map_type,
+            key_size: m.key_size,
+            value_size: m.value_size,
+            max_entries: m.max_entries,
+        })
+        .collect();
+    let helpers = linux::helpers();
+    for p in &c.programs {
+        let ty = match (&p.load.prog_type, &p.load.attach) {
+            (
+                ProgramType::Tracepoint,
+                ktrace_abi::bpf::AttachTarget::Tracepoint { category, name },
+            ) => {
+                let d = ktrace_tracepoints::find(&format!("{category}:{name}")).unwrap();
+                let fields: Vec<(u32, u32)> = d.fields.iter().map(|f| (f.offset, f.size)).collect();
+                linux::tracepoint(&format!("{category}:{name}"), d.size, &fields)
+            }
+            (ProgramType::PerfEvent, _) => linux::perf_event(),
+            _ => linux::kprobe(),
+        };
+        let prog = bpf_vm::decode(&p.load.insns).expect("decodes");
+        let env = Env {
+            prog_type: &ty,
+            helpers: &helpers,
+            maps: &maps,
+        };
+        if let Err(r) = verifier::verify(prog.insns(), &env, &Config::default()) {
+            let span = p.span_of(r.error.insn_index).unwrap_or_default();
+            panic!(
+                "{} rejected: {}\nat {:?} `{}`",
+                p.probe.text,
+                r.error,
+                span,
+                &src[span.start..span.end.min(src.len())]
+            );
+        }
+    }
+    c
+}
+
+fn error(src: &str) -> String {
+    match compile_script(src, &world()) {
+        Ok(_) => panic!("`{src}` compiled"),
+        Err(d) => d.render("t", src),
+    }
+}
+
+#[test]
+fn tutorial_one_liners_verify() {
+    for src in [
+        "BEGIN { printf(\"hello world\\n\"); }",
+        "kprobe:kernel::block::* { @[func] = count(); }",
+        "kprobe:submit_bio { @[comm] = count(); }",
+        "tracepoint:block:block_rq_complete { @ = count(); }",
+        "tracepoint:block:block_rq_complete { @bytes = hist(args.bytes); }",
+        "tracepoint:block:block_rq_issue { @[args.rwbs] = sum(args.bytes); }",
+        "tracepoint:block:block_rq_issue /args.bytes > 4096/ { @big = count(); }",
+        "tracepoint:block:block_rq_complete /args.error != 0/ { @errors[args.error] = count(); }",
+        "kprobe:f { @start[tid] = nsecs; } kretprobe:f /@start[tid]/ { @ns = hist(nsecs - @start[tid]); delete(@start[tid]); }",
+        "tracepoint:block:block_rq_issue { @s = stats(args.bytes); @a = avg(args.bytes); @lo = min(args.bytes); @hi = max(args.bytes); }",
+        "tracepoint:block:block_rq_issue { @l = lhist(args.bytes, 0, 65536, 4096); }",
+        "tracepoint:block:block_rq_issue { printf(\"%s %d %u %-8s\\n\", comm, pid, args.bytes, args.rwbs); }",
+        "tracepoint:sched:sched_switch /args.prev_comm == \"idle\"/ { @[args.next_comm] = count(); }",
+        "tracepoint:sched:sched_switch { @[comm == \"workload\" ? 1 : 0] = count(); }",
+        "kretprobe:f { @ret[retval < 0] = count(); }",
+        "kprobe:f { @[arg0, arg1 & 0xff] = count(); $x = arg2; if ($x > 3) { @big++ } else { @small += $x; } }",
+        "profile:hz:99 { @[kstack] = count(); }",
+        "interval:s:1 { print(@c); clear(@c); } tracepoint:block:block_rq_issue { @c = count(); }",
+        "kprobe:f { @[probe] = count(); } END { printf(\"%d\\n\", elapsed); exit(); }",
+        "tracepoint:block:block_rq_issue, tracepoint:block:block_rq_complete { @[probe, cpu] = count(); }",
+        "tracepoint:block:block_rq_issue { $c = comm; @[$c] = count(); @last = nsecs; @who = comm; } END { printf(\"%s\\n\", @who); }",
+        "kprobe:f /pid == 42 && (arg0 / 2) > 1 || !tid/ { @x = -arg0 + ~arg1 % 3 << 2 >> 1; }",
+    ] {
+        compile_ok(src);
+    }
+}
+
+#[test]
+fn programs_and_maps_line_up() {
+    let c = compile_ok("kprobe:f { @start[tid] = nsecs; } kretprobe:f /@start[tid]/ { @ns = hist(nsecs - @start[tid]); }");
+    assert_eq!(c.programs.len(), 2);
+    let names: Vec<&str> = c.maps.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["start", "ns", "printf"]);
+    assert_eq!(c.maps[0].key_size, 8);
+    assert_eq!(c.maps[1].key_size, 16, "no key, then the bucket");
+}
+
+#[test]
+fn syntax_errors_point_at_the_column() {
+    assert_eq!(
+        error("kprobe:f { @x = count() @y = 1 }"),
+        "t:1:25: error: expected `;` or `}` after the statement, found `@y`\nkprobe:f { @x = count() @y = 1 }\n                        ^^\n"
+    );
+    assert_eq!(
+        error("kprobe:f { @x = }"),
+        "t:1:17: error: expected an expression, found `}`\nkprobe:f { @x = }\n                ^\n"
+    );
+    assert_eq!(
+        error("kprobe f { }"),
+        "t:1:7: error: expected a Rust path, glob or file.rs:line after `kprobe:`\nkprobe f { }\n      ^\n"
+    );
+    assert_eq!(
+        error("uprobe:x { }"),
+        "t:1:1: error: unknown probe type `uprobe`: expected kprobe, kretprobe, tracepoint, profile, interval, BEGIN or END\nuprobe:x { }\n^^^^^^\n"
+    );
+    assert_eq!(
+        error("BEGIN { printf(\"%d\\n\", 1, 2); }"),
+        "t:1:9: error: the format has 1 conversion(s) but 2 argument(s) follow it\nBEGIN { printf(\"%d\\n\", 1, 2); }\n        ^^^^^^^^^^^^^^^^^^^^^\n"
+    );
+    assert_eq!(
+        error("tracepoint:block:block_rq_issue /args.bytes > 4096 { @ = count(); }"),
+        "t:1:53: error: expected `/` to end the filter, found `{`\ntracepoint:block:block_rq_issue /args.bytes > 4096 { @ = count(); }\n                                                    ^\n"
+    );
+}
+
+#[test]
+fn type_errors_say_what_was_expected() {
+    assert_eq!(
+        error("tracepoint:block:block_rq_issue { @[args.byte] = count(); }"),
+        "t:1:42: error: `block:block_rq_issue` has no field `byte`: expected one of sector, rq_id, dev, nr_sector, bytes, pid, rwbs, comm\ntracepoint:block:block_rq_issue { @[args.byte] = count(); }\n                                         ^^^^\n"
+    );
+    assert_eq!(
+        error("kprobe:f { @x = count(); } kprobe:g { @x = hist(arg0); }"),
+        "t:1:39: error: `@x` holds count(), so it cannot also hold hist()\nkprobe:f { @x = count(); } kprobe:g { @x = hist(arg0); }\n                                      ^^\n"
+    );
+    assert_eq!(
+        error("kprobe:f { @x = sum(comm); }"),
+        "t:1:21: error: expected an integer as the value of sum(), found a string (char[16])\nkprobe:f { @x = sum(comm); }\n                    ^^^^\n"
+    );
+    assert_eq!(
+        error("kprobe:f { printf(\"%d\\n\", retval); }"),
+        "t:1:27: error: `retval` is only known in a kretprobe, not in `kprobe:f`\nkprobe:f { printf(\"%d\\n\", retval); }\n                          ^^^^^^\n"
+    );
+    assert_eq!(
+        error("kprobe:f { @[pid] = count(); @[comm] = count(); }"),
+        "t:1:30: error: `@` is keyed by [an integer] elsewhere, not [a string (char[16])]\nkprobe:f { @[pid] = count(); @[comm] = count(); }\n                             ^^^^^^^\n"
+    );
+    assert_eq!(
+        error("kprobe:f { @x = $y; }"),
+        "t:1:17: error: `$y` is used before it is assigned in this probe\nkprobe:f { @x = $y; }\n                ^^\n"
+    );
+}
+
+#[test]
+fn histograms_print_like_bpftrace() {
+    let text = output::render_map(
+        "bytes",
+        &MapKind::Hist,
+        vec![Entry {
+            keys: vec![],
+            value: Aggregate::Buckets(vec![(12, 4), (14, 8), (3, 0)]),
+        }],
+    );
+    assert_eq!(
+        text,
+        "@bytes:\n\
+[1K, 2K)               4 |@@@@@@@@@@@@@@@@@@@@@@@@@@                          |\n\
+[2K, 4K)               0 |                                                    |\n\
+[4K, 8K)               8 |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n\n"
+    );
+    let text = output::render_map(
+        "c",
+        &MapKind::Count,
+        vec![
+            Entry {
+                keys: vec![Value::Str("b".into())],
+                value: Aggregate::Scalar(Value::Uint(9)),
+            },
+            Entry {
+                keys: vec![Value::Str("a".into())],
+                value: Aggregate::Scalar(Value::Uint(3)),
+            },
+        ],
+    );
+    assert_eq!(text, "@c[a]: 3\n@c[b]: 9\n\n");
+    assert_eq!(
+        output::bucket_label(
+            &MapKind::Lhist {
+                min: 0,
+                max: 100,
+                step: 10
+            },
+            11
+        ),
+        "[100, ...)"
+    );
+    assert_eq!(output::bucket_label(&MapKind::Hist, 1), "[0]");
+    assert_eq!(
+        output::map_json(
+            "s",
+            &MapKind::Stats,
+            vec![Entry {
+                keys: vec![],
+                value: Aggregate::Total { sum: 12, count: 3 }
+            }]
+        ),
+        r#"{"type": "stats", "data": {"@s": {"count": 3, "average": 4, "total": 12}}}"#
+    );
+}
+
+#[test]
+fn printf_formats() {
+    assert_eq!(
+        output::printf(
+            "%-6s|%5d|%05u|%x|%%\n",
+            &[
+                Value::Str("ab".into()),
+                Value::Int(-3),
+                Value::Uint(42),
+                Value::Uint(255)
+            ]
+        ),
+        "ab    |   -3|00042|ff|%\n"
+    );
+    assert_eq!(output::conversions("%lu %s").unwrap(), vec!['u', 's']);
+    assert!(output::conversions("%q")
+        .unwrap_err()
+        .contains("unknown printf conversion `%q`"));
+}
