@@ -232,7 +232,7 @@ impl<'s> Parser<'s> {
             if block_like || self.eat(";")? {
                 continue;
             }
-            if !self.is_punct("}")? {
+            if !self.is_punct("}")? && !matches!(self.peek()?.0, Tok::Eof) {
                 let (t, span) = self.bump()?;
                 return Err(Diagnostic::new(
                     span,

@@ -155,11 +155,11 @@ fn syntax_errors_point_at_the_column() {
     );
     assert_eq!(
         error("BEGIN { printf(\"%d\\n\", 1, 2); }"),
-        "t:1:9: error: the format has 1 conversion(s) but 2 argument(s) follow it\nBEGIN { printf(\"%d\\n\", 1, 2); }\n        ^^^^^^^^^^^^^^^^^^^^^\n"
+        "t:1:9: error: the format has 1 conversion(s) but 2 argument(s) follow it\nBEGIN { printf(\"%d\\n\", 1, 2); }\n        ^^^^^^^^^^^^^^^^^^^^\n"
     );
     assert_eq!(
         error("tracepoint:block:block_rq_issue /args.bytes > 4096 { @ = count(); }"),
-        "t:1:53: error: expected `/` to end the filter, found `{`\ntracepoint:block:block_rq_issue /args.bytes > 4096 { @ = count(); }\n                                                    ^\n"
+        "t:1:52: error: expected `/` to end the filter, found `{`\ntracepoint:block:block_rq_issue /args.bytes > 4096 { @ = count(); }\n                                                   ^\n"
     );
 }
 
