@@ -47,6 +47,8 @@ enum Command {
     Link(ktrace_tools::cmd::link::Args),
     /// Stream ring buffer, perf output and trace_printk records.
     Events(ktrace_tools::cmd::events::Args),
+    /// bpftrace-style one-liners over Rust paths, compiled on the host (no LLVM).
+    Trace(ktrace_tools::cmd::trace::Args),
     /// The whole story in one command: boot, load the Rust biolatency probe, run a workload, print the histogram and counters, shut down.
     Demo(ktrace_tools::cmd::demo::Args),
 }
@@ -68,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Command::Map(args) => ktrace_tools::cmd::map::run(args, &cli.vm),
         Command::Link(args) => ktrace_tools::cmd::link::run(args, &cli.vm),
         Command::Events(args) => ktrace_tools::cmd::events::run(args, &cli.vm),
+        Command::Trace(args) => ktrace_tools::cmd::trace::run(args, &cli.vm),
         Command::Demo(args) => ktrace_tools::cmd::demo::run(args, &cli.vm),
     };
     ktrace_tools::tools::exit("ktrace", result)

@@ -13,6 +13,7 @@ pub mod map;
 pub mod probe;
 pub mod prog;
 pub mod symbols;
+pub mod trace;
 pub mod tracepoint;
 pub mod vm;
 pub mod workload;
