@@ -105,6 +105,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         None
     };
     let object = prepare(&compiled, index.as_ref(), &name, &source).map_err(fail)?;
+    let targets: Vec<AttachTarget> = object.programs.iter().map(|p| p.attach.clone()).collect();
 
     let mut rt = Runtime::new(&mut client);
     let loaded = match rt.load_object("trace", object, false, LoadOptions::default()) {
@@ -139,6 +140,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     let mut session = Session {
         compiled: &compiled,
         probe: probe.clone(),
+        targets,
         index: index.as_ref(),
         json,
         out: std::io::stdout(),
@@ -230,6 +232,8 @@ struct Session<'a> {
     compiled: &'a Compiled,
     /// The maps and programs loaded (links are kept by the caller).
     probe: LoadedProbe,
+    /// Each program's attach target, kprobes resolved.
+    targets: Vec<AttachTarget>,
     index: Option<&'a SymbolIndex>,
     json: bool,
     out: std::io::Stdout,
@@ -271,7 +275,7 @@ impl Session<'_> {
             }
             let id = self.prog_id(i);
             let kret = p.load.prog_type == ProgramType::Kretprobe;
-            let targets: Vec<AttachTarget> = match &p.load.attach {
+            let targets: Vec<AttachTarget> = match &self.targets[i] {
                 AttachTarget::Kprobe { spec, points } => points
                     .iter()
                     .map(|pt| AttachTarget::Kprobe { spec: spec.clone(), points: vec![pt.clone()] })
