@@ -351,7 +351,8 @@ const ACC: u8 = 7;
 const AUX: u8 = 8;
 const SCRATCH: u8 = 9;
 const FP: u8 = 10;
-const STACK: usize = 512;
+/// Far beyond the verifier's 512 bytes; offsets stay well inside `i16`.
+const MAX_FRAME: usize = 8192;
 
 impl Emitter {
     fn push(&mut self, i: Insn) {
@@ -465,12 +466,15 @@ impl Emitter {
     }
 
     /// Reserves `n` bytes (rounded up to 8) of stack: their offset from r10.
+    /// The BPF stack limit itself is the verifier's to enforce (its refusal
+    /// points at the statement that went past it); this only keeps offsets
+    /// in range.
     fn alloc(&mut self, n: usize, span: Span) -> Result<i16, Diagnostic> {
         self.depth += n.div_ceil(8) * 8;
-        if self.depth > STACK {
+        if self.depth > MAX_FRAME {
             return Err(Diagnostic::new(
                 span,
-                format!("this needs more than the {STACK} bytes of BPF stack a probe has: use fewer or shorter keys, strings or printf arguments"),
+                "this needs far more than the 512 bytes of BPF stack a probe has: use fewer or shorter keys, strings or printf arguments",
             ));
         }
         self.max_depth = self.max_depth.max(self.depth);
@@ -573,6 +577,11 @@ impl Gen<'_, '_> {
             let mark = self.e.depth;
             self.stmt(s, end)?;
             self.e.depth = mark;
+            if matches!(s, Stmt::Exit { .. }) {
+                // What follows exit() never runs (and unreachable code
+                // would be refused by the verifier).
+                break;
+            }
         }
         Ok(())
     }
@@ -668,7 +677,9 @@ impl Gen<'_, '_> {
                 self.expr(cond)?;
                 self.e.jmp(JmpCond::Eq, ACC, Operand::Imm(0), els);
                 self.stmts(then, end)?;
-                self.e.ja(done);
+                if !matches!(self.e.insns.last(), Some(Insn::Ja { .. })) {
+                    self.e.ja(done);
+                }
                 self.e.bind(els);
                 self.stmts(otherwise, end)?;
                 self.e.bind(done);

@@ -353,6 +353,11 @@ impl Session<'_> {
             // Otherwise the workload keeps running in the kernel; its
             // connection closes when this process ends.
         }
+        // Detach first, so what is printed from here on is final: every
+        // record of every hit that counted is in the ring buffer.
+        for l in links.drain(..) {
+            rt.detach(l.id)?;
+        }
         for i in self.host_programs(|t| *t == Trigger::End) {
             rt.test_run(self.prog_id(i), vec![0; HOST_CTX], 1)?;
         }
@@ -374,6 +379,12 @@ impl Session<'_> {
     /// Takes the records pending now. Returns whether `exit()` ran.
     fn drain(&mut self, rt: &mut Runtime, events: u32) -> Result<bool, Stop> {
         let mut exit = false;
+        let pushed: Vec<_> = rt.client().take_pushes();
+        for p in pushed {
+            if let ktrace_abi::Response::Bpf(ktrace_abi::bpf::BpfResponse::Events(b)) = p {
+                exit |= self.records(rt, b)?;
+            }
+        }
         loop {
             let batch = rt.poll(vec![events], false, 4096)?;
             if batch.records.is_empty() {
