@@ -9,6 +9,9 @@ use crate::ast::*;
 use crate::diag::{Diagnostic, Span};
 use crate::World;
 
+/// The one rate the kernel's sampling timer runs BPF programs at.
+pub const PROFILE_HZ: u32 = 99;
+
 /// Types of values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ty {
@@ -433,10 +436,7 @@ impl<'a> Types<'a> {
                 if let Ty::Literal(_) = t {
                     return err(k.span, "a string literal cannot be a map key: expected a value such as comm or pid");
                 }
-                Ok(match t {
-                    Ty::Int { .. } => Ty::U64,
-                    other => other,
-                })
+                Ok(t)
             })
             .collect()
     }
@@ -449,6 +449,15 @@ fn same_key(a: &Ty, b: &Ty) -> bool {
 /// Checks the script: map kinds first (so a read may come before the
 /// block that assigns), then every expression.
 pub fn check(script: &Script, world: &World) -> Result<Checked, Diagnostic> {
+    for b in &script.blocks {
+        for p in &b.probes {
+            if let ProbeKind::Profile { hz } = p.kind {
+                if hz != PROFILE_HZ {
+                    return err(p.span, format!("this kernel samples at {PROFILE_HZ} Hz: expected `profile:hz:{PROFILE_HZ}`, not {hz} Hz"));
+                }
+            }
+        }
+    }
     let mut maps: Vec<MapSig> = Vec::new();
     for lenient in [true, false] {
         for block in &script.blocks {
@@ -566,11 +575,9 @@ fn stmt(t: &mut Types<'_>, s: &Stmt, maps: &mut Vec<MapSig>) -> Result<(), Diagn
         Stmt::MapAssign { map, value } => {
             let keys = t.key_types(map)?;
             let ty = t.of(value)?;
-            let ty = match ty {
-                Ty::Literal(_) => return err(value.span, "a string literal cannot be stored in a map: expected a value such as comm or nsecs"),
-                Ty::Int { .. } => Ty::U64,
-                other => other,
-            };
+            if let Ty::Literal(_) = ty {
+                return err(value.span, "a string literal cannot be stored in a map: expected a value such as comm or nsecs");
+            }
             define(maps, map, keys, MapKind::Value(ty), map.span)
         }
         Stmt::MapAgg {
