@@ -79,11 +79,14 @@ impl Diagnostic {
             .take(col - 1)
             .map(|c| if c == '\t' { '\t' } else { ' ' })
             .collect();
-        format!(
-            "{name}:{line}:{col}: error: {}\n{text}\n{pad}{}\n",
-            self.message,
-            "^".repeat(width)
-        )
+        // A long explanation (candidates, hints) goes under the caret.
+        let (first, rest) = self.message.split_once('\n').unwrap_or((&self.message, ""));
+        let mut out = format!("{name}:{line}:{col}: error: {first}\n{text}\n{pad}{}\n", "^".repeat(width));
+        if !rest.is_empty() {
+            out.push_str(rest.trim_end());
+            out.push('\n');
+        }
+        out
     }
 }
 
