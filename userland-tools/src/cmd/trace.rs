@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(short = 'l', value_name = "PATTERN", num_args = 0..=1, default_missing_value = "*")]
     pub list: Option<String>,
     /// Trace while this in-kernel workload runs (`ktrace workload` arguments, quoted).
-    #[arg(short = 'c', value_name = "WORKLOAD ARGS")]
+    #[arg(short = 'c', value_name = "WORKLOAD ARGS", allow_hyphen_values = true)]
     pub workload: Option<String>,
     /// Output format: text or json (one JSON object a line).
     #[arg(short = 'f', value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -144,6 +144,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         index: index.as_ref(),
         json,
         out: std::io::stdout(),
+        lost: 0,
     };
     let result = session.run(&mut rt, &mut probe.links, workload, vm_name);
     // Whatever happened, remove what was loaded.
@@ -237,6 +238,8 @@ struct Session<'a> {
     index: Option<&'a SymbolIndex>,
     json: bool,
     out: std::io::Stdout,
+    /// Records the kernel could not put in the ring buffer (cumulative).
+    lost: u64,
 }
 
 /// A `pt_regs` of zeros: the context of programs the tool runs itself.
@@ -299,7 +302,7 @@ impl Session<'_> {
         for i in self.host_programs(|t| *t == Trigger::Begin) {
             rt.test_run(self.prog_id(i), vec![0; HOST_CTX], 1)?;
         }
-        let mut exit = self.drain(rt, events)?;
+        let mut exit = self.pushed(rt)?;
 
         // The workload runs on its own connection, so this one keeps
         // reading events, printing maps and running intervals meanwhile.
@@ -341,7 +344,7 @@ impl Session<'_> {
                     rt.test_run(self.prog_id(*i), vec![0; HOST_CTX], 1)?;
                 }
             }
-            exit |= self.drain(rt, events)?;
+            exit |= self.pushed(rt)?;
         }
         if let Some(w) = worker {
             if done.load(Ordering::SeqCst) {
@@ -360,14 +363,23 @@ impl Session<'_> {
         }
         for i in self.host_programs(|t| *t == Trigger::End) {
             rt.test_run(self.prog_id(i), vec![0; HOST_CTX], 1)?;
+            self.pushed(rt)?;
         }
-        self.drain(rt, events)?;
+        // Unsubscribing first: its answer comes after every batch the
+        // kernel pushed before it, so those are queued here; a poll then
+        // takes what is left.
         rt.subscribe(Vec::new(), false)?;
+        self.drain(rt, events)?;
         if !self.json {
             self.line("\n")?;
         }
         for idx in 0..self.compiled.sigs.len() {
             self.print_map(rt, idx)?;
+        }
+        if self.lost > 0 {
+            // As bpftrace says it: the kernel dropped records (the ring
+            // buffer was full or busy); maps are complete, printf is not.
+            eprintln!("Lost {} events", self.lost);
         }
         Ok(())
     }
@@ -376,26 +388,41 @@ impl Session<'_> {
         (0..self.compiled.programs.len()).filter(|&i| which(&self.compiled.programs[i].trigger)).collect()
     }
 
-    /// Takes the records pending now. Returns whether `exit()` ran.
-    fn drain(&mut self, rt: &mut Runtime, events: u32) -> Result<bool, Stop> {
+    /// Handles the batches the kernel pushed so far, in the order they came.
+    /// Returns whether `exit()` ran.
+    fn pushed(&mut self, rt: &mut Runtime) -> Result<bool, Stop> {
         let mut exit = false;
-        let pushed: Vec<_> = rt.client().take_pushes();
-        for p in pushed {
+        for p in rt.client().take_pushes() {
             if let ktrace_abi::Response::Bpf(ktrace_abi::bpf::BpfResponse::Events(b)) = p {
                 exit |= self.records(rt, b)?;
             }
         }
-        loop {
-            let batch = rt.poll(vec![events], false, 4096)?;
-            if batch.records.is_empty() {
-                return Ok(exit);
-            }
+        Ok(exit)
+    }
+
+    /// After unsubscribing: the pushed batches, then what is still in the
+    /// ring buffer (nothing is pushed any more, so the order holds).
+    /// Bounded: a probe on the scheduler sees the switches this very
+    /// polling causes, so "until nothing is pending" might never come.
+    fn drain(&mut self, rt: &mut Runtime, events: u32) -> Result<bool, Stop> {
+        const MAX: u32 = 4096;
+        let mut exit = self.pushed(rt)?;
+        for _ in 0..16 {
+            let batch = rt.poll(vec![events], false, MAX)?;
+            let full = batch.records.len() as u32 == MAX;
             exit |= self.records(rt, batch)?;
+            if !full {
+                break;
+            }
         }
+        Ok(exit)
     }
 
     fn records(&mut self, rt: &mut Runtime, batch: ktrace_abi::bpf::EventBatch) -> Result<bool, Stop> {
         let mut exit = false;
+        for l in &batch.lost {
+            self.lost = self.lost.max(l.lost);
+        }
         for r in batch.records {
             let Some(id) = r.data.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))) else {
                 continue;

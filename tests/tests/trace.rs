@@ -1,0 +1,395 @@
+//! `ktrace trace` end to end, in QEMU: one-liners adapted from the classic
+//! bpftrace tutorial, each checked against the kernel's own counters
+//! (diskstats, tracepoint hit counts, the probe target's known arguments),
+//! plus syntax, type, symbol and verifier errors with their exact messages,
+//! Ctrl-C, a closed pipe, `-l`, and that nothing stays loaded after any
+//! exit. Two VMs: one with a disk for the block one-liners, one for the
+//! rest; each runs many one-liners in turn.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::{Output, Stdio};
+
+use ktrace_abi::block::DeviceStats;
+use ktrace_tests::{disk_config, ktrace, TestVm};
+use probe_sdk::runtime::Runtime;
+use probe_sdk::trace::TraceClient;
+use serde_json::Value;
+
+fn trace(vm: &str, args: &[&str]) -> Output {
+    ktrace()
+        .args(["--vm", vm, "trace"])
+        .args(args)
+        .output()
+        .expect("cannot run ktrace")
+}
+
+fn trace_ok(vm: &str, args: &[&str]) -> String {
+    let out = trace(vm, args);
+    assert!(
+        out.status.success(),
+        "ktrace trace {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The error `ktrace trace` printed (it must have failed).
+fn trace_err(vm: &str, args: &[&str]) -> String {
+    let out = trace(vm, args);
+    assert!(!out.status.success(), "ktrace trace {args:?} succeeded:\n{}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `-f json` output: the maps (last print wins) and the printf lines.
+struct Json {
+    maps: BTreeMap<String, Value>,
+    printf: Vec<String>,
+    /// Every printed map object, in order (`print()` in intervals).
+    prints: Vec<(String, Value)>,
+}
+
+fn json(out: &str) -> Json {
+    let mut j = Json { maps: BTreeMap::new(), printf: Vec::new(), prints: Vec::new() };
+    for line in out.lines().filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{out}"));
+        match v["type"].as_str() {
+            Some("printf") => j.printf.push(v["data"].as_str().unwrap().to_string()),
+            Some("map" | "hist" | "stats") => {
+                for (k, d) in v["data"].as_object().unwrap() {
+                    j.maps.insert(k.clone(), d.clone());
+                    j.prints.push((k.clone(), d.clone()));
+                }
+            }
+            Some("attached_probes") => {}
+            other => panic!("unexpected record type {other:?}: {line}"),
+        }
+    }
+    j
+}
+
+fn int(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not an unsigned integer: {v}"))
+}
+
+fn hist_total(v: &Value) -> u64 {
+    v.as_array().unwrap().iter().map(|b| int(&b["count"])).sum()
+}
+
+fn vda(vm: &mut TestVm) -> DeviceStats {
+    vm.client().disk_stats_of("vda").unwrap().expect("vda")
+}
+
+/// Nothing of a trace stays in the kernel.
+fn assert_clean(vm: &mut TestVm) {
+    let mut c = vm.client();
+    let mut rt = Runtime::new(&mut c);
+    assert_eq!(rt.progs().unwrap().len(), 0, "programs left loaded");
+    assert_eq!(rt.maps().unwrap().len(), 0, "maps left");
+    assert_eq!(rt.links().unwrap().len(), 0, "links left");
+}
+
+fn tracepoint_hits(vm: &mut TestVm, name: &str) -> u64 {
+    let (cat, n) = name.split_once(':').unwrap();
+    vm.client()
+        .list_tracepoints()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.category == cat && t.name == n)
+        .unwrap()
+        .hits
+}
+
+const IO: &[&str] = &["--", "--dev", "vda", "--rw", "randrw", "--count", "200", "--quiet"];
+
+/// Runs `script` with the 200-request workload, returns its JSON output and
+/// the diskstats delta.
+fn block_run(vm: &mut TestVm, script: &str) -> (Json, DeviceStats, DeviceStats) {
+    let name = vm.name().to_string();
+    let before = vda(vm);
+    let mut args = vec!["-f", "json", script];
+    args.extend_from_slice(IO);
+    let out = trace_ok(&name, &args);
+    let after = vda(vm);
+    assert_clean(vm);
+    (json(&out), before, after)
+}
+
+#[test]
+fn block_one_liners_equal_diskstats() {
+    let (cfg, _dir) = disk_config("trace-block", 1);
+    let mut vm = TestVm::boot_with(cfg);
+    let name = vm.name().to_string();
+
+    // 1. Count completed requests: the tutorial's `@ = count()`.
+    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @ = count(); }");
+    let completed = a.completed() - b.completed();
+    assert_eq!(completed, 200);
+    assert_eq!(int(&j.maps["@"]), completed);
+
+    // 2. Requests by operation (rwbs), a tracepoint string field as key.
+    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_issue { @[args.rwbs] = count(); }");
+    let m = j.maps["@"].as_object().unwrap();
+    let reads: u64 = m.iter().filter(|(k, _)| k.contains('R')).map(|(_, v)| int(v)).sum();
+    let writes: u64 = m.iter().filter(|(k, _)| k.contains('W')).map(|(_, v)| int(v)).sum();
+    assert_eq!(reads, a.read.ios - b.read.ios, "{m:?}");
+    assert_eq!(writes, a.write.ios - b.write.ios, "{m:?}");
+
+    // 3. Size histogram: every request counted once.
+    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @bytes = hist(args.bytes); }");
+    assert_eq!(hist_total(&j.maps["@bytes"]), a.completed() - b.completed());
+    assert_eq!(j.maps["@bytes"][0]["min"], 4096, "4 KiB requests: {}", j.maps["@bytes"]);
+
+    // 4. Sum of sectors equals the sectors diskstats moved.
+    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @sectors = sum(args.nr_sector); }");
+    let sectors = (a.read.sectors + a.write.sectors) - (b.read.sectors + b.write.sectors);
+    assert_eq!(int(&j.maps["@sectors"]), sectors);
+
+    // 5. Bios submitted, per process, through a kprobe on a Rust path.
+    let (j, b, a) = block_run(&mut vm, "kprobe:RequestQueue::submit_bio { @[comm] = count(); }");
+    let bios = (a.bios + a.rejected) - (b.bios + b.rejected);
+    assert_eq!(int(&j.maps["@"]["fio-vda-0"]), bios, "{}", j.maps["@"]);
+
+    // 6. A glob over a Rust module: counts per function, `func` demangled.
+    let (j, b, a) = block_run(&mut vm, "kprobe:kernel::block::queue::RequestQueue::* { @[func] = count(); }");
+    assert_eq!(int(&j.maps["@"]["kernel::block::queue::RequestQueue::submit_bio"]), a.bios + a.rejected - b.bios - b.rejected);
+
+    // 7. Latency: nsecs saved at entry, the difference at return.
+    let (j, b, a) = block_run(
+        &mut vm,
+        "kprobe:RequestQueue::submit_bio { @start[tid] = nsecs; } \
+         kretprobe:RequestQueue::submit_bio /@start[tid]/ { @ns = hist(nsecs - @start[tid]); delete(@start[tid]); }",
+    );
+    assert_eq!(hist_total(&j.maps["@ns"]), a.bios + a.rejected - b.bios - b.rejected);
+    assert!(!j.maps.contains_key("@start"), "every start was deleted");
+
+    // 8. Filters on a field: big and small requests split the total.
+    let (j, b, a) = block_run(
+        &mut vm,
+        "tracepoint:block:block_rq_issue /args.bytes > 4096/ { @big = count(); } \
+         tracepoint:block:block_rq_issue /args.bytes <= 4096 && args.bytes > 0/ { @small = count(); }",
+    );
+    assert_eq!(int(&j.maps["@small"]), a.issued - b.issued);
+    assert!(!j.maps.contains_key("@big"));
+
+    // 9. Errors by value: all 0, and as many as completions.
+    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @err[args.error] = count(); }");
+    assert_eq!(int(&j.maps["@err"]["0"]), a.completed() - b.completed());
+
+    // 10. stats/avg/min/max agree with the sectors moved.
+    let (j, b, a) = block_run(
+        &mut vm,
+        "tracepoint:block:block_rq_complete { @s = stats(args.bytes); @a = avg(args.bytes); @lo = min(args.bytes); @hi = max(args.bytes); }",
+    );
+    let n = a.completed() - b.completed();
+    let bytes = ((a.read.sectors + a.write.sectors) - (b.read.sectors + b.write.sectors)) * 512;
+    assert_eq!(j.maps["@s"]["count"], n);
+    assert_eq!(j.maps["@s"]["total"], bytes);
+    assert_eq!(int(&j.maps["@a"]), bytes / n);
+    assert_eq!((int(&j.maps["@lo"]), int(&j.maps["@hi"])), (4096, 4096));
+
+    // 11. A linear histogram of sizes in sectors.
+    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @l = lhist(args.nr_sector, 0, 64, 8); }");
+    assert_eq!(j.maps["@l"], serde_json::json!([{"min": 8, "max": 15, "count": a.completed() - b.completed()}]));
+
+    // 12. String comparison in a filter, and pid == the record's pid.
+    let (j, b, a) = block_run(
+        &mut vm,
+        "tracepoint:block:block_rq_issue /comm == \"fio-vda-0\"/ { @[pid == args.pid, cpu] = count(); } \
+         tracepoint:block:block_rq_issue /comm != \"fio-vda-0\"/ { @other = count(); }",
+    );
+    assert_eq!(int(&j.maps["@"]["1,0"]), a.issued - b.issued, "{}", j.maps["@"]);
+    assert!(!j.maps.contains_key("@other"));
+
+    // 13. printf streamed: one line per completion, fields formatted.
+    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { printf(\"%s %d %5u\\n\", args.rwbs, args.error, args.nr_sector); }");
+    assert_eq!(j.printf.len() as u64, a.completed() - b.completed());
+    assert!(j.printf.iter().all(|l| l == "RS 0     8\n" || l == "WS 0     8\n"), "{:?}", &j.printf[..3]);
+
+    // 14. interval + print + clear: the printed counts add up to the total.
+    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @c = count(); } interval:ms:100 { print(@c); clear(@c); }");
+    let printed: u64 = j.prints.iter().map(|(_, v)| int(v)).sum();
+    assert_eq!(printed, a.completed() - b.completed(), "{:?}", j.prints);
+
+    // 15. Text output exactly as bpftrace prints it, -c for the workload.
+    let before = vda(&mut vm);
+    let out = trace_ok(&name, &["-e", "tracepoint:block:block_rq_complete { @ = count(); @bytes = hist(args.bytes); }", "-c", "--dev vda --rw randread --count 100 --quiet"]);
+    let n = vda(&mut vm).completed() - before.completed();
+    assert_eq!(
+        out,
+        format!(
+            "Attaching 1 probe...\n\n@: {n}\n\n@bytes:\n[4K, 8K)      {n:>10} |@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@|\n\n"
+        )
+    );
+    assert_clean(&mut vm);
+}
+
+#[test]
+fn kprobe_arguments_sched_errors_and_exits() {
+    let mut vm = TestVm::boot("trace-misc");
+    let name = vm.name().to_string();
+
+    // 16-17. arg0 and retval of the probe target: target(x) = 3x + 1,
+    // called with 10, 11, ..., 109 while the trace runs.
+    let mut child = ktrace()
+        .args(["--vm", &name, "trace", "-f", "json"])
+        .arg(
+            "kprobe:kernel::bpf::testing::target { @n = count(); @sum = sum(arg0); } \
+             kretprobe:kernel::bpf::testing::target { @ret = sum(retval); @odd[retval % 2] = count(); }",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first, "{\"type\": \"attached_probes\", \"data\": {\"probes\": 2}}\n");
+    {
+        let mut c = vm.client();
+        Runtime::new(&mut c).trigger(100, 10).unwrap();
+    }
+    // SAFETY-free Ctrl-C: SIGINT to the child by pid.
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    let j = json(&rest);
+    let sum: u64 = (10..110).sum();
+    assert_eq!(int(&j.maps["@n"]), 100);
+    assert_eq!(int(&j.maps["@sum"]), sum);
+    assert_eq!(int(&j.maps["@ret"]), 3 * sum + 100);
+    // 3x + 1 is odd for even x: 50 of each.
+    assert_eq!(j.maps["@odd"], serde_json::json!({"0": 50, "1": 50}));
+    assert_clean(&mut vm);
+
+    // 18. Context switches: equal to the tracepoint's own hit count.
+    let before = tracepoint_hits(&mut vm, "sched:sched_switch");
+    let out = trace_ok(&name, &["-f", "json", "tracepoint:sched:sched_switch { @n = count(); @[args.next_comm] = count(); } interval:ms:500 { exit(); }"]);
+    let hits = tracepoint_hits(&mut vm, "sched:sched_switch") - before;
+    let j = json(&out);
+    let m = j.maps["@"].as_object().unwrap();
+    assert!(hits > 0);
+    assert_eq!(int(&j.maps["@n"]), hits);
+    assert_eq!(m.values().map(int).sum::<u64>(), hits, "{m:?}");
+    assert_clean(&mut vm);
+
+    // 19. exit() from a kernel probe while a kernel task keeps calling
+    // the target: every hit counted before the detach is printed.
+    let mut child = ktrace()
+        .args(["--vm", &name, "trace", "-f", "json"])
+        .arg("kprobe:kernel::bpf::testing::target { @n = count(); printf(\"%d\\n\", @n); if (@n == 20) { exit(); } }")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    {
+        let mut c = vm.client();
+        Runtime::new(&mut c).trigger_spawn(100_000).unwrap();
+    }
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j = json(&rest);
+    let n = int(&j.maps["@n"]);
+    assert!((20..100_000).contains(&n), "stopped after {n}");
+    assert_eq!(j.printf.len() as u64, n, "printed lines against @n");
+    let wrong = j.printf.iter().enumerate().find(|(i, l)| **l != format!("{}\n", i + 1));
+    assert_eq!(wrong, None, "lines count 1, 2, 3, ...");
+    assert_clean(&mut vm);
+
+    // 20. BEGIN/END, interval, exit(): exact text.
+    let out = trace_ok(&name, &["BEGIN { printf(\"hello world\\n\"); } interval:ms:100 { @ticks = count(); if (@ticks == 3) { exit(); } } END { printf(\"bye %d\\n\", @ticks); }"]);
+    assert_eq!(out, "Attaching 3 probes...\nhello world\nbye 3\n\n@ticks: 3\n\n");
+    assert_clean(&mut vm);
+
+    // 21. profile: kstack as Rust paths, every sample counted once.
+    let out = trace_ok(&name, &["-f", "json", "profile:hz:99 { @[kstack] = count(); @n = count(); } interval:ms:1000 { exit(); }"]);
+    let j = json(&out);
+    let stacks = j.maps["@"].as_object().unwrap();
+    assert_eq!(stacks.values().map(int).sum::<u64>(), int(&j.maps["@n"]));
+    assert!(stacks.keys().any(|k| k.contains("kernel::task::sched::idle_loop+")), "{stacks:?}");
+    assert_clean(&mut vm);
+
+    // 22. A file holding the program.
+    let dir = std::env::temp_dir().join(format!("{name}-script"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hello.bt");
+    std::fs::write(&file, "BEGIN {\n  printf(\"from a file\\n\");\n  exit();\n}\n").unwrap();
+    assert_eq!(trace_ok(&name, &[file.to_str().unwrap()]), "Attaching 1 probe...\nfrom a file\n\n");
+
+    // Errors: syntax, types, symbols, the verifier; each at its column.
+    assert_eq!(
+        trace_err(&name, &["tracepoint:block:block_rq_issue /args.bytes > 4096 { @ = count(); }"]),
+        "ktrace: <script>:1:52: error: expected `/` to end the filter, found `{`\n\
+         tracepoint:block:block_rq_issue /args.bytes > 4096 { @ = count(); }\n\
+         \x20                                                  ^\n"
+    );
+    std::fs::write(&file, "kprobe:RequestQueue::submit_bio {\n  @[comm] = count();\n  @[pid] = count();\n}\n").unwrap();
+    assert_eq!(
+        trace_err(&name, &[file.to_str().unwrap()]),
+        format!(
+            "ktrace: {}:3:3: error: `@` is keyed by [a string (char[16])] elsewhere, not [an integer]\n  @[pid] = count();\n  ^^^^^^\n",
+            file.display()
+        )
+    );
+    assert_eq!(
+        trace_err(&name, &["tracepoint:block:block_rq_issue { @[args.byte] = count(); }"]),
+        "ktrace: <script>:1:42: error: `block:block_rq_issue` has no field `byte`: expected one of sector, rq_id, dev, nr_sector, bytes, pid, rwbs, comm\n\
+         tracepoint:block:block_rq_issue { @[args.byte] = count(); }\n\
+         \x20                                        ^^^^\n"
+    );
+    assert_eq!(
+        trace_err(&name, &["kprobe:RequestQueue::submit_bioo { @ = count(); }"]),
+        "ktrace: <script>:1:1: error: no function matches `RequestQueue::submit_bioo`; did you mean:\n\
+         kprobe:RequestQueue::submit_bioo { @ = count(); }\n\
+         ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n\
+         \x20 kernel::block::queue::RequestQueue::submit_bio\n"
+    );
+    let comms = vec!["comm"; 32].join(", ");
+    let script = format!("BEGIN {{ printf(\"{}\\n\", {comms}); }}", "%s ".repeat(32).trim_end());
+    let err = trace_err(&name, &[&script]);
+    assert_eq!(
+        err.lines().next().unwrap(),
+        "ktrace: <script>:1:9: error: the kernel's verifier rejected the code made from this: invalid write to stack R10 off=-520 size=8: the stack is fp-512..fp-1"
+    );
+    assert_eq!(err.lines().nth(2).unwrap().trim_start(), "^".repeat(script.len() - 11));
+    assert_clean(&mut vm);
+
+    // A closed pipe ends the trace quietly and removes it.
+    let mut child = ktrace()
+        .args(["--vm", &name, "trace", "tracepoint:sched:sched_switch { printf(\"switch to %d\\n\", args.next_pid); }"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "Attaching 1 probe...\n");
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.starts_with("switch to "), "{line}");
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_clean(&mut vm);
+
+    // -l: kprobe targets from the symbol index, tracepoints from the kernel.
+    assert_eq!(
+        trace_ok(&name, &["-l", "kprobe:*::submit_*"]),
+        "kprobe:kernel::block::queue::RequestQueue::submit_bio\nkprobe:kernel::block::queue::submit_and_wait\n"
+    );
+    assert_eq!(
+        trace_ok(&name, &["-l", "tracepoint:sched:*"]),
+        "tracepoint:sched:sched_switch\ntracepoint:sched:sched_wakeup\n"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
