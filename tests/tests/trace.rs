@@ -39,7 +39,11 @@ fn trace_ok(vm: &str, args: &[&str]) -> String {
 /// The error `ktrace trace` printed (it must have failed).
 fn trace_err(vm: &str, args: &[&str]) -> String {
     let out = trace(vm, args);
-    assert!(!out.status.success(), "ktrace trace {args:?} succeeded:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "ktrace trace {args:?} succeeded:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -52,9 +56,14 @@ struct Json {
 }
 
 fn json(out: &str) -> Json {
-    let mut j = Json { maps: BTreeMap::new(), printf: Vec::new(), prints: Vec::new() };
+    let mut j = Json {
+        maps: BTreeMap::new(),
+        printf: Vec::new(),
+        prints: Vec::new(),
+    };
     for line in out.lines().filter(|l| !l.is_empty()) {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{out}"));
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}\n{out}"));
         match v["type"].as_str() {
             Some("printf") => j.printf.push(v["data"].as_str().unwrap().to_string()),
             Some("map" | "hist" | "stats") => {
@@ -71,7 +80,8 @@ fn json(out: &str) -> Json {
 }
 
 fn int(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not an unsigned integer: {v}"))
+    v.as_u64()
+        .unwrap_or_else(|| panic!("not an unsigned integer: {v}"))
 }
 
 fn hist_total(v: &Value) -> u64 {
@@ -102,7 +112,9 @@ fn tracepoint_hits(vm: &mut TestVm, name: &str) -> u64 {
         .hits
 }
 
-const IO: &[&str] = &["--", "--dev", "vda", "--rw", "randrw", "--count", "200", "--quiet"];
+const IO: &[&str] = &[
+    "--", "--dev", "vda", "--rw", "randrw", "--count", "200", "--quiet",
+];
 
 /// Runs `script` with the 200-request workload, returns its JSON output and
 /// the diskstats delta.
@@ -124,37 +136,70 @@ fn block_one_liners_equal_diskstats() {
     let name = vm.name().to_string();
 
     // 1. Count completed requests: the tutorial's `@ = count()`.
-    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @ = count(); }");
+    let (j, b, a) = block_run(
+        &mut vm,
+        "tracepoint:block:block_rq_complete { @ = count(); }",
+    );
     let completed = a.completed() - b.completed();
     assert_eq!(completed, 200);
     assert_eq!(int(&j.maps["@"]), completed);
 
     // 2. Requests by operation (rwbs), a tracepoint string field as key.
-    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_issue { @[args.rwbs] = count(); }");
+    let (j, b, a) = block_run(
+        &mut vm,
+        "tracepoint:block:block_rq_issue { @[args.rwbs] = count(); }",
+    );
     let m = j.maps["@"].as_object().unwrap();
-    let reads: u64 = m.iter().filter(|(k, _)| k.contains('R')).map(|(_, v)| int(v)).sum();
-    let writes: u64 = m.iter().filter(|(k, _)| k.contains('W')).map(|(_, v)| int(v)).sum();
+    let reads: u64 = m
+        .iter()
+        .filter(|(k, _)| k.contains('R'))
+        .map(|(_, v)| int(v))
+        .sum();
+    let writes: u64 = m
+        .iter()
+        .filter(|(k, _)| k.contains('W'))
+        .map(|(_, v)| int(v))
+        .sum();
     assert_eq!(reads, a.read.ios - b.read.ios, "{m:?}");
     assert_eq!(writes, a.write.ios - b.write.ios, "{m:?}");
 
     // 3. Size histogram: every request counted once.
-    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @bytes = hist(args.bytes); }");
+    let (j, b, a) = block_run(
+        &mut vm,
+        "tracepoint:block:block_rq_complete { @bytes = hist(args.bytes); }",
+    );
     assert_eq!(hist_total(&j.maps["@bytes"]), a.completed() - b.completed());
-    assert_eq!(j.maps["@bytes"][0]["min"], 4096, "4 KiB requests: {}", j.maps["@bytes"]);
+    assert_eq!(
+        j.maps["@bytes"][0]["min"], 4096,
+        "4 KiB requests: {}",
+        j.maps["@bytes"]
+    );
 
     // 4. Sum of sectors equals the sectors diskstats moved.
-    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @sectors = sum(args.nr_sector); }");
+    let (j, b, a) = block_run(
+        &mut vm,
+        "tracepoint:block:block_rq_complete { @sectors = sum(args.nr_sector); }",
+    );
     let sectors = (a.read.sectors + a.write.sectors) - (b.read.sectors + b.write.sectors);
     assert_eq!(int(&j.maps["@sectors"]), sectors);
 
     // 5. Bios submitted, per process, through a kprobe on a Rust path.
-    let (j, b, a) = block_run(&mut vm, "kprobe:RequestQueue::submit_bio { @[comm] = count(); }");
+    let (j, b, a) = block_run(
+        &mut vm,
+        "kprobe:RequestQueue::submit_bio { @[comm] = count(); }",
+    );
     let bios = (a.bios + a.rejected) - (b.bios + b.rejected);
     assert_eq!(int(&j.maps["@"]["fio-vda-0"]), bios, "{}", j.maps["@"]);
 
     // 6. A glob over a Rust module: counts per function, `func` demangled.
-    let (j, b, a) = block_run(&mut vm, "kprobe:kernel::block::queue::RequestQueue::* { @[func] = count(); }");
-    assert_eq!(int(&j.maps["@"]["kernel::block::queue::RequestQueue::submit_bio"]), a.bios + a.rejected - b.bios - b.rejected);
+    let (j, b, a) = block_run(
+        &mut vm,
+        "kprobe:kernel::block::queue::RequestQueue::* { @[func] = count(); }",
+    );
+    assert_eq!(
+        int(&j.maps["@"]["kernel::block::queue::RequestQueue::submit_bio"]),
+        a.bios + a.rejected - b.bios - b.rejected
+    );
 
     // 7. Latency: nsecs saved at entry, the difference at return.
     let (j, b, a) = block_run(
@@ -162,7 +207,10 @@ fn block_one_liners_equal_diskstats() {
         "kprobe:RequestQueue::submit_bio { @start[tid] = nsecs; } \
          kretprobe:RequestQueue::submit_bio /@start[tid]/ { @ns = hist(nsecs - @start[tid]); delete(@start[tid]); }",
     );
-    assert_eq!(hist_total(&j.maps["@ns"]), a.bios + a.rejected - b.bios - b.rejected);
+    assert_eq!(
+        hist_total(&j.maps["@ns"]),
+        a.bios + a.rejected - b.bios - b.rejected
+    );
     assert!(!j.maps.contains_key("@start"), "every start was deleted");
 
     // 8. Filters on a field: big and small requests split the total.
@@ -175,7 +223,10 @@ fn block_one_liners_equal_diskstats() {
     assert!(!j.maps.contains_key("@big"));
 
     // 9. Errors by value: all 0, and as many as completions.
-    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @err[args.error] = count(); }");
+    let (j, b, a) = block_run(
+        &mut vm,
+        "tracepoint:block:block_rq_complete { @err[args.error] = count(); }",
+    );
     assert_eq!(int(&j.maps["@err"]["0"]), a.completed() - b.completed());
 
     // 10. stats/avg/min/max agree with the sectors moved.
@@ -191,8 +242,14 @@ fn block_one_liners_equal_diskstats() {
     assert_eq!((int(&j.maps["@lo"]), int(&j.maps["@hi"])), (4096, 4096));
 
     // 11. A linear histogram of sizes in sectors.
-    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @l = lhist(args.nr_sector, 0, 64, 8); }");
-    assert_eq!(j.maps["@l"], serde_json::json!([{"min": 8, "max": 15, "count": a.completed() - b.completed()}]));
+    let (j, b, a) = block_run(
+        &mut vm,
+        "tracepoint:block:block_rq_complete { @l = lhist(args.nr_sector, 0, 64, 8); }",
+    );
+    assert_eq!(
+        j.maps["@l"],
+        serde_json::json!([{"min": 8, "max": 15, "count": a.completed() - b.completed()}])
+    );
 
     // 12. String comparison in a filter, and pid == the record's pid.
     let (j, b, a) = block_run(
@@ -200,13 +257,24 @@ fn block_one_liners_equal_diskstats() {
         "tracepoint:block:block_rq_issue /comm == \"fio-vda-0\"/ { @[pid == args.pid, cpu] = count(); } \
          tracepoint:block:block_rq_issue /comm != \"fio-vda-0\"/ { @other = count(); }",
     );
-    assert_eq!(int(&j.maps["@"]["1,0"]), a.issued - b.issued, "{}", j.maps["@"]);
+    assert_eq!(
+        int(&j.maps["@"]["1,0"]),
+        a.issued - b.issued,
+        "{}",
+        j.maps["@"]
+    );
     assert!(!j.maps.contains_key("@other"));
 
     // 13. printf streamed: one line per completion, fields formatted.
     let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { printf(\"%s %d %5u\\n\", args.rwbs, args.error, args.nr_sector); }");
     assert_eq!(j.printf.len() as u64, a.completed() - b.completed());
-    assert!(j.printf.iter().all(|l| l == "RS 0     8\n" || l == "WS 0     8\n"), "{:?}", &j.printf[..3]);
+    assert!(
+        j.printf
+            .iter()
+            .all(|l| l == "RS 0     8\n" || l == "WS 0     8\n"),
+        "{:?}",
+        &j.printf[..3]
+    );
 
     // 14. interval + print + clear: the printed counts add up to the total.
     let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @c = count(); } interval:ms:100 { print(@c); clear(@c); }");
@@ -215,7 +283,15 @@ fn block_one_liners_equal_diskstats() {
 
     // 15. Text output exactly as bpftrace prints it, -c for the workload.
     let before = vda(&mut vm);
-    let out = trace_ok(&name, &["-e", "tracepoint:block:block_rq_complete { @ = count(); @bytes = hist(args.bytes); }", "-c", "--dev vda --rw randread --count 100 --quiet"]);
+    let out = trace_ok(
+        &name,
+        &[
+            "-e",
+            "tracepoint:block:block_rq_complete { @ = count(); @bytes = hist(args.bytes); }",
+            "-c",
+            "--dev vda --rw randread --count 100 --quiet",
+        ],
+    );
     let n = vda(&mut vm).completed() - before.completed();
     assert_eq!(
         out,
@@ -246,13 +322,19 @@ fn kprobe_arguments_sched_errors_and_exits() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
-    assert_eq!(first, "{\"type\": \"attached_probes\", \"data\": {\"probes\": 2}}\n");
+    assert_eq!(
+        first,
+        "{\"type\": \"attached_probes\", \"data\": {\"probes\": 2}}\n"
+    );
     {
         let mut c = vm.client();
         Runtime::new(&mut c).trigger(100, 10).unwrap();
     }
     // SAFETY-free Ctrl-C: SIGINT to the child by pid.
-    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
@@ -296,43 +378,80 @@ fn kprobe_arguments_sched_errors_and_exits() {
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j = json(&rest);
     let n = int(&j.maps["@n"]);
     assert!((20..100_000).contains(&n), "stopped after {n}");
     assert_eq!(j.printf.len() as u64, n, "printed lines against @n");
-    let wrong = j.printf.iter().enumerate().find(|(i, l)| **l != format!("{}\n", i + 1));
+    let wrong = j
+        .printf
+        .iter()
+        .enumerate()
+        .find(|(i, l)| **l != format!("{}\n", i + 1));
     assert_eq!(wrong, None, "lines count 1, 2, 3, ...");
     assert_clean(&mut vm);
 
     // 20. BEGIN/END, interval, exit(): exact text.
     let out = trace_ok(&name, &["BEGIN { printf(\"hello world\\n\"); } interval:ms:100 { @ticks = count(); if (@ticks == 3) { exit(); } } END { printf(\"bye %d\\n\", @ticks); }"]);
-    assert_eq!(out, "Attaching 3 probes...\nhello world\nbye 3\n\n@ticks: 3\n\n");
+    assert_eq!(
+        out,
+        "Attaching 3 probes...\nhello world\nbye 3\n\n@ticks: 3\n\n"
+    );
     assert_clean(&mut vm);
 
     // 21. profile: kstack as Rust paths, every sample counted once.
-    let out = trace_ok(&name, &["-f", "json", "profile:hz:99 { @[kstack] = count(); @n = count(); } interval:ms:1000 { exit(); }"]);
+    let out = trace_ok(
+        &name,
+        &[
+            "-f",
+            "json",
+            "profile:hz:99 { @[kstack] = count(); @n = count(); } interval:ms:1000 { exit(); }",
+        ],
+    );
     let j = json(&out);
     let stacks = j.maps["@"].as_object().unwrap();
     assert_eq!(stacks.values().map(int).sum::<u64>(), int(&j.maps["@n"]));
-    assert!(stacks.keys().any(|k| k.contains("kernel::task::sched::idle_loop+")), "{stacks:?}");
+    assert!(
+        stacks
+            .keys()
+            .any(|k| k.contains("kernel::task::sched::idle_loop+")),
+        "{stacks:?}"
+    );
     assert_clean(&mut vm);
 
     // 22. A file holding the program.
     let dir = std::env::temp_dir().join(format!("{name}-script"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("hello.bt");
-    std::fs::write(&file, "BEGIN {\n  printf(\"from a file\\n\");\n  exit();\n}\n").unwrap();
-    assert_eq!(trace_ok(&name, &[file.to_str().unwrap()]), "Attaching 1 probe...\nfrom a file\n\n");
+    std::fs::write(
+        &file,
+        "BEGIN {\n  printf(\"from a file\\n\");\n  exit();\n}\n",
+    )
+    .unwrap();
+    assert_eq!(
+        trace_ok(&name, &[file.to_str().unwrap()]),
+        "Attaching 1 probe...\nfrom a file\n\n"
+    );
 
     // Errors: syntax, types, symbols, the verifier; each at its column.
     assert_eq!(
-        trace_err(&name, &["tracepoint:block:block_rq_issue /args.bytes > 4096 { @ = count(); }"]),
+        trace_err(
+            &name,
+            &["tracepoint:block:block_rq_issue /args.bytes > 4096 { @ = count(); }"]
+        ),
         "ktrace: <script>:1:52: error: expected `/` to end the filter, found `{`\n\
          tracepoint:block:block_rq_issue /args.bytes > 4096 { @ = count(); }\n\
          \x20                                                  ^\n"
     );
-    std::fs::write(&file, "kprobe:RequestQueue::submit_bio {\n  @[comm] = count();\n  @[pid] = count();\n}\n").unwrap();
+    std::fs::write(
+        &file,
+        "kprobe:RequestQueue::submit_bio {\n  @[comm] = count();\n  @[pid] = count();\n}\n",
+    )
+    .unwrap();
     assert_eq!(
         trace_err(&name, &[file.to_str().unwrap()]),
         format!(
@@ -354,18 +473,29 @@ fn kprobe_arguments_sched_errors_and_exits() {
          \x20 kernel::block::queue::RequestQueue::submit_bio\n"
     );
     let comms = vec!["comm"; 32].join(", ");
-    let script = format!("BEGIN {{ printf(\"{}\\n\", {comms}); }}", "%s ".repeat(32).trim_end());
+    let script = format!(
+        "BEGIN {{ printf(\"{}\\n\", {comms}); }}",
+        "%s ".repeat(32).trim_end()
+    );
     let err = trace_err(&name, &[&script]);
     assert_eq!(
         err.lines().next().unwrap(),
         "ktrace: <script>:1:9: error: the kernel's verifier rejected the code made from this: invalid write to stack R10 off=-520 size=8: the stack is fp-512..fp-1"
     );
-    assert_eq!(err.lines().nth(2).unwrap().trim_start(), "^".repeat(script.len() - 11));
+    assert_eq!(
+        err.lines().nth(2).unwrap().trim_start(),
+        "^".repeat(script.len() - 11)
+    );
     assert_clean(&mut vm);
 
     // A closed pipe ends the trace quietly and removes it.
     let mut child = ktrace()
-        .args(["--vm", &name, "trace", "tracepoint:sched:sched_switch { printf(\"switch to %d\\n\", args.next_pid); }"])
+        .args([
+            "--vm",
+            &name,
+            "trace",
+            "tracepoint:sched:sched_switch { printf(\"switch to %d\\n\", args.next_pid); }",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -379,7 +509,11 @@ fn kprobe_arguments_sched_errors_and_exits() {
     assert!(line.starts_with("switch to "), "{line}");
     drop(stdout);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_clean(&mut vm);
 
     // -l: kprobe targets from the symbol index, tracepoints from the kernel.

@@ -327,6 +327,9 @@ fn block_uses(b: &ProbeBlock, which: Builtin) -> bool {
 // The instruction buffer: labels, jumps fixed up at the end, spans.
 // ---------------------------------------------------------------------------
 
+/// Instruction slot → script span rows.
+type SpanTable = Vec<(usize, Span)>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Label(usize);
 
@@ -481,7 +484,7 @@ impl Emitter {
         Ok(-(self.depth as i16))
     }
 
-    fn finish(mut self) -> Result<(Vec<Insn>, Vec<(usize, Span)>), Diagnostic> {
+    fn finish(mut self) -> Result<(Vec<Insn>, SpanTable), Diagnostic> {
         for (at, l) in std::mem::take(&mut self.fixups) {
             let target = self.labels[l.0].expect("every label is bound");
             let off = target as i64 - at as i64 - 1;
@@ -771,7 +774,7 @@ impl Gen<'_, '_> {
                     let left = f.size - i;
                     let size = [Size::DW, Size::W, Size::H, Size::B]
                         .into_iter()
-                        .find(|s| s.bytes() as u32 <= left && at % s.bytes() as u32 == 0 && (off as i32 + i as i32) % s.bytes() as i32 == 0)
+                        .find(|s| s.bytes() as u32 <= left && at.is_multiple_of(s.bytes() as u32) && (off as i32 + i as i32) % s.bytes() as i32 == 0)
                         .unwrap_or(Size::B);
                     self.e.load(size, R1, CTX, at as i16);
                     self.e.store(size, FP, off + i as i16, R1);
@@ -1132,7 +1135,7 @@ impl Gen<'_, '_> {
                 word[..chunk.len()].copy_from_slice(chunk);
                 self.e.load(Size::DW, ACC, FP, buf + 8 * i as i16);
                 if chunk.len() < 8 {
-                    let mask = if chunk.len() == 0 {
+                    let mask = if chunk.is_empty() {
                         0
                     } else {
                         u64::MAX >> (64 - 8 * chunk.len())

@@ -81,7 +81,10 @@ impl Diagnostic {
             .collect();
         // A long explanation (candidates, hints) goes under the caret.
         let (first, rest) = self.message.split_once('\n').unwrap_or((&self.message, ""));
-        let mut out = format!("{name}:{line}:{col}: error: {first}\n{text}\n{pad}{}\n", "^".repeat(width));
+        let mut out = format!(
+            "{name}:{line}:{col}: error: {first}\n{text}\n{pad}{}\n",
+            "^".repeat(width)
+        );
         if !rest.is_empty() {
             out.push_str(rest.trim_end());
             out.push('\n');

@@ -71,8 +71,8 @@ impl<'s> Lexer<'s> {
             self.pos += r.len() - t.len();
             if t.starts_with("//") {
                 self.pos += t.find('\n').unwrap_or(t.len());
-            } else if t.starts_with("/*") {
-                let end = t[2..].find("*/").ok_or_else(|| {
+            } else if let Some(body) = t.strip_prefix("/*") {
+                let end = body.find("*/").ok_or_else(|| {
                     Diagnostic::new(
                         Span::new(self.pos, self.pos + 2),
                         "this comment is never closed: expected `*/`",
@@ -86,7 +86,7 @@ impl<'s> Lexer<'s> {
     }
 
     /// The next token and its span.
-    pub fn next(&mut self) -> Result<(Tok, Span), Diagnostic> {
+    pub fn next_token(&mut self) -> Result<(Tok, Span), Diagnostic> {
         self.skip_blank()?;
         let start = self.pos;
         let r = self.rest();

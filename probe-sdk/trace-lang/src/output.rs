@@ -238,7 +238,7 @@ fn size_label(v: u64) -> String {
     let mut n = v;
     let mut unit = None;
     for u in UNITS {
-        if n >= 1024 && n % 1024 == 0 {
+        if n >= 1024 && n.is_multiple_of(1024) {
             n /= 1024;
             unit = Some(u);
         } else {

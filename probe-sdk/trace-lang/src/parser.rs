@@ -54,7 +54,7 @@ impl<'s> Parser<'s> {
 
     fn peek(&mut self) -> R<&(Tok, Span)> {
         if self.tok.is_none() {
-            self.tok = Some(self.lex.next()?);
+            self.tok = Some(self.lex.next_token()?);
         }
         Ok(self.tok.as_ref().expect("just filled"))
     }
@@ -92,7 +92,7 @@ impl<'s> Parser<'s> {
         loop {
             self.lex.skip_blank()?;
             if self.lex_rest().starts_with(',') {
-                self.lex.next()?;
+                self.lex.next_token()?;
                 self.lex.skip_blank()?;
                 probes.push(self.probe()?);
             } else {

@@ -29,9 +29,7 @@ use ktrace_abi::bpf::{
 use ktrace_abi::trace::TracepointInfo;
 use ktrace_symbols::{ResolveOptions, SymbolIndex};
 use ktrace_trace_lang::check::{MapKind, Ty};
-use ktrace_trace_lang::codegen::{
-    Compiled, Trigger, EVENT_CLEAR, EVENT_EXIT, EVENT_PRINT,
-};
+use ktrace_trace_lang::codegen::{Compiled, Trigger, EVENT_CLEAR, EVENT_EXIT, EVENT_PRINT};
 use ktrace_trace_lang::output::{self, Aggregate, Entry, Value};
 use ktrace_trace_lang::{Diagnostic, World};
 use probe_sdk::client::Client;
@@ -100,7 +98,10 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     let compiled = ktrace_trace_lang::compile_script(&source, &world).map_err(fail)?;
     let index = if compiled.programs.iter().any(needs_symbols) || uses_symbols(&compiled) {
         let elf = super::symbols::kernel_elf(args.kernel.as_deref())?;
-        Some(SymbolIndex::from_path(&elf).with_context(|| format!("kernel symbols from {}", elf.display()))?)
+        Some(
+            SymbolIndex::from_path(&elf)
+                .with_context(|| format!("kernel symbols from {}", elf.display()))?,
+        )
     } else {
         None
     };
@@ -126,7 +127,10 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                     span,
                     format!("the kernel's verifier rejected the code made from this: {what}"),
                 )),
-                None => anyhow::anyhow!("the kernel's verifier rejected program `{}`:\n{message}", r.program),
+                None => anyhow::anyhow!(
+                    "the kernel's verifier rejected program `{}`:\n{message}",
+                    r.program
+                ),
             });
         }
         Err(e) => return Err(e.into()),
@@ -162,19 +166,34 @@ fn needs_symbols(p: &ktrace_trace_lang::codegen::CompiledProbe) -> bool {
 fn uses_symbols(c: &Compiled) -> bool {
     let typed = |t: &Ty| matches!(t, Ty::Func | Ty::Stack);
     c.stack_map.is_some()
-        || c.sigs.iter().any(|s| s.keys.iter().any(typed) || matches!(&s.kind, MapKind::Value(t) if typed(t)))
+        || c.sigs
+            .iter()
+            .any(|s| s.keys.iter().any(typed) || matches!(&s.kind, MapKind::Value(t) if typed(t)))
         || c.printfs.iter().any(|p| p.args.iter().any(typed))
 }
 
 /// Resolves kprobe targets and adds line tables pointing into the script.
-fn prepare(c: &Compiled, index: Option<&SymbolIndex>, name: &str, source: &str) -> Result<ObjectLoad, Diagnostic> {
+fn prepare(
+    c: &Compiled,
+    index: Option<&SymbolIndex>,
+    name: &str,
+    source: &str,
+) -> Result<ObjectLoad, Diagnostic> {
     let mut programs = Vec::new();
     for p in &c.programs {
         let mut load = p.load.clone();
-        if let (Trigger::Attach, AttachTarget::Kprobe { spec, points }) = (&p.trigger, &mut load.attach) {
+        if let (Trigger::Attach, AttachTarget::Kprobe { spec, points }) =
+            (&p.trigger, &mut load.attach)
+        {
             let index = index.expect("symbols loaded for kprobes");
             let res = index
-                .resolve(spec, ResolveOptions { all: true, allow_raw_address: false })
+                .resolve(
+                    spec,
+                    ResolveOptions {
+                        all: true,
+                        allow_raw_address: false,
+                    },
+                )
                 .map_err(|e| Diagnostic::new(p.probe.span, e.to_string()))?;
             for pt in res.points {
                 if load.prog_type == ProgramType::Kretprobe && pt.offset != 0 {
@@ -194,7 +213,10 @@ fn prepare(c: &Compiled, index: Option<&SymbolIndex>, name: &str, source: &str) 
                 });
             }
             if points.is_empty() {
-                return Err(Diagnostic::new(p.probe.span, format!("`{spec}` matches no probeable function")));
+                return Err(Diagnostic::new(
+                    p.probe.span,
+                    format!("`{spec}` matches no probeable function"),
+                ));
             }
         }
         let rows = p
@@ -202,13 +224,25 @@ fn prepare(c: &Compiled, index: Option<&SymbolIndex>, name: &str, source: &str) 
             .iter()
             .map(|(insn, span)| {
                 let (line, column) = span.line_col(source);
-                LineInfo { insn: *insn as u32, file: 0, line: line as u32, column: column as u32, call_sites: Vec::new() }
+                LineInfo {
+                    insn: *insn as u32,
+                    file: 0,
+                    line: line as u32,
+                    column: column as u32,
+                    call_sites: Vec::new(),
+                }
             })
             .collect();
-        load.lines = Some(LineTable { files: vec![name.to_string()], rows });
+        load.lines = Some(LineTable {
+            files: vec![name.to_string()],
+            rows,
+        });
         programs.push(load);
     }
-    Ok(ObjectLoad { maps: c.maps.clone(), programs })
+    Ok(ObjectLoad {
+        maps: c.maps.clone(),
+        programs,
+    })
 }
 
 /// Why the event loop stopped early.
@@ -221,7 +255,9 @@ enum Stop {
 impl<E: Into<anyhow::Error>> From<E> for Stop {
     fn from(e: E) -> Self {
         let e: anyhow::Error = e.into();
-        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
             Stop::Pipe
         } else {
             Stop::Error(e)
@@ -248,11 +284,19 @@ const HOST_CTX: usize = 168;
 impl Session<'_> {
     fn prog_id(&self, i: usize) -> u32 {
         let name = &self.compiled.programs[i].load.name;
-        self.probe.programs.iter().find(|p| &p.name == name).map_or(0, |p| p.id)
+        self.probe
+            .programs
+            .iter()
+            .find(|p| &p.name == name)
+            .map_or(0, |p| p.id)
     }
 
     fn map_id(&self, name: &str) -> Option<u32> {
-        self.probe.maps.iter().find(|m| m.name == name).map(|m| m.id)
+        self.probe
+            .maps
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.id)
     }
 
     fn line(&mut self, text: &str) -> Result<(), Stop> {
@@ -269,7 +313,9 @@ impl Session<'_> {
         workload: Option<ktrace_abi::block::WorkloadSpec>,
         vm_name: &str,
     ) -> Result<(), Stop> {
-        let events = self.map_id(ktrace_trace_lang::codegen::EVENTS_MAP).context("no events map")?;
+        let events = self
+            .map_id(ktrace_trace_lang::codegen::EVENTS_MAP)
+            .context("no events map")?;
         rt.subscribe(vec![events], false)?;
         let mut attached = 0;
         for (i, p) in self.compiled.programs.iter().enumerate() {
@@ -281,17 +327,27 @@ impl Session<'_> {
             let targets: Vec<AttachTarget> = match &self.targets[i] {
                 AttachTarget::Kprobe { spec, points } => points
                     .iter()
-                    .map(|pt| AttachTarget::Kprobe { spec: spec.clone(), points: vec![pt.clone()] })
+                    .map(|pt| AttachTarget::Kprobe {
+                        spec: spec.clone(),
+                        points: vec![pt.clone()],
+                    })
                     .collect(),
                 other => vec![other.clone()],
             };
             for t in targets {
-                let link = rt.attach(id, t, kret).map_err(|e| anyhow::Error::new(e).context(format!("attaching `{}`", p.probe.text)))?;
+                let link = rt.attach(id, t, kret).map_err(|e| {
+                    anyhow::Error::new(e).context(format!("attaching `{}`", p.probe.text))
+                })?;
                 links.push(link);
                 attached += 1;
             }
         }
-        let host = self.compiled.programs.iter().filter(|p| p.trigger != Trigger::Attach).count();
+        let host = self
+            .compiled
+            .programs
+            .iter()
+            .filter(|p| p.trigger != Trigger::Attach)
+            .count();
         let n = attached + host;
         let hello = if self.json {
             format!("{{\"type\": \"attached_probes\", \"data\": {{\"probes\": {n}}}}}\n")
@@ -326,14 +382,21 @@ impl Session<'_> {
             .iter()
             .enumerate()
             .filter_map(|(i, p)| match p.trigger {
-                Trigger::Interval { ms } => Some((i, Duration::from_millis(ms), Instant::now() + Duration::from_millis(ms))),
+                Trigger::Interval { ms } => Some((
+                    i,
+                    Duration::from_millis(ms),
+                    Instant::now() + Duration::from_millis(ms),
+                )),
                 _ => None,
             })
             .collect();
-        while !exit && !interrupted() && !(worker.is_some() && done.load(Ordering::SeqCst)) {
+        let workload_done = || worker.is_some() && done.load(Ordering::SeqCst);
+        while !(exit || interrupted() || workload_done()) {
             let next = intervals.iter().map(|(_, _, at)| *at).min();
             let wait = next
-                .map_or(Duration::from_millis(200), |at| at.saturating_duration_since(Instant::now()))
+                .map_or(Duration::from_millis(200), |at| {
+                    at.saturating_duration_since(Instant::now())
+                })
                 .min(Duration::from_millis(200));
             if let Some(batch) = rt.next_events(wait)? {
                 exit |= self.records(rt, batch)?;
@@ -350,7 +413,9 @@ impl Session<'_> {
             if done.load(Ordering::SeqCst) {
                 match w.join() {
                     Ok(r) => r.map_err(Stop::Error)?,
-                    Err(_) => return Err(Stop::Error(anyhow::anyhow!("the workload thread panicked"))),
+                    Err(_) => {
+                        return Err(Stop::Error(anyhow::anyhow!("the workload thread panicked")))
+                    }
                 }
             }
             // Otherwise the workload keeps running in the kernel; its
@@ -385,7 +450,9 @@ impl Session<'_> {
     }
 
     fn host_programs(&self, which: impl Fn(&Trigger) -> bool) -> Vec<usize> {
-        (0..self.compiled.programs.len()).filter(|&i| which(&self.compiled.programs[i].trigger)).collect()
+        (0..self.compiled.programs.len())
+            .filter(|&i| which(&self.compiled.programs[i].trigger))
+            .collect()
     }
 
     /// Handles the batches the kernel pushed so far, in the order they came.
@@ -418,21 +485,35 @@ impl Session<'_> {
         Ok(exit)
     }
 
-    fn records(&mut self, rt: &mut Runtime, batch: ktrace_abi::bpf::EventBatch) -> Result<bool, Stop> {
+    fn records(
+        &mut self,
+        rt: &mut Runtime,
+        batch: ktrace_abi::bpf::EventBatch,
+    ) -> Result<bool, Stop> {
         let mut exit = false;
         for l in &batch.lost {
             self.lost = self.lost.max(l.lost);
         }
         for r in batch.records {
-            let Some(id) = r.data.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))) else {
+            let Some(id) = r
+                .data
+                .get(..8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            else {
                 continue;
             };
             match id {
                 EVENT_EXIT => exit = true,
-                _ if id & !0xffff_ffff == EVENT_PRINT => self.print_map(rt, (id & 0xffff_ffff) as usize)?,
-                _ if id & !0xffff_ffff == EVENT_CLEAR => self.clear_map(rt, (id & 0xffff_ffff) as usize)?,
+                _ if id & !0xffff_ffff == EVENT_PRINT => {
+                    self.print_map(rt, (id & 0xffff_ffff) as usize)?
+                }
+                _ if id & !0xffff_ffff == EVENT_CLEAR => {
+                    self.clear_map(rt, (id & 0xffff_ffff) as usize)?
+                }
                 _ => {
-                    let Some(fmt) = self.compiled.printfs.get(id as usize) else { continue };
+                    let Some(fmt) = self.compiled.printfs.get(id as usize) else {
+                        continue;
+                    };
                     let mut at = 8;
                     let mut args = Vec::new();
                     for ty in &fmt.args {
@@ -440,7 +521,11 @@ impl Session<'_> {
                         at += ty.size() as usize;
                     }
                     let text = output::printf(&fmt.format, &args);
-                    let line = if self.json { output::printf_json(&text) + "\n" } else { text };
+                    let line = if self.json {
+                        output::printf_json(&text) + "\n"
+                    } else {
+                        text
+                    };
                     self.line(&line)?;
                 }
             }
@@ -449,17 +534,31 @@ impl Session<'_> {
     }
 
     fn decode(&self, rt: &mut Runtime, ty: &Ty, b: &[u8]) -> Value {
-        let word = || b.get(..8).map_or(0, |w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        let word = || {
+            b.get(..8)
+                .map_or(0, |w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+        };
         match ty {
             Ty::Int { signed: true } => Value::Int(word() as i64),
             Ty::Int { signed: false } => Value::Uint(word()),
             Ty::Str(n) => Value::Str(crate::tools::c_str(b.get(..*n as usize).unwrap_or(b))),
             Ty::Literal(s) => Value::Str(s.clone()),
-            Ty::Probe => Value::Str(self.compiled.probe_names.get(word() as usize).cloned().unwrap_or_default()),
+            Ty::Probe => Value::Str(
+                self.compiled
+                    .probe_names
+                    .get(word() as usize)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
             Ty::Func => Value::Str(self.symbol(word(), false)),
             Ty::Stack => {
                 let id = word() as i64;
-                let frames = match (self.compiled.stack_map.and_then(|i| self.map_id(&self.compiled.maps[i].name)), u32::try_from(id)) {
+                let frames = match (
+                    self.compiled
+                        .stack_map
+                        .and_then(|i| self.map_id(&self.compiled.maps[i].name)),
+                    u32::try_from(id),
+                ) {
                     (Some(m), Ok(id)) => match rt.map_lookup(m, &id.to_le_bytes()) {
                         Ok(Some(v)) => v
                             .chunks_exact(8)
@@ -487,7 +586,9 @@ impl Session<'_> {
 
     fn entries(&self, rt: &mut Runtime, idx: usize) -> Result<Option<(u32, Vec<Entry>)>, Stop> {
         let sig = &self.compiled.sigs[idx];
-        let Some(id) = self.map_id(&sig.name) else { return Ok(None) };
+        let Some(id) = self.map_id(&sig.name) else {
+            return Ok(None);
+        };
         let raw = rt.map_dump(id, 256)?;
         let keys_of = |s: &Self, rt: &mut Runtime, key: &[u8]| -> Vec<Value> {
             let mut at = 0;
@@ -500,12 +601,21 @@ impl Session<'_> {
                 })
                 .collect()
         };
-        let u64_at = |b: &[u8], at: usize| b.get(at..at + 8).map_or(0, |w| u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        let u64_at = |b: &[u8], at: usize| {
+            b.get(at..at + 8)
+                .map_or(0, |w| u64::from_le_bytes(w.try_into().expect("8 bytes")))
+        };
         let entries = if sig.kind.bucketed() {
             let slot_at = sig.key_size() as usize - 8;
             let raw = raw
                 .iter()
-                .map(|e| (keys_of(self, rt, &e.key), u64_at(&e.key, slot_at), u64_at(&e.value, 0)))
+                .map(|e| {
+                    (
+                        keys_of(self, rt, &e.key),
+                        u64_at(&e.key, slot_at),
+                        u64_at(&e.value, 0),
+                    )
+                })
                 .collect();
             output::group_buckets(raw)
         } else {
@@ -520,7 +630,10 @@ impl Session<'_> {
                         },
                         _ => Aggregate::Scalar(Value::Int(u64_at(&e.value, 0) as i64)),
                     };
-                    Entry { keys: keys_of(self, rt, &e.key), value }
+                    Entry {
+                        keys: keys_of(self, rt, &e.key),
+                        value,
+                    }
                 })
                 .collect()
         };
@@ -528,7 +641,9 @@ impl Session<'_> {
     }
 
     fn print_map(&mut self, rt: &mut Runtime, idx: usize) -> Result<(), Stop> {
-        let Some((_, entries)) = self.entries(rt, idx)? else { return Ok(()) };
+        let Some((_, entries)) = self.entries(rt, idx)? else {
+            return Ok(());
+        };
         if entries.is_empty() {
             return Ok(());
         }
@@ -543,7 +658,9 @@ impl Session<'_> {
 
     fn clear_map(&mut self, rt: &mut Runtime, idx: usize) -> Result<(), Stop> {
         let sig = &self.compiled.sigs[idx];
-        let Some(id) = self.map_id(&sig.name) else { return Ok(()) };
+        let Some(id) = self.map_id(&sig.name) else {
+            return Ok(());
+        };
         let keys: Vec<Vec<u8>> = rt.map_dump(id, 256)?.into_iter().map(|e| e.key).collect();
         if !keys.is_empty() {
             rt.map_delete_batch(id, keys)?;
@@ -570,11 +687,22 @@ fn list(args: &Args, pattern: &str, vm_name: &str) -> anyhow::Result<()> {
     }
     if matches!(kind, "kprobe" | "k" | "kretprobe" | "kr") {
         let elf = super::symbols::kernel_elf(args.kernel.as_deref())?;
-        let index = SymbolIndex::from_path(&elf).with_context(|| format!("kernel symbols from {}", elf.display()))?;
+        let index = SymbolIndex::from_path(&elf)
+            .with_context(|| format!("kernel symbols from {}", elf.display()))?;
         let res = index
-            .resolve(rest, ResolveOptions { all: true, allow_raw_address: false })
+            .resolve(
+                rest,
+                ResolveOptions {
+                    all: true,
+                    allow_raw_address: false,
+                },
+            )
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let prefix = if kind.starts_with("kr") { "kretprobe" } else { "kprobe" };
+        let prefix = if kind.starts_with("kr") {
+            "kretprobe"
+        } else {
+            "kprobe"
+        };
         for p in res.points {
             if let Some(f) = p.function {
                 out.push(format!("{prefix}:{f}"));
