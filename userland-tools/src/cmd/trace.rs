@@ -60,6 +60,9 @@ pub struct Args {
     /// The kernel ELF to resolve Rust paths against (default: as `ktrace symbols`).
     #[arg(long, value_name = "ELF")]
     pub kernel: Option<PathBuf>,
+    /// Print how long each step took (compile, symbols, load and verify, attach) to stderr.
+    #[arg(short = 'v')]
+    pub verbose: bool,
     /// Workload arguments after `--` (as `-c`).
     #[arg(last = true, value_name = "WORKLOAD ARGS")]
     pub trailing: Vec<String>,
@@ -89,13 +92,32 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         .map(|w| crate::tools::workload_spec(&w))
         .transpose()?;
     let json = args.format == "json";
+    let started = Instant::now();
+    let mut step = started;
+    let mut timing = |what: &str| {
+        if args.verbose {
+            let now = Instant::now();
+            eprintln!("{what}: {:.1} ms", (now - step).as_secs_f64() * 1e3);
+            step = now;
+        }
+    };
 
     let mut client = connect(vm_name, "ktrace trace")?;
     let world = World {
         tracepoints: client.list_tracepoints()?,
     };
     let fail = |d: Diagnostic| anyhow::anyhow!("{}", d.render(&name, &source).trim_end());
+    timing("connected, tracepoint formats read");
     let compiled = ktrace_trace_lang::compile_script(&source, &world).map_err(fail)?;
+    timing(&format!(
+        "compiled {} program(s), {} instructions",
+        compiled.programs.len(),
+        compiled
+            .programs
+            .iter()
+            .map(|p| p.load.insns.len() / 8)
+            .sum::<usize>()
+    ));
     let index = if compiled.programs.iter().any(needs_symbols) || uses_symbols(&compiled) {
         let elf = super::symbols::kernel_elf(args.kernel.as_deref())?;
         Some(
@@ -106,6 +128,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         None
     };
     let object = prepare(&compiled, index.as_ref(), &name, &source).map_err(fail)?;
+    timing("kernel symbols indexed, probes resolved");
     let targets: Vec<AttachTarget> = object.programs.iter().map(|p| p.attach.clone()).collect();
 
     let mut rt = Runtime::new(&mut client);
@@ -135,6 +158,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     };
+    timing("maps created, programs verified and loaded");
     let mut probe = LoadedProbe {
         maps: loaded.maps,
         programs: loaded.programs,
@@ -149,6 +173,8 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         json,
         out: std::io::stdout(),
         lost: 0,
+        started: args.verbose.then_some(started),
+        exited: false,
     };
     let result = session.run(&mut rt, &mut probe.links, workload, vm_name);
     // Whatever happened, remove what was loaded.
@@ -276,6 +302,10 @@ struct Session<'a> {
     out: std::io::Stdout,
     /// Records the kernel could not put in the ring buffer (cumulative).
     lost: u64,
+    /// With `-v`: when the command started, to report the first event.
+    started: Option<Instant>,
+    /// `exit()` ran: later records are not printed.
+    exited: bool,
 }
 
 /// A `pt_regs` of zeros: the context of programs the tool runs itself.
@@ -355,6 +385,12 @@ impl Session<'_> {
             format!("Attaching {n} probe{}...\n", if n == 1 { "" } else { "s" })
         };
         self.line(&hello)?;
+        if let Some(t) = self.started {
+            eprintln!(
+                "attached: {:.1} ms after start",
+                t.elapsed().as_secs_f64() * 1e3
+            );
+        }
         for i in self.host_programs(|t| *t == Trigger::Begin) {
             rt.test_run(self.prog_id(i), vec![0; HOST_CTX], 1)?;
         }
@@ -426,14 +462,15 @@ impl Session<'_> {
         for l in links.drain(..) {
             rt.detach(l.id)?;
         }
-        for i in self.host_programs(|t| *t == Trigger::End) {
-            rt.test_run(self.prog_id(i), vec![0; HOST_CTX], 1)?;
-            self.pushed(rt)?;
-        }
         // Unsubscribing first: its answer comes after every batch the
         // kernel pushed before it, so those are queued here; a poll then
-        // takes what is left.
+        // takes what is left. The probes' records come out before END's.
         rt.subscribe(Vec::new(), false)?;
+        self.drain(rt, events)?;
+        self.exited = false;
+        for i in self.host_programs(|t| *t == Trigger::End) {
+            rt.test_run(self.prog_id(i), vec![0; HOST_CTX], 1)?;
+        }
         self.drain(rt, events)?;
         if !self.json {
             self.line("\n")?;
@@ -490,9 +527,15 @@ impl Session<'_> {
         rt: &mut Runtime,
         batch: ktrace_abi::bpf::EventBatch,
     ) -> Result<bool, Stop> {
-        let mut exit = false;
         for l in &batch.lost {
             self.lost = self.lost.max(l.lost);
+        }
+        if let Some(t) = self.started.filter(|_| !batch.records.is_empty()) {
+            eprintln!(
+                "first event: {:.1} ms after start",
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            self.started = None;
         }
         for r in batch.records {
             let Some(id) = r
@@ -502,8 +545,12 @@ impl Session<'_> {
             else {
                 continue;
             };
+            if self.exited {
+                // As bpftrace: after exit(), nothing more is printed.
+                break;
+            }
             match id {
-                EVENT_EXIT => exit = true,
+                EVENT_EXIT => self.exited = true,
                 _ if id & !0xffff_ffff == EVENT_PRINT => {
                     self.print_map(rt, (id & 0xffff_ffff) as usize)?
                 }
@@ -530,7 +577,7 @@ impl Session<'_> {
                 }
             }
         }
-        Ok(exit)
+        Ok(self.exited)
     }
 
     fn decode(&self, rt: &mut Runtime, ty: &Ty, b: &[u8]) -> Value {
