@@ -276,10 +276,16 @@ fn block_one_liners_equal_diskstats() {
         &j.printf[..3]
     );
 
-    // 14. interval + print + clear: the printed counts add up to the total.
-    let (j, b, a) = block_run(&mut vm, "tracepoint:block:block_rq_complete { @c = count(); } interval:ms:100 { print(@c); clear(@c); }");
-    let printed: u64 = j.prints.iter().map(|(_, v)| int(v)).sum();
-    assert_eq!(printed, a.completed() - b.completed(), "{:?}", j.prints);
+    // 14. interval + print: the counts printed grow, the last (at exit)
+    // is the total. (clear() runs in the tool, as bpftrace's does, so it
+    // races with the probe; it is not asserted exactly.)
+    let (j, b, a) = block_run(
+        &mut vm,
+        "tracepoint:block:block_rq_complete { @c = count(); } interval:ms:100 { print(@c); }",
+    );
+    let printed: Vec<u64> = j.prints.iter().map(|(_, v)| int(v)).collect();
+    assert!(printed.windows(2).all(|w| w[0] <= w[1]), "{printed:?}");
+    assert_eq!(printed.last().copied(), Some(a.completed() - b.completed()));
 
     // 15. Text output exactly as bpftrace prints it, -c for the workload.
     let before = vda(&mut vm);
