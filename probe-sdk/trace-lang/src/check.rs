@@ -477,13 +477,11 @@ pub fn check(script: &Script, world: &World) -> Result<Checked, Diagnostic> {
     }
     for m in &maps {
         if let MapKind::Lhist { min, max, step } = m.kind {
-            if (max - min) / step > 1000 {
+            let buckets = max.checked_sub(min).map_or(i64::MAX, |w| w / step);
+            if buckets > 1000 {
                 return err(
                     m.first,
-                    format!(
-                        "lhist({min}, {max}, {step}) has {} buckets: at most 1000",
-                        (max - min) / step
-                    ),
+                    format!("lhist({min}, {max}, {step}) has {buckets} buckets: at most 1000"),
                 );
             }
         }

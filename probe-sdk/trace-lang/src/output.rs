@@ -261,8 +261,8 @@ pub fn bucket_label(kind: &MapKind, bucket: u64) -> String {
             } else if bucket >= last {
                 format!("[{max}, ...)")
             } else {
-                let lo = min + (bucket as i64 - 1) * step;
-                format!("[{lo}, {})", lo + step)
+                let lo = min.saturating_add((bucket as i64 - 1).saturating_mul(step));
+                format!("[{lo}, {})", lo.saturating_add(step))
             }
         }
         _ => match bucket {
@@ -288,8 +288,8 @@ fn bucket_range(kind: &MapKind, bucket: u64) -> (Option<i64>, Option<i64>) {
             } else if bucket >= last {
                 (Some(max), None)
             } else {
-                let lo = min + (bucket as i64 - 1) * step;
-                (Some(lo), Some(lo + step - 1))
+                let lo = min.saturating_add((bucket as i64 - 1).saturating_mul(step));
+                (Some(lo), Some(lo.saturating_add(step - 1)))
             }
         }
         _ => match bucket {

@@ -267,3 +267,33 @@ fn printf_formats() {
         .unwrap_err()
         .contains("unknown printf conversion `%q`"));
 }
+
+/// Nothing a user types panics the compiler: every prefix of the tutorial
+/// scripts, and each with one character replaced by each of a set of
+/// troublesome ones, gives a program or a diagnostic.
+#[test]
+fn no_input_panics() {
+    let scripts = [
+        "kprobe:f { @start[tid] = nsecs; } kretprobe:f /@start[tid]/ { @ns = hist(nsecs - @start[tid]); delete(@start[tid]); }",
+        "tracepoint:block:block_rq_issue /args.bytes > 4096 && comm == \"fio\"/ { printf(\"%-8s %d\\n\", args.rwbs, args.bytes); @l = lhist(args.bytes, 0, 65536, 4096); }",
+        "interval:s:1 { print(@c); clear(@c); if (@c > 3) { exit(); } else { @d += 1; } } profile:hz:99 { @[kstack, $x] = count(); }",
+        "BEGIN { $x = -9223372036854775807; @l = lhist(1, -9223372036854775807, 9223372036854775807, 1); }",
+    ];
+    let w = world();
+    let odd = [
+        '/', '{', '}', '"', '@', '$', '(', ')', '[', ']', ',', ';', ':', '\\', 'é', '0', '-', '*',
+        '%', '\n',
+    ];
+    for s in scripts {
+        let chars: Vec<(usize, char)> = s.char_indices().collect();
+        for &(i, _) in &chars {
+            let _ = compile_script(&s[..i], &w).map_err(|d| d.render("t", &s[..i]));
+            for c in odd {
+                let mut m = String::from(&s[..i]);
+                m.push(c);
+                m.push_str(&s[i + s[i..].chars().next().unwrap().len_utf8()..]);
+                let _ = compile_script(&m, &w).map_err(|d| d.render("t", &m));
+            }
+        }
+    }
+}
