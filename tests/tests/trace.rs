@@ -527,4 +527,29 @@ fn kprobe_arguments_sched_errors_and_exits() {
         "tracepoint:sched:sched_switch\ntracepoint:sched:sched_wakeup\n"
     );
     let _ = std::fs::remove_dir_all(&dir);
+
+    // A killed peer: the VM dies under a running trace, which says so and
+    // exits (last: the VM is gone afterwards).
+    let mut child = ktrace()
+        .args([
+            "--vm",
+            &name,
+            "trace",
+            "tracepoint:sched:sched_switch { @ = count(); }",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "Attaching 1 probe...\n");
+    vm.vm().kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "ktrace: the control channel was closed (did the VM exit?)\n"
+    );
 }
