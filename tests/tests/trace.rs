@@ -287,6 +287,19 @@ fn block_one_liners_equal_diskstats() {
     assert!(printed.windows(2).all(|w| w[0] <= w[1]), "{printed:?}");
     assert_eq!(printed.last().copied(), Some(a.completed() - b.completed()));
 
+    // 15b. Two probes sharing one block, told apart by `probe`.
+    let (j, b, a) = block_run(
+        &mut vm,
+        "tracepoint:block:block_rq_issue, tracepoint:block:block_rq_complete { @[probe] = count(); }",
+    );
+    assert_eq!(
+        j.maps["@"],
+        serde_json::json!({
+            "tracepoint:block:block_rq_issue": a.issued - b.issued,
+            "tracepoint:block:block_rq_complete": a.completed() - b.completed(),
+        })
+    );
+
     // 15. Text output exactly as bpftrace prints it, -c for the workload.
     let before = vda(&mut vm);
     let out = trace_ok(
@@ -397,10 +410,10 @@ fn kprobe_arguments_sched_errors_and_exits() {
     assert_clean(&mut vm);
 
     // 20. BEGIN/END, interval, exit(): exact text.
-    let out = trace_ok(&name, &["BEGIN { printf(\"hello world\\n\"); } interval:ms:100 { @ticks = count(); if (@ticks == 3) { exit(); } } END { printf(\"bye %d\\n\", @ticks); }"]);
+    let out = trace_ok(&name, &["BEGIN { printf(\"hello world\\n\"); } interval:ms:100 { @ticks = count(); if (@ticks == 3) { exit(); } } END { printf(\"bye %d %d\\n\", @ticks, elapsed > 0); }"]);
     assert_eq!(
         out,
-        "Attaching 3 probes...\nhello world\nbye 3\n\n@ticks: 3\n\n"
+        "Attaching 3 probes...\nhello world\nbye 3 1\n\n@ticks: 3\n\n"
     );
     assert_clean(&mut vm);
 
