@@ -451,6 +451,11 @@ fn kprobe_arguments_sched_errors_and_exits() {
         "Attaching 1 probe...\nfrom a file\n\n"
     );
 
+    assert_eq!(
+        trace_err(&name, &["no-such-script.bt"]),
+        "ktrace: `no-such-script.bt` is neither a file nor a program (a program has a block, as in `BEGIN { ... }`)\n"
+    );
+
     // Errors: syntax, types, symbols, the verifier; each at its column.
     assert_eq!(
         trace_err(

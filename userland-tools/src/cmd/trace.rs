@@ -79,6 +79,9 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {p}"))?;
             (p.clone(), text)
         }
+        (None, Some(p)) if !p.contains('{') => bail!(
+            "`{p}` is neither a file nor a program (a program has a block, as in `BEGIN {{ ... }}`)"
+        ),
         (None, Some(p)) => ("<script>".to_string(), p.clone()),
         (None, None) => bail!("no program: give one as an argument, with -e PROGRAM, or as a file"),
     };
@@ -102,6 +105,9 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         }
     };
 
+    // From here on Ctrl-C only sets a flag: a trace interrupted while it
+    // loads still gets everything removed (the loop sees the flag at once).
+    catch_ctrl_c();
     let mut client = connect(vm_name, "ktrace trace")?;
     let world = World {
         tracepoints: client.list_tracepoints()?,
@@ -164,7 +170,6 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         programs: loaded.programs,
         links: Vec::new(),
     };
-    catch_ctrl_c();
     let mut session = Session {
         compiled: &compiled,
         probe: probe.clone(),
