@@ -297,3 +297,48 @@ fn no_input_panics() {
         }
     }
 }
+
+/// A program the verifier refuses maps back to the statement that made
+/// the refused instruction (here: a printf record past the 512-byte stack).
+#[test]
+fn verifier_rejections_map_to_spans() {
+    let args = vec!["comm"; 32].join(", ");
+    let src = format!(
+        "BEGIN {{ @n = count(); printf(\"{}\\n\", {args}); }}",
+        "%s ".repeat(32).trim_end()
+    );
+    let c = compile_script(&src, &world()).unwrap();
+    let maps: Vec<MapDef> = c
+        .maps
+        .iter()
+        .enumerate()
+        .map(|(i, m)| MapDef {
+            fd: i as i32,
+            map_type: m.map_type,
+            key_size: m.key_size,
+            value_size: m.value_size,
+            max_entries: m.max_entries,
+        })
+        .collect();
+    let helpers = linux::helpers();
+    let ty = linux::kprobe();
+    let env = Env {
+        prog_type: &ty,
+        helpers: &helpers,
+        maps: &maps,
+    };
+    let p = &c.programs[0];
+    let prog = bpf_vm::decode(&p.load.insns).unwrap();
+    let r = verifier::verify(prog.insns(), &env, &Config::default()).unwrap_err();
+    assert_eq!(
+        r.error.message,
+        "invalid write to stack R10 off=-520 size=8: the stack is fp-512..fp-1"
+    );
+    let span = p.span_of(r.error.insn_index).unwrap();
+    assert!(
+        src[span.start..span.end].starts_with("printf(\"%s %s"),
+        "{}",
+        &src[span.start..span.end]
+    );
+    assert!(src[span.start..span.end].ends_with("comm)"));
+}
