@@ -300,6 +300,15 @@ fn block_one_liners_equal_diskstats() {
         })
     );
 
+    // 15c. A Rust `&str` argument (pointer, length) read from kernel
+    // memory: the workload looks its device up by name.
+    let (j, _, _) = block_run(
+        &mut vm,
+        "kprobe:kernel::block::find { @[str(arg0, arg1)] = count(); }",
+    );
+    let names: Vec<&String> = j.maps["@"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["vda"], "{}", j.maps["@"]);
+
     // 15. Text output exactly as bpftrace prints it, -c for the workload.
     let before = vda(&mut vm);
     let out = trace_ok(

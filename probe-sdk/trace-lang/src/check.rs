@@ -12,6 +12,9 @@ use crate::World;
 /// The one rate the kernel's sampling timer runs BPF programs at.
 pub const PROFILE_HZ: u32 = 99;
 
+/// Bytes `str()` reads at most (bpftrace's default `BPFTRACE_STRLEN` is 64).
+pub const STR_LEN: u32 = 64;
+
 /// Types of values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ty {
@@ -377,6 +380,31 @@ impl<'a> Types<'a> {
                         )
                     }
                 }
+            }
+            ExprKind::Call(name, args) if name == "str" => {
+                if ctx == Ctx::Host {
+                    return err(
+                        e.span,
+                        format!(
+                            "`str()` reads kernel memory; `{}` runs in the tool",
+                            self.probe.text
+                        ),
+                    );
+                }
+                if args.is_empty() || args.len() > 2 {
+                    return err(
+                        e.span,
+                        format!(
+                            "str(ptr) or str(ptr, len) takes 1 or 2 arguments, not {}",
+                            args.len()
+                        ),
+                    );
+                }
+                for a in args {
+                    let t = self.of(a)?;
+                    self.int(a, &t, "an argument of str()")?;
+                }
+                Ty::Str(STR_LEN)
             }
             ExprKind::Call(name, _) => {
                 if AggFunc::from_name(name).is_some() {

@@ -808,10 +808,41 @@ impl Gen<'_, '_> {
                 }
                 self.e.bind(done);
             }
+            ExprKind::Call(name, args) if name == "str" => {
+                // Kernel memory, read safely: a Rust `&str` is a pointer
+                // and a length (`str(arg0, arg1)`), a C string stops at NUL.
+                // The buffer is zeroed first and one byte is kept for the NUL.
+                let mark = self.e.depth;
+                for i in (0..padded).step_by(8) {
+                    self.e.store_imm(Size::DW, FP, off + i, 0);
+                }
+                let max = size.min(padded as u32).saturating_sub(1);
+                let len_tmp = self.e.alloc(8, e.span)?;
+                match args.get(1) {
+                    Some(len) => self.expr(len)?,
+                    None => self.e.imm(ACC, u64::from(max)),
+                }
+                self.e.store(Size::DW, FP, len_tmp, ACC);
+                self.expr(&args[0])?;
+                self.e.span(e.span);
+                self.e.mov(R3, ACC);
+                self.e.load(Size::DW, R2, FP, len_tmp);
+                let fits = self.e.label();
+                self.e.jmp(JmpCond::Le, R2, Operand::Imm(max as i32), fits);
+                self.e.imm(R2, u64::from(max));
+                self.e.bind(fits);
+                self.e.stack_ptr(R1, off);
+                self.e.call(if args.len() == 2 {
+                    helper::PROBE_READ_KERNEL
+                } else {
+                    helper::PROBE_READ_KERNEL_STR
+                });
+                self.e.depth = mark;
+            }
             _ => {
                 return Err(Diagnostic::new(
                     e.span,
-                    "this string expression is not supported here: expected comm, a tracepoint string field, a variable or a map holding a string",
+                    "this string expression is not supported here: expected comm, str(ptr, len), a tracepoint string field, a variable or a map holding a string",
                 ))
             }
         }

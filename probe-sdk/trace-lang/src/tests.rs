@@ -120,6 +120,7 @@ fn tutorial_one_liners_verify() {
         "tracepoint:block:block_rq_issue, tracepoint:block:block_rq_complete { @[probe, cpu] = count(); }",
         "tracepoint:block:block_rq_issue { $c = comm; @[$c] = count(); @last = nsecs; @who = comm; } END { printf(\"%s\\n\", @who); }",
         "kprobe:f /pid == 42 && (arg0 / 2) > 1 || !tid/ { @x = -arg0 + ~arg1 % 3 << 2 >> 1; }",
+        "kprobe:kernel::block::find { @[str(arg0, arg1)] = count(); printf(\"%s %s\\n\", str(arg0), str(arg0, arg1)); $s = str(arg0, 3); @last = $s; }",
     ] {
         compile_ok(src);
     }
