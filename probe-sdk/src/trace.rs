@@ -23,7 +23,7 @@
 
 use ktrace_abi::trace::{
     BlacklistEntry, PerfEvent, PerfSample, PerfValue, ProbeInfo, ProbeKind, ProbeTarget,
-    TraceRequest, TraceResponse, TracepointInfo,
+    RetprobePool, TraceRequest, TraceResponse, TracepointInfo,
 };
 use ktrace_abi::{Request, Response};
 
@@ -55,6 +55,14 @@ pub trait TraceClient {
     fn remove_probe(&mut self, id: u32) -> Result<()> {
         self.trace("RemoveProbe", TraceRequest::RemoveProbe { id })
             .map(|_| ())
+    }
+
+    /// The instance pool shared by all return probes.
+    fn retprobe_pool(&mut self) -> Result<RetprobePool> {
+        match self.trace("RetprobePool", TraceRequest::RetprobePool)? {
+            Some(TraceResponse::RetprobePool(p)) => Ok(p),
+            other => Err(unexpected("RetprobePool", other)),
+        }
     }
 
     /// The kprobe blacklist.

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use ktrace_abi::block::{RwMode, WorkloadLimit, WorkloadSpec};
 use ktrace_abi::trace::{HardwareEvent, PerfEvent, ProbeKind, ProbeTarget, SoftwareEvent};
 use ktrace_abi::ErrorCode;
 use ktrace_tests::{ktrace_ok, unique_name, CliVmGuard, TestVm};
@@ -329,4 +330,152 @@ fn cli_probe_and_tracepoint_commands() {
         "{out}"
     );
     ktrace_ok(&[&vm[..], &["vm", "stop"]].concat());
+}
+
+const EXIT_CURRENT: &str = "kernel::task::sched::exit_current";
+const REAP_ZOMBIES: &str = "kernel::task::sched::reap_zombies";
+const SUBMIT_BIO: &str = "kernel::block::queue::RequestQueue::submit_bio";
+
+/// `ktrace probe list --json`, the probe on `symbol`.
+fn cli_probe(vm: &[&str], symbol: &str) -> serde_json::Value {
+    let json = ktrace_ok(&[vm, &["probe", "list", "--json"]].concat());
+    let all: serde_json::Value = serde_json::from_str(&json).unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["symbol"] == symbol)
+        .unwrap_or_else(|| panic!("no probe on {symbol} in {json}"))
+        .clone()
+}
+
+/// The pool line of `ktrace probe list`: (free, size).
+fn cli_pool(vm: &[&str]) -> (u32, u32) {
+    let out = ktrace_ok(&[vm, &["probe", "list"]].concat());
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("return-probe instances: "))
+        .unwrap_or_else(|| panic!("no pool line in:\n{out}"));
+    let mut words = line.split(' ');
+    let free = words.next().unwrap().parse().unwrap();
+    assert_eq!(words.next(), Some("of"), "{line}");
+    let size = words.next().unwrap().parse().unwrap();
+    (free, size)
+}
+
+fn cli_workload(vm: &[&str], extra: &[&str]) {
+    let out = ktrace_ok(&[vm, &["workload", "--dev", "ram0", "-q"], extra].concat());
+    assert!(out.contains("errors 0"), "{out}");
+}
+
+/// Issue 14, item 7, through the CLI. Return probes on a function that
+/// never returns (`exit_current`) and on the reaper: a task that exits
+/// leaves its instance keyed by a slot of its stack; the next task given
+/// that memory used to find it first and "return" into freed text (#BP on
+/// the third workload). And with a large `maxactive`, those instances
+/// filled the shared pool for good: a new return probe missed every call.
+#[test]
+fn cli_kretprobes_on_task_exit_paths() {
+    let name = unique_name("cli-retprobe-exit");
+    let _guard = CliVmGuard(name.clone());
+    ktrace_ok(&["vm", "start", "--name", &name]);
+    let vm = ["--vm", name.as_str()];
+    let (free, size) = cli_pool(&vm);
+    assert_eq!(free, size, "an idle kernel holds no return-probe instance");
+
+    ktrace_ok(&[&vm[..], &["probe", "add", "--ret", EXIT_CURRENT]].concat());
+    ktrace_ok(&[&vm[..], &["probe", "add", "--ret", REAP_ZOMBIES]].concat());
+    for _ in 0..5 {
+        cli_workload(&vm, &["--count", "20"]);
+    }
+    ktrace_ok(&[&vm[..], &["info"]].concat());
+    let exit = cli_probe(&vm, EXIT_CURRENT);
+    assert_eq!(exit["hits"], 0, "exit_current never returns: {exit}");
+    assert_eq!(exit["missed"], 0, "{exit}");
+    let reap = cli_probe(&vm, REAP_ZOMBIES);
+    assert!(reap["hits"].as_u64().unwrap() >= 5, "{reap}");
+    assert_eq!(reap["missed"], 0, "{reap}");
+    // What `probe list` shows in flight is what the pool lacks.
+    let in_flight = exit["in_flight"].as_u64().unwrap() + reap["in_flight"].as_u64().unwrap();
+    let (free, _) = cli_pool(&vm);
+    assert_eq!(u64::from(size - free), in_flight);
+    for p in [exit, reap] {
+        ktrace_ok(&[&vm[..], &["probe", "remove", &p["id"].to_string()]].concat());
+    }
+    assert_eq!(cli_pool(&vm), (size, size), "removal gives everything back");
+
+    // 34 runs of 16 jobs: 544 tasks exit inside exit_current, more than the
+    // whole pool. Each one's instance goes when it is reaped.
+    let max = size.to_string();
+    ktrace_ok(
+        &[
+            &vm[..],
+            &["probe", "add", "--ret", "--maxactive", &max, EXIT_CURRENT],
+        ]
+        .concat(),
+    );
+    for _ in 0..34 {
+        cli_workload(&vm, &["--jobs", "16", "--count", "4"]);
+    }
+    let exit = cli_probe(&vm, EXIT_CURRENT);
+    assert_eq!(exit["missed"], 0, "{exit}");
+    let in_flight = exit["in_flight"].as_u64().unwrap();
+    assert!(
+        in_flight <= 16,
+        "only the last run's tasks await reaping: {exit}"
+    );
+    assert_eq!(u64::from(size - cli_pool(&vm).0), in_flight);
+    ktrace_ok(&[&vm[..], &["probe", "remove", &exit["id"].to_string()]].concat());
+    assert_eq!(cli_pool(&vm), (size, size));
+
+    // A new return probe gets every call.
+    ktrace_ok(&[&vm[..], &["probe", "add", "--ret", SUBMIT_BIO]].concat());
+    cli_workload(&vm, &["--count", "100"]);
+    let bio = cli_probe(&vm, SUBMIT_BIO);
+    assert_eq!(
+        (bio["hits"].as_u64(), bio["missed"].as_u64()),
+        (Some(100), Some(0)),
+        "{bio}"
+    );
+    assert_eq!(bio["in_flight"], 0, "{bio}");
+    ktrace_ok(&[&vm[..], &["vm", "stop"]].concat());
+}
+
+/// 100 cycles of: a return probe on `exit_current` with the whole pool as
+/// `maxactive`, a workload of 4 jobs (4 tasks exit inside it), removal.
+/// The pool's free count comes back to its starting figure exactly.
+#[test]
+fn kretprobe_pool_returns_to_its_start_after_100_cycles() {
+    let mut vm = TestVm::boot("retprobe-pool-cycles");
+    let mut client = vm.client();
+    let before = client.retprobe_pool().unwrap();
+    let mut spec = WorkloadSpec::new("ram0", RwMode::RandRead);
+    spec.jobs = 4;
+    spec.limit = WorkloadLimit::Count(2);
+    for cycle in 0..100 {
+        let p = client
+            .add_probe(
+                ProbeTarget::Symbol {
+                    name: EXIT_CURRENT.into(),
+                    offset: 0,
+                },
+                ProbeKind::Kretprobe {
+                    maxactive: before.size,
+                },
+            )
+            .unwrap();
+        let r = client.run_workload(&spec, |_| {}).unwrap();
+        assert_eq!(r.errors, 0, "cycle {cycle}");
+        let listed = client.list_probes().unwrap();
+        let listed = listed.iter().find(|l| l.id == p.id).unwrap();
+        assert_eq!(listed.missed, 0, "cycle {cycle}: {listed:?}");
+        client.remove_probe(p.id).unwrap();
+    }
+    let after = client.retprobe_pool().unwrap();
+    println!(
+        "return-probe pool: {} of {} free before, {} of {} free after 100 cycles",
+        before.free, before.size, after.free, after.size
+    );
+    assert_eq!(before.free, before.size);
+    assert_eq!(after, before);
+    client.info().expect("alive");
 }

@@ -11,8 +11,9 @@ mod waitqueue;
 
 #[allow(unused_imports)] // the attach-point and block work use the rest
 pub use sched::{
-    context_switches, current_pid, exit_current, idle_loop, init, preempt_point_from_irq, sleep_ms,
-    sleep_ns, snapshot, spawn, timer_tick, wake, yield_now, Pid, STACK_BYTES,
+    context_switches, current_pid, exit_current, idle_loop, init, preempt_point_from_irq,
+    reap_zombies, sleep_ms, sleep_ns, snapshot, spawn, timer_tick, wake, yield_now, Pid,
+    STACK_BYTES,
 };
 pub use waitqueue::WaitQueue;
 

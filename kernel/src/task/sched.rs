@@ -57,6 +57,11 @@ impl KernelStack {
 
 impl Drop for KernelStack {
     fn drop(&mut self) {
+        // Return-probe instances are keyed by their return slot's address:
+        // those of a task that exited inside a probed function must go
+        // before this memory can become another task's stack, or that task
+        // would find them first and return to the dead task's caller.
+        crate::trace::kretprobe::release_stack(self.base as u64..self.top());
         let _ = arch::paging::map_page(
             self.base as u64,
             self.base as u64,
@@ -187,7 +192,12 @@ extern "C" fn task_start(arg: u64) -> ! {
     exit_current()
 }
 
-fn reap_zombies() {
+/// Free the stacks of tasks that exited. Safe from any task: a zombie
+/// switched away for good (with interrupts off, so the switch completed
+/// before any other task ran), and the running task is never a zombie.
+/// Never inlined: a place to probe task teardown.
+#[inline(never)]
+pub fn reap_zombies() {
     let zombies = {
         let mut g = SCHED.lock();
         match g.as_mut() {

@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use ktrace_abi::trace::{
-    BlacklistEntry, ProbeInfo, ProbeKind, ProbeTarget, TraceRequest, TraceResponse,
+    BlacklistEntry, ProbeInfo, ProbeKind, ProbeTarget, RetprobePool, TraceRequest, TraceResponse,
     TracepointField, TracepointInfo,
 };
 use ktrace_abi::{ErrorCode, ErrorReply, Response};
@@ -127,6 +127,7 @@ fn probe_info(id: u32) -> Option<ProbeInfo> {
             handler: rp.handler().kind().to_string(),
             last_value,
             total_ns,
+            in_flight: rp.active(),
         });
     }
     let k = kprobe::get(id)?;
@@ -144,6 +145,7 @@ fn probe_info(id: u32) -> Option<ProbeInfo> {
         handler: k.handler().kind().to_string(),
         last_value,
         total_ns,
+        in_flight: 0,
     })
 }
 
@@ -267,6 +269,14 @@ pub fn handle(req: TraceRequest) -> Response {
             }
         }
         TraceRequest::ListBlacklist => ok(TraceResponse::Blacklist(blacklist())),
+        TraceRequest::RetprobePool => {
+            let (size, free, held_by_removed) = kretprobe::pool_stats();
+            ok(TraceResponse::RetprobePool(RetprobePool {
+                size,
+                free,
+                held_by_removed,
+            }))
+        }
         TraceRequest::ListTracepoints => ok(TraceResponse::Tracepoints(list_tracepoints())),
         TraceRequest::AttachTracepoint { name } => {
             let counter = Arc::new(CountHandler::default());

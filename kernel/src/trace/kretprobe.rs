@@ -11,9 +11,20 @@
 //! calls in flight, whichever task made them, so a function that sleeps
 //! while another task enters it (or recursion) gets each return address
 //! back exactly. Pool exhaustion counts a miss and leaves that call
-//! untraced; it never breaks the function. Unregistering leaves instances
-//! in flight in the pool: their calls still return through the trampoline
-//! to the right place, without running the handler.
+//! untraced; it never breaks the function.
+//!
+//! Instances never outlive the stack their slot lies in. A task that exits
+//! inside a probed function (`exit_current` never returns) leaves its
+//! instances behind; when its stack is freed, [`release_stack`] gives them
+//! back first, so a later task reusing that memory cannot find them, and
+//! the pool does not fill up with calls that will never return.
+//!
+//! Unregistering frees what can never be returned through: it reaps the
+//! tasks that already exited (their stacks, and the instances in them, are
+//! released). The probe's instances on live stacks stay in the pool: their
+//! calls still return through the trampoline to the right place (without
+//! running the handler) and give the entry back then. Freeing one of those
+//! earlier would lose a return address a live task still needs.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -109,7 +120,8 @@ impl Kretprobe {
     pub fn maxactive(&self) -> u32 {
         self.quota.maxactive
     }
-    /// Calls in flight now.
+    /// Calls in flight now (entered, not yet returned, their task alive or
+    /// not yet reaped).
     pub fn active(&self) -> u32 {
         self.quota.active.load(Ordering::Relaxed)
     }
@@ -286,13 +298,44 @@ fn remove(id: u32) {
     drop(old);
 }
 
-/// Unregister a return probe. Calls in flight still return correctly.
+/// Unregister a return probe. Calls in flight on live stacks still return
+/// correctly; instances of tasks that exited are freed now.
 pub fn unregister(id: u32) -> Result<(), KprobeError> {
     let rp = get(id).ok_or(KprobeError::NotFound(id))?;
     rp.registered.store(false, Ordering::Release);
     kprobe::unregister(rp.entry_id.load(Ordering::Relaxed))?;
     remove(id);
+    // A zombie never runs again, so none of its instances can be returned
+    // through; reaping frees its stack, which releases them
+    // (`release_stack`). The caller is a live task, never a zombie.
+    crate::task::reap_zombies();
     Ok(())
+}
+
+/// Give back every instance whose return slot lies in `stack`, the stack
+/// of a task that exited and is being freed. Called before the memory goes
+/// back to the allocator, so no later task can find these instances.
+///
+/// Why this is safe: an instance is only ever returned through by the task
+/// whose stack holds its slot, when a function of that task returns. The
+/// task has exited and will never run again, so none of these can be
+/// returned through; and nothing else claims a slot in a stack no task
+/// runs on. (The pool's generation tags cover an instance elsewhere being
+/// recycled while we scan.)
+pub fn release_stack(stack: core::ops::Range<u64>) -> usize {
+    POOL.release_range(stack, |owner| {
+        if let Some(rp) = find(owner) {
+            rp.quota.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    })
+}
+
+/// The shared instance pool: (entries in all, free now, held by calls in
+/// flight of return probes that were removed).
+pub fn pool_stats() -> (u32, u32, u32) {
+    let all = RETPROBES.read();
+    let orphaned = POOL.live_unowned(|owner| all.iter().any(|r| r.id == owner));
+    (POOL.size() as u32, POOL.free() as u32, orphaned as u32)
 }
 
 /// A return probe by id.

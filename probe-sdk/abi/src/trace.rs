@@ -73,6 +73,9 @@ pub enum TraceRequest {
     PerfDrain { id: u32, max: u32 },
     /// Close a perf event.
     PerfClose { id: u32 },
+    /// The return-probe instance pool shared by all kretprobes:
+    /// [`TraceResponse::RetprobePool`].
+    RetprobePool,
 }
 
 /// One registered probe.
@@ -103,6 +106,22 @@ pub struct ProbeInfo {
     /// Counting handler on a kretprobe: total nanoseconds between entry and
     /// return over all hits.
     pub total_ns: u64,
+    /// Kretprobes: calls entered and not yet returned, each holding a pool
+    /// instance (a task that exited inside the function holds its
+    /// instances until it is reaped). Always 0 for kprobes.
+    pub in_flight: u32,
+}
+
+/// The instance pool shared by all return probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetprobePool {
+    /// Instances in all.
+    pub size: u32,
+    /// Instances free to claim now.
+    pub free: u32,
+    /// Instances held by calls still in flight on live stacks for return
+    /// probes that were removed: given back when those calls return.
+    pub held_by_removed: u32,
 }
 
 /// One blacklist rule.
@@ -237,4 +256,5 @@ pub enum TraceResponse {
         samples: Vec<PerfSample>,
         lost: u64,
     },
+    RetprobePool(RetprobePool),
 }

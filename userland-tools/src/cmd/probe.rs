@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use ktrace_abi::trace::{ProbeInfo, ProbeKind, ProbeTarget};
+use ktrace_abi::trace::{ProbeInfo, ProbeKind, ProbeTarget, RetprobePool};
 use probe_sdk::client::ConnectOptions;
 use probe_sdk::trace::TraceClient;
 use probe_sdk::vm::Vm;
@@ -18,7 +18,8 @@ pub struct Args {
 /// The `ktrace probe` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum ProbeCommand {
-    /// Registered probes: address, symbol+offset, hits, misses, boosted.
+    /// Registered probes: address, symbol+offset, hits, misses, calls in
+    /// flight (kretprobes), boosted; then the return-probe instance pool.
     List {
         /// Print JSON.
         #[arg(long)]
@@ -78,28 +79,46 @@ fn kind_name(k: ProbeKind) -> String {
     }
 }
 
-/// One line per probe.
-pub fn render(probes: &[ProbeInfo]) -> String {
+/// One line per probe, then the return-probe pool.
+pub fn render(probes: &[ProbeInfo], pool: &RetprobePool) -> String {
+    let mut s = String::new();
     if probes.is_empty() {
-        return "no probes registered\n".into();
-    }
-    let mut s = format!(
-        "{:>4}  {:<26} {:<18} {:>10} {:>8} {:>7}  {}\n",
-        "ID", "KIND", "ADDRESS", "HITS", "MISSED", "BOOSTED", "SYMBOL"
-    );
-    for p in probes {
+        s += "no probes registered\n";
+    } else {
         s += &format!(
-            "{:>4}  {:<26} {:<18} {:>10} {:>8} {:>7}  {}+{:#x}\n",
-            p.id,
-            kind_name(p.kind),
-            format!("{:#x}", p.addr),
-            p.hits,
-            p.missed,
-            if p.boosted { "yes" } else { "no" },
-            p.symbol,
-            p.offset
+            "{:>4}  {:<26} {:<18} {:>10} {:>8} {:>9} {:>7}  {}\n",
+            "ID", "KIND", "ADDRESS", "HITS", "MISSED", "IN-FLIGHT", "BOOSTED", "SYMBOL"
+        );
+        for p in probes {
+            let in_flight = match p.kind {
+                ProbeKind::Kretprobe { .. } => p.in_flight.to_string(),
+                ProbeKind::Kprobe => "-".into(),
+            };
+            s += &format!(
+                "{:>4}  {:<26} {:<18} {:>10} {:>8} {:>9} {:>7}  {}+{:#x}\n",
+                p.id,
+                kind_name(p.kind),
+                format!("{:#x}", p.addr),
+                p.hits,
+                p.missed,
+                in_flight,
+                if p.boosted { "yes" } else { "no" },
+                p.symbol,
+                p.offset
+            );
+        }
+    }
+    s += &format!(
+        "return-probe instances: {} of {} free",
+        pool.free, pool.size
+    );
+    if pool.held_by_removed > 0 {
+        s += &format!(
+            ", {} held by calls in flight of removed probes",
+            pool.held_by_removed
         );
     }
+    s.push('\n');
     s
 }
 
@@ -116,7 +135,8 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&probes)?);
             } else {
-                print!("{}", render(&probes));
+                let pool = client.retprobe_pool()?;
+                print!("{}", render(&probes, &pool));
             }
         }
         ProbeCommand::Add {
