@@ -1135,3 +1135,70 @@ fn state_limit_and_policies() {
     };
     run_with("ldxdw %r0, [%r10-8]\nexit", &linux::kprobe(), &cfg).unwrap();
 }
+
+/// A write to r10 is refused under its own rule, naming the instruction,
+/// whether it arrives as bytes (the decoder refuses it) or as a hand-built
+/// instruction (the verifier does).
+#[test]
+fn reject_writes_to_the_frame_pointer() {
+    use bpf_vm::insn::{AluOp, AtomicOp, Insn, Operand, Size, Width};
+    use bpf_vm::verifier::verify_bytes;
+    let helpers = linux::helpers();
+    let pt = linux::kprobe();
+    let maps = maps();
+    let env = Env {
+        prog_type: &pt,
+        helpers: &helpers,
+        maps: &maps,
+    };
+    let msg = "frame pointer r10 is read-only: copy it (r1 = r10) and change the copy";
+    // mov r10, 1 (bytes: 0xb7, dst 10), ldxdw r10, [r1], atomic fetch-add
+    // into r10, then exit.
+    let cases: [(&[u8], &str); 3] = [
+        (&[0xb7, 0x0a, 0, 0, 1, 0, 0, 0], "r10 = 1"),
+        (&[0x79, 0x1a, 0, 0, 0, 0, 0, 0], "r10 = *(u64 *)(r1 + 0)"),
+        (
+            &[0xdb, 0xa1, 0xf8, 0xff, 0x01, 0, 0, 0],
+            "r10 = atomic_fetch_add((u64 *)(r1 - 8), r10)",
+        ),
+    ];
+    for (insn, text) in cases {
+        let mut bytes = vec![0xb7, 0, 0, 0, 0, 0, 0, 0];
+        bytes.extend_from_slice(insn);
+        bytes.extend_from_slice(&[0x95, 0, 0, 0, 0, 0, 0, 0]);
+        let e = verify_bytes(&bytes, &env, &Config::default()).unwrap_err();
+        assert_eq!(e.error.rule, Rule::FramePointer, "{}", e.error);
+        assert_eq!(e.error.insn_index, 1, "{}", e.error);
+        assert_eq!(e.error.insn_text, text, "{}", e.error);
+        assert_eq!(e.error.message, msg);
+        assert_eq!(e.error.to_string(), format!("insn 1: {text}: {msg}"));
+    }
+    // Hand-built: the same rule and text.
+    let prog = [
+        Insn::Alu {
+            width: Width::W64,
+            op: AluOp::Mov,
+            dst: 10,
+            src: Operand::Imm(1),
+        },
+        Insn::Atomic {
+            size: Size::DW,
+            op: AtomicOp::Add,
+            fetch: true,
+            dst: 1,
+            off: -8,
+            src: 10,
+        },
+        Insn::Exit,
+    ];
+    let e = verify(&prog, &env, &Config::default()).unwrap_err();
+    assert_eq!(e.error.to_string(), format!("insn 0: r10 = 1: {msg}"));
+    assert_eq!(e.error.rule, Rule::FramePointer);
+    // Other undecodable slots show their bytes.
+    let e = verify_bytes(&[0xff, 0, 0, 0, 0, 0, 0, 0], &env, &Config::default()).unwrap_err();
+    assert_eq!(e.error.rule, Rule::BadInput);
+    assert_eq!(
+        e.error.to_string(),
+        "insn 0: raw bytes ff 00 00 00 00 00 00 00: unknown opcode 0xff"
+    );
+}

@@ -135,10 +135,10 @@ fn reg(r: u8) -> Result<u8, DecodeErrorKind> {
     }
 }
 
-/// A register that the instruction writes.
-fn wreg(r: u8) -> Result<u8, DecodeErrorKind> {
+/// A register that the instruction writes (r10 only when `fp_writable`).
+fn wreg(r: u8, fp_writable: bool) -> Result<u8, DecodeErrorKind> {
     match reg(r)? {
-        R10 => Err(DecodeErrorKind::WritesFramePointer),
+        R10 if !fp_writable => Err(DecodeErrorKind::WritesFramePointer),
         r => Ok(r),
     }
 }
@@ -153,9 +153,33 @@ fn zero(v: i64, name: &'static str) -> Result<(), DecodeErrorKind> {
 
 /// Decodes one instruction; `next` is the following slot (for `ld_imm64`).
 pub(super) fn decode_one(r: RawInsn, next: Option<RawInsn>) -> Result<Insn, DecodeErrorKind> {
+    decode_slot(r, next, false)
+}
+
+/// The instruction at slot `index` of `bytes`, for an error message about
+/// it: decoded like [`decode`] does, except that a write to r10 is given
+/// back as the instruction it is (the program is still refused; this only
+/// lets the refusal show what was written). `None` when the slot does not
+/// decode for another reason.
+pub fn decode_for_message(bytes: &[u8], index: usize) -> Option<Insn> {
+    let slot = |i: usize| {
+        let b = bytes.get(i.checked_mul(8)?..i.checked_mul(8)? + 8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Some(RawInsn::from_bytes(a))
+    };
+    decode_slot(slot(index)?, index.checked_add(1).and_then(slot), true).ok()
+}
+
+fn decode_slot(
+    r: RawInsn,
+    next: Option<RawInsn>,
+    fp_writable: bool,
+) -> Result<Insn, DecodeErrorKind> {
+    let wreg = |r: u8| wreg(r, fp_writable);
     let code = r.code;
     match code & class::MASK {
-        class::ALU | class::ALU64 => decode_alu(r),
+        class::ALU | class::ALU64 => decode_alu(r, fp_writable),
         class::JMP | class::JMP32 => decode_jmp(r),
         class::LD => {
             match code & mode::MASK {
@@ -282,7 +306,7 @@ pub(super) fn decode_one(r: RawInsn, next: Option<RawInsn>) -> Result<Insn, Deco
     }
 }
 
-fn decode_alu(r: RawInsn) -> Result<Insn, DecodeErrorKind> {
+fn decode_alu(r: RawInsn, fp_writable: bool) -> Result<Insn, DecodeErrorKind> {
     let code = r.code;
     let width = if code & class::MASK == class::ALU64 {
         Width::W64
@@ -291,7 +315,7 @@ fn decode_alu(r: RawInsn) -> Result<Insn, DecodeErrorKind> {
     };
     let x = code & source::MASK == source::X;
     let op = code & alu::MASK;
-    let dst = wreg(r.dst)?;
+    let dst = wreg(r.dst, fp_writable)?;
     match op {
         alu::NEG => {
             if x {

@@ -31,7 +31,7 @@ mod encode;
 mod opcode;
 mod program;
 
-pub use decode::{decode, decode_raw, DecodeError, DecodeErrorKind};
+pub use decode::{decode, decode_for_message, decode_raw, DecodeError, DecodeErrorKind};
 pub use encode::encode;
 pub use opcode::{alu, atomic, class, jmp, mode, pseudo, size, source, NUM_REGS, R10, STACK_SIZE};
 pub use program::Program;

@@ -89,8 +89,13 @@ fn uses_defs(insn: &Insn, helpers: &HelperTable) -> (u16, u16) {
     }
 }
 
+/// Why a write to r10 is refused, from the decoder or from a hand-built
+/// instruction alike.
+pub(crate) const FRAME_POINTER_WRITE: &str =
+    "frame pointer r10 is read-only: copy it (r1 = r10) and change the copy";
+
 /// Registers above r10, or a write to r10.
-fn bad_registers(insn: &Insn) -> Option<String> {
+fn bad_registers(insn: &Insn) -> Option<(Rule, String)> {
     let opr = |o: &Operand| match o {
         Operand::Reg(r) => *r,
         Operand::Imm(_) => 0,
@@ -114,10 +119,10 @@ fn bad_registers(insn: &Insn) -> Option<String> {
         _ => ([0; 3], None),
     };
     if let Some(r) = regs.iter().find(|&&r| r > 10) {
-        return Some(format!("invalid register r{r}"));
+        return Some((Rule::BadInput, format!("invalid register r{r}")));
     }
     if written == Some(10) {
-        return Some("frame pointer r10 is read-only".into());
+        return Some((Rule::FramePointer, FRAME_POINTER_WRITE.into()));
     }
     None
 }
@@ -144,8 +149,8 @@ pub fn analyze(prog: &[Insn], helpers: &HelperTable) -> Result<Cfg, CfgError> {
     }
     // Register fields (the decoder guarantees these; a hand-built slice may not).
     for (pc, insn) in prog.iter().enumerate() {
-        if let Some(msg) = bad_registers(insn) {
-            return Err((pc, Rule::BadInput, msg));
+        if let Some((rule, msg)) = bad_registers(insn) {
+            return Err((pc, rule, msg));
         }
     }
     // The two slots of every ld_imm64 go together (a decoded `Program`

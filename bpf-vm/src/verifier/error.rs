@@ -34,6 +34,8 @@ pub enum Rule {
     HelperArgument,
     /// Reference (ring buffer record) not released, released twice, or misused.
     Reference,
+    /// A write to r10, the read-only frame pointer.
+    FramePointer,
     /// Malformed input (a map that does not exist, a bad ld_imm64).
     BadInput,
     /// A verifier invariant failed (a bug in the verifier; the program is rejected).

@@ -101,7 +101,7 @@ pub use platform::{
     RetKind,
 };
 
-use crate::insn::Insn;
+use crate::insn::{DecodeErrorKind, Insn};
 use alloc::boxed::Box;
 use alloc::string::String;
 
@@ -189,8 +189,28 @@ pub fn fixed_memory_bytes(insns: usize, config: &Config<'_>) -> usize {
         .saturating_add(64 << 10)
 }
 
+/// The instruction at slot `index` for a decoding failure's message: its
+/// disassembly when it decodes on its own (a write to r10 does), else its
+/// raw bytes.
+fn slot_text(bytes: &[u8], index: usize) -> String {
+    if let Some(insn) = crate::insn::decode_for_message(bytes, index) {
+        return crate::disasm::insn(&insn, crate::disasm::Syntax::Llvm);
+    }
+    let start = index.saturating_mul(8).min(bytes.len());
+    let raw = &bytes[start..bytes.len().min(start.saturating_add(8))];
+    if raw.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("raw bytes");
+    for b in raw {
+        let _ = core::fmt::Write::write_fmt(&mut text, format_args!(" {b:02x}"));
+    }
+    text
+}
+
 /// Decodes raw instruction bytes and verifies them; a decoding failure is a
-/// [`Rule::BadInput`] rejection naming the instruction.
+/// rejection naming the instruction ([`Rule::FramePointer`] for a write to
+/// r10, else [`Rule::BadInput`]).
 pub fn verify_bytes(
     bytes: &[u8],
     env: &Env<'_>,
@@ -201,11 +221,17 @@ pub fn verify_bytes(
         Err(e) => Err(Box::new(Rejection {
             error: VerifyError {
                 insn_index: e.index,
-                insn_text: String::new(),
-                message: alloc::format!("{}", e.kind),
+                insn_text: slot_text(bytes, e.index),
+                message: match e.kind {
+                    DecodeErrorKind::WritesFramePointer => cfg::FRAME_POINTER_WRITE.into(),
+                    kind => alloc::format!("{kind}"),
+                },
                 location: config.location(e.index).map(String::from),
                 regs: String::new(),
-                rule: Rule::BadInput,
+                rule: match e.kind {
+                    DecodeErrorKind::WritesFramePointer => Rule::FramePointer,
+                    _ => Rule::BadInput,
+                },
             },
             stats: Stats::default(),
             log: String::new(),
