@@ -15,6 +15,7 @@ use ktrace_abi::{Request, Response};
 use ktrace_tests::{kernel_image, TestVm};
 use probe_sdk::build::{build, BuildOptions};
 use probe_sdk::runtime::{prepare, Runtime};
+use probe_sdk::trace::TraceClient;
 
 const TARGET: &str = "kernel::bpf::testing::target";
 
@@ -76,6 +77,16 @@ fn u64_at(rt: &mut Runtime, map: u32, key: u32) -> u64 {
         .unwrap()
         .expect("present");
     u64::from_le_bytes(v[..8].try_into().unwrap())
+}
+
+/// Hits of link `id`.
+fn link_hits(rt: &mut Runtime, id: u32) -> u64 {
+    let links = rt.links().unwrap();
+    links
+        .iter()
+        .find(|l| l.id == id)
+        .expect("link attached")
+        .hits
 }
 
 fn asm_prog(name: &str, asm: &str, attach: AttachTarget) -> ProgramLoad {
@@ -263,7 +274,10 @@ fn examples_c_program_detach_and_per_hit_cost() {
     }
     assert!(rt.links().unwrap().is_empty());
 
-    // Per-hit cost, one boot: nothing, native kprobe, empty program, map update.
+    // Per-hit cost, one boot: nothing, native kprobe, empty program, map
+    // update. Reported as ratios, as benchmarks do, never asserted: one
+    // round on a shared machine says nothing reliable about cost. What is
+    // asserted is that every call was a hit.
     let n = 20_000;
     let none = rt.bench(n).unwrap();
     let add = Request::Trace(TraceRequest::AddProbe {
@@ -278,6 +292,13 @@ fn examples_c_program_detach_and_per_hit_cost() {
         panic!("AddProbe")
     };
     let native_cost = rt.bench(n).unwrap();
+    let listed = rt.client().list_probes().unwrap();
+    let native_hits = listed.iter().find(|p| p.id == native.id).unwrap().hits;
+    assert_eq!(
+        native_hits,
+        u64::from(n),
+        "every benchmark call hit the native probe"
+    );
     rt.client()
         .request(&Request::Trace(TraceRequest::RemoveProbe { id: native.id }))
         .unwrap();
@@ -291,6 +312,7 @@ fn examples_c_program_detach_and_per_hit_cost() {
         .unwrap();
     let l = rt.attach(empty.id, point.clone(), false).unwrap();
     let empty_cost = rt.bench(n).unwrap();
+    assert_eq!(link_hits(&mut rt, l.id), u64::from(n));
     rt.detach(l.id).unwrap();
     let counter = map_id(&c, "hits");
     let upd = "stw [%r10-4], 0\nstdw [%r10-16], 1\nlddw %r1, map_idx(0)\nmov %r2, %r10\nadd %r2, -4\nmov %r3, %r10\nadd %r3, -16\nmov %r4, 0\ncall 2\nmov %r0, 0\nexit";
@@ -303,19 +325,16 @@ fn examples_c_program_detach_and_per_hit_cost() {
         .unwrap();
     let l = rt.attach(upd.id, point, false).unwrap();
     let upd_cost = rt.bench(n).unwrap();
+    assert_eq!(link_hits(&mut rt, l.id), u64::from(n));
     rt.detach(l.id).unwrap();
     let base = none.cycles_per_call;
     let native_hit = native_cost.cycles_per_call.saturating_sub(base).max(1);
     let empty_hit = empty_cost.cycles_per_call.saturating_sub(base);
     let upd_hit = upd_cost.cycles_per_call.saturating_sub(base);
-    eprintln!(
+    println!(
         "per-hit cycles over {n} calls (call alone {base}): native kprobe {native_hit}, kprobe + empty program {empty_hit} ({:.2}x native), kprobe + map update {upd_hit} ({:.2}x native)",
         empty_hit as f64 / native_hit as f64,
         upd_hit as f64 / native_hit as f64
-    );
-    assert!(
-        empty_hit >= native_hit / 2,
-        "a BPF hit cannot be much cheaper than the native one"
     );
 
     // get_stackid: a frame-pointer walk from the probe; the innermost frame
