@@ -1202,3 +1202,125 @@ fn reject_writes_to_the_frame_pointer() {
         "insn 0: raw bytes ff 00 00 00 00 00 00 00: unknown opcode 0xff"
     );
 }
+
+/// A lookup in an array map with `store` putting the key at fp-8, then a
+/// store through the result without a NULL check.
+fn array_lookup_unchecked(store: &str) -> String {
+    format!(
+        "
+        {store}
+        lddw %r1, map_fd(1)
+        mov %r2, %r10
+        add %r2, -8
+        call 1
+        stdw [%r0+8], 1
+        mov %r0, 0
+        exit"
+    )
+}
+
+const UNCHECKED: &str = "R0 invalid mem access 'map_value_or_null': check the value returned by bpf_map_lookup_elem against NULL before dereferencing it";
+
+/// Linux 6.13+: a lookup in an array with a constant key in range cannot
+/// fail, so the value needs no NULL check.
+#[test]
+fn array_lookup_with_a_constant_key_in_range_is_not_null() {
+    // Key 0 (zeroed bytes), key 15 (the last entry) stored as an immediate
+    // or from a register, at a slot's start.
+    for store in [
+        "stw [%r10-8], 0",
+        "stw [%r10-8], 15",
+        "mov %r1, 15\nstxw [%r10-8], %r1",
+    ] {
+        let r = run(&array_lookup_unchecked(store));
+        assert!(r.is_ok(), "{store}: {}", r.unwrap_err().error);
+    }
+    // The value is a map value pointer, not or-null, in the log.
+    let src = array_lookup_unchecked("stw [%r10-8], 2");
+    let prog = assemble(&src).unwrap();
+    let helpers = linux::helpers();
+    let (pt, maps) = (linux::kprobe(), maps());
+    let env = Env {
+        prog_type: &pt,
+        helpers: &helpers,
+        maps: &maps,
+    };
+    let config = Config {
+        log_level: 2,
+        ..Config::default()
+    };
+    let log = verify(prog.insns(), &env, &config).unwrap().log;
+    let after_call = log
+        .lines()
+        .find(|l| l.starts_with("5: ") && l.contains("R0"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        after_call.contains("R0=map_value(id=1,map=1)"),
+        "{after_call}"
+    );
+}
+
+#[test]
+fn array_lookup_with_a_key_out_of_range_or_unknown_needs_the_check() {
+    for store in [
+        // One past the end.
+        "stw [%r10-8], 16",
+        "mov %r1, 16\nstxw [%r10-8], %r1",
+        // Not a constant: the first argument of the probed function.
+        "ldxw %r6, [%r1+112]\nstxw [%r10-8], %r6",
+        // A constant, but wider than the key, or not at a slot's start
+        // (Linux tracks neither as a key).
+        "stdw [%r10-8], 0",
+        "mov %r1, 1\nstxdw [%r10-8], %r1",
+        // The slot written again after the constant store.
+        "mov %r1, 3\nstxw [%r10-8], %r1\nstw [%r10-4], 7",
+    ] {
+        let at = store.lines().count() + 5;
+        reject_msg(
+            &array_lookup_unchecked(store),
+            at,
+            Rule::NullCheck,
+            UNCHECKED,
+        );
+    }
+    // A hash map may miss whatever the key.
+    reject_msg(
+        "
+        stw [%r10-8], 0
+        lddw %r1, map_fd(0)
+        mov %r2, %r10
+        add %r2, -8
+        call 1
+        stdw [%r0+0], 1
+        mov %r0, 0
+        exit",
+        6,
+        Rule::NullCheck,
+        UNCHECKED,
+    );
+}
+
+/// Two paths meet before the lookup, one with key 1 and one with key 40:
+/// whichever is explored first, the other must not be pruned as already
+/// safe (the verdict depends on the key's value).
+#[test]
+fn constant_key_paths_are_not_pruned_together() {
+    for (first, second) in [(1, 40), (40, 1)] {
+        let src = format!(
+            "
+            ldxdw %r6, [%r1+112]
+            stw [%r10-8], {first}
+            jeq %r6, 0, lookup
+            stw [%r10-8], {second}
+            lookup:
+            lddw %r1, map_fd(1)
+            mov %r2, %r10
+            add %r2, -8
+            call 1
+            stdw [%r0+8], 1
+            mov %r0, 0
+            exit"
+        );
+        reject_msg(&src, 9, Rule::NullCheck, UNCHECKED);
+    }
+}

@@ -151,9 +151,12 @@ fn clang_kprobe_is_accepted() {
 
 #[test]
 fn missing_null_check_is_rejected() {
-    // 42: `if r0 == 0x0 goto +0x7` -> `goto +0` (the lookup result is used unchecked).
+    // 42: `if r0 == 0x0 goto +0x7` -> `goto +0` (the lookup result is used
+    // unchecked), and 35: the key `zero` -> 1, past the end of the
+    // one-entry array, so the lookup may fail.
     let mut code = bytes();
     patch(&mut code, 42, [0x05, 0, 0, 0, 0, 0, 0, 0]);
+    patch(&mut code, 35, [0xb4, 0x01, 0, 0, 1, 0, 0, 0]);
     let e = check(&code).unwrap_err();
     assert_eq!(e.error.insn_index, 47);
     assert_eq!(e.error.rule, Rule::NullCheck);
@@ -161,6 +164,16 @@ fn missing_null_check_is_rejected() {
         e.error.message,
         "R0 pointer arithmetic on map_value_or_null prohibited, null-check it first"
     );
+}
+
+#[test]
+fn no_null_check_needed_for_a_constant_key_in_range() {
+    // Like Linux 6.13+: `hist` is an array and the key is the constant 0
+    // (in range), so the lookup cannot return NULL and the check at 42 may
+    // go.
+    let mut code = bytes();
+    patch(&mut code, 42, [0x05, 0, 0, 0, 0, 0, 0, 0]);
+    check(&code).unwrap_or_else(|e| panic!("{}", e.error));
 }
 
 #[test]

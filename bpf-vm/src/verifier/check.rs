@@ -1257,6 +1257,7 @@ impl<'a> Checker<'a> {
                 *slot = Slot {
                     bytes: [ByteState::Spill; 8],
                     spill: val,
+                    narrow_const: None,
                 };
                 return Ok(());
             }
@@ -1282,12 +1283,18 @@ impl<'a> Checker<'a> {
                     ),
                 ));
             }
-            let zero = val.is_scalar() && val.val.truncate(size as u32).as_const() == Some(0);
+            let known = val
+                .val
+                .truncate(size as u32)
+                .as_const()
+                .filter(|_| val.is_scalar());
+            let zero = known == Some(0);
             let (slot, b) = st.frames[frame].byte_mut(lo);
             if slot.is_spill() {
                 *slot = Slot {
                     bytes: [ByteState::Misc; 8],
                     spill: Reg::NOT_INIT,
+                    narrow_const: None,
                 };
             }
             for i in 0..size as usize {
@@ -1296,6 +1303,10 @@ impl<'a> Checker<'a> {
                 } else {
                     ByteState::Misc
                 };
+            }
+            // Like Linux, a narrow constant is kept only at a slot's start.
+            if b == 0 {
+                slot.narrow_const = known.map(|c| (size as u8, c));
             }
             return Ok(());
         }
@@ -1326,6 +1337,7 @@ impl<'a> Checker<'a> {
                 *slot = Slot {
                     bytes: [ByteState::Misc; 8],
                     spill: Reg::NOT_INIT,
+                    narrow_const: None,
                 };
             }
             // The byte may or may not be written: keep what holds either way.
@@ -1619,6 +1631,7 @@ impl<'a> Checker<'a> {
         let mut mem: Option<(u8, Reg, Dir)> = None;
         let mut alloc_size: u32 = 0;
         let mut release: Option<u32> = None;
+        let mut key: Option<Reg> = None;
         for (i, &kind) in proto.args.iter().enumerate().take(5) {
             let regno = (i + 1) as u8;
             let reg = st.cur().regs[regno as usize];
@@ -1688,6 +1701,7 @@ impl<'a> Checker<'a> {
                         return e(self, st, Rule::Internal, format!("helper prototype of {name}: map key/value argument without a map argument before it"));
                     };
                     let n = if kind == ArgKind::PtrToMapKey {
+                        key = Some(reg);
                         m.key_size
                     } else {
                         m.value_size
@@ -1809,11 +1823,27 @@ impl<'a> Checker<'a> {
                 let Some(m) = map else {
                     return Err(self.err_at(pc, Some(st), Rule::Internal, format!("helper prototype of {name}: returns a map value but has no map argument")));
                 };
+                // Like Linux (6.13+), a lookup in an array with a constant
+                // key in range cannot fail: its value pointer is not NULL.
+                let def = self.env.maps.get(m as usize).copied();
+                let in_range = match (def, key) {
+                    (Some(d), Some(k))
+                        if matches!(d.map_type, map_type::ARRAY | map_type::PERCPU_ARRAY) =>
+                    {
+                        let c = constant_key(st, &k, d.key_size);
+                        if c.is_some() {
+                            // The verdict now depends on the key's value.
+                            self.need_precise = true;
+                        }
+                        c.is_some_and(|c| c < u64::from(d.max_entries))
+                    }
+                    _ => false,
+                };
                 let id = st.new_id();
                 Reg {
                     ty: RegType::Ptr {
                         kind: PtrKind::MapValue { map: m },
-                        nullable: true,
+                        nullable: !in_range,
                     },
                     off: 0,
                     id,
@@ -1936,6 +1966,7 @@ impl<'a> Checker<'a> {
                         *slot = Slot {
                             bytes: [ByteState::Misc; 8],
                             spill: Reg::NOT_INIT,
+                            narrow_const: None,
                         };
                     }
                     if o < sure || slot.bytes[b] == ByteState::Zero {
@@ -2036,5 +2067,28 @@ fn mark_ptr_or_null(st: &mut State, id: u32, is_null: bool) {
     });
     if let Some(rid) = dropped_ref {
         st.refs.retain(|x| x.id != rid);
+    }
+}
+
+/// The value of the map key `key` points to, when the stack holds a known
+/// constant there: bytes all known zero, or a narrow store of a constant
+/// of exactly the key's size at a slot's start (what Linux's
+/// `get_constant_map_key` accepts). `None` otherwise.
+fn constant_key(st: &State, key: &Reg, key_size: u32) -> Option<u64> {
+    let Some((PtrKind::Stack { frame }, false)) = key.ptr_kind() else {
+        return None;
+    };
+    let off = (key.off as i64).checked_add(key.val.as_const()? as i64)?;
+    let (slot, b) = st.frames.get(frame as usize)?.byte(off);
+    let n = key_size as usize;
+    if n == 0 || b + n > 8 {
+        return None;
+    }
+    if slot.bytes[b..b + n].iter().all(|&x| x == ByteState::Zero) {
+        return Some(0);
+    }
+    match slot.narrow_const {
+        Some((size, c)) if b == 0 && size as usize == n => Some(c),
+        _ => None,
     }
 }

@@ -226,6 +226,11 @@ pub struct Slot {
     pub bytes: [ByteState; 8],
     /// The spilled register when all bytes are [`ByteState::Spill`].
     pub spill: Reg,
+    /// `(n, value)`: the slot's first `n` bytes (`n` < 8) hold `value`,
+    /// stored there by one narrow store of a known constant at the slot's
+    /// start (Linux's narrow spill of a scalar). Only constant map keys use
+    /// it. Any later write to the slot clears it ([`Frame::byte_mut`]).
+    pub narrow_const: Option<(u8, u64)>,
 }
 
 impl Slot {
@@ -233,6 +238,7 @@ impl Slot {
     pub const INVALID: Slot = Slot {
         bytes: [ByteState::Invalid; 8],
         spill: Reg::NOT_INIT,
+        narrow_const: None,
     };
 
     /// True when the slot holds a spilled register.
@@ -285,12 +291,15 @@ impl Frame {
         }
     }
 
-    /// The slot and byte index of stack byte `off` (`-512..0`), growing the stack.
+    /// The slot and byte index of stack byte `off` (`-512..0`), growing the
+    /// stack, for a write: the slot's narrow constant, if any, is forgotten
+    /// (the one store that records it does so after this).
     pub fn byte_mut(&mut self, off: i64) -> (&mut Slot, usize) {
         let (s, b) = slot_of(off);
         if self.stack.len() <= s {
             self.stack.resize(s + 1, Slot::INVALID);
         }
+        self.stack[s].narrow_const = None;
         (&mut self.stack[s], b)
     }
 
@@ -472,6 +481,11 @@ pub fn reg_includes(old: &Reg, cur: &Reg, ids: &mut IdMap, precise: bool) -> boo
 fn stack_includes(old: &Frame, cur: &Frame, ids: &mut IdMap, precise: bool) -> bool {
     for (i, os) in old.stack.iter().enumerate() {
         let cs = cur.stack.get(i).copied().unwrap_or(Slot::INVALID);
+        // A narrow constant the explored paths relied on (a constant map
+        // key) must be there, the same, in the new state.
+        if precise && os.narrow_const.is_some() && os.narrow_const != cs.narrow_const {
+            return false;
+        }
         if os.is_spill() {
             if cs.is_spill() {
                 if !reg_includes(&os.spill, &cs.spill, ids, precise) {
