@@ -1324,3 +1324,22 @@ fn constant_key_paths_are_not_pruned_together() {
         reject_msg(&src, 9, Rule::NullCheck, UNCHECKED);
     }
 }
+
+/// Like Linux, which resolves every map reference before verifying, a
+/// map that does not exist is refused even in code that never runs (the
+/// branch around it is always taken).
+#[test]
+fn reject_a_missing_map_in_dead_code() {
+    reject_msg(
+        "
+        mov %r0, 0
+        mov %r1, 0
+        jeq %r1, 0, out
+        lddw %r1, map_fd(-7)
+        out:
+        exit",
+        3,
+        Rule::BadInput,
+        "map fd -7 does not refer to a map of this program",
+    );
+}

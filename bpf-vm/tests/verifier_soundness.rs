@@ -211,10 +211,33 @@ fn mem_insn() -> impl Strategy<Value = Vec<Insn>> {
     ]
 }
 
+/// A well-formed call of every helper a kprobe program may use (with every
+/// map of a type it takes), built from the helper table.
+fn calls_from_the_table() -> Vec<Vec<Insn>> {
+    let table = linux::helpers();
+    let maps = maps();
+    let mut calls = Vec::new();
+    for &id in &linux::kprobe().allowed_helpers {
+        let proto = table.get(id).expect("allowed helpers are in the table");
+        if proto.args.contains(&ArgKind::ConstMapPtr) {
+            for m in maps
+                .iter()
+                .filter(|m| proto.map_types.is_empty() || proto.map_types.contains(&m.map_type))
+            {
+                calls.push(call_from_prototype(&table, proto, Some(m)));
+            }
+        } else {
+            calls.push(call_from_prototype(&table, proto, None));
+        }
+    }
+    calls
+}
+
 fn helper_call() -> impl Strategy<Value = Vec<Insn>> {
     prop_oneof![
         1 => helper_call_raw(),
         2 => prop::sample::select(vec![5i32, 8, 14]).prop_map(|id| vec![Insn::Call { id }]),
+        1 => prop::sample::select(calls_from_the_table()),
     ]
     .prop_flat_map(|call| {
         // Usually re-initialise the clobbered argument registers, as
@@ -840,7 +863,7 @@ impl Helpers for Oracle<'_> {
 fn oracle(insns: &[Insn], seed: u64) -> Result<(), String> {
     let prog = Program::from_insns(insns.to_vec()).map_err(|e| format!("bad layout: {e}"))?;
     let exe = Executable::with_resolver(&prog, |src| match src {
-        LdImm64Src::MapFd(fd) => Some(HANDLE_BASE + fd as u64),
+        LdImm64Src::MapFd(fd) => u64::try_from(fd).ok().map(|fd| HANDLE_BASE + fd),
         _ => None,
     })
     .map_err(|e| format!("prepare: {e}"))?;

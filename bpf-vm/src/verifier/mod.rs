@@ -114,29 +114,30 @@ pub fn verify(prog: &[Insn], env: &Env<'_>, config: &Config<'_>) -> Result<Repor
             stats.time_ns = Some(c().saturating_sub(s));
         }
     };
-    let graph = match cfg::analyze(prog, env.helpers) {
-        Ok(g) => g,
-        Err((pc, rule, message)) => {
-            let mut stats = Stats::default();
-            elapsed(&mut stats);
-            let insn_text = prog
-                .get(pc)
-                .map(|i| crate::disasm::insn(i, crate::disasm::Syntax::Llvm))
-                .unwrap_or_default();
-            return Err(Box::new(Rejection {
-                error: VerifyError {
-                    insn_index: pc,
-                    insn_text,
-                    message,
-                    location: config.location(pc).map(String::from),
-                    regs: String::new(),
-                    rule,
-                },
-                stats,
-                log: String::new(),
-            }));
-        }
-    };
+    let graph =
+        match cfg::analyze(prog, env.helpers).and_then(|g| map_references(prog, env).map(|()| g)) {
+            Ok(g) => g,
+            Err((pc, rule, message)) => {
+                let mut stats = Stats::default();
+                elapsed(&mut stats);
+                let insn_text = prog
+                    .get(pc)
+                    .map(|i| crate::disasm::insn(i, crate::disasm::Syntax::Llvm))
+                    .unwrap_or_default();
+                return Err(Box::new(Rejection {
+                    error: VerifyError {
+                        insn_index: pc,
+                        insn_text,
+                        message,
+                        location: config.location(pc).map(String::from),
+                        regs: String::new(),
+                        rule,
+                    },
+                    stats,
+                    log: String::new(),
+                }));
+            }
+        };
     let mut checker = check::Checker::new(prog, *env, config, graph);
     let result = checker.run();
     let mut stats = core::mem::take(&mut checker.stats);
@@ -187,6 +188,34 @@ pub fn fixed_memory_bytes(insns: usize, config: &Config<'_>) -> usize {
         .saturating_mul(PER_INSN)
         .saturating_add(log)
         .saturating_add(64 << 10)
+}
+
+/// Every map an `ld_imm64` names exists, reachable or not (Linux resolves
+/// them all before verifying; a loader would fail on a dead one anyway).
+fn map_references(prog: &[Insn], env: &Env<'_>) -> Result<(), cfg::CfgError> {
+    use crate::insn::LdImm64Src;
+    for (pc, insn) in prog.iter().enumerate() {
+        let Insn::LdImm64 { src, .. } = insn else {
+            continue;
+        };
+        let (found, what, n) = match *src {
+            LdImm64Src::Imm(_) => continue,
+            LdImm64Src::MapFd(fd) | LdImm64Src::MapValueFd { fd, .. } => {
+                (env.map_by_fd(fd), "fd", fd)
+            }
+            LdImm64Src::MapIdx(i) | LdImm64Src::MapValueIdx { idx: i, .. } => {
+                (env.map_by_idx(i), "index", i)
+            }
+        };
+        if found.is_none() {
+            return Err((
+                pc,
+                Rule::BadInput,
+                alloc::format!("map {what} {n} does not refer to a map of this program"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The instruction at slot `index` for a decoding failure's message: its
