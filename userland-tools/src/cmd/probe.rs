@@ -215,4 +215,55 @@ mod tests {
         assert!(parse_target("f+x").is_err());
         assert!(parse_target("+4").is_err());
     }
+
+    #[test]
+    fn list_shows_calls_in_flight_and_the_pool() {
+        let probe = |id, kind, in_flight| ProbeInfo {
+            id,
+            kind,
+            addr: 0x1000,
+            symbol: "kernel::f".into(),
+            offset: 0,
+            hits: 3,
+            missed: 1,
+            boosted: true,
+            boosted_hits: 0,
+            handler: "count".into(),
+            last_value: 0,
+            total_ns: 0,
+            in_flight,
+        };
+        let pool = RetprobePool {
+            size: 512,
+            free: 509,
+            held_by_removed: 2,
+        };
+        let out = render(
+            &[
+                probe(1, ProbeKind::Kretprobe { maxactive: 64 }, 1),
+                probe(2, ProbeKind::Kprobe, 0),
+            ],
+            &pool,
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].contains("IN-FLIGHT"), "{out}");
+        assert!(lines[1].contains("        1     yes"), "{out}");
+        assert!(lines[2].contains("        -     yes"), "{out}");
+        assert_eq!(
+            lines[3],
+            "return-probe instances: 509 of 512 free, 2 held by calls in flight of removed probes"
+        );
+        let empty = render(
+            &[],
+            &RetprobePool {
+                size: 512,
+                free: 512,
+                held_by_removed: 0,
+            },
+        );
+        assert_eq!(
+            empty,
+            "no probes registered\nreturn-probe instances: 512 of 512 free\n"
+        );
+    }
 }
