@@ -315,7 +315,9 @@ fn programs_verify_run_and_fault_safely() {
     rt.client().info().expect("the kernel is still up");
 
     // A rejected program: the kernel's message is the host verifier's.
-    let bad = "stw [%r10-4], 0\nlddw %r1, map_idx(0)\nmov %r2, %r10\nadd %r2, -4\ncall 1\nldxdw %r0, [%r0]\nexit";
+    // (Key 1 is past the one-entry array, so the lookup may fail; with key
+    // 0 it could not, and Linux and ktrace accept the unchecked read.)
+    let bad = "stw [%r10-4], 1\nlddw %r1, map_idx(0)\nmov %r2, %r10\nadd %r2, -4\ncall 1\nldxdw %r0, [%r0]\nexit";
     let e = rt
         .prog_load(
             kprobe_prog("nullderef", bad),
