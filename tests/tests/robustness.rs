@@ -35,6 +35,7 @@ use ktrace_tests::TestVm;
 use object::{Object, ObjectSection};
 use probe_sdk::client::{Client, ClientError};
 use probe_sdk::kernel_image;
+use probe_sdk::trace::TraceClient;
 use probe_sdk::vm::PanicReport;
 
 /// Per-request time limit: the slowest legitimate request the fuzzer sends
@@ -557,6 +558,12 @@ fn workload(rng: &mut Rng) -> WorkloadSpec {
     spec
 }
 
+/// Return-probe targets on the task exit path.
+const TASK_EXIT_PATH: [&str; 2] = [
+    "kernel::task::sched::exit_current",
+    "kernel::task::sched::reap_zombies",
+];
+
 /// One request of kind `kind`, with hostile values.
 fn gen_request(kind: usize, world: &mut World, rng: &mut Rng) -> Request {
     use BpfRequest as B;
@@ -576,6 +583,23 @@ fn gen_request(kind: usize, world: &mut World, rng: &mut Rng) -> Request {
             name: format!("no-such-test{}", rng.string(&[])),
         }),
         4 => Request::Trace(T::ListProbes),
+        5 if rng.chance(15) => Request::Trace(T::AddProbe {
+            // Return probes on the task exit path: a function that never
+            // returns and the reaper (issue 14: instances of exited tasks
+            // crashed the next task on their stack, or filled the pool).
+            target: ProbeTarget::Symbol {
+                name: rng.pick(&TASK_EXIT_PATH).into(),
+                offset: 0,
+            },
+            kind: ProbeKind::Kretprobe {
+                maxactive: match rng.below(4) {
+                    0 => 0,
+                    1 => 1,
+                    2 => 512,
+                    _ => rng.u32(),
+                },
+            },
+        }),
         5 => Request::Trace(T::AddProbe {
             target: world.probe_target(rng),
             kind: if rng.chance(60) {
@@ -1078,6 +1102,29 @@ fn request_fuzzer_never_panics_or_hangs_the_kernel() {
         dev: "ram0".into(),
         sectors: None,
     }));
+    // The return-probe pool is whole again: a new return probe sees every
+    // call of a workload, and gives every instance back.
+    let bio = client
+        .add_probe(
+            ProbeTarget::Symbol {
+                name: "kernel::block::queue::RequestQueue::submit_bio".into(),
+                offset: 0,
+            },
+            ProbeKind::Kretprobe { maxactive: 0 },
+        )
+        .expect("a kretprobe after the fuzz run");
+    let mut spec = WorkloadSpec::new("ram0", RwMode::RandRead);
+    spec.limit = WorkloadLimit::Count(100);
+    let report = client
+        .run_workload(&spec, |_| {})
+        .expect("a workload after the fuzz run");
+    assert_eq!(report.errors, 0);
+    let listed = client.list_probes().unwrap();
+    let listed = listed.iter().find(|p| p.id == bio.id).unwrap();
+    assert_eq!((listed.hits, listed.missed), (100, 0), "{listed:?}");
+    client.remove_probe(bio.id).unwrap();
+    let pool = client.retprobe_pool().unwrap();
+    assert_eq!(pool.free + pool.held_by_removed, pool.size, "{pool:?}");
     // Everything freed: the runtime counts nothing in use.
     match client.request(&Request::Bpf(BpfRequest::GetLimits)) {
         Ok(Response::Bpf(BpfResponse::Limits { usage, .. })) => {
