@@ -1572,12 +1572,12 @@ fn perf_sampling(out: &mut Vec<String>) -> bool {
     ok
 }
 
-/// Starts a task `irqs-off-load` that, for 8 s, alternates 2 ms in
+/// Starts a task `irqs-off-load` that, for 60 s, alternates 2 ms in
 /// [`irqs_off_spin`] (interrupts disabled) and 2 ms in [`irqs_on_spin`]:
 /// a known cost for a profiler. Returns at once; the host samples it.
 fn irqs_off_load(out: &mut Vec<String>) -> bool {
     let cycles = crate::time::tsc_khz() * 2;
-    let until = crate::time::now_ns() + 8_000_000_000;
+    let until = crate::time::now_ns() + 60_000_000_000;
     task::spawn("irqs-off-load", move || {
         while crate::time::now_ns() < until {
             black_box(irqs_off_spin(black_box(cycles)));
@@ -1585,7 +1585,7 @@ fn irqs_off_load(out: &mut Vec<String>) -> bool {
         }
     });
     out.push(format!(
-        "irqs-off-load: 8 s of {cycles} cycles with interrupts off, then {cycles} with them on"
+        "irqs-off-load: 60 s of {cycles} cycles with interrupts off, then {cycles} with them on"
     ));
     true
 }

@@ -20,7 +20,8 @@ fn a_function_that_runs_with_interrupts_off_is_sampled_by_its_cost() {
     let mut vm = TestVm::boot("profile-nmi");
     let name = vm.name().to_string();
     let mut client = vm.client();
-    // 8 s of a task alternating 2 ms with interrupts off and 2 ms on.
+    // A task alternating 2 ms with interrupts off and 2 ms on, for longer
+    // than kperf needs to start (the VM goes with the test).
     let r = client.self_test("irqs_off_load").unwrap();
     assert!(r.passed, "{:?}", r.output);
     drop(client);
