@@ -78,6 +78,8 @@ static BAD_FRAMES: AtomicU64 = AtomicU64::new(0);
 static RX_DROPPED: AtomicU64 = AtomicU64::new(0);
 static RX_BYTES: AtomicU64 = AtomicU64::new(0);
 static TX_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes of unfinished frames that clients left behind, since boot.
+static ABANDONED_RX_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes the control task takes out of a session's receive buffer at once.
 const RX_CHUNK: usize = 64 << 10;
@@ -393,6 +395,7 @@ fn control_task(id: usize) {
             // A frame the client left half-sent is a bad frame, counted
             // once, like one cut short on a live line.
             let partial = reader.buffered() as u64 + ch.abandoned.swap(0, Ordering::Relaxed);
+            ABANDONED_RX_BYTES.fetch_add(partial, Ordering::Relaxed);
             if partial > 0 {
                 BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
                 log::warn!("session {id}: the client left {partial} bytes of an unfinished frame");
@@ -608,6 +611,15 @@ fn system_info() -> SystemInfo {
         control_tx_bytes: TX_BYTES.load(Ordering::Relaxed),
         control_tx_waits: match LINK.get() {
             Some(Link::Virtio(port)) => port.tx_full(),
+            _ => 0,
+        },
+        control_disconnects: CHANNELS
+            .iter()
+            .map(|c| c.disconnects.load(Ordering::Relaxed))
+            .sum(),
+        control_abandoned_rx_bytes: ABANDONED_RX_BYTES.load(Ordering::Relaxed),
+        control_abandoned_tx_bytes: match LINK.get() {
+            Some(Link::Virtio(port)) => port.tx_abandoned().0,
             _ => 0,
         },
     }

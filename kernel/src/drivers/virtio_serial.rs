@@ -18,6 +18,16 @@
 //! side's connection with `PORT_OPEN` and the port's name with
 //! `PORT_NAME`. Port `n >= 1` uses queues `2n + 2` (receive) and `2n + 3`
 //! (transmit).
+//!
+//! A host client that goes away while QEMU throttles its port (it read too
+//! slowly) leaves QEMU holding one transmit buffer half written. QEMU 7.2
+//! *detaches* that buffer when the socket closes: it never appears in the
+//! used ring, and the rest of the port's buffers are returned behind it,
+//! out of order. The driver therefore completes transmit buffers in
+//! whatever order the device returns them, and when it sees the host side
+//! close it gives up every buffer still in flight (see
+//! [`Port::abandon_tx`]): without that the port would wait forever for the
+//! detached one and its session would never answer again.
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -84,6 +94,9 @@ struct Port {
     /// of their buffer.
     rx_posted: VecDeque<(u16, usize)>,
     tx_posted: VecDeque<(u16, Vec<u8>)>,
+    /// Descriptors of transmit buffers the device kept when the host side
+    /// closed (see [`Port::abandon_tx`]): the ring is smaller by this many.
+    tx_lost_slots: usize,
     /// The device announced the port and we opened it.
     opened: bool,
     /// The host side of the port is connected (a client on the socket).
@@ -110,6 +123,8 @@ struct Inner {
     /// Told when a port's host side connects (true) or goes away (false,
     /// with the count of received bytes discarded with it).
     on_host: fn(usize, bool, usize),
+    /// Bytes given up with transmit buffers when host sides closed.
+    tx_abandoned: u64,
 }
 
 /// A virtio-serial device and the ports the kernel drives.
@@ -175,21 +190,51 @@ impl Port {
     fn reap_tx(&mut self) {
         reap_sent(&mut self.tx, &mut self.tx_posted);
     }
+
+    /// The host side closed: after completing what the device returned,
+    /// every transmit buffer still in flight is given up, and their bytes
+    /// are returned for counting.
+    ///
+    /// Why nothing else can still be in flight: QEMU handles a port's close
+    /// by returning every queued buffer (`discard_vq_data`) except the one
+    /// it was writing when throttled, which it detaches and never returns;
+    /// and a buffer the driver posts while the host side is closed is
+    /// returned at once, during the notification. The close message is read
+    /// here (under the driver's lock, before any later transmit), so what is
+    /// left is the detached buffer. Its descriptor stays lost to the ring
+    /// ([`Port::tx_lost_slots`]); the device never reads it again, so its
+    /// memory is freed.
+    fn abandon_tx(&mut self) -> u64 {
+        self.reap_tx();
+        let mut bytes = 0;
+        for (_, buf) in self.tx_posted.drain(..) {
+            bytes += buf.len() as u64;
+            self.tx_lost_slots += 1;
+        }
+        bytes
+    }
 }
 
-/// Frees the transmit buffers the device has finished with, in ring order.
-/// `posted` holds each buffer with the token `add` returned for it.
+/// Frees the transmit buffers the device has finished with, in the order
+/// it returns them (which need not be the order they were posted in: see
+/// the module notes). `posted` holds each buffer with the token `add`
+/// returned for it.
 fn reap_sent<const N: usize, B: AsRef<[u8]>>(
     queue: &mut VirtQueue<KernelHal, N>,
     posted: &mut VecDeque<(u16, B)>,
 ) {
-    while let Some((t, buf)) = posted.front() {
-        if queue.peek_used() != Some(*t) {
+    while let Some(t) = queue.peek_used() {
+        let Some(k) = posted.iter().position(|(token, _)| *token == t) else {
+            // Not a buffer of ours: the device broke the protocol. Leave
+            // the ring alone rather than recycle a descriptor we never
+            // posted.
+            log::error!("virtio-serial: the device returned unknown buffer {t}");
             break;
-        }
+        };
+        let (token, buf) = &posted[k];
         // SAFETY: the same buffer that was added with this token.
-        let _ = unsafe { queue.pop_used(*t, &[buf.as_ref()], &mut []) };
-        posted.pop_front();
+        let _ = unsafe { queue.pop_used(*token, &[buf.as_ref()], &mut []) };
+        posted.remove(k);
     }
 }
 
@@ -249,6 +294,7 @@ impl Inner {
             DEVICE_REMOVE => {
                 let port = &mut self.ports[k];
                 port.opened = false;
+                self.tx_abandoned += port.abandon_tx();
                 let (discarded, _) = port.discard_received();
                 let was = core::mem::replace(&mut port.host_connected, false);
                 log::warn!("virtio-serial: port {id} removed");
@@ -264,6 +310,7 @@ impl Inner {
                     let (discarded, reposted) = if connected {
                         (0, false)
                     } else {
+                        self.tx_abandoned += port.abandon_tx();
                         port.discard_received()
                     };
                     if reposted && port.rx.should_notify() {
@@ -396,6 +443,7 @@ pub fn probe(
                 .collect(),
             rx_posted: VecDeque::new(),
             tx_posted: VecDeque::new(),
+            tx_lost_slots: 0,
             held: None,
             opened: false,
             host_connected: false,
@@ -416,6 +464,7 @@ pub fn probe(
         ports,
         sink,
         on_host,
+        tx_abandoned: 0,
     };
     for i in 0..CTRL_SLOTS {
         inner.post_ctrl_rx(i);
@@ -490,7 +539,7 @@ impl SerialPorts {
         let Some(port) = inner.ports.get_mut(k) else {
             return Err(data);
         };
-        if port.tx_posted.len() >= DATA_SLOTS {
+        if port.tx_posted.len() + port.tx_lost_slots >= DATA_SLOTS {
             self.tx_full.fetch_add(1, Ordering::Relaxed);
             return Err(data);
         }
@@ -530,5 +579,13 @@ impl SerialPorts {
     /// read too slowly).
     pub fn tx_full(&self) -> u64 {
         self.tx_full.load(Ordering::Relaxed)
+    }
+
+    /// Bytes sent toward host clients that left before reading them, and
+    /// transmit descriptors the device kept (see [`Port::abandon_tx`]).
+    pub fn tx_abandoned(&self) -> (u64, u64) {
+        let inner = self.inner.lock();
+        let slots = inner.ports.iter().map(|p| p.tx_lost_slots as u64).sum();
+        (inner.tx_abandoned, slots)
     }
 }

@@ -78,6 +78,12 @@ pub struct SystemInfo {
     /// Times the kernel found every transmit buffer in flight and waited:
     /// the host read more slowly than the kernel wrote.
     pub control_tx_waits: u64,
+    /// Host clients that went away (closed, or killed at any byte).
+    pub control_disconnects: u64,
+    /// Bytes those clients left behind: received but never a whole frame,
+    /// and sent to them but never read.
+    pub control_abandoned_rx_bytes: u64,
+    pub control_abandoned_tx_bytes: u64,
 }
 
 /// Requests that exist for the test harness.

@@ -64,9 +64,10 @@ pub fn render(info: &SystemInfo) -> String {
     );
     let _ = writeln!(
         s,
-        "heap              {} used of {}",
+        "heap              {} used of {} ({} bytes)",
         mib(info.heap_used_bytes),
-        mib(info.heap_total_bytes)
+        mib(info.heap_total_bytes),
+        info.heap_used_bytes
     );
     let _ = writeln!(
         s,
@@ -79,6 +80,13 @@ pub fn render(info: &SystemInfo) -> String {
         s,
         "control link      {} ({} bytes in, {} bytes out)",
         info.control_link, info.control_rx_bytes, info.control_tx_bytes
+    );
+    let _ = writeln!(
+        s,
+        "clients gone      {} (left {} bytes unfinished in, {} bytes unread out)",
+        info.control_disconnects,
+        info.control_abandoned_rx_bytes,
+        info.control_abandoned_tx_bytes
     );
     let _ = writeln!(s);
     let name_w = info
@@ -147,6 +155,9 @@ mod tests {
             control_rx_bytes: 10,
             control_tx_bytes: 20,
             control_tx_waits: 0,
+            control_disconnects: 3,
+            control_abandoned_rx_bytes: 7,
+            control_abandoned_tx_bytes: 65536,
         };
         assert_eq!(
             render(&info),
@@ -154,11 +165,12 @@ mod tests {
 uptime            1.500 s
 cpus              1 (TSC 2.000 GHz)
 memory            3.0 MiB used of 256.0 MiB
-heap              0.5 MiB used of 16.0 MiB
+heap              0.5 MiB used of 16.0 MiB (524288 bytes)
 timer             150 ticks at 100 Hz
 context switches  42
 bad frames        0
 control link      virtio-serial (10 bytes in, 20 bytes out)
+clients gone      3 (left 7 bytes unfinished in, 65536 bytes unread out)
 
   PID  NAME     STATE      RUNTIME(ms)    SWITCHES
     0  idle     ready         1000.000          20
