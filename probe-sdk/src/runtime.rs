@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use ktrace_abi::bpf::{
     AttachTarget, BenchResult, BpfRequest, BpfResponse, EventBatch, Limits, LinkInfo, LoadOptions,
-    MapDefinition, MapEntry, MapInfo, ObjectLoad, ObjectLoaded, ProgDump, ProgInfo, ProgramLoad,
-    Rejected, TestRunResult, Usage,
+    MapDefinition, MapEntry, MapInfo, ObjectInfo, ObjectLoad, ObjectLoaded, ProgDump, ProgInfo,
+    ProgramLoad, Rejected, TestRunResult, Usage,
 };
 use ktrace_abi::{ErrorCode, Request, Response};
 
@@ -76,6 +76,17 @@ macro_rules! expect {
     };
 }
 
+/// The one object an answer names.
+fn one_object(r: Response, what: &'static str) -> Result<ObjectInfo> {
+    match r {
+        Response::Bpf(BpfResponse::Objects(mut o)) if o.len() == 1 => Ok(o.remove(0)),
+        other => Err(RuntimeError::Unexpected {
+            what,
+            got: format!("{other:?}"),
+        }),
+    }
+}
+
 impl<'c> Runtime<'c> {
     /// Wraps a connected client.
     pub fn new(client: &'c mut Client) -> Self {
@@ -106,7 +117,9 @@ impl<'c> Runtime<'c> {
     }
 
     /// Creates maps, verifies and loads programs, and (with `attach`)
-    /// attaches each by its section. All or nothing.
+    /// attaches each by its section. All or nothing. The object belongs to
+    /// this connection: the kernel frees it when the client goes, however
+    /// it goes (see [`Runtime::load_object_pinned`] to keep it).
     pub fn load_object(
         &mut self,
         name: &str,
@@ -114,16 +127,52 @@ impl<'c> Runtime<'c> {
         attach: bool,
         options: LoadOptions,
     ) -> Result<ObjectLoaded> {
+        self.load_object_pinned(name, object, attach, options, None)
+    }
+
+    /// [`Runtime::load_object`], also pinning the object as `pin`: it then
+    /// stays loaded after this client goes, until unpinned or unloaded.
+    pub fn load_object_pinned(
+        &mut self,
+        name: &str,
+        object: ObjectLoad,
+        attach: bool,
+        options: LoadOptions,
+        pin: Option<String>,
+    ) -> Result<ObjectLoaded> {
         let r = self.call_timeout(
             BpfRequest::LoadObject {
                 name: name.into(),
                 object: Box::new(object),
                 attach,
                 options,
+                pin,
             },
             Duration::from_secs(60),
         )?;
         expect!(r, "LoadObject", BpfResponse::Object(o) => *o)
+    }
+
+    /// Every object with its owner (session, pin).
+    pub fn objects(&mut self) -> Result<Vec<ObjectInfo>> {
+        let r = self.call(BpfRequest::ObjectList)?;
+        expect!(r, "ObjectList", BpfResponse::Objects(o) => o)
+    }
+
+    /// Detaches, unloads and frees a whole object, named by pin, id or
+    /// name. Returns it as it was.
+    pub fn object_unload(&mut self, object: &str) -> Result<ObjectInfo> {
+        let r = self.call(BpfRequest::ObjectUnload {
+            object: object.into(),
+        })?;
+        one_object(r, "ObjectUnload")
+    }
+
+    /// Removes a pin; the object is freed unless a live session holds it.
+    /// Returns the object as it is now (`session: None`: freed).
+    pub fn unpin(&mut self, name: &str) -> Result<ObjectInfo> {
+        let r = self.call(BpfRequest::Unpin { name: name.into() })?;
+        one_object(r, "Unpin")
     }
 
     /// Creates one map.

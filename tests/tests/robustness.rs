@@ -793,6 +793,7 @@ fn gen_request(kind: usize, world: &mut World, rng: &mut Rng) -> Request {
                 object: Box::new(ObjectLoad { maps, programs }),
                 attach: rng.chance(50),
                 options: options(rng),
+                pin: rng.chance(20).then(|| rng.string(&["pin"])),
             })
         }
         22 => Request::Block(match rng.below(3) {

@@ -10,6 +10,8 @@
 //!   streams to the host.
 //! - [`attach`]: links to kprobes, kretprobes, tracepoints, perf events.
 //! - [`testing`]: a kernel function tests and benchmarks probe.
+//! - [`owners`]: who keeps what alive (sessions, pins); what nothing keeps
+//!   is freed.
 //!
 //! The registry below is only touched from task context (the control and
 //! event tasks); probe context reaches programs and maps only through the
@@ -24,6 +26,7 @@ mod attach;
 pub mod events;
 mod helpers;
 mod kmap;
+mod owners;
 mod printk;
 mod prog;
 pub mod testing;
@@ -37,13 +40,14 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use ktrace_abi::bpf::{
-    BpfRequest, BpfResponse, Limits, LinkInfo, LoadOptions, MapDefinition, MapEntry, ObjectLoad,
-    ObjectLoaded, ProgDump, ProgramLoad, Rejected, TestRunResult, Usage,
+    BpfRequest, BpfResponse, Limits, LinkInfo, LoadOptions, MapDefinition, MapEntry, ObjectInfo,
+    ObjectLoad, ObjectLoaded, ProgDump, ProgramLoad, Rejected, TestRunResult, Usage,
 };
 use ktrace_abi::{ErrorCode, ErrorReply, Response};
 use ktrace_bpf_maps::{Epochs, MapError};
 
 use kmap::KMap;
+use owners::{Objects, Parts};
 use prog::{HitInfo, LoadError, Program};
 
 /// The runtime's tables.
@@ -52,6 +56,7 @@ struct Runtime {
     maps: BTreeMap<u32, Arc<KMap>>,
     progs: BTreeMap<u32, Arc<Program>>,
     links: BTreeMap<u32, attach::Link>,
+    objects: Objects,
     limits: Limits,
 }
 
@@ -60,8 +65,24 @@ static RT: spin::Mutex<Runtime> = spin::Mutex::new(Runtime {
     maps: BTreeMap::new(),
     progs: BTreeMap::new(),
     links: BTreeMap::new(),
+    objects: Objects::new(),
     limits: DEFAULT_LIMITS,
 });
+
+/// The client of control session `session` went away: free what it held
+/// that no pin keeps (control task, once it saw the port close).
+pub fn release_session(session: usize) {
+    let mut rt = RT.lock();
+    let generation = crate::control::client_generation(session);
+    let orphans = rt.objects.release(session, generation);
+    let n = orphans.len();
+    for id in orphans {
+        rt.free_object(id);
+    }
+    if n > 0 {
+        log::info!("bpf: session {session} ended: freed {n} objects it held");
+    }
+}
 
 /// Largest `insns_per_program` a host may set (Linux's limit as well).
 const MAX_INSNS_PER_PROGRAM: u32 = 1_000_000;
@@ -316,13 +337,58 @@ impl Runtime {
         }
     }
 
+    /// Detaches a link and forgets it.
+    fn detach_link(&mut self, id: u32) {
+        if let Some(l) = self.links.remove(&id) {
+            attach::detach(l);
+        }
+        self.objects.forget(&[], &[], &[id]);
+    }
+
+    /// Detaches a program's links and unloads it.
+    fn unload_prog(&mut self, prog: u32) {
+        for l in self.prog_links(prog) {
+            self.detach_link(l);
+        }
+        self.progs.remove(&prog);
+        self.objects.forget(&[], &[prog], &[]);
+    }
+
+    /// Drops a map from the table (programs using it keep it alive).
+    fn free_map(&mut self, map: u32) {
+        self.maps.remove(&map);
+        events::unsubscribe_map(map);
+        self.objects.forget(&[map], &[], &[]);
+    }
+
+    /// Frees a whole object: links, then programs, then maps. Returns it as
+    /// it was.
+    fn free_object(&mut self, id: u32) -> Option<ObjectInfo> {
+        let o = self.objects.by_id.get(&id)?;
+        let info = o.info();
+        for &l in &info.links {
+            self.detach_link(l);
+        }
+        for &p in &info.programs {
+            self.unload_prog(p);
+        }
+        for &m in &info.maps {
+            self.free_map(m);
+        }
+        // Forgetting the last part removed it; an empty one goes too.
+        self.objects.by_id.remove(&id);
+        Some(info)
+    }
+
     fn load_object(
         &mut self,
         name: &str,
         obj: &ObjectLoad,
         attach_all: bool,
         o: &LoadOptions,
+        pin: Option<String>,
     ) -> Result<ObjectLoaded, Response> {
+        self.objects.check_pin(pin.as_deref())?;
         let maps = self.create_maps(&obj.maps)?;
         let mut progs = Vec::new();
         for (i, p) in obj.programs.iter().enumerate() {
@@ -352,6 +418,12 @@ impl Runtime {
         for l in links {
             self.links.insert(l.id, l);
         }
+        let parts = Parts {
+            maps: maps.iter().map(|m| m.id).collect(),
+            progs: progs.iter().map(|p| p.id).collect(),
+            links: link_infos.iter().map(|l| l.id).collect(),
+        };
+        let object = self.objects.adopt(name, pin, parts).info();
         log::info!(
             "bpf: loaded `{name}`: {} maps, {} programs, {} links",
             maps.len(),
@@ -359,6 +431,7 @@ impl Runtime {
             link_infos.len()
         );
         Ok(ObjectLoaded {
+            object,
             maps: maps.iter().map(|m| m.info(self.map_users(m.id))).collect(),
             programs: progs
                 .iter()
@@ -541,12 +614,52 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
             object,
             attach,
             options,
+            pin,
         } => ok(BpfResponse::Object(Box::new(
-            rt.load_object(&name, &object, attach, &options)?,
+            rt.load_object(&name, &object, attach, &options, pin)?,
         ))),
+        BpfRequest::ObjectList => ok(BpfResponse::Objects(
+            rt.objects.by_id.values().map(owners::Object::info).collect(),
+        )),
+        BpfRequest::ObjectUnload { object } => {
+            let id = rt.objects.resolve(&object)?;
+            let freed = rt.free_object(id);
+            ok(BpfResponse::Objects(freed.into_iter().collect()))
+        }
+        BpfRequest::Unpin { name } => {
+            let Some(o) = rt
+                .objects
+                .by_id
+                .values_mut()
+                .find(|o| o.pin.as_deref() == Some(name.as_str()))
+            else {
+                let pins: Vec<String> = rt
+                    .objects
+                    .by_id
+                    .values()
+                    .filter_map(|o| o.pin.clone())
+                    .collect();
+                return Err(error(
+                    ErrorCode::NotFound,
+                    -2,
+                    format!("no pin `{name}`; pins: {}", list_or_none(&pins)),
+                ));
+            };
+            o.pin = None;
+            let (id, orphaned, info) = (o.id, o.orphaned(), o.info());
+            if orphaned {
+                rt.free_object(id);
+            }
+            ok(BpfResponse::Objects(alloc::vec![info]))
+        }
         BpfRequest::MapCreate(def) => {
             let m = rt.create_maps(core::slice::from_ref(&*def))?.remove(0);
             rt.maps.insert(m.id, m.clone());
+            let parts = Parts {
+                maps: alloc::vec![m.id],
+                ..Parts::default()
+            };
+            rt.objects.adopt(&m.name, None, parts);
             ok(BpfResponse::Map(Box::new(m.info(Vec::new()))))
         }
         BpfRequest::MapLookup { map, key } => {
@@ -663,8 +776,7 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
         )),
         BpfRequest::MapFree { map } => {
             rt.map(map)?;
-            rt.maps.remove(&map);
-            events::unsubscribe_map(map);
+            rt.free_map(map);
             Response::Ok
         }
         BpfRequest::ProgLoad {
@@ -678,6 +790,11 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
                 .collect::<Result<Vec<_>, _>>()?;
             let p = rt.load_prog(&prog, ms, &options, 0)?;
             rt.progs.insert(p.id, p.clone());
+            let parts = Parts {
+                progs: alloc::vec![p.id],
+                ..Parts::default()
+            };
+            rt.objects.adopt(&p.name, None, parts);
             ok(BpfResponse::Program(Box::new(p.info(Vec::new()))))
         }
         BpfRequest::ProgList => ok(BpfResponse::Programs(
@@ -696,13 +813,7 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
         }
         BpfRequest::ProgUnload { prog } => {
             rt.prog(prog)?;
-            let ids = rt.prog_links(prog);
-            for id in ids {
-                if let Some(l) = rt.links.remove(&id) {
-                    attach::detach(l);
-                }
-            }
-            rt.progs.remove(&prog);
+            rt.unload_prog(prog);
             Response::Ok
         }
         BpfRequest::ProgTestRun { prog, ctx, repeat } => {
@@ -720,14 +831,23 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
             let l = attach::attach(&mut rt, &p, &target, kretprobe)?;
             let info = l.info();
             rt.links.insert(l.id, l);
+            // The link is the attaching client's, like a Linux link fd.
+            let parts = Parts {
+                links: alloc::vec![info.id],
+                ..Parts::default()
+            };
+            rt.objects.adopt(&p.name, None, parts);
             ok(BpfResponse::Link(Box::new(info)))
         }
         BpfRequest::Detach { link } => {
-            let l = rt
-                .links
-                .remove(&link)
-                .ok_or_else(|| error(ErrorCode::NotFound, -2, format!("no link with id {link}")))?;
-            attach::detach(l);
+            if !rt.links.contains_key(&link) {
+                return Err(error(
+                    ErrorCode::NotFound,
+                    -2,
+                    format!("no link with id {link}"),
+                ));
+            }
+            rt.detach_link(link);
             Response::Ok
         }
         BpfRequest::LinkList => ok(BpfResponse::Links(

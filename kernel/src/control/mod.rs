@@ -403,6 +403,8 @@ fn control_task(id: usize) {
             reader.clear();
             session.greeted = false;
             crate::bpf::events::subscribe(Vec::new(), false);
+            // What the client created and did not pin goes with it.
+            crate::bpf::release_session(id);
             log::info!("host disconnected from session {id}");
         }
         chunk.clear();

@@ -11,13 +11,32 @@ pub enum BpfRequest {
     /// `attach`) attach each where its section says; all or nothing.
     /// Answer: [`BpfResponse::Object`], or an error carrying the verifier
     /// message of the first rejected program.
+    ///
+    /// What a request creates (an object here, a map, a program or a link
+    /// below) belongs to the session that asked and is freed when that
+    /// session's client goes, however it goes, unless it is pinned.
     LoadObject {
         /// The object's name (its file or crate), shown in listings.
         name: String,
         object: Box<ObjectLoad>,
         attach: bool,
         options: LoadOptions,
+        /// Also pin the object under this name: it then outlives the
+        /// session until [`BpfRequest::Unpin`] or
+        /// [`BpfRequest::ObjectUnload`]. A name already pinned is refused.
+        pin: Option<String>,
     },
+    /// Every object (what one load, map create, program load or attach
+    /// made) with its owner. Answer: [`BpfResponse::Objects`].
+    ObjectList,
+    /// Detach, unload and free a whole object: by pin name, by object id,
+    /// or by object name when one object has it. Answer:
+    /// [`BpfResponse::Objects`] with what was freed.
+    ObjectUnload { object: String },
+    /// Remove a pin. The object is freed unless a live session holds it.
+    /// Answer: [`BpfResponse::Objects`] with the object as it is now
+    /// (freed when it has neither pin nor session).
+    Unpin { name: String },
     /// Create one map. Answer: [`BpfResponse::Map`].
     MapCreate(Box<MapDefinition>),
     /// Answer: [`BpfResponse::Value`] (per-CPU maps: one 8-byte-padded
@@ -136,6 +155,7 @@ pub enum BpfResponse {
     Link(Box<LinkInfo>),
     Links(Vec<LinkInfo>),
     Events(EventBatch),
+    Objects(Vec<ObjectInfo>),
     Limits {
         limits: Box<Limits>,
         usage: Box<Usage>,
@@ -476,9 +496,27 @@ pub struct LinkInfo {
 /// The result of [`BpfRequest::LoadObject`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObjectLoaded {
+    /// The object as the kernel keeps it (id, owner).
+    pub object: ObjectInfo,
     pub maps: Vec<MapInfo>,
     pub programs: Vec<ProgInfo>,
     pub links: Vec<LinkInfo>,
+}
+
+/// What one request created, and who keeps it alive: a session (its
+/// client), a pin, or both. It is freed when it has neither.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    pub id: u32,
+    /// The object's name (the loaded file or crate, or the map or
+    /// program a single request created).
+    pub name: String,
+    pub pin: Option<String>,
+    /// The control session whose client holds it.
+    pub session: Option<u32>,
+    pub maps: Vec<u32>,
+    pub programs: Vec<u32>,
+    pub links: Vec<u32>,
 }
 
 /// The result of [`BpfRequest::ProgTestRun`].

@@ -37,11 +37,15 @@ enum Command {
     Probe(ktrace_tools::cmd::probe::Args),
     /// List the kernel's static tracepoints and their formats.
     Tracepoint(ktrace_tools::cmd::tracepoint::Args),
-    /// Load a probe crate or eBPF object into the kernel and attach its programs.
+    /// Load a probe crate or eBPF object into the kernel and attach its programs (pinned: it stays after the command).
     Load(ktrace_tools::cmd::load::Args),
+    /// Detach, unload and free a whole object (by pin, object id or name).
+    Unload(ktrace_tools::cmd::pin::UnloadArgs),
+    /// Pinned objects (what outlives the command that loaded it): list, rm.
+    Pin(ktrace_tools::cmd::pin::Args),
     /// Loaded BPF programs: list, show, dump, unload.
     Prog(ktrace_tools::cmd::prog::Args),
-    /// BPF maps: list, dump, lookup, update, delete.
+    /// BPF maps: list, dump, lookup, update, delete, free.
     Map(ktrace_tools::cmd::map::Args),
     /// Links of programs to attach points: list, detach.
     Link(ktrace_tools::cmd::link::Args),
@@ -66,6 +70,8 @@ fn main() -> std::process::ExitCode {
         Command::Probe(args) => ktrace_tools::cmd::probe::run(args, &cli.vm),
         Command::Tracepoint(args) => ktrace_tools::cmd::tracepoint::run(args, &cli.vm),
         Command::Load(args) => ktrace_tools::cmd::load::run(args, &cli.vm),
+        Command::Unload(args) => ktrace_tools::cmd::pin::unload(args, &cli.vm),
+        Command::Pin(args) => ktrace_tools::cmd::pin::run(args, &cli.vm),
         Command::Prog(args) => ktrace_tools::cmd::prog::run(args, &cli.vm),
         Command::Map(args) => ktrace_tools::cmd::map::run(args, &cli.vm),
         Command::Link(args) => ktrace_tools::cmd::link::run(args, &cli.vm),

@@ -2,9 +2,14 @@
 //! against the kernel ELF, load into the running kernel, and attach every
 //! program where its section says.
 //!
+//! What a client loads is freed when the client goes; `ktrace load` is one
+//! command, so it pins what it loads, under the object's name unless
+//! `--pin NAME` says otherwise (bpftool pins for the same reason). `ktrace
+//! unload NAME` frees it; `ktrace pin list` shows what is pinned.
+//!
 //! ```text
 //! ktrace load examples/count-calls
-//! ktrace load probe.bpf.o --no-attach --json
+//! ktrace load probe.bpf.o --no-attach --json --pin probe2
 //! ```
 
 use std::path::PathBuf;
@@ -22,6 +27,14 @@ pub struct Args {
     /// Load without attaching.
     #[arg(long)]
     pub no_attach: bool,
+    /// Pin the object as NAME (default: the object's name). A pinned object
+    /// stays loaded after this command, until `ktrace unload NAME`.
+    #[arg(long, value_name = "NAME")]
+    pub pin: Option<String>,
+    /// Do not pin: the object is freed as soon as this command exits (a
+    /// check that it loads and attaches).
+    #[arg(long, conflicts_with = "pin")]
+    pub no_pin: bool,
     /// The kernel ELF to resolve kprobe targets against (default: as `ktrace symbols`).
     #[arg(long, value_name = "ELF")]
     pub kernel: Option<PathBuf>,
@@ -71,11 +84,17 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         log_level: args.log_level,
         insn_budget: args.insn_budget,
     };
-    let loaded = match rt.load_object(
+    let pin = if args.no_pin {
+        None
+    } else {
+        Some(args.pin.clone().unwrap_or_else(|| prepared.name.clone()))
+    };
+    let loaded = match rt.load_object_pinned(
         &prepared.name,
         prepared.object.into_load(),
         !args.no_attach,
         options,
+        pin.clone(),
     ) {
         Ok(l) => l,
         Err(RuntimeError::Rejected(r)) => {
@@ -97,7 +116,16 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&loaded)?);
         return Ok(());
     }
-    println!("loaded `{}`", prepared.name);
+    match &pin {
+        Some(p) => println!(
+            "loaded `{}` as object {}, pinned as `{p}` (free it with `ktrace unload {p}`)",
+            prepared.name, loaded.object.id
+        ),
+        None => println!(
+            "loaded `{}` as object {}, not pinned: freed when this command exits",
+            prepared.name, loaded.object.id
+        ),
+    }
     for m in &loaded.maps {
         println!(
             "  map  {:>3}  {:<16} {:<14} key {} B  value {} B  max {}  ({} bytes)",

@@ -1,4 +1,5 @@
-//! `ktrace map list|dump|lookup|update|delete`: read and change maps.
+//! `ktrace map list|dump|lookup|update|delete|free`: read, change and free
+//! maps.
 //!
 //! Maps created with declared types (a Rust probe's `HashMap<u64, Start>`,
 //! read from its debug information at load time) print typed: structs as
@@ -58,6 +59,9 @@ pub enum Command {
     },
     /// Delete one entry.
     Delete { map: String, key: String },
+    /// Free a map: it leaves the table at once; programs that use it keep
+    /// it until they are unloaded, then its memory comes back.
+    Free { map: String },
 }
 
 /// Run `ktrace map`.
@@ -216,6 +220,27 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             rt.map_delete(m.id, &k)?;
             if args.json {
                 println!("{}", json!({ "deleted": true }));
+            }
+        }
+        Command::Free { map } => {
+            let m = find_map(&mut rt, &map)?;
+            rt.map_free(m.id)?;
+            if args.json {
+                println!("{}", json!({ "freed": m.id, "programs": m.programs }));
+            } else if m.programs.is_empty() {
+                println!("freed map {} ({}, {} bytes)", m.id, m.name, m.memory_bytes);
+            } else {
+                println!(
+                    "freed map {} ({}): its {} bytes come back when programs {} are unloaded",
+                    m.id,
+                    m.name,
+                    m.memory_bytes,
+                    m.programs
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
         }
     }
