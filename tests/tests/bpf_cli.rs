@@ -158,5 +158,50 @@ fn cli_load_prog_map_link_events() {
         "only the header is left"
     );
     run(&["prog", "unload", &id]);
+
+    // `ktrace load` pinned the object under its name, which is why its
+    // maps outlived that command. The maps stay after `prog unload`;
+    // `map free` and `unload` free them.
+    assert_eq!(
+        run(&["pin", "list"]),
+        "ID  NAME       PIN        SESSION  MAPS     PROGS  LINKS\n\
+         1   on_target  on_target  -        1,2,3,4  -      -\n"
+    );
+    let refused = ktrace_tests::ktrace()
+        .args([&vm[..], &["load", obj.to_str().unwrap()]].concat())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("the pin `on_target` is taken by object 1 (`on_target`): unload it first (`ktrace unload on_target`) or choose another pin name")
+            && stderr.contains("errno -17"),
+        "{stderr}"
+    );
+    assert_eq!(
+        run(&["map", "free", "args"]).trim(),
+        "freed map 2 (args, 4400 bytes)"
+    );
+    assert_eq!(
+        run(&["unload", "on_target"]).trim(),
+        "freed object 1 (`on_target`): 3 maps, 0 programs, 0 links"
+    );
+    assert_eq!(run(&["map", "list"]).trim().lines().count(), 1, "no map left");
+    assert_eq!(run(&["pin", "list"]).trim().lines().count(), 1, "no pin left");
+
+    // --pin NAME chooses the name; --no-pin loads for the command only.
+    let out = run(&["load", obj.to_str().unwrap(), "--pin", "second"]);
+    assert!(out.contains("pinned as `second`"), "{out}");
+    let out = run(&["load", obj.to_str().unwrap(), "--no-pin"]);
+    assert!(out.contains("not pinned: freed when this command exits"), "{out}");
+    let pins: serde_json::Value =
+        serde_json::from_str(&run(&["pin", "list", "--all", "--json"])).unwrap();
+    assert_eq!(pins.as_array().unwrap().len(), 1, "{pins}");
+    assert_eq!(pins[0]["pin"], "second");
+    assert_eq!(
+        run(&["pin", "rm", "second"]).trim(),
+        "unpinned `second`: freed object 2 (`on_target`): 4 maps, 1 programs, 1 links"
+    );
+    assert_eq!(run(&["prog", "list"]).trim().lines().count(), 1, "no program left");
     let _ = std::fs::remove_dir_all(&dir);
 }
