@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use bpf_vm::verifier::{self, linux, Config, Env, MapDef};
 use ktrace_abi::bpf::{
-    map_type, AttachTarget, EventSource, Limits, LoadOptions, MapDefinition, MapEntry, ProgramLoad,
-    ProgramType,
+    map_type, AttachTarget, EventSource, Limits, LoadOptions, MapDefinition, MapEntry, ObjectLoad,
+    ProgramLoad, ProgramType,
 };
 use ktrace_abi::ErrorCode;
 use ktrace_tests::TestVm;
@@ -611,18 +611,29 @@ fn a_disconnect_ends_the_clients_subscriptions() {
         let mut client = vm.client();
         let mut rt = Runtime::new(&mut client);
         // Room for 2,730 records of 24 bytes: the rest is counted lost.
-        let (seq, rb) = seq_and_ring(&mut rt, 1 << 16);
-        let p = rt
-            .prog_load(
-                kprobe_prog("rbout", RB_OUT),
-                vec![seq, rb],
+        // Pinned: the maps and the program outlive this client (what a
+        // client loads unpinned goes with it); its subscription does not.
+        let mut program = kprobe_prog("rbout", RB_OUT);
+        program.attach = ktrace_tests::kprobe_at("kernel::bpf::testing::target");
+        let object = ObjectLoad {
+            maps: vec![
+                def("seq", map_type::ARRAY, 4, 8, 1),
+                def("rb", map_type::RINGBUF, 0, 0, 1 << 16),
+            ],
+            programs: vec![program],
+        };
+        let loaded = rt
+            .load_object_pinned(
+                "reconnect",
+                object,
+                true,
                 LoadOptions::default(),
+                Some("reconnect".into()),
             )
             .unwrap();
-        let point = ktrace_tests::kprobe_at("kernel::bpf::testing::target");
-        rt.attach(p.id, point, false).unwrap();
+        let rb = loaded.maps[1].id;
         rt.subscribe(vec![rb], false).unwrap();
-        (rb, p.id)
+        (rb, loaded.programs[0].id)
     };
     // The first client has gone; the next one fires the probe without
     // subscribing.
