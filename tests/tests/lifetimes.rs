@@ -135,58 +135,79 @@ fn a_client_killed_mid_stream_leaves_its_session_usable() {
         (ring, p.id)
     };
     let before = info(&mut c);
+    Runtime::new(&mut c).trigger_spawn(10_000_000).unwrap();
 
-    // `ktrace events` streams the ring (session 1) into a pipe nobody
-    // reads: once the pipe and the socket are full, QEMU throttles the
-    // port and holds a buffer half written — the worst moment to die.
-    let mut events = ktrace()
-        .args(["--vm", &name, "events", "--map", &ring.to_string(), "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ktrace events");
-    Runtime::new(&mut c).trigger_spawn(2_000_000).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while info(&mut c).control_tx_waits == before.control_tx_waits {
-        assert!(
-            Instant::now() < deadline,
-            "the streaming client never fell behind"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    events.kill().expect("kill -9 ktrace events");
-    events.wait().unwrap();
-
-    // The next client gets the killed client's session (the first free
-    // one). It must be answered, and quickly; the time is reported, not
-    // asserted (shared machines).
-    let killed_at = Instant::now();
+    // More kills than the port has transmit buffers (16): each used to
+    // cost the port the buffer QEMU kept, and the first one its session.
+    const KILLS: u64 = 17;
     let vm = Vm::attach(&name).unwrap();
-    let mut next = loop {
-        match vm.connect(&opts("after-kill", Duration::from_secs(2))) {
-            Ok(n) => break n,
-            Err(e) => assert!(
-                killed_at.elapsed() < Duration::from_secs(30),
-                "the killed client's session never answered again: {e}\nconsole:\n{}",
-                vm.console()
-            ),
+    let mut slowest = Duration::ZERO;
+    let mut next = None;
+    for kill in 0..KILLS {
+        // `ktrace events` streams the ring (session 1) into a pipe nobody
+        // reads: once the pipe and the socket are full, QEMU throttles the
+        // port and holds a buffer half written — the worst moment to die.
+        let waits = info(&mut c).control_tx_waits;
+        let mut events = ktrace()
+            .args(["--vm", &name, "events", "--map", &ring.to_string(), "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ktrace events");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while info(&mut c).control_tx_waits == waits {
+            assert!(
+                Instant::now() < deadline,
+                "kill {kill}: the streaming client never fell behind"
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
-    };
+        std::thread::sleep(Duration::from_millis(200));
+        events.kill().expect("kill -9 ktrace events");
+        events.wait().unwrap();
+
+        // The next client gets the killed client's session (the first
+        // free one). It must be answered, and quickly; the time is
+        // reported, not asserted (shared machines).
+        drop(next.take());
+        let killed_at = Instant::now();
+        next = Some(loop {
+            match vm.connect(&opts("after-kill", Duration::from_secs(2))) {
+                Ok(n) => break n,
+                Err(e) => assert!(
+                    killed_at.elapsed() < Duration::from_secs(30),
+                    "kill {kill}: the killed client's session never answered again: {e}\nconsole:\n{}",
+                    vm.console()
+                ),
+            }
+        });
+        slowest = slowest.max(killed_at.elapsed());
+        if kill + 1 < KILLS {
+            // Free the session for the next streaming client.
+            drop(next.take());
+        }
+    }
+    let mut next = next.expect("a client after the last kill");
     let after = info(&mut next);
     eprintln!(
-        "a session killed mid-stream answered again {:?} after the kill",
-        killed_at.elapsed()
+        "{KILLS} clients killed mid-stream: their session answered again at most {slowest:?} after the kill; {} transmit queues rebuilt",
+        after.control_tx_queue_rebuilds - before.control_tx_queue_rebuilds
     );
     assert_eq!(
-        after.control_disconnects,
-        before.control_disconnects + 1,
-        "one client went away"
+        after.control_disconnects - before.control_disconnects,
+        2 * KILLS - 1,
+        "every killed client and every client after one went away"
     );
     assert!(
         after.control_abandoned_tx_bytes > before.control_abandoned_tx_bytes,
-        "the bytes the killed client never read are counted: {after:?}"
+        "the bytes the killed clients never read are counted: {after:?}"
     );
+    assert_eq!(
+        after.control_tx_queue_rebuilds - before.control_tx_queue_rebuilds,
+        KILLS,
+        "each kill left QEMU holding one buffer, got back by a queue rebuild"
+    );
+    assert_eq!(after.control_tx_slots_lost, 0, "no transmit buffer is lost");
     // Its subscription went with it: the producer still writes, but the
     // session's new client is sent nothing it did not ask for.
     Runtime::new(&mut c).trigger(100, 0).unwrap();
@@ -209,7 +230,7 @@ fn a_client_killed_mid_stream_leaves_its_session_usable() {
     }
     assert!(got > 0, "the re-subscribed stream delivers records");
     drop(next);
-    let _ = Runtime::new(&mut c).prog_unload(prog);
+    Runtime::new(&mut c).prog_unload(prog).unwrap();
     drop(c);
 
     // And the VM still shuts down on request.
@@ -341,4 +362,45 @@ fn killed_clients_give_back_what_they_loaded() {
         assert_eq!(rt.maps().unwrap().len(), 0);
     });
     assert_eq!(end, start, "the kernel heap comes back to the byte");
+}
+
+/// A client killed while the kernel runs its workload: the workload stops
+/// and the session answers its next client, instead of running I/O for
+/// nobody until the workload's time limit.
+#[test]
+fn a_client_killed_during_its_workload_frees_its_session() {
+    let mut t = TestVm::boot("lt-kill-workload");
+    let name = t.name().to_string();
+    let mut c = t.client();
+    let mut workload = ktrace()
+        .args(["--vm", &name, "workload", "--dev", "ram0", "--count", "100000000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ktrace workload");
+    let running = |c: &mut Client| info(c).tasks.iter().any(|t| t.name == "fio-ram0-0");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running(&mut c) {
+        assert!(Instant::now() < deadline, "the workload never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    workload.kill().expect("kill -9 ktrace workload");
+    workload.wait().unwrap();
+    let killed_at = Instant::now();
+    let vm = Vm::attach(&name).unwrap();
+    let mut next = loop {
+        match vm.connect(&opts("after-kill", Duration::from_secs(2))) {
+            Ok(n) => break n,
+            Err(e) => assert!(
+                killed_at.elapsed() < Duration::from_secs(30),
+                "the session of a client killed during its workload never answered again: {e}"
+            ),
+        }
+    };
+    let answered = killed_at.elapsed();
+    assert!(
+        !running(&mut next),
+        "the workload of the killed client stopped"
+    );
+    eprintln!("a session killed during its workload answered again {answered:?} after the kill");
 }

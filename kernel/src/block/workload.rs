@@ -36,6 +36,9 @@ use crate::task::{self, WaitQueue};
 /// A workload making no progress this long is abandoned with an error.
 const STALL_NS: u64 = 60_000_000_000;
 const PROGRESS_NS: u64 = 1_000_000_000;
+/// How often the control task checks that the client that asked for the
+/// workload is still there.
+const CLIENT_CHECK_NS: u64 = 100_000_000;
 
 #[derive(Default)]
 struct JobResult {
@@ -497,14 +500,41 @@ pub fn run(spec: &WorkloadSpec) -> Result<WorkloadReport, ErrorReply> {
     }
     let mut last_ios = 0;
     let mut last_change = start;
+    let mut last_progress = start;
+    // The session that asked: if its client goes (killed, say), the
+    // workload stops, so the session can serve its next client at once
+    // instead of running I/O for nobody.
+    let session = crate::control::current_session();
+    let client = crate::control::client_generation(session);
     loop {
         let done = shared.wq.wait_until_timeout(
             || shared.finished.load(Ordering::SeqCst) >= started,
-            PROGRESS_NS,
+            CLIENT_CHECK_NS,
         );
         if done {
             break;
         }
+        if crate::control::client_generation(session) != client {
+            shared.stop.store(true, Ordering::SeqCst);
+            // The jobs stop issuing and finish once their I/O in flight
+            // completes (or stalls out like any job).
+            shared.wq.wait_until_timeout(
+                || shared.finished.load(Ordering::SeqCst) >= started,
+                STALL_NS,
+            );
+            return Err(ErrorReply::new(
+                ErrorCode::Other,
+                format!(
+                    "workload stopped after {} I/Os: the client that asked for it went away",
+                    shared.ios.load(Ordering::SeqCst)
+                ),
+            ));
+        }
+        let now = crate::time::now_ns();
+        if now - last_progress < PROGRESS_NS {
+            continue;
+        }
+        last_progress = now;
         let p = progress(&shared, start);
         crate::control::push(&Response::Block(BlockResponse::Progress(p)));
         let now = crate::time::now_ns();

@@ -594,6 +594,10 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
 
 fn system_info() -> SystemInfo {
     let (total, used) = crate::mm::usage();
+    let tx_abandoned = match LINK.get() {
+        Some(Link::Virtio(port)) => port.tx_abandoned(),
+        _ => (0, 0, 0),
+    };
     SystemInfo {
         kernel_version: String::from(crate::KERNEL_VERSION),
         uptime_ns: crate::time::now_ns(),
@@ -620,9 +624,8 @@ fn system_info() -> SystemInfo {
             .map(|c| c.disconnects.load(Ordering::Relaxed))
             .sum(),
         control_abandoned_rx_bytes: ABANDONED_RX_BYTES.load(Ordering::Relaxed),
-        control_abandoned_tx_bytes: match LINK.get() {
-            Some(Link::Virtio(port)) => port.tx_abandoned().0,
-            _ => 0,
-        },
+        control_abandoned_tx_bytes: tx_abandoned.0,
+        control_tx_slots_lost: tx_abandoned.1,
+        control_tx_queue_rebuilds: tx_abandoned.2,
     }
 }

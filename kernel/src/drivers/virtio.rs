@@ -3,12 +3,28 @@
 //!
 //! The kernel identity-maps the low 4 GiB, so a heap buffer's address is
 //! its physical address: buffers are shared in place, with no bounce copy.
+//!
+//! The frame allocator never takes frames back, so DMA blocks a driver
+//! gives up (a virtqueue it rebuilds after a queue reset) are kept here
+//! and handed out again for the next block of the same size: rebuilding a
+//! queue any number of times costs its memory once.
 
 use core::ptr::NonNull;
 
 use virtio_drivers::{BufferDirection, Hal, PhysAddr};
 
 use crate::arch::paging::{self, flags};
+use crate::sync::SpinLock;
+
+/// DMA blocks given back, `(physical address, pages)`, for reuse.
+static FREE_DMA: SpinLock<[Option<(u64, usize)>; 16]> = SpinLock::new([None; 16]);
+
+/// A block of `pages` given back earlier, if any.
+fn reuse_dma(pages: usize) -> Option<u64> {
+    let mut free = FREE_DMA.lock();
+    let slot = free.iter_mut().find(|s| s.is_some_and(|(_, n)| n == pages))?;
+    slot.take().map(|(paddr, _)| paddr)
+}
 
 /// The kernel's `virtio-drivers` HAL.
 pub struct KernelHal;
@@ -20,9 +36,11 @@ pub struct KernelHal;
 // equals its virtual address under the identity map.
 unsafe impl Hal for KernelHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-        let Some(paddr) = crate::mm::frame::alloc_contiguous(pages as u64) else {
+        let Some(paddr) = reuse_dma(pages).or_else(|| crate::mm::frame::alloc_contiguous(pages as u64)) else {
             // The crate offers no way to fail here; this only runs while
-            // the driver initialises at boot.
+            // drivers initialise at boot, and once per virtio-serial port
+            // when it first rebuilds a transmit queue (later rebuilds
+            // reuse the blocks given back).
             panic!("virtio: out of memory for {pages} DMA pages");
         };
         // SAFETY: the frames are ours alone and identity-mapped.
@@ -34,9 +52,14 @@ unsafe impl Hal for KernelHal {
         )
     }
 
-    unsafe fn dma_dealloc(_paddr: PhysAddr, _vaddr: NonNull<u8>, _pages: usize) -> i32 {
-        // Devices live as long as the kernel; the frame allocator does not
-        // take contiguous blocks back.
+    unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
+        // The frame allocator does not take contiguous blocks back: keep
+        // the block for the next allocation of its size (a full list
+        // leaves it unused, as before).
+        let mut free = FREE_DMA.lock();
+        if let Some(slot) = free.iter_mut().find(|s| s.is_none()) {
+            *slot = Some((paddr, pages));
+        }
         0
     }
 

@@ -27,7 +27,11 @@
 //! whatever order the device returns them, and when it sees the host side
 //! close it gives up every buffer still in flight (see
 //! [`Port::abandon_tx`]): without that the port would wait forever for the
-//! detached one and its session would never answer again.
+//! detached one and its session would never answer again. The detached
+//! buffer's descriptor is lost to the ring, so when the device offers
+//! `VIRTIO_F_RING_RESET` (QEMU 7.2 does) the driver then resets that
+//! transmit queue and builds it anew, with all its descriptors; without
+//! the feature the port works on with one descriptor fewer per such loss.
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -38,9 +42,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use bitflags::bitflags;
 use virtio_drivers::queue::VirtQueue;
-use virtio_drivers::transport::pci::bus::{Command, PciRoot};
+use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use virtio_drivers::transport::{DeviceType, Transport};
+use virtio_drivers::Hal;
 
 use super::pci::{self, PortCam};
 use super::virtio::KernelHal;
@@ -52,6 +57,8 @@ bitflags! {
     struct Features: u64 {
         const MULTIPORT = 1 << 1;
         const VERSION_1 = 1 << 32;
+        /// A driver may reset one queue (virtio 1.2, 2.6.1).
+        const RING_RESET = 1 << 40;
     }
 }
 
@@ -76,6 +83,14 @@ const DEVICE_REMOVE: u16 = 2;
 const PORT_READY: u16 = 3;
 const PORT_OPEN: u16 = 6;
 const PORT_NAME: u16 = 7;
+
+/// `virtio_pci_common_cfg` offsets (virtio 1.2, 4.1.4.3).
+const COMMON_QUEUE_SELECT: usize = 0x16;
+const COMMON_QUEUE_RESET: usize = 0x3a;
+/// The vendor capability of virtio PCI structures, and the common
+/// configuration's `cfg_type`.
+const PCI_CAP_ID_VNDR: u8 = 0x09;
+const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
 
 /// How long [`probe`] waits for the device to announce the port.
 const ANNOUNCE_TIMEOUT_NS: u64 = 200_000_000;
@@ -125,6 +140,12 @@ struct Inner {
     on_host: fn(usize, bool, usize),
     /// Bytes given up with transmit buffers when host sides closed.
     tx_abandoned: u64,
+    /// The device's common configuration (MMIO), when it offers queue
+    /// reset: [`Inner::rebuild_tx`] needs `queue_select` and `queue_reset`,
+    /// which the transport does not expose.
+    common_cfg: Option<usize>,
+    /// Transmit queues rebuilt after the device kept a buffer.
+    tx_rebuilds: u64,
 }
 
 /// A virtio-serial device and the ports the kernel drives.
@@ -297,6 +318,7 @@ impl Inner {
                 self.tx_abandoned += port.abandon_tx();
                 let (discarded, _) = port.discard_received();
                 let was = core::mem::replace(&mut port.host_connected, false);
+                self.rebuild_tx(k);
                 log::warn!("virtio-serial: port {id} removed");
                 if was {
                     (self.on_host)(k, false, discarded);
@@ -316,6 +338,9 @@ impl Inner {
                     if reposted && port.rx.should_notify() {
                         self.transport.notify(rx_queue(id));
                     }
+                    if !connected {
+                        self.rebuild_tx(k);
+                    }
                     (self.on_host)(k, connected, discarded);
                 }
             }
@@ -325,6 +350,48 @@ impl Inner {
                     .into();
             }
             _ => {}
+        }
+    }
+
+    /// Resets the transmit queue of port index `k` and builds it anew when
+    /// the device kept some of its descriptors ([`Port::tx_lost_slots`]).
+    ///
+    /// Called right after [`Port::abandon_tx`], under the driver's lock:
+    /// nothing is in flight on the queue, and QEMU holds no element of it
+    /// (it detached the one it held when the host side closed), so after
+    /// the reset neither side refers to the old rings. The old rings'
+    /// memory goes back to the HAL, which hands it to the new queue.
+    fn rebuild_tx(&mut self, k: usize) {
+        let Some(cfg) = self.common_cfg else { return };
+        let port = &mut self.ports[k];
+        if port.tx_lost_slots == 0 || !port.tx_posted.is_empty() {
+            return;
+        }
+        let q = rx_queue(port.id) + 1;
+        // SAFETY: `cfg` maps the device's common configuration structure
+        // (found in its PCI capabilities, at least 0x3c bytes long since
+        // the device offers RING_RESET); both fields are naturally aligned
+        // u16 registers, and the driver's lock serialises every access to
+        // the structure (the transport's included).
+        unsafe {
+            core::ptr::write_volatile((cfg + COMMON_QUEUE_SELECT) as *mut u16, q);
+            core::ptr::write_volatile((cfg + COMMON_QUEUE_RESET) as *mut u16, 1);
+        }
+        match VirtQueue::new(&mut self.transport, q, false, false) {
+            Ok(fresh) => {
+                let lost = core::mem::replace(&mut port.tx_lost_slots, 0);
+                // The old queue's rings go back to the HAL here.
+                port.tx = fresh;
+                self.tx_rebuilds += 1;
+                log::info!(
+                    "virtio-serial: port {}: transmit queue rebuilt ({lost} buffers the device kept)",
+                    port.id
+                );
+            }
+            Err(e) => log::error!(
+                "virtio-serial: port {}: cannot rebuild the transmit queue after a reset: {e}",
+                port.id
+            ),
         }
     }
 
@@ -394,6 +461,24 @@ impl Inner {
     }
 }
 
+/// The device's common configuration structure, mapped, from its PCI
+/// vendor capabilities (the transport keeps its own pointer private).
+fn common_cfg(root: &mut PciRoot<PortCam>, df: DeviceFunction) -> Option<usize> {
+    let cap = root.capabilities(df).find(|c| {
+        c.id == PCI_CAP_ID_VNDR && (c.private_header >> 8) as u8 == VIRTIO_PCI_CAP_COMMON_CFG
+    })?;
+    let bar = PortCam.read_word(df, cap.offset + 4) as u8;
+    let offset = u64::from(PortCam.read_word(df, cap.offset + 8));
+    let length = PortCam.read_word(df, cap.offset + 12) as usize;
+    let (base, size) = root.bar_info(df, bar).ok()??.memory_address_size()?;
+    if base == 0 || offset + length as u64 > size || length < COMMON_QUEUE_RESET + 2 {
+        return None;
+    }
+    // SAFETY: the range lies inside a memory BAR of the device.
+    let mapped = unsafe { KernelHal::mmio_phys_to_virt(base + offset, length) };
+    Some(mapped.as_ptr() as usize)
+}
+
 /// Finds the first virtio console device on bus 0 and opens its ports
 /// `ids` (each >= 1), delivering received bytes to `sink` and host
 /// connection changes to `on_host`, both with the port's index in `ids`
@@ -413,7 +498,13 @@ pub fn probe(
     root.set_command(df, cmd | Command::MEMORY_SPACE | Command::BUS_MASTER);
     let mut transport = PciTransport::new::<KernelHal, _>(&mut root, df)
         .map_err(|e| ProbeError::Transport(alloc::format!("{e}")))?;
-    let features = transport.begin_init(Features::MULTIPORT | Features::VERSION_1);
+    let features =
+        transport.begin_init(Features::MULTIPORT | Features::VERSION_1 | Features::RING_RESET);
+    let common_cfg = if features.contains(Features::RING_RESET) {
+        common_cfg(&mut root, df)
+    } else {
+        None
+    };
     if !features.contains(Features::MULTIPORT) {
         return Err(ProbeError::NoMultiport);
     }
@@ -465,6 +556,8 @@ pub fn probe(
         sink,
         on_host,
         tx_abandoned: 0,
+        common_cfg,
+        tx_rebuilds: 0,
     };
     for i in 0..CTRL_SLOTS {
         inner.post_ctrl_rx(i);
@@ -581,11 +674,12 @@ impl SerialPorts {
         self.tx_full.load(Ordering::Relaxed)
     }
 
-    /// Bytes sent toward host clients that left before reading them, and
-    /// transmit descriptors the device kept (see [`Port::abandon_tx`]).
-    pub fn tx_abandoned(&self) -> (u64, u64) {
+    /// Bytes sent toward host clients that left before reading them,
+    /// transmit descriptors the device keeps now (see
+    /// [`Port::abandon_tx`]), and transmit queues rebuilt to get them back.
+    pub fn tx_abandoned(&self) -> (u64, u64, u64) {
         let inner = self.inner.lock();
         let slots = inner.ports.iter().map(|p| p.tx_lost_slots as u64).sum();
-        (inner.tx_abandoned, slots)
+        (inner.tx_abandoned, slots, inner.tx_rebuilds)
     }
 }

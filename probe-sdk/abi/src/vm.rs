@@ -84,6 +84,11 @@ pub struct SystemInfo {
     /// and sent to them but never read.
     pub control_abandoned_rx_bytes: u64,
     pub control_abandoned_tx_bytes: u64,
+    /// Transmit descriptors QEMU kept from clients that left (each leaves
+    /// a port one buffer short), and transmit queues reset and rebuilt to
+    /// get them back.
+    pub control_tx_slots_lost: u64,
+    pub control_tx_queue_rebuilds: u64,
 }
 
 /// Requests that exist for the test harness.

@@ -83,10 +83,12 @@ pub fn render(info: &SystemInfo) -> String {
     );
     let _ = writeln!(
         s,
-        "clients gone      {} (left {} bytes unfinished in, {} bytes unread out)",
+        "clients gone      {} (left {} bytes unfinished in, {} bytes unread out; {} transmit queues rebuilt, {} buffers lost)",
         info.control_disconnects,
         info.control_abandoned_rx_bytes,
-        info.control_abandoned_tx_bytes
+        info.control_abandoned_tx_bytes,
+        info.control_tx_queue_rebuilds,
+        info.control_tx_slots_lost
     );
     let _ = writeln!(s);
     let name_w = info
@@ -158,6 +160,8 @@ mod tests {
             control_disconnects: 3,
             control_abandoned_rx_bytes: 7,
             control_abandoned_tx_bytes: 65536,
+            control_tx_slots_lost: 0,
+            control_tx_queue_rebuilds: 1,
         };
         assert_eq!(
             render(&info),
@@ -170,7 +174,7 @@ timer             150 ticks at 100 Hz
 context switches  42
 bad frames        0
 control link      virtio-serial (10 bytes in, 20 bytes out)
-clients gone      3 (left 7 bytes unfinished in, 65536 bytes unread out)
+clients gone      3 (left 7 bytes unfinished in, 65536 bytes unread out; 1 transmit queues rebuilt, 0 buffers lost)
 
   PID  NAME     STATE      RUNTIME(ms)    SWITCHES
     0  idle     ready         1000.000          20
