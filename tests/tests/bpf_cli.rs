@@ -186,14 +186,25 @@ fn cli_load_prog_map_link_events() {
         run(&["unload", "on_target"]).trim(),
         "freed object 1 (`on_target`): 3 maps, 0 programs, 0 links"
     );
-    assert_eq!(run(&["map", "list"]).trim().lines().count(), 1, "no map left");
-    assert_eq!(run(&["pin", "list"]).trim().lines().count(), 1, "no pin left");
+    assert_eq!(
+        run(&["map", "list"]).trim().lines().count(),
+        1,
+        "no map left"
+    );
+    assert_eq!(
+        run(&["pin", "list"]).trim().lines().count(),
+        1,
+        "no pin left"
+    );
 
     // --pin NAME chooses the name; --no-pin loads for the command only.
     let out = run(&["load", obj.to_str().unwrap(), "--pin", "second"]);
     assert!(out.contains("pinned as `second`"), "{out}");
     let out = run(&["load", obj.to_str().unwrap(), "--no-pin"]);
-    assert!(out.contains("not pinned: freed when this command exits"), "{out}");
+    assert!(
+        out.contains("not pinned: freed when this command exits"),
+        "{out}"
+    );
     let pins: serde_json::Value =
         serde_json::from_str(&run(&["pin", "list", "--all", "--json"])).unwrap();
     assert_eq!(pins.as_array().unwrap().len(), 1, "{pins}");
@@ -202,6 +213,10 @@ fn cli_load_prog_map_link_events() {
         run(&["pin", "rm", "second"]).trim(),
         "unpinned `second`: freed object 2 (`on_target`): 4 maps, 1 programs, 1 links"
     );
-    assert_eq!(run(&["prog", "list"]).trim().lines().count(), 1, "no program left");
+    assert_eq!(
+        run(&["prog", "list"]).trim().lines().count(),
+        1,
+        "no program left"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

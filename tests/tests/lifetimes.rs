@@ -129,7 +129,11 @@ fn a_client_killed_mid_stream_leaves_its_session_usable() {
             .unwrap()
             .id;
         let p = rt
-            .prog_load(kprobe_prog("rbout", RB_OUT, target()), vec![seq, ring], LoadOptions::default())
+            .prog_load(
+                kprobe_prog("rbout", RB_OUT, target()),
+                vec![seq, ring],
+                LoadOptions::default(),
+            )
             .unwrap();
         rt.attach(p.id, target(), false).unwrap();
         (ring, p.id)
@@ -149,7 +153,14 @@ fn a_client_killed_mid_stream_leaves_its_session_usable() {
         // port and holds a buffer half written — the worst moment to die.
         let waits = info(&mut c).control_tx_waits;
         let mut events = ktrace()
-            .args(["--vm", &name, "events", "--map", &ring.to_string(), "--json"])
+            .args([
+                "--vm",
+                &name,
+                "events",
+                "--map",
+                &ring.to_string(),
+                "--json",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -253,7 +264,9 @@ fn killed_client_helper() {
     };
     let target: AttachTarget = serde_json::from_str(&target).unwrap();
     let vm = Vm::attach(&name).unwrap();
-    let mut c = vm.connect(&opts("lt-helper", Duration::from_secs(20))).unwrap();
+    let mut c = vm
+        .connect(&opts("lt-helper", Duration::from_secs(20)))
+        .unwrap();
     Runtime::new(&mut c)
         .load_object("big", big_object(target), true, LoadOptions::default())
         .unwrap();
@@ -264,7 +277,12 @@ fn killed_client_helper() {
 /// Starts [`killed_client_helper`] and waits until it loaded its object.
 fn spawn_helper(vm: &str) -> Child {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "killed_client_helper", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "killed_client_helper",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("KTRACE_LT_VM", vm)
         .env(
             "KTRACE_LT_TARGET",
@@ -288,7 +306,9 @@ fn spawn_helper(vm: &str) -> Child {
 /// sizes), so transient buffers weigh the same each time.
 fn with_client<T>(vm: &str, f: impl FnOnce(&mut Client) -> T) -> T {
     let v = Vm::attach(vm).unwrap();
-    let mut c = v.connect(&opts("lt-test", Duration::from_secs(20))).unwrap();
+    let mut c = v
+        .connect(&opts("lt-test", Duration::from_secs(20)))
+        .unwrap();
     f(&mut c)
 }
 
@@ -373,7 +393,15 @@ fn a_client_killed_during_its_workload_frees_its_session() {
     let name = t.name().to_string();
     let mut c = t.client();
     let mut workload = ktrace()
-        .args(["--vm", &name, "workload", "--dev", "ram0", "--count", "100000000"])
+        .args([
+            "--vm",
+            &name,
+            "workload",
+            "--dev",
+            "ram0",
+            "--count",
+            "100000000",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -619,7 +619,11 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
             rt.load_object(&name, &object, attach, &options, pin)?,
         ))),
         BpfRequest::ObjectList => ok(BpfResponse::Objects(
-            rt.objects.by_id.values().map(owners::Object::info).collect(),
+            rt.objects
+                .by_id
+                .values()
+                .map(owners::Object::info)
+                .collect(),
         )),
         BpfRequest::ObjectUnload { object } => {
             let id = rt.objects.resolve(&object)?;

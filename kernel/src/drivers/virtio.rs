@@ -22,7 +22,9 @@ static FREE_DMA: SpinLock<[Option<(u64, usize)>; 16]> = SpinLock::new([None; 16]
 /// A block of `pages` given back earlier, if any.
 fn reuse_dma(pages: usize) -> Option<u64> {
     let mut free = FREE_DMA.lock();
-    let slot = free.iter_mut().find(|s| s.is_some_and(|(_, n)| n == pages))?;
+    let slot = free
+        .iter_mut()
+        .find(|s| s.is_some_and(|(_, n)| n == pages))?;
     slot.take().map(|(paddr, _)| paddr)
 }
 
@@ -36,7 +38,9 @@ pub struct KernelHal;
 // equals its virtual address under the identity map.
 unsafe impl Hal for KernelHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-        let Some(paddr) = reuse_dma(pages).or_else(|| crate::mm::frame::alloc_contiguous(pages as u64)) else {
+        let Some(paddr) =
+            reuse_dma(pages).or_else(|| crate::mm::frame::alloc_contiguous(pages as u64))
+        else {
             // The crate offers no way to fail here; this only runs while
             // drivers initialise at boot, and once per virtio-serial port
             // when it first rebuilds a transmit queue (later rebuilds
