@@ -32,12 +32,13 @@ pub struct Holder {
 }
 
 impl Holder {
-    /// The client of the session whose task is running.
+    /// The client whose request the running session task answers (even
+    /// if it left while the request ran: it is released right after).
     pub fn current() -> Self {
         let session = crate::control::current_session();
         Self {
             session,
-            generation: crate::control::client_generation(session),
+            generation: crate::control::serving_generation(session),
         }
     }
 }

@@ -59,6 +59,11 @@ struct Channel {
     disconnects: AtomicU64,
     /// Bytes the client that went away left unread in `rx`.
     abandoned: AtomicU64,
+    /// The client generation whose requests the session's task is
+    /// answering: it lags `disconnects` until the task has seen a client
+    /// go, so what a request creates belongs to the client that sent it
+    /// even when that client left meanwhile.
+    serving: AtomicU64,
     /// Pid of the session's task (`u32::MAX` before it starts).
     pid: AtomicU32,
 }
@@ -71,6 +76,7 @@ static CHANNELS: [Channel; MAX_SESSIONS] = [const {
         tx: spin::Mutex::new(()),
         disconnects: AtomicU64::new(0),
         abandoned: AtomicU64::new(0),
+        serving: AtomicU64::new(0),
         pid: AtomicU32::new(u32::MAX),
     }
 }; MAX_SESSIONS];
@@ -185,6 +191,14 @@ pub fn client_generation(session: usize) -> u64 {
     CHANNELS
         .get(session)
         .map_or(0, |c| c.disconnects.load(Ordering::Acquire))
+}
+
+/// The client generation of `session` whose requests are being answered
+/// (see [`Channel::serving`]).
+pub fn serving_generation(session: usize) -> u64 {
+    CHANNELS
+        .get(session)
+        .map_or(0, |c| c.serving.load(Ordering::Acquire))
 }
 
 /// Sessions the link carries.
@@ -380,6 +394,7 @@ fn control_task(id: usize) {
     let mut session = Session { greeted: false };
     let mut last_rx_ns = crate::time::now_ns();
     let mut disconnects = ch.disconnects.load(Ordering::Acquire);
+    ch.serving.store(disconnects, Ordering::Release);
     log::info!("control channel ready on {} (session {id})", link_name());
     loop {
         // Interrupts deliver bytes; the timeout also polls, in case an
@@ -392,6 +407,7 @@ fn control_task(id: usize) {
             // The client left: its half frame, its handshake and its event
             // subscriptions go with it.
             disconnects = now_disconnects;
+            ch.serving.store(disconnects, Ordering::Release);
             // A frame the client left half-sent is a bad frame, counted
             // once, like one cut short on a live line.
             let partial = reader.buffered() as u64 + ch.abandoned.swap(0, Ordering::Relaxed);
