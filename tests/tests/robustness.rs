@@ -745,6 +745,19 @@ fn gen_request(kind: usize, world: &mut World, rng: &mut Rng) -> Request {
             target: Box::new(attach_target(world, rng)),
             kretprobe: rng.chance(30),
         }),
+        18 if rng.chance(25) => Request::Bpf(match rng.below(3) {
+            // Objects by pin, id or name (live, dead or made up), pins.
+            0 => B::ObjectUnload {
+                object: match rng.below(3) {
+                    0 => rng.string(&["obj", "pin"]),
+                    _ => format!("{}", rng.below(64)),
+                },
+            },
+            1 => B::Unpin {
+                name: rng.string(&["pin", "obj"]),
+            },
+            _ => B::ObjectList,
+        }),
         18 => Request::Bpf(B::Detach {
             link: world.id(rng, &world.links.clone()),
         }),
@@ -922,6 +935,26 @@ fn record(world: &mut World, req: &Request, resp: &Response) {
         }
         (Request::Bpf(BpfRequest::Detach { link }), Response::Ok) => {
             kill(&mut world.links, &mut world.dead, *link)
+        }
+        (
+            Request::Bpf(req @ (BpfRequest::ObjectUnload { .. } | BpfRequest::Unpin { .. })),
+            Response::Bpf(BpfResponse::Objects(objects)),
+        ) => {
+            // What an unload or an unpin freed is gone (an unpinned object
+            // a session still holds stays, as `session` says).
+            let unload = matches!(req, BpfRequest::ObjectUnload { .. });
+            for o in objects.iter().filter(|o| unload || o.session.is_none()) {
+                for &m in &o.maps {
+                    kill(&mut world.maps, &mut world.dead, m);
+                }
+                for &p in &o.programs {
+                    world.kprobe_progs.retain(|x| *x != p);
+                    kill(&mut world.progs, &mut world.dead, p);
+                }
+                for &l in &o.links {
+                    kill(&mut world.links, &mut world.dead, l);
+                }
+            }
         }
         _ => {}
     }
