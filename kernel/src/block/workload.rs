@@ -266,6 +266,10 @@ impl Rng {
     }
 }
 
+/// One job's task. Kept out of line: profiles (`kperf record`) name the
+/// workload by this frame, and LLVM would otherwise fold it into the
+/// spawned closure's shim when [`run`] changes shape.
+#[inline(never)]
 fn job_main(job: Job, shared: Arc<Shared>) {
     let mut r = JobResult {
         dev_index: job.dev_index,
