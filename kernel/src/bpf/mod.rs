@@ -27,6 +27,7 @@ pub mod events;
 mod helpers;
 mod kmap;
 mod owners;
+pub use owners::Holder;
 mod printk;
 mod prog;
 pub mod testing;

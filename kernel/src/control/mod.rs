@@ -421,6 +421,7 @@ fn control_task(id: usize) {
             crate::bpf::events::subscribe(Vec::new(), false);
             // What the client created and did not pin goes with it.
             crate::bpf::release_session(id);
+            crate::trace::control::release_session(id);
             log::info!("host disconnected from session {id}");
         }
         chunk.clear();

@@ -20,6 +20,7 @@ use super::kretprobe::{self, KretprobeHandler, RetInstance};
 use super::perf::{self, PerfError};
 use super::tracepoint::{self, TracepointHandler};
 use crate::arch::PtRegs;
+use crate::bpf::Holder;
 
 /// Counts hits and keeps the last value seen: the first argument (kprobe),
 /// the return value and summed latency (kretprobe), the first record word
@@ -296,7 +297,10 @@ pub fn handle(req: TraceRequest) -> Response {
             Err(e) => err(ErrorCode::NotFound, e.to_string()),
         },
         TraceRequest::PerfOpen { event } => match perf::open(&event) {
-            Ok(id) => ok(TraceResponse::PerfOpened { id }),
+            Ok(id) => {
+                PERF_HOLDERS.lock().insert(id, Holder::current());
+                ok(TraceResponse::PerfOpened { id })
+            }
             Err(e) => perf_err(e),
         },
         TraceRequest::PerfEnable { id } => perf::enable(id)
@@ -320,8 +324,45 @@ pub fn handle(req: TraceRequest) -> Response {
             Err(e) => perf_err(e),
         },
         TraceRequest::PerfClose { id } => perf::close(id)
-            .map(|_| Response::Ok)
+            .map(|_| {
+                PERF_HOLDERS.lock().remove(&id);
+                Response::Ok
+            })
             .unwrap_or_else(perf_err),
+    }
+}
+
+/// Perf events belong to the client that opened them, as in Linux, where
+/// they are file descriptors: `kperf`'s counters (and the kprobes and
+/// tracepoint attachments behind them) and its sampling timer. When that
+/// client goes, however it goes (`kill -9` included), they are closed, so
+/// the next `kperf record` does not find the one timer busy.
+static PERF_HOLDERS: spin::Mutex<BTreeMap<u32, Holder>> = spin::Mutex::new(BTreeMap::new());
+
+/// The client of control session `session` went away: close the perf
+/// events it opened (control task, once it saw the port close).
+pub fn release_session(session: usize) {
+    let generation = crate::control::client_generation(session);
+    let gone: Vec<u32> = {
+        let mut holders = PERF_HOLDERS.lock();
+        let ids: Vec<u32> = holders
+            .iter()
+            .filter(|(_, h)| h.session == session && h.generation != generation)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            holders.remove(id);
+        }
+        ids
+    };
+    for id in &gone {
+        let _ = perf::close(*id);
+    }
+    if !gone.is_empty() {
+        log::info!(
+            "trace: session {session} ended: closed {} perf events it held",
+            gone.len()
+        );
     }
 }
 

@@ -1,0 +1,114 @@
+//! Perf events belong to the client that opened them: a `kperf` killed
+//! with SIGKILL leaves no counter, no kprobe behind a counter and no busy
+//! sampling timer.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ktrace_abi::trace::{PerfEvent, ProbeKind, ProbeTarget};
+use ktrace_abi::ErrorCode;
+use ktrace_tests::{kernel_image, TestVm};
+use probe_sdk::client::Client;
+use probe_sdk::trace::TraceClient;
+
+fn kperf(args: &[&str]) -> std::process::Child {
+    Command::new(ktrace_tests::ktrace_bin().with_file_name("kperf"))
+        .args(args)
+        .env("KTRACE_KERNEL", &kernel_image().source)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kperf")
+}
+
+/// Polls `cond` every 50 ms for up to 20 s; returns how long it took.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.elapsed()
+}
+
+fn perf_kprobes(c: &mut Client) -> usize {
+    c.list_probes()
+        .unwrap()
+        .iter()
+        .filter(|p| p.handler == "perf")
+        .count()
+}
+
+fn sampling_busy(c: &mut Client) -> bool {
+    match c.perf_open(PerfEvent::Sampling {
+        freq_hz: 99,
+        max_stack: 0,
+    }) {
+        Ok(id) => {
+            c.perf_close(id).unwrap();
+            false
+        }
+        Err(e) => {
+            let r = e.kernel_reply().expect("an error frame");
+            assert_eq!(r.code, ErrorCode::Limit, "{}", r.message);
+            true
+        }
+    }
+}
+
+#[test]
+fn a_killed_kperf_leaves_no_counter_probe_or_timer_behind() {
+    let mut vm = TestVm::boot("perf-owner");
+    let name = vm.name().to_string();
+    let mut c = vm.client();
+
+    // kperf stat with a kprobe counter, killed while it counts.
+    let mut stat = kperf(&[
+        "stat",
+        "--vm",
+        &name,
+        "-e",
+        "kprobe:kernel::probe_tests::add3,context-switches",
+        "--duration",
+        "60",
+    ]);
+    wait_for("kperf stat's kprobe counter", || perf_kprobes(&mut c) == 1);
+    stat.kill().unwrap();
+    stat.wait().unwrap();
+    let gone = wait_for("the counter's kprobe to go", || perf_kprobes(&mut c) == 0);
+    eprintln!("kperf stat killed: its kprobe was removed {gone:?} later");
+
+    // kperf record holds the one sampling timer; killed, it frees it.
+    let mut record = kperf(&[
+        "record",
+        "--vm",
+        &name,
+        "-F",
+        "999",
+        "--duration",
+        "60",
+        "-o",
+        "/dev/null",
+    ]);
+    wait_for("kperf record's sampling event", || sampling_busy(&mut c));
+    record.kill().unwrap();
+    record.wait().unwrap();
+    let free = wait_for("the sampling timer to be free", || !sampling_busy(&mut c));
+    eprintln!("kperf record killed: the sampling timer was free {free:?} later");
+
+    // The probes a user added by hand are not a client's: they stay.
+    let p = c
+        .add_probe(
+            ProbeTarget::Symbol {
+                name: "kernel::probe_tests::add3".into(),
+                offset: 0,
+            },
+            ProbeKind::Kprobe,
+        )
+        .unwrap();
+    drop(c);
+    let mut c = vm.client();
+    assert_eq!(c.list_probes().unwrap().len(), 1);
+    c.remove_probe(p.id).unwrap();
+    c.info().expect("alive");
+}
