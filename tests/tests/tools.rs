@@ -5,8 +5,10 @@
 //! workload's functions, and bad arguments or a stopped VM give clear
 //! messages and exit codes.
 
+use std::io::{BufReader, Read as _};
+use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
 use ktrace_abi::block::DeviceStats;
@@ -353,4 +355,269 @@ fn bad_arguments_and_a_stopped_vm_give_clear_errors() {
         assert_eq!(out.status.code(), Some(*code), "{bin} {args:?}: {stderr}");
         assert!(stderr.contains(message), "{bin} {args:?}:\n{stderr}");
     }
+}
+
+const SIGINT: i32 = 2;
+const SIGPIPE: i32 = 13;
+const SIGTERM: i32 = 15;
+
+/// Sends `signal` to `child` (by its pid, through kill(1)).
+fn send_signal(child: &Child, signal: i32) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("cannot run kill");
+    assert!(status.success(), "kill -{signal} {}", child.id());
+}
+
+/// Starts tool `name` with stdout and stderr piped.
+fn spawn(name: &str, args: &[&str]) -> Child {
+    tool(name)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+}
+
+/// Reads lines from `r` until one contains `what`; panics at the end of
+/// the stream.
+fn read_until(r: &mut impl std::io::BufRead, what: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap() == 0 {
+            panic!("no line with `{what}` in:\n{seen}");
+        }
+        seen.push_str(&line);
+        if line.contains(what) {
+            return line;
+        }
+    }
+}
+
+/// Runs tool `name` with its stdout a pipe whose reader already left
+/// (`| head -0`): the first write fails.
+fn run_into_closed_pipe(name: &str, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    tool(name)
+        .args(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+}
+
+/// What a tool can leave behind in the kernel of VM `vm`, as `ktrace prog
+/// list`, `map list`, `link list` and `probe list` show it.
+fn leftovers(vm: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    for what in ["prog", "map", "link", "probe"] {
+        let v = json(&run_ok("ktrace", &["--vm", vm, what, "list", "--json"]));
+        for item in v.as_array().unwrap_or_else(|| panic!("{what} list: {v}")) {
+            left.push(format!("{what} {} {}", item["id"], item["name"]));
+        }
+    }
+    left
+}
+
+/// The sum of the count column of a text histogram (`biolatency`).
+fn histogram_total(text: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.contains(" -> "))
+        .map(|l| {
+            let count = l.split(':').nth(1).unwrap().split('|').next().unwrap();
+            count.trim().parse::<u64>().unwrap()
+        })
+        .sum()
+}
+
+fn workload(vm: &str, count: &str) {
+    run_ok(
+        "ktrace",
+        &[
+            "--vm", vm, "workload", "--dev", "vda", "--count", count, "--quiet",
+        ],
+    );
+}
+
+#[test]
+fn a_closed_pipe_or_a_signal_ends_every_tool_quietly_and_leaves_nothing_in_the_kernel() {
+    let (mut vm, dir) = boot("tools-stop");
+    let name = vm.name().to_string();
+    let vm_args = ["--vm", name.as_str()];
+
+    // `biosnoop -- <workload> | head -1`: the reader leaves after the
+    // header, before the workload starts, so every record line meets a
+    // closed pipe. biosnoop waits for the workload (the kernel cannot cut
+    // it short), removes its probe and ends by SIGPIPE, like `cat`.
+    let mut child = spawn(
+        "biosnoop",
+        &[
+            &vm_args[..],
+            &["--", "--dev", "vda", "--count", "200", "--quiet"],
+        ]
+        .concat(),
+    );
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let header = read_until(&mut stdout, "TIME(s)");
+    assert!(header.contains("LAT(ms)"), "{header}");
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(SIGPIPE),
+        "{}: {stderr}",
+        out.status
+    );
+    assert_eq!(stderr, "", "biosnoop into a closed pipe is quiet");
+    assert_eq!(
+        leftovers(&name),
+        Vec::<String>::new(),
+        "after biosnoop | head"
+    );
+
+    // SIGTERM while biosnoop streams: the probe is there, then it is not,
+    // and the status says SIGTERM.
+    let mut child = spawn("biosnoop", &vm_args);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    read_until(&mut stdout, "TIME(s)");
+    let loaded = leftovers(&name);
+    assert_eq!(
+        loaded.iter().filter(|l| l.starts_with("prog ")).count(),
+        3,
+        "biosnoop's programs while it runs: {loaded:?}"
+    );
+    workload(&name, "20");
+    // The 20 records, then the signal.
+    for _ in 0..20 {
+        read_until(&mut stdout, "fio-vda");
+    }
+    send_signal(&child, SIGTERM);
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.signal(), Some(SIGTERM), "{status}: {stderr}");
+    assert_eq!(stderr.trim(), "20 requests");
+    assert_eq!(leftovers(&name), Vec::<String>::new(), "after SIGTERM");
+
+    // Ctrl-C is how biolatency is asked for its histogram: it prints the
+    // requests completed meanwhile, removes its probe, exits 0.
+    let mut child = spawn("biolatency", &vm_args);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    read_until(&mut stderr, "Hit Ctrl-C to end");
+    let before = vda(&mut vm);
+    workload(&name, "150");
+    let after = vda(&mut vm);
+    send_signal(&child, SIGINT);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}: {text}", out.status);
+    assert_eq!(
+        histogram_total(&text),
+        after.completed() - before.completed(),
+        "{text}"
+    );
+    assert_eq!(leftovers(&name), Vec::<String>::new(), "after Ctrl-C");
+
+    // kperf stat -I: Ctrl-C ends the counting; its kprobe goes away and
+    // the intervals add up to the bios submitted.
+    let mut child = spawn(
+        "kperf",
+        &[
+            &vm_args[..],
+            &[
+                "stat",
+                "-I",
+                "200",
+                "--duration",
+                "600",
+                "-e",
+                "kprobe:RequestQueue::submit_bio",
+            ],
+        ]
+        .concat(),
+    );
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    read_until(&mut stdout, "counts unit events");
+    assert_eq!(
+        leftovers(&name)
+            .iter()
+            .filter(|l| l.starts_with("probe "))
+            .count(),
+        1
+    );
+    let before = vda(&mut vm);
+    workload(&name, "100");
+    let after = vda(&mut vm);
+    send_signal(&child, SIGINT);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let counted: u64 = rest
+        .lines()
+        .map(|l| {
+            let count = l.split_whitespace().nth(1).unwrap();
+            count.replace(',', "").parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(counted, after.bios - before.bios, "{rest}");
+    assert_eq!(leftovers(&name), Vec::<String>::new(), "after kperf stat");
+
+    // Into a pipe whose reader already left: every binary ends by SIGPIPE
+    // without a word, and what it loaded is gone.
+    let c_object = dir.join("two.bpf.o");
+    let c_source = dir.join("two.c");
+    std::fs::write(
+        &c_source,
+        "__attribute__((section(\"tracepoint/block/block_rq_issue\"), used))\n\
+         int two(void *ctx) { return 2; }\n\
+         char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
+    )
+    .unwrap();
+    let st = Command::new("clang-22")
+        .args(["-target", "bpf", "-O2", "-g", "-c"])
+        .arg(&c_source)
+        .arg("-o")
+        .arg(&c_object)
+        .status();
+    assert!(st.is_ok_and(|s| s.success()), "clang-22 -target bpf failed");
+    let object = c_object.to_str().unwrap();
+    let cases: &[(&str, &[&str])] = &[
+        ("ktrace", &["check", "--log-level", "2", object]),
+        ("ktrace", &["symbols", "submit_bio"]),
+        ("ktrace", &["--vm", &name, "tracepoint", "list", "-v"]),
+        ("kperf", &["--vm", &name, "list"]),
+        ("biolatency", &["--vm", &name, "1", "1"]),
+        (
+            "biosnoop",
+            &["--vm", &name, "--", "--dev", "vda", "--count", "10"],
+        ),
+    ];
+    for (bin, args) in cases {
+        let out = run_into_closed_pipe(bin, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(SIGPIPE),
+            "{bin} {args:?}: {}: {stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "{bin} {args:?}: {stderr}");
+        assert_eq!(
+            leftovers(&name),
+            Vec::<String>::new(),
+            "after {bin} {args:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

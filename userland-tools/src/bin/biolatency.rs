@@ -7,11 +7,15 @@
 //! biolatency -D -- --dev vda --rw randread --count 2000
 //! ```
 
+// Output goes through `outln!`/`errln!` (see `stop`): `println!` panics on a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use ktrace_tools::tools::{self, biolatency as bl};
+use ktrace_tools::{errln, out, outln, stop};
 use probe_sdk::runtime::Runtime;
 
 #[derive(Parser)]
@@ -54,7 +58,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tools::exit("biolatency", run(Cli::parse()))
+    stop::exit("biolatency", run(Cli::parse()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -79,8 +83,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = tools::connect(&cli.vm, "biolatency")?;
     let disks = tools::disk_names(&mut client)?;
     let mut rt = Runtime::new(&mut client);
+    // From here on a signal or a closed stdout ends the tracing loop, so
+    // the probe is always removed before the process ends.
+    stop::catch_signals();
     let probe = tools::load_probe(&mut rt, "biolatency", object, &opts.settings())?;
-    tools::catch_ctrl_c();
     let result = trace(&cli, &opts, spec.as_ref(), &mut rt, &probe, &disks);
     let removed = probe.remove(&mut rt);
     result?;
@@ -93,13 +99,13 @@ fn print(cli: &Cli, opts: &bl::Options, h: &bl::Histograms) {
         if cli.timestamp {
             v["time"] = serde_json::json!(clock());
         }
-        println!("{v}");
+        outln!("{v}");
         return;
     }
     if cli.timestamp {
-        println!("{}", clock());
+        outln!("{}", clock());
     }
-    print!("{}", bl::render(h, opts));
+    out!("{}", bl::render(h, opts));
 }
 
 /// Wall-clock time of day, UTC, as BCC's `-T` prints it.
@@ -124,34 +130,37 @@ fn trace(
     disks: &[(u32, String)],
 ) -> anyhow::Result<()> {
     if let Some(spec) = spec {
+        if stop::stop_requested() {
+            return Ok(());
+        }
         if !cli.json {
-            eprintln!("Tracing block device I/O while the workload runs...");
+            errln!("Tracing block device I/O while the workload runs...");
         }
         let report = tools::run_workload_with_events(rt.client(), spec, |_| {}, |_| {})?;
         if !cli.json {
-            eprintln!(
+            errln!(
                 "workload: {} I/Os in {:.2} s ({} errors)",
                 report.ios,
                 report.elapsed_ns as f64 / 1e9,
                 report.errors
             );
-            println!();
+            outln!();
         }
         print(cli, opts, &bl::read(rt, probe, disks)?);
         return Ok(());
     }
     if !cli.json {
         match cli.interval {
-            Some(_) => eprintln!("Tracing block device I/O... Hit Ctrl-C to end."),
-            None => eprintln!("Tracing block device I/O... Hit Ctrl-C to end and print."),
+            Some(_) => errln!("Tracing block device I/O... Hit Ctrl-C to end."),
+            None => errln!("Tracing block device I/O... Hit Ctrl-C to end and print."),
         }
     }
     let interval = Duration::from_secs(cli.interval.unwrap_or(99_999_999));
     let mut printed = 0u64;
     loop {
-        let finished = !tools::sleep_unless_interrupted(interval);
+        let finished = !stop::sleep_unless_stopped(interval);
         if !cli.json {
-            println!();
+            outln!();
         }
         print(cli, opts, &bl::read(rt, probe, disks)?);
         printed += 1;

@@ -7,12 +7,16 @@
 //! biosnoop -Q -- --dev vda --rw randread --count 200
 //! ```
 
+// Output goes through `outln!`/`errln!` (see `stop`): `println!` panics on a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use ktrace_abi::bpf::{EventBatch, EventSource};
 use ktrace_tools::tools::{self, biosnoop as bs};
+use ktrace_tools::{errln, outln, stop};
 use probe_sdk::runtime::Runtime;
 
 #[derive(Parser)]
@@ -43,7 +47,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tools::exit("biosnoop", run(Cli::parse()))
+    stop::exit("biosnoop", run(Cli::parse()))
 }
 
 /// Prints the records of event batches as lines.
@@ -63,20 +67,20 @@ impl Printer<'_> {
                 continue;
             }
             let Some(e) = bs::Event::decode(&r.data, self.disks) else {
-                eprintln!("biosnoop: short record ({} bytes) skipped", r.data.len());
+                errln!("biosnoop: short record ({} bytes) skipped", r.data.len());
                 continue;
             };
             let t0 = *self.t0.get_or_insert(e.ts_ns);
             self.lines += 1;
             if self.cli.json {
-                println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                outln!("{}", serde_json::to_string(&e).unwrap_or_default());
             } else {
-                println!("{}", bs::line(&e, t0, self.cli.queue));
+                outln!("{}", bs::line(&e, t0, self.cli.queue));
             }
         }
         for l in &b.lost {
             if l.map == self.map && l.lost > self.lost {
-                eprintln!(
+                errln!(
                     "biosnoop: {} records lost (ring buffer full)",
                     l.lost - self.lost
                 );
@@ -99,8 +103,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = tools::connect(&cli.vm, "biosnoop")?;
     let disks = tools::disk_names(&mut client)?;
     let mut rt = Runtime::new(&mut client);
+    // From here on a signal or a closed stdout stops the tracing loop, so
+    // the probe is always removed before the process ends.
+    stop::catch_signals();
     let probe = tools::load_probe(&mut rt, "biosnoop", object, &[])?;
-    tools::catch_ctrl_c();
     let result = (|| -> anyhow::Result<u64> {
         let map = probe.map("EVENTS")?.id;
         let mut p = Printer {
@@ -113,15 +119,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         };
         rt.subscribe(vec![map], false)?;
         if !cli.json {
-            println!("{}", bs::header(cli.queue));
+            outln!("{}", bs::header(cli.queue));
         }
-        if let Some(spec) = &spec {
+        if let Some(spec) = spec.as_ref().filter(|_| !stop::stop_requested()) {
             tools::run_workload_with_events(rt.client(), spec, |_| {}, |b| p.batch(b))?;
         } else {
             let end = cli
                 .duration
                 .map(|d| std::time::Instant::now() + Duration::from_secs_f64(d));
-            while !tools::interrupted() && end.is_none_or(|e| std::time::Instant::now() < e) {
+            while !stop::stop_requested() && end.is_none_or(|e| std::time::Instant::now() < e) {
                 if let Some(b) = rt.next_events(Duration::from_millis(100))? {
                     p.batch(b);
                 }
@@ -147,8 +153,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let removed = probe.remove(&mut rt);
     let lines = result?;
     removed.map_err(|e| e.context("detaching the probe"))?;
-    if !cli.json {
-        eprintln!("{lines} requests");
+    if !cli.json && !stop::stdout_closed() {
+        errln!("{lines} requests");
     }
     Ok(())
 }

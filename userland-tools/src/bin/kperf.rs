@@ -9,6 +9,9 @@
 //! kperf report --flamegraph kperf.svg
 //! ```
 
+// Output goes through `outln!`/`errln!` (see `stop`): `println!` panics on a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -19,6 +22,7 @@ use ktrace_abi::block::{WorkloadLimit, WorkloadSpec};
 use ktrace_abi::trace::PerfEvent;
 use ktrace_tools::report::{profile, stat};
 use ktrace_tools::tools::{self, kperf as kp};
+use ktrace_tools::{err, errln, out, outln, stop};
 use probe_sdk::client::Client;
 use probe_sdk::trace::TraceClient;
 
@@ -135,7 +139,7 @@ fn main() -> ExitCode {
         Command::Record(a) => record(a, &cli.vm),
         Command::Report(a) => report(a),
     };
-    tools::exit("kperf", r)
+    stop::exit("kperf", r)
 }
 
 fn list(args: ListArgs, vm: &str) -> anyhow::Result<()> {
@@ -183,16 +187,16 @@ fn list(args: ListArgs, vm: &str) -> anyhow::Result<()> {
             .iter()
             .map(|(n, k)| serde_json::json!({ "event": n, "kind": k }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!();
-    println!("List of pre-defined events (to be used in -e):");
-    println!();
+    outln!();
+    outln!("List of pre-defined events (to be used in -e):");
+    outln!();
     for (n, k) in rows {
-        println!("  {n:<44} {k}");
+        outln!("  {n:<44} {k}");
     }
-    println!();
+    outln!();
     Ok(())
 }
 
@@ -276,18 +280,18 @@ fn do_work(client: &mut Client, work: &Work, progress: bool) -> anyhow::Result<D
                 spec,
                 |p| {
                     if progress {
-                        eprint!("\r{}", ktrace_tools::cmd::workload::progress_line(p));
+                        err!("\r{}", ktrace_tools::cmd::workload::progress_line(p));
                         shown = true;
                     }
                 },
                 |_| {},
             );
             if shown {
-                eprintln!();
+                errln!();
             }
             let r = r?;
             if r.errors > 0 {
-                eprintln!(
+                errln!(
                     "kperf: the workload saw {} I/O errors ({})",
                     r.errors,
                     r.first_error.as_deref().unwrap_or("?")
@@ -295,7 +299,7 @@ fn do_work(client: &mut Client, work: &Work, progress: bool) -> anyhow::Result<D
             }
         }
         Work::Sleep(d) => {
-            tools::sleep_unless_interrupted(*d);
+            stop::sleep_unless_stopped(*d);
         }
     }
     Ok(start.elapsed())
@@ -324,7 +328,7 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
         Work::Sleep(d) => format!("{:.3} s", d.as_secs_f64()),
     };
     let mut client = tools::connect(vm, "kperf stat")?;
-    tools::catch_ctrl_c();
+    stop::catch_signals();
     if let Some(ms) = args.interval_ms {
         return interval_stat(&mut client, &evs, &work, ms, args.json);
     }
@@ -351,7 +355,7 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
         })();
         kp::close_counters(&mut client, &counters);
         r?;
-        if tools::interrupted() {
+        if stop::stop_requested() {
             break;
         }
     }
@@ -380,14 +384,14 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "title": title, "runs": elapsed.len(), "elapsed_s": elapsed, "counters": v,
             }))?
         );
     } else {
-        print!(
+        out!(
             "{}",
             stat::render(&title, elapsed.len(), &rows, mean_elapsed)
         );
@@ -419,12 +423,12 @@ fn interval_stat(
         let ids: Vec<u32> = counters.iter().filter_map(|c| c.id).collect();
         client.perf_enable_group(&ids)?;
         if !json {
-            println!("#           time             counts unit events");
+            outln!("#           time             counts unit events");
         }
         let start = Instant::now();
         let mut last = vec![0u64; counters.len()];
         let mut done = 0u64;
-        while done < total_ms && !tools::interrupted() {
+        while done < total_ms && !stop::stop_requested() {
             let slice = ms.min(total_ms - done);
             match work {
                 Work::Workload(spec, _) => {
@@ -433,7 +437,7 @@ fn interval_stat(
                     tools::run_workload_with_events(client, &s, |_| {}, |_| {})?;
                 }
                 Work::Sleep(_) => {
-                    tools::sleep_unless_interrupted(Duration::from_millis(slice));
+                    stop::sleep_unless_stopped(Duration::from_millis(slice));
                 }
             }
             done += slice;
@@ -441,7 +445,7 @@ fn interval_stat(
             for (i, c) in counters.iter().enumerate() {
                 let Some(id) = c.id else {
                     if !json {
-                        println!("{t:16.9} {:>18}      {}", "<not supported>", c.name);
+                        outln!("{t:16.9} {:>18}      {}", "<not supported>", c.name);
                     }
                     continue;
                 };
@@ -449,12 +453,12 @@ fn interval_stat(
                 let d = v - last[i].min(v);
                 last[i] = v;
                 if json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({ "time": t, "event": c.name, "count": d })
                     );
                 } else {
-                    println!("{t:16.9} {:>18}      {}", stat::thousands(d), c.name);
+                    outln!("{t:16.9} {:>18}      {}", stat::thousands(d), c.name);
                 }
             }
         }
@@ -476,7 +480,7 @@ fn record(args: RecordArgs, vm: &str) -> anyhow::Result<()> {
     let index = ktrace_symbols::SymbolIndex::from_path(&elf)
         .with_context(|| format!("reading kernel symbols from {}", elf.display()))?;
     let mut client = tools::connect(vm, "kperf record")?;
-    tools::catch_ctrl_c();
+    stop::catch_signals();
     let id = client.perf_open(PerfEvent::Sampling {
         freq_hz: args.freq,
         max_stack: if args.call_graph { 64 } else { 0 },
@@ -514,7 +518,7 @@ fn record(args: RecordArgs, vm: &str) -> anyhow::Result<()> {
         kernel: client.info().map(|i| i.kernel_version).unwrap_or_default(),
     };
     kp::write_data(&args.output, &header, &samples)?;
-    eprintln!(
+    errln!(
         "[ kperf record: {} samples ({} lost) in {:.2} s written to {} ]",
         samples.len(),
         lost,
@@ -556,7 +560,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         write_file(svg, &bytes)?;
     }
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "samples": data.len(), "lost": header.lost, "freq_hz": header.freq_hz,
@@ -564,7 +568,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
             }))?
         );
     } else {
-        println!(
+        outln!(
             "# {} Hz sampling{}, {:.2} s, {} periods lost",
             header.freq_hz,
             if header.call_graph {
@@ -575,13 +579,13 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
             header.duration_ns as f64 / 1e9,
             header.lost
         );
-        print!("{}", profile::render_top(&rows, data.len(), args.limit));
+        out!("{}", profile::render_top(&rows, data.len(), args.limit));
     }
     if let Some(p) = &folded_path {
-        eprintln!("folded stacks written to {}", p.display());
+        errln!("folded stacks written to {}", p.display());
     }
     if let Some(p) = &args.flamegraph {
-        eprintln!("flame graph written to {}", p.display());
+        errln!("flame graph written to {}", p.display());
     }
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! `ktrace`: boot the ktrace kernel, resolve symbols, build, check and load
 //! probes, and read what they collect.
 
+// Output goes through `outln!`/`errln!` (see `stop`): `println!` panics on a closed pipe.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -79,5 +82,5 @@ fn main() -> std::process::ExitCode {
         Command::Trace(args) => ktrace_tools::cmd::trace::run(args, &cli.vm),
         Command::Demo(args) => ktrace_tools::cmd::demo::run(args, &cli.vm),
     };
-    ktrace_tools::tools::exit("ktrace", result)
+    ktrace_tools::stop::exit("ktrace", result)
 }

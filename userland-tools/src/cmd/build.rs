@@ -53,7 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let quiet = args.quiet;
     let out = build(&opts, &mut |line| {
         if !quiet {
-            eprintln!("{line}");
+            errln!("{line}");
         }
     })?;
     let bytes =
@@ -61,14 +61,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let obj = object::parse(&bytes).with_context(|| format!("{}", out.object.display()))?;
     if !quiet {
         for line in summary(&obj) {
-            eprintln!("{line}");
+            errln!("{line}");
         }
     }
-    println!("{}", out.object.display());
+    outln!("{}", out.object.display());
     if args.check {
         let verdicts = probe_sdk::check::check_object(&obj, Default::default());
         for v in &verdicts {
-            eprintln!("{v}");
+            errln!("{v}");
         }
         let rejected = verdicts.iter().filter(|v| !v.accepted()).count();
         if rejected > 0 {

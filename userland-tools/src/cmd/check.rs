@@ -61,20 +61,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let verdicts = check_object(&obj, opts);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json(&verdicts))?);
+        outln!("{}", serde_json::to_string_pretty(&json(&verdicts))?);
     } else {
         for v in &verdicts {
             if !v.log.is_empty() {
-                print!("{}", v.log);
+                out!("{}", v.log);
             }
-            println!("{v}");
+            outln!("{v}");
             if let Outcome::Rejected(r) = &v.outcome {
                 if let Some(snippet) = r.location.as_deref().and_then(source_snippet) {
-                    println!("{snippet}");
+                    outln!("{snippet}");
                 }
             }
             if args.linux {
-                println!("  {}", linux_verdict(&obj, &v.program)?);
+                outln!("  {}", linux_verdict(&obj, &v.program)?);
             }
         }
     }

@@ -44,7 +44,7 @@ const EVENTS: &[&str] = &[
 ];
 
 fn step(n: u32, text: &str) {
-    println!("\n[{n}/6] {text}");
+    outln!("\n[{n}/6] {text}");
 }
 
 /// Run `ktrace demo` as VM `vm_name`.
@@ -52,7 +52,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     let t0 = Instant::now();
     step(1, "Checking the setup");
     let object = tools::embedded_probe("biolatency")?;
-    println!(
+    outln!(
         "  biolatency probe: {} bytes of eBPF, compiled from Rust (examples/biolatency) with this binary",
         object.len()
     );
@@ -64,7 +64,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     {
         bail!("qemu-system-x86_64 is not installed: run `bash scripts/setup.sh` (Debian: apt-get install qemu-system-x86)");
     }
-    println!("  qemu-system-x86_64 found");
+    outln!("  qemu-system-x86_64 found");
     if Vm::attach(vm_name).is_ok() {
         bail!(
             "VM `{vm_name}` is already running; stop it (`ktrace --vm {vm_name} vm stop`) or pick another name with --vm"
@@ -82,22 +82,29 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     // first time), so the demo is never silent.
     cfg.quiet_build = false;
     let vm = Vm::start(&cfg)?;
-    let result = story(&args, &vm, object);
+    // Ctrl-C, SIGTERM or a closed stdout from here on end the story early
+    // but still remove the probe and stop the VM.
+    crate::stop::catch_signals();
+    let result = if crate::stop::stop_requested() {
+        Ok(())
+    } else {
+        story(&args, &vm, object)
+    };
     if args.keep {
-        println!("\nVM `{vm_name}` left running (ktrace --vm {vm_name} vm stop)");
+        outln!("\nVM `{vm_name}` left running (ktrace --vm {vm_name} vm stop)");
     } else {
         step(6, "Shutting down");
         let report = vm.stop(Duration::from_secs(10));
-        println!("  VM stopped ({:?})", report.how);
+        outln!("  VM stopped ({:?})", report.how);
     }
     result?;
-    println!("\ndemo finished in {:.1} s", t0.elapsed().as_secs_f64());
+    outln!("\ndemo finished in {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
 
 fn story(args: &Args, vm: &Vm, object: &[u8]) -> anyhow::Result<()> {
     if let Some(boot) = vm.boot_info() {
-        println!(
+        outln!(
             "  kernel {} answered in {:.2} s; {} symbols embedded",
             boot.hello.kernel_version,
             boot.boot_time.as_secs_f64(),
@@ -112,7 +119,7 @@ fn story(args: &Args, vm: &Vm, object: &[u8]) -> anyhow::Result<()> {
     let Some(vda) = disks.iter().find(|d| d.kind == "virtio-blk") else {
         bail!("the kernel found no virtio disk");
     };
-    println!(
+    outln!(
         "  disk {}: {} MiB, {} scheduler, queue depth {}",
         vda.name,
         vda.capacity_sectors / 2048,
@@ -127,9 +134,12 @@ fn story(args: &Args, vm: &Vm, object: &[u8]) -> anyhow::Result<()> {
     let opts = bl::Options::default();
     let probe = tools::load_probe(&mut rt, "biolatency", object, &opts.settings())?;
     for p in &probe.programs {
-        println!(
+        outln!(
             "  prog {:<12} {:<34} {:>3} insns, verified ({} insns processed)",
-            p.name, p.section, p.insns, p.verifier.insns_processed
+            p.name,
+            p.section,
+            p.insns,
+            p.verifier.insns_processed
         );
     }
     let r = measure(args, &mut rt, &probe, &dev, &names);
@@ -173,14 +183,14 @@ fn measure(
             &spec,
             |p| {
                 use std::io::Write as _;
-                print!("\r  {}", super::workload::progress_line(p));
+                out!("\r  {}", super::workload::progress_line(p));
                 let _ = std::io::stdout().flush();
             },
             |_| {},
         )?;
         client.perf_disable_group(&ids)?;
         let elapsed = t.elapsed().as_secs_f64();
-        println!(
+        outln!(
             "\r  {} I/Os in {:.2} s: {:.0} IOPS, mean latency {:.1} us, {} errors{}",
             report.ios,
             report.elapsed_ns as f64 / 1e9,
@@ -204,9 +214,9 @@ fn measure(
 
     step(5, "Results");
     let h = bl::read(rt, probe, names)?;
-    println!("\n  Block I/O latency (issue -> complete), from the Rust probe's LATENCY_US map:\n");
+    outln!("\n  Block I/O latency (issue -> complete), from the Rust probe's LATENCY_US map:\n");
     for line in bl::render(&h, &bl::Options::default()).lines() {
-        println!("  {line}");
+        outln!("  {line}");
     }
     let rows: Vec<stat::CounterRow> = counters
         .iter()
@@ -235,7 +245,7 @@ fn measure(
     )
     .lines()
     {
-        println!("  {line}");
+        outln!("  {line}");
     }
     let completed = after.completed() - before.completed();
     let issued = after.issued - before.issued;
@@ -245,8 +255,8 @@ fn measure(
             .position(|c| c.name == name)
             .and_then(|i| vals[i])
     };
-    println!("\n  Cross-check against the kernel's disk statistics ({dev}):");
-    println!(
+    outln!("\n  Cross-check against the kernel's disk statistics ({dev}):");
+    outln!(
         "    requests completed (diskstats)       {completed:>8}\n    \
          histogram total (Rust probe)         {:>8}  {}\n    \
          block:block_rq_complete (kperf)      {:>8}  {}\n    \

@@ -56,18 +56,18 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                 }
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
+                outln!("{}", serde_json::to_string_pretty(&stats)?);
             } else if raw {
                 for s in &stats {
-                    println!("{}", s.diskstats_line());
+                    outln!("{}", s.diskstats_line());
                 }
             } else {
-                print!("{}", render(&stats));
+                out!("{}", render(&stats));
             }
         }
         Command::Scheduler { dev, scheduler } => {
             client.set_scheduler(&dev, &scheduler)?;
-            println!("{dev}: scheduler {scheduler}");
+            outln!("{dev}: scheduler {scheduler}");
         }
     }
     Ok(())

@@ -86,7 +86,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     };
     rt.subscribe(ids.clone(), !args.no_printk)?;
     if !args.json {
-        eprintln!(
+        errln!(
             "streaming maps {ids:?}{}; Ctrl-C to stop",
             if args.no_printk {
                 ""
@@ -117,12 +117,12 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             let t = start.elapsed().as_secs_f64();
             match (&r.source, args.json) {
                 (EventSource::Printk { prog }, true) => {
-                    println!(
+                    outln!(
                         "{}",
                         json!({ "t": t, "printk": { "prog": prog, "text": String::from_utf8_lossy(&r.data) } })
                     )
                 }
-                (EventSource::Printk { prog }, false) => println!(
+                (EventSource::Printk { prog }, false) => outln!(
                     "{t:10.6} printk prog {prog}: {}",
                     String::from_utf8_lossy(&r.data)
                 ),
@@ -131,20 +131,20 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                     if let Some(rec) = typed_json(map, &r.data) {
                         o["record"] = rec;
                     }
-                    println!("{o}")
+                    outln!("{o}")
                 }
                 (EventSource::RingBuf { map }, false) => {
-                    println!("{t:10.6} ringbuf {map}: {}", typed_text(map, &r.data))
+                    outln!("{t:10.6} ringbuf {map}: {}", typed_text(map, &r.data))
                 }
                 (EventSource::Perf { map, cpu }, true) => {
                     let mut o = json!({ "t": t, "map": map, "cpu": cpu, "data": r.data });
                     if let Some(rec) = typed_json(map, &r.data) {
                         o["record"] = rec;
                     }
-                    println!("{o}")
+                    outln!("{o}")
                 }
                 (EventSource::Perf { map, cpu }, false) => {
-                    println!(
+                    outln!(
                         "{t:10.6} perf {map} cpu {cpu}: {}",
                         typed_text(map, &r.data)
                     )
@@ -160,12 +160,12 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                     format!("map {}", l.map)
                 };
                 if args.json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({ "lost": { "stream": stream, "total": l.lost, "new": l.lost - prev } })
                     );
                 } else {
-                    eprintln!(
+                    errln!(
                         "{stream}: {} records lost ({} in total)",
                         l.lost - prev,
                         l.lost
@@ -176,7 +176,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     }
     rt.subscribe(Vec::new(), false)?;
     if !args.json {
-        eprintln!("{seen} records, {} lost", lost_seen.values().sum::<u64>());
+        errln!("{seen} records, {} lost", lost_seen.values().sum::<u64>());
     }
     Ok(())
 }

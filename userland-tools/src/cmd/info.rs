@@ -23,9 +23,9 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     })?;
     let info = client.info()?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        outln!("{}", serde_json::to_string_pretty(&info)?);
     } else {
-        print!("{}", render(&info));
+        out!("{}", render(&info));
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         Command::List => {
             let links = rt.links()?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&links)?);
+                outln!("{}", serde_json::to_string_pretty(&links)?);
             } else {
                 let rows: Vec<Vec<String>> = links
                     .iter()
@@ -39,7 +39,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                         ]
                     })
                     .collect();
-                print!(
+                out!(
                     "{}",
                     table(&["ID", "PROG", "TARGET", "HITS", "ORDER"], &rows)
                 );
@@ -48,9 +48,9 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         Command::Detach { id } => {
             rt.detach(id)?;
             if args.json {
-                println!("{}", serde_json::json!({ "detached": id }));
+                outln!("{}", serde_json::json!({ "detached": id }));
             } else {
-                println!("detached link {id}");
+                outln!("detached link {id}");
             }
         }
     }

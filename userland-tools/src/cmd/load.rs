@@ -75,7 +75,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     let quiet = args.json;
     let prepared = runtime::prepare(&args.path, &elf, &mut |line| {
         if !quiet {
-            eprintln!("{line}");
+            errln!("{line}");
         }
     })?;
     let mut client = connect(vm_name, "ktrace load")?;
@@ -99,9 +99,9 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         Ok(l) => l,
         Err(RuntimeError::Rejected(r)) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&*r)?);
+                outln!("{}", serde_json::to_string_pretty(&*r)?);
             } else if !r.report.log.is_empty() {
-                eprintln!("{}", r.report.log.trim_end());
+                errln!("{}", r.report.log.trim_end());
             }
             anyhow::bail!(
                 "the kernel verifier rejected program `{}` (section `{}`):\n{}",
@@ -113,21 +113,21 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&loaded)?);
+        outln!("{}", serde_json::to_string_pretty(&loaded)?);
         return Ok(());
     }
     match &pin {
-        Some(p) => println!(
+        Some(p) => outln!(
             "loaded `{}` as object {}, pinned as `{p}` (free it with `ktrace unload {p}`)",
             prepared.name, loaded.object.id
         ),
-        None => println!(
+        None => outln!(
             "loaded `{}` as object {}, not pinned: freed when this command exits",
             prepared.name, loaded.object.id
         ),
     }
     for m in &loaded.maps {
-        println!(
+        outln!(
             "  map  {:>3}  {:<16} {:<14} key {} B  value {} B  max {}  ({} bytes)",
             m.id,
             m.name,
@@ -139,7 +139,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         );
     }
     for p in &loaded.programs {
-        println!(
+        outln!(
             "  prog {:>3}  {:<16} {:<40} {} insns, verified in {} insns processed ({} us)",
             p.id,
             p.name,
@@ -149,11 +149,11 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             p.verifier.time_ns / 1000
         );
         if args.log_level > 0 && !p.verifier.log.is_empty() {
-            println!("{}", p.verifier.log.trim_end());
+            outln!("{}", p.verifier.log.trim_end());
         }
     }
     for l in &loaded.links {
-        println!(
+        outln!(
             "  link {:>3}  prog {}  {}",
             l.id,
             l.prog,

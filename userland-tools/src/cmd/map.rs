@@ -72,7 +72,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         Command::List { verbose } => {
             let maps = rt.maps()?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&maps)?);
+                outln!("{}", serde_json::to_string_pretty(&maps)?);
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = maps
@@ -100,7 +100,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 table(
                     &[
@@ -126,7 +126,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                         ("record", &m.types.record),
                     ] {
                         if let Some(d) = d {
-                            println!(
+                            outln!(
                                 "{} {} {role}: {}",
                                 m.id,
                                 m.name,
@@ -157,12 +157,12 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                     .map(|e| u64::from_le_bytes(e.value[..8].try_into().unwrap_or([0; 8])))
                     .collect();
                 if args.json {
-                    println!(
+                    outln!(
                         "{}",
                         json!({ "map": m.name, "slots": slots, "total": crate::report::hist::total(&slots) })
                     );
                 } else {
-                    print!(
+                    out!(
                         "{}",
                         crate::report::hist::render(&unit, &crate::report::hist::buckets(&slots))
                     );
@@ -174,23 +174,23 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                     .iter()
                     .map(|e| json!({ "key": json_key(&m, &e.key), "value": json_value(&m, &e.value) }))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for e in &entries {
-                    println!("{}: {}", show_key(&m, &e.key), show_value(&m, &e.value));
+                    outln!("{}: {}", show_key(&m, &e.key), show_value(&m, &e.value));
                 }
-                println!("{} entries", entries.len());
+                outln!("{} entries", entries.len());
             }
         }
         Command::Lookup { map, key } => {
             let m = find_map(&mut rt, &map)?;
             let k = parse_typed(m.types.key.as_ref(), &key, m.key_size as usize, "key")?;
             match rt.map_lookup(m.id, &k)? {
-                Some(v) if args.json => println!(
+                Some(v) if args.json => outln!(
                     "{}",
                     json!({ "key": json_key(&m, &k), "value": json_value(&m, &v) })
                 ),
-                Some(v) => println!("{}: {}", show_key(&m, &k), show_value(&m, &v)),
+                Some(v) => outln!("{}: {}", show_key(&m, &k), show_value(&m, &v)),
                 None => anyhow::bail!("map `{}` has no key {key}", m.name),
             }
         }
@@ -211,7 +211,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             let v = parse_value(&m, &value)?;
             rt.map_update(m.id, &k, &v, f)?;
             if args.json {
-                println!("{}", json!({ "updated": true }));
+                outln!("{}", json!({ "updated": true }));
             }
         }
         Command::Delete { map, key } => {
@@ -219,18 +219,18 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             let k = parse_typed(m.types.key.as_ref(), &key, m.key_size as usize, "key")?;
             rt.map_delete(m.id, &k)?;
             if args.json {
-                println!("{}", json!({ "deleted": true }));
+                outln!("{}", json!({ "deleted": true }));
             }
         }
         Command::Free { map } => {
             let m = find_map(&mut rt, &map)?;
             rt.map_free(m.id)?;
             if args.json {
-                println!("{}", json!({ "freed": m.id, "programs": m.programs }));
+                outln!("{}", json!({ "freed": m.id, "programs": m.programs }));
             } else if m.programs.is_empty() {
-                println!("freed map {} ({}, {} bytes)", m.id, m.name, m.memory_bytes);
+                outln!("freed map {} ({}, {} bytes)", m.id, m.name, m.memory_bytes);
             } else {
-                println!(
+                outln!(
                     "freed map {} ({}): its {} bytes come back when programs {} are unloaded",
                     m.id,
                     m.name,

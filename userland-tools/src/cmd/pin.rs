@@ -89,9 +89,9 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                 .filter(|o| all || o.pin.is_some())
                 .collect();
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&objects)?);
+                outln!("{}", serde_json::to_string_pretty(&objects)?);
             } else {
-                print!(
+                out!(
                     "{}",
                     table(&HEADER, &objects.iter().map(row).collect::<Vec<_>>())
                 );
@@ -100,15 +100,15 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         Command::Rm { name } => {
             let o = rt.unpin(&name)?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&o)?);
+                outln!("{}", serde_json::to_string_pretty(&o)?);
             } else if o.session.is_some() {
-                println!(
+                outln!(
                     "unpinned `{name}`: {} stays while session {} holds it",
                     summary(&o),
                     o.session.unwrap_or_default()
                 );
             } else {
-                println!("unpinned `{name}`: freed {}", summary(&o));
+                outln!("unpinned `{name}`: freed {}", summary(&o));
             }
         }
     }
@@ -120,9 +120,9 @@ pub fn unload(args: UnloadArgs, vm_name: &str) -> anyhow::Result<()> {
     let mut client = connect(vm_name, "ktrace unload")?;
     let o = Runtime::new(&mut client).object_unload(&args.object)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&o)?);
+        outln!("{}", serde_json::to_string_pretty(&o)?);
     } else {
-        println!("freed {}", summary(&o));
+        outln!("freed {}", summary(&o));
     }
     Ok(())
 }

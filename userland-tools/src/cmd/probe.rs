@@ -133,10 +133,10 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         ProbeCommand::List { json } => {
             let probes = client.list_probes()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&probes)?);
+                outln!("{}", serde_json::to_string_pretty(&probes)?);
             } else {
                 let pool = client.retprobe_pool()?;
-                print!("{}", render(&probes, &pool));
+                out!("{}", render(&probes, &pool));
             }
         }
         ProbeCommand::Add {
@@ -150,7 +150,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                 ProbeKind::Kprobe
             };
             let p = client.add_probe(parse_target(&target)?, kind)?;
-            println!(
+            outln!(
                 "probe {} registered: {} at {:#x} ({}+{:#x}){}",
                 p.id,
                 kind_name(p.kind),
@@ -162,17 +162,20 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         }
         ProbeCommand::Remove { id } => {
             client.remove_probe(id)?;
-            println!("probe {id} removed");
+            outln!("probe {id} removed");
         }
         ProbeCommand::Blacklist => {
             for b in client.blacklist()? {
                 if b.end > b.start {
-                    println!(
+                    outln!(
                         "{:#x}..{:#x}  {:<40} {}",
-                        b.start, b.end, b.symbol, b.reason
+                        b.start,
+                        b.end,
+                        b.symbol,
+                        b.reason
                     );
                 } else {
-                    println!("{:<38}  {:<40} {}", "(symbol prefix)", b.symbol, b.reason);
+                    outln!("{:<38}  {:<40} {}", "(symbol prefix)", b.symbol, b.reason);
                 }
             }
         }

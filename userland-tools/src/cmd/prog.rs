@@ -61,9 +61,9 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         Command::List => {
             let progs = rt.progs()?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&progs)?);
+                outln!("{}", serde_json::to_string_pretty(&progs)?);
             } else {
-                print!(
+                out!(
                     "{}",
                     table(&HEADER, &progs.iter().map(row).collect::<Vec<_>>())
                 );
@@ -73,25 +73,26 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             let d = rt.prog_dump(id)?;
             let p = d.info;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&p)?);
+                outln!("{}", serde_json::to_string_pretty(&p)?);
                 return Ok(());
             }
-            print!("{}", table(&HEADER, &[row(&p)]));
-            println!("section:      {}", p.section);
-            println!("insn budget:  {} per run", p.insn_budget);
-            println!(
+            out!("{}", table(&HEADER, &[row(&p)]));
+            outln!("section:      {}", p.section);
+            outln!("insn budget:  {} per run", p.insn_budget);
+            outln!(
                 "executed:     {} instructions in all runs",
                 p.insns_executed
             );
-            println!(
+            outln!(
                 "faults:       {} helper/run-time faults, {} budget exhausted",
-                p.faults, p.budget_exhausted
+                p.faults,
+                p.budget_exhausted
             );
             if let Some(e) = &p.last_error {
-                println!("last error:   {e}");
+                outln!("last error:   {e}");
             }
             let v = &p.verifier;
-            println!(
+            outln!(
                 "verifier:     {} insns processed, {} states stored (peak {}), {} pruned, stack {:?} B, {} us",
                 v.insns_processed,
                 v.states_stored,
@@ -104,7 +105,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         Command::Dump { id } => {
             let d = rt.prog_dump(id)?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&d)?);
+                outln!("{}", serde_json::to_string_pretty(&d)?);
                 return Ok(());
             }
             let prog = bpf_vm::decode(&d.insns)
@@ -117,7 +118,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                 if let Some(lines) = &d.lines {
                     if let Some((file, line, _)) = probe_sdk::object::source_line(lines, pc) {
                         if last.as_ref() != Some(&(file.clone(), line)) {
-                            println!("; {file}:{line}");
+                            outln!("; {file}:{line}");
                             last = Some((file, line));
                         }
                     }
@@ -125,18 +126,18 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                 let text = disasm::insn(insn, Syntax::Llvm);
                 match insn.jump_target(pc) {
                     Some(t) if !matches!(insn, Insn::Call { .. }) => {
-                        println!("{pc:5}: {text}  # -> {t}")
+                        outln!("{pc:5}: {text}  # -> {t}")
                     }
-                    _ => println!("{pc:5}: {text}"),
+                    _ => outln!("{pc:5}: {text}"),
                 }
             }
         }
         Command::Unload { id } => {
             rt.prog_unload(id)?;
             if args.json {
-                println!("{}", serde_json::json!({ "unloaded": id }));
+                outln!("{}", serde_json::json!({ "unloaded": id }));
             } else {
-                println!("unloaded program {id}");
+                outln!("unloaded program {id}");
             }
         }
     }

@@ -10,7 +10,6 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -140,13 +139,12 @@ fn reverse(index: &SymbolIndex, text: &str, json_out: bool) -> anyhow::Result<()
     emit(&out)
 }
 
-/// Print `text` and a newline; a closed pipe (`| head`) is not an error.
+/// Print `text` and a newline (a closed pipe ends the process quietly,
+/// see [`crate::stop`]).
 fn emit(text: &str) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
+    outln!("{text}");
+    crate::stop::flush_stdout();
+    Ok(())
 }
 
 /// The structured form of an error for `--json`.

@@ -37,7 +37,8 @@ use probe_sdk::runtime::{Runtime, RuntimeError};
 use probe_sdk::trace::TraceClient;
 
 use super::bpf_common::connect;
-use crate::tools::{catch_ctrl_c, interrupted, LoadedProbe};
+use crate::stop::{catch_signals, stop_requested};
+use crate::tools::LoadedProbe;
 
 /// Arguments of `ktrace trace`.
 #[derive(clap::Args, Debug)]
@@ -100,14 +101,14 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     let mut timing = |what: &str| {
         if args.verbose {
             let now = Instant::now();
-            eprintln!("{what}: {:.1} ms", (now - step).as_secs_f64() * 1e3);
+            errln!("{what}: {:.1} ms", (now - step).as_secs_f64() * 1e3);
             step = now;
         }
     };
 
-    // From here on Ctrl-C only sets a flag: a trace interrupted while it
+    // From here on Ctrl-C (and SIGTERM, SIGHUP) only sets a flag: a trace interrupted while it
     // loads still gets everything removed (the loop sees the flag at once).
-    catch_ctrl_c();
+    catch_signals();
     let mut client = connect(vm_name, "ktrace trace")?;
     let world = World {
         tracepoints: client.list_tracepoints()?,
@@ -391,7 +392,7 @@ impl Session<'_> {
         };
         self.line(&hello)?;
         if let Some(t) = self.started {
-            eprintln!(
+            errln!(
                 "attached: {:.1} ms after start",
                 t.elapsed().as_secs_f64() * 1e3
             );
@@ -432,7 +433,7 @@ impl Session<'_> {
             })
             .collect();
         let workload_done = || worker.is_some() && done.load(Ordering::SeqCst);
-        while !(exit || interrupted() || workload_done()) {
+        while !(exit || stop_requested() || workload_done()) {
             let next = intervals.iter().map(|(_, _, at)| *at).min();
             let wait = next
                 .map_or(Duration::from_millis(200), |at| {
@@ -486,7 +487,7 @@ impl Session<'_> {
         if self.lost > 0 {
             // As bpftrace says it: the kernel dropped records (the ring
             // buffer was full or busy); maps are complete, printf is not.
-            eprintln!("Lost {} events", self.lost);
+            errln!("Lost {} events", self.lost);
         }
         Ok(())
     }
@@ -536,7 +537,7 @@ impl Session<'_> {
             self.lost = self.lost.max(l.lost);
         }
         if let Some(t) = self.started.filter(|_| !batch.records.is_empty()) {
-            eprintln!(
+            errln!(
                 "first event: {:.1} ms after start",
                 t.elapsed().as_secs_f64() * 1e3
             );

@@ -68,9 +68,9 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         TracepointCommand::List { verbose, json } => {
             let tps = client.list_tracepoints()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&tps)?);
+                outln!("{}", serde_json::to_string_pretty(&tps)?);
             } else {
-                print!("{}", render(&tps, verbose));
+                out!("{}", render(&tps, verbose));
             }
         }
     }

@@ -105,13 +105,13 @@ fn start(a: StartArgs, vm_name: &str) -> anyhow::Result<()> {
         bail!("VM {} started without boot information", vm.name());
     };
     for disk in &boot.created_disks {
-        println!(
+        outln!(
             "created disk {} ({} bytes, sparse)",
             disk.display(),
             cfg.disk_size
         );
     }
-    println!(
+    outln!(
         "VM {} ready in {:.3} s (QEMU start to handshake): kernel {}, protocol {}, {} symbols embedded",
         vm.name(),
         boot.boot_time.as_secs_f64(),
@@ -119,9 +119,9 @@ fn start(a: StartArgs, vm_name: &str) -> anyhow::Result<()> {
         boot.hello.protocol_version,
         boot.image.symbols
     );
-    println!("  pid     {}", vm.pid());
-    println!("  console {}", vm.paths().console.display());
-    println!("  control {}", vm.paths().socket.display());
+    outln!("  pid     {}", vm.pid());
+    outln!("  console {}", vm.paths().console.display());
+    outln!("  control {}", vm.paths().socket.display());
     Ok(())
 }
 
@@ -130,14 +130,14 @@ fn status(vm_name: &str) -> anyhow::Result<()> {
     let VmState::Running { pid } = entry.state else {
         // A VM that died on its own leaves its console: say why it stopped.
         match vm::PanicReport::find(&entry.console()) {
-            Some(report) => println!("VM {vm_name}: stopped; the kernel had panicked:\n{report}"),
-            None => println!("VM {vm_name}: stopped"),
+            Some(report) => outln!("VM {vm_name}: stopped; the kernel had panicked:\n{report}"),
+            None => outln!("VM {vm_name}: stopped"),
         }
         return Ok(());
     };
-    println!("VM {vm_name}: running (pid {pid})");
-    println!("  console {}", entry.paths.console.display());
-    println!("  control {}", entry.paths.socket.display());
+    outln!("VM {vm_name}: running (pid {pid})");
+    outln!("  console {}", entry.paths.console.display());
+    outln!("  control {}", entry.paths.socket.display());
     let opts = ConnectOptions {
         client_name: "ktrace vm status".into(),
         handshake_timeout: Duration::from_secs(3),
@@ -146,7 +146,7 @@ fn status(vm_name: &str) -> anyhow::Result<()> {
     match Vm::attach(vm_name).and_then(|vm| vm.connect(&opts)) {
         Ok(client) => {
             if let Some(hello) = client.hello_reply() {
-                println!(
+                outln!(
                     "  kernel  {} (protocol {}), up {:.3} s",
                     hello.kernel_version,
                     hello.protocol_version,
@@ -154,7 +154,7 @@ fn status(vm_name: &str) -> anyhow::Result<()> {
                 );
             }
         }
-        Err(e) => println!("  kernel  not answering: {e}"),
+        Err(e) => outln!("  kernel  not answering: {e}"),
     }
     Ok(())
 }
@@ -169,13 +169,13 @@ fn stop(a: StopArgs, vm_name: &str) -> anyhow::Result<()> {
         StopHow::Terminated => "did not shut down; QEMU terminated",
         StopHow::Killed => "did not shut down; QEMU killed",
     };
-    println!("VM {vm_name} (pid {pid}) {how}");
+    outln!("VM {vm_name} (pid {pid}) {how}");
     if let Some(vm::ExitReport {
         kind: vm::ExitKind::Panicked(report),
         ..
     }) = report.exit
     {
-        println!("the kernel had panicked:\n{report}");
+        outln!("the kernel had panicked:\n{report}");
     }
     Ok(())
 }

@@ -153,19 +153,19 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     let mut shown = false;
     let report = client.run_workload(&spec, |p| {
         if !quiet {
-            eprint!("\r{}", progress_line(p));
+            err!("\r{}", progress_line(p));
             let _ = std::io::stderr().flush();
             shown = true;
         }
     });
     if shown {
-        eprintln!();
+        errln!();
     }
     let report = report?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", render(&spec, &report));
+        out!("{}", render(&spec, &report));
     }
     if report.verify_failures > 0 {
         bail!(

@@ -18,18 +18,6 @@ use ktrace_abi::{Request, Response};
 use probe_sdk::client::Client;
 use probe_sdk::runtime::{Runtime, RuntimeError};
 
-/// The exit of a tool's `main`: errors go to stderr with the tool's name
-/// and their whole chain of causes.
-pub fn exit(tool: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{tool}: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
 /// Bytes aligned for the ELF parser, which reads headers in place
 /// (`include_bytes!` alone guarantees no alignment).
 #[repr(C, align(8))]
@@ -173,7 +161,22 @@ pub fn run_workload_with_events(
         ktrace_abi::block::WorkloadLimit::Count(_) => Duration::from_secs(3600),
     };
     let deadline = Instant::now() + budget;
+    let mut told = false;
     loop {
+        // The kernel runs a workload to its end (there is no request to
+        // cut it short) and answers nothing else on this channel until
+        // then, so a tool asked to stop waits for the report before it can
+        // remove its probe.
+        if crate::stop::stop_requested() && !crate::stop::stdout_closed() && !told {
+            errln!(
+                "stopping when the in-kernel workload ends ({}); a second Ctrl-C quits at once",
+                match spec.limit {
+                    ktrace_abi::block::WorkloadLimit::Count(n) => format!("{n} I/Os"),
+                    ktrace_abi::block::WorkloadLimit::TimeMs(ms) => format!("{ms} ms"),
+                }
+            );
+            told = true;
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             bail!("the workload did not finish within {} s", budget.as_secs());
@@ -240,43 +243,4 @@ pub fn c_str(bytes: &[u8]) -> String {
 /// Connects to VM `vm_name` as `who`, saying how to start one when none runs.
 pub fn connect(vm_name: &str, who: &str) -> anyhow::Result<Client> {
     crate::cmd::bpf_common::connect(vm_name, who)
-}
-
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Makes Ctrl-C (SIGINT) set a flag instead of killing the process, so a
-/// tool can detach its probe before it exits. A second Ctrl-C kills as
-/// usual.
-pub fn catch_ctrl_c() {
-    // SAFETY: installs a handler that only stores to an atomic
-    // (async-signal-safe); `SA_RESETHAND` restores the default afterwards.
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigint as *const () as usize;
-        sa.sa_flags = libc::SA_RESETHAND;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGINT, &sa, std::ptr::null_mut());
-    }
-}
-
-/// `true` once Ctrl-C was pressed (after [`catch_ctrl_c`]).
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// Sleeps `d`, waking early on Ctrl-C; returns `false` if interrupted.
-pub fn sleep_unless_interrupted(d: Duration) -> bool {
-    let end = Instant::now() + d;
-    while !interrupted() {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(50)));
-    }
-    false
 }
