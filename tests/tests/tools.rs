@@ -621,3 +621,39 @@ fn a_closed_pipe_or_a_signal_ends_every_tool_quietly_and_leaves_nothing_in_the_k
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn biolatency_intervals_add_up_to_the_requests_completed() {
+    let (mut vm, dir) = boot("tools-interval");
+    let name = vm.name().to_string();
+    // `biolatency 1 3`: three one-second histograms. The first workload
+    // runs in the first interval, the second after the first histogram
+    // was printed; the second interval used to fail with EINVAL.
+    let mut child = spawn("biolatency", &["--vm", &name, "1", "3"]);
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    read_until(&mut stderr, "Hit Ctrl-C to end.");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let before = vda(&mut vm);
+    workload(&name, "40");
+    read_until(&mut stdout, "usecs");
+    workload(&name, "25");
+    let after = vda(&mut vm);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let mut errors = String::new();
+    stderr.read_to_string(&mut errors).unwrap();
+    assert!(status.success(), "{status}: {errors}");
+    // The first histogram's header was read above; its rows and the two
+    // other histograms follow.
+    let histograms: Vec<&str> = rest.split("usecs : count").collect();
+    assert_eq!(histograms.len(), 3, "three intervals:\n{rest}");
+    let counts: Vec<u64> = histograms.iter().map(|h| histogram_total(h)).collect();
+    assert_eq!(
+        counts.iter().sum::<u64>(),
+        after.completed() - before.completed(),
+        "{counts:?}\n{rest}"
+    );
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(dir);
+}

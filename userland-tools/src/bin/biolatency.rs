@@ -157,17 +157,21 @@ fn trace(
     }
     let interval = Duration::from_secs(cli.interval.unwrap_or(99_999_999));
     let mut printed = 0u64;
+    // The maps only grow; each interval prints what was added since the
+    // previous read (see `Histograms::since`).
+    let mut previous = bl::Histograms::default();
     loop {
         let finished = !stop::sleep_unless_stopped(interval);
+        let now = bl::read(rt, probe, disks)?;
         if !cli.json {
             outln!();
         }
-        print(cli, opts, &bl::read(rt, probe, disks)?);
+        print(cli, opts, &now.since(&previous));
+        previous = now;
         printed += 1;
         if finished || cli.count.is_some_and(|c| printed >= c) || cli.interval.is_none() {
             break;
         }
-        bl::clear(rt, probe)?;
     }
     Ok(())
 }

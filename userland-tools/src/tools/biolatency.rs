@@ -62,6 +62,30 @@ impl Histograms {
     pub fn count(&self) -> u64 {
         hist::total(&self.total)
     }
+
+    /// What was counted since `earlier`, a previous read of the same
+    /// maps. Interval mode prints these differences instead of zeroing
+    /// the maps after each read: a request that completes between a read
+    /// and a reset would be lost, one counted between two reads cannot.
+    pub fn since(&self, earlier: &Histograms) -> Histograms {
+        let minus = |now: &[u64], then: Option<&Vec<u64>>| -> Vec<u64> {
+            now.iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(then.and_then(|t| t.get(i)).copied().unwrap_or(0)))
+                .collect()
+        };
+        let keyed = |now: &BTreeMap<String, Vec<u64>>, then: &BTreeMap<String, Vec<u64>>| {
+            now.iter()
+                .map(|(k, v)| (k.clone(), minus(v, then.get(k))))
+                .filter(|(_, v)| v.iter().any(|&c| c != 0))
+                .collect()
+        };
+        Histograms {
+            total: minus(&self.total, Some(&earlier.total)),
+            by_disk: keyed(&self.by_disk, &earlier.by_disk),
+            by_flags: keyed(&self.by_flags, &earlier.by_flags),
+        }
+    }
 }
 
 /// Linux's `rwbs` letters as BCC's `-F` names them: `R` → `Read`, `WS` →
@@ -166,23 +190,6 @@ pub fn read(
     })
 }
 
-/// Zeroes the histograms (interval mode prints each interval on its own).
-pub fn clear(rt: &mut Runtime, probe: &LoadedProbe) -> anyhow::Result<()> {
-    let id = probe.map("LATENCY_US")?.id;
-    let zero = 0u64.to_le_bytes();
-    for i in 0..SLOTS as u32 {
-        rt.map_update(id, &i.to_le_bytes(), &zero, 256)?;
-    }
-    for name in ["LATENCY_US_BY_DISK", "LATENCY_US_BY_FLAGS"] {
-        let id = probe.map(name)?.id;
-        let keys: Vec<Vec<u8>> = rt.map_dump(id, 256)?.into_iter().map(|e| e.key).collect();
-        if !keys.is_empty() {
-            rt.map_delete_batch(id, keys)?;
-        }
-    }
-    Ok(())
-}
-
 /// The histograms in BCC's shape: one table, or one per disk (`disk =
 /// vda`) or per operation (`operation = Read`).
 pub fn render(h: &Histograms, opts: &Options) -> String {
@@ -247,6 +254,44 @@ mod tests {
         assert_eq!(flags_name("FWS"), "Flush-Sync-Write");
         assert_eq!(flags_name("RA"), "ReadAhead-Read");
         assert_eq!(flags_name(""), "Unknown");
+    }
+
+    #[test]
+    fn an_interval_is_the_difference_of_two_reads() {
+        let slots = |pairs: &[(usize, u64)]| {
+            let mut v = vec![0u64; SLOTS];
+            for &(i, c) in pairs {
+                v[i] = c;
+            }
+            v
+        };
+        let first = Histograms {
+            total: slots(&[(3, 5), (4, 1)]),
+            by_disk: [("vda".to_string(), slots(&[(3, 5), (4, 1)]))].into(),
+            by_flags: [("Read".to_string(), slots(&[(3, 5), (4, 1)]))].into(),
+        };
+        let second = Histograms {
+            total: slots(&[(3, 7), (4, 1), (9, 2)]),
+            by_disk: [
+                ("vda".to_string(), slots(&[(3, 5), (4, 1)])),
+                ("vdb".to_string(), slots(&[(3, 2), (9, 2)])),
+            ]
+            .into(),
+            by_flags: [
+                ("Read".to_string(), slots(&[(3, 7), (4, 1)])),
+                ("Write".to_string(), slots(&[(9, 2)])),
+            ]
+            .into(),
+        };
+        let d = second.since(&first);
+        assert_eq!(d.total, slots(&[(3, 2), (9, 2)]));
+        assert_eq!(d.count(), 4);
+        // A disk with nothing new is left out, as BCC prints only disks
+        // that saw I/O in the interval.
+        assert_eq!(d.by_disk.keys().collect::<Vec<_>>(), ["vdb"]);
+        assert_eq!(d.by_flags["Read"], slots(&[(3, 2)]));
+        assert_eq!(d.by_flags["Write"], slots(&[(9, 2)]));
+        assert_eq!(second.since(&Histograms::default()), second);
     }
 
     #[test]
