@@ -29,7 +29,7 @@ remap="build.rustflags=['--remap-path-prefix=$root/=', '--remap-path-prefix=$roo
 
 step "build the kernel (profile kernel)"
 t=$SECONDS
-cargo build --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel --config "$remap"
+cargo build --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir "${CARGO_TARGET_DIR:-target}/kernel" --config "$remap"
 elapsed $t
 
 step "cargo test --workspace --no-fail-fast"
@@ -47,7 +47,7 @@ elapsed $t
 # dependencies, which a no_std binary cannot link.
 step "cargo clippy (kernel)"
 t=$SECONDS
-cargo clippy --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel --config "$remap" -- -D warnings
+cargo clippy --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir "${CARGO_TARGET_DIR:-target}/kernel" --config "$remap" -- -D warnings
 elapsed $t
 
 step "all checks passed in ${SECONDS} s"

@@ -130,9 +130,27 @@ pub fn remap_root_flag(root: &Path) -> String {
     format!("build.rustflags=[{flags}]")
 }
 
-/// Where the kernel build's target directory lives.
+/// Where the kernel build's target directory lives: `kernel` in cargo's
+/// target directory, `$CARGO_TARGET_DIR` when set (relative to the
+/// current directory, as cargo takes it), else `<root>/target`.
 pub fn kernel_target_dir(root: &Path) -> PathBuf {
-    root.join("target").join("kernel")
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            match std::env::current_dir() {
+                Ok(cwd) if dir.is_relative() => cwd.join(dir),
+                _ => dir,
+            }
+        }
+        _ => root.join("target"),
+    };
+    target.join("kernel")
+}
+
+/// The kernel ELF that [`build_kernel`] leaves in `root`'s build:
+/// `<kernel target dir>/kernel/kernel` (the `kernel` profile's directory).
+pub fn kernel_elf_path(root: &Path) -> PathBuf {
+    kernel_target_dir(root).join(KERNEL_PROFILE).join("kernel")
 }
 
 /// Find or build the kernel, then embed its symbol table.

@@ -1080,6 +1080,48 @@ pub fn list() -> Result<Vec<VmEntry>> {
     Ok(out)
 }
 
+/// Removes what VM `name` left in the runtime root (console, QEMU's log,
+/// sockets), unless it runs. Returns whether there was anything.
+pub fn remove_state(name: &str) -> Result<bool> {
+    let entry = status(name)?;
+    if let VmState::Running { pid } = entry.state {
+        return Err(VmError::AlreadyRunning {
+            name: name.into(),
+            pid,
+        });
+    }
+    match fs::remove_dir_all(&entry.paths.dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err(&entry.paths.dir)(e)),
+    }
+}
+
+/// Removes the state of every VM that stopped more than `age` ago (no file
+/// of its directory written since), so that a list of VMs does not keep
+/// every VM that ever ran. Returns their names.
+pub fn prune_stopped(age: Duration) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for entry in list()? {
+        if matches!(entry.state, VmState::Running { .. }) {
+            continue;
+        }
+        // A VM being started has fresh files; only long-quiet ones go.
+        let last_write = fs::read_dir(&entry.paths.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|f| f.metadata().ok()?.modified().ok())
+            .chain(fs::metadata(&entry.paths.dir).and_then(|m| m.modified()))
+            .max();
+        let quiet_for = last_write.and_then(|t| t.elapsed().ok());
+        if quiet_for.is_some_and(|q| q > age) && remove_state(&entry.name)? {
+            removed.push(entry.name);
+        }
+    }
+    Ok(removed)
+}
+
 /// Write the console of VM `name` to `out`; with `follow`, keep writing
 /// what the kernel prints until the VM stops.
 pub fn console(name: &str, follow: bool, out: &mut dyn Write) -> Result<()> {

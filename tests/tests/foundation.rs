@@ -579,3 +579,133 @@ fn cli_starts_inspects_and_stops_a_vm_with_a_disk() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Kills the QEMU of a VM started through the CLI in runtime root `root`
+/// (by the pid in its state directory) when dropped.
+struct RuntimeRootVmGuard {
+    root: std::path::PathBuf,
+    name: String,
+}
+
+impl Drop for RuntimeRootVmGuard {
+    fn drop(&mut self) {
+        let pid_file = self.root.join("ktrace").join(&self.name).join("qemu.pid");
+        if let Ok(pid) = std::fs::read_to_string(pid_file) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        if !thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+#[test]
+fn vm_commands_take_name_and_old_stopped_vms_are_forgotten() {
+    // A runtime root of its own: `vm list` sees only this test's VMs.
+    let root = std::env::temp_dir().join(format!("kt-rt-{}", std::process::id()));
+    let vms = root.join("ktrace");
+    let name = unique_name("vmname");
+    let _guard = RuntimeRootVmGuard {
+        root: root.clone(),
+        name: name.clone(),
+    };
+    let in_root = |args: &[&str]| {
+        ktrace()
+            .env("XDG_RUNTIME_DIR", &root)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    // Two VMs that stopped without `vm stop`: one two days ago, one just now.
+    for (vm, age_s) in [("old-vm", 2 * 86_400), ("recent-vm", 0)] {
+        let dir = vms.join(vm);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("console.log"), "ktrace: booted\n").unwrap();
+        let then = std::time::SystemTime::now() - Duration::from_secs(age_s);
+        for p in [dir.join("console.log"), dir.clone()] {
+            std::fs::File::open(&p).unwrap().set_modified(then).unwrap();
+        }
+    }
+
+    let out = in_root(&["vm", "start", "--name", &name]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = in_root(&["vm", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "removed the state of 1 VM stopped more than a day ago: old-vm\n"
+    );
+    let list = text(&out.stdout);
+    assert!(!vms.join("old-vm").exists());
+    assert!(!list.contains("old-vm"), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("recent-vm") && l.contains("stopped")),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&name) && l.contains("running")),
+        "{list}"
+    );
+
+    // `--name` as `vm start` takes it.
+    let out = in_root(&["vm", "status", "--name", &name]);
+    assert!(
+        text(&out.stdout).starts_with(&format!("VM {name}: running")),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = in_root(&["vm", "console", "--name", &name]);
+    assert!(!out.stdout.is_empty());
+    let out = in_root(&["vm", "stop", "--name", &name]);
+    assert!(
+        text(&out.stdout).contains("shut down cleanly"),
+        "{}",
+        text(&out.stdout)
+    );
+    // A clean stop leaves nothing to list.
+    assert!(!vms.join(&name).exists());
+    let out = in_root(&["vm", "list"]);
+    assert_eq!(text(&out.stderr), "");
+    assert!(!text(&out.stdout).contains(&name), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("recent-vm"));
+}
+
+#[test]
+fn the_kernel_elf_is_found_in_cargo_target_dir() {
+    let target = std::env::temp_dir().join(format!("kt-target-{}", std::process::id()));
+    let elf = target.join("kernel/kernel/kernel");
+    std::fs::create_dir_all(elf.parent().unwrap()).unwrap();
+    let symbols = || {
+        ktrace()
+            .env_remove(kernel_image::KERNEL_ENV)
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["symbols", "RequestQueue::submit_bio"])
+            .output()
+            .unwrap()
+    };
+    // `ktrace vm start` builds there when CARGO_TARGET_DIR is set, so that
+    // is where the tools look first: a file there that is no ELF is read
+    // and refused by name.
+    std::fs::write(&elf, b"not an ELF").unwrap();
+    let out = symbols();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(elf.to_str().unwrap()), "{stderr}");
+    std::fs::copy(&ktrace_tests::kernel_image().source, &elf).unwrap();
+    let out = symbols();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("kernel::block::queue::RequestQueue::submit_bio"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::remove_dir_all(&target).unwrap();
+}

@@ -657,3 +657,174 @@ fn biolatency_intervals_add_up_to_the_requests_completed() {
     assert_eq!(leftovers(&name), Vec::<String>::new());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn disk_stats(vm: &mut TestVm, disk: &str) -> DeviceStats {
+    let mut c: Client = vm.client();
+    c.disk_stats_of(disk).unwrap().expect(disk)
+}
+
+#[test]
+fn the_flags_users_bring_from_bcc_and_perf_mean_the_same_here() {
+    let (mut vm, dir) = boot("tools-habits");
+    let name = vm.name().to_string();
+    let on_both = ["--", "--dev", "vda,ram0", "--count", "60", "--quiet"];
+
+    // biosnoop -d DISK (BCC: trace this disk only), with I/O on two disks.
+    let (vda0, ram0) = (disk_stats(&mut vm, "vda"), disk_stats(&mut vm, "ram0"));
+    let out = run_ok(
+        "biosnoop",
+        &[
+            &["--vm", name.as_str(), "--json", "-d", "vda"][..],
+            &on_both,
+        ]
+        .concat(),
+    );
+    let (vda1, ram1) = (disk_stats(&mut vm, "vda"), disk_stats(&mut vm, "ram0"));
+    assert!(ram1.completed() > ram0.completed(), "ram0 saw no I/O");
+    let lines: Vec<serde_json::Value> = out.lines().map(json).collect();
+    assert_eq!(lines.len() as u64, vda1.completed() - vda0.completed());
+    assert!(lines.iter().all(|l| l["disk"] == "vda"), "{out}");
+    // `-d 5` from the old habit of -d as a duration: the error says so.
+    let out = run("biosnoop", &["--vm", &name, "-d", "5"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "biosnoop: no disk `5` (disks: ram0, vda; see `ktrace disk stats`); -d is the disk, \
+         as in BCC's biosnoop: for a duration use --duration 5\n"
+    );
+
+    // biolatency -d DISK -e -j (BCC: one disk; average, total and count;
+    // JSON).
+    let (vda0, ram0) = (disk_stats(&mut vm, "vda"), disk_stats(&mut vm, "ram0"));
+    let out = run_ok(
+        "biolatency",
+        &[
+            &["--vm", name.as_str(), "-d", "ram0", "-e", "-j"][..],
+            &on_both,
+        ]
+        .concat(),
+    );
+    let (vda1, ram1) = (disk_stats(&mut vm, "vda"), disk_stats(&mut vm, "ram0"));
+    assert!(vda1.completed() > vda0.completed(), "vda saw no I/O");
+    let v = json(out.trim());
+    let completed = ram1.completed() - ram0.completed();
+    assert_eq!(v["total"].as_u64(), Some(completed), "{v}");
+    let ext = &v["extension"];
+    assert_eq!(ext["count"].as_u64(), Some(completed), "{v}");
+    assert_eq!(
+        ext["avg"].as_u64(),
+        Some(ext["total"].as_u64().unwrap() / completed),
+        "{v}"
+    );
+    // The text form prints BCC's line after the histogram.
+    let out = run_ok(
+        "biolatency",
+        &[
+            "--vm", &name, "-e", "--", "--dev", "vda", "--count", "20", "--quiet",
+        ],
+    );
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.starts_with("avg = ")
+            && last.ends_with(" usecs, count: 20")
+            && last.contains(" usecs, total: "),
+        "{out}"
+    );
+
+    // kperf stat -a -x, (perf: system-wide, CSV).
+    let before = vda(&mut vm);
+    let out = run_ok(
+        "kperf",
+        &[
+            "--vm",
+            &name,
+            "stat",
+            "-a",
+            "-x,",
+            "-e",
+            "block:block_rq_issue,cycles",
+            "--",
+            "--dev",
+            "vda",
+            "--count",
+            "50",
+            "--quiet",
+        ],
+    );
+    let after = vda(&mut vm);
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!(rows[0].len(), 7, "{out}");
+    assert_eq!(
+        rows[0][0],
+        (after.issued - before.issued).to_string(),
+        "{out}"
+    );
+    assert_eq!(&rows[0][1..3], ["", "block:block_rq_issue"], "{out}");
+    assert!(rows[0][3].parse::<u64>().unwrap() > 0, "run time: {out}");
+    assert_eq!((rows[0][4], rows[0][6]), ("100.00", "/sec"), "{out}");
+    assert_eq!(
+        rows[1],
+        ["<not supported>", "", "cycles", "0", "100.00", "", ""]
+    );
+
+    // kperf list 'sched:*' (perf list takes globs) and a glob that matches
+    // nothing.
+    let out = run_ok("kperf", &["--vm", &name, "list", "sched:*"]);
+    let events: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.contains(':'))
+        .collect();
+    assert!(events.contains(&"sched:sched_switch"), "{out}");
+    assert!(events.iter().all(|e| e.starts_with("sched:")), "{out}");
+    let out = run("kperf", &["--vm", &name, "list", "shed:*"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("kperf: no event matches `shed:*`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // kperf stat --kernel ELF: the kprobe resolves against that ELF.
+    let elf = ktrace_tests::kernel_image().source.clone();
+    let out = tool("kperf")
+        .env_remove(kernel_image::KERNEL_ENV)
+        .args(["--vm", &name, "stat", "-x,", "--kernel"])
+        .arg(&elf)
+        .args(["-e", "kprobe:RequestQueue::submit_bio", "--duration", "0.2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("0,,kprobe:RequestQueue::submit_bio,"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = run(
+        "kperf",
+        &[
+            "--vm",
+            &name,
+            "stat",
+            "--kernel",
+            "/nonexistent/kernel",
+            "-e",
+            "kprobe:RequestQueue::submit_bio",
+            "--duration",
+            "1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/kernel"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(leftovers(&name), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(dir);
+}

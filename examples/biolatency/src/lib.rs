@@ -7,6 +7,9 @@
 //! With bit 0 of `CONFIG[0]` set (the `biolatency -Q` switch, written by the
 //! tool before it attaches), the span starts at `block:block_rq_insert`
 //! instead, so it includes the time spent queued in the I/O scheduler.
+//! With bit 2 set (`-d DISK`), only requests of the disk whose `dev` is
+//! `CONFIG[1]` are counted. `EXTENSION` sums the latencies and counts the
+//! requests, for `-e`'s average.
 #![no_std]
 
 use ktrace_probe::helpers::ktime_get_ns;
@@ -16,9 +19,15 @@ use ktrace_probe::{map, tracepoint, TracepointContext};
 
 /// Settings the tool writes before attaching: `CONFIG[0]` bit 0 = measure
 /// from insertion (queue) instead of issue, bit 1 = count milliseconds
-/// instead of microseconds.
+/// instead of microseconds, bit 2 = only the disk whose `dev` is
+/// `CONFIG[1]`.
 #[map]
-static CONFIG: Array<u64> = Array::with_max_entries(1);
+static CONFIG: Array<u64> = Array::with_max_entries(2);
+
+/// `EXTENSION[0]`: the sum of the latencies counted (in the histograms'
+/// unit), `EXTENSION[1]`: how many there were.
+#[map]
+static EXTENSION: Array<u64> = Array::with_max_entries(2);
 
 /// Start time of each request in flight, by request id.
 #[map]
@@ -71,19 +80,26 @@ fn rq_complete(ctx: TracepointContext<BlockRqComplete>) -> u32 {
     let Some(start) = ISSUED.get(&rq) else {
         return 0;
     };
+    let _ = ISSUED.remove(&rq);
+    let config = CONFIG.get(0).unwrap_or(0);
+    let dev = ctx.read(|r| &r.dev);
+    if config & 4 != 0 && u64::from(dev) != CONFIG.get(1).unwrap_or(0) {
+        return 0;
+    }
     // Divide before taking the log2 so `-m` slots are real millisecond
     // ranges, as BCC does.
-    let unit_ns: u64 = if CONFIG.get(0).unwrap_or(0) & 2 != 0 {
+    let unit_ns: u64 = if config & 2 != 0 {
         1_000_000
     } else {
         1000
     };
     let us = ktime_get_ns().wrapping_sub(start) / unit_ns;
     LATENCY_US.record(us);
-    LATENCY_US_BY_DISK.record(ctx.read(|r| &r.dev), us);
+    LATENCY_US_BY_DISK.record(dev, us);
     let rwbs = ctx.read(|r| &r.rwbs);
     LATENCY_US_BY_FLAGS.record(u32::from_le_bytes([rwbs[0], rwbs[1], rwbs[2], rwbs[3]]), us);
-    let _ = ISSUED.remove(&rq);
+    EXTENSION.add(0, us);
+    EXTENSION.add(1, 1);
     0
 }
 

@@ -6,7 +6,7 @@
 #![no_std]
 
 use ktrace_probe::helpers::ktime_get_ns;
-use ktrace_probe::maps::{HashMap, RingBuf};
+use ktrace_probe::maps::{Array, HashMap, RingBuf};
 use ktrace_probe::tracepoints::block::{BlockRqComplete, BlockRqInsert, BlockRqIssue};
 use ktrace_probe::{map, tracepoint, TracepointContext};
 
@@ -42,6 +42,11 @@ pub struct Event {
     pub rwbs: [u8; 8],
     pub comm: [u8; 16],
 }
+
+/// Settings the tool writes before attaching: `CONFIG[0]` bit 0 = only
+/// the disk whose `dev` is `CONFIG[1]` (`biosnoop -d DISK`).
+#[map]
+static CONFIG: Array<u64> = Array::with_max_entries(2);
 
 /// Requests in flight, by request id.
 #[map]
@@ -98,6 +103,10 @@ fn rq_complete(ctx: TracepointContext<BlockRqComplete>) -> u32 {
     if s.issue_ns == 0 {
         return 0;
     }
+    let dev = ctx.read(|r| &r.dev);
+    if CONFIG.get(0).unwrap_or(0) & 1 != 0 && u64::from(dev) != CONFIG.get(1).unwrap_or(0) {
+        return 0;
+    }
     let now = ktime_get_ns();
     let e = Event {
         ts_ns: now,
@@ -108,7 +117,7 @@ fn rq_complete(ctx: TracepointContext<BlockRqComplete>) -> u32 {
             s.issue_ns.wrapping_sub(s.insert_ns)
         },
         service_ns: now.wrapping_sub(s.issue_ns),
-        dev: ctx.read(|r| &r.dev),
+        dev,
         bytes: ctx.read(|r| &r.bytes),
         pid: s.pid,
         error: ctx.read(|r| &r.error),

@@ -23,7 +23,7 @@ use probe_sdk::runtime::Runtime;
     name = "biolatency",
     version,
     about = "Summarize block device I/O latency as a histogram",
-    after_help = "Examples:\n  biolatency              # summarize until Ctrl-C\n  biolatency -m 1 10      # ten 1 s summaries in milliseconds\n  biolatency -Q -D        # include queued time, one histogram per disk\n  biolatency -F -- --dev vda --rw randrw --count 1000   # run a workload, per operation"
+    after_help = "Examples:\n  biolatency              # summarize until Ctrl-C\n  biolatency -m 1 10      # ten 1 s summaries in milliseconds\n  biolatency -Q -D        # include queued time, one histogram per disk\n  biolatency -d vda -e    # only disk vda, with the average and total\n  biolatency -F -- --dev vda --rw randrw --count 1000   # run a workload, per operation"
 )]
 struct Cli {
     /// Include timestamps on output.
@@ -41,8 +41,15 @@ struct Cli {
     /// Print a histogram per set of I/O flags (Read, Write, Sync-Write, ...).
     #[arg(short = 'F', long)]
     flags: bool,
+    /// Only this disk (e.g. `vda`), as BCC's `-d`.
+    #[arg(short = 'd', long, value_name = "DISK")]
+    disk: Option<String>,
+    /// Also print the average, total and count of the latencies, as BCC's
+    /// `-e` (`avg = 412 usecs, total: 41254 usecs, count: 100`).
+    #[arg(short = 'e', long)]
+    extension: bool,
     /// Print the buckets as JSON (one object per interval).
-    #[arg(long)]
+    #[arg(short = 'j', long)]
     json: bool,
     /// The VM to trace (see `ktrace vm list`).
     #[arg(long, value_name = "NAME", default_value = "default")]
@@ -74,14 +81,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(tools::workload_spec(&cli.workload)?)
     };
     let object = tools::embedded_probe("biolatency")?;
+    let mut client = tools::connect(&cli.vm, "biolatency")?;
+    let disks = tools::disk_names(&mut client)?;
     let opts = bl::Options {
         queued: cli.queued,
         millis: cli.milliseconds,
         per_disk: cli.disks,
         per_flags: cli.flags,
+        disk: cli
+            .disk
+            .as_deref()
+            .map(|d| tools::disk_dev(&disks, d))
+            .transpose()?,
+        extension: cli.extension,
     };
-    let mut client = tools::connect(&cli.vm, "biolatency")?;
-    let disks = tools::disk_names(&mut client)?;
     let mut rt = Runtime::new(&mut client);
     // From here on a signal or a closed stdout ends the tracing loop, so
     // the probe is always removed before the process ends.

@@ -24,7 +24,7 @@ use probe_sdk::runtime::Runtime;
     name = "biosnoop",
     version,
     about = "Trace block I/O: one line per completed request",
-    after_help = "Examples:\n  biosnoop                # trace until Ctrl-C\n  biosnoop -Q             # include the time queued in the scheduler\n  biosnoop -- --dev vda --rw randread --count 100   # run a workload while tracing"
+    after_help = "Examples:\n  biosnoop                # trace until Ctrl-C\n  biosnoop -Q             # include the time queued in the scheduler\n  biosnoop -d vda         # only disk vda\n  biosnoop -- --dev vda --rw randread --count 100   # run a workload while tracing"
 )]
 struct Cli {
     /// Include the OS queued time (insert → issue) as a column.
@@ -33,9 +33,12 @@ struct Cli {
     /// Print one JSON object per request.
     #[arg(long)]
     json: bool,
+    /// Only this disk (e.g. `vda`), as BCC's `-d`.
+    #[arg(short = 'd', long, value_name = "DISK")]
+    disk: Option<String>,
     /// Stop after this many seconds (default: until Ctrl-C, or the end of
     /// the workload).
-    #[arg(short = 'd', long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
     /// The VM to trace (see `ktrace vm list`).
     #[arg(long, value_name = "NAME", default_value = "default")]
@@ -102,11 +105,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let object = tools::embedded_probe("biosnoop")?;
     let mut client = tools::connect(&cli.vm, "biosnoop")?;
     let disks = tools::disk_names(&mut client)?;
+    let mut settings = Vec::new();
+    if let Some(disk) = &cli.disk {
+        let dev = tools::disk_dev(&disks, disk).map_err(|e| {
+            if disk.parse::<f64>().is_ok() {
+                anyhow::anyhow!(
+                    "{e}; -d is the disk, as in BCC's biosnoop: for a duration use --duration {disk}"
+                )
+            } else {
+                e
+            }
+        })?;
+        let entry = |i: u32, v: u64| ("CONFIG", i.to_le_bytes().to_vec(), v.to_le_bytes().to_vec());
+        settings = vec![entry(0, 1), entry(1, u64::from(dev))];
+    }
     let mut rt = Runtime::new(&mut client);
     // From here on a signal or a closed stdout stops the tracing loop, so
     // the probe is always removed before the process ends.
     stop::catch_signals();
-    let probe = tools::load_probe(&mut rt, "biosnoop", object, &[])?;
+    let probe = tools::load_probe(&mut rt, "biosnoop", object, &settings)?;
     let result = (|| -> anyhow::Result<u64> {
         let map = probe.map("EVENTS")?.id;
         let mut p = Printer {

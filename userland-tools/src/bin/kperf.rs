@@ -54,7 +54,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ListArgs {
-    /// Only events whose name contains this.
+    /// Only events matching this glob (`'sched:*'`, as `perf list`
+    /// takes), or whose name contains it when it has no `*` or `?`.
     filter: Option<String>,
     /// Print JSON.
     #[arg(long)]
@@ -82,8 +83,21 @@ struct StatArgs {
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
     /// Print JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "separator")]
     json: bool,
+    /// CSV-like output with this field separator, as `perf stat -x,`:
+    /// value, unit, event, [variance,] run time, percentage, metric value,
+    /// metric unit.
+    #[arg(short = 'x', long = "field-separator", value_name = "SEP")]
+    separator: Option<String>,
+    /// System-wide counting, as `perf stat -a`. The kernel's counters always
+    /// count every CPU, so this changes nothing; it is accepted for habit.
+    #[arg(short = 'a', long = "all-cpus")]
+    all_cpus: bool,
+    /// The kernel ELF that `kprobe:` events are resolved against (default:
+    /// as `ktrace symbols`).
+    #[arg(long, value_name = "ELF")]
+    kernel: Option<PathBuf>,
     /// The in-kernel workload to measure (arguments of `ktrace workload`).
     #[arg(last = true, value_name = "WORKLOAD ARGS")]
     workload: Vec<String>,
@@ -180,7 +194,13 @@ fn list(args: ListArgs, vm: &str) -> anyhow::Result<()> {
         "[Kprobe event] a demangled path or suffix, e.g. kprobe:RequestQueue::submit_bio".into(),
     ));
     if let Some(f) = &args.filter {
-        rows.retain(|(n, _)| n.contains(f.as_str()));
+        rows.retain(|(shown, _)| kp::list_filter_matches(f, shown));
+        if rows.is_empty() {
+            bail!(
+                "no event matches `{f}`: give a glob (`'sched:*'`) or a part of a name; \
+                 `kperf list` shows them all"
+            );
+        }
     }
     if args.json {
         let v: Vec<_> = rows
@@ -201,7 +221,7 @@ fn list(args: ListArgs, vm: &str) -> anyhow::Result<()> {
 }
 
 /// Events the user named, parsed and (for kprobes) resolved.
-fn events(names: &[String]) -> anyhow::Result<Vec<(String, kp::EventSpec)>> {
+fn events(names: &[String], kernel: Option<&Path>) -> anyhow::Result<Vec<(String, kp::EventSpec)>> {
     let names: Vec<String> = if names.is_empty() {
         [
             "task-clock",
@@ -225,7 +245,7 @@ fn events(names: &[String]) -> anyhow::Result<Vec<(String, kp::EventSpec)>> {
         let mut spec = kp::parse_event(&n)?;
         if matches!(spec, kp::EventSpec::Counter(PerfEvent::Kprobe { .. })) {
             if index.is_none() {
-                let elf = ktrace_tools::cmd::symbols::kernel_elf(None)?;
+                let elf = ktrace_tools::cmd::symbols::kernel_elf(kernel)?;
                 index = Some(
                     ktrace_symbols::SymbolIndex::from_path(&elf).with_context(|| {
                         format!("reading kernel symbols from {}", elf.display())
@@ -321,7 +341,11 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
     if args.interval_ms == Some(0) {
         bail!("-I must be at least 1 ms");
     }
-    let evs = events(&args.events)?;
+    if args.separator.as_deref() == Some("") {
+        bail!("-x needs a separator, e.g. -x, or -x';'");
+    }
+    let _ = args.all_cpus;
+    let evs = events(&args.events, args.kernel.as_deref())?;
     let work = work_from(&args.workload, args.duration, None)?;
     let title = match &work {
         Work::Workload(_, t) => t.clone(),
@@ -330,7 +354,12 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
     let mut client = tools::connect(vm, "kperf stat")?;
     stop::catch_signals();
     if let Some(ms) = args.interval_ms {
-        return interval_stat(&mut client, &evs, &work, ms, args.json);
+        let format = match (&args.separator, args.json) {
+            (Some(sep), _) => IntervalFormat::Csv(sep.clone()),
+            (None, true) => IntervalFormat::Json,
+            (None, false) => IntervalFormat::Table,
+        };
+        return interval_stat(&mut client, &evs, &work, ms, &format);
     }
     let mut values: Vec<Vec<u64>> = vec![Vec::new(); evs.len()];
     let mut unsupported = vec![false; evs.len()];
@@ -342,7 +371,7 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
             let t = Instant::now();
             let ids: Vec<u32> = counters.iter().filter_map(|c| c.id).collect();
             client.perf_enable_group(&ids)?;
-            do_work(&mut client, &work, !args.json)?;
+            do_work(&mut client, &work, !args.json && args.separator.is_none())?;
             client.perf_disable_group(&ids)?;
             elapsed.push(t.elapsed().as_secs_f64());
             for (i, c) in counters.iter().enumerate() {
@@ -390,6 +419,8 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
                 "title": title, "runs": elapsed.len(), "elapsed_s": elapsed, "counters": v,
             }))?
         );
+    } else if let Some(sep) = &args.separator {
+        out!("{}", stat::render_csv(&rows, mean_elapsed, sep));
     } else {
         out!(
             "{}",
@@ -397,6 +428,17 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// How `-I` prints each interval's counts.
+enum IntervalFormat {
+    /// `perf stat -I`'s columns.
+    Table,
+    /// One JSON object per counter and interval.
+    Json,
+    /// `perf stat -I -x SEP`: the time stamp, then the fields of
+    /// [`stat::csv_line`].
+    Csv(String),
 }
 
 /// `-I`: counts per interval. With a workload, it runs in slices of the
@@ -407,7 +449,7 @@ fn interval_stat(
     evs: &[(String, kp::EventSpec)],
     work: &Work,
     ms: u64,
-    json: bool,
+    format: &IntervalFormat,
 ) -> anyhow::Result<()> {
     let total_ms = match work {
         Work::Workload(spec, _) => match spec.limit {
@@ -422,10 +464,11 @@ fn interval_stat(
     let r = (|| -> anyhow::Result<()> {
         let ids: Vec<u32> = counters.iter().filter_map(|c| c.id).collect();
         client.perf_enable_group(&ids)?;
-        if !json {
+        if matches!(format, IntervalFormat::Table) {
             outln!("#           time             counts unit events");
         }
         let start = Instant::now();
+        let mut last_t = 0.0;
         let mut last = vec![0u64; counters.len()];
         let mut done = 0u64;
         while done < total_ms && !stop::stop_requested() {
@@ -443,24 +486,43 @@ fn interval_stat(
             done += slice;
             let t = start.elapsed().as_secs_f64();
             for (i, c) in counters.iter().enumerate() {
-                let Some(id) = c.id else {
-                    if !json {
-                        outln!("{t:16.9} {:>18}      {}", "<not supported>", c.name);
+                let d = match c.id {
+                    Some(id) => {
+                        let v = value_of(c, client.perf_read(id)?.value);
+                        let d = v - last[i].min(v);
+                        last[i] = v;
+                        Some(d)
                     }
-                    continue;
+                    None => None,
                 };
-                let v = value_of(c, client.perf_read(id)?.value);
-                let d = v - last[i].min(v);
-                last[i] = v;
-                if json {
-                    outln!(
+                match (format, d) {
+                    (IntervalFormat::Table, None) => {
+                        outln!("{t:16.9} {:>18}      {}", "<not supported>", c.name)
+                    }
+                    (IntervalFormat::Table, Some(d)) => {
+                        outln!("{t:16.9} {:>18}      {}", stat::thousands(d), c.name)
+                    }
+                    (IntervalFormat::Json, None) => {}
+                    (IntervalFormat::Json, Some(d)) => outln!(
                         "{}",
                         serde_json::json!({ "time": t, "event": c.name, "count": d })
-                    );
-                } else {
-                    outln!("{t:16.9} {:>18}      {}", stat::thousands(d), c.name);
+                    ),
+                    (IntervalFormat::Csv(sep), d) => {
+                        let row = stat::CounterRow {
+                            event: c.name.clone(),
+                            values: d.map(|d| vec![d]),
+                            unit: if c.name == "task-clock" || c.name == "cpu-clock" {
+                                "msec".into()
+                            } else {
+                                String::new()
+                            },
+                        };
+                        let prefix = format!("{t:.9}{sep}");
+                        outln!("{}", stat::csv_line(&prefix, &row, t - last_t, sep));
+                    }
                 }
             }
+            last_t = t;
         }
         Ok(())
     })();

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use ktrace_symbols::{ResolveOptions, SymbolError, SymbolIndex};
+use probe_sdk::kernel_image;
 use serde_json::json;
 
 /// Environment variable naming the kernel ELF.
@@ -46,8 +47,8 @@ pub struct Args {
     /// Accept a raw address as QUERY.
     #[arg(long = "unsafe-address")]
     pub unsafe_address: bool,
-    /// Kernel ELF (default: $KTRACE_KERNEL, else target/kernel/kernel/kernel
-    /// under the workspace root).
+    /// Kernel ELF (default: $KTRACE_KERNEL, else the workspace's kernel
+    /// build: kernel/kernel/kernel in $CARGO_TARGET_DIR or target/).
     #[arg(long, value_name = "ELF")]
     pub kernel: Option<PathBuf>,
 }
@@ -213,7 +214,10 @@ fn table(rows: &[[String; 4]]) -> String {
 }
 
 /// The kernel ELF to index: `--kernel`, else `$KTRACE_KERNEL`, else the
-/// workspace's kernel build output.
+/// kernel build of the ktrace workspace around the current directory, else
+/// that of the workspace these tools were built from. In a workspace the
+/// build is looked for in cargo's target directory (`$CARGO_TARGET_DIR`,
+/// where `ktrace vm start` builds when it is set) and then in `target/`.
 pub fn kernel_elf(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
@@ -222,35 +226,47 @@ pub fn kernel_elf(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let Some(root) = workspace_root(&cwd) else {
-        bail!(
-            "no kernel ELF given: pass --kernel <elf>, set {KERNEL_ENV}, or run inside the ktrace workspace \
-             (no Cargo.toml with [workspace] found above {})",
-            cwd.display()
-        );
-    };
-    let elf = root.join(KERNEL_ELF);
-    if !elf.is_file() {
-        bail!(
-            "no kernel ELF at {}: build it with `cargo build --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir target/kernel` \
-             in {} (or pass --kernel <elf> / set {KERNEL_ENV})",
-            elf.display(),
-            root.display()
-        );
+    let candidates = kernel_elf_candidates(&cwd, &kernel_image::workspace_root());
+    if let Some(elf) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(elf.clone());
     }
-    Ok(elf)
+    let tried: Vec<String> = candidates
+        .iter()
+        .map(|p| format!("\n  {}", p.display()))
+        .collect();
+    bail!(
+        "no kernel ELF found; tried:{}\nstart a VM once (`ktrace vm start` builds the kernel), \
+         pass --kernel <elf>, or set {KERNEL_ENV}",
+        tried.concat()
+    )
 }
 
-/// The nearest directory at or above `start` whose `Cargo.toml` declares a
-/// `[workspace]`.
+/// Where the kernel build may be, in order: for the ktrace workspace
+/// around `cwd`, then for `built_from`, its build in cargo's target
+/// directory ([`kernel_image::kernel_elf_path`]) and in `<root>/target`.
+fn kernel_elf_candidates(cwd: &Path, built_from: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for root in workspace_root(cwd)
+        .into_iter()
+        .chain([built_from.to_path_buf()])
+    {
+        for elf in [kernel_image::kernel_elf_path(&root), root.join(KERNEL_ELF)] {
+            if !out.contains(&elf) {
+                out.push(elf);
+            }
+        }
+    }
+    out
+}
+
+/// The nearest directory at or above `start` that holds the ktrace
+/// workspace (the kernel's own manifest, `kernel/image/Cargo.toml`, is
+/// there; a probe crate's `[workspace]` is not enough).
 pub fn workspace_root(start: &Path) -> Option<PathBuf> {
-    start.ancestors().find_map(|dir| {
-        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?;
-        manifest
-            .lines()
-            .any(|l| l.trim() == "[workspace]")
-            .then(|| dir.to_path_buf())
-    })
+    start
+        .ancestors()
+        .find(|dir| dir.join("kernel/image/Cargo.toml").is_file())
+        .map(Path::to_path_buf)
 }
 
 #[cfg(test)]
@@ -260,11 +276,19 @@ mod tests {
     #[test]
     fn finds_the_workspace_root_upward() {
         let dir = std::env::temp_dir().join(format!("ktrace-symbols-cli-{}", std::process::id()));
-        let nested = dir.join("a/b");
+        // A probe crate is a workspace of its own: not the one sought.
+        let nested = dir.join("examples/probe/src");
         std::fs::create_dir_all(&nested).unwrap();
+        std::fs::create_dir_all(dir.join("kernel/image")).unwrap();
         std::fs::write(dir.join("Cargo.toml"), "[workspace]\nmembers = []\n").unwrap();
-        std::fs::write(dir.join("a/Cargo.toml"), "[package]\nname = \"a\"\n").unwrap();
+        std::fs::write(dir.join("kernel/image/Cargo.toml"), "[package]\n").unwrap();
+        std::fs::write(dir.join("examples/probe/Cargo.toml"), "[workspace]\n").unwrap();
         assert_eq!(workspace_root(&nested), Some(dir.clone()));
+        let elsewhere = std::env::temp_dir();
+        assert_eq!(workspace_root(&elsewhere.join("nowhere")), None);
+        // Outside any workspace, the one the tools came from is searched.
+        let candidates = kernel_elf_candidates(&elsewhere, &dir);
+        assert!(candidates.contains(&dir.join(KERNEL_ELF)), "{candidates:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

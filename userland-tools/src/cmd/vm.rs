@@ -22,13 +22,23 @@ pub enum VmCommand {
     /// Build the kernel if needed, boot it in QEMU and wait for the handshake.
     Start(StartArgs),
     /// Whether the VM runs, and what its kernel says.
-    Status,
-    /// Shut the VM down (and kill QEMU if it does not exit).
+    Status(NameArgs),
+    /// Shut the VM down (and kill QEMU if it does not exit), then remove
+    /// its console and logs unless the kernel had panicked.
     Stop(StopArgs),
     /// Print the kernel console.
     Console(ConsoleArgs),
-    /// List the VMs of this user.
+    /// List the VMs of this user: running ones, and stopped ones whose
+    /// state is left (removed a day after they stopped).
     List,
+}
+
+/// The `--name` of `vm status`, as `vm start --name`.
+#[derive(clap::Args, Debug)]
+pub struct NameArgs {
+    /// Name of the VM (default: the global --vm, i.e. `default`).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 /// Arguments of `ktrace vm start`.
@@ -58,6 +68,10 @@ pub struct StartArgs {
 /// Arguments of `ktrace vm stop`.
 #[derive(clap::Args, Debug)]
 pub struct StopArgs {
+    /// Name of the VM (default: the global --vm, i.e. `default`), as
+    /// `vm start --name`.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Seconds to wait for a clean shutdown before terminating QEMU.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub timeout: f64,
@@ -66,6 +80,9 @@ pub struct StopArgs {
 /// Arguments of `ktrace vm console`.
 #[derive(clap::Args, Debug)]
 pub struct ConsoleArgs {
+    /// Name of the VM (default: the global --vm, i.e. `default`).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Keep printing what the kernel writes until the VM stops.
     #[arg(long, short = 'f')]
     pub follow: bool,
@@ -82,12 +99,16 @@ fn seconds(value: f64, what: &str) -> anyhow::Result<Duration> {
 pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     match args.command {
         VmCommand::Start(a) => start(a, vm_name),
-        VmCommand::Status => status(vm_name),
-        VmCommand::Stop(a) => stop(a, vm_name),
+        VmCommand::Status(a) => status(a.name.as_deref().unwrap_or(vm_name)),
+        VmCommand::Stop(a) => {
+            let name = a.name.clone().unwrap_or_else(|| vm_name.to_string());
+            stop(a, &name)
+        }
         VmCommand::Console(a) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            Ok(vm::console(vm_name, a.follow, &mut out)?)
+            let name = a.name.as_deref().unwrap_or(vm_name);
+            Ok(vm::console(name, a.follow, &mut out)?)
         }
         VmCommand::List => list(),
     }
@@ -176,11 +197,27 @@ fn stop(a: StopArgs, vm_name: &str) -> anyhow::Result<()> {
     }) = report.exit
     {
         outln!("the kernel had panicked:\n{report}");
+        // Kept for `vm status` and `vm console`, until `vm list` prunes it.
+        return Ok(());
     }
+    vm::remove_state(vm_name)?;
     Ok(())
 }
 
+/// How long the state of a stopped VM (its console above all, which says
+/// why a VM died) stays listed before `vm list` removes it.
+const KEEP_STOPPED: Duration = Duration::from_secs(24 * 3600);
+
 fn list() -> anyhow::Result<()> {
+    let pruned = vm::prune_stopped(KEEP_STOPPED)?;
+    if !pruned.is_empty() {
+        errln!(
+            "removed the state of {} VM{} stopped more than a day ago: {}",
+            pruned.len(),
+            if pruned.len() == 1 { "" } else { "s" },
+            pruned.join(", ")
+        );
+    }
     let vms = vm::list()?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

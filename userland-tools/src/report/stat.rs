@@ -86,17 +86,11 @@ pub fn render(title: &str, runs: usize, rows: &[CounterRow], elapsed_s: f64) -> 
                 } else {
                     thousands(mean.round() as u64)
                 };
-                let rate = if r.unit == "msec" {
-                    let cpus = if elapsed_s > 0.0 {
-                        mean / 1000.0 / elapsed_s
-                    } else {
-                        0.0
-                    };
-                    format!("#  {cpus:.3} CPUs utilized")
-                } else if elapsed_s > 0.0 {
-                    format!("#  {:.1} /sec", mean / elapsed_s)
-                } else {
-                    String::new()
+                let rate = match metric(r, mean, elapsed_s) {
+                    Some((cpus, unit)) if r.unit == "msec" => format!("#  {cpus:.3} {unit}"),
+                    Some((rate, unit)) => format!("#  {rate:.1} {unit}"),
+                    None if r.unit == "msec" => "#  0.000 CPUs utilized".to_string(),
+                    None => String::new(),
                 };
                 let var = r
                     .variance_pct()
@@ -111,6 +105,58 @@ pub fn render(title: &str, runs: usize, rows: &[CounterRow], elapsed_s: f64) -> 
     }
     out.push_str(&format!("\n {elapsed_s:>18.9} seconds time elapsed\n"));
     out
+}
+
+/// The metric `perf stat` prints after a counter: CPUs utilized for
+/// task-clock (msec), a rate otherwise; `None` without a time.
+fn metric(r: &CounterRow, mean: f64, elapsed_s: f64) -> Option<(f64, &'static str)> {
+    if elapsed_s <= 0.0 {
+        return None;
+    }
+    Some(if r.unit == "msec" {
+        (mean / 1000.0 / elapsed_s, "CPUs utilized")
+    } else {
+        (mean / elapsed_s, "/sec")
+    })
+}
+
+/// One counter as a `perf stat -x SEP` line, in perf's field order:
+/// value, unit, event, variance (with several runs), run time (ns),
+/// percentage of that time counted, metric value, metric unit. `prefix` is
+/// the interval time stamp of `-I` (with its separator), or empty.
+pub fn csv_line(prefix: &str, r: &CounterRow, elapsed_s: f64, sep: &str) -> String {
+    let runtime_ns = (elapsed_s * 1e9).round() as u64;
+    let Some(mean) = r.mean() else {
+        return format!(
+            "{prefix}<not supported>{sep}{sep}{}{sep}0{sep}100.00{sep}{sep}",
+            r.event
+        );
+    };
+    let value = if r.unit == "msec" {
+        format!("{mean:.2}")
+    } else {
+        format!("{}", mean.round() as u64)
+    };
+    let variance = r
+        .variance_pct()
+        .map(|p| format!("{sep}{p:.2}%"))
+        .unwrap_or_default();
+    let (metric_value, metric_unit) = match metric(r, mean, elapsed_s) {
+        Some((v, unit)) => (format!("{v:.3}"), unit),
+        None => (String::new(), ""),
+    };
+    format!(
+        "{prefix}{value}{sep}{}{sep}{}{variance}{sep}{runtime_ns}{sep}100.00{sep}{metric_value}{sep}{metric_unit}",
+        r.unit, r.event
+    )
+}
+
+/// The table as `perf stat -x SEP` prints it: one [`csv_line`] per
+/// counter, no title, no elapsed line.
+pub fn render_csv(rows: &[CounterRow], elapsed_s: f64, sep: &str) -> String {
+    rows.iter()
+        .map(|r| csv_line("", r, elapsed_s, sep) + "\n")
+        .collect()
 }
 
 #[cfg(test)]
@@ -159,5 +205,35 @@ mod tests {
         );
         assert!(t.contains("    <not supported>      cycles"), "{t}");
         assert!(t.contains("2.000000000 seconds time elapsed"));
+    }
+
+    #[test]
+    fn csv_lines_have_perfs_fields() {
+        let row = |event: &str, values: Option<Vec<u64>>, unit: &str| CounterRow {
+            event: event.into(),
+            values,
+            unit: unit.into(),
+        };
+        let t = render_csv(
+            &[
+                row("task-clock", Some(vec![1200]), "msec"),
+                row("context-switches", Some(vec![3000]), ""),
+                row("cycles", None, ""),
+            ],
+            2.0,
+            ",",
+        );
+        assert_eq!(
+            t,
+            "1200.00,msec,task-clock,2000000000,100.00,0.600,CPUs utilized\n\
+             3000,,context-switches,2000000000,100.00,1500.000,/sec\n\
+             <not supported>,,cycles,0,100.00,,\n"
+        );
+        // With several runs the variance comes after the event name.
+        let r = row("irqs", Some(vec![90, 110]), "");
+        assert_eq!(
+            csv_line("1.000000000;", &r, 1.0, ";"),
+            "1.000000000;100;;irqs;10.00%;1000000000;100.00;100.000;/sec"
+        );
     }
 }

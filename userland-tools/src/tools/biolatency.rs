@@ -24,6 +24,10 @@ pub struct Options {
     pub per_disk: bool,
     /// One histogram per operation (`-F`).
     pub per_flags: bool,
+    /// Only this disk (`-d DISK`: its `dev`, major << 20 | minor).
+    pub disk: Option<u32>,
+    /// The average, total and count after each histogram (`-e`).
+    pub extension: bool,
 }
 
 impl Options {
@@ -36,14 +40,14 @@ impl Options {
         }
     }
 
-    /// The `CONFIG` map setting the probe reads.
+    /// The `CONFIG` map settings the probe reads: `[0]` the switches,
+    /// `[1]` the disk to trace.
     pub fn settings(&self) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
-        let bits = u64::from(self.queued) | (u64::from(self.millis) << 1);
-        vec![(
-            "CONFIG",
-            0u32.to_le_bytes().to_vec(),
-            bits.to_le_bytes().to_vec(),
-        )]
+        let bits = u64::from(self.queued)
+            | (u64::from(self.millis) << 1)
+            | (u64::from(self.disk.is_some()) << 2);
+        let entry = |i: u32, v: u64| ("CONFIG", i.to_le_bytes().to_vec(), v.to_le_bytes().to_vec());
+        vec![entry(0, bits), entry(1, u64::from(self.disk.unwrap_or(0)))]
     }
 }
 
@@ -55,6 +59,10 @@ pub struct Histograms {
     pub by_disk: BTreeMap<String, Vec<u64>>,
     /// By operation (`rwbs` decoded: `Read`, `Write`, `Sync-Write`, ...).
     pub by_flags: BTreeMap<String, Vec<u64>>,
+    /// The sum of the latencies counted, in the histograms' unit (`-e`).
+    pub sum: u64,
+    /// How many latencies `sum` adds up.
+    pub sum_count: u64,
 }
 
 impl Histograms {
@@ -84,6 +92,8 @@ impl Histograms {
             total: minus(&self.total, Some(&earlier.total)),
             by_disk: keyed(&self.by_disk, &earlier.by_disk),
             by_flags: keyed(&self.by_flags, &earlier.by_flags),
+            sum: self.sum.saturating_sub(earlier.sum),
+            sum_count: self.sum_count.saturating_sub(earlier.sum_count),
         }
     }
 }
@@ -183,10 +193,20 @@ pub fn read(
         4,
         |k| flags_name(&c_str(k)),
     );
+    let mut extension = [0u64; 2];
+    for e in rt.map_dump(probe.map("EXTENSION")?.id, 2)? {
+        if let (Some(i), Some(v)) = (u32_at(&e.key, 0), u64_at(&e.value, 0)) {
+            if let Some(slot) = extension.get_mut(i as usize) {
+                *slot = v;
+            }
+        }
+    }
     Ok(Histograms {
         total,
         by_disk,
         by_flags,
+        sum: extension[0],
+        sum_count: extension[1],
     })
 }
 
@@ -214,6 +234,15 @@ pub fn render(h: &Histograms, opts: &Options) -> String {
             }
         }
     }
+    // BCC's `-e` line, after the histograms, when something was counted.
+    if opts.extension && h.sum_count > 0 {
+        out.push_str(&format!(
+            "\navg = {} {unit}, total: {} {unit}, count: {}\n",
+            h.sum / h.sum_count,
+            h.sum,
+            h.sum_count
+        ));
+    }
     out
 }
 
@@ -237,6 +266,13 @@ pub fn to_json(h: &Histograms, opts: &Options) -> serde_json::Value {
     }
     if opts.per_flags {
         v["operations"] = groups(&h.by_flags);
+    }
+    if opts.extension {
+        v["extension"] = json!({
+            "avg": h.sum.checked_div(h.sum_count).unwrap_or(0),
+            "total": h.sum,
+            "count": h.sum_count,
+        });
     }
     v
 }
@@ -269,6 +305,8 @@ mod tests {
             total: slots(&[(3, 5), (4, 1)]),
             by_disk: [("vda".to_string(), slots(&[(3, 5), (4, 1)]))].into(),
             by_flags: [("Read".to_string(), slots(&[(3, 5), (4, 1)]))].into(),
+            sum: 60,
+            sum_count: 6,
         };
         let second = Histograms {
             total: slots(&[(3, 7), (4, 1), (9, 2)]),
@@ -282,10 +320,13 @@ mod tests {
                 ("Write".to_string(), slots(&[(9, 2)])),
             ]
             .into(),
+            sum: 1100,
+            sum_count: 10,
         };
         let d = second.since(&first);
         assert_eq!(d.total, slots(&[(3, 2), (9, 2)]));
         assert_eq!(d.count(), 4);
+        assert_eq!((d.sum, d.sum_count), (1040, 4));
         // A disk with nothing new is left out, as BCC prints only disks
         // that saw I/O in the interval.
         assert_eq!(d.by_disk.keys().collect::<Vec<_>>(), ["vdb"]);

@@ -342,9 +342,31 @@ pub fn profile_samples(samples: &[DataSample]) -> (Vec<Sample>, Vec<String>) {
     (out, names)
 }
 
+/// Whether a `kperf list` row named `shown` (`task-clock OR cpu-clock`)
+/// matches `filter`: a glob against any one of its names (`sched:*`, as
+/// `perf list` takes), or a part of the row when there is no `*` or `?`.
+pub fn list_filter_matches(filter: &str, shown: &str) -> bool {
+    if filter.contains(['*', '?']) {
+        shown
+            .split(" OR ")
+            .any(|name| ktrace_symbols::path::glob_match(filter, name))
+    } else {
+        shown.contains(filter)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_filters_are_globs_or_parts_of_names() {
+        assert!(list_filter_matches("sched:*", "sched:sched_switch"));
+        assert!(!list_filter_matches("sched:*", "block:block_rq_issue"));
+        assert!(list_filter_matches("cpu-c?ock", "task-clock OR cpu-clock"));
+        assert!(list_filter_matches("rq_issue", "block:block_rq_issue"));
+        assert!(!list_filter_matches("blk:*", "block:block_rq_issue"));
+    }
 
     #[test]
     fn event_names() {

@@ -225,6 +225,25 @@ pub fn disk_names(client: &mut Client) -> anyhow::Result<Vec<(u32, String)>> {
         .collect())
 }
 
+/// The `dev` of disk `name` (`vda` or `/dev/vda`) in `names`, for `-d
+/// DISK`; an unknown name is refused with the disks there are.
+pub fn disk_dev(names: &[(u32, String)], name: &str) -> anyhow::Result<u32> {
+    let wanted = name.strip_prefix("/dev/").unwrap_or(name);
+    if let Some((dev, _)) = names.iter().find(|(_, n)| n == wanted) {
+        return Ok(*dev);
+    }
+    let mut known: Vec<&str> = names.iter().map(|(_, n)| n.as_str()).collect();
+    known.sort_unstable();
+    bail!(
+        "no disk `{name}` (disks: {}; see `ktrace disk stats`)",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )
+}
+
 /// The name of `dev` in `names`.
 pub fn disk_name(names: &[(u32, String)], dev: u32) -> String {
     names
