@@ -828,3 +828,58 @@ fn the_flags_users_bring_from_bcc_and_perf_mean_the_same_here() {
     assert_eq!(leftovers(&name), Vec::<String>::new());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The README's tour, run line by line as written: each command must
+/// succeed (the tour once checked a file `ktrace build` does not write and
+/// dumped a map the probe does not have). Each command gets `--vm` of this
+/// test's VM, the disk goes to a scratch directory, and `examples/` is the
+/// workspace's.
+#[test]
+fn the_readme_tour_runs_as_written() {
+    let root = kernel_image::workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let tour = readme
+        .split("## A short tour")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("the README has a tour in a sh block");
+    let name = ktrace_tests::unique_name("readme-tour");
+    let scratch = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let _guard = ktrace_tests::CliVmGuard(name.clone());
+    let mut ran = 0;
+    for line in tour.lines() {
+        let command = line.split(" #").next().unwrap().trim();
+        for step in command.split("&&").map(str::trim).filter(|s| !s.is_empty()) {
+            let words: Vec<&str> = step.split_whitespace().collect();
+            if words[0] == "cargo" {
+                continue; // `tool` builds the tools
+            }
+            let args: Vec<String> = words[1..]
+                .iter()
+                .map(|w| match w.strip_prefix("examples/") {
+                    Some(rest) => root.join("examples").join(rest).display().to_string(),
+                    None if w.ends_with(".img") => scratch.join("vda.img").display().to_string(),
+                    None => w.to_string(),
+                })
+                .collect();
+            let out = tool(words[0])
+                .current_dir(&scratch)
+                .args(["--vm", &name])
+                .args(&args)
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {step}: {e}"));
+            assert!(
+                out.status.success(),
+                "`{step}` failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ran += 1;
+        }
+    }
+    assert!(ran >= 14, "only {ran} commands in the tour:\n{tour}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}
