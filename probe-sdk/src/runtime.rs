@@ -466,7 +466,7 @@ pub fn prepare(path: &Path, kernel_elf: &Path, progress: &mut dyn FnMut(&str)) -
         .iter()
         .any(|p| matches!(p.attach, AttachTarget::Kprobe { .. }));
     if needs_symbols {
-        let index = ktrace_symbols::SymbolIndex::from_path(kernel_elf).map_err(|e| {
+        let index = ktrace_symbols::SymbolIndex::open(kernel_elf).map_err(|e| {
             RuntimeError::Prepare(format!("kernel symbols from {}: {e}", kernel_elf.display()))
         })?;
         object

@@ -883,3 +883,130 @@ fn the_readme_tour_runs_as_written() {
     assert!(ran >= 14, "only {ran} commands in the tour:\n{tour}");
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// `ktrace symbols` through its cache: the first call writes
+/// `b-<build id>.idx`, and every kind of query then answers exactly as
+/// without a cache (names, globs, offsets, lines, addresses).
+#[test]
+fn ktrace_symbols_answers_the_same_from_its_cache() {
+    let elf = ktrace_tests::kernel_image().source.clone();
+    let dir = std::env::temp_dir().join(ktrace_tests::unique_name("symbols-cache"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let symbols = |cache: &Path, args: &[&str]| {
+        let out = tool("ktrace")
+            .env("KTRACE_CACHE_DIR", cache)
+            .arg("symbols")
+            .args(args)
+            .output()
+            .unwrap();
+        format!(
+            "{}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let id = ktrace_symbols::cache::build_id(&elf)
+        .unwrap()
+        .expect("the kernel is linked with a build id");
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let first = symbols(&dir, &["RequestQueue::submit_bio"]);
+    assert!(
+        first.contains("kernel::block::queue::RequestQueue::submit_bio"),
+        "{first}"
+    );
+    assert!(
+        dir.join(format!("b-{hex}.idx")).is_file(),
+        "no cache file for build {hex}"
+    );
+    let queries: &[&[&str]] = &[
+        &["RequestQueue::submit_bio"],
+        &["kernel::block::*", "--json"],
+        &["RequestQueue::submit_bio+1"],
+        &["kernel/src/block/queue.rs:180", "--all"],
+        &["--addr", "0x142a30"],
+        &["submit_bioo"],
+    ];
+    for q in queries {
+        let uncached = symbols(Path::new(""), q);
+        assert_eq!(symbols(&dir, q), uncached, "ktrace symbols {q:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Figures, not pass/fail (timings are not asserted): a one-shot
+/// `ktrace symbols NAME` from the README's debug build, cached and not,
+/// against `nm -C <elf> | grep -F NAME`. Run with
+/// `cargo test -p ktrace-tests --test tools -- --ignored --nocapture symbols_lookup_vs_nm`.
+#[test]
+#[ignore]
+fn symbols_lookup_vs_nm() {
+    let elf = ktrace_tests::kernel_image().source.clone();
+    let needle = "RequestQueue::submit_bio";
+    let dir = std::env::temp_dir().join(ktrace_tests::unique_name("symbols-bench"));
+    let runs = 30;
+    let time = |make: &dyn Fn() -> Command| -> (f64, f64) {
+        let _ = make().output(); // warm: page cache, and the index cache
+        let cpu0 = children_cpu_s();
+        let mut walls: Vec<f64> = (0..runs)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let out = make().output().unwrap();
+                assert!(out.status.success());
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        walls.sort_by(f64::total_cmp);
+        (walls[runs / 2], (children_cpu_s() - cpu0) / runs as f64)
+    };
+    let ktrace = |cache: PathBuf| {
+        let elf = elf.clone();
+        move || {
+            let mut c = tool("ktrace");
+            c.env("KTRACE_CACHE_DIR", &cache)
+                .args(["symbols", "--kernel"])
+                .arg(&elf)
+                .arg(needle);
+            c
+        }
+    };
+    let nm = || {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("nm -C '{}' | grep -F -- '{needle}'", elf.display()));
+        c
+    };
+    let (nm_wall, nm_cpu) = time(&nm);
+    let (cached_wall, cached_cpu) = time(&ktrace(dir.clone()));
+    let (uncached_wall, uncached_cpu) = time(&ktrace(PathBuf::new()));
+    println!("median wall / mean CPU per lookup of {needle}, {runs} runs each:");
+    println!(
+        "  nm -C | grep -F        {:7.1} ms  {:6.1} ms",
+        nm_wall * 1e3,
+        nm_cpu * 1e3
+    );
+    println!(
+        "  ktrace symbols, cached {:7.1} ms  {:6.1} ms   ({:.1}x faster than nm by wall, {:.1}x by CPU)",
+        cached_wall * 1e3,
+        cached_cpu * 1e3,
+        nm_wall / cached_wall,
+        nm_cpu / cached_cpu
+    );
+    println!(
+        "  ktrace symbols, no cache {:5.1} ms  {:6.1} ms",
+        uncached_wall * 1e3,
+        uncached_cpu * 1e3
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// CPU time (user + system) of this process's reaped children, in seconds
+/// (`/proc/self/stat` fields 16 and 17, in clock ticks of 10 ms).
+fn children_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): cutime is field 16, cstime 17.
+    let ticks: u64 = fields[13].parse::<u64>().unwrap() + fields[14].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
 
 /// One row of a line table.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Row {
     pub addr: u64,
     pub file: u32,
@@ -19,7 +19,7 @@ pub(crate) struct Row {
 }
 
 /// A contiguous run of rows (one DWARF sequence), sorted by address.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Sequence {
     pub start: u64,
     pub end: u64,
@@ -27,7 +27,7 @@ pub(crate) struct Sequence {
 }
 
 /// One address range of an inlined call.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct InlineRange {
     pub start: u64,
     pub end: u64,
@@ -41,7 +41,7 @@ pub(crate) struct InlineRange {
 }
 
 /// Line tables and inline ranges of one ELF.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct LineData {
     /// Interned file paths, as DWARF spells them (relative to the
     /// compilation directory when DWARF says so).

@@ -47,7 +47,7 @@ pub struct InlineSite {
 }
 
 /// Why a function cannot hold a probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NotProbeable {
     /// The symbol has size 0 (an assembly label without `.size`).

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use gimli::{EndianSlice, RunTimeEndian};
 use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
@@ -33,18 +34,62 @@ pub struct Function {
     pub scheme: Mangling,
     /// Globally visible (`STB_GLOBAL`/`STB_WEAK`).
     pub global: bool,
+    /// The name parsed, when first matched against (an index read from the
+    /// cache parses only the functions a query looks at).
     #[serde(skip)]
-    pub(crate) parsed: ParsedPath,
-    /// `parsed`'s keys rendered once, for globs.
+    parsed: OnceLock<ParsedPath>,
+    /// The parsed name's keys rendered, for globs.
     #[serde(skip)]
-    paths: Vec<String>,
+    paths: OnceLock<Vec<String>>,
+    /// [`SymbolIndex::function_location`], computed once (or read from the
+    /// cache, so that a lookup need not decode the line tables).
+    #[serde(skip)]
+    pub(crate) entry: OnceLock<Option<SourceLocation>>,
+    /// Whether a probe fits at the entry (`None`) or why not, checked once
+    /// (or read from the cache, so that a lookup need not read the code).
+    #[serde(skip)]
+    pub(crate) entry_refusal: OnceLock<Option<crate::error::NotProbeable>>,
 }
 
 impl Function {
+    /// A function named `name` (demangled, no hash).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        name: String,
+        demangled: String,
+        mangled: String,
+        addr: u64,
+        size: u64,
+        hash: Option<String>,
+        scheme: Mangling,
+        global: bool,
+    ) -> Self {
+        Function {
+            paths: OnceLock::new(),
+            entry: OnceLock::new(),
+            entry_refusal: OnceLock::new(),
+            parsed: OnceLock::new(),
+            name,
+            demangled,
+            mangled,
+            addr,
+            size,
+            hash,
+            scheme,
+            global,
+        }
+    }
+
     /// The paths this function can be found by, as text: by type (or the
     /// plain path), and by trait for a trait method.
     pub fn search_paths(&self) -> &[String] {
-        &self.paths
+        self.paths
+            .get_or_init(|| self.parsed().keys().iter().map(|k| render(k)).collect())
+    }
+
+    /// The name parsed ([`ParsedPath`]), parsed on first use.
+    pub(crate) fn parsed(&self) -> &ParsedPath {
+        self.parsed.get_or_init(|| ParsedPath::parse(&self.name))
     }
 
     /// True if `addr` is inside the function (a size-0 symbol holds only
@@ -55,7 +100,7 @@ impl Function {
 }
 
 /// A source position.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceLocation {
     /// Path as the line tables spell it.
     pub file: String,
@@ -107,10 +152,76 @@ pub struct SymbolIndex {
     /// Last path segment → functions. Closures are filed under `{closure}`
     /// so that both schemes' spellings meet.
     pub(crate) by_last: HashMap<String, Vec<u32>>,
-    pub(crate) text: Vec<TextSection>,
-    pub(crate) lines: Option<LineData>,
-    dwarf_error: Option<String>,
+    pub(crate) text: Lazy<Vec<TextSection>>,
+    pub(crate) lines: Lines,
+    pub(crate) dwarf_error: Option<String>,
 }
+
+/// A part of an index that is made when first needed: an index built from
+/// an ELF has every part at once; one read from the cache reads its line
+/// tables and code from the cache file on first use (a lookup by name
+/// needs neither: see [`crate::cache`]).
+pub(crate) struct Lazy<T> {
+    cell: OnceLock<T>,
+    load: Option<Loader<T>>,
+}
+
+/// What a [`Lazy`] part is made from, and how.
+type Loader<T> = (
+    std::sync::Arc<crate::cache::Pending>,
+    fn(&crate::cache::Pending) -> T,
+);
+
+impl<T> Lazy<T> {
+    /// A part that is there.
+    pub(crate) fn ready(value: T) -> Self {
+        Lazy {
+            cell: OnceLock::from(value),
+            load: None,
+        }
+    }
+
+    /// A part that `load` makes from `pending` on first use.
+    pub(crate) fn pending(
+        pending: std::sync::Arc<crate::cache::Pending>,
+        load: fn(&crate::cache::Pending) -> T,
+    ) -> Self {
+        Lazy {
+            cell: OnceLock::new(),
+            load: Some((pending, load)),
+        }
+    }
+
+    /// The part, made now if it was not yet.
+    pub(crate) fn get(&self) -> &T {
+        // A lazy part always has its loader; `ready` ones are set.
+        self.cell.get_or_init(|| match &self.load {
+            Some((pending, load)) => load(pending),
+            None => unreachable!("a Lazy without a loader is made ready"),
+        })
+    }
+
+    /// The part, taken out.
+    pub(crate) fn into_inner(self) -> T {
+        let _ = self.get();
+        match self.cell.into_inner() {
+            Some(v) => v,
+            None => unreachable!("get() just set it"),
+        }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Lazy<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.cell.get() {
+            Some(v) => v.fmt(f),
+            None => f.write_str("<not read yet>"),
+        }
+    }
+}
+
+/// Line tables and inline records, if the ELF has them.
+pub(crate) type Lines = Lazy<Option<LineData>>;
 
 /// The key of `by_last` for a segment name.
 pub(crate) fn last_key(name: &str) -> &str {
@@ -182,19 +293,16 @@ impl SymbolIndex {
                 continue;
             }
             let d = demangle(name);
-            let parsed = ParsedPath::parse(&d.name);
-            functions.push(Function {
-                paths: parsed.keys().iter().map(|k| render(k)).collect(),
-                parsed,
-                name: d.name,
-                demangled: d.full,
-                mangled: name.to_string(),
-                addr: sym.address(),
-                size: sym.size(),
-                hash: d.hash,
-                scheme: d.scheme,
-                global: sym.is_global(),
-            });
+            functions.push(Function::new(
+                d.name,
+                d.full,
+                name.to_string(),
+                sym.address(),
+                sym.size(),
+                d.hash,
+                d.scheme,
+                sym.is_global(),
+            ));
         }
         functions.sort_by(|a, b| {
             (a.addr, std::cmp::Reverse(a.size), &a.mangled).cmp(&(
@@ -206,27 +314,46 @@ impl SymbolIndex {
         // A symbol listed twice (local and global copies) counts once.
         functions.dedup_by(|a, b| a.addr == b.addr && a.mangled == b.mangled);
 
-        let mut by_last: HashMap<String, Vec<u32>> = HashMap::new();
-        for (i, f) in functions.iter().enumerate() {
-            if let Some(last) = f.parsed.rest.last() {
-                by_last
-                    .entry(last_key(&last.name).to_string())
-                    .or_default()
-                    .push(i as u32);
-            }
-        }
-
         let (lines, dwarf_error) = match load_dwarf(&file, &text) {
             Ok(l) => (l, None),
             Err(e) => (None, Some(e.to_string())),
         };
-        Ok(SymbolIndex {
+        Ok(SymbolIndex::assemble(
+            functions,
+            Lazy::ready(text),
+            Lines::ready(lines),
+            dwarf_error,
+            None,
+        ))
+    }
+
+    /// The index of `functions` (sorted by address), with its name table.
+    pub(crate) fn assemble(
+        functions: Vec<Function>,
+        text: Lazy<Vec<TextSection>>,
+        lines: Lines,
+        dwarf_error: Option<String>,
+        by_last: Option<HashMap<String, Vec<u32>>>,
+    ) -> Self {
+        let by_last = by_last.unwrap_or_else(|| {
+            let mut by_last: HashMap<String, Vec<u32>> = HashMap::new();
+            for (i, f) in functions.iter().enumerate() {
+                if let Some(last) = f.parsed().rest.last() {
+                    by_last
+                        .entry(last_key(&last.name).to_string())
+                        .or_default()
+                        .push(i as u32);
+                }
+            }
+            by_last
+        });
+        SymbolIndex {
             functions,
             by_last,
             text,
             lines,
             dwarf_error,
-        })
+        }
     }
 
     /// All functions, in address order.
@@ -236,7 +363,10 @@ impl SymbolIndex {
 
     /// True if the ELF had DWARF line tables.
     pub fn has_line_tables(&self) -> bool {
-        self.lines.as_ref().is_some_and(|l| !l.rows.is_empty())
+        self.lines
+            .get()
+            .as_ref()
+            .is_some_and(|l| !l.rows.is_empty())
     }
 
     /// Why DWARF could not be read, if it could not (the index then works
@@ -266,7 +396,7 @@ impl SymbolIndex {
     pub fn symbolize(&self, addr: u64) -> Option<Symbolized<'_>> {
         let (function, offset) = self.lookup_addr(addr)?;
         let mut frames = Vec::new();
-        if let Some(lines) = &self.lines {
+        if let Some(lines) = self.lines.get().as_ref() {
             let row = lines.row_at(addr);
             let inlines = lines.inlines_at(addr, function.addr);
             let mut location = row
@@ -298,7 +428,13 @@ impl SymbolIndex {
     /// `file:line` of a function's own first line: where its body starts,
     /// not the code the compiler inlined at its entry.
     pub fn function_location(&self, f: &Function) -> Option<SourceLocation> {
-        let lines = self.lines.as_ref()?;
+        f.entry
+            .get_or_init(|| self.compute_function_location(f))
+            .clone()
+    }
+
+    fn compute_function_location(&self, f: &Function) -> Option<SourceLocation> {
+        let lines = self.lines.get().as_ref()?;
         // The first row of the function's own code (outside every inlined
         // call); the prologue is often attributed to inlined `core` code.
         let i = lines.sequences.partition_point(|s| s.start <= f.addr);
@@ -336,12 +472,17 @@ impl SymbolIndex {
 
     /// `file:line` of the code at `addr` (innermost, as the line table says).
     pub fn addr_to_line(&self, addr: u64) -> Option<SourceLocation> {
-        let row = self.lines.as_ref()?.row_at(addr)?;
+        let row = self.lines.get().as_ref()?.row_at(addr)?;
         (row.line != 0).then(|| self.location_of(row.file, row.line))
     }
 
     pub(crate) fn location_of(&self, file: u32, line: u32) -> SourceLocation {
-        let files = self.lines.as_ref().map(|l| &l.files[..]).unwrap_or(&[]);
+        let files = self
+            .lines
+            .get()
+            .as_ref()
+            .map(|l| &l.files[..])
+            .unwrap_or(&[]);
         SourceLocation {
             file: files
                 .get(file as usize)
@@ -353,8 +494,9 @@ impl SymbolIndex {
 
     /// The executable bytes `[addr, addr + len)`, clamped to the section.
     pub(crate) fn code(&self, addr: u64, len: u64) -> Option<&[u8]> {
-        let i = self.text.partition_point(|s| s.addr <= addr);
-        let s = self.text.get(i.checked_sub(1)?)?;
+        let text = self.text.get();
+        let i = text.partition_point(|s| s.addr <= addr);
+        let s = text.get(i.checked_sub(1)?)?;
         let start = usize::try_from(addr - s.addr).ok()?;
         if start >= s.data.len() {
             return None;

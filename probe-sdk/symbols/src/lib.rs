@@ -17,6 +17,10 @@
 //!   backtraces and stack samples;
 //! - **lines**: [`SymbolIndex::addr_to_line`] and `file:line` queries.
 //!
+//! Indexing reads all of the DWARF and takes about 0.1 s for the kernel;
+//! [`cache`] keeps an index on disk per kernel build (keyed by the ELF's GNU
+//! build id), so a command-line lookup reads one file instead.
+//!
 //! Names are matched in a normalised form ([`path`]): `<Type>::method` and
 //! `Type::method` are the same function, `<T as Trait>::method` is found by
 //! the type and by the trait, closures are `{closure#N}`.
@@ -31,6 +35,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod decode;
 mod dwarf;
 mod error;

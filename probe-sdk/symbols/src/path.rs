@@ -20,7 +20,7 @@
 use std::fmt;
 
 /// The mangling scheme of a symbol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mangling {
     /// `_ZN…17h<hash>E`, rustc's default on stable.

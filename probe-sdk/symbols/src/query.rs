@@ -274,7 +274,7 @@ impl SymbolIndex {
             if hash.is_some() && f.hash != hash {
                 continue;
             }
-            match parsed.selects(&f.parsed) {
+            match parsed.selects(f.parsed()) {
                 Some(true) => exact.push(id),
                 Some(false) => suffix.push(id),
                 None => {}
@@ -347,6 +347,13 @@ impl SymbolIndex {
             function: self.candidate(f, None),
             reason,
         };
+        if offset == 0 {
+            // The common case (a probe on a function's entry), checked once.
+            return match f.entry_refusal.get_or_init(|| self.entry_refusal(f)) {
+                None => Ok(()),
+                Some(reason) => Err(refuse(*reason)),
+            };
+        }
         if f.size == 0 {
             return Err(refuse(NotProbeable::ZeroSize));
         }
@@ -388,6 +395,29 @@ impl SymbolIndex {
         }
     }
 
+    /// Why no probe fits at `f`'s entry, or `None` when one does (at
+    /// offset 0 decoding starts at an instruction, so only these reasons
+    /// apply).
+    pub(crate) fn entry_refusal(&self, f: &Function) -> Option<NotProbeable> {
+        if f.size == 0 {
+            return Some(NotProbeable::ZeroSize);
+        }
+        let Some(code) = self.code(f.addr, f.size) else {
+            return Some(NotProbeable::NoCode);
+        };
+        if !decode::boundaries(code, f.addr).starts.is_empty() {
+            return None;
+        }
+        // Decode once more past the symbol's end to tell "too small" from
+        // "not code".
+        let wider = self.code(f.addr, 15).unwrap_or(code);
+        Some(if decode::boundaries(wider, f.addr).starts.is_empty() {
+            NotProbeable::Undecodable
+        } else {
+            NotProbeable::SmallerThanInstruction { size: f.size }
+        })
+    }
+
     fn not_found(&self, path: &str) -> SymbolError {
         let parsed = ParsedPath::parse(path);
         if let Some(e) = self.inlined_away(path, &parsed) {
@@ -401,7 +431,7 @@ impl SymbolIndex {
 
     /// A name with no symbol but with inlined copies in DWARF.
     fn inlined_away(&self, query: &str, parsed: &ParsedPath) -> Option<SymbolError> {
-        let lines = self.lines.as_ref()?;
+        let lines = self.lines.get().as_ref()?;
         let last = parsed.rest.last()?;
         // A symbol with this last segment exists: more likely a wrong
         // module than an inlined function, so suggestions serve better.
@@ -439,12 +469,15 @@ impl SymbolIndex {
     fn ambiguous(&self, path: &str, ids: &[u32]) -> SymbolError {
         let fs: Vec<&Function> = ids.iter().map(|&i| &self.functions[i as usize]).collect();
         let plain = |f: &Function| -> Vec<String> {
-            f.parsed.keys()[0].iter().map(|s| s.name.clone()).collect()
+            f.parsed().keys()[0]
+                .iter()
+                .map(|s| s.name.clone())
+                .collect()
         };
-        let kind = if fs.iter().all(|f| f.parsed.trait_.is_some())
+        let kind = if fs.iter().all(|f| f.parsed().trait_.is_some())
             && fs
                 .iter()
-                .all(|f| f.parsed.keys().get(1) == fs[0].parsed.keys().get(1))
+                .all(|f| f.parsed().keys().get(1) == fs[0].parsed().keys().get(1))
         {
             AmbiguityKind::TraitImpls
         } else if fs.iter().all(|f| plain(f) == plain(fs[0])) {
@@ -471,15 +504,15 @@ impl SymbolIndex {
     pub(crate) fn unique_query(&self, id: u32) -> Option<String> {
         let f = &self.functions[id as usize];
         let only = |q: &str| self.match_path(q) == [id];
-        if let (Some(ty), Some(tr)) = (&f.parsed.self_ty, &f.parsed.trait_) {
+        if let (Some(ty), Some(tr)) = (&f.parsed().self_ty, &f.parsed().trait_) {
             if let (Some(t), Some(r)) = (ty.last(), tr.last()) {
-                let q = format!("<{} as {}>::{}", t, r, render(&f.parsed.rest));
+                let q = format!("<{} as {}>::{}", t, r, render(&f.parsed().rest));
                 if only(&q) {
                     return Some(q);
                 }
             }
         }
-        let key = &f.parsed.keys()[0];
+        let key = &f.parsed().keys()[0];
         for k in 1..=key.len() {
             let q = render(&key[key.len() - k..]);
             if only(&q) {
@@ -502,7 +535,7 @@ impl SymbolIndex {
         opts: ResolveOptions,
         res: &mut Resolution,
     ) -> Result<(), SymbolError> {
-        let lines = match &self.lines {
+        let lines = match self.lines.get().as_ref() {
             Some(l) if !l.rows.is_empty() => l,
             _ => {
                 return Err(SymbolError::NoLineTables {
@@ -616,6 +649,7 @@ impl SymbolIndex {
     fn find_file(&self, file: &str) -> Result<u32, SymbolError> {
         let lines = self
             .lines
+            .get()
             .as_ref()
             .ok_or_else(|| SymbolError::NoLineTables {
                 query: file.to_string(),

@@ -82,7 +82,7 @@ pub fn suggest(index: &SymbolIndex, query: &ParsedPath, limit: usize) -> Vec<Str
         };
         for &id in ids {
             let f = &index.functions[id as usize];
-            for key in f.parsed.keys() {
+            for key in f.parsed().keys() {
                 let names = names(key);
                 if names.is_empty() {
                     continue;

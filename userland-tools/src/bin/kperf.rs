@@ -246,11 +246,10 @@ fn events(names: &[String], kernel: Option<&Path>) -> anyhow::Result<Vec<(String
         if matches!(spec, kp::EventSpec::Counter(PerfEvent::Kprobe { .. })) {
             if index.is_none() {
                 let elf = ktrace_tools::cmd::symbols::kernel_elf(kernel)?;
-                index = Some(
-                    ktrace_symbols::SymbolIndex::from_path(&elf).with_context(|| {
+                index =
+                    Some(ktrace_symbols::SymbolIndex::open(&elf).with_context(|| {
                         format!("reading kernel symbols from {}", elf.display())
-                    })?,
-                );
+                    })?);
             }
             spec = kp::resolve_kprobe(spec, index.as_ref().expect("set above"))?;
         }
@@ -539,7 +538,7 @@ fn record(args: RecordArgs, vm: &str) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => ktrace_tools::cmd::symbols::kernel_elf(None)?,
     };
-    let index = ktrace_symbols::SymbolIndex::from_path(&elf)
+    let index = ktrace_symbols::SymbolIndex::open(&elf)
         .with_context(|| format!("reading kernel symbols from {}", elf.display()))?;
     let mut client = tools::connect(vm, "kperf record")?;
     stop::catch_signals();

@@ -40,7 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", args.object.display()))?;
     let mut obj = object::parse(&bytes).with_context(|| format!("{}", args.object.display()))?;
     if let Some(kernel) = &args.kernel {
-        let index = ktrace_symbols::SymbolIndex::from_path(kernel)
+        let index = ktrace_symbols::SymbolIndex::open(kernel)
             .with_context(|| format!("reading kernel symbols from {}", kernel.display()))?;
         obj.resolve_targets(&index)?;
     }

@@ -56,7 +56,8 @@ pub struct Args {
 /// Run `ktrace symbols`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let elf = kernel_elf(args.kernel.as_deref())?;
-    let index = SymbolIndex::from_path(&elf)?;
+    // Freed by the process's exit rather than one allocation at a time.
+    let index = std::mem::ManuallyDrop::new(SymbolIndex::open(&elf)?);
     if let Some(addr) = &args.addr {
         return reverse(&index, addr, args.json);
     }
