@@ -825,6 +825,46 @@ fn the_flags_users_bring_from_bcc_and_perf_mean_the_same_here() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A tracepoint typo gets the closest name, before anything is opened.
+    let out = run(
+        "kperf",
+        &[
+            "--vm",
+            &name,
+            "stat",
+            "-e",
+            "block:blok_rq_issue",
+            "--duration",
+            "1",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "kperf: no tracepoint `block:blok_rq_issue` in this kernel; did you mean \
+         `block:block_rq_issue`?\n"
+    );
+    // `probe add` takes the names `ktrace symbols` takes (a unique suffix)
+    // and suggests close ones.
+    let out = run_ok("ktrace", &["--vm", &name, "probe", "add", "submit_bio"]);
+    assert!(
+        out.contains("(kernel::block::queue::RequestQueue::submit_bio+0x0)"),
+        "{out}"
+    );
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    run_ok("ktrace", &["--vm", &name, "probe", "remove", &id]);
+    let out = run(
+        "ktrace",
+        &["--vm", &name, "probe", "add", "RequestQueue::submit_bioo"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("did you mean:\n  kernel::block::queue::RequestQueue::submit_bio"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(leftovers(&name), Vec::<String>::new());
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -36,6 +36,10 @@ pub enum ProbeCommand {
         /// Return probes: calls tracked at once (0 = kernel default).
         #[arg(long, default_value_t = 0)]
         maxactive: u32,
+        /// The kernel ELF the name is resolved against (default: as `ktrace
+        /// symbols`; without one the kernel takes the exact path only).
+        #[arg(long, value_name = "ELF")]
+        kernel: Option<std::path::PathBuf>,
     },
     /// Unregister a probe by id.
     Remove {
@@ -70,6 +74,40 @@ pub fn parse_target(s: &str) -> anyhow::Result<ProbeTarget> {
         name: name.to_string(),
         offset,
     })
+}
+
+/// A function named the way `ktrace symbols` takes it (a unique suffix
+/// such as `RequestQueue::submit_bio`, a legacy hash) turned into its full
+/// path, which is what the kernel looks up; a name that resolves to nothing
+/// or to several functions is refused with the index's candidates and
+/// suggestions. Without a kernel ELF the name goes to the kernel as typed.
+fn resolve_on_host(
+    target: ProbeTarget,
+    kernel: Option<&std::path::Path>,
+) -> anyhow::Result<ProbeTarget> {
+    let ProbeTarget::Symbol { name, offset } = target else {
+        return Ok(target);
+    };
+    let elf = match super::symbols::kernel_elf(kernel) {
+        Ok(elf) => elf,
+        Err(_) if kernel.is_none() => return Ok(ProbeTarget::Symbol { name, offset }),
+        Err(e) => return Err(e),
+    };
+    let index = ktrace_symbols::SymbolIndex::open(&elf)
+        .with_context(|| format!("reading kernel symbols from {}", elf.display()))?;
+    let found = index.find(&name);
+    match found.as_slice() {
+        [f] => Ok(ProbeTarget::Symbol {
+            name: f.name.clone(),
+            offset,
+        }),
+        // Nothing, or several: the resolver's error lists candidates and
+        // close names.
+        _ => {
+            index.resolve(&name, ktrace_symbols::ResolveOptions::default())?;
+            bail!("`{name}` names {} functions", found.len())
+        }
+    }
 }
 
 fn kind_name(k: ProbeKind) -> String {
@@ -143,13 +181,15 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             target,
             ret,
             maxactive,
+            kernel,
         } => {
             let kind = if ret {
                 ProbeKind::Kretprobe { maxactive }
             } else {
                 ProbeKind::Kprobe
             };
-            let p = client.add_probe(parse_target(&target)?, kind)?;
+            let target = resolve_on_host(parse_target(&target)?, kernel.as_deref())?;
+            let p = client.add_probe(target, kind)?;
             outln!(
                 "probe {} registered: {} at {:#x} ({}+{:#x}){}",
                 p.id,

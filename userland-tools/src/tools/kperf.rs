@@ -176,6 +176,7 @@ pub fn open_counters(
     client: &mut Client,
     events: &[(String, EventSpec)],
 ) -> anyhow::Result<Vec<Counter>> {
+    check_tracepoints(client, events)?;
     let mut out = Vec::new();
     for (name, spec) in events {
         let c = match spec {
@@ -340,6 +341,44 @@ pub fn profile_samples(samples: &[DataSample]) -> (Vec<Sample>, Vec<String>) {
         })
         .collect();
     (out, names)
+}
+
+/// Refuses a tracepoint event the kernel does not have, before anything
+/// is opened, suggesting the closest names (`block:blok_rq_issue` → did
+/// you mean `block:block_rq_issue`).
+fn check_tracepoints(client: &mut Client, events: &[(String, EventSpec)]) -> anyhow::Result<()> {
+    let wanted: Vec<&str> = events
+        .iter()
+        .filter_map(|(_, spec)| match spec {
+            EventSpec::Counter(PerfEvent::Tracepoint { name }) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let known: Vec<String> = client
+        .list_tracepoints()?
+        .into_iter()
+        .map(|t| format!("{}:{}", t.category, t.name))
+        .collect();
+    for name in wanted {
+        if known.iter().any(|k| k == name) {
+            continue;
+        }
+        let mut close: Vec<(usize, &String)> = known
+            .iter()
+            .map(|k| (ktrace_symbols::levenshtein(name, k), k))
+            .filter(|(d, _)| *d <= 3)
+            .collect();
+        close.sort();
+        let hint = match close.first() {
+            Some((_, k)) => format!("; did you mean `{k}`?"),
+            None => "; `kperf list 'category:*'` shows the tracepoints".to_string(),
+        };
+        bail!("no tracepoint `{name}` in this kernel{hint}");
+    }
+    Ok(())
 }
 
 /// Whether a `kperf list` row named `shown` (`task-clock OR cpu-clock`)
