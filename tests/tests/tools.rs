@@ -892,7 +892,8 @@ fn the_readme_tour_runs_as_written() {
     for line in tour.lines() {
         let command = line.split(" #").next().unwrap().trim();
         for step in command.split("&&").map(str::trim).filter(|s| !s.is_empty()) {
-            let words: Vec<&str> = step.split_whitespace().collect();
+            let words = shell_words(step);
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
             if words[0] == "cargo" {
                 continue; // `tool` builds the tools
             }
@@ -922,6 +923,26 @@ fn the_readme_tour_runs_as_written() {
     }
     assert!(ran >= 14, "only {ran} commands in the tour:\n{tour}");
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// The words of a command line as `sh` splits them, for the README's
+/// lines: whitespace separates, single quotes keep everything.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                word.get_or_insert_with(String::new);
+            }
+            c if c.is_whitespace() && !quoted => words.extend(word.take()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
 }
 
 /// `ktrace symbols` through its cache: the first call writes
