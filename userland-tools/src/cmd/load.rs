@@ -119,11 +119,13 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     match &pin {
         Some(p) => outln!(
             "loaded `{}` as object {}, pinned as `{p}` (free it with `ktrace unload {p}`)",
-            prepared.name, loaded.object.id
+            prepared.name,
+            loaded.object.id
         ),
         None => outln!(
             "loaded `{}` as object {}, not pinned: freed when this command exits",
-            prepared.name, loaded.object.id
+            prepared.name,
+            loaded.object.id
         ),
     }
     for m in &loaded.maps {
