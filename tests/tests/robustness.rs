@@ -33,7 +33,7 @@ use ktrace_abi::vm::{DebugRequest, Hello};
 use ktrace_abi::{ErrorCode, Request, Response, PROTOCOL_VERSION};
 use ktrace_tests::TestVm;
 use object::{Object, ObjectSection};
-use probe_sdk::client::{Client, ClientError};
+use probe_sdk::client::{Client, ClientError, ConnectOptions};
 use probe_sdk::kernel_image;
 use probe_sdk::trace::TraceClient;
 use probe_sdk::vm::PanicReport;
@@ -960,6 +960,115 @@ fn record(world: &mut World, req: &Request, resp: &Response) {
     }
 }
 
+/// A second client that creates a ring buffer and a program that feeds
+/// it on every context switch, often subscribes to the stream, and then
+/// vanishes: at a random byte of a request, or mid-stream. Its session
+/// must answer a new client again, and what it created must be gone
+/// (nothing of it was pinned). Returns how long the session took to
+/// answer again.
+fn vanishing_client(vm: &mut TestVm, main: &mut Client, rng: &mut Rng) -> Duration {
+    let mut side = vm.client();
+    let created = |r: Result<Response, ClientError>| match r {
+        Ok(Response::Bpf(BpfResponse::Map(m))) => m.id,
+        Ok(Response::Bpf(BpfResponse::Program(p))) => p.id,
+        Ok(Response::Bpf(BpfResponse::Link(l))) => l.id,
+        other => panic!("side client: {other:?}"),
+    };
+    let rb = created(side.request(&Request::Bpf(BpfRequest::MapCreate(Box::new(
+        MapDefinition {
+            name: "vanish_rb".into(),
+            map_type: 27,
+            key_size: 0,
+            value_size: 0,
+            max_entries: 1 << 16,
+            flags: 0,
+            initial_value: Vec::new(),
+            read_only: false,
+            types: Default::default(),
+        },
+    )))));
+    let asm = "stdw [%r10-8], 7\nlddw %r1, map_idx(0)\nmov %r2, %r10\nadd %r2, -8\nmov %r3, 8\nmov %r4, 0\ncall 130\nmov %r0, 0\nexit";
+    let prog = created(side.request(&Request::Bpf(BpfRequest::ProgLoad {
+        prog: Box::new(ProgramLoad {
+            name: "vanish_feed".into(),
+            section: "tracepoint/sched/sched_switch".into(),
+            prog_type: ProgramType::Tracepoint,
+            attach: AttachTarget::Tracepoint {
+                category: "sched".into(),
+                name: "sched_switch".into(),
+            },
+            insns: bpf_vm::asm::assemble(asm).unwrap().encode(),
+            license: "GPL".into(),
+            lines: None,
+        }),
+        maps: vec![rb],
+        options: LoadOptions::default(),
+    })));
+    created(side.request(&Request::Bpf(BpfRequest::Attach {
+        prog,
+        target: Box::new(AttachTarget::Tracepoint {
+            category: "sched".into(),
+            name: "sched_switch".into(),
+        }),
+        kretprobe: false,
+    })));
+    let mid_stream = rng.chance(50);
+    if mid_stream {
+        side.send_request(&Request::Bpf(BpfRequest::EventsSubscribe {
+            maps: vec![rb],
+            printk: false,
+        }))
+        .unwrap();
+        // Let records flow, read some, leave the rest unread.
+        let _ = side.next_push(Duration::from_millis(20 + rng.below(200)));
+    }
+    // Vanish at a random byte of a frame (0: between frames).
+    let frame = ktrace_abi::encode(9, &Request::Bpf(BpfRequest::MapList)).unwrap();
+    let cut = rng.below(frame.len() as u64) as usize;
+    side.send_bytes(&frame[..cut]).unwrap();
+    let t = Instant::now();
+    drop(side);
+    // The session answers a new client again (the main client holds
+    // another session, so this takes the one just left).
+    let recovered = loop {
+        let opts = ConnectOptions {
+            client_name: "fuzzer-after-vanish".into(),
+            handshake_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            ..ConnectOptions::default()
+        };
+        match vm.vm().connect(&opts) {
+            Ok(mut c) => {
+                let _ = info(&mut c, "a vanished client");
+                break t.elapsed();
+            }
+            Err(e) => assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "a client vanished (cut at byte {cut}, mid-stream {mid_stream}) and no new client was answered: {e}\nconsole:\n{}",
+                vm.vm().console()
+            ),
+        }
+    };
+    // What it created is freed once its session saw it go.
+    let t = Instant::now();
+    loop {
+        let maps = match main.request(&Request::Bpf(BpfRequest::MapList)) {
+            Ok(Response::Bpf(BpfResponse::Maps(m))) => m,
+            other => panic!("MapList: {other:?}"),
+        };
+        if maps.iter().all(|m| m.id != rb) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "a vanished client's ring buffer {rb} outlived it"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    main.take_pushes();
+    recovered
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -1074,6 +1183,7 @@ fn request_fuzzer_never_panics_or_hangs_the_kernel() {
     let mut sample: Vec<Option<String>> = vec![None; KINDS.len()];
     let start = Instant::now();
     let mut n = 0u64;
+    let (mut vanished, mut slowest_recovery) = (0u64, Duration::ZERO);
     while start.elapsed() < budget {
         let kind = rng.below(KINDS.len() as u64) as usize;
         let req = gen_request(kind, &mut world, &mut rng);
@@ -1104,6 +1214,11 @@ fn request_fuzzer_never_panics_or_hangs_the_kernel() {
         record(&mut world, &req, &resp);
         // Event subscriptions push records; keep the client's queue short.
         client.take_pushes();
+        if rng.chance(2) {
+            vanished += 1;
+            slowest_recovery =
+                slowest_recovery.max(vanishing_client(&mut vm, &mut client, &mut rng));
+        }
         if n.is_multiple_of(25) {
             info(&mut client, &format!("request #{n}"));
             assert_no_report(&mut vm, &format!("request #{n}"));
@@ -1178,6 +1293,9 @@ fn request_fuzzer_never_panics_or_hangs_the_kernel() {
         start.elapsed().as_secs_f64(),
         refused.iter().sum::<u64>(),
         info.heap_used_bytes
+    );
+    println!(
+        "{vanished} side clients vanished (at a random byte or mid-stream): their session answered again at most {slowest_recovery:?} later"
     );
     println!("{:<52} {:>7} {:>8}", "kind", "sent", "refused");
     for (i, k) in KINDS.iter().enumerate() {
