@@ -580,9 +580,9 @@ impl Compiler<'_> {
         a.jcc(cc::E, unknown);
         a.mov_rr(W::Q, R9, R12);
         a.call_r(R11);
+        a.load(8, R9, R12, off::LEFT);
         a.alu_rr(W::Q, rm_op::TEST, RDX, RDX);
         a.jcc(cc::NE, failed);
-        a.load(8, R9, R12, off::LEFT);
     }
 
     fn local_call(&mut self, pc: usize, t: usize) {
