@@ -56,6 +56,10 @@ struct Compiler<'e> {
     a: Asm,
     exe: &'e Executable,
     slots: Vec<Label>,
+    /// Loop heads (targets of a backward jump) get their budget charge
+    /// inline before their code, so the back edge is a single `jcc`;
+    /// straight-line code falling into them jumps over the charge.
+    entries: Vec<Option<Label>>,
     budget_stubs: Vec<Option<Label>>,
     stubs: Vec<(Label, Stub)>,
     fault_exit: Label,
@@ -70,11 +74,34 @@ pub fn compile(exe: &Executable, options: &JitOptions) -> Result<JitImage, JitEr
     }
     let mut a = Asm::new();
     let slots = (0..n).map(|_| a.label()).collect();
+    let mut entries = vec![None; n];
+    for (pc, op) in exe.ops.iter().enumerate() {
+        let t = match *op {
+            Op::Ja(t)
+            | Op::Jmp64I(_, _, t, _)
+            | Op::Jmp64R(_, _, _, t)
+            | Op::Jmp32I(_, _, t, _)
+            | Op::Jmp32R(_, _, _, t)
+            | Op::JEq64I(_, t, _)
+            | Op::JNe64I(_, t, _)
+            | Op::JGt64I(_, t, _)
+            | Op::JLt64I(_, t, _)
+            | Op::JEq64R(_, _, t)
+            | Op::JNe64R(_, _, t)
+            | Op::JGt64R(_, _, t)
+            | Op::JLt64R(_, _, t) => t as usize,
+            _ => continue,
+        };
+        if t <= pc && entries[t].is_none() {
+            entries[t] = Some(a.label());
+        }
+    }
     let fault_exit = a.label();
     let mut c = Compiler {
         a,
         exe,
         slots,
+        entries,
         budget_stubs: vec![None; n],
         stubs: Vec::new(),
         fault_exit,
@@ -82,11 +109,41 @@ pub fn compile(exe: &Executable, options: &JitOptions) -> Result<JitImage, JitEr
     };
     c.prologue();
     let mut slot_offsets = Vec::with_capacity(n);
+    // Whether the previous slot continues into this one without charging it
+    // (it is not a control transfer).
+    let mut uncharged_fallthrough = false;
     for pc in 0..n {
         let l = c.slots[pc];
+        if let Some(entry) = c.entries[pc] {
+            if uncharged_fallthrough {
+                c.a.jmp(l);
+            }
+            c.a.bind(entry);
+            c.charge(pc);
+        }
         c.a.bind(l);
         slot_offsets.push(c.a.pos() as u32);
         c.op(pc);
+        uncharged_fallthrough = match c.exe.ops[pc] {
+            Op::Tail => uncharged_fallthrough,
+            Op::Ja(_)
+            | Op::Exit
+            | Op::FellOff
+            | Op::CallLocal(_)
+            | Op::Jmp64I(..)
+            | Op::Jmp64R(..)
+            | Op::Jmp32I(..)
+            | Op::Jmp32R(..)
+            | Op::JEq64I(..)
+            | Op::JNe64I(..)
+            | Op::JGt64I(..)
+            | Op::JLt64I(..)
+            | Op::JEq64R(..)
+            | Op::JNe64R(..)
+            | Op::JGt64R(..)
+            | Op::JLt64R(..) => false,
+            _ => true,
+        };
     }
     c.emit_stubs();
     let code = c.a.finish().map_err(|_| JitError::Internal)?;
@@ -506,9 +563,21 @@ impl Compiler<'_> {
     }
 
     fn goto(&mut self, t: usize) {
+        if let Some(entry) = self.entries[t] {
+            self.a.jmp(entry);
+            return;
+        }
         self.charge(t);
         let l = self.slots[t];
         self.a.jmp(l);
+    }
+
+    /// Charges the run at `pc + 1` after a jump not taken or a return,
+    /// unless it is a loop head, which charges itself.
+    fn charge_next(&mut self, pc: usize) {
+        if self.entries.get(pc + 1).copied().flatten().is_none() {
+            self.charge(pc + 1);
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -536,11 +605,15 @@ impl Compiler<'_> {
             (_, src) => self.alu(w, rm_op::CMP, ext::CMP, dst, src),
         }
         // Taken: charge the target's run and go; not taken: charge the next one.
-        let skip = self.a.label();
-        self.a.jcc(code ^ 1, skip);
-        self.goto(t as usize);
-        self.a.bind(skip);
-        self.charge(pc + 1);
+        if let Some(entry) = self.entries[t as usize] {
+            self.a.jcc(code, entry);
+        } else {
+            let skip = self.a.label();
+            self.a.jcc(code ^ 1, skip);
+            self.goto(t as usize);
+            self.a.bind(skip);
+        }
+        self.charge_next(pc);
     }
 
     /// A helper call: `Some(id)` for `call id`, `None` for `callx` (id in r11).
@@ -605,7 +678,7 @@ impl Compiler<'_> {
             a.pop(r);
         }
         a.alu_mem_i(ext::SUB, R12, off::DEPTH, 1);
-        self.charge(pc + 1);
+        self.charge_next(pc);
     }
 
     #[allow(clippy::too_many_arguments)]
