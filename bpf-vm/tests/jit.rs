@@ -417,3 +417,71 @@ fn blinding_hides_immediates() {
         assert_eq!(res, Ok(0x5bd1e995 + 0x1234567));
     }
 }
+
+/// The registers x86 instructions use implicitly (rax and rdx for
+/// division, rcx for shift counts, rax for cmpxchg) as every operand of the
+/// instructions that need them, with 0, -1 and INT_MIN operands.
+#[test]
+fn implicit_register_corner_cases_match_the_interpreter() {
+    // r0 = rax, r3 = rdx, r4 = rcx, r2 = rsi.
+    let regs = [0u8, 2, 3, 4];
+    let values: [[i64; 4]; 4] = [
+        [i64::MIN, -1, 7, 0],
+        [0x8000_0000, 0xffff_ffff, 0, 13],
+        [12_345_678_901, 3, -5, 64],
+        [-1, i64::MIN, 0x8000_0000, -0x8000_0000],
+    ];
+    let checksum = "mov %r7, %r0\nrsh %r7, 1\nxor %r7, %r2\nlsh %r7, 3\nxor %r7, %r3\nrsh %r7, 2\nxor %r7, %r4\nmov %r0, %r7\nexit";
+    let mut programs = 0;
+    for vals in values {
+        for rot in 0..4 {
+            let init: String = regs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| format!("lddw %r{r}, {}\n", vals[(i + rot) % 4]))
+                .collect();
+            for op in ["div", "mod", "sdiv", "smod", "lsh", "rsh", "arsh", "mul"] {
+                for w in ["", "32"] {
+                    for d in regs {
+                        for s in regs {
+                            let src = format!("{init}{op}{w} %r{d}, %r{s}\n{checksum}");
+                            let r = both(&src, &[], 100).0;
+                            assert!(r.is_ok(), "{src}: {r:?}");
+                            programs += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for op in ["add", "or", "and", "xor", "xchg", "cmpxchg"] {
+        for fetch in [false, true] {
+            if !fetch && matches!(op, "xchg" | "cmpxchg") {
+                continue;
+            }
+            for w in ["", "32"] {
+                for b in regs {
+                    for s in regs {
+                        if s == b {
+                            continue;
+                        }
+                        let init: String = regs
+                            .iter()
+                            .filter(|&&r| r != b)
+                            .map(|r| format!("lddw %r{r}, {}\n", 0x1111_2222_3333_4444u64 * (*r as u64 + 1)))
+                            .collect();
+                        let f = if fetch && !matches!(op, "xchg" | "cmpxchg") { "fetch " } else { "" };
+                        let src = format!(
+                            "stdw [%r10-16], 0x1234567\nstw [%r10-12], 0x0f0f0f0f\n{init}mov %r{b}, %r10\nadd %r{b}, -16\n\
+                             lock {f}{op}{w} [%r{b}+0], %r{s}\nmov %r{b}, 0\nldxdw %r6, [%r10-16]\nxor %r0, %r6\n{checksum}"
+                        );
+                        let r = both(&src, &[], 100).0;
+                        assert!(r.is_ok(), "{src}: {r:?}");
+                        programs += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(programs, 4 * 4 * 8 * 2 * 16 + (4 * 2 + 2) * 2 * 12);
+}
