@@ -59,14 +59,15 @@ impl Logged {
         if (array..array + (ARRAY_ENTRIES * VALUE_SIZE) as u64).contains(&v) {
             return Val::Array(v - array);
         }
-        if fp != 0 && v.wrapping_sub(fp).wrapping_add(8 * 1024) < 16 * 1024 {
-            return Val::Stack(v.wrapping_sub(fp) as i64);
-        }
         for (i, (b, _)) in self.inner.records.iter().enumerate() {
             let a = b.as_ptr() as u64;
             if (a..a + b.len() as u64).contains(&v) {
                 return Val::Record(i, v - a);
             }
+        }
+        // The interpreter's frames lie above frame 0, the JIT's below it.
+        if fp != 0 && v.wrapping_sub(fp).wrapping_add(8 * 1024) < 16 * 1024 {
+            return Val::Stack(v.wrapping_sub(fp) as i64);
         }
         Val::Num(v)
     }

@@ -7,21 +7,46 @@
 //! ```text
 //! r0 rax   r1 rdi   r2 rsi   r3 rdx   r4 rcx   r5 r8
 //! r6 rbx   r7 r13   r8 r14   r9 r15   r10 rbp
-//! r9 (x86): instructions left in the budget     r12: the JitRun
-//! r10, r11: scratch
+//! r12: instructions left in the budget (callee-saved, so helper calls
+//!      need not save it)
+//! r9, r10, r11: scratch
 //! ```
+//!
+//! Frames: each BPF frame is `FRAME` bytes of native stack below `rbp`: the
+//! 512-byte BPF stack, then the address of the [`JitRun`] at
+//! `rbp - RUN_SLOT` (so any code can reach it through the frame pointer),
+//! then padding that keeps `rsp` 16-byte aligned inside every program
+//! function, as helper calls need.
 //!
 //! Layout: the prologue saves the callee-saved registers, reserves frame 0
 //! and `call`s the program's first slot, so `exit` is always `ret` (from a
-//! bpf-to-bpf callee or from the program). Faults jump to out-of-line stubs
-//! that record the fault in the [`JitRun`] and unwind to the saved stack
-//! pointer. Inside any program function `rsp` is 16-byte aligned, as helper
-//! calls need.
+//! bpf-to-bpf callee or from the program). A bpf-to-bpf call pushes
+//! `r6`-`r10`, reserves the callee's frame and `call`s it; the call depth
+//! is checked against `rsp`, since every frame takes the same room. Faults
+//! jump to out-of-line stubs that record the fault in the [`JitRun`] and
+//! unwind to the saved stack pointer.
+//!
+//! Budget: every jump target and the slot after a conditional jump or a
+//! local call begins a run the interpreter charges; jump targets carry the
+//! charge (`sub r12, len; jb fault`) in front of their code, and
+//! straight-line code that reaches a target without a jump (which the
+//! interpreter does not charge) adds the run's length back first, rather
+//! than jumping over the charge.
 
 use alloc::vec;
 use alloc::vec::Vec;
 
 use super::x86::{cc, ext, rm_op, shift, Asm, Label, R10, R11, R12, R13, R14, R15, R8, R9, W};
+
+/// Native bytes of a BPF frame below `rbp` (BPF stack, run pointer, padding).
+const FRAME: i32 = STACK_SIZE as i32 + 16;
+/// `rbp - RUN_SLOT` holds the address of the JitRun.
+const RUN_SLOT: i32 = STACK_SIZE as i32 + 8;
+/// The budget register.
+const BUDGET: u8 = R12;
+/// Native stack a bpf-to-bpf call takes: 5 saved registers, the frame and
+/// the return address.
+const CALL_ROOM: i32 = 5 * 8 + FRAME + 8;
 use super::x86::{RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP};
 use super::{fault, off, JitError, JitImage, JitOptions, JitRun};
 use crate::insn::{AtomicOp, JmpCond, Size, STACK_SIZE};
@@ -56,9 +81,8 @@ struct Compiler<'e> {
     a: Asm,
     exe: &'e Executable,
     slots: Vec<Label>,
-    /// Loop heads (targets of a backward jump) get their budget charge
-    /// inline before their code, so the back edge is a single `jcc`;
-    /// straight-line code falling into them jumps over the charge.
+    /// Jump targets get their budget charge inline before their code, so a
+    /// jump is a single `jmp`/`jcc`.
     entries: Vec<Option<Label>>,
     budget_stubs: Vec<Option<Label>>,
     stubs: Vec<(Label, Stub)>,
@@ -92,7 +116,8 @@ pub fn compile(exe: &Executable, options: &JitOptions) -> Result<JitImage, JitEr
             | Op::JLt64R(_, _, t) => t as usize,
             _ => continue,
         };
-        if t <= pc && entries[t].is_none() {
+        let _ = pc;
+        if entries[t].is_none() {
             entries[t] = Some(a.label());
         }
     }
@@ -116,7 +141,11 @@ pub fn compile(exe: &Executable, options: &JitOptions) -> Result<JitImage, JitEr
         let l = c.slots[pc];
         if let Some(entry) = c.entries[pc] {
             if uncharged_fallthrough {
-                c.a.jmp(l);
+                // Cancel the charge below: the interpreter charged this run
+                // as part of the one falling into it. (The budget is at
+                // most 2^62, so this cannot wrap.)
+                let n = c.exe.run_len[pc] as i32;
+                c.a.alu_ri(W::Q, ext::ADD, BUDGET, n);
             }
             c.a.bind(entry);
             c.charge(pc);
@@ -161,31 +190,35 @@ impl Compiler<'_> {
         for r in [RBX, RBP, R12, R13, R14, R15] {
             a.push(r);
         }
-        a.mov_rr(W::Q, R12, RDX);
-        a.store(8, R12, off::SAVED_RSP, RSP);
-        a.load(8, R9, R12, off::LEFT);
+        a.store(8, RDX, off::SAVED_RSP, RSP);
+        // Inside a function at depth d, rsp = saved - FRAME - 8 - d * CALL_ROOM;
+        // a call from depth MAX_CALL_FRAMES - 1 or deeper is refused.
+        let limit = FRAME + 8 + CALL_ROOM * (MAX_CALL_FRAMES as i32 - 1);
+        a.lea(R11, RSP, -limit);
+        a.store(8, RDX, off::STACK_LIMIT, R11);
+        a.load(8, BUDGET, RDX, off::LEFT);
+        a.mov_rr(W::Q, RBP, RSP);
+        a.alu_ri(W::Q, ext::SUB, RSP, FRAME);
+        a.store(8, RBP, -RUN_SLOT, RDX);
         // Registers other than r1 (ctx) and r2 (its length) start at 0.
         for r in [RAX, RDX, RCX, R8, RBX, R13, R14, R15] {
             a.alu_rr(W::D, rm_op::XOR, r, r);
         }
-        a.mov_rr(W::Q, RBP, RSP);
-        a.alu_ri(W::Q, ext::SUB, RSP, STACK_SIZE as i32);
         self.charge(0);
         let first = self.slots[0];
-        let epilogue = self.a.label();
         let a = &mut self.a;
         a.call(first);
-        a.store(8, R12, off::LEFT, R9);
-        a.bind(epilogue);
-        a.load(8, RSP, R12, off::SAVED_RSP);
+        // Normal exit and faults: rbp is frame 0's or the faulting frame's,
+        // either way below it is the run pointer.
+        let fe = self.fault_exit;
+        a.bind(fe);
+        a.load(8, R11, RBP, -RUN_SLOT);
+        a.store(8, R11, off::LEFT, BUDGET);
+        a.load(8, RSP, R11, off::SAVED_RSP);
         for r in [R15, R14, R13, R12, RBP, RBX] {
             a.pop(r);
         }
         a.ret();
-        let fe = self.fault_exit;
-        a.bind(fe);
-        a.store(8, R12, off::LEFT, R9);
-        a.jmp(epilogue);
     }
 
     /// Charges the straight-line run starting at `pc` against the budget.
@@ -203,7 +236,7 @@ impl Compiler<'_> {
                 l
             }
         };
-        self.a.alu_ri(W::Q, ext::SUB, R9, n);
+        self.a.alu_ri(W::Q, ext::SUB, BUDGET, n);
         self.a.jcc(cc::B, stub);
     }
 
@@ -222,18 +255,23 @@ impl Compiler<'_> {
                 Stub::Budget { pc, n } => {
                     // Undo the charge: the interpreter does not subtract a
                     // run it cannot afford.
-                    a.alu_ri(W::Q, ext::ADD, R9, n);
+                    a.alu_ri(W::Q, ext::ADD, BUDGET, n);
+                    a.load(8, R11, RBP, -RUN_SLOT);
                     (pc, fault::BUDGET)
                 }
-                Stub::Fault { pc, kind } => (pc, kind),
+                Stub::Fault { pc, kind } => {
+                    a.load(8, R11, RBP, -RUN_SLOT);
+                    (pc, kind)
+                }
                 Stub::Misaligned { pc, len } => {
-                    a.store(8, R12, off::FAULT_ADDR, R10);
-                    a.store_imm(8, R12, off::FAULT_LEN, len);
+                    a.load(8, R11, RBP, -RUN_SLOT);
+                    a.store(8, R11, off::FAULT_ADDR, R10);
+                    a.store_imm(8, R11, off::FAULT_LEN, len);
                     (pc, fault::MISALIGNED)
                 }
             };
-            a.store32_imm(R12, off::FAULT_KIND, kind);
-            a.store_imm(8, R12, off::FAULT_PC, pc as i32);
+            a.store32_imm(R11, off::FAULT_KIND, kind);
+            a.store_imm(8, R11, off::FAULT_PC, pc as i32);
             let fe = self.fault_exit;
             a.jmp(fe);
         }
@@ -621,17 +659,18 @@ impl Compiler<'_> {
         let unknown = self.fault_stub(pc, fault::UNKNOWN_HELPER);
         let failed = self.fault_stub(pc, fault::HELPER_FAILED);
         let a = &mut self.a;
-        a.store(8, R12, off::LEFT, R9);
+        // The run is the helper's sixth argument.
+        a.load(8, R9, RBP, -RUN_SLOT);
         match id {
             Some(id) => {
-                a.store32_imm(R12, off::HELPER_ID, id);
+                a.store32_imm(R9, off::HELPER_ID, id);
                 if id >= 1 << 28 {
                     a.jmp(unknown);
                     return;
                 }
-                a.alu_mem_i(ext::CMP, R12, off::HELPERS_LEN, id as i32);
+                a.alu_mem_i(ext::CMP, R9, off::HELPERS_LEN, id as i32);
                 a.jcc(cc::BE, unknown);
-                a.load(8, R10, R12, off::HELPERS);
+                a.load(8, R10, R9, off::HELPERS);
                 a.load(8, R11, R10, 8 * id as i32);
             }
             None => {
@@ -642,18 +681,16 @@ impl Compiler<'_> {
                 a.jcc(cc::E, small);
                 a.mov_r32_i(R11, u32::MAX);
                 a.bind(small);
-                a.store(4, R12, off::HELPER_ID, R11);
-                a.alu_r_mem(W::Q, 0x3b, R11, R12, off::HELPERS_LEN);
+                a.store(4, R9, off::HELPER_ID, R11);
+                a.alu_r_mem(W::Q, 0x3b, R11, R9, off::HELPERS_LEN);
                 a.jcc(cc::AE, unknown);
-                a.load(8, R10, R12, off::HELPERS);
+                a.load(8, R10, R9, off::HELPERS);
                 a.load_r11_table_r10();
             }
         }
         a.alu_rr(W::Q, rm_op::TEST, R11, R11);
         a.jcc(cc::E, unknown);
-        a.mov_rr(W::Q, R9, R12);
         a.call_r(R11);
-        a.load(8, R9, R12, off::LEFT);
         a.alu_rr(W::Q, rm_op::TEST, RDX, RDX);
         a.jcc(cc::NE, failed);
     }
@@ -661,14 +698,15 @@ impl Compiler<'_> {
     fn local_call(&mut self, pc: usize, t: usize) {
         let too_deep = self.fault_stub(pc, fault::CALL_DEPTH);
         let a = &mut self.a;
-        a.alu_mem_i(ext::CMP, R12, off::DEPTH, (MAX_CALL_FRAMES - 1) as i32);
-        a.jcc(cc::AE, too_deep);
-        a.alu_mem_i(ext::ADD, R12, off::DEPTH, 1);
+        a.load(8, R11, RBP, -RUN_SLOT);
+        a.alu_r_mem(W::Q, 0x3b, RSP, R11, off::STACK_LIMIT);
+        a.jcc(cc::BE, too_deep);
         for r in [RBX, R13, R14, R15, RBP] {
             a.push(r);
         }
         a.mov_rr(W::Q, RBP, RSP);
-        a.alu_ri(W::Q, ext::SUB, RSP, STACK_SIZE as i32);
+        a.alu_ri(W::Q, ext::SUB, RSP, FRAME);
+        a.store(8, RBP, -RUN_SLOT, R11);
         self.charge(t);
         let l = self.slots[t];
         let a = &mut self.a;
@@ -677,7 +715,6 @@ impl Compiler<'_> {
         for r in [RBP, R15, R14, R13, RBX] {
             a.pop(r);
         }
-        a.alu_mem_i(ext::SUB, R12, off::DEPTH, 1);
         self.charge_next(pc);
     }
 
@@ -708,17 +745,17 @@ impl Compiler<'_> {
             (op, true) => {
                 // Fetching or/and/xor: a compare-exchange loop in rax.
                 let opc = match op {
-                    AtomicOp::Or => 0x0b,
-                    AtomicOp::And => 0x23,
-                    _ => 0x33,
+                    AtomicOp::Or => rm_op::OR,
+                    AtomicOp::And => rm_op::AND,
+                    _ => rm_op::XOR,
                 };
-                a.store(8, R12, off::SCRATCH, src);
+                a.mov_rr(W::Q, R9, src);
                 a.push(RAX);
                 a.load(n as u8, RAX, R10, 0);
                 let retry = a.label();
                 a.bind(retry);
                 a.mov_rr(W::Q, R11, RAX);
-                a.alu_r_mem(w, opc, R11, R12, off::SCRATCH);
+                a.alu_rr(w, opc, R11, R9);
                 a.lock_cmpxchg(w, R10, 0, R11);
                 a.jcc(cc::NE, retry);
                 a.mov_rr(W::Q, R11, RAX);

@@ -186,6 +186,10 @@ pub type JitHelperFn = extern "sysv64" fn(u64, u64, u64, u64, u64, *mut JitRun<'
 /// reports success).
 pub type JitEntry = unsafe extern "sysv64" fn(*mut u8, u64, *mut c_void) -> u64;
 
+/// Budgets are capped at 2^62 instructions (decades of run time), so that
+/// the compiled code's arithmetic on the instruction count cannot wrap.
+pub const MAX_BUDGET: u64 = 1 << 62;
+
 /// Fault codes written by compiled code into [`JitRun`].
 pub(crate) mod fault {
     pub const NONE: u32 = 0;
@@ -206,7 +210,7 @@ pub struct JitRun<'a> {
     helpers_len: u64,
     env: *mut c_void,
     left: u64,
-    depth: u64,
+    stack_limit: u64,
     saved_rsp: u64,
     helper_id: u32,
     fault_kind: u32,
@@ -214,29 +218,27 @@ pub struct JitRun<'a> {
     fault_addr: u64,
     fault_len: u64,
     budget: u64,
-    scratch: u64,
     helper_error: Option<HelperError>,
     _table: PhantomData<&'a [Option<JitHelperFn>]>,
 }
 
 impl<'a> JitRun<'a> {
     /// A run with `helpers` (indexed by id), `env` for them to use, and a
-    /// budget of `budget` instructions.
+    /// budget of `budget` instructions (at most [`MAX_BUDGET`]).
     pub fn new(helpers: &'a [Option<JitHelperFn>], env: *mut c_void, budget: u64) -> JitRun<'a> {
         JitRun {
             helpers: helpers.as_ptr(),
             helpers_len: helpers.len() as u64,
             env,
-            left: budget,
-            depth: 0,
+            left: budget.min(MAX_BUDGET),
+            stack_limit: 0,
             saved_rsp: 0,
             helper_id: 0,
             fault_kind: fault::NONE,
             fault_pc: 0,
             fault_addr: 0,
             fault_len: 0,
-            budget,
-            scratch: 0,
+            budget: budget.min(MAX_BUDGET),
             helper_error: None,
             _table: PhantomData,
         }
@@ -244,9 +246,8 @@ impl<'a> JitRun<'a> {
 
     /// Prepares the run for another call of the code with `budget`.
     pub fn reset(&mut self, budget: u64) {
-        self.left = budget;
-        self.budget = budget;
-        self.depth = 0;
+        self.left = budget.min(MAX_BUDGET);
+        self.budget = budget.min(MAX_BUDGET);
         self.fault_kind = fault::NONE;
         self.helper_error = None;
     }
@@ -309,12 +310,11 @@ pub(crate) mod off {
     pub const HELPERS: i32 = offset_of!(JitRun<'static>, helpers) as i32;
     pub const HELPERS_LEN: i32 = offset_of!(JitRun<'static>, helpers_len) as i32;
     pub const LEFT: i32 = offset_of!(JitRun<'static>, left) as i32;
-    pub const DEPTH: i32 = offset_of!(JitRun<'static>, depth) as i32;
+    pub const STACK_LIMIT: i32 = offset_of!(JitRun<'static>, stack_limit) as i32;
     pub const SAVED_RSP: i32 = offset_of!(JitRun<'static>, saved_rsp) as i32;
     pub const HELPER_ID: i32 = offset_of!(JitRun<'static>, helper_id) as i32;
     pub const FAULT_KIND: i32 = offset_of!(JitRun<'static>, fault_kind) as i32;
     pub const FAULT_PC: i32 = offset_of!(JitRun<'static>, fault_pc) as i32;
     pub const FAULT_ADDR: i32 = offset_of!(JitRun<'static>, fault_addr) as i32;
     pub const FAULT_LEN: i32 = offset_of!(JitRun<'static>, fault_len) as i32;
-    pub const SCRATCH: i32 = offset_of!(JitRun<'static>, scratch) as i32;
 }
