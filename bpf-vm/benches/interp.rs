@@ -341,10 +341,10 @@ fn bench(c: &mut Criterion) {
         let theirs = rbpf_vm.execute_program(&mut rmem).expect("rbpf runs");
         assert_eq!(ours, theirs, "{name}: results differ");
         rbpf_vm.jit_compile().expect("rbpf jit compiles");
-        let image = compile(&exe, &JitOptions::default()).expect("our jit compiles");
+        let image = compile(&exe, &JitOptions::default(), &jit_helpers).expect("our jit compiles");
         let code = jit_support::ExecCode::new(&image);
         let mut jmem = vec![0u8; 64 * 8];
-        let mut run = JitRun::new(&jit_helpers, std::ptr::null_mut(), u64::MAX);
+        let mut run = JitRun::new(std::ptr::null_mut(), u64::MAX);
         let mut run_jit = |jmem: &mut [u8]| {
             run.reset(u64::MAX);
             // SAFETY: the program was checked to run cleanly above and only

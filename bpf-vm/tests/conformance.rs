@@ -123,7 +123,7 @@ fn run_vector(text: &str, mode: Mode) -> Result<(), String> {
     let r0 = match mode {
         Mode::Checked => r0,
         Mode::Jit(options) => {
-            let image = compile(&exe, &options).map_err(|e| format!("jit: {e}"))?;
+            let image = compile(&exe, &options, &support::jit::table::<HelperTable<()>>()).map_err(|e| format!("jit: {e}"))?;
             let code = support::jit::ExecCode::new(&image);
             let mut jit_mem = v.mem.clone();
             // SAFETY: the vector just ran in checked mode without a fault,

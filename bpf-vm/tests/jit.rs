@@ -29,7 +29,7 @@ use bpf_vm::Executable;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use support::gen::*;
-use support::jit::{run_jit, ExecCode};
+use support::jit::{run_jit, table, ExecCode};
 
 /// A helper argument or result with addresses made comparable across runs
 /// whose buffers live at different addresses.
@@ -151,7 +151,7 @@ fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), S
         _ => None,
     })
     .map_err(|e| format!("prepare: {e}"))?;
-    let image = compile(&exe, options).map_err(|e| format!("jit: {e}"))?;
+    let image = compile(&exe, options, &table::<Logged>()).map_err(|e| format!("jit: {e}"))?;
     let code = ExecCode::new(&image);
     let mut vm = Vm::new();
     let mut interp_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
@@ -283,7 +283,7 @@ fn both(src: &str, ctx: &[u8], budget: u64) -> (Result<u64, RunError>, u64) {
     let mut vm = Vm::new();
     let mut c1 = ctx.to_vec();
     let interp = vm.run_checked(&exe, &mut c1, &mut helpers, &[], budget);
-    let code = ExecCode::new(&compile(&exe, &JitOptions::default()).unwrap());
+    let code = ExecCode::new(&compile(&exe, &JitOptions::default(), &table::<HelperTable<()>>()).unwrap());
     let mut c2 = ctx.to_vec();
     // SAFETY: the test programs touch only their stack and the context,
     // which the checked run above confirms (or faults before any access).
@@ -329,6 +329,16 @@ fn faults_and_limits_match_the_interpreter() {
             err: HelperError::Unknown(7)
         }
     );
+    // Ids outside the helper table given to the compiler (256 entries).
+    for src in ["call 300\nexit", "mov %r3, 300\ncallx %r3\nexit"] {
+        assert_eq!(
+            both(src, &[], 100).0.unwrap_err().kind,
+            RunErrorKind::Helper {
+                id: 300,
+                err: HelperError::Unknown(300)
+            }
+        );
+    }
     assert_eq!(
         both("mov %r0, 1\ncall 2\nexit", &[], 100).0.unwrap_err(),
         RunError {
@@ -381,12 +391,13 @@ fn blinding_hides_immediates() {
     )
     .unwrap();
     let exe = Executable::new(&prog).unwrap();
-    let plain = compile(&exe, &JitOptions::default()).unwrap();
+    let plain = compile(&exe, &JitOptions::default(), &table::<HelperTable<()>>()).unwrap();
     let blinded = compile(
         &exe,
         &JitOptions {
             blinding: Some(99),
         },
+        &table::<HelperTable<()>>(),
     )
     .unwrap();
     let pats: [&[u8]; 5] = [
@@ -407,6 +418,7 @@ fn blinding_hides_immediates() {
         &JitOptions {
             blinding: Some(100),
         },
+        &table::<HelperTable<()>>(),
     )
     .unwrap();
     assert_ne!(other.code(), blinded.code());

@@ -48,7 +48,7 @@ const BUDGET: u8 = R12;
 /// the return address.
 const CALL_ROOM: i32 = 5 * 8 + FRAME + 8;
 use super::x86::{RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP};
-use super::{fault, off, JitError, JitImage, JitOptions, JitRun};
+use super::{fault, off, JitError, JitHelperFn, JitImage, JitOptions, JitRun};
 use crate::insn::{AtomicOp, JmpCond, Size, STACK_SIZE};
 use crate::interp::exe::Op;
 use crate::interp::{Executable, MAX_CALL_FRAMES};
@@ -80,6 +80,9 @@ enum Stub {
 struct Compiler<'e> {
     a: Asm,
     exe: &'e Executable,
+    helpers: &'e [Option<JitHelperFn>],
+    /// The helper table appended to the code, for `callx`.
+    table: Label,
     slots: Vec<Label>,
     /// Jump targets get their budget charge inline before their code, so a
     /// jump is a single `jmp`/`jcc`.
@@ -90,10 +93,15 @@ struct Compiler<'e> {
     key: Option<u64>,
 }
 
-/// Compiles `exe` (see the [module documentation](super)).
-pub fn compile(exe: &Executable, options: &JitOptions) -> Result<JitImage, JitError> {
+/// Compiles `exe` (see the [module documentation](super)) for `helpers`,
+/// indexed by helper id: their addresses are built into the code.
+pub fn compile(
+    exe: &Executable,
+    options: &JitOptions,
+    helpers: &[Option<JitHelperFn>],
+) -> Result<JitImage, JitError> {
     let n = exe.ops.len();
-    if n >= (i32::MAX as usize) / 64 {
+    if n >= (i32::MAX as usize) / 64 || helpers.len() >= 1 << 24 {
         return Err(JitError::TooLarge(n - 1));
     }
     let mut a = Asm::new();
@@ -122,9 +130,12 @@ pub fn compile(exe: &Executable, options: &JitOptions) -> Result<JitImage, JitEr
         }
     }
     let fault_exit = a.label();
+    let table = a.label();
     let mut c = Compiler {
         a,
         exe,
+        helpers,
+        table,
         slots,
         entries,
         budget_stubs: vec![None; n],
@@ -175,6 +186,13 @@ pub fn compile(exe: &Executable, options: &JitOptions) -> Result<JitImage, JitEr
         };
     }
     c.emit_stubs();
+    if exe.ops.iter().any(|op| matches!(op, Op::CallX(_))) {
+        c.a.align(8);
+        c.a.bind(table);
+        for f in helpers {
+            c.a.data64(f.map_or(0, |f| f as usize as u64));
+        }
+    }
     let code = c.a.finish().map_err(|_| JitError::Internal)?;
     slot_offsets.truncate(n - 1);
     Ok(JitImage {
@@ -664,14 +682,14 @@ impl Compiler<'_> {
         match id {
             Some(id) => {
                 a.store32_imm(R9, off::HELPER_ID, id);
-                if id >= 1 << 28 {
-                    a.jmp(unknown);
-                    return;
+                match self.helpers.get(id as usize).copied().flatten() {
+                    Some(f) => a.movabs(R11, f as usize as u64),
+                    None => {
+                        // Unknown when compiled: the interpreter's fault, when reached.
+                        a.jmp(unknown);
+                        return;
+                    }
                 }
-                a.alu_mem_i(ext::CMP, R9, off::HELPERS_LEN, id as i32);
-                a.jcc(cc::BE, unknown);
-                a.load(8, R10, R9, off::HELPERS);
-                a.load(8, R11, R10, 8 * id as i32);
             }
             None => {
                 // An id beyond u32 names no helper: clamp it to u32::MAX.
@@ -682,14 +700,17 @@ impl Compiler<'_> {
                 a.mov_r32_i(R11, u32::MAX);
                 a.bind(small);
                 a.store(4, R9, off::HELPER_ID, R11);
-                a.alu_r_mem(W::Q, 0x3b, R11, R9, off::HELPERS_LEN);
+                // Look the id up in the image's own copy of the table.
+                let n = self.helpers.len() as u32;
+                a.alu_ri(W::Q, ext::CMP, R11, n as i32);
                 a.jcc(cc::AE, unknown);
-                a.load(8, R10, R9, off::HELPERS);
+                let table = self.table;
+                a.lea_rip(R10, table);
                 a.load_r11_table_r10();
+                a.alu_rr(W::Q, rm_op::TEST, R11, R11);
+                a.jcc(cc::E, unknown);
             }
         }
-        a.alu_rr(W::Q, rm_op::TEST, R11, R11);
-        a.jcc(cc::E, unknown);
         a.call_r(R11);
         a.alu_rr(W::Q, rm_op::TEST, RDX, RDX);
         a.jcc(cc::NE, failed);

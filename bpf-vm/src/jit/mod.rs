@@ -6,8 +6,12 @@
 //! business (write the bytes, make the mapping read-execute, never both
 //! writable and executable), and so is calling them: the code is entered at
 //! [`JitImage::entry`] as a [`JitEntry`] with `r1` = context address, `r2` =
-//! its length and a [`JitRun`] that carries the helper table, the
-//! instruction budget and, after the run, the fault if there was one.
+//! its length and a [`JitRun`] that carries the embedder's state for the
+//! helpers, the instruction budget and, after the run, the fault if there
+//! was one. Helpers are the caller's [`JitHelperFn`]s, given to [`compile`]
+//! as a table indexed by helper id; their addresses are built into the code
+//! (as a direct `call` target, and for `callx` as a copy of the table at
+//! the end of the image). Apart from those, the code is position-independent.
 //! [`JitRun::finish`] turns that into the interpreter's
 //! `Result<u64, RunError>`.
 //!
@@ -58,9 +62,9 @@
 //! # Speculative execution
 //! What the code does *not* do, and why it is acceptable only for trusted
 //! loaders today:
-//! - No retpolines: helper calls are an indirect `call r11` through the
-//!   caller's table (Spectre v2). A kernel that enables IBRS/eIBRS gets the
-//!   hardware's protection; otherwise a retpoline thunk should replace it.
+//! - No retpolines: helper calls are an indirect `call r11` (Spectre v2).
+//!   A kernel that enables IBRS/eIBRS gets the hardware's protection;
+//!   otherwise a retpoline thunk should replace it.
 //! - No masking of variable offsets on the speculative path of a bounds
 //!   check (Linux's `alu_limit` sanitation, Spectre v1): a mispredicted
 //!   bounds check may speculatively load out of bounds.
@@ -68,7 +72,8 @@
 //!   stores (Linux's `nospec` for spilled pointers).
 //!
 //! What it does: constant blinding (above) limits JIT spraying, and the code
-//! contains no absolute addresses other than `ld_imm64` constants.
+//! contains no absolute addresses other than `ld_imm64` constants and the
+//! helpers'.
 //! Loading programs is root-only in ktrace, as in Linux without
 //! unprivileged BPF, where these mitigations are optional.
 //!
@@ -202,12 +207,9 @@ pub(crate) mod fault {
 }
 
 /// The state of one run of compiled code, shared with it by fixed offsets:
-/// the helper table (indexed by helper id; `None` = unknown helper), the
-/// embedder's state for helpers, the budget, and the outcome.
+/// the embedder's state for helpers, the budget, and the outcome.
 #[repr(C)]
 pub struct JitRun<'a> {
-    helpers: *const Option<JitHelperFn>,
-    helpers_len: u64,
     env: *mut c_void,
     left: u64,
     stack_limit: u64,
@@ -219,16 +221,14 @@ pub struct JitRun<'a> {
     fault_len: u64,
     budget: u64,
     helper_error: Option<HelperError>,
-    _table: PhantomData<&'a [Option<JitHelperFn>]>,
+    _env: PhantomData<&'a mut ()>,
 }
 
 impl<'a> JitRun<'a> {
-    /// A run with `helpers` (indexed by id), `env` for them to use, and a
-    /// budget of `budget` instructions (at most [`MAX_BUDGET`]).
-    pub fn new(helpers: &'a [Option<JitHelperFn>], env: *mut c_void, budget: u64) -> JitRun<'a> {
+    /// A run with `env` for the helpers to use and a budget of `budget`
+    /// instructions (at most [`MAX_BUDGET`]).
+    pub fn new(env: *mut c_void, budget: u64) -> JitRun<'a> {
         JitRun {
-            helpers: helpers.as_ptr(),
-            helpers_len: helpers.len() as u64,
             env,
             left: budget.min(MAX_BUDGET),
             stack_limit: 0,
@@ -240,7 +240,7 @@ impl<'a> JitRun<'a> {
             fault_len: 0,
             budget: budget.min(MAX_BUDGET),
             helper_error: None,
-            _table: PhantomData,
+            _env: PhantomData,
         }
     }
 
@@ -307,8 +307,6 @@ pub(crate) mod off {
     use super::JitRun;
     use core::mem::offset_of;
 
-    pub const HELPERS: i32 = offset_of!(JitRun<'static>, helpers) as i32;
-    pub const HELPERS_LEN: i32 = offset_of!(JitRun<'static>, helpers_len) as i32;
     pub const LEFT: i32 = offset_of!(JitRun<'static>, left) as i32;
     pub const STACK_LIMIT: i32 = offset_of!(JitRun<'static>, stack_limit) as i32;
     pub const SAVED_RSP: i32 = offset_of!(JitRun<'static>, saved_rsp) as i32;

@@ -196,20 +196,6 @@ impl Asm {
         }
     }
 
-    /// `op [base + disp], imm` (64-bit operand).
-    pub fn alu_mem_i(&mut self, e: u8, base: u8, disp: i32, imm: i32) {
-        self.rex(true, 0, 0, base, false);
-        if fits_i8(imm) {
-            self.b(0x83);
-            self.modrm_mem(e, base, disp);
-            self.b(imm as u8);
-        } else {
-            self.b(0x81);
-            self.modrm_mem(e, base, disp);
-            self.d(imm);
-        }
-    }
-
     pub fn mov_rr(&mut self, w: W, dst: u8, src: u8) {
         self.alu_rr(w, rm_op::MOV, dst, src);
     }
@@ -447,6 +433,26 @@ impl Asm {
         self.rex(w == W::Q, src, 0, base, false);
         self.b(0x87);
         self.modrm_mem(src, base, disp);
+    }
+
+    /// `lea dst, [rip + label]`.
+    pub fn lea_rip(&mut self, dst: u8, l: Label) {
+        self.rex(true, dst, 0, 0, false);
+        self.b(0x8d);
+        self.b((dst & 7) << 3 | 0x05);
+        self.rel32(l);
+    }
+
+    /// Pads with `int3` up to a multiple of `n` bytes.
+    pub fn align(&mut self, n: usize) {
+        while self.code.len() % n != 0 {
+            self.b(0xcc);
+        }
+    }
+
+    /// A 64-bit data word.
+    pub fn data64(&mut self, v: u64) {
+        self.code.extend_from_slice(&v.to_le_bytes());
     }
 
     /// `mov r11, [r10 + r11 * 8]`.

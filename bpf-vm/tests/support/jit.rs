@@ -107,8 +107,8 @@ pub fn table<H: Helpers>() -> Vec<Option<JitHelperFn>> {
     vec![Some(dispatch::<H> as JitHelperFn); HELPER_IDS]
 }
 
-/// Runs compiled code with `helpers`; returns the outcome and the
-/// instructions charged.
+/// Runs code compiled with [`table`]`::<H>()` with `helpers`; returns the
+/// outcome and the instructions charged.
 ///
 /// # Safety
 /// As [`ExecCode::call`].
@@ -118,8 +118,7 @@ pub unsafe fn run_jit<H: Helpers>(
     helpers: &mut H,
     budget: u64,
 ) -> (Result<u64, RunError>, u64) {
-    let table = table::<H>();
-    let mut run = JitRun::new(&table, helpers as *mut H as *mut c_void, budget);
+    let mut run = JitRun::new(helpers as *mut H as *mut c_void, budget);
     // SAFETY: forwarded from the caller.
     let res = unsafe { code.call(ctx, &mut run) };
     (res, run.executed())
