@@ -329,7 +329,7 @@ fn faults_and_limits_match_the_interpreter() {
             err: HelperError::Unknown(7)
         }
     );
-    // Ids outside the helper table given to the compiler (256 entries).
+    // Ids outside the helper table given to the compiler (134 entries).
     for src in ["call 300\nexit", "mov %r3, 300\ncallx %r3\nexit"] {
         assert_eq!(
             both(src, &[], 100).0.unwrap_err().kind,

@@ -74,6 +74,8 @@ enum Src {
 enum Stub {
     Budget { pc: usize, n: i32 },
     Fault { pc: usize, kind: u32 },
+    /// A fault of the helper call with this id (known when compiling).
+    HelperFault { pc: usize, kind: u32, id: u32 },
     Misaligned { pc: usize, len: i32 },
 }
 
@@ -279,6 +281,11 @@ impl Compiler<'_> {
                 }
                 Stub::Fault { pc, kind } => {
                     a.load(8, R11, RBP, -RUN_SLOT);
+                    (pc, kind)
+                }
+                Stub::HelperFault { pc, kind, id } => {
+                    a.load(8, R11, RBP, -RUN_SLOT);
+                    a.store32_imm(R11, off::HELPER_ID, id);
                     (pc, kind)
                 }
                 Stub::Misaligned { pc, len } => {
@@ -674,14 +681,28 @@ impl Compiler<'_> {
 
     /// A helper call: `Some(id)` for `call id`, `None` for `callx` (id in r11).
     fn helper_call(&mut self, pc: usize, id: Option<u32>) {
-        let unknown = self.fault_stub(pc, fault::UNKNOWN_HELPER);
-        let failed = self.fault_stub(pc, fault::HELPER_FAILED);
+        let (unknown, failed) = match id {
+            // The stubs record the id.
+            Some(id) => {
+                let unknown = self.a.label();
+                let failed = self.a.label();
+                let kind = fault::UNKNOWN_HELPER;
+                self.stubs.push((unknown, Stub::HelperFault { pc, kind, id }));
+                let kind = fault::HELPER_FAILED;
+                self.stubs.push((failed, Stub::HelperFault { pc, kind, id }));
+                (unknown, failed)
+            }
+            // The id is stored in the run before the call.
+            None => (
+                self.fault_stub(pc, fault::UNKNOWN_HELPER),
+                self.fault_stub(pc, fault::HELPER_FAILED),
+            ),
+        };
         let a = &mut self.a;
         // The run is the helper's sixth argument.
         a.load(8, R9, RBP, -RUN_SLOT);
         match id {
             Some(id) => {
-                a.store32_imm(R9, off::HELPER_ID, id);
                 match self.helpers.get(id as usize).copied().flatten() {
                     Some(f) => a.movabs(R11, f as usize as u64),
                     None => {

@@ -183,7 +183,8 @@ impl HelperRet {
 }
 
 /// A helper as compiled code calls it: `r1..r5` in the argument registers
-/// and the run (for [`JitRun::env`] and [`JitRun::helper_id`]) last.
+/// and the run (for [`JitRun::env`]) last. Helpers are per id: a direct
+/// `call` does not tell the helper which id it was called as.
 pub type JitHelperFn = extern "sysv64" fn(u64, u64, u64, u64, u64, *mut JitRun<'_>) -> HelperRet;
 
 /// The entry point of a [`JitImage`]: context address, context length and
@@ -257,7 +258,8 @@ impl<'a> JitRun<'a> {
         self.env
     }
 
-    /// Id of the helper being called (for a helper shared by several ids).
+    /// During a `callx`, the id of the helper being called; after a run
+    /// that failed in a helper, that helper's id.
     pub fn helper_id(&self) -> u32 {
         self.helper_id
     }
