@@ -296,11 +296,25 @@ mod jit_support;
 
 // The JIT's helpers, called directly by id as a kernel would register
 // them (and as rbpf calls its helpers), on the same thread-local map.
-extern "sysv64" fn jit_add(a: u64, b: u64, _: u64, _: u64, _: u64, _: *mut JitRun<'_>) -> HelperRet {
+extern "sysv64" fn jit_add(
+    a: u64,
+    b: u64,
+    _: u64,
+    _: u64,
+    _: u64,
+    _: *mut JitRun<'_>,
+) -> HelperRet {
     HelperRet::ok(a.wrapping_add(b))
 }
 
-extern "sysv64" fn jit_lookup(_: u64, key: u64, _: u64, _: u64, _: u64, _: *mut JitRun<'_>) -> HelperRet {
+extern "sysv64" fn jit_lookup(
+    _: u64,
+    key: u64,
+    _: u64,
+    _: u64,
+    _: u64,
+    _: *mut JitRun<'_>,
+) -> HelperRet {
     HelperRet::ok(rbpf_lookup(0, key, 0, 0, 0))
 }
 
@@ -352,7 +366,11 @@ fn bench(c: &mut Criterion) {
             // the thread-local map its lookup helper returns.
             unsafe { code.call(jmem, &mut run) }
         };
-        assert_eq!(run_jit(&mut jmem).expect("our jit runs"), ours, "{name}: jit result differs");
+        assert_eq!(
+            run_jit(&mut jmem).expect("our jit runs"),
+            ours,
+            "{name}: jit result differs"
+        );
 
         // A load-robust summary first. Each VM runs in batches timed by this
         // thread's CPU time, which does not grow while

@@ -120,29 +120,30 @@ fn run_vector(text: &str, mode: Mode) -> Result<(), String> {
     let r0 = vm
         .run_checked(&exe, &mut mem, &mut helpers, &[], 1_000_000)
         .map_err(|e| format!("run: {e}"))?;
-    let r0 = match mode {
-        Mode::Checked => r0,
-        Mode::Jit(options) => {
-            let image = compile(&exe, &options, &support::jit::table::<HelperTable<()>>()).map_err(|e| format!("jit: {e}"))?;
-            let code = support::jit::ExecCode::new(&image);
-            let mut jit_mem = v.mem.clone();
-            // SAFETY: the vector just ran in checked mode without a fault,
-            // touching only its stack and `mem`; the compiled code computes
-            // the same accesses on an identical copy.
-            let (res, executed) = unsafe {
-                support::jit::run_jit(&code, &mut jit_mem, &mut helpers, 1_000_000)
-            };
-            let jit_r0 = res.map_err(|e| format!("jit run: {e}"))?;
-            if jit_r0 != r0 || executed != vm.executed() || jit_mem != mem {
-                return Err(format!(
+    let r0 =
+        match mode {
+            Mode::Checked => r0,
+            Mode::Jit(options) => {
+                let image = compile(&exe, &options, &support::jit::table::<HelperTable<()>>())
+                    .map_err(|e| format!("jit: {e}"))?;
+                let code = support::jit::ExecCode::new(&image);
+                let mut jit_mem = v.mem.clone();
+                // SAFETY: the vector just ran in checked mode without a fault,
+                // touching only its stack and `mem`; the compiled code computes
+                // the same accesses on an identical copy.
+                let (res, executed) =
+                    unsafe { support::jit::run_jit(&code, &mut jit_mem, &mut helpers, 1_000_000) };
+                let jit_r0 = res.map_err(|e| format!("jit run: {e}"))?;
+                if jit_r0 != r0 || executed != vm.executed() || jit_mem != mem {
+                    return Err(format!(
                     "jit: r0 {jit_r0:#x}, {executed} insns; interpreter: r0 {r0:#x}, {} insns{}",
                     vm.executed(),
                     if jit_mem != mem { ", memory differs" } else { "" }
                 ));
+                }
+                jit_r0
             }
-            jit_r0
-        }
-    };
+        };
     let want = v.result.ok_or("no `-- result` section")?;
     if r0 != want {
         return Err(format!("r0 = {r0:#x}, expected {want:#x}"));

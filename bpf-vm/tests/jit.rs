@@ -19,9 +19,7 @@ use std::cell::Cell;
 
 use bpf_vm::asm::assemble;
 use bpf_vm::insn::{Insn, LdImm64Src, Program};
-use bpf_vm::interp::{
-    HelperError, HelperMem, HelperTable, Helpers, RunError, RunErrorKind, Vm,
-};
+use bpf_vm::interp::{HelperError, HelperMem, HelperTable, Helpers, RunError, RunErrorKind, Vm};
 use bpf_vm::jit::{compile, JitImage, JitOptions};
 use bpf_vm::verifier::linux;
 use bpf_vm::verifier::{verify, Env};
@@ -172,8 +170,13 @@ fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), S
         let mut h = helpers(&mut interp_array, &ctx);
         let res = vm.run_checked(&exe, &mut ctx, &mut h, &[], 10_000_000);
         if let Err(e) = &res {
-            if !matches!(e.kind, RunErrorKind::Helper { .. } | RunErrorKind::BudgetExhausted { .. }) {
-                return Err(format!("run {run}: interpreter fault (a verifier bug): {e}"));
+            if !matches!(
+                e.kind,
+                RunErrorKind::Helper { .. } | RunErrorKind::BudgetExhausted { .. }
+            ) {
+                return Err(format!(
+                    "run {run}: interpreter fault (a verifier bug): {e}"
+                ));
             }
         }
         let interp = Outcome {
@@ -262,7 +265,10 @@ fn jit_matches_interpreter_on_generated_programs() {
     if let Err(e) = result {
         panic!("{e}");
     }
-    assert!(compared.get() * 20 >= generated.get(), "too few accepted programs");
+    assert!(
+        compared.get() * 20 >= generated.get(),
+        "too few accepted programs"
+    );
 }
 
 fn helper_ok(_: &mut (), _: &mut HelperMem<'_>, a: [u64; 5]) -> Result<u64, HelperError> {
@@ -283,7 +289,8 @@ fn both(src: &str, ctx: &[u8], budget: u64) -> (Result<u64, RunError>, u64) {
     let mut vm = Vm::new();
     let mut c1 = ctx.to_vec();
     let interp = vm.run_checked(&exe, &mut c1, &mut helpers, &[], budget);
-    let code = ExecCode::new(&compile(&exe, &JitOptions::default(), &table::<HelperTable<()>>()).unwrap());
+    let code =
+        ExecCode::new(&compile(&exe, &JitOptions::default(), &table::<HelperTable<()>>()).unwrap());
     let mut c2 = ctx.to_vec();
     // SAFETY: the test programs touch only their stack and the context,
     // which the checked run above confirms (or faults before any access).
@@ -297,8 +304,18 @@ fn both(src: &str, ctx: &[u8], budget: u64) -> (Result<u64, RunError>, u64) {
         Err(e) => Err((e.pc, 0, 0)),
         Ok(v) => Ok(*v),
     };
-    assert_eq!(rel(&jit, c2.as_ptr() as u64), rel(&interp, c1.as_ptr() as u64), "{src}");
-    if !matches!(jit, Err(RunError { kind: RunErrorKind::MisalignedAtomic { .. }, .. })) {
+    assert_eq!(
+        rel(&jit, c2.as_ptr() as u64),
+        rel(&interp, c1.as_ptr() as u64),
+        "{src}"
+    );
+    if !matches!(
+        jit,
+        Err(RunError {
+            kind: RunErrorKind::MisalignedAtomic { .. },
+            ..
+        })
+    ) {
         assert_eq!(jit, interp, "{src}");
     }
     assert_eq!(executed, vm.executed(), "{src}");
@@ -321,7 +338,10 @@ fn faults_and_limits_match_the_interpreter() {
     );
     assert_eq!(executed, 3002);
     // Helpers: a result, an unknown id, a failure, callx beyond u32.
-    assert_eq!(both("mov %r1, 40\nmov %r2, 2\ncall 1\nexit", &[], 100).0, Ok(42));
+    assert_eq!(
+        both("mov %r1, 40\nmov %r2, 2\ncall 1\nexit", &[], 100).0,
+        Ok(42)
+    );
     assert_eq!(
         both("call 7\nexit", &[], 100).0.unwrap_err().kind,
         RunErrorKind::Helper {
@@ -372,7 +392,10 @@ fn faults_and_limits_match_the_interpreter() {
     let (res, _) = both("mov %r2, 1\nlock add [%r1+1], %r2\nexit", &[0; 16], 100);
     let err = res.unwrap_err();
     assert_eq!(err.pc, 1);
-    assert!(matches!(err.kind, RunErrorKind::MisalignedAtomic { len: 8, .. }));
+    assert!(matches!(
+        err.kind,
+        RunErrorKind::MisalignedAtomic { len: 8, .. }
+    ));
     // Falling off the end.
     assert_eq!(
         both("mov %r0, 1", &[], 100).0.unwrap_err().kind,
@@ -394,9 +417,7 @@ fn blinding_hides_immediates() {
     let plain = compile(&exe, &JitOptions::default(), &table::<HelperTable<()>>()).unwrap();
     let blinded = compile(
         &exe,
-        &JitOptions {
-            blinding: Some(99),
-        },
+        &JitOptions { blinding: Some(99) },
         &table::<HelperTable<()>>(),
     )
     .unwrap();
@@ -481,9 +502,18 @@ fn implicit_register_corner_cases_match_the_interpreter() {
                         let init: String = regs
                             .iter()
                             .filter(|&&r| r != b)
-                            .map(|r| format!("lddw %r{r}, {}\n", 0x1111_2222_3333_4444u64 * (*r as u64 + 1)))
+                            .map(|r| {
+                                format!(
+                                    "lddw %r{r}, {}\n",
+                                    0x1111_2222_3333_4444u64 * (*r as u64 + 1)
+                                )
+                            })
                             .collect();
-                        let f = if fetch && !matches!(op, "xchg" | "cmpxchg") { "fetch " } else { "" };
+                        let f = if fetch && !matches!(op, "xchg" | "cmpxchg") {
+                            "fetch "
+                        } else {
+                            ""
+                        };
                         let src = format!(
                             "stdw [%r10-16], 0x1234567\nstw [%r10-12], 0x0f0f0f0f\n{init}mov %r{b}, %r10\nadd %r{b}, -16\n\
                              lock {f}{op}{w} [%r{b}+0], %r{s}\nmov %r{b}, 0\nldxdw %r6, [%r10-16]\nxor %r0, %r6\n{checksum}"

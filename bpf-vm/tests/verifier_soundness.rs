@@ -148,7 +148,6 @@ fn oracle(insns: &[Insn], seed: u64) -> Result<(), String> {
     Ok(())
 }
 
-
 #[test]
 fn accepted_programs_run_safely() {
     let cases = fuzz_cases(2000);

@@ -72,11 +72,24 @@ enum Src {
 }
 
 enum Stub {
-    Budget { pc: usize, n: i32 },
-    Fault { pc: usize, kind: u32 },
+    Budget {
+        pc: usize,
+        n: i32,
+    },
+    Fault {
+        pc: usize,
+        kind: u32,
+    },
     /// A fault of the helper call with this id (known when compiling).
-    HelperFault { pc: usize, kind: u32, id: u32 },
-    Misaligned { pc: usize, len: i32 },
+    HelperFault {
+        pc: usize,
+        kind: u32,
+        id: u32,
+    },
+    Misaligned {
+        pc: usize,
+        len: i32,
+    },
 }
 
 struct Compiler<'e> {
@@ -687,9 +700,11 @@ impl Compiler<'_> {
                 let unknown = self.a.label();
                 let failed = self.a.label();
                 let kind = fault::UNKNOWN_HELPER;
-                self.stubs.push((unknown, Stub::HelperFault { pc, kind, id }));
+                self.stubs
+                    .push((unknown, Stub::HelperFault { pc, kind, id }));
                 let kind = fault::HELPER_FAILED;
-                self.stubs.push((failed, Stub::HelperFault { pc, kind, id }));
+                self.stubs
+                    .push((failed, Stub::HelperFault { pc, kind, id }));
                 (unknown, failed)
             }
             // The id is stored in the run before the call.
@@ -766,7 +781,8 @@ impl Compiler<'_> {
         let n = size.bytes() as i32;
         let src = x(s);
         let misaligned = self.a.label();
-        self.stubs.push((misaligned, Stub::Misaligned { pc, len: n }));
+        self.stubs
+            .push((misaligned, Stub::Misaligned { pc, len: n }));
         let a = &mut self.a;
         a.lea(R10, x(d), o as i32);
         a.test_r8_i(R10, (n - 1) as u8);

@@ -48,7 +48,11 @@
 //! the native stack, below the caller's (the interpreter puts them above);
 //! programs cannot observe the difference because the verifier keeps stack
 //! addresses from escaping. The native stack needed is at most
-//! `MAX_CALL_FRAMES * 568` bytes plus the helpers' own.
+//! `MAX_CALL_FRAMES * 576 + 48` bytes plus the helpers' own.
+//!
+//! A helper id missing from the table given to [`compile`] is the
+//! interpreter's unknown-helper fault when the call is reached (the
+//! verifier rejects such programs anyway).
 //!
 //! # Constant blinding
 //! With [`JitOptions::blinding`] every 32- and 64-bit immediate an attacker

@@ -145,7 +145,8 @@ impl Asm {
     /// REX prefix; `byte_reg` forces one so that `sil`/`dil`/`bpl`/`spl`
     /// are addressable as 8-bit registers.
     fn rex(&mut self, w: bool, r: u8, x: u8, base: u8, byte_reg: bool) {
-        let v = 0x40 | (w as u8) << 3 | ((r >> 3) & 1) << 2 | ((x >> 3) & 1) << 1 | ((base >> 3) & 1);
+        let v =
+            0x40 | (w as u8) << 3 | ((r >> 3) & 1) << 2 | ((x >> 3) & 1) << 1 | ((base >> 3) & 1);
         if v != 0x40 || byte_reg {
             self.b(v);
         }
@@ -445,7 +446,7 @@ impl Asm {
 
     /// Pads with `int3` up to a multiple of `n` bytes.
     pub fn align(&mut self, n: usize) {
-        while self.code.len() % n != 0 {
+        while !self.code.len().is_multiple_of(n) {
             self.b(0xcc);
         }
     }

@@ -34,7 +34,8 @@ impl ExecCode {
         // that nothing else references.
         unsafe { std::ptr::copy_nonoverlapping(image.code().as_ptr(), ptr, image.code().len()) };
         // SAFETY: changes the protection of our own mapping only.
-        let rc = unsafe { libc::mprotect(ptr as *mut c_void, len, libc::PROT_READ | libc::PROT_EXEC) };
+        let rc =
+            unsafe { libc::mprotect(ptr as *mut c_void, len, libc::PROT_READ | libc::PROT_EXEC) };
         assert_eq!(rc, 0, "mprotect failed");
         assert!(image.entry() < image.code().len());
         // SAFETY: the entry offset lies inside the mapping, which holds code
@@ -88,7 +89,8 @@ extern "sysv64" fn dispatch<H: Helpers, const ID: u32>(
     let id = ID;
     // SAFETY: the program was verified (the contract of `ExecCode::call`),
     // so its helper pointer arguments are valid.
-    let res = unsafe { HelperMem::with_unchecked(|mem| helpers.call(id, [r1, r2, r3, r4, r5], mem)) };
+    let res =
+        unsafe { HelperMem::with_unchecked(|mem| helpers.call(id, [r1, r2, r3, r4, r5], mem)) };
     match res {
         Ok(v) => HelperRet::ok(v),
         Err(e) => {
