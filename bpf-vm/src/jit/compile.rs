@@ -27,11 +27,12 @@
 //! unwind to the saved stack pointer.
 //!
 //! Budget: every jump target and the slot after a conditional jump or a
-//! local call begins a run the interpreter charges; jump targets carry the
-//! charge (`sub r12, len; jb fault`) in front of their code, and
-//! straight-line code that reaches a target without a jump (which the
-//! interpreter does not charge) adds the run's length back first, rather
-//! than jumping over the charge.
+//! local call begins a run the interpreter charges (`sub r12, len; jb
+//! fault`). Loop heads, and targets that straight-line code cannot fall
+//! into, carry the charge in front of their code, so a jump to them is one
+//! `jcc`; straight-line code falling into a loop head (which the
+//! interpreter does not charge) adds the run's length back first. Other
+//! targets are charged on each jump's taken edge.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -99,8 +100,8 @@ struct Compiler<'e> {
     /// The helper table appended to the code, for `callx`.
     table: Label,
     slots: Vec<Label>,
-    /// Jump targets get their budget charge inline before their code, so a
-    /// jump is a single `jmp`/`jcc`.
+    /// Targets that get their budget charge inline before their code (see
+    /// the module documentation).
     entries: Vec<Option<Label>>,
     budget_stubs: Vec<Option<Label>>,
     stubs: Vec<(Label, Stub)>,
@@ -139,8 +140,15 @@ pub fn compile(
             | Op::JLt64R(_, _, t) => t as usize,
             _ => continue,
         };
-        let _ = pc;
-        if entries[t].is_none() {
+        // A forward target that straight-line code also reaches would
+        // cost that path an add/sub pair; the jumps to it charge on the
+        // edge instead. Loop heads always carry their charge.
+        let prev = match t.checked_sub(1).map(|p| &exe.ops[p]) {
+            Some(Op::Tail) => Some(&exe.ops[t - 2]),
+            other => other,
+        };
+        let uncharged_fallthrough = prev.is_some_and(|op| !is_control(op));
+        if (t <= pc || !uncharged_fallthrough) && entries[t].is_none() {
             entries[t] = Some(a.label());
         }
     }
@@ -181,23 +189,7 @@ pub fn compile(
         c.op(pc);
         uncharged_fallthrough = match c.exe.ops[pc] {
             Op::Tail => uncharged_fallthrough,
-            Op::Ja(_)
-            | Op::Exit
-            | Op::FellOff
-            | Op::CallLocal(_)
-            | Op::Jmp64I(..)
-            | Op::Jmp64R(..)
-            | Op::Jmp32I(..)
-            | Op::Jmp32R(..)
-            | Op::JEq64I(..)
-            | Op::JNe64I(..)
-            | Op::JGt64I(..)
-            | Op::JLt64I(..)
-            | Op::JEq64R(..)
-            | Op::JNe64R(..)
-            | Op::JGt64R(..)
-            | Op::JLt64R(..) => false,
-            _ => true,
+            ref op => !is_control(op),
         };
     }
     c.emit_stubs();
@@ -215,6 +207,30 @@ pub fn compile(
         entry: 0,
         slot_offsets,
     })
+}
+
+/// Whether `op` ends a straight-line run (what follows it is charged anew
+/// or never reached by falling through).
+fn is_control(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Ja(_)
+            | Op::Exit
+            | Op::FellOff
+            | Op::CallLocal(_)
+            | Op::Jmp64I(..)
+            | Op::Jmp64R(..)
+            | Op::Jmp32I(..)
+            | Op::Jmp32R(..)
+            | Op::JEq64I(..)
+            | Op::JNe64I(..)
+            | Op::JGt64I(..)
+            | Op::JLt64I(..)
+            | Op::JEq64R(..)
+            | Op::JNe64R(..)
+            | Op::JGt64R(..)
+            | Op::JLt64R(..)
+    )
 }
 
 impl Compiler<'_> {
