@@ -38,16 +38,17 @@ enum Val {
     Stack(i64),
     Array(u64),
     Record(usize, u64),
+    Copy(usize, u64),
 }
 
 /// The oracle's helpers, logging every call.
-struct Logged {
-    inner: Oracle,
+struct Logged<'t> {
+    inner: Oracle<'t>,
     ctx: u64,
     log: Vec<(u32, [Val; 5], Result<Val, String>)>,
 }
 
-impl Logged {
+impl Logged<'_> {
     fn norm(&self, v: u64) -> Val {
         let array = self.inner.array as u64;
         let fp = self.inner.fp.get();
@@ -63,6 +64,12 @@ impl Logged {
                 return Val::Record(i, v - a);
             }
         }
+        for (i, b) in self.inner.copies.iter().enumerate() {
+            let a = b.as_ptr() as u64;
+            if (a..a + b.len() as u64).contains(&v) {
+                return Val::Copy(i, v - a);
+            }
+        }
         // The interpreter's frames lie above frame 0, the JIT's below it.
         if fp != 0 && v.wrapping_sub(fp).wrapping_add(8 * 1024) < 16 * 1024 {
             return Val::Stack(v.wrapping_sub(fp) as i64);
@@ -71,7 +78,7 @@ impl Logged {
     }
 }
 
-impl Helpers for Logged {
+impl Helpers for Logged<'_> {
     fn call(
         &mut self,
         id: u32,
@@ -83,12 +90,10 @@ impl Helpers for Logged {
         // registers held, and compiled code (like Linux's) does not keep
         // r1-r5 across helper calls while the interpreter does; the
         // verifier forbids reading them there.
-        let used = match id {
-            5 | 8 | 14 => 0,
-            1 | 132 | 133 => 2,
-            113 | 131 => 3,
-            _ => 5,
-        };
+        let used = i32::try_from(id)
+            .ok()
+            .and_then(|id| self.inner.table.get(id))
+            .map_or(5, |p| p.args.len());
         let mut nargs = [Val::Num(0); 5];
         for (i, a) in args.iter().take(used).enumerate() {
             nargs[i] = self.norm(*a);
@@ -109,7 +114,17 @@ struct Outcome {
     executed: u64,
     ctx: Vec<u8>,
     records: Vec<(Vec<u8>, bool)>,
+    copies: Vec<Vec<u8>>,
+    scalars: Vec<(u32, usize, Val)>,
     log: Vec<(u32, [Val; 5], Result<Val, String>)>,
+}
+
+fn scalars(h: &Logged<'_>) -> Vec<(u32, usize, Val)> {
+    h.inner
+        .scalars
+        .iter()
+        .map(|&(id, i, v)| (id, i, h.norm(v)))
+        .collect()
 }
 
 fn context(seed: u64, run: u64) -> ([u8; CTX_LEN], u64) {
@@ -152,16 +167,23 @@ fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), S
     let image = compile(&exe, options, &table::<Logged>()).map_err(|e| format!("jit: {e}"))?;
     let code = ExecCode::new(&image);
     let mut vm = Vm::new();
+    let table = linux::helpers();
+    let maps = maps();
     let mut interp_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
     let mut jit_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
     for run in 0..2u64 {
         let (ctx0, s) = context(seed, run);
         let helpers = |array: &mut Vec<u8>, ctx: &[u8]| Logged {
             inner: Oracle {
+                table: &table,
+                maps: &maps,
+                ctx: ctx.as_ptr() as u64,
                 array: array.as_mut_ptr(),
                 seed: s,
                 fp: Cell::new(0),
                 records: Vec::new(),
+                copies: Vec::new(),
+                scalars: Vec::new(),
             },
             ctx: ctx.as_ptr() as u64,
             log: Vec::new(),
@@ -184,6 +206,8 @@ fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), S
             executed: vm.executed(),
             ctx: ctx.to_vec(),
             records: h.inner.records.clone(),
+            copies: h.inner.copies.clone(),
+            scalars: scalars(&h),
             log: std::mem::take(&mut h.log),
         };
         let mut ctx = ctx0;
@@ -197,6 +221,8 @@ fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), S
             executed,
             ctx: ctx.to_vec(),
             records: h.inner.records.clone(),
+            copies: h.inner.copies.clone(),
+            scalars: scalars(&h),
             log: std::mem::take(&mut h.log),
         };
         if interp != jit {

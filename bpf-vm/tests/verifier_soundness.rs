@@ -450,7 +450,6 @@ fn arbitrary_insn_slices_never_panic() {
         .unwrap();
 }
 
-
 /// Every helper the verifier lets a kprobe program call runs in the
 /// oracle, checked against its prototype (the stand-in once knew only a
 /// hand-picked few, and 100k-case runs failed on `bpf_map_delete_elem`

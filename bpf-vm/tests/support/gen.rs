@@ -836,7 +836,6 @@ impl Helpers for Oracle<'_> {
     }
 }
 
-
 pub fn fuzz_config() -> Config<'static> {
     // Lower than the default so complexity rejections stay fast in debug builds.
     Config {

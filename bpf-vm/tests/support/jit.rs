@@ -100,16 +100,22 @@ extern "sysv64" fn dispatch<H: Helpers, const ID: u32>(
     }
 }
 
-/// Helper ids the tests' helpers implement (others are unknown to the JIT).
-pub const HELPER_IDS: [u32; 10] = [1, 2, 5, 6, 8, 14, 113, 131, 132, 133];
+/// Helper ids below this are routed to the `Helpers` implementation.
+pub const HELPER_IDS: usize = 256;
 
-/// The helper table that routes the ids in [`HELPER_IDS`] to `H`.
+/// The helper table that routes every id below [`HELPER_IDS`] to `H`
+/// (one trampoline per id: a direct call does not pass the id).
 pub fn table<H: Helpers>() -> Vec<Option<JitHelperFn>> {
-    let mut t: Vec<Option<JitHelperFn>> = vec![None; 134];
-    macro_rules! route {
-        ($($id:literal)*) => { $( t[$id] = Some(dispatch::<H, $id> as JitHelperFn); )* };
+    let mut t: Vec<Option<JitHelperFn>> = vec![None; HELPER_IDS];
+    macro_rules! route16 {
+        ($($base:literal)*) => {$(
+            route16!(@ $base 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        )*};
+        (@ $base:literal $($i:literal)*) => {$(
+            t[$base + $i] = Some(dispatch::<H, { $base + $i }> as JitHelperFn);
+        )*};
     }
-    route!(1 2 5 6 8 14 113 131 132 133);
+    route16!(0 16 32 48 64 80 96 112 128 144 160 176 192 208 224 240);
     t
 }
 
