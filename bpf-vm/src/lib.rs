@@ -8,6 +8,8 @@
 //!   syntax for output).
 //! - [`interp`]: the interpreter, in checked mode (any program, every access
 //!   checked) and fast mode (verified programs only).
+//! - [`jit`]: an x86-64 compiler for verified programs, producing
+//!   position-independent code with the interpreter's semantics.
 //!
 //! ```
 //! use bpf_vm::asm::assemble;
@@ -26,6 +28,7 @@ pub mod asm;
 pub mod disasm;
 pub mod insn;
 pub mod interp;
+pub mod jit;
 pub mod verifier;
 
 pub use insn::{decode, encode, DecodeError, Insn, Program, RawInsn};

@@ -1,4 +1,6 @@
-//! Runs every vector of the BPF conformance suite in checked mode.
+//! Runs every vector of the BPF conformance suite in checked mode, and
+//! again JIT-compiled (with and without constant blinding), where the
+//! result and the instruction count must also equal the interpreter's.
 //!
 //! The vectors live outside the repository; the folder defaults to
 //! `../shared/bpf-conformance` next to the workspace and can be overridden
@@ -9,11 +11,14 @@
 //! `-- mem` hex bytes (r1 points at a copy, r2 holds its length) and `-- result`
 //! (the expected r0). Helper 5 returns its first argument.
 
+mod support;
+
 use std::path::PathBuf;
 
 use bpf_vm::asm::assemble;
 use bpf_vm::insn::{decode_raw, RawInsn};
-use bpf_vm::interp::{run_checked, Executable, HelperMem, HelperTable};
+use bpf_vm::interp::{Executable, HelperMem, HelperTable, Vm};
+use bpf_vm::jit::{compile, JitOptions};
 
 struct Vector {
     asm: String,
@@ -86,7 +91,14 @@ fn helper5(
     Ok(args[0])
 }
 
-fn run_vector(text: &str) -> Result<(), String> {
+/// How a vector is run.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Checked,
+    Jit(JitOptions),
+}
+
+fn run_vector(text: &str, mode: Mode) -> Result<(), String> {
     let v = parse_vector(text)?;
     let program = if v.raw.is_empty() {
         assemble(&v.asm).map_err(|e| format!("assemble: {e}"))?
@@ -104,8 +116,34 @@ fn run_vector(text: &str) -> Result<(), String> {
     let mut helpers = HelperTable::new(());
     helpers.register(5, helper5);
     let mut mem = v.mem.clone();
-    let r0 = run_checked(&exe, &mut mem, &mut helpers, &[], 1_000_000)
+    let mut vm = Vm::new();
+    let r0 = vm
+        .run_checked(&exe, &mut mem, &mut helpers, &[], 1_000_000)
         .map_err(|e| format!("run: {e}"))?;
+    let r0 =
+        match mode {
+            Mode::Checked => r0,
+            Mode::Jit(options) => {
+                let image = compile(&exe, &options, &support::jit::table::<HelperTable<()>>())
+                    .map_err(|e| format!("jit: {e}"))?;
+                let code = support::jit::ExecCode::new(&image);
+                let mut jit_mem = v.mem.clone();
+                // SAFETY: the vector just ran in checked mode without a fault,
+                // touching only its stack and `mem`; the compiled code computes
+                // the same accesses on an identical copy.
+                let (res, executed) =
+                    unsafe { support::jit::run_jit(&code, &mut jit_mem, &mut helpers, 1_000_000) };
+                let jit_r0 = res.map_err(|e| format!("jit run: {e}"))?;
+                if jit_r0 != r0 || executed != vm.executed() || jit_mem != mem {
+                    return Err(format!(
+                    "jit: r0 {jit_r0:#x}, {executed} insns; interpreter: r0 {r0:#x}, {} insns{}",
+                    vm.executed(),
+                    if jit_mem != mem { ", memory differs" } else { "" }
+                ));
+                }
+                jit_r0
+            }
+        };
     let want = v.result.ok_or("no `-- result` section")?;
     if r0 != want {
         return Err(format!("r0 = {r0:#x}, expected {want:#x}"));
@@ -115,6 +153,27 @@ fn run_vector(text: &str) -> Result<(), String> {
 
 #[test]
 fn conformance_suite() {
+    run_suite(Mode::Checked, "conformance");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn conformance_suite_jit() {
+    run_suite(Mode::Jit(JitOptions::default()), "conformance (jit)");
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn conformance_suite_jit_blinded() {
+    run_suite(
+        Mode::Jit(JitOptions {
+            blinding: Some(0x5eed_1234_abcd_0042),
+        }),
+        "conformance (jit, blinded)",
+    );
+}
+
+fn run_suite(mode: Mode, name: &str) {
     let dir = std::env::var_os("BPF_CONFORMANCE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -138,12 +197,12 @@ fn conformance_suite() {
     let mut failures = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f).expect("read vector");
-        if let Err(e) = run_vector(&text) {
+        if let Err(e) = run_vector(&text, mode) {
             failures.push(format!("{}: {e}", f.file_name().unwrap().to_string_lossy()));
         }
     }
     let passed = files.len() - failures.len();
-    println!("conformance: {passed}/{} passed", files.len());
+    println!("{name}: {passed}/{} passed", files.len());
     for f in &failures {
         println!("  FAIL {f}");
     }

@@ -105,6 +105,19 @@ impl Memory {
         }
     }
 
+    /// Fast-mode memory with no stack of its own, for helpers called from
+    /// outside the interpreter (compiled code). Allocates nothing.
+    const fn unchecked() -> Memory {
+        Memory {
+            base: 0,
+            stack: Vec::new(),
+            init: Vec::new(),
+            depth: 1,
+            regions: Vec::new(),
+            checked: false,
+        }
+    }
+
     pub fn stack_base(&self) -> u64 {
         self.base
     }
@@ -197,6 +210,19 @@ pub struct HelperMem<'m> {
 }
 
 impl HelperMem<'_> {
+    /// Calls `f` with a fast-mode [`HelperMem`] (no checks, [`HelperMem::allow`]
+    /// does nothing), so that [`crate::interp::Helpers`] implementations can
+    /// serve programs running outside the interpreter, i.e. JIT-compiled code.
+    ///
+    /// # Safety
+    /// Only on behalf of a program the verifier accepted, running under the
+    /// contract of [`crate::interp::Vm::run_fast`]: its helper pointer
+    /// arguments point at the bytes the helper reads or writes.
+    pub unsafe fn with_unchecked<R>(f: impl FnOnce(&mut HelperMem<'_>) -> R) -> R {
+        let mut mem = Memory::unchecked();
+        f(&mut HelperMem { mem: &mut mem })
+    }
+
     /// Whether the run is in checked mode.
     pub fn is_checked(&self) -> bool {
         self.mem.checked

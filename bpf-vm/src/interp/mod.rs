@@ -24,7 +24,7 @@
 //!
 //! [`Program`]: crate::insn::Program
 
-mod exe;
+pub(crate) mod exe;
 mod mem;
 
 use alloc::vec::Vec;

@@ -1,0 +1,844 @@
+//! Lowering of the interpreter's pre-decoded operations to x86-64.
+//!
+//! Register assignment (as Linux's x86-64 JIT, so that `r1`-`r5` already sit
+//! in the System V argument registers at a helper call and `r0` in `rax`
+//! where the result comes back):
+//!
+//! ```text
+//! r0 rax   r1 rdi   r2 rsi   r3 rdx   r4 rcx   r5 r8
+//! r6 rbx   r7 r13   r8 r14   r9 r15   r10 rbp
+//! r12: instructions left in the budget (callee-saved, so helper calls
+//!      need not save it)
+//! r9, r10, r11: scratch
+//! ```
+//!
+//! Frames: each BPF frame is `FRAME` bytes of native stack below `rbp`: the
+//! 512-byte BPF stack, then the address of the [`JitRun`] at
+//! `rbp - RUN_SLOT` (so any code can reach it through the frame pointer),
+//! then padding that keeps `rsp` 16-byte aligned inside every program
+//! function, as helper calls need.
+//!
+//! Layout: the prologue saves the callee-saved registers, reserves frame 0
+//! and `call`s the program's first slot, so `exit` is always `ret` (from a
+//! bpf-to-bpf callee or from the program). A bpf-to-bpf call pushes
+//! `r6`-`r10`, reserves the callee's frame and `call`s it; the call depth
+//! is checked against `rsp`, since every frame takes the same room. Faults
+//! jump to out-of-line stubs that record the fault in the [`JitRun`] and
+//! unwind to the saved stack pointer.
+//!
+//! Budget: every jump target and the slot after a conditional jump or a
+//! local call begins a run the interpreter charges (`sub r12, len; jb
+//! fault`). Loop heads, and targets that straight-line code cannot fall
+//! into, carry the charge in front of their code, so a jump to them is one
+//! `jcc`; straight-line code falling into a loop head (which the
+//! interpreter does not charge) adds the run's length back first. Other
+//! targets are charged on each jump's taken edge.
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::x86::{cc, ext, rm_op, shift, Asm, Label, R10, R11, R12, R13, R14, R15, R8, R9, W};
+
+/// Native bytes of a BPF frame below `rbp` (BPF stack, run pointer, padding).
+const FRAME: i32 = STACK_SIZE as i32 + 16;
+/// `rbp - RUN_SLOT` holds the address of the JitRun.
+const RUN_SLOT: i32 = STACK_SIZE as i32 + 8;
+/// The budget register.
+const BUDGET: u8 = R12;
+/// Native stack a bpf-to-bpf call takes: 5 saved registers, the frame and
+/// the return address.
+const CALL_ROOM: i32 = 5 * 8 + FRAME + 8;
+use super::x86::{RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP};
+use super::{fault, off, JitError, JitHelperFn, JitImage, JitOptions, JitRun};
+use crate::insn::{AtomicOp, JmpCond, Size, STACK_SIZE};
+use crate::interp::exe::Op;
+use crate::interp::{Executable, MAX_CALL_FRAMES};
+
+/// BPF register to x86 register (entries past r10 are never used: decode
+/// guarantees registers <= 10).
+const REG: [u8; 16] = [
+    RAX, RDI, RSI, RDX, RCX, R8, RBX, R13, R14, R15, RBP, R10, R10, R10, R10, R10,
+];
+
+fn x(r: u8) -> u8 {
+    REG[(r & 15) as usize]
+}
+
+/// Second operand of an ALU or compare: a register or a 32-bit immediate
+/// (sign-extended by 64-bit operations).
+#[derive(Clone, Copy)]
+enum Src {
+    Reg(u8),
+    Imm(i32),
+}
+
+enum Stub {
+    Budget {
+        pc: usize,
+        n: i32,
+    },
+    Fault {
+        pc: usize,
+        kind: u32,
+    },
+    /// A fault of the helper call with this id (known when compiling).
+    HelperFault {
+        pc: usize,
+        kind: u32,
+        id: u32,
+    },
+    Misaligned {
+        pc: usize,
+        len: i32,
+    },
+}
+
+struct Compiler<'e> {
+    a: Asm,
+    exe: &'e Executable,
+    helpers: &'e [Option<JitHelperFn>],
+    /// The helper table appended to the code, for `callx`.
+    table: Label,
+    slots: Vec<Label>,
+    /// Targets that get their budget charge inline before their code (see
+    /// the module documentation).
+    entries: Vec<Option<Label>>,
+    budget_stubs: Vec<Option<Label>>,
+    stubs: Vec<(Label, Stub)>,
+    fault_exit: Label,
+    key: Option<u64>,
+}
+
+/// Compiles `exe` (see the [module documentation](super)) for `helpers`,
+/// indexed by helper id: their addresses are built into the code.
+pub fn compile(
+    exe: &Executable,
+    options: &JitOptions,
+    helpers: &[Option<JitHelperFn>],
+) -> Result<JitImage, JitError> {
+    let n = exe.ops.len();
+    if n >= (i32::MAX as usize) / 64 || helpers.len() >= 1 << 24 {
+        return Err(JitError::TooLarge(n - 1));
+    }
+    let mut a = Asm::new();
+    let slots = (0..n).map(|_| a.label()).collect();
+    let mut entries = vec![None; n];
+    for (pc, op) in exe.ops.iter().enumerate() {
+        let t = match *op {
+            Op::Ja(t)
+            | Op::Jmp64I(_, _, t, _)
+            | Op::Jmp64R(_, _, _, t)
+            | Op::Jmp32I(_, _, t, _)
+            | Op::Jmp32R(_, _, _, t)
+            | Op::JEq64I(_, t, _)
+            | Op::JNe64I(_, t, _)
+            | Op::JGt64I(_, t, _)
+            | Op::JLt64I(_, t, _)
+            | Op::JEq64R(_, _, t)
+            | Op::JNe64R(_, _, t)
+            | Op::JGt64R(_, _, t)
+            | Op::JLt64R(_, _, t) => t as usize,
+            _ => continue,
+        };
+        // A forward target that straight-line code also reaches would
+        // cost that path an add/sub pair; the jumps to it charge on the
+        // edge instead. Loop heads always carry their charge.
+        let prev = match t.checked_sub(1).map(|p| &exe.ops[p]) {
+            Some(Op::Tail) => Some(&exe.ops[t - 2]),
+            other => other,
+        };
+        let uncharged_fallthrough = prev.is_some_and(|op| !is_control(op));
+        if (t <= pc || !uncharged_fallthrough) && entries[t].is_none() {
+            entries[t] = Some(a.label());
+        }
+    }
+    let fault_exit = a.label();
+    let table = a.label();
+    let mut c = Compiler {
+        a,
+        exe,
+        helpers,
+        table,
+        slots,
+        entries,
+        budget_stubs: vec![None; n],
+        stubs: Vec::new(),
+        fault_exit,
+        key: options.blinding,
+    };
+    c.prologue();
+    let mut slot_offsets = Vec::with_capacity(n);
+    // Whether the previous slot continues into this one without charging it
+    // (it is not a control transfer).
+    let mut uncharged_fallthrough = false;
+    for pc in 0..n {
+        let l = c.slots[pc];
+        if let Some(entry) = c.entries[pc] {
+            if uncharged_fallthrough {
+                // Cancel the charge below: the interpreter charged this run
+                // as part of the one falling into it. (The budget is at
+                // most 2^62, so this cannot wrap.)
+                let n = c.exe.run_len[pc] as i32;
+                c.a.alu_ri(W::Q, ext::ADD, BUDGET, n);
+            }
+            c.a.bind(entry);
+            c.charge(pc);
+        }
+        c.a.bind(l);
+        slot_offsets.push(c.a.pos() as u32);
+        c.op(pc);
+        uncharged_fallthrough = match c.exe.ops[pc] {
+            Op::Tail => uncharged_fallthrough,
+            ref op => !is_control(op),
+        };
+    }
+    c.emit_stubs();
+    if exe.ops.iter().any(|op| matches!(op, Op::CallX(_))) {
+        c.a.align(8);
+        c.a.bind(table);
+        for f in helpers {
+            c.a.data64(f.map_or(0, |f| f as usize as u64));
+        }
+    }
+    let code = c.a.finish().map_err(|_| JitError::Internal)?;
+    slot_offsets.truncate(n - 1);
+    Ok(JitImage {
+        code,
+        entry: 0,
+        slot_offsets,
+    })
+}
+
+/// Whether `op` ends a straight-line run (what follows it is charged anew
+/// or never reached by falling through).
+fn is_control(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Ja(_)
+            | Op::Exit
+            | Op::FellOff
+            | Op::CallLocal(_)
+            | Op::Jmp64I(..)
+            | Op::Jmp64R(..)
+            | Op::Jmp32I(..)
+            | Op::Jmp32R(..)
+            | Op::JEq64I(..)
+            | Op::JNe64I(..)
+            | Op::JGt64I(..)
+            | Op::JLt64I(..)
+            | Op::JEq64R(..)
+            | Op::JNe64R(..)
+            | Op::JGt64R(..)
+            | Op::JLt64R(..)
+    )
+}
+
+impl Compiler<'_> {
+    fn prologue(&mut self) {
+        let a = &mut self.a;
+        for r in [RBX, RBP, R12, R13, R14, R15] {
+            a.push(r);
+        }
+        a.store(8, RDX, off::SAVED_RSP, RSP);
+        // Inside a function at depth d, rsp = saved - FRAME - 8 - d * CALL_ROOM;
+        // a call from depth MAX_CALL_FRAMES - 1 or deeper is refused.
+        let limit = FRAME + 8 + CALL_ROOM * (MAX_CALL_FRAMES as i32 - 1);
+        a.lea(R11, RSP, -limit);
+        a.store(8, RDX, off::STACK_LIMIT, R11);
+        a.load(8, BUDGET, RDX, off::LEFT);
+        a.mov_rr(W::Q, RBP, RSP);
+        a.alu_ri(W::Q, ext::SUB, RSP, FRAME);
+        a.store(8, RBP, -RUN_SLOT, RDX);
+        // Registers other than r1 (ctx) and r2 (its length) start at 0.
+        for r in [RAX, RDX, RCX, R8, RBX, R13, R14, R15] {
+            a.alu_rr(W::D, rm_op::XOR, r, r);
+        }
+        self.charge(0);
+        let first = self.slots[0];
+        let a = &mut self.a;
+        a.call(first);
+        // Normal exit and faults: rbp is frame 0's or the faulting frame's,
+        // either way below it is the run pointer.
+        let fe = self.fault_exit;
+        a.bind(fe);
+        a.load(8, R11, RBP, -RUN_SLOT);
+        a.store(8, R11, off::LEFT, BUDGET);
+        a.load(8, RSP, R11, off::SAVED_RSP);
+        for r in [R15, R14, R13, R12, RBP, RBX] {
+            a.pop(r);
+        }
+        a.ret();
+    }
+
+    /// Charges the straight-line run starting at `pc` against the budget.
+    fn charge(&mut self, pc: usize) {
+        let n = self.exe.run_len[pc] as i32;
+        if n == 0 {
+            return;
+        }
+        let stub = match self.budget_stubs[pc] {
+            Some(l) => l,
+            None => {
+                let l = self.a.label();
+                self.budget_stubs[pc] = Some(l);
+                self.stubs.push((l, Stub::Budget { pc, n }));
+                l
+            }
+        };
+        self.a.alu_ri(W::Q, ext::SUB, BUDGET, n);
+        self.a.jcc(cc::B, stub);
+    }
+
+    fn fault_stub(&mut self, pc: usize, kind: u32) -> Label {
+        let l = self.a.label();
+        self.stubs.push((l, Stub::Fault { pc, kind }));
+        l
+    }
+
+    fn emit_stubs(&mut self) {
+        let stubs = core::mem::take(&mut self.stubs);
+        for (l, stub) in stubs {
+            let a = &mut self.a;
+            a.bind(l);
+            let (pc, kind) = match stub {
+                Stub::Budget { pc, n } => {
+                    // Undo the charge: the interpreter does not subtract a
+                    // run it cannot afford.
+                    a.alu_ri(W::Q, ext::ADD, BUDGET, n);
+                    a.load(8, R11, RBP, -RUN_SLOT);
+                    (pc, fault::BUDGET)
+                }
+                Stub::Fault { pc, kind } => {
+                    a.load(8, R11, RBP, -RUN_SLOT);
+                    (pc, kind)
+                }
+                Stub::HelperFault { pc, kind, id } => {
+                    a.load(8, R11, RBP, -RUN_SLOT);
+                    a.store32_imm(R11, off::HELPER_ID, id);
+                    (pc, kind)
+                }
+                Stub::Misaligned { pc, len } => {
+                    a.load(8, R11, RBP, -RUN_SLOT);
+                    a.store(8, R11, off::FAULT_ADDR, R10);
+                    a.store_imm(8, R11, off::FAULT_LEN, len);
+                    (pc, fault::MISALIGNED)
+                }
+            };
+            a.store32_imm(R11, off::FAULT_KIND, kind);
+            a.store_imm(8, R11, off::FAULT_PC, pc as i32);
+            let fe = self.fault_exit;
+            a.jmp(fe);
+        }
+    }
+
+    /// Next blinding key, if blinding.
+    fn next_key(&mut self) -> Option<u64> {
+        let k = self.key.as_mut()?;
+        // splitmix64
+        *k = k.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *k;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Some(z ^ (z >> 31))
+    }
+
+    /// An immediate operand: as is, or blinded into r11.
+    fn imm(&mut self, v: i32) -> Src {
+        match self.next_key() {
+            None => Src::Imm(v),
+            Some(k) => {
+                let k = k as i32;
+                self.a.mov_r64_si(R11, v ^ k);
+                self.a.alu_ri(W::Q, ext::XOR, R11, k);
+                Src::Reg(R11)
+            }
+        }
+    }
+
+    /// `dst = v` for a 64-bit constant (blinded if enabled).
+    fn load_const(&mut self, dst: u8, v: u64) {
+        match self.next_key() {
+            None => self.a.mov_ri(dst, v),
+            Some(k) => {
+                self.a.movabs(dst, v ^ k);
+                self.a.movabs(R11, k);
+                self.a.alu_rr(W::Q, rm_op::XOR, dst, R11);
+            }
+        }
+    }
+
+    fn alu(&mut self, w: W, opc: u8, e: u8, dst: u8, src: Src) {
+        match src {
+            Src::Reg(s) => self.a.alu_rr(w, opc, dst, s),
+            Src::Imm(i) => self.a.alu_ri(w, e, dst, i),
+        }
+    }
+
+    fn op(&mut self, pc: usize) {
+        let op = self.exe.ops[pc];
+        use W::{D, Q};
+        // 64-bit immediates are sign-extended i32s; 32-bit ones are u32s.
+        let i64_ = |v: u64| v as i64 as i32;
+        match op {
+            Op::Add64I(d, i) => self.alu_imm(Q, rm_op::ADD, ext::ADD, d, i64_(i)),
+            Op::Sub64I(d, i) => self.alu_imm(Q, rm_op::SUB, ext::SUB, d, i64_(i)),
+            Op::Or64I(d, i) => self.alu_imm(Q, rm_op::OR, ext::OR, d, i64_(i)),
+            Op::And64I(d, i) => self.alu_imm(Q, rm_op::AND, ext::AND, d, i64_(i)),
+            Op::Xor64I(d, i) => self.alu_imm(Q, rm_op::XOR, ext::XOR, d, i64_(i)),
+            Op::Mul64I(d, i) => self.mul_imm(Q, d, i64_(i)),
+            Op::Mov64I(d, i) => self.mov_imm(Q, d, i64_(i)),
+            Op::Div64I(d, i) => self.divmod(Q, false, false, d, Src::Imm(i64_(i))),
+            Op::SDiv64I(d, i) => self.divmod(Q, true, false, d, Src::Imm(i64_(i))),
+            Op::Mod64I(d, i) => self.divmod(Q, false, true, d, Src::Imm(i64_(i))),
+            Op::SMod64I(d, i) => self.divmod(Q, true, true, d, Src::Imm(i64_(i))),
+            Op::Lsh64I(d, i) => self.shift_imm(Q, shift::SHL, d, i as u32),
+            Op::Rsh64I(d, i) => self.shift_imm(Q, shift::SHR, d, i as u32),
+            Op::Arsh64I(d, i) => self.shift_imm(Q, shift::SAR, d, i as u32),
+            Op::Add64R(d, s) => self.a.alu_rr(Q, rm_op::ADD, x(d), x(s)),
+            Op::Sub64R(d, s) => self.a.alu_rr(Q, rm_op::SUB, x(d), x(s)),
+            Op::Or64R(d, s) => self.a.alu_rr(Q, rm_op::OR, x(d), x(s)),
+            Op::And64R(d, s) => self.a.alu_rr(Q, rm_op::AND, x(d), x(s)),
+            Op::Xor64R(d, s) => self.a.alu_rr(Q, rm_op::XOR, x(d), x(s)),
+            Op::Mov64R(d, s) => self.a.mov_rr(Q, x(d), x(s)),
+            Op::Mul64R(d, s) => self.a.imul_rr(Q, x(d), x(s)),
+            Op::Div64R(d, s) => self.divmod(Q, false, false, d, Src::Reg(x(s))),
+            Op::SDiv64R(d, s) => self.divmod(Q, true, false, d, Src::Reg(x(s))),
+            Op::Mod64R(d, s) => self.divmod(Q, false, true, d, Src::Reg(x(s))),
+            Op::SMod64R(d, s) => self.divmod(Q, true, true, d, Src::Reg(x(s))),
+            Op::Lsh64R(d, s) => self.shift_reg(Q, shift::SHL, d, s),
+            Op::Rsh64R(d, s) => self.shift_reg(Q, shift::SHR, d, s),
+            Op::Arsh64R(d, s) => self.shift_reg(Q, shift::SAR, d, s),
+            Op::Add32I(d, i) => self.alu_imm(D, rm_op::ADD, ext::ADD, d, i as i32),
+            Op::Sub32I(d, i) => self.alu_imm(D, rm_op::SUB, ext::SUB, d, i as i32),
+            Op::Or32I(d, i) => self.alu_imm(D, rm_op::OR, ext::OR, d, i as i32),
+            Op::And32I(d, i) => self.alu_imm(D, rm_op::AND, ext::AND, d, i as i32),
+            Op::Xor32I(d, i) => self.alu_imm(D, rm_op::XOR, ext::XOR, d, i as i32),
+            Op::Mul32I(d, i) => self.mul_imm(D, d, i as i32),
+            Op::Mov32I(d, i) => self.mov_imm(D, d, i as i32),
+            Op::Div32I(d, i) => self.divmod(D, false, false, d, Src::Imm(i as i32)),
+            Op::SDiv32I(d, i) => self.divmod(D, true, false, d, Src::Imm(i as i32)),
+            Op::Mod32I(d, i) => self.divmod(D, false, true, d, Src::Imm(i as i32)),
+            Op::SMod32I(d, i) => self.divmod(D, true, true, d, Src::Imm(i as i32)),
+            Op::Lsh32I(d, i) => self.shift_imm(D, shift::SHL, d, i),
+            Op::Rsh32I(d, i) => self.shift_imm(D, shift::SHR, d, i),
+            Op::Arsh32I(d, i) => self.shift_imm(D, shift::SAR, d, i),
+            Op::Add32R(d, s) => self.a.alu_rr(D, rm_op::ADD, x(d), x(s)),
+            Op::Sub32R(d, s) => self.a.alu_rr(D, rm_op::SUB, x(d), x(s)),
+            Op::Or32R(d, s) => self.a.alu_rr(D, rm_op::OR, x(d), x(s)),
+            Op::And32R(d, s) => self.a.alu_rr(D, rm_op::AND, x(d), x(s)),
+            Op::Xor32R(d, s) => self.a.alu_rr(D, rm_op::XOR, x(d), x(s)),
+            Op::Mov32R(d, s) => self.a.mov_rr(D, x(d), x(s)),
+            Op::Mul32R(d, s) => self.a.imul_rr(D, x(d), x(s)),
+            Op::Div32R(d, s) => self.divmod(D, false, false, d, Src::Reg(x(s))),
+            Op::SDiv32R(d, s) => self.divmod(D, true, false, d, Src::Reg(x(s))),
+            Op::Mod32R(d, s) => self.divmod(D, false, true, d, Src::Reg(x(s))),
+            Op::SMod32R(d, s) => self.divmod(D, true, true, d, Src::Reg(x(s))),
+            Op::Lsh32R(d, s) => self.shift_reg(D, shift::SHL, d, s),
+            Op::Rsh32R(d, s) => self.shift_reg(D, shift::SHR, d, s),
+            Op::Arsh32R(d, s) => self.shift_reg(D, shift::SAR, d, s),
+            Op::Neg64(d) => self.a.unary(Q, 3, x(d)),
+            Op::Neg32(d) => self.a.unary(D, 3, x(d)),
+            Op::MovSx(d, s, k) => {
+                let (w, bits) = match k {
+                    0 => (D, 8),
+                    1 => (D, 16),
+                    2 => (Q, 8),
+                    3 => (Q, 16),
+                    _ => (Q, 32),
+                };
+                self.a.movsx_rr(w, bits, x(d), x(s));
+            }
+            Op::Le16(d) => self.a.movzx16(x(d), x(d)),
+            Op::Le32(d) => self.a.mov_rr(D, x(d), x(d)),
+            Op::Swap16(d) => {
+                self.a.ror16_8(x(d));
+                self.a.movzx16(x(d), x(d));
+            }
+            Op::Swap32(d) => self.a.bswap(D, x(d)),
+            Op::Swap64(d) => self.a.bswap(Q, x(d)),
+            Op::Nop | Op::Tail => {}
+            Op::LdImm64(d, v) => self.load_const(x(d), v),
+            Op::Ja(t) => self.goto(t as usize),
+            Op::JEq64I(d, t, i) => self.branch(Q, JmpCond::Eq, d, None, i64_(i), pc, t),
+            Op::JNe64I(d, t, i) => self.branch(Q, JmpCond::Ne, d, None, i64_(i), pc, t),
+            Op::JGt64I(d, t, i) => self.branch(Q, JmpCond::Gt, d, None, i64_(i), pc, t),
+            Op::JLt64I(d, t, i) => self.branch(Q, JmpCond::Lt, d, None, i64_(i), pc, t),
+            Op::JEq64R(d, s, t) => self.branch(Q, JmpCond::Eq, d, Some(s), 0, pc, t),
+            Op::JNe64R(d, s, t) => self.branch(Q, JmpCond::Ne, d, Some(s), 0, pc, t),
+            Op::JGt64R(d, s, t) => self.branch(Q, JmpCond::Gt, d, Some(s), 0, pc, t),
+            Op::JLt64R(d, s, t) => self.branch(Q, JmpCond::Lt, d, Some(s), 0, pc, t),
+            Op::Jmp64I(c, d, t, i) => self.branch(Q, c, d, None, i64_(i), pc, t),
+            Op::Jmp64R(c, d, s, t) => self.branch(Q, c, d, Some(s), 0, pc, t),
+            Op::Jmp32I(c, d, t, i) => self.branch(D, c, d, None, i as i32, pc, t),
+            Op::Jmp32R(c, d, s, t) => self.branch(D, c, d, Some(s), 0, pc, t),
+            Op::Call(id) => self.helper_call(pc, Some(id)),
+            Op::CallX(s) => {
+                self.a.mov_rr(Q, R11, x(s));
+                self.helper_call(pc, None);
+            }
+            Op::CallLocal(t) => self.local_call(pc, t as usize),
+            Op::Exit => self.a.ret(),
+            Op::LdxB(d, s, o) => self.a.load(1, x(d), x(s), o as i32),
+            Op::LdxH(d, s, o) => self.a.load(2, x(d), x(s), o as i32),
+            Op::LdxW(d, s, o) => self.a.load(4, x(d), x(s), o as i32),
+            Op::LdxDW(d, s, o) => self.a.load(8, x(d), x(s), o as i32),
+            Op::LdxSx(size, d, s, o) => self.a.load_sx(size.bytes() as u8, x(d), x(s), o as i32),
+            Op::StxB(d, s, o) => self.a.store(1, x(d), o as i32, x(s)),
+            Op::StxH(d, s, o) => self.a.store(2, x(d), o as i32, x(s)),
+            Op::StxW(d, s, o) => self.a.store(4, x(d), o as i32, x(s)),
+            Op::StxDW(d, s, o) => self.a.store(8, x(d), o as i32, x(s)),
+            Op::StB(d, o, v) => self.store_imm(1, d, o, v),
+            Op::StH(d, o, v) => self.store_imm(2, d, o, v),
+            Op::StW(d, o, v) => self.store_imm(4, d, o, v),
+            Op::StDW(d, o, v) => self.store_imm(8, d, o, v),
+            Op::Atomic(aop, fetch, size, d, s, o) => self.atomic(pc, aop, fetch, size, d, s, o),
+            Op::FellOff => {
+                let l = self.fault_stub(pc, fault::FELL_OFF);
+                self.a.jmp(l);
+            }
+        }
+    }
+
+    fn alu_imm(&mut self, w: W, opc: u8, e: u8, d: u8, i: i32) {
+        let src = self.imm(i);
+        self.alu(w, opc, e, x(d), src);
+    }
+
+    fn mul_imm(&mut self, w: W, d: u8, i: i32) {
+        match self.imm(i) {
+            Src::Reg(s) => self.a.imul_rr(w, x(d), s),
+            Src::Imm(i) => self.a.imul_rri(w, x(d), x(d), i),
+        }
+    }
+
+    fn mov_imm(&mut self, w: W, d: u8, i: i32) {
+        let d = x(d);
+        match self.next_key() {
+            None if w == W::D => self.a.mov_r32_i(d, i as u32),
+            None => self.a.mov_r64_si(d, i),
+            Some(k) => {
+                let k = k as i32;
+                if w == W::D {
+                    self.a.mov_r32_i(d, (i ^ k) as u32);
+                } else {
+                    self.a.mov_r64_si(d, i ^ k);
+                }
+                self.a.alu_ri(w, ext::XOR, d, k);
+            }
+        }
+    }
+
+    fn store_imm(&mut self, size: u8, d: u8, o: i16, v: u64) {
+        let v = v as i64 as i32;
+        match self.imm(v) {
+            Src::Reg(s) => self.a.store(size, x(d), o as i32, s),
+            Src::Imm(i) => self.a.store_imm(size, x(d), o as i32, i),
+        }
+    }
+
+    fn shift_imm(&mut self, w: W, e: u8, d: u8, n: u32) {
+        let n = (n & if w == W::Q { 63 } else { 31 }) as u8;
+        if n == 0 {
+            // Still zero-extends a 32-bit operand, as the interpreter does.
+            if w == W::D {
+                self.a.mov_rr(W::D, x(d), x(d));
+            }
+            return;
+        }
+        self.a.shift_ri(w, e, x(d), n);
+    }
+
+    /// Shift by a register: the count must be in `cl` (`rcx` is r4).
+    fn shift_reg(&mut self, w: W, e: u8, d: u8, s: u8) {
+        let (d, s) = (x(d), x(s));
+        let a = &mut self.a;
+        if s == RCX {
+            a.shift_cl(w, e, d);
+        } else if d == RCX {
+            a.mov_rr(W::Q, R10, RCX);
+            a.mov_rr(W::Q, RCX, s);
+            a.shift_cl(w, e, R10);
+            a.mov_rr(W::Q, RCX, R10);
+        } else {
+            a.mov_rr(W::Q, R10, RCX);
+            a.mov_rr(W::Q, RCX, s);
+            a.shift_cl(w, e, d);
+            a.mov_rr(W::Q, RCX, R10);
+        }
+        if w == W::D {
+            // A 32-bit shift by 0 is architecturally allowed to leave the
+            // upper half alone; the interpreter zero-extends.
+            a.mov_rr(W::D, d, d);
+        }
+    }
+
+    /// Division and modulo with the interpreter's rules for 0 and -1.
+    fn divmod(&mut self, w: W, signed: bool, modulo: bool, d: u8, src: Src) {
+        let dst = x(d);
+        let minus_one = |v: i32| match w {
+            W::Q => v == -1,
+            W::D => v as u32 == u32::MAX,
+        };
+        match src {
+            Src::Imm(0) => {
+                self.div_by_zero(w, modulo, dst);
+                return;
+            }
+            Src::Imm(v) if signed && minus_one(v) => {
+                self.div_by_minus_one(w, modulo, dst);
+                return;
+            }
+            Src::Imm(v) => {
+                match self.imm(v) {
+                    Src::Reg(_) => {}
+                    Src::Imm(v) => self.a.mov_r64_si(R11, v),
+                }
+                self.div_core(w, signed, modulo, dst);
+                return;
+            }
+            Src::Reg(s) => self.a.mov_rr(w, R11, s),
+        }
+        let zero = self.a.label();
+        let minus1 = self.a.label();
+        let done = self.a.label();
+        self.a.alu_rr(w, rm_op::TEST, R11, R11);
+        self.a.jcc(cc::E, zero);
+        if signed {
+            self.a.alu_ri(w, ext::CMP, R11, -1);
+            self.a.jcc(cc::E, minus1);
+        }
+        self.div_core(w, signed, modulo, dst);
+        self.a.jmp(done);
+        self.a.bind(zero);
+        self.div_by_zero(w, modulo, dst);
+        if signed {
+            self.a.jmp(done);
+            self.a.bind(minus1);
+            self.div_by_minus_one(w, modulo, dst);
+        }
+        self.a.bind(done);
+    }
+
+    /// `dst = dst / r11` or `dst % r11`, with r11 neither 0 nor (signed) -1.
+    fn div_core(&mut self, w: W, signed: bool, modulo: bool, dst: u8) {
+        let a = &mut self.a;
+        a.push(RAX);
+        a.push(RDX);
+        a.mov_rr(w, RAX, dst);
+        if signed {
+            a.sign_extend_rax(w);
+            a.unary(w, 7, R11);
+        } else {
+            a.alu_rr(W::D, rm_op::XOR, RDX, RDX);
+            a.unary(w, 6, R11);
+        }
+        a.mov_rr(w, R10, if modulo { RDX } else { RAX });
+        a.pop(RDX);
+        a.pop(RAX);
+        a.mov_rr(W::Q, dst, R10);
+    }
+
+    fn div_by_zero(&mut self, w: W, modulo: bool, dst: u8) {
+        if !modulo {
+            self.a.alu_rr(W::D, rm_op::XOR, dst, dst);
+        } else if w == W::D {
+            self.a.mov_rr(W::D, dst, dst);
+        }
+    }
+
+    fn div_by_minus_one(&mut self, w: W, modulo: bool, dst: u8) {
+        if modulo {
+            self.a.alu_rr(W::D, rm_op::XOR, dst, dst);
+        } else {
+            self.a.unary(w, 3, dst);
+        }
+    }
+
+    fn goto(&mut self, t: usize) {
+        if let Some(entry) = self.entries[t] {
+            self.a.jmp(entry);
+            return;
+        }
+        self.charge(t);
+        let l = self.slots[t];
+        self.a.jmp(l);
+    }
+
+    /// Charges the run at `pc + 1` after a jump not taken or a return,
+    /// unless it is a loop head, which charges itself.
+    fn charge_next(&mut self, pc: usize) {
+        if self.entries.get(pc + 1).copied().flatten().is_none() {
+            self.charge(pc + 1);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn branch(&mut self, w: W, c: JmpCond, d: u8, s: Option<u8>, i: i32, pc: usize, t: u32) {
+        let src = match s {
+            Some(s) => Src::Reg(x(s)),
+            None => self.imm(i),
+        };
+        let dst = x(d);
+        let code = match c {
+            JmpCond::Eq => cc::E,
+            JmpCond::Ne | JmpCond::Set => cc::NE,
+            JmpCond::Gt => cc::A,
+            JmpCond::Ge => cc::AE,
+            JmpCond::Lt => cc::B,
+            JmpCond::Le => cc::BE,
+            JmpCond::Sgt => cc::G,
+            JmpCond::Sge => cc::GE,
+            JmpCond::Slt => cc::L,
+            JmpCond::Sle => cc::LE,
+        };
+        match (c, src) {
+            (JmpCond::Set, Src::Reg(s)) => self.a.alu_rr(w, rm_op::TEST, dst, s),
+            (JmpCond::Set, Src::Imm(i)) => self.a.test_ri(w, dst, i),
+            (_, src) => self.alu(w, rm_op::CMP, ext::CMP, dst, src),
+        }
+        // Taken: charge the target's run and go; not taken: charge the next one.
+        if let Some(entry) = self.entries[t as usize] {
+            self.a.jcc(code, entry);
+        } else {
+            let skip = self.a.label();
+            self.a.jcc(code ^ 1, skip);
+            self.goto(t as usize);
+            self.a.bind(skip);
+        }
+        self.charge_next(pc);
+    }
+
+    /// A helper call: `Some(id)` for `call id`, `None` for `callx` (id in r11).
+    fn helper_call(&mut self, pc: usize, id: Option<u32>) {
+        let (unknown, failed) = match id {
+            // The stubs record the id.
+            Some(id) => {
+                let unknown = self.a.label();
+                let failed = self.a.label();
+                let kind = fault::UNKNOWN_HELPER;
+                self.stubs
+                    .push((unknown, Stub::HelperFault { pc, kind, id }));
+                let kind = fault::HELPER_FAILED;
+                self.stubs
+                    .push((failed, Stub::HelperFault { pc, kind, id }));
+                (unknown, failed)
+            }
+            // The id is stored in the run before the call.
+            None => (
+                self.fault_stub(pc, fault::UNKNOWN_HELPER),
+                self.fault_stub(pc, fault::HELPER_FAILED),
+            ),
+        };
+        let a = &mut self.a;
+        // The run is the helper's sixth argument.
+        a.load(8, R9, RBP, -RUN_SLOT);
+        match id {
+            Some(id) => {
+                match self.helpers.get(id as usize).copied().flatten() {
+                    Some(f) => a.movabs(R11, f as usize as u64),
+                    None => {
+                        // Unknown when compiled: the interpreter's fault, when reached.
+                        a.jmp(unknown);
+                        return;
+                    }
+                }
+            }
+            None => {
+                // An id beyond u32 names no helper: clamp it to u32::MAX.
+                let small = a.label();
+                a.mov_rr(W::Q, R10, R11);
+                a.shift_ri(W::Q, shift::SHR, R10, 32);
+                a.jcc(cc::E, small);
+                a.mov_r32_i(R11, u32::MAX);
+                a.bind(small);
+                a.store(4, R9, off::HELPER_ID, R11);
+                // Look the id up in the image's own copy of the table.
+                let n = self.helpers.len() as u32;
+                a.alu_ri(W::Q, ext::CMP, R11, n as i32);
+                a.jcc(cc::AE, unknown);
+                let table = self.table;
+                a.lea_rip(R10, table);
+                a.load_r11_table_r10();
+                a.alu_rr(W::Q, rm_op::TEST, R11, R11);
+                a.jcc(cc::E, unknown);
+            }
+        }
+        a.call_r(R11);
+        a.alu_rr(W::Q, rm_op::TEST, RDX, RDX);
+        a.jcc(cc::NE, failed);
+    }
+
+    fn local_call(&mut self, pc: usize, t: usize) {
+        let too_deep = self.fault_stub(pc, fault::CALL_DEPTH);
+        let a = &mut self.a;
+        a.load(8, R11, RBP, -RUN_SLOT);
+        a.alu_r_mem(W::Q, 0x3b, RSP, R11, off::STACK_LIMIT);
+        a.jcc(cc::BE, too_deep);
+        for r in [RBX, R13, R14, R15, RBP] {
+            a.push(r);
+        }
+        a.mov_rr(W::Q, RBP, RSP);
+        a.alu_ri(W::Q, ext::SUB, RSP, FRAME);
+        a.store(8, RBP, -RUN_SLOT, R11);
+        self.charge(t);
+        let l = self.slots[t];
+        let a = &mut self.a;
+        a.call(l);
+        a.mov_rr(W::Q, RSP, RBP);
+        for r in [RBP, R15, R14, R13, RBX] {
+            a.pop(r);
+        }
+        self.charge_next(pc);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn atomic(&mut self, pc: usize, aop: AtomicOp, fetch: bool, size: Size, d: u8, s: u8, o: i16) {
+        let w = if size == Size::W { W::D } else { W::Q };
+        let n = size.bytes() as i32;
+        let src = x(s);
+        let misaligned = self.a.label();
+        self.stubs
+            .push((misaligned, Stub::Misaligned { pc, len: n }));
+        let a = &mut self.a;
+        a.lea(R10, x(d), o as i32);
+        a.test_r8_i(R10, (n - 1) as u8);
+        a.jcc(cc::NE, misaligned);
+        match (aop, fetch) {
+            (AtomicOp::Add, false) => a.lock_rm(w, rm_op::ADD, R10, 0, src),
+            (AtomicOp::Or, false) => a.lock_rm(w, rm_op::OR, R10, 0, src),
+            (AtomicOp::And, false) => a.lock_rm(w, rm_op::AND, R10, 0, src),
+            (AtomicOp::Xor, false) => a.lock_rm(w, rm_op::XOR, R10, 0, src),
+            (AtomicOp::Add, true) => a.lock_xadd(w, R10, 0, src),
+            (AtomicOp::Xchg, _) => a.xchg_mem(w, R10, 0, src),
+            (AtomicOp::CmpXchg, _) => {
+                a.lock_cmpxchg(w, R10, 0, src);
+                if w == W::D {
+                    a.mov_rr(W::D, RAX, RAX);
+                }
+            }
+            (op, true) => {
+                // Fetching or/and/xor: a compare-exchange loop in rax.
+                let opc = match op {
+                    AtomicOp::Or => rm_op::OR,
+                    AtomicOp::And => rm_op::AND,
+                    _ => rm_op::XOR,
+                };
+                a.mov_rr(W::Q, R9, src);
+                a.push(RAX);
+                a.load(n as u8, RAX, R10, 0);
+                let retry = a.label();
+                a.bind(retry);
+                a.mov_rr(W::Q, R11, RAX);
+                a.alu_rr(w, opc, R11, R9);
+                a.lock_cmpxchg(w, R10, 0, R11);
+                a.jcc(cc::NE, retry);
+                a.mov_rr(W::Q, R11, RAX);
+                a.pop(RAX);
+                a.mov_rr(W::Q, src, R11);
+            }
+        }
+    }
+}
+
+// The layout above assumes JitRun's fields fit 8-bit or 32-bit displacements.
+const _: () = assert!(core::mem::size_of::<JitRun<'static>>() < 1024);

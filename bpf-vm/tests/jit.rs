@@ -1,0 +1,556 @@
+//! The JIT against the interpreter.
+//!
+//! - Differential fuzzing: programs from the verifier soundness fuzzer's
+//!   generator (`support/gen.rs`) that the verifier accepts run in the
+//!   checked interpreter and JIT-compiled (every other one with constant
+//!   blinding), on the same contexts; r0 or the fault, the instruction
+//!   count, the context, the map array, the ring buffer records and every
+//!   helper call (id and arguments, pointers expressed relative to their
+//!   region) must be equal. `JIT_FUZZ_CASES` sets the number of generated
+//!   programs (default 400).
+//! - Faults and limits hand-written: budget, call depth, unknown helper,
+//!   helper failure, misaligned atomic, as the interpreter reports them.
+//! - Blinding keeps chosen constants out of the code.
+#![cfg(target_arch = "x86_64")]
+
+mod support;
+
+use std::cell::Cell;
+
+use bpf_vm::asm::assemble;
+use bpf_vm::insn::{Insn, LdImm64Src, Program};
+use bpf_vm::interp::{HelperError, HelperMem, HelperTable, Helpers, RunError, RunErrorKind, Vm};
+use bpf_vm::jit::{compile, JitImage, JitOptions};
+use bpf_vm::verifier::linux;
+use bpf_vm::verifier::{verify, Env};
+use bpf_vm::Executable;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
+use support::gen::*;
+use support::jit::{run_jit, table, ExecCode};
+
+/// A helper argument or result with addresses made comparable across runs
+/// whose buffers live at different addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Val {
+    Num(u64),
+    Ctx(u64),
+    Stack(i64),
+    Array(u64),
+    Record(usize, u64),
+    Copy(usize, u64),
+}
+
+/// The oracle's helpers, logging every call.
+struct Logged<'t> {
+    inner: Oracle<'t>,
+    ctx: u64,
+    log: Vec<(u32, [Val; 5], Result<Val, String>)>,
+}
+
+impl Logged<'_> {
+    fn norm(&self, v: u64) -> Val {
+        let array = self.inner.array as u64;
+        let fp = self.inner.fp.get();
+        if (self.ctx..self.ctx + CTX_LEN as u64).contains(&v) {
+            return Val::Ctx(v - self.ctx);
+        }
+        if (array..array + (ARRAY_ENTRIES * VALUE_SIZE) as u64).contains(&v) {
+            return Val::Array(v - array);
+        }
+        for (i, (b, _)) in self.inner.records.iter().enumerate() {
+            let a = b.as_ptr() as u64;
+            if (a..a + b.len() as u64).contains(&v) {
+                return Val::Record(i, v - a);
+            }
+        }
+        for (i, b) in self.inner.copies.iter().enumerate() {
+            let a = b.as_ptr() as u64;
+            if (a..a + b.len() as u64).contains(&v) {
+                return Val::Copy(i, v - a);
+            }
+        }
+        // The interpreter's frames lie above frame 0, the JIT's below it.
+        if fp != 0 && v.wrapping_sub(fp).wrapping_add(8 * 1024) < 16 * 1024 {
+            return Val::Stack(v.wrapping_sub(fp) as i64);
+        }
+        Val::Num(v)
+    }
+}
+
+impl Helpers for Logged<'_> {
+    fn call(
+        &mut self,
+        id: u32,
+        args: [u64; 5],
+        mem: &mut HelperMem<'_>,
+    ) -> Result<u64, HelperError> {
+        let res = self.inner.call(id, args, mem);
+        // Only the arguments the helper takes: the others are whatever the
+        // registers held, and compiled code (like Linux's) does not keep
+        // r1-r5 across helper calls while the interpreter does; the
+        // verifier forbids reading them there.
+        let used = i32::try_from(id)
+            .ok()
+            .and_then(|id| self.inner.table.get(id))
+            .map_or(5, |p| p.args.len());
+        let mut nargs = [Val::Num(0); 5];
+        for (i, a) in args.iter().take(used).enumerate() {
+            nargs[i] = self.norm(*a);
+        }
+        let nres = match res {
+            Ok(v) => Ok(self.norm(v)),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        self.log.push((id, nargs, nres));
+        res
+    }
+}
+
+/// Everything one run produced, comparable between interpreter and JIT.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    result: Result<u64, (usize, String)>,
+    executed: u64,
+    ctx: Vec<u8>,
+    records: Vec<(Vec<u8>, bool)>,
+    copies: Vec<Vec<u8>>,
+    scalars: Vec<(u32, usize, Val)>,
+    log: Vec<(u32, [Val; 5], Result<Val, String>)>,
+}
+
+fn scalars(h: &Logged<'_>) -> Vec<(u32, usize, Val)> {
+    h.inner
+        .scalars
+        .iter()
+        .map(|&(id, i, v)| (id, i, h.norm(v)))
+        .collect()
+}
+
+fn context(seed: u64, run: u64) -> ([u8; CTX_LEN], u64) {
+    let mut ctx = [0u8; CTX_LEN];
+    let mut s = seed ^ run.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for (i, b) in ctx.iter_mut().enumerate() {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *b = if run == 0 {
+            (i % 7) as u8
+        } else {
+            (s >> 56) as u8
+        };
+    }
+    (ctx, s)
+}
+
+fn error_key(e: &RunError) -> (usize, String) {
+    // Bad-pointer errors carry addresses; the kind and instruction suffice.
+    let kind = match e.kind {
+        RunErrorKind::Helper {
+            id,
+            err: HelperError::BadPointer { len, .. },
+        } => format!("helper {id} bad pointer of {len}"),
+        k => format!("{k:?}"),
+    };
+    (e.pc, kind)
+}
+
+/// Runs an accepted program in both engines on two contexts each and
+/// describes the first difference.
+fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), String> {
+    let prog = Program::from_insns(insns.to_vec()).map_err(|e| format!("bad layout: {e}"))?;
+    let exe = Executable::with_resolver(&prog, |src| match src {
+        LdImm64Src::MapFd(fd) => Some(HANDLE_BASE + fd as u64),
+        _ => None,
+    })
+    .map_err(|e| format!("prepare: {e}"))?;
+    let image = compile(&exe, options, &table::<Logged>()).map_err(|e| format!("jit: {e}"))?;
+    let code = ExecCode::new(&image);
+    let mut vm = Vm::new();
+    let table = linux::helpers();
+    let maps = maps();
+    let mut interp_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
+    let mut jit_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
+    for run in 0..2u64 {
+        let (ctx0, s) = context(seed, run);
+        let helpers = |array: &mut Vec<u8>, ctx: &[u8]| Logged {
+            inner: Oracle {
+                table: &table,
+                maps: &maps,
+                ctx: ctx.as_ptr() as u64,
+                array: array.as_mut_ptr(),
+                seed: s,
+                fp: Cell::new(0),
+                records: Vec::new(),
+                copies: Vec::new(),
+                scalars: Vec::new(),
+            },
+            ctx: ctx.as_ptr() as u64,
+            log: Vec::new(),
+        };
+        let mut ctx = ctx0;
+        let mut h = helpers(&mut interp_array, &ctx);
+        let res = vm.run_checked(&exe, &mut ctx, &mut h, &[], 10_000_000);
+        if let Err(e) = &res {
+            if !matches!(
+                e.kind,
+                RunErrorKind::Helper { .. } | RunErrorKind::BudgetExhausted { .. }
+            ) {
+                return Err(format!(
+                    "run {run}: interpreter fault (a verifier bug): {e}"
+                ));
+            }
+        }
+        let interp = Outcome {
+            result: res.map_err(|e| error_key(&e)),
+            executed: vm.executed(),
+            ctx: ctx.to_vec(),
+            records: h.inner.records.clone(),
+            copies: h.inner.copies.clone(),
+            scalars: scalars(&h),
+            log: std::mem::take(&mut h.log),
+        };
+        let mut ctx = ctx0;
+        let mut h = helpers(&mut jit_array, &ctx);
+        // SAFETY: the verifier accepted the program for this context and
+        // these helpers, and it just ran without a memory fault in the
+        // checked interpreter.
+        let (res, executed) = unsafe { run_jit(&code, &mut ctx, &mut h, 10_000_000) };
+        let jit = Outcome {
+            result: res.map_err(|e| error_key(&e)),
+            executed,
+            ctx: ctx.to_vec(),
+            records: h.inner.records.clone(),
+            copies: h.inner.copies.clone(),
+            scalars: scalars(&h),
+            log: std::mem::take(&mut h.log),
+        };
+        if interp != jit {
+            return Err(format!(
+                "run {run}: results differ\ninterpreter: {interp:?}\njit:         {jit:?}"
+            ));
+        }
+        if interp_array != jit_array {
+            return Err(format!("run {run}: map array contents differ"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn jit_matches_interpreter_on_generated_programs() {
+    let cases: u32 = std::env::var("JIT_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(400);
+    let mut runner = TestRunner::new(PtConfig {
+        cases,
+        failure_persistence: None,
+        ..PtConfig::default()
+    });
+    let generated = Cell::new(0u64);
+    let compared = Cell::new(0u64);
+    let with_calls = Cell::new(0u64);
+    let helpers = linux::helpers();
+    let pt = linux::kprobe();
+    let maps = maps();
+    let env = Env {
+        prog_type: &pt,
+        helpers: &helpers,
+        maps: &maps,
+    };
+    let config = fuzz_config();
+    let result = runner.run(&(program(), any::<u64>()), |(insns, seed)| {
+        generated.set(generated.get() + 1);
+        if verify(&insns, &env, &config).is_err() {
+            return Ok(());
+        }
+        compared.set(compared.get() + 1);
+        if insns.iter().any(|i| matches!(i, Insn::CallLocal { .. })) {
+            with_calls.set(with_calls.get() + 1);
+        }
+        let options = JitOptions {
+            blinding: (seed & 1 == 1).then_some(seed.rotate_left(17)),
+        };
+        differential(&insns, seed, &options).map_err(|e| {
+            let text = bpf_vm::disasm::program(
+                &Program::from_insns(insns.clone()).unwrap(),
+                bpf_vm::disasm::Syntax::Llvm,
+                true,
+            );
+            TestCaseError::fail(format!("JIT and interpreter disagree: {e}\n{text}"))
+        })?;
+        Ok(())
+    });
+    println!(
+        "jit differential fuzz: {} programs generated, {} accepted and compared on 2 contexts each ({} with bpf-to-bpf calls), 0 mismatches",
+        generated.get(),
+        compared.get(),
+        with_calls.get()
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    assert!(
+        compared.get() * 20 >= generated.get(),
+        "too few accepted programs"
+    );
+}
+
+fn helper_ok(_: &mut (), _: &mut HelperMem<'_>, a: [u64; 5]) -> Result<u64, HelperError> {
+    Ok(a[0] + a[1])
+}
+
+fn helper_fails(_: &mut (), _: &mut HelperMem<'_>, _: [u64; 5]) -> Result<u64, HelperError> {
+    Err(HelperError::Failed("no"))
+}
+
+/// Runs `src` in the checked interpreter and JIT-compiled; both outcomes
+/// and instruction counts must be equal; returns the JIT's.
+fn both(src: &str, ctx: &[u8], budget: u64) -> (Result<u64, RunError>, u64) {
+    let prog = assemble(src).unwrap();
+    let exe = Executable::new(&prog).unwrap();
+    let mut helpers = HelperTable::new(());
+    helpers.register(1, helper_ok).register(2, helper_fails);
+    let mut vm = Vm::new();
+    let mut c1 = ctx.to_vec();
+    let interp = vm.run_checked(&exe, &mut c1, &mut helpers, &[], budget);
+    let code =
+        ExecCode::new(&compile(&exe, &JitOptions::default(), &table::<HelperTable<()>>()).unwrap());
+    let mut c2 = ctx.to_vec();
+    // SAFETY: the test programs touch only their stack and the context,
+    // which the checked run above confirms (or faults before any access).
+    let (jit, executed) = unsafe { run_jit(&code, &mut c2, &mut helpers, budget) };
+    // Fault addresses relative to each run's own context copy.
+    let rel = |r: &Result<u64, RunError>, base: u64| match r {
+        Err(RunError {
+            pc,
+            kind: RunErrorKind::MisalignedAtomic { addr, len },
+        }) => Err((*pc, addr.wrapping_sub(base), *len)),
+        Err(e) => Err((e.pc, 0, 0)),
+        Ok(v) => Ok(*v),
+    };
+    assert_eq!(
+        rel(&jit, c2.as_ptr() as u64),
+        rel(&interp, c1.as_ptr() as u64),
+        "{src}"
+    );
+    if !matches!(
+        jit,
+        Err(RunError {
+            kind: RunErrorKind::MisalignedAtomic { .. },
+            ..
+        })
+    ) {
+        assert_eq!(jit, interp, "{src}");
+    }
+    assert_eq!(executed, vm.executed(), "{src}");
+    assert_eq!(c1, c2);
+    (jit, executed)
+}
+
+#[test]
+fn faults_and_limits_match_the_interpreter() {
+    // A loop of 3 + 1000 * 3 instructions: enough budget, and one short.
+    let looped = "mov %r0, 0\nmov %r2, 1000\nl:\nadd %r0, 2\nsub %r2, 1\njne %r2, 0, l\nexit";
+    assert_eq!(both(looped, &[], 10_000), (Ok(2000), 3003));
+    let (res, executed) = both(looped, &[], 3002);
+    assert_eq!(
+        res.unwrap_err(),
+        RunError {
+            pc: 5,
+            kind: RunErrorKind::BudgetExhausted { budget: 3002 }
+        }
+    );
+    assert_eq!(executed, 3002);
+    // Helpers: a result, an unknown id, a failure, callx beyond u32.
+    assert_eq!(
+        both("mov %r1, 40\nmov %r2, 2\ncall 1\nexit", &[], 100).0,
+        Ok(42)
+    );
+    assert_eq!(
+        both("call 7\nexit", &[], 100).0.unwrap_err().kind,
+        RunErrorKind::Helper {
+            id: 7,
+            err: HelperError::Unknown(7)
+        }
+    );
+    // Ids outside the helper table given to the compiler (134 entries).
+    for src in ["call 300\nexit", "mov %r3, 300\ncallx %r3\nexit"] {
+        assert_eq!(
+            both(src, &[], 100).0.unwrap_err().kind,
+            RunErrorKind::Helper {
+                id: 300,
+                err: HelperError::Unknown(300)
+            }
+        );
+    }
+    assert_eq!(
+        both("mov %r0, 1\ncall 2\nexit", &[], 100).0.unwrap_err(),
+        RunError {
+            pc: 1,
+            kind: RunErrorKind::Helper {
+                id: 2,
+                err: HelperError::Failed("no")
+            }
+        }
+    );
+    assert_eq!(
+        both("lddw %r3, 0x100000001\ncallx %r3\nexit", &[], 100)
+            .0
+            .unwrap_err()
+            .kind,
+        RunErrorKind::Helper {
+            id: u32::MAX,
+            err: HelperError::Unknown(u32::MAX)
+        }
+    );
+    // Unbounded recursion hits the call depth limit.
+    let (res, _) = both("call local f\nexit\nf:\ncall local f\nexit", &[], 100);
+    assert_eq!(
+        res.unwrap_err(),
+        RunError {
+            pc: 2,
+            kind: RunErrorKind::CallDepth
+        }
+    );
+    // A misaligned atomic on the context.
+    let (res, _) = both("mov %r2, 1\nlock add [%r1+1], %r2\nexit", &[0; 16], 100);
+    let err = res.unwrap_err();
+    assert_eq!(err.pc, 1);
+    assert!(matches!(
+        err.kind,
+        RunErrorKind::MisalignedAtomic { len: 8, .. }
+    ));
+    // Falling off the end.
+    assert_eq!(
+        both("mov %r0, 1", &[], 100).0.unwrap_err().kind,
+        RunErrorKind::FellOffEnd
+    );
+}
+
+fn contains(code: &[u8], pat: &[u8]) -> bool {
+    code.windows(pat.len()).any(|w| w == pat)
+}
+
+#[test]
+fn blinding_hides_immediates() {
+    let prog = assemble(
+        "mov %r0, 0x5bd1e995\nadd %r0, 0x1234567\nlddw %r1, 0x1122334455667788\nstdw [%r10-8], 0x7654321\njne %r0, 0x2468ace, x\nx:\nexit",
+    )
+    .unwrap();
+    let exe = Executable::new(&prog).unwrap();
+    let plain = compile(&exe, &JitOptions::default(), &table::<HelperTable<()>>()).unwrap();
+    let blinded = compile(
+        &exe,
+        &JitOptions { blinding: Some(99) },
+        &table::<HelperTable<()>>(),
+    )
+    .unwrap();
+    let pats: [&[u8]; 5] = [
+        &0x5bd1e995u32.to_le_bytes(),
+        &0x1234567u32.to_le_bytes(),
+        &0x1122334455667788u64.to_le_bytes(),
+        &0x7654321u32.to_le_bytes(),
+        &0x2468aceu32.to_le_bytes(),
+    ];
+    let code = |i: &JitImage| i.code().to_vec();
+    for p in pats {
+        assert!(contains(&code(&plain), p), "{p:x?} in plain code");
+        assert!(!contains(&code(&blinded), p), "{p:x?} in blinded code");
+    }
+    // Two seeds give different code, the same result.
+    let other = compile(
+        &exe,
+        &JitOptions {
+            blinding: Some(100),
+        },
+        &table::<HelperTable<()>>(),
+    )
+    .unwrap();
+    assert_ne!(other.code(), blinded.code());
+    for image in [&plain, &blinded, &other] {
+        let code = ExecCode::new(image);
+        let mut helpers = HelperTable::new(());
+        // SAFETY: the program only touches its own stack.
+        let (res, _) = unsafe { run_jit(&code, &mut [], &mut helpers, 100) };
+        assert_eq!(res, Ok(0x5bd1e995 + 0x1234567));
+    }
+}
+
+/// The registers x86 instructions use implicitly (rax and rdx for
+/// division, rcx for shift counts, rax for cmpxchg) as every operand of the
+/// instructions that need them, with 0, -1 and INT_MIN operands.
+#[test]
+fn implicit_register_corner_cases_match_the_interpreter() {
+    // r0 = rax, r3 = rdx, r4 = rcx, r2 = rsi.
+    let regs = [0u8, 2, 3, 4];
+    let values: [[i64; 4]; 4] = [
+        [i64::MIN, -1, 7, 0],
+        [0x8000_0000, 0xffff_ffff, 0, 13],
+        [12_345_678_901, 3, -5, 64],
+        [-1, i64::MIN, 0x8000_0000, -0x8000_0000],
+    ];
+    let checksum = "mov %r7, %r0\nrsh %r7, 1\nxor %r7, %r2\nlsh %r7, 3\nxor %r7, %r3\nrsh %r7, 2\nxor %r7, %r4\nmov %r0, %r7\nexit";
+    let mut programs = 0;
+    for vals in values {
+        for rot in 0..4 {
+            let init: String = regs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| format!("lddw %r{r}, {}\n", vals[(i + rot) % 4]))
+                .collect();
+            for op in ["div", "mod", "sdiv", "smod", "lsh", "rsh", "arsh", "mul"] {
+                for w in ["", "32"] {
+                    for d in regs {
+                        for s in regs {
+                            let src = format!("{init}{op}{w} %r{d}, %r{s}\n{checksum}");
+                            let r = both(&src, &[], 100).0;
+                            assert!(r.is_ok(), "{src}: {r:?}");
+                            programs += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for op in ["add", "or", "and", "xor", "xchg", "cmpxchg"] {
+        for fetch in [false, true] {
+            if !fetch && matches!(op, "xchg" | "cmpxchg") {
+                continue;
+            }
+            for w in ["", "32"] {
+                for b in regs {
+                    for s in regs {
+                        if s == b {
+                            continue;
+                        }
+                        let init: String = regs
+                            .iter()
+                            .filter(|&&r| r != b)
+                            .map(|r| {
+                                format!(
+                                    "lddw %r{r}, {}\n",
+                                    0x1111_2222_3333_4444u64 * (*r as u64 + 1)
+                                )
+                            })
+                            .collect();
+                        let f = if fetch && !matches!(op, "xchg" | "cmpxchg") {
+                            "fetch "
+                        } else {
+                            ""
+                        };
+                        let src = format!(
+                            "stdw [%r10-16], 0x1234567\nstw [%r10-12], 0x0f0f0f0f\n{init}mov %r{b}, %r10\nadd %r{b}, -16\n\
+                             lock {f}{op}{w} [%r{b}+0], %r{s}\nmov %r{b}, 0\nldxdw %r6, [%r10-16]\nxor %r0, %r6\n{checksum}"
+                        );
+                        let r = both(&src, &[], 100).0;
+                        assert!(r.is_ok(), "{src}: {r:?}");
+                        programs += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(programs, 4 * 4 * 8 * 2 * 16 + (4 * 2 + 2) * 2 * 12);
+}
