@@ -133,7 +133,12 @@ fn nmi_sampling_at_full_rate_during_probe_stress() {
     assert!(out.status.success(), "{stderr}");
     eprintln!("{}", stderr.trim());
     let samples = std::fs::read_to_string(&data).unwrap().lines().count() - 1;
-    assert!(samples > 1000, "{samples} samples at 10 kHz for 8 s");
+    // More than the kernel's ring holds (8192): kperf drains while it
+    // records.
+    assert!(
+        samples > 8192,
+        "{samples} samples at 10 kHz for 8 s: no more than one ring's worth"
+    );
     client.info().expect("alive");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,6 +14,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -549,8 +551,38 @@ fn record(args: RecordArgs, vm: &str) -> anyhow::Result<()> {
     let mut samples = Vec::new();
     let r = (|| -> anyhow::Result<(Duration, u64)> {
         client.perf_enable(id)?;
-        let t = do_work(&mut client, &work, true)?;
+        // The kernel's ring holds 8192 samples (8 s at 999 Hz): a second
+        // session drains it while the work runs, so long recordings lose
+        // nothing to a full ring. Without a free session, everything is
+        // drained at the end as before.
+        let draining = Arc::new(AtomicBool::new(true));
+        let drainer = {
+            let (draining, vm) = (draining.clone(), vm.to_string());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let Ok(mut c) = tools::connect(&vm, "kperf record (drain)") else {
+                    return got;
+                };
+                while draining.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(250));
+                    match c.perf_drain(id, 4096) {
+                        Ok((batch, _)) => got.extend(batch),
+                        Err(_) => break,
+                    }
+                }
+                got
+            })
+        };
+        let t = do_work(&mut client, &work, true);
+        draining.store(false, Ordering::Release);
+        let early = drainer.join().unwrap_or_default();
+        let t = t?;
         client.perf_disable(id)?;
+        samples.extend(
+            early
+                .iter()
+                .map(|s| kp::data_sample(s, args.call_graph, Some(&index))),
+        );
         let mut lost = 0;
         loop {
             let (batch, l) = client.perf_drain(id, 4096)?;
