@@ -968,10 +968,13 @@ fn record(world: &mut World, req: &Request, resp: &Response) {
 /// answer again.
 fn vanishing_client(vm: &mut TestVm, main: &mut Client, rng: &mut Rng) -> Duration {
     let mut side = vm.client();
+    // The fuzzer may have set tight limits or filled the heap: a refused
+    // creation is fine, the client then vanishes with less.
     let created = |r: Result<Response, ClientError>| match r {
-        Ok(Response::Bpf(BpfResponse::Map(m))) => m.id,
-        Ok(Response::Bpf(BpfResponse::Program(p))) => p.id,
-        Ok(Response::Bpf(BpfResponse::Link(l))) => l.id,
+        Ok(Response::Bpf(BpfResponse::Map(m))) => Some(m.id),
+        Ok(Response::Bpf(BpfResponse::Program(p))) => Some(p.id),
+        Ok(Response::Bpf(BpfResponse::Link(l))) => Some(l.id),
+        Err(e) if e.kernel_reply().is_some() => None,
         other => panic!("side client: {other:?}"),
     };
     let rb = created(side.request(&Request::Bpf(BpfRequest::MapCreate(Box::new(
@@ -988,32 +991,36 @@ fn vanishing_client(vm: &mut TestVm, main: &mut Client, rng: &mut Rng) -> Durati
         },
     )))));
     let asm = "stdw [%r10-8], 7\nlddw %r1, map_idx(0)\nmov %r2, %r10\nadd %r2, -8\nmov %r3, 8\nmov %r4, 0\ncall 130\nmov %r0, 0\nexit";
-    let prog = created(side.request(&Request::Bpf(BpfRequest::ProgLoad {
-        prog: Box::new(ProgramLoad {
-            name: "vanish_feed".into(),
-            section: "tracepoint/sched/sched_switch".into(),
-            prog_type: ProgramType::Tracepoint,
-            attach: AttachTarget::Tracepoint {
+    let prog = rb.and_then(|rb| {
+        created(side.request(&Request::Bpf(BpfRequest::ProgLoad {
+            prog: Box::new(ProgramLoad {
+                name: "vanish_feed".into(),
+                section: "tracepoint/sched/sched_switch".into(),
+                prog_type: ProgramType::Tracepoint,
+                attach: AttachTarget::Tracepoint {
+                    category: "sched".into(),
+                    name: "sched_switch".into(),
+                },
+                insns: bpf_vm::asm::assemble(asm).unwrap().encode(),
+                license: "GPL".into(),
+                lines: None,
+            }),
+            maps: vec![rb],
+            options: LoadOptions::default(),
+        })))
+    });
+    let linked = prog.and_then(|prog| {
+        created(side.request(&Request::Bpf(BpfRequest::Attach {
+            prog,
+            target: Box::new(AttachTarget::Tracepoint {
                 category: "sched".into(),
                 name: "sched_switch".into(),
-            },
-            insns: bpf_vm::asm::assemble(asm).unwrap().encode(),
-            license: "GPL".into(),
-            lines: None,
-        }),
-        maps: vec![rb],
-        options: LoadOptions::default(),
-    })));
-    created(side.request(&Request::Bpf(BpfRequest::Attach {
-        prog,
-        target: Box::new(AttachTarget::Tracepoint {
-            category: "sched".into(),
-            name: "sched_switch".into(),
-        }),
-        kretprobe: false,
-    })));
-    let mid_stream = rng.chance(50);
-    if mid_stream {
+            }),
+            kretprobe: false,
+        })))
+    });
+    let mid_stream = linked.is_some() && rng.chance(50);
+    if let (true, Some(rb)) = (mid_stream, rb) {
         side.send_request(&Request::Bpf(BpfRequest::EventsSubscribe {
             maps: vec![rb],
             printk: false,
@@ -1051,7 +1058,7 @@ fn vanishing_client(vm: &mut TestVm, main: &mut Client, rng: &mut Rng) -> Durati
     };
     // What it created is freed once its session saw it go.
     let t = Instant::now();
-    loop {
+    while let Some(rb) = rb {
         let maps = match main.request(&Request::Bpf(BpfRequest::MapList)) {
             Ok(Response::Bpf(BpfResponse::Maps(m))) => m,
             other => panic!("MapList: {other:?}"),
