@@ -99,6 +99,7 @@ fn biolatency_builds_three_tracepoints() {
         names(&obj.maps, |m| &m.name),
         [
             "CONFIG",
+            "EXTENSION",
             "ISSUED",
             "LATENCY_US",
             "LATENCY_US_BY_DISK",

@@ -69,6 +69,8 @@ fn biolatency_histograms_are_typed_through_their_wrappers() {
         got,
         [
             ("CONFIG".to_string(), t("u32", "u64")),
+            // biolatency -e: total latency and count.
+            ("EXTENSION".to_string(), t("u32", "u64")),
             ("ISSUED".to_string(), t("u64", "u64")),
             // Log2Histogram wraps Array<u64>.
             ("LATENCY_US".to_string(), t("u32", "u64")),
