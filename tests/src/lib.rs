@@ -154,10 +154,11 @@ impl Drop for TestVm {
     }
 }
 
-/// The `ktrace` binary of this workspace, built if missing or stale.
-pub fn ktrace_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+/// The directory of the tool binaries of this workspace (`ktrace`,
+/// `kperf`, `biolatency`, `biosnoop`), all built once if missing or stale.
+pub fn tools_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
         // The test executable lives in <target>/<profile-dir>/deps/.
         let exe = std::env::current_exe().expect("test executable path");
         let profile_dir = exe
@@ -172,15 +173,21 @@ pub fn ktrace_bin() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(kernel_image::workspace_root())
-            .args(["build", "--quiet", "-p", "ktrace-tools", "--bin", "ktrace"])
+            .args(["build", "--quiet", "-p", "ktrace-tools", "--bins"])
             .args(["--profile", &profile])
             .arg("--target-dir")
             .arg(target_dir)
             .status()
             .expect("cannot run cargo");
-        assert!(status.success(), "building the ktrace binary failed");
-        profile_dir.join("ktrace")
+        assert!(status.success(), "building the tools failed");
+        profile_dir.to_path_buf()
     })
+}
+
+/// The `ktrace` binary of this workspace, built if missing or stale.
+pub fn ktrace_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| tools_dir().join("ktrace"))
 }
 
 /// A `ktrace` command that boots the prepared kernel (no rebuild).

@@ -12,7 +12,7 @@ use probe_sdk::client::Client;
 use probe_sdk::trace::TraceClient;
 
 fn kperf(args: &[&str]) -> std::process::Child {
-    Command::new(ktrace_tests::ktrace_bin().with_file_name("kperf"))
+    Command::new(ktrace_tests::tools_dir().join("kperf"))
         .args(args)
         .env("KTRACE_KERNEL", &kernel_image().source)
         .stdout(Stdio::null())

@@ -9,7 +9,7 @@ use ktrace_tests::{kernel_image, TestVm};
 use serde_json::Value;
 
 fn kperf() -> Command {
-    let bin = ktrace_tests::ktrace_bin().with_file_name("kperf");
+    let bin = ktrace_tests::tools_dir().join("kperf");
     let mut c = Command::new(bin);
     c.env("KTRACE_KERNEL", &kernel_image().source);
     c

@@ -9,7 +9,6 @@ use std::io::{BufReader, Read as _};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use ktrace_abi::block::DeviceStats;
 use ktrace_tests::{disk_config, TestVm};
@@ -19,31 +18,7 @@ use probe_sdk::kernel_image;
 /// The tool binaries of this workspace (`biolatency`, `biosnoop`, `kperf`,
 /// `ktrace`), built once.
 fn tool(name: &str) -> Command {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable outside a cargo target dir")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("cargo target dir");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_string(),
-            Some(other) => other.to_string(),
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(kernel_image::workspace_root())
-            .args(["build", "--quiet", "-p", "ktrace-tools", "--bins"])
-            .args(["--profile", &profile])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .status()
-            .expect("cannot run cargo");
-        assert!(status.success(), "building the tools failed");
-        profile_dir
-    });
+    let dir = ktrace_tests::tools_dir();
     let mut cmd = Command::new(dir.join(name));
     cmd.env(
         kernel_image::KERNEL_ENV,
