@@ -15,7 +15,9 @@
 //!    both arms of every conditional jump, per-byte stack state with
 //!    spilled registers, NULL checks, reference tracking for ring buffer
 //!    records, and state pruning so bounded loops verify while unbounded ones
-//!    hit the complexity limit.
+//!    hit the complexity limit. One module per concern (`check/alu.rs`,
+//!    `mem.rs`, `stack.rs`, `atomic.rs`, `jump.rs`, `call.rs`, `helper.rs`,
+//!    `walk.rs`), each saying what it checks.
 //! 3. [`platform`]: what the embedder supplies (program types and their
 //!    context, helper prototypes, maps); [`linux`] is ktrace's
 //!    Linux-compatible description.
