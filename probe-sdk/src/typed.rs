@@ -502,6 +502,112 @@ fn encode(desc: &TypeDesc, i: u32, v: &Value, out: &mut [u8], path: &str) -> Res
     Ok(())
 }
 
+/// A struct type's fields resolved by name once, for a tool that reads
+/// many records of the type field by field (`biosnoop` reads its probe's
+/// ring buffer records so): the same description [`format`] and
+/// [`to_json`] print from, so a tool and `ktrace events` decode alike.
+#[derive(Debug, Clone)]
+pub struct StructFields {
+    desc: TypeDesc,
+}
+
+/// An integer field of a [`StructFields`]: where it is and its signedness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntField {
+    offset: usize,
+    size: usize,
+    signed: bool,
+}
+
+/// A byte-array field holding NUL-padded text (`comm`, `rwbs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextField {
+    offset: usize,
+    len: usize,
+}
+
+impl StructFields {
+    /// The fields of `desc`, refused when the description is unusable or
+    /// not a struct.
+    pub fn new(desc: &TypeDesc) -> Result<Self, String> {
+        desc.validate().map_err(|e| e.message)?;
+        match desc.root().map(|n| &n.kind) {
+            Some(TypeKind::Struct { .. }) => Ok(Self { desc: desc.clone() }),
+            _ => Err(format!("`{}` is not a struct", type_name(desc))),
+        }
+    }
+
+    /// The size of a record.
+    pub fn size(&self) -> usize {
+        self.desc.size() as usize
+    }
+
+    /// Field `name` and its node, or why there is none.
+    fn field(&self, name: &str) -> Result<(usize, &TypeNode), String> {
+        let root = self.desc.nodes.len() as u32 - 1;
+        let TypeKind::Struct { fields } = &self.desc.nodes[root as usize].kind else {
+            return Err(format!("`{}` is not a struct", type_name(&self.desc)));
+        };
+        let f = fields
+            .iter()
+            .find(|f| f.name == name)
+            .ok_or_else(|| format!("`{}` has no field `{name}`", type_name(&self.desc)))?;
+        Ok((f.offset as usize, &self.desc.nodes[f.ty as usize]))
+    }
+
+    /// The integer field `name` (of any size up to 16 bytes).
+    pub fn int(&self, name: &str) -> Result<IntField, String> {
+        let (offset, n) = self.field(name)?;
+        match n.kind {
+            TypeKind::Int { signed } => Ok(IntField {
+                offset,
+                size: n.size as usize,
+                signed,
+            }),
+            _ => Err(format!(
+                "field `{name}` of `{}` is `{}`, not an integer",
+                type_name(&self.desc),
+                n.name
+            )),
+        }
+    }
+
+    /// The byte-array field `name` (`[u8; N]`, `[i8; N]`, `[c_char; N]`).
+    pub fn text(&self, name: &str) -> Result<TextField, String> {
+        let (offset, n) = self.field(name)?;
+        if !byte_array(&self.desc, n) {
+            return Err(format!(
+                "field `{name}` of `{}` is `{}`, not a byte array",
+                type_name(&self.desc),
+                n.name
+            ));
+        }
+        Ok(TextField {
+            offset,
+            len: n.size as usize,
+        })
+    }
+}
+
+impl IntField {
+    /// The field's value in `record` (sign-extended when signed), or
+    /// `None` when the record is too short to hold it.
+    pub fn get(&self, record: &[u8]) -> Option<i128> {
+        let b = record.get(self.offset..self.offset.checked_add(self.size)?)?;
+        Some(int(b, self.signed))
+    }
+}
+
+impl TextField {
+    /// The field's text in `record`: the bytes up to the first NUL, with
+    /// invalid UTF-8 replaced; `None` when the record is too short.
+    pub fn get(&self, record: &[u8]) -> Option<String> {
+        let b = record.get(self.offset..self.offset.checked_add(self.len)?)?;
+        let end = b.iter().position(|&x| x == 0).unwrap_or(b.len());
+        Some(String::from_utf8_lossy(&b[..end]).into_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,6 +752,34 @@ mod tests {
         assert_eq!(
             parse(&s(), "12", "value").unwrap_err(),
             "value: `12` is not a JSON object (type `S`)"
+        );
+    }
+
+    #[test]
+    fn struct_fields_read_records_by_name() {
+        let f = StructFields::new(&s()).unwrap();
+        assert_eq!(f.size(), 24);
+        let b = bytes();
+        assert_eq!(f.int("id").unwrap().get(&b), Some(4096));
+        assert_eq!(f.int("delta").unwrap().get(&b), Some(-3));
+        assert_eq!(f.text("comm").unwrap().get(&b).as_deref(), Some("fio"));
+        assert_eq!(f.int("id").unwrap().get(&b[..7]), None);
+        assert_eq!(f.text("comm").unwrap().get(&b[..23]), None);
+        assert_eq!(f.int("pid").unwrap_err(), "`S` has no field `pid`");
+        assert_eq!(
+            f.int("comm").unwrap_err(),
+            "field `comm` of `S` is `[u8; 8]`, not an integer"
+        );
+        assert_eq!(
+            f.text("id").unwrap_err(),
+            "field `id` of `S` is `u64`, not a byte array"
+        );
+        let not_struct = TypeDesc {
+            nodes: vec![node("u64", 8, TypeKind::Int { signed: false })],
+        };
+        assert_eq!(
+            StructFields::new(&not_struct).unwrap_err(),
+            "`u64` is not a struct"
         );
     }
 }

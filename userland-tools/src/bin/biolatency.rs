@@ -16,6 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 use ktrace_tools::tools::{self, biolatency as bl};
 use ktrace_tools::{errln, out, outln, stop};
+use ktrace_tools::{kernel, workload};
 use probe_sdk::runtime::Runtime;
 
 #[derive(Parser)]
@@ -78,11 +79,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let spec = if cli.workload.is_empty() {
         None
     } else {
-        Some(tools::workload_spec(&cli.workload)?)
+        Some(workload::workload_spec(&cli.workload)?)
     };
     let object = tools::embedded_probe("biolatency")?;
-    let mut client = tools::connect(&cli.vm, "biolatency")?;
-    let disks = tools::disk_names(&mut client)?;
+    let mut client = kernel::connect(&cli.vm, "biolatency")?;
+    let disks = kernel::disk_names(&mut client)?;
     let opts = bl::Options {
         queued: cli.queued,
         millis: cli.milliseconds,
@@ -91,7 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         disk: cli
             .disk
             .as_deref()
-            .map(|d| tools::disk_dev(&disks, d))
+            .map(|d| kernel::disk_dev(&disks, d))
             .transpose()?,
         extension: cli.extension,
     };
@@ -99,7 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // From here on a signal or a closed stdout ends the tracing loop, so
     // the probe is always removed before the process ends.
     stop::catch_signals();
-    let probe = tools::load_probe(&mut rt, "biolatency", object, &opts.settings())?;
+    let probe = kernel::load_probe(&mut rt, "biolatency", object, &opts.settings())?;
     let result = trace(&cli, &opts, spec.as_ref(), &mut rt, &probe, &disks);
     let removed = probe.remove(&mut rt);
     result?;
@@ -139,7 +140,7 @@ fn trace(
     opts: &bl::Options,
     spec: Option<&ktrace_abi::block::WorkloadSpec>,
     rt: &mut Runtime,
-    probe: &tools::LoadedProbe,
+    probe: &kernel::LoadedProbe,
     disks: &[(u32, String)],
 ) -> anyhow::Result<()> {
     if let Some(spec) = spec {
@@ -149,7 +150,7 @@ fn trace(
         if !cli.json {
             errln!("Tracing block device I/O while the workload runs...");
         }
-        let report = tools::run_workload_with_events(rt.client(), spec, |_| {}, |_| {})?;
+        let report = workload::run_workload_with_events(rt.client(), spec, |_| {}, |_| {})?;
         if !cli.json {
             errln!(
                 "workload: {} I/Os in {:.2} s ({} errors)",

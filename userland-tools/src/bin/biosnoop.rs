@@ -17,6 +17,7 @@ use clap::Parser;
 use ktrace_abi::bpf::{EventBatch, EventSource};
 use ktrace_tools::tools::{self, biosnoop as bs};
 use ktrace_tools::{errln, outln, stop};
+use ktrace_tools::{kernel, workload};
 use probe_sdk::runtime::Runtime;
 
 #[derive(Parser)]
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
 struct Printer<'a> {
     cli: &'a Cli,
     disks: &'a [(u32, String)],
+    decoder: bs::Decoder,
     map: u32,
     t0: Option<u64>,
     lines: u64,
@@ -69,7 +71,7 @@ impl Printer<'_> {
             if r.source != (EventSource::RingBuf { map: self.map }) {
                 continue;
             }
-            let Some(e) = bs::Event::decode(&r.data, self.disks) else {
+            let Some(e) = self.decoder.decode(&r.data, self.disks) else {
                 errln!("biosnoop: short record ({} bytes) skipped", r.data.len());
                 continue;
             };
@@ -97,17 +99,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let spec = if cli.workload.is_empty() {
         None
     } else {
-        Some(tools::workload_spec(&cli.workload)?)
+        Some(workload::workload_spec(&cli.workload)?)
     };
     if cli.duration.is_some_and(|d| !(d > 0.0 && d.is_finite())) {
         anyhow::bail!("--duration must be a positive number of seconds");
     }
     let object = tools::embedded_probe("biosnoop")?;
-    let mut client = tools::connect(&cli.vm, "biosnoop")?;
-    let disks = tools::disk_names(&mut client)?;
+    let mut client = kernel::connect(&cli.vm, "biosnoop")?;
+    let disks = kernel::disk_names(&mut client)?;
     let mut settings = Vec::new();
     if let Some(disk) = &cli.disk {
-        let dev = tools::disk_dev(&disks, disk).map_err(|e| {
+        let dev = kernel::disk_dev(&disks, disk).map_err(|e| {
             if disk.parse::<f64>().is_ok() {
                 anyhow::anyhow!(
                     "{e}; -d is the disk, as in BCC's biosnoop: for a duration use --duration {disk}"
@@ -123,12 +125,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // From here on a signal or a closed stdout stops the tracing loop, so
     // the probe is always removed before the process ends.
     stop::catch_signals();
-    let probe = tools::load_probe(&mut rt, "biosnoop", object, &settings)?;
+    let probe = kernel::load_probe(&mut rt, "biosnoop", object, &settings)?;
     let result = (|| -> anyhow::Result<u64> {
-        let map = probe.map("EVENTS")?.id;
+        let events = probe.map("EVENTS")?;
+        let map = events.id;
         let mut p = Printer {
             cli: &cli,
             disks: &disks,
+            decoder: bs::Decoder::new(events.types.record.as_ref())?,
             map,
             t0: None,
             lines: 0,
@@ -139,7 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             outln!("{}", bs::header(cli.queue));
         }
         if let Some(spec) = spec.as_ref().filter(|_| !stop::stop_requested()) {
-            tools::run_workload_with_events(rt.client(), spec, |_| {}, |b| p.batch(b))?;
+            workload::run_workload_with_events(rt.client(), spec, |_| {}, |b| p.batch(b))?;
         } else {
             let end = cli
                 .duration

@@ -23,8 +23,9 @@ use clap::{Parser, Subcommand};
 use ktrace_abi::block::{WorkloadLimit, WorkloadSpec};
 use ktrace_abi::trace::PerfEvent;
 use ktrace_tools::report::{profile, stat};
-use ktrace_tools::tools::{self, kperf as kp};
+use ktrace_tools::tools::kperf as kp;
 use ktrace_tools::{err, errln, out, outln, stop};
+use ktrace_tools::{kernel, workload};
 use probe_sdk::client::Client;
 use probe_sdk::trace::TraceClient;
 
@@ -159,7 +160,7 @@ fn main() -> ExitCode {
 }
 
 fn list(args: ListArgs, vm: &str) -> anyhow::Result<()> {
-    let mut client = tools::connect(vm, "kperf list")?;
+    let mut client = kernel::connect(vm, "kperf list")?;
     let info = client.info()?;
     let mut rows: Vec<(String, String)> = Vec::new();
     for (name, aliases, _, what) in kp::SOFTWARE {
@@ -276,7 +277,7 @@ fn work_from(
             bail!("give either --duration or a workload after `--`, not both");
         }
         return Ok(Work::Workload(
-            tools::workload_spec(args)?,
+            workload::workload_spec(args)?,
             format!("workload {}", args.join(" ")),
         ));
     }
@@ -296,12 +297,12 @@ fn do_work(client: &mut Client, work: &Work, progress: bool) -> anyhow::Result<D
     match work {
         Work::Workload(spec, _) => {
             let mut shown = false;
-            let r = tools::run_workload_with_events(
+            let r = workload::run_workload_with_events(
                 client,
                 spec,
                 |p| {
                     if progress {
-                        err!("\r{}", ktrace_tools::cmd::workload::progress_line(p));
+                        err!("\r{}", workload::progress_line(p));
                         shown = true;
                     }
                 },
@@ -352,7 +353,7 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
         Work::Workload(_, t) => t.clone(),
         Work::Sleep(d) => format!("{:.3} s", d.as_secs_f64()),
     };
-    let mut client = tools::connect(vm, "kperf stat")?;
+    let mut client = kernel::connect(vm, "kperf stat")?;
     stop::catch_signals();
     if let Some(ms) = args.interval_ms {
         let format = match (&args.separator, args.json) {
@@ -478,7 +479,7 @@ fn interval_stat(
                 Work::Workload(spec, _) => {
                     let mut s = spec.clone();
                     s.limit = WorkloadLimit::TimeMs(slice);
-                    tools::run_workload_with_events(client, &s, |_| {}, |_| {})?;
+                    workload::run_workload_with_events(client, &s, |_| {}, |_| {})?;
                 }
                 Work::Sleep(_) => {
                     stop::sleep_unless_stopped(Duration::from_millis(slice));
@@ -542,7 +543,7 @@ fn record(args: RecordArgs, vm: &str) -> anyhow::Result<()> {
     };
     let index = ktrace_symbols::SymbolIndex::open(&elf)
         .with_context(|| format!("reading kernel symbols from {}", elf.display()))?;
-    let mut client = tools::connect(vm, "kperf record")?;
+    let mut client = kernel::connect(vm, "kperf record")?;
     stop::catch_signals();
     let id = client.perf_open(PerfEvent::Sampling {
         freq_hz: args.freq,
@@ -560,7 +561,7 @@ fn record(args: RecordArgs, vm: &str) -> anyhow::Result<()> {
             let (draining, vm) = (draining.clone(), vm.to_string());
             std::thread::spawn(move || {
                 let mut got = Vec::new();
-                let Ok(mut c) = tools::connect(&vm, "kperf record (drain)") else {
+                let Ok(mut c) = kernel::connect(&vm, "kperf record (drain)") else {
                     return got;
                 };
                 while draining.load(Ordering::Acquire) {

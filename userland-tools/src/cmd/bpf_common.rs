@@ -1,14 +1,12 @@
 //! Shared pieces of the BPF subcommands (`load`, `prog`, `map`, `link`,
-//! `events`): connecting, naming maps and programs, parsing and printing
+//! `events`): naming maps and programs, parsing and printing
 //! keys and values.
 
 use anyhow::{bail, Context as _};
 use ktrace_abi::bpf::{map_type, MapInfo};
 use ktrace_abi::types::TypeDesc;
-use probe_sdk::client::{Client, ConnectOptions};
 use probe_sdk::runtime::Runtime;
 use probe_sdk::typed;
-use probe_sdk::vm::Vm;
 
 /// Arguments of a BPF object command (`ktrace prog`, `map`, `link`): its
 /// subcommand and `--json`, which every subcommand takes.
@@ -19,15 +17,6 @@ pub struct ObjectArgs<C: clap::Subcommand> {
     /// Print JSON.
     #[arg(long, global = true)]
     pub json: bool,
-}
-
-/// Connects to VM `vm_name` as `who`.
-pub fn connect(vm_name: &str, who: &str) -> anyhow::Result<Client> {
-    let vm = Vm::attach(vm_name)?;
-    Ok(vm.connect(&ConnectOptions {
-        client_name: who.into(),
-        ..ConnectOptions::default()
-    })?)
 }
 
 /// The map named by `spec`: its id, or its name when unique.

@@ -12,8 +12,10 @@ use probe_sdk::runtime::Runtime;
 use probe_sdk::trace::TraceClient;
 use probe_sdk::vm::{Vm, VmConfig};
 
+use crate::kernel::{self, LoadedProbe};
 use crate::report::stat;
 use crate::tools::{self, biolatency as bl, kperf as kp};
+use crate::workload;
 
 /// Arguments of `ktrace demo`.
 #[derive(clap::Args, Debug)]
@@ -127,12 +129,12 @@ fn story(args: &Args, vm: &Vm, object: &[u8]) -> anyhow::Result<()> {
         vda.hw_queue_depth
     );
     let dev = vda.name.clone();
-    let names = tools::disk_names(&mut client)?;
+    let names = kernel::disk_names(&mut client)?;
 
     step(3, "Loading the Rust biolatency probe into the kernel");
     let mut rt = Runtime::new(&mut client);
     let opts = bl::Options::default();
-    let probe = tools::load_probe(&mut rt, "biolatency", object, &opts.settings())?;
+    let probe = kernel::load_probe(&mut rt, "biolatency", object, &opts.settings())?;
     for p in &probe.programs {
         outln!(
             "  prog {:<12} {:<34} {:>3} insns, verified ({} insns processed)",
@@ -151,7 +153,7 @@ fn story(args: &Args, vm: &Vm, object: &[u8]) -> anyhow::Result<()> {
 fn measure(
     args: &Args,
     rt: &mut Runtime,
-    probe: &tools::LoadedProbe,
+    probe: &LoadedProbe,
     dev: &str,
     names: &[(u32, String)],
 ) -> anyhow::Result<()> {
@@ -178,12 +180,12 @@ fn measure(
         let t = Instant::now();
         let ids: Vec<u32> = counters.iter().filter_map(|c| c.id).collect();
         client.perf_enable_group(&ids)?;
-        let report = tools::run_workload_with_events(
+        let report = workload::run_workload_with_events(
             client,
             &spec,
             |p| {
                 use std::io::Write as _;
-                out!("\r  {}", super::workload::progress_line(p));
+                out!("\r  {}", workload::progress_line(p));
                 let _ = std::io::stdout().flush();
             },
             |_| {},

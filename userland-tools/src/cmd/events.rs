@@ -19,7 +19,8 @@ use probe_sdk::runtime::Runtime;
 use probe_sdk::typed;
 use serde_json::json;
 
-use super::bpf_common::{connect, find_map};
+use super::bpf_common::find_map;
+use crate::kernel::connect;
 
 /// Arguments of `ktrace events`.
 #[derive(clap::Args, Debug)]

@@ -2,8 +2,9 @@
 
 use probe_sdk::runtime::Runtime;
 
-use super::bpf_common::{connect, table};
+use super::bpf_common::table;
 use super::load::link_target;
+use crate::kernel::connect;
 
 /// Arguments of `ktrace link`.
 pub type Args = super::bpf_common::ObjectArgs<Command>;

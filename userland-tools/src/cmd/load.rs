@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use ktrace_abi::bpf::{LinkTarget, LoadOptions};
 use probe_sdk::runtime::{self, Runtime, RuntimeError};
 
-use super::bpf_common::{connect, type_name};
+use super::bpf_common::type_name;
+use crate::kernel::connect;
 
 /// Arguments of `ktrace load`.
 #[derive(clap::Args, Debug)]

@@ -15,9 +15,10 @@ use probe_sdk::runtime::Runtime;
 use serde_json::json;
 
 use super::bpf_common::{
-    connect, find_map, json_key, json_value, parse_typed, parse_value, show_key, show_value, table,
+    find_map, json_key, json_value, parse_typed, parse_value, show_key, show_value, table,
     type_name,
 };
+use crate::kernel::connect;
 
 /// Arguments of `ktrace map`.
 pub type Args = super::bpf_common::ObjectArgs<Command>;

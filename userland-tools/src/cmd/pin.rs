@@ -14,7 +14,8 @@
 use ktrace_abi::bpf::ObjectInfo;
 use probe_sdk::runtime::Runtime;
 
-use super::bpf_common::{connect, table};
+use super::bpf_common::table;
+use crate::kernel::connect;
 
 /// Arguments of `ktrace pin`.
 pub type Args = super::bpf_common::ObjectArgs<Command>;

@@ -6,7 +6,8 @@ use bpf_vm::Insn;
 use ktrace_abi::bpf::ProgInfo;
 use probe_sdk::runtime::Runtime;
 
-use super::bpf_common::{connect, table};
+use super::bpf_common::table;
+use crate::kernel::connect;
 
 /// Arguments of `ktrace prog`.
 pub type Args = super::bpf_common::ObjectArgs<Command>;

@@ -36,9 +36,9 @@ use probe_sdk::client::Client;
 use probe_sdk::runtime::{Runtime, RuntimeError};
 use probe_sdk::trace::TraceClient;
 
-use super::bpf_common::connect;
+use crate::kernel::connect;
+use crate::kernel::LoadedProbe;
 use crate::stop::{catch_signals, stop_requested};
-use crate::tools::LoadedProbe;
 
 /// Arguments of `ktrace trace`.
 #[derive(clap::Args, Debug)]
@@ -93,7 +93,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         (None, true) => None,
     };
     let workload = workload
-        .map(|w| crate::tools::workload_spec(&w))
+        .map(|w| crate::workload::workload_spec(&w))
         .transpose()?;
     let json = args.format == "json";
     let started = Instant::now();
@@ -411,7 +411,7 @@ impl Session<'_> {
             std::thread::spawn(move || -> anyhow::Result<()> {
                 let r = (|| {
                     let mut c: Client = connect(&vm, "ktrace trace workload")?;
-                    crate::tools::run_workload_with_events(&mut c, &spec, |_| {}, |_| {})?;
+                    crate::workload::run_workload_with_events(&mut c, &spec, |_| {}, |_| {})?;
                     Ok(())
                 })();
                 done.store(true, Ordering::SeqCst);
@@ -594,7 +594,7 @@ impl Session<'_> {
         match ty {
             Ty::Int { signed: true } => Value::Int(word() as i64),
             Ty::Int { signed: false } => Value::Uint(word()),
-            Ty::Str(n) => Value::Str(crate::tools::c_str(b.get(..*n as usize).unwrap_or(b))),
+            Ty::Str(n) => Value::Str(crate::kernel::c_str(b.get(..*n as usize).unwrap_or(b))),
             Ty::Literal(s) => Value::Str(s.clone()),
             Ty::Probe => Value::Str(
                 self.compiled

@@ -7,7 +7,7 @@ use ktrace_abi::bpf::MapEntry;
 use probe_sdk::runtime::Runtime;
 use serde_json::json;
 
-use super::{c_str, disk_name, LoadedProbe};
+use crate::kernel::{c_str, disk_name, LoadedProbe};
 use crate::report::hist;
 
 /// Slots of the probe's log2 histograms.

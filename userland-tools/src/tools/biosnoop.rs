@@ -1,12 +1,14 @@
 //! `biosnoop`: one line per completed block request, decoded from the
-//! embedded `examples/biosnoop` probe's ring buffer records.
+//! embedded `examples/biosnoop` probe's ring buffer records through the
+//! record type the probe declares (its DWARF `Event`, which the kernel
+//! keeps with the map), the same way `ktrace events` prints them.
 
+use anyhow::Context as _;
+use ktrace_abi::types::TypeDesc;
+use probe_sdk::typed::{IntField, StructFields, TextField};
 use serde::Serialize;
 
-use super::{c_str, disk_name};
-
-/// Size of the probe's `Event` record.
-pub const EVENT_SIZE: usize = 72;
+use crate::kernel::disk_name;
 
 /// One completed request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -28,25 +30,76 @@ pub struct Event {
     pub error: i32,
 }
 
-impl Event {
-    /// Decodes a record (layout of `examples/biosnoop`'s `Event`).
-    pub fn decode(b: &[u8], disks: &[(u32, String)]) -> Option<Event> {
-        if b.len() < EVENT_SIZE {
+/// Reads the probe's records: the fields of its `Event` type, resolved by
+/// name once.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    size: usize,
+    ts_ns: IntField,
+    sector: IntField,
+    queue_ns: IntField,
+    service_ns: IntField,
+    dev: IntField,
+    bytes: IntField,
+    pid: IntField,
+    error: IntField,
+    rwbs: TextField,
+    comm: TextField,
+}
+
+impl Decoder {
+    /// A decoder for records of `record` (the `EVENTS` map's declared
+    /// record type), refused when the type lacks a field biosnoop prints.
+    pub fn new(record: Option<&TypeDesc>) -> anyhow::Result<Decoder> {
+        let record = record.context(
+            "the biosnoop probe's EVENTS map declares no record type (was it built without debug info?)",
+        )?;
+        let f = StructFields::new(record)
+            .map_err(|e| anyhow::anyhow!("the biosnoop probe's record type: {e}"))?;
+        let int = |name: &str| {
+            f.int(name)
+                .map_err(|e| anyhow::anyhow!("the biosnoop probe's record type: {e}"))
+        };
+        let text = |name: &str| {
+            f.text(name)
+                .map_err(|e| anyhow::anyhow!("the biosnoop probe's record type: {e}"))
+        };
+        Ok(Decoder {
+            size: f.size(),
+            ts_ns: int("ts_ns")?,
+            sector: int("sector")?,
+            queue_ns: int("queue_ns")?,
+            service_ns: int("service_ns")?,
+            dev: int("dev")?,
+            bytes: int("bytes")?,
+            pid: int("pid")?,
+            error: int("error")?,
+            rwbs: text("rwbs")?,
+            comm: text("comm")?,
+        })
+    }
+
+    /// The size of a record.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Decodes a record; `None` when it is shorter than the type.
+    pub fn decode(&self, b: &[u8], disks: &[(u32, String)]) -> Option<Event> {
+        if b.len() < self.size {
             return None;
         }
-        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
-        let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]));
         Some(Event {
-            ts_ns: u64_at(0),
-            sector: u64_at(8),
-            queue_ns: u64_at(16),
-            latency_ns: u64_at(24),
-            disk: disk_name(disks, u32_at(32)),
-            bytes: u32_at(36),
-            pid: u32_at(40),
-            error: u32_at(44) as i32,
-            rwbs: c_str(&b[48..56]),
-            comm: c_str(&b[56..72]),
+            ts_ns: self.ts_ns.get(b)? as u64,
+            sector: self.sector.get(b)? as u64,
+            queue_ns: self.queue_ns.get(b)? as u64,
+            latency_ns: self.service_ns.get(b)? as u64,
+            disk: disk_name(disks, self.dev.get(b)? as u32),
+            bytes: self.bytes.get(b)? as u32,
+            pid: self.pid.get(b)? as u32,
+            error: self.error.get(b)? as i32,
+            rwbs: self.rwbs.get(b)?,
+            comm: self.comm.get(b)?,
         })
     }
 }
@@ -107,8 +160,22 @@ pub fn line(e: &Event, t0_ns: u64, queue: bool) -> String {
 mod tests {
     use super::*;
 
+    /// The record type of the embedded probe's `EVENTS` map, from its DWARF.
+    fn probe_record_type() -> TypeDesc {
+        let bytes = crate::tools::embedded_probe("biosnoop").unwrap();
+        let object = probe_sdk::object::parse(bytes).unwrap();
+        let events = object.maps.iter().find(|m| m.name == "EVENTS").unwrap();
+        events
+            .types
+            .record
+            .clone()
+            .expect("EVENTS declares its record type")
+    }
+
     #[test]
     fn decodes_the_probe_layout() {
+        let decoder = Decoder::new(Some(&probe_record_type())).unwrap();
+        assert_eq!(decoder.size(), 72);
         let mut b = Vec::new();
         b.extend(2_000_000_000u64.to_le_bytes());
         b.extend(4096u64.to_le_bytes());
@@ -121,7 +188,7 @@ mod tests {
         b.extend(*b"R\0\0\0\0\0\0\0");
         b.extend(*b"workload/0\0\0\0\0\0\0");
         let disks = vec![(252 << 20, "vda".to_string())];
-        let e = Event::decode(&b, &disks).unwrap();
+        let e = decoder.decode(&b, &disks).unwrap();
         assert_eq!(e.disk, "vda");
         assert_eq!(e.comm, "workload/0");
         assert_eq!(e.rwbs, "R");
@@ -129,6 +196,23 @@ mod tests {
             line(&e, 1_000_000_000, true),
             "1.000000    workload/0          7 vda     R        4096    4096    0.25    1.50"
         );
-        assert!(Event::decode(&b[..71], &disks).is_none());
+        assert!(decoder.decode(&b[..71], &disks).is_none());
+    }
+
+    #[test]
+    fn a_record_type_without_a_field_is_refused() {
+        assert_eq!(
+            Decoder::new(None).unwrap_err().to_string(),
+            "the biosnoop probe's EVENTS map declares no record type (was it built without debug info?)"
+        );
+        let mut t = probe_record_type();
+        let root = t.nodes.len() - 1;
+        if let ktrace_abi::types::TypeKind::Struct { fields } = &mut t.nodes[root].kind {
+            fields.retain(|f| f.name != "sector");
+        }
+        assert_eq!(
+            Decoder::new(Some(&t)).unwrap_err().to_string(),
+            "the biosnoop probe's record type: `Event` has no field `sector`"
+        );
     }
 }

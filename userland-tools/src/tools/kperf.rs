@@ -269,7 +269,7 @@ pub fn data_sample(
     DataSample {
         time_ns: s.time_ns,
         pid: s.pid,
-        comm: super::c_str(&s.comm),
+        comm: crate::kernel::c_str(&s.comm),
         stack,
         frames,
     }
