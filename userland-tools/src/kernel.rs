@@ -1,12 +1,76 @@
 //! Working with a VM's kernel, for `ktrace` subcommands and the tools
-//! alike: connecting, loading a probe with its settings and removing it
-//! again, and naming disks.
+//! alike: finding the kernel ELF to index, connecting, loading a probe with
+//! its settings and removing it again, and naming disks.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
 use ktrace_abi::bpf::{LinkInfo, LoadOptions, MapInfo, ProgInfo};
 use probe_sdk::client::{Client, ConnectOptions};
+use probe_sdk::kernel_image;
 use probe_sdk::runtime::{Runtime, RuntimeError};
 use probe_sdk::vm::Vm;
+
+/// Environment variable naming the kernel ELF.
+pub const KERNEL_ENV: &str = "KTRACE_KERNEL";
+/// Where the kernel build leaves its ELF, under the workspace root.
+pub const KERNEL_ELF: &str = "target/kernel/kernel/kernel";
+
+/// The kernel ELF to index: `--kernel`, else `$KTRACE_KERNEL`, else the
+/// kernel build of the ktrace workspace around the current directory, else
+/// that of the workspace these tools were built from. In a workspace the
+/// build is looked for in cargo's target directory (`$CARGO_TARGET_DIR`,
+/// where `ktrace vm start` builds when it is set) and then in `target/`.
+pub fn kernel_elf(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os(KERNEL_ENV).filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let candidates = kernel_elf_candidates(&cwd, &kernel_image::workspace_root());
+    if let Some(elf) = candidates.iter().find(|p| p.is_file()) {
+        return Ok(elf.clone());
+    }
+    let tried: Vec<String> = candidates
+        .iter()
+        .map(|p| format!("\n  {}", p.display()))
+        .collect();
+    bail!(
+        "no kernel ELF found; tried:{}\nstart a VM once (`ktrace vm start` builds the kernel), \
+         pass --kernel <elf>, or set {KERNEL_ENV}",
+        tried.concat()
+    )
+}
+
+/// Where the kernel build may be, in order: for the ktrace workspace
+/// around `cwd`, then for `built_from`, its build in cargo's target
+/// directory ([`kernel_image::kernel_elf_path`]) and in `<root>/target`.
+fn kernel_elf_candidates(cwd: &Path, built_from: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for root in workspace_root(cwd)
+        .into_iter()
+        .chain([built_from.to_path_buf()])
+    {
+        for elf in [kernel_image::kernel_elf_path(&root), root.join(KERNEL_ELF)] {
+            if !out.contains(&elf) {
+                out.push(elf);
+            }
+        }
+    }
+    out
+}
+
+/// The nearest directory at or above `start` that holds the ktrace
+/// workspace (the kernel's own manifest, `kernel/image/Cargo.toml`, is
+/// there; a probe crate's `[workspace]` is not enough).
+pub fn workspace_root(start: &Path) -> Option<PathBuf> {
+    start
+        .ancestors()
+        .find(|dir| dir.join("kernel/image/Cargo.toml").is_file())
+        .map(Path::to_path_buf)
+}
 
 /// Connects to VM `vm_name` as `who`, saying how to start one when none runs.
 pub fn connect(vm_name: &str, who: &str) -> anyhow::Result<Client> {
@@ -147,4 +211,28 @@ pub fn disk_name(names: &[(u32, String)], dev: u32) -> String {
 pub fn c_str(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_workspace_root_upward() {
+        let dir = std::env::temp_dir().join(format!("ktrace-symbols-cli-{}", std::process::id()));
+        // A probe crate is a workspace of its own: not the one sought.
+        let nested = dir.join("examples/probe/src");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::create_dir_all(dir.join("kernel/image")).unwrap();
+        std::fs::write(dir.join("Cargo.toml"), "[workspace]\nmembers = []\n").unwrap();
+        std::fs::write(dir.join("kernel/image/Cargo.toml"), "[package]\n").unwrap();
+        std::fs::write(dir.join("examples/probe/Cargo.toml"), "[workspace]\n").unwrap();
+        assert_eq!(workspace_root(&nested), Some(dir.clone()));
+        let elsewhere = std::env::temp_dir();
+        assert_eq!(workspace_root(&elsewhere.join("nowhere")), None);
+        // Outside any workspace, the one the tools came from is searched.
+        let candidates = kernel_elf_candidates(&elsewhere, &dir);
+        assert!(candidates.contains(&dir.join(KERNEL_ELF)), "{candidates:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,5 +1,14 @@
 //! `kperf`: event names, counting (`stat`) and sampling (`record`,
-//! `report`) on the kernel's perf events.
+//! `report`) on the kernel's perf events. This module holds what the
+//! subcommands share (event names and their resolution, opened counters,
+//! the `kperf.data` format); each subcommand is a module with its clap
+//! `Args` and `run`, which the `kperf` binary dispatches to.
+
+pub mod list;
+pub mod record;
+pub mod report;
+pub mod stat;
+mod work;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, Write as _};
