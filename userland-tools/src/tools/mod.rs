@@ -1,8 +1,11 @@
 //! What the tools (`biolatency`, `biosnoop`, `kperf`, and `ktrace demo`
 //! built on them) know of their probes and data: the probes embedded at
 //! build time, and one module per tool that reads and shapes what its probe
-//! or perf events collect. Loading and removing a probe is in
-//! [`crate::kernel`], running a workload in [`crate::workload`].
+//! or perf events collect, with its arguments and `run` in a submodule
+//! (`biolatency::run`, `biosnoop::run`; `kperf::{list, stat, record,
+//! report}`) so that the binaries only parse and dispatch. Loading and
+//! removing a probe is in [`crate::kernel`], running a workload in
+//! [`crate::workload`].
 
 pub mod biolatency;
 pub mod biosnoop;

@@ -1,6 +1,8 @@
 //! `biolatency`: block I/O latency as log2 histograms, read from the
 //! embedded `examples/biolatency` probe's maps.
 
+pub mod run;
+
 use std::collections::BTreeMap;
 
 use ktrace_abi::bpf::MapEntry;

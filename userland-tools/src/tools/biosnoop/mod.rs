@@ -3,6 +3,8 @@
 //! record type the probe declares (its DWARF `Event`, which the kernel
 //! keeps with the map), the same way `ktrace events` prints them.
 
+pub mod run;
+
 use anyhow::Context as _;
 use ktrace_abi::types::TypeDesc;
 use probe_sdk::typed::{IntField, StructFields, TextField};
