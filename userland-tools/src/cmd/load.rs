@@ -71,7 +71,7 @@ pub fn link_target(t: &LinkTarget) -> String {
 pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     let elf = match &args.kernel {
         Some(p) => p.clone(),
-        None => crate::kernel::kernel_elf(None)?,
+        None => super::symbols::kernel_elf(None)?,
     };
     let quiet = args.json;
     let prepared = runtime::prepare(&args.path, &elf, &mut |line| {

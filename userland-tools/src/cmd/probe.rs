@@ -88,7 +88,7 @@ fn resolve_on_host(
     let ProbeTarget::Symbol { name, offset } = target else {
         return Ok(target);
     };
-    let elf = match crate::kernel::kernel_elf(kernel) {
+    let elf = match super::symbols::kernel_elf(kernel) {
         Ok(elf) => elf,
         Err(_) if kernel.is_none() => return Ok(ProbeTarget::Symbol { name, offset }),
         Err(e) => return Err(e),

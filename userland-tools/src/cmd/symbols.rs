@@ -16,7 +16,9 @@ use anyhow::{bail, Context as _};
 use ktrace_symbols::{ResolveOptions, SymbolError, SymbolIndex};
 use serde_json::json;
 
-use crate::kernel::kernel_elf;
+// The lookup lives in `kernel` so that the tools share it; `ktrace` subcommands
+// reach it here.
+pub use crate::kernel::kernel_elf;
 
 /// Arguments of `ktrace symbols`.
 #[derive(clap::Args, Debug)]

@@ -126,7 +126,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             .sum::<usize>()
     ));
     let index = if compiled.programs.iter().any(needs_symbols) || uses_symbols(&compiled) {
-        let elf = crate::kernel::kernel_elf(args.kernel.as_deref())?;
+        let elf = super::symbols::kernel_elf(args.kernel.as_deref())?;
         Some(
             SymbolIndex::open(&elf)
                 .with_context(|| format!("kernel symbols from {}", elf.display()))?,
@@ -739,7 +739,7 @@ fn list(args: &Args, pattern: &str, vm_name: &str) -> anyhow::Result<()> {
         }
     }
     if matches!(kind, "kprobe" | "k" | "kretprobe" | "kr") {
-        let elf = crate::kernel::kernel_elf(args.kernel.as_deref())?;
+        let elf = super::symbols::kernel_elf(args.kernel.as_deref())?;
         let index = SymbolIndex::open(&elf)
             .with_context(|| format!("kernel symbols from {}", elf.display()))?;
         let res = index
