@@ -21,6 +21,7 @@ mod ksyms;
 mod mm;
 mod panic;
 mod percpu;
+#[cfg(feature = "self-tests")]
 mod probe_tests;
 mod rt;
 mod session;

@@ -628,6 +628,12 @@ fn handle_payload(session: Session, greeting: &mut Greeting, payload: &[u8]) {
         Request::Debug(DebugRequest::SelfTest { name }) => match crate::debug::run_self_test(&name)
         {
             Some(r) => Response::SelfTest(r),
+            None if !crate::debug::HAS_SELF_TESTS => error(
+                ErrorCode::NotFound,
+                format!(
+                    "no self test named {name:?}: this kernel was built without them (the `self-tests` feature)"
+                ),
+            ),
             None => error(
                 ErrorCode::NotFound,
                 format!(

@@ -220,7 +220,8 @@ pub fn sites(tp: &'static Tracepoint) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Current bytes at a call site.
+/// Current bytes at a call site (the self tests check the patching).
+#[cfg(feature = "self-tests")]
 pub fn site_bytes(site: u64) -> [u8; 5] {
     let mut b = [0u8; 5];
     let _ = crate::arch::trap::copy_from_kernel_nofault(&mut b, site);
