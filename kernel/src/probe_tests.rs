@@ -528,8 +528,12 @@ fn kprobe_refusals(out: &mut Vec<String>) -> bool {
             Err(e) => check(out, &mut ok, pred(&e), format!("{what}: {e}")),
         };
     let patch = {
-        let f: fn(u64, &[u8]) -> Result<(), crate::arch::text_patch::PatchError> =
-            crate::arch::text_patch::write_text;
+        let f: fn(
+            &crate::arch::text_patch::TextPoke,
+            u64,
+            &[u8],
+        ) -> Result<(), crate::arch::text_patch::PatchError> =
+            crate::arch::text_patch::TextPoke::write;
         f as usize as u64
     };
     expect("blacklisted (text patching)", patch, &|e| {

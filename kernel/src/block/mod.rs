@@ -43,6 +43,10 @@
 //! Devices: `vda`, `vdb`, ... (virtio-blk, major 253, minors 0, 16, ...)
 //! and `ram0` (RAM disk, major 1, minor 0).
 
+// `unsafe` lives in the hardware corner (arch, mm, drivers, task, sync,
+// ksyms: see main.rs) behind safe interfaces; this subsystem uses those.
+#![deny(unsafe_code)]
+
 pub mod queue;
 pub mod ramdisk;
 pub mod trace;

@@ -18,6 +18,9 @@
 //! `Arc`s a link holds, so unloading never frees anything a running
 //! program uses.
 
+// `unsafe` lives in the hardware corner (arch, mm, drivers, task, sync,
+// ksyms: see main.rs) behind safe interfaces; this subsystem uses those.
+#![deny(unsafe_code)]
 // Errors here are the response frames sent back once per request; their
 // size does not matter.
 #![allow(clippy::result_large_err)]

@@ -18,6 +18,10 @@
 //! place, and the event streams come back through the [`Link`] control
 //! hands the event task. No subsystem calls into this module.
 
+// `unsafe` lives in the hardware corner (arch, mm, drivers, task, sync,
+// ksyms: see main.rs) behind safe interfaces; this subsystem uses those.
+#![deny(unsafe_code)]
+
 use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;

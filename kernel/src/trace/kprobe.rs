@@ -560,7 +560,7 @@ fn execute(site: Arc<Site>, regs: &mut PtRegs, run_post: bool) {
     if let Some(e) = insn::emulate(&site.insn, regs.eflags, regs.rcx) {
         if let Some(ret) = e.push {
             let sp = regs.rsp.wrapping_sub(8);
-            if text_patch::write_stack_u64(sp, ret).is_err() {
+            if trap::write_interrupted_stack(regs, sp, ret).is_err() {
                 // Cannot happen on a kernel stack; leave the breakpoint
                 // trap to the fatal path rather than corrupt anything.
                 crate::panic::fatal_exception(regs, 3);
@@ -634,7 +634,7 @@ fn on_debug(regs: &mut PtRegs, _vector: u8) -> bool {
     if step.fixup == StepFixup::IndirectCall {
         let pushed = st.slot + u64::from(st.site.insn.len);
         if text_patch::read_u64(regs.rsp) == Some(pushed) {
-            let _ = text_patch::write_stack_u64(regs.rsp, st.site.insn.next());
+            let _ = trap::write_interrupted_stack(regs, regs.rsp, st.site.insn.next());
         }
     }
     let keep = rflags::TF | rflags::IF;
@@ -776,21 +776,13 @@ pub mod blacklist {
         },
     ];
 
-    unsafe extern "C" {
-        static __entry_text_start: u8;
-        static __entry_text_end: u8;
-        static __nokprobe_start: u64;
-        static __nokprobe_end: u64;
-    }
-
     /// Address ranges that must never trap: the whole `.text.entry`
     /// section (interrupt and exception entry, context switch, the
     /// kretprobe trampoline), bounded by the linker script's symbols so
     /// that anything placed there is covered whether or not it has a
     /// sized symbol, and every function named in the `.nokprobe` section.
     pub fn ranges() -> Vec<Range> {
-        let start = core::ptr::addr_of!(__entry_text_start) as u64;
-        let end = core::ptr::addr_of!(__entry_text_end) as u64;
+        let core::ops::Range { start, end } = crate::arch::sections::entry_text();
         let mut out = alloc::vec![Range {
             start,
             end,
@@ -811,13 +803,11 @@ pub mod blacklist {
     }
 
     fn nokprobe_addrs() -> Vec<u64> {
-        let start = core::ptr::addr_of!(__nokprobe_start);
-        let end = core::ptr::addr_of!(__nokprobe_end);
-        let n = (end as usize - start as usize) / 8;
-        (0..n)
-            .filter_map(|i| {
+        crate::arch::sections::nokprobe_table()
+            .step_by(8)
+            .filter_map(|a| {
                 let mut b = [0u8; 8];
-                trap::copy_from_kernel_nofault(&mut b, start as u64 + 8 * i as u64).ok()?;
+                trap::copy_from_kernel_nofault(&mut b, a).ok()?;
                 Some(u64::from_le_bytes(b))
             })
             .collect()
@@ -827,21 +817,6 @@ pub mod blacklist {
     pub fn check(addr: u64, symbol: Option<&str>) -> Result<(), Refusal> {
         ktrace_kprobe::blacklist::check(addr, symbol, &ranges(), PREFIXES)
     }
-}
-
-/// Mark functions as never probe-able (Linux's `NOKPROBE_SYMBOL`): their
-/// addresses go to the `.nokprobe` section, which the blacklist reads.
-#[macro_export]
-macro_rules! nokprobe {
-    ($($f:path),* $(,)?) => {$(
-        core::arch::global_asm!(
-            ".pushsection .nokprobe, \"a\"",
-            ".balign 8",
-            ".quad {f}",
-            ".popsection",
-            f = sym $f,
-        );
-    )*};
 }
 
 /// Describe a probe for listings.

@@ -6,7 +6,7 @@
 //! the entry timestamp and handler data, and replaces it with the address
 //! of `kretprobe_trampoline` (`arch/x86_64/probe_entry.S`). When the
 //! function returns, the trampoline saves the registers and calls
-//! [`kretprobe_trampoline_handler`], which finds the instance **by the
+//! [`on_return`], which finds the instance **by the
 //! stack slot** that held the return address. Stack slots are unique among
 //! calls in flight, whichever task made them, so a function that sleeps
 //! while another task enters it (or recursion) gets each return address
@@ -33,7 +33,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use ktrace_kprobe::pool::{Pool, Quota};
 
 use super::kprobe::{self, DepthGuard, Kprobe, KprobeError, KprobeHandler};
-use crate::arch::{text_patch, PtRegs};
+use crate::arch::{text_patch, trap, PtRegs};
 use ktrace_kprobe::Refusal;
 
 /// Instances shared by all return probes.
@@ -162,7 +162,8 @@ impl KprobeHandler for Entry {
             rp.handler.missed();
             return;
         };
-        if text_patch::write_stack_u64(regs.rsp, text_patch::kretprobe_trampoline_addr()).is_err() {
+        let trampoline = text_patch::kretprobe_trampoline_addr();
+        if trap::write_interrupted_stack(regs, regs.rsp, trampoline).is_err() {
             let _ = POOL.release(i, Some(&rp.quota));
             rp.missed.fetch_add(1, Ordering::Relaxed);
             rp.handler.missed();
@@ -192,13 +193,10 @@ fn find(owner: u32) -> Option<Arc<Kretprobe>> {
     None
 }
 
-// Unmangled, so the `kernel::trace::kretprobe::` prefix does not cover it.
-crate::nokprobe!(kretprobe_trampoline_handler);
-
-/// Called by the trampoline with the registers at return. Returns (and
-/// stores in `regs.rip`) the original return address.
-#[unsafe(no_mangle)]
-extern "C" fn kretprobe_trampoline_handler(regs: &mut PtRegs) -> u64 {
+/// Called by the trampoline (through
+/// `arch::text_patch::kretprobe_trampoline_handler`) with the registers at
+/// return. Returns (and stores in `regs.rip`) the original return address.
+pub fn on_return(regs: &mut PtRegs) -> u64 {
     let ret_slot = regs.rsp;
     let Some(i) = POOL.find_preferring(ret_slot, text_patch::kretprobe_trampoline_addr()) else {
         // The return address is lost: nothing can continue correctly.

@@ -29,11 +29,20 @@ use ktrace_kprobe::claims::{ClaimError, Owner, TextClaims};
 use ktrace_kprobe::x86_64::{Insn, INT3};
 use ktrace_kprobe::Refusal;
 
-use crate::arch::{text_patch, trap};
+use crate::arch::text_patch::TextPoke;
+use crate::arch::trap;
 use crate::sync::SpinLock;
 
 /// The claims on kernel text. Held (interrupts off) across each patch.
 static CLAIMS: SpinLock<TextClaims> = SpinLock::new(TextClaims::new());
+
+/// The one right to write kernel text, taken at the first patch.
+static POKE: spin::Once<TextPoke> = spin::Once::new();
+
+/// Writes through the one [`TextPoke`]. Callers hold [`CLAIMS`].
+fn poke() -> &'static TextPoke {
+    POKE.call_once(|| TextPoke::take().expect("kernel text has one owner: trace::text"))
+}
 
 /// Why a text change was not made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +95,7 @@ pub fn arm_breakpoint(insn: &Insn) -> Result<(), TextError> {
         &insn.bytes[..usize::from(insn.len)],
         Owner::Kprobe,
     )?;
-    if text_patch::write_text(insn.addr, &[INT3]).is_err() {
+    if poke().write(insn.addr, &[INT3]).is_err() {
         claims.release(insn.addr);
         return Err(TextError::Patch(insn.addr));
     }
@@ -101,7 +110,9 @@ pub fn disarm_breakpoint(addr: u64) -> Result<(), TextError> {
         Some(c) if c.owner == Owner::Kprobe => c.original()[0],
         _ => return Err(TextError::NotClaimed(addr)),
     };
-    text_patch::write_text(addr, &[first]).map_err(|_| TextError::Patch(addr))?;
+    poke()
+        .write(addr, &[first])
+        .map_err(|_| TextError::Patch(addr))?;
     claims.release(addr);
     Ok(())
 }
@@ -142,14 +153,16 @@ pub fn set_static_key(site: u64, target: Option<u64>) -> Result<(), TextError> {
         }
         None => bytes.copy_from_slice(original),
     }
-    text_patch::write_text(site, &bytes).map_err(|_| TextError::Patch(site))
+    poke()
+        .write(site, &bytes)
+        .map_err(|_| TextError::Patch(site))
 }
 
 /// Fills an out-of-line slot (executable memory of the kprobe engine, not
 /// kernel text: never claimed, never executed before this returns).
 pub fn write_slot(slot: u64, code: &[u8]) -> Result<(), TextError> {
     let _claims = CLAIMS.lock();
-    text_patch::write_text(slot, code).map_err(|_| TextError::Patch(slot))
+    poke().write(slot, code).map_err(|_| TextError::Patch(slot))
 }
 
 /// Claims, for listings and tests: (start, length, owner).

@@ -89,33 +89,6 @@ impl Tracepoint {
     }
 }
 
-/// Is this call site enabled? Expands to an `asm goto` whose `nop` is
-/// patched into a `jmp` to the `true` path. Use [`trace_event!`](crate::trace_event).
-#[macro_export]
-macro_rules! static_branch {
-    ($tp:path) => {{
-        let mut enabled = false;
-        #[allow(unsafe_code)]
-        // SAFETY: the block is a 5-byte nop plus a table entry in
-        // `.static_keys` naming the nop, the label and the tracepoint; it
-        // touches no register or memory. The tracepoint code patches the nop
-        // into a jump to the label, which the compiler knows may be taken.
-        unsafe {
-            core::arch::asm!(
-                "2: .byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
-                ".pushsection .static_keys, \"a\"",
-                ".balign 8",
-                ".quad 2b, {target}, {key}",
-                ".popsection",
-                key = sym $tp,
-                target = label { enabled = true; },
-                options(nostack, preserves_flags),
-            );
-        }
-        enabled
-    }};
-}
-
 /// Emit a tracepoint: `trace_event!(points::X, Record { .. })`. The record
 /// is built only when the tracepoint is enabled.
 #[macro_export]
@@ -189,14 +162,8 @@ struct KeyEntry {
     key: u64,
 }
 
-unsafe extern "C" {
-    static __static_keys_start: KeyEntry;
-    static __static_keys_end: KeyEntry;
-}
-
 fn entries() -> Vec<KeyEntry> {
-    let start = core::ptr::addr_of!(__static_keys_start) as u64;
-    let end = core::ptr::addr_of!(__static_keys_end) as u64;
+    let core::ops::Range { start, end } = crate::arch::sections::static_keys_table();
     let n = (end - start) / core::mem::size_of::<KeyEntry>() as u64;
     (0..n)
         .filter_map(|i| {
