@@ -80,7 +80,7 @@ mod task_tests {
         let mut ok = true;
         for &ms in &durations {
             let (order, done, wq) = (order.clone(), done.clone(), wq.clone());
-            task::spawn(&format!("sleep{ms}"), move || {
+            let spawned = task::spawn(&format!("sleep{ms}"), move || {
                 let start = crate::time::now_ns();
                 task::sleep_ms(ms);
                 let slept = crate::time::now_ns() - start;
@@ -88,6 +88,9 @@ mod task_tests {
                 done.fetch_add(1, Ordering::SeqCst);
                 wq.wake_all();
             });
+            if spawned.is_none() {
+                out.push(format!("cannot spawn the task sleep{ms}"));
+            }
         }
         let finished = wq.wait_until_timeout(|| done.load(Ordering::SeqCst) == 3, 5_000_000_000);
         if !finished {
@@ -115,11 +118,14 @@ mod task_tests {
         let done = Arc::new(WaitQueue::new());
         for i in 0..2 {
             let (wq, flag, woken, done) = (wq.clone(), flag.clone(), woken.clone(), done.clone());
-            task::spawn(&format!("waiter{i}"), move || {
+            let spawned = task::spawn(&format!("waiter{i}"), move || {
                 wq.wait_until(|| flag.load(Ordering::SeqCst));
                 woken.fetch_add(1, Ordering::SeqCst);
                 done.wake_all();
             });
+            if spawned.is_none() {
+                out.push(format!("cannot spawn the task waiter{i}"));
+            }
         }
         // Let both block.
         let start = crate::time::now_ns();

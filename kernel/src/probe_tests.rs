@@ -757,7 +757,7 @@ fn kprobe_register_race(out: &mut Vec<String>) -> bool {
             done.clone(),
             finished.clone(),
         );
-        task::spawn("kprobe-hammer", move || {
+        let spawned = task::spawn("kprobe-hammer", move || {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if add3(black_box(i), 1, 2) != i.wrapping_mul(3) + 3
@@ -776,6 +776,10 @@ fn kprobe_register_race(out: &mut Vec<String>) -> bool {
             finished.store(true, Ordering::SeqCst);
             done.wake_all();
         });
+        if spawned.is_none() {
+            out.push(String::from("cannot spawn the task kprobe-hammer"));
+            ok = false;
+        }
     }
     let targets: Vec<u64> = insns(add3_addr())
         .into_iter()
@@ -1258,7 +1262,7 @@ fn stress(out: &mut Vec<String>, secs: u64) -> bool {
     for w in 0..3u64 {
         let (stop, bad, live, done) = (stop.clone(), bad.clone(), live.clone(), done.clone());
         live.fetch_add(1, Ordering::SeqCst);
-        task::spawn(&format!("stress{w}"), move || {
+        let spawned = task::spawn(&format!("stress{w}"), move || {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if add3(black_box(i), w, 1) != i.wrapping_mul(3) + w + 1 {
@@ -1274,6 +1278,10 @@ fn stress(out: &mut Vec<String>, secs: u64) -> bool {
             live.fetch_sub(1, Ordering::SeqCst);
             done.wake_all();
         });
+        if spawned.is_none() {
+            out.push(format!("cannot spawn the task stress{w}"));
+            ok = false;
+        }
     }
     task::sleep_ms(secs * 1000);
     stop.store(true, Ordering::SeqCst);
@@ -1495,13 +1503,17 @@ fn perf_sampling(out: &mut Vec<String>) -> bool {
         let busy = Arc::new(AtomicBool::new(true));
         {
             let busy = busy.clone();
-            task::spawn("sample-busy", move || {
+            let spawned = task::spawn("sample-busy", move || {
                 let mut i = 0u64;
                 while busy.load(Ordering::Relaxed) {
                     i = i.wrapping_add(add3(black_box(i), 1, 1));
                 }
                 black_box(i);
             });
+            if spawned.is_none() {
+                out.push(String::from("cannot spawn the task sample-busy"));
+                ok = false;
+            }
         }
         let t0 = crate::time::now_ns();
         let _ = perf::enable(id);
@@ -1582,12 +1594,16 @@ fn perf_sampling(out: &mut Vec<String>) -> bool {
 fn irqs_off_load(out: &mut Vec<String>) -> bool {
     let cycles = crate::time::tsc_khz() * 2;
     let until = crate::time::now_ns() + 60_000_000_000;
-    task::spawn("irqs-off-load", move || {
+    let spawned = task::spawn("irqs-off-load", move || {
         while crate::time::now_ns() < until {
             black_box(irqs_off_spin(black_box(cycles)));
             black_box(irqs_on_spin(black_box(cycles)));
         }
     });
+    if spawned.is_none() {
+        out.push(String::from("cannot spawn the task irqs-off-load"));
+        return false;
+    }
     out.push(format!(
         "irqs-off-load: 60 s of {cycles} cycles with interrupts off, then {cycles} with them on"
     ));

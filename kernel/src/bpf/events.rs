@@ -89,6 +89,7 @@ pub fn unsubscribe_map(id: u32) {
 /// Drains up to `max` records (and [`BATCH_BYTES`]) from `maps` and, with
 /// `printk`, the `trace_printk` queue (printing each line on the console),
 /// for `client`.
+#[must_use = "the records drained into the batch are lost if it is dropped"]
 pub fn collect(client: &Session, maps: &[Arc<KMap>], printk: bool, max: usize) -> EventBatch {
     let mut records = Vec::new();
     let mut bytes = 0usize;

@@ -171,6 +171,7 @@ impl Objects {
 
     /// Lets go of what earlier clients of `now`'s session held; returns
     /// the ids of objects that nothing keeps any more.
+    #[must_use = "the orphans are to be freed, or they leak"]
     pub fn release(&mut self, now: &Session) -> Vec<u32> {
         let mut orphans = Vec::new();
         for o in self.by_id.values_mut() {

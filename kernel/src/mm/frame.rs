@@ -57,6 +57,7 @@ pub fn page_table_bytes() -> u64 {
 }
 
 /// Allocate `count` physically contiguous frames (never from the free list).
+#[must_use = "the frames are never handed out again"]
 pub fn alloc_contiguous(count: u64) -> Option<u64> {
     let mut f = FRAMES.lock();
     let size = count * PAGE;
@@ -90,6 +91,7 @@ pub fn alloc_forever(count: u64) -> Option<&'static mut [u8]> {
 }
 
 /// Allocate one zeroed frame (used for page tables).
+#[must_use = "a dropped frame is leaked"]
 pub fn alloc_zeroed() -> Option<u64> {
     let reused = {
         let mut f = FRAMES.lock();

@@ -246,6 +246,7 @@ pub fn attach(name: &str, handler: Arc<dyn TracepointHandler>) -> Result<u32, Tr
 }
 
 /// Attach a handler to a tracepoint.
+#[must_use = "without its id the attachment can never be detached"]
 pub fn attach_to(tp: &'static Tracepoint, handler: Arc<dyn TracepointHandler>) -> u32 {
     let _l = ATTACH_LOCK.lock();
     let id = NEXT_ATTACH.fetch_add(1, Ordering::Relaxed);

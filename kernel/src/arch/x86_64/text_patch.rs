@@ -48,6 +48,7 @@ static POKE_TAKEN: AtomicBool = AtomicBool::new(false);
 
 impl TextPoke {
     /// The one `TextPoke`, on the first call; `None` after.
+    #[must_use = "the one TextPoke is lost if dropped"]
     pub fn take() -> Option<TextPoke> {
         (!POKE_TAKEN.swap(true, Ordering::AcqRel)).then_some(TextPoke {
             _only_through_take: (),
