@@ -15,7 +15,7 @@ use core::hint::black_box;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ktrace_kprobe::x86_64::{self as insn, Exec, Insn};
-use ktrace_kprobe::Refusal;
+use ktrace_kprobe::{Refusal, TextAddr};
 
 use crate::arch::{self, PtRegs};
 use crate::sync::SpinLock;
@@ -250,7 +250,7 @@ fn check(out: &mut Vec<String>, ok: &mut bool, cond: bool, what: String) {
 }
 
 fn reg(addr: u64, h: Arc<dyn KprobeHandler>, out: &mut Vec<String>) -> Option<Arc<kprobe::Kprobe>> {
-    match kprobe::register(addr, h) {
+    match kprobe::register(TextAddr(addr), h) {
         Ok(p) => Some(p),
         Err(e) => {
             out.push(format!("FAIL: register at {addr:#x}: {e}"));
@@ -513,7 +513,7 @@ fn kprobe_refusals(out: &mut Vec<String>) -> bool {
     let h = || -> Arc<dyn KprobeHandler> { Arc::new(Recorder::default()) };
     let mut expect =
         |what: &str, addr: u64, pred: &dyn Fn(&KprobeError) -> bool| match kprobe::register(
-            addr,
+            TextAddr(addr),
             h(),
         ) {
             Ok(p) => {
@@ -530,7 +530,7 @@ fn kprobe_refusals(out: &mut Vec<String>) -> bool {
     let patch = {
         let f: fn(
             &crate::arch::text_patch::TextPoke,
-            u64,
+            TextAddr,
             &[u8],
         ) -> Result<(), crate::arch::text_patch::PatchError> =
             crate::arch::text_patch::TextPoke::write;
@@ -875,7 +875,7 @@ fn kretprobe_basic(out: &mut Vec<String>) -> bool {
     let mut ok = true;
     let rec = Arc::new(RetRecorder::default());
     let t0 = crate::time::now_ns();
-    let rp = match kretprobe::register(add3_addr(), 0, rec.clone()) {
+    let rp = match kretprobe::register(TextAddr(add3_addr()), 0, rec.clone()) {
         Ok(r) => r,
         Err(e) => {
             out.push(format!("FAIL: register kretprobe: {e}"));
@@ -920,7 +920,7 @@ fn kretprobe_basic(out: &mut Vec<String>) -> bool {
     }
     // A non-entry address is refused.
     let mid = insns(add3_addr()).get(1).map(|(a, _, _)| *a).unwrap_or(0);
-    match kretprobe::register(mid, 0, rec.clone()) {
+    match kretprobe::register(TextAddr(mid), 0, rec.clone()) {
         Ok(p) => {
             let _ = kretprobe::unregister(p.id());
             check(
@@ -953,7 +953,7 @@ fn kretprobe_basic(out: &mut Vec<String>) -> bool {
 fn kretprobe_sleep(out: &mut Vec<String>) -> bool {
     let mut ok = true;
     let rec = Arc::new(RetRecorder::default());
-    let rp = match kretprobe::register(addr_of(sleeper), 2, rec.clone()) {
+    let rp = match kretprobe::register(TextAddr(addr_of(sleeper)), 2, rec.clone()) {
         Ok(r) => r,
         Err(e) => {
             out.push(format!("FAIL: register kretprobe: {e}"));
@@ -1236,7 +1236,7 @@ fn stress(out: &mut Vec<String>, secs: u64) -> bool {
         }
     }
     let ret_sched = crate::ksyms::find("kernel::task::sched::schedule_with")
-        .and_then(|s| kretprobe::register(s.addr, 256, Arc::new(Count::default())).ok());
+        .and_then(|s| kretprobe::register(TextAddr(s.addr), 256, Arc::new(Count::default())).ok());
     let sw = Arc::new(TpCounter::default());
     let tp = tracepoint::attach("sched:sched_switch", sw.clone()).ok();
     let irq = tracepoint::attach("irq:irq_handler_entry", Arc::new(TpCounter::default())).ok();
@@ -1665,7 +1665,7 @@ fn bench(out: &mut Vec<String>) -> bool {
         crate::time::tsc_khz()
     ));
     row("unprobed call", base, out);
-    let p = kprobe::register(f, Arc::new(Empty(true)));
+    let p = kprobe::register(TextAddr(f), Arc::new(Empty(true)));
     let stepped = cycles(bench_target, n);
     if let Ok(p) = p {
         check(
@@ -1677,7 +1677,7 @@ fn bench(out: &mut Vec<String>) -> bool {
         let _ = kprobe::unregister(p.id());
     }
     row("kprobe, int3 + single-step (empty)", stepped, out);
-    let p = kprobe::register(f, Arc::new(Empty(false)));
+    let p = kprobe::register(TextAddr(f), Arc::new(Empty(false)));
     let boosted = cycles(bench_target, n);
     if let Ok(p) = p {
         check(
@@ -1689,7 +1689,7 @@ fn bench(out: &mut Vec<String>) -> bool {
         let _ = kprobe::unregister(p.id());
     }
     row("kprobe, boosted (empty)", boosted, out);
-    let r = kretprobe::register(f, 0, Arc::new(EmptyRet));
+    let r = kretprobe::register(TextAddr(f), 0, Arc::new(EmptyRet));
     let ret = cycles(bench_target, n);
     if let Ok(r) = r {
         check(

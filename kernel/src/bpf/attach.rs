@@ -27,6 +27,7 @@ use crate::trace::kprobe::{self, KprobeHandler};
 use crate::trace::kretprobe::{self, KretprobeHandler, RetInstance};
 use crate::trace::perf::{self, PerfHandler, Sample};
 use crate::trace::tracepoint::{self, TracepointHandler};
+use ktrace_kprobe::TextAddr;
 
 /// Sampling frequency of `perf_event` programs (bpftrace's `profile:hz:99`).
 pub const PERF_SAMPLE_HZ: u32 = 99;
@@ -287,8 +288,8 @@ pub fn attach(
                     prog: prog.clone(),
                     hits: hits.clone(),
                 });
-                let rp =
-                    kretprobe::register(p.address, 0, h).map_err(|e| refused(&p.function, &e))?;
+                let rp = kretprobe::register(TextAddr(p.address), 0, h)
+                    .map_err(|e| refused(&p.function, &e))?;
                 (
                     LinkTarget::Kretprobe {
                         address: p.address,
@@ -302,7 +303,8 @@ pub fn attach(
                     hits: hits.clone(),
                     func: p.address - p.offset,
                 });
-                let kp = kprobe::register(p.address, h).map_err(|e| refused(&p.function, &e))?;
+                let kp = kprobe::register(TextAddr(p.address), h)
+                    .map_err(|e| refused(&p.function, &e))?;
                 (
                     LinkTarget::Kprobe {
                         address: p.address,

@@ -22,6 +22,7 @@ use super::tracepoint::{self, TracepointHandler};
 use crate::arch::PtRegs;
 use crate::error::{Answer, Error};
 use crate::session::Session;
+use ktrace_kprobe::TextAddr;
 
 /// Counts hits and keeps the last value seen: the first argument (kprobe),
 /// the return value and summed latency (kretprobe), the first record word
@@ -119,7 +120,7 @@ fn probe_info(id: u32) -> Option<ProbeInfo> {
             kind: ProbeKind::Kretprobe {
                 maxactive: rp.maxactive(),
             },
-            addr: rp.func(),
+            addr: rp.func().get(),
             symbol,
             offset,
             hits: rp.hits(),
@@ -137,7 +138,7 @@ fn probe_info(id: u32) -> Option<ProbeInfo> {
     Some(ProbeInfo {
         id,
         kind: ProbeKind::Kprobe,
-        addr: k.addr(),
+        addr: k.addr().get(),
         symbol,
         offset,
         hits: k.hits(),
@@ -168,9 +169,10 @@ pub fn list_probes() -> Vec<ProbeInfo> {
     out
 }
 
-fn resolve(target: &ProbeTarget) -> Result<u64, KprobeError> {
+fn resolve(target: &ProbeTarget) -> Result<TextAddr, KprobeError> {
     match target {
-        ProbeTarget::Address(a) => Ok(*a),
+        // A claim to be text, which registration checks.
+        ProbeTarget::Address(a) => Ok(TextAddr(*a)),
         ProbeTarget::Symbol { name, offset } => kprobe::resolve(name, *offset),
     }
 }

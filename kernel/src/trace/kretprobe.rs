@@ -34,7 +34,7 @@ use ktrace_kprobe::pool::{Pool, Quota};
 
 use super::kprobe::{self, DepthGuard, Kprobe, KprobeError, KprobeHandler};
 use crate::arch::{text_patch, trap, PtRegs};
-use ktrace_kprobe::Refusal;
+use ktrace_kprobe::{Refusal, TextAddr};
 
 /// Instances shared by all return probes.
 const POOL_SIZE: usize = 512;
@@ -86,7 +86,7 @@ pub trait KretprobeHandler: Send + Sync {
 /// A registered return probe.
 pub struct Kretprobe {
     id: u32,
-    func: u64,
+    func: TextAddr,
     handler: Arc<dyn KretprobeHandler>,
     quota: Quota,
     hits: AtomicU64,
@@ -101,7 +101,7 @@ impl Kretprobe {
         self.id
     }
     /// The probed function.
-    pub fn func(&self) -> u64 {
+    pub fn func(&self) -> TextAddr {
         self.func
     }
     /// Return handlers run.
@@ -151,7 +151,7 @@ impl KprobeHandler for Entry {
             crate::arch::rdtsc(),
             crate::time::now_ns(),
             u64::from(crate::task::current_pid()),
-            rp.func,
+            rp.func.get(),
             data[0],
             data[1],
             data[2],
@@ -233,10 +233,11 @@ pub fn on_return(regs: &mut PtRegs) -> u64 {
 
 /// Register a return probe on the function starting at `func`.
 pub fn register(
-    func: u64,
+    at: TextAddr,
     maxactive: u32,
     handler: Arc<dyn KretprobeHandler>,
 ) -> Result<Arc<Kretprobe>, KprobeError> {
+    let func = at.get();
     match crate::ksyms::lookup(func) {
         Some((_, 0)) => {}
         Some((s, off)) => {
@@ -259,7 +260,7 @@ pub fn register(
     };
     let rp = Arc::new(Kretprobe {
         id: kprobe::next_id(),
-        func,
+        func: at,
         handler,
         quota: Quota::new(maxactive),
         hits: AtomicU64::new(0),
@@ -275,7 +276,7 @@ pub fn register(
         crate::arch::irq_restore(was);
         drop(old);
     }
-    match kprobe::register(func, Arc::new(Entry(rp.clone()))) {
+    match kprobe::register(at, Arc::new(Entry(rp.clone()))) {
         Ok(k) => {
             rp.entry_id.store(k.id(), Ordering::Relaxed);
             Ok(rp)

@@ -25,6 +25,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use ktrace_kprobe::TextAddr;
 use ktrace_tracepoints::{TracepointDesc, TracepointEvent};
 
 use super::kprobe::DepthGuard;
@@ -201,7 +202,9 @@ pub fn site_bytes(site: u64) -> [u8; 5] {
 fn patch_sites(tp: &'static Tracepoint, enable: bool) -> usize {
     sites(tp)
         .into_iter()
-        .filter(|&(site, target)| text::set_static_key(site, enable.then_some(target)).is_ok())
+        .filter(|&(site, target)| {
+            text::set_static_key(TextAddr(site), enable.then_some(TextAddr(target))).is_ok()
+        })
         .count()
 }
 
@@ -304,7 +307,8 @@ pub fn init() {
             bad += 1;
             continue;
         };
-        if text::claim_static_key(e.site, &NOP5, tp.desc.category, tp.desc.name).is_err() {
+        if text::claim_static_key(TextAddr(e.site), &NOP5, tp.desc.category, tp.desc.name).is_err()
+        {
             bad += 1;
         }
     }

@@ -57,8 +57,8 @@ impl TextPoke {
 
     /// Write `bytes` at `addr` in mapped, non-writable memory (kernel text
     /// or an executable slot page) through a temporary writable alias.
-    pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), PatchError> {
-        write_text(addr, bytes)
+    pub fn write(&self, addr: ktrace_kprobe::TextAddr, bytes: &[u8]) -> Result<(), PatchError> {
+        write_text(addr.get(), bytes)
     }
 }
 
