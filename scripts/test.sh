@@ -48,6 +48,8 @@ elapsed $t
 step "cargo clippy (kernel)"
 t=$SECONDS
 cargo clippy --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir "${CARGO_TARGET_DIR:-target}/kernel" --config "$remap" -- -D warnings
+# The tests' kernel: the same with the in-kernel self tests.
+cargo clippy --manifest-path kernel/image/Cargo.toml --profile kernel-self-tests --features self-tests --target-dir "${CARGO_TARGET_DIR:-target}/kernel" --config "$remap" -- -D warnings
 elapsed $t
 
 step "all checks passed in ${SECONDS} s"

@@ -1,14 +1,13 @@
 //! Debug requests: a deliberate panic and in-kernel self tests that the host
 //! harness runs over the control channel.
+//!
+//! The self tests (these and `probe_tests`) are only in a kernel built
+//! with the `self-tests` feature, which the end-to-end tests boot; others
+//! list none and refuse to run one.
 
 use alloc::string::{String, ToString};
-use alloc::sync::Arc;
 use alloc::vec::Vec;
-use alloc::{format, vec};
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use crate::sync::SpinLock;
-use crate::task::{self, WaitQueue};
 use ktrace_abi::vm::SelfTestResult;
 
 /// Panic on purpose; the harness checks that the report names this function.
@@ -20,23 +19,35 @@ pub fn forced_panic() -> ! {
 type SelfTest = fn(&mut Vec<String>) -> bool;
 
 /// Self tests by name.
-const SELF_TESTS: &[(&str, SelfTest)] = &[("sleep_order", sleep_order), ("waitqueue", waitqueue)];
+#[cfg(feature = "self-tests")]
+const SELF_TESTS: &[(&str, SelfTest)] = &[
+    ("sleep_order", task_tests::sleep_order),
+    ("waitqueue", task_tests::waitqueue),
+];
+
+/// Every self test of this kernel, by name.
+#[cfg(feature = "self-tests")]
+fn all_self_tests() -> impl Iterator<Item = &'static (&'static str, SelfTest)> {
+    SELF_TESTS.iter().chain(crate::probe_tests::SELF_TESTS)
+}
+
+/// A kernel built without the `self-tests` feature has none.
+#[cfg(not(feature = "self-tests"))]
+fn all_self_tests() -> impl Iterator<Item = &'static (&'static str, SelfTest)> {
+    core::iter::empty()
+}
+
+/// Whether this kernel has the self tests (the `self-tests` feature).
+pub const HAS_SELF_TESTS: bool = cfg!(feature = "self-tests");
 
 /// Names of the self tests.
 pub fn self_test_names() -> Vec<String> {
-    SELF_TESTS
-        .iter()
-        .chain(crate::probe_tests::SELF_TESTS)
-        .map(|(n, _)| n.to_string())
-        .collect()
+    all_self_tests().map(|(n, _)| n.to_string()).collect()
 }
 
 /// Run a self test by name.
 pub fn run_self_test(name: &str) -> Option<SelfTestResult> {
-    let (_, test) = SELF_TESTS
-        .iter()
-        .chain(crate::probe_tests::SELF_TESTS)
-        .find(|(n, _)| *n == name)?;
+    let (_, test) = all_self_tests().find(|(n, _)| *n == name)?;
     let mut output = Vec::new();
     let passed = test(&mut output);
     Some(SelfTestResult {
@@ -46,71 +57,91 @@ pub fn run_self_test(name: &str) -> Option<SelfTestResult> {
     })
 }
 
-/// Tasks sleeping 30, 10 and 20 ms wake in the order 10, 20, 30, each
-/// after at least its duration.
-fn sleep_order(out: &mut Vec<String>) -> bool {
-    let order = Arc::new(SpinLock::new(Vec::new()));
-    let done = Arc::new(AtomicU32::new(0));
-    let wq = Arc::new(WaitQueue::new());
-    let durations = [30u64, 10, 20];
-    let mut ok = true;
-    for &ms in &durations {
-        let (order, done, wq) = (order.clone(), done.clone(), wq.clone());
-        task::spawn(&format!("sleep{ms}"), move || {
-            let start = crate::time::now_ns();
-            task::sleep_ms(ms);
-            let slept = crate::time::now_ns() - start;
-            order.lock().push((ms, slept));
-            done.fetch_add(1, Ordering::SeqCst);
-            wq.wake_all();
-        });
-    }
-    let finished = wq.wait_until_timeout(|| done.load(Ordering::SeqCst) == 3, 5_000_000_000);
-    if !finished {
-        out.push(String::from("timed out waiting for the sleepers"));
-        return false;
-    }
-    let got = order.lock().clone();
-    for (ms, slept) in &got {
-        out.push(format!("slept {ms} ms: woke after {} us", slept / 1000));
-        if *slept < ms * 1_000_000 {
-            out.push(format!("woke early: {slept} ns < {ms} ms"));
-            ok = false;
-        }
-    }
-    let woke: Vec<u64> = got.iter().map(|(ms, _)| *ms).collect();
-    out.push(format!("wake order: {woke:?}"));
-    ok && woke == vec![10, 20, 30]
-}
+/// Self tests of tasks and wait queues.
+#[cfg(feature = "self-tests")]
+mod task_tests {
+    use alloc::format;
+    use alloc::string::String;
+    use alloc::sync::Arc;
+    use alloc::vec;
+    use alloc::vec::Vec;
+    use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-/// Two tasks block on one wait queue; one `wake_all` releases both.
-fn waitqueue(out: &mut Vec<String>) -> bool {
-    let wq = Arc::new(WaitQueue::new());
-    let flag = Arc::new(AtomicBool::new(false));
-    let woken = Arc::new(AtomicU32::new(0));
-    let done = Arc::new(WaitQueue::new());
-    for i in 0..2 {
-        let (wq, flag, woken, done) = (wq.clone(), flag.clone(), woken.clone(), done.clone());
-        task::spawn(&format!("waiter{i}"), move || {
-            wq.wait_until(|| flag.load(Ordering::SeqCst));
-            woken.fetch_add(1, Ordering::SeqCst);
-            done.wake_all();
-        });
+    use crate::sync::SpinLock;
+    use crate::task::{self, WaitQueue};
+
+    /// Tasks sleeping 30, 10 and 20 ms wake in the order 10, 20, 30, each
+    /// after at least its duration.
+    pub fn sleep_order(out: &mut Vec<String>) -> bool {
+        let order = Arc::new(SpinLock::new(Vec::new()));
+        let done = Arc::new(AtomicU32::new(0));
+        let wq = Arc::new(WaitQueue::new());
+        let durations = [30u64, 10, 20];
+        let mut ok = true;
+        for &ms in &durations {
+            let (order, done, wq) = (order.clone(), done.clone(), wq.clone());
+            let spawned = task::spawn(&format!("sleep{ms}"), move || {
+                let start = crate::time::now_ns();
+                task::sleep_ms(ms);
+                let slept = crate::time::now_ns() - start;
+                order.lock().push((ms, slept));
+                done.fetch_add(1, Ordering::SeqCst);
+                wq.wake_all();
+            });
+            if spawned.is_none() {
+                out.push(format!("cannot spawn the task sleep{ms}"));
+            }
+        }
+        let finished = wq.wait_until_timeout(|| done.load(Ordering::SeqCst) == 3, 5_000_000_000);
+        if !finished {
+            out.push(String::from("timed out waiting for the sleepers"));
+            return false;
+        }
+        let got = order.lock().clone();
+        for (ms, slept) in &got {
+            out.push(format!("slept {ms} ms: woke after {} us", slept / 1000));
+            if *slept < ms * 1_000_000 {
+                out.push(format!("woke early: {slept} ns < {ms} ms"));
+                ok = false;
+            }
+        }
+        let woke: Vec<u64> = got.iter().map(|(ms, _)| *ms).collect();
+        out.push(format!("wake order: {woke:?}"));
+        ok && woke == vec![10, 20, 30]
     }
-    // Let both block.
-    let start = crate::time::now_ns();
-    while wq.len() < 2 && crate::time::now_ns() - start < 2_000_000_000 {
-        task::sleep_ms(1);
+
+    /// Two tasks block on one wait queue; one `wake_all` releases both.
+    pub fn waitqueue(out: &mut Vec<String>) -> bool {
+        let wq = Arc::new(WaitQueue::new());
+        let flag = Arc::new(AtomicBool::new(false));
+        let woken = Arc::new(AtomicU32::new(0));
+        let done = Arc::new(WaitQueue::new());
+        for i in 0..2 {
+            let (wq, flag, woken, done) = (wq.clone(), flag.clone(), woken.clone(), done.clone());
+            let spawned = task::spawn(&format!("waiter{i}"), move || {
+                wq.wait_until(|| flag.load(Ordering::SeqCst));
+                woken.fetch_add(1, Ordering::SeqCst);
+                done.wake_all();
+            });
+            if spawned.is_none() {
+                out.push(format!("cannot spawn the task waiter{i}"));
+            }
+        }
+        // Let both block.
+        let start = crate::time::now_ns();
+        while wq.len() < 2 && crate::time::now_ns() - start < 2_000_000_000 {
+            task::sleep_ms(1);
+        }
+        let blocked = wq.len();
+        out.push(format!("blocked on the queue before wake: {blocked}"));
+        let early = woken.load(Ordering::SeqCst);
+        flag.store(true, Ordering::SeqCst);
+        wq.wake_all();
+        let all = done.wait_until_timeout(|| woken.load(Ordering::SeqCst) == 2, 2_000_000_000);
+        out.push(format!(
+            "woken before the flag: {early}; after wake_all: {}",
+            woken.load(Ordering::SeqCst)
+        ));
+        blocked == 2 && early == 0 && all
     }
-    let blocked = wq.len();
-    out.push(format!("blocked on the queue before wake: {blocked}"));
-    let early = woken.load(Ordering::SeqCst);
-    flag.store(true, Ordering::SeqCst);
-    wq.wake_all();
-    let all = done.wait_until_timeout(|| woken.load(Ordering::SeqCst) == 2, 2_000_000_000);
-    out.push(format!(
-        "woken before the flag: {early}; after wake_all: {}",
-        woken.load(Ordering::SeqCst)
-    ));
-    blocked == 2 && early == 0 && all
 }

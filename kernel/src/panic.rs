@@ -32,8 +32,10 @@ pub fn backtrace(rip: Option<u64>, mut rbp: u64) {
         i += 1;
     }
     while i < MAX_FRAMES && plausible_frame(rbp) {
-        // SAFETY: `plausible_frame` checked both words are mapped.
-        let (next, ret) = unsafe { (*(rbp as *const u64), *((rbp + 8) as *const u64)) };
+        let read = crate::arch::text_patch::read_u64_if_mapped;
+        let (Some(next), Some(ret)) = (read(rbp), read(rbp + 8)) else {
+            break;
+        };
         if ret == 0 {
             break;
         }

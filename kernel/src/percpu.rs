@@ -17,6 +17,10 @@ pub struct PerCpu {
     /// A handler's `missed` callout is running on this CPU (see
     /// `DepthGuard::report_miss`).
     pub miss_callout: AtomicBool,
+    /// Address of the trap frame of the innermost trap this CPU is
+    /// handling (0 outside traps): only that frame's interrupted stack may
+    /// be written (`arch::trap::write_interrupted_stack`).
+    pub trap_frame: AtomicU64,
 }
 
 static CPU0: PerCpu = PerCpu {
@@ -25,6 +29,7 @@ static CPU0: PerCpu = PerCpu {
     current_comm: [AtomicU64::new(0), AtomicU64::new(0)],
     probe_depth: AtomicU32::new(0),
     miss_callout: AtomicBool::new(false),
+    trap_frame: AtomicU64::new(0),
 };
 
 /// This CPU's data.

@@ -15,7 +15,7 @@ use core::hint::black_box;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ktrace_kprobe::x86_64::{self as insn, Exec, Insn};
-use ktrace_kprobe::Refusal;
+use ktrace_kprobe::{Refusal, TextAddr};
 
 use crate::arch::{self, PtRegs};
 use crate::sync::SpinLock;
@@ -250,7 +250,7 @@ fn check(out: &mut Vec<String>, ok: &mut bool, cond: bool, what: String) {
 }
 
 fn reg(addr: u64, h: Arc<dyn KprobeHandler>, out: &mut Vec<String>) -> Option<Arc<kprobe::Kprobe>> {
-    match kprobe::register(addr, h) {
+    match kprobe::register(TextAddr(addr), h) {
         Ok(p) => Some(p),
         Err(e) => {
             out.push(format!("FAIL: register at {addr:#x}: {e}"));
@@ -513,7 +513,7 @@ fn kprobe_refusals(out: &mut Vec<String>) -> bool {
     let h = || -> Arc<dyn KprobeHandler> { Arc::new(Recorder::default()) };
     let mut expect =
         |what: &str, addr: u64, pred: &dyn Fn(&KprobeError) -> bool| match kprobe::register(
-            addr,
+            TextAddr(addr),
             h(),
         ) {
             Ok(p) => {
@@ -528,8 +528,12 @@ fn kprobe_refusals(out: &mut Vec<String>) -> bool {
             Err(e) => check(out, &mut ok, pred(&e), format!("{what}: {e}")),
         };
     let patch = {
-        let f: fn(u64, &[u8]) -> Result<(), crate::arch::text_patch::PatchError> =
-            crate::arch::text_patch::write_text;
+        let f: fn(
+            &crate::arch::text_patch::TextPoke,
+            TextAddr,
+            &[u8],
+        ) -> Result<(), crate::arch::text_patch::PatchError> =
+            crate::arch::text_patch::TextPoke::write;
         f as usize as u64
     };
     expect("blacklisted (text patching)", patch, &|e| {
@@ -753,7 +757,7 @@ fn kprobe_register_race(out: &mut Vec<String>) -> bool {
             done.clone(),
             finished.clone(),
         );
-        task::spawn("kprobe-hammer", move || {
+        let spawned = task::spawn("kprobe-hammer", move || {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if add3(black_box(i), 1, 2) != i.wrapping_mul(3) + 3
@@ -772,6 +776,10 @@ fn kprobe_register_race(out: &mut Vec<String>) -> bool {
             finished.store(true, Ordering::SeqCst);
             done.wake_all();
         });
+        if spawned.is_none() {
+            out.push(String::from("cannot spawn the task kprobe-hammer"));
+            ok = false;
+        }
     }
     let targets: Vec<u64> = insns(add3_addr())
         .into_iter()
@@ -867,7 +875,7 @@ fn kretprobe_basic(out: &mut Vec<String>) -> bool {
     let mut ok = true;
     let rec = Arc::new(RetRecorder::default());
     let t0 = crate::time::now_ns();
-    let rp = match kretprobe::register(add3_addr(), 0, rec.clone()) {
+    let rp = match kretprobe::register(TextAddr(add3_addr()), 0, rec.clone()) {
         Ok(r) => r,
         Err(e) => {
             out.push(format!("FAIL: register kretprobe: {e}"));
@@ -912,7 +920,7 @@ fn kretprobe_basic(out: &mut Vec<String>) -> bool {
     }
     // A non-entry address is refused.
     let mid = insns(add3_addr()).get(1).map(|(a, _, _)| *a).unwrap_or(0);
-    match kretprobe::register(mid, 0, rec.clone()) {
+    match kretprobe::register(TextAddr(mid), 0, rec.clone()) {
         Ok(p) => {
             let _ = kretprobe::unregister(p.id());
             check(
@@ -945,7 +953,7 @@ fn kretprobe_basic(out: &mut Vec<String>) -> bool {
 fn kretprobe_sleep(out: &mut Vec<String>) -> bool {
     let mut ok = true;
     let rec = Arc::new(RetRecorder::default());
-    let rp = match kretprobe::register(addr_of(sleeper), 2, rec.clone()) {
+    let rp = match kretprobe::register(TextAddr(addr_of(sleeper)), 2, rec.clone()) {
         Ok(r) => r,
         Err(e) => {
             out.push(format!("FAIL: register kretprobe: {e}"));
@@ -1228,7 +1236,7 @@ fn stress(out: &mut Vec<String>, secs: u64) -> bool {
         }
     }
     let ret_sched = crate::ksyms::find("kernel::task::sched::schedule_with")
-        .and_then(|s| kretprobe::register(s.addr, 256, Arc::new(Count::default())).ok());
+        .and_then(|s| kretprobe::register(TextAddr(s.addr), 256, Arc::new(Count::default())).ok());
     let sw = Arc::new(TpCounter::default());
     let tp = tracepoint::attach("sched:sched_switch", sw.clone()).ok();
     let irq = tracepoint::attach("irq:irq_handler_entry", Arc::new(TpCounter::default())).ok();
@@ -1254,7 +1262,7 @@ fn stress(out: &mut Vec<String>, secs: u64) -> bool {
     for w in 0..3u64 {
         let (stop, bad, live, done) = (stop.clone(), bad.clone(), live.clone(), done.clone());
         live.fetch_add(1, Ordering::SeqCst);
-        task::spawn(&format!("stress{w}"), move || {
+        let spawned = task::spawn(&format!("stress{w}"), move || {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 if add3(black_box(i), w, 1) != i.wrapping_mul(3) + w + 1 {
@@ -1270,6 +1278,10 @@ fn stress(out: &mut Vec<String>, secs: u64) -> bool {
             live.fetch_sub(1, Ordering::SeqCst);
             done.wake_all();
         });
+        if spawned.is_none() {
+            out.push(format!("cannot spawn the task stress{w}"));
+            ok = false;
+        }
     }
     task::sleep_ms(secs * 1000);
     stop.store(true, Ordering::SeqCst);
@@ -1491,13 +1503,17 @@ fn perf_sampling(out: &mut Vec<String>) -> bool {
         let busy = Arc::new(AtomicBool::new(true));
         {
             let busy = busy.clone();
-            task::spawn("sample-busy", move || {
+            let spawned = task::spawn("sample-busy", move || {
                 let mut i = 0u64;
                 while busy.load(Ordering::Relaxed) {
                     i = i.wrapping_add(add3(black_box(i), 1, 1));
                 }
                 black_box(i);
             });
+            if spawned.is_none() {
+                out.push(String::from("cannot spawn the task sample-busy"));
+                ok = false;
+            }
         }
         let t0 = crate::time::now_ns();
         let _ = perf::enable(id);
@@ -1578,12 +1594,16 @@ fn perf_sampling(out: &mut Vec<String>) -> bool {
 fn irqs_off_load(out: &mut Vec<String>) -> bool {
     let cycles = crate::time::tsc_khz() * 2;
     let until = crate::time::now_ns() + 60_000_000_000;
-    task::spawn("irqs-off-load", move || {
+    let spawned = task::spawn("irqs-off-load", move || {
         while crate::time::now_ns() < until {
             black_box(irqs_off_spin(black_box(cycles)));
             black_box(irqs_on_spin(black_box(cycles)));
         }
     });
+    if spawned.is_none() {
+        out.push(String::from("cannot spawn the task irqs-off-load"));
+        return false;
+    }
     out.push(format!(
         "irqs-off-load: 60 s of {cycles} cycles with interrupts off, then {cycles} with them on"
     ));
@@ -1645,7 +1665,7 @@ fn bench(out: &mut Vec<String>) -> bool {
         crate::time::tsc_khz()
     ));
     row("unprobed call", base, out);
-    let p = kprobe::register(f, Arc::new(Empty(true)));
+    let p = kprobe::register(TextAddr(f), Arc::new(Empty(true)));
     let stepped = cycles(bench_target, n);
     if let Ok(p) = p {
         check(
@@ -1657,7 +1677,7 @@ fn bench(out: &mut Vec<String>) -> bool {
         let _ = kprobe::unregister(p.id());
     }
     row("kprobe, int3 + single-step (empty)", stepped, out);
-    let p = kprobe::register(f, Arc::new(Empty(false)));
+    let p = kprobe::register(TextAddr(f), Arc::new(Empty(false)));
     let boosted = cycles(bench_target, n);
     if let Ok(p) = p {
         check(
@@ -1669,7 +1689,7 @@ fn bench(out: &mut Vec<String>) -> bool {
         let _ = kprobe::unregister(p.id());
     }
     row("kprobe, boosted (empty)", boosted, out);
-    let r = kretprobe::register(f, 0, Arc::new(EmptyRet));
+    let r = kretprobe::register(TextAddr(f), 0, Arc::new(EmptyRet));
     let ret = cycles(bench_target, n);
     if let Ok(r) = r {
         check(

@@ -8,9 +8,10 @@
 //! reserved size is fixed, filling it moves no address: the table describes
 //! the very image it lives in, with no second link.
 //!
-//! [`prepare`] is what `ktrace vm start` and the tests call: use
-//! `KTRACE_KERNEL=<elf>` if set, else build the workspace's kernel with
-//! cargo, then embed the table if the ELF changed since the last time.
+//! [`prepare`] is what `ktrace vm start` calls, and [`prepare_flavor`]
+//! with [`Flavor::SelfTests`] what the tests call: use `KTRACE_KERNEL=<elf>`
+//! if set, else build the workspace's kernel with cargo, then embed the
+//! table if the ELF changed since the last time.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader};
@@ -25,6 +26,38 @@ use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
 pub const KERNEL_ENV: &str = "KTRACE_KERNEL";
 /// Cargo profile the kernel is built with.
 pub const KERNEL_PROFILE: &str = "kernel";
+/// Cargo profile of the kernel with its self tests (its own directory).
+pub const SELF_TESTS_PROFILE: &str = "kernel-self-tests";
+
+/// Which kernel to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// The kernel users boot.
+    Release,
+    /// The kernel the end-to-end tests boot: the same, plus the in-kernel
+    /// self tests and the functions the tests probe (the kernel's
+    /// `self-tests` feature), built in its own profile directory so it never
+    /// overwrites the release one.
+    SelfTests,
+}
+
+impl Flavor {
+    /// The cargo profile the flavor is built with.
+    pub fn profile(self) -> &'static str {
+        match self {
+            Flavor::Release => KERNEL_PROFILE,
+            Flavor::SelfTests => SELF_TESTS_PROFILE,
+        }
+    }
+
+    /// The kernel's cargo features for the flavor.
+    fn features(self) -> &'static [&'static str] {
+        match self {
+            Flavor::Release => &[],
+            Flavor::SelfTests => &["--features", "self-tests"],
+        }
+    }
+}
 /// Cargo package of the kernel.
 pub const KERNEL_PACKAGE: &str = "ktrace-kernel";
 /// The kernel's manifest, relative to the repository root. The kernel is a
@@ -41,8 +74,11 @@ pub const IMAGE_SUFFIX: &str = "ktrace";
 pub enum ImageError {
     #[error("cannot run cargo to build the kernel: {0}")]
     CargoSpawn(#[source] io::Error),
-    #[error("building the kernel failed (cargo build --profile {KERNEL_PROFILE} -p {KERNEL_PACKAGE} exited with {status}); see the compiler output above")]
-    BuildFailed { status: std::process::ExitStatus },
+    #[error("building the kernel failed (cargo build --profile {profile} -p {KERNEL_PACKAGE} exited with {status}); see the compiler output above")]
+    BuildFailed {
+        profile: &'static str,
+        status: std::process::ExitStatus,
+    },
     #[error("cargo built {KERNEL_PACKAGE} but reported no executable")]
     NoExecutable,
     #[error("{}: {source}", path.display())]
@@ -153,13 +189,19 @@ pub fn kernel_elf_path(root: &Path) -> PathBuf {
     kernel_target_dir(root).join(KERNEL_PROFILE).join("kernel")
 }
 
-/// Find or build the kernel, then embed its symbol table.
+/// Find or build the release kernel, then embed its symbol table.
 ///
 /// `quiet` hides cargo's progress lines (compiler errors are always shown).
 pub fn prepare(quiet: bool) -> Result<KernelImage, ImageError> {
+    prepare_flavor(Flavor::Release, quiet)
+}
+
+/// Find (`KTRACE_KERNEL`) or build the kernel of `flavor`, then embed its
+/// symbol table.
+pub fn prepare_flavor(flavor: Flavor, quiet: bool) -> Result<KernelImage, ImageError> {
     let source = match std::env::var_os(KERNEL_ENV) {
         Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => build_kernel(&workspace_root(), quiet)?,
+        _ => build_flavor(&workspace_root(), flavor, quiet)?,
     };
     embed_if_changed(&source)
 }
@@ -167,6 +209,11 @@ pub fn prepare(quiet: bool) -> Result<KernelImage, ImageError> {
 /// `cargo build --manifest-path kernel/image/Cargo.toml --profile kernel`
 /// in `root` (the kernel is a workspace of its own); returns the ELF path.
 pub fn build_kernel(root: &Path, quiet: bool) -> Result<PathBuf, ImageError> {
+    build_flavor(root, Flavor::Release, quiet)
+}
+
+/// [`build_kernel`] for either flavor.
+pub fn build_flavor(root: &Path, flavor: Flavor, quiet: bool) -> Result<PathBuf, ImageError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root)
@@ -175,8 +222,9 @@ pub fn build_kernel(root: &Path, quiet: bool) -> Result<PathBuf, ImageError> {
             "--manifest-path",
             KERNEL_MANIFEST,
             "--profile",
-            KERNEL_PROFILE,
+            flavor.profile(),
         ])
+        .args(flavor.features())
         .arg("--target-dir")
         .arg(kernel_target_dir(root))
         .arg("--config")
@@ -208,7 +256,10 @@ pub fn build_kernel(root: &Path, quiet: bool) -> Result<PathBuf, ImageError> {
     }
     let status = child.wait().map_err(ImageError::CargoSpawn)?;
     if !status.success() {
-        return Err(ImageError::BuildFailed { status });
+        return Err(ImageError::BuildFailed {
+            profile: flavor.profile(),
+            status,
+        });
     }
     executable.ok_or(ImageError::NoExecutable)
 }

@@ -13,20 +13,24 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use probe_sdk::client::{Client, ConnectOptions};
-use probe_sdk::kernel_image::{self, KernelImage};
+use probe_sdk::kernel_image::{self, Flavor, KernelImage};
 use probe_sdk::vm::{Vm, VmConfig};
 
 /// Boot timeout for tests: generous, since tests boot VMs in parallel on
 /// few cores under TCG.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The kernel image, built and post-processed once per test process.
+/// The kernel image, built and post-processed once per test process: the
+/// self-test flavor, with the in-kernel self tests and the functions the
+/// tests probe (`kernel::probe_tests::*`).
 pub fn kernel_image() -> &'static KernelImage {
     static IMAGE: OnceLock<KernelImage> = OnceLock::new();
-    IMAGE.get_or_init(|| match kernel_image::prepare(true) {
-        Ok(image) => image,
-        Err(e) => panic!("cannot prepare the kernel image: {e}"),
-    })
+    IMAGE.get_or_init(
+        || match kernel_image::prepare_flavor(Flavor::SelfTests, true) {
+            Ok(image) => image,
+            Err(e) => panic!("cannot prepare the kernel image: {e}"),
+        },
+    )
 }
 
 /// The kernel's symbol index (from the ELF [`kernel_image`] built).

@@ -453,6 +453,53 @@ fn in_kernel_self_tests_pass() {
     }
 }
 
+/// The kernel users boot (`ktrace vm start`: the release flavor) carries
+/// no self tests and none of the functions they probe; the tests' kernel
+/// (the self-test flavor every other test boots) has both.
+#[test]
+fn release_kernel_ships_no_self_tests() {
+    if std::env::var_os(kernel_image::KERNEL_ENV).is_some() {
+        // One prebuilt ELF stands for both flavors: nothing to compare.
+        eprintln!("skipped: {} names the kernel", kernel_image::KERNEL_ENV);
+        return;
+    }
+    let probe_tests = |index: &ktrace_symbols::SymbolIndex| {
+        index
+            .functions()
+            .iter()
+            .filter(|f| f.name.starts_with("kernel::probe_tests::"))
+            .count()
+    };
+    assert!(probe_tests(ktrace_tests::kernel_symbols()) > 10);
+    let release = kernel_image::prepare(true).expect("the release kernel");
+    assert_ne!(release.source, ktrace_tests::kernel_image().source);
+    let index = ktrace_symbols::SymbolIndex::from_path(&release.source).unwrap();
+    assert_eq!(probe_tests(&index), 0);
+    assert!(index
+        .functions()
+        .iter()
+        .any(|f| f.name == "kernel::debug::forced_panic"));
+
+    let mut cfg = test_config("release");
+    cfg.kernel = Some(release.source.clone());
+    let mut vm = TestVm::boot_with(cfg);
+    let mut client = vm.client();
+    assert_eq!(
+        client.list_self_tests().expect("ListSelfTests"),
+        Vec::<String>::new()
+    );
+    let err = client.self_test("kprobe_args").unwrap_err();
+    let reply = err.kernel_reply().unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(reply.code, ErrorCode::NotFound);
+    assert_eq!(
+        reply.message,
+        "no self test named \"kprobe_args\": this kernel was built without them (the `self-tests` feature)"
+    );
+    // Everything else answers as in the tests' kernel.
+    let info = client.info().expect("Info");
+    assert!(!info.tasks.is_empty());
+}
+
 #[test]
 fn boot_timeout_is_reported_as_hung_and_qemu_is_stopped() {
     let mut cfg = test_config("hung");

@@ -23,7 +23,7 @@
 use alloc::vec::Vec;
 
 use crate::x86_64::MAX_INSN_LEN;
-use crate::Refusal;
+use crate::{Refusal, TextAddr};
 
 /// Who patches a claimed range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub enum Owner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
     /// First byte of the instruction.
-    pub start: u64,
+    pub start: TextAddr,
     /// Its length (1 to 15 bytes).
     pub len: u8,
     /// Who patches it.
@@ -55,8 +55,8 @@ pub struct Claim {
 
 impl Claim {
     /// One past the last byte.
-    pub fn end(&self) -> u64 {
-        self.start + u64::from(self.len)
+    pub fn end(&self) -> TextAddr {
+        self.start.add(u64::from(self.len))
     }
 
     /// The bytes the compiler put there.
@@ -65,7 +65,7 @@ impl Claim {
     }
 
     fn overlaps(&self, start: u64, end: u64) -> bool {
-        self.start < end && start < self.end()
+        self.start.get() < end && start < self.end().get()
     }
 }
 
@@ -92,7 +92,8 @@ impl TextClaims {
 
     /// Claims the instruction at `start` whose original bytes are
     /// `original` (its whole length) for `owner`.
-    pub fn claim(&mut self, start: u64, original: &[u8], owner: Owner) -> Result<(), ClaimError> {
+    pub fn claim(&mut self, at: TextAddr, original: &[u8], owner: Owner) -> Result<(), ClaimError> {
+        let start = at.get();
         let len = original.len();
         if len == 0 || len > MAX_INSN_LEN {
             return Err(ClaimError::Refused(Refusal::Undecodable { addr: start }));
@@ -101,7 +102,7 @@ impl TextClaims {
         if let Some(c) = self.claims.iter().find(|c| c.overlaps(start, end)) {
             return Err(ClaimError::Refused(Refusal::Claimed {
                 addr: start,
-                start: c.start,
+                start: c.start.get(),
                 len: c.len,
                 owner: c.owner,
             }));
@@ -111,11 +112,11 @@ impl TextClaims {
         }
         let mut saved = [0u8; MAX_INSN_LEN];
         saved[..len].copy_from_slice(original);
-        let at = self.claims.partition_point(|c| c.start < start);
+        let i = self.claims.partition_point(|c| c.start < at);
         self.claims.insert(
-            at,
+            i,
             Claim {
-                start,
+                start: at,
                 len: len as u8,
                 owner,
                 original: saved,
@@ -126,12 +127,13 @@ impl TextClaims {
 
     /// Checks, without recording anything, that `start..start + len` could
     /// be claimed.
-    pub fn check_free(&self, start: u64, len: u8) -> Result<(), Refusal> {
+    pub fn check_free(&self, at: TextAddr, len: u8) -> Result<(), Refusal> {
+        let start = at.get();
         let end = start.saturating_add(u64::from(len.max(1)));
         match self.claims.iter().find(|c| c.overlaps(start, end)) {
             Some(c) => Err(Refusal::Claimed {
                 addr: start,
-                start: c.start,
+                start: c.start.get(),
                 len: c.len,
                 owner: c.owner,
             }),
@@ -140,18 +142,19 @@ impl TextClaims {
     }
 
     /// Removes and returns the claim starting at `start`.
-    pub fn release(&mut self, start: u64) -> Option<Claim> {
+    pub fn release(&mut self, start: TextAddr) -> Option<Claim> {
         let i = self.claims.iter().position(|c| c.start == start)?;
         Some(self.claims.remove(i))
     }
 
     /// The claim starting exactly at `start`.
-    pub fn get(&self, start: u64) -> Option<&Claim> {
+    pub fn get(&self, start: TextAddr) -> Option<&Claim> {
         self.claims.iter().find(|c| c.start == start)
     }
 
     /// The claim covering `addr`, if any.
-    pub fn covering(&self, addr: u64) -> Option<&Claim> {
+    pub fn covering(&self, at: TextAddr) -> Option<&Claim> {
+        let addr = at.get();
         self.claims.iter().find(|c| c.overlaps(addr, addr + 1))
     }
 
@@ -162,11 +165,12 @@ impl TextClaims {
 
     /// `buf` holds live text read at `addr`: put back the original bytes of
     /// every claim that overlaps it.
-    pub fn restore_original(&self, addr: u64, buf: &mut [u8]) {
+    pub fn restore_original(&self, at: TextAddr, buf: &mut [u8]) {
+        let addr = at.get();
         let end = addr.saturating_add(buf.len() as u64);
         for c in self.claims.iter().filter(|c| c.overlaps(addr, end)) {
             for (i, b) in c.original().iter().enumerate() {
-                let at = c.start + i as u64;
+                let at = c.start.get() + i as u64;
                 if at >= addr && at < end {
                     buf[(at - addr) as usize] = *b;
                 }
@@ -190,9 +194,11 @@ mod tests {
     fn overlapping_claims_are_refused_with_the_owner() {
         let mut t = TextClaims::new();
         // A 6-byte `call *disp32(%rip)` at 0x1000.
-        t.claim(0x1000, &[0xff, 0x15, 1, 2, 3, 4], Owner::Kprobe)
+        t.claim(TextAddr(0x1000), &[0xff, 0x15, 1, 2, 3, 4], Owner::Kprobe)
             .unwrap();
-        let e = t.claim(0x1001, &[0x15, 1, 2], Owner::Kprobe).unwrap_err();
+        let e = t
+            .claim(TextAddr(0x1001), &[0x15, 1, 2], Owner::Kprobe)
+            .unwrap_err();
         assert_eq!(
             e,
             ClaimError::Refused(Refusal::Claimed {
@@ -203,19 +209,20 @@ mod tests {
             })
         );
         // The next instruction is free.
-        t.claim(0x1006, &[0x90], Owner::Kprobe).unwrap();
+        t.claim(TextAddr(0x1006), &[0x90], Owner::Kprobe).unwrap();
         assert_eq!(t.iter().count(), 2);
         // Touching a range from below is refused, adjacent is fine.
-        assert!(t.check_free(0xffe, 3).is_err());
-        assert!(t.check_free(0xffb, 5).is_ok());
+        assert!(t.check_free(TextAddr(0xffe), 3).is_err());
+        assert!(t.check_free(TextAddr(0xffb), 5).is_ok());
     }
 
     #[test]
     fn a_static_key_site_refuses_a_probe_on_any_of_its_bytes() {
         let mut t = TextClaims::new();
-        t.claim(0x2000, &[0x0f, 0x1f, 0x44, 0, 0], TP).unwrap();
+        t.claim(TextAddr(0x2000), &[0x0f, 0x1f, 0x44, 0, 0], TP)
+            .unwrap();
         for addr in 0x2000..0x2005 {
-            let e = t.check_free(addr, 1).unwrap_err();
+            let e = t.check_free(TextAddr(addr), 1).unwrap_err();
             assert_eq!(
                 format!("{e}"),
                 format!(
@@ -223,22 +230,23 @@ mod tests {
                 )
             );
         }
-        assert!(t.check_free(0x2005, 1).is_ok());
+        assert!(t.check_free(TextAddr(0x2005), 1).is_ok());
     }
 
     #[test]
     fn original_bytes_replace_patched_ones_in_a_view() {
         let mut t = TextClaims::new();
-        t.claim(0x1000, &[0xff, 0x15, 1, 2, 3, 4], Owner::Kprobe)
+        t.claim(TextAddr(0x1000), &[0xff, 0x15, 1, 2, 3, 4], Owner::Kprobe)
             .unwrap();
-        t.claim(0x1008, &[0x0f, 0x1f, 0x44, 0, 0], TP).unwrap();
+        t.claim(TextAddr(0x1008), &[0x0f, 0x1f, 0x44, 0, 0], TP)
+            .unwrap();
         // Live text: an int3 at 0x1000 and a jmp at 0x1008.
         let mut live = [0xcc, 0x15, 1, 2, 3, 4, 0x90, 0x90, 0xe9, 9, 9, 9, 9];
         // A view starting in the middle of the first claim.
         let mut part: Vec<u8> = live[1..].to_vec();
-        t.restore_original(0x1001, &mut part);
+        t.restore_original(TextAddr(0x1001), &mut part);
         assert_eq!(part, [0x15, 1, 2, 3, 4, 0x90, 0x90, 0x0f, 0x1f, 0x44, 0, 0]);
-        t.restore_original(0x1000, &mut live);
+        t.restore_original(TextAddr(0x1000), &mut live);
         assert_eq!(
             live,
             [0xff, 0x15, 1, 2, 3, 4, 0x90, 0x90, 0x0f, 0x1f, 0x44, 0, 0]
@@ -248,12 +256,15 @@ mod tests {
     #[test]
     fn release_frees_the_range() {
         let mut t = TextClaims::new();
-        t.claim(0x1000, &[0x55], Owner::Kprobe).unwrap();
-        assert_eq!(t.covering(0x1000).map(|c| c.original()), Some(&[0x55][..]));
-        let c = t.release(0x1000).unwrap();
+        t.claim(TextAddr(0x1000), &[0x55], Owner::Kprobe).unwrap();
+        assert_eq!(
+            t.covering(TextAddr(0x1000)).map(|c| c.original()),
+            Some(&[0x55][..])
+        );
+        let c = t.release(TextAddr(0x1000)).unwrap();
         assert_eq!(c.original(), &[0x55]);
-        assert!(t.release(0x1000).is_none());
-        assert!(t.check_free(0x1000, 1).is_ok());
-        assert!(t.claim(0x1000, &[], Owner::Kprobe).is_err());
+        assert!(t.release(TextAddr(0x1000)).is_none());
+        assert!(t.check_free(TextAddr(0x1000), 1).is_ok());
+        assert!(t.claim(TextAddr(0x1000), &[], Owner::Kprobe).is_err());
     }
 }

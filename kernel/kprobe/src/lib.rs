@@ -22,6 +22,7 @@
 //! - [`claims`]: who owns each patched instruction of kernel text, with
 //!   the bytes the compiler put there; overlapping claims are refused.
 //! - [`Refusal`]: why a probe point was refused.
+//! - [`TextAddr`]: a kernel text address, as the kprobe API takes it.
 //!
 //! The kernel side (patching text, the trap handlers, the registry) lives in
 //! the kernel and uses these pieces.
@@ -35,6 +36,40 @@ pub mod pool;
 pub mod x86_64;
 
 use core::fmt;
+
+/// An address in kernel text, or in the executable slots the engine runs
+/// probed instructions from: what probes, claims and text patches are
+/// about. A newtype, so a stack or data address cannot be handed to the
+/// kprobe API by mistake; the kernel makes one from a symbol (`resolve`)
+/// or a host-given address it then checks (`check_address`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct TextAddr(pub u64);
+
+impl TextAddr {
+    /// The address as a number.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The address `n` bytes further.
+    #[must_use]
+    pub const fn add(self, n: u64) -> TextAddr {
+        TextAddr(self.0.wrapping_add(n))
+    }
+}
+
+impl fmt::Display for TextAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl fmt::LowerHex for TextAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
 
 /// Why an address cannot carry a probe. Every variant names the reason in
 /// its `Display` output, which the kernel sends back to the host verbatim.

@@ -43,6 +43,10 @@
 //! Devices: `vda`, `vdb`, ... (virtio-blk, major 253, minors 0, 16, ...)
 //! and `ram0` (RAM disk, major 1, minor 0).
 
+// `unsafe` lives in the hardware corner (arch, mm, drivers, task, sync,
+// ksyms: see main.rs) behind safe interfaces; this subsystem uses those.
+#![deny(unsafe_code)]
+
 pub mod queue;
 pub mod ramdisk;
 pub mod trace;
@@ -56,9 +60,11 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 
 use ktrace_abi::block::{BlockRequest, BlockResponse, IoOp, IoReply, MAX_IO_BYTES};
-use ktrace_abi::{ErrorCode, ErrorReply, Response};
+use ktrace_abi::{ErrorCode, Response};
 use ktrace_block::{BlockError, Op};
 
+use crate::error::{Answer, Error, Kind};
+use crate::session::{Link, Session};
 use queue::RequestQueue;
 
 /// Linux's dynamic major of virtio-blk on most systems.
@@ -127,11 +133,11 @@ pub fn init() {
     }
 }
 
-fn err(code: ErrorCode, message: String) -> Response {
-    Response::Error(ErrorReply::new(code, message))
+fn err(code: ErrorCode, message: String) -> Error {
+    Error::plain(code, message)
 }
 
-fn no_device(name: &str) -> Response {
+fn no_device(name: &str) -> Error {
     let known: Vec<&str> = devices().iter().map(|d| d.name.as_str()).collect();
     err(
         ErrorCode::NotFound,
@@ -139,47 +145,40 @@ fn no_device(name: &str) -> Response {
     )
 }
 
-/// The error frame for a failed I/O: the block layer's message and errno.
-pub fn io_error(dev: &str, e: &BlockError) -> ErrorReply {
-    let code = match e {
-        BlockError::Device { .. } => ErrorCode::Io,
-        BlockError::ReadOnly => ErrorCode::NotSupported,
-        _ => ErrorCode::InvalidArgument,
-    };
-    ErrorReply {
-        code,
-        errno: e.errno(),
-        message: format!("{dev}: {e}"),
-    }
+/// The refusal for a failed I/O: the block layer's message and errno.
+fn io_error(dev: &str, e: BlockError) -> Error {
+    let message = format!("{dev}: {e}");
+    Error::new(Kind::Io(e), message)
 }
 
-/// Answer a block request (control task).
-pub fn handle(req: BlockRequest) -> Response {
-    match req {
+/// Answer a block request of `session`'s client (control task); a
+/// workload tells it its progress through `link`.
+pub fn handle(req: BlockRequest, session: &Session, link: &dyn Link) -> Answer {
+    Ok(match req {
         BlockRequest::Stats => Response::Block(BlockResponse::Stats(
             devices().iter().map(|d| d.stats()).collect(),
         )),
         BlockRequest::SetScheduler { dev, scheduler } => match find(&dev) {
-            None => no_device(&dev),
+            None => return Err(no_device(&dev)),
             Some(d) => match d.set_scheduler(&scheduler) {
                 Ok(()) => Response::Ok,
-                Err(m) => err(ErrorCode::InvalidArgument, m),
+                Err(m) => return Err(err(ErrorCode::InvalidArgument, m)),
             },
         },
         BlockRequest::Io(io) => {
             let Some(d) = find(&io.dev) else {
-                return no_device(&io.dev);
+                return Err(no_device(&io.dev));
             };
             let (op, data) = match io.op {
                 IoOp::Read => {
                     if io.len > MAX_IO_BYTES {
-                        return err(
+                        return Err(err(
                             ErrorCode::Limit,
                             format!(
                                 "{}: a single read moves at most {MAX_IO_BYTES} bytes, not {}",
                                 io.dev, io.len
                             ),
-                        );
+                        ));
                     }
                     (Op::Read, alloc::vec![0u8; io.len as usize])
                 }
@@ -192,19 +191,18 @@ pub fn handle(req: BlockRequest) -> Response {
                     data: if op == Op::Read { data } else { Vec::new() },
                     latency_ns,
                 })),
-                Err(e) => Response::Error(io_error(&io.dev, &e)),
+                Err(e) => return Err(io_error(&io.dev, e)),
             }
         }
-        BlockRequest::Workload(spec) => match workload::run(&spec) {
-            Ok(report) => Response::Block(BlockResponse::Workload(report)),
-            Err(e) => Response::Error(e),
-        },
+        BlockRequest::Workload(spec) => Response::Block(BlockResponse::Workload(workload::run(
+            &spec, session, link,
+        )?)),
         BlockRequest::InjectErrors { dev, sectors } => match find(&dev) {
-            None => no_device(&dev),
+            None => return Err(no_device(&dev)),
             Some(d) => match d.inject_errors(sectors) {
                 Ok(()) => Response::Ok,
-                Err(m) => err(ErrorCode::NotSupported, format!("{dev}: {m}")),
+                Err(m) => return Err(err(ErrorCode::NotSupported, format!("{dev}: {m}"))),
             },
         },
-    }
+    })
 }

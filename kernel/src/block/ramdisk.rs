@@ -30,14 +30,7 @@ impl RamDisk {
     /// A zeroed RAM disk of `bytes` (rounded down to whole pages), or
     /// `None` when memory is short.
     pub fn new(bytes: usize) -> Option<Self> {
-        let pages = bytes / 4096;
-        let base = crate::mm::frame::alloc_contiguous(pages as u64)?;
-        let len = pages * 4096;
-        // SAFETY: the frame allocator handed these identity-mapped frames to
-        // us alone and never hands them out again, so the slice aliases
-        // nothing and lives forever.
-        let storage = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, len) };
-        storage.fill(0);
+        let storage = crate::mm::frame::alloc_forever((bytes / 4096) as u64)?;
         Some(Self {
             storage,
             done: Vec::new(),

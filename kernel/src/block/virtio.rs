@@ -23,11 +23,10 @@
 //!   hardware queue is empty (the request waits in the scheduler until
 //!   then) and polled to completion.
 
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use ktrace_block::{BlockError, Op};
-use virtio_drivers::device::blk::{BlkReq, BlkResp, VirtIOBlk};
+use virtio_drivers::device::blk::VirtIOBlk;
 use virtio_drivers::transport::pci::bus::{Command, PciRoot};
 use virtio_drivers::transport::pci::{virtio_device_type, PciTransport};
 use virtio_drivers::transport::DeviceType;
@@ -35,27 +34,19 @@ use virtio_drivers::transport::DeviceType;
 use super::queue::{Driver, Req};
 use crate::drivers::pci::{self as kpci, PortCam};
 use crate::drivers::virtio::KernelHal;
+use crate::drivers::virtio_blk::{BlkQueue, Finished};
 
-/// One request on the hardware queue.
-struct Slot {
+/// What a request on the ring carries besides its buffers: the request,
+/// and whether its data went through a bounce buffer (a merged request)
+/// rather than its one bio's own buffer.
+struct Tag {
     rq: Req,
-    req: Box<BlkReq>,
-    resp: Box<BlkResp>,
-    /// The bounce buffer of a merged request.
-    bounce: Option<Vec<u8>>,
-    /// The data segment the device reads or writes.
-    buf: (*mut u8, usize),
+    bounced: bool,
 }
-
-// SAFETY: `buf` points into `bounce` or into the single bio's buffer, both
-// owned by this slot; the slot moves between contexts only under the
-// device lock.
-unsafe impl Send for Slot {}
 
 /// A virtio-blk device.
 pub struct VirtioBlk {
-    blk: VirtIOBlk<KernelHal, PciTransport>,
-    slots: Vec<Option<Slot>>,
+    queue: BlkQueue<Tag>,
     in_flight: usize,
     /// Requests the ring holds: the ring size, lowered to what actually
     /// fitted if the ring ever reports full (without indirect descriptors
@@ -109,12 +100,9 @@ pub fn probe() -> Vec<Found> {
         let gsi = kpci::intx_gsi(df);
         let readonly = blk.readonly();
         let depth = usize::from(blk.virt_queue_size());
-        let mut slots = Vec::with_capacity(depth);
-        slots.resize_with(depth, || None);
         found.push(Found {
             driver: VirtioBlk {
-                blk,
-                slots,
+                queue: BlkQueue::new(blk),
                 in_flight: 0,
                 depth,
                 done: Vec::new(),
@@ -127,49 +115,13 @@ pub fn probe() -> Vec<Found> {
     found
 }
 
-impl VirtioBlk {
-    // The slot comes back by value when the ring refuses it (see
-    // `Driver::issue`).
-    #[allow(clippy::result_large_err)]
-    fn submit_slot(&mut self, mut slot: Slot) -> Result<u16, (Slot, virtio_drivers::Error)> {
-        let (ptr, len) = slot.buf;
-        // SAFETY: `ptr..ptr+len` is the slot's data segment (see `Slot`),
-        // valid and not otherwise accessed until the request is reaped.
-        let buf = unsafe { core::slice::from_raw_parts_mut(ptr, len) };
-        let sector = slot.rq.sector as usize;
-        // SAFETY: `req`, `buf` and `resp` are heap allocations owned by the
-        // slot, which stays in `self.slots` untouched until `reap` passes
-        // the very same buffers to `complete_*_blocks`.
-        let r = unsafe {
-            if slot.rq.op.is_read() {
-                self.blk
-                    .read_blocks_nb(sector, &mut slot.req, buf, &mut slot.resp)
-            } else {
-                self.blk
-                    .write_blocks_nb(sector, &mut slot.req, buf, &mut slot.resp)
-            }
-        };
-        match r {
-            Ok(token) => {
-                let idx = usize::from(token);
-                if idx >= self.slots.len() {
-                    self.slots.resize_with(idx + 1, || None);
-                }
-                self.slots[idx] = Some(slot);
-                Ok(token)
-            }
-            Err(e) => Err((slot, e)),
-        }
-    }
-}
-
 impl Driver for VirtioBlk {
     fn kind(&self) -> &'static str {
         "virtio-blk"
     }
 
     fn capacity(&self) -> u64 {
-        self.blk.capacity()
+        self.queue.capacity()
     }
 
     fn depth(&self) -> usize {
@@ -187,7 +139,7 @@ impl Driver for VirtioBlk {
                     // The blocking flush must not pop others' completions.
                     return Err(rq);
                 }
-                rq.status = Some(self.blk.flush().map_err(status_of));
+                rq.status = Some(self.queue.device().flush().map_err(status_of));
                 self.done.push(rq);
                 return Ok(());
             }
@@ -198,39 +150,34 @@ impl Driver for VirtioBlk {
             }
             _ => {}
         }
-        let (bounce, buf) = match rq.single_buffer_mut() {
-            Some(data) => (None, (data.as_mut_ptr(), data.len())),
-            None => {
-                let mut b = rq.gather();
-                let buf = (b.as_mut_ptr(), b.len());
-                (Some(b), buf)
-            }
+        // One bio's buffer goes to the device as it is; a merged request's
+        // through one bounce buffer (one data segment per request).
+        let (data, bounced) = match rq.single_buffer_mut() {
+            Some(data) => (core::mem::take(data), false),
+            None => (rq.gather(), true),
         };
-        let slot = Slot {
-            rq,
-            req: Box::default(),
-            resp: Box::default(),
-            bounce,
-            buf,
-        };
-        match self.submit_slot(slot) {
-            Ok(_) => {
+        let read = rq.op.is_read();
+        let sector = rq.sector as usize;
+        match self.queue.submit(read, sector, data, Tag { rq, bounced }) {
+            Ok(()) => {
                 self.in_flight += 1;
                 Ok(())
             }
-            Err((slot, virtio_drivers::Error::QueueFull)) => {
-                if self.in_flight > 0 && self.in_flight < self.depth {
-                    log::warn!(
-                        "virtio-blk: ring full at {} requests; lowering the queue depth",
-                        self.in_flight
-                    );
-                    self.depth = self.in_flight;
+            Err((tag, data, e)) => {
+                let rq = give_back(tag, data);
+                if e == virtio_drivers::Error::QueueFull {
+                    if self.in_flight > 0 && self.in_flight < self.depth {
+                        log::warn!(
+                            "virtio-blk: ring full at {} requests; lowering the queue depth",
+                            self.in_flight
+                        );
+                        self.depth = self.in_flight;
+                    }
+                    return Err(rq);
                 }
-                Err(slot.rq)
-            }
-            Err((mut slot, e)) => {
-                slot.rq.status = Some(Err(status_of(e)));
-                self.done.push(slot.rq);
+                let mut rq = rq;
+                rq.status = Some(Err(status_of(e)));
+                self.done.push(rq);
                 Ok(())
             }
         }
@@ -238,41 +185,36 @@ impl Driver for VirtioBlk {
 
     fn reap(&mut self, out: &mut Vec<Req>) {
         out.append(&mut self.done);
-        while let Some(token) = self.blk.peek_used() {
-            let Some(mut slot) = self
-                .slots
-                .get_mut(usize::from(token))
-                .and_then(Option::take)
-            else {
-                log::error!("virtio-blk: used ring returned unknown token {token}");
-                break;
-            };
-            let (ptr, len) = slot.buf;
-            // SAFETY: the slot's data segment, as in `submit_slot`; the
-            // device is done with it.
-            let buf = unsafe { core::slice::from_raw_parts_mut(ptr, len) };
-            // SAFETY: the same buffers that were passed when `token` was
-            // returned.
-            let r = unsafe {
-                if slot.rq.op.is_read() {
-                    self.blk
-                        .complete_read_blocks(token, &slot.req, buf, &mut slot.resp)
-                } else {
-                    self.blk
-                        .complete_write_blocks(token, &slot.req, buf, &mut slot.resp)
+        while let Some(finished) = self.queue.complete() {
+            let Finished { tag, data, status } = match finished {
+                Ok(f) => f,
+                Err(token) => {
+                    log::error!("virtio-blk: used ring returned unknown token {token}");
+                    break;
                 }
             };
             self.in_flight -= 1;
-            let status = r.map_err(status_of);
-            if let (Some(b), true) = (&slot.bounce, slot.rq.op.is_read()) {
-                slot.rq.scatter(b);
-            }
-            slot.rq.status = Some(status);
-            out.push(slot.rq);
+            let mut rq = give_back(tag, data);
+            rq.status = Some(status.map_err(status_of));
+            out.push(rq);
         }
     }
 
     fn ack_interrupt(&mut self) -> bool {
-        !self.blk.ack_interrupt().is_empty()
+        !self.queue.device().ack_interrupt().is_empty()
     }
+}
+
+/// The request of `tag` with its data back in its bio (or, for a merged
+/// read, copied from the bounce buffer into its bios).
+fn give_back(tag: Tag, data: Vec<u8>) -> Req {
+    let Tag { mut rq, bounced } = tag;
+    if !bounced {
+        if let Some(buf) = rq.single_buffer_mut() {
+            *buf = data;
+        }
+    } else if rq.op.is_read() {
+        rq.scatter(&data);
+    }
+    rq
 }

@@ -26,10 +26,12 @@ use ktrace_abi::block::{
     limits, BlockResponse, DeviceResult, LatencySummary, RwMode, WorkloadLimit, WorkloadProgress,
     WorkloadReport, WorkloadSpec,
 };
-use ktrace_abi::{ErrorCode, ErrorReply, Response};
+use ktrace_abi::{ErrorCode, Response};
 use ktrace_block::{pattern, BioFlags, LatencyHistogram, Op, SECTOR_SIZE};
 
 use super::queue::{Bio, Completion, RequestQueue, Token};
+use crate::error::{Error, Kind};
+use crate::session::{Link, Session};
 use crate::sync::SpinLock;
 use crate::task::{self, WaitQueue};
 
@@ -82,8 +84,8 @@ struct Job {
     deadline_ns: Option<u64>,
 }
 
-fn bad(message: String) -> ErrorReply {
-    ErrorReply::new(ErrorCode::InvalidArgument, message)
+fn bad(message: String) -> Error {
+    Error::plain(ErrorCode::InvalidArgument, message)
 }
 
 fn mib(bytes: u64) -> String {
@@ -95,7 +97,7 @@ fn mib(bytes: u64) -> String {
 }
 
 /// Check a spec and plan its jobs.
-fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
+fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, Error> {
     if spec.devices.is_empty() {
         return Err(bad(String::from("no device given")));
     }
@@ -155,7 +157,7 @@ fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
     let buffers =
         u64::from(spec.jobs) * u64::from(spec.iodepth) * u64::from(bs) * spec.devices.len() as u64;
     if buffers > limits::MAX_BUFFER_BYTES {
-        return Err(ErrorReply::new(
+        return Err(Error::plain(
             ErrorCode::Limit,
             format!(
                 "jobs x iodepth x block size x devices = {} of buffers, more than the limit of {}",
@@ -171,7 +173,7 @@ fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
         }
         let Some(dev) = super::find(name) else {
             let known: Vec<&str> = super::devices().iter().map(|d| d.name.as_str()).collect();
-            return Err(ErrorReply::new(
+            return Err(Error::plain(
                 ErrorCode::NotFound,
                 format!("no block device {name:?}; devices: {}", known.join(", ")),
             ));
@@ -234,9 +236,10 @@ fn plan(spec: &WorkloadSpec, start_ns: u64) -> Result<Vec<Job>, ErrorReply> {
     let stacks = (jobs.len() * crate::task::STACK_BYTES) as u64;
     let needed = usize::try_from(buffers + tables + stacks).unwrap_or(usize::MAX);
     if let Err(full) = crate::mm::heap::check_room(needed) {
-        return Err(ErrorReply::no_memory(format!(
-            "the workload's buffers, tables and task stacks {full}"
-        )));
+        return Err(Error::new(
+            Kind::NoMemory,
+            format!("the workload's buffers, tables and task stacks {full}"),
+        ));
     }
     Ok(jobs)
 }
@@ -478,8 +481,13 @@ fn progress(shared: &Shared, start: u64) -> WorkloadProgress {
 /// generation table).
 const MAX_VERIFY_BLOCKS: u64 = 4 << 20;
 
-/// Run a workload to the end (control task), pushing progress frames.
-pub fn run(spec: &WorkloadSpec) -> Result<WorkloadReport, ErrorReply> {
+/// Run a workload for `client` to the end (control task), pushing progress
+/// frames to it through `link`.
+pub fn run(
+    spec: &WorkloadSpec,
+    client: &Session,
+    link: &dyn Link,
+) -> Result<WorkloadReport, Error> {
     let start = crate::time::now_ns();
     let jobs = plan(spec, start)?;
     let total = jobs.len() as u32;
@@ -508,8 +516,6 @@ pub fn run(spec: &WorkloadSpec) -> Result<WorkloadReport, ErrorReply> {
     // The session that asked: if its client goes (killed, say), the
     // workload stops, so the session can serve its next client at once
     // instead of running I/O for nobody.
-    let session = crate::control::current_session();
-    let client = crate::control::client_generation(session);
     loop {
         let done = shared.wq.wait_until_timeout(
             || shared.finished.load(Ordering::SeqCst) >= started,
@@ -518,7 +524,7 @@ pub fn run(spec: &WorkloadSpec) -> Result<WorkloadReport, ErrorReply> {
         if done {
             break;
         }
-        if crate::control::client_generation(session) != client {
+        if !link.present(client) {
             shared.stop.store(true, Ordering::SeqCst);
             // The jobs stop issuing and finish once their I/O in flight
             // completes (or stalls out like any job).
@@ -526,7 +532,7 @@ pub fn run(spec: &WorkloadSpec) -> Result<WorkloadReport, ErrorReply> {
                 || shared.finished.load(Ordering::SeqCst) >= started,
                 STALL_NS,
             );
-            return Err(ErrorReply::new(
+            return Err(Error::plain(
                 ErrorCode::Other,
                 format!(
                     "workload stopped after {} I/Os: the client that asked for it went away",
@@ -540,14 +546,14 @@ pub fn run(spec: &WorkloadSpec) -> Result<WorkloadReport, ErrorReply> {
         }
         last_progress = now;
         let p = progress(&shared, start);
-        crate::control::push(&Response::Block(BlockResponse::Progress(p)));
+        link.push(client, &Response::Block(BlockResponse::Progress(p)));
         let now = crate::time::now_ns();
         if p.ios != last_ios {
             last_ios = p.ios;
             last_change = now;
         } else if now - last_change > STALL_NS {
             shared.stop.store(true, Ordering::SeqCst);
-            return Err(ErrorReply::new(
+            return Err(Error::plain(
                 ErrorCode::Other,
                 format!(
                     "workload stalled: no I/O completed for {} s ({} of {started} jobs finished)",
@@ -558,7 +564,7 @@ pub fn run(spec: &WorkloadSpec) -> Result<WorkloadReport, ErrorReply> {
         }
     }
     if started < total {
-        return Err(ErrorReply::new(
+        return Err(Error::plain(
             ErrorCode::Limit,
             format!("could start only {started} of {total} job tasks (out of memory)"),
         ));

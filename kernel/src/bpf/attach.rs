@@ -18,15 +18,16 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use ktrace_abi::bpf::{AttachTarget, KprobePoint, LinkInfo, LinkTarget, ProgramType};
 use ktrace_abi::trace::PerfEvent;
-use ktrace_abi::{ErrorCode, Response};
 
 use super::prog::{HitInfo, Program};
-use super::{error, Runtime};
+use super::Runtime;
 use crate::arch::PtRegs;
+use crate::error::{Error, Kind};
 use crate::trace::kprobe::{self, KprobeHandler};
 use crate::trace::kretprobe::{self, KretprobeHandler, RetInstance};
 use crate::trace::perf::{self, PerfHandler, Sample};
 use crate::trace::tracepoint::{self, TracepointHandler};
+use ktrace_kprobe::TextAddr;
 
 /// Sampling frequency of `perf_event` programs (bpftrace's `profile:hz:99`).
 pub const PERF_SAMPLE_HZ: u32 = 99;
@@ -190,25 +191,22 @@ impl PerfHandler for BpfPerf {
 }
 
 /// Checks a host-resolved kprobe point against `ksyms`.
-pub fn check_point(p: &KprobePoint) -> Result<(), Response> {
+pub fn check_point(p: &KprobePoint) -> Result<(), Error> {
     if !crate::mm::is_kernel_text(p.address) {
-        return Err(error(
-            ErrorCode::InvalidArgument,
-            -22,
+        return Err(Error::new(
+            Kind::Invalid,
             format!("{:#x} is not in kernel text", p.address),
         ));
     }
     match crate::ksyms::lookup(p.address) {
         Some((sym, off)) if sym.name == p.function && off == p.offset => Ok(()),
-        Some((sym, off)) => Err(error(
-            ErrorCode::InvalidArgument,
-            -22,
+        Some((sym, off)) => Err(Error::new(Kind::Invalid,
             format!(
                 "the host resolved `{}+{:#x}` to {:#x}, but this kernel has `{}+{:#x}` there (is the kernel ELF the one running?)",
                 p.function, p.offset, p.address, sym.name, off
             ),
         )),
-        None => Err(error(ErrorCode::InvalidArgument, -22, format!("{:#x} is in no function of this kernel", p.address))),
+        None => Err(Error::new(Kind::Invalid, format!("{:#x} is in no function of this kernel", p.address))),
     }
 }
 
@@ -240,16 +238,15 @@ pub fn attach(
     prog: &Arc<Program>,
     target: &AttachTarget,
     kretprobe: bool,
-) -> Result<Link, Response> {
+) -> Result<Link, Error> {
     let hits = Arc::new(AtomicU64::new(0));
     let refused = |what: &str, e: &dyn core::fmt::Display| {
-        error(
-            ErrorCode::InvalidArgument,
-            -22,
+        Error::new(
+            Kind::Invalid,
             format!("program `{}`: cannot attach to {what}: {e}", prog.name),
         )
     };
-    let want_ctx = |t: ProgramType| -> Result<(), Response> {
+    let want_ctx = |t: ProgramType| -> Result<(), Error> {
         let ok = match t {
             ProgramType::Kprobe | ProgramType::Kretprobe => {
                 matches!(prog.prog_type, ProgramType::Kprobe | ProgramType::Kretprobe)
@@ -259,9 +256,8 @@ pub fn attach(
         if ok {
             Ok(())
         } else {
-            Err(error(
-                ErrorCode::InvalidArgument,
-                -22,
+            Err(Error::new(
+                Kind::Invalid,
                 format!(
                     "program `{}` is a {:?} program and cannot attach to a {t:?} point",
                     prog.name, prog.prog_type
@@ -273,18 +269,15 @@ pub fn attach(
         AttachTarget::Kprobe { spec, points } => {
             want_ctx(ProgramType::Kprobe)?;
             let [p] = &points[..] else {
-                return Err(error(
-                    ErrorCode::InvalidArgument,
-                    -22,
+                return Err(Error::new(Kind::Invalid,
                     format!("kprobe target `{spec}` must be resolved to exactly one address here, not {}", points.len()),
                 ));
             };
             check_point(p)?;
             if kretprobe {
                 if p.offset != 0 {
-                    return Err(error(
-                        ErrorCode::InvalidArgument,
-                        -22,
+                    return Err(Error::new(
+                        Kind::Invalid,
                         format!(
                             "a kretprobe needs a function entry; `{}+{:#x}` is not one",
                             p.function, p.offset
@@ -295,8 +288,8 @@ pub fn attach(
                     prog: prog.clone(),
                     hits: hits.clone(),
                 });
-                let rp =
-                    kretprobe::register(p.address, 0, h).map_err(|e| refused(&p.function, &e))?;
+                let rp = kretprobe::register(TextAddr(p.address), 0, h)
+                    .map_err(|e| refused(&p.function, &e))?;
                 (
                     LinkTarget::Kretprobe {
                         address: p.address,
@@ -310,7 +303,8 @@ pub fn attach(
                     hits: hits.clone(),
                     func: p.address - p.offset,
                 });
-                let kp = kprobe::register(p.address, h).map_err(|e| refused(&p.function, &e))?;
+                let kp = kprobe::register(TextAddr(p.address), h)
+                    .map_err(|e| refused(&p.function, &e))?;
                 (
                     LinkTarget::Kprobe {
                         address: p.address,
@@ -329,9 +323,8 @@ pub fn attach(
                     name: name.clone(),
                 })
             {
-                return Err(error(
-                    ErrorCode::InvalidArgument,
-                    -22,
+                return Err(Error::new(
+                    Kind::Invalid,
                     format!(
                         "program `{}` was verified for {:?}, not {category}:{name}",
                         prog.name, prog.attach
@@ -393,13 +386,12 @@ pub fn attach(
 
 /// Attaches `prog` to what its section names: every resolved point of a
 /// kprobe glob, the tracepoint, or the perf event.
-pub fn attach_section(rt: &mut Runtime, prog: &Arc<Program>) -> Result<Vec<Link>, Response> {
+pub fn attach_section(rt: &mut Runtime, prog: &Arc<Program>) -> Result<Vec<Link>, Error> {
     let kret = prog.prog_type == ProgramType::Kretprobe;
     let target = prog.attach.clone();
     match &target {
-        AttachTarget::Kprobe { spec, points } if points.is_empty() => Err(error(
-            ErrorCode::InvalidArgument,
-            -22,
+        AttachTarget::Kprobe { spec, points } if points.is_empty() => Err(Error::new(
+            Kind::Invalid,
             format!(
                 "program `{}`: kprobe target `{spec}` was not resolved by the host",
                 prog.name

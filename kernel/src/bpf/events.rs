@@ -5,7 +5,8 @@
 //! could re-enter the scheduler the probe interrupted. The `bpf-events` task
 //! polls that flag every millisecond, drains the streams each control
 //! session subscribed to into [`EventBatch`]es of up to [`BATCH_BYTES`] and
-//! pushes them (id 0) on that session. A stream two sessions subscribed to
+//! hands them (id 0) to the [`Link`] control started it with, which pushes
+//! them on that session. A stream two sessions subscribed to
 //! goes to the one that comes first; a session whose client is gone gets
 //! nothing, and its records wait in their buffers. Every
 //! batch carries each stream's cumulative lost count, so the host can tell
@@ -22,6 +23,7 @@ use ktrace_abi::Response;
 use ktrace_bpf_maps::Map;
 
 use super::kmap::KMap;
+use crate::session::{Link, Session, MAX_SESSIONS};
 
 /// Payload bytes per pushed batch: large enough to amortise framing and
 /// the per-record work, and one transmit buffer of the virtio-serial link
@@ -51,23 +53,30 @@ const NO_SUBS: Subs = Subs {
 };
 
 /// Subscriptions per control session.
-static SUBS: spin::Mutex<[Subs; crate::control::MAX_SESSIONS]> =
-    spin::Mutex::new([NO_SUBS; crate::control::MAX_SESSIONS]);
+static SUBS: spin::Mutex<[Subs; MAX_SESSIONS]> = spin::Mutex::new([NO_SUBS; MAX_SESSIONS]);
 
 /// Tell the event task there is something to drain (any context).
 pub fn kick() {
     KICKED.store(true, Ordering::Release);
 }
 
-/// Replace the set of streams pushed to the current control session.
-pub fn subscribe(maps: Vec<Arc<KMap>>, printk: bool) {
-    let session = crate::control::current_session();
-    if let Some(s) = SUBS.lock().get_mut(session) {
+/// Replace the set of streams pushed to `client`.
+pub fn subscribe(client: &Session, maps: Vec<Arc<KMap>>, printk: bool) {
+    if let Some(s) = SUBS.lock().get_mut(client.id) {
         s.maps = maps;
         s.printk = printk;
-        s.generation = crate::control::client_generation(session);
+        s.generation = client.generation;
     }
     kick();
+}
+
+/// Drop the subscriptions of clients of `now`'s session before `now`.
+pub fn unsubscribe_gone(now: &Session) {
+    if let Some(s) = SUBS.lock().get_mut(now.id) {
+        if s.generation != now.generation {
+            *s = NO_SUBS;
+        }
+    }
 }
 
 /// Forget a freed map.
@@ -78,8 +87,10 @@ pub fn unsubscribe_map(id: u32) {
 }
 
 /// Drains up to `max` records (and [`BATCH_BYTES`]) from `maps` and, with
-/// `printk`, the `trace_printk` queue (printing each line on the console).
-pub fn collect(maps: &[Arc<KMap>], printk: bool, max: usize) -> EventBatch {
+/// `printk`, the `trace_printk` queue (printing each line on the console),
+/// for `client`.
+#[must_use = "the records drained into the batch are lost if it is dropped"]
+pub fn collect(client: &Session, maps: &[Arc<KMap>], printk: bool, max: usize) -> EventBatch {
     let mut records = Vec::new();
     let mut bytes = 0usize;
     let mut lost = Vec::new();
@@ -147,7 +158,7 @@ pub fn collect(maps: &[Arc<KMap>], printk: bool, max: usize) -> EventBatch {
         });
     }
     EventBatch {
-        client_generation: crate::control::client_generation(crate::control::current_session()),
+        client_generation: client.generation,
         seq: 0,
         records,
         lost,
@@ -162,9 +173,8 @@ fn pending(maps: &[Arc<KMap>]) -> bool {
     })
 }
 
-fn task() {
-    let mut last_lost: [Vec<LostCount>; crate::control::MAX_SESSIONS] =
-        core::array::from_fn(|_| Vec::new());
+fn task(link: &dyn Link) {
+    let mut last_lost: [Vec<LostCount>; MAX_SESSIONS] = core::array::from_fn(|_| Vec::new());
     loop {
         crate::task::sleep_ms(1);
         let kicked = KICKED.swap(false, Ordering::AcqRel);
@@ -172,7 +182,7 @@ fn task() {
         if !subs
             .iter()
             .enumerate()
-            .any(|(i, s)| s.printk && crate::control::client_generation(i) == s.generation)
+            .any(|(i, s)| s.printk && link.current(i).generation == s.generation)
         {
             // Nobody listens: still show trace_printk on the console.
             let mut buf = Vec::new();
@@ -191,13 +201,17 @@ fn task() {
             if sub.maps.is_empty() && !sub.printk {
                 continue;
             }
-            if crate::control::client_generation(session) != sub.generation {
+            let client = Session {
+                id: session,
+                generation: sub.generation,
+            };
+            if !link.present(&client) {
                 // Its client left (the interrupt handler saw the port
                 // close); the control task clears the subscription.
                 again |= kicked;
                 continue;
             }
-            if !crate::control::host_connected(session) {
+            if !link.connected(session) {
                 // Records wait in their buffers (a full one counts its
                 // losses) until a client subscribes again.
                 again |= kicked;
@@ -207,19 +221,14 @@ fn task() {
                 continue;
             }
             loop {
-                let mut batch = collect(&sub.maps, sub.printk, usize::MAX);
+                let mut batch = collect(&client, &sub.maps, sub.printk, usize::MAX);
                 if batch.records.is_empty() && batch.lost == last_lost[session] {
                     break;
                 }
                 last_lost[session] = batch.lost.clone();
                 batch.seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
-                batch.client_generation = sub.generation;
                 let full = !batch.records.is_empty();
-                crate::control::push_to(
-                    session,
-                    sub.generation,
-                    &Response::Bpf(BpfResponse::Events(batch)),
-                );
+                link.push(&client, &Response::Bpf(BpfResponse::Events(batch)));
                 if !full {
                     break;
                 }
@@ -231,9 +240,9 @@ fn task() {
     }
 }
 
-/// Starts the event task.
-pub fn start() {
-    if crate::task::spawn("bpf-events", task).is_none() {
+/// Starts the event task, which pushes batches through `link` (control's).
+pub fn start(link: &'static dyn Link) {
+    if crate::task::spawn("bpf-events", move || task(link)).is_none() {
         log::error!("cannot start the bpf-events task: event streams will only be polled");
     }
 }

@@ -18,6 +18,9 @@
 //! `Arc`s a link holds, so unloading never frees anything a running
 //! program uses.
 
+// `unsafe` lives in the hardware corner (arch, mm, drivers, task, sync,
+// ksyms: see main.rs) behind safe interfaces; this subsystem uses those.
+#![deny(unsafe_code)]
 // Errors here are the response frames sent back once per request; their
 // size does not matter.
 #![allow(clippy::result_large_err)]
@@ -27,7 +30,6 @@ pub mod events;
 mod helpers;
 mod kmap;
 mod owners;
-pub use owners::Holder;
 mod printk;
 mod prog;
 pub mod testing;
@@ -44,9 +46,11 @@ use ktrace_abi::bpf::{
     BpfRequest, BpfResponse, Limits, LinkInfo, LoadOptions, MapDefinition, MapEntry, ObjectInfo,
     ObjectLoad, ObjectLoaded, ProgDump, ProgramLoad, Rejected, TestRunResult, Usage,
 };
-use ktrace_abi::{ErrorCode, ErrorReply, Response};
+use ktrace_abi::Response;
 use ktrace_bpf_maps::{Epochs, MapError};
 
+use crate::error::{Answer, Error, Kind};
+use crate::session::Session;
 use kmap::KMap;
 use owners::{Objects, Parts};
 use prog::{HitInfo, LoadError, Program};
@@ -70,12 +74,14 @@ static RT: spin::Mutex<Runtime> = spin::Mutex::new(Runtime {
     limits: DEFAULT_LIMITS,
 });
 
-/// The client of control session `session` went away: free what it held
-/// that no pin keeps (control task, once it saw the port close).
-pub fn release_session(session: usize) {
+/// The clients of `now`'s session before `now` went away: free what they
+/// held that no pin keeps, stop their event streams (control task, once it
+/// saw the port close).
+pub fn release_session(now: &Session) {
+    events::unsubscribe_gone(now);
     let mut rt = RT.lock();
-    let generation = crate::control::client_generation(session);
-    let orphans = rt.objects.release(session, generation);
+    let session = now.id;
+    let orphans = rt.objects.release(now);
     let n = orphans.len();
     for id in orphans {
         rt.free_object(id);
@@ -119,27 +125,10 @@ pub fn init() {
     epochs();
     prog::init();
     printk::init();
-    events::start();
 }
 
-fn error(code: ErrorCode, errno: i32, message: String) -> Response {
-    Response::Error(ErrorReply {
-        code,
-        errno,
-        message,
-    })
-}
-
-fn map_error(e: MapError, what: &str) -> Response {
-    let code = match e {
-        MapError::NotFound => ErrorCode::NotFound,
-        MapError::Exists => ErrorCode::Exists,
-        MapError::TooBig | MapError::NoMemory | MapError::NoSpace => ErrorCode::Limit,
-        MapError::Invalid => ErrorCode::InvalidArgument,
-        MapError::NotSupported => ErrorCode::NotSupported,
-        MapError::Fault | MapError::Internal => ErrorCode::Other,
-    };
-    error(code, e.errno(), format!("{what}: {e}"))
+fn map_error(e: MapError, what: &str) -> Error {
+    Error::new(Kind::Map(e), format!("{what}: {e}"))
 }
 
 fn ok(r: BpfResponse) -> Response {
@@ -162,31 +151,29 @@ impl Runtime {
         }
     }
 
-    fn map(&self, id: u32) -> Result<Arc<KMap>, Response> {
+    fn map(&self, id: u32) -> Result<Arc<KMap>, Error> {
         self.maps.get(&id).cloned().ok_or_else(|| {
             let known: Vec<String> = self
                 .maps
                 .values()
                 .map(|m| format!("{} ({})", m.id, m.name))
                 .collect();
-            error(
-                ErrorCode::NotFound,
-                -2,
+            Error::new(
+                Kind::NoEntry,
                 format!("no map with id {id}; maps: {}", list_or_none(&known)),
             )
         })
     }
 
-    fn prog(&self, id: u32) -> Result<Arc<Program>, Response> {
+    fn prog(&self, id: u32) -> Result<Arc<Program>, Error> {
         self.progs.get(&id).cloned().ok_or_else(|| {
             let known: Vec<String> = self
                 .progs
                 .values()
                 .map(|p| format!("{} ({})", p.id, p.name))
                 .collect();
-            error(
-                ErrorCode::NotFound,
-                -2,
+            Error::new(
+                Kind::NoEntry,
                 format!(
                     "no program with id {id}; programs: {}",
                     list_or_none(&known)
@@ -212,12 +199,11 @@ impl Runtime {
     }
 
     /// Creates maps, checking the count and memory limits over the batch.
-    fn create_maps(&mut self, defs: &[MapDefinition]) -> Result<Vec<Arc<KMap>>, Response> {
+    fn create_maps(&mut self, defs: &[MapDefinition]) -> Result<Vec<Arc<KMap>>, Error> {
         let usage = self.usage();
         if usage.maps as usize + defs.len() > self.limits.maps as usize {
-            return Err(error(
-                ErrorCode::Limit,
-                -7,
+            return Err(Error::new(
+                Kind::TooBig,
                 format!(
                     "{} more maps would exceed the limit of {} maps ({} exist)",
                     defs.len(),
@@ -243,9 +229,9 @@ impl Runtime {
             )
             .map_err(|e| {
                 if e.limit {
-                    error(ErrorCode::Limit, -7, e.message)
+                    Error::new(Kind::TooBig, e.message)
                 } else {
-                    error(ErrorCode::InvalidArgument, -22, e.message)
+                    Error::new(Kind::Invalid, e.message)
                 }
             })?;
             let id = self.id();
@@ -265,17 +251,15 @@ impl Runtime {
                         d.max_entries
                     ),
                 );
-                if let (true, Response::Error(r)) = (no_memory, &mut refusal) {
-                    r.message.push_str("; ");
-                    r.message.push_str(&crate::mm::heap::describe());
+                if no_memory {
+                    refusal.message.push_str("; ");
+                    refusal.message.push_str(&crate::mm::heap::describe());
                 }
                 refusal
             })?;
             memory += m.memory_bytes;
             if memory > self.limits.map_memory_bytes {
-                return Err(error(
-                    ErrorCode::Limit,
-                    -12,
+                return Err(Error::new(Kind::NoMemory,
                     format!(
                         "map `{}` needs {} bytes: map memory would reach {} bytes, over the limit of {} bytes",
                         d.name, m.memory_bytes, memory, self.limits.map_memory_bytes
@@ -293,11 +277,10 @@ impl Runtime {
         maps: Vec<Arc<KMap>>,
         o: &LoadOptions,
         extra: u32,
-    ) -> Result<Arc<Program>, Response> {
+    ) -> Result<Arc<Program>, Error> {
         if self.progs.len() as u32 + extra >= self.limits.programs {
-            return Err(error(
-                ErrorCode::Limit,
-                -7,
+            return Err(Error::new(
+                Kind::TooBig,
                 format!(
                     "program `{}`: the limit of {} loaded programs is reached",
                     p.name, self.limits.programs
@@ -306,9 +289,8 @@ impl Runtime {
         }
         let n = p.insns.len() / 8;
         if n > self.limits.insns_per_program as usize {
-            return Err(error(
-                ErrorCode::Limit,
-                -7,
+            return Err(Error::new(
+                Kind::TooBig,
                 format!(
                     "program `{}` has {n} instructions, over the limit of {} per program",
                     p.name, self.limits.insns_per_program
@@ -318,23 +300,22 @@ impl Runtime {
         let id = self.id();
         match prog::load(id, p, maps, o.log_level, o.insn_budget) {
             Ok(prog) => Ok(Arc::new(prog)),
-            Err(LoadError::Invalid(m)) => Err(error(
-                ErrorCode::InvalidArgument,
-                -22,
+            Err(LoadError::Invalid(m)) => Err(Error::new(
+                Kind::Invalid,
                 format!("program `{}` ({}): {m}", p.name, p.section),
             )),
-            Err(LoadError::NoMemory(m)) => Err(error(
-                ErrorCode::Limit,
-                -12,
+            Err(LoadError::NoMemory(m)) => Err(Error::new(
+                Kind::NoMemory,
                 format!("program `{}` ({}): {m}", p.name, p.section),
             )),
-            Err(LoadError::Rejected(report)) => {
-                Err(ok(BpfResponse::Rejected(Box::new(Rejected {
+            Err(LoadError::Rejected(report)) => Err(Error::new(
+                Kind::Rejected(Box::new(Rejected {
                     program: p.name.clone(),
                     section: p.section.clone(),
                     report: *report,
-                }))))
-            }
+                })),
+                format!("program `{}` ({}) was rejected", p.name, p.section),
+            )),
         }
     }
 
@@ -388,7 +369,8 @@ impl Runtime {
         attach_all: bool,
         o: &LoadOptions,
         pin: Option<String>,
-    ) -> Result<ObjectLoaded, Response> {
+        session: &Session,
+    ) -> Result<ObjectLoaded, Error> {
         self.objects.check_pin(pin.as_deref())?;
         let maps = self.create_maps(&obj.maps)?;
         let mut progs = Vec::new();
@@ -424,7 +406,7 @@ impl Runtime {
             progs: progs.iter().map(|p| p.id).collect(),
             links: link_infos.iter().map(|l| l.id).collect(),
         };
-        let object = self.objects.adopt(name, pin, parts).info();
+        let object = self.objects.adopt(name, pin, parts, session).info();
         log::info!(
             "bpf: loaded `{name}`: {} maps, {} programs, {} links",
             maps.len(),
@@ -458,11 +440,10 @@ pub const MAX_SYNC_CALLS: u32 = 1_000_000;
 /// Wall time after which a test run stops repeating (runs done are reported).
 const TEST_RUN_MAX_NS: u64 = 5_000_000_000;
 
-fn check_sync_count(what: &str, count: u32) -> Result<(), Response> {
+fn check_sync_count(what: &str, count: u32) -> Result<(), Error> {
     if count > MAX_SYNC_CALLS {
-        return Err(error(
-            ErrorCode::Limit,
-            -7,
+        return Err(Error::new(
+            Kind::TooBig,
             format!("{what} count {count} exceeds the limit of {MAX_SYNC_CALLS} calls per request"),
         ));
     }
@@ -480,30 +461,27 @@ const MAX_SPAWNED_CALLS: u32 = 10 * MAX_SYNC_CALLS;
 static TRIGGER_TASKS: AtomicU32 = AtomicU32::new(0);
 
 /// Starts a task that makes `count` traced calls, yielding every 1000.
-fn spawn_trigger(count: u32) -> Result<(), Response> {
+fn spawn_trigger(count: u32) -> Result<(), Error> {
     if count > MAX_SPAWNED_CALLS {
-        return Err(error(
-            ErrorCode::Limit,
-            -7,
+        return Err(Error::new(Kind::TooBig,
             format!("TriggerSpawn count {count} exceeds the limit of {MAX_SPAWNED_CALLS} calls per task"),
         ));
     }
     let running = TRIGGER_TASKS.fetch_add(1, Ordering::AcqRel);
-    let refuse = |code, errno, message: String| {
+    let refuse = |kind, message: String| {
         TRIGGER_TASKS.fetch_sub(1, Ordering::AcqRel);
-        Err(error(code, errno, message))
+        Err(Error::new(kind, message))
     };
     if running >= MAX_TRIGGER_TASKS {
         return refuse(
-            ErrorCode::Limit,
-            -11,
+            Kind::Again,
             format!(
                 "{running} trigger tasks are still running, the most there may be at once (EAGAIN)"
             ),
         );
     }
     if let Err(full) = crate::mm::heap::check_room(crate::task::STACK_BYTES) {
-        return refuse(ErrorCode::Limit, -12, format!("a trigger task {full}"));
+        return refuse(Kind::NoMemory, format!("a trigger task {full}"));
     }
     let spawned = crate::task::spawn("bpf-trigger", move || {
         // Yield now and then so the control task keeps answering.
@@ -517,8 +495,7 @@ fn spawn_trigger(count: u32) -> Result<(), Response> {
     match spawned {
         Some(_) => Ok(()),
         None => refuse(
-            ErrorCode::Other,
-            -12,
+            Kind::NoMemory,
             String::from("cannot spawn the trigger task: no memory for its stack"),
         ),
     }
@@ -526,11 +503,10 @@ fn spawn_trigger(count: u32) -> Result<(), Response> {
 
 /// Context for a test run: the bytes the host sent, and hit information
 /// taken from them where the context is `pt_regs`.
-fn test_run(p: &Program, ctx: &[u8], repeat: u32) -> Result<TestRunResult, Response> {
+fn test_run(p: &Program, ctx: &[u8], repeat: u32) -> Result<TestRunResult, Error> {
     if ctx.len() != p.ctx_size {
-        return Err(error(
-            ErrorCode::InvalidArgument,
-            -22,
+        return Err(Error::new(
+            Kind::Invalid,
             format!(
                 "context is {} bytes; program `{}` ({:?}) takes {} bytes",
                 ctx.len(),
@@ -600,14 +576,9 @@ fn test_run(p: &Program, ctx: &[u8], repeat: u32) -> Result<TestRunResult, Respo
     })
 }
 
-/// Answers one BPF request (control task).
-pub fn handle(req: BpfRequest) -> Response {
-    match handle_inner(req) {
-        Ok(r) | Err(r) => r,
-    }
-}
-
-fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
+/// Answers one BPF request of `session`'s client (control task): what it
+/// creates is that client's.
+pub fn handle(req: BpfRequest, session: &Session) -> Answer {
     let mut rt = RT.lock();
     Ok(match req {
         BpfRequest::LoadObject {
@@ -617,7 +588,7 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
             options,
             pin,
         } => ok(BpfResponse::Object(Box::new(
-            rt.load_object(&name, &object, attach, &options, pin)?,
+            rt.load_object(&name, &object, attach, &options, pin, session)?,
         ))),
         BpfRequest::ObjectList => ok(BpfResponse::Objects(
             rt.objects
@@ -644,9 +615,8 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
                     .values()
                     .filter_map(|o| o.pin.clone())
                     .collect();
-                return Err(error(
-                    ErrorCode::NotFound,
-                    -2,
+                return Err(Error::new(
+                    Kind::NoEntry,
                     format!("no pin `{name}`; pins: {}", list_or_none(&pins)),
                 ));
             };
@@ -664,7 +634,7 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
                 maps: alloc::vec![m.id],
                 ..Parts::default()
             };
-            rt.objects.adopt(&m.name, None, parts);
+            rt.objects.adopt(&m.name, None, parts, session);
             ok(BpfResponse::Map(Box::new(m.info(Vec::new()))))
         }
         BpfRequest::MapLookup { map, key } => {
@@ -744,11 +714,9 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
             let mut err = None;
             for e in &entries {
                 if let Err(x) = inner.update(&e.key, &e.value, flags) {
-                    if let Response::Error(r) =
-                        map_error(x, &format!("update of map {map}, entry {done}"))
-                    {
-                        err = Some(r);
-                    }
+                    err = Some(
+                        map_error(x, &format!("update of map {map}, entry {done}")).into_reply(),
+                    );
                     break;
                 }
                 done += 1;
@@ -762,11 +730,9 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
             let mut err = None;
             for k in &keys {
                 if let Err(x) = inner.delete(k) {
-                    if let Response::Error(r) =
-                        map_error(x, &format!("delete in map {map}, key {done}"))
-                    {
-                        err = Some(r);
-                    }
+                    err = Some(
+                        map_error(x, &format!("delete in map {map}, key {done}")).into_reply(),
+                    );
                     break;
                 }
                 done += 1;
@@ -799,7 +765,7 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
                 progs: alloc::vec![p.id],
                 ..Parts::default()
             };
-            rt.objects.adopt(&p.name, None, parts);
+            rt.objects.adopt(&p.name, None, parts, session);
             ok(BpfResponse::Program(Box::new(p.info(Vec::new()))))
         }
         BpfRequest::ProgList => ok(BpfResponse::Programs(
@@ -841,16 +807,12 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
                 links: alloc::vec![info.id],
                 ..Parts::default()
             };
-            rt.objects.adopt(&p.name, None, parts);
+            rt.objects.adopt(&p.name, None, parts, session);
             ok(BpfResponse::Link(Box::new(info)))
         }
         BpfRequest::Detach { link } => {
             if !rt.links.contains_key(&link) {
-                return Err(error(
-                    ErrorCode::NotFound,
-                    -2,
-                    format!("no link with id {link}"),
-                ));
+                return Err(Error::new(Kind::NoEntry, format!("no link with id {link}")));
             }
             rt.detach_link(link);
             Response::Ok
@@ -860,13 +822,14 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
         )),
         BpfRequest::EventsSubscribe { maps, printk } => {
             let ms = stream_maps(&rt, &maps)?;
-            events::subscribe(ms, printk);
+            events::subscribe(session, ms, printk);
             Response::Ok
         }
         BpfRequest::EventsPoll { maps, printk, max } => {
             let ms = stream_maps(&rt, &maps)?;
             drop(rt);
             ok(BpfResponse::Events(events::collect(
+                session,
                 &ms,
                 printk,
                 (max as usize).max(1),
@@ -881,9 +844,7 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
             // to an allocation deep inside a request.
             let heap_cap = max_map_memory();
             if l.map_memory_bytes > heap_cap || l.insns_per_program > MAX_INSNS_PER_PROGRAM {
-                return Err(error(
-                    ErrorCode::InvalidArgument,
-                    -22,
+                return Err(Error::new(Kind::Invalid,
                     format!(
                         "limits of {} map bytes and {} instructions per program are more than this kernel can hold: at most {heap_cap} map bytes (its heap is {} bytes) and {MAX_INSNS_PER_PROGRAM} instructions",
                         l.map_memory_bytes,
@@ -895,9 +856,7 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
             let u = rt.usage();
             if u.map_memory_bytes > l.map_memory_bytes || u.programs > l.programs || u.maps > l.maps
             {
-                return Err(error(
-                    ErrorCode::Limit,
-                    -16,
+                return Err(Error::new(Kind::Busy,
                     format!(
                         "current use ({} map bytes, {} programs, {} maps) exceeds the requested limits",
                         u.map_memory_bytes, u.programs, u.maps
@@ -931,16 +890,15 @@ fn handle_inner(req: BpfRequest) -> Result<Response, Response> {
     })
 }
 
-fn stream_maps(rt: &Runtime, ids: &[u32]) -> Result<Vec<Arc<KMap>>, Response> {
+fn stream_maps(rt: &Runtime, ids: &[u32]) -> Result<Vec<Arc<KMap>>, Error> {
     ids.iter()
         .map(|&id| {
             let m = rt.map(id)?;
             match m.spec.map_type {
                 ktrace_bpf_maps::map_type::RINGBUF
                 | ktrace_bpf_maps::map_type::PERF_EVENT_ARRAY => Ok(m),
-                t => Err(error(
-                    ErrorCode::InvalidArgument,
-                    -22,
+                t => Err(Error::new(
+                    Kind::Invalid,
                     format!(
                         "map {id} ({}) is a {} map, not a ring buffer or perf event array",
                         m.name,

@@ -4,8 +4,9 @@
 //! its bpffs pins; closing the last of them frees it. Here every request
 //! that creates something (a whole object file, one map, one program, one
 //! link) makes an [`Object`] listing the ids it created, held by the
-//! control session that asked ([`Holder`]: the session and its client
-//! generation) and, when the host asked for it, by a pin name. When the
+//! client that asked (the [`Session`] its request came with: the session
+//! and its client generation) and, when the host asked for it, by a pin
+//! name. When the
 //! client goes (closed, or killed at any byte: the control task sees the
 //! port close) its session lets go of its objects; an object with neither
 //! holder nor pin is freed whole (links detached, programs unloaded, maps
@@ -19,36 +20,18 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use ktrace_abi::bpf::ObjectInfo;
-use ktrace_abi::{ErrorCode, Response};
 
-use super::error;
-
-/// The client of a control session, as it was when it created something:
-/// a later client of the same session is another holder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Holder {
-    pub session: usize,
-    pub generation: u64,
-}
-
-impl Holder {
-    /// The client whose request the running session task answers (even
-    /// if it left while the request ran: it is released right after).
-    pub fn current() -> Self {
-        let session = crate::control::current_session();
-        Self {
-            session,
-            generation: crate::control::serving_generation(session),
-        }
-    }
-}
+use crate::error::{Error, Kind};
+use crate::session::Session;
 
 /// What one request created.
 pub struct Object {
     pub id: u32,
     pub name: String,
     pub pin: Option<String>,
-    pub holder: Option<Holder>,
+    /// The client that created it (even if it left while the request
+    /// ran: it is released right after).
+    pub holder: Option<Session>,
     pub maps: Vec<u32>,
     pub progs: Vec<u32>,
     pub links: Vec<u32>,
@@ -60,7 +43,7 @@ impl Object {
             id: self.id,
             name: self.name.clone(),
             pin: self.pin.clone(),
-            session: self.holder.map(|h| h.session as u32),
+            session: self.holder.map(|h| h.id as u32),
             maps: self.maps.clone(),
             programs: self.progs.clone(),
             links: self.links.clone(),
@@ -92,19 +75,16 @@ impl Objects {
     }
 
     /// Refuses a pin name that is taken (before anything is created).
-    pub fn check_pin(&self, pin: Option<&str>) -> Result<(), Response> {
+    pub fn check_pin(&self, pin: Option<&str>) -> Result<(), Error> {
         let Some(name) = pin else { return Ok(()) };
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_whitespace) {
-            return Err(error(
-                ErrorCode::InvalidArgument,
-                -22,
+            return Err(Error::new(
+                Kind::Invalid,
                 format!("pin name {name:?} must be 1 to 64 characters without spaces"),
             ));
         }
         if let Some(o) = self.by_id.values().find(|o| o.pin.as_deref() == Some(name)) {
-            return Err(error(
-                ErrorCode::Exists,
-                -17,
+            return Err(Error::new(Kind::Exists,
                 format!(
                     "the pin `{name}` is taken by object {} (`{}`): unload it first (`ktrace unload {name}`) or choose another pin name",
                     o.id, o.name
@@ -114,15 +94,21 @@ impl Objects {
         Ok(())
     }
 
-    /// Records what a request of the running session created.
-    pub fn adopt(&mut self, name: &str, pin: Option<String>, parts: Parts) -> &Object {
+    /// Records what a request of `session`'s client created.
+    pub fn adopt(
+        &mut self,
+        name: &str,
+        pin: Option<String>,
+        parts: Parts,
+        session: &Session,
+    ) -> &Object {
         let id = self.next_id;
         self.next_id += 1;
         self.by_id.entry(id).or_insert(Object {
             id,
             name: String::from(name),
             pin,
-            holder: Some(Holder::current()),
+            holder: Some(*session),
             maps: parts.maps,
             progs: parts.progs,
             links: parts.links,
@@ -141,7 +127,7 @@ impl Objects {
     }
 
     /// The object `spec` names: a pin, an id, or a name one object has.
-    pub fn resolve(&self, spec: &str) -> Result<u32, Response> {
+    pub fn resolve(&self, spec: &str) -> Result<u32, Error> {
         if let Some(o) = self.by_id.values().find(|o| o.pin.as_deref() == Some(spec)) {
             return Ok(o.id);
         }
@@ -160,18 +146,16 @@ impl Objects {
                         None => format!("{} ({})", o.id, o.name),
                     })
                     .collect();
-                Err(error(
-                    ErrorCode::NotFound,
-                    -2,
+                Err(Error::new(
+                    Kind::NoEntry,
                     format!(
                         "no object, pin or object id `{spec}`; objects: {}",
                         super::list_or_none(&known)
                     ),
                 ))
             }
-            _ => Err(error(
-                ErrorCode::InvalidArgument,
-                -22,
+            _ => Err(Error::new(
+                Kind::Invalid,
                 format!(
                     "{} objects are named `{spec}`; name one by id ({})",
                     named.len(),
@@ -185,13 +169,14 @@ impl Objects {
         }
     }
 
-    /// Lets go of what earlier clients of `session` held; returns the ids
-    /// of objects that nothing keeps any more.
-    pub fn release(&mut self, session: usize, generation: u64) -> Vec<u32> {
+    /// Lets go of what earlier clients of `now`'s session held; returns
+    /// the ids of objects that nothing keeps any more.
+    #[must_use = "the orphans are to be freed, or they leak"]
+    pub fn release(&mut self, now: &Session) -> Vec<u32> {
         let mut orphans = Vec::new();
         for o in self.by_id.values_mut() {
             if o.holder
-                .is_some_and(|h| h.session == session && h.generation != generation)
+                .is_some_and(|h| h.id == now.id && h.generation != now.generation)
             {
                 o.holder = None;
                 if o.orphaned() {

@@ -341,6 +341,9 @@ impl Program {
         // `RunEnv` implements (every pointer it hands back is map storage
         // or ring memory that stays allocated while `self.maps` holds the
         // maps, and the epoch guard above keeps deleted slots from reuse).
+        // The one unsafe block of the BPF runtime: its argument is the
+        // verifier's proof, which no arch interface could state.
+        #[allow(unsafe_code)]
         let r = unsafe {
             vm.run_fast(
                 &self.exe,

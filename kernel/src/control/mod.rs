@@ -11,22 +11,35 @@
 //! resynchronising [`FrameReader`], so garbage, damaged frames and absurd
 //! lengths are reported with an error frame and skipped, and the next good
 //! frame is still answered. A session must start with `Hello`.
+//!
+//! Control owns the sessions: each request goes down to its subsystem
+//! with a [`Session`] handle naming the client that sent it, refusals come
+//! back as typed [`crate::error::Error`]s turned into error frames in one
+//! place, and the event streams come back through the [`Link`] control
+//! hands the event task. No subsystem calls into this module.
+
+// `unsafe` lives in the hardware corner (arch, mm, drivers, task, sync,
+// ksyms: see main.rs) behind safe interfaces; this subsystem uses those.
+#![deny(unsafe_code)]
 
 use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::arch::apic::{self, IrqTrigger};
 use crate::arch::serial::{COM2, COM2_IRQ};
 use crate::arch::{self, trap};
 use crate::drivers::virtio_serial::{self, SerialPorts, TX_CHUNK};
+use crate::error::{Error, Kind};
+pub use crate::session::MAX_SESSIONS;
+use crate::session::{Link as ClientLink, Session};
 use crate::sync::SpinLock;
 use crate::task::WaitQueue;
 use ktrace_abi::frame::{FrameEvent, FrameReader};
 use ktrace_abi::vm::{DebugRequest, HelloReply, SystemInfo};
-use ktrace_abi::{ErrorCode, ErrorReply, Request, Response, PROTOCOL_VERSION, PUSH_ID};
+use ktrace_abi::{ErrorCode, Request, Response, PROTOCOL_VERSION, PUSH_ID};
 
 /// Vector of the COM2 receive interrupt.
 const COM2_VECTOR: u8 = 0x23;
@@ -39,9 +52,6 @@ const RX_LIMIT: usize = 8 << 20;
 /// frame at the serial rate never pauses this long between chunks.
 const PARTIAL_FRAME_IDLE_NS: u64 = 500_000_000;
 
-/// Client sessions on virtio-serial: ports `1..=MAX_SESSIONS` (QEMU's
-/// `virtserialport`s `nr=1..`).
-pub const MAX_SESSIONS: usize = 4;
 const PORT_IDS: [u32; MAX_SESSIONS] = [1, 2, 3, 4];
 
 /// What the control channel runs on.
@@ -64,8 +74,6 @@ struct Channel {
     /// go, so what a request creates belongs to the client that sent it
     /// even when that client left meanwhile.
     serving: AtomicU64,
-    /// Pid of the session's task (`u32::MAX` before it starts).
-    pid: AtomicU32,
 }
 
 static LINK: spin::Once<Link> = spin::Once::new();
@@ -77,7 +85,6 @@ static CHANNELS: [Channel; MAX_SESSIONS] = [const {
         disconnects: AtomicU64::new(0),
         abandoned: AtomicU64::new(0),
         serving: AtomicU64::new(0),
-        pid: AtomicU32::new(u32::MAX),
     }
 }; MAX_SESSIONS];
 static BAD_FRAMES: AtomicU64 = AtomicU64::new(0);
@@ -178,7 +185,7 @@ fn on_host_change(session: usize, connected: bool, discarded: usize) {
 /// which cannot tell. The event task leaves records in their buffers while
 /// nobody listens, so they are delivered later or counted lost, never
 /// pushed into a closed socket.
-pub fn host_connected(session: usize) -> bool {
+fn host_connected(session: usize) -> bool {
     match LINK.get() {
         Some(Link::Virtio(ports)) => ports.host_connected(session),
         _ => session == 0,
@@ -187,36 +194,50 @@ pub fn host_connected(session: usize) -> bool {
 
 /// How many clients of `session` have gone away: a subscription made
 /// under one generation is void under the next.
-pub fn client_generation(session: usize) -> u64 {
+fn client_generation(session: usize) -> u64 {
     CHANNELS
         .get(session)
         .map_or(0, |c| c.disconnects.load(Ordering::Acquire))
 }
 
-/// The client generation of `session` whose requests are being answered
-/// (see [`Channel::serving`]).
-pub fn serving_generation(session: usize) -> u64 {
-    CHANNELS
-        .get(session)
-        .map_or(0, |c| c.serving.load(Ordering::Acquire))
+/// The client of `session` whose requests are being answered (see
+/// [`Channel::serving`]): the handle its requests go down with.
+fn serving(session: usize) -> Session {
+    Session {
+        id: session,
+        generation: CHANNELS
+            .get(session)
+            .map_or(0, |c| c.serving.load(Ordering::Acquire)),
+    }
 }
 
+/// The link as the subsystems see it: a way to push to a client and to
+/// ask whether it is still there, never a way into this module.
+struct Clients;
+
+impl ClientLink for Clients {
+    fn current(&self, id: usize) -> Session {
+        Session {
+            id,
+            generation: client_generation(id),
+        }
+    }
+    fn connected(&self, id: usize) -> bool {
+        host_connected(id)
+    }
+    fn push(&self, to: &Session, resp: &Response) {
+        push_to(to.id, to.generation, resp);
+    }
+}
+
+static CLIENTS: Clients = Clients;
+
 /// Sessions the link carries.
-pub fn sessions() -> usize {
+fn sessions() -> usize {
     match LINK.get() {
         Some(Link::Virtio(ports)) => ports.len(),
         _ => 1,
     }
-}
-
-/// The session whose task is running: requests are answered, and event
-/// subscriptions made, on the session that asked. Other tasks get 0.
-pub fn current_session() -> usize {
-    let pid = crate::task::current_pid();
-    CHANNELS
-        .iter()
-        .position(|c| c.pid.load(Ordering::Relaxed) == pid)
-        .unwrap_or(0)
 }
 
 fn on_virtio_interrupt() {
@@ -234,7 +255,7 @@ fn poll_link() {
 }
 
 /// The link's name, for `Info`.
-pub fn link_name() -> &'static str {
+fn link_name() -> &'static str {
     match LINK.get() {
         Some(Link::Virtio(_)) => "virtio-serial",
         _ => "COM2",
@@ -249,8 +270,8 @@ fn on_com2_interrupt(_regs: &mut arch::PtRegs, _vector: u8) -> bool {
     true
 }
 
-/// Find the link (virtio-serial, else COM2) and start a control task per
-/// session.
+/// Find the link (virtio-serial, else COM2), start a control task per
+/// session and the event task that pushes their streams.
 pub fn start() {
     let link = match virtio_serial::probe(&PORT_IDS, virtio_sink, on_host_change) {
         Ok(ports) => Link::Virtio(alloc::boxed::Box::new(ports)),
@@ -274,33 +295,29 @@ pub fn start() {
             COM2.enable_rx_interrupt();
         }
     }
-    for (session, ch) in CHANNELS.iter().enumerate().take(sessions()) {
+    for session in 0..sessions().min(MAX_SESSIONS) {
         let name = if session == 0 {
             String::from("control")
         } else {
             format!("control-{session}")
         };
-        match crate::task::spawn(&name, move || control_task(session)) {
-            Some(pid) => ch.pid.store(pid, Ordering::Relaxed),
-            None if session == 0 => panic!("cannot spawn the control task"),
-            None => log::error!("cannot spawn {name}: session {session} is not served"),
+        if crate::task::spawn(&name, move || control_task(session)).is_none() {
+            if session == 0 {
+                panic!("cannot spawn the control task");
+            }
+            log::error!("cannot spawn {name}: session {session} is not served");
         }
     }
+    crate::bpf::events::start(&CLIENTS);
 }
 
 /// Frames refused since boot.
-pub fn bad_frames() -> u64 {
+fn bad_frames() -> u64 {
     BAD_FRAMES.load(Ordering::Relaxed)
 }
 
-/// Send one response frame on the current task's session. Task context
-/// only.
-pub fn send(id: u32, resp: &Response) {
-    send_to(current_session(), id, resp);
-}
-
 /// Send one frame on `session`. Task context only.
-pub fn send_to(session: usize, id: u32, resp: &Response) {
+fn send(session: usize, id: u32, resp: &Response) {
     send_frame(session, None, id, resp);
 }
 
@@ -367,23 +384,24 @@ fn send_frame(session: usize, generation: Option<u64>, id: u32, resp: &Response)
     }
 }
 
-/// Push an unsolicited frame to the current task's session.
-pub fn push(resp: &Response) {
-    send(PUSH_ID, resp);
+/// Push an unsolicited frame to `session`.
+fn push(session: usize, resp: &Response) {
+    send(session, PUSH_ID, resp);
 }
 
 /// Push an unsolicited frame (event streams) to the client of `session`
 /// whose generation (see [`client_generation`]) is `generation`; dropped
 /// if that client has gone.
-pub fn push_to(session: usize, generation: u64, resp: &Response) {
+fn push_to(session: usize, generation: u64, resp: &Response) {
     send_frame(session, Some(generation), PUSH_ID, resp);
 }
 
 fn error(code: ErrorCode, message: String) -> Response {
-    Response::Error(ErrorReply::new(code, message))
+    Error::plain(code, message).into_response()
 }
 
-struct Session {
+/// What a session's task knows of its client.
+struct Greeting {
     greeted: bool,
 }
 
@@ -391,7 +409,7 @@ fn control_task(id: usize) {
     let ch = &CHANNELS[id];
     let mut reader = FrameReader::new();
     let mut chunk: Vec<u8> = Vec::with_capacity(RX_CHUNK);
-    let mut session = Session { greeted: false };
+    let mut greeting = Greeting { greeted: false };
     let mut last_rx_ns = crate::time::now_ns();
     let mut disconnects = ch.disconnects.load(Ordering::Acquire);
     ch.serving.store(disconnects, Ordering::Release);
@@ -417,11 +435,12 @@ fn control_task(id: usize) {
                 log::warn!("session {id}: the client left {partial} bytes of an unfinished frame");
             }
             reader.clear();
-            session.greeted = false;
-            crate::bpf::events::subscribe(Vec::new(), false);
-            // What the client created and did not pin goes with it.
-            crate::bpf::release_session(id);
-            crate::trace::control::release_session(id);
+            greeting.greeted = false;
+            // What the clients before this one created and did not pin
+            // goes with them; their event streams stop.
+            let now = CLIENTS.current(id);
+            crate::bpf::release_session(&now);
+            crate::trace::control::release_session(&now);
             log::info!("host disconnected from session {id}");
         }
         chunk.clear();
@@ -449,13 +468,16 @@ fn control_task(id: usize) {
                 let n = reader.buffered();
                 reader.clear();
                 BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                push(&error(
-                    ErrorCode::BadFrame,
-                    format!(
+                push(
+                    id,
+                    &error(
+                        ErrorCode::BadFrame,
+                        format!(
                         "dropped a partial frame of {n} bytes after the line was idle for {} ms",
                         PARTIAL_FRAME_IDLE_NS / 1_000_000
                     ),
-                ));
+                    ),
+                );
             }
             continue;
         }
@@ -474,45 +496,57 @@ fn control_task(id: usize) {
                 .map_err(|_| String::from("cannot grow the receive buffer"))
         }) {
             // Answer the request the frame carried, when its id arrived.
-            let id = postcard::take_from_bytes::<u32>(reader.partial_payload())
+            let request = postcard::take_from_bytes::<u32>(reader.partial_payload())
                 .map(|(id, _)| id)
                 .unwrap_or(PUSH_ID);
             reader.clear();
             BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
             send(
                 id,
-                &Response::Error(ErrorReply::no_memory(format!(
-                    "dropped an unfinished frame of {held} bytes: buffering it {why}"
-                ))),
+                request,
+                &Error::new(
+                    Kind::NoMemory,
+                    format!("dropped an unfinished frame of {held} bytes: buffering it {why}"),
+                )
+                .into_response(),
             );
             continue;
         }
         while let Some(event) = reader.next_event() {
             match event {
-                FrameEvent::Frame(payload) => handle_payload(&mut session, &payload),
+                FrameEvent::Frame(payload) => handle_payload(serving(id), &mut greeting, &payload),
                 FrameEvent::Skipped(n) => {
                     BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                    push(&error(
-                        ErrorCode::BadFrame,
-                        format!("skipped {n} bytes that were not a frame"),
-                    ));
+                    push(
+                        id,
+                        &error(
+                            ErrorCode::BadFrame,
+                            format!("skipped {n} bytes that were not a frame"),
+                        ),
+                    );
                 }
                 FrameEvent::TooLong(len) => {
                     BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                    push(&error(
-                        ErrorCode::BadFrame,
-                        format!(
-                            "frame announces {len} bytes, more than the limit of {}",
-                            ktrace_abi::frame::MAX_PAYLOAD
+                    push(
+                        id,
+                        &error(
+                            ErrorCode::BadFrame,
+                            format!(
+                                "frame announces {len} bytes, more than the limit of {}",
+                                ktrace_abi::frame::MAX_PAYLOAD
+                            ),
                         ),
-                    ));
+                    );
                 }
                 FrameEvent::BadCrc => {
                     BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                    push(&error(
-                        ErrorCode::BadFrame,
-                        String::from("frame CRC mismatch: frame dropped"),
-                    ));
+                    push(
+                        id,
+                        &error(
+                            ErrorCode::BadFrame,
+                            String::from("frame CRC mismatch: frame dropped"),
+                        ),
+                    );
                 }
             }
         }
@@ -525,7 +559,8 @@ const DECODED_BYTES_PER_PAYLOAD_BYTE: usize = 2;
 /// Requests up to this size decode without a heap check.
 const SMALL_REQUEST_BYTES: usize = 64 << 10;
 
-fn handle_payload(session: &mut Session, payload: &[u8]) {
+/// Answers one request frame of `session`'s client.
+fn handle_payload(session: Session, greeting: &mut Greeting, payload: &[u8]) {
     // Small requests always decode: the heap's reserve covers them, and a
     // delete that would free memory must get through on a full heap.
     let room = if payload.len() > SMALL_REQUEST_BYTES {
@@ -538,11 +573,13 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
             .map(|(id, _)| id)
             .unwrap_or(PUSH_ID);
         send(
+            session.id,
             id,
-            &Response::Error(ErrorReply::no_memory(format!(
-                "a request of {} bytes {full}",
-                payload.len()
-            ))),
+            &Error::new(
+                Kind::NoMemory,
+                format!("a request of {} bytes {full}", payload.len()),
+            )
+            .into_response(),
         );
         return;
     }
@@ -555,6 +592,7 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
                 .map(|(id, _)| id)
                 .unwrap_or(PUSH_ID);
             send(
+                session.id,
                 id,
                 &error(ErrorCode::Decode, format!("request does not decode: {e}")),
             );
@@ -570,20 +608,20 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
                     format!("protocol version {} is not supported; this kernel speaks {PROTOCOL_VERSION}", h.protocol_version),
                 )
             } else {
-                session.greeted = true;
+                greeting.greeted = true;
                 log::info!("host connected: {}", h.client);
                 Response::Hello(HelloReply {
                     kernel_version: String::from(crate::KERNEL_VERSION),
                     protocol_version: PROTOCOL_VERSION,
                     uptime_ns: crate::time::now_ns(),
-                    client_generation: client_generation(current_session()),
+                    client_generation: session.generation,
                 })
             }
         }
-        _ if !session.greeted => error(ErrorCode::Version, String::from("send Hello first")),
+        _ if !greeting.greeted => error(ErrorCode::Version, String::from("send Hello first")),
         Request::Info => Response::Info(system_info()),
         Request::Shutdown { exit_code } => {
-            send(id, &Response::Ok);
+            send(session.id, id, &Response::Ok);
             log::info!("shutdown requested by the host (exit code {exit_code:#x})");
             arch::qemu_exit(exit_code);
         }
@@ -594,6 +632,12 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
         Request::Debug(DebugRequest::SelfTest { name }) => match crate::debug::run_self_test(&name)
         {
             Some(r) => Response::SelfTest(r),
+            None if !crate::debug::HAS_SELF_TESTS => error(
+                ErrorCode::NotFound,
+                format!(
+                    "no self test named {name:?}: this kernel was built without them (the `self-tests` feature)"
+                ),
+            ),
             None => error(
                 ErrorCode::NotFound,
                 format!(
@@ -602,11 +646,17 @@ fn handle_payload(session: &mut Session, payload: &[u8]) {
                 ),
             ),
         },
-        Request::Trace(r) => crate::trace::control::handle(r),
-        Request::Bpf(r) => crate::bpf::handle(r),
-        Request::Block(r) => crate::block::handle(r),
+        Request::Trace(r) => answer(crate::trace::control::handle(r, &session)),
+        Request::Bpf(r) => answer(crate::bpf::handle(r, &session)),
+        Request::Block(r) => answer(crate::block::handle(r, &session, &CLIENTS)),
     };
-    send(id, &resp);
+    send(session.id, id, &resp);
+}
+
+/// The answer to a subsystem's request: its response, or its refusal as
+/// the wire says it.
+fn answer(a: crate::error::Answer) -> Response {
+    a.unwrap_or_else(Error::into_response)
 }
 
 fn system_info() -> SystemInfo {

@@ -57,6 +57,7 @@ pub fn page_table_bytes() -> u64 {
 }
 
 /// Allocate `count` physically contiguous frames (never from the free list).
+#[must_use = "the frames are never handed out again"]
 pub fn alloc_contiguous(count: u64) -> Option<u64> {
     let mut f = FRAMES.lock();
     let size = count * PAGE;
@@ -75,7 +76,22 @@ pub fn alloc_contiguous(count: u64) -> Option<u64> {
     None
 }
 
+/// `count` contiguous frames as zeroed memory of the caller's for good
+/// (a RAM disk's storage), or `None` when memory is short.
+#[must_use = "the frames are never handed out again"]
+pub fn alloc_forever(count: u64) -> Option<&'static mut [u8]> {
+    let base = alloc_contiguous(count)?;
+    let len = usize::try_from(count * PAGE).ok()?;
+    // SAFETY: `alloc_contiguous` handed these identity-mapped frames to us
+    // alone and never hands them out again, so the slice aliases nothing
+    // and lives forever.
+    let memory = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, len) };
+    memory.fill(0);
+    Some(memory)
+}
+
 /// Allocate one zeroed frame (used for page tables).
+#[must_use = "a dropped frame is leaked"]
 pub fn alloc_zeroed() -> Option<u64> {
     let reused = {
         let mut f = FRAMES.lock();

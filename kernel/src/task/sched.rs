@@ -140,6 +140,7 @@ pub fn init() {
 
 /// Start a kernel task running `f`. Returns its pid, or `None` when out of
 /// memory.
+#[must_use = "a task that could not be spawned never runs"]
 pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<Pid> {
     let stack = KernelStack::new()?;
     let start: Box<Box<dyn FnOnce() + Send>> = Box::new(Box::new(f));

@@ -13,14 +13,16 @@ use ktrace_abi::trace::{
     BlacklistEntry, ProbeInfo, ProbeKind, ProbeTarget, RetprobePool, TraceRequest, TraceResponse,
     TracepointField, TracepointInfo,
 };
-use ktrace_abi::{ErrorCode, ErrorReply, Response};
+use ktrace_abi::{ErrorCode, Response};
 
 use super::kprobe::{self, KprobeError, KprobeHandler};
 use super::kretprobe::{self, KretprobeHandler, RetInstance};
 use super::perf::{self, PerfError};
 use super::tracepoint::{self, TracepointHandler};
 use crate::arch::PtRegs;
-use crate::bpf::Holder;
+use crate::error::{Answer, Error};
+use crate::session::Session;
+use ktrace_kprobe::TextAddr;
 
 /// Counts hits and keeps the last value seen: the first argument (kprobe),
 /// the return value and summed latency (kretprobe), the first record word
@@ -75,11 +77,11 @@ impl TracepointHandler for CountHandler {
 /// Counting handlers attached over the control channel, by probe id.
 static COUNTERS: spin::Mutex<BTreeMap<u32, Arc<CountHandler>>> = spin::Mutex::new(BTreeMap::new());
 
-fn err(code: ErrorCode, message: String) -> Response {
-    Response::Error(ErrorReply::new(code, message))
+fn err(code: ErrorCode, message: String) -> Error {
+    Error::plain(code, message)
 }
 
-fn kprobe_err(e: KprobeError) -> Response {
+fn kprobe_err(e: KprobeError) -> Error {
     let code = match &e {
         KprobeError::UnknownSymbol(_) | KprobeError::NotFound(_) => ErrorCode::NotFound,
         KprobeError::OutOfMemory => ErrorCode::Limit,
@@ -89,7 +91,7 @@ fn kprobe_err(e: KprobeError) -> Response {
     err(code, e.to_string())
 }
 
-fn perf_err(e: PerfError) -> Response {
+fn perf_err(e: PerfError) -> Error {
     let code = match &e {
         PerfError::NotFound(_) => ErrorCode::NotFound,
         PerfError::NotSupported(_) => ErrorCode::NotSupported,
@@ -118,7 +120,7 @@ fn probe_info(id: u32) -> Option<ProbeInfo> {
             kind: ProbeKind::Kretprobe {
                 maxactive: rp.maxactive(),
             },
-            addr: rp.func(),
+            addr: rp.func().get(),
             symbol,
             offset,
             hits: rp.hits(),
@@ -136,7 +138,7 @@ fn probe_info(id: u32) -> Option<ProbeInfo> {
     Some(ProbeInfo {
         id,
         kind: ProbeKind::Kprobe,
-        addr: k.addr(),
+        addr: k.addr().get(),
         symbol,
         offset,
         hits: k.hits(),
@@ -167,9 +169,10 @@ pub fn list_probes() -> Vec<ProbeInfo> {
     out
 }
 
-fn resolve(target: &ProbeTarget) -> Result<u64, KprobeError> {
+fn resolve(target: &ProbeTarget) -> Result<TextAddr, KprobeError> {
     match target {
-        ProbeTarget::Address(a) => Ok(*a),
+        // A claim to be text, which registration checks.
+        ProbeTarget::Address(a) => Ok(TextAddr(*a)),
         ProbeTarget::Symbol { name, offset } => kprobe::resolve(name, *offset),
     }
 }
@@ -222,15 +225,16 @@ fn blacklist() -> Vec<BlacklistEntry> {
     out
 }
 
-/// Answer one trace request.
-pub fn handle(req: TraceRequest) -> Response {
-    let ok = |r: TraceResponse| Response::Trace(r);
+/// Answer one trace request of `session`'s client: the perf events it
+/// opens are that client's.
+pub fn handle(req: TraceRequest, session: &Session) -> Answer {
+    let ok = |r: TraceResponse| Ok(Response::Trace(r));
     match req {
         TraceRequest::ListProbes => ok(TraceResponse::Probes(list_probes())),
         TraceRequest::AddProbe { target, kind } => {
             let addr = match resolve(&target) {
                 Ok(a) => a,
-                Err(e) => return kprobe_err(e),
+                Err(e) => return Err(kprobe_err(e)),
             };
             let counter = Arc::new(CountHandler::default());
             let id = match kind {
@@ -244,13 +248,13 @@ pub fn handle(req: TraceRequest) -> Response {
                     COUNTERS.lock().insert(id, counter);
                     match probe_info(id) {
                         Some(info) => ok(TraceResponse::ProbeAdded(info)),
-                        None => err(
+                        None => Err(err(
                             ErrorCode::Other,
                             format!("probe {id} vanished after registration"),
-                        ),
+                        )),
                     }
                 }
-                Err(e) => kprobe_err(e),
+                Err(e) => Err(kprobe_err(e)),
             }
         }
         TraceRequest::RemoveProbe { id } => {
@@ -264,9 +268,9 @@ pub fn handle(req: TraceRequest) -> Response {
             match r {
                 Ok(()) => {
                     COUNTERS.lock().remove(&id);
-                    Response::Ok
+                    Ok(Response::Ok)
                 }
-                Err(e) => kprobe_err(e),
+                Err(e) => Err(kprobe_err(e)),
             }
         }
         TraceRequest::ListBlacklist => ok(TraceResponse::Blacklist(blacklist())),
@@ -286,49 +290,47 @@ pub fn handle(req: TraceRequest) -> Response {
                     TP_COUNTERS.lock().insert(id, counter);
                     ok(TraceResponse::Attached { id })
                 }
-                Err(e) => err(ErrorCode::NotFound, e.to_string()),
+                Err(e) => Err(err(ErrorCode::NotFound, e.to_string())),
             }
         }
         TraceRequest::DetachTracepoint { id } => match tracepoint::detach(id) {
             Ok(()) => {
                 TP_COUNTERS.lock().remove(&id);
-                Response::Ok
+                Ok(Response::Ok)
             }
-            Err(e) => err(ErrorCode::NotFound, e.to_string()),
+            Err(e) => Err(err(ErrorCode::NotFound, e.to_string())),
         },
         TraceRequest::PerfOpen { event } => match perf::open(&event) {
             Ok(id) => {
-                PERF_HOLDERS.lock().insert(id, Holder::current());
+                PERF_HOLDERS.lock().insert(id, *session);
                 ok(TraceResponse::PerfOpened { id })
             }
-            Err(e) => perf_err(e),
+            Err(e) => Err(perf_err(e)),
         },
-        TraceRequest::PerfEnable { id } => perf::enable(id)
-            .map(|_| Response::Ok)
-            .unwrap_or_else(perf_err),
-        TraceRequest::PerfDisable { id } => perf::disable(id)
-            .map(|_| Response::Ok)
-            .unwrap_or_else(perf_err),
+        TraceRequest::PerfEnable { id } => perf::enable(id).map(|_| Response::Ok).map_err(perf_err),
+        TraceRequest::PerfDisable { id } => {
+            perf::disable(id).map(|_| Response::Ok).map_err(perf_err)
+        }
         TraceRequest::PerfEnableGroup { ids } => perf::enable_group(&ids)
             .map(|_| Response::Ok)
-            .unwrap_or_else(perf_err),
+            .map_err(perf_err),
         TraceRequest::PerfDisableGroup { ids } => perf::disable_group(&ids)
             .map(|_| Response::Ok)
-            .unwrap_or_else(perf_err),
+            .map_err(perf_err),
         TraceRequest::PerfRead { id } => match perf::read(id) {
             Ok(v) => ok(TraceResponse::PerfValue(v)),
-            Err(e) => perf_err(e),
+            Err(e) => Err(perf_err(e)),
         },
         TraceRequest::PerfDrain { id, max } => match perf::drain(id, max as usize) {
             Ok((samples, lost)) => ok(TraceResponse::PerfSamples { samples, lost }),
-            Err(e) => perf_err(e),
+            Err(e) => Err(perf_err(e)),
         },
         TraceRequest::PerfClose { id } => perf::close(id)
             .map(|_| {
                 PERF_HOLDERS.lock().remove(&id);
                 Response::Ok
             })
-            .unwrap_or_else(perf_err),
+            .map_err(perf_err),
     }
 }
 
@@ -337,17 +339,17 @@ pub fn handle(req: TraceRequest) -> Response {
 /// tracepoint attachments behind them) and its sampling timer. When that
 /// client goes, however it goes (`kill -9` included), they are closed, so
 /// the next `kperf record` does not find the one timer busy.
-static PERF_HOLDERS: spin::Mutex<BTreeMap<u32, Holder>> = spin::Mutex::new(BTreeMap::new());
+static PERF_HOLDERS: spin::Mutex<BTreeMap<u32, Session>> = spin::Mutex::new(BTreeMap::new());
 
-/// The client of control session `session` went away: close the perf
-/// events it opened (control task, once it saw the port close).
-pub fn release_session(session: usize) {
-    let generation = crate::control::client_generation(session);
+/// The clients of `now`'s session before `now` went away: close the perf
+/// events they opened (control task, once it saw the port close).
+pub fn release_session(now: &Session) {
+    let session = now.id;
     let gone: Vec<u32> = {
         let mut holders = PERF_HOLDERS.lock();
         let ids: Vec<u32> = holders
             .iter()
-            .filter(|(_, h)| h.session == session && h.generation != generation)
+            .filter(|(_, h)| h.id == session && h.generation != now.generation)
             .map(|(id, _)| *id)
             .collect();
         for id in &ids {

@@ -42,7 +42,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use ktrace_kprobe::x86_64::{self as insn, rflags, Exec, Insn, StepFixup};
-use ktrace_kprobe::Refusal;
+use ktrace_kprobe::{Refusal, TextAddr};
 
 use super::text::{self, TextError};
 use crate::arch::text_patch;
@@ -76,7 +76,7 @@ pub trait KprobeHandler: Send + Sync {
 /// A registered kprobe.
 pub struct Kprobe {
     id: u32,
-    addr: u64,
+    addr: TextAddr,
     handler: Arc<dyn KprobeHandler>,
     hits: AtomicU64,
     missed: AtomicU64,
@@ -89,7 +89,7 @@ impl Kprobe {
         self.id
     }
     /// The probed address.
-    pub fn addr(&self) -> u64 {
+    pub fn addr(&self) -> TextAddr {
         self.addr
     }
     /// Times the pre handler ran.
@@ -106,7 +106,7 @@ impl Kprobe {
     }
     /// Whether the instruction currently runs boosted.
     pub fn boosted(&self) -> bool {
-        find_site(self.addr).is_some_and(|s| s.boost)
+        find_site(self.addr.get()).is_some_and(|s| s.boost)
     }
     /// The handler.
     pub fn handler(&self) -> &Arc<dyn KprobeHandler> {
@@ -239,7 +239,9 @@ pub fn init() {
 /// instruction with an exception fix-up: a fault in a boosted copy runs
 /// with no step state to map it back, and the fix-up would be missed.
 fn may_boost(insn: &Insn, probes: &[Arc<Kprobe>]) -> bool {
-    insn.boostable() && !text::has_fixup(insn.addr) && probes.iter().all(|p| !p.handler.has_post())
+    insn.boostable()
+        && !text::has_fixup(TextAddr(insn.addr))
+        && probes.iter().all(|p| !p.handler.has_post())
 }
 
 /// The site at `addr`. A hand-written search: the trap path must not call
@@ -275,7 +277,8 @@ fn publish(new: Vec<Arc<Site>>) -> Vec<Arc<Site>> {
 }
 
 /// Check an address: text, symbol, blacklist, boundary, instruction.
-pub fn check_address(addr: u64) -> Result<Insn, Refusal> {
+pub fn check_address(addr: TextAddr) -> Result<Insn, Refusal> {
+    let addr = addr.get();
     if !crate::mm::is_kernel_text(addr) {
         return Err(Refusal::NotText { addr });
     }
@@ -289,14 +292,14 @@ pub fn check_address(addr: u64) -> Result<Insn, Refusal> {
     // As compiled: an `int3` or `jmp` planted by another claim would shift
     // the decoding (a probe one byte after a probed instruction start
     // looked like a boundary) or hide valid boundaries after it.
-    if text::read_original(sym.addr, &mut code).is_err() {
+    if text::read_original(TextAddr(sym.addr), &mut code).is_err() {
         return Err(Refusal::NotText { addr });
     }
     insn::check_boundary(&code, sym.addr, addr)?;
     let off = (addr - sym.addr) as usize;
     let end = (off + insn::MAX_INSN_LEN).min(code.len());
     let decoded = insn::analyze(&code[off..end], addr)?;
-    text::check_free(addr, decoded.len)?;
+    text::check_free(TextAddr(addr), decoded.len)?;
     Ok(decoded)
 }
 
@@ -314,13 +317,14 @@ fn alloc_slot() -> Option<Arc<Slot>> {
 }
 
 /// Register `handler` at `addr`.
-pub fn register(addr: u64, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe>, KprobeError> {
+pub fn register(at: TextAddr, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe>, KprobeError> {
     init();
+    let addr = at.get();
     let _reg = REGISTRY.lock();
     let existing = find_site(addr);
     let probe = Arc::new(Kprobe {
         id: next_id(),
-        addr,
+        addr: at,
         handler,
         hits: AtomicU64::new(0),
         missed: AtomicU64::new(0),
@@ -340,11 +344,11 @@ pub fn register(addr: u64, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kprobe
             }
         }
         None => {
-            let decoded = check_address(addr)?;
+            let decoded = check_address(at)?;
             let slot = if decoded.needs_slot() {
                 let slot = alloc_slot().ok_or(KprobeError::OutOfMemory)?;
                 let code = insn::build_slot(&decoded, slot.addr)?;
-                text::write_slot(slot.addr, &code)?;
+                text::write_slot(TextAddr(slot.addr), &code)?;
                 Some(slot)
             } else {
                 None
@@ -391,7 +395,7 @@ pub fn register_symbol(
 }
 
 /// The address of `name + offset`.
-pub fn resolve(name: &str, offset: u64) -> Result<u64, KprobeError> {
+pub fn resolve(name: &str, offset: u64) -> Result<TextAddr, KprobeError> {
     let sym =
         crate::ksyms::find(name).ok_or_else(|| KprobeError::UnknownSymbol(String::from(name)))?;
     if offset >= u64::from(sym.size.max(1)) {
@@ -401,7 +405,7 @@ pub fn resolve(name: &str, offset: u64) -> Result<u64, KprobeError> {
             size: u64::from(sym.size),
         });
     }
-    Ok(sym.addr + offset)
+    Ok(TextAddr(sym.addr + offset))
 }
 
 /// Unregister a probe by id: restore the byte (if it was the last probe at
@@ -417,7 +421,7 @@ pub fn unregister(id: u32) -> Result<(), KprobeError> {
     let mut table = table;
     if site.probes.len() == 1 {
         // Restore first: from now on no new hit can start.
-        text::disarm_breakpoint(site.addr)?;
+        text::disarm_breakpoint(TextAddr(site.addr))?;
         table.remove(idx);
     } else {
         let probes: Vec<Arc<Kprobe>> = site.probes.iter().filter(|p| p.id != id).cloned().collect();
@@ -463,8 +467,8 @@ pub fn get(id: u32) -> Option<Arc<Kprobe>> {
 }
 
 /// Whether `addr` runs boosted, and its instruction decision.
-pub fn site_info(addr: u64) -> Option<(bool, Insn)> {
-    find_site(addr).map(|s| (s.boost, s.insn))
+pub fn site_info(addr: TextAddr) -> Option<(bool, Insn)> {
+    find_site(addr.get()).map(|s| (s.boost, s.insn))
 }
 
 /// Breakpoints that found no site (raced with an unregister).
@@ -560,7 +564,7 @@ fn execute(site: Arc<Site>, regs: &mut PtRegs, run_post: bool) {
     if let Some(e) = insn::emulate(&site.insn, regs.eflags, regs.rcx) {
         if let Some(ret) = e.push {
             let sp = regs.rsp.wrapping_sub(8);
-            if text_patch::write_stack_u64(sp, ret).is_err() {
+            if trap::write_interrupted_stack(regs, sp, ret).is_err() {
                 // Cannot happen on a kernel stack; leave the breakpoint
                 // trap to the fatal path rather than corrupt anything.
                 crate::panic::fatal_exception(regs, 3);
@@ -634,7 +638,7 @@ fn on_debug(regs: &mut PtRegs, _vector: u8) -> bool {
     if step.fixup == StepFixup::IndirectCall {
         let pushed = st.slot + u64::from(st.site.insn.len);
         if text_patch::read_u64(regs.rsp) == Some(pushed) {
-            let _ = text_patch::write_stack_u64(regs.rsp, st.site.insn.next());
+            let _ = trap::write_interrupted_stack(regs, regs.rsp, st.site.insn.next());
         }
     }
     let keep = rflags::TF | rflags::IF;
@@ -776,21 +780,13 @@ pub mod blacklist {
         },
     ];
 
-    unsafe extern "C" {
-        static __entry_text_start: u8;
-        static __entry_text_end: u8;
-        static __nokprobe_start: u64;
-        static __nokprobe_end: u64;
-    }
-
     /// Address ranges that must never trap: the whole `.text.entry`
     /// section (interrupt and exception entry, context switch, the
     /// kretprobe trampoline), bounded by the linker script's symbols so
     /// that anything placed there is covered whether or not it has a
     /// sized symbol, and every function named in the `.nokprobe` section.
     pub fn ranges() -> Vec<Range> {
-        let start = core::ptr::addr_of!(__entry_text_start) as u64;
-        let end = core::ptr::addr_of!(__entry_text_end) as u64;
+        let core::ops::Range { start, end } = crate::arch::sections::entry_text();
         let mut out = alloc::vec![Range {
             start,
             end,
@@ -811,13 +807,11 @@ pub mod blacklist {
     }
 
     fn nokprobe_addrs() -> Vec<u64> {
-        let start = core::ptr::addr_of!(__nokprobe_start);
-        let end = core::ptr::addr_of!(__nokprobe_end);
-        let n = (end as usize - start as usize) / 8;
-        (0..n)
-            .filter_map(|i| {
+        crate::arch::sections::nokprobe_table()
+            .step_by(8)
+            .filter_map(|a| {
                 let mut b = [0u8; 8];
-                trap::copy_from_kernel_nofault(&mut b, start as u64 + 8 * i as u64).ok()?;
+                trap::copy_from_kernel_nofault(&mut b, a).ok()?;
                 Some(u64::from_le_bytes(b))
             })
             .collect()
@@ -829,23 +823,9 @@ pub mod blacklist {
     }
 }
 
-/// Mark functions as never probe-able (Linux's `NOKPROBE_SYMBOL`): their
-/// addresses go to the `.nokprobe` section, which the blacklist reads.
-#[macro_export]
-macro_rules! nokprobe {
-    ($($f:path),* $(,)?) => {$(
-        core::arch::global_asm!(
-            ".pushsection .nokprobe, \"a\"",
-            ".balign 8",
-            ".quad {f}",
-            ".popsection",
-            f = sym $f,
-        );
-    )*};
-}
-
 /// Describe a probe for listings.
-pub fn describe(addr: u64) -> (String, u64) {
+pub fn describe(at: TextAddr) -> (String, u64) {
+    let addr = at.get();
     match crate::ksyms::lookup(addr) {
         Some((s, off)) => (String::from(s.name), off),
         None => (format!("{addr:#x}"), 0),

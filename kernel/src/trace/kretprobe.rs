@@ -6,7 +6,7 @@
 //! the entry timestamp and handler data, and replaces it with the address
 //! of `kretprobe_trampoline` (`arch/x86_64/probe_entry.S`). When the
 //! function returns, the trampoline saves the registers and calls
-//! [`kretprobe_trampoline_handler`], which finds the instance **by the
+//! [`on_return`], which finds the instance **by the
 //! stack slot** that held the return address. Stack slots are unique among
 //! calls in flight, whichever task made them, so a function that sleeps
 //! while another task enters it (or recursion) gets each return address
@@ -33,8 +33,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use ktrace_kprobe::pool::{Pool, Quota};
 
 use super::kprobe::{self, DepthGuard, Kprobe, KprobeError, KprobeHandler};
-use crate::arch::{text_patch, PtRegs};
-use ktrace_kprobe::Refusal;
+use crate::arch::{text_patch, trap, PtRegs};
+use ktrace_kprobe::{Refusal, TextAddr};
 
 /// Instances shared by all return probes.
 const POOL_SIZE: usize = 512;
@@ -86,7 +86,7 @@ pub trait KretprobeHandler: Send + Sync {
 /// A registered return probe.
 pub struct Kretprobe {
     id: u32,
-    func: u64,
+    func: TextAddr,
     handler: Arc<dyn KretprobeHandler>,
     quota: Quota,
     hits: AtomicU64,
@@ -101,7 +101,7 @@ impl Kretprobe {
         self.id
     }
     /// The probed function.
-    pub fn func(&self) -> u64 {
+    pub fn func(&self) -> TextAddr {
         self.func
     }
     /// Return handlers run.
@@ -151,7 +151,7 @@ impl KprobeHandler for Entry {
             crate::arch::rdtsc(),
             crate::time::now_ns(),
             u64::from(crate::task::current_pid()),
-            rp.func,
+            rp.func.get(),
             data[0],
             data[1],
             data[2],
@@ -162,7 +162,8 @@ impl KprobeHandler for Entry {
             rp.handler.missed();
             return;
         };
-        if text_patch::write_stack_u64(regs.rsp, text_patch::kretprobe_trampoline_addr()).is_err() {
+        let trampoline = text_patch::kretprobe_trampoline_addr();
+        if trap::write_interrupted_stack(regs, regs.rsp, trampoline).is_err() {
             let _ = POOL.release(i, Some(&rp.quota));
             rp.missed.fetch_add(1, Ordering::Relaxed);
             rp.handler.missed();
@@ -192,13 +193,10 @@ fn find(owner: u32) -> Option<Arc<Kretprobe>> {
     None
 }
 
-// Unmangled, so the `kernel::trace::kretprobe::` prefix does not cover it.
-crate::nokprobe!(kretprobe_trampoline_handler);
-
-/// Called by the trampoline with the registers at return. Returns (and
-/// stores in `regs.rip`) the original return address.
-#[unsafe(no_mangle)]
-extern "C" fn kretprobe_trampoline_handler(regs: &mut PtRegs) -> u64 {
+/// Called by the trampoline (through
+/// `arch::text_patch::kretprobe_trampoline_handler`) with the registers at
+/// return. Returns (and stores in `regs.rip`) the original return address.
+pub fn on_return(regs: &mut PtRegs) -> u64 {
     let ret_slot = regs.rsp;
     let Some(i) = POOL.find_preferring(ret_slot, text_patch::kretprobe_trampoline_addr()) else {
         // The return address is lost: nothing can continue correctly.
@@ -235,10 +233,11 @@ extern "C" fn kretprobe_trampoline_handler(regs: &mut PtRegs) -> u64 {
 
 /// Register a return probe on the function starting at `func`.
 pub fn register(
-    func: u64,
+    at: TextAddr,
     maxactive: u32,
     handler: Arc<dyn KretprobeHandler>,
 ) -> Result<Arc<Kretprobe>, KprobeError> {
+    let func = at.get();
     match crate::ksyms::lookup(func) {
         Some((_, 0)) => {}
         Some((s, off)) => {
@@ -261,7 +260,7 @@ pub fn register(
     };
     let rp = Arc::new(Kretprobe {
         id: kprobe::next_id(),
-        func,
+        func: at,
         handler,
         quota: Quota::new(maxactive),
         hits: AtomicU64::new(0),
@@ -277,7 +276,7 @@ pub fn register(
         crate::arch::irq_restore(was);
         drop(old);
     }
-    match kprobe::register(func, Arc::new(Entry(rp.clone()))) {
+    match kprobe::register(at, Arc::new(Entry(rp.clone()))) {
         Ok(k) => {
             rp.entry_id.store(k.id(), Ordering::Relaxed);
             Ok(rp)

@@ -81,6 +81,10 @@
 //! - Kprobes are not jump-optimised: every hit is a trap (boosted hits
 //!   skip the second one).
 
+// `unsafe` lives in the hardware corner (arch, mm, drivers, task, sync,
+// ksyms: see main.rs) behind safe interfaces; this subsystem uses those.
+#![deny(unsafe_code)]
+
 pub mod control;
 pub mod kprobe;
 pub mod kretprobe;

@@ -274,7 +274,7 @@ pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
             });
             let h = Arc::new(CountingHandler(counter.clone()));
             let probe = match target {
-                ProbeTarget::Address(a) => kprobe::register(*a, h),
+                ProbeTarget::Address(a) => kprobe::register(ktrace_kprobe::TextAddr(*a), h),
                 ProbeTarget::Symbol { name, offset } => kprobe::register_symbol(name, *offset, h),
             }
             .map_err(|e| PerfError::Attach(format!("{e}")))?;

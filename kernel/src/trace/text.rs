@@ -27,13 +27,22 @@
 
 use ktrace_kprobe::claims::{ClaimError, Owner, TextClaims};
 use ktrace_kprobe::x86_64::{Insn, INT3};
-use ktrace_kprobe::Refusal;
+use ktrace_kprobe::{Refusal, TextAddr};
 
-use crate::arch::{text_patch, trap};
+use crate::arch::text_patch::TextPoke;
+use crate::arch::trap;
 use crate::sync::SpinLock;
 
 /// The claims on kernel text. Held (interrupts off) across each patch.
 static CLAIMS: SpinLock<TextClaims> = SpinLock::new(TextClaims::new());
+
+/// The one right to write kernel text, taken at the first patch.
+static POKE: spin::Once<TextPoke> = spin::Once::new();
+
+/// Writes through the one [`TextPoke`]. Callers hold [`CLAIMS`].
+fn poke() -> &'static TextPoke {
+    POKE.call_once(|| TextPoke::take().expect("kernel text has one owner: trace::text"))
+}
 
 /// Why a text change was not made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,34 +69,35 @@ impl From<ClaimError> for TextError {
 /// Reads kernel text at `addr` as the compiler left it: live bytes, with
 /// the original bytes of every claimed instruction put back. `Err` when
 /// the range is not mapped.
-pub fn read_original(addr: u64, buf: &mut [u8]) -> Result<(), TextError> {
+pub fn read_original(at: TextAddr, buf: &mut [u8]) -> Result<(), TextError> {
+    let addr = at.get();
     let claims = CLAIMS.lock();
     trap::copy_from_kernel_nofault(buf, addr).map_err(|_| TextError::Patch(addr))?;
-    claims.restore_original(addr, buf);
+    claims.restore_original(at, buf);
     Ok(())
 }
 
 /// Whether `len` bytes at `addr` are free for a new claim.
-pub fn check_free(addr: u64, len: u8) -> Result<(), Refusal> {
-    CLAIMS.lock().check_free(addr, len)
+pub fn check_free(at: TextAddr, len: u8) -> Result<(), Refusal> {
+    CLAIMS.lock().check_free(at, len)
 }
 
 /// Whether the instruction at `addr` has an exception fix-up entry (a
 /// fault there resumes at a handler instead of stopping the kernel).
-pub fn has_fixup(addr: u64) -> bool {
-    trap::has_fixup(addr)
+pub fn has_fixup(at: TextAddr) -> bool {
+    trap::has_fixup(at.get())
 }
 
 /// Claims `insn` for a kprobe and plants `int3` on its first byte.
 pub fn arm_breakpoint(insn: &Insn) -> Result<(), TextError> {
     let mut claims = CLAIMS.lock();
     claims.claim(
-        insn.addr,
+        TextAddr(insn.addr),
         &insn.bytes[..usize::from(insn.len)],
         Owner::Kprobe,
     )?;
-    if text_patch::write_text(insn.addr, &[INT3]).is_err() {
-        claims.release(insn.addr);
+    if poke().write(TextAddr(insn.addr), &[INT3]).is_err() {
+        claims.release(TextAddr(insn.addr));
         return Err(TextError::Patch(insn.addr));
     }
     Ok(())
@@ -95,66 +105,73 @@ pub fn arm_breakpoint(insn: &Insn) -> Result<(), TextError> {
 
 /// Puts back the first byte of the kprobe site at `addr` and releases its
 /// claim.
-pub fn disarm_breakpoint(addr: u64) -> Result<(), TextError> {
+pub fn disarm_breakpoint(at: TextAddr) -> Result<(), TextError> {
+    let addr = at.get();
     let mut claims = CLAIMS.lock();
-    let first = match claims.get(addr) {
+    let first = match claims.get(at) {
         Some(c) if c.owner == Owner::Kprobe => c.original()[0],
         _ => return Err(TextError::NotClaimed(addr)),
     };
-    text_patch::write_text(addr, &[first]).map_err(|_| TextError::Patch(addr))?;
-    claims.release(addr);
+    poke()
+        .write(at, &[first])
+        .map_err(|_| TextError::Patch(addr))?;
+    claims.release(at);
     Ok(())
 }
 
 /// Claims the static-key call site at `site` for tracepoint
 /// `category:name`. Its bytes must be the 5-byte `nop` the macro emitted.
 pub fn claim_static_key(
-    site: u64,
+    at: TextAddr,
     nop: &[u8; 5],
     category: &'static str,
     name: &'static str,
 ) -> Result<(), TextError> {
+    let site = at.get();
     let mut claims = CLAIMS.lock();
     let mut live = [0u8; 5];
     trap::copy_from_kernel_nofault(&mut live, site).map_err(|_| TextError::Patch(site))?;
     if &live != nop {
         return Err(TextError::Patch(site));
     }
-    claims.claim(site, nop, Owner::StaticKey { category, name })?;
+    claims.claim(at, nop, Owner::StaticKey { category, name })?;
     Ok(())
 }
 
 /// Switches a claimed static-key site: `Some(target)` writes `jmp target`,
 /// `None` the original `nop`.
-pub fn set_static_key(site: u64, target: Option<u64>) -> Result<(), TextError> {
+pub fn set_static_key(at: TextAddr, target: Option<TextAddr>) -> Result<(), TextError> {
+    let site = at.get();
     let claims = CLAIMS.lock();
-    let original = match claims.get(site) {
+    let original = match claims.get(at) {
         Some(c) if matches!(c.owner, Owner::StaticKey { .. }) && c.len == 5 => c.original(),
         _ => return Err(TextError::NotClaimed(site)),
     };
     let mut bytes = [0u8; 5];
     match target {
         Some(target) => {
-            let rel = i32::try_from(target.wrapping_sub(site + 5) as i64)
+            let rel = i32::try_from(target.get().wrapping_sub(site + 5) as i64)
                 .map_err(|_| TextError::Patch(site))?;
             bytes[0] = 0xe9;
             bytes[1..].copy_from_slice(&rel.to_le_bytes());
         }
         None => bytes.copy_from_slice(original),
     }
-    text_patch::write_text(site, &bytes).map_err(|_| TextError::Patch(site))
+    poke().write(at, &bytes).map_err(|_| TextError::Patch(site))
 }
 
 /// Fills an out-of-line slot (executable memory of the kprobe engine, not
 /// kernel text: never claimed, never executed before this returns).
-pub fn write_slot(slot: u64, code: &[u8]) -> Result<(), TextError> {
+pub fn write_slot(slot: TextAddr, code: &[u8]) -> Result<(), TextError> {
     let _claims = CLAIMS.lock();
-    text_patch::write_text(slot, code).map_err(|_| TextError::Patch(slot))
+    poke()
+        .write(slot, code)
+        .map_err(|_| TextError::Patch(slot.get()))
 }
 
 /// Claims, for listings and tests: (start, length, owner).
 #[allow(dead_code)] // diagnostics API, used by the self tests
-pub fn claims() -> alloc::vec::Vec<(u64, u8, Owner)> {
+pub fn claims() -> alloc::vec::Vec<(TextAddr, u8, Owner)> {
     CLAIMS
         .lock()
         .iter()

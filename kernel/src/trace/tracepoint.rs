@@ -25,6 +25,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use ktrace_kprobe::TextAddr;
 use ktrace_tracepoints::{TracepointDesc, TracepointEvent};
 
 use super::kprobe::DepthGuard;
@@ -87,33 +88,6 @@ impl Tracepoint {
     pub fn full_name(&self) -> String {
         alloc::format!("{}:{}", self.desc.category, self.desc.name)
     }
-}
-
-/// Is this call site enabled? Expands to an `asm goto` whose `nop` is
-/// patched into a `jmp` to the `true` path. Use [`trace_event!`](crate::trace_event).
-#[macro_export]
-macro_rules! static_branch {
-    ($tp:path) => {{
-        let mut enabled = false;
-        #[allow(unsafe_code)]
-        // SAFETY: the block is a 5-byte nop plus a table entry in
-        // `.static_keys` naming the nop, the label and the tracepoint; it
-        // touches no register or memory. The tracepoint code patches the nop
-        // into a jump to the label, which the compiler knows may be taken.
-        unsafe {
-            core::arch::asm!(
-                "2: .byte 0x0f, 0x1f, 0x44, 0x00, 0x00",
-                ".pushsection .static_keys, \"a\"",
-                ".balign 8",
-                ".quad 2b, {target}, {key}",
-                ".popsection",
-                key = sym $tp,
-                target = label { enabled = true; },
-                options(nostack, preserves_flags),
-            );
-        }
-        enabled
-    }};
 }
 
 /// Emit a tracepoint: `trace_event!(points::X, Record { .. })`. The record
@@ -189,14 +163,8 @@ struct KeyEntry {
     key: u64,
 }
 
-unsafe extern "C" {
-    static __static_keys_start: KeyEntry;
-    static __static_keys_end: KeyEntry;
-}
-
 fn entries() -> Vec<KeyEntry> {
-    let start = core::ptr::addr_of!(__static_keys_start) as u64;
-    let end = core::ptr::addr_of!(__static_keys_end) as u64;
+    let core::ops::Range { start, end } = crate::arch::sections::static_keys_table();
     let n = (end - start) / core::mem::size_of::<KeyEntry>() as u64;
     (0..n)
         .filter_map(|i| {
@@ -220,7 +188,8 @@ pub fn sites(tp: &'static Tracepoint) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Current bytes at a call site.
+/// Current bytes at a call site (the self tests check the patching).
+#[cfg(feature = "self-tests")]
 pub fn site_bytes(site: u64) -> [u8; 5] {
     let mut b = [0u8; 5];
     let _ = crate::arch::trap::copy_from_kernel_nofault(&mut b, site);
@@ -233,7 +202,9 @@ pub fn site_bytes(site: u64) -> [u8; 5] {
 fn patch_sites(tp: &'static Tracepoint, enable: bool) -> usize {
     sites(tp)
         .into_iter()
-        .filter(|&(site, target)| text::set_static_key(site, enable.then_some(target)).is_ok())
+        .filter(|&(site, target)| {
+            text::set_static_key(TextAddr(site), enable.then_some(TextAddr(target))).is_ok()
+        })
         .count()
 }
 
@@ -278,6 +249,7 @@ pub fn attach(name: &str, handler: Arc<dyn TracepointHandler>) -> Result<u32, Tr
 }
 
 /// Attach a handler to a tracepoint.
+#[must_use = "without its id the attachment can never be detached"]
 pub fn attach_to(tp: &'static Tracepoint, handler: Arc<dyn TracepointHandler>) -> u32 {
     let _l = ATTACH_LOCK.lock();
     let id = NEXT_ATTACH.fetch_add(1, Ordering::Relaxed);
@@ -335,7 +307,8 @@ pub fn init() {
             bad += 1;
             continue;
         };
-        if text::claim_static_key(e.site, &NOP5, tp.desc.category, tp.desc.name).is_err() {
+        if text::claim_static_key(TextAddr(e.site), &NOP5, tp.desc.category, tp.desc.name).is_err()
+        {
             bad += 1;
         }
     }

@@ -9,6 +9,8 @@ pub mod idt;
 pub mod paging;
 pub mod perf_timer;
 pub mod pit;
+mod rt;
+pub mod sections;
 pub mod serial;
 pub mod text_patch;
 pub mod trap;

@@ -1,6 +1,13 @@
 //! Safe text patching and the memory the kprobe engine executes from.
 //!
-//! Kernel text is mapped read+execute and stays so: [`write_text`] maps the
+//! Writing kernel text is only sound for someone who knows no instruction
+//! is being changed under another patch and that the bytes decode where
+//! they are put: the owner of kernel text (`trace::text`, which keeps the
+//! claims, and through it the kprobe boundary check and the static-key
+//! table). So the write is a method of [`TextPoke`], of which one exists:
+//! [`TextPoke::take`] hands it out once, and the text owner takes it at boot.
+//!
+//! Kernel text is mapped read+execute and stays so: [`TextPoke::write`] maps the
 //! physical page(s) behind the target at a temporary writable alias above
 //! `ALIAS_BASE`, writes there, and unmaps the alias, with interrupts off and
 //! under a lock (Linux's `text_poke`). With one CPU and interrupts off, no
@@ -8,8 +15,8 @@
 //! single-step slots live in pages allocated from the frame allocator and
 //! remapped read+execute ([`alloc_exec_page`]), written the same way.
 //!
-//! Also here: writing a word on a kernel stack (emulated `call`, return
-//! probes replacing a return address), checked against the page tables.
+
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use super::paging::{self, flags, ALIAS_BASE};
 use crate::sync::SpinLock;
@@ -30,9 +37,35 @@ pub enum PatchError {
     OutOfMemory,
 }
 
-/// Write `bytes` at `addr` in mapped, non-writable memory (kernel text or
-/// an executable slot page) through a temporary writable alias.
-pub fn write_text(addr: u64, bytes: &[u8]) -> Result<(), PatchError> {
+/// The right to write kernel text: one exists.
+#[must_use = "dropping the one TextPoke leaves kernel text unpatchable"]
+pub struct TextPoke {
+    _only_through_take: (),
+}
+
+/// Whether the one [`TextPoke`] was handed out.
+static POKE_TAKEN: AtomicBool = AtomicBool::new(false);
+
+impl TextPoke {
+    /// The one `TextPoke`, on the first call; `None` after.
+    #[must_use = "the one TextPoke is lost if dropped"]
+    pub fn take() -> Option<TextPoke> {
+        (!POKE_TAKEN.swap(true, Ordering::AcqRel)).then_some(TextPoke {
+            _only_through_take: (),
+        })
+    }
+
+    /// Write `bytes` at `addr` in mapped, non-writable memory (kernel text
+    /// or an executable slot page) through a temporary writable alias.
+    pub fn write(&self, addr: ktrace_kprobe::TextAddr, bytes: &[u8]) -> Result<(), PatchError> {
+        write_text(addr.get(), bytes)
+    }
+}
+
+// Never inlined: the blacklist refuses probes in this module by name, and
+// its callers elsewhere must not carry its body.
+#[inline(never)]
+fn write_text(addr: u64, bytes: &[u8]) -> Result<(), PatchError> {
     if bytes.is_empty() {
         return Ok(());
     }
@@ -91,7 +124,8 @@ fn serialize() {
 
 /// A fresh page mapped read+execute (and no longer writable at its
 /// identity address), filled with `int3`. Its contents are written with
-/// [`write_text`].
+/// [`TextPoke::write`].
+#[must_use = "the page is leaked if its address is dropped"]
 pub fn alloc_exec_page() -> Option<u64> {
     let page = crate::mm::frame::alloc_zeroed()?;
     // Fill with int3 while it is still writable data.
@@ -129,24 +163,6 @@ pub fn read_u64_if_mapped(addr: u64) -> Option<u64> {
     read_u64(addr)
 }
 
-/// Write a word on a kernel stack (or any writable data page). Refuses
-/// unaligned, unmapped or non-writable targets.
-pub fn write_stack_u64(addr: u64, value: u64) -> Result<(), PatchError> {
-    if !addr.is_multiple_of(8) {
-        return Err(PatchError::NotMapped(addr));
-    }
-    match paging::translate(addr) {
-        Some((_, f)) if f & flags::WRITABLE != 0 => {
-            // SAFETY: the page is mapped writable (checked just above) and
-            // the word is aligned; callers write the return-address slot of
-            // the interrupted context, which the trap frame lies below.
-            unsafe { core::ptr::write_volatile(addr as *mut u64, value) };
-            Ok(())
-        }
-        _ => Err(PatchError::NotMapped(addr)),
-    }
-}
-
 unsafe extern "C" {
     /// The kretprobe return trampoline (probe_entry.S).
     fn kretprobe_trampoline();
@@ -155,4 +171,15 @@ unsafe extern "C" {
 /// Address of the kretprobe trampoline.
 pub fn kretprobe_trampoline_addr() -> u64 {
     kretprobe_trampoline as unsafe extern "C" fn() as usize as u64
+}
+
+// Unmangled (the trampoline calls it by name), so no module prefix of the
+// blacklist covers it.
+crate::nokprobe!(kretprobe_trampoline_handler);
+
+/// Called by the kretprobe trampoline (probe_entry.S) with the registers at
+/// return; returns the original return address.
+#[unsafe(no_mangle)]
+extern "C" fn kretprobe_trampoline_handler(regs: &mut super::PtRegs) -> u64 {
+    crate::trace::kretprobe::on_return(regs)
 }

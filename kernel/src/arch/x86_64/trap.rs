@@ -72,6 +72,21 @@ crate::nokprobe!(trap_dispatch);
 /// Called by `trap.S` for every vector.
 #[unsafe(no_mangle)]
 extern "C" fn trap_dispatch(regs: &mut PtRegs, vector: u64) {
+    // The innermost trap's frame, for `write_interrupted_stack`. A nested
+    // trap (an NMI in a handler) saves and puts back the outer one. A task
+    // switch at the end of an interrupt may leave another task's value
+    // behind, but every trap sets its own before any handler runs.
+    let cpu = crate::percpu::this_cpu();
+    let outer = cpu
+        .trap_frame
+        .swap(core::ptr::from_mut(regs) as u64, Ordering::AcqRel);
+    dispatch(regs, vector);
+    cpu.trap_frame.store(outer, Ordering::Release);
+}
+
+// Part of `trap_dispatch` (inlined into it, so under its NOKPROBE mark).
+#[inline(always)]
+fn dispatch(regs: &mut PtRegs, vector: u64) {
     let vector = vector as u8;
     COUNTS[vector as usize].fetch_add(1, Ordering::Relaxed);
     let is_irq = vector >= IRQ_BASE && vector != SPURIOUS_VECTOR;
@@ -110,6 +125,11 @@ extern "C" fn trap_dispatch(regs: &mut PtRegs, vector: u64) {
         if !handled && vector != SPURIOUS_VECTOR {
             log::warn!("unhandled interrupt vector {vector}");
         }
+        // The frame is not written past this point; the task switch may
+        // take a while to come back.
+        crate::percpu::this_cpu()
+            .trap_frame
+            .store(0, Ordering::Release);
         crate::task::preempt_point_from_irq();
         return;
     }
@@ -225,4 +245,41 @@ pub fn copy_from_kernel_nofault(dst: &mut [u8], src: u64) -> Result<(), ()> {
     } else {
         Err(())
     }
+}
+
+/// Why a word of an interrupted stack was not written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotInterruptedStack(pub u64);
+
+/// Writes `value` at `addr` on the stack the trap being handled
+/// interrupted: the emulated `call` of a kprobe pushes its return address
+/// (`addr` = `regs.rsp - 8`), a return probe swaps the return address a
+/// function was entered with (`addr` = `regs.rsp`).
+///
+/// Sound because everything that could make it otherwise is checked:
+/// `regs` is the frame of the innermost trap this CPU handles (the frame
+/// `trap.S` built on the interrupted stack, below its red zone), and
+/// `addr` is one of those two words, aligned, mapped writable, and lies in
+/// the gap (under 208 bytes, see `trap.S`) between the frame and the
+/// interrupted stack pointer, which no Rust reference points into.
+pub fn write_interrupted_stack(
+    regs: &PtRegs,
+    addr: u64,
+    value: u64,
+) -> Result<(), NotInterruptedStack> {
+    let frame = core::ptr::from_ref(regs) as u64;
+    let frame_end = frame + core::mem::size_of::<PtRegs>() as u64;
+    let innermost = crate::percpu::this_cpu().trap_frame.load(Ordering::Acquire);
+    let is_slot = addr == regs.rsp || addr == regs.rsp.wrapping_sub(8);
+    let in_gap = addr >= frame_end && addr + 8 <= frame_end + 128 + 64 + 16;
+    let writable = super::paging::translate(addr)
+        .is_some_and(|(_, f)| f & super::paging::flags::WRITABLE != 0);
+    if frame != innermost || !is_slot || !in_gap || !addr.is_multiple_of(8) || !writable {
+        return Err(NotInterruptedStack(addr));
+    }
+    // SAFETY: `addr` is an aligned, writable word of the interrupted
+    // stack just above the current trap's frame (all checked above); only
+    // the interrupted code, which is not running, uses it.
+    unsafe { core::ptr::write_volatile(addr as *mut u64, value) };
+    Ok(())
 }
