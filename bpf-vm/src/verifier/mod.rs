@@ -17,8 +17,9 @@
 //!    records, and state pruning so bounded loops verify while unbounded ones
 //!    hit the complexity limit.
 //! 3. [`platform`]: what the embedder supplies (program types and their
-//!    context, helper prototypes, maps); [`linux`] is ktrace's
-//!    Linux-compatible description.
+//!    context, helper prototypes, maps); [`linux`] builds it from ktrace's
+//!    Linux-compatible description, `ktrace-bpf-platform`, and is the one
+//!    program set-up the kernel and `ktrace check` share.
 //!
 //! Entry points: [`verify`] for a decoded program, [`verify_bytes`] for raw
 //! instruction bytes. A rejection is a [`Rejection`] holding a
