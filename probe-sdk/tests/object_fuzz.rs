@@ -9,15 +9,22 @@ mod build_support;
 use std::sync::OnceLock;
 
 use build_support::*;
+use object::{Object as _, ObjectSection as _};
 use probe_sdk::check::{check_program, CheckOptions};
 use probe_sdk::object::parse;
 use proptest::prelude::*;
 
-/// The seeds: objects as `ktrace build` makes them (one C-free Rust probe
-/// of each shape: maps and a kprobe, a histogram over two tracepoints, a
-/// helper the kernel refuses).
-fn seeds() -> &'static [Vec<u8>] {
-    static SEEDS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+/// A seed object and the file ranges of its sections (code, relocations,
+/// maps, strings, DWARF), where most mutations land.
+struct Seed {
+    bytes: Vec<u8>,
+    sections: Vec<std::ops::Range<usize>>,
+}
+
+/// The seeds: objects as `ktrace build` makes them (maps and a kprobe, a
+/// histogram over two tracepoints, a helper the kernel refuses).
+fn seeds() -> &'static [Seed] {
+    static SEEDS: OnceLock<Vec<Seed>> = OnceLock::new();
     SEEDS.get_or_init(|| {
         [
             example("count-calls"),
@@ -25,27 +32,52 @@ fn seeds() -> &'static [Vec<u8>] {
             fixture("wrong-helper"),
         ]
         .iter()
-        .map(|dir| std::fs::read(build_crate(dir).object).unwrap())
+        .map(|dir| {
+            let bytes = std::fs::read(build_crate(dir).object).unwrap();
+            let file = object::File::parse(&*bytes).unwrap();
+            let sections = file
+                .sections()
+                .filter_map(|s| s.file_range())
+                .filter(|&(_, len)| len >= 4)
+                .map(|(at, len)| at as usize..(at + len) as usize)
+                .collect();
+            Seed { bytes, sections }
+        })
         .collect()
     })
+}
+
+/// Where a mutation lands: anywhere in the file, in the ELF header, or in
+/// one section (picked and offset modulo what the seed has).
+#[derive(Debug, Clone, Copy)]
+enum At {
+    File(u16),
+    Header(u8),
+    Section { pick: u8, offset: u16 },
 }
 
 #[derive(Debug, Clone)]
 enum Mutation {
     /// Flip one bit.
-    Flip { at: usize, bit: u8 },
-    /// Overwrite a little-endian u32 (offsets, sizes, counts, indices).
-    Word { at: usize, value: u32 },
-    /// Insert bytes.
-    Insert { at: usize, bytes: Vec<u8> },
+    Flip { at: At, bit: u8 },
+    /// Overwrite a little-endian u32 (offsets, sizes, counts, indices,
+    /// instruction immediates).
+    Word { at: At, value: u32 },
+    /// Insert bytes (everything after moves).
+    Insert { at: At, bytes: Vec<u8> },
     /// Cut the file short.
-    Truncate { len: usize },
+    Truncate { len: u16 },
+}
+
+fn at() -> impl Strategy<Value = At> {
+    prop_oneof![
+        1 => any::<u16>().prop_map(At::File),
+        1 => (0u8..64).prop_map(At::Header),
+        4 => (any::<u8>(), any::<u16>()).prop_map(|(pick, offset)| At::Section { pick, offset }),
+    ]
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
-    // Positions are fractions of the file, so every seed is covered; the
-    // ELF header and the first sections (where the headers point) get half
-    // the mutations.
     let word = prop_oneof![
         Just(0u32),
         Just(u32::MAX),
@@ -54,41 +86,46 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         0u32..256
     ];
     prop_oneof![
-        (any::<u16>(), any::<u8>()).prop_map(|(at, bit)| Mutation::Flip {
-            at: at as usize,
-            bit: bit % 8
-        }),
-        (0usize..64, any::<u8>()).prop_map(|(at, bit)| Mutation::Flip { at, bit: bit % 8 }),
-        (any::<u16>(), word.clone()).prop_map(|(at, value)| Mutation::Word {
-            at: at as usize,
-            value
-        }),
-        (0usize..64, word).prop_map(|(at, value)| Mutation::Word { at, value }),
-        (any::<u16>(), prop::collection::vec(any::<u8>(), 1..16)).prop_map(|(at, bytes)| {
-            Mutation::Insert {
-                at: at as usize,
-                bytes,
-            }
-        }),
-        any::<u16>().prop_map(|len| Mutation::Truncate { len: len as usize }),
+        4 => (at(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip { at, bit }),
+        4 => (at(), word).prop_map(|(at, value)| Mutation::Word { at, value }),
+        1 => (at(), prop::collection::vec(any::<u8>(), 1..16))
+            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
+        1 => any::<u16>().prop_map(|len| Mutation::Truncate { len }),
     ]
 }
 
-/// Positions are taken modulo the file's length (u16 positions reach into
-/// every section of the seeds, which are 7–54 KiB).
-fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
+/// The byte a position names in `seed` (always inside `bytes`).
+fn offset(seed: &Seed, bytes: &[u8], at: At) -> usize {
     let n = bytes.len();
+    let o = match at {
+        At::File(o) => o as usize,
+        At::Header(o) => o as usize,
+        At::Section { pick, offset } => {
+            let r = &seed.sections[pick as usize % seed.sections.len()];
+            r.start + offset as usize % r.len()
+        }
+    };
+    o % n
+}
+
+fn apply(seed: &Seed, bytes: &mut Vec<u8>, m: &Mutation) {
     match m {
-        Mutation::Flip { at, bit } => bytes[at % n] ^= 1 << bit,
+        Mutation::Flip { at, bit } => {
+            let o = offset(seed, bytes, *at);
+            bytes[o] ^= 1 << bit;
+        }
         Mutation::Word { at, value } => {
-            let at = at % (n - 4);
-            bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+            let o = offset(seed, bytes, *at).min(bytes.len() - 4);
+            bytes[o..o + 4].copy_from_slice(&value.to_le_bytes());
         }
         Mutation::Insert { at, bytes: b } => {
-            let at = at % n;
-            bytes.splice(at..at, b.iter().copied());
+            let o = offset(seed, bytes, *at);
+            bytes.splice(o..o, b.iter().copied());
         }
-        Mutation::Truncate { len } => bytes.truncate(len % n),
+        Mutation::Truncate { len } => {
+            let n = bytes.len();
+            bytes.truncate(*len as usize % n)
+        }
     }
 }
 
@@ -102,16 +139,20 @@ const ERROR_STARTS: &[&str] = &[
 ];
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
     #[test]
     fn damaged_objects_are_refused_or_loaded_never_a_panic(
         seed in 0usize..3,
         mutations in prop::collection::vec(mutation(), 1..4),
     ) {
-        let mut bytes = seeds()[seed].clone();
+        let seed = &seeds()[seed];
+        let mut bytes = seed.bytes.clone();
         for m in &mutations {
-            apply(&mut bytes, m);
+            if bytes.len() < 8 {
+                break;
+            }
+            apply(seed, &mut bytes, m);
         }
         match parse(&bytes) {
             Err(e) => {
@@ -137,8 +178,9 @@ proptest! {
 
 #[test]
 fn the_seeds_load_and_pass() {
-    for (i, bytes) in seeds().iter().enumerate() {
-        let obj = parse(bytes).unwrap_or_else(|e| panic!("seed {i}: {e}"));
+    for (i, seed) in seeds().iter().enumerate() {
+        let obj = parse(&seed.bytes).unwrap_or_else(|e| panic!("seed {i}: {e}"));
+        assert!(seed.sections.len() > 10, "seed {i}");
         assert!(!obj.programs.is_empty(), "seed {i}");
     }
 }
