@@ -1,5 +1,6 @@
-//! BPF programs, maps, links and event streams (filled in by the
-//! BPF runtime work).
+//! BPF programs, maps, links and event streams: the requests of the
+//! kernel's BPF runtime, and the load requests the host's object loader
+//! (`ktrace-object`) makes from eBPF objects.
 
 use serde::{Deserialize, Serialize};
 
