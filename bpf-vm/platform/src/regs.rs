@@ -58,10 +58,9 @@ pub const PT_REGS_FIELDS: u32 = PT_REGS_SIZE / 8;
 pub const PERF_EVENT_DATA_SIZE: u32 = size_of::<PerfEventData>() as u32;
 
 impl PtRegs {
-    /// The context bytes a program reads: every field little-endian, in
-    /// Linux's order.
-    pub fn to_bytes(&self) -> [u8; PT_REGS_SIZE as usize] {
-        let words = [
+    /// The fields as words, in Linux's order.
+    pub fn to_words(&self) -> [u64; PT_REGS_FIELDS as usize] {
+        [
             self.r15,
             self.r14,
             self.r13,
@@ -83,9 +82,43 @@ impl PtRegs {
             self.eflags,
             self.rsp,
             self.ss,
-        ];
+        ]
+    }
+
+    /// The registers [`PtRegs::to_words`] gave.
+    pub fn from_words(w: &[u64; PT_REGS_FIELDS as usize]) -> PtRegs {
+        let [r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs, eflags, rsp, ss] =
+            *w;
+        PtRegs {
+            r15,
+            r14,
+            r13,
+            r12,
+            rbp,
+            rbx,
+            r11,
+            r10,
+            r9,
+            r8,
+            rax,
+            rcx,
+            rdx,
+            rsi,
+            rdi,
+            orig_rax,
+            rip,
+            cs,
+            eflags,
+            rsp,
+            ss,
+        }
+    }
+
+    /// The context bytes a program reads: every field little-endian, in
+    /// Linux's order.
+    pub fn to_bytes(&self) -> [u8; PT_REGS_SIZE as usize] {
         let mut out = [0u8; PT_REGS_SIZE as usize];
-        for (chunk, w) in out.chunks_exact_mut(8).zip(words) {
+        for (chunk, w) in out.chunks_exact_mut(8).zip(self.to_words()) {
             chunk.copy_from_slice(&w.to_le_bytes());
         }
         out
@@ -179,5 +212,7 @@ mod tests {
         assert_eq!(&d[..168], &b[..]);
         assert_eq!(u64::from_le_bytes(d[168..176].try_into().unwrap()), 1000);
         assert_eq!(u64::from_le_bytes(d[176..].try_into().unwrap()), 3);
+        assert_eq!(PtRegs::from_words(&regs.to_words()), regs);
+        assert_eq!(regs.to_words()[(pt_regs::RIP / 8) as usize], 7);
     }
 }
