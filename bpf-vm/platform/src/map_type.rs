@@ -62,9 +62,3 @@ pub fn is_array(t: u32) -> bool {
 pub fn is_per_cpu(t: u32) -> bool {
     t == PERCPU_HASH || t == PERCPU_ARRAY
 }
-
-/// True for the types whose records stream to the host instead of staying
-/// in the map (no keys, no values a program can address).
-pub fn is_record_stream(t: u32) -> bool {
-    t == RINGBUF || t == PERF_EVENT_ARRAY
-}
