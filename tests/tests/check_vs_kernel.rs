@@ -171,7 +171,12 @@ fn check_on_the_host_gives_the_kernels_verdict() {
         "biolatency",
         "biosnoop",
         "stack-samples",
+        "submit-latency",
     ];
+    // A NULL dereference; a helper the program type may not call. (Not
+    // `all-features`: its `PerfEventArray::new()` has `max_entries` 0,
+    // which the kernel refuses when it creates the map, before verifying;
+    // `ktrace check` judges programs, not map definitions.)
     let fixtures = ["unsafe-deref", "wrong-helper"];
     let mut objects: Vec<(String, Object)> = Vec::new();
     for name in examples {
@@ -227,7 +232,7 @@ fn check_on_the_host_gives_the_kernels_verdict() {
             }
         }
     }
-    // Every example program, and the hand-made ones that stay in bounds,
-    // pass; the rest are refused both ways.
-    assert_eq!((accepted, rejected, refused), (14, 11, 2));
+    // The 12 programs of the examples and the 4 hand-made ones that stay
+    // in bounds pass; the rest are refused both ways.
+    assert_eq!((accepted, rejected, refused), (16, 11, 2));
 }
