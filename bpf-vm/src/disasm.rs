@@ -64,38 +64,10 @@ pub fn program(p: &Program, syntax: Syntax, numbered: bool) -> String {
 }
 
 /// The Linux name of helper `id` (`bpf_` + the `BPF_FUNC_` name), for the
-/// helpers tracing programs commonly call.
+/// helpers tracing programs commonly call (from the platform description,
+/// [`ktrace_bpf_platform::helper::linux_name`]).
 pub fn helper_name(id: i32) -> Option<&'static str> {
-    Some(match id {
-        1 => "bpf_map_lookup_elem",
-        2 => "bpf_map_update_elem",
-        3 => "bpf_map_delete_elem",
-        4 => "bpf_probe_read",
-        5 => "bpf_ktime_get_ns",
-        6 => "bpf_trace_printk",
-        7 => "bpf_get_prandom_u32",
-        8 => "bpf_get_smp_processor_id",
-        12 => "bpf_tail_call",
-        14 => "bpf_get_current_pid_tgid",
-        15 => "bpf_get_current_uid_gid",
-        16 => "bpf_get_current_comm",
-        25 => "bpf_perf_event_output",
-        27 => "bpf_get_stackid",
-        35 => "bpf_get_current_task",
-        45 => "bpf_probe_read_str",
-        67 => "bpf_get_stack",
-        112 => "bpf_probe_read_user",
-        113 => "bpf_probe_read_kernel",
-        114 => "bpf_probe_read_user_str",
-        115 => "bpf_probe_read_kernel_str",
-        125 => "bpf_ktime_get_boot_ns",
-        130 => "bpf_ringbuf_output",
-        131 => "bpf_ringbuf_reserve",
-        132 => "bpf_ringbuf_submit",
-        133 => "bpf_ringbuf_discard",
-        173 => "bpf_get_func_ip",
-        _ => return None,
-    })
+    ktrace_bpf_platform::helper::linux_name(id)
 }
 
 fn alu_name(op: AluOp) -> &'static str {

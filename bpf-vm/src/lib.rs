@@ -10,6 +10,9 @@
 //!   checked) and fast mode (verified programs only).
 //! - [`jit`]: an x86-64 compiler for verified programs, producing
 //!   position-independent code with the interpreter's semantics.
+//! - [`verifier`]: proves programs safe before they run; it knows no kernel,
+//!   and [`verifier::linux`] feeds it ktrace's platform, described once in
+//!   the `ktrace-bpf-platform` crate (`bpf-vm/platform`).
 //!
 //! ```
 //! use bpf_vm::asm::assemble;

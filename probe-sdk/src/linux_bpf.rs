@@ -16,7 +16,7 @@
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use ktrace_abi::bpf::{
-    MapDefinition, ProgramLoad, ProgramType, PSEUDO_MAP_IDX, PSEUDO_MAP_IDX_VALUE,
+    map_type, MapDefinition, ProgramLoad, ProgramType, PSEUDO_MAP_IDX, PSEUDO_MAP_IDX_VALUE,
 };
 
 use crate::object::Object;
@@ -101,7 +101,7 @@ fn cpus() -> u32 {
 
 fn create_map(m: &MapDefinition) -> Result<OwnedFd, LinuxError> {
     let mut attr = [0u8; ATTR_SIZE];
-    let max_entries = if m.map_type == 4 && m.max_entries == 0 {
+    let max_entries = if m.map_type == map_type::PERF_EVENT_ARRAY && m.max_entries == 0 {
         cpus()
     } else {
         m.max_entries

@@ -567,25 +567,25 @@ fn not_an_ebpf_object() {
 #[test]
 fn kprobe_targets_resolve_against_a_kernel_elf() {
     // The test binary stands in for the kernel: an x86_64 ELF with Rust
-    // symbols, including the loader's own `parse`.
+    // symbols, including the loader's own `parse` (in `ktrace-object`).
     let index = ktrace_symbols::SymbolIndex::from_path(std::env::current_exe().unwrap()).unwrap();
-    let expected = index.find("probe_sdk::object::parse");
+    let expected = index.find("ktrace_object::object::parse");
     assert_eq!(expected.len(), 1);
     let addr = expected[0].addr;
 
     let mut e = Elf::new();
-    e.function("kprobe/probe_sdk::object::parse", "entry", &ret0());
-    e.function("kretprobe/probe_sdk::object::parse", "exit", &ret0());
+    e.function("kprobe/ktrace_object::object::parse", "entry", &ret0());
+    e.function("kretprobe/ktrace_object::object::parse", "exit", &ret0());
     let mut obj = parse(&e.bytes()).unwrap();
     obj.resolve_targets(&index).unwrap();
     for p in &obj.programs {
         let AttachTarget::Kprobe { spec, points } = &p.attach else {
             panic!()
         };
-        assert_eq!(spec, "probe_sdk::object::parse");
+        assert_eq!(spec, "ktrace_object::object::parse");
         assert_eq!(points.len(), 1);
         assert_eq!((points[0].address, points[0].offset), (addr, 0));
-        assert_eq!(points[0].function, "probe_sdk::object::parse");
+        assert_eq!(points[0].function, "ktrace_object::object::parse");
     }
 
     // A return probe cannot sit inside a function: find the first
@@ -594,13 +594,13 @@ fn kprobe_targets_resolve_against_a_kernel_elf() {
     let off = (1..16)
         .find(|o| {
             index
-                .resolve(&format!("probe_sdk::object::parse+{o:#x}"), opts)
+                .resolve(&format!("ktrace_object::object::parse+{o:#x}"), opts)
                 .is_ok()
         })
         .expect("an instruction boundary in the first 16 bytes");
     let mut e = Elf::new();
     e.function(
-        &format!("kretprobe/probe_sdk::object::parse+{off:#x}"),
+        &format!("kretprobe/ktrace_object::object::parse+{off:#x}"),
         "inside",
         &ret0(),
     );
@@ -608,7 +608,7 @@ fn kprobe_targets_resolve_against_a_kernel_elf() {
     assert_eq!(
         obj.resolve_targets(&index).unwrap_err().to_string(),
         format!(
-            "program `inside`: cannot attach to `probe_sdk::object::parse+{off:#x}`: a kretprobe attaches to a function entry, but this target is {off:#x} bytes into `probe_sdk::object::parse`"
+            "program `inside`: cannot attach to `ktrace_object::object::parse+{off:#x}`: a kretprobe attaches to a function entry, but this target is {off:#x} bytes into `ktrace_object::object::parse`"
         )
     );
 

@@ -19,8 +19,9 @@
 //!    `mem.rs`, `stack.rs`, `atomic.rs`, `jump.rs`, `call.rs`, `helper.rs`,
 //!    `walk.rs`), each saying what it checks.
 //! 3. [`platform`]: what the embedder supplies (program types and their
-//!    context, helper prototypes, maps); [`linux`] is ktrace's
-//!    Linux-compatible description.
+//!    context, helper prototypes, maps); [`linux`] builds it from ktrace's
+//!    Linux-compatible description, `ktrace-bpf-platform`, and is the one
+//!    program set-up the kernel and `ktrace check` share.
 //!
 //! Entry points: [`verify`] for a decoded program, [`verify_bytes`] for raw
 //! instruction bytes. A rejection is a [`Rejection`] holding a

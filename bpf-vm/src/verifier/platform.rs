@@ -2,8 +2,9 @@
 //! their context, helper prototypes and the maps a program may use.
 //!
 //! The verifier core knows nothing of any kernel; everything kernel-specific
-//! comes through these tables (see [`super::linux`] for ktrace's
-//! Linux-compatible description).
+//! comes through these tables. ktrace's platform is described once, as
+//! constants, in `ktrace-bpf-platform`; [`super::linux`] builds these
+//! tables from it.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -59,51 +60,9 @@ impl ContextDescriptor {
     }
 }
 
-/// What a helper expects in one argument register.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ArgKind {
-    /// Any initialised scalar (pointers are rejected as leaks unless allowed).
-    Anything,
-    /// A scalar, or not initialised at all (variadic tail of `trace_printk`).
-    ScalarOrUninit,
-    /// Any initialised value; a pointer is fine because the helper only uses
-    /// it as an address to read safely (`probe_read`'s source).
-    UnsafePtr,
-    /// A map from `ld_imm64` (its type must be one of the helper's map types).
-    ConstMapPtr,
-    /// Pointer to `key_size` initialised bytes of the map given in an earlier argument.
-    PtrToMapKey,
-    /// Pointer to `value_size` initialised bytes of the map given in an earlier argument.
-    PtrToMapValue,
-    /// Pointer to initialised memory whose size is the next argument.
-    PtrToMem,
-    /// Pointer to memory the helper writes (may be uninitialised); size in the next argument.
-    PtrToUninitMem,
-    /// Size of the previous memory argument: a bounded scalar, at least 1.
-    ConstSize,
-    /// Size of the previous memory argument: a bounded scalar, 0 allowed.
-    ConstSizeOrZero,
-    /// The context pointer, unmodified.
-    PtrToCtx,
-    /// A known constant giving the size of memory the helper allocates.
-    ConstAllocSize,
-    /// Memory returned by an allocating helper (non-null, offset 0); the call releases it.
-    PtrToAllocMem,
-}
-
-/// What a helper returns in r0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RetKind {
-    /// An integer (unknown scalar).
-    Integer,
-    /// Nothing useful (r0 becomes an unknown scalar).
-    Void,
-    /// A pointer to a value of the map argument, or NULL.
-    MapValueOrNull,
-    /// Memory of the size given by the [`ArgKind::ConstAllocSize`] argument, or
-    /// NULL; it must be released (submitted/discarded) on every path.
-    AllocMemOrNull,
-}
+/// Argument and return kinds of helper prototypes: the platform
+/// description's vocabulary (see [`ktrace_bpf_platform::helper`]).
+pub use ktrace_bpf_platform::{ArgKind, RetKind};
 
 /// Prototype of one helper function.
 #[derive(Clone, Debug, PartialEq, Eq)]

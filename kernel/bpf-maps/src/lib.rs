@@ -57,8 +57,9 @@ pub use stack::{walk_frame_pointers, StackTraceMap, MAX_DEPTH as MAX_STACK_DEPTH
 
 use core::fmt;
 
-/// Linux map type numbers (`enum bpf_map_type`), as the verifier knows them.
-pub use bpf_vm::verifier::linux::map_type;
+/// Linux map type numbers (`enum bpf_map_type`), from the platform description
+/// the verifier and the probe crate use.
+pub use ktrace_bpf_platform::map_type;
 
 /// Update flags (`BPF_ANY`, `BPF_NOEXIST`, `BPF_EXIST`).
 pub mod update_flags {

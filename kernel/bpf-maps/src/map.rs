@@ -258,4 +258,40 @@ mod tests {
         all.sort();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
     }
+
+    #[test]
+    fn every_map_type_of_the_platform_is_created_under_its_name() {
+        let e = Arc::new(Epochs::new(1));
+        for &t in map_type::ALL {
+            let (key_size, value_size, max_entries) = match t {
+                map_type::RINGBUF => (0, 0, 4096),
+                map_type::PERF_EVENT_ARRAY => (4, 4, 1),
+                map_type::STACK_TRACE => (4, 8 * 8, 4),
+                _ => (4, 8, 4),
+            };
+            let spec = MapSpec {
+                map_type: t,
+                key_size,
+                value_size,
+                max_entries,
+                flags: 0,
+            };
+            let m =
+                Map::create(spec, 1, e.clone()).unwrap_or_else(|err| panic!("type {t}: {err:?}"));
+            assert_eq!(m.type_name(), map_type::name(t));
+            assert_ne!(m.type_name(), "unknown");
+        }
+        let unknown = MapSpec {
+            map_type: 3,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            flags: 0,
+        };
+        assert_eq!(map_type::name(3), "unknown");
+        assert_eq!(
+            Map::create(unknown, 1, e).err(),
+            Some(MapError::NotSupported)
+        );
+    }
 }

@@ -27,6 +27,7 @@ use crate::trace::kprobe::{self, KprobeHandler};
 use crate::trace::kretprobe::{self, KretprobeHandler, RetInstance};
 use crate::trace::perf::{self, PerfHandler, Sample};
 use crate::trace::tracepoint::{self, TracepointHandler};
+use ktrace_bpf_platform::PerfEventData;
 use ktrace_kprobe::TextAddr;
 
 /// Sampling frequency of `perf_event` programs (bpftrace's `profile:hz:99`).
@@ -65,23 +66,9 @@ impl Link {
     }
 }
 
-/// `struct pt_regs` bytes, Linux x86-64 order.
-fn regs_bytes(r: &PtRegs, out: &mut [u8]) {
-    let words = [
-        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
-        r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
-    ];
-    for (i, w) in words.iter().enumerate() {
-        out[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
-    }
-}
-
-const PT_REGS: usize = 168;
-
 /// Runs `prog` on a `pt_regs` context (kprobes and kretprobes).
 fn run_on_regs(prog: &Program, hits: &AtomicU64, regs: &PtRegs, func_ip: u64) {
-    let mut ctx = [0u8; PT_REGS];
-    regs_bytes(regs, &mut ctx);
+    let mut ctx = regs.to_bytes();
     hits.fetch_add(1, Ordering::Relaxed);
     prog.run(
         &mut ctx,
@@ -171,10 +158,12 @@ struct BpfPerf {
 
 impl PerfHandler for BpfPerf {
     fn sample(&self, sample: &Sample, regs: &PtRegs) {
-        // struct bpf_perf_event_data: regs, sample_period, addr.
-        let mut ctx = [0u8; PT_REGS + 16];
-        regs_bytes(regs, &mut ctx);
-        ctx[PT_REGS..PT_REGS + 8].copy_from_slice(&self.period_ns.to_le_bytes());
+        let mut ctx = PerfEventData {
+            regs: *regs,
+            sample_period: self.period_ns,
+            addr: 0,
+        }
+        .to_bytes();
         self.hits.fetch_add(1, Ordering::Relaxed);
         self.prog.run(
             &mut ctx,

@@ -100,31 +100,6 @@ pub fn init() {
     *VM.lock() = Some(Vm::new());
 }
 
-/// The verifier's program type for a load request.
-fn verifier_type(p: &ProgramLoad) -> Result<verifier::ProgramType, String> {
-    Ok(match (&p.prog_type, &p.attach) {
-        (ProgramType::Kprobe | ProgramType::Kretprobe, _) => linux::kprobe(),
-        (ProgramType::PerfEvent, _) => linux::perf_event(),
-        (ProgramType::Tracepoint, AttachTarget::Tracepoint { category, name }) => {
-            let full = alloc::format!("{category}:{name}");
-            let desc = ktrace_tracepoints::find(&full).ok_or_else(|| {
-                let known: Vec<String> = ktrace_tracepoints::ALL
-                    .iter()
-                    .map(|d| alloc::format!("{}:{}", d.category, d.name))
-                    .collect();
-                alloc::format!("no tracepoint named `{full}`; known: {}", known.join(", "))
-            })?;
-            let fields: Vec<(u32, u32)> = desc.fields.iter().map(|f| (f.offset, f.size)).collect();
-            linux::tracepoint(&full, desc.size, &fields)
-        }
-        (ProgramType::Tracepoint, other) => {
-            return Err(alloc::format!(
-                "a tracepoint program needs a tracepoint target, not {other:?}"
-            ))
-        }
-    })
-}
-
 /// Longest source file name a line table may carry (Linux's `PATH_MAX`).
 const MAX_LINE_FILE: usize = 4096;
 
@@ -156,7 +131,10 @@ pub fn load(
     log_level: u8,
     budget: u64,
 ) -> Result<Program, LoadError> {
-    let ptype = verifier_type(p).map_err(LoadError::Invalid)?;
+    // The one set-up `ktrace check` uses too: same context, same helpers,
+    // same refusal text.
+    let ptype = linux::program_type(p.prog_type, p.attach.platform())
+        .map_err(|e| LoadError::Invalid(e.to_string()))?;
     let helpers = linux::helpers();
     let defs: Vec<MapDef> = maps
         .iter()

@@ -183,8 +183,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Words of one sample in the ring: TSC, IP, pid (low half) and stack
 /// depth (high half), the task name (two words), the stack.
 const SAMPLE_WORDS: usize = 5 + MAX_STACK;
-/// Words of `PtRegs`.
-const REGS_WORDS: usize = 21;
+/// Words of `PtRegs` (the deferred ring stores them, in Linux's order).
+const REGS_WORDS: usize = ktrace_bpf_platform::regs::PT_REGS_FIELDS as usize;
 /// Samples waiting for their handlers before further ones are missed.
 const DEFERRED_CAPACITY: usize = 64;
 
@@ -561,41 +561,6 @@ fn walk_stack(mut rbp: u64, out: &mut [u64]) -> usize {
     n
 }
 
-/// `PtRegs` as words, in its field order (the deferred ring stores them).
-fn regs_to_words(r: &PtRegs) -> [u64; REGS_WORDS] {
-    [
-        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
-        r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
-    ]
-}
-
-fn regs_from_words(w: &[u64]) -> PtRegs {
-    let g = |i: usize| w.get(i).copied().unwrap_or(0);
-    PtRegs {
-        r15: g(0),
-        r14: g(1),
-        r13: g(2),
-        r12: g(3),
-        rbp: g(4),
-        rbx: g(5),
-        r11: g(6),
-        r10: g(7),
-        r9: g(8),
-        r8: g(9),
-        rax: g(10),
-        rcx: g(11),
-        rdx: g(12),
-        rsi: g(13),
-        rdi: g(14),
-        orig_rax: g(15),
-        rip: g(16),
-        cs: g(17),
-        eflags: g(18),
-        rsp: g(19),
-        ss: g(20),
-    }
-}
-
 /// The sampling NMI. See the module docs for what it may do: atomics,
 /// the lock-free rings, mapped-only reads, one self-IPI.
 fn on_sample_nmi(regs: &mut PtRegs, _vector: u8) -> bool {
@@ -634,7 +599,7 @@ fn on_sample_nmi(regs: &mut PtRegs, _vector: u8) -> bool {
         s.lost.fetch_add(1, Ordering::Relaxed);
     }
     if s.handlers.load(Ordering::SeqCst) != 0 {
-        rec[SAMPLE_WORDS..].copy_from_slice(&regs_to_words(regs));
+        rec[SAMPLE_WORDS..].copy_from_slice(&regs.to_words());
         if DEFERRED.push(&rec) {
             apic::self_ipi(SAMPLE_HANDLERS_VECTOR);
         } else {
@@ -676,7 +641,9 @@ fn on_sample_handlers(_regs: &mut PtRegs, _vector: u8) -> bool {
         sample.comm[..8].copy_from_slice(&w[3].to_le_bytes());
         sample.comm[8..].copy_from_slice(&w[4].to_le_bytes());
         sample.stack[..depth].copy_from_slice(&w[5..5 + depth]);
-        let regs = regs_from_words(&w[SAMPLE_WORDS..]);
+        let regs = <&[u64; REGS_WORDS]>::try_from(&w[SAMPLE_WORDS..])
+            .map(PtRegs::from_words)
+            .unwrap_or_default();
         if let Some(_g) = DepthGuard::enter() {
             let handlers = HANDLERS.read();
             for h in handlers.iter() {

@@ -1,5 +1,6 @@
-//! BPF programs, maps, links and event streams (filled in by the
-//! BPF runtime work).
+//! BPF programs, maps, links and event streams: the requests of the
+//! kernel's BPF runtime, and the load requests the host's object loader
+//! (`ktrace-object`) makes from eBPF objects.
 
 use serde::{Deserialize, Serialize};
 
@@ -199,17 +200,9 @@ pub const PSEUDO_MAP_IDX_VALUE: u8 = 6;
 /// the pc-relative offset (Linux's `BPF_PSEUDO_CALL`).
 pub const PSEUDO_CALL: u8 = 1;
 
-/// Linux map type numbers (`enum bpf_map_type`) that probes use.
-pub mod map_type {
-    pub const HASH: u32 = 1;
-    pub const ARRAY: u32 = 2;
-    pub const PERF_EVENT_ARRAY: u32 = 4;
-    pub const PERCPU_HASH: u32 = 5;
-    pub const PERCPU_ARRAY: u32 = 6;
-    pub const STACK_TRACE: u32 = 7;
-    pub const LRU_HASH: u32 = 9;
-    pub const RINGBUF: u32 = 27;
-}
+/// Linux map type numbers (`enum bpf_map_type`), from the platform
+/// description.
+pub use ktrace_bpf_platform::map_type;
 
 /// One map to create before the programs are loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,29 +226,9 @@ pub struct MapDefinition {
     pub types: crate::types::MapTypes,
 }
 
-/// Kinds of program, by the section they came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ProgramType {
-    /// `kprobe/<target>`: context is `struct pt_regs`.
-    Kprobe,
-    /// `kretprobe/<target>`: context is `struct pt_regs` at return.
-    Kretprobe,
-    /// `tracepoint/<category>/<name>`: context is the event record.
-    Tracepoint,
-    /// `perf_event`: context is `struct bpf_perf_event_data`.
-    PerfEvent,
-}
-
-impl ProgramType {
-    /// Linux's `enum bpf_prog_type` number (kretprobes are kprobe programs).
-    pub fn linux_number(self) -> u32 {
-        match self {
-            ProgramType::Kprobe | ProgramType::Kretprobe => 2,
-            ProgramType::Tracepoint => 5,
-            ProgramType::PerfEvent => 7,
-        }
-    }
-}
+/// Kinds of program, by the section they came from: the platform
+/// description's type, sent as it is.
+pub use ktrace_bpf_platform::ProgramType;
 
 /// Where a program attaches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +246,20 @@ pub enum AttachTarget {
     Tracepoint { category: String, name: String },
     /// A perf event; which one is chosen when attaching.
     PerfEvent,
+}
+
+impl AttachTarget {
+    /// What the program's context depends on (the platform description's
+    /// view of the target).
+    pub fn platform(&self) -> ktrace_bpf_platform::Attach<'_> {
+        match self {
+            AttachTarget::Kprobe { .. } => ktrace_bpf_platform::Attach::Kprobe,
+            AttachTarget::Tracepoint { category, name } => {
+                ktrace_bpf_platform::Attach::Tracepoint { category, name }
+            }
+            AttachTarget::PerfEvent => ktrace_bpf_platform::Attach::PerfEvent,
+        }
+    }
 }
 
 /// One resolved kprobe address.

@@ -15,7 +15,8 @@
 //! [`vm`] (hello, info, shutdown, debug), [`trace`] (kprobes, tracepoints,
 //! perf events), [`bpf`] (programs, maps, links), [`block`] (devices,
 //! statistics, workloads); [`types`] describes map keys, values and event
-//! records.
+//! records. Program types and map type numbers are the platform
+//! description's (`ktrace-bpf-platform`), sent as they are.
 #![no_std]
 
 extern crate alloc;

@@ -11,35 +11,9 @@ use core::marker::PhantomData;
 
 use ktrace_tracepoints::TracepointEvent;
 
-/// Linux's x86_64 `struct pt_regs`, in its field order, as the kernel saves
-/// it on a kprobe hit.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-#[allow(missing_docs)]
-pub struct PtRegs {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub rbp: u64,
-    pub rbx: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rax: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    /// The syscall number on syscall entry, else -1.
-    pub orig_rax: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub eflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
-}
+/// Linux's x86_64 `struct pt_regs` and `struct bpf_perf_event_data`, from
+/// the platform description the kernel and the verifier use.
+pub use ktrace_bpf_platform::{PerfEventData, PtRegs};
 
 /// A value that fits in one register: integers, `bool` and raw pointers.
 /// [`KprobeContext::arg`] and [`KretprobeContext::ret`] convert the raw
@@ -249,19 +223,6 @@ impl<E: TracepointEvent> TracepointContext<E> {
     pub fn as_ptr(&self) -> *mut c_void {
         self.record.cast()
     }
-}
-
-/// Linux's `struct bpf_perf_event_data`: the sampled registers, the sample
-/// period and the address (for events that record one).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PerfEventData {
-    /// Registers at the sampled instruction.
-    pub regs: PtRegs,
-    /// Events counted per sample.
-    pub sample_period: u64,
-    /// Data address, when the event has one.
-    pub addr: u64,
 }
 
 /// The context of a `#[perf_event]` program (sampling).

@@ -12,42 +12,46 @@
 use core::ffi::c_void;
 use core::mem::MaybeUninit;
 
-/// Linux helper ids used by this crate.
+/// Linux helper ids, from the platform description the kernel and the
+/// verifier use (as `usize`: a helper is called through a function pointer
+/// whose value is its id).
 pub mod id {
+    use ktrace_bpf_platform::helper as h;
+
     /// `void *bpf_map_lookup_elem(map, key)`
-    pub const MAP_LOOKUP_ELEM: usize = 1;
+    pub const MAP_LOOKUP_ELEM: usize = h::MAP_LOOKUP_ELEM as usize;
     /// `long bpf_map_update_elem(map, key, value, flags)`
-    pub const MAP_UPDATE_ELEM: usize = 2;
+    pub const MAP_UPDATE_ELEM: usize = h::MAP_UPDATE_ELEM as usize;
     /// `long bpf_map_delete_elem(map, key)`
-    pub const MAP_DELETE_ELEM: usize = 3;
+    pub const MAP_DELETE_ELEM: usize = h::MAP_DELETE_ELEM as usize;
     /// `u64 bpf_ktime_get_ns(void)`
-    pub const KTIME_GET_NS: usize = 5;
+    pub const KTIME_GET_NS: usize = h::KTIME_GET_NS as usize;
     /// `long bpf_trace_printk(fmt, fmt_size, ...)`
-    pub const TRACE_PRINTK: usize = 6;
+    pub const TRACE_PRINTK: usize = h::TRACE_PRINTK as usize;
     /// `u32 bpf_get_smp_processor_id(void)`
-    pub const GET_SMP_PROCESSOR_ID: usize = 8;
+    pub const GET_SMP_PROCESSOR_ID: usize = h::GET_SMP_PROCESSOR_ID as usize;
     /// `u64 bpf_get_current_pid_tgid(void)`
-    pub const GET_CURRENT_PID_TGID: usize = 14;
+    pub const GET_CURRENT_PID_TGID: usize = h::GET_CURRENT_PID_TGID as usize;
     /// `long bpf_get_current_comm(buf, size)`
-    pub const GET_CURRENT_COMM: usize = 16;
+    pub const GET_CURRENT_COMM: usize = h::GET_CURRENT_COMM as usize;
     /// `long bpf_perf_event_output(ctx, map, flags, data, size)`
-    pub const PERF_EVENT_OUTPUT: usize = 25;
+    pub const PERF_EVENT_OUTPUT: usize = h::PERF_EVENT_OUTPUT as usize;
     /// `long bpf_get_stackid(ctx, map, flags)`
-    pub const GET_STACKID: usize = 27;
+    pub const GET_STACKID: usize = h::GET_STACKID as usize;
     /// `long bpf_probe_read_kernel(dst, size, unsafe_ptr)`
-    pub const PROBE_READ_KERNEL: usize = 113;
+    pub const PROBE_READ_KERNEL: usize = h::PROBE_READ_KERNEL as usize;
     /// `long bpf_probe_read_kernel_str(dst, size, unsafe_ptr)`
-    pub const PROBE_READ_KERNEL_STR: usize = 115;
+    pub const PROBE_READ_KERNEL_STR: usize = h::PROBE_READ_KERNEL_STR as usize;
     /// `long bpf_ringbuf_output(ringbuf, data, size, flags)`
-    pub const RINGBUF_OUTPUT: usize = 130;
+    pub const RINGBUF_OUTPUT: usize = h::RINGBUF_OUTPUT as usize;
     /// `void *bpf_ringbuf_reserve(ringbuf, size, flags)`
-    pub const RINGBUF_RESERVE: usize = 131;
+    pub const RINGBUF_RESERVE: usize = h::RINGBUF_RESERVE as usize;
     /// `void bpf_ringbuf_submit(data, flags)`
-    pub const RINGBUF_SUBMIT: usize = 132;
+    pub const RINGBUF_SUBMIT: usize = h::RINGBUF_SUBMIT as usize;
     /// `void bpf_ringbuf_discard(data, flags)`
-    pub const RINGBUF_DISCARD: usize = 133;
+    pub const RINGBUF_DISCARD: usize = h::RINGBUF_DISCARD as usize;
     /// `u64 bpf_get_func_ip(ctx)`
-    pub const GET_FUNC_IP: usize = 173;
+    pub const GET_FUNC_IP: usize = h::GET_FUNC_IP as usize;
 }
 
 /// Declares a raw helper: an `unsafe fn` that calls helper `$id`.

@@ -20,6 +20,10 @@
 //!   `struct bpf_map_def` with Linux's map type numbers.
 //! - **Helpers** ([`helpers`]): safe wrappers over Linux helper ids.
 //!
+//! Map type numbers, helper ids and the `pt_regs` layout come from
+//! `ktrace-bpf-platform`, the description the kernel and its verifier use,
+//! so a probe and the kernel cannot disagree on them.
+//!
 //! ```ignore
 //! #![no_std]
 //! use ktrace_probe::{kprobe, map, maps::HashMap, KprobeContext};

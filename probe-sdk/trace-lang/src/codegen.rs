@@ -1232,7 +1232,7 @@ impl Gen<'_, '_> {
             Builtin::Probe => self.e.imm(ACC, self.probe_index as u64),
             Builtin::Retval => self.e.load(Size::DW, ACC, CTX, pt_regs::RAX as i16),
             Builtin::Arg(n) => {
-                let off = [pt_regs::RDI, pt_regs::RSI, pt_regs::RDX, pt_regs::RCX, pt_regs::R8, pt_regs::R9][n as usize];
+                let off = pt_regs::ARGS[n as usize];
                 self.e.load(Size::DW, ACC, CTX, off as i16);
             }
             Builtin::Kstack => {

@@ -148,7 +148,7 @@ pub fn parse_typed(
 /// A value as the host sees it: per-CPU maps hold one copy per CPU, each
 /// padded to 8 bytes. `None` for other maps.
 fn per_cpu_copies<'a>(m: &MapInfo, bytes: &'a [u8]) -> Option<Vec<&'a [u8]>> {
-    if !matches!(m.map_type, map_type::PERCPU_HASH | map_type::PERCPU_ARRAY) {
+    if !map_type::is_per_cpu(m.map_type) {
         return None;
     }
     let stride = (m.value_size as usize).div_ceil(8) * 8;
@@ -235,17 +235,7 @@ pub fn parse_value(m: &MapInfo, text: &str) -> anyhow::Result<Vec<u8>> {
 
 /// Map type name as bpftool prints it.
 pub fn type_name(t: u32) -> &'static str {
-    match t {
-        map_type::HASH => "hash",
-        map_type::ARRAY => "array",
-        map_type::PERF_EVENT_ARRAY => "perf_event_array",
-        map_type::PERCPU_HASH => "percpu_hash",
-        map_type::PERCPU_ARRAY => "percpu_array",
-        map_type::STACK_TRACE => "stack_trace",
-        map_type::LRU_HASH => "lru_hash",
-        map_type::RINGBUF => "ringbuf",
-        _ => "unknown",
-    }
+    map_type::name(t)
 }
 
 /// Prints rows as aligned columns.

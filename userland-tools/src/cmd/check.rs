@@ -167,6 +167,7 @@ mod tests {
                     peak_states: 0,
                 },
                 log: String::new(),
+                stats: Default::default(),
             },
             Verdict {
                 program: "bad".into(),
@@ -182,6 +183,7 @@ mod tests {
                     verifier_message: "insn 1 (src/lib.rs:3): r0 = *(u64 *)(r1 + 0): m".into(),
                 }),
                 log: String::new(),
+                stats: Default::default(),
             },
         ];
         let j = json(&verdicts);

@@ -315,7 +315,7 @@ struct Session<'a> {
 }
 
 /// A `pt_regs` of zeros: the context of programs the tool runs itself.
-const HOST_CTX: usize = 168;
+const HOST_CTX: usize = bpf_vm::verifier::linux::PT_REGS_SIZE as usize;
 
 impl Session<'_> {
     fn prog_id(&self, i: usize) -> u32 {

@@ -4,34 +4,11 @@
 
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Saved registers in Linux `struct pt_regs` order (x86_64). BPF kprobe
-/// programs read this layout as their context.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PtRegs {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub rbp: u64,
-    pub rbx: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rax: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    /// The error code for exceptions that push one, else 0.
-    pub orig_rax: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub eflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
-}
+/// Saved registers in Linux `struct pt_regs` order (x86_64): the entry
+/// code pushes this frame, and BPF kprobe programs read the same layout as
+/// their context, so it is the platform description's struct (its layout
+/// is asserted there, field by field).
+pub use ktrace_bpf_platform::PtRegs;
 
 /// First vector of external interrupts.
 pub const IRQ_BASE: u8 = 32;

@@ -61,25 +61,9 @@ impl MapDef {
     }
 }
 
-/// Linux map type numbers (`enum bpf_map_type`).
-pub mod map_type {
-    /// `BPF_MAP_TYPE_HASH`
-    pub const HASH: u32 = 1;
-    /// `BPF_MAP_TYPE_ARRAY`
-    pub const ARRAY: u32 = 2;
-    /// `BPF_MAP_TYPE_PERF_EVENT_ARRAY`
-    pub const PERF_EVENT_ARRAY: u32 = 4;
-    /// `BPF_MAP_TYPE_PERCPU_HASH`
-    pub const PERCPU_HASH: u32 = 5;
-    /// `BPF_MAP_TYPE_PERCPU_ARRAY`
-    pub const PERCPU_ARRAY: u32 = 6;
-    /// `BPF_MAP_TYPE_STACK_TRACE`
-    pub const STACK_TRACE: u32 = 7;
-    /// `BPF_MAP_TYPE_LRU_HASH`
-    pub const LRU_HASH: u32 = 9;
-    /// `BPF_MAP_TYPE_RINGBUF`
-    pub const RINGBUF: u32 = 27;
-}
+/// Linux map type numbers (`enum bpf_map_type`), from the platform
+/// description the kernel and the verifier use.
+pub use ktrace_bpf_platform::map_type;
 
 /// `flags` of map updates (Linux's `BPF_ANY`, `BPF_NOEXIST`, `BPF_EXIST`).
 pub mod update {

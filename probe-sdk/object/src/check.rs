@@ -10,7 +10,7 @@
 //! the failing instruction from the object's DWARF line table.
 
 use bpf_vm::verifier::{self, linux, Config, Env, MapDef, ProgramType as VmProgramType};
-use ktrace_abi::bpf::{AttachTarget, LineTable, MapDefinition, ProgramLoad, ProgramType};
+use ktrace_abi::bpf::{LineTable, MapDefinition, ProgramLoad};
 
 use crate::object::Object;
 
@@ -37,6 +37,9 @@ pub struct Verdict {
     pub outcome: Outcome,
     /// The verifier log, when asked for.
     pub log: String,
+    /// The verifier's statistics, as the kernel reports them for the same
+    /// load (all zero when the program could not be set up).
+    pub stats: verifier::Stats,
 }
 
 /// Accepted or rejected.
@@ -110,30 +113,11 @@ impl std::fmt::Display for Verdict {
     }
 }
 
-/// The verifier's program type for a loaded program.
+/// The verifier's program type for a loaded program: the kernel's own
+/// set-up ([`linux::program_type`]), so an unknown tracepoint is refused
+/// with the kernel's words.
 pub fn program_type(p: &ProgramLoad) -> Result<VmProgramType, String> {
-    Ok(match (&p.prog_type, &p.attach) {
-        (ProgramType::Kprobe | ProgramType::Kretprobe, _) => linux::kprobe(),
-        (ProgramType::PerfEvent, _) => linux::perf_event(),
-        (ProgramType::Tracepoint, AttachTarget::Tracepoint { category, name }) => {
-            let full = format!("{category}:{name}");
-            let desc = ktrace_tracepoints::find(&full).ok_or_else(|| {
-                let known: Vec<String> = ktrace_tracepoints::ALL
-                    .iter()
-                    .map(|d| d.full_name().to_string())
-                    .collect();
-                format!(
-                    "unknown tracepoint `{full}` (the kernel has: {})",
-                    known.join(", ")
-                )
-            })?;
-            let fields: Vec<(u32, u32)> = desc.fields.iter().map(|f| (f.offset, f.size)).collect();
-            linux::tracepoint(&full, desc.size, &fields)
-        }
-        (ProgramType::Tracepoint, other) => {
-            return Err(format!("tracepoint program with attach target {other:?}"))
-        }
-    })
+    linux::program_type(p.prog_type, p.attach.platform()).map_err(|e| e.to_string())
 }
 
 /// Map descriptions as the verifier sees them (position = map index).
@@ -162,12 +146,13 @@ fn vm_lines(lines: Option<&LineTable>) -> Vec<verifier::LineInfo> {
 
 /// Verify one program against the object's maps.
 pub fn check_program(p: &ProgramLoad, maps: &[MapDefinition], opts: CheckOptions) -> Verdict {
-    let verdict = |outcome, log| Verdict {
+    let verdict = |outcome, log, stats| Verdict {
         program: p.name.clone(),
         section: p.section.clone(),
         insns: p.insns.len() / 8,
         outcome,
         log,
+        stats,
     };
     let prog_type = match program_type(p) {
         Ok(t) => t,
@@ -183,6 +168,7 @@ pub fn check_program(p: &ProgramLoad, maps: &[MapDefinition], opts: CheckOptions
                     rule: "BadInput".into(),
                 }),
                 String::new(),
+                verifier::Stats::default(),
             )
         }
     };
@@ -210,6 +196,7 @@ pub fn check_program(p: &ProgramLoad, maps: &[MapDefinition], opts: CheckOptions
                 peak_states: report.stats.peak_states,
             },
             report.log,
+            report.stats,
         ),
         Err(rej) => {
             let e = &rej.error;
@@ -224,6 +211,7 @@ pub fn check_program(p: &ProgramLoad, maps: &[MapDefinition], opts: CheckOptions
                     verifier_message: rej.to_string(),
                 }),
                 rej.log.clone(),
+                rej.stats.clone(),
             )
         }
     }

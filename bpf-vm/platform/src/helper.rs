@@ -1,0 +1,283 @@
+//! Helper functions: Linux ids (`enum bpf_func_id`) and the prototype of
+//! every helper ktrace's kernel implements.
+//!
+//! A program calls helper `id` with `call id`, arguments in r1–r5 and the
+//! result in r0. The prototypes say what the verifier must prove about each
+//! argument before the call and what r0 holds after it; the kernel's
+//! implementations rely on exactly that.
+
+use crate::map_type::{PERF_EVENT_ARRAY, RINGBUF, STACK_TRACE, WITH_VALUES};
+
+/// `void *bpf_map_lookup_elem(map, key)`
+pub const MAP_LOOKUP_ELEM: i32 = 1;
+/// `long bpf_map_update_elem(map, key, value, flags)`
+pub const MAP_UPDATE_ELEM: i32 = 2;
+/// `long bpf_map_delete_elem(map, key)`
+pub const MAP_DELETE_ELEM: i32 = 3;
+/// `long bpf_probe_read(dst, size, unsafe_ptr)`
+pub const PROBE_READ: i32 = 4;
+/// `u64 bpf_ktime_get_ns(void)`
+pub const KTIME_GET_NS: i32 = 5;
+/// `long bpf_trace_printk(fmt, fmt_size, ...)`
+pub const TRACE_PRINTK: i32 = 6;
+/// `u32 bpf_get_smp_processor_id(void)`
+pub const GET_SMP_PROCESSOR_ID: i32 = 8;
+/// `u64 bpf_get_current_pid_tgid(void)`
+pub const GET_CURRENT_PID_TGID: i32 = 14;
+/// `long bpf_get_current_comm(buf, size)`
+pub const GET_CURRENT_COMM: i32 = 16;
+/// `long bpf_perf_event_output(ctx, map, flags, data, size)`
+pub const PERF_EVENT_OUTPUT: i32 = 25;
+/// `long bpf_get_stackid(ctx, map, flags)`
+pub const GET_STACKID: i32 = 27;
+/// `long bpf_probe_read_str(dst, size, unsafe_ptr)`
+pub const PROBE_READ_STR: i32 = 45;
+/// `long bpf_probe_read_kernel(dst, size, unsafe_ptr)`
+pub const PROBE_READ_KERNEL: i32 = 113;
+/// `long bpf_probe_read_kernel_str(dst, size, unsafe_ptr)`
+pub const PROBE_READ_KERNEL_STR: i32 = 115;
+/// `long bpf_ringbuf_output(ringbuf, data, size, flags)`
+pub const RINGBUF_OUTPUT: i32 = 130;
+/// `void *bpf_ringbuf_reserve(ringbuf, size, flags)`
+pub const RINGBUF_RESERVE: i32 = 131;
+/// `void bpf_ringbuf_submit(data, flags)`
+pub const RINGBUF_SUBMIT: i32 = 132;
+/// `void bpf_ringbuf_discard(data, flags)`
+pub const RINGBUF_DISCARD: i32 = 133;
+/// `u64 bpf_get_func_ip(ctx)`
+pub const GET_FUNC_IP: i32 = 173;
+
+/// What a helper expects in one argument register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgKind {
+    /// Any initialised scalar (pointers are rejected as leaks unless allowed).
+    Anything,
+    /// A scalar, or not initialised at all (variadic tail of `trace_printk`).
+    ScalarOrUninit,
+    /// Any initialised value; a pointer is fine because the helper only uses
+    /// it as an address to read safely (`probe_read`'s source).
+    UnsafePtr,
+    /// A map from `ld_imm64` (its type must be one of the helper's map types).
+    ConstMapPtr,
+    /// Pointer to `key_size` initialised bytes of the map given in an earlier argument.
+    PtrToMapKey,
+    /// Pointer to `value_size` initialised bytes of the map given in an earlier argument.
+    PtrToMapValue,
+    /// Pointer to initialised memory whose size is the next argument.
+    PtrToMem,
+    /// Pointer to memory the helper writes (may be uninitialised); size in the next argument.
+    PtrToUninitMem,
+    /// Size of the previous memory argument: a bounded scalar, at least 1.
+    ConstSize,
+    /// Size of the previous memory argument: a bounded scalar, 0 allowed.
+    ConstSizeOrZero,
+    /// The context pointer, unmodified.
+    PtrToCtx,
+    /// A known constant giving the size of memory the helper allocates.
+    ConstAllocSize,
+    /// Memory returned by an allocating helper (non-null, offset 0); the call releases it.
+    PtrToAllocMem,
+}
+
+/// What a helper returns in r0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetKind {
+    /// An integer (unknown scalar).
+    Integer,
+    /// Nothing useful (r0 becomes an unknown scalar).
+    Void,
+    /// A pointer to a value of the map argument, or NULL.
+    MapValueOrNull,
+    /// Memory of the size given by the [`ArgKind::ConstAllocSize`] argument, or
+    /// NULL; it must be released (submitted/discarded) on every path.
+    AllocMemOrNull,
+}
+
+/// The prototype of one helper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Helper {
+    /// Helper id (the `imm` of `call`).
+    pub id: i32,
+    /// Linux's name (`bpf_` + the `BPF_FUNC_` name), used in messages.
+    pub name: &'static str,
+    /// Argument kinds for r1, r2, ... (registers past the list are unchecked).
+    pub args: &'static [ArgKind],
+    /// What r0 holds after the call.
+    pub ret: RetKind,
+    /// Map types the [`ArgKind::ConstMapPtr`] argument accepts (empty: any).
+    pub map_types: &'static [u32],
+}
+
+use ArgKind::*;
+use RetKind::*;
+
+const fn proto(id: i32, name: &'static str, args: &'static [ArgKind], ret: RetKind) -> Helper {
+    Helper {
+        id,
+        name,
+        args,
+        ret,
+        map_types: &[],
+    }
+}
+
+const fn on_maps(h: Helper, map_types: &'static [u32]) -> Helper {
+    Helper { map_types, ..h }
+}
+
+const PROBE_READ_ARGS: &[ArgKind] = &[PtrToUninitMem, ConstSizeOrZero, UnsafePtr];
+
+/// Every helper the kernel implements, by id.
+pub const HELPERS: &[Helper] = &[
+    on_maps(
+        proto(
+            MAP_LOOKUP_ELEM,
+            "bpf_map_lookup_elem",
+            &[ConstMapPtr, PtrToMapKey],
+            MapValueOrNull,
+        ),
+        WITH_VALUES,
+    ),
+    on_maps(
+        proto(
+            MAP_UPDATE_ELEM,
+            "bpf_map_update_elem",
+            &[ConstMapPtr, PtrToMapKey, PtrToMapValue, Anything],
+            Integer,
+        ),
+        WITH_VALUES,
+    ),
+    on_maps(
+        proto(
+            MAP_DELETE_ELEM,
+            "bpf_map_delete_elem",
+            &[ConstMapPtr, PtrToMapKey],
+            Integer,
+        ),
+        WITH_VALUES,
+    ),
+    proto(PROBE_READ, "bpf_probe_read", PROBE_READ_ARGS, Integer),
+    proto(KTIME_GET_NS, "bpf_ktime_get_ns", &[], Integer),
+    proto(
+        TRACE_PRINTK,
+        "bpf_trace_printk",
+        &[
+            PtrToMem,
+            ConstSize,
+            ScalarOrUninit,
+            ScalarOrUninit,
+            ScalarOrUninit,
+        ],
+        Integer,
+    ),
+    proto(
+        GET_SMP_PROCESSOR_ID,
+        "bpf_get_smp_processor_id",
+        &[],
+        Integer,
+    ),
+    proto(
+        GET_CURRENT_PID_TGID,
+        "bpf_get_current_pid_tgid",
+        &[],
+        Integer,
+    ),
+    proto(
+        GET_CURRENT_COMM,
+        "bpf_get_current_comm",
+        &[PtrToUninitMem, ConstSize],
+        Integer,
+    ),
+    on_maps(
+        proto(
+            PERF_EVENT_OUTPUT,
+            "bpf_perf_event_output",
+            &[PtrToCtx, ConstMapPtr, Anything, PtrToMem, ConstSizeOrZero],
+            Integer,
+        ),
+        &[PERF_EVENT_ARRAY],
+    ),
+    on_maps(
+        proto(
+            GET_STACKID,
+            "bpf_get_stackid",
+            &[PtrToCtx, ConstMapPtr, Anything],
+            Integer,
+        ),
+        &[STACK_TRACE],
+    ),
+    proto(
+        PROBE_READ_STR,
+        "bpf_probe_read_str",
+        PROBE_READ_ARGS,
+        Integer,
+    ),
+    proto(
+        PROBE_READ_KERNEL,
+        "bpf_probe_read_kernel",
+        PROBE_READ_ARGS,
+        Integer,
+    ),
+    proto(
+        PROBE_READ_KERNEL_STR,
+        "bpf_probe_read_kernel_str",
+        PROBE_READ_ARGS,
+        Integer,
+    ),
+    on_maps(
+        proto(
+            RINGBUF_OUTPUT,
+            "bpf_ringbuf_output",
+            &[ConstMapPtr, PtrToMem, ConstSizeOrZero, Anything],
+            Integer,
+        ),
+        &[RINGBUF],
+    ),
+    on_maps(
+        proto(
+            RINGBUF_RESERVE,
+            "bpf_ringbuf_reserve",
+            &[ConstMapPtr, ConstAllocSize, Anything],
+            AllocMemOrNull,
+        ),
+        &[RINGBUF],
+    ),
+    proto(
+        RINGBUF_SUBMIT,
+        "bpf_ringbuf_submit",
+        &[PtrToAllocMem, Anything],
+        Void,
+    ),
+    proto(
+        RINGBUF_DISCARD,
+        "bpf_ringbuf_discard",
+        &[PtrToAllocMem, Anything],
+        Void,
+    ),
+    proto(GET_FUNC_IP, "bpf_get_func_ip", &[PtrToCtx], Integer),
+];
+
+/// The prototype of helper `id`, if the kernel implements it.
+pub fn find(id: i32) -> Option<&'static Helper> {
+    HELPERS.iter().find(|h| h.id == id)
+}
+
+/// Linux's name of helper `id`: the kernel's helpers, and the Linux helpers
+/// tracing programs commonly call that ktrace does not implement (so a
+/// disassembly or a refusal names them).
+pub fn linux_name(id: i32) -> Option<&'static str> {
+    if let Some(h) = find(id) {
+        return Some(h.name);
+    }
+    Some(match id {
+        7 => "bpf_get_prandom_u32",
+        12 => "bpf_tail_call",
+        15 => "bpf_get_current_uid_gid",
+        35 => "bpf_get_current_task",
+        67 => "bpf_get_stack",
+        112 => "bpf_probe_read_user",
+        114 => "bpf_probe_read_user_str",
+        125 => "bpf_ktime_get_boot_ns",
+        _ => return None,
+    })
+}
