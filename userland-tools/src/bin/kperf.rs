@@ -100,6 +100,10 @@ struct StatArgs {
     /// as `ktrace symbols`).
     #[arg(long, value_name = "ELF")]
     kernel: Option<PathBuf>,
+    /// A `kprobe:` name several functions share counts each of them (one
+    /// row per function, as `perf probe` makes one event per location).
+    #[arg(long)]
+    all: bool,
     /// The in-kernel workload to measure (arguments of `ktrace workload`).
     #[arg(last = true, value_name = "WORKLOAD ARGS")]
     workload: Vec<String>,
@@ -223,7 +227,11 @@ fn list(args: ListArgs, vm: &str) -> anyhow::Result<()> {
 }
 
 /// Events the user named, parsed and (for kprobes) resolved.
-fn events(names: &[String], kernel: Option<&Path>) -> anyhow::Result<Vec<(String, kp::EventSpec)>> {
+fn events(
+    names: &[String],
+    kernel: Option<&Path>,
+    all: bool,
+) -> anyhow::Result<Vec<(String, kp::EventSpec)>> {
     let names: Vec<String> = if names.is_empty() {
         [
             "task-clock",
@@ -244,7 +252,7 @@ fn events(names: &[String], kernel: Option<&Path>) -> anyhow::Result<Vec<(String
     let mut index = None;
     let mut out = Vec::new();
     for n in names {
-        let mut spec = kp::parse_event(&n)?;
+        let spec = kp::parse_event(&n)?;
         if matches!(spec, kp::EventSpec::Counter(PerfEvent::Kprobe { .. })) {
             if index.is_none() {
                 let elf = ktrace_tools::cmd::symbols::kernel_elf(kernel)?;
@@ -253,7 +261,13 @@ fn events(names: &[String], kernel: Option<&Path>) -> anyhow::Result<Vec<(String
                         format!("reading kernel symbols from {}", elf.display())
                     })?);
             }
-            spec = kp::resolve_kprobe(spec, index.as_ref().expect("set above"))?;
+            out.extend(kp::resolve_kprobe(
+                n,
+                spec,
+                index.as_ref().expect("set above"),
+                all,
+            )?);
+            continue;
         }
         out.push((n, spec));
     }
@@ -346,7 +360,7 @@ fn stat_cmd(args: StatArgs, vm: &str) -> anyhow::Result<()> {
         bail!("-x needs a separator, e.g. -x, or -x';'");
     }
     let _ = args.all_cpus;
-    let evs = events(&args.events, args.kernel.as_deref())?;
+    let evs = events(&args.events, args.kernel.as_deref(), args.all)?;
     let work = work_from(&args.workload, args.duration, None)?;
     let title = match &work {
         Work::Workload(_, t) => t.clone(),
