@@ -409,3 +409,59 @@ fn load_inlines(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(addr: u64, line: u32) -> Row {
+        Row {
+            addr,
+            file: 0,
+            line,
+            is_stmt: true,
+        }
+    }
+
+    /// Line 7 of a function at 0x100: once as a run interrupted only by
+    /// code of no line and by an inlined call (one copy), then again after
+    /// line 9 (a second copy, as a duplicated tail).
+    #[test]
+    fn runs_of_a_line_are_its_copies() {
+        let rows = vec![
+            row(0x100, 6),
+            row(0x104, 7),
+            row(0x108, 0),
+            row(0x10c, 7),
+            row(0x110, 30), // inlined callee's own line
+            row(0x114, 7),
+            row(0x118, 9),
+            row(0x120, 7),
+            row(0x124, 7),
+        ];
+        let n = rows.len();
+        let data = LineData {
+            rows,
+            sequences: vec![Sequence {
+                start: 0x100,
+                end: 0x130,
+                rows: (0, n),
+            }],
+            inlines: vec![InlineRange {
+                start: 0x110,
+                end: 0x114,
+                depth: 1,
+                name: 0,
+                call_file: Some(0),
+                call_line: 7,
+            }],
+            ..LineData::default()
+        };
+        for addr in [0x104, 0x10c, 0x114] {
+            assert_eq!(data.run_start(addr, 0, 7, 0x100), 0x104, "{addr:#x}");
+        }
+        for addr in [0x120, 0x124] {
+            assert_eq!(data.run_start(addr, 0, 7, 0x100), 0x120, "{addr:#x}");
+        }
+    }
+}

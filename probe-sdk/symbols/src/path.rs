@@ -546,6 +546,18 @@ mod tests {
     }
 
     #[test]
+    fn section_targets_carry_spaces_as_percent_20() {
+        let path = "<Deadline<P> as  Scheduler<P>>::dispatch";
+        let encoded = encode_section_target(path);
+        assert_eq!(encoded, "<Deadline<P>%20as%20Scheduler<P>>::dispatch");
+        assert_eq!(
+            decode_section_target(&encoded),
+            "<Deadline<P> as Scheduler<P>>::dispatch"
+        );
+        assert_eq!(decode_section_target("queue.rs:42"), "queue.rs:42");
+    }
+
+    #[test]
     fn demangles_both_schemes() {
         let l = demangle("_ZN7fixture3net4send17h1334d7bfae6b15dcE");
         assert_eq!(l.name, "fixture::net::send");

@@ -544,7 +544,15 @@ impl SymbolIndex {
                 .map(|s| s.name.clone())
                 .collect()
         };
-        let kind = if fs.iter().all(|f| f.parsed().trait_.is_some())
+        let closure = |f: &Function| {
+            f.parsed()
+                .rest
+                .last()
+                .is_some_and(|s| s.name.starts_with("{closure"))
+        };
+        let kind = if fs.iter().all(|f| closure(f)) {
+            AmbiguityKind::Closures
+        } else if fs.iter().all(|f| f.parsed().trait_.is_some())
             && fs
                 .iter()
                 .all(|f| f.parsed().keys().get(1) == fs[0].parsed().keys().get(1))
@@ -602,7 +610,13 @@ impl SymbolIndex {
         if let Some(loc) = self.function_location(f) {
             let comps: Vec<&str> = loc.file.split('/').collect();
             let short = comps[comps.len().saturating_sub(2)..].join("/");
-            for k in 1..=key.len() {
+            // A closure is named with the function it is in.
+            let from = if key.last().is_some_and(|s| s.name.starts_with("{closure")) {
+                2.min(key.len())
+            } else {
+                1
+            };
+            for k in from..=key.len() {
                 let q = format!("{}@{}:{}", render(&key[key.len() - k..]), short, loc.line);
                 if only(&q) {
                     return Some(q);
