@@ -51,18 +51,30 @@ fn json(t: &str) -> serde_json::Value {
     serde_json::from_str(t).unwrap_or_else(|e| panic!("not JSON ({e}):\n{t}"))
 }
 
-/// `kernel/src/block/queue.rs:LINE` of the line in `submit_bio` that takes
-/// a request id: the compiler copies it into both arms of the merge/insert
-/// decision (one copy runs for a merged bio, the other for a new request).
+/// `block/queue.rs:LINE` of a line of `submit_bio` that runs once per call
+/// (past the early return for a bad bio, before the merge/insert decision)
+/// and that the compiler duplicated: it copies the tail of the function into
+/// the arms of that decision, and one copy or the other runs. Candidates
+/// are read from the source; the first with several copies is taken.
 fn duplicated_line() -> String {
     let src = kernel_image::workspace_root().join("kernel/src/block/queue.rs");
     let source = std::fs::read_to_string(src).unwrap();
-    let line = source
-        .lines()
-        .position(|l| l.contains("let new_id = NEXT_RQ_ID.fetch_add"))
-        .expect("submit_bio takes a request id")
-        + 1;
-    format!("block/queue.rs:{line}")
+    let candidates = ["bio.id = NEXT_BIO_ID.fetch_add", "bio.queued_ns = now;"];
+    for needle in candidates {
+        let Some(i) = source.lines().position(|l| l.contains(needle)) else {
+            continue;
+        };
+        let line = format!("block/queue.rs:{}", i + 1);
+        let out = run("ktrace", &["symbols", "--json", &line]);
+        if !out.status.success() {
+            continue;
+        }
+        let v = json(&text(&out.stdout));
+        if v["points"].as_array().is_some_and(|p| p.len() >= 2) {
+            return line;
+        }
+    }
+    panic!("none of the lines {candidates:?} of submit_bio has several copies in this build; the test needs one");
 }
 
 fn compile_c(dir: &Path, name: &str, source: &str) -> PathBuf {
@@ -206,7 +218,7 @@ fn build_check_refuses_a_misspelt_target() {
 #[test]
 fn every_copy_is_probed_and_foreign_objects_load() {
     let (cfg, dir) = disk_config("names", 1);
-    let mut vm = TestVm::boot_with(cfg);
+    let vm = TestVm::boot_with(cfg);
     let name = vm.name().to_string();
     let k = |args: &[&str]| run_ok("ktrace", &[&["--vm", name.as_str()], args].concat());
     let line = duplicated_line();
