@@ -225,7 +225,7 @@ fn elide(text: &str, max: usize, keep_end: bool) -> String {
 
 /// Rows aligned in columns, one per line. With `fit`, the name and source
 /// columns are elided so that a row fits in `fit` characters (the location
-/// down to 32, then the name down to 24).
+/// down to 24, then the name down to 24).
 fn table(rows: &[[String; 4]], fit: Option<usize>) -> String {
     let mut width = [0usize; 4];
     for row in rows {
@@ -237,7 +237,7 @@ fn table(rows: &[[String; 4]], fit: Option<usize>) -> String {
     if let Some(fit) = fit {
         let total = |w: &[usize; 4]| w.iter().sum::<usize>() + 6;
         if total(&width) > fit {
-            width[3] = width[3].min(32.max(fit.saturating_sub(total(&width) - width[3])));
+            width[3] = width[3].min(24.max(fit.saturating_sub(total(&width) - width[3])));
         }
         if total(&width) > fit {
             width[0] = width[0].min(24.max(fit.saturating_sub(total(&width) - width[0])));
@@ -384,13 +384,11 @@ mod tests {
         assert_eq!(fitted.trim_end().chars().count(), 100, "{fitted}");
         assert!(fitted.starts_with("<kernel::a::Type<u8,"), "{fitted}");
         assert!(
-            fitted.contains("u8,u8,u… kernel::Trait>::method  0x1000  40 bytes  …"),
+            fitted.contains("…> as kernel::Trait>::method  0x1000  40 bytes  …"),
             "{fitted}"
         );
         assert!(
-            fitted
-                .trim_end()
-                .ends_with("library/core/src/ptr/mod.rs:805"),
+            fitted.trim_end().ends_with("  …core/src/ptr/mod.rs:805"),
             "{fitted}"
         );
         assert_eq!(elide("abcdefgh", 5, false), "ab…gh");

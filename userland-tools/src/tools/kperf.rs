@@ -170,7 +170,11 @@ pub fn resolve_kprobe(
             .iter()
             .map(|p| {
                 let f = p.function.as_deref().unwrap_or("?");
-                (format!("kprobe:{f}+{:#x}", p.offset), event(p))
+                let name = match p.offset {
+                    0 => format!("kprobe:{f}"),
+                    off => format!("kprobe:{f}+{off:#x}"),
+                };
+                (name, event(p))
             })
             .collect()),
     }
