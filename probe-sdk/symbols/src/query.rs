@@ -7,7 +7,8 @@
 //! | unique suffix of segments | `RequestQueue::submit_bio` |
 //! | glob (`*`, `?`) | `kernel::block::*`, `*::submit_*` |
 //! | offset | `RequestQueue::submit_bio+0x1a` |
-//! | source line (path suffix) | `kernel/src/block/queue.rs:120` |
+//! | source line (path suffix) | `kernel/src/block/queue.rs:120` (every copy the compiler made of it) |
+//! | path at a place | `handle_inner::{closure}@bpf/mod.rs:697` (where the function starts: closures) |
 //! | raw address (opt-in) | `0xffffffff80012345` |
 
 use std::collections::BTreeMap;
