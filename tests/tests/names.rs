@@ -182,7 +182,9 @@ fn symbols_name_every_copy_and_every_closure() {
 }
 
 /// `ktrace build --check` resolves kprobe targets against the kernel ELF:
-/// a misspelt one is refused with the closest names.
+/// a misspelt one is refused with the closest names. A `#[kprobe]` on
+/// `<Type as Trait>::method`, as an ambiguity message suggests it, builds
+/// (its spaces travel as `%20` in the section name) and resolves.
 #[test]
 fn build_check_refuses_a_misspelt_target() {
     let root = kernel_image::workspace_root();
@@ -197,19 +199,34 @@ fn build_check_refuses_a_misspelt_target() {
     std::fs::write(krate.join("Cargo.toml"), manifest).unwrap();
     let lib = std::fs::read_to_string(root.join("examples/count-calls/src/lib.rs")).unwrap();
     assert!(lib.contains("RequestQueue::submit_bio\""), "{lib}");
-    let lib = lib.replace("RequestQueue::submit_bio\"", "RequestQueue::submit_bioo\"");
-    std::fs::write(krate.join("src/lib.rs"), lib).unwrap();
-    let out = tool("ktrace")
-        .args(["build", "--check", "-q", "-o"])
-        .arg(&dir)
-        .arg(&krate)
-        .output()
-        .unwrap();
+    let lib = lib.replace(
+        "ktrace_probe::license!",
+        "#[kprobe(\"<Deadline<P> as Scheduler<P>>::dispatch\")]\n\
+         fn dispatch(_ctx: KprobeContext) -> u32 {\n    TOTAL.add(0, 1);\n    0\n}\n\n\
+         ktrace_probe::license!",
+    );
+    let build = |lib: &str| {
+        std::fs::write(krate.join("src/lib.rs"), lib).unwrap();
+        tool("ktrace")
+            .args(["build", "--check", "-o"])
+            .arg(&dir)
+            .arg(&krate)
+            .output()
+            .unwrap()
+    };
+    let out = build(&lib.replace("RequestQueue::submit_bio\"", "RequestQueue::submit_bioo\""));
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("RequestQueue::submit_bioo`: no function matches")
             && err.contains("did you mean:\n  kernel::block::queue::RequestQueue::submit_bio"),
+        "{err}"
+    );
+    let out = build(&lib);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("kprobe/<Deadline<P>%20as%20Scheduler<P>>::dispatch"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -673,7 +673,7 @@ impl SymbolIndex {
         // One site per (function, inlined callee); in each, the lowest
         // `is_stmt` address of every copy the compiler made of the line (a
         // copy is a run of rows of the line, see `LineData::run_start`).
-        let mut sites: BTreeMap<(u64, Option<u32>), (usize, BTreeMap<u64, u64>)> = BTreeMap::new();
+        let mut sites: BTreeMap<(u64, Option<u32>), (usize, Copies)> = BTreeMap::new();
         for &addr in addrs {
             let Some(fi) = self.lookup_index(addr) else {
                 continue;
@@ -870,6 +870,10 @@ impl SymbolIndex {
         Ok(res.points.iter().map(|p| p.addr).collect())
     }
 }
+
+/// The copies of a line in one function: run start → lowest `is_stmt`
+/// address of the run.
+type Copies = BTreeMap<u64, u64>;
 
 /// `path` ends with `suffix` at a component boundary.
 fn path_ends_with(path: &str, suffix: &str) -> bool {
