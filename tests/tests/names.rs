@@ -299,6 +299,56 @@ fn every_copy_is_probed_and_foreign_objects_load() {
         .iter()
         .all(|(_, e)| e.starts_with("kprobe:kernel::block::queue::RequestQueue::submit_bio+0x")));
 
+    // A name two functions share: refused with the choices, or with --all
+    // a probe (a counter) on each.
+    let out = run("ktrace", &["--vm", &name, "probe", "add", "dispatch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("pass --all"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = k(&["probe", "add", "--all", "dispatch"]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.contains("Deadline<P> as") && out.contains("Noop<P> as"),
+        "{out}"
+    );
+    for p in json(&k(&["probe", "list", "--json"])).as_array().unwrap() {
+        k(&["probe", "remove", &p["id"].to_string()]);
+    }
+    let kperf_dispatch = |all: &[&str]| {
+        run(
+            "kperf",
+            &[
+                &["--vm", name.as_str(), "stat", "-x,"],
+                all,
+                &["-e", "kprobe:dispatch", "--duration", "0.2"],
+            ]
+            .concat(),
+        )
+    };
+    let out = kperf_dispatch(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("pass --all"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = kperf_dispatch(&["--all"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| l.split(',').nth(2).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "kprobe:<ktrace_block::sched::deadline::Deadline<P> as ktrace_block::sched::Scheduler<P>>::dispatch",
+            "kprobe:<ktrace_block::sched::noop::Noop<P> as ktrace_block::sched::Scheduler<P>>::dispatch"
+        ]
+    );
+
     // A section naming `<Type as Trait>::method` (spaces as %20, as
     // #[kprobe] writes them) and one a name two functions share (--all).
     let tmp = std::env::temp_dir().join(&name);
