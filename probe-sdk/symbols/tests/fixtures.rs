@@ -760,3 +760,41 @@ fn odd_queries_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_path_at_a_place_selects_by_where_the_function_starts() {
+    let line = fixture_line("let scale = |v: u64|");
+    for (label, index) in both() {
+        let q = format!("main::{{closure}}@fixtures/sample.rs:{line}");
+        let res = index
+            .resolve(&q, ResolveOptions::default())
+            .unwrap_or_else(|e| panic!("{label} {q}: {e}"));
+        assert_eq!(res.points.len(), 1, "{label}");
+        assert!(
+            res.points[0]
+                .function
+                .as_deref()
+                .unwrap()
+                .contains("main::{"),
+            "{label}: {:?}",
+            res.points[0]
+        );
+        // Another line, or another file, selects nothing.
+        let q = format!("main::{{closure}}@fixtures/sample.rs:{}", line + 1);
+        assert!(
+            matches!(err(index, &q), SymbolError::NotFound { .. }),
+            "{label}"
+        );
+        assert!(matches!(
+            err(index, "main::{closure}@other.rs"),
+            SymbolError::NotFound { .. }
+        ));
+        // Functions of one name: the file and line of each pick it.
+        let net = fixture_line("pub fn send(x: u64) -> u64 {");
+        let send = index.find("net::send")[0];
+        let at = index.function_location(send).unwrap();
+        assert!(at.line >= net, "{label}: {at}");
+        let q = format!("send@sample.rs:{}", at.line);
+        assert_eq!(one(index, &q), send.addr, "{label}");
+    }
+}

@@ -204,3 +204,34 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_takes_prog_equals_target() {
+        assert_eq!(
+            parse_retarget("kprobe/do_sys_open=RequestQueue::submit_bio").unwrap(),
+            (
+                "kprobe/do_sys_open".to_string(),
+                "RequestQueue::submit_bio".to_string()
+            )
+        );
+        // A target may hold `=`-free spaces (`<T as Trait>::f`).
+        assert_eq!(
+            parse_retarget("p=<Deadline<P> as Scheduler<P>>::dispatch")
+                .unwrap()
+                .1,
+            "<Deadline<P> as Scheduler<P>>::dispatch"
+        );
+        for bad in ["p", "=f", "p=", "p= "] {
+            assert_eq!(
+                parse_retarget(bad).unwrap_err(),
+                format!(
+                    "`{bad}`: write PROG=TARGET, e.g. kprobe/do_sys_open=RequestQueue::submit_bio"
+                )
+            );
+        }
+    }
+}
