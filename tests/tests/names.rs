@@ -299,6 +299,21 @@ fn every_copy_is_probed_and_foreign_objects_load() {
         .iter()
         .all(|(_, e)| e.starts_with("kprobe:kernel::block::queue::RequestQueue::submit_bio+0x")));
 
+    // ktrace trace shares the resolver: every copy, one count.
+    let out = k(&[
+        "trace",
+        &format!("kprobe:{line} {{ @ = count(); }}"),
+        "--",
+        "--dev",
+        "vda",
+        "--count",
+        "50",
+    ]);
+    assert!(
+        out.contains(&format!("Attaching {copies} probes...")) && out.contains("@: 50\n"),
+        "{out}"
+    );
+
     // A name two functions share: refused with the choices, or with --all
     // a probe (a counter) on each.
     let out = run("ktrace", &["--vm", &name, "probe", "add", "dispatch"]);
