@@ -364,6 +364,40 @@ fn every_copy_is_probed_and_foreign_objects_load() {
         ]
     );
 
+    // Copies of one function share its name: each gets a probe at its own
+    // address, and a kperf row named by it.
+    let out = k(&["probe", "add", "Noop::name"]);
+    let mut at: Vec<&str> = out
+        .lines()
+        .map(|l| l.split(" at ").nth(1).unwrap().split(' ').next().unwrap())
+        .collect();
+    at.dedup();
+    assert_eq!(at.len(), 2, "{out}");
+    for p in json(&k(&["probe", "list", "--json"])).as_array().unwrap() {
+        k(&["probe", "remove", &p["id"].to_string()]);
+    }
+    let csv = run_ok(
+        "kperf",
+        &[
+            "--vm",
+            &name,
+            "stat",
+            "-x,",
+            "-e",
+            "kprobe:Noop::name",
+            "--duration",
+            "0.2",
+        ],
+    );
+    let rows: Vec<&str> = csv.lines().map(|l| l.split(',').nth(2).unwrap()).collect();
+    let noop =
+        "kprobe:<ktrace_block::sched::noop::Noop<P> as ktrace_block::sched::Scheduler<P>>::name";
+    assert_eq!(
+        rows,
+        [format!("{noop}@{}", at[0]), format!("{noop}@{}", at[1])],
+        "{csv}"
+    );
+
     // A section naming `<Type as Trait>::method` (spaces as %20, as
     // #[kprobe] writes them) and one a name two functions share (--all).
     let tmp = std::env::temp_dir().join(&name);

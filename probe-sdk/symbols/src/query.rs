@@ -271,6 +271,29 @@ impl SymbolIndex {
             .collect()
     }
 
+    /// True when no other function (at another address) has the demangled
+    /// name `name`: the kernel finds a function by name, so a point in a
+    /// function whose name is shared (copies of one function, legacy
+    /// closures) must be sent by address.
+    pub fn name_is_unique(&self, name: &str) -> bool {
+        let parsed = ParsedPath::parse(name);
+        let Some(last) = parsed.rest.last() else {
+            return false;
+        };
+        let Some(ids) = self.by_last.get(last_key(&last.name)) else {
+            return false;
+        };
+        let mut addrs = ids
+            .iter()
+            .map(|&i| &self.functions[i as usize])
+            .filter(|f| f.name == name)
+            .map(|f| f.addr);
+        match addrs.next() {
+            Some(first) => addrs.all(|a| a == first),
+            None => false,
+        }
+    }
+
     /// True when `ids` are several copies of one function: the same
     /// demangled name with the same legacy hash (or the same v0 name), at
     /// different addresses. The compiler leaves such copies when a generic

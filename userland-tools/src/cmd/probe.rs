@@ -117,11 +117,13 @@ fn resolve_on_host(
         .points
         .iter()
         .map(|p| match &p.function {
-            Some(f) => ProbeTarget::Symbol {
+            // The kernel finds a function by name: a shared name (copies
+            // of one function, closures) goes by address.
+            Some(f) if index.name_is_unique(f) => ProbeTarget::Symbol {
                 name: f.clone(),
                 offset: p.offset,
             },
-            None => ProbeTarget::Address(p.addr),
+            _ => ProbeTarget::Address(p.addr),
         })
         .collect::<Vec<_>>();
     if targets.is_empty() {

@@ -155,11 +155,12 @@ pub fn resolve_kprobe(
     let event = |p: &ktrace_symbols::ProbePoint| {
         EventSpec::Counter(PerfEvent::Kprobe {
             target: match &p.function {
-                Some(f) => ProbeTarget::Symbol {
+                // A shared name (copies, closures) goes by address.
+                Some(f) if index.name_is_unique(f) => ProbeTarget::Symbol {
                     name: f.clone(),
                     offset: p.offset,
                 },
-                None => ProbeTarget::Address(p.addr),
+                _ => ProbeTarget::Address(p.addr),
             },
         })
     };
@@ -170,10 +171,15 @@ pub fn resolve_kprobe(
             .iter()
             .map(|p| {
                 let f = p.function.as_deref().unwrap_or("?");
-                let name = match p.offset {
+                let mut name = match p.offset {
                     0 => format!("kprobe:{f}"),
                     off => format!("kprobe:{f}+{off:#x}"),
                 };
+                // Copies of one function share its name: the address tells
+                // their rows apart.
+                if !index.name_is_unique(f) {
+                    name = format!("{name}@{:#x}", p.addr);
+                }
                 (name, event(p))
             })
             .collect()),
