@@ -279,6 +279,18 @@ fn ambiguous(
     let how = match kind {
         AmbiguityKind::SameName => "write a longer path",
         AmbiguityKind::Closures => "add where the closure starts (`path@file.rs:LINE`)",
+        // Legacy names spell a generic function without its type
+        // arguments (`Vec<T,A>::push`): only the hash tells them apart.
+        AmbiguityKind::Monomorphizations
+            if candidates.iter().all(|c| {
+                c.select_with
+                    .as_deref()
+                    .and_then(|q| q.rsplit_once("::h"))
+                    .is_some_and(|(_, h)| h.len() == 16)
+            }) =>
+        {
+            "write its hash as listed (these are legacy names, which carry no type arguments)"
+        }
         AmbiguityKind::Monomorphizations => {
             "write the generic arguments (v0 names, e.g. `f::<u32>`) or the legacy hash (`f::h0123…`)"
         }

@@ -247,6 +247,10 @@ fn monomorphizations_are_ambiguous_and_chosen_by_generics_or_hash() {
         addr_of(v0(), "fixture::checksum::<u8>")
     );
     // Legacy names carry no generic arguments: only the hash tells them apart.
+    assert!(err(legacy(), "checksum").to_string().ends_with(
+        "to choose one, write its hash as listed (these are legacy names, which carry no type \
+         arguments); to attach to all of them, pass --all"
+    ));
     let SymbolError::Ambiguous {
         kind, candidates, ..
     } = err(legacy(), "checksum")
