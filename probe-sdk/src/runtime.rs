@@ -439,10 +439,36 @@ pub struct Prepared {
     pub object: crate::object::Object,
 }
 
+/// How [`prepare_with`] treats attach targets.
+#[derive(Debug, Clone, Default)]
+pub struct PrepareOptions {
+    /// Leave kprobe targets unresolved (nothing is attached, so a target
+    /// this kernel does not have, such as a Linux function in a foreign
+    /// object, does not stop the load).
+    pub no_resolve: bool,
+    /// A target several functions share attaches to each of them.
+    pub all: bool,
+    /// `(program, target)`: attach the kprobe or kretprobe program named
+    /// `program` (its function or its section name) to `target` instead of
+    /// what its section says.
+    pub retarget: Vec<(String, String)>,
+}
+
 /// Turns a probe crate directory (built with `ktrace build`'s pipeline) or
 /// an eBPF object file into a parsed object whose kprobe targets are
 /// resolved against the kernel ELF at `kernel_elf`.
 pub fn prepare(path: &Path, kernel_elf: &Path, progress: &mut dyn FnMut(&str)) -> Result<Prepared> {
+    prepare_with(path, kernel_elf, &PrepareOptions::default(), progress)
+}
+
+/// [`prepare`], with targets retargeted, resolved to every match, or left
+/// unresolved as `opts` says.
+pub fn prepare_with(
+    path: &Path,
+    kernel_elf: &Path,
+    opts: &PrepareOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Prepared> {
     let (name, object_path) = if path.is_dir() {
         let out = crate::build::build(&crate::build::BuildOptions::new(path), progress)
             .map_err(|e| RuntimeError::Prepare(format!("building {}: {e}", path.display())))?;
@@ -461,17 +487,63 @@ pub fn prepare(path: &Path, kernel_elf: &Path, progress: &mut dyn FnMut(&str)) -
     })?;
     let mut object = crate::object::parse(&bytes)
         .map_err(|e| RuntimeError::Prepare(format!("{}: {e}", object_path.display())))?;
+    for (program, target) in &opts.retarget {
+        retarget(&mut object, program, target)?;
+    }
     let needs_symbols = object
         .programs
         .iter()
         .any(|p| matches!(p.attach, AttachTarget::Kprobe { .. }));
-    if needs_symbols {
+    if needs_symbols && !opts.no_resolve {
         let index = ktrace_symbols::SymbolIndex::open(kernel_elf).map_err(|e| {
             RuntimeError::Prepare(format!("kernel symbols from {}: {e}", kernel_elf.display()))
         })?;
+        let resolve = ktrace_symbols::ResolveOptions {
+            all: opts.all,
+            allow_raw_address: false,
+        };
         object
-            .resolve_targets(&index)
+            .resolve_targets_with(&index, resolve)
             .map_err(|e| RuntimeError::Prepare(e.to_string()))?;
     }
     Ok(Prepared { name, object })
+}
+
+/// Points kprobe program `program` (function or section name) at `target`.
+fn retarget(object: &mut crate::object::Object, program: &str, target: &str) -> Result<()> {
+    let names = || {
+        object
+            .programs
+            .iter()
+            .map(|p| format!("{} ({})", p.name, p.section))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(i) = object
+        .programs
+        .iter()
+        .position(|p| p.name == program || p.section == program)
+    else {
+        return Err(RuntimeError::Prepare(format!(
+            "--attach {program}={target}: the object has no program `{program}`; its programs: {}",
+            names()
+        )));
+    };
+    let p = &mut object.programs[i];
+    match &mut p.attach {
+        AttachTarget::Kprobe { spec, points } => {
+            if target.trim().is_empty() {
+                return Err(RuntimeError::Prepare(format!(
+                    "--attach {program}=: give a kernel function, e.g. {program}=RequestQueue::submit_bio"
+                )));
+            }
+            *spec = target.trim().to_string();
+            points.clear();
+            Ok(())
+        }
+        _ => Err(RuntimeError::Prepare(format!(
+            "--attach {program}={target}: program `{}` (section `{}`) is not a kprobe or kretprobe; only those take another target",
+            p.name, p.section
+        ))),
+    }
 }

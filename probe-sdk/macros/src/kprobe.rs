@@ -24,6 +24,9 @@ pub(crate) fn expand(
     } else {
         "kretprobe"
     };
+    // Spaces (`<Deadline<P> as Scheduler<P>>::dispatch`) travel as `%20`,
+    // which the loader decodes (`ktrace_symbols::path::decode_section_target`).
+    let target = target.split_whitespace().collect::<Vec<_>>().join("%20");
     let program = Program::parse(kind, format!("{prefix}/{target}"), item)?;
     Ok(program.expand(TokenStream::new()))
 }
@@ -33,9 +36,10 @@ fn check_target(target: &str) -> Result<(), String> {
     if target.is_empty() {
         return Err("the target is empty".into());
     }
-    if let Some(c) = target.chars().find(|c| c.is_whitespace() || c.is_control()) {
+    if let Some(c) = target.chars().find(|c| c.is_control() || *c == '%') {
         return Err(format!(
-            "the target `{target}` contains {c:?}; write the path without spaces"
+            "the target `{}` contains {c:?}, which no Rust path or source file holds",
+            target.escape_debug()
         ));
     }
     if let Some((base, off)) = target.rsplit_once('+') {
@@ -100,6 +104,23 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(out.contains("\"kprobe/submit_bio+0x1c\""), "{out}");
+        // A qualified path, as the ambiguity message suggests it: its
+        // spaces travel as `%20` in the section name.
+        let out = expand(
+            ProgramKind::Kprobe,
+            quote!("<Deadline<P> as  Scheduler<P>>::dispatch"),
+            quote!(
+                fn p() -> u32 {
+                    0
+                }
+            ),
+        )
+        .unwrap()
+        .to_string();
+        assert!(
+            out.contains("\"kprobe/<Deadline<P>%20as%20Scheduler<P>>::dispatch\""),
+            "{out}"
+        );
     }
 
     #[test]
@@ -135,14 +156,14 @@ mod tests {
         assert_eq!(
             err(expand(
                 ProgramKind::Kprobe,
-                quote!("a b"),
+                quote!("a\tb\n"),
                 quote!(
                     fn p() -> u32 {
                         0
                     }
                 )
             )),
-            "#[kprobe]: the target `a b` contains ' '; write the path without spaces"
+            "#[kprobe]: the target `a\\tb\\n` contains '\\t', which no Rust path or source file holds"
         );
         assert!(err(expand(
             ProgramKind::Kprobe,

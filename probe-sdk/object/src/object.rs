@@ -348,7 +348,7 @@ fn program_kind(name: &str) -> Result<Option<(ProgramType, AttachTarget)>, Objec
             Ok(Some((
                 ty,
                 AttachTarget::Kprobe {
-                    spec: rest.to_string(),
+                    spec: ktrace_symbols::path::decode_section_target(rest),
                     points: Vec::new(),
                 },
             )))
@@ -757,9 +757,19 @@ impl Object {
         &mut self,
         index: &ktrace_symbols::SymbolIndex,
     ) -> Result<(), ObjectError> {
+        self.resolve_targets_with(index, ktrace_symbols::ResolveOptions::default())
+    }
+
+    /// [`Object::resolve_targets`] with resolver options (`all`: a name
+    /// several functions share attaches to each).
+    pub fn resolve_targets_with(
+        &mut self,
+        index: &ktrace_symbols::SymbolIndex,
+        opts: ktrace_symbols::ResolveOptions,
+    ) -> Result<(), ObjectError> {
         for p in &mut self.programs {
             if let AttachTarget::Kprobe { spec, points } = &mut p.attach {
-                *points = resolve_kprobe(index, spec, p.prog_type).map_err(|message| {
+                *points = resolve_kprobe(index, spec, p.prog_type, opts).map_err(|message| {
                     ObjectError::Resolve {
                         program: p.name.clone(),
                         target: spec.clone(),
@@ -804,10 +814,9 @@ fn resolve_kprobe(
     index: &ktrace_symbols::SymbolIndex,
     spec: &str,
     ty: ProgramType,
+    opts: ktrace_symbols::ResolveOptions,
 ) -> Result<Vec<KprobePoint>, String> {
-    let res = index
-        .resolve(spec, ktrace_symbols::ResolveOptions::default())
-        .map_err(|e| e.to_string())?;
+    let res = index.resolve(spec, opts).map_err(|e| e.to_string())?;
     let mut points = Vec::new();
     for p in res.points {
         if ty == ProgramType::Kretprobe && p.offset != 0 {

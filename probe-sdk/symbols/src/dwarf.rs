@@ -213,6 +213,42 @@ impl LineData {
         rows.get(j.checked_sub(1)?).copied()
     }
 
+    /// Where the run of rows holding `addr` for `(file, line)` begins: the
+    /// address of the first row of that line after a row of another line.
+    /// Rows of line 0 (code of no line) and rows of code inlined into the
+    /// line (deeper in the inline tree than `addr`, e.g. a `len()` between
+    /// two arguments) do not end a run. Two `is_stmt` addresses of one line
+    /// with the same run start are one copy of it; different run starts
+    /// are copies the compiler made (a duplicated tail, an unrolled loop),
+    /// any of which may be the one that runs. `function` is the start of
+    /// the function holding `addr`.
+    pub fn run_start(&self, addr: u64, file: u32, line: u32, function: u64) -> u64 {
+        let i = self.sequences.partition_point(|s| s.start <= addr);
+        let Some(seq) = i.checked_sub(1).and_then(|i| self.sequences.get(i)) else {
+            return addr;
+        };
+        let depth = self.inlines_at(addr, function).len();
+        let rows = &self.rows[seq.rows.0..seq.rows.1];
+        let mut j = rows.partition_point(|r| r.addr < addr);
+        let mut start = addr;
+        while j > 0 && rows[j - 1].addr >= function {
+            let r = &rows[j - 1];
+            j -= 1;
+            if r.line == 0 {
+                continue;
+            }
+            if (r.file, r.line) == (file, line) {
+                start = r.addr;
+                continue;
+            }
+            if self.inlines_at(r.addr, function).len() > depth {
+                continue;
+            }
+            break;
+        }
+        start
+    }
+
     /// The inlined calls covering `addr`, outermost first. `from` bounds the
     /// search (the start of the enclosing function).
     pub fn inlines_at(&self, addr: u64, from: u64) -> Vec<InlineRange> {
@@ -372,4 +408,60 @@ fn load_inlines(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(addr: u64, line: u32) -> Row {
+        Row {
+            addr,
+            file: 0,
+            line,
+            is_stmt: true,
+        }
+    }
+
+    /// Line 7 of a function at 0x100: once as a run interrupted only by
+    /// code of no line and by an inlined call (one copy), then again after
+    /// line 9 (a second copy, as a duplicated tail).
+    #[test]
+    fn runs_of_a_line_are_its_copies() {
+        let rows = vec![
+            row(0x100, 6),
+            row(0x104, 7),
+            row(0x108, 0),
+            row(0x10c, 7),
+            row(0x110, 30), // inlined callee's own line
+            row(0x114, 7),
+            row(0x118, 9),
+            row(0x120, 7),
+            row(0x124, 7),
+        ];
+        let n = rows.len();
+        let data = LineData {
+            rows,
+            sequences: vec![Sequence {
+                start: 0x100,
+                end: 0x130,
+                rows: (0, n),
+            }],
+            inlines: vec![InlineRange {
+                start: 0x110,
+                end: 0x114,
+                depth: 1,
+                name: 0,
+                call_file: Some(0),
+                call_line: 7,
+            }],
+            ..LineData::default()
+        };
+        for addr in [0x104, 0x10c, 0x114] {
+            assert_eq!(data.run_start(addr, 0, 7, 0x100), 0x104, "{addr:#x}");
+        }
+        for addr in [0x120, 0x124] {
+            assert_eq!(data.run_start(addr, 0, 7, 0x100), 0x120, "{addr:#x}");
+        }
+    }
 }

@@ -33,6 +33,8 @@ pub enum AmbiguityKind {
     TraitImpls,
     /// Several functions (or inlined copies) hold code for one source line.
     LineInSeveralPlaces,
+    /// Closures of one function (legacy names do not number them).
+    Closures,
 }
 
 /// A place where a function was inlined.
@@ -254,6 +256,7 @@ fn ambiguous(
         AmbiguityKind::Monomorphizations => "monomorphizations of one generic function match",
         AmbiguityKind::TraitImpls => "types implement this trait method",
         AmbiguityKind::LineInSeveralPlaces => "functions hold code for this line",
+        AmbiguityKind::Closures => "closures match",
     };
     let mut s = format!("`{query}` is ambiguous: {} {what}:", candidates.len());
     let width = candidates.iter().map(|c| c.name.len()).max().unwrap_or(0);
@@ -275,6 +278,19 @@ fn ambiguous(
     }
     let how = match kind {
         AmbiguityKind::SameName => "write a longer path",
+        AmbiguityKind::Closures => "add where the closure starts (`path@file.rs:LINE`)",
+        // Legacy names spell a generic function without its type
+        // arguments (`Vec<T,A>::push`): only the hash tells them apart.
+        AmbiguityKind::Monomorphizations
+            if candidates.iter().all(|c| {
+                c.select_with
+                    .as_deref()
+                    .and_then(|q| q.rsplit_once("::h"))
+                    .is_some_and(|(_, h)| h.len() == 16)
+            }) =>
+        {
+            "write its hash as listed (these are legacy names, which carry no type arguments)"
+        }
         AmbiguityKind::Monomorphizations => {
             "write the generic arguments (v0 names, e.g. `f::<u32>`) or the legacy hash (`f::h0123…`)"
         }

@@ -79,6 +79,20 @@ pub fn demangle(mangled: &str) -> Demangled {
     }
 }
 
+/// A probe target as a section name carries it: `#[kprobe]` writes each
+/// space as `%20` (`kprobe/<Deadline<P>%20as%20Scheduler<P>>::dispatch`),
+/// so that the name is one word for every tool that reads sections (Rust
+/// paths have no `%`). This turns it back into the path.
+pub fn decode_section_target(target: &str) -> String {
+    target.replace("%20", " ")
+}
+
+/// The section-name form of `target` ([`decode_section_target`] undoes it):
+/// runs of whitespace become one `%20`.
+pub fn encode_section_target(target: &str) -> String {
+    target.split_whitespace().collect::<Vec<_>>().join("%20")
+}
+
 /// True for `h` followed by 16 hex digits, the shape of a legacy hash.
 pub fn is_legacy_hash(s: &str) -> bool {
     s.len() == 17 && s.starts_with('h') && s[1..].bytes().all(|b| b.is_ascii_hexdigit())
@@ -529,6 +543,18 @@ mod tests {
             ["kernel::Foo<u32>::bar"]
         );
         assert_eq!(ParsedPath::parse("Foo::bar").selects(&ty), Some(false));
+    }
+
+    #[test]
+    fn section_targets_carry_spaces_as_percent_20() {
+        let path = "<Deadline<P> as  Scheduler<P>>::dispatch";
+        let encoded = encode_section_target(path);
+        assert_eq!(encoded, "<Deadline<P>%20as%20Scheduler<P>>::dispatch");
+        assert_eq!(
+            decode_section_target(&encoded),
+            "<Deadline<P> as Scheduler<P>>::dispatch"
+        );
+        assert_eq!(decode_section_target("queue.rs:42"), "queue.rs:42");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! | unique suffix of segments | `RequestQueue::submit_bio` |
 //! | glob (`*`, `?`) | `kernel::block::*`, `*::submit_*` |
 //! | offset | `RequestQueue::submit_bio+0x1a` |
-//! | source line (path suffix) | `kernel/src/block/queue.rs:120` |
+//! | source line (path suffix) | `kernel/src/block/queue.rs:120` (every copy the compiler made of it) |
+//! | path at a place | `handle_inner::{closure}@bpf/mod.rs:697` (where the function starts: closures) |
 //! | raw address (opt-in) | `0xffffffff80012345` |
 
 use std::collections::BTreeMap;
@@ -79,7 +80,10 @@ impl Query {
                 .map(|addr| Query::Address { addr })
                 .map_err(|_| bad("an address must be hexadecimal after `0x`"));
         }
-        if let Some((file, line)) = q.rsplit_once(':') {
+        // `path@file.rs:LINE` is a path narrowed by where the function
+        // starts (perf probe's `FUNC@SRC`), not a line.
+        let narrowed = q.contains('@');
+        if let Some((file, line)) = q.rsplit_once(':').filter(|_| !narrowed) {
             let looks_like_file =
                 !file.ends_with(':') && (file.contains('.') || file.contains('/'));
             if looks_like_file && !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) {
@@ -171,10 +175,14 @@ impl SymbolIndex {
                 if ids.is_empty() {
                     return Err(self.not_found(path));
                 }
-                if ids.len() > 1 && !opts.all {
+                let copies = self.copies_of_one(&ids);
+                if ids.len() > 1 && !opts.all && !copies {
                     return Err(self.ambiguous(path, &ids));
                 }
-                self.collect_points(&ids, &mut res, ids.len() == 1)?;
+                self.collect_points(&ids, &mut res, ids.len() == 1 || copies)?;
+                if copies {
+                    res.note = Some(self.copies_note(&ids));
+                }
             }
             Query::Glob { pattern } => {
                 let ids = self.match_glob(pattern);
@@ -194,6 +202,17 @@ impl SymbolIndex {
                 let ids = self.match_path(path);
                 match ids.len() {
                     0 => return Err(self.not_found(path)),
+                    // Copies of one function hold the same code: the
+                    // offset means the same in each.
+                    _ if self.copies_of_one(&ids) => {
+                        for &id in &ids {
+                            let f = &self.functions[id as usize];
+                            self.check_point(f, *offset)?;
+                            res.points.push(self.point(f, *offset, None));
+                        }
+                        res.note = Some(self.copies_note(&ids));
+                        return Ok(res);
+                    }
                     1 => {}
                     // One offset rarely means the same thing in two
                     // functions, so `all` does not apply here.
@@ -252,8 +271,83 @@ impl SymbolIndex {
             .collect()
     }
 
-    /// Indices of the functions `path` selects.
+    /// True when no other function (at another address) has the demangled
+    /// name `name`: the kernel finds a function by name, so a point in a
+    /// function whose name is shared (copies of one function, legacy
+    /// closures) must be sent by address.
+    pub fn name_is_unique(&self, name: &str) -> bool {
+        let parsed = ParsedPath::parse(name);
+        let Some(last) = parsed.rest.last() else {
+            return false;
+        };
+        let Some(ids) = self.by_last.get(last_key(&last.name)) else {
+            return false;
+        };
+        let mut addrs = ids
+            .iter()
+            .map(|&i| &self.functions[i as usize])
+            .filter(|f| f.name == name)
+            .map(|f| f.addr);
+        match addrs.next() {
+            Some(first) => addrs.all(|a| a == first),
+            None => false,
+        }
+    }
+
+    /// True when `ids` are several copies of one function: the same
+    /// demangled name with the same legacy hash (or the same v0 name), at
+    /// different addresses. The compiler leaves such copies when a generic
+    /// or inline function is instantiated in several codegen units
+    /// (`.llvm.<n>` local symbols): they are one function in the source,
+    /// and each copy may be the one that runs.
+    pub(crate) fn copies_of_one(&self, ids: &[u32]) -> bool {
+        let Some((&first, rest)) = ids.split_first() else {
+            return false;
+        };
+        let f0 = &self.functions[first as usize];
+        let identified = f0.hash.is_some() || f0.scheme == crate::path::Mangling::V0;
+        identified
+            && !rest.is_empty()
+            && rest
+                .iter()
+                .all(|&i| self.functions[i as usize].demangled == f0.demangled)
+    }
+
+    fn copies_note(&self, ids: &[u32]) -> String {
+        let f = &self.functions[ids[0] as usize];
+        format!(
+            "`{}` has {} copies (one instantiation, copied into several codegen units); probing every one: {}",
+            f.name,
+            ids.len(),
+            ids.iter()
+                .map(|&i| format!("{:#x}", self.functions[i as usize].addr))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    /// Indices of the functions `path` selects. `path@file.rs[:LINE]`
+    /// keeps those whose body starts in that file (a suffix of whole path
+    /// components) and on that line: what tells closures, and functions of
+    /// one name in different files, apart.
     pub(crate) fn match_path(&self, path: &str) -> Vec<u32> {
+        if let Some((path, at)) = path.rsplit_once('@') {
+            let (file, line) = match at.rsplit_once(':') {
+                Some((f, l)) if l.bytes().all(|b| b.is_ascii_digit()) && !l.is_empty() => {
+                    (f, l.parse::<u32>().ok())
+                }
+                _ => (at, None),
+            };
+            let mut ids = self.match_path(path);
+            ids.retain(|&i| {
+                let f = &self.functions[i as usize];
+                self.function_location(f).is_some_and(|loc| {
+                    path_ends_with(&loc.file, file.trim_start_matches("./"))
+                        && line.is_none_or(|l| l == loc.line)
+                })
+            });
+            return ids;
+        }
         let mut parsed = ParsedPath::parse(path);
         // A trailing legacy hash (`f::h0123456789abcdef`) picks one
         // monomorphization.
@@ -474,7 +568,15 @@ impl SymbolIndex {
                 .map(|s| s.name.clone())
                 .collect()
         };
-        let kind = if fs.iter().all(|f| f.parsed().trait_.is_some())
+        let closure = |f: &Function| {
+            f.parsed()
+                .rest
+                .last()
+                .is_some_and(|s| s.name.starts_with("{closure"))
+        };
+        let kind = if fs.iter().all(|f| closure(f)) {
+            AmbiguityKind::Closures
+        } else if fs.iter().all(|f| f.parsed().trait_.is_some())
             && fs
                 .iter()
                 .all(|f| f.parsed().keys().get(1) == fs[0].parsed().keys().get(1))
@@ -503,7 +605,15 @@ impl SymbolIndex {
     /// The shortest query that selects function `id` alone.
     pub(crate) fn unique_query(&self, id: u32) -> Option<String> {
         let f = &self.functions[id as usize];
-        let only = |q: &str| self.match_path(q) == [id];
+        // Copies of one function are selected together.
+        let only = |q: &str| {
+            let m = self.match_path(q);
+            m == [id]
+                || (m.contains(&id)
+                    && self.copies_of_one(&m)
+                    && m.iter()
+                        .all(|&i| self.functions[i as usize].demangled == f.demangled))
+        };
         if let (Some(ty), Some(tr)) = (&f.parsed().self_ty, &f.parsed().trait_) {
             if let (Some(t), Some(r)) = (ty.last(), tr.last()) {
                 let q = format!("<{} as {}>::{}", t, r, render(&f.parsed().rest));
@@ -517,6 +627,24 @@ impl SymbolIndex {
             let q = render(&key[key.len() - k..]);
             if only(&q) {
                 return Some(q);
+            }
+        }
+        // Closures, and functions of one name in several files: where the
+        // body starts (`handle_inner::{closure}@bpf/mod.rs:689`).
+        if let Some(loc) = self.function_location(f) {
+            let comps: Vec<&str> = loc.file.split('/').collect();
+            let short = comps[comps.len().saturating_sub(2)..].join("/");
+            // A closure is named with the function it is in.
+            let from = if key.last().is_some_and(|s| s.name.starts_with("{closure")) {
+                2.min(key.len())
+            } else {
+                1
+            };
+            for k in from..=key.len() {
+                let q = format!("{}@{}:{}", render(&key[key.len() - k..]), short, loc.line);
+                if only(&q) {
+                    return Some(q);
+                }
             }
         }
         if let Some(h) = &f.hash {
@@ -565,16 +693,23 @@ impl SymbolIndex {
                 after,
             });
         };
-        // Lowest address per (function, inlined callee): one site each.
-        let mut sites: BTreeMap<(u64, Option<u32>), (u64, usize)> = BTreeMap::new();
+        // One site per (function, inlined callee); in each, the lowest
+        // `is_stmt` address of every copy the compiler made of the line (a
+        // copy is a run of rows of the line, see `LineData::run_start`).
+        let mut sites: BTreeMap<(u64, Option<u32>), (usize, Copies)> = BTreeMap::new();
         for &addr in addrs {
             let Some(fi) = self.lookup_index(addr) else {
                 continue;
             };
             let f = &self.functions[fi];
             let inlined = lines.inlines_at(addr, f.addr).last().map(|r| r.name);
-            let entry = sites.entry((f.addr, inlined)).or_insert((addr, fi));
-            entry.0 = entry.0.min(addr);
+            let run = lines.run_start(addr, file_id, line, f.addr);
+            let copies = &mut sites
+                .entry((f.addr, inlined))
+                .or_insert((fi, BTreeMap::new()))
+                .1;
+            let lowest = copies.entry(run).or_insert(addr);
+            *lowest = (*lowest).min(addr);
         }
         if sites.is_empty() {
             return Err(SymbolError::NoCodeAtLine {
@@ -584,14 +719,21 @@ impl SymbolIndex {
                 after: None,
             });
         }
-        let mut points: Vec<(bool, ProbePoint)> = Vec::new();
-        for (&(_, inlined), &(addr, fi)) in &sites {
-            let f = &self.functions[fi];
+        // Per site: whether the function owns the line (not inlined code),
+        // and its copies' points in address order.
+        let mut found: Vec<(bool, Vec<ProbePoint>)> = Vec::new();
+        for (&(_, inlined), (fi, copies)) in &sites {
+            let f = &self.functions[*fi];
             let from = inlined.map(|n| lines.names[n as usize].clone());
-            self.check_point(f, addr - f.addr)?;
-            points.push((inlined.is_none(), self.point(f, addr - f.addr, from)));
+            let mut addrs: Vec<u64> = copies.values().copied().collect();
+            addrs.sort_unstable();
+            let mut points = Vec::new();
+            for addr in addrs {
+                self.check_point(f, addr - f.addr)?;
+                points.push(self.point(f, addr - f.addr, from.clone()));
+            }
+            found.push((inlined.is_none(), points));
         }
-        let owners = points.iter().filter(|(own, _)| *own).count();
         let describe = |p: &ProbePoint| match &p.inlined_from {
             Some(from) => format!(
                 "{} (inlined `{}`)",
@@ -600,33 +742,73 @@ impl SymbolIndex {
             ),
             None => p.function.clone().unwrap_or_default(),
         };
-        if opts.all || points.len() == 1 {
-            res.points = points.into_iter().map(|(_, p)| p).collect();
+        let offsets = |ps: &[ProbePoint]| {
+            ps.iter()
+                .map(|p| format!("+{:#x}", p.offset))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Copies made by the compiler are one place in the source: all of
+        // them are probed, and the note says so.
+        let copies_note = |sites: &[&(bool, Vec<ProbePoint>)]| -> Option<String> {
+            let dup: Vec<String> = sites
+                .iter()
+                .filter(|(_, ps)| ps.len() > 1)
+                .map(|(_, ps)| {
+                    format!(
+                        "{} copies in {} at {}",
+                        ps.len(),
+                        describe(&ps[0]),
+                        offsets(ps)
+                    )
+                })
+                .collect();
+            (!dup.is_empty()).then(|| {
+                format!(
+                    "{file}:{line} has several copies (the compiler duplicated its code); probing every one: {}",
+                    dup.join("; ")
+                )
+            })
+        };
+        let owners = found.iter().filter(|(own, _)| *own).count();
+        if opts.all || found.len() == 1 {
+            res.note = copies_note(&found.iter().collect::<Vec<_>>());
+            res.points = found.into_iter().flat_map(|(_, ps)| ps).collect();
             return Ok(());
         }
         if owners == 1 {
-            let i = points.iter().position(|(own, _)| *own).unwrap_or(0);
-            let (_, primary) = points.remove(i);
-            res.note = Some(format!(
-                "picked {}+{:#x}, the lowest address of the function that owns the line; \
+            let i = found.iter().position(|(own, _)| *own).unwrap_or(0);
+            let primary = found.remove(i);
+            let mut note = format!(
+                "picked {}{}, {} of the function that owns the line; \
                  {} inlined cop{} elsewhere (pass --all to probe them too): {}",
-                describe(&primary),
-                primary.offset,
-                points.len(),
-                if points.len() == 1 { "y" } else { "ies" },
-                points
+                describe(&primary.1[0]),
+                offsets(&primary.1),
+                if primary.1.len() == 1 {
+                    "the lowest address"
+                } else {
+                    "every copy"
+                },
+                found.len(),
+                if found.len() == 1 { "y" } else { "ies" },
+                found
                     .iter()
-                    .map(|(_, p)| describe(p))
+                    .map(|(_, ps)| describe(&ps[0]))
                     .collect::<Vec<_>>()
                     .join(", ")
-            ));
-            res.points.push(primary);
-            res.others = points.into_iter().map(|(_, p)| p).collect();
+            );
+            if let Some(copies) = copies_note(&[&primary]) {
+                note = format!("{copies}\nnote: {note}");
+            }
+            res.note = Some(note);
+            res.points = primary.1;
+            res.others = found.into_iter().flat_map(|(_, ps)| ps).collect();
             return Ok(());
         }
-        let candidates = points
+        let candidates = found
             .iter()
-            .map(|(_, p)| Candidate {
+            .flat_map(|(_, ps)| ps)
+            .map(|p| Candidate {
                 name: describe(p),
                 addr: p.addr,
                 size: p.function_size.unwrap_or(0),
@@ -711,6 +893,10 @@ impl SymbolIndex {
         Ok(res.points.iter().map(|p| p.addr).collect())
     }
 }
+
+/// The copies of a line in one function: run start → lowest `is_stmt`
+/// address of the run.
+type Copies = BTreeMap<u64, u64>;
 
 /// `path` ends with `suffix` at a component boundary.
 fn path_ends_with(path: &str, suffix: &str) -> bool {

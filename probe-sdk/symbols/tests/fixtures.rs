@@ -247,6 +247,10 @@ fn monomorphizations_are_ambiguous_and_chosen_by_generics_or_hash() {
         addr_of(v0(), "fixture::checksum::<u8>")
     );
     // Legacy names carry no generic arguments: only the hash tells them apart.
+    assert!(err(legacy(), "checksum").to_string().ends_with(
+        "to choose one, write its hash as listed (these are legacy names, which carry no type \
+         arguments); to attach to all of them, pass --all"
+    ));
     let SymbolError::Ambiguous {
         kind, candidates, ..
     } = err(legacy(), "checksum")
@@ -758,5 +762,43 @@ fn odd_queries_never_panic() {
         for o in opts {
             let _ = index.resolve(&q, o);
         }
+    }
+}
+
+#[test]
+fn a_path_at_a_place_selects_by_where_the_function_starts() {
+    let line = fixture_line("let scale = |v: u64|");
+    for (label, index) in both() {
+        let q = format!("main::{{closure}}@fixtures/sample.rs:{line}");
+        let res = index
+            .resolve(&q, ResolveOptions::default())
+            .unwrap_or_else(|e| panic!("{label} {q}: {e}"));
+        assert_eq!(res.points.len(), 1, "{label}");
+        assert!(
+            res.points[0]
+                .function
+                .as_deref()
+                .unwrap()
+                .contains("main::{"),
+            "{label}: {:?}",
+            res.points[0]
+        );
+        // Another line, or another file, selects nothing.
+        let q = format!("main::{{closure}}@fixtures/sample.rs:{}", line + 1);
+        assert!(
+            matches!(err(index, &q), SymbolError::NotFound { .. }),
+            "{label}"
+        );
+        assert!(matches!(
+            err(index, "main::{closure}@other.rs"),
+            SymbolError::NotFound { .. }
+        ));
+        // Functions of one name: the file and line of each pick it.
+        let net = fixture_line("pub fn send(x: u64) -> u64 {");
+        let send = index.find("net::send")[0];
+        let at = index.function_location(send).unwrap();
+        assert!(at.line >= net, "{label}: {at}");
+        let q = format!("send@sample.rs:{}", at.line);
+        assert_eq!(one(index, &q), send.addr, "{label}");
     }
 }

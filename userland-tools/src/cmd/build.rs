@@ -23,6 +23,11 @@ pub struct Args {
     /// rejected).
     #[arg(long)]
     pub check: bool,
+    /// With --check: the kernel ELF kprobe targets are resolved against,
+    /// so that a misspelt target fails here with suggestions (default: as
+    /// `ktrace symbols`; without one, targets are checked at load time).
+    #[arg(long, value_name = "ELF", requires = "check")]
+    pub kernel: Option<PathBuf>,
     /// Only print errors (and the object's path).
     #[arg(short, long)]
     pub quiet: bool,
@@ -66,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     outln!("{}", out.object.display());
     if args.check {
+        check_targets(&obj, args.kernel.as_deref())?;
         let verdicts = probe_sdk::check::check_object(&obj, Default::default());
         for v in &verdicts {
             errln!("{v}");
@@ -78,6 +84,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Resolves the object's kprobe targets against the kernel ELF, when one
+/// is at hand (every match counts: whether a shared name needs `--all` is
+/// for `ktrace load` to say), so that a misspelt target is refused now
+/// with the resolver's suggestions rather than at load time.
+fn check_targets(obj: &object::Object, kernel: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let has_kprobes = obj
+        .programs
+        .iter()
+        .any(|p| matches!(p.attach, ktrace_abi::bpf::AttachTarget::Kprobe { .. }));
+    if !has_kprobes {
+        return Ok(());
+    }
+    let elf = match kernel {
+        Some(elf) => elf.to_path_buf(),
+        None => {
+            match super::symbols::kernel_elf(None) {
+                Ok(elf) => elf,
+                Err(_) => {
+                    errln!("note: kprobe targets not checked: no kernel ELF at hand (pass --kernel ELF)");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let index = ktrace_symbols::SymbolIndex::open(&elf)
+        .with_context(|| format!("reading kernel symbols from {}", elf.display()))?;
+    let mut resolved = obj.clone();
+    resolved.resolve_targets_with(
+        &index,
+        ktrace_symbols::ResolveOptions {
+            all: true,
+            allow_raw_address: false,
+        },
+    )?;
     Ok(())
 }
 

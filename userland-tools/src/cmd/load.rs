@@ -25,9 +25,21 @@ use crate::kernel::connect;
 pub struct Args {
     /// A probe crate directory (built first) or an eBPF object file.
     pub path: PathBuf,
-    /// Load without attaching.
+    /// Load and verify without attaching; kprobe targets are not resolved,
+    /// so an object made for another kernel (`kprobe/do_sys_open`) loads.
     #[arg(long)]
     pub no_attach: bool,
+    /// A target several functions share (`Noop::name`, a line the compiler
+    /// duplicated in several functions) attaches to every one of them, as
+    /// `ktrace symbols --all` lists them.
+    #[arg(long)]
+    pub all: bool,
+    /// Attach kprobe program PROG (its function or section name) to TARGET
+    /// instead of what its section says, e.g. `--attach
+    /// kprobe/do_sys_open=RequestQueue::submit_bio` (libbpf's
+    /// `bpf_program__attach_kprobe` with another function). Repeatable.
+    #[arg(long, value_name = "PROG=TARGET", value_parser = parse_retarget, conflicts_with = "no_attach")]
+    pub attach: Vec<(String, String)>,
     /// Pin the object as NAME (default: the object's name). A pinned object
     /// stays loaded after this command, until `ktrace unload NAME`.
     #[arg(long, value_name = "NAME")]
@@ -48,6 +60,19 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `PROG=TARGET` of `--attach`; the split is at the first `=` (Rust paths
+/// have none).
+fn parse_retarget(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((p, t)) if !p.is_empty() && !t.trim().is_empty() => {
+            Ok((p.to_string(), t.trim().to_string()))
+        }
+        _ => Err(format!(
+            "`{s}`: write PROG=TARGET, e.g. kprobe/do_sys_open=RequestQueue::submit_bio"
+        )),
+    }
 }
 
 /// One line per link target.
@@ -71,13 +96,28 @@ pub fn link_target(t: &LinkTarget) -> String {
 pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     let elf = match &args.kernel {
         Some(p) => p.clone(),
+        // Nothing is resolved without attaching: no kernel ELF is needed.
+        None if args.no_attach => super::symbols::kernel_elf(None).unwrap_or_default(),
         None => super::symbols::kernel_elf(None)?,
     };
     let quiet = args.json;
-    let prepared = runtime::prepare(&args.path, &elf, &mut |line| {
+    let opts = runtime::PrepareOptions {
+        no_resolve: args.no_attach,
+        all: args.all,
+        retarget: args.attach.clone(),
+    };
+    let prepared = runtime::prepare_with(&args.path, &elf, &opts, &mut |line| {
         if !quiet {
             errln!("{line}");
         }
+    })
+    .map_err(|e| match e {
+        // A target this kernel lacks (an object written for Linux): say
+        // how to load it anyway.
+        RuntimeError::Prepare(m) if m.contains(": cannot attach to `") => anyhow::anyhow!(
+            "{m}\nto attach the program elsewhere: --attach PROG=TARGET; to load and verify it without attaching: --no-attach"
+        ),
+        e => e.into(),
     })?;
     let mut client = connect(vm_name, "ktrace load")?;
     let mut rt = Runtime::new(&mut client);
@@ -164,4 +204,35 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_takes_prog_equals_target() {
+        assert_eq!(
+            parse_retarget("kprobe/do_sys_open=RequestQueue::submit_bio").unwrap(),
+            (
+                "kprobe/do_sys_open".to_string(),
+                "RequestQueue::submit_bio".to_string()
+            )
+        );
+        // A target may hold `=`-free spaces (`<T as Trait>::f`).
+        assert_eq!(
+            parse_retarget("p=<Deadline<P> as Scheduler<P>>::dispatch")
+                .unwrap()
+                .1,
+            "<Deadline<P> as Scheduler<P>>::dispatch"
+        );
+        for bad in ["p", "=f", "p=", "p= "] {
+            assert_eq!(
+                parse_retarget(bad).unwrap_err(),
+                format!(
+                    "`{bad}`: write PROG=TARGET, e.g. kprobe/do_sys_open=RequestQueue::submit_bio"
+                )
+            );
+        }
+    }
 }

@@ -27,9 +27,15 @@ pub enum ProbeCommand {
     },
     /// Register a probe (with the counting handler).
     Add {
-        /// `path::to::function[+offset]` (demangled, without hash) or a hex
+        /// What `ktrace symbols` resolves: `path::to::function[+offset]`
+        /// (demangled, a unique suffix is enough), `file.rs:LINE` (every
+        /// copy the compiler made of the line gets a probe), or a hex
         /// address (`0x...`).
         target: String,
+        /// A name or line that matches several functions: a probe on every
+        /// one (as `ktrace symbols --all`, bpftrace's wildcards).
+        #[arg(long)]
+        all: bool,
         /// A return probe instead of an instruction probe.
         #[arg(long)]
         ret: bool,
@@ -76,38 +82,54 @@ pub fn parse_target(s: &str) -> anyhow::Result<ProbeTarget> {
     })
 }
 
-/// A function named the way `ktrace symbols` takes it (a unique suffix
-/// such as `RequestQueue::submit_bio`, a legacy hash) turned into its full
-/// path, which is what the kernel looks up; a name that resolves to nothing
-/// or to several functions is refused with the index's candidates and
-/// suggestions. Without a kernel ELF the name goes to the kernel as typed.
+/// What the user wrote, resolved the way `ktrace symbols` does (a unique
+/// suffix such as `RequestQueue::submit_bio`, a legacy hash, `file.rs:LINE`)
+/// to the probe points the kernel takes: full path plus offset, one per
+/// point (a line the compiler duplicated has several). A name that
+/// resolves to nothing or, without `all`, to several functions is refused
+/// with the index's candidates and suggestions. Without a kernel ELF the
+/// name goes to the kernel as typed. The second value is the resolver's
+/// note (how points were picked), if any.
 fn resolve_on_host(
-    target: ProbeTarget,
+    text: &str,
     kernel: Option<&std::path::Path>,
-) -> anyhow::Result<ProbeTarget> {
-    let ProbeTarget::Symbol { name, offset } = target else {
-        return Ok(target);
-    };
+    all: bool,
+) -> anyhow::Result<(Vec<ProbeTarget>, Option<String>)> {
+    let target = parse_target(text);
+    if let Ok(ProbeTarget::Address(_)) = target {
+        return Ok((vec![target?], None));
+    }
     let elf = match super::symbols::kernel_elf(kernel) {
         Ok(elf) => elf,
-        Err(_) if kernel.is_none() => return Ok(ProbeTarget::Symbol { name, offset }),
+        Err(_) if kernel.is_none() => return Ok((vec![target?], None)),
         Err(e) => return Err(e),
     };
     let index = ktrace_symbols::SymbolIndex::open(&elf)
         .with_context(|| format!("reading kernel symbols from {}", elf.display()))?;
-    let found = index.find(&name);
-    match found.as_slice() {
-        [f] => Ok(ProbeTarget::Symbol {
-            name: f.name.clone(),
-            offset,
-        }),
-        // Nothing, or several: the resolver's error lists candidates and
-        // close names.
-        _ => {
-            index.resolve(&name, ktrace_symbols::ResolveOptions::default())?;
-            bail!("`{name}` names {} functions", found.len())
-        }
+    let res = index.resolve(
+        text,
+        ktrace_symbols::ResolveOptions {
+            all,
+            allow_raw_address: false,
+        },
+    )?;
+    let targets = res
+        .points
+        .iter()
+        .map(|p| match &p.function {
+            // The kernel finds a function by name: a shared name (copies
+            // of one function, closures) goes by address.
+            Some(f) if index.name_is_unique(f) => ProbeTarget::Symbol {
+                name: f.clone(),
+                offset: p.offset,
+            },
+            _ => ProbeTarget::Address(p.addr),
+        })
+        .collect::<Vec<_>>();
+    if targets.is_empty() {
+        bail!("`{text}` matches no function that can hold a probe");
     }
+    Ok((targets, res.note))
 }
 
 fn kind_name(k: ProbeKind) -> String {
@@ -179,6 +201,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         }
         ProbeCommand::Add {
             target,
+            all,
             ret,
             maxactive,
             kernel,
@@ -188,17 +211,34 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             } else {
                 ProbeKind::Kprobe
             };
-            let target = resolve_on_host(parse_target(&target)?, kernel.as_deref())?;
-            let p = client.add_probe(target, kind)?;
-            outln!(
-                "probe {} registered: {} at {:#x} ({}+{:#x}){}",
-                p.id,
-                kind_name(p.kind),
-                p.addr,
-                p.symbol,
-                p.offset,
-                if p.boosted { ", boosted" } else { "" }
-            );
+            let (targets, note) = resolve_on_host(&target, kernel.as_deref(), all)?;
+            if let Some(note) = note {
+                errln!("note: {note}");
+            }
+            let mut added = Vec::new();
+            for target in targets {
+                let p = match client.add_probe(target, kind) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // All or nothing: the probes of this command that
+                        // were registered go again.
+                        for id in added {
+                            let _ = client.remove_probe(id);
+                        }
+                        return Err(e.into());
+                    }
+                };
+                added.push(p.id);
+                outln!(
+                    "probe {} registered: {} at {:#x} ({}+{:#x}){}",
+                    p.id,
+                    kind_name(p.kind),
+                    p.addr,
+                    p.symbol,
+                    p.offset,
+                    if p.boosted { ", boosted" } else { "" }
+                );
+            }
         }
         ProbeCommand::Remove { id } => {
             client.remove_probe(id)?;

@@ -27,7 +27,8 @@ pub use crate::kernel::kernel_elf;
     RequestQueue::submit_bio                         unique suffix of path segments\n  \
     'kernel::block::*'  '*::submit_*'                glob (every match)\n  \
     RequestQueue::submit_bio+0x1a                    offset (checked against instruction boundaries)\n  \
-    kernel/src/block/queue.rs:120                    source line (path suffix)\n  \
+    kernel/src/block/queue.rs:120                    source line (path suffix; every copy the compiler made)\n  \
+    'handle_inner::{closure}@bpf/mod.rs:697'         a path narrowed to where the function starts (closures)\n  \
     0xffffffff80012345                               raw address (needs --unsafe-address)")]
 pub struct Args {
     /// What to resolve (see the forms below).
@@ -49,6 +50,11 @@ pub struct Args {
     /// build: kernel/kernel/kernel in $CARGO_TARGET_DIR or target/).
     #[arg(long, value_name = "ELF")]
     pub kernel: Option<PathBuf>,
+    /// Print names in full on a terminal too (they are elided in the
+    /// middle to fit its width otherwise; piped output is always full), as
+    /// `ps -w`.
+    #[arg(long, short = 'w')]
+    pub wide: bool,
 }
 
 /// Run `ktrace symbols`.
@@ -93,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            let mut out = table(&rows);
+            let mut out = table(&rows, fit_width(args.wide));
             if let Some(note) = &res.note {
                 let _ = writeln!(out, "note: {note}");
             }
@@ -186,16 +192,62 @@ fn error_json(e: &SymbolError) -> serde_json::Value {
     v
 }
 
-/// Rows aligned in columns, one per line.
-fn table(rows: &[[String; 4]]) -> String {
+/// The width rows must fit: that of the terminal stdout is (`$COLUMNS`
+/// when set, as `ls` reads it), or `None` (no limit) when stdout is a pipe
+/// or a file, or with `--wide`.
+fn fit_width(wide: bool) -> Option<usize> {
+    use std::io::IsTerminal as _;
+    if wide || !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let columns = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok());
+    columns
+        .filter(|&c: &usize| c > 0)
+        .or_else(|| terminal_size::terminal_size().map(|(w, _)| usize::from(w.0)))
+}
+
+/// `text` in at most `max` characters: the middle replaced by `…` (a Rust
+/// path's crate and last segments say the most), or with `keep_end` the
+/// start (a file path's end says the most).
+fn elide(text: &str, max: usize, keep_end: bool) -> String {
+    let n = text.chars().count();
+    if n <= max || max < 2 {
+        return text.to_string();
+    }
+    let tail = if keep_end { max - 1 } else { (max - 1) / 2 };
+    let head = max - 1 - tail;
+    let mut out: String = text.chars().take(head).collect();
+    out.push('…');
+    out.extend(text.chars().skip(n - tail));
+    out
+}
+
+/// Rows aligned in columns, one per line. With `fit`, the name and source
+/// columns are elided so that a row fits in `fit` characters (the location
+/// down to 24, then the name down to 24).
+fn table(rows: &[[String; 4]], fit: Option<usize>) -> String {
     let mut width = [0usize; 4];
     for row in rows {
         for (w, cell) in width.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut rows = rows.to_vec();
+    if let Some(fit) = fit {
+        let total = |w: &[usize; 4]| w.iter().sum::<usize>() + 6;
+        if total(&width) > fit {
+            width[3] = width[3].min(24.max(fit.saturating_sub(total(&width) - width[3])));
+        }
+        if total(&width) > fit {
+            width[0] = width[0].min(24.max(fit.saturating_sub(total(&width) - width[0])));
+        }
+        for row in &mut rows {
+            row[0] = elide(&row[0], width[0], false);
+            row[3] = elide(&row[3], width[3], true);
         }
     }
     let mut out = String::new();
-    for row in rows {
+    for row in &rows {
         let line = format!(
             "{:w0$}  {:>w1$}  {:>w2$}  {}",
             row[0],
@@ -233,8 +285,38 @@ mod tests {
             ],
         ];
         assert_eq!(
-            table(&rows),
+            table(&rows, None),
             "a::f       0x10   4 bytes  x.rs:1\na::long  0x1000  40 bytes\n"
         );
+    }
+
+    #[test]
+    fn a_terminal_gets_names_elided_in_the_middle() {
+        let long = format!(
+            "<kernel::a::Type<{}> as kernel::Trait>::method",
+            "u8,".repeat(150)
+        );
+        let rows = [[
+            long.clone(),
+            "0x1000".into(),
+            "40 bytes".into(),
+            "/rustc/0123456789abcdef/library/core/src/ptr/mod.rs:805".into(),
+        ]];
+        // Piped (no width): every character.
+        assert!(table(&rows, None).contains(&long));
+        let fitted = table(&rows, Some(100));
+        assert_eq!(fitted.trim_end().chars().count(), 100, "{fitted}");
+        assert!(fitted.starts_with("<kernel::a::Type<u8,"), "{fitted}");
+        assert!(
+            fitted.contains("…> as kernel::Trait>::method  0x1000  40 bytes  …"),
+            "{fitted}"
+        );
+        assert!(
+            fitted.trim_end().ends_with("  …core/src/ptr/mod.rs:805"),
+            "{fitted}"
+        );
+        assert_eq!(elide("abcdefgh", 5, false), "ab…gh");
+        assert_eq!(elide("abcdefgh", 5, true), "…efgh");
+        assert_eq!(elide("abc", 5, false), "abc");
     }
 }

@@ -133,40 +133,65 @@ pub fn parse_event(name: &str) -> anyhow::Result<EventSpec> {
 /// Resolves a `kprobe:` event's path against the kernel ELF so that a
 /// suffix (`RequestQueue::submit_bio`) names the full demangled function
 /// the kernel's symbol table knows, and a bad name fails before anything
-/// is opened.
+/// is opened. A query with several points (a `file.rs:LINE` the compiler
+/// duplicated, or with `all` a name several functions share) becomes one
+/// event per point, named `kprobe:<function>+<offset>`, as `perf probe`
+/// makes one event per location; other events pass through as they are.
 pub fn resolve_kprobe(
+    name: String,
     spec: EventSpec,
     index: &ktrace_symbols::SymbolIndex,
-) -> anyhow::Result<EventSpec> {
+    all: bool,
+) -> anyhow::Result<Vec<(String, EventSpec)>> {
     let EventSpec::Counter(PerfEvent::Kprobe {
-        target: ProbeTarget::Symbol { name, offset },
+        target: ProbeTarget::Symbol { name: path, offset },
     }) = &spec
     else {
-        return Ok(spec);
+        return Ok(vec![(name, spec)]);
     };
     let query = if *offset == 0 {
-        name.clone()
+        path.clone()
     } else {
-        format!("{name}+{offset:#x}")
+        format!("{path}+{offset:#x}")
+    };
+    let opts = ktrace_symbols::ResolveOptions {
+        all,
+        allow_raw_address: false,
     };
     let r = index
-        .resolve(&query, Default::default())
+        .resolve(&query, opts)
         .map_err(|e| anyhow::anyhow!("kprobe:{query}: {e}"))?;
-    match r.points.as_slice() {
-        [p] => Ok(EventSpec::Counter(PerfEvent::Kprobe {
+    let event = |p: &ktrace_symbols::ProbePoint| {
+        EventSpec::Counter(PerfEvent::Kprobe {
             target: match &p.function {
-                Some(f) => ProbeTarget::Symbol {
+                // A shared name (copies, closures) goes by address.
+                Some(f) if index.name_is_unique(f) => ProbeTarget::Symbol {
                     name: f.clone(),
                     offset: p.offset,
                 },
-                None => ProbeTarget::Address(p.addr),
+                _ => ProbeTarget::Address(p.addr),
             },
-        })),
+        })
+    };
+    match r.points.as_slice() {
+        [p] => Ok(vec![(name, event(p))]),
         [] => bail!("kprobe:{query}: no probe point in the kernel"),
-        many => bail!(
-            "kprobe:{query}: matches {} places; give more of the path",
-            many.len()
-        ),
+        many => Ok(many
+            .iter()
+            .map(|p| {
+                let f = p.function.as_deref().unwrap_or("?");
+                let mut name = match p.offset {
+                    0 => format!("kprobe:{f}"),
+                    off => format!("kprobe:{f}+{off:#x}"),
+                };
+                // Copies of one function share its name: the address tells
+                // their rows apart.
+                if !index.name_is_unique(f) {
+                    name = format!("{name}@{:#x}", p.addr);
+                }
+                (name, event(p))
+            })
+            .collect()),
     }
 }
 

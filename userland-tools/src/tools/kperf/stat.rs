@@ -52,6 +52,10 @@ pub struct Args {
     /// as `ktrace symbols`).
     #[arg(long, value_name = "ELF")]
     pub kernel: Option<PathBuf>,
+    /// A `kprobe:` name several functions share counts each of them (one
+    /// row per function, as `perf probe` makes one event per location).
+    #[arg(long)]
+    pub all: bool,
     /// The in-kernel workload to measure (arguments of `ktrace workload`).
     #[arg(last = true, value_name = "WORKLOAD ARGS")]
     pub workload: Vec<String>,
@@ -61,6 +65,7 @@ pub struct Args {
 fn events(
     names: &[String],
     kernel: Option<&Path>,
+    all: bool,
 ) -> anyhow::Result<Vec<(String, super::EventSpec)>> {
     let names: Vec<String> = if names.is_empty() {
         [
@@ -82,7 +87,7 @@ fn events(
     let mut index = None;
     let mut out = Vec::new();
     for n in names {
-        let mut spec = super::parse_event(&n)?;
+        let spec = super::parse_event(&n)?;
         if matches!(spec, super::EventSpec::Counter(PerfEvent::Kprobe { .. })) {
             if index.is_none() {
                 let elf = kernel::kernel_elf(kernel)?;
@@ -91,7 +96,13 @@ fn events(
                         format!("reading kernel symbols from {}", elf.display())
                     })?);
             }
-            spec = super::resolve_kprobe(spec, index.as_ref().expect("set above"))?;
+            out.extend(super::resolve_kprobe(
+                n,
+                spec,
+                index.as_ref().expect("set above"),
+                all,
+            )?);
+            continue;
         }
         out.push((n, spec));
     }
@@ -119,7 +130,7 @@ pub fn run(args: Args, vm: &str) -> anyhow::Result<()> {
         bail!("-x needs a separator, e.g. -x, or -x';'");
     }
     let _ = args.all_cpus;
-    let evs = events(&args.events, args.kernel.as_deref())?;
+    let evs = events(&args.events, args.kernel.as_deref(), args.all)?;
     let work = work_from(&args.workload, args.duration, None)?;
     let title = match &work {
         Work::Workload(_, t) => t.clone(),
