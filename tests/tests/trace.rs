@@ -636,6 +636,13 @@ fn kprobe_arguments_sched_errors_and_exits() {
         trace_ok(&name, &["-l", "kprobe:*::submit_*"]),
         "kprobe:kernel::block::queue::RequestQueue::submit_bio\nkprobe:kernel::block::queue::submit_and_wait\n"
     );
+    // -l -v: each function's parameters and types, from the DWARF.
+    assert_eq!(
+        trace_ok(&name, &["-l", "kprobe:RequestQueue::s*", "-v"]),
+        "kprobe:kernel::block::queue::RequestQueue::set_scheduler\n    self: &kernel::block::queue::RequestQueue\n    name: &str\n\
+         kprobe:kernel::block::queue::RequestQueue::stats\n    self: &kernel::block::queue::RequestQueue\n\
+         kprobe:kernel::block::queue::RequestQueue::submit_bio\n    self: &kernel::block::queue::RequestQueue\n    inner: &mut kernel::block::queue::Inner\n    bio: Bio<kernel::block::queue::Token>\n"
+    );
     assert_eq!(
         trace_ok(&name, &["-l", "tracepoint:sched:*"]),
         "tracepoint:sched:sched_switch\ntracepoint:sched:sched_wakeup\n"

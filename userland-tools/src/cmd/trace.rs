@@ -63,7 +63,7 @@ pub struct Args {
     /// The kernel ELF to resolve Rust paths against (default: as `ktrace symbols`).
     #[arg(long, value_name = "ELF")]
     pub kernel: Option<PathBuf>,
-    /// Print how long each step took (compile, symbols, load and verify, attach) to stderr.
+    /// Print how long each step took (compile, symbols, load and verify, attach) to stderr; with -l, each kprobe target's parameters and their types.
     #[arg(short = 'v')]
     pub verbose: bool,
     /// Workload arguments after `--` (as `-c`).
@@ -870,13 +870,31 @@ fn list(args: &Args, pattern: &str, vm_name: &str) -> anyhow::Result<()> {
         } else {
             "kprobe"
         };
+        // With -v, as `bpftrace -lv`: each function's parameters and
+        // their types, from the kernel's DWARF.
+        let reader = if args.verbose && prefix == "kprobe" {
+            Some(ParamReader::from_path(&elf).map_err(|e| anyhow::anyhow!("{e}"))?)
+        } else {
+            None
+        };
+        let mut seen = std::collections::BTreeMap::new();
         for p in res.points {
             if let Some(f) = p.function {
-                out.push(format!("{prefix}:{f}"));
+                let mut line = format!("{prefix}:{f}");
+                if let Some(r) = &reader {
+                    match r.parameters(p.addr - p.offset) {
+                        Ok(params) => {
+                            for param in params {
+                                line.push_str(&format!("\n    {}: {}", param.name, param.type_name));
+                            }
+                        }
+                        Err(e) => line.push_str(&format!("\n    ({e})")),
+                    }
+                }
+                seen.insert(f, line);
             }
         }
-        out.sort();
-        out.dedup();
+        out.extend(seen.into_values());
     }
     if kind == "*" {
         out.extend(["BEGIN", "END", "profile:hz:99", "interval:s:N"].map(String::from));
