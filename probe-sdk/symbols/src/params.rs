@@ -252,7 +252,11 @@ impl ParamReader {
             let Some(ty) = p.ty else {
                 return perr(0, format!("DWARF gives `{first}` no type"));
             };
-            let pieces = cx.location(p.location.clone(), at, first)?;
+            let frame = Frame {
+                entry: at == func,
+                base: f.frame_base,
+            };
+            let pieces = cx.location(p.location.clone(), at, frame, first)?;
             cx.follow(ty, Loc::Pieces { pieces, base: 0 }, path)
         })
     }
@@ -270,6 +274,8 @@ struct FoundFunction<'d> {
     unit: gimli::Unit<R<'d>>,
     name: String,
     params: Vec<RawParam<'d>>,
+    /// The register `DW_AT_frame_base` names, when it is one register.
+    frame_base: Option<u16>,
 }
 
 struct RawParam<'d> {
@@ -324,6 +330,22 @@ fn find_function<'d>(dwarf: &gimli::Dwarf<R<'d>>, func: u64) -> Result<FoundFunc
             unit: &unit,
         };
         let name = cx.name_of(off).map_err(dwarf_err)?.unwrap_or_default();
+        let frame_base = match unit
+            .entry(off)
+            .and_then(|e| e.attr_value(gimli::DW_AT_frame_base))
+            .map_err(dwarf_err)?
+        {
+            Some(AttributeValue::Exprloc(e)) => {
+                let mut ops = e.operations(unit.encoding());
+                match (ops.next(), ops.next()) {
+                    (Ok(Some(gimli::Operation::Register { register })), Ok(None)) => {
+                        Some(register.0)
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
         let mut params = Vec::new();
         let mut tree = unit.entries_tree(Some(off)).map_err(dwarf_err)?;
         let root = tree.root().map_err(dwarf_err)?;
@@ -350,9 +372,19 @@ fn find_function<'d>(dwarf: &gimli::Dwarf<R<'d>>, func: u64) -> Result<FoundFunc
             unit,
             name,
             params,
+            frame_base,
         });
     }
     perr(0, format!("the kernel's DWARF describes no function at {func:#x}"))
+}
+
+/// The probe address as the frame sees it.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    /// The probe is at the function's first instruction.
+    entry: bool,
+    /// The frame base register.
+    base: Option<u16>,
 }
 
 /// DWARF of one unit.
@@ -457,6 +489,7 @@ impl<'d> Cx<'_, 'd> {
         &self,
         loc: Option<AttributeValue<R<'d>>>,
         at: u64,
+        frame: Frame,
         name: &str,
     ) -> Result<Vec<Piece>, ParamError> {
         let Some(loc) = loc else {
@@ -520,9 +553,21 @@ impl<'d> Cx<'_, 'd> {
                 gimli::Operation::StackValue => {
                     return unsupported("a computed value, DW_OP_stack_value".into())
                 }
-                gimli::Operation::FrameOffset { .. } => {
-                    return unsupported("relative to the frame base, DW_OP_fbreg".into())
-                }
+                // A stack slot of the frame: the function stores the
+                // parameter there after its entry, so it is readable
+                // from inside the body only.
+                gimli::Operation::FrameOffset { offset: o } => match frame {
+                    Frame { entry: true, .. } => {
+                        return perr(
+                            0,
+                            format!("`{name}` is kept in a stack slot the function fills after its entry (DW_OP_fbreg): probe a line of its body (`kprobe:FILE.rs:LINE`)"),
+                        )
+                    }
+                    Frame { base: Some(r), .. } => cur = Some(PieceLoc::Mem(r, o)),
+                    Frame { base: None, .. } => {
+                        return unsupported("relative to a frame base that is not one register".into())
+                    }
+                },
                 other => return unsupported(format!("{other:?}")),
             }
         }
