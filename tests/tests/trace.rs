@@ -508,6 +508,51 @@ fn kprobe_arguments_sched_errors_and_exits() {
          ^^^^^^^^^^^^^\n"
     );
 
+    // 21c. A parameter the function keeps in a stack slot (a `&str`
+    // whose address it takes): refused at the entry, read on a line of
+    // the body (found in the source, so edits above it do not matter).
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel/src/block/queue.rs"),
+    )
+    .unwrap();
+    let body = source.find("pub fn set_scheduler").unwrap();
+    let drain = body + source[body..].find("for rq in g.sched.drain()").unwrap();
+    let line = source[..drain].matches('\n').count() + 1;
+    assert_eq!(
+        trace_err(&name, &["kprobe:RequestQueue::set_scheduler { printf(\"%d\\n\", args.name.length); }"]),
+        "ktrace: <script>:1:58: error: `name` is kept in a stack slot the function fills after its entry (DW_OP_fbreg): probe a line of its body (`kprobe:FILE.rs:LINE`)\n\
+         kprobe:RequestQueue::set_scheduler { printf(\"%d\\n\", args.name.length); }\n\
+         \x20                                                        ^^^^\n"
+    );
+    let mut child = ktrace()
+        .args(["--vm", &name, "trace"])
+        .arg(format!("kprobe:block/queue.rs:{line} {{ printf(\"%s %d\\n\", str(args.name.data_ptr, args.name.length), args.self.capacity); }}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first, "Attaching 1 probe...\n");
+    let capacity = {
+        let mut c = vm.client();
+        c.set_scheduler("ram0", "none").unwrap();
+        c.set_scheduler("ram0", "deadline").unwrap();
+        c.disk_stats_of("ram0").unwrap().unwrap().capacity_sectors
+    };
+    // Ctrl-C: what the probe printed is drained before the trace ends.
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut got = String::new();
+    stdout.read_to_string(&mut got).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(got, format!("none {capacity}\ndeadline {capacity}\n\n"));
+    assert_clean(&mut vm);
+
     // 22. A file holding the program.
     let dir = std::env::temp_dir().join(format!("{name}-script"));
     std::fs::create_dir_all(&dir).unwrap();
