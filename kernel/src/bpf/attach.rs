@@ -355,10 +355,7 @@ pub fn attach(
                 let _ = perf::close(id);
                 return Err(refused("the sampling timer", &e));
             }
-            (
-                LinkTarget::PerfEvent { sample_hz: hz },
-                Handle::Perf(id),
-            )
+            (LinkTarget::PerfEvent { sample_hz: hz }, Handle::Perf(id))
         }
     };
     let order = rt

@@ -176,11 +176,10 @@ impl ParamReader {
         &self,
         f: impl FnOnce(&gimli::Dwarf<R<'_>>) -> Result<T, ParamError>,
     ) -> Result<T, ParamError> {
-        let file = object::File::parse(&*self.data)
-            .map_err(|e| ParamError {
-                at: 0,
-                message: format!("the kernel ELF cannot be read: {e}"),
-            })?;
+        let file = object::File::parse(&*self.data).map_err(|e| ParamError {
+            at: 0,
+            message: format!("the kernel ELF cannot be read: {e}"),
+        })?;
         let endian = if file.is_little_endian() {
             RunTimeEndian::Little
         } else {
@@ -189,7 +188,9 @@ impl ParamReader {
         let sections =
             gimli::DwarfSections::load(|id| -> Result<std::borrow::Cow<'_, [u8]>, gimli::Error> {
                 Ok(match file.section_by_name(id.name()) {
-                    Some(s) => s.uncompressed_data().unwrap_or(std::borrow::Cow::Borrowed(&[])),
+                    Some(s) => s
+                        .uncompressed_data()
+                        .unwrap_or(std::borrow::Cow::Borrowed(&[])),
                     None => std::borrow::Cow::Borrowed(&[]),
                 })
             })
@@ -239,7 +240,10 @@ impl ParamReader {
                 return perr(
                     0,
                     if names.is_empty() {
-                        format!("`{}` has no parameter `{first}`: it has no parameters", f.name)
+                        format!(
+                            "`{}` has no parameter `{first}`: it has no parameters",
+                            f.name
+                        )
                     } else {
                         format!(
                             "`{}` has no parameter `{first}`: expected one of {}",
@@ -285,7 +289,10 @@ struct RawParam<'d> {
 }
 
 /// The subprogram whose code starts at `func`.
-fn find_function<'d>(dwarf: &gimli::Dwarf<R<'d>>, func: u64) -> Result<FoundFunction<'d>, ParamError> {
+fn find_function<'d>(
+    dwarf: &gimli::Dwarf<R<'d>>,
+    func: u64,
+) -> Result<FoundFunction<'d>, ParamError> {
     let mut units = dwarf.units();
     let mut saw_types = false;
     while let Some(header) = units.next().map_err(dwarf_err)? {
@@ -325,10 +332,7 @@ fn find_function<'d>(dwarf: &gimli::Dwarf<R<'d>>, func: u64) -> Result<FoundFunc
             }
         }
         let Some(off) = found else { continue };
-        let cx = Cx {
-            dwarf,
-            unit: &unit,
-        };
+        let cx = Cx { dwarf, unit: &unit };
         let name = cx.name_of(off).map_err(dwarf_err)?.unwrap_or_default();
         let frame_base = match unit
             .entry(off)
@@ -375,7 +379,10 @@ fn find_function<'d>(dwarf: &gimli::Dwarf<R<'d>>, func: u64) -> Result<FoundFunc
             frame_base,
         });
     }
-    perr(0, format!("the kernel's DWARF describes no function at {func:#x}"))
+    perr(
+        0,
+        format!("the kernel's DWARF describes no function at {func:#x}"),
+    )
 }
 
 /// The probe address as the frame sees it.
@@ -399,7 +406,11 @@ const MAX_HOPS: usize = 16;
 impl<'d> Cx<'_, 'd> {
     /// An attribute of a DIE, or of the DIE its `DW_AT_abstract_origin` or
     /// `DW_AT_specification` names (in this unit).
-    fn attr(&self, off: UnitOffset, at: gimli::DwAt) -> gimli::Result<Option<AttributeValue<R<'d>>>> {
+    fn attr(
+        &self,
+        off: UnitOffset,
+        at: gimli::DwAt,
+    ) -> gimli::Result<Option<AttributeValue<R<'d>>>> {
         let mut off = off;
         for _ in 0..MAX_HOPS {
             let e = self.unit.entry(off)?;
@@ -501,7 +512,11 @@ impl<'d> Cx<'_, 'd> {
         let expr = match loc {
             AttributeValue::Exprloc(e) => e,
             other => {
-                let mut list = match self.dwarf.attr_locations(self.unit, other).map_err(dwarf_err)? {
+                let mut list = match self
+                    .dwarf
+                    .attr_locations(self.unit, other)
+                    .map_err(dwarf_err)?
+                {
                     Some(l) => l,
                     None => return perr(0, format!("DWARF gives `{name}` no usable location")),
                 };
@@ -582,7 +597,12 @@ impl<'d> Cx<'_, 'd> {
     }
 
     /// Follows `path[1..]` from the parameter of type `ty` at `loc`.
-    fn follow(&self, ty: UnitOffset, mut loc: Loc, path: &[&str]) -> Result<ParamAccess, ParamError> {
+    fn follow(
+        &self,
+        ty: UnitOffset,
+        mut loc: Loc,
+        path: &[&str],
+    ) -> Result<ParamAccess, ParamError> {
         let mut ty = self.strip(ty).map_err(dwarf_err)?;
         let mut i = 1;
         let shown = |i: usize| path[..i].join(".");
@@ -720,7 +740,9 @@ impl<'d> Cx<'_, 'd> {
         let signed = match self.type_of(ty)? {
             Some(t) => matches!(
                 self.unit.entry(t)?.attr_value(gimli::DW_AT_encoding)?,
-                Some(AttributeValue::Encoding(gimli::DW_ATE_signed | gimli::DW_ATE_signed_char))
+                Some(AttributeValue::Encoding(
+                    gimli::DW_ATE_signed | gimli::DW_ATE_signed_char
+                ))
             ),
             None => false,
         };
@@ -767,38 +789,70 @@ fn value_steps(loc: Loc, size: u64, at: usize, shown: &str) -> Result<Vec<Access
 }
 
 /// The piece holding bytes `base..base + size`, and `base`'s offset in it.
-fn piece_at(pieces: &[Piece], base: u64, size: u64, at: usize, shown: &str) -> Result<(PieceLoc, u64), ParamError> {
+fn piece_at(
+    pieces: &[Piece],
+    base: u64,
+    size: u64,
+    at: usize,
+    shown: &str,
+) -> Result<(PieceLoc, u64), ParamError> {
     for &(off, len, loc) in pieces {
         if base >= off && base - off < len {
             if base - off + size > len {
-                return perr(at, format!("`{shown}` spans two locations in DWARF: it cannot be read at once"));
+                return perr(
+                    at,
+                    format!("`{shown}` spans two locations in DWARF: it cannot be read at once"),
+                );
             }
             if loc == PieceLoc::Gone {
-                return perr(at, format!("`{shown}` was optimised out at the probe address"));
+                return perr(
+                    at,
+                    format!("`{shown}` was optimised out at the probe address"),
+                );
             }
             if let PieceLoc::Reg(_) = loc {
                 if base - off + size > 8 {
-                    return perr(at, format!("`{shown}` does not fit in the register DWARF puts it in"));
+                    return perr(
+                        at,
+                        format!("`{shown}` does not fit in the register DWARF puts it in"),
+                    );
                 }
             }
             return Ok((loc, base - off));
         }
     }
-    perr(at, format!("`{shown}` was optimised out at the probe address"))
+    perr(
+        at,
+        format!("`{shown}` was optimised out at the probe address"),
+    )
 }
 
 /// The access to a leaf of `size` bytes at `loc`.
-fn leaf(loc: Loc, size: u32, kind: LeafKind, type_name: String, at: usize, shown: &str) -> Result<ParamAccess, ParamError> {
+fn leaf(
+    loc: Loc,
+    size: u32,
+    kind: LeafKind,
+    type_name: String,
+    at: usize,
+    shown: &str,
+) -> Result<ParamAccess, ParamError> {
     let (steps, place) = match loc {
         Loc::Mem(steps) => (steps, Place::Memory),
-        Loc::Pieces { pieces, base } => match piece_at(&pieces, base, u64::from(size), at, shown)? {
-            (PieceLoc::Reg(r), delta) => (vec![AccessStep::Register(r)], Place::Register { shift: delta as u32 }),
-            (PieceLoc::Mem(r, o), delta) => (
-                vec![AccessStep::Register(r), AccessStep::Add(o + delta as i64)],
-                Place::Memory,
-            ),
-            (PieceLoc::Gone, _) => unreachable!("piece_at refuses optimised-out pieces"),
-        },
+        Loc::Pieces { pieces, base } => {
+            match piece_at(&pieces, base, u64::from(size), at, shown)? {
+                (PieceLoc::Reg(r), delta) => (
+                    vec![AccessStep::Register(r)],
+                    Place::Register {
+                        shift: delta as u32,
+                    },
+                ),
+                (PieceLoc::Mem(r, o), delta) => (
+                    vec![AccessStep::Register(r), AccessStep::Add(o + delta as i64)],
+                    Place::Memory,
+                ),
+                (PieceLoc::Gone, _) => unreachable!("piece_at refuses optimised-out pieces"),
+            }
+        }
     };
     Ok(ParamAccess {
         steps,

@@ -317,7 +317,10 @@ fn kernel_parameters_at_function_entry() {
     };
     let reader = ParamReader::from_bytes(bytes.clone());
     let entry = |path: &str| {
-        let p = &index.resolve(path, ResolveOptions::default()).unwrap().points[0];
+        let p = &index
+            .resolve(path, ResolveOptions::default())
+            .unwrap()
+            .points[0];
         assert_eq!(p.offset, 0);
         p.addr
     };
@@ -357,9 +360,7 @@ fn kernel_parameters_at_function_entry() {
     };
     let names: Vec<&str> = variants.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(names, ["Read", "Write", "Flush"]);
-    let err = reader
-        .access(submit, submit, &["bio", "nope"])
-        .unwrap_err();
+    let err = reader.access(submit, submit, &["bio", "nope"]).unwrap_err();
     assert_eq!(err.at, 1);
     assert_eq!(
         err.message,

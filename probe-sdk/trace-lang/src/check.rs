@@ -9,7 +9,6 @@ use crate::ast::*;
 use crate::diag::{Diagnostic, Span};
 use crate::World;
 
-
 /// Bytes `str()` reads at most (bpftrace's default `BPFTRACE_STRLEN` is 64).
 pub const STR_LEN: u32 = 64;
 

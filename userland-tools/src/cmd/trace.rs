@@ -253,16 +253,20 @@ impl KernelParams {
         // serves them all, so the access must be the same in each.
         let mut first: Option<(String, ParamAccess)> = None;
         for pt in &res.points {
-            let function = pt.function.clone().unwrap_or_else(|| format!("{:#x}", pt.addr));
-            let access = reader
-                .access(pt.addr - pt.offset, pt.addr, path)
-                .map_err(|e| match res.points.len() {
-                    1 => e,
-                    _ => ParamError {
-                        at: e.at,
-                        message: format!("in `{function}`: {}", e.message),
-                    },
-                })?;
+            let function = pt
+                .function
+                .clone()
+                .unwrap_or_else(|| format!("{:#x}", pt.addr));
+            let access =
+                reader
+                    .access(pt.addr - pt.offset, pt.addr, path)
+                    .map_err(|e| match res.points.len() {
+                        1 => e,
+                        _ => ParamError {
+                            at: e.at,
+                            message: format!("in `{function}`: {}", e.message),
+                        },
+                    })?;
             match &first {
                 None => first = Some((function, access)),
                 Some((f, a)) if *a != access => {
@@ -885,7 +889,10 @@ fn list(args: &Args, pattern: &str, vm_name: &str) -> anyhow::Result<()> {
                     match r.parameters(p.addr - p.offset) {
                         Ok(params) => {
                             for param in params {
-                                line.push_str(&format!("\n    {}: {}", param.name, param.type_name));
+                                line.push_str(&format!(
+                                    "\n    {}: {}",
+                                    param.name, param.type_name
+                                ));
                             }
                         }
                         Err(e) => line.push_str(&format!("\n    ({e})")),
