@@ -260,7 +260,7 @@ impl ParamReader {
                 entry: at == func,
                 base: f.frame_base,
             };
-            let pieces = cx.location(p.location.clone(), at, frame, first)?;
+            let pieces = cx.location(p.location, at, frame, first)?;
             cx.follow(ty, Loc::Pieces { pieces, base: 0 }, path)
         })
     }

@@ -202,8 +202,11 @@ struct KernelParams {
     elf: Result<PathBuf, String>,
     index: OnceLock<Result<SymbolIndex, String>>,
     reader: OnceLock<Result<ParamReader, String>>,
-    answers: Mutex<HashMap<(String, Vec<String>), Result<ParamAccess, ParamError>>>,
+    answers: Mutex<HashMap<ParamKey, Result<ParamAccess, ParamError>>>,
 }
+
+/// A kprobe's spec and an `args` path in it.
+type ParamKey = (String, Vec<String>);
 
 impl KernelParams {
     fn new(elf: Result<PathBuf, String>) -> Self {
