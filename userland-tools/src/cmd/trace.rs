@@ -907,7 +907,7 @@ fn list(args: &Args, pattern: &str, vm_name: &str) -> anyhow::Result<()> {
         out.extend(seen.into_values());
     }
     if kind == "*" {
-        out.extend(["BEGIN", "END", "profile:hz:99", "interval:s:N"].map(String::from));
+        out.extend(["BEGIN", "END", "profile:hz:N", "interval:s:N"].map(String::from));
     }
     let mut o = std::io::stdout().lock();
     for l in out {
