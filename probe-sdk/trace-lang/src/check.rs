@@ -524,9 +524,14 @@ fn same_key(a: &Ty, b: &Ty) -> bool {
 /// Checks the script: map kinds first (so a read may come before the
 /// block that assigns), then every expression.
 pub fn check(script: &Script, world: &World) -> Result<Checked, Diagnostic> {
+    let mut profile: Option<&Probe> = None;
     for b in &script.blocks {
         for p in &b.probes {
             if let ProbeKind::Profile { hz } = p.kind {
+                if let Some(first) = profile {
+                    return err(p.span, format!("the kernel has one sampling timer, which `{}` already uses: one `profile` probe a script", first.text));
+                }
+                profile = Some(p);
                 use ktrace_abi::trace::{SAMPLE_MAX_HZ, SAMPLE_MIN_HZ};
                 if !(SAMPLE_MIN_HZ..=SAMPLE_MAX_HZ).contains(&hz) {
                     return err(p.span, format!("the kernel's sampling timer runs at {SAMPLE_MIN_HZ} to {SAMPLE_MAX_HZ} Hz, not {hz} Hz"));

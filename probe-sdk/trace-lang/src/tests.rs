@@ -306,7 +306,12 @@ fn parameter_errors_point_at_the_path() {
 
 #[test]
 fn profile_rates_the_timer_can_run() {
-    compile_ok("profile:hz:19 { @ = count(); } profile:hz:20000 { @ = count(); }");
+    compile_ok("profile:hz:19 { @ = count(); }");
+    compile_ok("profile:hz:20000 { @ = count(); }");
+    assert_eq!(
+        error("profile:hz:99 { @a = count(); } profile:hz:999 { @b = count(); }"),
+        "t:1:33: error: the kernel has one sampling timer, which `profile:hz:99` already uses: one `profile` probe a script\nprofile:hz:99 { @a = count(); } profile:hz:999 { @b = count(); }\n                                ^^^^^^^^^^^^^^\n"
+    );
     assert_eq!(
         error("profile:hz:18 { @ = count(); }"),
         "t:1:1: error: the kernel's sampling timer runs at 19 to 20000 Hz, not 18 Hz\nprofile:hz:18 { @ = count(); }\n^^^^^^^^^^^^^\n"
