@@ -123,13 +123,18 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     timing("connected, tracepoint formats read");
     let compiled = ktrace_trace_lang::compile_script(&source, &world).map_err(fail)?;
     timing(&format!(
-        "compiled {} program(s), {} instructions",
+        "compiled {} program(s), {} instructions{}",
         compiled.programs.len(),
         compiled
             .programs
             .iter()
             .map(|p| p.load.insns.len() / 8)
-            .sum::<usize>()
+            .sum::<usize>(),
+        if kernel.reader.get().is_some() {
+            " (kernel symbols indexed, parameters read from DWARF)"
+        } else {
+            ""
+        }
     ));
     let index = if compiled.programs.iter().any(needs_symbols) || uses_symbols(&compiled) {
         Some(kernel.index().map_err(|e| anyhow::anyhow!("{e}"))?)
