@@ -262,7 +262,9 @@ impl AttachTarget {
             AttachTarget::Tracepoint { category, name } => {
                 ktrace_bpf_platform::Attach::Tracepoint { category, name }
             }
-            AttachTarget::PerfEvent => ktrace_bpf_platform::Attach::PerfEvent,
+            AttachTarget::PerfEvent | AttachTarget::PerfEventHz { .. } => {
+                ktrace_bpf_platform::Attach::PerfEvent
+            }
         }
     }
 }
