@@ -327,10 +327,23 @@ fn collect_names(
         if entry.tag() != gimli::DW_TAG_subprogram {
             continue;
         }
-        let name = match entry.attr_value(gimli::DW_AT_name)? {
+        let mut name = match entry.attr_value(gimli::DW_AT_name)? {
             Some(v) => attr_str(dwarf, unit, v),
             None => None,
         };
+        // With full debug info a method's out-of-line and abstract DIEs
+        // name it only through their declaration inside the type
+        // (`DW_AT_specification`); line tables alone name it directly.
+        if name.is_none() {
+            if let Some(AttributeValue::UnitRef(decl)) =
+                entry.attr_value(gimli::DW_AT_specification)?
+            {
+                name = match unit.entry(decl)?.attr_value(gimli::DW_AT_name)? {
+                    Some(v) => attr_str(dwarf, unit, v),
+                    None => None,
+                };
+            }
+        }
         let offset = entry.offset().to_debug_info_offset(&unit.header);
         if let (Some(name), Some(offset)) = (name, offset) {
             let id = names.intern(&mut data.names, name);

@@ -375,3 +375,23 @@ fn kernel_parameters_at_function_entry() {
         )
     );
 }
+
+/// With full debug info a method's inlined copies name it through its
+/// declaration in the type: the index still knows `submit` was inlined
+/// away, and what an address inside it is.
+#[test]
+fn inlined_methods_keep_their_names() {
+    let Some(index) = load(&kernel_elf()) else {
+        return;
+    };
+    let err = index
+        .resolve("RequestQueue::submit", ResolveOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(
+            "`RequestQueue::submit` has no symbol of its own: `submit` was inlined away"
+        ),
+        "{err}"
+    );
+}
