@@ -306,6 +306,9 @@ impl RequestQueue {
     }
 
     /// Switch the scheduler; queued requests move over.
+    // Out of line in every build: a probe target of `ktrace trace`'s tests
+    // and docs (its `&str` parameter lives in a frame slot).
+    #[inline(never)]
     pub fn set_scheduler(&self, name: &str) -> Result<(), String> {
         let Some(mut new) = sched::by_name::<Token>(name, SchedConfig::default()) else {
             return Err(alloc::format!(
