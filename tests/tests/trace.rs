@@ -526,7 +526,7 @@ fn kprobe_arguments_sched_errors_and_exits() {
     );
     let mut child = ktrace()
         .args(["--vm", &name, "trace"])
-        .arg(format!("kprobe:block/queue.rs:{line} {{ printf(\"%s %d\\n\", str(args.name.data_ptr, args.name.length), args.self.capacity); }}"))
+        .arg(format!("kprobe:block/queue.rs:{line} {{ printf(\"%s\\n\", str(args.name.data_ptr, args.name.length)); }}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -535,12 +535,11 @@ fn kprobe_arguments_sched_errors_and_exits() {
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
     assert_eq!(first, "Attaching 1 probe...\n");
-    let capacity = {
+    {
         let mut c = vm.client();
         c.set_scheduler("ram0", "none").unwrap();
         c.set_scheduler("ram0", "deadline").unwrap();
-        c.disk_stats_of("ram0").unwrap().unwrap().capacity_sectors
-    };
+    }
     // Ctrl-C: what the probe printed is drained before the trace ends.
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -550,7 +549,7 @@ fn kprobe_arguments_sched_errors_and_exits() {
     let mut got = String::new();
     stdout.read_to_string(&mut got).unwrap();
     assert!(child.wait().unwrap().success());
-    assert_eq!(got, format!("none {capacity}\ndeadline {capacity}\n\n"));
+    assert_eq!(got, "none\ndeadline\n\n");
     assert_clean(&mut vm);
 
     // 22. A file holding the program.

@@ -332,6 +332,10 @@ impl RequestQueue {
 }
 
 /// Submit one bio and wait for it: the synchronous path.
+// Out of line in every build: a probe target of the docs and tests
+// (`ktrace trace -l 'kprobe:*::submit_*'`), which inlining decisions, moved
+// by unrelated code, would otherwise make come and go.
+#[inline(never)]
 pub fn submit_and_wait(
     dev: &RequestQueue,
     op: ktrace_block::Op,
