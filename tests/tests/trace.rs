@@ -682,9 +682,8 @@ fn kprobe_arguments_sched_errors_and_exits() {
     );
     // -l -v: each function's parameters and types, from the DWARF.
     assert_eq!(
-        trace_ok(&name, &["-l", "kprobe:RequestQueue::s*", "-v"]),
+        trace_ok(&name, &["-l", "kprobe:RequestQueue::s*_*", "-v"]),
         "kprobe:kernel::block::queue::RequestQueue::set_scheduler\n    self: &kernel::block::queue::RequestQueue\n    name: &str\n\
-         kprobe:kernel::block::queue::RequestQueue::stats\n    self: &kernel::block::queue::RequestQueue\n\
          kprobe:kernel::block::queue::RequestQueue::submit_bio\n    self: &kernel::block::queue::RequestQueue\n    inner: &mut kernel::block::queue::Inner\n    bio: Bio<kernel::block::queue::Token>\n"
     );
     assert_eq!(
