@@ -51,7 +51,7 @@ fn hand_made(
     let section = match &attach {
         AttachTarget::Kprobe { spec, .. } => format!("kprobe/{spec}"),
         AttachTarget::Tracepoint { category, name } => format!("tracepoint/{category}/{name}"),
-        AttachTarget::PerfEvent => "perf_event".into(),
+        AttachTarget::PerfEvent | AttachTarget::PerfEventHz { .. } => "perf_event".into(),
     };
     Object {
         license: "GPL".into(),

@@ -201,6 +201,32 @@ fn block_one_liners_equal_diskstats() {
         a.bios + a.rejected - b.bios - b.rejected
     );
 
+    // 6b. The Rust function's own parameters by name, from the kernel's
+    // DWARF: `bio` (passed by reference), its enum `op` printed by variant
+    // name, a field of the `Vec` it holds, and a field behind `&self`.
+    let (j, b, a) = block_run(
+        &mut vm,
+        "kprobe:RequestQueue::submit_bio { @[args.bio.op] = count(); @bytes = sum(args.bio.data.len); @cap = max(args.self.capacity); @low = min(args.bio.sector); }",
+    );
+    let ops = j.maps["@"].as_object().unwrap();
+    // Every bio became a request or merged into one.
+    let bios = |o: fn(&DeviceStats) -> u64| o(&a) - o(&b);
+    assert_eq!(
+        int(&ops["Read"]),
+        bios(|s| s.read.ios + s.read.merges),
+        "{ops:?}"
+    );
+    assert_eq!(
+        int(&ops["Write"]),
+        bios(|s| s.write.ios + s.write.merges),
+        "{ops:?}"
+    );
+    assert_eq!(ops.len(), 2, "no flushes: {ops:?}");
+    let sectors = (a.read.sectors + a.write.sectors) - (b.read.sectors + b.write.sectors);
+    assert_eq!(int(&j.maps["@bytes"]), sectors * 512);
+    assert_eq!(int(&j.maps["@cap"]), a.capacity_sectors);
+    assert!(int(&j.maps["@low"]) < a.capacity_sectors);
+
     // 7. Latency: nsecs saved at entry, the difference at return.
     let (j, b, a) = block_run(
         &mut vm,
@@ -340,7 +366,7 @@ fn kprobe_arguments_sched_errors_and_exits() {
     let mut child = ktrace()
         .args(["--vm", &name, "trace", "-f", "json"])
         .arg(
-            "kprobe:kernel::bpf::testing::target { @n = count(); @sum = sum(arg0); } \
+            "kprobe:kernel::bpf::testing::target { @n = count(); @sum = sum(arg0); @x = sum(args.x); } \
              kretprobe:kernel::bpf::testing::target { @ret = sum(retval); @odd[retval % 2] = count(); }",
         )
         .stdout(Stdio::piped())
@@ -371,6 +397,8 @@ fn kprobe_arguments_sched_errors_and_exits() {
     let sum: u64 = (10..110).sum();
     assert_eq!(int(&j.maps["@n"]), 100);
     assert_eq!(int(&j.maps["@sum"]), sum);
+    // `x` by name: DWARF places it in rdi at the entry, as arg0.
+    assert_eq!(int(&j.maps["@x"]), sum);
     assert_eq!(int(&j.maps["@ret"]), 3 * sum + 100);
     // 3x + 1 is odd for even x: 50 of each.
     assert_eq!(j.maps["@odd"], serde_json::json!({"0": 50, "1": 50}));
@@ -446,6 +474,84 @@ fn kprobe_arguments_sched_errors_and_exits() {
     );
     assert_clean(&mut vm);
 
+    // 21b. profile:hz:N runs the kernel's sampling timer at N.
+    let mut child = ktrace()
+        .args(["--vm", &name, "trace", "profile:hz:997 { @n = count(); }"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first, "Attaching 1 probe...\n");
+    let links = {
+        let mut c = vm.client();
+        Runtime::new(&mut c).links().unwrap()
+    };
+    assert_eq!(links.len(), 1);
+    assert_eq!(
+        links[0].target,
+        ktrace_abi::bpf::LinkTarget::PerfEvent { sample_hz: 997 }
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+    assert_clean(&mut vm);
+    assert_eq!(
+        trace_err(&name, &["profile:hz:10 { @ = count(); }"]),
+        "ktrace: <script>:1:1: error: the kernel's sampling timer runs at 19 to 20000 Hz, not 10 Hz\n\
+         profile:hz:10 { @ = count(); }\n\
+         ^^^^^^^^^^^^^\n"
+    );
+
+    // 21c. A parameter the function keeps in a stack slot (a `&str`
+    // whose address it takes): refused at the entry, read on a line of
+    // the body (found in the source, so edits above it do not matter).
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel/src/block/queue.rs"),
+    )
+    .unwrap();
+    let body = source.find("pub fn set_scheduler").unwrap();
+    let drain = body + source[body..].find("for rq in g.sched.drain()").unwrap();
+    let line = source[..drain].matches('\n').count() + 1;
+    assert_eq!(
+        trace_err(&name, &["kprobe:RequestQueue::set_scheduler { printf(\"%d\\n\", args.name.length); }"]),
+        "ktrace: <script>:1:58: error: `name` is kept in a stack slot the function fills after its entry (DW_OP_fbreg): probe a line of its body (`kprobe:FILE.rs:LINE`)\n\
+         kprobe:RequestQueue::set_scheduler { printf(\"%d\\n\", args.name.length); }\n\
+         \x20                                                        ^^^^\n"
+    );
+    let mut child = ktrace()
+        .args(["--vm", &name, "trace"])
+        .arg(format!("kprobe:block/queue.rs:{line} {{ printf(\"%s\\n\", str(args.name.data_ptr, args.name.length)); }}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert_eq!(first, "Attaching 1 probe...\n");
+    {
+        let mut c = vm.client();
+        c.set_scheduler("ram0", "none").unwrap();
+        c.set_scheduler("ram0", "deadline").unwrap();
+    }
+    // Ctrl-C: what the probe printed is drained before the trace ends.
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut got = String::new();
+    stdout.read_to_string(&mut got).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(got, "none\ndeadline\n\n");
+    assert_clean(&mut vm);
+
     // 22. A file holding the program.
     let dir = std::env::temp_dir().join(format!("{name}-script"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -500,6 +606,31 @@ fn kprobe_arguments_sched_errors_and_exits() {
          ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n\
          \x20 kernel::block::queue::RequestQueue::submit_bio\n"
     );
+    // Parameters: what exists is listed, at the name that is wrong.
+    assert_eq!(
+        trace_err(&name, &["kprobe:RequestQueue::submit_bio { @[args.bio.opp] = count(); }"]),
+        "ktrace: <script>:1:46: error: `Bio<kernel::block::queue::Token>` has no field `opp`: expected one of id, op, flags, sector, data, submitter, queued_ns, status, private\n\
+         kprobe:RequestQueue::submit_bio { @[args.bio.opp] = count(); }\n\
+         \x20                                            ^^^\n"
+    );
+    assert_eq!(
+        trace_err(&name, &["kprobe:RequestQueue::submit_bio { @[args.bi] = count(); }"]),
+        "ktrace: <script>:1:42: error: `submit_bio` has no parameter `bi`: expected one of self, inner, bio\n\
+         kprobe:RequestQueue::submit_bio { @[args.bi] = count(); }\n\
+         \x20                                        ^^\n"
+    );
+    assert_eq!(
+        trace_err(&name, &["kprobe:RequestQueue::submit_bio { @[args.bio] = count(); }"]),
+        "ktrace: <script>:1:42: error: `bio` is a struct (`Bio<kernel::block::queue::Token>`): expected one of its fields: id, op, flags, sector, data, submitter, queued_ns, status, private\n\
+         kprobe:RequestQueue::submit_bio { @[args.bio] = count(); }\n\
+         \x20                                        ^^^\n"
+    );
+    assert_eq!(
+        trace_err(&name, &["kretprobe:RequestQueue::submit_bio { @[args.bio.op] = count(); }"]),
+        "ktrace: <script>:1:45: error: `args` is not available in a kretprobe: the parameters of `kretprobe:RequestQueue::submit_bio` are gone when it returns; save what you need in its kprobe (`@x[tid] = args.NAME`) and read it here\n\
+         kretprobe:RequestQueue::submit_bio { @[args.bio.op] = count(); }\n\
+         \x20                                           ^^^\n"
+    );
     let comms = vec!["comm"; 32].join(", ");
     let script = format!(
         "BEGIN {{ printf(\"{}\\n\", {comms}); }}",
@@ -548,6 +679,12 @@ fn kprobe_arguments_sched_errors_and_exits() {
     assert_eq!(
         trace_ok(&name, &["-l", "kprobe:*::submit_*"]),
         "kprobe:kernel::block::queue::RequestQueue::submit_bio\nkprobe:kernel::block::queue::submit_and_wait\n"
+    );
+    // -l -v: each function's parameters and types, from the DWARF.
+    assert_eq!(
+        trace_ok(&name, &["-l", "kprobe:RequestQueue::s*_*", "-v"]),
+        "kprobe:kernel::block::queue::RequestQueue::set_scheduler\n    self: &kernel::block::queue::RequestQueue\n    name: &str\n\
+         kprobe:kernel::block::queue::RequestQueue::submit_bio\n    self: &kernel::block::queue::RequestQueue\n    inner: &mut kernel::block::queue::Inner\n    bio: Bio<kernel::block::queue::Token>\n"
     );
     assert_eq!(
         trace_ok(&name, &["-l", "tracepoint:sched:*"]),

@@ -306,6 +306,9 @@ impl RequestQueue {
     }
 
     /// Switch the scheduler; queued requests move over.
+    // Out of line in every build: a probe target of `ktrace trace`'s tests
+    // and docs (its `&str` parameter lives in a frame slot).
+    #[inline(never)]
     pub fn set_scheduler(&self, name: &str) -> Result<(), String> {
         let Some(mut new) = sched::by_name::<Token>(name, SchedConfig::default()) else {
             return Err(alloc::format!(
@@ -329,6 +332,10 @@ impl RequestQueue {
 }
 
 /// Submit one bio and wait for it: the synchronous path.
+// Out of line in every build: a probe target of the docs and tests
+// (`ktrace trace -l 'kprobe:*::submit_*'`), which inlining decisions, moved
+// by unrelated code, would otherwise make come and go.
+#[inline(never)]
 pub fn submit_and_wait(
     dev: &RequestQueue,
     op: ktrace_block::Op,

@@ -334,28 +334,28 @@ pub fn attach(
                 Handle::Tracepoint(id),
             )
         }
-        AttachTarget::PerfEvent => {
+        AttachTarget::PerfEvent | AttachTarget::PerfEventHz { .. } => {
             want_ctx(ProgramType::PerfEvent)?;
+            let hz = match target {
+                AttachTarget::PerfEventHz { sample_hz } => *sample_hz,
+                _ => PERF_SAMPLE_HZ,
+            };
+            // `perf::open` refuses a rate the timer cannot run at.
             let id = perf::open(&PerfEvent::Sampling {
-                freq_hz: PERF_SAMPLE_HZ,
+                freq_hz: hz,
                 max_stack: 32,
             })
             .map_err(|e| refused("the sampling timer", &e))?;
             let h = Arc::new(BpfPerf {
                 prog: prog.clone(),
                 hits: hits.clone(),
-                period_ns: 1_000_000_000 / u64::from(PERF_SAMPLE_HZ),
+                period_ns: 1_000_000_000 / u64::from(hz),
             });
             if let Err(e) = perf::attach(id, h).and_then(|()| perf::enable(id)) {
                 let _ = perf::close(id);
                 return Err(refused("the sampling timer", &e));
             }
-            (
-                LinkTarget::PerfEvent {
-                    sample_hz: PERF_SAMPLE_HZ,
-                },
-                Handle::Perf(id),
-            )
+            (LinkTarget::PerfEvent { sample_hz: hz }, Handle::Perf(id))
         }
     };
     let order = rt

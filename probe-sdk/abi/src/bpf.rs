@@ -244,8 +244,13 @@ pub enum AttachTarget {
     },
     /// A static tracepoint.
     Tracepoint { category: String, name: String },
-    /// A perf event; which one is chosen when attaching.
+    /// A perf event; which one is chosen when attaching (the sampling
+    /// timer at 99 Hz).
     PerfEvent,
+    /// The sampling timer at `sample_hz` samples a second (bpftrace's
+    /// `profile:hz:N`), from [`crate::trace::SAMPLE_MIN_HZ`] to
+    /// [`crate::trace::SAMPLE_MAX_HZ`].
+    PerfEventHz { sample_hz: u32 },
 }
 
 impl AttachTarget {
@@ -257,7 +262,9 @@ impl AttachTarget {
             AttachTarget::Tracepoint { category, name } => {
                 ktrace_bpf_platform::Attach::Tracepoint { category, name }
             }
-            AttachTarget::PerfEvent => ktrace_bpf_platform::Attach::PerfEvent,
+            AttachTarget::PerfEvent | AttachTarget::PerfEventHz { .. } => {
+                ktrace_bpf_platform::Attach::PerfEvent
+            }
         }
     }
 }

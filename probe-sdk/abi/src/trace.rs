@@ -185,6 +185,12 @@ pub enum HardwareEvent {
     BranchMisses,
 }
 
+/// Lowest sampling frequency: the PIT's 16-bit divisor of 1.193182 MHz
+/// gives no slower interrupt than 18.2 Hz.
+pub const SAMPLE_MIN_HZ: u32 = 19;
+/// Highest sampling frequency the kernel accepts.
+pub const SAMPLE_MAX_HZ: u32 = 20_000;
+
 /// What a perf event counts or samples.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PerfEvent {

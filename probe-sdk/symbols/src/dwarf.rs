@@ -107,6 +107,8 @@ impl LineData {
         names.intern(&mut data.names, "<unknown>".to_string());
         // Subprogram DIE (by its offset in .debug_info) → interned name.
         let mut die_names: HashMap<gimli::DebugInfoOffset, u32> = HashMap::new();
+        // Nameless subprogram → the declaration that names it.
+        let mut named_by = Vec::new();
         let mut unit_files: Vec<HashMap<u64, u32>> = Vec::new();
         let mut units = dwarf.units();
         while let Some(header) = units.next()? {
@@ -153,8 +155,20 @@ impl LineData {
                 }
                 data.rows.truncate(seq_start);
             }
-            collect_names(dwarf, &unit, &mut data, &mut names, &mut die_names)?;
+            collect_names(
+                dwarf,
+                &unit,
+                &mut data,
+                &mut names,
+                &mut die_names,
+                &mut named_by,
+            )?;
             unit_files.push(file_ids);
+        }
+        for (die, decl) in named_by {
+            if let Some(&id) = die_names.get(&decl) {
+                die_names.insert(die, id);
+            }
         }
         // Inlined calls may name a subprogram of another unit (LTO, and
         // generic code instantiated elsewhere), so they are read once every
@@ -321,6 +335,7 @@ fn collect_names(
     data: &mut LineData,
     names: &mut Interner,
     die_names: &mut HashMap<gimli::DebugInfoOffset, u32>,
+    named_by: &mut Vec<(gimli::DebugInfoOffset, gimli::DebugInfoOffset)>,
 ) -> Result<(), gimli::Error> {
     let mut entries = unit.entries();
     while let Some((_, entry)) = entries.next_dfs()? {
@@ -331,6 +346,22 @@ fn collect_names(
             Some(v) => attr_str(dwarf, unit, v),
             None => None,
         };
+        // With full debug info a method's abstract DIE names it only
+        // through its declaration inside the type (`DW_AT_specification`,
+        // often in another unit); line tables alone name it directly. The
+        // declaration is a named subprogram too: named once all are known.
+        if name.is_none() {
+            let decl = match entry.attr_value(gimli::DW_AT_specification)? {
+                Some(AttributeValue::UnitRef(o)) => o.to_debug_info_offset(&unit.header),
+                Some(AttributeValue::DebugInfoRef(o)) => Some(o),
+                _ => None,
+            };
+            if let (Some(decl), Some(offset)) =
+                (decl, entry.offset().to_debug_info_offset(&unit.header))
+            {
+                named_by.push((offset, decl));
+            }
+        }
         let offset = entry.offset().to_debug_info_offset(&unit.header);
         if let (Some(name), Some(offset)) = (name, offset) {
             let id = names.intern(&mut data.names, name);

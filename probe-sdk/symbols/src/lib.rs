@@ -40,6 +40,7 @@ pub mod decode;
 mod dwarf;
 mod error;
 mod index;
+pub mod params;
 pub mod path;
 mod query;
 mod suggest;

@@ -305,3 +305,97 @@ fn source_paths_are_repository_relative() {
     let loc = index.function_location(run).expect("its location");
     assert_eq!(loc.file, "bpf-vm/src/interp/mod.rs");
 }
+
+/// Parameters from the kernel's full DWARF: names and types as declared,
+/// where each one is at the entry, fields through references.
+#[test]
+fn kernel_parameters_at_function_entry() {
+    use ktrace_symbols::params::{AccessStep, LeafKind, ParamReader, Place};
+    let elf = kernel_elf();
+    let Some((bytes, index)) = load_with_bytes(&elf) else {
+        return;
+    };
+    let reader = ParamReader::from_bytes(bytes.clone());
+    let entry = |path: &str| {
+        let p = &index
+            .resolve(path, ResolveOptions::default())
+            .unwrap()
+            .points[0];
+        assert_eq!(p.offset, 0);
+        p.addr
+    };
+    let target = entry("kernel::bpf::testing::target");
+    let names = |addr| -> Vec<(String, String)> {
+        reader
+            .parameters(addr)
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name, p.type_name))
+            .collect()
+    };
+    assert_eq!(names(target), [("x".to_string(), "u64".to_string())]);
+    // The first integer argument: rdi (DWARF register 5), as the DWARF
+    // location at the entry says.
+    let x = reader.access(target, target, &["x"]).unwrap();
+    assert_eq!(x.steps, [AccessStep::Register(5)]);
+    assert_eq!(x.place, Place::Register { shift: 0 });
+    assert_eq!((x.size, &x.kind), (8, &LeafKind::Int { signed: false }));
+
+    let submit = entry("RequestQueue::submit_bio");
+    assert_eq!(
+        names(submit),
+        [
+            ("self", "&kernel::block::queue::RequestQueue"),
+            ("inner", "&mut kernel::block::queue::Inner"),
+            ("bio", "Bio<kernel::block::queue::Token>"),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    // `bio` is passed by reference: its field is read from memory.
+    let op = reader.access(submit, submit, &["bio", "op"]).unwrap();
+    assert_eq!(op.place, Place::Memory);
+    assert_eq!(op.size, 1);
+    let LeafKind::Enum { variants, .. } = &op.kind else {
+        panic!("{op:?}");
+    };
+    let names: Vec<&str> = variants.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["Read", "Write", "Flush"]);
+    let err = reader.access(submit, submit, &["bio", "nope"]).unwrap_err();
+    assert_eq!(err.at, 1);
+    assert_eq!(
+        err.message,
+        "`Bio<kernel::block::queue::Token>` has no field `nope`: expected one of id, op, flags, sector, data, submitter, queued_ns, status, private"
+    );
+    let err = reader.access(submit, submit, &["bi"]).unwrap_err();
+    assert_eq!(
+        (err.at, err.message.as_str()),
+        (
+            0,
+            "`submit_bio` has no parameter `bi`: expected one of self, inner, bio"
+        )
+    );
+}
+
+/// With full debug info an inlined method's DIE names it only through its
+/// declaration in the type, often in another unit: every inlined frame of
+/// the block layer's dispatcher still has its name.
+#[test]
+fn inlined_methods_keep_their_names() {
+    let Some(index) = load(&kernel_elf()) else {
+        return;
+    };
+    let p = &index
+        .resolve("kernel::block::handle", ResolveOptions::default())
+        .unwrap()
+        .points[0];
+    let (f, _) = index.lookup_addr(p.addr).unwrap();
+    let mut inlined = 0;
+    for addr in f.addr..f.addr + f.size {
+        let s = index.symbolize(addr).unwrap();
+        for frame in s.frames.iter().filter(|fr| fr.inlined) {
+            inlined += 1;
+            assert_ne!(frame.function, "<unknown>", "at {addr:#x}: {:?}", s.frames);
+        }
+    }
+    assert!(inlined > 1000, "only {inlined} inlined frames");
+}

@@ -9,9 +9,6 @@ use crate::ast::*;
 use crate::diag::{Diagnostic, Span};
 use crate::World;
 
-/// The one rate the kernel's sampling timer runs BPF programs at.
-pub const PROFILE_HZ: u32 = 99;
-
 /// Bytes `str()` reads at most (bpftrace's default `BPFTRACE_STRLEN` is 64).
 pub const STR_LEN: u32 = 64;
 
@@ -30,6 +27,12 @@ pub enum Ty {
     Probe,
     /// A string literal: only in `printf` and string comparisons.
     Literal(String),
+    /// A fieldless Rust enum read from a parameter (`args.bio.op`): an
+    /// integer printed as its variant's name.
+    Enum {
+        name: String,
+        variants: Vec<(i64, String)>,
+    },
 }
 
 impl Ty {
@@ -53,6 +56,7 @@ impl Ty {
             Ty::Func => "a function (func)".into(),
             Ty::Probe => "a probe name (probe)".into(),
             Ty::Literal(_) => "a string literal".into(),
+            Ty::Enum { name, .. } => format!("an enum (`{name}`)"),
         }
     }
 }
@@ -191,7 +195,7 @@ impl<'a> Types<'a> {
             return err(
                 *span,
                 format!(
-                    "`args` names tracepoint fields, and `{}` is not a tracepoint: use arg0..arg5 for a kprobe's registers",
+                    "`args` names a tracepoint's fields or a kprobe's parameters, and `{}` is neither",
                     self.probe.text
                 ),
             );
@@ -222,6 +226,38 @@ impl<'a> Types<'a> {
                     ),
                 )
             })
+    }
+
+    /// Where the parameter path `args.PATH` of this kprobe is.
+    pub fn param(
+        &self,
+        path: &[(String, Span)],
+    ) -> Result<ktrace_symbols::params::ParamAccess, Diagnostic> {
+        let span = path[0].1;
+        let spec = match &self.probe.kind {
+            ProbeKind::Kprobe(spec) => spec,
+            ProbeKind::Kretprobe(_) => {
+                return err(
+                    span,
+                    format!(
+                        "`args` is not available in a kretprobe: the parameters of `{}` are gone when it returns; save what you need in its kprobe (`@x[tid] = args.NAME`) and read it here",
+                        self.probe.text
+                    ),
+                )
+            }
+            _ => unreachable!("param() is asked for kprobes only"),
+        };
+        let Some(params) = &self.world.params else {
+            return err(
+                span,
+                format!("the parameters of `{spec}` need the kernel's DWARF, which is not at hand: use arg0..arg5"),
+            );
+        };
+        let names: Vec<&str> = path.iter().map(|(n, _)| n.as_str()).collect();
+        params.access(spec, &names).map_err(|e| {
+            let at = path.get(e.at).map_or(span, |(_, s)| *s);
+            Diagnostic::new(at, e.message)
+        })
     }
 
     /// The type of `e`.
@@ -285,6 +321,17 @@ impl<'a> Types<'a> {
                     Ty::Stack
                 }
             },
+            ExprKind::Args(path) if matches!(ctx, Ctx::Kprobe | Ctx::Kretprobe) => {
+                use ktrace_symbols::params::LeafKind;
+                match self.param(path)?.kind {
+                    LeafKind::Int { signed } => Ty::Int { signed },
+                    LeafKind::Enum { variants, .. } => Ty::Enum {
+                        name: self.param(path)?.type_name,
+                        variants,
+                    },
+                    LeafKind::Bool | LeafKind::Char | LeafKind::Pointer => Ty::U64,
+                }
+            }
             ExprKind::Args(path) => {
                 let f = self.field(path)?;
                 if f.type_name.starts_with('[') {
@@ -417,7 +464,7 @@ impl<'a> Types<'a> {
 
     fn int(&self, e: &Expr, t: &Ty, what: &str) -> Result<(), Diagnostic> {
         match t {
-            Ty::Int { .. } => Ok(()),
+            Ty::Int { .. } | Ty::Enum { .. } => Ok(()),
             other => err(
                 e.span,
                 format!("expected an integer as {what}, found {}", other.describe()),
@@ -477,11 +524,17 @@ fn same_key(a: &Ty, b: &Ty) -> bool {
 /// Checks the script: map kinds first (so a read may come before the
 /// block that assigns), then every expression.
 pub fn check(script: &Script, world: &World) -> Result<Checked, Diagnostic> {
+    let mut profile: Option<&Probe> = None;
     for b in &script.blocks {
         for p in &b.probes {
             if let ProbeKind::Profile { hz } = p.kind {
-                if hz != PROFILE_HZ {
-                    return err(p.span, format!("this kernel samples at {PROFILE_HZ} Hz: expected `profile:hz:{PROFILE_HZ}`, not {hz} Hz"));
+                if let Some(first) = profile {
+                    return err(p.span, format!("the kernel has one sampling timer, which `{}` already uses: one `profile` probe a script", first.text));
+                }
+                profile = Some(p);
+                use ktrace_abi::trace::{SAMPLE_MAX_HZ, SAMPLE_MIN_HZ};
+                if !(SAMPLE_MIN_HZ..=SAMPLE_MAX_HZ).contains(&hz) {
+                    return err(p.span, format!("the kernel's sampling timer runs at {SAMPLE_MIN_HZ} to {SAMPLE_MAX_HZ} Hz, not {hz} Hz"));
                 }
             }
         }
@@ -709,7 +762,7 @@ fn stmt(t: &mut Types<'_>, s: &Stmt, maps: &mut Vec<MapSig>) -> Result<(), Diagn
                 let ty = t.of(a)?;
                 let ok = match conv {
                     's' => true,
-                    _ => matches!(ty, Ty::Int { .. } | Ty::Func),
+                    _ => matches!(ty, Ty::Int { .. } | Ty::Func | Ty::Enum { .. }),
                 };
                 if !ok {
                     return err(

@@ -283,13 +283,38 @@ fn target(probe: &Probe) -> (ProgramType, AttachTarget, Trigger, String) {
             Trigger::Attach,
             format!("tracepoint/{category}/{name}"),
         ),
-        ProbeKind::Profile { .. } => (
+        ProbeKind::Profile { hz } => (
             ProgramType::PerfEvent,
-            AttachTarget::PerfEvent,
+            AttachTarget::PerfEventHz { sample_hz: *hz },
             Trigger::Attach,
             "perf_event".into(),
         ),
     }
+}
+
+/// Where a DWARF register (x86-64 numbering) is in `struct pt_regs`.
+fn pt_regs_offset(dwarf_reg: u16) -> Option<u32> {
+    use pt_regs::*;
+    Some(match dwarf_reg {
+        0 => RAX,
+        1 => RDX,
+        2 => RCX,
+        3 => RBX,
+        4 => RSI,
+        5 => RDI,
+        6 => RBP,
+        7 => RSP,
+        8 => R8,
+        9 => R9,
+        10 => R10,
+        11 => R11,
+        12 => R12,
+        13 => R13,
+        14 => R14,
+        15 => R15,
+        16 => RIP,
+        _ => return None,
+    })
 }
 
 fn block_uses(b: &ProbeBlock, which: Builtin) -> bool {
@@ -994,6 +1019,9 @@ impl Gen<'_, '_> {
                 return Err(Diagnostic::new(x.span, "a string literal has no numeric value: compare it with a string (`comm == \"x\"`) or print it"))
             }
             ExprKind::Builtin(b) => self.builtin(*b, x.span)?,
+            ExprKind::Args(path) if self.t.ctx() == crate::check::Ctx::Kprobe => {
+                self.param(path, x.span)?;
+            }
             ExprKind::Args(path) => {
                 let f = self.t.field(path)?;
                 let size = match f.size {
@@ -1060,6 +1088,67 @@ impl Gen<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// `ACC` = the kprobe parameter path `args.PATH`, as DWARF places it at
+    /// the probe address: registers from the `pt_regs` context, memory
+    /// (fields behind references) through `bpf_probe_read_kernel`. A read
+    /// that faults leaves zeros, as bpftrace's do.
+    fn param(&mut self, path: &[(String, Span)], span: Span) -> R {
+        use ktrace_symbols::params::{AccessStep, LeafKind, Place};
+        let access = self.t.param(path)?;
+        let mark = self.e.depth;
+        let tmp = self.e.alloc(8, span)?;
+        for step in &access.steps {
+            match *step {
+                AccessStep::Register(r) => {
+                    let Some(off) = pt_regs_offset(r) else {
+                        return Err(Diagnostic::new(
+                            span,
+                            format!("DWARF puts this in register {r}, which a kprobe's registers do not hold"),
+                        ));
+                    };
+                    self.e.load(Size::DW, ACC, CTX, off as i16);
+                }
+                AccessStep::Add(n) => {
+                    self.e.imm(AUX, n as u64);
+                    self.e.alu(AluOp::Add, ACC, Operand::Reg(AUX));
+                }
+                AccessStep::Load => self.read_kernel(tmp, 8),
+            }
+        }
+        let size = access.size;
+        let signed = matches!(
+            access.kind,
+            LeafKind::Int { signed: true } | LeafKind::Enum { signed: true, .. }
+        );
+        match access.place {
+            Place::Register { shift } => {
+                if shift > 0 {
+                    self.e.alu(AluOp::Rsh, ACC, Operand::Imm(8 * shift as i32));
+                }
+            }
+            Place::Memory => self.read_kernel(tmp, size),
+        }
+        if size < 8 {
+            let sh = 64 - 8 * size as i32;
+            self.e.alu(AluOp::Lsh, ACC, Operand::Imm(sh));
+            let op = if signed { AluOp::Arsh } else { AluOp::Rsh };
+            self.e.alu(op, ACC, Operand::Imm(sh));
+        }
+        self.e.depth = mark;
+        Ok(())
+    }
+
+    /// `ACC` = the `size` bytes of kernel memory at address `ACC` (zero
+    /// when the read faults), through the 8-byte stack slot `tmp`.
+    fn read_kernel(&mut self, tmp: i16, size: u32) {
+        self.e.store_imm(Size::DW, FP, tmp, 0);
+        self.e.stack_ptr(R1, tmp);
+        self.e.imm(R2, u64::from(size));
+        self.e.mov(R3, ACC);
+        self.e.call(helper::PROBE_READ_KERNEL);
+        self.e.load(Size::DW, ACC, FP, tmp);
     }
 
     /// `ACC = (ACC cond src) ? 1 : 0`.

@@ -38,10 +38,26 @@ pub mod parser;
 pub use diag::{Diagnostic, Span};
 
 /// What the compiler needs to know about the kernel: the tracepoints and
-/// their record layouts (as the kernel reports them).
+/// their record layouts (as the kernel reports them), and where a kprobed
+/// function's parameters are (from the kernel's DWARF).
 #[derive(Debug, Clone, Default)]
 pub struct World {
     pub tracepoints: Vec<ktrace_abi::trace::TracepointInfo>,
+    /// `args.PATH` in kprobes; `None`: no kernel DWARF at hand.
+    pub params: Option<std::sync::Arc<dyn ParamSource>>,
+}
+
+/// Where `args.PATH` is in a kprobe: the tool answers from the kernel's
+/// DWARF ([`ktrace_symbols::params::ParamReader`]), host tests with fixed
+/// answers.
+pub trait ParamSource: std::fmt::Debug + Send + Sync {
+    /// How to read `path` (`["bio", "op"]`) in a kprobe on `spec` (the
+    /// probe as written after `kprobe:`).
+    fn access(
+        &self,
+        spec: &str,
+        path: &[&str],
+    ) -> Result<ktrace_symbols::params::ParamAccess, ktrace_symbols::params::ParamError>;
 }
 
 impl World {

@@ -6,6 +6,8 @@ use bpf_vm::verifier::{self, linux, Config, Env, MapDef};
 use ktrace_abi::bpf::ProgramType;
 use ktrace_abi::trace::{TracepointField, TracepointInfo};
 
+use ktrace_symbols::params::{AccessStep, LeafKind, ParamAccess, ParamError, Place};
+
 use crate::check::MapKind;
 use crate::codegen::Compiled;
 use crate::output::{self, Aggregate, Entry, Value};
@@ -35,6 +37,85 @@ fn world() -> World {
                 hits: 0,
             })
             .collect(),
+        params: Some(std::sync::Arc::new(FixedParams)),
+    }
+}
+
+/// Parameters of `RequestQueue::submit_bio` as the kernel's DWARF places
+/// them (`bio` passed by reference in rdx, `inner` in rsi), and a
+/// `small` struct of two `i32`s packed in rdi.
+#[derive(Debug)]
+struct FixedParams;
+
+impl crate::ParamSource for FixedParams {
+    fn access(&self, spec: &str, path: &[&str]) -> Result<ParamAccess, ParamError> {
+        use AccessStep::*;
+        let access = |steps, place, size, kind, type_name: &str| {
+            Ok(ParamAccess {
+                steps,
+                place,
+                size,
+                kind,
+                type_name: type_name.into(),
+            })
+        };
+        if spec != "RequestQueue::submit_bio" {
+            return Err(ParamError {
+                at: 0,
+                message: format!("`{spec}` has no DWARF here"),
+            });
+        }
+        match path {
+            ["bio", "op"] => access(
+                vec![Register(1), Add(120)],
+                Place::Memory,
+                1,
+                LeafKind::Enum {
+                    signed: false,
+                    variants: vec![(0, "Read".into()), (1, "Write".into()), (2, "Flush".into())],
+                },
+                "Op",
+            ),
+            ["bio", "sector"] => access(
+                vec![Register(1), Add(96)],
+                Place::Memory,
+                8,
+                LeafKind::Int { signed: false },
+                "u64",
+            ),
+            ["inner"] => access(
+                vec![Register(4)],
+                Place::Register { shift: 0 },
+                8,
+                LeafKind::Pointer,
+                "&mut Inner",
+            ),
+            ["inner", "stats", "queued"] => access(
+                vec![Register(4), Add(16), Load, Add(8)],
+                Place::Memory,
+                4,
+                LeafKind::Int { signed: true },
+                "i32",
+            ),
+            ["small", "hi"] => access(
+                vec![Register(5)],
+                Place::Register { shift: 4 },
+                4,
+                LeafKind::Int { signed: true },
+                "i32",
+            ),
+            ["bio", other] => Err(ParamError {
+                at: 1,
+                message: format!("`Bio` has no field `{other}`: expected one of op, sector"),
+            }),
+            _ => Err(ParamError {
+                at: 0,
+                message: format!(
+                    "`submit_bio` has no parameter `{}`: expected one of self, inner, bio",
+                    path[0]
+                ),
+            }),
+        }
     }
 }
 
@@ -121,6 +202,8 @@ fn tutorial_one_liners_verify() {
         "tracepoint:block:block_rq_issue { $c = comm; @[$c] = count(); @last = nsecs; @who = comm; } END { printf(\"%s\\n\", @who); }",
         "kprobe:f /pid == 42 && (arg0 / 2) > 1 || !tid/ { @x = -arg0 + ~arg1 % 3 << 2 >> 1; }",
         "kprobe:kernel::block::find { @[str(arg0, arg1)] = count(); printf(\"%s %s\\n\", str(arg0), str(arg0, arg1)); $s = str(arg0, 3); @last = $s; }",
+        "kprobe:RequestQueue::submit_bio /args.bio.sector > 8/ { @[args.bio.op] = count(); @q = sum(args.inner.stats.queued); @h = hist(args.small.hi); printf(\"%s %p\\n\", args.bio.op, args.inner); }",
+        "profile:hz:997 { @[kstack] = count(); }",
     ] {
         compile_ok(src);
     }
@@ -189,6 +272,53 @@ fn type_errors_say_what_was_expected() {
     assert_eq!(
         error("kprobe:f { @x = $y; }"),
         "t:1:17: error: `$y` is used before it is assigned in this probe\nkprobe:f { @x = $y; }\n                ^^\n"
+    );
+}
+
+#[test]
+fn parameter_errors_point_at_the_path() {
+    assert_eq!(
+        error("kprobe:RequestQueue::submit_bio { @[args.bio.opp] = count(); }"),
+        "t:1:46: error: `Bio` has no field `opp`: expected one of op, sector\nkprobe:RequestQueue::submit_bio { @[args.bio.opp] = count(); }\n                                             ^^^\n"
+    );
+    assert_eq!(
+        error("kprobe:RequestQueue::submit_bio { @[args.bo.op] = count(); }"),
+        "t:1:42: error: `submit_bio` has no parameter `bo`: expected one of self, inner, bio\nkprobe:RequestQueue::submit_bio { @[args.bo.op] = count(); }\n                                         ^^\n"
+    );
+    assert_eq!(
+        error("kretprobe:RequestQueue::submit_bio { @[args.bio.op] = count(); }"),
+        "t:1:45: error: `args` is not available in a kretprobe: the parameters of `kretprobe:RequestQueue::submit_bio` are gone when it returns; save what you need in its kprobe (`@x[tid] = args.NAME`) and read it here\nkretprobe:RequestQueue::submit_bio { @[args.bio.op] = count(); }\n                                            ^^^\n"
+    );
+    assert_eq!(
+        error("kprobe:RequestQueue::submit_bio { @ = sum(comm == args.bio.op); }"),
+        "t:1:43: error: expected an integer as an operand, found a string (char[16])\nkprobe:RequestQueue::submit_bio { @ = sum(comm == args.bio.op); }\n                                          ^^^^\n"
+    );
+    let w = World {
+        params: None,
+        ..world()
+    };
+    let src = "kprobe:RequestQueue::submit_bio { @[args.bio.op] = count(); }";
+    assert_eq!(
+        compile_script(src, &w).unwrap_err().render("t", src),
+        "t:1:42: error: the parameters of `RequestQueue::submit_bio` need the kernel's DWARF, which is not at hand: use arg0..arg5\nkprobe:RequestQueue::submit_bio { @[args.bio.op] = count(); }\n                                         ^^^\n"
+    );
+}
+
+#[test]
+fn profile_rates_the_timer_can_run() {
+    compile_ok("profile:hz:19 { @ = count(); }");
+    compile_ok("profile:hz:20000 { @ = count(); }");
+    assert_eq!(
+        error("profile:hz:99 { @a = count(); } profile:hz:999 { @b = count(); }"),
+        "t:1:33: error: the kernel has one sampling timer, which `profile:hz:99` already uses: one `profile` probe a script\nprofile:hz:99 { @a = count(); } profile:hz:999 { @b = count(); }\n                                ^^^^^^^^^^^^^^\n"
+    );
+    assert_eq!(
+        error("profile:hz:18 { @ = count(); }"),
+        "t:1:1: error: the kernel's sampling timer runs at 19 to 20000 Hz, not 18 Hz\nprofile:hz:18 { @ = count(); }\n^^^^^^^^^^^^^\n"
+    );
+    assert_eq!(
+        error("profile:hz:100000 { @ = count(); }"),
+        "t:1:1: error: the kernel's sampling timer runs at 19 to 20000 Hz, not 100000 Hz\nprofile:hz:100000 { @ = count(); }\n^^^^^^^^^^^^^^^^^\n"
     );
 }
 

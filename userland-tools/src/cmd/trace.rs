@@ -16,10 +16,11 @@
 //! workload's end or a closed pipe. Then `END` runs, the maps are printed
 //! and everything loaded is removed — on every one of those exits.
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -27,11 +28,12 @@ use ktrace_abi::bpf::{
     AttachTarget, KprobePoint, LineInfo, LineTable, LoadOptions, ObjectLoad, ProgramType,
 };
 use ktrace_abi::trace::TracepointInfo;
+use ktrace_symbols::params::{ParamAccess, ParamError, ParamReader};
 use ktrace_symbols::{ResolveOptions, SymbolIndex};
 use ktrace_trace_lang::check::{MapKind, Ty};
 use ktrace_trace_lang::codegen::{Compiled, Trigger, EVENT_CLEAR, EVENT_EXIT, EVENT_PRINT};
 use ktrace_trace_lang::output::{self, Aggregate, Entry, Value};
-use ktrace_trace_lang::{Diagnostic, World};
+use ktrace_trace_lang::{Diagnostic, ParamSource, World};
 use probe_sdk::client::Client;
 use probe_sdk::runtime::{Runtime, RuntimeError};
 use probe_sdk::trace::TraceClient;
@@ -61,7 +63,7 @@ pub struct Args {
     /// The kernel ELF to resolve Rust paths against (default: as `ktrace symbols`).
     #[arg(long, value_name = "ELF")]
     pub kernel: Option<PathBuf>,
-    /// Print how long each step took (compile, symbols, load and verify, attach) to stderr.
+    /// Print how long each step took (compile, symbols, load and verify, attach) to stderr; with -l, each kprobe target's parameters and their types.
     #[arg(short = 'v')]
     pub verbose: bool,
     /// Workload arguments after `--` (as `-c`).
@@ -110,31 +112,36 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     // loads still gets everything removed (the loop sees the flag at once).
     catch_signals();
     let mut client = connect(vm_name, "ktrace trace")?;
+    let kernel = Arc::new(KernelParams::new(
+        super::symbols::kernel_elf(args.kernel.as_deref()).map_err(|e| format!("{e:#}")),
+    ));
     let world = World {
         tracepoints: client.list_tracepoints()?,
+        params: Some(kernel.clone()),
     };
     let fail = |d: Diagnostic| anyhow::anyhow!("{}", d.render(&name, &source).trim_end());
     timing("connected, tracepoint formats read");
     let compiled = ktrace_trace_lang::compile_script(&source, &world).map_err(fail)?;
     timing(&format!(
-        "compiled {} program(s), {} instructions",
+        "compiled {} program(s), {} instructions{}",
         compiled.programs.len(),
         compiled
             .programs
             .iter()
             .map(|p| p.load.insns.len() / 8)
-            .sum::<usize>()
+            .sum::<usize>(),
+        if kernel.reader.get().is_some() {
+            " (kernel symbols indexed, parameters read from DWARF)"
+        } else {
+            ""
+        }
     ));
     let index = if compiled.programs.iter().any(needs_symbols) || uses_symbols(&compiled) {
-        let elf = super::symbols::kernel_elf(args.kernel.as_deref())?;
-        Some(
-            SymbolIndex::open(&elf)
-                .with_context(|| format!("kernel symbols from {}", elf.display()))?,
-        )
+        Some(kernel.index().map_err(|e| anyhow::anyhow!("{e}"))?)
     } else {
         None
     };
-    let object = prepare(&compiled, index.as_ref(), &name, &source).map_err(fail)?;
+    let object = prepare(&compiled, index, &name, &source).map_err(fail)?;
     timing("kernel symbols indexed, probes resolved");
     let targets: Vec<AttachTarget> = object.programs.iter().map(|p| p.attach.clone()).collect();
 
@@ -175,7 +182,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         compiled: &compiled,
         probe: probe.clone(),
         targets,
-        index: index.as_ref(),
+        index,
         json,
         out: std::io::stdout(),
         lost: 0,
@@ -188,6 +195,118 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     match result {
         Ok(()) | Err(Stop::Pipe) => removed,
         Err(Stop::Error(e)) => Err(e),
+    }
+}
+
+/// The kernel as the compiler sees it: kprobe targets through the symbol
+/// index, `args.PATH` through the ELF's DWARF ([`ParamReader`]). Both are
+/// opened on first use (a script without kprobes needs neither) and each
+/// answer is kept: the checker and codegen ask again for every use.
+#[derive(Debug)]
+struct KernelParams {
+    elf: Result<PathBuf, String>,
+    index: OnceLock<Result<SymbolIndex, String>>,
+    reader: OnceLock<Result<ParamReader, String>>,
+    answers: Mutex<HashMap<ParamKey, Result<ParamAccess, ParamError>>>,
+}
+
+/// A kprobe's spec and an `args` path in it.
+type ParamKey = (String, Vec<String>);
+
+impl KernelParams {
+    fn new(elf: Result<PathBuf, String>) -> Self {
+        KernelParams {
+            elf,
+            index: OnceLock::new(),
+            reader: OnceLock::new(),
+            answers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn index(&self) -> Result<&SymbolIndex, String> {
+        self.index
+            .get_or_init(|| {
+                let elf = self.elf.clone()?;
+                SymbolIndex::open(&elf)
+                    .map_err(|e| format!("kernel symbols from {}: {e}", elf.display()))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn reader(&self) -> Result<&ParamReader, String> {
+        self.reader
+            .get_or_init(|| {
+                let elf = self.elf.clone()?;
+                ParamReader::from_path(&elf).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn resolve(&self, spec: &str, path: &[&str]) -> Result<ParamAccess, ParamError> {
+        let fail = |message: String| ParamError { at: 0, message };
+        let index = self.index().map_err(fail)?;
+        let reader = self.reader().map_err(fail)?;
+        let res = index
+            .resolve(
+                spec,
+                ResolveOptions {
+                    all: true,
+                    allow_raw_address: false,
+                },
+            )
+            .map_err(|e| fail(e.to_string()))?;
+        // A glob reads the path in every function it matches: one program
+        // serves them all, so the access must be the same in each.
+        let mut first: Option<(String, ParamAccess)> = None;
+        for pt in &res.points {
+            let function = pt
+                .function
+                .clone()
+                .unwrap_or_else(|| format!("{:#x}", pt.addr));
+            let access =
+                reader
+                    .access(pt.addr - pt.offset, pt.addr, path)
+                    .map_err(|e| match res.points.len() {
+                        1 => e,
+                        _ => ParamError {
+                            at: e.at,
+                            message: format!("in `{function}`: {}", e.message),
+                        },
+                    })?;
+            match &first {
+                None => first = Some((function, access)),
+                Some((f, a)) if *a != access => {
+                    return Err(fail(format!(
+                        "`args.{}` is not in the same place in `{f}` and `{function}`: one program serves every function `{spec}` matches, so name one",
+                        path.join(".")
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        first
+            .map(|(_, a)| a)
+            .ok_or_else(|| fail(format!("`{spec}` matches no probeable function")))
+    }
+}
+
+impl ParamSource for KernelParams {
+    fn access(&self, spec: &str, path: &[&str]) -> Result<ParamAccess, ParamError> {
+        let key = (
+            spec.to_string(),
+            path.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        );
+        if let Some(a) = self.answers.lock().expect("not poisoned").get(&key) {
+            return a.clone();
+        }
+        let answer = self.resolve(spec, path);
+        self.answers
+            .lock()
+            .expect("not poisoned")
+            .insert(key, answer.clone());
+        answer
     }
 }
 
@@ -596,6 +715,13 @@ impl Session<'_> {
             Ty::Int { signed: false } => Value::Uint(word()),
             Ty::Str(n) => Value::Str(crate::kernel::c_str(b.get(..*n as usize).unwrap_or(b))),
             Ty::Literal(s) => Value::Str(s.clone()),
+            Ty::Enum { variants, .. } => {
+                let v = word() as i64;
+                match variants.iter().find(|(value, _)| *value == v) {
+                    Some((_, name)) => Value::Str(name.clone()),
+                    None => Value::Int(v),
+                }
+            }
             Ty::Probe => Value::Str(
                 self.compiled
                     .probe_names
@@ -756,16 +882,37 @@ fn list(args: &Args, pattern: &str, vm_name: &str) -> anyhow::Result<()> {
         } else {
             "kprobe"
         };
+        // With -v, as `bpftrace -lv`: each function's parameters and
+        // their types, from the kernel's DWARF.
+        let reader = if args.verbose && prefix == "kprobe" {
+            Some(ParamReader::from_path(&elf).map_err(|e| anyhow::anyhow!("{e}"))?)
+        } else {
+            None
+        };
+        let mut seen = std::collections::BTreeMap::new();
         for p in res.points {
             if let Some(f) = p.function {
-                out.push(format!("{prefix}:{f}"));
+                let mut line = format!("{prefix}:{f}");
+                if let Some(r) = &reader {
+                    match r.parameters(p.addr - p.offset) {
+                        Ok(params) => {
+                            for param in params {
+                                line.push_str(&format!(
+                                    "\n    {}: {}",
+                                    param.name, param.type_name
+                                ));
+                            }
+                        }
+                        Err(e) => line.push_str(&format!("\n    ({e})")),
+                    }
+                }
+                seen.insert(f, line);
             }
         }
-        out.sort();
-        out.dedup();
+        out.extend(seen.into_values());
     }
     if kind == "*" {
-        out.extend(["BEGIN", "END", "profile:hz:99", "interval:s:N"].map(String::from));
+        out.extend(["BEGIN", "END", "profile:hz:N", "interval:s:N"].map(String::from));
     }
     let mut o = std::io::stdout().lock();
     for l in out {

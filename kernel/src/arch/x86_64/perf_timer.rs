@@ -21,10 +21,11 @@ pub const NMI_VECTOR: u8 = 2;
 /// chipsets, QEMU's q35 included).
 const PIT_GSI: u8 = 2;
 
-/// Frequencies the PIT can produce with a 16-bit divisor.
-pub const MIN_HZ: u32 = 19;
+/// Frequencies the PIT can produce with a 16-bit divisor (the range is
+/// in the ABI so hosts can check it before asking).
+pub const MIN_HZ: u32 = ktrace_abi::trace::SAMPLE_MIN_HZ;
 /// Highest accepted sampling frequency.
-pub const MAX_HZ: u32 = 20_000;
+pub const MAX_HZ: u32 = ktrace_abi::trace::SAMPLE_MAX_HZ;
 
 /// Start PIT channel 0 as a rate generator at about `hz` interrupts a
 /// second, delivered as NMIs. Returns the exact frequency programmed.
