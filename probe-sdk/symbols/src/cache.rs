@@ -43,7 +43,7 @@ use crate::path::Mangling;
 /// First bytes of a cache file.
 const MAGIC: &[u8; 8] = b"KTSYMIDX";
 /// Bumped whenever what the index keeps changes shape.
-const FORMAT: u32 = 5;
+const FORMAT: u32 = 6;
 /// The sections of a cache file, in this order.
 const META: usize = 0;
 const TEXT: usize = 1;

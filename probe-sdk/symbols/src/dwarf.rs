@@ -58,6 +58,11 @@ pub(crate) struct LineData {
     pub inlines: Vec<InlineRange>,
     /// Bare name without generics → the names with that base.
     pub names_by_base: HashMap<String, Vec<u32>>,
+    /// Start address of a generic function's machine code → its generic
+    /// arguments as DWARF names the instance (`emit<a::B>` → `a::B`).
+    /// Legacy symbol names carry no type arguments, so this is what tells
+    /// monomorphizations apart by type (full debug info only).
+    pub generics: HashMap<u64, String>,
 }
 
 struct Interner {
@@ -74,6 +79,22 @@ impl Interner {
         self.ids.insert(s, id);
         id
     }
+}
+
+/// The generic arguments of a DWARF function name, whitespace removed
+/// (`emit<a::B, u8>` → `a::B,u8`); `None` for a name without them and for
+/// closures, whose arguments are their parent's.
+pub(crate) fn generic_args(name: &str) -> Option<String> {
+    if name.starts_with('{') || !name.ends_with('>') {
+        return None;
+    }
+    let open = name.find('<').filter(|&i| i > 0)?;
+    Some(
+        name[open + 1..name.len() - 1]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect(),
+    )
 }
 
 /// Strip generic arguments from a DWARF name (`checksum<u8>` → `checksum`).
@@ -109,6 +130,8 @@ impl LineData {
         let mut die_names: HashMap<gimli::DebugInfoOffset, u32> = HashMap::new();
         // Nameless subprogram → the declaration that names it.
         let mut named_by = Vec::new();
+        // Subprograms with machine code: DIE → start address.
+        let mut starts = Vec::new();
         let mut unit_files: Vec<HashMap<u64, u32>> = Vec::new();
         let mut units = dwarf.units();
         while let Some(header) = units.next()? {
@@ -162,12 +185,21 @@ impl LineData {
                 &mut names,
                 &mut die_names,
                 &mut named_by,
+                &mut starts,
             )?;
             unit_files.push(file_ids);
         }
         for (die, decl) in named_by {
             if let Some(&id) = die_names.get(&decl) {
                 die_names.insert(die, id);
+            }
+        }
+        for (die, start) in starts {
+            let args = die_names
+                .get(&die)
+                .and_then(|&id| generic_args(&data.names[id as usize]));
+            if let Some(args) = args.filter(|_| in_text(start)) {
+                data.generics.insert(start, args);
             }
         }
         // Inlined calls may name a subprogram of another unit (LTO, and
@@ -336,6 +368,7 @@ fn collect_names(
     names: &mut Interner,
     die_names: &mut HashMap<gimli::DebugInfoOffset, u32>,
     named_by: &mut Vec<(gimli::DebugInfoOffset, gimli::DebugInfoOffset)>,
+    starts: &mut Vec<(gimli::DebugInfoOffset, u64)>,
 ) -> Result<(), gimli::Error> {
     let mut entries = unit.entries();
     while let Some((_, entry)) = entries.next_dfs()? {
@@ -363,6 +396,11 @@ fn collect_names(
             }
         }
         let offset = entry.offset().to_debug_info_offset(&unit.header);
+        if let (Some(AttributeValue::Addr(start)), Some(offset)) =
+            (entry.attr_value(gimli::DW_AT_low_pc)?, offset)
+        {
+            starts.push((offset, start));
+        }
         if let (Some(name), Some(offset)) = (name, offset) {
             let id = names.intern(&mut data.names, name);
             die_names.insert(offset, id);

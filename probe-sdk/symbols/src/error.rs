@@ -289,10 +289,10 @@ fn ambiguous(
                     .is_some_and(|(_, h)| h.len() == 16)
             }) =>
         {
-            "write its hash as listed (these are legacy names, which carry no type arguments)"
+            "write its hash as listed (legacy names carry no type arguments, and this kernel's DWARF has none either: it is built without full debug info)"
         }
         AmbiguityKind::Monomorphizations => {
-            "write the generic arguments (v0 names, e.g. `f::<u32>`) or the legacy hash (`f::h0123…`)"
+            "write the generic arguments as listed (`f::<u32>`; from DWARF for legacy names) or the legacy hash (`f::h0123…`)"
         }
         AmbiguityKind::TraitImpls => "name the type (`<Type as Trait>::method` or `Type::method`)",
         AmbiguityKind::LineInSeveralPlaces => "probe one of the functions by name (`path+0xOFF`)",

@@ -34,6 +34,10 @@ pub struct Function {
     pub scheme: Mangling,
     /// Globally visible (`STB_GLOBAL`/`STB_WEAK`).
     pub global: bool,
+    /// A legacy-named monomorphization's generic arguments, from DWARF
+    /// (`ktrace_tracepoints::block::BlockRqIssue` for
+    /// `emit::<BlockRqIssue>`): what selects it by type.
+    pub type_args: Option<String>,
     /// The name parsed, when first matched against (an index read from the
     /// cache parses only the functions a query looks at).
     #[serde(skip)]
@@ -77,6 +81,7 @@ impl Function {
             hash,
             scheme,
             global,
+            type_args: None,
         }
     }
 
@@ -318,6 +323,11 @@ impl SymbolIndex {
             Ok(l) => (l, None),
             Err(e) => (None, Some(e.to_string())),
         };
+        if let Some(lines) = &lines {
+            for f in functions.iter_mut().filter(|f| f.hash.is_some()) {
+                f.type_args = lines.generics.get(&f.addr).cloned();
+            }
+        }
         Ok(SymbolIndex::assemble(
             functions,
             Lazy::ready(text),

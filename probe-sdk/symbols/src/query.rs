@@ -348,6 +348,21 @@ impl SymbolIndex {
             });
             return ids;
         }
+        // `f::<A, B>` of a legacy name: the symbol spells no arguments, so
+        // the name selects by itself and DWARF's arguments must match.
+        if let Some((bare, args)) = split_turbofish(path) {
+            let want = split_args(&args);
+            let mut ids = self.match_path(bare);
+            ids.retain(|&i| {
+                let f = &self.functions[i as usize];
+                f.type_args
+                    .as_deref()
+                    .is_some_and(|have| args_select(&want, &split_args(have)))
+            });
+            if !ids.is_empty() {
+                return ids;
+            }
+        }
         let mut parsed = ParsedPath::parse(path);
         // A trailing legacy hash (`f::h0123456789abcdef`) picks one
         // monomorphization.
@@ -647,6 +662,18 @@ impl SymbolIndex {
                 }
             }
         }
+        // A legacy monomorphization by its type arguments (from DWARF):
+        // each argument by its last path segment, else in full.
+        if let Some(args) = &f.type_args {
+            let full = split_args(args);
+            let short: Vec<&str> = full.iter().map(|a| last_segment(a)).collect();
+            for args in [short.join(", "), full.join(", ")] {
+                let q = format!("{}::<{}>", render(key), args);
+                if only(&q) {
+                    return Some(q);
+                }
+            }
+        }
         if let Some(h) = &f.hash {
             let q = format!("{}::h{}", render(key), h);
             if only(&q) {
@@ -929,6 +956,64 @@ fn glob_at_segments(pattern: &str, path: &str) -> bool {
     false
 }
 
+/// `path::<args>` split into the path and the arguments, when the last
+/// segment is written with a turbofish.
+fn split_turbofish(path: &str) -> Option<(&str, String)> {
+    let body = path.strip_suffix('>')?;
+    let mut depth = 0i32;
+    for (i, c) in body.char_indices().rev() {
+        match c {
+            '>' => depth += 1,
+            '<' if depth > 0 => depth -= 1,
+            '<' => {
+                let bare = body[..i].strip_suffix("::")?;
+                return (!bare.is_empty()).then(|| (bare, body[i + 1..].to_string()));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Generic arguments split at their top-level commas, whitespace removed.
+fn split_args(args: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut depth = 0i32;
+    for c in args.chars().filter(|c| !c.is_whitespace()) {
+        match c {
+            '<' | '(' | '[' => depth += 1,
+            '>' | ')' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(String::new());
+                continue;
+            }
+            _ => {}
+        }
+        out.last_mut().expect("never empty").push(c);
+    }
+    out
+}
+
+/// Does each written argument name the instance's argument: equal, or a
+/// suffix of whole path segments (`BlockRqIssue` for
+/// `ktrace_tracepoints::block::BlockRqIssue`)?
+fn args_select(want: &[String], have: &[String]) -> bool {
+    want.len() == have.len()
+        && want
+            .iter()
+            .zip(have)
+            .all(|(w, h)| w == h || h.ends_with(&format!("::{w}")))
+}
+
+/// The last path segment of a type (`a::b::C<d::E>` → `C<d::E>`).
+fn last_segment(ty: &str) -> &str {
+    let head = ty.find(['<', '(', '[']).unwrap_or(ty.len());
+    match ty[..head].rfind("::") {
+        Some(i) => &ty[i + 2..],
+        None => ty,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1001,5 +1086,31 @@ mod tests {
             "/a/kernel/src/block/myqueue.rs",
             "queue.rs"
         ));
+    }
+
+    #[test]
+    fn monomorphizations_are_selected_by_their_type_arguments() {
+        assert_eq!(
+            split_turbofish("tracepoint::emit::<BlockRqIssue>"),
+            Some(("tracepoint::emit", "BlockRqIssue".to_string()))
+        );
+        assert_eq!(
+            split_turbofish("f::<Vec<u8>, (u8, u16)>"),
+            Some(("f", "Vec<u8>, (u8, u16)".to_string()))
+        );
+        // A type's own arguments are not a turbofish.
+        assert_eq!(split_turbofish("Noop<P>"), None);
+        assert_eq!(split_turbofish("::<u8>"), None);
+        assert_eq!(
+            split_args("a::B<c::D, u8>, (u8, u16)"),
+            vec!["a::B<c::D,u8>", "(u8,u16)"]
+        );
+        let have = split_args("ktrace_tracepoints::block::BlockRqIssue,u8");
+        assert!(args_select(&split_args("BlockRqIssue, u8"), &have));
+        assert!(args_select(&split_args("block::BlockRqIssue,u8"), &have));
+        assert!(!args_select(&split_args("RqIssue,u8"), &have));
+        assert!(!args_select(&split_args("BlockRqIssue"), &have));
+        assert_eq!(last_segment("a::b::C<d::E>"), "C<d::E>");
+        assert_eq!(last_segment("u8"), "u8");
     }
 }

@@ -399,3 +399,56 @@ fn inlined_methods_keep_their_names() {
     }
     assert!(inlined > 1000, "only {inlined} inlined frames");
 }
+
+/// Legacy names spell a generic function without its type arguments; the
+/// kernel's DWARF names each instance (`emit<…::BlockRqIssue>`), so a
+/// monomorphization is selected as `emit::<BlockRqIssue>`, and the
+/// ambiguity offers that form for each.
+#[test]
+fn monomorphizations_are_selected_by_type() {
+    let Some(index) = load(&kernel_elf()) else {
+        return;
+    };
+    let query = "kernel::trace::tracepoint::emit";
+    let candidates = match index.resolve(query, ResolveOptions::default()) {
+        Err(SymbolError::Ambiguous { candidates, .. }) => candidates,
+        other => panic!("{query}: expected an ambiguity, got {other:?}"),
+    };
+    assert!(candidates.len() >= 6, "{candidates:?}");
+    let mut addrs = BTreeSet::new();
+    for c in &candidates {
+        let q = c.select_with.as_deref().expect("a selector for each");
+        assert!(
+            q.starts_with("kernel::trace::tracepoint::emit::<") && q.ends_with('>'),
+            "{q}"
+        );
+        let res = index.resolve(q, ResolveOptions::default()).unwrap();
+        assert_eq!(res.points.len(), 1, "{q}");
+        assert_eq!(res.points[0].addr, c.addr, "{q}");
+        addrs.insert(c.addr);
+    }
+    assert_eq!(addrs.len(), candidates.len());
+    // The short form, the full path of the argument, and a wrong one.
+    let short = index
+        .resolve(
+            "tracepoint::emit::<BlockRqIssue>",
+            ResolveOptions::default(),
+        )
+        .unwrap();
+    let full = index
+        .resolve(
+            "emit::<ktrace_tracepoints::block::BlockRqIssue>",
+            ResolveOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(short.points.len(), 1);
+    assert_eq!(short.points[0].addr, full.points[0].addr);
+    let (f, _) = index.lookup_addr(short.points[0].addr).unwrap();
+    assert_eq!(
+        f.type_args.as_deref(),
+        Some("ktrace_tracepoints::block::BlockRqIssue")
+    );
+    assert!(index
+        .resolve("tracepoint::emit::<NoSuchEvent>", ResolveOptions::default())
+        .is_err());
+}
