@@ -14,6 +14,40 @@ use std::process::{Command, Output};
 use ktrace_tests::{disk_config, TestVm};
 use probe_sdk::kernel_image;
 
+/// A function the compiler copied into several codegen units (one
+/// instantiation: one legacy hash at several addresses), with its copies'
+/// addresses. Which functions get copied depends on codegen, so the test
+/// looks one up in the tests' kernel; a function of the kernel's own
+/// crates is preferred.
+fn copied_function() -> (String, Vec<u64>) {
+    let index = ktrace_symbols::SymbolIndex::open(&ktrace_tests::kernel_image().source).unwrap();
+    let mut by_name: std::collections::BTreeMap<&str, Vec<&ktrace_symbols::Function>> =
+        Default::default();
+    for f in index.functions() {
+        if f.hash.is_some() && f.size > 0 {
+            by_name.entry(&f.name).or_default().push(f);
+        }
+    }
+    let copied = by_name
+        .into_iter()
+        .filter(|(_, fs)| fs.len() >= 2 && fs.iter().all(|f| f.demangled == fs[0].demangled));
+    let (ours, theirs): (Vec<_>, Vec<_>) = copied.partition(|(n, _)| {
+        n.starts_with("kernel::") || n.contains("ktrace_") || n.contains("<kernel::")
+    });
+    ours.into_iter()
+        .chain(theirs)
+        .find_map(|(name, fs)| {
+            let res = index
+                .resolve(name, ktrace_symbols::ResolveOptions::default())
+                .ok()?;
+            let mut addrs: Vec<u64> = fs.iter().map(|f| f.addr).collect();
+            addrs.sort_unstable();
+            addrs.dedup();
+            (res.points.len() == addrs.len()).then(|| (name.to_string(), addrs))
+        })
+        .expect("the kernel has a function copied into several codegen units")
+}
+
 fn tool(name: &str) -> Command {
     let mut cmd = Command::new(ktrace_tests::tools_dir().join(name));
     cmd.env(
@@ -126,10 +160,43 @@ fn symbols_name_every_copy_and_every_closure() {
         "{v}"
     );
 
-    // One instantiation copied into two codegen units: both, no --all.
-    let v = json(&run_ok("ktrace", &["symbols", "--json", "Noop::name"]));
-    assert_eq!(v["points"].as_array().unwrap().len(), 2, "{v}");
-    assert!(v["note"].as_str().unwrap().contains("has 2 copies"), "{v}");
+    // One instantiation copied into several codegen units: every copy,
+    // no --all.
+    let (copied, addrs) = copied_function();
+    let v = json(&run_ok("ktrace", &["symbols", "--json", &copied]));
+    let got: Vec<u64> = v["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["addr"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, addrs, "{v}");
+    assert!(
+        v["note"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("has {} copies", addrs.len())),
+        "{v}"
+    );
+
+    // Monomorphizations (legacy names carry no type arguments) by the
+    // arguments DWARF gives each instance.
+    let out = run("ktrace", &["symbols", "kernel::trace::tracepoint::emit"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("monomorphizations of one generic function match"),
+        "{err}"
+    );
+    assert!(
+        err.contains("(select with `kernel::trace::tracepoint::emit::<BlockRqIssue>`)"),
+        "{err}"
+    );
+    let v = json(&run_ok(
+        "ktrace",
+        &["symbols", "--json", "tracepoint::emit::<BlockRqIssue>"],
+    ));
+    assert_eq!(v["points"].as_array().unwrap().len(), 1, "{v}");
 
     // Closures: the ambiguity offers `path@file:line` for each, and each
     // selects exactly one.
@@ -371,13 +438,15 @@ fn every_copy_is_probed_and_foreign_objects_load() {
 
     // Copies of one function share its name: each gets a probe at its own
     // address, and a kperf row named by it.
-    let out = k(&["probe", "add", "Noop::name"]);
+    let (copied, addrs) = copied_function();
+    let out = k(&["probe", "add", &copied]);
     let mut at: Vec<&str> = out
         .lines()
         .map(|l| l.split(" at ").nth(1).unwrap().split(' ').next().unwrap())
         .collect();
     at.dedup();
-    assert_eq!(at.len(), 2, "{out}");
+    let want: Vec<String> = addrs.iter().map(|a| format!("{a:#x}")).collect();
+    assert_eq!(at, want, "{out}");
     for p in json(&k(&["probe", "list", "--json"])).as_array().unwrap() {
         k(&["probe", "remove", &p["id"].to_string()]);
     }
@@ -389,19 +458,14 @@ fn every_copy_is_probed_and_foreign_objects_load() {
             "stat",
             "-x,",
             "-e",
-            "kprobe:Noop::name",
+            &format!("kprobe:{copied}"),
             "--duration",
             "0.2",
         ],
     );
     let rows: Vec<&str> = csv.lines().map(|l| l.split(',').nth(2).unwrap()).collect();
-    let noop =
-        "kprobe:<ktrace_block::sched::noop::Noop<P> as ktrace_block::sched::Scheduler<P>>::name";
-    assert_eq!(
-        rows,
-        [format!("{noop}@{}", at[0]), format!("{noop}@{}", at[1])],
-        "{csv}"
-    );
+    let want: Vec<String> = at.iter().map(|a| format!("kprobe:{copied}@{a}")).collect();
+    assert_eq!(rows, want, "{csv}");
 
     // A section naming `<Type as Trait>::method` (spaces as %20, as
     // #[kprobe] writes them) and one a name two functions share (--all).
