@@ -81,6 +81,7 @@ struct CachedFunctionRef<'a> {
     hash: &'a Option<String>,
     scheme: Mangling,
     global: bool,
+    type_args: &'a Option<String>,
     entry: Option<SourceLocation>,
     entry_refusal: Option<NotProbeable>,
 }
@@ -95,6 +96,7 @@ struct CachedFunction {
     hash: Option<String>,
     scheme: Mangling,
     global: bool,
+    type_args: Option<String>,
     entry: Option<SourceLocation>,
     entry_refusal: Option<NotProbeable>,
 }
@@ -373,6 +375,7 @@ impl SymbolIndex {
                     hash: &f.hash,
                     scheme: f.scheme,
                     global: f.global,
+                    type_args: &f.type_args,
                     entry: self.function_location(f),
                     entry_refusal: *f.entry_refusal.get_or_init(|| self.entry_refusal(f)),
                 })
@@ -499,7 +502,7 @@ fn assemble_cached(
         .functions
         .into_iter()
         .map(|c| {
-            let f = Function::new(
+            let mut f = Function::new(
                 c.name,
                 c.demangled,
                 c.mangled,
@@ -509,6 +512,7 @@ fn assemble_cached(
                 c.scheme,
                 c.global,
             );
+            f.type_args = c.type_args;
             let _ = f.entry.set(c.entry);
             let _ = f.entry_refusal.set(c.entry_refusal);
             f

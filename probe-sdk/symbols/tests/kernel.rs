@@ -452,3 +452,24 @@ fn monomorphizations_are_selected_by_type() {
         .resolve("tracepoint::emit::<NoSuchEvent>", ResolveOptions::default())
         .is_err());
 }
+
+/// The type arguments survive the index cache: a cached index selects a
+/// monomorphization by type as the fresh one does.
+#[test]
+fn type_arguments_survive_the_cache() {
+    let elf = kernel_elf();
+    if load(&elf).is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ktrace-symbols-types-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let query = "tracepoint::emit::<BlockRqIssue>";
+    let mut found = Vec::new();
+    for _ in 0..2 {
+        let (index, _) = SymbolIndex::from_path_cached(&elf, &dir).unwrap();
+        let res = index.resolve(query, ResolveOptions::default()).unwrap();
+        found.push(res.points[0].addr);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(found[0], found[1]);
+}
