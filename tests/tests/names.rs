@@ -188,15 +188,27 @@ fn symbols_name_every_copy_and_every_closure() {
         err.contains("monomorphizations of one generic function match"),
         "{err}"
     );
-    assert!(
-        err.contains("(select with `kernel::trace::tracepoint::emit::<BlockRqIssue>`)"),
-        "{err}"
-    );
-    let v = json(&run_ok(
-        "ktrace",
-        &["symbols", "--json", "tracepoint::emit::<BlockRqIssue>"],
-    ));
-    assert_eq!(v["points"].as_array().unwrap().len(), 1, "{v}");
+    let selectors: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.split("(select with `").nth(1))
+        .map(|s| s.trim_end_matches("`)"))
+        .collect();
+    assert!(selectors.len() >= 2, "{err}");
+    let mut addrs = Vec::new();
+    for s in &selectors {
+        // `emit::<SchedSwitch>`: the event type, not a hash.
+        let args = s
+            .strip_prefix("kernel::trace::tracepoint::emit::<")
+            .and_then(|a| a.strip_suffix('>'))
+            .unwrap_or_else(|| panic!("{s}"));
+        assert!(args.chars().all(|c| c.is_ascii_alphanumeric()), "{s}");
+        let v = json(&run_ok("ktrace", &["symbols", "--json", s]));
+        assert_eq!(v["points"].as_array().unwrap().len(), 1, "{s}: {v}");
+        addrs.push(v["points"][0]["addr"].as_u64().unwrap());
+    }
+    addrs.sort_unstable();
+    addrs.dedup();
+    assert_eq!(addrs.len(), selectors.len(), "{selectors:?}");
 
     // Closures: the ambiguity offers `path@file:line` for each, and each
     // selects exactly one.
