@@ -28,7 +28,8 @@ pub use crate::kernel::kernel_elf;
     'kernel::block::*'  '*::submit_*'                glob (every match)\n  \
     RequestQueue::submit_bio+0x1a                    offset (checked against instruction boundaries)\n  \
     kernel/src/block/queue.rs:120                    source line (path suffix; every copy the compiler made)\n  \
-    'bpf::handle::{closure}@bpf/mod.rs:697'           a path narrowed to where the function starts (closures)\n  \
+    'tracepoint::emit::<SchedSwitch>'                one monomorphization, by its type arguments\n  \
+    'bpf::handle::{closure}@bpf/mod.rs:697'          a path narrowed to where the function starts (closures)\n  \
     0xffffffff80012345                               raw address (needs --unsafe-address)")]
 pub struct Args {
     /// What to resolve (see the forms below).
