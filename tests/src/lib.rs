@@ -188,6 +188,36 @@ pub fn tools_dir() -> &'static Path {
     })
 }
 
+/// A tool binary of this workspace (`biolatency`, `biosnoop`, `kperf`,
+/// `ktrace`), built once, reading the tests' kernel ELF.
+pub fn tool(name: &str) -> Command {
+    let mut cmd = Command::new(tools_dir().join(name));
+    cmd.env(kernel_image::KERNEL_ENV, &kernel_image().source);
+    cmd
+}
+
+/// Runs a [`tool`] to its end.
+pub fn run_tool(name: &str, args: &[&str]) -> Output {
+    tool(name)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+}
+
+/// Runs a [`tool`] that must succeed; its standard output.
+pub fn run_tool_ok(name: &str, args: &[&str]) -> String {
+    let out = run_tool(name, args);
+    assert!(
+        out.status.success(),
+        "{name} {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The `ktrace` binary of this workspace, built if missing or stale.
 pub fn ktrace_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

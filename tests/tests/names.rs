@@ -9,9 +9,10 @@
 //! misspelt target, and the symbol listing fits the terminal.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use ktrace_tests::{disk_config, TestVm};
+use ktrace_tests::{run_tool as run, run_tool_ok as run_ok, tool};
 use probe_sdk::kernel_image;
 
 /// A function the compiler copied into several codegen units (one
@@ -48,37 +49,8 @@ fn copied_function() -> (String, Vec<u64>) {
         .expect("the kernel has a function copied into several codegen units")
 }
 
-fn tool(name: &str) -> Command {
-    let mut cmd = Command::new(ktrace_tests::tools_dir().join(name));
-    cmd.env(
-        kernel_image::KERNEL_ENV,
-        &ktrace_tests::kernel_image().source,
-    );
-    cmd
-}
-
-fn run(name: &str, args: &[&str]) -> Output {
-    tool(name)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
-}
-
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn run_ok(name: &str, args: &[&str]) -> String {
-    let out = run(name, args);
-    assert!(
-        out.status.success(),
-        "{name} {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
 }
 
 fn json(t: &str) -> serde_json::Value {

@@ -12,40 +12,9 @@ use std::process::{Child, Command, Output, Stdio};
 
 use ktrace_abi::block::DeviceStats;
 use ktrace_tests::{disk_config, TestVm};
+use ktrace_tests::{run_tool as run, run_tool_ok as run_ok, tool};
 use probe_sdk::client::Client;
 use probe_sdk::kernel_image;
-
-/// The tool binaries of this workspace (`biolatency`, `biosnoop`, `kperf`,
-/// `ktrace`), built once.
-fn tool(name: &str) -> Command {
-    let dir = ktrace_tests::tools_dir();
-    let mut cmd = Command::new(dir.join(name));
-    cmd.env(
-        kernel_image::KERNEL_ENV,
-        &ktrace_tests::kernel_image().source,
-    );
-    cmd
-}
-
-fn run(name: &str, args: &[&str]) -> Output {
-    tool(name)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
-}
-
-fn run_ok(name: &str, args: &[&str]) -> String {
-    let out = run(name, args);
-    assert!(
-        out.status.success(),
-        "{name} {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn boot(test: &str) -> (TestVm, PathBuf) {
     let (cfg, dir) = disk_config(test, 1);
