@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub mod gen;
+
 use probe_sdk::client::{Client, ConnectOptions};
 use probe_sdk::kernel_image::{self, Flavor, KernelImage};
 use probe_sdk::vm::{Vm, VmConfig};
