@@ -91,6 +91,7 @@ impl Rng {
 /// What the fuzzer knows about the kernel: functions, entry text, and the
 /// ids of objects it created (so it can operate on live, closed and never
 /// existing ones).
+#[derive(Clone)]
 pub struct World {
     pub functions: Vec<(String, u64, u32)>,
     /// Functions that run while the fuzzer works (the block path, the
@@ -121,6 +122,23 @@ pub struct World {
 }
 
 impl World {
+    /// Forget every object id (live and dead); what is known about the
+    /// kernel and the armed addresses stay.
+    pub fn forget_objects(&mut self) {
+        for list in [
+            &mut self.maps,
+            &mut self.progs,
+            &mut self.kprobe_progs,
+            &mut self.links,
+            &mut self.probes,
+            &mut self.tracepoint_attachments,
+            &mut self.perf,
+            &mut self.dead,
+        ] {
+            list.clear();
+        }
+    }
+
     pub fn id(&mut self, rng: &mut Rng, live: &[u32]) -> u32 {
         match rng.below(6) {
             0 | 1 if !live.is_empty() => rng.pick(live),

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub mod fuzz;
 pub mod gen;
 
 use probe_sdk::client::{Client, ConnectOptions};
