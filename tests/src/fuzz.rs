@@ -1029,9 +1029,9 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
     let initial_corpus = corpus.len();
     let mut new_entries = 0usize;
     while start.elapsed() < opts.budget {
-        let plan = match queue.pop() {
-            Some(p) => p,
-            None => make_plan(&corpus, &mut rng, opts.mode),
+        let (plan, kept) = match queue.pop() {
+            Some(p) => (p, true),
+            None => (make_plan(&corpus, &mut rng, opts.mode), false),
         };
         let last_len_before = target.history.len();
         let (prog, edges, verdict) = ex.run(&mut target, &plan, &mut rng, opts.mode, &mut report.requests);
@@ -1042,7 +1042,7 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
         report
             .progress
             .push((start.elapsed().as_secs_f64(), report.edges.len()));
-        if new > 0 && opts.mode == Mode::Guided && !prog.steps.is_empty() {
+        if new > 0 && !kept && opts.mode == Mode::Guided && !prog.steps.is_empty() {
             if let (Some(dir), true) = (&opts.corpus, opts.save_corpus) {
                 let size = serde_json::to_string(&prog).map_or(usize::MAX, |s| s.len());
                 if size <= 256 << 10 {

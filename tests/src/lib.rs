@@ -36,6 +36,19 @@ pub fn kernel_image() -> &'static KernelImage {
     )
 }
 
+/// The coverage build of the kernel (the fuzzer's), built once per test
+/// process.
+pub fn coverage_kernel_image() -> &'static KernelImage {
+    static IMAGE: OnceLock<KernelImage> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let build = kernel_image::Build { coverage: true };
+        match kernel_image::prepare_build(true, build) {
+            Ok(image) => image,
+            Err(e) => panic!("cannot prepare the coverage kernel: {e}"),
+        }
+    })
+}
+
 /// The kernel's symbol index (from the ELF [`kernel_image`] built).
 pub fn kernel_symbols() -> &'static ktrace_symbols::SymbolIndex {
     static INDEX: OnceLock<ktrace_symbols::SymbolIndex> = OnceLock::new();
