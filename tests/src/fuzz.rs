@@ -88,11 +88,15 @@ pub struct Program {
 impl Program {
     pub fn load(path: &Path) -> Result<Program, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: not a fuzzer program: {e}", path.display()))
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not a fuzzer program: {e}", path.display()))
     }
 
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(path, serde_json::to_string(self).expect("programs serialize"))
+        std::fs::write(
+            path,
+            serde_json::to_string(self).expect("programs serialize"),
+        )
     }
 
     /// One line per step, for reports.
@@ -100,14 +104,22 @@ impl Program {
         let mut out = String::new();
         for (i, s) in self.steps.iter().enumerate() {
             let line = match s {
-                Step::Call { client, req, wait, .. } => {
+                Step::Call {
+                    client, req, wait, ..
+                } => {
                     let mut r = format!("{req:?}");
                     if r.len() > 160 {
-                        let cut = (0..=160).rev().find(|&i| r.is_char_boundary(i)).unwrap_or(0);
+                        let cut = (0..=160)
+                            .rev()
+                            .find(|&i| r.is_char_boundary(i))
+                            .unwrap_or(0);
                         r.truncate(cut);
                         r.push_str("...");
                     }
-                    format!("client {client}{}: {r}", if *wait { "" } else { " (no wait)" })
+                    format!(
+                        "client {client}{}: {r}",
+                        if *wait { "" } else { " (no wait)" }
+                    )
                 }
                 Step::Vanish { client, cut } => {
                     format!("client {client} vanishes after {cut} bytes of a frame")
@@ -126,7 +138,10 @@ pub enum Verdict {
     /// A panic or fatal-exception report on the console.
     Panicked(PanicReport),
     /// Something went unanswered (what, and the console tail).
-    Hung { what: String, console_tail: String },
+    Hung {
+        what: String,
+        console_tail: String,
+    },
 }
 
 impl Verdict {
@@ -229,12 +244,17 @@ pub fn for_each_id(req: &mut Request, mut f: impl FnMut(Res, &mut u32)) {
 
 /// Subsystems the coverage summary reports, by function path prefix.
 pub const SUBSYSTEMS: [(&str, &[&str]); 6] = [
-    ("control", &["kernel::control::", "kernel::drivers::", "ktrace_abi::", "postcard::"]),
-    ("verifier", &["bpf_vm::verifier"]),
     (
-        "bpf",
-        &["kernel::bpf::", "bpf_vm::", "ktrace_bpf_maps::"],
+        "control",
+        &[
+            "kernel::control::",
+            "kernel::drivers::",
+            "ktrace_abi::",
+            "postcard::",
+        ],
     ),
+    ("verifier", &["bpf_vm::verifier"]),
+    ("bpf", &["kernel::bpf::", "bpf_vm::", "ktrace_bpf_maps::"]),
     (
         "trace",
         &[
@@ -245,7 +265,14 @@ pub const SUBSYSTEMS: [(&str, &[&str]); 6] = [
             "kernel::arch::x86_64::text_patch",
         ],
     ),
-    ("block", &["kernel::block::", "ktrace_block::", "virtio_drivers::device::blk"]),
+    (
+        "block",
+        &[
+            "kernel::block::",
+            "ktrace_block::",
+            "virtio_drivers::device::blk",
+        ],
+    ),
     ("other", &[""]),
 ];
 
@@ -289,9 +316,7 @@ impl EdgeMap {
             ));
         };
         let mut guard_function = vec![None; ((stop - start) / 4) as usize];
-        let text = file
-            .section_by_name(".text")
-            .ok_or("no .text section")?;
+        let text = file.section_by_name(".text").ok_or("no .text section")?;
         let base = text.address();
         let bytes = text.data().map_err(|e| e.to_string())?;
         let rel = |at: usize| i32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as i64;
@@ -303,7 +328,11 @@ impl EdgeMap {
             let at = base + i as u64;
             let guard = (at as i64 + 7 + rel(i + 3)) as u64;
             let target = (at as i64 + 12 + rel(i + 8)) as u64;
-            if target != callback || guard < start || guard >= stop || (guard - start) % 4 != 0 {
+            if target != callback
+                || guard < start
+                || guard >= stop
+                || !(guard - start).is_multiple_of(4)
+            {
                 continue;
             }
             while f + 1 < functions.len() && functions[f + 1].addr <= at {
@@ -349,7 +378,13 @@ impl EdgeMap {
             "{:<10} {:>16} {:>7} {:>16} {:>7}\n",
             "subsystem", "edges reached", "", "functions", ""
         );
-        let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { 100.0 * a as f64 / b as f64 };
+        let pct = |a: u64, b: u64| {
+            if b == 0 {
+                0.0
+            } else {
+                100.0 * a as f64 / b as f64
+            }
+        };
         for s in 0..n {
             let (fh, ft) = (fns_hit[s].len() as u64, fns[s].len() as u64);
             let _ = writeln!(
@@ -535,10 +570,9 @@ impl Executor {
     /// Client `k`, connected (and recording coverage) if it was not.
     fn client<'t>(&self, t: &'t mut Target, k: usize) -> Result<&'t mut Client, Failed> {
         if t.clients[k].is_none() {
-            let mut c = t
-                .vm
-                .connect(&connect_opts(self.request_timeout))
-                .map_err(|e| Failed(format!("a new client was not answered: {e}")))?;
+            let mut c =
+                t.vm.connect(&connect_opts(self.request_timeout))
+                    .map_err(|e| Failed(format!("a new client was not answered: {e}")))?;
             match c.coverage(CoverageOp::Enable) {
                 Ok(r) => t.edges_total = r.edges_total,
                 Err(e) if e.kernel_reply().is_some() => {} // not a coverage build
@@ -636,8 +670,7 @@ impl Executor {
                 let k = usize::from(*client) % CLIENTS;
                 if let Some(mut c) = t.clients[k].take() {
                     t.pending[k] = None;
-                    let frame =
-                        ktrace_abi::encode(9, &Request::Bpf(BpfRequest::MapList)).unwrap();
+                    let frame = ktrace_abi::encode(9, &Request::Bpf(BpfRequest::MapList)).unwrap();
                     let cut = usize::from(*cut) % frame.len();
                     let _ = c.send_bytes(&frame[..cut]);
                     drop(c);
@@ -741,7 +774,10 @@ impl Executor {
                     Ok(run) => {
                         if let Step::Call { created, .. } = &run {
                             group_maps.extend(
-                                created.iter().filter(|(r, _)| *r == Res::Map).map(|(_, id)| *id),
+                                created
+                                    .iter()
+                                    .filter(|(r, _)| *r == Res::Map)
+                                    .map(|(_, id)| *id),
                             );
                         }
                         t.history.push(run.clone());
@@ -799,17 +835,42 @@ impl Executor {
         let limits = t.limits.clone();
         let c = self.client(t, 0)?;
         let mut reqs: Vec<Request> = Vec::new();
-        reqs.extend(world.links.iter().map(|&link| Request::Bpf(BpfRequest::Detach { link })));
-        reqs.extend(world.progs.iter().map(|&prog| Request::Bpf(BpfRequest::ProgUnload { prog })));
-        reqs.extend(world.maps.iter().map(|&map| Request::Bpf(BpfRequest::MapFree { map })));
-        reqs.extend(world.probes.iter().map(|&id| Request::Trace(TraceRequest::RemoveProbe { id })));
+        reqs.extend(
+            world
+                .links
+                .iter()
+                .map(|&link| Request::Bpf(BpfRequest::Detach { link })),
+        );
+        reqs.extend(
+            world
+                .progs
+                .iter()
+                .map(|&prog| Request::Bpf(BpfRequest::ProgUnload { prog })),
+        );
+        reqs.extend(
+            world
+                .maps
+                .iter()
+                .map(|&map| Request::Bpf(BpfRequest::MapFree { map })),
+        );
+        reqs.extend(
+            world
+                .probes
+                .iter()
+                .map(|&id| Request::Trace(TraceRequest::RemoveProbe { id })),
+        );
         reqs.extend(
             world
                 .tracepoint_attachments
                 .iter()
                 .map(|&id| Request::Trace(TraceRequest::DetachTracepoint { id })),
         );
-        reqs.extend(world.perf.iter().map(|&id| Request::Trace(TraceRequest::PerfClose { id })));
+        reqs.extend(
+            world
+                .perf
+                .iter()
+                .map(|&id| Request::Trace(TraceRequest::PerfClose { id })),
+        );
         reqs.push(Request::Bpf(BpfRequest::SetLimits(Box::new(limits))));
         reqs.push(Request::Block(BlockRequest::InjectErrors {
             dev: "ram0".into(),
@@ -854,7 +915,13 @@ impl Executor {
 
     /// A shorter program that still fails with `signature`, from the
     /// steps since boot; `None` if even those do not reproduce it.
-    fn minimise(&mut self, history: &[Step], last: usize, signature: &str, budget: Duration) -> Option<Program> {
+    fn minimise(
+        &mut self,
+        history: &[Step],
+        last: usize,
+        signature: &str,
+        budget: Duration,
+    ) -> Option<Program> {
         let start = Instant::now();
         // The last program alone, then ever longer tails of the history.
         let mut tail = last.max(1).min(history.len());
@@ -959,7 +1026,13 @@ fn fresh_steps(world: &mut World, rng: &mut Rng, mode: Mode) -> Vec<Step> {
             // expects; often run and attached next.
             let mut steps: Vec<Step> = verifier_gen_maps()
                 .into_iter()
-                .map(|m| call(client, Request::Bpf(BpfRequest::MapCreate(Box::new(m))), true))
+                .map(|m| {
+                    call(
+                        client,
+                        Request::Bpf(BpfRequest::MapCreate(Box::new(m))),
+                        true,
+                    )
+                })
                 .collect();
             // Placeholder ids: the map steps' own creations, remapped when
             // run (see `Executor::step`): use the ids they record.
@@ -1006,13 +1079,20 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
         paths.sort();
-        for p in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
+        for p in paths
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        {
             match Program::load(p) {
                 Ok(prog) => corpus.push(prog),
                 Err(e) => log(&format!("skipping corpus entry {e}")),
             }
         }
-        log(&format!("corpus: {} programs from {}", corpus.len(), dir.display()));
+        log(&format!(
+            "corpus: {} programs from {}",
+            corpus.len(),
+            dir.display()
+        ));
     }
     let start = Instant::now();
     let mut seen_signatures: BTreeMap<String, usize> = BTreeMap::new();
@@ -1034,7 +1114,13 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
             None => (make_plan(&corpus, &mut rng, opts.mode), false),
         };
         let last_len_before = target.history.len();
-        let (prog, edges, verdict) = ex.run(&mut target, &plan, &mut rng, opts.mode, &mut report.requests);
+        let (prog, edges, verdict) = ex.run(
+            &mut target,
+            &plan,
+            &mut rng,
+            opts.mode,
+            &mut report.requests,
+        );
         report.programs += 1;
         report.edges_total = report.edges_total.max(target.edges_total);
         let new = edges.difference(&report.edges).count();
@@ -1113,7 +1199,9 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
 
 /// The next program: fresh, or a corpus entry mutated.
 fn make_plan(corpus: &[Program], rng: &mut Rng, mode: Mode) -> Vec<Option<Step>> {
-    let fresh = |rng: &mut Rng, n: u64| -> Vec<Option<Step>> { (0..1 + rng.below(n)).map(|_| None).collect() };
+    let fresh = |rng: &mut Rng, n: u64| -> Vec<Option<Step>> {
+        (0..1 + rng.below(n)).map(|_| None).collect()
+    };
     if mode == Mode::Random {
         return fresh(rng, 8);
     }
@@ -1181,7 +1269,13 @@ fn triage(
     });
     let _ = prog.save(&repro_path);
     let detail = match verdict {
-        Verdict::Panicked(r) => r.lines.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
+        Verdict::Panicked(r) => r
+            .lines
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"),
         Verdict::Hung { what, console_tail } => format!("{what}\nconsole tail:\n{console_tail}"),
         Verdict::Alive => String::new(),
     };
@@ -1215,6 +1309,7 @@ fn triage(
 }
 
 fn fnv(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }

@@ -48,7 +48,11 @@ fn coverage_is_recorded_per_session_and_reset() {
     // Off until enabled: nothing recorded, but the size is known.
     let off = a.coverage(CoverageOp::Collect { reset: false }).unwrap();
     assert!(!off.enabled);
-    assert!(off.edges.is_empty(), "{} edges before Enable", off.edges.len());
+    assert!(
+        off.edges.is_empty(),
+        "{} edges before Enable",
+        off.edges.len()
+    );
     assert_eq!(off.edges_total as usize, map.guard_function.len());
 
     let on = a.coverage(CoverageOp::Enable).unwrap();
@@ -65,7 +69,10 @@ fn coverage_is_recorded_per_session_and_reset() {
         fns.iter().any(|f| f.starts_with("kernel::bpf::")),
         "MapCreate reached no kernel::bpf function: {fns:?}"
     );
-    assert!(fns.iter().any(|f| f.starts_with("kernel::control::")), "{fns:?}");
+    assert!(
+        fns.iter().any(|f| f.starts_with("kernel::control::")),
+        "{fns:?}"
+    );
     // Each edge's call site lies in the function the ELF says owns it.
     for e in &got.edges {
         if let Some(f) = map.guard_function[e.guard as usize] {
@@ -159,8 +166,16 @@ fn bounded_fuzz_run_from_the_kept_corpus_finds_no_failure() {
             )
         })
         .collect();
-    assert!(failures.is_empty(), "the fuzzer found:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "the fuzzer found:\n{}",
+        failures.join("\n")
+    );
     // The kept corpus alone reaches what it reached when it was kept.
-    assert!(report.programs > 0 && report.edges.len() > 1000, "{} edges", report.edges.len());
+    assert!(
+        report.programs > 0 && report.edges.len() > 1000,
+        "{} edges",
+        report.edges.len()
+    );
     let _ = std::fs::remove_dir_all(crashes);
 }

@@ -24,7 +24,9 @@ use ktrace_abi::bpf::{
     AttachTarget, BpfRequest, BpfResponse, LoadOptions, MapDefinition, ProgramLoad, ProgramType,
 };
 use ktrace_abi::frame::{self, MAGIC};
-use ktrace_abi::trace::{PerfEvent, ProbeKind, ProbeTarget, SoftwareEvent, TraceRequest, TraceResponse};
+use ktrace_abi::trace::{
+    PerfEvent, ProbeKind, ProbeTarget, SoftwareEvent, TraceRequest, TraceResponse,
+};
 use ktrace_abi::vm::Hello;
 use ktrace_abi::{ErrorCode, Request, Response, PROTOCOL_VERSION};
 use ktrace_tests::gen::{gen_request, record, Rng, World, KINDS};
@@ -37,7 +39,6 @@ use probe_sdk::vm::PanicReport;
 /// Per-request time limit: the slowest legitimate request the fuzzer sends
 /// (a small workload, a verifier run on a large program) takes a few seconds.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
-
 
 /// A second client that creates a ring buffer and a program that feeds
 /// it on every context switch, often subscribes to the stream, and then

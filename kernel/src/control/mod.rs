@@ -672,11 +672,9 @@ fn coverage(op: ktrace_abi::vm::CoverageOp, session: &Session) -> Response {
     match op {
         CoverageOp::Enable => coverage::enable(session, crate::task::current_pid()),
         CoverageOp::Disable => coverage::disable(session),
-        CoverageOp::Collect { reset } => {
-            coverage::collect(session, reset, |guard, pc| {
-                edges.push(CoveredEdge { guard, pc })
-            })
-        }
+        CoverageOp::Collect { reset } => coverage::collect(session, reset, |guard, pc| {
+            edges.push(CoveredEdge { guard, pc })
+        }),
     }
     Response::Coverage(CoverageReport {
         edges_total: coverage::edges_total(),

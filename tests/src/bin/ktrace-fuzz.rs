@@ -45,7 +45,10 @@ fn run() -> Result<ExitCode, String> {
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |what: &str| args.next().ok_or(format!("{a} needs {what}\n{USAGE}"));
-        let number = |v: String| v.parse::<u64>().map_err(|_| format!("{a}: not a number: {v}"));
+        let number = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{a}: not a number: {v}"))
+        };
         match a.as_str() {
             "--secs" => opts.budget = Duration::from_secs(number(value("seconds")?)?),
             "--seed" => opts.seed = number(value("a number")?)?,
@@ -78,13 +81,21 @@ fn run() -> Result<ExitCode, String> {
     };
     if let Some(path) = replay {
         let prog = Program::load(&path)?;
-        println!("replaying {} ({} steps):\n{}", path.display(), prog.steps.len(), prog.describe());
+        println!(
+            "replaying {} ({} steps):\n{}",
+            path.display(),
+            prog.steps.len(),
+            prog.describe()
+        );
         let mut ex = fuzz::Executor::new(&elf, "fuzz-replay", opts.request_timeout);
         let t = Instant::now();
         let (verdict, _) = ex.replay(&prog)?;
         return Ok(match verdict.signature() {
             Some(sig) => {
-                println!("FAILED after {:.1} s: {sig}\n{verdict:?}", t.elapsed().as_secs_f64());
+                println!(
+                    "FAILED after {:.1} s: {sig}\n{verdict:?}",
+                    t.elapsed().as_secs_f64()
+                );
                 ExitCode::from(1)
             }
             None => {
@@ -102,8 +113,14 @@ fn run() -> Result<ExitCode, String> {
             c.signature,
             c.found_after.as_secs_f64(),
             c.reproducer_steps,
-            if c.reproduced { ", minimised" } else { ", not reproduced" },
-            c.reproducer.as_ref().map_or(String::new(), |p| p.display().to_string())
+            if c.reproduced {
+                ", minimised"
+            } else {
+                ", not reproduced"
+            },
+            c.reproducer
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
         );
     }
     Ok(if report.crashes.is_empty() {
