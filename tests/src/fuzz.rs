@@ -490,6 +490,9 @@ pub struct Executor {
     request_timeout: Duration,
     vm_name: String,
     boots: u32,
+    /// Addresses probes were armed at, kept across programs (as the
+    /// request fuzzer keeps them): a later program's probe lands near them.
+    armed: std::cell::RefCell<Vec<u64>>,
 }
 
 fn connect_opts(timeout: Duration) -> ConnectOptions {
@@ -529,6 +532,7 @@ impl Executor {
             request_timeout,
             vm_name: vm_name.to_string(),
             boots: 0,
+            armed: Default::default(),
         };
         let mut t = ex.boot().unwrap_or_else(|e| panic!("the first VM: {e}"));
         let client = t.clients[0].as_mut().unwrap();
@@ -748,6 +752,7 @@ impl Executor {
     ) -> (Program, HashSet<u32>, Verdict) {
         let mut world = self.base.clone();
         world.forget_objects();
+        world.armed.clone_from(&self.armed.borrow());
         let mut ids = HashMap::new();
         let mut done = Vec::new();
         let mut failure = None;
@@ -825,6 +830,7 @@ impl Executor {
                 }
             }
         }
+        self.armed.borrow_mut().clone_from(&world.armed);
         let verdict = self.classify(t, failure);
         (Program { steps: done }, edges, verdict)
     }
@@ -1021,7 +1027,7 @@ fn fresh_steps(world: &mut World, rng: &mut Rng, mode: Mode) -> Vec<Step> {
             client,
             cut: rng.below(64) as u16,
         }],
-        4..=11 => {
+        4..=7 => {
             // A program the verifier's grammar makes, on the maps it
             // expects; often run and attached next.
             let mut steps: Vec<Step> = verifier_gen_maps()
@@ -1056,7 +1062,7 @@ fn fresh_steps(world: &mut World, rng: &mut Rng, mode: Mode) -> Vec<Step> {
             });
             steps
         }
-        12..=14 => {
+        8..=10 => {
             // A workload or spawn storm while the next steps run.
             let kind = if rng.chance(50) { 24 } else { 20 };
             vec![call(client, gen_request(kind, world, rng), false)]
@@ -1205,15 +1211,19 @@ fn make_plan(corpus: &[Program], rng: &mut Rng, mode: Mode) -> Vec<Option<Step>>
     if mode == Mode::Random {
         return fresh(rng, 8);
     }
-    if corpus.is_empty() || rng.chance(10) {
+    if corpus.is_empty() || rng.chance(25) {
         return fresh(rng, 12);
     }
-    let parent: Vec<Option<Step>> = corpus[rng.below(corpus.len() as u64) as usize]
-        .steps
-        .iter()
-        .cloned()
-        .map(Some)
-        .collect();
+    // Recent entries (the frontier) half the time.
+    let pick = |rng: &mut Rng| {
+        let n = corpus.len() as u64;
+        if rng.chance(50) {
+            (n - 1 - rng.below(n.min(16))) as usize
+        } else {
+            rng.below(n) as usize
+        }
+    };
+    let parent: Vec<Option<Step>> = corpus[pick(rng)].steps.iter().cloned().map(Some).collect();
     let mut plan = parent;
     let rounds = 1 + rng.below(3);
     for _ in 0..rounds {
@@ -1237,7 +1247,7 @@ fn make_plan(corpus: &[Program], rng: &mut Rng, mode: Mode) -> Vec<Option<Step>>
             }
         }
     }
-    plan.truncate(64);
+    plan.truncate(32);
     plan
 }
 

@@ -179,3 +179,25 @@ fn bounded_fuzz_run_from_the_kept_corpus_finds_no_failure() {
     );
     let _ = std::fs::remove_dir_all(crashes);
 }
+
+#[test]
+fn ktrace_vm_start_coverage_boots_the_fuzzing_build() {
+    let image = ktrace_tests::coverage_kernel_image();
+    let edges = EdgeMap::from_elf(&image.source)
+        .unwrap()
+        .guard_function
+        .len();
+    let name = ktrace_tests::unique_name("cli-coverage");
+    let _guard = ktrace_tests::CliVmGuard(name.clone());
+    // KTRACE_KERNEL (the normal kernel, set by `ktrace()`) does not
+    // override --coverage.
+    let out = ktrace_tests::ktrace_ok(&["vm", "start", "--coverage", "--name", &name]);
+    assert!(out.contains(&format!("VM {name} ready")), "{out}");
+    let vm = probe_sdk::vm::Vm::attach(&name).unwrap();
+    let mut c = vm
+        .connect(&probe_sdk::client::ConnectOptions::default())
+        .unwrap();
+    let r = c.coverage(CoverageOp::Enable).unwrap();
+    assert_eq!(r.edges_total as usize, edges);
+    assert!(r.enabled);
+}
