@@ -77,6 +77,10 @@ pub enum Step {
     /// away (whatever it subscribed to still streaming); a new client must
     /// then be answered.
     Vanish { client: u8, cut: u16 },
+    /// What happens between two programs: every answer collected, what
+    /// was created freed, coverage collected (reproducers made from a
+    /// run's history keep these).
+    Checkpoint,
 }
 
 /// A sequence of steps: a corpus entry or a reproducer.
@@ -123,6 +127,9 @@ impl Program {
                 }
                 Step::Vanish { client, cut } => {
                     format!("client {client} vanishes after {cut} bytes of a frame")
+                }
+                Step::Checkpoint => {
+                    "checkpoint: answers in, objects freed, coverage collected".into()
                 }
             };
             let _ = writeln!(out, "{i:3}  {line}");
@@ -176,7 +183,21 @@ impl Verdict {
                 };
                 Some(format!("{kind} in {}", frames.join(" < ")))
             }
-            Verdict::Hung { what, .. } => Some(format!("hung: {what}")),
+            // What went unanswered differs from run to run (ids, the
+            // request that happened to come next): the kind of hang is
+            // the signature.
+            Verdict::Hung { what, .. } => Some(
+                if what.contains("no new client was answered")
+                    || what.contains("a new client was not answered")
+                {
+                    "hung: a session no longer answers new clients"
+                } else if what.contains("the VM exited") {
+                    "hung: the VM exited without a report"
+                } else {
+                    "hung: a request went unanswered"
+                }
+                .to_string(),
+            ),
         }
     }
 }
@@ -538,6 +559,7 @@ impl Executor {
         let client = t.clients[0].as_mut().unwrap();
         ex.base = World::explore(client, elf);
         t.vm.kill();
+        let _ = std::fs::remove_dir_all(&t.vm.paths().dir);
         ex
     }
 
@@ -699,6 +721,7 @@ impl Executor {
                     cut: *cut,
                 })
             }
+            Step::Checkpoint => Ok(Step::Checkpoint),
         }
     }
 
@@ -775,7 +798,14 @@ impl Executor {
                         maps.clone_from(&group_maps);
                     }
                 }
-                match self.step(t, &s, &mut world, &mut ids, requests) {
+                let result = if matches!(s, Step::Checkpoint) {
+                    let mut ignored = HashSet::new();
+                    self.checkpoint(t, &mut world, &mut ignored)
+                        .map(|_| Step::Checkpoint)
+                } else {
+                    self.step(t, &s, &mut world, &mut ids, requests)
+                };
+                match result {
                     Ok(run) => {
                         if let Step::Call { created, .. } = &run {
                             group_maps.extend(
@@ -800,39 +830,45 @@ impl Executor {
                 break;
             }
         }
-        if failure.is_none() {
-            for k in 0..CLIENTS {
-                if t.clients[k].is_some() {
-                    if let Err(Failed(why)) = self.settle(t, k) {
-                        failure = Some(why);
-                        break;
-                    }
-                }
-            }
-        }
         let mut edges = HashSet::new();
         if failure.is_none() {
-            if let Err(Failed(why)) = self.clean_up(t, &world) {
+            if let Err(Failed(why)) = self.checkpoint(t, &mut world, &mut edges) {
                 failure = Some(why);
             }
         }
-        if failure.is_none() {
-            for k in 0..CLIENTS {
-                if let Some(c) = t.clients[k].as_mut() {
-                    match c.coverage(CoverageOp::Collect { reset: true }) {
-                        Ok(r) => edges.extend(r.edges.iter().map(|e| e.guard)),
-                        Err(e) if e.kernel_reply().is_some() => {}
-                        Err(e) => {
-                            failure = Some(format!("Debug(Coverage) went unanswered: {e}"));
-                            break;
-                        }
-                    }
-                }
-            }
-        }
+        // Between programs, as in the run: a replay of the history does
+        // the same work at the same places.
+        t.history.push(Step::Checkpoint);
         self.armed.borrow_mut().clone_from(&world.armed);
         let verdict = self.classify(t, failure);
         (Program { steps: done }, edges, verdict)
+    }
+
+    /// The end of a program: every answer in, what it created freed,
+    /// each client's coverage collected into `edges` and reset.
+    fn checkpoint(
+        &self,
+        t: &mut Target,
+        world: &mut World,
+        edges: &mut HashSet<u32>,
+    ) -> Result<(), Failed> {
+        for k in 0..CLIENTS {
+            if t.clients[k].is_some() {
+                self.settle(t, k)?;
+            }
+        }
+        self.clean_up(t, world)?;
+        world.forget_objects();
+        for k in 0..CLIENTS {
+            if let Some(c) = t.clients[k].as_mut() {
+                match c.coverage(CoverageOp::Collect { reset: true }) {
+                    Ok(r) => edges.extend(r.edges.iter().map(|e| e.guard)),
+                    Err(e) if e.kernel_reply().is_some() => {}
+                    Err(e) => return Err(Failed(format!("Debug(Coverage) went unanswered: {e}"))),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Free what the program created, restore limits, clear injected
@@ -914,9 +950,12 @@ impl Executor {
         Ok((verdict, run))
     }
 
-    /// Whether `prog` fails with `signature` on a fresh VM.
-    fn reproduces(&mut self, prog: &Program, signature: &str) -> bool {
-        matches!(self.replay(prog), Ok((v, _)) if v.signature().as_deref() == Some(signature))
+    /// Whether `prog` fails with `signature` on a fresh VM, in one of
+    /// `tries` runs (a failure that depends on timing may need several).
+    fn reproduces(&mut self, prog: &Program, signature: &str, tries: u32) -> bool {
+        (0..tries).any(|_| {
+            matches!(self.replay(prog), Ok((v, _)) if v.signature().as_deref() == Some(signature))
+        })
     }
 
     /// A shorter program that still fails with `signature`, from the
@@ -935,7 +974,7 @@ impl Executor {
             let p = Program {
                 steps: history[history.len() - tail..].to_vec(),
             };
-            if self.reproduces(&p, signature) {
+            if self.reproduces(&p, signature, 3) {
                 break p;
             }
             if tail == history.len() || start.elapsed() > budget {
@@ -951,7 +990,7 @@ impl Executor {
                 let mut shorter = prog.clone();
                 let end = (i + chunk).min(shorter.steps.len());
                 shorter.steps.drain(i..end);
-                if !shorter.steps.is_empty() && self.reproduces(&shorter, signature) {
+                if !shorter.steps.is_empty() && self.reproduces(&shorter, signature, 2) {
                     prog = shorter;
                 } else {
                     i += chunk;
@@ -1150,6 +1189,13 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
             let found_after = start.elapsed();
             let history = std::mem::take(&mut target.history);
             target.vm.kill();
+            // The console holds the report: kept next to the reproducer.
+            let _ = std::fs::create_dir_all(&opts.crashes);
+            let _ = std::fs::copy(
+                &target.vm.paths().console,
+                opts.crashes.join(format!("{:016x}.console", fnv(&sig))),
+            );
+            let _ = std::fs::remove_dir_all(&target.vm.paths().dir);
             let first = !seen_signatures.contains_key(&sig);
             *seen_signatures.entry(sig.clone()).or_default() += 1;
             log(&format!(
@@ -1228,7 +1274,34 @@ fn make_plan(corpus: &[Program], rng: &mut Rng, mode: Mode) -> Vec<Option<Step>>
     let rounds = 1 + rng.below(3);
     for _ in 0..rounds {
         let at = rng.below(plan.len() as u64 + 1) as usize;
-        match rng.below(6) {
+        match rng.below(7) {
+            6 => {
+                // A copy of a step with its numbers nudged, right after it
+                // (the original still runs: a probe next to a probe).
+                let nudgeable: Vec<usize> = (0..plan.len())
+                    .filter(|&i| match &plan[i] {
+                        Some(Step::Call { req, .. }) => nudge(req, &mut Rng(0)).is_some(),
+                        _ => false,
+                    })
+                    .collect();
+                if !nudgeable.is_empty() {
+                    let i = nudgeable[rng.below(nudgeable.len() as u64) as usize];
+                    if let Some(Step::Call {
+                        client, req, wait, ..
+                    }) = &plan[i]
+                    {
+                        if let Some(req) = nudge(req, rng) {
+                            let copy = Step::Call {
+                                client: *client,
+                                req,
+                                wait: *wait,
+                                created: Vec::new(),
+                            };
+                            plan.insert(i + 1, Some(copy));
+                        }
+                    }
+                }
+            }
             0 | 1 => plan.extend(fresh(rng, 4)),
             2 => {
                 for s in fresh(rng, 3) {
@@ -1249,6 +1322,47 @@ fn make_plan(corpus: &[Program], rng: &mut Rng, mode: Mode) -> Vec<Option<Step>>
     }
     plan.truncate(32);
     plan
+}
+
+/// `req` with an address, offset or size moved a little (within an
+/// instruction or two), or `None` if it has no such number.
+fn nudge(req: &Request, rng: &mut Rng) -> Option<Request> {
+    use ktrace_abi::trace::{PerfEvent, ProbeTarget};
+    let step = |v: u64, rng: &mut Rng| {
+        let span = if rng.chance(70) { 8 } else { 64 };
+        let d = 1 + rng.below(span);
+        if rng.chance(80) {
+            v.wrapping_add(d)
+        } else {
+            v.wrapping_sub(d)
+        }
+    };
+    let target = |t: &mut ProbeTarget, rng: &mut Rng| match t {
+        ProbeTarget::Address(a) => *a = step(*a, rng),
+        ProbeTarget::Symbol { offset, .. } => *offset = step(*offset, rng),
+    };
+    let mut req = req.clone();
+    match &mut req {
+        Request::Trace(TraceRequest::AddProbe { target: t, .. }) => target(t, rng),
+        Request::Trace(TraceRequest::PerfOpen {
+            event: PerfEvent::Kprobe { target: t },
+        }) => target(t, rng),
+        Request::Bpf(BpfRequest::Attach { target, .. }) => match &mut **target {
+            AttachTarget::Kprobe { points, .. } if !points.is_empty() => {
+                let k = rng.below(points.len() as u64) as usize;
+                points[k].address = step(points[k].address, rng);
+                points[k].offset = step(points[k].offset, rng);
+            }
+            _ => return None,
+        },
+        Request::Bpf(BpfRequest::MapCreate(def)) => match rng.below(3) {
+            0 => def.key_size = step(u64::from(def.key_size), rng) as u32,
+            1 => def.value_size = step(u64::from(def.value_size), rng) as u32,
+            _ => def.max_entries = step(u64::from(def.max_entries), rng) as u32,
+        },
+        _ => return None,
+    }
+    Some(req)
 }
 
 /// Minimise a new failure and write its reproducer and report.

@@ -157,11 +157,15 @@ impl World {
             rng.pick(&self.functions)
         };
         match rng.below(16) {
-            12 if !self.armed.is_empty() => {
-                // A byte around an armed probe, often inside its instruction.
-                rng.pick(&self.armed)
-                    .wrapping_add(rng.below(31))
-                    .wrapping_sub(15)
+            11 | 12 if !self.armed.is_empty() => {
+                // A byte around an armed probe, often inside its
+                // instruction or on the next one.
+                let armed = rng.pick(&self.armed);
+                if rng.chance(50) {
+                    armed + 1 + rng.below(8)
+                } else {
+                    armed.wrapping_add(rng.below(31)).wrapping_sub(15)
+                }
             }
             13 if !self.static_key_sites.is_empty() => {
                 rng.pick(&self.static_key_sites) + rng.below(6)
