@@ -214,7 +214,14 @@ pub fn kernel_elf_path(root: &Path) -> PathBuf {
 /// `quiet` hides cargo's progress lines (compiler errors are always shown).
 pub fn prepare(quiet: bool) -> Result<KernelImage, ImageError> {
     let coverage = std::env::var_os(COVERAGE_ENV).is_some_and(|v| !v.is_empty() && v != "0");
-    prepare_flavor(if coverage { Flavor::Coverage } else { Flavor::Release }, quiet)
+    prepare_flavor(
+        if coverage {
+            Flavor::Coverage
+        } else {
+            Flavor::Release
+        },
+        quiet,
+    )
 }
 
 /// Find (`KTRACE_KERNEL`, which names a prebuilt kernel and so does not

@@ -310,8 +310,12 @@ fn subsystem_of(name: &str) -> usize {
 /// followed by `call __sanitizer_cov_trace_pc_guard`.
 pub struct EdgeMap {
     pub functions: Vec<kernel_image::Function>,
-    /// Function index (into `functions`) of each guard, when found.
+    /// Function index (into `functions`) of each guard, when found. An
+    /// edge of a function inlined into others has a call site in each
+    /// (the pass runs before inlining): the first one found is used.
     pub guard_function: Vec<Option<u32>>,
+    /// Every call site of each guard: the address its call returns to.
+    pub guard_sites: Vec<Vec<u64>>,
 }
 
 impl EdgeMap {
@@ -337,6 +341,7 @@ impl EdgeMap {
             ));
         };
         let mut guard_function = vec![None; ((stop - start) / 4) as usize];
+        let mut guard_sites = vec![Vec::new(); guard_function.len()];
         let text = file.section_by_name(".text").ok_or("no .text section")?;
         let base = text.address();
         let bytes = text.data().map_err(|e| e.to_string())?;
@@ -359,14 +364,17 @@ impl EdgeMap {
             while f + 1 < functions.len() && functions[f + 1].addr <= at {
                 f += 1;
             }
+            let g = ((guard - start) / 4) as usize;
+            guard_sites[g].push(at + 12);
             let func = &functions[f];
             if func.addr <= at && at < func.addr + u64::from(func.size) {
-                guard_function[((guard - start) / 4) as usize] = Some(f as u32);
+                guard_function[g].get_or_insert(f as u32);
             }
         }
         Ok(EdgeMap {
             functions,
             guard_function,
+            guard_sites,
         })
     }
 

@@ -40,13 +40,12 @@ pub fn kernel_image() -> &'static KernelImage {
 /// process.
 pub fn coverage_kernel_image() -> &'static KernelImage {
     static IMAGE: OnceLock<KernelImage> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let build = kernel_image::Build { coverage: true };
-        match kernel_image::prepare_build(true, build) {
+    IMAGE.get_or_init(
+        || match kernel_image::prepare_flavor(Flavor::Coverage, true) {
             Ok(image) => image,
             Err(e) => panic!("cannot prepare the coverage kernel: {e}"),
-        }
-    })
+        },
+    )
 }
 
 /// The kernel's symbol index (from the ELF [`kernel_image`] built).

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use ktrace_tests::fuzz::{self, EdgeMap, Mode, Options, Program};
-use probe_sdk::kernel_image::{self, Build};
+use probe_sdk::kernel_image::{self, Flavor};
 
 const USAGE: &str = "usage: ktrace-fuzz [--secs N] [--seed N] [--corpus DIR] [--save-corpus] [--crashes DIR] [--no-minimise] [--random] [--kernel ELF] [--request-timeout SECS]\n       ktrace-fuzz --replay FILE [--kernel ELF]";
 
@@ -74,7 +74,7 @@ fn run() -> Result<ExitCode, String> {
         Some(k) => k,
         None => {
             eprintln!("building the coverage kernel...");
-            kernel_image::prepare_build(true, Build { coverage: true })
+            kernel_image::prepare_flavor(Flavor::Coverage, true)
                 .map_err(|e| e.to_string())?
                 .source
         }

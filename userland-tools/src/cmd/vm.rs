@@ -126,8 +126,8 @@ fn start(a: StartArgs, vm_name: &str) -> anyhow::Result<()> {
     cfg.boot_timeout = seconds(a.timeout, "--timeout")?;
     cfg.kernel = a.kernel;
     if a.coverage {
-        let build = probe_sdk::kernel_image::Build { coverage: true };
-        cfg.kernel = Some(probe_sdk::kernel_image::prepare_build(false, build)?.source);
+        let flavor = probe_sdk::kernel_image::Flavor::Coverage;
+        cfg.kernel = Some(probe_sdk::kernel_image::prepare_flavor(flavor, false)?.source);
     }
     cfg.append = a.append;
     let vm = Vm::start(&cfg)?;
