@@ -50,6 +50,9 @@ t=$SECONDS
 cargo clippy --manifest-path kernel/image/Cargo.toml --profile kernel --target-dir "${CARGO_TARGET_DIR:-target}/kernel" --config "$remap" -- -D warnings
 # The tests' kernel: the same with the in-kernel self tests.
 cargo clippy --manifest-path kernel/image/Cargo.toml --profile kernel-self-tests --features self-tests --target-dir "${CARGO_TARGET_DIR:-target}/kernel" --config "$remap" -- -D warnings
+# The fuzzer's kernel: the coverage callbacks (lint only; the sancov pass
+# is added when probe_sdk::kernel_image builds it).
+cargo clippy --manifest-path kernel/image/Cargo.toml --profile kernel --features coverage --target-dir "${CARGO_TARGET_DIR:-target}/kernel" --config "$remap" -- -D warnings
 elapsed $t
 
 step "all checks passed in ${SECONDS} s"

@@ -23,7 +23,9 @@ pub struct PerCpu {
     pub trap_frame: AtomicU64,
 }
 
-static CPU0: PerCpu = PerCpu {
+/// The one CPU's data. Only [`this_cpu`] should read it; the coverage
+/// callback of the fuzzing build (assembly) reads `current_pid` directly.
+pub(crate) static CPU0: PerCpu = PerCpu {
     id: 0,
     current_pid: AtomicU32::new(0),
     current_comm: [AtomicU64::new(0), AtomicU64::new(0)],

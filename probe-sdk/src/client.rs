@@ -376,6 +376,18 @@ impl Client {
         }
     }
 
+    /// Edge coverage of this client's session (fuzzing build only; see
+    /// [`ktrace_abi::vm::CoverageOp`]).
+    pub fn coverage(
+        &mut self,
+        op: ktrace_abi::vm::CoverageOp,
+    ) -> Result<ktrace_abi::vm::CoverageReport> {
+        match self.request(&Request::Debug(DebugRequest::Coverage(op)))? {
+            Response::Coverage(report) => Ok(report),
+            other => Err(unexpected("Coverage", &other)),
+        }
+    }
+
     /// Ask the kernel to power off with `exit_code`. The kernel may close
     /// the channel before its answer gets out; that counts as success.
     pub fn shutdown(&mut self, exit_code: u8, timeout: Duration) -> Result<()> {
@@ -479,6 +491,7 @@ pub fn request_name(req: &Request) -> &'static str {
         Request::Debug(DebugRequest::Panic) => "Debug(Panic)",
         Request::Debug(DebugRequest::SelfTest { .. }) => "Debug(SelfTest)",
         Request::Debug(DebugRequest::ListSelfTests) => "Debug(ListSelfTests)",
+        Request::Debug(DebugRequest::Coverage(_)) => "Debug(Coverage)",
         Request::Trace(_) => "Trace",
         Request::Bpf(_) => "Bpf",
         Request::Block(_) => "Block",

@@ -24,6 +24,18 @@ use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
 
 /// Environment variable naming a prebuilt kernel ELF (skips the build).
 pub const KERNEL_ENV: &str = "KTRACE_KERNEL";
+/// Environment variable that asks [`prepare`] for the fuzzing build of the
+/// kernel (`1`): [`Flavor::Coverage`].
+pub const COVERAGE_ENV: &str = "KTRACE_COVERAGE";
+/// The target the coverage build names explicitly, so its rustflags reach
+/// the kernel's crates but not the build scripts and proc macros (host
+/// programs that have no coverage callbacks to link against).
+const COVERAGE_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The sancov pass in trace-pc-guard mode, edge level: every edge calls
+/// `__sanitizer_cov_trace_pc_guard` (the prebuilt `core` and `alloc` stay
+/// uninstrumented).
+const COVERAGE_RUSTFLAGS: &str = "build.rustflags=['-Cpasses=sancov-module', '-Cllvm-args=-sanitizer-coverage-level=3', '-Cllvm-args=-sanitizer-coverage-trace-pc-guard']";
+
 /// Cargo profile the kernel is built with.
 pub const KERNEL_PROFILE: &str = "kernel";
 /// Cargo profile of the kernel with its self tests (its own directory).
@@ -39,13 +51,19 @@ pub enum Flavor {
     /// `self-tests` feature), built in its own profile directory so it never
     /// overwrites the release one.
     SelfTests,
+    /// The fuzzing build: the release kernel instrumented with edge
+    /// coverage per control session (the `coverage` feature and LLVM's
+    /// sancov pass), built in a target directory of its own
+    /// (`kernel-cov`) so it never replaces the others, which carry no
+    /// instrumentation.
+    Coverage,
 }
 
 impl Flavor {
     /// The cargo profile the flavor is built with.
     pub fn profile(self) -> &'static str {
         match self {
-            Flavor::Release => KERNEL_PROFILE,
+            Flavor::Release | Flavor::Coverage => KERNEL_PROFILE,
             Flavor::SelfTests => SELF_TESTS_PROFILE,
         }
     }
@@ -55,6 +73,7 @@ impl Flavor {
         match self {
             Flavor::Release => &[],
             Flavor::SelfTests => &["--features", "self-tests"],
+            Flavor::Coverage => &["--features", "coverage"],
         }
     }
 }
@@ -189,18 +208,28 @@ pub fn kernel_elf_path(root: &Path) -> PathBuf {
     kernel_target_dir(root).join(KERNEL_PROFILE).join("kernel")
 }
 
-/// Find or build the release kernel, then embed its symbol table.
+/// Find or build the release kernel (the coverage build when
+/// `KTRACE_COVERAGE=1`), then embed its symbol table.
 ///
 /// `quiet` hides cargo's progress lines (compiler errors are always shown).
 pub fn prepare(quiet: bool) -> Result<KernelImage, ImageError> {
-    prepare_flavor(Flavor::Release, quiet)
+    let coverage = std::env::var_os(COVERAGE_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+    prepare_flavor(
+        if coverage {
+            Flavor::Coverage
+        } else {
+            Flavor::Release
+        },
+        quiet,
+    )
 }
 
-/// Find (`KTRACE_KERNEL`) or build the kernel of `flavor`, then embed its
-/// symbol table.
+/// Find (`KTRACE_KERNEL`, which names a prebuilt kernel and so does not
+/// apply to the coverage build) or build the kernel of `flavor`, then
+/// embed its symbol table.
 pub fn prepare_flavor(flavor: Flavor, quiet: bool) -> Result<KernelImage, ImageError> {
     let source = match std::env::var_os(KERNEL_ENV) {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
+        Some(path) if !path.is_empty() && flavor != Flavor::Coverage => PathBuf::from(path),
         _ => build_flavor(&workspace_root(), flavor, quiet)?,
     };
     embed_if_changed(&source)
@@ -212,10 +241,11 @@ pub fn build_kernel(root: &Path, quiet: bool) -> Result<PathBuf, ImageError> {
     build_flavor(root, Flavor::Release, quiet)
 }
 
-/// [`build_kernel`] for either flavor.
+/// [`build_kernel`] for any flavor.
 pub fn build_flavor(root: &Path, flavor: Flavor, quiet: bool) -> Result<PathBuf, ImageError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
+    let mut target_dir = kernel_target_dir(root);
     cmd.current_dir(root)
         .args([
             "build",
@@ -224,9 +254,15 @@ pub fn build_flavor(root: &Path, flavor: Flavor, quiet: bool) -> Result<PathBuf,
             "--profile",
             flavor.profile(),
         ])
-        .args(flavor.features())
-        .arg("--target-dir")
-        .arg(kernel_target_dir(root))
+        .args(flavor.features());
+    if flavor == Flavor::Coverage {
+        target_dir.set_file_name("kernel-cov");
+        cmd.args(["--target", COVERAGE_TARGET])
+            .arg("--config")
+            .arg(COVERAGE_RUSTFLAGS);
+    }
+    cmd.arg("--target-dir")
+        .arg(target_dir)
         .arg("--config")
         .arg(remap_root_flag(root))
         .stdout(Stdio::piped());

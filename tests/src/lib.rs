@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub mod fuzz;
+pub mod gen;
+
 use probe_sdk::client::{Client, ConnectOptions};
 use probe_sdk::kernel_image::{self, Flavor, KernelImage};
 use probe_sdk::vm::{Vm, VmConfig};
@@ -29,6 +32,18 @@ pub fn kernel_image() -> &'static KernelImage {
         || match kernel_image::prepare_flavor(Flavor::SelfTests, true) {
             Ok(image) => image,
             Err(e) => panic!("cannot prepare the kernel image: {e}"),
+        },
+    )
+}
+
+/// The coverage build of the kernel (the fuzzer's), built once per test
+/// process.
+pub fn coverage_kernel_image() -> &'static KernelImage {
+    static IMAGE: OnceLock<KernelImage> = OnceLock::new();
+    IMAGE.get_or_init(
+        || match kernel_image::prepare_flavor(Flavor::Coverage, true) {
+            Ok(image) => image,
+            Err(e) => panic!("cannot prepare the coverage kernel: {e}"),
         },
     )
 }

@@ -441,6 +441,8 @@ fn control_task(id: usize) {
             let now = CLIENTS.current(id);
             crate::bpf::release_session(&now);
             crate::trace::control::release_session(&now);
+            #[cfg(feature = "coverage")]
+            arch::coverage::disable(id);
             log::info!("host disconnected from session {id}");
         }
         chunk.clear();
@@ -646,6 +648,7 @@ fn handle_payload(session: Session, greeting: &mut Greeting, payload: &[u8]) {
                 ),
             ),
         },
+        Request::Debug(DebugRequest::Coverage(op)) => coverage(op, &session),
         Request::Trace(r) => answer(crate::trace::control::handle(r, &session)),
         Request::Bpf(r) => answer(crate::bpf::handle(r, &session)),
         Request::Block(r) => answer(crate::block::handle(r, &session, &CLIENTS)),
@@ -657,6 +660,35 @@ fn handle_payload(session: Session, greeting: &mut Greeting, payload: &[u8]) {
 /// the wire says it.
 fn answer(a: crate::error::Answer) -> Response {
     a.unwrap_or_else(Error::into_response)
+}
+
+/// Edge coverage of the asking session's task (fuzzing builds).
+#[cfg(feature = "coverage")]
+fn coverage(op: ktrace_abi::vm::CoverageOp, session: &Session) -> Response {
+    use arch::coverage;
+    use ktrace_abi::vm::{CoverageOp, CoverageReport, CoveredEdge};
+    let session = session.id;
+    let mut edges = Vec::new();
+    match op {
+        CoverageOp::Enable => coverage::enable(session, crate::task::current_pid()),
+        CoverageOp::Disable => coverage::disable(session),
+        CoverageOp::Collect { reset } => coverage::collect(session, reset, |guard, pc| {
+            edges.push(CoveredEdge { guard, pc })
+        }),
+    }
+    Response::Coverage(CoverageReport {
+        edges_total: coverage::edges_total(),
+        enabled: coverage::enabled(session),
+        edges,
+    })
+}
+
+#[cfg(not(feature = "coverage"))]
+fn coverage(_op: ktrace_abi::vm::CoverageOp, _session: &Session) -> Response {
+    error(
+        ErrorCode::NotSupported,
+        String::from("this kernel records no coverage: boot the fuzzing build (`ktrace vm start --coverage`)"),
+    )
 }
 
 fn system_info() -> SystemInfo {

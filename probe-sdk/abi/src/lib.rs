@@ -87,6 +87,8 @@ pub enum Response {
     SelfTest(vm::SelfTestResult),
     /// Answer to [`vm::DebugRequest::ListSelfTests`].
     SelfTests(alloc::vec::Vec<String>),
+    /// Answer to [`vm::DebugRequest::Coverage`].
+    Coverage(vm::CoverageReport),
 }
 
 /// Why a request was refused.

@@ -100,6 +100,42 @@ pub enum DebugRequest {
     SelfTest { name: String },
     /// List the in-kernel self tests.
     ListSelfTests,
+    /// Edge coverage of this session's control task (fuzzing builds only;
+    /// other kernels answer `NotSupported`). Answers
+    /// [`crate::Response::Coverage`].
+    Coverage(CoverageOp),
+}
+
+/// What a [`DebugRequest::Coverage`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoverageOp {
+    /// Start recording the edges this session's task runs, from an empty
+    /// set (recording stays on until `Disable` or the client leaves).
+    Enable,
+    /// Hand over the edges recorded since the last reset; `reset` empties
+    /// the set afterwards.
+    Collect { reset: bool },
+    /// Stop recording and empty the set.
+    Disable,
+}
+
+/// Edges one session's task ran (answer to [`DebugRequest::Coverage`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CoverageReport {
+    /// Instrumented edges in the kernel (its `__sancov_guards` entries).
+    pub edges_total: u32,
+    /// Whether this session records coverage now.
+    pub enabled: bool,
+    /// Each edge reached: its guard index and the address of the
+    /// instrumented call (host tools map it to a function).
+    pub edges: Vec<CoveredEdge>,
+}
+
+/// One edge reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoveredEdge {
+    pub guard: u32,
+    pub pc: u64,
 }
 
 /// Result of an in-kernel self test.

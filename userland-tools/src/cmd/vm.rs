@@ -63,6 +63,11 @@ pub struct StartArgs {
     /// Kernel command line.
     #[arg(long, value_name = "CMDLINE")]
     pub append: Option<String>,
+    /// Boot the fuzzing build: the kernel instrumented with edge coverage
+    /// per control session (built in its own target directory; the same
+    /// as `KTRACE_COVERAGE=1`). See docs/fuzz.md.
+    #[arg(long, conflicts_with = "kernel")]
+    pub coverage: bool,
 }
 
 /// Arguments of `ktrace vm stop`.
@@ -120,6 +125,10 @@ fn start(a: StartArgs, vm_name: &str) -> anyhow::Result<()> {
     cfg.disk_size = vm::parse_size(&a.disk_size)?;
     cfg.boot_timeout = seconds(a.timeout, "--timeout")?;
     cfg.kernel = a.kernel;
+    if a.coverage {
+        let flavor = probe_sdk::kernel_image::Flavor::Coverage;
+        cfg.kernel = Some(probe_sdk::kernel_image::prepare_flavor(flavor, false)?.source);
+    }
     cfg.append = a.append;
     let vm = Vm::start(&cfg)?;
     let Some(boot) = vm.boot_info() else {

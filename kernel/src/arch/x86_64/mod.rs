@@ -3,6 +3,8 @@
 //! kernel's `unsafe`.
 
 pub mod apic;
+#[cfg(feature = "coverage")]
+pub mod coverage;
 pub mod cpu;
 pub mod gdt;
 pub mod idt;

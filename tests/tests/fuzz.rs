@@ -1,0 +1,199 @@
+//! The coverage build and the coverage-guided fuzzer, end to end.
+//!
+//! - `coverage_is_recorded_per_session_and_reset`: the kernel's edge
+//!   coverage request on the coverage build (and its refusal on the normal
+//!   one).
+//! - `bounded_fuzz_run_from_the_kept_corpus_finds_no_failure`: the CI run
+//!   of `ktrace-fuzz`: the kept corpus (`tests/fuzz-corpus`), then mutation
+//!   for `KTRACE_FUZZ_SECS` (default 60) seconds; any panic or hang fails
+//!   the test with its minimised reproducer.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ktrace_abi::bpf::{BpfRequest, BpfResponse, MapDefinition};
+use ktrace_abi::vm::CoverageOp;
+use ktrace_abi::{ErrorCode, Request, Response};
+use ktrace_tests::fuzz::{self, EdgeMap, Mode, Options};
+use ktrace_tests::TestVm;
+
+fn map_create(client: &mut probe_sdk::client::Client) -> u32 {
+    let def = MapDefinition {
+        name: "cov".into(),
+        map_type: 1,
+        key_size: 4,
+        value_size: 8,
+        max_entries: 16,
+        flags: 0,
+        initial_value: Vec::new(),
+        read_only: false,
+        types: Default::default(),
+    };
+    match client.request(&Request::Bpf(BpfRequest::MapCreate(Box::new(def)))) {
+        Ok(Response::Bpf(BpfResponse::Map(m))) => m.id,
+        other => panic!("MapCreate: {other:?}"),
+    }
+}
+
+#[test]
+fn coverage_is_recorded_per_session_and_reset() {
+    let image = ktrace_tests::coverage_kernel_image();
+    let map = EdgeMap::from_elf(&image.source).unwrap();
+    let mut cfg = ktrace_tests::test_config("coverage");
+    cfg.kernel = Some(image.source.clone());
+    let mut vm = TestVm::boot_with(cfg);
+    let mut a = vm.client();
+    let mut b = vm.client();
+
+    // Off until enabled: nothing recorded, but the size is known.
+    let off = a.coverage(CoverageOp::Collect { reset: false }).unwrap();
+    assert!(!off.enabled);
+    assert!(
+        off.edges.is_empty(),
+        "{} edges before Enable",
+        off.edges.len()
+    );
+    assert_eq!(off.edges_total as usize, map.guard_function.len());
+
+    let on = a.coverage(CoverageOp::Enable).unwrap();
+    assert!(on.enabled && on.edges.is_empty());
+    map_create(&mut a);
+    let got = a.coverage(CoverageOp::Collect { reset: false }).unwrap();
+    let fns: HashSet<&str> = got
+        .edges
+        .iter()
+        .filter_map(|e| map.guard_function[e.guard as usize])
+        .map(|f| map.functions[f as usize].name.as_str())
+        .collect();
+    assert!(
+        fns.iter().any(|f| f.starts_with("kernel::bpf::")),
+        "MapCreate reached no kernel::bpf function: {fns:?}"
+    );
+    assert!(
+        fns.iter().any(|f| f.starts_with("kernel::control::")),
+        "{fns:?}"
+    );
+    // Each edge's call site is one the ELF has for its guard (an edge of
+    // an inlined function has several).
+    for e in &got.edges {
+        let sites = &map.guard_sites[e.guard as usize];
+        assert!(
+            sites.is_empty() || sites.contains(&e.pc),
+            "edge {} returned to {:#x}, not one of its call sites {sites:x?}",
+            e.guard,
+            e.pc
+        );
+    }
+    // Another session's work is not recorded in a's set; b records
+    // nothing, as it never enabled coverage.
+    map_create(&mut b);
+    let b_cov = b.coverage(CoverageOp::Collect { reset: true }).unwrap();
+    assert!(!b_cov.enabled && b_cov.edges.is_empty());
+    let again = a.coverage(CoverageOp::Collect { reset: true }).unwrap();
+    let first: HashSet<u32> = got.edges.iter().map(|e| e.guard).collect();
+    let second: HashSet<u32> = again.edges.iter().map(|e| e.guard).collect();
+    assert!(first.is_subset(&second));
+    // After a reset only what ran since is there: Collect's own edges,
+    // none of MapCreate's in the BPF runtime.
+    let after = a.coverage(CoverageOp::Collect { reset: false }).unwrap();
+    let in_bpf = |edges: &[ktrace_abi::vm::CoveredEdge]| {
+        edges
+            .iter()
+            .filter_map(|e| map.guard_function[e.guard as usize])
+            .filter(|&f| map.functions[f as usize].name.starts_with("kernel::bpf::"))
+            .count()
+    };
+    assert!(in_bpf(&got.edges) > 0);
+    assert_eq!(in_bpf(&after.edges), 0, "BPF edges survived a reset");
+    let off = a.coverage(CoverageOp::Disable).unwrap();
+    assert!(!off.enabled && off.edges.is_empty());
+    println!(
+        "{} instrumented edges; one MapCreate and its Collect: {} edges in {} functions",
+        on.edges_total,
+        first.len(),
+        fns.len()
+    );
+
+    // The normal kernel carries no coverage and says so.
+    let mut plain = TestVm::boot("coverage-plain");
+    let mut c = plain.client();
+    match c.coverage(CoverageOp::Enable) {
+        Err(e) => {
+            let reply = e.kernel_reply().expect("a refusal");
+            assert_eq!(reply.code, ErrorCode::NotSupported);
+            assert!(reply.message.contains("--coverage"), "{}", reply.message);
+        }
+        Ok(r) => panic!("the normal kernel answered Coverage: {r:?}"),
+    }
+}
+
+#[test]
+fn bounded_fuzz_run_from_the_kept_corpus_finds_no_failure() {
+    let image = ktrace_tests::coverage_kernel_image();
+    let root = probe_sdk::kernel_image::workspace_root();
+    let secs = std::env::var("KTRACE_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let crashes = std::env::temp_dir().join(ktrace_tests::unique_name("fuzz-crashes"));
+    let opts = Options {
+        mode: Mode::Guided,
+        seed: 0x6b74_7261_6365_2121,
+        budget: Duration::from_secs(secs),
+        corpus: Some(root.join("tests/fuzz-corpus")),
+        save_corpus: false,
+        crashes: crashes.clone(),
+        minimise: true,
+        request_timeout: Duration::from_secs(30),
+        vm_name: ktrace_tests::unique_name("fuzz"),
+    };
+    let report = fuzz::fuzz(&image.source, &opts, &mut |line| eprintln!("{line}"));
+    let map = EdgeMap::from_elf(&image.source).unwrap();
+    println!("{}", map.summary(&report.edges));
+    let failures: Vec<String> = report
+        .crashes
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: reproducer {} ({} steps)",
+                c.signature,
+                c.reproducer.as_ref().unwrap().display(),
+                c.reproducer_steps
+            )
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "the fuzzer found:\n{}",
+        failures.join("\n")
+    );
+    // The kept corpus alone reaches what it reached when it was kept.
+    assert!(
+        report.programs > 0 && report.edges.len() > 1000,
+        "{} edges",
+        report.edges.len()
+    );
+    let _ = std::fs::remove_dir_all(crashes);
+}
+
+#[test]
+fn ktrace_vm_start_coverage_boots_the_fuzzing_build() {
+    let image = ktrace_tests::coverage_kernel_image();
+    let edges = EdgeMap::from_elf(&image.source)
+        .unwrap()
+        .guard_function
+        .len();
+    let name = ktrace_tests::unique_name("cli-coverage");
+    let _guard = ktrace_tests::CliVmGuard(name.clone());
+    // KTRACE_KERNEL (the normal kernel, set by `ktrace()`) does not
+    // override --coverage.
+    let out = ktrace_tests::ktrace_ok(&["vm", "start", "--coverage", "--name", &name]);
+    assert!(out.contains(&format!("VM {name} ready")), "{out}");
+    let vm = probe_sdk::vm::Vm::attach(&name).unwrap();
+    let mut c = vm
+        .connect(&probe_sdk::client::ConnectOptions::default())
+        .unwrap();
+    let r = c.coverage(CoverageOp::Enable).unwrap();
+    assert_eq!(r.edges_total as usize, edges);
+    assert!(r.enabled);
+}
