@@ -289,7 +289,7 @@ fn ambiguous(
                     .is_some_and(|(_, h)| h.len() == 16)
             }) =>
         {
-            "write its hash as listed (legacy names carry no type arguments, and this kernel's DWARF has none either: it is built without full debug info)"
+            "write its hash as listed (legacy names carry no type arguments, and the DWARF names none)"
         }
         AmbiguityKind::Monomorphizations => {
             "write the generic arguments as listed (`f::<u32>`; from DWARF for legacy names) or the legacy hash (`f::h0123…`)"

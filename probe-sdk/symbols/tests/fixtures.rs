@@ -246,10 +246,12 @@ fn monomorphizations_are_ambiguous_and_chosen_by_generics_or_hash() {
         one(v0(), "checksum::<u8>"),
         addr_of(v0(), "fixture::checksum::<u8>")
     );
-    // Legacy names carry no generic arguments: only the hash tells them apart.
+    // Legacy names carry no generic arguments; DWARF names each instance
+    // (`checksum<u8>`), so the ambiguity offers `checksum::<u8>`, and the
+    // hash still selects one too.
     assert!(err(legacy(), "checksum").to_string().ends_with(
-        "to choose one, write its hash as listed (these are legacy names, which carry no type \
-         arguments); to attach to all of them, pass --all"
+        "to choose one, write the generic arguments as listed (`f::<u32>`; from DWARF for legacy \
+         names) or the legacy hash (`f::h0123…`); to attach to all of them, pass --all"
     ));
     let SymbolError::Ambiguous {
         kind, candidates, ..
@@ -259,6 +261,7 @@ fn monomorphizations_are_ambiguous_and_chosen_by_generics_or_hash() {
     };
     assert_eq!(kind, AmbiguityKind::Monomorphizations);
     assert_eq!(candidates.len(), 2);
+    let mut selectors = Vec::new();
     for c in &candidates {
         assert_eq!(c.name, "fixture::checksum");
         let f = legacy()
@@ -266,9 +269,15 @@ fn monomorphizations_are_ambiguous_and_chosen_by_generics_or_hash() {
             .iter()
             .find(|f| f.addr == c.addr)
             .unwrap();
-        let sel = format!("fixture::checksum::h{}", f.hash.as_deref().unwrap());
-        assert_eq!(c.select_with.as_deref(), Some(sel.as_str()));
+        let sel = c.select_with.clone().unwrap();
         assert_eq!(one(legacy(), &sel), c.addr);
+        assert_eq!(
+            sel,
+            format!("fixture::checksum::<{}>", f.type_args.as_deref().unwrap())
+        );
+        selectors.push(sel);
+        let hash = format!("fixture::checksum::h{}", f.hash.as_deref().unwrap());
+        assert_eq!(one(legacy(), &hash), c.addr);
         // The candidate's line is in the function's own body, not in the
         // `core` code inlined at its entry.
         let loc = c.location.as_deref().unwrap();
@@ -280,6 +289,20 @@ fn monomorphizations_are_ambiguous_and_chosen_by_generics_or_hash() {
         let first = fixture_line("pub fn checksum");
         assert!((first..=first + 6).contains(&line), "{loc}");
     }
+    selectors.sort();
+    assert_eq!(
+        selectors,
+        ["fixture::checksum::<u32>", "fixture::checksum::<u8>"]
+    );
+    // A suffix of the argument's path is enough; a wrong one selects none.
+    assert_eq!(
+        one(legacy(), "checksum::<u8>"),
+        one(legacy(), "fixture::checksum::<u8>")
+    );
+    assert!(matches!(
+        err(legacy(), "checksum::<u16>"),
+        SymbolError::NotFound { .. }
+    ));
 }
 
 #[test]
