@@ -8,7 +8,7 @@ use std::path::Path;
 
 use ktrace_abi::block::{BlockRequest, IoOp, IoRequest, RwMode, WorkloadLimit, WorkloadSpec};
 use ktrace_abi::bpf::{
-    AttachTarget, BpfRequest, BpfResponse, KprobePoint, LineInfo, LineTable, LoadOptions,
+    AttachTarget, BpfRequest, BpfResponse, Engine, KprobePoint, LineInfo, LineTable, LoadOptions,
     MapDefinition, MapEntry, ObjectLoad, ProgramLoad, ProgramType,
 };
 use ktrace_abi::trace::{
@@ -482,6 +482,12 @@ pub fn options(rng: &mut Rng) -> LoadOptions {
     LoadOptions {
         log_level: if rng.chance(70) { 0 } else { rng.next() as u8 },
         insn_budget: if rng.chance(60) { 0 } else { rng.u64() },
+        engine: match rng.below(4) {
+            0 => None,
+            1 => Some(Engine::Jit),
+            2 => Some(Engine::JitHardened),
+            _ => Some(Engine::Interpreter),
+        },
     }
 }
 

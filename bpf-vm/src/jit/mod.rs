@@ -85,6 +85,7 @@
 //! [`MAX_CALL_FRAMES`]: crate::interp::MAX_CALL_FRAMES
 
 mod compile;
+mod glue;
 mod x86;
 
 use alloc::vec::Vec;
@@ -95,6 +96,7 @@ use core::marker::PhantomData;
 use crate::interp::{HelperError, RunError, RunErrorKind};
 
 pub use compile::compile;
+pub use glue::{helper_table, run, HELPER_IDS};
 
 /// Options of [`compile`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 
 use std::ffi::c_void;
 
-use bpf_vm::interp::{HelperMem, Helpers, RunError};
-use bpf_vm::jit::{HelperRet, JitEntry, JitHelperFn, JitImage, JitRun};
+use bpf_vm::interp::{Helpers, RunError};
+use bpf_vm::jit::{JitEntry, JitHelperFn, JitImage, JitRun};
 
 /// Compiled code in its own read-execute mapping, unmapped on drop.
 pub struct ExecCode {
@@ -72,51 +72,10 @@ impl Drop for ExecCode {
     }
 }
 
-/// Calls the `Helpers` implementation behind the run's `env` as helper `ID`.
-extern "sysv64" fn dispatch<H: Helpers, const ID: u32>(
-    r1: u64,
-    r2: u64,
-    r3: u64,
-    r4: u64,
-    r5: u64,
-    run: *mut JitRun<'_>,
-) -> HelperRet {
-    // SAFETY: compiled code passes the `JitRun` it was called with, which
-    // `run_jit` created with `env` pointing at an `H` it borrows mutably
-    // for the whole run; nothing else touches either while the helper runs.
-    let run = unsafe { &mut *run };
-    let helpers = unsafe { &mut *(run.env() as *mut H) };
-    let id = ID;
-    // SAFETY: the program was verified (the contract of `ExecCode::call`),
-    // so its helper pointer arguments are valid.
-    let res =
-        unsafe { HelperMem::with_unchecked(|mem| helpers.call(id, [r1, r2, r3, r4, r5], mem)) };
-    match res {
-        Ok(v) => HelperRet::ok(v),
-        Err(e) => {
-            run.set_helper_error(e);
-            HelperRet::err()
-        }
-    }
-}
-
-/// Helper ids below this are routed to the `Helpers` implementation.
-pub const HELPER_IDS: usize = 256;
-
-/// The helper table that routes every id below [`HELPER_IDS`] to `H`
-/// (one trampoline per id: a direct call does not pass the id).
+/// The helper table that routes every id below `HELPER_IDS` to `H`
+/// (the library's, which the kernel uses too).
 pub fn table<H: Helpers>() -> Vec<Option<JitHelperFn>> {
-    let mut t: Vec<Option<JitHelperFn>> = vec![None; HELPER_IDS];
-    macro_rules! route16 {
-        ($($base:literal)*) => {$(
-            route16!(@ $base 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
-        )*};
-        (@ $base:literal $($i:literal)*) => {$(
-            t[$base + $i] = Some(dispatch::<H, { $base + $i }> as JitHelperFn);
-        )*};
-    }
-    route16!(0 16 32 48 64 80 96 112 128 144 160 176 192 208 224 240);
-    t
+    bpf_vm::jit::helper_table::<H>()
 }
 
 /// Runs code compiled with [`table`]`::<H>()` with `helpers`; returns the
@@ -130,8 +89,6 @@ pub unsafe fn run_jit<H: Helpers>(
     helpers: &mut H,
     budget: u64,
 ) -> (Result<u64, RunError>, u64) {
-    let mut run = JitRun::new(helpers as *mut H as *mut c_void, budget);
-    // SAFETY: forwarded from the caller.
-    let res = unsafe { code.call(ctx, &mut run) };
-    (res, run.executed())
+    // SAFETY: forwarded from the caller; `code` keeps the mapping alive.
+    unsafe { bpf_vm::jit::run(code.entry, ctx.as_mut_ptr(), ctx.len(), helpers, budget) }
 }

@@ -298,7 +298,8 @@ impl Runtime {
             ));
         }
         let id = self.id();
-        match prog::load(id, p, maps, o.log_level, o.insn_budget) {
+        let engine = o.engine.unwrap_or(ktrace_abi::bpf::Engine::Jit);
+        match prog::load(id, p, maps, o.log_level, o.insn_budget, engine) {
             Ok(prog) => Ok(Arc::new(prog)),
             Err(LoadError::Invalid(m)) => Err(Error::new(
                 Kind::Invalid,

@@ -1,10 +1,30 @@
-//! Programs: verification at load, preparation for the interpreter, and
-//! the run path every attach point calls.
+//! Programs: verification at load, JIT compilation (or preparation for the
+//! interpreter), and the run path every attach point calls.
 //!
 //! Nothing runs unless the bpf-vm verifier accepted it for the program's
 //! context descriptor, ktrace's helper prototypes and the program's maps.
-//! That proof is what makes the interpreter's unchecked fast mode sound,
-//! and the one `unsafe` block here says so.
+//! That proof is what makes the interpreter's unchecked fast mode and the
+//! JIT's code sound, and the one `unsafe` block here says so.
+//!
+//! # JIT
+//! Programs are JIT-compiled at load unless the load asks for the
+//! interpreter ([`Engine::Interpreter`]); a program the JIT refuses runs
+//! interpreted, and `ProgInfo::exec` says which and why. Compiled code
+//! calls the helpers through `bpf_vm::jit::helper_table`, i.e. the same
+//! [`RunEnv`] methods the interpreter calls, and charges the same budget,
+//! so results, map contents, faults and instruction counts are the same
+//! under both engines. The code lives in an [`ExecMem`] owned by the
+//! [`Program`].
+//!
+//! Why freeing it with the program is safe: attach points hold the
+//! program through an `Arc<Program>` inside their handler (`attach.rs`), so
+//! the code is freed only once every link was detached and the last
+//! handler dropped. Detaching unregisters the handler and then waits until
+//! no probe handler runs (`trace::kprobe::wait_quiescent`), and handlers
+//! run with interrupts off on their CPU, so on today's single CPU no run
+//! can be in progress, or start, once the `Arc` goes. With SMP, that wait
+//! is the grace period: every CPU must have left its handlers (the
+//! in-flight count already covers all CPUs) before the memory is unmapped.
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};
@@ -16,13 +36,16 @@ use bpf_vm::insn::LdImm64Src;
 use bpf_vm::interp::RunErrorKind;
 use bpf_vm::verifier::{self, linux, Config, Env, LineInfo, MapDef};
 use bpf_vm::{Executable, RunError, Vm};
+use bpf_vm::jit::{self, JitOptions};
 use ktrace_abi::bpf::{
-    self as abi, AttachTarget, LineTable, ProgInfo, ProgramLoad, ProgramType, VerifierReport,
+    self as abi, AttachTarget, Engine, ExecInfo, LineTable, ProgInfo, ProgramLoad, ProgramType,
+    VerifierReport,
 };
 use ktrace_bpf_maps::Map;
 
 use super::helpers::RunEnv;
 use super::kmap::KMap;
+use crate::arch::exec_mem::ExecMem;
 use crate::sync::SpinLock;
 
 /// `ld_imm64` value standing for map `i` of a program: `MAP_HANDLE | i`.
@@ -63,6 +86,10 @@ pub struct Program {
     pub prog_type: ProgramType,
     pub attach: AttachTarget,
     pub exe: Executable,
+    /// The compiled code, when the program runs JIT-compiled.
+    pub native: Option<ExecMem>,
+    /// JIT-compiled or interpreted, for the listing.
+    pub exec: ExecInfo,
     pub maps: Vec<Arc<KMap>>,
     /// Bytes of context the verifier proved accesses against.
     pub ctx_size: usize,
@@ -88,11 +115,14 @@ pub enum LoadError {
 /// Least state memory worth starting a verification with.
 const MIN_STATE_BYTES: usize = 1 << 20;
 /// Heap per instruction outside the verifier: the decoded program, the
-/// interpreter's copy and the kept bytes.
-const LOADED_BYTES_PER_INSN: usize = 64;
+/// interpreter's copy, the kept bytes, and the JIT's code, labels and slot
+/// offsets while compiling (native code averages well under 64 bytes per
+/// instruction; an `ld_imm64` or a call takes two slots).
+const LOADED_BYTES_PER_INSN: usize = 64 + 160;
 
-/// The interpreter of this CPU (one CPU today). Taken with `try_lock`: a
-/// program that fires while another runs on the same CPU is a miss.
+/// The interpreter of this CPU (one CPU today). Taken with `try_lock` by
+/// every run, JIT-compiled ones too: a program that fires while another
+/// runs on the same CPU is a miss under both engines.
 static VM: SpinLock<Option<Vm>> = SpinLock::new(None);
 
 /// Allocates the interpreter (at boot, so runs never allocate).
@@ -130,6 +160,7 @@ pub fn load(
     maps: Vec<Arc<KMap>>,
     log_level: u8,
     budget: u64,
+    engine: Engine,
 ) -> Result<Program, LoadError> {
     // The one set-up `ktrace check` uses too: same context, same helpers,
     // same refusal text.
@@ -247,6 +278,7 @@ pub fn load(
         _ => None,
     })
     .map_err(|e| LoadError::Invalid(e.to_string()))?;
+    let (native, exec) = compile(&exe, engine, id);
     Ok(Program {
         id,
         name: p.name.clone(),
@@ -254,6 +286,8 @@ pub fn load(
         prog_type: p.prog_type,
         attach: p.attach.clone(),
         exe,
+        native,
+        exec,
         maps,
         ctx_size: ptype.ctx.size as usize,
         insns: p.insns.clone(),
@@ -264,6 +298,62 @@ pub fn load(
         last_error: SpinLock::new(None),
         loaded_at_ns: crate::time::now_ns(),
     })
+}
+
+/// A blinding seed: the TSC mixed with the program id (splitmix64), so
+/// every program gets different keys. Not secret against someone who can
+/// read the TSC at load time; enough to keep chosen constants out of the
+/// code.
+fn blinding_seed(id: u32) -> u64 {
+    let mut z = crate::arch::rdtsc() ^ (u64::from(id) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// JIT-compiles `exe` unless `engine` asks for the interpreter; a program
+/// the JIT or the executable memory refuses runs interpreted, and the
+/// listing says why.
+fn compile(exe: &Executable, engine: Engine, id: u32) -> (Option<ExecMem>, ExecInfo) {
+    let blinded = match engine {
+        Engine::Interpreter => {
+            return (
+                None,
+                ExecInfo::Interpreter {
+                    why: "the load asked for the interpreter".to_string(),
+                },
+            )
+        }
+        Engine::Jit => false,
+        Engine::JitHardened => true,
+    };
+    let options = JitOptions {
+        blinding: blinded.then(|| blinding_seed(id)),
+    };
+    // Helpers see the run's env as a `RunEnv`; the lifetime is the run's
+    // (see the run path).
+    let helpers = jit::helper_table::<RunEnv<'static>>();
+    let refused = |why: String| {
+        log::warn!("bpf: program {id} runs interpreted: {why}");
+        (None, ExecInfo::Interpreter { why })
+    };
+    let image = match jit::compile(exe, &options, &helpers) {
+        Ok(image) => image,
+        Err(e) => return refused(alloc::format!("the JIT refused it: {e}")),
+    };
+    match ExecMem::new(image.code(), image.entry()) {
+        Ok(code) => {
+            let native_bytes = code.len() as u32;
+            (
+                Some(code),
+                ExecInfo::Jit {
+                    native_bytes,
+                    blinded,
+                },
+            )
+        }
+        Err(e) => refused(alloc::format!("no executable memory: {e}")),
+    }
 }
 
 fn empty_report() -> VerifierReport {
@@ -312,29 +402,49 @@ impl Program {
             hit: *hit,
         };
         let t0 = crate::arch::rdtsc();
-        // SAFETY: `self.exe` was prepared from a program the verifier
-        // accepted (see `load`) for a context of `self.ctx_size` bytes —
-        // checked equal to `ctx.len()` above, and `ctx` is a live exclusive
-        // buffer for the whole run — with ktrace's helper prototypes, which
-        // `RunEnv` implements (every pointer it hands back is map storage
-        // or ring memory that stays allocated while `self.maps` holds the
-        // maps, and the epoch guard above keeps deleted slots from reuse).
+        // SAFETY: `self.exe`, and the code in `self.native` compiled from
+        // it at load, come from a program the verifier accepted (see
+        // `load`) for a context of `self.ctx_size` bytes — checked equal to
+        // `ctx.len()` above, and `ctx` is a live exclusive buffer for the
+        // whole run — with ktrace's helper prototypes, which `RunEnv`
+        // implements (every pointer it hands back is map storage or ring
+        // memory that stays allocated while `self.maps` holds the maps, and
+        // the epoch guard above keeps deleted slots from reuse). The code
+        // was compiled with `helper_table::<RunEnv<'static>>()`: its
+        // trampolines see this run's `env`, which differs only in a
+        // lifetime that covers the run, and keep nothing after returning.
+        // `self.native` lives as long as `self`, which the caller borrows
+        // for the run. The native stack: at most `MAX_CALL_FRAMES` frames
+        // of 576 bytes plus helpers, inside every stack handlers run on
+        // (16 KiB interrupt stacks, 64 KiB task stacks).
         // The one unsafe block of the BPF runtime: its argument is the
         // verifier's proof, which no arch interface could state.
         #[allow(unsafe_code)]
-        let r = unsafe {
-            vm.run_fast(
-                &self.exe,
-                ctx.as_mut_ptr(),
-                ctx.len(),
-                &mut env,
-                self.budget,
-            )
+        let (r, executed) = unsafe {
+            match &self.native {
+                Some(code) => jit::run(
+                    code.entry(),
+                    ctx.as_mut_ptr(),
+                    ctx.len(),
+                    &mut env,
+                    self.budget,
+                ),
+                None => {
+                    let r = vm.run_fast(
+                        &self.exe,
+                        ctx.as_mut_ptr(),
+                        ctx.len(),
+                        &mut env,
+                        self.budget,
+                    );
+                    (r, vm.executed())
+                }
+            }
         };
         let dt = crate::arch::rdtsc().wrapping_sub(t0);
         self.stats.run_count.fetch_add(1, Ordering::Relaxed);
         self.stats.run_cycles.fetch_add(dt, Ordering::Relaxed);
-        self.stats.insns.fetch_add(vm.executed(), Ordering::Relaxed);
+        self.stats.insns.fetch_add(executed, Ordering::Relaxed);
         match r {
             Ok(v) => Some(v),
             Err(e) => {
@@ -369,6 +479,7 @@ impl Program {
             faults: s.faults.load(Ordering::Relaxed),
             last_error: self.last_error.lock().map(|e| e.to_string()),
             insn_budget: self.budget,
+            exec: self.exec.clone(),
             verifier: self.verifier.clone(),
             links,
             loaded_at_ns: self.loaded_at_ns,

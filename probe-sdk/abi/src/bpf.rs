@@ -356,6 +356,29 @@ pub struct LoadOptions {
     /// Instructions one run may execute before it is stopped (0: the
     /// kernel's default).
     pub insn_budget: u64,
+    /// How the programs run (`None`: JIT-compiled, the kernel's default).
+    pub engine: Option<Engine>,
+}
+
+/// How a program runs: compiled to native code or interpreted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Engine {
+    /// JIT-compiled (the default).
+    Jit,
+    /// JIT-compiled with constant blinding: immediates never appear
+    /// verbatim in executable memory (Linux's `bpf_jit_harden`).
+    JitHardened,
+    /// Interpreted.
+    Interpreter,
+}
+
+/// How a loaded program runs, as `ktrace prog show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecInfo {
+    /// JIT-compiled into `native_bytes` bytes of code.
+    Jit { native_bytes: u32, blinded: bool },
+    /// Interpreted, and why (asked for, or the JIT refused the program).
+    Interpreter { why: String },
 }
 
 /// A key and its value.
@@ -437,6 +460,8 @@ pub struct ProgInfo {
     pub last_error: Option<String>,
     /// Instruction budget per run.
     pub insn_budget: u64,
+    /// JIT-compiled or interpreted.
+    pub exec: ExecInfo,
     pub verifier: VerifierReport,
     /// Links attaching it.
     pub links: Vec<u32>,

@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 
-use ktrace_abi::bpf::{LinkTarget, LoadOptions};
+use ktrace_abi::bpf::{Engine, LinkTarget, LoadOptions};
 use probe_sdk::runtime::{self, Runtime, RuntimeError};
 
 use super::bpf_common::type_name;
@@ -57,6 +57,14 @@ pub struct Args {
     /// Instructions one run may execute (0: the kernel's default).
     #[arg(long, default_value_t = 0)]
     pub insn_budget: u64,
+    /// Run the programs in the interpreter instead of JIT-compiling them
+    /// (compiled is the default, as with Linux's `bpf_jit_enable=1`).
+    #[arg(long)]
+    pub interpreter: bool,
+    /// JIT-compile with constant blinding: no immediate of the program
+    /// appears verbatim in executable memory (Linux's `bpf_jit_harden`).
+    #[arg(long, conflicts_with = "interpreter")]
+    pub jit_harden: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -124,6 +132,13 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     let options = LoadOptions {
         log_level: args.log_level,
         insn_budget: args.insn_budget,
+        engine: if args.interpreter {
+            Some(Engine::Interpreter)
+        } else if args.jit_harden {
+            Some(Engine::JitHardened)
+        } else {
+            None
+        },
     };
     let pin = if args.no_pin {
         None

@@ -3,7 +3,7 @@
 
 use bpf_vm::disasm::{self, Syntax};
 use bpf_vm::Insn;
-use ktrace_abi::bpf::ProgInfo;
+use ktrace_abi::bpf::{ExecInfo, ProgInfo};
 use probe_sdk::runtime::Runtime;
 
 use super::bpf_common::table;
@@ -25,6 +25,23 @@ pub enum Command {
     Unload { id: u32 },
 }
 
+/// The EXEC column: `jit`, `jit+blind` or `interp`.
+fn engine(p: &ProgInfo) -> &'static str {
+    match p.exec {
+        ExecInfo::Jit { blinded: false, .. } => "jit",
+        ExecInfo::Jit { blinded: true, .. } => "jit+blind",
+        ExecInfo::Interpreter { .. } => "interp",
+    }
+}
+
+/// Bytes of native code, `-` when interpreted.
+fn native(p: &ProgInfo) -> String {
+    match p.exec {
+        ExecInfo::Jit { native_bytes, .. } => native_bytes.to_string(),
+        ExecInfo::Interpreter { .. } => "-".to_string(),
+    }
+}
+
 fn row(p: &ProgInfo) -> Vec<String> {
     let avg = p.run_time_ns.checked_div(p.run_count).unwrap_or(0);
     vec![
@@ -32,6 +49,8 @@ fn row(p: &ProgInfo) -> Vec<String> {
         p.name.clone(),
         format!("{:?}", p.prog_type).to_lowercase(),
         p.insns.to_string(),
+        engine(p).to_string(),
+        native(p),
         p.run_count.to_string(),
         p.run_time_ns.to_string(),
         avg.to_string(),
@@ -50,8 +69,9 @@ fn row(p: &ProgInfo) -> Vec<String> {
     ]
 }
 
-const HEADER: [&str; 11] = [
-    "ID", "NAME", "TYPE", "INSNS", "RUNS", "RUN_NS", "NS/RUN", "MISSES", "FAULTS", "MAPS", "LINKS",
+const HEADER: [&str; 13] = [
+    "ID", "NAME", "TYPE", "INSNS", "EXEC", "NATIVE", "RUNS", "RUN_NS", "NS/RUN", "MISSES", "FAULTS",
+    "MAPS", "LINKS",
 ];
 
 /// Run `ktrace prog`.
@@ -79,6 +99,16 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             }
             out!("{}", table(&HEADER, &[row(&p)]));
             outln!("section:      {}", p.section);
+            match &p.exec {
+                ExecInfo::Jit {
+                    native_bytes,
+                    blinded,
+                } => outln!(
+                    "exec:         JIT-compiled, {native_bytes} bytes of native code{}",
+                    if *blinded { ", constants blinded" } else { "" }
+                ),
+                ExecInfo::Interpreter { why } => outln!("exec:         interpreted ({why})"),
+            }
             outln!("insn budget:  {} per run", p.insn_budget);
             outln!(
                 "executed:     {} instructions in all runs",

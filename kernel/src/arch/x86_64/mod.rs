@@ -6,6 +6,7 @@ pub mod apic;
 #[cfg(feature = "coverage")]
 pub mod coverage;
 pub mod cpu;
+pub mod exec_mem;
 pub mod gdt;
 pub mod idt;
 pub mod paging;

@@ -1,0 +1,227 @@
+//! The kernel's JIT end to end, through the CLI: the same clang-built
+//! object loaded three times — JIT-compiled (the default), JIT-compiled
+//! with constant blinding (`--jit-harden`) and interpreted
+//! (`--interpreter`) — and fired by the same calls gives the same maps,
+//! the same run statistics, the same faults and the same budget errors;
+//! `ktrace prog list/show` say how each one runs.
+
+use std::process::Command;
+
+use ktrace_tests::{ktrace_ok, unique_name, CliVmGuard};
+use probe_sdk::client::ConnectOptions;
+use probe_sdk::runtime::Runtime;
+use probe_sdk::vm::Vm;
+use serde_json::Value;
+
+/// Two programs on the probe target: `mix` updates a hash map from the
+/// argument (with a 64-bit constant, which blinding must keep intact) and
+/// sums the result of a `probe_read_kernel` of unmapped memory (the null
+/// page: -EFAULT each time); `spin` loops `arg & 63` times, so a small
+/// instruction budget stops some runs and not others.
+const C_PROG: &str = r#"
+struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
+__attribute__((section("maps"), used)) struct bpf_map_def sums = { 1, 8, 8, 16, 0 };
+__attribute__((section("maps"), used)) struct bpf_map_def totals = { 2, 4, 8, 4, 0 };
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, unsigned long long flags) = (void *) 2;
+static long (*bpf_probe_read_kernel)(void *dst, unsigned int size, const void *src) = (void *) 113;
+struct pt_regs { unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss; };
+
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int mix(struct pt_regs *ctx) {
+    unsigned long long x = ctx->di;
+    unsigned long long key = x % 5;
+    unsigned long long next = (x * 3 + (x >> 2)) ^ 0x1234567890abcdefULL;
+    unsigned long long *old = bpf_map_lookup_elem(&sums, &key);
+    if (old) next += *old;
+    bpf_map_update_elem(&sums, &key, &next, 0);
+    unsigned long long got = 7;
+    long r = bpf_probe_read_kernel(&got, 8, (void *)(x & 0xff0));
+    unsigned int k = 0;
+    unsigned long long *t = bpf_map_lookup_elem(&totals, &k);
+    if (t) __sync_fetch_and_add(t, (unsigned long long)r + got);
+    return 0;
+}
+
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int spin(struct pt_regs *ctx) {
+    unsigned long long n = ctx->di & 63, acc = 1;
+#pragma clang loop unroll(disable)
+    for (unsigned long long i = 0; i < n; i++) acc = acc * 31 + i;
+    unsigned int k = 1;
+    unsigned long long *t = bpf_map_lookup_elem(&totals, &k);
+    if (t) __sync_fetch_and_add(t, acc);
+    return 0;
+}
+char _license[] __attribute__((section("license"), used)) = "GPL";
+"#;
+
+const CALLS: u32 = 40;
+const BUDGET: &str = "120";
+
+/// What `mix` leaves in `sums` after the calls with arguments 0..CALLS.
+fn expected_sums() -> Vec<(u64, u64)> {
+    let mut sums = [None::<u64>; 5];
+    for x in 0..u64::from(CALLS) {
+        let next = (x * 3 + (x >> 2)) ^ 0x1234_5678_90ab_cdef;
+        let slot = &mut sums[(x % 5) as usize];
+        *slot = Some(next.wrapping_add(slot.unwrap_or(0)));
+    }
+    (0..5).map(|k| (k, sums[k as usize].unwrap())).collect()
+}
+
+/// `key -> value` pairs of a `map dump --json` of u64 keys and values.
+fn pairs(dump: &Value) -> Vec<(u64, u64)> {
+    let mut v: Vec<(u64, u64)> = dump
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["key"].as_u64().unwrap(), e["value"].as_u64().unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn jit_interpreter_and_blinded_jit_agree_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("ktrace-jit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("jit_prog.c");
+    std::fs::write(&src, C_PROG).unwrap();
+    let obj = dir.join("jit_prog.bpf.o");
+    let st = Command::new("clang-22")
+        .args(["-target", "bpf", "-O2", "-c"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .status();
+    assert!(
+        st.map(|s| s.success()).unwrap_or(false),
+        "clang-22 -target bpf failed"
+    );
+    let obj = obj.to_str().unwrap();
+
+    let name = unique_name("jit");
+    let _guard = CliVmGuard(name.clone());
+    ktrace_ok(&["vm", "start", "--name", &name]);
+    let vm = ["--vm", name.as_str()];
+    let run = |args: &[&str]| ktrace_ok(&[&vm[..], args].concat());
+
+    // (pin name, extra flags, EXEC column)
+    let modes: [(&str, &[&str], &str); 3] = [
+        ("jitted", &[], "jit"),
+        ("hardened", &["--jit-harden"], "jit+blind"),
+        ("interp", &["--interpreter"], "interp"),
+    ];
+    let mut loaded = Vec::new();
+    for (pin, flags, _) in &modes {
+        let mut args = vec!["load", obj, "--pin", pin, "--insn-budget", BUDGET, "--json"];
+        args.extend_from_slice(flags);
+        let out: Value = serde_json::from_str(&run(&args)).unwrap();
+        loaded.push(out);
+    }
+    {
+        let v = Vm::attach(&name).unwrap();
+        let mut client = v.connect(&ConnectOptions::default()).unwrap();
+        Runtime::new(&mut client).trigger(CALLS, 0).unwrap();
+    }
+
+    let progs: Value = serde_json::from_str(&run(&["prog", "list", "--json"])).unwrap();
+    let progs = progs.as_array().unwrap();
+    assert_eq!(progs.len(), 6, "two programs per object");
+    let text = run(&["prog", "list"]);
+    assert!(text.lines().next().unwrap().contains("EXEC"), "{text}");
+
+    // Per object: its programs' statistics and its maps' contents.
+    let mut seen = Vec::new();
+    for ((_, _, exec), out) in modes.iter().zip(&loaded) {
+        let map_id = |n: &str| {
+            out["maps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == n)
+                .unwrap_or_else(|| panic!("map {n} in {out}"))["id"]
+                .as_u64()
+                .unwrap()
+                .to_string()
+        };
+        let sums = pairs(&serde_json::from_str(&run(&["map", "dump", &map_id("sums"), "--json"])).unwrap());
+        let totals =
+            pairs(&serde_json::from_str(&run(&["map", "dump", &map_id("totals"), "--json"])).unwrap());
+        assert_eq!(sums, expected_sums(), "{exec}: sums");
+        // -EFAULT per run, and `got` zeroed by the failed read.
+        assert_eq!(totals[0], (0, (-14i64 as u64).wrapping_mul(u64::from(CALLS))), "{exec}");
+        let mut stats = Vec::new();
+        for p in out["programs"].as_array().unwrap() {
+            let id = p["id"].as_u64().unwrap();
+            let info = progs.iter().find(|q| q["id"] == id).unwrap();
+            assert_eq!(info["run_count"], CALLS, "{exec}: {info}");
+            let line = text
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(&id.to_string()))
+                .unwrap();
+            assert_eq!(line.split_whitespace().nth(4), Some(*exec), "{line}");
+            let show = run(&["prog", "show", &id.to_string()]);
+            let exec_line = show.lines().find(|l| l.starts_with("exec:")).unwrap().to_string();
+            match *exec {
+                "interp" => assert_eq!(
+                    exec_line,
+                    "exec:         interpreted (the load asked for the interpreter)"
+                ),
+                _ => {
+                    let bytes = info["exec"]["Jit"]["native_bytes"].as_u64().unwrap();
+                    assert!(bytes > 0, "{info}");
+                    assert_eq!(
+                        exec_line,
+                        format!(
+                            "exec:         JIT-compiled, {bytes} bytes of native code{}",
+                            if *exec == "jit+blind" { ", constants blinded" } else { "" }
+                        )
+                    );
+                }
+            }
+            stats.push((
+                info["name"].clone(),
+                info["insns_executed"].clone(),
+                info["faults"].clone(),
+                info["budget_exhausted"].clone(),
+                info["last_error"].clone(),
+                info["misses"].clone(),
+            ));
+        }
+        stats.sort_by_key(|s| s.0.to_string());
+        seen.push((exec, sums, totals, stats));
+    }
+    // `spin` ran out of budget on the long loops only.
+    let spin = seen[0].3.iter().find(|s| s.0 == "spin").unwrap();
+    let stopped = spin.3.as_u64().unwrap();
+    assert!(stopped > 0 && stopped < u64::from(CALLS), "{spin:?}");
+    assert!(
+        spin.4.as_str().unwrap().contains("budget"),
+        "last error names the budget: {spin:?}"
+    );
+    for other in &seen[1..] {
+        assert_eq!(
+            (&other.1, &other.2, &other.3),
+            (&seen[0].1, &seen[0].2, &seen[0].3),
+            "{} differs from {}",
+            other.0,
+            seen[0].0
+        );
+    }
+}
+
+#[test]
+fn interpreter_and_jit_harden_flags_conflict() {
+    let out = ktrace_tests::ktrace()
+        .args(["load", "x.o", "--interpreter", "--jit-harden"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--jit-harden") && err.contains("cannot be used with"),
+        "{err}"
+    );
+}
