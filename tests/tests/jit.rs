@@ -225,3 +225,131 @@ fn interpreter_and_jit_harden_flags_conflict() {
         "{err}"
     );
 }
+
+const BENCH_PROG: &str = r#"
+struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
+__attribute__((section("maps"), used)) struct bpf_map_def counts = { 1, 4, 8, 4, 0 };
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, unsigned long long flags) = (void *) 2;
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int empty(void *ctx) { return 0; }
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int update(void *ctx) {
+    unsigned int key = 0;
+    unsigned long long one = 1;
+    bpf_map_update_elem(&counts, &key, &one, 0);
+    return 0;
+}
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int loop(unsigned long long *regs) {
+    unsigned long long h = regs[14]; /* pt_regs.di */
+#pragma clang loop unroll(disable)
+    for (unsigned int i = 0; i < 100; i++) h = (h ^ (h >> 29) ^ i) * 0xbf58476d1ce4e5b9ULL;
+    return h >> 32;
+}
+char _license[] __attribute__((section("license"), used)) = "GPL";
+"#;
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Per-hit cost of an empty, a map-update and a 100-iteration ALU loop
+/// program (no helper) on the kprobe of the
+/// probe target, interpreted and JIT-compiled, in one boot: five rounds,
+/// the engines alternating which goes first, medians printed. Timing is
+/// reported, never asserted; what is asserted is that every call ran the
+/// program.
+#[test]
+fn per_hit_cost_interpreter_vs_jit() {
+    use ktrace_abi::bpf::{Engine, LoadOptions};
+    use ktrace_tests::{kernel_image, TestVm};
+    use probe_sdk::runtime::prepare;
+
+    let dir = std::env::temp_dir().join(format!("ktrace-jit-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("bench.c");
+    std::fs::write(&src, BENCH_PROG).unwrap();
+    let obj = dir.join("bench.bpf.o");
+    let st = Command::new("clang-22")
+        .args(["-target", "bpf", "-O2", "-c"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .status();
+    assert!(st.map(|s| s.success()).unwrap_or(false), "clang-22 failed");
+    let prepared = prepare(&obj, &kernel_image().source, &mut |_| {}).unwrap();
+
+    let mut vm = TestVm::boot("jit-bench");
+    let mut client = vm.client();
+    let mut rt = Runtime::new(&mut client);
+    let engines = [Engine::Interpreter, Engine::Jit];
+    // (engine, program name) -> (prog id, attach target)
+    let mut progs = Vec::new();
+    for engine in engines {
+        let loaded = rt
+            .load_object(
+                &format!("bench-{engine:?}"),
+                prepared.object.clone().into_load(),
+                false,
+                LoadOptions {
+                    engine: Some(engine),
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap();
+        for p in &loaded.programs {
+            let target = prepared
+                .object
+                .programs
+                .iter()
+                .find(|q| q.name == p.name)
+                .unwrap()
+                .attach
+                .clone();
+            progs.push((engine, p.name.clone(), p.id, target));
+        }
+    }
+    let n = 20_000;
+    let rounds = 5;
+    let mut none = Vec::new();
+    // (engine, name) -> (per-hit cycles over the bare call, in-program ns)
+    let mut cost: std::collections::BTreeMap<(String, String), (Vec<u64>, Vec<u64>)> =
+        Default::default();
+    for round in 0..rounds {
+        none.push(rt.bench(n).unwrap().cycles_per_call);
+        let order: Vec<_> = if round % 2 == 0 {
+            progs.iter().collect()
+        } else {
+            progs.iter().rev().collect()
+        };
+        for (engine, name, id, target) in order {
+            let before = rt.progs().unwrap().into_iter().find(|p| p.id == *id).unwrap();
+            let link = rt.attach(*id, target.clone(), false).unwrap();
+            let b = rt.bench(n).unwrap();
+            rt.detach(link.id).unwrap();
+            let after = rt.progs().unwrap().into_iter().find(|p| p.id == *id).unwrap();
+            assert_eq!(after.run_count - before.run_count, u64::from(n), "{name}");
+            assert_eq!(after.faults, 0, "{name}: {:?}", after.last_error);
+            let e = cost.entry((format!("{engine:?}"), name.clone())).or_default();
+            e.0.push(b.cycles_per_call);
+            e.1.push((after.run_time_ns - before.run_time_ns) / u64::from(n));
+        }
+    }
+    let base = median(none);
+    println!("per-hit cost over {n} calls x {rounds} rounds (medians); bare call {base} cycles");
+    for ((engine, name), (hit, run)) in &cost {
+        println!(
+            "  {engine:<12} {name:<7} kprobe hit +{} cycles, program run {} ns",
+            median(hit.clone()).saturating_sub(base),
+            median(run.clone())
+        );
+    }
+    for name in ["empty", "update", "loop"] {
+        let run = |e: &str| median(cost[&(e.to_string(), name.to_string())].1.clone()).max(1);
+        println!(
+            "  {name}: program run interpreter/JIT = {:.2}x",
+            run("Interpreter") as f64 / run("Jit") as f64
+        );
+    }
+}
