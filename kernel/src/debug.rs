@@ -23,6 +23,7 @@ type SelfTest = fn(&mut Vec<String>) -> bool;
 const SELF_TESTS: &[(&str, SelfTest)] = &[
     ("sleep_order", task_tests::sleep_order),
     ("waitqueue", task_tests::waitqueue),
+    ("exec_mem_wx", exec_mem_tests::write_xor_execute),
 ];
 
 /// Every self test of this kernel, by name.
@@ -143,5 +144,62 @@ mod task_tests {
             woken.load(Ordering::SeqCst)
         ));
         blocked == 2 && early == 0 && all
+    }
+}
+
+/// Self test of the JIT's executable memory.
+#[cfg(feature = "self-tests")]
+mod exec_mem_tests {
+    use alloc::format;
+    use alloc::string::String;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    use crate::arch::exec_mem::ExecMem;
+    use crate::arch::paging::{self, flags};
+    use crate::arch::trap::copy_from_kernel_nofault;
+
+    /// Rights of the page at `addr`: (writable, executable).
+    fn rights(addr: u64) -> Option<(bool, bool)> {
+        let (_, f) = paging::translate(addr)?;
+        Some((f & flags::WRITABLE != 0, f & flags::NO_EXECUTE == 0))
+    }
+
+    /// Code of two pages and a bit is mapped executable and not writable,
+    /// page by page, holds the bytes given and `int3` after them; once
+    /// freed, the pages are writable data again, never executable.
+    pub fn write_xor_execute(out: &mut Vec<String>) -> bool {
+        let code: Vec<u8> = (0..2 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+        let mem = match ExecMem::new(&code, 7) {
+            Ok(m) => m,
+            Err(e) => {
+                out.push(format!("ExecMem::new: {e}"));
+                return false;
+            }
+        };
+        let base = mem.addr();
+        let mut ok = base % 4096 == 0 && mem.code_len() == code.len();
+        for page in 0..3u64 {
+            let r = rights(base + page * 4096);
+            out.push(format!("page {page}: (writable, executable) = {r:?}"));
+            ok &= r == Some((false, true));
+        }
+        let mut back = vec![0u8; code.len() + 1];
+        ok &= copy_from_kernel_nofault(&mut back, base).is_ok();
+        ok &= back[..code.len()] == code[..] && back[code.len()] == 0xcc;
+        out.push(format!(
+            "bytes read back equal: {}",
+            back[..code.len()] == code[..]
+        ));
+        // Entering without the right bytes is unsafe; getting the pointer is not.
+        ok &= mem.entry() as usize as u64 == base + 7;
+        drop(mem);
+        for page in 0..3u64 {
+            let r = rights(base + page * 4096);
+            out.push(format!("freed page {page}: (writable, executable) = {r:?}"));
+            ok &= r == Some((true, false));
+        }
+        ok &= ExecMem::new(&[], 0).is_err() && ExecMem::new(&[0xc3], 1).is_err();
+        ok
     }
 }

@@ -146,12 +146,19 @@ fn jit_interpreter_and_blinded_jit_agree_end_to_end() {
                 .unwrap()
                 .to_string()
         };
-        let sums = pairs(&serde_json::from_str(&run(&["map", "dump", &map_id("sums"), "--json"])).unwrap());
-        let totals =
-            pairs(&serde_json::from_str(&run(&["map", "dump", &map_id("totals"), "--json"])).unwrap());
+        let sums = pairs(
+            &serde_json::from_str(&run(&["map", "dump", &map_id("sums"), "--json"])).unwrap(),
+        );
+        let totals = pairs(
+            &serde_json::from_str(&run(&["map", "dump", &map_id("totals"), "--json"])).unwrap(),
+        );
         assert_eq!(sums, expected_sums(), "{exec}: sums");
         // -EFAULT per run, and `got` zeroed by the failed read.
-        assert_eq!(totals[0], (0, (-14i64 as u64).wrapping_mul(u64::from(CALLS))), "{exec}");
+        assert_eq!(
+            totals[0],
+            (0, (-14i64 as u64).wrapping_mul(u64::from(CALLS))),
+            "{exec}"
+        );
         let mut stats = Vec::new();
         for p in out["programs"].as_array().unwrap() {
             let id = p["id"].as_u64().unwrap();
@@ -163,7 +170,11 @@ fn jit_interpreter_and_blinded_jit_agree_end_to_end() {
                 .unwrap();
             assert_eq!(line.split_whitespace().nth(4), Some(*exec), "{line}");
             let show = run(&["prog", "show", &id.to_string()]);
-            let exec_line = show.lines().find(|l| l.starts_with("exec:")).unwrap().to_string();
+            let exec_line = show
+                .lines()
+                .find(|l| l.starts_with("exec:"))
+                .unwrap()
+                .to_string();
             match *exec {
                 "interp" => assert_eq!(
                     exec_line,
@@ -176,7 +187,11 @@ fn jit_interpreter_and_blinded_jit_agree_end_to_end() {
                         exec_line,
                         format!(
                             "exec:         JIT-compiled, {bytes} bytes of native code{}",
-                            if *exec == "jit+blind" { ", constants blinded" } else { "" }
+                            if *exec == "jit+blind" {
+                                ", constants blinded"
+                            } else {
+                                ""
+                            }
                         )
                     );
                 }
@@ -259,7 +274,8 @@ fn median(mut v: Vec<u64>) -> u64 {
 /// probe target, interpreted and JIT-compiled, in one boot: five rounds,
 /// the engines alternating which goes first, medians printed. Timing is
 /// reported, never asserted; what is asserted is that every call ran the
-/// program.
+/// program. The same boot runs the self test of the JIT's executable
+/// memory (W^X).
 #[test]
 fn per_hit_cost_interpreter_vs_jit() {
     use ktrace_abi::bpf::{Engine, LoadOptions};
@@ -282,6 +298,10 @@ fn per_hit_cost_interpreter_vs_jit() {
 
     let mut vm = TestVm::boot("jit-bench");
     let mut client = vm.client();
+    // The code's memory first: executable and never writable, writable
+    // data again once freed.
+    let r = client.self_test("exec_mem_wx").unwrap();
+    assert!(r.passed, "exec_mem_wx: {:#?}", r.output);
     let mut rt = Runtime::new(&mut client);
     let engines = [Engine::Interpreter, Engine::Jit];
     // (engine, program name) -> (prog id, attach target)
@@ -324,14 +344,26 @@ fn per_hit_cost_interpreter_vs_jit() {
             progs.iter().rev().collect()
         };
         for (engine, name, id, target) in order {
-            let before = rt.progs().unwrap().into_iter().find(|p| p.id == *id).unwrap();
+            let before = rt
+                .progs()
+                .unwrap()
+                .into_iter()
+                .find(|p| p.id == *id)
+                .unwrap();
             let link = rt.attach(*id, target.clone(), false).unwrap();
             let b = rt.bench(n).unwrap();
             rt.detach(link.id).unwrap();
-            let after = rt.progs().unwrap().into_iter().find(|p| p.id == *id).unwrap();
+            let after = rt
+                .progs()
+                .unwrap()
+                .into_iter()
+                .find(|p| p.id == *id)
+                .unwrap();
             assert_eq!(after.run_count - before.run_count, u64::from(n), "{name}");
             assert_eq!(after.faults, 0, "{name}: {:?}", after.last_error);
-            let e = cost.entry((format!("{engine:?}"), name.clone())).or_default();
+            let e = cost
+                .entry((format!("{engine:?}"), name.clone()))
+                .or_default();
             e.0.push(b.cycles_per_call);
             e.1.push((after.run_time_ns - before.run_time_ns) / u64::from(n));
         }

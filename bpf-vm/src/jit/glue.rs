@@ -89,7 +89,13 @@ pub unsafe fn run<H: Helpers>(
 ) -> (Result<u64, RunError>, u64) {
     let mut run = JitRun::new(helpers as *mut H as *mut c_void, budget);
     // SAFETY: per the caller's contract; `run` and `helpers` outlive the call.
-    let r0 = unsafe { entry(ctx, ctx_len as u64, &mut run as *mut JitRun<'_> as *mut c_void) };
+    let r0 = unsafe {
+        entry(
+            ctx,
+            ctx_len as u64,
+            &mut run as *mut JitRun<'_> as *mut c_void,
+        )
+    };
     let res = run.finish(r0);
     (res, run.executed())
 }

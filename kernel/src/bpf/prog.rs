@@ -34,9 +34,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use bpf_vm::insn::LdImm64Src;
 use bpf_vm::interp::RunErrorKind;
+use bpf_vm::jit::{self, JitOptions};
 use bpf_vm::verifier::{self, linux, Config, Env, LineInfo, MapDef};
 use bpf_vm::{Executable, RunError, Vm};
-use bpf_vm::jit::{self, JitOptions};
 use ktrace_abi::bpf::{
     self as abi, AttachTarget, Engine, ExecInfo, LineTable, ProgInfo, ProgramLoad, ProgramType,
     VerifierReport,
@@ -343,7 +343,7 @@ fn compile(exe: &Executable, engine: Engine, id: u32) -> (Option<ExecMem>, ExecI
     };
     match ExecMem::new(image.code(), image.entry()) {
         Ok(code) => {
-            let native_bytes = code.len() as u32;
+            let native_bytes = code.code_len() as u32;
             (
                 Some(code),
                 ExecInfo::Jit {

@@ -70,8 +70,8 @@ fn row(p: &ProgInfo) -> Vec<String> {
 }
 
 const HEADER: [&str; 13] = [
-    "ID", "NAME", "TYPE", "INSNS", "EXEC", "NATIVE", "RUNS", "RUN_NS", "NS/RUN", "MISSES", "FAULTS",
-    "MAPS", "LINKS",
+    "ID", "NAME", "TYPE", "INSNS", "EXEC", "NATIVE", "RUNS", "RUN_NS", "NS/RUN", "MISSES",
+    "FAULTS", "MAPS", "LINKS",
 ];
 
 /// Run `ktrace prog`.
