@@ -385,3 +385,103 @@ fn per_hit_cost_interpreter_vs_jit() {
         );
     }
 }
+
+/// biolatency's IOPS cost, interpreted and JIT-compiled (`cargo test -p
+/// ktrace-tests --test jit -- --ignored --nocapture biolatency_iops`):
+/// 4 KiB random reads of the RAM disk at queue depth 8 for
+/// `JIT_BENCH_MS` (default 1000) ms, untraced, with biolatency
+/// interpreted and with biolatency JIT-compiled, the three in rotating
+/// order over `JIT_BENCH_ROUNDS` (default 6) rounds in one boot; prints the
+/// median traced/untraced IOPS ratio of each engine. Never asserts timing.
+#[test]
+#[ignore = "benchmark: a minute or more of QEMU time"]
+fn biolatency_iops_interpreter_vs_jit() {
+    use ktrace_abi::block::{RwMode, WorkloadLimit, WorkloadSpec};
+    use ktrace_abi::bpf::{Engine, LoadOptions};
+    use ktrace_tests::{kernel_image, TestVm};
+    use probe_sdk::build::{build, BuildOptions};
+    use probe_sdk::runtime::prepare;
+
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let ms = env("JIT_BENCH_MS", 1000);
+    let rounds = env("JIT_BENCH_ROUNDS", 6) as usize;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let scratch = std::env::temp_dir().join(format!("ktrace-jit-bio-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut opts = BuildOptions::new(root.join("examples/biolatency"));
+    opts.out_dir = Some(scratch.clone());
+    opts.target_dir = Some(scratch.join("target"));
+    let obj = build(&opts, &mut |_| {}).unwrap().object;
+    let prepared = prepare(&obj, &kernel_image().source, &mut |_| {}).unwrap();
+
+    let mut vm = TestVm::boot("jit-biolatency");
+    let mut client = vm.client();
+    client.set_request_timeout(std::time::Duration::from_secs(60));
+    let modes: [Option<Engine>; 3] = [None, Some(Engine::Interpreter), Some(Engine::Jit)];
+    let mut iops: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    for round in 0..rounds {
+        for k in 0..3 {
+            let m = (round + k) % 3;
+            let mut rt = Runtime::new(&mut client);
+            let loaded = modes[m].map(|engine| {
+                rt.load_object(
+                    "biolatency",
+                    prepared.object.clone().into_load(),
+                    true,
+                    LoadOptions {
+                        engine: Some(engine),
+                        ..LoadOptions::default()
+                    },
+                )
+                .unwrap()
+            });
+            let mut spec = WorkloadSpec::new("ram0", RwMode::RandRead);
+            spec.iodepth = 8;
+            spec.block_size = 4096;
+            spec.limit = WorkloadLimit::TimeMs(ms);
+            let r = client.run_workload(&spec, |_| {}).unwrap();
+            assert_eq!(r.errors, 0);
+            iops[m].push(r.iops());
+            if let Some(l) = loaded {
+                let mut rt = Runtime::new(&mut client);
+                for p in rt.progs().unwrap() {
+                    assert_eq!((p.faults, p.budget_exhausted), (0, 0), "{p:?}");
+                }
+                rt.object_unload(&l.object.id.to_string()).unwrap();
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    for m in 1..3 {
+        for r in 0..rounds {
+            let q = iops[m][r] / iops[0][r];
+            ratios[m].push(q);
+        }
+    }
+    println!("ram0 4k random reads QD 8, {ms} ms x {rounds} rounds (medians):");
+    println!(
+        "  untraced                {:.0} IOPS",
+        median(&mut iops[0].clone())
+    );
+    for (m, name) in [(1, "biolatency interpreted"), (2, "biolatency JIT")] {
+        println!(
+            "  {name:<23} {:.0} IOPS, traced/untraced {:.3}",
+            median(&mut iops[m].clone()),
+            median(&mut ratios[m])
+        );
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+}
