@@ -12,9 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use ktrace_abi::bpf::{
-    AttachTarget, BenchResult, BpfRequest, BpfResponse, EventBatch, Limits, LinkInfo, LoadOptions,
-    MapDefinition, MapEntry, MapInfo, ObjectInfo, ObjectLoad, ObjectLoaded, ProgDump, ProgInfo,
-    ProgramLoad, Rejected, TestRunResult, Usage,
+    AttachTarget, BenchResult, BpfRequest, BpfResponse, Engine, EventBatch, Limits, LinkInfo,
+    LoadOptions, MapDefinition, MapEntry, MapInfo, ObjectInfo, ObjectLoad, ObjectLoaded, ProgDump,
+    ProgInfo, ProgramLoad, Rejected, TestRunResult, Usage,
 };
 use ktrace_abi::{ErrorCode, Request, Response};
 
@@ -391,6 +391,13 @@ impl<'c> Runtime<'c> {
                 Some(_) => {}
             }
         }
+    }
+
+    /// How programs loaded without an engine run: changes it to `set`
+    /// (`Some`) and returns the setting now.
+    pub fn default_engine(&mut self, set: Option<Engine>) -> Result<Engine> {
+        let r = self.call(BpfRequest::DefaultEngine { set })?;
+        expect!(r, "DefaultEngine", BpfResponse::DefaultEngine(e) => e)
     }
 
     /// Limits and current use.

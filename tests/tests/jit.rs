@@ -3,7 +3,8 @@
 //! with constant blinding (`--jit-harden`) and interpreted
 //! (`--interpreter`) — and fired by the same calls gives the same maps,
 //! the same run statistics, the same faults and the same budget errors;
-//! `ktrace prog list/show` say how each one runs.
+//! `ktrace prog list/show` say how each one runs, and `ktrace prog jit`
+//! changes how loads without a flag run.
 
 use std::process::Command;
 
@@ -225,6 +226,85 @@ fn jit_interpreter_and_blinded_jit_agree_end_to_end() {
             seen[0].0
         );
     }
+
+    // The kernel-wide default (`ktrace prog jit`), for loads without a flag.
+    assert_eq!(
+        run(&["prog", "jit"]).trim(),
+        "jit: on (programs loaded from now on are JIT-compiled)"
+    );
+    let exec_of = |pin: &str| -> (String, String) {
+        let out: Value =
+            serde_json::from_str(&run(&["load", obj, "--pin", pin, "--no-attach", "--json"]))
+                .unwrap();
+        let id = out["programs"][0]["id"].as_u64().unwrap().to_string();
+        let list = run(&["prog", "list"]);
+        let line = list
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id.as_str()))
+            .unwrap();
+        let show = run(&["prog", "show", &id]);
+        let exec = show.lines().find(|l| l.starts_with("exec:")).unwrap();
+        (
+            line.split_whitespace().nth(4).unwrap().to_string(),
+            exec.to_string(),
+        )
+    };
+    assert_eq!(
+        run(&["prog", "jit", "off"]).trim(),
+        "jit: off (programs loaded from now on are interpreted)"
+    );
+    assert_eq!(
+        exec_of("default-off"),
+        (
+            "interp".to_string(),
+            "exec:         interpreted (the default, set by `ktrace prog jit off`)".to_string()
+        )
+    );
+    // Loaded programs keep how they run.
+    let list = run(&["prog", "list"]);
+    let first = loaded[0]["programs"][0]["id"].as_u64().unwrap().to_string();
+    let line = list
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(first.as_str()))
+        .unwrap();
+    assert_eq!(line.split_whitespace().nth(4), Some("jit"), "{line}");
+    // A flag wins over the default.
+    let out: Value = serde_json::from_str(&run(&[
+        "load",
+        obj,
+        "--pin",
+        "harden-flag",
+        "--no-attach",
+        "--jit-harden",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(out["programs"][0]["exec"]["Jit"]["blinded"], true, "{out}");
+    assert_eq!(
+        run(&["prog", "jit", "harden", "--json"]).trim(),
+        r#"{"jit":"harden"}"#
+    );
+    let (col, exec) = exec_of("default-harden");
+    assert_eq!(col, "jit+blind");
+    assert!(
+        exec.ends_with("bytes of native code, constants blinded"),
+        "{exec}"
+    );
+    assert_eq!(
+        run(&["prog", "jit", "on"]).trim(),
+        "jit: on (programs loaded from now on are JIT-compiled)"
+    );
+    assert_eq!(exec_of("default-on").0, "jit");
+    let bad = ktrace_tests::ktrace()
+        .args([&vm[..], &["prog", "jit", "maybe"]].concat())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("[possible values: on, off, harden]"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }
 
 #[test]

@@ -53,7 +53,7 @@ use crate::error::{Answer, Error, Kind};
 use crate::session::Session;
 use kmap::KMap;
 use owners::{Objects, Parts};
-use prog::{HitInfo, LoadError, Program};
+use prog::{Choice, HitInfo, LoadError, Program};
 
 /// The runtime's tables.
 struct Runtime {
@@ -63,6 +63,8 @@ struct Runtime {
     links: BTreeMap<u32, attach::Link>,
     objects: Objects,
     limits: Limits,
+    /// How loads that do not say run: JIT-compiled unless the host changed it.
+    default_engine: ktrace_abi::bpf::Engine,
 }
 
 static RT: spin::Mutex<Runtime> = spin::Mutex::new(Runtime {
@@ -72,6 +74,7 @@ static RT: spin::Mutex<Runtime> = spin::Mutex::new(Runtime {
     links: BTreeMap::new(),
     objects: Objects::new(),
     limits: DEFAULT_LIMITS,
+    default_engine: ktrace_abi::bpf::Engine::Jit,
 });
 
 /// The clients of `now`'s session before `now` went away: free what they
@@ -298,7 +301,10 @@ impl Runtime {
             ));
         }
         let id = self.id();
-        let engine = o.engine.unwrap_or(ktrace_abi::bpf::Engine::Jit);
+        let engine = match o.engine {
+            Some(e) => Choice::Asked(e),
+            None => Choice::Default(self.default_engine),
+        };
         match prog::load(id, p, maps, o.log_level, o.insn_budget, engine) {
             Ok(prog) => Ok(Arc::new(prog)),
             Err(LoadError::Invalid(m)) => Err(Error::new(
@@ -835,6 +841,13 @@ pub fn handle(req: BpfRequest, session: &Session) -> Answer {
                 printk,
                 (max as usize).max(1),
             )))
+        }
+        BpfRequest::DefaultEngine { set } => {
+            if let Some(engine) = set {
+                rt.default_engine = engine;
+                log::info!("bpf: programs loaded from now on run as {engine:?} by default");
+            }
+            ok(BpfResponse::DefaultEngine(rt.default_engine))
         }
         BpfRequest::GetLimits => ok(BpfResponse::Limits {
             limits: Box::new(rt.limits.clone()),

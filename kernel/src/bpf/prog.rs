@@ -160,7 +160,7 @@ pub fn load(
     maps: Vec<Arc<KMap>>,
     log_level: u8,
     budget: u64,
-    engine: Engine,
+    engine: Choice,
 ) -> Result<Program, LoadError> {
     // The one set-up `ktrace check` uses too: same context, same helpers,
     // same refusal text.
@@ -311,21 +311,36 @@ fn blinding_seed(id: u32) -> u64 {
     z ^ (z >> 31)
 }
 
+/// How a load chose its engine.
+#[derive(Clone, Copy, Debug)]
+pub enum Choice {
+    /// The load said (`LoadOptions::engine`).
+    Asked(Engine),
+    /// The kernel's default (`BpfRequest::DefaultEngine`).
+    Default(Engine),
+}
+
 /// JIT-compiles `exe` unless `engine` asks for the interpreter; a program
 /// the JIT or the executable memory refuses runs interpreted, and the
 /// listing says why.
-fn compile(exe: &Executable, engine: Engine, id: u32) -> (Option<ExecMem>, ExecInfo) {
+fn compile(exe: &Executable, engine: Choice, id: u32) -> (Option<ExecMem>, ExecInfo) {
+    let interpreted = |why: &str| {
+        (
+            None,
+            ExecInfo::Interpreter {
+                why: why.to_string(),
+            },
+        )
+    };
     let blinded = match engine {
-        Engine::Interpreter => {
-            return (
-                None,
-                ExecInfo::Interpreter {
-                    why: "the load asked for the interpreter".to_string(),
-                },
-            )
+        Choice::Asked(Engine::Interpreter) => {
+            return interpreted("the load asked for the interpreter")
         }
-        Engine::Jit => false,
-        Engine::JitHardened => true,
+        Choice::Default(Engine::Interpreter) => {
+            return interpreted("the default, set by `ktrace prog jit off`")
+        }
+        Choice::Asked(Engine::Jit) | Choice::Default(Engine::Jit) => false,
+        Choice::Asked(Engine::JitHardened) | Choice::Default(Engine::JitHardened) => true,
     };
     let options = JitOptions {
         blinding: blinded.then(|| blinding_seed(id)),

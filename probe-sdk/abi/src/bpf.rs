@@ -130,6 +130,11 @@ pub enum BpfRequest {
     /// calls it `count` times with interrupts off and reports TSC cycles.
     /// Answer: [`BpfResponse::Bench`].
     Bench { count: u32 },
+    /// How programs loaded without [`LoadOptions::engine`] run from now on
+    /// (`Some`), or only ask (`None`); programs already loaded keep theirs
+    /// (Linux's `net.core.bpf_jit_enable` / `bpf_jit_harden`). Answer:
+    /// [`BpfResponse::DefaultEngine`] with the setting now.
+    DefaultEngine { set: Option<Engine> },
 }
 
 /// Answers from the BPF runtime.
@@ -166,6 +171,7 @@ pub enum BpfResponse {
         result: u64,
     },
     Bench(Box<BenchResult>),
+    DefaultEngine(Engine),
     /// The verifier rejected a program of a load: nothing was loaded.
     Rejected(Box<Rejected>),
 }
@@ -356,7 +362,8 @@ pub struct LoadOptions {
     /// Instructions one run may execute before it is stopped (0: the
     /// kernel's default).
     pub insn_budget: u64,
-    /// How the programs run (`None`: JIT-compiled, the kernel's default).
+    /// How the programs run (`None`: the kernel's default, JIT-compiled
+    /// unless [`BpfRequest::DefaultEngine`] changed it).
     pub engine: Option<Engine>,
 }
 

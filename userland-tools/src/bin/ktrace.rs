@@ -46,7 +46,7 @@ enum Command {
     Unload(ktrace_tools::cmd::pin::UnloadArgs),
     /// Pinned objects (what outlives the command that loaded it): list, rm.
     Pin(ktrace_tools::cmd::pin::Args),
-    /// Loaded BPF programs: list, show, dump, unload.
+    /// Loaded BPF programs: list, show, dump, unload; jit on/off/harden.
     Prog(ktrace_tools::cmd::prog::Args),
     /// BPF maps: list, dump, lookup, update, delete, free.
     Map(ktrace_tools::cmd::map::Args),

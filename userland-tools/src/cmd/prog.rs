@@ -1,9 +1,9 @@
-//! `ktrace prog list|show|dump`: loaded programs, their run statistics and
+//! `ktrace prog list|show|dump|jit`: loaded programs, their run statistics and
 //! verifier figures, and their instructions with source lines.
 
 use bpf_vm::disasm::{self, Syntax};
 use bpf_vm::Insn;
-use ktrace_abi::bpf::{ExecInfo, ProgInfo};
+use ktrace_abi::bpf::{Engine, ExecInfo, ProgInfo};
 use probe_sdk::runtime::Runtime;
 
 use super::bpf_common::table;
@@ -23,6 +23,29 @@ pub enum Command {
     Dump { id: u32 },
     /// Detach and unload a program.
     Unload { id: u32 },
+    /// How programs loaded from now on run when the load does not say
+    /// (`ktrace load --interpreter` / `--jit-harden` do): JIT-compiled
+    /// (`on`, the default), with constants blinded (`harden`), or
+    /// interpreted (`off`); without an argument, print the setting. Like
+    /// Linux's `net.core.bpf_jit_enable` and `bpf_jit_harden`, it does not
+    /// change programs already loaded.
+    Jit { setting: Option<JitSetting> },
+}
+
+/// The argument of `ktrace prog jit`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum JitSetting {
+    On,
+    Off,
+    Harden,
+}
+
+fn setting_name(e: Engine) -> &'static str {
+    match e {
+        Engine::Jit => "on",
+        Engine::JitHardened => "harden",
+        Engine::Interpreter => "off",
+    }
 }
 
 /// The EXEC column: `jit`, `jit+blind` or `interp`.
@@ -161,6 +184,28 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                     }
                     _ => outln!("{pc:5}: {text}"),
                 }
+            }
+        }
+        Command::Jit { setting } => {
+            let set = setting.map(|s| match s {
+                JitSetting::On => Engine::Jit,
+                JitSetting::Off => Engine::Interpreter,
+                JitSetting::Harden => Engine::JitHardened,
+            });
+            let now = rt.default_engine(set)?;
+            if args.json {
+                outln!("{}", serde_json::json!({ "jit": setting_name(now) }));
+            } else {
+                outln!(
+                    "jit: {} ({})",
+                    setting_name(now),
+                    match now {
+                        Engine::Jit => "programs loaded from now on are JIT-compiled",
+                        Engine::JitHardened =>
+                            "programs loaded from now on are JIT-compiled with constants blinded",
+                        Engine::Interpreter => "programs loaded from now on are interpreted",
+                    }
+                );
             }
         }
         Command::Unload { id } => {
