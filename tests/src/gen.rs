@@ -703,7 +703,22 @@ pub fn gen_request(kind: usize, world: &mut World, rng: &mut Rng) -> Request {
                 _ => B::MapFree { map },
             })
         }
-        14 => Request::Bpf(rng.pick(&[B::MapList, B::ProgList, B::LinkList, B::GetLimits])),
+        14 => Request::Bpf(rng.pick(&[
+            B::MapList,
+            B::ProgList,
+            B::LinkList,
+            B::GetLimits,
+            B::DefaultEngine { set: None },
+            B::DefaultEngine {
+                set: Some(Engine::Interpreter),
+            },
+            B::DefaultEngine {
+                set: Some(Engine::JitHardened),
+            },
+            B::DefaultEngine {
+                set: Some(Engine::Jit),
+            },
+        ])),
         15 => {
             let maps = (0..rng.pick(&[0, 0, 0, 1, 2, 40]))
                 .map(|_| world.id(rng, &world.maps.clone()))
@@ -880,7 +895,7 @@ pub const KINDS: [&str; 25] = [
     "Trace::Perf(Enable|Disable|Read|Drain|Close)",
     "Bpf::MapCreate",
     "Bpf::Map(Lookup|Update|Delete|NextKey|Dump|Batch|Free)",
-    "Bpf::(Map|Prog|Link)List, GetLimits",
+    "Bpf::(Map|Prog|Link)List, GetLimits, DefaultEngine",
     "Bpf::ProgLoad",
     "Bpf::Prog(Dump|Unload|TestRun)",
     "Bpf::Attach",
