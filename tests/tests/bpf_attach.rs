@@ -495,8 +495,9 @@ fn biolatency_counts_every_request() {
 
 /// A hit that arrives while another probe's handler runs is not run, and
 /// the program counts it as a miss: program B is attached to the BPF
-/// interpreter itself, which runs program A inside A's kprobe handler on
-/// the probe target. Each of A's runs is one of B's misses.
+/// interpreter itself, which runs program A (loaded `--interpreter`) inside
+/// A's kprobe handler on the probe target. Each of A's runs is one of B's
+/// misses.
 #[test]
 fn nested_hits_count_as_program_misses() {
     let point = ktrace_tests::kprobe_at;
@@ -508,7 +509,10 @@ fn nested_hits_count_as_program_misses() {
         .prog_load(
             asm_prog("on_target", "mov %r0, 0\nexit", point(TARGET)),
             vec![],
-            LoadOptions::default(),
+            LoadOptions {
+                engine: Some(ktrace_abi::bpf::Engine::Interpreter),
+                ..LoadOptions::default()
+            },
         )
         .unwrap();
     let b = rt
