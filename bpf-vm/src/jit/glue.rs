@@ -18,7 +18,7 @@ use crate::interp::{HelperMem, Helpers, RunError};
 pub const HELPER_IDS: usize = 256;
 
 /// Calls the `H` behind the run's `env` as helper `ID`.
-extern "sysv64" fn dispatch<H: Helpers, const ID: u32>(
+extern "sysv64" fn helper_trampoline<H: Helpers, const ID: u32>(
     r1: u64,
     r2: u64,
     r3: u64,
@@ -58,7 +58,7 @@ pub fn helper_table<H: Helpers>() -> Vec<Option<JitHelperFn>> {
             route16!(@ $base 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
         )*};
         (@ $base:literal $($i:literal)*) => {$(
-            t[$base + $i] = Some(dispatch::<H, { $base + $i }> as JitHelperFn);
+            t[$base + $i] = Some(helper_trampoline::<H, { $base + $i }> as JitHelperFn);
         )*};
     }
     route16!(0 16 32 48 64 80 96 112 128 144 160 176 192 208 224 240);
