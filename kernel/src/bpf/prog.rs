@@ -417,23 +417,24 @@ impl Program {
             hit: *hit,
         };
         let t0 = crate::arch::rdtsc();
-        // SAFETY: `self.exe`, and the code in `self.native` compiled from
-        // it at load, come from a program the verifier accepted (see
-        // `load`) for a context of `self.ctx_size` bytes — checked equal to
-        // `ctx.len()` above, and `ctx` is a live exclusive buffer for the
-        // whole run — with ktrace's helper prototypes, which `RunEnv`
-        // implements (every pointer it hands back is map storage or ring
-        // memory that stays allocated while `self.maps` holds the maps, and
-        // the epoch guard above keeps deleted slots from reuse). The code
-        // was compiled with `helper_table::<RunEnv<'static>>()`: its
-        // trampolines see this run's `env`, which differs only in a
-        // lifetime that covers the run, and keep nothing after returning.
-        // `self.native` lives as long as `self`, which the caller borrows
-        // for the run. The native stack: at most `MAX_CALL_FRAMES` frames
-        // of 576 bytes plus helpers, inside every stack handlers run on
-        // (16 KiB interrupt stacks, 64 KiB task stacks).
-        // The one unsafe block of the BPF runtime: its argument is the
-        // verifier's proof, which no arch interface could state.
+        // Compiled code: built with `helper_table::<RunEnv<'static>>()`, its
+        // trampolines see this run's `env`, which differs only in a lifetime
+        // that covers the run, and keep nothing after returning. It runs on
+        // the native stack: at most `MAX_CALL_FRAMES` frames of 576 bytes
+        // plus helpers, inside every stack handlers run on (16 KiB interrupt
+        // stacks, 64 KiB task stacks). The one unsafe block of the BPF
+        // runtime: its argument is the verifier's proof, which no arch
+        // interface could state.
+        //
+        // SAFETY: `self.exe`, and `self.native` compiled from it at load
+        // (alive as long as the borrowed `self`), come from a program the
+        // verifier accepted (see `load`) for a context of `self.ctx_size`
+        // bytes — checked equal to `ctx.len()` above, and `ctx` is a live
+        // exclusive buffer for the whole run — with ktrace's helper
+        // prototypes, which `RunEnv` implements (every pointer it hands back
+        // is map storage or ring memory that stays allocated while
+        // `self.maps` holds the maps, and the epoch guard above keeps
+        // deleted slots from reuse).
         #[allow(unsafe_code)]
         let (r, executed) = unsafe {
             match &self.native {
