@@ -7,6 +7,11 @@
 //! handler — which is what makes detaching while the program fires safe:
 //! the handler (and the `Arc<Program>` in it) outlives every run.
 //!
+//! Every handler (kprobe, kretprobe, tracepoint, perf sample) runs its
+//! program through [`Program::run`], which calls the JIT-compiled code
+//! directly (or the interpreter, for programs loaded that way): no extra
+//! dispatch per attach point.
+//!
 //! Kprobe targets the host resolved are re-checked against the kernel's
 //! own symbol table: the address must be kernel text, inside the named
 //! function at the stated offset.
