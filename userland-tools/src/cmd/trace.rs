@@ -193,7 +193,12 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
     // Whatever happened, remove what was loaded.
     let removed = probe.remove(&mut rt);
     match result {
-        Ok(()) | Err(Stop::Pipe) => removed,
+        Ok(()) => removed,
+        // The reader left (`| head`): once removed, end as every tool does
+        // on a closed pipe, by SIGPIPE (see `stop::exit`).
+        Err(Stop::Pipe) => removed.and(Err(
+            std::io::Error::from(std::io::ErrorKind::BrokenPipe).into()
+        )),
         Err(Stop::Error(e)) => Err(e),
     }
 }
