@@ -11,21 +11,58 @@ use ktrace_tests::{kernel_image, TestVm};
 use probe_sdk::client::Client;
 use probe_sdk::trace::TraceClient;
 
-fn kperf(args: &[&str]) -> std::process::Child {
-    Command::new(ktrace_tests::tools_dir().join("kperf"))
-        .args(args)
-        .env("KTRACE_KERNEL", &kernel_image().source)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn kperf")
+/// A running `kperf`, its stderr kept in a file to explain a failure.
+struct Kperf {
+    child: std::process::Child,
+    stderr: std::path::PathBuf,
 }
 
-/// Polls `cond` every 50 ms for up to 20 s; returns how long it took.
+impl Kperf {
+    fn start(args: &[&str]) -> Kperf {
+        let stderr = std::env::temp_dir().join(format!(
+            "ktrace-perf-lifetimes-{}-{}.err",
+            std::process::id(),
+            args[0]
+        ));
+        let child = Command::new(ktrace_tests::tools_dir().join("kperf"))
+            .args(args)
+            .env("KTRACE_KERNEL", &kernel_image().source)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("create stderr file"))
+            .spawn()
+            .expect("spawn kperf");
+        Kperf { child, stderr }
+    }
+
+    /// Polls `cond` until it holds; fails at once, with kperf's stderr, if
+    /// kperf ended first.
+    fn wait_until(&mut self, what: &str, cond: impl FnMut() -> bool) {
+        let mut cond = cond;
+        wait_for(what, || {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "kperf ended ({status}) before {what}; its stderr:\n{}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            cond()
+        });
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let _ = std::fs::remove_file(&self.stderr);
+    }
+}
+
+/// Polls `cond` every 50 ms for up to 120 s (a bound on a hang, not a
+/// timing: a loaded machine indexes the kernel slowly); returns how long it
+/// took.
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
     let t = Instant::now();
     while !cond() {
-        assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        assert!(t.elapsed() < Duration::from_secs(120), "timed out: {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
     t.elapsed()
@@ -63,7 +100,7 @@ fn a_killed_kperf_leaves_no_counter_probe_or_timer_behind() {
     let mut c = vm.client();
 
     // kperf stat with a kprobe counter, killed while it counts.
-    let mut stat = kperf(&[
+    let mut stat = Kperf::start(&[
         "stat",
         "--vm",
         &name,
@@ -72,14 +109,13 @@ fn a_killed_kperf_leaves_no_counter_probe_or_timer_behind() {
         "--duration",
         "60",
     ]);
-    wait_for("kperf stat's kprobe counter", || perf_kprobes(&mut c) == 1);
-    stat.kill().unwrap();
-    stat.wait().unwrap();
+    stat.wait_until("kperf stat's kprobe counter", || perf_kprobes(&mut c) == 1);
+    stat.kill();
     let gone = wait_for("the counter's kprobe to go", || perf_kprobes(&mut c) == 0);
     eprintln!("kperf stat killed: its kprobe was removed {gone:?} later");
 
     // kperf record holds the one sampling timer; killed, it frees it.
-    let mut record = kperf(&[
+    let mut record = Kperf::start(&[
         "record",
         "--vm",
         &name,
@@ -90,9 +126,8 @@ fn a_killed_kperf_leaves_no_counter_probe_or_timer_behind() {
         "-o",
         "/dev/null",
     ]);
-    wait_for("kperf record's sampling event", || sampling_busy(&mut c));
-    record.kill().unwrap();
-    record.wait().unwrap();
+    record.wait_until("kperf record's sampling event", || sampling_busy(&mut c));
+    record.kill();
     let free = wait_for("the sampling timer to be free", || !sampling_busy(&mut c));
     eprintln!("kperf record killed: the sampling timer was free {free:?} later");
 
