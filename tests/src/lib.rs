@@ -285,3 +285,26 @@ pub fn remove_vm_dir(dir: &Path) {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// Compiles the C BPF program `source` with clang (`clang-22 -target bpf
+/// -O2 -g`, the compiler the setup installs) into `dir/NAME.bpf.o` and
+/// returns the object's path; the source is kept beside it as `NAME.c`.
+pub fn compile_c(dir: &Path, name: &str, source: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("create the object's directory");
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).expect("write the C source");
+    let obj = dir.join(format!("{name}.bpf.o"));
+    let out = Command::new("clang-22")
+        .args(["-target", "bpf", "-O2", "-g", "-c"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&obj)
+        .output()
+        .expect("run clang-22 (installed by scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "clang-22 -target bpf failed on {name}.c:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    obj
+}

@@ -4,7 +4,6 @@
 //! while the target fires, and per-hit cost against a native kprobe.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use ktrace_abi::bpf::{
@@ -127,19 +126,7 @@ fn examples_c_program_detach_and_per_hit_cost() {
     std::fs::create_dir_all(&scratch).unwrap();
     let count_obj = example("count-calls", &scratch);
     let latency_obj = example("func-latency", &scratch);
-    let c_src = scratch.join("count_args.c");
-    std::fs::write(&c_src, C_PROG).unwrap();
-    let c_obj = scratch.join("count_args.o");
-    let st = Command::new("clang-22")
-        .args(["-target", "bpf", "-O2", "-g", "-c"])
-        .arg(&c_src)
-        .arg("-o")
-        .arg(&c_obj)
-        .status();
-    assert!(
-        st.map(|s| s.success()).unwrap_or(false),
-        "clang-22 -target bpf failed"
-    );
+    let c_obj = ktrace_tests::compile_c(&scratch, "count_args", C_PROG);
 
     let mut vm = TestVm::boot("bpf-attach");
     let mut client = vm.client();

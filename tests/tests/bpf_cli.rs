@@ -2,8 +2,6 @@
 //! clang-built object, then `prog`, `map`, `link` and `events`, in text and
 //! JSON.
 
-use std::process::Command;
-
 use ktrace_tests::{ktrace_ok, unique_name, CliVmGuard};
 use probe_sdk::client::ConnectOptions;
 use probe_sdk::runtime::Runtime;
@@ -35,20 +33,7 @@ char _license[] __attribute__((section("license"), used)) = "GPL";
 #[test]
 fn cli_load_prog_map_link_events() {
     let dir = std::env::temp_dir().join(format!("ktrace-bpf-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("on_target.c");
-    std::fs::write(&src, C_PROG).unwrap();
-    let obj = dir.join("on_target.bpf.o");
-    let st = Command::new("clang-22")
-        .args(["-target", "bpf", "-O2", "-g", "-c"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&obj)
-        .status();
-    assert!(
-        st.map(|s| s.success()).unwrap_or(false),
-        "clang-22 -target bpf failed"
-    );
+    let obj = ktrace_tests::compile_c(&dir, "on_target", C_PROG);
 
     let name = unique_name("cli-bpf");
     let _guard = CliVmGuard(name.clone());

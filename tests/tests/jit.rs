@@ -6,8 +6,6 @@
 //! `ktrace prog list/show` say how each one runs, and `ktrace prog jit`
 //! changes how loads without a flag run.
 
-use std::process::Command;
-
 use ktrace_tests::{ktrace_ok, unique_name, CliVmGuard};
 use probe_sdk::client::ConnectOptions;
 use probe_sdk::runtime::Runtime;
@@ -86,20 +84,7 @@ fn pairs(dump: &Value) -> Vec<(u64, u64)> {
 #[test]
 fn jit_interpreter_and_blinded_jit_agree_end_to_end() {
     let dir = std::env::temp_dir().join(format!("ktrace-jit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("jit_prog.c");
-    std::fs::write(&src, C_PROG).unwrap();
-    let obj = dir.join("jit_prog.bpf.o");
-    let st = Command::new("clang-22")
-        .args(["-target", "bpf", "-O2", "-c"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&obj)
-        .status();
-    assert!(
-        st.map(|s| s.success()).unwrap_or(false),
-        "clang-22 -target bpf failed"
-    );
+    let obj = ktrace_tests::compile_c(&dir, "jit_prog", C_PROG);
     let obj = obj.to_str().unwrap();
 
     let name = unique_name("jit");
@@ -363,17 +348,7 @@ fn per_hit_cost_interpreter_vs_jit() {
     use probe_sdk::runtime::prepare;
 
     let dir = std::env::temp_dir().join(format!("ktrace-jit-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let src = dir.join("bench.c");
-    std::fs::write(&src, BENCH_PROG).unwrap();
-    let obj = dir.join("bench.bpf.o");
-    let st = Command::new("clang-22")
-        .args(["-target", "bpf", "-O2", "-c"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&obj)
-        .status();
-    assert!(st.map(|s| s.success()).unwrap_or(false), "clang-22 failed");
+    let obj = ktrace_tests::compile_c(&dir, "bench", BENCH_PROG);
     let prepared = prepare(&obj, &kernel_image().source, &mut |_| {}).unwrap();
 
     let mut vm = TestVm::boot("jit-bench");

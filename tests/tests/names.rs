@@ -8,10 +8,9 @@
 //! elsewhere with `--attach PROG=TARGET`, `ktrace build --check` refuses a
 //! misspelt target, and the symbol listing fits the terminal.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ktrace_tests::{disk_config, TestVm};
+use ktrace_tests::{compile_c, disk_config, TestVm};
 use ktrace_tests::{run_tool as run, run_tool_ok as run_ok, tool};
 use probe_sdk::kernel_image;
 
@@ -87,20 +86,6 @@ fn duplicated_line() -> String {
         }
     }
     panic!("none of the lines {candidates:?} of submit_bio has several copies in this build; the test needs one");
-}
-
-fn compile_c(dir: &Path, name: &str, source: &str) -> PathBuf {
-    let src = dir.join(format!("{name}.c"));
-    std::fs::write(&src, source).unwrap();
-    let obj = dir.join(format!("{name}.bpf.o"));
-    let st = Command::new("clang-22")
-        .args(["-target", "bpf", "-O2", "-c"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&obj)
-        .status();
-    assert!(st.is_ok_and(|s| s.success()), "clang-22 -target bpf failed");
-    obj
 }
 
 /// A program that only returns, in section `section`: what it attaches to

@@ -519,22 +519,13 @@ fn a_closed_pipe_or_a_signal_ends_every_tool_quietly_and_leaves_nothing_in_the_k
 
     // Into a pipe whose reader already left: every binary ends by SIGPIPE
     // without a word, and what it loaded is gone.
-    let c_object = dir.join("two.bpf.o");
-    let c_source = dir.join("two.c");
-    std::fs::write(
-        &c_source,
+    let c_object = ktrace_tests::compile_c(
+        &dir,
+        "two",
         "__attribute__((section(\"tracepoint/block/block_rq_issue\"), used))\n\
          int two(void *ctx) { return 2; }\n\
          char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
-    )
-    .unwrap();
-    let st = Command::new("clang-22")
-        .args(["-target", "bpf", "-O2", "-g", "-c"])
-        .arg(&c_source)
-        .arg("-o")
-        .arg(&c_object)
-        .status();
-    assert!(st.is_ok_and(|s| s.success()), "clang-22 -target bpf failed");
+    );
     let object = c_object.to_str().unwrap();
     let cases: &[(&str, &[&str])] = &[
         ("ktrace", &["check", "--log-level", "2", object]),
