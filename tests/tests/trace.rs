@@ -55,6 +55,60 @@ struct Json {
     prints: Vec<(String, Value)>,
 }
 
+/// A `ktrace --vm VM trace ARGS...` running in the background, its stdout
+/// read a line at a time and its stderr kept for the end.
+struct Running {
+    child: std::process::Child,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Running {
+    /// Starts the trace and returns it with the first line it printed.
+    fn start(vm: &str, args: &[&str]) -> (Running, String) {
+        let mut child = ktrace()
+            .args(["--vm", vm, "trace"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut running = Running { child, stdout };
+        let first = running.line();
+        (running, first)
+    }
+
+    /// The next line of stdout.
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line
+    }
+
+    /// Ctrl-C: SIGINT to the trace by pid.
+    fn interrupt(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Reads stdout to its end and waits: the rest of stdout, the exit
+    /// status and stderr.
+    fn finish(mut self) -> (String, Output) {
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        (rest, self.child.wait_with_output().unwrap())
+    }
+
+    /// Closes stdout (a reader that left) and waits.
+    fn close(self) -> Output {
+        drop(self.stdout);
+        self.child.wait_with_output().unwrap()
+    }
+}
+
 fn json(out: &str) -> Json {
     let mut j = Json {
         maps: BTreeMap::new(),
@@ -363,19 +417,15 @@ fn kprobe_arguments_sched_errors_and_exits() {
 
     // 16-17. arg0 and retval of the probe target: target(x) = 3x + 1,
     // called with 10, 11, ..., 109 while the trace runs.
-    let mut child = ktrace()
-        .args(["--vm", &name, "trace", "-f", "json"])
-        .arg(
+    let (trace, first) = Running::start(
+        &name,
+        &[
+            "-f",
+            "json",
             "kprobe:kernel::bpf::testing::target { @n = count(); @sum = sum(arg0); @x = sum(args.x); } \
              kretprobe:kernel::bpf::testing::target { @ret = sum(retval); @odd[retval % 2] = count(); }",
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
+        ],
+    );
     assert_eq!(
         first,
         "{\"type\": \"attached_probes\", \"data\": {\"probes\": 2}}\n"
@@ -384,15 +434,9 @@ fn kprobe_arguments_sched_errors_and_exits() {
         let mut c = vm.client();
         Runtime::new(&mut c).trigger(100, 10).unwrap();
     }
-    // SAFETY-free Ctrl-C: SIGINT to the child by pid.
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    assert!(child.wait().unwrap().success());
+    trace.interrupt();
+    let (rest, out) = trace.finish();
+    assert!(out.status.success());
     let j = json(&rest);
     let sum: u64 = (10..110).sum();
     assert_eq!(int(&j.maps["@n"]), 100);
@@ -417,23 +461,15 @@ fn kprobe_arguments_sched_errors_and_exits() {
 
     // 19. exit() from a kernel probe while a kernel task keeps calling
     // the target: printing stops at the exit, counting at the detach.
-    let mut child = ktrace()
-        .args(["--vm", &name, "trace", "-f", "json"])
-        .arg("kprobe:kernel::bpf::testing::target { @n = count(); printf(\"%d\\n\", @n); if (@n == 20) { exit(); } }")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
+    let (trace, _) = Running::start(
+        &name,
+        &["-f", "json", "kprobe:kernel::bpf::testing::target { @n = count(); printf(\"%d\\n\", @n); if (@n == 20) { exit(); } }"],
+    );
     {
         let mut c = vm.client();
         Runtime::new(&mut c).trigger_spawn(100_000).unwrap();
     }
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let (rest, out) = trace.finish();
     assert!(
         out.status.success(),
         "{}",
@@ -475,15 +511,7 @@ fn kprobe_arguments_sched_errors_and_exits() {
     assert_clean(&mut vm);
 
     // 21b. profile:hz:N runs the kernel's sampling timer at N.
-    let mut child = ktrace()
-        .args(["--vm", &name, "trace", "profile:hz:997 { @n = count(); }"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
+    let (trace, first) = Running::start(&name, &["profile:hz:997 { @n = count(); }"]);
     assert_eq!(first, "Attaching 1 probe...\n");
     let links = {
         let mut c = vm.client();
@@ -494,12 +522,8 @@ fn kprobe_arguments_sched_errors_and_exits() {
         links[0].target,
         ktrace_abi::bpf::LinkTarget::PerfEvent { sample_hz: 997 }
     );
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.wait().unwrap().success());
+    trace.interrupt();
+    assert!(trace.finish().1.status.success());
     assert_clean(&mut vm);
     assert_eq!(
         trace_err(&name, &["profile:hz:10 { @ = count(); }"]),
@@ -524,16 +548,10 @@ fn kprobe_arguments_sched_errors_and_exits() {
          kprobe:RequestQueue::set_scheduler { printf(\"%d\\n\", args.name.length); }\n\
          \x20                                                        ^^^^\n"
     );
-    let mut child = ktrace()
-        .args(["--vm", &name, "trace"])
-        .arg(format!("kprobe:block/queue.rs:{line} {{ printf(\"%s\\n\", str(args.name.data_ptr, args.name.length)); }}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).unwrap();
+    let (trace, first) = Running::start(
+        &name,
+        &[&format!("kprobe:block/queue.rs:{line} {{ printf(\"%s\\n\", str(args.name.data_ptr, args.name.length)); }}")],
+    );
     assert_eq!(first, "Attaching 1 probe...\n");
     {
         let mut c = vm.client();
@@ -541,14 +559,9 @@ fn kprobe_arguments_sched_errors_and_exits() {
         c.set_scheduler("ram0", "deadline").unwrap();
     }
     // Ctrl-C: what the probe printed is drained before the trace ends.
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let mut got = String::new();
-    stdout.read_to_string(&mut got).unwrap();
-    assert!(child.wait().unwrap().success());
+    trace.interrupt();
+    let (got, out) = trace.finish();
+    assert!(out.status.success());
     assert_eq!(got, "none\ndeadline\n\n");
     assert_clean(&mut vm);
 
@@ -648,26 +661,14 @@ fn kprobe_arguments_sched_errors_and_exits() {
     assert_clean(&mut vm);
 
     // A closed pipe ends the trace quietly and removes it.
-    let mut child = ktrace()
-        .args([
-            "--vm",
-            &name,
-            "trace",
-            "tracepoint:sched:sched_switch { printf(\"switch to %d\\n\", args.next_pid); }",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line, "Attaching 1 probe...\n");
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
+    let (mut trace, first) = Running::start(
+        &name,
+        &["tracepoint:sched:sched_switch { printf(\"switch to %d\\n\", args.next_pid); }"],
+    );
+    assert_eq!(first, "Attaching 1 probe...\n");
+    let line = trace.line();
     assert!(line.starts_with("switch to "), "{line}");
-    drop(stdout);
-    let out = child.wait_with_output().unwrap();
+    let out = trace.close();
     // Ended by SIGPIPE, as the other tools and `cat` are, with nothing said.
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(
@@ -699,23 +700,10 @@ fn kprobe_arguments_sched_errors_and_exits() {
 
     // A killed peer: the VM dies under a running trace, which says so and
     // exits (last: the VM is gone afterwards).
-    let mut child = ktrace()
-        .args([
-            "--vm",
-            &name,
-            "trace",
-            "tracepoint:sched:sched_switch { @ = count(); }",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(line, "Attaching 1 probe...\n");
+    let (trace, first) = Running::start(&name, &["tracepoint:sched:sched_switch { @ = count(); }"]);
+    assert_eq!(first, "Attaching 1 probe...\n");
     vm.vm().kill();
-    let out = child.wait_with_output().unwrap();
+    let (_, out) = trace.finish();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
