@@ -516,6 +516,10 @@ impl Drop for DepthGuard {
 }
 
 fn on_int3(regs: &mut PtRegs, _vector: u8) -> bool {
+    // The temporary `int3` of a static-key patch in progress first.
+    if text::on_patch_int3(regs) {
+        return true;
+    }
     let addr = regs.rip.wrapping_sub(1);
     INFLIGHT.fetch_add(1, Ordering::AcqRel);
     let Some(site) = find_site(addr) else {
@@ -729,6 +733,10 @@ pub mod blacklist {
         Prefix {
             prefix: "kernel::arch::imp::apic::",
             reason: "the interrupt controller (the NMI sampler's self-IPI)",
+        },
+        Prefix {
+            prefix: "kernel::arch::imp::smp_sync::",
+            reason: "text patching (the sync of every CPU between writes)",
         },
         Prefix {
             prefix: "kernel::trace::text::",
