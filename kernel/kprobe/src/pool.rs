@@ -146,7 +146,11 @@ impl<const N: usize, const WORDS: usize> Pool<N, WORDS> {
             quota.active.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        let start = if cpus == 0 { 0 } else { (cpu % cpus) * (N / cpus) };
+        let start = if cpus == 0 {
+            0
+        } else {
+            (cpu % cpus) * (N / cpus)
+        };
         let order = (start..N).chain(0..start);
         for (i, e) in order.map(|i| (i, &self.entries[i])) {
             let word = e.state.load(Ordering::Relaxed);

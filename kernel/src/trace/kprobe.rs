@@ -221,8 +221,7 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(1);
 /// The single-step in progress on each CPU, indexed by CPU number. IF is
 /// clear from the `int3` to the debug trap, so a CPU's steps never nest,
 /// and only that CPU touches its entry (the lock is uncontended).
-static STEP: [SpinLock<Option<StepState>>; MAX_CPUS] =
-    [const { SpinLock::new(None) }; MAX_CPUS];
+static STEP: [SpinLock<Option<StepState>>; MAX_CPUS] = [const { SpinLock::new(None) }; MAX_CPUS];
 /// Breakpoints hit at addresses without a site (an unregister raced).
 static SPURIOUS: AtomicU64 = AtomicU64::new(0);
 static INITIALISED: AtomicBool = AtomicBool::new(false);

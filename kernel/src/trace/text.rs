@@ -112,6 +112,27 @@ static BP_RESUME: AtomicU64 = AtomicU64::new(0);
 /// Traps on a patch's temporary `int3` emulated since boot.
 static BP_EMULATED: AtomicU64 = AtomicU64::new(0);
 
+/// Milliseconds a multi-byte patch sleeps after each of its syncs (0: no
+/// pause). The `smp_text` self test sets it so that, even on one CPU,
+/// tasks run into the temporary `int3` and its emulation is exercised.
+#[cfg(feature = "self-tests")]
+static STEP_PAUSE_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the pause between the steps of a multi-byte patch (self tests).
+#[cfg(feature = "self-tests")]
+pub fn set_patch_step_pause(ms: u64) {
+    STEP_PAUSE_MS.store(ms, Ordering::Relaxed);
+}
+
+/// After each sync of a multi-byte patch: the self tests' pause.
+fn between_steps() {
+    #[cfg(feature = "self-tests")]
+    match STEP_PAUSE_MS.load(Ordering::Relaxed) {
+        0 => {}
+        ms => crate::task::sleep_ms(ms),
+    }
+}
+
 /// Writes through the one [`TextPoke`]. Callers hold [`TEXT_MUTEX`].
 fn poke() -> &'static TextPoke {
     POKE.call_once(|| TextPoke::take().expect("kernel text has one owner: trace::text"))
@@ -163,7 +184,11 @@ fn poke_multi(
         return failed;
     }
     sync_all_cpus();
-    if poke().write(at.add(tail.offset as u64), tail.bytes).is_err() {
+    between_steps();
+    if poke()
+        .write(at.add(tail.offset as u64), tail.bytes)
+        .is_err()
+    {
         // `int3` + the old tail: the old instruction, once its byte is back.
         BP_RESUME.store(resume_old, Ordering::Release);
         if poke().write(at, &old[..1]).is_ok() {
@@ -173,6 +198,7 @@ fn poke_multi(
         return failed;
     }
     sync_all_cpus();
+    between_steps();
     if poke().write(at, head.bytes).is_err() {
         // `int3` + the new tail: the record already says what it does.
         return failed;
@@ -304,9 +330,10 @@ pub fn set_static_key(at: TextAddr, target: Option<TextAddr>) -> Result<(), Text
     let site = at.get();
     let _text = TEXT_MUTEX.lock();
     let original: [u8; 5] = match CLAIMS.lock().get(at) {
-        Some(c) if matches!(c.owner, Owner::StaticKey { .. }) && c.len == 5 => {
-            c.original().try_into().map_err(|_| TextError::NotClaimed(site))?
-        }
+        Some(c) if matches!(c.owner, Owner::StaticKey { .. }) && c.len == 5 => c
+            .original()
+            .try_into()
+            .map_err(|_| TextError::NotClaimed(site))?,
         _ => return Err(TextError::NotClaimed(site)),
     };
     let jmp_to = |target: TextAddr| -> Result<[u8; 5], TextError> {
