@@ -38,6 +38,16 @@ fn all_self_tests() -> impl Iterator<Item = &'static (&'static str, SelfTest)> {
     core::iter::empty()
 }
 
+#[cfg(feature = "self-tests")]
+fn run_with_arg(test: &str, arg: &str, out: &mut Vec<String>) -> Option<bool> {
+    crate::probe_tests::run_with_arg(test, arg, out)
+}
+
+#[cfg(not(feature = "self-tests"))]
+fn run_with_arg(_test: &str, _arg: &str, _out: &mut Vec<String>) -> Option<bool> {
+    None
+}
+
 /// Whether this kernel has the self tests (the `self-tests` feature).
 pub const HAS_SELF_TESTS: bool = cfg!(feature = "self-tests");
 
@@ -47,10 +57,17 @@ pub fn self_test_names() -> Vec<String> {
 }
 
 /// Run a self test by name.
+///
+/// `name:arg` runs a test that takes an argument (`smp_text:30`: seconds).
 pub fn run_self_test(name: &str) -> Option<SelfTestResult> {
-    let (_, test) = all_self_tests().find(|(n, _)| *n == name)?;
     let mut output = Vec::new();
-    let passed = test(&mut output);
+    let passed = match name.split_once(':') {
+        Some((test, arg)) => run_with_arg(test, arg, &mut output)?,
+        None => {
+            let (_, test) = all_self_tests().find(|(n, _)| *n == name)?;
+            test(&mut output)
+        }
+    };
     Some(SelfTestResult {
         name: name.to_string(),
         passed,

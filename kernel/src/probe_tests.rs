@@ -46,7 +46,24 @@ pub const SELF_TESTS: &[(&str, SelfTest)] = &[
     ("perf_sampling", perf_sampling),
     ("irqs_off_load", irqs_off_load),
     ("bench", bench),
+    ("smp_text", smp_text_default),
 ];
+
+/// Self tests that take an argument: `name:arg` (`smp_text:SECONDS`).
+pub fn run_with_arg(name: &str, arg: &str, out: &mut Vec<String>) -> Option<bool> {
+    match name {
+        "smp_text" => match arg.parse::<u64>() {
+            Ok(secs) if (1..=600).contains(&secs) => Some(smp_text(out, secs)),
+            _ => {
+                out.push(format!(
+                    "smp_text:{arg}: the argument is the duration in seconds, 1 to 600"
+                ));
+                Some(false)
+            }
+        },
+        _ => None,
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Test functions
@@ -1731,6 +1748,428 @@ fn bench(out: &mut Vec<String>) -> bool {
         &mut ok,
         boosted < stepped,
         String::from("boosting is cheaper than single-stepping"),
+    );
+    ok
+}
+
+// ---------------------------------------------------------------------------
+// Text patched while it runs (issue 17)
+// ---------------------------------------------------------------------------
+
+/// The attach points of `smp_text`, indexed by kind.
+const SMP_KINDS: [&str; 3] = ["kprobe", "kretprobe", "tracepoint"];
+const SMP_KPROBE: usize = 0;
+const SMP_KRETPROBE: usize = 1;
+const SMP_TRACEPOINT: usize = 2;
+/// Generation of each attach point. Odd: attached, and armed on every CPU
+/// (made odd after attaching returned); even: detached or about to be
+/// (made even before detaching begins, see [`smp_text`]).
+static SMP_GEN: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+/// Calls of each probed function that ran under an odd generation: the
+/// kernel's own count, which the handlers' hits must equal exactly.
+static SMP_CALLS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+/// Marks this test's `ktrace:bench` records (the generation is below it).
+const SMP_TP_TAG: u64 = 0x5e7e << 48;
+
+fn smp_armed(gen: u64) -> bool {
+    gen & 1 == 1
+}
+
+#[inline(always)]
+fn smp_count_call(kind: usize, gen: u64) {
+    if smp_armed(gen) {
+        SMP_CALLS[kind].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Probed by `smp_text`'s kprobe (with a post handler, so every hit is
+/// single-stepped). `gen` is the kprobe's generation the caller read.
+#[inline(never)]
+pub fn smp_kprobe_target(gen: u64) -> u64 {
+    smp_count_call(SMP_KPROBE, gen);
+    black_box(gen).wrapping_mul(3).wrapping_add(1)
+}
+
+/// Probed by `smp_text`'s kretprobe.
+#[inline(never)]
+pub fn smp_kretprobe_target(gen: u64) -> u64 {
+    smp_count_call(SMP_KRETPROBE, gen);
+    black_box(gen).wrapping_mul(5).wrapping_add(2)
+}
+
+/// Emits `ktrace:bench` for `smp_text`'s tracepoint handler.
+#[inline(never)]
+pub fn smp_tracepoint_target(gen: u64) -> u64 {
+    smp_count_call(SMP_TRACEPOINT, gen);
+    crate::trace_event!(
+        crate::trace::points::KTRACE_BENCH,
+        BenchEvent {
+            value: SMP_TP_TAG | gen
+        }
+    );
+    black_box(gen).wrapping_mul(7).wrapping_add(3)
+}
+
+const SMP_TARGETS: [fn(u64) -> u64; 3] = [
+    smp_kprobe_target,
+    smp_kretprobe_target,
+    smp_tracepoint_target,
+];
+
+fn smp_expected(kind: usize, gen: u64) -> u64 {
+    let (m, a) = [(3, 1), (5, 2), (7, 3)][kind];
+    gen.wrapping_mul(m).wrapping_add(a)
+}
+
+/// Hits under an odd generation, per CPU (`posts`: the kprobe's post
+/// handler, after the single-step).
+struct SmpHits {
+    hits: [AtomicU64; crate::percpu::MAX_CPUS],
+    posts: [AtomicU64; crate::percpu::MAX_CPUS],
+    missed: AtomicU64,
+}
+
+impl SmpHits {
+    fn new() -> Self {
+        Self {
+            hits: [const { AtomicU64::new(0) }; crate::percpu::MAX_CPUS],
+            posts: [const { AtomicU64::new(0) }; crate::percpu::MAX_CPUS],
+            missed: AtomicU64::new(0),
+        }
+    }
+    fn cpu_slot(counts: &[AtomicU64]) -> &AtomicU64 {
+        let cpu = crate::percpu::this_cpu().id as usize;
+        &counts[cpu.min(counts.len() - 1)]
+    }
+    fn hit(&self, gen: u64) {
+        if smp_armed(gen) {
+            Self::cpu_slot(&self.hits).fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn sum(counts: &[AtomicU64]) -> u64 {
+        counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+    fn per_cpu(counts: &[AtomicU64]) -> Vec<u64> {
+        let n = (crate::percpu::cpu_count() as usize).clamp(1, counts.len());
+        counts[..n]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+impl KprobeHandler for SmpHits {
+    fn pre(&self, regs: &mut PtRegs) {
+        self.hit(regs.rdi);
+    }
+    fn post(&self, regs: &mut PtRegs) {
+        if smp_armed(regs.rdi) {
+            Self::cpu_slot(&self.posts).fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn has_post(&self) -> bool {
+        true
+    }
+    fn missed(&self) {
+        self.missed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl KretprobeHandler for SmpHits {
+    fn entry(&self, regs: &PtRegs, data: &mut [u64; 4]) -> bool {
+        data[0] = regs.rdi;
+        true
+    }
+    fn ret(&self, _regs: &mut PtRegs, inst: &RetInstance) {
+        self.hit(inst.data[0]);
+    }
+    fn missed(&self) {
+        self.missed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl TracepointHandler for SmpHits {
+    fn event(&self, record: &[u8], _regs: &PtRegs) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&record[..8]);
+        let value = u64::from_le_bytes(w);
+        if value & !((1 << 48) - 1) == SMP_TP_TAG {
+            self.hit(value & ((1 << 48) - 1));
+        }
+    }
+    fn missed(&self) {
+        self.missed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One attach point of `smp_text`, attached or not.
+enum SmpAttached {
+    None,
+    Kprobe(Arc<kprobe::Kprobe>),
+    Kretprobe(Arc<kretprobe::Kretprobe>),
+    Tracepoint(u32),
+}
+
+fn smp_attach(kind: usize, h: &Arc<SmpHits>) -> Result<SmpAttached, String> {
+    let at = TextAddr(addr_of(SMP_TARGETS[kind]));
+    match kind {
+        SMP_KPROBE => kprobe::register(at, h.clone())
+            .map(SmpAttached::Kprobe)
+            .map_err(|e| format!("{e}")),
+        SMP_KRETPROBE => kretprobe::register(at, 0, h.clone())
+            .map(SmpAttached::Kretprobe)
+            .map_err(|e| format!("{e}")),
+        _ => Ok(SmpAttached::Tracepoint(tracepoint::attach_to(
+            &KTRACE_BENCH,
+            h.clone(),
+        ))),
+    }
+}
+
+fn smp_detach(a: SmpAttached) -> Result<(), String> {
+    match a {
+        SmpAttached::None => Ok(()),
+        SmpAttached::Kprobe(p) => kprobe::unregister(p.id()).map_err(|e| format!("{e}")),
+        SmpAttached::Kretprobe(r) => kretprobe::unregister(r.id()).map_err(|e| format!("{e}")),
+        SmpAttached::Tracepoint(id) => tracepoint::detach(id).map_err(|e| format!("{e}")),
+    }
+}
+
+/// Waits until every worker has finished the loop iteration it was in
+/// (so every call made with a generation read before now has returned).
+/// `false` if a worker made no progress for 20 s.
+fn smp_wait_workers(epochs: &[AtomicU64]) -> bool {
+    let before: Vec<u64> = epochs.iter().map(|e| e.load(Ordering::SeqCst)).collect();
+    let start = crate::time::now_ns();
+    while epochs
+        .iter()
+        .zip(&before)
+        .any(|(e, b)| e.load(Ordering::SeqCst) == *b)
+    {
+        if crate::time::now_ns() - start > 20_000_000_000 {
+            return false;
+        }
+        task::sleep_ms(1);
+    }
+    true
+}
+
+fn smp_text_default(out: &mut Vec<String>) -> bool {
+    smp_text(out, 30)
+}
+
+/// Every CPU runs the same kprobe (single-stepped), kretprobe (boosted
+/// entry) and tracepoint site in a loop while this task attaches and
+/// detaches each of them in turn for `secs` seconds: text is patched
+/// (a kprobe's `int3`, a static key's three-step `jmp`) under running
+/// CPUs and handlers are removed while others may run them.
+///
+/// Exact counting: a worker reads the attach point's generation and
+/// passes it to the probed function, which counts itself when the
+/// generation is odd; handlers count hits whose generation (the argument
+/// they see) is odd. The generation turns odd only after attaching
+/// returned (every CPU traps from then on), and turns even before
+/// detaching, which starts only once every worker finished the call it
+/// was in (task-level quiescence: a worker may be preempted inside a
+/// call). So a call with an odd generation runs entirely while the point
+/// is armed everywhere, must be hit exactly once, and the per-CPU hits
+/// must sum to the kernel's count exactly. Hits with an even generation
+/// (the edges of each window) count on neither side.
+fn smp_text(out: &mut Vec<String>, secs: u64) -> bool {
+    let mut ok = true;
+    for k in 0..3 {
+        SMP_GEN[k].store(0, Ordering::SeqCst);
+        SMP_CALLS[k].store(0, Ordering::SeqCst);
+    }
+    let handlers: [Arc<SmpHits>; 3] = [
+        Arc::new(SmpHits::new()),
+        Arc::new(SmpHits::new()),
+        Arc::new(SmpHits::new()),
+    ];
+    let cpus = crate::percpu::cpu_count().max(1) as usize;
+    let workers = 2 * cpus + 1;
+    let stop = Arc::new(AtomicBool::new(false));
+    let bad = Arc::new(AtomicU64::new(0));
+    let live = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(WaitQueue::new());
+    let epochs: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect());
+    let calls: Arc<[AtomicU64; 3]> = Arc::new([const { AtomicU64::new(0) }; 3]);
+    // Static-key patches pause between their steps, so callers run into
+    // the temporary int3 even on one CPU.
+    crate::trace::text::set_patch_step_pause(2);
+    let emulated0 = crate::trace::text::patch_traps_emulated();
+    let spurious0 = kprobe::spurious_hits();
+    for w in 0..workers {
+        let (stop, bad, live, done, epochs, calls) = (
+            stop.clone(),
+            bad.clone(),
+            live.clone(),
+            done.clone(),
+            epochs.clone(),
+            calls.clone(),
+        );
+        live.fetch_add(1, Ordering::SeqCst);
+        let left = live.clone();
+        let spawned = task::spawn(&format!("smp-text{w}"), move || {
+            while !stop.load(Ordering::Relaxed) {
+                for kind in 0..3 {
+                    let gen = SMP_GEN[kind].load(Ordering::SeqCst);
+                    if SMP_TARGETS[kind](black_box(gen)) != smp_expected(kind, gen) {
+                        bad.fetch_add(1, Ordering::Relaxed);
+                    }
+                    calls[kind].fetch_add(1, Ordering::Relaxed);
+                }
+                epochs[w].fetch_add(1, Ordering::SeqCst);
+            }
+            left.fetch_sub(1, Ordering::SeqCst);
+            done.wake_all();
+        });
+        if spawned.is_none() {
+            live.fetch_sub(1, Ordering::SeqCst);
+            out.push(format!("cannot spawn the task smp-text{w}"));
+            ok = false;
+        }
+    }
+    let mut attached = [SmpAttached::None, SmpAttached::None, SmpAttached::None];
+    let mut cycles = [0u64; 3];
+    let mut armed_ns = [0u64; 3];
+    let mut armed_since = [0u64; 3];
+    let start = crate::time::now_ns();
+    let deadline = start + secs * 1_000_000_000;
+    let mut step = 0usize;
+    let mut stuck = false;
+    while crate::time::now_ns() < deadline && ok {
+        let kind = step % 3;
+        step += 1;
+        match core::mem::replace(&mut attached[kind], SmpAttached::None) {
+            SmpAttached::None => match smp_attach(kind, &handlers[kind]) {
+                Ok(a) => {
+                    attached[kind] = a;
+                    SMP_GEN[kind].fetch_add(1, Ordering::SeqCst);
+                    armed_since[kind] = crate::time::now_ns();
+                }
+                Err(e) => {
+                    out.push(format!("attaching the {}: {e}", SMP_KINDS[kind]));
+                    ok = false;
+                }
+            },
+            a => {
+                SMP_GEN[kind].fetch_add(1, Ordering::SeqCst);
+                armed_ns[kind] += crate::time::now_ns() - armed_since[kind];
+                if !smp_wait_workers(&epochs) {
+                    stuck = true;
+                    ok = false;
+                }
+                if let Err(e) = smp_detach(a) {
+                    out.push(format!("detaching the {}: {e}", SMP_KINDS[kind]));
+                    ok = false;
+                }
+                cycles[kind] += 1;
+            }
+        }
+        task::sleep_ms(1 + (step % 4) as u64);
+    }
+    for kind in 0..3 {
+        let a = core::mem::replace(&mut attached[kind], SmpAttached::None);
+        if !matches!(a, SmpAttached::None) {
+            SMP_GEN[kind].fetch_add(1, Ordering::SeqCst);
+            armed_ns[kind] += crate::time::now_ns() - armed_since[kind];
+            stuck |= !smp_wait_workers(&epochs);
+            if let Err(e) = smp_detach(a) {
+                out.push(format!("detaching the {}: {e}", SMP_KINDS[kind]));
+                ok = false;
+            }
+            cycles[kind] += 1;
+        }
+    }
+    let elapsed = crate::time::now_ns() - start;
+    crate::trace::text::set_patch_step_pause(0);
+    stop.store(true, Ordering::SeqCst);
+    let all_left = done.wait_until_timeout(|| live.load(Ordering::SeqCst) == 0, 10_000_000_000);
+    check(
+        out,
+        &mut ok,
+        !stuck && all_left,
+        format!("{workers} workers on {cpus} CPU(s) kept running and stopped"),
+    );
+    check(
+        out,
+        &mut ok,
+        bad.load(Ordering::Relaxed) == 0,
+        format!(
+            "results of every call right ({} wrong)",
+            bad.load(Ordering::Relaxed)
+        ),
+    );
+    let mut rates = [0u64; 3];
+    for kind in 0..3 {
+        let h = &handlers[kind];
+        let counted = SMP_CALLS[kind].load(Ordering::SeqCst);
+        let hits = SmpHits::sum(&h.hits);
+        let per_cpu = SmpHits::per_cpu(&h.hits);
+        rates[kind] = hits * 1_000_000_000 / armed_ns[kind].max(1);
+        out.push(format!(
+            "{}: {} attach/detach cycles, armed {} ms of {} ms, calls {} (all generations), hits/s while armed {}",
+            SMP_KINDS[kind],
+            cycles[kind],
+            armed_ns[kind] / 1_000_000,
+            elapsed / 1_000_000,
+            calls[kind].load(Ordering::Relaxed),
+            rates[kind]
+        ));
+        check(
+            out,
+            &mut ok,
+            hits == counted && counted > 0 && cycles[kind] >= 2,
+            format!(
+                "{}: per-CPU hits {per_cpu:?} sum to {hits} == {counted} calls the kernel counted while armed (missed {})",
+                SMP_KINDS[kind],
+                h.missed.load(Ordering::Relaxed)
+            ),
+        );
+        if kind == SMP_KPROBE {
+            let posts = SmpHits::sum(&h.posts);
+            check(
+                out,
+                &mut ok,
+                posts == counted,
+                format!(
+                    "kprobe: post handlers after the single-step {:?} sum to {posts} == {counted}",
+                    SmpHits::per_cpu(&h.posts)
+                ),
+            );
+        }
+    }
+    let base = rates[SMP_KPROBE].max(1) as f64;
+    out.push(format!(
+        "hits/s while armed, as ratios to the kprobe: kprobe 1.00, kretprobe {:.2}, tracepoint {:.2}",
+        rates[SMP_KRETPROBE] as f64 / base,
+        rates[SMP_TRACEPOINT] as f64 / base
+    ));
+    let emulated = crate::trace::text::patch_traps_emulated() - emulated0;
+    check(
+        out,
+        &mut ok,
+        emulated > 0,
+        format!(
+            "calls that ran into a static key's temporary int3 and were emulated: {emulated}; breakpoints without a site: {}",
+            kprobe::spurious_hits() - spurious0
+        ),
+    );
+    let sites = tracepoint::sites(&KTRACE_BENCH);
+    check(
+        out,
+        &mut ok,
+        kprobe::probes().is_empty()
+            && kretprobe::probes().is_empty()
+            && KTRACE_BENCH.refcount() == 0
+            && sites
+                .iter()
+                .all(|&(site, _)| tracepoint::site_bytes(site) == NOP5),
+        format!(
+            "nothing left attached; the {} ktrace:bench sites are nops again",
+            sites.len()
+        ),
     );
     ok
 }

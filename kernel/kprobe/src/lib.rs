@@ -19,6 +19,8 @@
 //!   console), listable with their reasons.
 //! - [`pool`]: the lock-free, fixed-size instance pool of return probes
 //!   (`maxactive`), usable from a trap handler (no allocation, no lock).
+//! - [`poke`]: the order of writes (and CPU syncs) that changes an
+//!   instruction other CPUs may be running (`int3` first).
 //! - [`claims`]: who owns each patched instruction of kernel text, with
 //!   the bytes the compiler put there; overlapping claims are refused.
 //! - [`Refusal`]: why a probe point was refused.
@@ -32,6 +34,7 @@ extern crate alloc;
 
 pub mod blacklist;
 pub mod claims;
+pub mod poke;
 pub mod pool;
 pub mod x86_64;
 

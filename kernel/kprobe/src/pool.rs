@@ -119,12 +119,40 @@ impl<const N: usize, const WORDS: usize> Pool<N, WORDS> {
         orig_ret: u64,
         data: [u64; WORDS],
     ) -> Option<usize> {
+        self.claim_near(0, 1, owner, quota, ret_slot, orig_ret, data)
+    }
+
+    /// Like [`claim`](Self::claim), for CPU `cpu` of `cpus`: the search
+    /// starts in that CPU's own share of the entries (the `cpu`-th of
+    /// `cpus` equal parts) and wraps around into the others only when its
+    /// share is full. CPUs claiming at once then rarely touch the same
+    /// entries (no compare-and-swap lost to another CPU, no cache line
+    /// bounced), while any CPU can still use the whole pool. Lookups and
+    /// releases are unchanged: an instance is found by its stack slot
+    /// whichever CPU claimed it (a task may return on another CPU).
+    #[allow(clippy::too_many_arguments)]
+    pub fn claim_near(
+        &self,
+        cpu: usize,
+        cpus: usize,
+        owner: u32,
+        quota: &Quota,
+        ret_slot: u64,
+        orig_ret: u64,
+        data: [u64; WORDS],
+    ) -> Option<usize> {
         let prev = quota.active.fetch_add(1, Ordering::AcqRel);
         if prev >= quota.maxactive {
             quota.active.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        for (i, e) in self.entries.iter().enumerate() {
+        let start = if cpus == 0 {
+            0
+        } else {
+            (cpu % cpus) * (N / cpus)
+        };
+        let order = (start..N).chain(0..start);
+        for (i, e) in order.map(|i| (i, &self.entries[i])) {
             let word = e.state.load(Ordering::Relaxed);
             if state_of(word) != FREE {
                 continue;
@@ -319,6 +347,28 @@ mod tests {
         assert_eq!(pool.live_of(7), 1);
         assert_eq!(pool.release(a, Some(&q)), Some((7, 0xaaa, [1, 2])));
         assert_eq!(q.active.load(Ordering::Relaxed), 0);
+    }
+
+    /// Each CPU claims from its own share first, spills over into the
+    /// others when its share is full, and any CPU finds and releases any
+    /// instance (a task may return on another CPU than it entered on).
+    #[test]
+    fn claims_start_in_the_cpus_own_share() {
+        let pool: Pool<8, 1> = Pool::new();
+        let q = Quota::new(8);
+        assert_eq!(pool.claim_near(0, 4, 1, &q, 0x10, 1, [0]), Some(0));
+        assert_eq!(pool.claim_near(1, 4, 1, &q, 0x20, 2, [0]), Some(2));
+        assert_eq!(pool.claim_near(3, 4, 1, &q, 0x30, 3, [0]), Some(6));
+        assert_eq!(pool.claim_near(3, 4, 1, &q, 0x40, 4, [0]), Some(7));
+        // CPU 3's share is full: it wraps around to the first free entry.
+        assert_eq!(pool.claim_near(3, 4, 1, &q, 0x50, 5, [0]), Some(1));
+        // CPU 9 of 4 (a bad hint) is CPU 1's share, not out of bounds.
+        assert_eq!(pool.claim_near(9, 4, 1, &q, 0x60, 6, [0]), Some(3));
+        // Found by slot and released whichever CPU asks.
+        let i = pool.find(0x30).unwrap();
+        assert_eq!(pool.release(i, Some(&q)), Some((1, 3, [0])));
+        assert_eq!(q.active.load(Ordering::Relaxed), 5);
+        assert_eq!(pool.claim_near(0, 0, 1, &q, 0x70, 7, [0]), Some(4));
     }
 
     /// The crash of issue 14: a task exits inside a probed function (it

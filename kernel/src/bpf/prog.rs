@@ -19,12 +19,12 @@
 //! Why freeing it with the program is safe: attach points hold the
 //! program through an `Arc<Program>` inside their handler (`attach.rs`), so
 //! the code is freed only once every link was detached and the last
-//! handler dropped. Detaching unregisters the handler and then waits until
-//! no probe handler runs (`trace::kprobe::wait_quiescent`), and handlers
-//! run with interrupts off on their CPU, so on today's single CPU no run
-//! can be in progress, or start, once the `Arc` goes. With SMP, that wait
-//! is the grace period: every CPU must have left its handlers (the
-//! in-flight count already covers all CPUs) before the memory is unmapped.
+//! handler dropped. Detaching unregisters the handler and then waits for
+//! a grace period (`trace::grace_period`): handlers run with interrupts
+//! off on their CPU, and the grace period returns once every CPU has taken
+//! an interrupt since the handler was unpublished, so no run that started
+//! before can still be in progress, and none can start, once the `Arc`
+//! goes and the memory is unmapped.
 
 use alloc::boxed::Box;
 use alloc::string::{String, ToString};

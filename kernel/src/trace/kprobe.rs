@@ -28,11 +28,29 @@
 //!    copy faults while stepped, [`on_slot_fault`] moves RIP back to the
 //!    original address first, so the fix-up table finds it and the fault
 //!    is handled exactly as without the probe.
-//! 4. [`unregister`] restores the original byte first, then unpublishes the
-//!    site, then waits until no CPU runs a handler or sits in a slot (the
-//!    in-flight count is zero) before the slot is freed. No task can be
-//!    preempted inside a slot: slots run with IF clear (see the crate
-//!    `ktrace_kprobe::x86_64`), so "no CPU in a handler" is enough.
+//! 4. [`unregister`] restores the original byte first (returning once no
+//!    CPU can trap there any more), then unpublishes the site, then waits
+//!    for a grace period ([`super::grace_period`]) before the site, its
+//!    handlers and its slot are dropped.
+//!
+//! # Why nothing is freed under a running CPU
+//! A CPU uses a site from its `int3` trap to the end of the probed
+//! instruction's execution: the pre handlers, a single-step in the slot
+//! up to the debug trap and the post handlers, or a boosted run through
+//! the slot up to its `jmp` back. All of it runs with IF clear: trap
+//! handlers run behind interrupt gates, the step and the boost enter the
+//! slot with IF clear, and the `sti` of the boost copy takes effect only
+//! after the `jmp` has left the slot (`ktrace_kprobe::x86_64`). A grace
+//! period is a completed `sync_all_cpus`: every other CPU took an
+//! interrupt, so each left whatever IF-clear region it was in when the
+//! site was unpublished, and anything it starts afterwards finds the new
+//! table. The calling task itself runs with interrupts on, outside any
+//! such region. (Linux waits the same way for IRQ-off regions with
+//! `synchronize_rcu`.) An NMI may interrupt a CPU in a handler or slot
+//! but never runs one itself, so it does not extend the region.
+//!
+//! Single-step state is per CPU ([`STEP`]): several CPUs step their own
+//! copies at once, each with its own saved flags and slot.
 
 use alloc::format;
 use alloc::string::String;
@@ -47,7 +65,7 @@ use ktrace_kprobe::{Refusal, TextAddr};
 use super::text::{self, TextError};
 use crate::arch::text_patch;
 use crate::arch::{trap, PtRegs};
-use crate::percpu::this_cpu;
+use crate::percpu::{this_cpu, MAX_CPUS};
 use crate::sync::SpinLock;
 
 /// A native kprobe handler. Runs with interrupts disabled in trap context.
@@ -199,12 +217,11 @@ static SITES: spin::RwLock<Vec<Arc<Site>>> = spin::RwLock::new(Vec::new());
 /// Serialises registration and unregistration (task context only).
 static REGISTRY: spin::Mutex<()> = spin::Mutex::new(());
 static FREE_SLOTS: SpinLock<Vec<u64>> = SpinLock::new(Vec::new());
-/// Trap handlers running or slots being stepped, on all CPUs.
-static INFLIGHT: AtomicU32 = AtomicU32::new(0);
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
-/// Single-step in progress on this CPU (one CPU today; IF is clear from
-/// the `int3` to the debug trap, so steps never nest).
-static STEP: SpinLock<Option<StepState>> = SpinLock::new(None);
+/// The single-step in progress on each CPU, indexed by CPU number. IF is
+/// clear from the `int3` to the debug trap, so a CPU's steps never nest,
+/// and only that CPU touches its entry (the lock is uncontended).
+static STEP: [SpinLock<Option<StepState>>; MAX_CPUS] = [const { SpinLock::new(None) }; MAX_CPUS];
 /// Breakpoints hit at addresses without a site (an unregister raced).
 static SPURIOUS: AtomicU64 = AtomicU64::new(0);
 static INITIALISED: AtomicBool = AtomicBool::new(false);
@@ -219,6 +236,15 @@ struct StepState {
 /// A fresh probe id (kretprobes share the sequence).
 pub(crate) fn next_id() -> u32 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// This CPU's single-step state.
+fn this_step() -> &'static SpinLock<Option<StepState>> {
+    let cpu = this_cpu().id as usize;
+    match STEP.get(cpu) {
+        Some(s) => s,
+        None => panic!("CPU {cpu} is beyond the {MAX_CPUS} per-CPU step states"),
+    }
 }
 
 /// Install the `int3` and debug-trap handlers.
@@ -409,7 +435,8 @@ pub fn resolve(name: &str, offset: u64) -> Result<TextAddr, KprobeError> {
 }
 
 /// Unregister a probe by id: restore the byte (if it was the last probe at
-/// its address), unpublish, and wait until no handler runs.
+/// its address), unpublish, and wait for a grace period, after which no
+/// CPU runs its handler or its slot.
 pub fn unregister(id: u32) -> Result<(), KprobeError> {
     let _reg = REGISTRY.lock();
     let table: Vec<Arc<Site>> = SITES.read().clone();
@@ -435,16 +462,9 @@ pub fn unregister(id: u32) -> Result<(), KprobeError> {
         });
     }
     drop(publish(table));
-    wait_quiescent();
+    super::grace_period();
     drop(site);
     Ok(())
-}
-
-/// Wait until no CPU runs a probe handler or steps in a slot.
-pub(crate) fn wait_quiescent() {
-    while INFLIGHT.load(Ordering::Acquire) != 0 {
-        core::hint::spin_loop();
-    }
 }
 
 /// All registered kprobes, by address then registration order.
@@ -516,12 +536,21 @@ impl Drop for DepthGuard {
 }
 
 fn on_int3(regs: &mut PtRegs, _vector: u8) -> bool {
+    // The temporary `int3` of a static-key patch in progress first.
+    if text::on_patch_int3(regs) {
+        return true;
+    }
     let addr = regs.rip.wrapping_sub(1);
-    INFLIGHT.fetch_add(1, Ordering::AcqRel);
     let Some(site) = find_site(addr) else {
-        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
-        // Not ours, unless the breakpoint was removed between the trap and
-        // the lookup: then re-run the restored instruction.
+        // Not ours, unless our breakpoint was removed between the trap and
+        // the lookup: then re-run the restored instruction. A lookup that
+        // missed the site saw its unpublish, which was stored after the
+        // byte's restore; x86 shows stores in order and keeps loads in
+        // order, so this read sees the restored byte: a restore seen late
+        // cannot turn our own trap into a foreign (fatal) one. (With the
+        // sync between restore and unpublish, a CPU in this handler, which
+        // runs with interrupts off, even delays the unpublish until it has
+        // left, so today only a trap on a foreign `int3` gets here.)
         if text_patch::read_byte(addr).is_some_and(|b| b != insn::INT3) {
             SPURIOUS.fetch_add(1, Ordering::Relaxed);
             regs.rip = addr;
@@ -552,7 +581,6 @@ fn on_int3(regs: &mut PtRegs, _vector: u8) -> bool {
     };
     if regs.rip != addr {
         // A pre handler redirected execution: skip the instruction.
-        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
         return true;
     }
     execute(site, regs, run_post);
@@ -578,11 +606,9 @@ fn execute(site: Arc<Site>, regs: &mut PtRegs, run_post: bool) {
         if run_post {
             run_posts(&site, regs);
         }
-        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
         return;
     }
     let Some(slot) = site.slot.as_ref().map(|s| s.addr) else {
-        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
         return;
     };
     let interrupts_on = regs.eflags & rflags::IF != 0;
@@ -596,14 +622,13 @@ fn execute(site: Arc<Site>, regs: &mut PtRegs, run_post: bool) {
             slot
         };
         regs.eflags &= !rflags::IF;
-        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
         return;
     }
     let orig_flags = regs.eflags;
     regs.eflags = (regs.eflags | rflags::TF) & !rflags::IF;
     regs.rip = slot;
-    // INFLIGHT stays raised until the debug trap.
-    *STEP.lock() = Some(StepState {
+    // IF stays clear until the debug trap: the grace period covers the step.
+    *this_step().lock() = Some(StepState {
         site,
         slot,
         orig_flags,
@@ -622,7 +647,7 @@ fn run_posts(site: &Site, regs: &mut PtRegs) {
 }
 
 fn on_debug(regs: &mut PtRegs, _vector: u8) -> bool {
-    let Some(st) = STEP.lock().take() else {
+    let Some(st) = this_step().lock().take() else {
         return false;
     };
     let Exec::Step(step) = st.site.insn.exec else {
@@ -631,7 +656,7 @@ fn on_debug(regs: &mut PtRegs, _vector: u8) -> bool {
     let Some(rip) = step.resume_rip(st.site.addr, st.site.insn.len, st.slot, regs.rip) else {
         // A `rep` iteration ended inside the slot: keep stepping.
         regs.eflags |= rflags::TF;
-        *STEP.lock() = Some(st);
+        *this_step().lock() = Some(st);
         return true;
     };
     regs.rip = rip;
@@ -646,8 +671,6 @@ fn on_debug(regs: &mut PtRegs, _vector: u8) -> bool {
     if st.run_post {
         run_posts(&st.site, regs);
     }
-    drop(st);
-    INFLIGHT.fetch_sub(1, Ordering::AcqRel);
     true
 }
 
@@ -664,7 +687,7 @@ fn on_debug(regs: &mut PtRegs, _vector: u8) -> bool {
 /// are never boosted ([`may_boost`]).
 fn on_slot_fault(regs: &mut PtRegs, _vector: u8) -> bool {
     let stepping = {
-        let mut step = STEP.lock();
+        let mut step = this_step().lock();
         match step.as_ref() {
             Some(st) if (st.slot..st.slot + insn::SLOT_SIZE as u64).contains(&regs.rip) => {
                 step.take()
@@ -676,8 +699,6 @@ fn on_slot_fault(regs: &mut PtRegs, _vector: u8) -> bool {
         regs.rip = st.site.addr;
         let keep = rflags::TF | rflags::IF;
         regs.eflags = (regs.eflags & !keep) | (st.orig_flags & keep);
-        drop(st);
-        INFLIGHT.fetch_sub(1, Ordering::AcqRel);
         return false;
     }
     let sites = SITES.read();
@@ -729,6 +750,10 @@ pub mod blacklist {
         Prefix {
             prefix: "kernel::arch::imp::apic::",
             reason: "the interrupt controller (the NMI sampler's self-IPI)",
+        },
+        Prefix {
+            prefix: "kernel::arch::imp::smp_sync::",
+            reason: "text patching (the sync of every CPU between writes)",
         },
         Prefix {
             prefix: "kernel::trace::text::",

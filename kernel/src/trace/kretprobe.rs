@@ -13,6 +13,14 @@
 //! back exactly. Pool exhaustion counts a miss and leaves that call
 //! untraced; it never breaks the function.
 //!
+//! On several CPUs: each CPU claims from its own share of the pool first
+//! (so CPUs entering probed functions at once rarely contend for an
+//! entry), and any CPU finds an instance by its slot, since a task may
+//! return on another CPU than the one it entered on. Entries change state
+//! by compare-and-swap only. [`unregister`] clears `registered` before the
+//! entry probe's removal, whose grace period waits out every return
+//! handler that had already read it as set: none runs after it returns.
+//!
 //! Instances never outlive the stack their slot lies in. A task that exits
 //! inside a probed function (`exit_current` never returns) leaves its
 //! instances behind; when its stack is freed, [`release_stack`] gives them
@@ -157,7 +165,10 @@ impl KprobeHandler for Entry {
             data[2],
             data[3],
         ];
-        let Some(i) = POOL.claim(rp.id, &rp.quota, regs.rsp, orig, words) else {
+        // From this CPU's share of the pool first (see `Pool::claim_near`).
+        let cpu = crate::percpu::this_cpu().id as usize;
+        let cpus = crate::percpu::cpu_count() as usize;
+        let Some(i) = POOL.claim_near(cpu, cpus, rp.id, &rp.quota, regs.rsp, orig, words) else {
             rp.missed.fetch_add(1, Ordering::Relaxed);
             rp.handler.missed();
             return;

@@ -68,18 +68,25 @@
 //! `sample(&self, sample: &perf::Sample, regs: &PtRegs)` sees the
 //! interrupted registers.
 
+//! # On several CPUs
+//! - Kernel text changes while other CPUs run it: every write goes through
+//!   [`text`], in the order of Linux's `text_poke_bp` (`int3` first, the
+//!   tail, the first byte, every CPU synced after each write), and a CPU
+//!   that traps on the temporary `int3` is emulated (see [`text`]).
+//! - Removing a probe or detaching a handler waits for a [`grace_period`]
+//!   before anything is freed: handlers and slots run with interrupts
+//!   off, so once every CPU has taken an interrupt, none is still inside.
+//! - Per CPU: the kprobe single-step state, the recursion guard
+//!   (`percpu::PerCpu::probe_depth`), and the kretprobe pool's claims start
+//!   in the CPU's own part of the pool.
+//!
 //! # Known limits
-//! - One CPU today. Text patching writes through an alias with interrupts
-//!   off, which is atomic for a 1-byte `int3` on any number of CPUs, but
-//!   the 5-byte static-key rewrite is only safe while no other CPU can run
-//!   the site (SMP needs Linux's `int3`-first three-step patch with a sync
-//!   between steps). The single-step state and the sample ring are one
-//!   static each; SMP makes them per-CPU.
 //! - A task that exits inside a function carrying a return probe never
 //!   returns through the trampoline: its instance stays claimed (one of
-//!   `maxactive`).
+//!   `maxactive`) until its stack is freed.
 //! - Kprobes are not jump-optimised: every hit is a trap (boosted hits
 //!   skip the second one).
+//! - The perf sampler keeps one sample ring for all CPUs.
 
 // `unsafe` lives in the hardware corner (arch, mm, drivers, task, sync,
 // ksyms: see main.rs) behind safe interfaces; this subsystem uses those.
@@ -92,6 +99,18 @@ pub mod perf;
 pub mod points;
 pub mod text;
 pub mod tracepoint;
+
+/// Waits until no CPU can still be in a probe or tracepoint handler, or
+/// in a kprobe's single-step or boost slot, that it entered before the
+/// call: call it after unpublishing a handler and before freeing what the
+/// handler uses. All of those run with interrupts off (trap handlers
+/// behind interrupt gates, tracepoint handlers under `irq_save`, slots
+/// entered with IF clear), and a completed `sync_all_cpus` means every
+/// other CPU took an interrupt since the call (the `synchronize_rcu` of
+/// IRQ-off regions). Task context, interrupts on, no spinlock held.
+pub fn grace_period() {
+    crate::arch::smp_sync::sync_all_cpus();
+}
 
 /// Set up the trap handlers and tracepoint sites.
 pub fn init() {

@@ -19,29 +19,214 @@
 //!   searched (`kprobe::on_slot_fault`).
 //!
 //! # Why the claims and the text cannot disagree
-//! The claims lock ([`CLAIMS`], interrupts off while held) is held across
-//! every write and every [`read_original`]: a reader sees either the text
-//! before a patch with the claims before it, or both after. Text outside
-//! any claim is never written. With one CPU and interrupts off, no
-//! instruction runs while its bytes change (see `arch::text_patch`).
+//! A claim is recorded before the first write to its bytes and released
+//! after the last one, and text outside every claim is never written. So
+//! whatever a write in progress on another CPU has done to claimed bytes,
+//! [`read_original`] (which reads live text and puts back the original of
+//! every claim, under the claims lock) shows text as compiled.
+//!
+//! # Cross-modifying code
+//! Other CPUs run the text while it changes. Every change follows the
+//! order of `ktrace_kprobe::poke` (Linux's `text_poke_bp`), with
+//! [`sync_all_cpus`] after each write, so that no CPU ever decodes an
+//! instruction made of old and new bytes:
+//!
+//! - **One byte** (a kprobe's `int3`, or the byte it replaced): a one-byte
+//!   store is atomic for instruction fetch, so a CPU fetches the old or
+//!   the new instruction; the sync makes every CPU fetch the new one from
+//!   then on. [`arm_breakpoint`] returns only once every CPU traps at the
+//!   site; [`disarm_breakpoint`] only once none can trap there any more.
+//! - **Several bytes** (a static key's `nop` <-> `jmp`): [`poke_multi`]
+//!   publishes the patch record ([`BP_SITE`], [`BP_RESUME`]), then writes
+//!   `int3` on the first byte, syncs, writes the tail, syncs, writes the
+//!   first byte, syncs, and clears the record.
+//!   - Between the first and the last sync a CPU reaching the site fetches
+//!     `int3` (or, before the first sync completes, the whole old
+//!     instruction, whose bytes do not change until then). The trap
+//!     handler ([`on_patch_int3`], which the kprobe `int3` handler asks
+//!     first) finds the record and resumes where the new instruction
+//!     would go: the `jmp` target, or past the `nop`. It never decodes
+//!     the tail.
+//!   - The tail is written only after every CPU has synced with the
+//!     `int3`: no CPU still holds the old first byte to combine with the
+//!     new tail.
+//!   - After the last write a CPU fetches `int3` (emulated) or the new
+//!     first byte with the tail that was synced before it: the whole new
+//!     instruction.
+//!   - The record is published (store, release) before the `int3` is
+//!     written, and x86 makes stores visible in program order, so a CPU
+//!     that fetched the `int3` and then takes the trap (which discards
+//!     anything it loaded speculatively) reads the record.
+//!   - The record is cleared only after the last sync. A CPU that trapped
+//!     on the `int3` runs the handler with interrupts off (interrupt
+//!     gate), so it takes the sync's IPI only after leaving the handler:
+//!     when the last sync returns, no handler still reads the record, and
+//!     no CPU can fetch the `int3` again.
+//!
+//! Writers hold [`TEXT_MUTEX`] (a spin mutex that leaves interrupts on)
+//! across a whole change, never the claims lock (interrupts off): a sync
+//! waits for every other CPU to take an interrupt, which a CPU spinning
+//! on a lock with interrupts off would never do. A patching task may be
+//! preempted between two steps; meanwhile the site is an emulated `int3`.
+//!
+//! # NMIs
+//! An NMI on any CPU while another patches is safe: the NMI path (the
+//! perf sampler, `trace::perf`, and the trap entry) runs no patchable
+//! site. Every function of it is refused to kprobes by the blacklist, and
+//! it contains no tracepoint site (the `irq` tracepoints of the trap
+//! dispatch are behind its "external interrupt" test, false for the NMI
+//! vector). So an NMI never traps on an `int3`, ours or a kprobe's (a trap
+//! inside an NMI would `iret` and unblock NMIs early). It takes no lock,
+//! so the patching CPU can take it anywhere, and it does not delay a sync
+//! for longer than its own run.
+
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use ktrace_kprobe::claims::{ClaimError, Owner, TextClaims};
+use ktrace_kprobe::poke::poke_steps;
 use ktrace_kprobe::x86_64::{Insn, INT3};
 use ktrace_kprobe::{Refusal, TextAddr};
 
+use crate::arch::smp_sync::sync_all_cpus;
 use crate::arch::text_patch::TextPoke;
-use crate::arch::trap;
+use crate::arch::{trap, PtRegs};
 use crate::sync::SpinLock;
 
-/// The claims on kernel text. Held (interrupts off) across each patch.
+/// The claims on kernel text. Held (interrupts off) only while the table
+/// is read or changed, never across a write of text and its sync.
 static CLAIMS: SpinLock<TextClaims> = SpinLock::new(TextClaims::new());
+
+/// Serialises every change to kernel text and slots, start to end.
+/// Interrupts stay on while it is held (see the module docs).
+static TEXT_MUTEX: spin::Mutex<()> = spin::Mutex::new(());
 
 /// The one right to write kernel text, taken at the first patch.
 static POKE: spin::Once<TextPoke> = spin::Once::new();
 
-/// Writes through the one [`TextPoke`]. Callers hold [`CLAIMS`].
+/// First byte of the multi-byte patch in progress (0: none). Its `int3`
+/// is emulated by [`on_patch_int3`].
+static BP_SITE: AtomicU64 = AtomicU64::new(0);
+/// Where a CPU that traps on [`BP_SITE`]'s `int3` resumes: what the
+/// instruction being installed does (the `jmp` target, or past the `nop`).
+static BP_RESUME: AtomicU64 = AtomicU64::new(0);
+/// Traps on a patch's temporary `int3` emulated since boot.
+static BP_EMULATED: AtomicU64 = AtomicU64::new(0);
+
+/// Milliseconds a multi-byte patch sleeps after each of its syncs (0: no
+/// pause). The `smp_text` self test sets it so that, even on one CPU,
+/// tasks run into the temporary `int3` and its emulation is exercised.
+#[cfg(feature = "self-tests")]
+static STEP_PAUSE_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the pause between the steps of a multi-byte patch (self tests).
+#[cfg(feature = "self-tests")]
+pub fn set_patch_step_pause(ms: u64) {
+    STEP_PAUSE_MS.store(ms, Ordering::Relaxed);
+}
+
+/// After each sync of a multi-byte patch: the self tests' pause.
+fn between_steps() {
+    #[cfg(feature = "self-tests")]
+    match STEP_PAUSE_MS.load(Ordering::Relaxed) {
+        0 => {}
+        ms => crate::task::sleep_ms(ms),
+    }
+}
+
+/// Writes through the one [`TextPoke`]. Callers hold [`TEXT_MUTEX`].
 fn poke() -> &'static TextPoke {
     POKE.call_once(|| TextPoke::take().expect("kernel text has one owner: trace::text"))
+}
+
+/// Writes `new` over the instruction at `at` in the order of
+/// `ktrace_kprobe::poke`, syncing every CPU after each write. For more
+/// than one byte, `resume` is where a CPU trapping on the temporary `int3`
+/// continues (what `new` does when executed); see the module docs for why
+/// no CPU runs a torn instruction. The caller holds [`TEXT_MUTEX`], and
+/// `old` is what the text holds now.
+///
+/// A write that fails part-way (the alias mapping found no frame) leaves
+/// text every CPU can run: before the `int3`, nothing changed; after it,
+/// the old first byte goes back, or, if even that fails (or the tail was
+/// already new), the `int3` stays with its record naming what the bytes
+/// behind it do, and later multi-byte patches are refused rather than
+/// reuse the record.
+fn poke_multi(
+    at: TextAddr,
+    old: &[u8],
+    new: &[u8],
+    resume: u64,
+    resume_old: u64,
+) -> Result<(), TextError> {
+    let addr = at.get();
+    let failed = Err(TextError::Patch(addr));
+    let mut steps = poke_steps(new);
+    if new.len() <= 1 {
+        for step in steps {
+            if poke().write(at, step.bytes).is_err() {
+                return failed;
+            }
+            sync_all_cpus();
+        }
+        return Ok(());
+    }
+    if BP_SITE.load(Ordering::Acquire) != 0 {
+        return failed;
+    }
+    BP_RESUME.store(resume, Ordering::Relaxed);
+    BP_SITE.store(addr, Ordering::Release);
+    let (Some(int3), Some(tail), Some(head)) = (steps.next(), steps.next(), steps.next()) else {
+        BP_SITE.store(0, Ordering::Release);
+        return failed;
+    };
+    if poke().write(at, int3.bytes).is_err() {
+        BP_SITE.store(0, Ordering::Release);
+        return failed;
+    }
+    sync_all_cpus();
+    between_steps();
+    if poke()
+        .write(at.add(tail.offset as u64), tail.bytes)
+        .is_err()
+    {
+        // `int3` + the old tail: the old instruction, once its byte is back.
+        BP_RESUME.store(resume_old, Ordering::Release);
+        if poke().write(at, &old[..1]).is_ok() {
+            sync_all_cpus();
+            BP_SITE.store(0, Ordering::Release);
+        }
+        return failed;
+    }
+    sync_all_cpus();
+    between_steps();
+    if poke().write(at, head.bytes).is_err() {
+        // `int3` + the new tail: the record already says what it does.
+        return failed;
+    }
+    sync_all_cpus();
+    BP_SITE.store(0, Ordering::Release);
+    Ok(())
+}
+
+/// The `int3` handler's first question: is this the temporary `int3` of a
+/// multi-byte patch in progress? Then it resumes where the instruction
+/// being installed goes and returns true. Runs in the breakpoint trap,
+/// interrupts off (see the module docs for why the record it reads is the
+/// one of the `int3` it trapped on).
+pub fn on_patch_int3(regs: &mut PtRegs) -> bool {
+    let addr = regs.rip.wrapping_sub(1);
+    if addr == 0 || BP_SITE.load(Ordering::Acquire) != addr {
+        return false;
+    }
+    regs.rip = BP_RESUME.load(Ordering::Acquire);
+    BP_EMULATED.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// Traps on a multi-byte patch's temporary `int3` emulated since boot.
+#[allow(dead_code)] // diagnostics API, used by the self tests
+pub fn patch_traps_emulated() -> u64 {
+    BP_EMULATED.load(Ordering::Relaxed)
 }
 
 /// Why a text change was not made.
@@ -89,33 +274,33 @@ pub fn has_fixup(at: TextAddr) -> bool {
 }
 
 /// Claims `insn` for a kprobe and plants `int3` on its first byte.
+/// Returns once every CPU traps at the site.
 pub fn arm_breakpoint(insn: &Insn) -> Result<(), TextError> {
-    let mut claims = CLAIMS.lock();
-    claims.claim(
-        TextAddr(insn.addr),
-        &insn.bytes[..usize::from(insn.len)],
-        Owner::Kprobe,
-    )?;
-    if poke().write(TextAddr(insn.addr), &[INT3]).is_err() {
-        claims.release(TextAddr(insn.addr));
-        return Err(TextError::Patch(insn.addr));
+    let _text = TEXT_MUTEX.lock();
+    let at = TextAddr(insn.addr);
+    CLAIMS
+        .lock()
+        .claim(at, &insn.bytes[..usize::from(insn.len)], Owner::Kprobe)?;
+    let first = insn.bytes[0];
+    if let Err(e) = poke_multi(at, &[first], &[INT3], 0, 0) {
+        CLAIMS.lock().release(at);
+        return Err(e);
     }
     Ok(())
 }
 
 /// Puts back the first byte of the kprobe site at `addr` and releases its
-/// claim.
+/// claim. Returns once no CPU can trap at the site any more (a CPU already
+/// in its `int3` handler has left it: the sync waits for that).
 pub fn disarm_breakpoint(at: TextAddr) -> Result<(), TextError> {
     let addr = at.get();
-    let mut claims = CLAIMS.lock();
-    let first = match claims.get(at) {
+    let _text = TEXT_MUTEX.lock();
+    let first = match CLAIMS.lock().get(at) {
         Some(c) if c.owner == Owner::Kprobe => c.original()[0],
         _ => return Err(TextError::NotClaimed(addr)),
     };
-    poke()
-        .write(at, &[first])
-        .map_err(|_| TextError::Patch(addr))?;
-    claims.release(at);
+    poke_multi(at, &[INT3], &[first], 0, 0)?;
+    CLAIMS.lock().release(at);
     Ok(())
 }
 
@@ -139,31 +324,51 @@ pub fn claim_static_key(
 }
 
 /// Switches a claimed static-key site: `Some(target)` writes `jmp target`,
-/// `None` the original `nop`.
+/// `None` the original `nop`, by the three-step patch (see the module
+/// docs). Nothing is written when the site already holds those bytes.
 pub fn set_static_key(at: TextAddr, target: Option<TextAddr>) -> Result<(), TextError> {
     let site = at.get();
-    let claims = CLAIMS.lock();
-    let original = match claims.get(at) {
-        Some(c) if matches!(c.owner, Owner::StaticKey { .. }) && c.len == 5 => c.original(),
+    let _text = TEXT_MUTEX.lock();
+    let original: [u8; 5] = match CLAIMS.lock().get(at) {
+        Some(c) if matches!(c.owner, Owner::StaticKey { .. }) && c.len == 5 => c
+            .original()
+            .try_into()
+            .map_err(|_| TextError::NotClaimed(site))?,
         _ => return Err(TextError::NotClaimed(site)),
     };
-    let mut bytes = [0u8; 5];
-    match target {
-        Some(target) => {
-            let rel = i32::try_from(target.get().wrapping_sub(site + 5) as i64)
-                .map_err(|_| TextError::Patch(site))?;
-            bytes[0] = 0xe9;
-            bytes[1..].copy_from_slice(&rel.to_le_bytes());
-        }
-        None => bytes.copy_from_slice(original),
+    let jmp_to = |target: TextAddr| -> Result<[u8; 5], TextError> {
+        let rel = i32::try_from(target.get().wrapping_sub(site + 5) as i64)
+            .map_err(|_| TextError::Patch(site))?;
+        let mut b = [0xe9, 0, 0, 0, 0];
+        b[1..].copy_from_slice(&rel.to_le_bytes());
+        Ok(b)
+    };
+    let mut live = [0u8; 5];
+    trap::copy_from_kernel_nofault(&mut live, site).map_err(|_| TextError::Patch(site))?;
+    let (new, resume) = match target {
+        Some(t) => (jmp_to(t)?, t.get()),
+        None => (original, site + 5),
+    };
+    if live == new {
+        return Ok(());
     }
-    poke().write(at, &bytes).map_err(|_| TextError::Patch(site))
+    // What the live instruction does, should the patch stop part-way.
+    let resume_old = match live {
+        [0xe9, a, b, c, d] => site
+            .wrapping_add(5)
+            .wrapping_add(i32::from_le_bytes([a, b, c, d]) as i64 as u64),
+        _ => site + 5,
+    };
+    poke_multi(at, &live, &new, resume, resume_old)
 }
 
 /// Fills an out-of-line slot (executable memory of the kprobe engine, not
-/// kernel text: never claimed, never executed before this returns).
+/// kernel text: never claimed). No CPU executes it before this returns,
+/// and none runs stale bytes of its previous use afterwards: a slot is
+/// entered only by the `iret` of a breakpoint trap (serialising), after
+/// the site's `int3` was armed, which is after this write.
 pub fn write_slot(slot: TextAddr, code: &[u8]) -> Result<(), TextError> {
-    let _claims = CLAIMS.lock();
+    let _text = TEXT_MUTEX.lock();
     poke()
         .write(slot, code)
         .map_err(|_| TextError::Patch(slot.get()))

@@ -279,7 +279,9 @@ pub fn detach(id: u32) -> Result<(), TracepointError> {
                 patch_sites(tp, false);
             }
             swap_handlers(tp, cur.into_iter().filter(|(i, _)| *i != id).collect());
-            super::kprobe::wait_quiescent();
+            // Handlers run under the read lock the swap waited for; the
+            // grace period also covers whatever they started (a BPF run).
+            super::grace_period();
             return Ok(());
         }
     }

@@ -15,6 +15,7 @@ pub mod pit;
 mod rt;
 pub mod sections;
 pub mod serial;
+pub mod smp_sync;
 pub mod text_patch;
 pub mod trap;
 
