@@ -8,6 +8,29 @@ use alloc::vec::Vec;
 use crate::store::Slab;
 use crate::{round8, update_flags, MapError, MapSpec, MAX_VALUE_SIZE};
 
+/// Where an array's values lie: enough to compute a value's address
+/// without the map. An array never moves, grows or deletes, so this stays
+/// true for the map's whole life, and program lookups need no lock (as
+/// in Linux, where an array lookup is address arithmetic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArrayLayout {
+    base: u64,
+    max_entries: u32,
+    ncpus: usize,
+    stride: usize,
+}
+
+impl ArrayLayout {
+    /// The address of `cpu`'s copy of value `index` (non-per-CPU arrays
+    /// have one copy, whatever `cpu`), or `None` past the end.
+    pub fn value_addr(&self, index: u32, cpu: usize) -> Option<u64> {
+        (index < self.max_entries).then(|| {
+            let slot = index as usize * self.ncpus + cpu % self.ncpus;
+            self.base + (slot * self.stride) as u64
+        })
+    }
+}
+
 /// `BPF_MAP_TYPE_ARRAY` and `BPF_MAP_TYPE_PERCPU_ARRAY`.
 pub struct ArrayMap {
     spec: MapSpec,
@@ -69,8 +92,17 @@ impl ArrayMap {
     /// Program lookup: the address of `cpu`'s copy of value `index`, or
     /// `None` past the end.
     pub fn value_addr(&self, index: u32, cpu: usize) -> Option<u64> {
-        let index = index as usize;
-        (index < self.spec.max_entries as usize).then(|| self.values.addr(self.offset(index, cpu)))
+        self.layout().value_addr(index, cpu)
+    }
+
+    /// Where the values lie (see [`ArrayLayout`]).
+    pub fn layout(&self) -> ArrayLayout {
+        ArrayLayout {
+            base: self.values.addr(0),
+            max_entries: self.spec.max_entries,
+            ncpus: self.ncpus,
+            stride: self.stride,
+        }
     }
 
     /// Host lookup: the value (per-CPU: every CPU's copy, each padded to a

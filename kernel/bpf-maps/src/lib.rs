@@ -29,9 +29,17 @@
 //! arrays do); values are plain memory, so a concurrent reader may see a
 //! partially written value, which is Linux's behaviour without `BPF_F_LOCK`.
 //!
-//! Concurrency otherwise is the embedder's job: the maps take `&mut self`
-//! and the kernel holds each map under a lock (program context uses
-//! `try_lock`, so a probe that fires inside map code never deadlocks).
+//! # Concurrency
+//! - Arrays: values are plain memory at fixed addresses ([`ArrayLayout`]),
+//!   so program lookups need no lock; concurrent updates of one value
+//!   race as in Linux, and programs that count use atomic instructions.
+//! - Ring buffers and perf event arrays take many producers (all CPUs)
+//!   and one consumer through `&self` (see [`RingBuf`]'s protocol); the
+//!   embedder shares them as `Arc`s ([`Map::ring`], [`Map::perf`]).
+//! - Hash maps (and host requests on any map) take `&mut self`: the
+//!   embedder serialises them under one lock per map; the kernel's
+//!   program-context policy (fail on same-CPU recursion, wait a bounded
+//!   time for another CPU) is in its `bpf::kmap`.
 #![no_std]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -47,12 +55,12 @@ mod ringbuf;
 mod stack;
 mod store;
 
-pub use array::ArrayMap;
+pub use array::{ArrayLayout, ArrayMap};
 pub use epoch::{EpochGuard, Epochs};
 pub use hash::HashMap;
 pub use map::{Entry, Map};
 pub use perf::{PerfEventArray, PerfRecord, F_CURRENT_CPU};
-pub use ringbuf::{RingBuf, RingStats, RB_NO_WAKEUP};
+pub use ringbuf::{RingBuf, RingStats, PRODUCER_SPINS, RB_NO_WAKEUP};
 pub use stack::{walk_frame_pointers, StackTraceMap, MAX_DEPTH as MAX_STACK_DEPTH};
 
 use core::fmt;

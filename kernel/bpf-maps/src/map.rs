@@ -6,8 +6,8 @@ use alloc::vec::Vec;
 use crate::epoch::Epochs;
 use crate::perf::PER_CPU_BUFFER;
 use crate::{
-    map_type, ArrayMap, HashMap, MapError, MapSpec, PerfEventArray, RingBuf, StackTraceMap,
-    F_NO_PREALLOC,
+    map_type, ArrayLayout, ArrayMap, HashMap, MapError, MapSpec, PerfEventArray, RingBuf,
+    StackTraceMap, F_NO_PREALLOC,
 };
 
 /// A key and its value, as the host sees them.
@@ -19,10 +19,11 @@ pub enum Map {
     Array(ArrayMap),
     /// `HASH`, `PERCPU_HASH`, `LRU_HASH`.
     Hash(HashMap),
-    /// `RINGBUF`.
-    RingBuf(RingBuf),
-    /// `PERF_EVENT_ARRAY`.
-    PerfEventArray(PerfEventArray),
+    /// `RINGBUF`. Shared: producers and the consumer use it through
+    /// `&self` without the map's lock ([`Map::ring`]).
+    RingBuf(Arc<RingBuf>),
+    /// `PERF_EVENT_ARRAY`. Shared, as the ring buffer ([`Map::perf`]).
+    PerfEventArray(Arc<PerfEventArray>),
     /// `STACK_TRACE`.
     StackTrace(StackTraceMap),
 }
@@ -44,14 +45,38 @@ impl Map {
                 if spec.key_size != 0 || spec.value_size != 0 {
                     return Err(MapError::Invalid);
                 }
-                Map::RingBuf(RingBuf::new(spec.max_entries)?)
+                Map::RingBuf(Arc::new(RingBuf::new(spec.max_entries)?))
             }
             map_type::PERF_EVENT_ARRAY => {
-                Map::PerfEventArray(PerfEventArray::new(spec, ncpus, PER_CPU_BUFFER)?)
+                Map::PerfEventArray(Arc::new(PerfEventArray::new(spec, ncpus, PER_CPU_BUFFER)?))
             }
             map_type::STACK_TRACE => Map::StackTrace(StackTraceMap::new(spec)?),
             _ => return Err(MapError::NotSupported),
         })
+    }
+
+    /// The ring buffer, for use without the map's lock.
+    pub fn ring(&self) -> Option<Arc<RingBuf>> {
+        match self {
+            Map::RingBuf(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// The perf event array, for use without the map's lock.
+    pub fn perf(&self) -> Option<Arc<PerfEventArray>> {
+        match self {
+            Map::PerfEventArray(p) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    /// Where an array's values lie, for lookups without the map's lock.
+    pub fn array_layout(&self) -> Option<ArrayLayout> {
+        match self {
+            Map::Array(a) => Some(a.layout()),
+            _ => None,
+        }
     }
 
     /// Bytes of storage, counted against the runtime's memory limit.
@@ -143,7 +168,9 @@ impl Map {
     /// (per-CPU: `cpu`'s copy), or `None`.
     pub fn value_addr(&mut self, key: &[u8], cpu: usize) -> Option<u64> {
         match self {
-            Map::Array(m) => m.value_addr(u32::from_le_bytes(key.try_into().ok()?), cpu),
+            Map::Array(m) => m
+                .layout()
+                .value_addr(u32::from_le_bytes(key.try_into().ok()?), cpu),
             Map::Hash(m) => m.value_addr(key, cpu),
             _ => None,
         }

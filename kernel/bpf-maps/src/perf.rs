@@ -2,6 +2,10 @@
 //! channel: `bpf_perf_event_output` appends a record to the buffer of the
 //! chosen CPU; the runtime drains every CPU's buffer to the host. Records
 //! that do not fit are counted per CPU, like Linux's `PERF_RECORD_LOST`.
+//!
+//! Each CPU's buffer is a [`RingBuf`], so writers on every CPU (a program
+//! may also write another CPU's buffer by index) and the one draining
+//! reader work at once through `&self`, under the ring's own protocol.
 
 use alloc::vec::Vec;
 
@@ -56,7 +60,7 @@ impl PerfEventArray {
     }
 
     /// `bpf_perf_event_output` from `cpu` with `flags` (index in the low 32 bits).
-    pub fn output(&mut self, flags: u64, cpu: usize, data: &[u8]) -> Result<(), MapError> {
+    pub fn output(&self, flags: u64, cpu: usize, data: &[u8]) -> Result<(), MapError> {
         if flags & !F_INDEX_MASK != 0 {
             return Err(MapError::Invalid);
         }
@@ -68,15 +72,15 @@ impl PerfEventArray {
         if index >= self.spec.max_entries as usize {
             return Err(MapError::TooBig);
         }
-        let ring = self.rings.get_mut(index).ok_or(MapError::NotFound)?;
-        ring.output(data, 0)
+        let ring = self.rings.get(index).ok_or(MapError::NotFound)?;
+        ring.output(data, 0, cpu)
     }
 
     /// Moves up to `max` records into `out`, CPU by CPU.
-    pub fn drain(&mut self, max: usize, out: &mut Vec<PerfRecord>) -> usize {
+    pub fn drain(&self, max: usize, out: &mut Vec<PerfRecord>) -> usize {
         let mut n = 0;
         let mut buf = Vec::new();
-        for (cpu, ring) in self.rings.iter_mut().enumerate() {
+        for (cpu, ring) in self.rings.iter().enumerate() {
             while n < max && ring.pop(&mut buf) {
                 out.push(PerfRecord {
                     cpu: cpu as u32,
@@ -88,11 +92,15 @@ impl PerfEventArray {
         n
     }
 
+    /// Counters of each CPU's buffer, by CPU.
+    pub fn cpu_stats(&self) -> impl Iterator<Item = RingStats> + '_ {
+        self.rings.iter().map(RingBuf::stats)
+    }
+
     /// Counters summed over CPUs.
     pub fn stats(&self) -> RingStats {
         let mut s = RingStats::default();
-        for r in &self.rings {
-            let t = r.stats();
+        for t in self.cpu_stats() {
             s.submitted += t.submitted;
             s.lost += t.lost;
             s.consumed += t.consumed;
@@ -121,7 +129,7 @@ mod tests {
             max_entries: 4,
             flags: 0,
         };
-        let mut p = PerfEventArray::new(spec, 2, 4096).unwrap();
+        let p = PerfEventArray::new(spec, 2, 4096).unwrap();
         p.output(F_CURRENT_CPU, 1, b"a").unwrap();
         p.output(0, 1, b"b").unwrap();
         assert_eq!(p.output(3, 0, b"c"), Err(MapError::NotFound));
@@ -152,5 +160,7 @@ mod tests {
         }
         assert_eq!(lost, 6);
         assert_eq!(p.stats().lost, 6);
+        let per_cpu: Vec<u64> = p.cpu_stats().map(|s| s.lost).collect();
+        assert_eq!(per_cpu, [6, 0]);
     }
 }

@@ -11,8 +11,36 @@
 //!
 //! Unlike Linux, failed reservations are counted ([`RingStats::lost`]) so
 //! the host learns about every record it did not get.
+//!
+//! # Many producers, one consumer
+//! Every method takes `&self`, so programs on all CPUs and the consumer
+//! use the ring at once without a map lock. The protocol is Linux's:
+//! - *Reserve* is serialised by a small producer lock (one word holding
+//!   the holder's CPU + 1). Under it a producer checks the room against
+//!   `cons`, writes the record's header with the BUSY bit (and a padding
+//!   header before a wrap), and only then publishes the new `prod` with a
+//!   release store. So the consumer, which reads `prod` with acquire,
+//!   never sees a header older than the reservation.
+//! - *Commit* needs no lock: it swaps the header from BUSY to done (or
+//!   DISCARD) with a release compare-exchange, after the program wrote
+//!   the data; the compare-exchange makes a double commit fail.
+//! - The *consumer* reads headers with acquire from `cons` up to `prod`,
+//!   stops at the first BUSY one (so records come out in reservation
+//!   order, and a record is seen only once committed), copies the data,
+//!   then releases `cons`, which is what lets producers reuse the space.
+//!   One consumer at a time: a second one finds the consumer flag taken
+//!   and gets nothing this round.
+//!
+//! Waiting: a producer that finds the lock held by *another* CPU spins,
+//! at most [`PRODUCER_SPINS`] times; the holder runs a few dozen
+//! instructions with interrupts off (in the kernel), so the bound is only
+//! reached if the holder's CPU stops (a vCPU descheduled by the host), and
+//! then the record is counted lost rather than waited for without end. A
+//! producer that finds its *own* CPU holding the lock (a probe that fired
+//! inside the reservation code) fails at once: waiting would deadlock.
 
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::store::Slab;
 use crate::{round8, MapError};
@@ -27,6 +55,9 @@ const HDR: usize = 8;
 /// `BPF_RB_NO_WAKEUP`: do not wake the consumer for this record.
 pub const RB_NO_WAKEUP: u64 = 1;
 
+/// Most spins of a producer waiting for another CPU's reservation.
+pub const PRODUCER_SPINS: u32 = 1 << 20;
+
 /// Counters of one ring.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RingStats {
@@ -34,20 +65,53 @@ pub struct RingStats {
     pub submitted: u64,
     /// Records discarded by the program.
     pub discarded: u64,
-    /// Reservations refused for lack of space: records lost.
+    /// Reservations refused for lack of space (or a producer lock held
+    /// too long): records lost.
     pub lost: u64,
     /// Records handed to the consumer.
     pub consumed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    submitted: AtomicU64,
+    discarded: AtomicU64,
+    lost: AtomicU64,
+    consumed: AtomicU64,
 }
 
 /// A ring of `size` bytes (a power of two).
 pub struct RingBuf {
     data: Slab,
     size: usize,
-    prod: u64,
-    cons: u64,
-    stats: RingStats,
-    wakeup: bool,
+    /// Producer lock: 0 when free, else the holding CPU + 1.
+    producer: AtomicU32,
+    /// Bytes ever reserved (released after the headers are written).
+    prod: AtomicU64,
+    /// Bytes ever consumed (released after the data was copied out).
+    cons: AtomicU64,
+    /// A consumer is draining.
+    consumer: AtomicBool,
+    stats: Counters,
+    wakeup: AtomicBool,
+}
+
+/// Holds the producer lock; releases it on drop.
+struct ProducerGuard<'a>(&'a AtomicU32);
+
+impl Drop for ProducerGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+/// Holds the consumer flag; releases it on drop.
+struct ConsumerGuard<'a>(&'a AtomicBool);
+
+impl Drop for ConsumerGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl RingBuf {
@@ -60,10 +124,12 @@ impl RingBuf {
         Ok(RingBuf {
             data: Slab::new(size as usize)?,
             size: size as usize,
-            prod: 0,
-            cons: 0,
-            stats: RingStats::default(),
-            wakeup: false,
+            producer: AtomicU32::new(0),
+            prod: AtomicU64::new(0),
+            cons: AtomicU64::new(0),
+            consumer: AtomicBool::new(false),
+            stats: Counters::default(),
+            wakeup: AtomicBool::new(false),
         })
     }
 
@@ -79,93 +145,164 @@ impl RingBuf {
 
     /// Counters.
     pub fn stats(&self) -> RingStats {
-        self.stats
+        let c = &self.stats;
+        RingStats {
+            submitted: c.submitted.load(Ordering::Relaxed),
+            discarded: c.discarded.load(Ordering::Relaxed),
+            lost: c.lost.load(Ordering::Relaxed),
+            consumed: c.consumed.load(Ordering::Relaxed),
+        }
     }
 
     /// Bytes produced and not yet consumed.
     pub fn pending_bytes(&self) -> u64 {
-        self.prod - self.cons
+        let cons = self.cons.load(Ordering::Acquire);
+        self.prod.load(Ordering::Acquire).saturating_sub(cons)
     }
 
     /// Whether a submit asked for the consumer to be woken; clears the request.
-    pub fn take_wakeup(&mut self) -> bool {
-        core::mem::take(&mut self.wakeup)
+    pub fn take_wakeup(&self) -> bool {
+        self.wakeup.swap(false, Ordering::AcqRel)
     }
 
-    /// Reserves `len` bytes; returns the address of the record's data, or
-    /// `None` (and counts a lost record) when there is no room.
-    pub fn reserve(&mut self, len: usize) -> Option<u64> {
+    fn lose(&self) -> Option<u64> {
+        self.stats.lost.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Takes the producer lock for `cpu` (see the module overview).
+    fn lock_producer(&self, cpu: usize) -> Option<ProducerGuard<'_>> {
+        let me = (cpu as u32).wrapping_add(1).max(1);
+        let mut spins = 0;
+        loop {
+            match self
+                .producer
+                .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(ProducerGuard(&self.producer)),
+                Err(holder) if holder == me => return None,
+                Err(_) => {}
+            }
+            spins += 1;
+            if spins > PRODUCER_SPINS {
+                return None;
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Reserves `len` bytes for a program on `cpu`; returns the address of
+    /// the record's data, or `None` (and counts a lost record) when there
+    /// is no room.
+    pub fn reserve(&self, len: usize, cpu: usize) -> Option<u64> {
         let total = round8(len + HDR);
         if len == 0 || len as u32 > LEN_MASK || total > self.size / 2 {
-            self.stats.lost += 1;
-            return None;
+            return self.lose();
         }
-        let mut pos = (self.prod as usize) & (self.size - 1);
+        let Some(_guard) = self.lock_producer(cpu) else {
+            return self.lose();
+        };
+        // Only lock holders write `prod`.
+        let prod = self.prod.load(Ordering::Relaxed);
+        let mut pos = (prod as usize) & (self.size - 1);
         let pad = if pos + total > self.size {
             self.size - pos
         } else {
             0
         };
-        if self.prod + (pad + total) as u64 - self.cons > self.size as u64 {
-            self.stats.lost += 1;
-            return None;
+        // Acquire: the consumer's copy out of the space is done before we
+        // reuse it.
+        let cons = self.cons.load(Ordering::Acquire);
+        if prod + (pad + total) as u64 - cons > self.size as u64 {
+            return self.lose();
         }
         if pad > 0 {
-            self.data.write_u32(pos, (pad - HDR) as u32 | PAD).ok()?;
-            self.prod += pad as u64;
+            self.header(pos)?
+                .store((pad - HDR) as u32 | PAD, Ordering::Relaxed);
             pos = 0;
         }
-        self.data.write_u32(pos, len as u32 | BUSY).ok()?;
+        self.header(pos)?
+            .store(len as u32 | BUSY, Ordering::Relaxed);
         self.data.write_u32(pos + 4, 0).ok()?;
-        self.prod += total as u64;
+        // Release: the headers above are visible before the new `prod`.
+        self.prod
+            .store(prod + (pad + total) as u64, Ordering::Release);
         Some(self.data.addr(pos + HDR))
+    }
+
+    fn header(&self, off: usize) -> Option<&AtomicU32> {
+        self.data.atomic_u32(off).ok()
     }
 
     /// Commits (or with `discard`, drops) the record whose data starts at
     /// `addr`. `-EINVAL` if `addr` is not a reserved record.
-    pub fn commit(&mut self, addr: u64, discard: bool, flags: u64) -> Result<(), MapError> {
+    pub fn commit(&self, addr: u64, discard: bool, flags: u64) -> Result<(), MapError> {
         let off = self
             .data
             .offset_of(addr.wrapping_sub(HDR as u64), HDR)
             .ok_or(MapError::Invalid)?;
-        let hdr = self.data.read_u32(off)?;
+        let word = self.data.atomic_u32(off).map_err(|_| MapError::Invalid)?;
+        let hdr = word.load(Ordering::Relaxed);
         if hdr & BUSY == 0 || hdr & PAD != 0 {
             return Err(MapError::Invalid);
         }
         let new = (hdr & !BUSY) | if discard { DISCARD } else { 0 };
-        self.data.write_u32(off, new)?;
+        // Release: the data the program wrote is visible before the
+        // header says it is done.
+        word.compare_exchange(hdr, new, Ordering::Release, Ordering::Relaxed)
+            .map_err(|_| MapError::Invalid)?;
         if discard {
-            self.stats.discarded += 1;
+            self.stats.discarded.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.stats.submitted += 1;
+            self.stats.submitted.fetch_add(1, Ordering::Relaxed);
             if flags & RB_NO_WAKEUP == 0 {
-                self.wakeup = true;
+                self.wakeup.store(true, Ordering::Release);
             }
         }
         Ok(())
     }
 
-    /// `bpf_ringbuf_output`: reserve, copy, submit. `-ENOSPC` (and a lost
-    /// record) when full.
-    pub fn output(&mut self, data: &[u8], flags: u64) -> Result<(), MapError> {
-        let addr = self.reserve(data.len()).ok_or(MapError::NoSpace)?;
-        let off = self
-            .data
-            .offset_of(addr, data.len())
-            .ok_or(MapError::Internal)?;
-        self.data.write(off, data)?;
+    /// `bpf_ringbuf_output` from `cpu`: reserve, copy, submit. `-ENOSPC`
+    /// (and a lost record) when full.
+    pub fn output(&self, data: &[u8], flags: u64, cpu: usize) -> Result<(), MapError> {
+        let addr = self.reserve(data.len(), cpu).ok_or(MapError::NoSpace)?;
+        self.fill(addr, data)?;
         self.commit(addr, false, flags)
     }
 
+    /// Copies `data` into the record at `addr`, which the caller reserved
+    /// and has not committed (what a program does with the pointer
+    /// `reserve` gave it).
+    pub fn fill(&self, addr: u64, data: &[u8]) -> Result<(), MapError> {
+        let off = self
+            .data
+            .offset_of(addr, data.len())
+            .ok_or(MapError::Invalid)?;
+        self.data.write(off, data)
+    }
+
     /// Copies the next committed record into `out` (replacing its
-    /// contents). Returns false when the ring is empty or the oldest record
-    /// is still being written.
-    pub fn pop(&mut self, out: &mut Vec<u8>) -> bool {
-        while self.cons < self.prod {
-            let pos = (self.cons as usize) & (self.size - 1);
-            let Ok(hdr) = self.data.read_u32(pos) else {
+    /// contents). Returns false when the ring is empty, the oldest record
+    /// is still being written, or another consumer is draining.
+    pub fn pop(&self, out: &mut Vec<u8>) -> bool {
+        if self
+            .consumer
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        let _guard = ConsumerGuard(&self.consumer);
+        // Only the consumer writes `cons`.
+        let mut cons = self.cons.load(Ordering::Relaxed);
+        let prod = self.prod.load(Ordering::Acquire);
+        while cons < prod {
+            let pos = (cons as usize) & (self.size - 1);
+            let Some(word) = self.header(pos) else {
                 return false;
             };
+            // Acquire: pairs with the commit's release (the data).
+            let hdr = word.load(Ordering::Acquire);
             if hdr & BUSY != 0 {
                 return false;
             }
@@ -183,9 +320,12 @@ impl RingBuf {
                     return false;
                 }
             }
-            self.cons += total as u64;
+            cons += total as u64;
+            // Release: the copy above is done before producers may reuse
+            // the space.
+            self.cons.store(cons, Ordering::Release);
             if !skip {
-                self.stats.consumed += 1;
+                self.stats.consumed.fetch_add(1, Ordering::Relaxed);
                 return true;
             }
         }
@@ -199,10 +339,10 @@ mod tests {
 
     #[test]
     fn order_discard_and_loss() {
-        let mut r = RingBuf::new(4096).unwrap();
-        r.output(b"one", 0).unwrap();
-        let a = r.reserve(5).unwrap();
-        let b = r.reserve(6).unwrap();
+        let r = RingBuf::new(4096).unwrap();
+        r.output(b"one", 0, 0).unwrap();
+        let a = r.reserve(5, 0).unwrap();
+        let b = r.reserve(6, 0).unwrap();
         r.commit(b, false, 0).unwrap();
         let mut out = Vec::new();
         assert!(r.pop(&mut out));
@@ -221,12 +361,12 @@ mod tests {
 
     #[test]
     fn full_ring_counts_every_lost_record_and_wraps() {
-        let mut r = RingBuf::new(4096).unwrap();
+        let r = RingBuf::new(4096).unwrap();
         let rec = [7u8; 100];
         // 112 bytes each (8-byte header, padded): 36 fit in 4096.
         let mut ok = 0;
         for _ in 0..50 {
-            if r.output(&rec, 0).is_ok() {
+            if r.output(&rec, 0, 0).is_ok() {
                 ok += 1;
             }
         }
@@ -241,7 +381,7 @@ mod tests {
             got += 1;
         }
         for i in 0..20u8 {
-            r.output(&[i; 100], 0).unwrap();
+            r.output(&[i; 100], 0, 0).unwrap();
         }
         while r.pop(&mut out) {
             got += 1;
@@ -249,9 +389,33 @@ mod tests {
         assert_eq!(got, 56);
         assert_eq!(out, [19u8; 100]);
         assert_eq!(r.pending_bytes(), 0);
-        assert_eq!(r.reserve(0), None);
-        assert_eq!(r.reserve(3000), None);
+        assert_eq!(r.reserve(0, 0), None);
+        assert_eq!(r.reserve(3000, 0), None);
         assert_eq!(r.stats().lost, 16);
         assert!(RingBuf::new(5000).is_err());
+    }
+
+    #[test]
+    fn a_producer_inside_its_own_reservation_fails_at_once() {
+        let r = RingBuf::new(4096).unwrap();
+        // CPU 3 holds the producer lock (a probe fired in `reserve`).
+        let guard = r.lock_producer(3).unwrap();
+        assert_eq!(r.reserve(8, 3), None);
+        assert_eq!(r.stats().lost, 1);
+        drop(guard);
+        assert!(r.reserve(8, 3).is_some());
+    }
+
+    #[test]
+    fn a_second_consumer_gets_nothing_while_the_first_drains() {
+        let r = RingBuf::new(4096).unwrap();
+        r.output(b"x", 0, 0).unwrap();
+        let flag = ConsumerGuard(&r.consumer);
+        r.consumer.store(true, Ordering::Relaxed);
+        let mut out = Vec::new();
+        assert!(!r.pop(&mut out));
+        drop(flag);
+        assert!(r.pop(&mut out));
+        assert_eq!(out, b"x");
     }
 }

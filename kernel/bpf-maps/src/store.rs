@@ -10,6 +10,7 @@
 
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
 use core::ptr::NonNull;
+use core::sync::atomic::AtomicU32;
 
 use crate::MapError;
 
@@ -114,16 +115,26 @@ impl Slab {
         true
     }
 
-    /// Reads a little-endian u32 at `off`.
-    pub fn read_u32(&self, off: usize) -> Result<u32, MapError> {
-        let mut b = [0u8; 4];
-        self.read(off, &mut b)?;
-        Ok(u32::from_le_bytes(b))
-    }
-
     /// Writes a little-endian u32 at `off`.
     pub fn write_u32(&self, off: usize, v: u32) -> Result<(), MapError> {
         self.write(off, &v.to_le_bytes())
+    }
+
+    /// The naturally aligned u32 at `off` as an atomic, for words that
+    /// several CPUs touch at once (ring buffer record headers). Every
+    /// access to such a word goes through this.
+    pub fn atomic_u32(&self, off: usize) -> Result<&AtomicU32, MapError> {
+        self.check(off, 4)?;
+        if !off.is_multiple_of(4) {
+            return Err(MapError::Internal);
+        }
+        // SAFETY: (1) the 4 bytes at `off` lie inside the allocation
+        // (checked above), which lives as long as `&self`; (2) the base is
+        // 8-aligned and `off` a multiple of 4, so the pointer is aligned for
+        // `AtomicU32`; (3) the bytes are only ever accessed atomically while
+        // this reference is used concurrently (the ring buffer reaches
+        // headers only through this method).
+        Ok(unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast::<u32>()) })
     }
 }
 

@@ -20,7 +20,6 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ktrace_abi::bpf::{BpfResponse, EventBatch, EventRecord, EventSource, LostCount};
 use ktrace_abi::Response;
-use ktrace_bpf_maps::Map;
 
 use super::kmap::KMap;
 use crate::session::{Link, Session, MAX_SESSIONS};
@@ -96,43 +95,40 @@ pub fn collect(client: &Session, maps: &[Arc<KMap>], printk: bool, max: usize) -
     let mut lost = Vec::new();
     let mut buf = Vec::new();
     for m in maps {
-        let mut inner = m.inner.lock();
-        match &mut *inner {
-            Map::RingBuf(r) => {
-                while records.len() < max && bytes < BATCH_BYTES && r.pop(&mut buf) {
-                    bytes += buf.len() + 8;
-                    records.push(EventRecord {
-                        source: EventSource::RingBuf { map: m.id },
-                        data: core::mem::take(&mut buf),
-                    });
-                }
-                lost.push(LostCount {
-                    map: m.id,
-                    lost: r.stats().lost,
+        // Ring buffers and perf arrays drain without the map lock: the
+        // ring's consumer side runs beside producers on every CPU.
+        if let Some(r) = m.ring() {
+            while records.len() < max && bytes < BATCH_BYTES && r.pop(&mut buf) {
+                bytes += buf.len() + 8;
+                records.push(EventRecord {
+                    source: EventSource::RingBuf { map: m.id },
+                    data: core::mem::take(&mut buf),
                 });
             }
-            Map::PerfEventArray(p) => {
-                let mut out = Vec::new();
-                let room = max
-                    .saturating_sub(records.len())
-                    .min((BATCH_BYTES.saturating_sub(bytes) / 16).max(1));
-                p.drain(room, &mut out);
-                for r in out {
-                    bytes += r.data.len() + 12;
-                    records.push(EventRecord {
-                        source: EventSource::Perf {
-                            map: m.id,
-                            cpu: r.cpu,
-                        },
-                        data: r.data,
-                    });
-                }
-                lost.push(LostCount {
-                    map: m.id,
-                    lost: p.stats().lost,
+            lost.push(LostCount {
+                map: m.id,
+                lost: r.stats().lost,
+            });
+        } else if let Some(p) = m.perf() {
+            let mut out = Vec::new();
+            let room = max
+                .saturating_sub(records.len())
+                .min((BATCH_BYTES.saturating_sub(bytes) / 16).max(1));
+            p.drain(room, &mut out);
+            for r in out {
+                bytes += r.data.len() + 12;
+                records.push(EventRecord {
+                    source: EventSource::Perf {
+                        map: m.id,
+                        cpu: r.cpu,
+                    },
+                    data: r.data,
                 });
             }
-            _ => {}
+            lost.push(LostCount {
+                map: m.id,
+                lost: p.stats().lost,
+            });
         }
     }
     if printk {
@@ -166,10 +162,9 @@ pub fn collect(client: &Session, maps: &[Arc<KMap>], printk: bool, max: usize) -
 }
 
 fn pending(maps: &[Arc<KMap>]) -> bool {
-    maps.iter().any(|m| match &*m.inner.lock() {
-        Map::RingBuf(r) => r.pending_bytes() > 0,
-        Map::PerfEventArray(p) => p.pending_bytes() > 0,
-        _ => false,
+    maps.iter().any(|m| {
+        m.ring().is_some_and(|r| r.pending_bytes() > 0)
+            || m.perf().is_some_and(|p| p.pending_bytes() > 0)
     })
 }
 

@@ -1,11 +1,13 @@
 //! BPF helpers, by Linux id, as the interpreter calls them.
 //!
 //! Every helper runs in probe context: no allocation, no blocking, map
-//! locks only through `try_lock`. Failures a program can handle come back
-//! as negative errnos in r0 (`-EFAULT` for an unreadable address, `-EBUSY`
-//! when a map is locked by the code the probe interrupted); only a
-//! malformed call the verifier should have made impossible aborts the run
-//! (counted as a fault).
+//! locks only through `KMap::prog_lock` (fails on same-CPU recursion,
+//! waits a bounded time for another CPU). Array lookups, ring buffers and
+//! perf event arrays take no map lock at all. Failures a program can
+//! handle come back as negative errnos in r0 (`-EFAULT` for an unreadable
+//! address, `-EBUSY` when a map stays locked); only a malformed call the
+//! verifier should have made impossible aborts the run (counted as a
+//! fault).
 
 use bpf_vm::interp::{HelperError, HelperMem};
 use bpf_vm::verifier::linux::helper as id;
@@ -49,7 +51,15 @@ impl RunEnv<'_> {
     fn lookup(&self, mem: &mut HelperMem<'_>, a: [u64; 5]) -> Result<u64, HelperError> {
         let m = self.map(a[0])?;
         let key = mem.read(a[1], m.spec.key_size as usize)?;
-        let Some(mut inner) = m.inner.try_lock() else {
+        if let Some(array) = m.array() {
+            let Ok(index) = <[u8; 4]>::try_from(key) else {
+                return Ok(0);
+            };
+            return Ok(array
+                .value_addr(u32::from_le_bytes(index), self.cpu)
+                .unwrap_or(0));
+        }
+        let Some(mut inner) = m.prog_lock(self.cpu) else {
             return Ok(0);
         };
         Ok(inner.value_addr(key, self.cpu).unwrap_or(0))
@@ -64,7 +74,7 @@ impl RunEnv<'_> {
         let ks = m.spec.key_size as usize;
         key[..ks].copy_from_slice(mem.read(a[1], ks)?);
         let value = mem.read(a[2], m.spec.value_size as usize)?;
-        let Some(mut inner) = m.inner.try_lock() else {
+        let Some(mut inner) = m.prog_lock(self.cpu) else {
             return Ok(neg(errno::EBUSY));
         };
         Ok(match inner.prog_update(&key[..ks], value, a[3], self.cpu) {
@@ -76,7 +86,7 @@ impl RunEnv<'_> {
     fn delete(&self, mem: &mut HelperMem<'_>, a: [u64; 5]) -> Result<u64, HelperError> {
         let m = self.map(a[0])?;
         let key = mem.read(a[1], m.spec.key_size as usize)?;
-        let Some(mut inner) = m.inner.try_lock() else {
+        let Some(mut inner) = m.prog_lock(self.cpu) else {
             return Ok(neg(errno::EBUSY));
         };
         Ok(match inner.delete(key) {
@@ -161,14 +171,10 @@ impl RunEnv<'_> {
     fn perf_event_output(&self, mem: &mut HelperMem<'_>, a: [u64; 5]) -> Result<u64, HelperError> {
         let m = self.map(a[1])?;
         let data = mem.read(a[3], a[4] as usize)?;
-        let Some(mut inner) = m.inner.try_lock() else {
-            return Ok(neg(errno::EBUSY));
-        };
-        let Map::PerfEventArray(p) = &mut *inner else {
+        let Some(p) = m.perf() else {
             return Ok(neg(errno::EINVAL));
         };
         let r = p.output(a[2], self.cpu, data);
-        drop(inner);
         super::events::kick();
         Ok(match r {
             Ok(()) => 0,
@@ -179,14 +185,10 @@ impl RunEnv<'_> {
     fn ringbuf_output(&self, mem: &mut HelperMem<'_>, a: [u64; 5]) -> Result<u64, HelperError> {
         let m = self.map(a[0])?;
         let data = mem.read(a[1], a[2] as usize)?;
-        let Some(mut inner) = m.inner.try_lock() else {
-            return Ok(neg(errno::EBUSY));
-        };
-        let Map::RingBuf(r) = &mut *inner else {
+        let Some(r) = m.ring() else {
             return Ok(neg(errno::EINVAL));
         };
-        let res = r.output(data, a[3]);
-        drop(inner);
+        let res = r.output(data, a[3], self.cpu);
         super::events::kick();
         Ok(match res {
             Ok(()) => 0,
@@ -199,43 +201,22 @@ impl RunEnv<'_> {
         if a[2] != 0 {
             return Ok(0);
         }
-        let Some(mut inner) = m.inner.try_lock() else {
+        let Some(r) = m.ring() else {
             return Ok(0);
         };
-        let Map::RingBuf(r) = &mut *inner else {
-            return Ok(0);
-        };
-        Ok(r.reserve(a[1] as usize).unwrap_or(0))
+        Ok(r.reserve(a[1] as usize, self.cpu).unwrap_or(0))
     }
 
     /// Submit or discard: the record is in one of the program's ring
-    /// buffers. The map cannot be locked by this CPU here (the reserve in
-    /// the same run succeeded and nothing else ran since), so spinning only
-    /// waits for another CPU.
+    /// buffers. Lock-free (the ring's commit is one compare-exchange of the
+    /// record's header).
     fn ringbuf_commit(&self, a: [u64; 5], discard: bool) -> Result<u64, HelperError> {
-        for m in &self.prog.maps {
-            if m.spec.map_type != ktrace_bpf_maps::map_type::RINGBUF {
-                continue;
-            }
-            let mut spins = 0u32;
-            let mut inner = loop {
-                if let Some(g) = m.inner.try_lock() {
-                    break g;
+        for r in self.prog.maps.iter().filter_map(|m| m.ring()) {
+            if r.commit(a[0], discard, a[1]).is_ok() {
+                if !discard {
+                    super::events::kick();
                 }
-                spins += 1;
-                if spins > 1_000_000 {
-                    return Err(HelperError::Failed("ring buffer lock held too long"));
-                }
-                core::hint::spin_loop();
-            };
-            if let Map::RingBuf(r) = &mut *inner {
-                if r.commit(a[0], discard, a[1]).is_ok() {
-                    drop(inner);
-                    if !discard {
-                        super::events::kick();
-                    }
-                    return Ok(0);
-                }
+                return Ok(0);
             }
         }
         Err(HelperError::Failed(
@@ -252,7 +233,7 @@ impl RunEnv<'_> {
                 .ok()
                 .map(|()| u64::from_le_bytes(b))
         });
-        let Some(mut inner) = m.inner.try_lock() else {
+        let Some(mut inner) = m.prog_lock(self.cpu) else {
             return Ok(neg(errno::EBUSY));
         };
         let Map::StackTrace(s) = &mut *inner else {

@@ -1,20 +1,46 @@
 //! Kernel map objects: a [`Map`] from `ktrace-bpf-maps` under a lock, with
 //! its id and definition.
 //!
-//! The lock disables interrupts. Task context (host requests, the event
-//! task) takes it with `lock`; program context (helpers) only ever uses
-//! `try_lock`, so a probe that fires while the same CPU holds the lock gets
-//! a failure code instead of a deadlock.
+//! # Who waits for whom (SMP)
+//! The lock disables interrupts and records the CPU holding it. Task
+//! context (host requests) takes it with [`KMap::lock`]. Program context
+//! (helpers, any CPU) takes it with [`KMap::prog_lock`], which
+//! - fails at once when *this* CPU holds the lock: a probe fired inside
+//!   map code, and waiting would deadlock;
+//! - otherwise waits for the other CPU, at most [`PROG_WAIT_NS`]. The
+//!   holder runs one map operation (or one host batch) with interrupts
+//!   off, so it cannot be preempted and finishes in bounded time; the
+//!   bound is there for what is not covered by that argument (a holder's
+//!   vCPU descheduled by the host, two CPUs each in a probe inside map
+//!   code wanting the other's map). An operation that gives up is counted
+//!   in [`KMap::busy`] (reported as `MapInfo::busy`) and fails as on a
+//!   locked map: a NULL lookup, `-EBUSY` from update and delete.
+//!
+//! The hot paths take no lock at all: an array lookup is address
+//! arithmetic over storage that never moves ([`ArrayLayout`]), and ring
+//! buffers and perf event arrays have their own many-producer protocol
+//! (`ktrace_bpf_maps::RingBuf`), so they are used through shared handles
+//! ([`KMap::ring`], [`KMap::perf`]) without the map lock. Hash maps keep
+//! the one lock per map: per-bucket locks would need a table that never
+//! rehashes under readers, which the preallocated `hashbrown` table does
+//! not promise.
 
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use ktrace_abi::bpf::{MapDefinition, MapInfo};
 use ktrace_abi::types::MapTypes;
-use ktrace_bpf_maps::{Epochs, Map, MapError, MapSpec};
+use ktrace_bpf_maps::{ArrayLayout, Epochs, Map, MapError, MapSpec, PerfEventArray, RingBuf};
 
-use crate::sync::SpinLock;
+use crate::sync::{SpinLock, SpinLockGuard};
+
+/// Longest a program waits for a map another CPU holds.
+pub const PROG_WAIT_NS: u64 = 1_000_000;
+/// `holder` when no CPU holds the lock.
+const NO_HOLDER: u32 = 0;
 
 /// One map the runtime holds.
 pub struct KMap {
@@ -23,7 +49,16 @@ pub struct KMap {
     pub spec: MapSpec,
     /// Programs may not write it (`.rodata`).
     pub read_only: bool,
-    pub inner: SpinLock<Map>,
+    inner: SpinLock<Map>,
+    /// CPU + 1 of the lock's holder, or [`NO_HOLDER`].
+    holder: AtomicU32,
+    /// Program operations refused because the lock stayed held.
+    busy: AtomicU64,
+    /// Arrays: where the values lie (lookups without the lock).
+    array: Option<ArrayLayout>,
+    /// Ring buffers and perf event arrays, shared outside the lock.
+    ring: Option<Arc<RingBuf>>,
+    perf: Option<Arc<PerfEventArray>>,
     /// Bytes of storage (fixed at creation: everything is preallocated).
     pub memory_bytes: u64,
     /// Value size as the host sees it.
@@ -61,6 +96,11 @@ impl KMap {
             name: def.name.clone(),
             spec,
             read_only: def.read_only,
+            holder: AtomicU32::new(NO_HOLDER),
+            busy: AtomicU64::new(0),
+            array: map.array_layout(),
+            ring: map.ring(),
+            perf: map.perf(),
             inner: SpinLock::new(map),
             memory_bytes,
             host_value_size,
@@ -68,20 +108,87 @@ impl KMap {
         })
     }
 
+    /// Takes the lock from task context (host requests).
+    pub fn lock(&self) -> MapGuard<'_> {
+        let guard = self.inner.lock();
+        self.holder.store(this_cpu_tag(), Ordering::Relaxed);
+        MapGuard {
+            holder: &self.holder,
+            guard,
+        }
+    }
+
+    /// Takes the lock from program context on `cpu` (see the module
+    /// overview): `None` if this CPU holds it or another CPU held it
+    /// longer than [`PROG_WAIT_NS`].
+    pub fn prog_lock(&self, cpu: usize) -> Option<MapGuard<'_>> {
+        let me = cpu as u32 + 1;
+        let mut deadline = None;
+        loop {
+            if let Some(guard) = self.inner.try_lock() {
+                self.holder.store(me, Ordering::Relaxed);
+                return Some(MapGuard {
+                    holder: &self.holder,
+                    guard,
+                });
+            }
+            // Relaxed: a stale value can only name another CPU (this
+            // CPU's own stores are always seen), which costs a bounded
+            // wait, never a deadlock.
+            if self.holder.load(Ordering::Relaxed) == me {
+                break;
+            }
+            let now = crate::time::now_ns();
+            match deadline {
+                None => deadline = Some(now + PROG_WAIT_NS),
+                Some(d) if now >= d => break,
+                Some(_) => {}
+            }
+            for _ in 0..64 {
+                core::hint::spin_loop();
+            }
+        }
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Program operations refused because the map stayed locked.
+    pub fn busy(&self) -> u64 {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// An array's layout: program lookups compute addresses with it,
+    /// lock-free.
+    pub fn array(&self) -> Option<&ArrayLayout> {
+        self.array.as_ref()
+    }
+
+    /// The ring buffer, used without the lock by producers and the consumer.
+    pub fn ring(&self) -> Option<&RingBuf> {
+        self.ring.as_deref()
+    }
+
+    /// The perf event array, used without the lock.
+    pub fn perf(&self) -> Option<&PerfEventArray> {
+        self.perf.as_deref()
+    }
+
     /// The description the host lists.
     pub fn info(&self, programs: Vec<u32>) -> MapInfo {
-        let m = self.inner.lock();
-        let (submitted, lost, consumed) = match &*m {
-            Map::RingBuf(r) => {
-                let s = r.stats();
-                (s.submitted, s.lost, s.consumed)
-            }
-            Map::PerfEventArray(p) => {
-                let s = p.stats();
-                (s.submitted, s.lost, s.consumed)
-            }
-            _ => (0, 0, 0),
+        let (submitted, lost, consumed) = if let Some(r) = self.ring() {
+            let s = r.stats();
+            (s.submitted, s.lost, s.consumed)
+        } else if let Some(p) = self.perf() {
+            let s = p.stats();
+            (s.submitted, s.lost, s.consumed)
+        } else {
+            (0, 0, 0)
         };
+        let lost_per_cpu = self
+            .perf()
+            .map(|p| p.cpu_stats().map(|s| s.lost).collect())
+            .unwrap_or_default();
+        let m = self.lock();
         MapInfo {
             id: self.id,
             name: self.name.clone(),
@@ -96,8 +203,40 @@ impl KMap {
             submitted,
             lost,
             consumed,
+            lost_per_cpu,
+            busy: self.busy(),
             programs,
             types: self.types.clone(),
         }
+    }
+}
+
+fn this_cpu_tag() -> u32 {
+    crate::percpu::this_cpu().id + 1
+}
+
+/// The map, locked; clears the holder before unlocking.
+pub struct MapGuard<'a> {
+    holder: &'a AtomicU32,
+    guard: SpinLockGuard<'a, Map>,
+}
+
+impl Deref for MapGuard<'_> {
+    type Target = Map;
+    fn deref(&self) -> &Map {
+        &self.guard
+    }
+}
+
+impl DerefMut for MapGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Map {
+        &mut self.guard
+    }
+}
+
+impl Drop for MapGuard<'_> {
+    fn drop(&mut self) {
+        // Before the lock is released (the guard field drops after this).
+        self.holder.store(NO_HOLDER, Ordering::Relaxed);
     }
 }

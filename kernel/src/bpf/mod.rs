@@ -647,7 +647,6 @@ pub fn handle(req: BpfRequest, session: &Session) -> Answer {
         BpfRequest::MapLookup { map, key } => {
             let m = rt.map(map)?;
             let v = m
-                .inner
                 .lock()
                 .lookup(&key)
                 .map_err(|e| map_error(e, &format!("lookup in map {map}")))?;
@@ -660,16 +659,14 @@ pub fn handle(req: BpfRequest, session: &Session) -> Answer {
             flags,
         } => {
             let m = rt.map(map)?;
-            m.inner
-                .lock()
+            m.lock()
                 .update(&key, &value, flags)
                 .map_err(|e| map_error(e, &format!("update of map {map}")))?;
             Response::Ok
         }
         BpfRequest::MapDelete { map, key } => {
             let m = rt.map(map)?;
-            m.inner
-                .lock()
+            m.lock()
                 .delete(&key)
                 .map_err(|e| map_error(e, &format!("delete in map {map}")))?;
             Response::Ok
@@ -677,7 +674,6 @@ pub fn handle(req: BpfRequest, session: &Session) -> Answer {
         BpfRequest::MapNextKey { map, key } => {
             let m = rt.map(map)?;
             let k = m
-                .inner
                 .lock()
                 .next_key(key.as_deref())
                 .map_err(|e| map_error(e, &format!("next key of map {map}")))?;
@@ -698,7 +694,6 @@ pub fn handle(req: BpfRequest, session: &Session) -> Answer {
             let by_bytes = (budget / entry_bytes).max(1);
             let max = (max as usize).clamp(1, 65_536).min(by_bytes);
             let (entries, more) = m
-                .inner
                 .lock()
                 .dump(after.as_deref(), max)
                 .map_err(|e| map_error(e, &format!("dump of map {map}")))?;
@@ -716,7 +711,7 @@ pub fn handle(req: BpfRequest, session: &Session) -> Answer {
             flags,
         } => {
             let m = rt.map(map)?;
-            let mut inner = m.inner.lock();
+            let mut inner = m.lock();
             let mut done = 0;
             let mut err = None;
             for e in &entries {
@@ -732,7 +727,7 @@ pub fn handle(req: BpfRequest, session: &Session) -> Answer {
         }
         BpfRequest::MapDeleteBatch { map, keys } => {
             let m = rt.map(map)?;
-            let mut inner = m.inner.lock();
+            let mut inner = m.lock();
             let mut done = 0;
             let mut err = None;
             for k in &keys {

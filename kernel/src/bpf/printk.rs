@@ -6,33 +6,34 @@
 use bpf_vm::interp::{HelperError, HelperMem};
 use ktrace_bpf_maps::{errno, RingBuf};
 
-use core::sync::atomic::{AtomicU64, Ordering};
-
 use crate::arch::trap::copy_from_kernel_nofault;
-use crate::sync::SpinLock;
 
 /// Bytes queued before lines are lost (and counted).
 const RING_BYTES: u32 = 64 * 1024;
 /// Longest line; longer output is cut.
 const LINE: usize = 256;
 
-static RING: SpinLock<Option<RingBuf>> = SpinLock::new(None);
-/// Lines dropped because the ring was locked by the code the probe interrupted.
-static LOST_BUSY: AtomicU64 = AtomicU64::new(0);
+/// The queue: a many-producer ring (programs on every CPU write it, the
+/// event task drains it), so no lock around it.
+static RING: spin::Once<Option<RingBuf>> = spin::Once::new();
 
 /// Allocates the ring (at boot).
 pub fn init() {
-    *RING.lock() = RingBuf::new(RING_BYTES).ok();
+    RING.call_once(|| RingBuf::new(RING_BYTES).ok());
+}
+
+fn ring() -> Option<&'static RingBuf> {
+    RING.get().and_then(Option::as_ref)
 }
 
 /// Moves the next queued line (`[prog id: u32 LE][text]`) into `out`.
 pub fn pop(out: &mut alloc::vec::Vec<u8>) -> bool {
-    RING.lock().as_mut().is_some_and(|r| r.pop(out))
+    ring().is_some_and(|r| r.pop(out))
 }
 
 /// Lines lost because the ring was full.
 pub fn lost() -> u64 {
-    RING.lock().as_ref().map_or(0, |r| r.stats().lost) + LOST_BUSY.load(Ordering::Relaxed)
+    ring().map_or(0, |r| r.stats().lost)
 }
 
 struct Line {
@@ -128,16 +129,10 @@ pub fn trace_printk(prog: u32, mem: &mut HelperMem<'_>, a: [u64; 5]) -> Result<u
         };
     }
     let written = line.len - 4;
-    match RING.try_lock() {
+    if let Some(r) = ring() {
         // A full ring counts the loss itself.
-        Some(mut ring) => {
-            if let Some(r) = ring.as_mut() {
-                let _ = r.output(&line.buf[..line.len], 0);
-            }
-        }
-        None => {
-            LOST_BUSY.fetch_add(1, Ordering::Relaxed);
-        }
+        let cpu = crate::percpu::this_cpu().id as usize;
+        let _ = r.output(&line.buf[..line.len], 0, cpu);
     }
     super::events::kick();
     Ok(written as u64)

@@ -120,14 +120,22 @@ const MIN_STATE_BYTES: usize = 1 << 20;
 /// instruction; an `ld_imm64` or a call takes two slots).
 const LOADED_BYTES_PER_INSN: usize = 64 + 160;
 
-/// The interpreter of this CPU (one CPU today). Taken with `try_lock` by
-/// every run, JIT-compiled ones too: a program that fires while another
-/// runs on the same CPU is a miss under both engines.
-static VM: SpinLock<Option<Vm>> = SpinLock::new(None);
+/// One interpreter (registers, stack, call frames) per CPU, indexed by
+/// `percpu::this_cpu().id`. A run takes its CPU's with `try_lock`, JIT-
+/// compiled runs too: a program that fires while another runs on the same
+/// CPU is a miss under both engines. No other CPU ever takes it, so the
+/// lock never waits: CPUs run programs side by side.
+static VMS: spin::Once<Vec<SpinLock<Vm>>> = spin::Once::new();
 
-/// Allocates the interpreter (at boot, so runs never allocate).
+/// Allocates one interpreter per CPU (at boot, so runs never allocate).
+/// `percpu::cpu_count()` must already count every CPU that will run
+/// programs; a CPU beyond it counts its hits as misses.
 pub fn init() {
-    *VM.lock() = Some(Vm::new());
+    VMS.call_once(|| {
+        (0..crate::percpu::cpu_count().max(1))
+            .map(|_| SpinLock::new(Vm::new()))
+            .collect()
+    });
 }
 
 /// Longest source file name a line table may carry (Linux's `PATH_MAX`).
@@ -267,7 +275,7 @@ pub fn load(
             .map(|i| MAP_HANDLE | i as u64),
         LdImm64Src::MapValueIdx { idx, off } => {
             let m = maps.get(usize::try_from(idx).ok()?)?;
-            let inner = m.inner.lock();
+            let inner = m.lock();
             match &*inner {
                 Map::Array(a) if u64::from(off) < u64::from(m.spec.value_size) => {
                     a.value_addr(0, 0).map(|a| a + u64::from(off))
@@ -401,15 +409,16 @@ impl Program {
             self.count_miss();
             return None;
         }
-        let Some(mut vm_guard) = VM.try_lock() else {
-            self.count_miss();
-            return None;
-        };
-        let Some(vm) = vm_guard.as_mut() else {
-            self.count_miss();
-            return None;
-        };
         let cpu = crate::percpu::this_cpu();
+        let Some(slot) = VMS.get().and_then(|v| v.get(cpu.id as usize)) else {
+            self.count_miss();
+            return None;
+        };
+        let Some(mut vm_guard) = slot.try_lock() else {
+            self.count_miss();
+            return None;
+        };
+        let vm = &mut *vm_guard;
         let _epoch = super::epochs().enter(cpu.id as usize);
         let mut env = RunEnv {
             prog: self,

@@ -415,6 +415,13 @@ pub struct MapInfo {
     pub submitted: u64,
     pub lost: u64,
     pub consumed: u64,
+    /// Perf event arrays: records lost on each CPU's buffer, by CPU (their
+    /// sum is `lost`); empty for other maps.
+    pub lost_per_cpu: Vec<u64>,
+    /// Program operations refused because the map stayed locked: by the
+    /// same CPU (a probe inside map code) or by another CPU past the
+    /// kernel's wait bound. Lookups then return NULL, updates `-EBUSY`.
+    pub busy: u64,
     /// Programs holding the map.
     pub programs: Vec<u32>,
     /// The types the map was created with (empty when none were declared).

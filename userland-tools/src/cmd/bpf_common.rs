@@ -319,6 +319,8 @@ mod tests {
             submitted: 0,
             lost: 0,
             consumed: 0,
+            lost_per_cpu: vec![],
+            busy: 0,
             programs: vec![],
             types: ktrace_abi::types::MapTypes {
                 key: Some(int("u32", 4, false)),

@@ -1,0 +1,371 @@
+//! The maps under real concurrency: host threads stand for CPUs.
+//!
+//! - A ring buffer fed by several producers (reserve + fill + commit or
+//!   discard, and `output`) while one consumer drains it: every record is
+//!   delivered exactly once or counted lost, each producer's records come
+//!   out in its order, and the counters equal what the threads counted.
+//! - Hash and LRU maps under a lock (as the kernel holds them), with
+//!   threads inserting and deleting overlapping keys inside epoch guards
+//!   (as programs do): no key lost or duplicated, the count equals the
+//!   survivors, evictions account for the rest, and no slot leaks.
+//! - A perf event array written by every "CPU" into its own buffer and by
+//!   index into another's: loss is counted on the buffer that lost.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+
+use ktrace_bpf_maps::{
+    map_type, update_flags, Epochs, HashMap, MapError, MapSpec, PerfEventArray, PerfRecord,
+    RingBuf, F_CURRENT_CPU,
+};
+
+const THREADS: usize = 4;
+
+/// xorshift64*: reproducible per-thread streams without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// What one producer thread did.
+#[derive(Default)]
+struct Produced {
+    submitted: u64,
+    discarded: u64,
+    lost: u64,
+}
+
+#[test]
+fn ring_buffer_many_producers_one_consumer_delivers_each_record_once_or_counts_it_lost() {
+    const PER_PRODUCER: u32 = 40_000;
+    // Small, so the producers outrun the consumer and records get lost.
+    let ring = Arc::new(RingBuf::new(64 * 1024).unwrap());
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(Barrier::new(THREADS + 1));
+    let consumer = {
+        let (ring, done, start) = (ring.clone(), done.clone(), start.clone());
+        thread::spawn(move || {
+            start.wait();
+            let mut got: Vec<(u32, u32)> = Vec::new();
+            let mut buf = Vec::new();
+            loop {
+                let finished = done.load(Ordering::Acquire);
+                while ring.pop(&mut buf) {
+                    let p = u32::from_le_bytes(buf[0..4].try_into().unwrap());
+                    let seq = u32::from_le_bytes(buf[4..8].try_into().unwrap());
+                    // Variable sizes: the tail repeats the sequence byte.
+                    assert!(buf[8..].iter().all(|&b| b == seq as u8), "torn record");
+                    got.push((p, seq));
+                }
+                if finished {
+                    return got;
+                }
+                thread::yield_now();
+            }
+        })
+    };
+    let producers: Vec<_> = (0..THREADS)
+        .map(|cpu| {
+            let (ring, start) = (ring.clone(), start.clone());
+            thread::spawn(move || {
+                let mut rng = Rng(0x9e37_79b9 + cpu as u64);
+                let mut did = Produced::default();
+                start.wait();
+                for seq in 0..PER_PRODUCER {
+                    let extra = (rng.next() % 40) as usize;
+                    let mut rec = Vec::with_capacity(8 + extra);
+                    rec.extend_from_slice(&(cpu as u32).to_le_bytes());
+                    rec.extend_from_slice(&seq.to_le_bytes());
+                    rec.resize(8 + extra, seq as u8);
+                    match rng.next() % 4 {
+                        // bpf_ringbuf_output
+                        0 => match ring.output(&rec, 0, cpu) {
+                            Ok(()) => did.submitted += 1,
+                            Err(MapError::NoSpace) => did.lost += 1,
+                            Err(e) => panic!("output: {e}"),
+                        },
+                        // reserve, write, then submit or discard
+                        r => match ring.reserve(rec.len(), cpu) {
+                            None => did.lost += 1,
+                            Some(addr) => {
+                                ring.fill(addr, &rec).unwrap();
+                                let discard = r == 3;
+                                ring.commit(addr, discard, 0).unwrap();
+                                // A second commit of the same record fails.
+                                assert_eq!(ring.commit(addr, discard, 0), Err(MapError::Invalid));
+                                if discard {
+                                    did.discarded += 1;
+                                } else {
+                                    did.submitted += 1;
+                                }
+                            }
+                        },
+                    }
+                }
+                (cpu as u32, did)
+            })
+        })
+        .collect();
+    let mut submitted = 0;
+    let mut discarded = 0;
+    let mut lost = 0;
+    let mut per_producer = [0u64; THREADS];
+    for p in producers {
+        let (cpu, did) = p.join().unwrap();
+        assert_eq!(
+            did.submitted + did.discarded + did.lost,
+            u64::from(PER_PRODUCER)
+        );
+        per_producer[cpu as usize] = did.submitted;
+        submitted += did.submitted;
+        discarded += did.discarded;
+        lost += did.lost;
+    }
+    done.store(true, Ordering::Release);
+    let got = consumer.join().unwrap();
+
+    // Delivered exactly the submitted records, none twice, in each
+    // producer's order.
+    assert_eq!(got.len() as u64, submitted);
+    let unique: HashSet<(u32, u32)> = got.iter().copied().collect();
+    assert_eq!(unique.len(), got.len(), "a record was delivered twice");
+    let mut last = [None::<u32>; THREADS];
+    let mut count = [0u64; THREADS];
+    for &(p, seq) in &got {
+        let p = p as usize;
+        assert!(
+            last[p] < Some(seq),
+            "producer {p}: {seq} after {:?}",
+            last[p]
+        );
+        last[p] = Some(seq);
+        count[p] += 1;
+    }
+    assert_eq!(count, per_producer);
+    let s = ring.stats();
+    assert_eq!(
+        (s.submitted, s.discarded, s.lost, s.consumed),
+        (submitted, discarded, lost, submitted)
+    );
+    assert_eq!(ring.pending_bytes(), 0);
+    assert!(lost > 0, "the test should overrun the ring at least once");
+    eprintln!(
+        "ring: {submitted} delivered, {discarded} discarded, {lost} lost of {}",
+        THREADS as u64 * u64::from(PER_PRODUCER)
+    );
+}
+
+fn hash(t: u32, max_entries: u32, epochs: Arc<Epochs>) -> HashMap {
+    let spec = MapSpec {
+        map_type: t,
+        key_size: 4,
+        value_size: 8,
+        max_entries,
+        flags: 0,
+    };
+    HashMap::new(
+        spec,
+        THREADS,
+        t == map_type::PERCPU_HASH,
+        t == map_type::LRU_HASH,
+        epochs,
+    )
+    .unwrap()
+}
+
+/// Every key currently in `m`, by iteration; panics on a key seen twice.
+fn keys(m: &HashMap) -> HashSet<u32> {
+    let mut seen = HashSet::new();
+    let mut cur: Option<Vec<u8>> = None;
+    while let Ok(k) = m.next_key(cur.as_deref()) {
+        let key = u32::from_le_bytes(k[..].try_into().unwrap());
+        assert!(seen.insert(key), "key {key} iterated twice");
+        cur = Some(k);
+    }
+    seen
+}
+
+/// Threads insert (NOEXIST) and delete random keys of a small shared key
+/// space, each operation inside an epoch guard of the thread's "CPU" and
+/// some guards held across several operations (a program that looked a
+/// value up and is still running). Returns the map and, per key, the net
+/// count of successful inserts minus deletes, and the evictions.
+fn churn(t: u32, max_entries: u32, key_space: u32) -> (HashMap, Vec<i64>, u64) {
+    const OPS: u32 = 30_000;
+    let epochs = Arc::new(Epochs::new(THREADS));
+    let map = Arc::new(Mutex::new(hash(t, max_entries, epochs.clone())));
+    let start = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|cpu| {
+            let (map, epochs, start) = (map.clone(), epochs.clone(), start.clone());
+            thread::spawn(move || {
+                let mut rng = Rng(0x5eed + cpu as u64);
+                let mut net = vec![0i64; key_space as usize];
+                start.wait();
+                for _ in 0..OPS {
+                    let key = (rng.next() % u64::from(key_space)) as u32;
+                    let k = key.to_le_bytes();
+                    let _program = epochs.enter(cpu);
+                    let mut m = map.lock().unwrap();
+                    if rng.next().is_multiple_of(2) {
+                        match m.update(
+                            &k,
+                            &u64::from(key).to_le_bytes(),
+                            update_flags::NOEXIST,
+                            Some(cpu),
+                        ) {
+                            Ok(()) => net[key as usize] += 1,
+                            Err(MapError::Exists)
+                            | Err(MapError::TooBig)
+                            | Err(MapError::NoMemory) => {}
+                            Err(e) => panic!("insert {key}: {e}"),
+                        }
+                    } else {
+                        match m.delete(&k) {
+                            Ok(()) => net[key as usize] -= 1,
+                            Err(MapError::NotFound) => {}
+                            Err(e) => panic!("delete {key}: {e}"),
+                        }
+                    }
+                    // A lookup sees its own key's value or nothing.
+                    if let Ok(v) = m.lookup(&k) {
+                        let own = if t == map_type::PERCPU_HASH {
+                            &v[cpu * 8..cpu * 8 + 8]
+                        } else {
+                            &v[..8]
+                        };
+                        let other = u64::from_le_bytes(own.try_into().unwrap());
+                        assert!(
+                            other == u64::from(key) || other == 0,
+                            "key {key} holds {other}"
+                        );
+                    }
+                }
+                net
+            })
+        })
+        .collect();
+    let mut net = vec![0i64; key_space as usize];
+    for t in threads {
+        for (n, d) in net.iter_mut().zip(t.join().unwrap()) {
+            *n += d;
+        }
+    }
+    let map = Arc::try_unwrap(map).ok().unwrap().into_inner().unwrap();
+    let evictions = map.evictions();
+    (map, net, evictions)
+}
+
+/// After the churn: no slot leaked. With every key deleted and no
+/// program running, the map takes `max_entries` new keys again and
+/// refuses one more.
+fn assert_no_leak(mut m: HashMap, max_entries: u32) {
+    for k in keys(&m) {
+        m.delete(&k.to_le_bytes()).unwrap();
+    }
+    assert!(m.is_empty());
+    for i in 0..max_entries {
+        m.update(
+            &(1_000_000 + i).to_le_bytes(),
+            &[0; 8],
+            update_flags::NOEXIST,
+            Some(0),
+        )
+        .unwrap_or_else(|e| panic!("slot {i} of {max_entries} leaked: {e}"));
+    }
+    assert_eq!(m.len(), max_entries as usize);
+}
+
+#[test]
+fn hash_concurrent_insert_delete_of_overlapping_keys_loses_and_leaks_nothing() {
+    for t in [map_type::HASH, map_type::PERCPU_HASH] {
+        let (m, net, evictions) = churn(t, 64, 48);
+        assert_eq!(evictions, 0);
+        let present = keys(&m);
+        for (key, &n) in net.iter().enumerate() {
+            let want = present.contains(&(key as u32));
+            assert_eq!(n, i64::from(want), "type {t} key {key}: net inserts {n}");
+        }
+        assert_eq!(m.len(), present.len());
+        assert_no_leak(m, 64);
+    }
+}
+
+#[test]
+fn lru_concurrent_insert_delete_accounts_for_every_entry() {
+    // More keys than entries: inserts into the full map evict.
+    let (m, net, evictions) = churn(map_type::LRU_HASH, 16, 48);
+    let present = keys(&m);
+    assert!(m.len() <= 16);
+    assert_eq!(m.len(), present.len());
+    for (key, &n) in net.iter().enumerate() {
+        // Each eviction of a key leaves one net insert behind (the key
+        // may come back); a present key has at least one.
+        let here = i64::from(present.contains(&(key as u32)));
+        assert!(n >= here, "key {key}: net inserts {n}, present {here}");
+    }
+    let net_total: i64 = net.iter().sum();
+    assert_eq!(net_total as u64, m.len() as u64 + evictions);
+    assert!(evictions > 0);
+    assert_no_leak(m, 16);
+}
+
+#[test]
+fn perf_event_array_counts_loss_on_the_buffer_that_lost() {
+    const PER_THREAD: u32 = 5_000;
+    let spec = MapSpec {
+        map_type: map_type::PERF_EVENT_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: THREADS as u32,
+        flags: 0,
+    };
+    let perf = Arc::new(PerfEventArray::new(spec, THREADS, 4096).unwrap());
+    let start = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|cpu| {
+            let (perf, start) = (perf.clone(), start.clone());
+            thread::spawn(move || {
+                start.wait();
+                let (mut ok, mut lost) = (0u64, 0u64);
+                // CPU `c` writes 64 * (c + 1) bytes per record into its
+                // own buffer, and every 10th record into buffer 0.
+                let rec = vec![cpu as u8; 64 * (cpu + 1)];
+                for i in 0..PER_THREAD {
+                    let index = if i % 10 == 0 { 0 } else { F_CURRENT_CPU };
+                    match perf.output(index, cpu, &rec) {
+                        Ok(()) => ok += 1,
+                        Err(MapError::NoSpace) => lost += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                (ok, lost)
+            })
+        })
+        .collect();
+    let (mut ok, mut lost) = (0, 0);
+    for t in threads {
+        let (o, l) = t.join().unwrap();
+        ok += o;
+        lost += l;
+    }
+    let mut out: Vec<PerfRecord> = Vec::new();
+    while perf.drain(1000, &mut out) > 0 {}
+    assert_eq!(out.len() as u64, ok);
+    let per_cpu: Vec<_> = perf.cpu_stats().collect();
+    assert_eq!(per_cpu.iter().map(|s| s.lost).sum::<u64>(), lost);
+    assert_eq!(per_cpu.iter().map(|s| s.submitted).sum::<u64>(), ok);
+    for (cpu, s) in per_cpu.iter().enumerate() {
+        let delivered = out.iter().filter(|r| r.cpu == cpu as u32).count() as u64;
+        assert_eq!(s.consumed, delivered, "cpu {cpu}");
+        assert!(s.lost > 0, "cpu {cpu}: a 4 KiB buffer must overflow");
+    }
+}
