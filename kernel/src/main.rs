@@ -19,6 +19,7 @@ mod block;
 mod bpf;
 mod console;
 mod control;
+mod cpustat;
 mod debug;
 #[allow(unsafe_code)]
 mod drivers;

@@ -1543,6 +1543,7 @@ fn perf_sampling(out: &mut Vec<String>) -> bool {
             time_enabled_ns: 0,
             samples: 0,
             lost: 0,
+            per_cpu: alloc::vec::Vec::new(),
         });
         let (samples, lost) = perf::drain(id, 100_000).unwrap_or_default();
         let with_stack = samples.iter().filter(|s| !s.stack.is_empty()).count();

@@ -49,6 +49,7 @@ pub fn ticks() -> u64 {
 
 fn on_timer(_regs: &mut arch::PtRegs, _vector: u8) -> bool {
     TICKS.fetch_add(1, Ordering::Relaxed);
+    crate::cpustat::add(crate::cpustat::Stat::TimerTicks);
     crate::task::timer_tick();
     true
 }

@@ -24,7 +24,7 @@ pub struct Start {
     pub comm: [u8; 16],
 }
 
-/// The record sent to the tool, 72 bytes, little-endian.
+/// The record sent to the tool, 80 bytes, little-endian.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Event {
@@ -41,6 +41,10 @@ pub struct Event {
     pub error: i32,
     pub rwbs: [u8; 8],
     pub comm: [u8; 16],
+    /// CPU that completed the request (`block_rq_complete`'s `cpu`).
+    pub cpu: u32,
+    /// CPU that issued it to the driver.
+    pub issue_cpu: u32,
 }
 
 /// Settings the tool writes before attaching: `CONFIG[0]` bit 0 = only
@@ -123,6 +127,8 @@ fn rq_complete(ctx: TracepointContext<BlockRqComplete>) -> u32 {
         error: ctx.read(|r| &r.error),
         rwbs: ctx.read(|r| &r.rwbs),
         comm: s.comm,
+        cpu: ctx.read(|r| &r.cpu),
+        issue_cpu: ctx.read(|r| &r.issue_cpu),
     };
     let _ = EVENTS.output(&e);
     0

@@ -40,6 +40,9 @@ pub struct Request<P> {
     pub status: Option<Result<(), BlockError>>,
     /// Pid of the task whose bio created it.
     pub submitter: u32,
+    /// CPU that issued it to the driver (set at issue; completion may
+    /// run on another).
+    pub issue_cpu: u32,
 }
 
 impl<P> Request<P> {
@@ -70,6 +73,7 @@ impl<P> Request<P> {
             },
             status: None,
             submitter,
+            issue_cpu: 0,
         }
     }
 

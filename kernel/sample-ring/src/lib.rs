@@ -4,9 +4,12 @@
 //! An NMI interrupts anything, including code that holds a spinlock with
 //! interrupts off; a handler that took that lock would wait forever. So
 //! the sampler's NMI handler writes each sample into a [`SampleRing`]:
-//! `SLOTS` records of `WORDS` 64-bit words, stored as atomics (no `unsafe`,
-//! no torn reads by construction), with one producer (the NMI handler of
-//! the ring's CPU) and one consumer (the task that drains it).
+//! a fixed number of records of `WORDS` 64-bit words, stored as atomics (no
+//! `unsafe`, no torn reads by construction), with one producer (the NMI
+//! handler of the ring's CPU) and one consumer (the task that drains it).
+//! The slots are allocated once, when the ring is made (in task context):
+//! a kernel makes one ring per CPU as CPUs come online, instead of a
+//! static table sized for the most CPUs it supports.
 //!
 //! # Why it is correct
 //! `head` counts records written, `tail` records read; only the producer
@@ -26,29 +29,34 @@
 
 #![no_std]
 
+extern crate alloc;
+
+use alloc::boxed::Box;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// `SLOTS` records of `WORDS` words each.
-pub struct SampleRing<const SLOTS: usize, const WORDS: usize> {
-    slots: [[AtomicU64; WORDS]; SLOTS],
+/// Records of `WORDS` words each.
+pub struct SampleRing<const WORDS: usize> {
+    slots: Box<[[AtomicU64; WORDS]]>,
     head: AtomicU64,
     tail: AtomicU64,
 }
 
-impl<const SLOTS: usize, const WORDS: usize> Default for SampleRing<SLOTS, WORDS> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<const SLOTS: usize, const WORDS: usize> SampleRing<SLOTS, WORDS> {
-    /// An empty ring (usable in a `static`).
-    pub const fn new() -> Self {
+impl<const WORDS: usize> SampleRing<WORDS> {
+    /// An empty ring of `slots` records (at least one), allocated here one
+    /// record at a time (a large ring never passes through the stack).
+    pub fn new(slots: usize) -> Self {
         Self {
-            slots: [const { [const { AtomicU64::new(0) }; WORDS] }; SLOTS],
+            slots: (0..slots.max(1))
+                .map(|_| [const { AtomicU64::new(0) }; WORDS])
+                .collect(),
             head: AtomicU64::new(0),
             tail: AtomicU64::new(0),
         }
+    }
+
+    /// Records the ring holds.
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
     }
 
     /// Producer: append `record` (its first `WORDS` words; missing words
@@ -56,10 +64,11 @@ impl<const SLOTS: usize, const WORDS: usize> SampleRing<SLOTS, WORDS> {
     pub fn push(&self, record: &[u64]) -> bool {
         let head = self.head.load(Ordering::Relaxed);
         let tail = self.tail.load(Ordering::Acquire);
-        if head.wrapping_sub(tail) >= SLOTS as u64 {
+        let slots = self.slots.len() as u64;
+        if head.wrapping_sub(tail) >= slots {
             return false;
         }
-        let slot = &self.slots[(head % SLOTS as u64) as usize];
+        let slot = &self.slots[(head % slots) as usize];
         for (i, w) in slot.iter().enumerate() {
             w.store(record.get(i).copied().unwrap_or(0), Ordering::Relaxed);
         }
@@ -74,7 +83,7 @@ impl<const SLOTS: usize, const WORDS: usize> SampleRing<SLOTS, WORDS> {
         if tail == head {
             return false;
         }
-        let slot = &self.slots[(tail % SLOTS as u64) as usize];
+        let slot = &self.slots[(tail % self.slots.len() as u64) as usize];
         for (o, w) in out.iter_mut().zip(slot) {
             *o = w.load(Ordering::Relaxed);
         }
@@ -111,7 +120,8 @@ mod tests {
 
     #[test]
     fn records_come_out_in_order_and_a_full_ring_refuses() {
-        let r: SampleRing<4, 3> = SampleRing::new();
+        let r: SampleRing<3> = SampleRing::new(4);
+        assert_eq!(r.capacity(), 4);
         let mut out = [0u64; 3];
         assert!(!r.pop(&mut out));
         for i in 0..4u64 {
@@ -140,7 +150,7 @@ mod tests {
     #[test]
     fn concurrent_producer_and_consumer_never_tear_or_lose_a_record() {
         const N: u64 = 200_000;
-        let r: Arc<SampleRing<64, 8>> = Arc::new(SampleRing::new());
+        let r: Arc<SampleRing<8>> = Arc::new(SampleRing::new(64));
         let done = Arc::new(AtomicBool::new(false));
         let producer = {
             let (r, done) = (r.clone(), done.clone());

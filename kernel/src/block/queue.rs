@@ -220,6 +220,7 @@ impl RequestQueue {
                     break;
                 };
                 rq.times.issued = now;
+                rq.issue_cpu = crate::percpu::this_cpu().id;
                 inner.stats.issued();
                 trace::rq_issue(dev, &rq);
                 match inner.driver.issue(rq) {

@@ -148,6 +148,8 @@ pub fn rq_complete(dev: u32, rq: &Req, status: Result<(), BlockError>) {
             bytes: rq.bytes(),
             error: status.err().map_or(0, |e| e.errno()),
             rwbs: rq.rwbs(),
+            cpu: crate::percpu::this_cpu().id,
+            issue_cpu: rq.issue_cpu,
         }
     );
 }

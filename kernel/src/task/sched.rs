@@ -391,6 +391,7 @@ fn schedule_with(state: TaskState) {
         (prev_rsp_ptr, n.rsp, cur, next)
     };
     CONTEXT_SWITCHES.fetch_add(1, Ordering::Relaxed);
+    crate::cpustat::add(crate::cpustat::Stat::ContextSwitches);
     crate::trace_event!(
         crate::trace::points::SCHED_SWITCH,
         ktrace_tracepoints::sched::SchedSwitch {

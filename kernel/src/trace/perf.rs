@@ -1,25 +1,32 @@
 //! Perf events: counters and a sampling timer, opened, enabled, disabled,
 //! read and closed by id (the kernel half of `kperf`).
 //!
-//! - **Software counters** read the kernel's own statistics (the
-//!   scheduler's context-switch count, the timer's tick count, trap counts)
-//!   as deltas over the enabled periods; `task-clock` counts nanoseconds
-//!   while enabled.
+//! Every counter counts **per CPU** (`perf stat -A`); a read returns the
+//! value of each online CPU and their sum.
+//!
+//! - **Software counters** read the kernel's own per-CPU statistics
+//!   ([`crate::cpustat`]: context switches, timer ticks, interrupts, page
+//!   faults, migrations) as deltas over the enabled periods; `task-clock`
+//!   counts nanoseconds while enabled on each CPU (so `-a` on N CPUs
+//!   counts N times the wall time, as `perf stat -a` does).
 //! - **Tracepoint and kprobe counters** attach a counting handler that only
-//!   counts while the event is enabled.
+//!   counts while the event is enabled, into the slot of the CPU that hit.
 //! - **Hardware counters** need an architectural PMU (CPUID leaf 0AH).
 //!   QEMU's TCG CPU has none, and the open is refused with `NotSupported`
 //!   instead of returning invented numbers.
 //! - **Sampling**: PIT channel 0 raises a **non-maskable interrupt** at the
 //!   chosen frequency, so code that runs with interrupts disabled (the
 //!   block layer's queue locks, the scheduler, virtio completions) is
-//!   sampled like everything else. Each NMI records the interrupted IP, the
-//!   task and a frame-pointer call chain into this CPU's lock-free
-//!   [`SampleRing`], which the host drains. A full ring counts lost
-//!   samples, and so do timer periods that passed without an NMI (measured
-//!   with the TSC: under a loaded host QEMU coalesces timer interrupts), so
-//!   `samples + lost` tracks the requested frequency. One sampling event at
-//!   a time (one PIT).
+//!   sampled like everything else. The PIT's NMI arrives on one CPU (the
+//!   one that enabled sampling); that CPU passes it on to every other CPU
+//!   as an NMI IPI, so every CPU samples at the chosen frequency. Each NMI
+//!   records the interrupted IP, the task and a frame-pointer call chain
+//!   into its own CPU's lock-free [`SampleRing`], which the host drains
+//!   (samples carry the CPU number). A full ring counts lost samples, and
+//!   so do timer periods that passed without an NMI (measured with the
+//!   TSC: under a loaded host QEMU coalesces timer interrupts), per CPU,
+//!   so `samples + lost` tracks the requested frequency on every CPU. One
+//!   sampling event at a time (one PIT).
 //!
 //! # What runs in the NMI, and why nothing more
 //! An NMI arrives anywhere, even inside a spinlock held with interrupts
@@ -30,6 +37,16 @@
 //! mapped words. A breakpoint or a fault inside it would end with an
 //! `iret` that unblocks NMIs while the handler still owns the NMI stack, and
 //! the next NMI would overwrite it.
+//!
+//! On SMP it stays lock-free because nothing it writes is shared with
+//! another CPU's NMI: each CPU has its own rings (one producer each: NMIs
+//! do not nest on a CPU), its own `in_nmi` flag and loss counts
+//! ([`CpuSampler`]); the shared [`Sampler`] fields it reads are atomics
+//! written only in task context. The rings are found through a
+//! `spin::Once` per CPU, whose `get` is one atomic load (no lock, no
+//! waiting): they are made in task context when a sampling event opens
+//! and live until the kernel stops, so no CPU's NMI can see one freed. The
+//! IPI to the other CPUs is one local-APIC register write.
 //!
 //! Handlers attached with [`attach`] (the BPF runtime's `perf_event`
 //! programs) take locks and can be probed, so they do not run in the NMI:
@@ -44,9 +61,11 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use ktrace_abi::trace::{PerfEvent, PerfSample, PerfValue, ProbeTarget, SoftwareEvent};
+use ktrace_abi::trace::{
+    PerfCpuValue, PerfEvent, PerfSample, PerfValue, ProbeTarget, SoftwareEvent,
+};
 
 use ktrace_sample_ring::SampleRing;
 
@@ -54,6 +73,7 @@ use super::kprobe::{self, DepthGuard, KprobeHandler};
 use super::tracepoint::{self, TracepointHandler};
 use crate::arch::perf_timer::{self, NMI_VECTOR, SAMPLE_HANDLERS_VECTOR};
 use crate::arch::{apic, text_patch, trap, PtRegs};
+use crate::cpustat::{self, Stat, MAX_CPUS};
 
 /// Most frames recorded per sample.
 pub const MAX_STACK: usize = 32;
@@ -70,6 +90,8 @@ pub struct Sample {
     pub ip: u64,
     /// Interrupted task.
     pub pid: u32,
+    /// CPU that took the sample.
+    pub cpu: u32,
     /// Its name.
     pub comm: [u8; 16],
     /// Return addresses, innermost first.
@@ -117,16 +139,25 @@ impl core::fmt::Display for PerfError {
     }
 }
 
-/// Counts hits while enabled.
+/// Counts hits while enabled, per CPU: each CPU adds to its own slot, so
+/// hits on several CPUs at once neither contend on one cache line nor
+/// lose a count (each add is atomic).
 struct Counter {
     enabled: AtomicBool,
-    count: AtomicU64,
+    count: [AtomicU64; MAX_CPUS],
 }
 
 impl Counter {
+    fn new() -> Counter {
+        Counter {
+            enabled: AtomicBool::new(false),
+            count: [const { AtomicU64::new(0) }; MAX_CPUS],
+        }
+    }
+
     fn hit(&self) {
         if self.enabled.load(Ordering::Relaxed) {
-            self.count.fetch_add(1, Ordering::Relaxed);
+            self.count[cpustat::this_slot()].fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -169,10 +200,10 @@ enum Source {
 struct Event {
     source: Source,
     enabled: bool,
-    /// Raw reading when last enabled (software counters).
-    base: u64,
-    /// Accumulated over earlier enabled periods.
-    accum: u64,
+    /// Raw reading of each CPU when last enabled (software counters).
+    base: [u64; MAX_CPUS],
+    /// Accumulated over earlier enabled periods, per CPU.
+    accum: [u64; MAX_CPUS],
     enabled_at_ns: u64,
     time_enabled_ns: u64,
 }
@@ -188,59 +219,88 @@ const REGS_WORDS: usize = ktrace_bpf_platform::regs::PT_REGS_FIELDS as usize;
 /// Samples waiting for their handlers before further ones are missed.
 const DEFERRED_CAPACITY: usize = 64;
 
-/// The samples of this CPU (one CPU today; SMP gives each CPU its own, the
-/// one its NMI handler fills). Producer: the NMI handler; consumer:
-/// [`drain`], under [`CONSUMER`].
-static RING: SampleRing<RING_CAPACITY, SAMPLE_WORDS> = SampleRing::new();
-/// Samples and their registers waiting for the handlers. Producer: the NMI
-/// handler; consumer: the self-IPI handler (interrupts off).
-static DEFERRED: SampleRing<DEFERRED_CAPACITY, { SAMPLE_WORDS + REGS_WORDS }> = SampleRing::new();
-/// Serialises the ring's consumers in task context (drain, close).
+/// The rings of one CPU, filled by its NMI handler.
+struct CpuRings {
+    /// Samples for the host. Producer: this CPU's NMI handler; consumer:
+    /// [`drain`], under [`CONSUMER`].
+    samples: SampleRing<SAMPLE_WORDS>,
+    /// Samples and their registers waiting for the handlers. Producer:
+    /// this CPU's NMI handler; consumer: this CPU's self-IPI handler
+    /// (interrupts off).
+    deferred: SampleRing<{ SAMPLE_WORDS + REGS_WORDS }>,
+}
+
+/// Each CPU's rings, made when the first sampling event opens while the
+/// CPU is online, and kept (see the module docs on why never freed).
+static RINGS: [spin::Once<CpuRings>; MAX_CPUS] = [const { spin::Once::new() }; MAX_CPUS];
+/// Serialises the rings' consumers in task context (drain, close).
 static CONSUMER: spin::Mutex<()> = spin::Mutex::new(());
 
-/// Sampling state shared with the NMI handler: atomics only.
+/// Sampling state shared with every CPU's NMI handler: atomics only,
+/// written in task context.
 struct Sampler {
     /// A sampling event is open (owns the rings).
     open: AtomicBool,
     /// The timer runs and NMIs record samples.
     sampling: AtomicBool,
-    /// An NMI handler is recording (see [`close`] for the protocol).
-    in_nmi: AtomicBool,
     max_stack: AtomicU64,
+    /// Timer period in TSC cycles.
+    period_tsc: AtomicU64,
+    /// Handlers attached (the NMI reads this instead of the handler list).
+    handlers: AtomicU64,
+    /// The CPU that receives the timer's NMI and passes it on to the
+    /// others (the CPU that programmed the timer's route).
+    timer_cpu: AtomicU32,
+}
+
+static SAMPLER: Sampler = Sampler {
+    open: AtomicBool::new(false),
+    sampling: AtomicBool::new(false),
+    max_stack: AtomicU64::new(0),
+    period_tsc: AtomicU64::new(0),
+    handlers: AtomicU64::new(0),
+    timer_cpu: AtomicU32::new(0),
+};
+
+/// The sampling state of one CPU, written only by that CPU's NMI handler
+/// (and reset in task context while the timer is stopped).
+struct CpuSampler {
+    /// This CPU's NMI handler is recording (see [`close`] for the
+    /// protocol).
+    in_nmi: AtomicBool,
     /// Samples taken (recorded or lost to a full ring).
     taken: AtomicU64,
     /// Samples dropped because the ring was full, plus timer periods that
     /// passed without an NMI (a loaded host delays QEMU's timer and
     /// coalesces its interrupts; the TSC shows how many periods elapsed).
     lost: AtomicU64,
-    /// Timer period in TSC cycles.
-    period_tsc: AtomicU64,
-    /// TSC at the previous sample (0 after enable).
+    /// TSC at this CPU's previous sample (0 after enable).
     last_tsc: AtomicU64,
-    /// Handlers attached (the NMI reads this instead of the handler list).
-    handlers: AtomicU64,
+    /// Samples whose handlers did not run because the deferred ring was
+    /// full (interrupts stayed off for longer than it holds).
+    deferred_missed: AtomicU64,
 }
 
-static SAMPLER: Sampler = Sampler {
-    open: AtomicBool::new(false),
-    sampling: AtomicBool::new(false),
-    in_nmi: AtomicBool::new(false),
-    max_stack: AtomicU64::new(0),
-    taken: AtomicU64::new(0),
-    lost: AtomicU64::new(0),
-    period_tsc: AtomicU64::new(0),
-    last_tsc: AtomicU64::new(0),
-    handlers: AtomicU64::new(0),
-};
+static CPU_SAMPLERS: [CpuSampler; MAX_CPUS] = [const {
+    CpuSampler {
+        in_nmi: AtomicBool::new(false),
+        taken: AtomicU64::new(0),
+        lost: AtomicU64::new(0),
+        last_tsc: AtomicU64::new(0),
+        deferred_missed: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
 static HANDLERS: spin::RwLock<Vec<Arc<dyn PerfHandler>>> = spin::RwLock::new(Vec::new());
 
-fn raw(ev: SoftwareEvent) -> u64 {
+/// The raw reading of `ev` on CPU `cpu`.
+fn raw(ev: SoftwareEvent, cpu: usize) -> u64 {
     match ev {
         SoftwareEvent::TaskClock => crate::time::now_ns(),
-        SoftwareEvent::ContextSwitches => crate::task::context_switches(),
-        SoftwareEvent::Irqs => trap::irq_count(),
-        SoftwareEvent::TimerTicks => crate::time::ticks(),
-        SoftwareEvent::PageFaults => trap::count(14),
+        SoftwareEvent::ContextSwitches => cpustat::read(Stat::ContextSwitches, cpu),
+        SoftwareEvent::Irqs => cpustat::read(Stat::Irqs, cpu),
+        SoftwareEvent::TimerTicks => cpustat::read(Stat::TimerTicks, cpu),
+        SoftwareEvent::PageFaults => cpustat::read(Stat::PageFaults, cpu),
+        SoftwareEvent::CpuMigrations => cpustat::read(Stat::Migrations, cpu),
     }
 }
 
@@ -259,19 +319,13 @@ pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
             }));
         }
         PerfEvent::Tracepoint { name } => {
-            let counter = Arc::new(Counter {
-                enabled: AtomicBool::new(false),
-                count: AtomicU64::new(0),
-            });
+            let counter = Arc::new(Counter::new());
             let attach_id = tracepoint::attach(name, Arc::new(CountingHandler(counter.clone())))
                 .map_err(|e| PerfError::Attach(format!("{e}")))?;
             Source::Tracepoint { attach_id, counter }
         }
         PerfEvent::Kprobe { target } => {
-            let counter = Arc::new(Counter {
-                enabled: AtomicBool::new(false),
-                count: AtomicU64::new(0),
-            });
+            let counter = Arc::new(Counter::new());
             let h = Arc::new(CountingHandler(counter.clone()));
             let probe = match target {
                 ProbeTarget::Address(a) => kprobe::register(ktrace_kprobe::TextAddr(*a), h),
@@ -297,11 +351,18 @@ pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
             // The timer is stopped: nothing produces while the rings reset.
             {
                 let _c = CONSUMER.lock();
-                RING.clear();
-                DEFERRED.clear();
+                for once in &RINGS[..cpustat::online()] {
+                    let rings = once.call_once(|| CpuRings {
+                        samples: SampleRing::new(RING_CAPACITY),
+                        deferred: SampleRing::new(DEFERRED_CAPACITY),
+                    });
+                    rings.samples.clear();
+                }
             }
-            SAMPLER.taken.store(0, Ordering::Relaxed);
-            SAMPLER.lost.store(0, Ordering::Relaxed);
+            for c in &CPU_SAMPLERS {
+                c.taken.store(0, Ordering::Relaxed);
+                c.lost.store(0, Ordering::Relaxed);
+            }
             SAMPLER.max_stack.store(
                 u64::from(*max_stack).min(MAX_STACK as u64),
                 Ordering::Relaxed,
@@ -317,8 +378,8 @@ pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
         Event {
             source,
             enabled: false,
-            base: 0,
-            accum: 0,
+            base: [0; MAX_CPUS],
+            accum: [0; MAX_CPUS],
             enabled_at_ns: 0,
             time_enabled_ns: 0,
         },
@@ -365,7 +426,11 @@ fn start(ev: &mut Event) {
     ev.enabled = true;
     ev.enabled_at_ns = crate::time::now_ns();
     match &ev.source {
-        Source::Software(s) => ev.base = raw(*s),
+        Source::Software(s) => {
+            for (cpu, base) in ev.base.iter_mut().enumerate() {
+                *base = raw(*s, cpu);
+            }
+        }
         Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => {
             counter.enabled.store(true, Ordering::Release)
         }
@@ -375,7 +440,14 @@ fn start(ev: &mut Event) {
                 (crate::time::tsc_khz() as f64 * 1000.0 / hz) as u64,
                 Ordering::Relaxed,
             );
-            SAMPLER.last_tsc.store(0, Ordering::Relaxed);
+            for c in &CPU_SAMPLERS {
+                c.last_tsc.store(0, Ordering::Relaxed);
+            }
+            // Interrupts are off (see `group`): this is the CPU whose local
+            // APIC `perf_timer::start` routes the timer to.
+            SAMPLER
+                .timer_cpu
+                .store(crate::percpu::this_cpu().id, Ordering::Relaxed);
             SAMPLER.sampling.store(true, Ordering::SeqCst);
             perf_timer::start(*freq_hz);
         }
@@ -397,7 +469,11 @@ fn stop(ev: &mut Event) {
     ev.enabled = false;
     ev.time_enabled_ns += crate::time::now_ns().saturating_sub(ev.enabled_at_ns);
     match &ev.source {
-        Source::Software(s) => ev.accum += raw(*s).wrapping_sub(ev.base),
+        Source::Software(s) => {
+            for cpu in 0..MAX_CPUS {
+                ev.accum[cpu] += raw(*s, cpu).wrapping_sub(ev.base[cpu]);
+            }
+        }
         Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => {
             counter.enabled.store(false, Ordering::Release)
         }
@@ -419,31 +495,37 @@ pub fn read(id: u32) -> Result<PerfValue, PerfError> {
         } else {
             0
         };
-    let mut v = PerfValue {
-        value: 0,
-        time_enabled_ns,
-        samples: 0,
-        lost: 0,
-    };
-    match &ev.source {
-        Source::Software(s) => {
-            v.value = ev.accum
-                + if ev.enabled {
-                    raw(*s).wrapping_sub(ev.base)
-                } else {
-                    0
+    let per_cpu = (0..cpustat::online())
+        .map(|cpu| {
+            let mut c = PerfCpuValue::default();
+            match &ev.source {
+                Source::Software(s) => {
+                    c.value = ev.accum[cpu]
+                        + if ev.enabled {
+                            raw(*s, cpu).wrapping_sub(ev.base[cpu])
+                        } else {
+                            0
+                        }
                 }
-        }
-        Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => {
-            v.value = counter.count.load(Ordering::Relaxed)
-        }
-        Source::Sampling { .. } => {
-            v.samples = SAMPLER.taken.load(Ordering::Relaxed);
-            v.lost = SAMPLER.lost.load(Ordering::Relaxed);
-            v.value = v.samples + v.lost;
-        }
-    }
-    Ok(v)
+                Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => {
+                    c.value = counter.count[cpu].load(Ordering::Relaxed)
+                }
+                Source::Sampling { .. } => {
+                    c.samples = CPU_SAMPLERS[cpu].taken.load(Ordering::Relaxed);
+                    c.lost = CPU_SAMPLERS[cpu].lost.load(Ordering::Relaxed);
+                    c.value = c.samples + c.lost;
+                }
+            }
+            c
+        })
+        .collect::<Vec<_>>();
+    Ok(PerfValue {
+        value: per_cpu.iter().map(|c| c.value).sum(),
+        time_enabled_ns,
+        samples: per_cpu.iter().map(|c| c.samples).sum(),
+        lost: per_cpu.iter().map(|c| c.lost).sum(),
+        per_cpu,
+    })
 }
 
 /// Take up to `max` buffered samples of a sampling event, oldest first;
@@ -461,20 +543,39 @@ pub fn drain(id: u32, max: usize) -> Result<(Vec<PerfSample>, u64), PerfError> {
     let _c = CONSUMER.lock();
     let mut out = Vec::new();
     let mut w = [0u64; SAMPLE_WORDS];
-    while out.len() < max && RING.pop(&mut w) {
-        let depth = ((w[2] >> 32) as usize).min(MAX_STACK);
-        let mut comm = [0u8; 16];
-        comm[..8].copy_from_slice(&w[3].to_le_bytes());
-        comm[8..].copy_from_slice(&w[4].to_le_bytes());
-        out.push(PerfSample {
-            time_ns: crate::time::ns_at_tsc(w[0]),
-            ip: w[1],
-            pid: w[2] as u32,
-            comm,
-            stack: w[5..5 + depth].to_vec(),
-        });
+    // One sample from each CPU's ring in turn, so a busy CPU cannot keep
+    // another's samples waiting; then oldest first across CPUs.
+    let mut empty = [false; MAX_CPUS];
+    let online = cpustat::online();
+    while out.len() < max && !empty[..online].iter().all(|e| *e) {
+        for (cpu, rings) in RINGS[..online].iter().enumerate() {
+            if out.len() >= max || empty[cpu] {
+                continue;
+            }
+            if !rings.get().is_some_and(|r| r.samples.pop(&mut w)) {
+                empty[cpu] = true;
+                continue;
+            }
+            let depth = ((w[2] >> 32) as usize).min(MAX_STACK);
+            let mut comm = [0u8; 16];
+            comm[..8].copy_from_slice(&w[3].to_le_bytes());
+            comm[8..].copy_from_slice(&w[4].to_le_bytes());
+            out.push(PerfSample {
+                time_ns: crate::time::ns_at_tsc(w[0]),
+                ip: w[1],
+                pid: w[2] as u32,
+                cpu: cpu as u32,
+                comm,
+                stack: w[5..5 + depth].to_vec(),
+            });
+        }
     }
-    Ok((out, SAMPLER.lost.load(Ordering::Relaxed)))
+    out.sort_by_key(|s| s.time_ns);
+    let lost = CPU_SAMPLERS
+        .iter()
+        .map(|c| c.lost.load(Ordering::Relaxed))
+        .sum();
+    Ok((out, lost))
 }
 
 /// Close an event (detaching its handler or stopping the timer).
@@ -490,22 +591,30 @@ pub fn close(id: u32) -> Result<(), PerfError> {
             let _ = kprobe::unregister(probe_id);
         }
         Source::Sampling { .. } => {
-            // `stop` cleared `sampling` (SeqCst) before this load of
-            // `in_nmi` (SeqCst); an NMI sets `in_nmi` before it loads
-            // `sampling`. So either that NMI sees sampling off and records
-            // nothing, or this wait sees it recording and lets it finish:
-            // no NMI still writes the rings when they are cleared. (On one
-            // CPU an NMI always finishes before this task runs again; the
-            // protocol is for SMP.)
-            while SAMPLER.in_nmi.load(Ordering::SeqCst) {
-                core::hint::spin_loop();
+            // `stop` cleared `sampling` (SeqCst) before these loads of
+            // each CPU's `in_nmi` (SeqCst); an NMI sets its CPU's `in_nmi`
+            // before it loads `sampling`. So for every CPU, either its NMI
+            // sees sampling off and records nothing, or this wait sees it
+            // recording and lets it finish: no CPU's NMI still writes the
+            // rings when they are cleared. (This task's own CPU is never
+            // in its NMI handler here: an NMI finishes before the task it
+            // interrupted runs again.)
+            for c in &CPU_SAMPLERS {
+                while c.in_nmi.load(Ordering::SeqCst) {
+                    core::hint::spin_loop();
+                }
             }
             {
                 let _c = CONSUMER.lock();
-                RING.clear();
+                for rings in RINGS.iter().filter_map(spin::Once::get) {
+                    rings.samples.clear();
+                }
             }
+            // The deferred rings are not cleared here: each has one
+            // consumer, its own CPU's self-IPI handler, which empties it
+            // (a sample queued before this close reaches no handler once
+            // the list below is empty).
             let was = crate::arch::irq_save();
-            DEFERRED.clear();
             SAMPLER.handlers.store(0, Ordering::SeqCst);
             let handlers = core::mem::take(&mut *HANDLERS.write());
             crate::arch::irq_restore(was);
@@ -561,26 +670,43 @@ fn walk_stack(mut rbp: u64, out: &mut [u64]) -> usize {
     n
 }
 
-/// The sampling NMI. See the module docs for what it may do: atomics,
-/// the lock-free rings, mapped-only reads, one self-IPI.
+/// The sampling NMI, on every CPU. See the module docs for what it may
+/// do: atomics, this CPU's lock-free rings, mapped-only reads, one IPI to
+/// the other CPUs and one self-IPI.
 fn on_sample_nmi(regs: &mut PtRegs, _vector: u8) -> bool {
     let s = &SAMPLER;
+    let cpu = crate::percpu::this_cpu();
+    let slot = cpustat::this_slot();
+    let me = &CPU_SAMPLERS[slot];
     // Announce, then check (the other half of `close`'s protocol).
-    s.in_nmi.store(true, Ordering::SeqCst);
+    me.in_nmi.store(true, Ordering::SeqCst);
     if !s.sampling.load(Ordering::SeqCst) {
-        // The late tick of a stopped timer: nothing else raises NMIs here.
-        s.in_nmi.store(false, Ordering::SeqCst);
+        // The late tick of a stopped timer, or its copy passed on by
+        // another CPU: nothing else raises NMIs here.
+        me.in_nmi.store(false, Ordering::SeqCst);
         return true;
+    }
+    // The timer's NMI comes to one CPU; it passes it on so that every
+    // CPU samples. The others' NMIs are copies and are not passed on.
+    if cpu.id == s.timer_cpu.load(Ordering::Relaxed) && crate::percpu::cpu_count() > 1 {
+        apic::send_nmi_to_others();
     }
     let tsc = crate::arch::rdtsc();
     let period = s.period_tsc.load(Ordering::Relaxed);
-    let last = s.last_tsc.swap(tsc, Ordering::Relaxed);
+    let last = me.last_tsc.swap(tsc, Ordering::Relaxed);
     if last != 0 && period != 0 {
         let periods = (tsc.wrapping_sub(last) + period / 2) / period;
-        s.lost
+        me.lost
             .fetch_add(periods.saturating_sub(1), Ordering::Relaxed);
     }
-    let cpu = crate::percpu::this_cpu();
+    me.taken.fetch_add(1, Ordering::Relaxed);
+    // A CPU that came online after the event opened has no rings: its
+    // samples are counted, as lost.
+    let Some(rings) = RINGS[slot].get() else {
+        me.lost.fetch_add(1, Ordering::Relaxed);
+        me.in_nmi.store(false, Ordering::SeqCst);
+        return true;
+    };
     let comm = cpu.current_comm();
     let mut rec = [0u64; SAMPLE_WORDS + REGS_WORDS];
     let max_stack = (s.max_stack.load(Ordering::Relaxed) as usize).min(MAX_STACK);
@@ -594,31 +720,30 @@ fn on_sample_nmi(regs: &mut PtRegs, _vector: u8) -> bool {
     rec[4] = u64::from_le_bytes([
         comm[8], comm[9], comm[10], comm[11], comm[12], comm[13], comm[14], comm[15],
     ]);
-    s.taken.fetch_add(1, Ordering::Relaxed);
-    if !RING.push(&rec[..SAMPLE_WORDS]) {
-        s.lost.fetch_add(1, Ordering::Relaxed);
+    if !rings.samples.push(&rec[..SAMPLE_WORDS]) {
+        me.lost.fetch_add(1, Ordering::Relaxed);
     }
     if s.handlers.load(Ordering::SeqCst) != 0 {
         rec[SAMPLE_WORDS..].copy_from_slice(&regs.to_words());
-        if DEFERRED.push(&rec) {
+        if rings.deferred.push(&rec) {
             apic::self_ipi(SAMPLE_HANDLERS_VECTOR);
         } else {
-            DEFERRED_MISSED.fetch_add(1, Ordering::Relaxed);
+            me.deferred_missed.fetch_add(1, Ordering::Relaxed);
         }
     }
-    s.in_nmi.store(false, Ordering::SeqCst);
+    me.in_nmi.store(false, Ordering::SeqCst);
     true
 }
 
-/// Samples whose handlers did not run because the deferred ring was full
-/// (interrupts stayed off for longer than it holds).
-static DEFERRED_MISSED: AtomicU64 = AtomicU64::new(0);
-
-/// The self-IPI: run the attached handlers on the samples the NMI queued,
-/// with their sampled registers (an ordinary interrupt: interrupts off).
+/// The self-IPI: run the attached handlers on the samples this CPU's NMI
+/// queued, with their sampled registers (an ordinary interrupt:
+/// interrupts off).
 fn on_sample_handlers(_regs: &mut PtRegs, _vector: u8) -> bool {
+    let slot = cpustat::this_slot();
     let mut w = [0u64; SAMPLE_WORDS + REGS_WORDS];
-    let missed = DEFERRED_MISSED.swap(0, Ordering::Relaxed);
+    let missed = CPU_SAMPLERS[slot]
+        .deferred_missed
+        .swap(0, Ordering::Relaxed);
     if missed > 0 {
         if let Some(handlers) = HANDLERS.try_read() {
             for _ in 0..missed {
@@ -628,12 +753,16 @@ fn on_sample_handlers(_regs: &mut PtRegs, _vector: u8) -> bool {
             }
         }
     }
-    while DEFERRED.pop(&mut w) {
+    let Some(rings) = RINGS[slot].get() else {
+        return true;
+    };
+    while rings.deferred.pop(&mut w) {
         let depth = ((w[2] >> 32) as usize).min(MAX_STACK);
         let mut sample = Sample {
             time_ns: crate::time::ns_at_tsc(w[0]),
             ip: w[1],
             pid: w[2] as u32,
+            cpu: crate::percpu::this_cpu().id,
             comm: [0; 16],
             stack: [0; MAX_STACK],
             depth: depth as u8,

@@ -26,8 +26,12 @@ tracepoints! {
     "block": "block_rq_issue" => struct BlockRqIssue {
         sector: u64, rq_id: u64, dev: u32, nr_sector: u32, bytes: u32, pid: u32, rwbs: [u8; 8], comm: [u8; 16],
     }
-    /// A request completed (`error` is 0 or a negative errno).
+    /// A request completed (`error` is 0 or a negative errno). `cpu` is
+    /// the CPU that completed it (the one that took the device's
+    /// interrupt or polled it), `issue_cpu` the one that issued it to the
+    /// driver: on SMP they can differ.
     "block": "block_rq_complete" => struct BlockRqComplete {
         sector: u64, rq_id: u64, dev: u32, nr_sector: u32, bytes: u32, error: i32, rwbs: [u8; 8],
+        cpu: u32, issue_cpu: u32,
     }
 }

@@ -174,6 +174,9 @@ pub enum SoftwareEvent {
     TimerTicks,
     /// Page faults taken by the kernel.
     PageFaults,
+    /// Times a task ran on a different CPU than the time before
+    /// (`cpu-migrations`).
+    CpuMigrations,
 }
 
 /// A hardware counter (Linux `PERF_COUNT_HW_*`).
@@ -215,8 +218,9 @@ pub enum PerfEvent {
 }
 
 /// A counter value, as `perf stat` reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PerfValue {
+    /// The sum over CPUs of `per_cpu[..].value`.
     pub value: u64,
     /// Nanoseconds the event was enabled.
     pub time_enabled_ns: u64,
@@ -225,6 +229,17 @@ pub struct PerfValue {
     /// Sampling events: samples dropped because the buffer was full, plus
     /// timer periods that elapsed without an interrupt (coalesced by a
     /// loaded host). For sampling events `value` = `samples + lost`.
+    pub lost: u64,
+    /// The same per CPU, indexed by CPU number, one entry per online CPU
+    /// (`perf stat -A`); each field sums to the one above.
+    pub per_cpu: Vec<PerfCpuValue>,
+}
+
+/// What one CPU counted of a [`PerfValue`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerfCpuValue {
+    pub value: u64,
+    pub samples: u64,
     pub lost: u64,
 }
 
@@ -236,6 +251,8 @@ pub struct PerfSample {
     /// Interrupted instruction pointer.
     pub ip: u64,
     pub pid: u32,
+    /// CPU that took the sample.
+    pub cpu: u32,
     /// Task name, NUL padded.
     pub comm: [u8; 16],
     /// Return addresses from the frame-pointer chain, innermost first

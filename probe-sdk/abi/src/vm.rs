@@ -27,6 +27,10 @@ pub struct HelloReply {
     pub client_generation: u64,
 }
 
+/// Most CPUs the kernel brings up (its per-CPU tables are this long);
+/// `ktrace vm start --cpus` refuses more.
+pub const MAX_CPUS: u32 = 16;
+
 /// State of a kernel task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskState {

@@ -237,6 +237,7 @@ fn measure(
             } else {
                 String::new()
             },
+            cpu: None,
         })
         .collect();
     for line in stat::render(

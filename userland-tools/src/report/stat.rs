@@ -19,6 +19,10 @@ pub struct CounterRow {
     pub values: Option<Vec<u64>>,
     /// Unit shown after the value (`msec` for task-clock), empty otherwise.
     pub unit: String,
+    /// The CPU counted, for a row of `perf stat -A` (`None`: the CPUs
+    /// summed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
 }
 
 impl CounterRow {
@@ -78,6 +82,9 @@ pub fn render(title: &str, runs: usize, rows: &[CounterRow], elapsed_s: f64) -> 
         .unwrap_or(0)
         .max(20);
     for r in rows {
+        if let Some(cpu) = r.cpu {
+            out.push_str(&format!("{:<7}", format!("CPU{cpu}")));
+        }
         match r.mean() {
             None => out.push_str(&format!("{:>19}      {}\n", "<not supported>", r.event)),
             Some(mean) => {
@@ -155,7 +162,10 @@ pub fn csv_line(prefix: &str, r: &CounterRow, elapsed_s: f64, sep: &str) -> Stri
 /// counter, no title, no elapsed line.
 pub fn render_csv(rows: &[CounterRow], elapsed_s: f64, sep: &str) -> String {
     rows.iter()
-        .map(|r| csv_line("", r, elapsed_s, sep) + "\n")
+        .map(|r| {
+            let prefix = r.cpu.map(|c| format!("CPU{c}{sep}")).unwrap_or_default();
+            csv_line(&prefix, r, elapsed_s, sep) + "\n"
+        })
         .collect()
 }
 
@@ -177,6 +187,7 @@ mod tests {
             event: "x".into(),
             values: Some(vec![90, 110]),
             unit: String::new(),
+            cpu: None,
         };
         assert_eq!(r.mean(), Some(100.0));
         // sd = 14.142, se = 10, 10%.
@@ -190,11 +201,13 @@ mod tests {
                 event: "context-switches".into(),
                 values: Some(vec![2000]),
                 unit: String::new(),
+                cpu: None,
             },
             CounterRow {
                 event: "cycles".into(),
                 values: None,
                 unit: String::new(),
+                cpu: None,
             },
         ];
         let t = render("sleep 2", 1, &rows, 2.0);
@@ -208,11 +221,37 @@ mod tests {
     }
 
     #[test]
+    fn per_cpu_rows_start_with_the_cpu_as_perf_stat_a() {
+        let row = |cpu, v| CounterRow {
+            event: "context-switches".into(),
+            values: Some(vec![v]),
+            unit: String::new(),
+            cpu: Some(cpu),
+        };
+        let rows = [row(0, 1500), row(1, 500)];
+        let t = render("sleep 1", 1, &rows, 1.0);
+        assert!(
+            t.contains("\nCPU0                 1,500      context-switches     #  1500.0 /sec\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("\nCPU1                   500      context-switches"),
+            "{t}"
+        );
+        assert_eq!(
+            render_csv(&rows, 1.0, ","),
+            "CPU0,1500,,context-switches,1000000000,100.00,1500.000,/sec\n\
+             CPU1,500,,context-switches,1000000000,100.00,500.000,/sec\n"
+        );
+    }
+
+    #[test]
     fn csv_lines_have_perfs_fields() {
         let row = |event: &str, values: Option<Vec<u64>>, unit: &str| CounterRow {
             event: event.into(),
             values,
             unit: unit.into(),
+            cpu: None,
         };
         let t = render_csv(
             &[

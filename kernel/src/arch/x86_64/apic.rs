@@ -131,6 +131,15 @@ pub fn self_ipi(vector: u8) {
     lapic_write(REG_ICR_LOW, (0b01 << 18) | u32::from(vector));
 }
 
+/// Send every other CPU a non-maskable interrupt (ICR shorthand "all
+/// excluding self", delivery mode NMI). Safe from NMI context: one
+/// register write, no lock; the shorthand ignores the destination
+/// register, which is left alone, so an ICR sequence this NMI interrupted
+/// (destination written, command not yet) still goes where it was meant.
+pub fn send_nmi_to_others() {
+    lapic_write(REG_ICR_LOW, (0b11 << 18) | (1 << 14) | (0b100 << 8));
+}
+
 fn route(gsi: u8, redirection_low: u32, trigger: IrqTrigger) {
     let mut low = redirection_low;
     if trigger.level {

@@ -29,11 +29,6 @@ pub fn set_handler(vector: u8, handler: TrapHandler) {
     HANDLERS[vector as usize].store(handler as usize, Ordering::Release);
 }
 
-/// Times `vector` was taken since boot.
-pub fn count(vector: u8) -> u64 {
-    COUNTS[vector as usize].load(Ordering::Relaxed)
-}
-
 /// Sum of external interrupts (vectors >= 32) taken since boot.
 pub fn irq_count() -> u64 {
     COUNTS[IRQ_BASE as usize..]
@@ -66,6 +61,7 @@ extern "C" fn trap_dispatch(regs: &mut PtRegs, vector: u64) {
 fn dispatch(regs: &mut PtRegs, vector: u64) {
     let vector = vector as u8;
     COUNTS[vector as usize].fetch_add(1, Ordering::Relaxed);
+    crate::cpustat::trap_taken(vector);
     let is_irq = vector >= IRQ_BASE && vector != SPURIOUS_VECTOR;
     if is_irq {
         crate::trace_event!(

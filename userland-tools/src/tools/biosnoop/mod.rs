@@ -30,6 +30,10 @@ pub struct Event {
     pub latency_ns: u64,
     /// 0 or a negative errno.
     pub error: i32,
+    /// CPU that completed the request (`None` from a probe whose record
+    /// lacks it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
 }
 
 /// Reads the probe's records: the fields of its `Event` type, resolved by
@@ -47,6 +51,7 @@ pub struct Decoder {
     error: IntField,
     rwbs: TextField,
     comm: TextField,
+    cpu: Option<IntField>,
 }
 
 impl Decoder {
@@ -78,6 +83,7 @@ impl Decoder {
             error: int("error")?,
             rwbs: text("rwbs")?,
             comm: text("comm")?,
+            cpu: f.int("cpu").ok(),
         })
     }
 
@@ -102,22 +108,41 @@ impl Decoder {
             error: self.error.get(b)? as i32,
             rwbs: self.rwbs.get(b)?,
             comm: self.comm.get(b)?,
+            cpu: match &self.cpu {
+                Some(f) => Some(f.get(b)? as u32),
+                None => None,
+            },
         })
     }
 }
 
-/// The column header; `queue` adds the queue-time column (`-Q`).
-pub fn header(queue: bool) -> String {
+/// Which optional columns a line has.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Columns {
+    /// The queue-time column (`-Q`, as BCC's).
+    pub queue: bool,
+    /// The CPU that completed the request (`--cpu`; BCC's biosnoop has no
+    /// CPU column, so it is an option here).
+    pub cpu: bool,
+}
+
+/// The column header.
+pub fn header(cols: Columns) -> String {
     format!(
-        "{:<11} {:<14} {:>6} {:<7} {:<2} {:>10} {:>7}{} {:>7}",
+        "{:<11} {:<14} {:>6}{} {:<7} {:<2} {:>10} {:>7}{} {:>7}",
         "TIME(s)",
         "COMM",
         "PID",
+        if cols.cpu {
+            format!(" {:>3}", "CPU")
+        } else {
+            String::new()
+        },
         "DISK",
         "T",
         "SECTOR",
         "BYTES",
-        if queue {
+        if cols.queue {
             format!(" {:>7}", "QUE(ms)")
         } else {
             String::new()
@@ -127,7 +152,7 @@ pub fn header(queue: bool) -> String {
 }
 
 /// One line; `t0_ns` is the time shown as 0.
-pub fn line(e: &Event, t0_ns: u64, queue: bool) -> String {
+pub fn line(e: &Event, t0_ns: u64, cols: Columns) -> String {
     let rw = if e.rwbs.contains('W') {
         "W"
     } else if e.rwbs.contains('R') {
@@ -136,15 +161,20 @@ pub fn line(e: &Event, t0_ns: u64, queue: bool) -> String {
         e.rwbs.as_str()
     };
     format!(
-        "{:<11.6} {:<14} {:>6} {:<7} {:<2} {:>10} {:>7}{} {:>7.2}{}",
+        "{:<11.6} {:<14} {:>6}{} {:<7} {:<2} {:>10} {:>7}{} {:>7.2}{}",
         e.ts_ns.saturating_sub(t0_ns) as f64 / 1e9,
         e.comm,
         e.pid,
+        if cols.cpu {
+            format!(" {:>3}", e.cpu.map_or("?".to_string(), |c| c.to_string()))
+        } else {
+            String::new()
+        },
         e.disk,
         rw,
         e.sector,
         e.bytes,
-        if queue {
+        if cols.queue {
             format!(" {:>7.2}", e.queue_ns as f64 / 1e6)
         } else {
             String::new()
@@ -177,7 +207,7 @@ mod tests {
     #[test]
     fn decodes_the_probe_layout() {
         let decoder = Decoder::new(Some(&probe_record_type())).unwrap();
-        assert_eq!(decoder.size(), 72);
+        assert_eq!(decoder.size(), 80);
         let mut b = Vec::new();
         b.extend(2_000_000_000u64.to_le_bytes());
         b.extend(4096u64.to_le_bytes());
@@ -189,16 +219,35 @@ mod tests {
         b.extend(0i32.to_le_bytes());
         b.extend(*b"R\0\0\0\0\0\0\0");
         b.extend(*b"workload/0\0\0\0\0\0\0");
+        b.extend(1u32.to_le_bytes());
+        b.extend(0u32.to_le_bytes());
         let disks = vec![(252 << 20, "vda".to_string())];
         let e = decoder.decode(&b, &disks).unwrap();
         assert_eq!(e.disk, "vda");
         assert_eq!(e.comm, "workload/0");
         assert_eq!(e.rwbs, "R");
+        assert_eq!(e.cpu, Some(1));
+        let queue = Columns {
+            queue: true,
+            cpu: false,
+        };
         assert_eq!(
-            line(&e, 1_000_000_000, true),
+            line(&e, 1_000_000_000, queue),
             "1.000000    workload/0          7 vda     R        4096    4096    0.25    1.50"
         );
-        assert!(decoder.decode(&b[..71], &disks).is_none());
+        let cpu = Columns {
+            queue: false,
+            cpu: true,
+        };
+        assert_eq!(
+            header(cpu),
+            "TIME(s)     COMM              PID CPU DISK    T      SECTOR   BYTES LAT(ms)"
+        );
+        assert_eq!(
+            line(&e, 1_000_000_000, cpu),
+            "1.000000    workload/0          7   1 vda     R        4096    4096    1.50"
+        );
+        assert!(decoder.decode(&b[..79], &disks).is_none());
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub struct Args {
     /// Include the OS queued time (insert → issue) as a column.
     #[arg(short = 'Q', long)]
     pub queue: bool,
+    /// Add a CPU column: the CPU that completed the request (BCC's
+    /// biosnoop has none; JSON always carries `cpu`).
+    #[arg(long)]
+    pub cpu: bool,
     /// Print one JSON object per request.
     #[arg(long)]
     pub json: bool,
@@ -47,6 +51,13 @@ struct Printer<'a> {
 }
 
 impl Printer<'_> {
+    fn columns(&self) -> super::Columns {
+        super::Columns {
+            queue: self.cli.queue,
+            cpu: self.cli.cpu,
+        }
+    }
+
     fn batch(&mut self, b: EventBatch) {
         for r in &b.records {
             if r.source != (EventSource::RingBuf { map: self.map }) {
@@ -61,7 +72,7 @@ impl Printer<'_> {
             if self.cli.json {
                 outln!("{}", serde_json::to_string(&e).unwrap_or_default());
             } else {
-                outln!("{}", super::line(&e, t0, self.cli.queue));
+                outln!("{}", super::line(&e, t0, self.columns()));
             }
         }
         for l in &b.lost {
@@ -122,7 +133,13 @@ pub fn run(cli: Args) -> anyhow::Result<()> {
         };
         rt.subscribe(vec![map], false)?;
         if !cli.json {
-            outln!("{}", super::header(cli.queue));
+            outln!(
+                "{}",
+                super::header(super::Columns {
+                    queue: cli.queue,
+                    cpu: cli.cpu,
+                })
+            );
         }
         if let Some(spec) = spec.as_ref().filter(|_| !stop::stop_requested()) {
             workload::run_workload_with_events(rt.client(), spec, |_| {}, |b| p.batch(b))?;

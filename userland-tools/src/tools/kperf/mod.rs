@@ -38,6 +38,12 @@ pub const SOFTWARE: &[(&str, &[&str], SoftwareEvent, &str)] = &[
         "task switches by the scheduler",
     ),
     (
+        "cpu-migrations",
+        &["migrations"],
+        SoftwareEvent::CpuMigrations,
+        "times a task ran on another CPU than the time before",
+    ),
+    (
         "page-faults",
         &["faults"],
         SoftwareEvent::PageFaults,
@@ -70,7 +76,8 @@ pub const HARDWARE: &[(&str, HardwareEvent)] = &[
 pub enum EventSpec {
     /// Counted by the kernel.
     Counter(PerfEvent),
-    /// Known but not countable here (`cpu-migrations` on one CPU).
+    /// Known but not countable here.
+    #[allow(dead_code)] // every event this kernel knows is countable today
     Unsupported(&'static str),
 }
 
@@ -83,11 +90,6 @@ pub fn parse_event(name: &str) -> anyhow::Result<EventSpec> {
         .find(|(n, aliases, _, _)| *n == name || aliases.contains(&name))
     {
         return Ok(EventSpec::Counter(PerfEvent::Software(*e)));
-    }
-    if name == "cpu-migrations" || name == "migrations" {
-        return Ok(EventSpec::Unsupported(
-            "the kernel runs on one CPU: tasks never migrate",
-        ));
     }
     if let Some((_, e)) = HARDWARE.iter().find(|(n, _)| *n == name) {
         return Ok(EventSpec::Counter(PerfEvent::Hardware(*e)));
@@ -259,6 +261,9 @@ pub fn close_counters(client: &mut Client, counters: &[Counter]) {
 pub struct DataSample {
     pub time_ns: u64,
     pub pid: u32,
+    /// CPU that took the sample (recordings made before SMP have none: 0).
+    #[serde(default)]
+    pub cpu: u32,
     pub comm: String,
     /// Interrupted ip, then return addresses, innermost first.
     pub stack: Vec<u64>,
@@ -303,6 +308,7 @@ pub fn data_sample(
     DataSample {
         time_ns: s.time_ns,
         pid: s.pid,
+        cpu: s.cpu,
         comm: crate::kernel::c_str(&s.comm),
         stack,
         frames,
@@ -375,6 +381,58 @@ pub fn profile_samples(samples: &[DataSample]) -> (Vec<Sample>, Vec<String>) {
         })
         .collect();
     (out, names)
+}
+
+/// Parses a CPU list as `perf -C` takes it: numbers and ranges, comma
+/// separated (`0,2-3`), into sorted distinct CPU numbers.
+pub fn parse_cpu_list(list: &str) -> anyhow::Result<Vec<u32>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let part = part.trim();
+        let num = |s: &str| {
+            s.trim().parse::<u32>().map_err(|_| {
+                anyhow::anyhow!(
+                    "-C {list}: `{part}` is not a CPU number or range (expected e.g. 0,2-3)"
+                )
+            })
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    bail!("-C {list}: range `{part}` runs backwards");
+                }
+                if b - a >= ktrace_abi::vm::MAX_CPUS {
+                    bail!(
+                        "-C {list}: range `{part}` is wider than the kernel's {} CPUs",
+                        ktrace_abi::vm::MAX_CPUS
+                    );
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(num(part)?),
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+/// The CPUs to count: `list` (from `-C`), each checked against the
+/// `online` CPUs of the VM, or every online CPU.
+pub fn select_cpus(list: Option<&str>, online: u32) -> anyhow::Result<Vec<u32>> {
+    let Some(list) = list else {
+        return Ok((0..online.max(1)).collect());
+    };
+    let cpus = parse_cpu_list(list)?;
+    if let Some(bad) = cpus.iter().find(|&&c| c >= online) {
+        let have = match online {
+            0 | 1 => "1 CPU (CPU 0)".to_string(),
+            n => format!("{n} CPUs (0-{})", n - 1),
+        };
+        bail!("-C {list}: CPU {bad} does not exist; this VM has {have}");
+    }
+    Ok(cpus)
 }
 
 /// Refuses a tracepoint event the kernel does not have, before anything
@@ -462,15 +520,44 @@ mod tests {
                 }
             })
         );
-        assert!(matches!(
+        assert_eq!(
             parse_event("cpu-migrations").unwrap(),
-            EventSpec::Unsupported(_)
-        ));
+            EventSpec::Counter(PerfEvent::Software(SoftwareEvent::CpuMigrations))
+        );
+        assert_eq!(
+            parse_event("migrations").unwrap(),
+            parse_event("cpu-migrations").unwrap()
+        );
         assert_eq!(
             parse_event("bogus").unwrap_err().to_string(),
             "unknown event `bogus`; see `kperf list` (software events, category:name tracepoints, kprobe:<function>)"
         );
         assert!(parse_event("block:").is_err());
+    }
+
+    #[test]
+    fn cpu_lists_are_perfs() {
+        assert_eq!(parse_cpu_list("0,2-3").unwrap(), vec![0, 2, 3]);
+        assert_eq!(parse_cpu_list("3, 1,1").unwrap(), vec![1, 3]);
+        assert_eq!(
+            parse_cpu_list("0,x").unwrap_err().to_string(),
+            "-C 0,x: `x` is not a CPU number or range (expected e.g. 0,2-3)"
+        );
+        assert_eq!(
+            parse_cpu_list("3-1").unwrap_err().to_string(),
+            "-C 3-1: range `3-1` runs backwards"
+        );
+        assert!(parse_cpu_list("0-4000000000").is_err());
+        assert_eq!(select_cpus(None, 2).unwrap(), vec![0, 1]);
+        assert_eq!(select_cpus(Some("1"), 2).unwrap(), vec![1]);
+        assert_eq!(
+            select_cpus(Some("7"), 2).unwrap_err().to_string(),
+            "-C 7: CPU 7 does not exist; this VM has 2 CPUs (0-1)"
+        );
+        assert_eq!(
+            select_cpus(Some("0-1"), 1).unwrap_err().to_string(),
+            "-C 0-1: CPU 1 does not exist; this VM has 1 CPU (CPU 0)"
+        );
     }
 
     #[test]
@@ -490,6 +577,7 @@ mod tests {
         let s = DataSample {
             time_ns: 5,
             pid: 3,
+            cpu: 1,
             comm: "fio".into(),
             stack: vec![0x10, 0x20],
             frames: vec!["kernel::a".into(), "kernel::b".into()],

@@ -1,5 +1,6 @@
 //! `kperf record`: sample the kernel's instruction pointer (and call
-//! stacks) from a timer while a workload runs, into `kperf.data`.
+//! stacks) from a timer on every CPU (or those of `-C`) while a workload
+//! runs, into `kperf.data`; each sample names its CPU.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +26,10 @@ pub struct Args {
     /// Sample for this many seconds when no workload is given.
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
+    /// Keep only the samples of these CPUs (`0,2-3`, as `perf record -C`);
+    /// a CPU the VM does not have is refused. Default: every CPU.
+    #[arg(short = 'C', long = "cpu", value_name = "LIST")]
+    pub cpus: Option<String>,
     /// Where to write the samples.
     #[arg(short = 'o', long, default_value = "kperf.data")]
     pub output: PathBuf,
@@ -49,6 +54,9 @@ pub fn run(args: Args, vm: &str) -> anyhow::Result<()> {
     let index = ktrace_symbols::SymbolIndex::open(&elf)
         .with_context(|| format!("reading kernel symbols from {}", elf.display()))?;
     let mut client = kernel::connect(vm, "kperf record")?;
+    let online = client.info()?.cpus;
+    let cpus = super::select_cpus(args.cpus.as_deref(), online)?;
+    let wanted = |cpu: u32| cpus.contains(&cpu);
     stop::catch_signals();
     let id = client.perf_open(PerfEvent::Sampling {
         freq_hz: args.freq,
@@ -87,23 +95,29 @@ pub fn run(args: Args, vm: &str) -> anyhow::Result<()> {
         samples.extend(
             early
                 .iter()
+                .filter(|s| wanted(s.cpu))
                 .map(|s| super::data_sample(s, args.call_graph, Some(&index))),
         );
-        let mut lost = 0;
         loop {
-            let (batch, l) = client.perf_drain(id, 4096)?;
-            lost = lost.max(l);
+            let (batch, _) = client.perf_drain(id, 4096)?;
             if batch.is_empty() {
                 break;
             }
             samples.extend(
                 batch
                     .iter()
+                    .filter(|s| wanted(s.cpu))
                     .map(|s| super::data_sample(s, args.call_graph, Some(&index))),
             );
         }
+        // Read after the last drain: every loss is counted by now.
         let v = client.perf_read(id)?;
-        Ok((t, v.lost.max(lost)))
+        let lost = cpus
+            .iter()
+            .filter_map(|&c| v.per_cpu.get(c as usize))
+            .map(|c| c.lost)
+            .sum();
+        Ok((t, lost))
     })();
     let _ = client.perf_close(id);
     let (elapsed, lost) = r?;
@@ -117,6 +131,14 @@ pub fn run(args: Args, vm: &str) -> anyhow::Result<()> {
         kernel: client.info().map(|i| i.kernel_version).unwrap_or_default(),
     };
     super::write_data(&args.output, &header, &samples)?;
+    let per_cpu = cpus
+        .iter()
+        .map(|&c| {
+            let n = samples.iter().filter(|s| s.cpu == c).count();
+            format!("CPU{c} {n}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     errln!(
         "[ kperf record: {} samples ({} lost) in {:.2} s written to {} ]",
         samples.len(),
@@ -124,5 +146,6 @@ pub fn run(args: Args, vm: &str) -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         args.output.display()
     );
+    errln!("[ kperf record: samples per CPU: {per_cpu} ]");
     Ok(())
 }

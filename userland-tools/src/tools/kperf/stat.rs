@@ -1,13 +1,14 @@
 //! `kperf stat`: count events while a workload runs (or for a while), as
-//! `perf stat`: repeated runs with their spread (`-r`), counts per
-//! interval (`-I`), JSON or `-x` CSV-like output.
+//! `perf stat`: on every CPU (`-a`, the default) or some (`-C 0,2-3`),
+//! summed or one line per CPU (`-A`), repeated runs with their spread
+//! (`-r`), counts per interval (`-I`), JSON or `-x` CSV-like output.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use ktrace_abi::block::WorkloadLimit;
-use ktrace_abi::trace::PerfEvent;
+use ktrace_abi::trace::{PerfEvent, PerfValue};
 use probe_sdk::client::Client;
 use probe_sdk::trace::TraceClient;
 
@@ -44,10 +45,17 @@ pub struct Args {
     /// metric unit.
     #[arg(short = 'x', long = "field-separator", value_name = "SEP")]
     pub separator: Option<String>,
-    /// System-wide counting, as `perf stat -a`. The kernel's counters always
-    /// count every CPU, so this changes nothing; it is accepted for habit.
+    /// System-wide counting on every CPU, as `perf stat -a`. It is the
+    /// default (the kernel's counters count every CPU); accepted for habit.
     #[arg(short = 'a', long = "all-cpus")]
     pub all_cpus: bool,
+    /// One line per CPU and event instead of their sum, as `perf stat -A`.
+    #[arg(short = 'A', long = "no-aggregate")]
+    pub no_aggregate: bool,
+    /// Count only these CPUs: numbers and ranges, e.g. `0,2-3` (as
+    /// `perf stat -C`). A CPU the VM does not have is refused.
+    #[arg(short = 'C', long = "cpu", value_name = "LIST")]
+    pub cpus: Option<String>,
     /// The kernel ELF that `kprobe:` events are resolved against (default:
     /// as `ktrace symbols`).
     #[arg(long, value_name = "ELF")]
@@ -111,11 +119,23 @@ fn events(
 
 /// Counter values: task-clock in msec, others as counted.
 fn value_of(c: &super::Counter, raw: u64) -> u64 {
-    if c.name == "task-clock" || c.name == "cpu-clock" {
+    if is_clock(&c.name) {
         (raw + 500_000) / 1_000_000
     } else {
         raw
     }
+}
+
+fn is_clock(name: &str) -> bool {
+    name == "task-clock" || name == "cpu-clock"
+}
+
+/// What one read of a counter gives for `cpus`: each selected CPU's value
+/// (a CPU the reading lacks counts 0).
+fn per_cpu(v: &PerfValue, cpus: &[u32]) -> Vec<u64> {
+    cpus.iter()
+        .map(|&c| v.per_cpu.get(c as usize).map_or(0, |p| p.value))
+        .collect()
 }
 
 /// Run `kperf stat` against VM `vm`.
@@ -137,6 +157,7 @@ pub fn run(args: Args, vm: &str) -> anyhow::Result<()> {
         Work::Sleep(d) => format!("{:.3} s", d.as_secs_f64()),
     };
     let mut client = kernel::connect(vm, "kperf stat")?;
+    let cpus = super::select_cpus(args.cpus.as_deref(), client.info()?.cpus)?;
     stop::catch_signals();
     if let Some(ms) = args.interval_ms {
         let format = match (&args.separator, args.json) {
@@ -144,9 +165,13 @@ pub fn run(args: Args, vm: &str) -> anyhow::Result<()> {
             (None, true) => IntervalFormat::Json,
             (None, false) => IntervalFormat::Table,
         };
-        return interval_stat(&mut client, &evs, &work, ms, &format);
+        let per_cpu = args.no_aggregate.then_some(cpus.as_slice());
+        return interval_stat(&mut client, &evs, &work, ms, &format, &cpus, per_cpu);
     }
-    let mut values: Vec<Vec<u64>> = vec![Vec::new(); evs.len()];
+    // values[event][run][i]: the value of CPU cpus[i]. task-clock is
+    // rounded to msec per CPU before the sum, so the `-A` lines add up to
+    // the summed line exactly.
+    let mut values: Vec<Vec<Vec<u64>>> = vec![Vec::new(); evs.len()];
     let mut unsupported = vec![false; evs.len()];
     let mut elapsed = Vec::new();
     for _ in 0..args.repeat {
@@ -161,7 +186,15 @@ pub fn run(args: Args, vm: &str) -> anyhow::Result<()> {
             elapsed.push(t.elapsed().as_secs_f64());
             for (i, c) in counters.iter().enumerate() {
                 match c.id {
-                    Some(id) => values[i].push(value_of(c, client.perf_read(id)?.value)),
+                    Some(id) => {
+                        let v = client.perf_read(id)?;
+                        values[i].push(
+                            per_cpu(&v, &cpus)
+                                .into_iter()
+                                .map(|raw| value_of(c, raw))
+                                .collect(),
+                        );
+                    }
                     None => unsupported[i] = true,
                 }
             }
@@ -173,17 +206,33 @@ pub fn run(args: Args, vm: &str) -> anyhow::Result<()> {
             break;
         }
     }
+    let row = |i: usize, name: &str, cpu: Option<usize>| stat::CounterRow {
+        event: name.to_string(),
+        values: (!unsupported[i]).then(|| {
+            values[i]
+                .iter()
+                .map(|run| match cpu {
+                    Some(k) => run[k],
+                    None => run.iter().sum(),
+                })
+                .collect()
+        }),
+        unit: if is_clock(name) {
+            "msec".into()
+        } else {
+            String::new()
+        },
+        cpu: cpu.map(|k| cpus[k]),
+    };
     let rows: Vec<stat::CounterRow> = evs
         .iter()
         .enumerate()
-        .map(|(i, (name, _))| stat::CounterRow {
-            event: name.clone(),
-            values: (!unsupported[i]).then(|| values[i].clone()),
-            unit: if name == "task-clock" || name == "cpu-clock" {
-                "msec".into()
+        .flat_map(|(i, (name, _))| {
+            if args.no_aggregate {
+                (0..cpus.len()).map(|k| row(i, name, Some(k))).collect()
             } else {
-                String::new()
-            },
+                vec![row(i, name, None)]
+            }
         })
         .collect();
     let mean_elapsed = elapsed.iter().sum::<f64>() / elapsed.len().max(1) as f64;
@@ -191,17 +240,22 @@ pub fn run(args: Args, vm: &str) -> anyhow::Result<()> {
         let v: Vec<_> = rows
             .iter()
             .map(|r| {
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "event": r.event, "values": r.values, "unit": r.unit,
                     "mean": r.mean(), "variance_pct": r.variance_pct(),
                     "supported": r.values.is_some(),
-                })
+                });
+                if let Some(cpu) = r.cpu {
+                    v["cpu"] = cpu.into();
+                }
+                v
             })
             .collect();
         outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "title": title, "runs": elapsed.len(), "elapsed_s": elapsed, "counters": v,
+                "title": title, "runs": elapsed.len(), "elapsed_s": elapsed,
+                "cpus": cpus, "counters": v,
             }))?
         );
     } else if let Some(sep) = &args.separator {
@@ -235,6 +289,8 @@ fn interval_stat(
     work: &Work,
     ms: u64,
     format: &IntervalFormat,
+    cpus: &[u32],
+    no_aggregate: Option<&[u32]>,
 ) -> anyhow::Result<()> {
     let total_ms = match work {
         Work::Workload(spec, _) => match spec.limit {
@@ -254,7 +310,8 @@ fn interval_stat(
         }
         let start = Instant::now();
         let mut last_t = 0.0;
-        let mut last = vec![0u64; counters.len()];
+        // last[counter][i]: the previous reading of CPU cpus[i].
+        let mut last = vec![vec![0u64; cpus.len()]; counters.len()];
         let mut done = 0u64;
         while done < total_ms && !stop::stop_requested() {
             let slice = ms.min(total_ms - done);
@@ -271,39 +328,65 @@ fn interval_stat(
             done += slice;
             let t = start.elapsed().as_secs_f64();
             for (i, c) in counters.iter().enumerate() {
-                let d = match c.id {
+                // Deltas of each selected CPU since the last interval.
+                let deltas = match c.id {
                     Some(id) => {
-                        let v = value_of(c, client.perf_read(id)?.value);
-                        let d = v - last[i].min(v);
-                        last[i] = v;
+                        let now: Vec<u64> = per_cpu(&client.perf_read(id)?, cpus)
+                            .into_iter()
+                            .map(|raw| value_of(c, raw))
+                            .collect();
+                        let d: Vec<u64> = now
+                            .iter()
+                            .zip(&last[i])
+                            .map(|(v, l)| v - (*l).min(*v))
+                            .collect();
+                        last[i] = now;
                         Some(d)
                     }
                     None => None,
                 };
-                match (format, d) {
-                    (IntervalFormat::Table, None) => {
-                        outln!("{t:16.9} {:>18}      {}", "<not supported>", c.name)
-                    }
-                    (IntervalFormat::Table, Some(d)) => {
-                        outln!("{t:16.9} {:>18}      {}", stat::thousands(d), c.name)
-                    }
-                    (IntervalFormat::Json, None) => {}
-                    (IntervalFormat::Json, Some(d)) => outln!(
-                        "{}",
-                        serde_json::json!({ "time": t, "event": c.name, "count": d })
-                    ),
-                    (IntervalFormat::Csv(sep), d) => {
-                        let row = stat::CounterRow {
-                            event: c.name.clone(),
-                            values: d.map(|d| vec![d]),
-                            unit: if c.name == "task-clock" || c.name == "cpu-clock" {
-                                "msec".into()
-                            } else {
-                                String::new()
-                            },
-                        };
-                        let prefix = format!("{t:.9}{sep}");
-                        outln!("{}", stat::csv_line(&prefix, &row, t - last_t, sep));
+                // One line per CPU with -A, else one for their sum.
+                let lines: Vec<(Option<u32>, Option<u64>)> = match no_aggregate {
+                    Some(list) => list
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &cpu)| (Some(cpu), deltas.as_ref().map(|d| d[k])))
+                        .collect(),
+                    None => vec![(None, deltas.as_ref().map(|d| d.iter().sum()))],
+                };
+                for (cpu, d) in lines {
+                    let label = cpu.map(|c| format!("CPU{c:<4}")).unwrap_or_default();
+                    match (format, d) {
+                        (IntervalFormat::Table, None) => {
+                            outln!("{t:16.9} {label}{:>18}      {}", "<not supported>", c.name)
+                        }
+                        (IntervalFormat::Table, Some(d)) => {
+                            outln!("{t:16.9} {label}{:>18}      {}", stat::thousands(d), c.name)
+                        }
+                        (IntervalFormat::Json, None) => {}
+                        (IntervalFormat::Json, Some(d)) => {
+                            let mut v =
+                                serde_json::json!({ "time": t, "event": c.name, "count": d });
+                            if let Some(cpu) = cpu {
+                                v["cpu"] = cpu.into();
+                            }
+                            outln!("{v}")
+                        }
+                        (IntervalFormat::Csv(sep), d) => {
+                            let row = stat::CounterRow {
+                                event: c.name.clone(),
+                                values: d.map(|d| vec![d]),
+                                unit: if is_clock(&c.name) {
+                                    "msec".into()
+                                } else {
+                                    String::new()
+                                },
+                                cpu: None,
+                            };
+                            let cpu_field = cpu.map(|c| format!("CPU{c}{sep}")).unwrap_or_default();
+                            let prefix = format!("{t:.9}{sep}{cpu_field}");
+                            outln!("{}", stat::csv_line(&prefix, &row, t - last_t, sep));
+                        }
                     }
                 }
             }
