@@ -431,6 +431,8 @@ pub fn snapshot() -> Vec<TaskInfo> {
                 state: t.state,
                 runtime_ns: crate::time::tsc_to_ns(rt),
                 switches: t.switches,
+                cpu: 0,
+                migrations: 0,
             }
         })
         .collect()

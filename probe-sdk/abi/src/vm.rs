@@ -27,6 +27,10 @@ pub struct HelloReply {
     pub client_generation: u64,
 }
 
+/// Most CPUs the kernel brings up (its per-CPU tables are this long);
+/// `ktrace vm start --cpus` refuses more.
+pub const MAX_CPUS: u32 = 16;
+
 /// State of a kernel task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskState {
@@ -47,6 +51,11 @@ pub struct TaskInfo {
     pub runtime_ns: u64,
     /// Times this task was switched in.
     pub switches: u64,
+    /// CPU the task runs on, or last ran on.
+    pub cpu: u32,
+    /// Times the task ran on a different CPU than the time before
+    /// (Linux's `cpu-migrations`).
+    pub migrations: u64,
 }
 
 /// Answer to [`crate::Request::Info`].
