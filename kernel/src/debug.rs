@@ -29,7 +29,10 @@ const SELF_TESTS: &[(&str, SelfTest)] = &[
 /// Every self test of this kernel, by name.
 #[cfg(feature = "self-tests")]
 fn all_self_tests() -> impl Iterator<Item = &'static (&'static str, SelfTest)> {
-    SELF_TESTS.iter().chain(crate::probe_tests::SELF_TESTS)
+    SELF_TESTS
+        .iter()
+        .chain(crate::probe_tests::SELF_TESTS)
+        .chain(crate::smp_tests::SELF_TESTS)
 }
 
 /// A kernel built without the `self-tests` feature has none.

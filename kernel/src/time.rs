@@ -48,9 +48,19 @@ pub fn ticks() -> u64 {
 }
 
 fn on_timer(_regs: &mut arch::PtRegs, _vector: u8) -> bool {
-    TICKS.fetch_add(1, Ordering::Relaxed);
+    // Every CPU has a timer; the tick count is the boot CPU's (one a
+    // period, as `info` reports it).
+    if crate::percpu::cpu_id() == 0 {
+        TICKS.fetch_add(1, Ordering::Relaxed);
+    }
     crate::task::timer_tick();
     true
+}
+
+/// Start the periodic timer of an application processor, with the boot
+/// CPU's calibration (its local APIC is enabled already).
+pub fn init_ap() {
+    apic::start_timer_like_boot_cpu(trap::TIMER_VECTOR);
 }
 
 /// Calibrate the TSC and start the periodic timer.
@@ -63,6 +73,7 @@ pub fn init() {
     let per_10ms = apic::measure_timer_ticks(khz * 10);
     let per_period = (u64::from(per_10ms) * 100 / u64::from(TIMER_HZ)) as u32;
     trap::set_handler(trap::TIMER_VECTOR, on_timer);
+    apic::set_timer_period(per_period);
     apic::start_periodic_timer(trap::TIMER_VECTOR, per_period);
     log::info!(
         "clock: TSC {}.{:03} MHz, APIC timer {} ticks per {} Hz period",
