@@ -6,7 +6,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::arch::{paging, smp};
 use crate::percpu::{self, MAX_CPUS};
@@ -58,56 +58,77 @@ fn call_function(out: &mut Vec<String>) -> bool {
     ok
 }
 
-static PROBE_ADDR: AtomicU64 = AtomicU64::new(0);
-static PROBE_READ: AtomicU32 = AtomicU32::new(0);
-
-/// 1: the read worked, 2: it faulted.
-fn read_probe_page(_: usize) {
-    let mut b = [0u8; 8];
-    let ok =
-        crate::arch::trap::copy_from_kernel_nofault(&mut b, PROBE_ADDR.load(Ordering::Relaxed));
-    PROBE_READ.store(if ok.is_ok() { 1 } else { 2 }, Ordering::Relaxed);
-}
-
-/// Every other CPU reads a heap page (so its TLB caches the mapping),
-/// this CPU unmaps it, and then each other CPU's read faults: the unmap
-/// reached their TLBs. (Under QEMU, a CPU's TLB keeps a mapping until it
-/// is told to drop it, so a missing shootdown shows as a read that works.)
+/// A task on another CPU reads a heap page (its TLB now caches the
+/// mapping), this CPU unmaps the page while that task spins, and then the
+/// task's second read faults: the unmap reached its TLB. Under QEMU a
+/// CPU's TLB keeps a mapping until it is told to drop it, so without the
+/// shootdown the second read works (checked by taking it out).
 fn tlb_shootdown(out: &mut Vec<String>) -> bool {
     let n = percpu::cpu_count();
+    if n == 1 {
+        out.push(String::from("one CPU: nothing to shoot down"));
+        return true;
+    }
     let page = alloc::vec![0x77u8; 3 * 4096];
     let addr = (page.as_ptr() as u64 + 4095) & !4095;
-    PROBE_ADDR.store(addr, Ordering::Relaxed);
+    // 0: start, 1: first read done, 2: unmapped, 3: second read done.
+    let step = Arc::new(AtomicU32::new(0));
+    let reads = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+    let reader_cpus = Arc::new([AtomicU32::new(u32::MAX), AtomicU32::new(u32::MAX)]);
     let before = smp::shootdowns();
-    let mut ok = true;
-    for cpu in 1..n {
-        PROBE_READ.store(0, Ordering::Relaxed);
-        smp::call_on(1 << cpu, read_probe_page, 0);
-        let mapped = PROBE_READ.load(Ordering::Relaxed);
-        ok &= mapped == 1;
-        out.push(format!("cpu {cpu}: read while mapped: {}", outcome(mapped)));
-    }
-    let alloc = crate::mm::frame::alloc_zeroed;
-    if paging::unmap_page(addr, alloc).is_err() {
-        out.push(String::from("cannot unmap the page"));
+    let spawned = {
+        let (step, reads, reader_cpus) = (step.clone(), reads.clone(), reader_cpus.clone());
+        task::spawn("tlb-reader", move || {
+            for round in 0..2 {
+                let mut b = [0u8; 8];
+                let r = crate::arch::trap::copy_from_kernel_nofault(&mut b, addr);
+                reads[round].store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
+                reader_cpus[round].store(percpu::cpu_id(), Ordering::SeqCst);
+                step.store(2 * round as u32 + 1, Ordering::SeqCst);
+                let end = crate::time::now_ns() + 5_000_000_000;
+                while round == 0 && step.load(Ordering::SeqCst) != 2 && crate::time::now_ns() < end
+                {
+                    core::hint::spin_loop();
+                }
+            }
+        })
+    };
+    if spawned.is_none() {
+        out.push(String::from("cannot spawn the reader"));
         return false;
     }
-    for cpu in 1..n {
-        PROBE_READ.store(0, Ordering::Relaxed);
-        smp::call_on(1 << cpu, read_probe_page, 0);
-        let unmapped = PROBE_READ.load(Ordering::Relaxed);
-        ok &= unmapped == 2;
-        out.push(format!(
-            "cpu {cpu}: read after unmap: {}",
-            outcome(unmapped)
-        ));
-    }
+    let wait_for = |want: u32| {
+        let end = crate::time::now_ns() + 5_000_000_000;
+        while step.load(Ordering::SeqCst) < want && crate::time::now_ns() < end {
+            core::hint::spin_loop();
+        }
+        step.load(Ordering::SeqCst) >= want
+    };
+    let mut ok = wait_for(1);
+    let unmapper = percpu::cpu_id();
+    let alloc = crate::mm::frame::alloc_zeroed;
+    ok &= paging::unmap_page(addr, alloc).is_ok();
+    step.store(2, Ordering::SeqCst);
+    ok &= wait_for(3);
     let map_back = paging::map_page(addr, addr, paging::flags::DATA, alloc);
     ok &= map_back.is_ok();
+    let (r0, r1) = (
+        reads[0].load(Ordering::SeqCst),
+        reads[1].load(Ordering::SeqCst),
+    );
+    let (c0, c1) = (
+        reader_cpus[0].load(Ordering::SeqCst),
+        reader_cpus[1].load(Ordering::SeqCst),
+    );
+    out.push(format!("read while mapped: {}", outcome(r0)));
+    out.push(format!("read after unmap: {}", outcome(r1)));
+    out.push(format!(
+        "reader on cpu {c0} then {c1}, unmapped on cpu {unmapper}"
+    ));
     let shot = smp::shootdowns() - before;
     out.push(format!("shootdowns: {shot}"));
     drop(page);
-    ok && (n == 1 || shot >= 1)
+    ok && r0 == 1 && r1 == 2 && c0 == c1 && c0 != unmapper && shot >= 1
 }
 
 fn outcome(code: u32) -> &'static str {

@@ -5,7 +5,8 @@
 //! becomes runnable goes to the CPU it last ran on if that CPU idles,
 //! else to the least loaded CPU; a CPU with nothing to run steals from
 //! the busiest queue (on its way to idle, and at each timer tick while
-//! idle). Each switch onto another CPU than the task's last counts as a
+//! idle), and at each tick a CPU with two tasks fewer than the busiest
+//! takes one of its queued tasks. Each switch onto another CPU than the task's last counts as a
 //! migration.
 
 use alloc::boxed::Box;
@@ -219,6 +220,29 @@ impl Scheduler {
         q.remove(pos)
     }
 
+    /// Periodic balance (timer tick on `cpu`): when another CPU has at
+    /// least two tasks more than this one, move one of its queued tasks
+    /// here. Returns whether one moved.
+    fn balance(&mut self, cpu: u32) -> bool {
+        let mine = self.load(cpu);
+        let Some(victim) = (0..cpu_count())
+            .filter(|&c| c != cpu && !self.run_queues[c as usize].is_empty())
+            .max_by_key(|&c| self.load(c))
+        else {
+            return false;
+        };
+        if self.load(victim) < mine + 2 {
+            return false;
+        }
+        match self.run_queues[victim as usize].pop_back() {
+            Some(pid) => {
+                self.run_queues[cpu as usize].push_back(pid);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether idle `cpu` has work: its own queue, or another to steal
     /// from (queues hold only Ready tasks).
     fn has_work_for(&self, cpu: u32) -> bool {
@@ -375,7 +399,7 @@ pub fn reap_zombies() {
 /// End the current task.
 pub fn exit_current() -> ! {
     arch::irq_disable();
-    schedule(Leave::Exited);
+    schedule_with(Leave::Exited);
     unreachable!("an exited task was scheduled again");
 }
 
@@ -392,7 +416,7 @@ pub fn context_switches() -> u64 {
 /// Give the CPU to the next runnable task.
 pub fn yield_now() {
     let was = arch::irq_save();
-    schedule(Leave::Ready);
+    schedule_with(Leave::Ready);
     arch::irq_restore(was);
 }
 
@@ -400,7 +424,7 @@ pub fn yield_now() {
 pub fn sleep_ns(ns: u64) {
     let until = crate::time::now_ns().saturating_add(ns);
     let was = arch::irq_save();
-    schedule(Leave::Sleep {
+    schedule_with(Leave::Sleep {
         until,
         wakeable: false,
     });
@@ -411,7 +435,7 @@ pub fn sleep_ns(ns: u64) {
 /// (a wait queue's timed wait). Interrupts must be disabled.
 pub(super) fn sleep_ns_wakeable(ns: u64) {
     let until = crate::time::now_ns().saturating_add(ns);
-    schedule(Leave::Sleep {
+    schedule_with(Leave::Sleep {
         until,
         wakeable: true,
     });
@@ -439,7 +463,7 @@ pub(super) fn prepare_to_block() {
 /// itself where a waker will find it). Returns at once if a wake came in
 /// between.
 pub(super) fn block_current() {
-    schedule(Leave::Blocked);
+    schedule_with(Leave::Blocked);
 }
 
 /// Emit `sched:sched_wakeup`.
@@ -509,6 +533,7 @@ pub fn timer_tick() {
             }
         }
     }
+    s.balance(cpu);
     let cur = s.current[cpu as usize];
     let slice_start = s.tasks.get(&cur).map(|t| t.slice_start_tsc).unwrap_or(0);
     let used = crate::time::tsc_to_ns(arch::rdtsc().wrapping_sub(slice_start));
@@ -522,7 +547,7 @@ pub fn timer_tick() {
 /// Called on the way out of every interrupt: switch if a reschedule is due.
 pub fn preempt_point_from_irq() {
     if this_cpu().need_resched.swap(false, Ordering::Relaxed) {
-        schedule(Leave::Ready);
+        schedule_with(Leave::Ready);
     }
 }
 
@@ -537,7 +562,7 @@ pub fn preempt_point_from_irq() {
 /// for 0 before loading its stack pointer. The waiting cannot deadlock:
 /// the other CPU is between its unlock and the end of `context_switch`,
 /// which takes no lock and runs with interrupts off.
-fn schedule(leave: Leave) {
+fn schedule_with(leave: Leave) {
     debug_assert!(!arch::irq_enabled());
     let cpu = this_cpu().id;
     if cpu != 0 && !ALL_CPUS_STARTED.load(Ordering::Acquire) {
@@ -698,7 +723,7 @@ pub fn idle_loop() -> ! {
         let runnable = (cpu == 0 || ALL_CPUS_STARTED.load(Ordering::Acquire))
             && SCHED.lock().as_ref().is_some_and(|s| s.has_work_for(cpu));
         if runnable {
-            schedule(Leave::Ready);
+            schedule_with(Leave::Ready);
             arch::irq_enable();
         } else {
             // `sti; hlt` is atomic: a reschedule IPI sent after the check
