@@ -29,7 +29,10 @@ const SELF_TESTS: &[(&str, SelfTest)] = &[
 /// Every self test of this kernel, by name.
 #[cfg(feature = "self-tests")]
 fn all_self_tests() -> impl Iterator<Item = &'static (&'static str, SelfTest)> {
-    SELF_TESTS.iter().chain(crate::probe_tests::SELF_TESTS)
+    SELF_TESTS
+        .iter()
+        .chain(crate::probe_tests::SELF_TESTS)
+        .chain(crate::smp_tests::SELF_TESTS)
 }
 
 /// A kernel built without the `self-tests` feature has none.
@@ -89,19 +92,22 @@ mod task_tests {
     use crate::task::{self, WaitQueue};
 
     /// Tasks sleeping 30, 10 and 20 ms wake in the order 10, 20, 30, each
-    /// after at least its duration.
+    /// after at least its duration. The durations count from one instant
+    /// taken before the tasks are spawned: with several CPUs they start
+    /// at different times, and the order of deadlines is what is tested.
     pub fn sleep_order(out: &mut Vec<String>) -> bool {
         let order = Arc::new(SpinLock::new(Vec::new()));
         let done = Arc::new(AtomicU32::new(0));
         let wq = Arc::new(WaitQueue::new());
         let durations = [30u64, 10, 20];
         let mut ok = true;
+        let t0 = crate::time::now_ns();
         for &ms in &durations {
             let (order, done, wq) = (order.clone(), done.clone(), wq.clone());
             let spawned = task::spawn(&format!("sleep{ms}"), move || {
-                let start = crate::time::now_ns();
-                task::sleep_ms(ms);
-                let slept = crate::time::now_ns() - start;
+                let deadline = t0 + ms * 1_000_000;
+                task::sleep_ns(deadline.saturating_sub(crate::time::now_ns()));
+                let slept = crate::time::now_ns() - t0;
                 order.lock().push((ms, slept));
                 done.fetch_add(1, Ordering::SeqCst);
                 wq.wake_all();

@@ -35,6 +35,8 @@ mod percpu;
 #[cfg(feature = "self-tests")]
 mod probe_tests;
 mod session;
+#[cfg(feature = "self-tests")]
+mod smp_tests;
 #[allow(unsafe_code)]
 mod sync;
 #[allow(unsafe_code)]
@@ -57,6 +59,9 @@ pub extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
     mm::init(u64::from(start_info_paddr));
     time::init();
     task::init();
+    // The other CPUs come up now (they idle until `task::start_all_cpus`),
+    // so everything sized per CPU from here on sees them all.
+    arch::smp::boot_aps(task::new_cpu_stack, ap_main);
     trace::init();
     bpf::init();
     control::start();
@@ -65,7 +70,20 @@ pub extern "C" fn kernel_main(start_info_paddr: u32) -> ! {
         Some(t) => log::info!("symbol table: {} functions", t.len()),
         None => log::warn!("no embedded symbol table: backtraces will show raw addresses"),
     }
+    task::start_all_cpus();
     arch::irq_enable();
     log::info!("boot complete");
+    task::idle_loop()
+}
+
+/// Rust entry point of an application processor, from the trampoline
+/// (`ap_boot.S`) with its CPU number; its GS base points at its `PerCpu`.
+extern "C" fn ap_main(cpu: u64) -> ! {
+    let cpu = cpu as u32;
+    arch::smp::init_ap_cpu(cpu);
+    time::init_ap();
+    task::init_ap(cpu);
+    percpu::mark_online(cpu);
+    arch::irq_enable();
     task::idle_loop()
 }

@@ -4,9 +4,33 @@
 
 use crate::arch::{self, PtRegs};
 use crate::kprintln;
+use core::sync::atomic::{AtomicU32, Ordering};
 use ktrace_abi::vm::{EXIT_EXCEPTION, EXIT_PANIC};
 
 const MAX_FRAMES: usize = 32;
+
+/// CPU writing the panic report (`u32::MAX`: none).
+static PANIC_CPU: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Who reports: the first CPU to panic stops the others (NMI) and writes
+/// the report; `false` means this CPU panicked again while reporting.
+/// Another CPU that panics meanwhile stops here for good, so the console
+/// carries one whole report.
+fn claim_report() -> bool {
+    let me = crate::percpu::cpu_id();
+    match PANIC_CPU.compare_exchange(u32::MAX, me, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            arch::smp::stop_other_cpus();
+            crate::console::enter_panic_mode();
+            true
+        }
+        Err(cpu) if cpu == me => false,
+        Err(_) => loop {
+            arch::irq_disable();
+            arch::halt();
+        },
+    }
+}
 
 /// Whether `rbp` can be a frame of ours: aligned and inside mapped RAM.
 fn plausible_frame(rbp: u64) -> bool {
@@ -122,13 +146,16 @@ fn exception_name(v: u8) -> &'static str {
 
 /// Report an unhandled CPU exception and stop the machine.
 pub fn fatal_exception(regs: &PtRegs, vector: u8) -> ! {
-    crate::console::enter_panic_mode();
+    if !claim_report() {
+        arch::qemu_exit(EXIT_EXCEPTION);
+    }
     kprintln!();
     kprintln!(
-        "FATAL EXCEPTION: {} (vector {}), error code {:#x}, task {} (pid {})",
+        "FATAL EXCEPTION: {} (vector {}), error code {:#x}, cpu {}, task {} (pid {})",
         exception_name(vector),
         vector,
         regs.orig_rax,
+        crate::percpu::cpu_id(),
         core::str::from_utf8(&crate::percpu::this_cpu().current_comm())
             .unwrap_or("?")
             .trim_end_matches('\0'),
@@ -161,7 +188,7 @@ pub fn fatal_exception(regs: &PtRegs, vector: u8) -> ! {
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     arch::irq_disable();
-    if !crate::console::enter_panic_mode() {
+    if !claim_report() {
         // A panic while reporting a panic: stop at once.
         arch::qemu_exit(EXIT_PANIC);
     }
@@ -171,7 +198,8 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         kprintln!("  at {}:{}:{}", loc.file(), loc.line(), loc.column());
     }
     kprintln!(
-        "  task pid {}, uptime {} ns",
+        "  cpu {}, task pid {}, uptime {} ns",
+        crate::percpu::cpu_id(),
         crate::task::current_pid(),
         crate::time::now_ns()
     );

@@ -1,15 +1,22 @@
-//! Per-CPU data. There is one CPU today; everything per-CPU goes through
-//! [`this_cpu`] so SMP can come later by switching the lookup to GS base.
+//! Per-CPU data, reached through the GS base.
+//!
+//! Each CPU's GS base holds the address of its own [`PerCpu`] (set by
+//! `arch::smp` before the CPU runs any other kernel code), so
+//! [`this_cpu`] is one `gs`-relative load of the CPU's id plus an index:
+//! no lock, usable from NMIs. A task may migrate between two reads, so a
+//! caller that needs a stable answer runs with interrupts disabled (probe
+//! handlers and BPF programs do).
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-/// The most CPUs per-CPU arrays (indexed by [`PerCpu::id`]) cover.
-pub const MAX_CPUS: usize = 64;
+pub use ktrace_abi::vm::MAX_CPUS;
 
 /// State owned by one CPU.
 pub struct PerCpu {
-    /// CPU number.
+    /// CPU number (0 is the boot CPU; APs in MADT order).
     pub id: u32,
+    /// Local APIC id of the CPU (IPIs address it).
+    pub apic_id: AtomicU32,
     /// Pid of the task running on this CPU; readable from any context
     /// without locks (probe handlers and BPF helpers use it).
     pub current_pid: AtomicU32,
@@ -24,27 +31,72 @@ pub struct PerCpu {
     /// handling (0 outside traps): only that frame's interrupted stack may
     /// be written (`arch::trap::write_interrupted_stack`).
     pub trap_frame: AtomicU64,
+    /// The scheduler wants this CPU to switch tasks on its way out of the
+    /// current interrupt.
+    pub need_resched: AtomicBool,
 }
 
-/// The one CPU's data. Only [`this_cpu`] should read it; the coverage
-/// callback of the fuzzing build (assembly) reads `current_pid` directly.
-pub(crate) static CPU0: PerCpu = PerCpu {
-    id: 0,
-    current_pid: AtomicU32::new(0),
-    current_comm: [AtomicU64::new(0), AtomicU64::new(0)],
-    probe_depth: AtomicU32::new(0),
-    miss_callout: AtomicBool::new(false),
-    trap_frame: AtomicU64::new(0),
-};
+const fn per_cpu_table() -> [PerCpu; MAX_CPUS as usize] {
+    let mut t = [const {
+        PerCpu {
+            id: 0,
+            apic_id: AtomicU32::new(0),
+            current_pid: AtomicU32::new(0),
+            current_comm: [AtomicU64::new(0), AtomicU64::new(0)],
+            probe_depth: AtomicU32::new(0),
+            miss_callout: AtomicBool::new(false),
+            trap_frame: AtomicU64::new(0),
+            need_resched: AtomicBool::new(false),
+        }
+    }; MAX_CPUS as usize];
+    let mut i = 0;
+    while i < MAX_CPUS as usize {
+        t[i].id = i as u32;
+        i += 1;
+    }
+    t
+}
+
+/// Every CPU's data, indexed by CPU number. Only [`this_cpu`] and
+/// [`cpu`] should read it (and `boot.S`, which points the boot CPU's GS
+/// base at its first entry before any Rust code runs).
+pub(crate) static CPUS: [PerCpu; MAX_CPUS as usize] = per_cpu_table();
+
+/// CPUs that finished coming up (the boot CPU counts from the start).
+static ONLINE: AtomicU32 = AtomicU32::new(1);
+
+/// The data of CPU `id` (for the GS base of that CPU, and for code that
+/// looks at another CPU, e.g. IPI targets).
+pub fn cpu(id: u32) -> Option<&'static PerCpu> {
+    CPUS.get(id as usize)
+}
 
 /// This CPU's data.
+#[inline]
 pub fn this_cpu() -> &'static PerCpu {
-    &CPU0
+    let id = crate::arch::cpu::gs_read_u32(core::mem::offset_of!(PerCpu, id));
+    // The GS base points at `CPUS[id]`, whose `id` field is `id`; an index
+    // out of range cannot happen, but falling back to CPU 0 beats a panic
+    // in the code that reports panics.
+    CPUS.get(id as usize).unwrap_or(&CPUS[0])
 }
 
-/// Number of CPUs running.
+/// This CPU's number.
+#[inline]
+pub fn cpu_id() -> u32 {
+    this_cpu().id
+}
+
+/// Number of CPUs online. CPU numbers are `0..cpu_count()`: CPUs come up
+/// in order and never go down.
 pub fn cpu_count() -> u32 {
-    1
+    ONLINE.load(Ordering::Acquire)
+}
+
+/// Count CPU `id` as online (called by that CPU once it can take IPIs).
+/// CPUs come up one at a time, in order (the boot CPU waits for each).
+pub fn mark_online(id: u32) {
+    ONLINE.store(id + 1, Ordering::Release);
 }
 
 impl PerCpu {

@@ -42,16 +42,24 @@ pub fn tsc_khz() -> u64 {
     TSC_KHZ.load(Ordering::Relaxed)
 }
 
-/// Timer interrupts since boot.
+/// Timer interrupts since boot, on all CPUs.
 pub fn ticks() -> u64 {
     TICKS.load(Ordering::Relaxed)
 }
 
 fn on_timer(_regs: &mut arch::PtRegs, _vector: u8) -> bool {
+    // Every CPU has a timer: the count is of all of them (as the perf
+    // counter `timer-ticks` and a probe on this function see them).
     TICKS.fetch_add(1, Ordering::Relaxed);
     crate::cpustat::add(crate::cpustat::Stat::TimerTicks);
     crate::task::timer_tick();
     true
+}
+
+/// Start the periodic timer of an application processor, with the boot
+/// CPU's calibration (its local APIC is enabled already).
+pub fn init_ap() {
+    apic::start_timer_like_boot_cpu(trap::TIMER_VECTOR);
 }
 
 /// Calibrate the TSC and start the periodic timer.
@@ -64,6 +72,7 @@ pub fn init() {
     let per_10ms = apic::measure_timer_ticks(khz * 10);
     let per_period = (u64::from(per_10ms) * 100 / u64::from(TIMER_HZ)) as u32;
     trap::set_handler(trap::TIMER_VECTOR, on_timer);
+    apic::set_timer_period(per_period);
     apic::start_periodic_timer(trap::TIMER_VECTOR, per_period);
     log::info!(
         "clock: TSC {}.{:03} MHz, APIC timer {} ticks per {} Hz period",

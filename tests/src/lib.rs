@@ -85,9 +85,23 @@ pub fn unique_name(test: &str) -> String {
     name
 }
 
-/// A VM config for a test: unique name, the prepared kernel.
+/// Virtual CPUs of the tests' VMs: `KTRACE_TEST_CPUS` (so the whole
+/// suite can run on several CPUs), else the VM default.
+pub fn test_cpus() -> u32 {
+    match std::env::var("KTRACE_TEST_CPUS") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("KTRACE_TEST_CPUS={v:?}: expected a number of CPUs")),
+        Err(_) => probe_sdk::vm::DEFAULT_CPUS,
+    }
+}
+
+/// A VM config for a test: unique name, the prepared kernel, the CPUs of
+/// [`test_cpus`].
 pub fn test_config(test: &str) -> VmConfig {
     let mut cfg = VmConfig::new(unique_name(test));
+    cfg.cpus = test_cpus();
     cfg.kernel = Some(kernel_image().source.clone());
     cfg.boot_timeout = BOOT_TIMEOUT;
     cfg.quiet_build = true;
@@ -114,6 +128,13 @@ impl TestVm {
     /// Boot a VM for `test` and wait for the handshake.
     pub fn boot(test: &str) -> Self {
         Self::boot_with(test_config(test))
+    }
+
+    /// Boot a VM for `test` with `cpus` virtual CPUs.
+    pub fn boot_cpus(test: &str, cpus: u32) -> Self {
+        let mut cfg = test_config(test);
+        cfg.cpus = cpus;
+        Self::boot_with(cfg)
     }
 
     /// Boot with a custom config; panics with the boot error.

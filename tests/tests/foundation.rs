@@ -21,7 +21,12 @@ const MIB: u64 = 1 << 20;
 
 fn check_info(info: &SystemInfo, kernel_version: &str) {
     assert_eq!(info.kernel_version, kernel_version);
-    assert_eq!(info.cpus, 1, "QEMU runs with -smp 1");
+    // The tests' VMs get KTRACE_TEST_CPUS CPUs (1 unless set).
+    assert_eq!(
+        info.cpus,
+        ktrace_tests::test_cpus(),
+        "QEMU runs with -smp N"
+    );
     assert!(info.uptime_ns > 0);
     assert!(info.tsc_khz > 0, "TSC not calibrated: {info:?}");
     // -m 256M: the kernel sees at most that, minus firmware holes.

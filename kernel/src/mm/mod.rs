@@ -6,6 +6,34 @@ pub mod heap;
 pub mod pvh;
 
 use crate::arch::paging::{self, flags};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// What the firmware handed over besides RAM: the ACPI RSDP and the pages
+/// of the PVH start info (see [`pvh::MemoryMap`]).
+static RSDP: AtomicU64 = AtomicU64::new(0);
+static BOOT_INFO: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+/// Usable RAM below 1 MiB (start, end), where the AP trampoline may go.
+static LOW_RAM: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+
+/// Physical address of the ACPI RSDP (0 when the firmware gave none).
+pub fn rsdp_paddr() -> u64 {
+    RSDP.load(Ordering::Relaxed)
+}
+
+/// Whether the 4 KiB page at `addr` (below 1 MiB) is RAM nobody uses: in
+/// the firmware's first usable region, not holding the start info.
+pub fn low_page_is_free(addr: u64) -> bool {
+    let (start, end) = (
+        LOW_RAM[0].load(Ordering::Relaxed),
+        LOW_RAM[1].load(Ordering::Relaxed),
+    );
+    let page = addr & !0xfff;
+    page >= start.max(0x1000)
+        && page + 0x1000 <= end.min(1 << 20)
+        && BOOT_INFO
+            .iter()
+            .all(|b| b.load(Ordering::Relaxed) & !0xfff != page)
+}
 
 unsafe extern "C" {
     static __kernel_start: u8;
@@ -49,6 +77,14 @@ pub fn is_kernel_text(addr: u64) -> bool {
 /// Bring up memory management from the PVH start info.
 pub fn init(start_info_paddr: u64) {
     let map = pvh::read_memory_map(start_info_paddr);
+    RSDP.store(map.rsdp, Ordering::Relaxed);
+    for (slot, addr) in BOOT_INFO.iter().zip(map.boot_info) {
+        slot.store(addr, Ordering::Relaxed);
+    }
+    if let Some(low) = map.regions[..map.len].iter().find(|r| r.start < 1 << 20) {
+        LOW_RAM[0].store(low.start, Ordering::Relaxed);
+        LOW_RAM[1].store(low.end, Ordering::Relaxed);
+    }
     let l = layout();
     frame::init(&map, l.end);
     heap::init();

@@ -7,10 +7,17 @@ pub struct Region {
     pub end: u64,
 }
 
-/// Up to 32 usable RAM regions.
+/// Up to 32 usable RAM regions, and where the firmware's other hand-overs
+/// are.
 pub struct MemoryMap {
     pub regions: [Region; 32],
     pub len: usize,
+    /// Physical address of the ACPI RSDP (0: none given).
+    pub rsdp: u64,
+    /// Physical addresses of the start info, its memory map and the
+    /// command line (memory the kernel must not reuse while it reads
+    /// them; the AP trampoline keeps clear of their pages).
+    pub boot_info: [u64; 3],
 }
 
 const START_INFO_MAGIC: u32 = 0x336e_c578;
@@ -43,6 +50,8 @@ pub fn read_memory_map(paddr: u64) -> MemoryMap {
     let mut map = MemoryMap {
         regions: [Region::default(); 32],
         len: 0,
+        rsdp: 0,
+        boot_info: [paddr, 0, 0],
     };
     // SAFETY: QEMU places the start info in low RAM, identity-mapped by the
     // boot page tables; the magic is checked before anything else is used.
@@ -53,6 +62,8 @@ pub fn read_memory_map(paddr: u64) -> MemoryMap {
             info.magic
         );
     }
+    map.rsdp = info.rsdp_paddr;
+    map.boot_info = [paddr, info.memmap_paddr, info.cmdline_paddr];
     for i in 0..info.memmap_entries.min(128) as u64 {
         // SAFETY: the memory map has `memmap_entries` entries at
         // `memmap_paddr` (PVH ABI version >= 1), identity-mapped.

@@ -1,4 +1,5 @@
-//! Kernel tasks: a preemptive round-robin scheduler, sleeping, wait queues.
+//! Kernel tasks: a preemptive round-robin scheduler with a run queue per
+//! CPU, sleeping, wait queues.
 //!
 //! Every task has its own kernel stack with an unmapped guard page below it.
 //! The timer interrupt wakes sleepers and, when the running task's slice is
@@ -11,9 +12,9 @@ mod waitqueue;
 
 #[allow(unused_imports)] // the attach-point and block work use the rest
 pub use sched::{
-    context_switches, current_pid, exit_current, idle_loop, init, preempt_point_from_irq,
-    reap_zombies, sleep_ms, sleep_ns, snapshot, spawn, timer_tick, wake, yield_now, Pid,
-    STACK_BYTES,
+    context_switches, current_pid, exit_current, idle_loop, init, init_ap, new_cpu_stack,
+    preempt_point_from_irq, reap_zombies, sleep_ms, sleep_ns, snapshot, spawn, start_all_cpus,
+    timer_tick, wake, yield_now, Pid, STACK_BYTES,
 };
 pub use waitqueue::WaitQueue;
 

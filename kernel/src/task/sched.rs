@@ -1,14 +1,23 @@
-//! The scheduler.
+//! The scheduler: one run queue per CPU, each CPU with its own idle task.
+//!
+//! All queues sit under one lock (the kernel runs a handful of tasks; the
+//! per-CPU split is about placement, not lock contention). A task that
+//! becomes runnable goes to the CPU it last ran on if that CPU idles,
+//! else to the least loaded CPU; a CPU with nothing to run steals from
+//! the busiest queue (on its way to idle, and at each timer tick while
+//! idle), and at each tick a CPU with two tasks fewer than the busiest
+//! takes one of its queued tasks. Each switch onto another CPU than the task's last counts as a
+//! migration.
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use crate::arch;
-use crate::percpu::this_cpu;
+use crate::arch::{self, smp};
+use crate::percpu::{cpu_count, this_cpu, MAX_CPUS};
 use crate::sync::SpinLock;
 use ktrace_abi::vm::{TaskInfo, TaskState};
 
@@ -24,7 +33,7 @@ pub const STACK_BYTES: usize = STACK_SIZE + GUARD;
 const SLICE_NS: u64 = 10_000_000;
 
 unsafe extern "C" {
-    fn context_switch(prev_rsp: *mut u64, next_rsp: u64);
+    fn context_switch(prev_rsp: *mut u64, next_rsp: u64, prev_switching_out: *mut u32);
     fn task_entry_trampoline();
 }
 
@@ -77,12 +86,23 @@ impl Drop for KernelStack {
 // SAFETY: a stack is plain memory owned by one task.
 unsafe impl Send for KernelStack {}
 
+/// What a CPU switching away from a task still owns of it: the saved
+/// stack pointer, and whether it is saved yet. A separate allocation from
+/// [`Task`] so other CPUs can read it without the scheduler lock.
+struct SwitchSlot {
+    /// Saved stack pointer while not running (written by `context_switch`).
+    rsp: AtomicU64,
+    /// 1 from the moment a CPU decides to switch away from the task (under
+    /// the lock) until `context_switch` has saved its registers and left
+    /// its stack; cleared by `context_switch` itself.
+    switching_out: AtomicU32,
+}
+
 struct Task {
     pid: Pid,
     name: String,
     state: TaskState,
-    /// Saved stack pointer while not running.
-    rsp: u64,
+    slot: Box<SwitchSlot>,
     /// Owned for its lifetime: dropped (unmapped guard restored, memory
     /// freed) when the task is reaped.
     _stack: Option<KernelStack>,
@@ -92,50 +112,219 @@ struct Task {
     /// Incremented at each sleep, so a stale timer entry from an earlier
     /// sleep that was ended early by `wake` cannot end a later one.
     sleep_seq: u64,
+    /// CPU the task runs on or last ran on.
+    cpu: u32,
+    /// Times it was switched in on another CPU than the time before.
+    migrations: u64,
+    /// A CPU's idle task: never queued, runs only on its CPU.
+    idle: bool,
+    /// A `wake` came while the task was still running (between putting
+    /// itself on a wait queue and blocking): its next block returns at once.
+    wake_pending: bool,
+}
+
+/// Why the running task leaves the CPU.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// Still runnable (preempted or yielding).
+    Ready,
+    /// Waits for [`wake`]; a wake that came since it prepared ends it at once.
+    Blocked,
+    /// Sleeps until the time (ns); `wakeable`: [`wake`] ends it early.
+    Sleep {
+        until: u64,
+        wakeable: bool,
+    },
+    Exited,
+}
+
+impl Leave {
+    fn state(self) -> TaskState {
+        match self {
+            Leave::Ready => TaskState::Ready,
+            Leave::Blocked => TaskState::Blocked,
+            Leave::Sleep { .. } => TaskState::Sleeping,
+            Leave::Exited => TaskState::Exited,
+        }
+    }
 }
 
 struct Scheduler {
     tasks: BTreeMap<Pid, Box<Task>>,
-    run_queue: VecDeque<Pid>,
+    /// One run queue per CPU (all under the one scheduler lock).
+    run_queues: Vec<VecDeque<Pid>>,
     /// (wake time, pid, sleep sequence number of that task).
     sleepers: BinaryHeap<Reverse<(u64, Pid, u64)>>,
-    current: Pid,
+    /// Task running on each CPU.
+    current: [Pid; MAX_CPUS as usize],
+    /// Each CPU's idle task.
+    idle: [Pid; MAX_CPUS as usize],
     next_pid: Pid,
-    /// Tasks that exited; their stacks are freed once we are off them. Boxed
-    /// because the switch away from an exiting task stores its stack pointer
-    /// through a pointer into the zombie.
-    #[allow(clippy::vec_box)]
-    zombies: Vec<Box<Task>>,
+    /// Tasks that exited; their stacks are freed once no CPU is on them
+    /// (a task's switch slot is its own allocation, so moving the task
+    /// here leaves the slot where `context_switch` writes it).
+    zombies: Vec<Task>,
+}
+
+impl Scheduler {
+    fn is_idle(&self, cpu: u32) -> bool {
+        self.current[cpu as usize] == self.idle[cpu as usize]
+    }
+
+    /// Tasks on `cpu`: queued, plus the running one unless it is idle.
+    fn load(&self, cpu: u32) -> usize {
+        self.run_queues[cpu as usize].len() + usize::from(!self.is_idle(cpu))
+    }
+
+    /// Where a task that becomes runnable goes: the CPU it last ran on if
+    /// that CPU is idle (its caches are warm), else the least loaded CPU
+    /// (the last one among equals).
+    fn place(&self, last: u32) -> u32 {
+        let online = cpu_count();
+        let last = if last < online { last } else { 0 };
+        if self.is_idle(last) && self.run_queues[last as usize].is_empty() {
+            return last;
+        }
+        let mut best = last;
+        for cpu in 0..online {
+            if self.load(cpu) < self.load(best) {
+                best = cpu;
+            }
+        }
+        best
+    }
+
+    /// Queue `pid` (Ready) on a CPU chosen by [`place`](Self::place), and
+    /// make that CPU look at its queue if it idles.
+    fn enqueue(&mut self, pid: Pid, last: u32) -> u32 {
+        let cpu = self.place(last);
+        self.run_queues[cpu as usize].push_back(pid);
+        if self.is_idle(cpu) {
+            smp::send_reschedule(cpu);
+        }
+        cpu
+    }
+
+    /// A task for idle `cpu` from the busiest other queue (load balancing
+    /// by stealing: only a CPU with nothing to run takes work).
+    fn steal(&mut self, cpu: u32) -> Option<Pid> {
+        let victim = (0..cpu_count())
+            .filter(|&c| c != cpu)
+            .max_by_key(|&c| self.run_queues[c as usize].len())?;
+        let q = &mut self.run_queues[victim as usize];
+        let pos = q.iter().rposition(|p| {
+            self.tasks
+                .get(p)
+                .is_some_and(|t| t.state == TaskState::Ready)
+        })?;
+        q.remove(pos)
+    }
+
+    /// Periodic balance (timer tick on `cpu`): when another CPU has at
+    /// least two tasks more than this one, move one of its queued tasks
+    /// here. Returns whether one moved.
+    fn balance(&mut self, cpu: u32) -> bool {
+        let mine = self.load(cpu);
+        let Some(victim) = (0..cpu_count())
+            .filter(|&c| c != cpu && !self.run_queues[c as usize].is_empty())
+            .max_by_key(|&c| self.load(c))
+        else {
+            return false;
+        };
+        if self.load(victim) < mine + 2 {
+            return false;
+        }
+        match self.run_queues[victim as usize].pop_back() {
+            Some(pid) => {
+                self.run_queues[cpu as usize].push_back(pid);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether idle `cpu` has work: its own queue, or another to steal
+    /// from (queues hold only Ready tasks).
+    fn has_work_for(&self, cpu: u32) -> bool {
+        !self.run_queues[cpu as usize].is_empty()
+            || (0..cpu_count()).any(|c| !self.run_queues[c as usize].is_empty())
+    }
 }
 
 static SCHED: SpinLock<Option<Scheduler>> = SpinLock::new(None);
-static NEED_RESCHED: AtomicBool = AtomicBool::new(false);
+/// The boot CPU finished booting: the other CPUs may run tasks (until
+/// then they idle, so no task runs before the kernel is set up, as with
+/// one CPU).
+static ALL_CPUS_STARTED: AtomicBool = AtomicBool::new(false);
+
+/// Let every CPU run tasks (end of boot).
+pub fn start_all_cpus() {
+    ALL_CPUS_STARTED.store(true, Ordering::Release);
+    for cpu in 1..cpu_count() {
+        smp::send_reschedule(cpu);
+    }
+}
 static CONTEXT_SWITCHES: AtomicU64 = AtomicU64::new(0);
 
-/// Turn the boot context into task 0 (`idle`).
-pub fn init() {
-    let idle = Box::new(Task {
-        pid: 0,
-        name: String::from("idle"),
-        state: TaskState::Running,
-        rsp: 0,
+fn new_task(pid: Pid, name: &str, state: TaskState, cpu: u32, idle: bool) -> Box<Task> {
+    Box::new(Task {
+        pid,
+        name: String::from(name),
+        state,
+        slot: Box::new(SwitchSlot {
+            rsp: AtomicU64::new(0),
+            switching_out: AtomicU32::new(0),
+        }),
         _stack: None,
         runtime_tsc: 0,
-        switches: 1,
+        switches: u64::from(state == TaskState::Running),
         slice_start_tsc: arch::rdtsc(),
         sleep_seq: 0,
-    });
+        cpu,
+        migrations: 0,
+        idle,
+        wake_pending: false,
+    })
+}
+
+/// Turn the boot context into task 0 (`idle`, CPU 0's idle task).
+pub fn init() {
     let mut tasks = BTreeMap::new();
-    tasks.insert(0, idle);
+    tasks.insert(0, new_task(0, "idle", TaskState::Running, 0, true));
     *SCHED.lock() = Some(Scheduler {
         tasks,
-        run_queue: VecDeque::new(),
+        run_queues: (0..MAX_CPUS).map(|_| VecDeque::new()).collect(),
         sleepers: BinaryHeap::new(),
-        current: 0,
+        current: [0; MAX_CPUS as usize],
+        idle: [0; MAX_CPUS as usize],
         next_pid: 1,
         zombies: Vec::new(),
     });
     this_cpu().set_current(0, "idle");
+}
+
+/// Turn an application processor's boot context into its idle task
+/// (`idle/N`). Called on that CPU before it counts as online.
+pub fn init_ap(cpu: u32) {
+    let mut g = SCHED.lock();
+    let Some(s) = g.as_mut() else { return };
+    let pid = s.next_pid;
+    s.next_pid += 1;
+    let name = alloc::format!("idle/{cpu}");
+    s.tasks
+        .insert(pid, new_task(pid, &name, TaskState::Running, cpu, true));
+    s.current[cpu as usize] = pid;
+    s.idle[cpu as usize] = pid;
+    this_cpu().set_current(pid, &name);
+}
+
+/// The top of a fresh kernel stack (guard page below it) for an
+/// application processor's boot and idle task; never freed.
+pub fn new_cpu_stack() -> Option<u64> {
+    let stack = KernelStack::new()?;
+    let top = stack.top() & !0xf;
+    core::mem::forget(stack);
+    Some(top)
 }
 
 /// Start a kernel task running `f`. Returns its pid, or `None` when out of
@@ -160,25 +349,17 @@ pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<Pid> {
     // SAFETY: the frame lies inside the freshly allocated stack, below its
     // top and far above the guard page.
     unsafe { core::ptr::copy_nonoverlapping(frame.as_ptr(), rsp as *mut u64, frame.len()) };
+    let here = this_cpu().id;
     let mut guard = SCHED.lock();
     let s = guard.as_mut()?;
     let pid = s.next_pid;
     s.next_pid += 1;
-    s.tasks.insert(
-        pid,
-        Box::new(Task {
-            pid,
-            name: String::from(name),
-            state: TaskState::Ready,
-            rsp,
-            _stack: Some(stack),
-            runtime_tsc: 0,
-            switches: 0,
-            slice_start_tsc: 0,
-            sleep_seq: 0,
-        }),
-    );
-    s.run_queue.push_back(pid);
+    let mut task = new_task(pid, name, TaskState::Ready, here, false);
+    task.slot.rsp.store(rsp, Ordering::Relaxed);
+    task._stack = Some(stack);
+    task.slice_start_tsc = 0;
+    s.tasks.insert(pid, task);
+    s.enqueue(pid, here);
     Some(pid)
 }
 
@@ -193,16 +374,22 @@ extern "C" fn task_start(arg: u64) -> ! {
     exit_current()
 }
 
-/// Free the stacks of tasks that exited. Safe from any task: a zombie
-/// switched away for good (with interrupts off, so the switch completed
-/// before any other task ran), and the running task is never a zombie.
+/// Free the stacks of tasks that exited and that no CPU is still
+/// switching away from (a zombie's stack is in use until `context_switch`
+/// has left it, which it signals in the zombie's slot).
 /// Never inlined: a place to probe task teardown.
 #[inline(never)]
 pub fn reap_zombies() {
     let zombies = {
         let mut g = SCHED.lock();
         match g.as_mut() {
-            Some(s) => core::mem::take(&mut s.zombies),
+            Some(s) => {
+                let (gone, busy): (Vec<_>, Vec<_>) = core::mem::take(&mut s.zombies)
+                    .into_iter()
+                    .partition(|z| z.slot.switching_out.load(Ordering::Acquire) == 0);
+                s.zombies = busy;
+                gone
+            }
             None => Vec::new(),
         }
     };
@@ -212,7 +399,7 @@ pub fn reap_zombies() {
 /// End the current task.
 pub fn exit_current() -> ! {
     arch::irq_disable();
-    schedule_with(TaskState::Exited);
+    schedule_with(Leave::Exited);
     unreachable!("an exited task was scheduled again");
 }
 
@@ -229,27 +416,29 @@ pub fn context_switches() -> u64 {
 /// Give the CPU to the next runnable task.
 pub fn yield_now() {
     let was = arch::irq_save();
-    schedule_with(TaskState::Ready);
+    schedule_with(Leave::Ready);
     arch::irq_restore(was);
 }
 
 /// Sleep for at least `ns` nanoseconds.
 pub fn sleep_ns(ns: u64) {
-    let wake = crate::time::now_ns().saturating_add(ns);
+    let until = crate::time::now_ns().saturating_add(ns);
     let was = arch::irq_save();
-    {
-        let mut g = SCHED.lock();
-        if let Some(s) = g.as_mut() {
-            let me = s.current;
-            if let Some(t) = s.tasks.get_mut(&me) {
-                t.sleep_seq += 1;
-                let seq = t.sleep_seq;
-                s.sleepers.push(Reverse((wake, me, seq)));
-            }
-        }
-    }
-    schedule_with(TaskState::Sleeping);
+    schedule_with(Leave::Sleep {
+        until,
+        wakeable: false,
+    });
     arch::irq_restore(was);
+}
+
+/// Sleep until [`wake`] or for `ns` nanoseconds, whichever comes first
+/// (a wait queue's timed wait). Interrupts must be disabled.
+pub(super) fn sleep_ns_wakeable(ns: u64) {
+    let until = crate::time::now_ns().saturating_add(ns);
+    schedule_with(Leave::Sleep {
+        until,
+        wakeable: true,
+    });
 }
 
 /// Sleep for at least `ms` milliseconds.
@@ -257,27 +446,44 @@ pub fn sleep_ms(ms: u64) {
     sleep_ns(ms.saturating_mul(1_000_000));
 }
 
+/// Forget wake-ups that came before now: the caller is about to put itself
+/// on a wait queue, and only wake-ups from then on may end its block.
+pub(super) fn prepare_to_block() {
+    let mut g = SCHED.lock();
+    if let Some(s) = g.as_mut() {
+        let me = s.current[this_cpu().id as usize];
+        if let Some(t) = s.tasks.get_mut(&me) {
+            t.wake_pending = false;
+        }
+    }
+}
+
 /// Block the current task until [`wake`] (interrupts must be disabled by
-/// the caller, which registered itself somewhere a waker will find it).
+/// the caller, which called [`prepare_to_block`] and then registered
+/// itself where a waker will find it). Returns at once if a wake came in
+/// between.
 pub(super) fn block_current() {
-    schedule_with(TaskState::Blocked);
+    schedule_with(Leave::Blocked);
 }
 
 /// Emit `sched:sched_wakeup`.
-fn trace_wakeup(pid: Pid, name: &str) {
+fn trace_wakeup(pid: Pid, name: &str, target_cpu: u32) {
     crate::trace_event!(crate::trace::points::SCHED_WAKEUP, {
         let mut comm = [0u8; 16];
         let n = name.len().min(15);
         comm[..n].copy_from_slice(&name.as_bytes()[..n]);
         ktrace_tracepoints::sched::SchedWakeup {
             pid,
-            target_cpu: 0,
+            target_cpu,
             comm,
         }
     });
 }
 
-/// Make a blocked or sleeping task runnable.
+/// Make a blocked or sleeping task runnable, on the CPU
+/// [`Scheduler::place`] picks. A task that is still running (it queued
+/// itself somewhere and has not blocked yet) keeps the wake-up for its
+/// next block.
 ///
 /// Never inlined: like Linux's `try_to_wake_up`, it is the place to probe
 /// wakeups (`ktrace probe add kernel::task::sched::wake`), and with few
@@ -286,19 +492,29 @@ fn trace_wakeup(pid: Pid, name: &str) {
 pub fn wake(pid: Pid) {
     let mut g = SCHED.lock();
     if let Some(s) = g.as_mut() {
-        if let Some(t) = s.tasks.get_mut(&pid) {
-            if matches!(t.state, TaskState::Blocked | TaskState::Sleeping) {
+        let Some(t) = s.tasks.get_mut(&pid) else {
+            return;
+        };
+        match t.state {
+            TaskState::Blocked | TaskState::Sleeping => {
                 t.state = TaskState::Ready;
-                s.run_queue.push_back(pid);
-                trace_wakeup(pid, &t.name);
+                let last = t.cpu;
+                let cpu = s.enqueue(pid, last);
+                if let Some(t) = s.tasks.get(&pid) {
+                    trace_wakeup(pid, &t.name, cpu);
+                }
             }
+            TaskState::Running | TaskState::Ready if !t.idle => t.wake_pending = true,
+            _ => {}
         }
     }
 }
 
-/// Timer interrupt: wake due sleepers, account the running slice.
+/// Timer interrupt (on every CPU): wake due sleepers, account the running
+/// slice, and let an idle CPU look for work to steal.
 pub fn timer_tick() {
     let now = crate::time::now_ns();
+    let cpu = this_cpu().id;
     let mut g = SCHED.lock();
     let Some(s) = g.as_mut() else { return };
     while let Some(Reverse((when, pid, seq))) = s.sleepers.peek().copied() {
@@ -309,37 +525,72 @@ pub fn timer_tick() {
         if let Some(t) = s.tasks.get_mut(&pid) {
             if t.state == TaskState::Sleeping && t.sleep_seq == seq {
                 t.state = TaskState::Ready;
-                s.run_queue.push_back(pid);
-                trace_wakeup(pid, &t.name);
+                let last = t.cpu;
+                let target = s.enqueue(pid, last);
+                if let Some(t) = s.tasks.get(&pid) {
+                    trace_wakeup(pid, &t.name, target);
+                }
             }
         }
     }
-    let cur = s.current;
+    s.balance(cpu);
+    let cur = s.current[cpu as usize];
     let slice_start = s.tasks.get(&cur).map(|t| t.slice_start_tsc).unwrap_or(0);
     let used = crate::time::tsc_to_ns(arch::rdtsc().wrapping_sub(slice_start));
-    if !s.run_queue.is_empty() && (cur == 0 || used >= SLICE_NS) {
-        NEED_RESCHED.store(true, Ordering::Relaxed);
+    let idle = s.is_idle(cpu);
+    let queued = !s.run_queues[cpu as usize].is_empty();
+    if (queued && (idle || used >= SLICE_NS)) || (idle && s.has_work_for(cpu)) {
+        this_cpu().need_resched.store(true, Ordering::Relaxed);
     }
 }
 
 /// Called on the way out of every interrupt: switch if a reschedule is due.
 pub fn preempt_point_from_irq() {
-    if NEED_RESCHED.swap(false, Ordering::Relaxed) {
-        schedule_with(TaskState::Ready);
+    if this_cpu().need_resched.swap(false, Ordering::Relaxed) {
+        schedule_with(Leave::Ready);
     }
 }
 
-/// Switch away from the current task, leaving it in `state`. Interrupts
-/// must be disabled.
-fn schedule_with(state: TaskState) {
+/// Switch away from the current task, which leaves as `leave` says.
+/// Interrupts must be disabled.
+///
+/// SMP: the decision is made under the scheduler lock, the switch after
+/// it. The task switched to may still be leaving another CPU (it was
+/// preempted there and queued, and that CPU has not saved its registers
+/// yet): its slot's `switching_out` is 1 until that CPU's
+/// `context_switch` has saved them and left its stack, so this CPU waits
+/// for 0 before loading its stack pointer. The waiting cannot deadlock:
+/// the other CPU is between its unlock and the end of `context_switch`,
+/// which takes no lock and runs with interrupts off.
+fn schedule_with(leave: Leave) {
     debug_assert!(!arch::irq_enabled());
+    let cpu = this_cpu().id;
+    if cpu != 0 && !ALL_CPUS_STARTED.load(Ordering::Acquire) {
+        return;
+    }
     let prev_comm;
-    let (prev_rsp_ptr, next_rsp, prev, next) = {
+    let (prev_slot, next_slot, prev, next) = {
         let mut g = SCHED.lock();
         let Some(s) = g.as_mut() else { return };
-        let cur = s.current;
-        let next = loop {
-            match s.run_queue.pop_front() {
+        let cur = s.current[cpu as usize];
+        // A wake-up that came while the task was getting ready to wait.
+        if matches!(leave, Leave::Blocked | Leave::Sleep { wakeable: true, .. }) {
+            if let Some(t) = s.tasks.get_mut(&cur) {
+                if t.wake_pending {
+                    t.wake_pending = false;
+                    return;
+                }
+            }
+        }
+        if let Leave::Sleep { until, .. } = leave {
+            if let Some(t) = s.tasks.get_mut(&cur) {
+                t.sleep_seq += 1;
+                let seq = t.sleep_seq;
+                s.sleepers.push(Reverse((until, cur, seq)));
+            }
+        }
+        let own = loop {
+            match s.run_queues[cpu as usize].pop_front() {
                 Some(p) if s.tasks.get(&p).is_some_and(|t| t.state == TaskState::Ready) => {
                     break Some(p)
                 }
@@ -347,10 +598,17 @@ fn schedule_with(state: TaskState) {
                 None => break None,
             }
         };
+        let cur_idle = s.idle[cpu as usize] == cur;
+        let next = match own {
+            Some(p) => Some(p),
+            // Going idle (or idling): take work from a busier CPU.
+            None if cur_idle || leave != Leave::Ready => s.steal(cpu),
+            None => None,
+        };
         let next = match next {
             Some(p) => p,
-            None if state == TaskState::Ready || state == TaskState::Running => return,
-            None => 0, // nothing runnable: idle
+            None if leave == Leave::Ready => return,
+            None => s.idle[cpu as usize],
         };
         if next == cur {
             if let Some(t) = s.tasks.get_mut(&cur) {
@@ -359,45 +617,48 @@ fn schedule_with(state: TaskState) {
             return;
         }
         let now = arch::rdtsc();
-        {
+        let prev_slot: *const SwitchSlot = {
             let Some(t) = s.tasks.get_mut(&cur) else {
                 return;
             };
             t.runtime_tsc += now.wrapping_sub(t.slice_start_tsc);
-            t.state = if cur == 0 && state == TaskState::Blocked {
+            t.state = if t.idle {
                 TaskState::Ready
             } else {
-                state
+                leave.state()
             };
-            if t.state == TaskState::Ready && cur != 0 {
-                s.run_queue.push_back(cur);
-            }
-        }
-        let prev_rsp_ptr: *mut u64 = if state == TaskState::Exited {
-            let t = s.tasks.remove(&cur).expect("current task exists");
-            s.zombies.push(t);
-            let z = s.zombies.last_mut().expect("just pushed");
-            &mut z.rsp
-        } else {
-            &mut s.tasks.get_mut(&cur).expect("current task exists").rsp
+            t.slot.switching_out.store(1, Ordering::Relaxed);
+            &*t.slot
         };
+        if leave == Leave::Ready && !cur_idle {
+            s.run_queues[cpu as usize].push_back(cur);
+        }
+        if leave == Leave::Exited {
+            let t = s.tasks.remove(&cur).expect("current task exists");
+            s.zombies.push(*t);
+        }
         let n = s.tasks.get_mut(&next).expect("next task exists");
         n.state = TaskState::Running;
         n.switches += 1;
         n.slice_start_tsc = now;
+        if n.cpu != cpu && !n.idle && n.switches > 1 {
+            n.migrations += 1;
+        }
+        n.cpu = cpu;
+        let next_slot: *const SwitchSlot = &*n.slot;
         prev_comm = this_cpu().current_comm();
         this_cpu().set_current(next, &n.name);
-        s.current = next;
-        (prev_rsp_ptr, n.rsp, cur, next)
+        s.current[cpu as usize] = next;
+        (prev_slot, next_slot, cur, next)
     };
     CONTEXT_SWITCHES.fetch_add(1, Ordering::Relaxed);
     crate::cpustat::add(crate::cpustat::Stat::ContextSwitches);
     crate::trace_event!(
         crate::trace::points::SCHED_SWITCH,
         ktrace_tracepoints::sched::SchedSwitch {
-            prev_state: match state {
-                TaskState::Ready | TaskState::Running => 0,
-                TaskState::Exited => 2,
+            prev_state: match leave {
+                Leave::Ready => 0,
+                Leave::Exited => 2,
                 _ => 1,
             },
             prev_pid: prev,
@@ -406,10 +667,25 @@ fn schedule_with(state: TaskState) {
             next_comm: this_cpu().current_comm(),
         }
     );
-    // SAFETY: interrupts are off; `prev_rsp_ptr` points into a boxed task
-    // (or zombie) that stays alive until after the switch; `next_rsp` was
-    // saved by context_switch or built by `spawn`.
-    unsafe { context_switch(prev_rsp_ptr, next_rsp) };
+    // SAFETY: (both slots) a slot lives as long as its task's box. `next`
+    // runs on this CPU now, so nobody else frees it; `prev` is freed only
+    // by its own exit (as a zombie, reaped once `switching_out` is 0),
+    // and `switching_out` is 1 until `context_switch` is done with it.
+    let (prev_slot, next_slot) = unsafe { (&*prev_slot, &*next_slot) };
+    while next_slot.switching_out.load(Ordering::Acquire) != 0 {
+        core::hint::spin_loop();
+    }
+    let next_rsp = next_slot.rsp.load(Ordering::Relaxed);
+    // SAFETY: interrupts are off; `prev_slot` stays alive until
+    // context_switch clears its flag (above); `next_rsp` was saved by
+    // context_switch (completed: its flag is 0) or built by `spawn`.
+    unsafe {
+        context_switch(
+            prev_slot.rsp.as_ptr(),
+            next_rsp,
+            prev_slot.switching_out.as_ptr(),
+        )
+    };
 }
 
 /// Snapshot of all tasks for `Info`.
@@ -423,7 +699,7 @@ pub fn snapshot() -> Vec<TaskInfo> {
         .values()
         .map(|t| {
             let mut rt = t.runtime_tsc;
-            if t.pid == s.current {
+            if t.state == TaskState::Running {
                 rt += now.wrapping_sub(t.slice_start_tsc);
             }
             TaskInfo {
@@ -432,23 +708,27 @@ pub fn snapshot() -> Vec<TaskInfo> {
                 state: t.state,
                 runtime_ns: crate::time::tsc_to_ns(rt),
                 switches: t.switches,
+                cpu: t.cpu,
+                migrations: t.migrations,
             }
         })
         .collect()
 }
 
-/// Body of the idle task: halt until an interrupt, then let others run.
+/// Body of every CPU's idle task: halt until an interrupt, then run what
+/// is queued here or can be stolen from a busier CPU.
 pub fn idle_loop() -> ! {
     loop {
         arch::irq_disable();
-        let runnable = SCHED
-            .lock()
-            .as_ref()
-            .is_some_and(|s| !s.run_queue.is_empty());
+        let cpu = this_cpu().id;
+        let runnable = (cpu == 0 || ALL_CPUS_STARTED.load(Ordering::Acquire))
+            && SCHED.lock().as_ref().is_some_and(|s| s.has_work_for(cpu));
         if runnable {
-            schedule_with(TaskState::Ready);
+            schedule_with(Leave::Ready);
             arch::irq_enable();
         } else {
+            // `sti; hlt` is atomic: a reschedule IPI sent after the check
+            // above wakes the halt instead of being taken before it.
             arch::cpu::enable_and_halt();
         }
     }

@@ -51,6 +51,11 @@ pub struct TaskInfo {
     pub runtime_ns: u64,
     /// Times this task was switched in.
     pub switches: u64,
+    /// CPU the task runs on, or last ran on.
+    pub cpu: u32,
+    /// Times the task ran on a different CPU than the time before
+    /// (Linux's `cpu-migrations`).
+    pub migrations: u64,
 }
 
 /// Answer to [`crate::Request::Info`].

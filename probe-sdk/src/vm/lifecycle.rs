@@ -56,6 +56,7 @@ impl Vm {
     /// Boot a VM and wait until the kernel answers the handshake.
     pub fn start(cfg: &VmConfig) -> Result<Vm> {
         check_name(&cfg.name)?;
+        super::qemu::check_cpus(cfg.cpus)?;
         let search = cfg
             .search_path
             .clone()

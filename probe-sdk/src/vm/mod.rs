@@ -32,7 +32,9 @@ mod registry;
 mod report;
 
 pub use lifecycle::{BootInfo, StopHow, StopReport, Vm};
-pub use qemu::{ensure_disk, find_in_path, parse_size, qemu_args, ControlLink, VmConfig};
+pub use qemu::{
+    check_cpus, ensure_disk, find_in_path, parse_size, qemu_args, ControlLink, VmConfig,
+};
 pub use registry::{
     check_name, console, list, prune_stopped, remove_state, runtime_root, status, VmEntry, VmPaths,
     VmState,
@@ -62,6 +64,8 @@ pub const DEFAULT_DISK_SIZE: u64 = 64 << 20;
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Guest memory.
 pub const DEFAULT_MEMORY: &str = "256M";
+/// Virtual CPUs a VM gets unless told otherwise.
+pub const DEFAULT_CPUS: u32 = 1;
 
 /// Errors of VM management.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +86,8 @@ pub enum VmError {
     NotRunning { name: String },
     #[error("invalid size {0:?}: expected a number of bytes with an optional K, M, G or T suffix, e.g. 64M")]
     BadSize(String),
+    #[error("invalid CPU count {0}: expected 1 to {max} (the kernel's limit)", max = ktrace_abi::vm::MAX_CPUS)]
+    BadCpuCount(u32),
     #[error("disk {}: {reason}", path.display())]
     BadDisk { path: PathBuf, reason: String },
     #[error("all {0} control sessions of the VM are in use by other clients (ktrace commands, tools or tests); wait for one to finish")]

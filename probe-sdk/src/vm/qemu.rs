@@ -3,8 +3,8 @@
 //! disks ([`qemu_args`]), finding QEMU, and creating disk images.
 
 use super::{
-    io_err, Result, VmError, VmPaths, DEFAULT_BOOT_TIMEOUT, DEFAULT_DISK_SIZE, DEFAULT_MEMORY,
-    SESSIONS,
+    io_err, Result, VmError, VmPaths, DEFAULT_BOOT_TIMEOUT, DEFAULT_CPUS, DEFAULT_DISK_SIZE,
+    DEFAULT_MEMORY, SESSIONS,
 };
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};
@@ -55,6 +55,9 @@ pub struct VmConfig {
     /// Time from QEMU's start to the handshake answer.
     pub boot_timeout: Duration,
     pub memory: String,
+    /// Virtual CPUs (`-smp`), 1 to [`ktrace_abi::vm::MAX_CPUS`]; more
+    /// than one run in parallel on host threads (multi-threaded TCG).
+    pub cpus: u32,
     /// Kernel command line (`-append`).
     pub append: Option<String>,
     /// Where to look for QEMU; `None` means `$PATH`.
@@ -73,6 +76,15 @@ pub struct VmConfig {
     pub extra_qemu_args: Vec<OsString>,
 }
 
+/// Check a CPU count before anything starts.
+pub fn check_cpus(cpus: u32) -> Result<u32> {
+    if (1..=ktrace_abi::vm::MAX_CPUS).contains(&cpus) {
+        Ok(cpus)
+    } else {
+        Err(VmError::BadCpuCount(cpus))
+    }
+}
+
 impl VmConfig {
     /// Defaults for VM `name`.
     pub fn new(name: impl Into<String>) -> Self {
@@ -83,6 +95,7 @@ impl VmConfig {
             disk_size: DEFAULT_DISK_SIZE,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             memory: DEFAULT_MEMORY.into(),
+            cpus: DEFAULT_CPUS,
             append: None,
             search_path: None,
             quiet_build: false,
@@ -120,6 +133,7 @@ fn session_chardev(k: usize) -> String {
 pub fn qemu_args(cfg: &VmConfig, paths: &VmPaths, kernel: &Path) -> Vec<OsString> {
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |parts: &[&OsStr]| args.extend(parts.iter().map(|p| p.to_os_string()));
+    let smp = cfg.cpus.to_string();
     push(&[
         "-machine".as_ref(),
         "q35".as_ref(),
@@ -128,13 +142,20 @@ pub fn qemu_args(cfg: &VmConfig, paths: &VmPaths, kernel: &Path) -> Vec<OsString
         "-cpu".as_ref(),
         "max".as_ref(),
         "-smp".as_ref(),
-        "1".as_ref(),
+        smp.as_ref(),
         "-display".as_ref(),
         "none".as_ref(),
         "-no-reboot".as_ref(),
         "-kernel".as_ref(),
         kernel.as_os_str(),
     ]);
+    // One host thread per vCPU, so vCPUs really run in parallel (QEMU 7.2
+    // supports multi-threaded TCG for x86_64 guests). `-icount` needs the
+    // single-threaded round robin, so a config that asks for it keeps it.
+    let icount = cfg.extra_qemu_args.iter().any(|a| a == "-icount");
+    if cfg.cpus > 1 && !icount {
+        push(&["-accel".as_ref(), "tcg,thread=multi".as_ref()]);
+    }
     let mut console = OsString::from("file:");
     console.push(&paths.console);
     let chardev = |k: usize| {
@@ -273,6 +294,43 @@ mod tests {
              -drive file=/d/a.img,if=none,id=vda,format=raw -device virtio-blk-pci,drive=vda \
              -drive file=/d/b.img,if=none,id=vdb,format=raw -device virtio-blk-pci,drive=vdb"
         );
+    }
+
+    #[test]
+    fn several_cpus_run_on_host_threads() {
+        let paths = VmPaths::new(Path::new("/run/k"), "t");
+        let line = |cfg: &VmConfig| {
+            let args: Vec<String> = qemu_args(cfg, &paths, Path::new("/k/kernel.ktrace"))
+                .into_iter()
+                .map(|a| a.into_string().unwrap())
+                .collect();
+            args.join(" ")
+        };
+        let mut cfg = VmConfig::new("t");
+        cfg.cpus = 4;
+        assert!(line(&cfg).starts_with(
+            "-machine q35 -m 256M -cpu max -smp 4 -display none -no-reboot \
+             -kernel /k/kernel.ktrace -accel tcg,thread=multi -serial "
+        ));
+        // -icount needs QEMU's single-threaded round robin.
+        cfg.extra_qemu_args = vec!["-icount".into(), "shift=5".into()];
+        assert!(!line(&cfg).contains("thread=multi"));
+        assert!(line(&cfg).contains("-smp 4 "));
+    }
+
+    #[test]
+    fn cpu_counts_outside_the_kernels_limit_are_refused() {
+        assert_eq!(check_cpus(1).unwrap(), 1);
+        assert_eq!(check_cpus(16).unwrap(), 16);
+        for bad in [0, 17, u32::MAX] {
+            assert_eq!(
+                check_cpus(bad).unwrap_err().to_string(),
+                format!("invalid CPU count {bad}: expected 1 to 16 (the kernel's limit)")
+            );
+        }
+        let mut cfg = VmConfig::new("t-no-cpus");
+        cfg.cpus = 0;
+        assert!(matches!(Vm::start(&cfg), Err(VmError::BadCpuCount(0))));
     }
 
     #[test]

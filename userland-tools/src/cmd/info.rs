@@ -100,18 +100,20 @@ pub fn render(info: &SystemInfo) -> String {
         .max(4);
     let _ = writeln!(
         s,
-        "{:>5}  {:<name_w$}  {:<8}  {:>12}  {:>10}",
-        "PID", "NAME", "STATE", "RUNTIME(ms)", "SWITCHES"
+        "{:>5}  {:<name_w$}  {:<8}  {:>3}  {:>12}  {:>10}  {:>10}",
+        "PID", "NAME", "STATE", "CPU", "RUNTIME(ms)", "SWITCHES", "MIGRATIONS"
     );
     for t in &info.tasks {
         let _ = writeln!(
             s,
-            "{:>5}  {:<name_w$}  {:<8}  {:>12.3}  {:>10}",
+            "{:>5}  {:<name_w$}  {:<8}  {:>3}  {:>12.3}  {:>10}  {:>10}",
             t.pid,
             t.name,
             state_name(t.state),
+            t.cpu,
             t.runtime_ns as f64 / 1e6,
-            t.switches
+            t.switches,
+            t.migrations
         );
     }
     s
@@ -143,6 +145,8 @@ mod tests {
                     state: TaskState::Ready,
                     runtime_ns: 1_000_000_000,
                     switches: 20,
+                    cpu: 0,
+                    migrations: 0,
                 },
                 TaskInfo {
                     pid: 1,
@@ -150,6 +154,8 @@ mod tests {
                     state: TaskState::Running,
                     runtime_ns: 2_500_000,
                     switches: 22,
+                    cpu: 1,
+                    migrations: 4,
                 },
             ],
             bad_frames: 0,
@@ -176,9 +182,9 @@ bad frames        0
 control link      virtio-serial (10 bytes in, 20 bytes out)
 clients gone      3 (left 7 bytes unfinished in, 65536 bytes unread out; 1 transmit queues rebuilt, 0 buffers lost)
 
-  PID  NAME     STATE      RUNTIME(ms)    SWITCHES
-    0  idle     ready         1000.000          20
-    1  control  running          2.500          22
+  PID  NAME     STATE     CPU   RUNTIME(ms)    SWITCHES  MIGRATIONS
+    0  idle     ready       0      1000.000          20           0
+    1  control  running     1         2.500          22           4
 "
         );
     }

@@ -60,6 +60,10 @@ pub struct StartArgs {
     /// Boot this kernel ELF instead of building the workspace's kernel.
     #[arg(long, value_name = "ELF")]
     pub kernel: Option<PathBuf>,
+    /// Virtual CPUs, 1 to 16; several run in parallel on host threads
+    /// (QEMU's multi-threaded TCG).
+    #[arg(long, value_name = "N", default_value_t = vm::DEFAULT_CPUS)]
+    pub cpus: u32,
     /// Kernel command line.
     #[arg(long, value_name = "CMDLINE")]
     pub append: Option<String>,
@@ -121,6 +125,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
 
 fn start(a: StartArgs, vm_name: &str) -> anyhow::Result<()> {
     let mut cfg = VmConfig::new(a.name.as_deref().unwrap_or(vm_name));
+    cfg.cpus = vm::check_cpus(a.cpus)?;
     cfg.disks = a.disks;
     cfg.disk_size = vm::parse_size(&a.disk_size)?;
     cfg.boot_timeout = seconds(a.timeout, "--timeout")?;
@@ -149,6 +154,7 @@ fn start(a: StartArgs, vm_name: &str) -> anyhow::Result<()> {
         boot.hello.protocol_version,
         boot.image.symbols
     );
+    outln!("  cpus    {}", cfg.cpus);
     outln!("  pid     {}", vm.pid());
     outln!("  console {}", vm.paths().console.display());
     outln!("  control {}", vm.paths().socket.display());

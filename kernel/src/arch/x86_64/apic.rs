@@ -124,20 +124,84 @@ pub fn route_nmi(gsi: u8, trigger: IrqTrigger) {
 }
 
 /// Send this CPU a fixed interrupt on `vector` (ICR shorthand "self").
-/// Safe from NMI context: two register writes, no lock. It is taken as
-/// soon as the CPU runs with interrupts enabled.
+/// Safe from NMI context: one register write, no lock. It is taken as
+/// soon as the CPU runs with interrupts enabled. It leaves the
+/// destination register alone (a shorthand ignores it), so an NMI that
+/// sends one between the two writes of [`send_ipi`] changes nothing.
 pub fn self_ipi(vector: u8) {
-    lapic_write(REG_ICR_HIGH, 0);
     lapic_write(REG_ICR_LOW, (0b01 << 18) | u32::from(vector));
 }
 
-/// Send every other CPU a non-maskable interrupt (ICR shorthand "all
-/// excluding self", delivery mode NMI). Safe from NMI context: one
-/// register write, no lock; the shorthand ignores the destination
-/// register, which is left alone, so an ICR sequence this NMI interrupted
-/// (destination written, command not yet) still goes where it was meant.
-pub fn send_nmi_to_others() {
-    lapic_write(REG_ICR_LOW, (0b11 << 18) | (1 << 14) | (0b100 << 8));
+const ICR_DELIVERY_PENDING: u32 = 1 << 12;
+const ICR_LEVEL_ASSERT: u32 = 1 << 14;
+const ICR_FIXED: u32 = 0b000 << 8;
+const ICR_NMI: u32 = 0b100 << 8;
+const ICR_INIT: u32 = 0b101 << 8;
+const ICR_STARTUP: u32 = 0b110 << 8;
+const ICR_ALL_BUT_SELF: u32 = 0b11 << 18;
+
+fn wait_icr_idle() {
+    let mut spins = 0u32;
+    while lapic_read(REG_ICR_LOW) & ICR_DELIVERY_PENDING != 0 && spins < 1_000_000 {
+        core::hint::spin_loop();
+        spins += 1;
+    }
+}
+
+/// Write the ICR: destination first, then the command, which sends.
+/// Interrupts are off in between so no handler on this CPU sends an IPI
+/// to another destination between the two writes (an NMI may only send a
+/// self IPI, which leaves the destination alone).
+fn send(apic_id: u32, command: u32) {
+    let was = super::irq_save();
+    wait_icr_idle();
+    lapic_write(REG_ICR_HIGH, apic_id << 24);
+    lapic_write(REG_ICR_LOW, command);
+    wait_icr_idle();
+    super::irq_restore(was);
+}
+
+/// Send CPU `apic_id` a fixed interrupt on `vector`.
+pub fn send_ipi(apic_id: u32, vector: u8) {
+    send(apic_id, ICR_FIXED | ICR_LEVEL_ASSERT | u32::from(vector));
+}
+
+/// Send CPU `apic_id` a non-maskable interrupt.
+pub fn send_nmi(apic_id: u32) {
+    send(apic_id, ICR_NMI | ICR_LEVEL_ASSERT);
+}
+
+/// Send every other CPU a non-maskable interrupt (shorthand, so it also
+/// reaches CPUs not yet counted online; used to stop them on a panic).
+pub fn send_nmi_all_but_self() {
+    lapic_write(REG_ICR_LOW, ICR_NMI | ICR_LEVEL_ASSERT | ICR_ALL_BUT_SELF);
+}
+
+/// INIT (assert) to CPU `apic_id`: it resets and waits for a STARTUP.
+pub fn send_init(apic_id: u32) {
+    send(apic_id, ICR_INIT | ICR_LEVEL_ASSERT);
+}
+
+/// STARTUP to CPU `apic_id`: it starts in real mode at `page * 4096`.
+pub fn send_startup(apic_id: u32, page: u8) {
+    send(apic_id, ICR_STARTUP | ICR_LEVEL_ASSERT | u32::from(page));
+}
+
+/// The APIC timer count of one scheduler period, measured on the boot CPU
+/// and reused by the others (all local APIC timers run off one clock).
+static TIMER_PERIOD: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+
+/// Remember the calibrated period for [`start_timer_like_boot_cpu`].
+pub fn set_timer_period(ticks: u32) {
+    TIMER_PERIOD.store(ticks, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Start this CPU's periodic timer with the boot CPU's calibration.
+pub fn start_timer_like_boot_cpu(vector: u8) {
+    start_periodic_timer(
+        vector,
+        TIMER_PERIOD.load(core::sync::atomic::Ordering::Relaxed),
+    );
 }
 
 fn route(gsi: u8, redirection_low: u32, trigger: IrqTrigger) {

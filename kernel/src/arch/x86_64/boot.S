@@ -80,6 +80,11 @@ boot_long_mode:
     movw %ax, %fs
     movw %ax, %gs
     movabsq $boot_stack_top, %rsp
+    /* GS base -> CPU 0's PerCpu (this_cpu() reads through it). */
+    movl $0xC0000101, %ecx
+    movl percpu_cpu0_addr, %eax
+    movl percpu_cpu0_addr + 4, %edx
+    wrmsr
     xorl %ebp, %ebp
     movl pvh_start_info_paddr, %edi
     call kernel_main

@@ -113,3 +113,24 @@ pub fn frame_pointer() -> u64 {
     unsafe { asm!("mov {}, rbp", out(reg) v, options(nomem, nostack, preserves_flags)) }
     v
 }
+
+/// Read the `u32` at `offset` from this CPU's GS base (its `PerCpu`).
+#[inline(always)]
+pub fn gs_read_u32(offset: usize) -> u32 {
+    let v: u32;
+    // SAFETY: every CPU's GS base points at its `PerCpu` from its first
+    // instruction of Rust on (boot.S for the boot CPU, the AP trampoline
+    // for the others), and callers pass the offset of a `u32` field of it.
+    unsafe {
+        asm!("mov {:e}, dword ptr gs:[{}]", out(reg) v, in(reg) offset,
+             options(nostack, preserves_flags, readonly))
+    }
+    v
+}
+
+/// Serialise this CPU's instruction stream (CPUID is architecturally
+/// serialising): no instruction fetched before it survives.
+#[inline]
+pub fn serialize() {
+    let _ = super::perf_timer::cpuid(0, 0);
+}

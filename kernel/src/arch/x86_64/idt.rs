@@ -65,6 +65,15 @@ pub fn init() {
                 reserved: 0,
             };
         }
+    }
+    load();
+}
+
+/// Load the (shared, already filled) IDT on this CPU.
+pub fn load() {
+    // SAFETY: the IDT static lives forever and is filled by `init` on the
+    // boot CPU before any other CPU starts; nothing writes it afterwards.
+    unsafe {
         lidt(&DescriptorTablePointer {
             limit: (core::mem::size_of::<Idt>() - 1) as u16,
             base: VirtAddr::new(core::ptr::addr_of!(IDT) as u64),

@@ -2,6 +2,7 @@
 //! PIT, serial ports, paging. This module and `mm` hold nearly all of the
 //! kernel's `unsafe`.
 
+mod acpi;
 pub mod apic;
 #[cfg(feature = "coverage")]
 pub mod coverage;
@@ -15,6 +16,7 @@ pub mod pit;
 mod rt;
 pub mod sections;
 pub mod serial;
+pub mod smp;
 pub mod smp_sync;
 pub mod text_patch;
 pub mod trap;
@@ -22,6 +24,17 @@ pub mod trap;
 core::arch::global_asm!(include_str!("boot.S"), options(att_syntax));
 core::arch::global_asm!(include_str!("trap.S"), options(att_syntax));
 core::arch::global_asm!(include_str!("probe_entry.S"), options(att_syntax));
+core::arch::global_asm!(include_str!("ap_boot.S"), options(att_syntax));
+// The address boot.S loads into the boot CPU's GS base: CPU 0's `PerCpu`.
+core::arch::global_asm!(
+    ".pushsection .boot.data, \"aw\"",
+    ".p2align 3",
+    ".global percpu_cpu0_addr",
+    "percpu_cpu0_addr:",
+    ".quad {cpus}",
+    ".popsection",
+    cpus = sym crate::percpu::CPUS,
+);
 core::arch::global_asm!(
     include_str!(concat!(env!("OUT_DIR"), "/vectors.S")),
     options(att_syntax)
@@ -34,6 +47,7 @@ pub use trap::PtRegs;
 pub fn init_early() {
     gdt::init();
     idt::init();
+    smp::init();
 }
 
 /// Exit QEMU through the isa-debug-exit device (status = `code << 1 | 1`).

@@ -93,9 +93,19 @@ fn walk_create(root: u64, virt: u64, alloc: FrameSource) -> Result<u64, MapError
     Ok(t)
 }
 
-fn flush(virt: u64) {
+/// Drop this CPU's TLB entry for `virt`.
+pub fn flush_local(virt: u64) {
     // SAFETY: invlpg only drops a TLB entry.
     unsafe { core::arch::asm!("invlpg [{}]", in(reg) virt, options(nostack, preserves_flags)) }
+}
+
+/// Drop this CPU's non-global TLB entries.
+pub fn flush_local_all() {
+    flush_all();
+}
+
+fn flush(virt: u64) {
+    flush_local(virt);
 }
 
 fn flush_all() {
@@ -104,21 +114,33 @@ fn flush_all() {
     unsafe { core::arch::asm!("mov cr3, {}", in(reg) cr3, options(nostack, preserves_flags)) }
 }
 
-/// Map one 4 KiB page.
+/// Map one 4 KiB page. When it replaces a present mapping (new rights,
+/// e.g. a W^X flip), every other CPU drops its TLB entry for the page
+/// before this returns: none can keep using the old rights.
 pub fn map_page(virt: u64, phys: u64, page_flags: u64, alloc: FrameSource) -> Result<(), MapError> {
     let root = ROOT.load(Ordering::Acquire);
     let pt = walk_create(root, virt, alloc)?;
-    write_entry(pt, index(virt, 0), (phys & ADDR_MASK) | page_flags);
+    let new = (phys & ADDR_MASK) | page_flags;
+    let old = read_entry(pt, index(virt, 0));
+    write_entry(pt, index(virt, 0), new);
     flush(virt);
+    if old & flags::PRESENT != 0 && old != new {
+        super::smp::flush_tlb_others(Some(virt));
+    }
     Ok(())
 }
 
-/// Unmap one 4 KiB page (e.g. a stack guard page).
+/// Unmap one 4 KiB page (e.g. a stack guard page); every other CPU drops
+/// its TLB entry for it before this returns.
 pub fn unmap_page(virt: u64, alloc: FrameSource) -> Result<(), MapError> {
     let root = ROOT.load(Ordering::Acquire);
     let pt = walk_create(root, virt, alloc)?;
+    let old = read_entry(pt, index(virt, 0));
     write_entry(pt, index(virt, 0), 0);
     flush(virt);
+    if old & flags::PRESENT != 0 {
+        super::smp::flush_tlb_others(Some(virt));
+    }
     Ok(())
 }
 

@@ -4,10 +4,9 @@
 //!
 //! [`sync_all_cpus`] returns once every online CPU has executed a
 //! serialising instruction after the call began. On SMP this is an IPI to
-//! every other online CPU whose handler serialises and acknowledges; this
-//! file is the one-CPU version (serialise here, nobody else exists) until
-//! the SMP bring-up provides `arch::smp::sync_all_cpus`, which this name
-//! then forwards to.
+//! every other online CPU whose handler serialises and acknowledges
+//! (`arch::smp::sync_all_cpus`, which this name forwards to); with one CPU
+//! online it serialises this CPU only.
 //!
 //! What callers rely on (and the SMP version must keep):
 //! 1. **Serialised**: no CPU runs code it fetched or decoded before the
@@ -29,18 +28,6 @@
 /// Returns once every online CPU has executed a serialising instruction
 /// since the call (see the module docs for what that guarantees).
 pub fn sync_all_cpus() {
-    serialize();
-}
-
-/// `cpuid`: serialising on every x86 CPU, and allowed at CPL 0 always.
-fn serialize() {
-    // SAFETY: cpuid reads and writes only the four registers declared
-    // here (rbx is saved around it: LLVM reserves it), and no memory.
-    unsafe {
-        core::arch::asm!(
-            "push rbx", "xor eax, eax", "cpuid", "pop rbx",
-            out("eax") _, out("ecx") _, out("edx") _,
-            options(preserves_flags)
-        )
-    }
+    super::cpu::serialize();
+    super::smp::sync_all_cpus();
 }

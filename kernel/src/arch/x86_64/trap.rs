@@ -75,6 +75,10 @@ fn dispatch(regs: &mut PtRegs, vector: u64) {
             }
         );
     }
+    // A TLB shootdown or a panic stop from another CPU (`smp`).
+    if vector == 2 && super::smp::on_nmi() {
+        return;
+    }
     let raw = HANDLERS[vector as usize].load(Ordering::Acquire);
     let handled = if raw != 0 {
         // SAFETY: only `set_handler` stores into HANDLERS, always a
@@ -123,6 +127,8 @@ fn irq_name(vector: u8) -> [u8; 16] {
     let s: &[u8] = match vector {
         TIMER_VECTOR => b"apic-timer",
         0x23 => b"com2",
+        super::smp::RESCHEDULE_VECTOR => b"reschedule",
+        super::smp::CALL_FUNCTION_VECTOR => b"call-function",
         super::perf_timer::SAMPLING_VECTOR => b"perf-sampling",
         _ => b"irq",
     };
