@@ -3,9 +3,6 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-/// The most CPUs per-CPU arrays (indexed by [`PerCpu::id`]) cover.
-pub const MAX_CPUS: usize = 64;
-
 /// State owned by one CPU.
 pub struct PerCpu {
     /// CPU number.
