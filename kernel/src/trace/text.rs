@@ -77,8 +77,8 @@
 //!
 //! # NMIs
 //! An NMI on any CPU while another patches is safe: the NMI path (the
-//! perf sampler, `trace::perf`, and the trap entry) runs no patchable
-//! site. Every function of it is refused to kprobes by the blacklist, and
+//! perf sampler, `trace::perf`, the trap entry, and arch code that other
+//! NMI users such as TLB shootdowns run) runs no patchable site. Every function of it is refused to kprobes by the blacklist, and
 //! it contains no tracepoint site (the `irq` tracepoints of the trap
 //! dispatch are behind its "external interrupt" test, false for the NMI
 //! vector). So an NMI never traps on an `int3`, ours or a kprobe's (a trap
