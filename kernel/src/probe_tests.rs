@@ -1769,6 +1769,8 @@ static SMP_GEN: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 /// Calls of each probed function that ran under an odd generation: the
 /// kernel's own count, which the handlers' hits must equal exactly.
 static SMP_CALLS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+/// Per-CPU counters of `smp_text`: as many as the kernel may bring up.
+const SMP_MAX_CPUS: usize = ktrace_abi::vm::MAX_CPUS as usize;
 /// Marks this test's `ktrace:bench` records (the generation is below it).
 const SMP_TP_TAG: u64 = 0x5e7e << 48;
 
@@ -1825,16 +1827,16 @@ fn smp_expected(kind: usize, gen: u64) -> u64 {
 /// Hits under an odd generation, per CPU (`posts`: the kprobe's post
 /// handler, after the single-step).
 struct SmpHits {
-    hits: [AtomicU64; crate::percpu::MAX_CPUS],
-    posts: [AtomicU64; crate::percpu::MAX_CPUS],
+    hits: [AtomicU64; SMP_MAX_CPUS],
+    posts: [AtomicU64; SMP_MAX_CPUS],
     missed: AtomicU64,
 }
 
 impl SmpHits {
     fn new() -> Self {
         Self {
-            hits: [const { AtomicU64::new(0) }; crate::percpu::MAX_CPUS],
-            posts: [const { AtomicU64::new(0) }; crate::percpu::MAX_CPUS],
+            hits: [const { AtomicU64::new(0) }; SMP_MAX_CPUS],
+            posts: [const { AtomicU64::new(0) }; SMP_MAX_CPUS],
             missed: AtomicU64::new(0),
         }
     }

@@ -7,7 +7,9 @@
 //! counted itself while each was armed (see `kernel::probe_tests::smp_text`
 //! for why that comparison is exact).
 //!
-//! The run lasts `KTRACE_SMP_TEXT_SECS` seconds (default 30).
+//! The run lasts `KTRACE_SMP_TEXT_SECS` seconds (default 30). The VM has as
+//! many CPUs as the test harness gives it; the figures in `docs/ktrace.md`
+//! are from 2 and 4 vCPUs.
 
 use std::time::Duration;
 

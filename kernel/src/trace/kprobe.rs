@@ -65,7 +65,7 @@ use ktrace_kprobe::{Refusal, TextAddr};
 use super::text::{self, TextError};
 use crate::arch::text_patch;
 use crate::arch::{trap, PtRegs};
-use crate::percpu::{this_cpu, MAX_CPUS};
+use crate::percpu::this_cpu;
 use crate::sync::SpinLock;
 
 /// A native kprobe handler. Runs with interrupts disabled in trap context.
@@ -218,6 +218,8 @@ static SITES: spin::RwLock<Vec<Arc<Site>>> = spin::RwLock::new(Vec::new());
 static REGISTRY: spin::Mutex<()> = spin::Mutex::new(());
 static FREE_SLOTS: SpinLock<Vec<u64>> = SpinLock::new(Vec::new());
 static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+/// CPUs with a single-step state: as many as the kernel may bring up.
+const MAX_CPUS: usize = ktrace_abi::vm::MAX_CPUS as usize;
 /// The single-step in progress on each CPU, indexed by CPU number. IF is
 /// clear from the `int3` to the debug trap, so a CPU's steps never nest,
 /// and only that CPU touches its entry (the lock is uncontended).

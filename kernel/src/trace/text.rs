@@ -63,6 +63,12 @@
 //!     when the last sync returns, no handler still reads the record, and
 //!     no CPU can fetch the `int3` again.
 //!
+//! - **Once more**: after the last write and its sync, the same bytes are
+//!   written again and synced ([`confirm`]). Real CPUs need nothing more;
+//!   an emulator that caches translated code may have linked a
+//!   translation of the old bytes made while the write was in progress,
+//!   and the second write invalidates it (see [`confirm`]).
+//!
 //! Writers hold [`TEXT_MUTEX`] (a spin mutex that leaves interrupts on)
 //! across a whole change, never the claims lock (interrupts off): a sync
 //! waits for every other CPU to take an interrupt, which a CPU spinning
@@ -71,8 +77,8 @@
 //!
 //! # NMIs
 //! An NMI on any CPU while another patches is safe: the NMI path (the
-//! perf sampler, `trace::perf`, and the trap entry) runs no patchable
-//! site. Every function of it is refused to kprobes by the blacklist, and
+//! perf sampler, `trace::perf`, the trap entry, and arch code that other
+//! NMI users such as TLB shootdowns run) runs no patchable site. Every function of it is refused to kprobes by the blacklist, and
 //! it contains no tracepoint site (the `irq` tracepoints of the trap
 //! dispatch are behind its "external interrupt" test, false for the NMI
 //! vector). So an NMI never traps on an `int3`, ours or a kprobe's (a trap
@@ -168,6 +174,7 @@ fn poke_multi(
             }
             sync_all_cpus();
         }
+        confirm(at, new);
         return Ok(());
     }
     if BP_SITE.load(Ordering::Acquire) != 0 {
@@ -204,8 +211,28 @@ fn poke_multi(
         return failed;
     }
     sync_all_cpus();
+    confirm(at, head.bytes);
     BP_SITE.store(0, Ordering::Release);
     Ok(())
+}
+
+/// Writes the last step's bytes once more and syncs again.
+///
+/// On a CPU this changes nothing. It is for emulated CPUs that cache
+/// translated code: QEMU's multi-threaded TCG (7.2, `-accel
+/// tcg,thread=multi`) can finish translating code on one vCPU from bytes
+/// it read just before another vCPU's write, and link that translation
+/// after the write has invalidated the old one; the vCPU then runs the
+/// old bytes for as long as nothing writes there again, whatever the
+/// memory holds and however often it is synced. The `smp_text` test saw
+/// it on 2 vCPUs: armed probes missing hits, and a removed `int3` trapping
+/// millions of times with the restored byte in memory. A second write,
+/// after the sync, invalidates any such translation, and one made while
+/// it is in progress reads the new bytes, which memory already holds.
+fn confirm(at: TextAddr, bytes: &[u8]) {
+    if poke().write(at, bytes).is_ok() {
+        sync_all_cpus();
+    }
 }
 
 /// The `int3` handler's first question: is this the temporary `int3` of a
