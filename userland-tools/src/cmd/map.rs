@@ -90,7 +90,8 @@ fn per_cpu_table(m: &MapInfo, entries: &[MapEntry]) -> String {
         .collect();
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut out = table(&header, &rows);
-    out.push_str(&format!("{} entries, {cpus} CPUs\n", entries.len()));
+    let plural = if cpus == 1 { "" } else { "s" };
+    out.push_str(&format!("{} entries, {cpus} CPU{plural}\n", entries.len()));
     out
 }
 
