@@ -16,9 +16,12 @@
 //!
 //! Without the SMP work these fail as follows: the 0-entry perf event array
 //! is refused with EINVAL; a program that finds a map locked by another
-//! CPU loses its update (try_lock), so totals come out short on 2 or more
-//! CPUs; and records of a ring buffer locked by another CPU vanish without
-//! being counted lost.
+//! CPU loses its update (a single try_lock), so totals come out short on 2
+//! or more CPUs (on 2 vCPUs with the old lock policy, 256 of 20,000 runs
+//! found the sequence map locked and wrote no record); and records of a
+//! ring buffer locked by another CPU vanished without being counted lost.
+//! On one CPU nothing runs concurrently with a program (interrupts are
+//! off), so the counting test only bites with `KTRACE_TEST_CPUS` >= 2.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -159,11 +162,16 @@ fn counters_and_ring_records_from_every_task_are_exact() {
     let calls = u64::from(TASKS * CALLS);
 
     // Drain while the tasks run, until every call is accounted for.
+    // Once every call ran, records stop coming: give the stream a few
+    // quiet rounds, then let the exact checks below say what is missing.
     let mut seen = HashSet::new();
     let mut lost = 0;
+    let mut quiet = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
     let p = loop {
-        if let Some(b) = rt.next_events(Duration::from_millis(200)).unwrap() {
+        let batch = rt.next_events(Duration::from_millis(200)).unwrap();
+        quiet = if batch.is_some() { 0 } else { quiet + 1 };
+        if let Some(b) = batch {
             for r in b.records {
                 assert_eq!(r.source, EventSource::RingBuf { map: ring });
                 assert_eq!(r.data.len(), 16);
@@ -182,7 +190,9 @@ fn counters_and_ring_records_from_every_task_are_exact() {
             .into_iter()
             .find(|p| p.id == prog)
             .unwrap();
-        if p.run_count + p.misses == calls && seen.len() as u64 + lost == p.run_count {
+        if p.run_count + p.misses == calls
+            && (seen.len() as u64 + lost == p.run_count || quiet >= 10)
+        {
             break p;
         }
         assert!(

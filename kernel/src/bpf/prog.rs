@@ -127,11 +127,12 @@ const LOADED_BYTES_PER_INSN: usize = 64 + 160;
 /// lock never waits: CPUs run programs side by side.
 static VMS: spin::Once<Vec<SpinLock<Vm>>> = spin::Once::new();
 
-/// Allocates one interpreter per possible CPU (at boot, so runs never
-/// allocate; CPUs may come online after this runs). About 5 KiB each.
+/// Allocates one interpreter per possible CPU (`ktrace_abi::vm::MAX_CPUS`,
+/// the most the kernel brings up), at boot so runs never allocate; CPUs
+/// may come online after this runs. About 5 KiB each.
 pub fn init() {
     VMS.call_once(|| {
-        (0..crate::percpu::MAX_CPUS)
+        (0..ktrace_abi::vm::MAX_CPUS as usize)
             .map(|_| SpinLock::new(Vm::new()))
             .collect()
     });
