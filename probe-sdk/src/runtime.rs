@@ -132,14 +132,19 @@ impl<'c> Runtime<'c> {
 
     /// [`Runtime::load_object`], also pinning the object as `pin`: it then
     /// stays loaded after this client goes, until unpinned or unloaded.
+    ///
+    /// Perf event arrays declared with 0 entries (the probe crate's
+    /// `PerfEventArray::new()`: "the loader sizes it") get one entry per
+    /// CPU of the kernel, as libbpf sizes them to the possible CPUs.
     pub fn load_object_pinned(
         &mut self,
         name: &str,
-        object: ObjectLoad,
+        mut object: ObjectLoad,
         attach: bool,
         options: LoadOptions,
         pin: Option<String>,
     ) -> Result<ObjectLoaded> {
+        self.size_per_cpu_maps(&mut object)?;
         let r = self.call_timeout(
             BpfRequest::LoadObject {
                 name: name.into(),
@@ -151,6 +156,22 @@ impl<'c> Runtime<'c> {
             Duration::from_secs(60),
         )?;
         expect!(r, "LoadObject", BpfResponse::Object(o) => *o)
+    }
+
+    /// Gives every perf event array of `object` declared with 0 entries
+    /// one entry per CPU of the kernel (asked only when there is one).
+    pub fn size_per_cpu_maps(&mut self, object: &mut ObjectLoad) -> Result<()> {
+        let unsized_perf = |m: &MapDefinition| {
+            m.map_type == ktrace_abi::bpf::map_type::PERF_EVENT_ARRAY && m.max_entries == 0
+        };
+        if !object.maps.iter().any(unsized_perf) {
+            return Ok(());
+        }
+        let cpus = self.client.info()?.cpus.max(1);
+        for m in object.maps.iter_mut().filter(|m| unsized_perf(m)) {
+            m.max_entries = cpus;
+        }
+        Ok(())
     }
 
     /// Every object with its owner (session, pin).

@@ -39,6 +39,8 @@ use crate::sync::{SpinLock, SpinLockGuard};
 
 /// Longest a program waits for a map another CPU holds.
 pub const PROG_WAIT_NS: u64 = 1_000_000;
+/// Most 64-spin rounds of that wait, whatever the clock says.
+const MAX_WAIT_ROUNDS: u32 = 1 << 20;
 /// `holder` when no CPU holds the lock.
 const NO_HOLDER: u32 = 0;
 
@@ -124,6 +126,8 @@ impl KMap {
     pub fn prog_lock(&self, cpu: usize) -> Option<MapGuard<'_>> {
         let me = cpu as u32 + 1;
         let mut deadline = None;
+        // A backstop should the clock not run (uncalibrated TSC reads 0).
+        let mut rounds = 0u32;
         loop {
             if let Some(guard) = self.inner.try_lock() {
                 self.holder.store(me, Ordering::Relaxed);
@@ -143,6 +147,10 @@ impl KMap {
                 None => deadline = Some(now + PROG_WAIT_NS),
                 Some(d) if now >= d => break,
                 Some(_) => {}
+            }
+            rounds += 1;
+            if rounds > MAX_WAIT_ROUNDS {
+                break;
             }
             for _ in 0..64 {
                 core::hint::spin_loop();

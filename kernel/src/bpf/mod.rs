@@ -113,9 +113,11 @@ const DEFAULT_LIMITS: Limits = Limits {
 
 static EPOCHS: spin::Once<Arc<Epochs>> = spin::Once::new();
 
-/// Program activity per CPU, for deferred reuse of deleted map slots.
+/// Program activity per CPU, for deferred reuse of deleted map slots. One
+/// slot per possible CPU (`ktrace_abi::vm::MAX_CPUS`): two CPUs sharing a
+/// slot would let one's exit clear the other's protection.
 pub fn epochs() -> &'static Arc<Epochs> {
-    EPOCHS.call_once(|| Arc::new(Epochs::new(crate::percpu::cpu_count() as usize)))
+    EPOCHS.call_once(|| Arc::new(Epochs::new(ktrace_abi::vm::MAX_CPUS as usize)))
 }
 
 /// Preallocates the interpreter and the printk queue, starts the event task.

@@ -127,12 +127,12 @@ const LOADED_BYTES_PER_INSN: usize = 64 + 160;
 /// lock never waits: CPUs run programs side by side.
 static VMS: spin::Once<Vec<SpinLock<Vm>>> = spin::Once::new();
 
-/// Allocates one interpreter per CPU (at boot, so runs never allocate).
-/// `percpu::cpu_count()` must already count every CPU that will run
-/// programs; a CPU beyond it counts its hits as misses.
+/// Allocates one interpreter per possible CPU (`ktrace_abi::vm::MAX_CPUS`,
+/// the most the kernel brings up), at boot so runs never allocate; CPUs
+/// may come online after this runs. About 5 KiB each.
 pub fn init() {
     VMS.call_once(|| {
-        (0..crate::percpu::cpu_count().max(1))
+        (0..ktrace_abi::vm::MAX_CPUS as usize)
             .map(|_| SpinLock::new(Vm::new()))
             .collect()
     });

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context as _};
 use ktrace_abi::bpf::{map_type, MapInfo};
-use ktrace_abi::types::TypeDesc;
+use ktrace_abi::types::{TypeDesc, TypeKind};
 use probe_sdk::runtime::Runtime;
 use probe_sdk::typed;
 
@@ -147,7 +147,7 @@ pub fn parse_typed(
 
 /// A value as the host sees it: per-CPU maps hold one copy per CPU, each
 /// padded to 8 bytes. `None` for other maps.
-fn per_cpu_copies<'a>(m: &MapInfo, bytes: &'a [u8]) -> Option<Vec<&'a [u8]>> {
+pub fn per_cpu_copies<'a>(m: &MapInfo, bytes: &'a [u8]) -> Option<Vec<&'a [u8]>> {
     if !map_type::is_per_cpu(m.map_type) {
         return None;
     }
@@ -172,21 +172,62 @@ pub fn show_key(m: &MapInfo, bytes: &[u8]) -> String {
         .unwrap_or_else(|| show_bytes(bytes))
 }
 
-/// A value printed as its declared type (per-CPU maps: `[cpu0, cpu1, ...]`),
-/// else as [`show_bytes`].
+/// One value (one CPU's copy of a per-CPU value) printed as its declared
+/// type, else as [`show_bytes`].
+pub fn show_one(m: &MapInfo, bytes: &[u8]) -> String {
+    m.types
+        .value
+        .as_ref()
+        .and_then(|d| typed::format(d, bytes))
+        .unwrap_or_else(|| show_bytes(bytes))
+}
+
+/// One value as an integer, when it is one: a declared integer type, or
+/// untyped 1, 2, 4 or 8 bytes (unsigned, as [`show_bytes`] prints them).
+fn int_value(m: &MapInfo, bytes: &[u8]) -> Option<i128> {
+    let signed = match m.types.value.as_ref().and_then(|d| d.root()) {
+        Some(n) => match n.kind {
+            TypeKind::Int { signed } if n.size as usize == bytes.len() => signed,
+            _ => return None,
+        },
+        None => false,
+    };
+    let n = bytes.len();
+    if !matches!(n, 1 | 2 | 4 | 8 | 16) {
+        return None;
+    }
+    let fill = if signed && bytes[n - 1] & 0x80 != 0 {
+        0xff
+    } else {
+        0
+    };
+    let mut w = [fill; 16];
+    w[..n].copy_from_slice(bytes);
+    Some(i128::from_le_bytes(w))
+}
+
+/// The sum over CPUs of a per-CPU value whose copies are integers (what
+/// a per-CPU counter counted in all), else `None`.
+pub fn per_cpu_sum(m: &MapInfo, bytes: &[u8]) -> Option<i128> {
+    per_cpu_copies(m, bytes)?
+        .iter()
+        .try_fold(0i128, |acc, c| Some(acc.wrapping_add(int_value(m, c)?)))
+}
+
+/// A value printed as its declared type, else as [`show_bytes`];
+/// per-CPU maps: `[cpu0, cpu1, ...]`, then `sum N` when the copies are
+/// integers.
 pub fn show_value(m: &MapInfo, bytes: &[u8]) -> String {
-    let Some(d) = &m.types.value else {
-        return show_bytes(bytes);
-    };
-    let typed = match per_cpu_copies(m, bytes) {
-        Some(copies) => copies
-            .iter()
-            .map(|c| typed::format(d, c))
-            .collect::<Option<Vec<_>>>()
-            .map(|v| format!("[{}]", v.join(", "))),
-        None => typed::format(d, bytes),
-    };
-    typed.unwrap_or_else(|| show_bytes(bytes))
+    match per_cpu_copies(m, bytes) {
+        Some(copies) => {
+            let each: Vec<String> = copies.iter().map(|c| show_one(m, c)).collect();
+            match per_cpu_sum(m, bytes) {
+                Some(sum) => format!("[{}] sum {sum}", each.join(", ")),
+                None => format!("[{}]", each.join(", ")),
+            }
+        }
+        None => show_one(m, bytes),
+    }
 }
 
 /// A key as JSON, typed when declared, else as [`json_bytes`].
@@ -198,21 +239,37 @@ pub fn json_key(m: &MapInfo, bytes: &[u8]) -> serde_json::Value {
         .unwrap_or_else(|| json_bytes(bytes))
 }
 
-/// A value as JSON, typed when declared (per-CPU maps: an array, one per
-/// CPU), else as [`json_bytes`].
+/// One value as JSON, typed when declared, else as [`json_bytes`].
+fn json_one(m: &MapInfo, bytes: &[u8]) -> serde_json::Value {
+    m.types
+        .value
+        .as_ref()
+        .and_then(|d| typed::to_json(d, bytes))
+        .unwrap_or_else(|| json_bytes(bytes))
+}
+
+/// A value as JSON, typed when declared, else as [`json_bytes`]; per-CPU
+/// maps: an array, one element per CPU.
 pub fn json_value(m: &MapInfo, bytes: &[u8]) -> serde_json::Value {
-    let Some(d) = &m.types.value else {
-        return json_bytes(bytes);
-    };
-    let typed = match per_cpu_copies(m, bytes) {
-        Some(copies) => copies
-            .iter()
-            .map(|c| typed::to_json(d, c))
-            .collect::<Option<Vec<_>>>()
-            .map(serde_json::Value::Array),
-        None => typed::to_json(d, bytes),
-    };
-    typed.unwrap_or_else(|| json_bytes(bytes))
+    match per_cpu_copies(m, bytes) {
+        Some(copies) => serde_json::Value::Array(copies.iter().map(|c| json_one(m, c)).collect()),
+        None => json_one(m, bytes),
+    }
+}
+
+/// A map entry as JSON: `{"key", "value"}`, and for per-CPU maps of
+/// integers `"sum"`, the total over CPUs.
+pub fn json_entry(m: &MapInfo, key: &[u8], value: &[u8]) -> serde_json::Value {
+    let mut v = serde_json::json!({ "key": json_key(m, key), "value": json_value(m, value) });
+    if let Some(sum) = per_cpu_sum(m, value) {
+        // As a number where JSON numbers reach (every u64 and i64).
+        v["sum"] = match (i64::try_from(sum), u64::try_from(sum)) {
+            (Ok(x), _) => serde_json::json!(x),
+            (_, Ok(x)) => serde_json::json!(x),
+            _ => serde_json::json!(sum.to_string()),
+        };
+    }
+    v
 }
 
 /// A value to store: typed input is one value, which per-CPU maps get on
@@ -344,8 +401,17 @@ mod tests {
         let mut v = vec![0u8; 16];
         v[..4].copy_from_slice(&(-1i32).to_le_bytes());
         v[8..12].copy_from_slice(&3i32.to_le_bytes());
-        assert_eq!(show_value(&p, &v), "[-1, 3]");
+        assert_eq!(show_value(&p, &v), "[-1, 3] sum 2");
         assert_eq!(json_value(&p, &v), serde_json::json!([-1, 3]));
+        assert_eq!(
+            json_entry(&p, &0u32.to_le_bytes(), &v),
+            serde_json::json!({"key": 0, "value": [-1, 3], "sum": 2})
+        );
+        // Untyped per-CPU values are split per CPU too, and summed.
+        let mut pu = p.clone();
+        pu.types = Default::default();
+        assert_eq!(show_value(&pu, &v), "[4294967295, 3] sum 4294967298");
+        assert_eq!(json_value(&pu, &v), serde_json::json!([4294967295u64, 3]));
         // Typed input goes to every CPU.
         let mut both = vec![0u8; 16];
         both[..4].copy_from_slice(&(-2i32).to_le_bytes());

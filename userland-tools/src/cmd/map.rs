@@ -14,9 +14,11 @@
 use probe_sdk::runtime::Runtime;
 use serde_json::json;
 
+use ktrace_abi::bpf::{map_type, MapEntry, MapInfo};
+
 use super::bpf_common::{
-    find_map, json_key, json_value, parse_typed, parse_value, show_key, show_value, table,
-    type_name,
+    find_map, json_entry, parse_typed, parse_value, per_cpu_copies, per_cpu_sum, show_key,
+    show_one, show_value, table, type_name,
 };
 use crate::kernel::connect;
 
@@ -63,6 +65,34 @@ pub enum Command {
     /// Free a map: it leaves the table at once; programs that use it keep
     /// it until they are unloaded, then its memory comes back.
     Free { map: String },
+}
+
+/// A per-CPU map's entries as a table: the key, each CPU's value, and
+/// their sum when the values are integers (`-` otherwise), like
+/// bpftool's `value (CPU 00)` lines side by side.
+fn per_cpu_table(m: &MapInfo, entries: &[MapEntry]) -> String {
+    let stride = (m.value_size as usize).div_ceil(8) * 8;
+    let cpus = (m.host_value_size as usize / stride.max(1)).max(1);
+    let mut header = vec!["KEY".to_string()];
+    header.extend((0..cpus).map(|c| format!("CPU{c}")));
+    header.push("SUM".into());
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let mut row = vec![show_key(m, &e.key)];
+            match per_cpu_copies(m, &e.value) {
+                Some(copies) => row.extend(copies.iter().map(|c| show_one(m, c))),
+                None => row.push(show_value(m, &e.value)),
+            }
+            row.push(per_cpu_sum(m, &e.value).map_or("-".into(), |s| s.to_string()));
+            row
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut out = table(&header, &rows);
+    let plural = if cpus == 1 { "" } else { "s" };
+    out.push_str(&format!("{} entries, {cpus} CPU{plural}\n", entries.len()));
+    out
 }
 
 /// Run `ktrace map`.
@@ -119,6 +149,27 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                     &rows
                 )
             );
+            // What the table has no room for: where a perf array lost
+            // records, and program operations that found a map locked.
+            for m in &maps {
+                if m.lost_per_cpu.iter().any(|&l| l > 0) {
+                    let each: Vec<String> = m
+                        .lost_per_cpu
+                        .iter()
+                        .enumerate()
+                        .map(|(cpu, l)| format!("cpu{cpu} {l}"))
+                        .collect();
+                    outln!("{} {} lost per CPU: {}", m.id, m.name, each.join(", "));
+                }
+                if m.busy > 0 {
+                    outln!(
+                        "{} {}: {} program operations found the map locked (lookups NULL, updates EBUSY)",
+                        m.id,
+                        m.name,
+                        m.busy
+                    );
+                }
+            }
             if verbose {
                 for m in &maps {
                     for (role, d) in [
@@ -173,9 +224,11 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             if args.json {
                 let v: Vec<_> = entries
                     .iter()
-                    .map(|e| json!({ "key": json_key(&m, &e.key), "value": json_value(&m, &e.value) }))
+                    .map(|e| json_entry(&m, &e.key, &e.value))
                     .collect();
                 outln!("{}", serde_json::to_string_pretty(&v)?);
+            } else if map_type::is_per_cpu(m.map_type) {
+                out!("{}", per_cpu_table(&m, &entries));
             } else {
                 for e in &entries {
                     outln!("{}: {}", show_key(&m, &e.key), show_value(&m, &e.value));
@@ -187,10 +240,7 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
             let m = find_map(&mut rt, &map)?;
             let k = parse_typed(m.types.key.as_ref(), &key, m.key_size as usize, "key")?;
             match rt.map_lookup(m.id, &k)? {
-                Some(v) if args.json => outln!(
-                    "{}",
-                    json!({ "key": json_key(&m, &k), "value": json_value(&m, &v) })
-                ),
+                Some(v) if args.json => outln!("{}", json_entry(&m, &k, &v)),
                 Some(v) => outln!("{}: {}", show_key(&m, &k), show_value(&m, &v)),
                 None => anyhow::bail!("map `{}` has no key {key}", m.name),
             }
