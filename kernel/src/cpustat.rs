@@ -18,9 +18,10 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// Most CPUs the per-CPU tables hold (the kernel's limit, shared with the
-/// host through the ABI).
-pub const MAX_CPUS: usize = ktrace_abi::vm::MAX_CPUS as usize;
+/// Most CPUs the per-CPU tables hold: the kernel's own limit (the cast
+/// keeps this a `usize` whichever integer type `percpu` declares it with).
+#[allow(clippy::unnecessary_cast)]
+pub const MAX_CPUS: usize = crate::percpu::MAX_CPUS as usize;
 
 /// What is counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1444,6 +1444,23 @@ fn perf_counters(out: &mut Vec<String>) -> bool {
         v(kp) == 30,
         format!("kprobe counter on add3 {} == 30 calls while enabled", v(kp)),
     );
+    // Each reading carries every online CPU's value, and they sum to it.
+    for id in [cs, tk, clock, tp, kp] {
+        let r = perf::read(id);
+        let (sum, len, total) = r.as_ref().map_or((0, 0, u64::MAX), |r| {
+            (
+                r.per_cpu.iter().map(|c| c.value).sum::<u64>(),
+                r.per_cpu.len(),
+                r.value,
+            )
+        });
+        check(
+            out,
+            &mut ok,
+            sum == total && len == crate::percpu::cpu_count() as usize,
+            format!("event {id}: {len} per-CPU values summing to {sum} == {total}"),
+        );
+    }
     let ns = v(clock);
     check(
         out,
@@ -1547,6 +1564,15 @@ fn perf_sampling(out: &mut Vec<String>) -> bool {
         });
         let (samples, lost) = perf::drain(id, 100_000).unwrap_or_default();
         let with_stack = samples.iter().filter(|s| !s.stack.is_empty()).count();
+        let cpus = crate::percpu::cpu_count();
+        check(
+            out,
+            &mut ok,
+            samples.iter().all(|s| s.cpu < cpus)
+                && (0..cpus).all(|c| samples.iter().any(|s| s.cpu == c))
+                && v.per_cpu.iter().map(|c| c.samples).sum::<u64>() == v.samples,
+            format!("{hz} Hz: every one of {cpus} CPUs sampled, no other, per-CPU counts sum"),
+        );
         let busy_pid = samples
             .iter()
             .filter(|s| s.comm.starts_with(b"sample-busy"))

@@ -22,7 +22,6 @@ pub struct Args {
 /// Run `kperf list` against VM `vm`.
 pub fn run(args: Args, vm: &str) -> anyhow::Result<()> {
     let mut client = kernel::connect(vm, "kperf list")?;
-    let info = client.info()?;
     let mut rows: Vec<(String, String)> = Vec::new();
     for (name, aliases, _, what) in super::SOFTWARE {
         let shown = if aliases.is_empty() {
@@ -31,9 +30,6 @@ pub fn run(args: Args, vm: &str) -> anyhow::Result<()> {
             format!("{name} OR {}", aliases.join(" OR "))
         };
         rows.push((shown, format!("[Software event] {what}")));
-    }
-    if info.cpus > 1 {
-        rows.push(("cpu-migrations".into(), "[Software event]".into()));
     }
     for (name, ev) in super::HARDWARE {
         let state = match client.perf_open(PerfEvent::Hardware(*ev)) {
