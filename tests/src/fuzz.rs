@@ -81,6 +81,9 @@ pub enum Step {
     /// was created freed, coverage collected (reproducers made from a
     /// run's history keep these).
     Checkpoint,
+    /// Nothing for `ms` milliseconds: what was sent without waiting runs,
+    /// streams fill what the clients do not read.
+    Pause { ms: u16 },
 }
 
 /// A sequence of steps: a corpus entry or a reproducer.
@@ -131,6 +134,7 @@ impl Program {
                 Step::Checkpoint => {
                     "checkpoint: answers in, objects freed, coverage collected".into()
                 }
+                Step::Pause { ms } => format!("pause {ms} ms"),
             };
             let _ = writeln!(out, "{i:3}  {line}");
         }
@@ -548,6 +552,8 @@ impl Executor {
                 armed: Vec::new(),
                 static_key_sites: Vec::new(),
                 fixup_sites: Vec::new(),
+                insns: Default::default(),
+                entry_insns: Default::default(),
                 maps: Vec::new(),
                 progs: Vec::new(),
                 kprobe_progs: Vec::new(),
@@ -730,6 +736,10 @@ impl Executor {
                 })
             }
             Step::Checkpoint => Ok(Step::Checkpoint),
+            Step::Pause { ms } => {
+                std::thread::sleep(Duration::from_millis(u64::from(*ms).min(5_000)));
+                Ok(Step::Pause { ms: *ms })
+            }
         }
     }
 
@@ -1070,6 +1080,8 @@ fn fresh_steps(world: &mut World, rng: &mut Rng, mode: Mode) -> Vec<Step> {
     }
     let client = rng.below(CLIENTS as u64) as u8;
     match rng.below(100) {
+        97..=98 => probe_next_to_probe(world, rng, client),
+        99 => stream_and_vanish(world, rng, client),
         0..=3 => vec![Step::Vanish {
             client,
             cut: rng.below(64) as u16,
@@ -1119,6 +1131,188 @@ fn fresh_steps(world: &mut World, rng: &mut Rng, mode: Mode) -> Vec<Step> {
             vec![call(client, gen_request(kind, world, rng), rng.chance(92))]
         }
     }
+}
+
+/// Ids a group of fresh steps uses for what its own steps create: each
+/// creating step records the placeholder as its `created` id, so the run
+/// maps it to the real one (as a replay maps recorded ids).
+const PLACEHOLDER: u32 = 0xfff0_0000;
+
+fn call_creating(client: u8, req: Request, wait: bool, created: Vec<(Res, u32)>) -> Step {
+    Step::Call {
+        client,
+        req,
+        wait,
+        created,
+    }
+}
+
+/// A probe on a multi-byte instruction of code that runs, a second probe
+/// next to it (inside it, on the next instruction or the one before),
+/// often the first removed, then work that runs the code: where a
+/// boundary check or slot copy that reads live text goes wrong.
+fn probe_next_to_probe(world: &mut World, rng: &mut Rng, client: u8) -> Vec<Step> {
+    use ktrace_abi::trace::{ProbeKind, ProbeTarget};
+    if world.entry_insns.is_empty() {
+        return Vec::new();
+    }
+    let first = if !world.armed.is_empty() && rng.chance(25) {
+        rng.pick(&world.armed)
+    } else {
+        world.hot_insn(rng)
+    };
+    let second = world.next_to(first, rng);
+    let kind = |rng: &mut Rng| {
+        if rng.chance(85) {
+            ProbeKind::Kprobe
+        } else {
+            ProbeKind::Kretprobe { maxactive: 16 }
+        }
+    };
+    let other = (client + 1 + rng.below(CLIENTS as u64 - 1) as u8) % CLIENTS as u8;
+    let add = |addr: u64, rng: &mut Rng| {
+        Request::Trace(TraceRequest::AddProbe {
+            target: ProbeTarget::Address(addr),
+            kind: kind(rng),
+        })
+    };
+    let mut steps = vec![
+        call_creating(
+            client,
+            add(first, rng),
+            true,
+            vec![(Res::Probe, PLACEHOLDER)],
+        ),
+        call_creating(
+            if rng.chance(50) { client } else { other },
+            add(second, rng),
+            true,
+            vec![(Res::Probe, PLACEHOLDER + 1)],
+        ),
+    ];
+    if rng.chance(80) {
+        steps.push(call_creating(
+            client,
+            Request::Trace(TraceRequest::RemoveProbe { id: PLACEHOLDER }),
+            true,
+            Vec::new(),
+        ));
+    }
+    let work = match rng.below(3) {
+        0 => Request::Bpf(BpfRequest::Trigger {
+            count: 100,
+            arg: rng.next(),
+        }),
+        _ => {
+            let mut spec =
+                ktrace_abi::block::WorkloadSpec::new("ram0", ktrace_abi::block::RwMode::RandRw);
+            spec.limit = ktrace_abi::block::WorkloadLimit::Count(64);
+            spec.seed = rng.next();
+            Request::Block(BlockRequest::Workload(spec))
+        }
+    };
+    steps.push(call_creating(other, work, true, Vec::new()));
+    steps
+}
+
+/// A program that writes a record to a ring buffer each time the test
+/// target runs, a subscription to the ring that the client does not read,
+/// the target run from a task of its own, a pause while the stream backs
+/// up, and the client gone (at a byte of a frame): its session must answer
+/// a new client again.
+fn stream_and_vanish(world: &mut World, rng: &mut Rng, client: u8) -> Vec<Step> {
+    use ktrace_abi::bpf::KprobePoint;
+    let Some((name, addr, _)) = world
+        .functions
+        .iter()
+        .find(|(n, _, _)| n == "kernel::bpf::testing::target")
+        .cloned()
+    else {
+        return Vec::new();
+    };
+    let ring = MapDefinition {
+        name: "stream".into(),
+        map_type: 27,
+        key_size: 0,
+        value_size: 0,
+        max_entries: 1 << rng.pick(&[12u32, 16, 22]),
+        flags: 0,
+        initial_value: Vec::new(),
+        read_only: false,
+        types: Default::default(),
+    };
+    let target = AttachTarget::Kprobe {
+        spec: name.clone(),
+        points: vec![KprobePoint {
+            address: addr,
+            function: name,
+            offset: 0,
+        }],
+    };
+    let asm = "stdw [%r10-16], 7\nstdw [%r10-8], 9\nlddw %r1, map_idx(0)\nmov %r2, %r10\nadd %r2, -16\nmov %r3, 16\nmov %r4, 0\ncall 130\nmov %r0, 0\nexit";
+    let other = (client + 1 + rng.below(CLIENTS as u64 - 1) as u8) % CLIENTS as u8;
+    let (map, prog, link) = (PLACEHOLDER + 2, PLACEHOLDER + 3, PLACEHOLDER + 4);
+    let mut steps = vec![
+        call_creating(
+            client,
+            Request::Bpf(BpfRequest::MapCreate(Box::new(ring))),
+            true,
+            vec![(Res::Map, map)],
+        ),
+        call_creating(
+            client,
+            Request::Bpf(BpfRequest::ProgLoad {
+                prog: Box::new(ProgramLoad {
+                    name: "stream".into(),
+                    section: "kprobe/kernel::bpf::testing::target".into(),
+                    prog_type: ProgramType::Kprobe,
+                    attach: target.clone(),
+                    insns: bpf_vm::asm::assemble(asm).unwrap().encode(),
+                    license: "GPL".into(),
+                    lines: None,
+                }),
+                maps: vec![map],
+                options: LoadOptions::default(),
+            }),
+            true,
+            vec![(Res::Prog, prog)],
+        ),
+        call_creating(
+            client,
+            Request::Bpf(BpfRequest::Attach {
+                prog,
+                target: Box::new(target),
+                kretprobe: false,
+            }),
+            true,
+            vec![(Res::Link, link)],
+        ),
+        call_creating(
+            client,
+            Request::Bpf(BpfRequest::EventsSubscribe {
+                maps: vec![map],
+                printk: rng.chance(30),
+            }),
+            rng.chance(50),
+            Vec::new(),
+        ),
+        call_creating(
+            other,
+            Request::Bpf(BpfRequest::TriggerSpawn {
+                count: rng.pick(&[20_000, 100_000, 400_000]),
+            }),
+            true,
+            Vec::new(),
+        ),
+        Step::Pause {
+            ms: rng.pick(&[100, 400, 1000, 2000]),
+        },
+    ];
+    steps.push(Step::Vanish {
+        client,
+        cut: rng.below(64) as u16,
+    });
+    steps
 }
 
 /// The coverage-guided (or random) fuzzing loop.
