@@ -473,6 +473,8 @@ pub struct Options {
     pub crashes: PathBuf,
     /// Minimise each new failure (fresh VMs; takes minutes).
     pub minimise: bool,
+    /// Time allowed to minimise one failure (not counted in `budget`).
+    pub minimise_budget: Duration,
     /// Time allowed per request before the kernel counts as hung.
     pub request_timeout: Duration,
     /// Name prefix of the VMs.
@@ -486,6 +488,7 @@ pub struct Crash {
     pub verdict: String,
     pub found_after: Duration,
     pub programs_before: u64,
+    pub requests_before: u64,
     pub reproducer: Option<PathBuf>,
     pub reproducer_steps: usize,
     pub reproduced: bool,
@@ -971,9 +974,26 @@ impl Executor {
     /// Whether `prog` fails with `signature` on a fresh VM, in one of
     /// `tries` runs (a failure that depends on timing may need several).
     fn reproduces(&mut self, prog: &Program, signature: &str, tries: u32) -> bool {
-        (0..tries).any(|_| {
+        self.tries_to_reproduce(prog, signature, tries).is_some()
+    }
+
+    /// The try (1, 2, ...) in which `prog` failed with `signature`.
+    fn tries_to_reproduce(&mut self, prog: &Program, signature: &str, tries: u32) -> Option<u32> {
+        (1..=tries).find(|_| {
             matches!(self.replay(prog), Ok((v, _)) if v.signature().as_deref() == Some(signature))
         })
+    }
+
+    /// [`Executor::minimise`] of a saved program: the signature is what a
+    /// replay of it fails with (`None`: it did not fail in three tries).
+    pub fn minimise_program(
+        &mut self,
+        prog: &Program,
+        budget: Duration,
+    ) -> Option<(String, Program)> {
+        let sig = (0..3).find_map(|_| self.replay(prog).ok()?.0.signature())?;
+        let min = self.minimise(&prog.steps, prog.steps.len(), &sig, budget)?;
+        Some((sig, min))
     }
 
     /// A shorter program that still fails with `signature`, from the
@@ -986,13 +1006,36 @@ impl Executor {
         budget: Duration,
     ) -> Option<Program> {
         let start = Instant::now();
+        // A hang is waited for, on every candidate that still hangs: not
+        // as long as while fuzzing (the steps are few and known).
+        let fuzzing_timeout = self.request_timeout;
+        self.request_timeout = fuzzing_timeout.min(Duration::from_secs(10));
+        let min = self.minimise_steps(history, last, signature, budget, start);
+        self.request_timeout = fuzzing_timeout;
+        min
+    }
+
+    fn minimise_steps(
+        &mut self,
+        history: &[Step],
+        last: usize,
+        signature: &str,
+        budget: Duration,
+        start: Instant,
+    ) -> Option<Program> {
         // The last program alone, then ever longer tails of the history.
         let mut tail = last.max(1).min(history.len());
+        // Candidates get a second try unless the failure came back at the
+        // first (a race may need several; a missed one only keeps steps).
+        let mut tries = 2;
         let mut prog = loop {
             let p = Program {
                 steps: history[history.len() - tail..].to_vec(),
             };
-            if self.reproduces(&p, signature, 3) {
+            if let Some(n) = self.tries_to_reproduce(&p, signature, 3) {
+                if n == 1 {
+                    tries = 1;
+                }
                 break p;
             }
             if tail == history.len() || start.elapsed() > budget {
@@ -1008,7 +1051,7 @@ impl Executor {
                 let mut shorter = prog.clone();
                 let end = (i + chunk).min(shorter.steps.len());
                 shorter.steps.drain(i..end);
-                if !shorter.steps.is_empty() && self.reproduces(&shorter, signature, 2) {
+                if !shorter.steps.is_empty() && self.reproduces(&shorter, signature, tries) {
                     prog = shorter;
                 } else {
                     i += chunk;
@@ -1019,7 +1062,131 @@ impl Executor {
             }
             chunk = chunk.div_ceil(2);
         }
+        // Then the arguments: each step made simpler while it still fails.
+        if prog.steps.len() <= 24 {
+            let mut i = 0;
+            while i < prog.steps.len() && start.elapsed() < budget {
+                let mut simpler = false;
+                for candidate in simplify(&prog.steps[i]) {
+                    if start.elapsed() > budget {
+                        break;
+                    }
+                    let mut p = prog.clone();
+                    p.steps[i] = candidate;
+                    if self.reproduces(&p, signature, tries) {
+                        prog = p;
+                        simpler = true;
+                        break;
+                    }
+                }
+                // A simpler step may be simpler still.
+                if !simpler {
+                    i += 1;
+                }
+            }
+        }
         Some(prog)
+    }
+}
+
+/// Fields whose numbers are amounts (not ids, addresses or sizes a
+/// request checks): the argument pass makes them smaller.
+const AMOUNTS: [&str; 7] = [
+    "count", "repeat", "jobs", "iodepth", "max", "Count", "TimeMs",
+];
+
+/// Simpler versions of `step`, the simplest first: waiting for its
+/// answer, amounts made smaller, long strings and lists cut in half
+/// (every one at once, then none of those).
+pub fn simplify(step: &Step) -> Vec<Step> {
+    let mut out = Vec::new();
+    match step {
+        Step::Pause { ms } if *ms > 10 => out.push(Step::Pause { ms: ms / 4 }),
+        Step::Vanish { client, cut } if *cut > 0 => out.push(Step::Vanish {
+            client: *client,
+            cut: 0,
+        }),
+        Step::Call {
+            client,
+            req,
+            wait,
+            created,
+        } => {
+            let with = |req: Request, wait: bool| Step::Call {
+                client: *client,
+                req,
+                wait,
+                created: created.clone(),
+            };
+            if !wait {
+                out.push(with(req.clone(), true));
+            }
+            let Ok(json) = serde_json::to_value(req) else {
+                return out;
+            };
+            for pass in [Shrink::Amounts, Shrink::Strings, Shrink::Lists] {
+                let mut v = json.clone();
+                if shrink(&mut v, pass, None) {
+                    if let Ok(r) = serde_json::from_value::<Request>(v) {
+                        out.push(with(r, *wait));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Shrink {
+    Amounts,
+    Strings,
+    Lists,
+}
+
+/// Shrinks every value of kind `pass` in `v` (`key`: the field it is in);
+/// whether anything changed.
+fn shrink(v: &mut serde_json::Value, pass: Shrink, key: Option<&str>) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Number(n)
+            if pass == Shrink::Amounts && key.is_some_and(|k| AMOUNTS.contains(&k)) =>
+        {
+            match n.as_u64() {
+                Some(x) if x > 1 => {
+                    *v = Value::from(x / 4);
+                    true
+                }
+                _ => false,
+            }
+        }
+        Value::String(s) if pass == Shrink::Strings && s.chars().count() > 8 => {
+            *s = s.chars().take(s.chars().count() / 2).collect();
+            true
+        }
+        Value::Array(items) => {
+            let mut changed = false;
+            // Byte lists (instructions, keys, data) are not cut: they are
+            // values whose length a request checks.
+            let bytes = items.iter().all(|x| x.as_u64().is_some_and(|b| b < 256));
+            if pass == Shrink::Lists && items.len() > 1 && !bytes {
+                items.truncate(items.len() / 2);
+                changed = true;
+            }
+            for x in items.iter_mut() {
+                changed |= shrink(x, pass, key);
+            }
+            changed
+        }
+        Value::Object(fields) => {
+            let mut changed = false;
+            for (k, x) in fields.iter_mut() {
+                changed |= shrink(x, pass, Some(k));
+            }
+            changed
+        }
+        _ => false,
     }
 }
 
@@ -1341,7 +1508,8 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
             dir.display()
         ));
     }
-    let start = Instant::now();
+    // Fuzzing time: triage (minimisation on fresh VMs) is not counted.
+    let mut start = Instant::now();
     let mut seen_signatures: BTreeMap<String, usize> = BTreeMap::new();
     let mut target = ex.boot().unwrap_or_else(|e| panic!("{e}"));
     // The kept corpus runs first (in guided mode), then the loop.
@@ -1391,15 +1559,17 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
             let found_after = start.elapsed();
             let history = std::mem::take(&mut target.history);
             target.vm.kill();
-            // The console holds the report: kept next to the reproducer.
-            let _ = std::fs::create_dir_all(&opts.crashes);
-            let _ = std::fs::copy(
-                &target.vm.paths().console,
-                opts.crashes.join(format!("{:016x}.console", fnv(&sig))),
-            );
-            let _ = std::fs::remove_dir_all(&target.vm.paths().dir);
             let first = !seen_signatures.contains_key(&sig);
             *seen_signatures.entry(sig.clone()).or_default() += 1;
+            if first {
+                // The console holds the report: kept next to the reproducer.
+                let _ = std::fs::create_dir_all(&opts.crashes);
+                let _ = std::fs::copy(
+                    &target.vm.paths().console,
+                    opts.crashes.join(format!("{:016x}.console", fnv(&sig))),
+                );
+            }
+            let _ = std::fs::remove_dir_all(&target.vm.paths().dir);
             log(&format!(
                 "[{:.0} s] {} after {} programs: {sig}",
                 found_after.as_secs_f64(),
@@ -1407,6 +1577,7 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
                 report.programs
             ));
             if first {
+                let triage_start = Instant::now();
                 let crash = triage(
                     &mut ex,
                     opts,
@@ -1415,10 +1586,11 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
                     &history,
                     history.len() - last_len_before,
                     found_after,
-                    report.programs,
+                    (report.programs, report.requests),
                     log,
                 );
                 report.crashes.push(crash);
+                start += triage_start.elapsed();
             }
             target = ex.boot().unwrap_or_else(|e| panic!("{e}"));
         }
@@ -1567,6 +1739,134 @@ fn nudge(req: &Request, rng: &mut Rng) -> Option<Request> {
     Some(req)
 }
 
+/// Edges reached over several runs on one kernel build, kept in a file.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Accumulated {
+    /// What identifies the kernel build (its ELF's size and edge count):
+    /// guard numbers mean nothing on another build.
+    pub kernel: String,
+    pub runs: u32,
+    pub seconds: f64,
+    pub edges: Vec<u32>,
+}
+
+impl Accumulated {
+    /// The file's edges if it was made on the build `elf` (`edges_total`
+    /// guards), else an empty record for that build.
+    pub fn load(path: &Path, elf: &Path, edges_total: usize) -> Accumulated {
+        let kernel = format!(
+            "{} bytes, {edges_total} edges",
+            std::fs::metadata(elf).map_or(0, |m| m.len())
+        );
+        match std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Accumulated>(&t).ok())
+        {
+            Some(a) if a.kernel == kernel => a,
+            _ => Accumulated {
+                kernel,
+                ..Accumulated::default()
+            },
+        }
+    }
+
+    /// Adds a run's edges and writes the file.
+    pub fn add(&mut self, path: &Path, edges: &HashSet<u32>, seconds: f64) -> std::io::Result<()> {
+        let mut all: HashSet<u32> = self.edges.iter().copied().collect();
+        all.extend(edges);
+        self.edges = all.into_iter().collect();
+        self.edges.sort_unstable();
+        self.runs += 1;
+        self.seconds += seconds;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string(self).expect("serializes"))
+    }
+}
+
+/// What corpus minimisation kept.
+#[derive(Debug)]
+pub struct CorpusCut {
+    pub before: usize,
+    pub kept: Vec<PathBuf>,
+    pub removed: Vec<PathBuf>,
+    pub edges: usize,
+}
+
+/// Runs every program of the corpus in `dir` on one VM, then keeps the
+/// smallest set (greedily: most edges not yet covered first, fewer steps
+/// on a tie) that reaches every edge the whole corpus reached; the other
+/// files are deleted unless `dry_run`. A program that fails is kept and
+/// reported (it is a reproducer, not a seed).
+pub fn minimize_corpus(
+    elf: &Path,
+    dir: &Path,
+    vm_name: &str,
+    request_timeout: Duration,
+    dry_run: bool,
+    log: &mut dyn FnMut(&str),
+) -> Result<CorpusCut, String> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let mut ex = Executor::new(elf, vm_name, request_timeout);
+    let mut t = ex.boot()?;
+    let mut rng = Rng(1);
+    let mut reached: Vec<(PathBuf, usize, HashSet<u32>)> = Vec::new();
+    let mut failing = Vec::new();
+    for p in &paths {
+        let prog = Program::load(p)?;
+        let plan: Vec<Option<Step>> = prog.steps.iter().cloned().map(Some).collect();
+        let mut n = 0;
+        let (_, edges, verdict) = ex.run(&mut t, &plan, &mut rng, Mode::Guided, &mut n);
+        if let Some(sig) = verdict.signature() {
+            log(&format!("{}: {sig} (kept)", p.display()));
+            failing.push(p.clone());
+            t.vm.kill();
+            let _ = std::fs::remove_dir_all(&t.vm.paths().dir);
+            t = ex.boot()?;
+            continue;
+        }
+        reached.push((p.clone(), prog.steps.len(), edges));
+    }
+    t.vm.kill();
+    let _ = std::fs::remove_dir_all(&t.vm.paths().dir);
+    let all: HashSet<u32> = reached
+        .iter()
+        .flat_map(|(_, _, e)| e.iter().copied())
+        .collect();
+    let mut covered: HashSet<u32> = HashSet::new();
+    let mut kept = failing;
+    let mut left: Vec<usize> = (0..reached.len()).collect();
+    while covered.len() < all.len() {
+        let gain = |i: usize| reached[i].2.difference(&covered).count();
+        let best = *left
+            .iter()
+            .max_by_key(|&&i| (gain(i), std::cmp::Reverse(reached[i].1)))
+            .expect("uncovered edges come from some program");
+        covered.extend(&reached[best].2);
+        kept.push(reached[best].0.clone());
+        left.retain(|&i| i != best);
+    }
+    let removed: Vec<PathBuf> = left.iter().map(|&i| reached[i].0.clone()).collect();
+    if !dry_run {
+        for p in &removed {
+            std::fs::remove_file(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+    }
+    kept.sort();
+    Ok(CorpusCut {
+        before: paths.len(),
+        kept,
+        removed,
+        edges: all.len(),
+    })
+}
+
 /// Minimise a new failure and write its reproducer and report.
 #[allow(clippy::too_many_arguments)]
 fn triage(
@@ -1577,7 +1877,7 @@ fn triage(
     history: &[Step],
     last: usize,
     found_after: Duration,
-    programs_before: u64,
+    (programs_before, requests_before): (u64, u64),
     log: &mut dyn FnMut(&str),
 ) -> Crash {
     let name = format!("{:016x}", fnv(sig));
@@ -1585,7 +1885,7 @@ fn triage(
     let repro_path = opts.crashes.join(format!("{name}.json"));
     let t = Instant::now();
     let minimal = if opts.minimise {
-        ex.minimise(history, last, sig, Duration::from_secs(600))
+        ex.minimise(history, last, sig, opts.minimise_budget)
     } else {
         None
     };
@@ -1606,7 +1906,7 @@ fn triage(
         Verdict::Alive => String::new(),
     };
     let text = format!(
-        "{sig}\nfound after {:.0} s ({programs_before} programs); {}\nreproducer: {} ({} steps; `ktrace-fuzz --replay {}`)\n\n{}\nsteps:\n{}",
+        "{sig}\nfound after {:.0} s ({programs_before} programs, {requests_before} requests); {}\nreproducer: {} ({} steps; `ktrace-fuzz --replay {}`)\n\n{}\nsteps:\n{}",
         found_after.as_secs_f64(),
         if !opts.minimise {
             "not minimised".to_string()
@@ -1628,6 +1928,7 @@ fn triage(
         verdict: detail,
         found_after,
         programs_before,
+        requests_before,
         reproducer: Some(repro_path),
         reproducer_steps: prog.steps.len(),
         reproduced,

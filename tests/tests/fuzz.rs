@@ -7,6 +7,9 @@
 //!   of `ktrace-fuzz`: the kept corpus (`tests/fuzz-corpus`), then mutation
 //!   for `KTRACE_FUZZ_SECS` (default 60) seconds; any panic or hang fails
 //!   the test with its minimised reproducer.
+//! - `saved_reproducers_replay_alive`: the minimised reproducers of the
+//!   failures the fuzzer found (`tests/fuzz-corpus/regressions`) leave
+//!   the kernel alive.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -14,7 +17,7 @@ use std::time::Duration;
 use ktrace_abi::bpf::{BpfRequest, BpfResponse, MapDefinition};
 use ktrace_abi::vm::CoverageOp;
 use ktrace_abi::{ErrorCode, Request, Response};
-use ktrace_tests::fuzz::{self, EdgeMap, Mode, Options};
+use ktrace_tests::fuzz::{self, EdgeMap, Mode, Options, Program};
 use ktrace_tests::TestVm;
 
 fn map_create(client: &mut probe_sdk::client::Client) -> u32 {
@@ -144,6 +147,7 @@ fn bounded_fuzz_run_from_the_kept_corpus_finds_no_failure() {
         save_corpus: false,
         crashes: crashes.clone(),
         minimise: true,
+        minimise_budget: Duration::from_secs(600),
         request_timeout: Duration::from_secs(30),
         vm_name: ktrace_tests::unique_name("fuzz"),
     };
@@ -174,6 +178,58 @@ fn bounded_fuzz_run_from_the_kept_corpus_finds_no_failure() {
         report.edges.len()
     );
     let _ = std::fs::remove_dir_all(crashes);
+}
+
+/// The coverage kernel, or the ELF `KTRACE_FUZZ_KERNEL` names (to check
+/// that a reproducer fails on a kernel with the defect it found).
+fn fuzz_kernel() -> std::path::PathBuf {
+    match std::env::var_os("KTRACE_FUZZ_KERNEL") {
+        Some(k) if !k.is_empty() => k.into(),
+        _ => ktrace_tests::coverage_kernel_image().source.clone(),
+    }
+}
+
+/// Every reproducer the fuzzer saved for a failure since fixed
+/// (`tests/fuzz-corpus/regressions`, each with its `.txt` report) runs on
+/// a fresh VM and leaves the kernel alive.
+#[test]
+fn saved_reproducers_replay_alive() {
+    let elf = fuzz_kernel();
+    let dir = probe_sdk::kernel_image::workspace_root().join("tests/fuzz-corpus/regressions");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    let mut ex = fuzz::Executor::new(
+        &elf,
+        &ktrace_tests::unique_name("fuzz-replay"),
+        Duration::from_secs(20),
+    );
+    let mut failed = Vec::new();
+    for f in &files {
+        let prog = Program::load(f).unwrap();
+        assert!(!prog.steps.is_empty());
+        let (verdict, run) = ex.replay(&prog).unwrap();
+        // The replay ran every step (a failure stops it early).
+        println!(
+            "{}: {} steps, {}",
+            f.file_name().unwrap().to_string_lossy(),
+            run.steps.len(),
+            verdict.signature().as_deref().unwrap_or("alive")
+        );
+        match verdict.signature() {
+            None => assert_eq!(run.steps.len(), prog.steps.len()),
+            Some(sig) => failed.push(format!("{}: {sig}", f.display())),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "reproducers failed again:\n{}",
+        failed.join("\n")
+    );
 }
 
 #[test]
