@@ -197,8 +197,10 @@ impl Verdict {
                     "hung: a session no longer answers new clients"
                 } else if what.contains("the VM exited") {
                     "hung: the VM exited without a report"
+                } else if what.contains("another session was answered") {
+                    "hung: a session stopped answering; the others answer"
                 } else {
-                    "hung: a request went unanswered"
+                    "hung: the kernel answers no session"
                 }
                 .to_string(),
             ),
@@ -775,10 +777,27 @@ impl Executor {
             };
         }
         match why {
-            Some(what) => Verdict::Hung {
-                what,
-                console_tail: tail,
-            },
+            // Whether the rest of the kernel still answers tells a session
+            // stuck apart from a kernel stuck: a new client on a session
+            // nobody holds.
+            Some(what) => {
+                let opts = ConnectOptions {
+                    handshake_timeout: Duration::from_secs(5),
+                    ..connect_opts(Duration::from_secs(5))
+                };
+                let others = t.vm.connect(&opts).is_ok_and(|mut c| c.info().is_ok());
+                Verdict::Hung {
+                    what: format!(
+                        "{what} ({})",
+                        if others {
+                            "a new client on another session was answered"
+                        } else {
+                            "no session answers"
+                        }
+                    ),
+                    console_tail: tail,
+                }
+            }
             None => Verdict::Alive,
         }
     }
@@ -993,6 +1012,10 @@ impl Executor {
     ) -> Option<(String, Program)> {
         let sig = (0..3).find_map(|_| self.replay(prog).ok()?.0.signature())?;
         let min = self.minimise(&prog.steps, prog.steps.len(), &sig, budget)?;
+        let min = match with_symbols(&min, &self.base.functions) {
+            Some(named) if self.reproduces(&named, &sig, 2) => named,
+            _ => min,
+        };
         Some((sig, min))
     }
 
@@ -1890,6 +1913,17 @@ fn triage(
         None
     };
     let reproduced = minimal.is_some();
+    // Probes named by function and offset rather than by address, when
+    // that still fails the same way: the reproducer then means the same
+    // instruction on a later build of the kernel, as long as that
+    // function's code stays the same.
+    let minimal = match minimal
+        .as_ref()
+        .and_then(|p| with_symbols(p, &ex.base.functions))
+    {
+        Some(named) if ex.reproduces(&named, sig, 2) => Some(named),
+        _ => minimal,
+    };
     let prog = minimal.unwrap_or_else(|| Program {
         steps: history.to_vec(),
     });
@@ -1933,6 +1967,46 @@ fn triage(
         reproducer_steps: prog.steps.len(),
         reproduced,
     }
+}
+
+/// `prog` with every probe address inside a known function given as
+/// that function's name and an offset (`None`: no address to rename).
+pub fn with_symbols(prog: &Program, functions: &[(String, u64, u32)]) -> Option<Program> {
+    use ktrace_abi::trace::{PerfEvent, ProbeTarget};
+    let mut sorted: Vec<&(String, u64, u32)> = functions.iter().collect();
+    sorted.sort_by_key(|f| f.1);
+    let name = |t: &mut ProbeTarget| -> bool {
+        let ProbeTarget::Address(a) = *t else {
+            return false;
+        };
+        let i = sorted.partition_point(|f| f.1 <= a);
+        let Some((name, start, size)) = i.checked_sub(1).map(|i| sorted[i]) else {
+            return false;
+        };
+        // A name several functions share resolves to one of them only.
+        if a >= start + u64::from(*size) || sorted.iter().filter(|f| &f.0 == name).count() > 1 {
+            return false;
+        }
+        *t = ProbeTarget::Symbol {
+            name: name.clone(),
+            offset: a - start,
+        };
+        true
+    };
+    let mut out = prog.clone();
+    let mut changed = false;
+    for step in &mut out.steps {
+        if let Step::Call { req, .. } = step {
+            match req {
+                Request::Trace(TraceRequest::AddProbe { target, .. })
+                | Request::Trace(TraceRequest::PerfOpen {
+                    event: PerfEvent::Kprobe { target },
+                }) => changed |= name(target),
+                _ => {}
+            }
+        }
+    }
+    changed.then_some(out)
 }
 
 fn fnv(s: &str) -> u64 {
