@@ -253,3 +253,122 @@ fn ktrace_vm_start_coverage_boots_the_fuzzing_build() {
     assert_eq!(r.edges_total as usize, edges);
     assert!(r.enabled);
 }
+
+/// The argument pass of minimisation: a step made simpler keeps its
+/// client and ids, waits for its answer, and has smaller amounts, shorter
+/// strings and lists; byte lists (instructions, data) stay whole.
+#[test]
+fn minimisation_simplifies_arguments() {
+    use ktrace_abi::block::{BlockRequest, RwMode, WorkloadLimit, WorkloadSpec};
+    use ktrace_tests::fuzz::{simplify, Res, Step};
+    let mut spec = WorkloadSpec::new("ram0", RwMode::RandRw);
+    spec.limit = WorkloadLimit::Count(64);
+    spec.jobs = 2;
+    spec.devices = vec!["ram0".into(), "a-long-device-name".into()];
+    let step = Step::Call {
+        client: 2,
+        req: Request::Block(BlockRequest::Workload(spec)),
+        wait: false,
+        created: vec![(Res::Map, 7)],
+    };
+    let out = simplify(&step);
+    let specs: Vec<(bool, WorkloadSpec)> = out
+        .iter()
+        .map(|s| match s {
+            Step::Call {
+                client: 2,
+                req: Request::Block(BlockRequest::Workload(w)),
+                wait,
+                created,
+            } if created == &vec![(Res::Map, 7)] => (*wait, w.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // Waiting first, then amounts, strings, lists.
+    assert_eq!(specs.len(), 4, "{specs:?}");
+    assert!(specs[0].0 && specs[0].1.limit == WorkloadLimit::Count(64));
+    assert_eq!(specs[1].1.limit, WorkloadLimit::Count(16));
+    assert_eq!(specs[1].1.jobs, 0);
+    assert_eq!(specs[2].1.devices, vec!["ram0", "a-long-de"]);
+    assert_eq!(specs[3].1.devices, vec!["ram0"]);
+    // Instruction bytes are not cut.
+    let load = Step::Call {
+        client: 0,
+        req: Request::Bpf(BpfRequest::ProgTestRun {
+            prog: 3,
+            ctx: vec![1; 64],
+            repeat: 100,
+        }),
+        wait: true,
+        created: Vec::new(),
+    };
+    for s in simplify(&load) {
+        if let Step::Call {
+            req: Request::Bpf(BpfRequest::ProgTestRun { ctx, repeat, .. }),
+            ..
+        } = s
+        {
+            assert_eq!(ctx.len(), 64);
+            assert_eq!(repeat, 25);
+        }
+    }
+    assert!(simplify(&Step::Pause { ms: 2000 })
+        .iter()
+        .any(|s| matches!(s, Step::Pause { ms: 500 })));
+}
+
+/// Probe addresses in a saved reproducer become function and offset; an
+/// address outside every function, or in a function whose name is
+/// shared, stays an address.
+#[test]
+fn reproducers_name_probes_by_function_and_offset() {
+    use ktrace_abi::trace::{ProbeKind, ProbeTarget, TraceRequest};
+    use ktrace_tests::fuzz::{with_symbols, Step};
+    let functions = vec![
+        ("a::f".to_string(), 0x1000, 0x40),
+        ("a::g".to_string(), 0x1040, 0x20),
+        ("a::g".to_string(), 0x2000, 0x20),
+    ];
+    let add = |addr: u64| Step::Call {
+        client: 0,
+        req: Request::Trace(TraceRequest::AddProbe {
+            target: ProbeTarget::Address(addr),
+            kind: ProbeKind::Kprobe,
+        }),
+        wait: true,
+        created: Vec::new(),
+    };
+    let prog = Program {
+        steps: vec![add(0x1007), add(0x1041), add(0x5000)],
+    };
+    let named = with_symbols(&prog, &functions).unwrap();
+    let targets: Vec<ProbeTarget> = named
+        .steps
+        .iter()
+        .map(|s| match s {
+            Step::Call {
+                req: Request::Trace(TraceRequest::AddProbe { target, .. }),
+                ..
+            } => target.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        vec![
+            ProbeTarget::Symbol {
+                name: "a::f".into(),
+                offset: 7
+            },
+            ProbeTarget::Address(0x1041),
+            ProbeTarget::Address(0x5000),
+        ]
+    );
+    assert!(with_symbols(
+        &Program {
+            steps: vec![add(0x5000)]
+        },
+        &functions
+    )
+    .is_none());
+}
