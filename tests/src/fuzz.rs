@@ -1996,14 +1996,16 @@ pub fn with_symbols(prog: &Program, functions: &[(String, u64, u32)]) -> Option<
     let mut out = prog.clone();
     let mut changed = false;
     for step in &mut out.steps {
-        if let Step::Call { req, .. } = step {
-            match req {
+        if let Step::Call {
+            req:
                 Request::Trace(TraceRequest::AddProbe { target, .. })
                 | Request::Trace(TraceRequest::PerfOpen {
                     event: PerfEvent::Kprobe { target },
-                }) => changed |= name(target),
-                _ => {}
-            }
+                }),
+            ..
+        } = step
+        {
+            changed |= name(target);
         }
     }
     changed.then_some(out)
