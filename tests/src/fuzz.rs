@@ -531,6 +531,10 @@ pub struct Executor {
     /// Addresses probes were armed at, kept across programs (as the
     /// request fuzzer keeps them): a later program's probe lands near them.
     armed: std::cell::RefCell<Vec<u64>>,
+    /// Armed addresses that were hit, kept across programs.
+    hit: std::cell::RefCell<Vec<u64>>,
+    /// Print each answer (`--replay`).
+    pub verbose: bool,
 }
 
 fn connect_opts(timeout: Duration) -> ConnectOptions {
@@ -555,6 +559,7 @@ impl Executor {
                 hot: Vec::new(),
                 entry_ranges: Vec::new(),
                 armed: Vec::new(),
+                hit: Vec::new(),
                 static_key_sites: Vec::new(),
                 fixup_sites: Vec::new(),
                 insns: Default::default(),
@@ -573,6 +578,8 @@ impl Executor {
             vm_name: vm_name.to_string(),
             boots: 0,
             armed: Default::default(),
+            hit: Default::default(),
+            verbose: false,
         };
         let mut t = ex.boot().unwrap_or_else(|e| panic!("the first VM: {e}"));
         let client = t.clients[0].as_mut().unwrap();
@@ -699,6 +706,11 @@ impl Executor {
                     .request_raw(&req, self.request_timeout)
                     .map_err(|e| Failed(format!("no answer to {}: {e}", what())))?;
                 c.take_pushes();
+                if self.verbose {
+                    let mut r = format!("{resp:?}");
+                    r.truncate(r.char_indices().nth(300).map_or(r.len(), |(i, _)| i));
+                    println!("     client {k}: {r}");
+                }
                 let now = created_ids(&resp);
                 for ((res, old), (res2, new)) in created.iter().zip(&now) {
                     if res == res2 {
@@ -816,6 +828,7 @@ impl Executor {
         let mut world = self.base.clone();
         world.forget_objects();
         world.armed.clone_from(&self.armed.borrow());
+        world.hit.clone_from(&self.hit.borrow());
         let mut ids = HashMap::new();
         let mut done = Vec::new();
         let mut failure = None;
@@ -880,6 +893,7 @@ impl Executor {
         // the same work at the same places.
         t.history.push(Step::Checkpoint);
         self.armed.borrow_mut().clone_from(&world.armed);
+        self.hit.borrow_mut().clone_from(&world.hit);
         let verdict = self.classify(t, failure);
         (Program { steps: done }, edges, verdict)
     }
@@ -895,6 +909,23 @@ impl Executor {
         for k in 0..CLIENTS {
             if t.clients[k].is_some() {
                 self.settle(t, k)?;
+            }
+        }
+        // Which armed probes were hit: code that runs (the last 64).
+        if !world.probes.is_empty() {
+            let c = self.client(t, 0)?;
+            if let Ok(Response::Trace(TraceResponse::Probes(probes))) = c.request_raw(
+                &Request::Trace(TraceRequest::ListProbes),
+                self.request_timeout,
+            ) {
+                for p in probes.iter().filter(|p| p.hits > 0) {
+                    if !world.hit.contains(&p.addr) {
+                        if world.hit.len() >= 64 {
+                            world.hit.remove(0);
+                        }
+                        world.hit.push(p.addr);
+                    }
+                }
             }
         }
         self.clean_up(t, world)?;
@@ -1270,7 +1301,7 @@ fn fresh_steps(world: &mut World, rng: &mut Rng, mode: Mode) -> Vec<Step> {
     }
     let client = rng.below(CLIENTS as u64) as u8;
     match rng.below(100) {
-        97..=98 => probe_next_to_probe(world, rng, client),
+        95..=98 => probe_next_to_probe(world, rng, client),
         99 => stream_and_vanish(world, rng, client),
         0..=3 => vec![Step::Vanish {
             client,
@@ -1346,7 +1377,10 @@ fn probe_next_to_probe(world: &mut World, rng: &mut Rng, client: u8) -> Vec<Step
     if world.entry_insns.is_empty() {
         return Vec::new();
     }
-    let first = if !world.armed.is_empty() && rng.chance(25) {
+    // Code known to run (a probe there was hit) half the time.
+    let first = if !world.hit.is_empty() && rng.chance(50) {
+        rng.pick(&world.hit)
+    } else if !world.armed.is_empty() && rng.chance(25) {
         rng.pick(&world.armed)
     } else {
         world.hot_insn(rng)
@@ -1388,11 +1422,12 @@ fn probe_next_to_probe(world: &mut World, rng: &mut Rng, client: u8) -> Vec<Step
             Vec::new(),
         ));
     }
-    let work = match rng.below(3) {
+    let work = match rng.below(4) {
         0 => Request::Bpf(BpfRequest::Trigger {
             count: 100,
             arg: rng.next(),
         }),
+        1 => Request::Bpf(BpfRequest::TriggerSpawn { count: 100 }),
         _ => {
             let mut spec =
                 ktrace_abi::block::WorkloadSpec::new("ram0", ktrace_abi::block::RwMode::RandRw);

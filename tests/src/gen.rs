@@ -106,6 +106,10 @@ pub struct World {
     /// bytes next to them are where a neighbour's `int3` once fooled the
     /// boundary check.
     pub armed: Vec<u64>,
+    /// Addresses of armed probes that were hit (code that runs, learnt
+    /// from `ListProbes` after each program): where a broken neighbour
+    /// shows.
+    pub hit: Vec<u64>,
     /// Tracepoint static-key call sites (`.static_keys`): text another
     /// mechanism patches.
     pub static_key_sites: Vec<u64>,
@@ -1093,6 +1097,7 @@ impl World {
             hot,
             entry_ranges,
             armed: Vec::new(),
+            hit: Vec::new(),
             static_key_sites,
             fixup_sites,
             insns: Arc::new(insns),

@@ -104,6 +104,7 @@ fn run() -> Result<ExitCode, String> {
             prog.describe()
         );
         let mut ex = fuzz::Executor::new(&elf, "fuzz-replay", opts.request_timeout);
+        ex.verbose = true;
         let t = Instant::now();
         let (verdict, _) = ex.replay(&prog)?;
         return Ok(match verdict.signature() {
