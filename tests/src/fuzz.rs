@@ -81,6 +81,9 @@ pub enum Step {
     /// was created freed, coverage collected (reproducers made from a
     /// run's history keep these).
     Checkpoint,
+    /// Nothing for `ms` milliseconds: what was sent without waiting runs,
+    /// streams fill what the clients do not read.
+    Pause { ms: u16 },
 }
 
 /// A sequence of steps: a corpus entry or a reproducer.
@@ -131,6 +134,7 @@ impl Program {
                 Step::Checkpoint => {
                     "checkpoint: answers in, objects freed, coverage collected".into()
                 }
+                Step::Pause { ms } => format!("pause {ms} ms"),
             };
             let _ = writeln!(out, "{i:3}  {line}");
         }
@@ -193,8 +197,10 @@ impl Verdict {
                     "hung: a session no longer answers new clients"
                 } else if what.contains("the VM exited") {
                     "hung: the VM exited without a report"
+                } else if what.contains("another session was answered") {
+                    "hung: a session stopped answering; the others answer"
                 } else {
-                    "hung: a request went unanswered"
+                    "hung: the kernel answers no session"
                 }
                 .to_string(),
             ),
@@ -469,6 +475,8 @@ pub struct Options {
     pub crashes: PathBuf,
     /// Minimise each new failure (fresh VMs; takes minutes).
     pub minimise: bool,
+    /// Time allowed to minimise one failure (not counted in `budget`).
+    pub minimise_budget: Duration,
     /// Time allowed per request before the kernel counts as hung.
     pub request_timeout: Duration,
     /// Name prefix of the VMs.
@@ -482,6 +490,7 @@ pub struct Crash {
     pub verdict: String,
     pub found_after: Duration,
     pub programs_before: u64,
+    pub requests_before: u64,
     pub reproducer: Option<PathBuf>,
     pub reproducer_steps: usize,
     pub reproduced: bool,
@@ -522,6 +531,10 @@ pub struct Executor {
     /// Addresses probes were armed at, kept across programs (as the
     /// request fuzzer keeps them): a later program's probe lands near them.
     armed: std::cell::RefCell<Vec<u64>>,
+    /// Armed addresses that were hit, kept across programs.
+    hit: std::cell::RefCell<Vec<u64>>,
+    /// Print each answer (`--replay`).
+    pub verbose: bool,
 }
 
 fn connect_opts(timeout: Duration) -> ConnectOptions {
@@ -546,8 +559,11 @@ impl Executor {
                 hot: Vec::new(),
                 entry_ranges: Vec::new(),
                 armed: Vec::new(),
+                hit: Vec::new(),
                 static_key_sites: Vec::new(),
                 fixup_sites: Vec::new(),
+                insns: Default::default(),
+                entry_insns: Default::default(),
                 maps: Vec::new(),
                 progs: Vec::new(),
                 kprobe_progs: Vec::new(),
@@ -562,6 +578,8 @@ impl Executor {
             vm_name: vm_name.to_string(),
             boots: 0,
             armed: Default::default(),
+            hit: Default::default(),
+            verbose: false,
         };
         let mut t = ex.boot().unwrap_or_else(|e| panic!("the first VM: {e}"));
         let client = t.clients[0].as_mut().unwrap();
@@ -688,6 +706,11 @@ impl Executor {
                     .request_raw(&req, self.request_timeout)
                     .map_err(|e| Failed(format!("no answer to {}: {e}", what())))?;
                 c.take_pushes();
+                if self.verbose {
+                    let mut r = format!("{resp:?}");
+                    r.truncate(r.char_indices().nth(300).map_or(r.len(), |(i, _)| i));
+                    println!("     client {k}: {r}");
+                }
                 let now = created_ids(&resp);
                 for ((res, old), (res2, new)) in created.iter().zip(&now) {
                     if res == res2 {
@@ -730,6 +753,10 @@ impl Executor {
                 })
             }
             Step::Checkpoint => Ok(Step::Checkpoint),
+            Step::Pause { ms } => {
+                std::thread::sleep(Duration::from_millis(u64::from(*ms).min(5_000)));
+                Ok(Step::Pause { ms: *ms })
+            }
         }
     }
 
@@ -762,10 +789,27 @@ impl Executor {
             };
         }
         match why {
-            Some(what) => Verdict::Hung {
-                what,
-                console_tail: tail,
-            },
+            // Whether the rest of the kernel still answers tells a session
+            // stuck apart from a kernel stuck: a new client on a session
+            // nobody holds.
+            Some(what) => {
+                let opts = ConnectOptions {
+                    handshake_timeout: Duration::from_secs(5),
+                    ..connect_opts(Duration::from_secs(5))
+                };
+                let others = t.vm.connect(&opts).is_ok_and(|mut c| c.info().is_ok());
+                Verdict::Hung {
+                    what: format!(
+                        "{what} ({})",
+                        if others {
+                            "a new client on another session was answered"
+                        } else {
+                            "no session answers"
+                        }
+                    ),
+                    console_tail: tail,
+                }
+            }
             None => Verdict::Alive,
         }
     }
@@ -784,6 +828,7 @@ impl Executor {
         let mut world = self.base.clone();
         world.forget_objects();
         world.armed.clone_from(&self.armed.borrow());
+        world.hit.clone_from(&self.hit.borrow());
         let mut ids = HashMap::new();
         let mut done = Vec::new();
         let mut failure = None;
@@ -848,6 +893,7 @@ impl Executor {
         // the same work at the same places.
         t.history.push(Step::Checkpoint);
         self.armed.borrow_mut().clone_from(&world.armed);
+        self.hit.borrow_mut().clone_from(&world.hit);
         let verdict = self.classify(t, failure);
         (Program { steps: done }, edges, verdict)
     }
@@ -863,6 +909,23 @@ impl Executor {
         for k in 0..CLIENTS {
             if t.clients[k].is_some() {
                 self.settle(t, k)?;
+            }
+        }
+        // Which armed probes were hit: code that runs (the last 64).
+        if !world.probes.is_empty() {
+            let c = self.client(t, 0)?;
+            if let Ok(Response::Trace(TraceResponse::Probes(probes))) = c.request_raw(
+                &Request::Trace(TraceRequest::ListProbes),
+                self.request_timeout,
+            ) {
+                for p in probes.iter().filter(|p| p.hits > 0) {
+                    if !world.hit.contains(&p.addr) {
+                        if world.hit.len() >= 64 {
+                            world.hit.remove(0);
+                        }
+                        world.hit.push(p.addr);
+                    }
+                }
             }
         }
         self.clean_up(t, world)?;
@@ -961,9 +1024,30 @@ impl Executor {
     /// Whether `prog` fails with `signature` on a fresh VM, in one of
     /// `tries` runs (a failure that depends on timing may need several).
     fn reproduces(&mut self, prog: &Program, signature: &str, tries: u32) -> bool {
-        (0..tries).any(|_| {
+        self.tries_to_reproduce(prog, signature, tries).is_some()
+    }
+
+    /// The try (1, 2, ...) in which `prog` failed with `signature`.
+    fn tries_to_reproduce(&mut self, prog: &Program, signature: &str, tries: u32) -> Option<u32> {
+        (1..=tries).find(|_| {
             matches!(self.replay(prog), Ok((v, _)) if v.signature().as_deref() == Some(signature))
         })
+    }
+
+    /// [`Executor::minimise`] of a saved program: the signature is what a
+    /// replay of it fails with (`None`: it did not fail in three tries).
+    pub fn minimise_program(
+        &mut self,
+        prog: &Program,
+        budget: Duration,
+    ) -> Option<(String, Program)> {
+        let sig = (0..3).find_map(|_| self.replay(prog).ok()?.0.signature())?;
+        let min = self.minimise(&prog.steps, prog.steps.len(), &sig, budget)?;
+        let min = match with_symbols(&min, &self.base.functions) {
+            Some(named) if self.reproduces(&named, &sig, 2) => named,
+            _ => min,
+        };
+        Some((sig, min))
     }
 
     /// A shorter program that still fails with `signature`, from the
@@ -976,13 +1060,36 @@ impl Executor {
         budget: Duration,
     ) -> Option<Program> {
         let start = Instant::now();
+        // A hang is waited for, on every candidate that still hangs: not
+        // as long as while fuzzing (the steps are few and known).
+        let fuzzing_timeout = self.request_timeout;
+        self.request_timeout = fuzzing_timeout.min(Duration::from_secs(10));
+        let min = self.minimise_steps(history, last, signature, budget, start);
+        self.request_timeout = fuzzing_timeout;
+        min
+    }
+
+    fn minimise_steps(
+        &mut self,
+        history: &[Step],
+        last: usize,
+        signature: &str,
+        budget: Duration,
+        start: Instant,
+    ) -> Option<Program> {
         // The last program alone, then ever longer tails of the history.
         let mut tail = last.max(1).min(history.len());
+        // Candidates get a second try unless the failure came back at the
+        // first (a race may need several; a missed one only keeps steps).
+        let mut tries = 2;
         let mut prog = loop {
             let p = Program {
                 steps: history[history.len() - tail..].to_vec(),
             };
-            if self.reproduces(&p, signature, 3) {
+            if let Some(n) = self.tries_to_reproduce(&p, signature, 3) {
+                if n == 1 {
+                    tries = 1;
+                }
                 break p;
             }
             if tail == history.len() || start.elapsed() > budget {
@@ -998,7 +1105,7 @@ impl Executor {
                 let mut shorter = prog.clone();
                 let end = (i + chunk).min(shorter.steps.len());
                 shorter.steps.drain(i..end);
-                if !shorter.steps.is_empty() && self.reproduces(&shorter, signature, 2) {
+                if !shorter.steps.is_empty() && self.reproduces(&shorter, signature, tries) {
                     prog = shorter;
                 } else {
                     i += chunk;
@@ -1009,7 +1116,131 @@ impl Executor {
             }
             chunk = chunk.div_ceil(2);
         }
+        // Then the arguments: each step made simpler while it still fails.
+        if prog.steps.len() <= 24 {
+            let mut i = 0;
+            while i < prog.steps.len() && start.elapsed() < budget {
+                let mut simpler = false;
+                for candidate in simplify(&prog.steps[i]) {
+                    if start.elapsed() > budget {
+                        break;
+                    }
+                    let mut p = prog.clone();
+                    p.steps[i] = candidate;
+                    if self.reproduces(&p, signature, tries) {
+                        prog = p;
+                        simpler = true;
+                        break;
+                    }
+                }
+                // A simpler step may be simpler still.
+                if !simpler {
+                    i += 1;
+                }
+            }
+        }
         Some(prog)
+    }
+}
+
+/// Fields whose numbers are amounts (not ids, addresses or sizes a
+/// request checks): the argument pass makes them smaller.
+const AMOUNTS: [&str; 7] = [
+    "count", "repeat", "jobs", "iodepth", "max", "Count", "TimeMs",
+];
+
+/// Simpler versions of `step`, the simplest first: waiting for its
+/// answer, amounts made smaller, long strings and lists cut in half
+/// (every one at once, then none of those).
+pub fn simplify(step: &Step) -> Vec<Step> {
+    let mut out = Vec::new();
+    match step {
+        Step::Pause { ms } if *ms > 10 => out.push(Step::Pause { ms: ms / 4 }),
+        Step::Vanish { client, cut } if *cut > 0 => out.push(Step::Vanish {
+            client: *client,
+            cut: 0,
+        }),
+        Step::Call {
+            client,
+            req,
+            wait,
+            created,
+        } => {
+            let with = |req: Request, wait: bool| Step::Call {
+                client: *client,
+                req,
+                wait,
+                created: created.clone(),
+            };
+            if !wait {
+                out.push(with(req.clone(), true));
+            }
+            let Ok(json) = serde_json::to_value(req) else {
+                return out;
+            };
+            for pass in [Shrink::Amounts, Shrink::Strings, Shrink::Lists] {
+                let mut v = json.clone();
+                if shrink(&mut v, pass, None) {
+                    if let Ok(r) = serde_json::from_value::<Request>(v) {
+                        out.push(with(r, *wait));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Shrink {
+    Amounts,
+    Strings,
+    Lists,
+}
+
+/// Shrinks every value of kind `pass` in `v` (`key`: the field it is in);
+/// whether anything changed.
+fn shrink(v: &mut serde_json::Value, pass: Shrink, key: Option<&str>) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Number(n)
+            if pass == Shrink::Amounts && key.is_some_and(|k| AMOUNTS.contains(&k)) =>
+        {
+            match n.as_u64() {
+                Some(x) if x > 1 => {
+                    *v = Value::from(x / 4);
+                    true
+                }
+                _ => false,
+            }
+        }
+        Value::String(s) if pass == Shrink::Strings && s.chars().count() > 8 => {
+            *s = s.chars().take(s.chars().count() / 2).collect();
+            true
+        }
+        Value::Array(items) => {
+            let mut changed = false;
+            // Byte lists (instructions, keys, data) are not cut: they are
+            // values whose length a request checks.
+            let bytes = items.iter().all(|x| x.as_u64().is_some_and(|b| b < 256));
+            if pass == Shrink::Lists && items.len() > 1 && !bytes {
+                items.truncate(items.len() / 2);
+                changed = true;
+            }
+            for x in items.iter_mut() {
+                changed |= shrink(x, pass, key);
+            }
+            changed
+        }
+        Value::Object(fields) => {
+            let mut changed = false;
+            for (k, x) in fields.iter_mut() {
+                changed |= shrink(x, pass, Some(k));
+            }
+            changed
+        }
+        _ => false,
     }
 }
 
@@ -1070,6 +1301,8 @@ fn fresh_steps(world: &mut World, rng: &mut Rng, mode: Mode) -> Vec<Step> {
     }
     let client = rng.below(CLIENTS as u64) as u8;
     match rng.below(100) {
+        95..=98 => probe_next_to_probe(world, rng, client),
+        99 => stream_and_vanish(world, rng, client),
         0..=3 => vec![Step::Vanish {
             client,
             cut: rng.below(64) as u16,
@@ -1121,6 +1354,192 @@ fn fresh_steps(world: &mut World, rng: &mut Rng, mode: Mode) -> Vec<Step> {
     }
 }
 
+/// Ids a group of fresh steps uses for what its own steps create: each
+/// creating step records the placeholder as its `created` id, so the run
+/// maps it to the real one (as a replay maps recorded ids).
+const PLACEHOLDER: u32 = 0xfff0_0000;
+
+fn call_creating(client: u8, req: Request, wait: bool, created: Vec<(Res, u32)>) -> Step {
+    Step::Call {
+        client,
+        req,
+        wait,
+        created,
+    }
+}
+
+/// A probe on a multi-byte instruction of code that runs, a second probe
+/// next to it (inside it, on the next instruction or the one before),
+/// often the first removed, then work that runs the code: where a
+/// boundary check or slot copy that reads live text goes wrong.
+fn probe_next_to_probe(world: &mut World, rng: &mut Rng, client: u8) -> Vec<Step> {
+    use ktrace_abi::trace::{ProbeKind, ProbeTarget};
+    if world.entry_insns.is_empty() {
+        return Vec::new();
+    }
+    // Code known to run (a probe there was hit) half the time.
+    let first = if !world.hit.is_empty() && rng.chance(50) {
+        rng.pick(&world.hit)
+    } else if !world.armed.is_empty() && rng.chance(25) {
+        rng.pick(&world.armed)
+    } else {
+        world.hot_insn(rng)
+    };
+    let second = world.next_to(first, rng);
+    let kind = |rng: &mut Rng| {
+        if rng.chance(85) {
+            ProbeKind::Kprobe
+        } else {
+            ProbeKind::Kretprobe { maxactive: 16 }
+        }
+    };
+    let other = (client + 1 + rng.below(CLIENTS as u64 - 1) as u8) % CLIENTS as u8;
+    let add = |addr: u64, rng: &mut Rng| {
+        Request::Trace(TraceRequest::AddProbe {
+            target: ProbeTarget::Address(addr),
+            kind: kind(rng),
+        })
+    };
+    let mut steps = vec![
+        call_creating(
+            client,
+            add(first, rng),
+            true,
+            vec![(Res::Probe, PLACEHOLDER)],
+        ),
+        call_creating(
+            if rng.chance(50) { client } else { other },
+            add(second, rng),
+            true,
+            vec![(Res::Probe, PLACEHOLDER + 1)],
+        ),
+    ];
+    if rng.chance(80) {
+        steps.push(call_creating(
+            client,
+            Request::Trace(TraceRequest::RemoveProbe { id: PLACEHOLDER }),
+            true,
+            Vec::new(),
+        ));
+    }
+    let work = match rng.below(4) {
+        0 => Request::Bpf(BpfRequest::Trigger {
+            count: 100,
+            arg: rng.next(),
+        }),
+        1 => Request::Bpf(BpfRequest::TriggerSpawn { count: 100 }),
+        _ => {
+            let mut spec =
+                ktrace_abi::block::WorkloadSpec::new("ram0", ktrace_abi::block::RwMode::RandRw);
+            spec.limit = ktrace_abi::block::WorkloadLimit::Count(64);
+            spec.seed = rng.next();
+            Request::Block(BlockRequest::Workload(spec))
+        }
+    };
+    steps.push(call_creating(other, work, true, Vec::new()));
+    steps
+}
+
+/// A program that writes a record to a ring buffer each time the test
+/// target runs, a subscription to the ring that the client does not read,
+/// the target run from a task of its own, a pause while the stream backs
+/// up, and the client gone (at a byte of a frame): its session must answer
+/// a new client again.
+fn stream_and_vanish(world: &mut World, rng: &mut Rng, client: u8) -> Vec<Step> {
+    use ktrace_abi::bpf::KprobePoint;
+    let Some((name, addr, _)) = world
+        .functions
+        .iter()
+        .find(|(n, _, _)| n == "kernel::bpf::testing::target")
+        .cloned()
+    else {
+        return Vec::new();
+    };
+    let ring = MapDefinition {
+        name: "stream".into(),
+        map_type: 27,
+        key_size: 0,
+        value_size: 0,
+        max_entries: 1 << rng.pick(&[12u32, 16, 22]),
+        flags: 0,
+        initial_value: Vec::new(),
+        read_only: false,
+        types: Default::default(),
+    };
+    let target = AttachTarget::Kprobe {
+        spec: name.clone(),
+        points: vec![KprobePoint {
+            address: addr,
+            function: name,
+            offset: 0,
+        }],
+    };
+    let asm = "stdw [%r10-16], 7\nstdw [%r10-8], 9\nlddw %r1, map_idx(0)\nmov %r2, %r10\nadd %r2, -16\nmov %r3, 16\nmov %r4, 0\ncall 130\nmov %r0, 0\nexit";
+    let other = (client + 1 + rng.below(CLIENTS as u64 - 1) as u8) % CLIENTS as u8;
+    let (map, prog, link) = (PLACEHOLDER + 2, PLACEHOLDER + 3, PLACEHOLDER + 4);
+    let mut steps = vec![
+        call_creating(
+            client,
+            Request::Bpf(BpfRequest::MapCreate(Box::new(ring))),
+            true,
+            vec![(Res::Map, map)],
+        ),
+        call_creating(
+            client,
+            Request::Bpf(BpfRequest::ProgLoad {
+                prog: Box::new(ProgramLoad {
+                    name: "stream".into(),
+                    section: "kprobe/kernel::bpf::testing::target".into(),
+                    prog_type: ProgramType::Kprobe,
+                    attach: target.clone(),
+                    insns: bpf_vm::asm::assemble(asm).unwrap().encode(),
+                    license: "GPL".into(),
+                    lines: None,
+                }),
+                maps: vec![map],
+                options: LoadOptions::default(),
+            }),
+            true,
+            vec![(Res::Prog, prog)],
+        ),
+        call_creating(
+            client,
+            Request::Bpf(BpfRequest::Attach {
+                prog,
+                target: Box::new(target),
+                kretprobe: false,
+            }),
+            true,
+            vec![(Res::Link, link)],
+        ),
+        call_creating(
+            client,
+            Request::Bpf(BpfRequest::EventsSubscribe {
+                maps: vec![map],
+                printk: rng.chance(30),
+            }),
+            rng.chance(50),
+            Vec::new(),
+        ),
+        call_creating(
+            other,
+            Request::Bpf(BpfRequest::TriggerSpawn {
+                count: rng.pick(&[20_000, 100_000, 400_000]),
+            }),
+            true,
+            Vec::new(),
+        ),
+        Step::Pause {
+            ms: rng.pick(&[100, 400, 1000, 2000]),
+        },
+    ];
+    steps.push(Step::Vanish {
+        client,
+        cut: rng.below(64) as u16,
+    });
+    steps
+}
+
 /// The coverage-guided (or random) fuzzing loop.
 pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport {
     let mut ex = Executor::new(elf, &opts.vm_name, opts.request_timeout);
@@ -1147,7 +1566,8 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
             dir.display()
         ));
     }
-    let start = Instant::now();
+    // Fuzzing time: triage (minimisation on fresh VMs) is not counted.
+    let mut start = Instant::now();
     let mut seen_signatures: BTreeMap<String, usize> = BTreeMap::new();
     let mut target = ex.boot().unwrap_or_else(|e| panic!("{e}"));
     // The kept corpus runs first (in guided mode), then the loop.
@@ -1197,15 +1617,17 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
             let found_after = start.elapsed();
             let history = std::mem::take(&mut target.history);
             target.vm.kill();
-            // The console holds the report: kept next to the reproducer.
-            let _ = std::fs::create_dir_all(&opts.crashes);
-            let _ = std::fs::copy(
-                &target.vm.paths().console,
-                opts.crashes.join(format!("{:016x}.console", fnv(&sig))),
-            );
-            let _ = std::fs::remove_dir_all(&target.vm.paths().dir);
             let first = !seen_signatures.contains_key(&sig);
             *seen_signatures.entry(sig.clone()).or_default() += 1;
+            if first {
+                // The console holds the report: kept next to the reproducer.
+                let _ = std::fs::create_dir_all(&opts.crashes);
+                let _ = std::fs::copy(
+                    &target.vm.paths().console,
+                    opts.crashes.join(format!("{:016x}.console", fnv(&sig))),
+                );
+            }
+            let _ = std::fs::remove_dir_all(&target.vm.paths().dir);
             log(&format!(
                 "[{:.0} s] {} after {} programs: {sig}",
                 found_after.as_secs_f64(),
@@ -1213,6 +1635,7 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
                 report.programs
             ));
             if first {
+                let triage_start = Instant::now();
                 let crash = triage(
                     &mut ex,
                     opts,
@@ -1221,10 +1644,11 @@ pub fn fuzz(elf: &Path, opts: &Options, log: &mut dyn FnMut(&str)) -> RunReport 
                     &history,
                     history.len() - last_len_before,
                     found_after,
-                    report.programs,
+                    (report.programs, report.requests),
                     log,
                 );
                 report.crashes.push(crash);
+                start += triage_start.elapsed();
             }
             target = ex.boot().unwrap_or_else(|e| panic!("{e}"));
         }
@@ -1373,6 +1797,134 @@ fn nudge(req: &Request, rng: &mut Rng) -> Option<Request> {
     Some(req)
 }
 
+/// Edges reached over several runs on one kernel build, kept in a file.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Accumulated {
+    /// What identifies the kernel build (its ELF's size and edge count):
+    /// guard numbers mean nothing on another build.
+    pub kernel: String,
+    pub runs: u32,
+    pub seconds: f64,
+    pub edges: Vec<u32>,
+}
+
+impl Accumulated {
+    /// The file's edges if it was made on the build `elf` (`edges_total`
+    /// guards), else an empty record for that build.
+    pub fn load(path: &Path, elf: &Path, edges_total: usize) -> Accumulated {
+        let kernel = format!(
+            "{} bytes, {edges_total} edges",
+            std::fs::metadata(elf).map_or(0, |m| m.len())
+        );
+        match std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Accumulated>(&t).ok())
+        {
+            Some(a) if a.kernel == kernel => a,
+            _ => Accumulated {
+                kernel,
+                ..Accumulated::default()
+            },
+        }
+    }
+
+    /// Adds a run's edges and writes the file.
+    pub fn add(&mut self, path: &Path, edges: &HashSet<u32>, seconds: f64) -> std::io::Result<()> {
+        let mut all: HashSet<u32> = self.edges.iter().copied().collect();
+        all.extend(edges);
+        self.edges = all.into_iter().collect();
+        self.edges.sort_unstable();
+        self.runs += 1;
+        self.seconds += seconds;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string(self).expect("serializes"))
+    }
+}
+
+/// What corpus minimisation kept.
+#[derive(Debug)]
+pub struct CorpusCut {
+    pub before: usize,
+    pub kept: Vec<PathBuf>,
+    pub removed: Vec<PathBuf>,
+    pub edges: usize,
+}
+
+/// Runs every program of the corpus in `dir` on one VM, then keeps the
+/// smallest set (greedily: most edges not yet covered first, fewer steps
+/// on a tie) that reaches every edge the whole corpus reached; the other
+/// files are deleted unless `dry_run`. A program that fails is kept and
+/// reported (it is a reproducer, not a seed).
+pub fn minimize_corpus(
+    elf: &Path,
+    dir: &Path,
+    vm_name: &str,
+    request_timeout: Duration,
+    dry_run: bool,
+    log: &mut dyn FnMut(&str),
+) -> Result<CorpusCut, String> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let mut ex = Executor::new(elf, vm_name, request_timeout);
+    let mut t = ex.boot()?;
+    let mut rng = Rng(1);
+    let mut reached: Vec<(PathBuf, usize, HashSet<u32>)> = Vec::new();
+    let mut failing = Vec::new();
+    for p in &paths {
+        let prog = Program::load(p)?;
+        let plan: Vec<Option<Step>> = prog.steps.iter().cloned().map(Some).collect();
+        let mut n = 0;
+        let (_, edges, verdict) = ex.run(&mut t, &plan, &mut rng, Mode::Guided, &mut n);
+        if let Some(sig) = verdict.signature() {
+            log(&format!("{}: {sig} (kept)", p.display()));
+            failing.push(p.clone());
+            t.vm.kill();
+            let _ = std::fs::remove_dir_all(&t.vm.paths().dir);
+            t = ex.boot()?;
+            continue;
+        }
+        reached.push((p.clone(), prog.steps.len(), edges));
+    }
+    t.vm.kill();
+    let _ = std::fs::remove_dir_all(&t.vm.paths().dir);
+    let all: HashSet<u32> = reached
+        .iter()
+        .flat_map(|(_, _, e)| e.iter().copied())
+        .collect();
+    let mut covered: HashSet<u32> = HashSet::new();
+    let mut kept = failing;
+    let mut left: Vec<usize> = (0..reached.len()).collect();
+    while covered.len() < all.len() {
+        let gain = |i: usize| reached[i].2.difference(&covered).count();
+        let best = *left
+            .iter()
+            .max_by_key(|&&i| (gain(i), std::cmp::Reverse(reached[i].1)))
+            .expect("uncovered edges come from some program");
+        covered.extend(&reached[best].2);
+        kept.push(reached[best].0.clone());
+        left.retain(|&i| i != best);
+    }
+    let removed: Vec<PathBuf> = left.iter().map(|&i| reached[i].0.clone()).collect();
+    if !dry_run {
+        for p in &removed {
+            std::fs::remove_file(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+    }
+    kept.sort();
+    Ok(CorpusCut {
+        before: paths.len(),
+        kept,
+        removed,
+        edges: all.len(),
+    })
+}
+
 /// Minimise a new failure and write its reproducer and report.
 #[allow(clippy::too_many_arguments)]
 fn triage(
@@ -1383,7 +1935,7 @@ fn triage(
     history: &[Step],
     last: usize,
     found_after: Duration,
-    programs_before: u64,
+    (programs_before, requests_before): (u64, u64),
     log: &mut dyn FnMut(&str),
 ) -> Crash {
     let name = format!("{:016x}", fnv(sig));
@@ -1391,11 +1943,22 @@ fn triage(
     let repro_path = opts.crashes.join(format!("{name}.json"));
     let t = Instant::now();
     let minimal = if opts.minimise {
-        ex.minimise(history, last, sig, Duration::from_secs(600))
+        ex.minimise(history, last, sig, opts.minimise_budget)
     } else {
         None
     };
     let reproduced = minimal.is_some();
+    // Probes named by function and offset rather than by address, when
+    // that still fails the same way: the reproducer then means the same
+    // instruction on a later build of the kernel, as long as that
+    // function's code stays the same.
+    let minimal = match minimal
+        .as_ref()
+        .and_then(|p| with_symbols(p, &ex.base.functions))
+    {
+        Some(named) if ex.reproduces(&named, sig, 2) => Some(named),
+        _ => minimal,
+    };
     let prog = minimal.unwrap_or_else(|| Program {
         steps: history.to_vec(),
     });
@@ -1412,7 +1975,7 @@ fn triage(
         Verdict::Alive => String::new(),
     };
     let text = format!(
-        "{sig}\nfound after {:.0} s ({programs_before} programs); {}\nreproducer: {} ({} steps; `ktrace-fuzz --replay {}`)\n\n{}\nsteps:\n{}",
+        "{sig}\nfound after {:.0} s ({programs_before} programs, {requests_before} requests); {}\nreproducer: {} ({} steps; `ktrace-fuzz --replay {}`)\n\n{}\nsteps:\n{}",
         found_after.as_secs_f64(),
         if !opts.minimise {
             "not minimised".to_string()
@@ -1434,10 +1997,53 @@ fn triage(
         verdict: detail,
         found_after,
         programs_before,
+        requests_before,
         reproducer: Some(repro_path),
         reproducer_steps: prog.steps.len(),
         reproduced,
     }
+}
+
+/// `prog` with every probe address inside a known function given as
+/// that function's name and an offset (`None`: no address to rename).
+pub fn with_symbols(prog: &Program, functions: &[(String, u64, u32)]) -> Option<Program> {
+    use ktrace_abi::trace::{PerfEvent, ProbeTarget};
+    let mut sorted: Vec<&(String, u64, u32)> = functions.iter().collect();
+    sorted.sort_by_key(|f| f.1);
+    let name = |t: &mut ProbeTarget| -> bool {
+        let ProbeTarget::Address(a) = *t else {
+            return false;
+        };
+        let i = sorted.partition_point(|f| f.1 <= a);
+        let Some((name, start, size)) = i.checked_sub(1).map(|i| sorted[i]) else {
+            return false;
+        };
+        // A name several functions share resolves to one of them only.
+        if a >= start + u64::from(*size) || sorted.iter().filter(|f| &f.0 == name).count() > 1 {
+            return false;
+        }
+        *t = ProbeTarget::Symbol {
+            name: name.clone(),
+            offset: a - start,
+        };
+        true
+    };
+    let mut out = prog.clone();
+    let mut changed = false;
+    for step in &mut out.steps {
+        if let Step::Call {
+            req:
+                Request::Trace(TraceRequest::AddProbe { target, .. })
+                | Request::Trace(TraceRequest::PerfOpen {
+                    event: PerfEvent::Kprobe { target },
+                }),
+            ..
+        } = step
+        {
+            changed |= name(target);
+        }
+    }
+    changed.then_some(out)
 }
 
 fn fnv(s: &str) -> u64 {

@@ -4,7 +4,9 @@
 //! addresses near instruction boundaries, armed probes, static-key and
 //! fix-up sites, and the ids of live, freed and never existing objects.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use ktrace_abi::block::{BlockRequest, IoOp, IoRequest, RwMode, WorkloadLimit, WorkloadSpec};
 use ktrace_abi::bpf::{
@@ -104,11 +106,23 @@ pub struct World {
     /// bytes next to them are where a neighbour's `int3` once fooled the
     /// boundary check.
     pub armed: Vec<u64>,
+    /// Addresses of armed probes that were hit (code that runs, learnt
+    /// from `ListProbes` after each program): where a broken neighbour
+    /// shows.
+    pub hit: Vec<u64>,
     /// Tracepoint static-key call sites (`.static_keys`): text another
     /// mechanism patches.
     pub static_key_sites: Vec<u64>,
     /// Instructions with an exception fix-up (`.ex_table`).
     pub fixup_sites: Vec<u64>,
+    /// Every instruction of the hot functions (start, length), decoded
+    /// from the ELF: probes land on real boundaries of code that runs, and
+    /// next to an armed probe by its instruction's length.
+    pub insns: Arc<BTreeMap<u64, u8>>,
+    /// The multi-byte instructions among `insns` in the first 64 bytes of
+    /// a hot function (they run whenever the function does; entries are
+    /// one-byte `push rbp`, where a neighbour is the next instruction).
+    pub entry_insns: Arc<Vec<u64>>,
     pub maps: Vec<u32>,
     pub progs: Vec<u32>,
     /// Live programs of type kprobe (the ones a function entry takes).
@@ -156,17 +170,18 @@ impl World {
         } else {
             rng.pick(&self.functions)
         };
-        match rng.below(16) {
-            11 | 12 if !self.armed.is_empty() => {
-                // A byte around an armed probe, often inside its
-                // instruction or on the next one.
-                let armed = rng.pick(&self.armed);
-                if rng.chance(50) {
-                    armed + 1 + rng.below(8)
+        match rng.below(20) {
+            11 | 12 | 16 | 17 if !self.armed.is_empty() => {
+                // The latest armed probe half the time: it may still be
+                // armed.
+                let armed = if rng.chance(50) {
+                    *self.armed.last().unwrap()
                 } else {
-                    armed.wrapping_add(rng.below(31)).wrapping_sub(15)
-                }
+                    rng.pick(&self.armed)
+                };
+                self.next_to(armed, rng)
             }
+            18 | 19 if !self.entry_insns.is_empty() => self.hot_insn(rng),
             13 if !self.static_key_sites.is_empty() => {
                 rng.pick(&self.static_key_sites) + rng.below(6)
             }
@@ -185,6 +200,36 @@ impl World {
             8 => addr.wrapping_add(0x40_0000),  // past text: rodata / data
             9 => rng.next(),
             _ => addr,
+        }
+    }
+
+    /// A byte next to the instruction at `armed` (where a probe is or
+    /// was): inside it (+1, +len-1), the next instruction (+len), the one
+    /// before, or a byte around it.
+    pub fn next_to(&self, armed: u64, rng: &mut Rng) -> u64 {
+        let len = self.insns.get(&armed).copied();
+        match (rng.below(6), len) {
+            (0, _) => armed + 1,
+            (1, Some(len)) => armed + u64::from(len.max(2)) - 1,
+            (2 | 3, Some(len)) => armed + u64::from(len),
+            (4, Some(_)) => self
+                .insns
+                .range(..armed)
+                .next_back()
+                .map_or(armed.wrapping_sub(1), |(&a, _)| a),
+            (4 | 5, _) => armed + 1 + rng.below(8),
+            _ => armed.wrapping_add(rng.below(31)).wrapping_sub(15),
+        }
+    }
+
+    /// A multi-byte instruction near the start of a hot function (it runs
+    /// whenever the function does), or any instruction of one.
+    pub fn hot_insn(&self, rng: &mut Rng) -> u64 {
+        if rng.chance(75) || self.insns.is_empty() {
+            rng.pick(&self.entry_insns)
+        } else {
+            let k = rng.below(self.insns.len() as u64) as usize;
+            *self.insns.keys().nth(k).unwrap()
         }
     }
 
@@ -919,9 +964,11 @@ pub fn record(world: &mut World, req: &Request, resp: &Response) {
     match (req, resp) {
         (_, Response::Trace(TraceResponse::ProbeAdded(p))) => {
             world.probes.push(p.id);
-            if world.armed.len() < 64 {
-                world.armed.push(p.addr);
+            // The last 64 armed addresses, the latest last.
+            if world.armed.len() >= 64 {
+                world.armed.remove(0);
             }
+            world.armed.push(p.addr);
         }
         (_, Response::Trace(TraceResponse::Attached { id })) => {
             world.tracepoint_attachments.push(*id)
@@ -1044,13 +1091,17 @@ impl World {
             })
             .cloned()
             .collect();
+        let (insns, entry_insns) = decode_hot(&parsed, &hot, &entry_ranges);
         World {
             functions,
             hot,
             entry_ranges,
             armed: Vec::new(),
+            hit: Vec::new(),
             static_key_sites,
             fixup_sites,
+            insns: Arc::new(insns),
+            entry_insns: Arc::new(entry_insns),
             maps: Vec::new(),
             progs: Vec::new(),
             kprobe_progs: Vec::new(),
@@ -1062,4 +1113,40 @@ impl World {
             dead: Vec::new(),
         }
     }
+}
+
+/// The instructions of `hot` functions (start, length) read from the ELF,
+/// and the multi-byte ones in the first 64 bytes of each, outside the
+/// blacklisted entry text.
+fn decode_hot(
+    elf: &object::File,
+    hot: &[(String, u64, u32)],
+    entry_ranges: &[(u64, u64)],
+) -> (BTreeMap<u64, u8>, Vec<u64>) {
+    let mut insns = BTreeMap::new();
+    let mut entry = Vec::new();
+    let Some(text) = elf.section_by_name(".text") else {
+        return (insns, entry);
+    };
+    let (base, bytes) = (text.address(), text.data().unwrap_or_default());
+    for &(_, addr, size) in hot {
+        let Some(off) = addr.checked_sub(base) else {
+            continue;
+        };
+        let (off, size) = (off as usize, size as usize);
+        if size == 0 || off + size > bytes.len() {
+            continue;
+        }
+        if entry_ranges.iter().any(|&(s, e)| addr >= s && addr < e) {
+            continue;
+        }
+        ktrace_kprobe::x86_64::for_each_insn(&bytes[off..off + size], addr, |at, len| {
+            insns.insert(at, len as u8);
+            if len > 1 && at < addr + 64 {
+                entry.push(at);
+            }
+            true
+        });
+    }
+    (insns, entry)
 }

@@ -7,6 +7,9 @@
 //!   of `ktrace-fuzz`: the kept corpus (`tests/fuzz-corpus`), then mutation
 //!   for `KTRACE_FUZZ_SECS` (default 60) seconds; any panic or hang fails
 //!   the test with its minimised reproducer.
+//! - `saved_reproducers_replay_alive`: the minimised reproducers of the
+//!   failures the fuzzer found (`tests/fuzz-corpus/regressions`) leave
+//!   the kernel alive.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -14,7 +17,7 @@ use std::time::Duration;
 use ktrace_abi::bpf::{BpfRequest, BpfResponse, MapDefinition};
 use ktrace_abi::vm::CoverageOp;
 use ktrace_abi::{ErrorCode, Request, Response};
-use ktrace_tests::fuzz::{self, EdgeMap, Mode, Options};
+use ktrace_tests::fuzz::{self, EdgeMap, Mode, Options, Program};
 use ktrace_tests::TestVm;
 
 fn map_create(client: &mut probe_sdk::client::Client) -> u32 {
@@ -144,6 +147,7 @@ fn bounded_fuzz_run_from_the_kept_corpus_finds_no_failure() {
         save_corpus: false,
         crashes: crashes.clone(),
         minimise: true,
+        minimise_budget: Duration::from_secs(600),
         request_timeout: Duration::from_secs(30),
         vm_name: ktrace_tests::unique_name("fuzz"),
     };
@@ -176,6 +180,58 @@ fn bounded_fuzz_run_from_the_kept_corpus_finds_no_failure() {
     let _ = std::fs::remove_dir_all(crashes);
 }
 
+/// The coverage kernel, or the ELF `KTRACE_FUZZ_KERNEL` names (to check
+/// that a reproducer fails on a kernel with the defect it found).
+fn fuzz_kernel() -> std::path::PathBuf {
+    match std::env::var_os("KTRACE_FUZZ_KERNEL") {
+        Some(k) if !k.is_empty() => k.into(),
+        _ => ktrace_tests::coverage_kernel_image().source.clone(),
+    }
+}
+
+/// Every reproducer the fuzzer saved for a failure since fixed
+/// (`tests/fuzz-corpus/regressions`, each with its `.txt` report) runs on
+/// a fresh VM and leaves the kernel alive.
+#[test]
+fn saved_reproducers_replay_alive() {
+    let elf = fuzz_kernel();
+    let dir = probe_sdk::kernel_image::workspace_root().join("tests/fuzz-corpus/regressions");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    let mut ex = fuzz::Executor::new(
+        &elf,
+        &ktrace_tests::unique_name("fuzz-replay"),
+        Duration::from_secs(20),
+    );
+    let mut failed = Vec::new();
+    for f in &files {
+        let prog = Program::load(f).unwrap();
+        assert!(!prog.steps.is_empty());
+        let (verdict, run) = ex.replay(&prog).unwrap();
+        // The replay ran every step (a failure stops it early).
+        println!(
+            "{}: {} steps, {}",
+            f.file_name().unwrap().to_string_lossy(),
+            run.steps.len(),
+            verdict.signature().as_deref().unwrap_or("alive")
+        );
+        match verdict.signature() {
+            None => assert_eq!(run.steps.len(), prog.steps.len()),
+            Some(sig) => failed.push(format!("{}: {sig}", f.display())),
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "reproducers failed again:\n{}",
+        failed.join("\n")
+    );
+}
+
 #[test]
 fn ktrace_vm_start_coverage_boots_the_fuzzing_build() {
     let image = ktrace_tests::coverage_kernel_image();
@@ -196,4 +252,123 @@ fn ktrace_vm_start_coverage_boots_the_fuzzing_build() {
     let r = c.coverage(CoverageOp::Enable).unwrap();
     assert_eq!(r.edges_total as usize, edges);
     assert!(r.enabled);
+}
+
+/// The argument pass of minimisation: a step made simpler keeps its
+/// client and ids, waits for its answer, and has smaller amounts, shorter
+/// strings and lists; byte lists (instructions, data) stay whole.
+#[test]
+fn minimisation_simplifies_arguments() {
+    use ktrace_abi::block::{BlockRequest, RwMode, WorkloadLimit, WorkloadSpec};
+    use ktrace_tests::fuzz::{simplify, Res, Step};
+    let mut spec = WorkloadSpec::new("ram0", RwMode::RandRw);
+    spec.limit = WorkloadLimit::Count(64);
+    spec.jobs = 2;
+    spec.devices = vec!["ram0".into(), "a-long-device-name".into()];
+    let step = Step::Call {
+        client: 2,
+        req: Request::Block(BlockRequest::Workload(spec)),
+        wait: false,
+        created: vec![(Res::Map, 7)],
+    };
+    let out = simplify(&step);
+    let specs: Vec<(bool, WorkloadSpec)> = out
+        .iter()
+        .map(|s| match s {
+            Step::Call {
+                client: 2,
+                req: Request::Block(BlockRequest::Workload(w)),
+                wait,
+                created,
+            } if created == &vec![(Res::Map, 7)] => (*wait, w.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // Waiting first, then amounts, strings, lists.
+    assert_eq!(specs.len(), 4, "{specs:?}");
+    assert!(specs[0].0 && specs[0].1.limit == WorkloadLimit::Count(64));
+    assert_eq!(specs[1].1.limit, WorkloadLimit::Count(16));
+    assert_eq!(specs[1].1.jobs, 0);
+    assert_eq!(specs[2].1.devices, vec!["ram0", "a-long-de"]);
+    assert_eq!(specs[3].1.devices, vec!["ram0"]);
+    // Instruction bytes are not cut.
+    let load = Step::Call {
+        client: 0,
+        req: Request::Bpf(BpfRequest::ProgTestRun {
+            prog: 3,
+            ctx: vec![1; 64],
+            repeat: 100,
+        }),
+        wait: true,
+        created: Vec::new(),
+    };
+    for s in simplify(&load) {
+        if let Step::Call {
+            req: Request::Bpf(BpfRequest::ProgTestRun { ctx, repeat, .. }),
+            ..
+        } = s
+        {
+            assert_eq!(ctx.len(), 64);
+            assert_eq!(repeat, 25);
+        }
+    }
+    assert!(simplify(&Step::Pause { ms: 2000 })
+        .iter()
+        .any(|s| matches!(s, Step::Pause { ms: 500 })));
+}
+
+/// Probe addresses in a saved reproducer become function and offset; an
+/// address outside every function, or in a function whose name is
+/// shared, stays an address.
+#[test]
+fn reproducers_name_probes_by_function_and_offset() {
+    use ktrace_abi::trace::{ProbeKind, ProbeTarget, TraceRequest};
+    use ktrace_tests::fuzz::{with_symbols, Step};
+    let functions = vec![
+        ("a::f".to_string(), 0x1000, 0x40),
+        ("a::g".to_string(), 0x1040, 0x20),
+        ("a::g".to_string(), 0x2000, 0x20),
+    ];
+    let add = |addr: u64| Step::Call {
+        client: 0,
+        req: Request::Trace(TraceRequest::AddProbe {
+            target: ProbeTarget::Address(addr),
+            kind: ProbeKind::Kprobe,
+        }),
+        wait: true,
+        created: Vec::new(),
+    };
+    let prog = Program {
+        steps: vec![add(0x1007), add(0x1041), add(0x5000)],
+    };
+    let named = with_symbols(&prog, &functions).unwrap();
+    let targets: Vec<ProbeTarget> = named
+        .steps
+        .iter()
+        .map(|s| match s {
+            Step::Call {
+                req: Request::Trace(TraceRequest::AddProbe { target, .. }),
+                ..
+            } => target.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        vec![
+            ProbeTarget::Symbol {
+                name: "a::f".into(),
+                offset: 7
+            },
+            ProbeTarget::Address(0x1041),
+            ProbeTarget::Address(0x5000),
+        ]
+    );
+    assert!(with_symbols(
+        &Program {
+            steps: vec![add(0x5000)]
+        },
+        &functions
+    )
+    .is_none());
 }

@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! ktrace-fuzz [--secs N] [--seed N] [--corpus DIR] [--save-corpus]
-//!             [--crashes DIR] [--no-minimise] [--random] [--kernel ELF]
+//!             [--crashes DIR] [--no-minimise] [--minimise-secs N] [--random] [--kernel ELF]
+//!             [--coverage-file FILE]
 //! ktrace-fuzz --replay FILE [--kernel ELF]
+//! ktrace-fuzz --minimise FILE [--minimise-secs N] [--kernel ELF]
+//! ktrace-fuzz --minimize-corpus [--dry-run] [--corpus DIR] [--kernel ELF]
 //! ```
 //! Exits 1 when a run finds a failure or a replay fails.
 
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use ktrace_tests::fuzz::{self, EdgeMap, Mode, Options, Program};
 use probe_sdk::kernel_image::{self, Flavor};
 
-const USAGE: &str = "usage: ktrace-fuzz [--secs N] [--seed N] [--corpus DIR] [--save-corpus] [--crashes DIR] [--no-minimise] [--random] [--kernel ELF] [--request-timeout SECS]\n       ktrace-fuzz --replay FILE [--kernel ELF]";
+const USAGE: &str = "usage: ktrace-fuzz [--secs N] [--seed N] [--corpus DIR] [--save-corpus] [--crashes DIR] [--no-minimise] [--minimise-secs N] [--random] [--kernel ELF] [--request-timeout SECS] [--coverage-file FILE]\n       ktrace-fuzz --replay FILE [--kernel ELF]\n       ktrace-fuzz --minimise FILE [--minimise-secs N] [--kernel ELF]\n       ktrace-fuzz --minimize-corpus [--dry-run] [--corpus DIR] [--kernel ELF]";
 
 fn main() -> ExitCode {
     match run() {
@@ -37,11 +40,16 @@ fn run() -> Result<ExitCode, String> {
         save_corpus: false,
         crashes: root.join("target/fuzz-crashes"),
         minimise: true,
+        minimise_budget: Duration::from_secs(600),
         request_timeout: Duration::from_secs(30),
         vm_name: "fuzz".into(),
     };
     let mut replay = None;
     let mut kernel = None;
+    let mut minimize_corpus = false;
+    let mut minimise_file = None;
+    let mut dry_run = false;
+    let mut coverage_file = Some(root.join("target/fuzz-coverage.json"));
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |what: &str| args.next().ok_or(format!("{a} needs {what}\n{USAGE}"));
@@ -57,11 +65,19 @@ fn run() -> Result<ExitCode, String> {
             "--save-corpus" => opts.save_corpus = true,
             "--crashes" => opts.crashes = PathBuf::from(value("a directory")?),
             "--no-minimise" => opts.minimise = false,
+            "--minimise-secs" => {
+                opts.minimise_budget = Duration::from_secs(number(value("seconds")?)?)
+            }
             "--random" => opts.mode = Mode::Random,
             "--request-timeout" => {
                 opts.request_timeout = Duration::from_secs(number(value("seconds")?)?)
             }
             "--replay" => replay = Some(PathBuf::from(value("a file")?)),
+            "--minimise" => minimise_file = Some(PathBuf::from(value("a file")?)),
+            "--minimize-corpus" => minimize_corpus = true,
+            "--dry-run" => dry_run = true,
+            "--coverage-file" => coverage_file = Some(PathBuf::from(value("a file")?)),
+            "--no-coverage-file" => coverage_file = None,
             "--kernel" => kernel = Some(PathBuf::from(value("an ELF file")?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -88,6 +104,7 @@ fn run() -> Result<ExitCode, String> {
             prog.describe()
         );
         let mut ex = fuzz::Executor::new(&elf, "fuzz-replay", opts.request_timeout);
+        ex.verbose = true;
         let t = Instant::now();
         let (verdict, _) = ex.replay(&prog)?;
         return Ok(match verdict.signature() {
@@ -104,14 +121,81 @@ fn run() -> Result<ExitCode, String> {
             }
         });
     }
+    if let Some(path) = minimise_file {
+        let prog = Program::load(&path)?;
+        let mut ex = fuzz::Executor::new(&elf, "fuzz-min", opts.request_timeout);
+        let t = Instant::now();
+        let Some((sig, min)) = ex.minimise_program(&prog, opts.minimise_budget) else {
+            println!("{} did not fail in three replays", path.display());
+            return Ok(ExitCode::from(1));
+        };
+        let out = path.with_extension("min.json");
+        min.save(&out)
+            .map_err(|e| format!("{}: {e}", out.display()))?;
+        println!(
+            "{sig}\n{} steps -> {} in {:.0} s: {}\n{}",
+            prog.steps.len(),
+            min.steps.len(),
+            t.elapsed().as_secs_f64(),
+            out.display(),
+            min.describe()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if minimize_corpus {
+        let dir = opts
+            .corpus
+            .clone()
+            .ok_or("--minimize-corpus needs a corpus")?;
+        let cut = fuzz::minimize_corpus(
+            &elf,
+            &dir,
+            "fuzz-cmin",
+            opts.request_timeout,
+            dry_run,
+            &mut |line| eprintln!("{line}"),
+        )?;
+        println!(
+            "{}: {} programs reach {} edges; {} keep them all{}",
+            dir.display(),
+            cut.before,
+            cut.edges,
+            cut.kept.len(),
+            if dry_run {
+                format!(" ({} would be removed)", cut.removed.len())
+            } else {
+                format!(" ({} removed)", cut.removed.len())
+            }
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let map = EdgeMap::from_elf(&elf)?;
+    let t = Instant::now();
     let report = fuzz::fuzz(&elf, &opts, &mut |line| eprintln!("{line}"));
-    println!("{}", map.summary(&report.edges));
+    println!(
+        "this run ({:.0} s):\n{}",
+        t.elapsed().as_secs_f64(),
+        map.summary(&report.edges)
+    );
+    if let Some(path) = &coverage_file {
+        let mut acc = fuzz::Accumulated::load(path, &elf, map.guard_function.len());
+        acc.add(path, &report.edges, t.elapsed().as_secs_f64())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let all = acc.edges.iter().copied().collect();
+        println!(
+            "accumulated over {} runs ({:.0} s) on this kernel build ({}):\n{}",
+            acc.runs,
+            acc.seconds,
+            path.display(),
+            map.summary(&all)
+        );
+    }
     for c in &report.crashes {
         println!(
-            "failure: {} (after {:.0} s; reproducer {} steps{}: {})",
+            "failure: {} (after {:.0} s, {} requests; reproducer {} steps{}: {})",
             c.signature,
             c.found_after.as_secs_f64(),
+            c.requests_before,
             c.reproducer_steps,
             if c.reproduced {
                 ", minimised"
