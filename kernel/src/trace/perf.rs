@@ -689,7 +689,7 @@ fn on_sample_nmi(regs: &mut PtRegs, _vector: u8) -> bool {
     // The timer's NMI comes to one CPU; it passes it on so that every
     // CPU samples. The others' NMIs are copies and are not passed on.
     if cpu.id == s.timer_cpu.load(Ordering::Relaxed) && crate::percpu::cpu_count() > 1 {
-        apic::send_nmi_to_others();
+        apic::send_nmi_all_but_self();
     }
     let tsc = crate::arch::rdtsc();
     let period = s.period_tsc.load(Ordering::Relaxed);
