@@ -6,7 +6,7 @@
 //! did what and the CPUs sum to the total.
 //!
 //! The global counts (`crate::task::context_switches()`,
-//! `arch::trap::irq_count()`, `crate::time::ticks()`) stay as they are:
+//! `crate::time::ticks()`) stay as they are:
 //! they count at the same points, so for each statistic the sum over CPUs
 //! equals the global count, which tests compare.
 //!
@@ -73,7 +73,6 @@ pub fn trap_taken(vector: u8) {
 /// (the scheduler's hook point: called when a task is switched in). On
 /// one CPU the two are always equal and nothing is counted.
 #[inline]
-#[allow(dead_code)] // the SMP scheduler calls it where it migrates tasks
 pub fn task_placed(before: u32, now: u32) {
     if before != now {
         add(Stat::Migrations);

@@ -128,17 +128,17 @@ fn map_semantics_flags_limits_lru_percpu_batches() {
     assert_eq!(rt.map_lookup(l, &k(1)).unwrap(), Some(v(11)));
     assert_eq!(rt.map_lookup(l, &k(3)).unwrap(), Some(v(3)));
 
-    // Per-CPU: one 8-byte-padded value per CPU (one CPU here).
+    // Per-CPU: one 8-byte-padded value per CPU.
+    let cpus = ktrace_tests::test_cpus() as usize;
     let pa = rt
         .map_create(def("pa", map_type::PERCPU_ARRAY, 4, 4, 2))
         .unwrap();
-    assert_eq!(pa.host_value_size, 8);
-    rt.map_update(pa.id, &k(1), &[7, 0, 0, 0, 0, 0, 0, 0], 0)
-        .unwrap();
-    assert_eq!(
-        rt.map_lookup(pa.id, &k(1)).unwrap(),
-        Some(vec![7, 0, 0, 0, 0, 0, 0, 0])
-    );
+    assert_eq!(pa.host_value_size, 8 * cpus as u32);
+    let per_cpu: Vec<u8> = (0..cpus)
+        .flat_map(|c| [7 + c as u8, 0, 0, 0, 0, 0, 0, 0])
+        .collect();
+    rt.map_update(pa.id, &k(1), &per_cpu, 0).unwrap();
+    assert_eq!(rt.map_lookup(pa.id, &k(1)).unwrap(), Some(per_cpu));
     assert_eq!(
         errno(rt.map_update(pa.id, &k(1), &[7, 0, 0, 0], 0)),
         -22,
@@ -148,8 +148,9 @@ fn map_semantics_flags_limits_lru_percpu_batches() {
         .map_create(def("ph", map_type::PERCPU_HASH, 4, 8, 2))
         .unwrap()
         .id;
-    rt.map_update(ph, &k(5), &v(55), 0).unwrap();
-    assert_eq!(rt.map_lookup(ph, &k(5)).unwrap(), Some(v(55)));
+    let per_cpu: Vec<u8> = (0..cpus).flat_map(|c| v(55 + c as u64)).collect();
+    rt.map_update(ph, &k(5), &per_cpu, 0).unwrap();
+    assert_eq!(rt.map_lookup(ph, &k(5)).unwrap(), Some(per_cpu));
 
     // Bad definitions are refused with the reason.
     let e = rt

@@ -7,7 +7,8 @@
 //! counted itself while each was armed (see `kernel::probe_tests::smp_text`
 //! for why that comparison is exact).
 //!
-//! The run lasts `KTRACE_SMP_TEXT_SECS` seconds (default 30). The VM has as
+//! Each run lasts `KTRACE_SMP_TEXT_SECS` seconds (default 15): one on the
+//! suite's CPUs (`KTRACE_TEST_CPUS`), one on 2 and one on 4 vCPUs. The VM has as
 //! many CPUs as the test harness gives it; the figures in `docs/ktrace.md`
 //! are from 2 and 4 vCPUs.
 
@@ -20,7 +21,7 @@ fn secs() -> u64 {
     std::env::var("KTRACE_SMP_TEXT_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30)
+        .unwrap_or(15)
 }
 
 /// `(hits, counted)` from the line of `kind` ("kprobe: per-CPU hits [..]
@@ -38,10 +39,13 @@ fn sums(output: &[String], kind: &str) -> (u64, u64) {
     (hits, counted)
 }
 
-#[test]
-fn attach_and_detach_under_running_callers_count_every_hit_exactly() {
+/// One run of the self test on a VM of `cpus` CPUs (`None`: the suite's).
+fn run(cpus: Option<u32>) {
     let secs = secs();
-    let mut vm = TestVm::boot("smp-text");
+    let mut vm = match cpus {
+        Some(n) => TestVm::boot_cpus("smp-text", n),
+        None => TestVm::boot("smp-text"),
+    };
     let mut client = vm.client();
     client.set_request_timeout(Duration::from_secs(secs + 120));
 
@@ -53,6 +57,7 @@ fn attach_and_detach_under_running_callers_count_every_hit_exactly() {
     );
 
     let r = client.self_test(&format!("smp_text:{secs}")).unwrap();
+    eprintln!("{} CPUs:", client.info().unwrap().cpus);
     for line in &r.output {
         eprintln!("    {line}");
     }
@@ -64,4 +69,19 @@ fn attach_and_detach_under_running_callers_count_every_hit_exactly() {
     }
     assert!(client.list_probes().unwrap().is_empty());
     client.info().expect("alive after the run");
+}
+
+#[test]
+fn attach_and_detach_under_running_callers_count_every_hit_exactly() {
+    run(None);
+}
+
+#[test]
+fn the_same_on_2_vcpus() {
+    run(Some(2));
+}
+
+#[test]
+fn the_same_on_4_vcpus() {
+    run(Some(4));
 }

@@ -287,14 +287,22 @@ fn new_task(pid: Pid, name: &str, state: TaskState, cpu: u32, idle: bool) -> Box
     })
 }
 
+/// Tasks each run queue, and the sleepers' heap, hold before growing.
+const QUEUE_CAPACITY: usize = 32;
+
 /// Turn the boot context into task 0 (`idle`, CPU 0's idle task).
 pub fn init() {
     let mut tasks = BTreeMap::new();
     tasks.insert(0, new_task(0, "idle", TaskState::Running, 0, true));
     *SCHED.lock() = Some(Scheduler {
         tasks,
-        run_queues: (0..MAX_CPUS).map(|_| VecDeque::new()).collect(),
-        sleepers: BinaryHeap::new(),
+        // Sized at boot for more tasks than the kernel runs, so that
+        // queueing and sleeping do not allocate, and the heap does not grow
+        // with how many tasks happened to wait at once on which CPU.
+        run_queues: (0..MAX_CPUS)
+            .map(|_| VecDeque::with_capacity(QUEUE_CAPACITY))
+            .collect(),
+        sleepers: BinaryHeap::with_capacity(QUEUE_CAPACITY),
         current: [0; MAX_CPUS as usize],
         idle: [0; MAX_CPUS as usize],
         next_pid: 1,
@@ -643,6 +651,7 @@ fn schedule_with(leave: Leave) {
         n.slice_start_tsc = now;
         if n.cpu != cpu && !n.idle && n.switches > 1 {
             n.migrations += 1;
+            crate::cpustat::task_placed(n.cpu, cpu);
         }
         n.cpu = cpu;
         let next_slot: *const SwitchSlot = &*n.slot;

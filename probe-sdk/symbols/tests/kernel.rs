@@ -414,7 +414,7 @@ fn monomorphizations_are_selected_by_type() {
         Err(SymbolError::Ambiguous { candidates, .. }) => candidates,
         other => panic!("{query}: expected an ambiguity, got {other:?}"),
     };
-    assert!(candidates.len() >= 6, "{candidates:?}");
+    assert!(candidates.len() >= 2, "{candidates:?}");
     let mut addrs = BTreeSet::new();
     for c in &candidates {
         let q = c.select_with.as_deref().expect("a selector for each");

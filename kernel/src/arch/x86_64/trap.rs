@@ -29,16 +29,6 @@ pub fn set_handler(vector: u8, handler: TrapHandler) {
     HANDLERS[vector as usize].store(handler as usize, Ordering::Release);
 }
 
-/// Sum of external interrupts (vectors >= 32) taken since boot (the self
-/// tests compare it with the per-CPU counts of `cpustat`).
-#[cfg(feature = "self-tests")]
-pub fn irq_count() -> u64 {
-    COUNTS[IRQ_BASE as usize..]
-        .iter()
-        .map(|c| c.load(Ordering::Relaxed))
-        .sum()
-}
-
 // Its unmangled name escapes the module prefix of the blacklist; a
 // breakpoint in it would trap from the trap handler until the CPU resets.
 crate::nokprobe!(trap_dispatch);
