@@ -34,7 +34,9 @@ pub enum Stat {
     TimerTicks,
     /// A page fault (vector 14).
     PageFaults,
-    /// A task ran on a different CPU than the time before.
+    /// A task ran on a different CPU than the time before: the scheduler
+    /// adds one where it counts a task's migration (at switch-in, on the
+    /// CPU the task arrived on). One CPU never migrates: 0.
     Migrations,
 }
 
@@ -66,16 +68,6 @@ pub fn trap_taken(vector: u8) {
         add(Stat::Irqs);
     } else if vector == 14 {
         add(Stat::PageFaults);
-    }
-}
-
-/// Count a task placed on CPU `now` after it last ran on CPU `before`
-/// (the scheduler's hook point: called when a task is switched in). On
-/// one CPU the two are always equal and nothing is counted.
-#[inline]
-pub fn task_placed(before: u32, now: u32) {
-    if before != now {
-        add(Stat::Migrations);
     }
 }
 

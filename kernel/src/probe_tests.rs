@@ -1450,24 +1450,38 @@ fn perf_counters(out: &mut Vec<String>) -> bool {
     arch::irq_restore(was);
     black_box(add3(1, 0, 0));
     let v = |id| perf::read(id).map(|v| v.value).unwrap_or(u64::MAX);
+    // On one CPU the window is exact: interrupts are off on the only CPU
+    // while the counters and the kernel's totals are read. On several,
+    // the other CPUs switch and tick while this one opens and closes the
+    // window, so the counts agree to within a few events (10%, at least
+    // 10); the exact per-CPU facts are checked below.
+    let smp = crate::percpu::cpu_count() > 1;
+    let agree = |a: u64, b: u64| {
+        if smp {
+            a.abs_diff(b) <= (b / 10).max(10)
+        } else {
+            a == b
+        }
+    };
+    let how = if smp { "~=" } else { "==" };
     check(
         out,
         &mut ok,
-        v(cs) == c1 - c0,
-        format!("context-switches {} == scheduler {}", v(cs), c1 - c0),
+        agree(v(cs), c1 - c0),
+        format!("context-switches {} {how} scheduler {}", v(cs), c1 - c0),
     );
     check(
         out,
         &mut ok,
-        v(tk) == t1 - t0,
-        format!("timer ticks {} == timer {}", v(tk), t1 - t0),
+        agree(v(tk), t1 - t0),
+        format!("timer ticks {} {how} timer {}", v(tk), t1 - t0),
     );
     check(
         out,
         &mut ok,
-        v(tp) == c1 - c0,
+        agree(v(tp), c1 - c0),
         format!(
-            "sched:sched_switch counter {} == scheduler {}",
+            "sched:sched_switch counter {} {how} scheduler {}",
             v(tp),
             c1 - c0
         ),

@@ -651,7 +651,7 @@ fn schedule_with(leave: Leave) {
         n.slice_start_tsc = now;
         if n.cpu != cpu && !n.idle && n.switches > 1 {
             n.migrations += 1;
-            crate::cpustat::task_placed(n.cpu, cpu);
+            crate::cpustat::add(crate::cpustat::Stat::Migrations);
         }
         n.cpu = cpu;
         let next_slot: *const SwitchSlot = &*n.slot;
