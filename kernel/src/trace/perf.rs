@@ -72,6 +72,7 @@ use ktrace_sample_ring::SampleRing;
 use super::kprobe::{self, DepthGuard, KprobeHandler};
 use super::tracepoint::{self, TracepointHandler};
 use crate::arch::perf_timer::{self, NMI_VECTOR, SAMPLE_HANDLERS_VECTOR};
+use crate::arch::smp;
 use crate::arch::{apic, text_patch, trap, PtRegs};
 use crate::cpustat::{self, Stat, MAX_CPUS};
 
@@ -141,23 +142,25 @@ impl core::fmt::Display for PerfError {
 
 /// Counts hits while enabled, per CPU: each CPU adds to its own slot, so
 /// hits on several CPUs at once neither contend on one cache line nor
-/// lose a count (each add is atomic).
+/// lose a count (each add is atomic). Enabled per CPU too: a group is
+/// switched on each CPU by that CPU itself (see [`group`]).
 struct Counter {
-    enabled: AtomicBool,
+    enabled: [AtomicBool; MAX_CPUS],
     count: [AtomicU64; MAX_CPUS],
 }
 
 impl Counter {
     fn new() -> Counter {
         Counter {
-            enabled: AtomicBool::new(false),
+            enabled: [const { AtomicBool::new(false) }; MAX_CPUS],
             count: [const { AtomicU64::new(0) }; MAX_CPUS],
         }
     }
 
     fn hit(&self) {
-        if self.enabled.load(Ordering::Relaxed) {
-            self.count[cpustat::this_slot()].fetch_add(1, Ordering::Relaxed);
+        let cpu = cpustat::this_slot();
+        if self.enabled[cpu].load(Ordering::Relaxed) {
+            self.count[cpu].fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -392,27 +395,97 @@ pub fn enable(id: u32) -> Result<(), PerfError> {
     enable_group(&[id])
 }
 
-/// Start every event of `ids` at one instant: interrupts stay off from the
-/// first to the last, so no tick, interrupt or context switch falls
-/// between them. Nothing changes if one id is unknown.
+/// Start every event of `ids` at one instant of each CPU (each CPU
+/// switches its own counters with interrupts off, see [`switch_this_cpu`]),
+/// so no tick, interrupt or context switch falls between them on any CPU.
+/// Nothing changes if one id is unknown.
 pub fn enable_group(ids: &[u32]) -> Result<(), PerfError> {
-    group(ids, start)
+    group(ids, true)
 }
 
 /// Stop every event of `ids` at one instant (see [`enable_group`]).
 pub fn disable_group(ids: &[u32]) -> Result<(), PerfError> {
-    group(ids, stop)
+    group(ids, false)
 }
 
-fn group(ids: &[u32], f: fn(&mut Event)) -> Result<(), PerfError> {
+/// What each CPU does for a group: switch its counters and read its
+/// software counts, with interrupts off ([`smp::on_each_cpu`]).
+struct GroupSwitch {
+    on: bool,
+    counters: Vec<Arc<Counter>>,
+    /// The software events of the group and each CPU's reading.
+    software: Vec<(SoftwareEvent, [AtomicU64; MAX_CPUS])>,
+}
+
+/// One CPU's part of a group switch. Why the counts of a group agree
+/// exactly on every CPU, not only on one: each CPU flips its own flags and
+/// reads its own counts while it runs nothing else (interrupts off, in the
+/// call-function IPI), and every event is counted by the CPU it happens
+/// on (a switch by the scheduler of that CPU, a hit by the CPU that took
+/// it). So on each CPU an event falls either before the whole switch or
+/// after it, for every counter of the group alike.
+fn switch_this_cpu(g: &GroupSwitch) {
+    let cpu = cpustat::this_slot();
+    for c in &g.counters {
+        c.enabled[cpu].store(g.on, Ordering::Relaxed);
+    }
+    for (ev, readings) in &g.software {
+        readings[cpu].store(raw(*ev, cpu), Ordering::Relaxed);
+    }
+}
+
+fn group(ids: &[u32], on: bool) -> Result<(), PerfError> {
     let mut events = EVENTS.lock();
     if let Some(&missing) = ids.iter().find(|id| !events.contains_key(id)) {
         return Err(PerfError::NotFound(missing));
     }
+    let mut switch = GroupSwitch {
+        on,
+        counters: Vec::new(),
+        software: Vec::new(),
+    };
+    for id in ids {
+        let ev = &events[id];
+        if ev.enabled == on {
+            continue;
+        }
+        match &ev.source {
+            Source::Software(s) => switch
+                .software
+                .push((*s, [const { AtomicU64::new(0) }; MAX_CPUS])),
+            Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => {
+                switch.counters.push(counter.clone())
+            }
+            Source::Sampling { .. } => {}
+        }
+    }
+    // `EVENTS` is a task-context lock no CPU waits for with interrupts
+    // off, so holding it across the IPIs cannot keep one from answering.
+    smp::on_each_cpu(&switch, switch_this_cpu);
+    let mut software = switch.software.iter();
     let was = crate::arch::irq_save();
     for id in ids {
-        if let Some(ev) = events.get_mut(id) {
-            f(ev);
+        let Some(ev) = events.get_mut(id) else {
+            continue;
+        };
+        if ev.enabled == on {
+            continue;
+        }
+        if let Source::Software(_) = ev.source {
+            let (_, readings) = software.next().expect("one reading per software event");
+            for (cpu, r) in readings.iter().enumerate() {
+                let r = r.load(Ordering::Relaxed);
+                if on {
+                    ev.base[cpu] = r;
+                } else {
+                    ev.accum[cpu] += r.wrapping_sub(ev.base[cpu]);
+                }
+            }
+        }
+        if on {
+            start(ev);
+        } else {
+            stop(ev);
         }
     }
     crate::arch::irq_restore(was);
@@ -425,41 +498,29 @@ fn start(ev: &mut Event) {
     }
     ev.enabled = true;
     ev.enabled_at_ns = crate::time::now_ns();
-    match &ev.source {
-        Source::Software(s) => {
-            for (cpu, base) in ev.base.iter_mut().enumerate() {
-                *base = raw(*s, cpu);
-            }
+    // Counters and software readings were switched on each CPU by `group`.
+    if let Source::Sampling { freq_hz } = &ev.source {
+        let hz = perf_timer::exact_hz(*freq_hz);
+        SAMPLER.period_tsc.store(
+            (crate::time::tsc_khz() as f64 * 1000.0 / hz) as u64,
+            Ordering::Relaxed,
+        );
+        for c in &CPU_SAMPLERS {
+            c.last_tsc.store(0, Ordering::Relaxed);
         }
-        Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => {
-            counter.enabled.store(true, Ordering::Release)
-        }
-        Source::Sampling { freq_hz } => {
-            let hz = perf_timer::exact_hz(*freq_hz);
-            SAMPLER.period_tsc.store(
-                (crate::time::tsc_khz() as f64 * 1000.0 / hz) as u64,
-                Ordering::Relaxed,
-            );
-            for c in &CPU_SAMPLERS {
-                c.last_tsc.store(0, Ordering::Relaxed);
-            }
-            // Interrupts are off (see `group`): this is the CPU whose local
-            // APIC `perf_timer::start` routes the timer to.
-            SAMPLER
-                .timer_cpu
-                .store(crate::percpu::this_cpu().id, Ordering::Relaxed);
-            SAMPLER.sampling.store(true, Ordering::SeqCst);
-            perf_timer::start(*freq_hz);
-        }
+        // Interrupts are off (see `group`): this is the CPU whose local
+        // APIC `perf_timer::start` routes the timer to.
+        SAMPLER
+            .timer_cpu
+            .store(crate::percpu::this_cpu().id, Ordering::Relaxed);
+        SAMPLER.sampling.store(true, Ordering::SeqCst);
+        perf_timer::start(*freq_hz);
     }
 }
 
 /// Stop counting or sampling; the value is kept.
 pub fn disable(id: u32) -> Result<(), PerfError> {
-    let mut events = EVENTS.lock();
-    let ev = events.get_mut(&id).ok_or(PerfError::NotFound(id))?;
-    stop(ev);
-    Ok(())
+    disable_group(&[id])
 }
 
 fn stop(ev: &mut Event) {
@@ -468,19 +529,10 @@ fn stop(ev: &mut Event) {
     }
     ev.enabled = false;
     ev.time_enabled_ns += crate::time::now_ns().saturating_sub(ev.enabled_at_ns);
-    match &ev.source {
-        Source::Software(s) => {
-            for cpu in 0..MAX_CPUS {
-                ev.accum[cpu] += raw(*s, cpu).wrapping_sub(ev.base[cpu]);
-            }
-        }
-        Source::Tracepoint { counter, .. } | Source::Kprobe { counter, .. } => {
-            counter.enabled.store(false, Ordering::Release)
-        }
-        Source::Sampling { .. } => {
-            SAMPLER.sampling.store(false, Ordering::SeqCst);
-            perf_timer::stop();
-        }
+    // Counters and software readings were switched on each CPU by `group`.
+    if let Source::Sampling { .. } = ev.source {
+        SAMPLER.sampling.store(false, Ordering::SeqCst);
+        perf_timer::stop();
     }
 }
 

@@ -231,7 +231,6 @@ pub fn send_reschedule(cpu: u32) {
 // enabled, so an initiator must not hold a lock (or keep interrupts off
 // in a section) that a target may be waiting for with interrupts off.
 
-#[cfg_attr(not(feature = "self-tests"), allow(dead_code))] // the self tests; text patching next
 static CALL_BUSY: AtomicBool = AtomicBool::new(false);
 static CALL_FUNC: AtomicUsize = AtomicUsize::new(0);
 static CALL_ARG: AtomicUsize = AtomicUsize::new(0);
@@ -275,7 +274,6 @@ fn online_mask() -> u32 {
 /// each has. On the other CPUs `f` runs in interrupt context with
 /// interrupts disabled: it must be short and take no lock. Call with
 /// interrupts enabled and holding no lock (see the protocol above).
-#[cfg_attr(not(feature = "self-tests"), allow(dead_code))] // the self tests; text patching next
 pub fn call_on(mask: u32, f: fn(usize), arg: usize) {
     let me = 1u32 << percpu::cpu_id();
     let others = mask & online_mask() & !me;
@@ -310,8 +308,27 @@ pub fn call_on(mask: u32, f: fn(usize), arg: usize) {
     }
 }
 
+/// Run `f(data)` on every online CPU, this one included, each with
+/// interrupts disabled, and return once all have: a change made this way
+/// happens on each CPU at an instant when that CPU runs nothing else
+/// (Linux's `on_each_cpu`). The rules of [`call_on`] hold for `f`.
+pub fn on_each_cpu<T: Sync>(data: &T, f: fn(&T)) {
+    let call: (fn(&T), &T) = (f, data);
+    call_on(online_mask(), run_borrowed::<T>, &raw const call as usize);
+}
+
+/// `call_on`'s side of [`on_each_cpu`]: the argument is the address of the
+/// `(f, data)` pair on the caller's stack.
+fn run_borrowed<T: Sync>(arg: usize) {
+    // SAFETY: `arg` is the address of the pair `on_each_cpu` keeps alive
+    // on its stack until `call_on` returns, which it does only after every
+    // CPU has run this function; `T: Sync` makes sharing `data` across
+    // CPUs sound.
+    let (f, data) = unsafe { *(arg as *const (fn(&T), &T)) };
+    f(data);
+}
+
 /// Run `f(arg)` on every other online CPU and wait for all of them.
-#[cfg_attr(not(feature = "self-tests"), allow(dead_code))] // the self tests; text patching next
 pub fn call_on_others(f: fn(usize), arg: usize) {
     call_on(online_mask() & !(1 << percpu::cpu_id()), f, arg);
 }
