@@ -53,7 +53,7 @@ fn biosnoop_records_and_values_print_by_field() {
     // The kernel kept the types: a new process lists them.
     let list = run(&["map", "list", "-v"]);
     assert!(
-        list.contains("EVENTS record: Event { ts_ns: u64 @0, sector: u64 @8, queue_ns: u64 @16, service_ns: u64 @24, dev: u32 @32, bytes: u32 @36, pid: u32 @40, error: i32 @44, rwbs: [u8; 8] @48, comm: [u8; 16] @56 }"),
+        list.contains("EVENTS record: Event { ts_ns: u64 @0, sector: u64 @8, queue_ns: u64 @16, service_ns: u64 @24, dev: u32 @32, bytes: u32 @36, pid: u32 @40, error: i32 @44, rwbs: [u8; 8] @48, comm: [u8; 16] @56, cpu: u32 @72, issue_cpu: u32 @76 }"),
         "{list}"
     );
     assert!(list.contains("START key: u64\n"), "{list}");
@@ -98,7 +98,7 @@ fn biosnoop_records_and_values_print_by_field() {
         last_ts = ts;
         assert!(rec["service_ns"].as_u64().unwrap() > 0, "{r}");
         // The raw bytes stay for scripts that decode them themselves.
-        assert_eq!(r["data"].as_array().unwrap().len(), 72, "{r}");
+        assert_eq!(r["data"].as_array().unwrap().len(), 80, "{r}");
     }
 
     // Without the completion program, requests stay in START: 5 writes.
