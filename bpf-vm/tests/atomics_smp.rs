@@ -23,8 +23,14 @@ use bpf_vm::jit::{compile, JitOptions};
 use bpf_vm::Executable;
 use support::jit::{run_jit, table, ExecCode};
 
-/// Adds per run.
-const ADDS: u64 = 200_000;
+/// Adds per run: `BPF_ATOMICS_ADDS`, default 200,000 (a release build
+/// measuring rates wants millions).
+fn adds() -> u64 {
+    std::env::var("BPF_ATOMICS_ADDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000)
+}
 
 fn program(fetch: bool) -> Executable {
     let add = if fetch {
@@ -34,7 +40,8 @@ fn program(fetch: bool) -> Executable {
         "lock add [%r0+0], %r1"
     };
     let src = format!(
-        "mov %r6, 0\nloop:\ncall 1\nmov %r1, 1\n{add}\nadd %r6, 1\njlt %r6, {ADDS}, loop\nmov %r0, 0\nexit"
+        "mov %r6, 0\nloop:\ncall 1\nmov %r1, 1\n{add}\nadd %r6, 1\njlt %r6, {}, loop\nmov %r0, 0\nexit",
+        adds()
     );
     Executable::new(&assemble(&src).unwrap()).unwrap()
 }
@@ -70,7 +77,7 @@ fn race(engine: Engine, fetch: bool, threads: usize, shared: bool) -> (Vec<u64>,
                 let mut helpers = HelperTable::new(slot.as_ptr() as u64);
                 helpers.register(1, lookup);
                 let mut ctx = [0u8; 8];
-                let budget = ADDS * 6 + 16;
+                let budget = adds() * 6 + 16;
                 start.wait();
                 let r = match engine {
                     Engine::Interpreter => {
@@ -104,7 +111,7 @@ fn race(engine: Engine, fetch: bool, threads: usize, shared: bool) -> (Vec<u64>,
         .iter()
         .map(|c| c.0.load(Ordering::SeqCst))
         .collect();
-    (values, (threads as u64 * ADDS) as f64 / secs)
+    (values, (threads as u64 * adds()) as f64 / secs)
 }
 
 #[test]
@@ -114,14 +121,21 @@ fn atomic_adds_from_every_thread_give_an_exact_total() {
         .clamp(2, 4);
     for engine in [Engine::Interpreter, Engine::Jit] {
         for fetch in [false, true] {
-            let (shared, shared_rate) = race(engine, fetch, threads, true);
-            assert_eq!(
-                shared[0],
-                threads as u64 * ADDS,
-                "{engine:?} fetch={fetch}: updates lost"
-            );
-            let (own, own_rate) = race(engine, fetch, threads, false);
-            assert_eq!(own, vec![ADDS; threads], "{engine:?} fetch={fetch}");
+            // Best of 3 for the rates (a shared machine is noisy); every
+            // run's totals are checked.
+            let (mut shared_rate, mut own_rate) = (0f64, 0f64);
+            for _ in 0..3 {
+                let (shared, rate) = race(engine, fetch, threads, true);
+                assert_eq!(
+                    shared[0],
+                    threads as u64 * adds(),
+                    "{engine:?} fetch={fetch}: updates lost"
+                );
+                shared_rate = shared_rate.max(rate);
+                let (own, rate) = race(engine, fetch, threads, false);
+                assert_eq!(own, vec![adds(); threads], "{engine:?} fetch={fetch}");
+                own_rate = own_rate.max(rate);
+            }
             eprintln!(
                 "{engine:?} {} on {threads} threads: one shared counter {:.1} M updates/s, one counter per thread {:.1} M updates/s (ratio {:.2})",
                 if fetch { "lock xadd" } else { "lock add" },
