@@ -1233,7 +1233,9 @@ fn tracepoint_sched_irq(out: &mut Vec<String>) -> bool {
         out,
         &mut ok,
         gen == 0 && gex == 0 && nen >= 20 && nex >= 20,
-        format!("irq entry {nen}, exit {nex}, interrupts taken without an event: {gen} and {gex} gaps"),
+        format!(
+            "irq entry {nen}, exit {nex}, interrupts taken without an event: {gen} and {gex} gaps"
+        ),
     );
     check(
         out,

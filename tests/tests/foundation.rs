@@ -602,7 +602,10 @@ fn cli_starts_inspects_and_stops_a_vm_with_a_disk() {
     let table = ktrace_ok(&["--vm", &name, "info"]);
     // `vm start` without --cpus boots the default number of CPUs.
     let cpus = probe_sdk::vm::DEFAULT_CPUS;
-    assert!(table.contains(&format!("cpus              {cpus} ")), "{table}");
+    assert!(
+        table.contains(&format!("cpus              {cpus} ")),
+        "{table}"
+    );
     assert!(table.contains("  PID  NAME"), "{table}");
 
     let json = ktrace_ok(&["--vm", &name, "info", "--json"]);
