@@ -7,8 +7,11 @@
 
 use std::time::Duration;
 
+use ktrace_abi::vm::{qemu_exit_status, DebugRequest, EXIT_PANIC};
+use ktrace_abi::Request;
 use ktrace_tests::{ktrace, unique_name, CliVmGuard, TestVm};
 use probe_sdk::client::Client;
+use probe_sdk::vm::ExitKind;
 
 fn self_test(client: &mut Client, name: &str) -> Vec<String> {
     client.set_request_timeout(Duration::from_secs(120));
@@ -129,4 +132,51 @@ fn cpu_counts_the_kernel_cannot_take_are_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'two' for '--cpus <N>'"));
+}
+
+/// A panic on one CPU while the others run tasks: the report names the
+/// panicking CPU and the task, is whole, and nothing follows it (the other
+/// CPUs were stopped).
+#[test]
+fn a_panic_names_its_cpu_and_stops_the_others() {
+    let mut vm = TestVm::boot_cpus("smp-panic", 4);
+    let mut client = vm.client();
+    let info = client.info().unwrap();
+    client
+        .send_request(&Request::Debug(DebugRequest::Panic))
+        .unwrap();
+    let exit = vm
+        .vm()
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the VM did not exit after the forced panic"));
+    let console = vm.vm().console();
+    let ExitKind::Panicked(report) = exit.kind else {
+        panic!("exit not classified as a panic ({exit:?}); console:\n{console}");
+    };
+    assert_eq!(exit.status, Some(qemu_exit_status(EXIT_PANIC)));
+    assert!(report.complete, "{report}");
+    assert!(report.has_frame("kernel::debug::forced_panic"), "{report}");
+    // "  cpu N, task pid P, uptime ..." with the control task's pid.
+    let control = info.tasks.iter().find(|t| t.name == "control").unwrap();
+    let line = report
+        .lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("cpu "))
+        .unwrap_or_else(|| panic!("no cpu line in\n{report}"));
+    let cpu: u32 = line.trim_start()["cpu ".len()..]
+        .split(',')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(cpu < 4, "{line}");
+    assert!(
+        line.contains(&format!(", task pid {}, uptime ", control.pid)),
+        "{line}"
+    );
+    assert_eq!(console.matches("KERNEL PANIC").count(), 1, "{console}");
+    let after = console.split("---[ end of report ]---").nth(1).unwrap();
+    assert!(
+        after.trim().is_empty(),
+        "printed after the report: {after:?}"
+    );
 }

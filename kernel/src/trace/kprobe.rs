@@ -758,6 +758,10 @@ pub mod blacklist {
             reason: "text patching (the sync of every CPU between writes)",
         },
         Prefix {
+            prefix: "kernel::arch::imp::smp::",
+            reason: "IPIs and TLB shootdown (the sync of every CPU; NMI handlers)",
+        },
+        Prefix {
             prefix: "kernel::trace::text::",
             reason: "text patching (the owner of kernel text)",
         },
