@@ -64,8 +64,9 @@ pub const DEFAULT_DISK_SIZE: u64 = 64 << 20;
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Guest memory.
 pub const DEFAULT_MEMORY: &str = "256M";
-/// Virtual CPUs a VM gets unless told otherwise.
-pub const DEFAULT_CPUS: u32 = 1;
+/// Virtual CPUs a VM gets unless told otherwise: two, as every kernel a
+/// user traces has several (`--cpus 1` for a uniprocessor).
+pub const DEFAULT_CPUS: u32 = 2;
 
 /// Errors of VM management.
 #[derive(Debug, thiserror::Error)]

@@ -271,6 +271,7 @@ mod tests {
     #[test]
     fn qemu_command_line_follows_the_convention() {
         let mut cfg = VmConfig::new("t");
+        cfg.cpus = 1;
         cfg.disks = vec![PathBuf::from("/d/a.img"), PathBuf::from("/d/b.img")];
         let paths = VmPaths::new(Path::new("/run/k"), "t");
         let args: Vec<String> = qemu_args(&cfg, &paths, Path::new("/k/kernel.ktrace"))
