@@ -34,11 +34,11 @@ fn biosnoop_hash_map_value_and_ring_buffer_record_are_structs() {
         (
             "-".into(),
             "-".into(),
-            "Event { ts_ns: u64 @0, sector: u64 @8, queue_ns: u64 @16, service_ns: u64 @24, dev: u32 @32, bytes: u32 @36, pid: u32 @40, error: i32 @44, rwbs: [u8; 8] @48, comm: [u8; 16] @56 }".into()
+            "Event { ts_ns: u64 @0, sector: u64 @8, queue_ns: u64 @16, service_ns: u64 @24, dev: u32 @32, bytes: u32 @36, pid: u32 @40, error: i32 @44, rwbs: [u8; 8] @48, comm: [u8; 16] @56, cpu: u32 @72, issue_cpu: u32 @76 }".into()
         )
     );
     let event = types(&obj, "EVENTS").record.as_ref().unwrap();
-    assert_eq!(event.size(), 72);
+    assert_eq!(event.size(), 80);
     // `error` is the one signed field; `u64` is one node shared by four fields.
     let signed: Vec<&str> = event
         .nodes

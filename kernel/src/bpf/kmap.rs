@@ -37,8 +37,11 @@ use ktrace_bpf_maps::{ArrayLayout, Epochs, Map, MapError, MapSpec, PerfEventArra
 
 use crate::sync::{SpinLock, SpinLockGuard};
 
-/// Longest a program waits for a map another CPU holds.
-pub const PROG_WAIT_NS: u64 = 1_000_000;
+/// Longest a program waits for a map another CPU holds: long enough that a
+/// holder whose vCPU thread the host preempted (several milliseconds on a
+/// loaded machine under TCG; a 1 ms bound lost counts there) finishes
+/// first, short enough to end the wait nobody would end.
+pub const PROG_WAIT_NS: u64 = 50_000_000;
 /// Most 64-spin rounds of that wait, whatever the clock says.
 const MAX_WAIT_ROUNDS: u32 = 1 << 20;
 /// `holder` when no CPU holds the lock.
