@@ -34,6 +34,8 @@ pub const EVENTS_MAP: &str = "printf";
 pub const EVENTS_BYTES: u32 = 1 << 18;
 /// Entries of each script map (bpftrace's default key limit).
 pub const MAP_ENTRIES: u32 = 4096;
+/// `BPF_NOEXIST`: a map update that only inserts.
+const BPF_NOEXIST: i32 = 1;
 /// Frames kept per `kstack`.
 pub const STACK_DEPTH: u32 = 32;
 /// Distinct stacks kept.
@@ -899,8 +901,41 @@ impl Gen<'_, '_> {
         self.e.stack_ptr(R2, key);
         self.e.call(helper::MAP_LOOKUP_ELEM);
         self.e.jmp(JmpCond::Eq, R0, Operand::Imm(0), init);
-        // In place. One CPU runs one program at a time, yet the adds are
-        // atomic so a second CPU could not lose counts.
+        self.add_in_place(&sig, v);
+        self.e.ja(done);
+        self.e.bind(init);
+        let val = self.e.alloc(sig.kind.value_size() as usize, span)?;
+        match sig.kind {
+            MapKind::Hist | MapKind::Lhist { .. } => self.e.store_imm(Size::DW, FP, val, 1),
+            MapKind::Avg | MapKind::Stats => {
+                self.e.load(Size::DW, R1, FP, v);
+                self.e.store(Size::DW, FP, val, R1);
+                self.e.store_imm(Size::DW, FP, val + 8, 1);
+            }
+            _ => {
+                self.e.load(Size::DW, R1, FP, v);
+                self.e.store(Size::DW, FP, val, R1);
+            }
+        }
+        // The first value goes in only if the key is still absent: another
+        // CPU may have inserted it since the lookup, and overwriting its
+        // entry would lose what it counted. Then the value is added to
+        // that entry instead (a full map finds no entry and drops it).
+        self.update(idx, key, val, BPF_NOEXIST);
+        self.e.jmp(JmpCond::Eq, R0, Operand::Imm(0), done);
+        self.e.map(R1, idx);
+        self.e.stack_ptr(R2, key);
+        self.e.call(helper::MAP_LOOKUP_ELEM);
+        self.e.jmp(JmpCond::Eq, R0, Operand::Imm(0), done);
+        self.add_in_place(&sig, v);
+        self.e.bind(done);
+        Ok(())
+    }
+
+    /// Adds the value at `FP + v` into the entry `R0` points at, as the
+    /// aggregation `sig` does: atomic adds, so CPUs updating one entry at
+    /// once lose nothing (min and max compare and store).
+    fn add_in_place(&mut self, sig: &MapSig, v: i16) {
         self.e.load(Size::DW, R1, FP, v);
         let add = |g: &mut Self, off: i16, src: u8| {
             g.e.push(Insn::Atomic {
@@ -937,24 +972,6 @@ impl Gen<'_, '_> {
             }
             MapKind::Value(_) => unreachable!("aggregations do not make value maps"),
         }
-        self.e.ja(done);
-        self.e.bind(init);
-        let val = self.e.alloc(sig.kind.value_size() as usize, span)?;
-        match sig.kind {
-            MapKind::Hist | MapKind::Lhist { .. } => self.e.store_imm(Size::DW, FP, val, 1),
-            MapKind::Avg | MapKind::Stats => {
-                self.e.load(Size::DW, R1, FP, v);
-                self.e.store(Size::DW, FP, val, R1);
-                self.e.store_imm(Size::DW, FP, val + 8, 1);
-            }
-            _ => {
-                self.e.load(Size::DW, R1, FP, v);
-                self.e.store(Size::DW, FP, val, R1);
-            }
-        }
-        self.update(idx, key, val, 0);
-        self.e.bind(done);
-        Ok(())
     }
 
     /// `ACC` = the log2 bucket of `ACC`: 0 for negative values, 1 for 0,
