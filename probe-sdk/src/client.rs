@@ -119,6 +119,9 @@ pub struct ChannelStats {
     pub stale: u64,
 }
 
+/// Longest a write to the control socket may make no progress.
+const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A connection to the kernel's control channel.
 pub struct Client {
     stream: UnixStream,
@@ -149,6 +152,10 @@ impl Client {
             path: path.to_path_buf(),
             source,
         })?;
+        // A kernel that takes nothing for this long is not reading this
+        // port (it is gone, or it serves another link): fail the write
+        // instead of blocking the caller for good.
+        stream.set_write_timeout(Some(WRITE_STALL_TIMEOUT))?;
         let mut client = Self {
             stream,
             path: path.to_path_buf(),

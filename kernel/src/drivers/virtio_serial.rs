@@ -92,8 +92,12 @@ const COMMON_QUEUE_RESET: usize = 0x3a;
 const PCI_CAP_ID_VNDR: u8 = 0x09;
 const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
 
-/// How long [`probe`] waits for the device to announce the port.
-const ANNOUNCE_TIMEOUT_NS: u64 = 200_000_000;
+/// How long [`probe`] waits for the device to announce the port. QEMU
+/// answers within milliseconds when its I/O thread runs, but with several
+/// vCPU threads on a loaded host it may not run for a while, and falling
+/// back to COM2 then leaves the host's sockets unserved: the wait ends as
+/// soon as the ports are open, so only a device that never answers pays it.
+const ANNOUNCE_TIMEOUT_NS: u64 = 5_000_000_000;
 
 fn rx_queue(port: u32) -> u16 {
     (2 * port + 2) as u16
