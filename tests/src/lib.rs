@@ -329,3 +329,25 @@ pub fn compile_c(dir: &Path, name: &str, source: &str) -> PathBuf {
     );
     obj
 }
+
+/// A map definition with no flags, no initial value and no types: what a
+/// test creates through the protocol (`Runtime::map_create`).
+pub fn map_def(
+    name: &str,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> ktrace_abi::bpf::MapDefinition {
+    ktrace_abi::bpf::MapDefinition {
+        name: name.into(),
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        flags: 0,
+        initial_value: Vec::new(),
+        read_only: false,
+        types: Default::default(),
+    }
+}

@@ -7,26 +7,14 @@ use std::time::{Duration, Instant};
 
 use bpf_vm::verifier::{self, linux, Config, Env, MapDef};
 use ktrace_abi::bpf::{
-    map_type, AttachTarget, EventSource, Limits, LoadOptions, MapDefinition, MapEntry, ObjectLoad,
-    ProgramLoad, ProgramType,
+    map_type, AttachTarget, EventSource, Limits, LoadOptions, MapEntry, ObjectLoad, ProgramLoad,
+    ProgramType,
 };
 use ktrace_abi::ErrorCode;
 use ktrace_tests::TestVm;
 use probe_sdk::runtime::{Runtime, RuntimeError};
 
-fn def(name: &str, t: u32, key: u32, value: u32, max: u32) -> MapDefinition {
-    MapDefinition {
-        name: name.into(),
-        map_type: t,
-        key_size: key,
-        value_size: value,
-        max_entries: max,
-        flags: 0,
-        initial_value: Vec::new(),
-        read_only: false,
-        types: Default::default(),
-    }
-}
+use ktrace_tests::map_def as def;
 
 fn kprobe_prog(name: &str, asm: &str) -> ProgramLoad {
     let prog = bpf_vm::asm::assemble(asm).unwrap_or_else(|e| panic!("{name}: {e}"));

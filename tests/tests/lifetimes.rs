@@ -11,28 +11,14 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ktrace_abi::bpf::{
-    map_type, AttachTarget, LoadOptions, MapDefinition, ObjectLoad, ProgramLoad, ProgramType,
-};
+use ktrace_abi::bpf::{map_type, AttachTarget, LoadOptions, ObjectLoad, ProgramLoad, ProgramType};
 use ktrace_abi::vm::SystemInfo;
 use ktrace_tests::{ktrace, TestVm};
 use probe_sdk::client::{Client, ConnectOptions};
 use probe_sdk::runtime::Runtime;
 use probe_sdk::vm::{StopHow, Vm};
 
-fn def(name: &str, t: u32, key: u32, value: u32, max: u32) -> MapDefinition {
-    MapDefinition {
-        name: name.into(),
-        map_type: t,
-        key_size: key,
-        value_size: value,
-        max_entries: max,
-        flags: 0,
-        initial_value: Vec::new(),
-        read_only: false,
-        types: Default::default(),
-    }
-}
+use ktrace_tests::map_def as def;
 
 fn kprobe_prog(name: &str, asm: &str, attach: AttachTarget) -> ProgramLoad {
     let prog = bpf_vm::asm::assemble(asm).unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -26,26 +26,12 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use ktrace_abi::bpf::{
-    map_type, EventSource, LoadOptions, MapDefinition, ObjectLoad, ProgramLoad, ProgramType,
-};
+use ktrace_abi::bpf::{map_type, EventSource, LoadOptions, ObjectLoad, ProgramLoad, ProgramType};
 use ktrace_tests::{ktrace_ok, TestVm};
 use probe_sdk::runtime::Runtime;
 use serde_json::Value;
 
-fn def(name: &str, t: u32, key: u32, value: u32, max: u32) -> MapDefinition {
-    MapDefinition {
-        name: name.into(),
-        map_type: t,
-        key_size: key,
-        value_size: value,
-        max_entries: max,
-        flags: 0,
-        initial_value: Vec::new(),
-        read_only: false,
-        types: Default::default(),
-    }
-}
+use ktrace_tests::map_def as def;
 
 const TARGET: &str = "kernel::bpf::testing::target";
 
