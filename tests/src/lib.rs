@@ -351,3 +351,26 @@ pub fn map_def(
         types: Default::default(),
     }
 }
+
+/// Runs the tool `bin` with `args` writing into a pipe whose reader has
+/// already left, and checks that it ended the way `cat` does: killed by
+/// SIGPIPE, with no panic on stderr.
+pub fn assert_ends_by_sigpipe(bin: &str, args: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = tool(bin)
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "{bin} {args:?}: {}: {stderr}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{bin} {args:?}: {stderr}");
+}

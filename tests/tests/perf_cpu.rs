@@ -8,8 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, Read as _};
-use std::os::unix::process::ExitStatusExt as _;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ktrace_abi::block::DeviceStats;
@@ -17,7 +16,6 @@ use ktrace_tests::{disk_config, TestVm};
 use ktrace_tests::{run_tool as run, run_tool_ok as run_ok, tool};
 
 const SIGINT: i32 = 2;
-const SIGPIPE: i32 = 13;
 
 fn boot(test: &str) -> (TestVm, std::path::PathBuf) {
     let (cfg, dir) = disk_config(test, 1);
@@ -374,18 +372,6 @@ fn biosnoop_cpu_names_the_completing_cpu_for_every_request() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Runs `bin` with stdout a pipe whose reader already left.
-fn run_into_closed_pipe(bin: &str, args: &[&str]) -> Output {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    tool(bin)
-        .args(args)
-        .stdout(writer)
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"))
-}
-
 fn spawn(bin: &str, args: &[&str]) -> Child {
     tool(bin)
         .args(args)
@@ -446,15 +432,7 @@ fn the_per_cpu_flags_end_quietly_in_a_closed_pipe_and_on_ctrl_c() {
         ),
     ];
     for (bin, args) in cases {
-        let out = run_into_closed_pipe(bin, args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.signal(),
-            Some(SIGPIPE),
-            "{bin} {args:?}: {}: {stderr}",
-            out.status
-        );
-        assert!(!stderr.contains("panicked"), "{bin} {args:?}: {stderr}");
+        ktrace_tests::assert_ends_by_sigpipe(bin, args);
         assert_eq!(probes(&name), 0, "after {bin} {args:?}");
     }
 

@@ -8,7 +8,7 @@
 use std::io::{BufReader, Read as _};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use ktrace_abi::block::DeviceStats;
 use ktrace_tests::{disk_config, TestVm};
@@ -341,19 +341,6 @@ fn read_until(r: &mut impl std::io::BufRead, what: &str) -> String {
     }
 }
 
-/// Runs tool `name` with its stdout a pipe whose reader already left
-/// (`| head -0`): the first write fails.
-fn run_into_closed_pipe(name: &str, args: &[&str]) -> Output {
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    tool(name)
-        .args(args)
-        .stdout(writer)
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
-}
-
 /// What a tool can leave behind in the kernel of VM `vm`, as `ktrace prog
 /// list`, `map list`, `link list` and `probe list` show it.
 fn leftovers(vm: &str) -> Vec<String> {
@@ -539,15 +526,7 @@ fn a_closed_pipe_or_a_signal_ends_every_tool_quietly_and_leaves_nothing_in_the_k
         ),
     ];
     for (bin, args) in cases {
-        let out = run_into_closed_pipe(bin, args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.signal(),
-            Some(SIGPIPE),
-            "{bin} {args:?}: {}: {stderr}",
-            out.status
-        );
-        assert!(!stderr.contains("panicked"), "{bin} {args:?}: {stderr}");
+        ktrace_tests::assert_ends_by_sigpipe(bin, args);
         assert_eq!(
             leftovers(&name),
             Vec::<String>::new(),
