@@ -14,7 +14,7 @@ use std::time::Duration;
 use ktrace_abi::bpf::{
     AttachTarget, BenchResult, BpfRequest, BpfResponse, Engine, EventBatch, Limits, LinkInfo,
     LoadOptions, MapDefinition, MapEntry, MapInfo, ObjectInfo, ObjectLoad, ObjectLoaded, ProgDump,
-    ProgInfo, ProgramLoad, Rejected, TestRunResult, Usage,
+    ProgInfo, ProgramLoad, Rejected, TestRunResult, TriggerBenchResult, Usage,
 };
 use ktrace_abi::{ErrorCode, Request, Response};
 
@@ -447,6 +447,19 @@ impl<'c> Runtime<'c> {
     pub fn bench(&mut self, count: u32) -> Result<BenchResult> {
         let r = self.call_timeout(BpfRequest::Bench { count }, Duration::from_secs(300))?;
         expect!(r, "Bench", BpfResponse::Bench(b) => *b)
+    }
+
+    /// The trigger benchmark: trigger calls from one kernel task pinned to
+    /// each of `cpus`, all at once, for `ms` milliseconds.
+    pub fn trigger_bench(&mut self, cpus: &[u32], ms: u32) -> Result<TriggerBenchResult> {
+        let r = self.call_timeout(
+            BpfRequest::TriggerBench {
+                cpus: cpus.to_vec(),
+                ms,
+            },
+            Duration::from_secs(120),
+        )?;
+        expect!(r, "TriggerBench", BpfResponse::TriggerBench(b) => *b)
     }
 }
 

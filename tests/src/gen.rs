@@ -846,7 +846,7 @@ pub fn gen_request(kind: usize, world: &mut World, rng: &mut Rng) -> Request {
                 }
             })
         }
-        20 => Request::Bpf(match rng.below(4) {
+        20 => Request::Bpf(match rng.below(5) {
             0 => B::Trigger {
                 count: rng.pick(&[0, 1, 1000, 1_000_001, u32::MAX]),
                 arg: rng.u64(),
@@ -856,6 +856,17 @@ pub fn gen_request(kind: usize, world: &mut World, rng: &mut Rng) -> Request {
             },
             2 => B::Bench {
                 count: rng.pick(&[0, 1, 1000, 1_000_001, u32::MAX]),
+            },
+            3 => B::TriggerBench {
+                cpus: rng.pick(&[
+                    vec![],
+                    vec![0],
+                    vec![0, 1],
+                    vec![1, 1],
+                    vec![7],
+                    vec![u32::MAX],
+                ]),
+                ms: rng.pick(&[0, 1, 20, 10_001, u32::MAX]),
             },
             _ => B::SetLimits(Box::new(ktrace_abi::bpf::Limits {
                 map_memory_bytes: rng.u64(),
@@ -946,7 +957,7 @@ pub const KINDS: [&str; 25] = [
     "Bpf::Attach",
     "Bpf::Detach",
     "Bpf::Events(Subscribe|Poll)",
-    "Bpf::(Trigger|TriggerSpawn|Bench|SetLimits)",
+    "Bpf::(Trigger|TriggerSpawn|Bench|TriggerBench|SetLimits)",
     "Bpf::LoadObject",
     "Block::(Stats|SetScheduler|InjectErrors)",
     "Block::Io",

@@ -704,7 +704,7 @@ fn kprobe_arguments_sched_errors_and_exits() {
     );
     assert_eq!(
         trace_ok(&name, &["-l", "tracepoint:sched:*"]),
-        "tracepoint:sched:sched_switch\ntracepoint:sched:sched_wakeup\n"
+        "tracepoint:sched:sched_switch\ntracepoint:sched:sched_wakeup\ntracepoint:sched:sched_migrate_task\n"
     );
     let _ = std::fs::remove_dir_all(&dir);
 

@@ -292,7 +292,7 @@ mod tests {
             ),
             "{e}"
         );
-        assert!(e.ends_with("irq:irq_handler_exit)"), "{e}");
+        assert!(e.ends_with("irq:irq_handler_exit, ktrace:bench)"), "{e}");
         assert_eq!(
             context(ProgramType::Tracepoint, Attach::Kprobe)
                 .unwrap_err()

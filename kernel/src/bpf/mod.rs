@@ -898,6 +898,12 @@ pub fn handle(req: BpfRequest, session: &Session) -> Answer {
             check_sync_count("Bench", count)?;
             ok(BpfResponse::Bench(Box::new(testing::bench(count))))
         }
+        BpfRequest::TriggerBench { cpus, ms } => {
+            drop(rt);
+            ok(BpfResponse::TriggerBench(Box::new(testing::trigger_bench(
+                &cpus, ms,
+            )?)))
+        }
     })
 }
 

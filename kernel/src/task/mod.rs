@@ -13,8 +13,8 @@ mod waitqueue;
 #[allow(unused_imports)] // the attach-point and block work use the rest
 pub use sched::{
     context_switches, current_pid, exit_current, idle_loop, init, init_ap, new_cpu_stack,
-    preempt_point_from_irq, reap_zombies, sleep_ms, sleep_ns, snapshot, spawn, start_all_cpus,
-    timer_tick, wake, yield_now, Pid, STACK_BYTES,
+    preempt_point_from_irq, reap_zombies, sleep_ms, sleep_ns, snapshot, spawn, spawn_on,
+    start_all_cpus, timer_tick, wake, yield_now, Pid, STACK_BYTES,
 };
 pub use waitqueue::WaitQueue;
 

@@ -6,8 +6,10 @@
 //! else to the least loaded CPU; a CPU with nothing to run steals from
 //! the busiest queue (on its way to idle, and at each timer tick while
 //! idle), and at each tick a CPU with two tasks fewer than the busiest
-//! takes one of its queued tasks. Each switch onto another CPU than the task's last counts as a
-//! migration.
+//! takes one of its queued tasks. A task started with [`spawn_on`] is
+//! pinned: it always goes to its CPU's queue and is never stolen or
+//! balanced away. Each switch onto another CPU than the task's last
+//! counts as a migration.
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
@@ -118,6 +120,9 @@ struct Task {
     migrations: u64,
     /// A CPU's idle task: never queued, runs only on its CPU.
     idle: bool,
+    /// Runs only on this CPU ([`spawn_on`]): placed there, never stolen
+    /// or balanced away.
+    pinned: Option<u32>,
     /// A `wake` came while the task was still running (between putting
     /// itself on a wait queue and blocking): its next block returns at once.
     wake_pending: bool,
@@ -194,10 +199,12 @@ impl Scheduler {
         best
     }
 
-    /// Queue `pid` (Ready) on a CPU chosen by [`place`](Self::place), and
-    /// make that CPU look at its queue if it idles.
+    /// Queue `pid` (Ready) on its pinned CPU, else on a CPU chosen by
+    /// [`place`](Self::place), and make that CPU look at its queue if it
+    /// idles.
     fn enqueue(&mut self, pid: Pid, last: u32) -> u32 {
-        let cpu = self.place(last);
+        let pinned = self.tasks.get(&pid).and_then(|t| t.pinned);
+        let cpu = pinned.unwrap_or_else(|| self.place(last));
         self.run_queues[cpu as usize].push_back(pid);
         if self.is_idle(cpu) {
             smp::send_reschedule(cpu);
@@ -205,19 +212,33 @@ impl Scheduler {
         cpu
     }
 
-    /// A task for idle `cpu` from the busiest other queue (load balancing
-    /// by stealing: only a CPU with nothing to run takes work).
+    /// Whether `pid` may be moved to another CPU's queue: Ready and not
+    /// pinned.
+    fn movable(&self, pid: Pid) -> bool {
+        self.tasks
+            .get(&pid)
+            .is_some_and(|t| t.state == TaskState::Ready && t.pinned.is_none())
+    }
+
+    /// Queued tasks on `cpu` that another CPU may take.
+    fn movable_count(&self, cpu: u32) -> usize {
+        self.run_queues[cpu as usize]
+            .iter()
+            .filter(|&&p| self.movable(p))
+            .count()
+    }
+
+    /// A task for idle `cpu` from the other queue with the most movable
+    /// tasks (load balancing by stealing: only a CPU with nothing to run
+    /// takes work; pinned tasks stay).
     fn steal(&mut self, cpu: u32) -> Option<Pid> {
         let victim = (0..cpu_count())
             .filter(|&c| c != cpu)
-            .max_by_key(|&c| self.run_queues[c as usize].len())?;
-        let q = &mut self.run_queues[victim as usize];
-        let pos = q.iter().rposition(|p| {
-            self.tasks
-                .get(p)
-                .is_some_and(|t| t.state == TaskState::Ready)
-        })?;
-        q.remove(pos)
+            .max_by_key(|&c| self.movable_count(c))?;
+        let pos = self.run_queues[victim as usize]
+            .iter()
+            .rposition(|&p| self.movable(p))?;
+        self.run_queues[victim as usize].remove(pos)
     }
 
     /// Periodic balance (timer tick on `cpu`): when another CPU has at
@@ -234,7 +255,13 @@ impl Scheduler {
         if self.load(victim) < mine + 2 {
             return false;
         }
-        match self.run_queues[victim as usize].pop_back() {
+        let Some(pos) = self.run_queues[victim as usize]
+            .iter()
+            .rposition(|&p| self.movable(p))
+        else {
+            return false;
+        };
+        match self.run_queues[victim as usize].remove(pos) {
             Some(pid) => {
                 self.run_queues[cpu as usize].push_back(pid);
                 true
@@ -243,11 +270,11 @@ impl Scheduler {
         }
     }
 
-    /// Whether idle `cpu` has work: its own queue, or another to steal
-    /// from (queues hold only Ready tasks).
+    /// Whether idle `cpu` has work: its own queue, or a task it may steal
+    /// from another (queues hold only Ready tasks).
     fn has_work_for(&self, cpu: u32) -> bool {
         !self.run_queues[cpu as usize].is_empty()
-            || (0..cpu_count()).any(|c| !self.run_queues[c as usize].is_empty())
+            || (0..cpu_count()).any(|c| c != cpu && self.movable_count(c) > 0)
     }
 }
 
@@ -283,6 +310,7 @@ fn new_task(pid: Pid, name: &str, state: TaskState, cpu: u32, idle: bool) -> Box
         cpu,
         migrations: 0,
         idle,
+        pinned: None,
         wake_pending: false,
     })
 }
@@ -339,6 +367,21 @@ pub fn new_cpu_stack() -> Option<u64> {
 /// memory.
 #[must_use = "a task that could not be spawned never runs"]
 pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<Pid> {
+    spawn_pinned(name, None, f)
+}
+
+/// Start a kernel task running `f` that runs only on `cpu` (an online
+/// CPU): it is queued there, and neither stealing nor balancing moves it.
+/// Returns its pid, or `None` when out of memory or `cpu` is not online.
+#[must_use = "a task that could not be spawned never runs"]
+pub fn spawn_on(name: &str, cpu: u32, f: impl FnOnce() + Send + 'static) -> Option<Pid> {
+    if cpu >= cpu_count() {
+        return None;
+    }
+    spawn_pinned(name, Some(cpu), f)
+}
+
+fn spawn_pinned(name: &str, pinned: Option<u32>, f: impl FnOnce() + Send + 'static) -> Option<Pid> {
     let stack = KernelStack::new()?;
     let start: Box<Box<dyn FnOnce() + Send>> = Box::new(Box::new(f));
     let arg = Box::into_raw(start) as u64;
@@ -366,6 +409,7 @@ pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Option<Pid> {
     task.slot.rsp.store(rsp, Ordering::Relaxed);
     task._stack = Some(stack);
     task.slice_start_tsc = 0;
+    task.pinned = pinned;
     s.tasks.insert(pid, task);
     s.enqueue(pid, here);
     Some(pid)
@@ -577,6 +621,8 @@ fn schedule_with(leave: Leave) {
         return;
     }
     let prev_comm;
+    let next_last_cpu;
+    let migrated;
     let (prev_slot, next_slot, prev, next) = {
         let mut g = SCHED.lock();
         let Some(s) = g.as_mut() else { return };
@@ -649,7 +695,9 @@ fn schedule_with(leave: Leave) {
         n.state = TaskState::Running;
         n.switches += 1;
         n.slice_start_tsc = now;
-        if n.cpu != cpu && !n.idle && n.switches > 1 {
+        next_last_cpu = n.cpu;
+        migrated = n.cpu != cpu && !n.idle && n.switches > 1;
+        if migrated {
             n.migrations += 1;
             crate::cpustat::add(crate::cpustat::Stat::Migrations);
         }
@@ -662,6 +710,18 @@ fn schedule_with(leave: Leave) {
     };
     CONTEXT_SWITCHES.fetch_add(1, Ordering::Relaxed);
     crate::cpustat::add(crate::cpustat::Stat::ContextSwitches);
+    // Both events after the unlock: a program on them may take any lock.
+    if migrated {
+        crate::trace_event!(
+            crate::trace::points::SCHED_MIGRATE_TASK,
+            ktrace_tracepoints::sched::SchedMigrateTask {
+                pid: next,
+                orig_cpu: next_last_cpu,
+                dest_cpu: cpu,
+                comm: this_cpu().current_comm(),
+            }
+        );
+    }
     crate::trace_event!(
         crate::trace::points::SCHED_SWITCH,
         ktrace_tracepoints::sched::SchedSwitch {
@@ -674,6 +734,8 @@ fn schedule_with(leave: Leave) {
             next_pid: next,
             prev_comm,
             next_comm: this_cpu().current_comm(),
+            cpu,
+            next_last_cpu,
         }
     );
     // SAFETY: (both slots) a slot lives as long as its task's box. `next`

@@ -21,6 +21,8 @@ pub static BLOCK_RQ_COMPLETE: Tracepoint = Tracepoint::new::<block::BlockRqCompl
 pub static SCHED_SWITCH: Tracepoint = Tracepoint::new::<sched::SchedSwitch>();
 /// `sched:sched_wakeup`.
 pub static SCHED_WAKEUP: Tracepoint = Tracepoint::new::<sched::SchedWakeup>();
+/// `sched:sched_migrate_task`.
+pub static SCHED_MIGRATE_TASK: Tracepoint = Tracepoint::new::<sched::SchedMigrateTask>();
 /// `irq:irq_handler_entry`.
 pub static IRQ_HANDLER_ENTRY: Tracepoint = Tracepoint::new::<irq::IrqHandlerEntry>();
 /// `irq:irq_handler_exit`.
@@ -30,7 +32,7 @@ pub static IRQ_HANDLER_EXIT: Tracepoint = Tracepoint::new::<irq::IrqHandlerExit>
 pub static KTRACE_BENCH: Tracepoint = Tracepoint::new::<BenchEvent>();
 
 /// Every tracepoint, in listing order.
-pub static ALL: [&Tracepoint; 11] = [
+pub static ALL: [&Tracepoint; 12] = [
     &BLOCK_BIO_QUEUE,
     &BLOCK_BIO_BACKMERGE,
     &BLOCK_BIO_FRONTMERGE,
@@ -39,28 +41,11 @@ pub static ALL: [&Tracepoint; 11] = [
     &BLOCK_RQ_COMPLETE,
     &SCHED_SWITCH,
     &SCHED_WAKEUP,
+    &SCHED_MIGRATE_TASK,
     &IRQ_HANDLER_ENTRY,
     &IRQ_HANDLER_EXIT,
     &KTRACE_BENCH,
 ];
 
 /// Record of `ktrace:bench`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BenchEvent {
-    /// A value the emitter chooses.
-    pub value: u64,
-}
-
-impl ktrace_tracepoints::TracepointEvent for BenchEvent {
-    const CATEGORY: &'static str = "ktrace";
-    const NAME: &'static str = "bench";
-    const FIELDS: &'static [ktrace_tracepoints::FieldDesc] = &[ktrace_tracepoints::FieldDesc {
-        name: "value",
-        type_name: "u64",
-        offset: 0,
-        size: 8,
-        signed: false,
-    }];
-    const SIZE: u32 = 8;
-}
+pub type BenchEvent = ktrace_tracepoints::ktrace::Bench;

@@ -122,6 +122,7 @@ pub const fn desc<E: TracepointEvent>() -> TracepointDesc {
 
 pub mod block;
 pub mod irq;
+pub mod ktrace;
 pub mod sched;
 
 /// Every tracepoint the kernel defines.
@@ -134,8 +135,10 @@ pub const ALL: &[TracepointDesc] = &[
     desc::<block::BlockRqComplete>(),
     desc::<sched::SchedSwitch>(),
     desc::<sched::SchedWakeup>(),
+    desc::<sched::SchedMigrateTask>(),
     desc::<irq::IrqHandlerEntry>(),
     desc::<irq::IrqHandlerExit>(),
+    desc::<ktrace::Bench>(),
 ];
 
 /// Find a tracepoint by `category:name` (or `category/name`).

@@ -130,6 +130,14 @@ pub enum BpfRequest {
     /// calls it `count` times with interrupts off and reports TSC cycles.
     /// Answer: [`BpfResponse::Bench`].
     Bench { count: u32 },
+    /// The trigger benchmark (the shape of Linux's `bench trig-*`): one
+    /// kernel task pinned to each CPU of `cpus` (distinct, online, at least
+    /// one) makes trigger calls in a loop for `ms` milliseconds (1 to
+    /// 10,000), all starting together. One call is one call of the probe
+    /// target plus one `ktrace:bench` tracepoint site, so a kprobe, a
+    /// kretprobe or a tracepoint program each fire once per call. Answer:
+    /// [`BpfResponse::TriggerBench`].
+    TriggerBench { cpus: Vec<u32>, ms: u32 },
     /// How programs loaded without [`LoadOptions::engine`] run from now on
     /// (`Some`), or only ask (`None`); programs already loaded keep theirs
     /// (Linux's `net.core.bpf_jit_enable` / `bpf_jit_harden`). Answer:
@@ -171,6 +179,7 @@ pub enum BpfResponse {
         result: u64,
     },
     Bench(Box<BenchResult>),
+    TriggerBench(Box<TriggerBenchResult>),
     DefaultEngine(Engine),
     /// The verifier rejected a program of a load: nothing was loaded.
     Rejected(Box<Rejected>),
@@ -636,6 +645,38 @@ pub struct BenchResult {
     pub cycles_per_call: u64,
     /// Mean TSC cycles per call with nothing attached, measured in the same request.
     pub baseline_cycles: u64,
+}
+
+/// What a [`BpfRequest::TriggerBench`] measured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerBenchResult {
+    /// One per CPU of the request, in its order.
+    pub workers: Vec<TriggerBenchWorker>,
+    /// From the first worker's start to the last one's end.
+    pub elapsed_ns: u64,
+}
+
+impl TriggerBenchResult {
+    /// Calls of all workers.
+    pub fn calls(&self) -> u64 {
+        self.workers.iter().map(|w| w.calls).sum()
+    }
+
+    /// Calls per second of all workers together.
+    pub fn calls_per_sec(&self) -> f64 {
+        self.calls() as f64 * 1e9 / self.elapsed_ns.max(1) as f64
+    }
+}
+
+/// One pinned worker of a [`BpfRequest::TriggerBench`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerBenchWorker {
+    /// The CPU it ran on (every call; a call elsewhere fails the request).
+    pub cpu: u32,
+    /// Trigger calls it made: each fired the probe target and `ktrace:bench` once.
+    pub calls: u64,
+    /// Its own running time, start to end.
+    pub ns: u64,
 }
 
 /// The `file:line` locations of a line table, one per row, as the verifier
