@@ -38,9 +38,11 @@ pub enum Stat {
     /// adds one where it counts a task's migration (at switch-in, on the
     /// CPU the task arrived on). One CPU never migrates: 0.
     Migrations,
+    /// An NMI was taken (a sampling tick, a TLB shootdown, or both).
+    Nmis,
 }
 
-const STATS: usize = 5;
+const STATS: usize = 6;
 
 /// One row per CPU, one column per [`Stat`].
 static COUNTS: [[AtomicU64; STATS]; MAX_CPUS] =
@@ -68,6 +70,8 @@ pub fn trap_taken(vector: u8) {
         add(Stat::Irqs);
     } else if vector == 14 {
         add(Stat::PageFaults);
+    } else if vector == 2 {
+        add(Stat::Nmis);
     }
 }
 

@@ -27,6 +27,11 @@
 //!   TSC: under a loaded host QEMU coalesces timer interrupts), per CPU,
 //!   so `samples + lost` tracks the requested frequency on every CPU. One
 //!   sampling event at a time (one PIT).
+//! - **An NMI may be a sample and a TLB shootdown at once**: NMIs carry no
+//!   source, and one raised while another is pending merges into it. So
+//!   every NMI checks both: `smp::on_nmi` the shootdown request, then
+//!   [`sample_due`] the tick (a flag the timer CPU sets before passing a
+//!   tick on; on the timer CPU itself, the time since its last sample).
 //!
 //! # What runs in the NMI, and why nothing more
 //! An NMI arrives anywhere, even inside a spinlock held with interrupts
@@ -282,6 +287,25 @@ struct CpuSampler {
     /// Samples whose handlers did not run because the deferred ring was
     /// full (interrupts stayed off for longer than it holds).
     deferred_missed: AtomicU64,
+    /// Set by the timer CPU before it passes a tick on to this CPU;
+    /// cleared by the NMI that samples it (see [`sample_due`]).
+    tick_pending: AtomicBool,
+    /// Ticks the timer CPU passed on to this CPU.
+    ticks_forwarded: AtomicU64,
+    /// NMIs that were a TLB shootdown and a sampling tick at once.
+    merged: AtomicU64,
+    /// Ticks passed on to this CPU whose NMI came after sampling stopped.
+    late: AtomicU64,
+    /// Ticks passed on to this CPU while the one before was still pending
+    /// (its NMI not taken yet: the two are one NMI and one sample; the TSC
+    /// gap counts the other as lost).
+    coalesced: AtomicU64,
+    /// NMIs this CPU's sampling handler saw (every NMI while it is
+    /// installed: the self tests compare this with the CPU's NMI count).
+    nmis_seen: AtomicU64,
+    /// Timer CPU only: the last sample was taken by a shootdown's NMI on
+    /// the guess that the tick had merged into it (see [`sample_due`]).
+    guessed: AtomicBool,
 }
 
 static CPU_SAMPLERS: [CpuSampler; MAX_CPUS] = [const {
@@ -291,6 +315,13 @@ static CPU_SAMPLERS: [CpuSampler; MAX_CPUS] = [const {
         lost: AtomicU64::new(0),
         last_tsc: AtomicU64::new(0),
         deferred_missed: AtomicU64::new(0),
+        tick_pending: AtomicBool::new(false),
+        ticks_forwarded: AtomicU64::new(0),
+        merged: AtomicU64::new(0),
+        late: AtomicU64::new(0),
+        coalesced: AtomicU64::new(0),
+        nmis_seen: AtomicU64::new(0),
+        guessed: AtomicBool::new(false),
     }
 }; MAX_CPUS];
 static HANDLERS: spin::RwLock<Vec<Arc<dyn PerfHandler>>> = spin::RwLock::new(Vec::new());
@@ -365,6 +396,12 @@ pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
             for c in &CPU_SAMPLERS {
                 c.taken.store(0, Ordering::Relaxed);
                 c.lost.store(0, Ordering::Relaxed);
+                c.tick_pending.store(false, Ordering::Relaxed);
+                c.ticks_forwarded.store(0, Ordering::Relaxed);
+                c.merged.store(0, Ordering::Relaxed);
+                c.late.store(0, Ordering::Relaxed);
+                c.coalesced.store(0, Ordering::Relaxed);
+                c.guessed.store(false, Ordering::Relaxed);
             }
             SAMPLER.max_stack.store(
                 u64::from(*max_stack).min(MAX_STACK as u64),
@@ -730,21 +767,44 @@ fn on_sample_nmi(regs: &mut PtRegs, _vector: u8) -> bool {
     let cpu = crate::percpu::this_cpu();
     let slot = cpustat::this_slot();
     let me = &CPU_SAMPLERS[slot];
+    me.nmis_seen.fetch_add(1, Ordering::Relaxed);
     // Announce, then check (the other half of `close`'s protocol).
     me.in_nmi.store(true, Ordering::SeqCst);
     if !s.sampling.load(Ordering::SeqCst) {
         // The late tick of a stopped timer, or its copy passed on by
-        // another CPU: nothing else raises NMIs here.
+        // another CPU, or a TLB shootdown.
+        if me.tick_pending.swap(false, Ordering::AcqRel) {
+            me.late.fetch_add(1, Ordering::Relaxed);
+        }
         me.in_nmi.store(false, Ordering::SeqCst);
         return true;
     }
-    // The timer's NMI comes to one CPU; it passes it on so that every
-    // CPU samples. The others' NMIs are copies and are not passed on.
-    if cpu.id == s.timer_cpu.load(Ordering::Relaxed) && crate::percpu::cpu_count() > 1 {
-        apic::send_nmi_all_but_self();
-    }
     let tsc = crate::arch::rdtsc();
     let period = s.period_tsc.load(Ordering::Relaxed);
+    let timer_cpu = cpu.id == s.timer_cpu.load(Ordering::Relaxed);
+    let shootdown = crate::arch::smp::nmi_had_shootdown();
+    if !sample_due(me, timer_cpu, shootdown, tsc, period) {
+        // A TLB shootdown alone.
+        me.in_nmi.store(false, Ordering::SeqCst);
+        return true;
+    }
+    if shootdown {
+        me.merged.fetch_add(1, Ordering::Relaxed);
+    }
+    // The timer's NMI comes to one CPU; it passes it on so that every
+    // CPU samples. The others' NMIs are copies and are not passed on.
+    let online = crate::percpu::cpu_count();
+    if timer_cpu && online > 1 {
+        for c in (0..online as usize).filter(|&c| c != slot && c < MAX_CPUS) {
+            if CPU_SAMPLERS[c].tick_pending.swap(true, Ordering::AcqRel) {
+                CPU_SAMPLERS[c].coalesced.fetch_add(1, Ordering::Relaxed);
+            }
+            CPU_SAMPLERS[c]
+                .ticks_forwarded
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        apic::send_nmi_all_but_self();
+    }
     let last = me.last_tsc.swap(tsc, Ordering::Relaxed);
     if last != 0 && period != 0 {
         let periods = (tsc.wrapping_sub(last) + period / 2) / period;
@@ -785,6 +845,79 @@ fn on_sample_nmi(regs: &mut PtRegs, _vector: u8) -> bool {
     }
     me.in_nmi.store(false, Ordering::SeqCst);
     true
+}
+
+/// Whether this NMI carries a sampling tick. An NMI has no source, and
+/// one raised while another is pending merges into it, so a TLB
+/// shootdown's NMI may carry a tick too: each source is checked on every
+/// NMI (the shootdown by `smp::on_nmi`, the tick here).
+///
+/// - On the other CPUs the tick is a copy the timer CPU passes on, which
+///   sets `tick_pending` before sending it: exact. A copy that merged
+///   into a shootdown's NMI is sampled there; one held behind it finds
+///   the flag clear and is not sampled twice.
+/// - On the timer CPU the tick is the PIT's own NMI, with no flag to
+///   read. A shootdown's NMI there samples when a full period has passed
+///   since the last sample (the tick in between has fired: it merged
+///   into this NMI, or it is held behind it); in the second case the
+///   held tick arrives well within half a period of that sample, and is
+///   skipped. A PIT tick the host delayed by more than half a period
+///   past a shootdown's guess is sampled twice (a period's loss count
+///   may then be one short): exact counting needs a flag the hardware
+///   does not give.
+fn sample_due(me: &CpuSampler, timer_cpu: bool, shootdown: bool, tsc: u64, period: u64) -> bool {
+    if !timer_cpu {
+        return me.tick_pending.swap(false, Ordering::AcqRel);
+    }
+    let since = tsc.wrapping_sub(me.last_tsc.load(Ordering::Relaxed));
+    let first = me.last_tsc.load(Ordering::Relaxed) == 0;
+    if shootdown {
+        let due = !first && period != 0 && since >= period;
+        if due {
+            me.guessed.store(true, Ordering::Relaxed);
+        }
+        return due;
+    }
+    !(me.guessed.swap(false, Ordering::Relaxed) && since < period / 2)
+}
+
+/// One CPU's sampling NMIs since the sampling event opened (the self
+/// tests compare them).
+#[allow(dead_code)] // the self tests
+#[derive(Debug, Clone, Copy)]
+pub struct TickCounts {
+    /// Ticks the timer CPU passed on to this CPU.
+    pub forwarded: u64,
+    /// Of those, ones whose NMI came after sampling stopped.
+    pub late: u64,
+    /// Of those, ones passed on while the one before was still pending.
+    pub coalesced: u64,
+    /// Samples taken (recorded, or lost to a full ring).
+    pub taken: u64,
+    /// Samples taken by an NMI that was a TLB shootdown as well.
+    pub merged: u64,
+    /// NMIs the sampling handler saw (since boot).
+    pub nmis_seen: u64,
+}
+
+/// [`TickCounts`] of CPU `cpu`.
+#[allow(dead_code)] // the self tests
+pub fn tick_counts(cpu: usize) -> TickCounts {
+    let c = &CPU_SAMPLERS[cpu.min(MAX_CPUS - 1)];
+    TickCounts {
+        forwarded: c.ticks_forwarded.load(Ordering::Relaxed),
+        late: c.late.load(Ordering::Relaxed),
+        coalesced: c.coalesced.load(Ordering::Relaxed),
+        taken: c.taken.load(Ordering::Relaxed),
+        merged: c.merged.load(Ordering::Relaxed),
+        nmis_seen: c.nmis_seen.load(Ordering::Relaxed),
+    }
+}
+
+/// The CPU that takes the timer's NMI and passes it on.
+#[allow(dead_code)] // the self tests
+pub fn timer_cpu() -> u32 {
+    SAMPLER.timer_cpu.load(Ordering::Relaxed)
 }
 
 /// The self-IPI: run the attached handlers on the samples this CPU's NMI

@@ -415,15 +415,25 @@ pub fn shootdowns() -> u64 {
     SHOOTDOWNS.load(Ordering::Relaxed)
 }
 
-/// This CPU's part of the NMI protocols; returns whether the NMI was one
-/// of ours (the perf sampler's PIT NMI is told apart this way; an NMI of
-/// the sampler that merged with one of ours is lost as a sample).
+/// Per CPU: the NMI it handles now included a TLB shootdown (written by
+/// [`on_nmi`] at the start of each NMI, read by the perf sampler).
+static NMI_HAD_SHOOTDOWN: [AtomicBool; MAX_CPUS as usize] =
+    [const { AtomicBool::new(false) }; MAX_CPUS as usize];
+
+/// This CPU's part of the NMI protocols; returns whether the NMI was a TLB
+/// shootdown. An NMI carries no source, and one raised while another is
+/// pending merges into it: the caller still lets the perf sampler check
+/// its own pending state ([`nmi_had_shootdown`] tells it this NMI was a
+/// shootdown too).
 pub fn on_nmi() -> bool {
     if PANIC_STOP.load(Ordering::Acquire) {
         stop_this_cpu();
     }
-    let me = 1u32 << percpu::cpu_id();
-    if SHOOT_PENDING.load(Ordering::Acquire) & me == 0 {
+    let cpu = percpu::cpu_id();
+    let me = 1u32 << cpu;
+    let had = SHOOT_PENDING.load(Ordering::Acquire) & me != 0;
+    NMI_HAD_SHOOTDOWN[cpu as usize % MAX_CPUS as usize].store(had, Ordering::Relaxed);
+    if !had {
         return false;
     }
     match SHOOT_ADDR.load(Ordering::Relaxed) {
@@ -432,6 +442,12 @@ pub fn on_nmi() -> bool {
     }
     SHOOT_PENDING.fetch_and(!me, Ordering::Release);
     true
+}
+
+/// Whether the NMI this CPU is handling included a TLB shootdown (valid
+/// inside the NMI handler, after [`on_nmi`]).
+pub fn nmi_had_shootdown() -> bool {
+    NMI_HAD_SHOOTDOWN[percpu::cpu_id() as usize % MAX_CPUS as usize].load(Ordering::Relaxed)
 }
 
 /// Stop every other CPU for good (a panic report is being written).

@@ -72,10 +72,11 @@ fn dispatch(regs: &mut PtRegs, vector: u64) {
             }
         );
     }
-    // A TLB shootdown or a panic stop from another CPU (`smp`).
-    if vector == 2 && super::smp::on_nmi() {
-        return;
-    }
+    // A TLB shootdown or a panic stop from another CPU (`smp`). One NMI
+    // may stand for a shootdown and a sampling tick at once (NMIs carry no
+    // source and merge while one is pending), so the sampler's handler
+    // below runs as well and checks its own pending state.
+    let shootdown = vector == 2 && super::smp::on_nmi();
     let raw = HANDLERS[vector as usize].load(Ordering::Acquire);
     let handled = if raw != 0 {
         // SAFETY: only `set_handler` stores into HANDLERS, always a
@@ -84,7 +85,7 @@ fn dispatch(regs: &mut PtRegs, vector: u64) {
         handler(regs, vector)
     } else {
         false
-    };
+    } || shootdown;
     if is_irq {
         crate::trace_event!(
             crate::trace::points::IRQ_HANDLER_EXIT,
