@@ -130,6 +130,11 @@ pub enum BpfRequest {
     /// calls it `count` times with interrupts off and reports TSC cycles.
     /// Answer: [`BpfResponse::Bench`].
     Bench { count: u32 },
+    /// How programs loaded without [`LoadOptions::engine`] run from now on
+    /// (`Some`), or only ask (`None`); programs already loaded keep theirs
+    /// (Linux's `net.core.bpf_jit_enable` / `bpf_jit_harden`). Answer:
+    /// [`BpfResponse::DefaultEngine`] with the setting now.
+    DefaultEngine { set: Option<Engine> },
     /// The trigger benchmark (the shape of Linux's `bench trig-*`): one
     /// kernel task pinned to each CPU of `cpus` (distinct, online, at least
     /// one) makes trigger calls in a loop for `ms` milliseconds (1 to
@@ -138,11 +143,6 @@ pub enum BpfRequest {
     /// kretprobe or a tracepoint program each fire once per call. Answer:
     /// [`BpfResponse::TriggerBench`].
     TriggerBench { cpus: Vec<u32>, ms: u32 },
-    /// How programs loaded without [`LoadOptions::engine`] run from now on
-    /// (`Some`), or only ask (`None`); programs already loaded keep theirs
-    /// (Linux's `net.core.bpf_jit_enable` / `bpf_jit_harden`). Answer:
-    /// [`BpfResponse::DefaultEngine`] with the setting now.
-    DefaultEngine { set: Option<Engine> },
 }
 
 /// Answers from the BPF runtime.
@@ -179,10 +179,10 @@ pub enum BpfResponse {
         result: u64,
     },
     Bench(Box<BenchResult>),
-    TriggerBench(Box<TriggerBenchResult>),
     DefaultEngine(Engine),
     /// The verifier rejected a program of a load: nothing was loaded.
     Rejected(Box<Rejected>),
+    TriggerBench(Box<TriggerBenchResult>),
 }
 
 /// A program the verifier refused, with everything it said.
