@@ -1784,7 +1784,7 @@ fn perf_sampling_shootdowns(out: &mut Vec<String>) -> bool {
         unseen = (0..cpus as usize)
             .map(|c| {
                 let ((t0, s0), (t1, s1)) = (nmis0[c], nmis(c));
-                ((t1 - t0), (s1 - s0))
+                (t1 - t0, s1 - s0)
             })
             .collect::<Vec<_>>();
         if unseen.iter().all(|(taken, seen)| taken == seen) {

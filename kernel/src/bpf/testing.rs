@@ -6,6 +6,7 @@
 //! runs trigger calls on chosen CPUs at once (the trigger benchmark).
 
 use alloc::format;
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::hint::black_box;
@@ -135,7 +136,7 @@ fn bench_worker(run: &BenchRun, i: usize, cpu: u32) {
 pub fn trigger_bench(cpus: &[u32], ms: u32) -> Result<TriggerBenchResult, Error> {
     let online = cpu_count();
     let have = if online == 1 {
-        format!("1 CPU (CPU 0)")
+        String::from("1 CPU (CPU 0)")
     } else {
         format!("{online} CPUs (0-{})", online - 1)
     };
@@ -212,7 +213,7 @@ pub fn trigger_bench(cpus: &[u32], ms: u32) -> Result<TriggerBenchResult, Error>
     if !spawned_all {
         return Err(Error::new(
             Kind::NoMemory,
-            format!("TriggerBench: cannot spawn a worker task: no memory for its stack"),
+            String::from("TriggerBench: cannot spawn a worker task: no memory for its stack"),
         ));
     }
     if !started || !ended {
