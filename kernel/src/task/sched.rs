@@ -1,7 +1,12 @@
 //! The scheduler: one run queue per CPU, each CPU with its own idle task.
 //!
 //! All queues sit under one lock (the kernel runs a handful of tasks; the
-//! per-CPU split is about placement, not lock contention). A task that
+//! per-CPU split is about placement, not lock contention). Per-queue locks
+//! would not be enough on their own: the same lock guards the task table
+//! that [`wake`] reads for any task, the states [`Scheduler::steal`] checks
+//! on other CPUs' queues, and the decision that sets a task's
+//! `switching_out` before another CPU can pick it; those need per-task
+//! state (and a lock order for stealing) before the queues can split. A task that
 //! becomes runnable goes to the CPU it last ran on if that CPU idles,
 //! else to the least loaded CPU; a CPU with nothing to run steals from
 //! the busiest queue (on its way to idle, and at each timer tick while
