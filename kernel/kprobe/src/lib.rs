@@ -23,6 +23,8 @@
 //!   instruction other CPUs may be running (`int3` first).
 //! - [`claims`]: who owns each patched instruction of kernel text, with
 //!   the bytes the compiler put there; overlapping claims are refused.
+//! - [`opt`]: jump-optimised probes: which points may take a `jmp` to a
+//!   detour instead of an `int3` (and why not), and the detour's code.
 //! - [`Refusal`]: why a probe point was refused.
 //! - [`TextAddr`]: a kernel text address, as the kprobe API takes it.
 //!
@@ -34,6 +36,7 @@ extern crate alloc;
 
 pub mod blacklist;
 pub mod claims;
+pub mod opt;
 pub mod poke;
 pub mod pool;
 pub mod x86_64;

@@ -512,6 +512,13 @@ fn place_copy(insn: &Insn, buf: &mut [u8], at: u64) -> Result<usize, Refusal> {
     Ok(len)
 }
 
+/// Writes a relocated copy of `insn` (a fall-through instruction) at
+/// `buf[0..]` as if it lived at `at`, with any RIP-relative displacement
+/// re-encoded to address the same byte; returns its length.
+pub fn place_copy_at(insn: &Insn, buf: &mut [u8], at: u64) -> Result<usize, Refusal> {
+    place_copy(insn, buf, at)
+}
+
 fn place_jmp(buf: &mut [u8], at: u64, to: u64, addr: u64) -> Result<usize, Refusal> {
     let rel = rel32(at + 5, to).ok_or(Refusal::OutOfReach { addr, slot: at })?;
     buf[0] = 0xe9;
