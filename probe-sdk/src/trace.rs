@@ -65,6 +65,15 @@ pub trait TraceClient {
         }
     }
 
+    /// Jump optimisation of kprobes: `Some` switches it kernel-wide,
+    /// `None` asks. Returns (on, probes optimised now).
+    fn optimisation(&mut self, on: Option<bool>) -> Result<(bool, u32)> {
+        match self.trace("Optimisation", TraceRequest::Optimisation { on })? {
+            Some(TraceResponse::Optimisation { on, optimised }) => Ok((on, optimised)),
+            other => Err(unexpected("Optimisation", other)),
+        }
+    }
+
     /// The kprobe blacklist.
     fn blacklist(&mut self) -> Result<Vec<BlacklistEntry>> {
         match self.trace("ListBlacklist", TraceRequest::ListBlacklist)? {

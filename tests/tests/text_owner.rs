@@ -191,8 +191,14 @@ fn a_fault_in_a_probed_fixup_instruction_is_still_fixed_up() {
     let id = add(&mut client, site).expect("probe on the fix-up site");
     let listed = client.list_probes().unwrap();
     assert!(
-        !listed[0].boosted,
+        listed[0].mode == ktrace_abi::trace::ProbeMode::Int3,
         "a fix-up instruction is never boosted: {listed:?}"
+    );
+    assert!(
+        listed[0].not_optimised.contains(&format!(
+            "the instruction at {site:#x} in the 5 bytes has an exception fix-up"
+        )),
+        "a fix-up instruction is never jump-optimised either, and the list says why: {listed:?}"
     );
 
     let mut rt = Runtime::new(&mut client);

@@ -31,6 +31,9 @@ pub enum Owner {
     /// A kprobe site (the `int3` on the first byte; several probes on one
     /// address share one claim).
     Kprobe,
+    /// The instructions after a jump-optimised kprobe's first one, which
+    /// its `jmp rel32` (partly) overwrites and its detour runs instead.
+    OptimisedRange,
     /// A static-key call site of a tracepoint (`nop` or `jmp` to the
     /// enabled path).
     StaticKey {

@@ -152,6 +152,10 @@ impl fmt::Display for Refusal {
                 f,
                 "{addr:#x} overlaps the {len}-byte instruction at {start:#x}, which a kprobe already patches"
             ),
+            Refusal::Claimed { addr, start, len, owner: claims::Owner::OptimisedRange } => write!(
+                f,
+                "{addr:#x} is inside the {len} bytes at {start:#x} that the jump of an optimised kprobe replaces"
+            ),
         }
     }
 }

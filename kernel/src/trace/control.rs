@@ -10,8 +10,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use ktrace_abi::trace::{
-    BlacklistEntry, ProbeInfo, ProbeKind, ProbeTarget, RetprobePool, TraceRequest, TraceResponse,
-    TracepointField, TracepointInfo,
+    BlacklistEntry, ProbeInfo, ProbeKind, ProbeMode, ProbeTarget, RetprobePool, TraceRequest,
+    TraceResponse, TracepointField, TracepointInfo,
 };
 use ktrace_abi::{ErrorCode, Response};
 
@@ -114,7 +114,7 @@ fn probe_info(id: u32) -> Option<ProbeInfo> {
         .unwrap_or((0, 0));
     if let Some(rp) = kretprobe::get(id) {
         let (symbol, offset) = kprobe::describe(rp.func());
-        let boosted = kprobe::site_info(rp.func()).is_some_and(|(b, _)| b);
+        let (mode, not_optimised) = mode(rp.func());
         return Some(ProbeInfo {
             id,
             kind: ProbeKind::Kretprobe {
@@ -125,7 +125,8 @@ fn probe_info(id: u32) -> Option<ProbeInfo> {
             offset,
             hits: rp.hits(),
             missed: rp.missed(),
-            boosted,
+            mode,
+            not_optimised,
             boosted_hits: 0,
             handler: rp.handler().kind().to_string(),
             last_value,
@@ -135,6 +136,7 @@ fn probe_info(id: u32) -> Option<ProbeInfo> {
     }
     let k = kprobe::get(id)?;
     let (symbol, offset) = kprobe::describe(k.addr());
+    let (mode, not_optimised) = mode(k.addr());
     Some(ProbeInfo {
         id,
         kind: ProbeKind::Kprobe,
@@ -143,13 +145,29 @@ fn probe_info(id: u32) -> Option<ProbeInfo> {
         offset,
         hits: k.hits(),
         missed: k.missed(),
-        boosted: k.boosted(),
+        mode,
+        not_optimised,
         boosted_hits: k.boosted_hits(),
         handler: k.handler().kind().to_string(),
         last_value,
         total_ns,
         in_flight: 0,
     })
+}
+
+/// How the site at `addr` runs, and why it is not optimised.
+fn mode(addr: TextAddr) -> (ProbeMode, String) {
+    match kprobe::site_mode(addr) {
+        Some((m, why)) => (
+            match m {
+                kprobe::Mode::Int3 => ProbeMode::Int3,
+                kprobe::Mode::Boosted => ProbeMode::Boosted,
+                kprobe::Mode::Optimised => ProbeMode::Optimised,
+            },
+            why.unwrap_or_default(),
+        ),
+        None => (ProbeMode::Int3, String::from("not registered")),
+    }
 }
 
 /// All probes for listings (kretprobe entry kprobes are shown as their
@@ -281,6 +299,16 @@ pub fn handle(req: TraceRequest, session: &Session) -> Answer {
                 free,
                 held_by_removed,
             }))
+        }
+        TraceRequest::Optimisation { on } => {
+            let optimised = match on {
+                Some(on) => kprobe::set_optimisation(on),
+                None => kprobe::optimised_count(),
+            };
+            ok(TraceResponse::Optimisation {
+                on: kprobe::optimisation(),
+                optimised: optimised as u32,
+            })
         }
         TraceRequest::ListTracepoints => ok(TraceResponse::Tracepoints(list_tracepoints())),
         TraceRequest::AttachTracepoint { name } => {

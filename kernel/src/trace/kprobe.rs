@@ -53,7 +53,7 @@
 //! copies at once, each with its own saved flags and slot.
 
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
@@ -62,11 +62,13 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use ktrace_kprobe::x86_64::{self as insn, rflags, Exec, Insn, StepFixup};
 use ktrace_kprobe::{Refusal, TextAddr};
 
+use super::optprobe;
 use super::text::{self, TextError};
 use crate::arch::text_patch;
 use crate::arch::{trap, PtRegs};
 use crate::percpu::this_cpu;
 use crate::sync::SpinLock;
+use ktrace_kprobe::opt::{self, CONT_COPY, CONT_COPY_STI, CONT_REDIRECT_STI};
 
 /// A native kprobe handler. Runs with interrupts disabled in trap context.
 pub trait KprobeHandler: Send + Sync {
@@ -196,6 +198,37 @@ struct Site {
     probes: Vec<Arc<Kprobe>>,
     /// Boosted: boostable instruction and no probe has a post handler.
     boost: bool,
+    /// Jump-optimised: the `jmp` to this detour replaces the `int3` (or
+    /// is being installed or removed: the `int3` handler sends hits
+    /// through the detour's copy meanwhile).
+    opt: Option<Arc<Optimised>>,
+    /// Why the site is not jump-optimised (None while it is).
+    why_not: Option<String>,
+}
+
+/// A jump-optimised site's detour and the range its `jmp` replaces.
+struct Optimised {
+    detour: optprobe::Detour,
+    plan: opt::Plan,
+    /// The range's bytes as compiled.
+    original: [u8; 2 * insn::MAX_INSN_LEN],
+}
+
+impl Optimised {
+    fn original(&self) -> &[u8] {
+        &self.original[..usize::from(self.plan.len)]
+    }
+}
+
+/// How a probed instruction runs after its handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `int3`, then emulated or single-stepped.
+    Int3,
+    /// `int3`, then the slot copy jumps back.
+    Boosted,
+    /// A `jmp` to a detour: no trap.
+    Optimised,
 }
 
 /// An out-of-line slot; returned to the free list when the last site
@@ -349,6 +382,20 @@ pub fn register(at: TextAddr, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kpr
     init();
     let addr = at.get();
     let _reg = REGISTRY.lock();
+    // A probe inside the range an optimised neighbour's jump replaces:
+    // that neighbour goes back to its `int3` first (Linux does the same).
+    let covering: Vec<(u64, u8)> = SITES
+        .read()
+        .iter()
+        .filter_map(|s| s.opt.as_ref().map(|o| (s.addr, o.plan.len)))
+        .filter(|&(a, len)| addr > a && addr < a + u64::from(len))
+        .collect();
+    for (a, len) in covering {
+        unoptimise(
+            a,
+            format!("the probe at {addr:#x} is inside the {len} bytes its jump would replace"),
+        );
+    }
     let existing = find_site(addr);
     let probe = Arc::new(Kprobe {
         id: next_id(),
@@ -369,6 +416,8 @@ pub fn register(at: TextAddr, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kpr
                 slot: s.slot.clone(),
                 probes,
                 boost,
+                opt: s.opt.clone(),
+                why_not: s.why_not.clone(),
             }
         }
         None => {
@@ -388,6 +437,8 @@ pub fn register(at: TextAddr, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kpr
                 slot,
                 probes: alloc::vec![probe.clone()],
                 boost,
+                opt: None,
+                why_not: Some(String::from("not tried yet")),
             }
         }
     };
@@ -409,6 +460,7 @@ pub fn register(at: TextAddr, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kpr
             return Err(e.into());
         }
     }
+    refresh_optimisation(addr);
     Ok(probe)
 }
 
@@ -441,6 +493,10 @@ pub fn resolve(name: &str, offset: u64) -> Result<TextAddr, KprobeError> {
 /// CPU runs its handler or its slot.
 pub fn unregister(id: u32) -> Result<(), KprobeError> {
     let _reg = REGISTRY.lock();
+    unregister_locked(id)
+}
+
+fn unregister_locked(id: u32) -> Result<(), KprobeError> {
     let table: Vec<Arc<Site>> = SITES.read().clone();
     let idx = table
         .iter()
@@ -449,6 +505,13 @@ pub fn unregister(id: u32) -> Result<(), KprobeError> {
     let site = table[idx].clone();
     let mut table = table;
     if site.probes.len() == 1 {
+        if site.opt.is_some() {
+            // Back to the plain `int3` first; its detour is freed once no
+            // CPU can be inside.
+            drop(site);
+            unoptimise(table[idx].addr, String::from("being removed"));
+            return unregister_locked(id);
+        }
         // Restore first: from now on no new hit can start.
         text::disarm_breakpoint(TextAddr(site.addr))?;
         table.remove(idx);
@@ -461,6 +524,8 @@ pub fn unregister(id: u32) -> Result<(), KprobeError> {
             slot: site.slot.clone(),
             probes,
             boost,
+            opt: site.opt.clone(),
+            why_not: site.why_not.clone(),
         });
     }
     drop(publish(table));
@@ -488,9 +553,261 @@ pub fn get(id: u32) -> Option<Arc<Kprobe>> {
         .cloned()
 }
 
-/// Whether `addr` runs boosted, and its instruction decision.
-pub fn site_info(addr: TextAddr) -> Option<(bool, Insn)> {
-    find_site(addr.get()).map(|s| (s.boost, s.insn))
+/// How the site at `addr` runs, and why it is not jump-optimised.
+pub fn site_mode(addr: TextAddr) -> Option<(Mode, Option<String>)> {
+    find_site(addr.get()).map(|s| {
+        let mode = if s.opt.is_some() {
+            Mode::Optimised
+        } else if s.boost {
+            Mode::Boosted
+        } else {
+            Mode::Int3
+        };
+        (mode, s.why_not.clone())
+    })
+}
+
+/// Replaces the published site at `addr` by `f(site)`; returns the old one.
+fn republish(addr: u64, f: impl FnOnce(&Site) -> Site) -> Option<Arc<Site>> {
+    let mut table: Vec<Arc<Site>> = SITES.read().clone();
+    let i = table.iter().position(|s| s.addr == addr)?;
+    let old = table[i].clone();
+    table[i] = Arc::new(f(&old));
+    drop(publish(table));
+    Some(old)
+}
+
+fn with_opt(s: &Site, opt: Option<Arc<Optimised>>, why_not: Option<String>) -> Site {
+    Site {
+        addr: s.addr,
+        insn: s.insn,
+        slot: s.slot.clone(),
+        probes: s.probes.clone(),
+        boost: s.boost,
+        opt,
+        why_not,
+    }
+}
+
+/// Optimises the site at `addr` if it may be, or un-optimises it if it no
+/// longer may (a post handler came). Registry lock held.
+fn refresh_optimisation(addr: u64) {
+    let Some(site) = find_site(addr) else { return };
+    let has_post = site.probes.iter().any(|p| p.handler.has_post());
+    match (&site.opt, has_post) {
+        (Some(_), true) => {
+            drop(site);
+            unoptimise(addr, String::from(POST_HANDLER));
+        }
+        (Some(_), false) => {}
+        (None, _) => {
+            drop(site);
+            optimise(addr);
+        }
+    }
+}
+
+const POST_HANDLER: &str = "a handler has a post handler (it needs the single-step trap)";
+
+/// Why the site may not be optimised, or the plan and the range's bytes.
+fn check_optimisable(site: &Site) -> Result<(opt::Plan, [u8; 2 * insn::MAX_INSN_LEN]), String> {
+    if !optprobe::enabled() {
+        return Err(String::from(
+            "optimisation is off (`ktrace probe optimise on` turns it on)",
+        ));
+    }
+    if site.probes.iter().any(|p| p.handler.has_post()) {
+        return Err(String::from(POST_HANDLER));
+    }
+    let addr = site.addr;
+    let Some((sym, _)) = crate::ksyms::lookup(addr) else {
+        return Err(String::from("no symbol covers the address"));
+    };
+    let mut code = alloc::vec![0u8; sym.size.min(1 << 20) as usize];
+    text::read_original(TextAddr(sym.addr), &mut code)
+        .map_err(|_| String::from("the function's text cannot be read"))?;
+    let has_fixup = |a: u64| text::has_fixup(TextAddr(a));
+    let plan = opt::plan(&code, sym.addr, addr, &has_fixup).map_err(|e| e.to_string())?;
+    if let Some(insn) = trap::fixup_landing_in(addr + 1, plan.end()) {
+        return Err(format!(
+            "the exception fix-up of the instruction at {insn:#x} lands inside the {} bytes",
+            plan.len
+        ));
+    }
+    let first = plan.first_len();
+    if plan.len > first {
+        text::check_free(TextAddr(addr + u64::from(first)), plan.len - first)
+            .map_err(|r| r.to_string())?;
+    }
+    if usize::from(plan.len) > 2 * insn::MAX_INSN_LEN {
+        return Err(String::from("the range is too long"));
+    }
+    let mut original = [0u8; 2 * insn::MAX_INSN_LEN];
+    let off = (addr - sym.addr) as usize;
+    original[..usize::from(plan.len)].copy_from_slice(&code[off..off + usize::from(plan.len)]);
+    Ok((plan, original))
+}
+
+/// Tries to replace the site's `int3` by a jump to a detour (the steps and
+/// why they are safe: `optprobe`'s module docs). On refusal the site
+/// records why. Registry lock held.
+fn optimise(addr: u64) {
+    let Some(site) = find_site(addr) else { return };
+    if site.opt.is_some() {
+        return;
+    }
+    let (plan, original) = match check_optimisable(&site) {
+        Ok(p) => p,
+        Err(why) => {
+            drop(site);
+            republish(addr, |s| with_opt(s, None, Some(why)));
+            return;
+        }
+    };
+    drop(site);
+    let fail = |why: &str| {
+        republish(addr, |s| with_opt(s, None, Some(String::from(why))));
+    };
+    let Some(detour) = optprobe::Detour::new((addr + 1, plan.end())) else {
+        return fail("no memory or no table entry for a detour");
+    };
+    let handler = on_detour as extern "C" fn(&mut PtRegs, u64) as usize as u64;
+    let code = match opt::build_detour(&plan, detour.addr(), handler) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if text::write_slot(TextAddr(detour.addr()), &code).is_err() {
+        return fail("the detour could not be written");
+    }
+    let Some(jmp) = opt::jmp_bytes(addr, detour.addr()) else {
+        return fail("the detour is out of rel32 reach");
+    };
+    let opt = Arc::new(Optimised {
+        detour,
+        plan,
+        original,
+    });
+    // Step 1: `int3` hits go through the detour's copy from now on.
+    republish(addr, |s| with_opt(s, Some(opt.clone()), None));
+    // Steps 2-5 (the detour made the range no-preempt).
+    let why = if !optprobe::wait_until_outside(&[(addr + 1, plan.end())]) {
+        "a task stayed inside the bytes the jump would replace"
+    } else {
+        match text::install_jump(TextAddr(addr), plan.first_len(), opt.original(), &jmp) {
+            Ok(()) => return,
+            Err(_) => "the jump could not be written",
+        }
+    };
+    republish(addr, |s| with_opt(s, None, Some(String::from(why))));
+    retire(opt);
+}
+
+/// Waits until no CPU can be in the detour (unpublished, its jump gone),
+/// then lets it go.
+fn retire(opt: Arc<Optimised>) {
+    if optprobe::wait_until_outside(&[opt.detour.range()]) {
+        drop(opt);
+    } else {
+        // Never reused: a CPU stayed inside (it cannot, but freeing under
+        // it would be worse than a leak).
+        core::mem::forget(opt);
+    }
+}
+
+/// Puts the site's `int3` back in place of its jump and records `why`.
+/// Registry lock held.
+fn unoptimise(addr: u64, why: String) {
+    let Some(site) = find_site(addr) else { return };
+    let Some(opt) = site.opt.clone() else {
+        return;
+    };
+    drop(site);
+    // The site still names the detour: a CPU trapping on the `int3`
+    // meanwhile goes through it.
+    if text::remove_jump(TextAddr(addr), opt.plan.first_len(), opt.original()).is_err() {
+        republish(addr, |s| {
+            with_opt(
+                s,
+                s.opt.clone(),
+                Some(String::from("the jump could not be removed")),
+            )
+        });
+        return;
+    }
+    republish(addr, |s| with_opt(s, None, Some(why)));
+    retire(opt);
+}
+
+/// Turns jump optimisation on or off kernel-wide, (un)optimising every
+/// site now; returns how many sites are optimised afterwards.
+pub fn set_optimisation(on: bool) -> usize {
+    let _reg = REGISTRY.lock();
+    optprobe::set_enabled(on);
+    let addrs: Vec<u64> = SITES.read().iter().map(|s| s.addr).collect();
+    for a in addrs {
+        if on {
+            optimise(a);
+        } else {
+            unoptimise(
+                a,
+                String::from("optimisation is off (`ktrace probe optimise on` turns it on)"),
+            );
+            republish(a, |s| {
+                with_opt(
+                    s,
+                    None,
+                    Some(String::from(
+                        "optimisation is off (`ktrace probe optimise on` turns it on)",
+                    )),
+                )
+            });
+        }
+    }
+    SITES.read().iter().filter(|s| s.opt.is_some()).count()
+}
+
+/// Sites jump-optimised now.
+pub fn optimised_count() -> usize {
+    SITES.read().iter().filter(|s| s.opt.is_some()).count()
+}
+
+/// Whether jump optimisation is on.
+pub fn optimisation() -> bool {
+    optprobe::enabled()
+}
+
+/// Called by a detour (`ktrace_kprobe::opt::build_detour`) with the
+/// frame it built (interrupts off) and its own address: runs the
+/// site's handlers as the `int3` handler does, then says in the frame
+/// where the detour continues (see `ktrace_kprobe::opt`).
+extern "C" fn on_detour(regs: &mut PtRegs, detour: u64) {
+    // This frame is the innermost "trap" of this CPU: a kretprobe entry
+    // handler rewrites the return address through it
+    // (`trap::write_interrupted_stack`), as on the `int3` path.
+    let outer = this_cpu()
+        .trap_frame
+        .swap(core::ptr::from_mut(regs) as u64, Ordering::AcqRel);
+    let addr = regs.rip;
+    if let Some(site) = find_site(addr) {
+        run_pre(&site, regs);
+    }
+    let interrupts_on = regs.eflags & rflags::IF != 0;
+    regs.eflags &= !rflags::IF;
+    if regs.rip != addr {
+        // A handler moved RIP: the instructions are skipped, as with int3.
+        if interrupts_on {
+            regs.orig_rax = regs.rip;
+            regs.rip = detour + CONT_REDIRECT_STI as u64;
+        }
+    } else {
+        regs.rip = detour
+            + if interrupts_on {
+                CONT_COPY_STI
+            } else {
+                CONT_COPY
+            } as u64;
+    }
+    this_cpu().trap_frame.store(outer, Ordering::Release);
 }
 
 /// Breakpoints that found no site (raced with an unregister).
@@ -561,7 +878,19 @@ fn on_int3(regs: &mut PtRegs, _vector: u8) -> bool {
         return false;
     };
     regs.rip = addr;
-    let run_post = match DepthGuard::enter() {
+    let run_post = run_pre(&site, regs);
+    if regs.rip != addr {
+        // A pre handler redirected execution: skip the instruction.
+        return true;
+    }
+    execute(site, regs, run_post);
+    true
+}
+
+/// Runs the site's pre handlers (or counts a miss); whether post handlers
+/// must run.
+fn run_pre(site: &Site, regs: &mut PtRegs) -> bool {
+    match DepthGuard::enter() {
         Some(_g) => {
             for p in &site.probes {
                 p.hits.fetch_add(1, Ordering::Relaxed);
@@ -580,17 +909,25 @@ fn on_int3(regs: &mut PtRegs, _vector: u8) -> bool {
             });
             false
         }
-    };
-    if regs.rip != addr {
-        // A pre handler redirected execution: skip the instruction.
-        return true;
     }
-    execute(site, regs, run_post);
-    true
 }
 
 /// Run the probed instruction after the pre handlers.
 fn execute(site: Arc<Site>, regs: &mut PtRegs, run_post: bool) {
+    if let Some(opt) = &site.opt {
+        // Being optimised or un-optimised: bytes 1.. of the range may be
+        // the jump's; the detour's copy runs the whole range (IF clear,
+        // `sti` on the way out for a caller that had it set).
+        let interrupts_on = regs.eflags & rflags::IF != 0;
+        regs.rip = opt.detour.addr()
+            + if interrupts_on {
+                CONT_COPY_STI
+            } else {
+                CONT_COPY
+            } as u64;
+        regs.eflags &= !rflags::IF;
+        return;
+    }
     if let Some(e) = insn::emulate(&site.insn, regs.eflags, regs.rcx) {
         if let Some(ret) = e.push {
             let sp = regs.rsp.wrapping_sub(8);
@@ -727,6 +1064,10 @@ pub mod blacklist {
         Prefix {
             prefix: "kernel::trace::kprobe::",
             reason: "the kprobe engine",
+        },
+        Prefix {
+            prefix: "kernel::trace::optprobe::",
+            reason: "the kprobe engine (optimised probes; runs on every interrupt)",
         },
         Prefix {
             prefix: "kernel::trace::kretprobe::",

@@ -95,6 +95,7 @@
 pub mod control;
 pub mod kprobe;
 pub mod kretprobe;
+pub mod optprobe;
 pub mod perf;
 pub mod points;
 pub mod text;

@@ -3,8 +3,8 @@
 //! Every change to kernel text goes through here: kprobes arm and disarm
 //! their `int3`, static keys switch a tracepoint call site between its
 //! `nop` and its `jmp`, and the kprobe engine fills its out-of-line slots.
-//! (Later: optimised probes and cross-CPU patching, through the same
-//! calls.) The module keeps a table of claims (`ktrace_kprobe::claims`):
+//! Jump-optimised kprobes replace their `int3` and the bytes after it by
+//! a `jmp rel32` ([`install_jump`], [`remove_jump`]). The module keeps a table of claims (`ktrace_kprobe::claims`):
 //!
 //! - each patched instruction is claimed whole by one owner, with the
 //!   bytes the compiler put there; a claim that overlaps another is
@@ -328,6 +328,85 @@ pub fn disarm_breakpoint(at: TextAddr) -> Result<(), TextError> {
     };
     poke_multi(at, &[INT3], &[first], 0, 0)?;
     CLAIMS.lock().release(at);
+    Ok(())
+}
+
+/// Replaces the armed kprobe `int3` at `at` and the 4 bytes after it with
+/// `jmp` (a `jmp rel32` to the probe's detour), claiming the rest of the
+/// range (`range_original[first_len..]`, the instructions the detour runs
+/// instead) for the optimised probe. The `int3` is already on the first
+/// byte, so this is the last two steps of the multi-byte protocol: the
+/// tail, sync, the first byte, sync (and [`confirm`]). A CPU arriving
+/// meanwhile traps on the `int3`, whose handler sends it through the
+/// detour's copy of the whole range (the kprobe engine publishes the
+/// detour before calling this), so no CPU decodes the new tail or runs
+/// the old one from byte 1 on. The caller has made sure no CPU or
+/// preempted task is inside the range (`optprobe::wait_until_outside`).
+pub fn install_jump(
+    at: TextAddr,
+    first_len: u8,
+    range_original: &[u8],
+    jmp: &[u8; 5],
+) -> Result<(), TextError> {
+    let addr = at.get();
+    let _text = TEXT_MUTEX.lock();
+    match CLAIMS.lock().get(at) {
+        Some(c) if c.owner == Owner::Kprobe => {}
+        _ => return Err(TextError::NotClaimed(addr)),
+    }
+    let first = usize::from(first_len);
+    let rest = at.add(u64::from(first_len));
+    if range_original.len() > first {
+        CLAIMS
+            .lock()
+            .claim(rest, &range_original[first..], Owner::OptimisedRange)?;
+    }
+    let release = || {
+        if range_original.len() > first {
+            CLAIMS.lock().release(rest);
+        }
+    };
+    if poke().write(at.add(1), &jmp[1..]).is_err() {
+        release();
+        return Err(TextError::Patch(addr));
+    }
+    sync_all_cpus();
+    between_steps();
+    if poke().write(at, &jmp[..1]).is_err() {
+        // `int3` + the jump's tail: the kprobe's handler still sends every
+        // hit through the detour; put the old tail back.
+        if poke().write(at.add(1), &range_original[1..5]).is_ok() {
+            sync_all_cpus();
+            release();
+        }
+        return Err(TextError::Patch(addr));
+    }
+    sync_all_cpus();
+    confirm(at, &jmp[..1]);
+    Ok(())
+}
+
+/// Puts the kprobe `int3` back over the `jmp` at `at` and the original
+/// bytes after it (`range_original`, the range [`install_jump`] was given),
+/// and releases the range's claim: `int3`, sync, tail, sync (and
+/// [`confirm`]). Meanwhile a CPU traps on the `int3` and goes through the
+/// detour (still published by the caller), so none decodes a mix.
+pub fn remove_jump(at: TextAddr, first_len: u8, range_original: &[u8]) -> Result<(), TextError> {
+    let addr = at.get();
+    let _text = TEXT_MUTEX.lock();
+    if poke().write(at, &[INT3]).is_err() {
+        return Err(TextError::Patch(addr));
+    }
+    sync_all_cpus();
+    between_steps();
+    if poke().write(at.add(1), &range_original[1..5]).is_err() {
+        return Err(TextError::Patch(addr));
+    }
+    sync_all_cpus();
+    confirm(at.add(1), &range_original[1..5]);
+    if range_original.len() > usize::from(first_len) {
+        CLAIMS.lock().release(at.add(u64::from(first_len)));
+    }
     Ok(())
 }
 

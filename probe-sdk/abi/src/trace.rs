@@ -76,6 +76,23 @@ pub enum TraceRequest {
     /// The return-probe instance pool shared by all kretprobes:
     /// [`TraceResponse::RetprobePool`].
     RetprobePool,
+    /// Jump optimisation of kprobes, kernel-wide (Linux's
+    /// `debug.kprobes-optimization`): `Some` turns it on or off (every
+    /// probe is optimised or un-optimised at once), `None` only asks:
+    /// [`TraceResponse::Optimisation`].
+    Optimisation { on: Option<bool> },
+}
+
+/// How a probed instruction runs when the probe fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbeMode {
+    /// A breakpoint trap, then the instruction is emulated or
+    /// single-stepped out of line (a second trap).
+    Int3,
+    /// A breakpoint trap, then the instruction's copy jumps back by itself.
+    Boosted,
+    /// A `jmp` to a detour that calls the handlers: no trap.
+    Optimised,
 }
 
 /// One registered probe.
@@ -94,8 +111,10 @@ pub struct ProbeInfo {
     /// (a probe hit inside a probe handler) or, for kretprobes, all
     /// `maxactive` instances in use.
     pub missed: u64,
-    /// The instruction runs boosted (no single-step trap).
-    pub boosted: bool,
+    /// How the probe runs: `int3`, boosted or jump-optimised.
+    pub mode: ProbeMode,
+    /// Why it is not jump-optimised (empty when it is).
+    pub not_optimised: String,
     /// Hits that took the boosted path.
     pub boosted_hits: u64,
     /// Who handles it: `count`, `bpf`, `native`.
@@ -280,4 +299,9 @@ pub enum TraceResponse {
         lost: u64,
     },
     RetprobePool(RetprobePool),
+    /// Whether jump optimisation is on, and how many probes are optimised.
+    Optimisation {
+        on: bool,
+        optimised: u32,
+    },
 }

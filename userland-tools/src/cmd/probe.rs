@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use ktrace_abi::trace::{ProbeInfo, ProbeKind, ProbeTarget, RetprobePool};
+use ktrace_abi::trace::{ProbeInfo, ProbeKind, ProbeMode, ProbeTarget, RetprobePool};
 use probe_sdk::client::ConnectOptions;
 use probe_sdk::trace::TraceClient;
 use probe_sdk::vm::Vm;
@@ -19,7 +19,8 @@ pub struct Args {
 #[derive(Subcommand, Debug)]
 pub enum ProbeCommand {
     /// Registered probes: address, symbol+offset, hits, misses, calls in
-    /// flight (kretprobes), boosted; then the return-probe instance pool.
+    /// flight (kretprobes), mode (int3, boosted, optimised) and why a probe
+    /// is not jump-optimised; then the return-probe instance pool.
     List {
         /// Print JSON.
         #[arg(long)]
@@ -54,6 +55,23 @@ pub enum ProbeCommand {
     },
     /// The blacklist: code that can never be probed, and why.
     Blacklist,
+    /// Jump optimisation of kprobes, kernel-wide: `on` optimises every
+    /// eligible probe now and from now on, `off` puts every `int3` back
+    /// (Linux's `debug.kprobes-optimization`); without an argument, show it.
+    Optimise {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: Option<String>,
+    },
+}
+
+/// The MODE column.
+pub fn mode_name(m: ProbeMode) -> &'static str {
+    match m {
+        ProbeMode::Int3 => "int3",
+        ProbeMode::Boosted => "boosted",
+        ProbeMode::Optimised => "optimised",
+    }
 }
 
 /// Parse `path+0x10`, `path+16`, `path` or `0xaddr`.
@@ -146,8 +164,8 @@ pub fn render(probes: &[ProbeInfo], pool: &RetprobePool) -> String {
         s += "no probes registered\n";
     } else {
         s += &format!(
-            "{:>4}  {:<26} {:<18} {:>10} {:>8} {:>9} {:>7}  {}\n",
-            "ID", "KIND", "ADDRESS", "HITS", "MISSED", "IN-FLIGHT", "BOOSTED", "SYMBOL"
+            "{:>4}  {:<26} {:<18} {:>10} {:>8} {:>9} {:<9}  {}\n",
+            "ID", "KIND", "ADDRESS", "HITS", "MISSED", "IN-FLIGHT", "MODE", "SYMBOL"
         );
         for p in probes {
             let in_flight = match p.kind {
@@ -155,17 +173,20 @@ pub fn render(probes: &[ProbeInfo], pool: &RetprobePool) -> String {
                 ProbeKind::Kprobe => "-".into(),
             };
             s += &format!(
-                "{:>4}  {:<26} {:<18} {:>10} {:>8} {:>9} {:>7}  {}+{:#x}\n",
+                "{:>4}  {:<26} {:<18} {:>10} {:>8} {:>9} {:<9}  {}+{:#x}\n",
                 p.id,
                 kind_name(p.kind),
                 format!("{:#x}", p.addr),
                 p.hits,
                 p.missed,
                 in_flight,
-                if p.boosted { "yes" } else { "no" },
+                mode_name(p.mode),
                 p.symbol,
                 p.offset
             );
+            if p.mode != ProbeMode::Optimised && !p.not_optimised.is_empty() {
+                s += &format!("      not optimised: {}\n", p.not_optimised);
+            }
         }
     }
     s += &format!(
@@ -236,13 +257,24 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                     p.addr,
                     p.symbol,
                     p.offset,
-                    if p.boosted { ", boosted" } else { "" }
+                    match p.mode {
+                        ProbeMode::Optimised => ", optimised".to_string(),
+                        m => format!(", {} (not optimised: {})", mode_name(m), p.not_optimised),
+                    }
                 );
             }
         }
         ProbeCommand::Remove { id } => {
             client.remove_probe(id)?;
             outln!("probe {id} removed");
+        }
+        ProbeCommand::Optimise { state } => {
+            let (on, optimised) = client.optimisation(state.map(|s| s == "on"))?;
+            outln!(
+                "kprobe jump optimisation is {}: {optimised} probe{} optimised",
+                if on { "on" } else { "off" },
+                if optimised == 1 { "" } else { "s" }
+            );
         }
         ProbeCommand::Blacklist => {
             for b in client.blacklist()? {
@@ -309,7 +341,17 @@ mod tests {
             offset: 0,
             hits: 3,
             missed: 1,
-            boosted: true,
+            mode: if id == 1 {
+                ProbeMode::Optimised
+            } else {
+                ProbeMode::Boosted
+            },
+            not_optimised: if id == 1 {
+                String::new()
+            } else {
+                "the branch at 0x1010 lands at 0x1002, inside the 5 bytes a jump would replace"
+                    .into()
+            },
             boosted_hits: 0,
             handler: "count".into(),
             last_value: 0,
@@ -330,10 +372,21 @@ mod tests {
         );
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].contains("IN-FLIGHT"), "{out}");
-        assert!(lines[1].contains("        1     yes"), "{out}");
-        assert!(lines[2].contains("        -     yes"), "{out}");
+        assert!(lines[0].contains("MODE"), "{out}");
+        assert!(
+            lines[1].contains("        1 optimised  kernel::f+0x0"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("        - boosted    kernel::f+0x0"),
+            "{out}"
+        );
         assert_eq!(
             lines[3],
+            "      not optimised: the branch at 0x1010 lands at 0x1002, inside the 5 bytes a jump would replace"
+        );
+        assert_eq!(
+            lines[4],
             "return-probe instances: 509 of 512 free, 2 held by calls in flight of removed probes"
         );
         let empty = render(

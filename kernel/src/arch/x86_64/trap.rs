@@ -107,7 +107,15 @@ fn dispatch(regs: &mut PtRegs, vector: u64) {
         crate::percpu::this_cpu()
             .trap_frame
             .store(0, Ordering::Release);
-        crate::task::preempt_point_from_irq();
+        // Jump-optimised kprobes must know of every task switched out in
+        // the middle of straight-line code, and keep some ranges free of
+        // them (`trace::optprobe`, "Why no CPU and no task is inside").
+        let rip = regs.rip;
+        if !crate::trace::optprobe::no_preempt_at(rip) {
+            let token = crate::trace::optprobe::preempt_enter(rip);
+            crate::task::preempt_point_from_irq();
+            crate::trace::optprobe::preempt_exit(token);
+        }
         return;
     }
     if handled {
@@ -170,6 +178,15 @@ pub fn has_fixup(insn: u64) -> bool {
 #[allow(dead_code)]
 pub fn fixup_sites() -> impl Iterator<Item = u64> {
     ex_table().iter().map(|e| e.insn)
+}
+
+/// A fix-up entry whose landing pad lies in `lo..hi`: its faulting
+/// instruction (code arrives there without a branch the decoder sees).
+pub fn fixup_landing_in(lo: u64, hi: u64) -> Option<u64> {
+    ex_table()
+        .iter()
+        .find(|e| e.fixup >= lo && e.fixup < hi)
+        .map(|e| e.insn)
 }
 
 fn fixup_exception(regs: &mut PtRegs) -> bool {
