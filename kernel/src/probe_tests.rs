@@ -62,6 +62,24 @@ pub fn run_with_arg(name: &str, arg: &str, out: &mut Vec<String>) -> Option<bool
                 Some(false)
             }
         },
+        // The per-hit benchmark's int3 row (`tests/tests/jit.rs`): a probe
+        // registered while boosting is off is single-stepped.
+        "kprobe_boosting" => {
+            let on = match arg {
+                "on" => true,
+                "off" => false,
+                _ => {
+                    out.push(format!("kprobe_boosting:{arg}: the argument is on or off"));
+                    return Some(false);
+                }
+            };
+            kprobe::set_boosting(on);
+            out.push(format!(
+                "kprobe boosting {} for probes registered from now on",
+                if on { "on" } else { "off" }
+            ));
+            Some(true)
+        }
         _ => None,
     }
 }

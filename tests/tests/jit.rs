@@ -441,6 +441,148 @@ fn per_hit_cost_interpreter_vs_jit() {
     }
 }
 
+/// Per-hit cost by probe mode, in one boot (issue 18): TSC cycles per call
+/// of the probe target unprobed, and with an `int3` (single-stepped),
+/// boosted and jump-optimised kprobe on its first instruction, each with
+/// no program (the built-in counting handler), an empty program and a
+/// map-update program, interpreted and JIT-compiled. Three rounds, the
+/// modes rotating, medians printed as cycles over the unprobed call and
+/// as ratios to the optimised probe. Timing is reported, never asserted;
+/// asserted are the mode each probe runs in and that every call was
+/// counted or ran the program. Run with `--nocapture` to see the table.
+#[test]
+fn per_hit_cost_by_probe_mode() {
+    use ktrace_abi::bpf::{Engine, LoadOptions};
+    use ktrace_abi::trace::{ProbeKind, ProbeMode, ProbeTarget};
+    use ktrace_tests::{kernel_image, TestVm};
+    use probe_sdk::runtime::prepare;
+    use probe_sdk::trace::TraceClient;
+
+    let dir = std::env::temp_dir().join(format!("ktrace-mode-bench-{}", std::process::id()));
+    let obj = ktrace_tests::compile_c(&dir, "bench", BENCH_PROG);
+    let prepared = prepare(&obj, &kernel_image().source, &mut |_| {}).unwrap();
+    let mut vm = TestVm::boot("mode-bench");
+    let mut client = vm.client();
+    let mut rt = Runtime::new(&mut client);
+    let mut progs = Vec::new();
+    for engine in [Engine::Interpreter, Engine::Jit] {
+        let loaded = rt
+            .load_object(
+                &format!("bench-{engine:?}"),
+                prepared.object.clone().into_load(),
+                false,
+                LoadOptions {
+                    engine: Some(engine),
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap();
+        for p in loaded.programs.iter().filter(|p| p.name != "loop") {
+            let target = prepared
+                .object
+                .programs
+                .iter()
+                .find(|q| q.name == p.name)
+                .unwrap()
+                .attach
+                .clone();
+            progs.push((format!("{} {engine:?}", p.name), p.id, target));
+        }
+    }
+    let set_mode = |rt: &mut Runtime<'_>, mode: ProbeMode| {
+        let boost = if mode == ProbeMode::Int3 { "off" } else { "on" };
+        let r = rt
+            .client()
+            .self_test(&format!("kprobe_boosting:{boost}"))
+            .unwrap();
+        assert!(r.passed, "{r:?}");
+        rt.client()
+            .optimisation(Some(mode == ProbeMode::Optimised))
+            .unwrap();
+    };
+    let n = 10_000u32;
+    let rounds = 3;
+    let modes = [ProbeMode::Int3, ProbeMode::Boosted, ProbeMode::Optimised];
+    let mut bare = Vec::new();
+    // (mode, handler) -> cycles per call
+    let mut cost: std::collections::BTreeMap<(String, String), Vec<u64>> = Default::default();
+    for round in 0..rounds {
+        bare.push(rt.bench(n).unwrap().cycles_per_call);
+        for k in 0..modes.len() {
+            let mode = modes[(k + round) % modes.len()];
+            set_mode(&mut rt, mode);
+            // The counting handler: no program.
+            let p = rt
+                .client()
+                .add_probe(
+                    ProbeTarget::Symbol {
+                        name: "kernel::bpf::testing::target".into(),
+                        offset: 0,
+                    },
+                    ProbeKind::Kprobe,
+                )
+                .unwrap();
+            assert_eq!(p.mode, mode, "{p:?}");
+            let b = rt.bench(n).unwrap();
+            let listed = rt.client().list_probes().unwrap();
+            assert_eq!(listed[0].hits, u64::from(n), "{mode:?}: every call counted");
+            rt.client().remove_probe(p.id).unwrap();
+            cost.entry((format!("{mode:?}"), "no program".into()))
+                .or_default()
+                .push(b.cycles_per_call);
+            for (name, id, target) in &progs {
+                let before = rt
+                    .progs()
+                    .unwrap()
+                    .into_iter()
+                    .find(|p| p.id == *id)
+                    .unwrap();
+                let link = rt.attach(*id, target.clone(), false).unwrap();
+                let listed = rt.client().list_probes().unwrap();
+                assert_eq!(listed[0].mode, mode, "{name}: {listed:?}");
+                let b = rt.bench(n).unwrap();
+                rt.detach(link.id).unwrap();
+                let after = rt
+                    .progs()
+                    .unwrap()
+                    .into_iter()
+                    .find(|p| p.id == *id)
+                    .unwrap();
+                assert_eq!(after.run_count - before.run_count, u64::from(n), "{name}");
+                cost.entry((format!("{mode:?}"), name.clone()))
+                    .or_default()
+                    .push(b.cycles_per_call);
+            }
+        }
+    }
+    set_mode(&mut rt, ProbeMode::Optimised);
+    let base = median(bare);
+    println!("TSC cycles per call over {n} calls x {rounds} rounds (medians); unprobed call {base} cycles");
+    println!(
+        "  {:<20} {:>10} {:>10} {:>10}  int3/opt  boosted/opt",
+        "handler", "int3", "boosted", "optimised"
+    );
+    let mut handlers: Vec<String> = vec!["no program".into()];
+    handlers.extend(progs.iter().map(|p| p.0.clone()));
+    for h in &handlers {
+        let c = |m: &str| {
+            median(cost[&(m.to_string(), h.clone())].clone())
+                .saturating_sub(base)
+                .max(1)
+        };
+        let (i, b, o) = (c("Int3"), c("Boosted"), c("Optimised"));
+        println!(
+            "  {h:<20} {:>+10} {:>+10} {:>+10}  {:>7.1}x  {:>10.1}x",
+            i,
+            b,
+            o,
+            i as f64 / o as f64,
+            b as f64 / o as f64
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// biolatency's IOPS cost, interpreted and JIT-compiled (`cargo test -p
 /// ktrace-tests --test jit -- --ignored --nocapture biolatency_iops`):
 /// 4 KiB random reads of the RAM disk at queue depth 8 for

@@ -60,9 +60,9 @@ pub const DETOUR_SIZE: usize = 256;
 /// including `cli`).
 pub const PROLOGUE_IF_BYTES: usize = 11;
 /// Offset of `sti; jmp [rsp-176]` (a redirect with IF to restore).
-pub const CONT_REDIRECT_STI: usize = 176;
+pub const CONT_REDIRECT_STI: usize = 192;
 /// Offset of the relocated instructions + `jmp` back.
-pub const CONT_COPY: usize = 184;
+pub const CONT_COPY: usize = 200;
 /// Offset of the relocated instructions + `sti` + `jmp` back.
 pub const CONT_COPY_STI: usize = 224;
 
@@ -331,6 +331,13 @@ pub fn build_detour(
     let mut b = [crate::x86_64::INT3; DETOUR_SIZE];
     let mut pos = 0;
     put(&mut b, &mut pos, SAVE);
+    put(&mut b, &mut pos, &[0x48, 0xb8]); // movabs rax, probe address
+    put(&mut b, &mut pos, &plan.addr.to_le_bytes());
+    put(
+        &mut b,
+        &mut pos,
+        &[0x48, 0x89, 0x83, 0x80, 0x00, 0x00, 0x00],
+    ); // mov [rbx+128], rax: rip
     put(&mut b, &mut pos, &[0x48, 0xbe]); // movabs rsi, detour
     put(&mut b, &mut pos, &detour.to_le_bytes());
     put(&mut b, &mut pos, &[0x48, 0xb8]); // movabs rax, handler

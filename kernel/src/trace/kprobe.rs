@@ -296,11 +296,22 @@ pub fn init() {
     }
 }
 
+/// Boosting for sites registered from now on (the self tests turn it off
+/// to measure single-stepped probes).
+static BOOSTING: AtomicBool = AtomicBool::new(true);
+
+/// Turns boosting on or off for sites registered from now on (self tests).
+#[cfg(feature = "self-tests")]
+pub fn set_boosting(on: bool) {
+    BOOSTING.store(on, Ordering::Relaxed);
+}
+
 /// Whether hits on `insn` may take the boosted path. Never for an
 /// instruction with an exception fix-up: a fault in a boosted copy runs
 /// with no step state to map it back, and the fix-up would be missed.
 fn may_boost(insn: &Insn, probes: &[Arc<Kprobe>]) -> bool {
-    insn.boostable()
+    BOOSTING.load(Ordering::Relaxed)
+        && insn.boostable()
         && !text::has_fixup(TextAddr(insn.addr))
         && probes.iter().all(|p| !p.handler.has_post())
 }
@@ -393,7 +404,7 @@ pub fn register(at: TextAddr, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kpr
     for (a, len) in covering {
         unoptimise(
             a,
-            format!("the probe at {addr:#x} is inside the {len} bytes its jump would replace"),
+            format!("the probe at {addr:#x} is inside the {len} {INSIDE}"),
         );
     }
     let existing = find_site(addr);
@@ -531,8 +542,29 @@ fn unregister_locked(id: u32) -> Result<(), KprobeError> {
     drop(publish(table));
     super::grace_period();
     drop(site);
+    // Neighbours that gave way to a probe inside their range may be
+    // optimised again (Linux re-optimises them too).
+    let waiting: Vec<u64> = SITES
+        .read()
+        .iter()
+        .filter(|s| {
+            s.opt.is_none()
+                && s.why_not
+                    .as_deref()
+                    .is_some_and(|w| w.contains(INSIDE) || w.contains(KPROBE_CLAIM))
+        })
+        .map(|s| s.addr)
+        .collect();
+    for a in waiting {
+        optimise(a);
+    }
     Ok(())
 }
+
+/// The end of the reason a site gave way to a probe inside its range.
+const INSIDE: &str = "bytes its jump would replace";
+/// The end of the reason a site could not claim its range from a probe.
+const KPROBE_CLAIM: &str = "which a kprobe already patches";
 
 /// All registered kprobes, by address then registration order.
 pub fn probes() -> Vec<Arc<Kprobe>> {
