@@ -26,7 +26,7 @@
 //! `struct pt_regs` as the `int3` path (rip = the probe address, rsp = the
 //! value at the probe, eflags as they were, cs/ss read from the CPU,
 //! orig_rax 0 like a breakpoint), clears IF (as the trap gate does), saves
-//! the SSE state and calls the kernel's handler with the frame and the
+//! the SSE registers and calls the kernel's handler with the frame and the
 //! detour's address. The handler stores in the frame's rip slot where to
 //! continue and clears IF in the saved flags; the detour restores every
 //! register and the flags, puts `rsp` back and jumps through the rip slot
@@ -55,16 +55,16 @@ pub const JMP_LEN: usize = 5;
 /// Most instructions a range can hold (5 one-byte instructions).
 pub const MAX_RANGE_INSNS: usize = JMP_LEN;
 /// Bytes of one detour.
-pub const DETOUR_SIZE: usize = 256;
+pub const DETOUR_SIZE: usize = 1024;
 /// Bytes at the start of a detour that run with the caller's IF (up to and
 /// including `cli`).
 pub const PROLOGUE_IF_BYTES: usize = 11;
 /// Offset of `sti; jmp [rsp-176]` (a redirect with IF to restore).
-pub const CONT_REDIRECT_STI: usize = 192;
+pub const CONT_REDIRECT_STI: usize = 464;
 /// Offset of the relocated instructions + `jmp` back.
-pub const CONT_COPY: usize = 200;
+pub const CONT_COPY: usize = 480;
 /// Offset of the relocated instructions + `sti` + `jmp` back.
-pub const CONT_COPY_STI: usize = 224;
+pub const CONT_COPY_STI: usize = 512;
 
 /// Why a probe point cannot be jump-optimised (it stays a boosted or
 /// single-stepped `int3`). Shown to the user verbatim.
@@ -299,14 +299,12 @@ const SAVE: &[u8] = &[
     0x48, 0x89, 0xe7, // mov rdi, rsp (the frame)
     0x48, 0x89, 0xe3, // mov rbx, rsp
     0x48, 0x83, 0xe4, 0xf0, // and rsp, -16
-    0x48, 0x81, 0xec, 0x00, 0x02, 0x00, 0x00, // sub rsp, 512
-    0x48, 0x0f, 0xae, 0x04, 0x24, // fxsave64 [rsp]
+    0x48, 0x81, 0xec, 0x00, 0x01, 0x00, 0x00, // sub rsp, 256: xmm0-15 (saved below)
     0xfc, // cld
 ];
 
 /// After the call: restore and continue through the rip slot.
 const RESTORE: &[u8] = &[
-    0x48, 0x0f, 0xae, 0x0c, 0x24, // fxrstor64 [rsp]
     0x48, 0x89, 0xdc, // mov rsp, rbx
     0x41, 0x5f, 0x41, 0x5e, 0x41, 0x5d, 0x41, 0x5c, // pop r15..r12
     0x5d, 0x5b, // pop rbp, rbx
@@ -317,6 +315,22 @@ const RESTORE: &[u8] = &[
     0x48, 0x8d, 0xa4, 0x24, 0x90, 0x00, 0x00, 0x00, // lea rsp, [rsp+144]: rsp at the probe
     0xff, 0xa4, 0x24, 0x58, 0xff, 0xff, 0xff, // jmp [rsp-168] (the rip slot)
 ];
+
+/// `movaps [rsp+16*n], xmmN` (opcode 0x29) or `movaps xmmN, [rsp+16*n]`
+/// (0x28) for xmm0-15: the SSE registers the kernel's Rust code may use
+/// (all caller-saved, and the probed code may hold live values in any).
+/// The kernel uses no x87 and never changes MXCSR, so unlike the trap
+/// entry's `fxsave` (512 bytes, slow under emulation) these suffice.
+fn put_xmm(buf: &mut [u8], pos: &mut usize, opcode: u8) {
+    for n in 0u8..16 {
+        if n >= 8 {
+            put(buf, pos, &[0x44]); // REX.R: xmm8-15
+        }
+        let modrm = 0x84 | ((n & 7) << 3); // [rsp + disp32]
+        put(buf, pos, &[0x0f, opcode, modrm, 0x24]);
+        put(buf, pos, &(u32::from(n) * 16).to_le_bytes());
+    }
+}
 
 /// `sti; jmp [rsp-176]` (the orig_rax slot).
 const REDIRECT_STI: &[u8] = &[0xfb, 0xff, 0xa4, 0x24, 0x50, 0xff, 0xff, 0xff];
@@ -338,11 +352,13 @@ pub fn build_detour(
         &mut pos,
         &[0x48, 0x89, 0x83, 0x80, 0x00, 0x00, 0x00],
     ); // mov [rbx+128], rax: rip
+    put_xmm(&mut b, &mut pos, 0x29);
     put(&mut b, &mut pos, &[0x48, 0xbe]); // movabs rsi, detour
     put(&mut b, &mut pos, &detour.to_le_bytes());
     put(&mut b, &mut pos, &[0x48, 0xb8]); // movabs rax, handler
     put(&mut b, &mut pos, &handler.to_le_bytes());
     put(&mut b, &mut pos, &[0xff, 0xd0]); // call rax
+    put_xmm(&mut b, &mut pos, 0x28);
     put(&mut b, &mut pos, RESTORE);
     debug_assert!(pos <= CONT_REDIRECT_STI, "save/restore is {pos} bytes");
     let mut pos = CONT_REDIRECT_STI;
