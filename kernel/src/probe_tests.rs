@@ -362,14 +362,20 @@ fn kprobe_fixups(out: &mut Vec<String>) -> bool {
         |i| matches!(i.exec, Exec::Step(s) if s.rip_disp_offset.is_some()),
     ) {
         Some(i) => {
-            for post in [false, true] {
+            // Boosted, single-stepped, then jump-optimised (the detour's
+            // copy re-encodes the displacement too).
+            for (post, optimise) in [(false, false), (true, false), (false, true)] {
+                let was = kprobe::optimisation();
+                kprobe::set_optimisation(optimise);
                 let rec = Arc::new(Recorder {
                     post,
                     ..Recorder::default()
                 });
                 let Some(p) = reg(i.addr, rec.clone(), out) else {
+                    kprobe::set_optimisation(was);
                     return false;
                 };
+                let mode = kprobe::site_mode(TextAddr(i.addr)).map(|(m, _)| m);
                 let r = rip_load(black_box(5));
                 let want = 0x1234_5678 + 5;
                 check(
@@ -386,6 +392,13 @@ fn kprobe_fixups(out: &mut Vec<String>) -> bool {
                         rec.posts.load(Ordering::Relaxed) == 1,
                         String::from("post handler ran once"),
                     );
+                } else if optimise {
+                    check(
+                        out,
+                        &mut ok,
+                        mode == Some(kprobe::Mode::Optimised) && p.boosted_hits() == 0,
+                        format!("mode {mode:?}, boosted hits {}", p.boosted_hits()),
+                    );
                 } else {
                     check(
                         out,
@@ -395,6 +408,7 @@ fn kprobe_fixups(out: &mut Vec<String>) -> bool {
                     );
                 }
                 let _ = kprobe::unregister(p.id());
+                kprobe::set_optimisation(was);
             }
         }
         None => {
@@ -764,7 +778,8 @@ fn kprobe_multi(out: &mut Vec<String>) -> bool {
     check(
         out,
         &mut ok,
-        byte == Some(0xcc),
+        // int3, or the jmp of an optimised probe.
+        matches!(byte, Some(0xcc | 0xe9)),
         format!("still patched with one probe left: {byte:02x?}"),
     );
     check(
@@ -1934,6 +1949,8 @@ fn bench(out: &mut Vec<String>) -> bool {
         let _ = kprobe::unregister(p.id());
     }
     row("kprobe, int3 + single-step (empty)", stepped, out);
+    let optimising = kprobe::optimisation();
+    kprobe::set_optimisation(false);
     let p = kprobe::register(TextAddr(f), Arc::new(Empty(false)));
     let boosted = cycles(bench_target, n);
     if let Ok(p) = p {
@@ -1945,7 +1962,26 @@ fn bench(out: &mut Vec<String>) -> bool {
         );
         let _ = kprobe::unregister(p.id());
     }
+    kprobe::set_optimisation(optimising);
     row("kprobe, boosted (empty)", boosted, out);
+    let p = kprobe::register(TextAddr(f), Arc::new(Empty(false)));
+    let optimised = cycles(bench_target, n);
+    if let Ok(p) = p {
+        let mode = kprobe::site_mode(TextAddr(f)).map(|(m, why)| (m, why.unwrap_or_default()));
+        check(
+            out,
+            &mut ok,
+            !optimising
+                || (mode
+                    .as_ref()
+                    .is_some_and(|(m, _)| *m == kprobe::Mode::Optimised)
+                    && p.boosted_hits() == 0
+                    && p.hits() >= n),
+            format!("jump-optimised probe takes no trap: {mode:?}"),
+        );
+        let _ = kprobe::unregister(p.id());
+    }
+    row("kprobe, jump-optimised (empty)", optimised, out);
     let r = kretprobe::register(TextAddr(f), 0, Arc::new(EmptyRet));
     let ret = cycles(bench_target, n);
     if let Ok(r) = r {
