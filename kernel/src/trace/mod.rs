@@ -84,8 +84,10 @@
 //! - A task that exits inside a function carrying a return probe never
 //!   returns through the trampoline: its instance stays claimed (one of
 //!   `maxactive`) until its stack is freed.
-//! - Kprobes are not jump-optimised: every hit is a trap (boosted hits
-//!   skip the second one).
+//! - A kprobe is jump-optimised only where `ktrace_kprobe::opt::plan`
+//!   allows (no branch into its 5 bytes, no indirect `jmp` in its
+//!   function, ...); elsewhere every hit is a trap (boosted hits skip the
+//!   second one).
 //! - The perf sampler keeps one sample ring for all CPUs.
 
 // `unsafe` lives in the hardware corner (arch, mm, drivers, task, sync,
