@@ -2033,17 +2033,18 @@ fn bench(out: &mut Vec<String>) -> bool {
 // ---------------------------------------------------------------------------
 
 /// The attach points of `smp_text`, indexed by kind.
-const SMP_KINDS: [&str; 3] = ["kprobe", "kretprobe", "tracepoint"];
+const SMP_KINDS: [&str; 4] = ["kprobe", "kretprobe", "tracepoint", "optimised kprobe"];
 const SMP_KPROBE: usize = 0;
 const SMP_KRETPROBE: usize = 1;
 const SMP_TRACEPOINT: usize = 2;
+const SMP_OPTPROBE: usize = 3;
 /// Generation of each attach point. Odd: attached, and armed on every CPU
 /// (made odd after attaching returned); even: detached or about to be
 /// (made even before detaching begins, see [`smp_text`]).
-static SMP_GEN: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+static SMP_GEN: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 /// Calls of each probed function that ran under an odd generation: the
 /// kernel's own count, which the handlers' hits must equal exactly.
-static SMP_CALLS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+static SMP_CALLS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 /// Per-CPU counters of `smp_text`: as many as the kernel may bring up.
 const SMP_MAX_CPUS: usize = ktrace_abi::vm::MAX_CPUS as usize;
 /// Marks this test's `ktrace:bench` records (the generation is below it).
@@ -2088,14 +2089,42 @@ pub fn smp_tracepoint_target(gen: u64) -> u64 {
     black_box(gen).wrapping_mul(7).wrapping_add(3)
 }
 
-const SMP_TARGETS: [fn(u64) -> u64; 3] = [
+/// Probed by `smp_text`'s jump-optimised kprobe (no post handler), at
+/// its first instruction a jump may replace ([`smp_optprobe_point`]).
+#[inline(never)]
+pub fn smp_optprobe_target(gen: u64) -> u64 {
+    smp_count_call(SMP_OPTPROBE, gen);
+    black_box(gen).wrapping_mul(9).wrapping_add(4)
+}
+
+/// The first instruction of [`smp_optprobe_target`] that may be
+/// jump-optimised (the call counting at its start branches over a few
+/// bytes, so not always the first), found as the kernel decides.
+fn smp_optprobe_point() -> Option<u64> {
+    let f = addr_of(SMP_TARGETS[SMP_OPTPROBE]);
+    let (sym, _) = crate::ksyms::lookup(f)?;
+    let mut code = alloc::vec![0u8; sym.size as usize];
+    crate::trace::text::read_original(TextAddr(sym.addr), &mut code).ok()?;
+    let mut found = None;
+    insn::for_each_insn(&code, sym.addr, |at, _| {
+        if ktrace_kprobe::opt::plan(&code, sym.addr, at, &|_| false).is_ok() {
+            found = Some(at);
+            return false;
+        }
+        true
+    });
+    found
+}
+
+const SMP_TARGETS: [fn(u64) -> u64; 4] = [
     smp_kprobe_target,
     smp_kretprobe_target,
     smp_tracepoint_target,
+    smp_optprobe_target,
 ];
 
 fn smp_expected(kind: usize, gen: u64) -> u64 {
-    let (m, a) = [(3, 1), (5, 2), (7, 3)][kind];
+    let (m, a) = [(3, 1), (5, 2), (7, 3), (9, 4)][kind];
     gen.wrapping_mul(m).wrapping_add(a)
 }
 
@@ -2105,14 +2134,18 @@ struct SmpHits {
     hits: [AtomicU64; SMP_MAX_CPUS],
     posts: [AtomicU64; SMP_MAX_CPUS],
     missed: AtomicU64,
+    /// A post handler (the kprobe: every hit single-stepped); without
+    /// one, the optimised kprobe.
+    with_post: bool,
 }
 
 impl SmpHits {
-    fn new() -> Self {
+    fn new(with_post: bool) -> Self {
         Self {
             hits: [const { AtomicU64::new(0) }; SMP_MAX_CPUS],
             posts: [const { AtomicU64::new(0) }; SMP_MAX_CPUS],
             missed: AtomicU64::new(0),
+            with_post,
         }
     }
     fn cpu_slot(counts: &[AtomicU64]) -> &AtomicU64 {
@@ -2146,7 +2179,7 @@ impl KprobeHandler for SmpHits {
         }
     }
     fn has_post(&self) -> bool {
-        true
+        self.with_post
     }
     fn missed(&self) {
         self.missed.fetch_add(1, Ordering::Relaxed);
@@ -2197,6 +2230,17 @@ fn smp_attach(kind: usize, h: &Arc<SmpHits>) -> Result<SmpAttached, String> {
         SMP_KRETPROBE => kretprobe::register(at, 0, h.clone())
             .map(SmpAttached::Kretprobe)
             .map_err(|e| format!("{e}")),
+        SMP_OPTPROBE => {
+            let at = smp_optprobe_point().ok_or("no instruction of the target may be optimised")?;
+            let p = kprobe::register(TextAddr(at), h.clone()).map_err(|e| format!("{e}"))?;
+            match kprobe::site_mode(TextAddr(at)) {
+                Some((kprobe::Mode::Optimised, _)) => Ok(SmpAttached::Kprobe(p)),
+                other => {
+                    let _ = kprobe::unregister(p.id());
+                    Err(format!("the probe at {at:#x} is not optimised: {other:?}"))
+                }
+            }
+        }
         _ => Ok(SmpAttached::Tracepoint(tracepoint::attach_to(
             &KTRACE_BENCH,
             h.clone(),
@@ -2255,14 +2299,15 @@ fn smp_text_default(out: &mut Vec<String>) -> bool {
 /// (the edges of each window) count on neither side.
 fn smp_text(out: &mut Vec<String>, secs: u64) -> bool {
     let mut ok = true;
-    for k in 0..3 {
+    for k in 0..4 {
         SMP_GEN[k].store(0, Ordering::SeqCst);
         SMP_CALLS[k].store(0, Ordering::SeqCst);
     }
-    let handlers: [Arc<SmpHits>; 3] = [
-        Arc::new(SmpHits::new()),
-        Arc::new(SmpHits::new()),
-        Arc::new(SmpHits::new()),
+    let handlers: [Arc<SmpHits>; 4] = [
+        Arc::new(SmpHits::new(true)),
+        Arc::new(SmpHits::new(true)),
+        Arc::new(SmpHits::new(true)),
+        Arc::new(SmpHits::new(false)),
     ];
     let cpus = crate::percpu::cpu_count().max(1) as usize;
     let workers = 2 * cpus + 1;
@@ -2271,7 +2316,7 @@ fn smp_text(out: &mut Vec<String>, secs: u64) -> bool {
     let live = Arc::new(AtomicU64::new(0));
     let done = Arc::new(WaitQueue::new());
     let epochs: Arc<Vec<AtomicU64>> = Arc::new((0..workers).map(|_| AtomicU64::new(0)).collect());
-    let calls: Arc<[AtomicU64; 3]> = Arc::new([const { AtomicU64::new(0) }; 3]);
+    let calls: Arc<[AtomicU64; 4]> = Arc::new([const { AtomicU64::new(0) }; 4]);
     // Static-key patches pause between their steps, so callers run into
     // the temporary int3 even on one CPU.
     crate::trace::text::set_patch_step_pause(2);
@@ -2290,7 +2335,7 @@ fn smp_text(out: &mut Vec<String>, secs: u64) -> bool {
         let left = live.clone();
         let spawned = task::spawn(&format!("smp-text{w}"), move || {
             while !stop.load(Ordering::Relaxed) {
-                for kind in 0..3 {
+                for kind in 0..4 {
                     let gen = SMP_GEN[kind].load(Ordering::SeqCst);
                     if SMP_TARGETS[kind](black_box(gen)) != smp_expected(kind, gen) {
                         bad.fetch_add(1, Ordering::Relaxed);
@@ -2308,16 +2353,21 @@ fn smp_text(out: &mut Vec<String>, secs: u64) -> bool {
             ok = false;
         }
     }
-    let mut attached = [SmpAttached::None, SmpAttached::None, SmpAttached::None];
-    let mut cycles = [0u64; 3];
-    let mut armed_ns = [0u64; 3];
-    let mut armed_since = [0u64; 3];
+    let mut attached = [
+        SmpAttached::None,
+        SmpAttached::None,
+        SmpAttached::None,
+        SmpAttached::None,
+    ];
+    let mut cycles = [0u64; 4];
+    let mut armed_ns = [0u64; 4];
+    let mut armed_since = [0u64; 4];
     let start = crate::time::now_ns();
     let deadline = start + secs * 1_000_000_000;
     let mut step = 0usize;
     let mut stuck = false;
     while crate::time::now_ns() < deadline && ok {
-        let kind = step % 3;
+        let kind = step % 4;
         step += 1;
         match core::mem::replace(&mut attached[kind], SmpAttached::None) {
             SmpAttached::None => match smp_attach(kind, &handlers[kind]) {
@@ -2347,7 +2397,7 @@ fn smp_text(out: &mut Vec<String>, secs: u64) -> bool {
         }
         task::sleep_ms(1 + (step % 4) as u64);
     }
-    for kind in 0..3 {
+    for kind in 0..4 {
         let a = core::mem::replace(&mut attached[kind], SmpAttached::None);
         if !matches!(a, SmpAttached::None) {
             SMP_GEN[kind].fetch_add(1, Ordering::SeqCst);
@@ -2379,8 +2429,8 @@ fn smp_text(out: &mut Vec<String>, secs: u64) -> bool {
             bad.load(Ordering::Relaxed)
         ),
     );
-    let mut rates = [0u64; 3];
-    for kind in 0..3 {
+    let mut rates = [0u64; 4];
+    for kind in 0..4 {
         let h = &handlers[kind];
         let counted = SMP_CALLS[kind].load(Ordering::SeqCst);
         let hits = SmpHits::sum(&h.hits);
@@ -2420,9 +2470,10 @@ fn smp_text(out: &mut Vec<String>, secs: u64) -> bool {
     }
     let base = rates[SMP_KPROBE].max(1) as f64;
     out.push(format!(
-        "hits/s while armed, as ratios to the kprobe: kprobe 1.00, kretprobe {:.2}, tracepoint {:.2}",
+        "hits/s while armed, as ratios to the kprobe: kprobe 1.00, kretprobe {:.2}, tracepoint {:.2}, optimised kprobe {:.2}",
         rates[SMP_KRETPROBE] as f64 / base,
-        rates[SMP_TRACEPOINT] as f64 / base
+        rates[SMP_TRACEPOINT] as f64 / base,
+        rates[SMP_OPTPROBE] as f64 / base
     ));
     let emulated = crate::trace::text::patch_traps_emulated() - emulated0;
     check(

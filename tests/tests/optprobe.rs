@@ -97,8 +97,7 @@ fn branch_into_site() -> (String, u64, String) {
             continue;
         };
         let mut at = 0usize;
-        let mut d = iced_decoder(code, f.addr);
-        while let Some(len) = d.next() {
+        for len in insn_lens(code, f.addr) {
             if let Err(e @ NotOptimisable::BranchInto { .. }) =
                 opt::plan(code, f.addr, f.addr + at as u64, &|_| false)
             {
@@ -117,7 +116,7 @@ fn branch_into_site() -> (String, u64, String) {
 }
 
 /// Instruction lengths of `code`, in order.
-fn iced_decoder(code: &[u8], ip: u64) -> impl Iterator<Item = usize> + '_ {
+fn insn_lens(code: &[u8], ip: u64) -> impl Iterator<Item = usize> {
     let mut lens = Vec::new();
     ktrace_kprobe::x86_64::for_each_insn(code, ip, |_, len| {
         lens.push(len);

@@ -1,7 +1,8 @@
 //! Kernel text patched while it runs, and probes removed while their
 //! handlers may run (issue 17): the in-kernel `smp_text` self test has
 //! every CPU (before SMP: several preempting tasks) call the functions
-//! carrying a kprobe (single-stepped), a kretprobe and a tracepoint site in
+//! carrying a kprobe (single-stepped), a kretprobe, a jump-optimised kprobe
+//! (its jump put in and taken out under the callers) and a tracepoint site in
 //! a loop while another task attaches and detaches each of them, then
 //! checks that the per-CPU hit counts sum exactly to the calls the kernel
 //! counted itself while each was armed (see `kernel::probe_tests::smp_text`
@@ -67,7 +68,7 @@ fn run(cpus: Option<u32>) {
         eprintln!("    {line}");
     }
     assert!(r.passed, "smp_text failed: {:#?}", r.output);
-    for kind in ["kprobe", "kretprobe", "tracepoint"] {
+    for kind in ["kprobe", "kretprobe", "tracepoint", "optimised kprobe"] {
         let (hits, counted, missed) = sums(&r.output, kind);
         assert_eq!((hits, missed), (counted, 0), "{kind}");
         assert!(counted > 0, "{kind}: no call ran while armed");

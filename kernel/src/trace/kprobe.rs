@@ -124,7 +124,8 @@ impl Kprobe {
     pub fn boosted_hits(&self) -> u64 {
         self.boosted_hits.load(Ordering::Relaxed)
     }
-    /// Whether the instruction currently runs boosted.
+    /// Whether the instruction runs boosted when its `int3` is hit.
+    #[cfg_attr(not(feature = "self-tests"), allow(dead_code))] // used by the self tests
     pub fn boosted(&self) -> bool {
         find_site(self.addr.get()).is_some_and(|s| s.boost)
     }
