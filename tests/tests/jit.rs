@@ -449,8 +449,12 @@ fn per_hit_cost_interpreter_vs_jit() {
 /// modes rotating, medians printed as cycles over the unprobed call and
 /// as ratios to the optimised probe. Timing is reported, never asserted;
 /// asserted are the mode each probe runs in and that every call was
-/// counted or ran the program. Run with `--nocapture` to see the table.
+/// counted or ran the program (`cargo test -p ktrace-tests --test jit --
+/// --ignored --nocapture per_hit_cost_by_probe_mode`; about a minute of
+/// QEMU time, so not in the default run: `tests/tests/optprobe.rs` checks
+/// the modes and counts there).
 #[test]
+#[ignore = "benchmark: a minute of QEMU time"]
 fn per_hit_cost_by_probe_mode() {
     use ktrace_abi::bpf::{Engine, LoadOptions};
     use ktrace_abi::trace::{ProbeKind, ProbeMode, ProbeTarget};
