@@ -5,12 +5,16 @@
 //! where the result comes back):
 //!
 //! ```text
-//! r0 rax   r1 rdi   r2 rsi   r3 rdx   r4 rcx   r5 r8
+//! r0 rax   r1 rdi   r2 rsi   r3 rdx   r4 r9    r5 r8
 //! r6 rbx   r7 r13   r8 r14   r9 r15   r10 rbp
 //! r12: instructions left in the budget (callee-saved, so helper calls
 //!      need not save it)
-//! r9, r10, r11: scratch
+//! rcx, r10, r11: scratch
 //! ```
+//!
+//! `r4` lives in `r9` rather than `rcx` (as in rbpf) so that a shift by a
+//! register is `mov ecx, src; shl dst, cl`; a helper call moves it to `rcx`
+//! and puts the run in `r9`, the sixth argument.
 //!
 //! Frames: each BPF frame is `FRAME` bytes of native stack below `rbp`: the
 //! 512-byte BPF stack, then the address of the [`JitRun`] at
@@ -57,7 +61,7 @@ use crate::interp::{Executable, MAX_CALL_FRAMES};
 /// BPF register to x86 register (entries past r10 are never used: decode
 /// guarantees registers <= 10).
 const REG: [u8; 16] = [
-    RAX, RDI, RSI, RDX, RCX, R8, RBX, R13, R14, R15, RBP, R10, R10, R10, R10, R10,
+    RAX, RDI, RSI, RDX, R9, R8, RBX, R13, R14, R15, RBP, R10, R10, R10, R10, R10,
 ];
 
 fn x(r: u8) -> u8 {
@@ -250,7 +254,7 @@ impl Compiler<'_> {
         a.alu_ri(W::Q, ext::SUB, RSP, FRAME);
         a.store(8, RBP, -RUN_SLOT, RDX);
         // Registers other than r1 (ctx) and r2 (its length) start at 0.
-        for r in [RAX, RDX, RCX, R8, RBX, R13, R14, R15] {
+        for r in [RAX, RDX, R9, R8, RBX, R13, R14, R15] {
             a.alu_rr(W::D, rm_op::XOR, r, r);
         }
         self.charge(0);
@@ -514,8 +518,8 @@ impl Compiler<'_> {
     fn mov_imm(&mut self, w: W, d: u8, i: i32) {
         let d = x(d);
         match self.next_key() {
-            None if w == W::D => self.a.mov_r32_i(d, i as u32),
-            None => self.a.mov_r64_si(d, i),
+            None if w == W::D => self.a.mov_ri(d, u64::from(i as u32)),
+            None => self.a.mov_ri(d, i as i64 as u64),
             Some(k) => {
                 let k = k as i32;
                 if w == W::D {
@@ -548,23 +552,13 @@ impl Compiler<'_> {
         self.a.shift_ri(w, e, x(d), n);
     }
 
-    /// Shift by a register: the count must be in `cl` (`rcx` is r4).
+    /// Shift by a register: the count goes to `cl` (`rcx` is scratch; the
+    /// shift masks the count to the width as the interpreter does).
     fn shift_reg(&mut self, w: W, e: u8, d: u8, s: u8) {
         let (d, s) = (x(d), x(s));
         let a = &mut self.a;
-        if s == RCX {
-            a.shift_cl(w, e, d);
-        } else if d == RCX {
-            a.mov_rr(W::Q, R10, RCX);
-            a.mov_rr(W::Q, RCX, s);
-            a.shift_cl(w, e, R10);
-            a.mov_rr(W::Q, RCX, R10);
-        } else {
-            a.mov_rr(W::Q, R10, RCX);
-            a.mov_rr(W::Q, RCX, s);
-            a.shift_cl(w, e, d);
-            a.mov_rr(W::Q, RCX, R10);
-        }
+        a.mov_rr(W::D, RCX, s);
+        a.shift_cl(w, e, d);
         if w == W::D {
             // A 32-bit shift by 0 is architecturally allowed to leave the
             // upper half alone; the interpreter zero-extends.
@@ -694,6 +688,8 @@ impl Compiler<'_> {
         match (c, src) {
             (JmpCond::Set, Src::Reg(s)) => self.a.alu_rr(w, rm_op::TEST, dst, s),
             (JmpCond::Set, Src::Imm(i)) => self.a.test_ri(w, dst, i),
+            // Same flags as `cmp dst, 0` (CF and OF clear), two bytes shorter.
+            (_, Src::Imm(0)) => self.a.alu_rr(w, rm_op::TEST, dst, dst),
             (_, src) => self.alu(w, rm_op::CMP, ext::CMP, dst, src),
         }
         // Taken: charge the target's run and go; not taken: charge the next one.
@@ -730,7 +726,9 @@ impl Compiler<'_> {
             ),
         };
         let a = &mut self.a;
-        // The run is the helper's sixth argument.
+        // r4 is the fourth argument (rcx); the run is the sixth (r9, where
+        // r4 lives: the helper clobbers r1-r5 anyway).
+        a.mov_rr(W::Q, RCX, R9);
         a.load(8, R9, RBP, -RUN_SLOT);
         match id {
             Some(id) => {
@@ -823,13 +821,13 @@ impl Compiler<'_> {
                     AtomicOp::And => rm_op::AND,
                     _ => rm_op::XOR,
                 };
-                a.mov_rr(W::Q, R9, src);
+                a.mov_rr(W::Q, RCX, src);
                 a.push(RAX);
                 a.load(n as u8, RAX, R10, 0);
                 let retry = a.label();
                 a.bind(retry);
                 a.mov_rr(W::Q, R11, RAX);
-                a.alu_rr(w, opc, R11, R9);
+                a.alu_rr(w, opc, R11, RCX);
                 a.lock_cmpxchg(w, R10, 0, R11);
                 a.jcc(cc::NE, retry);
                 a.mov_rr(W::Q, R11, RAX);
