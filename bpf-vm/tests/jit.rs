@@ -429,6 +429,67 @@ fn faults_and_limits_match_the_interpreter() {
     );
 }
 
+/// A chain of `frames` frames (the program and `frames - 1` functions, no
+/// recursion): each function writes some of r6-r9 and its stack, calls the
+/// next and then reads both back, so a caller's registers or stack that a
+/// callee clobbered change r0.
+fn call_chain(frames: usize) -> String {
+    let mut src = String::from(
+        "mov %r6, 1\nmov %r7, 2\nmov %r8, 3\nmov %r9, 4\nstdw [%r10-8], 100\ncall local f1\n\
+         ldxdw %r1, [%r10-8]\nadd %r0, %r1\nadd %r0, %r6\nadd %r0, %r7\nadd %r0, %r8\nadd %r0, %r9\nexit\n",
+    );
+    for k in 1..frames {
+        src += &format!("f{k}:\n");
+        if k == frames - 1 {
+            src += "mov %r0, 7\nexit\n";
+            continue;
+        }
+        // Function k writes r6..r6+(k % 5)-1: none, one, ..., all four.
+        let written: Vec<usize> = (6..6 + k % 5).collect();
+        for r in &written {
+            src += &format!("mov %r{r}, {}\n", k * 10 + r);
+        }
+        src += &format!(
+            "stdw [%r10-8], {}\ncall local f{}\nldxdw %r1, [%r10-8]\nmul %r0, 3\nadd %r0, %r1\n",
+            k * 1000,
+            k + 1
+        );
+        for r in &written {
+            src += &format!("add %r0, %r{r}\n");
+        }
+        src += "exit\n";
+    }
+    src
+}
+
+#[test]
+fn call_chains_keep_registers_and_frames_and_stop_at_the_depth_limit() {
+    // Up to MAX_CALL_FRAMES (8) frames the JIT knows no call can fail and
+    // saves only what each callee writes; one more and the last call faults.
+    for frames in 2..=8 {
+        let (res, _) = both(&call_chain(frames), &[], 1000);
+        assert!(res.is_ok(), "{frames} frames: {res:?}");
+    }
+    let src = call_chain(9);
+    let (res, _) = both(&src, &[], 1000);
+    let fault_pc = assemble(&src)
+        .unwrap()
+        .insns()
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| matches!(i, Insn::CallLocal { .. }))
+        .map(|(pc, _)| pc)
+        .nth(7)
+        .unwrap();
+    assert_eq!(
+        res.unwrap_err(),
+        RunError {
+            pc: fault_pc,
+            kind: RunErrorKind::CallDepth
+        }
+    );
+}
+
 fn contains(code: &[u8], pat: &[u8]) -> bool {
     code.windows(pat.len()).any(|w| w == pat)
 }

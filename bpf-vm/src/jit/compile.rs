@@ -52,6 +52,7 @@ const BUDGET: u8 = R12;
 /// Native stack a bpf-to-bpf call takes: 5 saved registers, the frame and
 /// the return address.
 const CALL_ROOM: i32 = 5 * 8 + FRAME + 8;
+use super::calls::{self, CallPlan};
 use super::x86::{RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP};
 use super::{fault, off, JitError, JitHelperFn, JitImage, JitOptions, JitRun};
 use crate::insn::{AtomicOp, JmpCond, Size, STACK_SIZE};
@@ -111,6 +112,7 @@ struct Compiler<'e> {
     stubs: Vec<(Label, Stub)>,
     fault_exit: Label,
     key: Option<u64>,
+    calls: CallPlan,
 }
 
 /// Compiles `exe` (see the [module documentation](super)) for `helpers`,
@@ -169,6 +171,7 @@ pub fn compile(
         stubs: Vec::new(),
         fault_exit,
         key: options.blinding,
+        calls: calls::analyse(&exe.ops),
     };
     c.prologue();
     let mut slot_offsets = Vec::with_capacity(n);
@@ -767,6 +770,10 @@ impl Compiler<'_> {
     }
 
     fn local_call(&mut self, pc: usize, t: usize) {
+        if self.calls.bounded {
+            self.local_call_bounded(pc, t);
+            return;
+        }
         let too_deep = self.fault_stub(pc, fault::CALL_DEPTH);
         let a = &mut self.a;
         a.load(8, R11, RBP, -RUN_SLOT);
@@ -786,6 +793,40 @@ impl Compiler<'_> {
         for r in [RBP, R15, R14, R13, RBX] {
             a.pop(r);
         }
+        self.charge_next(pc);
+    }
+
+    /// A local call in a program whose calls cannot nest too deeply (see
+    /// [`CallPlan::bounded`]): no depth check, and only the registers among
+    /// `r6`-`r9` the callee writes are saved. The callee's frame pointer is
+    /// recomputed after the return rather than saved, since every function
+    /// body runs with `rsp = rbp - FRAME - 8`.
+    fn local_call_bounded(&mut self, pc: usize, t: usize) {
+        let writes = self.calls.writes[t];
+        let saved: Vec<u8> = (6..10u8)
+            .filter(|r| writes & (1 << r) != 0)
+            .map(x)
+            .collect();
+        // Keeps the callee's rsp 16-byte aligned: saves plus padding plus
+        // the return address are a multiple of 16 (FRAME is).
+        let pad = if saved.len() % 2 == 0 { 8 } else { 0 };
+        let a = &mut self.a;
+        a.load(8, R11, RBP, -RUN_SLOT);
+        for &r in &saved {
+            a.push(r);
+        }
+        a.lea(RBP, RSP, -pad);
+        a.lea(RSP, RBP, -FRAME);
+        a.store(8, RBP, -RUN_SLOT, R11);
+        self.charge(t);
+        let l = self.slots[t];
+        let a = &mut self.a;
+        a.call(l);
+        a.lea(RSP, RBP, pad);
+        for &r in saved.iter().rev() {
+            a.pop(r);
+        }
+        a.lea(RBP, RSP, FRAME + 8);
         self.charge_next(pc);
     }
 

@@ -84,6 +84,7 @@
 //! [`Executable`]: crate::interp::Executable
 //! [`MAX_CALL_FRAMES`]: crate::interp::MAX_CALL_FRAMES
 
+mod calls;
 mod compile;
 mod glue;
 mod x86;
