@@ -113,6 +113,11 @@ struct Compiler<'e> {
     fault_exit: Label,
     key: Option<u64>,
     calls: CallPlan,
+    /// Slots some jump or call lands on: flags on entry are unknown there.
+    targets: Vec<bool>,
+    /// The register whose value the flags' ZF describes when the current
+    /// slot starts (the previous slot's ALU result), and that result's width.
+    zf: Option<(u8, W)>,
 }
 
 /// Compiles `exe` (see the [module documentation](super)) for `helpers`,
@@ -172,6 +177,8 @@ pub fn compile(
         fault_exit,
         key: options.blinding,
         calls: calls::analyse(&exe.ops),
+        targets: jump_targets(&exe.ops),
+        zf: None,
     };
     c.prologue();
     let mut slot_offsets = Vec::with_capacity(n);
@@ -193,6 +200,10 @@ pub fn compile(
         }
         c.a.bind(l);
         slot_offsets.push(c.a.pos() as u32);
+        c.zf = match pc > 0 && !c.targets[pc] {
+            true => sets_zf(&c.exe.ops[pc - 1]),
+            false => None,
+        };
         c.op(pc);
         uncharged_fallthrough = match c.exe.ops[pc] {
             Op::Tail => uncharged_fallthrough,
@@ -214,6 +225,65 @@ pub fn compile(
         entry: 0,
         slot_offsets,
     })
+}
+
+/// Slots a jump or local call lands on.
+fn jump_targets(ops: &[Op]) -> Vec<bool> {
+    let mut targets = vec![false; ops.len()];
+    for op in ops {
+        let t = match *op {
+            Op::Ja(t)
+            | Op::CallLocal(t)
+            | Op::Jmp64I(_, _, t, _)
+            | Op::Jmp64R(_, _, _, t)
+            | Op::Jmp32I(_, _, t, _)
+            | Op::Jmp32R(_, _, _, t)
+            | Op::JEq64I(_, t, _)
+            | Op::JNe64I(_, t, _)
+            | Op::JGt64I(_, t, _)
+            | Op::JLt64I(_, t, _)
+            | Op::JEq64R(_, _, t)
+            | Op::JNe64R(_, _, t)
+            | Op::JGt64R(_, _, t)
+            | Op::JLt64R(_, _, t) => t as usize,
+            _ => continue,
+        };
+        if let Some(slot) = targets.get_mut(t) {
+            *slot = true;
+        }
+    }
+    targets
+}
+
+/// For an operation compiled to a single x86 `add`/`sub`/`and`/`or`/`xor`
+/// into its destination as the last instruction: that register and the
+/// width, since ZF then says whether the result is zero (a 32-bit result is
+/// the whole zero-extended register, a 64-bit one only for 64-bit tests).
+fn sets_zf(op: &Op) -> Option<(u8, W)> {
+    use Op::*;
+    match *op {
+        Add64I(d, _)
+        | Sub64I(d, _)
+        | Or64I(d, _)
+        | And64I(d, _)
+        | Xor64I(d, _)
+        | Add64R(d, _)
+        | Sub64R(d, _)
+        | Or64R(d, _)
+        | And64R(d, _)
+        | Xor64R(d, _) => Some((d, W::Q)),
+        Add32I(d, _)
+        | Sub32I(d, _)
+        | Or32I(d, _)
+        | And32I(d, _)
+        | Xor32I(d, _)
+        | Add32R(d, _)
+        | Sub32R(d, _)
+        | Or32R(d, _)
+        | And32R(d, _)
+        | Xor32R(d, _) => Some((d, W::D)),
+        _ => None,
+    }
 }
 
 /// Whether `op` ends a straight-line run (what follows it is charged anew
@@ -691,6 +761,12 @@ impl Compiler<'_> {
         match (c, src) {
             (JmpCond::Set, Src::Reg(s)) => self.a.alu_rr(w, rm_op::TEST, dst, s),
             (JmpCond::Set, Src::Imm(i)) => self.a.test_ri(w, dst, i),
+            // Equality with 0 right after an ALU result in `d` of a width
+            // that covers the compare: ZF is already the answer.
+            (JmpCond::Eq | JmpCond::Ne, Src::Imm(0))
+                if self
+                    .zf
+                    .is_some_and(|(r, rw)| r == d && (rw == W::D || w == W::Q)) => {}
             // Same flags as `cmp dst, 0` (CF and OF clear), two bytes shorter.
             (_, Src::Imm(0)) => self.a.alu_rr(w, rm_op::TEST, dst, dst),
             (_, src) => self.alu(w, rm_op::CMP, ext::CMP, dst, src),
