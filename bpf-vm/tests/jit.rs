@@ -405,6 +405,18 @@ fn faults_and_limits_match_the_interpreter() {
             err: HelperError::Unknown(u32::MAX)
         }
     );
+    // A compare with 0 right after an ALU result may reuse its flags, but a
+    // 64-bit result does not answer a 32-bit test, and a jump target does
+    // not know which result came before.
+    let wide = "lddw %r1, 0x100000000\nmov %r0, 1\nadd %r1, 0\njeq32 %r1, 0, +1\nmov %r0, 2\nexit";
+    assert_eq!(both(wide, &[], 100).0, Ok(1));
+    let narrow = "lddw %r1, 0x100000000\nmov %r0, 1\nadd32 %r1, 0\njeq %r1, 0, +1\nmov %r0, 2\nexit";
+    assert_eq!(both(narrow, &[], 100).0, Ok(1));
+    let joined = "mov %r0, 0\nmov %r1, 1\nmov %r2, 0\njeq %r2, 0, t\nadd %r1, 0\nt:\njeq %r1, 0, +1\nmov %r0, 7\nexit";
+    assert_eq!(both(joined, &[], 100).0, Ok(7));
+    // With a budget that the charge on the way to `t` brings to exactly 0,
+    // ZF is set on arrival there: reusing it would take the jump.
+    assert_eq!(both(joined, &[], 5).0.unwrap_err().pc, 6);
     // Unbounded recursion hits the call depth limit.
     let (res, _) = both("call local f\nexit\nf:\ncall local f\nexit", &[], 100);
     assert_eq!(
