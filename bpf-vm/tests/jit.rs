@@ -410,7 +410,8 @@ fn faults_and_limits_match_the_interpreter() {
     // not know which result came before.
     let wide = "lddw %r1, 0x100000000\nmov %r0, 1\nadd %r1, 0\njeq32 %r1, 0, +1\nmov %r0, 2\nexit";
     assert_eq!(both(wide, &[], 100).0, Ok(1));
-    let narrow = "lddw %r1, 0x100000000\nmov %r0, 1\nadd32 %r1, 0\njeq %r1, 0, +1\nmov %r0, 2\nexit";
+    let narrow =
+        "lddw %r1, 0x100000000\nmov %r0, 1\nadd32 %r1, 0\njeq %r1, 0, +1\nmov %r0, 2\nexit";
     assert_eq!(both(narrow, &[], 100).0, Ok(1));
     let joined = "mov %r0, 0\nmov %r1, 1\nmov %r2, 0\njeq %r2, 0, t\nadd %r1, 0\nt:\njeq %r1, 0, +1\nmov %r0, 7\nexit";
     assert_eq!(both(joined, &[], 100).0, Ok(7));
