@@ -885,7 +885,7 @@ impl Compiler<'_> {
             .collect();
         // Keeps the callee's rsp 16-byte aligned: saves plus padding plus
         // the return address are a multiple of 16 (FRAME is).
-        let pad = if saved.len() % 2 == 0 { 8 } else { 0 };
+        let pad = if saved.len().is_multiple_of(2) { 8 } else { 0 };
         let a = &mut self.a;
         a.load(8, R11, RBP, -RUN_SLOT);
         for &r in &saved {
