@@ -118,6 +118,9 @@ struct Compiler<'e> {
     /// The register whose value the flags' ZF describes when the current
     /// slot starts (the previous slot's ALU result), and that result's width.
     zf: Option<(u8, W)>,
+    /// Taken edges of conditional jumps that charge their target's run on
+    /// the way: placed after the code.
+    edges: Vec<(Label, usize)>,
 }
 
 /// Compiles `exe` (see the [module documentation](super)) for `helpers`,
@@ -179,6 +182,7 @@ pub fn compile(
         calls: calls::analyse(&exe.ops),
         targets: jump_targets(&exe.ops),
         zf: None,
+        edges: Vec::new(),
     };
     c.prologue();
     let mut slot_offsets = Vec::with_capacity(n);
@@ -209,6 +213,10 @@ pub fn compile(
             Op::Tail => uncharged_fallthrough,
             ref op => !is_control(op),
         };
+    }
+    for (edge, t) in core::mem::take(&mut c.edges) {
+        c.a.bind(edge);
+        c.goto(t);
     }
     c.emit_stubs();
     if exe.ops.iter().any(|op| matches!(op, Op::CallX(_))) {
@@ -775,10 +783,11 @@ impl Compiler<'_> {
         if let Some(entry) = self.entries[t as usize] {
             self.a.jcc(code, entry);
         } else {
-            let skip = self.a.label();
-            self.a.jcc(code ^ 1, skip);
-            self.goto(t as usize);
-            self.a.bind(skip);
+            // The taken edge charges out of line, so the not-taken path
+            // runs straight on without a taken jump.
+            let edge = self.a.label();
+            self.a.jcc(code, edge);
+            self.edges.push((edge, t as usize));
         }
         self.charge_next(pc);
     }
