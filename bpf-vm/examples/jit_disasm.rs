@@ -6,6 +6,8 @@
 //! `cargo run -p bpf-vm --example jit_disasm [PROGRAM] [--blind]`; without a
 //! name, every program.
 
+use std::io::Write;
+
 use bpf_vm::asm::assemble;
 use bpf_vm::disasm;
 use bpf_vm::insn::Insn;
@@ -21,6 +23,17 @@ extern "sysv64" fn helper(_: u64, _: u64, _: u64, _: u64, _: u64, _: *mut JitRun
 }
 
 fn main() {
+    // A closed pipe (`| head`) ends the listing quietly.
+    if let Err(e) = list() {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: writing the listing: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn list() -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let blind = args.iter().any(|a| a == "--blind");
     let only: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
@@ -47,28 +60,27 @@ fn main() {
         };
         let image = compile(&exe, &options, &helpers).expect("compiles");
         let insns = program.insns();
-        println!("== {name}: {} bytes of native code", image.len());
+        writeln!(out, "== {name}: {} bytes of native code", image.len())?;
         // Slot starts in code order, with the BPF text of each.
         let starts = image.slot_offsets();
         let mut decoder = Decoder::with_ip(64, image.code(), 0, DecoderOptions::NONE);
         let mut formatter = IntelFormatter::new();
-        let mut out = String::new();
+        let mut text = String::new();
         let mut next_slot = 0;
         for insn in &mut decoder {
             let ip = insn.ip() as u32;
             while next_slot < starts.len() && starts[next_slot] <= ip {
                 // The second half of an ld_imm64 compiles to nothing.
                 if let Some(i) = insns.get(next_slot).filter(|i| **i != Insn::LdImm64Tail) {
-                    println!(
-                        "   ; {next_slot:3}: {}",
-                        disasm::insn(i, disasm::Syntax::Llvm)
-                    );
+                    let bpf = disasm::insn(i, disasm::Syntax::Llvm);
+                    writeln!(out, "   ; {next_slot:3}: {bpf}")?;
                 }
                 next_slot += 1;
             }
-            out.clear();
-            formatter.format(&insn, &mut out);
-            println!("{ip:6x}  {out}");
+            text.clear();
+            formatter.format(&insn, &mut text);
+            writeln!(out, "{ip:6x}  {text}")?;
         }
     }
+    Ok(())
 }
