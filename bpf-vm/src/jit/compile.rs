@@ -5,12 +5,16 @@
 //! where the result comes back):
 //!
 //! ```text
-//! r0 rax   r1 rdi   r2 rsi   r3 rdx   r4 rcx   r5 r8
+//! r0 rax   r1 rdi   r2 rsi   r3 rdx   r4 r9    r5 r8
 //! r6 rbx   r7 r13   r8 r14   r9 r15   r10 rbp
 //! r12: instructions left in the budget (callee-saved, so helper calls
 //!      need not save it)
-//! r9, r10, r11: scratch
+//! rcx, r10, r11: scratch
 //! ```
+//!
+//! `r4` lives in `r9` rather than `rcx` (as in rbpf) so that a shift by a
+//! register is `mov ecx, src; shl dst, cl`; a helper call moves it to `rcx`
+//! and puts the run in `r9`, the sixth argument.
 //!
 //! Frames: each BPF frame is `FRAME` bytes of native stack below `rbp`: the
 //! 512-byte BPF stack, then the address of the [`JitRun`] at
@@ -48,6 +52,7 @@ const BUDGET: u8 = R12;
 /// Native stack a bpf-to-bpf call takes: 5 saved registers, the frame and
 /// the return address.
 const CALL_ROOM: i32 = 5 * 8 + FRAME + 8;
+use super::calls::{self, CallPlan};
 use super::x86::{RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP};
 use super::{fault, off, JitError, JitHelperFn, JitImage, JitOptions, JitRun};
 use crate::insn::{AtomicOp, JmpCond, Size, STACK_SIZE};
@@ -57,7 +62,7 @@ use crate::interp::{Executable, MAX_CALL_FRAMES};
 /// BPF register to x86 register (entries past r10 are never used: decode
 /// guarantees registers <= 10).
 const REG: [u8; 16] = [
-    RAX, RDI, RSI, RDX, RCX, R8, RBX, R13, R14, R15, RBP, R10, R10, R10, R10, R10,
+    RAX, RDI, RSI, RDX, R9, R8, RBX, R13, R14, R15, RBP, R10, R10, R10, R10, R10,
 ];
 
 fn x(r: u8) -> u8 {
@@ -107,6 +112,15 @@ struct Compiler<'e> {
     stubs: Vec<(Label, Stub)>,
     fault_exit: Label,
     key: Option<u64>,
+    calls: CallPlan,
+    /// Slots some jump or call lands on: flags on entry are unknown there.
+    targets: Vec<bool>,
+    /// The register whose value the flags' ZF describes when the current
+    /// slot starts (the previous slot's ALU result), and that result's width.
+    zf: Option<(u8, W)>,
+    /// Taken edges of conditional jumps that charge their target's run on
+    /// the way: placed after the code.
+    edges: Vec<(Label, usize)>,
 }
 
 /// Compiles `exe` (see the [module documentation](super)) for `helpers`,
@@ -165,6 +179,10 @@ pub fn compile(
         stubs: Vec::new(),
         fault_exit,
         key: options.blinding,
+        calls: calls::analyse(&exe.ops),
+        targets: jump_targets(&exe.ops),
+        zf: None,
+        edges: Vec::new(),
     };
     c.prologue();
     let mut slot_offsets = Vec::with_capacity(n);
@@ -186,11 +204,19 @@ pub fn compile(
         }
         c.a.bind(l);
         slot_offsets.push(c.a.pos() as u32);
+        c.zf = match pc > 0 && !c.targets[pc] {
+            true => sets_zf(&c.exe.ops[pc - 1]),
+            false => None,
+        };
         c.op(pc);
         uncharged_fallthrough = match c.exe.ops[pc] {
             Op::Tail => uncharged_fallthrough,
             ref op => !is_control(op),
         };
+    }
+    for (edge, t) in core::mem::take(&mut c.edges) {
+        c.a.bind(edge);
+        c.goto(t);
     }
     c.emit_stubs();
     if exe.ops.iter().any(|op| matches!(op, Op::CallX(_))) {
@@ -207,6 +233,65 @@ pub fn compile(
         entry: 0,
         slot_offsets,
     })
+}
+
+/// Slots a jump or local call lands on.
+fn jump_targets(ops: &[Op]) -> Vec<bool> {
+    let mut targets = vec![false; ops.len()];
+    for op in ops {
+        let t = match *op {
+            Op::Ja(t)
+            | Op::CallLocal(t)
+            | Op::Jmp64I(_, _, t, _)
+            | Op::Jmp64R(_, _, _, t)
+            | Op::Jmp32I(_, _, t, _)
+            | Op::Jmp32R(_, _, _, t)
+            | Op::JEq64I(_, t, _)
+            | Op::JNe64I(_, t, _)
+            | Op::JGt64I(_, t, _)
+            | Op::JLt64I(_, t, _)
+            | Op::JEq64R(_, _, t)
+            | Op::JNe64R(_, _, t)
+            | Op::JGt64R(_, _, t)
+            | Op::JLt64R(_, _, t) => t as usize,
+            _ => continue,
+        };
+        if let Some(slot) = targets.get_mut(t) {
+            *slot = true;
+        }
+    }
+    targets
+}
+
+/// For an operation compiled to a single x86 `add`/`sub`/`and`/`or`/`xor`
+/// into its destination as the last instruction: that register and the
+/// width, since ZF then says whether the result is zero (a 32-bit result is
+/// the whole zero-extended register, a 64-bit one only for 64-bit tests).
+fn sets_zf(op: &Op) -> Option<(u8, W)> {
+    use Op::*;
+    match *op {
+        Add64I(d, _)
+        | Sub64I(d, _)
+        | Or64I(d, _)
+        | And64I(d, _)
+        | Xor64I(d, _)
+        | Add64R(d, _)
+        | Sub64R(d, _)
+        | Or64R(d, _)
+        | And64R(d, _)
+        | Xor64R(d, _) => Some((d, W::Q)),
+        Add32I(d, _)
+        | Sub32I(d, _)
+        | Or32I(d, _)
+        | And32I(d, _)
+        | Xor32I(d, _)
+        | Add32R(d, _)
+        | Sub32R(d, _)
+        | Or32R(d, _)
+        | And32R(d, _)
+        | Xor32R(d, _) => Some((d, W::D)),
+        _ => None,
+    }
 }
 
 /// Whether `op` ends a straight-line run (what follows it is charged anew
@@ -250,7 +335,7 @@ impl Compiler<'_> {
         a.alu_ri(W::Q, ext::SUB, RSP, FRAME);
         a.store(8, RBP, -RUN_SLOT, RDX);
         // Registers other than r1 (ctx) and r2 (its length) start at 0.
-        for r in [RAX, RDX, RCX, R8, RBX, R13, R14, R15] {
+        for r in [RAX, RDX, R9, R8, RBX, R13, R14, R15] {
             a.alu_rr(W::D, rm_op::XOR, r, r);
         }
         self.charge(0);
@@ -514,8 +599,8 @@ impl Compiler<'_> {
     fn mov_imm(&mut self, w: W, d: u8, i: i32) {
         let d = x(d);
         match self.next_key() {
-            None if w == W::D => self.a.mov_r32_i(d, i as u32),
-            None => self.a.mov_r64_si(d, i),
+            None if w == W::D => self.a.mov_ri(d, u64::from(i as u32)),
+            None => self.a.mov_ri(d, i as i64 as u64),
             Some(k) => {
                 let k = k as i32;
                 if w == W::D {
@@ -548,23 +633,13 @@ impl Compiler<'_> {
         self.a.shift_ri(w, e, x(d), n);
     }
 
-    /// Shift by a register: the count must be in `cl` (`rcx` is r4).
+    /// Shift by a register: the count goes to `cl` (`rcx` is scratch; the
+    /// shift masks the count to the width as the interpreter does).
     fn shift_reg(&mut self, w: W, e: u8, d: u8, s: u8) {
         let (d, s) = (x(d), x(s));
         let a = &mut self.a;
-        if s == RCX {
-            a.shift_cl(w, e, d);
-        } else if d == RCX {
-            a.mov_rr(W::Q, R10, RCX);
-            a.mov_rr(W::Q, RCX, s);
-            a.shift_cl(w, e, R10);
-            a.mov_rr(W::Q, RCX, R10);
-        } else {
-            a.mov_rr(W::Q, R10, RCX);
-            a.mov_rr(W::Q, RCX, s);
-            a.shift_cl(w, e, d);
-            a.mov_rr(W::Q, RCX, R10);
-        }
+        a.mov_rr(W::D, RCX, s);
+        a.shift_cl(w, e, d);
         if w == W::D {
             // A 32-bit shift by 0 is architecturally allowed to leave the
             // upper half alone; the interpreter zero-extends.
@@ -694,16 +769,25 @@ impl Compiler<'_> {
         match (c, src) {
             (JmpCond::Set, Src::Reg(s)) => self.a.alu_rr(w, rm_op::TEST, dst, s),
             (JmpCond::Set, Src::Imm(i)) => self.a.test_ri(w, dst, i),
+            // Equality with 0 right after an ALU result in `d` of a width
+            // that covers the compare: ZF is already the answer.
+            (JmpCond::Eq | JmpCond::Ne, Src::Imm(0))
+                if self
+                    .zf
+                    .is_some_and(|(r, rw)| r == d && (rw == W::D || w == W::Q)) => {}
+            // Same flags as `cmp dst, 0` (CF and OF clear), two bytes shorter.
+            (_, Src::Imm(0)) => self.a.alu_rr(w, rm_op::TEST, dst, dst),
             (_, src) => self.alu(w, rm_op::CMP, ext::CMP, dst, src),
         }
         // Taken: charge the target's run and go; not taken: charge the next one.
         if let Some(entry) = self.entries[t as usize] {
             self.a.jcc(code, entry);
         } else {
-            let skip = self.a.label();
-            self.a.jcc(code ^ 1, skip);
-            self.goto(t as usize);
-            self.a.bind(skip);
+            // The taken edge charges out of line, so the not-taken path
+            // runs straight on without a taken jump.
+            let edge = self.a.label();
+            self.a.jcc(code, edge);
+            self.edges.push((edge, t as usize));
         }
         self.charge_next(pc);
     }
@@ -730,7 +814,9 @@ impl Compiler<'_> {
             ),
         };
         let a = &mut self.a;
-        // The run is the helper's sixth argument.
+        // r4 is the fourth argument (rcx); the run is the sixth (r9, where
+        // r4 lives: the helper clobbers r1-r5 anyway).
+        a.mov_rr(W::Q, RCX, R9);
         a.load(8, R9, RBP, -RUN_SLOT);
         match id {
             Some(id) => {
@@ -769,6 +855,10 @@ impl Compiler<'_> {
     }
 
     fn local_call(&mut self, pc: usize, t: usize) {
+        if self.calls.bounded {
+            self.local_call_bounded(pc, t);
+            return;
+        }
         let too_deep = self.fault_stub(pc, fault::CALL_DEPTH);
         let a = &mut self.a;
         a.load(8, R11, RBP, -RUN_SLOT);
@@ -788,6 +878,40 @@ impl Compiler<'_> {
         for r in [RBP, R15, R14, R13, RBX] {
             a.pop(r);
         }
+        self.charge_next(pc);
+    }
+
+    /// A local call in a program whose calls cannot nest too deeply (see
+    /// [`CallPlan::bounded`]): no depth check, and only the registers among
+    /// `r6`-`r9` the callee writes are saved. The callee's frame pointer is
+    /// recomputed after the return rather than saved, since every function
+    /// body runs with `rsp = rbp - FRAME - 8`.
+    fn local_call_bounded(&mut self, pc: usize, t: usize) {
+        let writes = self.calls.writes[t];
+        let saved: Vec<u8> = (6..10u8)
+            .filter(|r| writes & (1 << r) != 0)
+            .map(x)
+            .collect();
+        // Keeps the callee's rsp 16-byte aligned: saves plus padding plus
+        // the return address are a multiple of 16 (FRAME is).
+        let pad = if saved.len().is_multiple_of(2) { 8 } else { 0 };
+        let a = &mut self.a;
+        a.load(8, R11, RBP, -RUN_SLOT);
+        for &r in &saved {
+            a.push(r);
+        }
+        a.lea(RBP, RSP, -pad);
+        a.lea(RSP, RBP, -FRAME);
+        a.store(8, RBP, -RUN_SLOT, R11);
+        self.charge(t);
+        let l = self.slots[t];
+        let a = &mut self.a;
+        a.call(l);
+        a.lea(RSP, RBP, pad);
+        for &r in saved.iter().rev() {
+            a.pop(r);
+        }
+        a.lea(RBP, RSP, FRAME + 8);
         self.charge_next(pc);
     }
 
@@ -823,13 +947,13 @@ impl Compiler<'_> {
                     AtomicOp::And => rm_op::AND,
                     _ => rm_op::XOR,
                 };
-                a.mov_rr(W::Q, R9, src);
+                a.mov_rr(W::Q, RCX, src);
                 a.push(RAX);
                 a.load(n as u8, RAX, R10, 0);
                 let retry = a.label();
                 a.bind(retry);
                 a.mov_rr(W::Q, R11, RAX);
-                a.alu_rr(w, opc, R11, R9);
+                a.alu_rr(w, opc, R11, RCX);
                 a.lock_cmpxchg(w, R10, 0, R11);
                 a.jcc(cc::NE, retry);
                 a.mov_rr(W::Q, R11, RAX);

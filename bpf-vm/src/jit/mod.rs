@@ -29,7 +29,11 @@
 //!   [`JitRun::executed`]); the call depth limit ([`MAX_CALL_FRAMES`]); the
 //!   alignment check of atomics; unknown helpers; helper failures; falling
 //!   off the end. These are checked at run time, as the interpreter does
-//!   even in fast mode.
+//!   even in fast mode, with one exception the compiler proves itself: when
+//!   the bpf-to-bpf call graph read off the code is acyclic and at most
+//!   [`MAX_CALL_FRAMES`] deep, no call can exceed the limit and the depth
+//!   check is left out (each call then also saves only the `r6`-`r9` its
+//!   callee writes).
 //!
 //! # What the JIT relies on the verifier for
 //! Where the interpreter's checked mode checks every access at run time,
@@ -66,7 +70,8 @@
 //! # Speculative execution
 //! What the code does *not* do, and why it is acceptable only for trusted
 //! loaders today:
-//! - No retpolines: helper calls are an indirect `call r11` (Spectre v2).
+//! - No retpolines: helper calls are an indirect `call r11` to an address
+//!   fixed at compile time (Spectre v2).
 //!   A kernel that enables IBRS/eIBRS gets the hardware's protection;
 //!   otherwise a retpoline thunk should replace it.
 //! - No masking of variable offsets on the speculative path of a bounds
@@ -84,6 +89,7 @@
 //! [`Executable`]: crate::interp::Executable
 //! [`MAX_CALL_FRAMES`]: crate::interp::MAX_CALL_FRAMES
 
+mod calls;
 mod compile;
 mod glue;
 mod x86;

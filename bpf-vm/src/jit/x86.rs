@@ -232,9 +232,12 @@ impl Asm {
         self.d(imm);
     }
 
-    /// Loads a 64-bit constant in the shortest form.
+    /// Loads a 64-bit constant in the shortest form (clobbers the flags:
+    /// zero is `xor r32, r32`).
     pub fn mov_ri(&mut self, dst: u8, v: u64) {
-        if v <= u32::MAX as u64 {
+        if v == 0 {
+            self.alu_rr(W::D, rm_op::XOR, dst, dst);
+        } else if v <= u32::MAX as u64 {
             self.mov_r32_i(dst, v as u32);
         } else if v as i64 == v as i64 as i32 as i64 {
             self.mov_r64_si(dst, v as i64 as i32);

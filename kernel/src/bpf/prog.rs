@@ -308,12 +308,18 @@ pub fn load(
     })
 }
 
-/// A blinding seed: the TSC mixed with the program id (splitmix64), so
-/// every program gets different keys. Not secret against someone who can
-/// read the TSC at load time; enough to keep chosen constants out of the
-/// code.
+/// A blinding seed: `rdrand` where the CPU has it (QEMU's `-cpu max` does,
+/// under TCG too), else the TSC, mixed with the program id (splitmix64) so
+/// every program gets different keys. The TSC fallback is not secret
+/// against someone who can read the TSC at load time; it still keeps chosen
+/// constants out of the code.
 fn blinding_seed(id: u32) -> u64 {
-    let mut z = crate::arch::rdtsc() ^ (u64::from(id) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+    // `RdRand::new` checks CPUID; `get_u64` gives up after the CPU's
+    // retries report no entropy.
+    let random = x86_64::instructions::random::RdRand::new()
+        .and_then(|r| r.get_u64())
+        .unwrap_or_else(crate::arch::rdtsc);
+    let mut z = random ^ (u64::from(id) << 32) ^ 0x9e37_79b9_7f4a_7c15;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -356,7 +362,18 @@ fn compile(exe: &Executable, engine: Choice, id: u32) -> (Option<ExecMem>, ExecI
     // Helpers see the run's env as a `RunEnv`; the lifetime is the run's
     // (see the run path).
     let helpers = jit::helper_table::<RunEnv<'static>>();
+    // A hardened load the JIT cannot serve runs interpreted (no native code
+    // to spray, as Linux without `CONFIG_BPF_JIT_ALWAYS_ON`) and says that
+    // it asked for blinding.
+    let harden_source = match engine {
+        Choice::Asked(_) => "`--jit-harden`",
+        Choice::Default(_) => "the default, set by `ktrace prog jit harden`",
+    };
     let refused = |why: String| {
+        let why = match blinded {
+            true => alloc::format!("constant blinding was asked for ({harden_source}), but {why}"),
+            false => why,
+        };
         log::warn!("bpf: program {id} runs interpreted: {why}");
         (None, ExecInfo::Interpreter { why })
     };
