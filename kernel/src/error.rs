@@ -71,7 +71,9 @@ impl Kind {
                 let code = match e {
                     MapError::NotFound => ErrorCode::NotFound,
                     MapError::Exists => ErrorCode::Exists,
-                    MapError::TooBig | MapError::NoMemory | MapError::NoSpace => ErrorCode::Limit,
+                    MapError::TooBig | MapError::NoMemory | MapError::NoSpace | MapError::Busy => {
+                        ErrorCode::Limit
+                    }
                     MapError::Invalid => ErrorCode::InvalidArgument,
                     MapError::NotSupported => ErrorCode::NotSupported,
                     MapError::Fault | MapError::Internal => ErrorCode::Other,

@@ -245,6 +245,36 @@ impl HelperMem<'_> {
         Ok(unsafe { core::slice::from_raw_parts(addr as *const u8, len) })
     }
 
+    /// Borrows two guest ranges at once, e.g. the key and the value of a
+    /// map update, so a helper need not copy one aside first.
+    #[inline]
+    pub fn read_pair(
+        &mut self,
+        a: (u64, usize),
+        b: (u64, usize),
+    ) -> Result<(&[u8], &[u8]), HelperError> {
+        for (addr, len) in [a, b] {
+            self.mem
+                .check(addr, len as u64, false)
+                .map_err(|_| HelperError::BadPointer { addr, len })?;
+        }
+        let (ra, rb) = self.read_unchecked_pair(a, b);
+        Ok((ra, rb))
+    }
+
+    fn read_unchecked_pair(&self, a: (u64, usize), b: (u64, usize)) -> (&[u8], &[u8]) {
+        let slice = |(addr, len): (u64, usize)| {
+            if len == 0 {
+                return &[][..];
+            }
+            // SAFETY: as in `read` (the caller checked both ranges); both
+            // are only read, so two shared borrows under the one borrow of
+            // `self` are fine.
+            unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
+        };
+        (slice(a), slice(b))
+    }
+
     /// Copies `data` into guest memory at `addr`.
     #[inline]
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), HelperError> {

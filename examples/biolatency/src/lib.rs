@@ -8,7 +8,9 @@
 //! tool before it attaches), the span starts at `block:block_rq_insert`
 //! instead, so it includes the time spent queued in the I/O scheduler.
 //! With bit 2 set (`-d DISK`), only requests of the disk whose `dev` is
-//! `CONFIG[1]` are counted. `EXTENSION` sums the latencies and counts the
+//! `CONFIG[1]` are counted. The per-disk and per-operation histograms are
+//! kept only with bit 3 (`-D`) and bit 4 (`-F`): as in BCC, a plain run
+//! pays for one histogram. `EXTENSION` sums the latencies and counts the
 //! requests, for `-e`'s average.
 #![no_std]
 
@@ -20,7 +22,8 @@ use ktrace_probe::{map, tracepoint, TracepointContext};
 /// Settings the tool writes before attaching: `CONFIG[0]` bit 0 = measure
 /// from insertion (queue) instead of issue, bit 1 = count milliseconds
 /// instead of microseconds, bit 2 = only the disk whose `dev` is
-/// `CONFIG[1]`.
+/// `CONFIG[1]`, bit 3 = a histogram per disk, bit 4 = a histogram per
+/// operation.
 #[map]
 static CONFIG: Array<u64> = Array::with_max_entries(2);
 
@@ -37,12 +40,13 @@ static ISSUED: HashMap<u64, u64> = HashMap::with_max_entries(10240);
 #[map]
 static LATENCY_US: Log2Histogram = Log2Histogram::new();
 
-/// Latency per disk (`dev` = major << 20 | minor), µs, log2 slots.
+/// Latency per disk (`dev` = major << 20 | minor), µs, log2 slots (with
+/// `CONFIG[0]` bit 3).
 #[map]
 static LATENCY_US_BY_DISK: KeyedLog2Histogram<u32> = KeyedLog2Histogram::with_max_entries(1024);
 
 /// Latency per operation (the first four bytes of `rwbs`: `R`, `W`, `WS`,
-/// `FWS`, ...), µs, log2 slots. A `u32` key keeps `HistKey` free of
+/// `FWS`, ...), µs, log2 slots (with `CONFIG[0]` bit 4). A `u32` key keeps `HistKey` free of
 /// padding, which the verifier would see as uninitialised stack.
 #[map]
 static LATENCY_US_BY_FLAGS: KeyedLog2Histogram<u32> = KeyedLog2Histogram::with_max_entries(1024);
@@ -95,9 +99,13 @@ fn rq_complete(ctx: TracepointContext<BlockRqComplete>) -> u32 {
     };
     let us = ktime_get_ns().wrapping_sub(start) / unit_ns;
     LATENCY_US.record(us);
-    LATENCY_US_BY_DISK.record(dev, us);
-    let rwbs = ctx.read(|r| &r.rwbs);
-    LATENCY_US_BY_FLAGS.record(u32::from_le_bytes([rwbs[0], rwbs[1], rwbs[2], rwbs[3]]), us);
+    if config & 8 != 0 {
+        LATENCY_US_BY_DISK.record(dev, us);
+    }
+    if config & 16 != 0 {
+        let rwbs = ctx.read(|r| &r.rwbs);
+        LATENCY_US_BY_FLAGS.record(u32::from_le_bytes([rwbs[0], rwbs[1], rwbs[2], rwbs[3]]), us);
+    }
     EXTENSION.add(0, us);
     EXTENSION.add(1, 1);
     0

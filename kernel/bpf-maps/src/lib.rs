@@ -36,10 +36,13 @@
 //! - Ring buffers and perf event arrays take many producers (all CPUs)
 //!   and one consumer through `&self` (see [`RingBuf`]'s protocol); the
 //!   embedder shares them as `Arc`s ([`Map::ring`], [`Map::perf`]).
-//! - Hash maps (and host requests on any map) take `&mut self`: the
-//!   embedder serialises them under one lock per map; the kernel's
-//!   program-context policy (fail on same-CPU recursion, wait a bounded
-//!   time for another CPU) is in its `bpf::kmap`.
+//! - Hash maps (plain, per-CPU, LRU) are shared through `&self` as well:
+//!   lookups take no lock, writers lock one bucket (see [`HashMap`]); every
+//!   lock fails at once on same-CPU recursion and otherwise waits as the
+//!   caller's [`Waiter`] allows (the kernel bounds a program's wait in
+//!   time, `bpf::kmap`).
+//! - Host requests on other maps take `&mut self`: the embedder serialises
+//!   them under one lock per map.
 #![no_std]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -49,6 +52,7 @@ extern crate alloc;
 mod array;
 mod epoch;
 mod hash;
+mod lock;
 mod map;
 mod perf;
 mod ringbuf;
@@ -58,6 +62,7 @@ mod store;
 pub use array::{ArrayLayout, ArrayMap};
 pub use epoch::{EpochGuard, Epochs};
 pub use hash::HashMap;
+pub use lock::{CpuLock, CpuMutex, Waiter};
 pub use map::{Entry, Map};
 pub use perf::{PerfEventArray, PerfRecord, F_CURRENT_CPU};
 pub use ringbuf::{RingBuf, RingStats, PRODUCER_SPINS, RB_NO_WAKEUP};
@@ -116,6 +121,9 @@ pub enum MapError {
     Fault,
     /// An internal bound check failed (a bug; reported as `-EFAULT`).
     Internal,
+    /// A lock of the map stayed held: by this CPU (a probe fired inside
+    /// map code) or longer than the caller would wait (`-EBUSY`).
+    Busy,
 }
 
 impl MapError {
@@ -130,6 +138,7 @@ impl MapError {
             MapError::NotSupported => errno::ENOTSUPP,
             MapError::NoSpace => errno::ENOSPC,
             MapError::Fault | MapError::Internal => errno::EFAULT,
+            MapError::Busy => errno::EBUSY,
         }
     }
 }
@@ -146,6 +155,7 @@ impl fmt::Display for MapError {
             MapError::NoSpace => "no space in the buffer (ENOSPC)",
             MapError::Fault => "bad address (EFAULT)",
             MapError::Internal => "internal bound check failed (EFAULT)",
+            MapError::Busy => "the map stayed locked (EBUSY)",
         };
         f.write_str(s)
     }

@@ -17,8 +17,9 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 pub enum Map {
     /// `ARRAY`, `PERCPU_ARRAY`.
     Array(ArrayMap),
-    /// `HASH`, `PERCPU_HASH`, `LRU_HASH`.
-    Hash(HashMap),
+    /// `HASH`, `PERCPU_HASH`, `LRU_HASH`. Shared: programs use it through
+    /// `&self` without the map's lock ([`Map::hash`]).
+    Hash(Arc<HashMap>),
     /// `RINGBUF`. Shared: producers and the consumer use it through
     /// `&self` without the map's lock ([`Map::ring`]).
     RingBuf(Arc<RingBuf>),
@@ -38,9 +39,9 @@ impl Map {
         Ok(match spec.map_type {
             map_type::ARRAY => Map::Array(ArrayMap::new(spec, ncpus, false)?),
             map_type::PERCPU_ARRAY => Map::Array(ArrayMap::new(spec, ncpus, true)?),
-            map_type::HASH => Map::Hash(HashMap::new(spec, ncpus, false, false, epochs)?),
-            map_type::PERCPU_HASH => Map::Hash(HashMap::new(spec, ncpus, true, false, epochs)?),
-            map_type::LRU_HASH => Map::Hash(HashMap::new(spec, ncpus, false, true, epochs)?),
+            map_type::HASH => Map::Hash(Arc::new(HashMap::new(spec, ncpus, false, false, epochs)?)),
+            map_type::PERCPU_HASH => Map::Hash(Arc::new(HashMap::new(spec, ncpus, true, false, epochs)?)),
+            map_type::LRU_HASH => Map::Hash(Arc::new(HashMap::new(spec, ncpus, false, true, epochs)?)),
             map_type::RINGBUF => {
                 if spec.key_size != 0 || spec.value_size != 0 {
                     return Err(MapError::Invalid);
@@ -59,6 +60,14 @@ impl Map {
     pub fn ring(&self) -> Option<Arc<RingBuf>> {
         match self {
             Map::RingBuf(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// The hash map, for use without the map's lock.
+    pub fn hash(&self) -> Option<Arc<HashMap>> {
+        match self {
+            Map::Hash(h) => Some(h.clone()),
             _ => None,
         }
     }
@@ -156,10 +165,13 @@ impl Map {
             if out.len() == max {
                 return Ok((out, true));
             }
-            // A key deleted between next_key and lookup cannot happen: the
-            // caller holds the map.
-            let v = self.lookup(&next)?;
-            out.push((next.clone(), v));
+            // Programs may delete a hash map's key between next_key and
+            // lookup: it is simply not in the batch.
+            match self.lookup(&next) {
+                Ok(v) => out.push((next.clone(), v)),
+                Err(MapError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
             cur = Some(next);
         }
     }

@@ -4,8 +4,8 @@
 //! reads and writes them through raw pointers, outside any Rust borrow. So
 //! the storage must never be reached through a `&`/`&mut [u8]` either (that
 //! would claim exclusivity the program breaks): [`Slab`] owns a raw
-//! allocation and every access from Rust is a raw copy. This module is the
-//! crate's only `unsafe` code.
+//! allocation and every access from Rust is a raw copy. This module and
+//! `lock` (the data behind a lock) are the crate's only `unsafe` code.
 #![allow(unsafe_code)]
 
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
@@ -71,48 +71,112 @@ impl Slab {
     /// Copies `out.len()` bytes from offset `off`.
     pub fn read(&self, off: usize, out: &mut [u8]) -> Result<(), MapError> {
         self.check(off, out.len())?;
+        let src = self.ptr.as_ptr().wrapping_add(off);
+        if src as usize % 8 == 0 {
+            let len = out.len();
+            let mut chunks = out.chunks_exact_mut(8);
+            for (i, c) in (&mut chunks).enumerate() {
+                // SAFETY: 8 bytes inside the allocation (checked above),
+                // 8-aligned (checked above, `i * 8` keeps it).
+                let w = unsafe { core::ptr::read_volatile(src.add(i * 8).cast::<u64>()) };
+                c.copy_from_slice(&w.to_ne_bytes());
+            }
+            let rest = chunks.into_remainder();
+            let done = len - rest.len();
+            for (i, b) in rest.iter_mut().enumerate() {
+                // SAFETY: inside the allocation (checked above).
+                *b = unsafe { core::ptr::read_volatile(src.add(done + i)) };
+            }
+            return Ok(());
+        }
         // SAFETY: the range is inside the allocation (checked above) and
         // `out` is a distinct Rust buffer.
-        unsafe {
-            core::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), out.as_mut_ptr(), out.len())
-        };
+        unsafe { core::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), out.len()) };
         Ok(())
     }
 
     /// Copies `data` to offset `off`.
+    ///
+    /// Keys and values are a few words: they are copied a word at a time
+    /// (volatile, so the optimiser cannot turn the loop back into a
+    /// `memcpy` call) instead of through `memcpy`, whose `rep movsb` runs
+    /// a byte per step under emulation. Unaligned offsets take `memcpy`.
     pub fn write(&self, off: usize, data: &[u8]) -> Result<(), MapError> {
         self.check(off, data.len())?;
+        let dst = self.ptr.as_ptr().wrapping_add(off);
+        if dst as usize % 8 == 0 {
+            let mut chunks = data.chunks_exact(8);
+            for (i, c) in (&mut chunks).enumerate() {
+                let w = u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
+                // SAFETY: 8 bytes inside the allocation (checked above),
+                // 8-aligned.
+                unsafe { core::ptr::write_volatile(dst.add(i * 8).cast::<u64>(), w) };
+            }
+            let rest = chunks.remainder();
+            let done = data.len() - rest.len();
+            for (i, &b) in rest.iter().enumerate() {
+                // SAFETY: inside the allocation (checked above).
+                unsafe { core::ptr::write_volatile(dst.add(done + i), b) };
+            }
+            return Ok(());
+        }
         // SAFETY: as in `read`, in the other direction.
-        unsafe {
-            core::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
-        };
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
         Ok(())
     }
 
-    /// Zeroes `n` bytes at `off`.
+    /// Zeroes `n` bytes at `off` (a word at a time when aligned, as `write`).
     pub fn zero(&self, off: usize, n: usize) -> Result<(), MapError> {
         self.check(off, n)?;
+        let dst = self.ptr.as_ptr().wrapping_add(off);
+        if dst as usize % 8 == 0 && n <= 256 {
+            let words = n / 8;
+            for i in 0..words {
+                // SAFETY: inside the allocation (checked above), 8-aligned.
+                unsafe { core::ptr::write_volatile(dst.add(i * 8).cast::<u64>(), 0) };
+            }
+            for i in words * 8..n {
+                // SAFETY: inside the allocation (checked above).
+                unsafe { core::ptr::write_volatile(dst.add(i), 0) };
+            }
+            return Ok(());
+        }
         // SAFETY: the range is inside the allocation.
-        unsafe { core::ptr::write_bytes(self.ptr.as_ptr().add(off), 0, n) };
+        unsafe { core::ptr::write_bytes(dst, 0, n) };
         Ok(())
     }
 
-    /// Whether the `n` bytes at `off` equal `key`.
+    /// Whether the `n` bytes at `off` equal `key` (a word at a time, without
+    /// materialising a slice of shared memory).
     pub fn eq(&self, off: usize, key: &[u8]) -> bool {
         if self.check(off, key.len()).is_err() {
             return false;
         }
-        // Compare in chunks without materialising a slice of shared memory.
-        let mut buf = [0u8; 64];
-        let mut done = 0;
-        while done < key.len() {
-            let n = (key.len() - done).min(buf.len());
-            if self.read(off + done, &mut buf[..n]).is_err() || buf[..n] != key[done..done + n] {
+        let src = self.ptr.as_ptr().wrapping_add(off);
+        let aligned = src as usize % 8 == 0;
+        let mut chunks = key.chunks_exact(8);
+        for (i, c) in (&mut chunks).enumerate() {
+            let want = u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
+            let p = src.wrapping_add(i * 8).cast::<u64>();
+            // SAFETY: 8 bytes inside the allocation (checked above); the
+            // volatile read only when 8-aligned.
+            let have = unsafe {
+                if aligned {
+                    core::ptr::read_volatile(p)
+                } else {
+                    core::ptr::read_unaligned(p)
+                }
+            };
+            if have != want {
                 return false;
             }
-            done += n;
         }
-        true
+        let rest = chunks.remainder();
+        let done = key.len() - rest.len();
+        rest.iter().enumerate().all(|(i, &b)| {
+            // SAFETY: inside the allocation (checked above).
+            (unsafe { core::ptr::read_volatile(src.add(done + i)) }) == b
+        })
     }
 
     /// Writes a little-endian u32 at `off`.

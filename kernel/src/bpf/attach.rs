@@ -37,8 +37,6 @@ use ktrace_kprobe::TextAddr;
 
 /// Sampling frequency of `perf_event` programs (bpftrace's `profile:hz:99`).
 pub const PERF_SAMPLE_HZ: u32 = 99;
-/// Largest tracepoint record a program can take as context.
-const MAX_RECORD: usize = 512;
 
 /// What to undo on detach.
 enum Handle {
@@ -73,10 +71,10 @@ impl Link {
 
 /// Runs `prog` on a `pt_regs` context (kprobes and kretprobes).
 fn run_on_regs(prog: &Program, hits: &AtomicU64, regs: &PtRegs, func_ip: u64) {
-    let mut ctx = regs.to_bytes();
+    let ctx = regs.to_bytes();
     hits.fetch_add(1, Ordering::Relaxed);
     prog.run(
-        &mut ctx,
+        &ctx,
         &HitInfo {
             func_ip,
             rip: regs.rip,
@@ -128,18 +126,11 @@ struct BpfTracepoint {
 impl TracepointHandler for BpfTracepoint {
     fn event(&self, record: &[u8], regs: &PtRegs) {
         self.hits.fetch_add(1, Ordering::Relaxed);
-        let mut ctx = [0u8; MAX_RECORD];
-        let n = record.len().min(MAX_RECORD);
-        ctx[..n].copy_from_slice(&record[..n]);
-        // A record of another size than the program was verified for is a
-        // miss (`run` checks the length).
-        let len = if record.len() <= MAX_RECORD {
-            record.len()
-        } else {
-            0
-        };
+        // The record itself is the context, without a copy: programs only
+        // read their context (see `Program::run`). A record of another size
+        // than the program was verified for is a miss (`run` checks it).
         self.prog.run(
-            &mut ctx[..len],
+            record,
             &HitInfo {
                 func_ip: 0,
                 rip: regs.rip,
@@ -163,7 +154,7 @@ struct BpfPerf {
 
 impl PerfHandler for BpfPerf {
     fn sample(&self, sample: &Sample, regs: &PtRegs) {
-        let mut ctx = PerfEventData {
+        let ctx = PerfEventData {
             regs: *regs,
             sample_period: self.period_ns,
             addr: 0,
@@ -171,7 +162,7 @@ impl PerfHandler for BpfPerf {
         .to_bytes();
         self.hits.fetch_add(1, Ordering::Relaxed);
         self.prog.run(
-            &mut ctx,
+            &ctx,
             &HitInfo {
                 func_ip: 0,
                 rip: sample.ip,

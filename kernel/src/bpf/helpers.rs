@@ -1,9 +1,10 @@
 //! BPF helpers, by Linux id, as the interpreter calls them.
 //!
-//! Every helper runs in probe context: no allocation, no blocking, map
-//! locks only through `KMap::prog_lock` (fails on same-CPU recursion,
-//! waits a bounded time for another CPU). Array lookups, ring buffers and
-//! perf event arrays take no map lock at all. Failures a program can
+//! Every helper runs in probe context: no allocation, no blocking, locks
+//! only with the program policy of `kmap` (fail on same-CPU recursion,
+//! wait a bounded time for another CPU): `KMap::prog_lock` for stack trace
+//! maps, a hash map's bucket locks for its updates and deletes. Array and
+//! hash lookups, ring buffers and perf event arrays take no map lock. Failures a program can
 //! handle come back as negative errnos in r0 (`-EFAULT` for an unreadable
 //! address, `-EBUSY` when a map stays locked); only a malformed call the
 //! verifier should have made impossible aborts the run (counted as a
@@ -12,9 +13,9 @@
 use bpf_vm::interp::{HelperError, HelperMem};
 use bpf_vm::verifier::linux::helper as id;
 use bpf_vm::Helpers;
-use ktrace_bpf_maps::{errno, walk_frame_pointers, Map, MapError};
+use ktrace_bpf_maps::{errno, walk_frame_pointers, Map, MapError, Waiter};
 
-use super::kmap::KMap;
+use super::kmap::{prog_wait, KMap};
 use super::prog::{HitInfo, Program, MAP_HANDLE};
 use crate::arch::trap::copy_from_kernel_nofault;
 
@@ -59,6 +60,17 @@ impl RunEnv<'_> {
                 .value_addr(u32::from_le_bytes(index), self.cpu)
                 .unwrap_or(0));
         }
+        if let Some(h) = m.hash() {
+            let mut wait = prog_wait();
+            let mut w = Waiter::on_cpu(self.cpu, &mut wait);
+            return Ok(match h.value_addr_on(key, self.cpu, &mut w) {
+                Ok(addr) => addr.unwrap_or(0),
+                Err(e) => {
+                    busy(m, e);
+                    0
+                }
+            });
+        }
         let Some(mut inner) = m.prog_lock(self.cpu) else {
             return Ok(0);
         };
@@ -70,28 +82,50 @@ impl RunEnv<'_> {
         if m.read_only {
             return Ok(neg(errno::EINVAL));
         }
-        let mut key = [0u8; ktrace_bpf_maps::MAX_KEY_SIZE as usize];
-        let ks = m.spec.key_size as usize;
-        key[..ks].copy_from_slice(mem.read(a[1], ks)?);
-        let value = mem.read(a[2], m.spec.value_size as usize)?;
-        let Some(mut inner) = m.prog_lock(self.cpu) else {
-            return Ok(neg(errno::EBUSY));
+        // Both borrowed in place: a stack copy of the key would cost a
+        // `MAX_KEY_SIZE` memset and a copy on every update.
+        let (key, value) = mem.read_pair(
+            (a[1], m.spec.key_size as usize),
+            (a[2], m.spec.value_size as usize),
+        )?;
+        let r = if let Some(h) = m.hash() {
+            let mut wait = prog_wait();
+            let mut w = Waiter::on_cpu(self.cpu, &mut wait);
+            h.update_on(key, value, a[3], Some(self.cpu), &mut w)
+        } else {
+            let Some(mut inner) = m.prog_lock(self.cpu) else {
+                return Ok(neg(errno::EBUSY));
+            };
+            inner.prog_update(key, value, a[3], self.cpu)
         };
-        Ok(match inner.prog_update(&key[..ks], value, a[3], self.cpu) {
+        Ok(match r {
             Ok(()) => 0,
-            Err(e) => map_err(e),
+            Err(e) => {
+                busy(m, e);
+                map_err(e)
+            }
         })
     }
 
     fn delete(&self, mem: &mut HelperMem<'_>, a: [u64; 5]) -> Result<u64, HelperError> {
         let m = self.map(a[0])?;
         let key = mem.read(a[1], m.spec.key_size as usize)?;
-        let Some(mut inner) = m.prog_lock(self.cpu) else {
-            return Ok(neg(errno::EBUSY));
+        let r = if let Some(h) = m.hash() {
+            let mut wait = prog_wait();
+            let mut w = Waiter::on_cpu(self.cpu, &mut wait);
+            h.delete_on(key, &mut w)
+        } else {
+            let Some(mut inner) = m.prog_lock(self.cpu) else {
+                return Ok(neg(errno::EBUSY));
+            };
+            inner.delete(key)
         };
-        Ok(match inner.delete(key) {
+        Ok(match r {
             Ok(()) => 0,
-            Err(e) => map_err(e),
+            Err(e) => {
+                busy(m, e);
+                map_err(e)
+            }
         })
     }
 
@@ -243,6 +277,13 @@ impl RunEnv<'_> {
             Ok(id) => u64::from(id),
             Err(e) => map_err(e),
         })
+    }
+}
+
+/// Counts a hash operation that gave up on a lock (`MapInfo::busy`).
+fn busy(m: &KMap, e: MapError) {
+    if e == MapError::Busy {
+        m.count_busy();
     }
 }
 

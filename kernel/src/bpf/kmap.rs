@@ -16,14 +16,19 @@
 //!   in [`KMap::busy`] (reported as `MapInfo::busy`) and fails as on a
 //!   locked map: a NULL lookup, `-EBUSY` from update and delete.
 //!
-//! The hot paths take no lock at all: an array lookup is address
-//! arithmetic over storage that never moves ([`ArrayLayout`]), and ring
+//! The hot paths take no map lock at all: an array lookup is address
+//! arithmetic over storage that never moves ([`ArrayLayout`]), ring
 //! buffers and perf event arrays have their own many-producer protocol
-//! (`ktrace_bpf_maps::RingBuf`), so they are used through shared handles
-//! ([`KMap::ring`], [`KMap::perf`]) without the map lock. Hash maps keep
-//! the one lock per map: per-bucket locks would need a table that never
-//! rehashes under readers, which the preallocated `hashbrown` table does
-//! not promise.
+//! (`ktrace_bpf_maps::RingBuf`), and hash maps (plain, per-CPU, LRU) lock
+//! one bucket per write and none per lookup (`ktrace_bpf_maps::HashMap`
+//! argues it); all are used through shared handles ([`KMap::ring`],
+//! [`KMap::perf`], [`KMap::hash`]) without the map lock. The bucket locks
+//! follow the policy above: [`prog_wait`] is the bounded wait, and a hash
+//! operation that gives up is counted in [`KMap::busy`] the same way.
+//! Host requests still take the map lock (one host operation at a time
+//! per map), and inside it the hash map's bucket locks, which they wait
+//! for as long as it takes; [`KMap::lock`] names the CPU they run on, so
+//! a program nested in one by a probe fails at once.
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -33,7 +38,9 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use ktrace_abi::bpf::{MapDefinition, MapInfo};
 use ktrace_abi::types::MapTypes;
-use ktrace_bpf_maps::{ArrayLayout, Epochs, Map, MapError, MapSpec, PerfEventArray, RingBuf};
+use ktrace_bpf_maps::{
+    ArrayLayout, Epochs, HashMap, Map, MapError, MapSpec, PerfEventArray, RingBuf,
+};
 
 use crate::sync::{SpinLock, SpinLockGuard};
 
@@ -64,6 +71,8 @@ pub struct KMap {
     /// Ring buffers and perf event arrays, shared outside the lock.
     ring: Option<Arc<RingBuf>>,
     perf: Option<Arc<PerfEventArray>>,
+    /// Hash maps, shared outside the lock (bucket locks inside).
+    hash: Option<Arc<HashMap>>,
     /// Bytes of storage (fixed at creation: everything is preallocated).
     pub memory_bytes: u64,
     /// Value size as the host sees it.
@@ -106,6 +115,7 @@ impl KMap {
             array: map.array_layout(),
             ring: map.ring(),
             perf: map.perf(),
+            hash: map.hash(),
             inner: SpinLock::new(map),
             memory_bytes,
             host_value_size,
@@ -116,7 +126,12 @@ impl KMap {
     /// Takes the lock from task context (host requests).
     pub fn lock(&self) -> MapGuard<'_> {
         let guard = self.inner.lock();
-        self.holder.store(this_cpu_tag(), Ordering::Relaxed);
+        let tag = this_cpu_tag();
+        self.holder.store(tag, Ordering::Relaxed);
+        if let Some(h) = &self.hash {
+            // Interrupts are off while the guard lives: the CPU stays.
+            h.set_host_cpu(tag as usize - 1);
+        }
         MapGuard {
             holder: &self.holder,
             guard,
@@ -128,9 +143,7 @@ impl KMap {
     /// longer than [`PROG_WAIT_NS`].
     pub fn prog_lock(&self, cpu: usize) -> Option<MapGuard<'_>> {
         let me = cpu as u32 + 1;
-        let mut deadline = None;
-        // A backstop should the clock not run (uncalibrated TSC reads 0).
-        let mut rounds = 0u32;
+        let mut wait = prog_wait();
         loop {
             if let Some(guard) = self.inner.try_lock() {
                 self.holder.store(me, Ordering::Relaxed);
@@ -145,22 +158,21 @@ impl KMap {
             if self.holder.load(Ordering::Relaxed) == me {
                 break;
             }
-            let now = crate::time::now_ns();
-            match deadline {
-                None => deadline = Some(now + PROG_WAIT_NS),
-                Some(d) if now >= d => break,
-                Some(_) => {}
-            }
-            rounds += 1;
-            if rounds > MAX_WAIT_ROUNDS {
+            if !wait() {
                 break;
             }
             for _ in 0..64 {
                 core::hint::spin_loop();
             }
         }
-        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.count_busy();
         None
+    }
+
+    /// Counts a program operation refused because a lock of the map
+    /// stayed held.
+    pub fn count_busy(&self) {
+        self.busy.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Program operations refused because the map stayed locked.
@@ -177,6 +189,11 @@ impl KMap {
     /// The ring buffer, used without the lock by producers and the consumer.
     pub fn ring(&self) -> Option<&RingBuf> {
         self.ring.as_deref()
+    }
+
+    /// The hash map, used without the map lock (it locks its buckets).
+    pub fn hash(&self) -> Option<&HashMap> {
+        self.hash.as_deref()
     }
 
     /// The perf event array, used without the lock.
@@ -219,6 +236,24 @@ impl KMap {
             programs,
             types: self.types.clone(),
         }
+    }
+}
+
+/// How long a program waits for a lock another CPU holds: asked between
+/// spin rounds, it says to go on until [`PROG_WAIT_NS`] have passed (or
+/// [`MAX_WAIT_ROUNDS`] rounds, should the clock not run).
+pub fn prog_wait() -> impl FnMut() -> bool {
+    let mut deadline = None;
+    let mut rounds = 0u32;
+    move || {
+        let now = crate::time::now_ns();
+        match deadline {
+            None => deadline = Some(now + PROG_WAIT_NS),
+            Some(d) if now >= d => return false,
+            Some(_) => {}
+        }
+        rounds += 1;
+        rounds <= MAX_WAIT_ROUNDS
     }
 }
 

@@ -548,7 +548,7 @@ fn test_run(p: &Program, ctx: &[u8], repeat: u32) -> Result<TestRunResult, Error
     let t0 = crate::arch::rdtsc();
     for _ in 0..repeat {
         buf.copy_from_slice(ctx);
-        match p.run(&mut buf, &hit) {
+        match p.run(&buf, &hit) {
             Some(v) => {
                 retval = v;
                 runs += 1;

@@ -174,6 +174,14 @@ pub fn load(
     // same refusal text.
     let ptype = linux::program_type(p.prog_type, p.attach.platform())
         .map_err(|e| LoadError::Invalid(e.to_string()))?;
+    if ptype.ctx.writable {
+        // `Program::run` hands attach points' bytes over without a copy,
+        // which is only sound for a context programs cannot store into.
+        return Err(LoadError::Invalid(alloc::format!(
+            "the context of {} programs is writable, which this kernel does not support",
+            ptype.name
+        )));
+    }
     let helpers = linux::helpers();
     let defs: Vec<MapDef> = maps
         .iter()
@@ -421,7 +429,11 @@ impl Program {
     /// Runs the program on `ctx` (which must be `ctx_size` bytes). Returns
     /// r0, or `None` if it did not run (nested hit: a miss) or faulted
     /// (counted, last error kept). Never allocates; safe in any context.
-    pub fn run(&self, ctx: &mut [u8], hit: &HitInfo) -> Option<u64> {
+    ///
+    /// `ctx` is only read: every context is read-only to programs (`load`
+    /// refuses a writable one), so attach points hand over their record
+    /// or register bytes without copying them first.
+    pub fn run(&self, ctx: &[u8], hit: &HitInfo) -> Option<u64> {
         if ctx.len() != self.ctx_size {
             self.count_miss();
             return None;
@@ -454,9 +466,11 @@ impl Program {
         //
         // SAFETY: `self.exe`, and `self.native` compiled from it at load
         // (alive as long as the borrowed `self`), come from a program the
-        // verifier accepted (see `load`) for a context of `self.ctx_size`
-        // bytes — checked equal to `ctx.len()` above, and `ctx` is a live
-        // exclusive buffer for the whole run — with ktrace's helper
+        // verifier accepted (see `load`) for a read-only context of
+        // `self.ctx_size` bytes — checked equal to `ctx.len()` above; `ctx`
+        // is a live buffer for the whole run, and the verifier rejected
+        // every store into the context, so the pointer made mutable below
+        // is never written through — with ktrace's helper
         // prototypes, which `RunEnv` implements (every pointer it hands back
         // is map storage or ring memory that stays allocated while
         // `self.maps` holds the maps, and the epoch guard above keeps
@@ -466,7 +480,7 @@ impl Program {
             match &self.native {
                 Some(code) => jit::run(
                     code.entry(),
-                    ctx.as_mut_ptr(),
+                    ctx.as_ptr().cast_mut(),
                     ctx.len(),
                     &mut env,
                     self.budget,
@@ -474,7 +488,7 @@ impl Program {
                 None => {
                     let r = vm.run_fast(
                         &self.exe,
-                        ctx.as_mut_ptr(),
+                        ctx.as_ptr().cast_mut(),
                         ctx.len(),
                         &mut env,
                         self.budget,

@@ -43,11 +43,15 @@ impl Options {
     }
 
     /// The `CONFIG` map settings the probe reads: `[0]` the switches,
-    /// `[1]` the disk to trace.
+    /// `[1]` the disk to trace. The per-disk and per-operation histograms
+    /// are only kept when asked for (bits 3 and 4), as BCC does: each is a
+    /// hash map update per request.
     pub fn settings(&self) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
         let bits = u64::from(self.queued)
             | (u64::from(self.millis) << 1)
-            | (u64::from(self.disk.is_some()) << 2);
+            | (u64::from(self.disk.is_some()) << 2)
+            | (u64::from(self.per_disk) << 3)
+            | (u64::from(self.per_flags) << 4);
         let entry = |i: u32, v: u64| ("CONFIG", i.to_le_bytes().to_vec(), v.to_le_bytes().to_vec());
         vec![entry(0, bits), entry(1, u64::from(self.disk.unwrap_or(0)))]
     }
