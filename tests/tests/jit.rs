@@ -587,13 +587,19 @@ fn per_hit_cost_by_probe_mode() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// biolatency's IOPS cost, interpreted and JIT-compiled (`cargo test -p
-/// ktrace-tests --test jit -- --ignored --nocapture biolatency_iops`):
-/// 4 KiB random reads of the RAM disk at queue depth 8 for
-/// `JIT_BENCH_MS` (default 1000) ms, untraced, with biolatency
-/// interpreted and with biolatency JIT-compiled, the three in rotating
-/// order over `JIT_BENCH_ROUNDS` (default 6) rounds in one boot; prints the
-/// median traced/untraced IOPS ratio of each engine. Never asserts timing.
+/// biolatency's IOPS cost (`cargo test -p ktrace-tests --test jit --
+/// --ignored --nocapture biolatency_iops`): 4 KiB random reads of the RAM
+/// disk at queue depth 8 for `JIT_BENCH_MS` (default 1000) ms, untraced,
+/// with biolatency (JIT, loaded and attached as the tool does it), with
+/// biolatency keeping its per-disk and per-operation histograms and sums
+/// too (`-D -F -e`'s work: two more hash map updates and two array adds
+/// per request) and with biolatency interpreted, the four
+/// in rotating order over `JIT_BENCH_ROUNDS` (default 6) rounds in one
+/// boot; prints the median traced/untraced IOPS ratio of each, then the
+/// cost of one hash map update in the same boot (a program updating one
+/// key of a hash map, less an empty program, `ProgTestRun` repeats).
+/// Never asserts timing; asserts that the traced rounds counted every
+/// request without a fault or a busy map.
 #[test]
 #[ignore = "benchmark: a minute or more of QEMU time"]
 fn biolatency_iops_interpreter_vs_jit() {
@@ -623,27 +629,58 @@ fn biolatency_iops_interpreter_vs_jit() {
     opts.target_dir = Some(scratch.join("target"));
     let obj = build(&opts, &mut |_| {}).unwrap().object;
     let prepared = prepare(&obj, &kernel_image().source, &mut |_| {}).unwrap();
+    let update_obj = ktrace_tests::compile_c(&scratch, "update", UPDATE_COST_PROG);
+    let update_prepared = prepare(&update_obj, &kernel_image().source, &mut |_| {}).unwrap();
 
     let mut vm = TestVm::boot("jit-biolatency");
     let mut client = vm.client();
     client.set_request_timeout(std::time::Duration::from_secs(60));
-    let modes: [Option<Engine>; 3] = [None, Some(Engine::Interpreter), Some(Engine::Jit)];
-    let mut iops: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    // (name, engine, CONFIG[0]): bits 3, 4 and 5 are `-D`, `-F` and `-e`.
+    let modes: [(&str, Option<Engine>, u64); 4] = [
+        ("untraced", None, 0),
+        ("biolatency JIT", Some(Engine::Jit), 0),
+        ("biolatency -D -F -e JIT", Some(Engine::Jit), 8 | 16 | 32),
+        ("biolatency interpreted", Some(Engine::Interpreter), 0),
+    ];
+    let mut iops: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for round in 0..rounds {
-        for k in 0..3 {
-            let m = (round + k) % 3;
+        for k in 0..modes.len() {
+            let m = (round + k) % modes.len();
+            let (_, engine, config) = modes[m];
             let mut rt = Runtime::new(&mut client);
-            let loaded = modes[m].map(|engine| {
-                rt.load_object(
-                    "biolatency",
-                    prepared.object.clone().into_load(),
-                    true,
-                    LoadOptions {
-                        engine: Some(engine),
-                        ..LoadOptions::default()
-                    },
-                )
-                .unwrap()
+            // As the tool loads it: settings first, then the programs
+            // without `-Q`'s `rq_insert`.
+            let mut links = Vec::new();
+            let loaded = engine.map(|engine| {
+                let l = rt
+                    .load_object(
+                        "biolatency",
+                        prepared.object.clone().into_load(),
+                        false,
+                        LoadOptions {
+                            engine: Some(engine),
+                            ..LoadOptions::default()
+                        },
+                    )
+                    .unwrap();
+                let cfg = l.maps.iter().find(|m| m.name == "CONFIG").unwrap().id;
+                rt.map_update(cfg, &0u32.to_le_bytes(), &config.to_le_bytes(), 0)
+                    .unwrap();
+                for p in &l.programs {
+                    if p.name == "rq_insert" {
+                        continue;
+                    }
+                    let target = prepared
+                        .object
+                        .programs
+                        .iter()
+                        .find(|q| q.name == p.name)
+                        .unwrap()
+                        .attach
+                        .clone();
+                    links.push(rt.attach(p.id, target, false).unwrap().id);
+                }
+                l
             });
             let mut spec = WorkloadSpec::new("ram0", RwMode::RandRead);
             spec.iodepth = 8;
@@ -657,29 +694,104 @@ fn biolatency_iops_interpreter_vs_jit() {
                 for p in rt.progs().unwrap() {
                     assert_eq!((p.faults, p.budget_exhausted), (0, 0), "{p:?}");
                 }
+                for map in rt.maps().unwrap() {
+                    assert_eq!(map.busy, 0, "{map:?}");
+                }
+                for link in links {
+                    rt.detach(link).unwrap();
+                }
                 rt.object_unload(&l.object.id.to_string()).unwrap();
             }
         }
     }
-    let median = |v: &mut Vec<f64>| {
+    let median_f = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     // Per round: traced over the same round's untraced.
-    let mut ratios: Vec<Vec<f64>> = (0..3)
+    let mut ratios: Vec<Vec<f64>> = (0..modes.len())
         .map(|m| iops[m].iter().zip(&iops[0]).map(|(t, u)| t / u).collect())
         .collect();
     println!("ram0 4k random reads QD 8, {ms} ms x {rounds} rounds (medians):");
     println!(
-        "  untraced                {:.0} IOPS",
-        median(&mut iops[0].clone())
+        "  {:<24} {:.0} IOPS",
+        modes[0].0,
+        median_f(&mut iops[0].clone())
     );
-    for (m, name) in [(1, "biolatency interpreted"), (2, "biolatency JIT")] {
+    for m in 1..modes.len() {
         println!(
-            "  {name:<23} {:.0} IOPS, traced/untraced {:.3}",
-            median(&mut iops[m].clone()),
-            median(&mut ratios[m])
+            "  {:<24} {:.0} IOPS, traced/untraced {:.3}",
+            modes[m].0,
+            median_f(&mut iops[m].clone()),
+            median_f(&mut ratios[m])
         );
+    }
+
+    // One hash map update: the same key of a `BPF_MAP_TYPE_HASH` (key 4,
+    // value 8 bytes, as the per-hit benchmark's), run with `ProgTestRun`;
+    // less the empty program, per engine.
+    let mut rt = Runtime::new(&mut client);
+    let n = 20_000;
+    for engine in [Engine::Jit, Engine::Interpreter] {
+        let l = rt
+            .load_object(
+                &format!("update-{engine:?}"),
+                update_prepared.object.clone().into_load(),
+                false,
+                LoadOptions {
+                    engine: Some(engine),
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap();
+        let mut per_run = std::collections::BTreeMap::new();
+        for _ in 0..5 {
+            for p in &l.programs {
+                let before = rt
+                    .progs()
+                    .unwrap()
+                    .into_iter()
+                    .find(|q| q.id == p.id)
+                    .unwrap();
+                let r = rt.test_run(p.id, vec![0; 168], n).unwrap();
+                assert_eq!((r.runs, r.error.as_deref()), (n, None), "{}", p.name);
+                let after = rt
+                    .progs()
+                    .unwrap()
+                    .into_iter()
+                    .find(|q| q.id == p.id)
+                    .unwrap();
+                per_run
+                    .entry(p.name.clone())
+                    .or_insert_with(Vec::new)
+                    .push((after.run_time_ns - before.run_time_ns) / u64::from(n));
+            }
+        }
+        let empty = median(per_run["empty"].clone());
+        let update = median(per_run["update"].clone());
+        println!(
+            "  {engine:?}: program run empty {empty} ns, one hash update {update} ns: the update costs {} ns",
+            update.saturating_sub(empty)
+        );
+        rt.object_unload(&l.object.id.to_string()).unwrap();
     }
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// An empty program and one updating one key of a hash map (the map and
+/// update of `BENCH_PROG`), for `ProgTestRun`.
+const UPDATE_COST_PROG: &str = r#"
+struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
+__attribute__((section("maps"), used)) struct bpf_map_def counts = { 1, 4, 8, 1024, 0 };
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, unsigned long long flags) = (void *) 2;
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int empty(void *ctx) { return 0; }
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int update(void *ctx) {
+    unsigned int key = 7;
+    unsigned long long one = 1;
+    bpf_map_update_elem(&counts, &key, &one, 0);
+    return 0;
+}
+char _license[] __attribute__((section("license"), used)) = "GPL";
+"#;

@@ -122,13 +122,15 @@ impl LoadedProbe {
 }
 
 /// Loads the object `bytes` as `name`, writes `settings` (map name, key,
-/// value) into its maps, then attaches every program where its section
-/// says. Settings are written before attaching so no event sees defaults.
+/// value) into its maps, then attaches every program but those named in
+/// `unattached` where its section says. Settings are written before
+/// attaching so no event sees defaults.
 pub fn load_probe(
     rt: &mut Runtime,
     name: &str,
     bytes: &[u8],
     settings: &[(&str, Vec<u8>, Vec<u8>)],
+    unattached: &[&str],
 ) -> anyhow::Result<LoadedProbe> {
     let object = probe_sdk::object::parse(bytes)
         .with_context(|| format!("the embedded `{name}` probe is not a usable eBPF object"))?;
@@ -152,6 +154,9 @@ pub fn load_probe(
                 .with_context(|| format!("setting map `{map}`"))?;
         }
         for (prog, target) in targets {
+            if unattached.contains(&prog.as_str()) {
+                continue;
+            }
             let Some(p) = probe.programs.iter().find(|p| p.name == prog) else {
                 bail!("the kernel did not report program `{prog}` as loaded");
             };

@@ -9,9 +9,10 @@
 //! instead, so it includes the time spent queued in the I/O scheduler.
 //! With bit 2 set (`-d DISK`), only requests of the disk whose `dev` is
 //! `CONFIG[1]` are counted. The per-disk and per-operation histograms are
-//! kept only with bit 3 (`-D`) and bit 4 (`-F`): as in BCC, a plain run
-//! pays for one histogram. `EXTENSION` sums the latencies and counts the
-//! requests, for `-e`'s average.
+//! kept only with bit 3 (`-D`) and bit 4 (`-F`), and `EXTENSION` (the sum
+//! and count of the latencies, for `-e`'s average) only with bit 5: as in
+//! BCC, a plain run pays for one histogram. The tool attaches only the
+//! start program it needs (`rq_insert` with `-Q`, else `rq_issue`).
 #![no_std]
 
 use ktrace_probe::helpers::ktime_get_ns;
@@ -23,12 +24,12 @@ use ktrace_probe::{map, tracepoint, TracepointContext};
 /// from insertion (queue) instead of issue, bit 1 = count milliseconds
 /// instead of microseconds, bit 2 = only the disk whose `dev` is
 /// `CONFIG[1]`, bit 3 = a histogram per disk, bit 4 = a histogram per
-/// operation.
+/// operation, bit 5 = `EXTENSION`'s sums.
 #[map]
 static CONFIG: Array<u64> = Array::with_max_entries(2);
 
 /// `EXTENSION[0]`: the sum of the latencies counted (in the histograms'
-/// unit), `EXTENSION[1]`: how many there were.
+/// unit), `EXTENSION[1]`: how many there were (with `CONFIG[0]` bit 5).
 #[map]
 static EXTENSION: Array<u64> = Array::with_max_entries(2);
 
@@ -106,8 +107,10 @@ fn rq_complete(ctx: TracepointContext<BlockRqComplete>) -> u32 {
         let rwbs = ctx.read(|r| &r.rwbs);
         LATENCY_US_BY_FLAGS.record(u32::from_le_bytes([rwbs[0], rwbs[1], rwbs[2], rwbs[3]]), us);
     }
-    EXTENSION.add(0, us);
-    EXTENSION.add(1, 1);
+    if config & 32 != 0 {
+        EXTENSION.add(0, us);
+        EXTENSION.add(1, 1);
+    }
     0
 }
 

@@ -39,8 +39,8 @@
 //!   eviction picks the victim from the list and then needs the victim's
 //!   bucket. The order differs from the other flavours but is fixed per
 //!   map, so no cycle can form. A lookup moves its entry to the front
-//!   when the list's lock is free within the caller's wait, and skips that
-//!   otherwise (recency is then approximate; the lookup never fails).
+//!   when the list's lock is free at once, and skips that otherwise
+//!   (recency is then approximate; the lookup never fails).
 //! - **Host requests** (dumps, updates from `ktrace map`) take bucket
 //!   locks like programs do and wait as long as it takes; the embedder
 //!   names the CPU they run on ([`HashMap::set_host_cpu`]) so that a
@@ -278,8 +278,7 @@ impl HashMap {
         let mut s = b.head.load(Ordering::Acquire);
         while s != NIL {
             let i = s as usize;
-            if self.hashes[i].load(Ordering::Relaxed) == hash
-                && self.keys.eq(self.key_off(s), key)
+            if self.hashes[i].load(Ordering::Relaxed) == hash && self.keys.eq(self.key_off(s), key)
             {
                 return Some(s);
             }
@@ -341,8 +340,9 @@ impl HashMap {
     }
 
     /// Program lookup: the address of `cpu`'s copy of the value. Takes no
-    /// lock (an LRU map's recency update excepted, skipped when `w` gives
-    /// up); the caller must be inside an epoch guard of [`Epochs`].
+    /// lock (an LRU map's recency update excepted, skipped unless its lock
+    /// is free at once); the caller must be inside an epoch guard of
+    /// [`Epochs`].
     pub fn value_addr_on(
         &self,
         key: &[u8],
@@ -355,7 +355,9 @@ impl HashMap {
             return Ok(None);
         };
         if self.lru {
-            if let Ok(mut pool) = self.pool.lock(w) {
+            // Recency is worth no wait: move the entry only if the list is
+            // free now.
+            if let Ok(mut pool) = self.pool.lock(&mut w.without_waiting()) {
                 // Deletes of an LRU map hold this lock: `live` is stable.
                 if self.live[s as usize].load(Ordering::Relaxed) {
                     lru_touch(&mut pool, s);
@@ -747,7 +749,10 @@ mod tests {
         }
         assert_eq!(m.memory_bytes(), bytes);
         assert!(m.is_empty());
-        assert!(m.buckets.iter().all(|b| b.head.load(Ordering::Relaxed) == NIL));
+        assert!(m
+            .buckets
+            .iter()
+            .all(|b| b.head.load(Ordering::Relaxed) == NIL));
     }
 
     #[test]

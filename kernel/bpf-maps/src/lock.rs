@@ -30,7 +30,8 @@ const SPINS: u32 = 64;
 /// Who takes a lock, and how long they may wait for another holder.
 pub struct Waiter<'a> {
     tag: u32,
-    wait: &'a mut dyn FnMut() -> bool,
+    /// `None`: do not wait at all.
+    wait: Option<&'a mut dyn FnMut() -> bool>,
 }
 
 impl<'a> Waiter<'a> {
@@ -39,7 +40,22 @@ impl<'a> Waiter<'a> {
     pub fn on_cpu(cpu: usize, wait: &'a mut dyn FnMut() -> bool) -> Waiter<'a> {
         Waiter {
             tag: cpu as u32 + 1,
-            wait,
+            wait: Some(wait),
+        }
+    }
+
+    /// The same caller, taking only a lock that is free at once.
+    pub(crate) fn without_waiting(&self) -> Waiter<'static> {
+        Waiter {
+            tag: self.tag,
+            wait: None,
+        }
+    }
+
+    fn go_on(&mut self) -> bool {
+        match &mut self.wait {
+            Some(wait) => wait(),
+            None => false,
         }
     }
 }
@@ -80,7 +96,7 @@ impl CpuLock {
                     break;
                 }
             }
-            if !(w.wait)() {
+            if !w.go_on() {
                 return Err(MapError::Busy);
             }
         }

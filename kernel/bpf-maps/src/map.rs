@@ -40,8 +40,12 @@ impl Map {
             map_type::ARRAY => Map::Array(ArrayMap::new(spec, ncpus, false)?),
             map_type::PERCPU_ARRAY => Map::Array(ArrayMap::new(spec, ncpus, true)?),
             map_type::HASH => Map::Hash(Arc::new(HashMap::new(spec, ncpus, false, false, epochs)?)),
-            map_type::PERCPU_HASH => Map::Hash(Arc::new(HashMap::new(spec, ncpus, true, false, epochs)?)),
-            map_type::LRU_HASH => Map::Hash(Arc::new(HashMap::new(spec, ncpus, false, true, epochs)?)),
+            map_type::PERCPU_HASH => {
+                Map::Hash(Arc::new(HashMap::new(spec, ncpus, true, false, epochs)?))
+            }
+            map_type::LRU_HASH => {
+                Map::Hash(Arc::new(HashMap::new(spec, ncpus, false, true, epochs)?))
+            }
             map_type::RINGBUF => {
                 if spec.key_size != 0 || spec.value_size != 0 {
                     return Err(MapError::Invalid);

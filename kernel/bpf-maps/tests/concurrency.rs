@@ -303,8 +303,13 @@ fn hash_keys_survive_concurrent_churn_of_their_chains() {
     };
     let map = Arc::new(HashMap::new(spec, THREADS, true, false, epochs.clone()).unwrap());
     for key in 0..KEYS {
-        map.update(&key.to_le_bytes(), &[0; 8 * THREADS], update_flags::NOEXIST, None)
-            .unwrap();
+        map.update(
+            &key.to_le_bytes(),
+            &[0; 8 * THREADS],
+            update_flags::NOEXIST,
+            None,
+        )
+        .unwrap();
     }
     let start = Arc::new(Barrier::new(THREADS));
     let threads: Vec<_> = (0..THREADS)

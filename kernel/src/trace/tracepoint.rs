@@ -111,11 +111,12 @@ pub fn emit<E: TracepointEvent>(tp: &Tracepoint, record: &E) {
     let bytes = unsafe {
         core::slice::from_raw_parts(record as *const E as *const u8, core::mem::size_of::<E>())
     };
-    emit_bytes(tp, bytes, crate::arch::cpu::frame_pointer());
+    emit_bytes(tp, bytes, crate::arch::cpu::frame_record());
 }
 
+/// `frame`: `emit`'s frame pointer, saved frame pointer and return address.
 #[inline(never)]
-fn emit_bytes(tp: &Tracepoint, bytes: &[u8], caller_fp: u64) {
+fn emit_bytes(tp: &Tracepoint, bytes: &[u8], frame: (u64, u64, u64)) {
     let was = crate::arch::irq_save();
     let Some(_g) = DepthGuard::enter() else {
         tp.missed.fetch_add(1, Ordering::Relaxed);
@@ -131,11 +132,12 @@ fn emit_bytes(tp: &Tracepoint, bytes: &[u8], caller_fp: u64) {
         crate::arch::irq_restore(was);
         return;
     };
-    // The emitting function's return address and frame: `emit`'s frame
-    // pointer points at [saved rbp, return address].
+    // The emitting function's return address and frame, from `emit`'s
+    // frame record [saved rbp, return address].
+    let (caller_fp, saved_fp, ret) = frame;
     let regs = PtRegs {
-        rbp: text_patch::read_u64(caller_fp).unwrap_or(0),
-        rip: text_patch::read_u64(caller_fp + 8).unwrap_or(0),
+        rbp: saved_fp,
+        rip: ret,
         rsp: caller_fp + 16,
         cs: 0x08,
         ss: 0x10,

@@ -134,7 +134,13 @@ fn story(args: &Args, vm: &Vm, object: &[u8]) -> anyhow::Result<()> {
     step(3, "Loading the Rust biolatency probe into the kernel");
     let mut rt = Runtime::new(&mut client);
     let opts = bl::Options::default();
-    let probe = kernel::load_probe(&mut rt, "biolatency", object, &opts.settings())?;
+    let probe = kernel::load_probe(
+        &mut rt,
+        "biolatency",
+        object,
+        &opts.settings(),
+        &[opts.unused_program()],
+    )?;
     for p in &probe.programs {
         outln!(
             "  prog {:<12} {:<34} {:>3} insns, verified ({} insns processed)",

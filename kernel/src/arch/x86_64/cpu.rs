@@ -114,6 +114,31 @@ pub fn frame_pointer() -> u64 {
     v
 }
 
+/// The calling function's frame record: its frame pointer, the frame
+/// pointer it saved (its caller's) and its return address. Plain loads:
+/// the tracepoint path calls this on every event, where a fault-safe copy
+/// (`rep movsb`) costs a step per byte under emulation.
+#[inline(always)]
+pub fn frame_record() -> (u64, u64, u64) {
+    let (fp, saved, ret): (u64, u64, u64);
+    // SAFETY: the kernel is built with frame pointers (`.cargo/config.toml`),
+    // so in the function this is inlined into, rbp holds the address of the
+    // record its prologue pushed: [saved rbp, return address], 16 bytes of
+    // its own live stack, readable for as long as it runs.
+    unsafe {
+        asm!(
+            "mov {fp}, rbp",
+            "mov {saved}, [rbp]",
+            "mov {ret}, [rbp + 8]",
+            fp = out(reg) fp,
+            saved = out(reg) saved,
+            ret = out(reg) ret,
+            options(readonly, nostack, preserves_flags)
+        )
+    }
+    (fp, saved, ret)
+}
+
 /// Read the `u32` at `offset` from this CPU's GS base (its `PerCpu`).
 #[inline(always)]
 pub fn gs_read_u32(offset: usize) -> u32 {

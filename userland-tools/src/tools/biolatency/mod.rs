@@ -44,16 +44,30 @@ impl Options {
 
     /// The `CONFIG` map settings the probe reads: `[0]` the switches,
     /// `[1]` the disk to trace. The per-disk and per-operation histograms
-    /// are only kept when asked for (bits 3 and 4), as BCC does: each is a
-    /// hash map update per request.
+    /// and `-e`'s sums are only kept when asked for (bits 3, 4 and 5), as
+    /// BCC compiles them in only then: each costs map updates on every
+    /// request.
     pub fn settings(&self) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
         let bits = u64::from(self.queued)
             | (u64::from(self.millis) << 1)
             | (u64::from(self.disk.is_some()) << 2)
             | (u64::from(self.per_disk) << 3)
-            | (u64::from(self.per_flags) << 4);
+            | (u64::from(self.per_flags) << 4)
+            | (u64::from(self.extension) << 5);
         let entry = |i: u32, v: u64| ("CONFIG", i.to_le_bytes().to_vec(), v.to_le_bytes().to_vec());
         vec![entry(0, bits), entry(1, u64::from(self.disk.unwrap_or(0)))]
+    }
+
+    /// The probe's program that this run leaves unattached: the start of
+    /// the span is `block_rq_insert` with `-Q`, else `block_rq_issue`, and,
+    /// as BCC attaches only the start probe it uses, the other one would
+    /// run on every request for nothing.
+    pub fn unused_program(&self) -> &'static str {
+        if self.queued {
+            "rq_issue"
+        } else {
+            "rq_insert"
+        }
     }
 }
 

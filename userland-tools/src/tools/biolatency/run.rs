@@ -81,7 +81,13 @@ pub fn run(cli: Args) -> anyhow::Result<()> {
     // From here on a signal or a closed stdout ends the tracing loop, so
     // the probe is always removed before the process ends.
     stop::catch_signals();
-    let probe = kernel::load_probe(&mut rt, "biolatency", object, &opts.settings())?;
+    let probe = kernel::load_probe(
+        &mut rt,
+        "biolatency",
+        object,
+        &opts.settings(),
+        &[opts.unused_program()],
+    )?;
     let result = trace(&cli, &opts, spec.as_ref(), &mut rt, &probe, &disks);
     let removed = probe.remove(&mut rt);
     result?;

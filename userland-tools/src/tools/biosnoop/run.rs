@@ -118,7 +118,7 @@ pub fn run(cli: Args) -> anyhow::Result<()> {
     // From here on a signal or a closed stdout stops the tracing loop, so
     // the probe is always removed before the process ends.
     stop::catch_signals();
-    let probe = kernel::load_probe(&mut rt, "biosnoop", object, &settings)?;
+    let probe = kernel::load_probe(&mut rt, "biosnoop", object, &settings, &[])?;
     let result = (|| -> anyhow::Result<u64> {
         let events = probe.map("EVENTS")?;
         let map = events.id;
