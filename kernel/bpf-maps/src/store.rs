@@ -72,7 +72,7 @@ impl Slab {
     pub fn read(&self, off: usize, out: &mut [u8]) -> Result<(), MapError> {
         self.check(off, out.len())?;
         let src = self.ptr.as_ptr().wrapping_add(off);
-        if src as usize % 8 == 0 {
+        if (src as usize).is_multiple_of(8) {
             let len = out.len();
             let mut chunks = out.chunks_exact_mut(8);
             for (i, c) in (&mut chunks).enumerate() {
@@ -104,7 +104,7 @@ impl Slab {
     pub fn write(&self, off: usize, data: &[u8]) -> Result<(), MapError> {
         self.check(off, data.len())?;
         let dst = self.ptr.as_ptr().wrapping_add(off);
-        if dst as usize % 8 == 0 {
+        if (dst as usize).is_multiple_of(8) {
             let mut chunks = data.chunks_exact(8);
             for (i, c) in (&mut chunks).enumerate() {
                 let w = u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
@@ -129,7 +129,7 @@ impl Slab {
     pub fn zero(&self, off: usize, n: usize) -> Result<(), MapError> {
         self.check(off, n)?;
         let dst = self.ptr.as_ptr().wrapping_add(off);
-        if dst as usize % 8 == 0 && n <= 256 {
+        if (dst as usize).is_multiple_of(8) && n <= 256 {
             let words = n / 8;
             for i in 0..words {
                 // SAFETY: inside the allocation (checked above), 8-aligned.
@@ -153,7 +153,7 @@ impl Slab {
             return false;
         }
         let src = self.ptr.as_ptr().wrapping_add(off);
-        let aligned = src as usize % 8 == 0;
+        let aligned = (src as usize).is_multiple_of(8);
         let mut chunks = key.chunks_exact(8);
         for (i, c) in (&mut chunks).enumerate() {
             let want = u64::from_ne_bytes(c.try_into().unwrap_or([0; 8]));
