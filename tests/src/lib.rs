@@ -330,6 +330,41 @@ pub fn compile_c(dir: &Path, name: &str, source: &str) -> PathBuf {
     obj
 }
 
+/// BPF assembly (the `probe_sdk` assembler's syntax): adds 1 to slot 0 of
+/// map 0, an array, with `lock add`, so hits on every CPU at once count
+/// exactly. Returns 0.
+pub const COUNT_IN_SLOT_0: &str = "
+    stw [%r10-4], 0
+    lddw %r1, map_idx(0)
+    mov %r2, %r10
+    add %r2, -4
+    call 1
+    jeq %r0, 0, out
+    mov %r1, 1
+    lock add [%r0], %r1
+out:
+    mov %r0, 0
+    exit
+";
+
+/// BPF assembly: adds 1 to this CPU's slot 0 of map 0, a per-CPU array,
+/// with a plain add: only this CPU writes that value, and programs run
+/// with interrupts off, so the count is exact. Returns 0.
+pub const PER_CPU_COUNT_IN_SLOT_0: &str = "
+    stw [%r10-4], 0
+    lddw %r1, map_idx(0)
+    mov %r2, %r10
+    add %r2, -4
+    call 1
+    jeq %r0, 0, out
+    ldxdw %r1, [%r0]
+    add %r1, 1
+    stxdw [%r0], %r1
+out:
+    mov %r0, 0
+    exit
+";
+
 /// A map definition with no flags, no initial value and no types: what a
 /// test creates through the protocol (`Runtime::map_create`).
 pub fn map_def(

@@ -11,7 +11,7 @@ use ktrace_abi::bpf::{
     ProgramType,
 };
 use ktrace_abi::ErrorCode;
-use ktrace_tests::TestVm;
+use ktrace_tests::{TestVm, COUNT_IN_SLOT_0};
 use probe_sdk::runtime::{Runtime, RuntimeError};
 
 use ktrace_tests::map_def as def;
@@ -222,21 +222,6 @@ fn map_semantics_flags_limits_lru_percpu_batches() {
     );
 }
 
-/// Counter: `counts[0] += 1` through a map lookup.
-const COUNT: &str = "
-    stw [%r10-4], 0
-    lddw %r1, map_idx(0)
-    mov %r2, %r10
-    add %r2, -4
-    call 1
-    jeq %r0, 0, out
-    mov %r1, 1
-    lock add [%r0], %r1
-out:
-    mov %r0, 0
-    exit
-";
-
 #[test]
 fn programs_verify_run_and_fault_safely() {
     let mut vm = TestVm::boot("bpf-progs");
@@ -248,7 +233,7 @@ fn programs_verify_run_and_fault_safely() {
         .id;
     let p = rt
         .prog_load(
-            kprobe_prog("count", COUNT),
+            kprobe_prog("count", COUNT_IN_SLOT_0),
             vec![counts],
             LoadOptions::default(),
         )
@@ -412,7 +397,7 @@ fn programs_verify_run_and_fault_safely() {
     .unwrap();
     let e = rt
         .prog_load(
-            kprobe_prog("count2", COUNT),
+            kprobe_prog("count2", COUNT_IN_SLOT_0),
             vec![counts],
             LoadOptions::default(),
         )
@@ -426,7 +411,7 @@ fn programs_verify_run_and_fault_safely() {
     .unwrap();
     let e = rt
         .prog_load(
-            kprobe_prog("count3", COUNT),
+            kprobe_prog("count3", COUNT_IN_SLOT_0),
             vec![counts],
             LoadOptions::default(),
         )
@@ -784,7 +769,7 @@ fn a_full_kernel_heap_is_a_clean_refusal() {
     // Nothing large fits now: a program to verify, a 1 MiB request.
     let e = rt
         .prog_load(
-            kprobe_prog("count", COUNT),
+            kprobe_prog("count", COUNT_IN_SLOT_0),
             vec![maps[0]],
             LoadOptions::default(),
         )

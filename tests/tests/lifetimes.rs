@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ktrace_abi::bpf::{map_type, AttachTarget, LoadOptions, ObjectLoad, ProgramLoad, ProgramType};
 use ktrace_abi::vm::SystemInfo;
-use ktrace_tests::{ktrace, TestVm};
+use ktrace_tests::{ktrace, TestVm, COUNT_IN_SLOT_0};
 use probe_sdk::client::{Client, ConnectOptions};
 use probe_sdk::runtime::Runtime;
 use probe_sdk::vm::{StopHow, Vm};
@@ -60,27 +60,12 @@ out:
     exit
 ";
 
-/// Counts hits in the first slot of map 0.
-const COUNT: &str = "
-    stw [%r10-4], 0
-    lddw %r1, map_idx(0)
-    mov %r2, %r10
-    add %r2, -4
-    call 1
-    jeq %r0, 0, out
-    mov %r1, 1
-    lock add [%r0], %r1
-out:
-    mov %r0, 0
-    exit
-";
-
 /// An object with a 4 MiB array map and a program attached to the test
 /// target that uses it (15 of these used to exhaust the heap for good).
 fn big_object(target: AttachTarget) -> ObjectLoad {
     ObjectLoad {
         maps: vec![def("BIG", map_type::ARRAY, 4, 4096, 1024)],
-        programs: vec![kprobe_prog("count_big", COUNT, target)],
+        programs: vec![kprobe_prog("count_big", COUNT_IN_SLOT_0, target)],
     }
 }
 
@@ -125,7 +110,15 @@ fn a_client_killed_mid_stream_leaves_its_session_usable() {
         (ring, p.id)
     };
     let before = info(&mut c);
-    Runtime::new(&mut c).trigger_spawn(10_000_000).unwrap();
+    // The producer: a kernel task making 10M probed calls. A
+    // jump-optimised probe runs them within seconds, so another starts
+    // whenever the last has finished.
+    let keep_producing = |c: &mut Client| {
+        if !info(c).tasks.iter().any(|t| t.name == "bpf-trigger") {
+            Runtime::new(c).trigger_spawn(10_000_000).unwrap();
+        }
+    };
+    keep_producing(&mut c);
 
     // More kills than the port has transmit buffers (16): each used to
     // cost the port the buffer QEMU kept, and the first one its session.
@@ -155,6 +148,7 @@ fn a_client_killed_mid_stream_leaves_its_session_usable() {
         // slowly.
         let deadline = Instant::now() + Duration::from_secs(180);
         while info(&mut c).control_tx_waits == waits {
+            keep_producing(&mut c);
             assert!(
                 Instant::now() < deadline,
                 "kill {kill}: the streaming client never fell behind"

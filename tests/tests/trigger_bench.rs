@@ -23,43 +23,10 @@
 //! 3) interleaved rounds whose medians are reported.
 
 use ktrace_abi::bpf::{map_type, AttachTarget, LoadOptions, ProgramLoad, ProgramType};
-use ktrace_tests::{map_def as def, TestVm};
+use ktrace_tests::{map_def as def, TestVm, COUNT_IN_SLOT_0, PER_CPU_COUNT_IN_SLOT_0};
 use probe_sdk::runtime::{Runtime, RuntimeError};
 
 const TARGET: &str = "kernel::bpf::testing::target";
-
-/// Adds 1 to this CPU's slot of map 0 (a per-CPU array): only this CPU
-/// writes it, with interrupts off, so a plain add is exact.
-const PER_CPU_COUNTER: &str = "
-    stw [%r10-4], 0
-    lddw %r1, map_idx(0)
-    mov %r2, %r10
-    add %r2, -4
-    call 1
-    jeq %r0, 0, out
-    ldxdw %r1, [%r0]
-    add %r1, 1
-    stxdw [%r0], %r1
-out:
-    mov %r0, 0
-    exit
-";
-
-/// Adds 1 to the one slot of map 0 (an array) with `lock add`: every CPU
-/// writes the same cache line.
-const SHARED_COUNTER: &str = "
-    stw [%r10-4], 0
-    lddw %r1, map_idx(0)
-    mov %r2, %r10
-    add %r2, -4
-    call 1
-    jeq %r0, 0, out
-    mov %r1, 1
-    lock add [%r0], %r1
-out:
-    mov %r0, 0
-    exit
-";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Point {
@@ -127,8 +94,8 @@ struct Attached {
 
 fn attach(rt: &mut Runtime, point: Point, counter: Counter) -> Attached {
     let (map_kind, asm, tag) = match counter {
-        Counter::PerCpu => (map_type::PERCPU_ARRAY, PER_CPU_COUNTER, "percpu"),
-        Counter::Shared => (map_type::ARRAY, SHARED_COUNTER, "shared"),
+        Counter::PerCpu => (map_type::PERCPU_ARRAY, PER_CPU_COUNT_IN_SLOT_0, "percpu"),
+        Counter::Shared => (map_type::ARRAY, COUNT_IN_SLOT_0, "shared"),
     };
     let name = format!("{tag}_{}", point.name());
     let map = rt.map_create(def(&name, map_kind, 4, 8, 1)).unwrap().id;
