@@ -37,16 +37,27 @@ impl Kperf {
     /// Polls `cond` until it holds; fails at once, with kperf's stderr, if
     /// kperf ended first.
     fn wait_until(&mut self, what: &str, cond: impl FnMut() -> bool) {
+        if let Err(ended) = self.try_wait_until(what, cond) {
+            panic!("{ended}");
+        }
+    }
+
+    /// [`Kperf::wait_until`], with kperf ending first as an error that
+    /// carries its exit status and stderr.
+    fn try_wait_until(&mut self, what: &str, cond: impl FnMut() -> bool) -> Result<(), String> {
         let mut cond = cond;
+        let mut ended = None;
         wait_for(what, || {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
+                ended = Some(format!(
                     "kperf ended ({status}) before {what}; its stderr:\n{}",
                     std::fs::read_to_string(&self.stderr).unwrap_or_default()
-                );
+                ));
+                return true;
             }
             cond()
         });
+        ended.map_or(Ok(()), Err)
     }
 
     fn kill(mut self) {
@@ -115,18 +126,31 @@ fn a_killed_kperf_leaves_no_counter_probe_or_timer_behind() {
     eprintln!("kperf stat killed: its kprobe was removed {gone:?} later");
 
     // kperf record holds the one sampling timer; killed, it frees it.
-    let mut record = Kperf::start(&[
-        "record",
-        "--vm",
-        &name,
-        "-F",
-        "999",
-        "--duration",
-        "60",
-        "-o",
-        "/dev/null",
-    ]);
-    record.wait_until("kperf record's sampling event", || sampling_busy(&mut c));
+    // The test sees the timer taken by trying to take it: when its own
+    // short-lived event holds the timer the moment kperf asks, kperf is
+    // refused as it should be and is started again.
+    let mut tries = 0;
+    let record = loop {
+        let mut record = Kperf::start(&[
+            "record",
+            "--vm",
+            &name,
+            "-F",
+            "999",
+            "--duration",
+            "60",
+            "-o",
+            "/dev/null",
+        ]);
+        match record.try_wait_until("kperf record's sampling event", || sampling_busy(&mut c)) {
+            Ok(()) => break record,
+            Err(ended) if tries < 5 && ended.contains("a sampling event is already open") => {
+                let _ = std::fs::remove_file(&record.stderr);
+                tries += 1
+            }
+            Err(ended) => panic!("{ended}"),
+        }
+    };
     record.kill();
     let free = wait_for("the sampling timer to be free", || !sampling_busy(&mut c));
     eprintln!("kperf record killed: the sampling timer was free {free:?} later");
