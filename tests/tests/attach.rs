@@ -198,7 +198,9 @@ fn protocol_probes_refusals_and_counts() {
             "prev_pid",
             "next_pid",
             "prev_comm",
-            "next_comm"
+            "next_comm",
+            "cpu",
+            "next_last_cpu"
         ]
     );
     assert!(sw.fields[0].signed && sw.fields[0].size == 8);

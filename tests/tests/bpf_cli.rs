@@ -165,7 +165,7 @@ fn cli_load_prog_map_link_events() {
     );
     assert_eq!(
         run(&["map", "free", "args"]).trim(),
-        "freed map 2 (args, 4400 bytes)"
+        "freed map 2 (args, 4624 bytes)"
     );
     assert_eq!(
         run(&["unload", "on_target"]).trim(),

@@ -153,6 +153,12 @@ fn io_error(dev: &str, e: BlockError) -> Error {
 
 /// Answer a block request of `session`'s client (control task); a
 /// workload tells it its progress through `link`.
+///
+/// Never inlined: it is the one entry of every block request, a place
+/// users probe by name, and whether the compiler would inline it into the
+/// control loop depends on codegen-unit partitioning, which differs from
+/// one build path to another.
+#[inline(never)]
 pub fn handle(req: BlockRequest, session: &Session, link: &dyn Link) -> Answer {
     Ok(match req {
         BlockRequest::Stats => Response::Block(BlockResponse::Stats(
