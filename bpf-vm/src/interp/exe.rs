@@ -154,6 +154,36 @@ pub enum PrepareError {
     BadLength(usize),
 }
 
+impl Op {
+    /// Where a conditional jump goes when taken (`ja` is unconditional:
+    /// see [`Op::jump_target`]).
+    pub(crate) fn cond_jump_target(&self) -> Option<usize> {
+        match *self {
+            Op::Jmp64I(_, _, t, _)
+            | Op::Jmp64R(_, _, _, t)
+            | Op::Jmp32I(_, _, t, _)
+            | Op::Jmp32R(_, _, _, t)
+            | Op::JEq64I(_, t, _)
+            | Op::JNe64I(_, t, _)
+            | Op::JGt64I(_, t, _)
+            | Op::JLt64I(_, t, _)
+            | Op::JEq64R(_, _, t)
+            | Op::JNe64R(_, _, t)
+            | Op::JGt64R(_, _, t)
+            | Op::JLt64R(_, _, t) => Some(t as usize),
+            _ => None,
+        }
+    }
+
+    /// Where a jump, conditional or not, goes when taken.
+    pub(crate) fn jump_target(&self) -> Option<usize> {
+        match *self {
+            Op::Ja(t) => Some(t as usize),
+            _ => self.cond_jump_target(),
+        }
+    }
+}
+
 impl fmt::Display for PrepareError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {

@@ -76,7 +76,7 @@ pub(super) fn analyse(ops: &[Op]) -> CallPlan {
                     work.push(pc + 1);
                 }
                 _ => {
-                    if let Some(t) = jump_target(op) {
+                    if let Some(t) = op.cond_jump_target() {
                         work.push(t);
                     }
                     work.push(pc + 1);
@@ -114,25 +114,6 @@ pub(super) fn analyse(ops: &[Op]) -> CallPlan {
     let mut on_path = vec![false; entries.len()];
     let bounded = depth(0, &callees, &mut memo, &mut on_path).is_some_and(|d| d <= MAX_CALL_FRAMES);
     CallPlan { bounded, writes }
-}
-
-/// The target of a conditional jump.
-fn jump_target(op: &Op) -> Option<usize> {
-    match *op {
-        Op::Jmp64I(_, _, t, _)
-        | Op::Jmp64R(_, _, _, t)
-        | Op::Jmp32I(_, _, t, _)
-        | Op::Jmp32R(_, _, _, t)
-        | Op::JEq64I(_, t, _)
-        | Op::JNe64I(_, t, _)
-        | Op::JGt64I(_, t, _)
-        | Op::JLt64I(_, t, _)
-        | Op::JEq64R(_, _, t)
-        | Op::JNe64R(_, _, t)
-        | Op::JGt64R(_, _, t)
-        | Op::JLt64R(_, _, t) => Some(t as usize),
-        _ => None,
-    }
 }
 
 /// The registers `op` writes (bit `r`), as far as `r6`-`r10` matter: helper

@@ -138,21 +138,8 @@ pub fn compile(
     let slots = (0..n).map(|_| a.label()).collect();
     let mut entries = vec![None; n];
     for (pc, op) in exe.ops.iter().enumerate() {
-        let t = match *op {
-            Op::Ja(t)
-            | Op::Jmp64I(_, _, t, _)
-            | Op::Jmp64R(_, _, _, t)
-            | Op::Jmp32I(_, _, t, _)
-            | Op::Jmp32R(_, _, _, t)
-            | Op::JEq64I(_, t, _)
-            | Op::JNe64I(_, t, _)
-            | Op::JGt64I(_, t, _)
-            | Op::JLt64I(_, t, _)
-            | Op::JEq64R(_, _, t)
-            | Op::JNe64R(_, _, t)
-            | Op::JGt64R(_, _, t)
-            | Op::JLt64R(_, _, t) => t as usize,
-            _ => continue,
+        let Some(t) = op.jump_target() else {
+            continue;
         };
         // A forward target that straight-line code also reaches would
         // cost that path an add/sub pair; the jumps to it charge on the
@@ -239,22 +226,12 @@ pub fn compile(
 fn jump_targets(ops: &[Op]) -> Vec<bool> {
     let mut targets = vec![false; ops.len()];
     for op in ops {
-        let t = match *op {
-            Op::Ja(t)
-            | Op::CallLocal(t)
-            | Op::Jmp64I(_, _, t, _)
-            | Op::Jmp64R(_, _, _, t)
-            | Op::Jmp32I(_, _, t, _)
-            | Op::Jmp32R(_, _, _, t)
-            | Op::JEq64I(_, t, _)
-            | Op::JNe64I(_, t, _)
-            | Op::JGt64I(_, t, _)
-            | Op::JLt64I(_, t, _)
-            | Op::JEq64R(_, _, t)
-            | Op::JNe64R(_, _, t)
-            | Op::JGt64R(_, _, t)
-            | Op::JLt64R(_, _, t) => t as usize,
-            _ => continue,
+        let target = match *op {
+            Op::CallLocal(t) => Some(t as usize),
+            _ => op.jump_target(),
+        };
+        let Some(t) = target else {
+            continue;
         };
         if let Some(slot) = targets.get_mut(t) {
             *slot = true;
