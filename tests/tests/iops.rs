@@ -1,0 +1,417 @@
+//! What tracing costs block I/O: issue 18's IOPS benchmark (`cargo test
+//! -p ktrace-tests --test iops -- --ignored --nocapture`).
+//!
+//! The issue's figure is IOPS traced ÷ untraced "with biolatency and all
+//! block tracepoints attached". biolatency alone (as the tool runs it)
+//! attaches two programs, to `block_rq_issue` and `block_rq_complete`; the
+//! other four block tracepoints would stay off (a 5-byte `nop`). So the
+//! traced mode of the figure is biolatency plus a counting program (one
+//! per-CPU array slot incremented, what `kperf stat`-like BPF counting
+//! does) on each of the six block tracepoints, every one of them then
+//! carrying at least one program. biolatency alone is measured too.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ktrace_abi::block::{RwMode, WorkloadLimit, WorkloadSpec};
+use ktrace_abi::bpf::{Engine, LoadOptions};
+use ktrace_tests::{disk_config, kernel_image, TestVm};
+use probe_sdk::build::{build, BuildOptions};
+use probe_sdk::runtime::{prepare, Runtime};
+
+/// The six block tracepoints, in the counting program's slot order.
+const BLOCK_EVENTS: [&str; 6] = [
+    "block_bio_queue",
+    "block_bio_backmerge",
+    "block_bio_frontmerge",
+    "block_rq_insert",
+    "block_rq_issue",
+    "block_rq_complete",
+];
+
+/// One program per block tracepoint, each adding one to its own slot of a
+/// per-CPU array (slots in [`BLOCK_EVENTS`] order).
+const COUNT_PROG: &str = r#"
+struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
+__attribute__((section("maps"), used)) struct bpf_map_def events = { 6, 4, 8, 6, 0 };
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
+#define COUNT(name, slot) \
+__attribute__((section("tracepoint/block/" #name), used)) \
+int name(void *ctx) { \
+    unsigned int k = slot; \
+    unsigned long long *v = bpf_map_lookup_elem(&events, &k); \
+    if (v) *v += 1; \
+    return 0; \
+}
+COUNT(block_bio_queue, 0)
+COUNT(block_bio_backmerge, 1)
+COUNT(block_bio_frontmerge, 2)
+COUNT(block_rq_insert, 3)
+COUNT(block_rq_issue, 4)
+COUNT(block_rq_complete, 5)
+char _license[] __attribute__((section("license"), used)) = "GPL";
+"#;
+
+/// An empty program and one updating one key of a hash map (key 4, value
+/// 8 bytes), for `ProgTestRun`.
+const UPDATE_COST_PROG: &str = r#"
+struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
+__attribute__((section("maps"), used)) struct bpf_map_def counts = { 1, 4, 8, 1024, 0 };
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, unsigned long long flags) = (void *) 2;
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int empty(void *ctx) { return 0; }
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int update(void *ctx) {
+    unsigned int key = 7;
+    unsigned long long one = 1;
+    bpf_map_update_elem(&counts, &key, &one, 0);
+    return 0;
+}
+char _license[] __attribute__((section("license"), used)) = "GPL";
+"#;
+
+/// What a round attaches.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Untraced,
+    /// biolatency as the tool runs it (`CONFIG[0]` given), on `engine`.
+    Biolatency { config: u64, engine: Engine },
+    /// biolatency (JIT) and a counting program on every block tracepoint:
+    /// the issue's figure.
+    AllBlock,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Untraced => "untraced",
+            Mode::AllBlock => "biolatency + all 6 block tps",
+            Mode::Biolatency {
+                config: 0,
+                engine: Engine::Jit,
+            } => "biolatency",
+            Mode::Biolatency {
+                engine: Engine::Jit,
+                ..
+            } => "biolatency -D -F -e",
+            Mode::Biolatency { .. } => "biolatency interpreted",
+        }
+    }
+}
+
+fn env(k: &str, d: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+/// `v`'s value at quantile `q` (nearest rank; `v` non-empty).
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((s.len() - 1) as f64 * q).round() as usize]
+}
+
+/// A sum of the little-endian u64s of `bytes` (one per CPU, or slots).
+fn sum_u64(bytes: &[u8]) -> u64 {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .sum()
+}
+
+/// IOPS traced ÷ untraced: 4 KiB random reads at queue depth 8 (one job,
+/// 2 vCPUs) for `IOPS_BENCH_MS` (default 300) ms per run, on each device
+/// of `IOPS_BENCH_DEVS` (default `ram0,vda`: the RAM disk, whose copy is
+/// guest CPU work, and a virtio-blk disk, whose data moves in QEMU), over
+/// `IOPS_BENCH_ROUNDS` (default 15) rounds in one boot. A round runs every
+/// mode once per device, in an order that rotates from round to round, so
+/// a drift in host load reaches every mode alike. Modes: untraced;
+/// biolatency + a counting program on all six block tracepoints (the
+/// issue's figure); biolatency alone as the tool runs it (JIT); with
+/// `IOPS_BENCH_EXTRA=1` also biolatency `-D -F -e` and biolatency
+/// interpreted. `IOPS_BENCH_ICOUNT=shift=N` runs QEMU with `-icount`
+/// (guest time counts instructions: host load no longer moves the figure,
+/// and a virtio disk's work then costs no guest time).
+///
+/// Printed per device and mode: the median IOPS, the median of the
+/// per-round ratios (each round's traced run over the same round's
+/// untraced run: THE figure, since the two ran next to each other and a
+/// slow drift of host load cancels in it), its quartiles, and the ratio of
+/// the median IOPS as a cross-check (when it leaves the quartile range,
+/// the run was noise-bound). Then the cost of one hash map update in the
+/// same boot. Never asserts timing; asserts that every traced run counted
+/// every request exactly (the counters against the workload's own count,
+/// biolatency's histogram against the requests it saw), with no program
+/// fault and no busy map.
+#[test]
+#[ignore = "benchmark: a minute or more of QEMU time"]
+fn biolatency_iops() {
+    let ms = env("IOPS_BENCH_MS", 300);
+    let rounds = env("IOPS_BENCH_ROUNDS", 15) as usize;
+    let devs: Vec<String> = std::env::var("IOPS_BENCH_DEVS")
+        .unwrap_or_else(|_| "ram0,vda".into())
+        .split(',')
+        .map(String::from)
+        .collect();
+    let mut modes = vec![
+        Mode::Untraced,
+        Mode::AllBlock,
+        Mode::Biolatency {
+            config: 0,
+            engine: Engine::Jit,
+        },
+    ];
+    if env("IOPS_BENCH_EXTRA", 0) != 0 {
+        // Bits 3, 4 and 5 of CONFIG[0] are `-D`, `-F` and `-e`.
+        modes.push(Mode::Biolatency {
+            config: 8 | 16 | 32,
+            engine: Engine::Jit,
+        });
+        modes.push(Mode::Biolatency {
+            config: 0,
+            engine: Engine::Interpreter,
+        });
+    }
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let scratch = std::env::temp_dir().join(format!("ktrace-iops-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut opts = BuildOptions::new(root.join("examples/biolatency"));
+    opts.out_dir = Some(scratch.clone());
+    opts.target_dir = Some(scratch.join("target"));
+    let obj = build(&opts, &mut |_| {}).unwrap().object;
+    let kernel = &kernel_image().source;
+    let bio = prepare(&obj, kernel, &mut |_| {}).unwrap();
+    let count_obj = ktrace_tests::compile_c(&scratch, "count", COUNT_PROG);
+    let count = prepare(&count_obj, kernel, &mut |_| {}).unwrap();
+    let update_obj = ktrace_tests::compile_c(&scratch, "update", UPDATE_COST_PROG);
+    let update = prepare(&update_obj, kernel, &mut |_| {}).unwrap();
+
+    let (mut cfg, disk_dir) = disk_config("iops", 1);
+    cfg.cpus = 2;
+    if let Ok(icount) = std::env::var("IOPS_BENCH_ICOUNT") {
+        cfg.extra_qemu_args = vec!["-icount".into(), icount.into()];
+    }
+    let mut vm = TestVm::boot_with(cfg);
+    let mut client = vm.client();
+    client.set_request_timeout(Duration::from_secs(60));
+    let spec = |dev: &str, rw: RwMode, bs: u32, limit: WorkloadLimit| {
+        let mut s = WorkloadSpec::new(dev, rw);
+        s.iodepth = 8;
+        s.block_size = bs;
+        s.limit = limit;
+        s
+    };
+    if devs.iter().any(|d| d == "vda") {
+        // Write the whole disk once so the reads find allocated blocks.
+        let r = client
+            .run_workload(
+                &spec("vda", RwMode::Write, 128 << 10, WorkloadLimit::Count(256)),
+                |_| {},
+            )
+            .unwrap();
+        assert_eq!(r.errors, 0);
+    }
+
+    // Everything loaded once; a round attaches and detaches.
+    let mut rt = Runtime::new(&mut client);
+    let load = |rt: &mut Runtime, name: &str, object: &probe_sdk::runtime::Prepared, engine| {
+        rt.load_object(
+            name,
+            object.object.clone().into_load(),
+            false,
+            LoadOptions {
+                engine: Some(engine),
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let bio_jit = load(&mut rt, "biolatency", &bio, Engine::Jit);
+    let bio_interp = load(&mut rt, "biolatency-interp", &bio, Engine::Interpreter);
+    let counters = load(&mut rt, "count", &count, Engine::Jit);
+    let map_id = |l: &ktrace_abi::bpf::ObjectLoaded, name: &str| {
+        l.maps.iter().find(|m| m.name == name).unwrap().id
+    };
+    let attach_all = |rt: &mut Runtime, l: &ktrace_abi::bpf::ObjectLoaded, skip: &[&str]| {
+        let mut links = Vec::new();
+        for p in l.programs.iter().filter(|p| !skip.contains(&p.name.as_str())) {
+            let target = [&bio, &count]
+                .iter()
+                .flat_map(|o| &o.object.programs)
+                .find(|q| q.name == p.name)
+                .unwrap()
+                .attach
+                .clone();
+            links.push(rt.attach(p.id, target, false).unwrap().id);
+        }
+        links
+    };
+
+    // (device, mode) -> IOPS per round.
+    let mut iops: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
+    // What the traced runs did, from the workload's report and the
+    // kernel's disk statistics: I/Os and completed requests of the runs
+    // with the counters, completed requests of the runs with each
+    // biolatency object (JIT, interpreted).
+    let (mut counted_ios, mut counted_requests) = (0u64, 0u64);
+    let mut bio_requests = [0u64; 2];
+    for round in 0..rounds {
+        for (d, dev) in devs.iter().enumerate() {
+            for k in 0..modes.len() {
+                let m = (round + k) % modes.len();
+                let mut rt = Runtime::new(&mut client);
+                let mut links = Vec::new();
+                let (bio_obj, config) = match modes[m] {
+                    Mode::Untraced => (None, 0),
+                    Mode::AllBlock => (Some(0), 0),
+                    Mode::Biolatency { config, engine } => {
+                        (Some(usize::from(engine != Engine::Jit)), config)
+                    }
+                };
+                if let Some(i) = bio_obj {
+                    let l = [&bio_jit, &bio_interp][i];
+                    // As the tool: settings first, then the programs
+                    // without `-Q`'s `rq_insert`.
+                    rt.map_update(
+                        map_id(l, "CONFIG"),
+                        &0u32.to_le_bytes(),
+                        &config.to_le_bytes(),
+                        0,
+                    )
+                    .unwrap();
+                    links.extend(attach_all(&mut rt, l, &["rq_insert"]));
+                }
+                if modes[m] == Mode::AllBlock {
+                    links.extend(attach_all(&mut rt, &counters, &[]));
+                }
+                let completed = |rt: &mut Runtime| {
+                    let s = rt.client().disk_stats_of(dev).unwrap().unwrap();
+                    s.read.ios + s.write.ios + s.flush.ios
+                };
+                let before = completed(&mut rt);
+                let r = rt
+                    .client()
+                    .run_workload(
+                        &spec(dev, RwMode::RandRead, 4096, WorkloadLimit::TimeMs(ms)),
+                        |_| {},
+                    )
+                    .unwrap();
+                assert_eq!(r.errors, 0);
+                let requests = completed(&mut rt) - before;
+                for link in links {
+                    rt.detach(link).unwrap();
+                }
+                if modes[m] == Mode::AllBlock {
+                    counted_ios += r.ios;
+                    counted_requests += requests;
+                }
+                if let Some(i) = bio_obj {
+                    bio_requests[i] += requests;
+                }
+                iops.entry((d, m)).or_default().push(r.iops());
+            }
+        }
+    }
+
+    // Every request counted exactly: the counters by event against the
+    // workload's I/Os and the disk's completed requests, biolatency's
+    // histogram against the requests completed while it was attached
+    // (each was issued while it was attached too: nothing else does I/O).
+    let mut rt = Runtime::new(&mut client);
+    let events = map_id(&counters, "events");
+    let seen: Vec<u64> = (0..BLOCK_EVENTS.len() as u32)
+        .map(|i| sum_u64(&rt.map_lookup(events, &i.to_le_bytes()).unwrap().unwrap()))
+        .collect();
+    assert_eq!(seen[0], counted_ios, "block_bio_queue: {seen:?}");
+    assert_eq!(seen[1] + seen[2] + seen[3], counted_ios, "bios: {seen:?}");
+    assert_eq!(
+        (seen[3], seen[4], seen[5]),
+        (counted_requests, counted_requests, counted_requests),
+        "requests: {seen:?}"
+    );
+    for (i, l) in [&bio_jit, &bio_interp].into_iter().enumerate() {
+        let hist = rt.map_dump(map_id(l, "LATENCY_US"), 64).unwrap();
+        let total: u64 = hist.iter().map(|e| sum_u64(&e.value)).sum();
+        assert_eq!(total, bio_requests[i], "biolatency's histogram ({i})");
+    }
+    for p in rt.progs().unwrap() {
+        assert_eq!((p.faults, p.budget_exhausted), (0, 0), "{p:?}");
+    }
+    for map in rt.maps().unwrap() {
+        assert_eq!(map.busy, 0, "{map:?}");
+    }
+
+    let load_avg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "4 KiB random reads, QD 8, 1 job, 2 vCPUs; {ms} ms x {rounds} rounds, modes rotating; host load average {}",
+        load_avg.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    println!("| device | mode | median IOPS | traced/untraced: median of per-round ratios [p25, p75] | ratio of median IOPS |");
+    println!("|---|---|---|---|---|");
+    for (d, dev) in devs.iter().enumerate() {
+        let base = &iops[&(d, 0)];
+        let base_median = quantile(base, 0.5);
+        println!("| {dev} | untraced | {base_median:.0} | – | – |");
+        for (m, mode) in modes.iter().enumerate().skip(1) {
+            let v = &iops[&(d, m)];
+            let ratios: Vec<f64> = v.iter().zip(base).map(|(t, u)| t / u).collect();
+            println!(
+                "| {dev} | {} | {:.0} | **{:.3}** [{:.3}, {:.3}] | {:.3} |",
+                mode.name(),
+                quantile(v, 0.5),
+                quantile(&ratios, 0.5),
+                quantile(&ratios, 0.25),
+                quantile(&ratios, 0.75),
+                quantile(v, 0.5) / base_median
+            );
+        }
+    }
+    for l in [&bio_jit, &bio_interp, &counters] {
+        rt.object_unload(&l.object.id.to_string()).unwrap();
+    }
+
+    // One hash map update: the same key of a `BPF_MAP_TYPE_HASH`, run
+    // with `ProgTestRun`, less the empty program, per engine.
+    let n = 20_000;
+    for engine in [Engine::Jit, Engine::Interpreter] {
+        let l = load(&mut rt, &format!("update-{engine:?}"), &update, engine);
+        let mut per_run: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for _ in 0..5 {
+            for p in &l.programs {
+                let time = |rt: &mut Runtime| {
+                    rt.progs()
+                        .unwrap()
+                        .into_iter()
+                        .find(|q| q.id == p.id)
+                        .unwrap()
+                        .run_time_ns
+                };
+                let before = time(&mut rt);
+                let r = rt.test_run(p.id, vec![0; 168], n).unwrap();
+                assert_eq!((r.runs, r.error.as_deref()), (n, None), "{}", p.name);
+                let after = time(&mut rt);
+                per_run
+                    .entry(p.name.clone())
+                    .or_default()
+                    .push((after - before) as f64 / f64::from(n));
+            }
+        }
+        let empty = quantile(&per_run["empty"], 0.5);
+        let upd = quantile(&per_run["update"], 0.5);
+        println!(
+            "{engine:?}: program run empty {empty:.0} ns, with one hash update {upd:.0} ns: the update costs {:.0} ns",
+            upd - empty
+        );
+        rt.object_unload(&l.object.id.to_string()).unwrap();
+    }
+    drop(vm);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let _ = std::fs::remove_dir_all(&disk_dir);
+}
