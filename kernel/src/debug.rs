@@ -25,6 +25,7 @@ const SELF_TESTS: &[(&str, SelfTest)] = &[
     ("waitqueue", task_tests::waitqueue),
     ("exec_mem_wx", exec_mem_tests::write_xor_execute),
     ("mem_copy", mem_copy_tests::every_length_and_alignment),
+    ("tsc_to_ns", tsc_to_ns_matches_division),
 ];
 
 /// Every self test of this kernel, by name.
@@ -169,6 +170,33 @@ mod task_tests {
         ));
         blocked == 2 && early == 0 && all
     }
+}
+
+/// `time::tsc_to_ns` (a multiplication) against the division it replaces,
+/// with this boot's calibration: the same nanoseconds or 1 ns less, for
+/// deltas from 0 to centuries of TSC ticks.
+#[cfg(feature = "self-tests")]
+fn tsc_to_ns_matches_division(out: &mut Vec<String>) -> bool {
+    let khz = crate::time::tsc_khz().max(1);
+    let mut wrong = 0;
+    let mut checked = 0;
+    let mut d: u64 = 0;
+    while d < khz.saturating_mul(3_600_000 * 24 * 365 * 100) {
+        for delta in [d, d + 1, d.wrapping_mul(3) / 2 + 7] {
+            let exact = (u128::from(delta) * 1_000_000 / u128::from(khz)) as u64;
+            let got = crate::time::tsc_to_ns(delta);
+            checked += 1;
+            if got != exact && got + 1 != exact {
+                wrong += 1;
+                if wrong <= 5 {
+                    out.push(alloc::format!("{delta} ticks: {got} ns, exactly {exact} ns"));
+                }
+            }
+        }
+        d = d * 2 + 1;
+    }
+    out.push(alloc::format!("{checked} deltas at {khz} kHz, {wrong} wrong"));
+    wrong == 0
 }
 
 /// Self test of the kernel's `memcpy` and `memmove`.

@@ -52,6 +52,10 @@ fn data_integrity_across_the_pipeline_on_both_device_types() {
     let r = c.self_test("mem_copy").unwrap();
     assert!(r.passed, "mem_copy: {:#?}", r.output);
     assert_eq!(r.output, ["12864 copies of each kind, 0 wrong"]);
+    // And its clock: every request reads it several times.
+    let r = c.self_test("tsc_to_ns").unwrap();
+    assert!(r.passed, "tsc_to_ns: {:#?}", r.output);
+    assert!(r.output[0].ends_with(" kHz, 0 wrong"), "{:?}", r.output);
     for dev in ["vda", "ram0"] {
         // Host-written data comes back byte for byte, merged or not.
         let data: Vec<u8> = (0..24 * 512).map(|i| (i * 7 + 3) as u8).collect();

@@ -134,6 +134,9 @@ fn sum_u64(bytes: &[u8]) -> u64 {
 /// interpreted. `IOPS_BENCH_ICOUNT=shift=N` runs QEMU with `-icount`
 /// (guest time counts instructions: host load no longer moves the figure,
 /// and a virtio disk's work then costs no guest time).
+/// `IOPS_BENCH_KERNEL=ELF` boots that kernel (a self-tests build, e.g. of
+/// another commit) instead of this tree's, for before/after runs on one
+/// host.
 ///
 /// Printed per device and mode: the median IOPS, the median of the
 /// per-round ratios (each round's traced run over the same round's
@@ -195,6 +198,9 @@ fn biolatency_iops() {
 
     let (mut cfg, disk_dir) = disk_config("iops", 1);
     cfg.cpus = 2;
+    if let Ok(kernel) = std::env::var("IOPS_BENCH_KERNEL") {
+        cfg.kernel = Some(kernel.into());
+    }
     if let Ok(icount) = std::env::var("IOPS_BENCH_ICOUNT") {
         cfg.extra_qemu_args = vec!["-icount".into(), icount.into()];
     }
