@@ -31,8 +31,12 @@
 //!   delete also takes the pool lock (free slots, slots waiting for their
 //!   epoch), held for a push or a pop, always *after* the bucket lock, and
 //!   taken before anything is changed, so a refused lock leaves the map as
-//!   it was. The entry count is an atomic reserved before an insert, so
-//!   inserts on different buckets never exceed `max_entries` together.
+//!   it was. The entry count changes only under the pool lock (every
+//!   insert and every removal holds it), so inserts on different buckets
+//!   never exceed `max_entries` together; it is an atomic only so that
+//!   [`HashMap::len`] can read it without the lock, and is written with a
+//!   plain store (under emulation a locked read-modify-write costs a call
+//!   out of the translated code).
 //! - **LRU maps keep one exact recency order**, which is state of the
 //!   whole map: their inserts, updates and deletes take the pool lock
 //!   (which holds the recency list) *first* and then the bucket lock —
@@ -316,10 +320,19 @@ impl HashMap {
         if self.lru {
             lru_unlink(pool, s);
         }
-        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.count_add(-1);
         let tag = self.epochs.retire();
         // Capacity was reserved for every slot: this never reallocates.
         pool.retired.push_back((s, tag));
+    }
+
+    /// Adds `delta` to the entry count. Only with the pool lock held (see
+    /// the module overview): a load and a store, no atomic
+    /// read-modify-write, since no other writer can come between them.
+    fn count_add(&self, delta: isize) {
+        let n = self.count.load(Ordering::Relaxed);
+        self.count
+            .store(n.wrapping_add_signed(delta), Ordering::Relaxed);
     }
 
     fn alloc_slot(&self, pool: &mut Pool) -> Result<u32, MapError> {
@@ -475,8 +488,7 @@ impl HashMap {
         w: &mut Waiter<'_>,
     ) -> Result<u32, MapError> {
         let max = self.spec.max_entries as usize;
-        if self.count.fetch_add(1, Ordering::AcqRel) >= max {
-            self.count.fetch_sub(1, Ordering::AcqRel);
+        if self.count.load(Ordering::Relaxed) >= max {
             if !self.lru || pool.tail == NIL {
                 return Err(MapError::TooBig);
             }
@@ -491,15 +503,9 @@ impl HashMap {
                 self.remove_slot(pool, vb, victim);
             }
             self.evictions.fetch_add(1, Ordering::Relaxed);
-            self.count.fetch_add(1, Ordering::AcqRel);
         }
-        let s = match self.alloc_slot(pool) {
-            Ok(s) => s,
-            Err(e) => {
-                self.count.fetch_sub(1, Ordering::AcqRel);
-                return Err(e);
-            }
-        };
+        let s = self.alloc_slot(pool)?;
+        self.count_add(1);
         let i = s as usize;
         // Unreachable until published below: no walker can see these writes.
         self.keys.write(self.key_off(s), key)?;

@@ -387,6 +387,54 @@ fn hash_concurrent_insert_delete_of_overlapping_keys_loses_and_leaks_nothing() {
     }
 }
 
+/// More keys than entries on a plain (and a per-CPU) hash map: inserts
+/// into the full map are refused, and the entry count, which changes only
+/// under the pool lock with a plain store (no atomic add), matches the keys
+/// present after the churn: a lost or doubled count update would show as a
+/// wrong `len()` or a refused or extra slot in `assert_no_leak`. Then a
+/// tight loop of each thread inserting and deleting its own keys (so every
+/// operation succeeds and changes the count) ends with the count at 0.
+#[test]
+fn hash_full_map_refuses_inserts_and_counts_every_entry() {
+    for t in [map_type::HASH, map_type::PERCPU_HASH] {
+        let (m, net, evictions) = churn(t, 16, 48);
+        assert_eq!(evictions, 0);
+        let present = keys(&m);
+        assert!(present.len() <= 16, "{} keys in a map of 16", present.len());
+        assert_eq!(m.len(), present.len(), "type {t}");
+        for (key, &n) in net.iter().enumerate() {
+            let want = present.contains(&(key as u32));
+            assert_eq!(n, i64::from(want), "type {t} key {key}: net inserts {n}");
+        }
+        assert_no_leak(m, 16);
+    }
+    const ROUNDS: u32 = 200_000;
+    let epochs = Arc::new(Epochs::new(THREADS));
+    let map = Arc::new(hash(map_type::HASH, 4 * THREADS as u32, epochs));
+    let start = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|cpu| {
+            let (m, start) = (map.clone(), start.clone());
+            thread::spawn(move || {
+                let mut forever = || true;
+                let mut w = Waiter::on_cpu(cpu, &mut forever);
+                start.wait();
+                for round in 0..ROUNDS {
+                    let k = (cpu as u32 * 4 + round % 4).to_le_bytes();
+                    m.update_on(&k, &[1; 8], update_flags::NOEXIST, Some(cpu), &mut w)
+                        .unwrap();
+                    m.delete_on(&k, &mut w).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(map.len(), 0);
+    assert!(keys(&map).is_empty());
+}
+
 #[test]
 fn lru_concurrent_insert_delete_accounts_for_every_entry() {
     // More keys than entries: inserts into the full map evict.
