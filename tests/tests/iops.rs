@@ -79,6 +79,9 @@ enum Mode {
     /// biolatency (JIT) and a counting program on every block tracepoint:
     /// the figure.
     AllBlock,
+    /// The counting programs alone: what the tracepoints and a minimal
+    /// program cost, without biolatency's maps and clock reads.
+    Counters,
 }
 
 impl Mode {
@@ -86,6 +89,7 @@ impl Mode {
         match self {
             Mode::Untraced => "untraced",
             Mode::AllBlock => "biolatency + all 6 block tps",
+            Mode::Counters => "counters on all 6 block tps",
             Mode::Biolatency {
                 config: 0,
                 engine: Engine::Jit,
@@ -129,7 +133,9 @@ fn sum_u64(bytes: &[u8]) -> u64 {
 /// mode once per device, in an order that rotates from round to round, so
 /// a drift in host load reaches every mode alike. Modes: untraced;
 /// biolatency + a counting program on all six block tracepoints (the
-/// issue's figure); biolatency alone as the tool runs it (JIT); with
+/// issue's figure); biolatency alone as the tool runs it (JIT); the
+/// counting programs alone (the tracepoints' and a minimal program's
+/// share, without biolatency's maps and clock reads); with
 /// `IOPS_BENCH_EXTRA=1` also biolatency `-D -F -e` and biolatency
 /// interpreted. `IOPS_BENCH_ICOUNT=shift=N` runs QEMU with `-icount`
 /// (guest time counts instructions: host load no longer moves the figure,
@@ -165,6 +171,7 @@ fn biolatency_iops() {
             config: 0,
             engine: Engine::Jit,
         },
+        Mode::Counters,
     ];
     if env("IOPS_BENCH_EXTRA", 0) != 0 {
         // Bits 3, 4 and 5 of CONFIG[0] are `-D`, `-F` and `-e`.
@@ -275,7 +282,7 @@ fn biolatency_iops() {
                 let mut rt = Runtime::new(&mut client);
                 let mut links = Vec::new();
                 let (bio_obj, config) = match modes[m] {
-                    Mode::Untraced => (None, 0),
+                    Mode::Untraced | Mode::Counters => (None, 0),
                     Mode::AllBlock => (Some(0), 0),
                     Mode::Biolatency { config, engine } => {
                         (Some(usize::from(engine != Engine::Jit)), config)
@@ -294,7 +301,8 @@ fn biolatency_iops() {
                     .unwrap();
                     links.extend(attach_all(&mut rt, l, &["rq_insert"]));
                 }
-                if modes[m] == Mode::AllBlock {
+                let counted = matches!(modes[m], Mode::AllBlock | Mode::Counters);
+                if counted {
                     links.extend(attach_all(&mut rt, &counters, &[]));
                 }
                 let completed = |rt: &mut Runtime| {
@@ -314,7 +322,7 @@ fn biolatency_iops() {
                 for link in links {
                     rt.detach(link).unwrap();
                 }
-                if modes[m] == Mode::AllBlock {
+                if counted {
                     counted_ios += r.ios;
                     counted_requests += requests;
                 }
@@ -377,6 +385,24 @@ fn biolatency_iops() {
                 quantile(&ratios, 0.75),
                 quantile(v, 0.5) / base_median
             );
+        }
+    }
+    // Under `-icount shift=N` guest time is 2^N ns per instruction: the
+    // median IOPS say how many instructions one I/O took (on a virtio disk
+    // also the host's time for the disk while the guest idled).
+    let shift = std::env::var("IOPS_BENCH_ICOUNT").ok().and_then(|v| {
+        v.split(',')
+            .find_map(|p| p.strip_prefix("shift=").and_then(|n| n.parse::<u32>().ok()))
+    });
+    if let Some(shift) = shift {
+        println!("guest instructions per I/O (icount shift={shift}), from the median IOPS:");
+        for (d, dev) in devs.iter().enumerate() {
+            let per_io = |m: usize| 1e9 / quantile(&iops[&(d, m)], 0.5) / f64::from(1u32 << shift);
+            let base = per_io(0);
+            let cells: Vec<String> = (1..modes.len())
+                .map(|m| format!("{} +{:.0}", modes[m].name(), per_io(m) - base))
+                .collect();
+            println!("  {dev}: untraced {base:.0}; {}", cells.join("; "));
         }
     }
     for l in [&bio_jit, &bio_interp, &counters] {
