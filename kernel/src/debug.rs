@@ -189,13 +189,17 @@ fn tsc_to_ns_matches_division(out: &mut Vec<String>) -> bool {
             if got != exact && got + 1 != exact {
                 wrong += 1;
                 if wrong <= 5 {
-                    out.push(alloc::format!("{delta} ticks: {got} ns, exactly {exact} ns"));
+                    out.push(alloc::format!(
+                        "{delta} ticks: {got} ns, exactly {exact} ns"
+                    ));
                 }
             }
         }
         d = d * 2 + 1;
     }
-    out.push(alloc::format!("{checked} deltas at {khz} kHz, {wrong} wrong"));
+    out.push(alloc::format!(
+        "{checked} deltas at {khz} kHz, {wrong} wrong"
+    ));
     wrong == 0
 }
 
@@ -261,7 +265,10 @@ mod mem_copy_tests {
                 }
             }
         }
-        out.push(format!("{} copies of each kind, {failures} wrong", 201 * 64));
+        out.push(format!(
+            "{} copies of each kind, {failures} wrong",
+            201 * 64
+        ));
         failures == 0
     }
 }

@@ -75,7 +75,10 @@ char _license[] __attribute__((section("license"), used)) = "GPL";
 enum Mode {
     Untraced,
     /// biolatency as the tool runs it (`CONFIG[0]` given), on `engine`.
-    Biolatency { config: u64, engine: Engine },
+    Biolatency {
+        config: u64,
+        engine: Engine,
+    },
     /// biolatency (JIT) and a counting program on every block tracepoint:
     /// the figure.
     AllBlock,
@@ -254,7 +257,11 @@ fn biolatency_iops() {
     };
     let attach_all = |rt: &mut Runtime, l: &ktrace_abi::bpf::ObjectLoaded, skip: &[&str]| {
         let mut links = Vec::new();
-        for p in l.programs.iter().filter(|p| !skip.contains(&p.name.as_str())) {
+        for p in l
+            .programs
+            .iter()
+            .filter(|p| !skip.contains(&p.name.as_str()))
+        {
             let target = [&bio, &count]
                 .iter()
                 .flat_map(|o| &o.object.programs)
