@@ -52,12 +52,18 @@ COUNT(block_rq_complete, 5)
 char _license[] __attribute__((section("license"), used)) = "GPL";
 "#;
 
-/// An empty program and one updating one key of a hash map (key 4, value
-/// 8 bytes), for `ProgTestRun`.
+/// Programs for `ProgTestRun`: an empty one; one updating one key of a
+/// hash map (key 4, value 8 bytes); one looking up an array slot (the
+/// cheapest map helper call); and biolatency's pattern on a hash map:
+/// insert a new key, look it up, delete it.
 const UPDATE_COST_PROG: &str = r#"
 struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
 __attribute__((section("maps"), used)) struct bpf_map_def counts = { 1, 4, 8, 1024, 0 };
+__attribute__((section("maps"), used)) struct bpf_map_def starts = { 1, 8, 8, 10240, 0 };
+__attribute__((section("maps"), used)) struct bpf_map_def slots = { 2, 4, 8, 1, 0 };
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, unsigned long long flags) = (void *) 2;
+static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *) 3;
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
 int empty(void *ctx) { return 0; }
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
@@ -65,6 +71,20 @@ int update(void *ctx) {
     unsigned int key = 7;
     unsigned long long one = 1;
     bpf_map_update_elem(&counts, &key, &one, 0);
+    return 0;
+}
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int array_lookup(void *ctx) {
+    unsigned int key = 0;
+    unsigned long long *v = bpf_map_lookup_elem(&slots, &key);
+    return v ? 0 : 1;
+}
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int insert_lookup_delete(void *ctx) {
+    unsigned long long key = 42, now = 1;
+    bpf_map_update_elem(&starts, &key, &now, 0);
+    unsigned long long *v = bpf_map_lookup_elem(&starts, &key);
+    if (v) bpf_map_delete_elem(&starts, &key);
     return 0;
 }
 char _license[] __attribute__((section("license"), used)) = "GPL";
@@ -443,10 +463,12 @@ fn biolatency_iops() {
             }
         }
         let empty = quantile(&per_run["empty"], 0.5);
-        let upd = quantile(&per_run["update"], 0.5);
+        let cost = |name: &str| quantile(&per_run[name], 0.5) - empty;
         println!(
-            "{engine:?}: program run empty {empty:.0} ns, with one hash update {upd:.0} ns: the update costs {:.0} ns",
-            upd - empty
+            "{engine:?}: program run empty {empty:.0} ns; over it: one hash update {:.0} ns, one array lookup {:.0} ns, hash insert + lookup + delete {:.0} ns",
+            cost("update"),
+            cost("array_lookup"),
+            cost("insert_lookup_delete")
         );
         rt.object_unload(&l.object.id.to_string()).unwrap();
     }
