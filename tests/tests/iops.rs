@@ -161,8 +161,9 @@ fn sum_u64(bytes: &[u8]) -> u64 {
 /// share, without biolatency's maps and clock reads); with
 /// `IOPS_BENCH_EXTRA=1` also biolatency `-D -F -e` and biolatency
 /// interpreted. `IOPS_BENCH_ICOUNT=shift=N` runs QEMU with `-icount`
-/// (guest time counts instructions: host load no longer moves the figure,
-/// and a virtio disk's work then costs no guest time).
+/// (guest time counts guest instructions, printed per I/O: host load no
+/// longer moves the RAM disk's figure; a virtio disk's time while the
+/// guest idles still follows the host's clock).
 /// `IOPS_BENCH_KERNEL=ELF` boots that kernel (a self-tests build, e.g. of
 /// another commit) instead of this tree's, for before/after runs on one
 /// host.
@@ -172,8 +173,10 @@ fn sum_u64(bytes: &[u8]) -> u64 {
 /// untraced run: THE figure, since the two ran next to each other and a
 /// slow drift of host load cancels in it), its quartiles, and the ratio of
 /// the median IOPS as a cross-check (when it leaves the quartile range,
-/// the run was noise-bound). Then the cost of one hash map update in the
-/// same boot. Never asserts timing; asserts that every traced run counted
+/// the run was noise-bound). Then, in the same boot, what one hash map
+/// update, one array lookup and a hash insert + lookup + delete (the
+/// pattern of biolatency's programs) add to an empty program's run
+/// (`ProgTestRun`). Never asserts timing; asserts that every traced run counted
 /// every request exactly (the counters against the workload's own count,
 /// biolatency's histogram against the requests it saw), with no program
 /// fault and no busy map.
