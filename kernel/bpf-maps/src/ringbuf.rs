@@ -23,7 +23,11 @@
 //!   never sees a header older than the reservation.
 //! - *Commit* needs no lock: it swaps the header from BUSY to done (or
 //!   DISCARD) with a release compare-exchange, after the program wrote
-//!   the data; the compare-exchange makes a double commit fail.
+//!   the data; the compare-exchange makes a second commit of a record
+//!   still in the ring fail. Once the consumer passed it, its space may
+//!   hold a newer reservation, which a stale address would then commit:
+//!   programs cannot do that (the verifier's reference tracking releases
+//!   a reservation exactly once), and host callers must not.
 //! - The *consumer* reads headers with acquire from `cons` up to `prod`,
 //!   stops at the first BUSY one (so records come out in reservation
 //!   order, and a record is seen only once committed), copies the data,

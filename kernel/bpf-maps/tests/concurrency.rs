@@ -103,8 +103,12 @@ fn ring_buffer_many_producers_one_consumer_delivers_each_record_once_or_counts_i
                                 ring.fill(addr, &rec).unwrap();
                                 let discard = r == 3;
                                 ring.commit(addr, discard, 0).unwrap();
-                                // A second commit of the same record fails.
-                                assert_eq!(ring.commit(addr, discard, 0), Err(MapError::Invalid));
+                                // No second commit here: once committed, the
+                                // consumer may pass the record and another
+                                // producer reserve its space, which a stale
+                                // address would then commit (see the module
+                                // doc; the unit tests check a second commit
+                                // of a record still in the ring fails).
                                 if discard {
                                     did.discarded += 1;
                                 } else {
