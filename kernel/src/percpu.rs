@@ -124,3 +124,48 @@ impl PerCpu {
         out
     }
 }
+
+/// A counter every CPU adds to in a slot of its own, on a cache line of
+/// its own: no locked instruction and no line shared between CPUs on the
+/// hot path (Linux's per-CPU counters). [`PerCpuCounter::add`] is for
+/// callers with interrupts off, so the task cannot move to another CPU
+/// between reading the CPU number and the add (see
+/// [`crate::arch::cpu_local_add`]); [`PerCpuCounter::sum`] reads every slot,
+/// a snapshot that may miss adds in flight, as any relaxed counter read.
+pub struct PerCpuCounter {
+    slots: [CounterSlot; MAX_CPUS as usize],
+}
+
+#[repr(align(64))]
+struct CounterSlot(AtomicU64);
+
+impl PerCpuCounter {
+    /// All zero.
+    pub const fn new() -> Self {
+        Self {
+            slots: [const { CounterSlot(AtomicU64::new(0)) }; MAX_CPUS as usize],
+        }
+    }
+
+    /// Adds `n` on this CPU (interrupts off).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        let id = crate::arch::cpu::gs_read_u32(core::mem::offset_of!(PerCpu, id));
+        if let Some(slot) = self.slots.get(id as usize) {
+            crate::arch::cpu_local_add(&slot.0, n);
+        }
+    }
+
+    /// The total over every CPU.
+    pub fn sum(&self) -> u64 {
+        self.slots
+            .iter()
+            .fold(0u64, |t, s| t.wrapping_add(s.0.load(Ordering::Relaxed)))
+    }
+}
+
+impl Default for PerCpuCounter {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -47,6 +47,7 @@ pub const SELF_TESTS: &[(&str, SelfTest)] = &[
     ("perf_sampling_shootdowns", perf_sampling_shootdowns),
     ("irqs_off_load", irqs_off_load),
     ("bench", bench),
+    ("hit_cost", crate::bpf::hit_cost::hit_cost_test),
     ("smp_text", smp_text_default),
 ];
 

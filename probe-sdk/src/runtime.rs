@@ -421,6 +421,13 @@ impl<'c> Runtime<'c> {
         expect!(r, "DefaultEngine", BpfResponse::DefaultEngine(e) => e)
     }
 
+    /// Whether program runs are timed (`run_time_ns`): changes it to `set`
+    /// (`Some`) and returns the setting now.
+    pub fn run_time_stats(&mut self, set: Option<bool>) -> Result<bool> {
+        let r = self.call(BpfRequest::RunTimeStats { set })?;
+        expect!(r, "RunTimeStats", BpfResponse::RunTimeStats(on) => on)
+    }
+
     /// Limits and current use.
     pub fn limits(&mut self) -> Result<(Limits, Usage)> {
         let r = self.call(BpfRequest::GetLimits)?;

@@ -763,6 +763,9 @@ pub fn gen_request(kind: usize, world: &mut World, rng: &mut Rng) -> Request {
             B::DefaultEngine {
                 set: Some(Engine::Jit),
             },
+            B::RunTimeStats { set: None },
+            B::RunTimeStats { set: Some(true) },
+            B::RunTimeStats { set: Some(false) },
         ])),
         15 => {
             let maps = (0..rng.pick(&[0, 0, 0, 1, 2, 40]))
@@ -951,7 +954,7 @@ pub const KINDS: [&str; 25] = [
     "Trace::Perf(Enable|Disable|Read|Drain|Close)",
     "Bpf::MapCreate",
     "Bpf::Map(Lookup|Update|Delete|NextKey|Dump|Batch|Free)",
-    "Bpf::(Map|Prog|Link)List, GetLimits, DefaultEngine",
+    "Bpf::(Map|Prog|Link)List, GetLimits, DefaultEngine, RunTimeStats",
     "Bpf::ProgLoad",
     "Bpf::Prog(Dump|Unload|TestRun)",
     "Bpf::Attach",

@@ -256,6 +256,19 @@ fn programs_verify_run_and_fault_safely() {
         .unwrap();
     assert_eq!(info.run_count, 1000);
     assert_eq!(info.insns_executed, 1000 * 10);
+    // Runs are counted, but timed only while asked (`RunTimeStats`).
+    assert_eq!(info.run_time_ns, 0);
+    assert!(!rt.run_time_stats(None).unwrap());
+    assert!(rt.run_time_stats(Some(true)).unwrap());
+    rt.test_run(p.id, regs(), 1000).unwrap();
+    assert!(!rt.run_time_stats(Some(false)).unwrap());
+    let info = rt
+        .progs()
+        .unwrap()
+        .into_iter()
+        .find(|i| i.id == p.id)
+        .unwrap();
+    assert_eq!(info.run_count, 2000);
     assert!(info.run_time_ns > 0);
     eprintln!("count program: {} cycles per test run", r.cycles);
 

@@ -35,7 +35,11 @@ impl Epochs {
     /// entries (a program run from inside another's probe) keep the outer,
     /// older epoch, which is the conservative one.
     pub fn enter(&self, cpu: usize) -> EpochGuard<'_> {
-        let slot = &self.active[cpu % self.active.len()];
+        // The remainder only for a CPU number past the table (never, in
+        // the kernel): a division is a slow helper call under emulation,
+        // on every program run.
+        let n = self.active.len();
+        let slot = &self.active[if cpu < n { cpu } else { cpu % n }];
         let prev = slot.load(Ordering::Relaxed);
         if prev == 0 {
             slot.store(self.global.load(Ordering::Acquire), Ordering::SeqCst);

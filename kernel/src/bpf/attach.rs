@@ -19,7 +19,6 @@
 use alloc::format;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 use ktrace_abi::bpf::{AttachTarget, KprobePoint, LinkInfo, LinkTarget, ProgramType};
 use ktrace_abi::trace::PerfEvent;
@@ -28,6 +27,7 @@ use super::prog::{HitInfo, Program};
 use super::Runtime;
 use crate::arch::PtRegs;
 use crate::error::{Error, Kind};
+use crate::percpu::PerCpuCounter;
 use crate::trace::kprobe::{self, KprobeHandler};
 use crate::trace::kretprobe::{self, KretprobeHandler, RetInstance};
 use crate::trace::perf::{self, PerfHandler, Sample};
@@ -52,7 +52,7 @@ pub struct Link {
     pub prog: Arc<Program>,
     pub target: LinkTarget,
     pub order: u32,
-    hits: Arc<AtomicU64>,
+    hits: Arc<PerCpuCounter>,
     handle: Handle,
 }
 
@@ -63,18 +63,19 @@ impl Link {
             id: self.id,
             prog: self.prog.id,
             target: self.target.clone(),
-            hits: self.hits.load(Ordering::Relaxed),
+            hits: self.hits.sum(),
             order: self.order,
         }
     }
 }
 
 /// Runs `prog` on a `pt_regs` context (kprobes and kretprobes).
-fn run_on_regs(prog: &Program, hits: &AtomicU64, regs: &PtRegs, func_ip: u64) {
-    let ctx = regs.to_bytes();
-    hits.fetch_add(1, Ordering::Relaxed);
+/// The frame itself is the context, without a copy (programs only read
+/// their context, see `Program::run`).
+fn run_on_regs(prog: &Program, hits: &PerCpuCounter, regs: &PtRegs, func_ip: u64) {
+    hits.add(1);
     prog.run(
-        &ctx,
+        crate::arch::regs_bytes(regs),
         &HitInfo {
             func_ip,
             rip: regs.rip,
@@ -85,7 +86,7 @@ fn run_on_regs(prog: &Program, hits: &AtomicU64, regs: &PtRegs, func_ip: u64) {
 
 struct BpfKprobe {
     prog: Arc<Program>,
-    hits: Arc<AtomicU64>,
+    hits: Arc<PerCpuCounter>,
     func: u64,
 }
 
@@ -103,7 +104,7 @@ impl KprobeHandler for BpfKprobe {
 
 struct BpfKretprobe {
     prog: Arc<Program>,
-    hits: Arc<AtomicU64>,
+    hits: Arc<PerCpuCounter>,
 }
 
 impl KretprobeHandler for BpfKretprobe {
@@ -120,12 +121,12 @@ impl KretprobeHandler for BpfKretprobe {
 
 struct BpfTracepoint {
     prog: Arc<Program>,
-    hits: Arc<AtomicU64>,
+    hits: Arc<PerCpuCounter>,
 }
 
 impl TracepointHandler for BpfTracepoint {
     fn event(&self, record: &[u8], regs: &PtRegs) {
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.hits.add(1);
         // The record itself is the context, without a copy: programs only
         // read their context (see `Program::run`). A record of another size
         // than the program was verified for is a miss (`run` checks it).
@@ -148,7 +149,7 @@ impl TracepointHandler for BpfTracepoint {
 
 struct BpfPerf {
     prog: Arc<Program>,
-    hits: Arc<AtomicU64>,
+    hits: Arc<PerCpuCounter>,
     period_ns: u64,
 }
 
@@ -160,7 +161,7 @@ impl PerfHandler for BpfPerf {
             addr: 0,
         }
         .to_bytes();
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.hits.add(1);
         self.prog.run(
             &ctx,
             &HitInfo {
@@ -224,7 +225,7 @@ pub fn attach(
     target: &AttachTarget,
     kretprobe: bool,
 ) -> Result<Link, Error> {
-    let hits = Arc::new(AtomicU64::new(0));
+    let hits = Arc::new(PerCpuCounter::new());
     let refused = |what: &str, e: &dyn core::fmt::Display| {
         Error::new(
             Kind::Invalid,

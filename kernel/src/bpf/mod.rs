@@ -28,6 +28,8 @@
 mod attach;
 pub mod events;
 mod helpers;
+#[cfg(feature = "self-tests")]
+pub mod hit_cost;
 mod kmap;
 mod owners;
 mod printk;
@@ -548,7 +550,12 @@ fn test_run(p: &Program, ctx: &[u8], repeat: u32) -> Result<TestRunResult, Error
     let t0 = crate::arch::rdtsc();
     for _ in 0..repeat {
         buf.copy_from_slice(ctx);
-        match p.run(&buf, &hit) {
+        // Programs run with interrupts off, as on every attach point
+        // (`Program::run` relies on it).
+        let was = crate::arch::irq_save();
+        let ran = p.run(&buf, &hit);
+        crate::arch::irq_restore(was);
+        match ran {
             Some(v) => {
                 retval = v;
                 runs += 1;
@@ -845,6 +852,16 @@ pub fn handle(req: BpfRequest, session: &Session) -> Answer {
                 log::info!("bpf: programs loaded from now on run as {engine:?} by default");
             }
             ok(BpfResponse::DefaultEngine(rt.default_engine))
+        }
+        BpfRequest::RunTimeStats { set } => {
+            if let Some(on) = set {
+                prog::set_run_time_stats(on);
+                log::info!(
+                    "bpf: program runs are {} from now on",
+                    if on { "timed" } else { "not timed" }
+                );
+            }
+            ok(BpfResponse::RunTimeStats(prog::run_time_stats()))
         }
         BpfRequest::GetLimits => ok(BpfResponse::Limits {
             limits: Box::new(rt.limits.clone()),

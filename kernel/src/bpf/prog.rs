@@ -30,7 +30,7 @@ use alloc::boxed::Box;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bpf_vm::insn::LdImm64Src;
 use bpf_vm::interp::RunErrorKind;
@@ -46,6 +46,7 @@ use ktrace_bpf_maps::Map;
 use super::helpers::RunEnv;
 use super::kmap::KMap;
 use crate::arch::exec_mem::ExecMem;
+use crate::percpu::PerCpuCounter;
 use crate::sync::SpinLock;
 
 /// `ld_imm64` value standing for map `i` of a program: `MAP_HANDLE | i`.
@@ -67,12 +68,15 @@ pub struct HitInfo {
     pub rbp: u64,
 }
 
-/// Counters of one program (atomics: updated from probe context).
+/// Counters of one program (updated from probe context). Those every run
+/// adds to are per CPU: runs on every CPU at once share no cache line and
+/// take no locked instruction.
 #[derive(Default)]
 pub struct ProgStats {
-    pub run_count: AtomicU64,
-    pub run_cycles: AtomicU64,
-    pub insns: AtomicU64,
+    pub run_count: PerCpuCounter,
+    /// Only while runs are timed ([`run_time_stats`]).
+    pub run_cycles: PerCpuCounter,
+    pub insns: PerCpuCounter,
     pub misses: AtomicU64,
     pub budget_exhausted: AtomicU64,
     pub faults: AtomicU64,
@@ -120,20 +124,84 @@ const MIN_STATE_BYTES: usize = 1 << 20;
 /// instruction; an `ld_imm64` or a call takes two slots).
 const LOADED_BYTES_PER_INSN: usize = 64 + 160;
 
-/// One interpreter (registers, stack, call frames) per CPU, indexed by
-/// `percpu::this_cpu().id`. A run takes its CPU's with `try_lock`, JIT-
-/// compiled runs too: a program that fires while another runs on the same
-/// CPU is a miss under both engines. No other CPU ever takes it, so the
-/// lock never waits: CPUs run programs side by side.
-static VMS: spin::Once<Vec<SpinLock<Vm>>> = spin::Once::new();
+/// One CPU's run state, on a cache line of its own (only its CPU touches
+/// it).
+#[repr(align(64))]
+struct CpuRun {
+    /// A program runs on this CPU. Every caller of [`Program::run`] has
+    /// interrupts off (attach points' handlers run so, and test runs hold
+    /// the runtime's lock, which masks them), so on one CPU a run can only
+    /// be entered again from inside another: a probe or tracepoint hit in
+    /// a helper or in code a helper calls, or an NMI (perf sampling). Such
+    /// a nested run finds the flag set and is a miss, under both engines
+    /// alike (Linux's per-CPU `bpf_prog_active`). Only this CPU sets and
+    /// clears it, and a nested context clears what it set before the outer
+    /// one resumes, so a plain load and store suffice (no locked
+    /// instruction): a context that finds it clear and sets it cannot be
+    /// interrupted by one that then still finds it clear while it runs, and
+    /// a nested hit is counted as a miss exactly.
+    running: AtomicBool,
+    /// This CPU's interpreter (registers, stack, call frames), for
+    /// interpreted runs. Taken only by the holder of `running`, so its
+    /// `try_lock` never fails and never waits: CPUs run programs side by
+    /// side. JIT-compiled runs keep their frames on the native stack and do
+    /// not take it.
+    vm: SpinLock<Vm>,
+}
 
-/// Allocates one interpreter per possible CPU (`ktrace_abi::vm::MAX_CPUS`,
-/// the most the kernel brings up), at boot so runs never allocate; CPUs
-/// may come online after this runs. About 5 KiB each.
+/// Clears [`CpuRun::running`] when a run ends.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+impl CpuRun {
+    /// Marks this CPU as running a program; `None` when one already runs.
+    fn enter(&self) -> Option<Running<'_>> {
+        if self.running.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.running.store(true, Ordering::Relaxed);
+        // Nothing of the run may move above the store (for this CPU's own
+        // nested contexts, a compiler barrier is all it takes).
+        core::sync::atomic::compiler_fence(Ordering::SeqCst);
+        Some(Running(&self.running))
+    }
+}
+
+/// Per-CPU run state, indexed by `percpu::this_cpu().id`.
+static RUNS: spin::Once<Vec<CpuRun>> = spin::Once::new();
+
+/// Whether runs are timed into `run_time_ns` (Linux's
+/// `kernel.bpf_stats_enabled`, off by default there too): two `rdtsc` and
+/// an add per run, a large part of what an empty program costs under
+/// emulation. `run_count` and the instruction count are always kept.
+static RUN_TIME_STATS: AtomicBool = AtomicBool::new(false);
+
+/// Turns the timing of runs on or off (`ktrace prog stats on|off`).
+pub fn set_run_time_stats(on: bool) {
+    RUN_TIME_STATS.store(on, Ordering::Relaxed);
+}
+
+/// Whether runs are timed.
+pub fn run_time_stats() -> bool {
+    RUN_TIME_STATS.load(Ordering::Relaxed)
+}
+
+/// Allocates the run state of every possible CPU
+/// (`ktrace_abi::vm::MAX_CPUS`, the most the kernel brings up), at boot so
+/// runs never allocate; CPUs may come online after this runs. About
+/// 5 KiB each.
 pub fn init() {
-    VMS.call_once(|| {
+    RUNS.call_once(|| {
         (0..ktrace_abi::vm::MAX_CPUS as usize)
-            .map(|_| SpinLock::new(Vm::new()))
+            .map(|_| CpuRun {
+                running: AtomicBool::new(false),
+                vm: SpinLock::new(Vm::new()),
+            })
             .collect()
     });
 }
@@ -428,7 +496,8 @@ impl Program {
 
     /// Runs the program on `ctx` (which must be `ctx_size` bytes). Returns
     /// r0, or `None` if it did not run (nested hit: a miss) or faulted
-    /// (counted, last error kept). Never allocates; safe in any context.
+    /// (counted, last error kept). Never allocates. Called with
+    /// interrupts off (see [`CpuRun::running`]), from any context.
     ///
     /// `ctx` is only read: every context is read-only to programs (`load`
     /// refuses a writable one), so attach points hand over their record
@@ -438,23 +507,33 @@ impl Program {
             self.count_miss();
             return None;
         }
-        let cpu = crate::percpu::this_cpu();
-        let Some(slot) = VMS.get().and_then(|v| v.get(cpu.id as usize)) else {
+        let cpu = crate::percpu::this_cpu().id as usize;
+        let Some(slot) = RUNS.get().and_then(|v| v.get(cpu)) else {
             self.count_miss();
             return None;
         };
-        let Some(mut vm_guard) = slot.try_lock() else {
+        let Some(_running) = slot.enter() else {
             self.count_miss();
             return None;
         };
-        let vm = &mut *vm_guard;
-        let _epoch = super::epochs().enter(cpu.id as usize);
+        // Interpreted runs take this CPU's interpreter (free: we hold
+        // `running`); compiled ones need none.
+        let mut vm = None;
+        if self.native.is_none() {
+            let Some(guard) = slot.vm.try_lock() else {
+                self.count_miss();
+                return None;
+            };
+            vm = Some(guard);
+        }
+        let _epoch = super::epochs().enter(cpu);
         let mut env = RunEnv {
             prog: self,
-            cpu: cpu.id as usize,
+            cpu,
             hit: *hit,
         };
-        let t0 = crate::arch::rdtsc();
+        let timed = run_time_stats();
+        let t0 = if timed { crate::arch::rdtsc() } else { 0 };
         // Compiled code: built with `helper_table::<RunEnv<'static>>()`, its
         // trampolines see this run's `env`, which differs only in a lifetime
         // that covers the run, and keep nothing after returning. It runs on
@@ -477,15 +556,15 @@ impl Program {
         // deleted slots from reuse).
         #[allow(unsafe_code)]
         let (r, executed) = unsafe {
-            match &self.native {
-                Some(code) => jit::run(
+            match (&self.native, vm.as_deref_mut()) {
+                (Some(code), _) => jit::run(
                     code.entry(),
                     ctx.as_ptr().cast_mut(),
                     ctx.len(),
                     &mut env,
                     self.budget,
                 ),
-                None => {
+                (None, Some(vm)) => {
                     let r = vm.run_fast(
                         &self.exe,
                         ctx.as_ptr().cast_mut(),
@@ -495,12 +574,16 @@ impl Program {
                     );
                     (r, vm.executed())
                 }
+                // `vm` was taken above for every program without code.
+                (None, None) => return None,
             }
         };
-        let dt = crate::arch::rdtsc().wrapping_sub(t0);
-        self.stats.run_count.fetch_add(1, Ordering::Relaxed);
-        self.stats.run_cycles.fetch_add(dt, Ordering::Relaxed);
-        self.stats.insns.fetch_add(executed, Ordering::Relaxed);
+        if timed {
+            let dt = crate::arch::rdtsc().wrapping_sub(t0);
+            self.stats.run_cycles.add(dt);
+        }
+        self.stats.run_count.add(1);
+        self.stats.insns.add(executed);
         match r {
             Ok(v) => Some(v),
             Err(e) => {
@@ -527,9 +610,9 @@ impl Program {
             prog_type: self.prog_type,
             insns: (self.insns.len() / 8) as u32,
             maps: self.maps.iter().map(|m| m.id).collect(),
-            run_count: s.run_count.load(Ordering::Relaxed),
-            run_time_ns: crate::time::tsc_to_ns(s.run_cycles.load(Ordering::Relaxed)),
-            insns_executed: s.insns.load(Ordering::Relaxed),
+            run_count: s.run_count.sum(),
+            run_time_ns: crate::time::tsc_to_ns(s.run_cycles.sum()),
+            insns_executed: s.insns.sum(),
             misses: s.misses.load(Ordering::Relaxed),
             budget_exhausted: s.budget_exhausted.load(Ordering::Relaxed),
             faults: s.faults.load(Ordering::Relaxed),

@@ -66,7 +66,7 @@ use super::optprobe;
 use super::text::{self, TextError};
 use crate::arch::text_patch;
 use crate::arch::{trap, PtRegs};
-use crate::percpu::this_cpu;
+use crate::percpu::{this_cpu, PerCpuCounter};
 use crate::sync::SpinLock;
 use ktrace_kprobe::opt::{self, CONT_COPY, CONT_COPY_STI, CONT_REDIRECT_STI};
 
@@ -98,7 +98,8 @@ pub struct Kprobe {
     id: u32,
     addr: TextAddr,
     handler: Arc<dyn KprobeHandler>,
-    hits: AtomicU64,
+    /// Per CPU: hits come from every CPU at once.
+    hits: PerCpuCounter,
     missed: AtomicU64,
     boosted_hits: AtomicU64,
 }
@@ -114,7 +115,7 @@ impl Kprobe {
     }
     /// Times the pre handler ran.
     pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
+        self.hits.sum()
     }
     /// Hits not handled because of recursion.
     pub fn missed(&self) -> u64 {
@@ -244,9 +245,16 @@ impl Drop for Slot {
     }
 }
 
-/// Published sites, sorted by address. Readers (trap handlers) take the
-/// read lock just long enough to clone an `Arc`; writers swap in a new
-/// vector with interrupts off, calling nothing probe-able while holding it.
+/// Published sites, sorted by address. The `int3` handler takes the read
+/// lock just long enough to clone an `Arc`; a detour (`on_detour`) holds
+/// it while its site's pre handlers run, which saves the `Arc`'s two
+/// locked operations per hit. Writers swap in a new vector with
+/// interrupts off, calling nothing probe-able while holding it; a writer
+/// on another CPU waits at most for those handlers, which never sleep,
+/// never wait for another CPU and never take the write lock (probes are
+/// registered from task context only, under `REGISTRY`). The lock lets
+/// readers in while a writer waits, so a hit nested in a handler (which
+/// the recursion guard then refuses) never deadlocks.
 static SITES: spin::RwLock<Vec<Arc<Site>>> = spin::RwLock::new(Vec::new());
 /// Serialises registration and unregistration (task context only).
 static REGISTRY: spin::Mutex<()> = spin::Mutex::new(());
@@ -320,13 +328,17 @@ fn may_boost(insn: &Insn, probes: &[Arc<Kprobe>]) -> bool {
 /// The site at `addr`. A hand-written search: the trap path must not call
 /// generic library code that could itself carry a probe.
 fn find_site(addr: u64) -> Option<Arc<Site>> {
-    let sites = SITES.read();
+    site_in(&SITES.read(), addr).cloned()
+}
+
+/// The site at `addr` in the published table `sites` (sorted by address).
+fn site_in(sites: &[Arc<Site>], addr: u64) -> Option<&Arc<Site>> {
     let (mut lo, mut hi) = (0usize, sites.len());
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         let s = sites.get(mid)?;
         if s.addr == addr {
-            return Some(s.clone());
+            return Some(s);
         }
         if s.addr < addr {
             lo = mid + 1;
@@ -413,7 +425,7 @@ pub fn register(at: TextAddr, handler: Arc<dyn KprobeHandler>) -> Result<Arc<Kpr
         id: next_id(),
         addr: at,
         handler,
-        hits: AtomicU64::new(0),
+        hits: PerCpuCounter::new(),
         missed: AtomicU64::new(0),
         boosted_hits: AtomicU64::new(0),
     });
@@ -817,12 +829,22 @@ extern "C" fn on_detour(regs: &mut PtRegs, detour: u64) {
     // This frame is the innermost "trap" of this CPU: a kretprobe entry
     // handler rewrites the return address through it
     // (`trap::write_interrupted_stack`), as on the `int3` path.
-    let outer = this_cpu()
-        .trap_frame
-        .swap(core::ptr::from_mut(regs) as u64, Ordering::AcqRel);
+    //
+    // A plain load and store: interrupts are off, and an NMI in between
+    // puts back the value it found before it returns.
+    let cpu = this_cpu();
+    let outer = cpu.trap_frame.load(Ordering::Relaxed);
+    cpu.trap_frame
+        .store(core::ptr::from_mut(regs) as u64, Ordering::Release);
     let addr = regs.rip;
-    if let Some(site) = find_site(addr) {
-        run_pre(&site, regs);
+    {
+        // The handlers run under the table's read lock, with no `Arc`
+        // taken (the `int3` path needs one, to keep the site across the
+        // single-step): see `SITES`.
+        let sites = SITES.read();
+        if let Some(site) = site_in(&sites, addr) {
+            run_pre(site, regs);
+        }
     }
     let interrupts_on = regs.eflags & rflags::IF != 0;
     regs.eflags &= !rflags::IF;
@@ -840,7 +862,19 @@ extern "C" fn on_detour(regs: &mut PtRegs, detour: u64) {
                 CONT_COPY
             } as u64;
     }
-    this_cpu().trap_frame.store(outer, Ordering::Release);
+    cpu.trap_frame.store(outer, Ordering::Release);
+}
+
+/// The site lookup and recursion guard a detour's hit at `addr` goes
+/// through before its handlers (self test `hit_cost` times it); whether a site is
+/// there.
+#[cfg(feature = "self-tests")]
+pub fn lookup_and_guard(addr: u64) -> bool {
+    let sites = SITES.read();
+    let site = site_in(&sites, addr);
+    let guard = DepthGuard::enter();
+    core::hint::black_box(&guard);
+    site.is_some() && guard.is_some()
 }
 
 /// Breakpoints that found no site (raced with an unregister).
@@ -853,10 +887,14 @@ pub fn spurious_hits() -> u64 {
 pub(crate) struct DepthGuard;
 
 impl DepthGuard {
+    /// Callers run with interrupts off, so only this CPU changes its
+    /// depth, and a nested context (an NMI) restores what it changed before
+    /// the outer one resumes: one unlocked `xadd` is exact
+    /// (`arch::cpu_local_fetch_add_u32`), and cheaper than a locked one.
     pub(crate) fn enter() -> Option<Self> {
         let d = &this_cpu().probe_depth;
-        if d.fetch_add(1, Ordering::Acquire) != 0 {
-            d.fetch_sub(1, Ordering::Release);
+        if crate::arch::cpu_local_fetch_add_u32(d, 1) != 0 {
+            crate::arch::cpu_local_fetch_add_u32(d, u32::MAX);
             return None;
         }
         Some(DepthGuard)
@@ -883,7 +921,7 @@ impl DepthGuard {
 
 impl Drop for DepthGuard {
     fn drop(&mut self) {
-        this_cpu().probe_depth.fetch_sub(1, Ordering::Release);
+        crate::arch::cpu_local_fetch_add_u32(&this_cpu().probe_depth, u32::MAX);
     }
 }
 
@@ -926,7 +964,7 @@ fn run_pre(site: &Site, regs: &mut PtRegs) -> bool {
     match DepthGuard::enter() {
         Some(_g) => {
             for p in &site.probes {
-                p.hits.fetch_add(1, Ordering::Relaxed);
+                p.hits.add(1);
                 p.handler.pre(regs);
             }
             site.probes.iter().any(|p| p.handler.has_post())

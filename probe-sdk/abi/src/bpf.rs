@@ -143,6 +143,13 @@ pub enum BpfRequest {
     /// kretprobe or a tracepoint program each fire once per call. Answer:
     /// [`BpfResponse::TriggerBench`].
     TriggerBench { cpus: Vec<u32>, ms: u32 },
+    /// Whether programs' runs are timed into [`ProgInfo::run_time_ns`]:
+    /// turns it on or off (`Some`), or only asks (`None`). Off by default,
+    /// as Linux's `kernel.bpf_stats_enabled`: the timing is a large part of
+    /// what a short program costs. [`ProgInfo::run_count`] and
+    /// [`ProgInfo::insns_executed`] are kept either way. Answer:
+    /// [`BpfResponse::RunTimeStats`] with the setting now.
+    RunTimeStats { set: Option<bool> },
 }
 
 /// Answers from the BPF runtime.
@@ -183,6 +190,8 @@ pub enum BpfResponse {
     /// The verifier rejected a program of a load: nothing was loaded.
     Rejected(Box<Rejected>),
     TriggerBench(Box<TriggerBenchResult>),
+    /// Whether runs are timed now.
+    RunTimeStats(bool),
 }
 
 /// A program the verifier refused, with everything it said.
@@ -468,7 +477,8 @@ pub struct ProgInfo {
     pub maps: Vec<u32>,
     /// Runs completed (including those that faulted).
     pub run_count: u64,
-    /// Total time in runs, nanoseconds.
+    /// Total time in runs, nanoseconds, counted only while runs are timed
+    /// ([`BpfRequest::RunTimeStats`], off by default).
     pub run_time_ns: u64,
     /// Instructions executed in all runs.
     pub insns_executed: u64,

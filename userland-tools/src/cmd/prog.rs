@@ -1,4 +1,4 @@
-//! `ktrace prog list|show|dump|jit`: loaded programs, their run statistics and
+//! `ktrace prog list|show|dump|jit|stats`: loaded programs, their run statistics and
 //! verifier figures, and their instructions with source lines.
 
 use bpf_vm::disasm::{self, Syntax};
@@ -30,6 +30,18 @@ pub enum Command {
     /// Linux's `net.core.bpf_jit_enable` and `bpf_jit_harden`, it does not
     /// change programs already loaded.
     Jit { setting: Option<JitSetting> },
+    /// Whether runs are timed into RUN_NS (and NS/RUN): `on` or `off` (the
+    /// default, as Linux's `kernel.bpf_stats_enabled`: the two clock reads
+    /// are a large part of what a short program costs); without an
+    /// argument, print the setting. RUNS is counted either way.
+    Stats { setting: Option<StatsSetting> },
+}
+
+/// The argument of `ktrace prog stats`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum StatsSetting {
+    On,
+    Off,
 }
 
 /// The argument of `ktrace prog jit`.
@@ -206,6 +218,16 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                         Engine::Interpreter => "programs loaded from now on are interpreted",
                     }
                 );
+            }
+        }
+        Command::Stats { setting } => {
+            let now = rt.run_time_stats(setting.map(|s| matches!(s, StatsSetting::On)))?;
+            if args.json {
+                outln!("{}", serde_json::json!({ "stats": now }));
+            } else if now {
+                outln!("stats: on (runs are timed into RUN_NS)");
+            } else {
+                outln!("stats: off (runs are counted, not timed)");
             }
         }
         Command::Unload { id } => {

@@ -1,6 +1,7 @@
 //! Single-instruction wrappers.
 
 use core::arch::asm;
+use core::sync::atomic::{AtomicU32, AtomicU64};
 
 /// Write a byte to an I/O port.
 #[inline]
@@ -30,6 +31,38 @@ pub fn rdtsc() -> u64 {
     // SAFETY: rdtsc only reads the counter.
     unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
     (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Adds `n` to a counter that only this CPU writes, with one `add`
+/// without the `lock` prefix (Linux's `this_cpu_add`): an interrupt or NMI
+/// on this CPU lands before or after the instruction, never inside it, so
+/// no increment is lost, and other CPUs only read the counter (an aligned
+/// 8-byte load sees the value before or after). Far cheaper than a locked
+/// add, above all under emulation. The caller keeps the task on this CPU
+/// (interrupts off).
+#[inline]
+pub fn cpu_local_add(counter: &AtomicU64, n: u64) {
+    // SAFETY: the pointer comes from a live reference to an aligned
+    // `AtomicU64`; the single read-modify-write is atomic with respect to
+    // this CPU's interrupts and NMIs, and no other CPU writes it (the
+    // caller's contract), so no store is lost or torn.
+    unsafe {
+        asm!("add qword ptr [{c}], {n}", c = in(reg) counter.as_ptr(), n = in(reg) n, options(nostack));
+    }
+}
+
+/// `fetch_add` on a value only this CPU writes, with one `xadd` without
+/// the `lock` prefix; returns the value before. The same argument and
+/// contract as [`cpu_local_add`].
+#[inline]
+pub fn cpu_local_fetch_add_u32(value: &AtomicU32, n: u32) -> u32 {
+    let mut old = n;
+    // SAFETY: as `cpu_local_add`: a live, aligned `AtomicU32` that only
+    // this CPU writes, changed by one instruction.
+    unsafe {
+        asm!("xadd dword ptr [{v}], {old:e}", v = in(reg) value.as_ptr(), old = inout(reg) old, options(nostack));
+    }
+    old
 }
 
 /// Whether interrupts are enabled (RFLAGS.IF).

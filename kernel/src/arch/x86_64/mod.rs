@@ -40,8 +40,11 @@ core::arch::global_asm!(
     options(att_syntax)
 );
 
-pub use cpu::{halt, irq_disable, irq_enable, irq_enabled, irq_restore, irq_save, rdtsc};
-pub use trap::PtRegs;
+pub use cpu::{
+    cpu_local_add, cpu_local_fetch_add_u32, halt, irq_disable, irq_enable, irq_enabled,
+    irq_restore, irq_save, rdtsc,
+};
+pub use trap::{regs_bytes, PtRegs};
 
 /// Early CPU setup: segments, TSS with IST stacks, IDT.
 pub fn init_early() {

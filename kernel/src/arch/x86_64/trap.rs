@@ -10,6 +10,24 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// is asserted there, field by field).
 pub use ktrace_bpf_platform::PtRegs;
 
+/// The frame's bytes as a kprobe program reads them (what
+/// `PtRegs::to_bytes` builds, without the copy: the probe path hands a
+/// program the frame itself).
+pub fn regs_bytes(regs: &PtRegs) -> &[u8] {
+    // SAFETY: `PtRegs` is `#[repr(C)]` with 21 `u64` fields and no padding
+    // (the platform crate asserts its size and every offset), so all its
+    // bytes are initialised; the slice borrows `regs` for as long as it
+    // lives. x86-64 is little-endian, so the bytes are the fields'
+    // little-endian encodings, in order, as `to_bytes` writes them.
+    #[allow(unsafe_code)]
+    unsafe {
+        core::slice::from_raw_parts(
+            core::ptr::from_ref(regs).cast::<u8>(),
+            core::mem::size_of::<PtRegs>(),
+        )
+    }
+}
+
 /// First vector of external interrupts.
 pub const IRQ_BASE: u8 = 32;
 /// The local APIC timer.
