@@ -240,6 +240,7 @@ pub struct JitRun<'a> {
 impl<'a> JitRun<'a> {
     /// A run with `env` for the helpers to use and a budget of `budget`
     /// instructions (at most [`MAX_BUDGET`]).
+    #[inline]
     pub fn new(env: *mut c_void, budget: u64) -> JitRun<'a> {
         JitRun {
             env,
@@ -282,11 +283,13 @@ impl<'a> JitRun<'a> {
     }
 
     /// Instructions charged, as [`crate::interp::Vm::executed`] counts them.
+    #[inline]
     pub fn executed(&self) -> u64 {
         self.budget - self.left
     }
 
     /// The outcome of the run that returned `r0`, as the interpreter reports it.
+    #[inline]
     pub fn finish(&mut self, r0: u64) -> Result<u64, RunError> {
         let pc = self.fault_pc as usize;
         let kind = match self.fault_kind {

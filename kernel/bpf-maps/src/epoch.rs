@@ -34,6 +34,9 @@ impl Epochs {
     /// Marks `cpu` as running a program until the guard drops. Nested
     /// entries (a program run from inside another's probe) keep the outer,
     /// older epoch, which is the conservative one.
+    /// (Inlined: every program run calls it, and a call into another
+    /// crate is an indirect call through the GOT, slow under emulation.)
+    #[inline]
     pub fn enter(&self, cpu: usize) -> EpochGuard<'_> {
         // The remainder only for a CPU number past the table (never, in
         // the kernel): a division is a slow helper call under emulation,
@@ -69,6 +72,7 @@ pub struct EpochGuard<'a> {
 }
 
 impl Drop for EpochGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.slot.store(self.prev, Ordering::Release);
     }

@@ -65,6 +65,46 @@ pub fn cpu_local_fetch_add_u32(value: &AtomicU32, n: u32) -> u32 {
     old
 }
 
+/// 256 bytes for xmm0-15, 16-byte aligned (self test `hit_cost`).
+#[cfg(feature = "self-tests")]
+#[repr(C, align(16))]
+pub struct XmmArea(pub [u8; 256]);
+
+/// What a jump-optimised probe's detour does to the SSE registers: 16
+/// `movaps` stores and 16 loads (self test `hit_cost` times it).
+#[cfg(feature = "self-tests")]
+pub fn xmm_save_restore(area: &mut XmmArea) {
+    // SAFETY: `area` is 256 writable bytes, 16-byte aligned; every register
+    // is loaded back with the value just stored, so none changes.
+    unsafe {
+        asm!(
+            "movaps [{a}], xmm0", "movaps [{a}+16], xmm1", "movaps [{a}+32], xmm2",
+            "movaps [{a}+48], xmm3", "movaps [{a}+64], xmm4", "movaps [{a}+80], xmm5",
+            "movaps [{a}+96], xmm6", "movaps [{a}+112], xmm7", "movaps [{a}+128], xmm8",
+            "movaps [{a}+144], xmm9", "movaps [{a}+160], xmm10", "movaps [{a}+176], xmm11",
+            "movaps [{a}+192], xmm12", "movaps [{a}+208], xmm13", "movaps [{a}+224], xmm14",
+            "movaps [{a}+240], xmm15",
+            "movaps xmm0, [{a}]", "movaps xmm1, [{a}+16]", "movaps xmm2, [{a}+32]",
+            "movaps xmm3, [{a}+48]", "movaps xmm4, [{a}+64]", "movaps xmm5, [{a}+80]",
+            "movaps xmm6, [{a}+96]", "movaps xmm7, [{a}+112]", "movaps xmm8, [{a}+128]",
+            "movaps xmm9, [{a}+144]", "movaps xmm10, [{a}+160]", "movaps xmm11, [{a}+176]",
+            "movaps xmm12, [{a}+192]", "movaps xmm13, [{a}+208]", "movaps xmm14, [{a}+224]",
+            "movaps xmm15, [{a}+240]",
+            a = in(reg) area.0.as_mut_ptr(),
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// What a detour does to the flags: `pushfq; cli` on the way in, `popfq`
+/// on the way out (self test `hit_cost` times it; IF ends as it was).
+#[cfg(feature = "self-tests")]
+pub fn flags_save_cli_restore() {
+    // SAFETY: pushes and pops one word of the stack; RFLAGS ends as it
+    // was, IF included.
+    unsafe { asm!("pushfq", "cli", "popfq") }
+}
+
 /// Whether interrupts are enabled (RFLAGS.IF).
 #[inline]
 pub fn irq_enabled() -> bool {
