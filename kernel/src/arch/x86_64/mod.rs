@@ -29,8 +29,12 @@ core::arch::global_asm!(
     include_str!("ap_boot.S"),
     options(att_syntax)
 );
-core::arch::global_asm!(include_str!("trap.S"), options(att_syntax));
-core::arch::global_asm!(include_str!("probe_entry.S"), options(att_syntax));
+core::arch::global_asm!(
+    include_str!("pt_regs.S"),
+    include_str!("trap.S"),
+    include_str!("probe_entry.S"),
+    options(att_syntax)
+);
 // The address boot.S loads into the boot CPU's GS base: CPU 0's `PerCpu`.
 core::arch::global_asm!(
     ".pushsection .boot.data, \"aw\"",
