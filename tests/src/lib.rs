@@ -138,6 +138,13 @@ impl TestVm {
         Self::boot_with(cfg)
     }
 
+    /// Boot a VM for `test` with `n` virtio disks of 32 MiB besides ram0
+    /// ([`disk_config`]); also returns the directory of their images.
+    pub fn boot_with_disks(test: &str, n: usize) -> (Self, PathBuf) {
+        let (cfg, dir) = disk_config(test, n);
+        (Self::boot_with(cfg), dir)
+    }
+
     /// Boot with a custom config; panics with the boot error.
     pub fn boot_with(cfg: VmConfig) -> Self {
         match Vm::start(&cfg) {
@@ -173,6 +180,15 @@ impl TestVm {
                 )
             }
         }
+    }
+
+    /// The statistics of block device `dev` (`vda`, `ram0`) now, read
+    /// through a client of its own.
+    pub fn disk_stats(&mut self, dev: &str) -> ktrace_abi::block::DeviceStats {
+        self.client()
+            .disk_stats_of(dev)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no block device {dev}"))
     }
 
     /// Connect without the handshake.
@@ -306,6 +322,11 @@ pub fn remove_vm_dir(dir: &Path) {
     if !std::thread::panicking() {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// `text` parsed as JSON; panics showing the text when it is not.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
 }
 
 /// Compiles the C BPF program `source` with clang (`clang-22 -target bpf
