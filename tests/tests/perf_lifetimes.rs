@@ -174,6 +174,8 @@ fn the_listing_shows_own_events(c: &mut Client, name: &str) {
         "{}",
         perf_list_cli(name)
     );
+    // Into a pipe whose reader has gone, it ends as `cat` does.
+    ktrace_tests::assert_ends_by_sigpipe("ktrace", &["--vm", name, "perf", "list"]);
     c.perf_close(sampling).unwrap();
     c.perf_close(id).unwrap();
     assert_eq!(c.list_perf().unwrap(), vec![]);
