@@ -533,6 +533,7 @@ mod tests {
                             protocol_version: h.protocol_version,
                             uptime_ns: 5,
                             client_generation: 0,
+                            session: 1,
                         }),
                         Request::Shutdown { .. } => return,
                         _ => Response::Error(ErrorReply::new(ErrorCode::NotFound, "nope")),

@@ -22,8 +22,8 @@
 //! reason ("... is blacklisted: text patching").
 
 use ktrace_abi::trace::{
-    BlacklistEntry, PerfEvent, PerfSample, PerfValue, ProbeInfo, ProbeKind, ProbeTarget,
-    RetprobePool, TraceRequest, TraceResponse, TracepointInfo,
+    BlacklistEntry, PerfEvent, PerfEventInfo, PerfSample, PerfValue, ProbeInfo, ProbeKind,
+    ProbeTarget, RetprobePool, TraceRequest, TraceResponse, TracepointInfo,
 };
 use ktrace_abi::{Request, Response};
 
@@ -106,6 +106,14 @@ pub trait TraceClient {
     fn detach_tracepoint(&mut self, id: u32) -> Result<()> {
         self.trace("DetachTracepoint", TraceRequest::DetachTracepoint { id })
             .map(|_| ())
+    }
+
+    /// The perf events open now and who holds them (opens nothing).
+    fn list_perf(&mut self) -> Result<Vec<PerfEventInfo>> {
+        match self.trace("ListPerf", TraceRequest::ListPerf)? {
+            Some(TraceResponse::PerfEvents(e)) => Ok(e),
+            other => Err(unexpected("ListPerf", other)),
+        }
     }
 
     /// Open a perf event (disabled).

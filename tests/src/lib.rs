@@ -17,6 +17,7 @@ pub mod gen;
 
 use probe_sdk::client::{Client, ConnectOptions};
 use probe_sdk::kernel_image::{self, Flavor, KernelImage};
+use probe_sdk::runtime::Runtime;
 use probe_sdk::vm::{Vm, VmConfig};
 
 /// Boot timeout for tests: generous, since tests boot VMs in parallel on
@@ -137,6 +138,13 @@ impl TestVm {
         Self::boot_with(cfg)
     }
 
+    /// Boot a VM for `test` with `n` virtio disks of 32 MiB besides ram0
+    /// ([`disk_config`]); also returns the directory of their images.
+    pub fn boot_with_disks(test: &str, n: usize) -> (Self, PathBuf) {
+        let (cfg, dir) = disk_config(test, n);
+        (Self::boot_with(cfg), dir)
+    }
+
     /// Boot with a custom config; panics with the boot error.
     pub fn boot_with(cfg: VmConfig) -> Self {
         match Vm::start(&cfg) {
@@ -172,6 +180,15 @@ impl TestVm {
                 )
             }
         }
+    }
+
+    /// The statistics of block device `dev` (`vda`, `ram0`) now, read
+    /// through a client of its own.
+    pub fn disk_stats(&mut self, dev: &str) -> ktrace_abi::block::DeviceStats {
+        self.client()
+            .disk_stats_of(dev)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no block device {dev}"))
     }
 
     /// Connect without the handshake.
@@ -307,6 +324,11 @@ pub fn remove_vm_dir(dir: &Path) {
     }
 }
 
+/// `text` parsed as JSON; panics showing the text when it is not.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
 /// Compiles the C BPF program `source` with clang (`clang-22 -target bpf
 /// -O2 -g`, the compiler the setup installs) into `dir/NAME.bpf.o` and
 /// returns the object's path; the source is kept beside it as `NAME.c`.
@@ -364,6 +386,94 @@ out:
     mov %r0, 0
     exit
 ";
+
+/// BPF assembly: appends a 16-byte record `[0x55, seq]` to the ring buffer
+/// map 1, `seq` counting up from 1 in slot 0 of the array map 0 (`lock
+/// fetch add`, so records from several CPUs still get distinct numbers).
+/// Returns 0.
+pub const RING_RECORD_WITH_SEQ: &str = "
+    stw [%r10-4], 0
+    lddw %r1, map_idx(0)
+    mov %r2, %r10
+    add %r2, -4
+    call 1
+    jeq %r0, 0, out
+    mov %r1, 1
+    lock fetch add [%r0], %r1
+    stxdw [%r10-16], %r1
+    stdw [%r10-24], 0x55
+    lddw %r1, map_idx(1)
+    mov %r2, %r10
+    add %r2, -24
+    mov %r3, 16
+    mov %r4, 0
+    call 130
+out:
+    mov %r0, 0
+    exit
+";
+
+/// A program to load, from BPF assembly (the `probe_sdk` assembler's
+/// syntax): GPL, no line table. Panics naming `name` when the assembly is
+/// wrong.
+pub fn asm_program(
+    name: &str,
+    section: String,
+    prog_type: ktrace_abi::bpf::ProgramType,
+    attach: ktrace_abi::bpf::AttachTarget,
+    asm: &str,
+) -> ktrace_abi::bpf::ProgramLoad {
+    let prog = bpf_vm::asm::assemble(asm).unwrap_or_else(|e| panic!("{name}: {e}"));
+    ktrace_abi::bpf::ProgramLoad {
+        name: name.into(),
+        section,
+        prog_type,
+        attach,
+        insns: prog.encode(),
+        license: "GPL".into(),
+        lines: None,
+    }
+}
+
+/// Creates a map of [`map_def`]`(name, ...)` through `rt`; its id.
+pub fn create_map(
+    rt: &mut Runtime,
+    name: &str,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> u32 {
+    rt.map_create(map_def(name, map_type, key_size, value_size, max_entries))
+        .unwrap_or_else(|e| panic!("creating map {name}: {e}"))
+        .id
+}
+
+/// What the kernel lists of program `id`.
+pub fn prog_info(rt: &mut Runtime, id: u32) -> ktrace_abi::bpf::ProgInfo {
+    rt.progs()
+        .unwrap()
+        .into_iter()
+        .find(|p| p.id == id)
+        .unwrap_or_else(|| panic!("no program {id} listed"))
+}
+
+/// What the kernel lists of link `id`.
+pub fn link_info(rt: &mut Runtime, id: u32) -> ktrace_abi::bpf::LinkInfo {
+    rt.links()
+        .unwrap()
+        .into_iter()
+        .find(|l| l.id == id)
+        .unwrap_or_else(|| panic!("no link {id} listed"))
+}
+
+/// `bytes` as little-endian u64s (a map value: per-CPU values, counters).
+pub fn u64s(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
 
 /// A map definition with no flags, no initial value and no types: what a
 /// test creates through the protocol (`Runtime::map_create`).

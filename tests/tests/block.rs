@@ -4,19 +4,12 @@
 //! once, and the `ktrace workload` / `ktrace disk` CLI.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use ktrace_abi::block::{DeviceStats, RwMode, WorkloadLimit, WorkloadReport, WorkloadSpec};
 use ktrace_abi::trace::{TraceRequest, TraceResponse};
 use ktrace_abi::{ErrorCode, Request, Response};
 use ktrace_tests::{disk_config, ktrace, ktrace_ok, unique_name, CliVmGuard, TestVm};
 use probe_sdk::client::Client;
-
-/// A VM with `n` virtio disks of 32 MiB (fresh sparse images) plus ram0.
-fn boot_with_disks(test: &str, n: usize) -> (TestVm, PathBuf) {
-    let (cfg, dir) = disk_config(test, n);
-    (TestVm::boot_with(cfg), dir)
-}
 
 fn stats(c: &mut Client, dev: &str) -> DeviceStats {
     c.disk_stats_of(dev)
@@ -45,7 +38,7 @@ fn assert_clean(r: &WorkloadReport, what: &str) {
 
 #[test]
 fn data_integrity_across_the_pipeline_on_both_device_types() {
-    let (mut vm, dir) = boot_with_disks("integrity", 1);
+    let (mut vm, dir) = TestVm::boot_with_disks("integrity", 1);
     let mut c = vm.client();
     // The kernel's own copies first: the RAM disk moves its data with
     // `memcpy` (words and a byte tail).
@@ -114,7 +107,7 @@ fn data_integrity_across_the_pipeline_on_both_device_types() {
 
 #[test]
 fn sequential_writes_merge_and_random_ones_mostly_do_not() {
-    let (mut vm, dir) = boot_with_disks("merge", 1);
+    let (mut vm, dir) = TestVm::boot_with_disks("merge", 1);
     let mut c = vm.client();
     for dev in ["vda", "ram0"] {
         let a = stats(&mut c, dev);
@@ -165,7 +158,7 @@ fn sequential_writes_merge_and_random_ones_mostly_do_not() {
 
 #[test]
 fn errors_reach_the_submitter_and_the_queue_keeps_working() {
-    let (mut vm, dir) = boot_with_disks("errors", 1);
+    let (mut vm, dir) = TestVm::boot_with_disks("errors", 1);
     let mut c = vm.client();
     let cap = stats(&mut c, "vda").capacity_sectors;
     assert_eq!(cap, 65536);
@@ -314,7 +307,7 @@ fn hits(c: &mut Client) -> HashMap<String, u64> {
 
 #[test]
 fn tracepoint_counts_equal_diskstats() {
-    let (mut vm, dir) = boot_with_disks("tpstats", 1);
+    let (mut vm, dir) = TestVm::boot_with_disks("tpstats", 1);
     let mut c = vm.client();
     let ids: Vec<u32> = BLOCK_EVENTS
         .iter()
@@ -359,7 +352,7 @@ fn tracepoint_counts_equal_diskstats() {
 
 #[test]
 fn two_devices_at_once() {
-    let (mut vm, dir) = boot_with_disks("concurrency", 2);
+    let (mut vm, dir) = TestVm::boot_with_disks("concurrency", 2);
     let mut c = vm.client();
     let names: Vec<String> = c
         .disk_stats()

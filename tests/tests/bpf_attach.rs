@@ -9,7 +9,9 @@ use std::time::Duration;
 use ktrace_abi::bpf::{
     AttachTarget, LinkTarget, LoadOptions, ObjectLoaded, ProgramLoad, ProgramType,
 };
-use ktrace_abi::trace::{ProbeKind, ProbeTarget, TraceRequest, TraceResponse};
+use ktrace_abi::trace::{
+    PerfEvent, PerfHolder, ProbeKind, ProbeTarget, TraceRequest, TraceResponse,
+};
 use ktrace_abi::{Request, Response};
 use ktrace_tests::{kernel_image, TestVm};
 use probe_sdk::build::{build, BuildOptions};
@@ -404,8 +406,26 @@ fn examples_c_program_detach_and_per_hit_cost() {
     };
     let pe = rt.prog_load(pe, vec![], LoadOptions::default()).unwrap();
     let l = rt.attach(pe.id, AttachTarget::PerfEvent, false).unwrap();
+    // The link's sampling event is the kernel's, listed as such (at the
+    // default 99 Hz, with the kernel's deepest call chain).
+    let listed = rt.client().list_perf().unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|e| (e.event.clone(), e.enabled, e.holder))
+            .collect::<Vec<_>>(),
+        vec![(
+            PerfEvent::Sampling {
+                freq_hz: 99,
+                max_stack: 32
+            },
+            true,
+            PerfHolder::Kernel
+        )]
+    );
     std::thread::sleep(Duration::from_millis(1500));
     rt.detach(l.id).unwrap();
+    assert_eq!(rt.client().list_perf().unwrap(), vec![]);
     let runs = rt
         .progs()
         .unwrap()

@@ -11,25 +11,24 @@ use ktrace_abi::bpf::{
     ProgramType,
 };
 use ktrace_abi::ErrorCode;
-use ktrace_tests::{TestVm, COUNT_IN_SLOT_0};
+use ktrace_tests::{
+    asm_program, create_map, prog_info, TestVm, COUNT_IN_SLOT_0, RING_RECORD_WITH_SEQ,
+};
 use probe_sdk::runtime::{Runtime, RuntimeError};
 
 use ktrace_tests::map_def as def;
 
 fn kprobe_prog(name: &str, asm: &str) -> ProgramLoad {
-    let prog = bpf_vm::asm::assemble(asm).unwrap_or_else(|e| panic!("{name}: {e}"));
-    ProgramLoad {
-        name: name.into(),
-        section: format!("kprobe/{name}"),
-        prog_type: ProgramType::Kprobe,
-        attach: AttachTarget::Kprobe {
+    asm_program(
+        name,
+        format!("kprobe/{name}"),
+        ProgramType::Kprobe,
+        AttachTarget::Kprobe {
             spec: "kernel::bpf::testing::target".into(),
             points: Vec::new(),
         },
-        insns: prog.encode(),
-        license: "GPL".into(),
-        lines: None,
-    }
+        asm,
+    )
 }
 
 fn u64s(v: &[u8]) -> u64 {
@@ -56,7 +55,7 @@ fn map_semantics_flags_limits_lru_percpu_batches() {
     let v = |i: u64| i.to_le_bytes().to_vec();
 
     // Hash: flags and errnos, max_entries.
-    let h = rt.map_create(def("h", map_type::HASH, 4, 8, 3)).unwrap().id;
+    let h = create_map(&mut rt, "h", map_type::HASH, 4, 8, 3);
     assert_eq!(
         errno(rt.map_update(h, &k(1), &v(1), 2)),
         -2,
@@ -93,10 +92,7 @@ fn map_semantics_flags_limits_lru_percpu_batches() {
     assert_eq!(keys, [1, 3, 4]);
 
     // Array: every element exists, delete is EINVAL, out of range is E2BIG.
-    let a = rt
-        .map_create(def("a", map_type::ARRAY, 4, 8, 4))
-        .unwrap()
-        .id;
+    let a = create_map(&mut rt, "a", map_type::ARRAY, 4, 8, 4);
     assert_eq!(rt.map_lookup(a, &k(3)).unwrap(), Some(v(0)));
     assert_eq!(errno(rt.map_update(a, &k(3), &v(1), 1)), -17);
     assert_eq!(errno(rt.map_update(a, &k(4), &v(1), 0)), -7);
@@ -104,10 +100,7 @@ fn map_semantics_flags_limits_lru_percpu_batches() {
     assert_eq!(rt.map_lookup(a, &k(4)).unwrap(), None);
 
     // LRU: the least recently used entry goes.
-    let l = rt
-        .map_create(def("l", map_type::LRU_HASH, 4, 8, 2))
-        .unwrap()
-        .id;
+    let l = create_map(&mut rt, "l", map_type::LRU_HASH, 4, 8, 2);
     rt.map_update(l, &k(1), &v(1), 0).unwrap();
     rt.map_update(l, &k(2), &v(2), 0).unwrap();
     rt.map_update(l, &k(1), &v(11), 0).unwrap(); // 1 is now the most recent
@@ -132,10 +125,7 @@ fn map_semantics_flags_limits_lru_percpu_batches() {
         -22,
         "per-CPU values are padded"
     );
-    let ph = rt
-        .map_create(def("ph", map_type::PERCPU_HASH, 4, 8, 2))
-        .unwrap()
-        .id;
+    let ph = create_map(&mut rt, "ph", map_type::PERCPU_HASH, 4, 8, 2);
     let per_cpu: Vec<u8> = (0..cpus).flat_map(|c| v(55 + c as u64)).collect();
     rt.map_update(ph, &k(5), &per_cpu, 0).unwrap();
     assert_eq!(rt.map_lookup(ph, &k(5)).unwrap(), Some(per_cpu));
@@ -155,10 +145,7 @@ fn map_semantics_flags_limits_lru_percpu_batches() {
     assert_eq!(e.errno(), Some(-22), "ring size must be a power of two");
 
     // 10k entries in few round trips.
-    let big = rt
-        .map_create(def("big", map_type::HASH, 4, 8, 10_000))
-        .unwrap()
-        .id;
+    let big = create_map(&mut rt, "big", map_type::HASH, 4, 8, 10_000);
     let entries: Vec<MapEntry> = (0..10_000u32)
         .map(|i| MapEntry {
             key: k(i),
@@ -227,10 +214,7 @@ fn programs_verify_run_and_fault_safely() {
     let mut vm = TestVm::boot("bpf-progs");
     let mut client = vm.client();
     let mut rt = Runtime::new(&mut client);
-    let counts = rt
-        .map_create(def("counts", map_type::ARRAY, 4, 8, 1))
-        .unwrap()
-        .id;
+    let counts = create_map(&mut rt, "counts", map_type::ARRAY, 4, 8, 1);
     let p = rt
         .prog_load(
             kprobe_prog("count", COUNT_IN_SLOT_0),
@@ -248,12 +232,7 @@ fn programs_verify_run_and_fault_safely() {
             .map(|v| u64s(&v)),
         Some(1000)
     );
-    let info = rt
-        .progs()
-        .unwrap()
-        .into_iter()
-        .find(|i| i.id == p.id)
-        .unwrap();
+    let info = prog_info(&mut rt, p.id);
     assert_eq!(info.run_count, 1000);
     assert_eq!(info.insns_executed, 1000 * 10);
     // Runs are counted, but timed only while asked (`RunTimeStats`).
@@ -389,12 +368,7 @@ fn programs_verify_run_and_fault_safely() {
         .error
         .unwrap()
         .contains("instruction budget of 1000 exhausted"));
-    let info = rt
-        .progs()
-        .unwrap()
-        .into_iter()
-        .find(|i| i.id == p.id)
-        .unwrap();
+    let info = prog_info(&mut rt, p.id);
     assert_eq!(info.budget_exhausted, 1);
 
     // Wrong context size for a test run.
@@ -435,40 +409,10 @@ fn programs_verify_run_and_fault_safely() {
     );
 }
 
-/// Appends a 16-byte record `[0x55, seq]` to the ring buffer (map 1),
-/// `seq` from an array counter (map 0).
-const RB_OUT: &str = "
-    stw [%r10-4], 0
-    lddw %r1, map_idx(0)
-    mov %r2, %r10
-    add %r2, -4
-    call 1
-    jeq %r0, 0, out
-    mov %r1, 1
-    lock fetch add [%r0], %r1
-    stxdw [%r10-16], %r1
-    stdw [%r10-24], 0x55
-    lddw %r1, map_idx(1)
-    mov %r2, %r10
-    add %r2, -24
-    mov %r3, 16
-    mov %r4, 0
-    call 130
-out:
-    mov %r0, 0
-    exit
-";
-
-/// The sequence counter and ring buffer [`RB_OUT`] writes to.
+/// The sequence counter and ring buffer [`RING_RECORD_WITH_SEQ`] writes to.
 fn seq_and_ring(rt: &mut Runtime, ring_bytes: u32) -> (u32, u32) {
-    let seq = rt
-        .map_create(def("seq", map_type::ARRAY, 4, 8, 1))
-        .unwrap()
-        .id;
-    let rb = rt
-        .map_create(def("rb", map_type::RINGBUF, 0, 0, ring_bytes))
-        .unwrap()
-        .id;
+    let seq = create_map(rt, "seq", map_type::ARRAY, 4, 8, 1);
+    let rb = create_map(rt, "rb", map_type::RINGBUF, 0, 0, ring_bytes);
     (seq, rb)
 }
 
@@ -503,17 +447,11 @@ fn event_stream_order_loss_and_throughput() {
     let mut rt = Runtime::new(&mut client);
 
     // Small ring, burst: order kept, every missing record counted.
-    let seq = rt
-        .map_create(def("seq", map_type::ARRAY, 4, 8, 1))
-        .unwrap()
-        .id;
-    let rb = rt
-        .map_create(def("rb", map_type::RINGBUF, 0, 0, 4096))
-        .unwrap()
-        .id;
+    let seq = create_map(&mut rt, "seq", map_type::ARRAY, 4, 8, 1);
+    let rb = create_map(&mut rt, "rb", map_type::RINGBUF, 0, 0, 4096);
     let p = rt
         .prog_load(
-            kprobe_prog("rbout", RB_OUT),
+            kprobe_prog("rbout", RING_RECORD_WITH_SEQ),
             vec![seq, rb],
             LoadOptions::default(),
         )
@@ -550,13 +488,10 @@ fn event_stream_order_loss_and_throughput() {
     rt.prog_unload(p.id).unwrap();
     rt.map_update(seq, &0u32.to_le_bytes(), &0u64.to_le_bytes(), 0)
         .unwrap();
-    let big = rt
-        .map_create(def("rb2", map_type::RINGBUF, 0, 0, 4 << 20))
-        .unwrap()
-        .id;
+    let big = create_map(&mut rt, "rb2", map_type::RINGBUF, 0, 0, 4 << 20);
     let p = rt
         .prog_load(
-            kprobe_prog("rbout2", RB_OUT),
+            kprobe_prog("rbout2", RING_RECORD_WITH_SEQ),
             vec![seq, big],
             LoadOptions::default(),
         )
@@ -600,7 +535,7 @@ fn a_disconnect_ends_the_clients_subscriptions() {
         // Room for 2,730 records of 24 bytes: the rest is counted lost.
         // Pinned: the maps and the program outlive this client (what a
         // client loads unpinned goes with it); its subscription does not.
-        let mut program = kprobe_prog("rbout", RB_OUT);
+        let mut program = kprobe_prog("rbout", RING_RECORD_WITH_SEQ);
         program.attach = ktrace_tests::kprobe_at("kernel::bpf::testing::target");
         let object = ObjectLoad {
             maps: vec![
@@ -629,12 +564,7 @@ fn a_disconnect_ends_the_clients_subscriptions() {
     rt.trigger_spawn(n).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let p = rt
-            .progs()
-            .unwrap()
-            .into_iter()
-            .find(|p| p.id == prog)
-            .unwrap();
+        let p = prog_info(&mut rt, prog);
         if p.run_count == u64::from(n) {
             break;
         }
@@ -679,7 +609,7 @@ fn events_reach_the_subscribing_session_while_another_works() {
     let mut wrt = Runtime::new(&mut worker);
     let p = wrt
         .prog_load(
-            kprobe_prog("rbout", RB_OUT),
+            kprobe_prog("rbout", RING_RECORD_WITH_SEQ),
             vec![seq, rb],
             LoadOptions::default(),
         )

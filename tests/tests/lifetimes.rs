@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use ktrace_abi::bpf::{map_type, AttachTarget, LoadOptions, ObjectLoad, ProgramLoad, ProgramType};
 use ktrace_abi::vm::SystemInfo;
-use ktrace_tests::{ktrace, TestVm, COUNT_IN_SLOT_0};
+use ktrace_tests::{
+    asm_program, create_map, ktrace, TestVm, COUNT_IN_SLOT_0, RING_RECORD_WITH_SEQ,
+};
 use probe_sdk::client::{Client, ConnectOptions};
 use probe_sdk::runtime::Runtime;
 use probe_sdk::vm::{StopHow, Vm};
@@ -21,44 +23,18 @@ use probe_sdk::vm::{StopHow, Vm};
 use ktrace_tests::map_def as def;
 
 fn kprobe_prog(name: &str, asm: &str, attach: AttachTarget) -> ProgramLoad {
-    let prog = bpf_vm::asm::assemble(asm).unwrap_or_else(|e| panic!("{name}: {e}"));
-    ProgramLoad {
-        name: name.into(),
-        section: "kprobe/kernel::bpf::testing::target".into(),
-        prog_type: ProgramType::Kprobe,
+    asm_program(
+        name,
+        "kprobe/kernel::bpf::testing::target".into(),
+        ProgramType::Kprobe,
         attach,
-        insns: prog.encode(),
-        license: "GPL".into(),
-        lines: None,
-    }
+        asm,
+    )
 }
 
 fn target() -> AttachTarget {
     ktrace_tests::kprobe_at("kernel::bpf::testing::target")
 }
-
-/// Counts hits in map 0 and writes a 16-byte record to ring buffer map 1.
-const RB_OUT: &str = "
-    stw [%r10-4], 0
-    lddw %r1, map_idx(0)
-    mov %r2, %r10
-    add %r2, -4
-    call 1
-    jeq %r0, 0, out
-    mov %r1, 1
-    lock fetch add [%r0], %r1
-    stxdw [%r10-16], %r1
-    stdw [%r10-24], 0x55
-    lddw %r1, map_idx(1)
-    mov %r2, %r10
-    add %r2, -24
-    mov %r3, 16
-    mov %r4, 0
-    call 130
-out:
-    mov %r0, 0
-    exit
-";
 
 /// An object with a 4 MiB array map and a program attached to the test
 /// target that uses it (15 of these used to exhaust the heap for good).
@@ -91,17 +67,11 @@ fn a_client_killed_mid_stream_leaves_its_session_usable() {
     let mut c = t.client();
     let (ring, prog) = {
         let mut rt = Runtime::new(&mut c);
-        let seq = rt
-            .map_create(def("seq", map_type::ARRAY, 4, 8, 1))
-            .unwrap()
-            .id;
-        let ring = rt
-            .map_create(def("ring", map_type::RINGBUF, 0, 0, 4 << 20))
-            .unwrap()
-            .id;
+        let seq = create_map(&mut rt, "seq", map_type::ARRAY, 4, 8, 1);
+        let ring = create_map(&mut rt, "ring", map_type::RINGBUF, 0, 0, 4 << 20);
         let p = rt
             .prog_load(
-                kprobe_prog("rbout", RB_OUT, target()),
+                kprobe_prog("rbout", RING_RECORD_WITH_SEQ, target()),
                 vec![seq, ring],
                 LoadOptions::default(),
             )

@@ -12,26 +12,21 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ktrace_abi::block::DeviceStats;
-use ktrace_tests::{disk_config, TestVm};
+use ktrace_tests::{json, TestVm};
 use ktrace_tests::{run_tool as run, run_tool_ok as run_ok, tool};
 
 const SIGINT: i32 = 2;
 
 fn boot(test: &str) -> (TestVm, std::path::PathBuf) {
-    let (cfg, dir) = disk_config(test, 1);
-    (TestVm::boot_with(cfg), dir)
+    TestVm::boot_with_disks(test, 1)
 }
 
 fn vda(vm: &mut TestVm) -> DeviceStats {
-    vm.client().disk_stats_of("vda").unwrap().expect("vda")
+    vm.disk_stats("vda")
 }
 
 fn online_cpus(vm: &mut TestVm) -> u32 {
     vm.client().info().unwrap().cpus
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
 }
 
 /// The `CPUn  value  event` lines of a `kperf stat -A` table:

@@ -1,12 +1,15 @@
 //! Perf events belong to the client that opened them: a `kperf` killed
 //! with SIGKILL leaves no counter, no kprobe behind a counter and no busy
-//! sampling timer.
+//! sampling timer. The test watches through the kernel's read-only listing
+//! of open events (`ktrace perf list`), so it never competes with kperf
+//! for the one sampling timer.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ktrace_abi::trace::{PerfEvent, ProbeKind, ProbeTarget};
-use ktrace_abi::ErrorCode;
+use ktrace_abi::trace::{
+    PerfEvent, PerfEventInfo, PerfHolder, ProbeKind, ProbeTarget, SoftwareEvent,
+};
 use ktrace_tests::{kernel_image, TestVm};
 use probe_sdk::client::Client;
 use probe_sdk::trace::TraceClient;
@@ -36,28 +39,21 @@ impl Kperf {
 
     /// Polls `cond` until it holds; fails at once, with kperf's stderr, if
     /// kperf ended first.
-    fn wait_until(&mut self, what: &str, cond: impl FnMut() -> bool) {
-        if let Err(ended) = self.try_wait_until(what, cond) {
-            panic!("{ended}");
-        }
-    }
-
-    /// [`Kperf::wait_until`], with kperf ending first as an error that
-    /// carries its exit status and stderr.
-    fn try_wait_until(&mut self, what: &str, cond: impl FnMut() -> bool) -> Result<(), String> {
-        let mut cond = cond;
+    fn wait_until(&mut self, what: &str, mut cond: impl FnMut() -> bool) {
         let mut ended = None;
         wait_for(what, || {
             if let Some(status) = self.child.try_wait().unwrap() {
-                ended = Some(format!(
-                    "kperf ended ({status}) before {what}; its stderr:\n{}",
-                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
-                ));
+                ended = Some(status);
                 return true;
             }
             cond()
         });
-        ended.map_or(Ok(()), Err)
+        if let Some(status) = ended {
+            panic!(
+                "kperf ended ({status}) before {what}; its stderr:\n{}",
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+        }
     }
 
     fn kill(mut self) {
@@ -87,28 +83,115 @@ fn perf_kprobes(c: &mut Client) -> usize {
         .count()
 }
 
-fn sampling_busy(c: &mut Client) -> bool {
-    match c.perf_open(PerfEvent::Sampling {
-        freq_hz: 99,
-        max_stack: 0,
-    }) {
-        Ok(id) => {
-            c.perf_close(id).unwrap();
-            false
-        }
-        Err(e) => {
-            let r = e.kernel_reply().expect("an error frame");
-            assert_eq!(r.code, ErrorCode::Limit, "{}", r.message);
-            true
-        }
-    }
+/// The open perf events as (event, enabled), when every one is held by
+/// the same host client other than `me`; `None` while there are none.
+fn held_by_another(c: &mut Client, me: PerfHolder) -> Option<Vec<(PerfEvent, bool)>> {
+    let events = c.list_perf().unwrap();
+    let holder = events.first()?.holder;
+    assert!(
+        matches!(holder, PerfHolder::Client { .. }) && holder != me,
+        "{events:?}"
+    );
+    assert!(events.iter().all(|e| e.holder == holder), "{events:?}");
+    Some(events.into_iter().map(|e| (e.event, e.enabled)).collect())
+}
+
+/// `ktrace perf list` on VM `vm`.
+fn perf_list_cli(vm: &str) -> String {
+    ktrace_tests::ktrace_ok(&["--vm", vm, "perf", "list"])
+}
+
+/// The listing through the protocol and `ktrace perf list` (VM `name`):
+/// empty, then `c`'s own events with their fields, enabled and disabled.
+fn the_listing_shows_own_events(c: &mut Client, name: &str) {
+    let hello = c.hello_reply().expect("handshake").clone();
+    let me = PerfHolder::Client {
+        session: hello.session,
+        client_generation: hello.client_generation,
+    };
+    assert_eq!(c.list_perf().unwrap(), vec![]);
+    assert_eq!(
+        perf_list_cli(name),
+        "no perf events open\nsampling timer: free\n"
+    );
+
+    let cs = PerfEvent::Software(SoftwareEvent::ContextSwitches);
+    let id = c.perf_open(cs.clone()).unwrap();
+    let listed = |enabled| PerfEventInfo {
+        id,
+        event: cs.clone(),
+        enabled,
+        holder: me,
+    };
+    assert_eq!(c.list_perf().unwrap(), vec![listed(false)]);
+    c.perf_enable(id).unwrap();
+    assert_eq!(c.list_perf().unwrap(), vec![listed(true)]);
+    let (session, generation) = (hello.session, hello.client_generation);
+    assert_eq!(
+        perf_list_cli(name),
+        format!(
+            "ID  HOLDER              STATE    EVENT\n\
+             {id:<3} session {session} client {generation}  enabled  context-switches\n\
+             sampling timer: free\n"
+        )
+    );
+    c.perf_disable(id).unwrap();
+    assert_eq!(c.list_perf().unwrap(), vec![listed(false)]);
+
+    // A sampling event: its frequency, its call-chain depth as the kernel
+    // records it (capped at 32), and the timer shown taken.
+    let sampling = c
+        .perf_open(PerfEvent::Sampling {
+            freq_hz: 99,
+            max_stack: 64,
+        })
+        .unwrap();
+    assert_eq!(
+        c.list_perf().unwrap(),
+        vec![
+            listed(false),
+            PerfEventInfo {
+                id: sampling,
+                event: PerfEvent::Sampling {
+                    freq_hz: 99,
+                    max_stack: 32,
+                },
+                enabled: false,
+                holder: me,
+            }
+        ]
+    );
+    let json: serde_json::Value = serde_json::from_str(&ktrace_tests::ktrace_ok(&[
+        "--vm", name, "perf", "list", "--json",
+    ]))
+    .unwrap();
+    assert_eq!(json[1]["id"], sampling);
+    assert_eq!(json[1]["event"]["Sampling"]["max_stack"], 32);
+    assert!(
+        perf_list_cli(name).ends_with(&format!(
+            "sampling timer: in use by event {sampling} (session {session} client {generation})\n"
+        )),
+        "{}",
+        perf_list_cli(name)
+    );
+    // Into a pipe whose reader has gone, it ends as `cat` does.
+    ktrace_tests::assert_ends_by_sigpipe("ktrace", &["--vm", name, "perf", "list"]);
+    c.perf_close(sampling).unwrap();
+    c.perf_close(id).unwrap();
+    assert_eq!(c.list_perf().unwrap(), vec![]);
 }
 
 #[test]
-fn a_killed_kperf_leaves_no_counter_probe_or_timer_behind() {
+fn perf_events_are_listed_and_a_killed_kperf_leaves_none_behind() {
     let mut vm = TestVm::boot("perf-owner");
     let name = vm.name().to_string();
     let mut c = vm.client();
+    the_listing_shows_own_events(&mut c, &name);
+    let hello = c.hello_reply().expect("handshake").clone();
+    let me = PerfHolder::Client {
+        session: hello.session,
+        client_generation: hello.client_generation,
+    };
 
     // kperf stat with a kprobe counter, killed while it counts.
     let mut stat = Kperf::start(&[
@@ -120,41 +203,65 @@ fn a_killed_kperf_leaves_no_counter_probe_or_timer_behind() {
         "--duration",
         "60",
     ]);
-    stat.wait_until("kperf stat's kprobe counter", || perf_kprobes(&mut c) == 1);
+    let counting = vec![
+        (
+            PerfEvent::Kprobe {
+                target: ProbeTarget::Symbol {
+                    name: "kernel::probe_tests::add3".into(),
+                    offset: 0,
+                },
+            },
+            true,
+        ),
+        (PerfEvent::Software(SoftwareEvent::ContextSwitches), true),
+    ];
+    stat.wait_until("kperf stat's counters, enabled", || {
+        held_by_another(&mut c, me).as_ref() == Some(&counting)
+    });
+    assert_eq!(perf_kprobes(&mut c), 1);
     stat.kill();
-    let gone = wait_for("the counter's kprobe to go", || perf_kprobes(&mut c) == 0);
-    eprintln!("kperf stat killed: its kprobe was removed {gone:?} later");
+    let gone = wait_for("kperf stat's counters to go", || {
+        held_by_another(&mut c, me).is_none()
+    });
+    // An event leaves the listing only once what it held is given back.
+    assert_eq!(perf_kprobes(&mut c), 0);
+    eprintln!("kperf stat killed: its counters were closed {gone:?} later");
 
     // kperf record holds the one sampling timer; killed, it frees it.
-    // The test sees the timer taken by trying to take it: when its own
-    // short-lived event holds the timer the moment kperf asks, kperf is
-    // refused as it should be and is started again.
-    let mut tries = 0;
-    let record = loop {
-        let mut record = Kperf::start(&[
-            "record",
-            "--vm",
-            &name,
-            "-F",
-            "999",
-            "--duration",
-            "60",
-            "-o",
-            "/dev/null",
-        ]);
-        match record.try_wait_until("kperf record's sampling event", || sampling_busy(&mut c)) {
-            Ok(()) => break record,
-            Err(ended) if tries < 5 && ended.contains("a sampling event is already open") => {
-                let _ = std::fs::remove_file(&record.stderr);
-                tries += 1
-            }
-            Err(ended) => panic!("{ended}"),
-        }
-    };
+    let mut record = Kperf::start(&[
+        "record",
+        "--vm",
+        &name,
+        "-F",
+        "999",
+        "--duration",
+        "60",
+        "-o",
+        "/dev/null",
+    ]);
+    let sampling = vec![(
+        PerfEvent::Sampling {
+            freq_hz: 999,
+            max_stack: 0,
+        },
+        true,
+    )];
+    record.wait_until("kperf record's sampling event, enabled", || {
+        held_by_another(&mut c, me).as_ref() == Some(&sampling)
+    });
     record.kill();
-    let free = wait_for("the sampling timer to be free", || !sampling_busy(&mut c));
-    eprintln!("kperf record killed: the sampling timer was free {free:?} later");
-
+    let free = wait_for("kperf record's sampling event to go", || {
+        held_by_another(&mut c, me).is_none()
+    });
+    eprintln!("kperf record killed: its sampling event was closed {free:?} later");
+    // Listed empty, so the timer is free: taking it now must succeed.
+    let mine = c
+        .perf_open(PerfEvent::Sampling {
+            freq_hz: 99,
+            max_stack: 0,
+        })
+        .expect("the sampling timer, free once the listing is empty");
+    c.perf_close(mine).unwrap();
     // The probes a user added by hand are not a client's: they stay.
     let p = c
         .add_probe(

@@ -16,8 +16,8 @@
 
 use std::collections::BTreeMap;
 
-use ktrace_abi::bpf::{map_type, AttachTarget, LoadOptions, ProgramLoad, ProgramType};
-use ktrace_tests::{map_def as def, run_tool_ok, TestVm};
+use ktrace_abi::bpf::{map_type, AttachTarget, LoadOptions, ProgramType};
+use ktrace_tests::{asm_program, create_map, prog_info, run_tool_ok, u64s, TestVm};
 use probe_sdk::runtime::Runtime;
 use probe_sdk::trace::TraceClient;
 
@@ -99,36 +99,22 @@ struct Counted {
 }
 
 fn attach(rt: &mut Runtime, tp: &str, asm: &str) -> Counted {
-    let per_cpu = rt
-        .map_create(def(&format!("{tp}_pcpu"), map_type::PERCPU_ARRAY, 4, 8, 1))
-        .unwrap()
-        .id;
-    let by_record = rt
-        .map_create(def(&format!("{tp}_rec"), map_type::ARRAY, 4, 8, 64))
-        .unwrap()
-        .id;
-    let wrong = rt
-        .map_create(def(&format!("{tp}_bad"), map_type::ARRAY, 4, 8, 1))
-        .unwrap()
-        .id;
+    let per_cpu = create_map(rt, &format!("{tp}_pcpu"), map_type::PERCPU_ARRAY, 4, 8, 1);
+    let by_record = create_map(rt, &format!("{tp}_rec"), map_type::ARRAY, 4, 8, 64);
+    let wrong = create_map(rt, &format!("{tp}_bad"), map_type::ARRAY, 4, 8, 1);
     let target = AttachTarget::Tracepoint {
         category: "sched".into(),
         name: tp.into(),
     };
-    let insns = bpf_vm::asm::assemble(asm)
-        .unwrap_or_else(|e| panic!("{tp}: {e}"))
-        .encode();
     let prog = rt
         .prog_load(
-            ProgramLoad {
-                name: tp.into(),
-                section: format!("tracepoint/sched/{tp}"),
-                prog_type: ProgramType::Tracepoint,
-                attach: target.clone(),
-                insns,
-                license: "GPL".into(),
-                lines: None,
-            },
+            asm_program(
+                tp,
+                format!("tracepoint/sched/{tp}"),
+                ProgramType::Tracepoint,
+                target.clone(),
+                asm,
+            ),
             vec![per_cpu, by_record, wrong],
             LoadOptions::default(),
         )
@@ -142,13 +128,6 @@ fn attach(rt: &mut Runtime, tp: &str, asm: &str) -> Counted {
         prog,
         link,
     }
-}
-
-fn u64s(bytes: &[u8]) -> Vec<u64> {
-    bytes
-        .chunks(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
 }
 
 /// Detaches; returns the per-CPU counts after checking them against the
@@ -172,12 +151,7 @@ fn check(rt: &mut Runtime, c: Counted, cpus: u32, what: &str) -> Vec<u64> {
             .unwrap(),
     )[0];
     let wrong = u64s(&rt.map_lookup(c.wrong, &key).unwrap().unwrap())[0];
-    let p = rt
-        .progs()
-        .unwrap()
-        .into_iter()
-        .find(|p| p.id == c.prog)
-        .unwrap();
+    let p = prog_info(rt, c.prog);
     eprintln!(
         "{what}: per CPU {per_cpu:?}, by record CPU {by_record:?}, wrong {wrong}, runs {}",
         p.run_count

@@ -27,7 +27,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use ktrace_abi::bpf::{map_type, EventSource, LoadOptions, ObjectLoad, ProgramLoad, ProgramType};
-use ktrace_tests::{ktrace_ok, TestVm};
+use ktrace_tests::{asm_program, create_map, ktrace_ok, link_info, prog_info, TestVm};
 use probe_sdk::runtime::Runtime;
 use serde_json::Value;
 
@@ -36,16 +36,13 @@ use ktrace_tests::map_def as def;
 const TARGET: &str = "kernel::bpf::testing::target";
 
 fn kprobe_prog(name: &str, asm: &str) -> ProgramLoad {
-    let prog = bpf_vm::asm::assemble(asm).unwrap_or_else(|e| panic!("{name}: {e}"));
-    ProgramLoad {
-        name: name.into(),
-        section: format!("kprobe/{name}"),
-        prog_type: ProgramType::Kprobe,
-        attach: ktrace_tests::kprobe_at(TARGET),
-        insns: prog.encode(),
-        license: "GPL".into(),
-        lines: None,
-    }
+    asm_program(
+        name,
+        format!("kprobe/{name}"),
+        ProgramType::Kprobe,
+        ktrace_tests::kprobe_at(TARGET),
+        asm,
+    )
 }
 
 fn u64_at(v: &[u8], off: usize) -> u64 {
@@ -109,22 +106,10 @@ fn counters_and_ring_records_from_every_task_are_exact() {
     let mut client = vm.client();
     let cpus = client.info().unwrap().cpus;
     let mut rt = Runtime::new(&mut client);
-    let shared = rt
-        .map_create(def("shared", map_type::ARRAY, 4, 8, 1))
-        .unwrap()
-        .id;
-    let percpu = rt
-        .map_create(def("percpu", map_type::PERCPU_ARRAY, 4, 8, 1))
-        .unwrap()
-        .id;
-    let seq = rt
-        .map_create(def("seq", map_type::ARRAY, 4, 8, 1))
-        .unwrap()
-        .id;
-    let ring = rt
-        .map_create(def("ring", map_type::RINGBUF, 0, 0, 1 << 20))
-        .unwrap()
-        .id;
+    let shared = create_map(&mut rt, "shared", map_type::ARRAY, 4, 8, 1);
+    let percpu = create_map(&mut rt, "percpu", map_type::PERCPU_ARRAY, 4, 8, 1);
+    let seq = create_map(&mut rt, "seq", map_type::ARRAY, 4, 8, 1);
+    let ring = create_map(&mut rt, "ring", map_type::RINGBUF, 0, 0, 1 << 20);
     let prog = rt
         .prog_load(
             kprobe_prog("count_everywhere", COUNT_EVERYWHERE),
@@ -170,12 +155,7 @@ fn counters_and_ring_records_from_every_task_are_exact() {
                 lost = l.lost;
             }
         }
-        let p = rt
-            .progs()
-            .unwrap()
-            .into_iter()
-            .find(|p| p.id == prog)
-            .unwrap();
+        let p = prog_info(&mut rt, prog);
         if p.run_count + p.misses == calls
             && (seen.len() as u64 + lost == p.run_count || quiet >= 10)
         {
@@ -202,13 +182,7 @@ fn counters_and_ring_records_from_every_task_are_exact() {
     let per_cpu: Vec<u64> = (0..cpus as usize).map(|c| u64_at(&copies, 8 * c)).collect();
     assert_eq!(per_cpu.iter().sum::<u64>(), p.run_count, "{per_cpu:?}");
     // The kernel's own count of the hits that ran the program.
-    let hits = rt
-        .links()
-        .unwrap()
-        .into_iter()
-        .find(|l| l.id == link)
-        .unwrap()
-        .hits;
+    let hits = link_info(&mut rt, link).hits;
     assert_eq!(hits, p.run_count);
     // Every record delivered once or counted lost; the sequence numbers
     // are exactly 0..runs minus the lost ones.

@@ -11,23 +11,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use ktrace_abi::block::DeviceStats;
-use ktrace_tests::{disk_config, TestVm};
+use ktrace_tests::{json, TestVm};
 use ktrace_tests::{run_tool as run, run_tool_ok as run_ok, tool};
 use probe_sdk::client::Client;
 use probe_sdk::kernel_image;
 
 fn boot(test: &str) -> (TestVm, PathBuf) {
-    let (cfg, dir) = disk_config(test, 1);
-    (TestVm::boot_with(cfg), dir)
+    TestVm::boot_with_disks(test, 1)
 }
 
 fn vda(vm: &mut TestVm) -> DeviceStats {
-    let mut c: Client = vm.client();
-    c.disk_stats_of("vda").unwrap().expect("vda")
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+    vm.disk_stats("vda")
 }
 
 #[test]

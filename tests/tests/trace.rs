@@ -11,7 +11,7 @@ use std::io::{BufRead as _, BufReader, Read as _};
 use std::process::{Output, Stdio};
 
 use ktrace_abi::block::DeviceStats;
-use ktrace_tests::{disk_config, ktrace, TestVm};
+use ktrace_tests::{ktrace, TestVm};
 use probe_sdk::runtime::Runtime;
 use probe_sdk::trace::TraceClient;
 use serde_json::Value;
@@ -143,7 +143,7 @@ fn hist_total(v: &Value) -> u64 {
 }
 
 fn vda(vm: &mut TestVm) -> DeviceStats {
-    vm.client().disk_stats_of("vda").unwrap().expect("vda")
+    vm.disk_stats("vda")
 }
 
 /// Nothing of a trace stays in the kernel.
@@ -185,8 +185,7 @@ fn block_run(vm: &mut TestVm, script: &str) -> (Json, DeviceStats, DeviceStats) 
 
 #[test]
 fn block_one_liners_equal_diskstats() {
-    let (cfg, _dir) = disk_config("trace-block", 1);
-    let mut vm = TestVm::boot_with(cfg);
+    let (mut vm, _dir) = TestVm::boot_with_disks("trace-block", 1);
     let name = vm.name().to_string();
 
     // 1. Count completed requests: the tutorial's `@ = count()`.

@@ -23,7 +23,10 @@
 //! 3) interleaved rounds whose medians are reported.
 
 use ktrace_abi::bpf::{map_type, AttachTarget, LoadOptions, ProgramLoad, ProgramType};
-use ktrace_tests::{map_def as def, TestVm, COUNT_IN_SLOT_0, PER_CPU_COUNT_IN_SLOT_0};
+use ktrace_tests::{
+    asm_program, create_map, link_info, prog_info, u64s, TestVm, COUNT_IN_SLOT_0,
+    PER_CPU_COUNT_IN_SLOT_0,
+};
 use probe_sdk::runtime::{Runtime, RuntimeError};
 
 const TARGET: &str = "kernel::bpf::testing::target";
@@ -57,7 +60,6 @@ impl Point {
     }
 
     fn load(self, name: &str, asm: &str) -> ProgramLoad {
-        let prog = bpf_vm::asm::assemble(asm).unwrap_or_else(|e| panic!("{name}: {e}"));
         let (prog_type, section) = match self {
             Point::Tracepoint => (
                 ProgramType::Tracepoint,
@@ -66,15 +68,7 @@ impl Point {
             Point::Kprobe => (ProgramType::Kprobe, format!("kprobe/{TARGET}")),
             Point::Kretprobe => (ProgramType::Kprobe, format!("kretprobe/{TARGET}")),
         };
-        ProgramLoad {
-            name: name.into(),
-            section,
-            prog_type,
-            attach: self.target(),
-            insns: prog.encode(),
-            license: "GPL".into(),
-            lines: None,
-        }
+        asm_program(name, section, prog_type, self.target(), asm)
     }
 }
 
@@ -98,7 +92,7 @@ fn attach(rt: &mut Runtime, point: Point, counter: Counter) -> Attached {
         Counter::Shared => (map_type::ARRAY, COUNT_IN_SLOT_0, "shared"),
     };
     let name = format!("{tag}_{}", point.name());
-    let map = rt.map_create(def(&name, map_kind, 4, 8, 1)).unwrap().id;
+    let map = create_map(rt, &name, map_kind, 4, 8, 1);
     let prog = rt
         .prog_load(point.load(&name, asm), vec![map], LoadOptions::default())
         .unwrap()
@@ -118,29 +112,17 @@ fn detach(rt: &mut Runtime, a: Attached) {
 
 /// The counter's values: one per CPU for a per-CPU map, one for a shared one.
 fn values(rt: &mut Runtime, map: u32) -> Vec<u64> {
-    rt.map_lookup(map, &0u32.to_le_bytes())
-        .unwrap()
-        .expect("slot 0")
-        .chunks(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    u64s(
+        &rt.map_lookup(map, &0u32.to_le_bytes())
+            .unwrap()
+            .expect("slot 0"),
+    )
 }
 
 /// `(hits through the link, runs, misses, faults)` of an attached program.
 fn counts(rt: &mut Runtime, a: &Attached) -> (u64, u64, u64, u64) {
-    let hits = rt
-        .links()
-        .unwrap()
-        .into_iter()
-        .find(|l| l.id == a.link)
-        .unwrap()
-        .hits;
-    let p = rt
-        .progs()
-        .unwrap()
-        .into_iter()
-        .find(|p| p.id == a.prog)
-        .unwrap();
+    let hits = link_info(rt, a.link).hits;
+    let p = prog_info(rt, a.prog);
     (hits, p.run_count, p.misses, p.faults)
 }
 

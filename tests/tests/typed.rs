@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use ktrace_abi::bpf::{map_type, MapDefinition};
 use ktrace_abi::types::{Field, MapTypes, TypeDesc, TypeKind, TypeNode};
 use ktrace_abi::ErrorCode;
-use ktrace_tests::{disk_config, ktrace, ktrace_ok, TestVm};
+use ktrace_tests::{json, ktrace, ktrace_ok, TestVm};
 use probe_sdk::build::{build, BuildOptions};
 use probe_sdk::client::ClientError;
 use probe_sdk::runtime::{Runtime, RuntimeError};
@@ -19,8 +19,7 @@ use serde_json::Value;
 const WORKLOAD_TASK: &str = "fio-vda-0";
 
 fn boot(test: &str) -> (TestVm, PathBuf) {
-    let (cfg, dir) = disk_config(test, 1);
-    (TestVm::boot_with(cfg), dir)
+    TestVm::boot_with_disks(test, 1)
 }
 
 /// `examples/biosnoop` built with `ktrace build`'s pipeline.
@@ -34,10 +33,6 @@ fn biosnoop_object() -> PathBuf {
     build(&opts, &mut |l| eprintln!("{l}"))
         .unwrap_or_else(|e| panic!("building biosnoop: {e}"))
         .object
-}
-
-fn json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
 }
 
 #[test]

@@ -154,10 +154,12 @@ fn io_error(dev: &str, e: BlockError) -> Error {
 /// Answer a block request of `session`'s client (control task); a
 /// workload tells it its progress through `link`.
 ///
-/// Never inlined: it is the one entry of every block request, a place
-/// users probe by name, and whether the compiler would inline it into the
-/// control loop depends on codegen-unit partitioning, which differs from
-/// one build path to another.
+/// Never inlined, for users: it is the block layer's entry point, the one
+/// function every block request from the host passes, and a place users
+/// probe by name (`ktrace probe add kernel::block::handle`). Left to the
+/// compiler, whether it stays out of line would depend on codegen-unit
+/// partitioning, which differs from one build path to another. No test
+/// relies on it: the symbols tests take their functions from the index.
 #[inline(never)]
 pub fn handle(req: BlockRequest, session: &Session, link: &dyn Link) -> Answer {
     Ok(match req {

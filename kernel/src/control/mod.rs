@@ -617,6 +617,7 @@ fn handle_payload(session: Session, greeting: &mut Greeting, payload: &[u8]) {
                     protocol_version: PROTOCOL_VERSION,
                     uptime_ns: crate::time::now_ns(),
                     client_generation: session.generation,
+                    session: session.id as u32,
                 })
             }
         }

@@ -328,13 +328,11 @@ pub fn handle(req: TraceRequest, session: &Session) -> Answer {
             }
             Err(e) => Err(err(ErrorCode::NotFound, e.to_string())),
         },
-        TraceRequest::PerfOpen { event } => match perf::open(&event) {
-            Ok(id) => {
-                PERF_HOLDERS.lock().insert(id, *session);
-                ok(TraceResponse::PerfOpened { id })
-            }
+        TraceRequest::PerfOpen { event } => match perf::open_for_client(&event, *session) {
+            Ok(id) => ok(TraceResponse::PerfOpened { id }),
             Err(e) => Err(perf_err(e)),
         },
+        TraceRequest::ListPerf => ok(TraceResponse::PerfEvents(perf::list())),
         TraceRequest::PerfEnable { id } => perf::enable(id).map(|_| Response::Ok).map_err(perf_err),
         TraceRequest::PerfDisable { id } => {
             perf::disable(id).map(|_| Response::Ok).map_err(perf_err)
@@ -353,12 +351,7 @@ pub fn handle(req: TraceRequest, session: &Session) -> Answer {
             Ok((samples, lost)) => ok(TraceResponse::PerfSamples { samples, lost }),
             Err(e) => Err(perf_err(e)),
         },
-        TraceRequest::PerfClose { id } => perf::close(id)
-            .map(|_| {
-                PERF_HOLDERS.lock().remove(&id);
-                Response::Ok
-            })
-            .map_err(perf_err),
+        TraceRequest::PerfClose { id } => perf::close(id).map(|_| Response::Ok).map_err(perf_err),
     }
 }
 
@@ -366,33 +359,15 @@ pub fn handle(req: TraceRequest, session: &Session) -> Answer {
 /// they are file descriptors: `kperf`'s counters (and the kprobes and
 /// tracepoint attachments behind them) and its sampling timer. When that
 /// client goes, however it goes (`kill -9` included), they are closed, so
-/// the next `kperf record` does not find the one timer busy.
-static PERF_HOLDERS: spin::Mutex<BTreeMap<u32, Session>> = spin::Mutex::new(BTreeMap::new());
-
-/// The clients of `now`'s session before `now` went away: close the perf
-/// events they opened (control task, once it saw the port close).
+/// the next `kperf record` does not find the one timer busy. This closes
+/// those of the clients of `now`'s session before `now` (control task, once
+/// it saw the port close).
 pub fn release_session(now: &Session) {
     let session = now.id;
-    let gone: Vec<u32> = {
-        let mut holders = PERF_HOLDERS.lock();
-        let ids: Vec<u32> = holders
-            .iter()
-            .filter(|(_, h)| h.id == session && h.generation != now.generation)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in &ids {
-            holders.remove(id);
-        }
-        ids
-    };
-    for id in &gone {
-        let _ = perf::close(*id);
-    }
-    if !gone.is_empty() {
-        log::info!(
-            "trace: session {session} ended: closed {} perf events it held",
-            gone.len()
-        );
+    let closed =
+        perf::close_held_by(|held| held.id == session && held.generation != now.generation);
+    if closed > 0 {
+        log::info!("trace: session {session} ended: closed {closed} perf events it held");
     }
 }
 

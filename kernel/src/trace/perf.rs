@@ -69,7 +69,8 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use ktrace_abi::trace::{
-    PerfCpuValue, PerfEvent, PerfSample, PerfValue, ProbeTarget, SoftwareEvent,
+    PerfCpuValue, PerfEvent, PerfEventInfo, PerfHolder, PerfSample, PerfValue, ProbeTarget,
+    SoftwareEvent,
 };
 
 use ktrace_sample_ring::SampleRing;
@@ -80,6 +81,7 @@ use crate::arch::perf_timer::{self, NMI_VECTOR, SAMPLE_HANDLERS_VECTOR};
 use crate::arch::smp;
 use crate::arch::{apic, text_patch, trap, PtRegs};
 use crate::cpustat::{self, Stat, MAX_CPUS};
+use crate::session::Session;
 
 /// Most frames recorded per sample.
 pub const MAX_STACK: usize = 32;
@@ -139,7 +141,7 @@ impl core::fmt::Display for PerfError {
             }
             PerfError::Busy => write!(
                 f,
-                "a sampling event is already open (one timer drives sampling); close it first"
+                "a sampling event is already open (one timer drives sampling; `ktrace perf list` shows who holds it); close it first"
             ),
         }
     }
@@ -207,6 +209,15 @@ enum Source {
 
 struct Event {
     source: Source,
+    /// What was opened, as it runs (for [`list`]).
+    spec: PerfEvent,
+    /// The host client that opened it, `None` for the kernel's own (a BPF
+    /// `perf_event` link's).
+    holder: Option<Session>,
+    /// [`close`] is taking it down: refused to every other request, but
+    /// still listed, since it still holds what it opened (the timer, a
+    /// kprobe) until it leaves the table.
+    closing: bool,
     enabled: bool,
     /// Raw reading of each CPU when last enabled (software counters).
     base: [u64; MAX_CPUS],
@@ -338,9 +349,20 @@ fn raw(ev: SoftwareEvent, cpu: usize) -> u64 {
     }
 }
 
-/// Open an event, disabled. Returns its id.
+/// Open an event for the kernel itself, disabled. Returns its id.
 pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
-    let source = match spec {
+    open_held(spec, None)
+}
+
+/// Open an event for the host client `client`, disabled: it is that
+/// client's ([`close_held_by`]). Returns its id.
+pub fn open_for_client(spec: &PerfEvent, client: Session) -> Result<u32, PerfError> {
+    open_held(spec, Some(client))
+}
+
+fn open_held(spec: &PerfEvent, holder: Option<Session>) -> Result<u32, PerfError> {
+    let mut spec = spec.clone();
+    let source = match &mut spec {
         PerfEvent::Software(ev) => Source::Software(*ev),
         PerfEvent::Hardware(hw) => {
             let v = perf_timer::pmu_version();
@@ -403,10 +425,10 @@ pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
                 c.coalesced.store(0, Ordering::Relaxed);
                 c.guessed.store(false, Ordering::Relaxed);
             }
-            SAMPLER.max_stack.store(
-                u64::from(*max_stack).min(MAX_STACK as u64),
-                Ordering::Relaxed,
-            );
+            *max_stack = (*max_stack).min(MAX_STACK as u32);
+            SAMPLER
+                .max_stack
+                .store(u64::from(*max_stack), Ordering::Relaxed);
             trap::set_handler(NMI_VECTOR, on_sample_nmi);
             trap::set_handler(SAMPLE_HANDLERS_VECTOR, on_sample_handlers);
             Source::Sampling { freq_hz: *freq_hz }
@@ -417,6 +439,9 @@ pub fn open(spec: &PerfEvent) -> Result<u32, PerfError> {
         id,
         Event {
             source,
+            spec,
+            holder,
+            closing: false,
             enabled: false,
             base: [0; MAX_CPUS],
             accum: [0; MAX_CPUS],
@@ -473,8 +498,8 @@ fn switch_this_cpu(g: &GroupSwitch) {
 
 fn group(ids: &[u32], on: bool) -> Result<(), PerfError> {
     let mut events = EVENTS.lock();
-    if let Some(&missing) = ids.iter().find(|id| !events.contains_key(id)) {
-        return Err(PerfError::NotFound(missing));
+    for id in ids {
+        live(&events, *id)?;
     }
     let mut switch = GroupSwitch {
         on,
@@ -573,10 +598,18 @@ fn stop(ev: &mut Event) {
     }
 }
 
+/// Event `id`, unless it is unknown or being closed.
+fn live(events: &BTreeMap<u32, Event>, id: u32) -> Result<&Event, PerfError> {
+    events
+        .get(&id)
+        .filter(|ev| !ev.closing)
+        .ok_or(PerfError::NotFound(id))
+}
+
 /// Read a counter.
 pub fn read(id: u32) -> Result<PerfValue, PerfError> {
     let events = EVENTS.lock();
-    let ev = events.get(&id).ok_or(PerfError::NotFound(id))?;
+    let ev = live(&events, id)?;
     let now = crate::time::now_ns();
     let time_enabled_ns = ev.time_enabled_ns
         + if ev.enabled {
@@ -622,7 +655,7 @@ pub fn read(id: u32) -> Result<PerfValue, PerfError> {
 pub fn drain(id: u32, max: usize) -> Result<(Vec<PerfSample>, u64), PerfError> {
     {
         let events = EVENTS.lock();
-        let ev = events.get(&id).ok_or(PerfError::NotFound(id))?;
+        let ev = live(&events, id)?;
         if !matches!(ev.source, Source::Sampling { .. }) {
             return Err(PerfError::Invalid(format!(
                 "perf event {id} is a counter, not a sampling event"
@@ -667,19 +700,45 @@ pub fn drain(id: u32, max: usize) -> Result<(Vec<PerfSample>, u64), PerfError> {
     Ok((out, lost))
 }
 
+/// What [`close`] takes down after it marked the event closing.
+enum Teardown {
+    Nothing,
+    Tracepoint(u32),
+    Kprobe(u32),
+    Sampling,
+}
+
 /// Close an event (detaching its handler or stopping the timer).
+///
+/// The event leaves the table only once all it held is given back, so
+/// [`list`] never shows the timer free while it is not: a client that sees
+/// no sampling event listed can open one. Meanwhile it is marked closing,
+/// which every other request treats as gone (and a second close too).
 pub fn close(id: u32) -> Result<(), PerfError> {
-    let mut ev = EVENTS.lock().remove(&id).ok_or(PerfError::NotFound(id))?;
-    stop(&mut ev);
-    match ev.source {
-        Source::Software(_) => {}
-        Source::Tracepoint { attach_id, .. } => {
+    let teardown = {
+        let mut events = EVENTS.lock();
+        let ev = events
+            .get_mut(&id)
+            .filter(|ev| !ev.closing)
+            .ok_or(PerfError::NotFound(id))?;
+        ev.closing = true;
+        stop(ev);
+        match ev.source {
+            Source::Software(_) => Teardown::Nothing,
+            Source::Tracepoint { attach_id, .. } => Teardown::Tracepoint(attach_id),
+            Source::Kprobe { probe_id, .. } => Teardown::Kprobe(probe_id),
+            Source::Sampling { .. } => Teardown::Sampling,
+        }
+    };
+    match teardown {
+        Teardown::Nothing => {}
+        Teardown::Tracepoint(attach_id) => {
             let _ = tracepoint::detach(attach_id);
         }
-        Source::Kprobe { probe_id, .. } => {
+        Teardown::Kprobe(probe_id) => {
             let _ = kprobe::unregister(probe_id);
         }
-        Source::Sampling { .. } => {
+        Teardown::Sampling => {
             // `stop` cleared `sampling` (SeqCst) before these loads of
             // each CPU's `in_nmi` (SeqCst); an NMI sets its CPU's `in_nmi`
             // before it loads `sampling`. So for every CPU, either its NMI
@@ -711,14 +770,51 @@ pub fn close(id: u32) -> Result<(), PerfError> {
             SAMPLER.open.store(false, Ordering::Release);
         }
     }
+    EVENTS.lock().remove(&id);
     Ok(())
+}
+
+/// Close every event whose host client `gone` says has gone; returns how
+/// many were closed.
+pub fn close_held_by(gone: impl Fn(&Session) -> bool) -> usize {
+    let ids: Vec<u32> = EVENTS
+        .lock()
+        .iter()
+        .filter(|(_, ev)| !ev.closing && ev.holder.as_ref().is_some_and(&gone))
+        .map(|(id, _)| *id)
+        .collect();
+    // A close that finds the event gone lost a race with the client's own
+    // close, which is as good.
+    ids.into_iter().filter(|id| close(*id).is_ok()).count()
+}
+
+/// The open events by id (those being closed too: they hold what they
+/// opened until they leave), with what they count and who holds them.
+/// Reads only: nothing is opened to find out.
+pub fn list() -> Vec<PerfEventInfo> {
+    EVENTS
+        .lock()
+        .iter()
+        .map(|(id, ev)| PerfEventInfo {
+            id: *id,
+            event: ev.spec.clone(),
+            enabled: ev.enabled,
+            holder: match ev.holder {
+                Some(s) => PerfHolder::Client {
+                    session: s.id as u32,
+                    client_generation: s.generation,
+                },
+                None => PerfHolder::Kernel,
+            },
+        })
+        .collect()
 }
 
 /// Run `handler` on every sample of the sampling event `id`.
 #[allow(dead_code)] // attach point for the BPF runtime's perf_event programs
 pub fn attach(id: u32, handler: Arc<dyn PerfHandler>) -> Result<(), PerfError> {
     let events = EVENTS.lock();
-    let ev = events.get(&id).ok_or(PerfError::NotFound(id))?;
+    let ev = live(&events, id)?;
     if !matches!(ev.source, Source::Sampling { .. }) {
         return Err(PerfError::Invalid(format!(
             "perf event {id} is a counter; handlers attach to sampling events"

@@ -81,6 +81,9 @@ pub enum TraceRequest {
     /// probe is optimised or un-optimised at once), `None` only asks:
     /// [`TraceResponse::Optimisation`].
     Optimisation { on: Option<bool> },
+    /// The perf events open now and who holds them, read-only (nothing is
+    /// opened to find out): [`TraceResponse::PerfEvents`].
+    ListPerf,
 }
 
 /// How a probed instruction runs when the probe fires.
@@ -279,6 +282,33 @@ pub struct PerfSample {
     pub stack: Vec<u64>,
 }
 
+/// Who holds an open perf event (and closes it, by going).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PerfHolder {
+    /// A host client, by its control session and generation (as its
+    /// [`crate::vm::HelloReply`] names them): the event is closed when
+    /// that client goes, however it goes.
+    Client {
+        session: u32,
+        client_generation: u64,
+    },
+    /// The kernel: the sampling event behind a BPF `perf_event` program's
+    /// link (`ktrace link list`), closed when the link is detached.
+    Kernel,
+}
+
+/// One open perf event, as [`TraceRequest::ListPerf`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerfEventInfo {
+    pub id: u32,
+    /// What it counts or samples, as the kernel runs it: as opened, but a
+    /// sampling event's `max_stack` is capped at what the kernel records.
+    pub event: PerfEvent,
+    /// Counting or sampling now.
+    pub enabled: bool,
+    pub holder: PerfHolder,
+}
+
 /// Answers from the trace subsystem.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TraceResponse {
@@ -304,4 +334,6 @@ pub enum TraceResponse {
         on: bool,
         optimised: u32,
     },
+    /// Answer to [`TraceRequest::ListPerf`], by id.
+    PerfEvents(Vec<PerfEventInfo>),
 }

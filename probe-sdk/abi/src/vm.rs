@@ -25,6 +25,10 @@ pub struct HelloReply {
     /// made for, so a client can drop the ones an earlier client of the
     /// same session left in flight.
     pub client_generation: u64,
+    /// The control session (port) this client is on: with
+    /// `client_generation`, how the kernel names a client (e.g. as the
+    /// holder of a perf event).
+    pub session: u32,
 }
 
 /// Most CPUs the kernel brings up (its per-CPU tables are this long);

@@ -52,6 +52,8 @@ enum Command {
     Map(ktrace_tools::cmd::map::Args),
     /// Links of programs to attach points: list, detach.
     Link(ktrace_tools::cmd::link::Args),
+    /// Open perf events (kperf's counters and sampling timer, BPF perf_event links) and who holds them.
+    Perf(ktrace_tools::cmd::perf::Args),
     /// Stream ring buffer, perf output and trace_printk records.
     Events(ktrace_tools::cmd::events::Args),
     /// bpftrace-style one-liners over Rust paths, compiled on the host (no LLVM).
@@ -78,6 +80,7 @@ fn main() -> std::process::ExitCode {
         Command::Prog(args) => ktrace_tools::cmd::prog::run(args, &cli.vm),
         Command::Map(args) => ktrace_tools::cmd::map::run(args, &cli.vm),
         Command::Link(args) => ktrace_tools::cmd::link::run(args, &cli.vm),
+        Command::Perf(args) => ktrace_tools::cmd::perf::run(args, &cli.vm),
         Command::Events(args) => ktrace_tools::cmd::events::run(args, &cli.vm),
         Command::Trace(args) => ktrace_tools::cmd::trace::run(args, &cli.vm),
         Command::Demo(args) => ktrace_tools::cmd::demo::run(args, &cli.vm),

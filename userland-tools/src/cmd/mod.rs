@@ -10,6 +10,7 @@ pub mod info;
 pub mod link;
 pub mod load;
 pub mod map;
+pub mod perf;
 pub mod pin;
 pub mod probe;
 pub mod prog;

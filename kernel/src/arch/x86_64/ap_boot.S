@@ -7,7 +7,8 @@
  *   +16 Rust entry (ap_entry)  +24 CPU number  +32 GS base (its PerCpu)
  * The code is position-dependent on AP_TRAMPOLINE: the two far jumps and
  * the GDT pointer hold absolute addresses. It sets the same CR0/CR4/EFER
- * bits as boot.S, loads the kernel's CR3 directly (so it must run from a
+ * bits as boot.S (CR4, EFER and the 64-bit segments through the macros of
+ * long_mode.S, which both expand), loads the kernel's CR3 directly (so it must run from a
  * page the kernel's tables map executable: boot_aps maps it so while APs
  * start) and jumps to Rust on its stack with GS base set. */
 
@@ -35,17 +36,10 @@ ap_protected:
     movw %ax, %ds
     movw %ax, %es
     movw %ax, %ss
-    /* CR4.PAE | OSFXSR | OSXMMEXCPT */
-    movl %cr4, %eax
-    orl $((1 << 5) | (1 << 9) | (1 << 10)), %eax
-    movl %eax, %cr4
+    LONG_MODE_CR4
     movl AP_PARAMS, %eax
     movl %eax, %cr3
-    /* EFER.LME | EFER.NXE */
-    movl $0xC0000080, %ecx
-    rdmsr
-    orl $((1 << 8) | (1 << 11)), %eax
-    wrmsr
+    LONG_MODE_EFER
     /* CR0: PG | WP | MP | PE, EM clear */
     movl %cr0, %eax
     andl $~(1 << 2), %eax
@@ -55,17 +49,8 @@ ap_protected:
 
     .code64
 ap_long:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    xorw %ax, %ax
-    movw %ax, %fs
-    movw %ax, %gs
-    movl $0xC0000101, %ecx
-    movl AP_PARAMS + 32, %eax
-    movl AP_PARAMS + 36, %edx
-    wrmsr
+    LONG_MODE_SEGMENTS
+    LONG_MODE_GS_BASE AP_PARAMS+32
     movq AP_PARAMS + 8, %rsp
     movq AP_PARAMS + 24, %rdi
     movq AP_PARAMS + 16, %rax

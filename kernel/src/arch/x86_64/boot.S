@@ -27,9 +27,7 @@ pvh_entry:
     andl $~(1 << 2), %eax
     orl $(1 << 1), %eax
     movl %eax, %cr0
-    movl %cr4, %eax
-    orl $((1 << 5) | (1 << 9) | (1 << 10)), %eax
-    movl %eax, %cr4
+    LONG_MODE_CR4
 
     /* PML4[0] -> PDPT; PDPT[0..4] -> four page directories. */
     movl $boot_pdpt, %eax
@@ -56,11 +54,7 @@ pvh_entry:
     movl $boot_pml4, %eax
     movl %eax, %cr3
 
-    /* EFER.LME | EFER.NXE */
-    movl $0xC0000080, %ecx
-    rdmsr
-    orl $((1 << 8) | (1 << 11)), %eax
-    wrmsr
+    LONG_MODE_EFER
 
     /* CR0.PG | CR0.WP | CR0.PE */
     movl %cr0, %eax
@@ -72,19 +66,10 @@ pvh_entry:
 
     .code64
 boot_long_mode:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    xorw %ax, %ax
-    movw %ax, %fs
-    movw %ax, %gs
+    LONG_MODE_SEGMENTS
     movabsq $boot_stack_top, %rsp
     /* GS base -> CPU 0's PerCpu (this_cpu() reads through it). */
-    movl $0xC0000101, %ecx
-    movl percpu_cpu0_addr, %eax
-    movl percpu_cpu0_addr + 4, %edx
-    wrmsr
+    LONG_MODE_GS_BASE percpu_cpu0_addr
     xorl %ebp, %ebp
     movl pvh_start_info_paddr, %edi
     call kernel_main

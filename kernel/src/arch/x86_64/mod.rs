@@ -21,10 +21,20 @@ pub mod smp_sync;
 pub mod text_patch;
 pub mod trap;
 
-core::arch::global_asm!(include_str!("boot.S"), options(att_syntax));
-core::arch::global_asm!(include_str!("trap.S"), options(att_syntax));
-core::arch::global_asm!(include_str!("probe_entry.S"), options(att_syntax));
-core::arch::global_asm!(include_str!("ap_boot.S"), options(att_syntax));
+// Each block's files share the macros of the first one; a block is one
+// piece of module asm, so the macros are defined wherever they are used.
+core::arch::global_asm!(
+    include_str!("long_mode.S"),
+    include_str!("boot.S"),
+    include_str!("ap_boot.S"),
+    options(att_syntax)
+);
+core::arch::global_asm!(
+    include_str!("pt_regs.S"),
+    include_str!("trap.S"),
+    include_str!("probe_entry.S"),
+    options(att_syntax)
+);
 // The address boot.S loads into the boot CPU's GS base: CPU 0's `PerCpu`.
 core::arch::global_asm!(
     ".pushsection .boot.data, \"aw\"",

@@ -24,21 +24,7 @@ kretprobe_trampoline:
     pushq $0x08             /* cs */
     pushq $0                /* rip: filled by the handler */
     pushq $-1               /* orig_rax */
-    pushq %rdi
-    pushq %rsi
-    pushq %rdx
-    pushq %rcx
-    pushq %rax
-    pushq %r8
-    pushq %r9
-    pushq %r10
-    pushq %r11
-    pushq %rbx
-    pushq %rbp
-    pushq %r12
-    pushq %r13
-    pushq %r14
-    pushq %r15
+    PUSH_PT_REGS_GPRS
     movq %rsp, %rdi
     /* 21 words pushed onto a 16-aligned rsp: 520 more realigns for fxsave. */
     subq $520, %rsp
@@ -50,21 +36,7 @@ kretprobe_trampoline:
     /* Final target: regs->rip into the ss slot. */
     movq 128(%rsp), %rax
     movq %rax, 160(%rsp)
-    popq %r15
-    popq %r14
-    popq %r13
-    popq %r12
-    popq %rbp
-    popq %rbx
-    popq %r11
-    popq %r10
-    popq %r9
-    popq %r8
-    popq %rax
-    popq %rcx
-    popq %rdx
-    popq %rsi
-    popq %rdi
+    POP_PT_REGS_GPRS
     leaq 24(%rsp), %rsp     /* orig_rax, rip, cs */
     popfq                   /* restores IF */
     leaq 8(%rsp), %rsp      /* rsp slot */

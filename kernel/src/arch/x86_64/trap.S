@@ -52,21 +52,7 @@ trap_move_frame:
     movq %rax, %rsp
     movq -8(%rsp), %rax
 
-    pushq %rdi
-    pushq %rsi
-    pushq %rdx
-    pushq %rcx
-    pushq %rax
-    pushq %r8
-    pushq %r9
-    pushq %r10
-    pushq %r11
-    pushq %rbx
-    pushq %rbp
-    pushq %r12
-    pushq %r13
-    pushq %r14
-    pushq %r15
+    PUSH_PT_REGS_GPRS
     movq %rsp, %rdi
     movq 168(%rsp), %rsi
     /* Frame-pointer chain through the interrupted code, for backtraces. */
@@ -80,21 +66,7 @@ trap_move_frame:
     call trap_dispatch
     fxrstor64 (%rsp)
     addq $536, %rsp
-    popq %r15
-    popq %r14
-    popq %r13
-    popq %r12
-    popq %rbp
-    popq %rbx
-    popq %r11
-    popq %r10
-    popq %r9
-    popq %r8
-    popq %rax
-    popq %rcx
-    popq %rdx
-    popq %rsi
-    popq %rdi
+    POP_PT_REGS_GPRS
     addq $8, %rsp
     iretq
     .global trap_entry_end
