@@ -240,6 +240,12 @@ fn bench(c: &mut Criterion) {
         rbpf_vm.jit_compile().expect("rbpf jit compiles");
         let image = compile(&exe, &JitOptions::default(), &jit_helpers).expect("our jit compiles");
         let code = jit_support::ExecCode::new(&image);
+        let distance = code.addr().abs_diff(jit_add as *const () as usize);
+        if distance >= 1 << 36 {
+            println!(
+                "warning: our JIT's code is {distance:#x} bytes from its helpers (not where it was asked for); helper calls may be slower for it"
+            );
+        }
         let mut jmem = vec![0u8; 64 * 8];
         let mut run = JitRun::new(std::ptr::null_mut(), u64::MAX);
         let mut run_jit = |jmem: &mut [u8]| {

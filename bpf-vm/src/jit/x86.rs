@@ -454,6 +454,28 @@ impl Asm {
         }
     }
 
+    /// Pads with multi-byte `nop`s (the forms AMD's and Intel's
+    /// optimisation manuals recommend) up to a multiple of `n` bytes.
+    pub fn align_nop(&mut self, n: usize) {
+        const NOPS: [&[u8]; 9] = [
+            &[0x90],
+            &[0x66, 0x90],
+            &[0x0f, 0x1f, 0x00],
+            &[0x0f, 0x1f, 0x40, 0x00],
+            &[0x0f, 0x1f, 0x44, 0x00, 0x00],
+            &[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00],
+            &[0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00],
+            &[0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
+            &[0x66, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
+        ];
+        let mut pad = self.code.len().next_multiple_of(n) - self.code.len();
+        while pad > 0 {
+            let k = pad.min(NOPS.len());
+            self.code.extend_from_slice(NOPS[k - 1]);
+            pad -= k;
+        }
+    }
+
     /// A 64-bit data word.
     pub fn data64(&mut self, v: u64) {
         self.code.extend_from_slice(&v.to_le_bytes());
