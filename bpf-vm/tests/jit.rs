@@ -3,7 +3,8 @@
 //! - Differential fuzzing: programs from the verifier soundness fuzzer's
 //!   generator (`support/gen.rs`) that the verifier accepts run in the
 //!   checked interpreter and JIT-compiled (every other one with constant
-//!   blinding), on the same contexts; r0 or the fault, the instruction
+//!   blinding), on the same contexts (the last run with a budget cut
+//!   short); r0 or the fault, the instruction
 //!   count, the context, the map array, the ring buffer records and every
 //!   helper call (id and arguments, pointers expressed relative to their
 //!   region) must be equal. `JIT_FUZZ_CASES` sets the number of generated
@@ -157,8 +158,9 @@ fn error_key(e: &RunError) -> (usize, String) {
     (e.pc, kind)
 }
 
-/// Runs an accepted program in both engines on two contexts each and
-/// describes the first difference.
+/// Runs an accepted program in both engines on two contexts, then on the
+/// first with a budget that runs out (see below), and describes the first
+/// difference.
 fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), String> {
     let prog = Program::from_insns(insns.to_vec()).map_err(|e| format!("bad layout: {e}"))?;
     let exe = Executable::with_resolver(&prog, |src| match src {
@@ -173,8 +175,13 @@ fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), S
     let maps = maps();
     let mut interp_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
     let mut jit_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
-    for run in 0..2u64 {
-        let (ctx0, s) = context(seed, run);
+    // Two contexts with a budget that is never reached, then the first
+    // context again with a budget cut somewhere inside its run (drawn from
+    // the seed), so that the budget runs out at every kind of place.
+    let mut budgets = [10_000_000u64; 3];
+    for (run, ctx_run) in [0u64, 1, 0].into_iter().enumerate() {
+        let budget = budgets[run];
+        let (ctx0, s) = context(seed, ctx_run);
         let helpers = |array: &mut Vec<u8>, ctx: &[u8]| Logged {
             inner: Oracle {
                 table: &table,
@@ -192,7 +199,10 @@ fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), S
         };
         let mut ctx = ctx0;
         let mut h = helpers(&mut interp_array, &ctx);
-        let res = vm.run_checked(&exe, &mut ctx, &mut h, &[], 10_000_000);
+        let res = vm.run_checked(&exe, &mut ctx, &mut h, &[], budget);
+        if run == 0 {
+            budgets[2] = (seed >> 8) % (vm.executed() + 1);
+        }
         if let Err(e) = &res {
             if !matches!(
                 e.kind,
@@ -217,7 +227,7 @@ fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), S
         // SAFETY: the verifier accepted the program for this context and
         // these helpers, and it just ran without a memory fault in the
         // checked interpreter.
-        let (res, executed) = unsafe { run_jit(&code, &mut ctx, &mut h, 10_000_000) };
+        let (res, executed) = unsafe { run_jit(&code, &mut ctx, &mut h, budget) };
         let jit = Outcome {
             result: res.map_err(|e| error_key(&e)),
             executed,
@@ -285,7 +295,7 @@ fn jit_matches_interpreter_on_generated_programs() {
         Ok(())
     });
     println!(
-        "jit differential fuzz: {} programs generated, {} accepted and compared on 2 contexts each ({} with bpf-to-bpf calls), 0 mismatches",
+        "jit differential fuzz: {} programs generated, {} accepted and compared on 3 runs each ({} with bpf-to-bpf calls), 0 mismatches",
         generated.get(),
         compared.get(),
         with_calls.get()
