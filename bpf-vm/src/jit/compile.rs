@@ -36,13 +36,15 @@
 //! at each offset), and the padding runs at most once per entry into the
 //! loop.
 //!
-//! Budget: every jump target and the slot after a conditional jump or a
-//! local call begins a run the interpreter charges (`sub r12, len; jb
-//! fault`). Loop heads, and targets that straight-line code cannot fall
-//! into, carry the charge in front of their code, so a jump to them is one
-//! `jcc`; straight-line code falling into a loop head (which the
-//! interpreter does not charge) adds the run's length back first. Other
-//! targets are charged on each jump's taken edge.
+//! Budget: the code is emitted twice (see [`super::budget`]). The fast
+//! copy, entered first, checks the budget once per region (at loop heads,
+//! function entries and after calls) against what the whole region can
+//! need, and otherwise only subtracts; a region that may run out continues
+//! in the precise copy, where every block start (slot 0, a jump or call
+//! target, the slot after a control transfer) checks that the run the
+//! interpreter would enter there fits, with one fused `sub`/`cmp` and `jl`.
+//! Both copies keep the same count, so moving from one to the other at a
+//! checkpoint needs nothing but the jump. Jumps carry no charge of their own.
 
 use alloc::vec;
 use alloc::vec::Vec;
@@ -55,11 +57,15 @@ const FRAME: i32 = STACK_SIZE as i32 + 16;
 const RUN_SLOT: i32 = STACK_SIZE as i32 + 8;
 /// Loop heads start at a multiple of this many bytes.
 const LOOP_ALIGN: usize = 64;
+/// The same slot from `rsp`, which every function body runs with at
+/// `rbp - FRAME - 8` (a shorter encoding than from `rbp`).
+const RUN_SLOT_FROM_RSP: i32 = FRAME + 8 - RUN_SLOT;
 /// The budget register.
 const BUDGET: u8 = R12;
 /// Native stack a bpf-to-bpf call takes: 5 saved registers, the frame and
 /// the return address.
 const CALL_ROOM: i32 = 5 * 8 + FRAME + 8;
+use super::budget::{self, Block, BudgetPlan};
 use super::calls::{self, CallPlan};
 use super::x86::{RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP};
 use super::{fault, off, JitError, JitHelperFn, JitImage, JitOptions, JitRun};
@@ -86,23 +92,35 @@ enum Src {
 }
 
 enum Stub {
+    /// The run entered at `pc` does not fit: `fix` brings the budget
+    /// register back to the interpreter's count.
     Budget {
         pc: usize,
-        n: i32,
+        fix: i32,
     },
+    /// A fault inside a block: `fix` is its [`Block::fault_fix`].
     Fault {
         pc: usize,
         kind: u32,
+        fix: i32,
     },
     /// A fault of the helper call with this id (known when compiling).
     HelperFault {
         pc: usize,
         kind: u32,
         id: u32,
+        fix: i32,
     },
     Misaligned {
         pc: usize,
         len: i32,
+        fix: i32,
+    },
+    /// A checkpoint of the fast copy whose region may exhaust the budget:
+    /// undo the charge and continue in the precise copy.
+    ToPrecise {
+        fix: i32,
+        to: Label,
     },
 }
 
@@ -112,11 +130,17 @@ struct Compiler<'e> {
     helpers: &'e [Option<JitHelperFn>],
     /// The helper table appended to the code, for `callx`.
     table: Label,
+    /// Each slot's code in the fast copy (see [`super::budget`]).
     slots: Vec<Label>,
-    /// Targets that get their budget charge inline before their code (see
-    /// the module documentation).
-    entries: Vec<Option<Label>>,
-    budget_stubs: Vec<Option<Label>>,
+    /// Each slot's code in the precise copy (the same labels as `slots`
+    /// when there is only one copy).
+    precise: Vec<Label>,
+    /// Compiling the fast copy.
+    fast: bool,
+    /// Where each block charges the budget.
+    budget: BudgetPlan,
+    /// The current block's [`Block::fault_fix`].
+    fix: i32,
     stubs: Vec<(Label, Stub)>,
     fault_exit: Label,
     key: Option<u64>,
@@ -126,9 +150,6 @@ struct Compiler<'e> {
     /// The register whose value the flags' ZF describes when the current
     /// slot starts (the previous slot's ALU result), and that result's width.
     zf: Option<(u8, W)>,
-    /// Taken edges of conditional jumps that charge their target's run on
-    /// the way: placed after the code.
-    edges: Vec<(Label, usize)>,
 }
 
 /// Compiles `exe` (see the [module documentation](super)) for `helpers`,
@@ -139,34 +160,19 @@ pub fn compile(
     helpers: &[Option<JitHelperFn>],
 ) -> Result<JitImage, JitError> {
     let n = exe.ops.len();
-    if n >= (i32::MAX as usize) / 64 || helpers.len() >= 1 << 24 {
+    if n >= (i32::MAX as usize) / 128 || helpers.len() >= 1 << 24 {
         return Err(JitError::TooLarge(n - 1));
     }
     let mut a = Asm::new();
-    let slots = (0..n).map(|_| a.label()).collect();
-    let mut entries = vec![None; n];
-    for (pc, op) in exe.ops.iter().enumerate() {
-        let Some(t) = op.jump_target() else {
-            continue;
-        };
-        // A forward target that straight-line code also reaches would
-        // cost that path an add/sub pair; the jumps to it charge on the
-        // edge instead. Loop heads always carry their charge.
-        let prev = match t.checked_sub(1).map(|p| &exe.ops[p]) {
-            Some(Op::Tail) => Some(&exe.ops[t - 2]),
-            other => other,
-        };
-        let uncharged_fallthrough = prev.is_some_and(|op| !is_control(op));
-        if (t <= pc || !uncharged_fallthrough) && entries[t].is_none() {
-            entries[t] = Some(a.label());
-        }
-    }
-    let mut loop_heads = vec![false; n];
-    for (pc, op) in exe.ops.iter().enumerate() {
-        if let Some(t) = op.jump_target().filter(|&t| t <= pc) {
-            loop_heads[t] = true;
-        }
-    }
+    let slots: Vec<Label> = (0..n).map(|_| a.label()).collect();
+    let budget = budget::plan(&exe.ops, &exe.run_len);
+    // Two copies when the regions were analysed: the fast one checks the
+    // budget once per region, the precise one at every run.
+    let two = budget.region_need.iter().any(Option::is_some);
+    let precise = match two {
+        true => (0..n).map(|_| a.label()).collect(),
+        false => slots.clone(),
+    };
     let fault_exit = a.label();
     let table = a.label();
     let mut c = Compiler {
@@ -175,52 +181,40 @@ pub fn compile(
         helpers,
         table,
         slots,
-        entries,
-        budget_stubs: vec![None; n],
+        budget,
+        fix: 0,
+        precise,
+        fast: two,
         stubs: Vec::new(),
         fault_exit,
         key: options.blinding,
         calls: calls::analyse(&exe.ops),
         targets: jump_targets(&exe.ops),
         zf: None,
-        edges: Vec::new(),
     };
     c.prologue();
     let mut slot_offsets = Vec::with_capacity(n);
-    // Whether the previous slot continues into this one without charging it
-    // (it is not a control transfer).
-    let mut uncharged_fallthrough = false;
-    for pc in 0..n {
-        let l = c.slots[pc];
-        if let Some(entry) = c.entries[pc] {
-            if uncharged_fallthrough {
-                // Cancel the charge below: the interpreter charged this run
-                // as part of the one falling into it. (The budget is at
-                // most 2^62, so this cannot wrap.)
-                let n = c.exe.run_len[pc] as i32;
-                c.a.alu_ri(W::Q, ext::ADD, BUDGET, n);
-            }
-            if loop_heads[pc] {
+    for copy in 0..if two { 2 } else { 1 } {
+        c.fast = two && copy == 0;
+        for pc in 0..n {
+            let block = c.budget.blocks[pc];
+            if copy == 0 && block.is_some() && c.budget.loop_heads[pc] {
                 c.a.align_nop(LOOP_ALIGN);
             }
-            c.a.bind(entry);
-            c.charge(pc);
+            let l = c.slot(pc);
+            c.a.bind(l);
+            if copy == 0 {
+                slot_offsets.push(c.a.pos() as u32);
+            }
+            if let Some(block) = block {
+                c.enter_block(pc, block);
+            }
+            c.zf = match pc > 0 && !c.targets[pc] && block.is_none() {
+                true => sets_zf(&c.exe.ops[pc - 1]),
+                false => None,
+            };
+            c.op(pc);
         }
-        c.a.bind(l);
-        slot_offsets.push(c.a.pos() as u32);
-        c.zf = match pc > 0 && !c.targets[pc] {
-            true => sets_zf(&c.exe.ops[pc - 1]),
-            false => None,
-        };
-        c.op(pc);
-        uncharged_fallthrough = match c.exe.ops[pc] {
-            Op::Tail => uncharged_fallthrough,
-            ref op => !is_control(op),
-        };
-    }
-    for (edge, t) in core::mem::take(&mut c.edges) {
-        c.a.bind(edge);
-        c.goto(t);
     }
     c.emit_stubs();
     if exe.ops.iter().any(|op| matches!(op, Op::CallX(_))) {
@@ -288,30 +282,6 @@ fn sets_zf(op: &Op) -> Option<(u8, W)> {
     }
 }
 
-/// Whether `op` ends a straight-line run (what follows it is charged anew
-/// or never reached by falling through).
-fn is_control(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Ja(_)
-            | Op::Exit
-            | Op::FellOff
-            | Op::CallLocal(_)
-            | Op::Jmp64I(..)
-            | Op::Jmp64R(..)
-            | Op::Jmp32I(..)
-            | Op::Jmp32R(..)
-            | Op::JEq64I(..)
-            | Op::JNe64I(..)
-            | Op::JGt64I(..)
-            | Op::JLt64I(..)
-            | Op::JEq64R(..)
-            | Op::JNe64R(..)
-            | Op::JGt64R(..)
-            | Op::JLt64R(..)
-    )
-}
-
 impl Compiler<'_> {
     fn prologue(&mut self) {
         let a = &mut self.a;
@@ -332,7 +302,6 @@ impl Compiler<'_> {
         for r in [RAX, RDX, R9, R8, RBX, R13, R14, R15] {
             a.alu_rr(W::D, rm_op::XOR, r, r);
         }
-        self.charge(0);
         let first = self.slots[0];
         let a = &mut self.a;
         a.call(first);
@@ -349,28 +318,76 @@ impl Compiler<'_> {
         a.ret();
     }
 
-    /// Charges the straight-line run starting at `pc` against the budget.
-    fn charge(&mut self, pc: usize) {
-        let n = self.exe.run_len[pc] as i32;
-        if n == 0 {
+    /// The start of a block: checks that the run the interpreter would
+    /// enter here fits and subtracts the block's charge (see
+    /// [`super::budget`]).
+    fn enter_block(&mut self, pc: usize, block: Block) {
+        self.fix = block.fault_fix();
+        if self.fast {
+            self.enter_fast_block(pc, block);
             return;
         }
-        let stub = match self.budget_stubs[pc] {
-            Some(l) => l,
-            None => {
-                let l = self.a.label();
-                self.budget_stubs[pc] = Some(l);
-                self.stubs.push((l, Stub::Budget { pc, n }));
-                l
+        let threshold = block.threshold();
+        let stub = self.a.label();
+        if block.charge == threshold && block.charge != 0 {
+            self.a.alu_ri(W::Q, ext::SUB, BUDGET, block.charge);
+            self.a.jcc(cc::L, stub);
+            let fix = block.pend + block.charge;
+            self.stubs.push((stub, Stub::Budget { pc, fix }));
+            return;
+        }
+        self.a.alu_ri(W::Q, ext::CMP, BUDGET, threshold);
+        self.a.jcc(cc::L, stub);
+        let fix = block.pend;
+        self.stubs.push((stub, Stub::Budget { pc, fix }));
+        if block.charge != 0 {
+            self.a.alu_ri(W::Q, ext::SUB, BUDGET, block.charge);
+        }
+    }
+
+    /// A block start in the fast copy: a checkpoint checks what its whole
+    /// region needs and goes on in the precise copy if the budget may run
+    /// out before the next checkpoint; other blocks only subtract.
+    fn enter_fast_block(&mut self, pc: usize, block: Block) {
+        if !self.budget.checkpoints[pc] {
+            if block.charge != 0 {
+                self.a.alu_ri(W::Q, ext::SUB, BUDGET, block.charge);
             }
-        };
-        self.a.alu_ri(W::Q, ext::SUB, BUDGET, n);
-        self.a.jcc(cc::B, stub);
+            return;
+        }
+        let precise = self.precise[pc];
+        match self.budget.region_need[pc] {
+            Some(need) if need == block.charge && need != 0 => {
+                let stub = self.a.label();
+                self.a.alu_ri(W::Q, ext::SUB, BUDGET, need);
+                self.a.jcc(cc::L, stub);
+                let fix = need;
+                let to = precise;
+                self.stubs.push((stub, Stub::ToPrecise { fix, to }));
+            }
+            Some(need) => {
+                self.a.alu_ri(W::Q, ext::CMP, BUDGET, need);
+                self.a.jcc(cc::L, precise);
+                if block.charge != 0 {
+                    self.a.alu_ri(W::Q, ext::SUB, BUDGET, block.charge);
+                }
+            }
+            None => self.a.jmp(precise),
+        }
+    }
+
+    /// The label of slot `pc` in the copy being compiled.
+    fn slot(&self, pc: usize) -> Label {
+        match self.fast {
+            true => self.slots[pc],
+            false => self.precise[pc],
+        }
     }
 
     fn fault_stub(&mut self, pc: usize, kind: u32) -> Label {
         let l = self.a.label();
-        self.stubs.push((l, Stub::Fault { pc, kind }));
+        let fix = self.fix;
+        self.stubs.push((l, Stub::Fault { pc, kind, fix }));
         l
     }
 
@@ -380,23 +397,31 @@ impl Compiler<'_> {
             let a = &mut self.a;
             a.bind(l);
             let (pc, kind) = match stub {
-                Stub::Budget { pc, n } => {
-                    // Undo the charge: the interpreter does not subtract a
-                    // run it cannot afford.
-                    a.alu_ri(W::Q, ext::ADD, BUDGET, n);
+                Stub::ToPrecise { fix, to } => {
+                    fix_budget(a, fix);
+                    a.jmp(to);
+                    continue;
+                }
+                Stub::Budget { pc, fix } => {
+                    // The interpreter does not subtract a run it cannot
+                    // afford.
+                    fix_budget(a, fix);
                     a.load(8, R11, RBP, -RUN_SLOT);
                     (pc, fault::BUDGET)
                 }
-                Stub::Fault { pc, kind } => {
+                Stub::Fault { pc, kind, fix } => {
+                    fix_budget(a, fix);
                     a.load(8, R11, RBP, -RUN_SLOT);
                     (pc, kind)
                 }
-                Stub::HelperFault { pc, kind, id } => {
+                Stub::HelperFault { pc, kind, id, fix } => {
+                    fix_budget(a, fix);
                     a.load(8, R11, RBP, -RUN_SLOT);
                     a.store32_imm(R11, off::HELPER_ID, id);
                     (pc, kind)
                 }
-                Stub::Misaligned { pc, len } => {
+                Stub::Misaligned { pc, len, fix } => {
+                    fix_budget(a, fix);
                     a.load(8, R11, RBP, -RUN_SLOT);
                     a.store(8, R11, off::FAULT_ADDR, R10);
                     a.store_imm(8, R11, off::FAULT_LEN, len);
@@ -538,18 +563,18 @@ impl Compiler<'_> {
             Op::Nop | Op::Tail => {}
             Op::LdImm64(d, v) => self.load_const(x(d), v),
             Op::Ja(t) => self.goto(t as usize),
-            Op::JEq64I(d, t, i) => self.branch(Q, JmpCond::Eq, d, None, i64_(i), pc, t),
-            Op::JNe64I(d, t, i) => self.branch(Q, JmpCond::Ne, d, None, i64_(i), pc, t),
-            Op::JGt64I(d, t, i) => self.branch(Q, JmpCond::Gt, d, None, i64_(i), pc, t),
-            Op::JLt64I(d, t, i) => self.branch(Q, JmpCond::Lt, d, None, i64_(i), pc, t),
-            Op::JEq64R(d, s, t) => self.branch(Q, JmpCond::Eq, d, Some(s), 0, pc, t),
-            Op::JNe64R(d, s, t) => self.branch(Q, JmpCond::Ne, d, Some(s), 0, pc, t),
-            Op::JGt64R(d, s, t) => self.branch(Q, JmpCond::Gt, d, Some(s), 0, pc, t),
-            Op::JLt64R(d, s, t) => self.branch(Q, JmpCond::Lt, d, Some(s), 0, pc, t),
-            Op::Jmp64I(c, d, t, i) => self.branch(Q, c, d, None, i64_(i), pc, t),
-            Op::Jmp64R(c, d, s, t) => self.branch(Q, c, d, Some(s), 0, pc, t),
-            Op::Jmp32I(c, d, t, i) => self.branch(D, c, d, None, i as i32, pc, t),
-            Op::Jmp32R(c, d, s, t) => self.branch(D, c, d, Some(s), 0, pc, t),
+            Op::JEq64I(d, t, i) => self.branch(Q, JmpCond::Eq, d, None, i64_(i), t),
+            Op::JNe64I(d, t, i) => self.branch(Q, JmpCond::Ne, d, None, i64_(i), t),
+            Op::JGt64I(d, t, i) => self.branch(Q, JmpCond::Gt, d, None, i64_(i), t),
+            Op::JLt64I(d, t, i) => self.branch(Q, JmpCond::Lt, d, None, i64_(i), t),
+            Op::JEq64R(d, s, t) => self.branch(Q, JmpCond::Eq, d, Some(s), 0, t),
+            Op::JNe64R(d, s, t) => self.branch(Q, JmpCond::Ne, d, Some(s), 0, t),
+            Op::JGt64R(d, s, t) => self.branch(Q, JmpCond::Gt, d, Some(s), 0, t),
+            Op::JLt64R(d, s, t) => self.branch(Q, JmpCond::Lt, d, Some(s), 0, t),
+            Op::Jmp64I(c, d, t, i) => self.branch(Q, c, d, None, i64_(i), t),
+            Op::Jmp64R(c, d, s, t) => self.branch(Q, c, d, Some(s), 0, t),
+            Op::Jmp32I(c, d, t, i) => self.branch(D, c, d, None, i as i32, t),
+            Op::Jmp32R(c, d, s, t) => self.branch(D, c, d, Some(s), 0, t),
             Op::Call(id) => self.helper_call(pc, Some(id)),
             Op::CallX(s) => {
                 self.a.mov_rr(Q, R11, x(s));
@@ -724,25 +749,12 @@ impl Compiler<'_> {
     }
 
     fn goto(&mut self, t: usize) {
-        if let Some(entry) = self.entries[t] {
-            self.a.jmp(entry);
-            return;
-        }
-        self.charge(t);
-        let l = self.slots[t];
+        let l = self.slot(t);
         self.a.jmp(l);
     }
 
-    /// Charges the run at `pc + 1` after a jump not taken or a return,
-    /// unless it is a loop head, which charges itself.
-    fn charge_next(&mut self, pc: usize) {
-        if self.entries.get(pc + 1).copied().flatten().is_none() {
-            self.charge(pc + 1);
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
-    fn branch(&mut self, w: W, c: JmpCond, d: u8, s: Option<u8>, i: i32, pc: usize, t: u32) {
+    fn branch(&mut self, w: W, c: JmpCond, d: u8, s: Option<u8>, i: i32, t: u32) {
         let src = match s {
             Some(s) => Src::Reg(x(s)),
             None => self.imm(i),
@@ -773,17 +785,9 @@ impl Compiler<'_> {
             (_, Src::Imm(0)) => self.a.alu_rr(w, rm_op::TEST, dst, dst),
             (_, src) => self.alu(w, rm_op::CMP, ext::CMP, dst, src),
         }
-        // Taken: charge the target's run and go; not taken: charge the next one.
-        if let Some(entry) = self.entries[t as usize] {
-            self.a.jcc(code, entry);
-        } else {
-            // The taken edge charges out of line, so the not-taken path
-            // runs straight on without a taken jump.
-            let edge = self.a.label();
-            self.a.jcc(code, edge);
-            self.edges.push((edge, t as usize));
-        }
-        self.charge_next(pc);
+        // The target's block and the next one charge themselves.
+        let l = self.slot(t as usize);
+        self.a.jcc(code, l);
     }
 
     /// A helper call: `Some(id)` for `call id`, `None` for `callx` (id in r11).
@@ -793,12 +797,13 @@ impl Compiler<'_> {
             Some(id) => {
                 let unknown = self.a.label();
                 let failed = self.a.label();
+                let fix = self.fix;
                 let kind = fault::UNKNOWN_HELPER;
                 self.stubs
-                    .push((unknown, Stub::HelperFault { pc, kind, id }));
+                    .push((unknown, Stub::HelperFault { pc, kind, id, fix }));
                 let kind = fault::HELPER_FAILED;
                 self.stubs
-                    .push((failed, Stub::HelperFault { pc, kind, id }));
+                    .push((failed, Stub::HelperFault { pc, kind, id, fix }));
                 (unknown, failed)
             }
             // The id is stored in the run before the call.
@@ -811,7 +816,7 @@ impl Compiler<'_> {
         // r4 is the fourth argument (rcx); the run is the sixth (r9, where
         // r4 lives: the helper clobbers r1-r5 anyway).
         a.mov_rr(W::Q, RCX, R9);
-        a.load(8, R9, RBP, -RUN_SLOT);
+        a.load(8, R9, RSP, RUN_SLOT_FROM_RSP);
         match id {
             Some(id) => {
                 match self.helpers.get(id as usize).copied().flatten() {
@@ -850,7 +855,7 @@ impl Compiler<'_> {
 
     fn local_call(&mut self, pc: usize, t: usize) {
         if self.calls.bounded {
-            self.local_call_bounded(pc, t);
+            self.local_call_bounded(t);
             return;
         }
         let too_deep = self.fault_stub(pc, fault::CALL_DEPTH);
@@ -864,15 +869,11 @@ impl Compiler<'_> {
         a.mov_rr(W::Q, RBP, RSP);
         a.alu_ri(W::Q, ext::SUB, RSP, FRAME);
         a.store(8, RBP, -RUN_SLOT, R11);
-        self.charge(t);
-        let l = self.slots[t];
-        let a = &mut self.a;
-        a.call(l);
+        a.call(self.slots[t]);
         a.mov_rr(W::Q, RSP, RBP);
         for r in [RBP, R15, R14, R13, RBX] {
             a.pop(r);
         }
-        self.charge_next(pc);
     }
 
     /// A local call in a program whose calls cannot nest too deeply (see
@@ -880,7 +881,7 @@ impl Compiler<'_> {
     /// `r6`-`r9` the callee writes are saved. The callee's frame pointer is
     /// recomputed after the return rather than saved, since every function
     /// body runs with `rsp = rbp - FRAME - 8`.
-    fn local_call_bounded(&mut self, pc: usize, t: usize) {
+    fn local_call_bounded(&mut self, t: usize) {
         let writes = self.calls.writes[t];
         let saved: Vec<u8> = (6..10u8)
             .filter(|r| writes & (1 << r) != 0)
@@ -897,16 +898,12 @@ impl Compiler<'_> {
         a.lea(RBP, RSP, -pad);
         a.lea(RSP, RBP, -FRAME);
         a.store(8, RBP, -RUN_SLOT, R11);
-        self.charge(t);
-        let l = self.slots[t];
-        let a = &mut self.a;
-        a.call(l);
+        a.call(self.slots[t]);
         a.lea(RSP, RBP, pad);
         for &r in saved.iter().rev() {
             a.pop(r);
         }
         a.lea(RBP, RSP, FRAME + 8);
-        self.charge_next(pc);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -915,8 +912,9 @@ impl Compiler<'_> {
         let n = size.bytes() as i32;
         let src = x(s);
         let misaligned = self.a.label();
+        let fix = self.fix;
         self.stubs
-            .push((misaligned, Stub::Misaligned { pc, len: n }));
+            .push((misaligned, Stub::Misaligned { pc, len: n, fix }));
         let a = &mut self.a;
         a.lea(R10, x(d), o as i32);
         a.test_r8_i(R10, (n - 1) as u8);
@@ -955,6 +953,13 @@ impl Compiler<'_> {
                 a.mov_rr(W::Q, src, R11);
             }
         }
+    }
+}
+
+/// Adds `fix` to the budget register (see [`Block::fault_fix`]).
+fn fix_budget(a: &mut Asm, fix: i32) {
+    if fix != 0 {
+        a.alu_ri(W::Q, ext::ADD, BUDGET, fix);
     }
 }
 

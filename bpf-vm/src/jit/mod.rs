@@ -89,6 +89,7 @@
 //! [`Executable`]: crate::interp::Executable
 //! [`MAX_CALL_FRAMES`]: crate::interp::MAX_CALL_FRAMES
 
+mod budget;
 mod calls;
 mod compile;
 mod glue;

@@ -523,12 +523,32 @@ impl Asm {
         self.b(0xc3);
     }
 
+    /// The displacement of a jump of `len` bytes (with its 8-bit
+    /// displacement) from here to `l`, if `l` is already placed and that near.
+    fn short_to(&self, l: Label, len: usize) -> Option<u8> {
+        let target = self.labels[l.0]?;
+        let rel = target as i64 - (self.code.len() + len) as i64;
+        i8::try_from(rel).ok().map(|r| r as u8)
+    }
+
+    /// `jmp`, in two bytes back to a label within reach.
     pub fn jmp(&mut self, l: Label) {
+        if let Some(rel) = self.short_to(l, 2) {
+            self.b(0xeb);
+            self.b(rel);
+            return;
+        }
         self.b(0xe9);
         self.rel32(l);
     }
 
+    /// `jcc`, in two bytes back to a label within reach.
     pub fn jcc(&mut self, c: u8, l: Label) {
+        if let Some(rel) = self.short_to(l, 2) {
+            self.b(0x70 | c);
+            self.b(rel);
+            return;
+        }
         self.b(0x0f);
         self.b(0x80 | c);
         self.rel32(l);
