@@ -71,18 +71,20 @@ impl ExecCode {
     }
 }
 
-/// Where to ask for the code's mapping: 8 GiB past this binary's code,
+/// Where to ask for the code's mapping: 1.5 GiB past this binary's code,
 /// usually free (the heap starts within 1 GiB after the binary, other
 /// mappings sit terabytes higher), so that compiled code and the helpers
-/// it calls are close together, as in the kernel (both in its low
-/// identity map) and in rbpf (its code is on the heap). Left to itself,
-/// `mmap` picks an address some 2^45 bytes from the binary, and on AMD
-/// Zen 4 every call and return across 2^37 bytes or more costs about
-/// 0.8 ns more (`docs/jit.md`); when the hint is taken, the kernel picks
-/// the address as before ([`ExecCode::addr`] tells).
+/// it calls are within 2 GiB of each other, as in the kernel (both in its
+/// low identity map), in rbpf (its code is on the heap) and in Linux
+/// (modules and BPF programs within reach of a `call rel32` from the
+/// kernel text). Left to itself, `mmap` picks an address some 2^45 bytes
+/// from the binary, and on AMD Zen 4 every call and return across 2^37
+/// bytes or more costs about 0.8 ns more (`docs/jit.md`). When the hint
+/// is taken, the kernel picks the address as before ([`ExecCode::addr`]
+/// tells).
 fn near_hint() -> *mut c_void {
     let here = near_hint as *const () as usize;
-    ((here & !0xfff) + (8 << 30)) as *mut c_void
+    ((here & !0xfff) + (3 << 29)) as *mut c_void
 }
 
 impl Drop for ExecCode {
