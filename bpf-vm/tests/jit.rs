@@ -361,6 +361,64 @@ fn both(src: &str, ctx: &[u8], budget: u64) -> (Result<u64, RunError>, u64) {
     (jit, executed)
 }
 
+/// Branches that skip blocks, a loop, a bpf-to-bpf call and a helper that
+/// fails after the loop: the JIT charges the budget per region with a
+/// precise copy for the end of the budget (`jit::budget`), so every
+/// budget from 0 to enough must stop at the interpreter's instruction
+/// with its count.
+#[test]
+fn budget_runs_out_at_every_instruction_as_in_the_interpreter() {
+    let src = "
+        mov %r6, 0
+        mov %r7, 7
+    loop:
+        mov %r2, 1
+        jgt %r7, 3, +1
+        mov %r2, 0
+        add %r6, %r2
+        jeq %r7, 2, +2
+        mov %r1, %r7
+        call local f
+        sub %r7, 1
+        jne %r7, 0, loop
+        mov %r0, %r6
+        jgt %r6, 100, +1
+        mov %r1, 1
+        call 2
+        exit
+    f:
+        mov %r0, %r1
+        jlt %r1, 5, +1
+        add %r0, 10
+        exit
+    ";
+    let (full, executed) = both(src, &[], 1_000);
+    assert_eq!(
+        full.unwrap_err().kind,
+        RunErrorKind::Helper {
+            id: 2,
+            err: HelperError::Failed("no")
+        }
+    );
+    let mut budget_faults = 0;
+    for budget in 0..=executed {
+        let (res, _) = both(src, &[], budget);
+        if matches!(
+            res,
+            Err(RunError {
+                kind: RunErrorKind::BudgetExhausted { .. },
+                ..
+            })
+        ) {
+            budget_faults += 1;
+        }
+    }
+    // Every budget short of the whole run stops on the budget, at a run
+    // start (`both` compares the instruction and count with the
+    // interpreter's).
+    assert_eq!(budget_faults, executed);
+}
+
 #[test]
 fn faults_and_limits_match_the_interpreter() {
     // A loop of 3 + 1000 * 3 instructions: enough budget, and one short.
