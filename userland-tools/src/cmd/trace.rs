@@ -634,18 +634,23 @@ impl Session<'_> {
         Ok(exit)
     }
 
-    /// After unsubscribing: the pushed batches, then what is still in the
-    /// ring buffer (nothing is pushed any more, so the order holds).
-    /// Bounded: a probe on the scheduler sees the switches this very
-    /// polling causes, so "until nothing is pending" might never come.
+    /// After detaching and unsubscribing: the pushed batches, then what is
+    /// still in the ring buffer (nothing is pushed any more, so the order
+    /// holds), until a poll comes back empty. A batch is capped in bytes as
+    /// well as records, so a short batch does not mean the ring is empty:
+    /// stopping at one left records of the probes behind, which the drain
+    /// after END then printed past an `exit()`. Bounded all the same: no
+    /// link feeds the ring any more, so it empties within its size, and
+    /// the bound only keeps a misbehaving kernel from holding the tool.
     fn drain(&mut self, rt: &mut Runtime, events: u32) -> Result<bool, Stop> {
         const MAX: u32 = 4096;
+        const MAX_POLLS: usize = 4096;
         let mut exit = self.pushed(rt)?;
-        for _ in 0..16 {
+        for _ in 0..MAX_POLLS {
             let batch = rt.poll(vec![events], false, MAX)?;
-            let full = batch.records.len() as u32 == MAX;
+            let empty = batch.records.is_empty();
             exit |= self.records(rt, batch)?;
-            if !full {
+            if empty {
                 break;
             }
         }
