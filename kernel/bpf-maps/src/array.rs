@@ -29,6 +29,16 @@ impl ArrayLayout {
             self.base + (slot * self.stride) as u64
         })
     }
+
+    /// `(base, stride, max_entries)` when every CPU's lookup of value `i`
+    /// is `base + i * stride` (one copy per value: plain arrays, and
+    /// per-CPU arrays on one CPU), for a JIT to compute it inline; `None`
+    /// when the address depends on the CPU or the stride does not fit 32
+    /// bits.
+    pub fn shared_values(&self) -> Option<(u64, u32, u32)> {
+        let stride = u32::try_from(self.stride).ok()?;
+        (self.ncpus == 1).then_some((self.base, stride, self.max_entries))
+    }
 }
 
 /// `BPF_MAP_TYPE_ARRAY` and `BPF_MAP_TYPE_PERCPU_ARRAY`.
