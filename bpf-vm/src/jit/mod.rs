@@ -84,9 +84,10 @@
 //! - No `lfence` for speculative store bypass (Spectre v4) after stack
 //!   stores (Linux's `nospec` for spilled pointers).
 //!
-//! What it does: constant blinding (above) limits JIT spraying, and the code
-//! contains no absolute addresses other than `ld_imm64` constants and the
-//! helpers'.
+//! What it does: constant blinding (above) limits JIT spraying; inlined
+//! array lookups clamp their index with a `cmov` (see [`InlineLookup`]);
+//! the code contains no absolute addresses other than `ld_imm64`
+//! constants, inlined arrays' base addresses and the helpers'.
 //! Loading programs is root-only in ktrace, as in Linux without
 //! unprivileged BPF, where these mitigations are optional.
 //!

@@ -318,7 +318,7 @@ pub fn load(
             })));
         }
     };
-    let mut call_maps = Vec::new();
+    let call_maps;
     let report = match verifier::verify(program.insns(), &env, &config) {
         Ok(r) => {
             call_maps = r.call_maps;
