@@ -128,8 +128,10 @@ struct Compiler<'e> {
     a: Asm,
     exe: &'e Executable,
     helpers: &'e [Option<JitHelperFn>],
-    /// Per slot: the inline lookup replacing its helper call, if any.
-    inline: Vec<Option<InlineLookup>>,
+    /// The inline lookups replacing helper calls, by slot (sorted; one
+    /// entry per call rather than a table per slot, to keep the memory the
+    /// compiler takes proportional to what is inlined).
+    inline: Vec<InlineLookup>,
     /// The helper table appended to the code, for `callx`.
     table: Label,
     /// Each slot's code in the fast copy (see [`super::budget`]).
@@ -190,12 +192,12 @@ pub fn compile_inlined(
     };
     let fault_exit = a.label();
     let table = a.label();
-    let mut inline_at = vec![None; n];
-    for l in inline {
-        if matches!(exe.ops.get(l.pc), Some(Op::Call(_))) && l.stride <= i32::MAX as u32 {
-            inline_at[l.pc] = Some(*l);
-        }
-    }
+    let mut inline_at: Vec<InlineLookup> = inline
+        .iter()
+        .filter(|l| matches!(exe.ops.get(l.pc), Some(Op::Call(_))) && l.stride <= i32::MAX as u32)
+        .copied()
+        .collect();
+    inline_at.sort_by_key(|l| l.pc);
     let mut c = Compiler {
         a,
         exe,
@@ -597,9 +599,9 @@ impl Compiler<'_> {
             Op::Jmp64R(c, d, s, t) => self.branch(Q, c, d, Some(s), 0, t),
             Op::Jmp32I(c, d, t, i) => self.branch(D, c, d, None, i as i32, t),
             Op::Jmp32R(c, d, s, t) => self.branch(D, c, d, Some(s), 0, t),
-            Op::Call(id) => match self.inline[pc] {
-                Some(l) => self.inline_lookup(l),
-                None => self.helper_call(pc, Some(id)),
+            Op::Call(id) => match self.inline.binary_search_by_key(&pc, |l| l.pc) {
+                Ok(i) => self.inline_lookup(self.inline[i]),
+                Err(_) => self.helper_call(pc, Some(id)),
             },
             Op::CallX(s) => {
                 self.a.mov_rr(Q, R11, x(s));
