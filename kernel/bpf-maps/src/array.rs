@@ -245,6 +245,34 @@ mod tests {
         }
     }
 
+    /// What a JIT computes inline from `shared_values` is what
+    /// `value_addr` gives on every CPU; per-CPU arrays on more than one CPU
+    /// have none.
+    #[test]
+    fn shared_values_give_the_lookup_address() {
+        let cases = [
+            (map_type::ARRAY, 12, 3, false, true),
+            (map_type::PERCPU_ARRAY, 12, 1, true, true),
+            (map_type::PERCPU_ARRAY, 12, 2, true, false),
+        ];
+        for (t, vs, ncpus, percpu, shared) in cases {
+            let a = ArrayMap::new(spec(t, vs, 5), ncpus, percpu).unwrap();
+            let layout = a.layout();
+            let Some((base, stride, max)) = layout.shared_values() else {
+                assert!(!shared, "{t} on {ncpus} CPUs");
+                continue;
+            };
+            assert!(shared, "{t} on {ncpus} CPUs");
+            assert_eq!(max, 5);
+            for i in 0..7u32 {
+                let want = (i < max).then(|| base + u64::from(i) * u64::from(stride));
+                for cpu in 0..3 {
+                    assert_eq!(layout.value_addr(i, cpu), want, "{t} index {i} cpu {cpu}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn flags_and_bounds() {
         let mut a = ArrayMap::new(spec(map_type::ARRAY, 8, 4), 1, false).unwrap();
