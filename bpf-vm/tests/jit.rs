@@ -23,9 +23,9 @@ use std::cell::Cell;
 use bpf_vm::asm::assemble;
 use bpf_vm::insn::{Insn, LdImm64Src, Program};
 use bpf_vm::interp::{HelperError, HelperMem, HelperTable, Helpers, RunError, RunErrorKind, Vm};
-use bpf_vm::jit::{compile, JitImage, JitOptions};
+use bpf_vm::jit::{compile, compile_inlined, InlineLookup, JitImage, JitOptions};
 use bpf_vm::verifier::linux;
-use bpf_vm::verifier::{verify, Env};
+use bpf_vm::verifier::{verify, Env, MapDef};
 use bpf_vm::Executable;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
@@ -161,20 +161,46 @@ fn error_key(e: &RunError) -> (usize, String) {
 /// Runs an accepted program in both engines on two contexts, then on the
 /// first with a budget that runs out (see below), and describes the first
 /// difference.
-fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), String> {
+///
+/// `call_maps` (the verifier's [`bpf_vm::verifier::Report::call_maps`]),
+/// when given, has the JIT inline the array lookups it names; those make
+/// no helper call, so lookups of the array map are left out of both
+/// engines' helper logs (their results still show in r0, the context, the
+/// array and every later helper argument).
+fn differential(
+    insns: &[Insn],
+    seed: u64,
+    options: &JitOptions,
+    call_maps: Option<&[(usize, usize)]>,
+) -> Result<(), String> {
     let prog = Program::from_insns(insns.to_vec()).map_err(|e| format!("bad layout: {e}"))?;
     let exe = Executable::with_resolver(&prog, |src| match src {
         LdImm64Src::MapFd(fd) => Some(HANDLE_BASE + fd as u64),
         _ => None,
     })
     .map_err(|e| format!("prepare: {e}"))?;
-    let image = compile(&exe, options, &table::<Logged>()).map_err(|e| format!("jit: {e}"))?;
-    let code = ExecCode::new(&image);
-    let mut vm = Vm::new();
     let table = linux::helpers();
     let maps = maps();
     let mut interp_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
     let mut jit_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
+    let inline = array_lookups(
+        insns,
+        call_maps.unwrap_or(&[]),
+        &maps,
+        jit_array.as_ptr() as u64,
+    );
+    let image = compile_inlined(&exe, options, &support::jit::table::<Logged>(), &inline)
+        .map_err(|e| format!("jit: {e}"))?;
+    let code = ExecCode::new(&image);
+    let mut vm = Vm::new();
+    let array_handle = Val::Num(HANDLE_BASE + 1);
+    let keep = |log: &mut Vec<(u32, [Val; 5], Result<Val, String>)>| {
+        if call_maps.is_some() {
+            log.retain(|(id, args, _)| {
+                !(*id == linux::helper::MAP_LOOKUP_ELEM as u32 && args[0] == array_handle)
+            });
+        }
+    };
     // Two contexts with a budget that is never reached, then the first
     // context again with a budget cut somewhere inside its run (drawn from
     // the seed), so that the budget runs out at every kind of place.
@@ -213,7 +239,7 @@ fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), S
                 ));
             }
         }
-        let interp = Outcome {
+        let mut interp = Outcome {
             result: res.map_err(|e| error_key(&e)),
             executed: vm.executed(),
             ctx: ctx.to_vec(),
@@ -228,7 +254,7 @@ fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), S
         // these helpers, and it just ran without a memory fault in the
         // checked interpreter.
         let (res, executed) = unsafe { run_jit(&code, &mut ctx, &mut h, budget) };
-        let jit = Outcome {
+        let mut jit = Outcome {
             result: res.map_err(|e| error_key(&e)),
             executed,
             ctx: ctx.to_vec(),
@@ -237,6 +263,8 @@ fn differential(insns: &[Insn], seed: u64, options: &JitOptions) -> Result<(), S
             scalars: scalars(&h),
             log: std::mem::take(&mut h.log),
         };
+        keep(&mut interp.log);
+        keep(&mut jit.log);
         if interp != jit {
             return Err(format!(
                 "run {run}: results differ\ninterpreter: {interp:?}\njit:         {jit:?}"
@@ -271,20 +299,26 @@ fn jit_matches_interpreter_on_generated_programs() {
         helpers: &helpers,
         maps: &maps,
     };
+    let inlined = Cell::new(0u64);
     let config = fuzz_config();
     let result = runner.run(&(program(), any::<u64>()), |(insns, seed)| {
         generated.set(generated.get() + 1);
-        if verify(&insns, &env, &config).is_err() {
+        let Ok(report) = verify(&insns, &env, &config) else {
             return Ok(());
-        }
+        };
         compared.set(compared.get() + 1);
+        // Every other program (crossed with blinding) inlines its array lookups.
+        let call_maps = (seed & 2 == 0).then_some(&report.call_maps[..]);
+        if !array_lookups(&insns, call_maps.unwrap_or(&[]), &maps, 0).is_empty() {
+            inlined.set(inlined.get() + 1);
+        }
         if insns.iter().any(|i| matches!(i, Insn::CallLocal { .. })) {
             with_calls.set(with_calls.get() + 1);
         }
         let options = JitOptions {
             blinding: (seed & 1 == 1).then_some(seed.rotate_left(17)),
         };
-        differential(&insns, seed, &options).map_err(|e| {
+        differential(&insns, seed, &options, call_maps).map_err(|e| {
             let text = bpf_vm::disasm::program(
                 &Program::from_insns(insns.clone()).unwrap(),
                 bpf_vm::disasm::Syntax::Llvm,
@@ -295,10 +329,11 @@ fn jit_matches_interpreter_on_generated_programs() {
         Ok(())
     });
     println!(
-        "jit differential fuzz: {} programs generated, {} accepted and compared on 3 runs each ({} with bpf-to-bpf calls), 0 mismatches",
+        "jit differential fuzz: {} programs generated, {} accepted and compared on 3 runs each ({} with bpf-to-bpf calls, {} with inlined array lookups), 0 mismatches",
         generated.get(),
         compared.get(),
-        with_calls.get()
+        with_calls.get(),
+        inlined.get()
     );
     if let Err(e) = result {
         panic!("{e}");
@@ -307,6 +342,36 @@ fn jit_matches_interpreter_on_generated_programs() {
         compared.get() * 20 >= generated.get(),
         "too few accepted programs"
     );
+    assert!(
+        inlined.get() * 10 >= compared.get(),
+        "too few programs with inlined lookups"
+    );
+}
+
+/// The inline lookups for the array map's lookup calls among `call_maps`,
+/// its values at `base`.
+fn array_lookups(
+    insns: &[Insn],
+    call_maps: &[(usize, usize)],
+    maps: &[MapDef],
+    base: u64,
+) -> Vec<InlineLookup> {
+    call_maps
+        .iter()
+        .filter(|&&(pc, m)| {
+            insns[pc]
+                == Insn::Call {
+                    id: linux::helper::MAP_LOOKUP_ELEM,
+                }
+                && maps[m].map_type == linux::map_type::ARRAY
+        })
+        .map(|&(pc, m)| InlineLookup {
+            pc,
+            base,
+            stride: maps[m].value_size,
+            max_entries: maps[m].max_entries,
+        })
+        .collect()
 }
 
 fn helper_ok(_: &mut (), _: &mut HelperMem<'_>, a: [u64; 5]) -> Result<u64, HelperError> {
@@ -697,4 +762,121 @@ fn implicit_register_corner_cases_match_the_interpreter() {
         }
     }
     assert_eq!(programs, 4 * 4 * 8 * 2 * 16 + (4 * 2 + 2) * 2 * 12);
+}
+
+/// An inlined array lookup gives the helper's result at and around the
+/// bounds (the key's upper context bytes are ignored: keys are `u32`),
+/// blinded or not, and makes no helper call.
+#[test]
+fn inlined_array_lookups_match_the_helper_at_the_bounds() {
+    let src = "
+        ldxw %r2, [%r1+0]
+        stxw [%r10-4], %r2
+        mov %r2, %r10
+        add %r2, -4
+        lddw %r1, map_fd(1)
+        call 1
+        jeq %r0, 0, null
+        ldxdw %r0, [%r0+8]
+        exit
+        null:
+        mov %r0, 1000
+        exit";
+    let prog = assemble(src).unwrap();
+    let helpers = linux::helpers();
+    let pt = linux::kprobe();
+    let maps = maps();
+    let env = Env {
+        prog_type: &pt,
+        helpers: &helpers,
+        maps: &maps,
+    };
+    let report = verify(prog.insns(), &env, &fuzz_config()).unwrap();
+    assert_eq!(
+        report.call_maps,
+        vec![(6, 1)],
+        "the call at slot 6 is on map 1"
+    );
+    let exe = Executable::with_resolver(&prog, |src| match src {
+        LdImm64Src::MapFd(fd) => Some(HANDLE_BASE + fd as u64),
+        _ => None,
+    })
+    .unwrap();
+    let filled = |v: &mut Vec<u8>| {
+        for (i, b) in v.iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
+        }
+    };
+    let mut interp_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
+    let mut jit_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
+    filled(&mut interp_array);
+    filled(&mut jit_array);
+    let inline = array_lookups(
+        prog.insns(),
+        &report.call_maps,
+        &maps,
+        jit_array.as_ptr() as u64,
+    );
+    assert_eq!(inline.len(), 1);
+    let last = ARRAY_ENTRIES as u64 - 1;
+    let keys = [
+        0,
+        1,
+        last,
+        last + 1,
+        last + 2,
+        0xffff_ffff,
+        1 << 32,
+        (1 << 32) + 3,
+    ];
+    for blinding in [None, Some(0x1234_5678_9abc_def0)] {
+        let options = JitOptions { blinding };
+        let image = compile_inlined(&exe, &options, &table::<Logged>(), &inline).unwrap();
+        let code = ExecCode::new(&image);
+        for key in keys {
+            let mut ctx = [0u8; CTX_LEN];
+            ctx[..8].copy_from_slice(&u64::to_le_bytes(key));
+            let idx = key as u32 as usize;
+            let want = match idx < ARRAY_ENTRIES {
+                true => u64::from_le_bytes(
+                    jit_array[idx * VALUE_SIZE + 8..idx * VALUE_SIZE + 16]
+                        .try_into()
+                        .unwrap(),
+                ),
+                false => 1000,
+            };
+            let logged = |array: &mut Vec<u8>, ctx: &[u8]| Logged {
+                inner: Oracle {
+                    table: &helpers,
+                    maps: &maps,
+                    ctx: ctx.as_ptr() as u64,
+                    array: array.as_mut_ptr(),
+                    seed: 0,
+                    fp: Cell::new(0),
+                    records: Vec::new(),
+                    copies: Vec::new(),
+                    scalars: Vec::new(),
+                },
+                ctx: ctx.as_ptr() as u64,
+                log: Vec::new(),
+            };
+            let mut c1 = ctx;
+            let mut h = logged(&mut interp_array, &c1);
+            let interp = Vm::new().run_checked(&exe, &mut c1, &mut h, &[], 1000);
+            assert_eq!(interp, Ok(want), "interpreter, key {key:#x}");
+            assert_eq!(h.log.len(), 1, "the interpreter calls the helper");
+            let mut c2 = ctx;
+            let mut h = logged(&mut jit_array, &c2);
+            // SAFETY: verified program; the array buffer outlives the code's
+            // runs and holds ARRAY_ENTRIES values of VALUE_SIZE bytes.
+            let (jit, executed) = unsafe { run_jit(&code, &mut c2, &mut h, 1000) };
+            assert_eq!(jit, Ok(want), "JIT, key {key:#x}, blinding {blinding:?}");
+            assert_eq!(executed, 9, "the call is charged as one instruction");
+            assert!(h.log.is_empty(), "an inlined lookup calls no helper");
+        }
+        if blinding.is_some() {
+            let base = (jit_array.as_ptr() as u64).to_le_bytes();
+            assert!(!contains(image.code(), &base), "the map address is blinded");
+        }
+    }
 }

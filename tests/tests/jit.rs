@@ -15,8 +15,11 @@ use serde_json::Value;
 /// Two programs on the probe target: `mix` updates a hash map from the
 /// argument (with a 64-bit constant, which blinding must keep intact) and
 /// sums the result of a `probe_read_kernel` of unmapped memory (the null
-/// page: -EFAULT each time); `spin` loops `arg & 63` times, so a small
-/// instruction budget stops some runs and not others.
+/// page: -EFAULT each time); `spin` first counts whether `arg & 7` is a
+/// key of the 4-entry array `totals` (slot 2) or its lookup is NULL (slot
+/// 3), then loops `arg & 63` times, so a small instruction budget stops
+/// some runs and not others. The JIT computes the lookups of the array
+/// inline (one in `mix`, three in `spin`).
 const C_PROG: &str = r#"
 struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
 __attribute__((section("maps"), used)) struct bpf_map_def sums = { 1, 8, 8, 16, 0 };
@@ -45,6 +48,10 @@ int mix(struct pt_regs *ctx) {
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
 int spin(struct pt_regs *ctx) {
     unsigned long long n = ctx->di & 63, acc = 1;
+    unsigned int j = n & 7;
+    unsigned int slot = bpf_map_lookup_elem(&totals, &j) ? 2 : 3;
+    unsigned long long *c = bpf_map_lookup_elem(&totals, &slot);
+    if (c) __sync_fetch_and_add(c, 1);
 #pragma clang loop unroll(disable)
     for (unsigned long long i = 0; i < n; i++) acc = acc * 31 + i;
     unsigned int k = 1;
@@ -145,6 +152,13 @@ fn jit_interpreter_and_blinded_jit_agree_end_to_end() {
             (0, (-14i64 as u64).wrapping_mul(u64::from(CALLS))),
             "{exec}"
         );
+        // Arguments 0..CALLS: `arg & 7` is below 4 for half of them.
+        let found = u64::from(CALLS) / 2;
+        assert_eq!(
+            (totals[2], totals[3]),
+            ((2, found), (3, u64::from(CALLS) - found)),
+            "{exec}: lookups in and out of range"
+        );
         let mut stats = Vec::new();
         for p in out["programs"].as_array().unwrap() {
             let id = p["id"].as_u64().unwrap();
@@ -169,10 +183,14 @@ fn jit_interpreter_and_blinded_jit_agree_end_to_end() {
                 _ => {
                     let bytes = info["exec"]["Jit"]["native_bytes"].as_u64().unwrap();
                     assert!(bytes > 0, "{info}");
+                    let inlined = match info["name"].as_str().unwrap() {
+                        "mix" => "1 array lookup inlined",
+                        _ => "3 array lookups inlined",
+                    };
                     assert_eq!(
                         exec_line,
                         format!(
-                            "exec:         JIT-compiled, {bytes} bytes of native code{}",
+                            "exec:         JIT-compiled, {bytes} bytes of native code{}, {inlined}",
                             if *exec == "jit+blind" {
                                 ", constants blinded"
                             } else {
@@ -272,7 +290,7 @@ fn jit_interpreter_and_blinded_jit_agree_end_to_end() {
     let (col, exec) = exec_of("default-harden");
     assert_eq!(col, "jit+blind");
     assert!(
-        exec.ends_with("bytes of native code, constants blinded"),
+        exec.contains("bytes of native code, constants blinded"),
         "{exec}"
     );
     assert_eq!(
@@ -379,6 +397,8 @@ fn interpreter_and_jit_harden_flags_conflict() {
 const BENCH_PROG: &str = r#"
 struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
 __attribute__((section("maps"), used)) struct bpf_map_def counts = { 1, 4, 8, 4, 0 };
+__attribute__((section("maps"), used)) struct bpf_map_def slots = { 2, 4, 8, 4, 0 };
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, unsigned long long flags) = (void *) 2;
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
 int empty(void *ctx) { return 0; }
@@ -387,6 +407,13 @@ int update(void *ctx) {
     unsigned int key = 0;
     unsigned long long one = 1;
     bpf_map_update_elem(&counts, &key, &one, 0);
+    return 0;
+}
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int lookup(void *ctx) {
+    unsigned int key = 1;
+    unsigned long long *v = bpf_map_lookup_elem(&slots, &key);
+    if (v) __sync_fetch_and_add(v, 1);
     return 0;
 }
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
@@ -406,7 +433,7 @@ fn median(mut v: Vec<u64>) -> u64 {
 
 /// One program of [`BENCH_PROG`], loaded for one engine.
 struct BenchProg {
-    /// `empty`, `update` or `loop`.
+    /// `empty`, `update`, `lookup` or `loop`.
     name: String,
     engine: ktrace_abi::bpf::Engine,
     id: u32,
@@ -584,7 +611,7 @@ fn per_hit_cost_interpreter_vs_jit() {
         let adds = |e: &str, n: &str| median(cost[&(e.to_string(), n.to_string())].0.clone());
         let run_ns = |e: &str, n: &str| median(cost[&(e.to_string(), n.to_string())].1.clone());
         let floor = adds("Jit", "empty");
-        for name in ["empty", "update", "loop"] {
+        for name in ["empty", "update", "lookup", "loop"] {
             for engine in ["Interpreter", "Jit"] {
                 println!(
                     "  {engine:<12} {name:<7} adds {:>6} cycles, own {:>6} cycles, run {:>6} ns (timing on)",
@@ -598,7 +625,7 @@ fn per_hit_cost_interpreter_vs_jit() {
             0 => String::from("-"),
             _ => format!("{:.2}x", a as f64 / b as f64),
         };
-        for name in ["empty", "update", "loop"] {
+        for name in ["empty", "update", "lookup", "loop"] {
             let (i, j) = (adds("Interpreter", name), adds("Jit", name));
             println!(
                 "  {name}: interpreter/JIT: adds {}, own (less the floor of {floor} cycles) {}, run ns {}",
@@ -630,7 +657,10 @@ fn per_hit_cost_by_probe_mode() {
     use probe_sdk::trace::TraceClient;
 
     with_bench_programs("mode-bench", |rt, progs| {
-        let progs: Vec<&BenchProg> = progs.iter().filter(|p| p.name != "loop").collect();
+        let progs: Vec<&BenchProg> = progs
+            .iter()
+            .filter(|p| p.name != "loop" && p.name != "lookup")
+            .collect();
         let set_mode = |rt: &mut Runtime<'_>, mode: ProbeMode| {
             let boost = if mode == ProbeMode::Int3 { "off" } else { "on" };
             let r = rt

@@ -68,7 +68,7 @@ const CALL_ROOM: i32 = 5 * 8 + FRAME + 8;
 use super::budget::{self, Block, BudgetPlan};
 use super::calls::{self, CallPlan};
 use super::x86::{RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP};
-use super::{fault, off, JitError, JitHelperFn, JitImage, JitOptions, JitRun};
+use super::{fault, off, InlineLookup, JitError, JitHelperFn, JitImage, JitOptions, JitRun};
 use crate::insn::{AtomicOp, JmpCond, Size, STACK_SIZE};
 use crate::interp::exe::Op;
 use crate::interp::{Executable, MAX_CALL_FRAMES};
@@ -128,6 +128,10 @@ struct Compiler<'e> {
     a: Asm,
     exe: &'e Executable,
     helpers: &'e [Option<JitHelperFn>],
+    /// The inline lookups replacing helper calls, by slot (sorted; one
+    /// entry per call rather than a table per slot, to keep the memory the
+    /// compiler takes proportional to what is inlined).
+    inline: Vec<InlineLookup>,
     /// The helper table appended to the code, for `callx`.
     table: Label,
     /// Each slot's code in the fast copy (see [`super::budget`]).
@@ -159,6 +163,19 @@ pub fn compile(
     options: &JitOptions,
     helpers: &[Option<JitHelperFn>],
 ) -> Result<JitImage, JitError> {
+    compile_inlined(exe, options, helpers, &[])
+}
+
+/// [`compile`], replacing the helper calls `inline` describes with inline
+/// array lookups (see [`InlineLookup`] for what the caller guarantees).
+/// Entries whose slot is not a `call` of a helper id, or whose stride is
+/// 2^31 or more, are ignored (the call stays a helper call).
+pub fn compile_inlined(
+    exe: &Executable,
+    options: &JitOptions,
+    helpers: &[Option<JitHelperFn>],
+    inline: &[InlineLookup],
+) -> Result<JitImage, JitError> {
     let n = exe.ops.len();
     if n >= (i32::MAX as usize) / 128 || helpers.len() >= 1 << 24 {
         return Err(JitError::TooLarge(n - 1));
@@ -175,10 +192,17 @@ pub fn compile(
     };
     let fault_exit = a.label();
     let table = a.label();
+    let mut inline_at: Vec<InlineLookup> = inline
+        .iter()
+        .filter(|l| matches!(exe.ops.get(l.pc), Some(Op::Call(_))) && l.stride <= i32::MAX as u32)
+        .copied()
+        .collect();
+    inline_at.sort_by_key(|l| l.pc);
     let mut c = Compiler {
         a,
         exe,
         helpers,
+        inline: inline_at,
         table,
         slots,
         budget,
@@ -575,7 +599,10 @@ impl Compiler<'_> {
             Op::Jmp64R(c, d, s, t) => self.branch(Q, c, d, Some(s), 0, t),
             Op::Jmp32I(c, d, t, i) => self.branch(D, c, d, None, i as i32, t),
             Op::Jmp32R(c, d, s, t) => self.branch(D, c, d, Some(s), 0, t),
-            Op::Call(id) => self.helper_call(pc, Some(id)),
+            Op::Call(id) => match self.inline.binary_search_by_key(&pc, |l| l.pc) {
+                Ok(i) => self.inline_lookup(self.inline[i]),
+                Err(_) => self.helper_call(pc, Some(id)),
+            },
             Op::CallX(s) => {
                 self.a.mov_rr(Q, R11, x(s));
                 self.helper_call(pc, None);
@@ -851,6 +878,33 @@ impl Compiler<'_> {
         a.call_r(R11);
         a.alu_rr(W::Q, rm_op::TEST, RDX, RDX);
         a.jcc(cc::NE, failed);
+    }
+
+    /// An array lookup in place of the helper call (see [`InlineLookup`]):
+    /// `r0 = key < max_entries ? base + key * stride : NULL`, with the key
+    /// clamped to 0 by a `cmov` before use, so that a mispredicted bounds
+    /// check cannot form an address past the end (Spectre v1). Writes only
+    /// `r0` and scratch registers (the helper may clobber `r1`-`r5`).
+    fn inline_lookup(&mut self, l: InlineLookup) {
+        let null = self.a.label();
+        let done = self.a.label();
+        self.a.alu_rr(W::D, rm_op::XOR, R10, R10);
+        // r2 (rsi) points at the 4 key bytes (verified).
+        self.a.load(4, RAX, RSI, 0);
+        let max = self.imm(l.max_entries as i32);
+        self.alu(W::D, rm_op::CMP, ext::CMP, RAX, max);
+        self.a.cmov(W::D, cc::AE, RAX, R10);
+        self.a.jcc(cc::AE, null);
+        match self.imm(l.stride as i32) {
+            Src::Imm(i) => self.a.imul_rri(W::Q, RAX, RAX, i),
+            Src::Reg(r) => self.a.imul_rr(W::Q, RAX, r),
+        }
+        self.load_const(R10, l.base);
+        self.a.alu_rr(W::Q, rm_op::ADD, RAX, R10);
+        self.a.jmp(done);
+        self.a.bind(null);
+        self.a.alu_rr(W::D, rm_op::XOR, RAX, RAX);
+        self.a.bind(done);
     }
 
     fn local_call(&mut self, pc: usize, t: usize) {

@@ -58,6 +58,10 @@
 //! interpreter's unknown-helper fault when the call is reached (the
 //! verifier rejects such programs anyway).
 //!
+//! [`compile_inlined`] also replaces the array lookups the embedder
+//! describes with inline code (see [`InlineLookup`]); such a call is still
+//! charged as one instruction but makes no helper call.
+//!
 //! # Constant blinding
 //! With [`JitOptions::blinding`] every 32- and 64-bit immediate an attacker
 //! controls (ALU and jump operands, stored immediates, `ld_imm64`) is
@@ -80,9 +84,10 @@
 //! - No `lfence` for speculative store bypass (Spectre v4) after stack
 //!   stores (Linux's `nospec` for spilled pointers).
 //!
-//! What it does: constant blinding (above) limits JIT spraying, and the code
-//! contains no absolute addresses other than `ld_imm64` constants and the
-//! helpers'.
+//! What it does: constant blinding (above) limits JIT spraying; inlined
+//! array lookups clamp their index with a `cmov` (see [`InlineLookup`]);
+//! the code contains no absolute addresses other than `ld_imm64`
+//! constants, inlined arrays' base addresses and the helpers'.
 //! Loading programs is root-only in ktrace, as in Linux without
 //! unprivileged BPF, where these mitigations are optional.
 //!
@@ -93,6 +98,7 @@ mod budget;
 mod calls;
 mod compile;
 mod glue;
+mod inline;
 mod x86;
 
 use alloc::vec::Vec;
@@ -102,8 +108,9 @@ use core::marker::PhantomData;
 
 use crate::interp::{HelperError, RunError, RunErrorKind};
 
-pub use compile::compile;
+pub use compile::{compile, compile_inlined};
 pub use glue::{helper_table, run, HELPER_IDS};
+pub use inline::InlineLookup;
 
 /// Options of [`compile`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

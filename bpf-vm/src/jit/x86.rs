@@ -262,6 +262,14 @@ impl Asm {
         self.modrm_rr(dst, src);
     }
 
+    /// `cmov<c> dst, src`.
+    pub fn cmov(&mut self, w: W, c: u8, dst: u8, src: u8) {
+        self.rex(w == W::Q, dst, 0, src, false);
+        self.b(0x0f);
+        self.b(0x40 | c);
+        self.modrm_rr(dst, src);
+    }
+
     pub fn imul_rri(&mut self, w: W, dst: u8, src: u8, imm: i32) {
         self.rex(w == W::Q, dst, 0, src, false);
         self.b(0x69);

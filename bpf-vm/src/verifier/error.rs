@@ -169,6 +169,12 @@ pub struct Report {
     pub stats: Stats,
     /// The verifier log (empty at log level 0).
     pub log: String,
+    /// Helper calls whose map argument (`r1` for the map helpers) is the
+    /// same map on every path the verifier walked: (slot, index of the map
+    /// in [`crate::verifier::Env::maps`]). A JIT may specialise such a
+    /// call for that map (see `bpf_vm::jit::InlineLookup`), as Linux does
+    /// with the map pointer it keeps per call instruction.
+    pub call_maps: Vec<(usize, usize)>,
 }
 
 /// Result of a failed verification: the error, plus what was gathered.

@@ -146,6 +146,13 @@ pub fn verify(prog: &[Insn], env: &Env<'_>, config: &Config<'_>) -> Result<Repor
     let mut stats = core::mem::take(&mut checker.stats);
     elapsed(&mut stats);
     let mut log = core::mem::take(&mut checker.log.buf);
+    let call_maps = checker
+        .call_map
+        .iter()
+        .enumerate()
+        .filter(|&(_, &m)| m < check::CALL_MAP_MANY)
+        .map(|(pc, &m)| (pc, m as usize))
+        .collect();
     match result {
         Ok(()) => {
             if config.log_level > 0 {
@@ -160,7 +167,11 @@ pub fn verify(prog: &[Insn], env: &Env<'_>, config: &Config<'_>) -> Result<Repor
                     ),
                 );
             }
-            Ok(Report { stats, log })
+            Ok(Report {
+                stats,
+                log,
+                call_maps,
+            })
         }
         Err(error) => {
             if config.log_level > 0 {
@@ -179,8 +190,9 @@ pub fn verify(prog: &[Insn], env: &Env<'_>, config: &Config<'_>) -> Result<Repor
 /// measures the real peak against it.)
 pub fn fixed_memory_bytes(insns: usize, config: &Config<'_>) -> usize {
     // Per slot: the state lists (24), control-flow and liveness tables
-    // (about 40), worklists and the call graph in the worst case (about 40).
-    const PER_INSN: usize = 128;
+    // (about 40), worklists and the call graph in the worst case (about 40),
+    // the map of each helper call (4) and the report's list of them (16).
+    const PER_INSN: usize = 148;
     // A String doubles as it grows, so the log may reserve twice its limit.
     let log = if config.log_level > 0 {
         config.log_limit.saturating_mul(2)

@@ -693,10 +693,17 @@ impl Helpers for Oracle<'_> {
         args: [u64; 5],
         mem: &mut HelperMem<'_>,
     ) -> Result<u64, HelperError> {
-        self.seed = self
-            .seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        // Array lookups draw nothing from the seed and do not advance it, so
+        // that a JIT which inlines them (no helper call) sees the same
+        // random values in later calls.
+        let array_lookup = id == helper::MAP_LOOKUP_ELEM as u32
+            && self.map(args[0]).map(|m| m.map_type) == Some(map_type::ARRAY);
+        if !array_lookup {
+            self.seed = self
+                .seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+        }
         let proto = i32::try_from(id)
             .ok()
             .and_then(|id| self.table.get(id))

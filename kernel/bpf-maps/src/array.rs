@@ -29,6 +29,16 @@ impl ArrayLayout {
             self.base + (slot * self.stride) as u64
         })
     }
+
+    /// `(base, stride, max_entries)` when every CPU's lookup of value `i`
+    /// is `base + i * stride` (one copy per value: plain arrays, and
+    /// per-CPU arrays on one CPU), for a JIT to compute it inline; `None`
+    /// when the address depends on the CPU or the stride does not fit 32
+    /// bits.
+    pub fn shared_values(&self) -> Option<(u64, u32, u32)> {
+        let stride = u32::try_from(self.stride).ok()?;
+        (self.ncpus == 1).then_some((self.base, stride, self.max_entries))
+    }
 }
 
 /// `BPF_MAP_TYPE_ARRAY` and `BPF_MAP_TYPE_PERCPU_ARRAY`.
@@ -232,6 +242,34 @@ mod tests {
             value_size: vs,
             max_entries: n,
             flags: 0,
+        }
+    }
+
+    /// What a JIT computes inline from `shared_values` is what
+    /// `value_addr` gives on every CPU; per-CPU arrays on more than one CPU
+    /// have none.
+    #[test]
+    fn shared_values_give_the_lookup_address() {
+        let cases = [
+            (map_type::ARRAY, 12, 3, false, true),
+            (map_type::PERCPU_ARRAY, 12, 1, true, true),
+            (map_type::PERCPU_ARRAY, 12, 2, true, false),
+        ];
+        for (t, vs, ncpus, percpu, shared) in cases {
+            let a = ArrayMap::new(spec(t, vs, 5), ncpus, percpu).unwrap();
+            let layout = a.layout();
+            let Some((base, stride, max)) = layout.shared_values() else {
+                assert!(!shared, "{t} on {ncpus} CPUs");
+                continue;
+            };
+            assert!(shared, "{t} on {ncpus} CPUs");
+            assert_eq!(max, 5);
+            for i in 0..7u32 {
+                let want = (i < max).then(|| base + u64::from(i) * u64::from(stride));
+                for cpu in 0..3 {
+                    assert_eq!(layout.value_addr(i, cpu), want, "{t} index {i} cpu {cpu}");
+                }
+            }
         }
     }
 

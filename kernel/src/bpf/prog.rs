@@ -318,18 +318,22 @@ pub fn load(
             })));
         }
     };
+    let call_maps;
     let report = match verifier::verify(program.insns(), &env, &config) {
-        Ok(r) => VerifierReport {
-            accepted: true,
-            message: None,
-            log: r.log,
-            insns_processed: r.stats.insns_processed,
-            states_stored: r.stats.states_stored,
-            peak_states: r.stats.peak_states,
-            states_pruned: r.stats.states_pruned,
-            stack_depth: r.stats.stack_depth,
-            time_ns: r.stats.time_ns.unwrap_or(0),
-        },
+        Ok(r) => {
+            call_maps = r.call_maps;
+            VerifierReport {
+                accepted: true,
+                message: None,
+                log: r.log,
+                insns_processed: r.stats.insns_processed,
+                states_stored: r.stats.states_stored,
+                peak_states: r.stats.peak_states,
+                states_pruned: r.stats.states_pruned,
+                stack_depth: r.stats.stack_depth,
+                time_ns: r.stats.time_ns.unwrap_or(0),
+            }
+        }
         Err(rej) => {
             return Err(LoadError::Rejected(Box::new(VerifierReport {
                 accepted: false,
@@ -362,7 +366,8 @@ pub fn load(
         _ => None,
     })
     .map_err(|e| LoadError::Invalid(e.to_string()))?;
-    let (native, exec) = compile(&exe, engine, id);
+    let inline = array_lookups(&program, &call_maps, &maps);
+    let (native, exec) = compile(&exe, engine, id, &inline);
     Ok(Program {
         id,
         name: p.name.clone(),
@@ -382,6 +387,35 @@ pub fn load(
         last_error: SpinLock::new(None),
         loaded_at_ns: crate::time::now_ns(),
     })
+}
+
+/// The `map_lookup_elem` calls the verifier saw on one array map on every
+/// path, described for the JIT to compute inline (see
+/// [`jit::InlineLookup`]). An array's values never move and the program
+/// holds its maps (`Program::maps`) for as long as its code may run, so
+/// the address stays valid; per-CPU arrays on more than one CPU stay
+/// helper calls (see [`ktrace_bpf_maps::ArrayLayout::shared_values`]).
+fn array_lookups(
+    program: &bpf_vm::insn::Program,
+    call_maps: &[(usize, usize)],
+    maps: &[Arc<KMap>],
+) -> Vec<jit::InlineLookup> {
+    let lookup = bpf_vm::insn::Insn::Call {
+        id: linux::helper::MAP_LOOKUP_ELEM,
+    };
+    call_maps
+        .iter()
+        .filter(|&&(pc, _)| program.insns().get(pc) == Some(&lookup))
+        .filter_map(|&(pc, m)| {
+            let (base, stride, max_entries) = maps.get(m)?.array()?.shared_values()?;
+            Some(jit::InlineLookup {
+                pc,
+                base,
+                stride,
+                max_entries,
+            })
+        })
+        .collect()
 }
 
 /// A blinding seed: `rdrand` where the CPU has it (QEMU's `-cpu max` does,
@@ -413,7 +447,12 @@ pub enum Choice {
 /// JIT-compiles `exe` unless `engine` asks for the interpreter; a program
 /// the JIT or the executable memory refuses runs interpreted, and the
 /// listing says why.
-fn compile(exe: &Executable, engine: Choice, id: u32) -> (Option<ExecMem>, ExecInfo) {
+fn compile(
+    exe: &Executable,
+    engine: Choice,
+    id: u32,
+    inline: &[jit::InlineLookup],
+) -> (Option<ExecMem>, ExecInfo) {
     let interpreted = |why: &str| {
         (
             None,
@@ -453,7 +492,7 @@ fn compile(exe: &Executable, engine: Choice, id: u32) -> (Option<ExecMem>, ExecI
         log::warn!("bpf: program {id} runs interpreted: {why}");
         (None, ExecInfo::Interpreter { why })
     };
-    let image = match jit::compile(exe, &options, &helpers) {
+    let image = match jit::compile_inlined(exe, &options, &helpers, inline) {
         Ok(image) => image,
         Err(e) => return refused(alloc::format!("the JIT refused it: {e}")),
     };
@@ -465,6 +504,7 @@ fn compile(exe: &Executable, engine: Choice, id: u32) -> (Option<ExecMem>, ExecI
                 ExecInfo::Jit {
                     native_bytes,
                     blinded,
+                    inlined_lookups: inline.len() as u32,
                 },
             )
         }

@@ -400,8 +400,13 @@ pub enum Engine {
 /// How a loaded program runs, as `ktrace prog show` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExecInfo {
-    /// JIT-compiled into `native_bytes` bytes of code.
-    Jit { native_bytes: u32, blinded: bool },
+    /// JIT-compiled into `native_bytes` bytes of code, with
+    /// `inlined_lookups` array map lookups computed inline (no helper call).
+    Jit {
+        native_bytes: u32,
+        blinded: bool,
+        inlined_lookups: u32,
+    },
     /// Interpreted, and why (asked for, or the JIT refused the program).
     Interpreter { why: String },
 }

@@ -138,9 +138,15 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
                 ExecInfo::Jit {
                     native_bytes,
                     blinded,
+                    inlined_lookups,
                 } => outln!(
-                    "exec:         JIT-compiled, {native_bytes} bytes of native code{}",
-                    if *blinded { ", constants blinded" } else { "" }
+                    "exec:         JIT-compiled, {native_bytes} bytes of native code{}{}",
+                    if *blinded { ", constants blinded" } else { "" },
+                    match inlined_lookups {
+                        0 => String::new(),
+                        1 => ", 1 array lookup inlined".to_string(),
+                        n => format!(", {n} array lookups inlined"),
+                    }
                 ),
                 ExecInfo::Interpreter { why } => outln!("exec:         interpreted ({why})"),
             }

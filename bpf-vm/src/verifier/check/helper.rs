@@ -154,6 +154,12 @@ impl Checker<'_> {
                     );
                 }
                 args.map = Some(m);
+                let seen = &mut self.call_map[pc];
+                *seen = match *seen {
+                    super::CALL_MAP_NONE => m,
+                    s if s == m => m,
+                    _ => super::CALL_MAP_MANY,
+                };
             }
             ArgKind::PtrToMapKey | ArgKind::PtrToMapValue => {
                 let Some(m) = args.map.and_then(|m| self.env.maps.get(m as usize)) else {

@@ -74,7 +74,16 @@ pub(crate) struct Checker<'a> {
     state_bytes: usize,
     /// Set by a step whose safety depended on a scalar's value.
     need_precise: bool,
+    /// Per slot: the map a helper call's map argument was on every path
+    /// that reached it ([`CALL_MAP_NONE`] if none, [`CALL_MAP_MANY`] if
+    /// paths disagreed). See [`crate::verifier::Report::call_maps`].
+    pub call_map: Vec<u32>,
 }
+
+/// No helper call with a map argument was checked at this slot.
+pub(crate) const CALL_MAP_NONE: u32 = u32::MAX;
+/// Paths reached this call with different maps.
+pub(crate) const CALL_MAP_MANY: u32 = u32::MAX - 1;
 
 impl<'a> Checker<'a> {
     pub fn new(prog: &'a [Insn], env: Env<'a>, cfg: &'a Config<'a>, graph: Cfg) -> Checker<'a> {
@@ -96,6 +105,7 @@ impl<'a> Checker<'a> {
             noted_div: vec![false; n],
             state_bytes: 0,
             need_precise: false,
+            call_map: vec![CALL_MAP_NONE; n],
         }
     }
 
