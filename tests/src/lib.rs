@@ -109,6 +109,21 @@ pub fn test_config(test: &str) -> VmConfig {
     cfg
 }
 
+/// Runs `cfg`'s QEMU with `-icount VALUE` when the environment variable
+/// `var` is set to VALUE (e.g. `shift=0`): guest time then counts guest
+/// instructions, so the TSC advances 2^shift per instruction and a
+/// benchmark's cycle counts become instruction counts, free of host load.
+/// Returns the shift when VALUE names one (`shift=N`), for converting
+/// cycles or time back to instructions.
+pub fn icount_from_env(cfg: &mut VmConfig, var: &str) -> Option<u32> {
+    let value = std::env::var(var).ok()?;
+    let shift = value
+        .split(',')
+        .find_map(|p| p.strip_prefix("shift=").and_then(|n| n.parse::<u32>().ok()));
+    cfg.extra_qemu_args = vec!["-icount".into(), value.into()];
+    shift
+}
+
 /// A VM config for a test with `n` virtio disks of 32 MiB (fresh sparse
 /// images in the returned directory) besides ram0.
 pub fn disk_config(test: &str, n: usize) -> (VmConfig, std::path::PathBuf) {

@@ -507,9 +507,7 @@ fn block_benchmarks() {
     // BLOCK_BENCH_ICOUNT=shift=5 makes guest time count instructions, so
     // host load does not move the figures (device time then runs on the
     // host's clock only while the guest idles).
-    if let Ok(icount) = std::env::var("BLOCK_BENCH_ICOUNT") {
-        cfg.extra_qemu_args = vec!["-icount".into(), icount.into()];
-    }
+    ktrace_tests::icount_from_env(&mut cfg, "BLOCK_BENCH_ICOUNT");
     let mut vm = TestVm::boot_with(cfg);
     let mut c = vm.client();
     c.set_request_timeout(std::time::Duration::from_secs(60));

@@ -234,9 +234,7 @@ fn biolatency_iops() {
     if let Ok(kernel) = std::env::var("IOPS_BENCH_KERNEL") {
         cfg.kernel = Some(kernel.into());
     }
-    if let Ok(icount) = std::env::var("IOPS_BENCH_ICOUNT") {
-        cfg.extra_qemu_args = vec!["-icount".into(), icount.into()];
-    }
+    let shift = ktrace_tests::icount_from_env(&mut cfg, "IOPS_BENCH_ICOUNT");
     let mut vm = TestVm::boot_with(cfg);
     let mut client = vm.client();
     client.set_request_timeout(Duration::from_secs(60));
@@ -420,10 +418,6 @@ fn biolatency_iops() {
     // Under `-icount shift=N` guest time is 2^N ns per instruction: the
     // median IOPS say how many instructions one I/O took (on a virtio disk
     // also the host's time for the disk while the guest idled).
-    let shift = std::env::var("IOPS_BENCH_ICOUNT").ok().and_then(|v| {
-        v.split(',')
-            .find_map(|p| p.strip_prefix("shift=").and_then(|n| n.parse::<u32>().ok()))
-    });
     if let Some(shift) = shift {
         println!("guest instructions per I/O (icount shift={shift}), from the median IOPS:");
         for (d, dev) in devs.iter().enumerate() {

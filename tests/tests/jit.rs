@@ -399,6 +399,7 @@ struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_f
 __attribute__((section("maps"), used)) struct bpf_map_def counts = { 1, 4, 8, 4, 0 };
 __attribute__((section("maps"), used)) struct bpf_map_def slots = { 2, 4, 8, 4, 0 };
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
+static unsigned int (*bpf_get_smp_processor_id)(void) = (void *) 8;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, unsigned long long flags) = (void *) 2;
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
 int empty(void *ctx) { return 0; }
@@ -414,6 +415,15 @@ int lookup(void *ctx) {
     unsigned int key = 1;
     unsigned long long *v = bpf_map_lookup_elem(&slots, &key);
     if (v) __sync_fetch_and_add(v, 1);
+    return 0;
+}
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int helper(void *ctx) { return bpf_get_smp_processor_id(); }
+__attribute__((section("kprobe/kernel::bpf::testing::target"), used))
+int aupdate(void *ctx) {
+    unsigned int key = 0;
+    unsigned long long one = 1;
+    bpf_map_update_elem(&slots, &key, &one, 0);
     return 0;
 }
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
@@ -433,7 +443,11 @@ fn median(mut v: Vec<u64>) -> u64 {
 
 /// One program of [`BENCH_PROG`], loaded for one engine.
 struct BenchProg {
-    /// `empty`, `update`, `lookup` or `loop`.
+    /// `empty`, `helper` (one call of the cheapest helper: the cost of a
+    /// helper call's way in and out), `lookup` (an array lookup and an
+    /// atomic add to the value: compiled inline by the JIT), `aupdate` (one
+    /// array update through the helper), `update` (one hash map update) or
+    /// `loop`.
     name: String,
     engine: ktrace_abi::bpf::Engine,
     id: u32,
@@ -442,17 +456,31 @@ struct BenchProg {
 
 /// The set-up both per-hit benchmarks share: [`BENCH_PROG`] compiled and
 /// prepared, a VM booted as `vm_name`, every program loaded once
-/// interpreted and once JIT-compiled, then `body` with the runtime.
-fn with_bench_programs(vm_name: &str, body: impl FnOnce(&mut Runtime<'_>, &[BenchProg])) {
+/// interpreted and once JIT-compiled, then `body` with the runtime and,
+/// under `JIT_BENCH_ICOUNT=shift=N` (QEMU `-icount`: the TSC then counts
+/// guest instructions, 2^N per instruction), the shift.
+/// `JIT_BENCH_KERNEL=ELF` boots that kernel instead of this tree's.
+fn with_bench_programs(
+    vm_name: &str,
+    body: impl FnOnce(&mut Runtime<'_>, &[BenchProg], Option<u32>),
+) {
     use ktrace_abi::bpf::{Engine, LoadOptions};
     use ktrace_tests::{kernel_image, TestVm};
     use probe_sdk::runtime::prepare;
 
     let dir = std::env::temp_dir().join(format!("ktrace-{vm_name}-{}", std::process::id()));
     let obj = ktrace_tests::compile_c(&dir, "bench", BENCH_PROG);
-    let prepared = prepare(&obj, &kernel_image().source, &mut |_| {}).unwrap();
-    let mut vm = TestVm::boot(vm_name);
+    let mut cfg = ktrace_tests::test_config(vm_name);
+    let icount = ktrace_tests::icount_from_env(&mut cfg, "JIT_BENCH_ICOUNT");
+    // Another build's kernel (a self-tests build), for before/after runs.
+    if let Ok(kernel) = std::env::var("JIT_BENCH_KERNEL") {
+        cfg.kernel = Some(kernel.into());
+    }
+    let kernel = cfg.kernel.clone().unwrap_or(kernel_image().source.clone());
+    let prepared = prepare(&obj, &kernel, &mut |_| {}).unwrap();
+    let mut vm = TestVm::boot_with(cfg);
     let mut client = vm.client();
+    client.set_request_timeout(std::time::Duration::from_secs(120));
     let mut rt = Runtime::new(&mut client);
     let mut progs = Vec::new();
     for engine in [Engine::Interpreter, Engine::Jit] {
@@ -484,7 +512,7 @@ fn with_bench_programs(vm_name: &str, body: impl FnOnce(&mut Runtime<'_>, &[Benc
             });
         }
     }
-    body(&mut rt, &progs);
+    body(&mut rt, &progs, icount);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -529,8 +557,9 @@ fn cheapest_batch(
     (cycles, run_ns)
 }
 
-/// Per-hit cost of an empty, a map-update and a 100-iteration ALU loop
-/// program (no helper) on a jump-optimised kprobe of the probe target,
+/// Per-hit cost of an empty program, one helper call, an array lookup, an
+/// array update, a hash map update and a 100-iteration ALU loop (no
+/// helper) on a jump-optimised kprobe of the probe target,
 /// interpreted and JIT-compiled, in one boot, after the in-kernel
 /// breakdown of one hit (self test `hit_cost`, which checks its own
 /// counts). Five rounds, the engines alternating which goes first, each
@@ -546,13 +575,14 @@ fn cheapest_batch(
 ///
 /// Timing is reported, never asserted; what is asserted is that every call
 /// ran the program. The same boot runs the self test of the JIT's
-/// executable memory (W^X).
+/// executable memory (W^X). `JIT_BENCH_ICOUNT=shift=N` counts guest
+/// instructions instead (one round; see [`with_bench_programs`]).
 #[test]
 fn per_hit_cost_interpreter_vs_jit() {
     use ktrace_abi::trace::{ProbeKind, ProbeTarget};
     use probe_sdk::trace::TraceClient;
 
-    with_bench_programs("jit-bench", |rt, progs| {
+    with_bench_programs("jit-bench", |rt, progs, icount| {
         // The code's memory first: executable and never writable, writable
         // data again once freed.
         let r = rt.client().self_test("exec_mem_wx").unwrap();
@@ -563,7 +593,18 @@ fn per_hit_cost_interpreter_vs_jit() {
         for line in &r.output {
             println!("  {line}");
         }
-        let (rounds, batches, per_batch) = (5, 10, 2_000);
+        // Under icount a batch's count is the same from round to round
+        // but for the timer interrupts that land in it: one round, and the
+        // cheapest of a few batches drops those.
+        let (rounds, batches, per_batch) = match icount {
+            Some(_) => (1, 4, 2_000),
+            None => (5, 10, 2_000),
+        };
+        // Cycles under TCG; guest instructions under icount.
+        let (unit, scale) = match icount {
+            Some(shift) => ("instructions", 1u64 << shift),
+            None => ("cycles", 1),
+        };
         let (mut bare, mut probe) = (Vec::new(), Vec::new());
         // (engine, name) -> (adds, run ns)
         let mut cost: std::collections::BTreeMap<(String, String), (Vec<u64>, Vec<u64>)> =
@@ -602,19 +643,25 @@ fn per_hit_cost_interpreter_vs_jit() {
                 e.1.push(run);
             }
         }
-        let (bare, probe) = (median(bare), median(probe));
+        let (bare, probe) = (median(bare) / scale, median(probe) / scale);
         println!(
-            "per-hit cost, cheapest of {batches} batches of {per_batch} calls, median of {rounds} rounds; \
-             bare call {bare} cycles, jump-optimised kprobe with no program +{} cycles",
+            "per-hit cost, cheapest of {batches} batches of {per_batch} calls, median of {rounds} rounds{}; \
+             bare call {bare} {unit}, jump-optimised kprobe with no program +{} {unit}",
+            match icount {
+                Some(shift) => format!(" (QEMU -icount shift={shift}: guest instructions)"),
+                None => String::new(),
+            },
             probe.saturating_sub(bare)
         );
-        let adds = |e: &str, n: &str| median(cost[&(e.to_string(), n.to_string())].0.clone());
+        let adds =
+            |e: &str, n: &str| median(cost[&(e.to_string(), n.to_string())].0.clone()) / scale;
         let run_ns = |e: &str, n: &str| median(cost[&(e.to_string(), n.to_string())].1.clone());
         let floor = adds("Jit", "empty");
-        for name in ["empty", "update", "lookup", "loop"] {
+        let names = ["empty", "helper", "lookup", "aupdate", "update", "loop"];
+        for name in names {
             for engine in ["Interpreter", "Jit"] {
                 println!(
-                    "  {engine:<12} {name:<7} adds {:>6} cycles, own {:>6} cycles, run {:>6} ns (timing on)",
+                    "  {engine:<12} {name:<7} adds {:>6} {unit}, own {:>6} {unit}, run {:>6} ns (timing on)",
                     adds(engine, name),
                     adds(engine, name).saturating_sub(floor),
                     run_ns(engine, name)
@@ -625,10 +672,10 @@ fn per_hit_cost_interpreter_vs_jit() {
             0 => String::from("-"),
             _ => format!("{:.2}x", a as f64 / b as f64),
         };
-        for name in ["empty", "update", "lookup", "loop"] {
+        for name in names {
             let (i, j) = (adds("Interpreter", name), adds("Jit", name));
             println!(
-                "  {name}: interpreter/JIT: adds {}, own (less the floor of {floor} cycles) {}, run ns {}",
+                "  {name}: interpreter/JIT: adds {}, own (less the floor of {floor} {unit}) {}, run ns {}",
                 ratio(i, j),
                 ratio(i.saturating_sub(floor), j.saturating_sub(floor)),
                 ratio(run_ns("Interpreter", name), run_ns("Jit", name))
@@ -656,10 +703,10 @@ fn per_hit_cost_by_probe_mode() {
     use ktrace_abi::trace::{ProbeKind, ProbeMode, ProbeTarget};
     use probe_sdk::trace::TraceClient;
 
-    with_bench_programs("mode-bench", |rt, progs| {
+    with_bench_programs("mode-bench", |rt, progs, _| {
         let progs: Vec<&BenchProg> = progs
             .iter()
-            .filter(|p| p.name != "loop" && p.name != "lookup")
+            .filter(|p| p.name == "empty" || p.name == "update")
             .collect();
         let set_mode = |rt: &mut Runtime<'_>, mode: ProbeMode| {
             let boost = if mode == ProbeMode::Int3 { "off" } else { "on" };

@@ -105,19 +105,6 @@ impl Memory {
         }
     }
 
-    /// Fast-mode memory with no stack of its own, for helpers called from
-    /// outside the interpreter (compiled code). Allocates nothing.
-    const fn unchecked() -> Memory {
-        Memory {
-            base: 0,
-            stack: Vec::new(),
-            init: Vec::new(),
-            depth: 1,
-            regions: Vec::new(),
-            checked: false,
-        }
-    }
-
     pub fn stack_base(&self) -> u64 {
         self.base
     }
@@ -206,7 +193,29 @@ impl Memory {
 /// What a helper gets to reach guest memory: reads and writes go through the
 /// same checks as the program's own accesses in checked mode.
 pub struct HelperMem<'m> {
-    pub(crate) mem: &'m mut Memory,
+    /// The run's memory in checked mode; `None` in fast mode, where every
+    /// check passes and `allow` records nothing, so nothing of the memory
+    /// is needed (and a JIT trampoline builds none per helper call).
+    mem: Option<&'m mut Memory>,
+}
+
+impl<'m> HelperMem<'m> {
+    /// The helpers' view of an interpreter run's memory.
+    #[inline]
+    pub(crate) fn of(mem: &'m mut Memory) -> HelperMem<'m> {
+        HelperMem {
+            mem: if mem.checked { Some(mem) } else { None },
+        }
+    }
+
+    /// Checks a helper's access in checked mode.
+    #[inline]
+    fn check(&mut self, addr: u64, len: u64, write: bool) -> Result<(), RunErrorKind> {
+        match self.mem.as_deref_mut() {
+            Some(m) => m.check(addr, len, write),
+            None => Ok(()),
+        }
+    }
 }
 
 impl HelperMem<'_> {
@@ -218,21 +227,20 @@ impl HelperMem<'_> {
     /// Only on behalf of a program the verifier accepted, running under the
     /// contract of [`crate::interp::Vm::run_fast`]: its helper pointer
     /// arguments point at the bytes the helper reads or writes.
+    #[inline]
     pub unsafe fn with_unchecked<R>(f: impl FnOnce(&mut HelperMem<'_>) -> R) -> R {
-        let mut mem = Memory::unchecked();
-        f(&mut HelperMem { mem: &mut mem })
+        f(&mut HelperMem { mem: None })
     }
 
     /// Whether the run is in checked mode.
     pub fn is_checked(&self) -> bool {
-        self.mem.checked
+        self.mem.is_some()
     }
 
     /// Borrows `len` guest bytes at `addr` (e.g. a map key on the stack).
     #[inline]
     pub fn read(&mut self, addr: u64, len: usize) -> Result<&[u8], HelperError> {
-        self.mem
-            .check(addr, len as u64, false)
+        self.check(addr, len as u64, false)
             .map_err(|_| HelperError::BadPointer { addr, len })?;
         if len == 0 {
             return Ok(&[]);
@@ -254,8 +262,7 @@ impl HelperMem<'_> {
         b: (u64, usize),
     ) -> Result<(&[u8], &[u8]), HelperError> {
         for (addr, len) in [a, b] {
-            self.mem
-                .check(addr, len as u64, false)
+            self.check(addr, len as u64, false)
                 .map_err(|_| HelperError::BadPointer { addr, len })?;
         }
         let (ra, rb) = self.read_unchecked_pair(a, b);
@@ -278,8 +285,7 @@ impl HelperMem<'_> {
     /// Copies `data` into guest memory at `addr`.
     #[inline]
     pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), HelperError> {
-        self.mem
-            .check(addr, data.len() as u64, true)
+        self.check(addr, data.len() as u64, true)
             .map_err(|_| HelperError::BadPointer {
                 addr,
                 len: data.len(),
@@ -299,20 +305,19 @@ impl HelperMem<'_> {
     /// while the program may touch it.
     #[inline]
     pub unsafe fn allow(&mut self, addr: u64, len: u64, writable: bool) {
-        if self.mem.checked {
+        if let Some(mem) = self.mem.as_deref_mut() {
             let r = Region {
                 start: addr,
                 len,
                 writable,
             };
             // Helpers typically allow the same map value again and again.
-            let known = self
-                .mem
+            let known = mem
                 .regions
                 .iter()
                 .any(|k| k.start == r.start && k.len == r.len && k.writable == r.writable);
             if !known {
-                self.mem.regions.push(r);
+                mem.regions.push(r);
             }
         }
     }

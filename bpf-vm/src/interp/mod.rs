@@ -544,7 +544,7 @@ impl Vm {
                 Op::Jmp32R(c, d, s, t) => jump!(cond32(c, r!(d) as u32, r!(s) as u32), t),
                 Op::Call(id) => {
                     let args = args!();
-                    match helpers.call(id, args, &mut HelperMem { mem }) {
+                    match helpers.call(id, args, &mut HelperMem::of(mem)) {
                         Ok(v) => reg[0] = v,
                         Err(err) => fault!(RunErrorKind::Helper { id, err }),
                     }
@@ -553,7 +553,7 @@ impl Vm {
                     // An id beyond u32 names no helper (rather than wrapping onto one).
                     let id = u32::try_from(r!(s)).unwrap_or(u32::MAX);
                     let args = args!();
-                    match helpers.call(id, args, &mut HelperMem { mem }) {
+                    match helpers.call(id, args, &mut HelperMem::of(mem)) {
                         Ok(v) => reg[0] = v,
                         Err(err) => fault!(RunErrorKind::Helper { id, err }),
                     }

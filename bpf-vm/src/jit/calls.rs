@@ -119,7 +119,7 @@ pub(super) fn analyse(ops: &[Op]) -> CallPlan {
 /// The registers `op` writes (bit `r`), as far as `r6`-`r10` matter: helper
 /// calls write `r0`-`r5` only, and a local call's callee is accounted at
 /// its own call site.
-fn written(op: &Op) -> u16 {
+pub(super) fn written(op: &Op) -> u16 {
     use Op::*;
     let reg = match *op {
         Add64I(d, _)

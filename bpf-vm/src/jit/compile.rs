@@ -22,8 +22,11 @@
 //! then padding that keeps `rsp` 16-byte aligned inside every program
 //! function, as helper calls need.
 //!
-//! Layout: the prologue saves the callee-saved registers, reserves frame 0
-//! and `call`s the program's first slot, so `exit` is always `ret` (from a
+//! Layout: the prologue saves the callee-saved registers the code writes
+//! and reserves frame 0. A program without bpf-to-bpf calls falls into its
+//! first slot and each `exit` jumps to the epilogue (placed before the
+//! entry point), so a run is one call and one return; with local calls the
+//! prologue `call`s the first slot, so `exit` is always `ret` (from a
 //! bpf-to-bpf callee or from the program). A bpf-to-bpf call pushes
 //! `r6`-`r10`, reserves the callee's frame and `call`s it; the call depth
 //! is checked against `rsp`, since every frame takes the same room. Faults
@@ -154,6 +157,9 @@ struct Compiler<'e> {
     /// The register whose value the flags' ZF describes when the current
     /// slot starts (the previous slot's ALU result), and that result's width.
     zf: Option<(u8, W)>,
+    /// No bpf-to-bpf calls: `exit` jumps to the epilogue (see
+    /// [`Compiler::prologue`]).
+    direct_exit: bool,
 }
 
 /// Compiles `exe` (see the [module documentation](super)) for `helpers`,
@@ -215,8 +221,9 @@ pub fn compile_inlined(
         calls: calls::analyse(&exe.ops),
         targets: jump_targets(&exe.ops),
         zf: None,
+        direct_exit: !exe.ops.iter().any(|op| matches!(op, Op::CallLocal(_))),
     };
-    c.prologue();
+    let entry = c.prologue();
     let mut slot_offsets = Vec::with_capacity(n);
     for copy in 0..if two { 2 } else { 1 } {
         c.fast = two && copy == 0;
@@ -252,7 +259,7 @@ pub fn compile_inlined(
     slot_offsets.truncate(n - 1);
     Ok(JitImage {
         code,
-        entry: 0,
+        entry,
         slot_offsets,
     })
 }
@@ -307,9 +314,26 @@ fn sets_zf(op: &Op) -> Option<(u8, W)> {
 }
 
 impl Compiler<'_> {
-    fn prologue(&mut self) {
+    /// The way in and out of the program. Without bpf-to-bpf calls every
+    /// `exit` is the program's own, so it jumps to the epilogue and the
+    /// prologue falls into slot 0: one call into the code (the embedder's)
+    /// and one `ret` out of it. With local calls an `exit` may end a
+    /// callee, so every `exit` is a `ret` and the prologue `call`s slot 0.
+    /// Returns the entry point's offset.
+    fn prologue(&mut self) -> usize {
+        let direct = self.direct_exit;
+        // The native callee-saved registers the code writes: rbp (r10, set
+        // below), r12 (the budget) and those of r6-r9 that some operation
+        // writes (`calls::written`; a local call saves what its callee
+        // writes itself). Pushed and popped in one order, so a fault's
+        // unwind through `SAVED_RSP` pops what was pushed.
+        let saved = self.saved_regs();
+        if direct {
+            self.epilogue(&saved);
+        }
+        let entry = self.a.pos();
         let a = &mut self.a;
-        for r in [RBX, RBP, R12, R13, R14, R15] {
+        for &r in &saved {
             a.push(r);
         }
         a.store(8, RDX, off::SAVED_RSP, RSP);
@@ -320,23 +344,64 @@ impl Compiler<'_> {
         a.store(8, RDX, off::STACK_LIMIT, R11);
         a.load(8, BUDGET, RDX, off::LEFT);
         a.mov_rr(W::Q, RBP, RSP);
-        a.alu_ri(W::Q, ext::SUB, RSP, FRAME);
-        a.store(8, RBP, -RUN_SLOT, RDX);
-        // Registers other than r1 (ctx) and r2 (its length) start at 0.
-        for r in [RAX, RDX, R9, R8, RBX, R13, R14, R15] {
-            a.alu_rr(W::D, rm_op::XOR, r, r);
+        // The body runs 8 bytes further down, where a `call` of slot 0
+        // leaves it (its return address), in both forms.
+        match direct {
+            true => a.alu_ri(W::Q, ext::SUB, RSP, FRAME + 8),
+            false => a.alu_ri(W::Q, ext::SUB, RSP, FRAME),
         }
-        let first = self.slots[0];
-        let a = &mut self.a;
-        a.call(first);
-        // Normal exit and faults: rbp is frame 0's or the faulting frame's,
-        // either way below it is the run pointer.
+        a.store(8, RBP, -RUN_SLOT, RDX);
+        // The other registers are not zeroed: the verifier refuses a read
+        // of a register before it is written on any path ("R3 !read_ok"),
+        // helper arguments included, so no program sees what they held.
+        if !direct {
+            let first = self.slots[0];
+            self.a.call(first);
+            self.epilogue(&saved);
+        }
+        // Direct: falls through into slot 0, emitted next.
+        entry
+    }
+
+    /// The native callee-saved registers [`Compiler::prologue`] saves, in
+    /// push order: an even number of them, so that `rsp` stays 16-byte
+    /// aligned in the body as helper calls need (the embedder's call left
+    /// it 8 off; each frame and a body's return address are multiples of
+    /// 16 together).
+    fn saved_regs(&self) -> Vec<u8> {
+        let written = self
+            .exe
+            .ops
+            .iter()
+            .fold(0u16, |m, op| m | calls::written(op));
+        let writes = |r: u8| match REG[6..10].iter().position(|&x| x == r) {
+            Some(i) => written & (1 << (6 + i)) != 0,
+            None => true,
+        };
+        let mut keep = [RBX, RBP, R12, R13, R14, R15].map(writes);
+        if keep.iter().filter(|&&k| k).count() % 2 == 1 {
+            // One more (an unwritten one: never all six are kept here).
+            if let Some(k) = keep.iter_mut().find(|k| !**k) {
+                *k = true;
+            }
+        }
+        [RBX, RBP, R12, R13, R14, R15]
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(r, k)| k.then_some(r))
+            .collect()
+    }
+
+    /// Normal exit and faults: rbp is frame 0's or the faulting frame's,
+    /// either way below it is the run pointer.
+    fn epilogue(&mut self, saved: &[u8]) {
         let fe = self.fault_exit;
+        let a = &mut self.a;
         a.bind(fe);
         a.load(8, R11, RBP, -RUN_SLOT);
         a.store(8, R11, off::LEFT, BUDGET);
         a.load(8, RSP, R11, off::SAVED_RSP);
-        for r in [R15, R14, R13, R12, RBP, RBX] {
+        for &r in saved.iter().rev() {
             a.pop(r);
         }
         a.ret();
@@ -608,7 +673,15 @@ impl Compiler<'_> {
                 self.helper_call(pc, None);
             }
             Op::CallLocal(t) => self.local_call(pc, t as usize),
-            Op::Exit => self.a.ret(),
+            Op::Exit => match self.direct_exit {
+                // The program's own exit (no local calls): rbp is frame
+                // 0's, as the epilogue expects.
+                true => {
+                    let fe = self.fault_exit;
+                    self.a.jmp(fe);
+                }
+                false => self.a.ret(),
+            },
             Op::LdxB(d, s, o) => self.a.load(1, x(d), x(s), o as i32),
             Op::LdxH(d, s, o) => self.a.load(2, x(d), x(s), o as i32),
             Op::LdxW(d, s, o) => self.a.load(4, x(d), x(s), o as i32),

@@ -312,6 +312,11 @@ fn zero(mem: &mut HelperMem<'_>, dst: u64, size: usize) -> Result<(), HelperErro
 }
 
 impl Helpers for RunEnv<'_> {
+    // Inlined into each caller: the JIT's trampolines pass a constant id
+    // (one trampoline per helper), so each keeps only its own arm instead
+    // of dispatching on the id at every call; the interpreter's one call
+    // site keeps the match.
+    #[inline(always)]
     fn call(
         &mut self,
         helper: u32,
