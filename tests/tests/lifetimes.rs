@@ -119,10 +119,21 @@ fn a_client_killed_mid_stream_leaves_its_session_usable() {
         let deadline = Instant::now() + Duration::from_secs(180);
         while info(&mut c).control_tx_waits == waits {
             keep_producing(&mut c);
-            assert!(
-                Instant::now() < deadline,
-                "kill {kill}: the streaming client never fell behind"
-            );
+            if Instant::now() >= deadline {
+                // Seen intermittently on a loaded host (kill 10 of 17 once):
+                // what the kernel was doing then, for the next look.
+                let now = info(&mut c);
+                let mut rt = Runtime::new(&mut c);
+                panic!(
+                    "kill {kill}: the streaming client never fell behind\ntasks: {:?}\nprograms: {:?}\nmaps: {:?}\ncontrol: tx waits {}, rebuilds {}, disconnects {}",
+                    now.tasks,
+                    rt.progs().unwrap(),
+                    rt.maps().unwrap(),
+                    now.control_tx_waits,
+                    now.control_tx_queue_rebuilds,
+                    now.control_disconnects
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(200));
