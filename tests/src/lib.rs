@@ -346,9 +346,16 @@ pub fn json(text: &str) -> serde_json::Value {
 
 /// Compiles the C BPF program `source` with clang (`clang-22 -target bpf
 /// -O2 -g`, the compiler the setup installs) into `dir/NAME.bpf.o` and
-/// returns the object's path; the source is kept beside it as `NAME.c`.
+/// returns the object's path; the source is kept beside it as `NAME.c`,
+/// with the header `ktrace helpers --c-header` prints
+/// (`#include "ktrace_helpers.h"`: `struct bpf_map_def`, the helpers).
 pub fn compile_c(dir: &Path, name: &str, source: &str) -> PathBuf {
     std::fs::create_dir_all(dir).expect("create the object's directory");
+    std::fs::write(
+        dir.join(ktrace_bpf_platform::C_HEADER_NAME),
+        ktrace_bpf_platform::CHeader.to_string(),
+    )
+    .expect("write the helpers' C header");
     let src = dir.join(format!("{name}.c"));
     std::fs::write(&src, source).expect("write the C source");
     let obj = dir.join(format!("{name}.bpf.o"));

@@ -103,18 +103,15 @@ fn asm_prog(name: &str, asm: &str, attach: AttachTarget) -> ProgramLoad {
 }
 
 const C_PROG: &str = r#"
-struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
+#include "ktrace_helpers.h"
 __attribute__((section("maps"), used)) struct bpf_map_def hits = { 2, 4, 8, 1, 0 };
 __attribute__((section("maps"), used)) struct bpf_map_def args = { 1, 8, 8, 64, 0 };
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
-static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, unsigned long long flags) = (void *) 2;
-struct pt_regs { unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss; };
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
 int count_args(struct pt_regs *ctx) {
     unsigned int zero = 0;
     unsigned long long *n = bpf_map_lookup_elem(&hits, &zero);
     if (n) __sync_fetch_and_add(n, 1);
-    unsigned long long arg = ctx->di, one = 1;
+    unsigned long long arg = PT_REGS_PARM1(ctx), one = 1;
     bpf_map_update_elem(&args, &arg, &one, 0);
     return 0;
 }

@@ -8,23 +8,19 @@ use probe_sdk::runtime::Runtime;
 use probe_sdk::vm::Vm;
 
 const C_PROG: &str = r#"
-struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
+#include "ktrace_helpers.h"
 __attribute__((section("maps"), used)) struct bpf_map_def hits = { 2, 4, 8, 1, 0 };
 __attribute__((section("maps"), used)) struct bpf_map_def args = { 1, 8, 8, 64, 0 };
 __attribute__((section("maps"), used)) struct bpf_map_def rb = { 27, 0, 0, 4096, 0 };
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
-static long (*bpf_trace_printk)(const char *fmt, unsigned int size, ...) = (void *) 6;
-static long (*bpf_ringbuf_output)(void *rb, void *data, unsigned long long size, unsigned long long flags) = (void *) 130;
-struct pt_regs { unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss; };
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
 int on_target(struct pt_regs *ctx) {
     unsigned int zero = 0;
     unsigned long long *n = bpf_map_lookup_elem(&hits, &zero);
     if (n) __sync_fetch_and_add(n, 1);
-    unsigned long long rec[2] = { 0x55, ctx->di };
+    unsigned long long rec[2] = { 0x55, PT_REGS_PARM1(ctx) };
     bpf_ringbuf_output(&rb, rec, sizeof(rec), 0);
     char fmt[] = "hit %d";
-    bpf_trace_printk(fmt, sizeof(fmt), (int)ctx->di);
+    bpf_trace_printk(fmt, sizeof(fmt), (int)PT_REGS_PARM1(ctx));
     return 0;
 }
 char _license[] __attribute__((section("license"), used)) = "GPL";
@@ -204,4 +200,106 @@ fn cli_load_prog_map_link_events() {
         "no program left"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A program written against the header `ktrace helpers --c-header`
+/// prints: `SEC()`, map types, `PT_REGS_PARM*()` and helpers of several
+/// kinds. The tracepoint program calls a kprobe-only helper.
+const WITH_HEADER: &str = r#"
+#include "ktrace_helpers.h"
+struct bpf_map_def SEC("maps") starts = { BPF_MAP_TYPE_HASH, 8, 8, 64, 0 };
+struct bpf_map_def SEC("maps") events = { BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, 0 };
+SEC("kprobe/kernel::bpf::testing::target")
+int on_entry(struct pt_regs *ctx) {
+    unsigned long long key = PT_REGS_PARM1(ctx) ^ PT_REGS_PARM2(ctx);
+    unsigned long long now = bpf_ktime_get_ns() + bpf_get_func_ip(ctx);
+    bpf_map_update_elem(&starts, &key, &now, 0);
+    unsigned long long *rec = bpf_ringbuf_reserve(&events, 16, 0);
+    if (!rec)
+        return 0;
+    rec[0] = bpf_get_current_pid_tgid();
+    bpf_probe_read_kernel(&rec[1], 8, (void *)PT_REGS_SP(ctx));
+    bpf_ringbuf_submit(rec, 0);
+    return 0;
+}
+SEC("tracepoint/block/block_rq_issue")
+int on_issue(void *ctx) {
+    return bpf_get_func_ip(ctx) != 0;
+}
+char _license[] SEC("license") = "GPL";
+"#;
+
+#[test]
+fn helpers_lists_by_program_type_and_its_c_header_builds_verified_programs() {
+    use ktrace_bpf_platform::helper::HELPERS;
+
+    // The header the tool prints is the one the tests compile against.
+    let header = ktrace_ok(&["helpers", "--c-header"]);
+    assert_eq!(header, ktrace_bpf_platform::CHeader.to_string());
+
+    let table = ktrace_ok(&["helpers"]);
+    assert_eq!(table.lines().count(), HELPERS.len() + 1, "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("173  bpf_get_func_ip")
+            && l.contains(" kprobe,kretprobe ")
+            && l.ends_with("unsigned long long bpf_get_func_ip(void *ctx)")),
+        "{table}"
+    );
+    let tracepoint = ktrace_tests::json(&ktrace_ok(&["helpers", "--type", "tracepoint", "--json"]));
+    let names: Vec<&str> = tracepoint
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), HELPERS.len() - 1, "{names:?}");
+    assert!(!names.contains(&"bpf_get_func_ip"), "{names:?}");
+    assert!(names.contains(&"bpf_ringbuf_output"), "{names:?}");
+
+    // Bad input: a clear refusal naming the choices.
+    let out = ktrace_tests::ktrace()
+        .args(["helpers", "--type", "xdp"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("invalid value 'xdp'") && stderr.contains("perf_event"),
+        "{stderr}"
+    );
+    let out = ktrace_tests::ktrace()
+        .args(["helpers", "--c-header", "--type", "kprobe"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ktrace_tests::assert_ends_by_sigpipe("ktrace", &["helpers", "--c-header"]);
+
+    // The kernel's verifier (on the host) accepts the kprobe program and
+    // refuses the tracepoint's call of the kprobe-only helper, by name.
+    let dir = std::env::temp_dir().join(format!("ktrace-helpers-{}", std::process::id()));
+    let obj = ktrace_tests::compile_c(&dir, "with_header", WITH_HEADER);
+    let out = ktrace_tests::ktrace()
+        .arg("check")
+        .arg(&obj)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{report}");
+    assert!(
+        report.contains("on_entry (kprobe/kernel::bpf::testing::target): accepted ("),
+        "{report}"
+    );
+    assert!(
+        report.contains("on_issue (tracepoint/block/block_rq_issue): REJECTED")
+            && report.contains(
+                "program of this type (tracepoint) cannot use helper bpf_get_func_ip#173"
+            ),
+        "{report}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -32,9 +32,8 @@ const BLOCK_EVENTS: [&str; 6] = [
 /// One program per block tracepoint, each adding one to its own slot of a
 /// per-CPU array (slots in [`BLOCK_EVENTS`] order).
 const COUNT_PROG: &str = r#"
-struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
+#include "ktrace_helpers.h"
 __attribute__((section("maps"), used)) struct bpf_map_def events = { 6, 4, 8, 6, 0 };
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
 #define COUNT(name, slot) \
 __attribute__((section("tracepoint/block/" #name), used)) \
 int name(void *ctx) { \
@@ -57,13 +56,10 @@ char _license[] __attribute__((section("license"), used)) = "GPL";
 /// cheapest map helper call); and biolatency's pattern on a hash map:
 /// insert a new key, look it up, delete it.
 const UPDATE_COST_PROG: &str = r#"
-struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
+#include "ktrace_helpers.h"
 __attribute__((section("maps"), used)) struct bpf_map_def counts = { 1, 4, 8, 1024, 0 };
 __attribute__((section("maps"), used)) struct bpf_map_def starts = { 1, 8, 8, 10240, 0 };
 __attribute__((section("maps"), used)) struct bpf_map_def slots = { 2, 4, 8, 1, 0 };
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
-static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, unsigned long long flags) = (void *) 2;
-static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *) 3;
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
 int empty(void *ctx) { return 0; }
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))

@@ -21,17 +21,13 @@ use serde_json::Value;
 /// some runs and not others. The JIT computes the lookups of the array
 /// inline (one in `mix`, three in `spin`).
 const C_PROG: &str = r#"
-struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
+#include "ktrace_helpers.h"
 __attribute__((section("maps"), used)) struct bpf_map_def sums = { 1, 8, 8, 16, 0 };
 __attribute__((section("maps"), used)) struct bpf_map_def totals = { 2, 4, 8, 4, 0 };
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
-static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, unsigned long long flags) = (void *) 2;
-static long (*bpf_probe_read_kernel)(void *dst, unsigned int size, const void *src) = (void *) 113;
-struct pt_regs { unsigned long r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss; };
 
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
 int mix(struct pt_regs *ctx) {
-    unsigned long long x = ctx->di;
+    unsigned long long x = PT_REGS_PARM1(ctx);
     unsigned long long key = x % 5;
     unsigned long long next = (x * 3 + (x >> 2)) ^ 0x1234567890abcdefULL;
     unsigned long long *old = bpf_map_lookup_elem(&sums, &key);
@@ -47,7 +43,7 @@ int mix(struct pt_regs *ctx) {
 
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
 int spin(struct pt_regs *ctx) {
-    unsigned long long n = ctx->di & 63, acc = 1;
+    unsigned long long n = PT_REGS_PARM1(ctx) & 63, acc = 1;
     unsigned int j = n & 7;
     unsigned int slot = bpf_map_lookup_elem(&totals, &j) ? 2 : 3;
     unsigned long long *c = bpf_map_lookup_elem(&totals, &slot);
@@ -395,12 +391,9 @@ fn interpreter_and_jit_harden_flags_conflict() {
 }
 
 const BENCH_PROG: &str = r#"
-struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
+#include "ktrace_helpers.h"
 __attribute__((section("maps"), used)) struct bpf_map_def counts = { 1, 4, 8, 4, 0 };
 __attribute__((section("maps"), used)) struct bpf_map_def slots = { 2, 4, 8, 4, 0 };
-static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *) 1;
-static unsigned int (*bpf_get_smp_processor_id)(void) = (void *) 8;
-static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, unsigned long long flags) = (void *) 2;
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
 int empty(void *ctx) { return 0; }
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))

@@ -23,10 +23,8 @@ const TARGET: &str = "kernel::bpf::testing::target";
 /// Copies every `pt_regs` word and the word at `rsp` (the return address
 /// at a function's entry) into an array map.
 const REGS_PROG: &str = r#"
-struct bpf_map_def { unsigned int type, key_size, value_size, max_entries, map_flags; };
+#include "ktrace_helpers.h"
 __attribute__((section("maps"), used)) struct bpf_map_def seen = { 2, 4, 8, 22, 0 };
-static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, unsigned long long flags) = (void *) 2;
-static long (*bpf_probe_read_kernel)(void *dst, unsigned int size, const void *src) = (void *) 113;
 #define PUT(i, v) do { unsigned int k = (i); unsigned long long x = (v); bpf_map_update_elem(&seen, &k, &x, 0); } while (0)
 __attribute__((section("kprobe/kernel::bpf::testing::target"), used))
 int regs(unsigned long long *ctx) {

@@ -100,6 +100,10 @@ pub struct Helper {
     pub id: i32,
     /// Linux's name (`bpf_` + the `BPF_FUNC_` name), used in messages.
     pub name: &'static str,
+    /// The C prototype, as Linux's `bpf_helper_defs.h` declares it with
+    /// plain C types (`void *bpf_map_lookup_elem(void *map, const void
+    /// *key)`); [`crate::CHeader`] declares the helper from it.
+    pub c_prototype: &'static str,
     /// Argument kinds for r1, r2, ... (registers past the list are unchecked).
     pub args: &'static [ArgKind],
     /// What r0 holds after the call.
@@ -111,13 +115,42 @@ pub struct Helper {
 use ArgKind::*;
 use RetKind::*;
 
-const fn proto(id: i32, name: &'static str, args: &'static [ArgKind], ret: RetKind) -> Helper {
+const fn proto(
+    id: i32,
+    c_prototype: &'static str,
+    args: &'static [ArgKind],
+    ret: RetKind,
+) -> Helper {
     Helper {
         id,
-        name,
+        name: name_in(c_prototype),
+        c_prototype,
         args,
         ret,
         map_types: &[],
+    }
+}
+
+/// The helper's name in its C prototype: from `bpf_` to the `(`.
+const fn name_in(c_prototype: &'static str) -> &'static str {
+    let bytes = c_prototype.as_bytes();
+    let mut start = 0;
+    while !(bytes[start] == b'b'
+        && bytes[start + 1] == b'p'
+        && bytes[start + 2] == b'f'
+        && bytes[start + 3] == b'_')
+    {
+        start += 1;
+    }
+    let mut end = start;
+    while bytes[end] != b'(' {
+        end += 1;
+    }
+    let (_, from_name) = bytes.split_at(start);
+    let (name, _) = from_name.split_at(end - start);
+    match core::str::from_utf8(name) {
+        Ok(name) => name,
+        Err(_) => panic!("a helper's name is ASCII"),
     }
 }
 
@@ -132,7 +165,7 @@ pub const HELPERS: &[Helper] = &[
     on_maps(
         proto(
             MAP_LOOKUP_ELEM,
-            "bpf_map_lookup_elem",
+            "void *bpf_map_lookup_elem(void *map, const void *key)",
             &[ConstMapPtr, PtrToMapKey],
             MapValueOrNull,
         ),
@@ -141,7 +174,7 @@ pub const HELPERS: &[Helper] = &[
     on_maps(
         proto(
             MAP_UPDATE_ELEM,
-            "bpf_map_update_elem",
+            "long bpf_map_update_elem(void *map, const void *key, const void *value, unsigned long long flags)",
             &[ConstMapPtr, PtrToMapKey, PtrToMapValue, Anything],
             Integer,
         ),
@@ -150,17 +183,17 @@ pub const HELPERS: &[Helper] = &[
     on_maps(
         proto(
             MAP_DELETE_ELEM,
-            "bpf_map_delete_elem",
+            "long bpf_map_delete_elem(void *map, const void *key)",
             &[ConstMapPtr, PtrToMapKey],
             Integer,
         ),
         WITH_VALUES,
     ),
-    proto(PROBE_READ, "bpf_probe_read", PROBE_READ_ARGS, Integer),
-    proto(KTIME_GET_NS, "bpf_ktime_get_ns", &[], Integer),
+    proto(PROBE_READ, "long bpf_probe_read(void *dst, unsigned int size, const void *unsafe_ptr)", PROBE_READ_ARGS, Integer),
+    proto(KTIME_GET_NS, "unsigned long long bpf_ktime_get_ns(void)", &[], Integer),
     proto(
         TRACE_PRINTK,
-        "bpf_trace_printk",
+        "long bpf_trace_printk(const char *fmt, unsigned int fmt_size, ...)",
         &[
             PtrToMem,
             ConstSize,
@@ -172,26 +205,26 @@ pub const HELPERS: &[Helper] = &[
     ),
     proto(
         GET_SMP_PROCESSOR_ID,
-        "bpf_get_smp_processor_id",
+        "unsigned int bpf_get_smp_processor_id(void)",
         &[],
         Integer,
     ),
     proto(
         GET_CURRENT_PID_TGID,
-        "bpf_get_current_pid_tgid",
+        "unsigned long long bpf_get_current_pid_tgid(void)",
         &[],
         Integer,
     ),
     proto(
         GET_CURRENT_COMM,
-        "bpf_get_current_comm",
+        "long bpf_get_current_comm(void *buf, unsigned int size_of_buf)",
         &[PtrToUninitMem, ConstSize],
         Integer,
     ),
     on_maps(
         proto(
             PERF_EVENT_OUTPUT,
-            "bpf_perf_event_output",
+            "long bpf_perf_event_output(void *ctx, void *map, unsigned long long flags, void *data, unsigned long long size)",
             &[PtrToCtx, ConstMapPtr, Anything, PtrToMem, ConstSizeOrZero],
             Integer,
         ),
@@ -200,7 +233,7 @@ pub const HELPERS: &[Helper] = &[
     on_maps(
         proto(
             GET_STACKID,
-            "bpf_get_stackid",
+            "long bpf_get_stackid(void *ctx, void *map, unsigned long long flags)",
             &[PtrToCtx, ConstMapPtr, Anything],
             Integer,
         ),
@@ -208,26 +241,26 @@ pub const HELPERS: &[Helper] = &[
     ),
     proto(
         PROBE_READ_STR,
-        "bpf_probe_read_str",
+        "long bpf_probe_read_str(void *dst, unsigned int size, const void *unsafe_ptr)",
         PROBE_READ_ARGS,
         Integer,
     ),
     proto(
         PROBE_READ_KERNEL,
-        "bpf_probe_read_kernel",
+        "long bpf_probe_read_kernel(void *dst, unsigned int size, const void *unsafe_ptr)",
         PROBE_READ_ARGS,
         Integer,
     ),
     proto(
         PROBE_READ_KERNEL_STR,
-        "bpf_probe_read_kernel_str",
+        "long bpf_probe_read_kernel_str(void *dst, unsigned int size, const void *unsafe_ptr)",
         PROBE_READ_ARGS,
         Integer,
     ),
     on_maps(
         proto(
             RINGBUF_OUTPUT,
-            "bpf_ringbuf_output",
+            "long bpf_ringbuf_output(void *ringbuf, void *data, unsigned long long size, unsigned long long flags)",
             &[ConstMapPtr, PtrToMem, ConstSizeOrZero, Anything],
             Integer,
         ),
@@ -236,7 +269,7 @@ pub const HELPERS: &[Helper] = &[
     on_maps(
         proto(
             RINGBUF_RESERVE,
-            "bpf_ringbuf_reserve",
+            "void *bpf_ringbuf_reserve(void *ringbuf, unsigned long long size, unsigned long long flags)",
             &[ConstMapPtr, ConstAllocSize, Anything],
             AllocMemOrNull,
         ),
@@ -244,17 +277,17 @@ pub const HELPERS: &[Helper] = &[
     ),
     proto(
         RINGBUF_SUBMIT,
-        "bpf_ringbuf_submit",
+        "void bpf_ringbuf_submit(void *data, unsigned long long flags)",
         &[PtrToAllocMem, Anything],
         Void,
     ),
     proto(
         RINGBUF_DISCARD,
-        "bpf_ringbuf_discard",
+        "void bpf_ringbuf_discard(void *data, unsigned long long flags)",
         &[PtrToAllocMem, Anything],
         Void,
     ),
-    proto(GET_FUNC_IP, "bpf_get_func_ip", &[PtrToCtx], Integer),
+    proto(GET_FUNC_IP, "unsigned long long bpf_get_func_ip(void *ctx)", &[PtrToCtx], Integer),
 ];
 
 /// The prototype of helper `id`, if the kernel implements it.

@@ -167,6 +167,37 @@ pub mod pt_regs {
     /// Where the System V x86-64 calling convention passes a function's
     /// first six integer arguments: `rdi`, `rsi`, `rdx`, `rcx`, `r8`, `r9`.
     pub const ARGS: [u32; 6] = [RDI, RSI, RDX, RCX, R8, R9];
+
+    /// Every field as Linux's user-space header (`asm/ptrace.h`) names it,
+    /// with its offset, in order.
+    pub const NAMES: [(&str, u32); 21] = [
+        ("r15", R15),
+        ("r14", R14),
+        ("r13", R13),
+        ("r12", R12),
+        ("rbp", RBP),
+        ("rbx", RBX),
+        ("r11", R11),
+        ("r10", R10),
+        ("r9", R9),
+        ("r8", R8),
+        ("rax", RAX),
+        ("rcx", RCX),
+        ("rdx", RDX),
+        ("rsi", RSI),
+        ("rdi", RDI),
+        ("orig_rax", ORIG_RAX),
+        ("rip", RIP),
+        ("cs", CS),
+        ("eflags", EFLAGS),
+        ("rsp", RSP),
+        ("ss", SS),
+    ];
+
+    /// The name of the field at `offset` ([`NAMES`]).
+    pub fn name_at(offset: u32) -> Option<&'static str> {
+        NAMES.iter().find(|(_, o)| *o == offset).map(|(n, _)| *n)
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +217,10 @@ mod tests {
         assert_eq!(pt_regs::SS, 160);
         assert_eq!(offset_of!(PerfEventData, sample_period), 168);
         assert_eq!(offset_of!(PerfEventData, addr), 176);
+        for (i, (_, offset)) in pt_regs::NAMES.iter().enumerate() {
+            assert_eq!(*offset, 8 * i as u32);
+        }
+        assert_eq!(pt_regs::name_at(pt_regs::ARGS[0]), Some("rdi"));
     }
 
     #[test]

@@ -50,6 +50,8 @@ enum Command {
     Prog(ktrace_tools::cmd::prog::Args),
     /// BPF maps: list, dump, lookup, update, delete, free.
     Map(ktrace_tools::cmd::map::Args),
+    /// The BPF helpers the kernel implements, per program type; --c-header writes them as a C header.
+    Helpers(ktrace_tools::cmd::helpers::Args),
     /// Links of programs to attach points: list, detach.
     Link(ktrace_tools::cmd::link::Args),
     /// Open perf events (kperf's counters and sampling timer, BPF perf_event links) and who holds them.
@@ -79,6 +81,7 @@ fn main() -> std::process::ExitCode {
         Command::Pin(args) => ktrace_tools::cmd::pin::run(args, &cli.vm),
         Command::Prog(args) => ktrace_tools::cmd::prog::run(args, &cli.vm),
         Command::Map(args) => ktrace_tools::cmd::map::run(args, &cli.vm),
+        Command::Helpers(args) => ktrace_tools::cmd::helpers::run(args),
         Command::Link(args) => ktrace_tools::cmd::link::run(args, &cli.vm),
         Command::Perf(args) => ktrace_tools::cmd::perf::run(args, &cli.vm),
         Command::Events(args) => ktrace_tools::cmd::events::run(args, &cli.vm),

@@ -6,6 +6,7 @@ pub mod check;
 pub mod demo;
 pub mod disk;
 pub mod events;
+pub mod helpers;
 pub mod info;
 pub mod link;
 pub mod load;
