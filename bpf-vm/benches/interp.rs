@@ -211,7 +211,15 @@ fn helpers_alone(name: &str) -> Option<fn()> {
 
 fn bench(c: &mut Criterion) {
     let jit_helpers: [Option<JitHelperFn>; 3] = [None, Some(jit_add), Some(jit_lookup)];
+    // `INTERP_BENCH_PROGRAMS=stack,log2hist` runs only those programs.
+    let only = std::env::var("INTERP_BENCH_PROGRAMS").ok();
     for (name, src) in ALL {
+        if only
+            .as_deref()
+            .is_some_and(|list| !list.split(',').any(|n| n == name))
+        {
+            continue;
+        }
         let program = assemble(src).expect("benchmark program assembles");
         let bytes = program.encode();
         let exe = Executable::new(&program).expect("prepares");

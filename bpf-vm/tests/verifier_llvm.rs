@@ -60,8 +60,11 @@
 //! record.
 
 use bpf_vm::decode;
-use bpf_vm::verifier::linux::{self, map_type};
-use bpf_vm::verifier::{verify, Config, Env, MapDef, Rule};
+mod support;
+
+use bpf_vm::verifier::linux::map_type;
+use bpf_vm::verifier::{verify, Config, MapDef, Rule};
+use support::gen::VerifyEnv;
 
 const PROBE: &[&str] = &[
     "bf16000000000000850000000e0000007700000020000000630afcff00000000",
@@ -120,15 +123,11 @@ fn maps() -> Vec<MapDef> {
 
 fn check(code: &[u8]) -> Result<bpf_vm::verifier::Report, Box<bpf_vm::verifier::Rejection>> {
     let prog = decode(code).unwrap();
-    let helpers = linux::helpers();
-    let pt = linux::kprobe();
-    let maps = maps();
-    let env = Env {
-        prog_type: &pt,
-        helpers: &helpers,
-        maps: &maps,
-    };
-    verify(prog.insns(), &env, &Config::default())
+    verify(
+        prog.insns(),
+        &VerifyEnv::kprobe_with(maps()).env(),
+        &Config::default(),
+    )
 }
 
 /// Replaces the 8-byte instruction at `slot`.

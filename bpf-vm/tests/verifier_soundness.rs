@@ -26,8 +26,7 @@ mod support;
 use bpf_vm::insn::{AluOp, Insn, JmpCond, LdImm64Src, Operand, Program, Size, Width};
 use bpf_vm::interp::Vm;
 use bpf_vm::verifier::linux::{self, helper};
-use bpf_vm::verifier::{verify, verify_bytes, ArgKind, Config, Env, MapDef};
-use bpf_vm::Executable;
+use bpf_vm::verifier::{verify, verify_bytes, ArgKind, Config, MapDef};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
 use std::cell::Cell;
@@ -37,42 +36,17 @@ use support::gen::*;
 /// first soundness violation.
 fn oracle(insns: &[Insn], seed: u64) -> Result<(), String> {
     let prog = Program::from_insns(insns.to_vec()).map_err(|e| format!("bad layout: {e}"))?;
-    let exe = Executable::with_resolver(&prog, |src| match src {
-        LdImm64Src::MapFd(fd) => u64::try_from(fd).ok().map(|fd| HANDLE_BASE + fd),
-        _ => None,
-    })
-    .map_err(|e| format!("prepare: {e}"))?;
+    let exe = executable(&prog).map_err(|e| format!("prepare: {e}"))?;
     let mut vm = Vm::new();
     let mut array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
-    let table = linux::helpers();
-    let maps = maps();
+    let verify_env = VerifyEnv::kprobe();
+    let (table, maps) = (&verify_env.helpers, &verify_env.maps);
     let handles = HANDLE_BASE..HANDLE_BASE + maps.len() as u64;
     for run in 0..3u64 {
-        let mut ctx = [0u8; CTX_LEN];
-        let mut s = seed ^ run.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        for (i, b) in ctx.iter_mut().enumerate() {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            // Mix small numbers (typical indices) with arbitrary bytes.
-            *b = if run == 0 {
-                (i % 7) as u8
-            } else {
-                (s >> 56) as u8
-            };
-        }
+        // Small numbers (typical indices) in the first run, arbitrary bytes after.
+        let (mut ctx, s) = context(seed, run);
         let ctx_addr = ctx.as_ptr() as u64;
-        let mut h = Oracle {
-            table: &table,
-            maps: &maps,
-            ctx: ctx_addr,
-            array: array.as_mut_ptr(),
-            seed: s,
-            fp: Cell::new(0),
-            records: Vec::new(),
-            copies: Vec::new(),
-            scalars: Vec::new(),
-        };
+        let mut h = Oracle::new(table, maps, &ctx, array.as_mut_ptr(), s);
         let res = vm.run_checked(&exe, &mut ctx, &mut h, &[], 10_000_000);
         let r0 = match res {
             Ok(r0) => r0,
@@ -160,14 +134,8 @@ fn accepted_programs_run_safely() {
     let accepted = Cell::new(0u32);
     let with_calls = Cell::new(0u32);
     let with_ringbuf = Cell::new(0u32);
-    let helpers = linux::helpers();
-    let pt = linux::kprobe();
-    let maps = maps();
-    let env = Env {
-        prog_type: &pt,
-        helpers: &helpers,
-        maps: &maps,
-    };
+    let verify_env = VerifyEnv::kprobe();
+    let env = verify_env.env();
     let config = fuzz_config();
     // VERIFIER_FUZZ_VERBOSE=1 prints why generated programs were rejected.
     let verbose = std::env::var_os("VERIFIER_FUZZ_VERBOSE").is_some();
@@ -224,14 +192,8 @@ fn accepted_programs_run_safely() {
 
 #[test]
 fn random_bytes_never_panic() {
-    let helpers = linux::helpers();
-    let pt = linux::kprobe();
-    let maps = maps();
-    let env = Env {
-        prog_type: &pt,
-        helpers: &helpers,
-        maps: &maps,
-    };
+    let verify_env = VerifyEnv::kprobe();
+    let env = verify_env.env();
     let config = fuzz_config();
     let mut runner = TestRunner::new(PtConfig {
         cases: 2000,
@@ -248,14 +210,8 @@ fn random_bytes_never_panic() {
 
 #[test]
 fn mutated_programs_never_panic_and_stay_sound() {
-    let helpers = linux::helpers();
-    let pt = linux::kprobe();
-    let maps = maps();
-    let env = Env {
-        prog_type: &pt,
-        helpers: &helpers,
-        maps: &maps,
-    };
+    let verify_env = VerifyEnv::kprobe();
+    let env = verify_env.env();
     let config = fuzz_config();
     let cases = fuzz_cases(1000);
     let mut runner = TestRunner::new(PtConfig {
@@ -365,14 +321,8 @@ fn oracle_catches_unsafe_programs() {
     let as_scalar = build(&[], true, &[Gen::Plain(as_scalar)], Some(0), None);
     assert!(oracle(&as_scalar, 1).unwrap_err().contains("got pointer"));
     // And the verifier rejects all three.
-    let helpers = linux::helpers();
-    let pt = linux::kprobe();
-    let maps = maps();
-    let env = Env {
-        prog_type: &pt,
-        helpers: &helpers,
-        maps: &maps,
-    };
+    let verify_env = VerifyEnv::kprobe();
+    let env = verify_env.env();
     for p in [&oob, &leak, &store, &through_helper, &as_scalar] {
         assert!(verify(p, &env, &Config::default()).is_err());
     }
@@ -383,14 +333,8 @@ fn oracle_catches_unsafe_programs() {
 /// writes to r10. The verifier must still answer without panicking.
 #[test]
 fn arbitrary_insn_slices_never_panic() {
-    let helpers = linux::helpers();
-    let pt = linux::kprobe();
-    let maps = maps();
-    let env = Env {
-        prog_type: &pt,
-        helpers: &helpers,
-        maps: &maps,
-    };
+    let verify_env = VerifyEnv::kprobe();
+    let env = verify_env.env();
     let config = fuzz_config();
     let wild = prop_oneof![
         4 => program().prop_map(|p| p.into_iter().map(Some).collect::<Vec<_>>()),
@@ -456,14 +400,9 @@ fn arbitrary_insn_slices_never_panic() {
 /// and `bpf_get_current_comm` with "unknown helper").
 #[test]
 fn oracle_models_every_helper_the_verifier_accepts() {
-    let table = linux::helpers();
-    let pt = linux::kprobe();
-    let maps = maps();
-    let env = Env {
-        prog_type: &pt,
-        helpers: &table,
-        maps: &maps,
-    };
+    let verify_env = VerifyEnv::kprobe();
+    let env = verify_env.env();
+    let (table, maps, pt) = (&verify_env.helpers, &verify_env.maps, &verify_env.prog_type);
     let mut ran = Vec::new();
     for &id in &pt.allowed_helpers {
         let proto = table
@@ -480,7 +419,7 @@ fn oracle_models_every_helper_the_verifier_accepts() {
         };
         assert!(!fitting.is_empty(), "{}: no map of its types", proto.name);
         for map in fitting {
-            let call = call_from_prototype(&table, proto, map);
+            let call = call_from_prototype(table, proto, map);
             let insns = build(&[], true, &[Gen::Plain(call)], Some(0), None);
             let what = format!("{} with map {:?}", proto.name, map.map(|m| m.map_type));
             if let Err(e) = verify(&insns, &env, &Config::default()) {

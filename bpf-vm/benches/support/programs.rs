@@ -3,6 +3,7 @@
 
 pub const ALU: &str = "
     mov %r0, 0
+    mov %r5, 0
     mov %r2, 10000
     mov %r3, 0x5bd1e995
 loop:

@@ -175,6 +175,15 @@ impl Op {
         }
     }
 
+    /// Whether the operation ends a straight-line run: a jump, a local
+    /// call, `exit` or the end sentinel. The interpreter charges the budget
+    /// a run at a time (`run_len`), and the JIT's budget blocks end at the
+    /// same places (`jit::budget`).
+    pub(crate) fn ends_run(&self) -> bool {
+        matches!(self, Op::Ja(_) | Op::CallLocal(_) | Op::Exit | Op::FellOff)
+            || self.cond_jump_target().is_some()
+    }
+
     /// Where a jump, conditional or not, goes when taken.
     pub(crate) fn jump_target(&self) -> Option<usize> {
         match *self {
@@ -366,22 +375,7 @@ impl Executable {
         let mut run_len = alloc::vec![0u32; ops.len()];
         for i in (0..ops.len()).rev() {
             run_len[i] = match ops[i] {
-                Op::Ja(_)
-                | Op::Jmp64I(..)
-                | Op::Jmp64R(..)
-                | Op::Jmp32I(..)
-                | Op::Jmp32R(..)
-                | Op::JEq64I(..)
-                | Op::JNe64I(..)
-                | Op::JGt64I(..)
-                | Op::JLt64I(..)
-                | Op::JEq64R(..)
-                | Op::JNe64R(..)
-                | Op::JGt64R(..)
-                | Op::JLt64R(..)
-                | Op::CallLocal(_)
-                | Op::Exit
-                | Op::FellOff => 1,
+                op if op.ends_run() => 1,
                 // Never entered: jumps into it are rejected above.
                 Op::Tail => 0,
                 // Executes as one operation and continues two slots on.

@@ -95,29 +95,6 @@ pub(super) struct BudgetPlan {
     pub loop_heads: Vec<bool>,
 }
 
-/// Whether `op` ends a straight-line run.
-pub(super) fn is_control(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Ja(_)
-            | Op::Exit
-            | Op::FellOff
-            | Op::CallLocal(_)
-            | Op::Jmp64I(..)
-            | Op::Jmp64R(..)
-            | Op::Jmp32I(..)
-            | Op::Jmp32R(..)
-            | Op::JEq64I(..)
-            | Op::JNe64I(..)
-            | Op::JGt64I(..)
-            | Op::JLt64I(..)
-            | Op::JEq64R(..)
-            | Op::JNe64R(..)
-            | Op::JGt64R(..)
-            | Op::JLt64R(..)
-    )
-}
-
 /// The slot after the operation at `pc` (two on for `ld_imm64`).
 fn next_slot(ops: &[Op], pc: usize) -> usize {
     match ops[pc] {
@@ -159,7 +136,7 @@ pub(super) fn plan(ops: &[Op], run_len: &[u32]) -> BudgetPlan {
                 loop_heads[t] = true;
             }
         }
-        if is_control(op) && pc + 1 < n {
+        if op.ends_run() && pc + 1 < n {
             start[pc + 1] = true;
         }
     }
@@ -168,7 +145,7 @@ pub(super) fn plan(ops: &[Op], run_len: &[u32]) -> BudgetPlan {
     for b in (0..n).filter(|&b| start[b]) {
         let mut e = b;
         let fall = loop {
-            if is_control(&ops[e]) {
+            if ops[e].ends_run() {
                 break None;
             }
             let next = next_slot(ops, e);

@@ -2,10 +2,15 @@
 //! verifier soundness fuzzer (`verifier_soundness.rs`) and the JIT
 //! differential fuzzer (`jit.rs`), and the helpers both run them with.
 
-use bpf_vm::insn::{AluOp, AtomicOp, ByteOrder, Insn, JmpCond, LdImm64Src, Operand, Size, Width};
-use bpf_vm::interp::{HelperError, HelperMem, Helpers};
+use bpf_vm::insn::{
+    AluOp, AtomicOp, ByteOrder, Insn, JmpCond, LdImm64Src, Operand, Program, Size, Width,
+};
+use bpf_vm::interp::{HelperError, HelperMem, Helpers, PrepareError};
 use bpf_vm::verifier::linux::{self, helper, map_type};
-use bpf_vm::verifier::{ArgKind, Config, HelperProto, HelperTable, MapDef, RetKind};
+use bpf_vm::verifier::{
+    ArgKind, Config, Env, HelperProto, HelperTable, MapDef, ProgramType, RetKind,
+};
+use bpf_vm::Executable;
 use proptest::prelude::*;
 use std::cell::Cell;
 
@@ -53,6 +58,67 @@ pub fn maps() -> Vec<MapDef> {
             max_entries: 64,
         },
     ]
+}
+
+/// What the tests verify programs against: a kprobe program with Linux's
+/// helper table and the given maps (owned, so [`VerifyEnv::env`] can lend
+/// them to the verifier).
+pub struct VerifyEnv {
+    pub helpers: HelperTable,
+    pub prog_type: ProgramType,
+    pub maps: Vec<MapDef>,
+}
+
+impl VerifyEnv {
+    /// A kprobe program with the fuzzers' [`maps`].
+    pub fn kprobe() -> VerifyEnv {
+        VerifyEnv::kprobe_with(maps())
+    }
+
+    /// A kprobe program with `maps`.
+    pub fn kprobe_with(maps: Vec<MapDef>) -> VerifyEnv {
+        VerifyEnv {
+            helpers: linux::helpers(),
+            prog_type: linux::kprobe(),
+            maps,
+        }
+    }
+
+    pub fn env(&self) -> Env<'_> {
+        Env {
+            prog_type: &self.prog_type,
+            helpers: &self.helpers,
+            maps: &self.maps,
+        }
+    }
+}
+
+/// `prog` ready to run, each map fd `n` resolved to the handle
+/// `HANDLE_BASE + n` that [`Oracle`] knows the map by.
+pub fn executable(prog: &Program) -> Result<Executable, PrepareError> {
+    Executable::with_resolver(prog, |src| match src {
+        LdImm64Src::MapFd(fd) => u64::try_from(fd).ok().map(|fd| HANDLE_BASE + fd),
+        _ => None,
+    })
+}
+
+/// The context of run `run` of the program drawn with `seed` (run 0 holds
+/// small numbers, typical indices; later runs arbitrary bytes), and the
+/// seed the run's helpers draw from.
+pub fn context(seed: u64, run: u64) -> ([u8; CTX_LEN], u64) {
+    let mut ctx = [0u8; CTX_LEN];
+    let mut s = seed ^ run.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for (i, b) in ctx.iter_mut().enumerate() {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        *b = if run == 0 {
+            (i % 7) as u8
+        } else {
+            (s >> 56) as u8
+        };
+    }
+    (ctx, s)
 }
 
 /// Cases of a fuzz run: `VERIFIER_FUZZ_CASES` or `default`.
@@ -679,7 +745,29 @@ pub struct Oracle<'t> {
     pub scalars: Vec<(u32, usize, u64)>,
 }
 
-impl Oracle<'_> {
+impl<'t> Oracle<'t> {
+    /// The helpers of one run on `ctx`, with the array map's values at
+    /// `array` and random values drawn from `seed`.
+    pub fn new(
+        table: &'t HelperTable,
+        maps: &'t [MapDef],
+        ctx: &[u8],
+        array: *mut u8,
+        seed: u64,
+    ) -> Oracle<'t> {
+        Oracle {
+            table,
+            maps,
+            ctx: ctx.as_ptr() as u64,
+            array,
+            seed,
+            fp: Cell::new(0),
+            records: Vec::new(),
+            copies: Vec::new(),
+            scalars: Vec::new(),
+        }
+    }
+
     fn map(&self, handle: u64) -> Option<&MapDef> {
         let fd = handle.checked_sub(HANDLE_BASE)?;
         self.maps.iter().find(|m| m.fd as u64 == fd)
