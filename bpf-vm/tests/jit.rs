@@ -21,11 +21,11 @@ mod support;
 use std::cell::Cell;
 
 use bpf_vm::asm::assemble;
-use bpf_vm::insn::{Insn, LdImm64Src, Program};
+use bpf_vm::insn::{Insn, Program};
 use bpf_vm::interp::{HelperError, HelperMem, HelperTable, Helpers, RunError, RunErrorKind, Vm};
 use bpf_vm::jit::{compile, compile_inlined, InlineLookup, JitImage, JitOptions};
 use bpf_vm::verifier::linux;
-use bpf_vm::verifier::{verify, Env, MapDef};
+use bpf_vm::verifier::{verify, MapDef};
 use bpf_vm::Executable;
 use proptest::prelude::*;
 use proptest::test_runner::{Config as PtConfig, TestCaseError, TestRunner};
@@ -51,7 +51,21 @@ struct Logged<'t> {
     log: Vec<(u32, [Val; 5], Result<Val, String>)>,
 }
 
-impl Logged<'_> {
+impl<'t> Logged<'t> {
+    fn new(
+        table: &'t bpf_vm::verifier::HelperTable,
+        maps: &'t [MapDef],
+        ctx: &[u8],
+        array: &mut [u8],
+        seed: u64,
+    ) -> Logged<'t> {
+        Logged {
+            inner: Oracle::new(table, maps, ctx, array.as_mut_ptr(), seed),
+            ctx: ctx.as_ptr() as u64,
+            log: Vec::new(),
+        }
+    }
+
     fn norm(&self, v: u64) -> Val {
         let array = self.inner.array as u64;
         let fp = self.inner.fp.get();
@@ -130,22 +144,6 @@ fn scalars(h: &Logged<'_>) -> Vec<(u32, usize, Val)> {
         .collect()
 }
 
-fn context(seed: u64, run: u64) -> ([u8; CTX_LEN], u64) {
-    let mut ctx = [0u8; CTX_LEN];
-    let mut s = seed ^ run.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for (i, b) in ctx.iter_mut().enumerate() {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        *b = if run == 0 {
-            (i % 7) as u8
-        } else {
-            (s >> 56) as u8
-        };
-    }
-    (ctx, s)
-}
-
 fn error_key(e: &RunError) -> (usize, String) {
     // Bad-pointer errors carry addresses; the kind and instruction suffice.
     let kind = match e.kind {
@@ -174,19 +172,15 @@ fn differential(
     call_maps: Option<&[(usize, usize)]>,
 ) -> Result<(), String> {
     let prog = Program::from_insns(insns.to_vec()).map_err(|e| format!("bad layout: {e}"))?;
-    let exe = Executable::with_resolver(&prog, |src| match src {
-        LdImm64Src::MapFd(fd) => Some(HANDLE_BASE + fd as u64),
-        _ => None,
-    })
-    .map_err(|e| format!("prepare: {e}"))?;
-    let table = linux::helpers();
-    let maps = maps();
+    let exe = executable(&prog).map_err(|e| format!("prepare: {e}"))?;
+    let verify_env = VerifyEnv::kprobe();
+    let (table, maps) = (&verify_env.helpers, &verify_env.maps[..]);
     let mut interp_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
     let mut jit_array = vec![0u8; ARRAY_ENTRIES * VALUE_SIZE];
     let inline = array_lookups(
         insns,
         call_maps.unwrap_or(&[]),
-        &maps,
+        maps,
         jit_array.as_ptr() as u64,
     );
     let image = compile_inlined(&exe, options, &support::jit::table::<Logged>(), &inline)
@@ -208,21 +202,7 @@ fn differential(
     for (run, ctx_run) in [0u64, 1, 0].into_iter().enumerate() {
         let budget = budgets[run];
         let (ctx0, s) = context(seed, ctx_run);
-        let helpers = |array: &mut Vec<u8>, ctx: &[u8]| Logged {
-            inner: Oracle {
-                table: &table,
-                maps: &maps,
-                ctx: ctx.as_ptr() as u64,
-                array: array.as_mut_ptr(),
-                seed: s,
-                fp: Cell::new(0),
-                records: Vec::new(),
-                copies: Vec::new(),
-                scalars: Vec::new(),
-            },
-            ctx: ctx.as_ptr() as u64,
-            log: Vec::new(),
-        };
+        let helpers = |array: &mut Vec<u8>, ctx: &[u8]| Logged::new(table, maps, ctx, array, s);
         let mut ctx = ctx0;
         let mut h = helpers(&mut interp_array, &ctx);
         let res = vm.run_checked(&exe, &mut ctx, &mut h, &[], budget);
@@ -291,14 +271,8 @@ fn jit_matches_interpreter_on_generated_programs() {
     let generated = Cell::new(0u64);
     let compared = Cell::new(0u64);
     let with_calls = Cell::new(0u64);
-    let helpers = linux::helpers();
-    let pt = linux::kprobe();
-    let maps = maps();
-    let env = Env {
-        prog_type: &pt,
-        helpers: &helpers,
-        maps: &maps,
-    };
+    let verify_env = VerifyEnv::kprobe();
+    let (env, maps) = (verify_env.env(), &verify_env.maps);
     let inlined = Cell::new(0u64);
     let config = fuzz_config();
     let result = runner.run(&(program(), any::<u64>()), |(insns, seed)| {
@@ -309,7 +283,7 @@ fn jit_matches_interpreter_on_generated_programs() {
         compared.set(compared.get() + 1);
         // Every other program (crossed with blinding) inlines its array lookups.
         let call_maps = (seed & 2 == 0).then_some(&report.call_maps[..]);
-        if !array_lookups(&insns, call_maps.unwrap_or(&[]), &maps, 0).is_empty() {
+        if !array_lookups(&insns, call_maps.unwrap_or(&[]), maps, 0).is_empty() {
             inlined.set(inlined.get() + 1);
         }
         if insns.iter().any(|i| matches!(i, Insn::CallLocal { .. })) {
@@ -385,6 +359,16 @@ fn helper_fails(_: &mut (), _: &mut HelperMem<'_>, _: [u64; 5]) -> Result<u64, H
 /// Runs `src` in the checked interpreter and JIT-compiled; both outcomes
 /// and instruction counts must be equal; returns the JIT's.
 fn both(src: &str, ctx: &[u8], budget: u64) -> (Result<u64, RunError>, u64) {
+    both_with(src, ctx, budget, &JitOptions::default())
+}
+
+/// [`both`] with the JIT's `options`.
+fn both_with(
+    src: &str,
+    ctx: &[u8],
+    budget: u64,
+    options: &JitOptions,
+) -> (Result<u64, RunError>, u64) {
     let prog = assemble(src).unwrap();
     let exe = Executable::new(&prog).unwrap();
     let mut helpers = HelperTable::new(());
@@ -392,8 +376,7 @@ fn both(src: &str, ctx: &[u8], budget: u64) -> (Result<u64, RunError>, u64) {
     let mut vm = Vm::new();
     let mut c1 = ctx.to_vec();
     let interp = vm.run_checked(&exe, &mut c1, &mut helpers, &[], budget);
-    let code =
-        ExecCode::new(&compile(&exe, &JitOptions::default(), &table::<HelperTable<()>>()).unwrap());
+    let code = ExecCode::new(&compile(&exe, options, &table::<HelperTable<()>>()).unwrap());
     let mut c2 = ctx.to_vec();
     // SAFETY: the test programs touch only their stack and the context,
     // which the checked run above confirms (or faults before any access).
@@ -783,25 +766,15 @@ fn inlined_array_lookups_match_the_helper_at_the_bounds() {
         mov %r0, 1000
         exit";
     let prog = assemble(src).unwrap();
-    let helpers = linux::helpers();
-    let pt = linux::kprobe();
-    let maps = maps();
-    let env = Env {
-        prog_type: &pt,
-        helpers: &helpers,
-        maps: &maps,
-    };
-    let report = verify(prog.insns(), &env, &fuzz_config()).unwrap();
+    let verify_env = VerifyEnv::kprobe();
+    let maps = &verify_env.maps;
+    let report = verify(prog.insns(), &verify_env.env(), &fuzz_config()).unwrap();
     assert_eq!(
         report.call_maps,
         vec![(6, 1)],
         "the call at slot 6 is on map 1"
     );
-    let exe = Executable::with_resolver(&prog, |src| match src {
-        LdImm64Src::MapFd(fd) => Some(HANDLE_BASE + fd as u64),
-        _ => None,
-    })
-    .unwrap();
+    let exe = executable(&prog).unwrap();
     let filled = |v: &mut Vec<u8>| {
         for (i, b) in v.iter_mut().enumerate() {
             *b = (i * 7 + 3) as u8;
@@ -814,7 +787,7 @@ fn inlined_array_lookups_match_the_helper_at_the_bounds() {
     let inline = array_lookups(
         prog.insns(),
         &report.call_maps,
-        &maps,
+        maps,
         jit_array.as_ptr() as u64,
     );
     assert_eq!(inline.len(), 1);
@@ -845,20 +818,8 @@ fn inlined_array_lookups_match_the_helper_at_the_bounds() {
                 ),
                 false => 1000,
             };
-            let logged = |array: &mut Vec<u8>, ctx: &[u8]| Logged {
-                inner: Oracle {
-                    table: &helpers,
-                    maps: &maps,
-                    ctx: ctx.as_ptr() as u64,
-                    array: array.as_mut_ptr(),
-                    seed: 0,
-                    fp: Cell::new(0),
-                    records: Vec::new(),
-                    copies: Vec::new(),
-                    scalars: Vec::new(),
-                },
-                ctx: ctx.as_ptr() as u64,
-                log: Vec::new(),
+            let logged = |array: &mut Vec<u8>, ctx: &[u8]| {
+                Logged::new(&verify_env.helpers, &verify_env.maps, ctx, array, 0)
             };
             let mut c1 = ctx;
             let mut h = logged(&mut interp_array, &c1);
@@ -940,5 +901,163 @@ fn entry_saves_what_the_program_writes_and_keeps_the_stack_aligned() {
                     .sum::<u64>();
             assert_eq!(res, Ok(want), "{src}");
         }
+    }
+}
+
+/// The displacements of the stack accesses (`rbp`-relative, inside the
+/// 512-byte BPF stack) in `src`'s compiled code.
+fn stack_accesses(src: &str) -> Vec<i64> {
+    use iced_x86::{Decoder, DecoderOptions, OpKind, Register};
+    let exe = Executable::new(&assemble(src).unwrap()).unwrap();
+    let image = compile(&exe, &JitOptions::default(), &table::<HelperTable<()>>()).unwrap();
+    Decoder::with_ip(64, image.code(), 0, DecoderOptions::NONE)
+        .into_iter()
+        .filter(|i| (0..i.op_count()).any(|k| i.op_kind(k) == OpKind::Memory))
+        .filter(|i| i.memory_base() == Register::RBP)
+        .map(|i| i.memory_displacement64() as i64)
+        .filter(|d| (-512..0).contains(d))
+        .collect()
+}
+
+/// Stack slots kept in registers (`jit::slots`): where `r10` is only ever
+/// the base of loads and stores, slots always accessed whole live in the
+/// registers of the unused r6-r9, holding the bytes a load would return:
+/// stored immediates cut to size, registers' low bytes, parts of a wider
+/// store that covers them; more slots than free registers, a helper call
+/// in between, every budget, blinding. Programs that take the stack's
+/// address, or touch a slot's bytes another way, keep it in memory.
+#[test]
+fn stack_slots_in_registers_match_the_interpreter() {
+    // Four slots for the four free registers, stored as immediates
+    // (sign-extended, then cut to size), then from a register.
+    let imms = "
+        stb [%r10-1], -1
+        sth [%r10-4], -2
+        stw [%r10-8], -3
+        stdw [%r10-16], -4
+        ldxb %r0, [%r10-1]
+        ldxh %r2, [%r10-4]
+        lsh %r0, 16
+        or %r0, %r2
+        ldxw %r2, [%r10-8]
+        xor %r0, %r2
+        ldxdw %r2, [%r10-16]
+        mul %r0, %r2
+        exit";
+    let imms_want = (((0xffu64 << 16) | 0xfffe) ^ 0xffff_fffd).wrapping_mul(-4i64 as u64);
+    let regs = "
+        lddw %r1, 0x1122334455667788
+        stxb [%r10-17], %r1
+        stxh [%r10-20], %r1
+        stxw [%r10-24], %r1
+        stxdw [%r10-32], %r1
+        ldxb %r0, [%r10-17]
+        ldxh %r2, [%r10-20]
+        lsh %r2, 8
+        add %r0, %r2
+        ldxw %r2, [%r10-24]
+        lsh %r2, 24
+        xor %r0, %r2
+        ldxdw %r2, [%r10-32]
+        sub %r0, %r2
+        exit";
+    let regs_want =
+        ((0x88u64 + (0x7788 << 8)) ^ (0x5566_7788 << 24)).wrapping_sub(0x1122_3344_5566_7788);
+    // A wider store covering slots, then the slots alone; a helper call
+    // between a store and its load.
+    let covered = "
+        lddw %r1, 0x0102030405060708
+        stxdw [%r10-16], %r1
+        stdw [%r10-32], -2
+        ldxh %r0, [%r10-12]
+        ldxb %r2, [%r10-9]
+        add %r0, %r2
+        ldxh %r2, [%r10-30]
+        add %r0, %r2
+        stxb [%r10-9], %r0
+        mov %r1, 5
+        mov %r2, 6
+        call 1
+        ldxb %r2, [%r10-9]
+        add %r0, %r2
+        ldxh %r2, [%r10-12]
+        add %r0, %r2
+        exit";
+    // Bytes 4-5 and 7 of the first store, bytes 2-3 of the second; byte 7
+    // then rewritten with the low byte of their sum.
+    let covered_want = 11 + ((0x0304u64 + 0x01 + 0xffff) & 0xff) + 0x0304;
+    // Five slots and only r7-r9 free: two stay in memory.
+    let crowded = "
+        mov %r6, 1
+        stdw [%r10-8], 10
+        stdw [%r10-16], 20
+        stdw [%r10-24], 30
+        stdw [%r10-32], 40
+        stdw [%r10-40], 50
+        ldxdw %r0, [%r10-8]
+        ldxdw %r1, [%r10-16]
+        add %r0, %r1
+        ldxdw %r1, [%r10-24]
+        add %r0, %r1
+        ldxdw %r1, [%r10-32]
+        add %r0, %r1
+        ldxdw %r1, [%r10-40]
+        add %r0, %r1
+        add %r0, %r6
+        exit";
+    let looped = "
+        mov %r0, 0
+        mov %r2, 100
+        stdw [%r10-8], 0
+        stdw [%r10-16], 0
+    loop:
+        ldxdw %r3, [%r10-8]
+        add %r3, %r2
+        stxdw [%r10-8], %r3
+        ldxw %r4, [%r10-16]
+        xor %r4, %r3
+        stxw [%r10-16], %r4
+        stxb [%r10-17], %r4
+        ldxb %r5, [%r10-17]
+        add %r0, %r5
+        sub %r2, 1
+        jne %r2, 0, loop
+        ldxdw %r1, [%r10-8]
+        add %r0, %r1
+        exit";
+    let (r, executed) = both(looped, &[], 10_000);
+    let mut budget_faults = 0;
+    for budget in 0..=executed {
+        if both(looped, &[], budget).0.is_err() {
+            budget_faults += 1;
+        }
+    }
+    assert_eq!((r.is_ok(), budget_faults), (true, executed));
+    for blinding in [None, Some(0x1234)] {
+        let options = JitOptions { blinding };
+        assert_eq!(both_with(imms, &[], 100, &options).0, Ok(imms_want));
+        assert_eq!(both_with(regs, &[], 100, &options).0, Ok(regs_want));
+        assert_eq!(both_with(covered, &[], 100, &options).0, Ok(covered_want));
+        assert_eq!(both_with(crowded, &[], 100, &options).0, Ok(151));
+        assert!(both_with(looped, &[], 10_000, &options).0.is_ok());
+    }
+    // In registers: every slot of `imms`, `regs`, `covered` and the loop
+    // (wider stores that cover slots still write memory for their other
+    // bytes); two of `crowded`'s five stay in memory. Each in both copies
+    // of the code.
+    assert_eq!(stack_accesses(imms), Vec::<i64>::new());
+    assert_eq!(stack_accesses(regs), Vec::<i64>::new());
+    assert_eq!(stack_accesses(covered), vec![-16, -32, -16, -32]);
+    assert_eq!(stack_accesses(looped), vec![-16, -16]);
+    assert_eq!(stack_accesses(crowded).len(), 2 * 4);
+    // The stack's address taken, a slot read in part, an atomic on it:
+    // memory as before.
+    for src in [
+        "stdw [%r10-8], 1\nmov %r1, %r10\nldxdw %r0, [%r10-8]\nexit",
+        "stdw [%r10-8], 1\nldxw %r0, [%r10-8]\nexit",
+        "stdw [%r10-8], 1\nmov %r1, 2\nlock add [%r10-8], %r1\nldxdw %r0, [%r10-8]\nexit",
+    ] {
+        assert!(both(src, &[], 100).0.is_ok(), "{src}");
+        assert!(stack_accesses(src).len() >= 2, "{src}");
     }
 }

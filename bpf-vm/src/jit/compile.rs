@@ -70,6 +70,7 @@ const BUDGET: u8 = R12;
 const CALL_ROOM: i32 = 5 * 8 + FRAME + 8;
 use super::budget::{self, Block, BudgetPlan};
 use super::calls::{self, CallPlan};
+use super::slots::{self, Slot};
 use super::x86::{RAX, RBP, RBX, RCX, RDI, RDX, RSI, RSP};
 use super::{fault, off, InlineLookup, JitError, JitHelperFn, JitImage, JitOptions, JitRun};
 use crate::insn::{AtomicOp, JmpCond, Size, STACK_SIZE};
@@ -160,6 +161,8 @@ struct Compiler<'e> {
     /// No bpf-to-bpf calls: `exit` jumps to the epilogue (see
     /// [`Compiler::prologue`]).
     direct_exit: bool,
+    /// Stack slots kept in registers (see [`super::slots`]).
+    in_regs: Vec<Slot>,
 }
 
 /// Compiles `exe` (see the [module documentation](super)) for `helpers`,
@@ -204,6 +207,14 @@ pub fn compile_inlined(
         .copied()
         .collect();
     inline_at.sort_by_key(|l| l.pc);
+    // The native homes of the r6-r9 the program never writes (nor reads:
+    // the verifier refuses a read before a write) hold stack slots.
+    let written = exe.ops.iter().fold(0u16, |m, op| m | calls::written(op));
+    let free: Vec<u8> = (6..10usize)
+        .filter(|r| written & (1 << r) == 0)
+        .map(|r| REG[r])
+        .collect();
+    let in_regs = slots::plan(&exe.ops, &free);
     let mut c = Compiler {
         a,
         exe,
@@ -222,6 +233,7 @@ pub fn compile_inlined(
         targets: jump_targets(&exe.ops),
         zf: None,
         direct_exit: !exe.ops.iter().any(|op| matches!(op, Op::CallLocal(_))),
+        in_regs,
     };
     let entry = c.prologue();
     let mut slot_offsets = Vec::with_capacity(n);
@@ -375,7 +387,7 @@ impl Compiler<'_> {
             .iter()
             .fold(0u16, |m, op| m | calls::written(op));
         let writes = |r: u8| match REG[6..10].iter().position(|&x| x == r) {
-            Some(i) => written & (1 << (6 + i)) != 0,
+            Some(i) => written & (1 << (6 + i)) != 0 || self.in_regs.iter().any(|s| s.reg == r),
             None => true,
         };
         let mut keep = [RBX, RBP, R12, R13, R14, R15].map(writes);
@@ -567,8 +579,106 @@ impl Compiler<'_> {
         }
     }
 
+    /// A load or store of a stack slot kept in a register (see
+    /// [`super::slots`]): the register holds the slot's bytes
+    /// zero-extended. Returns whether `op` was one.
+    fn slot_in_reg(&mut self, op: Op) -> bool {
+        let (off, size) = match op {
+            Op::LdxB(_, 10, o) | Op::StxB(10, _, o) | Op::StB(10, o, _) => (o, 1),
+            Op::LdxH(_, 10, o) | Op::StxH(10, _, o) | Op::StH(10, o, _) => (o, 2),
+            Op::LdxW(_, 10, o) | Op::StxW(10, _, o) | Op::StW(10, o, _) => (o, 4),
+            Op::LdxDW(_, 10, o) | Op::StxDW(10, _, o) | Op::StDW(10, o, _) => (o, 8),
+            _ => return false,
+        };
+        let Some(slot) = self.in_regs.iter().find(|s| s.off == off && s.size == size) else {
+            self.covered_slots(op);
+            return false;
+        };
+        let reg = slot.reg;
+        match op {
+            Op::LdxB(d, ..) | Op::LdxH(d, ..) | Op::LdxW(d, ..) | Op::LdxDW(d, ..) => {
+                self.a.mov_rr(W::Q, x(d), reg)
+            }
+            Op::StxB(_, s, _) | Op::StxH(_, s, _) | Op::StxW(_, s, _) | Op::StxDW(_, s, _) => {
+                self.truncate(size, reg, x(s))
+            }
+            Op::StB(_, _, v) | Op::StH(_, _, v) | Op::StW(_, _, v) | Op::StDW(_, _, v) => {
+                // The stored bytes: the immediate sign-extended, cut to the size.
+                match self.imm(v as i64 as i32) {
+                    Src::Reg(r) => self.truncate(size, reg, r),
+                    Src::Imm(i) => {
+                        let bits = u32::from(size) * 8;
+                        let v = (i as i64 as u64) & (u64::MAX >> (64 - bits));
+                        self.a.mov_ri(reg, v)
+                    }
+                }
+            }
+            _ => unreachable!("matched above"),
+        }
+        true
+    }
+
+    /// A store to the stack that is no slot of its own but covers slots kept
+    /// in registers ([`slots::plan`] allows only whole covers): it is
+    /// emitted to memory as usual, and this writes the covered slots'
+    /// registers with their part of the stored bytes first.
+    fn covered_slots(&mut self, op: Op) {
+        let Some((off, size, slots::Kind::Store)) = slots::stack_access(&op) else {
+            return;
+        };
+        let stored = slots::bytes(off, size);
+        let covered: Vec<Slot> = self
+            .in_regs
+            .iter()
+            .filter(|s| {
+                stored.start <= i32::from(s.off) && slots::bytes(s.off, s.size).end <= stored.end
+            })
+            .copied()
+            .collect();
+        for slot in covered {
+            let shift = ((i32::from(slot.off) - stored.start) * 8) as u8;
+            let src = match op {
+                Op::StxB(_, s, _) | Op::StxH(_, s, _) | Op::StxW(_, s, _) | Op::StxDW(_, s, _) => {
+                    x(s)
+                }
+                Op::StB(_, _, v) | Op::StH(_, _, v) | Op::StW(_, _, v) | Op::StDW(_, _, v) => {
+                    match self.imm(v as i64 as i32) {
+                        Src::Reg(r) => r,
+                        Src::Imm(i) => {
+                            let bits = u32::from(slot.size) * 8;
+                            let v = ((i as i64 as u64) >> shift) & (u64::MAX >> (64 - bits));
+                            self.a.mov_ri(slot.reg, v);
+                            continue;
+                        }
+                    }
+                }
+                _ => unreachable!("a store"),
+            };
+            if shift == 0 {
+                self.truncate(slot.size, slot.reg, src);
+            } else {
+                self.a.mov_rr(W::Q, slot.reg, src);
+                self.a.shift_ri(W::Q, shift::SHR, slot.reg, shift);
+                self.truncate(slot.size, slot.reg, slot.reg);
+            }
+        }
+    }
+
+    /// `dst` = the low `size` bytes of `src`, zero-extended.
+    fn truncate(&mut self, size: u8, dst: u8, src: u8) {
+        match size {
+            1 => self.a.movzx8(dst, src),
+            2 => self.a.movzx16(dst, src),
+            4 => self.a.mov_rr(W::D, dst, src),
+            _ => self.a.mov_rr(W::Q, dst, src),
+        }
+    }
+
     fn op(&mut self, pc: usize) {
         let op = self.exe.ops[pc];
+        if self.slot_in_reg(op) {
+            return;
+        }
         use W::{D, Q};
         // 64-bit immediates are sign-extended i32s; 32-bit ones are u32s.
         let i64_ = |v: u64| v as i64 as i32;

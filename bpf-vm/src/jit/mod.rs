@@ -99,6 +99,7 @@ mod calls;
 mod compile;
 mod glue;
 mod inline;
+mod slots;
 mod x86;
 
 use alloc::vec::Vec;

@@ -320,6 +320,14 @@ impl Asm {
         self.modrm_rr(dst, src);
     }
 
+    /// `movzx dst32, src8`.
+    pub fn movzx8(&mut self, dst: u8, src: u8) {
+        self.rex(false, dst, 0, src, (4..8).contains(&src));
+        self.b(0x0f);
+        self.b(0xb6);
+        self.modrm_rr(dst, src);
+    }
+
     /// Sign-extending register move of the low `bits` (8, 16, 32) of `src`.
     pub fn movsx_rr(&mut self, w: W, bits: u8, dst: u8, src: u8) {
         match bits {
