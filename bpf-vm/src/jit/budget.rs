@@ -93,6 +93,41 @@ pub(super) struct BudgetPlan {
     pub checkpoints: Vec<bool>,
     /// Per slot: a target of a backward jump.
     pub loop_heads: Vec<bool>,
+    /// Per block start: how far the fast copy's budget register runs
+    /// below the count the blocks above describe (see [`BudgetPlan::bias`]).
+    pub bias: Vec<i32>,
+}
+
+impl BudgetPlan {
+    /// Gives each loop head whose region may need more than its charge
+    /// (optional blocks, the way out of the loop) a *bias*: in the fast
+    /// copy, the register holds `left - bias` throughout that region, so
+    /// the head's check `left >= need` becomes `sub reg, charge` and one
+    /// `jl` (fused with the `sub`), instead of a compare and a
+    /// subtraction on every iteration. Each edge between blocks of
+    /// different bias adjusts the register (entering a loop, leaving it),
+    /// and whatever reads the count (faults, `exit`, the precise copy)
+    /// adds the bias back. Blocks in several regions, and every block of a
+    /// program with bpf-to-bpf calls (whose `exit` may return into a
+    /// caller's region), keep bias 0; so does slot 0, entered from the
+    /// prologue.
+    fn set_biases(&mut self, region_of: &[Option<usize>], local_calls: bool) {
+        if local_calls {
+            return;
+        }
+        for (b, region) in region_of.iter().enumerate() {
+            let Some(c) = *region else {
+                continue;
+            };
+            let head = self.blocks[c].expect("a checkpoint starts a block");
+            self.bias[b] = match self.region_need[c] {
+                Some(need) if c != 0 && self.loop_heads[c] && need > head.charge => {
+                    need - head.charge
+                }
+                _ => 0,
+            };
+        }
+    }
 }
 
 /// The slot after the operation at `pc` (two on for `ld_imm64`).
@@ -211,6 +246,7 @@ pub(super) fn plan(ops: &[Op], run_len: &[u32]) -> BudgetPlan {
             region_need,
             checkpoints: checkpoint,
             loop_heads,
+            bias: vec![0; n],
         };
     }
     // Post-dominators inside each region, as bitsets over its blocks in
@@ -307,10 +343,23 @@ pub(super) fn plan(ops: &[Op], run_len: &[u32]) -> BudgetPlan {
         }
         region_need[*c] = i32::try_from(need).ok();
     }
-    BudgetPlan {
+    // The one region of each block in a single region.
+    let mut region_of = vec![None; n];
+    for (c, members) in &regions_kept {
+        for &b in members {
+            if count[b] == 1 {
+                region_of[b] = Some(*c);
+            }
+        }
+    }
+    let mut plan = BudgetPlan {
         blocks,
         region_need,
         checkpoints: checkpoint,
         loop_heads,
-    }
+        bias: vec![0; n],
+    };
+    let local_calls = ops.iter().any(|op| matches!(op, Op::CallLocal(_)));
+    plan.set_biases(&region_of, local_calls);
+    plan
 }

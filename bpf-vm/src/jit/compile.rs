@@ -121,8 +121,14 @@ enum Stub {
         fix: i32,
     },
     /// A checkpoint of the fast copy whose region may exhaust the budget:
-    /// undo the charge and continue in the precise copy.
+    /// undo the charge (and the bias) and continue in the precise copy.
     ToPrecise {
+        fix: i32,
+        to: Label,
+    },
+    /// A jump between blocks of different bias (see
+    /// [`BudgetPlan::bias`](super::budget::BudgetPlan)): adjust, then go on.
+    Rebias {
         fix: i32,
         to: Label,
     },
@@ -163,6 +169,9 @@ struct Compiler<'e> {
     direct_exit: bool,
     /// Stack slots kept in registers (see [`super::slots`]).
     in_regs: Vec<Slot>,
+    /// The current block's bias: the budget register is this much below
+    /// the count the plan describes (fast copy only).
+    bias: i32,
 }
 
 /// Compiles `exe` (see the [module documentation](super)) for `helpers`,
@@ -234,13 +243,24 @@ pub fn compile_inlined(
         zf: None,
         direct_exit: !exe.ops.iter().any(|op| matches!(op, Op::CallLocal(_))),
         in_regs,
+        bias: 0,
     };
     let entry = c.prologue();
     let mut slot_offsets = Vec::with_capacity(n);
     for copy in 0..if two { 2 } else { 1 } {
         c.fast = two && copy == 0;
+        c.bias = 0;
         for pc in 0..n {
             let block = c.budget.blocks[pc];
+            if block.is_some() {
+                // Falling into a block of another bias.
+                let bias = c.bias_at(pc);
+                let falls = pc > 0 && !matches!(c.exe.ops[pc - 1], Op::Ja(_) | Op::Exit);
+                if falls {
+                    fix_budget(&mut c.a, c.bias - bias);
+                }
+                c.bias = bias;
+            }
             if copy == 0 && block.is_some() && c.budget.loop_heads[pc] {
                 c.a.align_nop(LOOP_ALIGN);
             }
@@ -423,7 +443,7 @@ impl Compiler<'_> {
     /// enter here fits and subtracts the block's charge (see
     /// [`super::budget`]).
     fn enter_block(&mut self, pc: usize, block: Block) {
-        self.fix = block.fault_fix();
+        self.fix = block.fault_fix() + self.bias;
         if self.fast {
             self.enter_fast_block(pc, block);
             return;
@@ -457,24 +477,59 @@ impl Compiler<'_> {
             return;
         }
         let precise = self.precise[pc];
+        let bias = self.bias;
         match self.budget.region_need[pc] {
-            Some(need) if need == block.charge && need != 0 => {
+            // With the bias, what the region needs is the charge itself:
+            // one `sub` and a `jl` that fuses with it.
+            Some(need) if need - bias == block.charge && need != 0 => {
                 let stub = self.a.label();
-                self.a.alu_ri(W::Q, ext::SUB, BUDGET, need);
+                self.a.alu_ri(W::Q, ext::SUB, BUDGET, block.charge);
                 self.a.jcc(cc::L, stub);
-                let fix = need;
+                let fix = block.charge + bias;
                 let to = precise;
                 self.stubs.push((stub, Stub::ToPrecise { fix, to }));
             }
             Some(need) => {
-                self.a.alu_ri(W::Q, ext::CMP, BUDGET, need);
-                self.a.jcc(cc::L, precise);
+                self.a.alu_ri(W::Q, ext::CMP, BUDGET, need - bias);
+                if bias == 0 {
+                    self.a.jcc(cc::L, precise);
+                } else {
+                    let stub = self.a.label();
+                    self.a.jcc(cc::L, stub);
+                    let (fix, to) = (bias, precise);
+                    self.stubs.push((stub, Stub::ToPrecise { fix, to }));
+                }
                 if block.charge != 0 {
                     self.a.alu_ri(W::Q, ext::SUB, BUDGET, block.charge);
                 }
             }
-            None => self.a.jmp(precise),
+            None => {
+                fix_budget(&mut self.a, bias);
+                self.a.jmp(precise)
+            }
         }
+    }
+
+    /// The bias of the block starting at `pc` in the copy being compiled.
+    fn bias_at(&self, pc: usize) -> i32 {
+        match self.fast {
+            true => self.budget.bias[pc],
+            false => 0,
+        }
+    }
+
+    /// The label a jump from the current block to the block at `t` takes:
+    /// the block's own, or a stub that first moves the budget register to
+    /// the target's bias.
+    fn jump_label(&mut self, t: usize) -> Label {
+        let to = self.slot(t);
+        let fix = self.bias - self.bias_at(t);
+        if fix == 0 {
+            return to;
+        }
+        let stub = self.a.label();
+        self.stubs.push((stub, Stub::Rebias { fix, to }));
+        stub
     }
 
     /// The label of slot `pc` in the copy being compiled.
@@ -498,7 +553,7 @@ impl Compiler<'_> {
             let a = &mut self.a;
             a.bind(l);
             let (pc, kind) = match stub {
-                Stub::ToPrecise { fix, to } => {
+                Stub::ToPrecise { fix, to } | Stub::Rebias { fix, to } => {
                     fix_budget(a, fix);
                     a.jmp(to);
                     continue;
@@ -787,6 +842,7 @@ impl Compiler<'_> {
                 // The program's own exit (no local calls): rbp is frame
                 // 0's, as the epilogue expects.
                 true => {
+                    fix_budget(&mut self.a, self.bias);
                     let fe = self.fault_exit;
                     self.a.jmp(fe);
                 }
@@ -959,7 +1015,7 @@ impl Compiler<'_> {
     }
 
     fn goto(&mut self, t: usize) {
-        let l = self.slot(t);
+        let l = self.jump_label(t);
         self.a.jmp(l);
     }
 
@@ -996,7 +1052,7 @@ impl Compiler<'_> {
             (_, src) => self.alu(w, rm_op::CMP, ext::CMP, dst, src),
         }
         // The target's block and the next one charge themselves.
-        let l = self.slot(t as usize);
+        let l = self.jump_label(t as usize);
         self.a.jcc(code, l);
     }
 
