@@ -568,6 +568,20 @@ fn faults_and_limits_match_the_interpreter() {
     assert_eq!(both(narrow, &[], 100).0, Ok(1));
     let joined = "mov %r0, 0\nmov %r1, 1\nmov %r2, 0\njeq %r2, 0, t\nadd %r1, 0\nt:\njeq %r1, 0, +1\nmov %r0, 7\nexit";
     assert_eq!(both(joined, &[], 100).0, Ok(7));
+    // `r2 = r1; r2 += imm` compiles to one `lea`, which sets no flags: a
+    // compare of r2 with 0 right after must not reuse stale ones; and a
+    // jump onto the `+=` keeps the two apart.
+    for (add, want) in [(-5, 1), (-4, 7)] {
+        let folded =
+            format!("mov %r0, 1\nmov %r1, 5\nmov %r2, %r1\nadd %r2, {add}\njeq %r2, 0, +1\nmov %r0, 7\nexit");
+        assert_eq!(both(&folded, &[], 100).0, Ok(want), "{folded}");
+    }
+    for (cmp, want) in [(6, 8), (5, 103)] {
+        let onto = format!(
+            "mov %r2, 100\nmov %r1, 5\njeq %r1, {cmp}, l\nmov %r2, %r1\nl:\nadd %r2, 3\nmov %r0, %r2\nexit"
+        );
+        assert_eq!(both(&onto, &[], 100).0, Ok(want), "{onto}");
+    }
     // With a budget that the charge on the way to `t` brings to exactly 0,
     // ZF is set on arrival there: reusing it would take the jump.
     assert_eq!(both(joined, &[], 5).0.unwrap_err().pc, 6);

@@ -172,6 +172,9 @@ struct Compiler<'e> {
     /// The current block's bias: the budget register is this much below
     /// the count the plan describes (fast copy only).
     bias: i32,
+    /// A slot whose operation the one before it compiled together with
+    /// its own (see [`Compiler::mov_add`]).
+    folded: Option<usize>,
 }
 
 /// Compiles `exe` (see the [module documentation](super)) for `helpers`,
@@ -244,12 +247,14 @@ pub fn compile_inlined(
         direct_exit: !exe.ops.iter().any(|op| matches!(op, Op::CallLocal(_))),
         in_regs,
         bias: 0,
+        folded: None,
     };
     let entry = c.prologue();
     let mut slot_offsets = Vec::with_capacity(n);
     for copy in 0..if two { 2 } else { 1 } {
         c.fast = two && copy == 0;
         c.bias = 0;
+        c.folded = None;
         for pc in 0..n {
             let block = c.budget.blocks[pc];
             if block.is_some() {
@@ -272,7 +277,11 @@ pub fn compile_inlined(
             if let Some(block) = block {
                 c.enter_block(pc, block);
             }
-            c.zf = match pc > 0 && !c.targets[pc] && block.is_none() {
+            if c.folded == Some(pc) {
+                continue;
+            }
+            let after_folded = pc > 1 && c.folded == Some(pc - 1);
+            c.zf = match pc > 0 && !c.targets[pc] && block.is_none() && !after_folded {
                 true => sets_zf(&c.exe.ops[pc - 1]),
                 false => None,
             };
@@ -757,7 +766,7 @@ impl Compiler<'_> {
             Op::Or64R(d, s) => self.a.alu_rr(Q, rm_op::OR, x(d), x(s)),
             Op::And64R(d, s) => self.a.alu_rr(Q, rm_op::AND, x(d), x(s)),
             Op::Xor64R(d, s) => self.a.alu_rr(Q, rm_op::XOR, x(d), x(s)),
-            Op::Mov64R(d, s) => self.a.mov_rr(Q, x(d), x(s)),
+            Op::Mov64R(d, s) => self.mov_add(pc, d, s),
             Op::Mul64R(d, s) => self.a.imul_rr(Q, x(d), x(s)),
             Op::Div64R(d, s) => self.divmod(Q, false, false, d, Src::Reg(x(s))),
             Op::SDiv64R(d, s) => self.divmod(Q, true, false, d, Src::Reg(x(s))),
@@ -867,6 +876,23 @@ impl Compiler<'_> {
                 self.a.jmp(l);
             }
         }
+    }
+
+    /// `rD = rS` and, when the next operation is `rD += imm` that nothing
+    /// jumps to (and the immediate need not be blinded), both as one `lea`:
+    /// the way programs point a helper at the stack (`r2 = r10; r2 += -8`).
+    /// `lea` leaves the flags alone, so the slot after may not reuse them.
+    fn mov_add(&mut self, pc: usize, d: u8, s: u8) {
+        let next = pc + 1;
+        if let Some(&Op::Add64I(d2, imm)) = self.exe.ops.get(next) {
+            let free = !self.targets[next] && self.budget.blocks[next].is_none();
+            if d2 == d && free && self.key.is_none() {
+                self.a.lea(x(d), x(s), imm as i64 as i32);
+                self.folded = Some(next);
+                return;
+            }
+        }
+        self.a.mov_rr(W::Q, x(d), x(s));
     }
 
     fn alu_imm(&mut self, w: W, opc: u8, e: u8, d: u8, i: i32) {
