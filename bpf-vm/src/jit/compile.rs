@@ -47,7 +47,10 @@
 //! target, the slot after a control transfer) checks that the run the
 //! interpreter would enter there fits, with one fused `sub`/`cmp` and `jl`.
 //! Both copies keep the same count, so moving from one to the other at a
-//! checkpoint needs nothing but the jump. Jumps carry no charge of their own.
+//! checkpoint needs nothing but the jump, except inside loops whose fast
+//! copy keeps the register biased (`BudgetPlan::bias`: one fused check per
+//! iteration), where the move, faults, `exit` and edges between biases add
+//! the difference. Jumps carry no charge of their own.
 
 use alloc::vec;
 use alloc::vec::Vec;

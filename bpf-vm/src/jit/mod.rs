@@ -48,6 +48,11 @@
 //! 4. `r1`-`r5` are not read after a helper call before being written again
 //!    (helpers clobber them, as under Linux; the interpreter preserves them).
 //!
+//! Where `r10` is only ever the base of loads and stores (no pointer into
+//! the stack exists), 2 lets stack slots that are always accessed whole
+//! live in unused callee-saved registers instead of memory (the `slots`
+//! module).
+//!
 //! Nothing else is assumed. Each bpf-to-bpf frame gets its own 512 bytes on
 //! the native stack, below the caller's (the interpreter puts them above);
 //! programs cannot observe the difference because the verifier keeps stack
