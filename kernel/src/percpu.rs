@@ -81,10 +81,42 @@ pub fn this_cpu() -> &'static PerCpu {
     CPUS.get(id as usize).unwrap_or(&CPUS[0])
 }
 
-/// This CPU's number.
+/// This CPU's number: the one `gs`-relative load of [`this_cpu`], without
+/// the load of the same number back from `CPUS` that going through the
+/// reference costs (every program run and probe hit asks).
 #[inline]
 pub fn cpu_id() -> u32 {
-    this_cpu().id
+    let id = crate::arch::cpu::gs_read_u32(core::mem::offset_of!(PerCpu, id));
+    // As in `this_cpu`: never out of range, and CPU 0 beats a panic.
+    if id < MAX_CPUS {
+        id
+    } else {
+        0
+    }
+}
+
+/// Adds `n` to this CPU's probe handler depth (the recursion guard of
+/// `trace::kprobe::DepthGuard`), returning the depth before: one unlocked
+/// `gs`-relative `xadd`. The caller has interrupts off; see
+/// [`crate::arch::cpu::gs_fetch_add_u32`] for why no add is lost.
+#[inline]
+pub fn probe_depth_add(n: u32) -> u32 {
+    crate::arch::cpu::gs_fetch_add_u32(core::mem::offset_of!(PerCpu, probe_depth), n)
+}
+
+/// This CPU's `trap_frame` (see [`PerCpu::trap_frame`]), one `gs`-relative
+/// load.
+#[inline]
+pub fn trap_frame() -> u64 {
+    crate::arch::cpu::gs_read_u64(core::mem::offset_of!(PerCpu, trap_frame))
+}
+
+/// Sets this CPU's `trap_frame`, one `gs`-relative store (only this CPU
+/// writes it; interrupts are off, and a nested context puts back what it
+/// found before the outer one resumes).
+#[inline]
+pub fn set_trap_frame(frame: u64) {
+    crate::arch::cpu::gs_write_u64(core::mem::offset_of!(PerCpu, trap_frame), frame);
 }
 
 /// Number of CPUs online. CPU numbers are `0..cpu_count()`: CPUs come up
@@ -152,6 +184,16 @@ impl PerCpuCounter {
     pub fn add(&self, n: u64) {
         let id = crate::arch::cpu::gs_read_u32(core::mem::offset_of!(PerCpu, id));
         if let Some(slot) = self.slots.get(id as usize) {
+            crate::arch::cpu_local_add(&slot.0, n);
+        }
+    }
+
+    /// Adds `n` in the slot of CPU `cpu`, which must be this CPU's number
+    /// ([`cpu_id`], read once by a caller that makes several adds) with
+    /// interrupts off, as for [`PerCpuCounter::add`].
+    #[inline]
+    pub fn add_on(&self, cpu: usize, n: u64) {
+        if let Some(slot) = self.slots.get(cpu) {
             crate::arch::cpu_local_add(&slot.0, n);
         }
     }

@@ -45,6 +45,18 @@ impl Epochs {
         let slot = &self.active[if cpu < n { cpu } else { cpu % n }];
         let prev = slot.load(Ordering::Relaxed);
         if prev == 0 {
+            // Sequentially consistent, i.e. a locked `xchg` on x86, although
+            // only this CPU writes its slot (with interrupts off): the slot
+            // is a Dekker flag against `reusable`. The run's next loads
+            // (a bucket's slot pointer) must not be satisfied before this
+            // store is visible to other CPUs; x86 may otherwise hold the
+            // store in its store buffer while those loads read the slot
+            // before a concurrent delete unlinks it, and the deleting CPU,
+            // after its `retire` (a full barrier), would then read 0 here
+            // and let the slot be reused under the run. A plain store would
+            // be enough only if `reusable` could make every CPU drain its
+            // store buffer first (an IPI, as Linux's membarrier), which it
+            // cannot from probe context, where inserts call it.
             slot.store(self.global.load(Ordering::Acquire), Ordering::SeqCst);
         }
         EpochGuard { slot, prev }

@@ -101,6 +101,9 @@ pub struct Program {
     pub lines: Option<LineTable>,
     pub verifier: VerifierReport,
     pub budget: u64,
+    /// Whether a run enters the epoch ([`super::epochs`]): only when the
+    /// program refers to a hash map (see [`refers_to_hash_map`]).
+    pub needs_epoch: bool,
     pub stats: ProgStats,
     pub last_error: SpinLock<Option<RunError>>,
     pub loaded_at_ns: u64,
@@ -348,11 +351,15 @@ pub fn load(
             })))
         }
     };
+    let mut referred = alloc::vec![false; maps.len()];
     let exe = Executable::with_resolver(&program, |src| match src {
         LdImm64Src::MapIdx(i) => usize::try_from(i)
             .ok()
             .filter(|&i| i < maps.len())
-            .map(|i| MAP_HANDLE | i as u64),
+            .map(|i| {
+                referred[i] = true;
+                MAP_HANDLE | i as u64
+            }),
         LdImm64Src::MapValueIdx { idx, off } => {
             let m = maps.get(usize::try_from(idx).ok()?)?;
             let inner = m.lock();
@@ -366,6 +373,7 @@ pub fn load(
         _ => None,
     })
     .map_err(|e| LoadError::Invalid(e.to_string()))?;
+    let needs_epoch = refers_to_hash_map(&referred, &maps);
     let inline = array_lookups(&program, &call_maps, &maps);
     let (native, exec) = compile(&exe, engine, id, &inline);
     Ok(Program {
@@ -383,10 +391,32 @@ pub fn load(
         lines: p.lines.clone(),
         verifier: report,
         budget: if budget == 0 { DEFAULT_BUDGET } else { budget },
+        needs_epoch,
         stats: ProgStats::default(),
         last_error: SpinLock::new(None),
         loaded_at_ns: crate::time::now_ns(),
     })
+}
+
+/// Whether a program whose `ld_imm64` map references name the maps
+/// `referred` marks (by index into `maps`) can reach a hash map.
+///
+/// The epoch a run enters (`Epochs::enter`) keeps deleted hash map slots
+/// from reuse while a program may still hold a pointer into one (a value a
+/// lookup returned, or a slot an update or lookup walks to without a
+/// lock); hash maps are its only users (`ktrace_bpf_maps::HashMap`'s
+/// `retire`/`reusable`). A program reaches a map only through a map
+/// pointer, and the only source of one is an `ld_imm64` map reference
+/// (the verifier tracks map pointers from there into helper arguments;
+/// direct value references are arrays only), so a program none of whose
+/// references names a hash map can never hold such a pointer, and its runs
+/// skip the epoch: a load, a test and the locked exchange of its entry, and
+/// the store of its exit.
+fn refers_to_hash_map(referred: &[bool], maps: &[Arc<KMap>]) -> bool {
+    referred
+        .iter()
+        .zip(maps)
+        .any(|(&r, m)| r && m.hash().is_some())
 }
 
 /// The `map_lookup_elem` calls the verifier saw on one array map on every
@@ -547,7 +577,8 @@ impl Program {
             self.count_miss();
             return None;
         }
-        let cpu = crate::percpu::this_cpu().id as usize;
+        // Read once: the run's counters and slots are all this CPU's.
+        let cpu = crate::percpu::cpu_id() as usize;
         let Some(slot) = RUNS.get().and_then(|v| v.get(cpu)) else {
             self.count_miss();
             return None;
@@ -566,7 +597,8 @@ impl Program {
             };
             vm = Some(guard);
         }
-        let _epoch = super::epochs().enter(cpu);
+        // Only programs that can reach a hash map (`refers_to_hash_map`).
+        let _epoch = self.needs_epoch.then(|| super::epochs().enter(cpu));
         let mut env = RunEnv {
             prog: self,
             cpu,
@@ -593,7 +625,8 @@ impl Program {
         // prototypes, which `RunEnv` implements (every pointer it hands back
         // is map storage or ring memory that stays allocated while
         // `self.maps` holds the maps, and the epoch guard above keeps
-        // deleted slots from reuse).
+        // deleted hash map slots from reuse; a program that can reach no
+        // hash map holds no such slot, see `refers_to_hash_map`).
         #[allow(unsafe_code)]
         let (r, executed) = unsafe {
             match (&self.native, vm.as_deref_mut()) {
@@ -620,10 +653,10 @@ impl Program {
         };
         if timed {
             let dt = crate::arch::rdtsc().wrapping_sub(t0);
-            self.stats.run_cycles.add(dt);
+            self.stats.run_cycles.add_on(cpu, dt);
         }
-        self.stats.run_count.add(1);
-        self.stats.insns.add(executed);
+        self.stats.run_count.add_on(cpu, 1);
+        self.stats.insns.add_on(cpu, executed);
         match r {
             Ok(v) => Some(v),
             Err(e) => {

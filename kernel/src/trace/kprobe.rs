@@ -832,10 +832,10 @@ extern "C" fn on_detour(regs: &mut PtRegs, detour: u64) {
     //
     // A plain load and store: interrupts are off, and an NMI in between
     // puts back the value it found before it returns.
-    let cpu = this_cpu();
-    let outer = cpu.trap_frame.load(Ordering::Relaxed);
-    cpu.trap_frame
-        .store(core::ptr::from_mut(regs) as u64, Ordering::Release);
+    //
+    // `gs`-relative: no CPU number and table index on every hit.
+    let outer = crate::percpu::trap_frame();
+    crate::percpu::set_trap_frame(core::ptr::from_mut(regs) as u64);
     let addr = regs.rip;
     {
         // The handlers run under the table's read lock, with no `Arc`
@@ -862,7 +862,7 @@ extern "C" fn on_detour(regs: &mut PtRegs, detour: u64) {
                 CONT_COPY
             } as u64;
     }
-    cpu.trap_frame.store(outer, Ordering::Release);
+    crate::percpu::set_trap_frame(outer);
 }
 
 /// The site lookup and recursion guard a detour's hit at `addr` goes
@@ -890,11 +890,13 @@ impl DepthGuard {
     /// Callers run with interrupts off, so only this CPU changes its
     /// depth, and a nested context (an NMI) restores what it changed before
     /// the outer one resumes: one unlocked `xadd` is exact
-    /// (`arch::cpu_local_fetch_add_u32`), and cheaper than a locked one.
+    /// (`arch::cpu::gs_fetch_add_u32`), and cheaper than a locked one;
+    /// `gs`-relative (`percpu::probe_depth_add`), so no CPU number is read
+    /// and no table indexed on the way in or out.
+    #[inline]
     pub(crate) fn enter() -> Option<Self> {
-        let d = &this_cpu().probe_depth;
-        if crate::arch::cpu_local_fetch_add_u32(d, 1) != 0 {
-            crate::arch::cpu_local_fetch_add_u32(d, u32::MAX);
+        if crate::percpu::probe_depth_add(1) != 0 {
+            crate::percpu::probe_depth_add(u32::MAX);
             return None;
         }
         Some(DepthGuard)
@@ -920,8 +922,9 @@ impl DepthGuard {
 }
 
 impl Drop for DepthGuard {
+    #[inline]
     fn drop(&mut self) {
-        crate::arch::cpu_local_fetch_add_u32(&this_cpu().probe_depth, u32::MAX);
+        crate::percpu::probe_depth_add(u32::MAX);
     }
 }
 

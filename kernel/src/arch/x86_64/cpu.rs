@@ -1,7 +1,7 @@
 //! Single-instruction wrappers.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicU32, AtomicU64};
+use core::sync::atomic::AtomicU64;
 
 /// Write a byte to an I/O port.
 #[inline]
@@ -49,20 +49,6 @@ pub fn cpu_local_add(counter: &AtomicU64, n: u64) {
     unsafe {
         asm!("add qword ptr [{c}], {n}", c = in(reg) counter.as_ptr(), n = in(reg) n, options(nostack));
     }
-}
-
-/// `fetch_add` on a value only this CPU writes, with one `xadd` without
-/// the `lock` prefix; returns the value before. The same argument and
-/// contract as [`cpu_local_add`].
-#[inline]
-pub fn cpu_local_fetch_add_u32(value: &AtomicU32, n: u32) -> u32 {
-    let mut old = n;
-    // SAFETY: as `cpu_local_add`: a live, aligned `AtomicU32` that only
-    // this CPU writes, changed by one instruction.
-    unsafe {
-        asm!("xadd dword ptr [{v}], {old:e}", v = in(reg) value.as_ptr(), old = inout(reg) old, options(nostack));
-    }
-    old
 }
 
 /// 256 bytes for xmm0-15, 16-byte aligned (self test `hit_cost`).
@@ -224,6 +210,48 @@ pub fn gs_read_u32(offset: usize) -> u32 {
              options(nostack, preserves_flags, readonly))
     }
     v
+}
+
+/// `fetch_add` on the `u32` at `offset` from this CPU's GS base (a field
+/// of its `PerCpu` that only this CPU writes), one `xadd` without the
+/// `lock` prefix, for the same reason as [`cpu_local_add`]: an interrupt
+/// or NMI on this CPU lands before or after it, and other CPUs only read.
+/// Returns the value before.
+#[inline(always)]
+pub fn gs_fetch_add_u32(offset: usize, n: u32) -> u32 {
+    let mut old = n;
+    // SAFETY: as `gs_read_u32` for the address (the caller passes the
+    // offset of a `u32` field of `PerCpu`, which GS points at), and as
+    // `cpu_local_add` for the single read-modify-write.
+    unsafe {
+        asm!("xadd dword ptr gs:[{}], {:e}", in(reg) offset, inout(reg) old,
+             options(nostack))
+    }
+    old
+}
+
+/// Read the `u64` at `offset` from this CPU's GS base (its `PerCpu`).
+#[inline(always)]
+pub fn gs_read_u64(offset: usize) -> u64 {
+    let v: u64;
+    // SAFETY: as `gs_read_u32`, for the offset of a `u64` field.
+    unsafe {
+        asm!("mov {}, qword ptr gs:[{}]", out(reg) v, in(reg) offset,
+             options(nostack, preserves_flags, readonly))
+    }
+    v
+}
+
+/// Write the `u64` at `offset` from this CPU's GS base (a field of its
+/// `PerCpu` that only this CPU writes).
+#[inline(always)]
+pub fn gs_write_u64(offset: usize, v: u64) {
+    // SAFETY: as `gs_read_u64`; one aligned store, atomic with respect to
+    // this CPU's interrupts and to readers on other CPUs.
+    unsafe {
+        asm!("mov qword ptr gs:[{}], {}", in(reg) offset, in(reg) v,
+             options(nostack, preserves_flags))
+    }
 }
 
 /// Serialise this CPU's instruction stream (CPUID is architecturally

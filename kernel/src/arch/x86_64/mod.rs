@@ -51,8 +51,7 @@ core::arch::global_asm!(
 );
 
 pub use cpu::{
-    cpu_local_add, cpu_local_fetch_add_u32, halt, irq_disable, irq_enable, irq_enabled,
-    irq_restore, irq_save, rdtsc,
+    cpu_local_add, halt, irq_disable, irq_enable, irq_enabled, irq_restore, irq_save, rdtsc,
 };
 pub use trap::{regs_bytes, PtRegs};
 
