@@ -305,9 +305,20 @@ impl<'a> JitRun<'a> {
     /// The outcome of the run that returned `r0`, as the interpreter reports it.
     #[inline]
     pub fn finish(&mut self, r0: u64) -> Result<u64, RunError> {
+        // The common case first and alone: inlined into the embedder's run
+        // path, a test and a branch, not a dispatch on the fault kind.
+        if self.fault_kind == fault::NONE {
+            return Ok(r0);
+        }
+        Err(self.fault())
+    }
+
+    /// Why the run stopped, when it faulted.
+    #[cold]
+    #[inline(never)]
+    fn fault(&mut self) -> RunError {
         let pc = self.fault_pc as usize;
         let kind = match self.fault_kind {
-            fault::NONE => return Ok(r0),
             fault::BUDGET => RunErrorKind::BudgetExhausted {
                 budget: self.budget,
             },
@@ -329,7 +340,7 @@ impl<'a> JitRun<'a> {
             },
             _ => RunErrorKind::FellOffEnd,
         };
-        Err(RunError { pc, kind })
+        RunError { pc, kind }
     }
 }
 

@@ -28,7 +28,7 @@ use super::Runtime;
 use crate::arch::PtRegs;
 use crate::error::{Error, Kind};
 use crate::percpu::PerCpuCounter;
-use crate::trace::kprobe::{self, KprobeHandler};
+use crate::trace::kprobe::{self, Kprobe, KprobeHandler};
 use crate::trace::kretprobe::{self, KretprobeHandler, RetInstance};
 use crate::trace::perf::{self, PerfHandler, Sample};
 use crate::trace::tracepoint::{self, TracepointHandler};
@@ -46,13 +46,23 @@ enum Handle {
     Perf(u32),
 }
 
+/// Where a link's hit count comes from.
+enum Hits {
+    /// A counter of its own, which its handler adds to.
+    Own(Arc<PerCpuCounter>),
+    /// The kprobe's own count of its pre handler's runs: a kprobe link's
+    /// handler is the probe's only one, so it runs exactly once per hit the
+    /// probe counts, and a second counter would only add an add per hit.
+    Kprobe(Arc<Kprobe>),
+}
+
 /// A program attached to one point.
 pub struct Link {
     pub id: u32,
     pub prog: Arc<Program>,
     pub target: LinkTarget,
     pub order: u32,
-    hits: Arc<PerCpuCounter>,
+    hits: Hits,
     handle: Handle,
 }
 
@@ -63,7 +73,10 @@ impl Link {
             id: self.id,
             prog: self.prog.id,
             target: self.target.clone(),
-            hits: self.hits.sum(),
+            hits: match &self.hits {
+                Hits::Own(c) => c.sum(),
+                Hits::Kprobe(k) => k.hits(),
+            },
             order: self.order,
         }
     }
@@ -72,8 +85,8 @@ impl Link {
 /// Runs `prog` on a `pt_regs` context (kprobes and kretprobes).
 /// The frame itself is the context, without a copy (programs only read
 /// their context, see `Program::run`).
-fn run_on_regs(prog: &Program, hits: &PerCpuCounter, regs: &PtRegs, func_ip: u64) {
-    hits.add(1);
+#[inline]
+fn run_on_regs(prog: &Program, regs: &PtRegs, func_ip: u64) {
     prog.run(
         crate::arch::regs_bytes(regs),
         &HitInfo {
@@ -84,15 +97,15 @@ fn run_on_regs(prog: &Program, hits: &PerCpuCounter, regs: &PtRegs, func_ip: u64
     );
 }
 
+/// Counts no hits itself: the link reads the kprobe's count ([`Hits`]).
 struct BpfKprobe {
     prog: Arc<Program>,
-    hits: Arc<PerCpuCounter>,
     func: u64,
 }
 
 impl KprobeHandler for BpfKprobe {
     fn pre(&self, regs: &mut PtRegs) {
-        run_on_regs(&self.prog, &self.hits, regs, self.func);
+        run_on_regs(&self.prog, regs, self.func);
     }
     fn kind(&self) -> &'static str {
         "bpf"
@@ -109,7 +122,8 @@ struct BpfKretprobe {
 
 impl KretprobeHandler for BpfKretprobe {
     fn ret(&self, regs: &mut PtRegs, inst: &RetInstance) {
-        run_on_regs(&self.prog, &self.hits, regs, inst.func);
+        self.hits.add(1);
+        run_on_regs(&self.prog, regs, inst.func);
     }
     fn kind(&self) -> &'static str {
         "bpf"
@@ -226,6 +240,7 @@ pub fn attach(
     kretprobe: bool,
 ) -> Result<Link, Error> {
     let hits = Arc::new(PerCpuCounter::new());
+    let mut counted_by: Option<Arc<Kprobe>> = None;
     let refused = |what: &str, e: &dyn core::fmt::Display| {
         Error::new(
             Kind::Invalid,
@@ -286,18 +301,19 @@ pub fn attach(
             } else {
                 let h = Arc::new(BpfKprobe {
                     prog: prog.clone(),
-                    hits: hits.clone(),
                     func: p.address - p.offset,
                 });
                 let kp = kprobe::register(TextAddr(p.address), h)
                     .map_err(|e| refused(&p.function, &e))?;
+                let id = kp.id();
+                counted_by = Some(kp);
                 (
                     LinkTarget::Kprobe {
                         address: p.address,
                         function: p.function.clone(),
                         offset: p.offset,
                     },
-                    Handle::Kprobe(kp.id()),
+                    Handle::Kprobe(id),
                 )
             }
         }
@@ -365,7 +381,10 @@ pub fn attach(
         prog: prog.clone(),
         target,
         order,
-        hits,
+        hits: match counted_by {
+            Some(kp) => Hits::Kprobe(kp),
+            None => Hits::Own(hits),
+        },
         handle,
     })
 }
