@@ -964,6 +964,9 @@ fn on_int3(regs: &mut PtRegs, _vector: u8) -> bool {
 }
 
 /// Runs the site's pre handlers (or counts a miss); whether they ran.
+/// Inlined into its two callers, the detour's and the `int3` handler's:
+/// a call less, with its saves and restores, on every hit.
+#[inline(always)]
 fn run_pre(site: &Site, regs: &mut PtRegs) -> bool {
     match DepthGuard::enter() {
         Some(_g) => {
