@@ -36,8 +36,25 @@ pub trait Link: Sync {
     /// Pushes an unsolicited frame to `to`; dropped if that client has
     /// gone. Task context only: it waits while the link is full.
     fn push(&self, to: &Session, resp: &ktrace_abi::Response);
+    /// Encodes an unsolicited frame the way [`Link::push`] sends it (an
+    /// answer too large for a frame becomes an error frame); `None` when it
+    /// cannot be encoded (logged).
+    fn encode_push(&self, resp: &ktrace_abi::Response) -> Option<alloc::vec::Vec<u8>>;
+    /// Queues an encoded frame for `to` without waiting: whole, in order
+    /// with every other frame of the session, or not at all.
+    fn try_push(&self, to: &Session, frame: alloc::vec::Vec<u8>) -> Result<(), NotPushed>;
     /// Whether `client` is still its session's client.
     fn present(&self, client: &Session) -> bool {
         self.current(client.id) == *client
     }
+}
+
+/// Why [`Link::try_push`] queued nothing.
+#[derive(Debug)]
+pub enum NotPushed {
+    /// The link cannot take the frame now (the host reads too slowly, or
+    /// another frame of the session is going out): try again later.
+    Full(alloc::vec::Vec<u8>),
+    /// The client is gone (or its host side closed): nobody will read it.
+    Gone,
 }

@@ -625,6 +625,87 @@ fn events_reach_the_subscribing_session_while_another_works() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
 }
 
+/// The answer to an unsubscribe comes after every batch the kernel
+/// collected for the session: with a producer still firing, once the
+/// client has its answer no record of the stream arrives, and the client
+/// has received exactly the records the kernel counts as pushed to it.
+/// (The kernel used to answer at once while its event task still pushed
+/// batches collected under the old subscription.)
+#[test]
+fn no_record_follows_the_answer_to_an_unsubscribe() {
+    let mut vm = TestVm::boot("bpf-unsub-order");
+    let mut client = vm.client();
+    let session = client.hello_reply().unwrap().session as usize;
+    let mut rt = Runtime::new(&mut client);
+    let (seq, rb) = seq_and_ring(&mut rt, 4 << 20);
+    let p = rt
+        .prog_load(
+            kprobe_prog("rbout", RING_RECORD_WITH_SEQ),
+            vec![seq, rb],
+            LoadOptions::default(),
+        )
+        .unwrap();
+    let target = ktrace_tests::kprobe_at("kernel::bpf::testing::target");
+    rt.attach(p.id, target, false).unwrap();
+    let pushed_at_start = rt.client().info().unwrap().event_sessions[session].records_pushed;
+    let mut received = 0u64;
+    const ROUNDS: usize = 6;
+    for round in 0..ROUNDS {
+        // The producer: a kernel task making probed calls, restarted
+        // whenever the last one has finished.
+        if !rt
+            .client()
+            .info()
+            .unwrap()
+            .tasks
+            .iter()
+            .any(|t| t.name == "bpf-trigger")
+        {
+            rt.trigger_spawn(10_000_000).unwrap();
+        }
+        rt.subscribe(vec![rb], false).unwrap();
+        // The stream flows (a bound on a hang, not a timing).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut flowing = 0;
+        while flowing == 0 {
+            assert!(Instant::now() < deadline, "round {round}: no batch came");
+            if let Some(b) = rt.next_events(Duration::from_millis(500)).unwrap() {
+                flowing += b.records.len();
+                received += b.records.len() as u64;
+            }
+        }
+        rt.subscribe(Vec::new(), false).unwrap();
+        // Batches that came before the answer were queued by the client.
+        let before_answer: usize = rt
+            .client()
+            .take_pushes()
+            .iter()
+            .map(|r| match r {
+                ktrace_abi::Response::Bpf(ktrace_abi::bpf::BpfResponse::Events(b)) => {
+                    b.records.len()
+                }
+                _ => 0,
+            })
+            .sum();
+        received += before_answer as u64;
+        let late = rt.next_events(Duration::from_millis(500)).unwrap();
+        assert!(
+            late.is_none(),
+            "round {round}: a batch of {} records came after the answer to the unsubscribe",
+            late.map_or(0, |b| b.records.len())
+        );
+        let pushed = rt.client().info().unwrap().event_sessions[session].records_pushed;
+        assert_eq!(
+            pushed - pushed_at_start,
+            received,
+            "round {round}: the client got every record pushed to it, and no more"
+        );
+        eprintln!(
+            "round {round}: {flowing} records in the first batch, {before_answer} more before the answer, none after"
+        );
+    }
+}
+
 /// A refusal for want of memory (`Limit`, `ENOMEM`) whose text has `what`.
 fn assert_enomem(e: &RuntimeError, what: &str) {
     eprintln!("refused: {e}");

@@ -5,13 +5,34 @@
 //! could re-enter the scheduler the probe interrupted. The `bpf-events` task
 //! polls that flag every millisecond, drains the streams each control
 //! session subscribed to into [`EventBatch`]es of up to [`BATCH_BYTES`] and
-//! hands them (id 0) to the [`Link`] control started it with, which pushes
-//! them on that session. A stream two sessions subscribed to
-//! goes to the one that comes first; a session whose client is gone gets
-//! nothing, and its records wait in their buffers. Every
+//! queues them (id 0) on the [`Link`] control started it with. A stream two
+//! sessions subscribed to goes to the one that comes first; a session whose
+//! client is gone gets nothing, and its records wait in their buffers. Every
 //! batch carries each stream's cumulative lost count, so the host can tell
 //! records the kernel dropped (a full buffer) from records in flight; batch
 //! numbers reveal a batch lost in transit.
+//!
+//! Falling behind: the task never waits for one client. When a session's
+//! link is full (its client reads too slowly, or not at all) the batch it
+//! collected stays with the task ([`Pending`]) and nothing more is taken
+//! out of that session's streams until the link took it: the records wait
+//! in their buffers, and once a buffer is full its producers count what
+//! they could not write (the stream's lost count, which the next batch
+//! tells the client), as a perf buffer does for a reader that falls
+//! behind. Meanwhile the task serves the other sessions and sleeps between
+//! rounds, so a stalled client costs one look at its link per round. A
+//! batch whose client left before the link took it is dropped and counted
+//! for its session ([`EventSessionStats`]); every record the task took out
+//! is pushed, waiting or dropped.
+//!
+//! Ordering with [`subscribe`]: each change of a session's subscription
+//! gets a new epoch; the task moves a session to the new epoch only after
+//! the batch it kept for the old one went out (or was dropped with its
+//! client), and batches of a round are collected from the subscriptions
+//! it read at the start of that round. [`subscribe`] returns once the task
+//! moved the session on, so the answer control sends next is queued after
+//! every batch collected under the old subscription: after the answer to
+//! an unsubscribe, no record of that session's streams comes.
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -19,10 +40,12 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ktrace_abi::bpf::{BpfResponse, EventBatch, EventRecord, EventSource, LostCount};
+use ktrace_abi::vm::EventSessionStats;
 use ktrace_abi::Response;
 
 use super::kmap::KMap;
-use crate::session::{Link, Session, MAX_SESSIONS};
+use crate::session::{Link, NotPushed, Session, MAX_SESSIONS};
+use crate::task::WaitQueue;
 
 /// Payload bytes per pushed batch: large enough to amortise framing and
 /// the per-record work, and one transmit buffer of the virtio-serial link
@@ -32,8 +55,60 @@ pub const BATCH_BYTES: usize = 60 * 1024;
 /// Stream id of `trace_printk` in [`LostCount::map`].
 pub const PRINTK_STREAM: u32 = u32::MAX;
 
+/// Batches a session may queue in one round of the task: the link takes
+/// about one batch per millisecond, so this bounds a round without slowing
+/// a fast reader, and a producer that never lets a stream run dry cannot
+/// keep the task on one session.
+const BATCHES_PER_ROUND: usize = 8;
+
 static KICKED: AtomicBool = AtomicBool::new(false);
 static SEQ: AtomicU64 = AtomicU64::new(0);
+/// The event task runs (else [`subscribe`] has nobody to wait for).
+static RUNNING: AtomicBool = AtomicBool::new(false);
+/// Per session, the subscription epoch the task has moved on to: no batch
+/// of an earlier epoch is left with it. Stored by the task (Release),
+/// waited for by [`subscribe`] (Acquire) on [`SERVED_WAIT`].
+static SERVED: [AtomicU64; MAX_SESSIONS] = [const { AtomicU64::new(0) }; MAX_SESSIONS];
+static SERVED_WAIT: WaitQueue = WaitQueue::new();
+
+/// What the task did for one session, read by `Info` without a lock.
+struct Counters {
+    batches_pushed: AtomicU64,
+    records_pushed: AtomicU64,
+    batches_held: AtomicU64,
+    batches_dropped: AtomicU64,
+    records_dropped: AtomicU64,
+    records_waiting: AtomicU64,
+}
+
+static COUNTERS: [Counters; MAX_SESSIONS] = [const {
+    Counters {
+        batches_pushed: AtomicU64::new(0),
+        records_pushed: AtomicU64::new(0),
+        batches_held: AtomicU64::new(0),
+        batches_dropped: AtomicU64::new(0),
+        records_dropped: AtomicU64::new(0),
+        records_waiting: AtomicU64::new(0),
+    }
+}; MAX_SESSIONS];
+
+/// Event streaming per session since boot, for `Info`.
+pub fn session_stats(sessions: usize) -> Vec<EventSessionStats> {
+    COUNTERS
+        .iter()
+        .take(sessions)
+        .enumerate()
+        .map(|(i, c)| EventSessionStats {
+            session: i as u32,
+            batches_pushed: c.batches_pushed.load(Ordering::Relaxed),
+            records_pushed: c.records_pushed.load(Ordering::Relaxed),
+            batches_held: c.batches_held.load(Ordering::Relaxed),
+            batches_dropped: c.batches_dropped.load(Ordering::Relaxed),
+            records_dropped: c.records_dropped.load(Ordering::Relaxed),
+            records_waiting: c.records_waiting.load(Ordering::Relaxed),
+        })
+        .collect()
+}
 
 #[derive(Clone)]
 struct Subs {
@@ -43,12 +118,15 @@ struct Subs {
     /// connects after this one left must never receive its streams, even
     /// before the control task has noticed the disconnect.
     generation: u64,
+    /// Bumped by every change (see [`SERVED`]).
+    epoch: u64,
 }
 
 const NO_SUBS: Subs = Subs {
     maps: Vec::new(),
     printk: false,
     generation: 0,
+    epoch: 0,
 };
 
 /// Subscriptions per control session.
@@ -59,21 +137,35 @@ pub fn kick() {
     KICKED.store(true, Ordering::Release);
 }
 
-/// Replace the set of streams pushed to `client`.
+/// Replace the set of streams pushed to `client`, and return once every
+/// batch collected under the old set is queued on the link (or dropped
+/// because the client left): the caller's answer then goes out after them.
+/// Task context (the session's control task), no lock held: it waits for
+/// the event task's next round, which never waits for this task.
 pub fn subscribe(client: &Session, maps: Vec<Arc<KMap>>, printk: bool) {
-    if let Some(s) = SUBS.lock().get_mut(client.id) {
+    let Some(epoch) = SUBS.lock().get_mut(client.id).map(|s| {
         s.maps = maps;
         s.printk = printk;
         s.generation = client.generation;
-    }
+        s.epoch += 1;
+        s.epoch
+    }) else {
+        return;
+    };
     kick();
+    if RUNNING.load(Ordering::Acquire) {
+        SERVED_WAIT.wait_until(|| SERVED[client.id].load(Ordering::Acquire) >= epoch);
+    }
 }
 
 /// Drop the subscriptions of clients of `now`'s session before `now`.
 pub fn unsubscribe_gone(now: &Session) {
     if let Some(s) = SUBS.lock().get_mut(now.id) {
         if s.generation != now.generation {
-            *s = NO_SUBS;
+            *s = Subs {
+                epoch: s.epoch + 1,
+                ..NO_SUBS
+            };
         }
     }
 }
@@ -161,18 +253,68 @@ pub fn collect(client: &Session, maps: &[Arc<KMap>], printk: bool, max: usize) -
     }
 }
 
-fn pending(maps: &[Arc<KMap>]) -> bool {
+fn has_records(maps: &[Arc<KMap>]) -> bool {
     maps.iter().any(|m| {
         m.ring().is_some_and(|r| r.pending_bytes() > 0)
             || m.perf().is_some_and(|p| p.pending_bytes() > 0)
     })
 }
 
+/// A batch the task collected for `client` and the link could not take
+/// yet, encoded.
+struct Pending {
+    client: Session,
+    frame: Vec<u8>,
+    records: u64,
+}
+
+/// What the task keeps per session between rounds.
+struct SessionState {
+    /// The subscription epoch whose batches the task collects.
+    epoch: u64,
+    pending: Option<Pending>,
+    last_lost: Vec<LostCount>,
+}
+
+/// Queues `p` on the link. `Err` gives it back when the link is full.
+fn deliver(link: &dyn Link, session: usize, p: Pending) -> Result<(), Pending> {
+    let c = &COUNTERS[session];
+    let records = p.records;
+    let outcome = match link.try_push(&p.client, p.frame) {
+        Ok(()) => {
+            c.batches_pushed.fetch_add(1, Ordering::Relaxed);
+            c.records_pushed.fetch_add(records, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(NotPushed::Gone) => {
+            c.batches_dropped.fetch_add(1, Ordering::Relaxed);
+            c.records_dropped.fetch_add(records, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(NotPushed::Full(frame)) => Err(Pending {
+            client: p.client,
+            frame,
+            records,
+        }),
+    };
+    c.records_waiting.store(
+        if outcome.is_err() { records } else { 0 },
+        Ordering::Relaxed,
+    );
+    outcome
+}
+
 fn task(link: &dyn Link) {
-    let mut last_lost: [Vec<LostCount>; MAX_SESSIONS] = core::array::from_fn(|_| Vec::new());
+    let mut state: [SessionState; MAX_SESSIONS] = core::array::from_fn(|_| SessionState {
+        epoch: 0,
+        pending: None,
+        last_lost: Vec::new(),
+    });
     loop {
         crate::task::sleep_ms(1);
         let kicked = KICKED.swap(false, Ordering::AcqRel);
+        // The subscriptions this round collects for: a `subscribe` that
+        // comes later is seen next round (see the module notes).
         let subs = SUBS.lock().clone();
         if !subs
             .iter()
@@ -192,7 +334,24 @@ fn task(link: &dyn Link) {
             }
         }
         let mut again = false;
-        for (session, sub) in subs.iter().enumerate() {
+        let mut moved_on = false;
+        for (session, (sub, st)) in subs.iter().zip(state.iter_mut()).enumerate() {
+            // The batch kept from an earlier round goes before anything
+            // else of this session, whatever its subscription is now.
+            if let Some(p) = st.pending.take() {
+                if let Err(p) = deliver(link, session, p) {
+                    // Still full: take nothing more out of its streams
+                    // (they fill and count their losses), and keep the
+                    // subscriber of a newer epoch waiting for this batch.
+                    st.pending = Some(p);
+                    continue;
+                }
+            }
+            if st.epoch != sub.epoch {
+                st.epoch = sub.epoch;
+                SERVED[session].store(sub.epoch, Ordering::Release);
+                moved_on = true;
+            }
             if sub.maps.is_empty() && !sub.printk {
                 continue;
             }
@@ -212,22 +371,46 @@ fn task(link: &dyn Link) {
                 again |= kicked;
                 continue;
             }
-            if !kicked && !pending(&sub.maps) {
+            if !kicked && !has_records(&sub.maps) {
                 continue;
             }
-            loop {
+            for round in 0..BATCHES_PER_ROUND {
                 let mut batch = collect(&client, &sub.maps, sub.printk, usize::MAX);
-                if batch.records.is_empty() && batch.lost == last_lost[session] {
+                if batch.records.is_empty() && batch.lost == st.last_lost {
                     break;
                 }
-                last_lost[session] = batch.lost.clone();
+                st.last_lost = batch.lost.clone();
                 batch.seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
-                let full = !batch.records.is_empty();
-                link.push(&client, &Response::Bpf(BpfResponse::Events(batch)));
-                if !full {
+                let records = batch.records.len() as u64;
+                let Some(frame) = link.encode_push(&Response::Bpf(BpfResponse::Events(batch)))
+                else {
+                    // Logged by the link; counted like a batch nobody got.
+                    let c = &COUNTERS[session];
+                    c.batches_dropped.fetch_add(1, Ordering::Relaxed);
+                    c.records_dropped.fetch_add(records, Ordering::Relaxed);
+                    continue;
+                };
+                let p = Pending {
+                    client,
+                    frame,
+                    records,
+                };
+                if let Err(p) = deliver(link, session, p) {
+                    COUNTERS[session]
+                        .batches_held
+                        .fetch_add(1, Ordering::Relaxed);
+                    st.pending = Some(p);
                     break;
                 }
+                if records == 0 {
+                    break;
+                }
+                // The stream may hold more: look again next round.
+                again |= round + 1 == BATCHES_PER_ROUND;
             }
+        }
+        if moved_on {
+            SERVED_WAIT.wake_all();
         }
         if again {
             KICKED.store(true, Ordering::Release);
@@ -237,7 +420,11 @@ fn task(link: &dyn Link) {
 
 /// Starts the event task, which pushes batches through `link` (control's).
 pub fn start(link: &'static dyn Link) {
+    // Set first: a subscriber that saw it false would not wait for the
+    // task, and one that sees it true is served within a round.
+    RUNNING.store(true, Ordering::Release);
     if crate::task::spawn("bpf-events", move || task(link)).is_none() {
+        RUNNING.store(false, Ordering::Release);
         log::error!("cannot start the bpf-events task: event streams will only be polled");
     }
 }

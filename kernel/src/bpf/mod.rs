@@ -833,6 +833,8 @@ pub fn handle(req: BpfRequest, session: &Session) -> Answer {
         )),
         BpfRequest::EventsSubscribe { maps, printk } => {
             let ms = stream_maps(&rt, &maps)?;
+            // `subscribe` waits for the event task's next round.
+            drop(rt);
             events::subscribe(session, ms, printk);
             Response::Ok
         }

@@ -34,7 +34,7 @@ use crate::arch::{self, trap};
 use crate::drivers::virtio_serial::{self, SerialPorts, TX_CHUNK};
 use crate::error::{Error, Kind};
 pub use crate::session::MAX_SESSIONS;
-use crate::session::{Link as ClientLink, Session};
+use crate::session::{Link as ClientLink, NotPushed, Session};
 use crate::sync::SpinLock;
 use crate::task::WaitQueue;
 use ktrace_abi::frame::{FrameEvent, FrameReader};
@@ -228,6 +228,12 @@ impl ClientLink for Clients {
     fn push(&self, to: &Session, resp: &Response) {
         push_to(to.id, to.generation, resp);
     }
+    fn encode_push(&self, resp: &Response) -> Option<Vec<u8>> {
+        encode_frame(PUSH_ID, resp)
+    }
+    fn try_push(&self, to: &Session, frame: Vec<u8>) -> Result<(), NotPushed> {
+        try_push_frame(to, frame)
+    }
 }
 
 static CLIENTS: Clients = Clients;
@@ -328,25 +334,8 @@ fn send_frame(session: usize, generation: Option<u64>, id: u32, resp: &Response)
     let Some(ch) = CHANNELS.get(session) else {
         return;
     };
-    let frame = match ktrace_abi::encode(id, resp) {
-        // The host refuses frames beyond MAX_PAYLOAD and would wait for an
-        // answer that never comes: answer with an error it can read.
-        Ok(f) if f.len() > ktrace_abi::frame::HEADER_LEN + ktrace_abi::frame::MAX_PAYLOAD => {
-            let message = format!(
-                "the answer is {} bytes, more than the frame limit of {} bytes: ask for less (a smaller batch or count)",
-                f.len() - ktrace_abi::frame::HEADER_LEN,
-                ktrace_abi::frame::MAX_PAYLOAD
-            );
-            match ktrace_abi::encode(id, &error(ErrorCode::Limit, message)) {
-                Ok(f) => f,
-                Err(_) => return,
-            }
-        }
-        Ok(f) => f,
-        Err(e) => {
-            log::error!("cannot encode a response: {e}");
-            return;
-        }
+    let Some(frame) = encode_frame(id, resp) else {
+        return;
     };
     // A frame goes out whole: the lock spans every chunk. Waiting for it
     // yields (the holder may be waiting for the host).
@@ -381,6 +370,84 @@ fn send_frame(session: usize, generation: Option<u64>, id: u32, resp: &Response)
             }
         }
         _ => COM2.write(&frame),
+    }
+}
+
+/// The frame `resp` goes out in as the answer to request `id`. The host
+/// refuses frames beyond `MAX_PAYLOAD` and would wait for an answer that
+/// never comes: an answer that large becomes an error it can read.
+fn encode_frame(id: u32, resp: &Response) -> Option<Vec<u8>> {
+    match ktrace_abi::encode(id, resp) {
+        Ok(f) if f.len() > ktrace_abi::frame::HEADER_LEN + ktrace_abi::frame::MAX_PAYLOAD => {
+            let message = format!(
+                "the answer is {} bytes, more than the frame limit of {} bytes: ask for less (a smaller batch or count)",
+                f.len() - ktrace_abi::frame::HEADER_LEN,
+                ktrace_abi::frame::MAX_PAYLOAD
+            );
+            ktrace_abi::encode(id, &error(ErrorCode::Limit, message)).ok()
+        }
+        Ok(f) => Some(f),
+        Err(e) => {
+            log::error!("cannot encode a response: {e}");
+            None
+        }
+    }
+}
+
+/// Queue `frame` for the client `to` without waiting (the event task's
+/// way to push, see [`ClientLink::try_push`]).
+///
+/// Ordering: every frame of a session is queued under its `tx` lock, whole,
+/// and the device sends a port's buffers in the order they were queued; so
+/// what the caller queued before it told another task (which then sends)
+/// reaches the host first. The lock is only tried: its holder may be
+/// waiting for the host, and the event task serves every session.
+fn try_push_frame(to: &Session, frame: Vec<u8>) -> Result<(), NotPushed> {
+    let Some(ch) = CHANNELS.get(to.id) else {
+        return Err(NotPushed::Gone);
+    };
+    let Some(_g) = ch.tx.try_lock() else {
+        return Err(NotPushed::Full(frame));
+    };
+    if to.generation != client_generation(to.id) {
+        return Err(NotPushed::Gone);
+    }
+    match LINK.get() {
+        Some(Link::Virtio(port)) => {
+            if !port.host_connected(to.id) {
+                // QEMU would discard it: the client closed its socket and
+                // the generation moves on as soon as the close is read.
+                return Err(NotPushed::Gone);
+            }
+            let buffers = frame.len().div_ceil(TX_CHUNK);
+            if !port.tx_room(to.id, buffers) {
+                return Err(NotPushed::Full(frame));
+            }
+            TX_BYTES.fetch_add(frame.len() as u64, Ordering::Relaxed);
+            // Room for every chunk was there and only the device frees
+            // buffers while the lock is held, so these go in at once; the
+            // wait is for a device that took a buffer back meanwhile.
+            let chunks: Vec<Vec<u8>> = if frame.len() <= TX_CHUNK {
+                alloc::vec![frame]
+            } else {
+                frame.chunks(TX_CHUNK).map(<[u8]>::to_vec).collect()
+            };
+            for mut data in chunks {
+                while let Err(back) = port.try_send(to.id, data) {
+                    if !port.host_connected(to.id) {
+                        return Ok(());
+                    }
+                    data = back;
+                    crate::task::sleep_ms(1);
+                }
+            }
+            Ok(())
+        }
+        _ => {
+            TX_BYTES.fetch_add(frame.len() as u64, Ordering::Relaxed);
+            COM2.write(&frame);
+            Ok(())
+        }
     }
 }
 
@@ -727,5 +794,6 @@ fn system_info() -> SystemInfo {
         control_abandoned_tx_bytes: tx_abandoned.0,
         control_tx_slots_lost: tx_abandoned.1,
         control_tx_queue_rebuilds: tx_abandoned.2,
+        event_sessions: crate::bpf::events::session_stats(sessions().min(MAX_SESSIONS)),
     }
 }

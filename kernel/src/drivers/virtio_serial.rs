@@ -658,6 +658,26 @@ impl SerialPorts {
         }
     }
 
+    /// Whether port index `k` can take `buffers` transmit buffers now (all
+    /// of the ring's, for more than it has). A port that cannot counts as a
+    /// transmit attempt that found every buffer in flight
+    /// ([`Self::tx_full`]). Only the device frees buffers, so a caller that
+    /// alone sends on the port (under its session's transmit lock) can
+    /// then queue that many.
+    pub fn tx_room(&self, k: usize, buffers: usize) -> bool {
+        let mut inner = self.inner.lock();
+        inner.service();
+        let Some(port) = inner.ports.get(k) else {
+            return false;
+        };
+        let usable = DATA_SLOTS.saturating_sub(port.tx_lost_slots).max(1);
+        let room = port.tx_posted.len() + port.tx_lost_slots + buffers.min(usable) <= DATA_SLOTS;
+        if !room {
+            self.tx_full.fetch_add(1, Ordering::Relaxed);
+        }
+        room
+    }
+
     /// Whether a host client is connected to port index `k`.
     pub fn host_connected(&self, k: usize) -> bool {
         self.inner

@@ -102,6 +102,38 @@ pub struct SystemInfo {
     /// get them back.
     pub control_tx_slots_lost: u64,
     pub control_tx_queue_rebuilds: u64,
+    /// What the event task pushed to each control session's clients, and
+    /// what it could not (one entry per session, in session order).
+    pub event_sessions: Vec<EventSessionStats>,
+}
+
+/// Event streaming to the clients of one control session, since boot.
+///
+/// The event task takes records out of the streams a session subscribed
+/// to only while its client reads: when the link is full it keeps the
+/// batch it collected (`batches_held`) and takes nothing more, so the
+/// records wait in their buffers, and a full buffer counts its losses in
+/// the stream's lost count, as a perf buffer's consumer is told of lost
+/// samples. Every record the task took out is pushed, waiting, or dropped:
+/// the sum over the sessions of `records_pushed + records_waiting +
+/// records_dropped` is what the task consumed from the streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EventSessionStats {
+    /// The control session (virtio-serial port index, 0 on COM2).
+    pub session: u32,
+    /// Batches and their records queued on the link for the session's
+    /// clients.
+    pub batches_pushed: u64,
+    pub records_pushed: u64,
+    /// Batches that found the link full (the client read too slowly) and
+    /// were kept until it had room.
+    pub batches_held: u64,
+    /// Batches and records taken out of the streams for a client that then
+    /// left (or closed its socket) before the link had room for them.
+    pub batches_dropped: u64,
+    pub records_dropped: u64,
+    /// Records in the batch kept now, if any (at most one batch).
+    pub records_waiting: u64,
 }
 
 /// Requests that exist for the test harness.

@@ -168,6 +168,7 @@ mod tests {
             control_abandoned_tx_bytes: 65536,
             control_tx_slots_lost: 0,
             control_tx_queue_rebuilds: 1,
+            event_sessions: vec![],
         };
         assert_eq!(
             render(&info),
