@@ -84,8 +84,8 @@ fn ring_counts(c: &mut Client, ring: u32) -> (u64, u64, u64) {
     (m.submitted, m.lost, m.consumed)
 }
 
-/// Receives `stream`'s pushes (the first 8 bytes of each record, its
-/// sequence number, into `seqs`) until the ring is empty and the client
+/// Receives `stream`'s pushes (the sequence number of each
+/// [`RING_RECORD_WITH_SEQ`] record, its second 8 bytes, into `seqs`) until the ring is empty and the client
 /// got every record the kernel pushed to `session` since `pushed_before`.
 fn drain_ring(
     stream: &mut Client,
@@ -104,7 +104,7 @@ fn drain_ring(
             seqs.extend(
                 b.records
                     .iter()
-                    .map(|r| u64::from_le_bytes(r.data[..8].try_into().unwrap())),
+                    .map(|r| u64::from_le_bytes(r.data[8..16].try_into().unwrap())),
             );
             continue;
         }
