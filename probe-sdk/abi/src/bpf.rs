@@ -107,6 +107,21 @@ pub enum BpfRequest {
     /// Start (or stop, with an empty list) pushing the records of these
     /// ring buffer / perf event array maps, plus `trace_printk` output, as
     /// [`BpfResponse::Events`] frames with id 0. Answer: `Ok`.
+    ///
+    /// Ordering: the answer comes after every batch the kernel collected
+    /// under the session's previous subscription (batches it already took
+    /// out of the streams are pushed first, or dropped if the client left).
+    /// So after the answer to an unsubscribe no batch of that session
+    /// arrives, and what is still in the streams can be taken with
+    /// [`BpfRequest::EventsPoll`]; after a subscribe, batches of the new set
+    /// may come before the answer.
+    ///
+    /// A client that stops reading falls behind: the kernel keeps the one
+    /// batch the link could not take and takes no more records out of the
+    /// session's streams until it went out, so they fill and count their
+    /// losses (each batch carries the streams' cumulative lost counts);
+    /// `vm::SystemInfo::event_sessions` counts per session what was
+    /// pushed, held back and dropped.
     EventsSubscribe { maps: Vec<u32>, printk: bool },
     /// Take up to `max` pending records now. Answer: [`BpfResponse::Events`].
     EventsPoll {

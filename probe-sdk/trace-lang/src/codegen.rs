@@ -77,8 +77,6 @@ pub struct CompiledProbe {
     pub load: ProgramLoad,
     /// Instruction slot → the script span it came from, sorted by slot.
     pub spans: Vec<(usize, Span)>,
-    /// The ids of this program's `printf` calls (in [`Compiled::printfs`]).
-    pub printf_ids: core::ops::Range<u64>,
 }
 
 impl CompiledProbe {
@@ -196,7 +194,6 @@ pub fn compile(script: &Script, checked: &Checked, world: &World) -> Result<Comp
             types.vars = crate::check::vars_of(&types, &block.body)?;
             let probe_index = out.probe_names.len();
             out.probe_names.push(probe.text.clone());
-            let first_printf = out.printfs.len() as u64;
             let mut g = Gen {
                 e: Emitter::default(),
                 t: types,
@@ -212,11 +209,9 @@ pub fn compile(script: &Script, checked: &Checked, world: &World) -> Result<Comp
             let Gen { e, .. } = g;
             let (insns, spans) = e.finish()?;
             let (prog_type, attach, trigger, section) = target(probe);
-            let printf_ids = first_printf..out.printfs.len() as u64;
             out.programs.push(CompiledProbe {
                 probe: probe.clone(),
                 trigger,
-                printf_ids,
                 load: ProgramLoad {
                     name: program_name(probe, out.programs.len()),
                     section,

@@ -188,7 +188,6 @@ pub fn run(args: Args, vm_name: &str) -> anyhow::Result<()> {
         lost: 0,
         started: args.verbose.then_some(started),
         exited: false,
-        end_printfs: None,
     };
     let result = session.run(&mut rt, &mut probe.links, workload, vm_name);
     // Whatever happened, remove what was loaded.
@@ -437,10 +436,6 @@ struct Session<'a> {
     started: Option<Instant>,
     /// `exit()` ran: later records are not printed.
     exited: bool,
-    /// After `exit()`, while END runs: the only printf ids still printed
-    /// (END's own). Probe records pushed late, after the drain that
-    /// follows the detach, are not.
-    end_printfs: Option<Vec<core::ops::Range<u64>>>,
 }
 
 /// A `pt_regs` of zeros: the context of programs the tool runs itself.
@@ -597,21 +592,13 @@ impl Session<'_> {
         for l in links.drain(..) {
             rt.detach(l.id)?;
         }
-        // Unsubscribing first: its answer comes after every batch the
-        // kernel pushed before it, so those are queued here; a poll then
-        // takes what is left. The probes' records come out before END's.
+        // Unsubscribing first: the kernel answers only after every batch it
+        // collected for this session was pushed (see `EventsSubscribe`), so
+        // those are queued here and none comes later; a poll then takes
+        // what is left, until the ring is empty. The probes' records come
+        // out before END's, and only END's are in the ring after this.
         rt.subscribe(Vec::new(), false)?;
         self.drain(rt, events)?;
-        if self.exited {
-            self.end_printfs = Some(
-                self.compiled
-                    .programs
-                    .iter()
-                    .filter(|p| p.trigger == Trigger::End)
-                    .map(|p| p.printf_ids.clone())
-                    .collect(),
-            );
-        }
         self.exited = false;
         for i in self.host_programs(|t| *t == Trigger::End) {
             rt.test_run(self.prog_id(i), vec![0; HOST_CTX], 1)?;
@@ -708,11 +695,6 @@ impl Session<'_> {
                     self.clear_map(rt, (id & 0xffff_ffff) as usize)?
                 }
                 _ => {
-                    if let Some(end) = &self.end_printfs {
-                        if !end.iter().any(|r| r.contains(&id)) {
-                            continue;
-                        }
-                    }
                     let Some(fmt) = self.compiled.printfs.get(id as usize) else {
                         continue;
                     };
