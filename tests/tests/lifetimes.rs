@@ -318,8 +318,8 @@ fn a_client_killed_mid_stream_leaves_its_session_usable() {
     let end = info(&mut c);
     let (submitted, lost, consumed) = ring_counts(&mut c, ring);
     eprintln!(
-        "ring: {submitted} submitted, {lost} lost, {consumed} consumed; {waited} waited for the new subscriber; sessions: {:?}",
-        end.event_sessions
+        "ring: {submitted} submitted, {lost} lost, {consumed} consumed; {waited} waited for the new subscriber; session {session}: {:?}",
+        end.event_sessions[session]
     );
     assert_eq!(consumed, taken(&end), "{:?}", end.event_sessions);
     drop(next);
