@@ -1257,3 +1257,56 @@ fn stack_only_programs_match_the_interpreter() {
         with_slots_in_regs.get()
     );
 }
+
+/// A call of a helper the platform declares never aborts a run
+/// (`Helper::aborts`: 1 is `bpf_map_lookup_elem`) is not followed by the
+/// error test (`test rdx, rdx`); one that may (2) is, and its failure is
+/// the interpreter's fault. A program that leaves one of r6-r9 unwritten
+/// keeps the run's address in that register's native home (`r13` for r7)
+/// and copies it for each call (`mov r9, r13`) instead of loading it.
+/// Every budget stops where the interpreter does.
+#[test]
+fn helpers_that_never_abort_skip_the_error_test_and_the_run_stays_in_a_register() {
+    assert!(!linux::helper::find(1).unwrap().aborts);
+    assert!(linux::helper::find(2).unwrap().aborts);
+    const TEST_RDX: &[u8] = &[0x48, 0x85, 0xd2];
+    const MOV_R9_R13: &[u8] = &[0x4d, 0x89, 0xe9];
+    let looped = |last: &str| {
+        format!(
+            "mov %r6, 4\nmov %r0, 0\nl:\nmov %r1, %r0\nmov %r2, %r6\ncall 1\nsub %r6, 1\njne %r6, 0, l\n{last}exit"
+        )
+    };
+    let never = looped("");
+    let may = looped("jne %r0, 10, out\ncall 2\nout:\n");
+    let code = |src: &str| {
+        let exe = Executable::new(&assemble(src).unwrap()).unwrap();
+        compile(&exe, &JitOptions::default(), &table::<HelperTable<()>>())
+            .unwrap()
+            .code()
+            .to_vec()
+    };
+    assert!(!contains(&code(&never), TEST_RDX), "{never}");
+    assert!(contains(&code(&may), TEST_RDX), "{may}");
+    assert!(contains(&code(&never), MOV_R9_R13), "{never}");
+    // With r6-r9 all written there is no register to spare.
+    let full = format!("mov %r7, 0\nmov %r8, 0\nmov %r9, 0\n{never}");
+    assert!(!contains(&code(&full), MOV_R9_R13), "{full}");
+    assert_eq!(both(&never, &[], 1_000), (Ok(10), 23));
+    let (res, executed) = both(&may, &[], 1_000);
+    assert_eq!(
+        res.unwrap_err(),
+        RunError {
+            pc: 8,
+            kind: RunErrorKind::Helper {
+                id: 2,
+                err: HelperError::Failed("no")
+            }
+        }
+    );
+    assert_eq!(executed, 25);
+    for budget in 0..30 {
+        both(&never, &[], budget);
+        both(&may, &[], budget);
+        both(&full, &[], budget);
+    }
+}

@@ -47,7 +47,7 @@ pub const HELPER: &str = "
 loop:
     mov %r1, %r7
     mov %r2, %r6
-    call 1
+    call 2
     mov %r7, %r0
     sub %r6, 1
     jne %r6, 0, loop
@@ -64,7 +64,7 @@ loop:
     mov %r1, 0
     mov %r2, %r10
     add %r2, -8
-    call 2
+    call 1
     jeq %r0, 0, skip
     ldxdw %r1, [%r0]
     add %r1, 1

@@ -110,6 +110,12 @@ pub struct Helper {
     pub ret: RetKind,
     /// Map types the [`ArgKind::ConstMapPtr`] argument accepts (empty: any).
     pub map_types: &'static [u32],
+    /// Whether a call can end the run with an error (the interpreter's
+    /// helper fault) once the verifier has accepted the program. `false`
+    /// is a promise every implementation keeps (the kernel's helpers
+    /// return a plain value for these ids, with no error path): the JIT
+    /// leaves out the error test after such a call.
+    pub aborts: bool,
 }
 
 use ArgKind::*;
@@ -128,6 +134,7 @@ const fn proto(
         args,
         ret,
         map_types: &[],
+        aborts: true,
     }
 }
 
@@ -158,11 +165,23 @@ const fn on_maps(h: Helper, map_types: &'static [u32]) -> Helper {
     Helper { map_types, ..h }
 }
 
+/// A helper whose calls always return a value ([`Helper::aborts`] false).
+const fn never_aborts(h: Helper) -> Helper {
+    Helper { aborts: false, ..h }
+}
+
+/// Whether a call of helper `id` can end a verified program's run with an
+/// error: unknown ids can (the interpreter's "unknown helper" fault, or an
+/// embedder's own helper).
+pub fn aborts(id: i32) -> bool {
+    find(id).is_none_or(|h| h.aborts)
+}
+
 const PROBE_READ_ARGS: &[ArgKind] = &[PtrToUninitMem, ConstSizeOrZero, UnsafePtr];
 
 /// Every helper the kernel implements, by id.
 pub const HELPERS: &[Helper] = &[
-    on_maps(
+    never_aborts(on_maps(
         proto(
             MAP_LOOKUP_ELEM,
             "void *bpf_map_lookup_elem(void *map, const void *key)",
@@ -170,7 +189,7 @@ pub const HELPERS: &[Helper] = &[
             MapValueOrNull,
         ),
         WITH_VALUES,
-    ),
+    )),
     on_maps(
         proto(
             MAP_UPDATE_ELEM,
@@ -190,7 +209,7 @@ pub const HELPERS: &[Helper] = &[
         WITH_VALUES,
     ),
     proto(PROBE_READ, "long bpf_probe_read(void *dst, unsigned int size, const void *unsafe_ptr)", PROBE_READ_ARGS, Integer),
-    proto(KTIME_GET_NS, "unsigned long long bpf_ktime_get_ns(void)", &[], Integer),
+    never_aborts(proto(KTIME_GET_NS, "unsigned long long bpf_ktime_get_ns(void)", &[], Integer)),
     proto(
         TRACE_PRINTK,
         "long bpf_trace_printk(const char *fmt, unsigned int fmt_size, ...)",
@@ -203,18 +222,18 @@ pub const HELPERS: &[Helper] = &[
         ],
         Integer,
     ),
-    proto(
+    never_aborts(proto(
         GET_SMP_PROCESSOR_ID,
         "unsigned int bpf_get_smp_processor_id(void)",
         &[],
         Integer,
-    ),
-    proto(
+    )),
+    never_aborts(proto(
         GET_CURRENT_PID_TGID,
         "unsigned long long bpf_get_current_pid_tgid(void)",
         &[],
         Integer,
-    ),
+    )),
     proto(
         GET_CURRENT_COMM,
         "long bpf_get_current_comm(void *buf, unsigned int size_of_buf)",
@@ -287,7 +306,7 @@ pub const HELPERS: &[Helper] = &[
         &[PtrToAllocMem, Anything],
         Void,
     ),
-    proto(GET_FUNC_IP, "unsigned long long bpf_get_func_ip(void *ctx)", &[PtrToCtx], Integer),
+    never_aborts(proto(GET_FUNC_IP, "unsigned long long bpf_get_func_ip(void *ctx)", &[PtrToCtx], Integer)),
 ];
 
 /// The prototype of helper `id`, if the kernel implements it.

@@ -178,6 +178,12 @@ struct Compiler<'e> {
     /// A slot whose operation the one before it compiled together with
     /// its own (see [`Compiler::mov_add`]).
     folded: Option<usize>,
+    /// A callee-saved register that holds the run's address for the whole
+    /// run, so a helper call copies it instead of loading it: the native
+    /// home of an `r6`-`r9` the program never writes, not holding a stack
+    /// slot, in a program with helper calls and no bpf-to-bpf calls (whose
+    /// callees would need it saved too).
+    run_reg: Option<u8>,
 }
 
 /// Compiles `exe` (see the [module documentation](super)) for `helpers`,
@@ -230,6 +236,19 @@ pub fn compile_inlined(
         .map(|r| REG[r])
         .collect();
     let in_regs = slots::plan(&exe.ops, &free);
+    let direct_exit = !exe.ops.iter().any(|op| matches!(op, Op::CallLocal(_)));
+    let helper_calls = exe.ops.iter().enumerate().any(|(pc, op)| match op {
+        Op::Call(_) => !inline_at.iter().any(|l| l.pc == pc),
+        Op::CallX(_) => true,
+        _ => false,
+    });
+    let run_reg = match direct_exit && helper_calls {
+        true => free
+            .iter()
+            .copied()
+            .find(|&r| !in_regs.iter().any(|s| s.reg == r)),
+        false => None,
+    };
     let mut c = Compiler {
         a,
         exe,
@@ -247,10 +266,11 @@ pub fn compile_inlined(
         calls: calls::analyse(&exe.ops),
         targets: jump_targets(&exe.ops),
         zf: None,
-        direct_exit: !exe.ops.iter().any(|op| matches!(op, Op::CallLocal(_))),
+        direct_exit,
         in_regs,
         bias: 0,
         folded: None,
+        run_reg,
     };
     let entry = c.prologue();
     let mut slot_offsets = Vec::with_capacity(n);
@@ -395,6 +415,9 @@ impl Compiler<'_> {
             false => a.alu_ri(W::Q, ext::SUB, RSP, FRAME),
         }
         a.store(8, RBP, -RUN_SLOT, RDX);
+        if let Some(r) = self.run_reg {
+            a.mov_rr(W::Q, r, RDX);
+        }
         // The other registers are not zeroed: the verifier refuses a read
         // of a register before it is written on any path ("R3 !read_ok"),
         // helper arguments included, so no program sees what they held.
@@ -419,7 +442,11 @@ impl Compiler<'_> {
             .iter()
             .fold(0u16, |m, op| m | calls::written(op));
         let writes = |r: u8| match REG[6..10].iter().position(|&x| x == r) {
-            Some(i) => written & (1 << (6 + i)) != 0 || self.in_regs.iter().any(|s| s.reg == r),
+            Some(i) => {
+                written & (1 << (6 + i)) != 0
+                    || self.in_regs.iter().any(|s| s.reg == r)
+                    || self.run_reg == Some(r)
+            }
             None => true,
         };
         let mut keep = [RBX, RBP, R12, R13, R14, R15].map(writes);
@@ -1110,8 +1137,17 @@ impl Compiler<'_> {
         let a = &mut self.a;
         // r4 is the fourth argument (rcx); the run is the sixth (r9, where
         // r4 lives: the helper clobbers r1-r5 anyway).
-        a.mov_rr(W::Q, RCX, R9);
-        a.load(8, R9, RSP, RUN_SLOT_FROM_RSP);
+        // Left out when the platform's prototype has fewer arguments.
+        let r4_used = id.is_none_or(|id| {
+            ktrace_bpf_platform::helper::find(id as i32).is_none_or(|h| h.args.len() >= 4)
+        });
+        if r4_used {
+            a.mov_rr(W::Q, RCX, R9);
+        }
+        match self.run_reg {
+            Some(r) => a.mov_rr(W::Q, R9, r),
+            None => a.load(8, R9, RSP, RUN_SLOT_FROM_RSP),
+        }
         match id {
             Some(id) => {
                 match self.helpers.get(id as usize).copied().flatten() {
@@ -1144,8 +1180,12 @@ impl Compiler<'_> {
             }
         }
         a.call_r(R11);
-        a.alu_rr(W::Q, rm_op::TEST, RDX, RDX);
-        a.jcc(cc::NE, failed);
+        // A helper the platform declares never aborts a verified program's
+        // run returns no error to test (`Helper::aborts`); `callx` may name any.
+        if id.is_none_or(|id| ktrace_bpf_platform::helper::aborts(id as i32)) {
+            a.alu_rr(W::Q, rm_op::TEST, RDX, RDX);
+            a.jcc(cc::NE, failed);
+        }
     }
 
     /// An array lookup in place of the helper call (see [`InlineLookup`]):

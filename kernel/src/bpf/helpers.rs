@@ -49,32 +49,41 @@ impl RunEnv<'_> {
             .ok_or(HelperError::Failed("no such map"))
     }
 
-    fn lookup(&self, mem: &mut HelperMem<'_>, a: [u64; 5]) -> Result<u64, HelperError> {
-        let m = self.map(a[0])?;
-        let key = mem.read(a[1], m.spec.key_size as usize)?;
+    /// `bpf_map_lookup_elem`: the value's address, or 0. It has no error
+    /// to report (the platform table declares it never aborts a run, and
+    /// the JIT leaves out the error test after it): an argument the
+    /// verifier would have refused (not a map, an unreadable key) finds
+    /// nothing.
+    fn lookup(&self, mem: &mut HelperMem<'_>, a: [u64; 5]) -> u64 {
+        let Ok(m) = self.map(a[0]) else {
+            return 0;
+        };
+        let Ok(key) = mem.read(a[1], m.spec.key_size as usize) else {
+            return 0;
+        };
         if let Some(array) = m.array() {
             let Ok(index) = <[u8; 4]>::try_from(key) else {
-                return Ok(0);
+                return 0;
             };
-            return Ok(array
+            return array
                 .value_addr(u32::from_le_bytes(index), self.cpu)
-                .unwrap_or(0));
+                .unwrap_or(0);
         }
         if let Some(h) = m.hash() {
             let mut wait = prog_wait();
             let mut w = Waiter::on_cpu(self.cpu, &mut wait);
-            return Ok(match h.value_addr_on(key, self.cpu, &mut w) {
+            return match h.value_addr_on(key, self.cpu, &mut w) {
                 Ok(addr) => addr.unwrap_or(0),
                 Err(e) => {
                     busy(m, e);
                     0
                 }
-            });
+            };
         }
         let Some(mut inner) = m.prog_lock(self.cpu) else {
-            return Ok(0);
+            return 0;
         };
-        Ok(inner.value_addr(key, self.cpu).unwrap_or(0))
+        inner.value_addr(key, self.cpu).unwrap_or(0)
     }
 
     fn update(&self, mem: &mut HelperMem<'_>, a: [u64; 5]) -> Result<u64, HelperError> {
@@ -324,7 +333,9 @@ impl Helpers for RunEnv<'_> {
         mem: &mut HelperMem<'_>,
     ) -> Result<u64, HelperError> {
         match helper as i32 {
-            id::MAP_LOOKUP_ELEM => self.lookup(mem, a),
+            // The helpers the platform table declares never abort
+            // (`Helper::aborts`) are `Ok` here with no error path.
+            id::MAP_LOOKUP_ELEM => Ok(self.lookup(mem, a)),
             id::MAP_UPDATE_ELEM => self.update(mem, a),
             id::MAP_DELETE_ELEM => self.delete(mem, a),
             id::PROBE_READ | id::PROBE_READ_KERNEL => self.probe_read(mem, a),
