@@ -338,6 +338,7 @@ fn task(link: &dyn Link) {
         for (session, (sub, st)) in subs.iter().zip(state.iter_mut()).enumerate() {
             // The batch kept from an earlier round goes before anything
             // else of this session, whatever its subscription is now.
+            let mut caught_up = false;
             if let Some(p) = st.pending.take() {
                 if let Err(p) = deliver(link, session, p) {
                     // Still full: take nothing more out of its streams
@@ -346,6 +347,11 @@ fn task(link: &dyn Link) {
                     st.pending = Some(p);
                     continue;
                 }
+                // Its streams filled while the batch waited, and the kicks
+                // of that time were spent on rounds that skipped them:
+                // look now. `has_records` cannot tell for `trace_printk`,
+                // whose lines would otherwise wait for the next kick.
+                caught_up = true;
             }
             if st.epoch != sub.epoch {
                 st.epoch = sub.epoch;
@@ -371,7 +377,7 @@ fn task(link: &dyn Link) {
                 again |= kicked;
                 continue;
             }
-            if !kicked && !has_records(&sub.maps) {
+            if !kicked && !caught_up && !has_records(&sub.maps) {
                 continue;
             }
             for round in 0..BATCHES_PER_ROUND {
