@@ -1409,11 +1409,16 @@ fn stress(out: &mut Vec<String>, secs: u64) -> bool {
         String::from("worker results all correct"),
     );
     if timer_probe.is_some() {
+        // Exact but for the other CPUs' timers: interrupts are off only on
+        // this CPU while it reads, so each snapshot may catch at most one
+        // `on_timer` per other CPU between its probe hit and its count.
+        let others = u64::from(crate::percpu::cpu_count().saturating_sub(1));
+        let (hits, ticks) = (h1 - h0, t1 - t0);
         check(
             out,
             &mut ok,
-            h1 - h0 == t1 - t0,
-            format!("on_timer probe hits {} == timer ticks {}", h1 - h0, t1 - t0),
+            hits.abs_diff(ticks) <= others,
+            format!("on_timer probe hits {hits} == timer ticks {ticks} (± {others}, the other CPUs' timers in flight)"),
         );
     }
     check(

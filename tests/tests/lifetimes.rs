@@ -447,27 +447,43 @@ fn killed_clients_give_back_what_they_loaded() {
         helper.wait().unwrap();
         load_unload(&name);
     }
-    let start = heap_stable(&name);
-
     const CYCLES: usize = 100;
-    for _ in 0..CYCLES {
-        // A client that loads 4 MiB and is killed (SIGKILL)...
-        let mut helper = spawn_helper(&name);
-        helper.kill().unwrap();
-        helper.wait().unwrap();
-        // ...and a load and an unload by name.
-        load_unload(&name);
+    // A window of cycles that leaves the heap where it found it, to the
+    // byte. A table sized for the first time inside a window (seen once
+    // in CI on a loaded host: 375 bytes after a window) grows once and
+    // never again, while a leak grows in every window: so a window that
+    // grew is followed by another, at most twice, and the last must be
+    // exact.
+    let mut windows = Vec::new();
+    for _ in 0..3 {
+        let start = heap_stable(&name);
+        for _ in 0..CYCLES {
+            // A client that loads 4 MiB and is killed (SIGKILL)...
+            let mut helper = spawn_helper(&name);
+            helper.kill().unwrap();
+            helper.wait().unwrap();
+            // ...and a load and an unload by name.
+            load_unload(&name);
+        }
+        let end = heap_stable(&name);
+        eprintln!(
+            "kernel heap before {CYCLES} connect/load/kill and {CYCLES} load/unload cycles: {start} bytes, after: {end} bytes"
+        );
+        windows.push((start, end));
+        if end == start {
+            break;
+        }
     }
-    let end = heap_stable(&name);
-    eprintln!(
-        "kernel heap before {CYCLES} connect/load/kill and {CYCLES} load/unload cycles: {start} bytes, after: {end} bytes"
-    );
     with_client(&name, |c| {
         let mut rt = Runtime::new(c);
         assert_eq!(rt.objects().unwrap(), vec![], "nothing is left loaded");
         assert_eq!(rt.maps().unwrap().len(), 0);
     });
-    assert_eq!(end, start, "the kernel heap comes back to the byte");
+    let (start, end) = *windows.last().unwrap();
+    assert_eq!(
+        end, start,
+        "the kernel heap comes back to the byte (windows of {CYCLES} cycles: {windows:?})"
+    );
 }
 
 /// A client killed while the kernel runs its workload: the workload stops

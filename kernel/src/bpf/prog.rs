@@ -615,18 +615,15 @@ impl Program {
         // runtime: its argument is the verifier's proof, which no arch
         // interface could state.
         //
-        // SAFETY: `self.exe`, and `self.native` compiled from it at load
-        // (alive as long as the borrowed `self`), come from a program the
-        // verifier accepted (see `load`) for a read-only context of
-        // `self.ctx_size` bytes — checked equal to `ctx.len()` above; `ctx`
-        // is a live buffer for the whole run, and the verifier rejected
-        // every store into the context, so the pointer made mutable below
-        // is never written through — with ktrace's helper
-        // prototypes, which `RunEnv` implements (every pointer it hands back
-        // is map storage or ring memory that stays allocated while
-        // `self.maps` holds the maps, and the epoch guard above keeps
-        // deleted hash map slots from reuse; a program that can reach no
-        // hash map holds no such slot, see `refers_to_hash_map`).
+        // SAFETY: `self.exe` and `self.native` (alive with `self`) come from
+        // a program the verifier accepted (see `load`) for a read-only
+        // context of `self.ctx_size` bytes, checked equal to `ctx.len()`
+        // above; `ctx` lives for the whole run and no store into it passed
+        // the verifier, so the mutable pointer is never written through.
+        // Helpers follow ktrace's prototypes (`RunEnv`): each pointer they
+        // return is map or ring memory kept by `self.maps`, and the epoch
+        // guard keeps deleted hash map slots from reuse (a program that
+        // reaches no hash map holds none: `refers_to_hash_map`).
         #[allow(unsafe_code)]
         let (r, executed) = unsafe {
             match (&self.native, vm.as_deref_mut()) {
