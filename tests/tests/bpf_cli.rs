@@ -123,6 +123,18 @@ fn cli_load_prog_map_link_events() {
             1000 + i as u64
         );
     }
+    // `info` counts what the event task pushed to that client's session.
+    let info = run(&["info"]);
+    let streamed: Vec<&str> = info
+        .lines()
+        .skip_while(|l| !l.starts_with("event streams"))
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(streamed.len(), 1, "{info}");
+    assert!(
+        streamed[0].contains(" (10 records), ") && streamed[0].contains("dropped 0 (0 records)"),
+        "{info}"
+    );
     // trace_printk went to the console.
     let console = Vm::attach(&name).unwrap().console();
     assert!(

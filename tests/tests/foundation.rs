@@ -607,6 +607,10 @@ fn cli_starts_inspects_and_stops_a_vm_with_a_disk() {
         "{table}"
     );
     assert!(table.contains("  PID  NAME"), "{table}");
+    assert!(
+        table.contains("\nevent streams     none since boot\n"),
+        "{table}"
+    );
 
     let json = ktrace_ok(&["--vm", &name, "info", "--json"]);
     let info: SystemInfo = serde_json::from_str(&json).expect("info --json parses");

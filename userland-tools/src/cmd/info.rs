@@ -90,6 +90,29 @@ pub fn render(info: &SystemInfo) -> String {
         info.control_tx_queue_rebuilds,
         info.control_tx_slots_lost
     );
+    // Sessions that streamed events since boot, one line each.
+    let streamed: Vec<_> = info
+        .event_sessions
+        .iter()
+        .filter(|e| e.batches_pushed + e.batches_held + e.batches_dropped + e.records_waiting > 0)
+        .collect();
+    if streamed.is_empty() {
+        let _ = writeln!(s, "event streams     none since boot");
+    }
+    for (i, e) in streamed.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "{:<18}session {}: batches pushed {} ({} records), held back {}, dropped {} ({} records); records waiting {}",
+            if i == 0 { "event streams" } else { "" },
+            e.session,
+            e.batches_pushed,
+            e.records_pushed,
+            e.batches_held,
+            e.batches_dropped,
+            e.records_dropped,
+            e.records_waiting
+        );
+    }
     let _ = writeln!(s);
     let name_w = info
         .tasks
@@ -122,7 +145,7 @@ pub fn render(info: &SystemInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrace_abi::vm::TaskInfo;
+    use ktrace_abi::vm::{EventSessionStats, TaskInfo};
 
     #[test]
     fn table_layout() {
@@ -168,7 +191,30 @@ mod tests {
             control_abandoned_tx_bytes: 65536,
             control_tx_slots_lost: 0,
             control_tx_queue_rebuilds: 1,
-            event_sessions: vec![],
+            event_sessions: vec![
+                EventSessionStats {
+                    session: 0,
+                    batches_pushed: 247,
+                    records_pushed: 3000,
+                    batches_held: 2,
+                    batches_dropped: 0,
+                    records_dropped: 0,
+                    records_waiting: 0,
+                },
+                EventSessionStats {
+                    session: 1,
+                    ..EventSessionStats::default()
+                },
+                EventSessionStats {
+                    session: 2,
+                    batches_pushed: 1,
+                    records_pushed: 10,
+                    batches_held: 1,
+                    batches_dropped: 1,
+                    records_dropped: 64,
+                    records_waiting: 0,
+                },
+            ],
         };
         assert_eq!(
             render(&info),
@@ -182,6 +228,8 @@ context switches  42
 bad frames        0
 control link      virtio-serial (10 bytes in, 20 bytes out)
 clients gone      3 (left 7 bytes unfinished in, 65536 bytes unread out; 1 transmit queues rebuilt, 0 buffers lost)
+event streams     session 0: batches pushed 247 (3000 records), held back 2, dropped 0 (0 records); records waiting 0
+                  session 2: batches pushed 1 (10 records), held back 1, dropped 1 (64 records); records waiting 0
 
   PID  NAME     STATE     CPU   RUNTIME(ms)    SWITCHES  MIGRATIONS
     0  idle     ready       0      1000.000          20           0
