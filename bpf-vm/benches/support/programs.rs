@@ -1,5 +1,6 @@
 //! The benchmark programs (`benches/interp.rs`), shared with the JIT's
-//! disassembly example (`examples/jit_disasm.rs`).
+//! disassembly example (`examples/jit_disasm.rs`) and its tests
+//! (`tests/jit.rs`).
 
 pub const ALU: &str = "
     mov %r0, 0
