@@ -182,10 +182,7 @@ impl PerCpuCounter {
     /// Adds `n` on this CPU (interrupts off).
     #[inline]
     pub fn add(&self, n: u64) {
-        let id = crate::arch::cpu::gs_read_u32(core::mem::offset_of!(PerCpu, id));
-        if let Some(slot) = self.slots.get(id as usize) {
-            crate::arch::cpu_local_add(&slot.0, n);
-        }
+        self.add_on(cpu_id() as usize, n);
     }
 
     /// Adds `n` in the slot of CPU `cpu`, which must be this CPU's number
