@@ -43,6 +43,9 @@ pub trait Link: Sync {
     /// Queues an encoded frame for `to` without waiting: whole, in order
     /// with every other frame of the session, or not at all.
     fn try_push(&self, to: &Session, frame: alloc::vec::Vec<u8>) -> Result<(), NotPushed>;
+    /// The longest frame [`Link::try_push`] can queue at once, once the
+    /// client has read what was queued before.
+    fn max_push_bytes(&self) -> usize;
     /// Whether `client` is still its session's client.
     fn present(&self, client: &Session) -> bool {
         self.current(client.id) == *client

@@ -470,6 +470,96 @@ fn disconnect_mid_frame_then_reconnect_and_handshake() {
     assert_no_report(&mut vm, "disconnects");
 }
 
+/// A client that leaves in the middle of a frame, at once followed by the
+/// next client of its session, 30 times: each next client's handshake is
+/// answered (its `Hello` is never read as the rest of the frame the last
+/// client left), and every byte the kernel received is either part of a
+/// whole frame or counted as left behind by a client that went. The
+/// leaver writes a frame header announcing up to 256 KiB and part of the
+/// payload, and closes without waiting: QEMU then returns the bytes and
+/// the close together, and a kernel that handled the close first gave the
+/// bytes to the next client. (QEMU drops what it had not read when the
+/// socket closed, so the kernel's own receive count is the reference.)
+#[test]
+fn a_client_leaving_mid_frame_never_reaches_the_next_one() {
+    let mut vm = TestVm::boot("leave-mid-frame");
+    let mut rng = Rng(0x6c65_6176_6572);
+    let hello = ktrace_abi::encode(
+        1,
+        &Request::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client: "leave-mid-frame".into(),
+        }),
+    )
+    .unwrap();
+    // A raw client of the first free session (the one the last left),
+    // greeted with `hello`.
+    let greeted = |vm: &mut TestVm, round: u64, who: &str| -> Client {
+        let mut c = vm.vm().connect_raw().unwrap();
+        c.send_bytes(&hello).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match c.recv_any(Duration::from_millis(200)).unwrap() {
+                Some(env) if env.id == 1 => match env.body {
+                    Response::Hello(_) => return c,
+                    other => panic!("round {round}: the {who}'s Hello was answered {other:?}"),
+                },
+                Some(env) => eprintln!("round {round}: the {who} got {:?}", env.body),
+                None => {}
+            }
+        }
+        panic!(
+            "round {round}: the {who}'s Hello was not answered\nconsole:\n{}",
+            vm.vm().console()
+        );
+    };
+    let before = info(&mut vm.client(), "boot");
+    const ROUNDS: u64 = 30;
+    for round in 0..ROUNDS {
+        let mut leaver = greeted(&mut vm, round, "leaver");
+        let announced = 8192 + rng.below(256 << 10) as usize;
+        let sent = rng.below(32 << 10) as usize;
+        let mut bytes = Vec::with_capacity(frame::HEADER_LEN + sent);
+        bytes.extend_from_slice(&MAGIC);
+        bytes.extend_from_slice(&(announced as u32).to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend((0..sent).map(|i| i as u8));
+        leaver.send_bytes(&bytes).unwrap();
+        drop(leaver);
+        drop(greeted(&mut vm, round, "next client"));
+    }
+    let mut last = vm.vm().connect_raw().unwrap();
+    last.send_bytes(&hello).unwrap();
+    let info_request = info_frame(2);
+    last.send_bytes(&info_request).unwrap();
+    let after = match answer(&mut last, 2, REQUEST_TIMEOUT) {
+        Response::Info(i) => i,
+        other => panic!("Info answered {other:?}"),
+    };
+    let received = after.control_rx_bytes - before.control_rx_bytes;
+    let left_behind = after.control_abandoned_rx_bytes - before.control_abandoned_rx_bytes;
+    let dropped = after.control_dropped_rx_bytes - before.control_dropped_rx_bytes;
+    let reopened = after.control_closes_after_reopen - before.control_closes_after_reopen;
+    let whole_frames = (2 * ROUNDS + 1) * hello.len() as u64 + info_request.len() as u64;
+    assert_eq!(
+        received - left_behind - dropped,
+        whole_frames,
+        "of {received} bytes received, {left_behind} are counted as left behind by the leavers and {dropped} as dropped; the rest must be exactly the whole frames sent"
+    );
+    // Bytes are dropped only when a close was read after the next client
+    // had connected: then the leaver's bytes came to the next client.
+    if reopened == 0 {
+        assert_eq!(
+            dropped, 0,
+            "no byte is dropped when every close was read in time"
+        );
+    }
+    println!(
+        "{ROUNDS} clients left mid-frame: {left_behind} of their bytes counted as left behind, {dropped} dropped as bad frames before the next client's Hello ({reopened} closes read after the next client connected)"
+    );
+    assert_no_report(&mut vm, "clients leaving mid-frame");
+}
+
 // ---------------------------------------------------------------------------
 // Resource exhaustion.
 // ---------------------------------------------------------------------------

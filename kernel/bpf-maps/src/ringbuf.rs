@@ -70,7 +70,8 @@ pub struct RingStats {
     /// Records discarded by the program.
     pub discarded: u64,
     /// Reservations refused for lack of space (or a producer lock held
-    /// too long): records lost.
+    /// too long), and records too large for their reader
+    /// ([`RingBuf::pop_within`]): records lost.
     pub lost: u64,
     /// Records handed to the consumer.
     pub consumed: u64,
@@ -289,6 +290,14 @@ impl RingBuf {
     /// contents). Returns false when the ring is empty, the oldest record
     /// is still being written, or another consumer is draining.
     pub fn pop(&self, out: &mut Vec<u8>) -> bool {
+        self.pop_within(out, usize::MAX)
+    }
+
+    /// [`RingBuf::pop`] for a reader that can take records of at most
+    /// `max_len` bytes: a longer one is passed over without being copied
+    /// and counted lost (its reader could never deliver it, and a copy of
+    /// a record as large as the ring could fail to allocate).
+    pub fn pop_within(&self, out: &mut Vec<u8>, max_len: usize) -> bool {
         if self
             .consumer
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -316,7 +325,11 @@ impl RingBuf {
             } else {
                 round8(len + HDR)
             };
-            let skip = hdr & (DISCARD | PAD) != 0;
+            let too_large = len > max_len && hdr & (DISCARD | PAD) == 0;
+            if too_large {
+                self.stats.lost.fetch_add(1, Ordering::Relaxed);
+            }
+            let skip = hdr & (DISCARD | PAD) != 0 || too_large;
             if !skip {
                 out.clear();
                 out.resize(len, 0);
@@ -340,6 +353,26 @@ impl RingBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_too_large_for_the_reader_is_passed_over_and_counted_lost() {
+        let r = RingBuf::new(4096).unwrap();
+        r.output(&[1; 100], 0, 0).unwrap();
+        r.output(&[2; 2000], 0, 0).unwrap();
+        r.output(&[3; 100], 0, 0).unwrap();
+        let mut out = Vec::new();
+        assert!(r.pop_within(&mut out, 1000));
+        assert_eq!(out, [1; 100]);
+        assert!(r.pop_within(&mut out, 1000));
+        assert_eq!(out, [3; 100]);
+        assert!(!r.pop_within(&mut out, 1000));
+        let s = r.stats();
+        assert_eq!((s.submitted, s.consumed, s.lost), (3, 2, 1));
+        // The space went back to producers.
+        r.output(&[4; 1500], 0, 0).unwrap();
+        assert!(r.pop(&mut out));
+        assert_eq!(out.len(), 1500);
+    }
 
     #[test]
     fn order_discard_and_loss() {

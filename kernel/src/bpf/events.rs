@@ -10,7 +10,7 @@
 //! client is gone gets nothing, and its records wait in their buffers. Every
 //! batch carries each stream's cumulative lost count, so the host can tell
 //! records the kernel dropped (a full buffer) from records in flight; batch
-//! numbers reveal a batch lost in transit.
+//! numbers (1, 2, 3, ... per subscription) reveal a batch lost in transit.
 //!
 //! Falling behind: the task never waits for one client. When a session's
 //! link is full (its client reads too slowly, or not at all) the batch it
@@ -25,10 +25,11 @@
 //! for its session ([`EventSessionStats`]); every record the task took out
 //! is pushed, waiting or dropped.
 //!
-//! One exception (known, not fixed): a frame needing more transmit buffers
-//! than the virtio port has (a single ring record over about 1 MiB) is
-//! queued once the port is empty and then chunk by chunk, so the task
-//! waits for that client to read the rest.
+//! A batch's frame fits what the link queues at once
+//! ([`Link::max_push_bytes`]: every transmit buffer of a virtio port, 1 MiB),
+//! so the task never waits for a client to read part of a frame: a ring
+//! record too long for that (about 960 KiB) is passed over and counted
+//! lost, and the client hears of it in the stream's lost count.
 //!
 //! Ordering with [`subscribe`]: each change of a session's subscription
 //! gets a new epoch; the task moves a session to the new epoch only after
@@ -67,7 +68,6 @@ pub const PRINTK_STREAM: u32 = u32::MAX;
 const BATCHES_PER_ROUND: usize = 8;
 
 static KICKED: AtomicBool = AtomicBool::new(false);
-static SEQ: AtomicU64 = AtomicU64::new(0);
 /// The event task runs (else [`subscribe`] has nobody to wait for).
 static RUNNING: AtomicBool = AtomicBool::new(false);
 /// Per session, the subscription epoch the task has moved on to: no batch
@@ -185,11 +185,27 @@ pub fn unsubscribe_map(id: u32) {
     }
 }
 
+/// The longest ring buffer record a batch may carry when its frame may be
+/// at most `frame_bytes` long: a batch stops taking records past
+/// [`BATCH_BYTES`], so its last record gets the rest, less room for the
+/// framing and the lost counts. Longer records are passed over and counted
+/// lost (`RingBuf::pop_within`).
+pub fn max_record_bytes(frame_bytes: usize) -> usize {
+    frame_bytes.saturating_sub(BATCH_BYTES + 4096)
+}
+
 /// Drains up to `max` records (and [`BATCH_BYTES`]) from `maps` and, with
 /// `printk`, the `trace_printk` queue (printing each line on the console),
-/// for `client`.
+/// for `client`, in a batch whose frame is at most `frame_bytes` long.
 #[must_use = "the records drained into the batch are lost if it is dropped"]
-pub fn collect(client: &Session, maps: &[Arc<KMap>], printk: bool, max: usize) -> EventBatch {
+pub fn collect(
+    client: &Session,
+    maps: &[Arc<KMap>],
+    printk: bool,
+    max: usize,
+    frame_bytes: usize,
+) -> EventBatch {
+    let max_record = max_record_bytes(frame_bytes);
     let mut records = Vec::new();
     let mut bytes = 0usize;
     let mut lost = Vec::new();
@@ -198,7 +214,7 @@ pub fn collect(client: &Session, maps: &[Arc<KMap>], printk: bool, max: usize) -
         // Ring buffers and perf arrays drain without the map lock: the
         // ring's consumer side runs beside producers on every CPU.
         if let Some(r) = m.ring() {
-            while records.len() < max && bytes < BATCH_BYTES && r.pop(&mut buf) {
+            while records.len() < max && bytes < BATCH_BYTES && r.pop_within(&mut buf, max_record) {
                 bytes += buf.len() + 8;
                 records.push(EventRecord {
                     source: EventSource::RingBuf { map: m.id },
@@ -281,7 +297,14 @@ struct SessionState {
     /// The subscription epoch whose batches the task collects.
     epoch: u64,
     pending: Option<Pending>,
+    /// The lost counts the epoch's last batch told: a batch with no
+    /// records goes out only when they changed. Reset with the epoch, so
+    /// every subscription hears the counts once.
     last_lost: Vec<LostCount>,
+    /// The number of the epoch's last batch: batches of one subscription
+    /// are numbered 1, 2, 3, ... so a gap is a batch dropped on the way
+    /// (its client left, or it could not be encoded).
+    seq: u64,
 }
 
 /// Queues `p` on the link. `Err` gives it back when the link is full.
@@ -317,6 +340,7 @@ fn task(link: &dyn Link) {
         epoch: 0,
         pending: None,
         last_lost: Vec::new(),
+        seq: 0,
     });
     loop {
         crate::task::sleep_ms(1);
@@ -363,6 +387,8 @@ fn task(link: &dyn Link) {
             }
             if st.epoch != sub.epoch {
                 st.epoch = sub.epoch;
+                st.last_lost.clear();
+                st.seq = 0;
                 SERVED[session].store(sub.epoch, Ordering::Release);
                 moved_on = true;
             }
@@ -389,12 +415,19 @@ fn task(link: &dyn Link) {
                 continue;
             }
             for round in 0..BATCHES_PER_ROUND {
-                let mut batch = collect(&client, &sub.maps, sub.printk, usize::MAX);
+                let mut batch = collect(
+                    &client,
+                    &sub.maps,
+                    sub.printk,
+                    usize::MAX,
+                    link.max_push_bytes(),
+                );
                 if batch.records.is_empty() && batch.lost == st.last_lost {
                     break;
                 }
                 st.last_lost = batch.lost.clone();
-                batch.seq = SEQ.fetch_add(1, Ordering::Relaxed) + 1;
+                st.seq += 1;
+                batch.seq = st.seq;
                 let records = batch.records.len() as u64;
                 let Some(frame) = link.encode_push(&Response::Bpf(BpfResponse::Events(batch)))
                 else {

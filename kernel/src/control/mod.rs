@@ -37,7 +37,7 @@ pub use crate::session::MAX_SESSIONS;
 use crate::session::{Link as ClientLink, NotPushed, Session};
 use crate::sync::SpinLock;
 use crate::task::WaitQueue;
-use ktrace_abi::frame::{FrameEvent, FrameReader};
+use ktrace_abi::frame::{FrameEvent, FrameReader, MAGIC};
 use ktrace_abi::vm::{DebugRequest, HelloReply, SystemInfo};
 use ktrace_abi::{ErrorCode, Request, Response, PROTOCOL_VERSION, PUSH_ID};
 
@@ -93,6 +93,11 @@ static RX_BYTES: AtomicU64 = AtomicU64::new(0);
 static TX_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Bytes of unfinished frames that clients left behind, since boot.
 static ABANDONED_RX_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Received bytes dropped as no part of a good frame, since boot: garbage
+/// skipped, the headers of damaged or stalled frames, frames there was no
+/// memory for. With the abandoned ones and the whole frames, every byte
+/// received.
+static DROPPED_RX_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes the control task takes out of a session's receive buffer at once.
 const RX_CHUNK: usize = 64 << 10;
@@ -171,12 +176,14 @@ fn on_host_change(session: usize, connected: bool, discarded: usize) {
         return;
     };
     if !connected {
+        // Under the receive lock, so the control task sees the count
+        // change and the queue emptied at once (see `control_task`).
         let mut rx = ch.rx.lock();
         ch.abandoned
             .fetch_add((rx.len() + discarded) as u64, Ordering::Relaxed);
         rx.clear();
-        drop(rx);
         ch.disconnects.fetch_add(1, Ordering::AcqRel);
+        drop(rx);
         ch.rx_wait.wake_all();
     }
 }
@@ -233,6 +240,13 @@ impl ClientLink for Clients {
     }
     fn try_push(&self, to: &Session, frame: Vec<u8>) -> Result<(), NotPushed> {
         try_push_frame(to, frame)
+    }
+    fn max_push_bytes(&self) -> usize {
+        let frame = ktrace_abi::frame::HEADER_LEN + ktrace_abi::frame::MAX_PAYLOAD;
+        match LINK.get() {
+            Some(Link::Virtio(_)) => frame.min(virtio_serial::TX_QUEUED_MAX),
+            _ => frame,
+        }
     }
 }
 
@@ -487,15 +501,39 @@ fn control_task(id: usize) {
         ch.rx_wait
             .wait_until_timeout(|| !ch.rx.lock().is_empty(), 20_000_000);
         poll_link();
-        let now_disconnects = ch.disconnects.load(Ordering::Acquire);
-        if now_disconnects != disconnects {
+        // The disconnect count is read with the bytes, under the receive
+        // lock that `on_host_change` empties the queue under: the bytes
+        // taken here all came after the last disconnect seen. Read apart,
+        // a disconnect between the two would feed the next client's first
+        // bytes to the reader holding the old client's half frame, and
+        // the reset below would then drop them.
+        chunk.clear();
+        let (left, abandoned) = {
+            let mut rx = ch.rx.lock();
+            let now_disconnects = ch.disconnects.load(Ordering::Acquire);
+            let left = now_disconnects != disconnects;
+            disconnects = now_disconnects;
+            let abandoned = if left {
+                ch.abandoned.swap(0, Ordering::Relaxed)
+            } else {
+                0
+            };
+            drain_uart(&mut rx);
+            let n = rx.len().min(RX_CHUNK);
+            chunk.extend(rx.drain(..n));
+            // Give back what a large frame made the queue grow to.
+            if rx.is_empty() && rx.capacity() > 2 * RX_CHUNK {
+                rx.shrink_to(RX_CHUNK);
+            }
+            (left, abandoned)
+        };
+        if left {
             // The client left: its half frame, its handshake and its event
             // subscriptions go with it.
-            disconnects = now_disconnects;
             ch.serving.store(disconnects, Ordering::Release);
             // A frame the client left half-sent is a bad frame, counted
             // once, like one cut short on a live line.
-            let partial = reader.buffered() as u64 + ch.abandoned.swap(0, Ordering::Relaxed);
+            let partial = reader.buffered() as u64 + abandoned;
             ABANDONED_RX_BYTES.fetch_add(partial, Ordering::Relaxed);
             if partial > 0 {
                 BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
@@ -512,17 +550,6 @@ fn control_task(id: usize) {
             arch::coverage::disable(id);
             log::info!("host disconnected from session {id}");
         }
-        chunk.clear();
-        {
-            let mut rx = ch.rx.lock();
-            drain_uart(&mut rx);
-            let n = rx.len().min(RX_CHUNK);
-            chunk.extend(rx.drain(..n));
-            // Give back what a large frame made the queue grow to.
-            if rx.is_empty() && rx.capacity() > 2 * RX_CHUNK {
-                rx.shrink_to(RX_CHUNK);
-            }
-        }
         if !chunk.is_empty() {
             // Bytes the driver held back while the queue was full come now.
             poll_link();
@@ -531,26 +558,43 @@ fn control_task(id: usize) {
         if bytes.is_empty() {
             // A header that announced more bytes than ever came would
             // otherwise hold every later request hostage: once the line
-            // has been idle long enough, drop the partial frame.
+            // has been idle long enough, give up on it and look for frames
+            // in what followed it. That is also how a new client's first
+            // frame gets through when the bytes of the client before it
+            // arrived after its close and could not be told from it (see
+            // `virtio_serial`'s `close_host_side`): they end in the old
+            // client's unfinished frame, whose header would otherwise take
+            // the new client's `Hello` as payload.
             let now = crate::time::now_ns();
-            if reader.buffered() > 0 && now.saturating_sub(last_rx_ns) > PARTIAL_FRAME_IDLE_NS {
-                let n = reader.buffered();
-                reader.clear();
-                BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                push(
-                    id,
-                    &error(
-                        ErrorCode::BadFrame,
-                        format!(
-                        "dropped a partial frame of {n} bytes after the line was idle for {} ms",
+            if reader.buffered() == 0 || now.saturating_sub(last_rx_ns) <= PARTIAL_FRAME_IDLE_NS {
+                continue;
+            }
+            let n = reader.buffered();
+            let dropped = match reader.give_up_partial() {
+                // Only the start of a magic, which nothing completed.
+                0 => {
+                    reader.clear();
+                    n
+                }
+                d => d,
+            };
+            DROPPED_RX_BYTES.fetch_add(dropped as u64, Ordering::Relaxed);
+            BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+            push(
+                id,
+                &error(
+                    ErrorCode::BadFrame,
+                    format!(
+                        "gave up on a partial frame ({n} bytes) after the line was idle for {} ms; reading on after its header",
                         PARTIAL_FRAME_IDLE_NS / 1_000_000
                     ),
-                    ),
-                );
-            }
-            continue;
+                ),
+            );
+            // The next give-up waits for another idle period.
+            last_rx_ns = now;
+        } else {
+            last_rx_ns = crate::time::now_ns();
         }
-        last_rx_ns = crate::time::now_ns();
         // Past one chunk, a frame's buffer grows only while the heap can
         // spare it (doubling may need twice the bytes held).
         let held = reader.buffered() + bytes.len();
@@ -570,6 +614,7 @@ fn control_task(id: usize) {
                 .unwrap_or(PUSH_ID);
             reader.clear();
             BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+            DROPPED_RX_BYTES.fetch_add(held as u64, Ordering::Relaxed);
             send(
                 id,
                 request,
@@ -581,48 +626,84 @@ fn control_task(id: usize) {
             );
             continue;
         }
-        while let Some(event) = reader.next_event() {
-            match event {
-                FrameEvent::Frame(payload) => handle_payload(serving(id), &mut greeting, &payload),
-                FrameEvent::Skipped(n) => {
-                    BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                    push(
-                        id,
-                        &error(
-                            ErrorCode::BadFrame,
-                            format!("skipped {n} bytes that were not a frame"),
-                        ),
-                    );
-                }
-                FrameEvent::TooLong(len) => {
-                    BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                    push(
-                        id,
-                        &error(
-                            ErrorCode::BadFrame,
-                            format!(
-                                "frame announces {len} bytes, more than the limit of {}",
-                                ktrace_abi::frame::MAX_PAYLOAD
+        loop {
+            while let Some(event) = reader.next_event() {
+                match event {
+                    FrameEvent::Frame(payload) => {
+                        handle_payload(serving(id), &mut greeting, &payload)
+                    }
+                    FrameEvent::Skipped(n) => {
+                        BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+                        DROPPED_RX_BYTES.fetch_add(n as u64, Ordering::Relaxed);
+                        push(
+                            id,
+                            &error(
+                                ErrorCode::BadFrame,
+                                format!("skipped {n} bytes that were not a frame"),
                             ),
-                        ),
-                    );
-                }
-                FrameEvent::BadCrc => {
-                    BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                    push(
-                        id,
-                        &error(
-                            ErrorCode::BadFrame,
-                            String::from("frame CRC mismatch: frame dropped"),
-                        ),
-                    );
+                        );
+                    }
+                    FrameEvent::TooLong(len) => {
+                        BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+                        DROPPED_RX_BYTES.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
+                        push(
+                            id,
+                            &error(
+                                ErrorCode::BadFrame,
+                                format!(
+                                    "frame announces {len} bytes, more than the limit of {}",
+                                    ktrace_abi::frame::MAX_PAYLOAD
+                                ),
+                            ),
+                        );
+                    }
+                    FrameEvent::BadCrc => {
+                        BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+                        DROPPED_RX_BYTES.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
+                        push(
+                            id,
+                            &error(
+                                ErrorCode::BadFrame,
+                                String::from(
+                                    "frame CRC mismatch: frame dropped, reading on after its header",
+                                ),
+                            ),
+                        );
+                    }
                 }
             }
+            // Before its `Hello`, a client's first frame may sit behind the
+            // unfinished frame of the client before it (its bytes arrived
+            // after its close, see `virtio_serial`'s `close_host_side`),
+            // whose header would take the new frame as payload: skip to a
+            // whole frame near the end rather than wait for the line to go
+            // idle. A client that has said `Hello` sends frames one after
+            // the other, so none can be whole behind an unfinished one.
+            if greeting.greeted || reader.buffered() == 0 {
+                break;
+            }
+            let skipped = reader.skip_to_last_frame(bytes.len() + FIRST_FRAME_MAX);
+            if skipped == 0 {
+                break;
+            }
+            BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+            DROPPED_RX_BYTES.fetch_add(skipped as u64, Ordering::Relaxed);
+            push(
+                id,
+                &error(
+                    ErrorCode::BadFrame,
+                    format!("skipped {skipped} bytes of an unfinished frame before a whole one"),
+                ),
+            );
         }
     }
 }
 
-/// Heap a decoded request may take per payload byte: its vectors and
+/// The longest first frame (`Hello`) a client is expected to send, for
+/// [`FrameReader::skip_to_last_frame`].
+const FIRST_FRAME_MAX: usize = 4096;
+
+/// Heap a decoded request may take per payload byte/// Heap a decoded request may take per payload byte: its vectors and
 /// strings are copies of payload bytes, and the handler may copy them once.
 const DECODED_BYTES_PER_PAYLOAD_BYTE: usize = 2;
 /// Requests up to this size decode without a heap check.
@@ -721,7 +802,10 @@ fn handle_payload(session: Session, greeting: &mut Greeting, payload: &[u8]) {
         Request::Bpf(r) => answer(crate::bpf::handle(r, &session)),
         Request::Block(r) => answer(crate::block::handle(r, &session, &CLIENTS)),
     };
-    send(session.id, id, &resp);
+    // Only to the client that asked: a request can take long (a workload,
+    // a subscribe waiting for the event task), and a client that left
+    // meanwhile has a successor that never sent this id.
+    send_frame(session.id, Some(session.generation), id, &resp);
 }
 
 /// The answer to a subsystem's request: its response, or its refusal as
@@ -791,9 +875,15 @@ fn system_info() -> SystemInfo {
             .map(|c| c.disconnects.load(Ordering::Relaxed))
             .sum(),
         control_abandoned_rx_bytes: ABANDONED_RX_BYTES.load(Ordering::Relaxed),
+        control_dropped_rx_bytes: DROPPED_RX_BYTES.load(Ordering::Relaxed)
+            + RX_DROPPED.load(Ordering::Relaxed),
         control_abandoned_tx_bytes: tx_abandoned.0,
         control_tx_slots_lost: tx_abandoned.1,
         control_tx_queue_rebuilds: tx_abandoned.2,
+        control_closes_after_reopen: match LINK.get() {
+            Some(Link::Virtio(port)) => port.closes_after_reopen(),
+            _ => 0,
+        },
         event_sessions: crate::bpf::events::session_stats(sessions().min(MAX_SESSIONS)),
     }
 }

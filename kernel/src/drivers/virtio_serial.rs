@@ -76,6 +76,8 @@ const RX_POSTED: usize = 8;
 const RX_BUF_LEN: usize = 64 * 1024;
 /// Largest transmit buffer: longer writes are split.
 pub const TX_CHUNK: usize = 64 * 1024;
+/// The most bytes a port can have queued for the host at once.
+pub const TX_QUEUED_MAX: usize = DATA_SLOTS * TX_CHUNK;
 
 const DEVICE_READY: u16 = 0;
 const DEVICE_ADD: u16 = 1;
@@ -121,10 +123,12 @@ struct Port {
     /// The host side of the port is connected (a client on the socket).
     host_connected: bool,
     name: String,
-    /// A received buffer (index, length) the sink could not take yet: it
-    /// stays unposted and goes to the sink before any later one, so the
-    /// device runs out of buffers and QEMU holds the client back.
-    held: Option<(usize, usize)>,
+    /// Received buffers (index, length) taken from the device but not
+    /// given to the sink yet, oldest first: one the sink refused (it stays
+    /// unposted and goes before any later one, so the device runs out of
+    /// buffers and QEMU holds the client back), or those taken when the
+    /// host side closed (see [`Inner::close_host_side`]).
+    pending: VecDeque<(usize, usize)>,
 }
 
 struct Inner {
@@ -137,7 +141,7 @@ struct Inner {
     ports: Vec<Port>,
     /// Where received bytes go (interrupt context, lock held), with the
     /// index of the port in the list given to [`probe`]. `false`: not now
-    /// (see [`Port::held`]).
+    /// (see [`Port::pending`]).
     sink: fn(usize, &[u8]) -> bool,
     /// Told when a port's host side connects (true) or goes away (false,
     /// with the count of received bytes discarded with it).
@@ -150,6 +154,9 @@ struct Inner {
     common_cfg: Option<usize>,
     /// Transmit queues rebuilt after the device kept a buffer.
     tx_rebuilds: u64,
+    /// Host-side closes whose port had already been reopened when the
+    /// driver read them (see [`Inner::close_host_side`]).
+    ambiguous_closes: u64,
 }
 
 /// A virtio-serial device and the ports the kernel drives.
@@ -188,18 +195,31 @@ impl core::fmt::Display for ProbeError {
 }
 
 impl Port {
-    /// Gives the held buffer back to the device, its bytes unread: they
-    /// came from a client that left. Returns their count, and whether a
-    /// buffer went back (then the device wants a notice). Buffers the
-    /// device filled after it are delivered as before this change: the
-    /// session's next client sees them as a stale frame at worst.
+    /// Gives every pending buffer back to the device, its bytes unread:
+    /// they came from a client that left. Returns their count, and whether
+    /// a buffer went back (then the device wants a notice).
     fn discard_received(&mut self) -> (usize, bool) {
-        match self.held.take() {
-            Some((i, len)) => {
-                self.post_rx(i);
-                (len, true)
+        let mut bytes = 0;
+        let reposted = !self.pending.is_empty();
+        while let Some((i, len)) = self.pending.pop_front() {
+            bytes += len;
+            self.post_rx(i);
+        }
+        (bytes, reposted)
+    }
+
+    /// Moves every buffer the device has filled so far behind the pending
+    /// ones, in the order the device returned them.
+    fn take_received(&mut self) {
+        while let Some(&(t, i)) = self.rx_posted.front() {
+            if self.rx.peek_used() != Some(t) {
+                break;
             }
-            None => (0, false),
+            self.rx_posted.pop_front();
+            // SAFETY: the same buffer that was added with this token.
+            let len = unsafe { self.rx.pop_used(t, &[], &mut [&mut self.rx_bufs[i][..]]) }
+                .unwrap_or(0) as usize;
+            self.pending.push_back((i, len.min(RX_BUF_LEN)));
         }
     }
 
@@ -296,13 +316,13 @@ impl Inner {
         reap_sent(&mut self.ctrl_tx, &mut self.ctrl_tx_posted);
     }
 
-    fn control_message(&mut self, msg: &[u8]) {
-        if msg.len() < 8 {
+    /// Handles control message `msg`; `reopened` says whether a message
+    /// after it that the device has already returned connects `msg`'s port
+    /// again (see [`Inner::close_host_side`]).
+    fn control_message(&mut self, msg: &[u8], reopened: impl Fn(u32) -> bool) {
+        let Some((id, event, value)) = parse_ctrl(msg) else {
             return;
-        }
-        let id = u32::from_le_bytes([msg[0], msg[1], msg[2], msg[3]]);
-        let event = u16::from_le_bytes([msg[4], msg[5]]);
-        let value = u16::from_le_bytes([msg[6], msg[7]]);
+        };
         let Some(k) = self.ports.iter().position(|p| p.id == id) else {
             // Ports this driver does not drive are refused.
             if event == DEVICE_ADD {
@@ -317,12 +337,9 @@ impl Inner {
                 self.ports[k].opened = true;
             }
             DEVICE_REMOVE => {
-                let port = &mut self.ports[k];
-                port.opened = false;
-                self.tx_abandoned += port.abandon_tx();
-                let (discarded, _) = port.discard_received();
-                let was = core::mem::replace(&mut port.host_connected, false);
-                self.rebuild_tx(k);
+                self.ports[k].opened = false;
+                let was = self.ports[k].host_connected;
+                let discarded = self.close_host_side(k, reopened(id));
                 log::warn!("virtio-serial: port {id} removed");
                 if was {
                     (self.on_host)(k, false, discarded);
@@ -330,21 +347,13 @@ impl Inner {
             }
             PORT_OPEN => {
                 let connected = value != 0;
-                let port = &mut self.ports[k];
-                if connected != port.host_connected {
-                    port.host_connected = connected;
-                    let (discarded, reposted) = if connected {
-                        (0, false)
+                if connected != self.ports[k].host_connected {
+                    let discarded = if connected {
+                        self.ports[k].host_connected = true;
+                        0
                     } else {
-                        self.tx_abandoned += port.abandon_tx();
-                        port.discard_received()
+                        self.close_host_side(k, reopened(id))
                     };
-                    if reposted && port.rx.should_notify() {
-                        self.transport.notify(rx_queue(id));
-                    }
-                    if !connected {
-                        self.rebuild_tx(k);
-                    }
                     (self.on_host)(k, connected, discarded);
                 }
             }
@@ -355,6 +364,46 @@ impl Inner {
             }
             _ => {}
         }
+    }
+
+    /// The host side of port index `k` closed: gives up its transmit
+    /// buffers in flight and the bytes its client sent that were not
+    /// delivered, and returns their count.
+    ///
+    /// Which received bytes are the old client's: QEMU's main loop
+    /// returns a port's receive buffers and control messages in the order
+    /// things happened, and accepts the next client on the socket only
+    /// after the close. So every buffer the old client filled was in the
+    /// used ring before the close message, hence visible once the close
+    /// message is; a buffer of the next client can follow only its
+    /// `PORT_OPEN`, which is then visible too (x86 loads are ordered, and
+    /// the device updates each ring's index after its entries). The
+    /// driver reads the close, then takes the received buffers, then
+    /// looks for a later reopening (`reopened`, or any control message
+    /// the device returned since): with none, every buffer taken is the
+    /// old client's and is given back unread. Delivered after the close
+    /// instead, they would reach the session's next client as the start
+    /// of its byte stream: a stale frame header there swallows the new
+    /// client's `Hello` as payload until the line has been idle for
+    /// seconds. With a reopening already visible the buffers may hold
+    /// both clients' bytes, which the driver cannot split; they go to the
+    /// session as they came (counted: [`SerialPorts::closes_after_reopen`]).
+    fn close_host_side(&mut self, k: usize, reopened: bool) -> usize {
+        let port = &mut self.ports[k];
+        port.host_connected = false;
+        self.tx_abandoned += port.abandon_tx();
+        port.take_received();
+        let (discarded, reposted) = if reopened || self.ctrl_rx.peek_used().is_some() {
+            self.ambiguous_closes += 1;
+            (0, false)
+        } else {
+            port.discard_received()
+        };
+        if reposted && port.rx.should_notify() {
+            self.transport.notify(rx_queue(port.id));
+        }
+        self.rebuild_tx(k);
+        discarded
     }
 
     /// Resets the transmit queue of port index `k` and builds it anew when
@@ -402,8 +451,15 @@ impl Inner {
     /// Completes whatever the device finished: control messages, received
     /// data (to the sink), sent buffers.
     fn service(&mut self) {
-        let mut notify_ctrl = false;
-        while let Some(&(t, i)) = self.ctrl_rx_posted.front() {
+        // Every control message the device has returned, in order, so a
+        // close can tell whether a reopening follows (`close_host_side`).
+        let mut batch = [[0u8; CTRL_BUF_LEN]; CTRL_SLOTS];
+        let mut lens = [0usize; CTRL_SLOTS];
+        let mut n = 0;
+        while n < CTRL_SLOTS {
+            let Some(&(t, i)) = self.ctrl_rx_posted.front() else {
+                break;
+            };
             if self.ctrl_rx.peek_used() != Some(t) {
                 break;
             }
@@ -414,15 +470,26 @@ impl Inner {
                     .pop_used(t, &[], &mut [&mut self.ctrl_rx_bufs[i][..]])
             }
             .unwrap_or(0) as usize;
-            let mut msg = [0u8; CTRL_BUF_LEN];
             let len = len.min(CTRL_BUF_LEN);
-            msg[..len].copy_from_slice(&self.ctrl_rx_bufs[i][..len]);
+            batch[n][..len].copy_from_slice(&self.ctrl_rx_bufs[i][..len]);
+            lens[n] = len;
             self.post_ctrl_rx(i);
-            notify_ctrl = true;
-            self.control_message(&msg[..len]);
+            n += 1;
         }
-        if notify_ctrl && self.ctrl_rx.should_notify() {
+        if n > 0 && self.ctrl_rx.should_notify() {
             self.transport.notify(CTRL_RX_QUEUE);
+        }
+        for m in 0..n {
+            let later = &batch[m + 1..n];
+            let later_lens = &lens[m + 1..n];
+            let reopened = |id: u32| {
+                later.iter().zip(later_lens).any(|(msg, &len)| {
+                    parse_ctrl(&msg[..len]).is_some_and(|(i, event, value)| {
+                        i == id && event == PORT_OPEN && value != 0
+                    })
+                })
+            };
+            self.control_message(&batch[m][..lens[m]], reopened);
         }
         self.reap_ctrl_tx();
 
@@ -430,32 +497,21 @@ impl Inner {
         for k in 0..self.ports.len() {
             let port = &mut self.ports[k];
             let mut notify_rx = false;
-            // A buffer the sink refused before goes first, or none does.
-            if let Some((i, len)) = port.held {
-                if sink(k, &port.rx_bufs[i][..len]) {
-                    port.held = None;
-                    port.post_rx(i);
-                    notify_rx = true;
+            loop {
+                // Buffers taken before go first, in order; a refused one
+                // stops the port's delivery until the sink has room.
+                if port.pending.is_empty() {
+                    port.take_received();
                 }
-            }
-            while port.held.is_none() {
-                let Some(&(t, i)) = port.rx_posted.front() else {
+                let Some(&(i, len)) = port.pending.front() else {
                     break;
                 };
-                if port.rx.peek_used() != Some(t) {
+                if !sink(k, &port.rx_bufs[i][..len]) {
                     break;
                 }
-                port.rx_posted.pop_front();
-                // SAFETY: the same buffer that was added with this token.
-                let len = unsafe { port.rx.pop_used(t, &[], &mut [&mut port.rx_bufs[i][..]]) }
-                    .unwrap_or(0) as usize;
-                let len = len.min(RX_BUF_LEN);
-                if sink(k, &port.rx_bufs[i][..len]) {
-                    port.post_rx(i);
-                    notify_rx = true;
-                } else {
-                    port.held = Some((i, len));
-                }
+                port.pending.pop_front();
+                port.post_rx(i);
+                notify_rx = true;
             }
             if notify_rx && port.rx.should_notify() {
                 self.transport.notify(rx_queue(port.id));
@@ -463,6 +519,16 @@ impl Inner {
             port.reap_tx();
         }
     }
+}
+
+/// A control message's `(id, event, value)`, if it is long enough.
+fn parse_ctrl(msg: &[u8]) -> Option<(u32, u16, u16)> {
+    let head: [u8; 8] = msg.get(..8)?.try_into().ok()?;
+    Some((
+        u32::from_le_bytes([head[0], head[1], head[2], head[3]]),
+        u16::from_le_bytes([head[4], head[5]]),
+        u16::from_le_bytes([head[6], head[7]]),
+    ))
 }
 
 /// The device's common configuration structure, mapped, from its PCI
@@ -539,7 +605,7 @@ pub fn probe(
             rx_posted: VecDeque::new(),
             tx_posted: VecDeque::new(),
             tx_lost_slots: 0,
-            held: None,
+            pending: VecDeque::new(),
             opened: false,
             host_connected: false,
             name: String::new(),
@@ -562,6 +628,7 @@ pub fn probe(
         tx_abandoned: 0,
         common_cfg,
         tx_rebuilds: 0,
+        ambiguous_closes: 0,
     };
     for i in 0..CTRL_SLOTS {
         inner.post_ctrl_rx(i);
@@ -659,11 +726,12 @@ impl SerialPorts {
     }
 
     /// Whether port index `k` can take `buffers` transmit buffers now (all
-    /// of the ring's, for more than it has). A port that cannot counts as a
-    /// transmit attempt that found every buffer in flight
-    /// ([`Self::tx_full`]). Only the device frees buffers, so a caller that
-    /// alone sends on the port (under its session's transmit lock) can
-    /// then queue that many.
+    /// of the ring's, for more than it has). Only the device frees
+    /// buffers, so a caller that alone sends on the port (under its
+    /// session's transmit lock) can then queue that many. A port without
+    /// room is not counted in [`Self::tx_full`]: the caller asks again on
+    /// every round while its client reads slowly, and counts its waits
+    /// itself (the event task's held batches).
     pub fn tx_room(&self, k: usize, buffers: usize) -> bool {
         let mut inner = self.inner.lock();
         inner.service();
@@ -671,11 +739,7 @@ impl SerialPorts {
             return false;
         };
         let usable = DATA_SLOTS.saturating_sub(port.tx_lost_slots).max(1);
-        let room = port.tx_posted.len() + port.tx_lost_slots + buffers.min(usable) <= DATA_SLOTS;
-        if !room {
-            self.tx_full.fetch_add(1, Ordering::Relaxed);
-        }
-        room
+        port.tx_posted.len() + port.tx_lost_slots + buffers.min(usable) <= DATA_SLOTS
     }
 
     /// Whether a host client is connected to port index `k`.
@@ -705,5 +769,11 @@ impl SerialPorts {
         let inner = self.inner.lock();
         let slots = inner.ports.iter().map(|p| p.tx_lost_slots as u64).sum();
         (inner.tx_abandoned, slots, inner.tx_rebuilds)
+    }
+
+    /// Host-side closes the driver read only after the port had been
+    /// reopened (see [`Inner::close_host_side`]).
+    pub fn closes_after_reopen(&self) -> u64 {
+        self.inner.lock().ambiguous_closes
     }
 }

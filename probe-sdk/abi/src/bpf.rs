@@ -635,8 +635,10 @@ pub struct LostCount {
 /// Records in production order per stream, and every stream's lost count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventBatch {
-    /// Batch number (pushed batches count up from 1; a gap would mean a
-    /// batch was lost in transit).
+    /// Batch number within the subscription: its batches count up from 1
+    /// (a new `EventsSubscribe` starts again at 1), so a gap means a batch
+    /// was lost in transit. The first batch of a subscription also carries
+    /// its streams' lost counts so far, records or not.
     pub seq: u64,
     pub records: Vec<EventRecord>,
     pub lost: Vec<LostCount>,

@@ -88,6 +88,59 @@ impl FrameReader {
         self.buf.clear();
     }
 
+    /// Gives up on the frame whose header starts the buffer (its bytes
+    /// stopped coming): drops its magic, so the next [`Self::next_event`]
+    /// scans what followed the header for frames, as after a bad CRC. The
+    /// header's length is not trusted: bytes that came after a stalled
+    /// header may be another sender's whole frames (a new client after
+    /// the one that stopped mid-frame). Returns the bytes dropped (0 when
+    /// no header starts the buffer).
+    pub fn give_up_partial(&mut self) -> usize {
+        if self.buf.len() >= MAGIC.len() && self.buf[..MAGIC.len()] == MAGIC {
+            self.buf.drain(..MAGIC.len());
+            MAGIC.len()
+        } else {
+            0
+        }
+    }
+
+    /// For a reader that knows the next good frame must start after the
+    /// first bytes it holds (a new client's first frame, behind what an
+    /// earlier client left unfinished): when a complete frame with a good
+    /// CRC starts at a magic after the first byte and within the last
+    /// `window` bytes, drops everything before it and returns how many
+    /// bytes that was (0 when there is no such frame, and nothing
+    /// changes). Looking only near the end bounds the work per call: a
+    /// caller passes the bytes it just pushed plus the longest first frame
+    /// it expects.
+    pub fn skip_to_last_frame(&mut self, window: usize) -> usize {
+        let from = self.buf.len().saturating_sub(window).max(1);
+        let mut at = from;
+        while let Some(k) = find_magic(&self.buf[at..]) {
+            let p = at + k;
+            if self.complete_frame_at(p) {
+                self.buf.drain(..p);
+                return p;
+            }
+            at = p + 1;
+        }
+        0
+    }
+
+    /// Whether a whole frame with a good CRC starts at `p`.
+    fn complete_frame_at(&self, p: usize) -> bool {
+        let Some(header) = self.buf.get(p..p + HEADER_LEN) else {
+            return false;
+        };
+        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        let crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        len <= MAX_PAYLOAD
+            && self
+                .buf
+                .get(p + HEADER_LEN..p + HEADER_LEN + len)
+                .is_some_and(|payload| crc32fast::hash(payload) == crc)
+    }
+
     /// The next event, or `None` if more input is needed.
     pub fn next_event(&mut self) -> Option<FrameEvent> {
         // Find the magic.
@@ -190,6 +243,55 @@ mod tests {
         assert_eq!(r.next_event(), Some(FrameEvent::TooLong(u32::MAX)));
         assert!(matches!(r.next_event(), Some(FrameEvent::Skipped(_))));
         assert_eq!(r.next_event(), Some(FrameEvent::Frame(b"ok".to_vec())));
+    }
+
+    #[test]
+    fn a_frame_after_a_stalled_header_is_read_once_the_header_is_given_up() {
+        let mut r = FrameReader::new();
+        // A header announcing 100 bytes, 10 of them, then a whole frame
+        // from someone else.
+        let mut stalled = Vec::from(MAGIC);
+        stalled.extend_from_slice(&100u32.to_le_bytes());
+        stalled.extend_from_slice(&[0; 4]);
+        stalled.extend_from_slice(&[7; 10]);
+        r.push(&stalled);
+        r.push(&wrap(b"hello"));
+        assert_eq!(r.next_event(), None);
+        assert_eq!(r.give_up_partial(), 4);
+        assert_eq!(r.next_event(), Some(FrameEvent::Skipped(18)));
+        assert_eq!(r.next_event(), Some(FrameEvent::Frame(b"hello".to_vec())));
+        assert_eq!(r.next_event(), None);
+        assert_eq!(r.give_up_partial(), 0);
+    }
+
+    #[test]
+    fn a_whole_frame_behind_an_unfinished_one_is_found_near_the_end() {
+        let mut stalled = Vec::from(MAGIC);
+        stalled.extend_from_slice(&1000u32.to_le_bytes());
+        stalled.extend_from_slice(&[0; 4]);
+        stalled.extend_from_slice(&[7; 300]);
+        let hello = wrap(b"hello");
+        let mut r = FrameReader::new();
+        r.push(&stalled);
+        // Nothing whole yet: nothing changes.
+        assert_eq!(r.skip_to_last_frame(usize::MAX), 0);
+        r.push(&hello[..10]);
+        assert_eq!(r.skip_to_last_frame(10 + 64), 0);
+        // Outside the window: not looked at.
+        r.push(&hello[10..]);
+        assert_eq!(r.skip_to_last_frame(3), 0);
+        assert_eq!(r.skip_to_last_frame(hello.len()), stalled.len());
+        assert_eq!(r.next_event(), Some(FrameEvent::Frame(b"hello".to_vec())));
+        // A frame at the start is not skipped to.
+        r.push(&hello);
+        assert_eq!(r.skip_to_last_frame(usize::MAX), 0);
+        // A magic whose frame fails its CRC is passed over.
+        let mut r = FrameReader::new();
+        let mut bad = wrap(b"bad");
+        bad[12] ^= 1;
+        r.push(&stalled);
+        r.push(&bad);
+        assert_eq!(r.skip_to_last_frame(usize::MAX), 0);
     }
 
     #[test]

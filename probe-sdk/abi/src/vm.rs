@@ -97,11 +97,21 @@ pub struct SystemInfo {
     /// and sent to them but never read.
     pub control_abandoned_rx_bytes: u64,
     pub control_abandoned_tx_bytes: u64,
+    /// Received bytes dropped as no part of a good frame: garbage skipped,
+    /// the headers of damaged or stalled frames, frames there was no memory
+    /// for. Every byte received is in a whole frame, left behind by a
+    /// client that went, or here.
+    pub control_dropped_rx_bytes: u64,
     /// Transmit descriptors QEMU kept from clients that left (each leaves
     /// a port one buffer short), and transmit queues reset and rebuilt to
     /// get them back.
     pub control_tx_slots_lost: u64,
     pub control_tx_queue_rebuilds: u64,
+    /// Clients that left while the next client of their session had
+    /// already connected by the time the kernel looked: the bytes the two
+    /// sent around then could not be told apart and went to the new one
+    /// (whose first frame may then be refused as a bad frame).
+    pub control_closes_after_reopen: u64,
     /// What the event task pushed to each control session's clients, and
     /// what it could not (one entry per session, in session order).
     pub event_sessions: Vec<EventSessionStats>,

@@ -189,8 +189,10 @@ mod tests {
             control_disconnects: 3,
             control_abandoned_rx_bytes: 7,
             control_abandoned_tx_bytes: 65536,
+            control_dropped_rx_bytes: 0,
             control_tx_slots_lost: 0,
             control_tx_queue_rebuilds: 1,
+            control_closes_after_reopen: 0,
             event_sessions: vec![
                 EventSessionStats {
                     session: 0,
