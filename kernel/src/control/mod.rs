@@ -578,16 +578,12 @@ fn control_task(id: usize) {
                 }
                 d => d,
             };
-            DROPPED_RX_BYTES.fetch_add(dropped as u64, Ordering::Relaxed);
-            BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-            push(
+            bad_frame(
                 id,
-                &error(
-                    ErrorCode::BadFrame,
-                    format!(
-                        "gave up on a partial frame ({n} bytes) after the line was idle for {} ms; reading on after its header",
-                        PARTIAL_FRAME_IDLE_NS / 1_000_000
-                    ),
+                dropped,
+                format!(
+                    "gave up on a partial frame ({n} bytes) after the line was idle for {} ms; reading on after its header",
+                    PARTIAL_FRAME_IDLE_NS / 1_000_000
                 ),
             );
             // The next give-up waits for another idle period.
@@ -633,43 +629,23 @@ fn control_task(id: usize) {
                         handle_payload(serving(id), &mut greeting, &payload)
                     }
                     FrameEvent::Skipped(n) => {
-                        BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                        DROPPED_RX_BYTES.fetch_add(n as u64, Ordering::Relaxed);
-                        push(
-                            id,
-                            &error(
-                                ErrorCode::BadFrame,
-                                format!("skipped {n} bytes that were not a frame"),
-                            ),
-                        );
+                        bad_frame(id, n, format!("skipped {n} bytes that were not a frame"))
                     }
-                    FrameEvent::TooLong(len) => {
-                        BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                        DROPPED_RX_BYTES.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
-                        push(
-                            id,
-                            &error(
-                                ErrorCode::BadFrame,
-                                format!(
-                                    "frame announces {len} bytes, more than the limit of {}",
-                                    ktrace_abi::frame::MAX_PAYLOAD
-                                ),
-                            ),
-                        );
-                    }
-                    FrameEvent::BadCrc => {
-                        BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-                        DROPPED_RX_BYTES.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
-                        push(
-                            id,
-                            &error(
-                                ErrorCode::BadFrame,
-                                String::from(
-                                    "frame CRC mismatch: frame dropped, reading on after its header",
-                                ),
-                            ),
-                        );
-                    }
+                    FrameEvent::TooLong(len) => bad_frame(
+                        id,
+                        MAGIC.len(),
+                        format!(
+                            "frame announces {len} bytes, more than the limit of {}",
+                            ktrace_abi::frame::MAX_PAYLOAD
+                        ),
+                    ),
+                    FrameEvent::BadCrc => bad_frame(
+                        id,
+                        MAGIC.len(),
+                        String::from(
+                            "frame CRC mismatch: frame dropped, reading on after its header",
+                        ),
+                    ),
                 }
             }
             // Before its `Hello`, a client's first frame may sit behind the
@@ -686,17 +662,21 @@ fn control_task(id: usize) {
             if skipped == 0 {
                 break;
             }
-            BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
-            DROPPED_RX_BYTES.fetch_add(skipped as u64, Ordering::Relaxed);
-            push(
+            bad_frame(
                 id,
-                &error(
-                    ErrorCode::BadFrame,
-                    format!("skipped {skipped} bytes of an unfinished frame before a whole one"),
-                ),
+                skipped,
+                format!("skipped {skipped} bytes of an unfinished frame before a whole one"),
             );
         }
     }
+}
+
+/// Counts a bad frame of `session` whose `dropped` bytes were thrown away,
+/// and tells its client why.
+fn bad_frame(session: usize, dropped: usize, why: String) {
+    BAD_FRAMES.fetch_add(1, Ordering::Relaxed);
+    DROPPED_RX_BYTES.fetch_add(dropped as u64, Ordering::Relaxed);
+    push(session, &error(ErrorCode::BadFrame, why));
 }
 
 /// The longest first frame (`Hello`) a client is expected to send, for
