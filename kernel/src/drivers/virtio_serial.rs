@@ -448,11 +448,9 @@ impl Inner {
         }
     }
 
-    /// Completes whatever the device finished: control messages, received
-    /// data (to the sink), sent buffers.
-    fn service(&mut self) {
-        // Every control message the device has returned, in order, so a
-        // close can tell whether a reopening follows (`close_host_side`).
+    /// Takes up to [`CTRL_SLOTS`] control messages the device returned and
+    /// handles them in order; returns how many.
+    fn control_batch(&mut self) -> usize {
         let mut batch = [[0u8; CTRL_BUF_LEN]; CTRL_SLOTS];
         let mut lens = [0usize; CTRL_SLOTS];
         let mut n = 0;
@@ -491,6 +489,16 @@ impl Inner {
             };
             self.control_message(&batch[m][..lens[m]], reopened);
         }
+        n
+    }
+
+    /// Completes whatever the device finished: control messages, received
+    /// data (to the sink), sent buffers.
+    fn service(&mut self) {
+        // Every control message the device has returned, in order, a
+        // batch at a time, so a close can tell whether a reopening follows
+        // (`close_host_side`).
+        while self.control_batch() > 0 {}
         self.reap_ctrl_tx();
 
         let sink = self.sink;
