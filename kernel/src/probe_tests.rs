@@ -45,6 +45,7 @@ pub const SELF_TESTS: &[(&str, SelfTest)] = &[
     ("perf_counters", perf_counters),
     ("perf_sampling", perf_sampling),
     ("perf_sampling_shootdowns", perf_sampling_shootdowns),
+    ("nmi_nesting", nmi_nesting),
     ("irqs_off_load", irqs_off_load),
     ("bench", bench),
     ("hit_cost", crate::bpf::hit_cost::hit_cost_test),
@@ -1865,6 +1866,21 @@ fn perf_sampling_shootdowns(out: &mut Vec<String>) -> bool {
         "{shootdowns} TLB shootdowns and {} page changes while sampling; {merged_total} samples came in a shootdown's NMI",
         changes.load(Ordering::Relaxed)
     ));
+    // An NMI let in before the one it interrupts returned (seen under a
+    // loaded TCG host) used to overwrite that one's frame on the NMI
+    // stack and leave the CPU looping in the NMI exit with interrupts off,
+    // so the disable above never came back; shown when it happens.
+    let nested: Vec<(u64, u64, u64)> = (0..cpus as usize)
+        .map(|c| {
+            let t = perf::tick_counts(c);
+            (t.nested, t.nested_at.0, t.nested_at.1)
+        })
+        .collect();
+    if nested.iter().any(|n| n.0 > 0) {
+        out.push(format!(
+            "NMIs nested in the sampling handler, per CPU (count, first at rip, rflags): {nested:x?}"
+        ));
+    }
     let _ = perf::close(id);
     ok
 }
@@ -2504,6 +2520,92 @@ fn smp_text(out: &mut Vec<String>, secs: u64) -> bool {
         format!(
             "nothing left attached; the {} ktrace:bench sites are nops again",
             sites.len()
+        ),
+    );
+    ok
+}
+
+/// An NMI taken inside this CPU's NMI handler returns to that handler,
+/// which then returns to the code it interrupted. NMIs do not nest while
+/// the CPU blocks them, but any `iretq` ends the blocking, and a loaded
+/// TCG guest was once seen taking a second NMI inside the sampling
+/// handler: the IST entry built the inner frame over the outer one's
+/// saved registers, and the CPU looped in the NMI exit for good with
+/// interrupts off (see `trap.S`). Here the outer handler sends itself an
+/// NMI and ends the blocking with an `iretq` to itself, so the second NMI
+/// comes at once, nested on the NMI stack.
+fn nmi_nesting(out: &mut Vec<String>) -> bool {
+    use core::sync::atomic::AtomicU32;
+    static DEPTH: AtomicU32 = AtomicU32::new(0);
+    static NESTED: AtomicU32 = AtomicU32::new(0);
+    static SEEN_BY_OUTER: AtomicU32 = AtomicU32::new(0);
+    static INNER_RSP: AtomicU64 = AtomicU64::new(0);
+    static OUTER_DONE: AtomicBool = AtomicBool::new(false);
+    fn on_nmi(regs: &mut PtRegs, _vector: u8) -> bool {
+        if DEPTH.fetch_add(1, Ordering::SeqCst) == 0 {
+            let me = crate::percpu::this_cpu().apic_id.load(Ordering::Relaxed);
+            arch::apic::send_nmi(me);
+            arch::cpu::iret_to_self();
+            SEEN_BY_OUTER.store(NESTED.load(Ordering::SeqCst), Ordering::SeqCst);
+            OUTER_DONE.store(true, Ordering::SeqCst);
+        } else {
+            NESTED.fetch_add(1, Ordering::SeqCst);
+            // Where the inner NMI found the CPU: in the outer handler.
+            INNER_RSP.store(regs.rsp, Ordering::SeqCst);
+        }
+        DEPTH.fetch_sub(1, Ordering::SeqCst);
+        true
+    }
+    let mut ok = true;
+    DEPTH.store(0, Ordering::SeqCst);
+    NESTED.store(0, Ordering::SeqCst);
+    SEEN_BY_OUTER.store(0, Ordering::SeqCst);
+    INNER_RSP.store(0, Ordering::SeqCst);
+    OUTER_DONE.store(false, Ordering::SeqCst);
+    let previous = arch::trap::replace_handler(2, Some(on_nmi));
+    if previous.is_some() {
+        // Perf sampling is open: its handler owns the vector.
+        arch::trap::replace_handler(2, previous);
+        out.push(String::from(
+            "FAIL: the NMI vector has a handler (close perf sampling first)",
+        ));
+        return false;
+    }
+    let was = arch::irq_save();
+    let (nmi_lo, nmi_hi) = arch::gdt::ist_range(arch::gdt::IST_NMI);
+    let me = crate::percpu::this_cpu().apic_id.load(Ordering::Relaxed);
+    arch::apic::send_nmi(me);
+    // Taken within a few instructions; bounded all the same.
+    let mut spins = 0u64;
+    while !OUTER_DONE.load(Ordering::SeqCst) && spins < 100_000_000 {
+        core::hint::spin_loop();
+        spins += 1;
+    }
+    arch::irq_restore(was);
+    arch::trap::replace_handler(2, None);
+    let inner_rsp = INNER_RSP.load(Ordering::SeqCst);
+    check(
+        out,
+        &mut ok,
+        OUTER_DONE.load(Ordering::SeqCst) && DEPTH.load(Ordering::SeqCst) == 0,
+        String::from("the outer NMI handler ran to its end and the task resumed after it"),
+    );
+    check(
+        out,
+        &mut ok,
+        NESTED.load(Ordering::SeqCst) == 1 && SEEN_BY_OUTER.load(Ordering::SeqCst) == 1,
+        format!(
+            "one NMI nested in the handler, seen by the outer one: {} / {}",
+            NESTED.load(Ordering::SeqCst),
+            SEEN_BY_OUTER.load(Ordering::SeqCst)
+        ),
+    );
+    check(
+        out,
+        &mut ok,
+        (nmi_lo..nmi_hi).contains(&inner_rsp),
+        format!(
+            "the inner NMI interrupted code on the NMI stack: rsp {inner_rsp:#x} in {nmi_lo:#x}..{nmi_hi:#x}"
         ),
     );
     ok

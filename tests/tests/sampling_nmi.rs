@@ -8,7 +8,8 @@
 //! timer's, the ticks passed on to it to equal the samples it took plus
 //! the ticks that came after sampling stopped. The timer CPU's own tick
 //! carries no flag to check, so its count is reported, not compared (see
-//! `kernel::trace::perf::sample_due`).
+//! `kernel::trace::perf::sample_due`). An NMI nested in the NMI handler is
+//! tested on its own: it must return to the handler it interrupted.
 
 use std::time::Duration;
 
@@ -41,4 +42,26 @@ fn merged_sampling_and_shootdown_nmis_lose_no_sample_on_2_vcpus() {
 #[test]
 fn the_same_on_4_vcpus() {
     run(4);
+}
+
+/// An NMI taken inside the NMI handler (the handler sends itself one and
+/// ends the CPU's NMI blocking with an `iretq` to itself) returns to that
+/// handler, which returns to the task: the self test `nmi_nesting`. Before
+/// the entry code built a nested entry's frame below the interrupted one,
+/// the inner frame overwrote the outer's and the CPU looped in the NMI exit
+/// with interrupts off, and this request was never answered.
+#[test]
+fn an_nmi_nested_in_the_nmi_handler_returns_to_it() {
+    let mut vm = TestVm::boot_cpus("nmi-nesting", 2);
+    let mut client = vm.client();
+    client.set_request_timeout(Duration::from_secs(60));
+    let r = client.self_test("nmi_nesting").unwrap();
+    for line in &r.output {
+        eprintln!("    {line}");
+    }
+    assert!(r.passed, "nmi_nesting failed: {:#?}", r.output);
+    // And again, in the same boot: the NMI stack is whole.
+    let again = client.self_test("nmi_nesting").unwrap();
+    assert!(again.passed, "nmi_nesting, second run: {:#?}", again.output);
+    client.info().expect("alive after the nested NMIs");
 }

@@ -44,8 +44,9 @@
 //! the next NMI would overwrite it.
 //!
 //! On SMP it stays lock-free because nothing it writes is shared with
-//! another CPU's NMI: each CPU has its own rings (one producer each: NMIs
-//! do not nest on a CPU), its own `in_nmi` flag and loss counts
+//! another CPU's NMI: each CPU has its own rings (one producer each: an NMI
+//! that nests in this CPU's handler, see `trap.S`, finds `in_nmi` set and
+//! records nothing), its own `in_nmi` flag and loss counts
 //! ([`CpuSampler`]); the shared [`Sampler`] fields it reads are atomics
 //! written only in task context. The rings are found through a
 //! `spin::Once` per CPU, whose `get` is one atomic load (no lock, no
@@ -317,6 +318,14 @@ struct CpuSampler {
     /// Timer CPU only: the last sample was taken by a shootdown's NMI on
     /// the guess that the tick had merged into it (see [`sample_due`]).
     guessed: AtomicBool,
+    /// NMIs taken inside this CPU's sampling handler (the entry code
+    /// survives them, see `trap.S`): they record nothing, and a tick one
+    /// carries counts as a sample lost.
+    nested: AtomicU64,
+    /// The instruction pointer and flags the first nested NMI interrupted
+    /// (where in the handler the CPU let it in, and whether interrupts
+    /// were on there).
+    nested_at: [AtomicU64; 2],
 }
 
 static CPU_SAMPLERS: [CpuSampler; MAX_CPUS] = [const {
@@ -333,6 +342,8 @@ static CPU_SAMPLERS: [CpuSampler; MAX_CPUS] = [const {
         coalesced: AtomicU64::new(0),
         nmis_seen: AtomicU64::new(0),
         guessed: AtomicBool::new(false),
+        nested: AtomicU64::new(0),
+        nested_at: [const { AtomicU64::new(0) }; 2],
     }
 }; MAX_CPUS];
 static HANDLERS: spin::RwLock<Vec<Arc<dyn PerfHandler>>> = spin::RwLock::new(Vec::new());
@@ -424,6 +435,9 @@ fn open_held(spec: &PerfEvent, holder: Option<Session>) -> Result<u32, PerfError
                 c.late.store(0, Ordering::Relaxed);
                 c.coalesced.store(0, Ordering::Relaxed);
                 c.guessed.store(false, Ordering::Relaxed);
+                c.nested.store(0, Ordering::Relaxed);
+                c.nested_at[0].store(0, Ordering::Relaxed);
+                c.nested_at[1].store(0, Ordering::Relaxed);
             }
             *max_stack = (*max_stack).min(MAX_STACK as u32);
             SAMPLER
@@ -864,8 +878,28 @@ fn on_sample_nmi(regs: &mut PtRegs, _vector: u8) -> bool {
     let slot = cpustat::this_slot();
     let me = &CPU_SAMPLERS[slot];
     me.nmis_seen.fetch_add(1, Ordering::Relaxed);
-    // Announce, then check (the other half of `close`'s protocol).
-    me.in_nmi.store(true, Ordering::SeqCst);
+    // Announce, then check (the other half of `close`'s protocol). Already
+    // announced: this NMI came inside this CPU's handler, which is still
+    // writing its ring (one producer per ring) and will clear `in_nmi`
+    // itself. It only accounts for a tick passed on to it: a sample lost,
+    // or a late tick. On the timer CPU the PIT tick it may carry is not
+    // passed on, and the next sample's TSC gap counts it as lost.
+    if me.in_nmi.swap(true, Ordering::SeqCst) {
+        if me.nested.fetch_add(1, Ordering::Relaxed) == 0 {
+            me.nested_at[0].store(regs.rip, Ordering::Relaxed);
+            me.nested_at[1].store(regs.eflags, Ordering::Relaxed);
+        }
+        let timer_cpu = cpu.id == s.timer_cpu.load(Ordering::Relaxed);
+        if !timer_cpu && me.tick_pending.swap(false, Ordering::AcqRel) {
+            if s.sampling.load(Ordering::SeqCst) {
+                me.taken.fetch_add(1, Ordering::Relaxed);
+                me.lost.fetch_add(1, Ordering::Relaxed);
+            } else {
+                me.late.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        return true;
+    }
     if !s.sampling.load(Ordering::SeqCst) {
         // The late tick of a stopped timer, or its copy passed on by
         // another CPU, or a TLB shootdown.
@@ -994,6 +1028,10 @@ pub struct TickCounts {
     pub merged: u64,
     /// NMIs the sampling handler saw (since boot).
     pub nmis_seen: u64,
+    /// Of those, NMIs taken inside the sampling handler (nested).
+    pub nested: u64,
+    /// Instruction pointer and flags the first nested one interrupted.
+    pub nested_at: (u64, u64),
 }
 
 /// [`TickCounts`] of CPU `cpu`.
@@ -1007,6 +1045,11 @@ pub fn tick_counts(cpu: usize) -> TickCounts {
         taken: c.taken.load(Ordering::Relaxed),
         merged: c.merged.load(Ordering::Relaxed),
         nmis_seen: c.nmis_seen.load(Ordering::Relaxed),
+        nested: c.nested.load(Ordering::Relaxed),
+        nested_at: (
+            c.nested_at[0].load(Ordering::Relaxed),
+            c.nested_at[1].load(Ordering::Relaxed),
+        ),
     }
 }
 

@@ -82,6 +82,37 @@ pub fn xmm_save_restore(area: &mut XmmArea) {
     }
 }
 
+/// Resumes at the next instruction through `iretq`, which ends the CPU's
+/// NMI blocking: in an NMI handler, a pending NMI is then taken at once,
+/// nested on the NMI stack (self test `nmi_nesting`, which checks the entry
+/// code survives that).
+#[cfg(feature = "self-tests")]
+pub fn iret_to_self() {
+    // SAFETY: the frame built is this CPU's current SS, RSP (before the
+    // pushes), RFLAGS and CS with the address of the next instruction, so
+    // `iretq` pops exactly what was pushed and resumes here with nothing
+    // changed but NMI blocking; no `nostack`, so the compiler keeps no data
+    // in the red zone under the pushes.
+    unsafe {
+        asm!(
+            "mov {sp}, rsp",
+            "xor {t:e}, {t:e}",
+            "mov {t:x}, ss",
+            "push {t}",
+            "push {sp}",
+            "pushfq",
+            "mov {t:x}, cs",
+            "push {t}",
+            "lea {t}, [rip + 2f]",
+            "push {t}",
+            "iretq",
+            "2:",
+            sp = out(reg) _,
+            t = out(reg) _,
+        );
+    }
+}
+
 /// What a detour does to the flags: `pushfq; cli` on the way in, `popfq`
 /// on the way out (self test `hit_cost` times it; IF ends as it was).
 #[cfg(feature = "self-tests")]

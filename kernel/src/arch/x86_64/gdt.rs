@@ -22,6 +22,8 @@ pub const IST_PAGE_FAULT: u16 = 3;
 /// IST for NMI and machine check.
 pub const IST_NMI: u16 = 4;
 
+/// Bytes of each IST stack; `trap.S` (`IST_STACK_SIZE`) tells a nested
+/// entry on an IST stack by it, so the two must agree.
 const IST_SIZE: usize = 16 * 1024;
 const IST_COUNT: usize = 4;
 

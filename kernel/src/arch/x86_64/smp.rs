@@ -367,8 +367,9 @@ pub fn sync_all_cpus() {
 // through when the target runs with interrupts disabled, so this never
 // waits for a lock holder: a target spinning on a lock, or itself waiting
 // for SHOOT_BUSY, still answers. An NMI that arrives while the target is
-// in another NMI is held by the CPU until that one returns; the NMI
-// handlers never wait for anything, so it is answered.
+// in another NMI is held by the CPU until that one returns (or, should the
+// CPU let it in early, runs nested: the entry code in trap.S survives
+// that); the NMI handlers never wait for anything, so it is answered.
 
 const FLUSH_ALL: u64 = u64::MAX;
 static SHOOT_BUSY: AtomicBool = AtomicBool::new(false);
@@ -448,6 +449,12 @@ pub fn on_nmi() -> bool {
 /// inside the NMI handler, after [`on_nmi`]).
 pub fn nmi_had_shootdown() -> bool {
     NMI_HAD_SHOOTDOWN[percpu::cpu_id() as usize % MAX_CPUS as usize].load(Ordering::Relaxed)
+}
+
+/// Put back this CPU's [`nmi_had_shootdown`] flag: the trap dispatcher
+/// restores the interrupted NMI's value when a nested NMI returns.
+pub fn set_nmi_had_shootdown(had: bool) {
+    NMI_HAD_SHOOTDOWN[percpu::cpu_id() as usize % MAX_CPUS as usize].store(had, Ordering::Relaxed);
 }
 
 /// Stop every other CPU for good (a panic report is being written).

@@ -47,6 +47,16 @@ pub fn set_handler(vector: u8, handler: TrapHandler) {
     HANDLERS[vector as usize].store(handler as usize, Ordering::Release);
 }
 
+/// Installs `handler` for `vector` (`None`: none) and returns the one it
+/// replaces, for a self test that puts it back.
+#[cfg(feature = "self-tests")]
+pub fn replace_handler(vector: u8, handler: Option<TrapHandler>) -> Option<TrapHandler> {
+    let raw = HANDLERS[vector as usize].swap(handler.map_or(0, |h| h as usize), Ordering::AcqRel);
+    // SAFETY: only `set_handler` and this function store into HANDLERS,
+    // always a `TrapHandler` function pointer or 0.
+    (raw != 0).then(|| unsafe { core::mem::transmute::<usize, TrapHandler>(raw) })
+}
+
 // Its unmangled name escapes the module prefix of the blacklist; a
 // breakpoint in it would trap from the trap handler until the CPU resets.
 crate::nokprobe!(trap_dispatch);
@@ -94,6 +104,9 @@ fn dispatch(regs: &mut PtRegs, vector: u64) {
     // may stand for a shootdown and a sampling tick at once (NMIs carry no
     // source and merge while one is pending), so the sampler's handler
     // below runs as well and checks its own pending state.
+    // An NMI nested in this CPU's NMI handler (see trap.S) puts back the
+    // flag the outer one's handler may still read.
+    let outer_had_shootdown = vector == 2 && super::smp::nmi_had_shootdown();
     let shootdown = vector == 2 && super::smp::on_nmi();
     let raw = HANDLERS[vector as usize].load(Ordering::Acquire);
     let handled = if raw != 0 {
@@ -104,6 +117,9 @@ fn dispatch(regs: &mut PtRegs, vector: u64) {
     } else {
         false
     } || shootdown;
+    if vector == 2 {
+        super::smp::set_nmi_had_shootdown(outer_had_shootdown);
+    }
     if is_irq {
         crate::trace_event!(
             crate::trace::points::IRQ_HANDLER_EXIT,
