@@ -846,7 +846,7 @@ pub fn handle(req: BpfRequest, session: &Session) -> Answer {
                 &ms,
                 printk,
                 (max as usize).max(1),
-                ktrace_abi::frame::HEADER_LEN + ktrace_abi::frame::MAX_PAYLOAD,
+                ktrace_abi::frame::MAX_FRAME,
             )))
         }
         BpfRequest::DefaultEngine { set } => {

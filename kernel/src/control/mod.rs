@@ -242,10 +242,9 @@ impl ClientLink for Clients {
         try_push_frame(to, frame)
     }
     fn max_push_bytes(&self) -> usize {
-        let frame = ktrace_abi::frame::HEADER_LEN + ktrace_abi::frame::MAX_PAYLOAD;
         match LINK.get() {
-            Some(Link::Virtio(_)) => frame.min(virtio_serial::TX_QUEUED_MAX),
-            _ => frame,
+            Some(Link::Virtio(_)) => ktrace_abi::frame::MAX_FRAME.min(virtio_serial::TX_QUEUED_MAX),
+            _ => ktrace_abi::frame::MAX_FRAME,
         }
     }
 }
@@ -392,7 +391,7 @@ fn send_frame(session: usize, generation: Option<u64>, id: u32, resp: &Response)
 /// never comes: an answer that large becomes an error it can read.
 fn encode_frame(id: u32, resp: &Response) -> Option<Vec<u8>> {
     match ktrace_abi::encode(id, resp) {
-        Ok(f) if f.len() > ktrace_abi::frame::HEADER_LEN + ktrace_abi::frame::MAX_PAYLOAD => {
+        Ok(f) if f.len() > ktrace_abi::frame::MAX_FRAME => {
             let message = format!(
                 "the answer is {} bytes, more than the frame limit of {} bytes: ask for less (a smaller batch or count)",
                 f.len() - ktrace_abi::frame::HEADER_LEN,

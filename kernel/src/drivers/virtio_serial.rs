@@ -156,7 +156,7 @@ struct Inner {
     tx_rebuilds: u64,
     /// Host-side closes whose port had already been reopened when the
     /// driver read them (see [`Inner::close_host_side`]).
-    ambiguous_closes: u64,
+    closes_after_reopen: u64,
 }
 
 /// A virtio-serial device and the ports the kernel drives.
@@ -394,7 +394,7 @@ impl Inner {
         self.tx_abandoned += port.abandon_tx();
         port.take_received();
         let (discarded, reposted) = if reopened || self.ctrl_rx.peek_used().is_some() {
-            self.ambiguous_closes += 1;
+            self.closes_after_reopen += 1;
             (0, false)
         } else {
             port.discard_received()
@@ -636,7 +636,7 @@ pub fn probe(
         tx_abandoned: 0,
         common_cfg,
         tx_rebuilds: 0,
-        ambiguous_closes: 0,
+        closes_after_reopen: 0,
     };
     for i in 0..CTRL_SLOTS {
         inner.post_ctrl_rx(i);
@@ -782,6 +782,6 @@ impl SerialPorts {
     /// Host-side closes the driver read only after the port had been
     /// reopened (see [`Inner::close_host_side`]).
     pub fn closes_after_reopen(&self) -> u64 {
-        self.inner.lock().ambiguous_closes
+        self.inner.lock().closes_after_reopen
     }
 }

@@ -15,6 +15,8 @@ pub const MAGIC: [u8; 4] = *b"KTRC";
 pub const HEADER_LEN: usize = 12;
 /// Largest payload either side accepts.
 pub const MAX_PAYLOAD: usize = 4 << 20;
+/// Largest frame either side accepts: a header and [`MAX_PAYLOAD`].
+pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD;
 
 /// Wrap a payload into a frame.
 pub fn wrap(payload: &[u8]) -> Vec<u8> {
@@ -96,7 +98,7 @@ impl FrameReader {
     /// the one that stopped mid-frame). Returns the bytes dropped (0 when
     /// no header starts the buffer).
     pub fn give_up_partial(&mut self) -> usize {
-        if self.buf.len() >= MAGIC.len() && self.buf[..MAGIC.len()] == MAGIC {
+        if self.buf.starts_with(&MAGIC) {
             self.buf.drain(..MAGIC.len());
             MAGIC.len()
         } else {
@@ -129,11 +131,10 @@ impl FrameReader {
 
     /// Whether a whole frame with a good CRC starts at `p`.
     fn complete_frame_at(&self, p: usize) -> bool {
-        let Some(header) = self.buf.get(p..p + HEADER_LEN) else {
+        let Some((len, crc)) = header_at(&self.buf, p) else {
             return false;
         };
-        let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-        let crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+        let len = len as usize;
         len <= MAX_PAYLOAD
             && self
                 .buf
@@ -162,11 +163,7 @@ impl FrameReader {
                 return None;
             }
         }
-        if self.buf.len() < HEADER_LEN {
-            return None;
-        }
-        let len = u32::from_le_bytes([self.buf[4], self.buf[5], self.buf[6], self.buf[7]]);
-        let crc = u32::from_le_bytes([self.buf[8], self.buf[9], self.buf[10], self.buf[11]]);
+        let (len, crc) = header_at(&self.buf, 0)?;
         if len as usize > MAX_PAYLOAD {
             // Drop the magic so the scan moves past this header.
             self.buf.drain(..4);
@@ -195,6 +192,15 @@ impl FrameReader {
         payload.drain(..HEADER_LEN);
         Some(FrameEvent::Frame(payload))
     }
+}
+
+/// The payload length and CRC of the header at `p`, once it is all there.
+fn header_at(buf: &[u8], p: usize) -> Option<(u32, u32)> {
+    let h = buf.get(p..p + HEADER_LEN)?;
+    Some((
+        u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
+        u32::from_le_bytes([h[8], h[9], h[10], h[11]]),
+    ))
 }
 
 fn find_magic(buf: &[u8]) -> Option<usize> {
