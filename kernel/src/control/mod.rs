@@ -176,6 +176,9 @@ fn on_host_change(session: usize, connected: bool, discarded: usize) {
         return;
     };
     if !connected {
+        // The driver's `discarded` bytes reached the kernel too, in its
+        // buffers: received, and left behind.
+        RX_BYTES.fetch_add(discarded as u64, Ordering::Relaxed);
         // Under the receive lock, so the control task sees the count
         // change and the queue emptied at once (see `control_task`).
         let mut rx = ch.rx.lock();
